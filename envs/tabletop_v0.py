@@ -1,0 +1,337 @@
+"""Embedded MuJoCo tabletop: a floating parallel gripper and three coloured cubes (vplan/Tabletop-v0)."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from typing import Any
+
+# MuJoCo picks its OpenGL backend once, when it is imported: choose a headless one before that.
+if "mujoco" not in sys.modules and "MUJOCO_GL" not in os.environ:
+    _has_egl = ctypes.util.find_library("EGL") is not None
+    os.environ["MUJOCO_GL"] = "egl" if _has_egl or not ctypes.util.find_library("OSMesa") else "osmesa"
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+TASKS = ("return_cubes",)
+COLOURS: dict[str, tuple[float, float, float, float]] = {
+    "red": (0.85, 0.12, 0.1, 1.0),
+    "green": (0.15, 0.7, 0.2, 1.0),
+    "blue": (0.12, 0.3, 0.85, 1.0),
+}
+MAX_CUBES = 3
+CUBE_HALF_SIZE = 0.02
+FINGER_OPEN = 0.04  # finger joint position when open (each finger); 0 is closed
+# Tool-centre-point workspace (metres); cubes and spots are drawn from a smaller area inside it.
+WORKSPACE_LOW = np.array([-0.2, -0.14, 0.008])
+WORKSPACE_HIGH = np.array([0.2, 0.14, 0.16])
+PLACE_LOW = np.array([-0.16, -0.1])
+PLACE_HIGH = np.array([0.16, 0.1])
+MIN_SEPARATION = 0.09  # between any two of the cube starts and spots: room for the open fingers
+
+
+def spot_names(num_spots: int) -> list[str]:
+    """Names of the marked spots in order of increasing x (left to right in the front camera)."""
+    return {1: ["middle"], 2: ["left", "right"], 3: ["left", "middle", "right"]}[num_spots]
+
+
+@dataclass
+class TabletopConfig:
+    """Settings of the tabletop env; the defaults are the benchmark's."""
+
+    image_size: int = field(default=64, metadata={"help": "Height and width of the camera images (pixels)."})
+    wrist_camera: bool = field(default=False, metadata={"help": "Add the gripper camera as obs['wrist']."})
+    num_cubes: int = field(default=3, metadata={"help": "Number of cubes (and marked spots), 1 to 3."})
+    max_episode_steps: int = field(
+        default=400,
+        metadata={"help": "Step limit of gymnasium's TimeLimit: the registered default, and what "
+                  "vplan.envs.make_env passes to gymnasium.make."},
+    )
+    control_hz: int = field(default=10, metadata={"help": "Env steps per simulated second."})
+    max_delta: float = field(default=0.03, metadata={"help": "Gripper displacement (m) for an action of 1."})
+    success_tolerance: float = field(
+        default=0.02, metadata={"help": "Distance (m) from its start within which a cube counts as returned."}
+    )
+    displace_distance: float = field(
+        default=0.06, metadata={"help": "Distance (m) from its start beyond which a cube counts as displaced."}
+    )
+    task: str = field(default="return_cubes", metadata={"help": f"One of {TASKS}."})
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.image_size <= 1024:
+            raise ValueError(f"image_size: expected an int in [8, 1024], got {self.image_size!r}")
+        if not 1 <= self.num_cubes <= MAX_CUBES:
+            raise ValueError(f"num_cubes: expected an int in [1, {MAX_CUBES}], got {self.num_cubes!r}")
+        if self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps: expected a positive int, got {self.max_episode_steps!r}")
+        if not 1 <= self.control_hz <= 100:
+            raise ValueError(f"control_hz: expected an int in [1, 100], got {self.control_hz!r}")
+        if not 0 < self.max_delta <= 0.1:
+            raise ValueError(f"max_delta: expected metres in (0, 0.1], got {self.max_delta!r}")
+        if not 0 < self.success_tolerance < MIN_SEPARATION / 2:
+            raise ValueError(
+                f"success_tolerance: expected metres in (0, {MIN_SEPARATION / 2}), got {self.success_tolerance!r}"
+            )
+        if not self.success_tolerance < self.displace_distance < MIN_SEPARATION:
+            raise ValueError(
+                f"displace_distance: expected metres in (success_tolerance={self.success_tolerance}, "
+                f"{MIN_SEPARATION}), got {self.displace_distance!r}"
+            )
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {TASKS}, got {self.task!r}")
+
+
+class TabletopEnv(gym.Env):
+    """Move the cubes away from where they start, then put each back where it started.
+
+    A floating parallel gripper (a free body welded to a mocap target) works over a table with three 4 cm
+    cubes, coloured red, green and blue in an order drawn at every reset, and three grey marked spots on
+    which the cubes are set down in between. A fixed front camera (and optionally a camera on the gripper)
+    gives the observations.
+
+    ## Action Space
+    `Box(-1, 1, (4,), float32)`: the gripper's displacement (dx, dy, dz) in units of `max_delta` metres,
+    clipped to the workspace, and a grip command (> 0 closes the fingers, <= 0 opens them).
+
+    ## Observation Space
+    `Dict` with `"front"`: `Box(0, 255, (H, W, 3), uint8)`, the front camera; `"agent_pos"`:
+    `Box(-inf, inf, (4,), float32)`, the tool centre point's xyz and the finger opening (m); and `"wrist"`,
+    like `"front"`, when `wrist_camera` is on.
+
+    ## Rewards
+    1.0 on the step that succeeds, else 0.0. `info` carries what the metrics and the expert need:
+    `cube_names` (colours in cube order), `spot_names` (left to right), `cube_poses` and `start_poses`
+    ((n, 7): position and wxyz quaternion), `spot_positions` (n, 3), `gripper_pos`, `gripper_opening`,
+    `grasped` (the cube touching both finger pads, or -1), `phase`, `displaced` and `returned` (n bools),
+    `success`, `dist` (the mean distance of the cubes to their starts, the paper's "Dist") and
+    `environment_state` (the cube positions, flat float32).
+
+    ## Episode End
+    The phase is `"displace"` until every cube is at least `displace_distance` from its start and not
+    held, then `"return"` for good. The episode terminates with success in the return phase once every cube
+    is within `success_tolerance` of its start and the gripper holds none. It is truncated after
+    `max_episode_steps` (400) steps by gymnasium's `TimeLimit`.
+
+    ## Rendering
+    Offscreen through `MUJOCO_GL` (EGL if libEGL is found, else OSMesa), chosen when this module is imported
+    before mujoco. The GL context is made at the first reset; a process forked after its parent rendered
+    cannot make one, so vectorise with `AsyncVectorEnv(..., context="spawn")` once the parent has rendered.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": TabletopConfig.control_hz}
+
+    def __init__(
+        self, config: TabletopConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any
+    ) -> None:
+        config = config or TabletopConfig()
+        unknown = set(overrides) - {f.name for f in fields(TabletopConfig)}
+        if unknown:
+            raise ValueError(f"expected TabletopConfig fields as overrides, got unknown {sorted(unknown)}")
+        self.config = replace(config, **overrides) if overrides else config
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            modes = self.metadata["render_modes"]
+            raise ValueError(f"render_mode: expected one of {modes} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
+
+        self.model = _load_model(self.config.num_cubes)
+        self.data = mujoco.MjData(self.model)
+        self.n_substeps = max(1, round(1.0 / (self.config.control_hz * self.model.opt.timestep)))
+        n = self.config.num_cubes
+        self._cube_geoms = np.array([self.model.geom(f"cube{i}").id for i in range(n)])
+        self._cube_qpos = np.array([self.model.jnt_qposadr[self.model.joint(f"cube{i}").id] for i in range(n)])
+        self._spot_geoms = np.array([self.model.geom(f"spot{i}").id for i in range(n)])
+        self._finger_qpos = np.array(
+            [self.model.jnt_qposadr[self.model.joint(f"{s}_finger").id] for s in ("left", "right")]
+        )
+        self._gripper_body = self.model.body("gripper").id
+        self._pad_geoms = (self.model.geom("left_pad").id, self.model.geom("right_pad").id)
+
+        size = self.config.image_size
+        image = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        obs_spaces: dict[str, spaces.Space] = {
+            "front": image,
+            "agent_pos": spaces.Box(-np.inf, np.inf, (4,), np.float32),
+        }
+        if self.config.wrist_camera:
+            obs_spaces["wrist"] = image
+        self.observation_space = spaces.Dict(obs_spaces)
+        self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+        # Made on first use: a GL context made before a fork hangs the children (gymnasium's
+        # AsyncVectorEnv builds one env in the parent to read the spaces, then forks).
+        self._renderer: mujoco.Renderer | None = None
+
+        self._cube_names: list[str] = list(COLOURS)[:n]
+        self._start_poses = np.zeros((n, 7))
+        self._spot_positions = np.zeros((n, 3))
+        self._phase = "displace"
+        self._front = np.zeros((size, size, 3), np.uint8)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        n, rng = self.config.num_cubes, self.np_random
+        mujoco.mj_resetData(self.model, self.data)  # the gripper and its mocap target back home
+
+        colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:n]]
+        self._cube_names = colours
+        self.model.geom_rgba[self._cube_geoms] = [COLOURS[c] for c in colours]
+
+        points = _sample_separated(rng, 2 * n)
+        starts, spots = points[:n], points[n:]
+        spots = spots[np.argsort(spots[:, 0])]  # spot i is spot_names(n)[i]
+        self._spot_positions = np.column_stack([spots, np.zeros(n)])
+        self.model.geom_pos[self._spot_geoms, :2] = spots
+        for i, (xy, yaw) in enumerate(zip(starts, rng.uniform(-0.3, 0.3, n))):
+            adr = self._cube_qpos[i]
+            self.data.qpos[adr : adr + 3] = (*xy, CUBE_HALF_SIZE)
+            self.data.qpos[adr + 3 : adr + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+
+        self.data.qpos[self._finger_qpos] = FINGER_OPEN
+        self.data.ctrl[:] = FINGER_OPEN
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # let the cubes settle on the table
+        self._start_poses = self._cube_poses()
+        self._phase = "displace"
+        info = self._get_info()
+        return self._get_obs(), info
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        target = self.data.mocap_pos[0] + action[:3] * self.config.max_delta
+        self.data.mocap_pos[0] = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
+        self.data.ctrl[:] = 0.0 if action[3] > 0 else FINGER_OPEN
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+
+        info = self._get_info()
+        if self._phase == "displace" and info["displaced"].all():
+            self._phase = "return"
+            info = self._get_info()
+        terminated = bool(info["success"])
+        return self._get_obs(), float(terminated), terminated, False, info
+
+    def render(self) -> np.ndarray | None:
+        """The front camera image of the current state (the same frame as the last observation)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
+            return None
+        return self._front.copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def _render_camera(self, camera: str) -> np.ndarray:
+        if self._renderer is None:
+            self._renderer = _make_renderer(self.model, self.config.image_size)
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render()
+
+    def _get_obs(self) -> dict[str, np.ndarray]:
+        self._front = self._render_camera("front")
+        obs = {"front": self._front.copy(), "agent_pos": self._agent_pos()}
+        if self.config.wrist_camera:
+            obs["wrist"] = self._render_camera("wrist")
+        return obs
+
+    def _agent_pos(self) -> np.ndarray:
+        opening = self.data.qpos[self._finger_qpos].sum()
+        return np.append(self.data.xpos[self._gripper_body], opening).astype(np.float32)
+
+    def _cube_poses(self) -> np.ndarray:
+        return np.stack([self.data.qpos[adr : adr + 7] for adr in self._cube_qpos]).copy()
+
+    def _grasped(self) -> int:
+        """Index of the cube that touches both finger pads, or -1."""
+        contact = self.data.contact
+        pairs = np.stack([contact.geom1, contact.geom2], axis=1)[: self.data.ncon]
+        touching = []
+        for pad in self._pad_geoms:
+            other = np.concatenate([pairs[pairs[:, 0] == pad, 1], pairs[pairs[:, 1] == pad, 0]])
+            touching.append(set(np.flatnonzero(np.isin(self._cube_geoms, other)).tolist()))
+        both = sorted(touching[0] & touching[1])
+        return both[0] if both else -1
+
+    def _get_info(self) -> dict[str, Any]:
+        poses = self._cube_poses()
+        distance = np.linalg.norm(poses[:, :3] - self._start_poses[:, :3], axis=1)
+        grasped = self._grasped()
+        held = np.arange(len(poses)) == grasped
+        displaced = (distance >= self.config.displace_distance) & ~held
+        returned = distance <= self.config.success_tolerance
+        success = self._phase == "return" and bool(returned.all()) and grasped == -1
+        return {
+            "cube_names": list(self._cube_names),
+            "spot_names": spot_names(self.config.num_cubes),
+            "cube_poses": poses,
+            "start_poses": self._start_poses.copy(),
+            "spot_positions": self._spot_positions.copy(),
+            "gripper_pos": self.data.xpos[self._gripper_body].copy(),
+            "gripper_opening": float(self.data.qpos[self._finger_qpos].sum()),
+            "grasped": grasped,
+            "phase": self._phase,
+            "displaced": displaced,
+            "returned": returned,
+            "success": success,
+            "dist": float(distance.mean()),
+            "environment_state": poses[:, :3].flatten().astype(np.float32),
+        }
+
+
+def _load_model(num_cubes: int) -> mujoco.MjModel:
+    """Compile the packaged XML, dropping the cubes and spots beyond `num_cubes`."""
+    xml = resources.files("vplan.envs").joinpath("assets", "tabletop.xml").read_text()
+    spec = mujoco.MjSpec.from_string(xml)
+    for i in range(num_cubes, MAX_CUBES):
+        spec.delete(spec.body(f"cube{i}"))
+        spec.delete(spec.geom(f"spot{i}"))
+    return spec.compile()
+
+
+_gl_pid: int | None = None  # the process that made this module's first GL context (forked children inherit it)
+
+
+def _make_renderer(model: mujoco.MjModel, size: int) -> mujoco.Renderer:
+    """An offscreen renderer, or a RuntimeError that says how to get one (never a hang)."""
+    global _gl_pid
+    if _gl_pid is not None and _gl_pid != os.getpid():
+        raise RuntimeError(
+            "this process was forked from one that had already rendered, and a GL context cannot be made after "
+            "that (the renderer hangs); start workers with the 'spawn' or 'forkserver' multiprocessing context, "
+            "e.g. gymnasium.vector.AsyncVectorEnv(env_fns, context='spawn')"
+        )
+    model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+    model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+    try:
+        renderer = mujoco.Renderer(model, size, size)
+    except Exception as err:  # the GL backends raise assorted errors (ImportError, RuntimeError, EGL errors)
+        raise RuntimeError(
+            f"cannot create an offscreen MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {err}. "
+            "MuJoCo reads MUJOCO_GL once, when it is first imported: set MUJOCO_GL=egl (or osmesa) in the "
+            "environment, or import vplan.envs before mujoco. Install EGL with apt-get install libegl1 "
+            "libgl1-mesa-dri, or OSMesa with apt-get install libosmesa6 and set MUJOCO_GL=osmesa."
+        ) from err
+    _gl_pid = os.getpid()
+    return renderer
+
+
+def _sample_separated(rng: np.random.Generator, count: int) -> np.ndarray:
+    """`count` xy points in the placement area, pairwise at least MIN_SEPARATION apart."""
+    while True:
+        points: list[np.ndarray] = []
+        for _ in range(100 * count):
+            candidate = rng.uniform(PLACE_LOW, PLACE_HIGH)
+            if all(np.linalg.norm(candidate - p) >= MIN_SEPARATION for p in points):
+                points.append(candidate)
+                if len(points) == count:
+                    return np.array(points)

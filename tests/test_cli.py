@@ -1,0 +1,77 @@
+"""The `vplan` console script: command lookup, config composition, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vplan.cli import COMMANDS, build_config, compose_config, main
+from vplan.data.collect import CollectConfig
+from vplan.envs.tabletop_v0 import TabletopConfig
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vplan.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def command(name: str):
+    return next(c for c in COMMANDS if c.name == name)
+
+
+def test_help_lists_every_command(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for c in COMMANDS:
+        assert c.name in out
+
+
+def test_command_help_shows_config_and_choices(capsys):
+    main(["collect", "--help"])
+    out = capsys.readouterr().out
+    assert "episodes: 10" in out
+    assert "image_size: 64" in out
+    assert "env: tabletop" in out
+
+
+def test_compose_builds_typed_configs():
+    cfg, choices = compose_config(command("collect"), ["episodes=3", "env.image_size=32", "out=/tmp/x"])
+    config = build_config(cfg)
+    assert isinstance(config, CollectConfig)
+    assert isinstance(config.env, TabletopConfig)
+    assert (config.episodes, config.env.image_size, config.out) == (3, 32, "/tmp/x")
+    assert config.env.task == config.task.name == "return_cubes"
+    assert choices == {"env": "tabletop", "task": "return_cubes"}
+
+
+def test_default_out_follows_the_task():
+    cfg, _ = compose_config(command("collect"), [])
+    assert build_config(cfg).out == "data/return_cubes"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["colect"], "unknown command 'colect'; valid commands: collect, bench env"),
+        (["bench", "nothing"], "unknown command 'bench nothing'"),
+        (["collect", "episodez=3"], "unknown key 'episodez'; valid keys:"),
+        (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),
+        (["collect", "env=moon"], "unknown env 'moon'; valid choices: tabletop"),
+        (["collect", "task=fly"], "unknown task 'fly'; valid choices: return_cubes"),
+        (["collect", "episodes=abc"], "bad value for 'episodes'"),
+        (["collect", "episodes=0"], "episodes: expected a positive number, got 0"),
+        (["collect", "env.image_size=3"], "image_size: expected"),
+        (["collect", "stray"], "unexpected argument 'stray'"),
+        (["collect", "--fast"], "unknown option '--fast'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, expected):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]

@@ -1,0 +1,359 @@
+"""Episode datasets: LeRobot v3.0 layout, exact round trip, resume, crash safety, frame cache, torch view."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from vplan.constants import (
+    ACTION,
+    EPISODE_INDEX,
+    FRAME_INDEX,
+    INDEX,
+    OBS_ENV_STATE,
+    OBS_IMAGE_FRONT,
+    OBS_STATE,
+    SUBGOAL,
+    SUCCESS,
+    TASK_INDEX,
+    TIMESTAMP,
+)
+from vplan.data import DatasetError, EpisodeDataset, EpisodeWriter
+from vplan.data import dataset as dataset_module
+from vplan.data.dataset import EPISODE_META
+from vplan.data.lerobot_format import INFO_PATH, STAGING_DIR, encode_video
+
+FPS = 10
+SIZE = 32
+FEATURES = {
+    OBS_IMAGE_FRONT: {"dtype": "video", "shape": [SIZE, SIZE, 3], "names": ["height", "width", "channels"]},
+    OBS_STATE: {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "grip"]},
+    OBS_ENV_STATE: {"dtype": "float32", "shape": [9], "names": None},
+    ACTION: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "grip"]},
+    SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
+}
+MIN_PSNR = 35.0  # the world model's VAE needs >= 30 dB; the mp4 round trip must stay well above it
+
+
+def make_episode(seed: int, length: int = 4) -> tuple[dict[str, np.ndarray], list[str], dict]:
+    """A deterministic tabletop-like episode: gradient table, moving coloured squares, random low-dim data."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    frames = np.empty((length, SIZE, SIZE, 3), np.uint8)
+    for t in range(length):
+        frames[t] = np.stack([120 + 3 * y, 100 + 2 * x, 80 + x + y], axis=-1).astype(np.uint8)
+        for colour, (cx, cy) in zip(
+            ([220, 30, 30], [30, 200, 40]), ((6 + t + seed, 8), (20, 14 + t)), strict=True
+        ):
+            frames[t, cy : cy + 6, cx % (SIZE - 6) : cx % (SIZE - 6) + 6] = colour
+    data = {
+        OBS_IMAGE_FRONT: frames,
+        OBS_STATE: rng.normal(size=(length, 4)).astype(np.float32),
+        OBS_ENV_STATE: rng.normal(size=(length, 9)).astype(np.float32),
+        ACTION: rng.normal(size=(length, 4)).astype(np.float32),
+        SUCCESS: np.arange(length) == length - 1,
+    }
+    subgoals = ["move the red cube away"] * (length // 2) + [f"return cube {seed % 2}"] * (
+        length - length // 2
+    )
+    extra = {"instruction": "move the cubes, then put them back", "seed": seed, "success": seed % 2 == 0}
+    return data, subgoals, extra
+
+
+def write(root: Path, seeds: list[int], **kwargs) -> None:
+    with EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop", **kwargs) as writer:
+        for seed in seeds:
+            writer.add_episode(*make_episode(seed, length=3 + seed % 3))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def check_episodes(root: Path, seeds: list[int]) -> EpisodeDataset:
+    """Every episode reads back exactly (frames above MIN_PSNR); global indices continue across episodes."""
+    ds = EpisodeDataset(root)
+    assert ds.num_episodes == len(seeds)
+    first = 0
+    for episode, seed in enumerate(seeds):
+        data, subgoals, extra = make_episode(seed, length=3 + seed % 3)
+        got = ds.episode(episode)
+        length = len(subgoals)
+        for key in (OBS_STATE, OBS_ENV_STATE, ACTION, SUCCESS):
+            np.testing.assert_array_equal(got[key], data[key])
+            assert got[key].dtype == data[key].dtype
+        assert got[SUBGOAL] == subgoals
+        assert psnr(got[OBS_IMAGE_FRONT], data[OBS_IMAGE_FRONT]) > MIN_PSNR
+        np.testing.assert_array_equal(got[EPISODE_INDEX], np.full(length, episode))
+        np.testing.assert_array_equal(got[FRAME_INDEX], np.arange(length))
+        np.testing.assert_array_equal(got[INDEX], np.arange(first, first + length))
+        np.testing.assert_array_equal(got[TIMESTAMP], (np.arange(length) / FPS).astype(np.float32))
+        assert [ds.tasks[i] for i in got[TASK_INDEX]] == subgoals
+        meta = got[EPISODE_META]
+        assert meta["tasks"] == list(dict.fromkeys(subgoals))
+        assert (meta["length"], meta["dataset_from_index"], meta["dataset_to_index"]) == (
+            length,
+            first,
+            first + length,
+        )
+        assert {key: meta[key] for key in extra} == extra
+        first += length
+    assert ds.num_frames == first
+    return ds
+
+
+def test_round_trip_is_exact_and_frames_are_close(tmp_path: Path) -> None:
+    write(tmp_path / "ds", [0, 1, 2])
+    check_episodes(tmp_path / "ds", [0, 1, 2])
+
+
+def test_info_json_has_v30_fields_and_paths_resolve(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0, 1, 2], chunks_size=2)
+    info = json.loads((root / INFO_PATH).read_text())
+    assert info["codebase_version"] == "v3.0"
+    assert (info["total_episodes"], info["total_tasks"], info["chunks_size"], info["fps"]) == (3, 3, 2, FPS)
+    assert info["robot_type"] == "tabletop" and info["splits"] == {"train": "0:3"}
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    assert {"data_files_size_in_mb", "video_files_size_in_mb"} <= info.keys()
+    video = info["features"][OBS_IMAGE_FRONT]["info"]
+    assert (video["video.codec"], video["video.fps"], video["video.height"], video["has_audio"]) == (
+        "h264",
+        FPS,
+        SIZE,
+        False,
+    )
+    for key in (TIMESTAMP, FRAME_INDEX, EPISODE_INDEX, INDEX, TASK_INDEX):
+        assert info["features"][key]["shape"] == [1]
+
+    ds = EpisodeDataset(root)
+    for episode in range(3):
+        meta = ds.episode_meta(episode)
+        chunk, file = divmod(episode, 2)  # rolls over to chunk-001 after chunks_size files
+        for kind in ("data", "meta/episodes", f"videos/{OBS_IMAGE_FRONT}"):
+            assert (meta[f"{kind}/chunk_index"], meta[f"{kind}/file_index"]) == (chunk, file)
+        assert (root / info["data_path"].format(chunk_index=chunk, file_index=file)).is_file()
+        assert (
+            root / info["video_path"].format(video_key=OBS_IMAGE_FRONT, chunk_index=chunk, file_index=file)
+        ).is_file()
+        assert (root / f"meta/episodes/chunk-{chunk:03d}/file-{file:03d}.parquet").is_file()
+        assert meta[f"videos/{OBS_IMAGE_FRONT}/from_timestamp"] == 0.0
+        assert meta[f"videos/{OBS_IMAGE_FRONT}/to_timestamp"] == pytest.approx(meta["length"] / FPS)
+
+    tasks = pq.read_table(root / "meta/tasks.parquet")
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    assert dict(zip(tasks["task"].to_pylist(), tasks[TASK_INDEX].to_pylist(), strict=True)) == {
+        text: i for i, text in enumerate(ds.tasks)
+    }
+    assert pq.read_table(root / "data/chunk-000/file-000.parquet").schema.field(OBS_STATE).type.list_size == 4
+
+    stats = json.loads((root / "meta/stats.json").read_text())
+    assert stats[INDEX]["count"] == [ds.num_frames]
+    assert np.asarray(stats[OBS_IMAGE_FRONT]["mean"]).shape == (3, 1, 1)
+    states = np.concatenate([ds.episode(i)[OBS_STATE] for i in range(3)])
+    np.testing.assert_allclose(stats[OBS_STATE]["mean"], states.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(stats[OBS_STATE]["std"], states.std(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(stats[OBS_STATE]["min"], states.min(axis=0))
+
+
+def test_resume_appends_and_indices_continue(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0, 1])
+    write(root, [2])
+    ds = check_episodes(root, [0, 1, 2])
+    assert ds.tasks == ["move the red cube away", "return cube 0", "return cube 1"]
+    assert ds.stats[OBS_STATE]["count"][0] == ds.num_frames
+
+
+def test_incompatible_resume_refuses_with_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0])
+    other = {**FEATURES, OBS_STATE: {"dtype": "float32", "shape": [5], "names": None}}
+    cases = [
+        (dict(fps=FPS + 1, features=FEATURES, robot_type="tabletop"), "fps"),
+        (dict(fps=FPS, features=other, robot_type="tabletop"), "observation.state.shape"),
+        (dict(fps=FPS, features=FEATURES, robot_type="blockworld"), "robot_type"),
+        (dict(fps=FPS, features=FEATURES, robot_type="tabletop", resume=False), "resume=True"),
+    ]
+    for kwargs, phrase in cases:
+        with pytest.raises(DatasetError, match=phrase) as error:
+            EpisodeWriter.create_or_resume(root, **kwargs)
+        assert "\n" not in str(error.value) and str(root) in str(error.value)
+    with (
+        EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop"),
+        pytest.raises(DatasetError, match="another EpisodeWriter"),
+    ):
+        EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("not a dataset")
+    with pytest.raises(DatasetError, match="not empty"):
+        EpisodeWriter.create_or_resume(tmp_path / "notes", FPS, FEATURES)
+    assert [path.name for path in (tmp_path / "notes").iterdir()] == ["todo.txt"]  # refused untouched
+    check_episodes(root, [0])
+
+
+def test_bad_episodes_are_rejected_before_writing(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    data, subgoals, extra = make_episode(0, length=3)
+    with EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop") as writer:
+        writer.add_episode(data, subgoals, extra)
+        with pytest.raises(ValueError, match="frame count"):
+            writer.add_episode(data, subgoals[:-1], extra)
+        with pytest.raises(ValueError, match=OBS_STATE):
+            writer.add_episode({**data, OBS_STATE: data[OBS_STATE][:, :3]}, subgoals, extra)
+        with pytest.raises(ValueError, match="uint8"):
+            writer.add_episode(
+                {**data, OBS_IMAGE_FRONT: data[OBS_IMAGE_FRONT].astype(np.float32)}, subgoals, extra
+            )
+        with pytest.raises(ValueError, match="extra"):
+            writer.add_episode(data, subgoals, {**extra, "seed": "zero"})
+    check_episodes(root, [0])
+
+
+def test_uncommitted_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0, 1])
+    # What a writer killed before its commit leaves: files of episode 2, a bigger tasks table, staging scraps.
+    for kind, suffix in (
+        ("data", "parquet"),
+        ("meta/episodes", "parquet"),
+        (f"videos/{OBS_IMAGE_FRONT}", "mp4"),
+    ):
+        shutil.copy(
+            root / f"{kind}/chunk-000/file-001.{suffix}", root / f"{kind}/chunk-000/file-002.{suffix}"
+        )
+    (root / STAGING_DIR).mkdir(exist_ok=True)
+    (root / STAGING_DIR / "data.parquet").write_bytes(b"half a parq")
+    check_episodes(root, [0, 1])
+    write(root, [2])
+    assert not (root / STAGING_DIR).exists()
+    check_episodes(root, [0, 1, 2])
+
+
+KILLING_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from test_dataset import FEATURES, FPS, make_episode
+    from vplan.data import EpisodeWriter
+
+    real_replace = os.replace
+
+    def replace(source, target):
+        relative = os.path.relpath(target, {root!r})
+        data_2 = os.path.join({root!r}, "data/chunk-000/file-002.parquet")
+        committing_2 = relative == "meta/info.json" and os.path.exists(data_2)
+        if relative.startswith({marker!r}) and ("file-002" in relative or committing_2):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(source, target)
+
+    os.replace = replace
+    writer = EpisodeWriter.create_or_resume({root!r}, FPS, FEATURES, "tabletop")
+    for seed in range(3):
+        writer.add_episode(*make_episode(seed, length=3 + seed % 3))
+    """
+)
+
+
+def test_writer_killed_mid_episode_keeps_finished_episodes(tmp_path: Path) -> None:
+    """SIGKILL while episode 2's files are moved into place: at its video, data, metadata, or commit."""
+    markers = ["videos/", "data/", "meta/episodes/", "meta/info.json"]
+    roots = [tmp_path / f"ds{i}" for i in range(len(markers))]
+    writers = [  # in parallel: each pays the interpreter's start-up
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                KILLING_WRITER.format(tests=str(Path(__file__).parent), root=str(root), marker=marker),
+            ],
+            stderr=subprocess.PIPE,
+        )
+        for root, marker in zip(roots, markers, strict=True)
+    ]
+    for writer, root in zip(writers, roots, strict=True):
+        _, stderr = writer.communicate(timeout=60)
+        assert writer.returncode == -signal.SIGKILL, stderr.decode()
+        check_episodes(root, [0, 1])
+        write(root, [2, 3])
+        check_episodes(root, [0, 1, 2, 3])
+
+
+def test_decoded_frames_are_cached_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ds"
+    write(root, [0, 1])
+    decoded: list[Path] = []
+    real_decode = dataset_module.decode_video
+
+    def counting_decode(path: Path) -> np.ndarray:
+        decoded.append(path)
+        return real_decode(path)
+
+    monkeypatch.setattr(dataset_module, "decode_video", counting_decode)
+    first = EpisodeDataset(root).episode(0)[OBS_IMAGE_FRONT]
+    assert len(decoded) == 1
+    again = EpisodeDataset(root)  # a new process would see the same: the cache is on disk
+    np.testing.assert_array_equal(again.episode(0)[OBS_IMAGE_FRONT], first)
+    for index in range(len(again)):
+        again[index]
+    assert len(decoded) == 2  # episode 1's video, once
+
+    video = root / f"videos/{OBS_IMAGE_FRONT}/chunk-000/file-000.mp4"
+    changed = make_episode(5, length=len(first))[0][OBS_IMAGE_FRONT]
+    encode_video(video, changed, FPS)
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))
+    fresh = again.episode(0)[OBS_IMAGE_FRONT]  # same open dataset: the in-memory copy is stale too
+    assert len(decoded) == 3 and psnr(fresh, changed) > MIN_PSNR
+    assert len(list(video.parent.glob("*"))) == 2
+    assert len(list((root / ".cache").rglob("file-000.mp4.*.npy"))) == 1  # the stale entry is gone
+
+
+def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=f"{tmp_path} is not a LeRobot dataset"):
+        EpisodeDataset(tmp_path)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / INFO_PATH).write_text(
+        json.dumps(
+            {
+                "codebase_version": "v2.1",
+                "fps": 10,
+                "features": {},
+                "total_episodes": 0,
+                "total_frames": 0,
+                "data_path": "",
+            }
+        )
+    )
+    with pytest.raises(DatasetError, match=r"v2\.1"):
+        EpisodeDataset(tmp_path)
+
+
+def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0, 1])  # lengths 3 and 4
+    ds = EpisodeDataset(root)
+    assert len(ds) == 7
+    item = ds[4]
+    assert item[OBS_IMAGE_FRONT].shape == (3, SIZE, SIZE) and item[OBS_IMAGE_FRONT].dtype == torch.float32
+    assert item[OBS_IMAGE_FRONT].min() >= 0.0 and item[OBS_IMAGE_FRONT].max() <= 1.0
+    assert (int(item[EPISODE_INDEX]), int(item[FRAME_INDEX])) == (1, 1)
+    assert item[SUBGOAL] == make_episode(1, length=4)[1][1]
+    torch.testing.assert_close(item[ACTION], torch.from_numpy(make_episode(1, length=4)[0][ACTION][1]))
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=7)))
+    assert batch[OBS_STATE].shape == (7, 4) and len(batch[SUBGOAL]) == 7
+    assert ds.clips(3, stride=1) == [(0, 0), (1, 0), (1, 1)]
+    assert ds.clips(4, stride=2) == [(1, 0)]
+    with pytest.raises(IndexError):
+        ds[7]

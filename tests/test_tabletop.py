@@ -1,0 +1,207 @@
+"""vplan/Tabletop-v0: the gymnasium contract, seeding, config checks and the return_cubes task logic."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env, data_equivalence
+
+from vplan.envs import ENV_IDS, make_env
+from vplan.envs.tabletop_v0 import COLOURS, TabletopConfig, TabletopEnv
+
+SIZE = 16  # small images keep the tests fast; the physics is the same at any size
+INFO_KEYS = {
+    "cube_names", "spot_names", "cube_poses", "start_poses", "spot_positions", "gripper_pos", "gripper_opening",
+    "grasped", "phase", "displaced", "returned", "success", "dist", "environment_state",
+}  # fmt: skip
+
+
+@pytest.fixture
+def env():
+    env = TabletopEnv(image_size=SIZE)
+    yield env
+    env.close()
+
+
+def _rollout(env: TabletopEnv, seed: int, steps: int) -> list[tuple[dict, dict]]:
+    actions = np.random.default_rng(0).uniform(-1, 1, (steps, 4)).astype(np.float32)
+    out = [env.reset(seed=seed)]
+    out += [(obs, info) for obs, _, _, _, info in map(env.step, actions)]
+    return out
+
+
+def test_check_env_passes():
+    env = gym.make(ENV_IDS["tabletop"], image_size=SIZE, wrist_camera=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    env.close()
+    # agent_pos is unbounded on purpose (Box(-inf, inf)); anything else is a finding.
+    unexpected = [str(w.message) for w in caught if "infinity" not in str(w.message)]
+    assert unexpected == []
+
+
+def test_same_seed_gives_identical_obs_and_info(env):
+    other = TabletopEnv(image_size=SIZE)
+    _rollout(env, seed=0, steps=5)  # a history must not leak into the next episode
+    first, second = _rollout(env, seed=3, steps=5), _rollout(other, seed=3, steps=5)
+    other.close()
+    for (obs_a, info_a), (obs_b, info_b) in zip(first, second):
+        assert obs_a["front"].tobytes() == obs_b["front"].tobytes()
+        assert data_equivalence(obs_a, obs_b)
+        assert data_equivalence(info_a, info_b)
+
+
+def test_seeds_vary_cube_poses_and_colour_order(env):
+    infos = [env.reset(seed=seed)[1] for seed in range(8)]
+    orders = {tuple(info["cube_names"]) for info in infos}
+    assert len(orders) > 1
+    assert all(sorted(order) == sorted(COLOURS) for order in orders)
+    starts = np.stack([info["start_poses"][:, :2] for info in infos])
+    assert np.all(np.ptp(starts, axis=0) > 0.01)
+    for info in infos:  # cubes and spots apart, spots named left to right
+        points = np.concatenate([info["start_poses"][:, :2], info["spot_positions"][:, :2]])
+        gaps = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(len(points))
+        assert gaps.min() > 0.08
+        assert np.all(np.diff(info["spot_positions"][:, 0]) > 0)
+
+
+def test_reset_obs_and_info(env):
+    obs, info = env.reset(seed=0)
+    assert set(obs) == {"front", "agent_pos"}
+    assert obs["front"].shape == (SIZE, SIZE, 3) and obs["front"].dtype == np.uint8
+    assert obs["agent_pos"].dtype == np.float32
+    np.testing.assert_allclose(obs["agent_pos"][:3], info["gripper_pos"], atol=1e-6)
+    assert set(info) == INFO_KEYS
+    assert info["cube_poses"].shape == info["start_poses"].shape == (3, 7)
+    assert info["environment_state"].shape == (9,) and info["environment_state"].dtype == np.float32
+    assert info["spot_names"] == ["left", "middle", "right"]
+    assert info["phase"] == "displace" and info["grasped"] == -1 and not info["success"]
+    assert info["dist"] < 1e-3
+    np.testing.assert_array_equal(env.render(), obs["front"])
+
+
+def test_wrist_camera_obs():
+    env = TabletopEnv(image_size=SIZE, wrist_camera=True)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    assert obs["wrist"].shape == (SIZE, SIZE, 3) and obs["wrist"].dtype == np.uint8
+    assert not np.array_equal(obs["wrist"], obs["front"])
+    assert "wrist" in env.observation_space.spaces
+
+
+def test_fewer_cubes():
+    env = TabletopEnv(image_size=SIZE, num_cubes=2)
+    _, info = env.reset(seed=0)
+    env.close()
+    assert len(info["cube_names"]) == 2 and info["cube_poses"].shape == (2, 7)
+    assert info["spot_names"] == ["left", "right"] and info["environment_state"].shape == (6,)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("image_size", 4),
+        ("num_cubes", 0),
+        ("num_cubes", 4),
+        ("max_episode_steps", 0),
+        ("control_hz", 0),
+        ("max_delta", -0.01),
+        ("success_tolerance", 0.5),
+        ("displace_distance", 0.01),
+        ("task", "stack_cubes"),
+    ],
+)
+def test_bad_config_raises_naming_the_value(field, value):
+    with pytest.raises(ValueError, match=re.escape(repr(value))):
+        TabletopConfig(**{field: value})
+
+
+def test_unknown_override_raises():
+    with pytest.raises(ValueError, match="image_sise"):
+        TabletopEnv(image_sise=32)
+
+
+def test_registered_env_truncates_at_max_steps():
+    env = gym.make(ENV_IDS["tabletop"], image_size=SIZE, max_episode_steps=3)
+    assert gym.spec(ENV_IDS["tabletop"]).max_episode_steps == TabletopConfig.max_episode_steps
+    env.reset(seed=0)
+    truncated = [env.step(np.zeros(4, np.float32))[3] for _ in range(3)]
+    env.close()
+    assert truncated == [False, False, True]
+
+
+def test_make_env_applies_the_config():
+    env = make_env(TabletopConfig(image_size=SIZE, max_episode_steps=7))
+    obs, _ = env.reset(seed=0)
+    env.close()
+    assert obs["front"].shape == (SIZE, SIZE, 3)
+    assert env.spec.max_episode_steps == 7
+
+
+def test_actions_move_the_gripper_within_the_workspace(env):
+    _, info = env.reset(seed=0)
+    start = info["gripper_pos"]
+    *_, info = env.step(np.array([1, 0, 0, -1], np.float32))
+    assert info["gripper_pos"][0] - start[0] == pytest.approx(env.config.max_delta, abs=0.005)
+    *_, info = env.step(np.array([0, 0, 0, 1], np.float32))
+    assert info["gripper_opening"] < 0.005  # closed on nothing
+    for _ in range(10):
+        *_, info = env.step(np.array([0, 0, -1, -1], np.float32))
+    assert info["gripper_opening"] > 0.075
+    assert info["gripper_pos"][2] > 0.0  # clipped above the table
+
+
+def _place_cubes(env: TabletopEnv, positions: np.ndarray) -> None:
+    """Put the cubes at `positions` (test set-up only: the task is solved by the fingers)."""
+    for i, xy in enumerate(positions[:, :2]):
+        env.data.joint(f"cube{i}").qpos[:2] = xy
+    env.data.qvel[:] = 0.0
+
+
+def test_task_phases_and_success(env):
+    _, info = env.reset(seed=1)
+    start = info["start_poses"]
+    _place_cubes(env, info["spot_positions"])
+    _, reward, terminated, _, info = env.step(np.zeros(4, np.float32))
+    assert info["displaced"].all() and info["phase"] == "return"
+    assert reward == 0.0 and not terminated and info["dist"] > env.config.displace_distance
+    _place_cubes(env, start)
+    _, reward, terminated, _, info = env.step(np.zeros(4, np.float32))
+    assert info["returned"].all() and info["success"] and terminated and reward == 1.0
+    assert info["dist"] < env.config.success_tolerance
+
+
+def test_returning_without_displacing_is_no_success(env):
+    env.reset(seed=1)
+    *_, info = env.step(np.zeros(4, np.float32))
+    assert info["phase"] == "displace" and info["returned"].all() and not info["success"]
+
+
+def _render_in_forked_child() -> str:
+    env = TabletopEnv(image_size=SIZE)
+    try:
+        env.reset(seed=0)
+    except RuntimeError as error:
+        return str(error)
+    return "rendered"
+
+
+def test_forked_worker_fails_fast_after_the_parent_rendered(env):
+    env.reset(seed=0)  # this process now holds a GL context: a forked child's renderer would hang
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        message = pool.apply(_render_in_forked_child)
+    assert "context='spawn'" in message
+
+
+def test_close_frees_the_renderer():
+    env = TabletopEnv(image_size=SIZE)
+    env.reset(seed=0)
+    env.close()
+    env.close()  # idempotent
+    assert env._renderer is None

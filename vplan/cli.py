@@ -1,0 +1,238 @@
+"""`vplan <command> key=value ...`: pop the command, compose its Hydra config, build typed configs, run.
+
+Every command has one YAML in configs/ that extends its config dataclass (registered with Hydra's ConfigStore
+as `<command>_schema`); config groups (env/, task/, ...) fill the nested configs the same way, so Hydra checks
+keys and types and the dataclasses hold the only defaults. Bad input never shows a traceback: one line naming what is valid, exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, NoReturn
+
+from vplan.errors import UsageError
+
+USAGE_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """One CLI command: the words that name it, its config file and the function that runs it."""
+
+    words: tuple[str, ...]
+    summary: str
+    config_name: str  # configs/<config_name>.yaml
+    entry: str  # "module:function", called with the built config dataclass
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.words)
+
+    def load(self) -> Callable[[Any], Any]:
+        module_name, function_name = self.entry.split(":")
+        return getattr(importlib.import_module(module_name), function_name)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        ("collect",),
+        "roll out the scripted expert and write a LeRobot v3.0 episode dataset",
+        "collect",
+        "vplan.data.collect:collect",
+    ),
+    Command(
+        ("bench", "env"),
+        "steps+renders per second of an env and the expert's episode time",
+        "bench_env",
+        "vplan.eval.bench_env:bench_env",
+    ),
+)
+
+
+# Config dataclasses registered as Hydra schemas: (group, schema name) -> "module:Class".
+SCHEMAS: dict[tuple[str | None, str], str] = {
+    (None, "collect_schema"): "vplan.data.collect:CollectConfig",
+    (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
+    ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
+    ("task", "task_schema"): "vplan.tasks:TaskConfig",
+}
+
+
+def _fail(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+def _print_help() -> None:
+    width = max(len(c.name) for c in COMMANDS)
+    lines = [
+        "usage: vplan <command> [key=value ...]",
+        "       vplan <command> --help    show the command's config and choices",
+        "",
+        "commands:",
+        *(f"  {c.name.ljust(width)}  {c.summary}" for c in COMMANDS),
+    ]
+    print("\n".join(lines))
+
+
+def _find_command(args: list[str]) -> tuple[Command, list[str]]:
+    """Match the longest command whose words start `args`; the rest are overrides."""
+    words = []
+    for arg in args:
+        if "=" in arg or arg.startswith("-"):
+            break
+        words.append(arg)
+    for command in sorted(COMMANDS, key=lambda c: -len(c.words)):
+        if tuple(words[: len(command.words)]) == command.words:
+            rest = args[len(command.words) :]
+            extra = [a for a in rest if "=" not in a and not a.startswith("-")]
+            if extra:
+                raise UsageError(
+                    f"unexpected argument {extra[0]!r} after '{command.name}'; overrides are key=value"
+                )
+            return command, rest
+    valid = ", ".join(c.name for c in COMMANDS)
+    raise UsageError(f"unknown command {' '.join(words)!r}; valid commands: {valid}")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for (group, name), target in SCHEMAS.items():
+        module_name, class_name = target.split(":")
+        store.store(group=group, name=name, node=getattr(importlib.import_module(module_name), class_name))
+
+
+def _group_options(group: str) -> list[str]:
+    folder = resources.files("vplan.configs") / group
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    for key in cfg.keys():
+        value = cfg._get_node(key)
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, DictConfig):
+            keys.extend(_flat_keys(value, prefix=f"{full}."))
+    return keys
+
+
+def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[str, str]]:
+    """Compose the command's config with Hydra; return it and the chosen config-group options."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise UsageError(_first_line(error)) from None
+    _register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
+        base = compose(command.config_name, return_hydra_config=True)
+        groups = {g: v for g, v in base.hydra.runtime.choices.items() if not g.startswith("hydra")}
+        for override in parsed:
+            key = override.key_or_group
+            if key in groups:
+                options = _group_options(key)
+                if override.value() not in options:
+                    raise UsageError(f"unknown {key} {override.value()!r}; valid choices: {', '.join(options)}")
+            elif key not in _flat_keys(base):
+                valid = ", ".join(k for k in _flat_keys(base) if k != "hydra" and not k.startswith("hydra."))
+                raise UsageError(f"unknown key {key!r}; valid keys: {valid}")
+        try:
+            cfg = compose(command.config_name, overrides=overrides, return_hydra_config=True)
+        except HydraException as error:
+            cause = error.__cause__
+            key = getattr(cause, "full_key", None)
+            message = _first_line(cause or error)
+            raise UsageError(f"bad value for {key!r}: {message}" if key else message) from None
+    choices = {g: v for g, v in cfg.hydra.runtime.choices.items() if not g.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def build_config(cfg: Any) -> Any:
+    """The command's typed config: every node becomes its schema dataclass (running `__post_init__` checks)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        raise UsageError(_first_line(error)) from None
+    except (TypeError, ValueError) as error:
+        raise UsageError(_first_line(error)) from None
+
+
+def _print_command_help(command: Command) -> None:
+    from omegaconf import OmegaConf
+
+    cfg, choices = compose_config(command, [])
+    print(f"usage: vplan {command.name} [key=value ...]\n\n{command.summary}\n")
+    for group, chosen in choices.items():
+        print(f"{group}: {chosen}  (choices: {', '.join(_group_options(group))})")
+    print("\nconfig (defaults):")
+    print(OmegaConf.to_yaml(cfg).rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        _print_help()
+        return
+    if args[0] == "--version":
+        from vplan import __version__
+
+        print(f"vplan {__version__}")
+        return
+    prog = "vplan"
+    try:
+        command, overrides = _find_command(args)
+        prog = f"vplan {command.name}"
+        if any(a in ("-h", "--help") for a in overrides):
+            _print_command_help(command)
+            return
+        unknown_flags = [a for a in overrides if a.startswith("-")]
+        if unknown_flags:
+            raise UsageError(f"unknown option {unknown_flags[0]!r}; only --help, then key=value overrides")
+        cfg, choices = compose_config(command, overrides)
+        config = build_config(cfg)
+        _check_task_fits_env(config, choices)
+    except UsageError as error:
+        _fail(prog, str(error))
+    try:
+        command.load()(config)
+    except UsageError as error:
+        _fail(prog, str(error))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _check_task_fits_env(config: Any, choices: dict[str, str]) -> None:
+    task = getattr(config, "task", None)
+    env = choices.get("env")
+    if task is not None and env is not None and task.env != env:
+        raise UsageError(f"task {task.name!r} runs on env {task.env!r}, not {env!r}; use env={task.env}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Names shared by the datasets, the training batches and the policies (LeRobot's feature names)."""
+
+OBS_IMAGE_FRONT = "observation.images.front"
+OBS_IMAGE_WRIST = "observation.images.wrist"
+OBS_STATE = "observation.state"  # the robot's own state: gripper xyz + opening
+OBS_ENV_STATE = "observation.environment_state"  # privileged object state: cube positions
+ACTION = "action"
+SUBGOAL = "subgoal"  # per-frame language action (LeRobot's per-frame "task")
+SUCCESS = "next.success"
+REWARD = "next.reward"
+DONE = "next.done"
+EPISODE_INDEX = "episode_index"
+FRAME_INDEX = "frame_index"
+INDEX = "index"
+TIMESTAMP = "timestamp"
+TASK_INDEX = "task_index"

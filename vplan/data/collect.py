@@ -1,0 +1,137 @@
+"""`vplan collect`: roll out an env's scripted expert and append the episodes to a LeRobot v3.0 dataset.
+
+Each episode is committed whole, so a collect killed half-way keeps every finished episode, and running the
+same command again resumes where it stopped (episode i always uses seed + i, so a resumed dataset equals an
+uninterrupted one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from omegaconf import MISSING
+from tqdm import tqdm
+
+from vplan.constants import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
+from vplan.data.lerobot_format import DatasetError, EpisodeWriter
+from vplan.errors import UsageError
+from vplan.tasks import TaskConfig
+
+IMAGE_FEATURE = "observation.images.{camera}"  # env observation key "front" -> observation.images.front
+
+
+@dataclass
+class CollectConfig:
+    """Settings of `vplan collect`."""
+
+    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
+    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    episodes: int = field(default=10, metadata={"help": "Episodes `out` holds when done; a resume adds the rest."})
+    out: str = field(default="data/${task.name}", metadata={"help": "Dataset directory."})
+    seed: int = field(default=0, metadata={"help": "Episode i is reset with seed + i (evaluation uses 10000+)."})
+    noise_std: float = field(default=0.0, metadata={"help": "Gaussian noise on the expert's actions."})
+    explore_fraction: float = field(
+        default=0.0, metadata={"help": "Share of steps in exploratory random segments (for inverse dynamics)."}
+    )
+    resume: bool = field(default=True, metadata={"help": "false: refuse a directory that holds episodes."})
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes: expected a positive number, got {self.episodes}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std: expected >= 0, got {self.noise_std}")
+        if not 0 <= self.explore_fraction < 1:
+            raise ValueError(f"explore_fraction: expected a share in [0, 1), got {self.explore_fraction}")
+
+
+def dataset_features(env: gym.Env, info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """LeRobot features of an env that follows the project's contract (camera images, agent_pos, info)."""
+    features: dict[str, dict[str, Any]] = {}
+    for key, space in env.observation_space.spaces.items():
+        if key == "agent_pos":
+            features[OBS_STATE] = {"dtype": "float32", "shape": list(space.shape), "names": None}
+        else:
+            features[IMAGE_FEATURE.format(camera=key)] = {
+                "dtype": "video",
+                "shape": list(space.shape),
+                "names": ["height", "width", "channels"],
+            }
+    features[OBS_ENV_STATE] = {"dtype": "float32", "shape": list(info["environment_state"].shape), "names": None}
+    features[ACTION] = {"dtype": "float32", "shape": list(env.action_space.shape), "names": None}
+    features[REWARD] = {"dtype": "float32", "shape": [1], "names": None}
+    features[SUCCESS] = {"dtype": "bool", "shape": [1], "names": None}
+    features[DONE] = {"dtype": "bool", "shape": [1], "names": None}
+    return features
+
+
+def rollout_expert(env: gym.Env, expert: Any, seed: int) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
+    """One expert episode: per-frame arrays (observation at t, action at t, its outcome), subgoals, summary."""
+    obs, info = env.reset(seed=seed)
+    expert.reset(info, seed=seed)
+    columns: dict[str, list[Any]] = {}
+    subgoals: list[str] = []
+    done = False
+    while not done:
+        action = expert.select_action(obs, info)
+        frame = {IMAGE_FEATURE.format(camera=k): v for k, v in obs.items() if k != "agent_pos"}
+        frame[OBS_STATE] = obs["agent_pos"]
+        frame[OBS_ENV_STATE] = info["environment_state"]
+        frame[ACTION] = action
+        subgoals.append(expert.subgoal)
+        obs, reward, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        frame.update({REWARD: np.float32(reward), SUCCESS: bool(info["success"]), DONE: done})
+        for key, value in frame.items():
+            columns.setdefault(key, []).append(value)
+    frames = {key: np.stack([np.asarray(v) for v in values]) for key, values in columns.items()}
+    summary = {"seed": seed, "success": bool(info["success"]), "dist": float(info["dist"]), "steps": len(subgoals)}
+    return frames, subgoals, summary
+
+
+def collect(cfg: CollectConfig) -> Path:
+    """Append expert episodes to `cfg.out` until it holds `cfg.episodes`; returns the dataset path."""
+    from vplan.envs import make_env
+    from vplan.policies import make_expert
+
+    out = Path(cfg.out)
+    env = make_env(cfg.env)
+    expert = make_expert(cfg.task.name, noise_std=cfg.noise_std, explore_fraction=cfg.explore_fraction)
+    _, first_info = env.reset(seed=cfg.seed)
+    try:
+        writer = EpisodeWriter.create_or_resume(
+            out,
+            fps=env.metadata["render_fps"],
+            features=dataset_features(env, first_info),
+            robot_type=f"vplan_{cfg.task.env}",
+            resume=cfg.resume,
+        )
+    except DatasetError as error:
+        env.close()
+        hint = "choose another out=DIR" + ("" if cfg.resume else ", or resume=true to append")
+        raise UsageError(f"{error}; {hint}") from None
+    with writer:
+        start = writer.num_episodes
+        if start >= cfg.episodes:
+            print(f"{out} already holds {start} episodes (asked for {cfg.episodes}); nothing to do")
+            env.close()
+            return out
+        if start:
+            print(f"resuming {out}: {start} episodes there, collecting {cfg.episodes - start} more")
+        successes = 0
+        bar = tqdm(range(start, cfg.episodes), desc="collect", unit="episode", initial=start, total=cfg.episodes)
+        for episode in bar:
+            frames, subgoals, summary = rollout_expert(env, expert, cfg.seed + episode)
+            writer.add_episode(frames, subgoals, extra={"instruction": cfg.task.instruction, **summary})
+            successes += summary["success"]
+            bar.set_postfix(success=f"{successes}/{episode - start + 1}", frames=writer.num_frames)
+        bar.close()
+        env.close()
+        print(
+            f"wrote {cfg.episodes - start} episodes to {out} ({writer.num_episodes} episodes, "
+            f"{writer.num_frames} frames in all); expert success {successes}/{cfg.episodes - start}"
+        )
+    return out

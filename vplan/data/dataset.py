@@ -1,0 +1,234 @@
+"""Read a LeRobot v3.0 episode dataset (as `EpisodeWriter` or lerobot writes it) for training and evaluation.
+
+Only committed episodes are visible: everything is looked up from the episodes-metadata rows below
+info.json's `total_episodes`, so files left by an interrupted writer are ignored.
+
+Decoded video is cached so that training epochs never decode twice. Each mp4 is decoded once into
+`<root>/.cache/<video path>.<size>-<mtime_ns>.npy` and memory-mapped from there (shared by processes and
+DataLoader workers through the page cache); the key holds the video's size and mtime, so a rewritten video
+is decoded again and its stale entry deleted. Where the cache folder cannot be written, or with
+`cache=False`, decoded frames are kept in this process's memory only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from vplan.constants import EPISODE_INDEX, INDEX, SUBGOAL, TASK_INDEX
+from vplan.data.lerobot_format import (
+    CACHE_DIR,
+    STATS_PATH,
+    DatasetError,
+    aggregate_stats,
+    decode_video,
+    load_episode_rows,
+    load_info,
+    load_tasks,
+    numpy_column,
+    stats_from_row,
+    video_keys,
+)
+
+EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
+
+
+class EpisodeDataset(torch.utils.data.Dataset):
+    """Episodes of a LeRobot v3.0 dataset; as a torch Dataset, one sample per frame.
+
+    `episode(i)` gives whole episodes as numpy arrays; `dataset[k]` gives frame `k` (global index) as tensors,
+    video as float32 (3, H, W) in [0, 1] like lerobot; `clips(length, stride)` lists the windows that stay
+    inside one episode.
+    """
+
+    def __init__(self, root: str | Path, *, cache: bool = True) -> None:
+        """Open `root`; raises `DatasetError` naming the path if it is not a LeRobot v3.0 dataset."""
+        self.root = Path(root)
+        self.info = load_info(self.root)
+        self._rows = load_episode_rows(self.root, self.info["total_episodes"])
+        self._tasks = load_tasks(self.root, self.info.get("total_tasks", 0))
+        self._starts = np.array([row["dataset_from_index"] for row in self._rows], dtype=np.int64)
+        self._cache = cache
+        self._data: dict[str, np.ndarray] | None = None
+        self._videos: dict[Path, tuple[tuple[int, int], np.ndarray]] = {}
+
+    # -- description
+
+    @property
+    def fps(self) -> int:
+        return self.info["fps"]
+
+    @property
+    def features(self) -> dict[str, dict[str, Any]]:
+        return self.info["features"]
+
+    @property
+    def video_keys(self) -> list[str]:
+        return video_keys(self.features)
+
+    @property
+    def num_episodes(self) -> int:
+        return self.info["total_episodes"]
+
+    @property
+    def num_frames(self) -> int:
+        return self.info["total_frames"]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task (subgoal) texts, indexed by task_index."""
+        return list(self._tasks)
+
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """meta/stats.json, or the committed episodes' stats merged where that file is missing or stale."""
+        path = self.root / STATS_PATH
+        if path.is_file():
+            stats = {
+                key: {name: np.asarray(value) for name, value in ft.items()}
+                for key, ft in json.loads(path.read_text()).items()
+            }
+            if INDEX not in stats or int(stats[INDEX]["count"][0]) == self.num_frames:
+                return stats
+        return aggregate_stats(stats_from_row(row) for row in self._rows)
+
+    def episode_meta(self, episode: int) -> dict[str, Any]:
+        """The episode's metadata row (tasks, length, file positions, extra columns), without its stats."""
+        row = self._rows[self._check_episode(episode)]
+        return {key: value for key, value in row.items() if not key.startswith("stats/")}
+
+    # -- episodes
+
+    def episode(self, episode: int) -> dict[str, Any]:
+        """Every feature of one episode as numpy arrays (video uint8 (T, H, W, 3); shape-[1] features (T,)),
+        the per-frame subgoal texts under `SUBGOAL`, and the metadata row under `EPISODE_META`."""
+        row = self._rows[self._check_episode(episode)]
+        start, stop = row["dataset_from_index"], row["dataset_to_index"]
+        data = self._load_data()
+        result: dict[str, Any] = {key: values[start:stop] for key, values in data.items()}
+        for key in self.video_keys:
+            result[key] = self._episode_frames(key, episode)
+        result[SUBGOAL] = [self._tasks[i] for i in data[TASK_INDEX][start:stop]]
+        result[EPISODE_META] = self.episode_meta(episode)
+        return result
+
+    def clips(self, length: int, stride: int = 1) -> list[tuple[int, int]]:
+        """(episode, first frame) of each window of `length` frames within one episode, `stride` apart."""
+        if length < 1 or stride < 1:
+            raise ValueError(f"expected length >= 1 and stride >= 1, got length={length}, stride={stride}")
+        return [
+            (row[EPISODE_INDEX], start)
+            for row in self._rows
+            for start in range(0, row["length"] - length + 1, stride)
+        ]
+
+    # -- torch Dataset over frames
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        if not 0 <= index < self.num_frames:
+            raise IndexError(f"frame index {index} out of range [0, {self.num_frames})")
+        episode = int(np.searchsorted(self._starts, index, side="right")) - 1
+        item: dict[str, torch.Tensor | str] = {
+            key: torch.tensor(values[index]) for key, values in self._load_data().items()
+        }
+        for key in self.video_keys:
+            frame = self._episode_frames(key, episode)[index - self._starts[episode]]
+            item[key] = torch.from_numpy(np.array(frame)).permute(2, 0, 1).float().div_(255.0)
+        item[SUBGOAL] = self._tasks[int(item[TASK_INDEX])]
+        return item
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Send DataLoader workers the description only; they reload data and mmap the frame cache lazily."""
+        return {**self.__dict__, "_data": None, "_videos": {}}
+
+    # -- loading
+
+    def _check_episode(self, episode: int) -> int:
+        if not 0 <= episode < self.num_episodes:
+            raise IndexError(f"episode {episode} out of range [0, {self.num_episodes})")
+        return episode
+
+    def _load_data(self) -> dict[str, np.ndarray]:
+        """Every committed frame's non-video features, row k holding global index k (read once)."""
+        if self._data is not None:
+            return self._data
+        columns = {key: ft for key, ft in self.features.items() if ft["dtype"] != "video"}
+        paths = dict.fromkeys(
+            self.info["data_path"].format(
+                chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+            )
+            for row in self._rows
+        )
+        parts = [pq.read_table(self.root / path, columns=list(columns)) for path in paths]
+        data = {
+            key: np.concatenate(
+                [numpy_column(part.column(key), ft) for part in parts]
+                or [np.empty((0,) if list(ft["shape"]) == [1] else (0, *ft["shape"]), ft["dtype"])]
+            )
+            for key, ft in columns.items()
+        }
+        order = np.argsort(data[INDEX], kind="stable")
+        order = order[data[INDEX][order] < self.num_frames]
+        if not np.array_equal(data[INDEX][order], np.arange(self.num_frames)):
+            raise DatasetError(
+                f"{self.root / 'data'} does not hold frames 0..{self.num_frames - 1} exactly once"
+            )
+        self._data = {key: values[order] for key, values in data.items()}
+        for values in self._data.values():
+            values.flags.writeable = False  # episode() hands out views of these
+        return self._data
+
+    def _episode_frames(self, key: str, episode: int) -> np.ndarray:
+        row = self._rows[episode]
+        path = self.root / self.info["video_path"].format(
+            video_key=key,
+            chunk_index=row[f"videos/{key}/chunk_index"],
+            file_index=row[f"videos/{key}/file_index"],
+        )
+        start = round(row[f"videos/{key}/from_timestamp"] * self.fps)
+        frames = self._video(path)[start : start + row["length"]]
+        if len(frames) != row["length"]:
+            raise DatasetError(
+                f"{path} has {len(frames)} frames for episode {episode}, expected {row['length']}"
+            )
+        return frames
+
+    def _video(self, path: Path) -> np.ndarray:
+        """Decoded frames of one video file, from memory, then the disk cache, then the decoder."""
+        status = path.stat()
+        version = (status.st_size, status.st_mtime_ns)
+        if path in self._videos and self._videos[path][0] == version:
+            return self._videos[path][1]
+        frames = self._cached_decode(path, version) if self._cache else decode_video(path)
+        self._videos[path] = (version, frames)
+        return frames
+
+    def _cached_decode(self, path: Path, version: tuple[int, int]) -> np.ndarray:
+        relative = path.relative_to(self.root)
+        cache_file = (
+            self.root / CACHE_DIR / relative.parent / f"{relative.name}.{version[0]}-{version[1]}.npy"
+        )
+        if cache_file.is_file():
+            return np.load(cache_file, mmap_mode="r")
+        frames = decode_video(path)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            for stale in cache_file.parent.glob(f"{relative.name}.*.npy"):
+                if stale != cache_file:  # another process may have just written this version
+                    stale.unlink(missing_ok=True)
+            scratch = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+            with open(scratch, "wb") as handle:
+                np.save(handle, frames)
+            os.replace(scratch, cache_file)
+        except OSError:
+            return frames  # read-only dataset: keep the decoded frames in memory only
+        return np.load(cache_file, mmap_mode="r")

@@ -1,0 +1,94 @@
+"""`vplan bench env`: how fast an env steps and renders on one process, and how long an expert episode takes.
+
+Physics alone and physics+render are timed side by side on the same random actions, so the share of
+rendering is visible; the observation of every step includes the camera images, as in training and `run`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from omegaconf import MISSING
+
+from vplan.tasks import TaskConfig
+
+
+@dataclass
+class BenchEnvConfig:
+    """Settings of `vplan bench env`."""
+
+    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
+    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    steps: int = field(default=2000, metadata={"help": "Random-action steps timed for steps/s."})
+    episodes: int = field(default=5, metadata={"help": "Expert episodes timed."})
+    seed: int = field(default=0, metadata={"help": "First seed; expert episode i uses seed + i."})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.episodes < 1:
+            raise ValueError(f"steps and episodes: expected positive numbers, got {self.steps}, {self.episodes}")
+
+
+def _steps_per_second(env: Any, actions: np.ndarray, seed: int, step: Any) -> float:
+    env.reset(seed=seed)
+    start = time.perf_counter()
+    for action in actions:
+        if step(action):
+            env.reset()
+    return len(actions) / (time.perf_counter() - start)
+
+
+def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
+    """Measure and print steps/s (physics only; physics + render) and expert episode wall time."""
+    import mujoco
+    from tqdm import tqdm
+
+    from vplan.data.collect import rollout_expert
+    from vplan.envs import make_env
+    from vplan.policies import make_expert
+
+    env = make_env(cfg.env)
+    actions = np.random.default_rng(cfg.seed).uniform(-1, 1, (cfg.steps, *env.action_space.shape))
+    actions = actions.astype(np.float32)
+    base = env.unwrapped
+
+    def physics_only(action: np.ndarray) -> bool:  # the simulation alone: no render, no obs, no info
+        mujoco.mj_step(base.model, base.data, nstep=base.n_substeps)
+        return False
+
+    def full_step(action: np.ndarray) -> bool:
+        _, _, terminated, truncated, _ = env.step(action)
+        return terminated or truncated
+
+    physics = _steps_per_second(env, actions, cfg.seed, physics_only)
+    rendered = _steps_per_second(env, actions, cfg.seed, full_step)
+
+    expert = make_expert(cfg.task.name)
+    times, lengths, successes = [], [], 0
+    for episode in tqdm(range(cfg.episodes), desc="expert episodes", unit="episode"):
+        start = time.perf_counter()
+        _, subgoals, summary = rollout_expert(env, expert, cfg.seed + episode)
+        times.append(time.perf_counter() - start)
+        lengths.append(len(subgoals))
+        successes += summary["success"]
+    env.close()
+
+    size = cfg.env.image_size
+    results = {
+        "physics_steps_per_s": physics,
+        "steps_and_renders_per_s": rendered,
+        "render_share_of_step": 1.0 - rendered / physics,
+        "expert_episode_s": float(np.mean(times)),
+        "expert_episode_steps": float(np.mean(lengths)),
+        "expert_success_rate": successes / cfg.episodes,
+    }
+    print(f"\n{cfg.task.env} at {size}x{size}, one process, {cfg.steps} random-action steps:")
+    print(f"  physics only (mj_step)   {physics:10.0f} steps/s")
+    print(f"  physics + render (obs)   {rendered:10.0f} steps/s   ({rendered / physics:.2f}x of physics only)")
+    print(f"expert on {cfg.episodes} episodes of {cfg.task.name}:")
+    print(f"  wall time per episode    {results['expert_episode_s']:10.2f} s")
+    print(f"  steps per episode        {results['expert_episode_steps']:10.1f}")
+    print(f"  success                  {successes}/{cfg.episodes}")
+    return results
