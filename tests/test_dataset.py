@@ -186,7 +186,7 @@ def test_incompatible_resume_refuses_with_one_line(tmp_path: Path) -> None:
         (dict(fps=FPS + 1, features=FEATURES, robot_type="tabletop"), "fps"),
         (dict(fps=FPS, features=other, robot_type="tabletop"), "observation.state.shape"),
         (dict(fps=FPS, features=FEATURES, robot_type="blockworld"), "robot_type"),
-        (dict(fps=FPS, features=FEATURES, robot_type="tabletop", resume=False), "resume=True"),
+        (dict(fps=FPS, features=FEATURES, robot_type="tabletop", resume=False), "resume is off"),
     ]
     for kwargs, phrase in cases:
         with pytest.raises(DatasetError, match=phrase) as error:
