@@ -1,0 +1,207 @@
+"""Masked conditional diffusion on a tiny UNet3D: losses, samplers, guidance, LoRA adapters (CPU, 2 steps)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
+from vplan.worldmodel.unet import UNet3D, UNetConfig, build_unet
+
+SAMPLER_CASES = [("epsilon", "ddim"), ("epsilon", "dpmsolver++"), ("flow", "flow_euler")]
+BATCH, CONTEXT, CHUNK, TOKENS, DIM = 2, 3, 4, 5, 384
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are op-overhead bound: one thread is faster, and two spin-wait on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def unet() -> UNet3D:
+    torch.manual_seed(0)
+    return build_unet(UNetConfig.preset("tiny")).eval()
+
+
+@pytest.fixture()
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(BATCH, TOKENS, dtype=torch.bool)
+    mask[1, 3:] = False
+    return {
+        "context_latents": torch.randn(BATCH, CONTEXT, 4, 16, 16, generator=g),
+        "target_latents": torch.randn(BATCH, CHUNK, 4, 16, 16, generator=g),
+        "text_states": torch.randn(BATCH, TOKENS, DIM, generator=g),
+        "text_mask": mask,
+    }
+
+
+def null_states() -> torch.Tensor:
+    return torch.zeros(1, TOKENS, DIM)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class ShiftContextOutput(torch.nn.Module):
+    """Wraps a UNet and adds a large offset to its output on the first `context` frames only."""
+
+    def __init__(self, unet: UNet3D, context: int) -> None:
+        super().__init__()
+        self.unet, self.context = unet, context
+
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        out = self.unet.predict(latents, timesteps, states).clone()
+        out[:, : self.context] += 100.0
+        return out
+
+
+class RecordInputs(torch.nn.Module):
+    """Wraps a UNet and keeps every input sequence it is given."""
+
+    def __init__(self, unet: UNet3D) -> None:
+        super().__init__()
+        self.unet, self.inputs = unet, []
+
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(latents.clone())
+        return self.unet.predict(latents, timesteps, states)
+
+
+def test_objective_and_sampler_must_match() -> None:
+    with pytest.raises(ValueError, match="expected sampler in .*got 'flow_euler'"):
+        DiffusionConfig(objective="epsilon", sampler="flow_euler")
+    with pytest.raises(ValueError, match="expected sampler in .*got 'ddim'"):
+        DiffusionConfig(objective="flow", sampler="ddim")
+    with pytest.raises(ValueError, match="expected objective"):
+        DiffusionConfig(objective="v_prediction")
+    with pytest.raises(ValueError, match="expected guidance_scale"):
+        DiffusionConfig(guidance_scale=0.5)
+
+
+def test_unet_config_validates() -> None:
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        UNetConfig(block_out_channels=(8, 12), norm_num_groups=8)
+    with pytest.raises(ValueError, match="expected a UNet preset"):
+        UNetConfig.preset("huge")
+    assert UNetConfig(block_out_channels=[8, 16], norm_num_groups=4, attention_head_dim=2).down_block_types == (
+        "CrossAttnDownBlock3D",
+        "DownBlock3D",
+    )
+
+
+@pytest.mark.parametrize("objective,sampler", [SAMPLER_CASES[0], SAMPLER_CASES[2]])
+def test_loss_is_finite_and_trains(unet: UNet3D, batch: dict, objective: str, sampler: str) -> None:
+    config = DiffusionConfig(objective=objective, sampler=sampler, text_dropout=0.5)
+    loss, logs = masked_diffusion_loss(unet, **batch, config=config, null_states=null_states(), generator=seeded())
+    assert math.isfinite(loss.item()) and set(logs) == {"loss", "noise_level", "text_dropped"}
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in unet.parameters() if p.grad is not None)
+    unet.zero_grad()
+
+
+def test_context_frames_carry_no_loss_but_condition(unet: UNet3D, batch: dict) -> None:
+    config = DiffusionConfig(text_dropout=0.0)
+    loss, _ = masked_diffusion_loss(unet, **batch, config=config, generator=seeded())
+    shifted, _ = masked_diffusion_loss(ShiftContextOutput(unet, CONTEXT), **batch, config=config, generator=seeded())
+    assert torch.equal(loss, shifted)  # the outputs on context frames are never scored
+
+    context = batch["context_latents"].clone().requires_grad_(True)
+    loss, _ = masked_diffusion_loss(unet, **{**batch, "context_latents": context}, config=config, generator=seeded())
+    loss.backward()
+    assert context.grad.abs().sum() > 0  # ... yet the model sees the context
+    unet.zero_grad()
+    other = masked_diffusion_loss(
+        unet, **{**batch, "context_latents": torch.zeros_like(context)}, config=config, generator=seeded()
+    )[0]
+    assert math.isfinite(other.item()) and other.item() != loss.item()
+
+
+def test_padded_text_tokens_are_ignored(unet: UNet3D, batch: dict) -> None:
+    config = DiffusionConfig(num_inference_steps=2, text_dropout=0.0)
+    changed = batch["text_states"].clone()
+    changed[~batch["text_mask"]] = 5.0
+    args = (batch["context_latents"], batch["text_states"], batch["text_mask"], CHUNK, config)
+    out = sample_chunk(unet, *args, generator=seeded())
+    out_changed = sample_chunk(unet, batch["context_latents"], changed, batch["text_mask"], CHUNK, config,
+                               generator=seeded())
+    assert torch.equal(out, out_changed)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
+@pytest.mark.parametrize("objective,sampler", SAMPLER_CASES)
+def test_samplers_shape_and_seed(
+    unet: UNet3D, batch: dict, objective: str, sampler: str, guidance_scale: float
+) -> None:
+    config = DiffusionConfig(objective=objective, sampler=sampler, num_inference_steps=2, guidance_scale=guidance_scale)
+    args = (unet, batch["context_latents"], batch["text_states"], batch["text_mask"], CHUNK, config)
+    first = sample_chunk(*args, null_states=null_states(), generator=seeded(7))
+    again = sample_chunk(*args, null_states=null_states(), generator=seeded(7))
+    other = sample_chunk(*args, null_states=null_states(), generator=seeded(8))
+    assert first.shape == (BATCH, CHUNK, 4, 16, 16)
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_sampling_keeps_context_clean(unet: UNet3D, batch: dict, guidance_scale: float) -> None:
+    recorder = RecordInputs(unet)
+    config = DiffusionConfig(num_inference_steps=3, guidance_scale=guidance_scale)
+    sample_chunk(recorder, batch["context_latents"], batch["text_states"], batch["text_mask"], CHUNK, config,
+                 null_states=null_states(), generator=seeded())
+    assert len(recorder.inputs) == 3
+    copies = 2 if guidance_scale > 1 else 1
+    for sequence in recorder.inputs:
+        assert sequence.shape == (copies * BATCH, CONTEXT + CHUNK, 4, 16, 16)
+        assert torch.equal(sequence[:, :CONTEXT], batch["context_latents"].repeat(copies, 1, 1, 1, 1))
+    assert not torch.equal(recorder.inputs[0][:, CONTEXT:], recorder.inputs[1][:, CONTEXT:])
+
+
+def test_null_states_are_required_when_used(unet: UNet3D, batch: dict) -> None:
+    with pytest.raises(ValueError, match="expected null_states"):
+        masked_diffusion_loss(unet, **batch, config=DiffusionConfig(text_dropout=0.1))
+    with pytest.raises(ValueError, match="expected null_states"):
+        sample_chunk(unet, batch["context_latents"], batch["text_states"], batch["text_mask"], CHUNK,
+                     DiffusionConfig(guidance_scale=2.0))
+
+
+@pytest.mark.parametrize("objective,sampler", [SAMPLER_CASES[0], SAMPLER_CASES[2]])
+def test_a_few_steps_reduce_the_loss(batch: dict, objective: str, sampler: str) -> None:
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig.preset("tiny"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    config = DiffusionConfig(objective=objective, sampler=sampler, text_dropout=0.0)
+    losses = []
+    for _ in range(15):
+        loss, _ = masked_diffusion_loss(model, **batch, config=config, generator=seeded(3))  # same noise each step
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_lora_adapter_on_unet(unet: UNet3D, batch: dict) -> None:
+    model = build_unet(UNetConfig.preset("tiny")).eval()
+    model.load_state_dict(unet.state_dict())
+    latents = torch.cat([batch["context_latents"], batch["target_latents"]], dim=1)
+    timesteps = torch.tensor([10, 500])
+    base = model.predict(latents, timesteps, batch["text_states"])
+    # init_lora_weights=False: random non-zero LoRA weights, so the adapter visibly changes the output.
+    lora = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    model.add_adapter(lora, adapter_name="temp_lora")
+    assert model.active_adapters() == ["temp_lora"]
+    adapted = model.predict(latents, timesteps, batch["text_states"])
+    assert adapted.shape == base.shape and not torch.allclose(adapted, base)
+    model.disable_adapters()
+    assert torch.allclose(model.predict(latents, timesteps, batch["text_states"]), base, atol=1e-6)
+    model.enable_adapters()
+    assert torch.allclose(model.predict(latents, timesteps, batch["text_states"]), adapted, atol=1e-6)

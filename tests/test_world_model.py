@@ -1,0 +1,241 @@
+"""WorldModel on a tiny config: generation, rollout, encode/decode, save/load round trip and checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig
+from torch import nn
+
+from vplan.worldmodel.diffusion import DiffusionConfig
+from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
+from vplan.worldmodel.text_encoder import TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig
+
+DIM, TOKENS, FRAME, LATENT = 16, 6, 16, 8  # tiny VAE: 16×16 frames → 8×8 latents
+
+
+class StubTextEncoder(nn.Module):
+    """Hashed words → a small learned embedding, padded to a fixed length with zeroed padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(64, DIM)
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros(len(texts), TOKENS, dtype=torch.long)
+        for row, text in enumerate(texts):
+            words = ["<start>"] + text.split()[: TOKENS - 1]
+            ids[row, : len(words)] = torch.tensor([1 + zlib.crc32(w.encode()) % 63 for w in words])
+        mask = ids != 0
+        return self.embedding(ids) * mask[..., None], mask
+
+
+def tiny_config(**overrides) -> WorldModelConfig:
+    unet = replace(UNetConfig.preset("tiny"), sample_size=LATENT, cross_attention_dim=DIM)
+    fields = {
+        "unet": unet,
+        "diffusion": DiffusionConfig(num_inference_steps=2),
+        "vae": VAEConfig.tiny(image_size=FRAME),
+        "text_encoder": TextEncoderConfig(kind="learned", dim=DIM, max_tokens=TOKENS, vocab_buckets=64),
+        "context_frames": 3,
+        "chunk_frames": 4,
+    }
+    return WorldModelConfig(**{**fields, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(tiny_config(**overrides), text_encoder=StubTextEncoder()).eval()
+
+
+def latents(batch: int, frames: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, frames, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are op-overhead bound: one thread is faster, and two spin-wait on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    return tiny_model()
+
+
+@pytest.mark.parametrize("context_len", [1, 3, 5])
+def test_generate_shapes(model: WorldModel, context_len: int) -> None:
+    chunk = model.generate(latents(2, context_len), ["push the red cube", "go left"], generator=seeded())
+    assert chunk.shape == (2, 4, 4, LATENT, LATENT)
+    assert model.generate(latents(2, context_len), ["a", "b"], num_frames=2, generator=seeded()).shape[1] == 2
+
+
+def test_generate_uses_the_last_context_window(model: WorldModel) -> None:
+    history = latents(1, 6)
+    whole = model.generate(history, ["go"], generator=seeded())
+    window = model.generate(history[:, -3:], ["go"], generator=seeded())
+    assert torch.equal(whole, window)
+
+
+def test_generate_with_guidance(model: WorldModel) -> None:
+    guided = WorldModel(tiny_config(diffusion=DiffusionConfig(num_inference_steps=2, guidance_scale=3.0)),
+                        text_encoder=model.text_encoder)
+    guided.load_state_dict(model.state_dict())
+    out = guided.generate(latents(2, 2), ["up", "down"], generator=seeded())
+    assert out.shape == (2, 4, 4, LATENT, LATENT)
+    assert not torch.equal(out, model.generate(latents(2, 2), ["up", "down"], generator=seeded()))
+
+
+def test_generate_is_seeded(model: WorldModel) -> None:
+    args = (latents(1, 2), ["go"])
+    assert torch.equal(model.generate(*args, generator=seeded(3)), model.generate(*args, generator=seeded(3)))
+    assert not torch.equal(model.generate(*args, generator=seeded(3)), model.generate(*args, generator=seeded(4)))
+
+
+def test_generate_rejects_bad_inputs(model: WorldModel) -> None:
+    with pytest.raises(ValueError, match=r"expected context of shape \(B, T >= 1, 4, 8, 8\)"):
+        model.generate(torch.zeros(1, 2, 4, 16, 16), ["go"])
+    with pytest.raises(ValueError, match="expected one text per batch element"):
+        model.generate(latents(2, 1), ["go"])
+    with pytest.raises(ValueError, match="one entry per chunk"):
+        model.rollout(latents(1, 1), "go")  # a bare string would be read as one chunk per character
+
+
+def test_rollout_chains_chunks_in_latent_space(model: WorldModel) -> None:
+    first = latents(2, 1)
+    texts = ["pick", ["place", "push"], "return"]
+    video = model.rollout(first, texts, generator=seeded(5))
+    assert video.shape == (2, 12, 4, LATENT, LATENT)
+    assert torch.equal(video, model.rollout(first, texts, generator=seeded(5)))
+    # Same as chaining generate by hand on the last context_frames latents.
+    generator, history, chunks = seeded(5), first, []
+    for text in (["pick"] * 2, ["place", "push"], ["return"] * 2):
+        chunks.append(model.generate(history, text, generator=generator))
+        history = torch.cat([history, chunks[-1]], dim=1)[:, -3:]
+    assert torch.equal(video, torch.cat(chunks, dim=1))
+
+
+def test_encode_decode_frames(model: WorldModel) -> None:
+    frames = torch.randint(0, 256, (2, 3, FRAME, FRAME, 3), dtype=torch.uint8)
+    z = model.encode(frames)
+    assert z.shape == (2, 3, 4, LATENT, LATENT)
+    decoded = model.decode(model.rollout(z[:, :1], ["go"], generator=seeded()))
+    assert decoded.shape == (2, 4, FRAME, FRAME, 3) and decoded.dtype == torch.uint8
+    with pytest.raises(ValueError):
+        model.encode(torch.zeros(2, 3, 32, 32, 3, dtype=torch.uint8))
+
+
+def test_training_forward(model: WorldModel) -> None:
+    train = tiny_model()
+    loss, logs = train(latents(2, 3), latents(2, 4, seed=2), ["go", "stop"], generator=seeded())
+    loss.backward()
+    assert torch.isfinite(loss) and logs["loss"] == loss.item()
+    assert train.text_encoder.embedding.weight.grad is not None  # the learned text encoder trains too
+
+
+def test_save_load_round_trip_is_bit_exact(model: WorldModel, tmp_path: Path, monkeypatch) -> None:
+    model.vae.register_to_config(scaling_factor=0.7)
+    model.save_pretrained(tmp_path)
+    payload = json.loads((tmp_path / "config.json").read_text())
+    assert payload["kind"] == "vplan-worldmodel" and payload["format_version"] == 1
+    assert payload["config"]["vae"]["scaling_factor"] == 0.7
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.json", "unet.safetensors", "vae.safetensors", "text_encoder.safetensors"
+    }
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("torch.load must not be called")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+    assert loaded.config == read_config(tmp_path)
+    assert loaded.vae.config.scaling_factor == 0.7
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    first = latents(1, 1)
+    assert torch.equal(model.rollout(first, ["a", "b"], generator=seeded(9)),
+                       loaded.rollout(first, ["a", "b"], generator=seeded(9)))
+    model.vae.register_to_config(scaling_factor=1.0)
+
+
+def test_round_trip_with_the_learned_text_encoder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config()).eval()  # builds the learned text encoder from its config
+    model.save_pretrained(tmp_path)
+    loaded = WorldModel.from_pretrained(tmp_path)
+    assert torch.equal(model.generate(latents(1, 2), ["go"], generator=seeded()),
+                       loaded.generate(latents(1, 2), ["go"], generator=seeded()))
+
+
+def test_corrupted_or_truncated_weights(model: WorldModel, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "unet.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unet.safetensors: corrupted or truncated"):
+        WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+    weights.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="found none"):
+        WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+
+
+def test_weights_from_another_config(model: WorldModel, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    wider = tiny_model(unet=replace(UNetConfig.preset("tiny"), sample_size=LATENT, cross_attention_dim=DIM,
+                                    block_out_channels=(8, 24)))
+    with pytest.raises(CheckpointError, match=r"tensor '.*' has shape \(.*\) in the checkpoint but \(.*\) in the"):
+        wider.load_weights(tmp_path)
+    deeper = tiny_model(unet=replace(UNetConfig.preset("tiny"), sample_size=LATENT, cross_attention_dim=DIM,
+                                     layers_per_block=2))
+    with pytest.raises(CheckpointError, match="missing"):
+        deeper.load_weights(tmp_path)
+    # A config.json edited to another architecture than its weights.
+    payload = json.loads((tmp_path / "config.json").read_text())
+    payload["config"]["unet"]["block_out_channels"] = [8, 24]
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match="unet.safetensors: tensor"):
+        WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+
+
+def test_not_a_world_model_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="config.json"):
+        WorldModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "vplan-policy", "format_version": 1}))
+    with pytest.raises(CheckpointError, match="expected kind 'vplan-worldmodel', got 'vplan-policy'"):
+        WorldModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="expected JSON"):
+        WorldModel.from_pretrained(tmp_path)
+
+
+def test_save_refuses_a_unet_with_adapters(tmp_path: Path) -> None:
+    model = tiny_model()
+    model.unet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"]), adapter_name="temp_lora")
+    with pytest.raises(ValueError, match="temp_lora"):
+        model.save_pretrained(tmp_path)
+
+
+def test_config_checks_that_parts_fit() -> None:
+    with pytest.raises(ValueError, match="latent size"):
+        tiny_config(vae=VAEConfig.tiny(image_size=32))
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        tiny_config(text_encoder=TextEncoderConfig(kind="learned", dim=32))
+    round_tripped = WorldModelConfig.from_dict(json.loads(json.dumps(tiny_config().to_dict())))
+    assert round_tripped == tiny_config()

@@ -1,0 +1,1 @@
+"""Slow learning: the shared training loop and its safetensors checkpoints."""

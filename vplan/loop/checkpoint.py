@@ -1,0 +1,86 @@
+"""Training checkpoints in safetensors only: weights, optimizer state, RNG and step — never pickle.
+
+A checkpoint is a folder `checkpoint-<step>` holding `model.safetensors`, `optimizer.safetensors` (the
+optimizer's tensors; its param groups and scalar state as JSON metadata) and `trainer_state.json`, written
+last: a folder without it is an interrupted save and is ignored. Folders are written under a temporary name
+and renamed, so a kill during a save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINER_STATE = "trainer_state.json"
+PREFIX = "checkpoint-"
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    metadata = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+    return tensors, metadata
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in json.loads(metadata["scalars"]).items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+
+
+def save_checkpoint(
+    out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write `out/checkpoint-<step>` atomically; keep only the newest `keep` checkpoints."""
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"{PREFIX}{step:07d}"
+    tmp = out / f".tmp-{PREFIX}{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    tensors, metadata = _flatten_optimizer(optimizer.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, tmp / "optimizer.safetensors", metadata=metadata)
+    (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(list_checkpoints(out))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints under `out`, oldest first."""
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob(f"{PREFIX}*") if (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG from a checkpoint folder; returns its trainer state (with `step`)."""
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(path / "optimizer.safetensors", framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata))
+    return json.loads((path / TRAINER_STATE).read_text())

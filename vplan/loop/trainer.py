@@ -1,0 +1,118 @@
+"""The slow-learning loop shared by every trainable component: Accelerate, progress, checkpoints, resume.
+
+A component (the VAE, the world model, ...) supplies the module to train, a batch for a given step and the
+loss; this loop does the rest. Batches are drawn from a generator seeded by (seed, step), so a run resumed
+from a checkpoint takes exactly the batches an uninterrupted run would have taken. SIGINT/SIGTERM save a
+checkpoint at the step reached before exiting; a non-finite loss stops with the step named.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from vplan.errors import RunError
+from vplan.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation settings shared by every component."""
+
+    steps: int = field(default=1000, metadata={"help": "Optimizer steps in all (a resumed run counts on)."})
+    batch_size: int = field(default=8, metadata={"help": "Samples per step."})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm; 0 disables clipping."})
+    save_every: int = field(default=200, metadata={"help": "Steps between checkpoints."})
+    log_every: int = field(default=20, metadata={"help": "Steps between loss-log lines."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation and of the batch order."})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: expected > 0, got {self.lr}")
+
+
+class Trainable(Protocol):
+    """What a component gives the loop."""
+
+    module: torch.nn.Module  # the parameters to train (its state is what checkpoints hold)
+
+    def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]: ...
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+def train(component: Trainable, optim: OptimConfig, out: Path, description: str) -> int:
+    """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    accelerator = Accelerator()
+    module = component.module
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    step = 0
+    checkpoints = list_checkpoints(out)
+    if checkpoints:
+        step = load_checkpoint(checkpoints[-1], module, optimizer)["step"]
+        accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
+    module, optimizer = accelerator.prepare(module, optimizer)
+    log_path = out / "train_log.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+
+    stop_requested: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _: stop_requested.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def checkpoint(at: int) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, {"description": description})
+
+    try:
+        bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not accelerator.is_main_process)
+        started = time.perf_counter()
+        while step < optim.steps:
+            generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
+            batch = component.batch(generator, optim.batch_size)
+            loss, logs = component.loss(batch, generator)
+            if not torch.isfinite(loss):
+                raise RunError(
+                    f"{description}: loss became {loss.item()} at step {step + 1}; lower lr= or check the data "
+                    f"(newest checkpoint: {list_checkpoints(out)[-1] if list_checkpoints(out) else 'none'})"
+                )
+            for group in optimizer.param_groups:  # linear warm-up, a function of the step alone
+                group["lr"] = optim.lr * min(1.0, (step + 1) / max(1, optim.warmup_steps))
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, optim.grad_clip)
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % optim.log_every == 0 or step == optim.steps:
+                record = {"step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], **logs}
+                record["seconds"] = round(time.perf_counter() - started, 2)
+                with log_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if step % optim.save_every == 0 or step == optim.steps:
+                checkpoint(step)
+            if stop_requested:
+                checkpoint(step)
+                bar.close()
+                raise KeyboardInterrupt
+        bar.close()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return step

