@@ -82,13 +82,15 @@ def test_training_steps_reduce_the_loss(vae: AutoencoderKL) -> None:
     assert last.item() < 0.5 * first.item()
 
 
-def test_wrong_frame_size_is_a_clear_error(vae: AutoencoderKL) -> None:
+def test_bad_inputs_are_clear_errors(vae: AutoencoderKL) -> None:
     with pytest.raises(ValueError, match="frames of 32×32 given; this VAE was trained on 16×16"):
         encode_frames(vae, synthetic_frames(2, size=32))
     with pytest.raises(ValueError, match="frames of 32×32 given"):
         vae_loss(vae, synthetic_frames(2, size=32), VAEConfig.tiny(image_size=16))
     with pytest.raises(ValueError, match="channel-last"):
         encode_frames(vae, synthetic_frames(2).permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match=r"float values in \[0, 1\]"):
+        encode_frames(vae, synthetic_frames(2).float())
     with pytest.raises(ValueError, match="latents: expected"):
         decode_latents(vae, torch.zeros(2, 3, 8, 8))
 

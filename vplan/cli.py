@@ -49,6 +49,12 @@ COMMANDS: tuple[Command, ...] = (
         "vplan.data.collect:collect",
     ),
     Command(
+        ("train",),
+        "slow learning of one component (component=vae|worldmodel) on an episode dataset",
+        "train",
+        "vplan.loop.train:train_component",
+    ),
+    Command(
         ("bench", "env"),
         "steps+renders per second of an env and the expert's episode time",
         "bench_env",
@@ -61,6 +67,9 @@ COMMANDS: tuple[Command, ...] = (
 SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "collect_schema"): "vplan.data.collect:CollectConfig",
     (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
+    (None, "train_schema"): "vplan.loop.train:TrainConfig",
+    ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
+    ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
     ("task", "task_schema"): "vplan.tasks:TaskConfig",
 }
@@ -134,6 +143,20 @@ def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def _unknown_key_message(base: Any, key: str, known: set[str]) -> str:
+    """Name the valid keys next to the bad one: the children of its deepest existing parent."""
+    from omegaconf import OmegaConf
+
+    parent = key
+    while parent and parent not in known:
+        parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+    if not parent:
+        return f"unknown key {key!r}; valid keys: {', '.join(k for k in _flat_keys(base) if '.' not in k)}"
+    depth = parent.count(".") + 1
+    children = [k for k in _flat_keys(OmegaConf.select(base, parent), f"{parent}.") if k.count(".") == depth]
+    return f"unknown key {key!r}; valid keys of {parent}: {', '.join(children)}"
+
+
 def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[str, str]]:
     """Compose the command's config with Hydra; return it and the chosen config-group options."""
     from hydra import compose, initialize_config_module
@@ -149,17 +172,21 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
     _register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
-        base = compose(command.config_name, return_hydra_config=True)
-        groups = {g: v for g, v in base.hydra.runtime.choices.items() if not g.startswith("hydra")}
+        groups = compose(command.config_name, return_hydra_config=True).hydra.runtime.choices
+        group_overrides = []
         for override in parsed:
             key = override.key_or_group
-            if key in groups:
+            if key in groups and not key.startswith("hydra"):
                 options = _group_options(key)
                 if override.value() not in options:
                     raise UsageError(f"unknown {key} {override.value()!r}; valid choices: {', '.join(options)}")
-            elif key not in _flat_keys(base):
-                valid = ", ".join(k for k in _flat_keys(base) if k != "hydra" and not k.startswith("hydra."))
-                raise UsageError(f"unknown key {key!r}; valid keys: {valid}")
+                group_overrides.append(override.input_line)
+        base = compose(command.config_name, overrides=group_overrides)
+        known = set(_flat_keys(base))
+        for override in parsed:
+            key = override.key_or_group
+            if key not in groups and key not in known:
+                raise UsageError(_unknown_key_message(base, key, known))
         try:
             cfg = compose(command.config_name, overrides=overrides, return_hydra_config=True)
         except HydraException as error:

@@ -121,7 +121,15 @@ def _to_pixels(vae: AutoencoderKL, frames: torch.Tensor) -> tuple[torch.Tensor, 
     lead = tuple(frames.shape[:-3])
     param = next(vae.parameters())
     x = frames.reshape(-1, height, width, 3).to(param.device)
-    x = x.to(param.dtype) / 255.0 if frames.dtype == torch.uint8 else x.to(param.dtype)
+    if frames.dtype == torch.uint8:
+        x = x.to(param.dtype) / 255.0
+    else:
+        x = x.to(param.dtype)
+        if x.numel() and (x.min() < 0.0 or x.max() > 1.0):
+            raise ValueError(
+                f"frames: expected uint8, or float values in [0, 1], got {frames.dtype} values in "
+                f"[{x.min().item():.3g}, {x.max().item():.3g}]"
+            )
     return x.permute(0, 3, 1, 2) * 2.0 - 1.0, lead
 
 

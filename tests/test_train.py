@@ -1,0 +1,78 @@
+"""`vplan train`: the real command, a few steps of each component on a tiny dataset, checkpoints and resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vplan.data.collect import CollectConfig, collect
+from vplan.envs import TabletopConfig
+from vplan.tasks import TaskConfig
+from vplan.worldmodel.model import WorldModel
+
+TINY_VAE = ["component.vae.block_out_channels=[8,16]", "component.vae.norm_num_groups=4", "component.vae.image_size=16"]
+TINY_WORLD_MODEL = [
+    "component.model.unet.block_out_channels=[8,16]",
+    "component.model.unet.attention_head_dim=2",
+    "component.model.unet.norm_num_groups=4",
+    "component.model.unet.sample_size=8",
+    "component.model.unet.cross_attention_dim=32",
+    "component.model.text_encoder.kind=learned",
+    "component.model.text_encoder.dim=32",
+    "component.model.text_encoder.vocab_buckets=64",
+    "component.model.context_frames=2",
+    "component.model.chunk_frames=2",
+    "component.model.diffusion.num_inference_steps=2",
+    "component.model.vae.block_out_channels=[8,16]",
+    "component.model.vae.norm_num_groups=4",
+    "component.model.vae.image_size=16",
+]
+
+
+def vplan_train(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "vplan.cli", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "ds"
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=3, out=str(out)))
+    return out
+
+
+def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
+    optim = ["component.optim.batch_size=2", "component.optim.save_every=2", "holdout_episodes=1"]
+    vae_out = tmp_path / "vae"
+    result = vplan_train("component=vae", f"data={tiny_dataset}", f"out={vae_out}", "component.optim.steps=2", *optim, *TINY_VAE)
+    assert result.returncode == 0, result.stderr
+    assert "held-out reconstruction PSNR" in result.stdout
+    assert (vae_out / "final" / "diffusion_pytorch_model.safetensors").is_file()
+
+    wm_out = tmp_path / "wm"
+    common = [f"data={tiny_dataset}", f"out={wm_out}", f"component.vae={vae_out / 'final'}", *optim, *TINY_WORLD_MODEL]
+    result = vplan_train("component=worldmodel", "component.optim.steps=2", *common)
+    assert result.returncode == 0, result.stderr
+    result = vplan_train("component=worldmodel", "component.optim.steps=4", *common)  # resumes at step 2
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stdout + result.stderr
+    assert (wm_out / "checkpoint-0000004").is_dir()
+
+    model = WorldModel.from_pretrained(wm_out / "final")
+    first = torch.zeros(1, 1, 4, 8, 8)
+    chunk = model.generate(first, ["pick up the red cube"], generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (1, 2, 4, 8, 8)
+    assert model.decode(chunk).shape == (1, 2, 16, 16, 3)
+
+
+def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_path):
+    result = vplan_train(f"data={tmp_path / 'nothing'}")
+    assert result.returncode == 2
+    assert "vplan collect" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={tmp_path / 'novae'}", *TINY_WORLD_MODEL)
+    assert result.returncode == 2
+    assert "no trained VAE" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,188 @@
+"""`vplan train component=vae|worldmodel data=DIR`: slow learning of one component on an episode dataset.
+
+The last `holdout_episodes` episodes are never trained on. The VAE trains on single frames; the world model
+trains on clips (a context of 1..context_frames latents, then a chunk) whose text is the subgoal of the
+chunk's first frame, with the latents of the whole dataset encoded once by the frozen, already trained VAE.
+The finished component is written to `<out>/final` (safetensors + JSON config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
+from vplan.errors import UsageError
+from vplan.loop.trainer import OptimConfig, train
+from vplan.worldmodel.model import WorldModel, WorldModelConfig
+from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
+
+FINAL = "final"
+
+
+@dataclass
+class VAETrainConfig:
+    """`component=vae`: the frame autoencoder."""
+
+    name: str = "vae"
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch_size=32, lr=1e-3, warmup_steps=50))
+
+
+@dataclass
+class WorldModelTrainConfig:
+    """`component=worldmodel`: the masked conditional video diffusion model (UNet; learned text encoder if any)."""
+
+    name: str = "worldmodel"
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    vae: str = field(default="checkpoints/vae/final", metadata={"help": "Trained VAE (`vplan train component=vae`)."})
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=5000, batch_size=4, lr=2e-4))
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `vplan train`."""
+
+    component: Any = field(default=MISSING, metadata={"help": "What to train (configs/component/)."})
+    data: str = field(default="data/return_cubes", metadata={"help": "Episode dataset (`vplan collect`)."})
+    out: str = field(default="checkpoints/${component.name}", metadata={"help": "Checkpoints and the final model."})
+    holdout_episodes: int = field(default=10, metadata={"help": "Last episodes kept out of training."})
+
+    def __post_init__(self) -> None:
+        if self.holdout_episodes < 1:
+            raise ValueError(f"holdout_episodes: expected a positive number, got {self.holdout_episodes}")
+
+
+def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
+    from vplan.data import DatasetError, EpisodeDataset
+
+    try:
+        dataset = EpisodeDataset(data)
+    except DatasetError as error:
+        raise UsageError(f"{error}; make one with `vplan collect out={data}`") from None
+    if dataset.num_episodes <= holdout:
+        raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout}")
+    episodes = list(range(dataset.num_episodes))
+    return dataset, episodes[:-holdout], episodes[-holdout:]
+
+
+def _frames(dataset: Any, episodes: list[int]) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([dataset.episode(e)[OBS_IMAGE_FRONT] for e in episodes]))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of uint8 frames."""
+    mse = torch.mean((a.float() - b.float()) ** 2)
+    return float(10 * torch.log10(255.0**2 / mse.clamp_min(1e-10)))
+
+
+class VAETraining:
+    """Frames of the training episodes, drawn uniformly."""
+
+    def __init__(self, config: VAETrainConfig, frames: torch.Tensor) -> None:
+        if tuple(frames.shape[1:3]) != (config.vae.image_size,) * 2:
+            raise UsageError(
+                f"the dataset's frames are {frames.shape[1]}x{frames.shape[2]}; this VAE is for "
+                f"{config.vae.image_size}x{config.vae.image_size} (set component.vae.image_size)"
+            )
+        torch.manual_seed(config.optim.seed)
+        self.config, self.frames, self.module = config, frames, build_vae(config.vae)
+
+    def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]:
+        return {"frames": self.frames[torch.randint(len(self.frames), (batch_size,), generator=generator)]}
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return vae_loss(self.module, batch["frames"], self.config.vae)
+
+
+class WorldModelTraining:
+    """Clips of context + chunk latents with the chunk's subgoal text."""
+
+    def __init__(self, config: WorldModelTrainConfig, latents: list[torch.Tensor], texts: list[list[str]], vae: Any):
+        model_config = config.model
+        torch.manual_seed(config.optim.seed)
+        self.module = WorldModel(model_config, vae=vae)
+        for parameter in self.module.vae.parameters():
+            parameter.requires_grad_(False)
+        self.config, self.latents, self.texts = model_config, latents, texts
+        span = model_config.context_frames + model_config.chunk_frames
+        self.starts = [(e, s) for e, ep in enumerate(latents) for s in range(len(ep) - span + 1)]
+        if not self.starts:
+            raise UsageError(f"no episode is long enough for a {span}-frame clip")
+
+    def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]:
+        context = int(torch.randint(1, self.config.context_frames + 1, (1,), generator=generator))
+        picks = torch.randint(len(self.starts), (batch_size,), generator=generator).tolist()
+        clips, texts = [], []
+        for pick in picks:
+            episode, start = self.starts[pick]
+            clips.append(self.latents[episode][start : start + context + self.config.chunk_frames])
+            texts.append(self.texts[episode][start + context])
+        clips_tensor = torch.stack(clips)
+        return {"context": clips_tensor[:, :context], "target": clips_tensor[:, context:], "texts": texts}
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.module(batch["context"], batch["target"], batch["texts"], generator=generator)
+
+
+def _load_vae(path: str) -> Any:
+    from diffusers import AutoencoderKL
+
+    if not (Path(path) / "config.json").is_file():
+        raise UsageError(f"no trained VAE at {path}; train one with `vplan train component=vae` or set component.vae=")
+    return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval()
+
+
+def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
+    """The world-model config with the trained VAE's architecture (what gets saved with the checkpoint)."""
+    from dataclasses import replace
+
+    c = vae.config
+    vae_config = VAEConfig(
+        block_out_channels=tuple(c.block_out_channels),
+        latent_channels=c.latent_channels,
+        layers_per_block=c.layers_per_block,
+        norm_num_groups=c.norm_num_groups,
+        mid_block_attention=c.mid_block_add_attention,
+        image_size=c.sample_size,
+        scaling_factor=c.scaling_factor,
+    )
+    try:
+        return replace(config, vae=vae_config)
+    except ValueError as error:
+        raise UsageError(f"the VAE does not fit the world model: {error}") from None
+
+
+def train_component(cfg: TrainConfig) -> Path:
+    """Train the chosen component, write `<out>/final` and print a held-out figure."""
+    dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes)
+    out = Path(cfg.out)
+    final = out / FINAL
+    component = cfg.component
+    if isinstance(component, VAETrainConfig):
+        training = VAETraining(component, _frames(dataset, train_episodes))
+        train(training, component.optim, out, "train vae")
+        vae = training.module.eval()
+        with torch.no_grad():
+            vae.register_to_config(scaling_factor=1.0)
+            vae.register_to_config(scaling_factor=estimate_scaling_factor(vae, training.frames[:: max(1, len(training.frames) // 2000)]))
+            test = _frames(dataset, held_out)
+            score = psnr(decode_latents(vae, encode_frames(vae, test)), test)
+        vae.save_pretrained(final, safe_serialization=True)
+        print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
+        return final
+    vae = _load_vae(component.vae)
+    component.model = _with_vae(component.model, vae)
+    with torch.no_grad():
+        latents = [encode_frames(vae, torch.from_numpy(dataset.episode(e)[OBS_IMAGE_FRONT])) for e in train_episodes]
+    texts = [list(dataset.episode(e)[SUBGOAL]) for e in train_episodes]
+    training = WorldModelTraining(component, latents, texts, vae)
+    train(training, component.optim, out, "train worldmodel")
+    training.module.eval().save_pretrained(final)
+    print(f"world model written to {final}")
+    return final
