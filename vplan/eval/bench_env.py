@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
+TARGET_STEPS_PER_S = 500  # the foundation issue's target for the tabletop at 64x64 on one process
+
 from vplan.tasks import TaskConfig
 
 
@@ -86,7 +88,8 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     }
     print(f"\n{cfg.task.env} at {size}x{size}, one process, {cfg.steps} random-action steps:")
     print(f"  physics only (mj_step)   {physics:10.0f} steps/s")
-    print(f"  physics + render (obs)   {rendered:10.0f} steps/s   ({rendered / physics:.2f}x of physics only)")
+    print(f"  physics + render (obs)   {rendered:10.0f} steps/s   ({rendered / physics:.2f}x of physics only, "
+          f"{rendered / TARGET_STEPS_PER_S:.2f}x the {TARGET_STEPS_PER_S}/s target)")
     print(f"expert on {cfg.episodes} episodes of {cfg.task.name}:")
     print(f"  wall time per episode    {results['expert_episode_s']:10.2f} s")
     print(f"  steps per episode        {results['expert_episode_steps']:10.1f}")
