@@ -60,6 +60,12 @@ COMMANDS: tuple[Command, ...] = (
         "bench_env",
         "vplan.eval.bench_env:bench_env",
     ),
+    Command(
+        ("bench", "worldmodel"),
+        "seconds per generated 8-frame chunk by sampler and step count, and peak RSS",
+        "bench_worldmodel",
+        "vplan.eval.bench_worldmodel:bench_worldmodel",
+    ),
 )
 
 
@@ -67,6 +73,7 @@ COMMANDS: tuple[Command, ...] = (
 SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "collect_schema"): "vplan.data.collect:CollectConfig",
     (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
+    (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
     ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",

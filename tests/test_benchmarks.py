@@ -1,0 +1,38 @@
+"""The benchmark commands run end to end on tiny settings and report what they promise."""
+
+from __future__ import annotations
+
+from vplan.eval.bench_env import BenchEnvConfig, bench_env
+from vplan.eval.bench_worldmodel import BenchWorldModelConfig, bench_worldmodel
+from vplan.envs import TabletopConfig
+from vplan.tasks import TaskConfig
+from vplan.worldmodel.diffusion import DiffusionConfig
+from vplan.worldmodel.model import WorldModelConfig
+from vplan.worldmodel.text_encoder import TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig
+
+
+def test_bench_env_reports_speed_and_expert(capsys):
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    results = bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=50, episodes=1))
+    assert results["physics_steps_per_s"] > results["steps_and_renders_per_s"] > 0
+    assert results["expert_success_rate"] == 1.0
+    assert "target" in capsys.readouterr().out
+
+
+def test_bench_worldmodel_times_every_sampler(capsys):
+    unet = UNetConfig.preset("tiny")
+    unet.sample_size = VAEConfig.tiny(image_size=16).latent_size
+    model = WorldModelConfig(
+        unet=unet,
+        vae=VAEConfig.tiny(image_size=16),
+        text_encoder=TextEncoderConfig(kind="learned", dim=unet.cross_attention_dim),
+        diffusion=DiffusionConfig(num_inference_steps=2),
+        context_frames=2,
+        chunk_frames=2,
+    )
+    rows = bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2", "flow_euler:2"], repeats=1, threads=1))
+    assert [row["sampler"] for row in rows] == ["ddim:2", "flow_euler:2"]
+    assert all(row["generate_and_decode_s"] >= row["generate_s"] > 0 for row in rows)
+    assert "peak RSS" in capsys.readouterr().out

@@ -1,0 +1,81 @@
+"""`vplan bench worldmodel`: seconds per generated 8-frame 64×64 chunk by sampler and step count, and peak RSS.
+
+Every sampler is timed side by side in one run on the same model and context, with and without decoding the
+chunk to frames. The timings do not depend on the weights, so without `checkpoint=` a freshly initialised
+model of the configured size is timed.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from vplan.worldmodel.model import WorldModel, WorldModelConfig
+
+TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores
+OBJECTIVE_OF = {"ddim": "epsilon", "dpmsolver++": "epsilon", "flow_euler": "flow"}
+
+
+@dataclass
+class BenchWorldModelConfig:
+    """Settings of `vplan bench worldmodel`."""
+
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    checkpoint: str | None = field(default=None, metadata={"help": "Time a trained checkpoint's model instead."})
+    samplers: list[str] = field(
+        default_factory=lambda: ["dpmsolver++:5", "dpmsolver++:10", "ddim:10", "ddim:20", "flow_euler:4", "flow_euler:8"],
+        metadata={"help": "sampler:steps entries to time."},
+    )
+    repeats: int = field(default=3, metadata={"help": "Timed generations per entry; the fastest is reported."})
+    threads: int = field(default=2, metadata={"help": "torch threads."})
+
+    def __post_init__(self) -> None:
+        for spec in self.samplers:
+            name, _, steps = spec.partition(":")
+            if name not in OBJECTIVE_OF or not steps.isdigit() or int(steps) < 1:
+                raise ValueError(f"samplers: expected entries like 'dpmsolver++:5' with a sampler in {sorted(OBJECTIVE_OF)}, got {spec!r}")
+        if self.repeats < 1 or self.threads < 1:
+            raise ValueError(f"repeats and threads: expected positive numbers, got {self.repeats}, {self.threads}")
+
+
+def _fastest(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
+    """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
+    torch.set_num_threads(cfg.threads)
+    model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()
+    config = model.config
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randn(1, config.context_frames, *model.latent_shape, generator=generator)
+    texts = ["pick up the red cube"]
+    model.generate(context, texts)  # warm-up: first-call allocations, text-encoder cache
+    rows = []
+    for spec in cfg.samplers:
+        name, _, steps = spec.partition(":")
+        diffusion = replace(config.diffusion, objective=OBJECTIVE_OF[name], sampler=name, num_inference_steps=int(steps))
+        model.config = replace(config, diffusion=diffusion)  # generate() reads the sampler from here
+        seed = torch.Generator().manual_seed(0)
+        generate = _fastest(lambda: model.generate(context, texts, generator=seed), cfg.repeats)
+        with_decode = _fastest(lambda: model.decode(model.generate(context, texts, generator=seed)), cfg.repeats)
+        rows.append({"sampler": spec, "generate_s": generate, "generate_and_decode_s": with_decode})
+    model.config = config
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    size = config.vae.image_size
+    print(f"\n{config.chunk_frames}-frame {size}x{size} chunk from {config.context_frames} context frames, "
+          f"{cfg.threads} threads, fastest of {cfg.repeats}:")
+    print(f"  {'sampler:steps':16} {'generate (s)':>13} {'+ decode (s)':>13} {'vs 1.0 s target':>16}")
+    for row in rows:
+        ratio = row["generate_and_decode_s"] / TARGET_SECONDS
+        print(f"  {row['sampler']:16} {row['generate_s']:13.2f} {row['generate_and_decode_s']:13.2f} {ratio:15.2f}x")
+    print(f"default sampler: {config.diffusion.sampler}:{config.diffusion.num_inference_steps}; peak RSS {peak_mb:.0f} MB")
+    return rows
