@@ -13,6 +13,19 @@ from vplan.worldmodel.unet import UNetConfig
 from vplan.worldmodel.vae import VAEConfig
 
 
+def tiny_world_model() -> WorldModelConfig:
+    unet = UNetConfig.preset("tiny")
+    unet.sample_size = VAEConfig.tiny(image_size=16).latent_size
+    return WorldModelConfig(
+        unet=unet,
+        vae=VAEConfig.tiny(image_size=16),
+        text_encoder=TextEncoderConfig(kind="learned", dim=unet.cross_attention_dim),
+        diffusion=DiffusionConfig(num_inference_steps=2),
+        context_frames=2,
+        chunk_frames=2,
+    )
+
+
 def test_bench_env_reports_speed_and_expert(capsys):
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     results = bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=50, episodes=1))
@@ -22,17 +35,28 @@ def test_bench_env_reports_speed_and_expert(capsys):
 
 
 def test_bench_worldmodel_times_every_sampler(capsys):
-    unet = UNetConfig.preset("tiny")
-    unet.sample_size = VAEConfig.tiny(image_size=16).latent_size
-    model = WorldModelConfig(
-        unet=unet,
-        vae=VAEConfig.tiny(image_size=16),
-        text_encoder=TextEncoderConfig(kind="learned", dim=unet.cross_attention_dim),
-        diffusion=DiffusionConfig(num_inference_steps=2),
-        context_frames=2,
-        chunk_frames=2,
-    )
+    model = tiny_world_model()
     rows = bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2", "flow_euler:2"], repeats=1, threads=1))
     assert [row["sampler"] for row in rows] == ["ddim:2", "flow_euler:2"]
     assert all(row["generate_and_decode_s"] >= row["generate_s"] > 0 for row in rows)
     assert "peak RSS" in capsys.readouterr().out
+
+
+def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
+    import json
+
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = EvalWorldModelConfig(
+        env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=1, out=str(tmp_path / "run")
+    )
+    metrics = evaluate_worldmodel(cfg)
+    assert metrics["all"]["chunks"] > 10
+    assert 0.0 <= metrics["text_sensitivity"] <= 1.0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["all"] == metrics["all"]
+    assert (tmp_path / "run" / "real_vs_generated.mp4").stat().st_size > 0
+    assert "text sensitivity" in capsys.readouterr().out

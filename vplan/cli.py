@@ -55,6 +55,12 @@ COMMANDS: tuple[Command, ...] = (
         "vplan.loop.train:train_component",
     ),
     Command(
+        ("eval", "worldmodel"),
+        "PSNR/SSIM of generated chunks vs copy-last-frame, and text sensitivity, on fresh held-out episodes",
+        "eval_worldmodel",
+        "vplan.eval.worldmodel:evaluate_worldmodel",
+    ),
+    Command(
         ("bench", "env"),
         "steps+renders per second of an env and the expert's episode time",
         "bench_env",
@@ -74,6 +80,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "collect_schema"): "vplan.data.collect:CollectConfig",
     (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
     (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",
+    (None, "eval_worldmodel_schema"): "vplan.eval.worldmodel:EvalWorldModelConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
     ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",
