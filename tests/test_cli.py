@@ -55,7 +55,7 @@ def test_default_out_follows_the_task():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["colect"], "unknown command 'colect'; valid commands: collect, train, bench env"),
+        (["colect"], "unknown command 'colect'; valid commands: " + ", ".join(c.name for c in COMMANDS)),
         (["bench", "nothing"], "unknown command 'bench nothing'"),
         (["collect", "episodez=3"], "unknown key 'episodez'; valid keys:"),
         (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),

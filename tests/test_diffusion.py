@@ -15,15 +15,6 @@ SAMPLER_CASES = [("epsilon", "ddim"), ("epsilon", "dpmsolver++"), ("flow", "flow
 BATCH, CONTEXT, CHUNK, TOKENS, DIM = 2, 3, 4, 5, 384
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are op-overhead bound: one thread is faster, and two spin-wait on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def unet() -> UNet3D:
     torch.manual_seed(0)

@@ -1,0 +1,17 @@
+"""Test-wide settings: tiny models everywhere, so torch runs single-threaded with passive OpenMP waiting."""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see vplan/cli.py)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models are op-overhead bound: one thread is faster, and two spin-wait on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
