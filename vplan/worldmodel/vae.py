@@ -26,7 +26,7 @@ class VAEConfig:
     """Architecture and training loss of the frame VAE; the defaults are vplan's tabletop VAE."""
 
     block_out_channels: tuple[int, ...] = field(
-        default=(32, 64, 128),
+        default=(32, 64, 64),
         metadata={"help": "Channels per resolution level; each level after the first halves the size "
                   "(3 levels: 64×64 frames → 16×16 latents)."},
     )
