@@ -31,7 +31,7 @@ class VAETrainConfig:
 
     name: str = "vae"
     vae: VAEConfig = field(default_factory=VAEConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch_size=32, lr=1e-3, warmup_steps=50))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2700, batch_size=8, lr=1e-3, warmup_steps=50))
 
 
 @dataclass
