@@ -178,9 +178,11 @@ def train_component(cfg: TrainConfig) -> Path:
         return final
     vae = _load_vae(component.vae)
     component.model = _with_vae(component.model, vae)
-    with torch.no_grad():
-        latents = [encode_frames(vae, torch.from_numpy(dataset.episode(e)[OBS_IMAGE_FRONT])) for e in train_episodes]
-    texts = [list(dataset.episode(e)[SUBGOAL]) for e in train_episodes]
+    latents, texts = [], []
+    with torch.no_grad():  # each episode read once: frames to latents, subgoals kept
+        for episode in (dataset.episode(e) for e in train_episodes):
+            latents.append(encode_frames(vae, torch.from_numpy(episode[OBS_IMAGE_FRONT])))
+            texts.append(list(episode[SUBGOAL]))
     training = WorldModelTraining(component, latents, texts, vae)
     train(training, component.optim, out, "train worldmodel")
     training.module.eval().save_pretrained(final)
