@@ -31,7 +31,7 @@ class EvalWorldModelConfig:
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
     task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    checkpoint: str = field(default="checkpoints/worldmodel/final", metadata={"help": "World-model checkpoint."})
+    checkpoint: str = field(default="shipped:tabletop/worldmodel", metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel)."})
     episodes: int = field(default=5, metadata={"help": "Held-out expert episodes to evaluate on."})
     seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
     out: str = field(default="runs/eval_worldmodel", metadata={"help": "Where metrics.json and the MP4 go."})

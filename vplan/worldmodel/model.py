@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vplan.errors import UsageError
+from vplan.shipped import resolve_checkpoint
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import TextEncoderConfig, build_text_encoder
 from vplan.worldmodel.unet import UNetConfig, build_unet
@@ -238,7 +239,9 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_encoder: nn.Module | None = None) -> WorldModel:
-        """Load a checkpoint written by `save_pretrained`; the text encoder is rebuilt from its config unless given."""
+        """Load a checkpoint written by `save_pretrained` (a directory or `shipped:<env>/worldmodel`); the text
+        encoder is rebuilt from its config unless given."""
+        path = resolve_checkpoint(str(path))
         config = read_config(path)
         model = cls(config, text_encoder=text_encoder)
         model.load_weights(path)

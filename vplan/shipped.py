@@ -1,0 +1,32 @@
+"""Checkpoints that ship inside the package, so `vplan run` works without training.
+
+A checkpoint argument is either a directory or `shipped:<env>/<component>` (e.g. `shipped:tabletop/worldmodel`),
+which names a directory under vplan/checkpoints/. The README gives the commands that reproduce each one.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from vplan.errors import UsageError
+
+PREFIX = "shipped:"
+
+
+def shipped_names() -> list[str]:
+    """Every shipped checkpoint, as `<env>/<component>`."""
+    root = Path(str(resources.files("vplan") / "checkpoints"))
+    if not root.is_dir():
+        return []
+    return sorted(f"{env.name}/{c.name}" for env in root.iterdir() if env.is_dir() for c in env.iterdir() if c.is_dir())
+
+
+def resolve_checkpoint(spec: str) -> Path:
+    """The directory a checkpoint argument names; a clear error for an unknown shipped name."""
+    if not spec.startswith(PREFIX):
+        return Path(spec)
+    name = spec[len(PREFIX) :]
+    if name not in shipped_names():
+        raise UsageError(f"no shipped checkpoint {name!r}; shipped: {', '.join(shipped_names()) or 'none'}")
+    return Path(str(resources.files("vplan") / "checkpoints" / name))
