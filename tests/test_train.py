@@ -15,9 +15,7 @@ from vplan.worldmodel.model import WorldModel
 
 TINY_VAE = ["component.vae.block_out_channels=[8,16]", "component.vae.norm_num_groups=4", "component.vae.image_size=16"]
 TINY_WORLD_MODEL = [
-    "component.model.unet.block_out_channels=[8,16]",
-    "component.model.unet.attention_head_dim=2",
-    "component.model.unet.norm_num_groups=4",
+    "model@component.model=tiny",  # configs/model/tiny.yaml
     "component.model.unet.sample_size=8",
     "component.model.unet.cross_attention_dim=32",
     "component.model.text_encoder.kind=learned",

@@ -84,6 +84,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
     ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",
+    ("model", "worldmodel_model_schema"): "vplan.worldmodel.model:WorldModelConfig",
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
     ("task", "task_schema"): "vplan.tasks:TaskConfig",
 }
@@ -140,7 +141,7 @@ def _register_schemas() -> None:
 
 
 def _group_options(group: str) -> list[str]:
-    folder = resources.files("vplan.configs") / group
+    folder = resources.files("vplan.configs") / group.split("@")[0]  # "model@component.model" -> configs/model
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -189,7 +190,7 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
         groups = compose(command.config_name, return_hydra_config=True).hydra.runtime.choices
         group_overrides = []
         for override in parsed:
-            key = override.key_or_group
+            key = override.key_or_group + (f"@{override.package}" if override.package else "")
             if key in groups and not key.startswith("hydra"):
                 options = _group_options(key)
                 if override.value() not in options:
@@ -198,7 +199,7 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
         base = compose(command.config_name, overrides=group_overrides)
         known = set(_flat_keys(base))
         for override in parsed:
-            key = override.key_or_group
+            key = override.key_or_group + (f"@{override.package}" if override.package else "")
             if key not in groups and key not in known:
                 raise UsageError(_unknown_key_message(base, key, known))
         try:

@@ -91,16 +91,17 @@ class UNetConfig:
 
     @classmethod
     def preset(cls, name: str) -> UNetConfig:
-        """A named size: `tiny` for tests, `default` for the shipped checkpoint."""
-        if name not in UNET_PRESETS:
-            raise ValueError(f"expected a UNet preset in {sorted(UNET_PRESETS)}, got {name!r}")
-        return cls(**UNET_PRESETS[name])
+        """The UNet of a model preset in configs/model/: `tiny` for tests, `default` for the shipped checkpoint."""
+        from importlib import resources
 
+        from omegaconf import OmegaConf
 
-UNET_PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},  # the field defaults
-    "tiny": {"block_out_channels": (8, 16), "layers_per_block": 1, "attention_head_dim": 2, "norm_num_groups": 4},
-}
+        folder = resources.files("vplan.configs") / "model"
+        names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        if name not in names:
+            raise ValueError(f"expected a model preset in {names}, got {name!r}")
+        overrides = OmegaConf.to_container(OmegaConf.load(str(folder / f"{name}.yaml"))).get("unet", {})
+        return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in overrides.items()})
 
 
 def build_unet(config: UNetConfig) -> UNet3D:
