@@ -87,6 +87,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     ("model", "worldmodel_model_schema"): "vplan.worldmodel.model:WorldModelConfig",
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
     ("task", "task_schema"): "vplan.tasks:TaskConfig",
+    ("planner", "planner_schema"): "vplan.planner.config:PlannerConfig",
 }
 
 

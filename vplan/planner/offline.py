@@ -1,0 +1,55 @@
+"""The default planner: the task's decomposition, filled in with the scene's facts. No network, deterministic."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vplan.planner.config import PlannerConfig
+from vplan.planner.skills import Skill, TaskSkills, task_skills
+from vplan.planner.subgoal import Plan, Subgoal
+from vplan.tasks import TaskConfig
+
+
+class Planner:
+    """Base of the planners: `plan(instruction, info, first_frame=None) -> Plan`."""
+
+    def __init__(self, config: PlannerConfig, task_config: TaskConfig) -> None:
+        self.config = config
+        self.task_config = task_config
+        self.task_skills: TaskSkills = task_skills(task_config.name)
+
+    def plan(self, instruction: str, info: Mapping[str, Any], first_frame: np.ndarray | None = None) -> Plan:
+        raise NotImplementedError
+
+    def to_subgoals(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[Subgoal]:
+        """Subgoals for a sequence of skills: chunks = ceil(estimated steps / chunk_frames), capped.
+
+        One env step is one frame (10 Hz), so a subgoal of s steps spans ceil(s / chunk_frames) chunks of
+        `chunk_frames` frames; the estimate is the task's (`TaskSkills.estimate_steps`). On return_cubes
+        (seeds 0-39, 480 subgoals) this gives the chunks the expert's own labels span, ceil(steps / 8), for
+        446 subgoals and one more for 34, never fewer; a plan spans ~24 chunks where the expert's whole episode
+        is ~17 (each subgoal rounds up to whole chunks).
+        """
+        steps = self.task_skills.estimate_steps(sequence, info)
+        cap = self.config.max_chunks_per_subgoal
+        return [
+            Subgoal(skill.text, min(cap, max(1, math.ceil(n / self.config.chunk_frames))), skill.check)
+            for skill, n in zip(sequence, steps)
+        ]
+
+
+class OfflinePlanner(Planner):
+    """Decomposes the configured task with its skill library (vplan/planner/skills.py).
+
+    The instruction is recorded in the plan, not parsed: the offline planner knows its task's decomposition
+    only. `first_frame` is not used. The same `info` always gives the same plan.
+    """
+
+    def plan(self, instruction: str, info: Mapping[str, Any], first_frame: np.ndarray | None = None) -> Plan:
+        del first_frame
+        subgoals = self.to_subgoals(self.task_skills.decompose(info), info)
+        return Plan(tuple(subgoals), source="offline", instruction=instruction)

@@ -1,0 +1,167 @@
+"""Each task's skills — the subgoal texts the world model was trained on — and its decomposition into them.
+
+A `TaskSkills` knows, for one scene (the env's first `info`): every skill the world model knows there
+(`skills`), the order the task's scripted expert works in (`decompose`), and how many env steps each skill of
+a sequence takes (`estimate_steps`). The texts come from the expert's own templates, so a plan's texts are
+exactly the labels of the episodes the world model learned from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import permutations
+from typing import Any
+
+import numpy as np
+
+from vplan.planner.subgoal import Check
+
+
+@dataclass(frozen=True)
+class Skill:
+    """A subgoal the world model knows, with the words that name its arguments (cube colour, spot)."""
+
+    kind: str  # the template's key, e.g. "pick"
+    text: str
+    arguments: dict[str, str] = field(default_factory=dict)  # e.g. {"colour": "red", "spot": "left"}
+    check: Check | None = None
+
+
+class TaskSkills:
+    """Base of the per-task skill libraries (one instance per task, in `TASK_SKILLS`)."""
+
+    name: str = ""
+    info_keys: tuple[str, ...] = ()
+
+    def require(self, info: Mapping[str, Any]) -> None:
+        """Raise ValueError unless `info` holds the scene facts this task needs."""
+        missing = [k for k in self.info_keys if k not in info]
+        if missing:
+            raise ValueError(f"task {self.name!r}: expected the env's info to hold {list(self.info_keys)}, "
+                             f"missing {missing}")
+
+    def skills(self, info: Mapping[str, Any]) -> list[Skill]:
+        raise NotImplementedError
+
+    def describe(self, info: Mapping[str, Any]) -> str:
+        """The scene facts a planner is told, in one line."""
+        raise NotImplementedError
+
+    def decompose(self, info: Mapping[str, Any]) -> list[Skill]:
+        raise NotImplementedError
+
+    def estimate_steps(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[int]:
+        raise NotImplementedError
+
+
+class ReturnCubesSkills(TaskSkills):
+    """`return_cubes` on the tabletop: pick / place on a spot / put back, for each cube colour.
+
+    Decomposition (the order `ReturnCubesExpert` works in, so that plans match its labels): each cube in the
+    env's cube order is picked up and placed on its spot, then each is picked up and put back. The spot of
+    each cube is the expert's: the assignment of spots to cubes with the least total travel.
+
+    Step estimate: the expert moves the gripper at most `max_delta` (3 cm) per axis per step, so a skill takes
+    ceil(Chebyshev xy travel / max_delta) steps plus a fixed overhead, `OVERHEAD_STEPS` = 7, for descending,
+    gripping or releasing and rising. Travel is tracked along the sequence: a pick starts where the gripper
+    last was, a place or put-back moves the cube from where it is. Measured against the expert's 480 labelled
+    subgoals of seeds 0-39: pick and place take exactly the estimate or 1 step less; put-back 0-4 less (the
+    last one ends the episode before the gripper rises); never more. The planners turn steps into chunks.
+    """
+
+    name = "return_cubes"
+    info_keys = ("cube_names", "spot_names", "start_poses", "spot_positions", "gripper_pos")
+    OVERHEAD_STEPS = 7
+
+    def __init__(self) -> None:
+        # The expert's templates and the env's max_delta (imported here: policies -> envs -> mujoco).
+        from vplan.envs.tabletop_v0 import TabletopConfig
+        from vplan.policies.return_cubes_expert import SUBGOAL_TEMPLATES
+
+        self.templates = SUBGOAL_TEMPLATES
+        self.max_delta = TabletopConfig.max_delta
+
+    def _pick(self, colour: str) -> Skill:
+        return Skill("pick", self.templates["pick"].format(colour=colour), {"colour": colour},
+                     Check("holding", {"cube": colour}))
+
+    def _place(self, colour: str, spot: str) -> Skill:
+        return Skill("place", self.templates["place"].format(colour=colour, spot=spot),
+                     {"colour": colour, "spot": spot}, Check("on_spot", {"cube": colour, "spot": spot}))
+
+    def _return(self, colour: str) -> Skill:
+        return Skill("return", self.templates["return"].format(colour=colour), {"colour": colour},
+                     Check("returned", {"cube": colour}))
+
+    def skills(self, info: Mapping[str, Any]) -> list[Skill]:
+        """Every skill for this scene's cubes and spots, in `subgoal_texts`' order."""
+        self.require(info)
+        out = []
+        for colour in info["cube_names"]:
+            out.append(self._pick(colour))
+            out += [self._place(colour, spot) for spot in info["spot_names"]]
+            out.append(self._return(colour))
+        return out
+
+    def describe(self, info: Mapping[str, Any]) -> str:
+        self.require(info)
+        return (f"{len(info['cube_names'])} cubes: {', '.join(info['cube_names'])}; marked spots, left to right "
+                f"in the front camera: {', '.join(info['spot_names'])}.")
+
+    def decompose(self, info: Mapping[str, Any]) -> list[Skill]:
+        self.require(info)
+        colours, spots = list(info["cube_names"]), list(info["spot_names"])
+        starts = np.asarray(info["start_poses"])[:, :2]
+        spot_xy = np.asarray(info["spot_positions"])[:, :2]
+        n = len(colours)
+        if len(spots) < n:
+            raise ValueError(f"task {self.name!r}: expected at least one spot per cube, got {spots} for {colours}")
+        # The expert's rule (ReturnCubesExpert.reset): the spot assignment with the least total travel.
+        spot_of = min(
+            permutations(range(len(spots)), n),
+            key=lambda p: sum(np.linalg.norm(starts[i] - spot_xy[p[i]]) for i in range(n)),
+        )
+        plan = []
+        for i, colour in enumerate(colours):
+            plan += [self._pick(colour), self._place(colour, spots[spot_of[i]])]
+        for colour in colours:
+            plan += [self._pick(colour), self._return(colour)]
+        return plan
+
+    def estimate_steps(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[int]:
+        self.require(info)
+        colours, spots = list(info["cube_names"]), list(info["spot_names"])
+        starts = np.asarray(info["start_poses"], dtype=float)[:, :2]
+        spot_xy = np.asarray(info["spot_positions"], dtype=float)[:, :2]
+        cubes = np.asarray(info.get("cube_poses", info["start_poses"]), dtype=float)[:, :2].copy()
+        gripper = np.asarray(info["gripper_pos"], dtype=float)[:2]
+        steps = []
+        for skill in sequence:
+            i = colours.index(skill.arguments["colour"])
+            if skill.kind == "pick":
+                target = cubes[i]
+            elif skill.kind == "place":
+                target = spot_xy[spots.index(skill.arguments["spot"])]
+            elif skill.kind == "return":
+                target = starts[i]
+            else:
+                raise ValueError(f"skill kind: expected one of {tuple(self.templates)}, got {skill.kind!r}")
+            travel = float(np.abs(target - gripper).max())
+            steps.append(math.ceil(travel / self.max_delta - 1e-9) + self.OVERHEAD_STEPS)
+            gripper = target.copy()
+            if skill.kind != "pick":
+                cubes[i] = target
+        return steps
+
+
+# task name (configs/task/<name>.yaml) -> its skill library
+TASK_SKILLS: dict[str, type[TaskSkills]] = {"return_cubes": ReturnCubesSkills}
+
+
+def task_skills(task_name: str) -> TaskSkills:
+    """The skill library of a task; ValueError naming the tasks that have one."""
+    if task_name not in TASK_SKILLS:
+        raise ValueError(f"task: expected one with a planner decomposition {tuple(TASK_SKILLS)}, got {task_name!r}")
+    return TASK_SKILLS[task_name]()
