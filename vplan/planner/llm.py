@@ -223,7 +223,7 @@ class LLMPlanner(Planner):
         except (LLMRequestError, InvalidReplyError, GroundingError) as error:
             reason = self._scrub(" ".join(str(error).split()))[:300]
             warnings.warn(
-                f"LLM planner ({self.llm.model}): {reason}; using the offline plan", PlannerFallbackWarning,
+                f"LLM planner ({self.llm.model}): {reason.rstrip('.')}; using the offline plan", PlannerFallbackWarning,
                 stacklevel=2,
             )
             return replace(self.fallback.plan(instruction, info), source="fallback", note=reason)
