@@ -39,8 +39,6 @@ from vplan.planner.llm import RESPONSE_SCHEMA
 from vplan.policies.return_cubes_expert import ReturnCubesExpert, subgoal_texts
 from vplan.tasks import TaskConfig
 
-pytest.importorskip("openai")
-
 TASK = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes away, then put them back")
 SECRET = "sk-test-never-log-this-0123456789abcdef"
 
@@ -288,6 +286,7 @@ def scene() -> tuple[dict[str, Any], np.ndarray]:
 @pytest.fixture
 def make_llm(endpoint: FakeEndpoint, monkeypatch: pytest.MonkeyPatch) -> Callable[..., LLMPlanner]:
     """An LLM planner on the fake endpoint (no retries, 5 s timeout unless overridden)."""
+    pytest.importorskip("openai")  # in the test extra; without it only the LLM tests are skipped
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     endpoint.requests.clear()
     made = []
@@ -387,6 +386,7 @@ def test_api_key_from_the_environment(endpoint, make_llm, monkeypatch, logs) -> 
 
 
 def test_no_api_key_for_openai_is_a_usage_error(monkeypatch) -> None:
+    pytest.importorskip("openai")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(UsageError, match="set the environment variable OPENAI_API_KEY"):

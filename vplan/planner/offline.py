@@ -25,6 +25,9 @@ class Planner:
     def plan(self, instruction: str, info: Mapping[str, Any], first_frame: np.ndarray | None = None) -> Plan:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the planner holds (the LLM planner's HTTP client); it can still plan afterwards."""
+
     def to_subgoals(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[Subgoal]:
         """Subgoals for a sequence of skills: chunks = ceil(estimated steps / chunk_frames), capped.
 
