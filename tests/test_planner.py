@@ -181,9 +181,13 @@ def test_presets_compose_into_planner_config(preset: str) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from vplan.cli import _register_schemas
+    from hydra.core.config_store import ConfigStore
 
-    _register_schemas()
+    from vplan.cli import SCHEMAS
+
+    # The CLI registers this schema (registering all of SCHEMAS would import every command's module: slow).
+    assert SCHEMAS[("planner", "planner_schema")] == "vplan.planner.config:PlannerConfig"
+    ConfigStore.instance().store(group="planner", name="planner_schema", node=PlannerConfig)
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
         cfg = compose(config_name=f"planner/{preset}", overrides=["planner.llm.base_url=http://127.0.0.1:9/v1"])
