@@ -41,6 +41,16 @@ def subgoal_texts(colours: Sequence[str], spots: Sequence[str] = tuple(spot_name
     return texts
 
 
+def spot_assignment(info: dict[str, Any]) -> list[int]:
+    """The spot index each cube goes to: the assignment with the least total travel (planners reuse it)."""
+    starts = np.asarray(info["start_poses"])[:, :2]
+    spots = np.asarray(info["spot_positions"])[:, :2]
+    n = len(starts)
+    if len(spots) < n:
+        raise ValueError(f"expected at least one spot per cube, got {len(spots)} spots for {n} cubes")
+    return list(min(permutations(range(len(spots)), n), key=lambda p: sum(np.linalg.norm(starts[i] - spots[p[i]]) for i in range(n))))
+
+
 class ReturnCubesExpert:
     """Moves each cube to a marked spot, then puts each back where it started.
 
@@ -85,13 +95,7 @@ class ReturnCubesExpert:
     def reset(self, info: dict[str, Any], seed: int | None = None) -> None:
         """Start an episode from the env's reset `info`: pick the spot each cube goes to, reseed."""
         self._rng = np.random.default_rng(self._seed if seed is None else seed)
-        starts = info["start_poses"][:, :2]
-        spots = info["spot_positions"][:, :2]
-        n = len(starts)
-        # The assignment of spots to cubes with the least total travel.
-        self._spot_of = list(
-            min(permutations(range(n)), key=lambda p: sum(np.linalg.norm(starts[i] - spots[p[i]]) for i in range(n)))
-        )
+        self._spot_of = spot_assignment(info)
         self._key = None
         self._lifted = False
         self._explore_left = 0

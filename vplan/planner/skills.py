@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import permutations
 from typing import Any
 
 import numpy as np
 
 from vplan.planner.subgoal import Check
+from vplan.policies.return_cubes_expert import spot_assignment
 
 
 @dataclass(frozen=True)
@@ -113,16 +113,7 @@ class ReturnCubesSkills(TaskSkills):
     def decompose(self, info: Mapping[str, Any]) -> list[Skill]:
         self.require(info)
         colours, spots = list(info["cube_names"]), list(info["spot_names"])
-        starts = np.asarray(info["start_poses"])[:, :2]
-        spot_xy = np.asarray(info["spot_positions"])[:, :2]
-        n = len(colours)
-        if len(spots) < n:
-            raise ValueError(f"task {self.name!r}: expected at least one spot per cube, got {spots} for {colours}")
-        # The expert's rule (ReturnCubesExpert.reset): the spot assignment with the least total travel.
-        spot_of = min(
-            permutations(range(len(spots)), n),
-            key=lambda p: sum(np.linalg.norm(starts[i] - spot_xy[p[i]]) for i in range(n)),
-        )
+        spot_of = spot_assignment(info)  # the expert's rule, so plans match its labels
         plan = []
         for i, colour in enumerate(colours):
             plan += [self._pick(colour), self._place(colour, spots[spot_of[i]])]
