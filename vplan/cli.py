@@ -50,7 +50,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("train",),
-        "slow learning of one component (component=vae|worldmodel) on an episode dataset",
+        "slow learning of one component (component=vae|worldmodel|idm) on an episode dataset",
         "train",
         "vplan.loop.train:train_component",
     ),
@@ -84,6 +84,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
     ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",
+    ("component", "idm_schema"): "vplan.loop.idm:IDMTrainConfig",
     ("model", "worldmodel_model_schema"): "vplan.worldmodel.model:WorldModelConfig",
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
     ("task", "task_schema"): "vplan.tasks:TaskConfig",

@@ -1,8 +1,9 @@
-"""`vplan train component=vae|worldmodel data=DIR`: slow learning of one component on an episode dataset.
+"""`vplan train component=vae|worldmodel|idm data=DIR`: slow learning of one component on an episode dataset.
 
 The last `holdout_episodes` episodes are never trained on. The VAE trains on single frames; the world model
 trains on clips (a context of 1..context_frames latents, then a chunk) whose text is the subgoal of the
 chunk's first frame, with the latents of the whole dataset encoded once by the frozen, already trained VAE.
+The inverse-dynamics policy trains on transitions, real and through the VAE (vplan/loop/idm.py).
 The finished component is written to `<out>/final` (safetensors + JSON config).
 """
 
@@ -18,6 +19,7 @@ from omegaconf import MISSING
 
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.errors import UsageError
+from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.worldmodel.model import WorldModel, WorldModelConfig
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
@@ -176,6 +178,9 @@ def train_component(cfg: TrainConfig) -> Path:
         vae.save_pretrained(final, safe_serialization=True)
         print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
         return final
+    if isinstance(component, IDMTrainConfig):
+        vae = _load_vae(component.vae) if component.vae is not None else None
+        return train_idm(component, dataset, train_episodes, held_out, out, vae)
     vae = _load_vae(component.vae)
     component.model = _with_vae(component.model, vae)
     latents, texts = [], []
