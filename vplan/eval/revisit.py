@@ -1,0 +1,205 @@
+"""A scripted revisit scenario on the tabletop: the scene goes away from a state and comes back to it, often.
+
+The long-horizon consistency metrics (`vplan.eval.consistency_metrics`) need a long real video in which the
+camera's scene returns to states it showed before, and to know which frames those are. `return_cubes` alone
+has one return (its end resembles its start) and is only ~140 steps, while ≥32 chunks of 8 frames plus
+context need ≥260. So the scenario chains **rounds** of the task in one continuous take:
+
+    start ─► place every cube on its spot ─► gripper home, rest ─► put every cube back ─► gripper home, rest ─► …
+
+Each round is the scripted expert's own displace-then-return (`ReturnCubesExpert`, driven through a phase of
+the scenario's own, since the env's phase stays "return" after the first success), with two additions: after
+each half the gripper flies back to its start pose ("home", where `reset` puts it) and rests there for
+`rest_frames` steps. Every rest therefore shows one of two states of the whole scene — **A**: the cubes at
+their starts (the scene at reset), **B**: the cubes on their spots — with the gripper at home, so a revisit
+differs from its first visit only by where the cubes settled (within the env's 2 cm success tolerance of
+their starts, or near the spot centres). Rounds repeat until the take has `min_frames` frames, and the take
+always ends on a rest in state A.
+
+Revisit pairs `(first_visit, revisit)`: the k-th frame of the first rest in a state paired with the k-th frame
+of each later rest in the same state; state A's first visit is the start of the take (the gripper rests at
+home for `rest_frames` steps before the first round). Frames are real renders of `TabletopEnv`; the take is
+one continuous simulation (no reset between rounds), so the env's `terminated` at each completed return is
+ignored, and the env is stepped directly rather than through gymnasium's `TimeLimit`.
+
+Subgoal texts per frame are the expert's labels; the homing and resting steps carry the label of the step
+before them (the expert itself labels its backing-off after a release with the subgoal it just finished),
+and the rest before the first round carries the first round's first subgoal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HOME_TOL = 0.002  # metres from home at which the gripper counts as back
+HOME_MAX_STEPS = 40  # homing gives up after this many steps (never reached on the tabletop: ~10 needed)
+HALF_MAX_STEPS = 300  # one displace or return half gives up after this many expert steps
+
+
+@dataclass
+class RevisitScenario:
+    """A long real take with revisits: frames, per-frame subgoals and the (first_visit, revisit) pairs."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8, the front camera
+    subgoals: list[str]  # T texts: the subgoal being pursued at each frame
+    pairs: list[tuple[int, int]]  # (first_visit, revisit) frame indices, first_visit < revisit
+    states: list[str] = field(default_factory=list)  # T labels: "A" / "B" on rest frames, "" while moving
+    agent_pos: np.ndarray | None = None  # (T, 4) float32: gripper xyz and opening at each frame
+    cube_positions: np.ndarray | None = None  # (T, n, 3) cube centres at each frame
+    seed: int = 0
+    rounds: int = 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def revisit_scenario(
+    seed: int,
+    min_frames: int = 260,
+    rest_frames: int = 4,
+    env_config: Any = None,
+) -> RevisitScenario:
+    """Run the tabletop revisit scenario for `seed` (deterministic per seed); see the module docstring.
+
+    `min_frames` defaults to 4 context frames + 32 chunks of 8. `env_config` is a `TabletopConfig`
+    (default: the benchmark's 64×64 front camera).
+    """
+    from vplan.envs.tabletop_v0 import TabletopConfig, TabletopEnv
+    from vplan.policies import ReturnCubesExpert
+    from vplan.policies.return_cubes_expert import HOVER_MARGIN, HOVER_Z
+
+    if min_frames < 1 or rest_frames < 1:
+        raise ValueError(f"expected min_frames >= 1 and rest_frames >= 1, got {min_frames!r} and {rest_frames!r}")
+    config = env_config if env_config is not None else TabletopConfig()
+    if not isinstance(config, TabletopConfig):
+        raise ValueError(f"env_config: expected a TabletopConfig, got {type(config).__name__}")
+    env = TabletopEnv(config)
+    expert = ReturnCubesExpert(max_delta=config.max_delta)
+    try:
+        obs, info = env.reset(seed=seed)
+        expert.reset(info, seed=seed)
+        home = info["gripper_pos"].copy()
+        take = _Take(obs, info)
+
+        def step(action: np.ndarray, subgoal: str, state: str = "") -> None:
+            nonlocal obs, info
+            take.label(subgoal, state)  # the label of the frame the action is taken from
+            obs, _, _, _, info = env.step(action)  # terminated at a completed return: the take goes on
+            take.add(obs, info)
+
+        def rest(state: str, subgoal: str) -> None:
+            for _ in range(rest_frames):
+                step(np.array([0.0, 0.0, 0.0, -1.0], np.float32), subgoal, state)
+
+        def go_home(subgoal: str) -> None:
+            for _ in range(HOME_MAX_STEPS):
+                if np.linalg.norm(info["gripper_pos"] - home) < HOME_TOL:
+                    return
+                delta = np.clip((home - info["gripper_pos"]) / config.max_delta, -1.0, 1.0)
+                step(np.append(delta, -1.0).astype(np.float32), subgoal)
+            raise RuntimeError(f"seed {seed}: the gripper did not get back home in {HOME_MAX_STEPS} steps")
+
+        def half(phase: str) -> str:
+            """Run the expert until every cube is displaced (phase "displace") or returned ("return")."""
+            for _ in range(HALF_MAX_STEPS):
+                done = info["displaced"] if phase == "displace" else info["returned"]
+                clear = info["grasped"] == -1 and info["gripper_pos"][2] >= HOVER_Z - HOVER_MARGIN
+                if done.all() and clear:  # let go and backed off upwards, as the expert does after a release
+                    return expert.subgoal
+                action = expert.select_action(obs, {**info, "phase": phase})
+                step(action, expert.subgoal)
+            raise RuntimeError(f"seed {seed}: the expert did not finish the {phase} half in {HALF_MAX_STEPS} steps")
+
+        # The first frame is labelled once the first subgoal is known; rest at home first (state A).
+        first_subgoal = _peek_subgoal(expert, obs, info)
+        rest("A", first_subgoal)
+        rounds = 0
+        while True:
+            rounds += 1
+            subgoal = half("displace")
+            go_home(subgoal)
+            rest("B", subgoal)
+            subgoal = half("return")
+            go_home(subgoal)
+            rest("A", subgoal)
+            if len(take.frames) >= min_frames:
+                break
+        take.label(take.subgoals[-1] if take.subgoals else first_subgoal, "A")  # the final frame, after the last rest
+    finally:
+        env.close()
+    return take.finish(seed, rounds, rest_frames)
+
+
+def _peek_subgoal(expert: Any, obs: dict[str, np.ndarray], info: dict[str, Any]) -> str:
+    """The subgoal the expert starts with, without moving its state on (a throwaway copy chooses)."""
+    import copy
+
+    probe = copy.deepcopy(expert)
+    probe.select_action(obs, {**info, "phase": "displace"})
+    return probe.subgoal
+
+
+class _Take:
+    """Frames and per-frame records of the scenario, the label of each frame set when its action is chosen."""
+
+    def __init__(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        self.frames: list[np.ndarray] = []
+        self.agent_pos: list[np.ndarray] = []
+        self.cubes: list[np.ndarray] = []
+        self.subgoals: list[str] = []
+        self.states: list[str] = []
+        self.add(obs, info)
+
+    def add(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        self.frames.append(obs["front"])
+        self.agent_pos.append(obs["agent_pos"])
+        self.cubes.append(info["cube_poses"][:, :3].copy())
+
+    def label(self, subgoal: str, state: str) -> None:
+        self.subgoals.append(subgoal)
+        self.states.append(state)
+
+    def finish(self, seed: int, rounds: int, rest_frames: int) -> RevisitScenario:
+        assert len(self.subgoals) == len(self.frames), (len(self.subgoals), len(self.frames))
+        pairs = _revisit_pairs(self.states, rest_frames)
+        return RevisitScenario(
+            frames=np.stack(self.frames),
+            subgoals=self.subgoals,
+            pairs=pairs,
+            states=self.states,
+            agent_pos=np.stack(self.agent_pos),
+            cube_positions=np.stack(self.cubes),
+            seed=seed,
+            rounds=rounds,
+        )
+
+
+def _revisit_pairs(states: list[str], rest_frames: int) -> list[tuple[int, int]]:
+    """Pair the k-th frame of the first rest in each state with the k-th frame of every later rest in it.
+
+    A rest is a run of frames labelled with one state; a frame's label says the action taken *from* it is a
+    resting one, so every frame of a run shows the gripper at home. Runs shorter than `rest_frames` (the
+    final frame's run) are paired as far as they go.
+    """
+    runs: dict[str, list[list[int]]] = {}
+    index = 0
+    while index < len(states):
+        state = states[index]
+        end = index
+        while end < len(states) and states[end] == state:
+            end += 1
+        if state:
+            runs.setdefault(state, []).append(list(range(index, end)))
+        index = end
+    pairs: list[tuple[int, int]] = []
+    for state_runs in runs.values():
+        first = state_runs[0][:rest_frames]
+        for later in state_runs[1:]:
+            pairs += [(a, b) for a, b in zip(first, later[:rest_frames])]
+    return sorted(pairs)
+
+
+__all__ = ["RevisitScenario", "revisit_scenario"]
