@@ -89,6 +89,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
     ("task", "task_schema"): "vplan.tasks:TaskConfig",
     ("planner", "planner_schema"): "vplan.planner.config:PlannerConfig",
+    ("memory", "memory_schema"): "vplan.memory.config:MemoryConfig",
 }
 
 

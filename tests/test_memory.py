@@ -1,0 +1,387 @@
+"""Episodic memory on a tiny world model: Temp-LoRA's exact reset, LoRA-only updates, save/load, no text, snapshots,
+the overlap worker; the anchor and none baselines; config presets."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vplan.memory import AnchorFrameMemory, MemoryConfig, MemorySnapshot, NoMemory, TempLoRAMemory, make_memory
+from vplan.worldmodel.diffusion import DiffusionConfig
+from vplan.worldmodel.model import WorldModel, WorldModelConfig
+from vplan.worldmodel.text_encoder import LearnedTextEncoder, TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig
+
+DIM, TOKENS, LATENT = 16, 6, 8  # tiny VAE: 16×16 frames → 8×8 latents
+CONTEXT, CHUNK = 3, 4
+
+
+class RecordingTextEncoder(nn.Module):
+    """The learned encoder, recording every list of texts it is asked to encode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = LearnedTextEncoder(TextEncoderConfig(kind="learned", dim=DIM, max_tokens=TOKENS, vocab_buckets=64))
+        self.calls: list[list[str]] = []
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append(list(texts))
+        return self.inner(texts)
+
+
+def tiny_model(objective: str = "epsilon", seed: int = 0) -> WorldModel:
+    diffusion = DiffusionConfig(num_inference_steps=2) if objective == "epsilon" else \
+        DiffusionConfig(objective="flow", sampler="flow_euler", num_inference_steps=2)
+    config = WorldModelConfig(
+        unet=replace(UNetConfig.preset("tiny"), sample_size=LATENT, cross_attention_dim=DIM),
+        diffusion=diffusion,
+        vae=VAEConfig.tiny(image_size=16),
+        text_encoder=TextEncoderConfig(kind="learned", dim=DIM, max_tokens=TOKENS, vocab_buckets=64),
+        context_frames=CONTEXT,
+        chunk_frames=CHUNK,
+    )
+    torch.manual_seed(seed)
+    return WorldModel(config, text_encoder=RecordingTextEncoder()).eval()
+
+
+def lora(**overrides) -> MemoryConfig:
+    # A larger lr than the default so that one update visibly moves a tiny model's outputs.
+    return MemoryConfig(**{"kind": "temp_lora", "rank": 4, "lr": 1e-2, **overrides})
+
+
+def latents(frames: int, seed: int = 1, batch: int = 1) -> torch.Tensor:
+    return torch.randn(batch, frames, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def base_weights(model: WorldModel, memory: TempLoRAMemory | None = None) -> dict[int, torch.Tensor]:
+    """Clones of the UNet's non-adapter parameters, keyed by identity (the adapter renames wrapped weights)."""
+    skip = {id(p) for p in memory.trainable_parameters().values()} if memory else set()
+    return {id(p): p.detach().clone() for p in model.unet.parameters() if id(p) not in skip}
+
+
+def assert_same_base(model: WorldModel, before: dict[int, torch.Tensor]) -> None:
+    now = {id(p): p for p in model.unet.parameters()}
+    for key, tensor in before.items():
+        assert torch.equal(now[key], tensor)
+
+
+# ---------------------------------------------------------------------------------------------- temp_lora
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_reset_gives_back_the_base_model_exactly(merge: bool) -> None:
+    model = tiny_model()
+    history = latents(5)
+    base = model.generate(history, ["pick up the red cube"], generator=seeded())
+    memory = make_memory(lora(merge_for_generation=merge), model)
+    assert isinstance(memory, TempLoRAMemory) and not memory.active
+    assert torch.equal(memory.generate(history, ["pick up the red cube"], generator=seeded()), base)
+
+    memory.update(history[:, -CHUNK:], latents(CHUNK, seed=2))
+    memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+    remembered = memory.generate(history, ["pick up the red cube"], generator=seeded())
+    assert memory.active and memory.folded == merge
+    assert not torch.equal(remembered, base)
+
+    memory.reset()
+    assert not memory.active and memory.updates == 0 and not memory.folded
+    assert torch.equal(memory.generate(history, ["pick up the red cube"], generator=seeded()), base)
+    # A second episode starts from the same adapter, optimizer and noise: it learns exactly the same.
+    memory.update(history[:, -CHUNK:], latents(CHUNK, seed=2))
+    memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+    assert torch.equal(memory.generate(history, ["pick up the red cube"], generator=seeded()), remembered)
+
+
+def test_merged_and_unmerged_generation_agree() -> None:
+    outputs = []
+    for merge in (True, False):
+        model = tiny_model()
+        memory = make_memory(lora(merge_for_generation=merge), model)
+        memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+        outputs.append(memory.generate(latents(CONTEXT), ["go"], generator=seeded()))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_close_leaves_the_world_model_as_it_was(tmp_path: Path) -> None:
+    model = tiny_model()
+    keys = list(model.unet.state_dict())
+    flags = [p.requires_grad for p in model.unet.parameters()]
+    before = base_weights(model)
+    base = model.generate(latents(2), ["go"], generator=seeded())
+    memory = make_memory(lora(), model)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    memory.generate(latents(2), ["go"], generator=seeded())  # folds the adapter into the weights
+    with pytest.raises(ValueError, match="temp_lora"):
+        model.save_pretrained(tmp_path / "refused")  # the world model refuses to save with the adapter attached
+    memory.close()
+    memory.close()  # twice: nothing
+    assert list(model.unet.state_dict()) == keys
+    assert [p.requires_grad for p in model.unet.parameters()] == flags
+    assert_same_base(model, before)
+    assert torch.equal(model.generate(latents(2), ["go"], generator=seeded()), base)
+    model.save_pretrained(tmp_path / "saved")
+    with pytest.raises(RuntimeError, match="closed"):
+        memory.update(latents(CHUNK), latents(CHUNK))
+    make_memory(lora(), model).close()  # the adapter name is free again
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "flow"])
+def test_an_update_changes_only_the_lora_parameters(objective: str) -> None:
+    model = tiny_model(objective)
+    memory = make_memory(lora(steps_per_chunk=2), model)
+    before = base_weights(model, memory)
+    adapter = {name: p.detach().clone() for name, p in memory.trainable_parameters().items()}
+    assert adapter and all(".temp_lora." in name for name in adapter)
+
+    logs = memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    assert logs["steps"] == 2 and logs["frames"] == 2 * CHUNK and torch.isfinite(torch.tensor(logs["loss"]))
+    memory.generate(latents(CONTEXT), ["go"])  # folding and unfolding keep the base exact too
+    memory.update(latents(CHUNK, seed=3), latents(CHUNK, seed=4))
+    assert_same_base(model, before)
+    trained = {id(p) for p in memory.trainable_parameters().values()}
+    assert all(p.grad is None for p in model.unet.parameters() if id(p) not in trained)
+    changed = [name for name, p in memory.trainable_parameters().items() if not torch.equal(p, adapter[name])]
+    assert any("lora_B" in name for name in changed) and any("lora_A" in name for name in changed)
+
+
+def test_the_adapter_round_trips_exactly_through_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model = tiny_model()
+    memory = make_memory(lora(), model)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    memory.save(tmp_path / "memory.safetensors")
+    saved = load_file(tmp_path / "memory.safetensors")
+    state = memory.state_dict()
+    assert set(saved) == set(state) and all(".lora_A." in k or ".lora_B." in k for k in saved)
+    assert not any("temp_lora" in k for k in saved)  # peft's adapter-name-free keys
+
+    other = tiny_model()  # the same base weights (same seed), a fresh adapter
+    loaded = make_memory(lora(), other)
+    loaded.load(tmp_path / "memory.safetensors")
+    assert loaded.active
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    assert torch.equal(loaded.generate(latents(CONTEXT), ["go"], generator=seeded()),
+                       memory.generate(latents(CONTEXT), ["go"], generator=seeded()))
+
+    with pytest.raises(ValueError, match="missing"):
+        loaded.load_state_dict({k: v for k, v in state.items() if "to_q" not in k})
+    make_memory(MemoryConfig(kind="anchor"), other).save(tmp_path / "anchor.safetensors")
+    with pytest.raises(ValueError, match="expected a 'temp_lora' memory"):
+        loaded.load(tmp_path / "anchor.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="does not read"):
+        loaded.load(tmp_path / "broken.safetensors")
+
+
+def test_the_update_is_action_agnostic() -> None:
+    model = tiny_model()
+    encoder = model.text_encoder
+    memory = make_memory(lora(steps_per_chunk=2), model)
+    assert encoder.calls == [[""]]  # the null text, once, when the memory is built
+    null = model.encode_text([""])[0]
+    encoder.calls.clear()
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    hook = model.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        memory.update(latents(CHUNK, batch=2), latents(CHUNK, seed=2, batch=2))
+        memory.update_async(latents(CHUNK, batch=2), latents(CHUNK, seed=3, batch=2))
+        memory.wait()
+    finally:
+        hook.remove()
+    assert encoder.calls == []  # no text is encoded for an update, and none can be passed
+    assert len(seen) == 4
+    for states in seen:
+        assert torch.equal(states, null.expand(2, -1, -1))
+
+
+def test_snapshot_and_restore_continue_exactly() -> None:
+    model = tiny_model()
+    memory = make_memory(lora(), model)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    snapshot = memory.snapshot()
+    assert isinstance(snapshot, MemorySnapshot) and snapshot.kind == "temp_lora"
+    memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+    memory.update(latents(CHUNK, seed=3), latents(CHUNK, seed=4))
+    after = memory.state_dict()
+    chunk = memory.generate(latents(CONTEXT), ["go"], generator=seeded())
+
+    memory.restore(snapshot)
+    assert memory.updates == 1
+    memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))  # same optimizer state and update noise
+    memory.update(latents(CHUNK, seed=3), latents(CHUNK, seed=4))
+    for name, tensor in memory.state_dict().items():
+        assert torch.equal(tensor, after[name]), name
+    assert torch.equal(memory.generate(latents(CONTEXT), ["go"], generator=seeded()), chunk)
+
+    memory.reset()
+    memory.restore(snapshot)  # a snapshot outlives a reset
+    assert memory.active
+    with pytest.raises(ValueError, match="expected a MemorySnapshot of kind 'temp_lora', got 'none'"):
+        memory.restore(make_memory(MemoryConfig(kind="none"), model).snapshot())
+
+
+def test_overlapped_update_equals_the_synchronous_one() -> None:
+    sync_model, async_model = tiny_model(), tiny_model()
+    sync, overlapped = make_memory(lora(), sync_model), make_memory(lora(), async_model)
+    history = latents(CONTEXT)
+    threads = []
+    hook = async_model.unet.register_forward_pre_hook(lambda *args: threads.append(threading.current_thread()))
+    for step in range(3):
+        expected = sync.generate(history, ["go"], generator=seeded(step))
+        chunk = overlapped.generate(history, ["go"], generator=seeded(step))  # waits for the update in flight
+        assert torch.equal(chunk, expected)
+        sync.update(history, expected)
+        overlapped.update_async(history, chunk)
+        history = torch.cat([history, chunk], dim=1)[:, -CONTEXT:]
+    logs = overlapped.wait()
+    hook.remove()
+    assert logs is not None and overlapped.last_update == logs and not overlapped.pending
+    assert overlapped.wait() is None  # nothing in flight any more
+    assert {t.name.startswith("vplan-memory-temp_lora") for t in threads} == {True, False}  # updates on the worker
+    for name, tensor in sync.state_dict().items():
+        assert torch.equal(tensor, overlapped.state_dict()[name]), name
+
+
+def test_an_error_in_the_worker_is_raised_by_wait(monkeypatch) -> None:
+    memory = make_memory(lora(), tiny_model())
+
+    def broken(previous, new):
+        raise RuntimeError("worker failed")
+
+    monkeypatch.setattr(memory, "_update", broken)
+    memory.update_async(latents(CHUNK), latents(CHUNK))
+    with pytest.raises(RuntimeError, match="worker failed"):
+        memory.wait()
+    memory.close()
+
+
+def test_temp_lora_config_errors() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="match none"):
+        make_memory(lora(target_modules=["nothing"]), model)
+    with pytest.raises(ValueError, match="Linear layers only"):
+        make_memory(lora(target_modules=["to_out"]), model)
+    memory = make_memory(lora(), model)
+    with pytest.raises(ValueError, match="already attached"):
+        make_memory(lora(), model)
+    with pytest.raises(ValueError, match=r"expected new latents of shape \(B, T >= 1, 4, 8, 8\)"):
+        memory.update(latents(CHUNK), torch.zeros(1, 2, 4, 16, 16))
+    with pytest.raises(ValueError, match="one batch size"):
+        memory.update_async(latents(CHUNK), latents(CHUNK, batch=2))
+    memory.close()
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def test_anchor_keeps_the_first_frame_in_every_context() -> None:
+    model = tiny_model()
+    memory = make_memory(MemoryConfig(kind="anchor"), model)
+    assert isinstance(memory, AnchorFrameMemory) and memory.anchor is None
+    first = latents(1)
+    assert torch.equal(memory.condition(first), first)  # it fits and starts with the anchor: unchanged
+    chunks = [latents(CHUNK, seed=s) for s in (2, 3)]
+    history = torch.cat([first, *chunks], dim=1)
+    context = memory.condition(history)
+    assert context.shape[1] == CONTEXT  # the anchor plus the last context_frames - 1 latents
+    assert torch.equal(context[:, 0], first[:, 0]) and torch.equal(context[:, 1:], history[:, -(CONTEXT - 1):])
+    window = history[:, -CONTEXT:]  # a caller that keeps only the recent window gets the anchor all the same
+    assert torch.equal(memory.condition(window), context)
+    # generate() is the world model's generate on that context; without the anchor the output differs.
+    chunk = memory.generate(history, ["go"], generator=seeded())
+    assert torch.equal(chunk, model.generate(context, ["go"], generator=seeded()))
+    assert not torch.equal(chunk, model.generate(history, ["go"], generator=seeded()))
+
+    state = memory.state_dict()
+    assert torch.equal(state["anchor"], first)
+    snapshot = memory.snapshot()
+    memory.reset()
+    assert memory.anchor is None
+    memory.update(latents(CHUNK, seed=7), latents(CHUNK, seed=8))  # an update before any condition sets it too
+    assert torch.equal(memory.anchor, latents(CHUNK, seed=7)[:, :1])
+    memory.restore(snapshot)
+    assert torch.equal(memory.anchor, first)
+    memory.load_state_dict({})
+    assert memory.anchor is None
+    with pytest.raises(ValueError, match="anchor"):
+        memory.load_state_dict({"anchor": torch.zeros(1, 2, 4, LATENT, LATENT)})
+
+
+def test_anchor_needs_room_for_recent_context() -> None:
+    model = tiny_model()
+    model.config = replace(model.config, context_frames=1)
+    with pytest.raises(ValueError, match="context_frames >= 2"):
+        make_memory(MemoryConfig(kind="anchor"), model)
+
+
+def test_none_is_only_the_recent_context(tmp_path: Path) -> None:
+    model = tiny_model()
+    memory = make_memory(MemoryConfig(kind="none"), model)
+    assert isinstance(memory, NoMemory)
+    history = latents(6)
+    assert memory.condition(history) is history
+    memory.update_async(history[:, :CHUNK], history[:, -CHUNK:])
+    assert memory.wait() == {}
+    assert torch.equal(memory.generate(history, ["go"], generator=seeded()),
+                       model.generate(history, ["go"], generator=seeded()))
+    assert memory.state_dict() == {}
+    memory.save(tmp_path / "none.safetensors")
+    memory.load(tmp_path / "none.safetensors")
+    with pytest.raises(ValueError, match="unexpected"):
+        memory.load_state_dict({"anchor": history[:, :1]})
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match=r"kind: expected one of \('none', 'anchor', 'temp_lora'\), got 'lora'"):
+        MemoryConfig(kind="lora")
+    with pytest.raises(ValueError, match="update_on: expected one of"):
+        MemoryConfig(update_on="dreamed")
+    with pytest.raises(ValueError, match="rank: expected a positive int, got 0"):
+        MemoryConfig(rank=0)
+    with pytest.raises(ValueError, match="lr: expected a positive finite number"):
+        MemoryConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="target_modules"):
+        MemoryConfig(target_modules=[])
+    assert MemoryConfig(rank=8).lora_alpha == 8.0 and MemoryConfig(rank=8, alpha=4).lora_alpha == 4.0
+    with pytest.raises(ValueError, match="expected a MemoryConfig with kind='anchor'"):
+        AnchorFrameMemory(MemoryConfig(kind="none"), tiny_model())
+
+
+@pytest.mark.parametrize("preset", ["none", "anchor", "temp_lora"])
+def test_presets_compose_into_memory_config(preset: str) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from vplan.cli import SCHEMAS
+
+    # The CLI registers this schema (registering all of SCHEMAS would import every command's module: slow).
+    assert SCHEMAS[("memory", "memory_schema")] == "vplan.memory.config:MemoryConfig"
+    ConfigStore.instance().store(group="memory", name="memory_schema", node=MemoryConfig)
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
+        cfg = compose(config_name=f"memory/{preset}", overrides=["memory.steps_per_chunk=3"])
+    config = OmegaConf.to_object(cfg.memory)
+    assert isinstance(config, MemoryConfig) and config.kind == preset and config.steps_per_chunk == 3
+    if preset == "temp_lora":
+        assert (config.rank, config.lr, config.target_modules) == (32, 1e-4, ["to_q", "to_k", "to_v", "to_out.0"])

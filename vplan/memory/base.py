@@ -1,0 +1,266 @@
+"""The one interface of episodic memory, and the background worker that overlaps updates with execution.
+
+A memory lives for a world model across episodes. Per episode:
+
+```python
+memory.reset()                                   # the episode starts: the base model, nothing remembered
+chunk = memory.generate(history, [subgoal])      # = world_model.generate(memory.condition(history), ...)
+memory.update_async(previous_chunk, chunk)       # learn from it on a worker thread ...
+execute(chunk)                                   # ... while the chunk runs in the env
+history = torch.cat([history, chunk], dim=1)     # the next generate() waits for the update first
+```
+
+`condition(history)` is how a memory shapes the next generation: it returns the context latents to hand to
+`WorldModel.generate` (the anchor memory prepends the episode's first frame) and puts the weights it learned
+in place (Temp-LoRA enables its adapter once it holds something). `update(previous, new)` learns from a chunk
+synchronously; `update_async` does the same on one background thread and returns at once; `wait()` blocks
+until it is done and re-raises its error, if any.
+
+Threading rule: generation never sees half-updated weights, because `condition`, `generate`, `update`,
+`reset`, `state_dict`, `load_state_dict`, `snapshot`, `restore` and `close` all `wait()` first. Calling
+`world_model.generate` (or anything else that runs the UNet) directly while an update is in flight is not
+allowed; call `wait()` first. A memory's methods are meant to be called from one thread (the caller's); only
+the update itself runs on the worker. The worker uses torch's process-wide intra-op thread count
+(`torch.set_num_threads` applies to every thread, and the worker never changes it); since generation waits
+for the update, UNet passes never run on two threads at once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from vplan.memory.config import MemoryConfig
+
+if TYPE_CHECKING:
+    from vplan.worldmodel.model import WorldModel
+
+MEMORY_FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """A memory's complete state at one moment (weights, optimizer, noise generator, ...), held in RAM.
+
+    Opaque to callers: take one with `snapshot()`, give it back to the same kind of memory with `restore()`.
+    """
+
+    kind: str
+    state: dict[str, Any] = field(repr=False)
+
+
+class EpisodicMemory(ABC):
+    """Base of the memory strategies: `reset`, `condition`/`generate`, `update`/`update_async`/`wait`, state."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: MemoryConfig, world_model: WorldModel) -> None:
+        if config.kind != self.kind:
+            raise ValueError(f"expected a MemoryConfig with kind={self.kind!r} for {type(self).__name__}, "
+                             f"got kind={config.kind!r}")
+        self.config = config
+        self.world_model = world_model
+        self._executor: ThreadPoolExecutor | None = None
+        self._future: Future | None = None
+        self._closed = False
+        self.last_update: dict[str, float] | None = None  # the logs of the latest finished update
+
+    # -- episode ---------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Start an episode: forget everything learned (an in-flight update is waited for, then discarded)."""
+        self._ensure_open()
+        try:
+            self.wait()
+        finally:
+            self._reset()
+
+    # -- generation ------------------------------------------------------------------------------------------
+
+    def condition(self, history: torch.Tensor) -> torch.Tensor:
+        """Wait for unfinished updates, put the memory's weights in place, and return the context latents for
+        the next chunk. `history` is the latents so far (B, T >= 1, C, h, w), whole or its recent window."""
+        self._ensure_open()
+        self.wait()
+        self._check(history, "history")
+        return self._condition(history)
+
+    def generate(
+        self,
+        history: torch.Tensor,
+        texts: list[str],
+        num_frames: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The next chunk's latents: `world_model.generate` on `condition(history)`."""
+        return self.world_model.generate(self.condition(history), texts, num_frames=num_frames, generator=generator)
+
+    # -- learning --------------------------------------------------------------------------------------------
+
+    def update(self, previous: torch.Tensor, new: torch.Tensor) -> dict[str, float]:
+        """Learn from a chunk now: `previous` is the chunk (or context) before it, `new` the chunk itself, both
+        (B, T, C, h, w) latents (imagined or observed: see `MemoryConfig.update_on`). Returns logs."""
+        self._ensure_open()
+        self.wait()
+        self.last_update = self._update(*self._check_update(previous, new))
+        return self.last_update
+
+    def update_async(self, previous: torch.Tensor, new: torch.Tensor) -> None:
+        """`update` on the background worker; returns at once. The inputs are copied, so the caller may reuse
+        them. An update still in flight is waited for first, so updates apply in call order."""
+        self._ensure_open()
+        self.wait()
+        previous, new = self._check_update(previous, new)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vplan-memory-{self.kind}")
+        self._future = self._executor.submit(self._update, previous.clone(), new.clone())
+
+    def wait(self) -> dict[str, float] | None:
+        """Block until the in-flight update (if any) is done; its logs, or None when nothing was in flight.
+        An error raised by the update is raised here."""
+        future, self._future = self._future, None
+        if future is None:
+            return None
+        self.last_update = future.result()
+        return self.last_update
+
+    @property
+    def pending(self) -> bool:
+        """Whether an update is still running on the worker."""
+        return self._future is not None and not self._future.done()
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the memory holds (tensors only, copies), e.g. Temp-LoRA's adapter weights; see `save`."""
+        self._ensure_open()
+        self.wait()
+        return self._state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back what `state_dict` returned (exactly); keys and shapes must match."""
+        self._ensure_open()
+        self.wait()
+        self._load_state_dict(dict(state))
+
+    def snapshot(self) -> MemorySnapshot:
+        """Everything needed to continue exactly from here later (more than `state_dict`: optimizer, RNG)."""
+        self._ensure_open()
+        self.wait()
+        return MemorySnapshot(self.kind, self._snapshot())
+
+    def restore(self, snapshot: MemorySnapshot) -> None:
+        """Go back to a snapshot taken from a memory of the same kind and world model."""
+        self._ensure_open()
+        if not isinstance(snapshot, MemorySnapshot) or snapshot.kind != self.kind:
+            got = snapshot.kind if isinstance(snapshot, MemorySnapshot) else type(snapshot).__name__
+            raise ValueError(f"expected a MemorySnapshot of kind {self.kind!r}, got {got!r}")
+        self.wait()
+        self._restore(snapshot.state)
+
+    def save(self, path: str | Path) -> None:
+        """Write `state_dict()` to a safetensors file (the kind goes in its metadata)."""
+        from safetensors.torch import save_file
+
+        state = {name: tensor.detach().contiguous().clone() for name, tensor in self.state_dict().items()}
+        save_file(state, str(path), metadata={"kind": self.kind, "format_version": MEMORY_FORMAT_VERSION})
+
+    def load(self, path: str | Path) -> None:
+        """Read a file written by `save` of the same kind into this memory."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                state = {name: f.get_tensor(name) for name in f.keys()}
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: expected a memory safetensors file, got one that does not read ({err})") from err
+        if metadata.get("kind") != self.kind or metadata.get("format_version") != MEMORY_FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: expected a {self.kind!r} memory (format {MEMORY_FORMAT_VERSION}), got kind "
+                f"{metadata.get('kind')!r} (format {metadata.get('format_version')!r})"
+            )
+        self.load_state_dict(state)
+
+    def close(self) -> None:
+        """Wait for the worker, stop it, and give the world model back as it was (e.g. remove the adapter).
+        Closing twice does nothing; any other call after `close` raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._close()
+
+    def __enter__(self) -> EpisodicMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what each strategy implements ------------------------------------------------------------------------
+
+    @abstractmethod
+    def _reset(self) -> None: ...
+
+    @abstractmethod
+    def _condition(self, history: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _update(self, previous: torch.Tensor, new: torch.Tensor) -> dict[str, float]: ...
+
+    @abstractmethod
+    def _state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def _snapshot(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _restore(self, state: dict[str, Any]) -> None: ...
+
+    def _close(self) -> None:
+        """Undo what `__init__` did to the world model; nothing by default."""
+
+    # -- checks ----------------------------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"expected an open {self.kind!r} memory, got one that was closed; make a new one")
+
+    def _check(self, latents: torch.Tensor, name: str) -> None:
+        shape = tuple(self.world_model.latent_shape)
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] < 1 \
+                or tuple(latents.shape[2:]) != shape:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"expected {name} latents of shape (B, T >= 1, {', '.join(map(str, shape))}), got {got}")
+
+    def _check_update(self, previous: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(previous, "previous")
+        self._check(new, "new")
+        if previous.shape[0] != new.shape[0]:
+            raise ValueError(f"expected previous and new latents with one batch size, got {previous.shape[0]} "
+                             f"and {new.shape[0]}")
+        return previous.detach(), new.detach()
+
+
+def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], kind: str) -> None:
+    """Raise a ValueError naming the keys or shapes of `state` that do not match `expected`."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"expected the {kind} memory's {len(expected)} tensors, got {len(missing)} missing "
+                         f"{missing[:3]} and {len(unexpected)} unexpected {unexpected[:3]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(f"expected {name!r} of shape {tuple(expected[name].shape)}, got {tuple(tensor.shape)}")

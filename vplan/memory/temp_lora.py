@@ -1,0 +1,290 @@
+"""Temp-LoRA: SlowFast-VGen's fast learning (§3.2, Algorithm 1a), episodic memory in a temporary LoRA.
+
+After every chunk a peft LoRA adapter named `temp_lora` on the UNet's attention projections takes a few Adam
+steps on the paper's eq. 3: the previous chunk and the new chunk are concatenated into one sequence, the whole
+sequence is noised (no clean conditioning frames), and the world model's own objective (ε-prediction or flow
+matching, whichever it was trained with) is scored on every frame. No text: the cross-attention gets the null
+condition (the empty text's encoding, computed once when the memory is built), so the memory is action-agnostic
+and remembers what the episode looked like, not what was asked. Only the adapter learns: the optimizer holds
+only LoRA parameters and gradients are taken only for them (`backward(inputs=...)`), so the base weights never
+change and never get a `.grad`.
+
+The adapter is added with diffusers' `PeftAdapterMixin.add_adapter` (`vplan.worldmodel.unet.UNet3D`). Until the
+first update of an episode it is disabled, so a fresh or `reset()` memory generates with exactly the base
+model (bit for bit); `reset()` also puts back the adapter's initial weights (LoRA B = 0), a fresh Adam and the
+update noise seed.
+
+Generation with the adapter (`MemoryConfig.merge_for_generation`, on by default): peft's unmerged forward adds
+two rank-r matmuls to every attention projection at every denoising step (~15% of a chunk with the default
+UNet). Instead, `condition()` folds the adapter in: each wrapped projection's base weight is copied aside and
+`W + ΔW` (peft's `get_delta_weight`) is written in place while the adapter layers are disabled; every method
+that trains, changes or reads the adapter (update, reset, load_state_dict, restore, close) first copies the
+base weights back, bit for bit. So between a `condition()` and the next update the UNet's attention weights
+hold base + LoRA (what the model is, with its memory), and at every other time exactly the base. `close()` removes the adapter (diffusers' `unload_lora`), after which
+`WorldModel.save_pretrained` works again; while the adapter is attached it refuses, by design. The adapter
+alone is saved with `save(path)`: a safetensors file of peft's LoRA state dict (`get_peft_model_state_dict`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from vplan.memory.base import EpisodicMemory, check_state
+from vplan.memory.config import ATTENTION_PROJECTIONS, MemoryConfig
+
+if TYPE_CHECKING:
+    from vplan.worldmodel.diffusion import DiffusionConfig
+    from vplan.worldmodel.model import WorldModel
+    from vplan.worldmodel.unet import UNet3D
+
+ADAPTER_NAME = "temp_lora"
+
+
+def sequence_diffusion_loss(
+    unet: UNet3D,
+    latents: torch.Tensor,
+    null_states: torch.Tensor,
+    config: DiffusionConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Eq. 3: the denoising loss of the whole latent sequence (B, T, C, h, w), all of it noised, null text.
+
+    One noise level per sample for the whole sequence, drawn as in `masked_diffusion_loss` (which needs a clean
+    context and so cannot serve here): a DDPM timestep and ε target, or a flow sigma and velocity target ε - x0.
+    """
+    from diffusers import DDPMScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if latents.ndim != 5 or latents.shape[1] < 1:
+        raise ValueError(f"expected latents of shape (B, T >= 1, C, h, w), got {tuple(latents.shape)}")
+    batch, device, dtype = latents.shape[0], latents.device, latents.dtype
+    rand_device = generator.device if generator is not None else torch.device("cpu")
+    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
+    if config.objective == "epsilon":
+        timesteps = torch.randint(
+            0, config.num_train_timesteps, (batch,), generator=generator, device=rand_device
+        ).to(device)
+        scheduler = DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            beta_start=config.beta_start,
+            beta_end=config.beta_end,
+        )
+        noisy, goal, unet_timesteps = scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+    else:
+        sigmas = torch.rand((batch,), generator=generator, device=rand_device).to(device=device, dtype=dtype)
+        sigma = sigmas.view(batch, 1, 1, 1, 1)
+        noisy, goal = (1.0 - sigma) * latents + sigma * noise, noise - latents
+        unet_timesteps = sigmas * config.num_train_timesteps
+    states = null_states.to(device=device, dtype=dtype).expand(batch, -1, -1)
+    prediction = unet.predict(noisy, unet_timesteps, states)
+    return F.mse_loss(prediction.float(), goal.float())
+
+
+def _check_targets(unet: torch.nn.Module, lora: Any, target_modules: list[str]) -> None:
+    """Refuse target modules that match nothing or something other than a Linear layer, before peft starts
+    wrapping (a failure halfway would leave the UNet half-adapted)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    matched = {name: module for name, module in unet.named_modules() if name and check_target_module_exists(lora, name)}
+    if not matched:
+        raise ValueError(f"target_modules: expected names of modules in the UNet (e.g. {list(ATTENTION_PROJECTIONS)}), "
+                         f"got {target_modules}, which match none")
+    others = sorted(name for name, module in matched.items() if type(module) is not torch.nn.Linear)
+    if others:
+        raise ValueError(f"target_modules: expected them to match Linear layers only, got {target_modules} matching "
+                         f"{others[:3]}{' ...' if len(others) > 3 else ''}")
+
+
+class TempLoRAMemory(EpisodicMemory):
+    """A LoRA adapter on the UNet that learns the episode chunk by chunk (see the module docstring)."""
+
+    kind = "temp_lora"
+
+    def __init__(self, config: MemoryConfig, world_model: WorldModel) -> None:
+        from peft import LoraConfig
+        from peft.tuners.lora import LoraLayer
+
+        super().__init__(config, world_model)
+        unet = world_model.unet
+        if ADAPTER_NAME in (getattr(unet, "peft_config", None) or {}):
+            raise ValueError(f"expected a UNet without a {ADAPTER_NAME!r} adapter, got one already attached; close() "
+                             "the memory that added it first")
+        # By parameter, not name: the adapter renames a wrapped layer's weight (`to_q.base_layer.weight`).
+        self._requires_grad = [(p, p.requires_grad) for p in unet.parameters()]
+        lora = LoraConfig(
+            r=config.rank, lora_alpha=config.lora_alpha, target_modules=list(config.target_modules), lora_dropout=0.0
+        )
+        _check_targets(unet, lora, config.target_modules)
+        # peft draws LoRA A's initial weights from the global RNG: seed it from the config, leave the caller's alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            unet.add_adapter(lora, adapter_name=ADAPTER_NAME)
+        # add_adapter freezes everything but adapters; give the base its flags back (gradients are taken for the
+        # LoRA parameters only, see _update), so the memory leaves the world model as it found it.
+        self._give_back_requires_grad()
+        self._params = {name: p for name, p in unet.named_parameters() if f".{ADAPTER_NAME}." in name}
+        self._layers = {name: m for name, m in unet.named_modules() if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A}
+        self._base_weights = {name: layer.get_base_layer().weight.detach().clone() for name, layer in self._layers.items()}
+        self._folded = False
+        self._initial = {name: p.detach().clone() for name, p in self._params.items()}
+        with torch.no_grad():
+            self._null_states = world_model.encode_text([""])[0].detach()
+        self._generator = torch.Generator(device=next(unet.parameters()).device)
+        self._optimizer: torch.optim.Optimizer
+        self._active = False
+        self._updates = 0
+        self._reset()
+
+    @property
+    def active(self) -> bool:
+        """Whether the adapter holds anything learned (and so is enabled for generation)."""
+        return self._active
+
+    @property
+    def updates(self) -> int:
+        """Updates since the last reset."""
+        return self._updates
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The adapter's parameters by name in the UNet: the only ones an update changes."""
+        return dict(self._params)
+
+    def _give_back_requires_grad(self) -> None:
+        for parameter, flag in self._requires_grad:
+            parameter.requires_grad_(flag)
+
+    # -- the adapter's switch --------------------------------------------------------------------------------
+
+    def _enable(self, enabled: bool) -> None:
+        unet = self.world_model.unet
+        if enabled:
+            unet.enable_adapters()
+            unet.set_adapter(ADAPTER_NAME)
+        else:
+            unet.disable_adapters()
+
+    @property
+    def folded(self) -> bool:
+        """Whether the adapter is folded into the attention weights right now (see the module docstring)."""
+        return self._folded
+
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """Base weights aside, `W + ΔW` in place, adapter layers off: generation at the base model's cost."""
+        if self._folded:
+            return
+        self._enable(False)
+        for name, layer in self._layers.items():
+            weight = layer.get_base_layer().weight
+            self._base_weights[name].copy_(weight)
+            weight.add_(layer.get_delta_weight(ADAPTER_NAME).to(weight.dtype))
+        self._folded = True
+
+    @torch.no_grad()
+    def _unfold(self) -> None:
+        """Copy the base weights back (bit-exact): the state every update, reset and save starts from."""
+        if not self._folded:
+            return
+        for name, layer in self._layers.items():
+            layer.get_base_layer().weight.copy_(self._base_weights[name])
+        self._folded = False
+
+    # -- EpisodicMemory --------------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._unfold()
+        with torch.no_grad():
+            for name, parameter in self._params.items():
+                parameter.copy_(self._initial[name])
+        self._optimizer = torch.optim.Adam(list(self._params.values()), lr=self.config.lr)
+        self._generator.manual_seed(self.config.seed)
+        self._active, self._updates = False, 0
+        self._enable(False)
+
+    def _condition(self, history: torch.Tensor) -> torch.Tensor:
+        if self._active and self.config.merge_for_generation:
+            self._fold()
+        else:
+            self._enable(self._active)
+        return history
+
+    def _update(self, previous: torch.Tensor, new: torch.Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        unet = self.world_model.unet
+        parameter = next(unet.parameters())
+        sequence = torch.cat([previous, new], dim=1).to(device=parameter.device, dtype=parameter.dtype)
+        params = list(self._params.values())
+        self._unfold()
+        self._enable(True)  # also marks the LoRA parameters trainable (peft's set_adapter)
+        losses = []
+        with torch.enable_grad():
+            for _ in range(self.config.steps_per_chunk):
+                loss = sequence_diffusion_loss(
+                    unet, sequence, self._null_states, self.world_model.config.diffusion, generator=self._generator
+                )
+                self._optimizer.zero_grad(set_to_none=True)
+                loss.backward(inputs=params)
+                self._optimizer.step()
+                losses.append(loss.item())
+        self._active = True
+        self._updates += 1
+        return {"loss": sum(losses) / len(losses), "steps": float(len(losses)), "frames": float(sequence.shape[1]),
+                "seconds": time.perf_counter() - start}
+
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.world_model.unet, adapter_name=ADAPTER_NAME)
+        return {name: tensor.detach().clone() for name, tensor in state.items()}
+
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        unet = self.world_model.unet
+        expected = self._state_dict()
+        self._unfold()
+        check_state(state, expected, self.kind)
+        parameter = next(unet.parameters())
+        state = {name: tensor.to(device=parameter.device, dtype=expected[name].dtype) for name, tensor in state.items()}
+        result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"expected LoRA tensors of the {ADAPTER_NAME!r} adapter, got unexpected "
+                             f"{result.unexpected_keys[:3]}")
+        self._active = True
+        self._enable(True)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "weights": {name: p.detach().clone() for name, p in self._params.items()},
+            "optimizer": copy.deepcopy(self._optimizer.state_dict()),
+            "generator": self._generator.get_state(),
+            "active": self._active,
+            "updates": self._updates,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self._unfold()
+        with torch.no_grad():
+            for name, parameter in self._params.items():
+                parameter.copy_(state["weights"][name])
+        self._optimizer = torch.optim.Adam(list(self._params.values()), lr=self.config.lr)
+        self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self._generator.set_state(state["generator"])
+        self._active, self._updates = state["active"], state["updates"]
+        self._enable(self._active)
+
+    def _close(self) -> None:
+        self._unfold()
+        unet = self.world_model.unet
+        if set(getattr(unet, "peft_config", None) or {}) == {ADAPTER_NAME}:
+            unet.unload_lora()  # puts the original modules back: state_dict keys as before the adapter
+        else:
+            unet.delete_adapters(ADAPTER_NAME)
+        self._give_back_requires_grad()
+        self._params, self._initial, self._layers, self._base_weights = {}, {}, {}, {}
