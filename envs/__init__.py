@@ -4,21 +4,44 @@ from __future__ import annotations
 
 import gymnasium
 
+from vplan.envs.minerl_adapter import MineRLConfig, require_minerl
+from vplan.envs.rlbench_adapter import RLBenchConfig, require_rlbench
 from vplan.envs.tabletop_v0 import TabletopConfig
 
-ENV_IDS = {"tabletop": "vplan/Tabletop-v0"}
-_CONFIG_ENV_IDS = {TabletopConfig: ENV_IDS["tabletop"]}
+ENV_IDS = {"tabletop": "vplan/Tabletop-v0", "rlbench": "vplan/RLBench-v0", "minerl": "vplan/MineRL-v0"}
+_ENTRY_POINTS = {
+    "tabletop": ("vplan.envs.tabletop_v0:TabletopEnv", TabletopConfig),
+    # The adapters import their simulators (RLBench, MineRL) only when an env is made.
+    "rlbench": ("vplan.envs.rlbench_adapter:RLBenchEnv", RLBenchConfig),
+    "minerl": ("vplan.envs.minerl_adapter:MineRLEnv", MineRLConfig),
+}
+_CONFIG_ENV_IDS = {config_class: ENV_IDS[name] for name, (_, config_class) in _ENTRY_POINTS.items()}
+# An adapter runs the tasks of the embedded env it stands in for (same task names, same info keys).
+TASKS_OF_ENV = {"rlbench": "tabletop"}
+_REQUIRE_SIMULATOR = {RLBenchConfig: require_rlbench, MineRLConfig: require_minerl}
 
 # Importing again (importlib.reload, a second import path) must not re-register: gymnasium warns on that.
-if ENV_IDS["tabletop"] not in gymnasium.registry:
-    gymnasium.register(
-        id=ENV_IDS["tabletop"],
-        entry_point="vplan.envs.tabletop_v0:TabletopEnv",
-        max_episode_steps=TabletopConfig.max_episode_steps,
-    )
+for _name, (_entry_point, _config_class) in _ENTRY_POINTS.items():
+    if ENV_IDS[_name] not in gymnasium.registry:
+        gymnasium.register(
+            id=ENV_IDS[_name], entry_point=_entry_point, max_episode_steps=_config_class.max_episode_steps
+        )
 
 
-def make_env(config: TabletopConfig) -> gymnasium.Env:
+def require_simulator(config: object) -> None:
+    """For an adapter's config, raise `SimulatorNotInstalledError` naming the install steps if its simulator
+    is missing (a `UsageError`: the CLI prints one line and exits with code 2); nothing for embedded envs."""
+    check = _REQUIRE_SIMULATOR.get(type(config))
+    if check is not None:
+        check()
+
+
+def task_envs(env: str) -> set[str]:
+    """The envs whose tasks `env` can run: itself, and for an adapter the embedded env it stands in for."""
+    return {env, TASKS_OF_ENV.get(env, env)}
+
+
+def make_env(config: TabletopConfig | RLBenchConfig | MineRLConfig) -> gymnasium.Env:
     """The registered env for a config dataclass, truncated at the config's `max_episode_steps`."""
     env_id = _CONFIG_ENV_IDS.get(type(config))
     if env_id is None:
@@ -27,4 +50,13 @@ def make_env(config: TabletopConfig) -> gymnasium.Env:
     return gymnasium.make(env_id, config=config, max_episode_steps=config.max_episode_steps)
 
 
-__all__ = ["ENV_IDS", "TabletopConfig", "make_env"]
+__all__ = [
+    "ENV_IDS",
+    "MineRLConfig",
+    "RLBenchConfig",
+    "TASKS_OF_ENV",
+    "TabletopConfig",
+    "make_env",
+    "require_simulator",
+    "task_envs",
+]

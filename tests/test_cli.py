@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vplan.cli import COMMANDS, build_config, compose_config, main
+from vplan.cli import COMMANDS, _group_options, build_config, compose_config, main
 from vplan.data.collect import CollectConfig
 from vplan.envs.tabletop_v0 import TabletopConfig
 
@@ -59,8 +59,8 @@ def test_default_out_follows_the_task():
         (["bench", "nothing"], "unknown command 'bench nothing'"),
         (["collect", "episodez=3"], "unknown key 'episodez'; valid keys:"),
         (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),
-        (["collect", "env=moon"], "unknown env 'moon'; valid choices: tabletop"),
-        (["collect", "task=fly"], "unknown task 'fly'; valid choices: return_cubes"),
+        (["collect", "env=moon"], "unknown env 'moon'; valid choices: " + ", ".join(_group_options("env"))),
+        (["collect", "task=fly"], "unknown task 'fly'; valid choices: " + ", ".join(_group_options("task"))),
         (["collect", "episodes=abc"], "bad value for 'episodes'"),
         (["collect", "episodes=0"], "episodes: expected a positive number, got 0"),
         (["collect", "env.image_size=3"], "image_size: expected"),

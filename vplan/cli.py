@@ -87,6 +87,8 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     ("component", "idm_schema"): "vplan.loop.idm:IDMTrainConfig",
     ("model", "worldmodel_model_schema"): "vplan.worldmodel.model:WorldModelConfig",
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
+    ("env", "rlbench_schema"): "vplan.envs.rlbench_adapter:RLBenchConfig",
+    ("env", "minerl_schema"): "vplan.envs.minerl_adapter:MineRLConfig",
     ("task", "task_schema"): "vplan.tasks:TaskConfig",
     ("planner", "planner_schema"): "vplan.planner.config:PlannerConfig",
     ("memory", "memory_schema"): "vplan.memory.config:MemoryConfig",
@@ -282,7 +284,12 @@ def main(argv: list[str] | None = None) -> None:
 def _check_task_fits_env(config: Any, choices: dict[str, str]) -> None:
     task = getattr(config, "task", None)
     env = choices.get("env")
-    if task is not None and env is not None and task.env != env:
+    if env is None:
+        return
+    from vplan.envs import require_simulator, task_envs
+
+    require_simulator(getattr(config, "env", None))  # an adapter's simulator missing: its install steps, first
+    if task is not None and task.env not in task_envs(env):
         raise UsageError(f"task {task.name!r} runs on env {task.env!r}, not {env!r}; use env={task.env}")
 
 

@@ -1,0 +1,1 @@
+"""Fake of rlbench/backend/__init__.py (stepjam/RLBench 02720bb)."""
