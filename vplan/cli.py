@@ -72,6 +72,12 @@ COMMANDS: tuple[Command, ...] = (
         "bench_worldmodel",
         "vplan.eval.bench_worldmodel:bench_worldmodel",
     ),
+    Command(
+        ("bench", "memory"),
+        "wall time and peak RSS per episode of none vs temp_lora memory, with and without overlap",
+        "bench_memory",
+        "vplan.eval.bench_memory:bench_memory",
+    ),
 )
 
 
@@ -80,6 +86,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "collect_schema"): "vplan.data.collect:CollectConfig",
     (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
     (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",
+    (None, "bench_memory_schema"): "vplan.eval.bench_memory:BenchMemoryConfig",
     (None, "eval_worldmodel_schema"): "vplan.eval.worldmodel:EvalWorldModelConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",

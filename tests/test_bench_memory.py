@@ -1,0 +1,71 @@
+"""`vplan bench memory` end to end on a tiny model: every mode times its episodes, ratios against none."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from vplan.eval.bench_memory import BenchMemoryConfig, bench_memory
+from vplan.memory import MemoryConfig
+from vplan.worldmodel.diffusion import DiffusionConfig
+from vplan.worldmodel.model import WorldModelConfig
+from vplan.worldmodel.text_encoder import TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig
+
+
+def tiny_world_model() -> WorldModelConfig:
+    vae = VAEConfig.tiny(image_size=16)
+    unet = replace(UNetConfig.preset("tiny"), sample_size=vae.latent_size, cross_attention_dim=16)
+    return WorldModelConfig(
+        unet=unet,
+        vae=vae,
+        text_encoder=TextEncoderConfig(kind="learned", dim=16, max_tokens=6, vocab_buckets=64),
+        diffusion=DiffusionConfig(num_inference_steps=2),
+        context_frames=2,
+        chunk_frames=2,
+    )
+
+
+def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsys):
+    cfg = BenchMemoryConfig(
+        model=tiny_world_model(), checkpoint=None, memory=MemoryConfig(kind="temp_lora", rank=4),
+        episodes=1, chunks=2, execution_s=0.05, threads=1, isolate=False,
+    )
+    rows = bench_memory(cfg)
+    assert [row["mode"] for row in rows] == ["none", "temp_lora", "temp_lora + overlap"]
+    for row in rows:
+        # Every chunk waits its execution time; every temp_lora chunk is learned from.
+        assert row["wall_s"] >= cfg.chunks * cfg.execution_s
+        assert row["peak_rss_mb"] > 0 and row["blocked_s"] >= 0
+    assert rows[0]["wall_ratio"] == rows[0]["rss_ratio"] == 1.0
+    assert rows[1]["update_s_per_chunk"] > 0 and rows[2]["update_s_per_chunk"] > 0
+    assert rows[0]["update_s_per_chunk"] == 0
+    out = capsys.readouterr().out
+    assert "temp_lora + overlap" in out and "vs none" in out and "peak RSS" in out
+
+
+def test_bench_memory_config_checks(tmp_path):
+    with pytest.raises(ValueError, match="expected a memory to compare with none"):
+        BenchMemoryConfig(memory=MemoryConfig(kind="none"))
+    with pytest.raises(ValueError, match="chunks: expected a positive int, got 0"):
+        BenchMemoryConfig(chunks=0)
+    from vplan.errors import UsageError
+
+    with pytest.raises(UsageError, match="no world-model checkpoint"):
+        bench_memory(BenchMemoryConfig(checkpoint=str(tmp_path)))
+
+
+def test_bench_memory_config_composes():
+    from vplan.cli import COMMANDS, build_config, compose_config
+
+    command = next(c for c in COMMANDS if c.name == "bench memory")
+    cfg, choices = compose_config(command, ["memory.steps_per_chunk=2", "episodes=1", "checkpoint=null"])
+    config = build_config(cfg)
+    assert isinstance(config, BenchMemoryConfig) and isinstance(config.memory, MemoryConfig)
+    assert choices == {"memory": "temp_lora"}
+    assert (config.memory.kind, config.memory.steps_per_chunk, config.episodes, config.checkpoint) == (
+        "temp_lora", 2, 1, None)
+    cfg, _ = compose_config(command, ["memory=anchor"])
+    assert build_config(cfg).memory.kind == "anchor"
