@@ -1,0 +1,1 @@
+"""Fake of minerl/herobraine/__init__.py (minerllabs/minerl v0.4.4)."""
