@@ -246,7 +246,8 @@ class IDMPolicy(nn.Module):
             raise IDMInputError(
                 f"expected 1 <= context < number of frames, got context={context} with {len(frames)} frames"
             )
-        return self.predict_windows(windows(frames, range(context - 1, len(frames) - 1), self.config.history_frames), batch_size)
+        window = windows(frames, range(context - 1, len(frames) - 1), self.config.history_frames)
+        return self.predict_windows(window, batch_size)
 
     # -- training
 

@@ -183,7 +183,9 @@ def evaluate(policy: IDMPolicy, episodes: list[Episode], mean_action: torch.Tens
     return error_report(torch.cat(predicted), torch.cat(targets), mean_action, policy.config.binary_gripper)
 
 
-def error_report(predicted: torch.Tensor, target: torch.Tensor, mean_action: torch.Tensor, binary_gripper: bool) -> dict[str, Any]:
+def error_report(
+    predicted: torch.Tensor, target: torch.Tensor, mean_action: torch.Tensor, binary_gripper: bool
+) -> dict[str, Any]:
     """MAE per continuous dimension (and the grip accuracy) of predictions and of always predicting the mean."""
     continuous = slice(0, -1) if binary_gripper else slice(None)
     baseline = mean_action.expand_as(target)
@@ -204,7 +206,8 @@ def _line(label: str, report: dict[str, Any]) -> str:
     base = ", ".join(f"{v:.3f}" for v in report["baseline_mae"])
     grip = ""
     if "grip_accuracy" in report:
-        grip = f"; grip accuracy {100 * report['grip_accuracy']:.1f}% (baseline {100 * report['baseline_grip_accuracy']:.1f}%)"
+        accuracy, baseline = 100 * report["grip_accuracy"], 100 * report["baseline_grip_accuracy"]
+        grip = f"; grip accuracy {accuracy:.1f}% (baseline {baseline:.1f}%)"
     return f"  {label}: MAE per dim [{mae}] (baseline [{base}]){grip}"
 
 
