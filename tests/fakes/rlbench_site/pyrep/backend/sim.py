@@ -153,8 +153,6 @@ class Scene:
             record = self.objects.pop(h)
             for child in self.children(h):  # a removed object's children move up to its parent
                 self.objects[child].parent = record.parent
-        if not model:
-            return
 
     # ---- poses
     def world_pose(self, handle: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +208,8 @@ class Scene:
         for saved in tree.records:
             if saved.handle in self.objects:
                 record = self.objects[saved.handle]
-                record.parent, record.position, record.quaternion = saved.parent, saved.position.copy(), saved.quaternion.copy()
+                record.parent = saved.parent
+                record.position, record.quaternion = saved.position.copy(), saved.quaternion.copy()
                 record.data = copy.deepcopy(saved.data)
 
     # ---- joints and robots

@@ -240,4 +240,6 @@ class Object(object):
 
     def _check_model(self) -> None:
         if not self.is_model():
-            raise ObjectIsNotModelError("Object '%s' is not a model. Use 'set_model(True)' to convert." % self.get_name())
+            raise ObjectIsNotModelError(
+                "Object '%s' is not a model. Use 'set_model(True)' to convert." % self.get_name()
+            )

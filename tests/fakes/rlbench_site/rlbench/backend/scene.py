@@ -10,7 +10,6 @@ from typing import List
 
 import numpy as np
 from pyrep import PyRep
-from pyrep.const import ObjectType
 from pyrep.objects import Dummy
 from pyrep.objects.shape import Shape
 from pyrep.objects.vision_sensor import VisionSensor
@@ -19,7 +18,7 @@ from rlbench.backend.exceptions import BoundaryError, WaypointError
 from rlbench.backend.observation import Observation
 from rlbench.backend.robot import Robot
 from rlbench.backend.task import Task
-from rlbench.observation_config import CameraConfig, ObservationConfig
+from rlbench.observation_config import ObservationConfig
 
 STEPS_BEFORE_EPISODE_START = 10
 
