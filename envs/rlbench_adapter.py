@@ -231,7 +231,8 @@ class RLBenchEnv(gym.Env):
         np.random.seed(int(self.np_random.integers(2**32)))  # RLBench samples from numpy's global RNG
         descriptions, observation = self._task_env.reset()
         self._descriptions = list(descriptions)
-        self._tip_quaternion = np.asarray(observation.gripper_pose[3:], dtype=np.float64)
+        quaternion = np.asarray(observation.gripper_pose[3:], dtype=np.float64)
+        self._tip_quaternion = quaternion / np.linalg.norm(quaternion)  # RLBench rejects non-unit quaternions
         obs, info = self._convert(observation, success=False, invalid_action=False)
         return obs, info
 
