@@ -29,7 +29,7 @@ from torch import nn
 
 from vplan.errors import UsageError
 from vplan.shipped import resolve_checkpoint
-from vplan.worldmodel.model import CheckpointError, _contiguous, _load_into
+from vplan.worldmodel.model import CheckpointError, _contiguous, _load_into, read_pretrained_config
 
 CHECKPOINT_KIND = "vplan-idm"
 FORMAT_VERSION = 1
@@ -291,24 +291,7 @@ class IDMPolicy(nn.Module):
 
 def read_config(path: str | Path) -> IDMConfig:
     """The `IDMConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
-    config_file = Path(path) / CONFIG_FILE
-    if not config_file.is_file():
-        raise CheckpointError(f"{path}: expected an IDM checkpoint directory with {CONFIG_FILE}, found none")
-    try:
-        payload = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file}: expected JSON, got a file that does not parse ({err})") from err
-    kind = payload.get("kind") if isinstance(payload, dict) else None
-    if kind != CHECKPOINT_KIND:
-        raise CheckpointError(f"{config_file}: expected kind {CHECKPOINT_KIND!r}, got {kind!r}")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{config_file}: expected format_version {FORMAT_VERSION}, got {payload.get('format_version')!r}"
-        )
-    try:
-        return IDMConfig.from_dict(payload.get("config"))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{config_file}: invalid IDM config: {err}") from err
+    return read_pretrained_config(path, IDMConfig, CHECKPOINT_KIND, FORMAT_VERSION, "IDM")
 
 
 def windows(frames: torch.Tensor, steps: Any, history_frames: int) -> torch.Tensor:

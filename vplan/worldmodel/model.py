@@ -258,24 +258,30 @@ class WorldModel(nn.Module):
 
 def read_config(path: str | Path) -> WorldModelConfig:
     """The `WorldModelConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
+    return read_pretrained_config(path, WorldModelConfig, CHECKPOINT_KIND, FORMAT_VERSION, "world model")
+
+
+def read_pretrained_config(path: str | Path, config_class: Any, kind: str, format_version: int, what: str) -> Any:
+    """The config (`config_class.from_dict`) in a checkpoint directory's config.json, checked for its kind and
+    format version; a `CheckpointError` naming the file and what mismatched otherwise."""
     config_file = Path(path) / CONFIG_FILE
     if not config_file.is_file():
-        raise CheckpointError(f"{path}: expected a world-model checkpoint directory with {CONFIG_FILE}, found none")
+        raise CheckpointError(f"{path}: expected the checkpoint directory of a {what} with {CONFIG_FILE}, found none")
     try:
         payload = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_file}: expected JSON, got a file that does not parse ({err})") from err
-    kind = payload.get("kind") if isinstance(payload, dict) else None
-    if kind != CHECKPOINT_KIND:
-        raise CheckpointError(f"{config_file}: expected kind {CHECKPOINT_KIND!r}, got {kind!r}")
-    if payload.get("format_version") != FORMAT_VERSION:
+    found = payload.get("kind") if isinstance(payload, dict) else None
+    if found != kind:
+        raise CheckpointError(f"{config_file}: expected kind {kind!r}, got {found!r}")
+    if payload.get("format_version") != format_version:
         raise CheckpointError(
-            f"{config_file}: expected format_version {FORMAT_VERSION}, got {payload.get('format_version')!r}"
+            f"{config_file}: expected format_version {format_version}, got {payload.get('format_version')!r}"
         )
     try:
-        return WorldModelConfig.from_dict(payload.get("config"))
+        return config_class.from_dict(payload.get("config"))
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{config_file}: invalid world-model config: {err}") from err
+        raise CheckpointError(f"{config_file}: invalid {what} config: {err}") from err
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
