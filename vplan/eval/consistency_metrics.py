@@ -50,27 +50,40 @@ def _check_video(frames: np.ndarray, name: str = "frames") -> np.ndarray:
 
 @dataclass(frozen=True)
 class SceneCutDetector:
-    """The pinned PySceneDetect settings of SCuts: `ContentDetector(threshold, min_scene_len)`.
+    """The pinned PySceneDetect settings of SCuts: `ContentDetector(threshold=12, min_scene_len=4)`.
 
     ContentDetector scores each frame by the mean absolute change of hue, saturation and value against the
     previous frame (0-255 scale) and reports a cut where the score reaches `threshold`; cuts closer than
     `min_scene_len` frames are merged (PySceneDetect's flash filter), so a one-frame glitch counts once.
 
-    Why these values (measured on 64×64 tabletop frames at 10 fps, 40 expert episodes, seeds 10000-10039):
-    consecutive real frames score at most ~9 (the gripper is large in the image and moves up to 3 cm per
-    step), while a jump into another scene of the same table scores 6-20 (median 12 mid-episode) because
-    the table and wall fill most of the frame. PySceneDetect's default threshold 27 is set for
-    full-resolution film and finds none of those jumps; threshold 10 finds no cut in any real episode and
-    96% of the splices between different episodes. `min_scene_len` = 4 frames (0.4 s, half an 8-frame
-    chunk) still separates cuts at consecutive chunk boundaries; the default 15 frames (0.5 s at 30 fps)
-    would merge them at 10 fps.
+    Why these values for 64×64 frames at 10 fps (measured on tabletop expert episodes, seeds 10000+): the
+    table and wall fill most of the frame, so scores are small. Consecutive real frames score at most 8.8
+    (12 episodes, below 10 in all of 40; the gripper is large in the image and moves up to 3 cm a step),
+    9.2 after a round trip through the trained frame VAE, and 9.8 with per-frame latent noise of 0.3 σ
+    added before decoding (flicker). A jump into another episode's scene scores from 6 up (median 9
+    between first frames, 12 mid-episode).
+    Cuts per ~140-frame episode, and the share of such jumps found (3 splices per video):
 
-    StreamingT2V (which SlowFast-VGen follows) is recalled to use AdaptiveDetector with default settings on
-    its ~256-pixel videos; its `min_content_val` of 15 lies above most scene jumps at 64×64 (it found 22% of
-    the splices above), which is why SCuts here uses a ContentDetector threshold measured at this size.
+    | detector                          | real | VAE | VAE + 0.5 σ flicker | jumps found (real / VAE) |
+    | --------------------------------- | ---- | --- | ------------------- | ------------------------ |
+    | ContentDetector threshold 10      | 0    | 0   | 1.25                | 96% / 92%                |
+    | **ContentDetector threshold 12**  | 0    | 0   | 0                   | 80% / 62%                |
+    | AdaptiveDetector, min_content 5   | 0    | 0   | 0                   | 91% / 62% (4% flickery)  |
+    | AdaptiveDetector defaults         | 0    | 0   | —                   | 22% / —                  |
+    | ContentDetector default (27)      | 0    | —   | —                   | 0%                       |
+
+    Threshold 12 is the lowest of these that charges no cut to a faithful video with moderate flicker, so a
+    memory strategy is not penalised for decoder noise; it still finds most jumps to a different scene.
+    `min_scene_len` = 4 frames (0.4 s, half an 8-frame chunk) keeps cuts at consecutive chunk boundaries
+    apart; the default 15 frames (0.5 s at 30 fps) would merge them at 10 fps.
+
+    StreamingT2V, whose SCuts SlowFast-VGen reports, is recalled to use AdaptiveDetector with default
+    settings on larger frames (not verified against the paper's text here). At 64×64 its `min_content_val`
+    of 15 lies above most scene jumps (22% found), and with it lowered the rolling-average ratio goes blind
+    once frames flicker (4% found at 0.5 σ), hence a ContentDetector threshold measured at this size.
     """
 
-    threshold: float = 10.0
+    threshold: float = 12.0
     min_scene_len: int = 4
 
     def build(self) -> Any:
@@ -120,7 +133,9 @@ def _array_video_stream(frames_bgr: np.ndarray, fps: float) -> Any:
             self._next = 0
 
         def seek(self, target: Any) -> None:
-            frame = target.frame_num if isinstance(target, FrameTimecode) else FrameTimecode(target, self._rate).frame_num
+            if not isinstance(target, FrameTimecode):
+                target = FrameTimecode(target, self._rate)
+            frame = target.frame_num
             if not 0 <= frame <= len(self._frames):
                 raise SeekError(f"frame {frame} is outside the video's {len(self._frames)} frames")
             self._next = frame
@@ -303,7 +318,9 @@ class VAEEncoderFeatures:
         return latents.flatten(1).float().cpu()
 
 
-def make_feature_extractor(resnet18_weights: str | Path | None = None, vae: AutoencoderKL | None = None) -> FeatureExtractor:
+def make_feature_extractor(
+    resnet18_weights: str | Path | None = None, vae: AutoencoderKL | None = None
+) -> FeatureExtractor:
     """ResNet-18 features when a weight file is given, else the VAE encoder's (which then must be given)."""
     if resnet18_weights:
         return ResNet18Features(resnet18_weights)

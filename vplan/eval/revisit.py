@@ -5,7 +5,7 @@ camera's scene returns to states it showed before, and to know which frames thos
 has one return (its end resembles its start) and is only ~140 steps, while ≥32 chunks of 8 frames plus
 context need ≥260. So the scenario chains **rounds** of the task in one continuous take:
 
-    start ─► place every cube on its spot ─► gripper home, rest ─► put every cube back ─► gripper home, rest ─► …
+    start ─► every cube onto its spot ─► gripper home, rest ─► every cube back ─► gripper home, rest ─► …
 
 Each round is the scripted expert's own displace-then-return (`ReturnCubesExpert`, driven through a phase of
 the scenario's own, since the env's phase stays "return" after the first success), with two additions: after
