@@ -154,6 +154,19 @@ def test_an_update_changes_only_the_lora_parameters(objective: str) -> None:
     assert any("lora_B" in name for name in changed) and any("lora_A" in name for name in changed)
 
 
+def test_gradient_checkpointing_learns_the_same() -> None:
+    states = []
+    for checkpointing in (False, True):
+        model = tiny_model()
+        memory = make_memory(lora(gradient_checkpointing=checkpointing), model)
+        memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+        memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+        assert not any("forward" in vars(module) for module in model.unet.modules())  # unwrapped after
+        states.append(memory.state_dict())
+    for name, tensor in states[0].items():
+        torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-7)
+
+
 def test_the_adapter_round_trips_exactly_through_safetensors(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -44,6 +44,13 @@ class MemoryConfig:
                   "per denoising step; measured ~15% of a chunk unmerged). The base weights are copied before "
                   "and copied back, bit for bit, before any update, reset or close. False: peft's unmerged forward."},
     )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={"help": "temp_lora: recompute each UNet resnet, temporal conv and transformer in the backward "
+                  "pass instead of keeping its activations (torch.utils.checkpoint). Measured with the default "
+                  "UNet on 16 latent frames: the update's extra peak RSS +219 MB instead of +407 MB, for 0.68 s "
+                  "instead of 0.53 s per update (hidden behind execution when overlapped)."},
+    )
     update_on: str = field(
         default="imagined",
         metadata={"help": f"One of {UPDATE_ON}: which latents the caller hands to `update` — the imagined chunk "

@@ -28,7 +28,10 @@ alone is saved with `save(path)`: a safetensors file of peft's LoRA state dict (
 from __future__ import annotations
 
 import copy
+import functools
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -84,6 +87,34 @@ def sequence_diffusion_loss(
     states = null_states.to(device=device, dtype=dtype).expand(batch, -1, -1)
     prediction = unet.predict(noisy, unet_timesteps, states)
     return F.mse_loss(prediction.float(), goal.float())
+
+
+@contextmanager
+def checkpointed(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every resnet, temporal conv and (spatial or temporal) transformer of `unet` runs under
+    `torch.utils.checkpoint` (non-reentrant): only its inputs are kept for backward, its insides are recomputed.
+
+    diffusers' 3D UNet blocks have no gradient-checkpointing path of their own (`enable_gradient_checkpointing`
+    refuses `UNet3DConditionModel`), so the modules' `forward` is wrapped on the instances for the duration and
+    unwrapped after; nothing else about the UNet changes.
+    """
+    if not enabled:
+        yield
+        return
+    from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+    from torch.utils.checkpoint import checkpoint
+
+    kinds = (ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel)
+    wrapped = [module for module in unet.modules() if isinstance(module, kinds)]
+    for module in wrapped:
+        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for module in wrapped:
+            del module.forward
 
 
 def _check_targets(unet: torch.nn.Module, lora: Any, target_modules: list[str]) -> None:
@@ -223,7 +254,7 @@ class TempLoRAMemory(EpisodicMemory):
         self._unfold()
         self._enable(True)  # also marks the LoRA parameters trainable (peft's set_adapter)
         losses = []
-        with torch.enable_grad():
+        with torch.enable_grad(), checkpointed(unet, self.config.gradient_checkpointing):
             for _ in range(self.config.steps_per_chunk):
                 loss = sequence_diffusion_loss(
                     unet, sequence, self._null_states, self.world_model.config.diffusion, generator=self._generator
