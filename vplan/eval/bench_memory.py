@@ -12,11 +12,13 @@ control rate (the simulator itself runs those 8 steps in ~12 ms, a real robot do
   thread while the chunk executes; the next generation waits only for what is unfinished.
 
 Each mode runs `episodes` timed episodes (after one untimed warm-up chunk and update) and reports the mean wall
-time per episode, the time the loop was blocked on the memory (synchronous updates, or waiting for an
-unfinished one), the update's own compute time per chunk, and the peak RSS during an episode: the kernel's
-high-water mark (VmHWM) is reset before each episode (`/proc/self/clear_refs`), and with `isolate=true` (the
-default) each mode runs in a fresh process, so no mode inherits another's allocations. Where the high-water
-mark cannot be reset, the process's lifetime peak (ru_maxrss) is reported instead, and the table says so.
+time per episode, the part spent generating and decoding, the time the loop was blocked on the memory
+(synchronous updates, or waiting for an unfinished one), the update's own compute time per chunk, and the peak
+RSS during an episode: the kernel's high-water mark (VmHWM) is reset before each episode
+(`/proc/self/clear_refs`), and with `isolate=true` (the default) each mode lives in its own spawned process, so
+no mode sees another's allocations. Where the high-water mark cannot be reset, the process's lifetime peak
+(ru_maxrss) is reported instead, and the table says so. Episodes run round-robin over the modes (one at a time;
+the others wait idle), so a change in the machine's load during the run affects every mode alike.
 Timings hardly depend on the weights, so `checkpoint=null` times a freshly initialised model of `model`'s size.
 """
 
@@ -24,12 +26,11 @@ from __future__ import annotations
 
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
-from vplan.errors import UsageError
+from vplan.errors import RunError, UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.worldmodel.model import WorldModelConfig
 
@@ -104,76 +105,130 @@ def _peak_rss_mb(reset_worked: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_mode(cfg: BenchMemoryConfig, kind: str, overlap: bool) -> dict[str, Any]:
-    """Time `cfg.episodes` episodes of one mode in this process; the row of the table."""
-    import torch
+class ModeRunner:
+    """One mode's world model and memory, warmed up; `episode()` times one episode (see the module docstring)."""
 
-    from vplan.memory import MemoryConfig, make_memory
-    from vplan.worldmodel.model import WorldModel
+    def __init__(self, cfg: BenchMemoryConfig, kind: str, overlap: bool) -> None:
+        import torch
 
-    torch.set_num_threads(cfg.threads)
-    if cfg.checkpoint:
-        model = WorldModel.from_pretrained(cfg.checkpoint)
-    else:
-        torch.manual_seed(cfg.seed)
-        model = WorldModel(cfg.model).eval()
-    memory = make_memory(cfg.memory if kind == cfg.memory.kind else MemoryConfig(kind=kind), model)
-    context_frames = model.config.context_frames
-    first = torch.randn(1, 1, *model.latent_shape, generator=torch.Generator().manual_seed(cfg.seed))
+        from vplan.memory import MemoryConfig, make_memory
+        from vplan.worldmodel.model import WorldModel
 
-    def episode(chunks: int) -> dict[str, float]:
+        self.cfg, self.kind, self.overlap = cfg, kind, overlap
+        torch.set_num_threads(cfg.threads)
+        if cfg.checkpoint:
+            self.model = WorldModel.from_pretrained(cfg.checkpoint)
+        else:
+            torch.manual_seed(cfg.seed)
+            self.model = WorldModel(cfg.model).eval()
+        self.memory = make_memory(cfg.memory if kind == cfg.memory.kind else MemoryConfig(kind=kind), self.model)
+        self.first = torch.randn(1, 1, *self.model.latent_shape, generator=torch.Generator().manual_seed(cfg.seed))
+        self._run(1)  # warm-up: first-call allocations, the optimizer's state, the text encoder's cache
+
+    def episode(self) -> dict[str, Any]:
+        """One timed episode of `cfg.chunks` chunks, with its peak RSS."""
+        reset_worked = _reset_peak_rss()
+        result = self._run(self.cfg.chunks)
+        result["peak_rss_mb"] = _peak_rss_mb(reset_worked)
+        result["peak_rss_source"] = "VmHWM per episode" if reset_worked else "ru_maxrss (process lifetime)"
+        return result
+
+    def _run(self, chunks: int) -> dict[str, Any]:
+        import torch
+
+        cfg, memory, model = self.cfg, self.memory, self.model
         generator = torch.Generator().manual_seed(cfg.seed)
         memory.reset()
-        history, previous = first, first
-        blocked = update_s = 0.0
+        history, previous = self.first, self.first
+        blocked = update_s = generate_s = 0.0
         start = time.perf_counter()
         for _ in range(chunks):
             waited = time.perf_counter()
             logs = memory.wait()  # an overlapped update still running: the next chunk needs its weights
             blocked += time.perf_counter() - waited
             update_s += (logs or {}).get("seconds", 0.0)
+            generating = time.perf_counter()
             chunk = memory.generate(history, [TEXT], generator=generator)
             if cfg.decode:
                 model.decode(chunk)
-            if overlap:
+            generate_s += time.perf_counter() - generating
+            if self.overlap:
                 memory.update_async(previous, chunk)
             time.sleep(cfg.execution_s)  # the chunk is executed
-            if not overlap:
+            if not self.overlap:
                 updating = time.perf_counter()
                 logs = memory.update(previous, chunk)
                 blocked += time.perf_counter() - updating
                 update_s += logs.get("seconds", 0.0)
-            previous, history = chunk, torch.cat([history, chunk], dim=1)[:, -context_frames:]
+            previous, history = chunk, torch.cat([history, chunk], dim=1)[:, -model.config.context_frames:]
         waited = time.perf_counter()
         logs = memory.wait()  # the last chunk is learned from too
         blocked += time.perf_counter() - waited
         update_s += (logs or {}).get("seconds", 0.0)
-        return {"wall_s": time.perf_counter() - start, "blocked_s": blocked, "update_s": update_s}
+        return {"wall_s": time.perf_counter() - start, "generate_s": generate_s, "blocked_s": blocked,
+                "update_s": update_s}
 
+    def close(self) -> None:
+        self.memory.close()
+
+
+def _serve(cfg: BenchMemoryConfig, kind: str, overlap: bool, conn: Any) -> None:
+    """A mode's process: build and warm up, then time one episode per request until told to stop."""
     try:
-        episode(1)  # warm-up: first-call allocations, the optimizer's state, the text encoder's cache
-        results, peaks, reset_worked = [], [], True
-        for _ in range(cfg.episodes):
-            reset_worked = _reset_peak_rss() and reset_worked
-            results.append(episode(cfg.chunks))
-            peaks.append(_peak_rss_mb(reset_worked))
+        runner = ModeRunner(cfg, kind, overlap)
+        conn.send(("ready", None))
+        while conn.recv() == "episode":
+            conn.send(("episode", runner.episode()))
+        runner.close()
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", f"{type(err).__name__}: {err}"))
     finally:
-        memory.close()
-    mean = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
-    return {
-        "mode": _mode_name(kind, overlap),
-        "kind": kind,
-        "overlap": overlap,
-        "wall_s": mean["wall_s"],
-        "blocked_s": mean["blocked_s"],
-        "update_s_per_chunk": mean["update_s"] / cfg.chunks,
-        "peak_rss_mb": max(peaks),
-        "peak_rss_source": "VmHWM per episode" if reset_worked else "ru_maxrss (process lifetime)",
-    }
+        conn.close()
+
+
+class _ProcessRunner:
+    """A `ModeRunner` in a fresh spawned process, driven through a pipe."""
+
+    def __init__(self, cfg: BenchMemoryConfig, kind: str, overlap: bool) -> None:
+        context = get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.name = _mode_name(kind, overlap)
+        self.process = context.Process(target=_serve, args=(cfg, kind, overlap, child), daemon=True)
+        self.process.start()
+        child.close()
+
+    def _receive(self) -> Any:
+        try:
+            tag, value = self.conn.recv()
+        except EOFError:
+            raise RunError(f"bench memory: the process of mode {self.name!r} exited "
+                           f"(exit code {self.process.exitcode})") from None
+        if tag == "error":
+            raise RunError(f"bench memory: mode {self.name!r} failed: {value}")
+        return value
+
+    def ready(self) -> None:
+        self._receive()
+
+    def episode(self) -> dict[str, Any]:
+        self.conn.send("episode")
+        return self._receive()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send("close")
+            except OSError:
+                pass
+            self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.terminate()
+        self.conn.close()
 
 
 def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
-    """Run every mode (each in a fresh process when `cfg.isolate`), print the table with ratios to none."""
+    """Time every mode, episodes interleaved round-robin (none, memory, memory + overlap, none, ...) so that a
+    change in the machine's load hits every mode alike; print the table with ratios to none."""
     if cfg.checkpoint:
         from vplan.shipped import resolve_checkpoint
 
@@ -183,13 +238,21 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
             raise UsageError(f"{err}; checkpoint=null times a freshly initialised model of `model`'s size") from None
         if not (path / "config.json").is_file():
             raise UsageError(f"no world-model checkpoint at {path}; checkpoint=null times a freshly initialised model")
-    rows = []
-    for kind, overlap in modes(cfg):
-        if cfg.isolate:
-            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                rows.append(pool.submit(run_mode, cfg, kind, overlap).result())
-        else:
-            rows.append(run_mode(cfg, kind, overlap))
+    runners: list[Any] = []
+    try:
+        for kind, overlap in modes(cfg):
+            runners.append(_ProcessRunner(cfg, kind, overlap) if cfg.isolate else ModeRunner(cfg, kind, overlap))
+        for runner in runners:
+            if isinstance(runner, _ProcessRunner):
+                runner.ready()  # all built and warmed up before any timing starts
+        results: list[list[dict[str, Any]]] = [[] for _ in runners]
+        for _ in range(cfg.episodes):
+            for runner, done in zip(runners, results):
+                done.append(runner.episode())
+    finally:
+        for runner in runners:
+            runner.close()
+    rows = [_row(kind, overlap, done, cfg.chunks) for (kind, overlap), done in zip(modes(cfg), results)]
     base = rows[0]
     for row in rows:
         row["wall_ratio"] = row["wall_s"] / base["wall_s"]
@@ -198,20 +261,39 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def _row(kind: str, overlap: bool, episodes: list[dict[str, Any]], chunks: int) -> dict[str, Any]:
+    """The table row of one mode: means over its episodes, the highest peak RSS."""
+    def mean(key: str) -> float:
+        return sum(e[key] for e in episodes) / len(episodes)
+
+    return {
+        "mode": _mode_name(kind, overlap),
+        "kind": kind,
+        "overlap": overlap,
+        "wall_s": mean("wall_s"),
+        "generate_s": mean("generate_s"),
+        "blocked_s": mean("blocked_s"),
+        "update_s_per_chunk": mean("update_s") / chunks,
+        "peak_rss_mb": max(e["peak_rss_mb"] for e in episodes),
+        "peak_rss_source": episodes[-1]["peak_rss_source"],
+    }
+
+
 def _print_table(cfg: BenchMemoryConfig, rows: list[dict[str, Any]]) -> None:
     memory = cfg.memory
-    where = "each mode in its own process" if cfg.isolate else "all modes in this process"
+    where = "each mode in its own process" if cfg.isolate else "all modes in this process (peak RSS shared)"
     print(f"\nper episode: {cfg.chunks} chunks, {cfg.execution_s:.2f} s simulated execution per chunk, "
           f"decode {'on' if cfg.decode else 'off'}, {cfg.threads} threads, mean of {cfg.episodes} episodes, {where}")
     if memory.kind == "temp_lora":
         print(f"temp_lora: rank {memory.rank}, {memory.steps_per_chunk} Adam step(s) per chunk at lr {memory.lr:g}, "
               f"merge_for_generation={memory.merge_for_generation}")
-    header = (f"  {'mode':22} {'wall (s)':>9} {'vs none':>8} {'blocked (s)':>12} {'update/chunk (s)':>17} "
-              f"{'peak RSS (MB)':>14} {'vs none':>8}")
+    header = (f"  {'mode':22} {'wall (s)':>9} {'vs none':>8} {'generate (s)':>13} {'blocked (s)':>12} "
+              f"{'update/chunk (s)':>17} {'peak RSS (MB)':>14} {'vs none':>8}")
     print(header)
     for row in rows:
         update = f"{row['update_s_per_chunk']:.3f}" if row["kind"] == "temp_lora" else "-"
-        print(f"  {row['mode']:22} {row['wall_s']:9.2f} {row['wall_ratio']:7.3f}x {row['blocked_s']:12.2f} "
+        print(f"  {row['mode']:22} {row['wall_s']:9.2f} {row['wall_ratio']:7.3f}x {row['generate_s']:13.2f} "
+              f"{row['blocked_s']:12.2f} "
               f"{update:>17} {row['peak_rss_mb']:14.0f} {row['rss_ratio']:7.3f}x")
     print(f"peak RSS: {rows[-1]['peak_rss_source']}; targets for {memory.kind} + overlap (issue 4): "
           f"<= {TARGET_WALL_RATIO:.2f}x wall and <= {TARGET_RSS_RATIO:.2f}x peak RSS of none")
