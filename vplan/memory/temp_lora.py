@@ -10,19 +10,22 @@ only LoRA parameters and gradients are taken only for them (`backward(inputs=...
 change and never get a `.grad`.
 
 The adapter is added with diffusers' `PeftAdapterMixin.add_adapter` (`vplan.worldmodel.unet.UNet3D`). Until the
-first update of an episode it is disabled, so a fresh or `reset()` memory generates with exactly the base
+first update of an episode it is out of the way, so a fresh or `reset()` memory generates with exactly the base
 model (bit for bit); `reset()` also puts back the adapter's initial weights (LoRA B = 0), a fresh Adam and the
-update noise seed.
+update noise seed. `close()` removes the adapter (diffusers' `unload_lora`), after which
+`WorldModel.save_pretrained` works again; while the adapter is attached it refuses, by design. The adapter
+alone is saved with `save(path)`: a safetensors file of peft's LoRA state dict (`get_peft_model_state_dict`).
 
 Generation with the adapter (`MemoryConfig.merge_for_generation`, on by default): peft's unmerged forward adds
 two rank-r matmuls to every attention projection at every denoising step (~15% of a chunk with the default
-UNet). Instead, `condition()` folds the adapter in: each wrapped projection's base weight is copied aside and
-`W + ΔW` (peft's `get_delta_weight`) is written in place while the adapter layers are disabled; every method
-that trains, changes or reads the adapter (update, reset, load_state_dict, restore, close) first copies the
-base weights back, bit for bit. So between a `condition()` and the next update the UNet's attention weights
-hold base + LoRA (what the model is, with its memory), and at every other time exactly the base. `close()` removes the adapter (diffusers' `unload_lora`), after which
-`WorldModel.save_pretrained` works again; while the adapter is attached it refuses, by design. The adapter
-alone is saved with `save(path)`: a safetensors file of peft's LoRA state dict (`get_peft_model_state_dict`).
+UNet), and its wrapper modules alone slow diffusers' per-forward module walks by ~10%. Instead, `condition()`
+folds the adapter in: each wrapped projection's base weight is copied aside, `W + ΔW` (peft's
+`get_delta_weight`) is written in place, and the projection itself goes back in the wrapper's place in the
+module tree; every method that trains, changes or reads the adapter (update, reset, load_state_dict,
+restore, close) first copies the base weights back, bit for bit, and puts the wrappers back where training
+needs them. So between a `condition()` and the next update the UNet's attention weights hold base + LoRA
+(what the model is, with its memory), and at every other time exactly the base. Before the first update of
+an episode, generation runs the base module tree itself.
 """
 
 from __future__ import annotations
@@ -160,10 +163,16 @@ class TempLoRAMemory(EpisodicMemory):
         # LoRA parameters only, see _update), so the memory leaves the world model as it found it.
         self._give_back_requires_grad()
         self._params = {name: p for name, p in unet.named_parameters() if f".{ADAPTER_NAME}." in name}
-        self._layers = {name: m for name, m in unet.named_modules() if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A}
-        self._base_weights = {name: layer.get_base_layer().weight.detach().clone() for name, layer in self._layers.items()}
-        self._folded = False
         self._initial = {name: p.detach().clone() for name, p in self._params.items()}
+        # Each wrapped projection: its parent module and attribute, so the wrapper can be swapped out and back.
+        self._layers: dict[str, tuple[torch.nn.Module, str, Any]] = {}
+        for name, module in unet.named_modules():
+            if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
+                parent, _, attribute = name.rpartition(".")
+                self._layers[name] = (unet.get_submodule(parent), attribute, module)
+        self._base_weights = {name: layer.get_base_layer().weight.detach().clone()
+                              for name, (_, _, layer) in self._layers.items()}
+        self._attached, self._folded = True, False
         with torch.no_grad():
             self._null_states = world_model.encode_text([""])[0].detach()
         self._generator = torch.Generator(device=next(unet.parameters()).device)
@@ -174,13 +183,18 @@ class TempLoRAMemory(EpisodicMemory):
 
     @property
     def active(self) -> bool:
-        """Whether the adapter holds anything learned (and so is enabled for generation)."""
+        """Whether the adapter holds anything learned (and so is used for generation)."""
         return self._active
 
     @property
     def updates(self) -> int:
         """Updates since the last reset."""
         return self._updates
+
+    @property
+    def folded(self) -> bool:
+        """Whether the adapter is folded into the attention weights right now (see the module docstring)."""
+        return self._folded
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The adapter's parameters by name in the UNet: the only ones an update changes."""
@@ -190,28 +204,33 @@ class TempLoRAMemory(EpisodicMemory):
         for parameter, flag in self._requires_grad:
             parameter.requires_grad_(flag)
 
-    # -- the adapter's switch --------------------------------------------------------------------------------
+    # -- the adapter's states --------------------------------------------------------------------------------
+    #
+    # attached: peft's LoRA wrappers sit in the UNet (training, the unmerged forward, peft's state-dict tools);
+    # detached: the wrapped projections themselves sit there, so the UNet is its base module tree and runs at
+    # exactly the base cost (with wrappers, diffusers' per-forward module walks alone cost ~10% of a chunk);
+    # folded: detached, with W + ΔW written into the projections' weights.
 
-    def _enable(self, enabled: bool) -> None:
-        unet = self.world_model.unet
-        if enabled:
-            unet.enable_adapters()
-            unet.set_adapter(ADAPTER_NAME)
-        else:
-            unet.disable_adapters()
+    def _attach(self, attached: bool) -> None:
+        if self._attached == attached:
+            return
+        for parent, attribute, layer in self._layers.values():
+            setattr(parent, attribute, layer if attached else layer.get_base_layer())
+        self._attached = attached
 
-    @property
-    def folded(self) -> bool:
-        """Whether the adapter is folded into the attention weights right now (see the module docstring)."""
-        return self._folded
+    def _enable(self) -> None:
+        """The adapter on in every wrapper (peft's `set_adapter` also marks its parameters trainable)."""
+        for _, _, layer in self._layers.values():
+            layer.set_adapter(ADAPTER_NAME)
+            layer.enable_adapters(True)
 
     @torch.no_grad()
     def _fold(self) -> None:
-        """Base weights aside, `W + ΔW` in place, adapter layers off: generation at the base model's cost."""
+        """Base weights aside, `W + ΔW` in place, wrappers out: generation at the base model's cost."""
         if self._folded:
             return
-        self._enable(False)
-        for name, layer in self._layers.items():
+        self._attach(False)
+        for name, (_, _, layer) in self._layers.items():
             weight = layer.get_base_layer().weight
             self._base_weights[name].copy_(weight)
             weight.add_(layer.get_delta_weight(ADAPTER_NAME).to(weight.dtype))
@@ -222,7 +241,7 @@ class TempLoRAMemory(EpisodicMemory):
         """Copy the base weights back (bit-exact): the state every update, reset and save starts from."""
         if not self._folded:
             return
-        for name, layer in self._layers.items():
+        for name, (_, _, layer) in self._layers.items():
             layer.get_base_layer().weight.copy_(self._base_weights[name])
         self._folded = False
 
@@ -236,13 +255,18 @@ class TempLoRAMemory(EpisodicMemory):
         self._optimizer = torch.optim.Adam(list(self._params.values()), lr=self.config.lr)
         self._generator.manual_seed(self.config.seed)
         self._active, self._updates = False, 0
-        self._enable(False)
+        self._attach(False)  # nothing learned: the base model, module for module
 
     def _condition(self, history: torch.Tensor) -> torch.Tensor:
-        if self._active and self.config.merge_for_generation:
+        if not self._active:
+            self._unfold()
+            self._attach(False)
+        elif self.config.merge_for_generation:
             self._fold()
         else:
-            self._enable(self._active)
+            self._unfold()
+            self._attach(True)
+            self._enable()
         return history
 
     def _update(self, previous: torch.Tensor, new: torch.Tensor) -> dict[str, float]:
@@ -252,7 +276,8 @@ class TempLoRAMemory(EpisodicMemory):
         sequence = torch.cat([previous, new], dim=1).to(device=parameter.device, dtype=parameter.dtype)
         params = list(self._params.values())
         self._unfold()
-        self._enable(True)  # also marks the LoRA parameters trainable (peft's set_adapter)
+        self._attach(True)
+        self._enable()
         losses = []
         with torch.enable_grad(), checkpointed(unet, self.config.gradient_checkpointing):
             for _ in range(self.config.steps_per_chunk):
@@ -271,6 +296,7 @@ class TempLoRAMemory(EpisodicMemory):
     def _state_dict(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
+        self._attach(True)  # peft reads the adapter from the wrappers in the module tree
         state = get_peft_model_state_dict(self.world_model.unet, adapter_name=ADAPTER_NAME)
         return {name: tensor.detach().clone() for name, tensor in state.items()}
 
@@ -279,8 +305,8 @@ class TempLoRAMemory(EpisodicMemory):
 
         unet = self.world_model.unet
         expected = self._state_dict()
-        self._unfold()
         check_state(state, expected, self.kind)
+        self._unfold()
         parameter = next(unet.parameters())
         state = {name: tensor.to(device=parameter.device, dtype=expected[name].dtype) for name, tensor in state.items()}
         result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
@@ -288,7 +314,6 @@ class TempLoRAMemory(EpisodicMemory):
             raise ValueError(f"expected LoRA tensors of the {ADAPTER_NAME!r} adapter, got unexpected "
                              f"{result.unexpected_keys[:3]}")
         self._active = True
-        self._enable(True)
 
     def _snapshot(self) -> dict[str, Any]:
         return {
@@ -308,10 +333,10 @@ class TempLoRAMemory(EpisodicMemory):
         self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._generator.set_state(state["generator"])
         self._active, self._updates = state["active"], state["updates"]
-        self._enable(self._active)
 
     def _close(self) -> None:
         self._unfold()
+        self._attach(True)  # diffusers removes the adapter by finding its wrappers in the module tree
         unet = self.world_model.unet
         if set(getattr(unet, "peft_config", None) or {}) == {ADAPTER_NAME}:
             unet.unload_lora()  # puts the original modules back: state_dict keys as before the adapter
