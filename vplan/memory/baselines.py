@@ -101,7 +101,8 @@ class AnchorFrameMemory(EpisodicMemory):
             raise ValueError(f"expected the anchor memory's tensors ['anchor'] or none, got {sorted(state)}")
         anchor, shape = state["anchor"], tuple(self.world_model.latent_shape)
         if anchor.ndim != 5 or anchor.shape[1] != 1 or tuple(anchor.shape[2:]) != shape:
-            raise ValueError(f"expected 'anchor' of shape (B, 1, {', '.join(map(str, shape))}), got {tuple(anchor.shape)}")
+            raise ValueError(f"expected 'anchor' of shape (B, 1, {', '.join(map(str, shape))}), "
+                             f"got {tuple(anchor.shape)}")
         self._anchor = anchor.clone()
 
     def _snapshot(self) -> dict[str, Any]:
