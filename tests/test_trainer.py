@@ -69,3 +69,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     with pytest.raises(RunError, match="loss became nan at step 3"):
         train(LinearFit(poison_at=3), OptimConfig(steps=10, save_every=100), tmp_path, "toy")
+
+
+def test_lr_warms_up_holds_then_cools_down_to_zero():
+    optim = OptimConfig(steps=100, lr=1.0, warmup_steps=10, cooldown_steps=20)
+    assert optim.lr_at(0) == pytest.approx(0.1)
+    assert optim.lr_at(9) == optim.lr_at(50) == optim.lr_at(80) == 1.0
+    assert optim.lr_at(90) == pytest.approx(0.5)
+    assert optim.lr_at(99) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        OptimConfig(steps=10, cooldown_steps=11)
