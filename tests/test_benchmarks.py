@@ -52,7 +52,8 @@ def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
     WorldModel(tiny_world_model()).save_pretrained(checkpoint)
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     cfg = EvalWorldModelConfig(
-        env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=1, out=str(tmp_path / "run")
+        env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=1, out=str(tmp_path / "run"),
+        sampler="ddim", steps=3, guidance_scale=2.0,
     )
     metrics = evaluate_worldmodel(cfg)
     assert metrics["all"]["chunks"] > 10
@@ -60,3 +61,20 @@ def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["all"] == metrics["all"]
     assert (tmp_path / "run" / "real_vs_generated.mp4").stat().st_size > 0
     assert "text sensitivity" in capsys.readouterr().out
+    assert (metrics["sampling"]["sampler"], metrics["sampling"]["num_inference_steps"]) == ("ddim", 3)
+    assert metrics["sampling"]["guidance_scale"] == 2.0
+
+
+def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
+    import pytest
+
+    from vplan.errors import UsageError
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), sampler="flow_euler")
+    with pytest.raises(UsageError, match="sampling override: expected sampler"):
+        evaluate_worldmodel(cfg)

@@ -11,9 +11,9 @@ different subgoal of the same episode (same seed, same context). An MP4 grid sho
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ class EvalWorldModelConfig:
     seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
     out: str = field(default="runs/eval_worldmodel", metadata={"help": "Where metrics.json and the MP4 go."})
     video_chunks: int = field(default=6, metadata={"help": "Chunks shown in the MP4 grid."})
+    sampler: Optional[str] = field(default=None, metadata={"help": "Sampler override (default: the checkpoint's)."})
+    steps: Optional[int] = field(default=None, metadata={"help": "Sampling-steps override."})
+    guidance_scale: Optional[float] = field(default=None, metadata={"help": "Classifier-free guidance override."})
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.video_chunks < 0:
@@ -74,6 +77,11 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.worldmodel.model import WorldModel
 
     model = WorldModel.from_pretrained(cfg.checkpoint)
+    overrides = {"sampler": cfg.sampler, "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+    try:
+        model.config.diffusion = replace(model.config.diffusion, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as error:
+        raise UsageError(f"sampling override: {error}") from None
     if model.config.vae.image_size != cfg.env.image_size:
         raise UsageError(
             f"the checkpoint's frames are {model.config.vae.image_size}x{model.config.vae.image_size}; set "
@@ -114,6 +122,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     metrics = {
         "checkpoint": cfg.checkpoint,
         "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
+        "sampling": asdict(model.config.diffusion),
         "all": _summary(rows),
         "moving": _summary([row for row in rows if row["moving"]]),
         "text_sensitivity": float(np.mean(sensitive)) if sensitive else None,
