@@ -41,6 +41,15 @@ def task_envs(env: str) -> set[str]:
     return {env, TASKS_OF_ENV.get(env, env)}
 
 
+def env_name(config: object) -> str:
+    """The name of the env a config dataclass configures (its `configs/env/<name>.yaml`, a key of `ENV_IDS`)."""
+    for name, (_, config_class) in _ENTRY_POINTS.items():
+        if type(config) is config_class:
+            return name
+    names = [cls.__name__ for _, cls in _ENTRY_POINTS.values()]
+    raise ValueError(f"expected an env config, one of {names}, got {type(config).__name__}")
+
+
 def make_env(config: TabletopConfig | RLBenchConfig | MineRLConfig) -> gymnasium.Env:
     """The registered env for a config dataclass, truncated at the config's `max_episode_steps`."""
     env_id = _CONFIG_ENV_IDS.get(type(config))
@@ -56,6 +65,7 @@ __all__ = [
     "RLBenchConfig",
     "TASKS_OF_ENV",
     "TabletopConfig",
+    "env_name",
     "make_env",
     "require_simulator",
     "task_envs",
