@@ -183,10 +183,13 @@ def train_component(cfg: TrainConfig) -> Path:
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
     vae = _load_vae(component.vae)
     component.model = _with_vae(component.model, vae)
+    from tqdm import tqdm
+
     latents, texts = [], []
     with torch.no_grad():  # each episode read once: frames to latents, subgoals kept
-        for episode in (dataset.episode(e) for e in train_episodes):
-            latents.append(encode_frames(vae, torch.from_numpy(episode[OBS_IMAGE_FRONT])))
+        for e in tqdm(train_episodes, desc="encode frames to latents", unit="episode"):
+            episode = dataset.episode(e)
+            latents.append(encode_frames(vae, torch.from_numpy(np.array(episode[OBS_IMAGE_FRONT]))))
             texts.append(list(episode[SUBGOAL]))
     training = WorldModelTraining(component, latents, texts, vae)
     train(training, component.optim, out, "train worldmodel")
