@@ -77,5 +77,7 @@ def test_lr_warms_up_holds_then_cools_down_to_zero():
     assert optim.lr_at(9) == optim.lr_at(50) == optim.lr_at(80) == 1.0
     assert optim.lr_at(90) == pytest.approx(0.5)
     assert optim.lr_at(99) == pytest.approx(0.05)
+    short = OptimConfig(steps=4, lr=1.0, warmup_steps=1, cooldown_steps=1500)  # a short run cools down throughout
+    assert [short.lr_at(step) for step in range(4)] == [1.0, 0.75, 0.5, 0.25]
     with pytest.raises(ValueError, match="cooldown_steps"):
-        OptimConfig(steps=10, cooldown_steps=11)
+        OptimConfig(steps=10, cooldown_steps=-1)

@@ -30,7 +30,7 @@ class OptimConfig:
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
-    cooldown_steps: int = field(default=0, metadata={"help": "Final steps over which lr falls linearly to 0."})
+    cooldown_steps: int = field(default=0, metadata={"help": "Final steps (at most all) over which lr falls linearly to 0."})
     grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm; 0 disables clipping."})
     save_every: int = field(default=200, metadata={"help": "Steps between checkpoints."})
     log_every: int = field(default=20, metadata={"help": "Steps between loss-log lines."})
@@ -42,8 +42,8 @@ class OptimConfig:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
-        if not 0 <= self.cooldown_steps <= self.steps:
-            raise ValueError(f"cooldown_steps: expected 0..steps ({self.steps}), got {self.cooldown_steps}")
+        if self.cooldown_steps < 0:
+            raise ValueError(f"cooldown_steps: expected >= 0, got {self.cooldown_steps}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): warm-up, constant, then cool-down to 0.
@@ -51,7 +51,8 @@ class OptimConfig:
         A function of the step alone, so a resumed run follows the schedule an uninterrupted one would have.
         """
         warmup = min(1.0, (step + 1) / max(1, self.warmup_steps))
-        cooldown = min(1.0, (self.steps - step) / self.cooldown_steps) if self.cooldown_steps else 1.0
+        span = min(self.cooldown_steps, self.steps)
+        cooldown = min(1.0, (self.steps - step) / span) if span else 1.0
         return self.lr * min(warmup, cooldown)
 
 
