@@ -29,10 +29,14 @@ and the rest before the first round carries the first round's first subgoal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
 import numpy as np
+
+from vplan.errors import UsageError
 
 HOME_TOL = 0.002  # metres from home at which the gripper counts as back
 HOME_MAX_STEPS = 40  # homing gives up after this many steps (never reached on the tabletop: ~10 needed)
@@ -51,6 +55,7 @@ class RevisitScenario:
     cube_positions: np.ndarray | None = None  # (T, n, 3) cube centres at each frame
     seed: int = 0
     rounds: int = 0
+    fps: float = 10.0  # frames per second of the take (the env's control rate)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -130,7 +135,7 @@ def revisit_scenario(
         take.label(take.subgoals[-1] if take.subgoals else first_subgoal, "A")  # the final frame, after the last rest
     finally:
         env.close()
-    return take.finish(seed, rounds, rest_frames)
+    return take.finish(seed, rounds, rest_frames, fps=float(config.control_hz))
 
 
 def _peek_subgoal(expert: Any, obs: dict[str, np.ndarray], info: dict[str, Any]) -> str:
@@ -162,7 +167,7 @@ class _Take:
         self.subgoals.append(subgoal)
         self.states.append(state)
 
-    def finish(self, seed: int, rounds: int, rest_frames: int) -> RevisitScenario:
+    def finish(self, seed: int, rounds: int, rest_frames: int, fps: float) -> RevisitScenario:
         assert len(self.subgoals) == len(self.frames), (len(self.subgoals), len(self.frames))
         pairs = _revisit_pairs(self.states, rest_frames)
         return RevisitScenario(
@@ -174,6 +179,7 @@ class _Take:
             cube_positions=np.stack(self.cubes),
             seed=seed,
             rounds=rounds,
+            fps=fps,
         )
 
 
@@ -202,4 +208,27 @@ def _revisit_pairs(states: list[str], rest_frames: int) -> list[tuple[int, int]]
     return sorted(pairs)
 
 
-__all__ = ["RevisitScenario", "revisit_scenario"]
+# The revisit scenario of each env, by env name (`configs/env/<name>.yaml`, `vplan.envs.env_name`): a
+# "module:function" called as `function(seed=..., min_frames=..., env_config=...)` that returns a
+# `RevisitScenario` of at least `min_frames` frames. An env plugs its own in by adding an entry here.
+REVISIT_SCENARIOS: dict[str, str] = {
+    "tabletop": "vplan.eval.revisit:revisit_scenario",
+}
+
+
+class NoRevisitScenarioError(UsageError, ValueError):
+    """The env has no revisit scenario (a `UsageError`: the CLI prints one line and exits with code 2)."""
+
+
+def revisit_scenario_for(env: str) -> Callable[..., RevisitScenario]:
+    """The revisit-scenario function of env `env` (see `REVISIT_SCENARIOS`); a clear error for an env without one."""
+    if env not in REVISIT_SCENARIOS:
+        raise NoRevisitScenarioError(
+            f"env {env!r} has no revisit scenario; envs with one: {', '.join(sorted(REVISIT_SCENARIOS))} "
+            "(an env adds its own to vplan.eval.revisit.REVISIT_SCENARIOS)"
+        )
+    module_name, function_name = REVISIT_SCENARIOS[env].split(":")
+    return getattr(import_module(module_name), function_name)
+
+
+__all__ = ["REVISIT_SCENARIOS", "NoRevisitScenarioError", "RevisitScenario", "revisit_scenario", "revisit_scenario_for"]
