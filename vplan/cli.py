@@ -61,6 +61,12 @@ COMMANDS: tuple[Command, ...] = (
         "vplan.eval.worldmodel:evaluate_worldmodel",
     ),
     Command(
+        ("eval", "consistency"),
+        "SCuts, SRC and PSNR drift of long rollouts of a revisit scenario with none / anchor / temp_lora memory",
+        "eval_consistency",
+        "vplan.eval.consistency:evaluate_consistency",
+    ),
+    Command(
         ("bench", "env"),
         "steps+renders per second of an env and the expert's episode time",
         "bench_env",
@@ -88,6 +94,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",
     (None, "bench_memory_schema"): "vplan.eval.bench_memory:BenchMemoryConfig",
     (None, "eval_worldmodel_schema"): "vplan.eval.worldmodel:EvalWorldModelConfig",
+    (None, "eval_consistency_schema"): "vplan.eval.consistency:EvalConsistencyConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
     ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",

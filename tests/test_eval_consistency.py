@@ -1,0 +1,126 @@
+"""`vplan eval consistency` end to end on a tiny world model: every mode rolls out the same revisit take from the
+same start, and the table, metrics.json and one MP4 per mode are written; envs without a revisit scenario fail
+with one clear line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from vplan.cli import main
+from vplan.envs import TabletopConfig
+from vplan.eval.consistency import EvalConsistencyConfig, evaluate_consistency
+from vplan.eval.revisit import NoRevisitScenarioError, revisit_scenario, revisit_scenario_for
+from vplan.memory import MemoryConfig
+from vplan.tasks import TaskConfig
+from vplan.worldmodel.diffusion import DiffusionConfig
+from vplan.worldmodel.model import WorldModel, WorldModelConfig
+from vplan.worldmodel.text_encoder import TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig
+
+SIZE = 16
+CONTEXT, CHUNK = 4, 16
+# One cube at 16x16: the take returns to its start after ~50-65 frames (seed 10000: frame 51), so 4 chunks of 16
+# after 4 context frames (68 frames) hold a revisit. Few long chunks: a tiny UNet's cost is per call.
+CHUNKS = 4
+OVERRIDES = [f"env.image_size={SIZE}", "env.num_cubes=1", f"chunks={CHUNKS}", "threads=1", "temp_lora.rank=4",
+             "temp_lora.lr=0.01"]  # an untrained tiny model: a large step, so one update shows in the frames
+TASK = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained world model of the tiny preset (configs/model/tiny.yaml) at 16x16, saved like a trained one."""
+    vae = VAEConfig.tiny(image_size=SIZE)
+    unet = replace(UNetConfig.preset("tiny"), sample_size=vae.latent_size, cross_attention_dim=16)
+    config = WorldModelConfig(
+        unet=unet,
+        vae=vae,
+        text_encoder=TextEncoderConfig(kind="learned", dim=16, max_tokens=8, vocab_buckets=64),
+        diffusion=DiffusionConfig(num_inference_steps=2),
+        context_frames=CONTEXT,
+        chunk_frames=CHUNK,
+    )
+    path = tmp_path_factory.mktemp("wm") / "tiny"
+    WorldModel(config).save_pretrained(path)
+    return path
+
+
+def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["eval", "consistency", f"checkpoint={tiny_checkpoint}", f"out={out}", *OVERRIDES])
+    printed = capsys.readouterr().out
+    frames = CONTEXT + CHUNKS * CHUNK
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["modes"]) == ["none", "anchor", "temp_lora"]
+    assert (metrics["env"], metrics["frames"], metrics["features"]) == ("tabletop", frames, "vae_encoder")
+    assert metrics["src_comparable_to_paper"] is False
+    per_chunk = {}
+    for mode, row in metrics["modes"].items():
+        assert row["scuts"] >= 0 and -100 <= row["src"] <= 100 and np.isfinite(row["psnr_drift_db_per_chunk"])
+        (episode,) = row["episodes"]
+        assert episode["seed"] == 10000 and len(episode["psnr_per_chunk"]) == CHUNKS
+        assert row["psnr_db"] == pytest.approx(np.mean(episode["psnr_per_chunk"]), abs=1e-2)
+        per_chunk[mode] = episode["psnr_per_chunk"]
+        assert f"\n  {mode} " in printed
+    # Same start, same noise: before any memory acts, every mode draws the same first chunk (the anchor is still
+    # inside the context, Temp-LoRA has learned nothing yet); afterwards Temp-LoRA's updates change what it draws.
+    assert per_chunk["none"][0] == per_chunk["anchor"][0] == per_chunk["temp_lora"][0]
+    assert per_chunk["temp_lora"][1:] != per_chunk["none"][1:]
+    # The real take, scored alike: its revisits look like the first visits.
+    assert metrics["real"]["src"] > 90 and metrics["real"]["episodes"][0]["pairs"] > 0
+    for name in ("SCuts", "SRC (%)", "PSNR drift", "real", "not comparable"):
+        assert name in printed
+
+    real = revisit_scenario(10000, min_frames=frames, env_config=TabletopConfig(image_size=SIZE, num_cubes=1))
+    for mode in metrics["modes"]:
+        video = np.stack(imageio.mimread(out / f"real_vs_{mode}.mp4"))
+        assert video.shape == (frames, SIZE, 2 * SIZE, 3)  # real | generated
+        assert np.abs(video[:, :, :SIZE].astype(int) - real.frames[:frames]).mean() < 8  # lossy H.264
+
+
+def test_envs_without_a_revisit_scenario_fail_with_one_line(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "consistency", "env=rlbench", f"checkpoint={tiny_checkpoint}", f"out={tmp_path}"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0
+    assert "env 'rlbench' has no revisit scenario" in error and "envs with one: tabletop" in error
+    with pytest.raises(NoRevisitScenarioError, match="env 'blockworld' has no revisit scenario"):
+        revisit_scenario_for("blockworld")
+    assert revisit_scenario_for("tabletop") is revisit_scenario
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_rollout_too_short_for_a_revisit_names_the_chunks_needed(tiny_checkpoint, tmp_path):
+    from vplan.errors import UsageError
+
+    cfg = EvalConsistencyConfig(env=TabletopConfig(image_size=SIZE, num_cubes=1), task=TASK, chunks=2,
+                                checkpoint=str(tiny_checkpoint), modes=["none"], threads=1, out=str(tmp_path))
+    with pytest.raises(UsageError, match=r"no revisit within the rollout's 36 frames \(2 chunks\).*use chunks >= 3"):
+        evaluate_consistency(cfg)
+    cfg = replace(cfg, chunks=CHUNKS, env=TabletopConfig(image_size=64, num_cubes=1))
+    with pytest.raises(UsageError, match="set env.image_size=16"):
+        evaluate_consistency(cfg)
+
+
+def test_config_checks_name_the_bad_value():
+    env = TabletopConfig()
+    with pytest.raises(ValueError, match=r"modes: expected distinct memory kinds .* got \['none', 'none'\]"):
+        EvalConsistencyConfig(env=env, task=TASK, modes=["none", "none"])
+    with pytest.raises(ValueError, match="chunks: expected at least 2"):
+        EvalConsistencyConfig(env=env, task=TASK, chunks=1)
+    with pytest.raises(ValueError, match="features: expected one of"):
+        EvalConsistencyConfig(env=env, task=TASK, features="clip")
+    with pytest.raises(ValueError, match="resnet18_weights: expected a local ResNet-18"):
+        EvalConsistencyConfig(env=env, task=TASK, features="resnet18")
+    with pytest.raises(ValueError, match="temp_lora.kind: expected 'temp_lora'"):
+        EvalConsistencyConfig(env=env, task=TASK, temp_lora=MemoryConfig(kind="anchor"))
+    assert EvalConsistencyConfig(env=env, task=TASK).memory_config("anchor").kind == "anchor"

@@ -1,0 +1,276 @@
+"""`vplan eval consistency`: long open-loop rollouts of a revisit scenario with each episodic memory, scored for
+long-horizon consistency (SCuts, SRC, PSNR drift) against the real take.
+
+For each episode (seed `seed + i`) the env's scripted revisit scenario (`vplan.eval.revisit`; on the tabletop
+the cubes go onto their spots and come back, round after round) is played for `context_frames + chunks ×
+chunk_frames` frames. Every memory mode then imagines the same take from the same start: the first
+`context_frames` real frames, encoded, are the context of chunk 0, chunk k is generated from the subgoal the
+scenario pursues at its first frame, and the model continues from its own chunks (open loop: nothing observed
+after the start, which is where episodic memory matters). The sampling noise is seeded per episode, so the
+modes differ only by their memory. Temp-LoRA learns from every chunk it imagines (`update(previous, chunk)`,
+synchronously) before the next one.
+
+Scores per mode and episode, averaged over episodes:
+
+- **SCuts**: scene cuts PySceneDetect finds in the decoded video (the pinned `SCENE_CUT_DETECTOR`; fewer is
+  better, the real take has none).
+- **SRC**: mean cosine similarity (percent) of features of the frame where a scene state was first shown and
+  of the frames where the scenario shows that state again (the scenario's revisit pairs inside the rollout).
+  Features: the world model's own VAE encoder (`features=vae`, the default; ranks the modes, but its absolute
+  values are **not comparable** to the paper's ResNet-18 SRC) or ResNet-18 from a local safetensors file
+  (`features=resnet18 resnet18_weights=PATH`).
+- **PSNR drift**: the least-squares slope of each chunk's PSNR against the real frames over the chunk index
+  (dB per chunk; negative: the video drifts away from the truth), next to the mean PSNR of the chunks.
+
+The real take is scored as a reference row (SCuts and SRC of the ground truth). Writes `metrics.json` and one MP4
+per mode (`real_vs_<mode>.mp4`: the real take on the left, the generated video on the right).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import MISSING
+
+from vplan.memory.config import KINDS, MemoryConfig
+from vplan.tasks import TaskConfig
+
+FEATURES = ("vae", "resnet18")
+
+
+@dataclass
+class EvalConsistencyConfig:
+    """Settings of `vplan eval consistency`."""
+
+    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/); the env needs a revisit scenario."})
+    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    checkpoint: str = field(
+        default="shipped:tabletop/worldmodel",
+        metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel)."},
+    )
+    episodes: int = field(default=1, metadata={"help": "Episodes (scenario seeds); every table figure is their mean."})
+    seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
+    chunks: int = field(
+        default=32, metadata={"help": "Chunks generated per episode (the paper's long horizon: >= 32)."}
+    )
+    modes: list[str] = field(
+        default_factory=lambda: list(KINDS), metadata={"help": f"Memory modes compared, a subset of {KINDS}."}
+    )
+    temp_lora: MemoryConfig = field(
+        default_factory=lambda: MemoryConfig(kind="temp_lora"),
+        metadata={"help": "Settings of the temp_lora mode (rank, lr, steps_per_chunk, ...)."},
+    )
+    features: str = field(
+        default="vae",
+        metadata={"help": f"SRC features, one of {FEATURES}: the world model's VAE encoder (not comparable to the "
+                  "paper's absolute SRC) or ResNet-18 from resnet18_weights."},
+    )
+    resnet18_weights: str | None = field(
+        default=None,
+        metadata={"help": "features=resnet18: a local ResNet-18 .safetensors file (nothing is downloaded)."},
+    )
+    threads: int = field(default=2, metadata={"help": "torch threads."})
+    out: str = field(default="runs/eval_consistency", metadata={"help": "Where metrics.json and the MP4s go."})
+    video_episodes: int = field(default=1, metadata={"help": "Episodes shown in each mode's MP4 (0: no MP4s)."})
+
+    def __post_init__(self) -> None:
+        from vplan.envs import env_name
+        from vplan.eval.revisit import revisit_scenario_for
+
+        revisit_scenario_for(env_name(self.env))  # an env without a revisit scenario: a clear error, early
+        for name in ("episodes", "chunks", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.chunks < 2:
+            raise ValueError(f"chunks: expected at least 2 (PSNR drift is a slope over chunks), got {self.chunks}")
+        self.modes = list(self.modes)
+        if not self.modes or len(set(self.modes)) != len(self.modes) or not set(self.modes) <= set(KINDS):
+            raise ValueError(f"modes: expected distinct memory kinds from {KINDS}, got {self.modes!r}")
+        if self.temp_lora.kind != "temp_lora":
+            raise ValueError(f"temp_lora.kind: expected 'temp_lora', got {self.temp_lora.kind!r}")
+        if self.features not in FEATURES:
+            raise ValueError(f"features: expected one of {FEATURES}, got {self.features!r}")
+        if self.features == "resnet18" and not self.resnet18_weights:
+            raise ValueError("resnet18_weights: expected a local ResNet-18 .safetensors file with features=resnet18, "
+                             "got none")
+        if not isinstance(self.video_episodes, int) or self.video_episodes < 0:
+            raise ValueError(f"video_episodes: expected an int >= 0, got {self.video_episodes!r}")
+
+    def memory_config(self, kind: str) -> MemoryConfig:
+        """The memory config of a mode: `temp_lora`'s settings, or the baseline's kind."""
+        return self.temp_lora if kind == "temp_lora" else MemoryConfig(kind=kind)
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """sha256 (first 16 hex digits) over a checkpoint directory's files, to tell re-shipped weights apart."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: Any, on_chunk: Any = None) -> Any:
+    """Generate one chunk per text from the start latents through `memory`, open loop; the latents of the start ⊕
+    every chunk (1, T, C, h, w). After each chunk the memory learns from it (`update(previous, chunk)`)."""
+    import torch
+
+    memory.reset()
+    history = previous = start
+    for text in texts:
+        chunk = memory.generate(history, [text], generator=generator)
+        memory.update(previous, chunk)
+        previous, history = chunk, torch.cat([history, chunk], dim=1)
+        if on_chunk is not None:
+            on_chunk()
+    return history
+
+
+def score_video(video: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]], features: Any, fps: float,
+                context_frames: int, chunk_frames: int) -> dict[str, Any]:
+    """SCuts, SRC and PSNR drift of a generated video (T, H, W, 3) against the real frames of the same steps."""
+    from vplan.eval.consistency_metrics import psnr_drift, scene_cut_frames, scene_return_consistency
+
+    cuts = scene_cut_frames(video, fps=fps)
+    drift = psnr_drift(video, real, chunk_frames=chunk_frames, start=context_frames)
+    return {
+        "scuts": len(cuts),
+        "cut_frames": cuts,
+        "src": scene_return_consistency(video, pairs, features),
+        "psnr_drift_db_per_chunk": drift.slope,
+        "psnr_db": float(drift.per_chunk.mean()),
+        "psnr_per_chunk": [float(v) for v in drift.per_chunk],
+    }
+
+
+def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
+    """Roll out every mode on every episode, score, print the table; write metrics.json and the MP4s."""
+    import imageio.v2 as imageio
+    import torch
+    from tqdm import tqdm
+
+    from vplan.envs import env_name
+    from vplan.errors import UsageError
+    from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames, scene_return_consistency
+    from vplan.eval.revisit import revisit_scenario_for
+    from vplan.memory import make_memory
+    from vplan.shipped import resolve_checkpoint
+    from vplan.worldmodel.model import WorldModel
+
+    torch.set_num_threads(cfg.threads)
+    env = env_name(cfg.env)
+    scenario_fn = revisit_scenario_for(env)
+    path = resolve_checkpoint(cfg.checkpoint)
+    model = WorldModel.from_pretrained(path)
+    size = model.config.vae.image_size
+    if getattr(cfg.env, "image_size", size) != size:
+        raise UsageError(f"the checkpoint's frames are {size}x{size}, the env's {cfg.env.image_size}; "
+                         f"set env.image_size={size}")
+    if "anchor" in cfg.modes and model.config.context_frames < 2:
+        raise UsageError(f"mode 'anchor' needs a world model with context_frames >= 2, the checkpoint has "
+                         f"{model.config.context_frames}; leave anchor out of modes")
+    try:
+        features = make_feature_extractor(cfg.resnet18_weights if cfg.features == "resnet18" else None, vae=model.vae)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
+    frames_n = context_n + cfg.chunks * chunk_n
+
+    per_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in cfg.modes}
+    real_rows: list[dict[str, Any]] = []
+    videos: dict[str, list[np.ndarray]] = {mode: [] for mode in cfg.modes}
+    bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk")
+    for episode in range(cfg.episodes):
+        seed = cfg.seed + episode
+        bar.set_postfix_str(f"seed {seed}: scenario")
+        scenario = scenario_fn(seed=seed, min_frames=frames_n, env_config=cfg.env)
+        real = scenario.frames[:frames_n]
+        if real.shape[1:3] != (size, size) or len(real) < frames_n:
+            raise UsageError(f"seed {seed}: expected a scenario of >= {frames_n} frames of {size}x{size}, got "
+                             f"{len(real)} of {real.shape[1]}x{real.shape[2]}")
+        pairs = [(a, b) for a, b in scenario.pairs if b < frames_n]
+        if not pairs:
+            first = min((b for _, b in scenario.pairs), default=None)
+            need = "" if first is None else f"; its first revisit is at frame {first}, so use chunks >= " \
+                f"{-(-(first + 1 - context_n) // chunk_n)}"
+            raise UsageError(f"seed {seed}: no revisit within the rollout's {frames_n} frames ({cfg.chunks} chunks)"
+                             f"{need}")
+        texts = [scenario.subgoals[context_n + k * chunk_n] for k in range(cfg.chunks)]
+        start = model.encode(torch.from_numpy(np.ascontiguousarray(real[:context_n]))[None])
+        real_cuts = scene_cut_frames(real, fps=scenario.fps)
+        real_rows.append({"seed": seed, "scuts": len(real_cuts), "cut_frames": real_cuts,
+                          "src": scene_return_consistency(real, pairs, features), "pairs": len(pairs)})
+        for mode in cfg.modes:
+            bar.set_postfix_str(f"seed {seed}: {mode}")
+            began = time.perf_counter()
+            memory = make_memory(cfg.memory_config(mode), model)
+            try:
+                latents = imagine(model, memory, start, texts, torch.Generator().manual_seed(seed),
+                                  on_chunk=lambda: bar.update(1))
+            finally:
+                memory.close()
+            video = model.decode(latents)[0].numpy()
+            generated_s = time.perf_counter() - began
+            row = {"seed": seed, **score_video(video, real, pairs, features, scenario.fps, context_n, chunk_n),
+                   "seconds": generated_s}
+            per_mode[mode].append(row)
+            if episode < cfg.video_episodes:
+                videos[mode].append(np.concatenate([real, video], axis=2))  # real | generated, side by side
+    bar.close()
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        return float(np.mean([row[key] for row in rows]))
+
+    keys = ("scuts", "src", "psnr_drift_db_per_chunk", "psnr_db", "seconds")
+    metrics = {
+        "checkpoint": cfg.checkpoint,
+        "checkpoint_path": str(path),
+        "checkpoint_sha256": checkpoint_fingerprint(path),
+        "env": env,
+        "episodes": cfg.episodes,
+        "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
+        "chunks": cfg.chunks,
+        "context_frames": context_n,
+        "chunk_frames": chunk_n,
+        "frames": frames_n,
+        "features": features.name,
+        "src_comparable_to_paper": features.comparable_to_paper,
+        "temp_lora": asdict(cfg.temp_lora),
+        "modes": {mode: {**{key: mean(rows, key) for key in keys}, "episodes": rows}
+                  for mode, rows in per_mode.items()},
+        "real": {"scuts": mean(real_rows, "scuts"), "src": mean(real_rows, "src"), "episodes": real_rows},
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for mode, clips in videos.items():
+        if clips:
+            imageio.mimwrite(out / f"real_vs_{mode}.mp4", list(np.concatenate(clips)), fps=scenario.fps,
+                             macro_block_size=1)
+    _print_table(cfg, metrics, out)
+    return metrics
+
+
+def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path) -> None:
+    comparable = "" if metrics["src_comparable_to_paper"] else " (VAE features: not comparable to the paper's SRC)"
+    print(f"\n{metrics['env']} revisit scenario, {cfg.episodes} episode(s) (seeds {cfg.seed}.."
+          f"{cfg.seed + cfg.episodes - 1}), {cfg.chunks} chunks of {metrics['chunk_frames']} frames after "
+          f"{metrics['context_frames']} real context frames, open loop; mean over episodes")
+    print(f"checkpoint {cfg.checkpoint} (sha256 {metrics['checkpoint_sha256']}); SRC features: "
+          f"{metrics['features']}{comparable}")
+    print(f"  {'mode':12} {'SCuts':>6} {'SRC (%)':>8} {'PSNR drift (dB/chunk)':>22} {'PSNR (dB)':>10} "
+          f"{'s/episode':>10}")
+    for mode, row in metrics["modes"].items():
+        print(f"  {mode:12} {row['scuts']:6.2f} {row['src']:8.2f} {row['psnr_drift_db_per_chunk']:22.3f} "
+              f"{row['psnr_db']:10.2f} {row['seconds']:10.1f}")
+    real = metrics["real"]
+    print(f"  {'real':12} {real['scuts']:6.2f} {real['src']:8.2f} {'-':>22} {'-':>10} {'-':>10}")
+    print("SCuts: fewer is better; SRC: higher is better; PSNR drift: closer to 0 (or above) is better")
+    print(f"metrics and videos in {out}")
