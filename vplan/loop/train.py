@@ -43,7 +43,7 @@ class WorldModelTrainConfig:
     name: str = "worldmodel"
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     vae: str = field(default="checkpoints/vae/final", metadata={"help": "Trained VAE (`vplan train component=vae`)."})
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=6000, batch_size=4, lr=2e-4, cooldown_steps=1500))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=5000, batch_size=4, lr=2e-4, cooldown_steps=1500))
 
 
 @dataclass
