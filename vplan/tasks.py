@@ -16,3 +16,17 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if not self.instruction.strip():
             raise ValueError(f"task {self.name!r}: expected a non-empty instruction, got {self.instruction!r}")
+
+    @classmethod
+    def preset(cls, name: str) -> TaskConfig:
+        """The task preset configs/task/<name>.yaml (`return_cubes`, ...) as a TaskConfig."""
+        from importlib import resources
+
+        from omegaconf import OmegaConf
+
+        folder = resources.files("vplan.configs") / "task"
+        names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        if name not in names:
+            raise ValueError(f"task: expected a preset in {names}, got {name!r}")
+        values = OmegaConf.to_container(OmegaConf.load(str(folder / f"{name}.yaml")))
+        return cls(**{key: value for key, value in values.items() if key != "defaults"})

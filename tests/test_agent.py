@@ -1,0 +1,316 @@
+"""VideoPlanningAgent on tiny random checkpoints: the reset/act loop in the tabletop env, its action space and
+inspection, bad input, replanning on drift and on a stall, when the memory learns (imagined vs observed),
+Temp-LoRA's update overlapping execution, extra chunks on a false check, seeding, and the README's loop."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tiny_agent import CHUNK, IMAGE, LATENT, save_tiny_checkpoints, tiny_idm, tiny_world_model
+
+import vplan.envs  # noqa: F401  (registers vplan/Tabletop-v0)
+from vplan.agent import STAGES, AgentConfig, VideoPlanningAgent
+from vplan.memory import MemoryConfig, NoMemory
+from vplan.planner import Check, Plan, PlannerConfig, Subgoal
+from vplan.planner.offline import OfflinePlanner, Planner
+from vplan.policies.idm import IDMConfig, IDMPolicy
+from vplan.tasks import TaskConfig
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TEXTS = ("pick up the red cube", "place the red cube on the left spot")
+NO_REPLAN = {"replan_drift": None, "stall_steps": 0}
+
+
+class FixedPlanner(Planner):
+    """Always the same plan (the agent takes any Planner)."""
+
+    def __init__(self, subgoals: list[Subgoal], chunk_frames: int = CHUNK) -> None:
+        super().__init__(PlannerConfig(chunk_frames=chunk_frames), TaskConfig.preset("return_cubes"))
+        self.subgoals = subgoals
+        self.calls = 0
+
+    def plan(self, instruction, info, first_frame=None) -> Plan:
+        self.calls += 1
+        return Plan(tuple(self.subgoals), source="offline", instruction=instruction)
+
+
+class RecordingMemory(NoMemory):
+    """No memory, recording what it is asked to learn from."""
+
+    def __init__(self, config, world_model) -> None:
+        super().__init__(config, world_model)
+        self.updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def update_async(self, previous, new) -> None:
+        self.updates.append((previous.clone(), new.clone()))
+        super().update_async(previous, new)
+
+
+@pytest.fixture(scope="module")
+def world_model():
+    return tiny_world_model()
+
+
+@pytest.fixture(scope="module")
+def idm():
+    return tiny_idm()
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = gym.make("vplan/Tabletop-v0")
+    yield env
+    env.close()
+
+
+def make_agent(world_model, idm, subgoals=None, memory=None, **config) -> VideoPlanningAgent:
+    subgoals = subgoals or [Subgoal(text, 1) for text in TEXTS]
+    memory = memory or MemoryConfig(kind="none")
+    return VideoPlanningAgent(world_model, idm, FixedPlanner(subgoals), memory, AgentConfig(**config))
+
+
+def fake_obs(frame: np.ndarray, position=(0.0, 0.0, 0.1)) -> dict[str, np.ndarray]:
+    return {"front": frame, "agent_pos": np.array([*position, 0.08], np.float32)}
+
+
+def test_loop_in_the_env_follows_the_plan(world_model, idm, env):
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    obs, info = env.reset(seed=10000)
+    plan = agent.reset("move the cubes", obs, info, seed=3)
+    assert plan is agent.plan and plan.texts == list(TEXTS)
+    assert agent.subgoal.text == TEXTS[0] and agent.chunk is None
+    actions, subgoals = [], []
+    while not agent.done:
+        action = agent.act(obs, info)
+        if agent.done:
+            break
+        assert isinstance(action, np.ndarray) and action.dtype == np.float32 and action.shape == (4,)
+        assert agent.action_space.contains(action) and env.action_space.contains(action)
+        assert agent.imagined.shape == (CHUNK, IMAGE, IMAGE, 3) and agent.imagined.dtype == np.uint8
+        assert agent.chunk.latents.shape == (1, CHUNK, 4, LATENT, LATENT)
+        assert np.array_equal(agent.expected_frame, agent.imagined[agent.chunk.executed - 1])
+        subgoals.append(agent.subgoal.text)
+        actions.append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        assert not (terminated or truncated)
+    assert len(actions) == 2 * CHUNK  # two subgoals of one chunk each
+    assert subgoals == [TEXTS[0]] * CHUNK + [TEXTS[1]] * CHUNK
+    assert agent.subgoal is None and agent.expected_frame is None
+    assert np.array_equal(agent.act(obs, info), np.zeros(4, np.float32))  # idle once the plan is done
+    assert len(agent.chunk.observed) == CHUNK and len(agent.chunk.drift) == CHUNK
+    agent.wait()
+    assert agent.stats() == {"steps": 2 * CHUNK, "chunks": 2, "replans": {"drift": 0, "stall": 0},
+                             "extra_chunks": 0, "subgoals_done": 2, "subgoals": 2, "done": True}
+    assert set(agent.timings) == set(STAGES)
+    for stage in ("generation", "encoding", "inverse_dynamics", "execution"):
+        assert agent.timings[stage] > 0, stage
+    assert [e["event"] for e in agent.events] == [f"subgoal: {t}" for t in TEXTS]
+    agent.close()
+
+
+def test_reset_starts_over_and_seeds_the_imagination(world_model, idm):
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
+    firsts = []
+    for seed in (5, 5, 6):
+        agent.reset("move the cubes", fake_obs(frame), {}, seed=seed)
+        assert agent.chunk is None and agent.steps == 0 and not agent.done
+        assert all(v == 0 for k, v in agent.timings.items() if k not in ("planning", "encoding"))
+        agent.act(fake_obs(frame))
+        firsts.append(agent.imagined.copy())
+    assert np.array_equal(firsts[0], firsts[1])
+    assert not np.array_equal(firsts[0], firsts[2])
+    agent.close()
+
+
+def test_act_before_reset_and_bad_input_are_clear_errors(world_model, idm):
+    agent = make_agent(world_model, idm)
+    frame = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+    with pytest.raises(RuntimeError, match=r"act\(\) before reset\(\)"):
+        agent.act(fake_obs(frame))
+    with pytest.raises(ValueError, match="expected the camera key 'front'.*got keys \\['agent_pos', 'wrist'\\]"):
+        agent.reset("go", {"wrist": frame, "agent_pos": np.zeros(4)}, {})
+    with pytest.raises(ValueError, match=r"expected a uint8 frame of shape \(64, 64, 3\).*got uint8 \(32, 32, 3\)"):
+        agent.reset("go", fake_obs(np.zeros((32, 32, 3), np.uint8)), {})
+    with pytest.raises(ValueError, match="got float32"):
+        agent.reset("go", fake_obs(frame.astype(np.float32)), {})
+    with pytest.raises(ValueError, match="state key 'agent_pos' for stall detection.*stall_steps=0"):
+        agent.reset("go", {"front": frame}, {})
+    with pytest.raises(ValueError, match="instruction: expected a non-empty string"):
+        agent.reset("  ", fake_obs(frame), {})
+    with pytest.raises(ValueError, match="expected the env's observation dict"):
+        agent.reset("go", frame, {})
+    agent.reset("go", fake_obs(frame), {})
+    with pytest.raises(ValueError, match="got shape|expected a uint8 frame"):
+        agent.act(fake_obs(np.zeros((IMAGE, IMAGE), np.uint8)))
+    # without stall detection, agent_pos is not needed
+    quiet = make_agent(world_model, idm, stall_steps=0)
+    quiet.reset("go", {"front": frame}, {})
+    assert quiet.act({"front": frame}).shape == (4,)
+
+
+def test_components_and_config_are_checked(world_model, idm):
+    with pytest.raises(ValueError, match="IDM that reads the world model's 64x64 frames"):
+        VideoPlanningAgent(world_model, IDMPolicy(IDMConfig.tiny(image_size=32)), FixedPlanner([Subgoal("x")]))
+    with pytest.raises(ValueError, match="chunk_frames=8, got 4"):
+        VideoPlanningAgent(world_model, idm, FixedPlanner([Subgoal("x")], chunk_frames=4), MemoryConfig())
+    with pytest.raises(ValueError, match="replan_drift: expected"):
+        AgentConfig(replan_drift=-0.1)
+    with pytest.raises(ValueError, match="stall_steps: expected an int >= 0, got -1"):
+        AgentConfig(stall_steps=-1)
+    with pytest.raises(ValueError, match="stall_command"):
+        AgentConfig(stall_command=2.0)
+
+
+def test_drift_past_the_threshold_replans_from_the_real_frames(world_model, idm):
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 2)], replan_drift=0.2, stall_steps=0,
+                       max_replans_per_chunk=1)
+    frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    first = agent.chunk
+    away = 255 - agent.expected_frame  # the opposite of what was imagined: drift far above 0.2
+    agent.act(fake_obs(away))
+    assert first.cut == "drift" and first.drift[0] > 0.2 and len(first.observed) == 1
+    second = agent.chunk
+    assert second is not first and second.index == 1 and second.replanned_from == "drift" and second.replans == 1
+    assert second.executed == 1 and agent.replans == {"drift": 1, "stall": 0}
+    assert agent.events[-1]["event"] == "replan (drift)"
+    # one replan per chunk: the replacement runs to its end however far it drifts
+    for _ in range(CHUNK - 1):
+        agent.act(fake_obs(255 - agent.expected_frame))
+    assert agent.chunk is second and second.executed == CHUNK and second.cut is None
+    # frames as imagined: no drift, no replan; the replaced chunk took the cut one's slot, so one more follows
+    agent.act(fake_obs(255 - agent.expected_frame))
+    third = agent.chunk
+    assert third.index == 2 and third.replanned_from is None
+    for _ in range(CHUNK):
+        agent.act(fake_obs(agent.expected_frame))
+    assert third.drift == [0.0] * CHUNK and third.cut is None
+    assert agent.done and agent.stats()["chunks"] == 3
+
+
+def test_a_stalled_gripper_replans_and_a_moving_one_does_not(world_model, idm):
+    frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
+    stall = dict(replan_drift=None, stall_steps=2, stall_distance=0.004, stall_command=0.0)
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], **stall)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    first = agent.chunk
+    agent.act(fake_obs(agent.expected_frame))  # one step: too few to judge
+    assert first.cut is None
+    agent.act(fake_obs(agent.expected_frame))  # two steps without moving
+    assert first.cut == "stall" and agent.chunk.replanned_from == "stall" and agent.replans["stall"] == 1
+
+    moving = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], **stall)
+    moving.reset("go", fake_obs(frame), {})
+    for step in range(CHUNK + 1):
+        moving.act(fake_obs(frame if step == 0 else moving.expected_frame, position=(0.01 * step, 0.0, 0.1)))
+    assert moving.replans == {"drift": 0, "stall": 0} and moving.done
+
+    # the actions asked for no motion (stall_command above anything the IDM gives): holding still is no stall
+    still = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], **{**stall, "stall_command": 1.0})
+    still.reset("go", fake_obs(frame), {})
+    still.act(fake_obs(frame))
+    assert np.abs(still.chunk.actions[:, :3]).max() < 1.0  # the tiny IDM's actions stay inside the bounds
+    for _ in range(CHUNK):
+        still.act(fake_obs(still.expected_frame))
+    assert still.replans["stall"] == 0 and still.done
+
+
+@pytest.mark.parametrize("update_on", ["imagined", "observed"])
+def test_the_memory_learns_from_the_imagined_chunk_at_once_or_the_observed_one_after(world_model, idm, update_on):
+    memory = RecordingMemory(MemoryConfig(kind="none", update_on=update_on), world_model)
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 2)], memory=memory, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    first_latent = world_model.encode(torch.from_numpy(frame)[None, None])
+    agent.act(fake_obs(frame))
+    chunk = agent.chunk
+    if update_on == "imagined":  # handed over before the chunk's first action is executed
+        assert len(memory.updates) == 1
+        previous, new = memory.updates[0]
+        assert torch.equal(new, chunk.latents) and torch.equal(previous, first_latent)
+    else:
+        assert memory.updates == []
+    observed = [np.full((IMAGE, IMAGE, 3), 100 + i, np.uint8) for i in range(1, CHUNK + 1)]
+    for image in observed[:-1]:
+        agent.act(fake_obs(image))
+    assert len(memory.updates) == (1 if update_on == "imagined" else 0)
+    agent.act(fake_obs(observed[-1]))  # chunk 0 is over: chunk 1 is imagined
+    assert agent.chunk.index == 1
+    previous, new = memory.updates[-1]
+    assert len(memory.updates) == 2 if update_on == "imagined" else 1
+    encoded = world_model.encode(torch.from_numpy(np.stack(observed))[None])
+    if update_on == "imagined":
+        assert torch.equal(new, agent.chunk.latents)
+        assert torch.allclose(previous, encoded)  # the real frames the new chunk continues
+    else:
+        assert torch.allclose(new, encoded) and torch.equal(previous, first_latent)
+    agent.close()
+
+
+def test_temp_lora_learns_while_the_chunk_executes(world_model, idm):
+    memory = MemoryConfig(kind="temp_lora", rank=2, gradient_checkpointing=False)
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], memory=memory, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    assert agent.memory._future is not None  # submitted to the worker before the first action returned
+    agent.wait()
+    assert agent.memory.last_update["frames"] == 1 + CHUNK
+    assert agent.timings["memory_update"] == pytest.approx(agent.memory.last_update["seconds"])
+    agent.close()
+    assert not getattr(world_model.unet, "_hf_peft_config_loaded", False)  # close() removed the adapter
+
+
+def test_a_false_check_gets_extra_chunks_when_info_is_given(world_model, idm):
+    subgoals = [Subgoal(TEXTS[0], 1, Check("holding", {"cube": "red"}))]
+    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
+    info = {"cube_names": ["red", "green", "blue"], "grasped": -1}  # not holding the red cube
+
+    def chunks(agent, info):
+        agent.reset("go", fake_obs(frame), {})
+        while not agent.done:
+            agent.act(fake_obs(frame if agent.expected_frame is None else agent.expected_frame), info)
+        return agent.stats()["chunks"]
+
+    agent = make_agent(world_model, idm, subgoals, max_extra_chunks=2, **NO_REPLAN)
+    assert chunks(agent, info) == 3 and agent.stats()["extra_chunks"] == 2
+    assert "extra chunk: holding(cube=red) is false" in [e["event"] for e in agent.events]
+    assert chunks(agent, None) == 1  # no info: the planned chunks only
+    assert chunks(agent, {**info, "grasped": 0}) == 1  # the check holds
+    assert chunks(make_agent(world_model, idm, subgoals, max_extra_chunks=0, **NO_REPLAN), info) == 1
+
+
+def readme_agent_snippet() -> str:
+    """The first ```python block of the README's agent section."""
+    section = README.read_text().split("\n## The agent API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_agent_loop_runs(tmp_path, monkeypatch, capsys):
+    worldmodel, idm_dir = save_tiny_checkpoints(tmp_path)
+    code = readme_agent_snippet()
+    for name, path in (("shipped:tabletop/worldmodel", worldmodel), ("shipped:tabletop/idm", idm_dir)):
+        assert f'"{name}"' in code
+        code = code.replace(f'"{name}"', repr(str(path)))
+    planned = OfflinePlanner.plan
+
+    def first_subgoal(self, instruction, info, first_frame=None):  # one chunk keeps the test short
+        plan = planned(self, instruction, info, first_frame)
+        return Plan((Subgoal(plan.subgoals[0].text, 1),), source=plan.source, instruction=plan.instruction)
+
+    monkeypatch.setattr(OfflinePlanner, "plan", first_subgoal)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    agent = namespace["agent"]
+    stats = agent.stats()
+    assert agent.done and stats["chunks"] == 1 + sum(stats["replans"].values())  # a random model drifts
+    assert CHUNK <= stats["steps"] <= CHUNK * stats["chunks"]  # the last chunk runs whole
+    assert "success" in capsys.readouterr().out

@@ -1,0 +1,448 @@
+"""`VideoPlanningAgent`: plan with a video world model, act through inverse dynamics, one action per call.
+
+The gym-style agent API, usable in any loop over an env that follows vplan's contract (a camera image in
+`obs`, the robot's position in `obs["agent_pos"]`, the task's scene facts in `info`):
+
+```python
+agent = VideoPlanningAgent.from_pretrained(task="return_cubes")
+obs, info = env.reset(seed=10000)
+agent.reset(instruction, obs, info)               # plans the subgoals; the episode's memory starts empty
+while not agent.done:
+    obs, reward, terminated, truncated, info = env.step(agent.act(obs, info))
+    if terminated or truncated:
+        break
+```
+
+Per chunk, inside `act` when the previous chunk's actions are used up: wait for the memory's update still in
+flight, imagine the next `chunk_frames` frames for the current subgoal from the real frames so far
+(`EpisodicMemory.generate`), decode them, start the memory's update on the imagined chunk on its worker
+thread (it runs while the chunk executes; `memory.update_on=observed` learns from the executed frames
+instead, after the chunk), and read the chunk's actions off the frames with the IDM (the last real frame,
+then the imagined ones). Each later `act` returns the next action and compares the frame it got with the
+frame the world model imagined there. The observed frames, encoded, are the next chunk's context.
+
+Replanning: when an observed frame differs from the imagined one by more than `replan_drift` (mean absolute
+difference, pixels in [0, 1]), or the gripper stalls (it moved less than `stall_distance` over `stall_steps`
+steps while the actions asked it to move), the rest of the chunk is dropped and a new chunk for the same
+subgoal is imagined from the real frames — at most `max_replans_per_chunk` times per chunk and `max_replans`
+per episode. A plan's subgoal spans `Subgoal.chunks` chunks; a replanned chunk takes the place of the one it
+cuts short. Given `info`, a subgoal whose check (`Subgoal.check`) is still false after its chunks gets up to
+`max_extra_chunks` more. After the last subgoal `done` is true and `act` returns the idle action (zeros).
+
+`timings` holds the episode's seconds per stage: planning, generation (sampling and decoding), encoding
+(observed frames to latents), inverse dynamics, memory wait (the loop blocked on an unfinished update),
+memory update (the updates' own compute, on the worker: overlapped with the rest, not part of the loop's
+wall time) and execution (the time between an `act` returning and the next call: the env's step and the
+caller's loop).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
+from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
+from vplan.planner.offline import Planner
+from vplan.tasks import TaskConfig
+
+if TYPE_CHECKING:
+    from vplan.policies.idm import IDMPolicy
+    from vplan.worldmodel.model import WorldModel
+
+STAGES = (
+    "planning", "generation", "encoding", "inverse_dynamics", "memory_wait", "memory_update", "execution"
+)
+REPLAN_REASONS = ("drift", "stall")
+
+
+@dataclass
+class AgentConfig:
+    """How the agent executes a plan: which observation it reads, when it replans, how it seeds sampling."""
+
+    camera: str = field(default="front", metadata={"help": "The obs key of the camera the world model draws."})
+    state_key: str = field(
+        default="agent_pos",
+        metadata={"help": "The obs key of the robot's state; its first three values are the gripper's position "
+                  "in metres (stall detection; not read when stall_steps=0)."},
+    )
+    replan_drift: float | None = field(
+        default=0.1,
+        metadata={"help": "Replan when an observed frame's mean absolute difference from the imagined frame "
+                  "(pixels in [0, 1]) exceeds this; null: never replan on drift."},
+    )
+    stall_steps: int = field(
+        default=4, metadata={"help": "Steps over which a stall is judged; 0: no stall detection."}
+    )
+    stall_distance: float = field(
+        default=0.004, metadata={"help": "The gripper stalls when it moves less than this (m) over stall_steps."}
+    )
+    stall_command: float = field(
+        default=0.5,
+        metadata={"help": "... while the actions asked for motion: the mean over those steps of the largest "
+                  "absolute motion component (action units, 1 = the env's full step) at least this."},
+    )
+    max_replans_per_chunk: int = field(default=1, metadata={"help": "Replans of one chunk at most."})
+    max_replans: int = field(default=8, metadata={"help": "Replans per episode at most."})
+    max_extra_chunks: int = field(
+        default=1,
+        metadata={"help": "Chunks a subgoal gets beyond its plan while its check is false (needs `info` in "
+                  "act); 0: exactly the planned chunks."},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seeds the sampling noise; episode k uses seed + k unless reset gets a seed."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("camera", "state_key"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name}: expected an obs key, got {getattr(self, name)!r}")
+        if self.replan_drift is not None and not (math.isfinite(self.replan_drift) and self.replan_drift >= 0):
+            raise ValueError(f"replan_drift: expected a difference in [0, 1] or null, got {self.replan_drift!r}")
+        for name in ("stall_steps", "max_replans_per_chunk", "max_replans", "max_extra_chunks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if not self.stall_distance >= 0:
+            raise ValueError(f"stall_distance: expected metres >= 0, got {self.stall_distance!r}")
+        if not 0 <= self.stall_command <= 1:
+            raise ValueError(f"stall_command: expected action units in [0, 1], got {self.stall_command!r}")
+
+
+@dataclass
+class Chunk:
+    """One imagined chunk and how its execution went (`VideoPlanningAgent.chunk`)."""
+
+    index: int  # chunks generated in the episode before this one
+    subgoal_index: int
+    text: str
+    latents: torch.Tensor = field(repr=False)  # (1, T, C, h, w)
+    frames: np.ndarray = field(repr=False)  # imagined, uint8 (T, H, W, 3)
+    actions: np.ndarray = field(repr=False)  # (T, action_dim): action i leads to imagined frame i
+    replanned_from: str | None = None  # the reason, when this chunk replaces the rest of a cut one
+    replans: int = 0  # replans of this chunk's slot so far
+    executed: int = 0  # actions returned
+    observed: list[np.ndarray] = field(default_factory=list, repr=False)  # the frame after each action
+    positions: list[np.ndarray] = field(default_factory=list, repr=False)  # gripper xyz before each action
+    drift: list[float] = field(default_factory=list)  # per observed frame
+    cut: str | None = None  # why the rest was dropped (a replan), if it was
+
+    @property
+    def finished(self) -> bool:
+        return self.cut is not None or self.executed == len(self.actions)
+
+
+class VideoPlanningAgent:
+    """Plans subgoals, imagines each chunk with the world model (through the episodic memory), executes the
+    actions the inverse-dynamics policy reads off the imagined frames; see the module docstring."""
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        idm: IDMPolicy,
+        planner: Planner,
+        memory: EpisodicMemory | MemoryConfig | None = None,
+        config: AgentConfig | None = None,
+    ) -> None:
+        self.config = config or AgentConfig()
+        self.world_model = world_model.eval()
+        self.idm = idm.eval()
+        self.planner = planner
+        self.image_size = world_model.config.vae.image_size
+        if idm.config.image_size != self.image_size:
+            raise ValueError(f"expected an IDM that reads the world model's {self.image_size}x{self.image_size} "
+                             f"frames, got one for {idm.config.image_size}x{idm.config.image_size}")
+        if planner.config.chunk_frames != world_model.config.chunk_frames:
+            raise ValueError(f"expected a planner with the world model's chunk_frames="
+                             f"{world_model.config.chunk_frames}, got {planner.config.chunk_frames}")
+        if memory is None:
+            memory = MemoryConfig(kind="temp_lora")
+        if isinstance(memory, EpisodicMemory) and memory.world_model is not world_model:
+            raise ValueError("memory: expected an EpisodicMemory made for this world model, got another model's")
+        # checked before the memory is made: Temp-LoRA attaches its adapter to the world model
+        self.memory = make_memory(memory, world_model) if isinstance(memory, MemoryConfig) else memory
+        self.action_space = spaces.Box(-1.0, 1.0, (idm.config.action_dim,), np.float32)
+        self.idle_action = np.zeros(idm.config.action_dim, np.float32)
+        self._episodes = 0
+        self._plan: Plan | None = None
+        self._start_episode_state()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        worldmodel: str = "shipped:tabletop/worldmodel",
+        idm: str = "shipped:tabletop/idm",
+        task: TaskConfig | str = "return_cubes",
+        planner: PlannerConfig | None = None,
+        memory: MemoryConfig | None = None,
+        config: AgentConfig | None = None,
+    ) -> VideoPlanningAgent:
+        """An agent from checkpoints (directories or `shipped:<env>/<component>`), a task (a `TaskConfig` or
+        the name of a preset in configs/task/), and the planner, memory (default temp_lora) and agent configs."""
+        from vplan.policies.idm import IDMPolicy
+        from vplan.worldmodel.model import WorldModel
+
+        task_config = task if isinstance(task, TaskConfig) else TaskConfig.preset(task)
+        world_model = WorldModel.from_pretrained(worldmodel)
+        idm_policy = IDMPolicy.from_pretrained(idm)
+        chunk_frames = world_model.config.chunk_frames
+        planner = planner or PlannerConfig(chunk_frames=chunk_frames)
+        return cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
+
+    # -- the episode ------------------------------------------------------------------------------------------
+
+    def reset(self, instruction: str, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None) -> Plan:
+        """Start an episode from the env's first `obs` and `info`: forget the last episode's memory, plan the
+        subgoals, and take the first frame as context. Returns the plan (also `agent.plan`)."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
+        if not isinstance(info, Mapping):
+            raise ValueError(f"info: expected the env's info dict, got {type(info).__name__}")
+        frame, _ = self._read_obs(obs)
+        self.memory.reset()  # waits for the last episode's update, then forgets it
+        self._plan = None
+        self._start_episode_state()
+        seed = self.config.seed + self._episodes if seed is None else seed
+        self._episodes += 1
+        self._generator = torch.Generator().manual_seed(int(seed))
+        start = time.perf_counter()
+        plan = self.planner.plan(instruction, info, first_frame=frame)
+        self.timings["planning"] += time.perf_counter() - start
+        start = time.perf_counter()
+        self._history = self.world_model.encode(torch.from_numpy(frame)[None, None])
+        self.timings["encoding"] += time.perf_counter() - start
+        self._recent.append(frame)
+        self._plan = plan
+        return plan
+
+    def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
+        """The next action (float32, in `action_space`) for the current `obs`: the frame the previous action
+        led to. `info` is optional; given, subgoal checks can extend a subgoal that is not done."""
+        entered = time.perf_counter()
+        if self._plan is None:
+            raise RuntimeError("act() before reset(): call agent.reset(instruction, obs, info) at the start of "
+                               "every episode")
+        if self._returned_at is not None:
+            self.timings["execution"] += entered - self._returned_at
+            self._returned_at = None
+        frame, position = self._read_obs(obs)
+        if self.done:
+            self._returned_at = time.perf_counter()
+            return self.idle_action.copy()
+        chunk = self._chunk
+        if self._awaiting and chunk is not None:  # obs is the outcome of the chunk's last action
+            chunk.observed.append(frame)
+            self._recent.append(frame)
+            self._judge(chunk, position)
+        self._awaiting = False
+        if chunk is None or chunk.finished:
+            if chunk is not None:
+                self._close(chunk, info)
+            if self._subgoal_index >= len(self._plan.subgoals):
+                self.done = True
+                self.expected_frame = None
+                return self.idle_action.copy()
+            chunk = self._imagine(chunk)
+        action = chunk.actions[chunk.executed].astype(np.float32)
+        chunk.positions.append(position)
+        self.expected_frame = chunk.frames[chunk.executed]
+        chunk.executed += 1
+        self.steps += 1
+        self._awaiting = True
+        self._returned_at = time.perf_counter()
+        return action
+
+    def wait(self) -> None:
+        """Block until the memory's update still in flight is done (counted as memory wait); call it when an
+        episode ends, so its last update is not charged to the next one."""
+        self._wait_memory()
+
+    def close(self) -> None:
+        """Wait for the memory, stop its worker and give the world model back as it was (no adapter)."""
+        self.memory.close()
+        self.planner.close()
+
+    def __enter__(self) -> VideoPlanningAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what there is to inspect -----------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> Plan | None:
+        """The episode's plan (None before the first reset)."""
+        return self._plan
+
+    @property
+    def subgoal(self) -> Subgoal | None:
+        """The subgoal being executed (None before reset and once the plan is done)."""
+        if self._plan is None or self._subgoal_index >= len(self._plan.subgoals):
+            return None
+        return self._plan.subgoals[self._subgoal_index]
+
+    @property
+    def chunk(self) -> Chunk | None:
+        """The chunk being executed: its imagined frames and latents, actions, observed frames, drift."""
+        return self._chunk
+
+    @property
+    def imagined(self) -> np.ndarray | None:
+        """The current chunk's imagined frames, uint8 (chunk_frames, H, W, 3)."""
+        return None if self._chunk is None else self._chunk.frames
+
+    def stats(self) -> dict[str, Any]:
+        """The episode so far: steps, chunks imagined, replans by reason, extra chunks, subgoals done."""
+        return {
+            "steps": self.steps,
+            "chunks": self._chunks_made,
+            "replans": dict(self.replans),
+            "extra_chunks": self._extra_total,
+            "subgoals_done": min(self._subgoal_index, len(self._plan.subgoals)) if self._plan else 0,
+            "subgoals": len(self._plan.subgoals) if self._plan else 0,
+            "done": self.done,
+        }
+
+    # -- inside -----------------------------------------------------------------------------------------------
+
+    def _start_episode_state(self) -> None:
+        self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.replans: dict[str, int] = dict.fromkeys(REPLAN_REASONS, 0)
+        self.steps = 0
+        self.done = False
+        self.expected_frame: np.ndarray | None = None  # the imagined frame the last action aims at
+        self.events: list[dict[str, Any]] = []  # replans and subgoal changes, with the step they happened at
+        self._chunk: Chunk | None = None
+        self._chunks_made = 0
+        self._subgoal_index = 0
+        self._slot = 0  # chunks of the current subgoal executed (a replanned chunk shares its slot)
+        self._extra = 0  # extra chunks of the current subgoal
+        self._extra_total = 0
+        self._awaiting = False
+        self._returned_at: float | None = None
+        self._history: torch.Tensor | None = None  # latents of every observed frame (1, N, C, h, w)
+        self._recent: deque[np.ndarray] = deque(maxlen=self.idm.config.history_frames)
+        self._generator = torch.Generator().manual_seed(self.config.seed)
+
+    def _read_obs(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The camera frame (checked) and the gripper position (None without stall detection)."""
+        cfg = self.config
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"obs: expected the env's observation dict, got {type(obs).__name__}")
+        if cfg.camera not in obs:
+            raise ValueError(f"obs: expected the camera key {cfg.camera!r} (agent.camera), got keys {sorted(obs)}")
+        frame = np.asarray(obs[cfg.camera])
+        size = self.image_size
+        if frame.shape != (size, size, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"obs[{cfg.camera!r}]: expected a uint8 frame of shape ({size}, {size}, 3), the world "
+                             f"model's, got {frame.dtype} {frame.shape}; make the env with image_size={size}")
+        if cfg.stall_steps == 0:
+            return frame, None
+        if cfg.state_key not in obs:
+            raise ValueError(f"obs: expected the state key {cfg.state_key!r} for stall detection, got keys "
+                             f"{sorted(obs)}; set agent.stall_steps=0 to turn stall detection off")
+        state = np.asarray(obs[cfg.state_key], dtype=np.float64).reshape(-1)
+        if state.size < 3 or not np.isfinite(state[:3]).all():
+            raise ValueError(f"obs[{cfg.state_key!r}]: expected the gripper's xyz first (3 finite values), got "
+                             f"{state.tolist()}")
+        return frame, state[:3].copy()
+
+    def _judge(self, chunk: Chunk, position: np.ndarray | None) -> None:
+        """After an executed action: the drift of its frame, then replan on drift or a stall."""
+        cfg = self.config
+        observed = chunk.observed[-1].astype(np.float32)
+        imagined = chunk.frames[len(chunk.observed) - 1].astype(np.float32)
+        drift = float(np.abs(observed - imagined).mean() / 255.0)
+        chunk.drift.append(drift)
+        if chunk.executed == len(chunk.actions):
+            return  # the chunk is over anyway: the next one starts from these frames
+        if chunk.replans >= cfg.max_replans_per_chunk or sum(self.replans.values()) >= cfg.max_replans:
+            return
+        reason = None
+        if cfg.replan_drift is not None and drift > cfg.replan_drift:
+            reason = "drift"
+        elif cfg.stall_steps and position is not None and len(chunk.positions) >= cfg.stall_steps:
+            moved = float(np.abs(position - chunk.positions[-cfg.stall_steps]).max())
+            commanded = np.abs(chunk.actions[chunk.executed - cfg.stall_steps : chunk.executed, :3]).max(axis=1)
+            if moved < cfg.stall_distance and float(commanded.mean()) >= cfg.stall_command:
+                reason = "stall"
+        if reason is not None:
+            chunk.cut = reason
+            self.replans[reason] += 1
+            self.events.append({"step": self.steps, "event": f"replan ({reason})", "drift": drift})
+
+    def _close(self, chunk: Chunk, info: Mapping[str, Any] | None) -> None:
+        """A chunk is over: its observed frames join the context, the memory learns (observed mode), and the
+        plan moves on (unless the chunk was cut: its replacement takes its slot)."""
+        if chunk.observed:
+            start = time.perf_counter()
+            observed = self.world_model.encode(torch.from_numpy(np.stack(chunk.observed))[None])
+            self.timings["encoding"] += time.perf_counter() - start
+            previous = self._history[:, -self.world_model.config.chunk_frames :]
+            self._history = torch.cat([self._history, observed], dim=1)
+            if self.memory.config.update_on == "observed":
+                self._wait_memory()
+                self.memory.update_async(previous, observed)
+        if chunk.cut is not None:
+            return
+        self._slot += 1
+        subgoal = self._plan.subgoals[self._subgoal_index]
+        if self._slot < subgoal.chunks + self._extra:
+            return
+        if info is not None and subgoal.check is not None and self._extra < self.config.max_extra_chunks:
+            if not subgoal.check.holds(info):
+                self._extra += 1
+                self._extra_total += 1
+                self.events.append({"step": self.steps, "event": f"extra chunk: {subgoal.check} is false"})
+                return
+        self._subgoal_index += 1
+        self._slot = self._extra = 0
+
+    def _wait_memory(self) -> None:
+        start = time.perf_counter()
+        logs = self.memory.wait()
+        self.timings["memory_wait"] += time.perf_counter() - start
+        if logs:
+            self.timings["memory_update"] += float(logs.get("seconds", 0.0))
+
+    def _imagine(self, previous_chunk: Chunk | None) -> Chunk:
+        """The next chunk of the current subgoal: generated from the real frames so far, decoded, handed to the
+        memory (imagined mode), and turned into actions."""
+        subgoal = self._plan.subgoals[self._subgoal_index]
+        replan = previous_chunk.cut if previous_chunk is not None else None
+        self._wait_memory()
+        start = time.perf_counter()
+        latents = self.memory.generate(self._history, [subgoal.text], generator=self._generator)
+        frames = self.world_model.decode(latents)[0].numpy()
+        self.timings["generation"] += time.perf_counter() - start
+        if self.memory.config.update_on == "imagined":
+            # learns on the worker while this chunk executes; the next generation waits for it
+            self.memory.update_async(self._history[:, -self.world_model.config.chunk_frames :], latents)
+        start = time.perf_counter()
+        window = np.concatenate([np.stack(self._recent), frames])
+        actions = self.idm.actions_for_chunk(window, context=len(self._recent)).numpy()
+        self.timings["inverse_dynamics"] += time.perf_counter() - start
+        if replan is None and self._slot == 0 and self._extra == 0:
+            self.events.append({"step": self.steps, "event": f"subgoal: {subgoal.text}"})
+        chunk = Chunk(
+            index=self._chunks_made,
+            subgoal_index=self._subgoal_index,
+            text=subgoal.text,
+            latents=latents,
+            frames=frames,
+            actions=actions,
+            replanned_from=replan,
+            replans=(previous_chunk.replans + 1) if replan is not None else 0,
+        )
+        self._chunks_made += 1
+        self._chunk = chunk
+        return chunk
