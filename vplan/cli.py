@@ -43,6 +43,12 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command(
+        ("run",),
+        "the agent plans, imagines and acts on held-out seeds: success, Dist, wall time per stage, videos",
+        "run",
+        "vplan.run:run",
+    ),
+    Command(
         ("collect",),
         "roll out the scripted expert and write a LeRobot v3.0 episode dataset",
         "collect",
@@ -89,6 +95,7 @@ COMMANDS: tuple[Command, ...] = (
 
 # Config dataclasses registered as Hydra schemas: (group, schema name) -> "module:Class".
 SCHEMAS: dict[tuple[str | None, str], str] = {
+    (None, "run_schema"): "vplan.run:RunConfig",
     (None, "collect_schema"): "vplan.data.collect:CollectConfig",
     (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
     (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",

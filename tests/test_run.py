@@ -1,0 +1,143 @@
+"""`vplan run` on tiny random checkpoints: the run directory (config without secrets, metrics.json, an MP4 per
+episode), the summary, memory=none, an interrupted run keeping its finished episodes, and one-line errors
+(missing simulators, checkpoints, frame sizes, an existing run)."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from tiny_agent import IMAGE, save_tiny_checkpoints
+
+from vplan.agent import STAGES, VideoPlanningAgent
+from vplan.cli import COMMANDS, build_config, compose_config, main
+from vplan.run import RunConfig
+from vplan.utils.import_utils import is_package_available
+
+SECRET = "sk-test-do-not-write-me"
+STEPS = 8  # env steps per episode: one chunk, then the time limit
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+def run_args(checkpoints, out, *extra: str) -> list[str]:
+    worldmodel, idm = checkpoints
+    return ["run", f"worldmodel={worldmodel}", f"idm={idm}", f"out={out}", f"env.max_episode_steps={STEPS}",
+            "agent.replan_drift=null", "threads=1", *extra]
+
+
+def test_defaults_compose():
+    command = next(c for c in COMMANDS if c.name == "run")
+    cfg, choices = compose_config(command, [])
+    config = build_config(cfg)
+    assert isinstance(config, RunConfig)
+    assert choices == {"env": "tabletop", "task": "return_cubes", "planner": "offline", "memory": "temp_lora"}
+    assert (config.worldmodel, config.idm) == ("shipped:tabletop/worldmodel", "shipped:tabletop/idm")
+    assert config.seed == 10000 and config.memory.kind == "temp_lora" and config.planner.kind == "offline"
+    cfg, choices = compose_config(command, ["memory=none", "agent.replan_drift=null", "agent.stall_steps=0"])
+    config = build_config(cfg)
+    assert config.memory.kind == "none" and config.agent.replan_drift is None and config.agent.stall_steps == 0
+
+
+def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(run_args(checkpoints, out, "episodes=2", "memory.rank=2", "memory.gradient_checkpointing=false",
+                  f"planner.llm.api_key={SECRET}"))
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["config.yaml", "episode_000_seed10000.mp4", "episode_001_seed10001.mp4", "metrics.json"]
+    for path in out.iterdir():
+        assert SECRET not in path.read_bytes().decode("latin-1"), path.name
+    assert "api_key: <redacted>" in (out / "config.yaml").read_text()
+    assert "kind: temp_lora" in (out / "config.yaml").read_text()
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["episodes_done"] == 2 and metrics["seeds"] == [10000, 10001]
+    assert (metrics["env"], metrics["task"], metrics["memory"]) == ("vplan/Tabletop-v0", "return_cubes", "temp_lora")
+    episodes = metrics["episodes"]
+    assert metrics["success_rate"] == sum(e["success"] for e in episodes) / 2
+    assert metrics["dist_mean"] == pytest.approx(sum(e["dist"] for e in episodes) / 2)
+    for episode in episodes:
+        assert episode["steps"] == STEPS and episode["ended_by"] == "time limit" and episode["chunks"] == 1
+        assert set(episode["stages_s"]) == set(STAGES) and episode["wall_s"] > 0
+        assert episode["stages_s"]["generation"] > 0 and episode["stages_s"]["memory_update"] > 0
+        assert episode["plan"]["source"] == "offline" and episode["plan"]["subgoals"]
+        assert 0 < episode["peak_rss_mb"] <= metrics["peak_rss_mb"]
+    assert set(metrics["stages_s_per_episode"]) == set(STAGES)
+
+    video = np.stack(imageio.mimread(out / episodes[0]["video"]))
+    assert video.shape == (STEPS + 1, IMAGE, 2 * IMAGE + 2, 3)  # the first frame, then one per step
+
+    printed = capsys.readouterr().out
+    assert "success rate" in printed and "Dist (m" in printed and "peak RSS" in printed and str(out) in printed
+
+
+def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
+    out = tmp_path / "none"
+    main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["memory"] == "none" and metrics["episodes_done"] == 1
+    assert metrics["episodes"][0]["stages_s"]["memory_update"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(run_args(checkpoints, out, "episodes=1", "memory=none"))
+    assert exit_info.value.code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false", "overwrite=true", "seed=20000"))
+    assert json.loads((out / "metrics.json").read_text())["seeds"] == [20000]
+
+
+def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatch, capsys):
+    act = VideoPlanningAgent.act
+    calls = {"n": 0}
+
+    def act_then_interrupt(self, obs, info=None):
+        calls["n"] += 1
+        if calls["n"] == STEPS + 4:  # in the second episode
+            raise KeyboardInterrupt
+        return act(self, obs, info)
+
+    monkeypatch.setattr(VideoPlanningAgent, "act", act_then_interrupt)
+    out = tmp_path / "interrupted"
+    with pytest.raises(SystemExit) as exit_info:
+        main(run_args(checkpoints, out, "episodes=3", "memory=none"))
+    assert exit_info.value.code == 130
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["episodes_done"] == 1 and not metrics["complete"] and metrics["episodes_requested"] == 3
+    assert [e["seed"] for e in metrics["episodes"]] == [10000]
+    assert (out / metrics["episodes"][0]["video"]).is_file()
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.err and "(interrupted)" in captured.out
+
+
+@pytest.mark.parametrize(("env", "needs"), [("rlbench", "rlbench"), ("minerl", "minerl")])
+def test_a_missing_simulator_is_one_line_and_exit_code_2(env, needs, capsys):
+    if is_package_available(needs):
+        pytest.skip(f"{needs} is installed here")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", f"env={env}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("vplan run: error: env=")
+    alternative = "env=tabletop" if env == "rlbench" else "env=blockworld"  # the embedded stand-in
+    assert "pip install" in err and alternative in err
+
+
+def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, capsys):
+    worldmodel, idm = checkpoints
+    cases = [
+        ([f"worldmodel={worldmodel}", f"idm={tmp_path / 'nothing'}"], "idm=", "vplan train component=idm"),
+        ([f"worldmodel={worldmodel}", "idm=shipped:tabletop/nothing"], "no shipped checkpoint 'tabletop/nothing'",
+         "pass idm=DIR"),
+        ([f"worldmodel={worldmodel}", f"idm={idm}", "env.image_size=32"], "set env.image_size=64", ""),
+    ]
+    for args, first, second in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", *args, f"out={tmp_path / 'run'}"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and first in err and second in err, err

@@ -1,0 +1,278 @@
+"""`vplan run env=tabletop task=return_cubes`: the main job — the agent plans, imagines and acts, episode after
+episode on held-out seeds, and a run directory records how it went.
+
+The run directory (`out`, by default `runs/<task>-<memory>-<time>`) holds `config.yaml` (the resolved config,
+secrets redacted), `metrics.json` (success rate, mean Dist, per-episode results, wall time per stage, peak
+RSS; rewritten after every episode, so an interrupted run keeps the episodes it finished) and one MP4 per
+episode with the imagined frame (left) next to the executed one (right) at every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import MISSING
+
+from vplan.agent import STAGES, AgentConfig
+from vplan.errors import UsageError
+from vplan.memory.config import MemoryConfig
+from vplan.planner.config import PlannerConfig, redact_secrets
+from vplan.tasks import TaskConfig
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+SEPARATOR_PX = 2  # white columns between the imagined and the executed frame in the videos
+
+
+@dataclass
+class RunConfig:
+    """Settings of `vplan run`."""
+
+    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
+    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    planner: PlannerConfig = field(
+        default_factory=PlannerConfig,
+        metadata={"help": "Planner (configs/planner/); its chunk_frames is taken from the world model."},
+    )
+    memory: MemoryConfig = field(
+        default_factory=lambda: MemoryConfig(kind="temp_lora"), metadata={"help": "Episodic memory (configs/memory/)."}
+    )
+    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
+    worldmodel: str = field(
+        default="shipped:tabletop/worldmodel",
+        metadata={"help": "World-model checkpoint (with its VAE): a directory or shipped:<env>/worldmodel."},
+    )
+    idm: str = field(
+        default="shipped:tabletop/idm", metadata={"help": "IDM checkpoint: a directory or shipped:<env>/idm."}
+    )
+    episodes: int = field(default=5, metadata={"help": "Episodes to run; episode i is reset with seed + i."})
+    seed: int = field(default=10000, metadata={"help": "First seed (held out: training data uses 0..9999)."})
+    out: str | None = field(
+        default=None, metadata={"help": "Run directory; null: runs/<task>-<memory>-<date-time>."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Allow an `out` that already holds a run."})
+    video: bool = field(default=True, metadata={"help": "Write an MP4 per episode (imagined | executed)."})
+    threads: int = field(default=2, metadata={"help": "torch threads (the memory's worker shares them)."})
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _run_dir(cfg: RunConfig) -> Path:
+    if cfg.out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path("runs") / f"{cfg.task.name}-{cfg.memory.kind}-{stamp}"
+    out = Path(cfg.out)
+    if (out / METRICS_FILE).exists() and not cfg.overwrite:
+        raise UsageError(f"{out} already holds a run ({METRICS_FILE}); choose another out=DIR, or overwrite=true")
+    return out
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Replace `path` whole (written aside, then renamed), so a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarray], fps: int) -> None:
+    import imageio.v2 as imageio
+
+    size = executed[0].shape[0]
+    gap = np.full((size, SEPARATOR_PX, 3), 255, np.uint8)
+    frames = [np.concatenate([a, gap, b], axis=1) for a, b in zip(imagined, executed)]
+    imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+
+
+def _load_agent(cfg: RunConfig) -> Any:
+    """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
+    from vplan.agent import VideoPlanningAgent
+    from vplan.planner import make_planner
+    from vplan.policies.idm import IDMPolicy
+    from vplan.shipped import resolve_checkpoint
+    from vplan.worldmodel.model import WorldModel
+
+    for name, spec, hint in (
+        ("worldmodel", cfg.worldmodel, "vplan train component=worldmodel"),
+        ("idm", cfg.idm, "vplan train component=idm"),
+    ):
+        try:
+            path = resolve_checkpoint(spec)
+        except UsageError as err:
+            raise UsageError(f"{name}={spec}: {err}; train one with `{hint}` and pass {name}=DIR") from None
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{name}={spec}: no checkpoint at {path}; train one with `{hint}` and pass {name}=DIR")
+    world_model = WorldModel.from_pretrained(cfg.worldmodel)
+    idm = IDMPolicy.from_pretrained(cfg.idm)
+    size = world_model.config.vae.image_size
+    if getattr(cfg.env, "image_size", size) != size:
+        raise UsageError(f"the world model draws {size}x{size} frames; set env.image_size={size}")
+    if idm.config.image_size != size:
+        raise UsageError(f"idm={cfg.idm} reads {idm.config.image_size}x{idm.config.image_size} frames, the world "
+                         f"model draws {size}x{size}; pass an IDM trained on the world model's frames")
+    planner_config = replace(cfg.planner, chunk_frames=world_model.config.chunk_frames)
+    try:
+        return VideoPlanningAgent(world_model, idm, make_planner(planner_config, cfg.task), cfg.memory, cfg.agent)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) -> dict[str, Any]:
+    """One episode of `agent` in `env`: its result, timings, and the imagined and executed frames."""
+    start = time.perf_counter()
+    obs, info = env.reset(seed=seed)
+    agent.reset(instruction, obs, info, seed=seed)
+    imagined, executed = [obs[camera]], [obs[camera]]  # step 0: the real first frame on both sides
+    terminated = truncated = False
+    while True:
+        action = agent.act(obs, info)
+        if agent.done:
+            break
+        obs, _, terminated, truncated, info = env.step(action)
+        imagined.append(agent.expected_frame)
+        executed.append(obs[camera])
+        if terminated or truncated:
+            break
+    agent.wait()
+    wall = time.perf_counter() - start
+    stats = agent.stats()
+    result = {
+        "seed": seed,
+        "success": bool(info["success"]),
+        "dist": float(info["dist"]),
+        "steps": stats["steps"],
+        "ended_by": "plan done" if agent.done else ("success" if terminated else "time limit"),
+        "chunks": stats["chunks"],
+        "replans": stats["replans"],
+        "extra_chunks": stats["extra_chunks"],
+        "subgoals_done": stats["subgoals_done"],
+        "plan": agent.plan.to_dict(),
+        "wall_s": wall,
+        "stages_s": {stage: float(agent.timings[stage]) for stage in STAGES},
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    return {"result": result, "imagined": imagined, "executed": executed}
+
+
+def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, started: float) -> dict[str, Any]:
+    """metrics.json: the run's figures over the finished episodes."""
+    done = len(results)
+    stage_means = {s: float(np.mean([r["stages_s"][s] for r in results])) if done else 0.0 for s in STAGES}
+    return {
+        "env": env_id,
+        "task": cfg.task.name,
+        "memory": cfg.memory.kind,
+        "planner": cfg.planner.kind,
+        "worldmodel": cfg.worldmodel,
+        "idm": cfg.idm,
+        "episodes_requested": cfg.episodes,
+        "episodes_done": done,
+        "complete": done == cfg.episodes,
+        "seeds": [cfg.seed + i for i in range(done)],
+        "success_rate": float(np.mean([r["success"] for r in results])) if done else None,
+        "dist_mean": float(np.mean([r["dist"] for r in results])) if done else None,
+        "dist_std": float(np.std([r["dist"] for r in results])) if done else None,
+        "wall_s_per_episode": float(np.mean([r["wall_s"] for r in results])) if done else None,
+        "wall_s_per_episode_max": float(max(r["wall_s"] for r in results)) if done else None,
+        "stages_s_per_episode": stage_means,
+        "peak_rss_mb": _peak_rss_mb(),
+        "threads": cfg.threads,
+        "wall_s_total": time.perf_counter() - started,
+        "episodes": results,
+    }
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    done = metrics["episodes_done"]
+    if not done:
+        print(f"no episode finished; run directory: {out}")
+        return
+    seeds = metrics["seeds"]
+    successes = sum(r["success"] for r in metrics["episodes"])
+    print(f"\nvplan run: {metrics['task']} on {metrics['env']}, memory={metrics['memory']}, "
+          f"planner={metrics['planner']}, {done} episode(s) (seeds {seeds[0]}..{seeds[-1]})"
+          + ("" if metrics["complete"] else f" of {metrics['episodes_requested']} (interrupted)"))
+    rows = [
+        ("success rate", f"{metrics['success_rate']:.0%} ({successes}/{done})"),
+        ("Dist (m, mean ± std)", f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f}"),
+        ("wall time per episode",
+         f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s)"),
+    ]
+    for stage, seconds in metrics["stages_s_per_episode"].items():
+        note = " (on the worker, overlapped)" if stage == "memory_update" else ""
+        rows.append((f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s{note}"))
+    rows.append(("peak RSS", f"{metrics['peak_rss_mb']:.0f} MB"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+    print(f"run directory: {out}")
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run `cfg.episodes` episodes of the agent; write the run directory; print a summary table."""
+    import torch
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from vplan.envs import make_env
+
+    out = _run_dir(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    agent = env = None
+    results: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    try:
+        agent = _load_agent(cfg)
+        env = make_env(cfg.env)
+        if tuple(env.action_space.shape) != agent.action_space.shape:
+            raise UsageError(f"the IDM predicts actions of shape {agent.action_space.shape}, the env takes "
+                             f"{tuple(env.action_space.shape)}; pass an idm trained on this env")
+        env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        fps = int(env.metadata.get("render_fps", 10))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(redact_secrets(asdict(cfg)))))
+        metrics = summarize(cfg, results, env_id, started)
+        _write_json(out / METRICS_FILE, metrics)
+        bar = tqdm(range(cfg.episodes), desc=f"run ({cfg.memory.kind})", unit="episode")
+        for i in bar:
+            episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
+            result = episode["result"]
+            if cfg.video:
+                name = f"episode_{i:03d}_seed{result['seed']}.mp4"
+                _write_video(out / name, episode["imagined"], episode["executed"], fps)
+                result["video"] = name
+            results.append(result)
+            metrics = summarize(cfg, results, env_id, started)
+            _write_json(out / METRICS_FILE, metrics)
+            bar.set_postfix(success=f"{sum(r['success'] for r in results)}/{len(results)}",
+                            dist=f"{metrics['dist_mean']:.3f}", wall=f"{result['wall_s']:.0f}s")
+        bar.close()
+    finally:
+        if metrics:
+            _print_summary(metrics, out)
+        if env is not None:
+            env.close()
+        if agent is not None:
+            agent.close()
+        torch.set_num_threads(threads)
+    return metrics
