@@ -104,8 +104,11 @@ def test_loop_in_the_env_follows_the_plan(world_model, idm, env):
     assert np.array_equal(agent.act(obs, info), np.zeros(4, np.float32))  # idle once the plan is done
     assert len(agent.chunk.observed) == CHUNK and len(agent.chunk.drift) == CHUNK
     agent.wait()
-    assert agent.stats() == {"steps": 2 * CHUNK, "chunks": 2, "replans": {"drift": 0, "stall": 0},
-                             "extra_chunks": 0, "subgoals_done": 2, "subgoals": 2, "done": True}
+    stats = agent.stats()
+    assert 0 <= stats.pop("drift_mean") <= stats.pop("drift_max") <= 1
+    assert max(agent.chunk.drift) <= agent.stats()["drift_max"]
+    assert stats == {"steps": 2 * CHUNK, "chunks": 2, "replans": {"drift": 0, "stall": 0},
+                     "extra_chunks": 0, "subgoals_done": 2, "subgoals": 2, "done": True}
     assert set(agent.timings) == set(STAGES)
     for stage in ("generation", "encoding", "inverse_dynamics", "execution"):
         assert agent.timings[stage] > 0, stage
@@ -221,6 +224,25 @@ def test_a_stalled_gripper_replans_and_a_moving_one_does_not(world_model, idm):
     for _ in range(CHUNK):
         still.act(fake_obs(still.expected_frame))
     assert still.replans["stall"] == 0 and still.done
+
+
+@pytest.mark.parametrize("actions_from", ["imagined", "observed"])
+def test_actions_are_read_off_the_imagined_frames_or_the_real_ones(world_model, idm, actions_from):
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], actions_from=actions_from, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    first = agent.act(fake_obs(frame))
+    planned = agent.chunk.actions.copy()
+    assert np.array_equal(first, planned[0])  # the first action starts from the real frame either way
+    assert np.allclose(planned, idm.actions_for_chunk(np.concatenate([frame[None], agent.imagined])).numpy())
+    real = np.full((IMAGE, IMAGE, 3), 30, np.uint8)  # far from what was imagined
+    second = agent.act(fake_obs(real))
+    towards = idm.predict(real[None], agent.imagined[1][None])[0].numpy()
+    if actions_from == "imagined":
+        assert np.array_equal(second, planned[1])
+    else:
+        assert np.allclose(second, towards) and not np.allclose(second, planned[1])
+        assert np.array_equal(agent.chunk.actions[1], second)  # the chunk records the action taken
 
 
 @pytest.mark.parametrize("update_on", ["imagined", "observed"])

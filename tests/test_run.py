@@ -63,7 +63,8 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
     assert metrics["dist_mean"] == pytest.approx(sum(e["dist"] for e in episodes) / 2)
     for episode in episodes:
         assert episode["steps"] == STEPS and episode["ended_by"] == "time limit" and episode["chunks"] == 1
-        assert set(episode["stages_s"]) == set(STAGES) and episode["wall_s"] > 0
+        assert set(episode["stages_s"]) == set(STAGES) and episode["wall_s"] > 0 and episode["cpu_s"] > 0
+        assert 0 <= episode["drift_mean"] <= episode["drift_max"] <= 1
         assert episode["stages_s"]["generation"] > 0 and episode["stages_s"]["memory_update"] > 0
         assert episode["plan"]["source"] == "offline" and episode["plan"]["subgoals"]
         assert 0 < episode["peak_rss_mb"] <= metrics["peak_rss_mb"]

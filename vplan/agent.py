@@ -19,7 +19,9 @@ flight, imagine the next `chunk_frames` frames for the current subgoal from the 
 thread (it runs while the chunk executes; `memory.update_on=observed` learns from the executed frames
 instead, after the chunk), and read the chunk's actions off the frames with the IDM (the last real frame,
 then the imagined ones). Each later `act` returns the next action and compares the frame it got with the
-frame the world model imagined there. The observed frames, encoded, are the next chunk's context.
+frame the world model imagined there. The observed frames, encoded, are the next chunk's context. With
+`actions_from=observed` each action after the chunk's first is read again at its step, from the real frame
+towards the next imagined one (closed loop: a lagging gripper is steered back onto the imagined path).
 
 Replanning: when an observed frame differs from the imagined one by more than `replan_drift` (mean absolute
 difference, pixels in [0, 1]), or the gripper stalls (it moved less than `stall_distance` over `stall_steps`
@@ -62,6 +64,7 @@ STAGES = (
     "planning", "generation", "encoding", "inverse_dynamics", "memory_wait", "memory_update", "execution"
 )
 REPLAN_REASONS = ("drift", "stall")
+ACTIONS_FROM = ("imagined", "observed")
 
 
 @dataclass
@@ -90,6 +93,12 @@ class AgentConfig:
         metadata={"help": "... while the actions asked for motion: the mean over those steps of the largest "
                   "absolute motion component (action units, 1 = the env's full step) at least this."},
     )
+    actions_from: str = field(
+        default="imagined",
+        metadata={"help": f"One of {ACTIONS_FROM}: the frame the IDM reads as frame t for action t — the imagined "
+                  "one (the chunk's actions read at once, open loop between frames) or the observed one (each "
+                  "step, from the real frame towards the next imagined one: closed loop)."},
+    )
     max_replans_per_chunk: int = field(default=1, metadata={"help": "Replans of one chunk at most."})
     max_replans: int = field(default=8, metadata={"help": "Replans per episode at most."})
     max_extra_chunks: int = field(
@@ -115,6 +124,8 @@ class AgentConfig:
             raise ValueError(f"stall_distance: expected metres >= 0, got {self.stall_distance!r}")
         if not 0 <= self.stall_command <= 1:
             raise ValueError(f"stall_command: expected action units in [0, 1], got {self.stall_command!r}")
+        if self.actions_from not in ACTIONS_FROM:
+            raise ValueError(f"actions_from: expected one of {ACTIONS_FROM}, got {self.actions_from!r}")
 
 
 @dataclass
@@ -126,7 +137,8 @@ class Chunk:
     text: str
     latents: torch.Tensor = field(repr=False)  # (1, T, C, h, w)
     frames: np.ndarray = field(repr=False)  # imagined, uint8 (T, H, W, 3)
-    actions: np.ndarray = field(repr=False)  # (T, action_dim): action i leads to imagined frame i
+    actions: np.ndarray = field(repr=False)  # (T, action_dim): action i leads to imagined frame i (read off
+    # the imagined frames when the chunk is made; with actions_from=observed each is replaced when it is taken)
     replanned_from: str | None = None  # the reason, when this chunk replaces the rest of a cut one
     replans: int = 0  # replans of this chunk's slot so far
     executed: int = 0  # actions returned
@@ -251,6 +263,8 @@ class VideoPlanningAgent:
                 self.expected_frame = None
                 return self.idle_action.copy()
             chunk = self._imagine(chunk)
+        if self.config.actions_from == "observed" and chunk.executed > 0:
+            chunk.actions[chunk.executed] = self._closed_loop_action(chunk.frames[chunk.executed])
         action = chunk.actions[chunk.executed].astype(np.float32)
         chunk.positions.append(position)
         self.expected_frame = chunk.frames[chunk.executed]
@@ -307,6 +321,8 @@ class VideoPlanningAgent:
             "chunks": self._chunks_made,
             "replans": dict(self.replans),
             "extra_chunks": self._extra_total,
+            "drift_mean": float(np.mean(self._drifts)) if self._drifts else None,
+            "drift_max": float(np.max(self._drifts)) if self._drifts else None,
             "subgoals_done": min(self._subgoal_index, len(self._plan.subgoals)) if self._plan else 0,
             "subgoals": len(self._plan.subgoals) if self._plan else 0,
             "done": self.done,
@@ -327,6 +343,7 @@ class VideoPlanningAgent:
         self._slot = 0  # chunks of the current subgoal executed (a replanned chunk shares its slot)
         self._extra = 0  # extra chunks of the current subgoal
         self._extra_total = 0
+        self._drifts: list[float] = []
         self._awaiting = False
         self._returned_at: float | None = None
         self._history: torch.Tensor | None = None  # latents of every observed frame (1, N, C, h, w)
@@ -363,6 +380,7 @@ class VideoPlanningAgent:
         imagined = chunk.frames[len(chunk.observed) - 1].astype(np.float32)
         drift = float(np.abs(observed - imagined).mean() / 255.0)
         chunk.drift.append(drift)
+        self._drifts.append(drift)
         if chunk.executed == len(chunk.actions):
             return  # the chunk is over anyway: the next one starts from these frames
         if chunk.replans >= cfg.max_replans_per_chunk or sum(self.replans.values()) >= cfg.max_replans:
@@ -406,6 +424,16 @@ class VideoPlanningAgent:
                 return
         self._subgoal_index += 1
         self._slot = self._extra = 0
+
+    def _closed_loop_action(self, target: np.ndarray) -> np.ndarray:
+        """The IDM's action from the latest real frames to an imagined frame."""
+        start = time.perf_counter()
+        recent = list(self._recent)
+        recent = [recent[0]] * (self.idm.config.history_frames - len(recent)) + recent  # pad like `windows`
+        window = torch.from_numpy(np.stack([*recent, target]))[None]
+        action = self.idm.predict_windows(window)[0].numpy()
+        self.timings["inverse_dynamics"] += time.perf_counter() - start
+        return action
 
     def _wait_memory(self) -> None:
         start = time.perf_counter()

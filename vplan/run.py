@@ -71,6 +71,12 @@ class RunConfig:
             raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used (all its threads), user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     """The process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -137,7 +143,7 @@ def _load_agent(cfg: RunConfig) -> Any:
 
 def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) -> dict[str, Any]:
     """One episode of `agent` in `env`: its result, timings, and the imagined and executed frames."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)
     agent.reset(instruction, obs, info, seed=seed)
     imagined, executed = [obs[camera]], [obs[camera]]  # step 0: the real first frame on both sides
@@ -152,7 +158,7 @@ def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) 
         if terminated or truncated:
             break
     agent.wait()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu
     stats = agent.stats()
     result = {
         "seed": seed,
@@ -164,8 +170,11 @@ def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) 
         "replans": stats["replans"],
         "extra_chunks": stats["extra_chunks"],
         "subgoals_done": stats["subgoals_done"],
+        "drift_mean": stats["drift_mean"],
+        "drift_max": stats["drift_max"],
         "plan": agent.plan.to_dict(),
         "wall_s": wall,
+        "cpu_s": cpu,
         "stages_s": {stage: float(agent.timings[stage]) for stage in STAGES},
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -192,6 +201,7 @@ def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, starte
         "dist_std": float(np.std([r["dist"] for r in results])) if done else None,
         "wall_s_per_episode": float(np.mean([r["wall_s"] for r in results])) if done else None,
         "wall_s_per_episode_max": float(max(r["wall_s"] for r in results)) if done else None,
+        "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in results])) if done else None,
         "stages_s_per_episode": stage_means,
         "peak_rss_mb": _peak_rss_mb(),
         "threads": cfg.threads,
@@ -219,6 +229,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     for stage, seconds in metrics["stages_s_per_episode"].items():
         note = " (on the worker, overlapped)" if stage == "memory_update" else ""
         rows.append((f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s{note}"))
+    rows.append(("CPU time per episode", f"{metrics['cpu_s_per_episode']:.1f} s (all threads; the wall time "
+                 "above includes waiting for the CPU on a busy machine)"))
     rows.append(("peak RSS", f"{metrics['peak_rss_mb']:.0f} MB"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
