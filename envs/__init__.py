@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import gymnasium
 
+from vplan.envs.blockworld import BlockworldConfig
 from vplan.envs.minerl_adapter import MineRLConfig, require_minerl
 from vplan.envs.rlbench_adapter import RLBenchConfig, require_rlbench
 from vplan.envs.tabletop_v0 import TabletopConfig
 
-ENV_IDS = {"tabletop": "vplan/Tabletop-v0", "rlbench": "vplan/RLBench-v0", "minerl": "vplan/MineRL-v0"}
+ENV_IDS = {
+    "tabletop": "vplan/Tabletop-v0",
+    "blockworld": "vplan/Blockworld-v0",
+    "rlbench": "vplan/RLBench-v0",
+    "minerl": "vplan/MineRL-v0",
+}
 _ENTRY_POINTS = {
     "tabletop": ("vplan.envs.tabletop_v0:TabletopEnv", TabletopConfig),
+    "blockworld": ("vplan.envs.blockworld.blockworld_v0:BlockworldEnv", BlockworldConfig),
     # The adapters import their simulators (RLBench, MineRL) only when an env is made.
     "rlbench": ("vplan.envs.rlbench_adapter:RLBenchEnv", RLBenchConfig),
     "minerl": ("vplan.envs.minerl_adapter:MineRLEnv", MineRLConfig),
@@ -50,7 +57,7 @@ def env_name(config: object) -> str:
     raise ValueError(f"expected an env config, one of {names}, got {type(config).__name__}")
 
 
-def make_env(config: TabletopConfig | RLBenchConfig | MineRLConfig) -> gymnasium.Env:
+def make_env(config: TabletopConfig | BlockworldConfig | RLBenchConfig | MineRLConfig) -> gymnasium.Env:
     """The registered env for a config dataclass, truncated at the config's `max_episode_steps`."""
     env_id = _CONFIG_ENV_IDS.get(type(config))
     if env_id is None:
@@ -61,6 +68,7 @@ def make_env(config: TabletopConfig | RLBenchConfig | MineRLConfig) -> gymnasium
 
 __all__ = [
     "ENV_IDS",
+    "BlockworldConfig",
     "MineRLConfig",
     "RLBenchConfig",
     "TASKS_OF_ENV",

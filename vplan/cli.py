@@ -108,6 +108,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     ("component", "idm_schema"): "vplan.loop.idm:IDMTrainConfig",
     ("model", "worldmodel_model_schema"): "vplan.worldmodel.model:WorldModelConfig",
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
+    ("env", "blockworld_schema"): "vplan.envs.blockworld:BlockworldConfig",
     ("env", "rlbench_schema"): "vplan.envs.rlbench_adapter:RLBenchConfig",
     ("env", "minerl_schema"): "vplan.envs.minerl_adapter:MineRLConfig",
     ("task", "task_schema"): "vplan.tasks:TaskConfig",
@@ -198,6 +199,21 @@ def _unknown_key_message(base: Any, key: str, known: set[str]) -> str:
     return f"unknown key {key!r}; valid keys of {parent}: {', '.join(children)}"
 
 
+def _env_default_task(parsed: list[Any], groups: Any) -> str | None:
+    """For `env=NAME` without `task=...`: the task NAME's config dataclass defaults to (e.g. `retrace` for
+    blockworld), so `vplan collect env=blockworld` needs no `task=retrace`; None if there is nothing to add."""
+    keys = {override.key_or_group for override in parsed}
+    env = next((o.value() for o in parsed if o.key_or_group == "env" and not o.package), None)
+    if "task" in keys or "task" not in groups or not isinstance(env, str):
+        return None
+    target = SCHEMAS.get(("env", f"{env}_schema"))
+    if target is None:
+        return None  # an unknown env: compose names the valid ones
+    module_name, class_name = target.split(":")
+    default = getattr(getattr(importlib.import_module(module_name), class_name), "task", None)
+    return default if isinstance(default, str) else None
+
+
 def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[str, str]]:
     """Compose the command's config with Hydra; return it and the chosen config-group options."""
     from hydra import compose, initialize_config_module
@@ -214,6 +230,10 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
         groups = compose(command.config_name, return_hydra_config=True).hydra.runtime.choices
+        default_task = _env_default_task(parsed, groups)
+        if default_task is not None:
+            overrides = [*overrides, f"task={default_task}"]
+            parsed = OverridesParser.create().parse_overrides(overrides)
         group_overrides = []
         for override in parsed:
             key = override.key_or_group + (f"@{override.package}" if override.package else "")
