@@ -61,7 +61,10 @@ def dataset_features(env: gym.Env, info: dict[str, Any]) -> dict[str, dict[str, 
                 "names": ["height", "width", "channels"],
             }
     features[OBS_ENV_STATE] = {"dtype": "float32", "shape": list(info["environment_state"].shape), "names": None}
-    features[ACTION] = {"dtype": "float32", "shape": list(env.action_space.shape), "names": None}
+    if isinstance(env.action_space, gym.spaces.Discrete):  # a move's integer (the blockworld)
+        features[ACTION] = {"dtype": "int64", "shape": [1], "names": None}
+    else:
+        features[ACTION] = {"dtype": "float32", "shape": list(env.action_space.shape), "names": None}
     features[REWARD] = {"dtype": "float32", "shape": [1], "names": None}
     features[SUCCESS] = {"dtype": "bool", "shape": [1], "names": None}
     features[DONE] = {"dtype": "bool", "shape": [1], "names": None}
@@ -98,8 +101,11 @@ def collect(cfg: CollectConfig) -> Path:
     from vplan.policies import make_expert
 
     out = Path(cfg.out)
+    try:
+        expert = make_expert(cfg.task.name, noise_std=cfg.noise_std, explore_fraction=cfg.explore_fraction)
+    except ValueError as error:  # e.g. noise_std for an expert of discrete moves
+        raise UsageError(str(error)) from None
     env = make_env(cfg.env)
-    expert = make_expert(cfg.task.name, noise_std=cfg.noise_std, explore_fraction=cfg.explore_fraction)
     _, first_info = env.reset(seed=cfg.seed)
     try:
         writer = EpisodeWriter.create_or_resume(
