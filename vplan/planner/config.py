@@ -80,7 +80,11 @@ class PlannerConfig:
     chunk_frames: int = field(
         default=8, metadata={"help": "Frames per world-model chunk (the world model's chunk_frames; 8 at 10 Hz)."}
     )
-    max_chunks_per_subgoal: int = field(default=4, metadata={"help": "Cap on a subgoal's estimated chunks."})
+    max_chunks_per_subgoal: int = field(
+        default=16,
+        metadata={"help": "Cap on a subgoal's estimated chunks (a tabletop skill takes 1-3; retrace's way back "
+                  "takes path_chunks + 2, 8 by default)."},
+    )
     llm: LLMPlannerConfig = field(default_factory=LLMPlannerConfig, metadata={"help": "kind=llm settings."})
 
     def __post_init__(self) -> None:

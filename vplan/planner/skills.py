@@ -147,8 +147,65 @@ class ReturnCubesSkills(TaskSkills):
         return steps
 
 
+class RetraceSkills(TaskSkills):
+    """`retrace` on the blockworld: the outbound instructions in order, then the one way back.
+
+    Skills: "walk forward", "turn left" / "turn right" (kind `turn`, argument `direction`) and "go back to the
+    start along the same path". The env's reset `info` holds the outbound path's instructions (one chunk of
+    `chunk_steps` steps each) and the planned position after every step (`path`), so the decomposition is the
+    instructions, then the way back, and the step estimate is exact for the scripted expert: each instruction
+    takes `chunk_steps` steps; the way back takes a turn about (180 / 15 = 12 turns) plus one move per outbound
+    step (each walk is walked back, each turn turned back), 12 + n * chunk_steps in all.
+    """
+
+    name = "retrace"
+    info_keys = ("instructions", "path")
+
+    def __init__(self) -> None:
+        # The env's instruction texts (imported here: envs -> mujoco).
+        from vplan.envs.blockworld.retrace import INSTRUCTIONS, RETURN_INSTRUCTION
+        from vplan.envs.discrete_moves import TURN_DEGREES
+
+        self.instructions = INSTRUCTIONS
+        self.return_text = RETURN_INSTRUCTION
+        self.turn_around_steps = round(180 / TURN_DEGREES)
+
+    def _skill(self, text: str) -> Skill:
+        if text == self.return_text:
+            return Skill("return", text, {}, Check("retraced", {}))
+        for kind, known in self.instructions.items():
+            if text == known:
+                return Skill("walk", text) if kind == "forward" else Skill("turn", text, {"direction": kind})
+        raise ValueError(f"instruction: expected one of {[*self.instructions.values(), self.return_text]}, "
+                         f"got {text!r}")
+
+    def skills(self, info: Mapping[str, Any]) -> list[Skill]:
+        self.require(info)
+        return [self._skill(text) for text in [*self.instructions.values(), self.return_text]]
+
+    def describe(self, info: Mapping[str, Any]) -> str:
+        self.require(info)
+        return (f"a first-person walk in a block world; the outbound path, one instruction per chunk: "
+                f"{', '.join(info['instructions'])}; then back to the start along the same path.")
+
+    def decompose(self, info: Mapping[str, Any]) -> list[Skill]:
+        self.require(info)
+        return [self._skill(text) for text in [*info["instructions"], self.return_text]]
+
+    def estimate_steps(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[int]:
+        self.require(info)
+        outbound = len(info["path"]) - 1
+        chunk_steps = outbound // len(info["instructions"])
+        steps = []
+        for skill in sequence:
+            if skill.kind not in ("walk", "turn", "return"):
+                raise ValueError(f"skill kind: expected one of ('walk', 'turn', 'return'), got {skill.kind!r}")
+            steps.append(self.turn_around_steps + outbound if skill.kind == "return" else chunk_steps)
+        return steps
+
+
 # task name (configs/task/<name>.yaml) -> its skill library
-TASK_SKILLS: dict[str, type[TaskSkills]] = {"return_cubes": ReturnCubesSkills}
+TASK_SKILLS: dict[str, type[TaskSkills]] = {"return_cubes": ReturnCubesSkills, "retrace": RetraceSkills}
 
 
 def task_skills(task_name: str) -> TaskSkills:

@@ -46,11 +46,17 @@ def _returned(info: Mapping[str, Any], cube: str) -> bool:
     return int(info["grasped"]) != i and bool(np.asarray(info["returned"])[i])
 
 
-# name -> (argument names, predicate on the env's info). The tabletop's info keys: envs/tabletop_v0.py.
+def _retraced(info: Mapping[str, Any]) -> bool:
+    return info["phase"] == "return" and bool(np.all(info["passed"]))
+
+
+# name -> (argument names, predicate on the env's info). The tabletop's info keys: envs/tabletop_v0.py; the
+# blockworld's: envs/blockworld/blockworld_v0.py.
 PREDICATES: dict[str, tuple[tuple[str, ...], Callable[..., bool]]] = {
     "holding": (("cube",), _holding),  # the gripper holds the cube
     "on_spot": (("cube", "spot"), _on_spot),  # the cube rests, released, on the marked spot
     "returned": (("cube",), _returned),  # the cube is back at its start (the env's tolerance), released
+    "retraced": ((), _retraced),  # the return has passed every outbound waypoint (the env's radius)
 }
 
 
