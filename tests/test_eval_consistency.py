@@ -86,6 +86,22 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
         assert np.abs(video[:, :, :SIZE].astype(int) - real.frames[:frames]).mean() < 8  # lossy H.264
 
 
+def test_temp_lora_learns_from_the_observed_frames_when_asked(tiny_checkpoint, tmp_path):
+    env = TabletopConfig(image_size=SIZE, num_cubes=1)
+    runs = {}
+    for update_on in ("imagined", "observed"):
+        lora = MemoryConfig(kind="temp_lora", rank=4, lr=0.01, update_on=update_on)
+        cfg = EvalConsistencyConfig(env=env, task=TASK, checkpoint=str(tiny_checkpoint), chunks=CHUNKS,
+                                    modes=["temp_lora"], temp_lora=lora, threads=1, video_episodes=0,
+                                    out=str(tmp_path / update_on))
+        (episode,) = evaluate_consistency(cfg)["modes"]["temp_lora"]["episodes"]
+        runs[update_on] = episode["psnr_per_chunk"]
+        assert not list((tmp_path / update_on).glob("*.mp4"))
+    # The first chunk comes before any update; later ones differ with what the adapter learned from.
+    assert runs["imagined"][0] == runs["observed"][0]
+    assert runs["imagined"][1:] != runs["observed"][1:]
+
+
 def test_envs_without_a_revisit_scenario_fail_with_one_line(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "consistency", "env=rlbench", f"checkpoint={tiny_checkpoint}", f"out={tmp_path}"])

@@ -7,8 +7,10 @@ chunk_frames` frames. Every memory mode then imagines the same take from the sam
 `context_frames` real frames, encoded, are the context of chunk 0, chunk k is generated from the subgoal the
 scenario pursues at its first frame, and the model continues from its own chunks (open loop: nothing observed
 after the start, which is where episodic memory matters). The sampling noise is seeded per episode, so the
-modes differ only by their memory. Temp-LoRA learns from every chunk it imagines (`update(previous, chunk)`,
-synchronously) before the next one.
+modes differ only by their memory. Temp-LoRA learns from every chunk before the next one (`update(previous,
+chunk)`, synchronously): from the chunk it imagined (`temp_lora.update_on=imagined`, the default and the paper's
+setting), or from the real frames of the same steps, encoded (`temp_lora.update_on=observed`: what an agent
+would see after executing the chunk), while the video itself stays open loop either way.
 
 Scores per mode and episode, averaged over episodes:
 
@@ -117,16 +119,23 @@ def checkpoint_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: Any, on_chunk: Any = None) -> Any:
+def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: Any, observed: Any = None,
+            on_chunk: Any = None) -> Any:
     """Generate one chunk per text from the start latents through `memory`, open loop; the latents of the start ⊕
-    every chunk (1, T, C, h, w). After each chunk the memory learns from it (`update(previous, chunk)`)."""
+    every chunk (1, T, C, h, w). After each chunk the memory learns (`update(previous, chunk)`) from the chunk it
+    imagined, or, when `observed` (the real take's latents, aligned with the output) is given, from the real
+    latents of the same steps."""
     import torch
 
     memory.reset()
     history = previous = start
     for text in texts:
         chunk = memory.generate(history, [text], generator=generator)
-        memory.update(previous, chunk)
+        if observed is None:
+            memory.update(previous, chunk)
+        else:
+            begin, end = history.shape[1], history.shape[1] + chunk.shape[1]
+            memory.update(observed[:, max(begin - previous.shape[1], 0):begin], observed[:, begin:end])
         previous, history = chunk, torch.cat([history, chunk], dim=1)
         if on_chunk is not None:
             on_chunk()
@@ -204,6 +213,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                              f"{need}")
         texts = [scenario.subgoals[context_n + k * chunk_n] for k in range(cfg.chunks)]
         start = model.encode(torch.from_numpy(np.ascontiguousarray(real[:context_n]))[None])
+        observed = None
+        if any(cfg.memory_config(mode).update_on == "observed" for mode in cfg.modes):
+            observed = model.encode(torch.from_numpy(np.ascontiguousarray(real))[None])
         real_cuts = scene_cut_frames(real, fps=scenario.fps)
         real_rows.append({"seed": seed, "scuts": len(real_cuts), "cut_frames": real_cuts,
                           "src": scene_return_consistency(real, pairs, features), "pairs": len(pairs)})
@@ -212,8 +224,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
             began = time.perf_counter()
             memory = make_memory(cfg.memory_config(mode), model)
             try:
+                learn_from = observed if memory.config.update_on == "observed" else None
                 latents = imagine(model, memory, start, texts, torch.Generator().manual_seed(seed),
-                                  on_chunk=lambda: bar.update(1))
+                                  observed=learn_from, on_chunk=lambda: bar.update(1))
             finally:
                 memory.close()
             video = model.decode(latents)[0].numpy()
@@ -265,6 +278,10 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
           f"{metrics['context_frames']} real context frames, open loop; mean over episodes")
     print(f"checkpoint {cfg.checkpoint} (sha256 {metrics['checkpoint_sha256']}); SRC features: "
           f"{metrics['features']}{comparable}")
+    if "temp_lora" in metrics["modes"]:
+        lora = cfg.temp_lora
+        print(f"temp_lora: rank {lora.rank}, {lora.steps_per_chunk} Adam step(s) per chunk at lr {lora.lr:g}, learning "
+              f"from the {lora.update_on} chunks")
     print(f"  {'mode':12} {'SCuts':>6} {'SRC (%)':>8} {'PSNR drift (dB/chunk)':>22} {'PSNR (dB)':>10} "
           f"{'s/episode':>10}")
     for mode, row in metrics["modes"].items():
