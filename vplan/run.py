@@ -163,7 +163,8 @@ def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) 
     result = {
         "seed": seed,
         "success": bool(info["success"]),
-        "dist": float(info["dist"]),
+        "dist": float(info["dist"]) if "dist" in info else None,
+        "phase": info.get("phase"),
         "steps": stats["steps"],
         "ended_by": "plan done" if agent.done else ("success" if terminated else "time limit"),
         "chunks": stats["chunks"],
@@ -184,6 +185,7 @@ def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) 
 def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, started: float) -> dict[str, Any]:
     """metrics.json: the run's figures over the finished episodes."""
     done = len(results)
+    dists = [r["dist"] for r in results if r["dist"] is not None]  # the env's info["dist"], where it has one
     stage_means = {s: float(np.mean([r["stages_s"][s] for r in results])) if done else 0.0 for s in STAGES}
     return {
         "env": env_id,
@@ -197,8 +199,8 @@ def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, starte
         "complete": done == cfg.episodes,
         "seeds": [cfg.seed + i for i in range(done)],
         "success_rate": float(np.mean([r["success"] for r in results])) if done else None,
-        "dist_mean": float(np.mean([r["dist"] for r in results])) if done else None,
-        "dist_std": float(np.std([r["dist"] for r in results])) if done else None,
+        "dist_mean": float(np.mean(dists)) if dists else None,
+        "dist_std": float(np.std(dists)) if dists else None,
         "wall_s_per_episode": float(np.mean([r["wall_s"] for r in results])) if done else None,
         "wall_s_per_episode_max": float(max(r["wall_s"] for r in results)) if done else None,
         "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in results])) if done else None,
@@ -222,7 +224,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
           + ("" if metrics["complete"] else f" of {metrics['episodes_requested']} (interrupted)"))
     rows = [
         ("success rate", f"{metrics['success_rate']:.0%} ({successes}/{done})"),
-        ("Dist (m, mean ± std)", f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f}"),
+        ("Dist (m, mean ± std)", "-" if metrics["dist_mean"] is None
+         else f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f}"),
         ("wall time per episode",
          f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s)"),
     ]
@@ -277,7 +280,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             metrics = summarize(cfg, results, env_id, started)
             _write_json(out / METRICS_FILE, metrics)
             bar.set_postfix(success=f"{sum(r['success'] for r in results)}/{len(results)}",
-                            dist=f"{metrics['dist_mean']:.3f}", wall=f"{result['wall_s']:.0f}s")
+                            dist=f"{metrics['dist_mean'] or 0:.3f}", wall=f"{result['wall_s']:.0f}s")
         bar.close()
     finally:
         if metrics:
