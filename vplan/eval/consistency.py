@@ -56,7 +56,10 @@ class EvalConsistencyConfig:
         default="shipped:tabletop/worldmodel",
         metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel)."},
     )
-    episodes: int = field(default=1, metadata={"help": "Episodes (scenario seeds); every table figure is their mean."})
+    episodes: int = field(
+        default=2,
+        metadata={"help": "Episodes (scenario seeds); every table figure is their mean."},
+    )
     seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
     chunks: int = field(
         default=32, metadata={"help": "Chunks generated per episode (the paper's long horizon: >= 32)."}
@@ -178,6 +181,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     scenario_fn = revisit_scenario_for(env)
     path = resolve_checkpoint(cfg.checkpoint)
     model = WorldModel.from_pretrained(path)
+    fingerprint = checkpoint_fingerprint(path)  # now: the files may be replaced while the rollouts run
     size = model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the checkpoint's frames are {size}x{size}, the env's {cfg.env.image_size}; "
@@ -245,7 +249,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     metrics = {
         "checkpoint": cfg.checkpoint,
         "checkpoint_path": str(path),
-        "checkpoint_sha256": checkpoint_fingerprint(path),
+        "checkpoint_sha256": fingerprint,
         "env": env,
         "episodes": cfg.episodes,
         "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
