@@ -214,7 +214,9 @@ class VideoPlanningAgent:
 
     # -- the episode ------------------------------------------------------------------------------------------
 
-    def reset(self, instruction: str, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None) -> Plan:
+    def reset(
+        self, instruction: str, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None
+    ) -> Plan:
         """Start an episode from the env's first `obs` and `info`: forget the last episode's memory, plan the
         subgoals, and take the first frame as context. Returns the plan (also `agent.plan`)."""
         if not isinstance(instruction, str) or not instruction.strip():
@@ -264,6 +266,7 @@ class VideoPlanningAgent:
             if self._subgoal_index >= len(self._plan.subgoals):
                 self.done = True
                 self.expected_frame = None
+                self._returned_at = time.perf_counter()
                 return self.idle_action.copy()
             chunk = self._imagine(chunk)
         if self.config.actions_from == "observed" and chunk.executed > 0:
