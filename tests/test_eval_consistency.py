@@ -29,8 +29,8 @@ CONTEXT, CHUNK = 4, 16
 # One cube at 16x16: the take returns to its start after ~50-65 frames (seed 10000: frame 51), so 4 chunks of 16
 # after 4 context frames (68 frames) hold a revisit. Few long chunks: a tiny UNet's cost is per call.
 CHUNKS = 4
-OVERRIDES = [f"env.image_size={SIZE}", "env.num_cubes=1", f"chunks={CHUNKS}", "threads=1", "temp_lora.rank=4",
-             "temp_lora.lr=0.01"]  # an untrained tiny model: a large step, so one update shows in the frames
+OVERRIDES = [f"env.image_size={SIZE}", "env.num_cubes=1", f"chunks={CHUNKS}", "episodes=1", "threads=1",
+             "temp_lora.rank=4", "temp_lora.lr=0.01"]  # an untrained tiny model: a large step shows in the frames
 TASK = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
 
 
@@ -91,7 +91,7 @@ def test_temp_lora_learns_from_the_observed_frames_when_asked(tiny_checkpoint, t
     runs = {}
     for update_on in ("imagined", "observed"):
         lora = MemoryConfig(kind="temp_lora", rank=4, lr=0.01, update_on=update_on)
-        cfg = EvalConsistencyConfig(env=env, task=TASK, checkpoint=str(tiny_checkpoint), chunks=CHUNKS,
+        cfg = EvalConsistencyConfig(env=env, task=TASK, checkpoint=str(tiny_checkpoint), chunks=CHUNKS, episodes=1,
                                     modes=["temp_lora"], temp_lora=lora, threads=1, video_episodes=0,
                                     out=str(tmp_path / update_on))
         (episode,) = evaluate_consistency(cfg)["modes"]["temp_lora"]["episodes"]
