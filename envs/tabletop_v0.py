@@ -109,8 +109,11 @@ class TabletopEnv(gym.Env):
     `cube_names` (colours in cube order), `spot_names` (left to right), `cube_poses` and `start_poses`
     ((n, 7): position and wxyz quaternion), `spot_positions` (n, 3), `gripper_pos`, `gripper_opening`,
     `grasped` (the cube touching both finger pads, or -1), `phase`, `displaced` and `returned` (n bools),
-    `success`, `dist` (the mean distance of the cubes to their starts, the paper's "Dist") and
-    `environment_state` (the cube positions, flat float32).
+    `success`, `dist` (the mean distance of the cubes to their starts, the paper's "Dist"),
+    `environment_state` (the cube positions, flat float32) and `applied_action` (float32 (4,): what the last
+    step did with its action, the displacement the workspace let through in action units and the grip as ±1;
+    zeros after a reset). The applied action is what the frames can show: a push into the workspace's edge
+    moves nothing, so inverse dynamics trains on it (vplan/loop/idm.py).
 
     ## Episode End
     The phase is `"displace"` until every cube is at least `displace_distance` from its start and not
@@ -174,6 +177,7 @@ class TabletopEnv(gym.Env):
         self._start_poses = np.zeros((n, 7))
         self._spot_positions = np.zeros((n, 3))
         self._phase = "displace"
+        self._applied = np.zeros(4)  # the action the last step applied (info["applied_action"])
         self._front = np.zeros((size, size, 3), np.uint8)
 
     def reset(
@@ -202,15 +206,19 @@ class TabletopEnv(gym.Env):
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # let the cubes settle on the table
         self._start_poses = self._cube_poses()
         self._phase = "displace"
+        self._applied = np.zeros(4)
         info = self._get_info()
         return self._get_obs(), info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        target = self.data.mocap_pos[0] + action[:3] * self.config.max_delta
+        previous = self.data.mocap_pos[0].copy()
+        target = previous + action[:3] * self.config.max_delta
         self.data.mocap_pos[0] = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
-        self.data.ctrl[:] = 0.0 if action[3] > 0 else FINGER_OPEN
+        close = action[3] > 0
+        self.data.ctrl[:] = 0.0 if close else FINGER_OPEN
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self._applied = np.append((self.data.mocap_pos[0] - previous) / self.config.max_delta, 1.0 if close else -1.0)
 
         info = self._get_info()
         if self._phase == "displace" and info["displaced"].all():
@@ -285,6 +293,7 @@ class TabletopEnv(gym.Env):
             "success": success,
             "dist": float(distance.mean()),
             "environment_state": poses[:, :3].flatten().astype(np.float32),
+            "applied_action": self._applied.astype(np.float32),
         }
 
 

@@ -17,7 +17,7 @@ from vplan.envs.tabletop_v0 import COLOURS, TabletopConfig, TabletopEnv
 SIZE = 16  # small images keep the tests fast; the physics is the same at any size
 INFO_KEYS = {
     "cube_names", "spot_names", "cube_poses", "start_poses", "spot_positions", "gripper_pos", "gripper_opening",
-    "grasped", "phase", "displaced", "returned", "success", "dist", "environment_state",
+    "grasped", "phase", "displaced", "returned", "success", "dist", "environment_state", "applied_action",
 }  # fmt: skip
 
 
@@ -155,6 +155,17 @@ def test_actions_move_the_gripper_within_the_workspace(env):
         *_, info = env.step(np.array([0, 0, -1, -1], np.float32))
     assert info["gripper_opening"] > 0.075
     assert info["gripper_pos"][2] > 0.0  # clipped above the table
+
+
+def test_info_holds_the_action_as_applied_inside_the_workspace(env):
+    _, info = env.reset(seed=0)
+    assert np.array_equal(info["applied_action"], np.zeros(4, np.float32))
+    *_, info = env.step(np.array([0.5, -0.25, 2.0, 0.3], np.float32))  # dz clipped to 1 like every action
+    np.testing.assert_allclose(info["applied_action"], [0.5, -0.25, 1.0, 1.0], atol=1e-6)
+    assert info["applied_action"].dtype == np.float32
+    for _ in range(20):  # up to the workspace's ceiling, then no further
+        *_, info = env.step(np.array([0.0, 0.0, 1.0, -0.5], np.float32))
+    np.testing.assert_allclose(info["applied_action"], [0.0, 0.0, 0.0, -1.0], atol=1e-6)
 
 
 def _place_cubes(env: TabletopEnv, positions: np.ndarray) -> None:

@@ -5,6 +5,7 @@ OBS_IMAGE_WRIST = "observation.images.wrist"
 OBS_STATE = "observation.state"  # the robot's own state: gripper xyz + opening
 OBS_ENV_STATE = "observation.environment_state"  # privileged object state: cube positions
 ACTION = "action"
+ACTION_APPLIED = "action.applied"  # what the env did with the action (its info["applied_action"]), if it says
 SUBGOAL = "subgoal"  # per-frame language action (LeRobot's per-frame "task")
 SUCCESS = "next.success"
 REWARD = "next.reward"

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from vplan.constants import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
+from vplan.constants import ACTION, ACTION_APPLIED, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import UsageError
 from vplan.tasks import TaskConfig
@@ -65,6 +65,8 @@ def dataset_features(env: gym.Env, info: dict[str, Any]) -> dict[str, dict[str, 
         features[ACTION] = {"dtype": "int64", "shape": [1], "names": None}
     else:
         features[ACTION] = {"dtype": "float32", "shape": list(env.action_space.shape), "names": None}
+    if "applied_action" in info:  # the action as the env applied it (inverse dynamics trains on it)
+        features[ACTION_APPLIED] = {"dtype": "float32", "shape": list(info["applied_action"].shape), "names": None}
     features[REWARD] = {"dtype": "float32", "shape": [1], "names": None}
     features[SUCCESS] = {"dtype": "bool", "shape": [1], "names": None}
     features[DONE] = {"dtype": "bool", "shape": [1], "names": None}
@@ -88,6 +90,8 @@ def rollout_expert(env: gym.Env, expert: Any, seed: int) -> tuple[dict[str, np.n
         obs, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
         frame.update({REWARD: np.float32(reward), SUCCESS: bool(info["success"]), DONE: done})
+        if "applied_action" in info:
+            frame[ACTION_APPLIED] = info["applied_action"]
         for key, value in frame.items():
             columns.setdefault(key, []).append(value)
     frames = {key: np.stack([np.asarray(v) for v in values]) for key, values in columns.items()}
