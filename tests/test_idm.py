@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from vplan.data import EpisodeDataset
 from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
 from vplan.errors import UsageError
-from vplan.loop.idm import Episode, IDMTrainConfig, IDMTraining, error_report, evenly_spaced
+from vplan.loop.idm import Episode, IDMTrainConfig, IDMTraining, error_report, evenly_spaced, load_episodes
 from vplan.loop.train import TrainConfig, train_component
 from vplan.loop.trainer import OptimConfig
 from vplan.policies.idm import IDMConfig, IDMInputError, IDMPolicy, windows
@@ -103,7 +104,7 @@ def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsy
                       out=str(tmp_path / "idm"), holdout_episodes=1)
     final = train_component(cfg)
     metrics = json.loads((final / "metrics.json").read_text())
-    assert set(metrics) == {"held_out_episodes", "real"}
+    assert set(metrics) == {"label", "held_out_episodes", "real"} and metrics["label"] == "applied"
     assert "VAE frames" not in capsys.readouterr().out
     assert IDMPolicy.from_pretrained(final).config == idm
 
@@ -132,6 +133,24 @@ def test_what_does_not_fit_is_a_usage_error(tiny_dataset: Path, tiny_vae: Path, 
     cfg = TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "out"), holdout_episodes=1)
     with pytest.raises(UsageError, match=re.escape(expected)):
         train_component(cfg)
+
+
+def test_labels_are_the_applied_actions_unless_asked(tiny_dataset: Path) -> None:
+    dataset = EpisodeDataset(tiny_dataset)
+    data = dataset.episode(0)
+    config = IDMConfig.tiny()
+    (applied,) = load_episodes(dataset, [0], config, None, set())
+    (commanded,) = load_episodes(dataset, [0], config, None, set(), label="commanded")
+    assert torch.equal(applied.actions, torch.from_numpy(np.array(data["action.applied"])))
+    assert torch.equal(commanded.actions, torch.from_numpy(np.array(data["action"])))
+    # inside the workspace the env applies what was commanded (clipped to [-1, 1]); the grip becomes ±1
+    torch.testing.assert_close(applied.actions[:3, :3], commanded.actions[:3, :3].clamp(-1, 1))
+    assert set(applied.actions[:, 3].tolist()) <= {-1.0, 1.0}
+    older = SimpleNamespace(root=tiny_dataset, info={"features": {"action": {}}})  # collected before action.applied
+    with pytest.raises(UsageError, match="component.label=commanded"):
+        load_episodes(older, [0], config, None, set())
+    with pytest.raises(ValueError, match="label: expected one of"):
+        IDMTrainConfig(label="intended")
 
 
 def test_batches_mix_real_and_reconstructed_transitions() -> None:

@@ -11,6 +11,11 @@ error of each continuous action dimension (action units: 1 is the env's full ste
 accuracy, next to a baseline that always predicts the training transitions' mean action. They are printed and
 written to `<out>/final/metrics.json`.
 
+The IDM learns to read the action the env applied (`component.label=applied`, the dataset's `action.applied`),
+not the one commanded: the tabletop clips the gripper's target to its workspace, so a push into the edge moves
+nothing and no frame can show it (the expert, stuck reaching a cube outside the workspace, pushes for hundreds
+of steps). `component.label=commanded` trains on the recorded `action` instead.
+
 The IDM learns what the data shows. A dataset of the expert alone (`vplan collect` without `explore_fraction=`
 or `noise_std=`) only holds the expert's actions in the expert's states; collect with
 `explore_fraction=0.2 noise_std=0.05` so that it also sees random motions.
@@ -26,12 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vplan.constants import ACTION, OBS_IMAGE_FRONT
+from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT
 from vplan.errors import UsageError
 from vplan.loop.trainer import OptimConfig, train
 from vplan.policies.idm import IDMConfig, IDMPolicy, windows
 
 METRICS_FILE = "metrics.json"
+LABELS = {"applied": ACTION_APPLIED, "commanded": ACTION}  # component.label -> the dataset feature it reads
 
 
 @dataclass
@@ -52,6 +58,11 @@ class IDMTrainConfig:
         metadata={"help": "Trained VAE (`vplan train component=vae`) whose reconstructions the IDM also trains "
                   "on; null: real frames only."},
     )
+    label: str = field(
+        default="applied",
+        metadata={"help": "The action the IDM learns to read: `applied` (the dataset's `action.applied`, what the "
+                  "env did: pushes into the workspace's edge move nothing) or `commanded` (the recorded `action`)."},
+    )
     vae_fraction: float = field(
         default=0.5, metadata={"help": "Share of training samples taken from VAE-reconstructed transitions."}
     )
@@ -67,6 +78,8 @@ class IDMTrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"label: expected one of {sorted(LABELS)}, got {self.label!r}")
         if not 0.0 <= self.vae_fraction <= 1.0:
             raise ValueError(f"vae_fraction: expected a share in [0, 1], got {self.vae_fraction}")
         if self.vae_episodes < 1:
@@ -132,19 +145,29 @@ def evenly_spaced(items: list[int], count: int) -> list[int]:
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
-def load_episodes(dataset: Any, indices: list[int], config: IDMConfig, vae: Any, reconstruct: set[int]) -> list[Episode]:
-    """The episodes' frames and actions, checked against the IDM; those in `reconstruct` also through `vae`."""
+def load_episodes(
+    dataset: Any, indices: list[int], config: IDMConfig, vae: Any, reconstruct: set[int], label: str = "applied"
+) -> list[Episode]:
+    """The episodes' frames and actions (`label`: applied or commanded), checked against the IDM; those in
+    `reconstruct` also through `vae`."""
     from tqdm import tqdm
 
     from vplan.worldmodel.vae import decode_latents, encode_frames
 
+    key = LABELS[label]
+    if key not in dataset.info["features"]:
+        raise UsageError(
+            f"{dataset.root} has no {key!r} feature (collected before the env reported the applied action, or "
+            f"from an env that does not); collect it again, or train on the recorded actions with "
+            f"component.label=commanded"
+        )
     episodes = []
     todo = [i for i in indices if i in reconstruct]
     bar = tqdm(total=len(todo), desc="frames through the VAE", unit="episode", disable=not todo)
     for index in indices:
         data = dataset.episode(index)
         frames = torch.from_numpy(np.array(data[OBS_IMAGE_FRONT]))
-        actions = torch.from_numpy(np.array(data[ACTION], dtype=np.float32))
+        actions = torch.from_numpy(np.array(data[key], dtype=np.float32))
         if tuple(frames.shape[1:3]) != (config.image_size,) * 2:
             raise UsageError(
                 f"the dataset's frames are {frames.shape[1]}x{frames.shape[2]}; this IDM is for "
@@ -221,20 +244,25 @@ def train_idm(
             f"{config.idm.image_size}x{config.idm.image_size}"
         )
     reconstruct = set(evenly_spaced(train_episodes, config.vae_episodes) + held_out) if vae is not None else set()
-    episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct)
-    test = load_episodes(dataset, held_out, config.idm, vae, reconstruct)
+    episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
+    test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
     training = IDMTraining(config, episodes)
     train(training, config.optim, out, "train idm")
     policy = training.module.eval()
     mean_action = torch.cat([e.actions[:-1] for e in episodes]).mean(0)
-    metrics: dict[str, Any] = {"held_out_episodes": held_out, "real": evaluate(policy, test, mean_action, False)}
+    metrics: dict[str, Any] = {
+        "label": config.label,
+        "held_out_episodes": held_out,
+        "real": evaluate(policy, test, mean_action, False),
+    }
     if vae is not None:
         metrics["vae"] = evaluate(policy, test, mean_action, True)
     final = out / "final"
     policy.save_pretrained(final)
     (final / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     lines = [f"IDM written to {final}; held-out error on {metrics['real']['transitions']} transitions of "
-             f"{len(held_out)} episodes (action units; baseline: always the training mean action):"]
+             f"{len(held_out)} episodes ({config.label} actions, in action units; baseline: always the training mean "
+             "action):"]
     lines.append(_line("real frames", metrics["real"]))
     if vae is not None:
         lines.append(_line("VAE frames ", metrics["vae"]))
