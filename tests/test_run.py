@@ -135,6 +135,8 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
         ([f"worldmodel={worldmodel}", "idm=shipped:tabletop/nothing"], "no shipped checkpoint 'tabletop/nothing'",
          "pass idm=DIR"),
         ([f"worldmodel={worldmodel}", f"idm={idm}", "env.image_size=32"], "set env.image_size=64", ""),
+        ([f"worldmodel={worldmodel}", f"idm={idm}", "env=blockworld"], "predicts actions of shape (4,), the env "
+         "takes ()", "pass worldmodel=DIR and idm=DIR trained on this env's episodes"),
     ]
     for args, first, second in cases:
         with pytest.raises(SystemExit) as exit_info:

@@ -260,8 +260,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         agent = _load_agent(cfg)
         env = make_env(cfg.env)
         if tuple(env.action_space.shape) != agent.action_space.shape:
-            raise UsageError(f"the IDM predicts actions of shape {agent.action_space.shape}, the env takes "
-                             f"{tuple(env.action_space.shape)}; pass an idm trained on this env")
+            raise UsageError(f"idm={cfg.idm} predicts actions of shape {agent.action_space.shape}, the env takes "
+                             f"{tuple(env.action_space.shape)}; pass worldmodel=DIR and idm=DIR trained on this "
+                             "env's episodes (the shipped ones are the tabletop's)")
         env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         fps = int(env.metadata.get("render_fps", 10))
         out.mkdir(parents=True, exist_ok=True)
