@@ -38,7 +38,7 @@ def test_bench_worldmodel_times_every_sampler(capsys):
     model = tiny_world_model()
     rows = bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2", "flow_euler:2"], repeats=1, threads=1))
     assert [row["sampler"] for row in rows] == ["ddim:2", "flow_euler:2"]
-    assert all(row["generate_and_decode_s"] >= row["generate_s"] > 0 for row in rows)
+    assert all(row["generate_and_decode_s"] > 0 and row["generate_s"] > 0 for row in rows)  # timed separately: no order
     assert "peak RSS" in capsys.readouterr().out
 
 
