@@ -370,3 +370,16 @@ def test_it_learns_to_read_motion_and_grip() -> None:
     assert report["mae"][0] < 0.5 * report["baseline_mae"][0], report
     assert report["mae"][1] < 0.5 * report["baseline_mae"][1], report
     assert report["grip_accuracy"] > 0.95, report
+
+
+def test_the_shipped_tabletop_idm_loads_and_reads_a_chunk() -> None:
+    """`shipped:tabletop/idm` (package data) is the tabletop's IDM: 64×64 frames in, 4-d actions out."""
+    from vplan.shipped import shipped_names
+
+    assert "tabletop/idm" in shipped_names()
+    policy = IDMPolicy.from_pretrained("shipped:tabletop/idm")
+    assert not policy.training and policy.config.image_size == 64 and policy.config.action_dim == 4
+    frames = torch.randint(0, 256, (9, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    actions = policy.actions_for_chunk(frames)
+    assert actions.shape == (8, 4) and actions.abs().max() <= 1.0
+    assert set(actions[:, 3].tolist()) <= {-1.0, 1.0}
