@@ -15,10 +15,10 @@ while not agent.done:
 
 Per chunk, inside `act` when the previous chunk's actions are used up: wait for the memory's update still in
 flight, imagine the next `chunk_frames` frames for the current subgoal from the real frames so far
-(`EpisodicMemory.generate`), decode them, start the memory's update on the imagined chunk on its worker
-thread (it runs while the chunk executes; `memory.update_on=observed` learns from the executed frames
-instead, after the chunk), and read the chunk's actions off the frames with the IDM (the last real frame,
-then the imagined ones). Each later `act` returns the next action and compares the frame it got with the
+(`EpisodicMemory.generate`), start the memory's update on the imagined latents on its worker thread (it
+runs while the chunk is decoded, read and executed; `memory.update_on=observed` learns from the executed
+frames instead, after the chunk), decode the chunk, and read its actions off the frames with the IDM (the
+last real frame, then the imagined ones). Each later `act` returns the next action and compares the frame it got with the
 frame the world model imagined there. The observed frames, encoded, are the next chunk's context. With
 `actions_from=observed` each action after the chunk's first is read again at its step, from the real frame
 towards the next imagined one (closed loop: a lagging gripper is steered back onto the imagined path).
@@ -456,11 +456,11 @@ class VideoPlanningAgent:
         self._wait_memory()
         start = time.perf_counter()
         latents = self.memory.generate(self._history, [subgoal.text], generator=self._generator)
-        frames = self.world_model.decode(latents)[0].numpy()
-        self.timings["generation"] += time.perf_counter() - start
         if self.memory.config.update_on == "imagined":
-            # learns on the worker while this chunk executes; the next generation waits for it
+            # learns on the worker while this chunk is decoded, read and executed; the next generation waits
             self.memory.update_async(self._history[:, -self.world_model.config.chunk_frames :], latents)
+        frames = self.world_model.decode(latents)[0].numpy()  # the VAE: untouched by the memory's update
+        self.timings["generation"] += time.perf_counter() - start
         start = time.perf_counter()
         window = np.concatenate([np.stack(self._recent), frames])
         actions = self.idm.actions_for_chunk(window, context=len(self._recent)).numpy()

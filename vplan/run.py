@@ -186,6 +186,7 @@ def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, starte
     """metrics.json: the run's figures over the finished episodes."""
     done = len(results)
     dists = [r["dist"] for r in results if r["dist"] is not None]  # the env's info["dist"], where it has one
+    phased = [r for r in results if r["phase"] is not None]
     stage_means = {s: float(np.mean([r["stages_s"][s] for r in results])) if done else 0.0 for s in STAGES}
     return {
         "env": env_id,
@@ -201,6 +202,8 @@ def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, starte
         "success_rate": float(np.mean([r["success"] for r in results])) if done else None,
         "dist_mean": float(np.mean(dists)) if dists else None,
         "dist_std": float(np.std(dists)) if dists else None,
+        # Dist alone flatters an agent that never moves the cubes: how many episodes got to the return phase
+        "return_phase_rate": float(np.mean([r["phase"] == "return" for r in phased])) if phased else None,
         "wall_s_per_episode": float(np.mean([r["wall_s"] for r in results])) if done else None,
         "wall_s_per_episode_max": float(max(r["wall_s"] for r in results)) if done else None,
         "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in results])) if done else None,
@@ -232,6 +235,9 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     for stage, seconds in metrics["stages_s_per_episode"].items():
         note = " (on the worker, overlapped)" if stage == "memory_update" else ""
         rows.append((f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s{note}"))
+    if metrics["return_phase_rate"] is not None:
+        returned = sum(r["phase"] == "return" for r in metrics["episodes"])
+        rows.insert(2, ("reached the return phase", f"{metrics['return_phase_rate']:.0%} ({returned}/{done})"))
     rows.append(("CPU time per episode", f"{metrics['cpu_s_per_episode']:.1f} s (all threads; the wall time "
                  "above includes waiting for the CPU on a busy machine)"))
     rows.append(("peak RSS", f"{metrics['peak_rss_mb']:.0f} MB"))
