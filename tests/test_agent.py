@@ -336,3 +336,16 @@ def test_the_readme_agent_loop_runs(tmp_path, monkeypatch, capsys):
     assert agent.done and stats["chunks"] == 1 + sum(stats["replans"].values())  # a random model drifts
     assert CHUNK <= stats["steps"] <= CHUNK * stats["chunks"]  # the last chunk runs whole
     assert "success" in capsys.readouterr().out
+
+
+def test_the_shipped_checkpoints_drive_the_agent(env):
+    agent = VideoPlanningAgent.from_pretrained(memory=MemoryConfig(kind="none"), config=AgentConfig(**NO_REPLAN))
+    obs, info = env.reset(seed=10000)
+    plan = agent.reset(TaskConfig.preset("return_cubes").instruction, obs, info)
+    assert plan.source == "offline" and len(plan.subgoals) == 12  # three cubes: pick, place, pick, return each
+    for _ in range(CHUNK + 1):
+        action = agent.act(obs, info)
+        assert agent.action_space.contains(action) and env.action_space.contains(action)
+        obs, *_, info = env.step(action)
+    assert agent.stats()["chunks"] == 2 and agent.imagined.shape == (CHUNK, 64, 64, 3)
+    agent.close()
