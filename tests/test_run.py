@@ -13,6 +13,8 @@ from tiny_agent import IMAGE, save_tiny_checkpoints
 
 from vplan.agent import STAGES, VideoPlanningAgent
 from vplan.cli import COMMANDS, build_config, compose_config, main
+from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT, OBS_STATE, SUBGOAL
+from vplan.data import EpisodeDataset
 from vplan.run import RunConfig
 from vplan.utils.import_utils import is_package_available
 
@@ -94,6 +96,21 @@ def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["seeds"] == [20000]
 
 
+def test_record_writes_the_executed_episodes_as_a_dataset(checkpoints, tmp_path):
+    out = tmp_path / "recorded"
+    main(run_args(checkpoints, out, "episodes=2", "memory=none", "video=false", "record=true"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = EpisodeDataset(out / "episodes")
+    assert dataset.num_episodes == 2 and dataset.num_frames == 2 * STEPS
+    for index, result in enumerate(metrics["episodes"]):
+        episode = dataset.episode(index)
+        assert episode[OBS_IMAGE_FRONT].shape == (STEPS, IMAGE, IMAGE, 3) and episode[ACTION].shape == (STEPS, 4)
+        assert set(episode[SUBGOAL]) == {result["plan"]["subgoals"][0]["text"]}  # one chunk of the first subgoal
+        meta = dataset.episode_meta(index)
+        assert (meta["seed"], meta["success"], meta["steps"]) == (result["seed"], result["success"], STEPS)
+    assert {OBS_IMAGE_FRONT, OBS_STATE, ACTION, ACTION_APPLIED} <= set(dataset.features)  # as `vplan collect`
+
+
 def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatch, capsys):
     act = VideoPlanningAgent.act
     calls = {"n": 0}
@@ -107,8 +124,9 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
     monkeypatch.setattr(VideoPlanningAgent, "act", act_then_interrupt)
     out = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as exit_info:
-        main(run_args(checkpoints, out, "episodes=3", "memory=none"))
+        main(run_args(checkpoints, out, "episodes=3", "memory=none", "record=true"))
     assert exit_info.value.code == 130
+    assert EpisodeDataset(out / "episodes").num_episodes == 1  # the recorded dataset keeps the finished episode
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["episodes_done"] == 1 and not metrics["complete"] and metrics["episodes_requested"] == 3
     assert [e["seed"] for e in metrics["episodes"]] == [10000]

@@ -4,7 +4,9 @@ episode on held-out seeds, and a run directory records how it went.
 The run directory (`out`, by default `runs/<task>-<memory>-<time>`) holds `config.yaml` (the resolved config,
 secrets redacted), `metrics.json` (success rate, mean Dist, per-episode results, wall time per stage, peak
 RSS; rewritten after every episode, so an interrupted run keeps the episodes it finished) and one MP4 per
-episode with the imagined frame (left) next to the executed one (right) at every step.
+episode with the imagined frame (left) next to the executed one (right) at every step. With `record=true`
+it also holds `episodes/`: the executed episodes as a dataset in `vplan collect`'s format (each step labelled
+with the subgoal the agent was imagining), ready for `vplan train` or `vplan finetune data=<out>/episodes`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.agent import STAGES, AgentConfig
+from vplan.data.collect import EpisodeRecorder
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig, redact_secrets
 from vplan.tasks import TaskConfig
 
 METRICS_FILE = "metrics.json"
+EPISODES_DIR = "episodes"
 CONFIG_FILE = "config.yaml"
 SEPARATOR_PX = 2  # white columns between the imagined and the executed frame in the videos
 
@@ -60,6 +64,9 @@ class RunConfig:
     )
     overwrite: bool = field(default=False, metadata={"help": "Allow an `out` that already holds a run."})
     video: bool = field(default=True, metadata={"help": "Write an MP4 per episode (imagined | executed)."})
+    record: bool = field(
+        default=False, metadata={"help": "Also write the episodes as a dataset in <out>/episodes (to finetune on)."}
+    )
     threads: int = field(default=2, metadata={"help": "torch threads (the memory's worker shares them)."})
 
     def __post_init__(self) -> None:
@@ -141,8 +148,11 @@ def _load_agent(cfg: RunConfig) -> Any:
         raise UsageError(str(err)) from None
 
 
-def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) -> dict[str, Any]:
-    """One episode of `agent` in `env`: its result, timings, and the imagined and executed frames."""
+def run_episode(
+    env: Any, agent: Any, instruction: str, seed: int, camera: str, recorder: EpisodeRecorder | None = None
+) -> dict[str, Any]:
+    """One episode of `agent` in `env`: its result, timings, and the imagined and executed frames (and, given a
+    recorder, every step in the dataset format)."""
     start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)
     agent.reset(instruction, obs, info, seed=seed)
@@ -152,7 +162,10 @@ def run_episode(env: Any, agent: Any, instruction: str, seed: int, camera: str) 
         action = agent.act(obs, info)
         if agent.done:
             break
-        obs, _, terminated, truncated, info = env.step(action)
+        next_obs, reward, terminated, truncated, next_info = env.step(action)
+        if recorder is not None:
+            recorder.add(obs, info, action, agent.chunk.text, reward, next_info, terminated or truncated)
+        obs, info = next_obs, next_info
         imagined.append(agent.expected_frame)
         executed.append(obs[camera])
         if terminated or truncated:
@@ -247,6 +260,20 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     print(f"run directory: {out}")
 
 
+def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
+    """The dataset the executed episodes go to (`record=true`), with the features of `env`."""
+    from vplan.data.collect import dataset_features
+    from vplan.data.lerobot_format import DatasetError, EpisodeWriter
+
+    _, info = env.reset(seed=cfg.seed)
+    try:
+        return EpisodeWriter.create_or_resume(out / EPISODES_DIR, fps=int(env.metadata.get("render_fps", 10)),
+                                              features=dataset_features(env, info),
+                                              robot_type=f"vplan_{cfg.task.env}", resume=False)
+    except DatasetError as error:
+        raise UsageError(f"record=true: {error}; choose another out=DIR") from None
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run `cfg.episodes` episodes of the agent; write the run directory; print a summary table."""
     import torch
@@ -259,7 +286,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    agent = env = None
+    agent = env = writer = None
     results: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
     try:
@@ -275,10 +302,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(redact_secrets(asdict(cfg)))))
         metrics = summarize(cfg, results, env_id, started)
         _write_json(out / METRICS_FILE, metrics)
+        writer = _episode_writer(cfg, env, out) if cfg.record else None
         bar = tqdm(range(cfg.episodes), desc=f"run ({cfg.memory.kind})", unit="episode")
         for i in bar:
-            episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
+            recorder = EpisodeRecorder() if writer is not None else None
+            episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder)
             result = episode["result"]
+            if writer is not None and recorder.subgoals:  # an episode the agent ended before any step has no rows
+                writer.add_episode(recorder.frames(), recorder.subgoals, extra={
+                    "instruction": cfg.task.instruction, "seed": result["seed"], "success": result["success"],
+                    "dist": float("nan") if result["dist"] is None else result["dist"], "steps": result["steps"]})
             if cfg.video:
                 name = f"episode_{i:03d}_seed{result['seed']}.mp4"
                 _write_video(out / name, episode["imagined"], episode["executed"], fps)
@@ -290,6 +323,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                             dist=f"{metrics['dist_mean'] or 0:.3f}", wall=f"{result['wall_s']:.0f}s")
         bar.close()
     finally:
+        if writer is not None:
+            writer.close()
         if metrics:
             _print_summary(metrics, out)
         if env is not None:

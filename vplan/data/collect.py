@@ -73,30 +73,54 @@ def dataset_features(env: gym.Env, info: dict[str, Any]) -> dict[str, dict[str, 
     return features
 
 
-def rollout_expert(env: gym.Env, expert: Any, seed: int) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
-    """One expert episode: per-frame arrays (observation at t, action at t, its outcome), subgoals, summary."""
-    obs, info = env.reset(seed=seed)
-    expert.reset(info, seed=seed)
-    columns: dict[str, list[Any]] = {}
-    subgoals: list[str] = []
-    done = False
-    while not done:
-        action = expert.select_action(obs, info)
+class EpisodeRecorder:
+    """One episode's rows in the dataset format, step by step: the observation at t, the action taken at t,
+    its outcome (reward, success, done, the applied action) and the subgoal text the step served.
+
+    Shared by the expert's rollouts (`vplan collect`) and the agent's (`vplan run record=true`), so both write
+    the same dataset.
+    """
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {}
+        self.subgoals: list[str] = []
+
+    def add(
+        self, obs: dict[str, Any], info: dict[str, Any], action: Any, subgoal: str,
+        reward: float, next_info: dict[str, Any], done: bool,
+    ) -> None:
+        """One step: `obs`/`info` before it, `reward`/`next_info`/`done` after it."""
         frame = {IMAGE_FEATURE.format(camera=k): v for k, v in obs.items() if k != "agent_pos"}
         frame[OBS_STATE] = obs["agent_pos"]
         frame[OBS_ENV_STATE] = info["environment_state"]
         frame[ACTION] = action
-        subgoals.append(expert.subgoal)
-        obs, reward, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-        frame.update({REWARD: np.float32(reward), SUCCESS: bool(info["success"]), DONE: done})
-        if "applied_action" in info:
-            frame[ACTION_APPLIED] = info["applied_action"]
+        frame.update({REWARD: np.float32(reward), SUCCESS: bool(next_info["success"]), DONE: done})
+        if "applied_action" in next_info:
+            frame[ACTION_APPLIED] = next_info["applied_action"]
         for key, value in frame.items():
-            columns.setdefault(key, []).append(value)
-    frames = {key: np.stack([np.asarray(v) for v in values]) for key, values in columns.items()}
-    summary = {"seed": seed, "success": bool(info["success"]), "dist": float(info["dist"]), "steps": len(subgoals)}
-    return frames, subgoals, summary
+            self.columns.setdefault(key, []).append(value)
+        self.subgoals.append(subgoal)
+
+    def frames(self) -> dict[str, np.ndarray]:
+        """Per-feature arrays with one row per step (what `EpisodeWriter.add_episode` takes)."""
+        return {key: np.stack([np.asarray(v) for v in values]) for key, values in self.columns.items()}
+
+
+def rollout_expert(env: gym.Env, expert: Any, seed: int) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
+    """One expert episode: per-frame arrays (observation at t, action at t, its outcome), subgoals, summary."""
+    obs, info = env.reset(seed=seed)
+    expert.reset(info, seed=seed)
+    recorder = EpisodeRecorder()
+    done = False
+    while not done:
+        action = expert.select_action(obs, info)
+        subgoal = expert.subgoal
+        next_obs, reward, terminated, truncated, next_info = env.step(action)
+        done = terminated or truncated
+        recorder.add(obs, info, action, subgoal, reward, next_info, done)
+        obs, info = next_obs, next_info
+    summary = {"seed": seed, "success": bool(info["success"]), "dist": float(info["dist"]), "steps": len(recorder.subgoals)}
+    return recorder.frames(), recorder.subgoals, summary
 
 
 def collect(cfg: CollectConfig) -> Path:
