@@ -29,6 +29,15 @@ TINY_WORLD_MODEL = [
     "component.model.vae.image_size=16",
 ]
 
+TINY_MODEL = {
+    "unet": {"block_out_channels": [8, 16], "norm_num_groups": 4, "attention_head_dim": 4, "sample_size": 8,
+             "cross_attention_dim": 32},
+    "text_encoder": {"kind": "learned", "dim": 32, "vocab_buckets": 64},
+    "vae": {"block_out_channels": [8, 16], "norm_num_groups": 4, "image_size": 16},
+    "context_frames": 2,
+    "chunk_frames": 2,
+}
+
 
 def vplan_train(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "vplan.cli", "train", *args]
@@ -74,3 +83,23 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={tmp_path / 'novae'}", *TINY_WORLD_MODEL)
     assert result.returncode == 2
     assert "no trained VAE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
+    from vplan.loop.train import WorldModelTrainConfig, WorldModelTraining
+    from vplan.worldmodel.model import WorldModelConfig
+
+    config = WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL), boundary_fraction=1.0)
+    texts = [["a"] * 5 + ["b"] * 6 + ["c"] * 5, ["d"] * 16]  # subgoal changes at frames 5 and 11 of episode 0
+    latents = [torch.zeros(len(t), 4, 8, 8) for t in texts]
+    training = WorldModelTraining(config, latents, texts, vae=None)
+    assert training.boundaries == [(0, 5), (0, 11)]
+    for step in range(20):
+        batch = training.batch(torch.Generator().manual_seed(step), 4)
+        assert set(batch["texts"]) <= {"b", "c"}  # every chunk starts on a new subgoal, context before it
+    config.boundary_fraction = 0.0
+    seen = {t for step in range(20) for t in WorldModelTraining(config, latents, texts, vae=None).batch(
+        torch.Generator().manual_seed(step), 4)["texts"]}
+    assert "d" in seen  # uniform clips come from every episode
+    with pytest.raises(ValueError, match="boundary_fraction"):
+        WorldModelTrainConfig(boundary_fraction=1.5)

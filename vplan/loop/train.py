@@ -44,6 +44,14 @@ class WorldModelTrainConfig:
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     vae: str = field(default="checkpoints/vae/final", metadata={"help": "Trained VAE (`vplan train component=vae`)."})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=5000, batch_size=4, lr=2e-4, cooldown_steps=1500))
+    boundary_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of clips whose chunk starts exactly at a new subgoal, where only the text says what comes next."},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.boundary_fraction <= 1:
+            raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
 
 
 @dataclass
@@ -103,7 +111,12 @@ class VAETraining:
 
 
 class WorldModelTraining:
-    """Clips of context + chunk latents with the chunk's subgoal text."""
+    """Clips of context + chunk latents with the chunk's subgoal text.
+
+    Within a subgoal the context frames already show where the gripper is heading, so a model can learn the
+    data while ignoring its text; `boundary_fraction` of the clips therefore start their chunk on the first
+    frame of a subgoal, where the next target (which cube, which spot) is in the text alone.
+    """
 
     def __init__(self, config: WorldModelTrainConfig, latents: list[torch.Tensor], texts: list[list[str]], vae: Any):
         model_config = config.model
@@ -112,17 +125,33 @@ class WorldModelTraining:
         for parameter in self.module.vae.parameters():
             parameter.requires_grad_(False)
         self.config, self.latents, self.texts = model_config, latents, texts
+        self.boundary_fraction = config.boundary_fraction
         span = model_config.context_frames + model_config.chunk_frames
         self.starts = [(e, s) for e, ep in enumerate(latents) for s in range(len(ep) - span + 1)]
         if not self.starts:
             raise UsageError(f"no episode is long enough for a {span}-frame clip")
+        # (episode, first frame of a subgoal) with room for a full context before it and a chunk after it
+        self.boundaries = [
+            (e, f)
+            for e, ep in enumerate(texts)
+            for f in range(model_config.context_frames, len(ep) - model_config.chunk_frames + 1)
+            if ep[f] != ep[f - 1]
+        ]
+        if self.boundary_fraction > 0 and not self.boundaries:
+            raise UsageError("boundary_fraction > 0, but no episode has a subgoal change with room for a clip around it")
+
+    def _pick(self, generator: torch.Generator, context: int) -> tuple[int, int]:
+        """(episode, clip start): a clip whose chunk starts at a subgoal boundary, or any clip."""
+        if self.boundary_fraction > 0 and float(torch.rand((), generator=generator)) < self.boundary_fraction:
+            episode, first = self.boundaries[int(torch.randint(len(self.boundaries), (), generator=generator))]
+            return episode, first - context
+        return self.starts[int(torch.randint(len(self.starts), (), generator=generator))]
 
     def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]:
         context = int(torch.randint(1, self.config.context_frames + 1, (1,), generator=generator))
-        picks = torch.randint(len(self.starts), (batch_size,), generator=generator).tolist()
         clips, texts = [], []
-        for pick in picks:
-            episode, start = self.starts[pick]
+        for _ in range(batch_size):
+            episode, start = self._pick(generator, context)
             clips.append(self.latents[episode][start : start + context + self.config.chunk_frames])
             texts.append(self.texts[episode][start + context])
         clips_tensor = torch.stack(clips)
