@@ -85,6 +85,13 @@ COMMANDS: tuple[Command, ...] = (
         "vplan.eval.bench_worldmodel:bench_worldmodel",
     ),
     Command(
+        ("bench", "planning"),
+        "the paper's Table 2: Dist, success and generation PSNR of no memory / anchor / ours w/o Temp-LoRA / "
+        "ours w/o loop / ours on the same held-out seeds",
+        "bench_planning",
+        "vplan.eval.bench_planning:bench_planning",
+    ),
+    Command(
         ("bench", "memory"),
         "wall time and peak RSS per episode of none vs temp_lora memory, with and without overlap",
         "bench_memory",
@@ -100,6 +107,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
     (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",
     (None, "bench_memory_schema"): "vplan.eval.bench_memory:BenchMemoryConfig",
+    (None, "bench_planning_schema"): "vplan.eval.bench_planning:BenchPlanningConfig",
     (None, "eval_worldmodel_schema"): "vplan.eval.worldmodel:EvalWorldModelConfig",
     (None, "eval_consistency_schema"): "vplan.eval.consistency:EvalConsistencyConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",

@@ -115,7 +115,7 @@ def _write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarr
     imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
 
 
-def _load_agent(cfg: RunConfig) -> Any:
+def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
     from vplan.planner import make_planner
@@ -290,7 +290,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
     try:
-        agent = _load_agent(cfg)
+        agent = load_agent(cfg)
         env = make_env(cfg.env)
         if tuple(env.action_space.shape) != agent.action_space.shape:
             raise UsageError(f"idm={cfg.idm} predicts actions of shape {agent.action_space.shape}, the env takes "

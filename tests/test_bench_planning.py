@@ -1,0 +1,69 @@
+"""`vplan bench planning` on tiny random checkpoints: the five rows on the same seeds, results.json, the
+Markdown table and the bar plot, continuing an interrupted bench, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_agent import save_tiny_checkpoints
+
+from vplan.cli import main
+from vplan.eval.bench_planning import ROWS, generation_psnr, summarize
+
+STEPS = 8  # one chunk per episode, then the time limit
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+def bench_args(checkpoints, out, *extra: str) -> list[str]:
+    worldmodel, idm = checkpoints
+    # the tiny model stands in for both the slow-learned and the finetuned world model
+    return ["bench", "planning", f"worldmodel={worldmodel}", f"finetuned={worldmodel}", f"idm={idm}", f"out={out}",
+            f"env.max_episode_steps={STEPS}", "agent.replan_drift=null", "memory.rank=2",
+            "memory.gradient_checkpointing=false", "threads=1", *extra]
+
+
+def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
+    out = tmp_path / "bench"
+    main(bench_args(checkpoints, out, "episodes=1"))
+    first = json.loads((out / "results.json").read_text())
+    assert [len(first["rows"][row.name]) for row in ROWS] == [1] * 5
+
+    main(bench_args(checkpoints, out, "episodes=2"))  # continues: only the second seed runs
+    assert "continuing" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    for row in ROWS:
+        episodes = results["rows"][row.name]
+        assert [e["seed"] for e in episodes] == [10000, 10001]
+        assert episodes[0] == first["rows"][row.name][0]  # the first run's episode was kept, not rerun
+        assert all(e["steps"] == STEPS and np.isfinite(e["psnr"]) for e in episodes)
+        assert results["summary"][row.name] == summarize(episodes)
+    table = (out / "table.md").read_text()
+    assert all(f"| {row.name} |" in table for row in ROWS) and "Dist" in table
+    assert (out / "dist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with pytest.raises(SystemExit) as exit_info:  # other settings in the same out
+        main(bench_args(checkpoints, out, "episodes=2", "seed=20000"))
+    assert exit_info.value.code == 2 and "other settings" in capsys.readouterr().err
+
+
+def test_missing_finetuned_model_is_a_one_line_error(checkpoints, tmp_path, capsys):
+    args = bench_args(checkpoints, tmp_path / "b", "episodes=1")
+    args = [a for a in args if not a.startswith("finetuned=")] + [f"finetuned={tmp_path / 'none'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "vplan finetune" in err
+
+
+def test_generation_psnr_pools_the_executed_steps():
+    frame = np.zeros((4, 4, 3), np.uint8)
+    assert generation_psnr([frame, frame, frame], [frame, frame, frame]) > 100  # identical: MSE floored at 1e-10
+    off = np.full((4, 4, 3), 255, np.uint8)
+    # the first frame (the real one on both sides) does not count; one of two steps fully wrong: MSE 255²/2
+    assert generation_psnr([off, frame, frame], [frame, frame, off]) == pytest.approx(10 * np.log10(2))

@@ -1,0 +1,222 @@
+"""`vplan bench planning`: the paper's Table 2 in one command — the agent on the same held-out seeds with five
+world-model/memory combinations, side by side.
+
+| row | world model | memory |
+| --- | --- | --- |
+| no memory (AVDC-like) | slow-learned (`worldmodel`) | none |
+| anchor frame (StreamingT2V-like) | slow-learned | anchor |
+| ours w/o Temp-LoRA | slow-fast finetuned (`finetuned`, from `vplan finetune`) | none |
+| ours w/o loop | slow-learned | temp_lora |
+| ours | slow-fast finetuned | temp_lora |
+
+Every row runs `vplan run`'s episode loop (same planner, IDM, agent settings and seeds) and reports the env's
+Dist (mean over episodes), the success rate, and the generation PSNR: how closely the frames the agent imagined
+match the frames it then observed, pooled over every executed step. `<out>/results.json` is rewritten after
+every episode and a rerun with the same settings continues where an interrupted one stopped; when all rows are
+done, `table.md` and `dist.png` (a bar plot of Dist) are written next to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import MISSING
+
+from vplan.agent import AgentConfig
+from vplan.errors import UsageError
+from vplan.memory.config import MemoryConfig
+from vplan.planner.config import PlannerConfig
+from vplan.tasks import TaskConfig
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "table.md"
+PLOT_FILE = "dist.png"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: which world model (`slow` or `finetuned`) under which memory."""
+
+    name: str
+    worldmodel: str
+    memory: str
+
+
+ROWS = (
+    Row("no memory (AVDC-like)", "slow", "none"),
+    Row("anchor frame (StreamingT2V-like)", "slow", "anchor"),
+    Row("ours w/o Temp-LoRA", "finetuned", "none"),
+    Row("ours w/o loop", "slow", "temp_lora"),
+    Row("ours", "finetuned", "temp_lora"),
+)
+
+
+@dataclass
+class BenchPlanningConfig:
+    """Settings of `vplan bench planning`."""
+
+    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
+    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
+    memory: MemoryConfig = field(
+        default_factory=lambda: MemoryConfig(kind="temp_lora"),
+        metadata={"help": "Temp-LoRA settings of the temp_lora rows (each row sets its own kind)."},
+    )
+    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
+    worldmodel: str = field(
+        default="shipped:${task.env}/worldmodel", metadata={"help": "The slow-learned world model."}
+    )
+    finetuned: str = field(
+        default="checkpoints/finetune/final", metadata={"help": "The slow-fast finetuned one (`vplan finetune`)."}
+    )
+    idm: str = field(default="shipped:${task.env}/idm", metadata={"help": "Inverse-dynamics checkpoint."})
+    episodes: int = field(default=20, metadata={"help": "Held-out episodes per row; episode i uses seed + i."})
+    seed: int = field(default=10000, metadata={"help": "First seed (training data uses 0..9999)."})
+    out: str = field(default="runs/bench_planning_${task.env}", metadata={"help": "results.json, table.md, dist.png."})
+    threads: int = field(default=2, metadata={"help": "torch threads."})
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def _settings(cfg: BenchPlanningConfig) -> dict[str, Any]:
+    """What must match for a rerun to continue an earlier one's results."""
+    keys = ("task", "planner", "memory", "agent", "worldmodel", "finetuned", "idm", "seed")
+    settings = {key: asdict(getattr(cfg, key)) if hasattr(getattr(cfg, key), "__dataclass_fields__")
+                else getattr(cfg, key) for key in keys}
+    settings["env"] = asdict(cfg.env)
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _load_results(cfg: BenchPlanningConfig, path: Path) -> dict[str, Any]:
+    settings = _settings(cfg)
+    if not path.is_file():
+        return {"settings": settings, "rows": {row.name: [] for row in ROWS}}
+    results = json.loads(path.read_text())
+    if results.get("settings") != settings:
+        raise UsageError(f"{path} holds a bench with other settings; choose another out=DIR to start a new one")
+    print(f"continuing {path}: " + ", ".join(f"{name} {len(done)}" for name, done in results["rows"].items()))
+    return results
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def generation_psnr(imagined: list[np.ndarray], executed: list[np.ndarray]) -> float:
+    """PSNR (dB) of the imagined frames against the executed ones, pooled over the steps after the first."""
+    a = np.stack(imagined[1:]).astype(np.float64)
+    b = np.stack(executed[1:]).astype(np.float64)
+    mse = max(float(np.mean((a - b) ** 2)), 1e-10)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's figures over its episodes."""
+    dists = [e["dist"] for e in episodes if e["dist"] is not None]
+    return {
+        "episodes": len(episodes),
+        "dist_mean": float(np.mean(dists)) if dists else None,
+        "dist_std": float(np.std(dists)) if dists else None,
+        "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else None,
+        "psnr": float(np.mean([e["psnr"] for e in episodes])) if episodes else None,
+        "wall_s": float(np.mean([e["wall_s"] for e in episodes])) if episodes else None,
+    }
+
+
+def markdown_table(summaries: dict[str, dict[str, Any]], env: str, seeds: tuple[int, int]) -> str:
+    lines = [
+        f"`vplan bench planning` on {env}, seeds {seeds[0]}..{seeds[1]}",
+        "",
+        "| method | Dist (mean ± std) | success | generation PSNR (dB) | episodes | wall s / episode |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in summaries.items():
+        dist = "-" if s["dist_mean"] is None else f"{s['dist_mean']:.4f} ± {s['dist_std']:.4f}"
+        lines.append(f"| {name} | {dist} | {s['success_rate']:.0%} | {s['psnr']:.2f} | {s['episodes']} | "
+                     f"{s['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_plot(summaries: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Dist per method with its standard deviation, lower is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, s in summaries.items() if s["dist_mean"] is not None]
+    means = [summaries[n]["dist_mean"] for n in names]
+    stds = [summaries[n]["dist_std"] for n in names]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c72b0")
+    axis.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    axis.set_ylabel("Dist (lower is better)")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
+    """Run every row on the same seeds (continuing an interrupted bench); write results, table and plot."""
+    import torch
+    from tqdm import tqdm
+
+    from vplan.envs import make_env
+    from vplan.run import RunConfig, load_agent, run_episode
+
+    checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
+    if not (Path(cfg.finetuned) / "config.json").is_file() and not cfg.finetuned.startswith("shipped:"):
+        raise UsageError(f"finetuned={cfg.finetuned}: no world model there; make one with "
+                         "`vplan finetune data=DIR` and pass finetuned=DIR")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = _load_results(cfg, out / RESULTS_FILE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    env = make_env(cfg.env)
+    try:
+        for row in ROWS:
+            done = results["rows"][row.name]
+            if len(done) >= cfg.episodes:
+                continue
+            run_cfg = RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner,
+                                memory=replace(cfg.memory, kind=row.memory), agent=cfg.agent,
+                                worldmodel=checkpoints[row.worldmodel], idm=cfg.idm, episodes=cfg.episodes,
+                                seed=cfg.seed, threads=cfg.threads)
+            agent = load_agent(run_cfg)
+            try:
+                for i in tqdm(range(len(done), cfg.episodes), desc=row.name, unit="episode", initial=len(done),
+                              total=cfg.episodes):
+                    episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
+                    result = episode["result"]
+                    done.append({"seed": result["seed"], "dist": result["dist"], "success": result["success"],
+                                 "psnr": generation_psnr(episode["imagined"], episode["executed"]),
+                                 "wall_s": result["wall_s"], "steps": result["steps"]})
+                    _write_json(out / RESULTS_FILE, results)
+            finally:
+                agent.close()
+    finally:
+        env.close()
+        torch.set_num_threads(threads)
+
+    summaries = {row.name: summarize(results["rows"][row.name][: cfg.episodes]) for row in ROWS}
+    results["summary"] = summaries
+    _write_json(out / RESULTS_FILE, results)
+    env_name = type(cfg.env).__name__.removesuffix("Config").lower()
+    seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
+    table = markdown_table(summaries, env_name, seeds)
+    (out / TABLE_FILE).write_text(table)
+    bar_plot(summaries, out / PLOT_FILE, f"{cfg.task.name} on {env_name}, {cfg.episodes} held-out seeds")
+    print("\n" + table + f"\nresults, table and plot in {out}")
+    return results
