@@ -52,13 +52,20 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     assert exit_info.value.code == 2 and "other settings" in capsys.readouterr().err
 
 
-def test_missing_finetuned_model_is_a_one_line_error(checkpoints, tmp_path, capsys):
-    args = bench_args(checkpoints, tmp_path / "b", "episodes=1")
+def test_without_the_finetuned_model_the_slow_rows_run_then_a_one_line_error(checkpoints, tmp_path, capsys):
+    out = tmp_path / "b"
+    args = bench_args(checkpoints, out, "episodes=1")
     args = [a for a in args if not a.startswith("finetuned=")] + [f"finetuned={tmp_path / 'none'}"]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "vplan finetune" in err
+    captured = capsys.readouterr()
+    assert "warning" in captured.out and "vplan finetune" in captured.out
+    error = captured.err.strip().splitlines()[-1]  # after the progress bars: one line naming what to do
+    assert exit_info.value.code == 2 and error.startswith("vplan bench planning: error: finetuned=")
+    assert "vplan finetune" in error and "rerun" in error
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {row.name: len(rows[row.name]) for row in ROWS} == {
+        row.name: int(row.worldmodel == "slow") for row in ROWS}  # the slow model's rows are done and kept
 
 
 def test_generation_psnr_pools_the_executed_steps():
