@@ -61,6 +61,12 @@ COMMANDS: tuple[Command, ...] = (
         "vplan.loop.train:train_component",
     ),
     Command(
+        ("finetune",),
+        "the slow-fast loop: Temp-LoRA over each episode's chunks, then the slow weights on the stored triples",
+        "finetune",
+        "vplan.loop.finetune:finetune",
+    ),
+    Command(
         ("eval", "worldmodel"),
         "PSNR/SSIM of generated chunks vs copy-last-frame, and text sensitivity, on fresh held-out episodes",
         "eval_worldmodel",
@@ -111,6 +117,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "eval_worldmodel_schema"): "vplan.eval.worldmodel:EvalWorldModelConfig",
     (None, "eval_consistency_schema"): "vplan.eval.consistency:EvalConsistencyConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
+    (None, "finetune_schema"): "vplan.loop.finetune:FinetuneConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
     ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",
     ("component", "idm_schema"): "vplan.loop.idm:IDMTrainConfig",

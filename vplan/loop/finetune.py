@@ -1,0 +1,402 @@
+"""`vplan finetune data=DIR`: SlowFast-VGen's slow-fast learning loop (§3.3, Algorithm 1b) on collected episodes.
+
+Inner loop (fast learning, once per episode, on the starting world model): the episode's frames are encoded to
+latents and walked chunk by chunk as the agent walks them — the first latent is the first observation, chunk
+k covers latents `1 + k·chunk_frames ...`, its context is the last `context_frames` latents before it and its
+text the subgoal of its first frame. For every chunk the triple (context, ground-truth chunk, text) is stored
+with the Temp-LoRA state the model would generate that chunk with, i.e. after the memory's updates on the
+earlier chunks; then the memory updates on (the `chunk_frames` latents before the chunk, the chunk), as
+`vplan run memory.update_on=observed` does. The first chunk's state is the freshly reset adapter (LoRA A at
+its seeded initialisation, B = 0, so ΔW = 0: exactly the base model, which is what the agent generates the
+first chunk with).
+
+One file per episode, `<out>/inner/episode-<index>.safetensors`: the episode's latents (`latents`, T×C×h×w)
+and, per chunk k, the adapter's rank-r LoRA factors under `chunk-<k>.` + peft's key (never full weights); the
+chunks' first latent, context length and text are JSON in the file's metadata. Files are written under a
+temporary name and renamed, so a file that exists is complete and a rerun skips it. `<out>/inner/settings.json`
+records what the states depend on (checkpoint, memory settings, episodes); a rerun with other settings in the
+same `out` is refused rather than mixing states.
+
+Outer loop (slow learning): the shared trainer (`vplan.loop.trainer.train`: Accelerate, progress, checkpoints,
+resume, NaN stop) trains the UNet's weights Φ — the VAE and text encoder are frozen — on random triples at
+the slow learning rate. Each sample's stored LoRA state is applied as the memory applies it when generating
+(`MemoryConfig.merge_for_generation`): every adapted projection runs with `W + B·A·alpha/r`, computed from the
+stored factors as constants inside `torch.func.functional_call`, so the factors get no gradient and stay
+bit-identical, the gradient reaches W alone, and no adapter is ever attached (checkpoints hold the plain world
+model, and `<out>/final` is a normal world-model checkpoint). Samples with different LoRA states cannot share a
+forward pass, so a step runs one forward per sample and averages the losses (one backward).
+
+Limits: the inner loop runs once, with the starting Φ (the paper alternates the loops as episodes arrive); a
+rerun with more `optim.steps` continues the outer loop on the same states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
+from vplan.errors import UsageError
+from vplan.loop.trainer import OptimConfig, train
+from vplan.memory.config import MemoryConfig
+from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
+
+FINAL = "final"
+INNER = "inner"
+SETTINGS = "settings.json"
+INNER_FORMAT = "vplan-finetune-inner"
+INNER_FORMAT_VERSION = "1"
+LATENTS_KEY = "latents"
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of `vplan finetune`."""
+
+    data: str = field(
+        default="data/return_cubes",
+        metadata={"help": "Episode dataset (`vplan collect`, or `vplan run record=true`'s <out>/episodes)."},
+    )
+    worldmodel: str = field(
+        default="shipped:tabletop/worldmodel",
+        metadata={"help": "The slow-learned world model to start from: a directory or shipped:<env>/worldmodel."},
+    )
+    memory: MemoryConfig = field(
+        default_factory=lambda: MemoryConfig(kind="temp_lora"),
+        metadata={"help": "The fast learner (configs/memory/temp_lora.yaml); only temp_lora has states to store."},
+    )
+    episodes: int = field(
+        default=20,
+        metadata={"help": "Episodes to finetune on: the first ones of the dataset that are not held out. With the "
+                  "shipped model ~17 chunks each, ~1.9 MB of LoRA factors per chunk (rank 32)."},
+    )
+    holdout_episodes: int = field(
+        default=10, metadata={"help": "Last episodes never used (as in `vplan train`); 0 uses them all."}
+    )
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            steps=300, batch_size=4, lr=2e-5, warmup_steps=20, save_every=50, log_every=10
+        ),
+        metadata={"help": "Outer loop (slow learning of Φ): AdamW at the slow learning rate."},
+    )
+    out: str = field(
+        default="checkpoints/finetune",
+        metadata={"help": "Inner-loop states (inner/), trainer checkpoints, and the finetuned model (final/)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.memory.kind != "temp_lora":
+            raise ValueError(f"memory: expected memory=temp_lora (the fast learner whose states the loop stores), "
+                             f"got kind {self.memory.kind!r}")
+        for name, low in (("episodes", 1), ("holdout_episodes", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+
+
+# -- the inner loop ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Where a chunk lies in its episode's latents: `context` latents before `start`, then `frames` latents."""
+
+    start: int
+    context: int
+    frames: int
+    text: str
+
+
+def walk_chunks(texts: list[str], context_frames: int, chunk_frames: int) -> list[Chunk]:
+    """The chunks of an episode with one subgoal text per frame, as the agent walks it (see the module doc)."""
+    chunks = []
+    start = 1
+    while start + chunk_frames <= len(texts):
+        chunks.append(Chunk(start, min(context_frames, start), chunk_frames, texts[start]))
+        start += chunk_frames
+    return chunks
+
+
+def _chunk_prefix(index: int) -> str:
+    return f"chunk-{index:04d}."
+
+
+def episode_file(out: Path, episode: int) -> Path:
+    """The inner loop's file of dataset episode `episode`."""
+    return out / INNER / f"episode-{episode:06d}.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dict[str, Any]:
+    """What the stored states depend on (not the outer loop's settings: more steps may follow)."""
+    return {
+        "format": INNER_FORMAT,
+        "format_version": INNER_FORMAT_VERSION,
+        "data": str(Path(cfg.data).resolve()),
+        "worldmodel": cfg.worldmodel,
+        "worldmodel_config_sha256": _sha256(checkpoint / CONFIG_FILE),
+        "worldmodel_unet_sha256": _sha256(checkpoint / UNET_FILE),
+        "memory": asdict(cfg.memory),
+        "episodes": episodes,
+    }
+
+
+def _check_settings(inner: Path, settings: dict[str, Any]) -> None:
+    """Write settings.json on a first run; refuse an `out` whose stored states were made otherwise."""
+    path = inner / SETTINGS
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        if changed:
+            raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
+                             f"choose another out= or delete that folder")
+        return
+    inner.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_inner_episode(
+    world_model: WorldModel, memory: Any, frames: np.ndarray, texts: list[str], path: Path, episode: int
+) -> int:
+    """Fast learning over one episode's ground-truth frames; writes `path` (atomically). Returns its chunks."""
+    config = world_model.config
+    with torch.no_grad():
+        latents = world_model.encode(torch.from_numpy(np.array(frames))[None])[0]
+    chunks = walk_chunks(list(texts), config.context_frames, config.chunk_frames)
+    tensors: dict[str, torch.Tensor] = {LATENTS_KEY: latents.contiguous()}
+    memory.reset()
+    for k, chunk in enumerate(chunks):
+        # The state this chunk would be generated with: after the updates on chunks 0..k-1 (reset for k = 0).
+        for name, tensor in memory.state_dict().items():
+            tensors[_chunk_prefix(k) + name] = tensor.detach().cpu().contiguous()
+        previous = latents[max(0, chunk.start - config.chunk_frames) : chunk.start][None]
+        memory.update(previous, latents[chunk.start : chunk.start + chunk.frames][None])
+    metadata = {
+        "format": INNER_FORMAT,
+        "format_version": INNER_FORMAT_VERSION,
+        "episode": str(episode),
+        "chunks": json.dumps([asdict(c) for c in chunks]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return len(chunks)
+
+
+class InnerEpisode:
+    """One stored episode: its latents (in memory), chunks, and its LoRA states (read from the file on demand)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != INNER_FORMAT or metadata.get("format_version") != INNER_FORMAT_VERSION:
+                raise UsageError(f"{path}: expected a {INNER_FORMAT} file (format {INNER_FORMAT_VERSION}), got "
+                                 f"{metadata.get('format')!r} ({metadata.get('format_version')!r}); delete it")
+            self.latents = handle.get_tensor(LATENTS_KEY)
+            self.keys = sorted(k for k in handle.keys() if k != LATENTS_KEY)
+        self.chunks = [Chunk(**c) for c in json.loads(metadata["chunks"])]
+
+    def triple(self, k: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(context latents, ground-truth chunk latents, text) of chunk k."""
+        c = self.chunks[k]
+        return self.latents[c.start - c.context : c.start], self.latents[c.start : c.start + c.frames], c.text
+
+    def lora_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Chunk k's Temp-LoRA state, keyed as `TempLoRAMemory.state_dict()` (load it with `load_state_dict`)."""
+        prefix = _chunk_prefix(k)
+        with safe_open(str(self.path), framework="pt") as handle:
+            return {key[len(prefix):]: handle.get_tensor(key) for key in self.keys if key.startswith(prefix)}
+
+
+# -- the outer loop ------------------------------------------------------------------------------------------
+
+
+def lora_targets(world_model: WorldModel, state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
+    """The base weight (a key of `world_model`'s parameters) each LoRA pair of `state` adapts:
+    `{"unet.<module>.weight": ("<module>.lora_A.weight", "<module>.lora_B.weight")}`."""
+    params = dict(world_model.named_parameters())
+    targets = {}
+    for key in state:
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")]
+        weight = f"unet.{module}.weight"
+        if weight not in params or f"{module}.lora_B.weight" not in state:
+            raise UsageError(f"stored LoRA state names {module!r}, which is not a projection of this world model's "
+                             "UNet (states from another checkpoint?)")
+        targets[weight] = (key, f"{module}.lora_B.weight")
+    if not targets:
+        raise UsageError(f"expected LoRA factors (…lora_A.weight / …lora_B.weight), got keys {sorted(state)[:3]}")
+    return targets
+
+
+def merged_weights(
+    world_model: WorldModel, state: dict[str, torch.Tensor], scaling: float, targets: dict[str, tuple[str, str]]
+) -> dict[str, torch.Tensor]:
+    """`W + (B @ A) * scaling` for every adapted projection: what `TempLoRAMemory` folds in for generation
+    (peft's `get_delta_weight`, then `add_`), bit for bit. Gradients flow to W only (the factors are constants)."""
+    params = dict(world_model.named_parameters())
+    merged = {}
+    for weight, (key_a, key_b) in targets.items():
+        base = params[weight]
+        a = state[key_a].to(device=base.device, dtype=base.dtype)
+        b = state[key_b].to(device=base.device, dtype=base.dtype)
+        merged[weight] = base + ((b @ a) * scaling).to(base.dtype)
+    return merged
+
+
+class SlowFastTraining:
+    """The outer loop's component for the shared trainer: only the UNet's weights Φ are trainable."""
+
+    def __init__(self, world_model: WorldModel, episodes: list[InnerEpisode], memory: MemoryConfig) -> None:
+        self.module = world_model.eval()
+        world_model.unet.train()
+        for parameter in world_model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in world_model.unet.parameters():
+            parameter.requires_grad_(True)
+        self.episodes = episodes
+        self.triples = [(e, k) for e, episode in enumerate(episodes) for k in range(len(episode.chunks))]
+        if not self.triples:
+            raise UsageError("no stored chunk to finetune on")
+        self.scaling = memory.lora_alpha / memory.rank  # peft's LoRA scaling (no rsLoRA)
+        self.targets = lora_targets(world_model, episodes[0].lora_state(0))
+
+    def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]:
+        picks = torch.randint(len(self.triples), (batch_size,), generator=generator).tolist()
+        items = []
+        for pick in picks:
+            e, k = self.triples[pick]
+            context, target, text = self.episodes[e].triple(k)
+            items.append({"context": context, "target": target, "text": text, "lora": self.episodes[e].lora_state(k),
+                          "episode": e, "chunk": k})
+        return {"items": items}
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(self.module.unet.parameters()).device
+        total: torch.Tensor | None = None
+        logs: dict[str, float] = {}
+        items = batch["items"]
+        for item in items:
+            overrides = merged_weights(self.module, item["lora"], self.scaling, self.targets)
+            loss, item_logs = torch.func.functional_call(
+                self.module, overrides,
+                (item["context"][None].to(device), item["target"][None].to(device), [item["text"]]),
+                {"generator": generator}, strict=False,
+            )
+            total = loss if total is None else total + loss
+            for name, value in item_logs.items():
+                logs[name] = logs.get(name, 0.0) + value / len(items)
+        assert total is not None
+        return total / len(items), logs
+
+
+# -- the command ---------------------------------------------------------------------------------------------
+
+
+def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
+    from vplan.data import DatasetError, EpisodeDataset
+
+    try:
+        dataset = EpisodeDataset(cfg.data)
+    except DatasetError as error:
+        raise UsageError(f"{error}; make one with `vplan collect out={cfg.data}` or `vplan run record=true`") from None
+    usable = dataset.num_episodes - cfg.holdout_episodes
+    if usable < 1:
+        raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
+                         f"holdout_episodes={cfg.holdout_episodes}")
+    return dataset, list(range(min(usable, cfg.episodes)))
+
+
+def finetune(cfg: FinetuneConfig) -> Path:
+    """Inner loop over the episodes (resumable), outer loop through the trainer, `<out>/final`; prints a summary."""
+    from tqdm import tqdm
+
+    from vplan.memory.temp_lora import TempLoRAMemory
+    from vplan.shipped import resolve_checkpoint
+
+    if cfg.memory.kind != "temp_lora":
+        raise UsageError(f"memory: expected memory=temp_lora, got kind {cfg.memory.kind!r}")
+    dataset, episodes = _episodes(cfg)
+    checkpoint = resolve_checkpoint(cfg.worldmodel)
+    if not (checkpoint / CONFIG_FILE).is_file():
+        raise UsageError(f"worldmodel={cfg.worldmodel}: no world-model checkpoint there; make one with "
+                         "`vplan train component=worldmodel`")
+    world_model = WorldModel.from_pretrained(checkpoint)
+    size = world_model.config.vae.image_size
+    first_index, first = episodes[0], dataset.episode(episodes[0])  # every episode of a dataset has one frame size
+    frame_shape = tuple(np.asarray(first[OBS_IMAGE_FRONT]).shape[1:3])
+    if frame_shape != (size, size):
+        raise UsageError(f"{cfg.data}: frames are {frame_shape[0]}x{frame_shape[1]}, but worldmodel={cfg.worldmodel} "
+                         f"is for {size}x{size} frames; collect at that size or pass another worldmodel=")
+    span = 1 + world_model.config.chunk_frames
+    short = [e for e in episodes if int(dataset.episode_meta(e)["length"]) < span]
+    episodes = [e for e in episodes if e not in short]
+    if not episodes:
+        raise UsageError(f"{cfg.data}: no episode has the {span} frames of one chunk (the first frame, then "
+                         f"chunk_frames={world_model.config.chunk_frames}); collect longer episodes")
+    if short:
+        print(f"skipping {len(short)} episodes shorter than one chunk ({span} frames): {short[:10]}")
+    out = Path(cfg.out)
+    _check_settings(out / INNER, _settings(cfg, checkpoint, episodes))
+
+    # Inner loop: fast learning over each episode with the starting Φ; files already written are kept.
+    todo = [e for e in episodes if not episode_file(out, e).is_file()]
+    if todo:
+        memory = TempLoRAMemory(cfg.memory, world_model)
+        try:
+            bar = tqdm(todo, desc="finetune inner loop (Temp-LoRA)", unit="episode", initial=len(episodes) - len(todo),
+                       total=len(episodes))
+            for e in bar:
+                episode = first if e == first_index else dataset.episode(e)
+                chunks = run_inner_episode(
+                    world_model, memory, episode[OBS_IMAGE_FRONT], list(episode[SUBGOAL]), episode_file(out, e), e
+                )
+                bar.set_postfix(chunks=chunks)
+        finally:
+            memory.close()  # the adapter comes off: the UNet is the plain base model again
+    else:
+        print(f"inner loop: all {len(episodes)} episodes already stored in {out / INNER}")
+    stored = [InnerEpisode(episode_file(out, e)) for e in episodes]
+
+    # Outer loop: slow learning of Φ on the stored triples with their LoRA states applied and frozen.
+    torch.manual_seed(cfg.optim.seed)
+    training = SlowFastTraining(world_model, stored, cfg.memory)
+    started = time.perf_counter()
+    steps = train(training, cfg.optim, out, "finetune outer loop (slow weights)")
+    seconds = time.perf_counter() - started
+    final = out / FINAL
+    training.module.eval().save_pretrained(final)
+    lora_mb = sum(f.path.stat().st_size for f in stored) / 1e6
+    print(
+        f"finetune: {len(training.triples)} triples from {len(stored)} episodes (LoRA states and latents: "
+        f"{lora_mb:.1f} MB in {out / INNER}); outer loop at step {steps}/{cfg.optim.steps} "
+        f"({seconds:.0f} s this run, batch {cfg.optim.batch_size}, lr {cfg.optim.lr:g}); "
+        f"finetuned world model written to {final}"
+    )
+    return final
