@@ -1,0 +1,233 @@
+"""`vplan finetune`: the slow-fast loop on a tiny world model and a tiny collected dataset.
+
+The inner loop's stored Temp-LoRA states reproduce the live adapter exactly; the outer loop changes only the
+UNet's weights Φ (LoRA factors, VAE and text encoder bit-identical); a killed finetune resumes at the step it
+reached and ends bit-identical to an uninterrupted one; `<out>/final` is a plain world-model checkpoint; the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from vplan.cli import main
+from vplan.data.collect import CollectConfig, collect
+from vplan.envs import TabletopConfig
+from vplan.errors import UsageError
+from vplan.loop import finetune as ft
+from vplan.loop.finetune import FinetuneConfig, InnerEpisode, SlowFastTraining, episode_file, finetune, merged_weights
+from vplan.loop.trainer import OptimConfig, train
+from vplan.memory import MemoryConfig, TempLoRAMemory
+from vplan.tasks import TaskConfig
+from vplan.worldmodel.diffusion import DiffusionConfig
+from vplan.worldmodel.model import WorldModel, WorldModelConfig
+from vplan.worldmodel.text_encoder import TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig
+
+# A tiny model: 16×16 frames, 8×8 latents; chunks of 8 latents, so a ~130-frame episode has 16 chunks.
+MEMORY = MemoryConfig(kind="temp_lora", rank=4, lr=1e-2, gradient_checkpointing=False)
+OPTIM = OptimConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, save_every=2, log_every=1)
+
+
+def tiny_config(image_size: int = 16, chunk_frames: int = 8) -> WorldModelConfig:
+    return WorldModelConfig(
+        unet=replace(UNetConfig.preset("tiny"), sample_size=image_size // 2, cross_attention_dim=16),
+        diffusion=DiffusionConfig(num_inference_steps=2),
+        vae=VAEConfig.tiny(image_size=image_size),
+        text_encoder=TextEncoderConfig(kind="learned", dim=16, max_tokens=6, vocab_buckets=64),
+        context_frames=3,
+        chunk_frames=chunk_frames,
+    )
+
+
+def save_tiny(path: Path, **kwargs) -> Path:
+    torch.manual_seed(0)
+    WorldModel(tiny_config(**kwargs)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=2, out=str(root / "data")))
+    return root, root / "data", save_tiny(root / "wm")
+
+
+def config(data: Path, wm: Path, out: Path, **overrides) -> FinetuneConfig:
+    values = {"data": str(data), "worldmodel": str(wm), "memory": MEMORY, "episodes": 1, "holdout_episodes": 1,
+              "optim": OPTIM, "out": str(out), **overrides}
+    return FinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finetuned(setup):
+    """An uninterrupted 4-step finetune."""
+    root, data, wm = setup
+    final = finetune(config(data, wm, root / "uninterrupted"))
+    return root / "uninterrupted", final
+
+
+def content(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A safetensors file's metadata and tensors (its bytes are not stable: the header's metadata order varies)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def same_content(a: tuple[dict, dict], b: tuple[dict, dict]) -> bool:
+    return a[0] == b[0] and a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+def test_stored_states_reproduce_the_live_adapter_exactly(setup, finetuned):
+    """Replay the inner loop with a live memory: at every chunk its adapter equals the stored factors bit for bit,
+    a memory loaded from them generates the same latents, and the outer loop's merged weights are exactly the
+    weights the memory generates with (folded in)."""
+    _, data, wm = setup
+    out, _ = finetuned
+    stored = InnerEpisode(episode_file(out, 0))
+    assert len(stored.chunks) == (len(stored.latents) - 1) // 8 >= 10
+    live_model, loaded_model, plain = (WorldModel.from_pretrained(wm) for _ in range(3))
+    live, loaded = TempLoRAMemory(MEMORY, live_model), TempLoRAMemory(MEMORY, loaded_model)
+    scaling = MEMORY.lora_alpha / MEMORY.rank
+    targets = ft.lora_targets(plain, stored.lora_state(0))
+    live.reset()
+    for k, chunk in enumerate(stored.chunks):
+        context, target, text = stored.triple(k)
+        assert context.shape[0] == min(3, chunk.start) and target.shape[0] == 8
+        state = stored.lora_state(k)
+        expected = live.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[key], expected[key]) for key in state)
+        if k == 0:  # the first chunk's state is the reset adapter: B = 0, so ΔW = 0
+            assert all(torch.count_nonzero(t) == 0 for key, t in state.items() if "lora_B" in key)
+        if k < 3:
+            loaded.load_state_dict(state)
+            generated = [memory.generate(context[None], [text], generator=torch.Generator().manual_seed(k))
+                         for memory in (live, loaded)]
+            assert torch.equal(*generated)
+            live.condition(context[None])  # folded: the UNet holds W + ΔW as the agent generates with
+            folded = dict(live_model.named_parameters())
+            for name, weight in merged_weights(plain, state, scaling, targets).items():
+                assert torch.equal(weight, folded[name]), name
+        previous = stored.latents[max(0, chunk.start - 8) : chunk.start][None]
+        live.update(previous, target[None])
+    live.close()
+    loaded.close()
+
+
+def test_outer_loop_changes_only_the_slow_weights(setup, finetuned, tmp_path):
+    _, _, wm = setup
+    out, _ = finetuned
+    files = sorted((out / "inner").glob("episode-*.safetensors"))
+    contents = {f: content(f) for f in files}
+    episodes = [InnerEpisode(f) for f in files]
+    lora_before = [e.lora_state(k) for e in episodes for k in range(len(e.chunks))]
+    model = WorldModel.from_pretrained(wm)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    training = SlowFastTraining(model, episodes, MEMORY)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"unet.{name}" for name, _ in model.unet.named_parameters()}
+
+    batch = training.batch(torch.Generator().manual_seed(0), 2)
+    loss, _ = training.loss(batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    for item in batch["items"]:  # the stored factors are constants: no gradient reaches them
+        assert all(not t.requires_grad and t.grad is None for t in item["lora"].values())
+    model.zero_grad(set_to_none=True)
+
+    train(training, replace(OPTIM, steps=2), tmp_path / "outer", "outer")
+    after = model.state_dict()
+    assert not any(k.startswith("unet.") and "lora" in k for k in after)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("unet.") for name in changed)
+    assert all(same_content(content(f), contents[f]) for f in files)
+    lora_after = [e.lora_state(k) for e in episodes for k in range(len(e.chunks))]
+    assert all(torch.equal(a[key], b[key]) for a, b in zip(lora_before, lora_after) for key in a)
+
+
+def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkeypatch, capsys):
+    root, data, wm = setup
+    _, uninterrupted = finetuned
+    cfg = config(data, wm, root / "killed")
+    original = SlowFastTraining.loss
+    calls = []
+
+    def interrupted_loss(self, batch, generator):  # SIGINT during step 3: the trainer saves step 3 and stops
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, generator)
+
+    monkeypatch.setattr(SlowFastTraining, "loss", interrupted_loss)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg)
+    monkeypatch.setattr(SlowFastTraining, "loss", original)
+    assert (root / "killed" / "checkpoint-0000003").is_dir() and not (root / "killed" / "final").exists()
+
+    # A kill during the inner loop: a missing episode file is redone, bit-identical (the others are kept).
+    inner_file = episode_file(root / "killed", 0)
+    stored = content(inner_file)
+    inner_file.unlink()
+    capsys.readouterr()
+    final = finetune(cfg)
+    assert same_content(content(inner_file), stored)
+    assert "(step 3)" in capsys.readouterr().out  # "resuming from .../checkpoint-0000003 (step 3)"
+    ours, theirs = load_file(final / "unet.safetensors"), load_file(uninterrupted / "unet.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_final_is_a_plain_world_model_checkpoint(setup, finetuned):
+    _, _, wm = setup
+    _, final = finetuned
+    model = WorldModel.from_pretrained(final)
+    assert not getattr(model.unet, "peft_config", None)
+    start = load_file(wm / "unet.safetensors")
+    tuned = load_file(final / "unet.safetensors")
+    assert tuned.keys() == start.keys() and not any("lora" in k for k in tuned)
+    assert any(not torch.equal(start[k], tuned[k]) for k in start)
+    first = torch.zeros(1, 1, 4, 8, 8)
+    chunk = model.generate(first, ["pick up the red cube"], generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (1, 8, 4, 8, 8)
+
+
+def test_bad_inputs_are_usage_errors(setup, tmp_path):
+    root, data, wm = setup
+    with pytest.raises(UsageError, match="vplan collect"):
+        finetune(config(tmp_path / "nothing", wm, tmp_path / "a"))
+    with pytest.raises(UsageError, match="frames are 16x16"):
+        finetune(config(data, save_tiny(tmp_path / "wm32", image_size=32), tmp_path / "b"))
+    with pytest.raises(UsageError, match="no episode has the 201 frames"):
+        finetune(config(data, save_tiny(tmp_path / "long", chunk_frames=200), tmp_path / "c"))
+    with pytest.raises(ValueError, match="memory=temp_lora"):
+        config(data, wm, tmp_path / "d", memory=MemoryConfig(kind="anchor"))
+    with pytest.raises(UsageError, match="holdout_episodes=2"):
+        finetune(config(data, wm, tmp_path / "e", holdout_episodes=2))
+
+
+def test_cli_end_to_end_and_one_line_errors(setup, tmp_path, capsys):
+    _, data, wm = setup
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "vplan.cli", "finetune", f"data={data}", f"worldmodel={wm}", f"out={out}",
+               "episodes=1", "holdout_episodes=1", "memory.rank=4", "memory.gradient_checkpointing=false",
+               "optim.steps=2", "optim.batch_size=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model: one thread is faster
+    assert result.returncode == 0, result.stderr
+    assert "triples from 1 episodes" in result.stdout and f"written to {out / 'final'}" in result.stdout
+    WorldModel.from_pretrained(out / "final")
+    for args, expected in ((["memory=none"], "memory=temp_lora"), ([f"data={tmp_path / 'none'}"], "vplan collect")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["finetune", f"worldmodel={wm}", f"out={tmp_path / 'bad'}", *args])
+        stderr = capsys.readouterr().err
+        assert exit_info.value.code == 2 and expected in stderr and len(stderr.strip().splitlines()) == 1
