@@ -73,12 +73,14 @@ class FinetuneConfig:
     )
     memory: MemoryConfig = field(
         default_factory=lambda: MemoryConfig(kind="temp_lora"),
-        metadata={"help": "The fast learner (configs/memory/temp_lora.yaml); only temp_lora has states to store."},
+        metadata={"help": "The fast learner (configs/memory/temp_lora.yaml); only temp_lora has states to store. "
+                  "The inner loop learns from the ground-truth chunks (update_on is not used)."},
     )
     episodes: int = field(
         default=20,
-        metadata={"help": "Episodes to finetune on: the first ones of the dataset that are not held out. With the "
-                  "shipped model ~17 chunks each, ~1.9 MB of LoRA factors per chunk (rank 32)."},
+        metadata={"help": "Episodes to finetune on: the first ones of the dataset that are not held out. Measured "
+                  "with the shipped model on 2 CPU cores: ~16 chunks and 15 s of inner loop per episode, 31 MB "
+                  "stored per episode (rank-32 factors are 1.9 MB per chunk)."},
     )
     holdout_episodes: int = field(
         default=10, metadata={"help": "Last episodes never used (as in `vplan train`); 0 uses them all."}
@@ -87,7 +89,8 @@ class FinetuneConfig:
         default_factory=lambda: OptimConfig(
             steps=300, batch_size=4, lr=2e-5, warmup_steps=20, save_every=50, log_every=10
         ),
-        metadata={"help": "Outer loop (slow learning of Φ): AdamW at the slow learning rate."},
+        metadata={"help": "Outer loop (slow learning of Φ): AdamW at the slow learning rate. Measured with the "
+                  "shipped model on 2 CPU cores: 2.1 s per step of batch 4, so ~11 min for 300 steps."},
     )
     out: str = field(
         default="checkpoints/finetune",
