@@ -288,7 +288,8 @@ class SlowFastTraining:
         if not self.triples:
             raise UsageError("no stored chunk to finetune on")
         self.scaling = memory.lora_alpha / memory.rank  # peft's LoRA scaling (no rsLoRA)
-        self.targets = lora_targets(world_model, episodes[0].lora_state(0))
+        first_episode, first_chunk = self.triples[0]
+        self.targets = lora_targets(world_model, episodes[first_episode].lora_state(first_chunk))
 
     def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]:
         picks = torch.randint(len(self.triples), (batch_size,), generator=generator).tolist()
