@@ -215,11 +215,13 @@ def train_component(cfg: TrainConfig) -> Path:
     from tqdm import tqdm
 
     latents, texts = [], []
+    vae.to("cuda" if torch.cuda.is_available() else "cpu")  # encoding is the slow part of a GPU run's start
     with torch.no_grad():  # each episode read once: frames to latents, subgoals kept
         for e in tqdm(train_episodes, desc="encode frames to latents", unit="episode"):
             episode = dataset.episode(e)
-            latents.append(encode_frames(vae, torch.from_numpy(np.array(episode[OBS_IMAGE_FRONT]))))
+            latents.append(encode_frames(vae, torch.from_numpy(np.array(episode[OBS_IMAGE_FRONT]))).cpu())
             texts.append(list(episode[SUBGOAL]))
+    vae.to("cpu")
     training = WorldModelTraining(component, latents, texts, vae)
     train(training, component.optim, out, "train worldmodel")
     training.module.eval().save_pretrained(final)

@@ -96,7 +96,7 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str)
         started = time.perf_counter()
         while step < optim.steps:
             generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
-            batch = component.batch(generator, optim.batch_size)
+            batch = _on(component.batch(generator, optim.batch_size), accelerator.device)
             loss, logs = component.loss(batch, generator)
             if not torch.isfinite(loss):
                 raise RunError(
@@ -129,3 +129,8 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return step
+
+
+def _on(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on the device the module was prepared on (components build batches on the CPU)."""
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
