@@ -6,7 +6,8 @@ around `generate` rather than inside it: Temp-LoRA trains a named adapter on `un
 `generate` then uses), and an anchor-frame memory changes the context it is given.
 
 A checkpoint is a directory: `config.json` (the dataclass configs, `kind`, `format_version`), `unet.safetensors`,
-`vae.safetensors` and, for a learned text encoder, `text_encoder.safetensors`. MiniLM's weights are not saved,
+`vae.safetensors`, for a learned text encoder `text_encoder.safetensors` and, for an action-conditioned model,
+`action_encoder.safetensors`. MiniLM's weights are not saved,
 only its config (they come from the installed package, checked by sha256). Nothing is pickled.
 """
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from vplan.errors import UsageError
 from vplan.shipped import resolve_checkpoint
+from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import TextEncoderConfig, build_text_encoder
 from vplan.worldmodel.unet import UNetConfig, build_unet
@@ -35,6 +37,8 @@ CONFIG_FILE = "config.json"
 UNET_FILE = "unet.safetensors"
 VAE_FILE = "vae.safetensors"
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
+ACTION_ENCODER_FILE = "action_encoder.safetensors"
+TABLETOP_ACTION_DIM = 4  # vplan/Tabletop-v0's Box(-1, 1, (4,)): gripper dx, dy, dz and grip
 
 
 class CheckpointError(UsageError, ValueError):
@@ -64,13 +68,30 @@ class WorldModelConfig:
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     context_frames: int = field(default=4, metadata={"help": "Most recent latents the next chunk is conditioned on."})
     chunk_frames: int = field(default=8, metadata={"help": "Latents generated per chunk."})
+    conditioning: str = field(
+        default="text",
+        metadata={"help": f"What the cross-attention tokens carry, one of {CONDITIONINGS}: the subgoal text, the "
+                  "chunk's low-level actions (one token per frame), or both side by side."},
+    )
+    action_dim: int = field(
+        default=TABLETOP_ACTION_DIM, metadata={"help": "Size of one low-level action (action conditioning only)."}
+    )
+    action_tail_dropout: float = field(
+        default=0.5,
+        metadata={"help": "Share of training clips that keep only a random prefix of the chunk's actions (the rest "
+                  "null tokens), so a chunk can be imagined from the actions known so far (WorldModelEnv)."},
+    )
 
     def __post_init__(self) -> None:
         self.unet = _from_dict(UNetConfig, self.unet, "unet")
         self.diffusion = _from_dict(DiffusionConfig, self.diffusion, "diffusion")
         self.vae = _from_dict(VAEConfig, self.vae, "vae")
         self.text_encoder = _from_dict(TextEncoderConfig, self.text_encoder, "text_encoder")
-        for name in ("context_frames", "chunk_frames"):
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if not 0.0 <= self.action_tail_dropout < 1.0:
+            raise ValueError(f"action_tail_dropout: expected a share in [0, 1), got {self.action_tail_dropout!r}")
+        for name in ("context_frames", "chunk_frames", "action_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"expected {name} to be a positive int, got {value!r}")
@@ -89,6 +110,14 @@ class WorldModelConfig:
                 f"expected unet.cross_attention_dim equal to text_encoder.dim={self.text_encoder.dim}, "
                 f"got {self.unet.cross_attention_dim}"
             )
+
+    @property
+    def uses_text(self) -> bool:
+        return self.conditioning in ("text", "text+action")
+
+    @property
+    def uses_actions(self) -> bool:
+        return self.conditioning in ("action", "text+action")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:
@@ -114,6 +143,11 @@ class WorldModel(nn.Module):
         self.unet = build_unet(config.unet)
         self.vae = vae if vae is not None else build_vae(config.vae)
         self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(config.text_encoder)
+        # Text-only models have no action encoder at all: their state dict and checkpoints stay as they were.
+        self.action_encoder = (
+            ActionEncoder(config.action_dim, config.chunk_frames, config.unet.cross_attention_dim)
+            if config.uses_actions else None
+        )
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -150,16 +184,91 @@ class WorldModel(nn.Module):
         """The classifier-free-guidance null condition: the empty text's states (1, L, D)."""
         return self.encode_text([""])[0]
 
+    def _check_actions(self, actions: torch.Tensor | None, batch: int, max_steps: int) -> torch.Tensor:
+        if not self.config.uses_actions:
+            if actions is not None:
+                raise ValueError(f"expected no actions for conditioning={self.config.conditioning!r}, got actions")
+            return actions
+        if actions is None:
+            raise ValueError(
+                f"expected actions (B, k, {self.config.action_dim}) for conditioning={self.config.conditioning!r}, "
+                "got None"
+            )
+        if (actions.ndim != 3 or actions.shape[0] != batch or actions.shape[2] != self.config.action_dim
+                or actions.shape[1] > max_steps):
+            raise ValueError(
+                f"expected actions of shape ({batch}, k <= {max_steps}, {self.config.action_dim}), "
+                f"got {tuple(actions.shape)}"
+            )
+        return actions
+
+    def _condition(
+        self, texts: list[str] | None, actions: torch.Tensor, known: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention tokens (B, L, D) and mask of an action-conditioned model: text tokens (if used) then one
+        token per chunk step (all real, so the mask is True there)."""
+        tokens = self.action_encoder(actions, known)
+        parts, masks = [tokens], [torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)]
+        if self.config.uses_text:
+            if texts is None or len(texts) != actions.shape[0]:
+                raise ValueError(f"expected one text per batch element ({actions.shape[0]}), got {texts!r}")
+            states, mask = self.encode_text(texts)
+            parts.insert(0, states.to(tokens.dtype))
+            masks.insert(0, mask.to(tokens.device))
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
+
+    def _null_condition(self) -> torch.Tensor:
+        """The null condition of an action-conditioned model (1, L, D): the empty text's states (if text is used)
+        beside the all-null action tokens, so guidance and training-time dropout drop both together."""
+        parts = [self.action_encoder.null(1)]
+        if self.config.uses_text:
+            parts.insert(0, self._null_states().to(parts[0].dtype))
+        return torch.cat(parts, dim=1)
+
+    def _training_known(self, batch: int, steps: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Which chunk steps' actions a training clip sees (B, chunk_frames): all `steps`, or with probability
+        `action_tail_dropout` a random prefix of 1..steps of them (the rest null, as at imagining time)."""
+        device = self.action_encoder.position_embedding.device
+        rand_device = generator.device if generator is not None else torch.device("cpu")
+        lengths = torch.full((batch,), steps, dtype=torch.long)
+        if self.config.action_tail_dropout > 0:
+            cut = torch.rand((batch,), generator=generator, device=rand_device).cpu() < self.config.action_tail_dropout
+            prefix = torch.randint(1, steps + 1, (batch,), generator=generator, device=rand_device).cpu()
+            lengths = torch.where(cut, prefix, lengths)
+        return (torch.arange(self.config.chunk_frames)[None] < lengths[:, None]).to(device)
+
     def forward(
         self,
         context_latents: torch.Tensor,
         target_latents: torch.Tensor,
-        texts: list[str],
+        texts: list[str] | None,
         generator: torch.Generator | None = None,
+        actions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training entry point: `(loss, logs)` of the masked diffusion loss of the target given the context."""
+        """Training entry point: `(loss, logs)` of the masked diffusion loss of the target given the context.
+
+        `actions` (B, T_target, action_dim), action-conditioned models only: action i leads into target frame i
+        (it was taken at the frame before). `texts` is unused (may be None) for `conditioning="action"`.
+        """
         self._check_latents(context_latents, "context_latents")
         self._check_latents(target_latents, "target_latents")
+        if self.config.uses_actions:
+            batch, steps = target_latents.shape[:2]
+            if steps > self.config.chunk_frames:
+                raise ValueError(
+                    f"expected at most chunk_frames={self.config.chunk_frames} target latents for an "
+                    f"action-conditioned model, got {steps}"
+                )
+            actions = self._check_actions(actions, batch, steps)
+            if actions.shape[1] != steps:
+                raise ValueError(f"expected one action per target frame ({steps}), got {actions.shape[1]}")
+            states, mask = self._condition(texts, actions, self._training_known(batch, steps, generator))
+            null = self._null_condition() if self.config.diffusion.text_dropout > 0 else None
+            return masked_diffusion_loss(
+                self.unet, context_latents, target_latents, states, mask, self.config.diffusion,
+                null_states=null, generator=generator,
+            )
+        self._check_actions(actions, target_latents.shape[0], 0)
         states, mask = self.encode_text(texts)
         null = self._null_states() if self.config.diffusion.text_dropout > 0 else None
         return masked_diffusion_loss(
@@ -171,21 +280,38 @@ class WorldModel(nn.Module):
     def generate(
         self,
         context: torch.Tensor,
-        texts: list[str],
+        texts: list[str] | None,
         num_frames: int | None = None,
         generator: torch.Generator | None = None,
+        actions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The next chunk's latents (B, num_frames or chunk_frames, C, h, w).
 
         `context` is the latents so far (B, T >= 1, C, h, w); the last `context_frames` of them condition the chunk,
-        so a history can be passed whole. `texts` holds one subgoal per batch element.
+        so a history can be passed whole. `texts` holds one subgoal per batch element (unused, may be None, for
+        `conditioning="action"`). Action-conditioned models take `actions` (B, k <= num_frames, action_dim): action
+        i leads into chunk frame i; the steps after k are imagined with null action tokens (not known yet).
         """
         self._check_latents(context, "context")
-        if len(texts) != context.shape[0]:
-            raise ValueError(f"expected one text per batch element ({context.shape[0]}), got {len(texts)}")
+        num_frames = self.config.chunk_frames if num_frames is None else num_frames
+        if self.config.uses_actions:
+            if num_frames > self.config.chunk_frames:
+                raise ValueError(
+                    f"expected num_frames <= chunk_frames={self.config.chunk_frames} for an action-conditioned "
+                    f"model, got {num_frames}"
+                )
+            actions = self._check_actions(actions, context.shape[0], num_frames)
+            states, mask = self._condition(texts, actions, None)
+            null = self._null_condition() if self.config.diffusion.guidance_scale != 1.0 else None
+            return sample_chunk(
+                self.unet, context[:, -self.config.context_frames:], states, mask, num_frames,
+                self.config.diffusion, null_states=null, generator=generator,
+            )
+        self._check_actions(actions, context.shape[0], 0)
+        if texts is None or len(texts) != context.shape[0]:
+            raise ValueError(f"expected one text per batch element ({context.shape[0]}), got {texts!r}")
         states, mask = self.encode_text(texts)
         null = self._null_states() if self.config.diffusion.guidance_scale != 1.0 else None
-        num_frames = self.config.chunk_frames if num_frames is None else num_frames
         return sample_chunk(
             self.unet, context[:, -self.config.context_frames:], states, mask, num_frames, self.config.diffusion,
             null_states=null, generator=generator,
@@ -231,6 +357,10 @@ class WorldModel(nn.Module):
             save_file(_contiguous(text_weights), path / TEXT_ENCODER_FILE)
         else:
             (path / TEXT_ENCODER_FILE).unlink(missing_ok=True)
+        if self.action_encoder is not None:
+            save_file(_contiguous(self.action_encoder.state_dict()), path / ACTION_ENCODER_FILE)
+        else:
+            (path / ACTION_ENCODER_FILE).unlink(missing_ok=True)
         # The VAE's scaling factor is set after its training (register_to_config); save the value in use.
         scaling_factor = float(self.vae.config.scaling_factor)
         config = replace(self.config, vae=replace(self.config.vae, scaling_factor=scaling_factor))
@@ -254,6 +384,8 @@ class WorldModel(nn.Module):
         _load_into(self.vae, path / VAE_FILE)
         if self.text_encoder.state_dict() or (path / TEXT_ENCODER_FILE).exists():
             _load_into(self.text_encoder, path / TEXT_ENCODER_FILE)
+        if self.action_encoder is not None:
+            _load_into(self.action_encoder, path / ACTION_ENCODER_FILE)
 
 
 def read_config(path: str | Path) -> WorldModelConfig:
