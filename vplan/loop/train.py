@@ -2,7 +2,9 @@
 
 The last `holdout_episodes` episodes are never trained on. The VAE trains on single frames; the world model
 trains on clips (a context of 1..context_frames latents, then a chunk) whose text is the subgoal of the
-chunk's first frame, with the latents of the whole dataset encoded once by the frozen, already trained VAE.
+chunk's first frame, with the latents of the whole dataset encoded once by the frozen, already trained VAE; an
+action-conditioned world model (`component.model.conditioning=action|text+action`) also gets the dataset's
+low-level actions that lead into each chunk frame.
 The inverse-dynamics policy trains on transitions, real and through the VAE (vplan/loop/idm.py).
 The finished component is written to `<out>/final` (safetensors + JSON config).
 """
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
+from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.errors import UsageError
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
@@ -116,15 +118,28 @@ class WorldModelTraining:
     Within a subgoal the context frames already show where the gripper is heading, so a model can learn the
     data while ignoring its text; `boundary_fraction` of the clips therefore start their chunk on the first
     frame of a subgoal, where the next target (which cube, which spot) is in the text alone.
+
+    `actions` (one (T, action_dim) tensor per episode, row t taken at frame t) is for action-conditioned models:
+    chunk frame f gets action f - 1, the one that led into it. Drawing them takes no extra random numbers, so a
+    step's clips are the same with or without actions.
     """
 
-    def __init__(self, config: WorldModelTrainConfig, latents: list[torch.Tensor], texts: list[list[str]], vae: Any):
+    def __init__(
+        self, config: WorldModelTrainConfig, latents: list[torch.Tensor], texts: list[list[str]], vae: Any,
+        actions: list[torch.Tensor] | None = None,
+    ):
         model_config = config.model
         torch.manual_seed(config.optim.seed)
         self.module = WorldModel(model_config, vae=vae)
         for parameter in self.module.vae.parameters():
             parameter.requires_grad_(False)
         self.config, self.latents, self.texts = model_config, latents, texts
+        if model_config.uses_actions != (actions is not None):
+            raise ValueError(
+                f"expected actions exactly for an action-conditioned model (conditioning="
+                f"{model_config.conditioning!r}), got {'some' if actions is not None else 'none'}"
+            )
+        self.actions = actions
         self.boundary_fraction = config.boundary_fraction
         span = model_config.context_frames + model_config.chunk_frames
         self.starts = [(e, s) for e, ep in enumerate(latents) for s in range(len(ep) - span + 1)]
@@ -149,15 +164,24 @@ class WorldModelTraining:
 
     def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]:
         context = int(torch.randint(1, self.config.context_frames + 1, (1,), generator=generator))
-        clips, texts = [], []
+        clips, texts, actions = [], [], []
         for _ in range(batch_size):
             episode, start = self._pick(generator, context)
             clips.append(self.latents[episode][start : start + context + self.config.chunk_frames])
             texts.append(self.texts[episode][start + context])
+            if self.actions is not None:  # the actions taken at the frames before each chunk frame
+                first = start + context - 1
+                actions.append(self.actions[episode][first : first + self.config.chunk_frames])
         clips_tensor = torch.stack(clips)
-        return {"context": clips_tensor[:, :context], "target": clips_tensor[:, context:], "texts": texts}
+        batch = {"context": clips_tensor[:, :context], "target": clips_tensor[:, context:], "texts": texts}
+        if self.actions is not None:
+            batch["actions"] = torch.stack(actions)
+        return batch
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        if "actions" in batch:
+            return self.module(batch["context"], batch["target"], batch["texts"], generator=generator,
+                               actions=batch["actions"])
         return self.module(batch["context"], batch["target"], batch["texts"], generator=generator)
 
 
@@ -189,6 +213,18 @@ def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
         raise UsageError(f"the VAE does not fit the world model: {error}") from None
 
 
+def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> torch.Tensor:
+    """An episode's low-level actions as float32 (T, action_dim), or a UsageError naming the setting to change."""
+    if ACTION not in episode:
+        raise UsageError(f"{data} has no {ACTION!r} column for an action-conditioned world model")
+    actions = torch.as_tensor(np.asarray(episode[ACTION]), dtype=torch.float32).reshape(len(episode[ACTION]), -1)
+    if actions.shape[1] != action_dim:
+        raise UsageError(
+            f"the actions in {data} have {actions.shape[1]} values; set component.model.action_dim={actions.shape[1]}"
+        )
+    return actions
+
+
 def train_component(cfg: TrainConfig) -> Path:
     """Train the chosen component, write `<out>/final` and print a held-out figure."""
     dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes)
@@ -214,15 +250,17 @@ def train_component(cfg: TrainConfig) -> Path:
     component.model = _with_vae(component.model, vae)
     from tqdm import tqdm
 
-    latents, texts = [], []
+    latents, texts, actions = [], [], []
     vae.to("cuda" if torch.cuda.is_available() else "cpu")  # encoding is the slow part of a GPU run's start
-    with torch.no_grad():  # each episode read once: frames to latents, subgoals kept
+    with torch.no_grad():  # each episode read once: frames to latents, subgoals (and actions) kept
         for e in tqdm(train_episodes, desc="encode frames to latents", unit="episode"):
             episode = dataset.episode(e)
             latents.append(encode_frames(vae, torch.from_numpy(np.array(episode[OBS_IMAGE_FRONT]))).cpu())
             texts.append(list(episode[SUBGOAL]))
+            if component.model.uses_actions:
+                actions.append(_episode_actions(episode, component.model.action_dim, cfg.data))
     vae.to("cpu")
-    training = WorldModelTraining(component, latents, texts, vae)
+    training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None)
     train(training, component.optim, out, "train worldmodel")
     training.module.eval().save_pretrained(final)
     print(f"world model written to {final}")

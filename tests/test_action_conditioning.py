@@ -1,0 +1,232 @@
+"""Action-conditioned world model (issue 9): config checks, actions change the chunk, both objectives train,
+text-only checkpoints are untouched, and `vplan train` trains, saves and reloads an action model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vplan.data.collect import CollectConfig, collect
+from vplan.envs import TabletopConfig
+from vplan.loop.train import WorldModelTrainConfig, WorldModelTraining
+from vplan.shipped import resolve_checkpoint
+from vplan.tasks import TaskConfig
+from vplan.worldmodel.diffusion import DiffusionConfig, sample_chunk
+from vplan.worldmodel.model import (
+    ACTION_ENCODER_FILE,
+    TEXT_ENCODER_FILE,
+    UNET_FILE,
+    VAE_FILE,
+    WorldModel,
+    WorldModelConfig,
+    read_config,
+)
+from vplan.worldmodel.text_encoder import TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig, build_vae
+
+DIM, LATENT, CHUNK = 16, 8, 3
+OBJECTIVES = [("epsilon", "ddim"), ("flow", "flow_euler")]
+
+
+def tiny_config(conditioning: str = "action", objective: str = "epsilon", sampler: str = "ddim", **overrides):
+    fields = {
+        "unet": replace(UNetConfig.preset("tiny"), sample_size=LATENT, cross_attention_dim=DIM),
+        "diffusion": DiffusionConfig(objective=objective, sampler=sampler, num_inference_steps=2),
+        "vae": VAEConfig.tiny(image_size=16),
+        "text_encoder": TextEncoderConfig(kind="learned", dim=DIM, max_tokens=4, vocab_buckets=64),
+        "context_frames": 2,
+        "chunk_frames": CHUNK,
+        "conditioning": conditioning,
+    }
+    return WorldModelConfig(**{**fields, **overrides})
+
+
+def tiny_model(conditioning: str = "action", seed: int = 0, **overrides) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(tiny_config(conditioning, **overrides)).eval()
+
+
+def randn(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_bad_conditioning_and_settings_are_clear_errors():
+    with pytest.raises(ValueError, match=r"conditioning: expected one of \('text', 'action', 'text\+action'\), got 'actions'"):
+        tiny_config("actions")
+    with pytest.raises(ValueError, match="action_dim to be a positive int, got 0"):
+        tiny_config(action_dim=0)
+    with pytest.raises(ValueError, match=r"action_tail_dropout: expected a share in \[0, 1\), got 1.0"):
+        tiny_config(action_tail_dropout=1.0)
+    action_model, text_model = tiny_model("action"), tiny_model("text")
+    context = randn(1, 2, 4, LATENT, LATENT)
+    with pytest.raises(ValueError, match="expected actions .* for conditioning='action', got None"):
+        action_model.generate(context, None)
+    with pytest.raises(ValueError, match=r"expected actions of shape \(1, k <= 3, 4\), got \(1, 3, 5\)"):
+        action_model.generate(context, None, actions=torch.zeros(1, 3, 5))
+    with pytest.raises(ValueError, match="expected no actions for conditioning='text'"):
+        text_model.generate(context, ["go"], actions=torch.zeros(1, 3, 4))
+
+
+@pytest.mark.parametrize("conditioning", ["action", "text+action"])
+@pytest.mark.parametrize(("objective", "sampler"), OBJECTIVES)
+def test_different_actions_give_different_chunks(conditioning, objective, sampler):
+    model = tiny_model(conditioning, objective=objective, sampler=sampler)
+    context = randn(2, 2, 4, LATENT, LATENT)
+    actions = torch.rand(2, CHUNK, 4, generator=seeded(2)) * 2 - 1
+    texts = ["push the red cube left", "push the red cube left"]
+
+    first = model.generate(context, texts, generator=seeded(3), actions=actions)
+    again = model.generate(context, texts, generator=seeded(3), actions=actions)
+    other = model.generate(context, texts, generator=seeded(3), actions=actions.flip(1) * -1)
+    assert first.shape == (2, CHUNK, 4, LATENT, LATENT)
+    assert torch.equal(first, again)
+    assert (first - other).abs().amax(dim=(1, 2, 3, 4)).min() > 1e-3  # every batch element changed
+
+
+def test_unknown_steps_are_null_tokens_and_guidance_drops_actions():
+    model = tiny_model("text+action", diffusion=DiffusionConfig(num_inference_steps=2, sampler="ddim", guidance_scale=3.0))
+    encoder = model.action_encoder
+    actions = torch.rand(2, CHUNK, 4, generator=seeded(4))
+    tokens = encoder(actions[:, :1])  # only the first step's action known
+    null = encoder.null(2)
+    assert torch.equal(tokens[:, 1:], null[:, 1:])
+    assert not torch.allclose(tokens[:, :1], null[:, :1])
+    assert torch.equal(encoder(actions[:, :1]), encoder(torch.cat([actions[:, :1], actions[:, :1]], 1), (torch.arange(CHUNK) < 1).expand(2, -1)))
+    # guided sampling runs (null = empty text beside all-null action tokens) and differs from unguided
+    context = randn(2, 2, 4, LATENT, LATENT)
+    guided = model.generate(context, ["a", "b"], generator=seeded(5), actions=actions)
+    model.config.diffusion.guidance_scale = 1.0
+    plain = model.generate(context, ["a", "b"], generator=seeded(5), actions=actions)
+    assert not torch.allclose(guided, plain)
+
+
+@pytest.mark.parametrize("conditioning", ["action", "text+action"])
+@pytest.mark.parametrize(("objective", "sampler"), OBJECTIVES)
+def test_both_objectives_train_with_actions(conditioning, objective, sampler):
+    model = tiny_model(conditioning, objective=objective, sampler=sampler).train()
+    context, target = randn(2, 2, 4, LATENT, LATENT, seed=6), randn(2, CHUNK, 4, LATENT, LATENT, seed=7)
+    actions = torch.rand(2, CHUNK, 4, generator=seeded(8)) * 2 - 1
+    texts = ["go", "stop"]
+
+    loss, logs = model(context, target, texts, generator=seeded(9), actions=actions)
+    other, _ = model(context, target, texts, generator=seeded(9), actions=-actions)
+    assert torch.isfinite(loss) and set(logs) >= {"loss", "noise_level"}
+    assert loss.item() != other.item()  # the actions reach the loss
+    loss.backward()
+    assert model.action_encoder.mlp[0].weight.grad.abs().sum() > 0
+    assert model.action_encoder.null_token.grad is not None
+    with pytest.raises(ValueError, match=r"expected actions of shape \(2, k <= 3, 4\)"):
+        model(context, target, texts, generator=seeded(9), actions=actions[:1])
+
+
+def test_text_conditioning_keeps_the_shipped_checkpoint_as_it_was():
+    path = resolve_checkpoint("shipped:tabletop/worldmodel")
+    saved = json.loads((Path(path) / "config.json").read_text())["config"]
+    assert not {"conditioning", "action_dim", "action_tail_dropout"} & set(saved)  # an old config.json
+    config = read_config(path)
+    assert config.conditioning == "text"
+    model = WorldModel.from_pretrained(path)  # _load_into rejects missing or unexpected tensors
+    assert model.action_encoder is None
+    on_disk = {f"unet.{k}" for k in load_file(Path(path) / UNET_FILE)} | {f"vae.{k}" for k in load_file(Path(path) / VAE_FILE)}
+    if (Path(path) / TEXT_ENCODER_FILE).exists():
+        on_disk |= {f"text_encoder.{k}" for k in load_file(Path(path) / TEXT_ENCODER_FILE)}
+    assert set(model.state_dict()) == on_disk  # no new parameters
+
+    # generation is the text-only path: unet + sampler on the text states, nothing else
+    context = randn(1, 2, *model.latent_shape)
+    states, mask = model.encode_text(["pick up the red cube"])
+    direct = sample_chunk(model.unet, context, states, mask, config.chunk_frames, config.diffusion, generator=seeded(0))
+    assert torch.equal(model.generate(context, ["pick up the red cube"], generator=seeded(0)), direct)
+
+
+def test_training_batches_carry_the_actions_that_lead_into_each_chunk_frame():
+    vae = build_vae(VAEConfig.tiny(image_size=16))
+    lengths = (9, 11)
+    latents = [torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 4, LATENT, LATENT) for n in lengths]
+    texts = [["a"] * 4 + ["b"] * (n - 4) for n in lengths]
+    actions = [torch.arange(n, dtype=torch.float32)[:, None].expand(n, 4) + 100 * e for e, n in enumerate(lengths)]
+    with_actions = WorldModelTraining(WorldModelTrainConfig(model=tiny_config("action")), latents, texts, vae, actions)
+    text_only = WorldModelTraining(WorldModelTrainConfig(model=tiny_config("text")), latents, texts, vae)
+
+    batch = with_actions.batch(seeded(0), 6)
+    frame = batch["target"][:, :, 0, 0, 0]  # the frame index of each chunk frame
+    assert batch["actions"].shape == (6, CHUNK, 4)
+    assert torch.equal(batch["actions"][..., 0] % 100, frame - 1)  # action f - 1 led into frame f
+    same = text_only.batch(seeded(0), 6)  # actions take no random draws: the same clips
+    assert torch.equal(same["target"], batch["target"]) and same["texts"] == batch["texts"] and "actions" not in same
+    with pytest.raises(ValueError, match="expected actions exactly for an action-conditioned model"):
+        WorldModelTraining(WorldModelTrainConfig(model=tiny_config("action")), latents, texts, vae)
+
+
+TINY_ACTION_MODEL = [
+    "model@component.model=tiny",
+    "component.model.conditioning=action",
+    "component.model.unet.sample_size=8",
+    "component.model.unet.cross_attention_dim=32",
+    "component.model.text_encoder.kind=learned",
+    "component.model.text_encoder.dim=32",
+    "component.model.text_encoder.vocab_buckets=64",
+    "component.model.context_frames=2",
+    "component.model.chunk_frames=2",
+    "component.model.diffusion.num_inference_steps=2",
+    "component.model.vae.block_out_channels=[8,16]",
+    "component.model.vae.norm_num_groups=4",
+    "component.model.vae.image_size=16",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset_and_vae(tmp_path_factory):
+    root = tmp_path_factory.mktemp("actions")
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=2, out=str(root / "ds")))
+    torch.manual_seed(0)
+    build_vae(VAEConfig.tiny(image_size=16)).save_pretrained(root / "vae", safe_serialization=True)  # untrained is fine
+    return root / "ds", root / "vae"
+
+
+def test_vplan_train_an_action_model_then_save_and_reload_bit_exactly(tiny_dataset_and_vae, tmp_path):
+    data, vae = tiny_dataset_and_vae
+    out = tmp_path / "wm"
+
+    def vplan_train(*overrides: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "vplan.cli", "train", "component=worldmodel", f"data={data}",
+                   f"component.vae={vae}", "holdout_episodes=1", "component.optim.steps=2",
+                   "component.optim.batch_size=2", *TINY_ACTION_MODEL, *overrides]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    result = vplan_train(f"out={out}")
+    assert result.returncode == 0, result.stderr
+
+    final = out / "final"
+    assert (final / ACTION_ENCODER_FILE).is_file()
+    model = WorldModel.from_pretrained(final)
+    assert model.config.conditioning == "action" and model.action_encoder is not None
+    torch.manual_seed(0)  # the training's seed (OptimConfig.seed): the weights it started from
+    fresh = WorldModel(model.config, vae=model.vae)
+    # the same start (the text encoder gets no gradient with conditioning=action), then trained action tokens
+    assert torch.equal(fresh.text_encoder.token_embedding.weight, model.text_encoder.token_embedding.weight)
+    assert not torch.equal(fresh.action_encoder.mlp[0].weight, model.action_encoder.mlp[0].weight)
+
+    model.save_pretrained(tmp_path / "again")
+    again = WorldModel.from_pretrained(tmp_path / "again")
+    state, state_again = model.state_dict(), again.state_dict()
+    assert set(state) == set(state_again) and all(torch.equal(state[k], state_again[k]) for k in state)
+    context, actions = randn(1, 2, 4, 8, 8), torch.rand(1, 2, 4, generator=seeded(1))
+    assert torch.equal(model.generate(context, None, generator=seeded(2), actions=actions),
+                       again.generate(context, None, generator=seeded(2), actions=actions))
+
+    bad = vplan_train("component.model.action_dim=3", f"out={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "set component.model.action_dim=4" in bad.stderr
