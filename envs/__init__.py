@@ -8,6 +8,7 @@ from vplan.envs.blockworld import BlockworldConfig
 from vplan.envs.minerl_adapter import MineRLConfig, require_minerl
 from vplan.envs.rlbench_adapter import RLBenchConfig, require_rlbench
 from vplan.envs.tabletop_v0 import TabletopConfig
+from vplan.envs.worldmodel_env import WorldModelEnvConfig
 
 ENV_IDS = {
     "tabletop": "vplan/Tabletop-v0",
@@ -23,6 +24,10 @@ _ENTRY_POINTS = {
     "minerl": ("vplan.envs.minerl_adapter:MineRLEnv", MineRLConfig),
 }
 _CONFIG_ENV_IDS = {config_class: ENV_IDS[name] for name, (_, config_class) in _ENTRY_POINTS.items()}
+# The imagined tabletop (an action-conditioned world model) is an env but not an env config group: it has no
+# tasks, expert or scene info for collect/run/bench, so it is made by id or by make_env, not by `env=`.
+WORLD_MODEL_ENV_ID = "vplan/WorldModel-v0"
+_CONFIG_ENV_IDS[WorldModelEnvConfig] = WORLD_MODEL_ENV_ID
 # An adapter runs the tasks of the embedded env it stands in for (same task names, same info keys).
 TASKS_OF_ENV = {"rlbench": "tabletop"}
 _REQUIRE_SIMULATOR = {RLBenchConfig: require_rlbench, MineRLConfig: require_minerl}
@@ -33,6 +38,12 @@ for _name, (_entry_point, _config_class) in _ENTRY_POINTS.items():
         gymnasium.register(
             id=ENV_IDS[_name], entry_point=_entry_point, max_episode_steps=_config_class.max_episode_steps
         )
+if WORLD_MODEL_ENV_ID not in gymnasium.registry:
+    gymnasium.register(
+        id=WORLD_MODEL_ENV_ID,
+        entry_point="vplan.envs.worldmodel_env:WorldModelEnv",
+        max_episode_steps=WorldModelEnvConfig.max_episode_steps,
+    )
 
 
 def require_simulator(config: object) -> None:
@@ -57,7 +68,9 @@ def env_name(config: object) -> str:
     raise ValueError(f"expected an env config, one of {names}, got {type(config).__name__}")
 
 
-def make_env(config: TabletopConfig | BlockworldConfig | RLBenchConfig | MineRLConfig) -> gymnasium.Env:
+def make_env(
+    config: TabletopConfig | BlockworldConfig | RLBenchConfig | MineRLConfig | WorldModelEnvConfig,
+) -> gymnasium.Env:
     """The registered env for a config dataclass, truncated at the config's `max_episode_steps`."""
     env_id = _CONFIG_ENV_IDS.get(type(config))
     if env_id is None:
@@ -73,6 +86,8 @@ __all__ = [
     "RLBenchConfig",
     "TASKS_OF_ENV",
     "TabletopConfig",
+    "WORLD_MODEL_ENV_ID",
+    "WorldModelEnvConfig",
     "env_name",
     "make_env",
     "require_simulator",

@@ -1,0 +1,256 @@
+"""The imagined tabletop (vplan/WorldModel-v0): an action-conditioned world model as a gymnasium env, after DIAMOND.
+
+torch and the world model are imported when an env is made, not with `vplan.envs` (diffusers takes seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import seeding
+
+if TYPE_CHECKING:
+    import torch
+
+    from vplan.worldmodel.model import WorldModel
+
+_SEED_HIGH = 2**62
+
+
+@dataclass
+class WorldModelEnvConfig:
+    """Settings of the imagined env; the world model's own config (chunk and context lengths, sampler) is its."""
+
+    checkpoint: str = field(
+        default="checkpoints/worldmodel/final",
+        metadata={"help": "An action-conditioned world model (`vplan train component=worldmodel "
+                  "component.model.conditioning=action`): a directory or shipped:<env>/worldmodel."},
+    )
+    text: str = field(
+        default="", metadata={"help": "Subgoal text for a text+action model ('' is the null text); reset option too."}
+    )
+    max_episode_steps: int = field(
+        default=400,
+        metadata={"help": "Step limit (the tabletop's): the registered TimeLimit, and truncation in step_batch."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps: expected a positive int, got {self.max_episode_steps!r}")
+
+
+class WorldModelEnv(gym.Env):
+    """The tabletop as an action-conditioned world model imagines it: actions in, imagined frames out.
+
+    Each step imagines one frame. The model was trained on chunks whose every frame attends to every action of
+    the chunk, so a frame cannot be drawn before the chunk's later actions are known, and buffering a chunk of
+    actions would return each frame up to a chunk late (or make the agent act blind). Instead each step samples a
+    chunk from the last `context_frames` frames with the step's action as the chunk's first action and null
+    tokens for the rest (not known yet; training drops action tails the same way, `action_tail_dropout`), and
+    keeps the chunk's first frame. Observations are then causal (frame t + 1 follows action t), at the price of a
+    whole chunk's sampling per frame; `step_batch` runs many rollouts in one UNet call. Generation stays in latent
+    space (the history is latents); each new frame is decoded once, for the observation.
+
+    ## Action Space
+    The tabletop's: `Box(-1, 1, (action_dim,), float32)` (4: gripper dx, dy, dz and grip), clipped like it.
+
+    ## Observation Space
+    `Box(0, 255, (H, W, 3), uint8)`: the latest frame (the tabletop's `"front"` camera, at the VAE's image size).
+    There is no `agent_pos`: only pixels are imagined.
+
+    ## Starting State
+    `reset(seed, options)` starts from a real first frame: `options["frame"]` (uint8 (H, W, 3), or (T, H, W, 3)
+    context frames), `options["dataset"]` and `options["episode"]` (the first frame of that episode of a
+    `vplan collect` dataset), or by default the front camera of the embedded tabletop reset with a seed drawn
+    from `seed`. `options["text"]` sets the subgoal of a text+action model.
+
+    ## Rewards
+    0.0: the imagined world scores nothing itself (rewards are the RL issue's).
+
+    ## Episode End
+    Never terminates; truncated after `max_episode_steps` (gymnasium's TimeLimit, and `step_batch` itself).
+
+    ## Randomness
+    Each rollout samples from its own torch generator seeded from its reset seed, so rollout i of
+    `step_batch` equals a single env reset with seed i and fed the same actions (up to float rounding of
+    batched kernels).
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        config: WorldModelEnvConfig | None = None,
+        model: WorldModel | None = None,
+        render_mode: str | None = "rgb_array",
+        **overrides: Any,
+    ) -> None:
+        config = config or WorldModelEnvConfig()
+        unknown = set(overrides) - {f.name for f in fields(WorldModelEnvConfig)}
+        if unknown:
+            raise ValueError(f"expected WorldModelEnvConfig fields as overrides, got unknown {sorted(unknown)}")
+        self.config = replace(config, **overrides) if overrides else config
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        if model is None:
+            from vplan.worldmodel.model import WorldModel
+
+            model = WorldModel.from_pretrained(self.config.checkpoint)
+        if not model.config.uses_actions:
+            raise ValueError(
+                f"expected an action-conditioned world model (conditioning 'action' or 'text+action'), got "
+                f"conditioning={model.config.conditioning!r}; train one with `vplan train component=worldmodel "
+                "component.model.conditioning=action`"
+            )
+        self.model = model.eval()
+        size = model.config.vae.image_size
+        self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.action_space = spaces.Box(-1.0, 1.0, (model.config.action_dim,), np.float32)
+        self._tabletop: gym.Env | None = None  # made on the first default reset
+        self._history: torch.Tensor | None = None  # latents (B, <= context_frames, C, h, w)
+        self._generators: list[torch.Generator] = []
+        self._texts: list[str] = []
+        self._frames = np.zeros((1, size, size, 3), np.uint8)
+        self._steps = 0
+
+    # -- gymnasium API (one rollout)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"frame", "dataset", "episode", "text"}
+        if unknown:
+            raise ValueError(f"expected reset options among frame, dataset, episode, text; got {sorted(unknown)}")
+        torch_seed, frames = self._start_frames(options, self.np_random)
+        self._start([torch_seed], frames[None], [options.get("text", self.config.text)])
+        return self._frames[0].copy(), self._info()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, rewards, terminated, truncated, info = self.step_batch(np.asarray(action, dtype=np.float32)[None])
+        return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
+
+    def render(self) -> np.ndarray | None:
+        """The latest frame (of rollout 0)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
+            return None
+        return self._frames[0].copy()
+
+    def close(self) -> None:
+        if self._tabletop is not None:
+            self._tabletop.close()
+            self._tabletop = None
+
+    # -- batched rollouts
+
+    def reset_batch(
+        self, seeds: list[int], frames: np.ndarray | None = None, texts: list[str] | None = None
+    ) -> np.ndarray:
+        """Start len(seeds) rollouts at once; returns their first frames (B, H, W, 3).
+
+        `frames` (B, H, W, 3) or (B, T, H, W, 3) are their real first frames; by default each is the embedded
+        tabletop reset as `reset(seed=seeds[i])` would. Rollout i samples exactly as a single env reset with
+        seed `seeds[i]` (and the same frame) does.
+        """
+        if not seeds:
+            raise ValueError("expected at least one seed, got none")
+        if texts is not None and len(texts) != len(seeds):
+            raise ValueError(f"expected one text per seed ({len(seeds)}), got {len(texts)}")
+        options: list[dict[str, Any]] = [{} for _ in seeds]
+        if frames is not None:
+            frames = np.asarray(frames)
+            if frames.ndim not in (4, 5) or len(frames) != len(seeds):
+                raise ValueError(f"expected frames (B={len(seeds)}, [T,] H, W, 3), got {frames.shape}")
+            options = [{"frame": f} for f in frames]
+        starts = [self._start_frames(o, seeding.np_random(int(s))[0]) for o, s in zip(options, seeds)]
+        length = min(len(f) for _, f in starts)  # one context length for the batch
+        self._start([t for t, _ in starts], np.stack([f[-length:] for _, f in starts]),
+                    texts or [self.config.text] * len(seeds))
+        return self._frames.copy()
+
+    def step_batch(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Advance every rollout by one action (B, action_dim) in one UNet call per denoising step: the next frames
+        (B, H, W, 3), rewards (B,), terminated (B,), truncated (B,) and info."""
+        import torch
+
+        if self._history is None:
+            raise gym.error.ResetNeeded("call reset() or reset_batch() before step()")
+        batch = self._history.shape[0]
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.shape != (batch, *self.action_space.shape):
+            raise ValueError(f"expected actions of shape ({batch}, {self.action_space.shape[0]}), got {actions.shape}")
+        actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        model = self.model
+        with torch.no_grad():
+            chunk = model.generate(
+                self._history, self._texts, generator=self._generators,
+                actions=torch.from_numpy(actions)[:, None].to(self._history.device),
+            )
+            frame = chunk[:, :1]
+            self._history = torch.cat([self._history, frame], dim=1)[:, -model.config.context_frames:]
+            self._frames = model.decode(frame)[:, 0].cpu().numpy()
+        self._steps += 1
+        truncated = np.full(batch, self._steps >= self.config.max_episode_steps)
+        return (self._frames.copy(), np.zeros(batch, np.float32), np.zeros(batch, bool), truncated,
+                self._info())
+
+    # -- internals
+
+    def _start(self, torch_seeds: list[int], frames: np.ndarray, texts: list[str]) -> None:
+        """Encode the first frames (B, T, H, W, 3); one sampling generator per rollout."""
+        import torch
+
+        self._generators = [torch.Generator().manual_seed(seed) for seed in torch_seeds]
+        device = next(self.model.unet.parameters()).device
+        with torch.no_grad():
+            latents = self.model.encode(torch.from_numpy(np.array(frames, dtype=np.uint8)).to(device))
+        self._history = latents[:, -self.model.config.context_frames:]
+        self._texts = list(texts)
+        self._frames = np.ascontiguousarray(frames[:, -1])
+        self._steps = 0
+
+    def _start_frames(self, options: dict[str, Any], rng: np.random.Generator) -> tuple[int, np.ndarray]:
+        """One rollout's sampling seed and real first frames (T, H, W, 3). The seed is drawn from `rng` first
+        (then the tabletop's), so `reset` and `reset_batch` draw alike."""
+        torch_seed = int(rng.integers(_SEED_HIGH))
+        return torch_seed, self._first_frames(options, rng)
+
+    def _first_frames(self, options: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        if "frame" in options:
+            return self._check_frames(np.asarray(options["frame"]))
+        if "dataset" in options:
+            from vplan.constants import OBS_IMAGE_FRONT
+            from vplan.data import EpisodeDataset
+
+            episode = EpisodeDataset(options["dataset"]).episode(int(options.get("episode", 0)))
+            return self._check_frames(np.asarray(episode[OBS_IMAGE_FRONT][:1]))
+        if self._tabletop is None:
+            from vplan.envs.tabletop_v0 import TabletopConfig, TabletopEnv
+
+            self._tabletop = TabletopEnv(TabletopConfig(image_size=self.observation_space.shape[0]))
+        obs, _ = self._tabletop.reset(seed=int(rng.integers(_SEED_HIGH)))
+        return obs["front"][None]
+
+    def _check_frames(self, frames: np.ndarray) -> np.ndarray:
+        if frames.ndim == 3:
+            frames = frames[None]
+        shape = self.observation_space.shape
+        if frames.dtype != np.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != shape or len(frames) < 1:
+            raise ValueError(f"expected uint8 frames ([T,] {', '.join(map(str, shape))}), got {frames.dtype} "
+                             f"{frames.shape}")
+        return frames
+
+    def _info(self) -> dict[str, Any]:
+        return {"imagined": True, "step": self._steps, "texts": list(self._texts)}

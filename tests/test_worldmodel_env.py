@@ -1,0 +1,126 @@
+"""WorldModelEnv (vplan/WorldModel-v0) on a tiny random action-conditioned model: check_env, registration, starts,
+truncation, and batched rollouts that agree with single ones."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from vplan.data.collect import CollectConfig, collect
+from vplan.envs import WORLD_MODEL_ENV_ID, TabletopConfig, WorldModelEnvConfig, make_env
+from vplan.envs.worldmodel_env import WorldModelEnv
+from vplan.tasks import TaskConfig
+from vplan.worldmodel.diffusion import DiffusionConfig
+from vplan.worldmodel.model import WorldModel, WorldModelConfig
+from vplan.worldmodel.text_encoder import TextEncoderConfig
+from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.vae import VAEConfig
+
+SIZE = 16
+
+
+def tiny_config(conditioning: str = "action") -> WorldModelConfig:
+    return WorldModelConfig(
+        unet=replace(UNetConfig.preset("tiny"), sample_size=SIZE // 2, cross_attention_dim=16),
+        diffusion=DiffusionConfig(num_inference_steps=2),
+        vae=VAEConfig.tiny(image_size=SIZE),
+        text_encoder=TextEncoderConfig(kind="learned", dim=16, max_tokens=4, vocab_buckets=64),
+        context_frames=2,
+        chunk_frames=3,
+        conditioning=conditioning,
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("wm") / "action"
+    WorldModel(tiny_config()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return WorldModel.from_pretrained(checkpoint)
+
+
+def test_passes_check_env_and_is_registered(checkpoint):
+    made = gym.make(WORLD_MODEL_ENV_ID, config=WorldModelEnvConfig(checkpoint=checkpoint))
+    env = made.unwrapped
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env)
+    assert [str(w.message) for w in caught if "gymnasium" in w.filename] == []  # check_env warns of most problems
+    assert env.observation_space == gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
+    tabletop = gym.make("vplan/Tabletop-v0", image_size=SIZE)
+    assert env.action_space == tabletop.action_space
+    assert env.observation_space == tabletop.observation_space["front"]
+    tabletop.close()
+
+    assert made.spec.max_episode_steps == WorldModelEnvConfig.max_episode_steps
+    assert isinstance(make_env(WorldModelEnvConfig(checkpoint=checkpoint)).unwrapped, WorldModelEnv)
+    env.close()
+
+
+def test_text_models_and_bad_starts_are_clear_errors(tmp_path, model):
+    torch.manual_seed(0)
+    WorldModel(tiny_config("text")).save_pretrained(tmp_path / "text")
+    with pytest.raises(ValueError, match="expected an action-conditioned world model .* got conditioning='text'"):
+        WorldModelEnv(WorldModelEnvConfig(checkpoint=str(tmp_path / "text")))
+    env = WorldModelEnv(model=model)
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(env.action_space.sample())
+    with pytest.raises(ValueError, match=r"expected uint8 frames \(\[T,\] 16, 16, 3\)"):
+        env.reset(options={"frame": np.zeros((8, 8, 3), np.uint8)})
+    with pytest.raises(ValueError, match="expected reset options among"):
+        env.reset(options={"frames": None})
+
+
+def test_steps_imagine_from_the_given_frame_follow_the_actions_and_truncate(model):
+    env = WorldModelEnv(model=model, max_episode_steps=2)
+    frame = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    obs, info = env.reset(seed=1, options={"frame": frame})
+    assert np.array_equal(obs, frame) and info["imagined"]
+    push = env.step(np.array([1, 0, 0, 1], np.float32))
+    assert push[1:4] == (0.0, False, False)
+    env.reset(seed=1, options={"frame": frame})
+    other = env.step(np.array([-1, 0, 0, -1], np.float32))
+    assert np.abs(push[0].astype(int) - other[0].astype(int)).max() > 0  # the action changes the frame
+    assert env.step(np.zeros(4, np.float32))[3] is True  # the second step hits max_episode_steps=2
+
+
+def test_batched_steps_agree_with_single_steps(model):
+    seeds = [3, 7]
+    actions = np.random.default_rng(1).uniform(-1, 1, (4, len(seeds), 4)).astype(np.float32)
+    batched = WorldModelEnv(model=model)
+    frames = [batched.reset_batch(seeds)]
+    frames += [batched.step_batch(a)[0] for a in actions]
+    history = batched._history.clone()
+
+    for i, seed in enumerate(seeds):
+        single = WorldModelEnv(model=model)
+        obs, _ = single.reset(seed=seed)  # the default start: the embedded tabletop reset from this seed
+        assert np.array_equal(obs, frames[0][i])
+        for step, action in enumerate(actions):
+            obs = single.step(action[i])[0]
+            assert np.abs(obs.astype(int) - frames[step + 1][i].astype(int)).max() <= 1  # float rounding
+        torch.testing.assert_close(single._history[0], history[i], atol=1e-4, rtol=1e-4)
+    assert not np.array_equal(frames[-1][0], frames[-1][1])  # two different rollouts, not one repeated
+
+
+def test_reset_from_a_dataset_episode(model, tmp_path):
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    data = collect(CollectConfig(env=TabletopConfig(image_size=SIZE, max_episode_steps=12), task=task, episodes=1,
+                                 out=str(tmp_path / "ds")))
+    from vplan.constants import OBS_IMAGE_FRONT
+    from vplan.data import EpisodeDataset
+
+    first = EpisodeDataset(data).episode(0)[OBS_IMAGE_FRONT][0]
+    obs, _ = WorldModelEnv(model=model).reset(seed=0, options={"dataset": str(data), "episode": 0})
+    assert np.array_equal(obs, first)
