@@ -230,3 +230,30 @@ def test_vplan_train_an_action_model_then_save_and_reload_bit_exactly(tiny_datas
 
     bad = vplan_train("component.model.action_dim=3", f"out={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "set component.model.action_dim=4" in bad.stderr
+    bad = vplan_train("component.model.conditioning=actions", f"out={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "conditioning: expected one of ('text', 'action', 'text+action')" in bad.stderr
+
+
+def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, monkeypatch):
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+
+    torch.manual_seed(0)
+    WorldModel(tiny_config("action")).save_pretrained(tmp_path / "wm")
+    given = []
+    generate = WorldModel.generate
+
+    def spy(self, context, texts, num_frames=None, generator=None, actions=None):
+        given.append(actions)
+        return generate(self, context, texts, num_frames=num_frames, generator=generator, actions=actions)
+
+    monkeypatch.setattr(WorldModel, "generate", spy)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    metrics = evaluate_worldmodel(EvalWorldModelConfig(
+        env=TabletopConfig(image_size=16, max_episode_steps=30), task=task, checkpoint=str(tmp_path / "wm"),
+        episodes=1, out=str(tmp_path / "run"), video_chunks=0,
+    ))
+    assert metrics["conditioning"] == "action" and metrics["all"]["chunks"] >= 8
+    assert metrics["text_sensitivity"] is None  # an action-only model does not read the text
+    assert len(given) == metrics["all"]["chunks"]
+    assert all(a is not None and a.shape == (1, CHUNK, 4) and a.abs().max() <= 1 for a in given)
+    assert not all(torch.equal(a, given[0]) for a in given)  # each chunk its own actions

@@ -6,6 +6,10 @@ with the real frames (PSNR and SSIM from torchmetrics) next to the copy-last-fra
 covers only the chunks where the gripper moves, where copying the last frame is wrong. Text sensitivity is
 the share of chunks whose generation under the true subgoal is closer to the real frames than under a
 different subgoal of the same episode (same seed, same context). An MP4 grid shows real above generated.
+
+An action-conditioned checkpoint (its `conditioning` is `action` or `text+action`) also gets the expert's executed
+actions that lead into each chunk frame, and text sensitivity is measured only when the model reads text; run
+the eval once per checkpoint to put action- and text-conditioned models side by side.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from vplan.constants import OBS_IMAGE_FRONT, OBS_STATE
+from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.tasks import TaskConfig
 
 MOVING_THRESHOLD = 0.01  # metres the gripper travels within a chunk for the chunk to count as "moving"
@@ -96,6 +100,12 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         frames = torch.from_numpy(frames_np[OBS_IMAGE_FRONT])
         gripper = frames_np[OBS_STATE][:, :3]
         latents = model.encode(frames[None])[0]
+        actions = torch.as_tensor(np.asarray(frames_np[ACTION]), dtype=torch.float32).reshape(len(frames), -1)
+        if model.config.uses_actions and actions.shape[1] != model.config.action_dim:
+            raise UsageError(
+                f"the env's actions have {actions.shape[1]} values, the checkpoint's action_dim is "
+                f"{model.config.action_dim}"
+            )
         texts_in_episode = sorted(set(subgoals))
         for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
             real = frames[start : start + chunk_n]
@@ -103,15 +113,21 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             true_text = subgoals[start]
             other = [t for t in texts_in_episode if t != true_text]
             seed = cfg.seed * 1000 + start
-            predicted = model.decode(model.generate(context, [true_text], generator=torch.Generator().manual_seed(seed)))[0]
+            # the executed actions that lead into the chunk's frames (row t is taken at frame t)
+            given = {"actions": actions[None, start - 1 : start - 1 + chunk_n]} if model.config.uses_actions else {}
+            predicted = model.decode(
+                model.generate(context, [true_text], generator=torch.Generator().manual_seed(seed), **given)
+            )[0]
             psnr, ssim = chunk_scores(predicted, real)
             copy_psnr, copy_ssim = chunk_scores(frames[start - 1 : start].expand_as(real), real)
             row = {"episode": episode, "start": start, "text": true_text, "psnr": psnr, "ssim": ssim,
                    "copy_psnr": copy_psnr, "copy_ssim": copy_ssim,
                    "moving": bool(np.linalg.norm(gripper[start + chunk_n - 1] - gripper[start - 1]) > MOVING_THRESHOLD)}
-            if other:
+            if other and model.config.uses_text:
                 wrong_text = other[(start // chunk_n) % len(other)]
-                wrong = model.decode(model.generate(context, [wrong_text], generator=torch.Generator().manual_seed(seed)))[0]
+                wrong = model.decode(
+                    model.generate(context, [wrong_text], generator=torch.Generator().manual_seed(seed), **given)
+                )[0]
                 row["text_sensitive"] = psnr > chunk_scores(wrong, real)[0]
             rows.append(row)
             if len(grid) < cfg.video_chunks:
@@ -121,6 +137,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     sensitive = [row["text_sensitive"] for row in rows if "text_sensitive" in row]
     metrics = {
         "checkpoint": cfg.checkpoint,
+        "conditioning": model.config.conditioning,
         "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
         "sampling": asdict(model.config.diffusion),
         "all": _summary(rows),
@@ -135,7 +152,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         video = np.concatenate(grid, axis=0)  # chunk after chunk
         imageio.mimwrite(out / "real_vs_generated.mp4", list(video), fps=4, macro_block_size=1)
 
-    print(f"\n{cfg.episodes} held-out episodes (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks:")
+    print(f"\n{cfg.episodes} held-out episodes (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
+          f"conditioning {model.config.conditioning}:")
     print(f"  {'chunks':10} {'PSNR':>7} {'copy-last PSNR':>15} {'SSIM':>6} {'copy-last SSIM':>15}")
     for name in ("all", "moving"):
         s = metrics[name]
