@@ -134,10 +134,11 @@ def test_both_objectives_train_with_actions(conditioning, objective, sampler):
 def test_text_conditioning_keeps_the_shipped_checkpoint_as_it_was():
     path = resolve_checkpoint("shipped:tabletop/worldmodel")
     saved = json.loads((Path(path) / "config.json").read_text())["config"]
-    assert not {"conditioning", "action_dim", "action_tail_dropout"} & set(saved)  # an old config.json
-    config = read_config(path)
-    assert config.conditioning == "text"
-    model = WorldModel.from_pretrained(path)  # _load_into rejects missing or unexpected tensors
+    new_fields = {"conditioning", "action_dim", "action_tail_dropout"}
+    config = WorldModelConfig.from_dict({k: v for k, v in saved.items() if k not in new_fields})  # as written before
+    assert config.conditioning == "text" and read_config(path) == config
+    model = WorldModel(config).eval()
+    model.load_weights(path)  # _load_into rejects missing or unexpected tensors
     assert model.action_encoder is None
     on_disk = {f"unet.{k}" for k in load_file(Path(path) / UNET_FILE)} | {f"vae.{k}" for k in load_file(Path(path) / VAE_FILE)}
     if (Path(path) / TEXT_ENCODER_FILE).exists():
@@ -257,3 +258,17 @@ def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, mo
     assert len(given) == metrics["all"]["chunks"]
     assert all(a is not None and a.shape == (1, CHUNK, 4) and a.abs().max() <= 1 for a in given)
     assert not all(torch.equal(a, given[0]) for a in given)  # each chunk its own actions
+
+
+def test_rollout_gives_each_chunk_its_actions():
+    model = tiny_model("action")
+    first = randn(1, 1, 4, LATENT, LATENT)
+    actions = torch.rand(1, 2 * CHUNK, 4, generator=seeded(1)) * 2 - 1
+    video = model.rollout(first, ["", ""], generator=seeded(2), actions=actions)
+    assert video.shape == (1, 2 * CHUNK, 4, LATENT, LATENT)
+    generator = seeded(2)
+    chunk = model.generate(first, None, generator=generator, actions=actions[:, :CHUNK])
+    second = model.generate(torch.cat([first, chunk], 1), None, generator=generator, actions=actions[:, CHUNK:])
+    assert torch.equal(video, torch.cat([chunk, second], 1))
+    with pytest.raises(ValueError, match=r"expected 6 actions \(2 chunks\), got 3"):
+        model.rollout(first, ["", ""], actions=actions[:, :CHUNK])

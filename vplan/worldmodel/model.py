@@ -323,19 +323,32 @@ class WorldModel(nn.Module):
         first_latents: torch.Tensor,
         texts_per_chunk: list[str] | list[list[str]],
         generator: torch.Generator | None = None,
+        actions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Chunk after chunk in latent space: the generated latents (B, len(texts_per_chunk) * chunk_frames, C, h, w).
 
         Entry i of `texts_per_chunk` conditions chunk i: a string for every batch element, or a list of one per
         element. Each chunk is conditioned on the last `context_frames` latents of `first_latents` ⊕ the chunks so far.
+        An action-conditioned model takes `actions` (B, len(texts_per_chunk) * chunk_frames, action_dim), chunk i
+        its i-th slice (open loop: every action of a chunk is known when it is imagined).
         """
         self._check_latents(first_latents, "first_latents")
         if isinstance(texts_per_chunk, str) or not texts_per_chunk:
             raise ValueError(f"expected a non-empty list with one entry per chunk, got {texts_per_chunk!r}")
-        batch = first_latents.shape[0]
+        batch, chunk_n = first_latents.shape[0], self.config.chunk_frames
+        if actions is not None and self.config.uses_actions:
+            actions = self._check_actions(actions, batch, len(texts_per_chunk) * chunk_n)
+            if actions.shape[1] != len(texts_per_chunk) * chunk_n:
+                raise ValueError(
+                    f"expected {len(texts_per_chunk) * chunk_n} actions ({len(texts_per_chunk)} chunks), got "
+                    f"{actions.shape[1]}"
+                )
         history, chunks = first_latents, []
-        for texts in texts_per_chunk:
-            chunk = self.generate(history, [texts] * batch if isinstance(texts, str) else texts, generator=generator)
+        for i, texts in enumerate(texts_per_chunk):
+            given = {} if actions is None else {"actions": actions[:, i * chunk_n : (i + 1) * chunk_n]}
+            chunk = self.generate(
+                history, [texts] * batch if isinstance(texts, str) else texts, generator=generator, **given
+            )
             chunks.append(chunk)
             history = torch.cat([history, chunk], dim=1)[:, -self.config.context_frames:]
         return torch.cat(chunks, dim=1)
