@@ -31,6 +31,7 @@ from vplan.worldmodel.model import (
 from vplan.worldmodel.text_encoder import TextEncoderConfig
 from vplan.worldmodel.unet import UNetConfig
 from vplan.worldmodel.vae import VAEConfig, build_vae
+from test_train import TINY_WORLD_MODEL
 
 DIM, LATENT, CHUNK = 16, 8, 3
 OBJECTIVES = [("epsilon", "ddim"), ("flow", "flow_euler")]
@@ -171,21 +172,7 @@ def test_training_batches_carry_the_actions_that_lead_into_each_chunk_frame():
         WorldModelTraining(WorldModelTrainConfig(model=tiny_config("action")), latents, texts, vae)
 
 
-TINY_ACTION_MODEL = [
-    "model@component.model=tiny",
-    "component.model.conditioning=action",
-    "component.model.unet.sample_size=8",
-    "component.model.unet.cross_attention_dim=32",
-    "component.model.text_encoder.kind=learned",
-    "component.model.text_encoder.dim=32",
-    "component.model.text_encoder.vocab_buckets=64",
-    "component.model.context_frames=2",
-    "component.model.chunk_frames=2",
-    "component.model.diffusion.num_inference_steps=2",
-    "component.model.vae.block_out_channels=[8,16]",
-    "component.model.vae.norm_num_groups=4",
-    "component.model.vae.image_size=16",
-]
+TINY_ACTION_MODEL = [*TINY_WORLD_MODEL, "component.model.conditioning=action"]
 
 
 @pytest.fixture(scope="module")
