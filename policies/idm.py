@@ -9,7 +9,9 @@ in the picture is kept (the front camera shows depth as height in the image).
 
 The action's last dimension is a grip command when `binary_gripper` is on (the tabletop: > 0 closes, <= 0
 opens): it is predicted as a logit, trained with binary cross-entropy on the sign of the recorded command and
-returned as ±1. The other dimensions are regressed with MSE.
+returned as ±1. The other dimensions are regressed with MSE. An env with discrete moves (the blockworld's
+`Discrete(5)`) sets `num_moves`: the IDM is then a classifier over the moves (cross-entropy) and predicts the
+move's integer.
 
 A checkpoint is a directory: `config.json` (`kind`, `format_version`, the `IDMConfig`) and
 `model.safetensors`. Nothing is pickled.
@@ -64,9 +66,18 @@ class IDMConfig:
                   "predicted as ±1."},
     )
     gripper_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the grip BCE against the MSE."})
+    num_moves: int = field(
+        default=0,
+        metadata={"help": "0: the env's action is a vector of action_dim values; N > 0: one of N discrete moves "
+                  "(the blockworld: 5), read by classification (action_dim becomes 1, binary_gripper false)."},
+    )
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)  # YAML and JSON give a list
+        if isinstance(self.num_moves, bool) or not isinstance(self.num_moves, int) or self.num_moves < 0:
+            raise ValueError(f"num_moves: expected an int >= 0 (0: continuous actions), got {self.num_moves!r}")
+        if self.num_moves:  # one integer per step; no grip dimension
+            self.action_dim, self.binary_gripper = 1, False
         if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
             raise ValueError(f"channels: expected positive channel counts, got {self.channels!r}")
         if self.norm_num_groups < 1 or any(c % self.norm_num_groups for c in self.channels):
@@ -114,6 +125,16 @@ class IDMConfig:
         """A few-thousand-parameter IDM for tests."""
         return cls(image_size=image_size, channels=(8, 16), hidden_dim=32, norm_num_groups=4)
 
+    @property
+    def discrete(self) -> bool:
+        """Whether the env's action is one of `num_moves` discrete moves."""
+        return self.num_moves > 0
+
+    @property
+    def outputs(self) -> int:
+        """Network outputs: a logit per move, or one value per action dimension."""
+        return self.num_moves or self.action_dim
+
 
 class IDMPolicy(nn.Module):
     """(frames up to t, frame t+1) → the action taken at t.
@@ -147,7 +168,7 @@ class IDMPolicy(nn.Module):
             nn.Flatten(),
             nn.Linear(in_channels * side * side, config.hidden_dim),
             nn.SiLU(),
-            nn.Linear(config.hidden_dim, config.action_dim),
+            nn.Linear(config.hidden_dim, config.outputs),
         )
 
     # -- inputs
@@ -204,7 +225,8 @@ class IDMPolicy(nn.Module):
     # -- outputs
 
     def raw(self, window: torch.Tensor) -> torch.Tensor:
-        """Network outputs (B, action_dim) for windows (B, history_frames + 1, H, W, 3); the grip as a logit."""
+        """Network outputs (B, outputs) for windows (B, history_frames + 1, H, W, 3); the grip, or each move,
+        as a logit."""
         window = self._check_frames(window, "window", f"B, {self.config.window}")
         if window.shape[1] != self.config.window:
             raise IDMInputError(
@@ -215,18 +237,21 @@ class IDMPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_windows(self, window: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Env actions (B, action_dim) for windows (B, history_frames + 1, H, W, 3) (see `windows`), `batch_size`
-        at a time: clamped to [-1, 1], the grip ±1."""
+        """Env actions for windows (B, history_frames + 1, H, W, 3) (see `windows`), `batch_size` at a time:
+        (B, action_dim) float clamped to [-1, 1] with the grip ±1, or with `num_moves` the moves (B,) int64."""
         if not len(window):
             raise IDMInputError("expected at least one transition, got none")
         raw = torch.cat([self.raw(part) for part in window.split(batch_size)]).float().cpu()
+        if self.config.discrete:
+            return raw.argmax(dim=1)
         if self.config.binary_gripper:
             raw[:, -1] = torch.where(raw[:, -1] > 0, 1.0, -1.0)
         return raw.clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def predict(self, frames_t: Any, frames_t1: Any, batch_size: int = 256) -> torch.Tensor:
-        """The actions (B, action_dim) taken between `frames_t` and `frames_t1`, in [-1, 1] (grip ±1).
+        """The actions (B, action_dim) taken between `frames_t` and `frames_t1`, in [-1, 1] (grip ±1), or the
+        moves (B,) with `num_moves`.
 
         `frames_t` is (B, H, W, 3), or (B, history_frames, H, W, 3) (oldest first) with more history;
         `frames_t1` is (B, H, W, 3). uint8, or float in [0, 1]; numpy or torch.
@@ -235,7 +260,8 @@ class IDMPolicy(nn.Module):
 
     @torch.no_grad()
     def actions_for_chunk(self, frames: Any, context: int = 1, batch_size: int = 256) -> torch.Tensor:
-        """The actions (N - context, action_dim) that lead from frame to frame through a chunk.
+        """The actions (N - context, action_dim), or moves (N - context,), that lead from frame to frame through
+        a chunk.
 
         `frames` (N, H, W, 3) is `context` real frames (at least the last one before the chunk) followed by the
         chunk's frames; action i takes frame context - 1 + i to frame context + i. History before the first
@@ -255,6 +281,11 @@ class IDMPolicy(nn.Module):
         """Training entry point: `batch` holds "frames" (B, history_frames + 1, H, W, 3) and "action"
         (B, action_dim); returns `(loss, logs)`."""
         raw = self.raw(batch["frames"])
+        if self.config.discrete:
+            moves = batch["action"].reshape(-1).to(device=raw.device, dtype=torch.long)
+            cross_entropy = F.cross_entropy(raw, moves)
+            accuracy = (raw.argmax(dim=1) == moves).float().mean()
+            return cross_entropy, {"ce": cross_entropy.item(), "acc": accuracy.item()}
         target = batch["action"].to(raw)
         if not self.config.binary_gripper:
             mse = F.mse_loss(raw, target)

@@ -383,3 +383,57 @@ def test_the_shipped_tabletop_idm_loads_and_reads_a_chunk() -> None:
     actions = policy.actions_for_chunk(frames)
     assert actions.shape == (8, 4) and actions.abs().max() <= 1.0
     assert set(actions[:, 3].tolist()) <= {-1.0, 1.0}
+
+
+# -- discrete moves (the blockworld)
+
+
+@pytest.fixture(scope="module")
+def moves_dataset(tmp_path_factory) -> Path:
+    """3 blockworld retrace episodes at 16×16: each action is a move's integer."""
+    from vplan.envs import BlockworldConfig
+
+    out = tmp_path_factory.mktemp("moves") / "ds"
+    task = TaskConfig.preset("retrace")
+    collect(CollectConfig(env=BlockworldConfig(image_size=16), task=task, episodes=3, out=str(out)))
+    return out
+
+
+def test_a_moves_idm_is_a_classifier_trained_on_the_dataset_moves(moves_dataset: Path, tmp_path: Path, capsys) -> None:
+    config = IDMConfig(**{**IDMConfig.tiny().to_dict(), "num_moves": 5})
+    assert (config.action_dim, config.binary_gripper, config.outputs) == (1, False, 5)
+    component = IDMTrainConfig(idm=config, vae=None, label="commanded",
+                               optim=OptimConfig(steps=2, batch_size=4, save_every=2, warmup_steps=1))
+    final = train_component(TrainConfig(component=component, data=str(moves_dataset), out=str(tmp_path / "idm"),
+                                        holdout_episodes=1))
+    assert "move accuracy" in capsys.readouterr().out
+    real = json.loads((final / "metrics.json").read_text())["real"]
+    assert set(real) == {"transitions", "accuracy", "baseline_accuracy"} and 0 < real["baseline_accuracy"] <= 1
+
+    policy = IDMPolicy.from_pretrained(final)
+    frames = EpisodeDataset(moves_dataset).episode(2)["observation.images.front"]
+    moves = policy.actions_for_chunk(frames[:9])
+    assert moves.shape == (8,) and moves.dtype == torch.int64 and 0 <= moves.min() and moves.max() < 5
+    window = windows(torch.from_numpy(np.array(frames[:3])), [0, 1], 1)
+    logits = policy.raw(window)
+    assert torch.equal(policy.predict_windows(window), logits.argmax(1))
+    loss, logs = policy({"frames": window, "action": torch.tensor([[0.0], [3.0]])})
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3])))
+    assert set(logs) == {"ce", "acc"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"label": "applied"}, "component.label=commanded"),  # the blockworld reports no applied action
+        ({"num_moves": 0}, "component.idm.num_moves=N"),
+        ({"num_moves": 3}, "set component.idm.num_moves"),  # the expert also jumps (move 4)
+    ],
+)
+def test_moves_that_do_not_fit_are_usage_errors(moves_dataset: Path, changes, expected) -> None:
+    dataset = EpisodeDataset(moves_dataset)
+    config = IDMConfig(**{**IDMConfig.tiny().to_dict(), "num_moves": changes.get("num_moves", 5)})
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        load_episodes(dataset, [0, 1], config, None, set(), label=changes.get("label", "commanded"))
+    with pytest.raises(ValueError, match="num_moves"):
+        IDMConfig(num_moves=-1)

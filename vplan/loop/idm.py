@@ -158,8 +158,15 @@ def load_episodes(
     if key not in dataset.info["features"]:
         raise UsageError(
             f"{dataset.root} has no {key!r} feature (collected before the env reported the applied action, or "
-            f"from an env that does not); collect it again, or train on the recorded actions with "
-            f"component.label=commanded"
+            f"from an env that does not, like the blockworld); collect it again, or train on the recorded actions "
+            f"with component.label=commanded"
+        )
+    moves = dataset.info["features"][key]["dtype"].startswith("int")
+    if moves != config.discrete:
+        raise UsageError(
+            f"{dataset.root} holds {'discrete moves' if moves else 'continuous actions'}; set "
+            + ("component.idm.num_moves=N, the env's number of moves (the blockworld: 5)" if moves
+               else "component.idm.num_moves=0")
         )
     episodes = []
     todo = [i for i in indices if i in reconstruct]
@@ -167,13 +174,18 @@ def load_episodes(
     for index in indices:
         data = dataset.episode(index)
         frames = torch.from_numpy(np.array(data[OBS_IMAGE_FRONT]))
-        actions = torch.from_numpy(np.array(data[key], dtype=np.float32))
+        actions = torch.from_numpy(np.array(data[key], dtype=np.float32)).reshape(len(frames), -1)
         if tuple(frames.shape[1:3]) != (config.image_size,) * 2:
             raise UsageError(
                 f"the dataset's frames are {frames.shape[1]}x{frames.shape[2]}; this IDM is for "
                 f"{config.image_size}x{config.image_size} (set component.idm.image_size)"
             )
-        if actions.ndim != 2 or actions.shape[1] != config.action_dim:
+        if config.discrete and len(actions) and not (0 <= actions.min() and actions.max() < config.num_moves):
+            raise UsageError(
+                f"the dataset's moves lie in [{actions.min():.0f}, {actions.max():.0f}]; this IDM knows "
+                f"num_moves={config.num_moves} (set component.idm.num_moves)"
+            )
+        if actions.shape[1] != config.action_dim:
             raise UsageError(
                 f"the dataset's actions have shape {tuple(actions.shape[1:])}; this IDM predicts "
                 f"({config.action_dim},) (set component.idm.action_dim)"
@@ -203,7 +215,23 @@ def evaluate(policy: IDMPolicy, episodes: list[Episode], mean_action: torch.Tens
         targets.append(episode.actions[:-1])
     if not predicted:
         raise UsageError("no held-out episode has two frames; collect longer episodes")
+    if policy.config.discrete:
+        return move_report(torch.cat(predicted), torch.cat(targets).reshape(-1).long(), mean_action)
     return error_report(torch.cat(predicted), torch.cat(targets), mean_action, policy.config.binary_gripper)
+
+
+def baseline_action(actions: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """The baseline's constant prediction from the training actions: the mean action, or the commonest move."""
+    return actions.reshape(-1).long().mode().values if discrete else actions.mean(0)
+
+
+def move_report(predicted: torch.Tensor, target: torch.Tensor, commonest: torch.Tensor) -> dict[str, Any]:
+    """Accuracy of the predicted moves, next to always predicting the commonest training move."""
+    return {
+        "transitions": len(target),
+        "accuracy": float((predicted == target).float().mean()),
+        "baseline_accuracy": float((target == commonest).float().mean()),
+    }
 
 
 def error_report(
@@ -225,6 +253,9 @@ def error_report(
 
 
 def _line(label: str, report: dict[str, Any]) -> str:
+    if "accuracy" in report:
+        return (f"  {label}: move accuracy {100 * report['accuracy']:.1f}% "
+                f"(baseline {100 * report['baseline_accuracy']:.1f}%)")
     mae = ", ".join(f"{v:.3f}" for v in report["mae"])
     base = ", ".join(f"{v:.3f}" for v in report["baseline_mae"])
     grip = ""
@@ -249,7 +280,7 @@ def train_idm(
     training = IDMTraining(config, episodes)
     train(training, config.optim, out, "train idm")
     policy = training.module.eval()
-    mean_action = torch.cat([e.actions[:-1] for e in episodes]).mean(0)
+    mean_action = baseline_action(torch.cat([e.actions[:-1] for e in episodes]), config.idm.discrete)
     metrics: dict[str, Any] = {
         "label": config.label,
         "held_out_episodes": held_out,
@@ -262,7 +293,7 @@ def train_idm(
     (final / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     lines = [f"IDM written to {final}; held-out error on {metrics['real']['transitions']} transitions of "
              f"{len(held_out)} episodes ({config.label} actions, in action units; baseline: always the training mean "
-             "action):"]
+             "action, or the commonest move):"]
     lines.append(_line("real frames", metrics["real"]))
     if vae is not None:
         lines.append(_line("VAE frames ", metrics["vae"]))
