@@ -116,6 +116,29 @@ def test_loop_in_the_env_follows_the_plan(world_model, idm, env):
     agent.close()
 
 
+def test_a_moves_idm_makes_the_agent_act_with_discrete_moves_in_the_blockworld(world_model):
+    torch.manual_seed(0)
+    moves_idm = IDMPolicy(IDMConfig(**{**IDMConfig.tiny(image_size=IMAGE).to_dict(), "num_moves": 5})).eval()
+    agent = make_agent(world_model, moves_idm, replan_drift=None)  # stall_steps stays 4: off for moves
+    assert agent.action_space == gym.spaces.Discrete(5)
+    env = gym.make("vplan/Blockworld-v0")
+    obs, info = env.reset(seed=10000)
+    agent.reset("walk", obs, info, seed=0)
+    steps = 0
+    while not agent.done:
+        action = agent.act(obs, info)
+        if agent.done:
+            break
+        assert isinstance(action, np.integer) and agent.action_space.contains(action)
+        assert env.action_space.contains(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        steps += 1
+    assert steps == 2 * CHUNK and agent.stats()["replans"] == {"drift": 0, "stall": 0}
+    assert agent.act(obs, info) == 0  # no idle move: move 0 once the plan is done
+    agent.close()
+    env.close()
+
+
 def test_reset_starts_over_and_seeds_the_imagination(world_model, idm):
     agent = make_agent(world_model, idm, **NO_REPLAN)
     frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)

@@ -31,6 +31,10 @@ per episode. A plan's subgoal spans `Subgoal.chunks` chunks; a replanned chunk t
 cuts short. Given `info`, a subgoal whose check (`Subgoal.check`) is still false after its chunks gets up to
 `max_extra_chunks` more. After the last subgoal `done` is true and `act` returns the idle action (zeros).
 
+An IDM for discrete moves (`num_moves`, the blockworld) makes `action_space` a `Discrete` and `act` return the
+move's integer; such envs have no idle move, so the idle action is move 0 (stop stepping once `done`), and
+stall detection, defined for continuous motion commands, is off.
+
 `timings` holds the episode's seconds per stage: planning, generation (sampling and decoding), encoding
 (observed frames to latents), inverse dynamics, memory wait (the loop blocked on an unfinished update),
 memory update (the updates' own compute, on the worker: overlapped with the rest, not part of the loop's
@@ -140,7 +144,7 @@ class Chunk:
     text: str
     latents: torch.Tensor = field(repr=False)  # (1, T, C, h, w)
     frames: np.ndarray = field(repr=False)  # imagined, uint8 (T, H, W, 3)
-    actions: np.ndarray = field(repr=False)  # (T, action_dim): action i leads to imagined frame i (read off
+    actions: np.ndarray = field(repr=False)  # (T, action_dim), or (T,) moves: action i leads to imagined frame i (read off
     # the imagined frames when the chunk is made; with actions_from=observed each is replaced when it is taken)
     replanned_from: str | None = None  # the reason, when this chunk replaces the rest of a cut one
     replans: int = 0  # replans of this chunk's slot so far
@@ -184,8 +188,13 @@ class VideoPlanningAgent:
             raise ValueError("memory: expected an EpisodicMemory made for this world model, got another model's")
         # checked before the memory is made: Temp-LoRA attaches its adapter to the world model
         self.memory = make_memory(memory, world_model) if isinstance(memory, MemoryConfig) else memory
-        self.action_space = spaces.Box(-1.0, 1.0, (idm.config.action_dim,), np.float32)
-        self.idle_action = np.zeros(idm.config.action_dim, np.float32)
+        if idm.config.discrete:
+            self.action_space: spaces.Space = spaces.Discrete(idm.config.num_moves)
+            self.idle_action = np.int64(0)
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, (idm.config.action_dim,), np.float32)
+            self.idle_action = np.zeros(idm.config.action_dim, np.float32)
+        self._stall_steps = 0 if idm.config.discrete else self.config.stall_steps
         self._episodes = 0
         self._plan: Plan | None = None
         self._start_episode_state()
@@ -241,8 +250,8 @@ class VideoPlanningAgent:
         return plan
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
-        """The next action (float32, in `action_space`) for the current `obs`: the frame the previous action
-        led to. `info` is optional; given, subgoal checks can extend a subgoal that is not done."""
+        """The next action (in `action_space`: float32, or a move's integer) for the current `obs`: the frame the
+        previous action led to. `info` is optional; given, subgoal checks can extend a subgoal that is not done."""
         entered = time.perf_counter()
         if self._plan is None:
             raise RuntimeError("act() before reset(): call agent.reset(instruction, obs, info) at the start of "
@@ -271,7 +280,8 @@ class VideoPlanningAgent:
             chunk = self._imagine(chunk)
         if self.config.actions_from == "observed" and chunk.executed > 0:
             chunk.actions[chunk.executed] = self._closed_loop_action(chunk.frames[chunk.executed])
-        action = chunk.actions[chunk.executed].astype(np.float32)
+        action = chunk.actions[chunk.executed]
+        action = action.copy() if self.idm.config.discrete else action.astype(np.float32)
         chunk.positions.append(position)
         self.expected_frame = chunk.frames[chunk.executed]
         chunk.executed += 1
@@ -368,7 +378,7 @@ class VideoPlanningAgent:
         if frame.shape != (size, size, 3) or frame.dtype != np.uint8:
             raise ValueError(f"obs[{cfg.camera!r}]: expected a uint8 frame of shape ({size}, {size}, 3), the world "
                              f"model's, got {frame.dtype} {frame.shape}; make the env with image_size={size}")
-        if cfg.stall_steps == 0:
+        if self._stall_steps == 0:
             return frame, None
         if cfg.state_key not in obs:
             raise ValueError(f"obs: expected the state key {cfg.state_key!r} for stall detection, got keys "
@@ -394,7 +404,7 @@ class VideoPlanningAgent:
         reason = None
         if cfg.replan_drift is not None and drift > cfg.replan_drift:
             reason = "drift"
-        elif cfg.stall_steps and position is not None and len(chunk.positions) >= cfg.stall_steps:
+        elif self._stall_steps and position is not None and len(chunk.positions) >= cfg.stall_steps:
             moved = float(np.abs(position - chunk.positions[-cfg.stall_steps]).max())
             commanded = np.abs(chunk.actions[chunk.executed - cfg.stall_steps : chunk.executed, :3]).max(axis=1)
             if moved < cfg.stall_distance and float(commanded.mean()) >= cfg.stall_command:
