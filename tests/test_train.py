@@ -103,3 +103,34 @@ def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
     assert "d" in seen  # uniform clips come from every episode
     with pytest.raises(ValueError, match="boundary_fraction"):
         WorldModelTrainConfig(boundary_fraction=1.5)
+
+
+def test_init_starts_from_another_world_model_but_keeps_this_vae(tmp_path):
+    from dataclasses import replace
+
+    from vplan.errors import UsageError
+    from vplan.loop.train import WorldModelTrainConfig, WorldModelTraining
+    from vplan.worldmodel.model import WorldModelConfig
+
+    model_config = WorldModelConfig(**TINY_MODEL)
+    torch.manual_seed(1)
+    source = WorldModel(model_config)
+    with torch.no_grad():
+        for parameter in source.parameters():  # not what a fresh model would draw again
+            parameter.add_(torch.randn_like(parameter) * 0.01)
+    source.save_pretrained(tmp_path / "source")
+    texts = [["a"] * 8]
+    latents = [torch.zeros(8, 4, 8, 8)]
+    vae = WorldModel(model_config).vae  # this env's VAE
+    training = WorldModelTraining(WorldModelTrainConfig(model=model_config, init=str(tmp_path / "source")), latents,
+                                  texts, vae=vae)
+    for name, tensor in source.unet.state_dict().items():
+        assert torch.equal(training.module.unet.state_dict()[name], tensor), name
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(training.module.vae.state_dict()[name], tensor), name
+    scratch = WorldModelTraining(WorldModelTrainConfig(model=model_config), latents, texts, vae=vae)
+    assert not torch.equal(scratch.module.unet.conv_in.weight, source.unet.conv_in.weight)
+
+    wider = replace(model_config, unet=replace(model_config.unet, block_out_channels=(8, 24)))
+    with pytest.raises(UsageError, match="component.init=.*shape"):
+        WorldModelTraining(WorldModelTrainConfig(model=wider, init=str(tmp_path / "source")), latents, texts, vae=vae)

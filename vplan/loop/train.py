@@ -23,7 +23,8 @@ from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.errors import UsageError
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
+from vplan.shipped import resolve_checkpoint
+from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
 FINAL = "final"
@@ -49,6 +50,12 @@ class WorldModelTrainConfig:
     boundary_fraction: float = field(
         default=0.0,
         metadata={"help": "Share of clips whose chunk starts exactly at a new subgoal, where only the text says what comes next."},
+    )
+    init: str | None = field(
+        default=None,
+        metadata={"help": "Start from this world model's weights (a directory or shipped:<env>/worldmodel of the "
+                  "same architecture; its VAE is not used), e.g. another env's; null: from scratch. A resumed "
+                  "run continues from its own checkpoint instead."},
     )
 
     def __post_init__(self) -> None:
@@ -131,6 +138,11 @@ class WorldModelTraining:
         model_config = config.model
         torch.manual_seed(config.optim.seed)
         self.module = WorldModel(model_config, vae=vae)
+        if config.init is not None:
+            try:
+                self.module.load_weights(resolve_checkpoint(config.init), vae=False)
+            except CheckpointError as error:
+                raise UsageError(f"component.init={config.init}: {error}") from None
         for parameter in self.module.vae.parameters():
             parameter.requires_grad_(False)
         self.config, self.latents, self.texts = model_config, latents, texts
