@@ -187,7 +187,7 @@ class RLBenchEnv(gym.Env):
     """
 
     # render_fps is nominal: an RLBench step lasts until the arm has reached its target.
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "dist_unit": "m", "render_fps": 10}
 
     def __init__(
         self, config: RLBenchConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any

@@ -130,7 +130,7 @@ class TabletopEnv(gym.Env):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": TabletopConfig.control_hz}
+    metadata = {"render_modes": ["rgb_array"], "dist_unit": "m", "render_fps": TabletopConfig.control_hz}
 
     def __init__(
         self, config: TabletopConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any

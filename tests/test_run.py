@@ -39,7 +39,10 @@ def test_defaults_compose():
     config = build_config(cfg)
     assert isinstance(config, RunConfig)
     assert choices == {"env": "tabletop", "task": "return_cubes", "planner": "offline", "memory": "temp_lora"}
-    assert (config.worldmodel, config.idm) == ("shipped:tabletop/worldmodel", "shipped:tabletop/idm")
+    assert (config.worldmodel, config.idm) == (None, None)  # the shipped ones of the task's env
+    assert (config.worldmodel_checkpoint, config.idm_checkpoint) == ("shipped:tabletop/worldmodel", "shipped:tabletop/idm")
+    blockworld = build_config(compose_config(command, ["env=blockworld"])[0])
+    assert blockworld.task.name == "retrace" and blockworld.idm_checkpoint == "shipped:blockworld/idm"
     assert config.seed == 10000 and config.memory.kind == "temp_lora" and config.planner.kind == "offline"
     cfg, choices = compose_config(command, ["memory=none", "agent.replan_drift=null", "agent.stall_steps=0"])
     config = build_config(cfg)
@@ -156,7 +159,7 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
          "pass idm=DIR"),
         ([f"worldmodel={worldmodel}", f"idm={idm}", "env.image_size=32"], "set env.image_size=64", ""),
         ([f"worldmodel={worldmodel}", f"idm={idm}", "env=blockworld"], "predicts actions of shape (4,), the env "
-         "takes ()", "pass worldmodel=DIR and idm=DIR trained on this env's episodes"),
+         "takes one of 5 moves", "pass worldmodel=DIR and idm=DIR trained on this env's episodes"),
     ]
     for args, first, second in cases:
         with pytest.raises(SystemExit) as exit_info:

@@ -50,12 +50,14 @@ class RunConfig:
         default_factory=lambda: MemoryConfig(kind="temp_lora"), metadata={"help": "Episodic memory (configs/memory/)."}
     )
     agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
-    worldmodel: str = field(
-        default="shipped:tabletop/worldmodel",
-        metadata={"help": "World-model checkpoint (with its VAE): a directory or shipped:<env>/worldmodel."},
+    worldmodel: str | None = field(
+        default=None,
+        metadata={"help": "World-model checkpoint (with its VAE): a directory or shipped:<env>/worldmodel; null: "
+                  "the shipped one of the task's env."},
     )
-    idm: str = field(
-        default="shipped:tabletop/idm", metadata={"help": "IDM checkpoint: a directory or shipped:<env>/idm."}
+    idm: str | None = field(
+        default=None,
+        metadata={"help": "IDM checkpoint: a directory or shipped:<env>/idm; null: the shipped one of the task's env."},
     )
     episodes: int = field(default=5, metadata={"help": "Episodes to run; episode i is reset with seed + i."})
     seed: int = field(default=10000, metadata={"help": "First seed (held out: training data uses 0..9999)."})
@@ -76,6 +78,16 @@ class RunConfig:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         if self.seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+
+    @property
+    def worldmodel_checkpoint(self) -> str:
+        """`worldmodel`, or the task's env's shipped world model."""
+        return self.worldmodel or f"shipped:{self.task.env}/worldmodel"
+
+    @property
+    def idm_checkpoint(self) -> str:
+        """`idm`, or the task's env's shipped IDM."""
+        return self.idm or f"shipped:{self.task.env}/idm"
 
 
 def _cpu_s() -> float:
@@ -115,6 +127,12 @@ def _write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarr
     imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
 
 
+def _describe(space: Any) -> str:
+    """An action space as the IDM and the env must agree on it: the number of moves, or the vector's shape."""
+    n = getattr(space, "n", None)
+    return f"one of {int(n)} moves" if n is not None else f"actions of shape {tuple(space.shape)}"
+
+
 def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
@@ -124,8 +142,8 @@ def load_agent(cfg: RunConfig) -> Any:
     from vplan.worldmodel.model import WorldModel
 
     for name, spec, hint in (
-        ("worldmodel", cfg.worldmodel, "vplan train component=worldmodel"),
-        ("idm", cfg.idm, "vplan train component=idm"),
+        ("worldmodel", cfg.worldmodel_checkpoint, "vplan train component=worldmodel"),
+        ("idm", cfg.idm_checkpoint, "vplan train component=idm"),
     ):
         try:
             path = resolve_checkpoint(spec)
@@ -133,13 +151,13 @@ def load_agent(cfg: RunConfig) -> Any:
             raise UsageError(f"{name}={spec}: {err}; train one with `{hint}` and pass {name}=DIR") from None
         if not (path / "config.json").is_file():
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; train one with `{hint}` and pass {name}=DIR")
-    world_model = WorldModel.from_pretrained(cfg.worldmodel)
-    idm = IDMPolicy.from_pretrained(cfg.idm)
+    world_model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)
+    idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
     size = world_model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the world model draws {size}x{size} frames; set env.image_size={size}")
     if idm.config.image_size != size:
-        raise UsageError(f"idm={cfg.idm} reads {idm.config.image_size}x{idm.config.image_size} frames, the world "
+        raise UsageError(f"idm={cfg.idm_checkpoint} reads {idm.config.image_size}x{idm.config.image_size} frames, the world "
                          f"model draws {size}x{size}; pass an IDM trained on the world model's frames")
     planner_config = replace(cfg.planner, chunk_frames=world_model.config.chunk_frames)
     try:
@@ -195,8 +213,11 @@ def run_episode(
     return {"result": result, "imagined": imagined, "executed": executed}
 
 
-def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, started: float) -> dict[str, Any]:
-    """metrics.json: the run's figures over the finished episodes."""
+def summarize(
+    cfg: RunConfig, results: list[dict[str, Any]], env_id: str, started: float, dist_unit: str = "m"
+) -> dict[str, Any]:
+    """metrics.json: the run's figures over the finished episodes; `dist_unit` is the env's unit of Dist
+    (its `metadata["dist_unit"]`: metres on the tabletop, blocks in the blockworld)."""
     done = len(results)
     dists = [r["dist"] for r in results if r["dist"] is not None]  # the env's info["dist"], where it has one
     phased = [r for r in results if r["phase"] is not None]
@@ -206,8 +227,8 @@ def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, starte
         "task": cfg.task.name,
         "memory": cfg.memory.kind,
         "planner": cfg.planner.kind,
-        "worldmodel": cfg.worldmodel,
-        "idm": cfg.idm,
+        "worldmodel": cfg.worldmodel_checkpoint,
+        "idm": cfg.idm_checkpoint,
         "episodes_requested": cfg.episodes,
         "episodes_done": done,
         "complete": done == cfg.episodes,
@@ -215,6 +236,7 @@ def summarize(cfg: RunConfig, results: list[dict[str, Any]], env_id: str, starte
         "success_rate": float(np.mean([r["success"] for r in results])) if done else None,
         "dist_mean": float(np.mean(dists)) if dists else None,
         "dist_std": float(np.std(dists)) if dists else None,
+        "dist_unit": dist_unit,
         # Dist alone flatters an agent that never moves the cubes: how many episodes got to the return phase
         "return_phase_rate": float(np.mean([r["phase"] == "return" for r in phased])) if phased else None,
         "wall_s_per_episode": float(np.mean([r["wall_s"] for r in results])) if done else None,
@@ -240,7 +262,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
           + ("" if metrics["complete"] else f" of {metrics['episodes_requested']} (interrupted)"))
     rows = [
         ("success rate", f"{metrics['success_rate']:.0%} ({successes}/{done})"),
-        ("Dist (m, mean ± std)", "-" if metrics["dist_mean"] is None
+        (f"Dist ({metrics['dist_unit']}, mean ± std)", "-" if metrics["dist_mean"] is None
          else f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f}"),
         ("wall time per episode",
          f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s)"),
@@ -292,15 +314,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     try:
         agent = load_agent(cfg)
         env = make_env(cfg.env)
-        if tuple(env.action_space.shape) != agent.action_space.shape:
-            raise UsageError(f"idm={cfg.idm} predicts actions of shape {agent.action_space.shape}, the env takes "
-                             f"{tuple(env.action_space.shape)}; pass worldmodel=DIR and idm=DIR trained on this "
-                             "env's episodes (the shipped ones are the tabletop's)")
+        if _describe(env.action_space) != _describe(agent.action_space):
+            raise UsageError(f"idm={cfg.idm_checkpoint} predicts {_describe(agent.action_space)}, the env takes "
+                             f"{_describe(env.action_space)}; pass worldmodel=DIR and idm=DIR trained on this "
+                             "env's episodes")
         env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         fps = int(env.metadata.get("render_fps", 10))
+        dist_unit = env.metadata.get("dist_unit", "m")
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(redact_secrets(asdict(cfg)))))
-        metrics = summarize(cfg, results, env_id, started)
+        metrics = summarize(cfg, results, env_id, started, dist_unit)
         _write_json(out / METRICS_FILE, metrics)
         writer = _episode_writer(cfg, env, out) if cfg.record else None
         bar = tqdm(range(cfg.episodes), desc=f"run ({cfg.memory.kind})", unit="episode")
@@ -317,7 +340,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 _write_video(out / name, episode["imagined"], episode["executed"], fps)
                 result["video"] = name
             results.append(result)
-            metrics = summarize(cfg, results, env_id, started)
+            metrics = summarize(cfg, results, env_id, started, dist_unit)
             _write_json(out / METRICS_FILE, metrics)
             bar.set_postfix(success=f"{sum(r['success'] for r in results)}/{len(results)}",
                             dist=f"{metrics['dist_mean'] or 0:.3f}", wall=f"{result['wall_s']:.0f}s")

@@ -127,7 +127,7 @@ class BlockworldEnv(gym.Env):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": BlockworldConfig.control_hz}
+    metadata = {"render_modes": ["rgb_array"], "dist_unit": "blocks", "render_fps": BlockworldConfig.control_hz}
 
     def __init__(
         self, config: BlockworldConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any
