@@ -108,9 +108,9 @@ def test_envs_without_a_revisit_scenario_fail_with_one_line(tiny_checkpoint, tmp
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0
-    assert "env 'rlbench' has no revisit scenario" in error and "envs with one: tabletop" in error
-    with pytest.raises(NoRevisitScenarioError, match="env 'blockworld' has no revisit scenario"):
-        revisit_scenario_for("blockworld")
+    assert "env 'rlbench' has no revisit scenario" in error and "envs with one: blockworld, tabletop" in error
+    with pytest.raises(NoRevisitScenarioError, match="env 'minerl' has no revisit scenario"):
+        revisit_scenario_for("minerl")
     assert revisit_scenario_for("tabletop") is revisit_scenario
     assert not (tmp_path / "metrics.json").exists()
 

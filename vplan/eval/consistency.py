@@ -52,9 +52,9 @@ class EvalConsistencyConfig:
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/); the env needs a revisit scenario."})
     task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    checkpoint: str = field(
-        default="shipped:tabletop/worldmodel",
-        metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel)."},
+    checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the env's shipped one."},
     )
     episodes: int = field(
         default=2,
@@ -89,6 +89,8 @@ class EvalConsistencyConfig:
         from vplan.eval.revisit import revisit_scenario_for
 
         revisit_scenario_for(env_name(self.env))  # an env without a revisit scenario: a clear error, early
+        if self.checkpoint is None:
+            self.checkpoint = f"shipped:{env_name(self.env)}/worldmodel"
         for name in ("episodes", "chunks", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

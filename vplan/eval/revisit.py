@@ -213,6 +213,7 @@ def _revisit_pairs(states: list[str], rest_frames: int) -> list[tuple[int, int]]
 # `RevisitScenario` of at least `min_frames` frames. An env plugs its own in by adding an entry here.
 REVISIT_SCENARIOS: dict[str, str] = {
     "tabletop": "vplan.eval.revisit:revisit_scenario",
+    "blockworld": "vplan.eval.revisit_blockworld:blockworld_revisit_scenario",
 }
 
 
