@@ -35,7 +35,7 @@ class EvalWorldModelConfig:
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
     task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    checkpoint: str = field(default="shipped:tabletop/worldmodel", metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel)."})
+    checkpoint: Optional[str] = field(default=None, metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the env's shipped one."})
     episodes: int = field(default=5, metadata={"help": "Held-out expert episodes to evaluate on."})
     seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
     out: str = field(default="runs/eval_worldmodel", metadata={"help": "Where metrics.json and the MP4 go."})
@@ -47,6 +47,10 @@ class EvalWorldModelConfig:
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.video_chunks < 0:
             raise ValueError(f"episodes >= 1 and video_chunks >= 0 expected, got {self.episodes}, {self.video_chunks}")
+        if self.checkpoint is None:
+            from vplan.envs import env_name
+
+            self.checkpoint = f"shipped:{env_name(self.env)}/worldmodel"
 
 
 def _to_images(frames: torch.Tensor) -> torch.Tensor:
