@@ -291,9 +291,10 @@ def train_idm(
     final = out / "final"
     policy.save_pretrained(final)
     (final / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    units = ("moves; baseline: always the commonest training move" if config.idm.discrete
+             else "in action units; baseline: always the training mean action")
     lines = [f"IDM written to {final}; held-out error on {metrics['real']['transitions']} transitions of "
-             f"{len(held_out)} episodes ({config.label} actions, in action units; baseline: always the training mean "
-             "action, or the commonest move):"]
+             f"{len(held_out)} episodes ({config.label} actions, {units}):"]
     lines.append(_line("real frames", metrics["real"]))
     if vae is not None:
         lines.append(_line("VAE frames ", metrics["vae"]))
