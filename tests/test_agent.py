@@ -372,3 +372,19 @@ def test_the_shipped_checkpoints_drive_the_agent(env):
         obs, *_, info = env.step(action)
     assert agent.stats()["chunks"] == 2 and agent.imagined.shape == (CHUNK, 64, 64, 3)
     agent.close()
+
+
+def test_the_shipped_blockworld_checkpoints_drive_the_agent():
+    agent = VideoPlanningAgent.from_pretrained("shipped:blockworld/worldmodel", "shipped:blockworld/idm", task="retrace",
+                                               memory=MemoryConfig(kind="none"), config=AgentConfig(**NO_REPLAN))
+    env = gym.make("vplan/Blockworld-v0")
+    obs, info = env.reset(seed=10000)
+    plan = agent.reset(TaskConfig.preset("retrace").instruction, obs, info)
+    assert len(plan.subgoals) == 7 and agent.action_space == gym.spaces.Discrete(5)  # six instructions, the way back
+    for _ in range(CHUNK + 1):
+        action = agent.act(obs, info)
+        assert env.action_space.contains(action)
+        obs, *_, info = env.step(action)
+    assert agent.stats()["chunks"] == 2
+    agent.close()
+    env.close()
