@@ -34,8 +34,7 @@ OVERRIDES = [f"env.image_size={SIZE}", "env.num_cubes=1", f"chunks={CHUNKS}", "e
 TASK = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def save_tiny_world_model(path: Path, context_frames: int = CONTEXT, chunk_frames: int = CHUNK) -> Path:
     """An untrained world model of the tiny preset (configs/model/tiny.yaml) at 16x16, saved like a trained one."""
     vae = VAEConfig.tiny(image_size=SIZE)
     unet = replace(UNetConfig.preset("tiny"), sample_size=vae.latent_size, cross_attention_dim=16)
@@ -44,12 +43,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         vae=vae,
         text_encoder=TextEncoderConfig(kind="learned", dim=16, max_tokens=8, vocab_buckets=64),
         diffusion=DiffusionConfig(num_inference_steps=2),
-        context_frames=CONTEXT,
-        chunk_frames=CHUNK,
+        context_frames=context_frames,
+        chunk_frames=chunk_frames,
     )
-    path = tmp_path_factory.mktemp("wm") / "tiny"
     WorldModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_world_model(tmp_path_factory.mktemp("wm") / "tiny")
 
 
 def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_path, capsys):

@@ -5,7 +5,6 @@ env=blockworld` runs end to end on a tiny world model."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,6 @@ from vplan.envs import BlockworldConfig, TabletopConfig
 from vplan.envs.blockworld import RETURN_INSTRUCTION, BlockworldEnv
 from vplan.eval.revisit import revisit_scenario_for
 from vplan.eval.revisit_blockworld import SAME_PLACE, _same_place_pairs, blockworld_revisit_scenario
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
 
 SIZE = 16
 SEED = 10000
@@ -114,21 +108,10 @@ SHORT_PATH = [f"env.image_size={SIZE}", "env.path_chunks=1", "env.chunk_steps=6"
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """An untrained world model of the tiny preset at 16x16, saved like a trained one (as in
-    tests/test_eval_consistency.py, with longer chunks)."""
-    vae = VAEConfig.tiny(image_size=SIZE)
-    unet = replace(UNetConfig.preset("tiny"), sample_size=vae.latent_size, cross_attention_dim=16)
-    config = WorldModelConfig(
-        unet=unet,
-        vae=vae,
-        text_encoder=TextEncoderConfig(kind="learned", dim=16, max_tokens=8, vocab_buckets=64),
-        diffusion=DiffusionConfig(num_inference_steps=2),
-        context_frames=CONTEXT,
-        chunk_frames=CHUNK,
-    )
-    path = tmp_path_factory.mktemp("wm") / "tiny"
-    WorldModel(config).save_pretrained(path)
-    return path
+    """test_eval_consistency's untrained tiny world model, with longer chunks."""
+    from test_eval_consistency import save_tiny_world_model
+
+    return save_tiny_world_model(tmp_path_factory.mktemp("wm") / "tiny", CONTEXT, CHUNK)
 
 
 def test_cli_eval_consistency_runs_on_blockworld(tiny_checkpoint, tmp_path, capsys):
