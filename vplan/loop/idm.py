@@ -8,8 +8,9 @@ transitions with probability `vae_fraction`. Reconstruction costs ~30 ms a frame
 
 At the end the held-out episodes give the error on real and on reconstructed transitions: the mean absolute
 error of each continuous action dimension (action units: 1 is the env's full step, `max_delta`) and the grip
-accuracy, next to a baseline that always predicts the training transitions' mean action. They are printed and
-written to `<out>/final/metrics.json`.
+accuracy, next to a baseline that always predicts the training transitions' mean action; for an IDM of discrete
+moves, the move accuracy next to always the commonest move. They are printed and written to
+`<out>/final/metrics.json`.
 
 The IDM learns to read the action the env applied (`component.label=applied`, the dataset's `action.applied`),
 not the one commanded: the tabletop clips the gripper's target to its workspace, so a push into the edge moves
@@ -201,7 +202,7 @@ def load_episodes(
 
 
 @torch.no_grad()
-def evaluate(policy: IDMPolicy, episodes: list[Episode], mean_action: torch.Tensor, reconstructed: bool) -> dict[str, Any]:
+def evaluate(policy: IDMPolicy, episodes: list[Episode], baseline: torch.Tensor, reconstructed: bool) -> dict[str, Any]:
     """Held-out error on every transition of `episodes` (real or reconstructed frames), and the baseline's."""
     history = policy.config.history_frames
     predicted, targets = [], []
@@ -216,8 +217,8 @@ def evaluate(policy: IDMPolicy, episodes: list[Episode], mean_action: torch.Tens
     if not predicted:
         raise UsageError("no held-out episode has two frames; collect longer episodes")
     if policy.config.discrete:
-        return move_report(torch.cat(predicted), torch.cat(targets).reshape(-1).long(), mean_action)
-    return error_report(torch.cat(predicted), torch.cat(targets), mean_action, policy.config.binary_gripper)
+        return move_report(torch.cat(predicted), torch.cat(targets).reshape(-1).long(), baseline)
+    return error_report(torch.cat(predicted), torch.cat(targets), baseline, policy.config.binary_gripper)
 
 
 def baseline_action(actions: torch.Tensor, discrete: bool) -> torch.Tensor:
@@ -280,14 +281,14 @@ def train_idm(
     training = IDMTraining(config, episodes)
     train(training, config.optim, out, "train idm")
     policy = training.module.eval()
-    mean_action = baseline_action(torch.cat([e.actions[:-1] for e in episodes]), config.idm.discrete)
+    baseline = baseline_action(torch.cat([e.actions[:-1] for e in episodes]), config.idm.discrete)
     metrics: dict[str, Any] = {
         "label": config.label,
         "held_out_episodes": held_out,
-        "real": evaluate(policy, test, mean_action, False),
+        "real": evaluate(policy, test, baseline, False),
     }
     if vae is not None:
-        metrics["vae"] = evaluate(policy, test, mean_action, True)
+        metrics["vae"] = evaluate(policy, test, baseline, True)
     final = out / "final"
     policy.save_pretrained(final)
     (final / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
