@@ -120,7 +120,7 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
 
     def act_then_interrupt(self, obs, info=None):
         calls["n"] += 1
-        if calls["n"] == STEPS + 4:  # in the second episode
+        if calls["n"] == 2 * STEPS + 4:  # in the third episode
             raise KeyboardInterrupt
         return act(self, obs, info)
 
@@ -129,13 +129,30 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
     with pytest.raises(SystemExit) as exit_info:
         main(run_args(checkpoints, out, "episodes=3", "memory=none", "record=true"))
     assert exit_info.value.code == 130
-    assert EpisodeDataset(out / "episodes").num_episodes == 1  # the recorded dataset keeps the finished episode
+    assert EpisodeDataset(out / "episodes").num_episodes == 2  # the recorded dataset keeps the finished episodes
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["episodes_done"] == 1 and not metrics["complete"] and metrics["episodes_requested"] == 3
-    assert [e["seed"] for e in metrics["episodes"]] == [10000]
+    assert metrics["episodes_done"] == 2 and not metrics["complete"] and metrics["episodes_requested"] == 3
+    assert [e["seed"] for e in metrics["episodes"]] == [10000, 10001]
     assert (out / metrics["episodes"][0]["video"]).is_file()
     captured = capsys.readouterr()
     assert "interrupted" in captured.err and "(interrupted)" in captured.out
+
+    monkeypatch.setattr(VideoPlanningAgent, "act", act)
+    # as if killed after recording episode 2 but before metrics.json counted it: resuming must not record it twice
+    del metrics["episodes"][1]
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(SystemExit) as exit_info:  # another config cannot continue this run
+        main(run_args(checkpoints, out, "episodes=3", "memory=none", "record=true", "resume=true", "seed=5"))
+    assert exit_info.value.code == 2 and "other settings of seed" in capsys.readouterr().err
+    main(run_args(checkpoints, out, "episodes=3", "memory=none", "record=true", "resume=true"))
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["complete"] and resumed["seeds"] == [10000, 10001, 10002]
+    assert resumed["episodes"][0] == metrics["episodes"][0]  # kept, not rerun
+    assert EpisodeDataset(out / "episodes").num_episodes == 3
+    fresh = tmp_path / "uninterrupted"
+    main(run_args(checkpoints, fresh, "episodes=3", "memory=none", "video=false"))
+    fresh_dists = [e["dist"] for e in json.loads((fresh / "metrics.json").read_text())["episodes"]]
+    assert [e["dist"] for e in resumed["episodes"]] == fresh_dists  # as if never interrupted
 
 
 @pytest.mark.parametrize(("env", "needs"), [("rlbench", "rlbench"), ("minerl", "minerl")])

@@ -65,6 +65,11 @@ class RunConfig:
         default=None, metadata={"help": "Run directory; null: runs/<task>-<memory>-<date-time>."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Allow an `out` that already holds a run."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue the interrupted run in `out`: keep its finished episodes, run the rest (same "
+                  "config; episodes may grow)."},
+    )
     video: bool = field(default=True, metadata={"help": "Write an MP4 per episode (imagined | executed)."})
     record: bool = field(
         default=False, metadata={"help": "Also write the episodes as a dataset in <out>/episodes (to finetune on)."}
@@ -78,6 +83,8 @@ class RunConfig:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         if self.seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+        if self.resume and (self.out is None or self.overwrite):
+            raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")
 
     @property
     def worldmodel_checkpoint(self) -> str:
@@ -106,9 +113,43 @@ def _run_dir(cfg: RunConfig) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         return Path("runs") / f"{cfg.task.name}-{cfg.memory.kind}-{stamp}"
     out = Path(cfg.out)
-    if (out / METRICS_FILE).exists() and not cfg.overwrite:
-        raise UsageError(f"{out} already holds a run ({METRICS_FILE}); choose another out=DIR, or overwrite=true")
+    if (out / METRICS_FILE).exists() and not (cfg.overwrite or cfg.resume):
+        raise UsageError(f"{out} already holds a run ({METRICS_FILE}); choose another out=DIR, overwrite=true, or "
+                         "resume=true to continue it")
     return out
+
+
+# Settings that may differ between a run and its resumption: they change neither which episodes run nor how.
+RESUMABLE_CHANGES = ("episodes", "resume", "overwrite", "threads")
+
+
+def _config_record(cfg: RunConfig) -> dict[str, Any]:
+    """The config as config.yaml records it (secrets redacted), less the settings a resumption may change."""
+    from omegaconf import OmegaConf
+
+    record = OmegaConf.to_container(OmegaConf.create(redact_secrets(asdict(cfg))))
+    return {key: value for key, value in record.items() if key not in RESUMABLE_CHANGES}
+
+
+def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]], float]:
+    """With `resume=true`: the results and wall time of the run in `out` so far, after checking that it ran with
+    this config; nothing for a fresh run (or an `out` with no run yet)."""
+    from omegaconf import OmegaConf
+
+    if not cfg.resume or not (out / METRICS_FILE).exists():
+        return [], 0.0
+    saved = OmegaConf.to_container(OmegaConf.load(out / CONFIG_FILE))
+    saved = {key: value for key, value in saved.items() if key not in RESUMABLE_CHANGES}
+    current = _config_record(cfg)
+    changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+    if changed:
+        raise UsageError(f"resume=true: {out} ran with other settings of {', '.join(changed)} (see its {CONFIG_FILE});"
+                         " pass the same ones, or choose another out=DIR")
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    if len(metrics["episodes"]) > cfg.episodes:
+        raise UsageError(f"resume=true: {out} has {len(metrics['episodes'])} episodes already; pass episodes>="
+                         f"{len(metrics['episodes'])}")
+    return metrics["episodes"], float(metrics["wall_s_total"])
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -283,7 +324,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 
 
 def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
-    """The dataset the executed episodes go to (`record=true`), with the features of `env`."""
+    """The dataset the executed episodes go to (`record=true`), with the features of `env`; with `resume=true`, the
+    run's dataset so far."""
     from vplan.data.collect import dataset_features
     from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 
@@ -291,7 +333,7 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
     try:
         return EpisodeWriter.create_or_resume(out / EPISODES_DIR, fps=int(env.metadata.get("render_fps", 10)),
                                               features=dataset_features(env, info),
-                                              robot_type=f"vplan_{cfg.task.env}", resume=False)
+                                              robot_type=f"vplan_{cfg.task.env}", resume=cfg.resume)
     except DatasetError as error:
         raise UsageError(f"record=true: {error}; choose another out=DIR") from None
 
@@ -305,11 +347,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from vplan.envs import make_env
 
     out = _run_dir(cfg)
+    results, wall_before = _finished_episodes(cfg, out)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    started = time.perf_counter()
+    started = time.perf_counter() - wall_before  # a resumed run's total wall time includes its earlier part
     agent = env = writer = None
-    results: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
     try:
         agent = load_agent(cfg)
@@ -326,12 +368,22 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         metrics = summarize(cfg, results, env_id, started, dist_unit)
         _write_json(out / METRICS_FILE, metrics)
         writer = _episode_writer(cfg, env, out) if cfg.record else None
-        bar = tqdm(range(cfg.episodes), desc=f"run ({cfg.memory.kind})", unit="episode")
+        # a run killed between recording an episode and writing metrics.json recorded that episode already
+        recorded_ahead = writer.num_episodes - sum(r.get("recorded", False) for r in results) if writer else 0
+        if recorded_ahead not in (0, 1):
+            raise UsageError(f"resume=true: {out / EPISODES_DIR} holds {writer.num_episodes} episodes, {METRICS_FILE} "
+                             "does not account for them; choose another out=DIR")
+        bar = tqdm(range(len(results), cfg.episodes), desc=f"run ({cfg.memory.kind})", unit="episode",
+                   initial=len(results), total=cfg.episodes)
         for i in bar:
             recorder = EpisodeRecorder() if writer is not None else None
             episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder)
             result = episode["result"]
-            if writer is not None and recorder.subgoals:  # an episode the agent ended before any step has no rows
+            # an episode the agent ended before any step has no rows
+            result["recorded"] = writer is not None and bool(recorder.subgoals)
+            if result["recorded"] and recorded_ahead:
+                recorded_ahead = 0
+            elif result["recorded"]:
                 writer.add_episode(recorder.frames(), recorder.subgoals, extra={
                     "instruction": cfg.task.instruction, "seed": result["seed"], "success": result["success"],
                     "dist": float("nan") if result["dist"] is None else result["dist"], "steps": result["steps"]})
