@@ -172,6 +172,23 @@ def test_training_batches_carry_the_actions_that_lead_into_each_chunk_frame():
         WorldModelTraining(WorldModelTrainConfig(model=tiny_config("action")), latents, texts, vae)
 
 
+def test_init_from_a_text_model_gives_an_action_model_its_weights_and_a_fresh_action_encoder(tmp_path):
+    source = tiny_model("text", seed=3)
+    source.save_pretrained(tmp_path / "text")
+    latents, texts = [torch.zeros(8, 4, LATENT, LATENT)], [["a"] * 8]
+    actions = [torch.zeros(8, 4)]
+    config = WorldModelTrainConfig(model=tiny_config("text+action"), init=str(tmp_path / "text"))
+    torch.manual_seed(0)
+    fresh = WorldModel(tiny_config("text+action"), vae=source.vae).action_encoder.state_dict()
+    module = WorldModelTraining(config, latents, texts, source.vae, actions).module
+    for name, tensor in source.unet.state_dict().items():
+        assert torch.equal(module.unet.state_dict()[name], tensor), name
+    for name, tensor in source.text_encoder.state_dict().items():
+        assert torch.equal(module.text_encoder.state_dict()[name], tensor), name
+    for name, tensor in module.action_encoder.state_dict().items():
+        assert torch.equal(fresh[name], tensor), name  # as a fresh model draws it (training seeds with optim.seed 0)
+
+
 TINY_ACTION_MODEL = [*TINY_WORLD_MODEL, "component.model.conditioning=action"]
 
 
@@ -238,13 +255,38 @@ def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, mo
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     metrics = evaluate_worldmodel(EvalWorldModelConfig(
         env=TabletopConfig(image_size=16, max_episode_steps=30), task=task, checkpoint=str(tmp_path / "wm"),
-        episodes=1, out=str(tmp_path / "run"), video_chunks=0,
+        episodes=1, out=str(tmp_path / "run"), video_chunks=0, rollout_chunks=0,
     ))
     assert metrics["conditioning"] == "action" and metrics["all"]["chunks"] >= 8
     assert metrics["text_sensitivity"] is None  # an action-only model does not read the text
     assert len(given) == metrics["all"]["chunks"]
     assert all(a is not None and a.shape == (1, CHUNK, 4) and a.abs().max() <= 1 for a in given)
     assert not all(torch.equal(a, given[0]) for a in given)  # each chunk its own actions
+
+
+def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp_path, capsys):
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+
+    torch.manual_seed(0)
+    WorldModel(tiny_config("text+action")).save_pretrained(tmp_path / "action")
+    torch.manual_seed(1)
+    WorldModel(tiny_config("text")).save_pretrained(tmp_path / "text")
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+
+    def evaluate(compare: str) -> dict:
+        return evaluate_worldmodel(EvalWorldModelConfig(
+            env=TabletopConfig(image_size=16, max_episode_steps=30), task=task, checkpoint=str(tmp_path / "action"),
+            compare=str(tmp_path / compare), episodes=1, out=str(tmp_path / compare), rollout_chunks=3))
+
+    against_text = evaluate("text")["open_loop"]
+    assert [row["chunk"] for row in against_text["per_chunk"]] == [0, 1, 2] and against_text["episodes"] == 1
+    assert against_text["mean"]["psnr"] != against_text["mean"]["compare_psnr"]
+    printed = capsys.readouterr().out
+    assert "open loop over 3 chunks" in printed and "compare (text)" in printed
+    assert (tmp_path / "text" / "open_loop.mp4").stat().st_size > 0
+    against_itself = evaluate("action")["open_loop"]  # same episodes, same noise: the same figures
+    assert all(row["psnr"] == row["compare_psnr"] for row in against_itself["rows"])
+    assert against_itself["mean"]["psnr"] == against_text["mean"]["psnr"]
 
 
 def test_rollout_gives_each_chunk_its_actions():

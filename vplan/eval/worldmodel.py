@@ -7,9 +7,14 @@ covers only the chunks where the gripper moves, where copying the last frame is 
 the share of chunks whose generation under the true subgoal is closer to the real frames than under a
 different subgoal of the same episode (same seed, same context). An MP4 grid shows real above generated.
 
+Open loop (`rollout_chunks`, 8 by default): from each episode's first real context the model imagines that many
+chunks in a row, each from its own output, under the true subgoal texts; PSNR and SSIM per chunk index against
+the real frames show how fast it drifts from the real env. `compare=` scores a second checkpoint on the same
+rollouts (same episodes, same noise), side by side, with `open_loop.mp4` showing real | checkpoint | compare.
+
 An action-conditioned checkpoint (its `conditioning` is `action` or `text+action`) also gets the expert's executed
-actions that lead into each chunk frame, and text sensitivity is measured only when the model reads text; run
-the eval once per checkpoint to put action- and text-conditioned models side by side.
+actions that lead into each chunk frame, and text sensitivity is measured only when the model reads text; with
+`compare=` a text-conditioned one, the open-loop rollouts put action- and text-conditioned models side by side.
 """
 
 from __future__ import annotations
@@ -43,10 +48,18 @@ class EvalWorldModelConfig:
     sampler: Optional[str] = field(default=None, metadata={"help": "Sampler override (default: the checkpoint's)."})
     steps: Optional[int] = field(default=None, metadata={"help": "Sampling-steps override."})
     guidance_scale: Optional[float] = field(default=None, metadata={"help": "Classifier-free guidance override."})
+    rollout_chunks: int = field(
+        default=8, metadata={"help": "Chunks imagined open loop from each episode's first context (0: none)."}
+    )
+    compare: Optional[str] = field(
+        default=None,
+        metadata={"help": "A second world-model checkpoint scored on the same open-loop rollouts, side by side."},
+    )
 
     def __post_init__(self) -> None:
-        if self.episodes < 1 or self.video_chunks < 0:
-            raise ValueError(f"episodes >= 1 and video_chunks >= 0 expected, got {self.episodes}, {self.video_chunks}")
+        if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
+            raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
+                             f"{self.video_chunks}, {self.rollout_chunks}")
         if self.checkpoint is None:
             from vplan.envs import env_name
 
@@ -73,6 +86,38 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {key: float(np.mean([row[key] for row in rows])) for key in keys} | {"chunks": len(rows)}
 
 
+def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
+    """The checkpoint's world model with the sampling overrides, checked against the env's frame size."""
+    from vplan.errors import UsageError
+    from vplan.worldmodel.model import WorldModel
+
+    model = WorldModel.from_pretrained(checkpoint)
+    overrides = {"sampler": cfg.sampler, "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+    try:
+        model.config.diffusion = replace(model.config.diffusion, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as error:
+        raise UsageError(f"sampling override: {error}") from None
+    if model.config.vae.image_size != cfg.env.image_size:
+        raise UsageError(
+            f"{checkpoint}: its frames are {model.config.vae.image_size}x{model.config.vae.image_size}; set "
+            f"env.image_size={model.config.vae.image_size}"
+        )
+    return model
+
+
+def open_loop(model: Any, frames: torch.Tensor, subgoals: list[str], actions: torch.Tensor, chunks: int,
+              seed: int) -> torch.Tensor:
+    """`chunks` chunks imagined in a row from the episode's first `context_frames` real frames, chunk i under the
+    subgoal of its first frame (and, for an action model, the executed actions leading into its frames): uint8
+    frames (chunks * chunk_frames, H, W, 3), to set against frames[context_frames:]."""
+    context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
+    texts = [subgoals[context_n + i * chunk_n] for i in range(chunks)]
+    executed = actions[None, context_n - 1 : context_n - 1 + chunks * chunk_n]
+    given = {"actions": executed} if model.config.uses_actions else {}
+    latents = model.encode(frames[None, :context_n])
+    return model.decode(model.rollout(latents, texts, generator=torch.Generator().manual_seed(seed), **given))[0]
+
+
 def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     """Score the checkpoint on fresh episodes; write metrics.json and an MP4 grid; print a table."""
     import imageio.v2 as imageio
@@ -82,34 +127,49 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.envs import make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
-    from vplan.worldmodel.model import WorldModel
 
-    model = WorldModel.from_pretrained(cfg.checkpoint)
-    overrides = {"sampler": cfg.sampler, "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
-    try:
-        model.config.diffusion = replace(model.config.diffusion, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as error:
-        raise UsageError(f"sampling override: {error}") from None
-    if model.config.vae.image_size != cfg.env.image_size:
-        raise UsageError(
-            f"the checkpoint's frames are {model.config.vae.image_size}x{model.config.vae.image_size}; set "
-            f"env.image_size={model.config.vae.image_size}"
-        )
+    model = _load_model(cfg.checkpoint, cfg)
+    compare = _load_model(cfg.compare, cfg) if cfg.compare is not None else None
+    if compare is not None and (compare.config.context_frames, compare.config.chunk_frames) != (
+            model.config.context_frames, model.config.chunk_frames):
+        raise UsageError(f"compare={cfg.compare}: its context and chunk lengths differ from the checkpoint's; compare "
+                         "models that imagine the same chunks")
     env, expert = make_env(cfg.env), make_expert(cfg.task.name)
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
     rows: list[dict[str, Any]] = []
+    open_rows: list[dict[str, Any]] = []
     grid: list[np.ndarray] = []
+    open_video: list[np.ndarray] = []
     for episode in tqdm(range(cfg.episodes), desc="eval worldmodel", unit="episode"):
         frames_np, subgoals, _ = rollout_expert(env, expert, cfg.seed + episode)
         frames = torch.from_numpy(frames_np[OBS_IMAGE_FRONT])
         gripper = frames_np[OBS_STATE][:, :3]
         latents = model.encode(frames[None])[0]
         actions = torch.as_tensor(np.asarray(frames_np[ACTION]), dtype=torch.float32).reshape(len(frames), -1)
-        if model.config.uses_actions and actions.shape[1] != model.config.action_dim:
-            raise UsageError(
-                f"the env's actions have {actions.shape[1]} values, the checkpoint's action_dim is "
-                f"{model.config.action_dim}"
-            )
+        for checked in (model, compare):
+            if checked is not None and checked.config.uses_actions and actions.shape[1] != checked.config.action_dim:
+                raise UsageError(
+                    f"the env's actions have {actions.shape[1]} values, a checkpoint's action_dim is "
+                    f"{checked.config.action_dim}"
+                )
+        chunks = min(cfg.rollout_chunks, (len(frames) - context_n) // chunk_n)
+        if chunks:
+            seed = cfg.seed * 1000 + episode
+            real = frames[context_n : context_n + chunks * chunk_n]
+            imagined = open_loop(model, frames, subgoals, actions, chunks, seed)
+            other = open_loop(compare, frames, subgoals, actions, chunks, seed) if compare is not None else None
+            for i in range(chunks):
+                span = slice(i * chunk_n, (i + 1) * chunk_n)
+                row = {"episode": episode, "chunk": i}
+                row["psnr"], row["ssim"] = chunk_scores(imagined[span], real[span])
+                last = frames[context_n - 1 : context_n].expand_as(real[span])  # the last real frame, held
+                row["copy_psnr"], row["copy_ssim"] = chunk_scores(last, real[span])
+                if other is not None:
+                    row["compare_psnr"], row["compare_ssim"] = chunk_scores(other[span], real[span])
+                open_rows.append(row)
+            if episode == 0:  # real | checkpoint (| compare), frame after frame
+                sides = [real, imagined] + ([other] if other is not None else [])
+                open_video = list(np.concatenate([side.numpy() for side in sides], axis=2))
         texts_in_episode = sorted(set(subgoals))
         for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
             real = frames[start : start + chunk_n]
@@ -148,6 +208,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "moving": _summary([row for row in rows if row["moving"]]),
         "text_sensitivity": float(np.mean(sensitive)) if sensitive else None,
         "chunks": rows,
+        "open_loop": _open_loop_summary(open_rows, cfg.compare),
     }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +216,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     if grid:
         video = np.concatenate(grid, axis=0)  # chunk after chunk
         imageio.mimwrite(out / "real_vs_generated.mp4", list(video), fps=4, macro_block_size=1)
+    if open_video:
+        imageio.mimwrite(out / "open_loop.mp4", open_video, fps=4, macro_block_size=1)
 
     print(f"\n{cfg.episodes} held-out episodes (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
           f"conditioning {model.config.conditioning}:")
@@ -165,5 +228,30 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             print(f"  {name + ' (' + str(s['chunks']) + ')':10} {s['psnr']:7.2f} {s['copy_psnr']:15.2f} {s['ssim']:6.3f} {s['copy_ssim']:15.3f}")
     if sensitive:
         print(f"  text sensitivity: {metrics['text_sensitivity']:.0%} of {len(sensitive)} chunks closer under the true subgoal")
+    _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
     print(f"metrics and video in {out}")
     return metrics
+
+
+def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[str, Any]:
+    """Mean PSNR/SSIM per chunk index of the open-loop rollouts (and over all of them), checkpoint and compare."""
+    if not rows:
+        return {}
+    keys = [k for k in ("psnr", "ssim", "compare_psnr", "compare_ssim", "copy_psnr", "copy_ssim") if k in rows[0]]
+    indices = sorted({row["chunk"] for row in rows})
+    per_chunk = [{"chunk": i} | {k: float(np.mean([r[k] for r in rows if r["chunk"] == i])) for k in keys}
+                 for i in indices]
+    return {"compare": compare, "episodes": len({row["episode"] for row in rows}), "per_chunk": per_chunk,
+            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
+
+
+def _print_open_loop(summary: dict[str, Any], conditioning: str, compare: Any) -> None:
+    if not summary:
+        return
+    names = [f"checkpoint ({conditioning})"] + ([f"compare ({compare.config.conditioning})"] if compare else [])
+    keys = ["psnr"] + (["compare_psnr"] if compare else [])
+    print(f"  open loop over {len(summary['per_chunk'])} chunks from the first real context, {summary['episodes']} "
+          "episodes: PSNR (dB) per chunk index")
+    print(f"  {'chunk':>6} " + " ".join(f"{name:>22}" for name in names) + f" {'copy last real frame':>21}")
+    for row in summary["per_chunk"] + [{"chunk": "mean", **summary["mean"]}]:
+        print(f"  {row['chunk']!s:>6} " + " ".join(f"{row[k]:22.2f}" for k in keys) + f" {row['copy_psnr']:21.2f}")

@@ -24,7 +24,7 @@ from vplan.errors import UsageError
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import resolve_checkpoint
-from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig
+from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
 FINAL = "final"
@@ -54,8 +54,9 @@ class WorldModelTrainConfig:
     init: str | None = field(
         default=None,
         metadata={"help": "Start from this world model's weights (a directory or shipped:<env>/worldmodel of the "
-                  "same architecture; its VAE is not used), e.g. another env's; null: from scratch. A resumed "
-                  "run continues from its own checkpoint instead."},
+                  "same architecture; its VAE is not used), e.g. another env's, or a text-conditioned one for "
+                  "conditioning=text+action (the action encoder starts fresh); null: from scratch. A resumed run "
+                  "continues from its own checkpoint instead."},
     )
 
     def __post_init__(self) -> None:
@@ -140,7 +141,9 @@ class WorldModelTraining:
         self.module = WorldModel(model_config, vae=vae)
         if config.init is not None:
             try:
-                self.module.load_weights(resolve_checkpoint(config.init), vae=False)
+                source = resolve_checkpoint(config.init)
+                # a text-conditioned source gives an action-conditioned model all but its (new) action encoder
+                self.module.load_weights(source, vae=False, action_encoder=read_config(source).uses_actions)
             except CheckpointError as error:
                 raise UsageError(f"component.init={config.init}: {error}") from None
         for parameter in self.module.vae.parameters():

@@ -390,16 +390,17 @@ class WorldModel(nn.Module):
         model.load_weights(path)
         return model.eval()
 
-    def load_weights(self, path: str | Path, vae: bool = True) -> None:
+    def load_weights(self, path: str | Path, vae: bool = True, action_encoder: bool = True) -> None:
         """Load a checkpoint's weights into this model, which must have the checkpoint's architecture; with
-        `vae=False` all but the VAE's (to start training from another env's model, on this env's VAE)."""
+        `vae=False` all but the VAE's (to start training from another env's model, on this env's VAE), with
+        `action_encoder=False` all but the action encoder's (to add actions to a text-conditioned model)."""
         path = Path(path)
         _load_into(self.unet, path / UNET_FILE)
         if vae:
             _load_into(self.vae, path / VAE_FILE)
         if self.text_encoder.state_dict() or (path / TEXT_ENCODER_FILE).exists():
             _load_into(self.text_encoder, path / TEXT_ENCODER_FILE)
-        if self.action_encoder is not None:
+        if self.action_encoder is not None and action_encoder:
             _load_into(self.action_encoder, path / ACTION_ENCODER_FILE)
 
 
