@@ -94,6 +94,10 @@ def test_offline_plan_for_a_known_scene() -> None:
 def test_offline_chunks_follow_chunk_frames_and_cap() -> None:
     plan = make_planner(PlannerConfig(chunk_frames=4, max_chunks_per_subgoal=3), TASK).plan("", KNOWN_INFO)
     assert [s.chunks for s in plan.subgoals] == [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]  # ceil(steps/4), capped
+    base = [s.chunks for s in make_planner(PlannerConfig(chunk_frames=8), TASK).plan("", KNOWN_INFO).subgoals]
+    for offset in (-2, 1):
+        shifted = make_planner(PlannerConfig(chunk_frames=8, chunk_offset=offset), TASK).plan("", KNOWN_INFO)
+        assert [s.chunks for s in shifted.subgoals] == [max(1, c + offset) for c in base]  # at least one chunk
 
 
 @pytest.mark.parametrize("seed", [0, 7])

@@ -143,6 +143,7 @@ class Chunk:
     subgoal_index: int
     text: str
     latents: torch.Tensor = field(repr=False)  # (1, T, C, h, w)
+    context: torch.Tensor = field(repr=False)  # (1, k, C, h, w): the latents it was generated from (real frames)
     frames: np.ndarray = field(repr=False)  # imagined, uint8 (T, H, W, 3)
     actions: np.ndarray = field(repr=False)  # (T, action_dim), or (T,) moves: action i leads to imagined frame i (read off
     # the imagined frames when the chunk is made; with actions_from=observed each is replaced when it is taken)
@@ -482,6 +483,7 @@ class VideoPlanningAgent:
             subgoal_index=self._subgoal_index,
             text=subgoal.text,
             latents=latents,
+            context=self._history[:, -self.world_model.config.context_frames :],
             frames=frames,
             actions=actions,
             replanned_from=replan,

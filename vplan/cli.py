@@ -67,6 +67,13 @@ COMMANDS: tuple[Command, ...] = (
         "vplan.loop.finetune:finetune",
     ),
     Command(
+        ("rl",),
+        "RL finetuning of planner and executor: G plans x K continuations per seed, rewards, RWR or DPO on a "
+        "LoRA; success and Dist before and after",
+        "rl",
+        "vplan.rl.loop:run_rl",
+    ),
+    Command(
         ("eval", "worldmodel"),
         "PSNR/SSIM of generated chunks vs copy-last-frame, and text sensitivity, on fresh held-out episodes",
         "eval_worldmodel",
@@ -118,6 +125,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "eval_consistency_schema"): "vplan.eval.consistency:EvalConsistencyConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",
     (None, "finetune_schema"): "vplan.loop.finetune:FinetuneConfig",
+    (None, "rl_schema"): "vplan.rl.loop:RLConfig",
     ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
     ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",
     ("component", "idm_schema"): "vplan.loop.idm:IDMTrainConfig",

@@ -85,6 +85,11 @@ class PlannerConfig:
         metadata={"help": "Cap on a subgoal's estimated chunks (a tabletop skill takes 1-3; retrace's way back "
                   "takes path_chunks + 2, 8 by default)."},
     )
+    chunk_offset: int = field(
+        default=0,
+        metadata={"help": "Chunks added to (or, negative, taken from) every subgoal's estimate, at least 1 each; "
+                  "`vplan rl` tunes it (see its planner.yaml)."},
+    )
     llm: LLMPlannerConfig = field(default_factory=LLMPlannerConfig, metadata={"help": "kind=llm settings."})
 
     def __post_init__(self) -> None:

@@ -35,12 +35,12 @@ class Planner:
         `chunk_frames` frames; the estimate is the task's (`TaskSkills.estimate_steps`). On return_cubes
         (seeds 0-39, 480 subgoals) this gives the chunks the expert's own labels span, ceil(steps / 8), for
         446 subgoals and one more for 34, never fewer; a plan spans ~24 chunks where the expert's whole episode
-        is ~17 (each subgoal rounds up to whole chunks).
+        is ~17 (each subgoal rounds up to whole chunks). `chunk_offset` shifts every estimate (at least 1 chunk).
         """
         steps = self.task_skills.estimate_steps(sequence, info)
-        cap = self.config.max_chunks_per_subgoal
+        cap, offset = self.config.max_chunks_per_subgoal, self.config.chunk_offset
         return [
-            Subgoal(skill.text, min(cap, max(1, math.ceil(n / self.config.chunk_frames))), skill.check)
+            Subgoal(skill.text, min(cap, max(1, math.ceil(n / self.config.chunk_frames) + offset)), skill.check)
             for skill, n in zip(sequence, steps)
         ]
 

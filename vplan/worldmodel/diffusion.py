@@ -144,12 +144,17 @@ def masked_diffusion_loss(
     config: DiffusionConfig,
     null_states: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    reduction: str = "mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Denoising loss on the target chunk given the clean context, `(loss, logs)`.
+    """Denoising loss on the target chunk given the clean context, `(loss, logs)`: the mean, or with
+    `reduction="none"` one per sample (B,) (what RL reweights and compares; the same generator state gives the
+    same noise, timesteps and text dropout, so two models can be scored on identical draws).
 
     Latents are (B, T, C, h, w). With probability `config.text_dropout` a sample's text is replaced by
     `null_states` (the encoding of the empty text), which classifier-free guidance needs at sampling time.
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
     _check_latents(context_latents, "context_latents")
     _check_latents(target_latents, "target_latents")
     if context_latents.shape[0] != target_latents.shape[0] or context_latents.shape[2:] != target_latents.shape[2:]:
@@ -188,8 +193,9 @@ def masked_diffusion_loss(
 
     sequence = torch.cat([context_latents, noisy], dim=1)
     prediction = unet.predict(sequence, unet_timesteps, states)[:, context_latents.shape[1]:]
-    loss = F.mse_loss(prediction.float(), goal.float())
-    logs = {"loss": loss.item(), "noise_level": level.mean().item(), "text_dropped": dropped.float().mean().item()}
+    per_sample = F.mse_loss(prediction.float(), goal.float(), reduction="none").flatten(1).mean(1)
+    loss = per_sample.mean() if reduction == "mean" else per_sample
+    logs = {"loss": per_sample.mean().item(), "noise_level": level.mean().item(), "text_dropped": dropped.float().mean().item()}
     return loss, logs
 
 

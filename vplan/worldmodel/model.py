@@ -244,8 +244,10 @@ class WorldModel(nn.Module):
         texts: list[str] | None,
         generator: torch.Generator | None = None,
         actions: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training entry point: `(loss, logs)` of the masked diffusion loss of the target given the context.
+        """Training entry point: `(loss, logs)` of the masked diffusion loss of the target given the context (the
+        mean, or one per sample with `reduction="none"`).
 
         `actions` (B, T_target, action_dim), action-conditioned models only: action i leads into target frame i
         (it was taken at the frame before). `texts` is unused (may be None) for `conditioning="action"`.
@@ -266,14 +268,14 @@ class WorldModel(nn.Module):
             null = self._null_condition() if self.config.diffusion.text_dropout > 0 else None
             return masked_diffusion_loss(
                 self.unet, context_latents, target_latents, states, mask, self.config.diffusion,
-                null_states=null, generator=generator,
+                null_states=null, generator=generator, reduction=reduction,
             )
         self._check_actions(actions, target_latents.shape[0], 0)
         states, mask = self.encode_text(texts)
         null = self._null_states() if self.config.diffusion.text_dropout > 0 else None
         return masked_diffusion_loss(
             self.unet, context_latents, target_latents, states, mask, self.config.diffusion,
-            null_states=null, generator=generator,
+            null_states=null, generator=generator, reduction=reduction,
         )
 
     @torch.no_grad()

@@ -1,0 +1,225 @@
+"""RL finetuning (issue 8): group advantages, the objectives (RWR with equal rewards is the plain loss; DPO
+prefers the chosen sample), the rewards, the merged model, and `vplan rl` end to end on tiny checkpoints with
+a kill-and-resume that matches an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_agent import save_tiny_checkpoints
+from test_action_conditioning import tiny_config
+
+from vplan.cli import main
+from vplan.rl.advantages import group_advantages
+from vplan.rl.objectives import (
+    add_rl_adapter,
+    delta_penalty,
+    dpo_loss,
+    lora_parameters,
+    merged_copy,
+    reference,
+    rwr_loss,
+    rwr_weights,
+)
+from vplan.rl.rewards import (
+    ConsistencyReward,
+    ExecutabilityReward,
+    IDMReproductionReward,
+    OutcomeReward,
+    RewardConfig,
+    RewardSet,
+    task_progress,
+)
+from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
+from vplan.worldmodel.model import WorldModel
+
+
+def test_group_advantages_on_a_hand_made_table():
+    rewards = np.array([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]])  # plan means 2, 0, 2
+    plans, continuations = group_advantages(rewards)
+    std = np.std([2.0, 0.0, 2.0])
+    np.testing.assert_allclose(plans, [(2 - 4 / 3) / std, (0 - 4 / 3) / std, (2 - 4 / 3) / std])
+    np.testing.assert_allclose(continuations, [[-1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])  # equal rewards: no signal
+    with pytest.raises(ValueError, match="reward table"):
+        group_advantages(np.array([1.0, 2.0]))
+
+
+def tiny_batch():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(3, 2, 4, 8, 8, generator=generator), torch.randn(3, 3, 4, 8, 8, generator=generator)
+
+
+def test_rwr_with_equal_rewards_is_the_plain_loss():
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config("text"))
+    context, target = tiny_batch()
+    texts = ["a", "b", "c"]
+    plain, _ = model(context, target, texts, generator=torch.Generator().manual_seed(5))
+    per_sample, _ = model(context, target, texts, generator=torch.Generator().manual_seed(5), reduction="none")
+    assert per_sample.shape == (3,)
+    assert torch.allclose(rwr_loss(per_sample, torch.zeros(3), beta=1.0), plain)
+    assert torch.allclose(rwr_loss(per_sample, torch.full((3,), 0.7), beta=0.3), plain)
+    weights = rwr_weights(torch.tensor([1.0, 0.0, -1.0]), beta=1.0)
+    assert weights.mean() == pytest.approx(1.0) and weights[0] > weights[1] > weights[2]
+
+
+def test_the_preference_loss_prefers_the_chosen_sample_on_a_toy_pair():
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config("text"))
+    add_rl_adapter(model.unet, rank=4)
+    params = list(lora_parameters(model.unet).values())
+    context, target = tiny_batch()
+    chosen, rejected = (context[:1], target[:1]), (context[1:2], target[1:2])
+
+    def losses(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w, _ = model(*chosen, ["a"], generator=torch.Generator().manual_seed(seed), reduction="none")
+        l, _ = model(*rejected, ["a"], generator=torch.Generator().manual_seed(seed), reduction="none")
+        return w, l
+
+    def margin(seeds: range) -> float:  # (chosen - reference) - (rejected - reference), mean over fixed draws
+        with torch.no_grad():
+            total = 0.0
+            for seed in seeds:
+                w, l = losses(seed)
+                with reference(model.unet):
+                    w_ref, l_ref = losses(seed)
+                total += float((w - w_ref) - (l - l_ref))
+        return total / len(seeds)
+
+    assert margin(range(4)) == 0.0  # LoRA B = 0: the model is the reference
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    for step in range(15):
+        w, l = losses(step)
+        with torch.no_grad(), reference(model.unet):
+            w_ref, l_ref = losses(step)
+        optimizer.zero_grad()
+        dpo_loss(w, l, w_ref, l_ref, beta=50.0).backward(inputs=params)
+        optimizer.step()
+    assert margin(range(100, 108)) < 0  # the chosen's loss fell relative to the rejected's, on unseen draws
+    assert delta_penalty(model.unet) > 0
+
+
+def test_merged_copy_generates_as_the_adapted_model_and_saves(tmp_path):
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config("text"))
+    add_rl_adapter(model.unet, rank=4)
+    with torch.no_grad():
+        for parameter in lora_parameters(model.unet).values():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    context, target = tiny_batch()
+    adapted, _ = model(context, target, ["a"] * 3, generator=torch.Generator().manual_seed(1), reduction="none")
+    merged = merged_copy(model)
+    same, _ = merged(context, target, ["a"] * 3, generator=torch.Generator().manual_seed(1), reduction="none")
+    assert torch.allclose(adapted, same, atol=1e-5)
+    merged.save_pretrained(tmp_path / "merged")  # no adapter left: a plain checkpoint
+    assert lora_parameters(model.unet)  # the original keeps its adapter
+
+
+def rollout_with(chunks: list[ImaginedChunk], info: dict) -> EpisodeRollout:
+    return EpisodeRollout(task_seed=0, plan_index=0, continuation=0, plan={}, final_info=info, stats={},
+                          chunks=chunks)
+
+
+def chunk(frames: np.ndarray, drift: list[float] | None = None) -> ImaginedChunk:
+    return ImaginedChunk(text="a", context=torch.zeros(1, 2, 4, 8, 8), latents=torch.zeros(1, 3, 4, 8, 8),
+                         frames=frames, actions=np.zeros((len(frames), 4), np.float32), drift=drift or [])
+
+
+def test_rewards_read_the_rollout():
+    cubes = {"displaced": np.array([True, False]), "returned": np.array([True, True])}
+    assert task_progress({**cubes, "phase": "displace"}) == 0.25
+    assert task_progress({**cubes, "phase": "return"}) == 1.0
+    assert task_progress({"passed": np.array([True, False, False, False]), "phase": "return"}) == 0.25
+    assert task_progress({}) == 0.0
+    outcome = OutcomeReward(progress_weight=0.5)
+    assert outcome.score(rollout_with([], {**cubes, "phase": "return", "success": True})) == 1.5
+
+    still = np.full((3, 16, 16, 3), 100, np.uint8)
+    assert ExecutabilityReward().score(rollout_with([chunk(still, [0.1, 0.3])], {})) == pytest.approx(0.8)
+    assert ExecutabilityReward().score(rollout_with([], {})) is None
+    dark, bright = np.zeros((6, 64, 64, 3), np.uint8), np.full((6, 64, 64, 3), 255, np.uint8)
+    assert ConsistencyReward().score(rollout_with([chunk(dark), chunk(dark)], {})) == 0.0
+    assert ConsistencyReward().score(rollout_with([chunk(dark), chunk(bright)], {})) < 0  # a cut between chunks
+
+    rewards = RewardSet([(outcome, 2.0), (ExecutabilityReward(), 1.0)])
+    scored = rollout_with([], {**cubes, "phase": "displace", "success": False})
+    assert rewards.score(scored) == pytest.approx(2 * 0.125) and scored.rewards == {"outcome": 0.125}
+    with pytest.raises(ValueError, match="action_worldmodel"):
+        RewardConfig(idm_reproduction=1.0)
+
+
+def test_idm_reproduction_scores_chunks_the_actions_explain():
+    torch.manual_seed(0)
+    action_model = WorldModel(tiny_config("action")).eval()
+    reward = IDMReproductionReward(action_model)
+    context = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 4)).astype(np.float32)
+    reproduced = action_model.decode(action_model.generate(
+        context, ["a"], actions=torch.from_numpy(actions)[None], generator=torch.Generator().manual_seed(0)))[0]
+    own = ImaginedChunk(text="a", context=context, latents=torch.zeros(1, 3, 4, 8, 8), frames=reproduced.numpy(),
+                        actions=actions)
+    other = ImaginedChunk(text="a", context=context, latents=torch.zeros(1, 3, 4, 8, 8),
+                          frames=255 - reproduced.numpy(), actions=actions)
+    assert reward.score(rollout_with([own], {})) == pytest.approx(1.0)
+    assert reward.score(rollout_with([other], {})) < 0.9
+    with pytest.raises(ValueError, match="action-conditioned"):
+        IDMReproductionReward(WorldModel(tiny_config("text")))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("rl_checkpoints"))
+
+
+def rl_args(checkpoints, out, *extra: str) -> list[str]:
+    worldmodel, idm = checkpoints
+    return ["rl", f"worldmodel={worldmodel}", f"idm={idm}", f"out={out}", "env.max_episode_steps=8",
+            "agent.replan_drift=null", "threads=1", "seeds_per_iteration=1", "plan_offsets=[0,1]",
+            "continuations=2", "steps_per_iteration=2", "batch_size=2", "lr=1e-2", *extra]
+
+
+@pytest.mark.parametrize("objective", ["rwr", "dpo"])
+def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoints, tmp_path, capsys, objective):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "rl"
+    main(rl_args(checkpoints, out, "iterations=1", "eval_episodes=1", f"objective={objective}"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["before"]) >= {"success_rate", "dist_mean", "episodes"} and metrics["objective"] == objective
+    assert metrics["before"]["episodes"][0]["seed"] == metrics["after"]["episodes"][0]["seed"] == 10000
+    assert (out / "final" / "config.json").is_file() and (out / "planner.yaml").is_file()
+    assert metrics["tuned_chunk_offset"] in (0, 1)
+    iterations = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
+    assert len(iterations) == 1 and len(iterations[0]["rewards"]) == 4  # 1 seed x 2 plans x 2 continuations
+    assert all({"outcome", "executability"} <= set(r) for r in iterations[0]["rewards"])
+    lora = load_file(out / "lora.safetensors")
+    assert lora and any(name.endswith("lora_B.rl.weight") and t.abs().sum() > 0 for name, t in lora.items()) or \
+        iterations[0]["finetune"]["steps"] == 0  # DPO learns only from groups with a best and a worst
+    printed = capsys.readouterr().out
+    assert "before" in printed and "success rate" in printed
+
+
+def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0"))
+    main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))  # as if killed after iteration 1
+    main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0"))
+    assert "resuming" in capsys.readouterr().out
+    a, b = load_file(straight / "lora.safetensors"), load_file(resumed / "lora.safetensors")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert (straight / "planner.yaml").read_text() == (resumed / "planner.yaml").read_text()
+    assert len((resumed / "iterations.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
+    for extra, message in [("objective=ppo", "objective: expected one of"),
+                           ("plan_offsets=[0,0]", "plan_offsets: expected distinct"),
+                           ("rewards.vlm=1.0", "vlm_reward.enabled=true")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(rl_args(checkpoints, tmp_path / "bad", extra))
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

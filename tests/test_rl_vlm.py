@@ -1,0 +1,257 @@
+"""The VLM reward against a local OpenAI-compatible server: clear answers, bad replies, errors, cache, budget.
+
+The server is test_planner's `FakeEndpoint` (a real `http.server` on 127.0.0.1 in a thread); the reward talks to it
+through the real `openai` client over real HTTP.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_planner import FakeEndpoint, completion
+
+from vplan.errors import UsageError
+from vplan.planner.config import REDACTED
+from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
+from vplan.rl.vlm_reward import VLMReward, VLMRewardConfig, VLMRewardWarning, parse_yes_no, pick_frames
+
+SECRET = "sk-test-never-log-this-0123456789abcdef"
+PICK, PLACE = "pick up the red cube", "place the red cube on the left spot"
+
+
+@pytest.fixture()
+def endpoint():
+    server = FakeEndpoint()
+    yield server
+    server.close()
+
+
+def chunk(text: str, value: int, frames: int = 8) -> ImaginedChunk:
+    """A chunk of `frames` 8x8 frames; frame t is filled with value + t."""
+    pixels = np.stack([np.full((8, 8, 3), value + t, np.uint8) for t in range(frames)])
+    return ImaginedChunk(text=text, context=torch.zeros(1, 1, 1, 1, 1), latents=torch.zeros(1, 1, 1, 1, 1),
+                         frames=pixels, actions=np.zeros((frames, 4), np.float32))
+
+
+def rollout(*chunks: ImaginedChunk) -> EpisodeRollout:
+    return EpisodeRollout(task_seed=0, plan_index=0, continuation=0, plan={}, final_info={}, stats={},
+                          chunks=list(chunks))
+
+
+def reward(endpoint: FakeEndpoint, **overrides: Any) -> VLMReward:
+    settings: dict[str, Any] = {"enabled": True, "base_url": endpoint.base_url, "api_key": SECRET,
+                                "model": "fake-vlm", "timeout_s": 5.0, **overrides}
+    return VLMReward(VLMRewardConfig(**settings))
+
+
+def answer(content: str | None, delay: float = 0.0):
+    return lambda body: (200, completion(content), delay)
+
+
+def question_text(request: dict[str, Any]) -> str:
+    return request["body"]["messages"][0]["content"][0]["text"]
+
+
+def vlm_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, VLMRewardWarning)]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("yes", True),
+        ("No", False),
+        ("  Yes.\n", True),
+        ("**NO**", False),
+        ('"yes"', True),
+        ("Yes, the cube is lifted.", True),
+        ("No - the cube vanishes.", False),
+        ("Yes, there is no teleporting.", True),
+        ("yes yes", True),
+        ("maybe", None),
+        ("I think so", None),
+        ("Yeah", None),
+        ("Yesterday", None),
+        ("Answer: yes", None),
+        ("", None),
+        ("  ?! ", None),
+        ("yes or no", None),
+        ("Yes and no.", None),
+        ("yes/no", None),
+        ("No, yes.", None),
+        (None, None),
+        (42, None),
+    ],
+)
+def test_parse_yes_no(content: Any, expected: bool | None) -> None:
+    assert parse_yes_no(content) is expected
+
+
+def test_pick_frames_evenly_spaced() -> None:
+    frames = chunk(PICK, 0).frames
+    assert pick_frames(frames, 4)[:, 0, 0, 0].tolist() == [0, 2, 5, 7]
+    assert pick_frames(frames, 1)[:, 0, 0, 0].tolist() == [0]
+    assert pick_frames(frames[:2], 4)[:, 0, 0, 0].tolist() == [0, 1]  # fewer frames than asked: all of them
+    with pytest.raises(ValueError, match="expected a uint8"):
+        pick_frames(frames.astype(np.float32), 4)
+
+
+@pytest.mark.parametrize(("content", "expected"), [("Yes.", 1.0), ("no", 0.0)])
+def test_clear_answer_scores(endpoint: FakeEndpoint, content: str, expected: float) -> None:
+    endpoint.reply = answer(content)
+    vlm = reward(endpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VLMRewardWarning)
+        assert vlm.score(rollout(chunk(PICK, 0))) == expected
+    vlm.close()
+    assert vlm.requests_made == 1 and len(endpoint.requests) == 1
+    request = endpoint.requests[0]
+    assert request["headers"]["authorization"] == f"Bearer {SECRET}"
+    body = request["body"]
+    assert body["model"] == "fake-vlm" and len(body["messages"]) == 1
+    content_parts = body["messages"][0]["content"]
+    assert f'"{PICK}"' in content_parts[0]["text"] and content_parts[0]["text"].endswith("Answer yes or no.")
+    images = [part["image_url"]["url"] for part in content_parts[1:]]
+    assert len(images) == 4 and all(url.startswith("data:image/png;base64,") for url in images)
+
+
+def test_mixed_rollout_gives_the_share(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = lambda body: (200, completion("yes" if PICK in question_text({"body": body}) else "No."), 0.0)
+    vlm = reward(endpoint)
+    assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10), chunk(PICK, 20))) == pytest.approx(2 / 3)
+    assert vlm.requests_made == 3
+
+
+@pytest.mark.parametrize("content", ["maybe", "I think so", "", "Yes and no.", "#$%&", None])
+def test_unclear_reply_gives_none_and_a_warning(endpoint: FakeEndpoint, content: str | None) -> None:
+    endpoint.reply = answer(content)
+    vlm = reward(endpoint)
+    with pytest.warns(VLMRewardWarning, match="not a clear yes or no"):
+        assert vlm.score(rollout(chunk(PICK, 0))) is None
+    assert len(endpoint.requests) == 1
+
+
+def test_unclear_among_clear_answers_is_left_out(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = lambda body: (200, completion("no" if PICK in question_text({"body": body}) else "maybe"), 0.0)
+    with pytest.warns(VLMRewardWarning):
+        assert reward(endpoint).score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 0.0
+
+
+def test_http_500_is_retried_then_gives_none_and_a_warning(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = lambda body: (500, {"error": {"message": f"internal error for key {SECRET}"}}, 0.0)
+    vlm = reward(endpoint, max_retries=2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert vlm.score(rollout(chunk(PICK, 0))) is None
+    assert len(endpoint.requests) == 1 + 2 and vlm.requests_made == 1
+    (message,) = vlm_warnings(record)
+    assert "InternalServerError" in message and "500" in message
+    assert SECRET not in message and REDACTED in message
+
+
+def test_timeout_gives_none_and_a_warning(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = answer("yes", delay=3.0)
+    vlm = reward(endpoint, timeout_s=0.5, max_retries=0)
+    with pytest.warns(VLMRewardWarning, match="APITimeoutError"):
+        assert vlm.score(rollout(chunk(PICK, 0))) is None
+    assert len(endpoint.requests) == 1
+
+
+def test_cache_answers_a_repeated_chunk_without_a_request(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = answer("yes")
+    vlm = reward(endpoint)
+    episode = rollout(chunk(PICK, 0))
+    assert vlm.score(episode) == 1.0 and vlm.score(episode) == 1.0
+    assert vlm.ask(chunk(PICK, 0).frames.copy(), PICK) is True  # same content, another array
+    assert len(endpoint.requests) == 1 and vlm.requests_made == 1 and vlm.cache_hits == 2
+    vlm.ask(chunk(PICK, 0).frames, PLACE)  # another subgoal, same frames: a new question
+    vlm.ask(chunk(PICK, 1).frames, PICK)  # other frames
+    assert len(endpoint.requests) == 3 and vlm.cache_hits == 2
+
+
+def test_unclear_reply_is_not_cached(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = answer("maybe")
+    vlm = reward(endpoint)
+    with pytest.warns(VLMRewardWarning):
+        vlm.ask(chunk(PICK, 0).frames, PICK)
+        vlm.ask(chunk(PICK, 0).frames, PICK)
+    assert len(endpoint.requests) == 2 and vlm.cache_hits == 0
+
+
+def test_budget_stops_requests(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = answer("yes")
+    vlm = reward(endpoint, max_requests=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 1.0  # the second chunk has no answer
+        assert vlm.score(rollout(chunk(PICK, 0))) == 1.0  # a cache hit needs no budget
+    assert len(endpoint.requests) == 1 and vlm.requests_made == 1
+    (message,) = vlm_warnings(record)
+    assert "budget (1) is spent" in message and PLACE in message
+
+
+def test_disabled_sends_nothing(endpoint: FakeEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    vlm = VLMReward(VLMRewardConfig())  # off by default; no key needed
+    assert vlm.name == "vlm" and not vlm.config.enabled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert vlm.score(rollout(chunk(PICK, 0))) is None
+        assert vlm.ask(chunk(PICK, 0).frames, PICK) is None
+    vlm.close()
+    assert vlm.requests_made == 0 and not endpoint.requests
+
+
+def test_key_never_in_warnings(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = answer(f"maybe; by the way, your key is {SECRET}")
+    vlm = reward(endpoint)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        vlm.score(rollout(chunk(PICK, 0)))
+    (message,) = vlm_warnings(record)
+    assert SECRET not in message and SECRET[:12] not in message and REDACTED in message
+    assert SECRET not in repr(vlm.config)
+
+
+def test_key_from_the_environment(endpoint: FakeEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VPLAN_TEST_VLM_KEY", SECRET)
+    endpoint.reply = answer("yes")
+    vlm = reward(endpoint, api_key=None, api_key_env="VPLAN_TEST_VLM_KEY")
+    assert vlm.ask(chunk(PICK, 0).frames, PICK) is True
+    assert endpoint.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+
+
+def test_enabled_without_key_or_endpoint_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(UsageError, match="OPENAI_API_KEY"):
+        VLMReward(VLMRewardConfig(enabled=True))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": " "}, "model: expected a non-empty"),
+        ({"base_url": "localhost:8000"}, "base_url: expected an http"),
+        ({"api_key_env": ""}, "api_key_env: expected"),
+        ({"timeout_s": 0}, "timeout_s: expected a positive"),
+        ({"timeout_s": float("nan")}, "timeout_s: expected a positive"),
+        ({"max_retries": 11}, r"max_retries: expected an int in \[0, 10\]"),
+        ({"temperature": 3.0}, "temperature: expected"),
+        ({"max_requests": 0}, "max_requests: expected a positive int"),
+        ({"frames_per_question": 0}, "frames_per_question: expected"),
+        ({"question": "Is this a robot?"}, "question: expected a template"),
+        ({"question": "Does it show {subgoal} in {scene}?"}, "question: expected a template"),
+        ({"question": "Does it show {subgoal}? {"}, "question: expected a template"),
+        ({"question": "Does it show {{subgoal}}?"}, "question: expected a template"),
+        ({"question": "Does it show {subgoal} at {}?"}, "question: expected a template"),
+    ],
+)
+def test_config_validation(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VLMRewardConfig(**overrides)

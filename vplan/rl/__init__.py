@@ -1,0 +1,1 @@
+"""RL finetuning of planner and executor (`vplan rl`): hierarchical exploration, rewards, offline RL objectives."""

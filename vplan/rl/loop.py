@@ -1,0 +1,462 @@
+"""`vplan rl env=tabletop task=return_cubes`: RL finetuning of planner and executor by hierarchical exploration.
+
+Each iteration takes `seeds_per_iteration` task seeds. Per seed, G plans (the planner with each of
+`plan_offsets` chunks added to every subgoal; the LLM planner also samples at its temperature) and, per plan,
+K executor continuations (the agent from the same env state, with different generation noise) are run as
+episodes; each is scored by the configured rewards (vplan/rl/rewards.py). Group-relative advantages
+(vplan/rl/advantages.py) then drive both levels:
+
+- planner: the offsets' logits move by the plan advantages; the tuned offset (the best logit) is written to
+  `<out>/planner.yaml` and used as `planner.chunk_offset`. Every seed's best and worst plan are appended to
+  `<out>/plan_preferences.jsonl` as (prompt, chosen, rejected) for LLM preference finetuning elsewhere;
+- executor: the imagined chunks of every continuation train a LoRA on the UNet with reward-weighted regression
+  or Diffusion-DPO (vplan/rl/objectives.py), with a pull toward the reference weights.
+
+After each iteration `<out>/checkpoint` holds the adapter, the optimizer, the planner's logits and the iteration:
+a killed run resumes after its last finished iteration (seeded episodes: the same rollouts as an uninterrupted
+run). At the end `<out>/final` is the world model with the adapter merged (`vplan run worldmodel=<out>/final`),
+`<out>/lora.safetensors` the adapter alone, and `metrics.json` the before/after evaluation: the base model
+and plan vs the finetuned model and tuned plan on the same held-out seeds, with the same agent settings (the
+same sampling budget per episode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from vplan.agent import AgentConfig
+from vplan.errors import UsageError
+from vplan.memory.config import MemoryConfig
+from vplan.planner.config import PlannerConfig, redact_secrets
+from vplan.rl.advantages import group_advantages
+from vplan.rl.objectives import OBJECTIVES
+from vplan.rl.rewards import RewardConfig
+from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
+from vplan.rl.vlm_reward import VLMRewardConfig
+from vplan.tasks import TaskConfig
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+LORA_FILE = "lora.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+PREFERENCES_FILE = "plan_preferences.jsonl"
+ITERATIONS_FILE = "iterations.jsonl"
+
+
+@dataclass
+class RLConfig:
+    """Settings of `vplan rl`."""
+
+    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
+    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
+    memory: MemoryConfig = field(
+        default_factory=lambda: MemoryConfig(kind="none"), metadata={"help": "Episodic memory of the rollouts."}
+    )
+    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
+    worldmodel: str | None = field(default=None, metadata={"help": "World model to finetune; null: the env's shipped one."})
+    idm: str | None = field(default=None, metadata={"help": "IDM checkpoint; null: the env's shipped one."})
+    iterations: int = field(default=2, metadata={"help": "Explore-score-finetune rounds."})
+    seeds_per_iteration: int = field(default=2, metadata={"help": "Task seeds explored per iteration."})
+    seed: int = field(default=0, metadata={"help": "First exploration seed (training scenes: 0..9999)."})
+    plan_offsets: list[int] = field(
+        default_factory=lambda: [-1, 0, 1],
+        metadata={"help": "The G plan variants: chunks added to every subgoal (planner.chunk_offset)."},
+    )
+    continuations: int = field(default=2, metadata={"help": "K executor continuations per plan."})
+    rewards: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "Reward weights."})
+    vlm_reward: VLMRewardConfig = field(default_factory=VLMRewardConfig, metadata={"help": "VLM yes/no reward."})
+    objective: str = field(default="rwr", metadata={"help": "Executor objective: rwr (reward-weighted) | dpo."})
+    rwr_beta: float = field(default=1.0, metadata={"help": "RWR temperature: weights exp(advantage / beta)."})
+    dpo_beta: float = field(default=100.0, metadata={"help": "Diffusion-DPO's beta."})
+    penalty: float = field(default=1e-3, metadata={"help": "Weight of the L2 pull toward the reference weights."})
+    lora_rank: int = field(default=8, metadata={"help": "Rank of the executor's LoRA."})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the LoRA."})
+    steps_per_iteration: int = field(default=20, metadata={"help": "LoRA steps after each exploration round."})
+    batch_size: int = field(default=4, metadata={"help": "Chunks (rwr) or pairs (dpo) per step."})
+    planner_lr: float = field(default=1.0, metadata={"help": "Step of the offsets' logits per unit advantage."})
+    eval_episodes: int = field(default=5, metadata={"help": "Held-out episodes before and after (0: none)."})
+    eval_seed: int = field(default=10000, metadata={"help": "First held-out seed of the before/after evaluation."})
+    out: str = field(default="runs/rl", metadata={"help": "Run directory (checkpoint, final model, metrics)."})
+    threads: int = field(default=2, metadata={"help": "torch threads."})
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "seeds_per_iteration", "continuations", "lora_rank", "steps_per_iteration",
+                     "batch_size", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.eval_episodes < 0 or self.seed < 0 or self.eval_seed < 0:
+            raise ValueError("eval_episodes, seed and eval_seed: expected ints >= 0")
+        if not self.plan_offsets or len(set(self.plan_offsets)) != len(self.plan_offsets):
+            raise ValueError(f"plan_offsets: expected distinct ints, one per plan, got {self.plan_offsets!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("rwr_beta", "dpo_beta", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a number > 0, got {getattr(self, name)!r}")
+        if self.penalty < 0 or self.planner_lr < 0:
+            raise ValueError("penalty and planner_lr: expected numbers >= 0")
+        if self.rewards.vlm > 0 and not self.vlm_reward.enabled:
+            raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
+
+    @property
+    def worldmodel_checkpoint(self) -> str:
+        return self.worldmodel or f"shipped:{self.task.env}/worldmodel"
+
+    @property
+    def idm_checkpoint(self) -> str:
+        return self.idm or f"shipped:{self.task.env}/idm"
+
+
+def explore_episode(env: Any, agent: Any, instruction: str, task_seed: int, agent_seed: int) -> tuple[dict, list]:
+    """One continuation from the env state of `task_seed`: the final info and the agent's chunks (each with what
+    was executed while following it)."""
+    obs, info = env.reset(seed=task_seed)
+    agent.reset(instruction, obs, info, seed=agent_seed)
+    chunks: list[Any] = []
+    while True:
+        action = agent.act(obs, info)
+        if agent.done:
+            break
+        if not chunks or agent.chunk is not chunks[-1]:
+            chunks.append(agent.chunk)
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    agent.wait()
+    return dict(info), chunks
+
+
+def _imagined(chunk: Any) -> ImaginedChunk:
+    return ImaginedChunk(text=chunk.text, context=chunk.context, latents=chunk.latents, frames=chunk.frames,
+                         actions=np.asarray(chunk.actions), observed=list(chunk.observed), drift=list(chunk.drift))
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a") as file:
+        for row in rows:
+            file.write(json.dumps(row) + "\n")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class RLRun:
+    """The state of one `vplan rl` run: models, planner logits, optimizer; see the module docstring."""
+
+    def __init__(self, cfg: RLConfig) -> None:
+        from vplan.envs import make_env
+        from vplan.policies.idm import IDMPolicy
+        from vplan.rl.objectives import add_rl_adapter, lora_parameters
+        from vplan.rl.rewards import make_rewards
+        from vplan.rl.vlm_reward import VLMReward
+        from vplan.worldmodel.model import WorldModel
+
+        self.cfg, self.out = cfg, Path(cfg.out)
+        try:
+            self.base = WorldModel.from_pretrained(cfg.worldmodel_checkpoint).eval()
+            self.idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"worldmodel/idm: {error}") from None
+        self.model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)  # the one the adapter trains on
+        add_rl_adapter(self.model.unet, cfg.lora_rank)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.params = lora_parameters(self.model.unet)
+        for parameter in self.params.values():
+            parameter.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr)
+        self.logits = np.zeros(len(cfg.plan_offsets))
+        self.iteration = 0
+        self.env = make_env(cfg.env)
+        self.vlm = VLMReward(cfg.vlm_reward) if cfg.vlm_reward.enabled else None
+        try:
+            self.rewards = make_rewards(cfg.rewards, self.vlm)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+
+    # -- checkpoint ------------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """The adapter, the optimizer, the logits and the iteration, written aside and swapped in whole."""
+        from safetensors.torch import save_file
+
+        final, staging = self.out / CHECKPOINT_DIR, self.out / f".{CHECKPOINT_DIR}.tmp"
+        staging.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in self.params.items()}, staging / LORA_FILE)
+        torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
+        (staging / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "logits": self.logits.tolist()}))
+        if final.exists():
+            old = self.out / f".{CHECKPOINT_DIR}.old"
+            os.replace(final, old)
+            os.replace(staging, final)
+            for file in old.iterdir():
+                file.unlink()
+            old.rmdir()
+        else:
+            os.replace(staging, final)
+
+    def load(self) -> bool:
+        """Continue from `<out>/checkpoint` if there is one; whether there was."""
+        from safetensors.torch import load_file
+
+        folder = self.out / CHECKPOINT_DIR
+        if not (folder / STATE_FILE).is_file():
+            return False
+        state = json.loads((folder / STATE_FILE).read_text())
+        if len(state["logits"]) != len(self.cfg.plan_offsets):
+            raise UsageError(f"{folder} was written with {len(state['logits'])} plan offsets, not "
+                             f"{len(self.cfg.plan_offsets)}; pass the same plan_offsets or another out=DIR")
+        saved = load_file(folder / LORA_FILE)
+        if set(saved) != set(self.params) or any(saved[k].shape != p.shape for k, p in self.params.items()):
+            raise UsageError(f"{folder} holds an adapter of another shape; pass the same lora_rank and worldmodel")
+        with torch.no_grad():
+            for name, parameter in self.params.items():
+                parameter.copy_(saved[name])
+        self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+        self.iteration, self.logits = int(state["iteration"]), np.asarray(state["logits"], np.float64)
+        return True
+
+    # -- one iteration ---------------------------------------------------------------------------------------
+
+    def policy_model(self) -> Any:
+        from vplan.rl.objectives import merged_copy
+
+        return merged_copy(self.model)
+
+    def make_agent(self, world_model: Any, chunk_offset: int) -> Any:
+        from vplan.agent import VideoPlanningAgent
+        from vplan.planner import make_planner
+
+        planner_config = replace(self.cfg.planner, chunk_frames=world_model.config.chunk_frames,
+                                 chunk_offset=chunk_offset)
+        return VideoPlanningAgent(world_model, self.idm, make_planner(planner_config, self.cfg.task),
+                                  self.cfg.memory, self.cfg.agent)
+
+    def explore(self, bar: Any) -> list[list[list[EpisodeRollout]]]:
+        """This iteration's rollouts: [seed][plan][continuation], each scored."""
+        cfg, policy = self.cfg, self.policy_model()
+        groups = []
+        for j in range(cfg.seeds_per_iteration):
+            task_seed = cfg.seed + self.iteration * cfg.seeds_per_iteration + j
+            plans = []
+            for g, offset in enumerate(cfg.plan_offsets):
+                agent = self.make_agent(policy, offset)
+                try:
+                    continuations = []
+                    for k in range(cfg.continuations):
+                        agent_seed = (task_seed * len(cfg.plan_offsets) + g) * cfg.continuations + k
+                        info, chunks = explore_episode(self.env, agent, cfg.task.instruction, task_seed, agent_seed)
+                        rollout = EpisodeRollout(task_seed=task_seed, plan_index=g, continuation=k,
+                                                 plan=agent.plan.to_dict(), final_info=info, stats=agent.stats(),
+                                                 chunks=[_imagined(c) for c in chunks])
+                        self.rewards.score(rollout)
+                        continuations.append(rollout)
+                        bar.update(1)
+                        bar.set_postfix(reward=f"{rollout.reward:.3f}")
+                finally:
+                    agent.close()
+                plans.append(continuations)
+            groups.append(plans)
+        return groups
+
+    def update_planner(self, groups: list[list[list[EpisodeRollout]]]) -> list[dict[str, Any]]:
+        """Plan advantages move the offsets' logits; each seed's best and worst plan become a preference pair."""
+        pairs = []
+        for plans in groups:
+            table = np.array([[r.reward for r in continuations] for continuations in plans])
+            plan_advantages, _ = group_advantages(table)
+            self.logits += self.cfg.planner_lr * plan_advantages
+            means = table.mean(axis=1)
+            best, worst = int(np.argmax(means)), int(np.argmin(means))
+            if means[best] > means[worst]:
+                pairs.append({"prompt": self.prompt(plans[best][0]), "chosen": plans[best][0].plan["subgoals"],
+                              "rejected": plans[worst][0].plan["subgoals"],
+                              "rewards": {"chosen": float(means[best]), "rejected": float(means[worst])},
+                              "task_seed": plans[best][0].task_seed})
+        return pairs
+
+    def prompt(self, rollout: EpisodeRollout) -> str:
+        """The planning request a preference pair answers: the instruction and the scene as the planner saw it."""
+        from vplan.planner.skills import task_skills
+
+        _, info = self.env.reset(seed=rollout.task_seed)
+        return f"Instruction: {self.cfg.task.instruction}\nScene: {task_skills(self.cfg.task.name).describe(info)}"
+
+    def samples(self, groups: list[list[list[EpisodeRollout]]]) -> list[tuple[ImaginedChunk, float]]:
+        """(chunk, continuation advantage) for every imagined chunk of the iteration (RWR)."""
+        samples = []
+        for plans in groups:
+            _, advantages = group_advantages(np.array([[r.reward for r in cs] for cs in plans]))
+            for g, continuations in enumerate(plans):
+                for k, rollout in enumerate(continuations):
+                    samples += [(chunk, float(advantages[g, k])) for chunk in rollout.chunks]
+        return samples
+
+    def pairs(self, groups: list[list[list[EpisodeRollout]]]) -> list[tuple[ImaginedChunk, ImaginedChunk]]:
+        """(chosen, rejected) chunks for DPO: per plan, its best and worst continuation, chunk i with chunk i."""
+        pairs = []
+        for plans in groups:
+            for continuations in plans:
+                rewards = [r.reward for r in continuations]
+                best, worst = continuations[int(np.argmax(rewards))], continuations[int(np.argmin(rewards))]
+                if best.reward > worst.reward:
+                    pairs += [(w, l) for w, l in zip(best.chunks, worst.chunks) if w.text == l.text]
+        return pairs
+
+    def loss(self, chunk: ImaginedChunk, seed: int) -> torch.Tensor:
+        """The model's per-sample diffusion loss of one imagined chunk given its context, on seeded draws."""
+        loss, _ = self.model(chunk.context, chunk.latents, [chunk.text], generator=torch.Generator().manual_seed(seed),
+                             reduction="none")
+        return loss[0]
+
+    def finetune(self, groups: list[list[list[EpisodeRollout]]]) -> dict[str, float]:
+        """`steps_per_iteration` Adam steps of the configured objective on this iteration's chunks."""
+        from vplan.rl.objectives import delta_penalty, dpo_loss, reference, rwr_weights
+
+        cfg = self.cfg
+        items: list[Any] = self.samples(groups) if cfg.objective == "rwr" else self.pairs(groups)
+        if not items:
+            return {"steps": 0}
+        rng = np.random.default_rng(cfg.seed + self.iteration)
+        self.model.train()
+        losses = []
+        for step in range(cfg.steps_per_iteration):
+            batch = [items[i] for i in rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)]
+            seed = (self.iteration * cfg.steps_per_iteration + step) * 1000
+            if cfg.objective == "rwr":
+                per_sample = torch.stack([self.loss(chunk, seed + i) for i, (chunk, _) in enumerate(batch)])
+                weights = rwr_weights(torch.tensor([a for _, a in batch]), cfg.rwr_beta)
+                objective = (weights * per_sample).mean()
+            else:
+                chosen = torch.stack([self.loss(w, seed + i) for i, (w, _) in enumerate(batch)])
+                rejected = torch.stack([self.loss(l, seed + i) for i, (_, l) in enumerate(batch)])
+                with torch.no_grad(), reference(self.model.unet):
+                    chosen_ref = torch.stack([self.loss(w, seed + i) for i, (w, _) in enumerate(batch)])
+                    rejected_ref = torch.stack([self.loss(l, seed + i) for i, (_, l) in enumerate(batch)])
+                objective = dpo_loss(chosen, rejected, chosen_ref, rejected_ref, cfg.dpo_beta)
+            total = objective + cfg.penalty * delta_penalty(self.model.unet)
+            if not torch.isfinite(total):
+                raise RuntimeError(f"rl: the {cfg.objective} loss is {total.item()} at iteration {self.iteration}, "
+                                   f"step {step}; lower lr or the beta")
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward(inputs=list(self.params.values()))
+            self.optimizer.step()
+            losses.append(float(objective.detach()))
+        self.model.eval()
+        return {"steps": cfg.steps_per_iteration, "items": len(items), "loss_first": losses[0], "loss_last": losses[-1]}
+
+    @property
+    def tuned_offset(self) -> int:
+        return int(self.cfg.plan_offsets[int(np.argmax(self.logits))])
+
+
+def evaluate(cfg: RLConfig, world_model: Any, idm: Any, chunk_offset: int, env: Any, desc: str) -> dict[str, Any]:
+    """Success rate and Dist of the agent on the held-out seeds (as `vplan run`)."""
+    from tqdm import tqdm
+
+    from vplan.agent import VideoPlanningAgent
+    from vplan.planner import make_planner
+    from vplan.run import run_episode
+
+    planner_config = replace(cfg.planner, chunk_frames=world_model.config.chunk_frames, chunk_offset=chunk_offset)
+    agent = VideoPlanningAgent(world_model, idm, make_planner(planner_config, cfg.task), cfg.memory, cfg.agent)
+    results = []
+    try:
+        for i in tqdm(range(cfg.eval_episodes), desc=desc, unit="episode"):
+            episode = run_episode(env, agent, cfg.task.instruction, cfg.eval_seed + i, cfg.agent.camera)
+            results.append({k: episode["result"][k] for k in ("seed", "success", "dist", "phase", "chunks", "steps")})
+    finally:
+        agent.close()
+    dists = [r["dist"] for r in results if r["dist"] is not None]
+    return {"chunk_offset": chunk_offset, "success_rate": float(np.mean([r["success"] for r in results])),
+            "dist_mean": float(np.mean(dists)) if dists else None,
+            "chunks_per_episode": float(np.mean([r["chunks"] for r in results])), "episodes": results}
+
+
+def run_rl(cfg: RLConfig) -> dict[str, Any]:
+    """Explore, score, finetune for `cfg.iterations`; then the before/after evaluation; see the module docstring."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    run = RLRun(cfg)
+    out = run.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if run.load():
+            print(f"resuming {out} after iteration {run.iteration}")
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact_secrets(asdict(cfg)))))
+        per_iteration = cfg.seeds_per_iteration * len(cfg.plan_offsets) * cfg.continuations
+        bar = tqdm(total=cfg.iterations * per_iteration, initial=run.iteration * per_iteration, desc="rl explore",
+                   unit="episode")
+        while run.iteration < cfg.iterations:
+            started = time.perf_counter()
+            groups = run.explore(bar)
+            pairs = run.update_planner(groups)
+            logs = run.finetune(groups)
+            rewards = [r for plans in groups for cs in plans for r in cs]
+            record = {"iteration": run.iteration, "reward_mean": float(np.mean([r.reward for r in rewards])),
+                      "success_rate": float(np.mean([bool(r.final_info.get("success")) for r in rewards])),
+                      "rewards": [{"task_seed": r.task_seed, "plan": r.plan_index, "continuation": r.continuation,
+                                   "reward": r.reward, **r.rewards} for r in rewards],
+                      "logits": run.logits.tolist(), "finetune": logs, "wall_s": time.perf_counter() - started}
+            run.iteration += 1
+            _write_jsonl(out / PREFERENCES_FILE, pairs)
+            _write_jsonl(out / ITERATIONS_FILE, [_to_jsonable(record)])
+            run.save()
+            tqdm.write(f"iteration {record['iteration']}: mean reward {record['reward_mean']:.3f}, success "
+                       f"{record['success_rate']:.0%}, loss {logs.get('loss_first', float('nan')):.4f} -> "
+                       f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}")
+        bar.close()
+        final = run.policy_model()
+        final.save_pretrained(out / "final")
+        save_file({k: v.detach().contiguous() for k, v in run.params.items()}, out / LORA_FILE)
+        (out / "planner.yaml").write_text(f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
+        metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
+                                   "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
+        if cfg.eval_episodes:
+            metrics["before"] = evaluate(cfg, run.base, run.idm, 0, run.env, "eval before")
+            metrics["after"] = evaluate(cfg, final, run.idm, run.tuned_offset, run.env, "eval after")
+        (out / "metrics.json").write_text(json.dumps(_to_jsonable(metrics), indent=2) + "\n")
+        _print_summary(metrics, out)
+        return metrics
+    finally:
+        run.env.close()
+        run.rewards.close()
+        torch.set_num_threads(threads)
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    print(f"\nvplan rl: {metrics['iterations']} iteration(s), objective {metrics['objective']}, tuned "
+          f"planner.chunk_offset={metrics['tuned_chunk_offset']}")
+    if "before" in metrics:
+        before, after = metrics["before"], metrics["after"]
+        seeds = [e["seed"] for e in before["episodes"]]
+        print(f"  held-out seeds {seeds[0]}..{seeds[-1]}     before    after")
+        print(f"  success rate              {before['success_rate']:7.0%}  {after['success_rate']:7.0%}")
+        if before["dist_mean"] is not None:
+            print(f"  Dist (mean)               {before['dist_mean']:7.4f}  {after['dist_mean']:7.4f}")
+        print(f"  chunks per episode        {before['chunks_per_episode']:7.1f}  {after['chunks_per_episode']:7.1f}")
+    print(f"run directory: {out} (final/: the finetuned world model; planner.yaml: the tuned offset)")

@@ -1,0 +1,170 @@
+"""Rewards behind one interface: `Reward.score(rollout) -> float | None`, higher is better, combined by the
+weights in `RewardConfig` (weight 0 switches a reward off; None from a reward means "no signal" and adds
+nothing). Each is a reading of one explored episode (`EpisodeRollout`):
+
+- `outcome`: did the plan work, grounded in the env — 1 for success, plus `progress_weight` × the task's
+  progress from the final `info` (tabletop: cubes displaced, then returned; blockworld: waypoints passed on the
+  way back);
+- `executability`: how closely the executed frames followed the imagined ones (1 − mean absolute pixel
+  difference, the agent's drift): what the executor drew was physically reachable;
+- `consistency`: minus the scene cuts per imagined chunk (PySceneDetect, the eval's pinned detector);
+- `idm_reproduction` (issue 9): the actions the IDM read off an imagined chunk, fed to an action-conditioned world
+  model from the same context, should reproduce that chunk (1 − mean absolute pixel difference);
+- `vlm`: a vision-language model's yes/no per chunk (vplan/rl/vlm_reward.py), off by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import torch
+
+from vplan.rl.rollout import EpisodeRollout
+
+
+class Reward(Protocol):
+    """A named score of one explored episode; higher is better; None for no signal."""
+
+    name: str
+
+    def score(self, rollout: EpisodeRollout) -> float | None: ...
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the rewards in the sum each continuation is ranked by (0: off)."""
+
+    outcome: float = field(default=1.0, metadata={"help": "Weight of task success + progress."})
+    progress_weight: float = field(default=0.5, metadata={"help": "Share of progress within the outcome reward."})
+    executability: float = field(default=0.5, metadata={"help": "Weight of executed-vs-imagined agreement."})
+    consistency: float = field(default=0.1, metadata={"help": "Weight of minus scene cuts per imagined chunk."})
+    idm_reproduction: float = field(
+        default=0.0, metadata={"help": "Weight of the IDM-reproduction check; needs action_worldmodel."}
+    )
+    action_worldmodel: str | None = field(
+        default=None, metadata={"help": "Action-conditioned world model (same frames) for idm_reproduction."}
+    )
+    vlm: float = field(default=0.0, metadata={"help": "Weight of the VLM yes/no reward; needs vlm_reward.enabled."})
+
+    def __post_init__(self) -> None:
+        for name in ("outcome", "progress_weight", "executability", "consistency", "idm_reproduction", "vlm"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"rewards.{name}: expected a finite weight >= 0, got {value!r}")
+        if self.idm_reproduction > 0 and self.action_worldmodel is None:
+            raise ValueError("rewards.idm_reproduction > 0: expected rewards.action_worldmodel=DIR (an "
+                             "action-conditioned world model), got none")
+
+
+def task_progress(info: Mapping[str, Any]) -> float:
+    """How far the task got, in [0, 1], from the env's final info (0 for an env this does not know)."""
+    if "displaced" in info and "returned" in info:  # return_cubes: half for displacing, half for returning
+        if info.get("phase") == "return":
+            return 0.5 + 0.5 * float(np.mean(info["returned"]))
+        return 0.5 * float(np.mean(info["displaced"]))
+    if "passed" in info:  # retrace: waypoints passed within a block on the way back
+        return float(np.mean(info["passed"])) if info.get("phase") == "return" else 0.0
+    return 0.0
+
+
+class OutcomeReward:
+    name = "outcome"
+
+    def __init__(self, progress_weight: float = 0.5) -> None:
+        self.progress_weight = progress_weight
+
+    def score(self, rollout: EpisodeRollout) -> float:
+        info = rollout.final_info
+        return float(bool(info.get("success", False))) + self.progress_weight * task_progress(info)
+
+
+class ExecutabilityReward:
+    name = "executability"
+
+    def score(self, rollout: EpisodeRollout) -> float | None:
+        drift = [d for chunk in rollout.chunks for d in chunk.drift]
+        return 1.0 - float(np.mean(drift)) if drift else None
+
+
+class ConsistencyReward:
+    name = "consistency"
+
+    def score(self, rollout: EpisodeRollout) -> float | None:
+        from vplan.eval.consistency_metrics import scene_cuts
+
+        if not rollout.chunks:
+            return None
+        return -scene_cuts(rollout.imagined_video) / len(rollout.chunks)
+
+
+class IDMReproductionReward:
+    """Feed the IDM's actions for each imagined chunk to an action-conditioned world model from the same
+    context: a chunk whose actions reproduce it is one the actions can explain."""
+
+    name = "idm_reproduction"
+
+    def __init__(self, action_model: Any, seed: int = 0) -> None:
+        if not action_model.config.uses_actions:
+            raise ValueError(f"expected an action-conditioned world model, got conditioning="
+                             f"{action_model.config.conditioning!r}")
+        self.model, self.seed = action_model.eval(), seed
+
+    @torch.no_grad()
+    def score(self, rollout: EpisodeRollout) -> float | None:
+        scores = []
+        for chunk in rollout.chunks:
+            actions = torch.as_tensor(np.asarray(chunk.actions, np.float32)).reshape(1, len(chunk.actions), -1)
+            if actions.shape[-1] != self.model.config.action_dim:
+                raise ValueError(f"the IDM's actions have {actions.shape[-1]} values, the action model takes "
+                                 f"{self.model.config.action_dim}")
+            context = chunk.context[:, -self.model.config.context_frames:]
+            latents = self.model.generate(context, [chunk.text], num_frames=len(chunk.frames), actions=actions,
+                                          generator=torch.Generator().manual_seed(self.seed))
+            reproduced = self.model.decode(latents)[0].numpy().astype(np.float32)
+            scores.append(1.0 - float(np.abs(reproduced - chunk.frames.astype(np.float32)).mean()) / 255.0)
+        return float(np.mean(scores)) if scores else None
+
+
+class RewardSet:
+    """The configured rewards; `score(rollout)` fills `rollout.rewards` and `rollout.reward` (the weighted sum)."""
+
+    def __init__(self, rewards: list[tuple[Reward, float]]) -> None:
+        self.rewards = rewards
+
+    def score(self, rollout: EpisodeRollout) -> float:
+        total = 0.0
+        for reward, weight in self.rewards:
+            value = reward.score(rollout)
+            if value is not None:
+                rollout.rewards[reward.name] = float(value)
+                total += weight * float(value)
+        rollout.reward = total
+        return total
+
+    def close(self) -> None:
+        for reward, _ in self.rewards:
+            if hasattr(reward, "close"):
+                reward.close()
+
+
+def make_rewards(config: RewardConfig, vlm: Any = None) -> RewardSet:
+    """The rewards with a weight above 0 (`vlm`: a `VLMReward`, needed when config.vlm > 0)."""
+    rewards: list[tuple[Reward, float]] = []
+    if config.outcome > 0:
+        rewards.append((OutcomeReward(config.progress_weight), config.outcome))
+    if config.executability > 0:
+        rewards.append((ExecutabilityReward(), config.executability))
+    if config.consistency > 0:
+        rewards.append((ConsistencyReward(), config.consistency))
+    if config.idm_reproduction > 0:
+        from vplan.worldmodel.model import WorldModel
+
+        rewards.append((IDMReproductionReward(WorldModel.from_pretrained(config.action_worldmodel)),
+                        config.idm_reproduction))
+    if config.vlm > 0:
+        if vlm is None:
+            raise ValueError("rewards.vlm > 0: expected the VLM reward switched on (vlm_reward.enabled=true)")
+        rewards.append((vlm, config.vlm))
+    return RewardSet(rewards)

@@ -1,0 +1,261 @@
+"""The VLM-feedback reward: a vision chat model judges whether each imagined chunk shows its subgoal.
+
+The world model can imagine a chunk that reaches its subgoal by cheating physics (a cube that teleports, melts or
+vanishes); the env's success flag never sees imagined frames, so a vision-language model is asked, per chunk, one
+yes/no question about the subgoal and the objects' motion, with a few of the chunk's frames as base64 PNG images,
+at any OpenAI-compatible vision chat endpoint (`openai` client, as the LLM planner uses it). The score of an episode
+is the share of chunks answered "yes" among those that got a clear answer.
+
+It is off by default (`VLMRewardConfig.enabled=False`: `score` returns None and sends nothing), as it costs one
+request per chunk. Requests have the client's timeout and bounded retries, and each `VLMReward` sends at most
+`max_requests` questions (the budget; the client's retries of one question count once). Clear answers are cached
+by a sha256 of the frames sent, the question and the model, so a chunk scored twice costs one request. Endpoint
+trouble never raises: a reply that is not a clear yes/no (see `parse_yes_no`), an HTTP error after the retries, a
+timeout or an exhausted budget gives that chunk no answer (None) and a `VLMRewardWarning`. The API key comes from
+the config or the environment variable `api_key_env`, is not in the config's repr, and is scrubbed from every
+warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import Any
+
+import numpy as np
+
+from vplan.errors import UsageError
+from vplan.planner.config import REDACTED
+from vplan.planner.llm import NO_KEY, _short, encode_png
+from vplan.rl.rollout import EpisodeRollout
+from vplan.utils.import_utils import require_package
+
+DEFAULT_QUESTION = (
+    'These frames come from a video of a robot. Do they show "{subgoal}", with the objects moving as real objects '
+    "would (no teleporting, melting or vanishing)? Answer yes or no."
+)
+ANSWERS = {"yes": True, "no": False}
+CONJUNCTIONS = ("or", "and")
+
+
+class VLMRewardWarning(UserWarning):
+    """A chunk got no answer from the VLM (unclear reply, HTTP error, timeout, exhausted budget)."""
+
+
+@dataclass
+class VLMRewardConfig:
+    """Whether and how the VLM reward asks an OpenAI-compatible vision chat endpoint about each chunk."""
+
+    enabled: bool = field(
+        default=False, metadata={"help": "Ask the VLM at all (off by default: one request per chunk costs money)."}
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata={"help": "The endpoint's base URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama); "
+                  "None: the OPENAI_BASE_URL environment variable, else OpenAI's API."},
+    )
+    model: str = field(default="gpt-4o-mini", metadata={"help": "Vision model name sent to the endpoint."})
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"help": "API key; None: read the environment variable `api_key_env`. Never logged."},
+    )
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the key."})
+    timeout_s: float = field(default=30.0, metadata={"help": "Seconds per HTTP request (the client's timeout)."})
+    max_retries: int = field(
+        default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx)."}
+    )
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic)."})
+    max_requests: int = field(
+        default=200,
+        metadata={"help": "Budget: most questions one VLMReward sends (cache hits are free; retries count once)."},
+    )
+    frames_per_question: int = field(
+        default=4, metadata={"help": "Frames of a chunk sent with its question, evenly spaced from first to last."}
+    )
+    question: str = field(
+        default=DEFAULT_QUESTION,
+        metadata={"help": "The question's template; `{subgoal}` is replaced by the chunk's subgoal text."},
+    )
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: expected an http:// or https:// URL or None, got {self.base_url!r}")
+        if not self.api_key_env.strip():
+            raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
+        if not 0 <= self.max_retries <= 10:
+            raise ValueError(f"max_retries: expected an int in [0, 10], got {self.max_retries!r}")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError(f"temperature: expected a float in [0, 2], got {self.temperature!r}")
+        if self.max_requests < 1:
+            raise ValueError(f"max_requests: expected a positive int (enabled=False sends none), got "
+                             f"{self.max_requests!r}")
+        if not 1 <= self.frames_per_question <= 32:
+            raise ValueError(f"frames_per_question: expected an int in [1, 32], got {self.frames_per_question!r}")
+        try:
+            fields = {name for _, name, _, _ in Formatter().parse(self.question) if name is not None}
+        except ValueError:
+            fields = None
+        if fields != {"subgoal"}:
+            raise ValueError(f"question: expected a template whose only field is {{subgoal}}, got "
+                             f"{_short(self.question, 80)}")
+
+
+def parse_yes_no(content: Any) -> bool | None:
+    """True for a clear "yes", False for a clear "no", None for anything else.
+
+    The rule: the reply is lowercased and split into words (runs of letters; whitespace, punctuation, quotes and
+    markdown are separators). Its first word must be "yes" or "no"; the rest is explanation and is ignored
+    ("Yes, the cube is lifted." is yes, "No - the cube vanishes." is no, "Yes, there is no teleporting." is yes),
+    unless the next word, skipping one "or"/"and", is the opposite answer ("yes or no", "Yes and no", "yes/no",
+    "No, yes"). A reply that is empty, not text, or starts with any other word ("maybe", "I think so", "Yeah",
+    "Answer: yes") is unclear.
+    """
+    if not isinstance(content, str):
+        return None
+    words = re.findall(r"[a-z]+", content.lower())
+    if not words or words[0] not in ANSWERS:
+        return None
+    rest = words[1:]
+    if rest and rest[0] in CONJUNCTIONS:
+        rest = rest[1:]
+    if rest and rest[0] in ANSWERS and ANSWERS[rest[0]] != ANSWERS[words[0]]:
+        return None
+    return ANSWERS[words[0]]
+
+
+def pick_frames(frames: np.ndarray, count: int) -> np.ndarray:
+    """`count` frames of a (T, H, W, 3) uint8 chunk, evenly spaced from the first to the last (all when T <= count)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[3] != 3:
+        raise ValueError(f"frames: expected a uint8 (T >= 1, H, W, 3) array, got {frames.dtype} {frames.shape}")
+    if frames.shape[0] <= count:
+        return frames
+    return frames[np.linspace(0, frames.shape[0] - 1, count).round().astype(int)]
+
+
+class VLMReward:
+    """Share of an episode's chunks that a vision chat model says show their subgoal with plausible motion."""
+
+    name = "vlm"
+
+    def __init__(self, config: VLMRewardConfig) -> None:
+        self.config = config
+        self.requests_made = 0  # questions sent (each with the client's retries), at most config.max_requests
+        self.cache_hits = 0
+        self._cache: dict[str, bool] = {}
+        self._client: Any = None
+        self._api_key = NO_KEY
+        if config.enabled:
+            require_package("openai", "llm", hint="or set the VLM reward's enabled=False")
+            self._api_key = self._resolve_api_key()
+
+    def _resolve_api_key(self) -> str:
+        key = self.config.api_key or os.environ.get(self.config.api_key_env)
+        if key:
+            return key
+        if self.config.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
+            raise UsageError(
+                f"the VLM reward needs an API key: set the environment variable {self.config.api_key_env} (or its "
+                "api_key), or point its base_url at an endpoint that needs none"
+            )
+        return NO_KEY
+
+    @property
+    def client(self) -> Any:
+        """The `openai.OpenAI` client (made on first use, reused until `close`)."""
+        if self._client is None:
+            import openai
+
+            self._client = openai.OpenAI(
+                api_key=self._api_key,
+                base_url=self.config.base_url,
+                timeout=self.config.timeout_s,
+                max_retries=self.config.max_retries,
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Release the HTTP client (a later question makes a new one)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, REDACTED) if self._api_key != NO_KEY else text
+
+    def _warn(self, subgoal: str, what: str) -> None:
+        what = self._scrub(" ".join(what.split()))
+        warnings.warn(
+            f"VLM reward ({self.config.model}): {what[:300]}; no reward for the chunk {_short(subgoal, 60)}",
+            VLMRewardWarning,
+            stacklevel=3,
+        )
+
+    def cache_key(self, frames: np.ndarray, question: str) -> str:
+        """The sha256 of the frames sent (shape and bytes), the question and the model."""
+        digest = hashlib.sha256(json.dumps([self.config.model, question, list(frames.shape)]).encode())
+        digest.update(np.ascontiguousarray(frames).tobytes())
+        return digest.hexdigest()
+
+    def messages(self, frames: np.ndarray, question: str) -> list[dict[str, Any]]:
+        """The chat messages of one question: its text, then the frames as PNG data URLs."""
+        content: list[dict[str, Any]] = [{"type": "text", "text": question}]
+        for frame in frames:
+            content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encode_png(frame)}"}})
+        return [{"role": "user", "content": content}]
+
+    def ask(self, frames: np.ndarray, subgoal: str) -> bool | None:
+        """The VLM's yes (True) / no (False) on whether `frames` show `subgoal`; None: no clear answer (warned).
+
+        Disabled: None, without a request or a warning.
+        """
+        if not self.config.enabled:
+            return None
+        sent = pick_frames(frames, self.config.frames_per_question)
+        question = self.config.question.format(subgoal=subgoal)
+        key = self.cache_key(sent, question)
+        if key in self._cache:
+            self.cache_hits += 1
+            return self._cache[key]
+        if self.requests_made >= self.config.max_requests:
+            self._warn(subgoal, f"the request budget ({self.config.max_requests}) is spent")
+            return None
+        self.requests_made += 1
+        try:
+            completion = self.client.chat.completions.create(
+                model=self.config.model, messages=self.messages(sent, question), temperature=self.config.temperature
+            )
+        except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
+            self._warn(subgoal, f"the request failed, with up to {self.config.max_retries} retries "
+                       f"({type(error).__name__}: {error})")
+            return None
+        try:
+            content = completion.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            content = None
+        answer = parse_yes_no(content)
+        if answer is None:
+            shown = self._scrub(content) if isinstance(content, str) else content  # scrubbed before it is cut
+            self._warn(subgoal, f"the reply is not a clear yes or no: {_short(shown, 80)}")
+            return None
+        self._cache[key] = answer
+        return answer
+
+    def score(self, rollout: EpisodeRollout) -> float | None:
+        """Share of chunks answered yes among those with a clear answer; None when none has one (or disabled)."""
+        if not self.config.enabled:
+            return None
+        answers = [self.ask(chunk.frames, chunk.text) for chunk in rollout.chunks]
+        clear = [answer for answer in answers if answer is not None]
+        return sum(clear) / len(clear) if clear else None
