@@ -15,7 +15,7 @@ import torch
 from test_planner import FakeEndpoint, completion
 
 from vplan.errors import UsageError
-from vplan.planner.config import REDACTED
+from vplan.chat import REDACTED
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMReward, VLMRewardConfig, VLMRewardWarning, parse_yes_no, pick_frames
 

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vplan.chat import REDACTED, ChatEndpointConfig
+
 KINDS = ("offline", "llm")
 SECRET_FIELDS = ("api_key",)  # never logged, printed or written to a run directory
-REDACTED = "<redacted>"
 
 
 @dataclass
-class LLMPlannerConfig:
-    """How the LLM planner reaches an OpenAI-compatible endpoint and checks its reply."""
+class LLMPlannerConfig(ChatEndpointConfig):
+    """How the LLM planner reaches an OpenAI-compatible endpoint (`ChatEndpointConfig`) and checks its reply."""
 
-    base_url: str | None = field(
-        default=None,
-        metadata={"help": "The endpoint's base URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama); "
-                  "None: the OPENAI_BASE_URL environment variable, else OpenAI's API."},
-    )
-    model: str = field(default="gpt-4o-mini", metadata={"help": "Model name sent to the endpoint."})
-    api_key: str | None = field(
-        default=None,
-        repr=False,
-        metadata={"help": "API key; None: read the environment variable `api_key_env`. Never logged."},
-    )
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the key."})
-    timeout_s: float = field(default=30.0, metadata={"help": "Seconds per HTTP request (the client's timeout)."})
-    max_retries: int = field(
-        default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx)."}
-    )
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic)."})
     send_image: bool = field(
         default=False, metadata={"help": "Send the first frame as a base64 PNG (needs a vision model)."}
     )
@@ -50,18 +33,7 @@ class LLMPlannerConfig:
     )
 
     def __post_init__(self) -> None:
-        if not self.model.strip():
-            raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
-        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url: expected an http:// or https:// URL or None, got {self.base_url!r}")
-        if not self.api_key_env.strip():
-            raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
-        if not 0 <= self.max_retries <= 10:
-            raise ValueError(f"max_retries: expected an int in [0, 10], got {self.max_retries!r}")
-        if not 0 <= self.temperature <= 2:
-            raise ValueError(f"temperature: expected a float in [0, 2], got {self.temperature!r}")
+        super().__post_init__()
         if not 1 <= self.max_subgoals <= 256:
             raise ValueError(f"max_subgoals: expected an int in [1, 256], got {self.max_subgoals!r}")
         if not 1 <= self.max_text_chars <= 200:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -25,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from vplan.errors import UsageError
-from vplan.planner.config import REDACTED, LLMPlannerConfig, PlannerConfig
+from vplan.chat import ChatEndpoint
+from vplan.planner.config import LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
 from vplan.planner.offline import OfflinePlanner, Planner
 from vplan.planner.skills import Skill
@@ -35,8 +34,6 @@ from vplan.tasks import TaskConfig
 from vplan.utils.import_utils import require_package
 
 logger = logging.getLogger(__name__)
-
-NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
 
 SYSTEM_PROMPT = (
     "You are the task planner of a robot arm. A video world model executes the plan; it knows only the skills "
@@ -141,43 +138,12 @@ class LLMPlanner(Planner):
         super().__init__(config, task_config)
         require_package("openai", "llm", hint="or use planner=offline")
         self.llm = config.llm
-        self._api_key = self._resolve_api_key()
+        self.endpoint = ChatEndpoint(self.llm, "planner=llm", "planner.llm.api_key")
         self.grounder = SkillGrounder(self.llm.grounding_threshold, self.llm.text_encoder_path)
         self.fallback = OfflinePlanner(config, task_config)
-        self._client: Any = None
-
-    def _resolve_api_key(self) -> str:
-        key = self.llm.api_key or os.environ.get(self.llm.api_key_env)
-        if key:
-            return key
-        if self.llm.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
-            raise UsageError(
-                f"planner=llm needs an API key: set the environment variable {self.llm.api_key_env} (or "
-                "planner.llm.api_key), or point planner.llm.base_url at an endpoint that needs none"
-            )
-        return NO_KEY
-
-    @property
-    def client(self) -> Any:
-        """The `openai.OpenAI` client (made on first use, reused)."""
-        if self._client is None:
-            import openai
-
-            self._client = openai.OpenAI(
-                api_key=self._api_key,
-                base_url=self.llm.base_url,
-                timeout=self.llm.timeout_s,
-                max_retries=self.llm.max_retries,
-            )
-        return self._client
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, REDACTED) if self._api_key != NO_KEY else text
+        self.endpoint.close()
 
     def messages(
         self, instruction: str, info: Mapping[str, Any], skills: Sequence[Skill], first_frame: np.ndarray | None
@@ -198,7 +164,7 @@ class LLMPlanner(Planner):
     def request(self, messages: list[dict[str, Any]]) -> Any:
         """The reply's message content (one chat completion, with the client's timeout and retries)."""
         try:
-            completion = self.client.chat.completions.create(
+            completion = self.endpoint.client.chat.completions.create(
                 model=self.llm.model,
                 messages=messages,
                 temperature=self.llm.temperature,
@@ -221,7 +187,7 @@ class LLMPlanner(Planner):
             texts = parse_reply(self.request(messages), self.llm)
             grounded = self.grounder.ground(texts, skills)
         except (LLMRequestError, InvalidReplyError, GroundingError) as error:
-            reason = self._scrub(" ".join(str(error).split()))[:300]
+            reason = self.endpoint.scrub(" ".join(str(error).split()))[:300]
             warnings.warn(
                 f"LLM planner ({self.llm.model}): {reason.rstrip('.')}; using the offline plan", PlannerFallbackWarning,
                 stacklevel=2,

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -30,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from vplan.errors import UsageError
-from vplan.planner.config import REDACTED
-from vplan.planner.llm import NO_KEY, _short, encode_png
+from vplan.chat import ChatEndpoint, ChatEndpointConfig
+from vplan.planner.llm import _short, encode_png
 from vplan.rl.rollout import EpisodeRollout
 from vplan.utils.import_utils import require_package
 
@@ -49,29 +46,13 @@ class VLMRewardWarning(UserWarning):
 
 
 @dataclass
-class VLMRewardConfig:
-    """Whether and how the VLM reward asks an OpenAI-compatible vision chat endpoint about each chunk."""
+class VLMRewardConfig(ChatEndpointConfig):
+    """Whether and how the VLM reward asks an OpenAI-compatible vision chat endpoint (`ChatEndpointConfig`, whose
+    model must read images) about each chunk."""
 
     enabled: bool = field(
         default=False, metadata={"help": "Ask the VLM at all (off by default: one request per chunk costs money)."}
     )
-    base_url: str | None = field(
-        default=None,
-        metadata={"help": "The endpoint's base URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama); "
-                  "None: the OPENAI_BASE_URL environment variable, else OpenAI's API."},
-    )
-    model: str = field(default="gpt-4o-mini", metadata={"help": "Vision model name sent to the endpoint."})
-    api_key: str | None = field(
-        default=None,
-        repr=False,
-        metadata={"help": "API key; None: read the environment variable `api_key_env`. Never logged."},
-    )
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the key."})
-    timeout_s: float = field(default=30.0, metadata={"help": "Seconds per HTTP request (the client's timeout)."})
-    max_retries: int = field(
-        default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx)."}
-    )
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic)."})
     max_requests: int = field(
         default=200,
         metadata={"help": "Budget: most questions one VLMReward sends (cache hits are free; retries count once)."},
@@ -85,18 +66,7 @@ class VLMRewardConfig:
     )
 
     def __post_init__(self) -> None:
-        if not self.model.strip():
-            raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
-        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url: expected an http:// or https:// URL or None, got {self.base_url!r}")
-        if not self.api_key_env.strip():
-            raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
-        if not 0 <= self.max_retries <= 10:
-            raise ValueError(f"max_retries: expected an int in [0, 10], got {self.max_retries!r}")
-        if not 0 <= self.temperature <= 2:
-            raise ValueError(f"temperature: expected a float in [0, 2], got {self.temperature!r}")
+        super().__post_init__()
         if self.max_requests < 1:
             raise ValueError(f"max_requests: expected a positive int (enabled=False sends none), got "
                              f"{self.max_requests!r}")
@@ -154,45 +124,18 @@ class VLMReward:
         self.requests_made = 0  # questions sent (each with the client's retries), at most config.max_requests
         self.cache_hits = 0
         self._cache: dict[str, bool] = {}
-        self._client: Any = None
-        self._api_key = NO_KEY
+        self.endpoint: ChatEndpoint | None = None
         if config.enabled:
             require_package("openai", "llm", hint="or set the VLM reward's enabled=False")
-            self._api_key = self._resolve_api_key()
-
-    def _resolve_api_key(self) -> str:
-        key = self.config.api_key or os.environ.get(self.config.api_key_env)
-        if key:
-            return key
-        if self.config.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
-            raise UsageError(
-                f"the VLM reward needs an API key: set the environment variable {self.config.api_key_env} (or its "
-                "api_key), or point its base_url at an endpoint that needs none"
-            )
-        return NO_KEY
-
-    @property
-    def client(self) -> Any:
-        """The `openai.OpenAI` client (made on first use, reused until `close`)."""
-        if self._client is None:
-            import openai
-
-            self._client = openai.OpenAI(
-                api_key=self._api_key,
-                base_url=self.config.base_url,
-                timeout=self.config.timeout_s,
-                max_retries=self.config.max_retries,
-            )
-        return self._client
+            self.endpoint = ChatEndpoint(config, "the VLM reward", "vlm_reward.api_key")
 
     def close(self) -> None:
         """Release the HTTP client (a later question makes a new one)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self.endpoint is not None:
+            self.endpoint.close()
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, REDACTED) if self._api_key != NO_KEY else text
+        return self.endpoint.scrub(text) if self.endpoint is not None else text
 
     def _warn(self, subgoal: str, what: str) -> None:
         what = self._scrub(" ".join(what.split()))
@@ -233,7 +176,7 @@ class VLMReward:
             return None
         self.requests_made += 1
         try:
-            completion = self.client.chat.completions.create(
+            completion = self.endpoint.client.chat.completions.create(
                 model=self.config.model, messages=self.messages(sent, question), temperature=self.config.temperature
             )
         except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise

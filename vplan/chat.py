@@ -1,0 +1,95 @@
+"""An OpenAI-compatible chat endpoint: its settings and its client, shared by the LLM planner and the VLM reward.
+
+The API key comes from the config or the environment variable `api_key_env`; it is not in the config's repr, and
+`ChatEndpoint.scrub` takes it out of any text before that text is shown.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vplan.errors import UsageError
+
+NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
+REDACTED = "<redacted>"
+
+
+@dataclass
+class ChatEndpointConfig:
+    """Where an OpenAI-compatible chat endpoint is and how it is asked."""
+
+    base_url: str | None = field(
+        default=None,
+        metadata={"help": "The endpoint's base URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama); "
+                  "None: the OPENAI_BASE_URL environment variable, else OpenAI's API."},
+    )
+    model: str = field(default="gpt-4o-mini", metadata={"help": "Model name sent to the endpoint."})
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"help": "API key; None: read the environment variable `api_key_env`. Never logged."},
+    )
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the key."})
+    timeout_s: float = field(default=30.0, metadata={"help": "Seconds per HTTP request (the client's timeout)."})
+    max_retries: int = field(
+        default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx)."}
+    )
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic)."})
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: expected an http:// or https:// URL or None, got {self.base_url!r}")
+        if not self.api_key_env.strip():
+            raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
+        if not 0 <= self.max_retries <= 10:
+            raise ValueError(f"max_retries: expected an int in [0, 10], got {self.max_retries!r}")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError(f"temperature: expected a float in [0, 2], got {self.temperature!r}")
+
+
+class ChatEndpoint:
+    """The `openai.OpenAI` client of a `ChatEndpointConfig` (made on first use), its key, and key scrubbing.
+
+    `who` and `key_setting` name the user of the endpoint and its api_key setting in the error a missing key
+    gives (e.g. "planner=llm", "planner.llm.api_key").
+    """
+
+    def __init__(self, config: ChatEndpointConfig, who: str, key_setting: str) -> None:
+        self.config = config
+        self.api_key = config.api_key or os.environ.get(config.api_key_env)
+        if not self.api_key:
+            if config.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
+                base_url_setting = key_setting.rpartition(".")[0] + ".base_url" if "." in key_setting else "base_url"
+                raise UsageError(
+                    f"{who} needs an API key: set the environment variable {config.api_key_env} (or {key_setting}), "
+                    f"or point {base_url_setting} at an endpoint that needs none"
+                )
+            self.api_key = NO_KEY
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The `openai.OpenAI` client (made on first use, reused until `close`)."""
+        if self._client is None:
+            import openai
+
+            self._client = openai.OpenAI(api_key=self.api_key, base_url=self.config.base_url,
+                                         timeout=self.config.timeout_s, max_retries=self.config.max_retries)
+        return self._client
+
+    def close(self) -> None:
+        """Release the HTTP client (a later request makes a new one)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def scrub(self, text: str) -> str:
+        """`text` with the API key replaced by <redacted>."""
+        return text.replace(self.api_key, REDACTED) if self.api_key != NO_KEY else text
