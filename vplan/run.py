@@ -28,6 +28,7 @@ from vplan.data.collect import EpisodeRecorder
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig, redact_secrets
+from vplan.shipped import AgentCheckpoints
 from vplan.tasks import TaskConfig
 
 METRICS_FILE = "metrics.json"
@@ -37,7 +38,7 @@ SEPARATOR_PX = 2  # white columns between the imagined and the executed frame in
 
 
 @dataclass
-class RunConfig:
+class RunConfig(AgentCheckpoints):
     """Settings of `vplan run`."""
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
@@ -85,16 +86,6 @@ class RunConfig:
             raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
         if self.resume and (self.out is None or self.overwrite):
             raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")
-
-    @property
-    def worldmodel_checkpoint(self) -> str:
-        """`worldmodel`, or the task's env's shipped world model."""
-        return self.worldmodel or f"shipped:{self.task.env}/worldmodel"
-
-    @property
-    def idm_checkpoint(self) -> str:
-        """`idm`, or the task's env's shipped IDM."""
-        return self.idm or f"shipped:{self.task.env}/idm"
 
 
 def _cpu_s() -> float:

@@ -14,6 +14,21 @@ from vplan.errors import UsageError
 PREFIX = "shipped:"
 
 
+class AgentCheckpoints:
+    """Mixin of the configs that load an agent (`worldmodel`, `idm` and `task` fields): unset checkpoints are the
+    task's env's shipped ones."""
+
+    @property
+    def worldmodel_checkpoint(self) -> str:
+        """`worldmodel`, or the task's env's shipped world model."""
+        return self.worldmodel or f"{PREFIX}{self.task.env}/worldmodel"
+
+    @property
+    def idm_checkpoint(self) -> str:
+        """`idm`, or the task's env's shipped IDM."""
+        return self.idm or f"{PREFIX}{self.task.env}/idm"
+
+
 def shipped_names() -> list[str]:
     """Every shipped checkpoint, as `<env>/<component>`."""
     root = Path(str(resources.files("vplan") / "checkpoints"))

@@ -42,6 +42,7 @@ from vplan.rl.objectives import OBJECTIVES
 from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
+from vplan.shipped import AgentCheckpoints
 from vplan.tasks import TaskConfig
 
 CHECKPOINT_DIR = "checkpoint"
@@ -53,7 +54,7 @@ ITERATIONS_FILE = "iterations.jsonl"
 
 
 @dataclass
-class RLConfig:
+class RLConfig(AgentCheckpoints):
     """Settings of `vplan rl`."""
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
@@ -108,14 +109,6 @@ class RLConfig:
             raise ValueError("penalty and planner_lr: expected numbers >= 0")
         if self.rewards.vlm > 0 and not self.vlm_reward.enabled:
             raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
-
-    @property
-    def worldmodel_checkpoint(self) -> str:
-        return self.worldmodel or f"shipped:{self.task.env}/worldmodel"
-
-    @property
-    def idm_checkpoint(self) -> str:
-        return self.idm or f"shipped:{self.task.env}/idm"
 
 
 def explore_episode(env: Any, agent: Any, instruction: str, task_seed: int, agent_seed: int) -> tuple[dict, list]:
