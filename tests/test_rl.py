@@ -208,6 +208,8 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0"))
     main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))  # as if killed after iteration 1
+    with (resumed / "iterations.jsonl").open("a") as file:  # ... while appending iteration 2's log
+        file.write(json.dumps({"iteration": 1, "partial": True}) + "\n")
     main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0"))
     assert "resuming" in capsys.readouterr().out
     a, b = load_file(straight / "lora.safetensors"), load_file(resumed / "lora.safetensors")

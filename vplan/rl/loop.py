@@ -135,6 +135,13 @@ def _imagined(chunk: Any) -> ImaginedChunk:
                          actions=np.asarray(chunk.actions), observed=list(chunk.observed), drift=list(chunk.drift))
 
 
+def _keep_iterations_before(path: Path, iteration: int) -> None:
+    """Drop the rows a killed run appended for iterations its checkpoint does not hold (they are redone)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] < iteration]
+        path.write_text("".join(row + "\n" for row in rows))
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("a") as file:
         for row in rows:
@@ -285,7 +292,7 @@ class RLRun:
                 pairs.append({"prompt": self.prompt(plans[best][0]), "chosen": plans[best][0].plan["subgoals"],
                               "rejected": plans[worst][0].plan["subgoals"],
                               "rewards": {"chosen": float(means[best]), "rejected": float(means[worst])},
-                              "task_seed": plans[best][0].task_seed})
+                              "task_seed": plans[best][0].task_seed, "iteration": self.iteration})
         return pairs
 
     def prompt(self, rollout: EpisodeRollout) -> str:
@@ -400,6 +407,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if run.load():
             print(f"resuming {out} after iteration {run.iteration}")
+        for name in (ITERATIONS_FILE, PREFERENCES_FILE):
+            _keep_iterations_before(out / name, run.iteration)
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact_secrets(asdict(cfg)))))
         per_iteration = cfg.seeds_per_iteration * len(cfg.plan_offsets) * cfg.continuations
         bar = tqdm(total=cfg.iterations * per_iteration, initial=run.iteration * per_iteration, desc="rl explore",
