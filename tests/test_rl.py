@@ -190,6 +190,7 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["before"]) >= {"success_rate", "dist_mean", "episodes"} and metrics["objective"] == objective
     assert metrics["before"]["episodes"][0]["seed"] == metrics["after"]["episodes"][0]["seed"] == 10000
+    assert metrics["after_executor"]["chunk_offset"] == metrics["before"]["chunk_offset"] == 0
     assert (out / "final" / "config.json").is_file() and (out / "planner.yaml").is_file()
     assert metrics["tuned_chunk_offset"] in (0, 1)
     iterations = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]

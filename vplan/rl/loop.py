@@ -15,9 +15,9 @@ episodes; each is scored by the configured rewards (vplan/rl/rewards.py). Group-
 After each iteration `<out>/checkpoint` holds the adapter, the optimizer, the planner's logits and the iteration:
 a killed run resumes after its last finished iteration (seeded episodes: the same rollouts as an uninterrupted
 run). At the end `<out>/final` is the world model with the adapter merged (`vplan run worldmodel=<out>/final`),
-`<out>/lora.safetensors` the adapter alone, and `metrics.json` the before/after evaluation: the base model
-and plan vs the finetuned model and tuned plan on the same held-out seeds, with the same agent settings (the
-same sampling budget per episode).
+`<out>/lora.safetensors` the adapter alone, and `metrics.json` the before/after evaluation on the same held-out
+seeds with the same agent settings: the base model and plan; the finetuned model with the same plan (the same
+chunks: the same sampling budget); and the finetuned model with the tuned plan.
 """
 
 from __future__ import annotations
@@ -439,7 +439,10 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
                                    "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
         if cfg.eval_episodes:
-            metrics["before"] = evaluate(cfg, run.base, run.idm, 0, run.env, "eval before")
+            metrics["before"] = evaluate(cfg, run.base, run.idm, cfg.planner.chunk_offset, run.env, "eval before")
+            # the finetuned executor alone, with the plan it had before: the same chunks, the same sampling budget
+            metrics["after_executor"] = evaluate(cfg, final, run.idm, cfg.planner.chunk_offset, run.env,
+                                                 "eval after (executor)")
             metrics["after"] = evaluate(cfg, final, run.idm, run.tuned_offset, run.env, "eval after")
         (out / "metrics.json").write_text(json.dumps(_to_jsonable(metrics), indent=2) + "\n")
         _print_summary(metrics, out)
@@ -454,11 +457,12 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     print(f"\nvplan rl: {metrics['iterations']} iteration(s), objective {metrics['objective']}, tuned "
           f"planner.chunk_offset={metrics['tuned_chunk_offset']}")
     if "before" in metrics:
-        before, after = metrics["before"], metrics["after"]
-        seeds = [e["seed"] for e in before["episodes"]]
-        print(f"  held-out seeds {seeds[0]}..{seeds[-1]}     before    after")
-        print(f"  success rate              {before['success_rate']:7.0%}  {after['success_rate']:7.0%}")
-        if before["dist_mean"] is not None:
-            print(f"  Dist (mean)               {before['dist_mean']:7.4f}  {after['dist_mean']:7.4f}")
-        print(f"  chunks per episode        {before['chunks_per_episode']:7.1f}  {after['chunks_per_episode']:7.1f}")
+        columns = [metrics["before"], metrics["after_executor"], metrics["after"]]
+        seeds = [e["seed"] for e in columns[0]["episodes"]]
+        print(f"  held-out seeds {seeds[0]}..{seeds[-1]}: before | after, executor only (same plan) | after")
+        rows = [("success rate", "success_rate", "{:.0%}"), ("Dist (mean)", "dist_mean", "{:.4f}"),
+                ("chunks per episode", "chunks_per_episode", "{:.1f}"), ("planner.chunk_offset", "chunk_offset", "{}")]
+        for name, key, fmt in rows:
+            if columns[0][key] is not None:
+                print(f"  {name:22}" + "".join(f"{fmt.format(c[key]):>14}" for c in columns))
     print(f"run directory: {out} (final/: the finetuned world model; planner.yaml: the tuned offset)")
