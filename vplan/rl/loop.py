@@ -64,7 +64,9 @@ class RLConfig(AgentCheckpoints):
         default_factory=lambda: MemoryConfig(kind="none"), metadata={"help": "Episodic memory of the rollouts."}
     )
     agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
-    worldmodel: str | None = field(default=None, metadata={"help": "World model to finetune; null: the env's shipped one."})
+    worldmodel: str | None = field(
+        default=None, metadata={"help": "World model to finetune; null: the env's shipped one."}
+    )
     idm: str | None = field(default=None, metadata={"help": "IDM checkpoint; null: the env's shipped one."})
     iterations: int = field(default=2, metadata={"help": "Explore-score-finetune rounds."})
     seeds_per_iteration: int = field(default=2, metadata={"help": "Task seeds explored per iteration."})

@@ -44,7 +44,9 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, chosen_ref: torch.Ten
     return -F.logsigmoid(-beta * margin).mean()
 
 
-def add_rl_adapter(unet: Any, rank: int, seed: int = 0, target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS) -> None:
+def add_rl_adapter(
+    unet: Any, rank: int, seed: int = 0, target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS
+) -> None:
     """Attach the `rl` LoRA (B = 0: at first exactly the base) on the attention projections; only it trains."""
     from peft import LoraConfig
 
