@@ -124,3 +124,15 @@ def test_reset_from_a_dataset_episode(model, tmp_path):
     first = EpisodeDataset(data).episode(0)[OBS_IMAGE_FRONT][0]
     obs, _ = WorldModelEnv(model=model).reset(seed=0, options={"dataset": str(data), "episode": 0})
     assert np.array_equal(obs, first)
+
+
+def test_the_shipped_action_model_runs_as_the_imagined_tabletop():
+    env = gym.make(WORLD_MODEL_ENV_ID, config=WorldModelEnvConfig(checkpoint="shipped:tabletop/worldmodel_action"))
+    try:
+        assert env.unwrapped.model.config.conditioning == "text+action"
+        first, _ = env.reset(seed=0)
+        frame, *_ = env.step(env.action_space.sample())
+        assert env.observation_space.contains(first) and env.observation_space.contains(frame)
+        assert frame.shape == (64, 64, 3) and not np.array_equal(frame, first)
+    finally:
+        env.close()
