@@ -217,6 +217,9 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert (straight / "planner.yaml").read_text() == (resumed / "planner.yaml").read_text()
     assert len((resumed / "iterations.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(SystemExit) as exit_info:  # another objective cannot continue this run
+        main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
+    assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err
 
 
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):

@@ -114,28 +114,33 @@ def _run_dir(cfg: RunConfig) -> Path:
 RESUMABLE_CHANGES = ("episodes", "resume", "overwrite", "threads")
 
 
-def _config_record(cfg: RunConfig) -> dict[str, Any]:
-    """The config as config.yaml records it (secrets redacted), less the settings a resumption may change."""
+def config_record(cfg: Any) -> dict[str, Any]:
+    """A command's config as its run directory's config.yaml holds it: resolved, secrets redacted."""
     from omegaconf import OmegaConf
 
-    record = OmegaConf.to_container(OmegaConf.create(redact_secrets(asdict(cfg))))
-    return {key: value for key, value in record.items() if key not in RESUMABLE_CHANGES}
+    return OmegaConf.to_container(OmegaConf.create(redact_secrets(asdict(cfg))))
+
+
+def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], what: str) -> None:
+    """A UsageError naming the settings (other than `may_change`) in which `cfg` differs from the config a run
+    directory recorded, so a resumption never mixes two configs."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.to_container(OmegaConf.load(config_file))
+    current = config_record(cfg)
+    changed = sorted(key for key in saved.keys() | current.keys()
+                     if key not in may_change and saved.get(key) != current.get(key))
+    if changed:
+        raise UsageError(f"{what}: {config_file.parent} ran with other settings of {', '.join(changed)} (see its "
+                         f"{config_file.name}); pass the same ones, or choose another out=DIR")
 
 
 def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]], float]:
     """With `resume=true`: the results and wall time of the run in `out` so far, after checking that it ran with
     this config; nothing for a fresh run (or an `out` with no run yet)."""
-    from omegaconf import OmegaConf
-
     if not cfg.resume or not (out / METRICS_FILE).exists():
         return [], 0.0
-    saved = OmegaConf.to_container(OmegaConf.load(out / CONFIG_FILE))
-    saved = {key: value for key, value in saved.items() if key not in RESUMABLE_CHANGES}
-    current = _config_record(cfg)
-    changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
-    if changed:
-        raise UsageError(f"resume=true: {out} ran with other settings of {', '.join(changed)} (see its {CONFIG_FILE});"
-                         " pass the same ones, or choose another out=DIR")
+    check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "resume=true")
     metrics = json.loads((out / METRICS_FILE).read_text())
     if len(metrics["episodes"]) > cfg.episodes:
         raise UsageError(f"resume=true: {out} has {len(metrics['episodes'])} episodes already; pass episodes>="
@@ -143,7 +148,7 @@ def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]],
     return metrics["episodes"], float(metrics["wall_s_total"])
 
 
-def _write_json(path: Path, payload: Any) -> None:
+def write_json(path: Path, payload: Any) -> None:
     """Replace `path` whole (written aside, then renamed), so a kill never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -355,9 +360,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         fps = int(env.metadata.get("render_fps", 10))
         dist_unit = env.metadata.get("dist_unit", "m")
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(redact_secrets(asdict(cfg)))))
+        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_record(cfg)))
         metrics = summarize(cfg, results, env_id, started, dist_unit)
-        _write_json(out / METRICS_FILE, metrics)
+        write_json(out / METRICS_FILE, metrics)
         writer = _episode_writer(cfg, env, out) if cfg.record else None
         # a run killed between recording an episode and writing metrics.json recorded that episode already
         recorded_ahead = writer.num_episodes - sum(r.get("recorded", False) for r in results) if writer else 0
@@ -384,7 +389,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 result["video"] = name
             results.append(result)
             metrics = summarize(cfg, results, env_id, started, dist_unit)
-            _write_json(out / METRICS_FILE, metrics)
+            write_json(out / METRICS_FILE, metrics)
             bar.set_postfix(success=f"{sum(r['success'] for r in results)}/{len(results)}",
                             dist=f"{metrics['dist_mean'] or 0:.3f}", wall=f"{result['wall_s']:.0f}s")
         bar.close()

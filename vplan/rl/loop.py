@@ -22,10 +22,11 @@ chunks: the same sampling budget); and the finetuned model with the tuned plan.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from omegaconf import MISSING
 from vplan.agent import AgentConfig
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
-from vplan.planner.config import PlannerConfig, redact_secrets
+from vplan.planner.config import PlannerConfig
 from vplan.rl.advantages import group_advantages
 from vplan.rl.objectives import OBJECTIVES
 from vplan.rl.rewards import RewardConfig
@@ -51,6 +52,9 @@ LORA_FILE = "lora.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 PREFERENCES_FILE = "plan_preferences.jsonl"
 ITERATIONS_FILE = "iterations.jsonl"
+CONFIG_FILE = "config.yaml"
+# Settings a resumed run may change: how long it runs and how it is evaluated, not what it explores or learns.
+RESUMABLE_CHANGES = ("iterations", "eval_episodes", "eval_seed", "threads")
 
 
 @dataclass
@@ -179,7 +183,7 @@ class RLRun:
             self.idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
         except (OSError, ValueError) as error:
             raise UsageError(f"worldmodel/idm: {error}") from None
-        self.model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)  # the one the adapter trains on
+        self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
@@ -333,7 +337,7 @@ class RLRun:
 
     def finetune(self, groups: list[list[list[EpisodeRollout]]]) -> dict[str, float]:
         """`steps_per_iteration` Adam steps of the configured objective on this iteration's chunks."""
-        from vplan.rl.objectives import delta_penalty, dpo_loss, reference, rwr_weights
+        from vplan.rl.objectives import delta_penalty, dpo_loss, reference, rwr_loss
 
         cfg = self.cfg
         items: list[Any] = self.samples(groups) if cfg.objective == "rwr" else self.pairs(groups)
@@ -347,8 +351,7 @@ class RLRun:
             seed = (self.iteration * cfg.steps_per_iteration + step) * 1000
             if cfg.objective == "rwr":
                 per_sample = torch.stack([self.loss(chunk, seed + i) for i, (chunk, _) in enumerate(batch)])
-                weights = rwr_weights(torch.tensor([a for _, a in batch]), cfg.rwr_beta)
-                objective = (weights * per_sample).mean()
+                objective = rwr_loss(per_sample, torch.tensor([a for _, a in batch]), cfg.rwr_beta)
             else:
                 chosen = torch.stack([self.loss(w, seed + i) for i, (w, _) in enumerate(batch)])
                 rejected = torch.stack([self.loss(l, seed + i) for i, (_, l) in enumerate(batch)])
@@ -372,16 +375,14 @@ class RLRun:
         return int(self.cfg.plan_offsets[int(np.argmax(self.logits))])
 
 
-def evaluate(cfg: RLConfig, world_model: Any, idm: Any, chunk_offset: int, env: Any, desc: str) -> dict[str, Any]:
+def evaluate(run: RLRun, world_model: Any, chunk_offset: int, desc: str) -> dict[str, Any]:
     """Success rate and Dist of the agent on the held-out seeds (as `vplan run`)."""
     from tqdm import tqdm
 
-    from vplan.agent import VideoPlanningAgent
-    from vplan.planner import make_planner
     from vplan.run import run_episode
 
-    planner_config = replace(cfg.planner, chunk_frames=world_model.config.chunk_frames, chunk_offset=chunk_offset)
-    agent = VideoPlanningAgent(world_model, idm, make_planner(planner_config, cfg.task), cfg.memory, cfg.agent)
+    cfg, env = run.cfg, run.env
+    agent = run.make_agent(world_model, chunk_offset)
     results = []
     try:
         for i in tqdm(range(cfg.eval_episodes), desc=desc, unit="episode"):
@@ -401,17 +402,21 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     from safetensors.torch import save_file
     from tqdm import tqdm
 
+    from vplan.run import check_same_config, config_record, write_json
+
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     run = RLRun(cfg)
     out = run.out
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():
+            check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan rl")
         if run.load():
             print(f"resuming {out} after iteration {run.iteration}")
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redact_secrets(asdict(cfg)))))
+        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_record(cfg)))
         per_iteration = cfg.seeds_per_iteration * len(cfg.plan_offsets) * cfg.continuations
         bar = tqdm(total=cfg.iterations * per_iteration, initial=run.iteration * per_iteration, desc="rl explore",
                    unit="episode")
@@ -441,12 +446,11 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
                                    "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
         if cfg.eval_episodes:
-            metrics["before"] = evaluate(cfg, run.base, run.idm, cfg.planner.chunk_offset, run.env, "eval before")
+            metrics["before"] = evaluate(run, run.base, cfg.planner.chunk_offset, "eval before")
             # the finetuned executor alone, with the plan it had before: the same chunks, the same sampling budget
-            metrics["after_executor"] = evaluate(cfg, final, run.idm, cfg.planner.chunk_offset, run.env,
-                                                 "eval after (executor)")
-            metrics["after"] = evaluate(cfg, final, run.idm, run.tuned_offset, run.env, "eval after")
-        (out / "metrics.json").write_text(json.dumps(_to_jsonable(metrics), indent=2) + "\n")
+            metrics["after_executor"] = evaluate(run, final, cfg.planner.chunk_offset, "eval after (executor)")
+            metrics["after"] = evaluate(run, final, run.tuned_offset, "eval after")
+        write_json(out / "metrics.json", _to_jsonable(metrics))
         _print_summary(metrics, out)
         return metrics
     finally:

@@ -95,7 +95,7 @@ def merged_copy(model: Any) -> Any:
         layer.merge(adapter_names=[ADAPTER_NAME])
         parent, _, attribute = name.rpartition(".")
         setattr(unet.get_submodule(parent), attribute, layer.get_base_layer())
-    for attribute in ("peft_config", "_hf_peft_config_loaded"):
-        if hasattr(unet, attribute):
-            delattr(unet, attribute) if attribute == "peft_config" else setattr(unet, attribute, False)
+    if hasattr(unet, "peft_config"):  # what diffusers' PeftAdapterMixin reads to tell adapters are attached
+        del unet.peft_config
+    unet._hf_peft_config_loaded = False
     return merged.eval()
