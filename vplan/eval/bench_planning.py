@@ -30,6 +30,7 @@ from vplan.agent import AgentConfig
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
+from vplan.run import write_json
 from vplan.tasks import TaskConfig
 
 RESULTS_FILE = "results.json"
@@ -104,12 +105,6 @@ def _load_results(cfg: BenchPlanningConfig, path: Path) -> dict[str, Any]:
         raise UsageError(f"{path} holds a bench with other settings; choose another out=DIR to start a new one")
     print(f"continuing {path}: " + ", ".join(f"{name} {len(done)}" for name, done in results["rows"].items()))
     return results
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def generation_psnr(imagined: list[np.ndarray], executed: list[np.ndarray]) -> float:
@@ -210,7 +205,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                     done.append({"seed": result["seed"], "dist": result["dist"], "success": result["success"],
                                  "psnr": generation_psnr(episode["imagined"], episode["executed"]),
                                  "wall_s": result["wall_s"], "steps": result["steps"]})
-                    _write_json(out / RESULTS_FILE, results)
+                    write_json(out / RESULTS_FILE, results)
             finally:
                 agent.close()
     finally:
@@ -219,7 +214,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
 
     summaries = {row.name: summarize(results["rows"][row.name][: cfg.episodes]) for row in ROWS}
     results["summary"] = summaries
-    _write_json(out / RESULTS_FILE, results)
+    write_json(out / RESULTS_FILE, results)
     env_name = type(cfg.env).__name__.removesuffix("Config").lower()
     seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
     table = markdown_table(summaries, env_name, seeds)
