@@ -189,6 +189,51 @@ def test_init_from_a_text_model_gives_an_action_model_its_weights_and_a_fresh_ac
         assert torch.equal(fresh[name], tensor), name  # as a fresh model draws it (training seeds with optim.seed 0)
 
 
+def test_action_channels_give_each_frame_its_own_action(monkeypatch):
+    with pytest.raises(ValueError, match="action_channels: expected an action-conditioned model, got conditioning='t"):
+        tiny_config("text", action_channels=True)
+    model = tiny_model("text+action", action_channels=True)
+    assert model.unet.conv_in.in_channels == 4 + 4 + 1  # latents, an action, a known flag
+    seen = []
+    predict = type(model.unet).predict
+
+    def spy(unet, latents, timesteps, states, frame_inputs=None):
+        seen.append(frame_inputs)
+        return predict(unet, latents, timesteps, states, frame_inputs)
+
+    monkeypatch.setattr(type(model.unet), "predict", spy)
+    context, actions = randn(2, 2, 4, LATENT, LATENT), torch.rand(2, 2, 4, generator=seeded(1)) * 2 - 1
+    model.generate(context, ["a", "b"], generator=seeded(2), actions=actions)  # 2 of 3 chunk actions known
+    inputs = seen[-1]
+    assert inputs.shape == (2, 2 + CHUNK, 5)
+    assert not inputs[:, :2].any() and not inputs[:, 2 + 2:].any()  # context frames and the unknown step: zeros
+    assert torch.equal(inputs[:, 2:4, :4], actions) and torch.equal(inputs[:, 2:4, 4], torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"expected frame_inputs of shape \(2, 5, 5\), got \(2, 5, 4\)"):
+        latents = torch.zeros(2, 5, 4, LATENT, LATENT)
+        model.unet.predict(latents, torch.zeros(2), torch.zeros(2, 7, DIM), torch.zeros(2, 5, 4))
+
+    model.train()
+    target = randn(2, CHUNK, 4, LATENT, LATENT, seed=3)
+    loss, _ = model(context, target, ["a", "b"], generator=seeded(4), actions=torch.rand(2, CHUNK, 4) * 2 - 1)
+    loss.backward()
+    assert model.unet.conv_in.weight.grad[:, 4:].abs().sum() > 0  # the action channels learn
+
+
+def test_init_widens_the_input_of_a_model_without_action_channels(tmp_path):
+    source = tiny_model("text+action", seed=3)
+    source.save_pretrained(tmp_path / "tokens")
+    latents, texts, actions = [torch.zeros(8, 4, LATENT, LATENT)], [["a"] * 8], [torch.zeros(8, 4)]
+    widened = tiny_config("text+action", action_channels=True)
+    config = WorldModelTrainConfig(model=widened, init=str(tmp_path / "tokens"))
+    module = WorldModelTraining(config, latents, texts, source.vae, actions).module.eval()
+    weight = module.unet.conv_in.weight
+    assert torch.equal(weight[:, :4], source.unet.conv_in.weight) and not weight[:, 4:].any()
+    # new channels at zero weight: the widened model computes what its source did
+    context, given = randn(1, 2, 4, LATENT, LATENT), torch.rand(1, CHUNK, 4, generator=seeded(1))
+    assert torch.allclose(module.generate(context, ["a"], generator=seeded(2), actions=given),
+                          source.generate(context, ["a"], generator=seeded(2), actions=given), atol=1e-6)
+
+
 TINY_ACTION_MODEL = [*TINY_WORLD_MODEL, "component.model.conditioning=action"]
 
 

@@ -49,7 +49,8 @@ class ShiftContextOutput(torch.nn.Module):
         super().__init__()
         self.unet, self.context = unet, context
 
-    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor,
+                frame_inputs: torch.Tensor | None = None) -> torch.Tensor:
         out = self.unet.predict(latents, timesteps, states).clone()
         out[:, : self.context] += 100.0
         return out
@@ -62,7 +63,8 @@ class RecordInputs(torch.nn.Module):
         super().__init__()
         self.unet, self.inputs = unet, []
 
-    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor,
+                frame_inputs: torch.Tensor | None = None) -> torch.Tensor:
         self.inputs.append(latents.clone())
         return self.unet.predict(latents, timesteps, states)
 

@@ -142,8 +142,13 @@ class WorldModelTraining:
         if config.init is not None:
             try:
                 source = resolve_checkpoint(config.init)
-                # a text-conditioned source gives an action-conditioned model all but its (new) action encoder
-                self.module.load_weights(source, vae=False, action_encoder=read_config(source).uses_actions)
+                # a text-conditioned source gives an action-conditioned model all but its (new) action encoder,
+                # a source without action channels its UNet's input convolution widened with zeros
+                source_config = read_config(source)
+                self.module.load_weights(
+                    source, vae=False, action_encoder=source_config.uses_actions,
+                    widen_input=source_config.frame_input_channels < model_config.frame_input_channels,
+                )
             except CheckpointError as error:
                 raise UsageError(f"component.init={config.init}: {error}") from None
         for parameter in self.module.vae.parameters():

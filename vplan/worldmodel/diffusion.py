@@ -145,13 +145,15 @@ def masked_diffusion_loss(
     null_states: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     reduction: str = "mean",
+    frame_inputs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Denoising loss on the target chunk given the clean context, `(loss, logs)`: the mean, or with
     `reduction="none"` one per sample (B,) (what RL reweights and compares; the same generator state gives the
     same noise, timesteps and text dropout, so two models can be scored on identical draws).
 
     Latents are (B, T, C, h, w). With probability `config.text_dropout` a sample's text is replaced by
-    `null_states` (the encoding of the empty text), which classifier-free guidance needs at sampling time.
+    `null_states` (the encoding of the empty text), which classifier-free guidance needs at sampling time, and its
+    `frame_inputs` (B, T_context + T_target, F; see `UNet3D.predict`) by zeros, so the condition drops whole.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
@@ -190,9 +192,11 @@ def masked_diffusion_loss(
         dropped = torch.rand((batch,), generator=generator, device=rand_device) < config.text_dropout
         keep = (~dropped).to(device=device, dtype=states.dtype).view(batch, 1, 1)
         states = keep * states + (1.0 - keep) * _null_condition(null_states, states)
+        if frame_inputs is not None:
+            frame_inputs = frame_inputs * keep.to(frame_inputs.dtype)
 
     sequence = torch.cat([context_latents, noisy], dim=1)
-    prediction = unet.predict(sequence, unet_timesteps, states)[:, context_latents.shape[1]:]
+    prediction = unet.predict(sequence, unet_timesteps, states, frame_inputs)[:, context_latents.shape[1]:]
     per_sample = F.mse_loss(prediction.float(), goal.float(), reduction="none").flatten(1).mean(1)
     loss = per_sample.mean() if reduction == "mean" else per_sample
     logs = {"loss": per_sample.mean().item(), "noise_level": level.mean().item(), "text_dropped": dropped.float().mean().item()}
@@ -209,11 +213,13 @@ def sample_chunk(
     config: DiffusionConfig,
     null_states: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    frame_inputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate the `num_frames` latents (B, num_frames, C, h, w) that follow the clean `context_latents`.
 
     At every step the UNet sees the clean context followed by the current chunk, and only the chunk is advanced
-    by the scheduler. With `config.guidance_scale > 1` the conditional and the null-text passes run as one batch.
+    by the scheduler. With `config.guidance_scale > 1` the conditional and the null-text passes run as one batch
+    (the null pass with zero `frame_inputs`, (B, T_context + num_frames, F) when given).
     """
     _check_latents(context_latents, "context_latents")
     if num_frames < 1:
@@ -229,6 +235,8 @@ def sample_chunk(
     if guided:
         states = torch.cat([states, _null_condition(null_states, states)])
         context = torch.cat([context, context])
+        if frame_inputs is not None:
+            frame_inputs = torch.cat([frame_inputs, torch.zeros_like(frame_inputs)])
 
     scheduler = make_scheduler(config)
     _set_timesteps(scheduler, config, device)
@@ -239,7 +247,7 @@ def sample_chunk(
     for t in scheduler.timesteps:
         chunk = torch.cat([latents, latents]) if guided else latents
         sequence = torch.cat([context, chunk], dim=1)
-        output = unet.predict(sequence, t.expand(sequence.shape[0]), states)[:, context_len:]
+        output = unet.predict(sequence, t.expand(sequence.shape[0]), states, frame_inputs)[:, context_len:]
         if guided:
             conditional, unconditional = output.chunk(2)
             output = unconditional + config.guidance_scale * (conditional - unconditional)

@@ -81,6 +81,12 @@ class WorldModelConfig:
         metadata={"help": "Share of training clips that keep only a random prefix of the chunk's actions (the rest "
                   "null tokens), so a chunk can be imagined from the actions known so far (WorldModelEnv)."},
     )
+    action_channels: bool = field(
+        default=False,
+        metadata={"help": "Also give each chunk frame its own action as UNet input channels (the action and a "
+                  "known flag, broadcast over the latent grid): the 3D UNet's frames carry no position, so a "
+                  "frame cannot tell which action token is its own."},
+    )
 
     def __post_init__(self) -> None:
         self.unet = _from_dict(UNetConfig, self.unet, "unet")
@@ -89,6 +95,10 @@ class WorldModelConfig:
         self.text_encoder = _from_dict(TextEncoderConfig, self.text_encoder, "text_encoder")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.action_channels and not self.uses_actions:
+            raise ValueError(
+                f"action_channels: expected an action-conditioned model, got conditioning={self.conditioning!r}"
+            )
         if not 0.0 <= self.action_tail_dropout < 1.0:
             raise ValueError(f"action_tail_dropout: expected a share in [0, 1), got {self.action_tail_dropout!r}")
         for name in ("context_frames", "chunk_frames", "action_dim"):
@@ -126,6 +136,11 @@ class WorldModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def frame_input_channels(self) -> int:
+        """UNet input channels beyond the latents: an action and a known flag per frame with `action_channels`."""
+        return self.action_dim + 1 if self.action_channels else 0
+
 
 class WorldModel(nn.Module):
     """UNet3D + VAE + text encoder; latents are (B, T, C, h, w), frames uint8 (B, T, H, W, 3).
@@ -140,7 +155,7 @@ class WorldModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.unet = build_unet(config.unet)
+        self.unet = build_unet(config.unet, config.frame_input_channels)
         self.vae = vae if vae is not None else build_vae(config.vae)
         self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(config.text_encoder)
         # Text-only models have no action encoder at all: their state dict and checkpoints stay as they were.
@@ -217,6 +232,24 @@ class WorldModel(nn.Module):
             masks.insert(0, mask.to(tokens.device))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
 
+    def _frame_inputs(
+        self, actions: torch.Tensor, known: torch.Tensor | None, context_len: int, num_frames: int
+    ) -> torch.Tensor | None:
+        """Per-frame UNet inputs (B, context_len + num_frames, action_dim + 1) with `action_channels`, else None:
+        chunk frame i gets [action i, 1] when its action is known and zeros otherwise, as do context frames."""
+        if not self.config.action_channels:
+            return None
+        batch, steps = actions.shape[:2]
+        device = self.action_encoder.position_embedding.device
+        if known is None:
+            known = (torch.arange(self.config.chunk_frames, device=device) < steps).expand(batch, -1)
+        known = known[:, :num_frames].to(device=device, dtype=torch.float32)[..., None]
+        chunk = torch.zeros(batch, num_frames, self.config.action_dim, device=device)
+        chunk[:, :steps] = actions.to(device=device, dtype=chunk.dtype)
+        inputs = torch.zeros(batch, context_len + num_frames, self.config.frame_input_channels, device=device)
+        inputs[:, context_len:] = torch.cat([chunk * known, known], dim=-1)
+        return inputs
+
     def _null_condition(self) -> torch.Tensor:
         """The null condition of an action-conditioned model (1, L, D): the empty text's states (if text is used)
         beside the all-null action tokens, so guidance and training-time dropout drop both together."""
@@ -264,11 +297,13 @@ class WorldModel(nn.Module):
             actions = self._check_actions(actions, batch, steps)
             if actions.shape[1] != steps:
                 raise ValueError(f"expected one action per target frame ({steps}), got {actions.shape[1]}")
-            states, mask = self._condition(texts, actions, self._training_known(batch, steps, generator))
+            known = self._training_known(batch, steps, generator)
+            states, mask = self._condition(texts, actions, known)
             null = self._null_condition() if self.config.diffusion.text_dropout > 0 else None
             return masked_diffusion_loss(
                 self.unet, context_latents, target_latents, states, mask, self.config.diffusion,
                 null_states=null, generator=generator, reduction=reduction,
+                frame_inputs=self._frame_inputs(actions, known, context_latents.shape[1], steps),
             )
         self._check_actions(actions, target_latents.shape[0], 0)
         states, mask = self.encode_text(texts)
@@ -305,9 +340,10 @@ class WorldModel(nn.Module):
             actions = self._check_actions(actions, context.shape[0], num_frames)
             states, mask = self._condition(texts, actions, None)
             null = self._null_condition() if self.config.diffusion.guidance_scale != 1.0 else None
+            context = context[:, -self.config.context_frames:]
             return sample_chunk(
-                self.unet, context[:, -self.config.context_frames:], states, mask, num_frames,
-                self.config.diffusion, null_states=null, generator=generator,
+                self.unet, context, states, mask, num_frames, self.config.diffusion, null_states=null,
+                generator=generator, frame_inputs=self._frame_inputs(actions, None, context.shape[1], num_frames),
             )
         self._check_actions(actions, context.shape[0], 0)
         if texts is None or len(texts) != context.shape[0]:
@@ -392,12 +428,16 @@ class WorldModel(nn.Module):
         model.load_weights(path)
         return model.eval()
 
-    def load_weights(self, path: str | Path, vae: bool = True, action_encoder: bool = True) -> None:
+    def load_weights(
+        self, path: str | Path, vae: bool = True, action_encoder: bool = True, widen_input: bool = False
+    ) -> None:
         """Load a checkpoint's weights into this model, which must have the checkpoint's architecture; with
         `vae=False` all but the VAE's (to start training from another env's model, on this env's VAE), with
-        `action_encoder=False` all but the action encoder's (to add actions to a text-conditioned model)."""
+        `action_encoder=False` all but the action encoder's (to add actions to a text-conditioned model), with
+        `widen_input=True` a UNet with fewer input channels into this one's first ones, the new ones starting at
+        zero weight (to add `action_channels`: the model starts out computing what the checkpoint did)."""
         path = Path(path)
-        _load_into(self.unet, path / UNET_FILE)
+        _load_into(self.unet, path / UNET_FILE, widen="conv_in.weight" if widen_input else None)
         if vae:
             _load_into(self.vae, path / VAE_FILE)
         if self.text_encoder.state_dict() or (path / TEXT_ENCODER_FILE).exists():
@@ -439,8 +479,9 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
 
 
-def _load_into(module: nn.Module, file: Path) -> None:
-    """Load a safetensors file into `module`, naming the file and tensor on any mismatch."""
+def _load_into(module: nn.Module, file: Path, widen: str | None = None) -> None:
+    """Load a safetensors file into `module`, naming the file and tensor on any mismatch; the tensor named `widen`
+    (a convolution's weight) may have fewer input channels than the module's, which are zero-padded."""
     if not file.is_file():
         raise CheckpointError(f"{file}: expected this weights file, found none")
     try:
@@ -455,6 +496,12 @@ def _load_into(module: nn.Module, file: Path) -> None:
             f"{file}: tensors do not match the model (checkpoint from another config?): {len(missing)} missing "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
         )
+    if widen is not None and widen in state:
+        have, want = state[widen], expected[widen]
+        if have.ndim == want.ndim and have.shape[1] < want.shape[1] and have.shape[2:] == want.shape[2:]:
+            padded = torch.zeros_like(want)
+            padded[:, : have.shape[1]] = have
+            state[widen] = padded
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(

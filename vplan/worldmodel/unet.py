@@ -28,8 +28,33 @@ from diffusers.loaders import PeftAdapterMixin
 class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
     """`UNet3DConditionModel` plus peft adapters (`add_adapter`, `set_adapter`, `disable_adapters`, ...)."""
 
-    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
-        """Model output for `latents` (B, T, C, H, W) at per-sample `timesteps` (B,), in the same layout."""
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_states: torch.Tensor,
+        frame_inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Model output for `latents` (B, T, C, h, w) at per-sample `timesteps` (B,), in the same layout.
+
+        A UNet built with more input channels than `latents` has (`build_unet(..., frame_input_channels=F)`)
+        takes `frame_inputs` (B, T, F): one vector per frame, broadcast over the grid and appended as channels, so
+        each frame gets its own condition (the 3D UNet's frames carry no position, so a cross-attention token
+        cannot say which frame it is for). None means zeros: nothing known.
+        """
+        extra = self.config.in_channels - latents.shape[2]
+        if extra:
+            batch, frames, _, height, width = latents.shape
+            if frame_inputs is None:
+                frame_inputs = latents.new_zeros(batch, frames, extra)
+            if frame_inputs.shape != (batch, frames, extra):
+                raise ValueError(
+                    f"expected frame_inputs of shape ({batch}, {frames}, {extra}), got {tuple(frame_inputs.shape)}"
+                )
+            maps = frame_inputs.to(latents.dtype)[..., None, None].expand(-1, -1, -1, height, width)
+            latents = torch.cat([latents, maps], dim=2)
+        elif frame_inputs is not None:
+            raise ValueError("expected no frame_inputs: this UNet was built without frame input channels")
         out = self(latents.transpose(1, 2), timesteps, encoder_hidden_states=text_states, return_dict=False)[0]
         return out.transpose(1, 2)
 
@@ -104,11 +129,12 @@ class UNetConfig:
         return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in overrides.items()})
 
 
-def build_unet(config: UNetConfig) -> UNet3D:
-    """A freshly initialised `UNet3D` of the given size."""
+def build_unet(config: UNetConfig, frame_input_channels: int = 0) -> UNet3D:
+    """A freshly initialised `UNet3D` of the given size, with `frame_input_channels` more input channels for
+    per-frame conditions (`UNet3D.predict`'s `frame_inputs`)."""
     return UNet3D(
         sample_size=config.sample_size,
-        in_channels=config.in_channels,
+        in_channels=config.in_channels + frame_input_channels,
         out_channels=config.out_channels,
         down_block_types=config.down_block_types,
         up_block_types=config.up_block_types,
