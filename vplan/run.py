@@ -204,19 +204,25 @@ def load_agent(cfg: RunConfig) -> Any:
 
 
 def run_episode(
-    env: Any, agent: Any, instruction: str, seed: int, camera: str, recorder: EpisodeRecorder | None = None
+    env: Any, agent: Any, instruction: str, seed: int, camera: str, recorder: EpisodeRecorder | None = None,
+    agent_seed: int | None = None,
 ) -> dict[str, Any]:
-    """One episode of `agent` in `env`: its result, timings, and the imagined and executed frames (and, given a
-    recorder, every step in the dataset format)."""
+    """One episode of `agent` in `env` from the env state of `seed` (the agent's sampling seeded with `agent_seed`,
+    by default `seed` too): its result, timings, the imagined and executed frames, the agent's chunks (each with
+    what was executed while following it) and the final info (and, given a recorder, every step in the dataset
+    format)."""
     start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)
-    agent.reset(instruction, obs, info, seed=seed)
+    agent.reset(instruction, obs, info, seed=seed if agent_seed is None else agent_seed)
     imagined, executed = [obs[camera]], [obs[camera]]  # step 0: the real first frame on both sides
+    chunks: list[Any] = []
     terminated = truncated = False
     while True:
         action = agent.act(obs, info)
         if agent.done:
             break
+        if not chunks or agent.chunk is not chunks[-1]:
+            chunks.append(agent.chunk)
         next_obs, reward, terminated, truncated, next_info = env.step(action)
         if recorder is not None:
             recorder.add(obs, info, action, agent.chunk.text, reward, next_info, terminated or truncated)
@@ -247,7 +253,7 @@ def run_episode(
         "stages_s": {stage: float(agent.timings[stage]) for stage in STAGES},
         "peak_rss_mb": _peak_rss_mb(),
     }
-    return {"result": result, "imagined": imagined, "executed": executed}
+    return {"result": result, "imagined": imagined, "executed": executed, "chunks": chunks, "info": dict(info)}
 
 
 def summarize(

@@ -43,6 +43,7 @@ from vplan.rl.objectives import OBJECTIVES
 from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
+from vplan.run import check_same_config, config_record, run_episode, write_json
 from vplan.shipped import AgentCheckpoints
 from vplan.tasks import TaskConfig
 
@@ -115,25 +116,6 @@ class RLConfig(AgentCheckpoints):
             raise ValueError("penalty and planner_lr: expected numbers >= 0")
         if self.rewards.vlm > 0 and not self.vlm_reward.enabled:
             raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
-
-
-def explore_episode(env: Any, agent: Any, instruction: str, task_seed: int, agent_seed: int) -> tuple[dict, list]:
-    """One continuation from the env state of `task_seed`: the final info and the agent's chunks (each with what
-    was executed while following it)."""
-    obs, info = env.reset(seed=task_seed)
-    agent.reset(instruction, obs, info, seed=agent_seed)
-    chunks: list[Any] = []
-    while True:
-        action = agent.act(obs, info)
-        if agent.done:
-            break
-        if not chunks or agent.chunk is not chunks[-1]:
-            chunks.append(agent.chunk)
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            break
-    agent.wait()
-    return dict(info), chunks
 
 
 def _imagined(chunk: Any) -> ImaginedChunk:
@@ -271,10 +253,11 @@ class RLRun:
                     continuations = []
                     for k in range(cfg.continuations):
                         agent_seed = (task_seed * len(cfg.plan_offsets) + g) * cfg.continuations + k
-                        info, chunks = explore_episode(self.env, agent, cfg.task.instruction, task_seed, agent_seed)
+                        episode = run_episode(self.env, agent, cfg.task.instruction, task_seed, cfg.agent.camera,
+                                              agent_seed=agent_seed)
                         rollout = EpisodeRollout(task_seed=task_seed, plan_index=g, continuation=k,
-                                                 plan=agent.plan.to_dict(), final_info=info, stats=agent.stats(),
-                                                 chunks=[_imagined(c) for c in chunks])
+                                                 plan=agent.plan.to_dict(), final_info=episode["info"],
+                                                 stats=agent.stats(), chunks=[_imagined(c) for c in episode["chunks"]])
                         self.rewards.score(rollout)
                         continuations.append(rollout)
                         bar.update(1)
@@ -379,8 +362,6 @@ def evaluate(run: RLRun, world_model: Any, chunk_offset: int, desc: str) -> dict
     """Success rate and Dist of the agent on the held-out seeds (as `vplan run`)."""
     from tqdm import tqdm
 
-    from vplan.run import run_episode
-
     cfg, env = run.cfg, run.env
     agent = run.make_agent(world_model, chunk_offset)
     results = []
@@ -401,8 +382,6 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
     from tqdm import tqdm
-
-    from vplan.run import check_same_config, config_record, write_json
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
