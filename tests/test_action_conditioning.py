@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -304,8 +305,14 @@ def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, mo
     ))
     assert metrics["conditioning"] == "action" and metrics["all"]["chunks"] >= 8
     assert metrics["text_sensitivity"] is None  # an action-only model does not read the text
-    assert len(given) == metrics["all"]["chunks"]
+    moving = [row for row in metrics["chunks"] if row["moving"]]
+    assert moving and all("order_sensitive" in row for row in moving)
+    assert metrics["action_order_sensitivity"] == np.mean([row["order_sensitive"] for row in moving])
+    # per chunk: the executed actions, then (where the gripper moves) the same actions reversed in time
+    assert len(given) == metrics["all"]["chunks"] + len(moving)
     assert all(a is not None and a.shape == (1, CHUNK, 4) and a.abs().max() <= 1 for a in given)
+    reversals = [(a, b) for a, b in zip(given, given[1:]) if torch.equal(b, a.flip(1)) and not torch.equal(a, b)]
+    assert len(reversals) == len(moving)
     assert not all(torch.equal(a, given[0]) for a in given)  # each chunk its own actions
 
 

@@ -15,6 +15,9 @@ rollouts (same episodes, same noise), side by side, with `open_loop.mp4` showing
 An action-conditioned checkpoint (its `conditioning` is `action` or `text+action`) also gets the expert's executed
 actions that lead into each chunk frame, and text sensitivity is measured only when the model reads text; with
 `compare=` a text-conditioned one, the open-loop rollouts put action- and text-conditioned models side by side.
+Its action-order sensitivity is the share of the chunks where the gripper moves whose generation under the
+executed actions is closer to the real frames than under the same actions in reverse order: a model that cannot
+tell which frame an action leads into scores about half.
 """
 
 from __future__ import annotations
@@ -193,12 +196,19 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                     model.generate(context, [wrong_text], generator=torch.Generator().manual_seed(seed), **given)
                 )[0]
                 row["text_sensitive"] = psnr > chunk_scores(wrong, real)[0]
+            if given and row["moving"]:
+                reversed_actions = {"actions": given["actions"].flip(1)}
+                wrong = model.decode(model.generate(
+                    context, [true_text], generator=torch.Generator().manual_seed(seed), **reversed_actions
+                ))[0]
+                row["order_sensitive"] = psnr > chunk_scores(wrong, real)[0]
             rows.append(row)
             if len(grid) < cfg.video_chunks:
                 grid.append(np.concatenate([real.numpy(), predicted.numpy()], axis=1))  # real above generated
     env.close()
 
     sensitive = [row["text_sensitive"] for row in rows if "text_sensitive" in row]
+    order_sensitive = [row["order_sensitive"] for row in rows if "order_sensitive" in row]
     metrics = {
         "checkpoint": cfg.checkpoint,
         "conditioning": model.config.conditioning,
@@ -207,6 +217,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "all": _summary(rows),
         "moving": _summary([row for row in rows if row["moving"]]),
         "text_sensitivity": float(np.mean(sensitive)) if sensitive else None,
+        "action_order_sensitivity": float(np.mean(order_sensitive)) if order_sensitive else None,
         "chunks": rows,
         "open_loop": _open_loop_summary(open_rows, cfg.compare),
     }
@@ -228,6 +239,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             print(f"  {name + ' (' + str(s['chunks']) + ')':10} {s['psnr']:7.2f} {s['copy_psnr']:15.2f} {s['ssim']:6.3f} {s['copy_ssim']:15.3f}")
     if sensitive:
         print(f"  text sensitivity: {metrics['text_sensitivity']:.0%} of {len(sensitive)} chunks closer under the true subgoal")
+    if order_sensitive:
+        print(f"  action-order sensitivity: {metrics['action_order_sensitivity']:.0%} of {len(order_sensitive)} moving "
+              "chunks closer under the executed actions than under them reversed")
     _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
     print(f"metrics and video in {out}")
     return metrics
