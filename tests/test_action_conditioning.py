@@ -190,11 +190,11 @@ def test_init_from_a_text_model_gives_an_action_model_its_weights_and_a_fresh_ac
         assert torch.equal(fresh[name], tensor), name  # as a fresh model draws it (training seeds with optim.seed 0)
 
 
-def test_action_channels_give_each_frame_its_own_action(monkeypatch):
-    with pytest.raises(ValueError, match="action_channels: expected an action-conditioned model, got conditioning='t"):
-        tiny_config("text", action_channels=True)
-    model = tiny_model("text+action", action_channels=True)
-    assert model.unet.conv_in.in_channels == 4 + 4 + 1  # latents, an action, a known flag
+def test_action_frame_embedding_gives_each_frame_its_own_action(monkeypatch):
+    with pytest.raises(ValueError, match="action_frame_embedding: expected an action-conditioned model, got condit"):
+        tiny_config("text", action_frame_embedding=True)
+    model = tiny_model("text+action", action_frame_embedding=True)
+    assert model.unet.frame_embedding[0].in_features == 4 + 1  # an action and a known flag
     seen = []
     predict = type(model.unet).predict
 
@@ -209,30 +209,40 @@ def test_action_channels_give_each_frame_its_own_action(monkeypatch):
     assert inputs.shape == (2, 2 + CHUNK, 5)
     assert not inputs[:, :2].any() and not inputs[:, 2 + 2:].any()  # context frames and the unknown step: zeros
     assert torch.equal(inputs[:, 2:4, :4], actions) and torch.equal(inputs[:, 2:4, 4], torch.ones(2, 2))
+    latents, states = torch.zeros(2, 5, 4, LATENT, LATENT), torch.zeros(2, 7, DIM)
     with pytest.raises(ValueError, match=r"expected frame_inputs of shape \(2, 5, 5\), got \(2, 5, 4\)"):
-        latents = torch.zeros(2, 5, 4, LATENT, LATENT)
-        model.unet.predict(latents, torch.zeros(2), torch.zeros(2, 7, DIM), torch.zeros(2, 5, 4))
+        model.unet.predict(latents, torch.zeros(2), states, torch.zeros(2, 5, 4))
+
+    # once trained away from zero, a frame's output depends on its own input, and the hooks are gone after
+    torch.nn.init.normal_(model.unet.frame_embedding[2].weight)
+    inputs = torch.zeros(2, 5, 5)
+    base = predict(model.unet, latents, torch.zeros(2), states, inputs)
+    inputs[:, 3] = torch.tensor([1.0, -1.0, 0.5, 0.0, 1.0])
+    moved = predict(model.unet, latents, torch.zeros(2), states, inputs)
+    assert (moved - base)[:, 3].abs().max() > (moved - base)[:, 0].abs().max()
+    assert all(not m._forward_pre_hooks for m in model.unet.modules())
 
     model.train()
     target = randn(2, CHUNK, 4, LATENT, LATENT, seed=3)
     loss, _ = model(context, target, ["a", "b"], generator=seeded(4), actions=torch.rand(2, CHUNK, 4) * 2 - 1)
     loss.backward()
-    assert model.unet.conv_in.weight.grad[:, 4:].abs().sum() > 0  # the action channels learn
+    assert model.unet.frame_embedding[2].weight.grad.abs().sum() > 0  # the frame embedding learns
 
 
-def test_init_widens_the_input_of_a_model_without_action_channels(tmp_path):
+def test_init_adds_a_frame_embedding_to_a_model_without_one(tmp_path):
     source = tiny_model("text+action", seed=3)
     source.save_pretrained(tmp_path / "tokens")
     latents, texts, actions = [torch.zeros(8, 4, LATENT, LATENT)], [["a"] * 8], [torch.zeros(8, 4)]
-    widened = tiny_config("text+action", action_channels=True)
-    config = WorldModelTrainConfig(model=widened, init=str(tmp_path / "tokens"))
+    extended = tiny_config("text+action", action_frame_embedding=True)
+    config = WorldModelTrainConfig(model=extended, init=str(tmp_path / "tokens"))
     module = WorldModelTraining(config, latents, texts, source.vae, actions).module.eval()
-    weight = module.unet.conv_in.weight
-    assert torch.equal(weight[:, :4], source.unet.conv_in.weight) and not weight[:, 4:].any()
-    # new channels at zero weight: the widened model computes what its source did
+    for name, tensor in source.unet.state_dict().items():
+        assert torch.equal(module.unet.state_dict()[name], tensor), name
+    assert not module.unet.frame_embedding[2].weight.any()
+    # a new embedding at zero output: the extended model computes what its source did
     context, given = randn(1, 2, 4, LATENT, LATENT), torch.rand(1, CHUNK, 4, generator=seeded(1))
-    assert torch.allclose(module.generate(context, ["a"], generator=seeded(2), actions=given),
-                          source.generate(context, ["a"], generator=seeded(2), actions=given), atol=1e-6)
+    assert torch.equal(module.generate(context, ["a"], generator=seeded(2), actions=given),
+                       source.generate(context, ["a"], generator=seeded(2), actions=given))
 
 
 TINY_ACTION_MODEL = [*TINY_WORLD_MODEL, "component.model.conditioning=action"]

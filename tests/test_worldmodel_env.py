@@ -25,7 +25,7 @@ from vplan.worldmodel.vae import VAEConfig
 SIZE = 16
 
 
-def tiny_config(conditioning: str = "action", action_channels: bool = False) -> WorldModelConfig:
+def tiny_config(conditioning: str = "action", action_frame_embedding: bool = False) -> WorldModelConfig:
     return WorldModelConfig(
         unet=replace(UNetConfig.preset("tiny"), sample_size=SIZE // 2, cross_attention_dim=16),
         diffusion=DiffusionConfig(num_inference_steps=2),
@@ -34,15 +34,15 @@ def tiny_config(conditioning: str = "action", action_channels: bool = False) -> 
         context_frames=2,
         chunk_frames=3,
         conditioning=conditioning,
-        action_channels=action_channels,
+        action_frame_embedding=action_frame_embedding,
     )
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["action_tokens", "action_channels"])
+@pytest.fixture(scope="module", params=[False, True], ids=["action_tokens", "action_frame_embedding"])
 def checkpoint(tmp_path_factory, request):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("wm") / "action"
-    WorldModel(tiny_config(action_channels=request.param)).save_pretrained(path)
+    WorldModel(tiny_config(action_frame_embedding=request.param)).save_pretrained(path)
     return str(path)
 
 

@@ -143,11 +143,11 @@ class WorldModelTraining:
             try:
                 source = resolve_checkpoint(config.init)
                 # a text-conditioned source gives an action-conditioned model all but its (new) action encoder,
-                # a source without action channels its UNet's input convolution widened with zeros
+                # a source without a frame embedding all but that (new, at zero output)
                 source_config = read_config(source)
                 self.module.load_weights(
                     source, vae=False, action_encoder=source_config.uses_actions,
-                    widen_input=source_config.frame_input_channels < model_config.frame_input_channels,
+                    frame_embedding=source_config.frame_input_size == model_config.frame_input_size,
                 )
             except CheckpointError as error:
                 raise UsageError(f"component.init={config.init}: {error}") from None

@@ -81,11 +81,11 @@ class WorldModelConfig:
         metadata={"help": "Share of training clips that keep only a random prefix of the chunk's actions (the rest "
                   "null tokens), so a chunk can be imagined from the actions known so far (WorldModelEnv)."},
     )
-    action_channels: bool = field(
+    action_frame_embedding: bool = field(
         default=False,
-        metadata={"help": "Also give each chunk frame its own action as UNet input channels (the action and a "
-                  "known flag, broadcast over the latent grid): the 3D UNet's frames carry no position, so a "
-                  "frame cannot tell which action token is its own."},
+        metadata={"help": "Also give each chunk frame its own action (and a known flag) through the UNet's frame "
+                  "embedding, added to that frame's timestep embedding in every res-block: the 3D UNet's frames "
+                  "carry no position, so a frame cannot tell which action token is its own."},
     )
 
     def __post_init__(self) -> None:
@@ -95,9 +95,9 @@ class WorldModelConfig:
         self.text_encoder = _from_dict(TextEncoderConfig, self.text_encoder, "text_encoder")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got {self.conditioning!r}")
-        if self.action_channels and not self.uses_actions:
+        if self.action_frame_embedding and not self.uses_actions:
             raise ValueError(
-                f"action_channels: expected an action-conditioned model, got conditioning={self.conditioning!r}"
+                f"action_frame_embedding: expected an action-conditioned model, got conditioning={self.conditioning!r}"
             )
         if not 0.0 <= self.action_tail_dropout < 1.0:
             raise ValueError(f"action_tail_dropout: expected a share in [0, 1), got {self.action_tail_dropout!r}")
@@ -137,9 +137,9 @@ class WorldModelConfig:
         return asdict(self)
 
     @property
-    def frame_input_channels(self) -> int:
-        """UNet input channels beyond the latents: an action and a known flag per frame with `action_channels`."""
-        return self.action_dim + 1 if self.action_channels else 0
+    def frame_input_size(self) -> int:
+        """Size of the UNet's per-frame input: an action and a known flag with `action_frame_embedding`, else 0."""
+        return self.action_dim + 1 if self.action_frame_embedding else 0
 
 
 class WorldModel(nn.Module):
@@ -155,7 +155,7 @@ class WorldModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.unet = build_unet(config.unet, config.frame_input_channels)
+        self.unet = build_unet(config.unet, config.frame_input_size)
         self.vae = vae if vae is not None else build_vae(config.vae)
         self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(config.text_encoder)
         # Text-only models have no action encoder at all: their state dict and checkpoints stay as they were.
@@ -235,9 +235,9 @@ class WorldModel(nn.Module):
     def _frame_inputs(
         self, actions: torch.Tensor, known: torch.Tensor | None, context_len: int, num_frames: int
     ) -> torch.Tensor | None:
-        """Per-frame UNet inputs (B, context_len + num_frames, action_dim + 1) with `action_channels`, else None:
-        chunk frame i gets [action i, 1] when its action is known and zeros otherwise, as do context frames."""
-        if not self.config.action_channels:
+        """Per-frame UNet inputs (B, context_len + num_frames, action_dim + 1) with `action_frame_embedding`, else
+        None: chunk frame i gets [action i, 1] when its action is known and zeros otherwise, as do context frames."""
+        if not self.config.action_frame_embedding:
             return None
         batch, steps = actions.shape[:2]
         device = self.action_encoder.position_embedding.device
@@ -246,7 +246,7 @@ class WorldModel(nn.Module):
         known = known[:, :num_frames].to(device=device, dtype=torch.float32)[..., None]
         chunk = torch.zeros(batch, num_frames, self.config.action_dim, device=device)
         chunk[:, :steps] = actions.to(device=device, dtype=chunk.dtype)
-        inputs = torch.zeros(batch, context_len + num_frames, self.config.frame_input_channels, device=device)
+        inputs = torch.zeros(batch, context_len + num_frames, self.config.frame_input_size, device=device)
         inputs[:, context_len:] = torch.cat([chunk * known, known], dim=-1)
         return inputs
 
@@ -429,15 +429,15 @@ class WorldModel(nn.Module):
         return model.eval()
 
     def load_weights(
-        self, path: str | Path, vae: bool = True, action_encoder: bool = True, widen_input: bool = False
+        self, path: str | Path, vae: bool = True, action_encoder: bool = True, frame_embedding: bool = True
     ) -> None:
         """Load a checkpoint's weights into this model, which must have the checkpoint's architecture; with
         `vae=False` all but the VAE's (to start training from another env's model, on this env's VAE), with
         `action_encoder=False` all but the action encoder's (to add actions to a text-conditioned model), with
-        `widen_input=True` a UNet with fewer input channels into this one's first ones, the new ones starting at
-        zero weight (to add `action_channels`: the model starts out computing what the checkpoint did)."""
+        `frame_embedding=False` all but the UNet's frame embedding (to add `action_frame_embedding`: it starts
+        at zero output, so the model first computes what the checkpoint did)."""
         path = Path(path)
-        _load_into(self.unet, path / UNET_FILE, widen="conv_in.weight" if widen_input else None)
+        _load_into(self.unet, path / UNET_FILE, keep_missing=None if frame_embedding else "frame_embedding.")
         if vae:
             _load_into(self.vae, path / VAE_FILE)
         if self.text_encoder.state_dict() or (path / TEXT_ENCODER_FILE).exists():
@@ -479,9 +479,9 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
 
 
-def _load_into(module: nn.Module, file: Path, widen: str | None = None) -> None:
-    """Load a safetensors file into `module`, naming the file and tensor on any mismatch; the tensor named `widen`
-    (a convolution's weight) may have fewer input channels than the module's, which are zero-padded."""
+def _load_into(module: nn.Module, file: Path, keep_missing: str | None = None) -> None:
+    """Load a safetensors file into `module`, naming the file and tensor on any mismatch; tensors whose names start
+    with `keep_missing` may be absent from the file and keep the module's values."""
     if not file.is_file():
         raise CheckpointError(f"{file}: expected this weights file, found none")
     try:
@@ -489,6 +489,8 @@ def _load_into(module: nn.Module, file: Path, widen: str | None = None) -> None:
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{file}: corrupted or truncated safetensors file ({err})") from err
     expected = module.state_dict()
+    if keep_missing is not None:
+        state = {**{k: v for k, v in expected.items() if k.startswith(keep_missing)}, **state}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -496,12 +498,6 @@ def _load_into(module: nn.Module, file: Path, widen: str | None = None) -> None:
             f"{file}: tensors do not match the model (checkpoint from another config?): {len(missing)} missing "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
         )
-    if widen is not None and widen in state:
-        have, want = state[widen], expected[widen]
-        if have.ndim == want.ndim and have.shape[1] < want.shape[1] and have.shape[2:] == want.shape[2:]:
-            padded = torch.zeros_like(want)
-            padded[:, : have.shape[1]] = have
-            state[widen] = padded
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(

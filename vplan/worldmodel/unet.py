@@ -23,10 +23,22 @@ from typing import Any
 import torch
 from diffusers import UNet3DConditionModel
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
 
 
 class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
     """`UNet3DConditionModel` plus peft adapters (`add_adapter`, `set_adapter`, `disable_adapters`, ...)."""
+
+    def add_frame_embedding(self, size: int) -> None:
+        """Per-frame conditioning: an MLP of a `size`-vector per frame whose output is added to that frame's
+        timestep embedding in every res-block (as DIAMOND conditions on actions). The 3D UNet's frames carry no
+        position, so a cross-attention token cannot say which frame it is for; this can. Its last layer starts at
+        zero, so the UNet first computes what it did without it."""
+        dim = self.time_embedding.linear_2.out_features
+        self.frame_embedding = nn.Sequential(nn.Linear(size, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.frame_embedding[2].weight)
+        nn.init.zeros_(self.frame_embedding[2].bias)
 
     def predict(
         self,
@@ -37,25 +49,34 @@ class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
     ) -> torch.Tensor:
         """Model output for `latents` (B, T, C, h, w) at per-sample `timesteps` (B,), in the same layout.
 
-        A UNet built with more input channels than `latents` has (`build_unet(..., frame_input_channels=F)`)
-        takes `frame_inputs` (B, T, F): one vector per frame, broadcast over the grid and appended as channels, so
-        each frame gets its own condition (the 3D UNet's frames carry no position, so a cross-attention token
-        cannot say which frame it is for). None means zeros: nothing known.
+        A UNet with a frame embedding (`add_frame_embedding(F)`) takes `frame_inputs` (B, T, F), one vector per
+        frame; None means zeros (nothing known).
         """
-        extra = self.config.in_channels - latents.shape[2]
-        if extra:
-            batch, frames, _, height, width = latents.shape
-            if frame_inputs is None:
-                frame_inputs = latents.new_zeros(batch, frames, extra)
-            if frame_inputs.shape != (batch, frames, extra):
-                raise ValueError(
-                    f"expected frame_inputs of shape ({batch}, {frames}, {extra}), got {tuple(frame_inputs.shape)}"
-                )
-            maps = frame_inputs.to(latents.dtype)[..., None, None].expand(-1, -1, -1, height, width)
-            latents = torch.cat([latents, maps], dim=2)
-        elif frame_inputs is not None:
-            raise ValueError("expected no frame_inputs: this UNet was built without frame input channels")
-        out = self(latents.transpose(1, 2), timesteps, encoder_hidden_states=text_states, return_dict=False)[0]
+        sample = latents.transpose(1, 2)
+        embedding = self._modules.get("frame_embedding")  # set by add_frame_embedding
+        if embedding is None:
+            if frame_inputs is not None:
+                raise ValueError("expected no frame_inputs: this UNet has no frame embedding")
+            return self(sample, timesteps, encoder_hidden_states=text_states, return_dict=False)[0].transpose(1, 2)
+        batch, frames = latents.shape[:2]
+        size = embedding[0].in_features
+        if frame_inputs is None:
+            frame_inputs = latents.new_zeros(batch, frames, size)
+        if frame_inputs.shape != (batch, frames, size):
+            raise ValueError(
+                f"expected frame_inputs of shape ({batch}, {frames}, {size}), got {tuple(frame_inputs.shape)}"
+            )
+        # diffusers repeats the timestep embedding per frame, batch-major, before the res-blocks read it
+        per_frame = embedding(frame_inputs.to(latents.dtype)).reshape(batch * frames, -1)
+        hooks = [
+            module.time_emb_proj.register_forward_pre_hook(lambda _, args: (args[0] + per_frame,))
+            for module in self.modules() if isinstance(module, ResnetBlock2D) and module.time_emb_proj is not None
+        ]
+        try:
+            out = self(sample, timesteps, encoder_hidden_states=text_states, return_dict=False)[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
         return out.transpose(1, 2)
 
 
@@ -129,12 +150,12 @@ class UNetConfig:
         return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in overrides.items()})
 
 
-def build_unet(config: UNetConfig, frame_input_channels: int = 0) -> UNet3D:
-    """A freshly initialised `UNet3D` of the given size, with `frame_input_channels` more input channels for
-    per-frame conditions (`UNet3D.predict`'s `frame_inputs`)."""
-    return UNet3D(
+def build_unet(config: UNetConfig, frame_input_size: int = 0) -> UNet3D:
+    """A freshly initialised `UNet3D` of the given size, with a frame embedding of `frame_input_size`-vectors
+    (`UNet3D.predict`'s `frame_inputs`) unless 0."""
+    unet = UNet3D(
         sample_size=config.sample_size,
-        in_channels=config.in_channels + frame_input_channels,
+        in_channels=config.in_channels,
         out_channels=config.out_channels,
         down_block_types=config.down_block_types,
         up_block_types=config.up_block_types,
@@ -144,3 +165,6 @@ def build_unet(config: UNetConfig, frame_input_channels: int = 0) -> UNet3D:
         cross_attention_dim=config.cross_attention_dim,
         attention_head_dim=config.attention_head_dim,
     )
+    if frame_input_size:
+        unet.add_frame_embedding(frame_input_size)
+    return unet
