@@ -1,8 +1,11 @@
 """Low-level actions of a chunk → cross-attention tokens (LeAP: the executed actions as a cause of the frames).
 
 Step i of a chunk gets one token: a small MLP of the action that leads into chunk frame i, plus a learned
-position embedding for i, so the UNet's cross-attention can tell which frame an action belongs to. The tokens sit
-beside the subgoal text's tokens (`text+action`) or replace them (`action`); see `WorldModelConfig.conditioning`.
+position embedding for i, so the tokens tell the steps apart. The tokens sit beside the subgoal text's tokens
+(`text+action`) or replace them (`action`); see `WorldModelConfig.conditioning`. A frame, though, cannot tell
+which token is its own (the 3D UNet's frames carry no position, and every frame reads the same tokens), so
+`WorldModelConfig.action_frame_embedding` also hands each frame its own action through the UNet's frame
+embedding (`UNet3D.add_frame_embedding`).
 
 A step whose action is not known yet (the tail of a chunk imagined one step at a time, `WorldModelEnv`) or dropped
 for classifier-free guidance gets a learned null token instead of the MLP's output. The null condition is

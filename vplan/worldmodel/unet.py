@@ -4,6 +4,10 @@ diffusers' 3D UNet lacks `PeftAdapterMixin`, so `UNet3D` mixes it in: Temp-LoRA 
 adapter with `unet.add_adapter(LoraConfig(...), adapter_name="temp_lora")` and toggles it with
 `disable_adapters()` / `enable_adapters()`.
 
+Per-frame conditions: `add_frame_embedding` gives the UNet an MLP whose output, one vector per frame, is added
+to that frame's timestep embedding in every res-block (forward pre-hooks on diffusers' `time_emb_proj`, in place
+only during `predict`), which is how an action-conditioned model hands each frame its own action.
+
 Layout: diffusers' UNet takes `(B, C, T, H, W)`; the rest of vplan uses `(B, T, C, H, W)`. `UNet3D.predict` is
 the one place that transposes.
 
