@@ -43,6 +43,11 @@ class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
         self.frame_embedding = nn.Sequential(nn.Linear(size, dim), nn.SiLU(), nn.Linear(dim, dim))
         nn.init.zeros_(self.frame_embedding[2].weight)
         nn.init.zeros_(self.frame_embedding[2].bias)
+        # found once here, not on every denoising step
+        self._time_projections = [
+            module.time_emb_proj for module in self.modules()
+            if isinstance(module, ResnetBlock2D) and module.time_emb_proj is not None
+        ]
 
     def predict(
         self,
@@ -56,28 +61,25 @@ class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
         A UNet with a frame embedding (`add_frame_embedding(F)`) takes `frame_inputs` (B, T, F), one vector per
         frame; None means zeros (nothing known).
         """
-        sample = latents.transpose(1, 2)
         embedding = self._modules.get("frame_embedding")  # set by add_frame_embedding
-        if embedding is None:
-            if frame_inputs is not None:
-                raise ValueError("expected no frame_inputs: this UNet has no frame embedding")
-            return self(sample, timesteps, encoder_hidden_states=text_states, return_dict=False)[0].transpose(1, 2)
-        batch, frames = latents.shape[:2]
-        size = embedding[0].in_features
-        if frame_inputs is None:
-            frame_inputs = latents.new_zeros(batch, frames, size)
-        if frame_inputs.shape != (batch, frames, size):
-            raise ValueError(
-                f"expected frame_inputs of shape ({batch}, {frames}, {size}), got {tuple(frame_inputs.shape)}"
-            )
-        # diffusers repeats the timestep embedding per frame, batch-major, before the res-blocks read it
-        per_frame = embedding(frame_inputs.to(latents.dtype)).reshape(batch * frames, -1)
-        hooks = [
-            module.time_emb_proj.register_forward_pre_hook(lambda _, args: (args[0] + per_frame,))
-            for module in self.modules() if isinstance(module, ResnetBlock2D) and module.time_emb_proj is not None
-        ]
+        hooks = []
+        if embedding is None and frame_inputs is not None:
+            raise ValueError("expected no frame_inputs: this UNet has no frame embedding")
+        if embedding is not None:
+            batch, frames = latents.shape[:2]
+            size = embedding[0].in_features
+            if frame_inputs is None:
+                frame_inputs = latents.new_zeros(batch, frames, size)
+            if frame_inputs.shape != (batch, frames, size):
+                raise ValueError(
+                    f"expected frame_inputs of shape ({batch}, {frames}, {size}), got {tuple(frame_inputs.shape)}"
+                )
+            # diffusers repeats the timestep embedding per frame, batch-major, before the res-blocks read it
+            per_frame = embedding(frame_inputs.to(latents.dtype)).reshape(batch * frames, -1)
+            hooks = [projection.register_forward_pre_hook(lambda _, args: (args[0] + per_frame,))
+                     for projection in self._time_projections]
         try:
-            out = self(sample, timesteps, encoder_hidden_states=text_states, return_dict=False)[0]
+            out = self(latents.transpose(1, 2), timesteps, encoder_hidden_states=text_states, return_dict=False)[0]
         finally:
             for hook in hooks:
                 hook.remove()
