@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,6 +28,7 @@ from gymnasium import spaces
 
 from vplan.envs.adapters import SimulatorNotInstalledError, first_line, resize_rgb
 from vplan.envs.discrete_moves import JUMPS, WALK, YAW_DELTA, Move, move_space, to_move
+from vplan.envs.settings import env_settings
 from vplan.utils.import_utils import is_package_available
 
 MINERL_ENV_IDS = (  # MineRL 0.4.4's navigate envs (minerl/herobraine/envs.py)
@@ -141,14 +142,7 @@ class MineRLEnv(gym.Env):
     def __init__(
         self, config: MineRLConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any
     ) -> None:
-        config = config or MineRLConfig()
-        unknown = set(overrides) - {f.name for f in fields(MineRLConfig)}
-        if unknown:
-            raise ValueError(f"expected MineRLConfig fields as overrides, got unknown {sorted(unknown)}")
-        self.config = replace(config, **overrides) if overrides else config
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            modes = self.metadata["render_modes"]
-            raise ValueError(f"render_mode: expected one of {modes} or None, got {render_mode!r}")
+        self.config = env_settings(MineRLConfig, config, overrides, render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": TICKS_PER_SECOND // self.config.ticks_per_move}
         modules = _import_minerl()  # fails here, with the install steps, when MineRL cannot run

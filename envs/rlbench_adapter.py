@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +31,7 @@ from gymnasium import spaces
 
 from vplan.envs.adapters import SimulatorNotInstalledError, first_line, resize_rgb
 from vplan.envs.tabletop_v0 import MAX_CUBES, MIN_SEPARATION, WORKSPACE_HIGH, WORKSPACE_LOW, spot_names
+from vplan.envs.settings import env_settings
 from vplan.utils.import_utils import is_package_available
 
 TASKS = ("return_cubes",)
@@ -192,14 +193,7 @@ class RLBenchEnv(gym.Env):
     def __init__(
         self, config: RLBenchConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any
     ) -> None:
-        config = config or RLBenchConfig()
-        unknown = set(overrides) - {f.name for f in fields(RLBenchConfig)}
-        if unknown:
-            raise ValueError(f"expected RLBenchConfig fields as overrides, got unknown {sorted(unknown)}")
-        self.config = replace(config, **overrides) if overrides else config
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            modes = self.metadata["render_modes"]
-            raise ValueError(f"render_mode: expected one of {modes} or None, got {render_mode!r}")
+        self.config = env_settings(RLBenchConfig, config, overrides, render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self._rl = _import_rlbench()  # fails here, with the install steps, when RLBench cannot run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes.util
 import os
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -18,6 +18,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
+
+from vplan.envs.settings import env_settings
 
 TASKS = ("return_cubes",)
 COLOURS: dict[str, tuple[float, float, float, float]] = {
@@ -135,14 +137,7 @@ class TabletopEnv(gym.Env):
     def __init__(
         self, config: TabletopConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any
     ) -> None:
-        config = config or TabletopConfig()
-        unknown = set(overrides) - {f.name for f in fields(TabletopConfig)}
-        if unknown:
-            raise ValueError(f"expected TabletopConfig fields as overrides, got unknown {sorted(unknown)}")
-        self.config = replace(config, **overrides) if overrides else config
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            modes = self.metadata["render_modes"]
-            raise ValueError(f"render_mode: expected one of {modes} or None, got {render_mode!r}")
+        self.config = env_settings(TabletopConfig, config, overrides, render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
 

@@ -5,13 +5,15 @@ torch and the world model are imported when an env is made, not with `vplan.envs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
+
+from vplan.envs.settings import env_settings
 
 if TYPE_CHECKING:
     import torch
@@ -92,13 +94,7 @@ class WorldModelEnv(gym.Env):
         render_mode: str | None = "rgb_array",
         **overrides: Any,
     ) -> None:
-        config = config or WorldModelEnvConfig()
-        unknown = set(overrides) - {f.name for f in fields(WorldModelEnvConfig)}
-        if unknown:
-            raise ValueError(f"expected WorldModelEnvConfig fields as overrides, got unknown {sorted(unknown)}")
-        self.config = replace(config, **overrides) if overrides else config
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.config = env_settings(WorldModelEnvConfig, config, overrides, render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         if model is None:
             from vplan.worldmodel.model import WorldModel

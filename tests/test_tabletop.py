@@ -127,6 +127,11 @@ def test_unknown_override_raises():
         TabletopEnv(image_sise=32)
 
 
+def test_unsupported_render_mode_raises_naming_the_modes():
+    with pytest.raises(ValueError, match=r"render_mode: expected one of \['rgb_array'\] or None, got 'human'"):
+        TabletopEnv(render_mode="human")
+
+
 def test_registered_env_truncates_at_max_steps():
     env = gym.make(ENV_IDS["tabletop"], image_size=SIZE, max_episode_steps=3)
     assert gym.spec(ENV_IDS["tabletop"]).max_episode_steps == TabletopConfig.max_episode_steps

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -31,6 +31,7 @@ from vplan.envs.blockworld.retrace import (
 )
 from vplan.envs.blockworld.terrain import MAX_HEIGHT, VoxelWorld, generate_world
 from vplan.envs.discrete_moves import move_space, to_move
+from vplan.envs.settings import env_settings
 
 TASKS = ("retrace",)
 JUMP_LIFT = 0.5  # blocks the camera is raised in the frame right after a jump
@@ -132,14 +133,7 @@ class BlockworldEnv(gym.Env):
     def __init__(
         self, config: BlockworldConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any
     ) -> None:
-        config = config or BlockworldConfig()
-        unknown = set(overrides) - {f.name for f in fields(BlockworldConfig)}
-        if unknown:
-            raise ValueError(f"expected BlockworldConfig fields as overrides, got unknown {sorted(unknown)}")
-        self.config = replace(config, **overrides) if overrides else config
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            modes = self.metadata["render_modes"]
-            raise ValueError(f"render_mode: expected one of {modes} or None, got {render_mode!r}")
+        self.config = env_settings(BlockworldConfig, config, overrides, render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
 
