@@ -14,6 +14,11 @@ from vplan.errors import UsageError
 PREFIX = "shipped:"
 
 
+def shipped_checkpoint(env: str, component: str) -> str:
+    """The checkpoint argument naming an env's shipped component, e.g. `shipped:tabletop/worldmodel`."""
+    return f"{PREFIX}{env}/{component}"
+
+
 class AgentCheckpoints:
     """Mixin of the configs that load an agent (`worldmodel`, `idm` and `task` fields): unset checkpoints are the
     task's env's shipped ones."""
@@ -21,12 +26,12 @@ class AgentCheckpoints:
     @property
     def worldmodel_checkpoint(self) -> str:
         """`worldmodel`, or the task's env's shipped world model."""
-        return self.worldmodel or f"{PREFIX}{self.task.env}/worldmodel"
+        return self.worldmodel or shipped_checkpoint(self.task.env, "worldmodel")
 
     @property
     def idm_checkpoint(self) -> str:
         """`idm`, or the task's env's shipped IDM."""
-        return self.idm or f"{PREFIX}{self.task.env}/idm"
+        return self.idm or shipped_checkpoint(self.task.env, "idm")
 
 
 def shipped_names() -> list[str]:

@@ -31,6 +31,7 @@ from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.run import write_json
+from vplan.shipped import PREFIX
 from vplan.tasks import TaskConfig
 
 RESULTS_FILE = "results.json"
@@ -163,7 +164,7 @@ def bar_plot(summaries: dict[str, dict[str, Any]], path: Path, title: str) -> No
 
 
 def _exists(checkpoint: str) -> bool:
-    return checkpoint.startswith("shipped:") or (Path(checkpoint) / "config.json").is_file()
+    return checkpoint.startswith(PREFIX) or (Path(checkpoint) / "config.json").is_file()
 
 
 def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:

@@ -87,10 +87,11 @@ class EvalConsistencyConfig:
     def __post_init__(self) -> None:
         from vplan.envs import env_name
         from vplan.eval.revisit import revisit_scenario_for
+        from vplan.shipped import shipped_checkpoint
 
         revisit_scenario_for(env_name(self.env))  # an env without a revisit scenario: a clear error, early
         if self.checkpoint is None:
-            self.checkpoint = f"shipped:{env_name(self.env)}/worldmodel"
+            self.checkpoint = shipped_checkpoint(env_name(self.env), "worldmodel")
         for name in ("episodes", "chunks", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -65,8 +65,9 @@ class EvalWorldModelConfig:
                              f"{self.video_chunks}, {self.rollout_chunks}")
         if self.checkpoint is None:
             from vplan.envs import env_name
+            from vplan.shipped import shipped_checkpoint
 
-            self.checkpoint = f"shipped:{env_name(self.env)}/worldmodel"
+            self.checkpoint = shipped_checkpoint(env_name(self.env), "worldmodel")
 
 
 def _to_images(frames: torch.Tensor) -> torch.Tensor:
