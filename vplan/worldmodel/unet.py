@@ -43,9 +43,10 @@ class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
         self.frame_embedding = nn.Sequential(nn.Linear(size, dim), nn.SiLU(), nn.Linear(dim, dim))
         nn.init.zeros_(self.frame_embedding[2].weight)
         nn.init.zeros_(self.frame_embedding[2].bias)
-        # found once here, not on every denoising step
-        self._time_projections = [
-            module.time_emb_proj for module in self.modules()
+        # found once here, not on every denoising step; their `time_emb_proj` is read at each call, so a LoRA
+        # wrapper put in its place later is what gets the hook
+        self._timed_resnets = [
+            module for module in self.modules()
             if isinstance(module, ResnetBlock2D) and module.time_emb_proj is not None
         ]
 
@@ -76,8 +77,8 @@ class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
                 )
             # diffusers repeats the timestep embedding per frame, batch-major, before the res-blocks read it
             per_frame = embedding(frame_inputs.to(latents.dtype)).reshape(batch * frames, -1)
-            hooks = [projection.register_forward_pre_hook(lambda _, args: (args[0] + per_frame,))
-                     for projection in self._time_projections]
+            hooks = [resnet.time_emb_proj.register_forward_pre_hook(lambda _, args: (args[0] + per_frame,))
+                     for resnet in self._timed_resnets]
         try:
             out = self(latents.transpose(1, 2), timesteps, encoder_hidden_states=text_states, return_dict=False)[0]
         finally:
