@@ -130,7 +130,7 @@ def test_reset_from_a_dataset_episode(model, tmp_path):
 def test_the_shipped_action_model_runs_as_the_imagined_tabletop():
     env = gym.make(WORLD_MODEL_ENV_ID, config=WorldModelEnvConfig(checkpoint="shipped:tabletop/worldmodel_action"))
     try:
-        assert env.unwrapped.model.config.conditioning == "text+action"
+        assert env.unwrapped.model.config.conditioning == "action"
         first, _ = env.reset(seed=0)
         frame, *_ = env.step(env.action_space.sample())
         assert env.observation_space.contains(first) and env.observation_space.contains(frame)
