@@ -349,6 +349,21 @@ def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp
     against_itself = evaluate("action")["open_loop"]  # same episodes, same noise: the same figures
     assert all(row["psnr"] == row["compare_psnr"] for row in against_itself["rows"])
     assert against_itself["mean"]["psnr"] == against_text["mean"]["psnr"]
+    assert against_itself["paired"] == {
+        "mean_gain_db": 0.0, "standard_error_db": None, "episodes": 1, "ahead": 0, "behind": 0}
+    assert "checkpoint minus compare: +0.00 dB per episode, ahead in 0 and behind in 0 of 1" in capsys.readouterr().out
+
+
+def test_paired_gain_averages_each_episode_before_comparing():
+    from vplan.eval.worldmodel import paired_gain
+
+    rows = [  # episode 0: +1 and +3 dB (mean +2); episode 1: -1 dB; episode 2: +2 dB
+        {"episode": 0, "psnr": 18.0, "compare_psnr": 17.0}, {"episode": 0, "psnr": 20.0, "compare_psnr": 17.0},
+        {"episode": 1, "psnr": 16.0, "compare_psnr": 17.0}, {"episode": 2, "psnr": 19.0, "compare_psnr": 17.0},
+    ]
+    paired = paired_gain(rows)
+    assert paired["mean_gain_db"] == 1.0 and (paired["episodes"], paired["ahead"], paired["behind"]) == (3, 2, 1)
+    assert paired["standard_error_db"] == np.std([2.0, -1.0, 2.0], ddof=1) / np.sqrt(3)
 
 
 def test_rollout_gives_each_chunk_its_actions():

@@ -256,8 +256,22 @@ def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[
     indices = sorted({row["chunk"] for row in rows})
     per_chunk = [{"chunk": i} | {k: float(np.mean([r[k] for r in rows if r["chunk"] == i])) for k in keys}
                  for i in indices]
-    return {"compare": compare, "episodes": len({row["episode"] for row in rows}), "per_chunk": per_chunk,
-            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
+    summary = {"compare": compare, "episodes": len({row["episode"] for row in rows}), "per_chunk": per_chunk,
+               "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
+    return summary | ({"paired": paired_gain(rows)} if "compare_psnr" in keys else {})
+
+
+def paired_gain(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Checkpoint minus compare in mean open-loop PSNR, episode by episode, so a gap can be told from noise.
+
+    The two checkpoints roll out the same episodes under the same noise, so their per-episode difference is
+    paired: its mean, its standard error (None for one episode) and how many episodes each one is ahead in.
+    """
+    episodes = sorted({row["episode"] for row in rows})
+    gains = np.array([np.mean([r["psnr"] - r["compare_psnr"] for r in rows if r["episode"] == e]) for e in episodes])
+    error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else None
+    return {"mean_gain_db": float(gains.mean()), "standard_error_db": error, "episodes": len(gains),
+            "ahead": int((gains > 0).sum()), "behind": int((gains < 0).sum())}
 
 
 def _print_open_loop(summary: dict[str, Any], conditioning: str, compare: Any) -> None:
@@ -270,3 +284,8 @@ def _print_open_loop(summary: dict[str, Any], conditioning: str, compare: Any) -
     print(f"  {'chunk':>6} " + " ".join(f"{name:>22}" for name in names) + f" {'copy last real frame':>21}")
     for row in summary["per_chunk"] + [{"chunk": "mean", **summary["mean"]}]:
         print(f"  {row['chunk']!s:>6} " + " ".join(f"{row[k]:22.2f}" for k in keys) + f" {row['copy_psnr']:21.2f}")
+    if "paired" in summary:
+        paired = summary["paired"]
+        error = "" if paired["standard_error_db"] is None else f" (standard error {paired['standard_error_db']:.2f})"
+        print(f"  checkpoint minus compare: {paired['mean_gain_db']:+.2f} dB per episode{error}, ahead in "
+              f"{paired['ahead']} and behind in {paired['behind']} of {paired['episodes']} episodes")
