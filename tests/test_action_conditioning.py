@@ -354,6 +354,25 @@ def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp
     assert "checkpoint minus compare: +0.00 dB per episode, ahead in 0 and behind in 0 of 1" in capsys.readouterr().out
 
 
+def test_eval_worldmodel_conditioning_action_puts_the_shipped_action_model_beside_the_text_one(tmp_path):
+    from vplan.errors import UsageError
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = EvalWorldModelConfig(env=TabletopConfig(), task=task, conditioning="action")
+    assert (cfg.checkpoint, cfg.compare) == ("shipped:tabletop/worldmodel_action", "shipped:tabletop/worldmodel")
+    assert read_config(resolve_checkpoint(cfg.checkpoint)).conditioning == "action"
+    assert EvalWorldModelConfig(env=TabletopConfig(), task=task, conditioning="action", compare="DIR").compare == "DIR"
+    with pytest.raises(ValueError, match="no such model ships; give checkpoint=DIR"):
+        EvalWorldModelConfig(env=TabletopConfig(), task=task, conditioning="text+action")
+    with pytest.raises(ValueError, match="conditioning: expected one of text, action, text\\+action, got 'actions'"):
+        EvalWorldModelConfig(env=TabletopConfig(), task=task, conditioning="actions")
+    WorldModel(tiny_config("text")).save_pretrained(tmp_path / "text")
+    with pytest.raises(UsageError, match="is conditioned on 'text', not conditioning='action'"):
+        evaluate_worldmodel(EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task,
+                                                 checkpoint=str(tmp_path / "text"), conditioning="action"))
+
+
 def test_paired_gain_averages_each_episode_before_comparing():
     from vplan.eval.worldmodel import paired_gain
 

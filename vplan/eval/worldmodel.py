@@ -33,6 +33,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.tasks import TaskConfig
+from vplan.worldmodel.action_encoder import CONDITIONINGS
 
 MOVING_THRESHOLD = 0.01  # metres the gripper travels within a chunk for the chunk to count as "moving"
 
@@ -59,15 +60,29 @@ class EvalWorldModelConfig:
         metadata={"help": "A second world-model checkpoint scored on the same open-loop rollouts, side by side."},
     )
 
+    conditioning: Optional[str] = field(
+        default=None,
+        metadata={"help": "text|action|text+action: the checkpoint must be conditioned so; `action` defaults "
+                  "checkpoint to the env's shipped action model and compare to its shipped text model."},
+    )
+
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
             raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
                              f"{self.video_chunks}, {self.rollout_chunks}")
-        if self.checkpoint is None:
-            from vplan.envs import env_name
-            from vplan.shipped import shipped_checkpoint
+        if self.conditioning not in (None, *CONDITIONINGS):
+            raise ValueError(f"conditioning: expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
+        from vplan.envs import env_name
+        from vplan.shipped import shipped_checkpoint
 
-            self.checkpoint = shipped_checkpoint(env_name(self.env), "worldmodel")
+        if self.conditioning == "action":
+            self.compare = self.compare or shipped_checkpoint(env_name(self.env), "worldmodel")
+        if self.checkpoint is None:
+            if self.conditioning == "text+action":
+                raise ValueError("conditioning=text+action: no such model ships; give checkpoint=DIR (one trained "
+                                 "with component.model.conditioning=text+action)")
+            component = "worldmodel_action" if self.conditioning == "action" else "worldmodel"
+            self.checkpoint = shipped_checkpoint(env_name(self.env), component)
 
 
 def _to_images(frames: torch.Tensor) -> torch.Tensor:
@@ -133,6 +148,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.policies import make_expert
 
     model = _load_model(cfg.checkpoint, cfg)
+    if cfg.conditioning is not None and model.config.conditioning != cfg.conditioning:
+        raise UsageError(f"checkpoint={cfg.checkpoint} is conditioned on {model.config.conditioning!r}, not "
+                         f"conditioning={cfg.conditioning!r}; give a checkpoint trained with "
+                         f"component.model.conditioning={cfg.conditioning}, or leave checkpoint unset")
     compare = _load_model(cfg.compare, cfg) if cfg.compare is not None else None
     if compare is not None and (compare.config.context_frames, compare.config.chunk_frames) != (
             model.config.context_frames, model.config.chunk_frames):
