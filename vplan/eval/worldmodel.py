@@ -10,7 +10,9 @@ different subgoal of the same episode (same seed, same context). An MP4 grid sho
 Open loop (`rollout_chunks`, 8 by default): from each episode's first real context the model imagines that many
 chunks in a row, each from its own output, under the true subgoal texts; PSNR and SSIM per chunk index against
 the real frames show how fast it drifts from the real env. `compare=` scores a second checkpoint on the same
-rollouts (same episodes, same noise), side by side, with `open_loop.mp4` showing real | checkpoint | compare.
+rollouts (same episodes, same noise), side by side, with `open_loop.mp4` showing real | checkpoint | compare,
+and their paired difference per episode (mean, standard error, episodes ahead). `conditioning=action` puts the
+env's shipped action-conditioned model beside its shipped text one.
 
 An action-conditioned checkpoint (its `conditioning` is `action` or `text+action`) also gets the expert's executed
 actions that lead into each chunk frame, and text sensitivity is measured only when the model reads text; with
@@ -59,7 +61,6 @@ class EvalWorldModelConfig:
         default=None,
         metadata={"help": "A second world-model checkpoint scored on the same open-loop rollouts, side by side."},
     )
-
     conditioning: Optional[str] = field(
         default=None,
         metadata={"help": "text|action|text+action: the checkpoint must be conditioned so; `action` defaults "
