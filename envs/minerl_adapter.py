@@ -28,7 +28,7 @@ from gymnasium import spaces
 
 from vplan.envs.adapters import SimulatorNotInstalledError, first_line, resize_rgb
 from vplan.envs.discrete_moves import JUMPS, WALK, YAW_DELTA, Move, move_space, to_move
-from vplan.envs.settings import env_settings
+from vplan.envs.settings import LastFrameRender, env_settings
 from vplan.utils.import_utils import is_package_available
 
 MINERL_ENV_IDS = (  # MineRL 0.4.4's navigate envs (minerl/herobraine/envs.py)
@@ -105,7 +105,7 @@ def _import_minerl() -> SimpleNamespace:
     return SimpleNamespace(gym=old_gym, GymV21CompatibilityV0=GymV21CompatibilityV0)
 
 
-class MineRLEnv(gym.Env):
+class MineRLEnv(LastFrameRender, gym.Env):
     """Navigate in Minecraft (MineRL) with the blockworld's discrete moves (vplan/MineRL-v0).
 
     ## Action Space
@@ -181,13 +181,6 @@ class MineRLEnv(gym.Env):
             if terminated or truncated:
                 break
         return self._convert(observation), reward, bool(terminated), bool(truncated), self._info(observation, move)
-
-    def render(self) -> np.ndarray | None:
-        """The first-person image of the current state (the same frame as the last observation)."""
-        if self.render_mode is None:
-            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
-            return None
-        return self._front.copy()
 
     def close(self) -> None:
         self._env.close()

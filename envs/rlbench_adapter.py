@@ -30,11 +30,10 @@ import numpy as np
 from gymnasium import spaces
 
 from vplan.envs.adapters import SimulatorNotInstalledError, first_line, resize_rgb
-from vplan.envs.tabletop_v0 import MAX_CUBES, MIN_SEPARATION, WORKSPACE_HIGH, WORKSPACE_LOW, spot_names
-from vplan.envs.settings import env_settings
+from vplan.envs.tabletop_v0 import TASKS, WORKSPACE_HIGH, WORKSPACE_LOW, check_return_cubes_settings, spot_names
+from vplan.envs.settings import LastFrameRender, env_settings
 from vplan.utils.import_utils import is_package_available
 
-TASKS = ("return_cubes",)
 ARM_ACTION_MODES = ("ik", "planning")
 RLBENCH_INSTALL = (
     "install CoppeliaSim 4.1.0 (EDU, Ubuntu build from coppeliarobotics.com), export COPPELIASIM_ROOT=<its "
@@ -72,30 +71,11 @@ class RLBenchConfig:
     task: str = field(default="return_cubes", metadata={"help": f"One of {TASKS}."})
 
     def __post_init__(self) -> None:
-        if not 8 <= self.image_size <= 1024:
-            raise ValueError(f"image_size: expected an int in [8, 1024], got {self.image_size!r}")
+        check_return_cubes_settings(self)
         if not 8 <= self.render_size <= 2048:
             raise ValueError(f"render_size: expected an int in [8, 2048], got {self.render_size!r}")
-        if not 1 <= self.num_cubes <= MAX_CUBES:
-            raise ValueError(f"num_cubes: expected an int in [1, {MAX_CUBES}], got {self.num_cubes!r}")
-        if self.max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps: expected a positive int, got {self.max_episode_steps!r}")
-        if not 0 < self.max_delta <= 0.1:
-            raise ValueError(f"max_delta: expected metres in (0, 0.1], got {self.max_delta!r}")
         if self.arm_action_mode not in ARM_ACTION_MODES:
             raise ValueError(f"arm_action_mode: expected one of {ARM_ACTION_MODES}, got {self.arm_action_mode!r}")
-        if not 0 < self.success_tolerance < MIN_SEPARATION / 2:
-            raise ValueError(
-                f"success_tolerance: expected metres in (0, {MIN_SEPARATION / 2}), got {self.success_tolerance!r}"
-            )
-        if not self.success_tolerance < self.displace_distance < MIN_SEPARATION:
-            raise ValueError(
-                f"displace_distance: expected metres in (success_tolerance={self.success_tolerance}, "
-                f"{MIN_SEPARATION}), got {self.displace_distance!r}"
-            )
-        if self.task not in TASKS:
-            raise ValueError(f"task: expected one of {TASKS}, got {self.task!r}")
-
 
 def require_rlbench() -> None:
     """Raise `SimulatorNotInstalledError` (one line: the install steps) unless RLBench can run here."""
@@ -147,7 +127,7 @@ def _import_rlbench() -> SimpleNamespace:
     )
 
 
-class RLBenchEnv(gym.Env):
+class RLBenchEnv(LastFrameRender, gym.Env):
     """RLBench's Panda moving cubes away and back, seen by RLBench's front camera (vplan/RLBench-v0).
 
     ## Action Space
@@ -252,13 +232,6 @@ class RLBenchEnv(gym.Env):
                 observation, reward, terminate = self._task_env.get_observation(), 0.0, False
         obs, info = self._convert(observation, success=reward > 0, invalid_action=invalid)
         return obs, float(reward), bool(terminate), False, info
-
-    def render(self) -> np.ndarray | None:
-        """The front camera image of the current state (the same frame as the last observation)."""
-        if self.render_mode is None:
-            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
-            return None
-        return self._front.copy()
 
     def close(self) -> None:
         if self._environment is not None:

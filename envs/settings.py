@@ -1,9 +1,13 @@
-"""What every vplan env does first in `__init__`: its typed config with keyword overrides, and its render mode."""
+"""What every vplan env shares: its typed config with keyword overrides and its render mode (checked first in
+`__init__`), and `render()` as the camera image of the last observation."""
 
 from __future__ import annotations
 
 from dataclasses import fields, replace
 from typing import Any, TypeVar
+
+import gymnasium as gym
+import numpy as np
 
 Config = TypeVar("Config")
 
@@ -25,3 +29,20 @@ def env_settings(
         raise ValueError(f"render_mode: expected one of {render_modes} or None, got {render_mode!r}")
     config = config if config is not None else config_class()
     return replace(config, **overrides) if overrides else config
+
+
+class LastFrameRender:
+    """`render()` for an env whose picture of the current state is its last observation's camera image.
+
+    Mix in before `gymnasium.Env`; the env keeps that image in `self._front` (uint8, H×W×3).
+    """
+
+    render_mode: str | None
+    _front: np.ndarray
+
+    def render(self) -> np.ndarray | None:
+        """The camera image of the current state (the same frame as the last observation)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
+            return None
+        return self._front.copy()

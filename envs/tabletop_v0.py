@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from vplan.envs.settings import env_settings
+from vplan.envs.settings import LastFrameRender, env_settings
 
 TASKS = ("return_cubes",)
 COLOURS: dict[str, tuple[float, float, float, float]] = {
@@ -66,30 +66,36 @@ class TabletopConfig:
     task: str = field(default="return_cubes", metadata={"help": f"One of {TASKS}."})
 
     def __post_init__(self) -> None:
-        if not 8 <= self.image_size <= 1024:
-            raise ValueError(f"image_size: expected an int in [8, 1024], got {self.image_size!r}")
-        if not 1 <= self.num_cubes <= MAX_CUBES:
-            raise ValueError(f"num_cubes: expected an int in [1, {MAX_CUBES}], got {self.num_cubes!r}")
-        if self.max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps: expected a positive int, got {self.max_episode_steps!r}")
+        check_return_cubes_settings(self)
         if not 1 <= self.control_hz <= 100:
             raise ValueError(f"control_hz: expected an int in [1, 100], got {self.control_hz!r}")
-        if not 0 < self.max_delta <= 0.1:
-            raise ValueError(f"max_delta: expected metres in (0, 0.1], got {self.max_delta!r}")
-        if not 0 < self.success_tolerance < MIN_SEPARATION / 2:
-            raise ValueError(
-                f"success_tolerance: expected metres in (0, {MIN_SEPARATION / 2}), got {self.success_tolerance!r}"
-            )
-        if not self.success_tolerance < self.displace_distance < MIN_SEPARATION:
-            raise ValueError(
-                f"displace_distance: expected metres in (success_tolerance={self.success_tolerance}, "
-                f"{MIN_SEPARATION}), got {self.displace_distance!r}"
-            )
-        if self.task not in TASKS:
-            raise ValueError(f"task: expected one of {TASKS}, got {self.task!r}")
 
 
-class TabletopEnv(gym.Env):
+def check_return_cubes_settings(config: Any) -> None:
+    """Refuse out-of-range values of the settings every return-cubes env has (the tabletop's and the RLBench
+    adapter's configs), each with the field's name and the range it takes."""
+    if not 8 <= config.image_size <= 1024:
+        raise ValueError(f"image_size: expected an int in [8, 1024], got {config.image_size!r}")
+    if not 1 <= config.num_cubes <= MAX_CUBES:
+        raise ValueError(f"num_cubes: expected an int in [1, {MAX_CUBES}], got {config.num_cubes!r}")
+    if config.max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps: expected a positive int, got {config.max_episode_steps!r}")
+    if not 0 < config.max_delta <= 0.1:
+        raise ValueError(f"max_delta: expected metres in (0, 0.1], got {config.max_delta!r}")
+    if not 0 < config.success_tolerance < MIN_SEPARATION / 2:
+        raise ValueError(
+            f"success_tolerance: expected metres in (0, {MIN_SEPARATION / 2}), got {config.success_tolerance!r}"
+        )
+    if not config.success_tolerance < config.displace_distance < MIN_SEPARATION:
+        raise ValueError(
+            f"displace_distance: expected metres in (success_tolerance={config.success_tolerance}, "
+            f"{MIN_SEPARATION}), got {config.displace_distance!r}"
+        )
+    if config.task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {config.task!r}")
+
+
+class TabletopEnv(LastFrameRender, gym.Env):
     """Move the cubes away from where they start, then put each back where it started.
 
     A floating parallel gripper (a free body welded to a mocap target) works over a table with three 4 cm
@@ -221,13 +227,6 @@ class TabletopEnv(gym.Env):
             info = self._get_info()
         terminated = bool(info["success"])
         return self._get_obs(), float(terminated), terminated, False, info
-
-    def render(self) -> np.ndarray | None:
-        """The front camera image of the current state (the same frame as the last observation)."""
-        if self.render_mode is None:
-            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
-            return None
-        return self._front.copy()
 
     def close(self) -> None:
         if self._renderer is not None:

@@ -31,7 +31,7 @@ from vplan.envs.blockworld.retrace import (
 )
 from vplan.envs.blockworld.terrain import MAX_HEIGHT, VoxelWorld, generate_world
 from vplan.envs.discrete_moves import move_space, to_move
-from vplan.envs.settings import env_settings
+from vplan.envs.settings import LastFrameRender, env_settings
 
 TASKS = ("retrace",)
 JUMP_LIFT = 0.5  # blocks the camera is raised in the frame right after a jump
@@ -86,7 +86,7 @@ class BlockworldConfig:
             raise ValueError(f"task: expected one of {TASKS}, got {self.task!r}")
 
 
-class BlockworldEnv(gym.Env):
+class BlockworldEnv(LastFrameRender, gym.Env):
     """Walk a path given as instructions through a voxel world, then go back to the start along it.
 
     A seeded world of textured blocks (grass, dirt, stone, wood, leaves, water; textures drawn in code) seen
@@ -207,13 +207,6 @@ class BlockworldEnv(gym.Env):
     def step(self, action: int | np.integer) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         reward, terminated, info = self.simulate(action)
         return self._get_obs(), reward, terminated, False, info
-
-    def render(self) -> np.ndarray | None:
-        """The camera image of the current state (the same frame as the last observation)."""
-        if self.render_mode is None:
-            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
-            return None
-        return self._front.copy()
 
     def close(self) -> None:
         if self._renderer is not None:
