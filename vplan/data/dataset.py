@@ -73,6 +73,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return video_keys(self.features)
 
     @property
+    def cache_dir(self) -> Path | None:
+        """Where caches of this dataset live (`<root>/.cache`), or None when opened with `cache=False`."""
+        return self.root / CACHE_DIR if self._cache else None
+
+    @property
     def num_episodes(self) -> int:
         return self.info["total_episodes"]
 
@@ -187,13 +192,26 @@ class EpisodeDataset(torch.utils.data.Dataset):
             values.flags.writeable = False  # episode() hands out views of these
         return self._data
 
-    def _episode_frames(self, key: str, episode: int) -> np.ndarray:
+    def _video_path(self, key: str, episode: int) -> Path:
         row = self._rows[episode]
-        path = self.root / self.info["video_path"].format(
+        return self.root / self.info["video_path"].format(
             video_key=key,
             chunk_index=row[f"videos/{key}/chunk_index"],
             file_index=row[f"videos/{key}/file_index"],
         )
+
+    def frames_version(self, key: str, episode: int) -> str:
+        """A token that changes whenever episode `episode`'s `key` frames may have: the video file's size and
+        mtime and the episode's span in it (what caches of values computed from those frames are keyed by)."""
+        row = self._rows[self._check_episode(episode)]
+        path = self._video_path(key, episode)
+        status = path.stat()
+        start = round(row[f"videos/{key}/from_timestamp"] * self.fps)
+        return f"{path.relative_to(self.root).as_posix()}:{status.st_size}-{status.st_mtime_ns}:{start}-{row['length']}"
+
+    def _episode_frames(self, key: str, episode: int) -> np.ndarray:
+        row = self._rows[episode]
+        path = self._video_path(key, episode)
         start = round(row[f"videos/{key}/from_timestamp"] * self.fps)
         frames = self._video(path)[start : start + row["length"]]
         if len(frames) != row["length"]:

@@ -2,7 +2,8 @@
 
 The last `holdout_episodes` episodes are never trained on. The VAE trains on single frames; the world model
 trains on clips (a context of 1..context_frames latents, then a chunk) whose text is the subgoal of the
-chunk's first frame, with the latents of the whole dataset encoded once by the frozen, already trained VAE; an
+chunk's first frame, with the latents of the whole dataset encoded by the frozen, already trained VAE (once per VAE: they are cached
+in the dataset, vplan/worldmodel/latent_cache.py); an
 action-conditioned world model (`component.model.conditioning=action|text+action`) also gets the dataset's
 low-level actions that lead into each chunk frame.
 The inverse-dynamics policy trains on transitions, real and through the VAE (vplan/loop/idm.py).
@@ -24,6 +25,7 @@ from vplan.errors import UsageError
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import resolve_checkpoint
+from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
@@ -268,18 +270,13 @@ def train_component(cfg: TrainConfig) -> Path:
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
     vae = _load_vae(component.vae)
     component.model = _with_vae(component.model, vae)
-    from tqdm import tqdm
-
-    latents, texts, actions = [], [], []
-    vae.to("cuda" if torch.cuda.is_available() else "cpu")  # encoding is the slow part of a GPU run's start
-    with torch.no_grad():  # each episode read once: frames to latents, subgoals (and actions) kept
-        for e in tqdm(train_episodes, desc="encode frames to latents", unit="episode"):
-            episode = dataset.episode(e)
-            latents.append(encode_frames(vae, torch.from_numpy(np.array(episode[OBS_IMAGE_FRONT]))).cpu())
-            texts.append(list(episode[SUBGOAL]))
-            if component.model.uses_actions:
-                actions.append(_episode_actions(episode, component.model.action_dim, cfg.data))
-    vae.to("cpu")
+    latents = episode_latents(dataset, train_episodes, vae, progress="frames to latents (cached per VAE)")
+    texts, actions = [], []
+    for e in train_episodes:
+        episode = dataset.episode(e)
+        texts.append(list(episode[SUBGOAL]))
+        if component.model.uses_actions:
+            actions.append(_episode_actions(episode, component.model.action_dim, cfg.data))
     training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None)
     train(training, component.optim, out, "train worldmodel")
     training.module.eval().save_pretrained(final)

@@ -1,0 +1,86 @@
+"""A dataset's episodes as VAE latents, encoded once per VAE and kept beside the dataset's decoded-frame cache.
+
+Encoding ~300 episodes takes minutes on a CPU, and `vplan train component=worldmodel` needs them at every
+start, resumes included. Each episode's latents go to
+`<dataset>/.cache/latents/<VAE fingerprint>/episode-<index>.<frames digest>.npy`: the fingerprint hashes the
+VAE's weights and config, the digest the episode's video file (size, mtime) and its span in it, so another VAE
+or a rewritten video is encoded afresh and the episode's stale entry deleted. Files are written atomically and
+read without pickle. A dataset opened with `cache=False`, or one whose folder cannot be written, is encoded
+in memory every time. Cached latents are those of the first encoding, so every later run trains on the same
+numbers, whatever device or thread count it encodes with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vplan.constants import OBS_IMAGE_FRONT
+from vplan.worldmodel.vae import encode_frames
+
+LATENTS_DIR = "latents"
+
+
+def vae_fingerprint(vae: Any) -> str:
+    """16 hex digits of a sha256 over the VAE's config and every weight's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def episode_latents(
+    dataset: Any, episodes: list[int], vae: Any, key: str = OBS_IMAGE_FRONT, progress: str | None = None
+) -> list[torch.Tensor]:
+    """Scaled posterior-mean latents (T, C, h, w) of each of `episodes`' `key` frames, from the cache where it
+    holds them, else encoded (on the GPU when there is one) and stored; `progress` names a tqdm bar."""
+    from tqdm import tqdm
+
+    folder = dataset.cache_dir / LATENTS_DIR / vae_fingerprint(vae) if dataset.cache_dir is not None else None
+    device = next(vae.parameters()).device
+    latents = []
+    try:
+        for episode in tqdm(episodes, desc=progress, unit="episode", disable=progress is None):
+            cached = _cache_file(folder, dataset, key, episode) if folder is not None else None
+            if cached is not None and cached.is_file():
+                latents.append(torch.from_numpy(np.load(cached, allow_pickle=False)))
+                continue
+            if device.type == "cpu" and torch.cuda.is_available():
+                vae.to("cuda")
+            frames = torch.from_numpy(np.array(dataset.episode(episode)[key]))
+            with torch.no_grad():
+                encoded = encode_frames(vae, frames).cpu()
+            if cached is not None:
+                _store(cached, encoded)
+            latents.append(encoded)
+    finally:
+        vae.to(device)
+    return latents
+
+
+def _cache_file(folder: Path, dataset: Any, key: str, episode: int) -> Path:
+    digest = hashlib.sha256(f"{key}:{dataset.frames_version(key, episode)}".encode()).hexdigest()[:16]
+    return folder / f"episode-{episode:06d}.{digest}.npy"
+
+
+def _store(path: Path, latents: torch.Tensor) -> None:
+    """Write atomically, replacing the episode's stale entries; a folder that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f"{path.name.split('.')[0]}.*.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(scratch, "wb") as handle:
+            np.save(handle, latents.numpy())
+        os.replace(scratch, path)
+    except OSError:
+        pass  # a read-only dataset: these latents stay in memory only
