@@ -231,3 +231,49 @@ def test_cli_end_to_end_and_one_line_errors(setup, tmp_path, capsys):
             main(["finetune", f"worldmodel={wm}", f"out={tmp_path / 'bad'}", *args])
         stderr = capsys.readouterr().err
         assert exit_info.value.code == 2 and expected in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, finetuned, tmp_path, monkeypatch):
+    """rounds=2 over 2 episodes: round 1 stores episode 0 with the starting Φ (as one round does), the outer loop
+    trains to step 2, round 2 stores episode 1 with Φ at step 2, then trains on both to step 4. A kill in round 2's
+    inner loop is rerun to the same final weights."""
+    root, data, wm = setup
+    rounds = config(data, wm, tmp_path / "rounds", episodes=2, holdout_episodes=0, rounds=2)
+    final = finetune(rounds)
+    out = tmp_path / "rounds"
+    assert same_content(content(episode_file(out, 0)), content(episode_file(finetuned[0], 0)))
+
+    def states_of_episode_1(model: WorldModel, path: Path) -> tuple[dict, dict]:
+        episode = ft._episodes(rounds)[0].episode(1)
+        memory = TempLoRAMemory(MEMORY, model.eval())
+        ft.run_inner_episode(model, memory, episode["observation.images.front"], list(episode["subgoal"]), path, 1)
+        memory.close()
+        return content(path)
+
+    at_step_2 = WorldModel.from_pretrained(wm)
+    at_step_2.load_state_dict(load_file(out / "checkpoint-0000002" / "model.safetensors"))
+    assert same_content(content(episode_file(out, 1)), states_of_episode_1(at_step_2, tmp_path / "phi2.safetensors"))
+    starting = states_of_episode_1(WorldModel.from_pretrained(wm), tmp_path / "phi0.safetensors")
+    assert not same_content(content(episode_file(out, 1)), starting)
+
+    original = ft.run_inner_episode
+
+    def killed_on_episode_1(model, memory, frames, texts, path, episode):
+        if episode == 1:
+            raise KeyboardInterrupt
+        return original(model, memory, frames, texts, path, episode)
+
+    killed = replace(rounds, out=str(tmp_path / "killed"))
+    monkeypatch.setattr(ft, "run_inner_episode", killed_on_episode_1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(killed)
+    monkeypatch.setattr(ft, "run_inner_episode", original)
+    assert not episode_file(tmp_path / "killed", 1).exists()
+    resumed = finetune(killed)
+    ours, theirs = load_file(resumed / "unet.safetensors"), load_file(final / "unet.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+    with pytest.raises(ValueError, match="rounds: expected at most episodes=2"):
+        replace(rounds, rounds=3)
+    with pytest.raises(UsageError, match="other optim"):  # later rounds' states depend on the outer loop
+        finetune(replace(rounds, optim=replace(OPTIM, steps=6)))

@@ -66,6 +66,20 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):
+    """Stopping at `until` and going on equals one straight run, cool-down included (its lr needs `steps`)."""
+    optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, cooldown_steps=20, save_every=100)
+    straight = LinearFit()
+    train(straight, optim, tmp_path / "straight", "toy")
+    first = LinearFit()
+    assert train(first, optim, tmp_path / "paused", "toy", until=13) == 13
+    assert [p.name for p in list_checkpoints(tmp_path / "paused")] == ["checkpoint-0000013"]
+    second = LinearFit()
+    assert train(second, optim, tmp_path / "paused", "toy") == 30 and second.calls == 17
+    for a, b in zip(weights(straight.module), weights(second.module)):
+        assert torch.equal(a, b)
+
+
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     with pytest.raises(RunError, match="loss became nan at step 3"):
         train(LinearFit(poison_at=3), OptimConfig(steps=10, save_every=100), tmp_path, "toy")

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 TRAINER_STATE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
 PREFIX = "checkpoint-"
 
 
@@ -53,7 +54,7 @@ def save_checkpoint(
     tmp = out / f".tmp-{PREFIX}{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / MODEL_FILE)
     tensors, metadata = _flatten_optimizer(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, tmp / "optimizer.safetensors", metadata=metadata)
@@ -73,9 +74,14 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a complete checkpoint folder was saved at."""
+    return int(json.loads((path / TRAINER_STATE).read_text())["step"])
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG from a checkpoint folder; returns its trainer state (with `step`)."""
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    model.load_state_dict(load_file(path / MODEL_FILE))
     from safetensors import safe_open
 
     with safe_open(path / "optimizer.safetensors", framework="pt") as handle:

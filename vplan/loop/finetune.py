@@ -1,6 +1,6 @@
 """`vplan finetune data=DIR`: SlowFast-VGen's slow-fast learning loop (§3.3, Algorithm 1b) on collected episodes.
 
-Inner loop (fast learning, once per episode, on the starting world model): the episode's frames are encoded to
+Inner loop (fast learning, once per episode, on the world model as its round finds it): the frames are encoded to
 latents and walked chunk by chunk as the agent walks them — the first latent is the first observation, chunk
 k covers latents `1 + k·chunk_frames ...`, its context is the last `context_frames` latents before it and its
 text the subgoal of its first frame. For every chunk the triple (context, ground-truth chunk, text) is stored
@@ -26,8 +26,13 @@ bit-identical, the gradient reaches W alone, and no adapter is ever attached (ch
 model, and `<out>/final` is a normal world-model checkpoint). Samples with different LoRA states cannot share a
 forward pass, so a step runs one forward per sample and averages the losses (one backward).
 
-Limits: the inner loop runs once, with the starting Φ (the paper alternates the loops as episodes arrive); a
-rerun with more `optim.steps` continues the outer loop on the same states.
+Rounds (Algorithm 1b's alternation): `rounds=R` splits the episodes into R groups as if they arrived one group
+after another; round r runs the inner loop on its group with Φ as the outer loop left it at the end of round
+r - 1 (read back from that step's trainer checkpoint, so a resumed run starts it exactly where an uninterrupted
+one would), then the outer loop trains on every triple stored so far up to step `optim.steps·(r + 1)/R` of one
+lr schedule. Earlier groups keep the states they were stored with. With one round (the default) the inner loop
+runs once with the starting Φ, and a rerun with more `optim.steps` continues the outer loop on the same states;
+with several, the states depend on the outer loop's settings, so those are fixed for the `out`.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
-from vplan.errors import UsageError
+from vplan.errors import RunError, UsageError
+from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
@@ -92,6 +98,14 @@ class FinetuneConfig:
         metadata={"help": "Outer loop (slow learning of Φ): AdamW at the slow learning rate. Measured with the "
                   "shipped model on 2 CPU cores: 2.1 s per step of batch 4, so ~11 min for 300 steps."},
     )
+    rounds: int = field(
+        default=1,
+        metadata={"help": "Alternations of the two loops (Algorithm 1b). The episodes are split into `rounds` "
+                  "groups, as if they arrived one group after another: round r runs the inner loop on group r "
+                  "with the slow weights Φ the outer loop reached in round r - 1, then the outer loop trains on "
+                  "every triple stored so far, up to step optim.steps·(r + 1)/rounds of one lr schedule. 1: the "
+                  "inner loop on every episode with the starting Φ, then the outer loop."},
+    )
     out: str = field(
         default="checkpoints/finetune",
         metadata={"help": "Inner-loop states (inner/), trainer checkpoints, and the finetuned model (final/)."},
@@ -101,10 +115,13 @@ class FinetuneConfig:
         if self.memory.kind != "temp_lora":
             raise ValueError(f"memory: expected memory=temp_lora (the fast learner whose states the loop stores), "
                              f"got kind {self.memory.kind!r}")
-        for name, low in (("episodes", 1), ("holdout_episodes", 0)):
+        for name, low in (("episodes", 1), ("holdout_episodes", 0), ("rounds", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        if self.rounds > min(self.episodes, self.optim.steps):
+            raise ValueError(f"rounds: expected at most episodes={self.episodes} and optim.steps={self.optim.steps} "
+                             f"(each round needs an episode and an outer-loop step), got {self.rounds}")
 
 
 # -- the inner loop ------------------------------------------------------------------------------------------
@@ -148,8 +165,9 @@ def _sha256(path: Path) -> str:
 
 
 def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dict[str, Any]:
-    """What the stored states depend on (not the outer loop's settings: more steps may follow)."""
-    return {
+    """What the stored states depend on. With one round not the outer loop's settings (more steps may follow);
+    with several, later rounds' states are made with the outer loop's weights, so they depend on it too."""
+    settings = {
         "format": INNER_FORMAT,
         "format_version": INNER_FORMAT_VERSION,
         "data": str(Path(cfg.data).resolve()),
@@ -159,6 +177,9 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
         "memory": asdict(cfg.memory),
         "episodes": episodes,
     }
+    if cfg.rounds > 1:
+        settings.update(rounds=cfg.rounds, optim=asdict(cfg.optim))
+    return settings
 
 
 def _check_settings(inner: Path, settings: dict[str, Any]) -> None:
@@ -320,6 +341,35 @@ class SlowFastTraining:
         return total / len(items), logs
 
 
+def _inner_loop(
+    world_model: WorldModel, memory_config: MemoryConfig, dataset: Any, bar: Any, out: Path, loaded: dict[int, Any]
+) -> None:
+    """Fast learning over the episodes `bar` iterates, each written to its file; `loaded` holds episodes read
+    already. The memory's adapter comes off at the end: the UNet is the plain world model again."""
+    from vplan.memory.temp_lora import TempLoRAMemory
+
+    world_model.eval()
+    memory = TempLoRAMemory(memory_config, world_model)
+    try:
+        for e in bar:
+            episode = loaded[e] if e in loaded else dataset.episode(e)
+            chunks = run_inner_episode(
+                world_model, memory, episode[OBS_IMAGE_FRONT], list(episode[SUBGOAL]), episode_file(out, e), e
+            )
+            bar.set_postfix(chunks=chunks)
+    finally:
+        memory.close()
+
+
+def _load_outer_weights(world_model: WorldModel, out: Path, step: int) -> None:
+    """Φ as the outer loop left it at `step` (the end of the last round), for the next round's inner loop."""
+    found = [path for path in list_checkpoints(out) if checkpoint_step(path) == step]
+    if not found:
+        raise RunError(f"{out} has no outer-loop checkpoint at step {step}, where the last round ended, so the next "
+                       f"round's inner loop cannot start from it; choose another out= or delete that folder")
+    world_model.load_state_dict(load_file(found[0] / MODEL_FILE))
+
+
 # -- the command ---------------------------------------------------------------------------------------------
 
 
@@ -341,7 +391,6 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Inner loop over the episodes (resumable), outer loop through the trainer, `<out>/final`; prints a summary."""
     from tqdm import tqdm
 
-    from vplan.memory.temp_lora import TempLoRAMemory
     from vplan.shipped import resolve_checkpoint
 
     if cfg.memory.kind != "temp_lora":
@@ -369,38 +418,40 @@ def finetune(cfg: FinetuneConfig) -> Path:
     out = Path(cfg.out)
     _check_settings(out / INNER, _settings(cfg, checkpoint, episodes))
 
-    # Inner loop: fast learning over each episode with the starting Φ; files already written are kept.
-    todo = [e for e in episodes if not episode_file(out, e).is_file()]
-    if todo:
-        memory = TempLoRAMemory(cfg.memory, world_model)
-        try:
-            bar = tqdm(todo, desc="finetune inner loop (Temp-LoRA)", unit="episode", initial=len(episodes) - len(todo),
-                       total=len(episodes))
-            for e in bar:
-                episode = first if e == first_index else dataset.episode(e)
-                chunks = run_inner_episode(
-                    world_model, memory, episode[OBS_IMAGE_FRONT], list(episode[SUBGOAL]), episode_file(out, e), e
-                )
-                bar.set_postfix(chunks=chunks)
-        finally:
-            memory.close()  # the adapter comes off: the UNet is the plain base model again
-    else:
-        print(f"inner loop: all {len(episodes)} episodes already stored in {out / INNER}")
-    stored = [InnerEpisode(episode_file(out, e)) for e in episodes]
+    if cfg.rounds > len(episodes):
+        raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
+    groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]
+    ends = [cfg.optim.steps * (r + 1) // cfg.rounds for r in range(cfg.rounds)]
+    stored: list[InnerEpisode] = []
+    outer_seconds = 0.0
+    for r, (group, end) in enumerate(zip(groups, ends)):
+        label = f" round {r + 1}/{cfg.rounds}" if cfg.rounds > 1 else ""
+        # Inner loop: fast learning over this round's episodes with Φ as the last round left it (the starting Φ
+        # in the first); files already written are kept.
+        todo = [e for e in group if not episode_file(out, e).is_file()]
+        if todo:
+            if r > 0:
+                _load_outer_weights(world_model, out, ends[r - 1])
+            bar = tqdm(todo, desc=f"finetune inner loop (Temp-LoRA){label}", unit="episode",
+                       initial=len(group) - len(todo), total=len(group))
+            _inner_loop(world_model, cfg.memory, dataset, bar, out, {first_index: first})
+        elif cfg.rounds == 1:
+            print(f"inner loop: all {len(episodes)} episodes already stored in {out / INNER}")
+        stored += [InnerEpisode(episode_file(out, e)) for e in group]
 
-    # Outer loop: slow learning of Φ on the stored triples with their LoRA states applied and frozen.
-    torch.manual_seed(cfg.optim.seed)
-    training = SlowFastTraining(world_model, stored, cfg.memory)
-    started = time.perf_counter()
-    steps = train(training, cfg.optim, out, "finetune outer loop (slow weights)")
-    seconds = time.perf_counter() - started
+        # Outer loop: slow learning of Φ on every triple stored so far, their LoRA states applied and frozen.
+        torch.manual_seed(cfg.optim.seed)
+        training = SlowFastTraining(world_model, stored, cfg.memory)
+        started = time.perf_counter()
+        steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end)
+        outer_seconds += time.perf_counter() - started
     final = out / FINAL
     training.module.eval().save_pretrained(final)
     lora_mb = sum(f.path.stat().st_size for f in stored) / 1e6
     print(
         f"finetune: {len(training.triples)} triples from {len(stored)} episodes (LoRA states and latents: "
-        f"{lora_mb:.1f} MB in {out / INNER}); outer loop at step {steps}/{cfg.optim.steps} "
-        f"({seconds:.0f} s this run, batch {cfg.optim.batch_size}, lr {cfg.optim.lr:g}); "
-        f"finetuned world model written to {final}"
+        f"{lora_mb:.1f} MB in {out / INNER}); {cfg.rounds} round{'s' if cfg.rounds > 1 else ''}, outer loop at "
+        f"step {steps}/{cfg.optim.steps} ({outer_seconds:.0f} s this run, batch {cfg.optim.batch_size}, "
+        f"lr {cfg.optim.lr:g}); finetuned world model written to {final}"
     )
     return final

@@ -66,8 +66,12 @@ class Trainable(Protocol):
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-def train(component: Trainable, optim: OptimConfig, out: Path, description: str) -> int:
-    """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint."""
+def train(component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None) -> int:
+    """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint.
+
+    `until` stops (with a checkpoint) at that step instead, on the schedule of the whole run, so a caller can
+    interleave other work with one training run (`vplan finetune rounds=`).
+    """
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -94,7 +98,8 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str)
     try:
         bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not accelerator.is_main_process)
         started = time.perf_counter()
-        while step < optim.steps:
+        target = optim.steps if until is None else min(until, optim.steps)
+        while step < target:
             generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
             batch = _on(component.batch(generator, optim.batch_size), accelerator.device)
             loss, logs = component.loss(batch, generator)
@@ -113,12 +118,12 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % optim.log_every == 0 or step == optim.steps:
+            if step % optim.log_every == 0 or step == target:
                 record = {"step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], **logs}
                 record["seconds"] = round(time.perf_counter() - started, 2)
                 with log_path.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
-            if step % optim.save_every == 0 or step == optim.steps:
+            if step % optim.save_every == 0 or step == target:
                 checkpoint(step)
             if stop_requested:
                 checkpoint(step)
