@@ -153,7 +153,8 @@ def load_episodes(
     `reconstruct` also through `vae`."""
     from tqdm import tqdm
 
-    from vplan.worldmodel.vae import decode_latents, encode_frames
+    from vplan.worldmodel.latent_cache import episode_latents
+    from vplan.worldmodel.vae import decode_latents
 
     key = LABELS[label]
     if key not in dataset.info["features"]:
@@ -194,7 +195,7 @@ def load_episodes(
         reconstructed = None
         if index in reconstruct:
             with torch.no_grad():
-                reconstructed = decode_latents(vae, encode_frames(vae, frames))
+                reconstructed = decode_latents(vae, episode_latents(dataset, [index], vae)[0])  # latents cached
             bar.update(1)
         episodes.append(Episode(frames, actions, reconstructed))
     bar.close()

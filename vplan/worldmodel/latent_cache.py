@@ -1,7 +1,7 @@
 """A dataset's episodes as VAE latents, encoded once per VAE and kept beside the dataset's decoded-frame cache.
 
 Encoding ~300 episodes takes minutes on a CPU, and `vplan train component=worldmodel` needs them at every
-start, resumes included. Each episode's latents go to
+start, resumes included (`component=idm` reads them too, for its frames passed through the VAE). Each episode's latents go to
 `<dataset>/.cache/latents/<VAE fingerprint>/episode-<index>.<frames digest>.npy`: the fingerprint hashes the
 VAE's weights and config, the digest the episode's video file (size, mtime) and its span in it, so another VAE
 or a rewritten video is encoded afresh and the episode's stale entry deleted. Files are written atomically and
