@@ -77,6 +77,7 @@ class RLBenchConfig:
         if self.arm_action_mode not in ARM_ACTION_MODES:
             raise ValueError(f"arm_action_mode: expected one of {ARM_ACTION_MODES}, got {self.arm_action_mode!r}")
 
+
 def require_rlbench() -> None:
     """Raise `SimulatorNotInstalledError` (one line: the install steps) unless RLBench can run here."""
     missing = [module for module in ("rlbench", "pyrep") if not is_package_available(module)]

@@ -192,31 +192,29 @@ class EpisodeDataset(torch.utils.data.Dataset):
             values.flags.writeable = False  # episode() hands out views of these
         return self._data
 
-    def _video_path(self, key: str, episode: int) -> Path:
+    def _video_span(self, key: str, episode: int) -> tuple[Path, int, int]:
+        """The video file holding episode `episode`'s `key` frames, the episode's first frame in it, its length."""
         row = self._rows[episode]
-        return self.root / self.info["video_path"].format(
+        path = self.root / self.info["video_path"].format(
             video_key=key,
             chunk_index=row[f"videos/{key}/chunk_index"],
             file_index=row[f"videos/{key}/file_index"],
         )
+        return path, round(row[f"videos/{key}/from_timestamp"] * self.fps), int(row["length"])
 
     def frames_version(self, key: str, episode: int) -> str:
         """A token that changes whenever episode `episode`'s `key` frames may have: the video file's size and
         mtime and the episode's span in it (what caches of values computed from those frames are keyed by)."""
-        row = self._rows[self._check_episode(episode)]
-        path = self._video_path(key, episode)
+        path, start, length = self._video_span(key, self._check_episode(episode))
         status = path.stat()
-        start = round(row[f"videos/{key}/from_timestamp"] * self.fps)
-        return f"{path.relative_to(self.root).as_posix()}:{status.st_size}-{status.st_mtime_ns}:{start}-{row['length']}"
+        return f"{path.relative_to(self.root).as_posix()}:{status.st_size}-{status.st_mtime_ns}:{start}-{length}"
 
     def _episode_frames(self, key: str, episode: int) -> np.ndarray:
-        row = self._rows[episode]
-        path = self._video_path(key, episode)
-        start = round(row[f"videos/{key}/from_timestamp"] * self.fps)
-        frames = self._video(path)[start : start + row["length"]]
-        if len(frames) != row["length"]:
+        path, start, length = self._video_span(key, episode)
+        frames = self._video(path)[start : start + length]
+        if len(frames) != length:
             raise DatasetError(
-                f"{path} has {len(frames)} frames for episode {episode}, expected {row['length']}"
+                f"{path} has {len(frames)} frames for episode {episode}, expected {length}"
             )
         return frames
 

@@ -71,12 +71,12 @@ def list_checkpoints(out: Path) -> list[Path]:
     if not out.is_dir():
         return []
     found = [p for p in out.glob(f"{PREFIX}*") if (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    return sorted(found, key=checkpoint_step)
 
 
 def checkpoint_step(path: Path) -> int:
-    """The optimizer step a complete checkpoint folder was saved at."""
-    return int(json.loads((path / TRAINER_STATE).read_text())["step"])
+    """The optimizer step a checkpoint folder was saved at (its name says it)."""
+    return int(path.name[len(PREFIX) :])
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -415,11 +415,11 @@ def finetune(cfg: FinetuneConfig) -> Path:
                          f"chunk_frames={world_model.config.chunk_frames}); collect longer episodes")
     if short:
         print(f"skipping {len(short)} episodes shorter than one chunk ({span} frames): {short[:10]}")
+    if cfg.rounds > len(episodes):
+        raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
     out = Path(cfg.out)
     _check_settings(out / INNER, _settings(cfg, checkpoint, episodes))
 
-    if cfg.rounds > len(episodes):
-        raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
     groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]
     ends = [cfg.optim.steps * (r + 1) // cfg.rounds for r in range(cfg.rounds)]
     stored: list[InnerEpisode] = []

@@ -171,8 +171,6 @@ def load_episodes(
                else "component.idm.num_moves=0")
         )
     episodes = []
-    todo = [i for i in indices if i in reconstruct]
-    bar = tqdm(total=len(todo), desc="frames through the VAE", unit="episode", disable=not todo)
     for index in indices:
         data = dataset.episode(index)
         frames = torch.from_numpy(np.array(data[OBS_IMAGE_FRONT]))
@@ -192,13 +190,13 @@ def load_episodes(
                 f"the dataset's actions have shape {tuple(actions.shape[1:])}; this IDM predicts "
                 f"({config.action_dim},) (set component.idm.action_dim)"
             )
-        reconstructed = None
-        if index in reconstruct:
-            with torch.no_grad():
-                reconstructed = decode_latents(vae, episode_latents(dataset, [index], vae)[0])  # latents cached
-            bar.update(1)
-        episodes.append(Episode(frames, actions, reconstructed))
-    bar.close()
+        episodes.append(Episode(frames, actions))
+    todo = [i for i, index in enumerate(indices) if index in reconstruct]
+    if todo:  # the latents come from the dataset's cache where an earlier run with this VAE left them
+        latents = episode_latents(dataset, [indices[i] for i in todo], vae, progress="frames to latents")
+        with torch.no_grad():
+            for i, episode_latent in zip(tqdm(todo, desc="latents back to frames", unit="episode"), latents):
+                episodes[i].reconstructed = decode_latents(vae, episode_latent)
     return episodes
 
 

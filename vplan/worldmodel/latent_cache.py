@@ -1,13 +1,13 @@
 """A dataset's episodes as VAE latents, encoded once per VAE and kept beside the dataset's decoded-frame cache.
 
 Encoding ~300 episodes takes minutes on a CPU, and `vplan train component=worldmodel` needs them at every
-start, resumes included (`component=idm` reads them too, for its frames passed through the VAE). Each episode's latents go to
-`<dataset>/.cache/latents/<VAE fingerprint>/episode-<index>.<frames digest>.npy`: the fingerprint hashes the
-VAE's weights and config, the digest the episode's video file (size, mtime) and its span in it, so another VAE
-or a rewritten video is encoded afresh and the episode's stale entry deleted. Files are written atomically and
-read without pickle. A dataset opened with `cache=False`, or one whose folder cannot be written, is encoded
-in memory every time. Cached latents are those of the first encoding, so every later run trains on the same
-numbers, whatever device or thread count it encodes with.
+start, resumes included (`component=idm` reads them too, for its frames passed through the VAE). Each
+episode's latents go to `<dataset>/.cache/latents/<VAE fingerprint>/episode-<index>.<frames digest>.npy`:
+the fingerprint hashes the VAE's weights and config, the digest the episode's video file (size, mtime) and its
+span in it, so another VAE or a rewritten video is encoded afresh and the episode's stale entry deleted.
+Files are written atomically and read without pickle. A dataset opened with `cache=False`, or one whose
+folder cannot be written, is encoded in memory every time. Cached latents are those of the first encoding, so
+every later run trains on the same numbers, whatever device or thread count it encodes with.
 """
 
 from __future__ import annotations
