@@ -15,7 +15,7 @@ from torch import nn
 from vplan.worldmodel.diffusion import DiffusionConfig
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
+from vplan.worldmodel.unet import ChunkedAttnProcessor, UNetConfig
 from vplan.worldmodel.vae import VAEConfig
 
 DIM, TOKENS, FRAME, LATENT = 16, 6, 16, 8  # tiny VAE: 16×16 frames → 8×8 latents
@@ -136,6 +136,31 @@ def test_training_forward(model: WorldModel) -> None:
     loss.backward()
     assert torch.isfinite(loss) and logs["loss"] == loss.item()
     assert train.text_encoder.embedding.weight.grad is not None  # the learned text encoder trains too
+
+
+def test_attention_in_pieces_computes_what_one_call_does() -> None:
+    """CUDA's attention takes at most 65,535 sequences a call; the UNet's processor splits larger batches. Here
+    the pieces are made small enough that every attention of a tiny UNet is split (its temporal attention sees
+    2 clips × 8×8 positions = 128 sequences), and the loss and its gradients match the unsplit UNet's."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    chunked = tiny_model()
+    assert all(type(p) is ChunkedAttnProcessor for p in chunked.unet.attn_processors.values())
+    whole = tiny_model()
+    whole.unet.set_attn_processor(AttnProcessor2_0())
+    chunked.unet.set_attn_processor(ChunkedAttnProcessor(max_batch=3))
+    results = []
+    for world_model in (whole, chunked):
+        loss, _ = world_model(latents(2, 3), latents(2, 4, seed=2), ["go", "stop"], generator=seeded())
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in world_model.unet.parameters() if p.grad is not None]))
+    (loss_whole, grads_whole), (loss_chunked, grads_chunked) = results
+    torch.testing.assert_close(loss_chunked, loss_whole)
+    assert len(grads_chunked) == len(grads_whole) > 0
+    for chunk_grad, whole_grad in zip(grads_chunked, grads_whole):
+        torch.testing.assert_close(chunk_grad, whole_grad)
+    with pytest.raises(ValueError, match="max_batch"):
+        ChunkedAttnProcessor(max_batch=0)
 
 
 def test_save_load_round_trip_is_bit_exact(model: WorldModel, tmp_path: Path, monkeypatch) -> None:

@@ -17,6 +17,12 @@ silently ignored. vplan instead zeroes padded tokens (the cross-attention's key/
 so a zero token adds no content, only a constant softmax term), and the text encoder pads every text to one
 fixed length (`TextEncoderConfig.max_tokens`), so a text's conditioning never depends on what else is in the
 batch.
+
+Attention batch: the input temporal transformer and every temporal attention attend over frames once per clip
+and latent position, so their attention batch is clips × h × w: 65,536 at 256 clips of 16×16 latents, past
+what CUDA's attention kernels take in one call (a grid dimension holds 65,535; pytorch/pytorch#146704). Every
+attention of the UNet therefore runs `ChunkedAttnProcessor`, which hands diffusers' own processor at most
+`MAX_ATTENTION_BATCH` sequences at a time; below that (always, at the sizes the CPU runs) it is that processor.
 """
 
 from __future__ import annotations
@@ -27,8 +33,48 @@ from typing import Any
 import torch
 from diffusers import UNet3DConditionModel
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
+
+
+# The most attention sequences one call gets: 128 clips × 16×16 latent positions, what ran on an H200 (256
+# clips, 65,536 sequences, failed there in both cuDNN's and CUDA's attention).
+MAX_ATTENTION_BATCH = 32_768
+
+
+class ChunkedAttnProcessor(AttnProcessor2_0):
+    """diffusers' `AttnProcessor2_0`, called on pieces of at most `max_batch` sequences (see the module
+    docstring); each sequence's attention is independent of the others', so the result is the same."""
+
+    def __init__(self, max_batch: int = MAX_ATTENTION_BATCH) -> None:
+        super().__init__()
+        if max_batch < 1:
+            raise ValueError(f"expected max_batch >= 1, got {max_batch}")
+        self.max_batch = max_batch
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch = hidden_states.shape[0]
+        if batch <= self.max_batch:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        pieces = []
+        for start in range(0, batch, self.max_batch):
+            part = slice(start, start + self.max_batch)
+            pieces.append(super().__call__(
+                attn,
+                hidden_states[part],
+                None if encoder_hidden_states is None else encoder_hidden_states[part],
+                None if attention_mask is None else attention_mask[part],
+                None if temb is None else temb[part],
+            ))
+        return torch.cat(pieces)
 
 
 class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
@@ -172,6 +218,7 @@ def build_unet(config: UNetConfig, frame_input_size: int = 0) -> UNet3D:
         cross_attention_dim=config.cross_attention_dim,
         attention_head_dim=config.attention_head_dim,
     )
+    unet.set_attn_processor(ChunkedAttnProcessor())
     if frame_input_size:
         unet.add_frame_embedding(frame_input_size)
     return unet
