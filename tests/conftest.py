@@ -1,8 +1,8 @@
 """Test-wide settings: tiny models everywhere, so torch runs single-threaded with passive OpenMP waiting."""
 
-import os
+from vplan.utils.openmp import choose_wait_policy
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see vplan/cli.py)
+choose_wait_policy()  # before torch loads, as the CLI does
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

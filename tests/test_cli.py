@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -75,3 +76,19 @@ def test_bad_input_is_one_line_and_exit_code_2(args, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize(("given", "effective"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_waits_passively_unless_the_user_chose(given, effective, monkeypatch):
+    """The policy is read once, when torch loads, so the CLI module must set it without importing torch."""
+    from vplan.utils.openmp import wait_policy
+
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    probe = "import os, sys, vplan.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [effective, "False"]
+    monkeypatch.setenv("OMP_WAIT_POLICY", effective)
+    assert wait_policy() == f"OpenMP waiting {effective.lower()}"

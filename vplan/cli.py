@@ -8,19 +8,17 @@ keys and types and the dataclasses hold the only defaults. Bad input never shows
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, NoReturn
 
 from vplan.errors import RunError, UsageError
+from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
 
-# torch's OpenMP threads spin while waiting: on a 2-core machine shared with any other process a UNet forward
-# then runs ~40x slower. Passive waiting costs ~18% on an idle machine and must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+choose_wait_policy()  # before torch loads: passive OpenMP waiting unless the user chose (vplan/utils/openmp.py)
 
 
 @dataclass(frozen=True)

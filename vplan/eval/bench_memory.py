@@ -32,6 +32,7 @@ from typing import Any
 
 from vplan.errors import RunError, UsageError
 from vplan.memory.config import MemoryConfig
+from vplan.utils.openmp import wait_policy
 from vplan.worldmodel.model import WorldModelConfig
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
@@ -283,7 +284,8 @@ def _print_table(cfg: BenchMemoryConfig, rows: list[dict[str, Any]]) -> None:
     memory = cfg.memory
     where = "each mode in its own process" if cfg.isolate else "all modes in this process (peak RSS shared)"
     print(f"\nper episode: {cfg.chunks} chunks, {cfg.execution_s:.2f} s simulated execution per chunk, "
-          f"decode {'on' if cfg.decode else 'off'}, {cfg.threads} threads, mean of {cfg.episodes} episodes, {where}")
+          f"decode {'on' if cfg.decode else 'off'}, {cfg.threads} threads, {wait_policy()}, mean of {cfg.episodes} "
+          f"episodes, {where}")
     if memory.kind == "temp_lora":
         print(f"temp_lora: rank {memory.rank}, {memory.steps_per_chunk} Adam step(s) per chunk at lr {memory.lr:g}, "
               f"merge_for_generation={memory.merge_for_generation}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from vplan.utils.openmp import wait_policy
 from vplan.worldmodel.model import WorldModel, WorldModelConfig
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores
@@ -72,7 +73,7 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = config.vae.image_size
     print(f"\n{config.chunk_frames}-frame {size}x{size} chunk from {config.context_frames} context frames, "
-          f"{cfg.threads} threads, fastest of {cfg.repeats}:")
+          f"{cfg.threads} threads, {wait_policy()}, fastest of {cfg.repeats}:")
     print(f"  {'sampler:steps':16} {'generate (s)':>13} {'+ decode (s)':>13} {'vs 1.0 s target':>16}")
     for row in rows:
         ratio = row["generate_and_decode_s"] / TARGET_SECONDS

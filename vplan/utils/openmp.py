@@ -1,0 +1,26 @@
+"""How torch's OpenMP threads wait between parallel regions, which the CLI chooses before torch loads.
+
+With libgomp's default (spin ~300,000 times, then sleep) or `ACTIVE` (spin), a waiting thread keeps its core
+busy; with `PASSIVE` it sleeps, and waking it costs time at every parallel region. On this project's 2-core
+machine (README, "The CLI") passive waiting halves the speed of the small UNet when nothing else runs, but
+spinning makes a chunk or an update 2-10x slower as soon as one other process is busy (or a second vplan
+process, or Temp-LoRA's worker thread, runs beside it). So the CLI defaults to `PASSIVE`, which never degrades
+far, and a user whose machine runs nothing else sets `OMP_WAIT_POLICY=ACTIVE`. Read once, when torch loads.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT = "PASSIVE"
+
+
+def choose_wait_policy() -> None:
+    """`OMP_WAIT_POLICY=PASSIVE` unless the user set it; call before torch is imported."""
+    os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT)
+
+
+def wait_policy() -> str:
+    """The policy in effect for this process, in words, for benchmark headers."""
+    value = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
+    return f"OpenMP waiting {value.lower()}" if value in ("PASSIVE", "ACTIVE") else "OpenMP waiting libgomp default"
