@@ -131,6 +131,13 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tmp_path):
     scratch = WorldModelTraining(WorldModelTrainConfig(model=model_config), latents, texts, vae=vae)
     assert not torch.equal(scratch.module.unet.conv_in.weight, source.unet.conv_in.weight)
 
+    # a resumed run takes its weights from its own checkpoint: the source need not exist any more
+    missing = WorldModelTrainConfig(model=model_config, init=str(tmp_path / "deleted"))
+    with pytest.raises(UsageError, match="component.init="):
+        WorldModelTraining(missing, latents, texts, vae=vae)
+    resumed = WorldModelTraining(missing, latents, texts, vae=vae, resuming=True)
+    assert torch.equal(resumed.module.unet.conv_in.weight, scratch.module.unet.conv_in.weight)
+
     wider = replace(model_config, unet=replace(model_config.unet, block_out_channels=(8, 24)))
     with pytest.raises(UsageError, match="component.init=.*shape"):
         WorldModelTraining(WorldModelTrainConfig(model=wider, init=str(tmp_path / "source")), latents, texts, vae=vae)

@@ -22,6 +22,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.errors import UsageError
+from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import resolve_checkpoint
@@ -136,12 +137,12 @@ class WorldModelTraining:
 
     def __init__(
         self, config: WorldModelTrainConfig, latents: list[torch.Tensor], texts: list[list[str]], vae: Any,
-        actions: list[torch.Tensor] | None = None,
+        actions: list[torch.Tensor] | None = None, resuming: bool = False,
     ):
         model_config = config.model
         torch.manual_seed(config.optim.seed)
         self.module = WorldModel(model_config, vae=vae)
-        if config.init is not None:
+        if config.init is not None and not resuming:  # a resumed run's weights come from its own checkpoint
             try:
                 source = resolve_checkpoint(config.init)
                 # a text-conditioned source gives an action-conditioned model all but its (new) action encoder,
@@ -277,7 +278,9 @@ def train_component(cfg: TrainConfig) -> Path:
         texts.append(list(episode[SUBGOAL]))
         if component.model.uses_actions:
             actions.append(_episode_actions(episode, component.model.action_dim, cfg.data))
-    training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None)
+    resuming = bool(list_checkpoints(out))
+    training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None,
+                                  resuming=resuming)
     train(training, component.optim, out, "train worldmodel")
     training.module.eval().save_pretrained(final)
     print(f"world model written to {final}")
