@@ -85,8 +85,8 @@ class FinetuneConfig:
     episodes: int = field(
         default=20,
         metadata={"help": "Episodes to finetune on: the first ones of the dataset that are not held out. Measured "
-                  "with the shipped model on 2 CPU cores: ~16 chunks and 15 s of inner loop per episode, 31 MB "
-                  "stored per episode (rank-32 factors are 1.9 MB per chunk)."},
+                  "with the shipped model on 2 CPU cores (2026-12-04): ~17 chunks and 13 s of inner loop per episode, "
+                  "~32 MB stored per episode (rank-32 factors are 1.9 MB per chunk)."},
     )
     holdout_episodes: int = field(
         default=10, metadata={"help": "Last episodes never used (as in `vplan train`); 0 uses them all."}
@@ -96,7 +96,7 @@ class FinetuneConfig:
             steps=300, batch_size=4, lr=2e-5, warmup_steps=20, save_every=50, log_every=10
         ),
         metadata={"help": "Outer loop (slow learning of Φ): AdamW at the slow learning rate. Measured with the "
-                  "shipped model on 2 CPU cores: 2.1 s per step of batch 4, so ~11 min for 300 steps."},
+                  "shipped model on 2 CPU cores (2026-12-04): 1.9 s per step of batch 4, so ~9 min for 300 steps."},
     )
     rounds: int = field(
         default=1,
