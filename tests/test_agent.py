@@ -375,8 +375,9 @@ def test_the_shipped_checkpoints_drive_the_agent(env):
 
 
 def test_the_shipped_blockworld_checkpoints_drive_the_agent():
-    agent = VideoPlanningAgent.from_pretrained("shipped:blockworld/worldmodel", "shipped:blockworld/idm", task="retrace",
-                                               memory=MemoryConfig(kind="none"), config=AgentConfig(**NO_REPLAN))
+    # no checkpoints named: the task's env's shipped ones
+    agent = VideoPlanningAgent.from_pretrained(task="retrace", memory=MemoryConfig(kind="none"),
+                                               config=AgentConfig(**NO_REPLAN))
     env = gym.make("vplan/Blockworld-v0")
     obs, info = env.reset(seed=10000)
     plan = agent.reset(TaskConfig.preset("retrace").instruction, obs, info)

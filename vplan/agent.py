@@ -203,21 +203,23 @@ class VideoPlanningAgent:
     @classmethod
     def from_pretrained(
         cls,
-        worldmodel: str = "shipped:tabletop/worldmodel",
-        idm: str = "shipped:tabletop/idm",
+        worldmodel: str | None = None,
+        idm: str | None = None,
         task: TaskConfig | str = "return_cubes",
         planner: PlannerConfig | None = None,
         memory: MemoryConfig | None = None,
         config: AgentConfig | None = None,
     ) -> VideoPlanningAgent:
-        """An agent from checkpoints (directories or `shipped:<env>/<component>`), a task (a `TaskConfig` or
-        the name of a preset in configs/task/), and the planner, memory (default temp_lora) and agent configs."""
+        """An agent from checkpoints (directories or `shipped:<env>/<component>`; None: the task's env's shipped
+        ones), a task (a `TaskConfig` or the name of a preset in configs/task/), and the planner, memory (default
+        temp_lora) and agent configs."""
         from vplan.policies.idm import IDMPolicy
+        from vplan.shipped import shipped_checkpoint
         from vplan.worldmodel.model import WorldModel
 
         task_config = task if isinstance(task, TaskConfig) else TaskConfig.preset(task)
-        world_model = WorldModel.from_pretrained(worldmodel)
-        idm_policy = IDMPolicy.from_pretrained(idm)
+        world_model = WorldModel.from_pretrained(worldmodel or shipped_checkpoint(task_config.env, "worldmodel"))
+        idm_policy = IDMPolicy.from_pretrained(idm or shipped_checkpoint(task_config.env, "idm"))
         chunk_frames = world_model.config.chunk_frames
         planner = planner or PlannerConfig(chunk_frames=chunk_frames)
         return cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
