@@ -46,7 +46,7 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     assert "temp_lora + overlap" in out and "vs none" in out and "peak RSS" in out
 
 
-def test_bench_memory_config_checks(tmp_path):
+def test_bench_memory_config_checks(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="expected a memory to compare with none"):
         BenchMemoryConfig(memory=MemoryConfig(kind="none"))
     with pytest.raises(ValueError, match="chunks: expected a positive int, got 0"):
@@ -55,6 +55,10 @@ def test_bench_memory_config_checks(tmp_path):
 
     with pytest.raises(UsageError, match="no world-model checkpoint"):
         bench_memory(BenchMemoryConfig(checkpoint=str(tmp_path)))
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # idle mode processes would spin: refused before any starts
+    with pytest.raises(UsageError, match="OMP_WAIT_POLICY=ACTIVE .* isolate=false"):
+        bench_memory(BenchMemoryConfig(checkpoint=None, model=tiny_world_model()))
 
 
 def test_bench_memory_config_composes():

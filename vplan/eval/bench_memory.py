@@ -239,6 +239,10 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
             raise UsageError(f"{err}; checkpoint=null times a freshly initialised model of `model`'s size") from None
         if not (path / "config.json").is_file():
             raise UsageError(f"no world-model checkpoint at {path}; checkpoint=null times a freshly initialised model")
+    if cfg.isolate and wait_policy() == "OpenMP waiting active":
+        raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
+                         "wait their turn spin on the cores the timed one needs; run it without "
+                         "OMP_WAIT_POLICY (the CLI then waits passively), or with isolate=false")
     runners: list[Any] = []
     try:
         for kind, overlap in modes(cfg):
