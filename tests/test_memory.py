@@ -167,6 +167,33 @@ def test_gradient_checkpointing_learns_the_same() -> None:
         torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-7)
 
 
+def test_replay_first_rehearses_the_episodes_first_sequence() -> None:
+    """With `replay_first` the first update is the plain one; later ones also score the first sequence, which a
+    snapshot keeps."""
+    first, second = (latents(CONTEXT), latents(CHUNK, seed=2)), (latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+    states = {}
+    for replay in (False, True):
+        memory = make_memory(lora(replay_first=replay), tiny_model())
+        memory.update(*first)
+        states[replay, 1] = memory.state_dict()
+        snapshot = memory.snapshot()
+        memory.update(*second)
+        states[replay, 2] = memory.state_dict()
+        if replay:
+            memory.restore(snapshot)
+            memory.update(*second)
+            for name, tensor in memory.state_dict().items():
+                assert torch.equal(tensor, states[True, 2][name]), name
+            memory.reset()  # a new episode: the same two updates learn the same again
+            memory.update(*first)
+            memory.update(*second)
+            for name, tensor in memory.state_dict().items():
+                assert torch.equal(tensor, states[True, 2][name]), name
+    for name, tensor in states[False, 1].items():
+        assert torch.equal(states[True, 1][name], tensor), name
+    assert any(not torch.equal(states[True, 2][n], t) for n, t in states[False, 2].items())
+
+
 def test_the_adapter_round_trips_exactly_through_safetensors(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

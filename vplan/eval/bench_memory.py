@@ -292,7 +292,7 @@ def _print_table(cfg: BenchMemoryConfig, rows: list[dict[str, Any]]) -> None:
           f"episodes, {where}")
     if memory.kind == "temp_lora":
         print(f"temp_lora: rank {memory.rank}, {memory.steps_per_chunk} Adam step(s) per chunk at lr {memory.lr:g}, "
-              f"merge_for_generation={memory.merge_for_generation}")
+              f"merge_for_generation={memory.merge_for_generation}, replay_first={memory.replay_first}")
     header = (f"  {'mode':22} {'wall (s)':>9} {'vs none':>8} {'generate (s)':>13} {'blocked (s)':>12} "
               f"{'update/chunk (s)':>17} {'peak RSS (MB)':>14} {'vs none':>8}")
     print(header)

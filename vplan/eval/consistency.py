@@ -287,8 +287,9 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
           f"{metrics['features']}{comparable}")
     if "temp_lora" in metrics["modes"]:
         lora = cfg.temp_lora
+        replay = ", rehearsing the first sequence" if lora.replay_first else ""
         print(f"temp_lora: rank {lora.rank}, {lora.steps_per_chunk} Adam step(s) per chunk at lr {lora.lr:g}, learning "
-              f"from the {lora.update_on} chunks")
+              f"from the {lora.update_on} chunks{replay}")
     print(f"  {'mode':12} {'SCuts':>6} {'SRC (%)':>8} {'PSNR drift (dB/chunk)':>22} {'PSNR (dB)':>10} "
           f"{'s/episode':>10}")
     for mode, row in metrics["modes"].items():

@@ -51,6 +51,15 @@ class MemoryConfig:
                   "UNet on 16 latent frames: the update's extra peak RSS +219 MB instead of +407 MB, for 0.68 s "
                   "instead of 0.53 s per update (hidden behind execution when overlapped)."},
     )
+    replay_first: bool = field(
+        default=False,
+        metadata={"help": "temp_lora: every update after an episode's first also scores the first update's "
+                  "sequence (the real context and the first chunk) and averages the two losses: a rehearsal of "
+                  "the scene the episode started in, so the adapter does not drift with what the model drew. "
+                  "Not in the paper. Measured with the shipped model (README, `vplan eval consistency`, 20 "
+                  "episodes): no scene cut where the default had 12, SRC 3 points above the default's on fresh "
+                  "seeds but not above none's; each update costs ~1.9x (1.5 s on 2 cores), too long to hide behind 0.8 s of execution."},
+    )
     update_on: str = field(
         default="imagined",
         metadata={"help": f"One of {UPDATE_ON}: which latents the caller hands to `update` — the imagined chunk "

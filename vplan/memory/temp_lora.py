@@ -7,7 +7,9 @@ matching, whichever it was trained with) is scored on every frame. No text: the 
 condition (the empty text's encoding, computed once when the memory is built), so the memory is action-agnostic
 and remembers what the episode looked like, not what was asked. Only the adapter learns: the optimizer holds
 only LoRA parameters and gradients are taken only for them (`backward(inputs=...)`), so the base weights never
-change and never get a `.grad`.
+change and never get a `.grad`. `MemoryConfig.replay_first` (off by default; not in the paper) adds, to every
+update after an episode's first, the loss of that first update's sequence (the real context and the first chunk),
+so the adapter keeps rehearsing the scene the episode started in.
 
 The adapter is added with diffusers' `PeftAdapterMixin.add_adapter` (`vplan.worldmodel.unet.UNet3D`). Until the
 first update of an episode it is out of the way, so a fresh or `reset()` memory generates with exactly the base
@@ -176,6 +178,7 @@ class TempLoRAMemory(EpisodicMemory):
         with torch.no_grad():
             self._null_states = world_model.encode_text([""])[0].detach()
         self._generator = torch.Generator(device=next(unet.parameters()).device)
+        self._first_sequence: torch.Tensor | None = None  # what `replay_first` rehearses
         self._optimizer: torch.optim.Optimizer
         self._active = False
         self._updates = 0
@@ -254,7 +257,7 @@ class TempLoRAMemory(EpisodicMemory):
                 parameter.copy_(self._initial[name])
         self._optimizer = torch.optim.Adam(list(self._params.values()), lr=self.config.lr)
         self._generator.manual_seed(self.config.seed)
-        self._active, self._updates = False, 0
+        self._active, self._updates, self._first_sequence = False, 0, None
         self._attach(False)  # nothing learned: the base model, module for module
 
     def _condition(self, history: torch.Tensor) -> torch.Tensor:
@@ -278,12 +281,20 @@ class TempLoRAMemory(EpisodicMemory):
         self._unfold()
         self._attach(True)
         self._enable()
+        sequences = [sequence]
+        if self.config.replay_first:
+            if self._updates == 0:
+                self._first_sequence = sequence
+            elif self._first_sequence is not None:
+                sequences.append(self._first_sequence)
         losses = []
         with torch.enable_grad(), checkpointed(unet, self.config.gradient_checkpointing):
             for _ in range(self.config.steps_per_chunk):
-                loss = sequence_diffusion_loss(
-                    unet, sequence, self._null_states, self.world_model.config.diffusion, generator=self._generator
-                )
+                loss = sum(
+                    sequence_diffusion_loss(unet, each, self._null_states, self.world_model.config.diffusion,
+                                            generator=self._generator)
+                    for each in sequences
+                ) / len(sequences)
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward(inputs=params)
                 self._optimizer.step()
@@ -310,6 +321,7 @@ class TempLoRAMemory(EpisodicMemory):
         parameter = next(unet.parameters())
         state = {name: tensor.to(device=parameter.device, dtype=expected[name].dtype) for name, tensor in state.items()}
         result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
+        self._first_sequence = None  # not in a saved adapter: `replay_first` has nothing to rehearse
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"expected LoRA tensors of the {ADAPTER_NAME!r} adapter, got unexpected "
                              f"{result.unexpected_keys[:3]}")
@@ -322,6 +334,7 @@ class TempLoRAMemory(EpisodicMemory):
             "generator": self._generator.get_state(),
             "active": self._active,
             "updates": self._updates,
+            "first_sequence": self._first_sequence,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -333,6 +346,7 @@ class TempLoRAMemory(EpisodicMemory):
         self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._generator.set_state(state["generator"])
         self._active, self._updates = state["active"], state["updates"]
+        self._first_sequence = state["first_sequence"]
 
     def _close(self) -> None:
         self._unfold()
