@@ -178,7 +178,7 @@ class TempLoRAMemory(EpisodicMemory):
         with torch.no_grad():
             self._null_states = world_model.encode_text([""])[0].detach()
         self._generator = torch.Generator(device=next(unet.parameters()).device)
-        self._first_sequence: torch.Tensor | None = None  # what `replay_first` rehearses
+        self._first_sequence: torch.Tensor | None  # what `replay_first` rehearses; set by _reset
         self._optimizer: torch.optim.Optimizer
         self._active = False
         self._updates = 0
