@@ -228,6 +228,22 @@ class TabletopEnv(LastFrameRender, gym.Env):
         terminated = bool(info["success"])
         return self._get_obs(), float(terminated), terminated, False, info
 
+    def set_state_from(self, other: TabletopEnv) -> dict[str, Any]:
+        """Make this env a copy of `other` as it is now (the scene its reset drew and the simulation state), so
+        stepping this one looks ahead without touching `other` (`vplan bench executor` rolls the expert out
+        from the agent's state this way). Both need the same config. Returns the copy's `info`."""
+        if other.config != self.config:
+            raise ValueError(f"expected an env with this env's config {self.config}, got {other.config}")
+        self.model.geom_rgba[self._cube_geoms] = other.model.geom_rgba[other._cube_geoms]
+        self.model.geom_pos[self._spot_geoms] = other.model.geom_pos[other._spot_geoms]
+        mujoco.mj_copyData(self.data, self.model, other.data)
+        self._cube_names = list(other._cube_names)
+        self._start_poses = other._start_poses.copy()
+        self._spot_positions = other._spot_positions.copy()
+        self._phase = other._phase
+        self._applied = other._applied.copy()
+        return self._get_info()
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()

@@ -57,6 +57,27 @@ def test_same_seed_gives_identical_obs_and_info(env):
         assert data_equivalence(info_a, info_b)
 
 
+def test_set_state_from_copies_the_scene_and_state_and_looks_ahead_without_touching_the_original(env):
+    actions = np.random.default_rng(1).uniform(-1, 1, (6, 4)).astype(np.float32)
+    env.reset(seed=4)
+    for action in actions[:3]:
+        env.step(action)
+    shadow = TabletopEnv(image_size=SIZE)
+    shadow.reset(seed=5)  # another scene: colours, spots and starts must all be taken over
+    before = env.data.qpos.copy()
+    info = shadow.set_state_from(env)
+    assert data_equivalence(info, env._get_info())
+    for action in actions[3:]:  # the copy and the original go on identically
+        obs_a, _, _, _, info_a = shadow.step(action)
+        assert np.array_equal(env.data.qpos, before)  # stepping the copy leaves the original where it was
+        obs_b, _, _, _, info_b = env.step(action)
+        before = env.data.qpos.copy()
+        assert obs_a["front"].tobytes() == obs_b["front"].tobytes() and data_equivalence(info_a, info_b)
+    shadow.close()
+    with pytest.raises(ValueError, match="config"):
+        TabletopEnv(image_size=SIZE, num_cubes=2).set_state_from(env)
+
+
 def test_seeds_vary_cube_poses_and_colour_order(env):
     infos = [env.reset(seed=seed)[1] for seed in range(8)]
     orders = {tuple(info["cube_names"]) for info in infos}

@@ -103,6 +103,13 @@ COMMANDS: tuple[Command, ...] = (
         "vplan.eval.bench_planning:bench_planning",
     ),
     Command(
+        ("bench", "executor"),
+        "the executor's ceiling: success and Dist of the agent given the expert's own future as its imagined "
+        "chunks, next to the expert and the world model, on the same held-out seeds",
+        "bench_executor",
+        "vplan.eval.bench_executor:bench_executor",
+    ),
+    Command(
         ("bench", "memory"),
         "wall time and peak RSS per episode of none vs temp_lora memory, with and without overlap",
         "bench_memory",
@@ -119,6 +126,7 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
     (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",
     (None, "bench_memory_schema"): "vplan.eval.bench_memory:BenchMemoryConfig",
     (None, "bench_planning_schema"): "vplan.eval.bench_planning:BenchPlanningConfig",
+    (None, "bench_executor_schema"): "vplan.eval.bench_executor:BenchExecutorConfig",
     (None, "eval_worldmodel_schema"): "vplan.eval.worldmodel:EvalWorldModelConfig",
     (None, "eval_consistency_schema"): "vplan.eval.consistency:EvalConsistencyConfig",
     (None, "train_schema"): "vplan.loop.train:TrainConfig",

@@ -97,10 +97,10 @@ def _settings(cfg: BenchPlanningConfig) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))
 
 
-def _load_results(cfg: BenchPlanningConfig, path: Path) -> dict[str, Any]:
-    settings = _settings(cfg)
+def load_results(path: Path, settings: dict[str, Any], row_names: list[str]) -> dict[str, Any]:
+    """The results a bench with these settings wrote to `path` so far (to continue it), or empty rows."""
     if not path.is_file():
-        return {"settings": settings, "rows": {row.name: [] for row in ROWS}}
+        return {"settings": settings, "rows": {name: [] for name in row_names}}
     results = json.loads(path.read_text())
     if results.get("settings") != settings:
         raise UsageError(f"{path} holds a bench with other settings; choose another out=DIR to start a new one")
@@ -119,12 +119,13 @@ def generation_psnr(imagined: list[np.ndarray], executed: list[np.ndarray]) -> f
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """A row's figures over its episodes."""
     dists = [e["dist"] for e in episodes if e["dist"] is not None]
+    psnrs = [e["psnr"] for e in episodes if e.get("psnr") is not None]  # none for a row that imagines nothing
     return {
         "episodes": len(episodes),
         "dist_mean": float(np.mean(dists)) if dists else None,
         "dist_std": float(np.std(dists)) if dists else None,
         "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else None,
-        "psnr": float(np.mean([e["psnr"] for e in episodes])) if episodes else None,
+        "psnr": float(np.mean(psnrs)) if psnrs else None,
         "wall_s": float(np.mean([e["wall_s"] for e in episodes])) if episodes else None,
     }
 
@@ -182,7 +183,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
               "(rerun the same command to continue)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = _load_results(cfg, out / RESULTS_FILE)
+    results = load_results(out / RESULTS_FILE, _settings(cfg), [row.name for row in ROWS])
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)

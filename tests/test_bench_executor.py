@@ -1,0 +1,76 @@
+"""`vplan bench executor` on tiny random checkpoints: the expert-video stand-in hands the agent the expert's own
+next chunk without touching the env, the three rows run on the same seeds and continue, and other envs are
+refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_agent import CHUNK, save_tiny_checkpoints, tiny_world_model
+
+from vplan.cli import main
+from vplan.envs import TabletopConfig, make_env
+from vplan.eval.bench_executor import ROWS, ExpertVideoMemory
+from vplan.policies.return_cubes_expert import ReturnCubesExpert
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+def test_expert_video_is_the_experts_next_chunk_from_the_current_state():
+    env = make_env(TabletopConfig())
+    model = tiny_world_model()
+    memory = ExpertVideoMemory(model, env)
+    _, info = env.reset(seed=10000)
+    expert = ReturnCubesExpert()
+    expert.reset(info)
+    for _ in range(3):  # somewhere into the episode
+        obs, _, _, _, info = env.step(expert.select_action({}, info))
+    qpos = env.unwrapped.data.qpos.copy()
+    memory.reset()
+    history = model.encode(torch.from_numpy(obs["front"])[None, None])
+    latents = memory.generate(history, ["ignored"])
+    assert np.array_equal(env.unwrapped.data.qpos, qpos)  # the look-ahead ran in the shadow copy
+
+    frames = []  # what the expert does from here, in the env itself
+    for _ in range(CHUNK):
+        obs, _, _, _, info = env.step(expert.select_action({}, info))
+        frames.append(obs["front"])
+    assert torch.equal(latents, model.encode(torch.from_numpy(np.stack(frames))[None]))
+    memory.close()
+    env.close()
+
+
+def bench_args(checkpoints, out, *extra: str) -> list[str]:
+    worldmodel, idm = checkpoints
+    return ["bench", "executor", f"worldmodel={worldmodel}", f"idm={idm}", f"out={out}", "env.max_episode_steps=12",
+            "agent.replan_drift=null", "threads=1", *extra]
+
+
+def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_path, capsys):
+    out = tmp_path / "bench"
+    main(bench_args(checkpoints, out, "episodes=1"))
+    first = json.loads((out / "results.json").read_text())
+    main(bench_args(checkpoints, out, "episodes=2"))  # continues: only the second seed runs
+    assert "continuing" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    for row in ROWS:
+        episodes = results["rows"][row]
+        assert [e["seed"] for e in episodes] == [10000, 10001]
+        assert episodes[0] == first["rows"][row][0]
+        assert all(e["steps"] == 12 and not e["success"] for e in episodes)  # the time limit, before any success
+        assert (episodes[0]["psnr"] is None) == (row == "expert")
+    table = (out / "table.md").read_text()
+    assert all(f"| {row} |" in table for row in ROWS) and "memory=none" in table
+
+
+def test_other_envs_are_refused_in_one_line(checkpoints, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([a for a in bench_args(checkpoints, tmp_path / "b", "env=blockworld") if "max_episode" not in a])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and error.startswith("vplan bench executor: error:") and "env=tabletop" in error

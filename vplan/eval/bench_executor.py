@@ -1,0 +1,213 @@
+"""`vplan bench executor`: how far the agent gets with a perfect world model — the ceiling of `vplan run` that
+the executor (the inverse-dynamics policy and the agent's loop) sets, next to what the world model reaches.
+
+| row | what makes each chunk's frames | acts |
+| --- | --- | --- |
+| expert | nothing: the scripted expert acts on privileged state | the expert |
+| expert video | the expert's own next `chunk_frames` frames from the env's current state, through the VAE | the agent |
+| world model | the world model, through the episodic memory (`memory=`, default none), as in `vplan run` | the agent |
+
+The expert-video row runs the agent unchanged (planner, replanning, `agent.*` settings, IDM) except that its
+"world model" looks ahead: at every chunk a shadow copy of the env is set to the real env's state
+(`TabletopEnv.set_state_from`), the expert acts there for one chunk, and its frames are encoded and decoded by
+the world model's VAE, which is the best a world model can hand the IDM. So that row's success and Dist measure
+the executor alone; the gap to the world-model row is what the world model costs. Tabletop only: the
+look-ahead needs the env's state and the task's expert.
+
+All rows run on the same seeds and report success, Dist, steps and wall time per episode; the video rows also
+the generation PSNR (imagined against executed frames, as in `vplan bench planning`). `<out>/results.json` is
+rewritten after every episode and a rerun with the same settings continues it; `table.md` when all rows are done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from vplan.agent import AgentConfig
+from vplan.errors import UsageError
+from vplan.eval.bench_planning import generation_psnr, load_results, summarize
+from vplan.memory.baselines import NoMemory
+from vplan.memory.config import MemoryConfig
+from vplan.planner.config import PlannerConfig
+from vplan.run import write_json
+from vplan.tasks import TaskConfig
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "table.md"
+ROWS = ("expert", "expert video", "world model")
+
+
+@dataclass
+class BenchExecutorConfig:
+    """Settings of `vplan bench executor`."""
+
+    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/); tabletop only."})
+    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
+    memory: MemoryConfig = field(
+        default_factory=lambda: MemoryConfig(kind="none"),
+        metadata={"help": "Episodic memory of the world-model row (configs/memory/)."},
+    )
+    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
+    worldmodel: str = field(
+        default="shipped:${task.env}/worldmodel",
+        metadata={"help": "The world model (its VAE also encodes the expert-video row's frames)."},
+    )
+    idm: str = field(default="shipped:${task.env}/idm", metadata={"help": "Inverse-dynamics checkpoint."})
+    episodes: int = field(default=20, metadata={"help": "Held-out episodes per row; episode i uses seed + i."})
+    seed: int = field(default=10000, metadata={"help": "First seed (training data uses 0..9999)."})
+    out: str = field(default="runs/bench_executor", metadata={"help": "results.json and table.md."})
+    threads: int = field(default=2, metadata={"help": "torch threads."})
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+class ExpertVideoMemory(NoMemory):
+    """Stands in for a perfect world model: `generate` returns the latents of the expert's own next chunk from
+    `env`'s current state (rolled out in a shadow copy), whatever the history and text. The agent decodes
+    them with the same VAE, so the IDM reads what a world model that imagined the expert would draw."""
+
+    def __init__(self, world_model: Any, env: Any) -> None:
+        from vplan.envs.tabletop_v0 import TabletopEnv
+        from vplan.policies.return_cubes_expert import ReturnCubesExpert
+
+        super().__init__(MemoryConfig(kind="none"), world_model)
+        self.env = env.unwrapped
+        self.shadow = TabletopEnv(self.env.config)
+        self.expert = ReturnCubesExpert(max_delta=self.env.config.max_delta)
+        self._expert_ready = False
+
+    def _reset(self) -> None:
+        self._expert_ready = False  # reset from the next episode's first state (the agent resets us first)
+
+    def generate(
+        self,
+        history: torch.Tensor,
+        texts: list[str],
+        num_frames: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        self.condition(history)  # the checks every memory makes
+        info = self.shadow.set_state_from(self.env)
+        if not self._expert_ready:
+            self.expert.reset(info)  # the spot each cube goes to, from the episode's start poses
+            self._expert_ready = True
+        frames = []
+        for _ in range(num_frames or self.world_model.config.chunk_frames):
+            obs, _, _, _, info = self.shadow.step(self.expert.select_action(obs={}, info=info))
+            frames.append(obs["front"])
+        return self.world_model.encode(torch.from_numpy(np.stack(frames))[None])
+
+    def _close(self) -> None:
+        super()._close()
+        self.shadow.close()
+
+
+def expert_episode(env: Any, seed: int) -> dict[str, Any]:
+    """The expert alone in `env` from the state of `seed`: its result."""
+    from vplan.policies.return_cubes_expert import ReturnCubesExpert
+
+    start = time.perf_counter()
+    obs, info = env.reset(seed=seed)
+    expert = ReturnCubesExpert(max_delta=env.unwrapped.config.max_delta)
+    expert.reset(info)
+    steps = 0
+    while True:
+        obs, _, terminated, truncated, info = env.step(expert.select_action(obs, info))
+        steps += 1
+        if terminated or truncated:
+            break
+    return {"seed": seed, "success": bool(info["success"]), "dist": float(info["dist"]), "steps": steps,
+            "psnr": None, "wall_s": time.perf_counter() - start}
+
+
+def markdown_table(summaries: dict[str, dict[str, Any]], seeds: tuple[int, int], memory: str) -> str:
+    lines = [
+        f"`vplan bench executor` on tabletop, seeds {seeds[0]}..{seeds[1]} (world model with memory={memory})",
+        "",
+        "| row | success | Dist (m, mean ± std) | steps / episode | generation PSNR (dB) | wall s / episode |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in summaries.items():
+        psnr = "-" if s["psnr"] is None else f"{s['psnr']:.2f}"
+        lines.append(f"| {name} | {s['success_rate']:.0%} | {s['dist_mean']:.4f} ± {s['dist_std']:.4f} | "
+                     f"{s['steps']:.0f} | {psnr} | {s['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
+    """Run the three rows on the same seeds (continuing an interrupted bench); write results and table."""
+    from tqdm import tqdm
+
+    from vplan.agent import VideoPlanningAgent
+    from vplan.envs import TabletopConfig, make_env
+    from vplan.run import RunConfig, load_agent, run_episode
+
+    if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
+        raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
+                         f"state and runs its expert), got env={type(cfg.env).__name__} task={cfg.task.name}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {key: asdict(value) if hasattr(value, "__dataclass_fields__") else value
+                for key, value in vars(cfg).items() if key not in ("episodes", "out", "threads")}
+    results = load_results(out / RESULTS_FILE, json.loads(json.dumps(settings, default=str)), list(ROWS))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    env = make_env(cfg.env)
+    try:
+        for row in ROWS:
+            done = results["rows"][row]
+            if len(done) >= cfg.episodes:
+                continue
+            agent = None
+            if row != "expert":
+                agent = load_agent(RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner, memory=cfg.memory,
+                                             agent=cfg.agent, worldmodel=cfg.worldmodel, idm=cfg.idm,
+                                             episodes=cfg.episodes, seed=cfg.seed, threads=cfg.threads))
+                if row == "expert video":
+                    agent.close()
+                    memory = ExpertVideoMemory(agent.world_model, env)
+                    agent = VideoPlanningAgent(agent.world_model, agent.idm, agent.planner, memory, agent.config)
+            try:
+                for i in tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done),
+                              total=cfg.episodes):
+                    if agent is None:
+                        done.append(expert_episode(env, cfg.seed + i))
+                    else:
+                        episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
+                        result = episode["result"]
+                        done.append({"seed": result["seed"], "success": result["success"], "dist": result["dist"],
+                                     "steps": result["steps"], "ended_by": result["ended_by"],
+                                     "psnr": generation_psnr(episode["imagined"], episode["executed"]),
+                                     "wall_s": result["wall_s"]})
+                    write_json(out / RESULTS_FILE, results)
+            finally:
+                if agent is not None:
+                    agent.close()
+    finally:
+        env.close()
+        torch.set_num_threads(threads)
+
+    summaries = {}
+    for row in ROWS:
+        episodes = results["rows"][row][: cfg.episodes]
+        summaries[row] = {**summarize(episodes), "steps": float(np.mean([e["steps"] for e in episodes]))}
+    results["summary"] = summaries
+    write_json(out / RESULTS_FILE, results)
+    table = markdown_table(summaries, (cfg.seed, cfg.seed + cfg.episodes - 1), cfg.memory.kind)
+    (out / TABLE_FILE).write_text(table)
+    print("\n" + table + f"\nresults and table in {out}")
+    return results
+
