@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from vplan.eval.bench_env import BenchEnvConfig, bench_env
 from vplan.eval.bench_worldmodel import BenchWorldModelConfig, bench_worldmodel
 from vplan.envs import TabletopConfig
@@ -78,3 +80,39 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
     cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), sampler="flow_euler")
     with pytest.raises(UsageError, match="sampling override: expected sampler"):
         evaluate_worldmodel(cfg)
+
+
+def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunks(tmp_path, capsys):
+    import pytest
+    import torch
+
+    from vplan.errors import UsageError
+    from vplan.eval.worldmodel import EvalWorldModelConfig, action_agreement, evaluate_worldmodel
+    from vplan.policies.idm import IDMConfig, IDMPolicy
+    from vplan.worldmodel.model import WorldModel
+
+    torch.manual_seed(0)
+    idm = IDMPolicy(IDMConfig.tiny(image_size=16)).eval()
+    frames = torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8)
+    same = action_agreement(idm, frames[:1], frames[1:], frames[1:])
+    assert same["motion_error"] == 0.0 and same["grip_agreement"] == 1.0
+    assert same["motion_cosine"] == pytest.approx(1.0)
+    other = action_agreement(idm, frames[:1], frames[1:].flip(0), frames[1:])
+    assert other["motion_error"] > 0 and -1.0 <= other["motion_cosine"] < 1.0
+
+    checkpoint, idm_dir = tmp_path / "wm", tmp_path / "idm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    idm.save_pretrained(idm_dir)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=1,
+                               out=str(tmp_path / "run"), rollout_chunks=0, idm=str(idm_dir))
+    metrics = evaluate_worldmodel(cfg)
+    for key in ("motion_error", "motion_cosine", "grip_agreement"):
+        assert all(f"{prefix}{key}" in row for row in metrics["chunks"] for prefix in ("idm_", "copy_idm_"))
+        assert metrics["all"][f"idm_{key}"] == pytest.approx(np.mean([row[f"idm_{key}"] for row in metrics["chunks"]]))
+    assert "actions the IDM reads" in capsys.readouterr().out
+
+    IDMPolicy(IDMConfig.tiny(image_size=32)).save_pretrained(tmp_path / "idm32")
+    with pytest.raises(UsageError, match="reads 32x32 frames"):
+        evaluate_worldmodel(EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task,
+                                                 checkpoint=str(checkpoint), idm=str(tmp_path / "idm32")))

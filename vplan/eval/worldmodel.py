@@ -6,6 +6,8 @@ with the real frames (PSNR and SSIM from torchmetrics) next to the copy-last-fra
 covers only the chunks where the gripper moves, where copying the last frame is wrong. Text sensitivity is
 the share of chunks whose generation under the true subgoal is closer to the real frames than under a
 different subgoal of the same episode (same seed, same context). An MP4 grid shows real above generated.
+With `idm=` an inverse-dynamics policy reads the actions off each generated chunk and off the real one (from the
+same last real frame): how far apart they are says whether the agent could act on what the model draws.
 
 Open loop (`rollout_chunks`, 8 by default): from each episode's first real context the model imagines that many
 chunks in a row, each from its own output, under the true subgoal texts; PSNR and SSIM per chunk index against
@@ -61,6 +63,11 @@ class EvalWorldModelConfig:
         default=None,
         metadata={"help": "A second world-model checkpoint scored on the same open-loop rollouts, side by side."},
     )
+    idm: Optional[str] = field(
+        default=None,
+        metadata={"help": "An inverse-dynamics checkpoint (e.g. shipped:tabletop/idm): also score the actions it reads "
+                  "off each generated chunk against those it reads off the real chunk (what the agent would do)."},
+    )
     conditioning: Optional[str] = field(
         default=None,
         metadata={"help": "text|action|text+action: the checkpoint must be conditioned so; `action` defaults "
@@ -99,10 +106,29 @@ def chunk_scores(predicted: torch.Tensor, real: torch.Tensor) -> tuple[float, fl
     return float(peak_signal_noise_ratio(a, b, data_range=1.0)), float(structural_similarity_index_measure(a, b, data_range=1.0))
 
 
+def action_agreement(idm: Any, last: torch.Tensor, predicted: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """How far the actions `idm` reads off a predicted chunk are from those it reads off the real one, both from
+    the last real frame (uint8 (1, H, W, 3) and (T, H, W, 3) each): the IDM's own error cancels. Continuous
+    actions: the gripper's displacement over the chunk (the sum of the motion components, action units) as
+    the error's norm and the cosine between the two; the share of steps with the same grip command. Moves: the
+    share of equal moves."""
+    read = [idm.actions_for_chunk(torch.cat([last, frames])).numpy() for frames in (predicted, real)]
+    if idm.config.discrete:
+        return {"move_agreement": float(np.mean(read[0] == read[1]))}
+    moved = [actions[:, :3].sum(axis=0) for actions in read]
+    norms = float(np.linalg.norm(moved[0]) * np.linalg.norm(moved[1]))
+    return {
+        "motion_error": float(np.linalg.norm(moved[0] - moved[1])),
+        "motion_cosine": float(moved[0] @ moved[1] / norms) if norms > 0 else 0.0,
+        "grip_agreement": float(np.mean((read[0][:, 3] > 0) == (read[1][:, 3] > 0))),
+    }
+
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     if not rows:
         return {}
-    keys = ("psnr", "ssim", "copy_psnr", "copy_ssim")
+    keys = ["psnr", "ssim", "copy_psnr", "copy_ssim"]
+    keys += [key for key in rows[0] if key.startswith(("idm_", "copy_idm_"))]
     return {key: float(np.mean([row[key] for row in rows])) for key in keys} | {"chunks": len(rows)}
 
 
@@ -158,6 +184,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             model.config.context_frames, model.config.chunk_frames):
         raise UsageError(f"compare={cfg.compare}: its context and chunk lengths differ from the checkpoint's; compare "
                          "models that imagine the same chunks")
+    idm = _load_idm(cfg.idm, model) if cfg.idm is not None else None
     env, expert = make_env(cfg.env), make_expert(cfg.task.name)
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
     rows: list[dict[str, Any]] = []
@@ -211,6 +238,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             row = {"episode": episode, "start": start, "text": true_text, "psnr": psnr, "ssim": ssim,
                    "copy_psnr": copy_psnr, "copy_ssim": copy_ssim,
                    "moving": bool(np.linalg.norm(gripper[start + chunk_n - 1] - gripper[start - 1]) > MOVING_THRESHOLD)}
+            if idm is not None:
+                last = frames[start - 1 : start]
+                row |= {f"idm_{k}": v for k, v in action_agreement(idm, last, predicted, real).items()}
+                row |= {f"copy_idm_{k}": v for k, v in action_agreement(idm, last, last.expand_as(real), real).items()}
             if other and model.config.uses_text:
                 wrong_text = other[(start // chunk_n) % len(other)]
                 wrong = model.decode(
@@ -232,6 +263,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     order_sensitive = [row["order_sensitive"] for row in rows if "order_sensitive" in row]
     metrics = {
         "checkpoint": cfg.checkpoint,
+        "idm": cfg.idm,
         "conditioning": model.config.conditioning,
         "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
         "sampling": asdict(model.config.diffusion),
@@ -260,12 +292,39 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             print(f"  {name + ' (' + str(s['chunks']) + ')':10} {s['psnr']:7.2f} {s['copy_psnr']:15.2f} {s['ssim']:6.3f} {s['copy_ssim']:15.3f}")
     if sensitive:
         print(f"  text sensitivity: {metrics['text_sensitivity']:.0%} of {len(sensitive)} chunks closer under the true subgoal")
+    if idm is not None:
+        _print_agreement(metrics, idm)
     if order_sensitive:
         print(f"  action-order sensitivity: {metrics['action_order_sensitivity']:.0%} of {len(order_sensitive)} moving "
               "chunks closer under the executed actions than under them reversed")
     _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
     print(f"metrics and video in {out}")
     return metrics
+
+
+def _load_idm(checkpoint: str, model: Any) -> Any:
+    from vplan.errors import UsageError
+    from vplan.policies.idm import IDMPolicy
+
+    idm = IDMPolicy.from_pretrained(checkpoint)
+    if idm.config.image_size != model.config.vae.image_size:
+        raise UsageError(f"idm={checkpoint} reads {idm.config.image_size}x{idm.config.image_size} frames, the world "
+                         f"model draws {model.config.vae.image_size}x{model.config.vae.image_size}; give an IDM "
+                         "trained on the world model's frames")
+    return idm
+
+
+def _print_agreement(metrics: dict[str, Any], idm: Any) -> None:
+    """The IDM's reading of generated chunks against its reading of the real ones, next to copy-last-frame."""
+    names = {"motion_error": "motion error (action units)", "motion_cosine": "motion cosine",
+             "grip_agreement": "same grip", "move_agreement": "same move"}
+    print("  actions the IDM reads off a chunk, against those it reads off the real chunk (generated | copy-last):")
+    for name in ("all", "moving"):
+        s = metrics[name]
+        if s:
+            cells = [f"{label} {s['idm_' + key]:.3f} | {s['copy_idm_' + key]:.3f}"
+                     for key, label in names.items() if "idm_" + key in s]
+            print(f"    {name + ' (' + str(s['chunks']) + ')':12} " + ", ".join(cells))
 
 
 def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[str, Any]:
