@@ -191,8 +191,6 @@ def test_components_and_config_are_checked(world_model, idm):
         AgentConfig(stall_steps=-1)
     with pytest.raises(ValueError, match="stall_command"):
         AgentConfig(stall_command=2.0)
-    with pytest.raises(ValueError, match="samples: expected an int >= 1, got 0"):
-        AgentConfig(samples=0)
 
 
 def test_drift_past_the_threshold_replans_from_the_real_frames(world_model, idm):
@@ -268,39 +266,6 @@ def test_actions_are_read_off_the_imagined_frames_or_the_real_ones(world_model, 
     else:
         assert np.allclose(second, towards) and not np.allclose(second, planned[1])
         assert np.array_equal(agent.chunk.actions[1], second)  # the chunk records the action taken
-
-
-@pytest.mark.parametrize("memory_kind", ["none", "anchor", "temp_lora"])
-def test_several_samples_execute_their_mean_reading_and_keep_the_closest_chunk(world_model, idm, memory_kind):
-    memory = MemoryConfig(kind=memory_kind, rank=2, gradient_checkpointing=False)
-    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 2)], memory=memory, samples=3, **NO_REPLAN)
-    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
-    agent.reset("go", fake_obs(frame), {}, seed=4)
-    first = agent.act(fake_obs(frame))
-    chunk = agent.chunk
-    assert chunk.latents.shape == (1, CHUNK, 4, LATENT, LATENT) and chunk.frames.shape == (CHUNK, IMAGE, IMAGE, 3)
-    # the same three samples again, as a batch from the same seed (the first chunk: every memory hands over the
-    # one real frame, Temp-LoRA holds nothing yet)
-    history = world_model.encode(torch.from_numpy(frame)[None, None]).expand(3, -1, -1, -1, -1)
-    latents = world_model.generate(history, [TEXTS[0]] * 3, generator=torch.Generator().manual_seed(4))
-    samples = world_model.decode(latents).numpy()
-    reads = np.stack([idm.actions_for_chunk(np.concatenate([frame[None], sample])).numpy() for sample in samples])
-    assert np.allclose(chunk.actions, reads.mean(axis=0), atol=1e-6) and np.allclose(first, reads.mean(axis=0)[0])
-    kept = int(np.argmin(((reads - reads.mean(axis=0)) ** 2).sum(axis=(1, 2))))
-    assert np.array_equal(chunk.frames, samples[kept])
-    for i in range(1, CHUNK + 1):  # on to the second chunk: the context stays one real history
-        agent.act(fake_obs(np.full((IMAGE, IMAGE, 3), 100 + i, np.uint8)))
-    assert agent.chunk.index == 1 and agent.chunk.latents.shape[0] == 1
-    agent.close()
-
-
-def test_the_commonest_move_is_executed_for_a_moves_idm(world_model):
-    moves_idm = IDMPolicy(IDMConfig(**{**IDMConfig.tiny(image_size=IMAGE).to_dict(), "num_moves": 5})).eval()
-    agent = make_agent(world_model, moves_idm, samples=3)
-    reads = np.array([[1, 2, 0, 4], [1, 3, 0, 4], [2, 3, 0, 4]])
-    moves, kept = agent._consensus(reads)
-    assert moves.tolist() == [1, 3, 0, 4] and kept == 1  # sample 1 agrees with every step's vote
-    agent.close()
 
 
 @pytest.mark.parametrize("update_on", ["imagined", "observed"])

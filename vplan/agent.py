@@ -105,12 +105,6 @@ class AgentConfig:
                   "one (the chunk's actions read at once, open loop between frames) or the observed one (each "
                   "step, from the real frame towards the next imagined one: closed loop)."},
     )
-    samples: int = field(
-        default=1,
-        metadata={"help": "Chunks imagined per step, in one batch: the actions executed are the mean of those the IDM "
-                  "reads off each (the commonest move, for moves), and the chunk kept (compared, remembered, "
-                  "shown) is the one whose actions lie closest to them. Costs ~samples times the generation."},
-    )
     max_replans_per_chunk: int = field(default=1, metadata={"help": "Replans of one chunk at most."})
     max_replans: int = field(default=8, metadata={"help": "Replans per episode at most."})
     max_extra_chunks: int = field(
@@ -133,8 +127,6 @@ class AgentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples: expected an int >= 1, got {self.samples!r}")
         if not self.stall_distance >= 0:
             raise ValueError(f"stall_distance: expected metres >= 0, got {self.stall_distance!r}")
         if not 0 <= self.stall_command <= 1:
@@ -462,17 +454,6 @@ class VideoPlanningAgent:
         self.timings["inverse_dynamics"] += time.perf_counter() - start
         return action
 
-    def _consensus(self, reads: np.ndarray) -> tuple[np.ndarray, int]:
-        """The actions to execute from the IDM's reading of each sampled chunk (samples, T[, action_dim]), and the
-        sample whose reading is closest to them. One sample: its own actions."""
-        if len(reads) == 1:
-            return reads[0], 0
-        if self.idm.config.discrete:
-            moves = np.array([np.bincount(step, minlength=self.idm.config.num_moves).argmax() for step in reads.T])
-            return moves, int(np.argmax((reads == moves).sum(axis=1)))
-        mean = reads.mean(axis=0)
-        return mean, int(np.argmin(((reads - mean) ** 2).sum(axis=(1, 2))))
-
     def _wait_memory(self) -> None:
         start = time.perf_counter()
         logs = self.memory.wait()
@@ -487,20 +468,16 @@ class VideoPlanningAgent:
         replan = previous_chunk.cut if previous_chunk is not None else None
         self._wait_memory()
         start = time.perf_counter()
-        latents = self.memory.generate(self._history, [subgoal.text], generator=self._generator,
-                                       samples=self.config.samples)
-        frames = self.world_model.decode(latents).numpy()  # the VAE: untouched by the memory's update
+        latents = self.memory.generate(self._history, [subgoal.text], generator=self._generator)
+        if self.memory.config.update_on == "imagined":
+            # learns on the worker while this chunk is decoded, read and executed; the next generation waits
+            self.memory.update_async(self._history[:, -self.world_model.config.chunk_frames :], latents)
+        frames = self.world_model.decode(latents)[0].numpy()  # the VAE: untouched by the memory's update
         self.timings["generation"] += time.perf_counter() - start
         start = time.perf_counter()
-        recent = np.stack(self._recent)
-        reads = np.stack([self.idm.actions_for_chunk(np.concatenate([recent, sample]), context=len(recent)).numpy()
-                          for sample in frames])
-        actions, kept = self._consensus(reads)
+        window = np.concatenate([np.stack(self._recent), frames])
+        actions = self.idm.actions_for_chunk(window, context=len(self._recent)).numpy()
         self.timings["inverse_dynamics"] += time.perf_counter() - start
-        latents, frames = latents[kept : kept + 1], frames[kept]
-        if self.memory.config.update_on == "imagined":
-            # learns on the worker while this chunk is executed; the next generation waits
-            self.memory.update_async(self._history[:, -self.world_model.config.chunk_frames :], latents)
         if replan is None and self._slot == 0 and self._extra == 0:
             self.events.append({"step": self.steps, "event": f"subgoal: {subgoal.text}"})
         chunk = Chunk(

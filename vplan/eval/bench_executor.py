@@ -98,7 +98,6 @@ class ExpertVideoMemory(NoMemory):
         texts: list[str],
         num_frames: int | None = None,
         generator: torch.Generator | None = None,
-        samples: int = 1,
     ) -> torch.Tensor:
         self.condition(history)  # the checks every memory makes
         info = self.shadow.set_state_from(self.env)
@@ -109,8 +108,7 @@ class ExpertVideoMemory(NoMemory):
         for _ in range(num_frames or self.world_model.config.chunk_frames):
             obs, _, _, _, info = self.shadow.step(self.expert.select_action(obs={}, info=info))
             frames.append(obs["front"])
-        latents = self.world_model.encode(torch.from_numpy(np.stack(frames))[None])
-        return latents.expand(samples, -1, -1, -1, -1)  # the expert's future has one sample
+        return self.world_model.encode(torch.from_numpy(np.stack(frames))[None])
 
     def _close(self) -> None:
         super()._close()

@@ -96,15 +96,9 @@ class EpisodicMemory(ABC):
         texts: list[str],
         num_frames: int | None = None,
         generator: torch.Generator | None = None,
-        samples: int = 1,
     ) -> torch.Tensor:
-        """The next chunk's latents: `world_model.generate` on `condition(history)`; with `samples` > 1, that many
-        chunks per history in one batch (B * samples, the samples of a history next to each other)."""
-        context = self.condition(history)
-        if samples > 1:
-            context = context.repeat_interleave(samples, dim=0)
-            texts = [text for text in texts for _ in range(samples)]
-        return self.world_model.generate(context, texts, num_frames=num_frames, generator=generator)
+        """The next chunk's latents: `world_model.generate` on `condition(history)`."""
+        return self.world_model.generate(self.condition(history), texts, num_frames=num_frames, generator=generator)
 
     # -- learning --------------------------------------------------------------------------------------------
 
