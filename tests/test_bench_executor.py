@@ -65,8 +65,9 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
         assert episodes[0] == first["rows"][row][0]
         assert all(e["steps"] == 12 and not e["success"] for e in episodes)  # the time limit, before any success
         assert (episodes[0]["psnr"] is None) == (row == "expert")
+        assert all(0 <= e["progress"] <= 1 for e in episodes)
     table = (out / "table.md").read_text()
-    assert all(f"| {row} |" in table for row in ROWS) and "memory=none" in table
+    assert all(f"| {row} |" in table for row in ROWS) and "memory=none" in table and "task progress" in table
 
 
 def test_other_envs_are_refused_in_one_line(checkpoints, tmp_path, capsys):

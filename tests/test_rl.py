@@ -31,9 +31,9 @@ from vplan.rl.rewards import (
     OutcomeReward,
     RewardConfig,
     RewardSet,
-    task_progress,
 )
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
+from vplan.tasks import task_progress
 from vplan.worldmodel.model import WorldModel
 
 

@@ -67,6 +67,8 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
     assert metrics["success_rate"] == sum(e["success"] for e in episodes) / 2
     assert metrics["dist_mean"] == pytest.approx(sum(e["dist"] for e in episodes) / 2)
     assert metrics["return_phase_rate"] == sum(e["phase"] == "return" for e in episodes) / 2
+    assert metrics["progress_mean"] == pytest.approx(sum(e["progress"] for e in episodes) / 2)
+    assert all(0 <= e["progress"] <= 1 for e in episodes)
     for episode in episodes:
         assert episode["steps"] == STEPS and episode["ended_by"] == "time limit" and episode["chunks"] == 1
         assert set(episode["stages_s"]) == set(STAGES) and episode["wall_s"] > 0 and episode["cpu_s"] > 0
@@ -81,7 +83,7 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert "success rate" in printed and "Dist (m" in printed and "peak RSS" in printed and str(out) in printed
-    assert "reached the return phase" in printed and "CPU time per episode" in printed
+    assert "reached the return phase" in printed and "CPU time per episode" in printed and "task progress" in printed
 
 
 def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):

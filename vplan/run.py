@@ -29,7 +29,7 @@ from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig, redact_secrets
 from vplan.shipped import AgentCheckpoints
-from vplan.tasks import TaskConfig
+from vplan.tasks import TaskConfig, task_progress
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
@@ -238,6 +238,7 @@ def run_episode(
         "seed": seed,
         "success": bool(info["success"]),
         "dist": float(info["dist"]) if "dist" in info else None,
+        "progress": task_progress(info),
         "phase": info.get("phase"),
         "steps": stats["steps"],
         "ended_by": "plan done" if agent.done else ("success" if terminated else "time limit"),
@@ -264,6 +265,7 @@ def summarize(
     done = len(results)
     dists = [r["dist"] for r in results if r["dist"] is not None]  # the env's info["dist"], where it has one
     phased = [r for r in results if r["phase"] is not None]
+    progress = [r["progress"] for r in results if "progress" in r]  # (runs resumed from before it was recorded)
     stage_means = {s: float(np.mean([r["stages_s"][s] for r in results])) if done else 0.0 for s in STAGES}
     return {
         "env": env_id,
@@ -280,7 +282,9 @@ def summarize(
         "dist_mean": float(np.mean(dists)) if dists else None,
         "dist_std": float(np.std(dists)) if dists else None,
         "dist_unit": dist_unit,
-        # Dist alone flatters an agent that never moves the cubes: how many episodes got to the return phase
+        # Dist alone flatters an agent that never moves the cubes: how far the task got (0 for doing nothing),
+        # and how many episodes got to the return phase
+        "progress_mean": float(np.mean(progress)) if progress else None,
         "return_phase_rate": float(np.mean([r["phase"] == "return" for r in phased])) if phased else None,
         "wall_s_per_episode": float(np.mean([r["wall_s"] for r in results])) if done else None,
         "wall_s_per_episode_max": float(max(r["wall_s"] for r in results)) if done else None,
@@ -316,6 +320,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if metrics["return_phase_rate"] is not None:
         returned = sum(r["phase"] == "return" for r in metrics["episodes"])
         rows.insert(2, ("reached the return phase", f"{metrics['return_phase_rate']:.0%} ({returned}/{done})"))
+    if metrics["progress_mean"] is not None:
+        rows.insert(2, ("task progress (mean, 0..1)", f"{metrics['progress_mean']:.3f}"))
     rows.append(("CPU time per episode", f"{metrics['cpu_s_per_episode']:.1f} s (all threads; the wall time "
                  "above includes waiting for the CPU on a busy machine)"))
     rows.append(("peak RSS", f"{metrics['peak_rss_mb']:.0f} MB"))

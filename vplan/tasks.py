@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -30,3 +34,16 @@ class TaskConfig:
             raise ValueError(f"task: expected a preset in {names}, got {name!r}")
         values = OmegaConf.to_container(OmegaConf.load(str(folder / f"{name}.yaml")))
         return cls(**{key: value for key, value in values.items() if key != "defaults"})
+
+
+def task_progress(info: Mapping[str, Any]) -> float:
+    """How far the task got, in [0, 1], from the env's final info (0 for an env this does not know): unlike Dist,
+    an agent that does nothing scores 0. return_cubes: half for the cubes displaced, half for those returned;
+    retrace: the waypoints passed on the way back."""
+    if "displaced" in info and "returned" in info:
+        if info.get("phase") == "return":
+            return 0.5 + 0.5 * float(np.mean(info["returned"]))
+        return 0.5 * float(np.mean(info["displaced"]))
+    if "passed" in info:
+        return float(np.mean(info["passed"])) if info.get("phase") == "return" else 0.0
+    return 0.0

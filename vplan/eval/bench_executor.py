@@ -14,7 +14,8 @@ the world model's VAE, which is the best a world model can hand the IDM. So that
 the executor alone; the gap to the world-model row is what the world model costs. Tabletop only: the
 look-ahead needs the env's state and the task's expert.
 
-All rows run on the same seeds and report success, Dist, steps and wall time per episode; the video rows also
+All rows run on the same seeds and report success, task progress (`vplan.tasks.task_progress`: 0 for doing
+nothing, unlike Dist), Dist, steps and wall time per episode; the video rows also
 the generation PSNR (imagined against executed frames, as in `vplan bench planning`). `<out>/results.json` is
 rewritten after every episode and a rerun with the same settings continues it; `table.md` when all rows are done.
 """
@@ -38,7 +39,7 @@ from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.run import write_json
-from vplan.tasks import TaskConfig
+from vplan.tasks import TaskConfig, task_progress
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -129,7 +130,8 @@ def expert_episode(env: Any, seed: int) -> dict[str, Any]:
         steps += 1
         if terminated or truncated:
             break
-    return {"seed": seed, "success": bool(info["success"]), "dist": float(info["dist"]), "steps": steps,
+    return {"seed": seed, "success": bool(info["success"]), "dist": float(info["dist"]),
+            "progress": task_progress(info), "steps": steps,
             "psnr": None, "wall_s": time.perf_counter() - start}
 
 
@@ -137,12 +139,14 @@ def markdown_table(summaries: dict[str, dict[str, Any]], seeds: tuple[int, int],
     lines = [
         f"`vplan bench executor` on tabletop, seeds {seeds[0]}..{seeds[1]} (world model with memory={memory})",
         "",
-        "| row | success | Dist (m, mean ± std) | steps / episode | generation PSNR (dB) | wall s / episode |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| row | success | task progress | Dist (m, mean ± std) | steps / episode | generation PSNR (dB) "
+        "| wall s / episode |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in summaries.items():
         psnr = "-" if s["psnr"] is None else f"{s['psnr']:.2f}"
-        lines.append(f"| {name} | {s['success_rate']:.0%} | {s['dist_mean']:.4f} ± {s['dist_std']:.4f} | "
+        lines.append(f"| {name} | {s['success_rate']:.0%} | {s['progress']:.3f} | "
+                     f"{s['dist_mean']:.4f} ± {s['dist_std']:.4f} | "
                      f"{s['steps']:.0f} | {psnr} | {s['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -189,7 +193,8 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                         episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
                         result = episode["result"]
                         done.append({"seed": result["seed"], "success": result["success"], "dist": result["dist"],
-                                     "steps": result["steps"], "ended_by": result["ended_by"],
+                                     "progress": result["progress"], "steps": result["steps"],
+                                     "ended_by": result["ended_by"],
                                      "psnr": generation_psnr(episode["imagined"], episode["executed"]),
                                      "wall_s": result["wall_s"]})
                     write_json(out / RESULTS_FILE, results)
@@ -203,7 +208,8 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     summaries = {}
     for row in ROWS:
         episodes = results["rows"][row][: cfg.episodes]
-        summaries[row] = {**summarize(episodes), "steps": float(np.mean([e["steps"] for e in episodes]))}
+        summaries[row] = {**summarize(episodes), "steps": float(np.mean([e["steps"] for e in episodes])),
+                          "progress": float(np.mean([e["progress"] for e in episodes]))}
     results["summary"] = summaries
     write_json(out / RESULTS_FILE, results)
     table = markdown_table(summaries, (cfg.seed, cfg.seed + cfg.episodes - 1), cfg.memory.kind)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vplan.rl.rollout import EpisodeRollout
+from vplan.tasks import task_progress
 
 
 class Reward(Protocol):
@@ -56,17 +57,6 @@ class RewardConfig:
         if self.idm_reproduction > 0 and self.action_worldmodel is None:
             raise ValueError("rewards.idm_reproduction > 0: expected rewards.action_worldmodel=DIR (an "
                              "action-conditioned world model), got none")
-
-
-def task_progress(info: Mapping[str, Any]) -> float:
-    """How far the task got, in [0, 1], from the env's final info (0 for an env this does not know)."""
-    if "displaced" in info and "returned" in info:  # return_cubes: half for displacing, half for returning
-        if info.get("phase") == "return":
-            return 0.5 + 0.5 * float(np.mean(info["returned"]))
-        return 0.5 * float(np.mean(info["displaced"]))
-    if "passed" in info:  # retrace: waypoints passed within a block on the way back
-        return float(np.mean(info["passed"])) if info.get("phase") == "return" else 0.0
-    return 0.0
 
 
 class OutcomeReward:
