@@ -30,16 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import MISSING
 
-from vplan.agent import AgentConfig
 from vplan.errors import UsageError
-from vplan.eval.bench_planning import generation_psnr, load_results, summarize
+from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_results, summarize
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
-from vplan.planner.config import PlannerConfig
 from vplan.run import write_json
-from vplan.tasks import TaskConfig, task_progress
+from vplan.tasks import task_progress
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -47,32 +44,18 @@ ROWS = ("expert", "expert video", "world model")
 
 
 @dataclass
-class BenchExecutorConfig:
-    """Settings of `vplan bench executor`."""
+class BenchExecutorConfig(AgentBenchConfig):
+    """Settings of `vplan bench executor` (env: tabletop only)."""
 
-    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/); tabletop only."})
-    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
     memory: MemoryConfig = field(
         default_factory=lambda: MemoryConfig(kind="none"),
         metadata={"help": "Episodic memory of the world-model row (configs/memory/)."},
     )
-    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
     worldmodel: str = field(
         default="shipped:${task.env}/worldmodel",
         metadata={"help": "The world model (its VAE also encodes the expert-video row's frames)."},
     )
-    idm: str = field(default="shipped:${task.env}/idm", metadata={"help": "Inverse-dynamics checkpoint."})
-    episodes: int = field(default=20, metadata={"help": "Held-out episodes per row; episode i uses seed + i."})
-    seed: int = field(default=10000, metadata={"help": "First seed (training data uses 0..9999)."})
     out: str = field(default="runs/bench_executor", metadata={"help": "results.json and table.md."})
-    threads: int = field(default=2, metadata={"help": "torch threads."})
-
-    def __post_init__(self) -> None:
-        for name in ("episodes", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
 class ExpertVideoMemory(NoMemory):

@@ -58,27 +58,16 @@ ROWS = (
 
 
 @dataclass
-class BenchPlanningConfig:
-    """Settings of `vplan bench planning`."""
+class AgentBenchConfig:
+    """What the benches that run the agent on held-out seeds share (`vplan bench planning`, `bench executor`)."""
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
     task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
     planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
-    memory: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="temp_lora"),
-        metadata={"help": "Temp-LoRA settings of the temp_lora rows (each row sets its own kind)."},
-    )
     agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
-    worldmodel: str = field(
-        default="shipped:${task.env}/worldmodel", metadata={"help": "The slow-learned world model."}
-    )
-    finetuned: str = field(
-        default="checkpoints/finetune/final", metadata={"help": "The slow-fast finetuned one (`vplan finetune`)."}
-    )
     idm: str = field(default="shipped:${task.env}/idm", metadata={"help": "Inverse-dynamics checkpoint."})
     episodes: int = field(default=20, metadata={"help": "Held-out episodes per row; episode i uses seed + i."})
     seed: int = field(default=10000, metadata={"help": "First seed (training data uses 0..9999)."})
-    out: str = field(default="runs/bench_planning_${task.env}", metadata={"help": "results.json, table.md, dist.png."})
     threads: int = field(default=2, metadata={"help": "torch threads."})
 
     def __post_init__(self) -> None:
@@ -86,6 +75,23 @@ class BenchPlanningConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+@dataclass
+class BenchPlanningConfig(AgentBenchConfig):
+    """Settings of `vplan bench planning`."""
+
+    memory: MemoryConfig = field(
+        default_factory=lambda: MemoryConfig(kind="temp_lora"),
+        metadata={"help": "Temp-LoRA settings of the temp_lora rows (each row sets its own kind)."},
+    )
+    worldmodel: str = field(
+        default="shipped:${task.env}/worldmodel", metadata={"help": "The slow-learned world model."}
+    )
+    finetuned: str = field(
+        default="checkpoints/finetune/final", metadata={"help": "The slow-fast finetuned one (`vplan finetune`)."}
+    )
+    out: str = field(default="runs/bench_planning_${task.env}", metadata={"help": "results.json, table.md, dist.png."})
 
 
 def _settings(cfg: BenchPlanningConfig) -> dict[str, Any]:
