@@ -15,9 +15,9 @@ the executor alone; the gap to the world-model row is what the world model costs
 look-ahead needs the env's state and the task's expert.
 
 All rows run on the same seeds and report success, task progress (`vplan.tasks.task_progress`: 0 for doing
-nothing, unlike Dist), Dist, steps and wall time per episode; the video rows also
-the generation PSNR (imagined against executed frames, as in `vplan bench planning`). `<out>/results.json` is
-rewritten after every episode and a rerun with the same settings continues it; `table.md` when all rows are done.
+nothing, unlike Dist), Dist, steps and wall time per episode; the video rows also the generation PSNR (imagined
+against executed frames, as in `vplan bench planning`). `<out>/results.json` is rewritten after every episode
+and a rerun with the same settings continues it; `table.md` when all rows are done.
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                 agent = load_agent(RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner, memory=cfg.memory,
                                              agent=cfg.agent, worldmodel=cfg.worldmodel, idm=cfg.idm,
                                              episodes=cfg.episodes, seed=cfg.seed, threads=cfg.threads))
-                if row == "expert video":
-                    agent.close()
+                if row == "expert video":  # the same parts, the look-ahead in place of the memory
+                    agent.memory.close()
                     memory = ExpertVideoMemory(agent.world_model, env)
                     agent = VideoPlanningAgent(agent.world_model, agent.idm, agent.planner, memory, agent.config)
             try:

@@ -16,7 +16,7 @@ nothing). Each is a reading of one explored episode (`EpisodeRollout`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
