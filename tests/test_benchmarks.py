@@ -99,6 +99,8 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     assert same["motion_cosine"] == pytest.approx(1.0)
     other = action_agreement(idm, frames[:1], frames[1:].flip(0), frames[1:])
     assert other["motion_error"] > 0 and -1.0 <= other["motion_cosine"] < 1.0
+    moves_idm = IDMPolicy(IDMConfig(**{**IDMConfig.tiny(image_size=16).to_dict(), "num_moves": 5})).eval()
+    assert action_agreement(moves_idm, frames[:1], frames[1:], frames[1:]) == {"move_agreement": 1.0}
 
     checkpoint, idm_dir = tmp_path / "wm", tmp_path / "idm"
     WorldModel(tiny_world_model()).save_pretrained(checkpoint)

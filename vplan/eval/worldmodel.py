@@ -293,7 +293,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     if sensitive:
         print(f"  text sensitivity: {metrics['text_sensitivity']:.0%} of {len(sensitive)} chunks closer under the true subgoal")
     if idm is not None:
-        _print_agreement(metrics, idm)
+        _print_agreement(metrics)
     if order_sensitive:
         print(f"  action-order sensitivity: {metrics['action_order_sensitivity']:.0%} of {len(order_sensitive)} moving "
               "chunks closer under the executed actions than under them reversed")
@@ -314,7 +314,7 @@ def _load_idm(checkpoint: str, model: Any) -> Any:
     return idm
 
 
-def _print_agreement(metrics: dict[str, Any], idm: Any) -> None:
+def _print_agreement(metrics: dict[str, Any]) -> None:
     """The IDM's reading of generated chunks against its reading of the real ones, next to copy-last-frame."""
     names = {"motion_error": "motion error (action units)", "motion_cosine": "motion cosine",
              "grip_agreement": "same grip", "move_agreement": "same move"}
