@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
@@ -66,6 +67,9 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
         assert all(e["steps"] == 12 and not e["success"] for e in episodes)  # the time limit, before any success
         assert (episodes[0]["psnr"] is None) == (row == "expert")
         assert all(0 <= e["progress"] <= 1 for e in episodes)
+    for row in ("expert_video", "world_model"):  # the first episode of each video row, imagined | executed
+        video = np.stack(imageio.mimread(out / f"{row}_seed10000.mp4"))
+        assert video.shape == (1 + 12, 64, 2 * 64 + 2, 3)
     table = (out / "table.md").read_text()
     assert all(f"| {row} |" in table for row in ROWS) and "memory=none" in table and "task progress" in table
 

@@ -155,7 +155,8 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarray], fps: int) -> None:
+def write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarray], fps: int) -> None:
+    """An MP4 of the imagined frame (left) next to the executed one (right) at every step."""
     import imageio.v2 as imageio
 
     size = executed[0].shape[0]
@@ -397,7 +398,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                     "dist": float("nan") if result["dist"] is None else result["dist"], "steps": result["steps"]})
             if cfg.video:
                 name = f"episode_{i:03d}_seed{result['seed']}.mp4"
-                _write_video(out / name, episode["imagined"], episode["executed"], fps)
+                write_video(out / name, episode["imagined"], episode["executed"], fps)
                 result["video"] = name
             results.append(result)
             metrics = summarize(cfg, results, env_id, started, dist_unit)

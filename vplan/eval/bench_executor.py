@@ -17,7 +17,9 @@ look-ahead needs the env's state and the task's expert.
 All rows run on the same seeds and report success, task progress (`vplan.tasks.task_progress`: 0 for doing
 nothing, unlike Dist), Dist, steps and wall time per episode; the video rows also the generation PSNR (imagined
 against executed frames, as in `vplan bench planning`). `<out>/results.json` is rewritten after every episode
-and a rerun with the same settings continues it; `table.md` when all rows are done.
+and a rerun with the same settings continues it; `table.md` when all rows are done. The first episode of each video
+row is also an MP4 (`expert_video_seed<seed>.mp4`, `world_model_seed<seed>.mp4`): the imagined frame next to the
+executed one at every step, as `vplan run` writes them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from vplan.errors import UsageError
 from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_results, summarize
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
-from vplan.run import write_json
+from vplan.run import write_json, write_video
 from vplan.tasks import task_progress
 
 RESULTS_FILE = "results.json"
@@ -175,6 +177,9 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                     else:
                         episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
                         result = episode["result"]
+                        if i == 0:  # what the IDM was handed, next to what it did with it
+                            write_video(out / f"{row.replace(' ', '_')}_seed{cfg.seed}.mp4", episode["imagined"],
+                                        episode["executed"], int(env.metadata.get("render_fps", 10)))
                         done.append({"seed": result["seed"], "success": result["success"], "dist": result["dist"],
                                      "progress": result["progress"], "steps": result["steps"],
                                      "ended_by": result["ended_by"],
