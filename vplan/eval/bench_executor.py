@@ -24,9 +24,8 @@ executed one at every step, as `vplan run` writes them.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,47 +148,44 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                          f"state and runs its expert), got env={type(cfg.env).__name__} task={cfg.task.name}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {key: asdict(value) if hasattr(value, "__dataclass_fields__") else value
-                for key, value in vars(cfg).items() if key not in ("episodes", "out", "threads")}
-    results = load_results(out / RESULTS_FILE, json.loads(json.dumps(settings, default=str)), list(ROWS))
+    results = load_results(out / RESULTS_FILE, cfg, list(ROWS))
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
+    agents: dict[str, Any] = {}  # the video rows' agents, loaded once when a video row has episodes to run
     try:
         for row in ROWS:
             done = results["rows"][row]
             if len(done) >= cfg.episodes:
                 continue
-            agent = None
-            if row != "expert":
-                agent = load_agent(RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner, memory=cfg.memory,
+            if row != "expert" and not agents:
+                world = load_agent(RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner, memory=cfg.memory,
                                              agent=cfg.agent, worldmodel=cfg.worldmodel, idm=cfg.idm,
                                              episodes=cfg.episodes, seed=cfg.seed, threads=cfg.threads))
-                if row == "expert video":  # the same parts, the look-ahead in place of the memory
-                    agent.memory.close()
-                    memory = ExpertVideoMemory(agent.world_model, env)
-                    agent = VideoPlanningAgent(agent.world_model, agent.idm, agent.planner, memory, agent.config)
-            try:
-                for i in tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done),
-                              total=cfg.episodes):
-                    if agent is None:
-                        done.append(expert_episode(env, cfg.seed + i))
-                    else:
-                        episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
-                        result = episode["result"]
-                        if i == 0:  # what the IDM was handed, next to what it did with it
-                            write_video(out / f"{row.replace(' ', '_')}_seed{cfg.seed}.mp4", episode["imagined"],
-                                        episode["executed"], int(env.metadata.get("render_fps", 10)))
-                        done.append({"seed": result["seed"], "success": result["success"], "dist": result["dist"],
-                                     "progress": result["progress"], "steps": result["steps"],
-                                     "ended_by": result["ended_by"],
-                                     "psnr": generation_psnr(episode["imagined"], episode["executed"]),
-                                     "wall_s": result["wall_s"]})
-                    write_json(out / RESULTS_FILE, results)
-            finally:
-                if agent is not None:
-                    agent.close()
+                # the same parts, the expert's look-ahead in place of the memory (it uses only the VAE)
+                expert = ExpertVideoMemory(world.world_model, env)
+                agents = {"world model": world, "expert video": VideoPlanningAgent(
+                    world.world_model, world.idm, world.planner, expert, world.config)}
+            agent = agents.get(row)
+            for i in tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done),
+                          total=cfg.episodes):
+                if agent is None:
+                    done.append(expert_episode(env, cfg.seed + i))
+                else:
+                    episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
+                    result = episode["result"]
+                    if i == 0:  # what the IDM was handed, next to what it did with it
+                        write_video(out / f"{row.replace(' ', '_')}_seed{cfg.seed}.mp4", episode["imagined"],
+                                    episode["executed"], int(env.metadata.get("render_fps", 10)))
+                    done.append({"seed": result["seed"], "success": result["success"], "dist": result["dist"],
+                                 "progress": result["progress"], "steps": result["steps"],
+                                 "ended_by": result["ended_by"],
+                                 "psnr": generation_psnr(episode["imagined"], episode["executed"]),
+                                 "wall_s": result["wall_s"]})
+                write_json(out / RESULTS_FILE, results)
     finally:
+        for agent in agents.values():  # each closes its memory: the shadow env; the world model's adapter
+            agent.close()
         env.close()
         torch.set_num_threads(threads)
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from vplan.errors import RunError, UsageError
 from vplan.memory.config import MemoryConfig
-from vplan.utils.openmp import wait_policy
+from vplan.utils.openmp import current_policy, wait_policy
 from vplan.worldmodel.model import WorldModelConfig
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
@@ -239,7 +239,7 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
             raise UsageError(f"{err}; checkpoint=null times a freshly initialised model of `model`'s size") from None
         if not (path / "config.json").is_file():
             raise UsageError(f"no world-model checkpoint at {path}; checkpoint=null times a freshly initialised model")
-    if cfg.isolate and wait_policy() == "OpenMP waiting active":
+    if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
                          "wait their turn spin on the cores the timed one needs; run it without "
                          "OMP_WAIT_POLICY (the CLI then waits passively), or with isolate=false")

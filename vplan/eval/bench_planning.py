@@ -19,7 +19,7 @@ slow-learned model run first, so they can run while `vplan finetune` makes the o
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +94,12 @@ class BenchPlanningConfig(AgentBenchConfig):
     out: str = field(default="runs/bench_planning_${task.env}", metadata={"help": "results.json, table.md, dist.png."})
 
 
-def _settings(cfg: BenchPlanningConfig) -> dict[str, Any]:
-    """What must match for a rerun to continue an earlier one's results."""
-    keys = ("task", "planner", "memory", "agent", "worldmodel", "finetuned", "idm", "seed")
-    settings = {key: asdict(getattr(cfg, key)) if hasattr(getattr(cfg, key), "__dataclass_fields__")
-                else getattr(cfg, key) for key in keys}
-    settings["env"] = asdict(cfg.env)
-    return json.loads(json.dumps(settings, default=str))
-
-
-def load_results(path: Path, settings: dict[str, Any], row_names: list[str]) -> dict[str, Any]:
-    """The results a bench with these settings wrote to `path` so far (to continue it), or empty rows."""
+def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str]) -> dict[str, Any]:
+    """The results a bench with these settings wrote to `path` so far (to continue it), or empty rows. Every
+    setting but `episodes`, `out` and `threads` must match."""
+    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("episodes", "out", "threads")}
+    settings = json.loads(json.dumps({key: asdict(value) if is_dataclass(value) else value
+                                      for key, value in settings.items()}, default=str))
     if not path.is_file():
         return {"settings": settings, "rows": {name: [] for name in row_names}}
     results = json.loads(path.read_text())
@@ -189,7 +184,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
               "(rerun the same command to continue)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(out / RESULTS_FILE, _settings(cfg), [row.name for row in ROWS])
+    results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS])
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)

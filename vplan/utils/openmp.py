@@ -20,7 +20,13 @@ def choose_wait_policy() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT)
 
 
+def current_policy() -> str | None:
+    """The policy in effect for this process: "PASSIVE", "ACTIVE", or None for libgomp's default."""
+    value = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
+    return value if value in ("PASSIVE", "ACTIVE") else None
+
+
 def wait_policy() -> str:
     """The policy in effect for this process, in words, for benchmark headers."""
-    value = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
-    return f"OpenMP waiting {value.lower()}" if value in ("PASSIVE", "ACTIVE") else "OpenMP waiting libgomp default"
+    policy = current_policy()
+    return f"OpenMP waiting {policy.lower()}" if policy else "OpenMP waiting libgomp default"
