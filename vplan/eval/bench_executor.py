@@ -52,10 +52,6 @@ class BenchExecutorConfig(AgentBenchConfig):
         default_factory=lambda: MemoryConfig(kind="none"),
         metadata={"help": "Episodic memory of the world-model row (configs/memory/)."},
     )
-    worldmodel: str = field(
-        default="shipped:${task.env}/worldmodel",
-        metadata={"help": "The world model (its VAE also encodes the expert-video row's frames)."},
-    )
     out: str = field(default="runs/bench_executor", metadata={"help": "results.json and table.md."})
 
 

@@ -65,6 +65,11 @@ class AgentBenchConfig:
     task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
     planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
     agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
+    worldmodel: str = field(
+        default="shipped:${task.env}/worldmodel",
+        metadata={"help": "The world model (bench planning: the slow-learned one; bench executor: its VAE also "
+                  "encodes the expert-video row's frames)."},
+    )
     idm: str = field(default="shipped:${task.env}/idm", metadata={"help": "Inverse-dynamics checkpoint."})
     episodes: int = field(default=20, metadata={"help": "Held-out episodes per row; episode i uses seed + i."})
     seed: int = field(default=10000, metadata={"help": "First seed (training data uses 0..9999)."})
@@ -84,9 +89,6 @@ class BenchPlanningConfig(AgentBenchConfig):
     memory: MemoryConfig = field(
         default_factory=lambda: MemoryConfig(kind="temp_lora"),
         metadata={"help": "Temp-LoRA settings of the temp_lora rows (each row sets its own kind)."},
-    )
-    worldmodel: str = field(
-        default="shipped:${task.env}/worldmodel", metadata={"help": "The slow-learned world model."}
     )
     finetuned: str = field(
         default="checkpoints/finetune/final", metadata={"help": "The slow-fast finetuned one (`vplan finetune`)."}
