@@ -58,7 +58,9 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
     main(bench_args(checkpoints, out, "episodes=1"))
     first = json.loads((out / "results.json").read_text())
     main(bench_args(checkpoints, out, "episodes=2"))  # continues: only the second seed runs
-    assert "continuing" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "continuing" in printed and "warning" not in printed  # the checkpoints were recorded and are the same
+    assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "idm"}
     results = json.loads((out / "results.json").read_text())
     for row in ROWS:
         episodes = results["rows"][row]

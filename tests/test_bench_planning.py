@@ -46,10 +46,21 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert all(f"| {row.name} |" in table for row in ROWS) and "Dist" in table
     assert (out / "dist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "finetuned", "idm"}
 
     with pytest.raises(SystemExit) as exit_info:  # other settings in the same out
         main(bench_args(checkpoints, out, "episodes=2", "seed=20000"))
-    assert exit_info.value.code == 2 and "other settings" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "other settings of seed" in capsys.readouterr().err
+
+    del results["settings"]["memory"]["replay_first"]  # as written before that setting existed
+    (out / "results.json").write_text(json.dumps(results))
+    main(bench_args(checkpoints, out, "episodes=2"))  # at its default: continues
+    assert "continuing" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["settings"]["memory"]["replay_first"] is False
+    (out / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit) as exit_info:
+        main(bench_args(checkpoints, out, "episodes=2", "memory.replay_first=true"))
+    assert exit_info.value.code == 2 and "other settings of memory.replay_first" in capsys.readouterr().err
 
 
 def test_without_the_finetuned_model_the_slow_rows_run_then_a_one_line_error(checkpoints, tmp_path, capsys):

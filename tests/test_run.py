@@ -54,7 +54,8 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
     main(run_args(checkpoints, out, "episodes=2", "memory.rank=2", "memory.gradient_checkpointing=false",
                   f"planner.llm.api_key={SECRET}"))
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["config.yaml", "episode_000_seed10000.mp4", "episode_001_seed10001.mp4", "metrics.json"]
+    assert files == ["checkpoints.json", "config.yaml", "episode_000_seed10000.mp4", "episode_001_seed10001.mp4",
+                     "metrics.json"]
     for path in out.iterdir():
         assert SECRET not in path.read_bytes().decode("latin-1"), path.name
     assert "api_key: <redacted>" in (out / "config.yaml").read_text()
@@ -92,7 +93,7 @@ def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["memory"] == "none" and metrics["episodes_done"] == 1
     assert metrics["episodes"][0]["stages_s"]["memory_update"] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints.json", "config.yaml", "metrics.json"]
     with pytest.raises(SystemExit) as exit_info:
         main(run_args(checkpoints, out, "episodes=1", "memory=none"))
     assert exit_info.value.code == 2
@@ -149,6 +150,7 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
     main(run_args(checkpoints, out, "episodes=3", "memory=none", "record=true", "resume=true"))
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["complete"] and resumed["seeds"] == [10000, 10001, 10002]
+    assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "idm"}
     assert resumed["episodes"][0] == metrics["episodes"][0]  # kept, not rerun
     assert EpisodeDataset(out / "episodes").num_episodes == 3
     fresh = tmp_path / "uninterrupted"

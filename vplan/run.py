@@ -28,8 +28,9 @@ from vplan.data.collect import EpisodeRecorder
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig, redact_secrets
-from vplan.shipped import AgentCheckpoints
+from vplan.shipped import AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
+from vplan.utils.settings import changed_settings
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
@@ -123,13 +124,12 @@ def config_record(cfg: Any) -> dict[str, Any]:
 
 def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], what: str) -> None:
     """A UsageError naming the settings (other than `may_change`) in which `cfg` differs from the config a run
-    directory recorded, so a resumption never mixes two configs."""
+    directory recorded, so a resumption never mixes two configs (a setting added since, at its default, is no
+    difference)."""
     from omegaconf import OmegaConf
 
     saved = OmegaConf.to_container(OmegaConf.load(config_file))
-    current = config_record(cfg)
-    changed = sorted(key for key in saved.keys() | current.keys()
-                     if key not in may_change and saved.get(key) != current.get(key))
+    changed = changed_settings(saved, config_record(cfg), cfg, ignore=may_change)
     if changed:
         raise UsageError(f"{what}: {config_file.parent} ran with other settings of {', '.join(changed)} (see its "
                          f"{config_file.name}); pass the same ones, or choose another out=DIR")
@@ -364,6 +364,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     try:
         agent = load_agent(cfg)
+        pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, bool(results))
         env = make_env(cfg.env)
         if _describe(env.action_space) != _describe(agent.action_space):
             raise UsageError(f"idm={cfg.idm_checkpoint} predicts {_describe(agent.action_space)}, the env takes "

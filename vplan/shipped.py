@@ -6,12 +6,16 @@ which names a directory under vplan/checkpoints/. The README gives the commands 
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
 from vplan.errors import UsageError
 
 PREFIX = "shipped:"
+PINNED_FILE = "checkpoints.json"  # in a run directory: the fingerprint of each checkpoint the run used
 
 
 def shipped_checkpoint(env: str, component: str) -> str:
@@ -50,3 +54,33 @@ def resolve_checkpoint(spec: str) -> Path:
     if name not in shipped_names():
         raise UsageError(f"no shipped checkpoint {name!r}; shipped: {', '.join(shipped_names()) or 'none'}")
     return Path(str(resources.files("vplan") / "checkpoints" / name))
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """sha256 (first 16 hex digits) over a checkpoint directory's files, to tell re-shipped weights apart."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -> None:
+    """Record in `<out>/checkpoints.json` the fingerprint of each checkpoint (name -> argument) a run loads, so
+    that continuing the run never mixes two models: a resumed run whose checkpoint's files changed since (a
+    re-shipped model, a retrained one in the same directory) stops with a UsageError. The run's settings
+    record only the arguments, which still name the same directory."""
+    file = out / PINNED_FILE
+    pinned = json.loads(file.read_text()) if resuming and file.is_file() else {}
+    if resuming and not file.is_file():
+        print(f"warning: {out} does not record which checkpoint files it ran with (it was begun before vplan "
+              f"recorded them); continuing with {', '.join(f'{k}={v}' for k, v in checkpoints.items())} as they are")
+    for name, spec in checkpoints.items():
+        fingerprint = checkpoint_fingerprint(resolve_checkpoint(spec))
+        before = pinned.get(name, {}).get("fingerprint", fingerprint)
+        if before != fingerprint:
+            raise UsageError(f"{name}={spec}: its files changed since {out} ran with them (fingerprint {before}, now "
+                             f"{fingerprint}); pass the checkpoint it ran with, or choose another out=DIR")
+        pinned[name] = {"checkpoint": spec, "fingerprint": fingerprint}
+    out.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(pinned, indent=2) + "\n")

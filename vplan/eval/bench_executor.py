@@ -37,6 +37,7 @@ from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_re
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
 from vplan.run import write_json, write_video
+from vplan.shipped import pin_checkpoints
 from vplan.tasks import task_progress
 
 RESULTS_FILE = "results.json"
@@ -162,6 +163,8 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                 expert = ExpertVideoMemory(world.world_model, env)
                 agents = {"world model": world, "expert video": VideoPlanningAgent(
                     world.world_model, world.idm, world.planner, expert, world.config)}
+                pin_checkpoints(out, {"worldmodel": cfg.worldmodel, "idm": cfg.idm},
+                                resuming=any(results["rows"][name] for name in ROWS if name != "expert"))
             agent = agents.get(row)
             for i in tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done),
                           total=cfg.episodes):

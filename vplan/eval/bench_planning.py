@@ -19,7 +19,7 @@ slow-learned model run first, so they can run while `vplan finetune` makes the o
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,9 @@ from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.run import write_json
-from vplan.shipped import PREFIX
+from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
+from vplan.utils.settings import changed_settings, plain
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -98,15 +99,16 @@ class BenchPlanningConfig(AgentBenchConfig):
 
 def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str]) -> dict[str, Any]:
     """The results a bench with these settings wrote to `path` so far (to continue it), or empty rows. Every
-    setting but `episodes`, `out` and `threads` must match."""
-    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("episodes", "out", "threads")}
-    settings = json.loads(json.dumps({key: asdict(value) if is_dataclass(value) else value
-                                      for key, value in settings.items()}, default=str))
+    setting but `episodes`, `out` and `threads` must match (one added since the bench ran may be at its default)."""
+    settings = plain({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("episodes", "out", "threads")})
     if not path.is_file():
         return {"settings": settings, "rows": {name: [] for name in row_names}}
     results = json.loads(path.read_text())
-    if results.get("settings") != settings:
-        raise UsageError(f"{path} holds a bench with other settings; choose another out=DIR to start a new one")
+    changed = changed_settings(results.get("settings", {}), settings, cfg)
+    if changed:
+        raise UsageError(f"{path} holds a bench with other settings of {', '.join(changed)}; pass the same ones, or "
+                         "choose another out=DIR to start a new one")
+    results["settings"] = settings  # with the settings added since, at their defaults
     print(f"continuing {path}: " + ", ".join(f"{name} {len(done)}" for name, done in results["rows"].items()))
     return results
 
@@ -180,6 +182,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from vplan.run import RunConfig, load_agent, run_episode
 
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
+    arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"
     if not _exists(cfg.finetuned):
         print(f"warning: {missing}; the slow-learned model's rows run first, then the bench stops for it "
@@ -203,6 +206,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                                 seed=cfg.seed, threads=cfg.threads)
             agent = load_agent(run_cfg)
             try:
+                pin_checkpoints(out, {arguments[row.worldmodel]: checkpoints[row.worldmodel], "idm": cfg.idm},
+                                resuming=any(results["rows"].values()))
                 for i in tqdm(range(len(done), cfg.episodes), desc=row.name, unit="episode", initial=len(done),
                               total=cfg.episodes):
                     episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)

@@ -30,7 +30,6 @@ per mode (`real_vs_<mode>.mp4`: the real take on the left, the generated video o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -116,15 +115,6 @@ class EvalConsistencyConfig:
         return self.temp_lora if kind == "temp_lora" else MemoryConfig(kind=kind)
 
 
-def checkpoint_fingerprint(path: Path) -> str:
-    """sha256 (first 16 hex digits) over a checkpoint directory's files, to tell re-shipped weights apart."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.is_file()):
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: Any, observed: Any = None,
             on_chunk: Any = None) -> Any:
     """Generate one chunk per text from the start latents through `memory`, open loop; the latents of the start ⊕
@@ -176,7 +166,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames, scene_return_consistency
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
-    from vplan.shipped import resolve_checkpoint
+    from vplan.shipped import checkpoint_fingerprint, resolve_checkpoint
     from vplan.worldmodel.model import WorldModel
 
     torch.set_num_threads(cfg.threads)

@@ -44,7 +44,7 @@ from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
 from vplan.run import check_same_config, config_record, run_episode, write_json
-from vplan.shipped import AgentCheckpoints
+from vplan.shipped import AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig
 
 CHECKPOINT_DIR = "checkpoint"
@@ -391,8 +391,10 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():
             check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan rl")
-        if run.load():
+        resuming = run.load()
+        if resuming:
             print(f"resuming {out} after iteration {run.iteration}")
+        pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)
         (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_record(cfg)))

@@ -1,0 +1,76 @@
+"""Continuing a run never mixes two configs or two models: the recorded settings are compared with the current
+ones (every difference named; a setting the code gained since the run, at its default, is none), and the
+checkpoints' files with those the run used."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from vplan.errors import UsageError
+from vplan.shipped import PINNED_FILE, pin_checkpoints
+from vplan.utils.settings import changed_settings, plain
+
+
+@dataclass
+class Inner:
+    rank: int = 4
+    modules: tuple[str, ...] = ("to_q", "to_k")
+    added: bool = False  # a field the code gained after the run was recorded
+
+
+@dataclass
+class Outer:
+    seed: int = 0
+    episodes: int = 1
+    inner: Inner = field(default_factory=Inner)
+    added_inner: Inner = field(default_factory=lambda: Inner(rank=8))
+
+
+def test_same_settings_and_ignored_names_are_no_difference():
+    cfg = Outer(episodes=5)
+    assert changed_settings(plain(Outer()), plain(cfg), cfg, ignore=("episodes",)) == []
+    assert changed_settings(plain(Outer()), plain(cfg), cfg) == ["episodes"]
+
+
+def test_every_difference_is_named_by_its_dotted_path():
+    cfg = Outer(seed=3, inner=Inner(rank=2, modules=("to_v",)))
+    assert changed_settings(plain(Outer()), plain(cfg), cfg) == ["inner.modules", "inner.rank", "seed"]
+
+
+def test_a_setting_added_since_counts_only_away_from_its_default():
+    saved = plain(Outer())
+    del saved["inner"]["added"], saved["added_inner"]  # recorded before these fields existed
+    assert changed_settings(saved, plain(Outer()), Outer()) == []
+    cfg = Outer(inner=Inner(added=True), added_inner=Inner(rank=16))
+    assert changed_settings(saved, plain(cfg), cfg) == ["added_inner", "inner.added"]
+
+
+def test_a_setting_the_code_no_longer_has_is_a_difference():
+    saved = {**plain(Outer()), "removed": 1}
+    assert changed_settings(saved, plain(Outer()), Outer()) == ["removed"]
+
+
+def test_a_resumed_run_stops_when_a_checkpoints_files_changed(tmp_path):
+    checkpoint, out = tmp_path / "model", tmp_path / "run"
+    checkpoint.mkdir()
+    (checkpoint / "weights.safetensors").write_bytes(b"first")
+    pin_checkpoints(out, {"worldmodel": str(checkpoint)}, resuming=False)
+    pinned = json.loads((out / PINNED_FILE).read_text())
+    assert pinned["worldmodel"]["checkpoint"] == str(checkpoint)
+    pin_checkpoints(out, {"worldmodel": str(checkpoint), "idm": "shipped:tabletop/idm"}, resuming=True)
+    assert json.loads((out / PINNED_FILE).read_text())["worldmodel"] == pinned["worldmodel"]  # one more, kept
+
+    (checkpoint / "weights.safetensors").write_bytes(b"retrained")
+    with pytest.raises(UsageError, match=r"worldmodel=.*files changed since .*choose another out=DIR"):
+        pin_checkpoints(out, {"worldmodel": str(checkpoint)}, resuming=True)
+    pin_checkpoints(out, {"worldmodel": str(checkpoint)}, resuming=False)  # a fresh run in the same out: no check
+    assert json.loads((out / PINNED_FILE).read_text())["worldmodel"] != pinned["worldmodel"]
+
+
+def test_a_run_begun_before_checkpoints_were_recorded_continues_with_a_warning(tmp_path, capsys):
+    pin_checkpoints(tmp_path, {"idm": "shipped:tabletop/idm"}, resuming=True)
+    assert "does not record which checkpoint files" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / PINNED_FILE).read_text())) == {"idm"}

@@ -1,0 +1,57 @@
+"""Which settings differ between the config a run recorded and the current one, so that continuing a run never
+mixes two configs, while a setting the code gained since the run, left at its default, does not count as a
+difference (a new field's default keeps the behaviour the code had before it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, fields, is_dataclass
+from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """`value` as a settings record holds it: dataclasses (at any depth) as dicts, tuples as lists, anything else
+    JSON cannot hold as its string."""
+    return json.loads(json.dumps(value, default=lambda v: asdict(v) if is_dataclass(v) else str(v)))
+
+
+def _default(config: Any, name: str) -> Any:
+    """The default of dataclass `config`'s field `name`, or MISSING where it has none (or is no such field)."""
+    if not is_dataclass(config):
+        return MISSING
+    for f in fields(config):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+    return MISSING
+
+
+def changed_settings(
+    saved: Mapping[str, Any], current: Mapping[str, Any], config: Any = None, ignore: tuple[str, ...] = (),
+    prefix: str = "",
+) -> list[str]:
+    """The dotted names of the settings that differ between the `saved` record and the `current` one (both
+    nested dicts, `current` made from the dataclass `config`), leaving out the top-level names in `ignore`. A
+    name only `current` has is a difference unless its value is its field's default in `config`."""
+    changed = []
+    for key in sorted(saved.keys() | current.keys()):
+        if not prefix and key in ignore:
+            continue
+        name = f"{prefix}{key}"
+        child = getattr(config, key, None) if is_dataclass(config) else None
+        if key in saved and key in current:
+            old, new = saved[key], current[key]
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                changed += changed_settings(old, new, child, prefix=f"{name}.")
+            elif old != new:
+                changed.append(name)
+        elif key in current:
+            default = _default(config, key)
+            if default is MISSING or plain(default) != current[key]:
+                changed.append(name)
+        else:
+            changed.append(name)
+    return changed
