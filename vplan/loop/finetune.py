@@ -55,6 +55,7 @@ from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
+from vplan.utils.settings import changed_settings, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
 
 FINAL = "final"
@@ -182,12 +183,12 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
     return settings
 
 
-def _check_settings(inner: Path, settings: dict[str, Any]) -> None:
-    """Write settings.json on a first run; refuse an `out` whose stored states were made otherwise."""
+def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) -> None:
+    """Write settings.json on a first run; refuse an `out` whose stored states were made otherwise (a memory
+    setting added since, at its default, made them the same way)."""
     path = inner / SETTINGS
     if path.is_file():
-        stored = json.loads(path.read_text())
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        changed = changed_settings(json.loads(path.read_text()), plain(settings), cfg)
         if changed:
             raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
                              f"choose another out= or delete that folder")
@@ -418,7 +419,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     if cfg.rounds > len(episodes):
         raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
     out = Path(cfg.out)
-    _check_settings(out / INNER, _settings(cfg, checkpoint, episodes))
+    _check_settings(out / INNER, _settings(cfg, checkpoint, episodes), cfg)
 
     groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]
     ends = [cfg.optim.steps * (r + 1) // cfg.rounds for r in range(cfg.rounds)]
