@@ -61,6 +61,7 @@ class WorldModelTrainConfig:
                   "conditioning=text+action (the action encoder starts fresh); null: from scratch. A resumed run "
                   "continues from its own checkpoint instead."},
     )
+
     text_contrast: float = field(
         default=0.0,
         metadata={"help": "Weight of a term that makes the text matter: per clip, the loss under the true subgoal "
