@@ -68,10 +68,6 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stdout + result.stderr
     assert (wm_out / "checkpoint-0000004").is_dir()
-    contrast = [a for a in common if not a.startswith("out=")] + [f"out={tmp_path / 'contrast'}"]
-    result = vplan_train("component=worldmodel", "component.optim.steps=1", "component.text_contrast=1.0", *contrast)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "contrast" / "final" / "unet.safetensors").is_file()
 
     model = WorldModel.from_pretrained(wm_out / "final")
     first = torch.zeros(1, 1, 4, 8, 8)
@@ -107,37 +103,6 @@ def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
     assert "d" in seen  # uniform clips come from every episode
     with pytest.raises(ValueError, match="boundary_fraction"):
         WorldModelTrainConfig(boundary_fraction=1.5)
-
-
-def test_text_contrast_adds_a_hinge_on_the_loss_gap_to_another_subgoal_under_the_same_noise():
-    from dataclasses import replace
-
-    from vplan.loop.train import WorldModelTrainConfig, WorldModelTraining
-    from vplan.worldmodel.model import WorldModelConfig
-
-    texts = [["a"] * 5 + ["b"] * 6 + ["c"] * 5, ["d"] * 16]  # episode 1 has one subgoal: any other text
-    latents = [torch.randn(len(t), 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(texts)]
-    plain = WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL))
-    config = replace(plain, text_contrast=2.0, text_contrast_margin=0.1)
-    training = WorldModelTraining(config, latents, texts, vae=None)
-    for step in range(10):
-        batch = training.batch(torch.Generator().manual_seed(step), 4)
-        assert all(w != t for w, t in zip(batch["wrong_texts"], batch["texts"]))
-        assert all(w in "abc" for w, t in zip(batch["wrong_texts"], batch["texts"]) if t in "abc")
-    assert "wrong_texts" not in WorldModelTraining(plain, latents, texts, vae=None).batch(torch.Generator(), 4)
-
-    batch = training.batch(torch.Generator().manual_seed(0), 4)
-    expected, _ = training.module(batch["context"], batch["target"], batch["texts"],
-                                  generator=torch.Generator().manual_seed(7))
-    loss, logs = training.loss({**batch, "wrong_texts": batch["texts"]}, torch.Generator().manual_seed(7))
-    assert logs["text_gap"] == 0  # the same text under the same draws: the same loss, so the whole margin is owed
-    assert torch.allclose(loss, expected + 2.0 * 0.1)
-    loss, logs = training.loss(batch, torch.Generator().manual_seed(7))
-    assert logs["text_gap"] != 0 and loss.requires_grad and loss >= expected  # the hinge adds, never takes away
-    with pytest.raises(ValueError, match="text_contrast"):
-        WorldModelTrainConfig(text_contrast=-1.0)
-    with pytest.raises(ValueError, match="conditioning='action'"):
-        WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL, conditioning="action"), text_contrast=1.0)
 
 
 def test_init_starts_from_another_world_model_but_keeps_this_vae(tmp_path):

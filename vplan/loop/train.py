@@ -62,25 +62,9 @@ class WorldModelTrainConfig:
                   "continues from its own checkpoint instead."},
     )
 
-    text_contrast: float = field(
-        default=0.0,
-        metadata={"help": "Weight of a term that makes the text matter: per clip, the loss under the true subgoal "
-                  "must sit below the loss under another subgoal of the same episode (same noise) by "
-                  "`text_contrast_margin` in log terms; 0: off (the plain diffusion loss). Costs a second "
-                  "forward pass per step."},
-    )
-    text_contrast_margin: float = field(
-        default=0.05, metadata={"help": "log(loss under the wrong text) - log(loss under the true one) aimed at."}
-    )
-
     def __post_init__(self) -> None:
         if not 0 <= self.boundary_fraction <= 1:
             raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
-        if not self.text_contrast >= 0 or not self.text_contrast_margin >= 0:
-            raise ValueError(f"text_contrast, text_contrast_margin: expected >= 0, got {self.text_contrast}, "
-                             f"{self.text_contrast_margin}")
-        if self.text_contrast > 0 and self.model.conditioning == "action":
-            raise ValueError("text_contrast > 0: expected a model that reads text, got conditioning='action'")
 
 
 @dataclass
@@ -149,11 +133,6 @@ class WorldModelTraining:
     `actions` (one (T, action_dim) tensor per episode, row t taken at frame t) is for action-conditioned models:
     chunk frame f gets action f - 1, the one that led into it. Drawing them takes no extra random numbers, so a
     step's clips are the same with or without actions.
-
-    Even so a model can learn to lean on its context and read its text in only some chunks. `text_contrast`
-    adds a hinge on the gap between two losses of each clip with the same noise and timestep: under its true
-    subgoal and under another subgoal of its episode (what `vplan eval worldmodel`'s text sensitivity asks of
-    generated chunks). The gap is in log terms, so it does not depend on the noise level's loss scale.
     """
 
     def __init__(
@@ -185,13 +164,6 @@ class WorldModelTraining:
             )
         self.actions = actions
         self.boundary_fraction = config.boundary_fraction
-        self.text_contrast, self.text_contrast_margin = config.text_contrast, config.text_contrast_margin
-        # the texts a clip's wrong text is drawn from: its episode's others, or any other where it has none
-        every_text = sorted({t for ep in texts for t in ep})
-        self.episode_texts = [sorted(set(ep)) if len(set(ep)) > 1 else every_text for ep in texts]
-        if self.text_contrast > 0 and len(every_text) < 2:
-            raise UsageError("text_contrast > 0 needs at least two distinct subgoal texts in the data, got "
-                             f"{every_text}")
         span = model_config.context_frames + model_config.chunk_frames
         self.starts = [(e, s) for e, ep in enumerate(latents) for s in range(len(ep) - span + 1)]
         if not self.starts:
@@ -215,14 +187,11 @@ class WorldModelTraining:
 
     def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]:
         context = int(torch.randint(1, self.config.context_frames + 1, (1,), generator=generator))
-        clips, texts, wrong, actions = [], [], [], []
+        clips, texts, actions = [], [], []
         for _ in range(batch_size):
             episode, start = self._pick(generator, context)
             clips.append(self.latents[episode][start : start + context + self.config.chunk_frames])
             texts.append(self.texts[episode][start + context])
-            if self.text_contrast > 0:
-                others = [t for t in self.episode_texts[episode] if t != texts[-1]]
-                wrong.append(others[int(torch.randint(len(others), (), generator=generator))])
             if self.actions is not None:  # the actions taken at the frames before each chunk frame
                 first = start + context - 1
                 actions.append(self.actions[episode][first : first + self.config.chunk_frames])
@@ -230,24 +199,13 @@ class WorldModelTraining:
         batch = {"context": clips_tensor[:, :context], "target": clips_tensor[:, context:], "texts": texts}
         if self.actions is not None:
             batch["actions"] = torch.stack(actions)
-        if wrong:
-            batch["wrong_texts"] = wrong
         return batch
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        if "wrong_texts" not in batch:
+        if "actions" in batch:
             return self.module(batch["context"], batch["target"], batch["texts"], generator=generator,
-                               actions=batch.get("actions"))
-        same_draws = torch.Generator(generator.device)
-        same_draws.set_state(generator.get_state())  # the second pass: the same noise, timesteps and dropout
-        true, logs = self.module(batch["context"], batch["target"], batch["texts"], generator=generator,
-                                 actions=batch.get("actions"), reduction="none")
-        wrong, _ = self.module(batch["context"], batch["target"], batch["wrong_texts"], generator=same_draws,
-                               actions=batch.get("actions"), reduction="none")
-        gap = torch.log(wrong) - torch.log(true)
-        contrast = torch.relu(self.text_contrast_margin - gap).mean()
-        logs = {**logs, "text_gap": gap.mean().item(), "text_contrast": contrast.item()}
-        return true.mean() + self.text_contrast * contrast, logs
+                               actions=batch["actions"])
+        return self.module(batch["context"], batch["target"], batch["texts"], generator=generator)
 
 
 def _load_vae(path: str) -> Any:
