@@ -188,11 +188,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
         env.close()
         torch.set_num_threads(threads)
 
-    summaries = {}
-    for row in ROWS:
-        episodes = results["rows"][row][: cfg.episodes]
-        summaries[row] = {**summarize(episodes), "steps": float(np.mean([e["steps"] for e in episodes])),
-                          "progress": float(np.mean([e["progress"] for e in episodes]))}
+    summaries = {row: summarize(results["rows"][row][: cfg.episodes]) for row in ROWS}
     results["summary"] = summaries
     write_json(out / RESULTS_FILE, results)
     table = markdown_table(summaries, (cfg.seed, cfg.seed + cfg.episodes - 1), cfg.memory.kind)

@@ -122,9 +122,10 @@ def generation_psnr(imagined: list[np.ndarray], executed: list[np.ndarray]) -> f
 
 
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """A row's figures over its episodes."""
+    """A row's figures over its episodes (task progress over those that recorded it)."""
     dists = [e["dist"] for e in episodes if e["dist"] is not None]
     psnrs = [e["psnr"] for e in episodes if e.get("psnr") is not None]  # none for a row that imagines nothing
+    progress = [e["progress"] for e in episodes if "progress" in e]
     return {
         "episodes": len(episodes),
         "dist_mean": float(np.mean(dists)) if dists else None,
@@ -132,6 +133,8 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": float(np.mean([e["success"] for e in episodes])) if episodes else None,
         "psnr": float(np.mean(psnrs)) if psnrs else None,
         "wall_s": float(np.mean([e["wall_s"] for e in episodes])) if episodes else None,
+        "steps": float(np.mean([e["steps"] for e in episodes])) if episodes else None,
+        "progress": float(np.mean(progress)) if progress else None,
     }
 
 

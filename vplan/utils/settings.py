@@ -30,22 +30,24 @@ def _default(config: Any, name: str) -> Any:
 
 
 def changed_settings(
-    saved: Mapping[str, Any], current: Mapping[str, Any], config: Any = None, ignore: tuple[str, ...] = (),
-    prefix: str = "",
+    saved: Mapping[str, Any], current: Mapping[str, Any], config: Any = None, ignore: tuple[str, ...] = ()
 ) -> list[str]:
     """The dotted names of the settings that differ between the `saved` record and the `current` one (both
     nested dicts, `current` made from the dataclass `config`), leaving out the top-level names in `ignore`. A
     name only `current` has is a difference unless its value is its field's default in `config`."""
+    saved = {k: v for k, v in saved.items() if k not in ignore}
+    return _changed(saved, {k: v for k, v in current.items() if k not in ignore}, config, "")
+
+
+def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, prefix: str) -> list[str]:
     changed = []
     for key in sorted(saved.keys() | current.keys()):
-        if not prefix and key in ignore:
-            continue
         name = f"{prefix}{key}"
-        child = getattr(config, key, None) if is_dataclass(config) else None
         if key in saved and key in current:
             old, new = saved[key], current[key]
             if isinstance(old, Mapping) and isinstance(new, Mapping):
-                changed += changed_settings(old, new, child, prefix=f"{name}.")
+                child = getattr(config, key, None) if is_dataclass(config) else None
+                changed += _changed(old, new, child, f"{name}.")
             elif old != new:
                 changed.append(name)
         elif key in current:
