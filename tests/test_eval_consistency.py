@@ -87,6 +87,7 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
         video = np.stack(imageio.mimread(out / f"real_vs_{mode}.mp4"))
         assert video.shape == (frames, SIZE, 2 * SIZE, 3)  # real | generated
         assert np.abs(video[:, :, :SIZE].astype(int) - real.frames[:frames]).mean() < 8  # lossy H.264
+    assert (out / "psnr_per_chunk.png").read_bytes().startswith(b"\x89PNG")  # each mode's PSNR per chunk, drawn
 
 
 def test_temp_lora_learns_from_the_observed_frames_when_asked(tiny_checkpoint, tmp_path):

@@ -196,6 +196,7 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     iterations = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
     assert len(iterations) == 1 and len(iterations[0]["rewards"]) == 4  # 1 seed x 2 plans x 2 continuations
     assert all({"outcome", "executability"} <= set(r) for r in iterations[0]["rewards"])
+    assert (out / "rewards.png").read_bytes().startswith(b"\x89PNG")  # reward and success per iteration, drawn
     lora = load_file(out / "lora.safetensors")
     assert lora and any(name.endswith("lora_B.rl.weight") and t.abs().sum() > 0 for name, t in lora.items()) or \
         iterations[0]["finetune"]["steps"] == 0  # DPO learns only from groups with a best and a worst
@@ -229,3 +230,20 @@ def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(rl_args(checkpoints, tmp_path / "bad", extra))
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_iteration_series_averages_each_reward_term_over_the_episodes_it_scored(tmp_path):
+    from vplan.rl.loop import iteration_series
+
+    def episode(**terms):
+        return {"task_seed": 0, "plan": 0, "continuation": 0, "reward": 0.0, **terms}
+
+    log = tmp_path / "iterations.jsonl"
+    log.write_text(json.dumps({"iteration": 0, "reward_mean": 0.5, "success_rate": 0.0,
+                               "rewards": [episode(outcome=0.2, vlm=1.0), episode(outcome=0.4)]}) + "\n" +
+                   json.dumps({"iteration": 1, "reward_mean": 0.7, "success_rate": 0.5,
+                               "rewards": [episode(outcome=0.6), episode(outcome=1.0)]}) + "\n")
+    series = iteration_series(log)
+    assert series["reward"] == ([0, 1], [0.5, 0.7]) and series["success rate"] == ([0, 1], [0.0, 0.5])
+    assert series["outcome (unweighted)"] == ([0, 1], [pytest.approx(0.3), pytest.approx(0.8)])
+    assert series["vlm (unweighted)"] == ([0], [1.0])  # no VLM score in iteration 1: no point there

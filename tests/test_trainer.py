@@ -9,7 +9,7 @@ import torch
 
 from vplan.errors import RunError
 from vplan.loop.checkpoint import list_checkpoints
-from vplan.loop.trainer import OptimConfig, train
+from vplan.loop.trainer import OptimConfig, logged_losses, train
 
 
 class LinearFit:
@@ -43,6 +43,7 @@ def test_loss_goes_down_and_checkpoints_are_safetensors(tmp_path):
     assert train(component, optim, tmp_path, "toy") == 60
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"] / 10
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")  # the loss log, drawn
     newest = list_checkpoints(tmp_path)
     assert [p.name for p in newest] == ["checkpoint-0000040", "checkpoint-0000060"]
     assert sorted(f.name for f in newest[-1].iterdir()) == [
@@ -95,3 +96,12 @@ def test_lr_warms_up_holds_then_cools_down_to_zero():
     assert [short.lr_at(step) for step in range(4)] == [1.0, 0.75, 0.5, 0.25]
     with pytest.raises(ValueError, match="cooldown_steps"):
         OptimConfig(steps=10, cooldown_steps=-1)
+
+
+def test_loss_log_lines_a_resumed_run_repeats_are_read_once_the_newer_winning(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    lines = [{"step": 10, "loss": 4.0}, {"step": 20, "loss": 3.0}, {"step": 30, "loss": 9.0},  # killed after 20
+             {"step": 30, "loss": 2.0}, {"step": 40, "loss": 1.0}]  # resumed from the step-20 checkpoint
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines) + "\n")
+    assert logged_losses(log) == ([10, 20, 30, 40], [4.0, 3.0, 2.0, 1.0])
+    assert logged_losses(tmp_path / "missing.jsonl") == ([], [])

@@ -33,6 +33,7 @@ from vplan.planner.config import PlannerConfig
 from vplan.run import write_json
 from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
+from vplan.utils.plots import bar_plot
 from vplan.utils.settings import changed_settings, plain
 
 RESULTS_FILE = "results.json"
@@ -152,26 +153,6 @@ def markdown_table(summaries: dict[str, dict[str, Any]], env: str, seeds: tuple[
     return "\n".join(lines) + "\n"
 
 
-def bar_plot(summaries: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    """Dist per method with its standard deviation, lower is better."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [name for name, s in summaries.items() if s["dist_mean"] is not None]
-    means = [summaries[n]["dist_mean"] for n in names]
-    stds = [summaries[n]["dist_std"] for n in names]
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    axis.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c72b0")
-    axis.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
-    axis.set_ylabel("Dist (lower is better)")
-    axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 def _exists(checkpoint: str) -> bool:
     return checkpoint.startswith(PREFIX) or (Path(checkpoint) / "config.json").is_file()
 
@@ -232,6 +213,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
     table = markdown_table(summaries, env_name, seeds)
     (out / TABLE_FILE).write_text(table)
-    bar_plot(summaries, out / PLOT_FILE, f"{cfg.task.name} on {env_name}, {cfg.episodes} held-out seeds")
+    bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
+                               if s["dist_mean"] is not None},
+             "Dist (lower is better)", f"{cfg.task.name} on {env_name}, {cfg.episodes} held-out seeds")
     print("\n" + table + f"\nresults, table and plot in {out}")
     return results

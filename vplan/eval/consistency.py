@@ -25,7 +25,8 @@ Scores per mode and episode, averaged over episodes:
   (dB per chunk; negative: the video drifts away from the truth), next to the mean PSNR of the chunks.
 
 The real take is scored as a reference row (SCuts and SRC of the ground truth). Writes `metrics.json` and one MP4
-per mode (`real_vs_<mode>.mp4`: the real take on the left, the generated video on the right).
+per mode (`real_vs_<mode>.mp4`: the real take on the left, the generated video on the right), and
+`psnr_per_chunk.png`, each mode's PSNR against the real take chunk by chunk.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from omegaconf import MISSING
 
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.tasks import TaskConfig
+from vplan.utils.plots import line_plot
 
 FEATURES = ("vae", "resnet18")
 
@@ -264,8 +266,19 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         if clips:
             imageio.mimwrite(out / f"real_vs_{mode}.mp4", list(np.concatenate(clips)), fps=scenario.fps,
                              macro_block_size=1)
+    _plot_psnr(metrics, out / "psnr_per_chunk.png")
     _print_table(cfg, metrics, out)
     return metrics
+
+
+def _plot_psnr(metrics: dict[str, Any], path: Path) -> None:
+    """Each mode's PSNR against the real take per chunk, mean over episodes: where a rollout drifts or breaks."""
+    series = {}
+    for mode, summary in metrics["modes"].items():
+        per_chunk = np.mean([row["psnr_per_chunk"] for row in summary["episodes"]], axis=0)
+        series[mode] = (list(range(1, len(per_chunk) + 1)), per_chunk.tolist())
+    line_plot(path, series, "chunk", "PSNR against the real take (dB)",
+              f"{metrics['env']} revisit scenario, mean of {metrics['episodes']} episode(s)")
 
 
 def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path) -> None:

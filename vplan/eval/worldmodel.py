@@ -11,10 +11,10 @@ same last real frame): how far apart they are says whether the agent could act o
 
 Open loop (`rollout_chunks`, 8 by default): from each episode's first real context the model imagines that many
 chunks in a row, each from its own output, under the true subgoal texts; PSNR and SSIM per chunk index against
-the real frames show how fast it drifts from the real env. `compare=` scores a second checkpoint on the same
-rollouts (same episodes, same noise), side by side, with `open_loop.mp4` showing real | checkpoint | compare,
-and their paired difference per episode (mean, standard error, episodes ahead). `conditioning=action` puts the
-env's shipped action-conditioned model beside its shipped text one.
+the real frames show how fast it drifts from the real env (`open_loop.png` draws them). `compare=` scores a second
+checkpoint on the same rollouts (same episodes, same noise), side by side, with `open_loop.mp4` showing real |
+checkpoint | compare, and their paired difference per episode (mean, standard error, episodes ahead).
+`conditioning=action` puts the env's shipped action-conditioned model beside its shipped text one.
 
 An action-conditioned checkpoint (its `conditioning` is `action` or `text+action`) also gets the expert's executed
 actions that lead into each chunk frame, and text sensitivity is measured only when the model reads text; with
@@ -37,6 +37,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.tasks import TaskConfig
+from vplan.utils.plots import line_plot
 from vplan.worldmodel.action_encoder import CONDITIONINGS
 
 MOVING_THRESHOLD = 0.01  # metres the gripper travels within a chunk for the chunk to count as "moving"
@@ -282,6 +283,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         imageio.mimwrite(out / "real_vs_generated.mp4", list(video), fps=4, macro_block_size=1)
     if open_video:
         imageio.mimwrite(out / "open_loop.mp4", open_video, fps=4, macro_block_size=1)
+    if metrics["open_loop"]:
+        _plot_open_loop(metrics["open_loop"], out / "open_loop.png", cfg.checkpoint, cfg.compare)
 
     print(f"\n{cfg.episodes} held-out episodes (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
           f"conditioning {model.config.conditioning}:")
@@ -338,6 +341,17 @@ def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[
     summary = {"compare": compare, "episodes": len({row["episode"] for row in rows}), "per_chunk": per_chunk,
                "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
     return summary | ({"paired": paired_gain(rows)} if "compare_psnr" in keys else {})
+
+
+def _plot_open_loop(summary: dict[str, Any], path: Path, checkpoint: str, compare: str | None) -> None:
+    """Mean PSNR per chunk index of the open-loop rollouts: how fast each model drifts from the real video."""
+    chunks = [row["chunk"] + 1 for row in summary["per_chunk"]]
+    names = {"psnr": f"checkpoint {checkpoint}", "compare_psnr": f"compare {compare}",
+             "copy_psnr": "copy the last real frame"}
+    series = {name: (chunks, [row[key] for row in summary["per_chunk"]])
+              for key, name in names.items() if key in summary["per_chunk"][0]}
+    line_plot(path, series, "chunk of the open-loop rollout", "PSNR against the real frames (dB)",
+              f"open loop from the first real context, mean of {summary['episodes']} episode(s)")
 
 
 def paired_gain(rows: list[dict[str, Any]]) -> dict[str, Any]:

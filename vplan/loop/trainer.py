@@ -3,7 +3,8 @@
 A component (the VAE, the world model, ...) supplies the module to train, a batch for a given step and the
 loss; this loop does the rest. Batches are drawn from a generator seeded by (seed, step), so a run resumed
 from a checkpoint takes exactly the batches an uninterrupted run would have taken. SIGINT/SIGTERM save a
-checkpoint at the step reached before exiting; a non-finite loss stops with the step named.
+checkpoint at the step reached before exiting; a non-finite loss stops with the step named. The loss log
+(`train_log.jsonl`) is drawn as `loss.png` at every checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import torch
 
 from vplan.errors import RunError
 from vplan.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from vplan.utils.plots import line_plot
+
+LOG_FILE = "train_log.jsonl"
+PLOT_FILE = "loss.png"
 
 
 @dataclass
@@ -85,7 +90,7 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
         step = load_checkpoint(checkpoints[-1], module, optimizer)["step"]
         accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
     module, optimizer = accelerator.prepare(module, optimizer)
-    log_path = out / "train_log.jsonl"
+    log_path = out / LOG_FILE
     out.mkdir(parents=True, exist_ok=True)
 
     stop_requested: list[int] = []
@@ -94,6 +99,7 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
     def checkpoint(at: int) -> None:
         if accelerator.is_main_process:
             save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, {"description": description})
+            plot_losses(log_path, out / PLOT_FILE, description)
 
     try:
         bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not accelerator.is_main_process)
@@ -134,6 +140,31 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return step
+
+
+def logged_losses(log_path: Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) of a loss log, in step order. Steps a killed run logged after its last checkpoint are
+    logged again when it resumes; the newer line wins."""
+    by_step: dict[int, float] = {}
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                by_step[record["step"]] = record["loss"]
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def plot_losses(log_path: Path, path: Path, title: str, window: int = 10) -> None:
+    """The logged loss against the step, with its running mean over `window` log lines, as a PNG."""
+    steps, losses = logged_losses(log_path)
+    if not steps:
+        return
+    series = {"loss": (steps, losses)}
+    if len(losses) > window:
+        running = [sum(losses[i - window + 1 : i + 1]) / window for i in range(window - 1, len(losses))]
+        series[f"mean of {window} log lines"] = (steps[window - 1 :], running)
+    line_plot(path, series, "step", "loss", title, log_y=all(v > 0 for v in losses))
 
 
 def _on(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -17,7 +17,8 @@ a killed run resumes after its last finished iteration (seeded episodes: the sam
 run). At the end `<out>/final` is the world model with the adapter merged (`vplan run worldmodel=<out>/final`),
 `<out>/lora.safetensors` the adapter alone, and `metrics.json` the before/after evaluation on the same held-out
 seeds with the same agent settings: the base model and plan; the finetuned model with the same plan (the same
-chunks: the same sampling budget); and the finetuned model with the tuned plan.
+chunks: the same sampling budget); and the finetuned model with the tuned plan. `rewards.png` draws the mean
+reward, each reward term and the success rate of the explored episodes, iteration by iteration.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from vplan.rl.vlm_reward import VLMRewardConfig
 from vplan.run import check_same_config, config_record, run_episode, write_json
 from vplan.shipped import AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig
+from vplan.utils.plots import line_plot
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -54,6 +56,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 PREFERENCES_FILE = "plan_preferences.jsonl"
 ITERATIONS_FILE = "iterations.jsonl"
 CONFIG_FILE = "config.yaml"
+PLOT_FILE = "rewards.png"
 # Settings a resumed run may change: how long it runs and how it is evaluated, not what it explores or learns.
 RESUMABLE_CHANGES = ("iterations", "eval_episodes", "eval_seed", "threads")
 
@@ -128,6 +131,21 @@ def _keep_iterations_before(path: Path, iteration: int) -> None:
     if path.exists():
         rows = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] < iteration]
         path.write_text("".join(row + "\n" for row in rows))
+
+
+def iteration_series(iterations: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Per iteration, the explored episodes' mean reward (the weighted sum), success rate and each reward term
+    (unweighted; an episode a term gave no score, such as a VLM reply that was not yes/no, is left out of it)."""
+    records = [json.loads(line) for line in iterations.read_text().splitlines() if line.strip()]
+    x = [record["iteration"] for record in records]
+    series = {"reward": (x, [record["reward_mean"] for record in records]),
+              "success rate": (x, [record["success_rate"] for record in records])}
+    ids = ("task_seed", "plan", "continuation", "reward")
+    for term in dict.fromkeys(k for record in records for r in record["rewards"] for k in r if k not in ids):
+        points = [(record["iteration"], float(np.mean(values))) for record in records
+                  if (values := [r[term] for r in record["rewards"] if term in r])]
+        series[f"{term} (unweighted)"] = ([i for i, _ in points], [v for _, v in points])
+    return series
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -416,6 +434,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             _write_jsonl(out / PREFERENCES_FILE, pairs)
             _write_jsonl(out / ITERATIONS_FILE, [_to_jsonable(record)])
             run.save()
+            line_plot(out / PLOT_FILE, iteration_series(out / ITERATIONS_FILE), "iteration",
+                      "mean over the explored episodes", "vplan rl: exploration, iteration by iteration")
             tqdm.write(f"iteration {record['iteration']}: mean reward {record['reward_mean']:.3f}, success "
                        f"{record['success_rate']:.0%}, loss {logs.get('loss_first', float('nan')):.4f} -> "
                        f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}")

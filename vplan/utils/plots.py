@@ -1,0 +1,62 @@
+"""The PNG plots a command writes next to its numbers, for the reader who would rather look than read.
+
+matplotlib's Agg backend renders without a display, so the plots are written on headless machines too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _axes(size: tuple[float, float]) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def _save(figure: Any, axis: Any, path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.png")  # written whole, then renamed: never a half plot
+    figure.savefig(partial, dpi=120)
+    plt.close(figure)
+    partial.replace(path)
+
+
+def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
+              ylabel: str, title: str, log_y: bool = False) -> None:
+    """One line per label, each given as (x values, y values); `log_y` for values spanning decades (losses)."""
+    figure, axis = _axes((6, 3.5))
+    for label, (x, y) in series.items():
+        axis.plot(x, y, label=label, marker="o" if len(x) <= 40 else None, markersize=3)
+    if log_y:
+        axis.set_yscale("log")
+    if all(float(v).is_integer() for x, _ in series.values() for v in x):  # steps, chunks, iterations
+        from matplotlib.ticker import MaxNLocator
+
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    if len(series) > 1:
+        axis.legend(fontsize=8)
+    _save(figure, axis, path, title)
+
+
+def bar_plot(path: Path, bars: Mapping[str, tuple[float, float]], ylabel: str, title: str) -> None:
+    """One bar per label, each given as (mean, standard deviation), drawn as an error bar."""
+    figure, axis = _axes((7, 3.5))
+    names = list(bars)
+    axis.bar(range(len(names)), [bars[n][0] for n in names], yerr=[bars[n][1] for n in names], capsize=4,
+             color="#4c72b0")
+    axis.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    axis.set_ylabel(ylabel)
+    _save(figure, axis, path, title)
