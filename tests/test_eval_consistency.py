@@ -1,6 +1,6 @@
 """`vplan eval consistency` end to end on a tiny world model: every mode rolls out the same revisit take from the
-same start, and the table, metrics.json and one MP4 per mode are written; envs without a revisit scenario fail
-with one clear line."""
+same start, and the table, metrics.json and one MP4 per mode are written; an interrupted evaluation continues;
+envs without a revisit scenario fail with one clear line."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
 
     real = revisit_scenario(10000, min_frames=frames, env_config=TabletopConfig(image_size=SIZE, num_cubes=1))
     for mode in metrics["modes"]:
-        video = np.stack(imageio.mimread(out / f"real_vs_{mode}.mp4"))
+        video = np.stack(imageio.mimread(out / f"real_vs_{mode}_seed10000.mp4"))
         assert video.shape == (frames, SIZE, 2 * SIZE, 3)  # real | generated
         assert np.abs(video[:, :, :SIZE].astype(int) - real.frames[:frames]).mean() < 8  # lossy H.264
     assert (out / "psnr_per_chunk.png").read_bytes().startswith(b"\x89PNG")  # each mode's PSNR per chunk, drawn
@@ -144,3 +144,44 @@ def test_config_checks_name_the_bad_value():
     with pytest.raises(ValueError, match="temp_lora.kind: expected 'temp_lora'"):
         EvalConsistencyConfig(env=env, task=TASK, temp_lora=MemoryConfig(kind="anchor"))
     assert EvalConsistencyConfig(env=env, task=TASK).memory_config("anchor").kind == "anchor"
+
+
+def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tiny_checkpoint, tmp_path, capsys):
+    from vplan.errors import UsageError
+
+    def evaluate(out: Path, **changes) -> dict:
+        cfg = EvalConsistencyConfig(env=TabletopConfig(image_size=SIZE, num_cubes=1), task=TASK, chunks=CHUNKS,
+                                    checkpoint=str(tiny_checkpoint), modes=["none", "temp_lora"], threads=1,
+                                    temp_lora=MemoryConfig(kind="temp_lora", rank=4, lr=0.01), out=str(out))
+        return evaluate_consistency(replace(cfg, **changes))
+
+    def figures(metrics: dict) -> dict:  # all but the time each rollout took
+        return {mode: [{k: v for k, v in row.items() if k != "seconds"} for row in summary["episodes"]]
+                for mode, summary in metrics["modes"].items()} | {"real": metrics["real"]}
+
+    straight = evaluate(tmp_path / "straight", episodes=2)
+    out = tmp_path / "resumed"
+    evaluate(out, episodes=1)  # as if interrupted after the first episode ...
+    (out / "metrics.json").unlink()  # ... before the metrics were written
+    progress = json.loads((out / "rollouts.json").read_text())
+    assert [len(rows) for rows in progress["modes"].values()] == [1, 1]
+    with pytest.raises(UsageError, match="holds an unfinished evaluation \\(2 rollout"):
+        evaluate(out, episodes=2)  # without resume=true nothing finished is thrown away
+    with pytest.raises(UsageError, match="other settings of chunks"):
+        evaluate(out, episodes=2, resume=True, chunks=CHUNKS + 1)
+    capsys.readouterr()
+    resumed = evaluate(out, episodes=2, resume=True)
+    assert "continuing" in capsys.readouterr().out
+    assert figures(resumed) == figures(straight)
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["real_vs_none_seed10000.mp4", "real_vs_temp_lora_seed10000.mp4"]
+
+    (Path(tiny_checkpoint) / "notes.txt").write_text("retrained")  # the checkpoint's files change
+    try:
+        (out / "metrics.json").unlink()
+        with pytest.raises(UsageError, match="worldmodel=.*its files changed"):
+            evaluate(out, episodes=2, resume=True)
+    finally:
+        (Path(tiny_checkpoint) / "notes.txt").unlink()
+    assert figures(evaluate(out, episodes=2, resume=True)) == figures(straight)  # all finished: nothing rerun
+    again = evaluate(out, episodes=1)  # a finished evaluation is replaced by a fresh one
+    assert figures(again)["none"] == figures(straight)["none"][:1]

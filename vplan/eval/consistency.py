@@ -24,16 +24,18 @@ Scores per mode and episode, averaged over episodes:
 - **PSNR drift**: the least-squares slope of each chunk's PSNR against the real frames over the chunk index
   (dB per chunk; negative: the video drifts away from the truth), next to the mean PSNR of the chunks.
 
-The real take is scored as a reference row (SCuts and SRC of the ground truth). Writes `metrics.json` and one MP4
-per mode (`real_vs_<mode>.mp4`: the real take on the left, the generated video on the right), and
-`psnr_per_chunk.png`, each mode's PSNR against the real take chunk by chunk.
+The real take is scored as a reference row (SCuts and SRC of the ground truth). Writes `metrics.json`, one MP4 per
+mode and shown episode (`real_vs_<mode>_seed<seed>.mp4`: the real take on the left, the generated video on the
+right) and `psnr_per_chunk.png`, each mode's PSNR against the real take chunk by chunk. Every finished rollout is
+kept in `rollouts.json` as it ends, so an interrupted evaluation continues with `resume=true`.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,15 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.memory.config import KINDS, MemoryConfig
+from vplan.run import write_json
+from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
+from vplan.utils.settings import changed_settings, plain
 
 FEATURES = ("vae", "resnet18")
+PROGRESS_FILE = "rollouts.json"  # every finished rollout, rewritten after each one: what resume=true continues
+RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume")  # settings a resumption may change
 
 
 @dataclass
@@ -83,7 +90,12 @@ class EvalConsistencyConfig:
     )
     threads: int = field(default=2, metadata={"help": "torch threads."})
     out: str = field(default="runs/eval_consistency", metadata={"help": "Where metrics.json and the MP4s go."})
-    video_episodes: int = field(default=1, metadata={"help": "Episodes shown in each mode's MP4 (0: no MP4s)."})
+    video_episodes: int = field(default=1, metadata={"help": "Episodes with an MP4 per mode (0: no MP4s)."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue the evaluation interrupted in out (same settings and checkpoint files): its "
+                  "finished rollouts are kept; episodes may grow."},
+    )
 
     def __post_init__(self) -> None:
         from vplan.envs import env_name
@@ -190,52 +202,72 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         raise UsageError(str(err)) from None
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
     frames_n = context_n + cfg.chunks * chunk_n
+    out = Path(cfg.out)
+    progress = _progress(cfg, out)
+    pin_checkpoints(out, {"worldmodel": cfg.checkpoint}, resuming=cfg.resume and _finished(progress) > 0)
 
-    per_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in cfg.modes}
-    real_rows: list[dict[str, Any]] = []
-    videos: dict[str, list[np.ndarray]] = {mode: [] for mode in cfg.modes}
-    bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk")
-    for episode in range(cfg.episodes):
-        seed = cfg.seed + episode
-        bar.set_postfix_str(f"seed {seed}: scenario")
-        scenario = scenario_fn(seed=seed, min_frames=frames_n, env_config=cfg.env)
-        real = scenario.frames[:frames_n]
-        if real.shape[1:3] != (size, size) or len(real) < frames_n:
-            raise UsageError(f"seed {seed}: expected a scenario of >= {frames_n} frames of {size}x{size}, got "
-                             f"{len(real)} of {real.shape[1]}x{real.shape[2]}")
-        pairs = [(a, b) for a, b in scenario.pairs if b < frames_n]
-        if not pairs:
-            first = min((b for _, b in scenario.pairs), default=None)
-            need = "" if first is None else f"; its first revisit is at frame {first}, so use chunks >= " \
-                f"{-(-(first + 1 - context_n) // chunk_n)}"
-            raise UsageError(f"seed {seed}: no revisit within the rollout's {frames_n} frames ({cfg.chunks} chunks)"
-                             f"{need}")
-        texts = [scenario.subgoals[context_n + k * chunk_n] for k in range(cfg.chunks)]
-        start = model.encode(torch.from_numpy(np.ascontiguousarray(real[:context_n]))[None])
-        observed = None
-        if any(cfg.memory_config(mode).update_on == "observed" for mode in cfg.modes):
-            observed = model.encode(torch.from_numpy(np.ascontiguousarray(real))[None])
-        real_cuts = scene_cut_frames(real, fps=scenario.fps)
-        real_rows.append({"seed": seed, "scuts": len(real_cuts), "cut_frames": real_cuts,
-                          "src": scene_return_consistency(real, pairs, features), "pairs": len(pairs)})
-        for mode in cfg.modes:
-            bar.set_postfix_str(f"seed {seed}: {mode}")
-            began = time.perf_counter()
-            memory = make_memory(cfg.memory_config(mode), model)
-            try:
-                learn_from = observed if memory.config.update_on == "observed" else None
-                latents = imagine(model, memory, start, texts, torch.Generator().manual_seed(seed),
-                                  observed=learn_from, on_chunk=lambda: bar.update(1))
-            finally:
-                memory.close()
-            video = model.decode(latents)[0].numpy()
-            generated_s = time.perf_counter() - began
-            row = {"seed": seed, **score_video(video, real, pairs, features, scenario.fps, context_n, chunk_n),
-                   "seconds": generated_s}
-            per_mode[mode].append(row)
-            if episode < cfg.video_episodes:
-                videos[mode].append(np.concatenate([real, video], axis=2))  # real | generated, side by side
+    seeds = range(cfg.seed, cfg.seed + cfg.episodes)
+    todo = {seed: [mode for mode in cfg.modes if not any(row["seed"] == seed for row in progress["modes"][mode])]
+            for seed in seeds}
+    bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk",
+               initial=sum(len(cfg.modes) - len(modes) for modes in todo.values()) * cfg.chunks)
+    try:
+        for episode, seed in enumerate(seeds):
+            if not todo[seed]:
+                continue
+            bar.set_postfix_str(f"seed {seed}: scenario")
+            scenario = scenario_fn(seed=seed, min_frames=frames_n, env_config=cfg.env)
+            real = scenario.frames[:frames_n]
+            if real.shape[1:3] != (size, size) or len(real) < frames_n:
+                raise UsageError(f"seed {seed}: expected a scenario of >= {frames_n} frames of {size}x{size}, got "
+                                 f"{len(real)} of {real.shape[1]}x{real.shape[2]}")
+            pairs = [(a, b) for a, b in scenario.pairs if b < frames_n]
+            if not pairs:
+                first = min((b for _, b in scenario.pairs), default=None)
+                need = "" if first is None else f"; its first revisit is at frame {first}, so use chunks >= " \
+                    f"{-(-(first + 1 - context_n) // chunk_n)}"
+                raise UsageError(f"seed {seed}: no revisit within the rollout's {frames_n} frames ({cfg.chunks} "
+                                 f"chunks){need}")
+            texts = [scenario.subgoals[context_n + k * chunk_n] for k in range(cfg.chunks)]
+            start = model.encode(torch.from_numpy(np.ascontiguousarray(real[:context_n]))[None])
+            observed = None
+            if any(cfg.memory_config(mode).update_on == "observed" for mode in todo[seed]):
+                observed = model.encode(torch.from_numpy(np.ascontiguousarray(real))[None])
+            real_cuts = scene_cut_frames(real, fps=scenario.fps)
+            progress["real"] = [row for row in progress["real"] if row["seed"] != seed] + [
+                {"seed": seed, "scuts": len(real_cuts), "cut_frames": real_cuts,
+                 "src": scene_return_consistency(real, pairs, features), "pairs": len(pairs)}]
+            for mode in todo[seed]:
+                bar.set_postfix_str(f"seed {seed}: {mode}")
+                began = time.perf_counter()
+                memory = make_memory(cfg.memory_config(mode), model)
+                try:
+                    learn_from = observed if memory.config.update_on == "observed" else None
+                    latents = imagine(model, memory, start, texts, torch.Generator().manual_seed(seed),
+                                      observed=learn_from, on_chunk=lambda: bar.update(1))
+                finally:
+                    memory.close()
+                video = model.decode(latents)[0].numpy()
+                generated_s = time.perf_counter() - began
+                progress["modes"][mode].append(
+                    {"seed": seed, **score_video(video, real, pairs, features, scenario.fps, context_n, chunk_n),
+                     "seconds": generated_s})
+                write_json(out / PROGRESS_FILE, progress)
+                if episode < cfg.video_episodes:  # real | generated, side by side
+                    imageio.mimwrite(out / f"real_vs_{mode}_seed{seed}.mp4", list(np.concatenate([real, video], axis=2)),
+                                     fps=scenario.fps, macro_block_size=1)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: {_finished(progress)} finished rollout(s) kept in {out / PROGRESS_FILE}; the same "
+              "command with resume=true continues", file=sys.stderr)
+        raise
     bar.close()
+
+    def in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:  # this evaluation's seeds, in order
+        return sorted((row for row in rows if row["seed"] in seeds), key=lambda row: row["seed"])
+
+    per_mode = {mode: in_order(progress["modes"][mode]) for mode in cfg.modes}
+    real_rows = in_order(progress["real"])
 
     def mean(rows: list[dict[str, Any]], key: str) -> float:
         return float(np.mean([row[key] for row in rows]))
@@ -259,16 +291,41 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                   for mode, rows in per_mode.items()},
         "real": {"scuts": mean(real_rows, "scuts"), "src": mean(real_rows, "src"), "episodes": real_rows},
     }
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for mode, clips in videos.items():
-        if clips:
-            imageio.mimwrite(out / f"real_vs_{mode}.mp4", list(np.concatenate(clips)), fps=scenario.fps,
-                             macro_block_size=1)
+    write_json(out / "metrics.json", metrics)
     _plot_psnr(metrics, out / "psnr_per_chunk.png")
     _print_table(cfg, metrics, out)
     return metrics
+
+
+def _progress(cfg: EvalConsistencyConfig, out: Path) -> dict[str, Any]:
+    """The rollouts finished so far: with `resume=true` those of the evaluation in `out` (after checking that it
+    ran with these settings), otherwise none. A fresh evaluation replaces a finished one in `out`, never an
+    unfinished one."""
+    from vplan.errors import UsageError
+
+    settings = plain({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUMABLE_CHANGES})
+    file = out / PROGRESS_FILE
+    if cfg.resume and file.is_file():
+        progress = json.loads(file.read_text())
+        changed = changed_settings(progress["settings"], settings, cfg)
+        if changed:
+            raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
+                             "pass the same ones, or choose another out=DIR")
+        print(f"continuing {out}: {_finished(progress)} rollout(s) finished")
+        return {**progress, "settings": settings}
+    if cfg.resume:
+        print(f"resume=true: {out} holds no evaluation yet; starting one")
+    elif file.is_file() and not (out / "metrics.json").is_file():
+        raise UsageError(f"{out} holds an unfinished evaluation ({_finished(json.loads(file.read_text()))} "
+                         "rollout(s)); resume=true continues it, or choose another out=DIR")
+    for old in [file, out / "metrics.json", *out.glob("real_vs_*.mp4")]:
+        old.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"settings": settings, "real": [], "modes": {mode: [] for mode in cfg.modes}}
+
+
+def _finished(progress: dict[str, Any]) -> int:
+    return sum(len(rows) for rows in progress["modes"].values())
 
 
 def _plot_psnr(metrics: dict[str, Any], path: Path) -> None:
