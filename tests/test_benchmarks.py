@@ -118,3 +118,34 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     with pytest.raises(UsageError, match="reads 32x32 frames"):
         evaluate_worldmodel(EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task,
                                                  checkpoint=str(checkpoint), idm=str(tmp_path / "idm32")))
+
+
+def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(tmp_path):
+    import pytest
+
+    from vplan.errors import UsageError
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+
+    def evaluate(out: str, episodes: int, **changes) -> dict:
+        return evaluate_worldmodel(EvalWorldModelConfig(
+            env=TabletopConfig(image_size=16, max_episode_steps=40), task=task, checkpoint=str(checkpoint),
+            episodes=episodes, out=str(tmp_path / out), rollout_chunks=2, video_chunks=3, **changes))
+
+    straight = evaluate("straight", 2)
+    evaluate("resumed", 1)  # as if interrupted after the first episode ...
+    (tmp_path / "resumed" / "metrics.json").unlink()  # ... before the metrics were written
+    with pytest.raises(UsageError, match="holds an unfinished evaluation \\(1 episode"):
+        evaluate("resumed", 2)
+    with pytest.raises(UsageError, match="other settings of steps"):
+        evaluate("resumed", 2, resume=True, steps=3)
+    resumed = evaluate("resumed", 2, resume=True)
+    assert {e["episode"] for e in resumed["chunks"]} == {0, 1}
+    for key in ("chunks", "all", "text_sensitivity", "open_loop"):
+        assert resumed[key] == straight[key]
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
+        "checkpoints.json", "metrics.json", "open_loop.mp4", "open_loop.png", "progress.json", "real_vs_generated.mp4"]

@@ -163,7 +163,7 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     out = tmp_path / "resumed"
     evaluate(out, episodes=1)  # as if interrupted after the first episode ...
     (out / "metrics.json").unlink()  # ... before the metrics were written
-    progress = json.loads((out / "rollouts.json").read_text())
+    progress = json.loads((out / "progress.json").read_text())
     assert [len(rows) for rows in progress["modes"].values()] == [1, 1]
     with pytest.raises(UsageError, match="holds an unfinished evaluation \\(2 rollout"):
         evaluate(out, episodes=2)  # without resume=true nothing finished is thrown away

@@ -27,30 +27,27 @@ Scores per mode and episode, averaged over episodes:
 The real take is scored as a reference row (SCuts and SRC of the ground truth). Writes `metrics.json`, one MP4 per
 mode and shown episode (`real_vs_<mode>_seed<seed>.mp4`: the real take on the left, the generated video on the
 right) and `psnr_per_chunk.png`, each mode's PSNR against the real take chunk by chunk. Every finished rollout is
-kept in `rollouts.json` as it ends, so an interrupted evaluation continues with `resume=true`.
+kept in `progress.json` as it ends, so an interrupted evaluation continues with `resume=true`.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import MISSING
 
+from vplan.eval.progress import PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.run import write_json
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import changed_settings, plain
 
 FEATURES = ("vae", "resnet18")
-PROGRESS_FILE = "rollouts.json"  # every finished rollout, rewritten after each one: what resume=true continues
 RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume")  # settings a resumption may change
 
 
@@ -203,8 +200,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
     frames_n = context_n + cfg.chunks * chunk_n
     out = Path(cfg.out)
-    progress = _progress(cfg, out)
-    pin_checkpoints(out, {"worldmodel": cfg.checkpoint}, resuming=cfg.resume and _finished(progress) > 0)
+    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"real": [], "modes": {mode: [] for mode in cfg.modes}},
+                                 _finished, ["real_vs_*.mp4", "psnr_per_chunk.png"])
+    pin_checkpoints(out, {"worldmodel": cfg.checkpoint}, resuming=cfg.resume and any(progress["modes"].values()))
 
     seeds = range(cfg.seed, cfg.seed + cfg.episodes)
     todo = {seed: [mode for mode in cfg.modes if not any(row["seed"] == seed for row in progress["modes"][mode])]
@@ -258,8 +256,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                                      fps=scenario.fps, macro_block_size=1)
     except KeyboardInterrupt:
         bar.close()
-        print(f"interrupted: {_finished(progress)} finished rollout(s) kept in {out / PROGRESS_FILE}; the same "
-              "command with resume=true continues", file=sys.stderr)
+        say_interrupted(out, _finished(progress))
         raise
     bar.close()
 
@@ -297,35 +294,8 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     return metrics
 
 
-def _progress(cfg: EvalConsistencyConfig, out: Path) -> dict[str, Any]:
-    """The rollouts finished so far: with `resume=true` those of the evaluation in `out` (after checking that it
-    ran with these settings), otherwise none. A fresh evaluation replaces a finished one in `out`, never an
-    unfinished one."""
-    from vplan.errors import UsageError
-
-    settings = plain({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUMABLE_CHANGES})
-    file = out / PROGRESS_FILE
-    if cfg.resume and file.is_file():
-        progress = json.loads(file.read_text())
-        changed = changed_settings(progress["settings"], settings, cfg)
-        if changed:
-            raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
-                             "pass the same ones, or choose another out=DIR")
-        print(f"continuing {out}: {_finished(progress)} rollout(s) finished")
-        return {**progress, "settings": settings}
-    if cfg.resume:
-        print(f"resume=true: {out} holds no evaluation yet; starting one")
-    elif file.is_file() and not (out / "metrics.json").is_file():
-        raise UsageError(f"{out} holds an unfinished evaluation ({_finished(json.loads(file.read_text()))} "
-                         "rollout(s)); resume=true continues it, or choose another out=DIR")
-    for old in [file, out / "metrics.json", *out.glob("real_vs_*.mp4")]:
-        old.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return {"settings": settings, "real": [], "modes": {mode: [] for mode in cfg.modes}}
-
-
-def _finished(progress: dict[str, Any]) -> int:
-    return sum(len(rows) for rows in progress["modes"].values())
+def _finished(progress: dict[str, Any]) -> str:
+    return f"{sum(len(rows) for rows in progress['modes'].values())} rollout(s)"
 
 
 def _plot_psnr(metrics: dict[str, Any], path: Path) -> None:

@@ -9,6 +9,9 @@ different subgoal of the same episode (same seed, same context). An MP4 grid sho
 With `idm=` an inverse-dynamics policy reads the actions off each generated chunk and off the real one (from the
 same last real frame): how far apart they are says whether the agent could act on what the model draws.
 
+Each finished episode's rows are kept in `progress.json` as it ends: an interrupted evaluation continues with
+`resume=true` (vplan/eval/progress.py).
+
 Open loop (`rollout_chunks`, 8 by default): from each episode's first real context the model imagines that many
 chunks in a row, each from its own output, under the true subgoal texts; PSNR and SSIM per chunk index against
 the real frames show how fast it drifts from the real env (`open_loop.png` draws them). `compare=` scores a second
@@ -26,7 +29,6 @@ tell which frame an action leads into scores about half.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -36,11 +38,18 @@ import torch
 from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
+from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
+from vplan.run import write_json
+from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
 from vplan.worldmodel.action_encoder import CONDITIONINGS
 
 MOVING_THRESHOLD = 0.01  # metres the gripper travels within a chunk for the chunk to count as "moving"
+GRID_FILE = "real_vs_generated.mp4"
+OPEN_LOOP_VIDEO = "open_loop.mp4"
+OPEN_LOOP_PLOT = "open_loop.png"
+RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "resume")  # settings a resumption may change
 
 
 @dataclass
@@ -73,6 +82,11 @@ class EvalWorldModelConfig:
         default=None,
         metadata={"help": "text|action|text+action: the checkpoint must be conditioned so; `action` defaults "
                   "checkpoint to the env's shipped action model and compare to its shipped text model."},
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue the evaluation interrupted in out (same settings and checkpoint files): its "
+                  "finished episodes are kept; episodes may grow."},
     )
 
     def __post_init__(self) -> None:
@@ -166,11 +180,10 @@ def open_loop(model: Any, frames: torch.Tensor, subgoals: list[str], actions: to
 
 
 def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
-    """Score the checkpoint on fresh episodes; write metrics.json and an MP4 grid; print a table."""
-    import imageio.v2 as imageio
+    """Score the checkpoint on fresh episodes (continuing an interrupted evaluation with `resume=true`); write
+    metrics.json, the MP4s and the plot; print a table."""
     from tqdm import tqdm
 
-    from vplan.data.collect import rollout_expert
     from vplan.envs import make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
@@ -186,80 +199,38 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         raise UsageError(f"compare={cfg.compare}: its context and chunk lengths differ from the checkpoint's; compare "
                          "models that imagine the same chunks")
     idm = _load_idm(cfg.idm, model) if cfg.idm is not None else None
-    env, expert = make_env(cfg.env), make_expert(cfg.task.name)
-    context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
-    rows: list[dict[str, Any]] = []
-    open_rows: list[dict[str, Any]] = []
+    out = Path(cfg.out)
+    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
+                                 _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])
+    checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
+    pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
+                    resuming=cfg.resume and bool(progress["episodes"]))
     grid: list[np.ndarray] = []
-    open_video: list[np.ndarray] = []
-    for episode in tqdm(range(cfg.episodes), desc="eval worldmodel", unit="episode"):
-        frames_np, subgoals, _ = rollout_expert(env, expert, cfg.seed + episode)
-        frames = torch.from_numpy(frames_np[OBS_IMAGE_FRONT])
-        gripper = frames_np[OBS_STATE][:, :3]
-        latents = model.encode(frames[None])[0]
-        actions = torch.as_tensor(np.asarray(frames_np[ACTION]), dtype=torch.float32).reshape(len(frames), -1)
-        for checked in (model, compare):
-            if checked is not None and checked.config.uses_actions and actions.shape[1] != checked.config.action_dim:
-                raise UsageError(
-                    f"the env's actions have {actions.shape[1]} values, a checkpoint's action_dim is "
-                    f"{checked.config.action_dim}"
-                )
-        chunks = min(cfg.rollout_chunks, (len(frames) - context_n) // chunk_n)
-        if chunks:
-            seed = cfg.seed * 1000 + episode
-            real = frames[context_n : context_n + chunks * chunk_n]
-            imagined = open_loop(model, frames, subgoals, actions, chunks, seed)
-            other = open_loop(compare, frames, subgoals, actions, chunks, seed) if compare is not None else None
-            for i in range(chunks):
-                span = slice(i * chunk_n, (i + 1) * chunk_n)
-                row = {"episode": episode, "chunk": i}
-                row["psnr"], row["ssim"] = chunk_scores(imagined[span], real[span])
-                last = frames[context_n - 1 : context_n].expand_as(real[span])  # the last real frame, held
-                row["copy_psnr"], row["copy_ssim"] = chunk_scores(last, real[span])
-                if other is not None:
-                    row["compare_psnr"], row["compare_ssim"] = chunk_scores(other[span], real[span])
-                open_rows.append(row)
-            if episode == 0:  # real | checkpoint (| compare), frame after frame
-                sides = [real, imagined] + ([other] if other is not None else [])
-                open_video = list(np.concatenate([side.numpy() for side in sides], axis=2))
-        texts_in_episode = sorted(set(subgoals))
-        for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
-            real = frames[start : start + chunk_n]
-            context = latents[None, start - context_n : start]
-            true_text = subgoals[start]
-            other = [t for t in texts_in_episode if t != true_text]
-            seed = cfg.seed * 1000 + start
-            # the executed actions that lead into the chunk's frames (row t is taken at frame t)
-            given = {"actions": actions[None, start - 1 : start - 1 + chunk_n]} if model.config.uses_actions else {}
-            predicted = model.decode(
-                model.generate(context, [true_text], generator=torch.Generator().manual_seed(seed), **given)
-            )[0]
-            psnr, ssim = chunk_scores(predicted, real)
-            copy_psnr, copy_ssim = chunk_scores(frames[start - 1 : start].expand_as(real), real)
-            row = {"episode": episode, "start": start, "text": true_text, "psnr": psnr, "ssim": ssim,
-                   "copy_psnr": copy_psnr, "copy_ssim": copy_ssim,
-                   "moving": bool(np.linalg.norm(gripper[start + chunk_n - 1] - gripper[start - 1]) > MOVING_THRESHOLD)}
-            if idm is not None:
-                last = frames[start - 1 : start]
-                row |= {f"idm_{k}": v for k, v in action_agreement(idm, last, predicted, real).items()}
-                row |= {f"copy_idm_{k}": v for k, v in action_agreement(idm, last, last.expand_as(real), real).items()}
-            if other and model.config.uses_text:
-                wrong_text = other[(start // chunk_n) % len(other)]
-                wrong = model.decode(
-                    model.generate(context, [wrong_text], generator=torch.Generator().manual_seed(seed), **given)
-                )[0]
-                row["text_sensitive"] = psnr > chunk_scores(wrong, real)[0]
-            if given and row["moving"]:
-                reversed_actions = {"actions": given["actions"].flip(1)}
-                wrong = model.decode(model.generate(
-                    context, [true_text], generator=torch.Generator().manual_seed(seed), **reversed_actions
-                ))[0]
-                row["order_sensitive"] = psnr > chunk_scores(wrong, real)[0]
-            rows.append(row)
-            if len(grid) < cfg.video_chunks:
-                grid.append(np.concatenate([real.numpy(), predicted.numpy()], axis=1))  # real above generated
-    env.close()
+    show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
+    todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
+    env, expert = make_env(cfg.env), make_expert(cfg.task.name)
+    try:
+        for episode in tqdm(todo, desc="eval worldmodel", unit="episode", total=cfg.episodes,
+                            initial=cfg.episodes - len(todo)):
+            rows, open_rows = _evaluate_episode(cfg, episode, env, expert, model, compare, idm, grid, out)
+            progress["chunks"] += rows
+            progress["open_loop"] += open_rows
+            progress["episodes"].append(episode)
+            write_json(out / PROGRESS_FILE, progress)
+            if show_grid and len(grid) >= cfg.video_chunks:
+                _write_grid(grid[: cfg.video_chunks], out / GRID_FILE)
+                show_grid = False
+    except KeyboardInterrupt:
+        say_interrupted(out, _finished(progress))
+        raise
+    finally:
+        env.close()
+    if show_grid and grid:
+        _write_grid(grid, out / GRID_FILE)
 
+    rows = sorted((r for r in progress["chunks"] if r["episode"] < cfg.episodes), key=lambda r: (r["episode"], r["start"]))
+    open_rows = sorted((r for r in progress["open_loop"] if r["episode"] < cfg.episodes),
+                       key=lambda r: (r["episode"], r["chunk"]))
     sensitive = [row["text_sensitive"] for row in rows if "text_sensitive" in row]
     order_sensitive = [row["order_sensitive"] for row in rows if "order_sensitive" in row]
     metrics = {
@@ -275,16 +246,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "chunks": rows,
         "open_loop": _open_loop_summary(open_rows, cfg.compare),
     }
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if grid:
-        video = np.concatenate(grid, axis=0)  # chunk after chunk
-        imageio.mimwrite(out / "real_vs_generated.mp4", list(video), fps=4, macro_block_size=1)
-    if open_video:
-        imageio.mimwrite(out / "open_loop.mp4", open_video, fps=4, macro_block_size=1)
+    write_json(out / METRICS_FILE, metrics)
     if metrics["open_loop"]:
-        _plot_open_loop(metrics["open_loop"], out / "open_loop.png", cfg.checkpoint, cfg.compare)
+        _plot_open_loop(metrics["open_loop"], out / OPEN_LOOP_PLOT, cfg.checkpoint, cfg.compare)
 
     print(f"\n{cfg.episodes} held-out episodes (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
           f"conditioning {model.config.conditioning}:")
@@ -303,6 +267,87 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
     print(f"metrics and video in {out}")
     return metrics
+
+
+def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert: Any, model: Any, compare: Any,
+                      idm: Any, grid: list[np.ndarray], out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One held-out episode's rows: every chunk from the real context (appended to `grid` while it is short of
+    `video_chunks`), and the open-loop rollout's chunks (episode 0's written as an MP4)."""
+    import imageio.v2 as imageio
+
+    from vplan.data.collect import rollout_expert
+    from vplan.errors import UsageError
+
+    context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
+    rows: list[dict[str, Any]] = []
+    open_rows: list[dict[str, Any]] = []
+    frames_np, subgoals, _ = rollout_expert(env, expert, cfg.seed + episode)
+    frames = torch.from_numpy(frames_np[OBS_IMAGE_FRONT])
+    gripper = frames_np[OBS_STATE][:, :3]
+    latents = model.encode(frames[None])[0]
+    actions = torch.as_tensor(np.asarray(frames_np[ACTION]), dtype=torch.float32).reshape(len(frames), -1)
+    for checked in (model, compare):
+        if checked is not None and checked.config.uses_actions and actions.shape[1] != checked.config.action_dim:
+            raise UsageError(
+                f"the env's actions have {actions.shape[1]} values, a checkpoint's action_dim is "
+                f"{checked.config.action_dim}"
+            )
+    chunks = min(cfg.rollout_chunks, (len(frames) - context_n) // chunk_n)
+    if chunks:
+        seed = cfg.seed * 1000 + episode
+        real = frames[context_n : context_n + chunks * chunk_n]
+        imagined = open_loop(model, frames, subgoals, actions, chunks, seed)
+        other = open_loop(compare, frames, subgoals, actions, chunks, seed) if compare is not None else None
+        for i in range(chunks):
+            span = slice(i * chunk_n, (i + 1) * chunk_n)
+            row = {"episode": episode, "chunk": i}
+            row["psnr"], row["ssim"] = chunk_scores(imagined[span], real[span])
+            last = frames[context_n - 1 : context_n].expand_as(real[span])  # the last real frame, held
+            row["copy_psnr"], row["copy_ssim"] = chunk_scores(last, real[span])
+            if other is not None:
+                row["compare_psnr"], row["compare_ssim"] = chunk_scores(other[span], real[span])
+            open_rows.append(row)
+        if episode == 0:  # real | checkpoint (| compare), frame after frame
+            sides = [real, imagined] + ([other] if other is not None else [])
+            imageio.mimwrite(out / OPEN_LOOP_VIDEO, list(np.concatenate([side.numpy() for side in sides], axis=2)),
+                             fps=4, macro_block_size=1)
+    texts_in_episode = sorted(set(subgoals))
+    for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
+        real = frames[start : start + chunk_n]
+        context = latents[None, start - context_n : start]
+        true_text = subgoals[start]
+        other = [t for t in texts_in_episode if t != true_text]
+        seed = cfg.seed * 1000 + start
+        # the executed actions that lead into the chunk's frames (row t is taken at frame t)
+        given = {"actions": actions[None, start - 1 : start - 1 + chunk_n]} if model.config.uses_actions else {}
+        predicted = model.decode(
+            model.generate(context, [true_text], generator=torch.Generator().manual_seed(seed), **given)
+        )[0]
+        psnr, ssim = chunk_scores(predicted, real)
+        copy_psnr, copy_ssim = chunk_scores(frames[start - 1 : start].expand_as(real), real)
+        row = {"episode": episode, "start": start, "text": true_text, "psnr": psnr, "ssim": ssim,
+               "copy_psnr": copy_psnr, "copy_ssim": copy_ssim,
+               "moving": bool(np.linalg.norm(gripper[start + chunk_n - 1] - gripper[start - 1]) > MOVING_THRESHOLD)}
+        if idm is not None:
+            last = frames[start - 1 : start]
+            row |= {f"idm_{k}": v for k, v in action_agreement(idm, last, predicted, real).items()}
+            row |= {f"copy_idm_{k}": v for k, v in action_agreement(idm, last, last.expand_as(real), real).items()}
+        if other and model.config.uses_text:
+            wrong_text = other[(start // chunk_n) % len(other)]
+            wrong = model.decode(
+                model.generate(context, [wrong_text], generator=torch.Generator().manual_seed(seed), **given)
+            )[0]
+            row["text_sensitive"] = psnr > chunk_scores(wrong, real)[0]
+        if given and row["moving"]:
+            reversed_actions = {"actions": given["actions"].flip(1)}
+            wrong = model.decode(model.generate(
+                context, [true_text], generator=torch.Generator().manual_seed(seed), **reversed_actions
+            ))[0]
+            row["order_sensitive"] = psnr > chunk_scores(wrong, real)[0]
+        rows.append(row)
+        if len(grid) < cfg.video_chunks:
+            grid.append(np.concatenate([real.numpy(), predicted.numpy()], axis=1))  # real above generated
+    return rows, open_rows
 
 
 def _load_idm(checkpoint: str, model: Any) -> Any:
@@ -341,6 +386,17 @@ def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[
     summary = {"compare": compare, "episodes": len({row["episode"] for row in rows}), "per_chunk": per_chunk,
                "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
     return summary | ({"paired": paired_gain(rows)} if "compare_psnr" in keys else {})
+
+
+def _finished(progress: dict[str, Any]) -> str:
+    return f"{len(progress['episodes'])} episode(s)"
+
+
+def _write_grid(chunks: list[np.ndarray], path: Path) -> None:
+    """The grid MP4: chunk after chunk, each real above generated."""
+    import imageio.v2 as imageio
+
+    imageio.mimwrite(path, list(np.concatenate(chunks, axis=0)), fps=4, macro_block_size=1)
 
 
 def _plot_open_loop(summary: dict[str, Any], path: Path, checkpoint: str, compare: str | None) -> None:

@@ -1,0 +1,55 @@
+"""What an evaluation has finished so far, kept in `<out>/progress.json` as it goes, so that an interrupted one
+continues with `resume=true` instead of starting over.
+
+The record holds the evaluation's settings (all but those a resumption may change) next to its results; a
+resumption with other settings is refused with their names. A fresh evaluation replaces a finished one in the
+same `out`, never an unfinished one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from vplan.errors import UsageError
+from vplan.utils.settings import changed_settings, plain
+
+PROGRESS_FILE = "progress.json"
+METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
+
+
+def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: dict[str, Any],
+                      finished: Callable[[dict[str, Any]], str], outputs: Iterable[str]) -> dict[str, Any]:
+    """The progress record to go on from: with `cfg.resume`, the one in `out` (checked against `cfg`'s settings
+    but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left.
+    `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
+    settings = plain({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in resumable})
+    file = out / PROGRESS_FILE
+    if cfg.resume and file.is_file():
+        progress = json.loads(file.read_text())
+        changed = changed_settings(progress["settings"], settings, cfg)
+        if changed:
+            raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
+                             "pass the same ones, or choose another out=DIR")
+        print(f"continuing {out}: {finished(progress)} finished")
+        return {**progress, "settings": settings}
+    if cfg.resume:
+        print(f"resume=true: {out} holds no evaluation yet; starting one")
+    elif file.is_file() and not (out / METRICS_FILE).is_file():
+        raise UsageError(f"{out} holds an unfinished evaluation ({finished(json.loads(file.read_text()))} finished); "
+                         "resume=true continues it, or choose another out=DIR")
+    for pattern in (PROGRESS_FILE, METRICS_FILE, *outputs):
+        for old in out.glob(pattern):
+            old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return {"settings": settings, **empty}
+
+
+def say_interrupted(out: Path, done: str) -> None:
+    """The line an interrupted evaluation leaves: what it kept and how to go on."""
+    print(f"interrupted: {done} finished, kept in {out / PROGRESS_FILE}; the same command with resume=true "
+          "continues", file=sys.stderr)
