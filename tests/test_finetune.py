@@ -65,8 +65,8 @@ def setup(tmp_path_factory):
     return root, root / "data", save_tiny(root / "wm")
 
 
-def config(data: Path, wm: Path, out: Path, **overrides) -> FinetuneConfig:
-    values = {"data": str(data), "worldmodel": str(wm), "memory": MEMORY, "episodes": 1, "holdout_episodes": 1,
+def config(data: Path, wm: Path | None, out: Path, **overrides) -> FinetuneConfig:
+    values = {"data": str(data), "worldmodel": wm if wm is None else str(wm), "memory": MEMORY, "episodes": 1, "holdout_episodes": 1,
               "optim": OPTIM, "out": str(out), **overrides}
     return FinetuneConfig(**values)
 
@@ -217,6 +217,24 @@ def test_bad_inputs_are_usage_errors(setup, tmp_path):
         config(data, wm, tmp_path / "d", memory=MemoryConfig(kind="anchor"))
     with pytest.raises(UsageError, match="holdout_episodes=2"):
         finetune(config(data, wm, tmp_path / "e", holdout_episodes=2))
+
+
+def test_without_worldmodel_the_datasets_envs_shipped_model_is_taken(setup, tmp_path):
+    import json
+    import shutil
+
+    _, data, _ = setup
+    # 16x16 frames: every shipped model (64x64) is refused after it is chosen, so the message names the choice.
+    with pytest.raises(UsageError, match="worldmodel=shipped:tabletop/worldmodel is for 64x64"):
+        finetune(config(data, None, tmp_path / "a"))
+    other = tmp_path / "data"
+    shutil.copytree(data, other)
+    info = json.loads((other / "meta" / "info.json").read_text())
+    for robot_type, expected in (("vplan_blockworld", "worldmodel=shipped:blockworld/worldmodel is for 64x64"),
+                                 ("so100", "robot_type 'so100' names no env with a shipped world model")):
+        (other / "meta" / "info.json").write_text(json.dumps({**info, "robot_type": robot_type}))
+        with pytest.raises(UsageError, match=expected):
+            finetune(config(other, None, tmp_path / robot_type))
 
 
 def test_cli_end_to_end_and_one_line_errors(setup, tmp_path, capsys):

@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,10 @@ class FinetuneConfig:
         default="data/return_cubes",
         metadata={"help": "Episode dataset (`vplan collect`, or `vplan run record=true`'s <out>/episodes)."},
     )
-    worldmodel: str = field(
-        default="shipped:tabletop/worldmodel",
-        metadata={"help": "The slow-learned world model to start from: a directory or shipped:<env>/worldmodel."},
+    worldmodel: str | None = field(
+        default=None,
+        metadata={"help": "The slow-learned world model to start from: a directory or shipped:<env>/worldmodel; "
+                  "null: the shipped one of the env the dataset was recorded in."},
     )
     memory: MemoryConfig = field(
         default_factory=lambda: MemoryConfig(kind="temp_lora"),
@@ -374,6 +375,19 @@ def _load_outer_weights(world_model: WorldModel, out: Path, step: int) -> None:
 # -- the command ---------------------------------------------------------------------------------------------
 
 
+def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
+    """The shipped world model of the env a dataset was recorded in (`vplan collect` and `vplan run record=true`
+    write it as robot_type `vplan_<env>`), so a blockworld dataset never finetunes the tabletop's model."""
+    from vplan.shipped import shipped_checkpoint, shipped_names
+
+    robot_type = str(dataset.info.get("robot_type") or "")
+    env = robot_type.removeprefix("vplan_")
+    if not robot_type.startswith("vplan_") or f"{env}/worldmodel" not in shipped_names():
+        raise UsageError(f"{data}: its robot_type {robot_type or None!r} names no env with a shipped world model; "
+                         "pass worldmodel=DIR or worldmodel=shipped:<env>/worldmodel")
+    return shipped_checkpoint(env, "worldmodel")
+
+
 def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     from vplan.data import DatasetError, EpisodeDataset
 
@@ -397,6 +411,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
     if cfg.memory.kind != "temp_lora":
         raise UsageError(f"memory: expected memory=temp_lora, got kind {cfg.memory.kind!r}")
     dataset, episodes = _episodes(cfg)
+    if cfg.worldmodel is None:
+        cfg = replace(cfg, worldmodel=_shipped_worldmodel_for(dataset, cfg.data))
+        print(f"worldmodel: {cfg.worldmodel} (the dataset's env's)")
     checkpoint = resolve_checkpoint(cfg.worldmodel)
     if not (checkpoint / CONFIG_FILE).is_file():
         raise UsageError(f"worldmodel={cfg.worldmodel}: no world-model checkpoint there; make one with "
