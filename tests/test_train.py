@@ -68,6 +68,14 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stdout + result.stderr
     assert (wm_out / "checkpoint-0000004").is_dir()
+    # Continuing with other settings, or on another VAE's latents, would mix two runs in one model: refused.
+    result = vplan_train("component=worldmodel", "component.optim.steps=6", "component.optim.lr=1e-3", *common)
+    assert result.returncode == 2 and "other settings of component.optim.lr" in result.stderr
+    (vae_out / "final" / "notes.txt").write_text("retrained")
+    result = vplan_train("component=worldmodel", "component.optim.steps=6", *common)
+    assert result.returncode == 2 and "vae=" in result.stderr and "its files changed" in result.stderr
+    (vae_out / "final" / "notes.txt").unlink()
+    assert not (wm_out / "checkpoint-0000006").exists()
 
     model = WorldModel.from_pretrained(wm_out / "final")
     first = torch.zeros(1, 1, 4, 8, 8)

@@ -15,7 +15,7 @@ import json
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,10 @@ from vplan.agent import STAGES, AgentConfig
 from vplan.data.collect import EpisodeRecorder
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
-from vplan.planner.config import PlannerConfig, redact_secrets
+from vplan.planner.config import PlannerConfig
 from vplan.shipped import AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
-from vplan.utils.settings import changed_settings
+from vplan.utils.settings import check_same_config, config_record
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
@@ -113,26 +113,6 @@ def _run_dir(cfg: RunConfig) -> Path:
 
 # Settings that may differ between a run and its resumption: they change neither which episodes run nor how.
 RESUMABLE_CHANGES = ("episodes", "resume", "overwrite", "threads")
-
-
-def config_record(cfg: Any) -> dict[str, Any]:
-    """A command's config as its run directory's config.yaml holds it: resolved, secrets redacted."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.create(redact_secrets(asdict(cfg))))
-
-
-def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], what: str) -> None:
-    """A UsageError naming the settings (other than `may_change`) in which `cfg` differs from the config a run
-    directory recorded, so a resumption never mixes two configs (a setting added since, at its default, is no
-    difference)."""
-    from omegaconf import OmegaConf
-
-    saved = OmegaConf.to_container(OmegaConf.load(config_file))
-    changed = changed_settings(saved, config_record(cfg), cfg, ignore=may_change)
-    if changed:
-        raise UsageError(f"{what}: {config_file.parent} ran with other settings of {', '.join(changed)} (see its "
-                         f"{config_file.name}); pass the same ones, or choose another out=DIR")
 
 
 def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]], float]:

@@ -7,7 +7,9 @@ per VAE: they are cached in the dataset, vplan/worldmodel/latent_cache.py); an a
 (`component.model.conditioning=action|text+action`) also gets the dataset's low-level actions that lead into
 each chunk frame.
 The inverse-dynamics policy trains on transitions, real and through the VAE (vplan/loop/idm.py).
-The finished component is written to `<out>/final` (safetensors + JSON config).
+The finished component is written to `<out>/final` (safetensors + JSON config). The run's settings go to
+`<out>/config.yaml` and the VAE's fingerprint to `<out>/checkpoints.json`: rerunning the command resumes from the
+newest checkpoint, and is refused if a setting (but for the run's length and logging) or the VAE's files changed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from vplan.errors import UsageError
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
-from vplan.shipped import resolve_checkpoint
+from vplan.shipped import pin_checkpoints, resolve_checkpoint
+from vplan.utils.settings import check_same_config, config_record
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
@@ -65,6 +68,13 @@ class WorldModelTrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.boundary_fraction <= 1:
             raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
+
+
+CONFIG_FILE = "config.yaml"  # in `out`: the settings the run was begun with
+# Settings a resumed run may change: how long it runs and how often it checkpoints and logs (the schedule is a
+# function of the step, so longer runs and cool-downs extend it); `init` is only read by a run's first step.
+RESUMABLE_CHANGES = ("out", "component.init", "component.optim.steps", "component.optim.cooldown_steps",
+                     "component.optim.save_every", "component.optim.log_every")
 
 
 @dataclass
@@ -248,12 +258,28 @@ def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> tor
     return actions
 
 
+def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
+    """Write `<out>/config.yaml`; a resumed run must have the settings it recorded, but for RESUMABLE_CHANGES."""
+    from omegaconf import OmegaConf
+
+    file = out / CONFIG_FILE
+    if resuming and file.is_file():
+        check_same_config(cfg, file, RESUMABLE_CHANGES, "vplan train")
+    elif resuming:
+        print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
+              "continuing with these, unchecked")
+    out.mkdir(parents=True, exist_ok=True)
+    file.write_text(OmegaConf.to_yaml(config_record(cfg)))
+
+
 def train_component(cfg: TrainConfig) -> Path:
     """Train the chosen component, write `<out>/final` and print a held-out figure."""
     dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes)
     out = Path(cfg.out)
     final = out / FINAL
     component = cfg.component
+    resuming = bool(list_checkpoints(out))
+    _record_config(cfg, out, resuming)
     if isinstance(component, VAETrainConfig):
         training = VAETraining(component, _frames(dataset, train_episodes))
         train(training, component.optim, out, "train vae")
@@ -268,8 +294,11 @@ def train_component(cfg: TrainConfig) -> Path:
         return final
     if isinstance(component, IDMTrainConfig):
         vae = _load_vae(component.vae) if component.vae is not None else None
+        if component.vae is not None:
+            pin_checkpoints(out, {"vae": component.vae}, resuming)
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
     vae = _load_vae(component.vae)
+    pin_checkpoints(out, {"vae": component.vae}, resuming)  # the latents it trains on: never two VAEs' in one run
     component.model = _with_vae(component.model, vae)
     latents = episode_latents(dataset, train_episodes, vae, progress="frames to latents (cached per VAE)")
     texts, actions = [], []
@@ -278,7 +307,6 @@ def train_component(cfg: TrainConfig) -> Path:
         texts.append(list(episode[SUBGOAL]))
         if component.model.uses_actions:
             actions.append(_episode_actions(episode, component.model.action_dim, cfg.data))
-    resuming = bool(list_checkpoints(out))
     training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None,
                                   resuming=resuming)
     train(training, component.optim, out, "train worldmodel")

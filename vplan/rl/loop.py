@@ -44,10 +44,11 @@ from vplan.rl.objectives import OBJECTIVES
 from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
-from vplan.run import check_same_config, config_record, run_episode, write_json
+from vplan.run import run_episode, write_json
 from vplan.shipped import AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
+from vplan.utils.settings import check_same_config, config_record
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
