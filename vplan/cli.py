@@ -303,15 +303,50 @@ def build_config(cfg: Any) -> Any:
         raise UsageError(_first_line(error)) from None
 
 
-def _print_command_help(command: Command) -> None:
+def _field_help(cfg: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    """The `help` metadata of every field of a composed config's dataclasses, by key path."""
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import DictConfig, OmegaConf
+
+    schema = OmegaConf.get_type(cfg)
+    helps = {}
+    if is_dataclass(schema):
+        helps = {prefix + (f.name,): f.metadata["help"] for f in fields(schema) if "help" in f.metadata}
+    for key in cfg.keys():
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            helps |= _field_help(child, prefix + (str(key),))
+    return helps
+
+
+def _commented_yaml(cfg: Any) -> str:
+    """The config as YAML, each field with a documented meaning preceded by it as a comment."""
+    import re
+
     from omegaconf import OmegaConf
 
-    cfg, choices = compose_config(command, [])
+    helps = _field_help(cfg)
+    lines, stack = [], []  # stack: (indent, key) of the mappings the current line is inside
+    for line in OmegaConf.to_yaml(cfg).rstrip().splitlines():
+        match = re.match(r"^( *)([A-Za-z_]\w*):", line)
+        if match:
+            indent = len(match.group(1))
+            stack = [(i, k) for i, k in stack if i < indent] + [(indent, match.group(2))]
+            text = helps.get(tuple(k for _, k in stack))
+            if text:
+                lines.append(f"{match.group(1)}# {text}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _print_command_help(command: Command, overrides: list[str]) -> None:
+    cfg, choices = compose_config(command, overrides)
     print(f"usage: vplan {command.name} [key=value ...]\n\n{command.summary}\n")
     for group, chosen in choices.items():
         print(f"{group}: {chosen}  (choices: {', '.join(_group_options(group))})")
-    print("\nconfig (defaults):")
-    print(OmegaConf.to_yaml(cfg).rstrip())
+    print("\nconfig (with these overrides; each setting's meaning above it):")
+    print(_commented_yaml(cfg))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         command, overrides = _find_command(args)
         prog = f"vplan {command.name}"
         if any(a in ("-h", "--help") for a in overrides):
-            _print_command_help(command)
+            _print_command_help(command, [a for a in overrides if a not in ("-h", "--help")])
             return
         unknown_flags = [a for a in overrides if a.startswith("-")]
         if unknown_flags:

@@ -24,7 +24,9 @@ OBJECTIVE_OF = {"ddim": "epsilon", "dpmsolver++": "epsilon", "flow_euler": "flow
 class BenchWorldModelConfig:
     """Settings of `vplan bench worldmodel`."""
 
-    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    model: WorldModelConfig = field(
+        default_factory=WorldModelConfig, metadata={"help": "Size of the model timed when checkpoint is null."}
+    )
     checkpoint: str | None = field(default=None, metadata={"help": "Time a trained checkpoint's model instead."})
     samplers: list[str] = field(
         default_factory=lambda: ["dpmsolver++:5", "dpmsolver++:10", "ddim:10", "ddim:20", "flow_euler:4", "flow_euler:8"],

@@ -52,8 +52,8 @@ class IDMTrainConfig:
     action; 2,000 steps without the cool-down and 20 episodes through the VAE gave 0.063 / 0.171 / 0.140.
     """
 
-    name: str = "idm"
-    idm: IDMConfig = field(default_factory=IDMConfig)
+    name: str = field(default="idm", metadata={"help": "The component (configs/component/idm.yaml)."})
+    idm: IDMConfig = field(default_factory=IDMConfig, metadata={"help": "Size of the CNN and what it reads."})
     vae: str | None = field(
         default="checkpoints/vae/final",
         metadata={"help": "Trained VAE (`vplan train component=vae`) whose reconstructions the IDM also trains "
@@ -75,7 +75,8 @@ class IDMTrainConfig:
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, cooldown_steps=2500, save_every=500, log_every=50
-        )
+        ),
+        metadata={"help": "Optimisation (AdamW, schedule, checkpoints)."},
     )
 
     def __post_init__(self) -> None:

@@ -40,19 +40,27 @@ FINAL = "final"
 class VAETrainConfig:
     """`component=vae`: the frame autoencoder."""
 
-    name: str = "vae"
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2700, batch_size=8, lr=1e-3, warmup_steps=50))
+    name: str = field(default="vae", metadata={"help": "The component (configs/component/vae.yaml)."})
+    vae: VAEConfig = field(default_factory=VAEConfig, metadata={"help": "Size of the autoencoder."})
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(steps=2700, batch_size=8, lr=1e-3, warmup_steps=50),
+        metadata={"help": "Optimisation (AdamW, schedule, checkpoints)."},
+    )
 
 
 @dataclass
 class WorldModelTrainConfig:
     """`component=worldmodel`: the masked conditional video diffusion model (UNet; learned text encoder if any)."""
 
-    name: str = "worldmodel"
-    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    name: str = field(default="worldmodel", metadata={"help": "The component (configs/component/worldmodel.yaml)."})
+    model: WorldModelConfig = field(
+        default_factory=WorldModelConfig, metadata={"help": "The model's size and settings (configs/model/ presets)."}
+    )
     vae: str = field(default="checkpoints/vae/final", metadata={"help": "Trained VAE (`vplan train component=vae`)."})
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=5000, batch_size=4, lr=2e-4, cooldown_steps=1500))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(steps=5000, batch_size=4, lr=2e-4, cooldown_steps=1500),
+        metadata={"help": "Optimisation (AdamW, schedule, checkpoints)."},
+    )
     boundary_fraction: float = field(
         default=0.0,
         metadata={"help": "Share of clips whose chunk starts exactly at a new subgoal, where only the text says what comes next."},

@@ -11,7 +11,7 @@ which is exactly what diffusers' `FlowMatchEulerDiscreteScheduler.scale_noise` /
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,15 +35,23 @@ class DiffusionConfig:
     rather than skipping the noisiest part of the schedule.
     """
 
-    objective: str = "epsilon"
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    sampler: str = "dpmsolver++"
-    num_inference_steps: int = 5
-    guidance_scale: float = 1.0
-    text_dropout: float = 0.1
+    objective: str = field(
+        default="epsilon", metadata={"help": f"Training target, one of {OBJECTIVES}: ε-prediction DDPM or flow matching."}
+    )
+    num_train_timesteps: int = field(default=1000, metadata={"help": "Noise levels of the training schedule."})
+    beta_schedule: str = field(default="scaled_linear", metadata={"help": f"One of {BETA_SCHEDULES} (ε only)."})
+    beta_start: float = field(default=0.00085, metadata={"help": "First beta of the schedule (ε only)."})
+    beta_end: float = field(default=0.012, metadata={"help": "Last beta of the schedule (ε only)."})
+    sampler: str = field(
+        default="dpmsolver++", metadata={"help": f"Sampler per objective: {SAMPLERS} (diffusers' schedulers)."}
+    )
+    num_inference_steps: int = field(default=5, metadata={"help": "Denoising steps per generated chunk."})
+    guidance_scale: float = field(
+        default=1.0, metadata={"help": "Classifier-free guidance; 1.0 turns it off (one UNet pass per step)."}
+    )
+    text_dropout: float = field(
+        default=0.1, metadata={"help": "Share of training clips with the conditioning dropped, for guidance."}
+    )
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

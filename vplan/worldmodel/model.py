@@ -62,10 +62,14 @@ def _from_dict(cls: type, data: Any, name: str) -> Any:
 class WorldModelConfig:
     """The world model's parts and its chunking (frames are counted in latent frames, one per video frame)."""
 
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "Size of the 3D UNet."})
+    diffusion: DiffusionConfig = field(
+        default_factory=DiffusionConfig, metadata={"help": "Training objective, noise schedule and sampler."}
+    )
+    vae: VAEConfig = field(default_factory=VAEConfig, metadata={"help": "The frame autoencoder (frozen here)."})
+    text_encoder: TextEncoderConfig = field(
+        default_factory=TextEncoderConfig, metadata={"help": "What turns a subgoal's text into cross-attention tokens."}
+    )
     context_frames: int = field(default=4, metadata={"help": "Most recent latents the next chunk is conditioned on."})
     chunk_frames: int = field(default=8, metadata={"help": "Latents generated per chunk."})
     conditioning: str = field(

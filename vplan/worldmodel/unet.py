@@ -27,7 +27,7 @@ attention of the UNet therefore runs `ChunkedAttnProcessor`, which hands diffuse
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -144,14 +144,20 @@ class UNetConfig:
     learned text encoder (6 MB) a checkpoint stays under 25 MB; 8 heads measured faster on the CPU than 4 or 2.
     """
 
-    block_out_channels: tuple[int, ...] = (32, 48, 48)
-    layers_per_block: int = 1
-    attention_head_dim: int = 8
-    norm_num_groups: int = 8
-    cross_attention_dim: int = 384
-    in_channels: int = 4
-    out_channels: int = 4
-    sample_size: int = 16
+    block_out_channels: tuple[int, ...] = field(
+        default=(32, 48, 48), metadata={"help": "Channels per level; each level after the first halves the latents."}
+    )
+    layers_per_block: int = field(default=1, metadata={"help": "Res-blocks (with their transformers) per level."})
+    attention_head_dim: int = field(
+        default=8, metadata={"help": "Attention heads per block (diffusers' name; the head size is channels / heads)."}
+    )
+    norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups; must divide every level's channels."})
+    cross_attention_dim: int = field(
+        default=384, metadata={"help": "Width of the conditioning tokens (text: 384 for MiniLM; the learned encoder's dim)."}
+    )
+    in_channels: int = field(default=4, metadata={"help": "Latent channels in (the VAE's latent_channels)."})
+    out_channels: int = field(default=4, metadata={"help": "Latent channels out (the VAE's latent_channels)."})
+    sample_size: int = field(default=16, metadata={"help": "Latent height and width (the VAE's latent_size)."})
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
