@@ -82,8 +82,10 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
     video = np.stack(imageio.mimread(out / episodes[0]["video"]))
     assert video.shape == (STEPS + 1, IMAGE, 2 * IMAGE + 2, 3)  # the first frame, then one per step
 
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "success rate" in printed and "Dist (m" in printed and "peak RSS" in printed and str(out) in printed
+    assert "seed 10001, chunk 1: " in captured.err  # the progress bar names the chunk being imagined
     assert "reached the return phase" in printed and "CPU time per episode" in printed and "task progress" in printed
 
 

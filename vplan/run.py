@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -186,12 +187,12 @@ def load_agent(cfg: RunConfig) -> Any:
 
 def run_episode(
     env: Any, agent: Any, instruction: str, seed: int, camera: str, recorder: EpisodeRecorder | None = None,
-    agent_seed: int | None = None,
+    agent_seed: int | None = None, on_chunk: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
     """One episode of `agent` in `env` from the env state of `seed` (the agent's sampling seeded with `agent_seed`,
     by default `seed` too): its result, timings, the imagined and executed frames, the agent's chunks (each with
     what was executed while following it) and the final info (and, given a recorder, every step in the dataset
-    format)."""
+    format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display."""
     start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)
     agent.reset(instruction, obs, info, seed=seed if agent_seed is None else agent_seed)
@@ -204,6 +205,8 @@ def run_episode(
             break
         if not chunks or agent.chunk is not chunks[-1]:
             chunks.append(agent.chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunks), agent.chunk.text)
         next_obs, reward, terminated, truncated, next_info = env.step(action)
         if recorder is not None:
             recorder.add(obs, info, action, agent.chunk.text, reward, next_info, terminated or truncated)
@@ -365,9 +368,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                              "does not account for them; choose another out=DIR")
         bar = tqdm(range(len(results), cfg.episodes), desc=f"run ({cfg.memory.kind})", unit="episode",
                    initial=len(results), total=cfg.episodes)
+        so_far = ""  # the finished episodes' figures, then what the agent imagines now
         for i in bar:
             recorder = EpisodeRecorder() if writer is not None else None
-            episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder)
+
+            def show(n: int, text: str, seed: int = cfg.seed + i) -> None:
+                bar.set_postfix_str(f"{so_far}seed {seed}, chunk {n}: {text[:40]}")
+
+            episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder,
+                                  on_chunk=show)
             result = episode["result"]
             # an episode the agent ended before any step has no rows
             result["recorded"] = writer is not None and bool(recorder.subgoals)
@@ -384,8 +393,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             results.append(result)
             metrics = summarize(cfg, results, env_id, started, dist_unit)
             write_json(out / METRICS_FILE, metrics)
-            bar.set_postfix(success=f"{sum(r['success'] for r in results)}/{len(results)}",
-                            dist=f"{metrics['dist_mean'] or 0:.3f}", wall=f"{result['wall_s']:.0f}s")
+            so_far = (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {metrics['dist_mean'] or 0:.3f}, "
+                      f"{result['wall_s']:.0f} s/episode | ")
+            bar.set_postfix_str(so_far.removesuffix(" | "))
         bar.close()
     finally:
         if writer is not None:
