@@ -185,6 +185,11 @@ def load_agent(cfg: RunConfig) -> Any:
         raise UsageError(str(err)) from None
 
 
+def show_chunk(bar: Any, seed: int, before: str = "") -> Callable[[int, str], None]:
+    """A `run_episode` `on_chunk` that names the chunk being imagined on a tqdm bar, after `before`."""
+    return lambda n, text: bar.set_postfix_str(f"{before}seed {seed}, chunk {n}: {text[:40]}")
+
+
 def run_episode(
     env: Any, agent: Any, instruction: str, seed: int, camera: str, recorder: EpisodeRecorder | None = None,
     agent_seed: int | None = None, on_chunk: Callable[[int, str], None] | None = None,
@@ -372,11 +377,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         for i in bar:
             recorder = EpisodeRecorder() if writer is not None else None
 
-            def show(n: int, text: str, seed: int = cfg.seed + i) -> None:
-                bar.set_postfix_str(f"{so_far}seed {seed}, chunk {n}: {text[:40]}")
-
             episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder,
-                                  on_chunk=show)
+                                  on_chunk=show_chunk(bar, cfg.seed + i, so_far))
             result = episode["result"]
             # an episode the agent ended before any step has no rows
             result["recorded"] = writer is not None and bool(recorder.subgoals)

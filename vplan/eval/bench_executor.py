@@ -138,7 +138,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
 
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import TabletopConfig, make_env
-    from vplan.run import RunConfig, load_agent, run_episode
+    from vplan.run import RunConfig, load_agent, run_episode, show_chunk
 
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
@@ -166,12 +166,13 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                 pin_checkpoints(out, {"worldmodel": cfg.worldmodel, "idm": cfg.idm},
                                 resuming=any(results["rows"][name] for name in ROWS if name != "expert"))
             agent = agents.get(row)
-            for i in tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done),
-                          total=cfg.episodes):
+            bar = tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done), total=cfg.episodes)
+            for i in bar:
                 if agent is None:
                     done.append(expert_episode(env, cfg.seed + i))
                 else:
-                    episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
+                    episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera,
+                                          on_chunk=show_chunk(bar, cfg.seed + i))
                     result = episode["result"]
                     if i == 0:  # what the IDM was handed, next to what it did with it
                         write_video(out / f"{row.replace(' ', '_')}_seed{cfg.seed}.mp4", episode["imagined"],

@@ -163,7 +163,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vplan.envs import make_env
-    from vplan.run import RunConfig, load_agent, run_episode
+    from vplan.run import RunConfig, load_agent, run_episode, show_chunk
 
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
@@ -192,9 +192,11 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
             try:
                 pin_checkpoints(out, {arguments[row.worldmodel]: checkpoints[row.worldmodel], "idm": cfg.idm},
                                 resuming=any(results["rows"].values()))
-                for i in tqdm(range(len(done), cfg.episodes), desc=row.name, unit="episode", initial=len(done),
-                              total=cfg.episodes):
-                    episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera)
+                bar = tqdm(range(len(done), cfg.episodes), desc=row.name, unit="episode", initial=len(done),
+                           total=cfg.episodes)
+                for i in bar:
+                    episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera,
+                                          on_chunk=show_chunk(bar, cfg.seed + i))
                     result = episode["result"]
                     done.append({"seed": result["seed"], "dist": result["dist"], "success": result["success"],
                                  "psnr": generation_psnr(episode["imagined"], episode["executed"]),
