@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import replace
 
 import pytest
@@ -28,10 +30,10 @@ def tiny_world_model() -> WorldModelConfig:
     )
 
 
-def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsys):
+def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsys, tmp_path):
     cfg = BenchMemoryConfig(
         model=tiny_world_model(), checkpoint=None, memory=MemoryConfig(kind="temp_lora", rank=4),
-        episodes=1, chunks=2, execution_s=0.05, threads=1, isolate=False,
+        episodes=1, chunks=2, execution_s=0.05, threads=1, isolate=False, out=str(tmp_path),
     )
     rows = bench_memory(cfg)
     assert [row["mode"] for row in rows] == ["none", "temp_lora", "temp_lora + overlap"]
@@ -44,6 +46,9 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     assert rows[0]["update_s_per_chunk"] == 0
     out = capsys.readouterr().out
     assert "temp_lora + overlap" in out and "vs none" in out and "peak RSS" in out
+    written = json.loads((tmp_path / "results.json").read_text())  # out=: the same rows, and where they ran
+    assert written["command"] == "bench memory" and written["results"] == json.loads(json.dumps(rows))
+    assert written["settings"]["chunks"] == 2 and written["machine"]["cpu_count"] >= 1
 
 
 def test_bench_memory_config_checks(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from vplan.eval.bench_env import BenchEnvConfig, bench_env
@@ -28,25 +30,30 @@ def tiny_world_model() -> WorldModelConfig:
     )
 
 
-def test_bench_env_reports_speed_and_expert(capsys):
+def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
-    results = bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=50, episodes=1))
+    results = bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=50, episodes=1,
+                                       out=str(tmp_path)))
     assert results["physics_steps_per_s"] > results["steps_and_renders_per_s"] > 0
     assert results["expert_success_rate"] == 1.0
     assert "target" in capsys.readouterr().out
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["results"] == results and written["settings"]["env"]["image_size"] == 16
+    assert {"cpu_count", "torch", "omp_wait_policy"} <= set(written["machine"])
 
 
-def test_bench_worldmodel_times_every_sampler(capsys):
+def test_bench_worldmodel_times_every_sampler(capsys, tmp_path):
     model = tiny_world_model()
-    rows = bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2", "flow_euler:2"], repeats=1, threads=1))
+    rows = bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2", "flow_euler:2"], repeats=1, threads=1,
+                                                  out=str(tmp_path)))
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["results"]["rows"] == rows and written["results"]["peak_rss_mb"] > 0
     assert [row["sampler"] for row in rows] == ["ddim:2", "flow_euler:2"]
     assert all(row["generate_and_decode_s"] > 0 and row["generate_s"] > 0 for row in rows)  # timed separately: no order
     assert "peak RSS" in capsys.readouterr().out
 
 
 def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
-    import json
-
     from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 

@@ -17,6 +17,7 @@ from omegaconf import MISSING
 # Steps+renders per second at 64x64 on one process that the issues ask of each env.
 TARGET_STEPS_PER_S = {"tabletop": 500, "blockworld": 300}
 
+from vplan.eval.bench_record import OUT_HELP, record_bench
 from vplan.tasks import TaskConfig
 
 
@@ -29,6 +30,7 @@ class BenchEnvConfig:
     steps: int = field(default=2000, metadata={"help": "Random-action steps timed for steps/s."})
     episodes: int = field(default=5, metadata={"help": "Expert episodes timed."})
     seed: int = field(default=0, metadata={"help": "First seed; expert episode i uses seed + i."})
+    out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.episodes < 1:
@@ -114,4 +116,5 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     print(f"  wall time per episode    {results['expert_episode_s']:10.2f} s")
     print(f"  steps per episode        {results['expert_episode_steps']:10.1f}")
     print(f"  success                  {successes}/{cfg.episodes}")
+    record_bench(cfg.out, "bench env", cfg, results)
     return results

@@ -31,6 +31,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from vplan.errors import RunError, UsageError
+from vplan.eval.bench_record import OUT_HELP, record_bench
 from vplan.memory.config import MemoryConfig
 from vplan.utils.openmp import current_policy, wait_policy
 from vplan.worldmodel.model import WorldModelConfig
@@ -65,6 +66,7 @@ class BenchMemoryConfig:
     threads: int = field(default=2, metadata={"help": "torch threads (the worker thread shares the setting)."})
     isolate: bool = field(default=True, metadata={"help": "Run each mode in a fresh process (clean peak RSS)."})
     seed: int = field(default=0, metadata={"help": "Seeds the first frame and the sampling noise."})
+    out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
         if self.memory.kind == "none":
@@ -263,6 +265,7 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         row["wall_ratio"] = row["wall_s"] / base["wall_s"]
         row["rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"]
     _print_table(cfg, rows)
+    record_bench(cfg.out, "bench memory", cfg, rows)
     return rows
 
 

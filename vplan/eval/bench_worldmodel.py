@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from vplan.eval.bench_record import OUT_HELP, record_bench
 from vplan.utils.openmp import wait_policy
 from vplan.worldmodel.model import WorldModel, WorldModelConfig
 
@@ -34,6 +35,7 @@ class BenchWorldModelConfig:
     )
     repeats: int = field(default=3, metadata={"help": "Timed generations per entry; the fastest is reported."})
     threads: int = field(default=2, metadata={"help": "torch threads."})
+    out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
         for spec in self.samplers:
@@ -81,4 +83,5 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
         ratio = row["generate_and_decode_s"] / TARGET_SECONDS
         print(f"  {row['sampler']:16} {row['generate_s']:13.2f} {row['generate_and_decode_s']:13.2f} {ratio:15.2f}x")
     print(f"default sampler: {config.diffusion.sampler}:{config.diffusion.num_inference_steps}; peak RSS {peak_mb:.0f} MB")
+    record_bench(cfg.out, "bench worldmodel", cfg, {"rows": rows, "peak_rss_mb": peak_mb})
     return rows

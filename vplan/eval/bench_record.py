@@ -1,0 +1,57 @@
+"""A benchmark's figures as a file (`out=DIR` → `<DIR>/results.json`), next to the machine they were measured on,
+so that figures from two machines or two days can be set side by side without copying them off a terminal."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+OUT_HELP = "Also write results.json here: the settings, the figures and the machine they were measured on."
+RESULTS_FILE = "results.json"
+
+
+def machine() -> dict[str, Any]:
+    """What the timings depend on: CPU, cores, torch and its threads, and how OpenMP threads wait."""
+    import torch
+
+    return {
+        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name on Linux (/proc/cpuinfo); None elsewhere."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
+    """With `out`, write `<out>/results.json` whole (aside, then renamed); without, nothing."""
+    if out is None:
+        return
+    from vplan.run import write_json
+    from vplan.utils.settings import plain
+
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / RESULTS_FILE, {
+        "command": command,
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": plain({k: v for k, v in vars(cfg).items() if k != "out"}),
+        "results": plain(results),
+    })
+    print(f"results in {path / RESULTS_FILE}")
