@@ -141,6 +141,7 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
     assert (out / metrics["episodes"][0]["video"]).is_file()
     captured = capsys.readouterr()
     assert "interrupted" in captured.err and "(interrupted)" in captured.out
+    assert f"to run the other 1: the same command with resume=true out={out}" in captured.out
 
     monkeypatch.setattr(VideoPlanningAgent, "act", act)
     # as if killed after recording episode 2 but before metrics.json counted it: resuming must not record it twice

@@ -318,6 +318,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}")
     print(f"run directory: {out}")
+    if not metrics["complete"]:
+        print(f"to run the other {metrics['episodes_requested'] - done}: the same command with resume=true out={out}")
 
 
 def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
