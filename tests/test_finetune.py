@@ -174,6 +174,7 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
         finetune(cfg)
     monkeypatch.setattr(SlowFastTraining, "loss", original)
     assert (root / "killed" / "checkpoint-0000003").is_dir() and not (root / "killed" / "final").exists()
+    assert "stopped at step 3: checkpoint in" in capsys.readouterr().out  # and how to go on
 
     # A kill during the inner loop: a missing episode file is redone, bit-identical (the others are kept).
     inner_file = episode_file(root / "killed", 0)

@@ -204,7 +204,7 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     assert "before" in printed and "success rate" in printed
 
 
-def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path, capsys):
+def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -218,6 +218,20 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert (straight / "planner.yaml").read_text() == (resumed / "planner.yaml").read_text()
     assert len((resumed / "iterations.jsonl").read_text().splitlines()) == 2
+    from vplan.rl.loop import RLRun
+
+    calls = []
+
+    def interrupted_finetune(self, groups):  # Ctrl-C in iteration 3's finetuning
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RLRun, "finetune", interrupted_finetune)
+        with pytest.raises(SystemExit) as exit_info:
+            main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
+    assert exit_info.value.code == 130 and calls == [1]
+    assert "interrupted: iterations 0..1 kept in" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # another objective cannot continue this run
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
     assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err

@@ -134,6 +134,7 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
             if stop_requested:
                 checkpoint(step)
                 bar.close()
+                accelerator.print(f"stopped at step {step}: checkpoint in {out}; the same command resumes from it")
                 raise KeyboardInterrupt
         bar.close()
     finally:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -455,6 +456,10 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         write_json(out / "metrics.json", _to_jsonable(metrics))
         _print_summary(metrics, out)
         return metrics
+    except KeyboardInterrupt:
+        kept = f"iterations 0..{run.iteration - 1} kept in {out}" if run.iteration else f"no iteration finished in {out}"
+        print(f"interrupted: {kept}; the same command resumes after the last one finished", file=sys.stderr)
+        raise
     finally:
         run.env.close()
         run.rewards.close()
