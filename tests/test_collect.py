@@ -95,3 +95,23 @@ def test_killed_collect_keeps_finished_episodes_and_resumes(tmp_path):
     dataset = EpisodeDataset(out)
     assert dataset.num_episodes == finished + 1
     assert [dataset.episode_meta(i)["seed"] for i in range(finished + 1)] == list(range(finished + 1))
+
+
+def test_interrupted_collect_says_what_it_kept(tmp_path, monkeypatch, capsys):
+    import vplan.data.collect as collect_module
+    from vplan.cli import main
+
+    rollout, calls = collect_module.rollout_expert, []
+
+    def interrupted(env, expert, seed):  # Ctrl-C during the second episode
+        calls.append(seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return rollout(env, expert, seed)
+
+    monkeypatch.setattr(collect_module, "rollout_expert", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "episodes=3", f"out={tmp_path / 'ds'}", "env.image_size=16"])
+    assert exit_info.value.code == 130
+    assert "interrupted: 1 episode(s) kept in" in capsys.readouterr().err
+    assert EpisodeDataset(tmp_path / "ds").num_episodes == 1

@@ -7,6 +7,7 @@ uninterrupted one).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,11 +158,18 @@ def collect(cfg: CollectConfig) -> Path:
             print(f"resuming {out}: {start} episodes there, collecting {cfg.episodes - start} more")
         successes = 0
         bar = tqdm(range(start, cfg.episodes), desc="collect", unit="episode", initial=start, total=cfg.episodes)
-        for episode in bar:
-            frames, subgoals, summary = rollout_expert(env, expert, cfg.seed + episode)
-            writer.add_episode(frames, subgoals, extra={"instruction": cfg.task.instruction, **summary})
-            successes += summary["success"]
-            bar.set_postfix(success=f"{successes}/{episode - start + 1}", frames=writer.num_frames)
+        try:
+            for episode in bar:
+                frames, subgoals, summary = rollout_expert(env, expert, cfg.seed + episode)
+                writer.add_episode(frames, subgoals, extra={"instruction": cfg.task.instruction, **summary})
+                successes += summary["success"]
+                bar.set_postfix(success=f"{successes}/{episode - start + 1}", frames=writer.num_frames)
+        except KeyboardInterrupt:
+            bar.close()
+            env.close()
+            print(f"interrupted: {writer.num_episodes} episode(s) kept in {out}; the same command collects the rest",
+                  file=sys.stderr)
+            raise
         bar.close()
         env.close()
         print(
