@@ -76,6 +76,20 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
     assert all(f"| {row} |" in table for row in ROWS) and "memory=none" in table and "task progress" in table
 
 
+def test_an_interrupted_bench_says_what_it_kept(checkpoints, tmp_path, capsys, monkeypatch):
+    import vplan.run
+
+    def interrupted(*args, **kwargs):  # Ctrl-C in the first video row's first episode
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vplan.run, "run_episode", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(bench_args(checkpoints, tmp_path / "bench", "episodes=1"))
+    assert exit_info.value.code == 130
+    rows = ", ".join(f"{row} {int(row == 'expert')}" for row in ROWS)
+    assert f"interrupted: the finished episodes ({rows}) are kept in" in capsys.readouterr().err
+
+
 def test_other_envs_are_refused_in_one_line(checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([a for a in bench_args(checkpoints, tmp_path / "b", "env=blockworld") if "max_episode" not in a])

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vplan.errors import UsageError
-from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_results, summarize
+from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_results, say_interrupted, summarize
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
 from vplan.run import write_json, write_video
@@ -183,6 +183,9 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                                  "psnr": generation_psnr(episode["imagined"], episode["executed"]),
                                  "wall_s": result["wall_s"]})
                 write_json(out / RESULTS_FILE, results)
+    except KeyboardInterrupt:
+        say_interrupted(out, results)
+        raise
     finally:
         for agent in agents.values():  # each closes its memory: the shadow env; the world model's adapter
             agent.close()

@@ -19,6 +19,7 @@ slow-learned model run first, so they can run while `vplan finetune` makes the o
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,13 @@ def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str]) -> dic
     return results
 
 
+def say_interrupted(out: Path, results: dict[str, Any]) -> None:
+    """What an interrupted bench kept, and that rerunning it continues."""
+    done = ", ".join(f"{name} {len(rows)}" for name, rows in results["rows"].items())
+    print(f"interrupted: the finished episodes ({done}) are kept in {out / RESULTS_FILE}; the same command "
+          "continues", file=sys.stderr)
+
+
 def generation_psnr(imagined: list[np.ndarray], executed: list[np.ndarray]) -> float:
     """PSNR (dB) of the imagined frames against the executed ones, pooled over the steps after the first."""
     a = np.stack(imagined[1:]).astype(np.float64)
@@ -204,6 +212,9 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                     write_json(out / RESULTS_FILE, results)
             finally:
                 agent.close()
+    except KeyboardInterrupt:
+        say_interrupted(out, results)
+        raise
     finally:
         env.close()
         torch.set_num_threads(threads)
