@@ -378,7 +378,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         so_far = ""  # the finished episodes' figures, then what the agent imagines now
         for i in bar:
             recorder = EpisodeRecorder() if writer is not None else None
-
             episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder,
                                   on_chunk=show_chunk(bar, cfg.seed + i, so_far))
             result = episode["result"]
