@@ -156,3 +156,15 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
         assert resumed[key] == straight[key]
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
         "checkpoints.json", "metrics.json", "open_loop.mp4", "open_loop.png", "progress.json", "real_vs_generated.mp4"]
+
+
+def test_share_error_takes_the_episode_as_the_unit():
+    from vplan.eval.worldmodel import share_error
+
+    def rows(*episodes):
+        return [{"episode": e, "text_sensitive": v} for e, values in enumerate(episodes) for v in values]
+
+    assert share_error(rows([True, True], [False, False]), "text_sensitive") == 0.5  # episodes disagree entirely
+    assert share_error(rows([True, False], [True, False]), "text_sensitive") == 0.0  # every episode at the share
+    assert share_error(rows([True, False, True]), "text_sensitive") is None  # one episode: no spread to measure
+    assert share_error([{"episode": 0}, {"episode": 1}], "text_sensitive") is None  # a model that reads no text

@@ -242,7 +242,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "all": _summary(rows),
         "moving": _summary([row for row in rows if row["moving"]]),
         "text_sensitivity": float(np.mean(sensitive)) if sensitive else None,
+        "text_sensitivity_se": share_error(rows, "text_sensitive"),
         "action_order_sensitivity": float(np.mean(order_sensitive)) if order_sensitive else None,
+        "action_order_sensitivity_se": share_error(rows, "order_sensitive"),
         "chunks": rows,
         "open_loop": _open_loop_summary(open_rows, cfg.compare),
     }
@@ -258,12 +260,14 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         if s:
             print(f"  {name + ' (' + str(s['chunks']) + ')':10} {s['psnr']:7.2f} {s['copy_psnr']:15.2f} {s['ssim']:6.3f} {s['copy_ssim']:15.3f}")
     if sensitive:
-        print(f"  text sensitivity: {metrics['text_sensitivity']:.0%} of {len(sensitive)} chunks closer under the true subgoal")
+        print(f"  text sensitivity: {metrics['text_sensitivity']:.0%}{_error(metrics['text_sensitivity_se'])} of "
+              f"{len(sensitive)} chunks closer under the true subgoal")
     if idm is not None:
         _print_agreement(metrics)
     if order_sensitive:
-        print(f"  action-order sensitivity: {metrics['action_order_sensitivity']:.0%} of {len(order_sensitive)} moving "
-              "chunks closer under the executed actions than under them reversed")
+        print(f"  action-order sensitivity: {metrics['action_order_sensitivity']:.0%}"
+              f"{_error(metrics['action_order_sensitivity_se'])} of {len(order_sensitive)} moving chunks closer under "
+              "the executed actions than under them reversed")
     _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
     print(f"metrics and video in {out}")
     return metrics
@@ -386,6 +390,27 @@ def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[
     summary = {"compare": compare, "episodes": len({row["episode"] for row in rows}), "per_chunk": per_chunk,
                "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
     return summary | ({"paired": paired_gain(rows)} if "compare_psnr" in keys else {})
+
+
+def share_error(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Standard error of the share of rows whose `key` is true, with the episode as the unit: chunks of one
+    episode share its scene, so they are not independent draws (the cluster-robust error of a ratio). None with
+    fewer than two episodes."""
+    by_episode: dict[int, list[bool]] = {}
+    for row in rows:
+        if key in row:
+            by_episode.setdefault(row["episode"], []).append(bool(row[key]))
+    if len(by_episode) < 2:
+        return None
+    total = sum(len(v) for v in by_episode.values())
+    share = sum(sum(v) for v in by_episode.values()) / total
+    spread = sum((sum(v) - share * len(v)) ** 2 for v in by_episode.values())
+    count = len(by_episode)
+    return float(np.sqrt(spread * count / (count - 1)) / total)
+
+
+def _error(se: float | None) -> str:
+    return "" if se is None else f" (standard error {se:.0%}, by episode)"
 
 
 def _finished(progress: dict[str, Any]) -> str:
