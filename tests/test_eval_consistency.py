@@ -81,6 +81,12 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
     assert metrics["real"]["src"] > 90 and metrics["real"]["episodes"][0]["pairs"] > 0
     for name in ("SCuts", "SRC (%)", "PSNR drift", "real", "not comparable"):
         assert name in printed
+    for mode in ("anchor", "temp_lora"):  # each memory against none on the same episodes
+        d = metrics["modes"][mode]["src_vs_none"]
+        assert d["mean"] == pytest.approx(metrics["modes"][mode]["src"] - metrics["modes"]["none"]["src"])
+        assert d["episodes"] == 1 and d["standard_error"] is None
+        assert f"SRC of {mode} minus none, paired by seed" in printed
+    assert "src_vs_none" not in metrics["modes"]["none"]
 
     real = revisit_scenario(10000, min_frames=frames, env_config=TabletopConfig(image_size=SIZE, num_cubes=1))
     for mode in metrics["modes"]:
@@ -185,3 +191,13 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     assert figures(evaluate(out, episodes=2, resume=True)) == figures(straight)  # all finished: nothing rerun
     again = evaluate(out, episodes=1)  # a finished evaluation is replaced by a fresh one
     assert figures(again)["none"] == figures(straight)["none"][:1]
+
+
+def test_paired_difference_matches_episodes_by_seed():
+    from vplan.eval.consistency import paired_difference
+
+    none = [{"seed": 1, "src": 50.0}, {"seed": 2, "src": 40.0}, {"seed": 3, "src": 60.0}]
+    lora = [{"seed": 3, "src": 58.0}, {"seed": 1, "src": 54.0}, {"seed": 2, "src": 40.0}]  # another order
+    d = paired_difference(lora, none, "src")
+    assert (d["mean"], d["episodes"], d["ahead"], d["behind"]) == (pytest.approx(2 / 3), 3, 1, 1)
+    assert d["standard_error"] == pytest.approx(np.std([4.0, 0.0, -2.0], ddof=1) / np.sqrt(3))

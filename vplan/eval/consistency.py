@@ -288,10 +288,24 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                   for mode, rows in per_mode.items()},
         "real": {"scuts": mean(real_rows, "scuts"), "src": mean(real_rows, "src"), "episodes": real_rows},
     }
+    if "none" in per_mode:  # each memory's SRC against no memory on the same episodes
+        for mode in per_mode:
+            if mode != "none":
+                metrics["modes"][mode]["src_vs_none"] = paired_difference(per_mode[mode], per_mode["none"], "src")
     write_json(out / "metrics.json", metrics)
     _plot_psnr(metrics, out / "psnr_per_chunk.png")
     _print_table(cfg, metrics, out)
     return metrics
+
+
+def paired_difference(rows: list[dict[str, Any]], baseline: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """`key` of one mode minus the baseline's, episode by episode (same seeds, same noise): its mean, standard error
+    (None for one episode) and in how many episodes the mode is ahead and behind."""
+    by_seed = {row["seed"]: row[key] for row in baseline}
+    gains = np.array([row[key] - by_seed[row["seed"]] for row in rows if row["seed"] in by_seed])
+    error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else None
+    return {"mean": float(gains.mean()), "standard_error": error, "episodes": len(gains),
+            "ahead": int((gains > 0).sum()), "behind": int((gains < 0).sum())}
 
 
 def _finished(progress: dict[str, Any]) -> str:
@@ -327,5 +341,11 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
               f"{row['psnr_db']:10.2f} {row['seconds']:10.1f}")
     real = metrics["real"]
     print(f"  {'real':12} {real['scuts']:6.2f} {real['src']:8.2f} {'-':>22} {'-':>10} {'-':>10}")
+    for mode, row in metrics["modes"].items():
+        if "src_vs_none" in row:
+            d = row["src_vs_none"]
+            error = "" if d["standard_error"] is None else f" (standard error {d['standard_error']:.2f})"
+            print(f"  SRC of {mode} minus none, paired by seed: {d['mean']:+.2f}{error}, ahead in {d['ahead']} and "
+                  f"behind in {d['behind']} of {d['episodes']}")
     print("SCuts: fewer is better; SRC: higher is better; PSNR drift: closer to 0 (or above) is better")
     print(f"metrics and videos in {out}")
