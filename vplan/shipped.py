@@ -65,11 +65,11 @@ def checkpoint_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -> None:
+def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -> dict[str, str]:
     """Record in `<out>/checkpoints.json` the fingerprint of each checkpoint (name -> argument) a run loads, so
     that continuing the run never mixes two models: a resumed run whose checkpoint's files changed since (a
     re-shipped model, a retrained one in the same directory) stops with a UsageError. The run's settings
-    record only the arguments, which still name the same directory."""
+    record only the arguments, which still name the same directory. Returns each checkpoint's fingerprint."""
     file = out / PINNED_FILE
     pinned = json.loads(file.read_text()) if resuming and file.is_file() else {}
     if resuming and not file.is_file():
@@ -84,3 +84,4 @@ def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -
         pinned[name] = {"checkpoint": spec, "fingerprint": fingerprint}
     out.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps(pinned, indent=2) + "\n")
+    return {name: pinned[name]["fingerprint"] for name in checkpoints}

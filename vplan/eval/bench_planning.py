@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from vplan.run import write_json
 from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import bar_plot
-from vplan.utils.settings import changed_settings, plain
+from vplan.utils.settings import changed_settings, settings_record
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -102,7 +102,7 @@ class BenchPlanningConfig(AgentBenchConfig):
 def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str]) -> dict[str, Any]:
     """The results a bench with these settings wrote to `path` so far (to continue it), or empty rows. Every
     setting but `episodes`, `out` and `threads` must match (one added since the bench ran may be at its default)."""
-    settings = plain({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("episodes", "out", "threads")})
+    settings = settings_record(cfg, leave_out=("episodes", "out", "threads"))
     if not path.is_file():
         return {"settings": settings, "rows": {name: [] for name in row_names}}
     results = json.loads(path.read_text())

@@ -43,7 +43,7 @@ def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
     if out is None:
         return
     from vplan.run import write_json
-    from vplan.utils.settings import plain
+    from vplan.utils.settings import plain, settings_record
 
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
         "command": command,
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": plain({k: v for k, v in vars(cfg).items() if k != "out"}),
+        "settings": settings_record(cfg, leave_out=("out",)),
         "results": plain(results),
     })
     print(f"results in {path / RESULTS_FILE}")

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from vplan.eval.progress import PROGRESS_FILE, say_interrupted, start_or_continue
+from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.run import write_json
 from vplan.shipped import pin_checkpoints
@@ -177,7 +177,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames, scene_return_consistency
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
-    from vplan.shipped import checkpoint_fingerprint, resolve_checkpoint
+    from vplan.shipped import resolve_checkpoint
     from vplan.worldmodel.model import WorldModel
 
     torch.set_num_threads(cfg.threads)
@@ -185,7 +185,6 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     scenario_fn = revisit_scenario_for(env)
     path = resolve_checkpoint(cfg.checkpoint)
     model = WorldModel.from_pretrained(path)
-    fingerprint = checkpoint_fingerprint(path)  # now: the files may be replaced while the rollouts run
     size = model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the checkpoint's frames are {size}x{size}, the env's {cfg.env.image_size}; "
@@ -202,7 +201,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"real": [], "modes": {mode: [] for mode in cfg.modes}},
                                  _finished, ["real_vs_*.mp4", "psnr_per_chunk.png"])
-    pin_checkpoints(out, {"worldmodel": cfg.checkpoint}, resuming=cfg.resume and any(progress["modes"].values()))
+    # the fingerprint now: the files may be replaced while the rollouts run
+    fingerprint = pin_checkpoints(out, {"worldmodel": cfg.checkpoint},
+                                  resuming=cfg.resume and any(progress["modes"].values()))["worldmodel"]
 
     seeds = range(cfg.seed, cfg.seed + cfg.episodes)
     todo = {seed: [mode for mode in cfg.modes if not any(row["seed"] == seed for row in progress["modes"][mode])]
@@ -292,7 +293,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         for mode in per_mode:
             if mode != "none":
                 metrics["modes"][mode]["src_vs_none"] = paired_difference(per_mode[mode], per_mode["none"], "src")
-    write_json(out / "metrics.json", metrics)
+    write_json(out / METRICS_FILE, metrics)
     _plot_psnr(metrics, out / "psnr_per_chunk.png")
     _print_table(cfg, metrics, out)
     return metrics

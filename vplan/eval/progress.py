@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from vplan.errors import UsageError
-from vplan.utils.settings import changed_settings, plain
+from vplan.utils.settings import changed_settings, settings_record
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
@@ -27,7 +26,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     """The progress record to go on from: with `cfg.resume`, the one in `out` (checked against `cfg`'s settings
     but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left.
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
-    settings = plain({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in resumable})
+    settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
     if cfg.resume and file.is_file():
         progress = json.loads(file.read_text())

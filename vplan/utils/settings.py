@@ -17,6 +17,11 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: asdict(v) if is_dataclass(v) else str(v)))
 
 
+def settings_record(config: Any, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The top-level fields of dataclass `config` but `leave_out`, as a settings record holds them (`plain`)."""
+    return plain({f.name: getattr(config, f.name) for f in fields(config) if f.name not in leave_out})
+
+
 def _default(config: Any, name: str) -> Any:
     """The default of dataclass `config`'s field `name`, or MISSING where it has none (or is no such field)."""
     if not is_dataclass(config):
