@@ -87,6 +87,17 @@ def test_bad_input_is_one_line_and_exit_code_2(args, expected):
     assert expected in lines[0]
 
 
+def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out in (blocker, blocker / "below"):
+        result = run_cli("collect", "episodes=1", f"out={out}")
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        why = "exists and is not a directory" if out == blocker else "Not a directory"
+        assert result.stderr.strip() == f"vplan collect: error: {out}: {why}"
+
+
 @pytest.mark.parametrize(("given", "effective"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_openmp_waits_passively_unless_the_user_chose(given, effective, monkeypatch):
     """The policy is read once, when torch loads, so the CLI module must set it without importing torch."""

@@ -381,6 +381,11 @@ def main(argv: list[str] | None = None) -> None:
     except RunError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except OSError as error:  # an unwritable out=DIR, a full disk, a file where a directory should be
+        where = f"{error.filename}: " if error.filename else ""
+        why = "exists and is not a directory" if isinstance(error, FileExistsError) else error.strerror or error
+        print(f"{prog}: error: {where}{why}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
