@@ -13,7 +13,7 @@ returned as ±1. The other dimensions are regressed with MSE. An env with discre
 `Discrete(5)`) sets `num_moves`: the IDM is then a classifier over the moves (cross-entropy) and predicts the
 move's integer.
 
-A checkpoint is a directory: `config.json` (`kind`, `format_version`, the `IDMConfig`) and
+A checkpoint is a directory: `config.json` (`kind`, `format_version`, the `IDMConfig`, `trained_on_env` when known) and
 `model.safetensors`. Nothing is pickled.
 """
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vplan.errors import UsageError
-from vplan.shipped import resolve_checkpoint
+from vplan.shipped import TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.model import CheckpointError, _contiguous, _load_into, read_pretrained_config
 
 CHECKPOINT_KIND = "vplan-idm"
@@ -299,15 +299,17 @@ class IDMPolicy(nn.Module):
 
     # -- checkpoints
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint."""
+    def save_pretrained(self, path: str | Path, trained_on_env: str | None = None) -> None:
+        """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint. It
+        records `trained_on_env`, the env whose episodes the weights learned from, when given."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_FILE).unlink(missing_ok=True)
         save_file(_contiguous(self.state_dict()), path / WEIGHTS_FILE)
-        payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
+        payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
+                   **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {})}
         (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
     @classmethod

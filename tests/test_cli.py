@@ -98,6 +98,15 @@ def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path)
         assert result.stderr.strip() == f"vplan collect: error: {out}: {why}"
 
 
+def test_vplans_warnings_are_one_line_and_others_as_python_prints_them():
+    from vplan.cli import _format_warning
+    from vplan.shipped import OtherEnvWarning
+
+    assert _format_warning("idm=X was trained on blockworld", OtherEnvWarning, "/x.py", 3) == \
+        "warning: idm=X was trained on blockworld\n"
+    assert _format_warning("old", DeprecationWarning, "/x.py", 3, "") == "/x.py:3: DeprecationWarning: old\n"
+
+
 @pytest.mark.parametrize(("given", "effective"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_openmp_waits_passively_unless_the_user_chose(given, effective, monkeypatch):
     """The policy is read once, when torch loads, so the CLI module must set it without importing torch."""

@@ -22,6 +22,7 @@ from vplan.loop.idm import Episode, IDMTrainConfig, IDMTraining, error_report, e
 from vplan.loop.train import TrainConfig, train_component
 from vplan.loop.trainer import OptimConfig
 from vplan.policies.idm import IDMConfig, IDMInputError, IDMPolicy, windows
+from vplan.shipped import trained_on_env
 from vplan.tasks import TaskConfig
 from vplan.worldmodel.model import CheckpointError, WorldModel
 from vplan.worldmodel.vae import VAEConfig, build_vae
@@ -107,6 +108,7 @@ def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsy
     assert set(metrics) == {"label", "held_out_episodes", "real"} and metrics["label"] == "applied"
     assert "VAE frames" not in capsys.readouterr().out
     assert IDMPolicy.from_pretrained(final).config == idm
+    assert trained_on_env(str(final)) == "tabletop"
 
 
 def test_cli_errors_are_one_line(tiny_dataset: Path, tmp_path: Path) -> None:

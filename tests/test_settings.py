@@ -1,16 +1,18 @@
 """Continuing a run never mixes two configs or two models: the recorded settings are compared with the current
 ones (every difference named; a setting the code gained since the run, at its default, is none), and the
-checkpoints' files with those the run used."""
+checkpoints' files with those the run used. A checkpoint about to run in another env than the one it was trained on
+is named in a warning."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import pytest
 
 from vplan.errors import UsageError
-from vplan.shipped import PINNED_FILE, pin_checkpoints
+from vplan.shipped import PINNED_FILE, OtherEnvWarning, pin_checkpoints, trained_on_env, warn_if_trained_elsewhere
 from vplan.utils.settings import changed_settings, plain
 
 
@@ -74,3 +76,21 @@ def test_a_run_begun_before_checkpoints_were_recorded_continues_with_a_warning(t
     pin_checkpoints(tmp_path, {"idm": "shipped:tabletop/idm"}, resuming=True)
     assert "does not record which checkpoint files" in capsys.readouterr().out
     assert set(json.loads((tmp_path / PINNED_FILE).read_text())) == {"idm"}
+
+
+def test_a_checkpoint_from_another_env_is_named_in_a_warning(tmp_path):
+    assert [trained_on_env(f"shipped:{env}/{c}") for env in ("tabletop", "blockworld") for c in ("worldmodel", "idm")] \
+        == ["tabletop", "tabletop", "blockworld", "blockworld"]
+    with pytest.warns(OtherEnvWarning) as caught:
+        warn_if_trained_elsewhere({"worldmodel": "shipped:tabletop/worldmodel", "idm": "shipped:blockworld/idm"},
+                                  "blockworld")
+    assert [str(w.message) for w in caught] == [
+        "worldmodel=shipped:tabletop/worldmodel was trained on tabletop episodes, and this env is blockworld; pass "
+        "worldmodel= a checkpoint trained on blockworld"]
+    unrecorded = tmp_path / "before"  # a checkpoint written before vplan recorded its env, or not one at all
+    unrecorded.mkdir()
+    (unrecorded / "config.json").write_text(json.dumps({"kind": "vplan-idm", "format_version": 1, "config": {}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_trained_elsewhere({"idm": str(unrecorded), "compare": str(tmp_path / "missing"), "other": None},
+                                  "tabletop")

@@ -10,6 +10,7 @@ import torch
 
 from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
+from vplan.shipped import trained_on_env
 from vplan.tasks import TaskConfig
 from vplan.worldmodel.model import WorldModel
 
@@ -77,6 +78,7 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     (vae_out / "final" / "notes.txt").unlink()
     assert not (wm_out / "checkpoint-0000006").exists()
 
+    assert trained_on_env(str(wm_out / "final")) == "tabletop"  # the dataset's env, so a run elsewhere warns
     model = WorldModel.from_pretrained(wm_out / "final")
     first = torch.zeros(1, 1, 4, 8, 8)
     chunk = model.generate(first, ["pick up the red cube"], generator=torch.Generator().manual_seed(0))

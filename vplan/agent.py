@@ -214,12 +214,14 @@ class VideoPlanningAgent:
         ones), a task (a `TaskConfig` or the name of a preset in configs/task/), and the planner, memory (default
         temp_lora) and agent configs."""
         from vplan.policies.idm import IDMPolicy
-        from vplan.shipped import shipped_checkpoint
+        from vplan.shipped import shipped_checkpoint, warn_if_trained_elsewhere
         from vplan.worldmodel.model import WorldModel
 
         task_config = task if isinstance(task, TaskConfig) else TaskConfig.preset(task)
-        world_model = WorldModel.from_pretrained(worldmodel or shipped_checkpoint(task_config.env, "worldmodel"))
-        idm_policy = IDMPolicy.from_pretrained(idm or shipped_checkpoint(task_config.env, "idm"))
+        worldmodel = worldmodel or shipped_checkpoint(task_config.env, "worldmodel")
+        idm = idm or shipped_checkpoint(task_config.env, "idm")
+        world_model, idm_policy = WorldModel.from_pretrained(worldmodel), IDMPolicy.from_pretrained(idm)
+        warn_if_trained_elsewhere({"worldmodel": worldmodel, "idm": idm}, task_config.env)
         chunk_frames = world_model.config.chunk_frames
         planner = planner or PlannerConfig(chunk_frames=chunk_frames)
         return cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, NoReturn
 
-from vplan.errors import RunError, UsageError
+from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
@@ -349,6 +350,16 @@ def _print_command_help(command: Command, overrides: list[str]) -> None:
     print(_commented_yaml(cfg))
 
 
+def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """vplan's own warnings as one line, `warning: ...`; any other as Python prints it."""
+    if issubclass(category, VplanWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -360,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"vplan {__version__}")
         return
     prog = "vplan"
+    warnings.formatwarning = _format_warning
     try:
         command, overrides = _find_command(args)
         prog = f"vplan {command.name}"

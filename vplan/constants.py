@@ -15,3 +15,4 @@ FRAME_INDEX = "frame_index"
 INDEX = "index"
 TIMESTAMP = "timestamp"
 TASK_INDEX = "task_index"
+ROBOT_TYPE_PREFIX = "vplan_"  # a dataset's robot_type is vplan_<env> for episodes recorded in a vplan env

@@ -1,4 +1,5 @@
-"""Errors a user can fix: the CLI prints them as one line and exits with code 2, no traceback."""
+"""Errors a user can fix: the CLI prints them as one line and exits with code 2, no traceback. Warnings of what
+the user may want to change: the CLI prints them as one line too."""
 
 
 class UsageError(Exception):
@@ -7,3 +8,8 @@ class UsageError(Exception):
 
 class RunError(Exception):
     """A run that cannot go on (a diverged loss, a missing checkpoint); the message says what to do."""
+
+
+class VplanWarning(UserWarning):
+    """Something that works but is likely not what the user meant (a fallback taken, a model from another env);
+    the CLI prints it as one line `warning: ...`, without the source line Python adds."""

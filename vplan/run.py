@@ -25,6 +25,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.agent import STAGES, AgentConfig
+from vplan.constants import ROBOT_TYPE_PREFIX
 from vplan.data.collect import EpisodeRecorder
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
@@ -157,7 +158,7 @@ def load_agent(cfg: RunConfig) -> Any:
     from vplan.agent import VideoPlanningAgent
     from vplan.planner import make_planner
     from vplan.policies.idm import IDMPolicy
-    from vplan.shipped import resolve_checkpoint
+    from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
     from vplan.worldmodel.model import WorldModel
 
     for name, spec, hint in (
@@ -172,6 +173,7 @@ def load_agent(cfg: RunConfig) -> Any:
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; train one with `{hint}` and pass {name}=DIR")
     world_model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)
     idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
+    warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, cfg.task.env)
     size = world_model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the world model draws {size}x{size} frames; set env.image_size={size}")
@@ -332,7 +334,7 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
     try:
         return EpisodeWriter.create_or_resume(out / EPISODES_DIR, fps=int(env.metadata.get("render_fps", 10)),
                                               features=dataset_features(env, info),
-                                              robot_type=f"vplan_{cfg.task.env}", resume=cfg.resume)
+                                              robot_type=ROBOT_TYPE_PREFIX + cfg.task.env, resume=cfg.resume)
     except DatasetError as error:
         raise UsageError(f"record=true: {error}; choose another out=DIR") from None
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from vplan.errors import UsageError
+from vplan.errors import UsageError, VplanWarning
 
 PREFIX = "shipped:"
 PINNED_FILE = "checkpoints.json"  # in a run directory: the fingerprint of each checkpoint the run used
+TRAINED_ON_ENV = "trained_on_env"  # in a checkpoint's config.json: the env whose episodes it last learned from
 
 
 def shipped_checkpoint(env: str, component: str) -> str:
@@ -54,6 +56,32 @@ def resolve_checkpoint(spec: str) -> Path:
     if name not in shipped_names():
         raise UsageError(f"no shipped checkpoint {name!r}; shipped: {', '.join(shipped_names()) or 'none'}")
     return Path(str(resources.files("vplan") / "checkpoints" / name))
+
+
+def trained_on_env(spec: str) -> str | None:
+    """The env whose episodes a checkpoint (a world model or an IDM) was last trained on, as its config.json
+    records it; None where it does not say (a checkpoint written before vplan recorded it, or a dataset recorded
+    outside vplan)."""
+    try:
+        payload = json.loads((resolve_checkpoint(spec) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # loading the checkpoint reports what is wrong with it
+    return payload.get(TRAINED_ON_ENV) if isinstance(payload, dict) else None
+
+
+class OtherEnvWarning(VplanWarning):
+    """A checkpoint is about to run in another env than the one whose episodes it was trained on."""
+
+
+def warn_if_trained_elsewhere(checkpoints: Mapping[str, str | None], env: str) -> None:
+    """An `OtherEnvWarning` for each checkpoint (name -> argument) trained on another env's episodes than the one
+    it is about to run in: its frames, words and actions may mean nothing there. Not an error, since trying a
+    model on another env can be the point."""
+    for name, spec in checkpoints.items():
+        trained = trained_on_env(spec) if spec is not None else None
+        if trained is not None and trained != env:
+            warnings.warn(f"{name}={spec} was trained on {trained} episodes, and this env is {env}; pass {name}= a "
+                          f"checkpoint trained on {env}", OtherEnvWarning, stacklevel=2)
 
 
 def checkpoint_fingerprint(path: Path) -> str:

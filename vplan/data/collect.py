@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from vplan.constants import ACTION, ACTION_APPLIED, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
+from vplan.constants import ACTION, ACTION_APPLIED, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, ROBOT_TYPE_PREFIX, SUCCESS
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import UsageError
 from vplan.tasks import TaskConfig
@@ -141,7 +141,7 @@ def collect(cfg: CollectConfig) -> Path:
             out,
             fps=env.metadata["render_fps"],
             features=dataset_features(env, first_info),
-            robot_type=f"vplan_{cfg.task.env}",
+            robot_type=ROBOT_TYPE_PREFIX + cfg.task.env,
             resume=cfg.resume,
         )
     except DatasetError as error:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from vplan.constants import EPISODE_INDEX, INDEX, SUBGOAL, TASK_INDEX
+from vplan.constants import EPISODE_INDEX, INDEX, ROBOT_TYPE_PREFIX, SUBGOAL, TASK_INDEX
 from vplan.data.lerobot_format import (
     CACHE_DIR,
     STATS_PATH,
@@ -63,6 +63,13 @@ class EpisodeDataset(torch.utils.data.Dataset):
     @property
     def fps(self) -> int:
         return self.info["fps"]
+
+    @property
+    def env(self) -> str | None:
+        """The vplan env the episodes were recorded in (`vplan collect` and `vplan run record=true` write the
+        robot_type `vplan_<env>`); None for a dataset recorded elsewhere."""
+        robot_type = str(self.info.get("robot_type") or "")
+        return robot_type.removeprefix(ROBOT_TYPE_PREFIX) if robot_type.startswith(ROBOT_TYPE_PREFIX) else None
 
     @property
     def features(self) -> dict[str, dict[str, Any]]:

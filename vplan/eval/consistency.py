@@ -177,7 +177,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames, scene_return_consistency
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
-    from vplan.shipped import resolve_checkpoint
+    from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
     from vplan.worldmodel.model import WorldModel
 
     torch.set_num_threads(cfg.threads)
@@ -185,6 +185,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     scenario_fn = revisit_scenario_for(env)
     path = resolve_checkpoint(cfg.checkpoint)
     model = WorldModel.from_pretrained(path)
+    warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint}, env)
     size = model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the checkpoint's frames are {size}x{size}, the env's {cfg.env.image_size}; "

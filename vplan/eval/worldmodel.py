@@ -40,7 +40,7 @@ from omegaconf import MISSING
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.run import write_json
-from vplan.shipped import pin_checkpoints
+from vplan.shipped import pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
 from vplan.worldmodel.action_encoder import CONDITIONINGS
@@ -199,10 +199,11 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         raise UsageError(f"compare={cfg.compare}: its context and chunk lengths differ from the checkpoint's; compare "
                          "models that imagine the same chunks")
     idm = _load_idm(cfg.idm, model) if cfg.idm is not None else None
+    checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
+    warn_if_trained_elsewhere(checkpoints, cfg.task.env)
     out = Path(cfg.out)
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
                                  _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])
-    checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
     pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
                     resuming=cfg.resume and bool(progress["episodes"]))
     grid: list[np.ndarray] = []

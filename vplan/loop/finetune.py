@@ -380,11 +380,10 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
     write it as robot_type `vplan_<env>`), so a blockworld dataset never finetunes the tabletop's model."""
     from vplan.shipped import shipped_checkpoint, shipped_names
 
-    robot_type = str(dataset.info.get("robot_type") or "")
-    env = robot_type.removeprefix("vplan_")
-    if not robot_type.startswith("vplan_") or f"{env}/worldmodel" not in shipped_names():
-        raise UsageError(f"{data}: its robot_type {robot_type or None!r} names no env with a shipped world model; "
-                         "pass worldmodel=DIR or worldmodel=shipped:<env>/worldmodel")
+    env = dataset.env
+    if env is None or f"{env}/worldmodel" not in shipped_names():
+        raise UsageError(f"{data}: its robot_type {dataset.info.get('robot_type')!r} names no env with a shipped "
+                         "world model; pass worldmodel=DIR or worldmodel=shipped:<env>/worldmodel")
     return shipped_checkpoint(env, "worldmodel")
 
 
@@ -406,7 +405,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Inner loop over the episodes (resumable), outer loop through the trainer, `<out>/final`; prints a summary."""
     from tqdm import tqdm
 
-    from vplan.shipped import resolve_checkpoint
+    from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
 
     if cfg.memory.kind != "temp_lora":
         raise UsageError(f"memory: expected memory=temp_lora, got kind {cfg.memory.kind!r}")
@@ -419,6 +418,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         raise UsageError(f"worldmodel={cfg.worldmodel}: no world-model checkpoint there; make one with "
                          "`vplan train component=worldmodel`")
     world_model = WorldModel.from_pretrained(checkpoint)
+    if dataset.env is not None:
+        warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel}, dataset.env)
     size = world_model.config.vae.image_size
     first_index, first = episodes[0], dataset.episode(episodes[0])  # every episode of a dataset has one frame size
     frame_shape = tuple(np.asarray(first[OBS_IMAGE_FRONT]).shape[1:3])
@@ -464,7 +465,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end)
         outer_seconds += time.perf_counter() - started
     final = out / FINAL
-    training.module.eval().save_pretrained(final)
+    training.module.eval().save_pretrained(final, trained_on_env=dataset.env)
     lora_mb = sum(f.path.stat().st_size for f in stored) / 1e6
     print(
         f"finetune: {len(training.triples)} triples from {len(stored)} episodes (LoRA states and latents: "

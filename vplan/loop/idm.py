@@ -290,7 +290,7 @@ def train_idm(
     if vae is not None:
         metrics["vae"] = evaluate(policy, test, baseline, True)
     final = out / "final"
-    policy.save_pretrained(final)
+    policy.save_pretrained(final, trained_on_env=dataset.env)
     (final / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     units = ("moves; baseline: always the commonest training move" if config.idm.discrete
              else "in action units; baseline: always the training mean action")

@@ -318,6 +318,6 @@ def train_component(cfg: TrainConfig) -> Path:
     training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None,
                                   resuming=resuming)
     train(training, component.optim, out, "train worldmodel")
-    training.module.eval().save_pretrained(final)
+    training.module.eval().save_pretrained(final, trained_on_env=dataset.env)
     print(f"world model written to {final}")
     return final

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from vplan.chat import ChatEndpoint
+from vplan.errors import VplanWarning
 from vplan.planner.config import LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
 from vplan.planner.offline import OfflinePlanner, Planner
@@ -61,7 +62,7 @@ RESPONSE_SCHEMA: dict[str, Any] = {
 }
 
 
-class PlannerFallbackWarning(UserWarning):
+class PlannerFallbackWarning(VplanWarning):
     """The LLM planner could not produce a valid plan and the offline plan was used."""
 
 

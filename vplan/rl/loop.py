@@ -46,7 +46,7 @@ from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
 from vplan.run import run_episode, write_json
-from vplan.shipped import AgentCheckpoints, pin_checkpoints
+from vplan.shipped import AgentCheckpoints, pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_same_config, config_record
@@ -185,6 +185,7 @@ class RLRun:
             self.idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
         except (OSError, ValueError) as error:
             raise UsageError(f"worldmodel/idm: {error}") from None
+        warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, cfg.task.env)
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)
         for parameter in self.model.parameters():
@@ -443,7 +444,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                        f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}")
         bar.close()
         final = run.policy_model()
-        final.save_pretrained(out / "final")
+        final.save_pretrained(out / "final", trained_on_env=cfg.task.env)
         save_file({k: v.detach().contiguous() for k, v in run.params.items()}, out / LORA_FILE)
         (out / "planner.yaml").write_text(f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,

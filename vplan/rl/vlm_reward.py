@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vplan.chat import ChatEndpoint, ChatEndpointConfig
+from vplan.errors import VplanWarning
 from vplan.planner.llm import _short, encode_png
 from vplan.rl.rollout import EpisodeRollout
 from vplan.utils.import_utils import require_package
@@ -41,7 +42,7 @@ ANSWERS = {"yes": True, "no": False}
 CONJUNCTIONS = ("or", "and")
 
 
-class VLMRewardWarning(UserWarning):
+class VLMRewardWarning(VplanWarning):
     """A chunk got no answer from the VLM (unclear reply, HTTP error, timeout, exhausted budget)."""
 
 

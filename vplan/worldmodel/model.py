@@ -5,10 +5,10 @@ autoregressively and stays in latent space between them (decode once, for output
 around `generate` rather than inside it: Temp-LoRA trains a named adapter on `unet` between chunks (the weights
 `generate` then uses), and an anchor-frame memory changes the context it is given.
 
-A checkpoint is a directory: `config.json` (the dataclass configs, `kind`, `format_version`), `unet.safetensors`,
-`vae.safetensors`, for a learned text encoder `text_encoder.safetensors` and, for an action-conditioned model,
-`action_encoder.safetensors`. MiniLM's weights are not saved,
-only its config (they come from the installed package, checked by sha256). Nothing is pickled.
+A checkpoint is a directory: `config.json` (the dataclass configs, `kind`, `format_version`, `trained_on_env`
+when known), `unet.safetensors`, `vae.safetensors`, for a learned text encoder `text_encoder.safetensors` and, for
+an action-conditioned model, `action_encoder.safetensors`. MiniLM's weights are not saved, only its config (they
+come from the installed package, checked by sha256). Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vplan.errors import UsageError
-from vplan.shipped import resolve_checkpoint
+from vplan.shipped import TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import TextEncoderConfig, build_text_encoder
@@ -395,8 +395,9 @@ class WorldModel(nn.Module):
             history = torch.cat([history, chunk], dim=1)[:, -self.config.context_frames:]
         return torch.cat(chunks, dim=1)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint."""
+    def save_pretrained(self, path: str | Path, trained_on_env: str | None = None) -> None:
+        """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint. It
+        records `trained_on_env`, the env whose episodes the weights last learned from, when given."""
         if getattr(self.unet, "_hf_peft_config_loaded", False):
             raise ValueError(
                 f"expected a UNet without adapters, got adapters {list(self.unet.peft_config)}; merge them "
@@ -419,7 +420,8 @@ class WorldModel(nn.Module):
         # The VAE's scaling factor is set after its training (register_to_config); save the value in use.
         scaling_factor = float(self.vae.config.scaling_factor)
         config = replace(self.config, vae=replace(self.config.vae, scaling_factor=scaling_factor))
-        payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": config.to_dict()}
+        payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": config.to_dict(),
+                   **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {})}
         (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
     @classmethod
