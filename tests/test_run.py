@@ -157,7 +157,9 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
     assert resumed["episodes"][0] == metrics["episodes"][0]  # kept, not rerun
     assert EpisodeDataset(out / "episodes").num_episodes == 3
     fresh = tmp_path / "uninterrupted"
-    main(run_args(checkpoints, fresh, "episodes=3", "memory=none", "video=false"))
+    capsys.readouterr()
+    main(run_args(checkpoints, fresh, "episodes=3", "memory=none", "video=false", "resume=true"))  # nothing to resume
+    assert f"resume=true: {fresh} holds no run yet; starting one" in capsys.readouterr().out
     fresh_dists = [e["dist"] for e in json.loads((fresh / "metrics.json").read_text())["episodes"]]
     assert [e["dist"] for e in resumed["episodes"]] == fresh_dists  # as if never interrupted
 

@@ -120,7 +120,10 @@ RESUMABLE_CHANGES = ("episodes", "resume", "overwrite", "threads")
 def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]], float]:
     """With `resume=true`: the results and wall time of the run in `out` so far, after checking that it ran with
     this config; nothing for a fresh run (or an `out` with no run yet)."""
-    if not cfg.resume or not (out / METRICS_FILE).exists():
+    if not cfg.resume:
+        return [], 0.0
+    if not (out / METRICS_FILE).exists():
+        print(f"resume=true: {out} holds no run yet; starting one")
         return [], 0.0
     check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "resume=true")
     metrics = json.loads((out / METRICS_FILE).read_text())

@@ -137,12 +137,12 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vplan.agent import VideoPlanningAgent
-    from vplan.envs import TabletopConfig, make_env
+    from vplan.envs import TabletopConfig, env_name, make_env
     from vplan.run import RunConfig, load_agent, run_episode, show_chunk
 
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
-                         f"state and runs its expert), got env={type(cfg.env).__name__} task={cfg.task.name}")
+                         f"state and runs its expert), got env={env_name(cfg.env)} task={cfg.task.name}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(out / RESULTS_FILE, cfg, list(ROWS))

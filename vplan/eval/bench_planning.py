@@ -222,12 +222,11 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     summaries = {row.name: summarize(results["rows"][row.name][: cfg.episodes]) for row in ROWS}
     results["summary"] = summaries
     write_json(out / RESULTS_FILE, results)
-    env_name = type(cfg.env).__name__.removesuffix("Config").lower()
     seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
-    table = markdown_table(summaries, env_name, seeds)
+    table = markdown_table(summaries, cfg.task.env, seeds)
     (out / TABLE_FILE).write_text(table)
     bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
                                if s["dist_mean"] is not None},
-             "Dist (lower is better)", f"{cfg.task.name} on {env_name}, {cfg.episodes} held-out seeds")
+             "Dist (lower is better)", f"{cfg.task.name} on {cfg.task.env}, {cfg.episodes} held-out seeds")
     print("\n" + table + f"\nresults, table and plot in {out}")
     return results
