@@ -7,6 +7,8 @@ check vplan's side of the contract, not Minecraft.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from fakes import fake_site
@@ -114,17 +116,16 @@ def test_config_rejects_bad_values(field, value):
 # ---------------------------------------------------------------- against the fake
 
 
-def test_check_env(env):
-    check_env(env)
-
-
 def test_check_env_through_make_env(fake_minerl):
     env = make_env(MineRLConfig(image_size=32, max_episode_steps=20))
     try:
-        check_env(env.unwrapped)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(env.unwrapped)
         assert env.spec.max_episode_steps == 20
     finally:
         env.close()
+    assert [str(w.message) for w in caught] == []
 
 
 def test_observation_mapping(fake_minerl):
