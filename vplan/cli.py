@@ -350,14 +350,14 @@ def _print_command_help(command: Command, overrides: list[str]) -> None:
     print(_commented_yaml(cfg))
 
 
+_python_format_warning = warnings.formatwarning
+
+
 def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
     """vplan's own warnings as one line, `warning: ...`; any other as Python prints it."""
     if issubclass(category, VplanWarning):
         return f"warning: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
-
-
-_python_format_warning = warnings.formatwarning
 
 
 def main(argv: list[str] | None = None) -> None:
