@@ -14,6 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -200,13 +201,26 @@ def test_presets_compose_into_planner_config(preset: str) -> None:
     assert config.llm.base_url == "http://127.0.0.1:9/v1" and config.llm.api_key is None
 
 
-def test_api_key_is_kept_out_of_repr_and_written_configs() -> None:
+@dataclass
+class PlannerConfigHolder:
+    planner: PlannerConfig
+
+
+def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
     config = PlannerConfig(kind="llm", llm=LLMPlannerConfig(api_key=SECRET))
     assert SECRET not in repr(config)
     from dataclasses import asdict
 
     written = json.dumps(redact_secrets({"planner": asdict(config), "task": {"name": "return_cubes"}}))
     assert SECRET not in written and '"api_key": "<redacted>"' in written
+    from vplan.cli import main
+    from vplan.utils.settings import settings_record
+
+    record = json.dumps(settings_record(PlannerConfigHolder(config)))  # bench and eval records: results.json
+    assert SECRET not in record and '"api_key": "<redacted>"' in record
+    main(["bench", "planning", "planner=llm", f"planner.llm.api_key={SECRET}", "--help"])
+    shown = capsys.readouterr().out
+    assert SECRET not in shown and "api_key: <redacted>" in shown
 
 
 # ---------------------------------------------------------------------------------------- fake endpoint

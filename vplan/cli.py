@@ -322,14 +322,17 @@ def _field_help(cfg: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...],
 
 
 def _commented_yaml(cfg: Any) -> str:
-    """The config as YAML, each field with a documented meaning preceded by it as a comment."""
+    """The config as YAML (secrets redacted), each field with a documented meaning preceded by it as a comment."""
     import re
 
     from omegaconf import OmegaConf
 
+    from vplan.planner.config import redact_secrets
+
     helps = _field_help(cfg)
     lines, stack = [], []  # stack: (indent, key) of the mappings the current line is inside
-    for line in OmegaConf.to_yaml(cfg).rstrip().splitlines():
+    shown = OmegaConf.create(redact_secrets(OmegaConf.to_container(cfg)))
+    for line in OmegaConf.to_yaml(shown).rstrip().splitlines():
         match = re.match(r"^( *)([A-Za-z_]\w*):", line)
         if match:
             indent = len(match.group(1))

@@ -18,8 +18,11 @@ def plain(value: Any) -> Any:
 
 
 def settings_record(config: Any, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The top-level fields of dataclass `config` but `leave_out`, as a settings record holds them (`plain`)."""
-    return plain({f.name: getattr(config, f.name) for f in fields(config) if f.name not in leave_out})
+    """The top-level fields of dataclass `config` but `leave_out`, as a settings record holds them (`plain`),
+    secrets redacted."""
+    from vplan.planner.config import redact_secrets
+
+    return redact_secrets(plain({f.name: getattr(config, f.name) for f in fields(config) if f.name not in leave_out}))
 
 
 def _default(config: Any, name: str) -> Any:
