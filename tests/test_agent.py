@@ -300,6 +300,34 @@ def test_the_memory_learns_from_the_imagined_chunk_at_once_or_the_observed_one_a
     agent.close()
 
 
+class FailingOnceMemory(NoMemory):
+    """No memory whose first update fails on the worker (as an out-of-memory error would)."""
+
+    def _update(self, previous, new):
+        if not getattr(self, "failed", False):
+            self.failed = True
+            raise RuntimeError("update failed")
+        return super()._update(previous, new)
+
+
+@pytest.mark.parametrize("update_on", ["imagined", "observed"])
+def test_act_retried_after_a_memory_error_closes_the_chunk_once(world_model, idm, update_on):
+    memory = FailingOnceMemory(MemoryConfig(kind="none", update_on=update_on), world_model)
+    subgoals = [Subgoal(text, 1) for text in ("a", "b", "c")]
+    agent = make_agent(world_model, idm, subgoals, memory=memory, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    for _ in range(CHUNK):
+        agent.act(fake_obs(frame))
+    frames_before = agent._history.shape[1]
+    with pytest.raises(RuntimeError, match="update failed"):
+        agent.act(fake_obs(frame))  # the chunk is over; the next generation waits for the failed update
+    agent.act(fake_obs(frame))  # the caller goes on
+    assert agent._history.shape[1] == frames_before + CHUNK  # the chunk's frames joined the context once
+    assert agent.chunk.text == "b"  # no subgoal skipped
+    agent.close()
+
+
 def test_temp_lora_learns_while_the_chunk_executes(world_model, idm):
     memory = MemoryConfig(kind="temp_lora", rank=2, gradient_checkpointing=False)
     agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], memory=memory, **NO_REPLAN)

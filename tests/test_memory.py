@@ -112,6 +112,18 @@ def test_merged_and_unmerged_generation_agree() -> None:
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
 
 
+def test_reading_the_adapter_between_generations_changes_nothing(tmp_path: Path) -> None:
+    model = tiny_model()
+    memory = make_memory(lora(), model)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    first = memory.generate(latents(CONTEXT), ["go"], generator=seeded())  # folds W + ΔW into the weights
+    memory.state_dict()
+    memory.save(tmp_path / "memory.safetensors")
+    with pytest.raises(ValueError, match="missing"):
+        memory.load_state_dict({})
+    assert torch.equal(memory.generate(latents(CONTEXT), ["go"], generator=seeded()), first)
+
+
 def test_close_leaves_the_world_model_as_it_was(tmp_path: Path) -> None:
     model = tiny_model()
     keys = list(model.unet.state_dict())
@@ -308,6 +320,33 @@ def test_an_error_in_the_worker_is_raised_by_wait(monkeypatch) -> None:
     memory.update_async(latents(CHUNK), latents(CHUNK))
     with pytest.raises(RuntimeError, match="worker failed"):
         memory.wait()
+    memory.close()
+
+
+def test_an_interrupted_wait_keeps_waiting_for_the_update_in_flight(monkeypatch) -> None:
+    from concurrent.futures import Future
+
+    memory = make_memory(lora(), tiny_model())
+    release = threading.Event()
+
+    def slow(previous, new):
+        release.wait(10)
+        return {"loss": 1.0}
+
+    monkeypatch.setattr(memory, "_update", slow)
+    memory.update_async(latents(CHUNK), latents(CHUNK))
+    result = Future.result
+
+    def interrupted(future, timeout=None):
+        raise KeyboardInterrupt  # Ctrl-C while the caller waits
+
+    monkeypatch.setattr(Future, "result", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        memory.wait()
+    monkeypatch.setattr(Future, "result", result)
+    assert memory.pending  # not forgotten: a reset now would wait for it, not run beside it
+    release.set()
+    assert memory.wait() == {"loss": 1.0} and not memory.pending
     memory.close()
 
 

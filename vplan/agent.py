@@ -154,6 +154,7 @@ class Chunk:
     positions: list[np.ndarray] = field(default_factory=list, repr=False)  # gripper xyz before each action
     drift: list[float] = field(default_factory=list)  # per observed frame
     cut: str | None = None  # why the rest was dropped (a replan), if it was
+    closed: bool = False  # its frames joined the context and the plan moved on (`act` retried after an error: once)
 
     @property
     def finished(self) -> bool:
@@ -275,8 +276,9 @@ class VideoPlanningAgent:
             self._judge(chunk, position)
         self._awaiting = False
         if chunk is None or chunk.finished:
-            if chunk is not None:
+            if chunk is not None and not chunk.closed:
                 self._close(chunk, info)
+                chunk.closed = True
             if self._subgoal_index >= len(self._plan.subgoals):
                 self.done = True
                 self.expected_frame = None
@@ -423,13 +425,14 @@ class VideoPlanningAgent:
         """A chunk is over: its observed frames join the context, the memory learns (observed mode), and the
         plan moves on (unless the chunk was cut: its replacement takes its slot)."""
         if chunk.observed:
+            if self.memory.config.update_on == "observed":
+                self._wait_memory()  # the last update's error, if any, before this chunk changes anything
             start = time.perf_counter()
             observed = self.world_model.encode(torch.from_numpy(np.stack(chunk.observed))[None])
             self.timings["encoding"] += time.perf_counter() - start
             previous = self._history[:, -self.world_model.config.chunk_frames :]
             self._history = torch.cat([self._history, observed], dim=1)
             if self.memory.config.update_on == "observed":
-                self._wait_memory()
                 self.memory.update_async(previous, observed)
         if chunk.cut is not None:
             return

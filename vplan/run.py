@@ -309,7 +309,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
          f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s)"),
     ]
     for stage, seconds in metrics["stages_s_per_episode"].items():
-        note = " (on the worker, overlapped)" if stage == "memory_update" else ""
+        note = " (on the worker; what execution did not hide is in memory wait)" if stage == "memory_update" else ""
         rows.append((f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s{note}"))
     if metrics["return_phase_rate"] is not None:
         returned = sum(r["phase"] == "return" for r in metrics["episodes"])

@@ -122,11 +122,16 @@ class EpisodicMemory(ABC):
 
     def wait(self) -> dict[str, float] | None:
         """Block until the in-flight update (if any) is done; its logs, or None when nothing was in flight.
-        An error raised by the update is raised here."""
-        future, self._future = self._future, None
+        An error raised by the update is raised here. Interrupted (Ctrl-C), the update stays in flight: the next
+        wait, and so every reset, restore or load, still waits for it."""
+        future = self._future
         if future is None:
             return None
-        self.last_update = future.result()
+        try:
+            self.last_update = future.result()
+        finally:
+            if future.done():
+                self._future = None
         return self.last_update
 
     @property

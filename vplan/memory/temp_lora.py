@@ -307,6 +307,7 @@ class TempLoRAMemory(EpisodicMemory):
     def _state_dict(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
+        self._unfold()  # wrappers over W + ΔW would add ΔW twice in the next generation
         self._attach(True)  # peft reads the adapter from the wrappers in the module tree
         state = get_peft_model_state_dict(self.world_model.unet, adapter_name=ADAPTER_NAME)
         return {name: tensor.detach().clone() for name, tensor in state.items()}
