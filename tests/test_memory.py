@@ -286,6 +286,11 @@ def test_snapshot_and_restore_continue_exactly() -> None:
     assert memory.active
     with pytest.raises(ValueError, match="expected a MemorySnapshot of kind 'temp_lora', got 'none'"):
         memory.restore(make_memory(MemoryConfig(kind="none"), model).snapshot())
+    other_rank = make_memory(lora(rank=2), tiny_model()).snapshot()
+    before = memory.state_dict()
+    with pytest.raises(ValueError, match="of shape"):  # another adapter: refused before anything changes
+        memory.restore(other_rank)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in memory.state_dict().items())
 
 
 def test_overlapped_update_equals_the_synchronous_one() -> None:

@@ -304,8 +304,10 @@ class VideoPlanningAgent:
 
     def close(self) -> None:
         """Wait for the memory, stop its worker and give the world model back as it was (no adapter)."""
-        self.memory.close()
-        self.planner.close()
+        try:
+            self.memory.close()
+        finally:
+            self.planner.close()
 
     def __enter__(self) -> VideoPlanningAgent:
         return self

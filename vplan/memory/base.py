@@ -79,6 +79,7 @@ class EpisodicMemory(ABC):
             self.wait()
         finally:
             self._reset()
+            self.last_update = None
 
     # -- generation ------------------------------------------------------------------------------------------
 

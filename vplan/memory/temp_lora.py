@@ -339,6 +339,7 @@ class TempLoRAMemory(EpisodicMemory):
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        check_state(state["weights"], self._params, self.kind)  # before anything changes: never half restored
         self._unfold()
         with torch.no_grad():
             for name, parameter in self._params.items():
