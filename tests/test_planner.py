@@ -415,11 +415,16 @@ def test_no_api_key_for_openai_is_a_usage_error(monkeypatch) -> None:
         make_planner(PlannerConfig(kind="llm"), TASK)
 
 
-@pytest.mark.parametrize("content", ['{"subgoals": [{"text": "pick up the red cube"}', "Sure! Step 1: pick up."])
-def test_malformed_json_falls_back(endpoint, make_llm, logs, content: str) -> None:
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"subgoals": [{"text": "pick up the red cube"}', "not JSON"),
+    ("Sure! Step 1: pick up.", "not JSON"),
+    ("[" * 5000, "does not read (RecursionError)"),  # within max_reply_chars: nested past Python's stack
+    ('{"subgoals": ' + "1" * 5000 + "}", "does not read (ValueError)"),  # past int's digit limit
+])
+def test_malformed_json_falls_back(endpoint, make_llm, logs, content: str, message: str) -> None:
     endpoint.reply = lambda body: (200, completion(content), 0.0)
     plan = plan_with_fallback(make_llm(), KNOWN_INFO)
-    assert "not JSON" in plan.note
+    assert message in plan.note
     assert_key_never_logged(logs)
 
 

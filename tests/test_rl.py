@@ -5,6 +5,7 @@ a kill-and-resume that matches an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -60,10 +61,12 @@ def test_rwr_with_equal_rewards_is_the_plain_loss():
     plain, _ = model(context, target, texts, generator=torch.Generator().manual_seed(5))
     per_sample, _ = model(context, target, texts, generator=torch.Generator().manual_seed(5), reduction="none")
     assert per_sample.shape == (3,)
-    assert torch.allclose(rwr_loss(per_sample, torch.zeros(3), beta=1.0), plain)
-    assert torch.allclose(rwr_loss(per_sample, torch.full((3,), 0.7), beta=0.3), plain)
+    assert torch.allclose(rwr_loss(per_sample, rwr_weights(torch.zeros(3), beta=1.0)), plain)
+    assert torch.allclose(rwr_loss(per_sample, rwr_weights(torch.full((3,), 0.7), beta=0.3)), plain)
     weights = rwr_weights(torch.tensor([1.0, 0.0, -1.0]), beta=1.0)
     assert weights.mean() == pytest.approx(1.0) and weights[0] > weights[1] > weights[2]
+    # Taken over all the iteration's samples, a batch of one still weighs its sample by its advantage.
+    assert rwr_loss(per_sample[:1], weights[:1]) > per_sample[0] > rwr_loss(per_sample[:1], weights[2:])
 
 
 def test_the_preference_loss_prefers_the_chosen_sample_on_a_toy_pair():
@@ -147,6 +150,13 @@ def test_rewards_read_the_rollout():
     rewards = RewardSet([(outcome, 2.0), (ExecutabilityReward(), 1.0)])
     scored = rollout_with([], {**cubes, "phase": "displace", "success": False})
     assert rewards.score(scored) == pytest.approx(2 * 0.125) and scored.rewards == {"outcome": 0.125}
+    # In a group, a rollout a term gave no score gets the group's mean of it, not 0.
+    group = [rollout_with([chunk(still, [0.1, 0.3])], {}), rollout_with([chunk(still, [0.5, 0.5])], {}), scored]
+    for rollout in group:
+        rewards.score(rollout)
+    rewards.complete_group(group)
+    assert [r.reward for r in group] == pytest.approx([0.8, 0.5, 2 * 0.125 + (0.8 + 0.5) / 2])
+    assert "executability" not in scored.rewards
     with pytest.raises(ValueError, match="action_worldmodel"):
         RewardConfig(idm_reproduction=1.0)
 
@@ -211,13 +221,16 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0"))
     main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))  # as if killed after iteration 1
     with (resumed / "iterations.jsonl").open("a") as file:  # ... while appending iteration 2's log
-        file.write(json.dumps({"iteration": 1, "partial": True}) + "\n")
+        file.write(json.dumps({"iteration": 1, "partial": True}) + "\n" + '{"iteration": 1, "rewa')
     main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0"))
     assert "resuming" in capsys.readouterr().out
     a, b = load_file(straight / "lora.safetensors"), load_file(resumed / "lora.safetensors")
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert (straight / "planner.yaml").read_text() == (resumed / "planner.yaml").read_text()
     assert len((resumed / "iterations.jsonl").read_text().splitlines()) == 2
+    # as if killed between the two renames that swap a new checkpoint in: only the old and the staged one exist
+    shutil.copytree(resumed / "checkpoint", resumed / ".checkpoint.tmp")
+    (resumed / "checkpoint").rename(resumed / ".checkpoint.old")
     from vplan.rl.loop import RLRun
 
     calls = []
@@ -261,3 +274,18 @@ def test_iteration_series_averages_each_reward_term_over_the_episodes_it_scored(
     assert series["reward"] == ([0, 1], [0.5, 0.7]) and series["success rate"] == ([0, 1], [0.0, 0.5])
     assert series["outcome (unweighted)"] == ([0, 1], [pytest.approx(0.3), pytest.approx(0.8)])
     assert series["vlm (unweighted)"] == ([0], [1.0])  # no VLM score in iteration 1: no point there
+
+
+def test_the_tuned_offset_keeps_the_configured_one_on_a_tie():
+    from types import SimpleNamespace
+
+    from vplan.rl.loop import RLRun
+
+    run = RLRun.__new__(RLRun)  # only the planner's logits and config matter here
+    run.cfg = SimpleNamespace(plan_offsets=(-1, 0, 1), planner=SimpleNamespace(chunk_offset=0))
+    run.logits = np.zeros(3)  # nothing learned: the plan as configured
+    assert run.tuned_offset == 0
+    run.logits = np.array([0.5, -0.2, 0.5])  # a tie without it: the first of the tied
+    assert run.tuned_offset == -1
+    run.logits = np.array([0.1, -0.2, 0.4])
+    assert run.tuned_offset == 1

@@ -95,8 +95,12 @@ def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
         raise InvalidReplyError(f"the reply has {len(content)} characters, more than {config.max_reply_chars}")
     try:
         data = json.loads(content, object_pairs_hook=_reject_duplicate_keys)
+    except InvalidReplyError:
+        raise
     except json.JSONDecodeError as error:
         raise InvalidReplyError(f"the reply is not JSON ({error.msg} at position {error.pos})") from None
+    except (RecursionError, ValueError) as error:  # nested too deep, an integer too long to convert
+        raise InvalidReplyError(f"the reply is JSON this planner does not read ({type(error).__name__})") from None
     if not isinstance(data, dict):
         raise InvalidReplyError(f"expected a JSON object, got {type(data).__name__}")
     if set(data) != {"subgoals"}:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -129,10 +130,18 @@ def _imagined(chunk: Any) -> ImaginedChunk:
 
 
 def _keep_iterations_before(path: Path, iteration: int) -> None:
-    """Drop the rows a killed run appended for iterations its checkpoint does not hold (they are redone)."""
+    """Drop the rows a killed run appended for iterations its checkpoint does not hold (they are redone), and a
+    last line it did not finish writing."""
     if path.exists():
-        rows = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] < iteration]
-        path.write_text("".join(row + "\n" for row in rows))
+        rows = [row for row in map(_parsed, path.read_text().splitlines()) if row and row["iteration"] < iteration]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _parsed(line: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def iteration_series(iterations: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -209,26 +218,34 @@ class RLRun:
         """The adapter, the optimizer, the logits and the iteration, written aside and swapped in whole."""
         from safetensors.torch import save_file
 
-        final, staging = self.out / CHECKPOINT_DIR, self.out / f".{CHECKPOINT_DIR}.tmp"
-        staging.mkdir(parents=True, exist_ok=True)
+        final, staging, old = self._checkpoint_dirs()
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        staging.mkdir(parents=True)
         save_file({k: v.detach().contiguous() for k, v in self.params.items()}, staging / LORA_FILE)
         torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
         (staging / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "logits": self.logits.tolist()}))
         if final.exists():
-            old = self.out / f".{CHECKPOINT_DIR}.old"
-            os.replace(final, old)
+            os.replace(final, old)  # from here until the next line, only `old` and `staging` exist: see load()
             os.replace(staging, final)
-            for file in old.iterdir():
-                file.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
         else:
             os.replace(staging, final)
 
+    def _checkpoint_dirs(self) -> tuple[Path, Path, Path]:
+        """The checkpoint, the one being written, and the one being replaced."""
+        return (self.out / CHECKPOINT_DIR, self.out / f".{CHECKPOINT_DIR}.tmp",
+                self.out / f".{CHECKPOINT_DIR}.old")
+
     def load(self) -> bool:
-        """Continue from `<out>/checkpoint` if there is one; whether there was."""
+        """Continue from `<out>/checkpoint` if there is one; whether there was. A run killed between the two
+        renames of `save` left the new checkpoint complete in the staging folder: it is put in place first."""
         from safetensors.torch import load_file
 
-        folder = self.out / CHECKPOINT_DIR
+        folder, staging, old = self._checkpoint_dirs()
+        if not folder.exists() and old.exists() and (staging / STATE_FILE).is_file():
+            os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
         if not (folder / STATE_FILE).is_file():
             return False
         state = json.loads((folder / STATE_FILE).read_text())
@@ -286,6 +303,7 @@ class RLRun:
                 finally:
                     agent.close()
                 plans.append(continuations)
+            self.rewards.complete_group([rollout for continuations in plans for rollout in continuations])
             groups.append(plans)
         return groups
 
@@ -341,21 +359,24 @@ class RLRun:
 
     def finetune(self, groups: list[list[list[EpisodeRollout]]]) -> dict[str, float]:
         """`steps_per_iteration` Adam steps of the configured objective on this iteration's chunks."""
-        from vplan.rl.objectives import delta_penalty, dpo_loss, reference, rwr_loss
+        from vplan.rl.objectives import delta_penalty, dpo_loss, reference, rwr_loss, rwr_weights
 
         cfg = self.cfg
         items: list[Any] = self.samples(groups) if cfg.objective == "rwr" else self.pairs(groups)
         if not items:
             return {"steps": 0}
         rng = np.random.default_rng(cfg.seed + self.iteration)
+        if cfg.objective == "rwr":
+            weights = rwr_weights(torch.tensor([advantage for _, advantage in items]), cfg.rwr_beta)
         self.model.train()
         losses = []
         for step in range(cfg.steps_per_iteration):
-            batch = [items[i] for i in rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)]
+            indices = rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)
+            batch = [items[i] for i in indices]
             seed = (self.iteration * cfg.steps_per_iteration + step) * 1000
             if cfg.objective == "rwr":
                 per_sample = torch.stack([self.loss(chunk, seed + i) for i, (chunk, _) in enumerate(batch)])
-                objective = rwr_loss(per_sample, torch.tensor([a for _, a in batch]), cfg.rwr_beta)
+                objective = rwr_loss(per_sample, weights[torch.from_numpy(indices)])
             else:
                 chosen = torch.stack([self.loss(w, seed + i) for i, (w, _) in enumerate(batch)])
                 rejected = torch.stack([self.loss(l, seed + i) for i, (_, l) in enumerate(batch)])
@@ -376,7 +397,9 @@ class RLRun:
 
     @property
     def tuned_offset(self) -> int:
-        return int(self.cfg.plan_offsets[int(np.argmax(self.logits))])
+        """The plan offset of the highest logit; on a tie that includes the configured offset, that one."""
+        tied = [int(o) for o, logit in zip(self.cfg.plan_offsets, self.logits) if logit == self.logits.max()]
+        return self.cfg.planner.chunk_offset if self.cfg.planner.chunk_offset in tied else tied[0]
 
 
 def evaluate(run: RLRun, world_model: Any, chunk_offset: int, desc: str) -> dict[str, Any]:

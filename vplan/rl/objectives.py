@@ -32,9 +32,10 @@ def rwr_weights(advantages: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.softmax(advantages.float() / beta, dim=0) * advantages.numel()
 
 
-def rwr_loss(losses: torch.Tensor, advantages: torch.Tensor, beta: float) -> torch.Tensor:
-    """Reward-weighted regression on per-sample losses (B,)."""
-    return (rwr_weights(advantages, beta).detach() * losses).mean()
+def rwr_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Reward-weighted regression on per-sample losses (B,), with the samples' `rwr_weights` taken over all the
+    samples of an iteration (over a batch alone, one sample would always weigh 1)."""
+    return (weights.detach() * losses).mean()
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, chosen_ref: torch.Tensor, rejected_ref: torch.Tensor,

@@ -133,6 +133,19 @@ class RewardSet:
         rollout.reward = total
         return total
 
+    def complete_group(self, rollouts: list[EpisodeRollout]) -> None:
+        """Make the totals of a group that is compared within itself (a task seed's plans × continuations) fair:
+        a term one rollout got no score for (a VLM reply that was not yes/no, a spent request budget) adds the
+        group's mean of that term to its total, so a missing answer neither rewards nor punishes it. Its
+        `rewards` keep only what was scored."""
+        for reward, weight in self.rewards:
+            scored = [r.rewards[reward.name] for r in rollouts if reward.name in r.rewards]
+            if scored and len(scored) < len(rollouts):
+                mean = float(np.mean(scored))
+                for rollout in rollouts:
+                    if reward.name not in rollout.rewards:
+                        rollout.reward += weight * mean
+
     def close(self) -> None:
         for reward, _ in self.rewards:
             if hasattr(reward, "close"):
