@@ -54,6 +54,11 @@ def test_resume_adds_only_the_missing_episodes(tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     dataset = EpisodeDataset(tmp_path / "ds")
     assert [dataset.episode_meta(i)["seed"] for i in range(2)] == [0, 1]
+    from vplan.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"the next is 2, not 102 \(seed=100\); pass seed=0 to continue it"):
+        collect(small_config(tmp_path / "ds", episodes=4, seed=100))  # would skip scenes, or repeat them
+    assert EpisodeDataset(tmp_path / "ds").num_episodes == 2
 
 
 def test_a_different_env_config_is_refused(tmp_path):

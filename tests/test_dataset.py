@@ -220,7 +220,16 @@ def test_bad_episodes_are_rejected_before_writing(tmp_path: Path) -> None:
             )
         with pytest.raises(ValueError, match="extra"):
             writer.add_episode(data, subgoals, {**extra, "seed": "zero"})
+        for column in ("length", "dataset_from_index", "dataset_to_index", "videos/x/chunk_index"):
+            with pytest.raises(ValueError, match="clash with lerobot's episode columns"):
+                writer.add_episode(data, subgoals, {**extra, column: 5})
+        assert writer.last_extra == extra
     check_episodes(root, [0])
+    (root / "meta" / "tasks.parquet").unlink()  # the subgoal texts lost: refused, never read as other texts
+    with pytest.raises(DatasetError, match=r"tasks.parquet is missing, though meta/info.json counts \d+ tasks"):
+        EpisodeDataset(root)
+    with pytest.raises(DatasetError, match="tasks.parquet is missing"):
+        EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop")
 
 
 def test_uncommitted_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:

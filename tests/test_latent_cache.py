@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
 
 from vplan.constants import OBS_IMAGE_FRONT
 from vplan.data import EpisodeDataset
@@ -59,6 +60,12 @@ def test_latents_are_encoded_once_per_vae_and_read_back_bit_exactly(dataset_dir,
     assert calls == []
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
+    moved = tiny_vae()  # the same VAE, saved and loaded from two spellings of one path: the same fingerprint
+    moved.save_pretrained(dataset_dir.parent / "vae")
+    loaded = [AutoencoderKL.from_pretrained(path) for path in (dataset_dir.parent / "vae",
+                                                                dataset_dir.parent / ".." / dataset_dir.parent.name / "vae")]
+    assert vae_fingerprint(loaded[0]) == vae_fingerprint(loaded[1]) == vae_fingerprint(vae)
+
     other = tiny_vae(seed=1)  # other weights: another fingerprint, encoded afresh
     assert vae_fingerprint(other) != vae_fingerprint(vae)
     episode_latents(EpisodeDataset(dataset_dir), [0], other)
@@ -84,3 +91,18 @@ def test_without_the_dataset_cache_nothing_is_written(dataset_dir, monkeypatch):
     for _ in range(2):
         episode_latents(EpisodeDataset(dataset_dir, cache=False), [0], vae)
     assert len(calls) == 2 and cache_files(dataset_dir, vae) == []
+
+
+def test_a_cache_file_cut_short_is_made_again(dataset_dir, monkeypatch):
+    """A crash of the machine can leave an empty file under the final name (the rename reached the disk, the data
+    did not); it must not break every later read."""
+    vae = tiny_vae(seed=4)
+    first = episode_latents(EpisodeDataset(dataset_dir), [0], vae)
+    latents_file = dataset_dir / ".cache" / LATENTS_DIR / vae_fingerprint(vae) / cache_files(dataset_dir, vae)[0]
+    frames_file = next((dataset_dir / ".cache").rglob("file-000.mp4.*.npy"))
+    latents_file.write_bytes(b"")
+    frames_file.write_bytes(b"")
+    calls = count_encodes(monkeypatch)
+    again = episode_latents(EpisodeDataset(dataset_dir), [0], vae)
+    assert len(calls) == 1 and torch.equal(again[0], first[0])
+    assert latents_file.stat().st_size > 0 and frames_file.stat().st_size > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -93,6 +95,15 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={tmp_path / 'novae'}", *TINY_WORLD_MODEL)
     assert result.returncode == 2
     assert "no trained VAE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    other_camera = tmp_path / "top_camera"  # a LeRobot dataset recorded elsewhere, its camera named otherwise
+    shutil.copytree(tiny_dataset, other_camera)
+    info = json.loads((other_camera / "meta" / "info.json").read_text())
+    info["features"]["observation.images.top"] = info["features"].pop("observation.images.front")
+    (other_camera / "meta" / "info.json").write_text(json.dumps(info))
+    result = vplan_train("component=vae", f"data={other_camera}", "holdout_episodes=1")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "expected the camera feature 'observation.images.front'" in result.stderr
+    assert "found ['observation.images.top']" in result.stderr
 
 
 def test_boundary_fraction_starts_chunks_on_a_new_subgoal():

@@ -124,6 +124,17 @@ def rollout_expert(env: gym.Env, expert: Any, seed: int) -> tuple[dict[str, np.n
     return recorder.frames(), recorder.subgoals, summary
 
 
+def _check_continues(last: dict[str, Any], cfg: CollectConfig, start: int, env: gym.Env) -> None:
+    """A UsageError unless this collection continues the dataset's seeds (episode i runs seed + i): another seed
+    would repeat or skip scenes, and could put copies of training episodes among the held-out last ones."""
+    last_seed = last.get("seed")
+    if last_seed is not None and int(last_seed) != cfg.seed + start - 1:
+        env.close()
+        raise UsageError(f"{cfg.out}: its {start} episodes ran seeds from {int(last_seed) - start + 1}, so the next "
+                         f"is {int(last_seed) + 1}, not {cfg.seed + start} (seed={cfg.seed}); pass seed="
+                         f"{int(last_seed) - start + 1} to continue it, or choose another out=DIR")
+
+
 def collect(cfg: CollectConfig) -> Path:
     """Append expert episodes to `cfg.out` until it holds `cfg.episodes`; returns the dataset path."""
     from vplan.envs import make_env
@@ -155,6 +166,7 @@ def collect(cfg: CollectConfig) -> Path:
             env.close()
             return out
         if start:
+            _check_continues(writer.last_extra, cfg, start, env)
             print(f"resuming {out}: {start} episodes there, collecting {cfg.episodes - start} more")
         successes = 0
         bar = tqdm(range(start, cfg.episodes), desc="collect", unit="episode", initial=start, total=cfg.episodes)

@@ -240,18 +240,41 @@ class EpisodeDataset(torch.utils.data.Dataset):
         cache_file = (
             self.root / CACHE_DIR / relative.parent / f"{relative.name}.{version[0]}-{version[1]}.npy"
         )
-        if cache_file.is_file():
-            return np.load(cache_file, mmap_mode="r")
+        cached = read_cache_file(cache_file, mmap=True)
+        if cached is not None:
+            return cached
         frames = decode_video(path)
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            for stale in cache_file.parent.glob(f"{relative.name}.*.npy"):
-                if stale != cache_file:  # another process may have just written this version
-                    stale.unlink(missing_ok=True)
-            scratch = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-            with open(scratch, "wb") as handle:
-                np.save(handle, frames)
-            os.replace(scratch, cache_file)
-        except OSError:
+        if not write_cache_file(cache_file, frames, f"{relative.name}.*.npy"):
             return frames  # read-only dataset: keep the decoded frames in memory only
         return np.load(cache_file, mmap_mode="r")
+
+
+def read_cache_file(path: Path, mmap: bool = False) -> np.ndarray | None:
+    """A cached array, or None where there is none or it does not read (cut short by a crash of the machine): then
+    it is deleted, so it is made again rather than failing every later read."""
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def write_cache_file(path: Path, array: np.ndarray, stale_pattern: str) -> bool:
+    """Write `array` to `path` (aside, synced, then renamed), first deleting the other entries `stale_pattern`
+    names in its folder; False where the folder cannot be written (a read-only dataset)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(stale_pattern):
+            if stale != path:  # another process may have just written this version
+                stale.unlink(missing_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(scratch, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, path)
+    except OSError:
+        return False
+    return True

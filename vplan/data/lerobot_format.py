@@ -56,6 +56,8 @@ DEFAULT_VIDEO_PATH = VIDEO_DIR + "/{video_key}/" + CHUNK_FILE_PATTERN + ".mp4"
 STAGING_DIR = ".staging"  # files of the episode being written; deleted when a writer opens the directory
 CACHE_DIR = ".cache"  # decoded-frame cache of the reader
 LOCK_FILE = ".lock"
+# The columns of an episode's metadata row that are not `extra` (with those holding a "/": files and stats).
+STANDARD_EPISODE_COLUMNS = (EPISODE_INDEX, "tasks", "length", "dataset_from_index", "dataset_to_index")
 
 # H.264 in 4:4:4 at CRF 10: on 64x64 tabletop frames 4:2:0 chroma subsampling alone caps PSNR near 30 dB
 # (saturated cube edges), while 4:4:4 at CRF 10 decodes at 39-49 dB for about 2-7 KB a frame.
@@ -316,13 +318,19 @@ def tasks_table(tasks: list[str]) -> pa.Table:
 def load_tasks(root: Path, total_tasks: int) -> list[str]:
     """Task texts ordered by task_index; rows past `total_tasks` belong to an uncommitted episode."""
     path = root / DEFAULT_TASKS_PATH
-    if total_tasks == 0 or not path.is_file():
+    if total_tasks == 0:
         return []
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing, though {INFO_PATH} counts {total_tasks} tasks")
     table = pq.read_table(path)
     text_column = "task" if "task" in table.column_names else "__index_level_0__"
     by_index = dict(
         zip(table.column(TASK_INDEX).to_pylist(), table.column(text_column).to_pylist(), strict=True)
     )
+    missing = [i for i in range(total_tasks) if i not in by_index]
+    if missing:
+        raise DatasetError(f"{path} has no text for task_index {missing[:5]}, though {INFO_PATH} counts "
+                           f"{total_tasks} tasks")
     return [by_index[i] for i in range(total_tasks)]
 
 
@@ -370,6 +378,8 @@ class EpisodeWriter:
                 chunk, file = last[f"{kind}/chunk_index"], last[f"{kind}/file_index"]
                 self._next_position[kind] = chunk * info["chunks_size"] + file + 1
         self._extra_types = {} if last is None else self._extra_types_of(last)
+        # the `extra` of the last committed episode: what a resumed collection checks it continues
+        self.last_extra = {} if last is None else {key: last[key] for key in self._extra_types}
 
     # -- opening
 
@@ -519,6 +529,7 @@ class EpisodeWriter:
             self._next_position[kind] += 1
         if not self._extra_types:
             self._extra_types = {key: _arrow_type(value) for key, value in extra.items()}
+        self.last_extra = dict(extra)
         return episode
 
     def close(self) -> None:
@@ -610,7 +621,7 @@ class EpisodeWriter:
         extra = {
             key: value.item() if isinstance(value, np.generic) else value for key, value in extra.items()
         }
-        reserved = [key for key in extra if key in (EPISODE_INDEX, "tasks", "length") or "/" in key]
+        reserved = [key for key in extra if key in STANDARD_EPISODE_COLUMNS or "/" in key]
         if reserved:
             raise ValueError(f"extra keys {reserved} clash with lerobot's episode columns")
         types = {key: _arrow_type(value) for key, value in extra.items()}
@@ -623,9 +634,9 @@ class EpisodeWriter:
 
     @staticmethod
     def _extra_types_of(row: dict[str, Any]) -> dict[str, pa.DataType]:
-        standard = {EPISODE_INDEX, "tasks", "length", "dataset_from_index", "dataset_to_index"}
         return {
-            key: _arrow_type(value) for key, value in row.items() if key not in standard and "/" not in key
+            key: _arrow_type(value) for key, value in row.items()
+            if key not in STANDARD_EPISODE_COLUMNS and "/" not in key
         }
 
 

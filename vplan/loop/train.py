@@ -106,6 +106,9 @@ def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
         dataset = EpisodeDataset(data)
     except DatasetError as error:
         raise UsageError(f"{error}; make one with `vplan collect out={data}`") from None
+    if OBS_IMAGE_FRONT not in dataset.features:
+        raise UsageError(f"{data}: expected the camera feature {OBS_IMAGE_FRONT!r} that every component trains on "
+                         f"(as `vplan collect` records it), found {dataset.video_keys or 'no camera'}")
     if dataset.num_episodes <= holdout:
         raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout}")
     episodes = list(range(dataset.num_episodes))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,18 @@ import numpy as np
 import torch
 
 from vplan.constants import OBS_IMAGE_FRONT
+from vplan.data.dataset import read_cache_file, write_cache_file
 from vplan.worldmodel.vae import encode_frames
 
 LATENTS_DIR = "latents"
 
 
 def vae_fingerprint(vae: Any) -> str:
-    """16 hex digits of a sha256 over the VAE's config and every weight's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    """16 hex digits of a sha256 over the VAE's config and every weight's name, dtype, shape and bytes. The config's
+    bookkeeping keys (`_name_or_path`, `_diffusers_version`, ...) are left out: the same VAE loaded from another
+    path, or after a diffusers upgrade, finds its latents."""
+    config = {key: value for key, value in dict(vae.config).items() if not key.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(vae.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -50,16 +53,17 @@ def episode_latents(
     try:
         for episode in tqdm(episodes, desc=progress, unit="episode", disable=progress is None):
             cached = _cache_file(folder, dataset, key, episode) if folder is not None else None
-            if cached is not None and cached.is_file():
-                latents.append(torch.from_numpy(np.load(cached, allow_pickle=False)))
+            stored = read_cache_file(cached) if cached is not None else None
+            if stored is not None:
+                latents.append(torch.from_numpy(stored))
                 continue
             if device.type == "cpu" and torch.cuda.is_available():
                 vae.to("cuda")
             frames = torch.from_numpy(np.array(dataset.episode(episode)[key]))
             with torch.no_grad():
                 encoded = encode_frames(vae, frames).cpu()
-            if cached is not None:
-                _store(cached, encoded)
+            if cached is not None:  # a read-only dataset keeps these latents in memory only
+                write_cache_file(cached, encoded.numpy(), f"{cached.name.split('.')[0]}.*.npy")
             latents.append(encoded)
     finally:
         vae.to(device)
@@ -70,17 +74,3 @@ def _cache_file(folder: Path, dataset: Any, key: str, episode: int) -> Path:
     digest = hashlib.sha256(f"{key}:{dataset.frames_version(key, episode)}".encode()).hexdigest()[:16]
     return folder / f"episode-{episode:06d}.{digest}.npy"
 
-
-def _store(path: Path, latents: torch.Tensor) -> None:
-    """Write atomically, replacing the episode's stale entries; a folder that cannot be written is skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{path.name.split('.')[0]}.*.npy"):
-            if stale != path:
-                stale.unlink(missing_ok=True)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(scratch, "wb") as handle:
-            np.save(handle, latents.numpy())
-        os.replace(scratch, path)
-    except OSError:
-        pass  # a read-only dataset: these latents stay in memory only
