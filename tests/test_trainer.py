@@ -82,8 +82,36 @@ def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
-    with pytest.raises(RunError, match="loss became nan at step 3"):
+    with pytest.raises(RunError, match="loss became nan at step 3; .*lower component.optim.lr in another out=DIR"):
         train(LinearFit(poison_at=3), OptimConfig(steps=10, save_every=100), tmp_path, "toy")
+
+
+class InfiniteGradient(LinearFit):
+    """A finite loss whose gradient is not (the square root of 0) from step `at` on."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def loss(self, batch: dict, generator: torch.Generator):
+        loss, logs = super().loss(batch, generator)
+        return (loss + (torch.sqrt(self.module.bias * 0).sum() if self.calls >= self.at else 0)), logs
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_non_finite_gradient_stops_before_it_reaches_the_weights_or_a_checkpoint(tmp_path, grad_clip):
+    component = InfiniteGradient(at=3)
+    optim = OptimConfig(steps=10, save_every=3, warmup_steps=1, grad_clip=grad_clip)
+    with pytest.raises(RunError, match="the gradient norm became (inf|nan) at step 3"):
+        train(component, optim, tmp_path, "toy")
+    assert all(torch.isfinite(p).all() for p in component.module.parameters())
+    assert [p.name for p in list_checkpoints(tmp_path)] == []  # step 3 was never taken, nor saved
+
+
+@pytest.mark.parametrize(("field", "value"), [("lr", float("nan")), ("weight_decay", -0.1), ("grad_clip", -1.0)])
+def test_bad_optimizer_settings_are_refused_up_front(field, value):
+    with pytest.raises(ValueError, match=f"{field}: expected a number"):
+        OptimConfig(**{field: value})
 
 
 def test_lr_warms_up_holds_then_cools_down_to_zero():

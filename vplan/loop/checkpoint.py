@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
 PREFIX = "checkpoint-"
+CUDA_RNG = "rng.cuda."  # + device index, in optimizer.safetensors beside "rng.torch"
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -52,16 +53,19 @@ def save_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{PREFIX}{step:07d}"
     tmp = out / f".tmp-{PREFIX}{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in out.glob(f".tmp-{PREFIX}*"):  # this save's, or one a killed save left at another step
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / MODEL_FILE)
     tensors, metadata = _flatten_optimizer(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # what a GPU draws without a generator (the VAE's posterior sample)
+        tensors |= {f"{CUDA_RNG}{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
     save_file(tensors, tmp / "optimizer.safetensors", metadata=metadata)
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in sorted(list_checkpoints(out))[:-keep]:
+    for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -88,5 +92,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         metadata = handle.metadata()
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     torch.set_rng_state(tensors.pop("rng.torch"))
+    cuda = [tensors.pop(key) for key in sorted((k for k in list(tensors) if k.startswith(CUDA_RNG)),
+                                                key=lambda k: int(k[len(CUDA_RNG):]))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata))
     return json.loads((path / TRAINER_STATE).read_text())

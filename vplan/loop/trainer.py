@@ -10,6 +10,7 @@ checkpoint at the step reached before exiting; a non-finite loss stops with the 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -45,8 +46,11 @@ class OptimConfig:
         for name in ("steps", "batch_size", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr: expected a number > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
         if self.cooldown_steps < 0:
             raise ValueError(f"cooldown_steps: expected >= 0, got {self.cooldown_steps}")
 
@@ -110,16 +114,14 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
             batch = _on(component.batch(generator, optim.batch_size), accelerator.device)
             loss, logs = component.loss(batch, generator)
             if not torch.isfinite(loss):
-                raise RunError(
-                    f"{description}: loss became {loss.item()} at step {step + 1}; lower lr= or check the data "
-                    f"(newest checkpoint: {list_checkpoints(out)[-1] if list_checkpoints(out) else 'none'})"
-                )
+                raise _diverged(description, f"loss became {loss.item()}", step, out)
             for group in optimizer.param_groups:
                 group["lr"] = optim.lr_at(step)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
-            if optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(params, optim.grad_clip)
+            norm = accelerator.clip_grad_norm_(params, optim.grad_clip if optim.grad_clip > 0 else math.inf)
+            if not torch.isfinite(norm):  # stepping would write it into the weights, and the next checkpoint
+                raise _diverged(description, f"the gradient norm became {float(norm)}", step, out)
             optimizer.step()
             step += 1
             bar.update(1)
@@ -141,6 +143,14 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return step
+
+
+def _diverged(description: str, what: str, step: int, out: Path) -> RunError:
+    """The error of a run whose loss or gradient is not finite: rerunning replays the same batches, and a resumed
+    run keeps its settings, so the way on is a new run."""
+    newest = list_checkpoints(out)[-1] if list_checkpoints(out) else "none"
+    return RunError(f"{description}: {what} at step {step + 1}; check the data, or start again with a lower "
+                    f"component.optim.lr in another out=DIR (the newest checkpoint, {newest}, was saved before it)")
 
 
 def logged_losses(log_path: Path) -> tuple[list[int], list[float]]:
