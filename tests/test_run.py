@@ -104,6 +104,26 @@ def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["seeds"] == [20000]
 
 
+def test_overwrite_replaces_the_whole_run_recorded_episodes_and_videos_too(checkpoints, tmp_path):
+    out = tmp_path / "twice"
+    main(run_args(checkpoints, out, "episodes=2", "memory=none", "record=true"))
+    main(run_args(checkpoints, out, "episodes=1", "memory=none", "record=true", "video=false", "overwrite=true",
+                  "seed=20000"))
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints.json", "config.yaml", "episodes", "metrics.json"]
+    dataset = EpisodeDataset(out / "episodes")
+    assert dataset.num_episodes == 1 and dataset.episode_meta(0)["seed"] == 20000
+
+
+def test_a_run_begun_without_out_resumes_in_its_dated_folder(checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in run_args(checkpoints, "unused", "memory=none", "video=false") if not a.startswith("out=")]
+    main([*args, "episodes=1"])
+    (folder,) = (tmp_path / "runs").iterdir()
+    main([*args, "episodes=2", "resume=true", f"out={folder}"])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["seeds"] == [10000, 10001]
+
+
 def test_record_writes_the_executed_episodes_as_a_dataset(checkpoints, tmp_path):
     out = tmp_path / "recorded"
     main(run_args(checkpoints, out, "episodes=2", "memory=none", "video=false", "record=true"))

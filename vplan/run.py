@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ from vplan.data.collect import EpisodeRecorder
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
-from vplan.shipped import AgentCheckpoints, pin_checkpoints
+from vplan.shipped import PINNED_FILE, AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.settings import check_same_config, config_record
 
@@ -113,8 +114,20 @@ def _run_dir(cfg: RunConfig) -> Path:
     return out
 
 
-# Settings that may differ between a run and its resumption: they change neither which episodes run nor how.
-RESUMABLE_CHANGES = ("episodes", "resume", "overwrite", "threads")
+def _clear_run(out: Path) -> None:
+    """`overwrite=true`: remove what an earlier run wrote in `out` (its records, videos and recorded episodes),
+    so nothing of it is mixed into the new one."""
+    for name in (METRICS_FILE, CONFIG_FILE, PINNED_FILE):
+        (out / name).unlink(missing_ok=True)
+    for video in out.glob("episode_*_seed*.mp4"):
+        video.unlink()
+    if (out / EPISODES_DIR / "meta" / "info.json").is_file():
+        shutil.rmtree(out / EPISODES_DIR)
+
+
+# Settings that may differ between a run and its resumption: they change neither which episodes run nor how (`out`:
+# a run begun without it, in its dated folder, continues with out= naming that folder).
+RESUMABLE_CHANGES = ("episodes", "resume", "overwrite", "threads", "out")
 
 
 def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]], float]:
@@ -246,7 +259,7 @@ def run_episode(
         "wall_s": wall,
         "cpu_s": cpu,
         "stages_s": {stage: float(agent.timings[stage]) for stage in STAGES},
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": _peak_rss_mb(),  # the process's peak so far
     }
     return {"result": result, "imagined": imagined, "executed": executed, "chunks": chunks, "info": dict(info)}
 
@@ -284,7 +297,8 @@ def summarize(
         "wall_s_per_episode_max": float(max(r["wall_s"] for r in results)) if done else None,
         "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in results])) if done else None,
         "stages_s_per_episode": stage_means,
-        "peak_rss_mb": _peak_rss_mb(),
+        # this process's peak, or a resumed run's earlier one (each episode records the peak so far)
+        "peak_rss_mb": max([_peak_rss_mb(), *(r["peak_rss_mb"] for r in results if "peak_rss_mb" in r)]),
         "threads": cfg.threads,
         "wall_s_total": time.perf_counter() - started,
         "episodes": results,
@@ -351,6 +365,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from vplan.envs import make_env
 
     out = _run_dir(cfg)
+    if cfg.overwrite:
+        _clear_run(out)
     results, wall_before = _finished_episodes(cfg, out)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -369,10 +385,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         fps = int(env.metadata.get("render_fps", 10))
         dist_unit = env.metadata.get("dist_unit", "m")
         out.mkdir(parents=True, exist_ok=True)
+        writer = _episode_writer(cfg, env, out) if cfg.record else None  # refused before anything is rewritten
         (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_record(cfg)))
         metrics = summarize(cfg, results, env_id, started, dist_unit)
         write_json(out / METRICS_FILE, metrics)
-        writer = _episode_writer(cfg, env, out) if cfg.record else None
         # a run killed between recording an episode and writing metrics.json recorded that episode already
         recorded_ahead = writer.num_episodes - sum(r.get("recorded", False) for r in results) if writer else 0
         if recorded_ahead not in (0, 1):
