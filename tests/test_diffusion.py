@@ -144,6 +144,38 @@ def test_samplers_shape_and_seed(
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+class PerfectPredictor(torch.nn.Module):
+    """Predicts exactly what the objective asks for, given the clean chunk `x0`: a sampler must land on x0."""
+
+    def __init__(self, x0: torch.Tensor, config: DiffusionConfig) -> None:
+        super().__init__()
+        from vplan.worldmodel.diffusion import make_scheduler
+
+        self.x0, self.config = x0, config
+        self.alphas = make_scheduler(DiffusionConfig(objective="epsilon", sampler="ddim")).alphas_cumprod
+
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor,
+                frame_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        chunk, out = latents[:, CONTEXT:], torch.zeros_like(latents)
+        if self.config.objective == "epsilon":
+            alpha = self.alphas[int(timesteps[0])]
+            out[:, CONTEXT:] = (chunk - alpha.sqrt() * self.x0) / (1 - alpha).sqrt()
+        else:  # flow: x_t = (1 - s) x0 + s ε at s = t / 1000, velocity ε - x0
+            s = float(timesteps[0]) / 1000
+            out[:, CONTEXT:] = (chunk - self.x0) / s
+        return out
+
+
+@pytest.mark.parametrize(("objective", "sampler"), SAMPLER_CASES)
+@pytest.mark.parametrize("steps", [3, 5, 6, 7, 11])
+def test_every_sampler_lands_on_the_clean_chunk_a_perfect_model_predicts(batch, objective, sampler, steps) -> None:
+    config = DiffusionConfig(objective=objective, sampler=sampler, num_inference_steps=steps)
+    x0 = batch["target_latents"]
+    sample = sample_chunk(PerfectPredictor(x0, config), batch["context_latents"], batch["text_states"],
+                          batch["text_mask"], CHUNK, config, generator=seeded())
+    torch.testing.assert_close(sample, x0, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
 def test_sampling_keeps_context_clean(unet: UNet3D, batch: dict, guidance_scale: float) -> None:
     recorder = RecordInputs(unet)

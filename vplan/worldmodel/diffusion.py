@@ -252,12 +252,16 @@ def sample_chunk(
     # `init_noise_sigma` / `scale_model_input` are 1 / identity, and FlowMatchEuler has neither.
     latents = randn_tensor((batch, num_frames, channels, height, width), generator=generator, device=device,
                            dtype=dtype)
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         chunk = torch.cat([latents, latents]) if guided else latents
         sequence = torch.cat([context, chunk], dim=1)
         output = unet.predict(sequence, t.expand(sequence.shape[0]), states, frame_inputs)[:, context_len:]
         if guided:
             conditional, unconditional = output.chunk(2)
             output = unconditional + config.guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(output, t, latents, generator=generator).prev_sample
+        step = scheduler.step(output, t, latents, generator=generator)
+        # DDIM steps to `t - 1000 // steps`, which for some step counts (6, 7, 11, ...) ends at timestep 0 rather
+        # than past it, leaving that timestep's noise in the sample: its last step takes the clean estimate
+        last_ddim = isinstance(scheduler, DDIMScheduler) and i == len(scheduler.timesteps) - 1
+        latents = step.pred_original_sample if last_ddim else step.prev_sample
     return latents
