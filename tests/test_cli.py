@@ -87,6 +87,19 @@ def test_bad_input_is_one_line_and_exit_code_2(args, expected):
     assert expected in lines[0]
 
 
+@pytest.mark.parametrize("args", [
+    ["run", "worldmodel=shipped:tabletop/worldmodel_action", "episodes=1"],
+    ["eval", "consistency", "checkpoint=shipped:tabletop/worldmodel_action"],
+    ["bench", "memory", "checkpoint=shipped:tabletop/worldmodel_action"],
+    ["bench", "worldmodel", "checkpoint=shipped:tabletop/worldmodel_action"],
+])
+def test_an_action_conditioned_world_model_where_text_drives_is_one_line(args, tmp_path):
+    result = run_cli(*args, f"out={tmp_path / 'out'}")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "conditioned on 'action'" in result.stderr and "text-conditioned" in result.stderr
+
+
 def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

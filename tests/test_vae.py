@@ -127,3 +127,22 @@ def test_default_config_maps_64_to_16_and_lists_become_tuples() -> None:
     config = VAEConfig(block_out_channels=[32, 64, 128])
     assert config.block_out_channels == (32, 64, 128)
     assert config.latent_size == 16
+
+
+def test_a_resumed_vae_training_equals_an_uninterrupted_one(tmp_path) -> None:
+    """The posterior sample draws from torch's global RNG, which a checkpoint keeps (the GPU's too)."""
+    from vplan.loop.train import VAETrainConfig, VAETraining
+    from vplan.loop.trainer import OptimConfig, train
+
+    def run(out, steps: int) -> VAETraining:
+        optim = OptimConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, save_every=2)
+        training = VAETraining(VAETrainConfig(vae=VAEConfig.tiny(image_size=16), optim=optim), synthetic_frames(8))
+        train(training, optim, out, "vae")
+        return training
+
+    straight = run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    torch.manual_seed(123)  # a new process's global RNG is wherever it is
+    resumed = run(tmp_path / "resumed", 4)
+    for a, b in zip(straight.module.parameters(), resumed.module.parameters()):
+        assert torch.equal(a, b)

@@ -178,6 +178,10 @@ class VideoPlanningAgent:
         self.idm = idm.eval()
         self.planner = planner
         self.image_size = world_model.config.vae.image_size
+        if world_model.config.uses_actions:
+            raise ValueError(f"expected a world model that imagines from the subgoal text alone, got one conditioned "
+                             f"on {world_model.config.conditioning!r}; pass a text-conditioned one (e.g. "
+                             "shipped:<env>/worldmodel)")
         if idm.config.image_size != self.image_size:
             raise ValueError(f"expected an IDM that reads the world model's {self.image_size}x{self.image_size} "
                              f"frames, got one for {idm.config.image_size}x{idm.config.image_size}")

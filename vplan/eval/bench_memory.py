@@ -34,7 +34,7 @@ from vplan.errors import RunError, UsageError
 from vplan.eval.bench_record import OUT_HELP, record_bench
 from vplan.memory.config import MemoryConfig
 from vplan.utils.openmp import current_policy, wait_policy
-from vplan.worldmodel.model import WorldModelConfig
+from vplan.worldmodel.model import WorldModelConfig, read_config, require_text_conditioned
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
 TARGET_RSS_RATIO = 1.05  # ... and at most 5% peak RSS
@@ -241,6 +241,7 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
             raise UsageError(f"{err}; checkpoint=null times a freshly initialised model of `model`'s size") from None
         if not (path / "config.json").is_file():
             raise UsageError(f"no world-model checkpoint at {path}; checkpoint=null times a freshly initialised model")
+        require_text_conditioned(read_config(path), f"checkpoint={cfg.checkpoint}", "bench memory")
     if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
                          "wait their turn spin on the cores the timed one needs; run it without "

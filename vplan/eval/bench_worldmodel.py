@@ -15,7 +15,7 @@ import torch
 
 from vplan.eval.bench_record import OUT_HELP, record_bench
 from vplan.utils.openmp import wait_policy
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
+from vplan.worldmodel.model import WorldModel, WorldModelConfig, require_text_conditioned
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores
 OBJECTIVE_OF = {"ddim": "epsilon", "dpmsolver++": "epsilon", "flow_euler": "flow"}
@@ -60,6 +60,7 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
     torch.set_num_threads(cfg.threads)
     model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()
     config = model.config
+    require_text_conditioned(config, f"checkpoint={cfg.checkpoint}", "bench worldmodel")
     generator = torch.Generator().manual_seed(0)
     context = torch.randn(1, config.context_frames, *model.latent_shape, generator=generator)
     texts = ["pick up the red cube"]

@@ -106,6 +106,8 @@ class EvalConsistencyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
         if self.chunks < 2:
             raise ValueError(f"chunks: expected at least 2 (PSNR drift is a slope over chunks), got {self.chunks}")
         self.modes = list(self.modes)
@@ -178,13 +180,14 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
     from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
-    from vplan.worldmodel.model import WorldModel
+    from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
     torch.set_num_threads(cfg.threads)
     env = env_name(cfg.env)
     scenario_fn = revisit_scenario_for(env)
     path = resolve_checkpoint(cfg.checkpoint)
     model = WorldModel.from_pretrained(path)
+    require_text_conditioned(model.config, f"checkpoint={cfg.checkpoint}", "eval consistency")
     warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint}, env)
     size = model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:

@@ -93,6 +93,8 @@ class EvalWorldModelConfig:
         if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
             raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
                              f"{self.video_chunks}, {self.rollout_chunks}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
         if self.conditioning not in (None, *CONDITIONINGS):
             raise ValueError(f"conditioning: expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
         from vplan.envs import env_name

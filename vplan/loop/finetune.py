@@ -56,7 +56,7 @@ from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
 from vplan.utils.settings import changed_settings, plain
-from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
+from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
 FINAL = "final"
 INNER = "inner"
@@ -418,6 +418,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         raise UsageError(f"worldmodel={cfg.worldmodel}: no world-model checkpoint there; make one with "
                          "`vplan train component=worldmodel`")
     world_model = WorldModel.from_pretrained(checkpoint)
+    require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel}", "vplan finetune")
     if dataset.env is not None:
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel}, dataset.env)
     size = world_model.config.vae.image_size

@@ -186,7 +186,7 @@ class RLRun:
         from vplan.rl.objectives import add_rl_adapter, lora_parameters
         from vplan.rl.rewards import make_rewards
         from vplan.rl.vlm_reward import VLMReward
-        from vplan.worldmodel.model import WorldModel
+        from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
         self.cfg, self.out = cfg, Path(cfg.out)
         try:
@@ -195,6 +195,7 @@ class RLRun:
         except (OSError, ValueError) as error:
             raise UsageError(f"worldmodel/idm: {error}") from None
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, cfg.task.env)
+        require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)
         for parameter in self.model.parameters():

@@ -452,6 +452,15 @@ class WorldModel(nn.Module):
             _load_into(self.action_encoder, path / ACTION_ENCODER_FILE)
 
 
+def require_text_conditioned(config: WorldModelConfig, checkpoint: str, user: str) -> None:
+    """A UsageError for an action-conditioned world model where `user` imagines chunks from the subgoal text
+    alone (the agent, the episodic memories, the benches): it would need actions no one has yet."""
+    if config.uses_actions:
+        raise UsageError(f"{checkpoint} is a world model conditioned on {config.conditioning!r}, and {user} imagines "
+                         "from the subgoal text alone; pass a text-conditioned one (component.model.conditioning="
+                         "text, e.g. shipped:<env>/worldmodel)")
+
+
 def read_config(path: str | Path) -> WorldModelConfig:
     """The `WorldModelConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
     return read_pretrained_config(path, WorldModelConfig, CHECKPOINT_KIND, FORMAT_VERSION, "world model")
