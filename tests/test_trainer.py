@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -79,6 +81,29 @@ def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):
     assert train(second, optim, tmp_path / "paused", "toy") == 30 and second.calls == 17
     for a, b in zip(weights(straight.module), weights(second.module)):
         assert torch.equal(a, b)
+
+
+class SignalledAt(LinearFit):
+    """SIGINT arrives during the loss of step `at` (1-based)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def loss(self, batch: dict, generator: torch.Generator):
+        if self.calls + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().loss(batch, generator)
+
+
+def test_a_stop_signal_saves_the_step_and_stops_unless_the_run_is_done(tmp_path, capsys):
+    optim = OptimConfig(steps=6, save_every=2, warmup_steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(SignalledAt(3), optim, tmp_path / "mid", "toy")
+    assert [p.name for p in list_checkpoints(tmp_path / "mid")] == ["checkpoint-0000002", "checkpoint-0000003"]
+    assert "stopped at step 3" in capsys.readouterr().out
+    assert train(SignalledAt(6), optim, tmp_path / "last", "toy") == 6  # done: it returns, so `final` gets written
+    assert [p.name for p in list_checkpoints(tmp_path / "last")] == ["checkpoint-0000004", "checkpoint-0000006"]
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):

@@ -131,10 +131,12 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
                 record["seconds"] = round(time.perf_counter() - started, 2)
                 with log_path.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
-            if step % optim.save_every == 0 or step == target:
+            saved = step % optim.save_every == 0 or step == target
+            if saved:
                 checkpoint(step)
-            if stop_requested:
-                checkpoint(step)
+            if stop_requested and step < target:  # at the target the run is done: it ends as if not stopped
+                if not saved:
+                    checkpoint(step)
                 bar.close()
                 accelerator.print(f"stopped at step {step}: checkpoint in {out}; the same command resumes from it")
                 raise KeyboardInterrupt
