@@ -6,6 +6,7 @@ through the real `openai` client over real HTTP.
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any
 
@@ -192,6 +193,21 @@ def test_budget_stops_requests(endpoint: FakeEndpoint) -> None:
     assert len(endpoint.requests) == 1 and vlm.requests_made == 1
     (message,) = vlm_warnings(record)
     assert "budget (1) is spent" in message and PLACE in message
+
+
+def test_the_budget_and_cache_carry_over_a_resume(endpoint: FakeEndpoint) -> None:
+    """`vplan rl` checkpoints this state, so a resumed run neither gets a fresh budget nor pays again."""
+    endpoint.reply = answer("yes")
+    first = reward(endpoint, max_requests=2)
+    first.ask(chunk(PICK, 0).frames, PICK)
+    state = json.loads(json.dumps(first.state()))  # as the checkpoint's JSON holds it
+    resumed = reward(endpoint, max_requests=2)
+    resumed.load_state(state)
+    assert resumed.ask(chunk(PICK, 0).frames, PICK) is True and len(endpoint.requests) == 1  # from the cache
+    resumed.ask(chunk(PICK, 1).frames, PICK)
+    with pytest.warns(VLMRewardWarning, match="budget"):
+        assert resumed.ask(chunk(PICK, 2).frames, PICK) is None
+    assert len(endpoint.requests) == 2
 
 
 def test_disabled_sends_nothing(endpoint: FakeEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:

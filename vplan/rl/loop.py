@@ -225,7 +225,10 @@ class RLRun:
         staging.mkdir(parents=True)
         save_file({k: v.detach().contiguous() for k, v in self.params.items()}, staging / LORA_FILE)
         torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
-        (staging / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "logits": self.logits.tolist()}))
+        state = {"iteration": self.iteration, "logits": self.logits.tolist()}
+        if self.vlm is not None:  # its request budget and cache run on across a resume, as if never stopped
+            state["vlm"] = self.vlm.state()
+        (staging / STATE_FILE).write_text(json.dumps(state))
         if final.exists():
             os.replace(final, old)  # from here until the next line, only `old` and `staging` exist: see load()
             os.replace(staging, final)
@@ -261,6 +264,8 @@ class RLRun:
                 parameter.copy_(saved[name])
         self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
         self.iteration, self.logits = int(state["iteration"]), np.asarray(state["logits"], np.float64)
+        if self.vlm is not None and "vlm" in state:
+            self.vlm.load_state(state["vlm"])
         return True
 
     # -- one iteration ---------------------------------------------------------------------------------------

@@ -130,6 +130,13 @@ class VLMReward:
             require_package("openai", "llm", hint="or set the VLM reward's enabled=False")
             self.endpoint = ChatEndpoint(config, "the VLM reward", "vlm_reward.api_key")
 
+    def state(self) -> dict[str, Any]:
+        """What a resumed run must continue from: the questions sent so far (the budget) and the cached answers."""
+        return {"requests_made": self.requests_made, "cache": dict(self._cache)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.requests_made, self._cache = int(state["requests_made"]), {k: bool(v) for k, v in state["cache"].items()}
+
     def close(self) -> None:
         """Release the HTTP client (a later question makes a new one)."""
         if self.endpoint is not None:
