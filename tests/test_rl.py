@@ -135,7 +135,9 @@ def test_rewards_read_the_rollout():
     cubes = {"displaced": np.array([True, False]), "returned": np.array([True, True])}
     assert task_progress({**cubes, "phase": "displace"}) == 0.25
     assert task_progress({**cubes, "phase": "return"}) == 1.0
-    assert task_progress({"passed": np.array([True, False, False, False]), "phase": "return"}) == 0.25
+    assert task_progress({"passed": np.array([True, False, True, False]), "phase": "return"}) == 0.5
+    # the start alone is where an agent that never moved stands: no progress
+    assert task_progress({"passed": np.array([True, False, False, False]), "phase": "return"}) == 0.0
     assert task_progress({}) == 0.0
     outcome = OutcomeReward(progress_weight=0.5)
     assert outcome.score(rollout_with([], {**cubes, "phase": "return", "success": True})) == 1.5
