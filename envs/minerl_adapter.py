@@ -60,8 +60,11 @@ class MineRLConfig:
     max_episode_steps: int = field(
         default=1200, metadata={"help": "Moves before gymnasium's TimeLimit truncates (MineRL's own: 6000 ticks)."}
     )
+    task: str = field(default="navigate", metadata={"help": "One of ('navigate',): the commands' task without task=."})
 
     def __post_init__(self) -> None:
+        if self.task != "navigate":
+            raise ValueError(f"task: expected one of ('navigate',), got {self.task!r}")
         if self.env_id not in MINERL_ENV_IDS:
             raise ValueError(f"env_id: expected one of {MINERL_ENV_IDS}, got {self.env_id!r}")
         if not 8 <= self.image_size <= 1024:

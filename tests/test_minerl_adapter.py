@@ -86,8 +86,8 @@ def test_missing_java_through_the_cli(capsys, monkeypatch):
 
 
 def test_a_task_of_another_env_is_refused(capsys, fake_minerl):
-    line = cli_error(capsys, "collect", "env=minerl")  # the default task is return_cubes
-    assert "task 'return_cubes' runs on env 'tabletop', not 'minerl'" in line
+    line = cli_error(capsys, "collect", "env=minerl", "task=return_cubes")
+    assert "task 'return_cubes' runs on env 'tabletop', not 'minerl'; use env=tabletop" in line
 
 
 def test_new_gym_is_refused(fake_minerl, monkeypatch):
@@ -96,6 +96,13 @@ def test_new_gym_is_refused(fake_minerl, monkeypatch):
     monkeypatch.setattr(gym, "__version__", "0.26.2")
     with pytest.raises(SimulatorNotInstalledError, match=r"gym 0.26.2 is installed, but MineRL 0.4.4 needs gym<0.20"):
         MineRLEnv(MineRLConfig())
+
+
+def test_commands_run_navigate_on_minerl_without_task():
+    from vplan.cli import COMMANDS, build_config, compose_config
+
+    collect = next(c for c in COMMANDS if c.name == "collect")
+    assert build_config(compose_config(collect, ["env=minerl"])[0]).task.name == "navigate"
 
 
 def test_make_env_without_minerl_raises():

@@ -217,16 +217,34 @@ def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
 
 def _unknown_key_message(base: Any, key: str, known: set[str]) -> str:
     """Name the valid keys next to the bad one: the children of its deepest existing parent."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     parent = key
     while parent and parent not in known:
         parent = parent.rsplit(".", 1)[0] if "." in parent else ""
     if not parent:
         return f"unknown key {key!r}; valid keys: {', '.join(k for k in _flat_keys(base) if '.' not in k)}"
+    if not isinstance(OmegaConf.select(base, parent), DictConfig):
+        return f"unknown key {key!r}: {parent} is one setting, not a group of them; give {parent}=VALUE"
     depth = parent.count(".") + 1
     children = [k for k in _flat_keys(OmegaConf.select(base, parent), f"{parent}.") if k.count(".") == depth]
     return f"unknown key {key!r}; valid keys of {parent}: {', '.join(children)}"
+
+
+def _misplaced_group_message(error: Exception, groups: Any, group_overrides: list[str]) -> str:
+    """For a group override that the default config has but another chosen option does not (`component=idm
+    model@component.model=tiny`): which choice it comes with."""
+    import re
+
+    match = re.search(r"override '([^']+)'", str(error))
+    if match and "@" in match.group(1):
+        key = match.group(1)
+        parent = key.split("@", 1)[1].split(".")[0]  # model@component.model -> component
+        if parent in groups:
+            chosen = [o for o in group_overrides if o.split("=")[0] == parent]
+            return (f"{key} applies only with {parent}={groups[parent]}, not with "
+                    f"{chosen[0] if chosen else 'this ' + parent}")
+    return _first_line(error)
 
 
 def _env_default_task(parsed: list[Any], groups: Any) -> str | None:
@@ -272,7 +290,10 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
                 if override.value() not in options:
                     raise UsageError(f"unknown {key} {override.value()!r}; valid choices: {', '.join(options)}")
                 group_overrides.append(override.input_line)
-        base = compose(command.config_name, overrides=group_overrides)
+        try:
+            base = compose(command.config_name, overrides=group_overrides)
+        except HydraException as error:  # a group another choice brings in, e.g. model@component.model
+            raise UsageError(_misplaced_group_message(error, groups, group_overrides)) from None
         known = set(_flat_keys(base))
         for override in parsed:
             key = override.key_or_group + (f"@{override.package}" if override.package else "")
@@ -385,8 +406,12 @@ def main(argv: list[str] | None = None) -> None:
         if unknown_flags:
             raise UsageError(f"unknown option {unknown_flags[0]!r}; only --help, then key=value overrides")
         cfg, choices = compose_config(command, overrides)
+        _check_task_fits_env(cfg, choices)  # before the env config's own check of its task, which names no env
         config = build_config(cfg)
-        _check_task_fits_env(config, choices)
+        if "env" in choices:
+            from vplan.envs import require_simulator
+
+            require_simulator(config.env)  # an adapter's simulator missing: its install steps
     except UsageError as error:
         _fail(prog, str(error))
     try:
@@ -406,15 +431,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
-def _check_task_fits_env(config: Any, choices: dict[str, str]) -> None:
-    task = getattr(config, "task", None)
+def _check_task_fits_env(cfg: Any, choices: dict[str, str]) -> None:
+    """A UsageError naming the env a composed config's task runs on, when it is not the chosen env."""
     env = choices.get("env")
-    if env is None:
+    if env is None or "task" not in cfg:
         return
-    from vplan.envs import require_simulator, task_envs
+    from vplan.envs import task_envs
 
-    require_simulator(getattr(config, "env", None))  # an adapter's simulator missing: its install steps, first
-    if task is not None and task.env not in task_envs(env):
+    task = cfg.task
+    if task.env not in task_envs(env):
         raise UsageError(f"task {task.name!r} runs on env {task.env!r}, not {env!r}; use env={task.env}")
 
 

@@ -33,7 +33,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
-from vplan.utils.settings import check_same_config, config_record
+from vplan.utils.settings import check_same_config, check_seed, config_record
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
@@ -86,8 +86,7 @@ class RunConfig(AgentCheckpoints):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+        check_seed(self.seed)
         if self.resume and (self.out is None or self.overwrite):
             raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")
 

@@ -21,6 +21,7 @@ from vplan.constants import ACTION, ACTION_APPLIED, DONE, OBS_ENV_STATE, OBS_STA
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import UsageError
 from vplan.tasks import TaskConfig
+from vplan.utils.settings import check_seed
 
 IMAGE_FEATURE = "observation.images.{camera}"  # env observation key "front" -> observation.images.front
 
@@ -43,6 +44,7 @@ class CollectConfig:
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"episodes: expected a positive number, got {self.episodes}")
+        check_seed(self.seed)
         if self.noise_std < 0:
             raise ValueError(f"noise_std: expected >= 0, got {self.noise_std}")
         if not 0 <= self.explore_fraction < 1:

@@ -19,6 +19,7 @@ TARGET_STEPS_PER_S = {"tabletop": 500, "blockworld": 300}
 
 from vplan.eval.bench_record import OUT_HELP, record_bench
 from vplan.tasks import TaskConfig
+from vplan.utils.settings import check_seed
 
 
 @dataclass
@@ -35,6 +36,7 @@ class BenchEnvConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.episodes < 1:
             raise ValueError(f"steps and episodes: expected positive numbers, got {self.steps}, {self.episodes}")
+        check_seed(self.seed)
 
 
 def _steps_per_second(env: Any, actions: np.ndarray, seed: int, step: Any) -> tuple[float, float]:

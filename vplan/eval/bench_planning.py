@@ -35,7 +35,7 @@ from vplan.run import write_json
 from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import bar_plot
-from vplan.utils.settings import changed_settings, settings_record
+from vplan.utils.settings import changed_settings, check_seed, settings_record
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -83,6 +83,7 @@ class AgentBenchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_seed(self.seed)
 
 
 @dataclass

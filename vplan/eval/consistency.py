@@ -46,6 +46,7 @@ from vplan.run import write_json
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
+from vplan.utils.settings import check_seed
 
 FEATURES = ("vae", "resnet18")
 RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume")  # settings a resumption may change
@@ -106,8 +107,7 @@ class EvalConsistencyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+        check_seed(self.seed)
         if self.chunks < 2:
             raise ValueError(f"chunks: expected at least 2 (PSNR drift is a slope over chunks), got {self.chunks}")
         self.modes = list(self.modes)

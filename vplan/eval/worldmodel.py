@@ -43,6 +43,7 @@ from vplan.run import write_json
 from vplan.shipped import pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
+from vplan.utils.settings import check_seed
 from vplan.worldmodel.action_encoder import CONDITIONINGS
 
 MOVING_THRESHOLD = 0.01  # metres the gripper travels within a chunk for the chunk to count as "moving"
@@ -93,8 +94,7 @@ class EvalWorldModelConfig:
         if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
             raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
                              f"{self.video_chunks}, {self.rollout_chunks}")
-        if self.seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+        check_seed(self.seed)
         if self.conditioning not in (None, *CONDITIONINGS):
             raise ValueError(f"conditioning: expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
         from vplan.envs import env_name

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 
+def check_seed(seed: Any, name: str = "seed") -> None:
+    """A ValueError unless `seed` is an int >= 0 (what gymnasium's reset and numpy's generators accept)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {seed!r}")
+
+
 def plain(value: Any) -> Any:
     """`value` as a settings record holds it: dataclasses (at any depth) as dicts, tuples as lists, anything else
     JSON cannot hold as its string."""
