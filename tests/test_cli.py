@@ -76,6 +76,11 @@ def test_default_out_follows_the_task():
         (["collect", "env.image_size=3"], "image_size: expected"),
         (["collect", "stray"], "unexpected argument 'stray'"),
         (["collect", "--fast"], "unknown option '--fast'"),
+        (["collect", "episodes.x=1"], "episodes is one setting, not a group of them; give episodes=VALUE"),
+        (["train", "component=idm", "model@component.model=tiny"],
+         "model@component.model applies only with component=worldmodel, not with component=idm"),
+        (["collect", "seed=-1"], "seed: expected an int >= 0, got -1"),
+        (["collect", "env=blockworld", "task=return_cubes"], "runs on env 'tabletop', not 'blockworld'; use env=tabletop"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, expected):
