@@ -416,7 +416,7 @@ def test_unknown_override_raises():
         (["env.path_chunks=0"], "path_chunks: expected an int in [1, 32], got 0"),
         (["env.max_episode_steps=40"], "max_episode_steps: expected more than"),
         (["noise_std=0.1"], "noise_std: the retrace expert's moves are discrete"),
-        (["task=return_cubes"], "task: expected one of ('retrace',), got 'return_cubes'"),
+        (["task=return_cubes"], "task 'return_cubes' runs on env 'tabletop', not 'blockworld'; use env=tabletop"),
     ],
 )
 def test_bad_cli_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):

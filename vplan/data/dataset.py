@@ -12,6 +12,7 @@ is decoded again and its stale entry deleted. Where the cache folder cannot be w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -257,7 +258,8 @@ def read_cache_file(path: Path, mmap: bool = False) -> np.ndarray | None:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError):
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only dataset keeps it; the caller decodes in memory
+            path.unlink(missing_ok=True)
         return None
 
 
