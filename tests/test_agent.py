@@ -290,7 +290,7 @@ def test_the_memory_learns_from_the_imagined_chunk_at_once_or_the_observed_one_a
     agent.act(fake_obs(observed[-1]))  # chunk 0 is over: chunk 1 is imagined
     assert agent.chunk.index == 1
     previous, new = memory.updates[-1]
-    assert len(memory.updates) == 2 if update_on == "imagined" else 1
+    assert len(memory.updates) == (2 if update_on == "imagined" else 1)
     encoded = world_model.encode(torch.from_numpy(np.stack(observed))[None])
     if update_on == "imagined":
         assert torch.equal(new, agent.chunk.latents)

@@ -97,7 +97,8 @@ def test_loss_is_finite_and_trains(unet: UNet3D, batch: dict, objective: str, sa
     loss, logs = masked_diffusion_loss(unet, **batch, config=config, null_states=null_states(), generator=seeded())
     assert math.isfinite(loss.item()) and set(logs) == {"loss", "noise_level", "text_dropped"}
     loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in unet.parameters() if p.grad is not None)
+    grads = [p.grad for p in unet.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
     unet.zero_grad()
 
 

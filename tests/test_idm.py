@@ -231,9 +231,9 @@ def test_frames_the_idm_cannot_read(policy: IDMPolicy) -> None:
         policy.actions_for_chunk(frames[:1])
     with pytest.raises(IDMInputError, match="context"):
         policy.actions_for_chunk(frames, context=3)
-    with pytest.raises(UsageError):  # the CLI's one-line errors
-        policy.predict(frames[:, :8], frames[:, :8])
-    with pytest.raises(ValueError):  # and still a ValueError for library users
+    # the CLI's one-line errors, and still a ValueError for library users
+    assert issubclass(IDMInputError, UsageError) and issubclass(IDMInputError, ValueError)
+    with pytest.raises(IDMInputError, match="8×16 given"):
         policy.predict(frames[:, :8], frames[:, :8])
 
 

@@ -166,15 +166,28 @@ def test_an_update_changes_only_the_lora_parameters(objective: str) -> None:
     assert any("lora_B" in name for name in changed) and any("lora_A" in name for name in changed)
 
 
-def test_gradient_checkpointing_learns_the_same() -> None:
-    states = []
+def test_gradient_checkpointing_learns_the_same(monkeypatch) -> None:
+    import torch.utils.checkpoint
+
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    states, counts = [], []
     for checkpointing in (False, True):
         model = tiny_model()
         memory = make_memory(lora(gradient_checkpointing=checkpointing), model)
+        calls.clear()
         memory.update(latents(CHUNK), latents(CHUNK, seed=2))
         memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+        counts.append(len(calls))
         assert not any("forward" in vars(module) for module in model.unet.modules())  # unwrapped after
         states.append(memory.state_dict())
+    assert counts[0] == 0 and counts[1] > 0  # it was on only when asked
     for name, tensor in states[0].items():
         torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-7)
 

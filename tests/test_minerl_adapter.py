@@ -226,5 +226,11 @@ def test_seeded_resets_repeat_and_every_reset_seeds_minerl(env):
     assert obs_a["agent_pos"][0] != obs_c["agent_pos"][0]
     world = minerl_env(env)
     goal = world.goal.copy()
-    env.reset()  # unseeded: still a seed for MineRL (drawn from np_random), so a different world
+    env.reset()  # unseeded: still a seed for MineRL (drawn from np_random), so a different world ...
     assert world._seed is None and not np.array_equal(world.goal, goal)
+    unseeded = []
+    for _ in range(2):  # ... and one that np_random decides (not the fake's os.urandom fallback), so it repeats
+        env.reset(seed=7)
+        env.reset()
+        unseeded.append(world.goal.copy())
+    np.testing.assert_array_equal(unseeded[0], unseeded[1])

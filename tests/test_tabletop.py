@@ -139,7 +139,7 @@ def test_fewer_cubes():
     ],
 )
 def test_bad_config_raises_naming_the_value(field, value):
-    with pytest.raises(ValueError, match=re.escape(repr(value))):
+    with pytest.raises(ValueError, match=f"^{field}: expected .*got {re.escape(repr(value))}$"):
         TabletopConfig(**{field: value})
 
 

@@ -126,7 +126,7 @@ def test_encode_decode_frames(model: WorldModel) -> None:
     assert z.shape == (2, 3, 4, LATENT, LATENT)
     decoded = model.decode(model.rollout(z[:, :1], ["go"], generator=seeded()))
     assert decoded.shape == (2, 4, FRAME, FRAME, 3) and decoded.dtype == torch.uint8
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="32×32"):
         model.encode(torch.zeros(2, 3, 32, 32, 3, dtype=torch.uint8))
 
 
