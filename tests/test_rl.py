@@ -235,6 +235,9 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     # as if killed between the two renames that swap a new checkpoint in: only the old and the staged one exist
     shutil.copytree(resumed / "checkpoint", resumed / ".checkpoint.tmp")
     (resumed / "checkpoint").rename(resumed / ".checkpoint.old")
+    with pytest.raises(SystemExit) as exit_info:  # the settings are still checked in that state
+        main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
+    assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err
     from vplan.rl.loop import RLRun
 
     calls = []

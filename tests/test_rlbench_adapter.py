@@ -354,3 +354,4 @@ def test_collect_through_the_cli_with_the_fake(fake_rlbench, tmp_path):
     info = json.loads(Path(out, "meta", "info.json").read_text())
     assert info["total_episodes"] == 1
     assert info["features"]["observation.images.front"]["shape"] == [16, 16, 3]
+    assert info["robot_type"] == "vplan_rlbench"  # the env's own name, though it runs the tabletop's task

@@ -16,6 +16,7 @@ from vplan.cli import COMMANDS, build_config, compose_config, main
 from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT, OBS_STATE, SUBGOAL
 from vplan.data import EpisodeDataset
 from vplan.run import RunConfig
+from vplan.shipped import OtherEnvWarning
 from vplan.utils.import_utils import is_package_available
 
 SECRET = "sk-test-do-not-write-me"
@@ -104,9 +105,13 @@ def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["seeds"] == [20000]
 
 
-def test_overwrite_replaces_the_whole_run_recorded_episodes_and_videos_too(checkpoints, tmp_path):
+def test_overwrite_replaces_the_whole_run_recorded_episodes_and_videos_too(checkpoints, tmp_path, capsys):
     out = tmp_path / "twice"
     main(run_args(checkpoints, out, "episodes=2", "memory=none", "record=true"))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(SystemExit), pytest.warns(OtherEnvWarning):  # refused: the earlier run stays as it was
+        main(run_args(checkpoints, out, "episodes=1", "overwrite=true", "idm=shipped:blockworld/idm"))
+    assert sorted(p.name for p in out.iterdir()) == before and "idm=" in capsys.readouterr().err
     main(run_args(checkpoints, out, "episodes=1", "memory=none", "record=true", "video=false", "overwrite=true",
                   "seed=20000"))
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints.json", "config.yaml", "episodes", "metrics.json"]

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from vplan.errors import UsageError
-from vplan.shipped import PINNED_FILE, OtherEnvWarning, pin_checkpoints, trained_on_env, warn_if_trained_elsewhere
+from vplan.shipped import (
+    PINNED_FILE,
+    OtherEnvWarning,
+    checkpoint_fingerprint,
+    pin_checkpoints,
+    trained_on_env,
+    warn_if_trained_elsewhere,
+)
 from vplan.utils.settings import changed_settings, plain
 
 
@@ -35,6 +42,14 @@ def test_same_settings_and_ignored_names_are_no_difference():
     cfg = Outer(episodes=5)
     assert changed_settings(plain(Outer()), plain(cfg), cfg, ignore=("episodes",)) == []
     assert changed_settings(plain(Outer()), plain(cfg), cfg) == ["episodes"]
+
+
+def test_a_record_with_the_key_itself_equals_a_redacted_one():
+    """Records written before vplan redacted secrets hold the key; they still resume."""
+    saved = {"planner": {"llm": {"api_key": "sk-old", "model": "m"}}}
+    current = {"planner": {"llm": {"api_key": "<redacted>", "model": "m"}}}
+    assert changed_settings(saved, current) == []
+    assert changed_settings(saved, {"planner": {"llm": {"api_key": "<redacted>", "model": "n"}}}) == ["planner.llm.model"]
 
 
 def test_every_difference_is_named_by_its_dotted_path():
@@ -87,6 +102,16 @@ def test_a_checkpoint_from_another_env_is_named_in_a_warning(tmp_path):
     assert [str(w.message) for w in caught] == [
         "worldmodel=shipped:tabletop/worldmodel was trained on tabletop episodes, and this env is blockworld; pass "
         "worldmodel= a checkpoint trained on blockworld"]
+    # The note is not part of the fingerprint: runs pinned to a checkpoint before it gained one still resume.
+    checkpoint = tmp_path / "noted"
+    checkpoint.mkdir()
+    payload = {"kind": "vplan-idm", "format_version": 1, "config": {"image_size": 64}}
+    (checkpoint / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+    before = checkpoint_fingerprint(checkpoint)
+    (checkpoint / "config.json").write_text(json.dumps({**payload, "trained_on_env": "tabletop"}, indent=2) + "\n")
+    assert checkpoint_fingerprint(checkpoint) == before
+    (checkpoint / "config.json").write_text(json.dumps({**payload, "config": {"image_size": 32}}, indent=2) + "\n")
+    assert checkpoint_fingerprint(checkpoint) != before
     unrecorded = tmp_path / "before"  # a checkpoint written before vplan recorded its env, or not one at all
     unrecorded.mkdir()
     (unrecorded / "config.json").write_text(json.dumps({"kind": "vplan-idm", "format_version": 1, "config": {}}))

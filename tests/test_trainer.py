@@ -102,6 +102,8 @@ def test_a_stop_signal_saves_the_step_and_stops_unless_the_run_is_done(tmp_path,
         train(SignalledAt(3), optim, tmp_path / "mid", "toy")
     assert [p.name for p in list_checkpoints(tmp_path / "mid")] == ["checkpoint-0000002", "checkpoint-0000003"]
     assert "stopped at step 3" in capsys.readouterr().out
+    with pytest.raises(KeyboardInterrupt):  # the last step before `until` (a finetune round's end): still a stop
+        train(SignalledAt(3), optim, tmp_path / "until", "toy", until=3)
     assert train(SignalledAt(6), optim, tmp_path / "last", "toy") == 6  # done: it returns, so `final` gets written
     assert [p.name for p in list_checkpoints(tmp_path / "last")] == ["checkpoint-0000004", "checkpoint-0000006"]
 

@@ -8,6 +8,7 @@ keys and types and the dataclasses hold the only defaults. Bad input never shows
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -421,10 +422,13 @@ def main(argv: list[str] | None = None) -> None:
     except RunError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    except OSError as error:  # an unwritable out=DIR, a full disk, a file where a directory should be
-        where = f"{error.filename}: " if error.filename else ""
-        why = "exists and is not a directory" if isinstance(error, FileExistsError) else error.strerror or error
-        print(f"{prog}: error: {where}{why}", file=sys.stderr)
+    except OSError as error:  # on a path: an unwritable out=DIR, a full disk, a file where a directory should be
+        if error.filename is None:  # a socket, a simulator's connection: the traceback says where
+            raise
+        paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+        a_file = isinstance(error, FileExistsError) and not os.path.isdir(error.filename)
+        print(f"{prog}: error: {paths}: {'exists and is not a directory' if a_file else error.strerror}",
+              file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -114,13 +114,16 @@ def _run_dir(cfg: RunConfig) -> Path:
 
 
 def _clear_run(out: Path) -> None:
-    """`overwrite=true`: remove what an earlier run wrote in `out` (its records, videos and recorded episodes),
-    so nothing of it is mixed into the new one."""
+    """`overwrite=true`: remove what an earlier run wrote in `out` (its records, videos and the episodes it
+    recorded, if its config.yaml says it did), so nothing of it is mixed into the new one."""
+    from omegaconf import OmegaConf
+
+    recorded = (out / CONFIG_FILE).is_file() and bool(OmegaConf.load(out / CONFIG_FILE).get("record", False))
     for name in (METRICS_FILE, CONFIG_FILE, PINNED_FILE):
         (out / name).unlink(missing_ok=True)
     for video in out.glob("episode_*_seed*.mp4"):
         video.unlink()
-    if (out / EPISODES_DIR / "meta" / "info.json").is_file():
+    if recorded and (out / EPISODES_DIR).is_dir():
         shutil.rmtree(out / EPISODES_DIR)
 
 
@@ -171,6 +174,7 @@ def _describe(space: Any) -> str:
 def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
+    from vplan.envs import env_name
     from vplan.planner import make_planner
     from vplan.policies.idm import IDMPolicy
     from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
@@ -188,7 +192,7 @@ def load_agent(cfg: RunConfig) -> Any:
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; train one with `{hint}` and pass {name}=DIR")
     world_model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)
     idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
-    warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, cfg.task.env)
+    warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
     size = world_model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the world model draws {size}x{size} frames; set env.image_size={size}")
@@ -345,12 +349,13 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
     run's dataset so far."""
     from vplan.data.collect import dataset_features
     from vplan.data.lerobot_format import DatasetError, EpisodeWriter
+    from vplan.envs import env_name
 
     _, info = env.reset(seed=cfg.seed)
     try:
         return EpisodeWriter.create_or_resume(out / EPISODES_DIR, fps=int(env.metadata.get("render_fps", 10)),
                                               features=dataset_features(env, info),
-                                              robot_type=ROBOT_TYPE_PREFIX + cfg.task.env, resume=cfg.resume)
+                                              robot_type=ROBOT_TYPE_PREFIX + env_name(cfg.env), resume=cfg.resume)
     except DatasetError as error:
         raise UsageError(f"record=true: {error}; choose another out=DIR") from None
 
@@ -364,8 +369,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from vplan.envs import make_env
 
     out = _run_dir(cfg)
-    if cfg.overwrite:
-        _clear_run(out)
     results, wall_before = _finished_episodes(cfg, out)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -374,12 +377,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     try:
         agent = load_agent(cfg)
-        pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, bool(results))
         env = make_env(cfg.env)
         if _describe(env.action_space) != _describe(agent.action_space):
             raise UsageError(f"idm={cfg.idm_checkpoint} predicts {_describe(agent.action_space)}, the env takes "
                              f"{_describe(env.action_space)}; pass worldmodel=DIR and idm=DIR trained on this "
                              "env's episodes")
+        if cfg.overwrite:
+            _clear_run(out)  # only now that the new run can start: a refused one leaves the old run as it was
+        pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, bool(results))
         env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         fps = int(env.metadata.get("render_fps", 10))
         dist_unit = env.metadata.get("dist_unit", "m")

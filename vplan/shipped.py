@@ -85,12 +85,26 @@ def warn_if_trained_elsewhere(checkpoints: Mapping[str, str | None], env: str) -
 
 
 def checkpoint_fingerprint(path: Path) -> str:
-    """sha256 (first 16 hex digits) over a checkpoint directory's files, to tell re-shipped weights apart."""
+    """sha256 (first 16 hex digits) over a checkpoint directory's files, to tell re-shipped weights apart. A
+    config.json's `trained_on_env` is left out: a note about the weights, not part of what they compute, so a
+    checkpoint that gained it keeps the fingerprint its runs pinned."""
     digest = hashlib.sha256()
     for file in sorted(p for p in path.iterdir() if p.is_file()):
         digest.update(file.name.encode())
-        digest.update(file.read_bytes())
+        digest.update(_without_trained_on_env(file.read_bytes()) if file.name == "config.json" else file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _without_trained_on_env(content: bytes) -> bytes:
+    """A vplan config.json's bytes as they were before it recorded `trained_on_env` (written the same way)."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return content
+    if not isinstance(payload, dict) or TRAINED_ON_ENV not in payload:
+        return content
+    del payload[TRAINED_ON_ENV]
+    return (json.dumps(payload, indent=2) + "\n").encode()
 
 
 def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -> dict[str, str]:

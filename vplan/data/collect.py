@@ -139,7 +139,7 @@ def _check_continues(last: dict[str, Any], cfg: CollectConfig, start: int, env: 
 
 def collect(cfg: CollectConfig) -> Path:
     """Append expert episodes to `cfg.out` until it holds `cfg.episodes`; returns the dataset path."""
-    from vplan.envs import make_env
+    from vplan.envs import env_name, make_env
     from vplan.policies import make_expert
 
     out = Path(cfg.out)
@@ -154,7 +154,7 @@ def collect(cfg: CollectConfig) -> Path:
             out,
             fps=env.metadata["render_fps"],
             features=dataset_features(env, first_info),
-            robot_type=ROBOT_TYPE_PREFIX + cfg.task.env,
+            robot_type=ROBOT_TYPE_PREFIX + env_name(cfg.env),  # rlbench runs the tabletop's task: its own name
             resume=cfg.resume,
         )
     except DatasetError as error:

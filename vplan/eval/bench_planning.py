@@ -171,7 +171,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from vplan.envs import make_env
+    from vplan.envs import env_name, make_env
     from vplan.run import RunConfig, load_agent, run_episode, show_chunk
 
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
@@ -224,10 +224,10 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     results["summary"] = summaries
     write_json(out / RESULTS_FILE, results)
     seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
-    table = markdown_table(summaries, cfg.task.env, seeds)
+    table = markdown_table(summaries, env_name(cfg.env), seeds)
     (out / TABLE_FILE).write_text(table)
     bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
                                if s["dist_mean"] is not None},
-             "Dist (lower is better)", f"{cfg.task.name} on {cfg.task.env}, {cfg.episodes} held-out seeds")
+             "Dist (lower is better)", f"{cfg.task.name} on {env_name(cfg.env)}, {cfg.episodes} held-out seeds")
     print("\n" + table + f"\nresults, table and plot in {out}")
     return results

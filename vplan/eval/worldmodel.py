@@ -186,7 +186,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     metrics.json, the MP4s and the plot; print a table."""
     from tqdm import tqdm
 
-    from vplan.envs import make_env
+    from vplan.envs import env_name, make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
 
@@ -202,7 +202,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                          "models that imagine the same chunks")
     idm = _load_idm(cfg.idm, model) if cfg.idm is not None else None
     checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
-    warn_if_trained_elsewhere(checkpoints, cfg.task.env)
+    warn_if_trained_elsewhere(checkpoints, env_name(cfg.env))
     out = Path(cfg.out)
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
                                  _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])

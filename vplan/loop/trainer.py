@@ -120,7 +120,9 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             norm = accelerator.clip_grad_norm_(params, optim.grad_clip if optim.grad_clip > 0 else math.inf)
-            if not torch.isfinite(norm):  # stepping would write it into the weights, and the next checkpoint
+            # stepping would write it into the weights and the next checkpoint (fp16's grad scaler skips such
+            # steps itself: an overflow there is routine)
+            if not torch.isfinite(norm) and accelerator.scaler is None:
                 raise _diverged(description, f"the gradient norm became {float(norm)}", step, out)
             optimizer.step()
             step += 1
@@ -134,7 +136,7 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
             saved = step % optim.save_every == 0 or step == target
             if saved:
                 checkpoint(step)
-            if stop_requested and step < target:  # at the target the run is done: it ends as if not stopped
+            if stop_requested and step < optim.steps:  # the whole run done: it ends as if not stopped
                 if not saved:
                     checkpoint(step)
                 bar.close()

@@ -181,7 +181,7 @@ class RLRun:
     """The state of one `vplan rl` run: models, planner logits, optimizer; see the module docstring."""
 
     def __init__(self, cfg: RLConfig) -> None:
-        from vplan.envs import make_env
+        from vplan.envs import env_name, make_env
         from vplan.policies.idm import IDMPolicy
         from vplan.rl.objectives import add_rl_adapter, lora_parameters
         from vplan.rl.rewards import make_rewards
@@ -194,7 +194,7 @@ class RLRun:
             self.idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
         except (OSError, ValueError) as error:
             raise UsageError(f"worldmodel/idm: {error}") from None
-        warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, cfg.task.env)
+        warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
         require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)
@@ -241,15 +241,24 @@ class RLRun:
         return (self.out / CHECKPOINT_DIR, self.out / f".{CHECKPOINT_DIR}.tmp",
                 self.out / f".{CHECKPOINT_DIR}.old")
 
+    def recover(self) -> None:
+        """Finish a `save` that a kill cut between its two renames: the staged checkpoint was complete, so it goes
+        in place (the replaced one, if the staged state does not read after a machine crash)."""
+        folder, staging, old = self._checkpoint_dirs()
+        if not folder.exists() and old.exists():
+            try:
+                json.loads((staging / STATE_FILE).read_text())
+                os.replace(staging, folder)
+            except (OSError, ValueError):
+                os.replace(old, folder)
+        shutil.rmtree(old, ignore_errors=True)
+
     def load(self) -> bool:
-        """Continue from `<out>/checkpoint` if there is one; whether there was. A run killed between the two
-        renames of `save` left the new checkpoint complete in the staging folder: it is put in place first."""
+        """Continue from `<out>/checkpoint` if there is one (after `recover`); whether there was."""
         from safetensors.torch import load_file
 
-        folder, staging, old = self._checkpoint_dirs()
-        if not folder.exists() and old.exists() and (staging / STATE_FILE).is_file():
-            os.replace(staging, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        self.recover()
+        folder = self.out / CHECKPOINT_DIR
         if not (folder / STATE_FILE).is_file():
             return False
         state = json.loads((folder / STATE_FILE).read_text())
@@ -433,12 +442,15 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     from safetensors.torch import save_file
     from tqdm import tqdm
 
+    from vplan.envs import env_name
+
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     run = RLRun(cfg)
     out = run.out
     try:
         out.mkdir(parents=True, exist_ok=True)
+        run.recover()  # before the settings check, which looks for the checkpoint
         if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():
             check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan rl")
         resuming = run.load()
@@ -473,7 +485,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                        f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}")
         bar.close()
         final = run.policy_model()
-        final.save_pretrained(out / "final", trained_on_env=cfg.task.env)
+        final.save_pretrained(out / "final", trained_on_env=env_name(cfg.env))
         save_file({k: v.detach().contiguous() for k, v in run.params.items()}, out / LORA_FILE)
         (out / "planner.yaml").write_text(f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,

@@ -49,8 +49,11 @@ def changed_settings(
 ) -> list[str]:
     """The dotted names of the settings that differ between the `saved` record and the `current` one (both
     nested dicts, `current` made from the dataclass `config`), leaving out the top-level names in `ignore`. A
-    name only `current` has is a difference unless its value is its field's default in `config`."""
-    saved = {k: v for k, v in saved.items() if k not in ignore}
+    name only `current` has is a difference unless its value is its field's default in `config`. Secrets are
+    compared redacted (a record written before vplan redacted them holds the key itself)."""
+    from vplan.planner.config import redact_secrets
+
+    saved = {k: v for k, v in redact_secrets(saved).items() if k not in ignore}
     return _changed(saved, {k: v for k, v in current.items() if k not in ignore}, config, "")
 
 
