@@ -212,6 +212,12 @@ class TabletopEnv(LastFrameRender, gym.Env):
         return self._get_obs(), info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        reward, terminated, info = self.simulate(action)
+        return self._get_obs(), reward, terminated, False, info
+
+    def simulate(self, action: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
+        """The step without rendering: apply the action, step the physics, score the task; (reward, terminated,
+        info). `vplan bench env` times it against `step` to tell the camera's share."""
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         previous = self.data.mocap_pos[0].copy()
         target = previous + action[:3] * self.config.max_delta
@@ -226,7 +232,7 @@ class TabletopEnv(LastFrameRender, gym.Env):
             self._phase = "return"
             info = self._get_info()
         terminated = bool(info["success"])
-        return self._get_obs(), float(terminated), terminated, False, info
+        return float(terminated), terminated, info
 
     def set_state_from(self, other: TabletopEnv) -> dict[str, Any]:
         """Make this env a copy of `other` as it is now (the scene its reset drew and the simulation state), so

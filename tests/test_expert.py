@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from vplan.envs.tabletop_v0 import COLOURS, TabletopEnv, spot_names
+from vplan.envs.tabletop_v0 import COLOURS, TabletopConfig, TabletopEnv, spot_names
 from vplan.policies import SUBGOAL_TEMPLATES, ReturnCubesExpert, make_expert, subgoal_texts
 
 SIZE = 16
@@ -115,5 +115,8 @@ def test_bad_expert_arguments_raise(kwargs):
 
 def test_make_expert():
     assert isinstance(make_expert("return_cubes", noise_std=0.1), ReturnCubesExpert)
+    # fitted to the env: it steers in the env's units (collect and bench env passed none, and mis-steered)
+    assert make_expert("return_cubes", TabletopConfig(max_delta=0.05)).max_delta == 0.05
+    assert make_expert("return_cubes").max_delta == TabletopConfig().max_delta
     with pytest.raises(ValueError, match="'stack'"):
         make_expert("stack")

@@ -57,6 +57,20 @@ def test_same_seed_gives_identical_obs_and_info(env):
         assert data_equivalence(info_a, info_b)
 
 
+def test_simulate_is_the_step_without_its_camera(env):
+    """`vplan bench env` times it against `step` to tell rendering's share."""
+    actions = np.random.default_rng(2).uniform(-1, 1, (5, 4)).astype(np.float32)
+    other = TabletopEnv(image_size=SIZE)
+    env.reset(seed=5)
+    other.reset(seed=5)
+    for action in actions:
+        _, reward, terminated, truncated, info = env.step(action)
+        simulated_reward, simulated_terminated, simulated_info = other.simulate(action)
+        assert (simulated_reward, simulated_terminated) == (reward, terminated) and not truncated
+        assert data_equivalence(simulated_info, info)
+    other.close()
+
+
 def test_set_state_from_copies_the_scene_and_state_and_looks_ahead_without_touching_the_original(env):
     actions = np.random.default_rng(1).uniform(-1, 1, (6, 4)).astype(np.float32)
     env.reset(seed=4)

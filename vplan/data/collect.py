@@ -144,7 +144,7 @@ def collect(cfg: CollectConfig) -> Path:
 
     out = Path(cfg.out)
     try:
-        expert = make_expert(cfg.task.name, noise_std=cfg.noise_std, explore_fraction=cfg.explore_fraction)
+        expert = make_expert(cfg.task.name, cfg.env, noise_std=cfg.noise_std, explore_fraction=cfg.explore_fraction)
     except ValueError as error:  # e.g. noise_std for an expert of discrete moves
         raise UsageError(str(error)) from None
     env = make_env(cfg.env)

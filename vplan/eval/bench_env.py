@@ -1,7 +1,8 @@
 """`vplan bench env`: how fast an env steps and renders on one process, and how long an expert episode takes.
 
-Physics alone and physics+render are timed side by side on the same random actions, so the share of
-rendering is visible; the observation of every step includes the camera images, as in training and `run`.
+The env's step without rendering (`simulate`: the action applied, the physics or kinematic move, the task scored)
+and its full step are timed side by side on the same random actions, so the share of rendering is visible; the
+observation of every full step includes the camera images, as in training and `run`.
 """
 
 from __future__ import annotations
@@ -50,8 +51,7 @@ def _steps_per_second(env: Any, actions: np.ndarray, seed: int, step: Any) -> tu
 
 
 def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
-    """Measure and print steps/s (physics only; physics + render) and expert episode wall time."""
-    import mujoco
+    """Measure and print steps/s (the step without rendering; with it) and expert episode wall time."""
     from tqdm import tqdm
 
     from vplan.data.collect import rollout_expert
@@ -65,17 +65,10 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     else:
         actions = rng.uniform(-1, 1, (cfg.steps, *env.action_space.shape)).astype(np.float32)
     base = env.unwrapped
-    # The simulation alone, no render: MuJoCo's physics, or an env's own step without the camera (the
-    # blockworld moves its agent kinematically and has no physics to step).
-    kinematic = hasattr(base, "simulate")
-    simulation = "motion" if kinematic else "physics"
 
-    def physics_only(action: np.ndarray) -> bool:
-        if kinematic:
-            _, terminated, _ = base.simulate(action)
-            return terminated
-        mujoco.mj_step(base.model, base.data, nstep=base.n_substeps)
-        return False
+    def physics_only(action: np.ndarray) -> bool:  # the env's step without its camera: actions, physics, scoring
+        _, terminated, _ = base.simulate(action)
+        return terminated
 
     def full_step(action: np.ndarray) -> bool:
         _, _, terminated, truncated, _ = env.step(action)
@@ -84,7 +77,7 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     physics, _ = _steps_per_second(env, actions, cfg.seed, physics_only)
     rendered, rendered_per_cpu_s = _steps_per_second(env, actions, cfg.seed, full_step)
 
-    expert = make_expert(cfg.task.name)
+    expert = make_expert(cfg.task.name, cfg.env)
     times, lengths, successes = [], [], 0
     for episode in tqdm(range(cfg.episodes), desc="expert episodes", unit="episode"):
         start = time.perf_counter()
@@ -97,7 +90,7 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     size = cfg.env.image_size
     target = TARGET_STEPS_PER_S.get(cfg.task.env)
     results = {
-        "physics_steps_per_s": physics,
+        "steps_without_render_per_s": physics,
         "steps_and_renders_per_s": rendered,
         "steps_and_renders_per_cpu_s": rendered_per_cpu_s,
         "render_share_of_step": 1.0 - rendered / physics,
@@ -107,10 +100,9 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     }
     print(f"\n{cfg.task.env} at {size}x{size}, one process, {cfg.steps} random-action steps:")
     versus_target = f", {rendered / target:.2f}x the {target}/s target" if target else ""
-    only = f"{simulation} only" + (" (no render)" if kinematic else " (mj_step)")
-    print(f"  {only:<24} {physics:10.0f} steps/s")
-    print(f"  {simulation + ' + render (obs)':<24} {rendered:10.0f} steps/s   ({rendered / physics:.2f}x of "
-          f"{simulation} only{versus_target})")
+    print(f"  {'step without render':<24} {physics:10.0f} steps/s")
+    print(f"  {'step with render (obs)':<24} {rendered:10.0f} steps/s   ({rendered / physics:.2f}x of "
+          f"the step without render{versus_target})")
     # On a machine shared with other jobs wall time undercounts; CPU time is what this process got.
     print(f"  {'per second of CPU time':<24} {rendered_per_cpu_s:10.0f} steps    (this process's threads; "
           "about what an idle machine gives)")

@@ -63,12 +63,12 @@ class ExpertVideoMemory(NoMemory):
 
     def __init__(self, world_model: Any, env: Any) -> None:
         from vplan.envs.tabletop_v0 import TabletopEnv
-        from vplan.policies.return_cubes_expert import ReturnCubesExpert
+        from vplan.policies import make_expert
 
         super().__init__(MemoryConfig(kind="none"), world_model)
         self.env = env.unwrapped
         self.shadow = TabletopEnv(self.env.config)
-        self.expert = ReturnCubesExpert(max_delta=self.env.config.max_delta)
+        self.expert = make_expert("return_cubes", self.env.config)
         self._expert_ready = False
 
     def _reset(self) -> None:
@@ -99,11 +99,11 @@ class ExpertVideoMemory(NoMemory):
 
 def expert_episode(env: Any, seed: int) -> dict[str, Any]:
     """The expert alone in `env` from the state of `seed`: its result."""
-    from vplan.policies.return_cubes_expert import ReturnCubesExpert
+    from vplan.policies import make_expert
 
     start = time.perf_counter()
     obs, info = env.reset(seed=seed)
-    expert = ReturnCubesExpert(max_delta=env.unwrapped.config.max_delta)
+    expert = make_expert("return_cubes", env.unwrapped.config)
     expert.reset(info)
     steps = 0
     while True:
@@ -143,6 +143,9 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
                          f"state and runs its expert), got env={env_name(cfg.env)} task={cfg.task.name}")
+    if cfg.agent.camera != "front":
+        raise UsageError(f"bench executor's expert video is the front camera's; agent.camera={cfg.agent.camera!r} "
+                         "would hand the IDM another camera's frames than it reads")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(out / RESULTS_FILE, cfg, list(ROWS))

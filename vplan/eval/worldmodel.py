@@ -211,7 +211,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     grid: list[np.ndarray] = []
     show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
     todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
-    env, expert = make_env(cfg.env), make_expert(cfg.task.name)
+    env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
     try:
         for episode in tqdm(todo, desc="eval worldmodel", unit="episode", total=cfg.episodes,
                             initial=cfg.episodes - len(todo)):
