@@ -59,6 +59,7 @@ from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
 from vplan.tasks import TaskConfig
+from vplan.worldmodel.model import require_text_conditioned
 
 if TYPE_CHECKING:
     from vplan.policies.idm import IDMPolicy
@@ -178,10 +179,7 @@ class VideoPlanningAgent:
         self.idm = idm.eval()
         self.planner = planner
         self.image_size = world_model.config.vae.image_size
-        if world_model.config.uses_actions:
-            raise ValueError(f"expected a world model that imagines from the subgoal text alone, got one conditioned "
-                             f"on {world_model.config.conditioning!r}; pass a text-conditioned one (e.g. "
-                             "shipped:<env>/worldmodel)")
+        require_text_conditioned(world_model.config, "world_model", "the agent")
         if idm.config.image_size != self.image_size:
             raise ValueError(f"expected an IDM that reads the world model's {self.image_size}x{self.image_size} "
                              f"frames, got one for {idm.config.image_size}x{idm.config.image_size}")

@@ -178,7 +178,7 @@ def load_agent(cfg: RunConfig) -> Any:
     from vplan.planner import make_planner
     from vplan.policies.idm import IDMPolicy
     from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
-    from vplan.worldmodel.model import WorldModel
+    from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
     for name, spec, hint in (
         ("worldmodel", cfg.worldmodel_checkpoint, "vplan train component=worldmodel"),
@@ -191,6 +191,7 @@ def load_agent(cfg: RunConfig) -> Any:
         if not (path / "config.json").is_file():
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; train one with `{hint}` and pass {name}=DIR")
     world_model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)
+    require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel_checkpoint}", "the agent")
     idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
     warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
     size = world_model.config.vae.image_size

@@ -41,6 +41,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
+from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.run import write_json
 from vplan.shipped import pin_checkpoints
@@ -307,10 +308,7 @@ def paired_difference(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]
     """`key` of one mode minus the baseline's, episode by episode (same seeds, same noise): its mean, standard error
     (None for one episode) and in how many episodes the mode is ahead and behind."""
     by_seed = {row["seed"]: row[key] for row in baseline}
-    gains = np.array([row[key] - by_seed[row["seed"]] for row in rows if row["seed"] in by_seed])
-    error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else None
-    return {"mean": float(gains.mean()), "standard_error": error, "episodes": len(gains),
-            "ahead": int((gains > 0).sum()), "behind": int((gains < 0).sum())}
+    return paired_summary(np.array([row[key] - by_seed[row["seed"]] for row in rows if row["seed"] in by_seed]))
 
 
 def _finished(progress: dict[str, Any]) -> str:

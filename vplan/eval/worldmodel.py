@@ -39,6 +39,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
+from vplan.eval.stats import paired_summary
 from vplan.run import write_json
 from vplan.shipped import pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
@@ -445,10 +446,9 @@ def paired_gain(rows: list[dict[str, Any]]) -> dict[str, Any]:
     paired: its mean, its standard error (None for one episode) and how many episodes each one is ahead in.
     """
     episodes = sorted({row["episode"] for row in rows})
-    gains = np.array([np.mean([r["psnr"] - r["compare_psnr"] for r in rows if r["episode"] == e]) for e in episodes])
-    error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else None
-    return {"mean_gain_db": float(gains.mean()), "standard_error_db": error, "episodes": len(gains),
-            "ahead": int((gains > 0).sum()), "behind": int((gains < 0).sum())}
+    summary = paired_summary([np.mean([r["psnr"] - r["compare_psnr"] for r in rows if r["episode"] == e])
+                              for e in episodes])
+    return {"mean_gain_db": summary.pop("mean"), "standard_error_db": summary.pop("standard_error"), **summary}
 
 
 def _print_open_loop(summary: dict[str, Any], conditioning: str, compare: Any) -> None:

@@ -152,7 +152,7 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
 def _diverged(description: str, what: str, step: int, out: Path) -> RunError:
     """The error of a run whose loss or gradient is not finite: rerunning replays the same batches, and a resumed
     run keeps its settings, so the way on is a new run."""
-    newest = list_checkpoints(out)[-1] if list_checkpoints(out) else "none"
+    newest = next(reversed(list_checkpoints(out)), "none")
     return RunError(f"{description}: {what} at step {step + 1}; check the data, or start again with a lower "
                     f"component.optim.lr in another out=DIR (the newest checkpoint, {newest}, was saved before it)")
 

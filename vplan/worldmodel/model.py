@@ -456,7 +456,7 @@ def require_text_conditioned(config: WorldModelConfig, checkpoint: str, user: st
     """A UsageError for an action-conditioned world model where `user` imagines chunks from the subgoal text
     alone (the agent, the episodic memories, the benches): it would need actions no one has yet."""
     if config.uses_actions:
-        raise UsageError(f"{checkpoint} is a world model conditioned on {config.conditioning!r}, and {user} imagines "
+        raise UsageError(f"{checkpoint}: a world model conditioned on {config.conditioning!r}, and {user} imagines "
                          "from the subgoal text alone; pass a text-conditioned one (component.model.conditioning="
                          "text, e.g. shipped:<env>/worldmodel)")
 

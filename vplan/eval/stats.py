@@ -1,0 +1,17 @@
+"""Paired comparisons of two variants run on the same episodes and noise: the per-episode difference, its standard
+error and who is ahead, so a gap can be told from noise (`eval worldmodel compare=`, `eval consistency`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def paired_summary(gains: np.ndarray) -> dict[str, Any]:
+    """Per-episode differences (variant minus baseline): their mean, standard error (None for one episode), and
+    in how many episodes the variant is ahead and behind."""
+    gains = np.asarray(gains, dtype=np.float64)
+    error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else None
+    return {"mean": float(gains.mean()), "standard_error": error, "episodes": len(gains),
+            "ahead": int((gains > 0).sum()), "behind": int((gains < 0).sum())}
