@@ -154,6 +154,20 @@ def test_reset_starts_over_and_seeds_the_imagination(world_model, idm):
     agent.close()
 
 
+def test_reset_follows_a_given_plan_without_asking_the_planner(world_model, idm):
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
+    given = Plan((Subgoal(TEXTS[1], 2),), source="llm", instruction="move the cubes")
+    assert agent.reset("move the cubes", fake_obs(frame), {}, plan=given) is given
+    assert agent.planner.calls == 0 and agent.plan is given
+    agent.act(fake_obs(frame))
+    assert agent.chunk.text == TEXTS[1]
+    with pytest.raises(ValueError, match="plan: expected a Plan .* got dict"):
+        agent.reset("move the cubes", fake_obs(frame), {}, plan=given.to_dict())
+    assert agent.plan is given  # the refused reset changed nothing
+    agent.close()
+
+
 def test_act_before_reset_and_bad_input_are_clear_errors(world_model, idm):
     agent = make_agent(world_model, idm)
     frame = np.zeros((IMAGE, IMAGE, 3), np.uint8)

@@ -220,8 +220,19 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
 def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file
 
+    from vplan.planner.offline import OfflinePlanner
+
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0"))
+    plans, plan = [], OfflinePlanner.plan
+
+    def counted_plan(self, *args, **kwargs):
+        plans.append(1)
+        return plan(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OfflinePlanner, "plan", counted_plan)
+        main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0"))
+    assert len(plans) == 2 * 2  # iterations x plans: the 2 continuations of a plan follow the plan asked for once
     main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))  # as if killed after iteration 1
     with (resumed / "iterations.jsonl").open("a") as file:  # ... while appending iteration 2's log
         file.write(json.dumps({"iteration": 1, "partial": True}) + "\n" + '{"iteration": 1, "rewa')

@@ -232,14 +232,20 @@ class VideoPlanningAgent:
     # -- the episode ------------------------------------------------------------------------------------------
 
     def reset(
-        self, instruction: str, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None
+        self, instruction: str, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None,
+        plan: Plan | None = None,
     ) -> Plan:
         """Start an episode from the env's first `obs` and `info`: forget the last episode's memory, plan the
-        subgoals, and take the first frame as context. Returns the plan (also `agent.plan`)."""
+        subgoals, and take the first frame as context. Returns the plan (also `agent.plan`).
+
+        `plan`: follow this plan (say, an earlier reset's, for another try from the same start) instead of asking
+        the planner, whose LLM may answer differently each time."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
         if not isinstance(info, Mapping):
             raise ValueError(f"info: expected the env's info dict, got {type(info).__name__}")
+        if plan is not None and not isinstance(plan, Plan):
+            raise ValueError(f"plan: expected a Plan (what reset returned) or None, got {type(plan).__name__}")
         frame, _ = self._read_obs(obs)
         self.memory.reset()  # waits for the last episode's update, then forgets it
         self._plan = None
@@ -248,7 +254,8 @@ class VideoPlanningAgent:
         self._episodes += 1
         self._generator = torch.Generator().manual_seed(int(seed))
         start = time.perf_counter()
-        plan = self.planner.plan(instruction, info, first_frame=frame)
+        if plan is None:
+            plan = self.planner.plan(instruction, info, first_frame=frame)
         self.timings["planning"] += time.perf_counter() - start
         start = time.perf_counter()
         self._history = self.world_model.encode(torch.from_numpy(frame)[None, None])

@@ -1,10 +1,10 @@
 """`vplan rl env=tabletop task=return_cubes`: RL finetuning of planner and executor by hierarchical exploration.
 
-Each iteration takes `seeds_per_iteration` task seeds. Per seed, G plans (the planner with each of
-`plan_offsets` chunks added to every subgoal; the LLM planner also samples at its temperature) and, per plan,
-K executor continuations (the agent from the same env state, with different generation noise) are run as
-episodes; each is scored by the configured rewards (vplan/rl/rewards.py). Group-relative advantages
-(vplan/rl/advantages.py) then drive both levels:
+Each iteration takes `seeds_per_iteration` task seeds. Per seed, G plans (the planner with each of `plan_offsets`
+chunks added to every subgoal; the LLM planner also samples at its temperature) and, per plan, K executor
+continuations (the agent from the same env state with the same plan, asked of the planner once, with different
+generation noise) are run as episodes; each is scored by the configured rewards (vplan/rl/rewards.py).
+Group-relative advantages (vplan/rl/advantages.py) then drive both levels:
 
 - planner: the offsets' logits move by the plan advantages; the tuned offset (the best logit) is written to
   `<out>/planner.yaml` and used as `planner.chunk_offset`. Every seed's best and worst plan are appended to
@@ -303,11 +303,12 @@ class RLRun:
             for g, offset in enumerate(cfg.plan_offsets):
                 agent = self.make_agent(policy, offset)
                 try:
-                    continuations = []
+                    continuations, plan = [], None
                     for k in range(cfg.continuations):
                         agent_seed = (task_seed * len(cfg.plan_offsets) + g) * cfg.continuations + k
                         episode = run_episode(self.env, agent, cfg.task.instruction, task_seed, cfg.agent.camera,
-                                              agent_seed=agent_seed)
+                                              agent_seed=agent_seed, plan=plan)
+                        plan = agent.plan  # the K continuations of a plan follow the one plan (an LLM's may vary)
                         rollout = EpisodeRollout(task_seed=task_seed, plan_index=g, continuation=k,
                                                  plan=agent.plan.to_dict(), final_info=episode["info"],
                                                  stats=agent.stats(), chunks=[_imagined(c) for c in episode["chunks"]])
