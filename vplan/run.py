@@ -12,7 +12,6 @@ with the subgoal the agent was imagining), ready for `vplan train` or `vplan fin
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import time
@@ -33,6 +32,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
+from vplan.utils.files import write_json
 from vplan.utils.settings import check_same_config, check_seed, config_record
 
 METRICS_FILE = "metrics.json"
@@ -146,13 +146,6 @@ def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]],
         raise UsageError(f"resume=true: {out} has {len(metrics['episodes'])} episodes already; pass episodes>="
                          f"{len(metrics['episodes'])}")
     return metrics["episodes"], float(metrics["wall_s_total"])
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Replace `path` whole (written aside, then renamed), so a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarray], fps: int) -> None:

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vplan.constants import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK_INDEX, TIMESTAMP
+from vplan.utils.files import fsync_path
 
 CODEBASE_VERSION = "v3.0"
 DEFAULT_CHUNK_SIZE = 1000  # max files per chunk folder (lerobot's default)
@@ -577,17 +578,17 @@ class EpisodeWriter:
             source = content if isinstance(content, Path) else self.root / STAGING_DIR / Path(relative).name
             if isinstance(content, bytes):
                 source.write_bytes(content)
-            _fsync(source)
+            fsync_path(source)
             moves.append((source, self.root / relative))
         *body, (info_source, info_target) = moves
         for source, target in body:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
         for folder in {target.parent for _, target in body}:
-            _fsync(folder)
+            fsync_path(folder)
         info_target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(info_source, info_target)
-        _fsync(info_target.parent)
+        fsync_path(info_target.parent)
 
     def _check_frames(self, frames: dict[str, np.ndarray], subgoals: list[str]) -> int:
         features = self._info["features"]
@@ -758,12 +759,3 @@ def _staged_parquet(table: pa.Table, path: Path) -> Path:
 
 def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=4) + "\n").encode()
-
-
-def _fsync(path: Path) -> None:
-    """Make a file (or a directory's entries) durable before the step that depends on it."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

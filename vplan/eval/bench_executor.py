@@ -36,7 +36,8 @@ from vplan.errors import UsageError
 from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_results, say_interrupted, summarize
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
-from vplan.run import write_json, write_video
+from vplan.run import write_video
+from vplan.utils.files import write_json
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import task_progress
 

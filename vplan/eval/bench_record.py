@@ -42,7 +42,7 @@ def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
     """With `out`, write `<out>/results.json` whole (aside, then renamed); without, nothing."""
     if out is None:
         return
-    from vplan.run import write_json
+    from vplan.utils.files import write_json
     from vplan.utils.settings import plain, settings_record
 
     path = Path(out)

@@ -43,7 +43,7 @@ from omegaconf import MISSING
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
-from vplan.run import write_json
+from vplan.utils.files import write_json
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot

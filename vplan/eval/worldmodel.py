@@ -40,7 +40,7 @@ from omegaconf import MISSING
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
-from vplan.run import write_json
+from vplan.utils.files import write_json
 from vplan.shipped import pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot

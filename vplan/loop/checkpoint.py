@@ -3,7 +3,7 @@
 A checkpoint is a folder `checkpoint-<step>` holding `model.safetensors`, `optimizer.safetensors` (the
 optimizer's tensors; its param groups and scalar state as JSON metadata) and `trainer_state.json`, written
 last: a folder without it is an interrupted save and is ignored. Folders are written under a temporary name
-and renamed, so a kill during a save leaves the previous checkpoint intact.
+and renamed once synced to disk, so a kill (or a crash) during a save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from vplan.utils.files import fsync_path, fsync_tree
 
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
@@ -63,8 +65,10 @@ def save_checkpoint(
         tensors |= {f"{CUDA_RNG}{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
     save_file(tensors, tmp / "optimizer.safetensors", metadata=metadata)
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
+    fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    fsync_path(out)
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

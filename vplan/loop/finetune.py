@@ -55,6 +55,7 @@ from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
+from vplan.utils.files import fsync_path, write_json
 from vplan.utils.settings import changed_settings, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
@@ -195,13 +196,7 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
                              f"choose another out= or delete that folder")
         return
     inner.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_json(path, settings)
 
 
 def run_inner_episode(
@@ -229,6 +224,7 @@ def run_inner_episode(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
     save_file(tensors, str(tmp), metadata=metadata)
+    fsync_path(tmp)
     os.replace(tmp, path)
     return len(chunks)
 

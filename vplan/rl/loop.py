@@ -46,9 +46,10 @@ from vplan.rl.objectives import OBJECTIVES
 from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
-from vplan.run import run_episode, write_json
+from vplan.run import run_episode
 from vplan.shipped import AgentCheckpoints, pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
+from vplan.utils.files import fsync_tree, write_json, write_text_atomic
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_same_config, config_record
 
@@ -134,7 +135,7 @@ def _keep_iterations_before(path: Path, iteration: int) -> None:
     last line it did not finish writing."""
     if path.exists():
         rows = [row for row in map(_parsed, path.read_text().splitlines()) if row and row["iteration"] < iteration]
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _parsed(line: str) -> dict[str, Any] | None:
@@ -229,6 +230,7 @@ class RLRun:
         if self.vlm is not None:  # its request budget and cache run on across a resume, as if never stopped
             state["vlm"] = self.vlm.state()
         (staging / STATE_FILE).write_text(json.dumps(state))
+        fsync_tree(staging)
         if final.exists():
             os.replace(final, old)  # from here until the next line, only `old` and `staging` exist: see load()
             os.replace(staging, final)

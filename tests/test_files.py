@@ -1,0 +1,64 @@
+"""Durable writes (vplan/utils/files.py): whole or old, never half, and synced before the rename that publishes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vplan.loop.checkpoint import list_checkpoints, save_checkpoint
+from vplan.utils.files import fsync_tree, write_json, write_text_atomic
+
+
+@pytest.fixture
+def synced(monkeypatch):
+    """The paths os.fsync is called on, in order."""
+    paths, fsync = [], os.fsync
+
+    def recording(descriptor):
+        paths.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    return paths
+
+
+def test_a_write_replaces_the_file_whole_and_a_failed_one_keeps_the_old(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"episodes": [1]})
+    write_json(path, {"episodes": [1, 2]})
+    assert path.read_text() == '{\n  "episodes": [\n    1,\n    2\n  ]\n}\n'
+
+    def full_disk(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_text_atomic(path, "half")
+    assert '"episodes"' in path.read_text() and os.listdir(tmp_path) == ["metrics.json"]  # no scratch file left
+
+
+def test_a_write_is_synced_before_its_rename_and_the_rename_after(tmp_path, synced):
+    write_text_atomic(tmp_path / "a.txt", "x")
+    assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(tmp_path)
+
+
+def test_a_tree_syncs_every_file_then_its_folders(tmp_path, synced):
+    (tmp_path / "sub").mkdir()
+    for name in ("a", "sub/b"):
+        (tmp_path / name).write_text(name)
+    fsync_tree(tmp_path)
+    assert sorted(synced) == sorted(str(tmp_path / name) for name in ("", "a", "sub", "sub/b"))
+    assert synced.index(str(tmp_path / "sub" / "b")) < synced.index(str(tmp_path / "sub"))  # a file before its folder
+    assert synced[-1] == str(tmp_path)
+
+
+def test_a_training_checkpoint_is_synced_before_it_is_renamed_into_place(tmp_path, synced):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    final = save_checkpoint(tmp_path, 3, model, optimizer, {})
+    staged = str(tmp_path / ".tmp-checkpoint-0000003")
+    assert {f"{staged}/{name}" for name in os.listdir(final)} <= set(synced)  # every file, under its staged name
+    assert synced.index(staged) > max(synced.index(f"{staged}/{name}") for name in os.listdir(final))
+    assert synced[-1] == str(tmp_path) and list_checkpoints(tmp_path) == [final]
