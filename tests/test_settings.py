@@ -44,12 +44,16 @@ def test_same_settings_and_ignored_names_are_no_difference():
     assert changed_settings(plain(Outer()), plain(cfg), cfg) == ["episodes"]
 
 
-def test_a_record_with_the_key_itself_equals_a_redacted_one():
-    """Records written before vplan redacted secrets hold the key; they still resume."""
+def test_a_key_is_not_a_setting_a_resume_compares():
+    """Records written before vplan redacted secrets hold the key; a key given by the environment is null in the
+    record; a rotated one is another key: each still resumes."""
     saved = {"planner": {"llm": {"api_key": "sk-old", "model": "m"}}}
     current = {"planner": {"llm": {"api_key": "<redacted>", "model": "m"}}}
     assert changed_settings(saved, current) == []
     assert changed_settings(saved, {"planner": {"llm": {"api_key": "<redacted>", "model": "n"}}}) == ["planner.llm.model"]
+    from_env = {"planner": {"llm": {"api_key": None, "model": "m"}}}
+    assert changed_settings(current, from_env) == changed_settings(from_env, current) == []
+    assert changed_settings({"planner": {"llm": {"model": "m"}}}, current) == []  # a record without the field
 
 
 def test_every_difference_is_named_by_its_dotted_path():

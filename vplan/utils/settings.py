@@ -49,18 +49,21 @@ def changed_settings(
 ) -> list[str]:
     """The dotted names of the settings that differ between the `saved` record and the `current` one (both
     nested dicts, `current` made from the dataclass `config`), leaving out the top-level names in `ignore`. A
-    name only `current` has is a difference unless its value is its field's default in `config`. Secrets are
-    compared redacted (a record written before vplan redacted them holds the key itself)."""
-    from vplan.planner.config import redact_secrets
-
-    saved = {k: v for k, v in redact_secrets(saved).items() if k not in ignore}
+    name only `current` has is a difference unless its value is its field's default in `config`. Secrets
+    (`SECRET_FIELDS`) are not settings and are not compared: a key rotated, or given by the environment instead
+    of `api_key=`, continues the run (and a record written before vplan redacted them holds the key itself)."""
+    saved = {k: v for k, v in saved.items() if k not in ignore}
     return _changed(saved, {k: v for k, v in current.items() if k not in ignore}, config, "")
 
 
 def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, prefix: str) -> list[str]:
+    from vplan.planner.config import SECRET_FIELDS
+
     changed = []
     for key in sorted(saved.keys() | current.keys()):
         name = f"{prefix}{key}"
+        if key in SECRET_FIELDS:
+            continue
         if key in saved and key in current:
             old, new = saved[key], current[key]
             if isinstance(old, Mapping) and isinstance(new, Mapping):
