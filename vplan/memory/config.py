@@ -56,10 +56,10 @@ class MemoryConfig:
         metadata={"help": "temp_lora: every update after an episode's first also scores the first update's "
                   "sequence (the real context and the first chunk) and averages the two losses: a rehearsal of "
                   "the scene the episode started in, so the adapter does not drift with what the model drew. "
-                  "Not in the paper. Measured with the shipped model (README, `vplan eval consistency`, 20 "
-                  "episodes): no scene cut where the default had 12, SRC 3 points above the default's on fresh "
-                  "seeds but not above none's; each update costs ~1.9x (1.5 s on 2 cores), too long to hide "
-                  "behind 0.8 s of execution."},
+                  "Not in the paper. Measured with the shipped model (docs/experiments.md, `vplan eval "
+                  "consistency`, 20 episodes): no scene cut where the default had 12, SRC 3 points above the "
+                  "default's on fresh seeds but not above none's; each update costs ~1.9x (1.5 s on 2 cores), too "
+                  "long to hide behind 0.8 s of execution."},
     )
     update_on: str = field(
         default="imagined",
