@@ -20,6 +20,7 @@ A checkpoint is a directory: `config.json` (`kind`, `format_version`, the `IDMCo
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ class IDMConfig:
             raise ValueError(f"history_frames: expected a positive int, got {self.history_frames!r}")
         if self.hidden_dim < 1:
             raise ValueError(f"hidden_dim: expected a positive int, got {self.hidden_dim!r}")
-        if self.gripper_loss_weight < 0:
+        if not (math.isfinite(self.gripper_loss_weight) and self.gripper_loss_weight >= 0):
             raise ValueError(f"gripper_loss_weight: expected a float >= 0, got {self.gripper_loss_weight!r}")
 
     @property

@@ -90,6 +90,15 @@ def test_an_interrupted_bench_says_what_it_kept(checkpoints, tmp_path, capsys, m
     assert f"interrupted: the finished episodes ({rows}) are kept in" in capsys.readouterr().err
 
 
+def test_a_missing_checkpoint_is_refused_before_any_row_runs(checkpoints, tmp_path, capsys):
+    out = tmp_path / "b"
+    with pytest.raises(SystemExit) as exit_info:
+        main([a for a in bench_args(checkpoints, out) if not a.startswith("worldmodel=")] + [f"worldmodel={tmp_path}"])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and error.startswith(f"vplan bench executor: error: worldmodel={tmp_path}: ")
+    assert not out.exists()  # no expert-only bench left behind to block the corrected rerun
+
+
 def test_other_envs_are_refused_in_one_line(checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([a for a in bench_args(checkpoints, tmp_path / "b", "env=blockworld") if "max_episode" not in a])

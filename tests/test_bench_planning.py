@@ -79,6 +79,15 @@ def test_without_the_finetuned_model_the_slow_rows_run_then_a_one_line_error(che
         row.name: int(row.worldmodel == "slow") for row in ROWS}  # the slow model's rows are done and kept
 
 
+def test_a_missing_slow_model_is_named_before_anything_runs(checkpoints, tmp_path, capsys):
+    out = tmp_path / "b"
+    with pytest.raises(SystemExit) as exit_info:
+        main([a for a in bench_args(checkpoints, out) if not a.startswith("worldmodel=")] + [f"worldmodel={tmp_path}"])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and error.startswith(f"vplan bench planning: error: worldmodel={tmp_path}: ")
+    assert "vplan train component=worldmodel" in error and not out.exists()
+
+
 def test_generation_psnr_pools_the_executed_steps():
     frame = np.zeros((4, 4, 3), np.uint8)
     assert generation_psnr([frame, frame, frame], [frame, frame, frame]) > 100  # identical: MSE floored at 1e-10

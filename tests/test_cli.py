@@ -79,7 +79,14 @@ def test_default_out_follows_the_task():
         (["collect", "episodes.x=1"], "episodes is one setting, not a group of them; give episodes=VALUE"),
         (["train", "component=idm", "model@component.model=tiny"],
          "model@component.model applies only with component=worldmodel, not with component=idm"),
-        (["collect", "seed=-1"], "seed: expected an int >= 0, got -1"),
+        (["collect", "seed=-1"], "seed: expected an int from 0 to 4294967295, got -1"),
+        (["run", f"seed={2**64}"], f"seed: expected an int from 0 to 4294967295, got {2**64}"),
+        (["run", "agent.seed=-1"], "seed: expected an int from 0 to 4294967295, got -1"),
+        (["run", "agent.replan_drift=5"], "replan_drift: expected a difference in [0, 1] or null, got 5.0"),
+        (["run", "out="], "out: expected a directory, got ''"),
+        (["collect", "noise_std=nan"], "noise_std: expected a finite number >= 0, got nan"),
+        (["rl", "lr=inf"], "lr: expected a finite number > 0, got inf"),
+        (["bench", "worldmodel", "samplers=[]"], "samplers: expected at least one entry like 'dpmsolver++:5', got []"),
         (["collect", "env=blockworld", "task=return_cubes"], "runs on env 'tabletop', not 'blockworld'; use env=tabletop"),
     ],
 )
@@ -114,6 +121,44 @@ def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path)
         assert "Traceback" not in result.stderr
         why = "exists and is not a directory" if out == blocker else "Not a directory"
         assert result.stderr.strip() == f"vplan collect: error: {out}: {why}"
+
+
+def test_an_error_starts_its_own_line_after_a_progress_bar(capsys):
+    from tqdm import tqdm
+
+    from vplan.cli import _fail
+
+    rollouts = iter(tqdm(range(3), desc="rollouts"))
+    next(rollouts)  # drawn, not finished (the iterator kept: dropping it would close the bar)
+    with pytest.raises(SystemExit):
+        _fail("vplan x", "it broke")
+    assert capsys.readouterr().err.splitlines()[-1] == "vplan x: error: it broke"
+
+
+def test_ctrl_c_while_the_settings_are_read_exits_130(monkeypatch, capsys):
+    import vplan.cli
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vplan.cli, "compose_config", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        vplan.cli.main(["collect"])
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "vplan collect: interrupted\n"
+
+
+def test_a_bench_refuses_its_out_before_it_times_anything(tmp_path, monkeypatch):
+    import vplan.envs
+    from vplan.eval.bench_env import BenchEnvConfig, bench_env
+
+    def timing(*args):
+        raise AssertionError("the bench started before it checked out=")
+
+    monkeypatch.setattr(vplan.envs, "make_env", timing)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(FileExistsError):
+        bench_env(BenchEnvConfig(out=str(blocker)))
 
 
 def test_vplans_warnings_are_one_line_and_others_as_python_prints_them():

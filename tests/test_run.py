@@ -211,6 +211,10 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
         ([f"worldmodel={worldmodel}", f"idm={idm}", "env.image_size=32"], "set env.image_size=64", ""),
         ([f"worldmodel={worldmodel}", f"idm={idm}", "env=blockworld"], "predicts actions of shape (4,), the env "
          "takes one of 5 moves", "pass worldmodel=DIR and idm=DIR trained on this env's episodes"),
+        ([f"worldmodel={worldmodel}", f"idm={idm}", "agent.camera=wrist"], "agent.camera='wrist': the env's "
+         "observations hold ['agent_pos', 'front']", "pass the key of one of its cameras"),
+        ([f"worldmodel={worldmodel}", f"idm={idm}", "agent.state_key=pos"], "agent.state_key='pos'",
+         "or agent.stall_steps=0 to turn stall detection off"),
     ]
     for args, first, second in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -218,3 +222,4 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and first in err and second in err, err
+        assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -90,7 +90,9 @@ def test_missing_package_names_the_pip_line_and_the_fallback(monkeypatch: pytest
 
 
 def test_path_without_weights_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
+    from vplan.errors import UsageError
+
+    with pytest.raises(UsageError, match="text_encoder.path=.* holds no model.safetensors"):
         build_text_encoder(TextEncoderConfig(path=str(tmp_path)))
 
 

@@ -95,6 +95,12 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={tmp_path / 'novae'}", *TINY_WORLD_MODEL)
     assert result.returncode == 2
     assert "no trained VAE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    from vplan.errors import UsageError
+    from vplan.loop.train import _load_vae
+    from vplan.shipped import resolve_checkpoint
+
+    with pytest.raises(UsageError, match="component.vae=.*: not a VAE .*no file named diffusion_pytorch_model"):
+        _load_vae(str(resolve_checkpoint("shipped:tabletop/worldmodel")))  # holds its VAE under another name
     other_camera = tmp_path / "top_camera"  # a LeRobot dataset recorded elsewhere, its camera named otherwise
     shutil.copytree(tiny_dataset, other_camera)
     info = json.loads((other_camera / "meta" / "info.json").read_text())

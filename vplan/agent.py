@@ -59,6 +59,7 @@ from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
 from vplan.tasks import TaskConfig
+from vplan.utils.settings import check_seed
 from vplan.worldmodel.model import require_text_conditioned
 
 if TYPE_CHECKING:
@@ -119,16 +120,17 @@ class AgentConfig:
     )
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         for name in ("camera", "state_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name}: expected an obs key, got {getattr(self, name)!r}")
-        if self.replan_drift is not None and not (math.isfinite(self.replan_drift) and self.replan_drift >= 0):
+        if self.replan_drift is not None and not 0 <= self.replan_drift <= 1:
             raise ValueError(f"replan_drift: expected a difference in [0, 1] or null, got {self.replan_drift!r}")
         for name in ("stall_steps", "max_replans_per_chunk", "max_replans", "max_extra_chunks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-        if not self.stall_distance >= 0:
+        if not (math.isfinite(self.stall_distance) and self.stall_distance >= 0):
             raise ValueError(f"stall_distance: expected metres >= 0, got {self.stall_distance!r}")
         if not 0 <= self.stall_command <= 1:
             raise ValueError(f"stall_command: expected action units in [0, 1], got {self.stall_command!r}")
@@ -330,6 +332,15 @@ class VideoPlanningAgent:
     def plan(self) -> Plan | None:
         """The episode's plan (None before the first reset)."""
         return self._plan
+
+    @property
+    def obs_keys(self) -> dict[str, str]:
+        """The observation keys `act` reads, by the setting that names each: the camera, and the gripper's state
+        where stalls are detected."""
+        keys = {"agent.camera": self.config.camera}
+        if self._stall_steps:
+            keys["agent.state_key"] = self.config.state_key
+        return keys
 
     @property
     def subgoal(self) -> Subgoal | None:

@@ -149,8 +149,19 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
 
 
 def _fail(prog: str, message: str) -> NoReturn:
+    _end_progress_bars()
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(USAGE_ERROR)
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open, so the error starts a line of its own rather than
+    continuing a bar's."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def _print_help() -> None:
@@ -409,28 +420,37 @@ def main(argv: list[str] | None = None) -> None:
         cfg, choices = compose_config(command, overrides)
         _check_task_fits_env(cfg, choices)  # before the env config's own check of its task, which names no env
         config = build_config(cfg)
+        for name in ("out", "data"):  # an empty path is the current directory: never what was meant
+            if getattr(config, name, None) == "":
+                raise UsageError(f"{name}: expected a directory, got ''")
         if "env" in choices:
             from vplan.envs import require_simulator
 
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
     except UsageError as error:
         _fail(prog, str(error))
+    except KeyboardInterrupt:  # while the settings are read (the heavy imports take seconds)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     try:
         command.load()(config)
     except UsageError as error:
         _fail(prog, str(error))
     except RunError as error:
+        _end_progress_bars()
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as error:  # on a path: an unwritable out=DIR, a full disk, a file where a directory should be
         if error.filename is None:  # a socket, a simulator's connection: the traceback says where
             raise
+        _end_progress_bars()
         paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
         a_file = isinstance(error, FileExistsError) and not os.path.isdir(error.filename)
         print(f"{prog}: error: {paths}: {'exists and is not a directory' if a_file else error.strerror}",
               file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
+        _end_progress_bars()
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
 

@@ -6,6 +6,11 @@ class UsageError(Exception):
     """Bad input from the user (a key, a value, a path); the message says what is valid."""
 
 
+class SettingMismatchError(UsageError, ValueError):
+    """A setting that passes its own config's check but not what it meets at run time (a module name the loaded
+    model lacks); still a ValueError for library callers."""
+
+
 class RunError(Exception):
     """A run that cannot go on (a diverged loss, a missing checkpoint); the message says what to do."""
 

@@ -164,25 +164,46 @@ def _describe(space: Any) -> str:
     return f"one of {int(n)} moves" if n is not None else f"actions of shape {tuple(space.shape)}"
 
 
+def check_agent_fits_env(agent: Any, env: Any) -> None:
+    """A UsageError, before an episode starts, where `env` cannot drive `agent`: its IDM predicts other actions
+    than the env takes, or it reads a camera (or, detecting stalls, a state key) the env's observations lack."""
+    if _describe(env.action_space) != _describe(agent.action_space):
+        raise UsageError(f"the IDM predicts {_describe(agent.action_space)}, the env takes "
+                         f"{_describe(env.action_space)}; pass worldmodel=DIR and idm=DIR trained on this env's "
+                         "episodes")
+    keys = sorted(getattr(env.observation_space, "spaces", None) or {})
+    for setting, key in agent.obs_keys.items() if keys else ():  # a space without keys: nothing to check against
+        if key not in keys:
+            hint = ("the key of the gripper's position, or agent.stall_steps=0 to turn stall detection off"
+                    if setting == "agent.state_key" else "the key of one of its cameras")
+            raise UsageError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
+
+
+def check_checkpoints_exist(checkpoints: dict[str, str]) -> None:
+    """A UsageError naming the setting (`worldmodel`, `idm`, ...) whose checkpoint is not there, and how to make
+    one: for a command to call before it writes or runs anything."""
+    from vplan.shipped import resolve_checkpoint
+
+    for name, spec in checkpoints.items():
+        hint = f"train one with `vplan train component={'idm' if name == 'idm' else 'worldmodel'}` and pass {name}=DIR"
+        try:
+            path = resolve_checkpoint(spec)
+        except UsageError as err:
+            raise UsageError(f"{name}={spec}: {err}; {hint}") from None
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{name}={spec}: no checkpoint at {path}; {hint}")
+
+
 def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import env_name
     from vplan.planner import make_planner
     from vplan.policies.idm import IDMPolicy
-    from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
+    from vplan.shipped import warn_if_trained_elsewhere
     from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
-    for name, spec, hint in (
-        ("worldmodel", cfg.worldmodel_checkpoint, "vplan train component=worldmodel"),
-        ("idm", cfg.idm_checkpoint, "vplan train component=idm"),
-    ):
-        try:
-            path = resolve_checkpoint(spec)
-        except UsageError as err:
-            raise UsageError(f"{name}={spec}: {err}; train one with `{hint}` and pass {name}=DIR") from None
-        if not (path / "config.json").is_file():
-            raise UsageError(f"{name}={spec}: no checkpoint at {path}; train one with `{hint}` and pass {name}=DIR")
+    check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
     world_model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)
     require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel_checkpoint}", "the agent")
     idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
@@ -213,6 +234,7 @@ def run_episode(
     by default `seed` too; following `plan` where one is given, see `VideoPlanningAgent.reset`): its result, timings, the imagined and executed frames, the agent's chunks (each with
     what was executed while following it) and the final info (and, given a recorder, every step in the dataset
     format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display."""
+    check_agent_fits_env(agent, env)
     start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)
     agent.reset(instruction, obs, info, seed=seed if agent_seed is None else agent_seed, plan=plan)
@@ -372,10 +394,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     try:
         agent = load_agent(cfg)
         env = make_env(cfg.env)
-        if _describe(env.action_space) != _describe(agent.action_space):
-            raise UsageError(f"idm={cfg.idm_checkpoint} predicts {_describe(agent.action_space)}, the env takes "
-                             f"{_describe(env.action_space)}; pass worldmodel=DIR and idm=DIR trained on this "
-                             "env's episodes")
+        check_agent_fits_env(agent, env)
         if cfg.overwrite:
             _clear_run(out)  # only now that the new run can start: a refused one leaves the old run as it was
         pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, bool(results))

@@ -7,6 +7,7 @@ uninterrupted one).
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,8 @@ class CollectConfig:
         if self.episodes < 1:
             raise ValueError(f"episodes: expected a positive number, got {self.episodes}")
         check_seed(self.seed)
-        if self.noise_std < 0:
-            raise ValueError(f"noise_std: expected >= 0, got {self.noise_std}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ValueError(f"noise_std: expected a finite number >= 0, got {self.noise_std}")
         if not 0 <= self.explore_fraction < 1:
             raise ValueError(f"explore_fraction: expected a share in [0, 1), got {self.explore_fraction}")
 

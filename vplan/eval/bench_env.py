@@ -18,7 +18,7 @@ from omegaconf import MISSING
 # Steps+renders per second at 64x64 on one process that the issues ask of each env.
 TARGET_STEPS_PER_S = {"tabletop": 500, "blockworld": 300}
 
-from vplan.eval.bench_record import OUT_HELP, record_bench
+from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.tasks import TaskConfig
 from vplan.utils.settings import check_seed
 
@@ -58,6 +58,7 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     from vplan.envs import make_env
     from vplan.policies import make_expert
 
+    make_out_dir(cfg.out)
     env = make_env(cfg.env)
     rng = np.random.default_rng(cfg.seed)
     if isinstance(env.action_space, gym.spaces.Discrete):  # random moves

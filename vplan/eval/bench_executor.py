@@ -139,7 +139,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
 
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import TabletopConfig, env_name, make_env
-    from vplan.run import RunConfig, load_agent, run_episode, show_chunk
+    from vplan.run import RunConfig, check_agent_fits_env, load_agent, run_episode, show_chunk
 
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
@@ -148,27 +148,31 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
         raise UsageError(f"bench executor's expert video is the front camera's; agent.camera={cfg.agent.camera!r} "
                          "would hand the IDM another camera's frames than it reads")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = load_results(out / RESULTS_FILE, cfg, list(ROWS))
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
-    agents: dict[str, Any] = {}  # the video rows' agents, loaded once when a video row has episodes to run
+    agents: dict[str, Any] = {}  # the video rows' agents
     try:
+        if any(len(results["rows"][row]) < cfg.episodes for row in ROWS if row != "expert"):
+            # loaded and checked before any row runs: a bad checkpoint must not leave an expert-only bench behind
+            world = load_agent(RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner, memory=cfg.memory,
+                                         agent=cfg.agent, worldmodel=cfg.worldmodel, idm=cfg.idm,
+                                         episodes=cfg.episodes, seed=cfg.seed, threads=cfg.threads))
+            agents["world model"] = world
+            check_agent_fits_env(world, env)
+            # the same parts, the expert's look-ahead in place of the memory (it uses only the VAE)
+            expert = ExpertVideoMemory(world.world_model, env)
+            agents["expert video"] = VideoPlanningAgent(world.world_model, world.idm, world.planner, expert,
+                                                        world.config)
+        out.mkdir(parents=True, exist_ok=True)
+        if agents:
+            pin_checkpoints(out, {"worldmodel": cfg.worldmodel, "idm": cfg.idm},
+                            resuming=any(results["rows"][name] for name in ROWS if name != "expert"))
         for row in ROWS:
             done = results["rows"][row]
             if len(done) >= cfg.episodes:
                 continue
-            if row != "expert" and not agents:
-                world = load_agent(RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner, memory=cfg.memory,
-                                             agent=cfg.agent, worldmodel=cfg.worldmodel, idm=cfg.idm,
-                                             episodes=cfg.episodes, seed=cfg.seed, threads=cfg.threads))
-                # the same parts, the expert's look-ahead in place of the memory (it uses only the VAE)
-                expert = ExpertVideoMemory(world.world_model, env)
-                agents = {"world model": world, "expert video": VideoPlanningAgent(
-                    world.world_model, world.idm, world.planner, expert, world.config)}
-                pin_checkpoints(out, {"worldmodel": cfg.worldmodel, "idm": cfg.idm},
-                                resuming=any(results["rows"][name] for name in ROWS if name != "expert"))
             agent = agents.get(row)
             bar = tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done), total=cfg.episodes)
             for i in bar:

@@ -24,6 +24,7 @@ Timings hardly depend on the weights, so `checkpoint=null` times a freshly initi
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -31,9 +32,10 @@ from multiprocessing import get_context
 from typing import Any
 
 from vplan.errors import RunError, UsageError
-from vplan.eval.bench_record import OUT_HELP, record_bench
+from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.memory.config import MemoryConfig
 from vplan.utils.openmp import current_policy, wait_policy
+from vplan.utils.settings import check_seed
 from vplan.worldmodel.model import WorldModelConfig, read_config, require_text_conditioned
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
@@ -76,8 +78,9 @@ class BenchMemoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not self.execution_s >= 0:
+        if not (math.isfinite(self.execution_s) and self.execution_s >= 0):
             raise ValueError(f"execution_s: expected seconds >= 0, got {self.execution_s!r}")
+        check_seed(self.seed)
 
 
 def modes(cfg: BenchMemoryConfig) -> list[tuple[str, bool]]:
@@ -183,6 +186,8 @@ def _serve(cfg: BenchMemoryConfig, kind: str, overlap: bool, conn: Any) -> None:
         while conn.recv() == "episode":
             conn.send(("episode", runner.episode()))
         runner.close()
+    except UsageError as err:  # a setting the model refuses: the parent says it as the CLI would
+        conn.send(("usage", str(err)))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(err).__name__}: {err}"))
     finally:
@@ -206,6 +211,8 @@ class _ProcessRunner:
         except EOFError:
             raise RunError(f"bench memory: the process of mode {self.name!r} exited "
                            f"(exit code {self.process.exitcode})") from None
+        if tag == "usage":
+            raise UsageError(value)
         if tag == "error":
             raise RunError(f"bench memory: mode {self.name!r} failed: {value}")
         return value
@@ -242,6 +249,7 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         if not (path / "config.json").is_file():
             raise UsageError(f"no world-model checkpoint at {path}; checkpoint=null times a freshly initialised model")
         require_text_conditioned(read_config(path), f"checkpoint={cfg.checkpoint}", "bench memory")
+    make_out_dir(cfg.out)
     if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
                          "wait their turn spin on the cores the timed one needs; run it without "

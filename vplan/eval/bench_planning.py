@@ -172,8 +172,9 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vplan.envs import env_name, make_env
-    from vplan.run import RunConfig, load_agent, run_episode, show_chunk
+    from vplan.run import RunConfig, check_checkpoints_exist, load_agent, run_episode, show_chunk
 
+    check_checkpoints_exist({"worldmodel": cfg.worldmodel, "idm": cfg.idm})  # the finetuned one may come later
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"

@@ -38,6 +38,13 @@ def _cpu_model() -> str | None:
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
+def make_out_dir(out: str | None) -> None:
+    """Create `out` (if given) before the bench runs: an unusable folder fails at once, not after minutes of
+    timing."""
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+
+
 def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
     """With `out`, write `<out>/results.json` whole (aside, then renamed); without, nothing."""
     if out is None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from vplan.eval.bench_record import OUT_HELP, record_bench
+from vplan.errors import UsageError
+from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.utils.openmp import wait_policy
 from vplan.worldmodel.model import WorldModel, WorldModelConfig, require_text_conditioned
 
@@ -38,6 +39,8 @@ class BenchWorldModelConfig:
     out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
+        if not self.samplers:
+            raise ValueError("samplers: expected at least one entry like 'dpmsolver++:5', got []")
         for spec in self.samplers:
             name, _, steps = spec.partition(":")
             if name not in OBJECTIVE_OF or not steps.isdigit() or int(steps) < 1:
@@ -57,18 +60,25 @@ def _fastest(function, repeats: int) -> float:
 
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
+    make_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()
     config = model.config
     require_text_conditioned(config, f"checkpoint={cfg.checkpoint}", "bench worldmodel")
+    diffusions = {}
+    for spec in cfg.samplers:  # all checked before any is timed
+        name, _, steps = spec.partition(":")
+        try:
+            diffusions[spec] = replace(config.diffusion, objective=OBJECTIVE_OF[name], sampler=name,
+                                       num_inference_steps=int(steps))
+        except ValueError as error:  # more steps than the model's training schedule has
+            raise UsageError(f"samplers: {spec}: {error}") from None
     generator = torch.Generator().manual_seed(0)
     context = torch.randn(1, config.context_frames, *model.latent_shape, generator=generator)
     texts = ["pick up the red cube"]
     model.generate(context, texts)  # warm-up: first-call allocations, text-encoder cache
     rows = []
-    for spec in cfg.samplers:
-        name, _, steps = spec.partition(":")
-        diffusion = replace(config.diffusion, objective=OBJECTIVE_OF[name], sampler=name, num_inference_steps=int(steps))
+    for spec, diffusion in diffusions.items():
         model.config = replace(config, diffusion=diffusion)  # generate() reads the sampler from here
         seed = torch.Generator().manual_seed(0)
         generate = _fastest(lambda: model.generate(context, texts, generator=seed), cfg.repeats)

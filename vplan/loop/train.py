@@ -232,9 +232,14 @@ class WorldModelTraining:
 def _load_vae(path: str) -> Any:
     from diffusers import AutoencoderKL
 
+    hint = "train one with `vplan train component=vae` or set component.vae="
     if not (Path(path) / "config.json").is_file():
-        raise UsageError(f"no trained VAE at {path}; train one with `vplan train component=vae` or set component.vae=")
-    return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval()
+        raise UsageError(f"no trained VAE at {path}; {hint}")
+    try:
+        return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval()
+    except (OSError, ValueError) as error:  # another checkpoint's folder, a broken config.json
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote ({reason}); {hint}") from None
 
 
 def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:

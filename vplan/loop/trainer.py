@@ -22,6 +22,7 @@ import torch
 from vplan.errors import RunError
 from vplan.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from vplan.utils.plots import line_plot
+from vplan.utils.settings import check_seed
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
@@ -51,8 +52,10 @@ class OptimConfig:
         for name in ("weight_decay", "grad_clip"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
-        if self.cooldown_steps < 0:
-            raise ValueError(f"cooldown_steps: expected >= 0, got {self.cooldown_steps}")
+        for name in ("warmup_steps", "cooldown_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        check_seed(self.seed)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): warm-up, constant, then cool-down to 0.

@@ -72,6 +72,9 @@ class MemoryConfig:
     )
 
     def __post_init__(self) -> None:
+        from vplan.utils.settings import check_seed
+
+        check_seed(self.seed)
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if self.update_on not in UPDATE_ON:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from vplan.errors import SettingMismatchError
 from vplan.memory.base import EpisodicMemory, check_state
 from vplan.memory.config import ATTENTION_PROJECTIONS, MemoryConfig
 
@@ -129,12 +130,12 @@ def _check_targets(unet: torch.nn.Module, lora: Any, target_modules: list[str]) 
 
     matched = {name: module for name, module in unet.named_modules() if name and check_target_module_exists(lora, name)}
     if not matched:
-        raise ValueError(f"target_modules: expected names of modules in the UNet (e.g. {list(ATTENTION_PROJECTIONS)}), "
-                         f"got {target_modules}, which match none")
+        raise SettingMismatchError(f"target_modules: expected names of modules in the UNet (e.g. "
+                                   f"{list(ATTENTION_PROJECTIONS)}), got {target_modules}, which match none")
     others = sorted(name for name, module in matched.items() if type(module) is not torch.nn.Linear)
     if others:
-        raise ValueError(f"target_modules: expected them to match Linear layers only, got {target_modules} matching "
-                         f"{others[:3]}{' ...' if len(others) > 3 else ''}")
+        raise SettingMismatchError(f"target_modules: expected them to match Linear layers only, got {target_modules} "
+                                   f"matching {others[:3]}{' ...' if len(others) > 3 else ''}")
 
 
 class TempLoRAMemory(EpisodicMemory):

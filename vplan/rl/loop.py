@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import sys
@@ -38,7 +39,7 @@ import torch
 from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
-from vplan.errors import UsageError
+from vplan.errors import RunError, UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.rl.advantages import group_advantages
@@ -51,7 +52,7 @@ from vplan.shipped import AgentCheckpoints, pin_checkpoints, warn_if_trained_els
 from vplan.tasks import TaskConfig
 from vplan.utils.files import fsync_tree, write_json, write_text_atomic
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_same_config, config_record
+from vplan.utils.settings import check_same_config, check_seed, config_record
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -110,17 +111,20 @@ class RLConfig(AgentCheckpoints):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.eval_episodes < 0 or self.seed < 0 or self.eval_seed < 0:
-            raise ValueError("eval_episodes, seed and eval_seed: expected ints >= 0")
+        if self.eval_episodes < 0:
+            raise ValueError(f"eval_episodes: expected an int >= 0, got {self.eval_episodes!r}")
+        check_seed(self.seed)
+        check_seed(self.eval_seed, "eval_seed")
         if not self.plan_offsets or len(set(self.plan_offsets)) != len(self.plan_offsets):
             raise ValueError(f"plan_offsets: expected distinct ints, one per plan, got {self.plan_offsets!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
         for name in ("rwr_beta", "dpo_beta", "lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a number > 0, got {getattr(self, name)!r}")
-        if self.penalty < 0 or self.planner_lr < 0:
-            raise ValueError("penalty and planner_lr: expected numbers >= 0")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name}: expected a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("penalty", "planner_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {getattr(self, name)!r}")
         if self.rewards.vlm > 0 and not self.vlm_reward.enabled:
             raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
 
@@ -404,8 +408,8 @@ class RLRun:
                 objective = dpo_loss(chosen, rejected, chosen_ref, rejected_ref, cfg.dpo_beta)
             total = objective + cfg.penalty * delta_penalty(self.model.unet)
             if not torch.isfinite(total):
-                raise RuntimeError(f"rl: the {cfg.objective} loss is {total.item()} at iteration {self.iteration}, "
-                                   f"step {step}; lower lr or the beta")
+                raise RunError(f"rl: the {cfg.objective} loss is {total.item()} at iteration {self.iteration}, "
+                               f"step {step}; lower lr or the beta (the finished iterations are kept in {self.out})")
             self.optimizer.zero_grad(set_to_none=True)
             total.backward(inputs=list(self.params.values()))
             self.optimizer.step()

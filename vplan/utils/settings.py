@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 
+MAX_SEED = 2**32 - 1  # numpy's global seed (RLBench's RNG) takes at most this; torch's and gymnasium's more
+
+
 def check_seed(seed: Any, name: str = "seed") -> None:
-    """A ValueError unless `seed` is an int >= 0 (what gymnasium's reset and numpy's generators accept)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"{name}: expected an int >= 0, got {seed!r}")
+    """A ValueError unless `seed` is an int in [0, MAX_SEED]: what gymnasium's reset, numpy's generators (global
+    ones included) and torch's take, with room for a run's seed + i."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name}: expected an int from 0 to {MAX_SEED}, got {seed!r}")
 
 
 def plain(value: Any) -> Any:

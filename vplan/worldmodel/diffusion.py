@@ -11,6 +11,7 @@ which is exactly what diffusers' `FlowMatchEulerDiscreteScheduler.scale_noise` /
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -74,7 +75,7 @@ class DiffusionConfig:
                 f"expected num_inference_steps <= num_train_timesteps={self.num_train_timesteps}, "
                 f"got {self.num_inference_steps}"
             )
-        if self.guidance_scale < 1.0:
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1.0):
             raise ValueError(f"expected guidance_scale >= 1.0 (1.0 turns guidance off), got {self.guidance_scale}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"expected text_dropout in [0, 1), got {self.text_dropout}")

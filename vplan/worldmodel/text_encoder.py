@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vplan.errors import UsageError
 from vplan.utils.import_utils import MissingExtraError
 
 KINDS = ("minilm", "learned")
@@ -183,25 +184,31 @@ def _package_model_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def resolve_minilm_dir(path: str | None) -> Path:
-    """The directory holding MiniLM's files: `path` if given, else the installed package's."""
+class MiniLMNotFoundError(MissingExtraError, UsageError):
+    """MiniLM's weights are neither where the config points nor in the installed package; the message says how
+    to get them (the CLI prints it as one line)."""
+
+
+def resolve_minilm_dir(path: str | None, setting: str = "text_encoder.path") -> Path:
+    """The directory holding MiniLM's files: `path` (the value of `setting`) if given, else the installed
+    package's."""
     fallback = "or set text_encoder.kind=learned for the dependency-free encoder"
     if path is not None:
         model_dir = Path(path).expanduser()
         if not (model_dir / "model.safetensors").is_file():
-            raise FileNotFoundError(
-                f"text_encoder.path={path!r} holds no model.safetensors; point it at a copy of "
-                f"all-MiniLM-L6-v2's files, {fallback}"
+            raise MiniLMNotFoundError(
+                f"{setting}={path!r} holds no model.safetensors; point it at a copy of all-MiniLM-L6-v2's files, "
+                f"{fallback}"
             )
         return model_dir
     model_dir = _package_model_dir()
     if model_dir is None:
-        raise MissingExtraError(
+        raise MiniLMNotFoundError(
             f"the MiniLM text encoder needs its weights: run `{MINILM_PIP}`, set text_encoder.path to a local "
             f"copy of all-MiniLM-L6-v2, {fallback}"
         )
     if not (model_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(
+        raise MiniLMNotFoundError(
             f"{model_dir} holds no model.safetensors; reinstall with `{MINILM_PIP} --force-reinstall`"
         )
     return model_dir

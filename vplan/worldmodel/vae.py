@@ -12,6 +12,7 @@ keeps the decoder tolerant of the small errors the diffusion model makes in late
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -71,11 +72,11 @@ class VAEConfig:
                 f"image_size: expected a multiple of the downsampling factor {factor} "
                 f"(2 ** (len(block_out_channels) - 1)), got {self.image_size!r}"
             )
-        if not self.scaling_factor > 0:
+        if not (math.isfinite(self.scaling_factor) and self.scaling_factor > 0):
             raise ValueError(f"scaling_factor: expected a positive float, got {self.scaling_factor!r}")
         if self.recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss: expected one of {RECON_LOSSES}, got {self.recon_loss!r}")
-        if self.kl_weight < 0:
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
             raise ValueError(f"kl_weight: expected a float >= 0, got {self.kl_weight!r}")
 
     @property
