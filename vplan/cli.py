@@ -185,13 +185,7 @@ def _find_command(args: list[str]) -> tuple[Command, list[str]]:
         words.append(arg)
     for command in sorted(COMMANDS, key=lambda c: -len(c.words)):
         if tuple(words[: len(command.words)]) == command.words:
-            rest = args[len(command.words) :]
-            extra = [a for a in rest if "=" not in a and not a.startswith("-")]
-            if extra:
-                raise UsageError(
-                    f"unexpected argument {extra[0]!r} after '{command.name}'; overrides are key=value"
-                )
-            return command, rest
+            return command, args[len(command.words) :]
     valid = ", ".join(c.name for c in COMMANDS)
     raise UsageError(f"unknown command {' '.join(words)!r}; valid commands: {valid}")
 
@@ -397,6 +391,14 @@ def _format_warning(message: Any, category: type[Warning], filename: str, lineno
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush does not raise again
+        raise SystemExit(1) from None
+
+
+def _main(argv: list[str] | None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         _print_help()
@@ -411,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         command, overrides = _find_command(args)
         prog = f"vplan {command.name}"
+        extra = [a for a in overrides if "=" not in a and not a.startswith("-")]
+        if extra:
+            raise UsageError(f"unexpected argument {extra[0]!r} after '{command.name}'; overrides are key=value")
         if any(a in ("-h", "--help") for a in overrides):
             _print_command_help(command, [a for a in overrides if a not in ("-h", "--help")])
             return
