@@ -271,10 +271,15 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
     for extra, message in [("objective=ppo", "objective: expected one of"),
                            ("plan_offsets=[0,0]", "plan_offsets: expected distinct"),
-                           ("rewards.vlm=1.0", "vlm_reward.enabled=true")]:
+                           ("rewards.vlm=1.0", "vlm_reward.enabled=true"),
+                           ("penalty=nan", "penalty: expected a finite number >= 0, got nan"),
+                           (f"idm={checkpoints[0]}", f"idm={checkpoints[0]}: "),  # a world model as the IDM
+                           (f"worldmodel={tmp_path}", f"worldmodel={tmp_path}: no checkpoint at")]:
         with pytest.raises(SystemExit) as exit_info:
-            main(rl_args(checkpoints, tmp_path / "bad", extra))
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+            main([a for a in rl_args(checkpoints, tmp_path / "bad") if a.split("=")[0] != extra.split("=")[0]]
+                 + [extra])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 def test_iteration_series_averages_each_reward_term_over_the_episodes_it_scored(tmp_path):

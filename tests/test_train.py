@@ -99,7 +99,7 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     from vplan.loop.train import _load_vae
     from vplan.shipped import resolve_checkpoint
 
-    with pytest.raises(UsageError, match="component.vae=.*: not a VAE .*no file named diffusion_pytorch_model"):
+    with pytest.raises(UsageError, match="component.vae=.*: not a VAE .*no diffusion_pytorch_model.safetensors there"):
         _load_vae(str(resolve_checkpoint("shipped:tabletop/worldmodel")))  # holds its VAE under another name
     other_camera = tmp_path / "top_camera"  # a LeRobot dataset recorded elsewhere, its camera named otherwise
     shutil.copytree(tiny_dataset, other_camera)

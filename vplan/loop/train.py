@@ -235,6 +235,9 @@ def _load_vae(path: str) -> Any:
     hint = "train one with `vplan train component=vae` or set component.vae="
     if not (Path(path) / "config.json").is_file():
         raise UsageError(f"no trained VAE at {path}; {hint}")
+    if not (Path(path) / "diffusion_pytorch_model.safetensors").is_file():  # checked here: diffusers logs first
+        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote (no "
+                         f"diffusion_pytorch_model.safetensors there); {hint}")
     try:
         return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval()
     except (OSError, ValueError) as error:  # another checkpoint's folder, a broken config.json
@@ -266,7 +269,8 @@ def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> tor
     """An episode's low-level actions as float32 (T, action_dim), or a UsageError naming the setting to change."""
     if ACTION not in episode:
         raise UsageError(f"{data} has no {ACTION!r} column for an action-conditioned world model")
-    actions = torch.as_tensor(np.asarray(episode[ACTION]), dtype=torch.float32).reshape(len(episode[ACTION]), -1)
+    # a copy (np.array): the dataset's arrays are read-only, which torch warns about
+    actions = torch.as_tensor(np.array(episode[ACTION], dtype=np.float32)).reshape(len(episode[ACTION]), -1)
     if actions.shape[1] != action_dim:
         raise UsageError(
             f"the actions in {data} have {actions.shape[1]} values; set component.model.action_dim={actions.shape[1]}"

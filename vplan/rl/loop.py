@@ -47,7 +47,7 @@ from vplan.rl.objectives import OBJECTIVES
 from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
-from vplan.run import run_episode
+from vplan.run import check_checkpoints_exist, run_episode
 from vplan.shipped import AgentCheckpoints, pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.files import fsync_tree, write_json, write_text_atomic
@@ -134,6 +134,14 @@ def _imagined(chunk: Any) -> ImaginedChunk:
                          actions=np.asarray(chunk.actions), observed=list(chunk.observed), drift=list(chunk.drift))
 
 
+def _load(setting: str, checkpoint: str, from_pretrained: Any) -> Any:
+    """`from_pretrained(checkpoint)`, its refusal (another kind, a broken file) a UsageError naming the setting."""
+    try:
+        return from_pretrained(checkpoint)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{setting}={checkpoint}: {error}") from None
+
+
 def _keep_iterations_before(path: Path, iteration: int) -> None:
     """Drop the rows a killed run appended for iterations its checkpoint does not hold (they are redone), and a
     last line it did not finish writing."""
@@ -194,11 +202,9 @@ class RLRun:
         from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
         self.cfg, self.out = cfg, Path(cfg.out)
-        try:
-            self.base = WorldModel.from_pretrained(cfg.worldmodel_checkpoint).eval()
-            self.idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
-        except (OSError, ValueError) as error:
-            raise UsageError(f"worldmodel/idm: {error}") from None
+        check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
+        self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
+        self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
         require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
