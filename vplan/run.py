@@ -29,6 +29,7 @@ from vplan.constants import ROBOT_TYPE_PREFIX
 from vplan.data.collect import EpisodeRecorder
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
+from vplan.planner import Plan
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
@@ -185,7 +186,8 @@ def check_checkpoints_exist(checkpoints: dict[str, str]) -> None:
     from vplan.shipped import resolve_checkpoint
 
     for name, spec in checkpoints.items():
-        hint = f"train one with `vplan train component={'idm' if name == 'idm' else 'worldmodel'}` and pass {name}=DIR"
+        component = "idm" if name == "idm" else "worldmodel"
+        hint = f"train one with `vplan train component={component}` and pass {name}=DIR"
         try:
             path = resolve_checkpoint(spec)
         except UsageError as err:
@@ -228,12 +230,13 @@ def show_chunk(bar: Any, seed: int, before: str = "") -> Callable[[int, str], No
 
 def run_episode(
     env: Any, agent: Any, instruction: str, seed: int, camera: str, recorder: EpisodeRecorder | None = None,
-    agent_seed: int | None = None, on_chunk: Callable[[int, str], None] | None = None, plan: Any = None,
+    agent_seed: int | None = None, on_chunk: Callable[[int, str], None] | None = None, plan: Plan | None = None,
 ) -> dict[str, Any]:
-    """One episode of `agent` in `env` from the env state of `seed` (the agent's sampling seeded with `agent_seed`,
-    by default `seed` too; following `plan` where one is given, see `VideoPlanningAgent.reset`): its result, timings, the imagined and executed frames, the agent's chunks (each with
-    what was executed while following it) and the final info (and, given a recorder, every step in the dataset
-    format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display."""
+    """One episode of `agent` in `env` from the env state of `seed` (the agent's sampling seeded with `agent_seed`, by
+    default `seed` too; following `plan` where one is given, see `VideoPlanningAgent.reset`): its result, timings,
+    the imagined and executed frames, the agent's chunks (each with what was executed while following it) and the
+    final info (and, given a recorder, every step in the dataset format). `on_chunk(n, text)` is told when the agent
+    starts following its n-th chunk, for progress display."""
     check_agent_fits_env(agent, env)
     start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)
