@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 
@@ -156,6 +157,35 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
         assert resumed[key] == straight[key]
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
         "checkpoints.json", "metrics.json", "open_loop.mp4", "open_loop.png", "progress.json", "real_vs_generated.mp4"]
+
+
+def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+    import pytest
+
+    import vplan.eval.worldmodel
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    cfg = EvalWorldModelConfig(
+        env=TabletopConfig(image_size=16, max_episode_steps=40), checkpoint=str(checkpoint), episodes=1,
+        out=str(tmp_path / "eval"), rollout_chunks=0, video_chunks=1,
+        task=TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back"))
+    write_grid = vplan.eval.worldmodel._write_grid
+
+    def stopped_while_writing(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vplan.eval.worldmodel, "_write_grid", stopped_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_worldmodel(cfg)
+    progress = tmp_path / "eval" / "progress.json"  # the episode is not in it, so a resume redoes it
+    assert not progress.exists() or json.loads(progress.read_text())["episodes"] == []
+    monkeypatch.setattr(vplan.eval.worldmodel, "_write_grid", write_grid)
+    evaluate_worldmodel(replace(cfg, resume=True))
+    assert len(imageio.mimread(tmp_path / "eval" / "real_vs_generated.mp4")) > 0
 
 
 def test_share_error_takes_the_episode_as_the_unit():

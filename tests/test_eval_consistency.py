@@ -197,6 +197,28 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     assert figures(again)["none"] == figures(straight)["none"][:1]
 
 
+def test_a_rollout_counts_as_done_only_with_its_video_written(tiny_checkpoint, tmp_path, monkeypatch):
+    import vplan.eval.consistency
+    from vplan.utils.files import write_mp4
+
+    cfg = EvalConsistencyConfig(env=TabletopConfig(image_size=SIZE, num_cubes=1), task=TASK, chunks=CHUNKS,
+                                checkpoint=str(tiny_checkpoint), modes=["none"], threads=1, episodes=1,
+                                out=str(tmp_path))
+
+    def stopped_while_writing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vplan.eval.consistency, "write_mp4", stopped_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_consistency(cfg)
+    progress = tmp_path / "progress.json"  # the stopped rollout is not in it, so a resume redoes it
+    assert not progress.exists() or json.loads(progress.read_text())["modes"]["none"] == []
+    monkeypatch.setattr(vplan.eval.consistency, "write_mp4", write_mp4)
+    evaluate_consistency(replace(cfg, resume=True))
+    frames = imageio.mimread(tmp_path / "real_vs_none_seed10000.mp4")
+    assert len(frames) == CONTEXT + CHUNKS * CHUNK and not list(tmp_path.glob(".*.tmp.mp4"))
+
+
 def test_paired_difference_matches_episodes_by_seed():
     from vplan.eval.consistency import paired_difference
 

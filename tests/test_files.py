@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from vplan.loop.checkpoint import list_checkpoints, save_checkpoint
-from vplan.utils.files import fsync_tree, write_json, write_text_atomic
+from vplan.utils.files import fsync_tree, write_json, write_mp4, write_text_atomic
 
 
 @pytest.fixture
@@ -62,3 +63,22 @@ def test_a_training_checkpoint_is_synced_before_it_is_renamed_into_place(tmp_pat
     assert {f"{staged}/{name}" for name in os.listdir(final)} <= set(synced)  # every file, under its staged name
     assert synced.index(staged) > max(synced.index(f"{staged}/{name}") for name in os.listdir(final))
     assert synced[-1] == str(tmp_path) and list_checkpoints(tmp_path) == [final]
+
+
+def test_a_video_stopped_while_written_leaves_the_old_one(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+
+    path = tmp_path / "real_vs_none.mp4"
+    frames = [np.full((16, 16, 3), shade, np.uint8) for shade in range(0, 250, 50)]
+    write_mp4(path, frames, fps=4)
+    mimwrite = imageio.mimwrite
+
+    def stopped(target, frames, **kwargs):  # ffmpeg has written part of the file when Ctrl-C comes
+        mimwrite(target, frames[:2], **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageio, "mimwrite", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_mp4(path, frames + frames, fps=4)
+    monkeypatch.undo()
+    assert len(imageio.mimread(path)) == 5 and os.listdir(tmp_path) == [path.name]

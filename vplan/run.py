@@ -33,7 +33,7 @@ from vplan.planner import Plan
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
-from vplan.utils.files import write_json
+from vplan.utils.files import write_json, write_mp4, write_text_atomic
 from vplan.utils.settings import check_same_config, check_seed, config_record
 
 METRICS_FILE = "metrics.json"
@@ -151,12 +151,9 @@ def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]],
 
 def write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarray], fps: int) -> None:
     """An MP4 of the imagined frame (left) next to the executed one (right) at every step."""
-    import imageio.v2 as imageio
-
     size = executed[0].shape[0]
     gap = np.full((size, SEPARATOR_PX, 3), 255, np.uint8)
-    frames = [np.concatenate([a, gap, b], axis=1) for a, b in zip(imagined, executed)]
-    imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+    write_mp4(path, [np.concatenate([a, gap, b], axis=1) for a, b in zip(imagined, executed)], fps)
 
 
 def _describe(space: Any) -> str:
@@ -406,7 +403,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         dist_unit = env.metadata.get("dist_unit", "m")
         out.mkdir(parents=True, exist_ok=True)
         writer = _episode_writer(cfg, env, out) if cfg.record else None  # refused before anything is rewritten
-        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_record(cfg)))
+        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(config_record(cfg)))
         metrics = summarize(cfg, results, env_id, started, dist_unit)
         write_json(out / METRICS_FILE, metrics)
         # a run killed between recording an episode and writing metrics.json recorded that episode already

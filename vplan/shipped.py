@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from vplan.errors import UsageError, VplanWarning
+from vplan.utils.files import write_json
 
 PREFIX = "shipped:"
 PINNED_FILE = "checkpoints.json"  # in a run directory: the fingerprint of each checkpoint the run used
@@ -125,5 +126,5 @@ def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -
                              f"{fingerprint}); pass the checkpoint it ran with, or choose another out=DIR")
         pinned[name] = {"checkpoint": spec, "fingerprint": fingerprint}
     out.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(pinned, indent=2) + "\n")
+    write_json(file, pinned)
     return {name: pinned[name]["fingerprint"] for name in checkpoints}

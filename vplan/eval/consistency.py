@@ -43,7 +43,7 @@ from omegaconf import MISSING
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
-from vplan.utils.files import write_json
+from vplan.utils.files import write_json, write_mp4
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
@@ -171,7 +171,6 @@ def score_video(video: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]
 
 def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     """Roll out every mode on every episode, score, print the table; write metrics.json and the MP4s."""
-    import imageio.v2 as imageio
     import torch
     from tqdm import tqdm
 
@@ -256,10 +255,10 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                 progress["modes"][mode].append(
                     {"seed": seed, **score_video(video, real, pairs, features, scenario.fps, context_n, chunk_n),
                      "seconds": generated_s})
+                if episode < cfg.video_episodes:  # real | generated, side by side; before the rollout counts as done
+                    write_mp4(out / f"real_vs_{mode}_seed{seed}.mp4", np.concatenate([real, video], axis=2),
+                              scenario.fps)
                 write_json(out / PROGRESS_FILE, progress)
-                if episode < cfg.video_episodes:  # real | generated, side by side
-                    imageio.mimwrite(out / f"real_vs_{mode}_seed{seed}.mp4", list(np.concatenate([real, video], axis=2)),
-                                     fps=scenario.fps, macro_block_size=1)
     except KeyboardInterrupt:
         bar.close()
         say_interrupted(out, _finished(progress))

@@ -40,7 +40,7 @@ from omegaconf import MISSING
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
-from vplan.utils.files import write_json
+from vplan.utils.files import write_json, write_mp4
 from vplan.shipped import pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
@@ -220,10 +220,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             progress["chunks"] += rows
             progress["open_loop"] += open_rows
             progress["episodes"].append(episode)
-            write_json(out / PROGRESS_FILE, progress)
-            if show_grid and len(grid) >= cfg.video_chunks:
+            if show_grid and len(grid) >= cfg.video_chunks:  # before the episodes that filled it count as done
                 _write_grid(grid[: cfg.video_chunks], out / GRID_FILE)
                 show_grid = False
+            write_json(out / PROGRESS_FILE, progress)
     except KeyboardInterrupt:
         say_interrupted(out, _finished(progress))
         raise
@@ -281,8 +281,6 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
                       idm: Any, grid: list[np.ndarray], out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One held-out episode's rows: every chunk from the real context (appended to `grid` while it is short of
     `video_chunks`), and the open-loop rollout's chunks (episode 0's written as an MP4)."""
-    import imageio.v2 as imageio
-
     from vplan.data.collect import rollout_expert
     from vplan.errors import UsageError
 
@@ -317,8 +315,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
             open_rows.append(row)
         if episode == 0:  # real | checkpoint (| compare), frame after frame
             sides = [real, imagined] + ([other] if other is not None else [])
-            imageio.mimwrite(out / OPEN_LOOP_VIDEO, list(np.concatenate([side.numpy() for side in sides], axis=2)),
-                             fps=4, macro_block_size=1)
+            write_mp4(out / OPEN_LOOP_VIDEO, np.concatenate([side.numpy() for side in sides], axis=2), fps=4)
     texts_in_episode = sorted(set(subgoals))
     for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
         real = frames[start : start + chunk_n]
@@ -423,9 +420,7 @@ def _finished(progress: dict[str, Any]) -> str:
 
 def _write_grid(chunks: list[np.ndarray], path: Path) -> None:
     """The grid MP4: chunk after chunk, each real above generated."""
-    import imageio.v2 as imageio
-
-    imageio.mimwrite(path, list(np.concatenate(chunks, axis=0)), fps=4, macro_block_size=1)
+    write_mp4(path, np.concatenate(chunks, axis=0), fps=4)
 
 
 def _plot_open_loop(summary: dict[str, Any], path: Path, checkpoint: str, compare: str | None) -> None:

@@ -28,6 +28,7 @@ from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import pin_checkpoints, resolve_checkpoint
+from vplan.utils.files import write_text_atomic
 from vplan.utils.settings import check_same_config, config_record
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
@@ -289,7 +290,7 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
     out.mkdir(parents=True, exist_ok=True)
-    file.write_text(OmegaConf.to_yaml(config_record(cfg)))
+    write_text_atomic(file, OmegaConf.to_yaml(config_record(cfg)))
 
 
 def train_component(cfg: TrainConfig) -> Path:

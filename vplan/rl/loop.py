@@ -472,7 +472,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)
-        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_record(cfg)))
+        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(config_record(cfg)))
         per_iteration = cfg.seeds_per_iteration * len(cfg.plan_offsets) * cfg.continuations
         bar = tqdm(total=cfg.iterations * per_iteration, initial=run.iteration * per_iteration, desc="rl explore",
                    unit="episode")
