@@ -243,7 +243,8 @@ def _load_vae(path: str) -> Any:
         return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval()
     except (OSError, ValueError) as error:  # another checkpoint's folder, a broken config.json
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote ({reason}); {hint}") from None
+        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote ({reason}); "
+                         f"{hint}") from None
 
 
 def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
