@@ -19,6 +19,8 @@ from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
+RUN_ERROR = 1
+INTERRUPTED = 130
 
 choose_wait_policy()  # before torch loads: passive OpenMP waiting unless the user chose (vplan/utils/openmp.py)
 
@@ -148,10 +150,17 @@ SCHEMAS: dict[tuple[str | None, str], str] = {
 }
 
 
-def _fail(prog: str, message: str) -> NoReturn:
+def _fail(prog: str, message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Say `message` as one `<prog>: error: ...` line (after any progress bar left open) and exit with `code`."""
     _end_progress_bars()
     print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(USAGE_ERROR)
+    raise SystemExit(code)
+
+
+def _interrupted(prog: str) -> NoReturn:
+    _end_progress_bars()
+    print(f"{prog}: interrupted", file=sys.stderr)
+    raise SystemExit(INTERRUPTED)
 
 
 def _end_progress_bars() -> None:
@@ -395,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         _main(argv)
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush does not raise again
-        raise SystemExit(1) from None
+        raise SystemExit(RUN_ERROR) from None
 
 
 def _main(argv: list[str] | None) -> None:
@@ -435,29 +444,21 @@ def _main(argv: list[str] | None) -> None:
     except UsageError as error:
         _fail(prog, str(error))
     except KeyboardInterrupt:  # while the settings are read (the heavy imports take seconds)
-        print(f"{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        _interrupted(prog)
     try:
         command.load()(config)
     except UsageError as error:
         _fail(prog, str(error))
     except RunError as error:
-        _end_progress_bars()
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(prog, str(error), RUN_ERROR)
     except OSError as error:  # on a path: an unwritable out=DIR, a full disk, a file where a directory should be
         if error.filename is None:  # a socket, a simulator's connection: the traceback says where
             raise
-        _end_progress_bars()
         paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
         a_file = isinstance(error, FileExistsError) and not os.path.isdir(error.filename)
-        print(f"{prog}: error: {paths}: {'exists and is not a directory' if a_file else error.strerror}",
-              file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
     except KeyboardInterrupt:
-        _end_progress_bars()
-        print(f"{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        _interrupted(prog)
 
 
 def _check_task_fits_env(cfg: Any, choices: dict[str, str]) -> None:

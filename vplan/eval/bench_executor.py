@@ -37,9 +37,9 @@ from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_re
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
 from vplan.run import write_video
-from vplan.utils.files import write_json
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import task_progress
+from vplan.utils.files import write_json
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"

@@ -31,9 +31,9 @@ from vplan.agent import AgentConfig
 from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
-from vplan.utils.files import write_json
 from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
+from vplan.utils.files import write_json
 from vplan.utils.plots import bar_plot
 from vplan.utils.settings import changed_settings, check_seed, settings_record
 

@@ -266,10 +266,9 @@ class RLRun:
         shutil.rmtree(old, ignore_errors=True)
 
     def load(self) -> bool:
-        """Continue from `<out>/checkpoint` if there is one (after `recover`); whether there was."""
+        """Continue from `<out>/checkpoint` if there is one (call `recover` first); whether there was."""
         from safetensors.torch import load_file
 
-        self.recover()
         folder = self.out / CHECKPOINT_DIR
         if not (folder / STATE_FILE).is_file():
             return False
