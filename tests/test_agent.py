@@ -205,6 +205,15 @@ def test_components_and_config_are_checked(world_model, idm):
         AgentConfig(stall_steps=-1)
     with pytest.raises(ValueError, match="stall_command"):
         AgentConfig(stall_command=2.0)
+    from dataclasses import replace
+
+    from vplan.errors import UsageError
+    from vplan.worldmodel.model import WorldModel
+
+    action_model = WorldModel(replace(world_model.config, conditioning="action"))
+    with pytest.raises(ValueError, match="conditioned on 'action'") as error:  # the README's "wrong input"
+        VideoPlanningAgent(action_model, idm, FixedPlanner([Subgoal("x")]))
+    assert isinstance(error.value, UsageError)  # and one line in the CLI
 
 
 def test_drift_past_the_threshold_replans_from_the_real_frames(world_model, idm):

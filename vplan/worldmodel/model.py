@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vplan.errors import UsageError
+from vplan.errors import SettingMismatchError, UsageError
 from vplan.shipped import TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
@@ -453,12 +453,13 @@ class WorldModel(nn.Module):
 
 
 def require_text_conditioned(config: WorldModelConfig, checkpoint: str, user: str) -> None:
-    """A UsageError for an action-conditioned world model where `user` imagines chunks from the subgoal text
-    alone (the agent, the episodic memories, the benches): it would need actions no one has yet."""
+    """A SettingMismatchError (a UsageError and a ValueError) for an action-conditioned world model where `user`
+    imagines chunks from the subgoal text alone (the agent, the episodic memories, the benches): it would need
+    actions no one has yet."""
     if config.uses_actions:
-        raise UsageError(f"{checkpoint}: a world model conditioned on {config.conditioning!r}, and {user} imagines "
-                         "from the subgoal text alone; pass a text-conditioned one (component.model.conditioning="
-                         "text, e.g. shipped:<env>/worldmodel)")
+        raise SettingMismatchError(f"{checkpoint}: a world model conditioned on {config.conditioning!r}, and {user} "
+                                   "imagines from the subgoal text alone; pass a text-conditioned one (component.model."
+                                   "conditioning=text, e.g. shipped:<env>/worldmodel)")
 
 
 def read_config(path: str | Path) -> WorldModelConfig:
