@@ -32,7 +32,7 @@ from torch import nn
 
 from vplan.errors import UsageError
 from vplan.shipped import TRAINED_ON_ENV, resolve_checkpoint
-from vplan.worldmodel.model import CheckpointError, _contiguous, _load_into, read_pretrained_config
+from vplan.worldmodel.model import _contiguous, _load_into, read_pretrained_config
 
 CHECKPOINT_KIND = "vplan-idm"
 FORMAT_VERSION = 1

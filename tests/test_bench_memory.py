@@ -60,7 +60,7 @@ def test_bench_memory_config_checks(tmp_path, monkeypatch):
         BenchMemoryConfig(chunks=0)
     from vplan.errors import UsageError
 
-    with pytest.raises(UsageError, match="no world-model checkpoint"):
+    with pytest.raises(UsageError, match=r"checkpoint=.*: no checkpoint at .*pass checkpoint=DIR"):
         bench_memory(BenchMemoryConfig(checkpoint=str(tmp_path)))
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # idle mode processes would spin: refused before any starts

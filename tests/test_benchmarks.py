@@ -88,6 +88,9 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
     cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), sampler="flow_euler")
     with pytest.raises(UsageError, match="sampling override: expected sampler"):
         evaluate_worldmodel(cfg)
+    for setting in ("compare", "idm"):  # a missing checkpoint is named by its setting, before any work
+        with pytest.raises(UsageError, match=rf"^{setting}={tmp_path}/none: no checkpoint at .* pass {setting}=DIR"):
+            evaluate_worldmodel(replace(cfg, sampler=None, **{setting: str(tmp_path / "none")}))
 
 
 def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunks(tmp_path, capsys):

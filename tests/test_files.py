@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vplan.loop.checkpoint import list_checkpoints, save_checkpoint
-from vplan.utils.files import fsync_tree, write_json, write_mp4, write_text_atomic
+from vplan.utils.files import folder_written_aside, fsync_tree, write_json, write_mp4, write_text_atomic
 
 
 @pytest.fixture
@@ -82,3 +82,32 @@ def test_a_video_stopped_while_written_leaves_the_old_one(tmp_path, monkeypatch)
         write_mp4(path, frames + frames, fps=4)
     monkeypatch.undo()
     assert len(imageio.mimread(path)) == 5 and os.listdir(tmp_path) == [path.name]
+
+
+def test_scratch_files_a_killed_writer_left_are_cleared_by_the_next_write(tmp_path):
+    path = tmp_path / "real_vs_none.mp4"
+    for leftover in (".real_vs_none.mp4.4242.tmp.mp4", ".metrics.json.4242.tmp"):  # what SIGKILL leaves
+        (tmp_path / leftover).write_bytes(b"half")
+    write_mp4(path, [np.zeros((16, 16, 3), np.uint8)] * 2, fps=4)
+    write_json(tmp_path / "metrics.json", {})
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "real_vs_none.mp4"]
+
+
+def test_a_folder_replaces_the_old_whole_and_a_failed_one_keeps_it(tmp_path, synced):
+    final = tmp_path / "final"
+    with folder_written_aside(final) as folder:
+        (folder / "weights").write_text("old")
+    (tmp_path / ".final.old").mkdir()  # left by a kill between the two renames of an earlier save
+    with folder_written_aside(final) as folder:
+        (folder / "weights").write_text("new")
+        (folder / "config.json").write_text("{}")
+    assert sorted(os.listdir(final)) == ["config.json", "weights"] and (final / "weights").read_text() == "new"
+    assert os.listdir(tmp_path) == ["final"]  # nothing aside
+    assert synced.index(str(tmp_path / ".final.tmp" / "weights")) < synced.index(str(tmp_path / ".final.tmp"))
+    assert synced[-1] == str(tmp_path)  # the rename synced after the folder
+
+    with pytest.raises(KeyboardInterrupt):
+        with folder_written_aside(final) as folder:
+            (folder / "weights").write_text("half")
+            raise KeyboardInterrupt
+    assert (final / "weights").read_text() == "new" and os.listdir(tmp_path) == ["final"]

@@ -271,7 +271,7 @@ def test_save_load_round_trip_is_bit_exact(policy: IDMPolicy, tmp_path: Path) ->
 
 
 def test_missing_corrupted_and_foreign_checkpoints(policy: IDMPolicy, tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="config.json, found none"):
+    with pytest.raises(CheckpointError, match=r"config.json \(IDM\), found none"):
         IDMPolicy.from_pretrained(tmp_path / "nothing")
     good = tmp_path / "good"
     policy.save_pretrained(good)
@@ -307,6 +307,8 @@ def test_missing_corrupted_and_foreign_checkpoints(policy: IDMPolicy, tmp_path: 
     (other / "config.json").write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="invalid IDM config: norm_num_groups"):
         IDMPolicy.from_pretrained(other)
+    with pytest.raises(CheckpointError, match="expected a checkpoint directory with config.json \\(IDM\\)"):
+        IDMPolicy.from_pretrained(tmp_path)
 
     world_model = tmp_path / "worldmodel"  # a world-model checkpoint is not an IDM
     world_model.mkdir()

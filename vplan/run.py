@@ -31,7 +31,7 @@ from vplan.errors import UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner import Plan
 from vplan.planner.config import PlannerConfig
-from vplan.shipped import PINNED_FILE, AgentCheckpoints, pin_checkpoints
+from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import write_json, write_mp4, write_text_atomic
 from vplan.utils.settings import check_same_config, check_seed, config_record
@@ -175,22 +175,6 @@ def check_agent_fits_env(agent: Any, env: Any) -> None:
             hint = ("the key of the gripper's position, or agent.stall_steps=0 to turn stall detection off"
                     if setting == "agent.state_key" else "the key of one of its cameras")
             raise UsageError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
-
-
-def check_checkpoints_exist(checkpoints: dict[str, str]) -> None:
-    """A UsageError naming the setting (`worldmodel`, `idm`, ...) whose checkpoint is not there, and how to make
-    one: for a command to call before it writes or runs anything."""
-    from vplan.shipped import resolve_checkpoint
-
-    for name, spec in checkpoints.items():
-        component = "idm" if name == "idm" else "worldmodel"
-        hint = f"train one with `vplan train component={component}` and pass {name}=DIR"
-        try:
-            path = resolve_checkpoint(spec)
-        except UsageError as err:
-            raise UsageError(f"{name}={spec}: {err}; {hint}") from None
-        if not (path / "config.json").is_file():
-            raise UsageError(f"{name}={spec}: no checkpoint at {path}; {hint}")
 
 
 def load_agent(cfg: RunConfig) -> Any:

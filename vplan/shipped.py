@@ -59,6 +59,23 @@ def resolve_checkpoint(spec: str) -> Path:
     return Path(str(resources.files("vplan") / "checkpoints" / name))
 
 
+def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
+    """A UsageError naming the setting (name -> checkpoint argument: `worldmodel`, `idm`, `compare`, ...; None
+    for one not asked for) whose checkpoint is not there, and how to make one: for a command to call before it
+    writes or runs anything."""
+    for name, spec in checkpoints.items():
+        if spec is None:
+            continue
+        component = "idm" if name == "idm" else "worldmodel"
+        hint = f"train one with `vplan train component={component}` and pass {name}=DIR"
+        try:
+            path = resolve_checkpoint(spec)
+        except UsageError as err:
+            raise UsageError(f"{name}={spec}: {err}; {hint}") from None
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{name}={spec}: no checkpoint at {path}; {hint}")
+
+
 def trained_on_env(spec: str) -> str | None:
     """The env whose episodes a checkpoint (a world model or an IDM) was last trained on, as its config.json
     records it; None where it does not say (a checkpoint written before vplan recorded it, or a dataset recorded

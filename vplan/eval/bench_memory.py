@@ -240,15 +240,11 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
     """Time every mode, episodes interleaved round-robin (none, memory, memory + overlap, none, ...) so that a
     change in the machine's load hits every mode alike; print the table with ratios to none."""
     if cfg.checkpoint:
-        from vplan.shipped import resolve_checkpoint
+        from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 
-        try:
-            path = resolve_checkpoint(cfg.checkpoint)
-        except UsageError as err:
-            raise UsageError(f"{err}; checkpoint=null times a freshly initialised model of `model`'s size") from None
-        if not (path / "config.json").is_file():
-            raise UsageError(f"no world-model checkpoint at {path}; checkpoint=null times a freshly initialised model")
-        require_text_conditioned(read_config(path), f"checkpoint={cfg.checkpoint}", "bench memory")
+        check_checkpoints_exist({"checkpoint": cfg.checkpoint})
+        require_text_conditioned(read_config(resolve_checkpoint(cfg.checkpoint)), f"checkpoint={cfg.checkpoint}",
+                                 "bench memory")
     make_out_dir(cfg.out)
     if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "

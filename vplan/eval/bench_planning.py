@@ -172,7 +172,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vplan.envs import env_name, make_env
-    from vplan.run import RunConfig, check_checkpoints_exist, load_agent, run_episode, show_chunk
+    from vplan.run import RunConfig, load_agent, run_episode, show_chunk
+    from vplan.shipped import check_checkpoints_exist
 
     check_checkpoints_exist({"worldmodel": cfg.worldmodel, "idm": cfg.idm})  # the finetuned one may come later
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}

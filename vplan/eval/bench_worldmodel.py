@@ -15,6 +15,7 @@ import torch
 
 from vplan.errors import UsageError
 from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
+from vplan.shipped import check_checkpoints_exist
 from vplan.utils.openmp import wait_policy
 from vplan.worldmodel.model import WorldModel, WorldModelConfig, require_text_conditioned
 
@@ -60,6 +61,7 @@ def _fastest(function, repeats: int) -> float:
 
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
+    check_checkpoints_exist({"checkpoint": cfg.checkpoint})
     make_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()

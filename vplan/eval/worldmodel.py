@@ -190,7 +190,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.envs import env_name, make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
+    from vplan.shipped import check_checkpoints_exist
 
+    check_checkpoints_exist({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm})
     model = _load_model(cfg.checkpoint, cfg)
     if cfg.conditioning is not None and model.config.conditioning != cfg.conditioning:
         raise UsageError(f"checkpoint={cfg.checkpoint} is conditioned on {model.config.conditioning!r}, not "

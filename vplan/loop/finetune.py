@@ -55,7 +55,7 @@ from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
-from vplan.utils.files import fsync_path, write_json
+from vplan.utils.files import folder_written_aside, fsync_path, write_json
 from vplan.utils.settings import changed_settings, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
@@ -462,7 +462,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end)
         outer_seconds += time.perf_counter() - started
     final = out / FINAL
-    training.module.eval().save_pretrained(final, trained_on_env=dataset.env)
+    with folder_written_aside(final) as folder:
+        training.module.eval().save_pretrained(folder, trained_on_env=dataset.env)
     lora_mb = sum(f.path.stat().st_size for f in stored) / 1e6
     print(
         f"finetune: {len(training.triples)} triples from {len(stored)} episodes (LoRA states and latents: "

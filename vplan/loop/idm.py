@@ -36,6 +36,7 @@ from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT
 from vplan.errors import UsageError
 from vplan.loop.trainer import OptimConfig, train
 from vplan.policies.idm import IDMConfig, IDMPolicy, windows
+from vplan.utils.files import folder_written_aside
 
 METRICS_FILE = "metrics.json"
 LABELS = {"applied": ACTION_APPLIED, "commanded": ACTION}  # component.label -> the dataset feature it reads
@@ -290,8 +291,9 @@ def train_idm(
     if vae is not None:
         metrics["vae"] = evaluate(policy, test, baseline, True)
     final = out / "final"
-    policy.save_pretrained(final, trained_on_env=dataset.env)
-    (final / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    with folder_written_aside(final) as folder:
+        policy.save_pretrained(folder, trained_on_env=dataset.env)
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     units = ("moves; baseline: always the commonest training move" if config.idm.discrete
              else "in action units; baseline: always the training mean action")
     lines = [f"IDM written to {final}; held-out error on {metrics['real']['transitions']} transitions of "

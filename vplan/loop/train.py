@@ -28,7 +28,7 @@ from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import pin_checkpoints, resolve_checkpoint
-from vplan.utils.files import write_text_atomic
+from vplan.utils.files import folder_written_aside, write_text_atomic
 from vplan.utils.settings import check_same_config, config_record
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
@@ -311,7 +311,8 @@ def train_component(cfg: TrainConfig) -> Path:
             vae.register_to_config(scaling_factor=estimate_scaling_factor(vae, training.frames[:: max(1, len(training.frames) // 2000)]))
             test = _frames(dataset, held_out)
             score = psnr(decode_latents(vae, encode_frames(vae, test)), test)
-        vae.save_pretrained(final, safe_serialization=True)
+        with folder_written_aside(final) as folder:
+            vae.save_pretrained(folder, safe_serialization=True)
         print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
         return final
     if isinstance(component, IDMTrainConfig):
@@ -332,6 +333,7 @@ def train_component(cfg: TrainConfig) -> Path:
     training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None,
                                   resuming=resuming)
     train(training, component.optim, out, "train worldmodel")
-    training.module.eval().save_pretrained(final, trained_on_env=dataset.env)
+    with folder_written_aside(final) as folder:
+        training.module.eval().save_pretrained(folder, trained_on_env=dataset.env)
     print(f"world model written to {final}")
     return final

@@ -47,10 +47,10 @@ from vplan.rl.objectives import OBJECTIVES
 from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
-from vplan.run import check_checkpoints_exist, run_episode
-from vplan.shipped import AgentCheckpoints, pin_checkpoints, warn_if_trained_elsewhere
+from vplan.run import run_episode
+from vplan.shipped import AgentCheckpoints, check_checkpoints_exist, pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
-from vplan.utils.files import fsync_tree, write_json, write_text_atomic
+from vplan.utils.files import folder_written_aside, folders_aside, write_json, write_text_atomic
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_same_config, check_seed, config_record
 
@@ -230,33 +230,19 @@ class RLRun:
         """The adapter, the optimizer, the logits and the iteration, written aside and swapped in whole."""
         from safetensors.torch import save_file
 
-        final, staging, old = self._checkpoint_dirs()
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        staging.mkdir(parents=True)
-        save_file({k: v.detach().contiguous() for k, v in self.params.items()}, staging / LORA_FILE)
-        torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
-        state = {"iteration": self.iteration, "logits": self.logits.tolist()}
-        if self.vlm is not None:  # its request budget and cache run on across a resume, as if never stopped
-            state["vlm"] = self.vlm.state()
-        (staging / STATE_FILE).write_text(json.dumps(state))
-        fsync_tree(staging)
-        if final.exists():
-            os.replace(final, old)  # from here until the next line, only `old` and `staging` exist: see load()
-            os.replace(staging, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, final)
-
-    def _checkpoint_dirs(self) -> tuple[Path, Path, Path]:
-        """The checkpoint, the one being written, and the one being replaced."""
-        return (self.out / CHECKPOINT_DIR, self.out / f".{CHECKPOINT_DIR}.tmp",
-                self.out / f".{CHECKPOINT_DIR}.old")
+        with folder_written_aside(self.out / CHECKPOINT_DIR) as staging:  # a kill mid-swap: see recover()
+            save_file({k: v.detach().contiguous() for k, v in self.params.items()}, staging / LORA_FILE)
+            torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
+            state = {"iteration": self.iteration, "logits": self.logits.tolist()}
+            if self.vlm is not None:  # its request budget and cache run on across a resume, as if never stopped
+                state["vlm"] = self.vlm.state()
+            (staging / STATE_FILE).write_text(json.dumps(state))
 
     def recover(self) -> None:
         """Finish a `save` that a kill cut between its two renames: the staged checkpoint was complete, so it goes
         in place (the replaced one, if the staged state does not read after a machine crash)."""
-        folder, staging, old = self._checkpoint_dirs()
+        folder = self.out / CHECKPOINT_DIR
+        staging, old = folders_aside(folder)
         if not folder.exists() and old.exists():
             try:
                 json.loads((staging / STATE_FILE).read_text())
@@ -497,7 +483,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                        f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}")
         bar.close()
         final = run.policy_model()
-        final.save_pretrained(out / "final", trained_on_env=env_name(cfg.env))
+        with folder_written_aside(out / "final") as folder:
+            final.save_pretrained(folder, trained_on_env=env_name(cfg.env))
         save_file({k: v.detach().contiguous() for k, v in run.params.items()}, out / LORA_FILE)
         (out / "planner.yaml").write_text(f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,

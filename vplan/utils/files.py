@@ -8,9 +8,12 @@ could leave an empty or truncated file where the previous good one was.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +34,45 @@ def fsync_tree(folder: Path) -> None:
     fsync_path(folder)
 
 
+def folders_aside(path: Path) -> tuple[Path, Path]:
+    """Where `folder_written_aside` writes the new folder and puts the one it replaces: `.<name>.tmp`, `.<name>.old`."""
+    return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+
+
+@contextmanager
+def folder_written_aside(path: Path) -> Iterator[Path]:
+    """Yields a scratch folder beside `path` to write a folder into (a model's `save_pretrained`); when the block
+    ends without an error, the folder is synced and replaces `path` whole. A kill between the two renames leaves
+    the new folder and the previous one aside and none at `path`, never a mix of two; the next save clears both."""
+    path = Path(path)
+    scratch, old = folders_aside(path)
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+        fsync_tree(scratch)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(scratch, path)
+        fsync_path(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _scratch_beside(path: Path, suffix: str = "") -> Path:
+    """This process's scratch name for a file about to replace `path`, after deleting any that a killed writer
+    left (a name carries its writer's process id, which a later run does not reuse in time to find it)."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{suffix}"):
+        leftover.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` whole with `text` (written aside, synced, renamed, the rename synced)."""
     path = Path(path)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch = _scratch_beside(path)
     try:
         with open(scratch, "w") as handle:
             handle.write(text)
@@ -52,7 +90,7 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     import imageio.v2 as imageio
 
     path = Path(path)
-    scratch = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix tells imageio the format
+    scratch = _scratch_beside(path, path.suffix)  # the suffix tells imageio the format
     try:
         imageio.mimwrite(scratch, list(frames), fps=fps, macro_block_size=1)
         fsync_path(scratch)

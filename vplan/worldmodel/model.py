@@ -472,7 +472,7 @@ def read_pretrained_config(path: str | Path, config_class: Any, kind: str, forma
     format version; a `CheckpointError` naming the file and what mismatched otherwise."""
     config_file = Path(path) / CONFIG_FILE
     if not config_file.is_file():
-        raise CheckpointError(f"{path}: expected the checkpoint directory of a {what} with {CONFIG_FILE}, found none")
+        raise CheckpointError(f"{path}: expected a checkpoint directory with {CONFIG_FILE} ({what}), found none")
     try:
         payload = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
