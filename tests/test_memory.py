@@ -361,6 +361,12 @@ def test_an_interrupted_wait_keeps_waiting_for_the_update_in_flight(monkeypatch)
     monkeypatch.setattr(Future, "result", interrupted)
     with pytest.raises(KeyboardInterrupt):
         memory.wait()
+    resets, reset = [], memory._reset
+    monkeypatch.setattr(memory, "_reset", lambda: resets.append(1))
+    with pytest.raises(KeyboardInterrupt):
+        memory.reset()  # the next episode's reset, interrupted in turn
+    assert not resets  # the update still runs: its adapter and optimizer are not reset under it
+    monkeypatch.setattr(memory, "_reset", reset)
     monkeypatch.setattr(Future, "result", result)
     assert memory.pending  # not forgotten: a reset now would wait for it, not run beside it
     release.set()

@@ -73,13 +73,15 @@ class EpisodicMemory(ABC):
     # -- episode ---------------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Start an episode: forget everything learned (an in-flight update is waited for, then discarded)."""
+        """Start an episode: forget everything learned (an in-flight update is waited for, then discarded; one
+        that failed is forgotten too, and its error raised)."""
         self._ensure_open()
         try:
             self.wait()
         finally:
-            self._reset()
-            self.last_update = None
+            if not self.pending:  # a Ctrl-C in the wait leaves the update running: its weights are not ours yet
+                self._reset()
+                self.last_update = None
 
     # -- generation ------------------------------------------------------------------------------------------
 
