@@ -176,6 +176,9 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     assert (root / "killed" / "checkpoint-0000003").is_dir() and not (root / "killed" / "final").exists()
     assert "stopped at step 3: checkpoint in" in capsys.readouterr().out  # and how to go on
 
+    with pytest.raises(UsageError, match=r"other optim\.lr \("):  # the outer loop continues as it began
+        finetune(replace(cfg, optim=replace(OPTIM, lr=2e-3)))
+
     # A kill during the inner loop: a missing episode file is redone, bit-identical (the others are kept).
     inner_file = episode_file(root / "killed", 0)
     stored = content(inner_file)
@@ -183,6 +186,7 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     settings = root / "killed" / "inner" / "settings.json"
     stored_settings = json.loads(settings.read_text())
     del stored_settings["memory"]["replay_first"]  # as written before that setting existed: at its default, the same
+    del stored_settings["optim"]  # as one round wrote it before it recorded the outer loop's settings
     settings.write_text(json.dumps(stored_settings))
     capsys.readouterr()
     final = finetune(cfg)

@@ -64,6 +64,7 @@ INNER = "inner"
 SETTINGS = "settings.json"
 INNER_FORMAT = "vplan-finetune-inner"
 INNER_FORMAT_VERSION = "1"
+RESUMABLE_OPTIM = ("steps", "cooldown_steps", "save_every", "log_every")  # with one round, a resume may change
 LATENTS_KEY = "latents"
 
 
@@ -168,8 +169,12 @@ def _sha256(path: Path) -> str:
 
 
 def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dict[str, Any]:
-    """What the stored states depend on. With one round not the outer loop's settings (more steps may follow);
-    with several, later rounds' states are made with the outer loop's weights, so they depend on it too."""
+    """What the run depends on: the stored states and the outer loop's settings. With one round, more steps may
+    follow (`RESUMABLE_OPTIM`); with several, later rounds' states are made with the outer loop's weights at
+    steps that `optim.steps` splits, so all of it is fixed."""
+    optim = asdict(cfg.optim)
+    if cfg.rounds == 1:
+        optim = {name: value for name, value in optim.items() if name not in RESUMABLE_OPTIM}
     settings = {
         "format": INNER_FORMAT,
         "format_version": INNER_FORMAT_VERSION,
@@ -179,9 +184,10 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
         "worldmodel_unet_sha256": _sha256(checkpoint / UNET_FILE),
         "memory": asdict(cfg.memory),
         "episodes": episodes,
+        "optim": optim,
     }
     if cfg.rounds > 1:
-        settings.update(rounds=cfg.rounds, optim=asdict(cfg.optim))
+        settings.update(rounds=cfg.rounds)
     return settings
 
 
@@ -190,7 +196,9 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
     setting added since, at its default, made them the same way)."""
     path = inner / SETTINGS
     if path.is_file():
-        changed = changed_settings(json.loads(path.read_text()), plain(settings), cfg)
+        saved = json.loads(path.read_text())
+        ignore = () if "optim" in saved else ("optim",)  # one round recorded no optim before 2026-12-05
+        changed = changed_settings(saved, plain(settings), cfg, ignore=ignore)
         if changed:
             raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
                              f"choose another out= or delete that folder")
@@ -401,18 +409,14 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Inner loop over the episodes (resumable), outer loop through the trainer, `<out>/final`; prints a summary."""
     from tqdm import tqdm
 
-    from vplan.shipped import resolve_checkpoint, warn_if_trained_elsewhere
+    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere
 
-    if cfg.memory.kind != "temp_lora":
-        raise UsageError(f"memory: expected memory=temp_lora, got kind {cfg.memory.kind!r}")
     dataset, episodes = _episodes(cfg)
     if cfg.worldmodel is None:
         cfg = replace(cfg, worldmodel=_shipped_worldmodel_for(dataset, cfg.data))
         print(f"worldmodel: {cfg.worldmodel} (the dataset's env's)")
+    check_checkpoints_exist({"worldmodel": cfg.worldmodel})
     checkpoint = resolve_checkpoint(cfg.worldmodel)
-    if not (checkpoint / CONFIG_FILE).is_file():
-        raise UsageError(f"worldmodel={cfg.worldmodel}: no world-model checkpoint there; make one with "
-                         "`vplan train component=worldmodel`")
     world_model = WorldModel.from_pretrained(checkpoint)
     require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel}", "vplan finetune")
     if dataset.env is not None:
