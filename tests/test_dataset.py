@@ -178,6 +178,21 @@ def test_resume_appends_and_indices_continue(tmp_path: Path) -> None:
     assert ds.stats[OBS_STATE]["count"][0] == ds.num_frames
 
 
+def test_a_writer_that_waited_for_the_lock_resumes_what_another_created(tmp_path, monkeypatch) -> None:
+    from vplan.data import lerobot_format
+
+    root, acquire = tmp_path / "ds", lerobot_format._acquire_lock
+
+    def another_writer_first(path):  # a second `vplan collect` creates the dataset just before this one locks
+        monkeypatch.setattr(lerobot_format, "_acquire_lock", acquire)
+        write(root, [0, 1])
+        return acquire(path)
+
+    monkeypatch.setattr(lerobot_format, "_acquire_lock", another_writer_first)
+    write(root, [2])
+    check_episodes(root, [0, 1, 2])  # not a new dataset over the other's episodes
+
+
 def test_incompatible_resume_refuses_with_one_line(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write(root, [0])

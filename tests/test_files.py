@@ -85,12 +85,29 @@ def test_a_video_stopped_while_written_leaves_the_old_one(tmp_path, monkeypatch)
 
 
 def test_scratch_files_a_killed_writer_left_are_cleared_by_the_next_write(tmp_path):
-    path = tmp_path / "real_vs_none.mp4"
-    for leftover in (".real_vs_none.mp4.4242.tmp.mp4", ".metrics.json.4242.tmp"):  # what SIGKILL leaves
+    import subprocess
+
+    killed = subprocess.Popen(["true"])
+    killed.wait()  # a process id no process has now
+    writing = os.getppid()  # one that runs: its scratch file may be half-way, and stays
+    for leftover in (f".real_vs_none.mp4.{killed.pid}.tmp.mp4", f".metrics.json.{killed.pid}.tmp",
+                     f".metrics.json.{writing}.tmp"):
         (tmp_path / leftover).write_bytes(b"half")
-    write_mp4(path, [np.zeros((16, 16, 3), np.uint8)] * 2, fps=4)
+    write_mp4(tmp_path / "real_vs_none.mp4", [np.zeros((16, 16, 3), np.uint8)] * 2, fps=4)
     write_json(tmp_path / "metrics.json", {})
-    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "real_vs_none.mp4"]
+    assert sorted(os.listdir(tmp_path)) == [f".metrics.json.{writing}.tmp", "metrics.json", "real_vs_none.mp4"]
+
+
+def test_a_cache_file_that_cannot_be_written_leaves_no_scratch(tmp_path, monkeypatch):
+    from vplan.data.dataset import write_cache_file
+
+    def full_disk(handle, array):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    assert not write_cache_file(tmp_path / "frames.npy", np.zeros(3), "frames*.npy")
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_folder_replaces_the_old_whole_and_a_failed_one_keeps_it(tmp_path, synced):

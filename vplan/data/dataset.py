@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from vplan.data.lerobot_format import (
     stats_from_row,
     video_keys,
 )
+from vplan.utils.files import file_written_aside
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
 
@@ -271,12 +271,8 @@ def write_cache_file(path: Path, array: np.ndarray, stale_pattern: str) -> bool:
         for stale in path.parent.glob(stale_pattern):
             if stale != path:  # another process may have just written this version
                 stale.unlink(missing_ok=True)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(scratch, "wb") as handle:
+        with file_written_aside(path) as scratch, open(scratch, "wb") as handle:  # a name would gain ".npy"
             np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(scratch, path)
     except OSError:
         return False
     return True

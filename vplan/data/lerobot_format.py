@@ -409,11 +409,11 @@ class EpisodeWriter:
             raise ValueError(f"expected chunks_size > 0, got {chunks_size}")
         wanted = _normalize_features(features, fps)
         root.mkdir(parents=True, exist_ok=True)
-        is_new = not (root / INFO_PATH).is_file()
-        if is_new and _has_files(root):
+        if not (root / INFO_PATH).is_file() and _has_files(root):  # refused before a lock file is left in it
             raise DatasetError(f"{root} is not empty and holds no dataset ({INFO_PATH} is missing)")
         lock = _acquire_lock(root)
         try:
+            is_new = not (root / INFO_PATH).is_file()  # under the lock: a writer that just created it has closed
             if is_new:
                 info = _new_info(fps, wanted, robot_type, chunks_size)
             else:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -55,7 +54,7 @@ from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
-from vplan.utils.files import folder_written_aside, fsync_path, write_json
+from vplan.utils.files import file_written_aside, folder_written_aside, write_json
 from vplan.utils.settings import changed_settings, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
@@ -230,10 +229,8 @@ def run_inner_episode(
         "chunks": json.dumps([asdict(c) for c in chunks]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    fsync_path(tmp)
-    os.replace(tmp, path)
+    with file_written_aside(path) as scratch:
+        save_file(tensors, str(scratch), metadata=metadata)
     return len(chunks)
 
 

@@ -61,27 +61,43 @@ def folder_written_aside(path: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _scratch_beside(path: Path, suffix: str = "") -> Path:
-    """This process's scratch name for a file about to replace `path`, after deleting any that a killed writer
-    left (a name carries its writer's process id, which a later run does not reuse in time to find it)."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{suffix}"):
-        leftover.unlink(missing_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` whole with `text` (written aside, synced, renamed, the rename synced)."""
+@contextmanager
+def file_written_aside(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yields this process's scratch name beside `path` (ending in `suffix`, for writers that read the format off
+    it) to write a file into; when the block ends without an error, the file is synced and renamed over `path`,
+    and the rename synced. On an error, or a kill, `path` keeps what it held; the scratch file is removed, and one
+    a killed writer left is removed by the next write."""
     path = Path(path)
-    scratch = _scratch_beside(path)
+    prefix, ending = f".{path.name}.", f".tmp{suffix}"
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(ending)}"):
+        writer = leftover.name[len(prefix) : -len(ending)]
+        if writer.isdigit() and not _running(int(writer)):
+            leftover.unlink(missing_ok=True)
+    scratch = path.with_name(f"{prefix}{os.getpid()}{ending}")
     try:
-        with open(scratch, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield scratch
+        fsync_path(scratch)
         os.replace(scratch, path)
     finally:
         scratch.unlink(missing_ok=True)
     fsync_path(path.parent)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists (a scratch file's writer may still be writing it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole with `text` (`file_written_aside`)."""
+    with file_written_aside(path) as scratch:
+        scratch.write_text(text)
 
 
 def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
@@ -90,14 +106,8 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     import imageio.v2 as imageio
 
     path = Path(path)
-    scratch = _scratch_beside(path, path.suffix)  # the suffix tells imageio the format
-    try:
+    with file_written_aside(path, path.suffix) as scratch:  # the suffix tells imageio the format
         imageio.mimwrite(scratch, list(frames), fps=fps, macro_block_size=1)
-        fsync_path(scratch)
-        os.replace(scratch, path)
-    finally:
-        scratch.unlink(missing_ok=True)
-    fsync_path(path.parent)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vplan.utils.files import file_written_aside
+
 
 def _axes(size: tuple[float, float]) -> tuple[Any, Any]:
     import matplotlib
@@ -25,10 +27,11 @@ def _save(figure: Any, axis: Any, path: Path, title: str) -> None:
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.png")  # written whole, then renamed: never a half plot
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    partial.replace(path)
+    try:
+        with file_written_aside(path, path.suffix) as scratch:  # never a half plot; the suffix names the format
+            figure.savefig(scratch, dpi=120)
+    finally:
+        plt.close(figure)
 
 
 def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
