@@ -92,9 +92,11 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     result = vplan_train(f"data={tmp_path / 'nothing'}")
     assert result.returncode == 2
     assert "vplan collect" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={tmp_path / 'novae'}", *TINY_WORLD_MODEL)
+    result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={tmp_path / 'novae'}",
+                         f"out={tmp_path / 'out'}", *TINY_WORLD_MODEL)
     assert result.returncode == 2
     assert "no trained VAE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before anything is written
     from vplan.errors import UsageError
     from vplan.loop.train import _load_vae
     from vplan.shipped import resolve_checkpoint
@@ -132,7 +134,7 @@ def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
         WorldModelTrainConfig(boundary_fraction=1.5)
 
 
-def test_init_starts_from_another_world_model_but_keeps_this_vae(tmp_path):
+def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, tmp_path):
     from dataclasses import replace
 
     from vplan.errors import UsageError
@@ -163,6 +165,13 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tmp_path):
     with pytest.raises(UsageError, match="component.init="):
         WorldModelTraining(missing, latents, texts, vae=vae)
     resumed = WorldModelTraining(missing, latents, texts, vae=vae, resuming=True)
+    from vplan.loop.train import TrainConfig, train_component
+
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    with pytest.raises(UsageError, match=r"^component.init=.*/deleted: no checkpoint at"):  # before any is written
+        train_component(TrainConfig(component=replace(missing, vae=str(tmp_path / "vae")), data=str(tiny_dataset),
+                                    out=str(tmp_path / "out"), holdout_episodes=1))
+    assert not (tmp_path / "out").exists()
     assert torch.equal(resumed.module.unet.conv_in.weight, scratch.module.unet.conv_in.weight)
 
     wider = replace(model_config, unet=replace(model_config.unet, block_out_channels=(8, 24)))

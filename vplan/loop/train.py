@@ -27,7 +27,7 @@ from vplan.errors import UsageError
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
-from vplan.shipped import pin_checkpoints, resolve_checkpoint
+from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, write_text_atomic
 from vplan.utils.settings import check_same_config, config_record
 from vplan.worldmodel.latent_cache import episode_latents
@@ -301,6 +301,10 @@ def train_component(cfg: TrainConfig) -> Path:
     final = out / FINAL
     component = cfg.component
     resuming = bool(list_checkpoints(out))
+    # The checkpoints it starts from, checked before anything is written (and before frames become latents).
+    vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
+    if isinstance(component, WorldModelTrainConfig) and component.init is not None and not resuming:
+        check_checkpoints_exist({"component.init": component.init})
     _record_config(cfg, out, resuming)
     if isinstance(component, VAETrainConfig):
         training = VAETraining(component, _frames(dataset, train_episodes))
@@ -316,11 +320,9 @@ def train_component(cfg: TrainConfig) -> Path:
         print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
         return final
     if isinstance(component, IDMTrainConfig):
-        vae = _load_vae(component.vae) if component.vae is not None else None
         if component.vae is not None:
             pin_checkpoints(out, {"vae": component.vae}, resuming)
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
-    vae = _load_vae(component.vae)
     pin_checkpoints(out, {"vae": component.vae}, resuming)  # the latents it trains on: never two VAEs' in one run
     component.model = _with_vae(component.model, vae)
     latents = episode_latents(dataset, train_episodes, vae, progress="frames to latents (cached per VAE)")
