@@ -90,7 +90,7 @@ def test_a_missing_slow_model_is_named_before_anything_runs(checkpoints, tmp_pat
 
 def test_generation_psnr_pools_the_executed_steps():
     frame = np.zeros((4, 4, 3), np.uint8)
-    assert generation_psnr([frame, frame, frame], [frame, frame, frame]) > 100  # identical: MSE floored at 1e-10
+    assert generation_psnr([frame, frame, frame], [frame, frame, frame]) == 100  # identical: MSE floored at 1e-10
     off = np.full((4, 4, 3), 255, np.uint8)
     # the first frame (the real one on both sides) does not count; one of two steps fully wrong: MSE 255²/2
     assert generation_psnr([off, frame, frame], [frame, frame, off]) == pytest.approx(10 * np.log10(2))

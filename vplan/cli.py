@@ -334,9 +334,7 @@ def build_config(cfg: Any) -> Any:
 
     try:
         return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as error:
-        raise UsageError(_first_line(error)) from None
-    except (TypeError, ValueError) as error:
+    except (OmegaConfBaseException, TypeError, ValueError) as error:
         raise UsageError(_first_line(error)) from None
 
 

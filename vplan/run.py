@@ -34,7 +34,7 @@ from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import write_json, write_mp4, write_text_atomic
-from vplan.utils.settings import check_same_config, check_seed, config_record
+from vplan.utils.settings import check_same_config, check_seed, settings_record
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
@@ -387,7 +387,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         dist_unit = env.metadata.get("dist_unit", "m")
         out.mkdir(parents=True, exist_ok=True)
         writer = _episode_writer(cfg, env, out) if cfg.record else None  # refused before anything is rewritten
-        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(config_record(cfg)))
+        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(settings_record(cfg)))
         metrics = summarize(cfg, results, env_id, started, dist_unit)
         write_json(out / METRICS_FILE, metrics)
         # a run killed between recording an episode and writing metrics.json recorded that episode already

@@ -29,6 +29,7 @@ from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
 from vplan.errors import UsageError
+from vplan.eval.consistency_metrics import psnr
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PREFIX, pin_checkpoints
@@ -125,10 +126,7 @@ def say_interrupted(out: Path, results: dict[str, Any]) -> None:
 
 def generation_psnr(imagined: list[np.ndarray], executed: list[np.ndarray]) -> float:
     """PSNR (dB) of the imagined frames against the executed ones, pooled over the steps after the first."""
-    a = np.stack(imagined[1:]).astype(np.float64)
-    b = np.stack(executed[1:]).astype(np.float64)
-    mse = max(float(np.mean((a - b) ** 2)), 1e-10)
-    return float(10 * np.log10(255.0**2 / mse))
+    return psnr(np.stack(imagined[1:]), np.stack(executed[1:]))
 
 
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:

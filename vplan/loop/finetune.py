@@ -37,7 +37,6 @@ with several, the states depend on the outer loop's settings, so those are fixed
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -54,7 +53,7 @@ from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
-from vplan.utils.files import file_written_aside, folder_written_aside, write_json
+from vplan.utils.files import file_written_aside, folder_written_aside, sha256_file, write_json
 from vplan.utils.settings import changed_settings, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
@@ -159,14 +158,6 @@ def episode_file(out: Path, episode: int) -> Path:
     return out / INNER / f"episode-{episode:06d}.safetensors"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dict[str, Any]:
     """What the run depends on: the stored states and the outer loop's settings. With one round, more steps may
     follow (`RESUMABLE_OPTIM`); with several, later rounds' states are made with the outer loop's weights at
@@ -179,8 +170,8 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
         "format_version": INNER_FORMAT_VERSION,
         "data": str(Path(cfg.data).resolve()),
         "worldmodel": cfg.worldmodel,
-        "worldmodel_config_sha256": _sha256(checkpoint / CONFIG_FILE),
-        "worldmodel_unet_sha256": _sha256(checkpoint / UNET_FILE),
+        "worldmodel_config_sha256": sha256_file(checkpoint / CONFIG_FILE),
+        "worldmodel_unet_sha256": sha256_file(checkpoint / UNET_FILE),
         "memory": asdict(cfg.memory),
         "episodes": episodes,
         "optim": optim,

@@ -29,7 +29,7 @@ from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, write_text_atomic
-from vplan.utils.settings import check_same_config, config_record
+from vplan.utils.settings import check_same_config, settings_record
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
@@ -291,7 +291,7 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(file, OmegaConf.to_yaml(config_record(cfg)))
+    write_text_atomic(file, OmegaConf.to_yaml(settings_record(cfg)))
 
 
 def train_component(cfg: TrainConfig) -> Path:

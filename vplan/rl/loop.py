@@ -52,7 +52,7 @@ from vplan.shipped import AgentCheckpoints, check_checkpoints_exist, pin_checkpo
 from vplan.tasks import TaskConfig
 from vplan.utils.files import folder_written_aside, folders_aside, write_json, write_text_atomic
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_same_config, check_seed, config_record
+from vplan.utils.settings import check_same_config, check_seed, settings_record
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -457,7 +457,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)
-        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(config_record(cfg)))
+        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(settings_record(cfg)))
         per_iteration = cfg.seeds_per_iteration * len(cfg.plan_offsets) * cfg.continuations
         bar = tqdm(total=cfg.iterations * per_iteration, initial=run.iteration * per_iteration, desc="rl explore",
                    unit="episode")

@@ -84,15 +84,6 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
     return changed
 
 
-def config_record(cfg: Any) -> dict[str, Any]:
-    """A command's config as its run directory's config.yaml holds it: resolved, secrets redacted."""
-    from omegaconf import OmegaConf
-
-    from vplan.planner.config import redact_secrets
-
-    return OmegaConf.to_container(OmegaConf.create(redact_secrets(asdict(cfg))))
-
-
 def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], what: str) -> None:
     """A UsageError naming the settings (other than `may_change`: top-level or dotted names) in which `cfg`
     differs from the config a run directory recorded, so a resumption never mixes two configs (a setting added
@@ -103,7 +94,7 @@ def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], 
 
     saved = OmegaConf.to_container(OmegaConf.load(config_file))
     top = tuple(name for name in may_change if "." not in name)
-    changed = [name for name in changed_settings(saved, config_record(cfg), cfg, ignore=top) if name not in may_change]
+    changed = [name for name in changed_settings(saved, settings_record(cfg), cfg, ignore=top) if name not in may_change]
     if changed:
         raise UsageError(f"{what}: {config_file.parent} ran with other settings of {', '.join(changed)} (see its "
                          f"{config_file.name}); pass the same ones, or choose another out=DIR")

@@ -23,7 +23,6 @@ Stable Diffusion; dropping texts during training (replacing them with "") is the
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 import zlib
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from vplan.errors import UsageError
+from vplan.utils.files import sha256_file
 from vplan.utils.import_utils import MissingExtraError
 
 KINDS = ("minilm", "learned")
@@ -230,11 +230,7 @@ def verify_minilm_weights(model_dir: Path) -> None:
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, hashed once per (path, size, mtime) in a process (90 MB: ~0.2 s)."""
     del size, mtime_ns  # cache key only: a rewritten file is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(Path(path))
 
 
 def _load_minilm(model_dir: Path) -> tuple[Any, nn.Module]:
