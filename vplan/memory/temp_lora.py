@@ -63,34 +63,15 @@ def sequence_diffusion_loss(
 ) -> torch.Tensor:
     """Eq. 3: the denoising loss of the whole latent sequence (B, T, C, h, w), all of it noised, null text.
 
-    One noise level per sample for the whole sequence, drawn as in `masked_diffusion_loss` (which needs a clean
-    context and so cannot serve here): a DDPM timestep and ε target, or a flow sigma and velocity target ε - x0.
+    One noise level per sample for the whole sequence (`add_training_noise`, as in `masked_diffusion_loss`, which
+    needs a clean context and so cannot serve here).
     """
-    from diffusers import DDPMScheduler
-    from diffusers.utils.torch_utils import randn_tensor
+    from vplan.worldmodel.diffusion import add_training_noise
 
     if latents.ndim != 5 or latents.shape[1] < 1:
         raise ValueError(f"expected latents of shape (B, T >= 1, C, h, w), got {tuple(latents.shape)}")
-    batch, device, dtype = latents.shape[0], latents.device, latents.dtype
-    rand_device = generator.device if generator is not None else torch.device("cpu")
-    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
-    if config.objective == "epsilon":
-        timesteps = torch.randint(
-            0, config.num_train_timesteps, (batch,), generator=generator, device=rand_device
-        ).to(device)
-        scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule=config.beta_schedule,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-        )
-        noisy, goal, unet_timesteps = scheduler.add_noise(latents, noise, timesteps), noise, timesteps
-    else:
-        sigmas = torch.rand((batch,), generator=generator, device=rand_device).to(device=device, dtype=dtype)
-        sigma = sigmas.view(batch, 1, 1, 1, 1)
-        noisy, goal = (1.0 - sigma) * latents + sigma * noise, noise - latents
-        unet_timesteps = sigmas * config.num_train_timesteps
-    states = null_states.to(device=device, dtype=dtype).expand(batch, -1, -1)
+    noisy, goal, unet_timesteps, _ = add_training_noise(latents, config, generator)
+    states = null_states.to(device=latents.device, dtype=latents.dtype).expand(latents.shape[0], -1, -1)
     prediction = unet.predict(noisy, unet_timesteps, states)
     return F.mse_loss(prediction.float(), goal.float())
 

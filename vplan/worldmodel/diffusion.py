@@ -144,6 +144,25 @@ def _check_latents(latents: torch.Tensor, name: str) -> None:
         raise ValueError(f"expected {name} of shape (B, T >= 1, C, h, w), got {tuple(latents.shape)}")
 
 
+def add_training_noise(
+    latents: torch.Tensor, config: DiffusionConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One noise level per sample of `latents` (B, ...), drawn after the noise: `(noisy, target, unet_timesteps,
+    level)` with a DDPM timestep and ε target, or a flow sigma and velocity target ε - x0; `level` in [0, 1]."""
+    batch, device, dtype = latents.shape[0], latents.device, latents.dtype
+    rand_device = generator.device if generator is not None else torch.device("cpu")
+    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
+    if config.objective == "epsilon":
+        timesteps = torch.randint(
+            0, config.num_train_timesteps, (batch,), generator=generator, device=rand_device
+        ).to(device)
+        noisy = _noise_scheduler(config).add_noise(latents, noise, timesteps)
+        return noisy, noise, timesteps, timesteps.float() / config.num_train_timesteps
+    sigmas = torch.rand((batch,), generator=generator, device=rand_device).to(device=device, dtype=dtype)
+    sigma = sigmas.view(batch, *([1] * (latents.ndim - 1)))
+    return (1.0 - sigma) * latents + sigma * noise, noise - latents, sigmas * config.num_train_timesteps, sigmas
+
+
 def masked_diffusion_loss(
     unet: UNet3D,
     context_latents: torch.Tensor,
@@ -175,25 +194,9 @@ def masked_diffusion_loss(
         )
     if config.text_dropout > 0 and null_states is None:
         raise ValueError("expected null_states when text_dropout > 0, got None")
-    batch, device, dtype = target_latents.shape[0], target_latents.device, target_latents.dtype
+    batch, device = target_latents.shape[0], target_latents.device
     rand_device = generator.device if generator is not None else torch.device("cpu")
-
-    noise = randn_tensor(target_latents.shape, generator=generator, device=device, dtype=dtype)
-    if config.objective == "epsilon":
-        timesteps = torch.randint(
-            0, config.num_train_timesteps, (batch,), generator=generator, device=rand_device
-        ).to(device)
-        noisy = _noise_scheduler(config).add_noise(target_latents, noise, timesteps)
-        goal = noise
-        unet_timesteps = timesteps
-        level = timesteps.float() / config.num_train_timesteps
-    else:
-        sigmas = torch.rand((batch,), generator=generator, device=rand_device).to(device=device, dtype=dtype)
-        sigma = sigmas.view(batch, 1, 1, 1, 1)
-        noisy = (1.0 - sigma) * target_latents + sigma * noise
-        goal = noise - target_latents
-        unet_timesteps = sigmas * config.num_train_timesteps
-        level = sigmas
+    noisy, goal, unet_timesteps, level = add_training_noise(target_latents, config, generator)
 
     states = _text_condition(text_states, text_mask)
     dropped = torch.zeros(batch, dtype=torch.bool)
