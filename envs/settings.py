@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any, TypeVar
 
@@ -10,6 +12,32 @@ import gymnasium as gym
 import numpy as np
 
 Config = TypeVar("Config")
+Context = TypeVar("Context")
+
+_gl_pid: int | None = None  # the process that made the first GL context of any env (forked children inherit it)
+
+
+def make_gl_context(make: Callable[[], Context]) -> Context:
+    """`make()` (a MuJoCo renderer or GL context), or a RuntimeError that says how to get one, never a hang: a
+    process forked from one that had rendered cannot make a GL context, and a missing GL backend is named."""
+    global _gl_pid
+    if _gl_pid is not None and _gl_pid != os.getpid():
+        raise RuntimeError(
+            "this process was forked from one that had already rendered, and a GL context cannot be made after "
+            "that (the renderer hangs); start workers with the 'spawn' or 'forkserver' multiprocessing context, "
+            "e.g. gymnasium.vector.AsyncVectorEnv(env_fns, context='spawn')"
+        )
+    try:
+        context = make()
+    except Exception as err:  # the GL backends raise assorted errors (ImportError, RuntimeError, EGL errors)
+        raise RuntimeError(
+            f"cannot create an offscreen MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {err}. "
+            "MuJoCo reads MUJOCO_GL once, when it is first imported: set MUJOCO_GL=egl (or osmesa) in the "
+            "environment, or import vplan.envs before mujoco. Install EGL with apt-get install libegl1 "
+            "libgl1-mesa-dri, or OSMesa with apt-get install libosmesa6 and set MUJOCO_GL=osmesa."
+        ) from err
+    _gl_pid = os.getpid()
+    return context
 
 
 def env_settings(

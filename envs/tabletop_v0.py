@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from vplan.envs.settings import LastFrameRender, env_settings
+from vplan.envs.settings import LastFrameRender, env_settings, make_gl_context
 
 TASKS = ("return_cubes",)
 COLOURS: dict[str, tuple[float, float, float, float]] = {
@@ -323,31 +323,11 @@ def _load_model(num_cubes: int) -> mujoco.MjModel:
     return spec.compile()
 
 
-_gl_pid: int | None = None  # the process that made this module's first GL context (forked children inherit it)
-
-
 def _make_renderer(model: mujoco.MjModel, size: int) -> mujoco.Renderer:
     """An offscreen renderer, or a RuntimeError that says how to get one (never a hang)."""
-    global _gl_pid
-    if _gl_pid is not None and _gl_pid != os.getpid():
-        raise RuntimeError(
-            "this process was forked from one that had already rendered, and a GL context cannot be made after "
-            "that (the renderer hangs); start workers with the 'spawn' or 'forkserver' multiprocessing context, "
-            "e.g. gymnasium.vector.AsyncVectorEnv(env_fns, context='spawn')"
-        )
     model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
     model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-    try:
-        renderer = mujoco.Renderer(model, size, size)
-    except Exception as err:  # the GL backends raise assorted errors (ImportError, RuntimeError, EGL errors)
-        raise RuntimeError(
-            f"cannot create an offscreen MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {err}. "
-            "MuJoCo reads MUJOCO_GL once, when it is first imported: set MUJOCO_GL=egl (or osmesa) in the "
-            "environment, or import vplan.envs before mujoco. Install EGL with apt-get install libegl1 "
-            "libgl1-mesa-dri, or OSMesa with apt-get install libosmesa6 and set MUJOCO_GL=osmesa."
-        ) from err
-    _gl_pid = os.getpid()
-    return renderer
+    return make_gl_context(lambda: mujoco.Renderer(model, size, size))
 
 
 def _sample_separated(rng: np.random.Generator, count: int) -> np.ndarray:

@@ -234,8 +234,10 @@ def test_returning_without_displacing_is_no_success(env):
     assert info["phase"] == "displace" and info["returned"].all() and not info["success"]
 
 
-def _render_in_forked_child() -> str:
-    env = TabletopEnv(image_size=SIZE)
+def _render_in_forked_child(kind: str = "tabletop") -> str:
+    from vplan.envs.blockworld.blockworld_v0 import BlockworldEnv
+
+    env = (TabletopEnv if kind == "tabletop" else BlockworldEnv)(image_size=SIZE)
     try:
         env.reset(seed=0)
     except RuntimeError as error:
@@ -246,8 +248,8 @@ def _render_in_forked_child() -> str:
 def test_forked_worker_fails_fast_after_the_parent_rendered(env):
     env.reset(seed=0)  # this process now holds a GL context: a forked child's renderer would hang
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        message = pool.apply(_render_in_forked_child)
-    assert "context='spawn'" in message
+        messages = [pool.apply(_render_in_forked_child, (kind,)) for kind in ("tabletop", "blockworld")]
+    assert all("context='spawn'" in message for message in messages)  # whichever env made the parent's context
 
 
 def test_close_frees_the_renderer():

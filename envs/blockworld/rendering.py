@@ -12,7 +12,6 @@ scene with more room (rare: room is the first world's count plus half).
 from __future__ import annotations
 
 import math
-import os
 from importlib import resources
 
 import mujoco
@@ -20,6 +19,7 @@ import numpy as np
 
 from vplan.envs.blockworld.meshing import MaterialMesh
 from vplan.envs.blockworld.textures import FACE_MATERIALS, TEXTURE_SIZE, make_texture
+from vplan.envs.settings import make_gl_context
 
 EYE_HEIGHT = 1.62  # camera above the agent's feet (blocks), as in Minecraft
 CAMERA_PITCH = -10.0  # degrees; slightly down, so more of the 64x64 view shows the ground
@@ -119,32 +119,17 @@ def fits(model: mujoco.MjModel, meshes: dict[str, MaterialMesh]) -> bool:
     return all(4 * meshes[name].quads <= model.mesh_vertnum[model.mesh(name).id] for name in FACE_MATERIALS)
 
 
-_gl_pid: int | None = None  # the process that made this module's first GL context (forked children inherit it)
+def _current(context: mujoco.GLContext) -> mujoco.GLContext:
+    context.make_current()
+    return context
 
 
 class SceneRenderer:
     """An offscreen GL context rendering the agent's camera, whose meshes can be re-uploaded in place."""
 
     def __init__(self, model: mujoco.MjModel, size: int) -> None:
-        global _gl_pid
-        if _gl_pid is not None and _gl_pid != os.getpid():
-            raise RuntimeError(
-                "this process was forked from one that had already rendered, and a GL context cannot be made after "
-                "that (the renderer hangs); start workers with the 'spawn' or 'forkserver' multiprocessing "
-                "context, e.g. gymnasium.vector.AsyncVectorEnv(env_fns, context='spawn')"
-            )
         self.size = size
-        try:
-            self._gl = mujoco.GLContext(size, size)
-            self._gl.make_current()
-        except Exception as err:  # the GL backends raise assorted errors (ImportError, RuntimeError, EGL errors)
-            raise RuntimeError(
-                f"cannot create an offscreen MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: "
-                f"{err}. MuJoCo reads MUJOCO_GL once, when it is first imported: set MUJOCO_GL=egl (or osmesa) in "
-                "the environment, or import vplan.envs before mujoco. Install EGL with apt-get install libegl1 "
-                "libgl1-mesa-dri, or OSMesa with apt-get install libosmesa6 and set MUJOCO_GL=osmesa."
-            ) from err
-        _gl_pid = os.getpid()
+        self._gl = make_gl_context(lambda: _current(mujoco.GLContext(size, size)))
         self._viewport = mujoco.MjrRect(0, 0, size, size)
         self._option = mujoco.MjvOption()
         self._perturb = mujoco.MjvPerturb()
