@@ -19,9 +19,8 @@ A checkpoint is a directory: `config.json` (`kind`, `format_version`, the `IDMCo
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vplan.errors import UsageError
-from vplan.shipped import TRAINED_ON_ENV, resolve_checkpoint
-from vplan.worldmodel.model import _contiguous, _load_into, read_pretrained_config
+from vplan.shipped import resolve_checkpoint
+from vplan.worldmodel.model import (
+    _contiguous,
+    _from_dict,
+    _load_into,
+    read_pretrained_config,
+    write_pretrained_config,
+)
 
 CHECKPOINT_KIND = "vplan-idm"
 FORMAT_VERSION = 1
@@ -110,13 +115,7 @@ class IDMConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> IDMConfig:
-        if not isinstance(data, dict):
-            raise ValueError(f"expected the IDM config as a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"expected IDM config keys in {sorted(known)}, got unknown {unknown}")
-        return cls(**data)
+        return _from_dict(cls, data, "the IDM config")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,9 +308,7 @@ class IDMPolicy(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_FILE).unlink(missing_ok=True)
         save_file(_contiguous(self.state_dict()), path / WEIGHTS_FILE)
-        payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                   **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {})}
-        (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        write_pretrained_config(path, CHECKPOINT_KIND, FORMAT_VERSION, self.config.to_dict(), trained_on_env)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> IDMPolicy:

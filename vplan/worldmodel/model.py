@@ -420,9 +420,7 @@ class WorldModel(nn.Module):
         # The VAE's scaling factor is set after its training (register_to_config); save the value in use.
         scaling_factor = float(self.vae.config.scaling_factor)
         config = replace(self.config, vae=replace(self.config.vae, scaling_factor=scaling_factor))
-        payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "config": config.to_dict(),
-                   **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {})}
-        (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        write_pretrained_config(path, CHECKPOINT_KIND, FORMAT_VERSION, config.to_dict(), trained_on_env)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_encoder: nn.Module | None = None) -> WorldModel:
@@ -465,6 +463,16 @@ def require_text_conditioned(config: WorldModelConfig, checkpoint: str, user: st
 def read_config(path: str | Path) -> WorldModelConfig:
     """The `WorldModelConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
     return read_pretrained_config(path, WorldModelConfig, CHECKPOINT_KIND, FORMAT_VERSION, "world model")
+
+
+def write_pretrained_config(
+    path: Path, kind: str, format_version: int, config: dict[str, Any], trained_on_env: str | None
+) -> None:
+    """A checkpoint directory's config.json: its kind, format version and config, and `trained_on_env` (the env
+    whose episodes the weights last learned from) when given; written last, so a half-written one is none."""
+    payload = {"kind": kind, "format_version": format_version, "config": config,
+               **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {})}
+    (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def read_pretrained_config(path: str | Path, config_class: Any, kind: str, format_version: int, what: str) -> Any:
