@@ -5,6 +5,7 @@ Temp-LoRA's update overlapping execution, extra chunks on a false check, seeding
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -410,6 +411,19 @@ def test_the_readme_agent_loop_runs(tmp_path, monkeypatch, capsys):
     assert agent.done and stats["chunks"] == 1 + sum(stats["replans"].values())  # a random model drifts
     assert CHUNK <= stats["steps"] <= CHUNK * stats["chunks"]  # the last chunk runs whole
     assert "success" in capsys.readouterr().out
+
+
+def test_from_pretrained_gives_the_planner_the_world_models_chunk_length(tmp_path):
+    from vplan.planner.config import PlannerConfig
+
+    model = tiny_world_model()
+    model.config = replace(model.config, chunk_frames=4)
+    model.save_pretrained(tmp_path / "worldmodel")
+    tiny_idm().save_pretrained(tmp_path / "idm")
+    agent = VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "idm"),
+                                               planner=PlannerConfig(kind="offline"), memory=MemoryConfig(kind="none"))
+    assert agent.planner.config.chunk_frames == 4  # not the planner config's default 8, which the agent refuses
+    agent.close()
 
 
 def test_the_shipped_checkpoints_drive_the_agent(env):

@@ -48,7 +48,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -216,8 +216,8 @@ class VideoPlanningAgent:
         config: AgentConfig | None = None,
     ) -> VideoPlanningAgent:
         """An agent from checkpoints (directories or `shipped:<env>/<component>`; None: the task's env's shipped
-        ones), a task (a `TaskConfig` or the name of a preset in configs/task/), and the planner, memory (default
-        temp_lora) and agent configs."""
+        ones), a task (a `TaskConfig` or the name of a preset in configs/task/), and the planner (its chunk_frames
+        set to the world model's), memory (default temp_lora) and agent configs."""
         from vplan.policies.idm import IDMPolicy
         from vplan.shipped import shipped_checkpoint, warn_if_trained_elsewhere
         from vplan.worldmodel.model import WorldModel
@@ -227,8 +227,7 @@ class VideoPlanningAgent:
         idm = idm or shipped_checkpoint(task_config.env, "idm")
         world_model, idm_policy = WorldModel.from_pretrained(worldmodel), IDMPolicy.from_pretrained(idm)
         warn_if_trained_elsewhere({"worldmodel": worldmodel, "idm": idm}, task_config.env)
-        chunk_frames = world_model.config.chunk_frames
-        planner = planner or PlannerConfig(chunk_frames=chunk_frames)
+        planner = replace(planner or PlannerConfig(), chunk_frames=world_model.config.chunk_frames)  # the model's
         return cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
 
     # -- the episode ------------------------------------------------------------------------------------------
