@@ -44,7 +44,10 @@ def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
 
 
 def test_bench_worldmodel_times_every_sampler(capsys, tmp_path):
+    import torch
+
     model = tiny_world_model()
+    torch.set_num_threads(2)
     rows = bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2", "flow_euler:2"], repeats=1, threads=1,
                                                   out=str(tmp_path)))
     written = json.loads((tmp_path / "results.json").read_text())
@@ -52,6 +55,7 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path):
     assert [row["sampler"] for row in rows] == ["ddim:2", "flow_euler:2"]
     assert all(row["generate_and_decode_s"] > 0 and row["generate_s"] > 0 for row in rows)  # timed separately: no order
     assert "peak RSS" in capsys.readouterr().out
+    assert torch.get_num_threads() == 2  # threads=1 held while it ran; the caller's count is back
 
 
 def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):

@@ -34,6 +34,7 @@ from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import write_json, write_mp4, write_text_atomic
+from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.settings import check_same_config, check_seed, settings_record
 
 METRICS_FILE = "metrics.json"
@@ -360,6 +361,7 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
         raise UsageError(f"record=true: {error}; choose another out=DIR") from None
 
 
+@restores_torch_threads
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run `cfg.episodes` episodes of the agent; write the run directory; print a summary table."""
     import torch
@@ -370,7 +372,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     out = _run_dir(cfg)
     results, wall_before = _finished_episodes(cfg, out)
-    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter() - wall_before  # a resumed run's total wall time includes its earlier part
     agent = env = writer = None
@@ -431,5 +432,4 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             env.close()
         if agent is not None:
             agent.close()
-        torch.set_num_threads(threads)
     return metrics

@@ -40,6 +40,7 @@ from vplan.run import write_video
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import task_progress
 from vplan.utils.files import write_json
+from vplan.utils.openmp import restores_torch_threads
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -133,6 +134,7 @@ def markdown_table(summaries: dict[str, dict[str, Any]], seeds: tuple[int, int],
     return "\n".join(lines) + "\n"
 
 
+@restores_torch_threads
 def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     """Run the three rows on the same seeds (continuing an interrupted bench); write results and table."""
     from tqdm import tqdm
@@ -149,7 +151,6 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                          "would hand the IDM another camera's frames than it reads")
     out = Path(cfg.out)
     results = load_results(out / RESULTS_FILE, cfg, list(ROWS))
-    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
     agents: dict[str, Any] = {}  # the video rows' agents
@@ -198,7 +199,6 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
         for agent in agents.values():  # each closes its memory: the shadow env; the world model's adapter
             agent.close()
         env.close()
-        torch.set_num_threads(threads)
 
     summaries = {row: summarize(results["rows"][row][: cfg.episodes]) for row in ROWS}
     results["summary"] = summaries

@@ -35,6 +35,7 @@ from vplan.planner.config import PlannerConfig
 from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.files import write_json
+from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
 from vplan.utils.settings import changed_settings, check_seed, settings_record
 
@@ -164,6 +165,7 @@ def _exists(checkpoint: str) -> bool:
     return checkpoint.startswith(PREFIX) or (Path(checkpoint) / "config.json").is_file()
 
 
+@restores_torch_threads
 def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     """Run every row on the same seeds (continuing an interrupted bench); write results, table and plot."""
     import torch
@@ -183,7 +185,6 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS])
-    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
     try:
@@ -218,7 +219,6 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
         raise
     finally:
         env.close()
-        torch.set_num_threads(threads)
 
     summaries = {row.name: summarize(results["rows"][row.name][: cfg.episodes]) for row in ROWS}
     results["summary"] = summaries

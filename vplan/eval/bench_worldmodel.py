@@ -16,7 +16,7 @@ import torch
 from vplan.errors import UsageError
 from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.shipped import check_checkpoints_exist
-from vplan.utils.openmp import wait_policy
+from vplan.utils.openmp import restores_torch_threads, wait_policy
 from vplan.worldmodel.model import WorldModel, WorldModelConfig, require_text_conditioned
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores
@@ -59,6 +59,7 @@ def _fastest(function, repeats: int) -> float:
     return min(times)
 
 
+@restores_torch_threads
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})

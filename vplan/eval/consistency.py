@@ -44,6 +44,7 @@ from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, st
 from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.utils.files import write_json, write_mp4
+from vplan.utils.openmp import restores_torch_threads
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
@@ -169,6 +170,7 @@ def score_video(video: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]
     }
 
 
+@restores_torch_threads
 def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     """Roll out every mode on every episode, score, print the table; write metrics.json and the MP4s."""
     import torch

@@ -51,6 +51,7 @@ from vplan.run import run_episode
 from vplan.shipped import AgentCheckpoints, check_checkpoints_exist, pin_checkpoints, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.files import folder_written_aside, folders_aside, write_json, write_text_atomic
+from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_same_config, check_seed, settings_record
 
@@ -434,6 +435,7 @@ def evaluate(run: RLRun, world_model: Any, chunk_offset: int, desc: str) -> dict
             "chunks_per_episode": float(np.mean([r["chunks"] for r in results])), "episodes": results}
 
 
+@restores_torch_threads
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
     """Explore, score, finetune for `cfg.iterations`; then the before/after evaluation; see the module docstring."""
     from omegaconf import OmegaConf
@@ -442,7 +444,6 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
 
     from vplan.envs import env_name
 
-    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     run = RLRun(cfg)
     out = run.out
@@ -504,7 +505,6 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     finally:
         run.env.close()
         run.rewards.close()
-        torch.set_num_threads(threads)
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:

@@ -10,7 +10,12 @@ far, and a user whose machine runs nothing else sets `OMP_WAIT_POLICY=ACTIVE`. R
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Function = TypeVar("Function", bound=Callable[..., Any])
 
 DEFAULT = "PASSIVE"
 
@@ -30,3 +35,20 @@ def wait_policy() -> str:
     """The policy in effect for this process, in words, for benchmark headers."""
     policy = current_policy()
     return f"OpenMP waiting {policy.lower()}" if policy else "OpenMP waiting libgomp default"
+
+
+def restores_torch_threads(function: Function) -> Function:
+    """For a command that sets torch's intra-op thread count (its `threads=`): the caller's count comes back when
+    it returns or raises, so a script or test that calls it is not left on another count."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper  # type: ignore[return-value]
