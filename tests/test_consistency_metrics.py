@@ -110,7 +110,7 @@ def test_src_is_100_for_identical_frames_and_lower_for_different_ones(tiny_vae, 
         # Random ResNet weights pool ReLU features that are all alike (~99%); trained ones spread more.
         assert (100 * different < 99.99).all(), (extractor.name, different)
         both = scene_return_consistency(video, [(0, 1), (0, 2)], extractor)
-        assert both == pytest.approx(50 * (1 + different[0]), abs=1e-6)
+        assert both == pytest.approx(50 * (1 + different[0]), abs=1e-4)  # float32 features, batched otherwise
 
 
 def test_resnet18_features_match_the_model_they_load(resnet18_file):
