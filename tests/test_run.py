@@ -105,6 +105,17 @@ def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["seeds"] == [20000]
 
 
+def test_agent_seed_offsets_the_sampling_seed_of_every_episode(checkpoints, tmp_path, monkeypatch):
+    seeds = []
+    reset = VideoPlanningAgent.reset
+    monkeypatch.setattr(VideoPlanningAgent, "reset", lambda self, *a, seed=None, **k: (seeds.append(seed),
+                                                                                        reset(self, *a, seed=seed, **k))[1])
+    for agent_seed in (0, 7):
+        main(run_args(checkpoints, tmp_path / str(agent_seed), "episodes=2", "memory=none", "video=false",
+                      f"agent.seed={agent_seed}"))
+    assert seeds == [10000, 10001, 10007, 10008]  # agent.seed=0: the env's seed, as the figures were measured
+
+
 def test_overwrite_replaces_the_whole_run_recorded_episodes_and_videos_too(checkpoints, tmp_path, capsys):
     out = tmp_path / "twice"
     main(run_args(checkpoints, out, "episodes=2", "memory=none", "record=true"))

@@ -116,7 +116,8 @@ class AgentConfig:
                   "so 1 made 34-38 chunks of a 23-26-chunk plan (time) without a success."},
     )
     seed: int = field(
-        default=0, metadata={"help": "Seeds the sampling noise; episode k uses seed + k unless reset gets a seed."}
+        default=0, metadata={"help": "Seeds the sampling noise: the commands sample episode seed s with seed + s; "
+                             "the API's episode k uses seed + k unless reset gets a seed."}
     )
 
     def __post_init__(self) -> None:

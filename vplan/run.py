@@ -214,15 +214,16 @@ def run_episode(
     env: Any, agent: Any, instruction: str, seed: int, camera: str, recorder: EpisodeRecorder | None = None,
     agent_seed: int | None = None, on_chunk: Callable[[int, str], None] | None = None, plan: Plan | None = None,
 ) -> dict[str, Any]:
-    """One episode of `agent` in `env` from the env state of `seed` (the agent's sampling seeded with `agent_seed`, by
-    default `seed` too; following `plan` where one is given, see `VideoPlanningAgent.reset`): its result, timings,
+    """One episode of `agent` in `env` from the env state of `seed` (the agent's sampling seeded with its
+    `config.seed` plus `agent_seed`, by default plus `seed`; following `plan` where one is given, see `VideoPlanningAgent.reset`): its result, timings,
     the imagined and executed frames, the agent's chunks (each with what was executed while following it) and the
     final info (and, given a recorder, every step in the dataset format). `on_chunk(n, text)` is told when the agent
     starts following its n-th chunk, for progress display."""
     check_agent_fits_env(agent, env)
     start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)
-    agent.reset(instruction, obs, info, seed=seed if agent_seed is None else agent_seed, plan=plan)
+    sampling_seed = agent.config.seed + (seed if agent_seed is None else agent_seed)  # agent.seed=0: the env's
+    agent.reset(instruction, obs, info, seed=sampling_seed, plan=plan)
     imagined, executed = [obs[camera]], [obs[camera]]  # step 0: the real first frame on both sides
     chunks: list[Any] = []
     terminated = truncated = False
