@@ -155,6 +155,19 @@ def test_reset_starts_over_and_seeds_the_imagination(world_model, idm):
     agent.close()
 
 
+def test_a_chunk_records_the_context_it_was_generated_from(world_model, idm):
+    agent = make_agent(world_model, idm, memory=MemoryConfig(kind="anchor"), **NO_REPLAN)
+    agent.reset("move the cubes", fake_obs(np.full((IMAGE, IMAGE, 3), 90, np.uint8)), {}, seed=0)
+    chunks = []
+    for step in range(CHUNK + 1):
+        agent.act(fake_obs(np.full((IMAGE, IMAGE, 3), 100 + 10 * step, np.uint8)))
+        chunks += [agent.chunk] if not chunks or agent.chunk is not chunks[-1] else []
+    first, second = chunks
+    assert first.context.shape[1] == 1 and second.context.shape[1] == world_model.config.context_frames
+    assert torch.equal(second.context[:, :1], first.context)  # the anchor: the episode's first frame, not a recent one
+    agent.close()
+
+
 def test_reset_follows_a_given_plan_without_asking_the_planner(world_model, idm):
     agent = make_agent(world_model, idm, **NO_REPLAN)
     frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)

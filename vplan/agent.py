@@ -495,7 +495,8 @@ class VideoPlanningAgent:
         replan = previous_chunk.cut if previous_chunk is not None else None
         self._wait_memory()
         start = time.perf_counter()
-        latents = self.memory.generate(self._history, [subgoal.text], generator=self._generator)
+        context = self.memory.condition(self._history)[:, -self.world_model.config.context_frames :]  # anchor: its own
+        latents = self.world_model.generate(context, [subgoal.text], generator=self._generator)
         if self.memory.config.update_on == "imagined":
             # learns on the worker while this chunk is decoded, read and executed; the next generation waits
             self.memory.update_async(self._history[:, -self.world_model.config.chunk_frames :], latents)
@@ -512,7 +513,7 @@ class VideoPlanningAgent:
             subgoal_index=self._subgoal_index,
             text=subgoal.text,
             latents=latents,
-            context=self._history[:, -self.world_model.config.context_frames :],
+            context=context,
             frames=frames,
             actions=actions,
             replanned_from=replan,
