@@ -249,6 +249,9 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     with pytest.raises(SystemExit) as exit_info:  # the settings are still checked in that state
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
     assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))
+    assert exit_info.value.code == 2 and "has run 2 iterations already; pass iterations>=2" in capsys.readouterr().err
     from vplan.rl.loop import RLRun
 
     calls = []

@@ -453,6 +453,9 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():
             check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan rl")
         resuming = run.load()
+        if run.iteration > cfg.iterations:  # its model learned from more: a summary of fewer would misstate it
+            raise UsageError(f"{out} has run {run.iteration} iterations already; pass iterations>={run.iteration}, "
+                             "or choose another out=DIR")
         if resuming:
             print(f"resuming {out} after iteration {run.iteration}")
         pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
