@@ -42,7 +42,8 @@ KEYS = ("forward", "back", "left", "right", "jump", "sneak", "sprint", "attack")
 MAX_GYM_VERSION = (0, 20)  # MineRL 0.4.4 pins gym>=0.13.1,<0.20
 MINERL_INSTALL = (
     "MineRL 0.4.4 needs its own venv with old gym and JDK 8: apt-get install openjdk-8-jdk (java on PATH or "
-    "JAVA_HOME set), then in a fresh venv pip install 'gym<0.20' minerl==0.4.4 and pip install torch==2.13.0 "
+    "JAVA_HOME set), then in a fresh venv pip install 'setuptools<66' 'wheel<0.40' (gym 0.19's setup.py needs "
+    "them), pip install --no-build-isolation gym==0.19.0 minerl==0.4.4 and pip install torch==2.13.0 "
     "-e '.[minerl]' (README: 'RLBench and MineRL adapters'); or use the embedded stand-in: env=blockworld"
 )
 
@@ -178,12 +179,19 @@ class MineRLEnv(LastFrameRender, gym.Env):
         move = to_move(action)
         reward, terminated, truncated = 0.0, False, False
         for tick in range(self.config.ticks_per_move):
-            observation, tick_reward, terminated, truncated, _ = self._env.step(self.minerl_action(move, tick))
+            observation, tick_reward, terminated, truncated, tick_info = self._env.step(self.minerl_action(move, tick))
+            if "error" in tick_info:  # MineRL answers a lost connection with a random observation and done
+                raise RuntimeError(f"MineRL lost its Minecraft instance ({tick_info['error']}); its observation is "
+                                   "a random sample, so the episode cannot go on: reset the env")
             self._rewards.append(float(tick_reward))
             reward += float(tick_reward)
             if terminated or truncated:
                 break
-        return self._convert(observation), reward, bool(terminated), bool(truncated), self._info(observation, move)
+        info = self._info(observation, move)
+        if terminated and not info["success"] and info["ticks"] >= self._spec.max_episode_steps:
+            # Minecraft quit at its time limit on the tick gym's TimeLimit would have: a timeout, not an end
+            terminated, truncated = False, True
+        return self._convert(observation), reward, bool(terminated), bool(truncated), info
 
     def close(self) -> None:
         self._env.close()

@@ -72,7 +72,7 @@ def test_missing_minerl_through_the_cli_is_one_line_with_the_install_steps(capsy
     line = cli_error(capsys, "collect", "env=minerl")
     assert line.startswith("vplan collect: error: env=minerl needs MineRL with old gym and shimmy")
     assert "not installed: minerl, gym" in line
-    for needle in ("own venv", "JDK 8", "openjdk-8-jdk", "gym<0.20", "minerl==0.4.4", "env=blockworld"):
+    for needle in ("own venv", "JDK 8", "openjdk-8-jdk", "gym==0.19.0", "minerl==0.4.4", "env=blockworld"):
         assert needle in line
     assert "minerl" in cli_error(capsys, "collect", "env=minerl", "task=navigate")
 
@@ -214,8 +214,20 @@ def test_minerl_time_limit_truncates(fake_minerl, monkeypatch):
         assert (terminated, truncated, info["ticks"]) == (False, False, 20)
         _, _, terminated, truncated, info = env.step(int(Move.TURN_LEFT))
         assert (terminated, truncated, info["ticks"]) == (False, True, 30)
+        env.reset(seed=4)
+        env._spec.max_episode_steps = 30  # the server quits at the same tick: Minecraft says done, TimeLimit not
+        env.step(int(Move.TURN_LEFT))
+        _, _, terminated, truncated, info = env.step(int(Move.TURN_LEFT))
+        assert (terminated, truncated, info["ticks"], info["success"]) == (False, True, 30, False)
     finally:
         env.close()
+
+
+def test_a_lost_minecraft_connection_is_an_error_not_an_episode_end(env):
+    env.reset(seed=4)
+    env._env.gym_env.unwrapped.connection_lost = True
+    with pytest.raises(RuntimeError, match=r"lost its Minecraft instance \(Connection timed out!\)"):
+        env.step(int(Move.FORWARD))
 
 
 def test_seeded_resets_repeat_and_every_reset_seeds_minerl(env):

@@ -14,6 +14,11 @@ from the facing direction, in [-180, 180], positive to the right (MineRL's tutor
 camera yaw += k * angle). Touching the goal (within one block) gives +100 and ends the episode; the Dense
 variants add the distance gained each tick. The pov shows a sky shaded by yaw, ground striped by position,
 and the goal as a cyan column when it is within 35 degrees of the view's centre.
+
+As in the real env, the server quits at the spec's `max_episode_steps` ticks (navigate_specs: ServerQuitFromTimeUp),
+so the episode's done may come from Minecraft on the step gym's TimeLimit ends it; and a lost connection
+(`connection_lost = True`) answers a step with a random observation, done, and info {"error": ...}
+(_multiagent.py).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class _SingleAgentEnv(gym.Env):
         self.pitch = 0.0
         self.goal = np.zeros(2)
         self.resets = 0
+        self.ticks = 0
+        self.connection_lost = False
 
     def seed(self, seed=None, seed_spaces=True):
         assert isinstance(seed, int) or seed is None, "Seed must be an int!"
@@ -66,6 +73,7 @@ class _SingleAgentEnv(gym.Env):
             self.yaw, self.pitch = 0.0, 0.0
             self.done = False
             self.resets += 1
+            self.ticks = 0
             return self._observation()
         finally:
             self._seed = None  # MineRL: "you gotta send it yourself" before every reset
@@ -78,6 +86,10 @@ class _SingleAgentEnv(gym.Env):
                 raise ValueError(f"unknown action key {key!r}; the action space has {list(self.action_space.spaces)}")
             if value not in self.action_space.spaces[key]:
                 raise ValueError(f"action[{key!r}] = {value!r} is not in {self.action_space.spaces[key]}")
+        if self.connection_lost:
+            self.done = True
+            return self.observation_space.sample(), 0.0, True, {"error": "Connection timed out!"}
+        self.ticks += 1
         camera = np.asarray(action.get("camera", np.zeros(2)), dtype=np.float64)
         self.pitch = float(np.clip(self.pitch + camera[0], -90.0, 90.0))
         self.yaw = float((self.yaw + camera[1]) % 360.0)
@@ -88,6 +100,8 @@ class _SingleAgentEnv(gym.Env):
         reward = (before - after) if self.task.dense else 0.0
         if after <= TOUCH_DISTANCE:
             reward += 100.0
+            self.done = True
+        if self.ticks >= self.task.max_episode_steps:  # the server's time-up quit
             self.done = True
         return self._observation(), float(reward), self.done, {}
 
