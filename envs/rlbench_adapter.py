@@ -38,7 +38,8 @@ ARM_ACTION_MODES = ("ik", "planning")
 RLBENCH_INSTALL = (
     "install CoppeliaSim 4.1.0 (EDU, Ubuntu build from coppeliarobotics.com), export COPPELIASIM_ROOT=<its "
     "folder>, LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$COPPELIASIM_ROOT and QT_QPA_PLATFORM_PLUGIN_PATH=$COPPELIASIM_ROOT, "
-    "then pip install git+https://github.com/stepjam/PyRep.git git+https://github.com/stepjam/RLBench.git "
+    "then pip install git+https://github.com/stepjam/PyRep.git git+https://github.com/stepjam/RLBench.git; "
+    "without a display, run an X server for its rendering (headless too: RLBench's README, 'Running Headless') "
     "(README: 'RLBench and MineRL adapters'); or use the embedded simulator: env=tabletop"
 )
 
@@ -86,9 +87,15 @@ def require_rlbench() -> None:
             f"env=rlbench needs RLBench and PyRep on CoppeliaSim 4.1 (not installed: {', '.join(missing)}): "
             + RLBENCH_INSTALL
         )
-    if not os.environ.get("COPPELIASIM_ROOT"):
+    root = os.environ.get("COPPELIASIM_ROOT")
+    if not root:
         raise SimulatorNotInstalledError(
             "env=rlbench: COPPELIASIM_ROOT is not set (PyRep needs it to find CoppeliaSim 4.1): " + RLBENCH_INSTALL
+        )
+    if not os.path.isdir(root):  # PyRep refuses it too, but only when the simulator starts
+        raise SimulatorNotInstalledError(
+            f"env=rlbench: COPPELIASIM_ROOT={root} is not a folder (PyRep needs CoppeliaSim 4.1 there): "
+            + RLBENCH_INSTALL
         )
 
 

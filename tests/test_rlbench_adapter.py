@@ -108,6 +108,10 @@ def test_missing_coppeliasim_root_through_the_cli(capsys, monkeypatch):
     with fake_site("rlbench_site"):  # RLBench and PyRep installed, CoppeliaSim not set up
         line = cli_error(capsys, "bench", "env", "env=rlbench")
     assert line.startswith("vplan bench env: error: env=rlbench: COPPELIASIM_ROOT is not set")
+    monkeypatch.setenv("COPPELIASIM_ROOT", "/nonexistent/CoppeliaSim")
+    with fake_site("rlbench_site"):
+        line = cli_error(capsys, "bench", "env", "env=rlbench")
+    assert line.startswith("vplan bench env: error: env=rlbench: COPPELIASIM_ROOT=/nonexistent/CoppeliaSim is not a")
 
 
 def test_every_command_with_an_env_checks_the_simulator_first(capsys, monkeypatch):

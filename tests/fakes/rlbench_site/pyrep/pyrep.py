@@ -27,6 +27,8 @@ class PyRep(object):
         if "COPPELIASIM_ROOT" not in os.environ:
             raise PyRepError("COPPELIASIM_ROOT not defined. See installation instructions.")
         self._vrep_root = os.environ["COPPELIASIM_ROOT"]
+        if not os.path.exists(self._vrep_root):
+            raise PyRepError("COPPELIASIM_ROOT was not a correct path. See installation instructions")
 
     def launch(self, scene_file: str = "", headless: bool = False, responsive_ui: bool = False,
                blocking: bool = False, write_coppeliasim_stdout_to_file: bool = False) -> None:
