@@ -178,7 +178,10 @@ def test_reset_follows_a_given_plan_without_asking_the_planner(world_model, idm)
     assert agent.chunk.text == TEXTS[1]
     with pytest.raises(ValueError, match="plan: expected a Plan .* got dict"):
         agent.reset("move the cubes", fake_obs(frame), {}, plan=given.to_dict())
-    assert agent.plan is given  # the refused reset changed nothing
+    for seed in (1.5, -1, True):  # not silently truncated or wrapped
+        with pytest.raises(ValueError, match="seed: expected None or an int"):
+            agent.reset("move the cubes", fake_obs(frame), {}, seed=seed)
+    assert agent.plan is given  # the refused resets changed nothing
     agent.close()
 
 

@@ -248,6 +248,9 @@ class VideoPlanningAgent:
             raise ValueError(f"info: expected the env's info dict, got {type(info).__name__}")
         if plan is not None and not isinstance(plan, Plan):
             raise ValueError(f"plan: expected a Plan (what reset returned) or None, got {type(plan).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed < 2**64):
+            raise ValueError(f"seed: expected None or an int from 0 to 2**64 - 1 (torch's range), got {seed!r}")
         frame, _ = self._read_obs(obs)
         self.memory.reset()  # waits for the last episode's update, then forgets it
         self._plan = None
