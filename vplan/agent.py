@@ -59,7 +59,7 @@ from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_seed
+from vplan.utils.settings import check_ints, check_seed
 from vplan.worldmodel.model import require_text_conditioned
 
 if TYPE_CHECKING:
@@ -127,10 +127,7 @@ class AgentConfig:
                 raise ValueError(f"{name}: expected an obs key, got {getattr(self, name)!r}")
         if self.replan_drift is not None and not 0 <= self.replan_drift <= 1:
             raise ValueError(f"replan_drift: expected a difference in [0, 1] or null, got {self.replan_drift!r}")
-        for name in ("stall_steps", "max_replans_per_chunk", "max_replans", "max_extra_chunks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        check_ints(self, ("stall_steps", "max_replans_per_chunk", "max_replans", "max_extra_chunks"), low=0)
         if not (math.isfinite(self.stall_distance) and self.stall_distance >= 0):
             raise ValueError(f"stall_distance: expected metres >= 0, got {self.stall_distance!r}")
         if not 0 <= self.stall_command <= 1:

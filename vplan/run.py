@@ -35,7 +35,7 @@ from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import write_json, write_mp4, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
-from vplan.utils.settings import check_same_config, check_seed, settings_record
+from vplan.utils.settings import check_ints, check_same_config, check_seed, settings_record
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
@@ -84,10 +84,7 @@ class RunConfig(AgentCheckpoints):
     threads: int = field(default=2, metadata={"help": "torch threads (the memory's worker shares them)."})
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_ints(self, ("episodes", "threads"))
         check_seed(self.seed)
         if self.resume and (self.out is None or self.overwrite):
             raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")

@@ -35,7 +35,7 @@ from vplan.errors import RunError, UsageError
 from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.memory.config import MemoryConfig
 from vplan.utils.openmp import current_policy, wait_policy
-from vplan.utils.settings import check_seed
+from vplan.utils.settings import check_ints, check_seed
 from vplan.worldmodel.model import WorldModelConfig, read_config, require_text_conditioned
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
@@ -74,10 +74,7 @@ class BenchMemoryConfig:
         if self.memory.kind == "none":
             raise ValueError("memory: expected a memory to compare with none (memory=temp_lora or memory=anchor), "
                              "got memory=none")
-        for name in ("episodes", "chunks", "threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_ints(self, ("episodes", "chunks", "threads"))
         if not (math.isfinite(self.execution_s) and self.execution_s >= 0):
             raise ValueError(f"execution_s: expected seconds >= 0, got {self.execution_s!r}")
         check_seed(self.seed)

@@ -37,7 +37,7 @@ from vplan.tasks import TaskConfig
 from vplan.utils.files import write_json
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
-from vplan.utils.settings import changed_settings, check_seed, settings_record
+from vplan.utils.settings import changed_settings, check_ints, check_seed, settings_record
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -81,10 +81,7 @@ class AgentBenchConfig:
     threads: int = field(default=2, metadata={"help": "torch threads."})
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_ints(self, ("episodes", "threads"))
         check_seed(self.seed)
 
 

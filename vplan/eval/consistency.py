@@ -48,7 +48,7 @@ from vplan.utils.openmp import restores_torch_threads
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_seed
+from vplan.utils.settings import check_ints, check_seed
 
 FEATURES = ("vae", "resnet18")
 RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume")  # settings a resumption may change
@@ -105,10 +105,7 @@ class EvalConsistencyConfig:
         revisit_scenario_for(env_name(self.env))  # an env without a revisit scenario: a clear error, early
         if self.checkpoint is None:
             self.checkpoint = shipped_checkpoint(env_name(self.env), "worldmodel")
-        for name in ("episodes", "chunks", "threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_ints(self, ("episodes", "chunks", "threads"))
         check_seed(self.seed)
         if self.chunks < 2:
             raise ValueError(f"chunks: expected at least 2 (PSNR drift is a slope over chunks), got {self.chunks}")

@@ -54,7 +54,7 @@ from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, sha256_file, write_json
-from vplan.utils.settings import changed_settings, plain
+from vplan.utils.settings import changed_settings, check_ints, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
 FINAL = "final"
@@ -117,10 +117,8 @@ class FinetuneConfig:
         if self.memory.kind != "temp_lora":
             raise ValueError(f"memory: expected memory=temp_lora (the fast learner whose states the loop stores), "
                              f"got kind {self.memory.kind!r}")
-        for name, low in (("episodes", 1), ("holdout_episodes", 0), ("rounds", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        check_ints(self, ("episodes", "rounds"))
+        check_ints(self, ("holdout_episodes",), low=0)
         if self.rounds > min(self.episodes, self.optim.steps):
             raise ValueError(f"rounds: expected at most episodes={self.episodes} and optim.steps={self.optim.steps} "
                              f"(each round needs an episode and an outer-loop step), got {self.rounds}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from vplan.utils.settings import check_ints
+
 KINDS = ("none", "anchor", "temp_lora")
 UPDATE_ON = ("imagined", "observed")
 # The UNet's attention projections: spatial self- and cross-attention, the temporal attentions and the input
@@ -79,10 +81,7 @@ class MemoryConfig:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if self.update_on not in UPDATE_ON:
             raise ValueError(f"update_on: expected one of {UPDATE_ON}, got {self.update_on!r}")
-        for name in ("rank", "steps_per_chunk"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_ints(self, ("rank", "steps_per_chunk"))
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):

@@ -53,7 +53,7 @@ from vplan.tasks import TaskConfig
 from vplan.utils.files import folder_written_aside, folders_aside, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_same_config, check_seed, settings_record
+from vplan.utils.settings import check_ints, check_same_config, check_seed, settings_record
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -107,11 +107,8 @@ class RLConfig(AgentCheckpoints):
     threads: int = field(default=2, metadata={"help": "torch threads."})
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "seeds_per_iteration", "continuations", "lora_rank", "steps_per_iteration",
-                     "batch_size", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_ints(self, ("iterations", "seeds_per_iteration", "continuations", "lora_rank", "steps_per_iteration",
+                          "batch_size", "threads"))
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes: expected an int >= 0, got {self.eval_episodes!r}")
         check_seed(self.seed)

@@ -5,7 +5,7 @@ difference (a new field's default keeps the behaviour the code had before it).""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,15 @@ def check_seed(seed: Any, name: str = "seed") -> None:
     ones included) and torch's take, with room for a run's seed + i."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"{name}: expected an int from 0 to {MAX_SEED}, got {seed!r}")
+
+
+def check_ints(config: Any, names: Iterable[str], low: int = 1) -> None:
+    """A ValueError naming the first field of `config` among `names` that is not an int >= `low` (a bool is not)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            wanted = "a positive int" if low == 1 else f"an int >= {low}"
+            raise ValueError(f"{name}: expected {wanted}, got {value!r}")
 
 
 def plain(value: Any) -> Any:
