@@ -6,15 +6,39 @@ The API key comes from the config or the environment variable `api_key_env`; it 
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vplan.errors import UsageError
 
 NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
 REDACTED = "<redacted>"
+
+
+class ChatRequestError(RuntimeError):
+    """A chat request failed: connection, timeout, HTTP status (after the client's retries)."""
+
+
+def short(value: Any, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters: a reply's text shown in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def image_part(frame: np.ndarray, name: str = "frame") -> dict[str, Any]:
+    """A uint8 (H, W, 3 or 4) frame as a chat message's image part (a base64 PNG data URL)."""
+    import imageio.v3 as iio
+
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        raise ValueError(f"{name}: expected a uint8 (H, W, 3 or 4) image, got {frame.dtype} {frame.shape}")
+    png = base64.b64encode(iio.imwrite("<bytes>", frame, extension=".png")).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
 
 
 @dataclass
@@ -89,6 +113,20 @@ class ChatEndpoint:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def complete(self, messages: list[dict[str, Any]], **options: Any) -> Any:
+        """The first choice's message content of one chat completion with the config's model and temperature
+        (None if the reply has none); a `ChatRequestError` when the request fails."""
+        try:
+            completion = self.client.chat.completions.create(
+                model=self.config.model, messages=messages, temperature=self.config.temperature, **options
+            )
+        except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
+            raise ChatRequestError(f"{type(error).__name__}: {error}") from None
+        try:
+            return completion.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            return None
 
     def scrub(self, text: str) -> str:
         """`text` with the API key replaced by <redacted>."""

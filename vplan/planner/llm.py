@@ -14,7 +14,6 @@ and it is scrubbed from every message this module emits.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import warnings
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vplan.chat import ChatEndpoint
+from vplan.chat import ChatEndpoint, ChatRequestError, image_part, short
 from vplan.errors import VplanWarning
 from vplan.planner.config import LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
@@ -70,20 +69,12 @@ class InvalidReplyError(ValueError):
     """The endpoint's reply is not a valid plan (not JSON, wrong shape, empty, too long)."""
 
 
-class LLMRequestError(RuntimeError):
-    """The request failed: connection, timeout, HTTP status (after the client's retries)."""
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [k for k, _ in pairs]
     duplicated = sorted({k for k in keys if keys.count(k) > 1})
     if duplicated:
-        raise InvalidReplyError(f"the reply repeats the keys {[_short(k) for k in duplicated]}")
+        raise InvalidReplyError(f"the reply repeats the keys {[short(k) for k in duplicated]}")
     return dict(pairs)
 
 
@@ -104,7 +95,7 @@ def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
     if not isinstance(data, dict):
         raise InvalidReplyError(f"expected a JSON object, got {type(data).__name__}")
     if set(data) != {"subgoals"}:
-        raise InvalidReplyError(f"expected exactly the key 'subgoals', got {[_short(k) for k in list(data)[:5]]}")
+        raise InvalidReplyError(f"expected exactly the key 'subgoals', got {[short(k) for k in list(data)[:5]]}")
     subgoals = data["subgoals"]
     if not isinstance(subgoals, list):
         raise InvalidReplyError(f"subgoals: expected an array, got {type(subgoals).__name__}")
@@ -115,25 +106,15 @@ def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
     texts = []
     for i, item in enumerate(subgoals, 1):
         if not isinstance(item, dict) or set(item) != {"text"}:
-            keys = [_short(k) for k in list(item)[:5]] if isinstance(item, dict) else type(item).__name__
+            keys = [short(k) for k in list(item)[:5]] if isinstance(item, dict) else type(item).__name__
             raise InvalidReplyError(f"subgoal {i}: expected an object with exactly the key 'text', got {keys}")
         text = item["text"]
         if not isinstance(text, str) or not text.strip():
-            raise InvalidReplyError(f"subgoal {i}: expected a non-empty string text, got {_short(text)}")
+            raise InvalidReplyError(f"subgoal {i}: expected a non-empty string text, got {short(text)}")
         if len(text.strip()) > config.max_text_chars:
             raise InvalidReplyError(f"subgoal {i}: {len(text.strip())} characters, more than {config.max_text_chars}")
         texts.append(text.strip())
     return texts
-
-
-def encode_png(frame: np.ndarray) -> str:
-    """A uint8 HWC RGB(A) frame as base64 PNG."""
-    import imageio.v3 as iio
-
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
-        raise ValueError(f"first_frame: expected a uint8 (H, W, 3 or 4) image, got {frame.dtype} {frame.shape}")
-    return base64.b64encode(iio.imwrite("<bytes>", frame, extension=".png")).decode("ascii")
 
 
 class LLMPlanner(Planner):
@@ -162,28 +143,13 @@ class LLMPlanner(Planner):
         )
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         if first_frame is not None and self.llm.send_image:
-            url = f"data:image/png;base64,{encode_png(first_frame)}"
-            content.append({"type": "image_url", "image_url": {"url": url}})
+            content.append(image_part(first_frame, "first_frame"))
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
     def request(self, messages: list[dict[str, Any]]) -> Any:
         """The reply's message content (one chat completion, with the client's timeout and retries)."""
-        try:
-            completion = self.endpoint.client.chat.completions.create(
-                model=self.llm.model,
-                messages=messages,
-                temperature=self.llm.temperature,
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": "subgoal_plan", "strict": True, "schema": RESPONSE_SCHEMA},
-                },
-            )
-        except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
-            raise LLMRequestError(f"{type(error).__name__}: {error}") from None
-        try:
-            return completion.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            raise InvalidReplyError("the reply has no choices[0].message.content") from None
+        schema = {"name": "subgoal_plan", "strict": True, "schema": RESPONSE_SCHEMA}
+        return self.endpoint.complete(messages, response_format={"type": "json_schema", "json_schema": schema})
 
     def plan(self, instruction: str, info: Mapping[str, Any], first_frame: np.ndarray | None = None) -> Plan:
         skills = self.task_skills.skills(info)
@@ -191,7 +157,7 @@ class LLMPlanner(Planner):
         try:
             texts = parse_reply(self.request(messages), self.llm)
             grounded = self.grounder.ground(texts, skills)
-        except (LLMRequestError, InvalidReplyError, GroundingError) as error:
+        except (ChatRequestError, InvalidReplyError, GroundingError) as error:
             reason = self.endpoint.scrub(" ".join(str(error).split()))[:300]
             warnings.warn(
                 f"LLM planner ({self.llm.model}): {reason.rstrip('.')}; using the offline plan", PlannerFallbackWarning,

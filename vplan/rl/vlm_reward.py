@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from vplan.chat import ChatEndpoint, ChatEndpointConfig
+from vplan.chat import ChatEndpoint, ChatEndpointConfig, ChatRequestError, image_part, short
 from vplan.errors import VplanWarning
-from vplan.planner.llm import _short, encode_png
 from vplan.rl.rollout import EpisodeRollout
 from vplan.utils.import_utils import require_package
 
@@ -79,7 +78,7 @@ class VLMRewardConfig(ChatEndpointConfig):
             fields = None
         if fields != {"subgoal"}:
             raise ValueError(f"question: expected a template whose only field is {{subgoal}}, got "
-                             f"{_short(self.question, 80)}")
+                             f"{short(self.question, 80)}")
 
 
 def parse_yes_no(content: Any) -> bool | None:
@@ -148,7 +147,7 @@ class VLMReward:
     def _warn(self, subgoal: str, what: str) -> None:
         what = self._scrub(" ".join(what.split()))
         warnings.warn(
-            f"VLM reward ({self.config.model}): {what[:300]}; no reward for the chunk {_short(subgoal, 60)}",
+            f"VLM reward ({self.config.model}): {what[:300]}; no reward for the chunk {short(subgoal, 60)}",
             VLMRewardWarning,
             stacklevel=3,
         )
@@ -162,8 +161,7 @@ class VLMReward:
     def messages(self, frames: np.ndarray, question: str) -> list[dict[str, Any]]:
         """The chat messages of one question: its text, then the frames as PNG data URLs."""
         content: list[dict[str, Any]] = [{"type": "text", "text": question}]
-        for frame in frames:
-            content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encode_png(frame)}"}})
+        content += [image_part(frame) for frame in frames]
         return [{"role": "user", "content": content}]
 
     def ask(self, frames: np.ndarray, subgoal: str) -> bool | None:
@@ -184,21 +182,14 @@ class VLMReward:
             return None
         self.requests_made += 1
         try:
-            completion = self.endpoint.client.chat.completions.create(
-                model=self.config.model, messages=self.messages(sent, question), temperature=self.config.temperature
-            )
-        except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
-            self._warn(subgoal, f"the request failed, with up to {self.config.max_retries} retries "
-                       f"({type(error).__name__}: {error})")
+            content = self.endpoint.complete(self.messages(sent, question))
+        except ChatRequestError as error:
+            self._warn(subgoal, f"the request failed, with up to {self.config.max_retries} retries ({error})")
             return None
-        try:
-            content = completion.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            content = None
         answer = parse_yes_no(content)
         if answer is None:
             shown = self._scrub(content) if isinstance(content, str) else content  # scrubbed before it is cut
-            self._warn(subgoal, f"the reply is not a clear yes or no: {_short(shown, 80)}")
+            self._warn(subgoal, f"the reply is not a clear yes or no: {short(shown, 80)}")
             return None
         self._cache[key] = answer
         return answer
