@@ -33,13 +33,12 @@ from vplan.planner import Plan
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
-from vplan.utils.files import write_json, write_mp4, write_text_atomic
+from vplan.utils.files import write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
-from vplan.utils.settings import check_ints, check_same_config, check_seed, settings_record
+from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, check_seed, write_config
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
-CONFIG_FILE = "config.yaml"
 SEPARATOR_PX = 2  # white columns between the imagined and the executed frame in the videos
 
 
@@ -363,7 +362,6 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run `cfg.episodes` episodes of the agent; write the run directory; print a summary table."""
     import torch
-    from omegaconf import OmegaConf
     from tqdm import tqdm
 
     from vplan.envs import make_env
@@ -386,7 +384,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         dist_unit = env.metadata.get("dist_unit", "m")
         out.mkdir(parents=True, exist_ok=True)
         writer = _episode_writer(cfg, env, out) if cfg.record else None  # refused before anything is rewritten
-        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(settings_record(cfg)))
+        write_config(out, cfg)
         metrics = summarize(cfg, results, env_id, started, dist_unit)
         write_json(out / METRICS_FILE, metrics)
         # a run killed between recording an episode and writing metrics.json recorded that episode already

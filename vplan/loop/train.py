@@ -28,8 +28,8 @@ from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
-from vplan.utils.files import folder_written_aside, write_text_atomic
-from vplan.utils.settings import check_same_config, settings_record
+from vplan.utils.files import folder_written_aside
+from vplan.utils.settings import CONFIG_FILE, check_same_config, write_config
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
@@ -79,7 +79,6 @@ class WorldModelTrainConfig:
             raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
 
 
-CONFIG_FILE = "config.yaml"  # in `out`: the settings the run was begun with
 # Settings a resumed run may change: how long it runs and how often it checkpoints and logs (the schedule is a
 # function of the step, so longer runs and cool-downs extend it); `init` is only read by a run's first step.
 RESUMABLE_CHANGES = ("out", "component.init", "component.optim.steps", "component.optim.cooldown_steps",
@@ -282,8 +281,6 @@ def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> tor
 
 def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
     """Write `<out>/config.yaml`; a resumed run must have the settings it recorded, but for RESUMABLE_CHANGES."""
-    from omegaconf import OmegaConf
-
     file = out / CONFIG_FILE
     if resuming and file.is_file():
         check_same_config(cfg, file, RESUMABLE_CHANGES, "vplan train")
@@ -291,7 +288,7 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(file, OmegaConf.to_yaml(settings_record(cfg)))
+    write_config(out, cfg)
 
 
 def train_component(cfg: TrainConfig) -> Path:

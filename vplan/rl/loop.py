@@ -53,7 +53,7 @@ from vplan.tasks import TaskConfig
 from vplan.utils.files import folder_written_aside, folders_aside, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_ints, check_same_config, check_seed, settings_record
+from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, check_seed, write_config
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -61,7 +61,6 @@ LORA_FILE = "lora.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 PREFERENCES_FILE = "plan_preferences.jsonl"
 ITERATIONS_FILE = "iterations.jsonl"
-CONFIG_FILE = "config.yaml"
 PLOT_FILE = "rewards.png"
 # Settings a resumed run may change: how long it runs and how it is evaluated, not what it explores or learns.
 RESUMABLE_CHANGES = ("iterations", "eval_episodes", "eval_seed", "threads")
@@ -435,7 +434,6 @@ def evaluate(run: RLRun, world_model: Any, chunk_offset: int, desc: str) -> dict
 @restores_torch_threads
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
     """Explore, score, finetune for `cfg.iterations`; then the before/after evaluation; see the module docstring."""
-    from omegaconf import OmegaConf
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -458,7 +456,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)
-        write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(settings_record(cfg)))
+        write_config(out, cfg)
         per_iteration = cfg.seeds_per_iteration * len(cfg.plan_offsets) * cfg.continuations
         bar = tqdm(total=cfg.iterations * per_iteration, initial=run.iteration * per_iteration, desc="rl explore",
                    unit="episode")

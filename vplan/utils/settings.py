@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
+CONFIG_FILE = "config.yaml"  # in a run directory: the settings the run was begun with
 MAX_SEED = 2**32 - 1  # numpy's global seed (RLBench's RNG) takes at most this; torch's and gymnasium's more
 
 
@@ -91,6 +92,16 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
         else:
             changed.append(name)
     return changed
+
+
+def write_config(out: Path, cfg: Any) -> None:
+    """`<out>/config.yaml`: the command's settings (secrets redacted), which `check_same_config` holds a resumed
+    run to."""
+    from omegaconf import OmegaConf
+
+    from vplan.utils.files import write_text_atomic
+
+    write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(settings_record(cfg)))
 
 
 def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], what: str) -> None:
