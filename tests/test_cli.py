@@ -72,6 +72,8 @@ def test_default_out_follows_the_task():
         (["collect", "env=moon"], "unknown env 'moon'; valid choices: " + ", ".join(_group_options("env"))),
         (["collect", "task=fly"], "unknown task 'fly'; valid choices: " + ", ".join(_group_options("task"))),
         (["collect", "episodes=abc"], "bad value for 'episodes'"),
+        (["collect", "episodes=3", 'out="x'], "cannot read 'out=\"x' (LexerNoViableAltException"),  # which one
+        (["collect", "seed=${nope}"], "seed: Interpolation key 'nope' not found"),
         (["collect", "episodes=0"], "episodes: expected a positive number, got 0"),
         (["collect", "env.image_size=3"], "image_size: expected"),
         (["collect", "stray"], "unexpected argument 'stray'"),

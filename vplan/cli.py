@@ -285,9 +285,16 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
     from hydra.errors import HydraException
     from omegaconf import open_dict
 
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except HydraException as error:
+        for override in overrides:  # name the one that does not parse
+            try:
+                parser.parse_overrides([override])
+            except HydraException as its_error:
+                raise UsageError(f"cannot read {override!r} ({_first_line(its_error)}); check its quotes and brackets, "
+                                 "e.g. 'out=\"my runs\"' for a value with spaces") from None
         raise UsageError(_first_line(error)) from None
     _register_schemas()
     GlobalHydra.instance().clear()
@@ -335,7 +342,8 @@ def build_config(cfg: Any) -> Any:
     try:
         return OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, TypeError, ValueError) as error:
-        raise UsageError(_first_line(error)) from None
+        key, message = getattr(error, "full_key", None), _first_line(error)
+        raise UsageError(f"{key}: {message}" if key and key not in message else message) from None
 
 
 def _field_help(cfg: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
