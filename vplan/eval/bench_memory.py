@@ -75,8 +75,8 @@ class BenchMemoryConfig:
             raise ValueError("memory: expected a memory to compare with none (memory=temp_lora or memory=anchor), "
                              "got memory=none")
         check_ints(self, ("episodes", "chunks", "threads"))
-        if not (math.isfinite(self.execution_s) and self.execution_s >= 0):
-            raise ValueError(f"execution_s: expected seconds >= 0, got {self.execution_s!r}")
+        if not (math.isfinite(self.execution_s) and 0 <= self.execution_s <= 60):  # a chunk of 8 steps
+            raise ValueError(f"execution_s: expected seconds from 0 to 60 per chunk, got {self.execution_s!r}")
         check_seed(self.seed)
 
 
