@@ -58,7 +58,7 @@ def test_bench_memory_config_checks(tmp_path, monkeypatch):
         BenchMemoryConfig(memory=MemoryConfig(kind="none"))
     with pytest.raises(ValueError, match="chunks: expected a positive int, got 0"):
         BenchMemoryConfig(chunks=0)
-    with pytest.raises(ValueError, match="execution_s: expected seconds from 0 to 60 per chunk, got 1e[+]?0*9"):
+    with pytest.raises(ValueError, match="execution_s: expected seconds from 0 to 60 per chunk, got 1000000000.0"):
         BenchMemoryConfig(execution_s=1e9)  # would sleep for decades
     from vplan.errors import UsageError
 
