@@ -31,7 +31,7 @@ from vplan.constants import (
 )
 from vplan.data import DatasetError, EpisodeDataset, EpisodeWriter
 from vplan.data import dataset as dataset_module
-from vplan.data.dataset import EPISODE_META
+from vplan.data.dataset import EPISODE_META, chunk_subgoal
 from vplan.data.lerobot_format import INFO_PATH, STAGING_DIR, encode_video
 
 FPS = 10
@@ -381,3 +381,16 @@ def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:
     assert ds.clips(4, stride=2) == [(1, 0)]
     with pytest.raises(IndexError):
         ds[7]
+
+
+def test_a_chunk_is_imagined_under_the_subgoal_of_the_action_leading_into_it() -> None:
+    from vplan.loop.finetune import walk_chunks
+
+    subgoals = ["pick"] * 3 + ["place"] * 5  # row t: the subgoal its action serves; "place" starts at frame 3
+    assert [chunk_subgoal(subgoals, start) for start in (1, 3, 4, 8)] == ["pick", "pick", "place", "place"]
+    with pytest.raises(ValueError, match="start: expected a chunk's first frame in 1..8, got 0"):
+        chunk_subgoal(subgoals, 0)
+    # finetune walks an episode as the agent does: chunks after the first frame, each under that subgoal; the
+    # chunk starting on "place"'s first frame was imagined while "pick" was followed
+    walked = walk_chunks(["pick"] * 4 + ["place"] * 5, 2, 3)
+    assert [(c.start, c.text) for c in walked] == [(1, "pick"), (4, "pick")]

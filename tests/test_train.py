@@ -119,13 +119,15 @@ def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
     from vplan.worldmodel.model import WorldModelConfig
 
     config = WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL), boundary_fraction=1.0)
-    texts = [["a"] * 5 + ["b"] * 6 + ["c"] * 5, ["d"] * 16]  # subgoal changes at frames 5 and 11 of episode 0
-    latents = [torch.zeros(len(t), 4, 8, 8) for t in texts]
+    texts = [["a"] * 5 + ["b"] * 6 + ["c"] * 5, ["d"] * 16]  # subgoals b and c start at frames 5 and 11
+    latents = [torch.arange(len(t), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 4, 8, 8) for t in texts]
     training = WorldModelTraining(config, latents, texts, vae=None)
-    assert training.boundaries == [(0, 5), (0, 11)]
+    assert training.boundaries == [(0, 6), (0, 12)]  # the chunks' first frames
     for step in range(20):
         batch = training.batch(torch.Generator().manual_seed(step), 4)
-        assert set(batch["texts"]) <= {"b", "c"}  # every chunk starts on a new subgoal, context before it
+        # as with the agent: the context ends on the subgoal's first frame, where its first action is taken
+        last_context = batch["context"][:, -1, 0, 0, 0].tolist()
+        assert [{5.0: "b", 11.0: "c"}[frame] for frame in last_context] == batch["texts"]
     config.boundary_fraction = 0.0
     seen = {t for step in range(20) for t in WorldModelTraining(config, latents, texts, vae=None).batch(
         torch.Generator().manual_seed(step), 4)["texts"]}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,16 @@ from vplan.data.lerobot_format import (
 from vplan.utils.files import file_written_aside
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
+
+
+def chunk_subgoal(subgoals: Sequence[str], start: int) -> str:
+    """The subgoal text a chunk whose first frame is `start` is imagined under: that of the action leading into
+    that frame (row start - 1; a row's subgoal is the one its action serves). So it is with the agent, which
+    imagines a subgoal's chunk from the frame its first action is taken from; the chunk's first frame, by
+    contrast, may be the last move of the subgoal before."""
+    if not 1 <= start <= len(subgoals):
+        raise ValueError(f"start: expected a chunk's first frame in 1..{len(subgoals)}, got {start}")
+    return subgoals[start - 1]
 
 
 class EpisodeDataset(torch.utils.data.Dataset):

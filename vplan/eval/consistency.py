@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
+from vplan.data.dataset import chunk_subgoal
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
@@ -231,7 +232,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                     f"{-(-(first + 1 - context_n) // chunk_n)}"
                 raise UsageError(f"seed {seed}: no revisit within the rollout's {frames_n} frames ({cfg.chunks} "
                                  f"chunks){need}")
-            texts = [scenario.subgoals[context_n + k * chunk_n] for k in range(cfg.chunks)]
+            texts = [chunk_subgoal(scenario.subgoals, context_n + k * chunk_n) for k in range(cfg.chunks)]
             start = model.encode(torch.from_numpy(np.ascontiguousarray(real[:context_n]))[None])
             observed = None
             if any(cfg.memory_config(mode).update_on == "observed" for mode in todo[seed]):

@@ -38,6 +38,7 @@ import torch
 from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
+from vplan.data.dataset import chunk_subgoal
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
 from vplan.utils.files import write_json, write_mp4
@@ -172,10 +173,10 @@ def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
 def open_loop(model: Any, frames: torch.Tensor, subgoals: list[str], actions: torch.Tensor, chunks: int,
               seed: int) -> torch.Tensor:
     """`chunks` chunks imagined in a row from the episode's first `context_frames` real frames, chunk i under the
-    subgoal of its first frame (and, for an action model, the executed actions leading into its frames): uint8
+    subgoal followed as it starts (`chunk_subgoal`; and, for an action model, the executed actions leading into its frames): uint8
     frames (chunks * chunk_frames, H, W, 3), to set against frames[context_frames:]."""
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
-    texts = [subgoals[context_n + i * chunk_n] for i in range(chunks)]
+    texts = [chunk_subgoal(subgoals, context_n + i * chunk_n) for i in range(chunks)]
     executed = actions[None, context_n - 1 : context_n - 1 + chunks * chunk_n]
     given = {"actions": executed} if model.config.uses_actions else {}
     latents = model.encode(frames[None, :context_n])
@@ -322,7 +323,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
     for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
         real = frames[start : start + chunk_n]
         context = latents[None, start - context_n : start]
-        true_text = subgoals[start]
+        true_text = chunk_subgoal(subgoals, start)
         other = [t for t in texts_in_episode if t != true_text]
         seed = cfg.seed * 1000 + start
         # the executed actions that lead into the chunk's frames (row t is taken at frame t)

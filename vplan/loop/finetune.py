@@ -48,6 +48,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from vplan.data.dataset import chunk_subgoal
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
@@ -61,7 +62,7 @@ FINAL = "final"
 INNER = "inner"
 SETTINGS = "settings.json"
 INNER_FORMAT = "vplan-finetune-inner"
-INNER_FORMAT_VERSION = "1"
+INNER_FORMAT_VERSION = "2"  # 2: a chunk's text is the subgoal followed as it starts (`chunk_subgoal`)
 RESUMABLE_OPTIM = ("steps", "cooldown_steps", "save_every", "log_every")  # with one round, a resume may change
 LATENTS_KEY = "latents"
 
@@ -142,7 +143,7 @@ def walk_chunks(texts: list[str], context_frames: int, chunk_frames: int) -> lis
     chunks = []
     start = 1
     while start + chunk_frames <= len(texts):
-        chunks.append(Chunk(start, min(context_frames, start), chunk_frames, texts[start]))
+        chunks.append(Chunk(start, min(context_frames, start), chunk_frames, chunk_subgoal(texts, start)))
         start += chunk_frames
     return chunks
 

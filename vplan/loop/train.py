@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
+from vplan.data.dataset import chunk_subgoal
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.errors import UsageError
 from vplan.loop.checkpoint import list_checkpoints
@@ -189,18 +190,20 @@ class WorldModelTraining:
         self.starts = [(e, s) for e, ep in enumerate(latents) for s in range(len(ep) - span + 1)]
         if not self.starts:
             raise UsageError(f"no episode is long enough for a {span}-frame clip")
-        # (episode, first frame of a subgoal) with room for a full context before it and a chunk after it
+        # (episode, first frame of a chunk imagined under a new subgoal) with room for a full context before it and
+        # the chunk: the frame after the subgoal's first, the frame its first action is taken from, which ends
+        # the context (as with the agent, which imagines a subgoal's chunk from there)
         self.boundaries = [
-            (e, f)
+            (e, f + 1)
             for e, ep in enumerate(texts)
-            for f in range(model_config.context_frames, len(ep) - model_config.chunk_frames + 1)
+            for f in range(max(1, model_config.context_frames - 1), len(ep) - model_config.chunk_frames)
             if ep[f] != ep[f - 1]
         ]
         if self.boundary_fraction > 0 and not self.boundaries:
             raise UsageError("boundary_fraction > 0, but no episode has a subgoal change with room for a clip around it")
 
     def _pick(self, generator: torch.Generator, context: int) -> tuple[int, int]:
-        """(episode, clip start): a clip whose chunk starts at a subgoal boundary, or any clip."""
+        """(episode, clip start): a clip whose context ends on a subgoal's first frame, or any clip."""
         if self.boundary_fraction > 0 and float(torch.rand((), generator=generator)) < self.boundary_fraction:
             episode, first = self.boundaries[int(torch.randint(len(self.boundaries), (), generator=generator))]
             return episode, first - context
@@ -212,7 +215,7 @@ class WorldModelTraining:
         for _ in range(batch_size):
             episode, start = self._pick(generator, context)
             clips.append(self.latents[episode][start : start + context + self.config.chunk_frames])
-            texts.append(self.texts[episode][start + context])
+            texts.append(chunk_subgoal(self.texts[episode], start + context))
             if self.actions is not None:  # the actions taken at the frames before each chunk frame
                 first = start + context - 1
                 actions.append(self.actions[episode][first : first + self.config.chunk_frames])
