@@ -247,6 +247,9 @@ def test_drift_past_the_threshold_replans_from_the_real_frames(world_model, idm)
     assert second is not first and second.index == 1 and second.replanned_from == "drift" and second.replans == 1
     assert second.executed == 1 and agent.replans == {"drift": 1, "stall": 0}
     assert agent.events[-1]["event"] == "replan (drift)"
+    with torch.no_grad():  # imagined from the real frames: the first one and the one that drifted away
+        real = world_model.encode(torch.from_numpy(np.stack([frame, away]))[None])
+    assert torch.allclose(second.context, real[:, -world_model.config.context_frames :], atol=1e-5)
     # one replan per chunk: the replacement runs to its end however far it drifts
     for _ in range(CHUNK - 1):
         agent.act(fake_obs(255 - agent.expected_frame))

@@ -102,6 +102,17 @@ def test_loss_is_finite_and_trains(unet: UNet3D, batch: dict, objective: str, sa
     unet.zero_grad()
 
 
+def test_text_dropout_trains_on_the_null_text(unet: UNet3D, batch: dict) -> None:
+    """What classifier-free guidance needs: some samples see the empty text's states instead of their own."""
+    always = DiffusionConfig(text_dropout=1.0 - 1e-9)
+    with torch.no_grad():
+        dropped, logs = masked_diffusion_loss(unet, **batch, config=always, null_states=null_states(), generator=seeded())
+        as_null = masked_diffusion_loss(unet, **{**batch, "text_states": null_states().expand(BATCH, -1, -1)},
+                                        config=DiffusionConfig(text_dropout=0.0), generator=seeded())[0]
+        kept = masked_diffusion_loss(unet, **batch, config=DiffusionConfig(text_dropout=0.0), generator=seeded())[0]
+    assert logs["text_dropped"] == 1.0 and dropped == as_null and dropped != kept
+
+
 def test_context_frames_carry_no_loss_but_condition(unet: UNet3D, batch: dict) -> None:
     config = DiffusionConfig(text_dropout=0.0)
     loss, _ = masked_diffusion_loss(unet, **batch, config=config, generator=seeded())
@@ -175,6 +186,31 @@ def test_every_sampler_lands_on_the_clean_chunk_a_perfect_model_predicts(batch, 
     sample = sample_chunk(PerfectPredictor(x0, config), batch["context_latents"], batch["text_states"],
                           batch["text_mask"], CHUNK, config, generator=seeded())
     torch.testing.assert_close(sample, x0, atol=1e-4, rtol=0)
+
+
+class GuidedPredictor(torch.nn.Module):
+    """A perfect predictor of `conditional` for the text rows of a guided batch and of `null` for its null-text
+    rows (the second half): classifier-free guidance must land on null + scale * (conditional - null)."""
+
+    def __init__(self, conditional: torch.Tensor, null: torch.Tensor, config: DiffusionConfig) -> None:
+        super().__init__()
+        self.conditional, self.null = PerfectPredictor(conditional, config), PerfectPredictor(null, config)
+
+    def predict(self, latents, timesteps, states, frame_inputs=None) -> torch.Tensor:
+        half = latents.shape[0] // 2
+        assert torch.equal(states[half:], null_states().expand(half, -1, -1))  # the null rows come second
+        return torch.cat([self.conditional.predict(latents[:half], timesteps[:half], states[:half]),
+                          self.null.predict(latents[half:], timesteps[half:], states[half:])])
+
+
+@pytest.mark.parametrize(("objective", "sampler"), SAMPLER_CASES)
+def test_guidance_moves_from_the_null_prediction_past_the_conditional_one(batch, objective, sampler) -> None:
+    config = DiffusionConfig(objective=objective, sampler=sampler, num_inference_steps=5, guidance_scale=2.5)
+    conditional = batch["target_latents"]
+    null = torch.randn(conditional.shape, generator=seeded(9))
+    sample = sample_chunk(GuidedPredictor(conditional, null, config), batch["context_latents"], batch["text_states"],
+                          batch["text_mask"], CHUNK, config, null_states=null_states(), generator=seeded())
+    torch.testing.assert_close(sample, null + 2.5 * (conditional - null), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])

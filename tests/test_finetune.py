@@ -146,6 +146,15 @@ def test_outer_loop_changes_only_the_slow_weights(setup, finetuned, tmp_path):
         assert all(not t.requires_grad and t.grad is None for t in item["lora"].values())
     model.zero_grad(set_to_none=True)
 
+    # each sample is scored with its chunk's Temp-LoRA state merged in: not the base weights
+    context, target, text = episodes[0].triple(1)
+    item = {"context": context, "target": target, "text": text, "lora": episodes[0].lora_state(1)}
+    assert any(t.abs().sum() > 0 for name, t in item["lora"].items() if "lora_B" in name)  # after an update
+    base = {**item, "lora": {name: torch.zeros_like(t) if "lora_B" in name else t for name, t in item["lora"].items()}}
+    with torch.no_grad():
+        losses = [training.loss({"items": [it]}, torch.Generator().manual_seed(1))[0] for it in (item, base, item)]
+    assert losses[0] == losses[2] and losses[0] != losses[1]
+
     train(training, replace(OPTIM, steps=2), tmp_path / "outer", "outer")
     after = model.state_dict()
     assert not any(k.startswith("unet.") and "lora" in k for k in after)
