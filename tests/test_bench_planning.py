@@ -94,3 +94,15 @@ def test_generation_psnr_pools_the_executed_steps():
     off = np.full((4, 4, 3), 255, np.uint8)
     # the first frame (the real one on both sides) does not count; one of two steps fully wrong: MSE 255²/2
     assert generation_psnr([off, frame, frame], [frame, frame, off]) == pytest.approx(10 * np.log10(2))
+
+
+def test_a_rows_summary_averages_its_episodes():
+    episodes = [
+        {"dist": 0.02, "success": True, "psnr": 20.0, "wall_s": 3.0, "steps": 100, "progress": 1.0},
+        {"dist": 0.06, "success": False, "psnr": 16.0, "wall_s": 5.0, "steps": 200, "progress": 0.5},
+        {"dist": None, "success": False, "psnr": None, "wall_s": 4.0, "steps": 150},  # no Dist, PSNR or progress
+    ]
+    summary = summarize(episodes)
+    assert summary == pytest.approx({"episodes": 3, "dist_mean": 0.04, "dist_std": 0.02, "success_rate": 1 / 3,
+                                     "psnr": 18.0, "wall_s": 4.0, "steps": 150.0, "progress": 0.75})
+    assert summarize([])["dist_mean"] is None and summarize([])["success_rate"] is None

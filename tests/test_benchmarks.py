@@ -43,9 +43,20 @@ def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
     assert {"cpu_count", "torch", "omp_wait_policy"} <= set(written["machine"])
 
 
-def test_bench_worldmodel_times_every_sampler(capsys, tmp_path):
+def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
     import torch
 
+    from vplan.worldmodel import model as model_module
+
+    used = []  # (sampler, steps) of every chunk sampled
+    sample_chunk = model_module.sample_chunk
+
+    def spied(*args, **kwargs):
+        config = args[5]
+        used.append((config.sampler, config.num_inference_steps))
+        return sample_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "sample_chunk", spied)
     model = tiny_world_model()
     torch.set_num_threads(2)
     rows = bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2", "flow_euler:2"], repeats=1, threads=1,
@@ -53,6 +64,8 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["results"]["rows"] == rows and written["results"]["peak_rss_mb"] > 0
     assert [row["sampler"] for row in rows] == ["ddim:2", "flow_euler:2"]
+    assert used[0] == ("dpmsolver++", 2) and set(used[1:]) == {("ddim", 2), ("flow_euler", 2)}  # warm-up, then each row's
+    assert used.index(("flow_euler", 2)) > max(i for i, u in enumerate(used) if u == ("ddim", 2))  # in order
     assert all(row["generate_and_decode_s"] > 0 and row["generate_s"] > 0 for row in rows)  # timed separately: no order
     assert "peak RSS" in capsys.readouterr().out
     assert torch.get_num_threads() == 2  # threads=1 held while it ran; the caller's count is back

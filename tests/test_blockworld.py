@@ -401,7 +401,7 @@ def test_bench_env_runs_on_blockworld(capsys):
     ],
 )
 def test_bad_config_raises_naming_the_value(field, value):
-    with pytest.raises(ValueError, match=re.escape(repr(value))):
+    with pytest.raises(ValueError, match=f"^{field}: expected .*got {re.escape(repr(value))}$"):
         BlockworldConfig(**{field: value})
 
 

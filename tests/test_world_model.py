@@ -149,11 +149,20 @@ def test_attention_in_pieces_computes_what_one_call_does() -> None:
     whole = tiny_model()
     whole.unet.set_attn_processor(AttnProcessor2_0())
     chunked.unet.set_attn_processor(ChunkedAttnProcessor(max_batch=3))
+    sizes: dict[str, list[int]] = {"whole": [], "chunked": []}  # the sequences each processor call got
+    original = AttnProcessor2_0.__call__
     results = []
-    for world_model in (whole, chunked):
-        loss, _ = world_model(latents(2, 3), latents(2, 4, seed=2), ["go", "stop"], generator=seeded())
+    for name, world_model in (("whole", whole), ("chunked", chunked)):
+        def counted(self, attn, hidden_states, *args, _name=name, **kwargs):
+            sizes[_name].append(hidden_states.shape[0])
+            return original(self, attn, hidden_states, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(AttnProcessor2_0, "__call__", counted)
+            loss, _ = world_model(latents(2, 3), latents(2, 4, seed=2), ["go", "stop"], generator=seeded())
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in world_model.unet.parameters() if p.grad is not None]))
+    assert max(sizes["chunked"]) <= 3 < max(sizes["whole"]) and len(sizes["chunked"]) > len(sizes["whole"])
     (loss_whole, grads_whole), (loss_chunked, grads_chunked) = results
     torch.testing.assert_close(loss_chunked, loss_whole)
     assert len(grads_chunked) == len(grads_whole) > 0
