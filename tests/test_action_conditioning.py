@@ -108,7 +108,14 @@ def test_unknown_steps_are_null_tokens_and_guidance_drops_actions():
     assert torch.equal(encoder(actions[:, :1]), encoder(torch.cat([actions[:, :1], actions[:, :1]], 1), (torch.arange(CHUNK) < 1).expand(2, -1)))
     # guided sampling runs (null = empty text beside all-null action tokens) and differs from unguided
     context = randn(2, 2, 4, LATENT, LATENT)
+    seen = []  # the condition states of every UNet call
+    predict = model.unet.predict
+    model.unet.predict = lambda sequence, t, states, *rest: (seen.append(states), predict(sequence, t, states, *rest))[1]
     guided = model.generate(context, ["a", "b"], generator=seeded(5), actions=actions)
+    del model.unet.predict
+    null_rows = seen[0][2:]  # the second half of the guided batch: empty text beside all-null action tokens
+    assert torch.equal(null_rows[:, -CHUNK:], encoder.null(2).to(null_rows.dtype))
+    assert not torch.equal(seen[0][:2, -CHUNK:], null_rows[:, -CHUNK:])  # the conditional rows hold the actions
     model.config.diffusion.guidance_scale = 1.0
     plain = model.generate(context, ["a", "b"], generator=seeded(5), actions=actions)
     assert not torch.allclose(guided, plain)
