@@ -110,7 +110,8 @@ def test_unknown_steps_are_null_tokens_and_guidance_drops_actions():
     context = randn(2, 2, 4, LATENT, LATENT)
     seen = []  # the condition states of every UNet call
     predict = model.unet.predict
-    model.unet.predict = lambda sequence, t, states, *rest: (seen.append(states), predict(sequence, t, states, *rest))[1]
+    model.unet.predict = lambda sequence, t, states, *rest: (seen.append(states),
+                                                            predict(sequence, t, states, *rest))[1]
     guided = model.generate(context, ["a", "b"], generator=seeded(5), actions=actions)
     del model.unet.predict
     null_rows = seen[0][2:]  # the second half of the guided batch: empty text beside all-null action tokens

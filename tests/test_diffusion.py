@@ -106,7 +106,8 @@ def test_text_dropout_trains_on_the_null_text(unet: UNet3D, batch: dict) -> None
     """What classifier-free guidance needs: some samples see the empty text's states instead of their own."""
     always = DiffusionConfig(text_dropout=1.0 - 1e-9)
     with torch.no_grad():
-        dropped, logs = masked_diffusion_loss(unet, **batch, config=always, null_states=null_states(), generator=seeded())
+        dropped, logs = masked_diffusion_loss(unet, **batch, config=always, null_states=null_states(),
+                                              generator=seeded())
         as_null = masked_diffusion_loss(unet, **{**batch, "text_states": null_states().expand(BATCH, -1, -1)},
                                         config=DiffusionConfig(text_dropout=0.0), generator=seeded())[0]
         kept = masked_diffusion_loss(unet, **batch, config=DiffusionConfig(text_dropout=0.0), generator=seeded())[0]

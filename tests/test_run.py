@@ -108,8 +108,11 @@ def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
 def test_agent_seed_offsets_the_sampling_seed_of_every_episode(checkpoints, tmp_path, monkeypatch):
     seeds = []
     reset = VideoPlanningAgent.reset
-    monkeypatch.setattr(VideoPlanningAgent, "reset", lambda self, *a, seed=None, **k: (seeds.append(seed),
-                                                                                        reset(self, *a, seed=seed, **k))[1])
+    def recorded(self, *args, seed=None, **kwargs):
+        seeds.append(seed)
+        return reset(self, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(VideoPlanningAgent, "reset", recorded)
     for agent_seed in (0, 7):
         main(run_args(checkpoints, tmp_path / str(agent_seed), "episodes=2", "memory=none", "video=false",
                       f"agent.seed={agent_seed}"))

@@ -495,7 +495,8 @@ class VideoPlanningAgent:
         replan = previous_chunk.cut if previous_chunk is not None else None
         self._wait_memory()
         start = time.perf_counter()
-        context = self.memory.condition(self._history)[:, -self.world_model.config.context_frames :]  # anchor: its own
+        # what the memory conditions the chunk on (the anchor memory: the episode's first frame, then the last)
+        context = self.memory.condition(self._history)[:, -self.world_model.config.context_frames :]
         latents = self.world_model.generate(context, [subgoal.text], generator=self._generator)
         if self.memory.config.update_on == "imagined":
             # learns on the worker while this chunk is decoded, read and executed; the next generation waits

@@ -211,10 +211,10 @@ def run_episode(
     agent_seed: int | None = None, on_chunk: Callable[[int, str], None] | None = None, plan: Plan | None = None,
 ) -> dict[str, Any]:
     """One episode of `agent` in `env` from the env state of `seed` (the agent's sampling seeded with its
-    `config.seed` plus `agent_seed`, by default plus `seed`; following `plan` where one is given, see `VideoPlanningAgent.reset`): its result, timings,
-    the imagined and executed frames, the agent's chunks (each with what was executed while following it) and the
-    final info (and, given a recorder, every step in the dataset format). `on_chunk(n, text)` is told when the agent
-    starts following its n-th chunk, for progress display."""
+    `config.seed` plus `agent_seed`, by default plus `seed`; following `plan` where one is given, see
+    `VideoPlanningAgent.reset`): its result, timings, the imagined and executed frames, the agent's chunks (each
+    with what was executed while following it) and the final info (and, given a recorder, every step in the dataset
+    format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display."""
     check_agent_fits_env(agent, env)
     start, cpu = time.perf_counter(), _cpu_s()
     obs, info = env.reset(seed=seed)

@@ -11,9 +11,10 @@ world-model/memory combinations, side by side.
 
 Every row runs `vplan run`'s episode loop (same planner, IDM, agent settings and seeds) and reports the env's
 Dist (mean over episodes), the success rate, and the generation PSNR: how closely the frames the agent imagined
-match the frames it then observed, pooled over an episode's executed steps and averaged over the episodes. `<out>/results.json` is rewritten after
-every episode and a rerun with the same settings continues where an interrupted one stopped (the rows on the
-slow-learned model run first, so they can run while `vplan finetune` makes the other); when all rows are done, `table.md` and `dist.png` (a bar plot of Dist) are written next to it.
+match the frames it then observed, pooled over an episode's executed steps and averaged over the episodes.
+`<out>/results.json` is rewritten after every episode and a rerun with the same settings continues where an
+interrupted one stopped (the rows on the slow-learned model run first, so they can run while `vplan finetune`
+makes the other); when all rows are done, `table.md` and `dist.png` (a bar plot of Dist) are written next to it.
 """
 
 from __future__ import annotations

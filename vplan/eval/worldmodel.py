@@ -173,8 +173,8 @@ def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
 def open_loop(model: Any, frames: torch.Tensor, subgoals: list[str], actions: torch.Tensor, chunks: int,
               seed: int) -> torch.Tensor:
     """`chunks` chunks imagined in a row from the episode's first `context_frames` real frames, chunk i under the
-    subgoal followed as it starts (`chunk_subgoal`; and, for an action model, the executed actions leading into its frames): uint8
-    frames (chunks * chunk_frames, H, W, 3), to set against frames[context_frames:]."""
+    subgoal followed as it starts (`chunk_subgoal`; and, for an action model, the executed actions leading into its
+    frames): uint8 frames (chunks * chunk_frames, H, W, 3), to set against frames[context_frames:]."""
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
     texts = [chunk_subgoal(subgoals, context_n + i * chunk_n) for i in range(chunks)]
     executed = actions[None, context_n - 1 : context_n - 1 + chunks * chunk_n]

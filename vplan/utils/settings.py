@@ -114,7 +114,8 @@ def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], 
 
     saved = OmegaConf.to_container(OmegaConf.load(config_file))
     top = tuple(name for name in may_change if "." not in name)
-    changed = [name for name in changed_settings(saved, settings_record(cfg), cfg, ignore=top) if name not in may_change]
+    changed = [name for name in changed_settings(saved, settings_record(cfg), cfg, ignore=top)
+               if name not in may_change]
     if changed:
         raise UsageError(f"{what}: {config_file.parent} ran with other settings of {', '.join(changed)} (see its "
                          f"{config_file.name}); pass the same ones, or choose another out=DIR")
