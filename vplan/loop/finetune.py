@@ -48,8 +48,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vplan.data.dataset import chunk_subgoal
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
+from vplan.data.dataset import chunk_subgoal
 from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train

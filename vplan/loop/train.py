@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from vplan.data.dataset import chunk_subgoal
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
+from vplan.data.dataset import chunk_subgoal
 from vplan.errors import UsageError
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
@@ -190,9 +190,9 @@ class WorldModelTraining:
         self.starts = [(e, s) for e, ep in enumerate(latents) for s in range(len(ep) - span + 1)]
         if not self.starts:
             raise UsageError(f"no episode is long enough for a {span}-frame clip")
-        # (episode, first frame of a chunk imagined under a new subgoal) with room for a full context before it and
-        # the chunk: the frame after the subgoal's first, the frame its first action is taken from, which ends
-        # the context (as with the agent, which imagines a subgoal's chunk from there)
+        # (episode, k) where frame k - 1 is a subgoal's first, the frame its first action is taken from: a boundary
+        # clip's context ends there and its chunk starts at k, as when the agent starts imagining a subgoal (with
+        # room for a full context and a chunk)
         self.boundaries = [
             (e, f + 1)
             for e, ep in enumerate(texts)
