@@ -151,6 +151,10 @@ def test_labels_are_the_applied_actions_unless_asked(tiny_dataset: Path) -> None
     older = SimpleNamespace(root=tiny_dataset, info={"features": {"action": {}}})  # collected before action.applied
     with pytest.raises(UsageError, match="component.label=commanded"):
         load_episodes(older, [0], config, None, set())
+    foreign = SimpleNamespace(root=tiny_dataset, info={"features": {}})  # no actions at all: nothing else to try
+    with pytest.raises(UsageError, match="has no 'action' feature, so nothing to learn actions from") as error:
+        load_episodes(foreign, [0], config, None, set(), label="commanded")
+    assert "component.label" not in str(error.value)
     with pytest.raises(ValueError, match="label: expected one of"):
         IDMTrainConfig(label="intended")
 

@@ -159,6 +159,9 @@ def load_episodes(
     from vplan.worldmodel.vae import decode_latents
 
     key = LABELS[label]
+    if key not in dataset.info["features"] and label == "commanded":
+        raise UsageError(f"{dataset.root} has no {key!r} feature, so nothing to learn actions from; collect a "
+                         "dataset with `vplan collect`")
     if key not in dataset.info["features"]:
         raise UsageError(
             f"{dataset.root} has no {key!r} feature (collected before the env reported the applied action, or "
