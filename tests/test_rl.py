@@ -194,11 +194,21 @@ def rl_args(checkpoints, out, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("objective", ["rwr", "dpo"])
-def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoints, tmp_path, capsys, objective):
+def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoints, tmp_path, capsys, objective,
+                                                                       monkeypatch):
     from safetensors.torch import load_file
 
+    from vplan.rl import objectives
+
+    made, used = [], []  # RWR: the iteration's sample weights, and those each step's loss was weighted by
+    weights_of, loss_of = objectives.rwr_weights, objectives.rwr_loss
+    monkeypatch.setattr(objectives, "rwr_weights", lambda *a: made.append(weights_of(*a)) or made[-1])
+    monkeypatch.setattr(objectives, "rwr_loss", lambda losses, w: used.append(w) or loss_of(losses, w))
     out = tmp_path / "rl"
     main(rl_args(checkpoints, out, "iterations=1", "eval_episodes=1", f"objective={objective}"))
+    if objective == "rwr":  # each step's samples weighted by their advantages' weights
+        assert len(made) == 1 and len(used) == 2
+        assert all(set(w.tolist()) <= set(made[0].tolist()) and len(w) == min(len(made[0]), 2) for w in used)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["before"]) >= {"success_rate", "dist_mean", "episodes"} and metrics["objective"] == objective
     assert metrics["before"]["episodes"][0]["seed"] == metrics["after"]["episodes"][0]["seed"] == 10000
