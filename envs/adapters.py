@@ -19,12 +19,6 @@ class SimulatorNotInstalledError(MissingExtraError, UsageError):
     """
 
 
-def first_line(error: BaseException) -> str:
-    """`Type: first line of the message`, to quote an underlying error inside a one-line message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     """A (H, W, 3) uint8 image as (size, size, 3) uint8: box-filtered when shrinking, bilinear when growing."""
     image = np.asarray(image)

@@ -26,9 +26,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from vplan.envs.adapters import SimulatorNotInstalledError, first_line, resize_rgb
+from vplan.envs.adapters import SimulatorNotInstalledError, resize_rgb
 from vplan.envs.discrete_moves import JUMPS, WALK, YAW_DELTA, Move, move_space, to_move
 from vplan.envs.settings import LastFrameRender, env_settings
+from vplan.errors import first_line
 from vplan.utils.import_utils import is_package_available
 
 MINERL_ENV_IDS = (  # MineRL 0.4.4's navigate envs (minerl/herobraine/envs.py)
@@ -99,7 +100,7 @@ def _import_minerl() -> SimpleNamespace:
         from shimmy.openai_gym_compatibility import GymV21CompatibilityV0
     except Exception as error:
         raise SimulatorNotInstalledError(
-            f"env=minerl: MineRL is installed but does not import ({first_line(error)}): " + MINERL_INSTALL
+            f"env=minerl: MineRL is installed but does not import ({first_line(error, with_type=True)}): " + MINERL_INSTALL
         ) from error
     version = tuple(int(part) for part in re.findall(r"\d+", old_gym.__version__)[:2])
     if version >= MAX_GYM_VERSION:

@@ -29,9 +29,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from vplan.envs.adapters import SimulatorNotInstalledError, first_line, resize_rgb
+from vplan.envs.adapters import SimulatorNotInstalledError, resize_rgb
 from vplan.envs.tabletop_v0 import TASKS, WORKSPACE_HIGH, WORKSPACE_LOW, check_return_cubes_settings, spot_names
 from vplan.envs.settings import LastFrameRender, env_settings
+from vplan.errors import first_line
 from vplan.utils.import_utils import is_package_available
 
 ARM_ACTION_MODES = ("ik", "planning")
@@ -117,7 +118,7 @@ def _import_rlbench() -> SimpleNamespace:
         from vplan.envs.rlbench_return_cubes import MISC_KEY, ReturnCubes, quaternion_matrix
     except Exception as error:  # pyrep's cffi module raises ImportError or OSError without CoppeliaSim's libraries
         raise SimulatorNotInstalledError(
-            f"env=rlbench: RLBench is installed but does not import ({first_line(error)}): " + RLBENCH_INSTALL
+            f"env=rlbench: RLBench is installed but does not import ({first_line(error, with_type=True)}): " + RLBENCH_INSTALL
         ) from error
     return SimpleNamespace(
         CameraConfig=CameraConfig,

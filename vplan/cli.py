@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, NoReturn
 
-from vplan.errors import RunError, UsageError, VplanWarning
+from vplan.errors import RunError, UsageError, VplanWarning, first_line
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
@@ -199,10 +199,6 @@ def _find_command(args: list[str]) -> tuple[Command, list[str]]:
     raise UsageError(f"unknown command {' '.join(words)!r}; valid commands: {valid}")
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 def _register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -259,7 +255,7 @@ def _misplaced_group_message(error: Exception, groups: Any, group_overrides: lis
             chosen = [o for o in group_overrides if o.split("=")[0] == parent]
             return (f"{key} applies only with {parent}={groups[parent]}, not with "
                     f"{chosen[0] if chosen else 'this ' + parent}")
-    return _first_line(error)
+    return first_line(error)
 
 
 def _env_default_task(parsed: list[Any], groups: Any) -> str | None:
@@ -293,9 +289,9 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             try:
                 parser.parse_overrides([override])
             except HydraException as its_error:
-                raise UsageError(f"cannot read {override!r} ({_first_line(its_error)}); check its quotes and brackets, "
+                raise UsageError(f"cannot read {override!r} ({first_line(its_error)}); check its quotes and brackets, "
                                  "e.g. 'out=\"my runs\"' for a value with spaces") from None
-        raise UsageError(_first_line(error)) from None
+        raise UsageError(first_line(error)) from None
     _register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
@@ -326,7 +322,7 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
         except HydraException as error:
             cause = error.__cause__
             key = getattr(cause, "full_key", None)
-            message = _first_line(cause or error)
+            message = first_line(cause or error)
             raise UsageError(f"bad value for {key!r}: {message}" if key else message) from None
     choices = {g: v for g, v in cfg.hydra.runtime.choices.items() if not g.startswith("hydra")}
     with open_dict(cfg):
@@ -342,7 +338,7 @@ def build_config(cfg: Any) -> Any:
     try:
         return OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, TypeError, ValueError) as error:
-        key, message = getattr(error, "full_key", None), _first_line(error)
+        key, message = getattr(error, "full_key", None), first_line(error)
         raise UsageError(f"{key}: {message}" if key and key not in message else message) from None
 
 

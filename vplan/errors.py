@@ -2,6 +2,15 @@
 the user may want to change: the CLI prints them as one line too."""
 
 
+def first_line(error: BaseException, with_type: bool = False) -> str:
+    """The first line of an error's message (its type's name if it has none), to say it in one line; with
+    `with_type`, `Type: first line`, to quote an underlying error inside a message of our own."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]
+
+
 class UsageError(Exception):
     """Bad input from the user (a key, a value, a path); the message says what is valid."""
 

@@ -24,7 +24,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import UsageError
+from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
@@ -244,8 +244,7 @@ def _load_vae(path: str) -> Any:
     try:
         return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval()
     except (OSError, ValueError) as error:  # another checkpoint's folder, a broken config.json
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote ({reason}); "
+        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote ({first_line(error)}); "
                          f"{hint}") from None
 
 
