@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from vplan.cli import COMMANDS, _group_options, build_config, compose_config, main
+from vplan.cli import COMMANDS, build_config, compose_config, main
+from vplan.configs import preset_names
 from vplan.data.collect import CollectConfig
 from vplan.envs.tabletop_v0 import TabletopConfig
 
@@ -69,8 +70,8 @@ def test_default_out_follows_the_task():
         (["bench", "nothing"], "unknown command 'bench nothing'"),
         (["collect", "episodez=3"], "unknown key 'episodez'; valid keys:"),
         (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),
-        (["collect", "env=moon"], "unknown env 'moon'; valid choices: " + ", ".join(_group_options("env"))),
-        (["collect", "task=fly"], "unknown task 'fly'; valid choices: " + ", ".join(_group_options("task"))),
+        (["collect", "env=moon"], "unknown env 'moon'; valid choices: " + ", ".join(preset_names("env"))),
+        (["collect", "task=fly"], "unknown task 'fly'; valid choices: " + ", ".join(preset_names("task"))),
         (["collect", "episodes=abc"], "bad value for 'episodes'"),
         (["collect", "episodes=3", 'out="x'], "cannot read 'out=\"x' (LexerNoViableAltException"),  # which one
         (["collect", "seed=${nope}"], "seed: Interpolation key 'nope' not found"),

@@ -83,7 +83,7 @@ def test_objective_and_sampler_must_match() -> None:
 def test_unet_config_validates() -> None:
     with pytest.raises(ValueError, match="norm_num_groups"):
         UNetConfig(block_out_channels=(8, 12), norm_num_groups=8)
-    with pytest.raises(ValueError, match="expected a model preset"):
+    with pytest.raises(ValueError, match="model: expected a preset in"):
         UNetConfig.preset("huge")
     assert UNetConfig(block_out_channels=[8, 16], norm_num_groups=4, attention_head_dim=2).down_block_types == (
         "CrossAttnDownBlock3D",

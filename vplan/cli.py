@@ -12,9 +12,9 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Callable, NoReturn
 
+from vplan.configs import preset_names
 from vplan.errors import RunError, UsageError, VplanWarning, first_line
 from vplan.utils.openmp import choose_wait_policy
 
@@ -208,11 +208,6 @@ def _register_schemas() -> None:
         store.store(group=group, name=name, node=getattr(importlib.import_module(module_name), class_name))
 
 
-def _group_options(group: str) -> list[str]:
-    folder = resources.files("vplan.configs") / group.split("@")[0]  # "model@component.model" -> configs/model
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
 def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
     from omegaconf import DictConfig
 
@@ -304,7 +299,7 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
         for override in parsed:
             key = override.key_or_group + (f"@{override.package}" if override.package else "")
             if key in groups and not key.startswith("hydra"):
-                options = _group_options(key)
+                options = preset_names(key)
                 if override.value() not in options:
                     raise UsageError(f"unknown {key} {override.value()!r}; valid choices: {', '.join(options)}")
                 group_overrides.append(override.input_line)
@@ -386,7 +381,7 @@ def _print_command_help(command: Command, overrides: list[str]) -> None:
     cfg, choices = compose_config(command, overrides)
     print(f"usage: vplan {command.name} [key=value ...]\n\n{command.summary}\n")
     for group, chosen in choices.items():
-        print(f"{group}: {chosen}  (choices: {', '.join(_group_options(group))})")
+        print(f"{group}: {chosen}  (choices: {', '.join(preset_names(group))})")
     print("\nconfig (with these overrides; each setting's meaning above it):")
     print(_commented_yaml(cfg))
 

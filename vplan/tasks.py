@@ -24,15 +24,9 @@ class TaskConfig:
     @classmethod
     def preset(cls, name: str) -> TaskConfig:
         """The task preset configs/task/<name>.yaml (`return_cubes`, ...) as a TaskConfig."""
-        from importlib import resources
+        from vplan.configs import load_preset
 
-        from omegaconf import OmegaConf
-
-        folder = resources.files("vplan.configs") / "task"
-        names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-        if name not in names:
-            raise ValueError(f"task: expected a preset in {names}, got {name!r}")
-        values = OmegaConf.to_container(OmegaConf.load(str(folder / f"{name}.yaml")))
+        values = load_preset("task", name)
         return cls(**{key: value for key, value in values.items() if key != "defaults"})
 
 

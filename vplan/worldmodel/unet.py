@@ -197,15 +197,9 @@ class UNetConfig:
     @classmethod
     def preset(cls, name: str) -> UNetConfig:
         """The UNet of a model preset in configs/model/: `tiny` for tests, `default` for the shipped checkpoint."""
-        from importlib import resources
+        from vplan.configs import load_preset
 
-        from omegaconf import OmegaConf
-
-        folder = resources.files("vplan.configs") / "model"
-        names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-        if name not in names:
-            raise ValueError(f"expected a model preset in {names}, got {name!r}")
-        overrides = OmegaConf.to_container(OmegaConf.load(str(folder / f"{name}.yaml"))).get("unet", {})
+        overrides = load_preset("model", name).get("unet", {})
         return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in overrides.items()})
 
 
