@@ -7,10 +7,14 @@ from importlib import resources
 from typing import Any
 
 
+def _folder(group: str) -> Any:
+    """configs/<group>/ (`model@component.model` reads `model`)."""
+    return resources.files(__name__) / group.split("@")[0]
+
+
 def preset_names(group: str) -> list[str]:
-    """The presets of a config group (`task`, `model`, `env`, ...; `model@component.model` reads `model`)."""
-    folder = resources.files(__name__) / group.split("@")[0]
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """The presets of a config group (`task`, `model`, `env`, ...)."""
+    return sorted(p.name[: -len(".yaml")] for p in _folder(group).iterdir() if p.name.endswith(".yaml"))
 
 
 def load_preset(group: str, name: str) -> dict[str, Any]:
@@ -20,4 +24,4 @@ def load_preset(group: str, name: str) -> dict[str, Any]:
     names = preset_names(group)
     if name not in names:
         raise ValueError(f"{group}: expected a preset in {names}, got {name!r}")
-    return OmegaConf.to_container(OmegaConf.load(str(resources.files(__name__) / group / f"{name}.yaml")))
+    return OmegaConf.to_container(OmegaConf.load(str(_folder(group) / f"{name}.yaml")))

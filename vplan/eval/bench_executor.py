@@ -141,7 +141,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
 
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import TabletopConfig, env_name, make_env
-    from vplan.run import RunConfig, check_agent_fits_env, load_agent, run_episode, show_chunk
+    from vplan.run import check_agent_fits_env, run_episode, show_chunk
 
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
@@ -157,9 +157,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     try:
         if any(len(results["rows"][row]) < cfg.episodes for row in ROWS if row != "expert"):
             # loaded and checked before any row runs: a bad checkpoint must not leave an expert-only bench behind
-            world = load_agent(RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner, memory=cfg.memory,
-                                         agent=cfg.agent, worldmodel=cfg.worldmodel, idm=cfg.idm,
-                                         episodes=cfg.episodes, seed=cfg.seed, threads=cfg.threads))
+            world = cfg.load_agent(cfg.worldmodel, cfg.memory)
             agents["world model"] = world
             check_agent_fits_env(world, env)
             # the same parts, the expert's look-ahead in place of the memory (it uses only the VAE)

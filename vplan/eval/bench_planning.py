@@ -85,6 +85,14 @@ class AgentBenchConfig:
         check_ints(self, ("episodes", "threads"))
         check_seed(self.seed)
 
+    def load_agent(self, worldmodel: str, memory: MemoryConfig) -> Any:
+        """A row's agent, loaded as `vplan run` loads it with these settings, `worldmodel` and `memory`."""
+        from vplan.run import RunConfig, load_agent
+
+        return load_agent(RunConfig(env=self.env, task=self.task, planner=self.planner, memory=memory,
+                                    agent=self.agent, worldmodel=worldmodel, idm=self.idm,
+                                    episodes=self.episodes, seed=self.seed, threads=self.threads))
+
 
 @dataclass
 class BenchPlanningConfig(AgentBenchConfig):
@@ -171,7 +179,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vplan.envs import env_name, make_env
-    from vplan.run import RunConfig, load_agent, run_episode, show_chunk
+    from vplan.run import run_episode, show_chunk
     from vplan.shipped import check_checkpoints_exist
 
     check_checkpoints_exist({"worldmodel": cfg.worldmodel, "idm": cfg.idm})  # the finetuned one may come later
@@ -193,11 +201,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                 continue
             if not _exists(checkpoints[row.worldmodel]):
                 raise UsageError(f"{missing}, then rerun this command: the finished rows are kept in {out}")
-            run_cfg = RunConfig(env=cfg.env, task=cfg.task, planner=cfg.planner,
-                                memory=replace(cfg.memory, kind=row.memory), agent=cfg.agent,
-                                worldmodel=checkpoints[row.worldmodel], idm=cfg.idm, episodes=cfg.episodes,
-                                seed=cfg.seed, threads=cfg.threads)
-            agent = load_agent(run_cfg)
+            agent = cfg.load_agent(checkpoints[row.worldmodel], replace(cfg.memory, kind=row.memory))
             try:
                 pin_checkpoints(out, {arguments[row.worldmodel]: checkpoints[row.worldmodel], "idm": cfg.idm},
                                 resuming=any(results["rows"].values()))

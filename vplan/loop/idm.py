@@ -37,6 +37,7 @@ from vplan.errors import UsageError
 from vplan.loop.trainer import OptimConfig, train
 from vplan.policies.idm import IDMConfig, IDMPolicy, windows
 from vplan.utils.files import folder_written_aside
+from vplan.utils.settings import check_ints
 
 METRICS_FILE = "metrics.json"
 LABELS = {"applied": ACTION_APPLIED, "commanded": ACTION}  # component.label -> the dataset feature it reads
@@ -85,8 +86,7 @@ class IDMTrainConfig:
             raise ValueError(f"label: expected one of {sorted(LABELS)}, got {self.label!r}")
         if not 0.0 <= self.vae_fraction <= 1.0:
             raise ValueError(f"vae_fraction: expected a share in [0, 1], got {self.vae_fraction}")
-        if self.vae_episodes < 1:
-            raise ValueError(f"vae_episodes: expected a positive number, got {self.vae_episodes}")
+        check_ints(self, ("vae_episodes",))
 
 
 @dataclass

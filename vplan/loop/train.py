@@ -30,7 +30,7 @@ from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside
-from vplan.utils.settings import CONFIG_FILE, check_same_config, write_config
+from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, write_config
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
@@ -96,8 +96,7 @@ class TrainConfig:
     holdout_episodes: int = field(default=10, metadata={"help": "Last episodes kept out of training."})
 
     def __post_init__(self) -> None:
-        if self.holdout_episodes < 1:
-            raise ValueError(f"holdout_episodes: expected a positive number, got {self.holdout_episodes}")
+        check_ints(self, ("holdout_episodes",))
 
 
 def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:

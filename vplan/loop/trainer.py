@@ -22,7 +22,7 @@ import torch
 from vplan.errors import RunError
 from vplan.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_seed
+from vplan.utils.settings import check_ints, check_seed
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
@@ -44,17 +44,13 @@ class OptimConfig:
     seed: int = field(default=0, metadata={"help": "Seed of initialisation and of the batch order."})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        check_ints(self, ("steps", "batch_size", "save_every", "log_every"))
+        check_ints(self, ("warmup_steps", "cooldown_steps"), low=0)
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr: expected a number > 0, got {self.lr}")
         for name in ("weight_decay", "grad_clip"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "cooldown_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         check_seed(self.seed)
 
     def lr_at(self, step: int) -> float:
