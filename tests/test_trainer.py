@@ -113,6 +113,36 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
         train(LinearFit(poison_at=3), OptimConfig(steps=10, save_every=100), tmp_path, "toy")
 
 
+class OutOfMemoryAt(LinearFit):
+    """The loss of step `at` (1-based) asks for more memory than there is, as the CPU allocator or CUDA says it."""
+
+    def __init__(self, at: int, error: BaseException) -> None:
+        super().__init__()
+        self.at, self.error = at, error
+
+    def loss(self, batch: dict, generator: torch.Generator):
+        if self.calls + 1 == self.at:
+            raise self.error
+        return super().loss(batch, generator)
+
+
+CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error", [CPU_OOM, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")])
+def test_out_of_memory_names_the_batch_size_to_lower(tmp_path, error):
+    optim = OptimConfig(steps=10, batch_size=16, save_every=2, warmup_steps=1)
+    with pytest.raises(RunError, match=r"out of memory at step 1 with batch_size=16 \(.*\); start again with a "
+                                       r"lower component.optim.batch_size$"):
+        train(OutOfMemoryAt(1, error), optim, tmp_path / "first", "toy")
+    # with checkpoints, a resume keeps the batch size: the way on is another out
+    with pytest.raises(RunError, match=r"at step 5 .* lower optim.batch_size in another out=DIR \(a resumed run"):
+        train(OutOfMemoryAt(5, error), optim, tmp_path / "later", "toy", optim_key="optim")
+    with pytest.raises(RuntimeError, match="^other$"):  # any other error goes through as it was
+        train(OutOfMemoryAt(1, RuntimeError("other")), optim, tmp_path / "other", "toy")
+
+
 class InfiniteGradient(LinearFit):
     """A finite loss whose gradient is not (the square root of 0) from step `at` on."""
 

@@ -450,7 +450,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         torch.manual_seed(cfg.optim.seed)
         training = SlowFastTraining(world_model, stored, cfg.memory)
         started = time.perf_counter()
-        steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end)
+        steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end, optim_key="optim")
         outer_seconds += time.perf_counter() - started
     final = out / FINAL
     with folder_written_aside(final) as folder:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from vplan.errors import RunError
+from vplan.errors import RunError, first_line
 from vplan.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_ints, check_seed
@@ -74,11 +74,15 @@ class Trainable(Protocol):
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-def train(component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None) -> int:
+def train(
+    component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None,
+    optim_key: str = "component.optim",
+) -> int:
     """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint.
 
     `until` stops (with a checkpoint) at that step instead, on the schedule of the whole run, so a caller can
-    interleave other work with one training run (`vplan finetune rounds=`).
+    interleave other work with one training run (`vplan finetune rounds=`). `optim_key` is where the command's
+    overrides set `optim`, for the errors that name a setting to change.
     """
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -110,19 +114,24 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
         target = optim.steps if until is None else min(until, optim.steps)
         while step < target:
             generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
-            batch = _on(component.batch(generator, optim.batch_size), accelerator.device)
-            loss, logs = component.loss(batch, generator)
-            if not torch.isfinite(loss):
-                raise _diverged(description, f"loss became {loss.item()}", step, out)
-            for group in optimizer.param_groups:
-                group["lr"] = optim.lr_at(step)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            try:
+                batch = _on(component.batch(generator, optim.batch_size), accelerator.device)
+                loss, logs = component.loss(batch, generator)
+                if not torch.isfinite(loss):
+                    raise _diverged(description, f"loss became {loss.item()}", step, out, optim_key)
+                for group in optimizer.param_groups:
+                    group["lr"] = optim.lr_at(step)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not _out_of_memory(error):
+                    raise
+                raise _out_of_memory_error(description, error, step, optim, out, optim_key) from error
             norm = accelerator.clip_grad_norm_(params, optim.grad_clip if optim.grad_clip > 0 else math.inf)
             # stepping would write it into the weights and the next checkpoint (fp16's grad scaler skips such
             # steps itself: an overflow there is routine)
             if not torch.isfinite(norm) and accelerator.scaler is None:
-                raise _diverged(description, f"the gradient norm became {float(norm)}", step, out)
+                raise _diverged(description, f"the gradient norm became {float(norm)}", step, out, optim_key)
             optimizer.step()
             step += 1
             bar.update(1)
@@ -148,12 +157,27 @@ def train(component: Trainable, optim: OptimConfig, out: Path, description: str,
     return step
 
 
-def _diverged(description: str, what: str, step: int, out: Path) -> RunError:
+def _diverged(description: str, what: str, step: int, out: Path, optim_key: str) -> RunError:
     """The error of a run whose loss or gradient is not finite: rerunning replays the same batches, and a resumed
     run keeps its settings, so the way on is a new run."""
     newest = next(reversed(list_checkpoints(out)), "none")
     return RunError(f"{description}: {what} at step {step + 1}; check the data, or start again with a lower "
-                    f"component.optim.lr in another out=DIR (the newest checkpoint, {newest}, was saved before it)")
+                    f"{optim_key}.lr in another out=DIR (the newest checkpoint, {newest}, was saved before it)")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _out_of_memory_error(
+    description: str, error: BaseException, step: int, optim: OptimConfig, out: Path, optim_key: str
+) -> RunError:
+    """The error of a step that did not fit in memory: a smaller batch is the way on, and since a resumed run keeps
+    its batch size, a run with checkpoints has to start again elsewhere."""
+    where = "" if not list_checkpoints(out) else " in another out=DIR (a resumed run keeps its batch size)"
+    return RunError(f"{description}: out of memory at step {step + 1} with batch_size={optim.batch_size} "
+                    f"({first_line(error)}); start again with a lower {optim_key}.batch_size{where}")
 
 
 def logged_losses(log_path: Path) -> tuple[list[int], list[float]]:
