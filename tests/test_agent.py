@@ -445,6 +445,23 @@ def test_from_pretrained_gives_the_planner_the_world_models_chunk_length(tmp_pat
     agent.close()
 
 
+def test_from_pretrained_names_a_checkpoint_that_cannot_drive_the_agent(tmp_path):
+    from vplan.errors import UsageError
+    from vplan.shipped import OtherEnvWarning
+
+    tiny_world_model().save_pretrained(tmp_path / "worldmodel")
+    IDMPolicy(IDMConfig.tiny(image_size=IMAGE // 2)).save_pretrained(tmp_path / "idm")
+    with pytest.raises(UsageError, match=f"^idm={re.escape(str(tmp_path / 'idm'))} reads 32x32 frames, the world "
+                                         "model draws 64x64; pass an IDM trained"):
+        VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "idm"))
+    with pytest.warns(OtherEnvWarning) as warned:  # the env it will act in, not the task's
+        VideoPlanningAgent.from_pretrained(memory=MemoryConfig(kind="none"), env="blockworld").close()
+    assert [str(w.message).split(";")[0] for w in warned] == [
+        f"{name}=shipped:tabletop/{name} was trained on tabletop episodes, and this env is blockworld"
+        for name in ("worldmodel", "idm")
+    ]
+
+
 def test_the_shipped_checkpoints_drive_the_agent(env):
     agent = VideoPlanningAgent.from_pretrained(memory=MemoryConfig(kind="none"), config=AgentConfig(**NO_REPLAN))
     obs, info = env.reset(seed=10000)

@@ -212,10 +212,14 @@ class VideoPlanningAgent:
         planner: PlannerConfig | None = None,
         memory: MemoryConfig | None = None,
         config: AgentConfig | None = None,
+        env: str | None = None,
     ) -> VideoPlanningAgent:
         """An agent from checkpoints (directories or `shipped:<env>/<component>`; None: the task's env's shipped
         ones), a task (a `TaskConfig` or the name of a preset in configs/task/), and the planner (its chunk_frames
-        set to the world model's), memory (default temp_lora) and agent configs."""
+        set to the world model's), memory (default temp_lora) and agent configs. `env` names the env it will act
+        in (default: the task's), for the warning about checkpoints trained on another. A checkpoint that cannot
+        drive the agent is a SettingMismatchError (a UsageError and a ValueError) naming it."""
+        from vplan.errors import SettingMismatchError
         from vplan.policies.idm import IDMPolicy
         from vplan.shipped import shipped_checkpoint, warn_if_trained_elsewhere
         from vplan.worldmodel.model import WorldModel
@@ -223,8 +227,14 @@ class VideoPlanningAgent:
         task_config = task if isinstance(task, TaskConfig) else TaskConfig.preset(task)
         worldmodel = worldmodel or shipped_checkpoint(task_config.env, "worldmodel")
         idm = idm or shipped_checkpoint(task_config.env, "idm")
-        world_model, idm_policy = WorldModel.from_pretrained(worldmodel), IDMPolicy.from_pretrained(idm)
-        warn_if_trained_elsewhere({"worldmodel": worldmodel, "idm": idm}, task_config.env)
+        world_model = WorldModel.from_pretrained(worldmodel)
+        require_text_conditioned(world_model.config, f"worldmodel={worldmodel}", "the agent")
+        idm_policy = IDMPolicy.from_pretrained(idm)
+        warn_if_trained_elsewhere({"worldmodel": worldmodel, "idm": idm}, env or task_config.env)
+        size, reads = world_model.config.vae.image_size, idm_policy.config.image_size
+        if reads != size:
+            raise SettingMismatchError(f"idm={idm} reads {reads}x{reads} frames, the world model draws {size}x{size}; "
+                                       "pass an IDM trained on the world model's frames")
         planner = replace(planner or PlannerConfig(), chunk_frames=world_model.config.chunk_frames)  # the model's
         return cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
 

@@ -16,7 +16,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -178,27 +178,17 @@ def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import env_name
-    from vplan.planner import make_planner
-    from vplan.policies.idm import IDMPolicy
-    from vplan.shipped import warn_if_trained_elsewhere
-    from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
     check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
-    world_model = WorldModel.from_pretrained(cfg.worldmodel_checkpoint)
-    require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel_checkpoint}", "the agent")
-    idm = IDMPolicy.from_pretrained(cfg.idm_checkpoint)
-    warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
-    size = world_model.config.vae.image_size
-    if getattr(cfg.env, "image_size", size) != size:
-        raise UsageError(f"the world model draws {size}x{size} frames; set env.image_size={size}")
-    if idm.config.image_size != size:
-        raise UsageError(f"idm={cfg.idm_checkpoint} reads {idm.config.image_size}x{idm.config.image_size} frames, the world "
-                         f"model draws {size}x{size}; pass an IDM trained on the world model's frames")
-    planner_config = replace(cfg.planner, chunk_frames=world_model.config.chunk_frames)
     try:
-        return VideoPlanningAgent(world_model, idm, make_planner(planner_config, cfg.task), cfg.memory, cfg.agent)
+        agent = VideoPlanningAgent.from_pretrained(cfg.worldmodel_checkpoint, cfg.idm_checkpoint, cfg.task,
+                                                   cfg.planner, cfg.memory, cfg.agent, env=env_name(cfg.env))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if getattr(cfg.env, "image_size", agent.image_size) != agent.image_size:
+        raise UsageError(f"the world model draws {agent.image_size}x{agent.image_size} frames; "
+                         f"set env.image_size={agent.image_size}")
+    return agent
 
 
 def show_chunk(bar: Any, seed: int, before: str = "") -> Callable[[int, str], None]:
