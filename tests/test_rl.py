@@ -152,12 +152,17 @@ def test_rewards_read_the_rollout():
     rewards = RewardSet([(outcome, 2.0), (ExecutabilityReward(), 1.0)])
     scored = rollout_with([], {**cubes, "phase": "displace", "success": False})
     assert rewards.score(scored) == pytest.approx(2 * 0.125) and scored.rewards == {"outcome": 0.125}
-    # In a group, a rollout a term gave no score gets the group's mean of it, not 0.
-    group = [rollout_with([chunk(still, [0.1, 0.3])], {}), rollout_with([chunk(still, [0.5, 0.5])], {}), scored]
-    for rollout in group:
+    # In a group, a rollout a term gave no score gets its plan's mean of it (the continuations it is compared
+    # with), or the group's where none of its plan's has one; not 0.
+    unscored = rollout_with([], {**cubes, "phase": "displace", "success": False})
+    plans = [[rollout_with([chunk(still, [0.1, 0.3])], {}), scored],
+             [rollout_with([chunk(still, [0.5, 0.5])], {}), rollout_with([chunk(still, [0.9, 0.9])], {})],
+             [unscored]]
+    for rollout in (r for continuations in plans for r in continuations):
         rewards.score(rollout)
-    rewards.complete_group(group)
-    assert [r.reward for r in group] == pytest.approx([0.8, 0.5, 2 * 0.125 + (0.8 + 0.5) / 2])
+    rewards.complete_group(plans)
+    assert [[r.reward for r in continuations] for continuations in plans] == [
+        pytest.approx([0.8, 2 * 0.125 + 0.8]), pytest.approx([0.5, 0.1]), pytest.approx([2 * 0.125 + 1.4 / 3])]
     assert "executability" not in scored.rewards
     with pytest.raises(ValueError, match="action_worldmodel"):
         RewardConfig(idm_reproduction=1.0)

@@ -313,7 +313,7 @@ class RLRun:
                 finally:
                     agent.close()
                 plans.append(continuations)
-            self.rewards.complete_group([rollout for continuations in plans for rollout in continuations])
+            self.rewards.complete_group(plans)
             groups.append(plans)
         return groups
 

@@ -133,18 +133,23 @@ class RewardSet:
         rollout.reward = total
         return total
 
-    def complete_group(self, rollouts: list[EpisodeRollout]) -> None:
+    def complete_group(self, plans: list[list[EpisodeRollout]]) -> None:
         """Make the totals of a group that is compared within itself (a task seed's plans × continuations) fair:
-        a term one rollout got no score for (a VLM reply that was not yes/no, a spent request budget) adds the
-        group's mean of that term to its total, so a missing answer neither rewards nor punishes it. Its
-        `rewards` keep only what was scored."""
+        a term one rollout got no score for (a VLM reply that was not yes/no, a spent request budget) adds to its
+        total the mean of that term over its plan's other continuations (which it is compared with), or over the
+        whole group where none of its plan's has one, so a missing answer neither rewards nor punishes it at
+        either level. Its `rewards` keep only what was scored."""
+        everyone = [rollout for continuations in plans for rollout in continuations]
         for reward, weight in self.rewards:
-            scored = [r.rewards[reward.name] for r in rollouts if reward.name in r.rewards]
-            if scored and len(scored) < len(rollouts):
-                mean = float(np.mean(scored))
-                for rollout in rollouts:
+            group = [r.rewards[reward.name] for r in everyone if reward.name in r.rewards]
+            if not group or len(group) == len(everyone):
+                continue
+            for continuations in plans:
+                scored = [r.rewards[reward.name] for r in continuations if reward.name in r.rewards]
+                fill = float(np.mean(scored if scored else group))
+                for rollout in continuations:
                     if reward.name not in rollout.rewards:
-                        rollout.reward += weight * mean
+                        rollout.reward += weight * fill
 
     def close(self) -> None:
         for reward, _ in self.rewards:
