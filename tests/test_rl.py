@@ -126,9 +126,11 @@ def rollout_with(chunks: list[ImaginedChunk], info: dict) -> EpisodeRollout:
                           chunks=chunks)
 
 
-def chunk(frames: np.ndarray, drift: list[float] | None = None) -> ImaginedChunk:
+def chunk(frames: np.ndarray, drift: list[float] | None = None, executed: int | None = None) -> ImaginedChunk:
+    """A chunk followed for `executed` steps (all by default; its own frames stand in for the real ones)."""
     return ImaginedChunk(text="a", context=torch.zeros(1, 2, 4, 8, 8), latents=torch.zeros(1, 3, 4, 8, 8),
-                         frames=frames, actions=np.zeros((len(frames), 4), np.float32), drift=drift or [])
+                         frames=frames, actions=np.zeros((len(frames), 4), np.float32), drift=drift or [],
+                         observed=list(frames[:executed]))
 
 
 def test_rewards_read_the_rollout():
@@ -148,6 +150,9 @@ def test_rewards_read_the_rollout():
     dark, bright = np.zeros((6, 64, 64, 3), np.uint8), np.full((6, 64, 64, 3), 255, np.uint8)
     assert ConsistencyReward().score(rollout_with([chunk(dark), chunk(dark)], {})) == 0.0
     assert ConsistencyReward().score(rollout_with([chunk(dark), chunk(bright)], {})) < 0  # a cut between chunks
+    # a chunk cut by a replan after 3 steps: its unexecuted tail is not part of the video the episode followed
+    replanned = rollout_with([chunk(np.concatenate([dark[:3], bright[:3]]), executed=3), chunk(dark)], {})
+    assert len(replanned.imagined_video) == 3 + 6 and ConsistencyReward().score(replanned) == 0.0
 
     rewards = RewardSet([(outcome, 2.0), (ExecutabilityReward(), 1.0)])
     scored = rollout_with([], {**cubes, "phase": "displace", "success": False})

@@ -44,7 +44,11 @@ class EpisodeRollout:
 
     @property
     def imagined_video(self) -> np.ndarray:
-        """Every imagined frame of the episode in order, (N, H, W, 3) uint8 (empty when no chunk was made)."""
-        if not self.chunks:
+        """The imagined frame of every executed step in order, (N, H, W, 3) uint8, as `vplan run`'s video shows
+        it: a chunk cut by a replan or by the episode's end counts to the step it reached, since the frames after
+        it were never followed (the next chunk starts again from the real frame there). Empty when no chunk was
+        made."""
+        frames = [chunk.frames[: len(chunk.observed)] for chunk in self.chunks]
+        if not frames:
             return np.zeros((0, 1, 1, 3), np.uint8)
-        return np.concatenate([chunk.frames for chunk in self.chunks])
+        return np.concatenate(frames)
