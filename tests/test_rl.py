@@ -335,3 +335,43 @@ def test_the_tuned_offset_keeps_the_configured_one_on_a_tie():
     assert run.tuned_offset == -1
     run.logits = np.array([0.1, -0.2, 0.4])
     assert run.tuned_offset == 1
+
+
+def planned(seed: int, g: int, texts: list[str], rewards: list[float], chunks: int = 1) -> list[EpisodeRollout]:
+    """Plan g of a task seed's group: its K continuations with the given rewards, two chunks each."""
+    plan = {"subgoals": [{"text": t, "chunks": chunks, "check": None} for t in texts]}
+    return [EpisodeRollout(task_seed=seed, plan_index=g, continuation=k, plan=plan, final_info={}, stats={},
+                           chunks=[chunk(np.zeros((2, 8, 8, 3), np.uint8)) for _ in range(2)], reward=r)
+            for k, r in enumerate(rewards)]
+
+
+def test_plan_preferences_pair_each_seeds_best_and_worst_plan_where_their_texts_differ():
+    from types import SimpleNamespace
+
+    from vplan.rl.loop import RLRun
+
+    run = RLRun.__new__(RLRun)  # only the config, the logits and the prompt matter here
+    run.cfg = SimpleNamespace(plan_offsets=[-1, 0, 1], planner_lr=1.0)
+    run.logits, run.iteration = np.zeros(3), 4
+    run.prompt = lambda rollout: f"plan for seed {rollout.task_seed}"
+    texts = ["pick up the red cube", "place it"]
+    varied = [planned(7, 0, texts, [0.2, 0.4]), planned(7, 1, texts[::-1], [0.9, 0.7]),
+              planned(7, 2, texts[:1], [0.1, 0.3])]
+    same_texts = [planned(8, g, texts, [g, g], chunks=g + 1) for g in range(3)]  # the offline planner's variants
+    pairs = run.update_planner([varied, same_texts])
+    assert pairs == [{
+        "prompt": "plan for seed 7", "rewards": {"chosen": pytest.approx(0.8), "rejected": pytest.approx(0.2)},
+        "chosen": json.dumps({"subgoals": [{"text": "place it"}, {"text": "pick up the red cube"}]}),
+        "rejected": json.dumps({"subgoals": [{"text": "pick up the red cube"}]}),  # what the LLM answers
+        "chunk_offsets": {"chosen": 0, "rejected": 1}, "task_seed": 7, "iteration": 4,
+    }]
+    assert np.argmax(run.logits) == 1  # both groups' best plan: offset 0 (plan 1)
+
+
+def test_dpo_pairs_each_plans_best_continuation_with_its_worst_chunk_by_chunk():
+    from vplan.rl.loop import RLRun
+
+    group = [planned(0, 0, ["a"], [0.1, 0.6, 0.3]), planned(0, 1, ["a"], [0.5, 0.5])]  # equal rewards: no pair
+    best, worst = group[0][1], group[0][0]
+    pairs = RLRun.pairs(RLRun.__new__(RLRun), [group])
+    assert len(pairs) == 2 and all(w is best.chunks[i] and l is worst.chunks[i] for i, (w, l) in enumerate(pairs))

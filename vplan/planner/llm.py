@@ -117,6 +117,17 @@ def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
     return texts
 
 
+def request_text(instruction: str, scene: str, skills: Sequence[Skill]) -> str:
+    """The text of a planning request (after `SYSTEM_PROMPT`): also the prompt of `vplan rl`'s plan preferences."""
+    listed = "\n".join(f"- {skill.text}" for skill in skills)
+    return f"Instruction: {instruction}\nScene: {scene}\nSkills (use these texts exactly):\n{listed}"
+
+
+def reply_text(texts: Sequence[str]) -> str:
+    """The reply that plans `texts`, as the endpoint is asked to give it (`RESPONSE_SCHEMA`)."""
+    return json.dumps({"subgoals": [{"text": text} for text in texts]})
+
+
 class LLMPlanner(Planner):
     """Plans with an OpenAI-compatible endpoint; falls back to the offline planner on any failure."""
 
@@ -135,12 +146,7 @@ class LLMPlanner(Planner):
         self, instruction: str, info: Mapping[str, Any], skills: Sequence[Skill], first_frame: np.ndarray | None
     ) -> list[dict[str, Any]]:
         """The chat messages of one planning request."""
-        listed = "\n".join(f"- {skill.text}" for skill in skills)
-        text = (
-            f"Instruction: {instruction}\n"
-            f"Scene: {self.task_skills.describe(info)}\n"
-            f"Skills (use these texts exactly):\n{listed}"
-        )
+        text = request_text(instruction, self.task_skills.describe(info), skills)
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         if first_frame is not None and self.llm.send_image:
             content.append(image_part(first_frame, "first_frame"))

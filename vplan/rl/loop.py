@@ -7,8 +7,9 @@ generation noise) are run as episodes; each is scored by the configured rewards 
 Group-relative advantages (vplan/rl/advantages.py) then drive both levels:
 
 - planner: the offsets' logits move by the plan advantages; the tuned offset (the best logit) is written to
-  `<out>/planner.yaml` and used as `planner.chunk_offset`. Every seed's best and worst plan are appended to
-  `<out>/plan_preferences.jsonl` as (prompt, chosen, rejected) for LLM preference finetuning elsewhere;
+  `<out>/planner.yaml` and used as `planner.chunk_offset`. Every seed's best and worst plan, where their texts
+  differ, are appended to `<out>/plan_preferences.jsonl` as (prompt, chosen, rejected) for LLM preference
+  finetuning elsewhere;
 - executor: the imagined chunks of every continuation train a LoRA on the UNet with reward-weighted regression
   or Diffusion-DPO (vplan/rl/objectives.py), with a pull toward the reference weights.
 
@@ -318,7 +319,11 @@ class RLRun:
         return groups
 
     def update_planner(self, groups: list[list[list[EpisodeRollout]]]) -> list[dict[str, Any]]:
-        """Plan advantages move the offsets' logits; each seed's best and worst plan become a preference pair."""
+        """Plan advantages move the offsets' logits; each seed's best and worst plan become a preference pair
+        where their subgoal texts differ (what an LLM planner answers: plans that differ only in chunks, as the
+        offline planner's variants do, teach it nothing)."""
+        from vplan.planner.llm import reply_text
+
         pairs = []
         for plans in groups:
             table = np.array([[r.reward for r in continuations] for continuations in plans])
@@ -326,19 +331,25 @@ class RLRun:
             self.logits += self.cfg.planner_lr * plan_advantages
             means = table.mean(axis=1)
             best, worst = int(np.argmax(means)), int(np.argmin(means))
-            if means[best] > means[worst]:
-                pairs.append({"prompt": self.prompt(plans[best][0]), "chosen": plans[best][0].plan["subgoals"],
-                              "rejected": plans[worst][0].plan["subgoals"],
+            chosen, rejected = ([s["text"] for s in plans[g][0].plan["subgoals"]] for g in (best, worst))
+            if means[best] > means[worst] and chosen != rejected:
+                pairs.append({"prompt": self.prompt(plans[best][0]), "chosen": reply_text(chosen),
+                              "rejected": reply_text(rejected),
                               "rewards": {"chosen": float(means[best]), "rejected": float(means[worst])},
+                              "chunk_offsets": {"chosen": self.cfg.plan_offsets[best],
+                                                "rejected": self.cfg.plan_offsets[worst]},
                               "task_seed": plans[best][0].task_seed, "iteration": self.iteration})
         return pairs
 
     def prompt(self, rollout: EpisodeRollout) -> str:
-        """The planning request a preference pair answers: the instruction and the scene as the planner saw it."""
+        """The planning request a preference pair answers, as the LLM planner words it (after its system prompt,
+        `vplan.planner.llm.SYSTEM_PROMPT`)."""
+        from vplan.planner.llm import request_text
         from vplan.planner.skills import task_skills
 
         _, info = self.env.reset(seed=rollout.task_seed)
-        return f"Instruction: {self.cfg.task.instruction}\nScene: {task_skills(self.cfg.task.name).describe(info)}"
+        skills = task_skills(self.cfg.task.name)
+        return request_text(self.cfg.task.instruction, skills.describe(info), skills.skills(info))
 
     def samples(self, groups: list[list[list[EpisodeRollout]]]) -> list[tuple[ImaginedChunk, float]]:
         """(chunk, continuation advantage) for every imagined chunk of the iteration (RWR)."""
