@@ -296,6 +296,8 @@ def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
                            ("plan_offsets=[0,0]", "plan_offsets: expected distinct"),
                            ("rewards.vlm=1.0", "vlm_reward.enabled=true"),
                            ("penalty=nan", "penalty: expected a finite number >= 0, got nan"),
+                           ("seed=9999", "eval_seed: the held-out seeds 10000..10004 overlap the explored ones, "
+                                         "9999..10000"),  # 2 iterations x 1 seed: it would train on a test scene
                            (f"idm={checkpoints[0]}", f"idm={checkpoints[0]}: "),  # a world model as the IDM
                            (f"worldmodel={tmp_path}", f"worldmodel={tmp_path}: no checkpoint at")]:
         with pytest.raises(SystemExit) as exit_info:

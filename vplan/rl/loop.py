@@ -125,6 +125,12 @@ class RLConfig(AgentCheckpoints):
                 raise ValueError(f"{name}: expected a finite number >= 0, got {getattr(self, name)!r}")
         if self.rewards.vlm > 0 and not self.vlm_reward.enabled:
             raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
+        explored_end = self.seed + self.iterations * self.seeds_per_iteration
+        held_out_end = self.eval_seed + self.eval_episodes
+        if self.eval_episodes and max(self.seed, self.eval_seed) < min(explored_end, held_out_end):
+            raise ValueError(f"eval_seed: the held-out seeds {self.eval_seed}..{held_out_end - 1} overlap the explored "
+                             f"ones, {self.seed}..{explored_end - 1}; pass seeds that do not (the default: "
+                             "exploration from seed=0, held-out from eval_seed=10000)")
 
 
 def _imagined(chunk: Any) -> ImaginedChunk:
