@@ -286,6 +286,15 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
             main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
     assert exit_info.value.code == 130 and calls == [1]
     assert "interrupted: iterations 0..1 kept in" in capsys.readouterr().err
+
+    def interrupted_save(self):  # Ctrl-C while iteration 3 is being saved: the checkpoint still holds 2
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RLRun, "save", interrupted_save)
+        with pytest.raises(SystemExit):
+            main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
+    assert "interrupted: iterations 0..1 kept in" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # another objective cannot continue this run
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
     assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err

@@ -459,12 +459,14 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     run = RLRun(cfg)
     out = run.out
+    saved = 0  # iterations the checkpoint on disk holds
     try:
         out.mkdir(parents=True, exist_ok=True)
         run.recover()  # before the settings check, which looks for the checkpoint
         if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():
             check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan rl")
         resuming = run.load()
+        saved = run.iteration
         if run.iteration > cfg.iterations:  # its model learned from more: a summary of fewer would misstate it
             raise UsageError(f"{out} has run {run.iteration} iterations already; pass iterations>={run.iteration}, "
                              "or choose another out=DIR")
@@ -492,6 +494,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             _write_jsonl(out / PREFERENCES_FILE, pairs)
             _write_jsonl(out / ITERATIONS_FILE, [_to_jsonable(record)])
             run.save()
+            saved = run.iteration
             line_plot(out / PLOT_FILE, iteration_series(out / ITERATIONS_FILE), "iteration",
                       "mean over the explored episodes", "vplan rl: exploration, iteration by iteration")
             tqdm.write(f"iteration {record['iteration']}: mean reward {record['reward_mean']:.3f}, success "
@@ -514,7 +517,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         _print_summary(metrics, out)
         return metrics
     except KeyboardInterrupt:
-        kept = f"iterations 0..{run.iteration - 1} kept in {out}" if run.iteration else f"no iteration finished in {out}"
+        kept = f"iterations 0..{saved - 1} kept in {out}" if saved else f"no iteration finished in {out}"
         print(f"interrupted: {kept}; the same command resumes after the last one finished", file=sys.stderr)
         raise
     finally:
