@@ -72,6 +72,9 @@ def vlm_warnings(record: list[warnings.WarningMessage]) -> list[str]:
         ("Yes, the cube is lifted.", True),
         ("No - the cube vanishes.", False),
         ("Yes, there is no teleporting.", True),
+        ("Yes, no teleporting or melting.", True),  # the default question invites it
+        ("Yes. No object vanishes.", True),
+        ("No, yes the cube moves oddly", False),  # the opposite word starts an explanation, not an answer
         ("yes yes", True),
         ("maybe", None),
         ("I think so", None),
@@ -84,6 +87,8 @@ def vlm_warnings(record: list[warnings.WarningMessage]) -> list[str]:
         ("Yes and no.", None),
         ("yes/no", None),
         ("No, yes.", None),
+        ("YES / NO", None),
+        ("Yes and no, it melts.", None),
         (None, None),
         (42, None),
     ],

@@ -84,24 +84,23 @@ class VLMRewardConfig(ChatEndpointConfig):
 def parse_yes_no(content: Any) -> bool | None:
     """True for a clear "yes", False for a clear "no", None for anything else.
 
-    The rule: the reply is lowercased and split into words (runs of letters; whitespace, punctuation, quotes and
-    markdown are separators). Its first word must be "yes" or "no"; the rest is explanation and is ignored
-    ("Yes, the cube is lifted." is yes, "No - the cube vanishes." is no, "Yes, there is no teleporting." is yes),
-    unless the next word, skipping one "or"/"and", is the opposite answer ("yes or no", "Yes and no", "yes/no",
-    "No, yes"). A reply that is empty, not text, or starts with any other word ("maybe", "I think so", "Yeah",
-    "Answer: yes") is unclear.
+    The rule: lowercased, the reply's first word (after any punctuation, quotes or markdown) must be "yes" or
+    "no"; the rest is explanation and is ignored ("Yes, the cube is lifted." is yes, "No - the cube vanishes." is
+    no, "Yes, no teleporting or melting." is yes), unless the opposite answer follows joined to it ("yes or no",
+    "Yes and no", "yes/no") or standing alone after it ("No, yes."). A reply that is empty, not text, or starts
+    with any other word ("maybe", "I think so", "Yeah", "Answer: yes") is unclear.
     """
     if not isinstance(content, str):
         return None
-    words = re.findall(r"[a-z]+", content.lower())
-    if not words or words[0] not in ANSWERS:
+    text = content.lower()
+    first = re.match(r"[^a-z]*(yes|no)\b", text)
+    if first is None:
         return None
-    rest = words[1:]
-    if rest and rest[0] in CONJUNCTIONS:
-        rest = rest[1:]
-    if rest and rest[0] in ANSWERS and ANSWERS[rest[0]] != ANSWERS[words[0]]:
-        return None
-    return ANSWERS[words[0]]
+    answer, after = ANSWERS[first.group(1)], text[first.end():]
+    opposite = "no" if answer else "yes"
+    joined = re.match(rf"\s*(?:/|(?:{'|'.join(CONJUNCTIONS)})\b)[^a-z]*{opposite}\b", after)
+    alone = re.match(rf"[^a-z]*(?:(?:{'|'.join(CONJUNCTIONS)})[^a-z]+)?{opposite}\b[^a-z]*$", after)
+    return None if joined or alone else answer
 
 
 def pick_frames(frames: np.ndarray, count: int) -> np.ndarray:
