@@ -386,3 +386,38 @@ def test_dpo_pairs_each_plans_best_continuation_with_its_worst_chunk_by_chunk():
     best, worst = group[0][1], group[0][0]
     pairs = RLRun.pairs(RLRun.__new__(RLRun), [group])
     assert len(pairs) == 2 and all(w is best.chunks[i] and l is worst.chunks[i] for i, (w, l) in enumerate(pairs))
+
+
+def test_vplan_rl_carries_the_vlm_budget_and_answers_over_a_kill(checkpoints, tmp_path, capsys, monkeypatch):
+    from test_planner import FakeEndpoint, completion
+
+    from vplan.rl.loop import VLM_JOURNAL_FILE, RLRun
+
+    server = FakeEndpoint()
+    server.reply = lambda body: (200, completion("yes"), 0.0)
+    vlm = ["rewards.vlm=1.0", "vlm_reward.enabled=true", f"vlm_reward.base_url={server.base_url}",
+           "vlm_reward.api_key=sk-test", "vlm_reward.model=fake-vlm"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    try:
+        main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0", *vlm))
+        asked = len(server.requests)
+        assert asked > 0 and json.loads((straight / "checkpoint" / "state.json").read_text())["vlm"]["requests_made"] == asked
+
+        def killed(self, groups):  # Ctrl-C in the first iteration's finetuning, after its questions
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(RLRun, "finetune", killed)
+            with pytest.raises(SystemExit):
+                main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0", *vlm))
+        assert (resumed / VLM_JOURNAL_FILE).is_file() and not (resumed / "checkpoint").exists()
+        main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0", *vlm))
+        # the questions answered before the kill were not asked again: the run paid what an unbroken one did
+        assert len(server.requests) == 2 * asked
+        state = json.loads((resumed / "checkpoint" / "state.json").read_text())
+        assert state["vlm"]["requests_made"] == asked and not (resumed / VLM_JOURNAL_FILE).exists()
+        a, b = ([json.loads(line)["rewards"] for line in (out / "iterations.jsonl").read_text().splitlines()]
+                for out in (straight, resumed))
+        assert a == b and all("vlm" in row for rows in a for row in rows)
+    finally:
+        server.close()

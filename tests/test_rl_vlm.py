@@ -276,3 +276,29 @@ def test_enabled_without_key_or_endpoint_is_a_usage_error(monkeypatch: pytest.Mo
 def test_config_validation(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         VLMRewardConfig(**overrides)
+
+
+def test_a_kill_between_checkpoints_keeps_the_budget_spent_and_the_answers_got(endpoint: FakeEndpoint,
+                                                                               tmp_path: Any) -> None:
+    """`vplan rl` checkpoints once an iteration; the journal keeps what a kill in between spent and got."""
+    endpoint.reply = answer("yes")
+    journal = tmp_path / "vlm_requests.jsonl"
+    first = reward(endpoint, max_requests=3)
+    first.keep_journal(journal)
+    checkpoint = json.loads(json.dumps(first.state()))  # the last checkpoint: nothing asked yet
+    first.ask(chunk(PICK, 0).frames, PICK)
+    first.ask(chunk(PICK, 1).frames, PICK)
+    with journal.open("a") as file:  # then killed while noting a third
+        file.write('{"requests_m')
+    resumed = reward(endpoint, max_requests=3)
+    resumed.load_state(checkpoint)
+    resumed.keep_journal(journal)
+    assert resumed.requests_made == 2
+    assert resumed.ask(chunk(PICK, 0).frames, PICK) is True and resumed.ask(chunk(PICK, 1).frames, PICK) is True
+    assert len(endpoint.requests) == 2  # answered from the journal, not paid again
+    resumed.ask(chunk(PICK, 2).frames, PICK)
+    with pytest.warns(VLMRewardWarning, match=r"budget \(3\) is spent"):
+        assert resumed.ask(chunk(PICK, 3).frames, PICK) is None
+    assert len(endpoint.requests) == 3
+    resumed.clear_journal()  # a checkpoint holds it all now
+    assert not journal.exists()

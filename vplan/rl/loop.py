@@ -61,6 +61,7 @@ STATE_FILE = "state.json"
 LORA_FILE = "lora.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 PREFERENCES_FILE = "plan_preferences.jsonl"
+VLM_JOURNAL_FILE = "vlm_requests.jsonl"  # the VLM questions since the last checkpoint (a kill keeps their cost)
 ITERATIONS_FILE = "iterations.jsonl"
 PLOT_FILE = "rewards.png"
 # Settings a resumed run may change: how long it runs and how it is evaluated, not what it explores or learns.
@@ -241,6 +242,8 @@ class RLRun:
             if self.vlm is not None:  # its request budget and cache run on across a resume, as if never stopped
                 state["vlm"] = self.vlm.state()
             (staging / STATE_FILE).write_text(json.dumps(state))
+        if self.vlm is not None:  # the checkpoint holds what the journal noted
+            self.vlm.clear_journal()
 
     def recover(self) -> None:
         """Finish a `save` that a kill cut between its two renames: the staged checkpoint was complete, so it goes
@@ -467,6 +470,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan rl")
         resuming = run.load()
         saved = run.iteration
+        if run.vlm is not None:
+            run.vlm.keep_journal(out / VLM_JOURNAL_FILE)
         if run.iteration > cfg.iterations:  # its model learned from more: a summary of fewer would misstate it
             raise UsageError(f"{out} has run {run.iteration} iterations already; pass iterations>={run.iteration}, "
                              "or choose another out=DIR")

@@ -23,6 +23,7 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from string import Formatter
 from typing import Any
 
@@ -123,6 +124,7 @@ class VLMReward:
         self.requests_made = 0  # questions sent (each with the client's retries), at most config.max_requests
         self.cache_hits = 0
         self._cache: dict[str, bool] = {}
+        self._journal: Path | None = None
         self.endpoint: ChatEndpoint | None = None
         if config.enabled:
             require_package("openai", "llm", hint="or set the VLM reward's enabled=False")
@@ -134,6 +136,31 @@ class VLMReward:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.requests_made, self._cache = int(state["requests_made"]), {k: bool(v) for k, v in state["cache"].items()}
+
+    def keep_journal(self, path: Path) -> None:
+        """Note every question in `path` as it is sent and answered, and first take in what the journal holds: a
+        run killed between two checkpoints (`state`) spent budget and got answers that it must neither spend nor
+        pay for again. Call after `load_state`; `clear_journal` once a checkpoint holds the state."""
+        self._journal = path
+        if not path.is_file():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # the last line, cut by the kill
+            self.requests_made = max(self.requests_made, int(row.get("requests_made", 0)))
+            if isinstance(row.get("answer"), bool):
+                self._cache[row["key"]] = row["answer"]
+
+    def clear_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.unlink(missing_ok=True)
+
+    def _note(self, row: dict[str, Any]) -> None:
+        if self._journal is not None:
+            with self._journal.open("a") as file:
+                file.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
         """Release the HTTP client (a later question makes a new one)."""
@@ -180,6 +207,7 @@ class VLMReward:
             self._warn(subgoal, f"the request budget ({self.config.max_requests}) is spent")
             return None
         self.requests_made += 1
+        self._note({"requests_made": self.requests_made})  # before it is sent: a kill while waiting spent it too
         try:
             content = self.endpoint.complete(self.messages(sent, question))
         except ChatRequestError as error:
@@ -191,6 +219,7 @@ class VLMReward:
             self._warn(subgoal, f"the reply is not a clear yes or no: {short(shown, 80)}")
             return None
         self._cache[key] = answer
+        self._note({"key": key, "answer": answer})
         return answer
 
     def score(self, rollout: EpisodeRollout) -> float | None:
