@@ -32,18 +32,16 @@ _CONFIG_ENV_IDS[WorldModelEnvConfig] = WORLD_MODEL_ENV_ID
 TASKS_OF_ENV = {"rlbench": "tabletop"}
 _REQUIRE_SIMULATOR = {RLBenchConfig: require_rlbench, MineRLConfig: require_minerl}
 
+# The embedded envs truncate episodes themselves at their config's max_episode_steps (so a config passed to
+# gymnasium.make is obeyed); the adapters leave it to gymnasium's TimeLimit, registered at their default.
+_TRUNCATE_THEMSELVES = {"tabletop", "blockworld"}
 # Importing again (importlib.reload, a second import path) must not re-register: gymnasium warns on that.
 for _name, (_entry_point, _config_class) in _ENTRY_POINTS.items():
     if ENV_IDS[_name] not in gymnasium.registry:
-        gymnasium.register(
-            id=ENV_IDS[_name], entry_point=_entry_point, max_episode_steps=_config_class.max_episode_steps
-        )
+        limit = None if _name in _TRUNCATE_THEMSELVES else _config_class.max_episode_steps
+        gymnasium.register(id=ENV_IDS[_name], entry_point=_entry_point, max_episode_steps=limit)
 if WORLD_MODEL_ENV_ID not in gymnasium.registry:
-    gymnasium.register(
-        id=WORLD_MODEL_ENV_ID,
-        entry_point="vplan.envs.worldmodel_env:WorldModelEnv",
-        max_episode_steps=WorldModelEnvConfig.max_episode_steps,
-    )
+    gymnasium.register(id=WORLD_MODEL_ENV_ID, entry_point="vplan.envs.worldmodel_env:WorldModelEnv")
 
 
 def require_simulator(config: object) -> None:
@@ -71,7 +69,8 @@ def env_name(config: object) -> str:
 def make_env(
     config: TabletopConfig | BlockworldConfig | RLBenchConfig | MineRLConfig | WorldModelEnvConfig,
 ) -> gymnasium.Env:
-    """The registered env for a config dataclass, truncated at the config's `max_episode_steps`."""
+    """The registered env for a config dataclass, truncated at the config's `max_episode_steps` (with gymnasium's
+    `TimeLimit` too, so `env.spec.max_episode_steps` says it)."""
     env_id = _CONFIG_ENV_IDS.get(type(config))
     if env_id is None:
         names = [cls.__name__ for cls in _CONFIG_ENV_IDS]

@@ -55,8 +55,16 @@ def env_settings(
         raise ValueError(f"expected {name} fields as overrides, got unknown {sorted(unknown)}")
     if render_mode not in (None, *render_modes):
         raise ValueError(f"render_mode: expected one of {render_modes} or None, got {render_mode!r}")
+    if config is not None and not isinstance(config, config_class):
+        raise ValueError(f"config: expected a {name}, got {type(config).__name__}")
     config = config if config is not None else config_class()
     return replace(config, **overrides) if overrides else config
+
+
+def check_no_options(options: dict[str, Any] | None) -> None:
+    """Refuse `reset(options=...)` for an env that reads none, rather than ignore what the caller meant."""
+    if options:
+        raise ValueError(f"options: this env's reset takes none (its settings are in its config), got {sorted(options)}")
 
 
 class LastFrameRender:

@@ -19,7 +19,8 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from vplan.envs.settings import LastFrameRender, env_settings, make_gl_context
+from vplan.envs.settings import LastFrameRender, check_no_options, env_settings, make_gl_context
+from vplan.utils.settings import check_ints
 
 TASKS = ("return_cubes",)
 COLOURS: dict[str, tuple[float, float, float, float]] = {
@@ -36,6 +37,7 @@ WORKSPACE_HIGH = np.array([0.2, 0.14, 0.16])
 PLACE_LOW = np.array([-0.16, -0.1])
 PLACE_HIGH = np.array([0.16, 0.1])
 MIN_SEPARATION = 0.09  # between any two of the cube starts and spots: room for the open fingers
+PHYSICS_HZ = 200  # assets/tabletop.xml's timestep, 0.005 s
 
 
 def spot_names(num_spots: int) -> list[str]:
@@ -51,11 +53,11 @@ class TabletopConfig:
     wrist_camera: bool = field(default=False, metadata={"help": "Add the gripper camera as obs['wrist']."})
     num_cubes: int = field(default=3, metadata={"help": "Number of cubes (and marked spots), 1 to 3."})
     max_episode_steps: int = field(
-        default=400,
-        metadata={"help": "Step limit of gymnasium's TimeLimit: the registered default, and what "
-                  "vplan.envs.make_env passes to gymnasium.make."},
+        default=400, metadata={"help": "Steps after which the env truncates an episode."}
     )
-    control_hz: int = field(default=10, metadata={"help": "Env steps per simulated second."})
+    control_hz: int = field(
+        default=10, metadata={"help": f"Env steps per simulated second: a divisor of the physics' {PHYSICS_HZ} Hz."}
+    )
     max_delta: float = field(default=0.03, metadata={"help": "Gripper displacement (m) for an action of 1."})
     success_tolerance: float = field(
         default=0.02, metadata={"help": "Distance (m) from its start within which a cube counts as returned."}
@@ -66,14 +68,18 @@ class TabletopConfig:
     task: str = field(default="return_cubes", metadata={"help": f"One of {TASKS}."})
 
     def __post_init__(self) -> None:
+        check_ints(self, ("control_hz",))
         check_return_cubes_settings(self)
-        if not 1 <= self.control_hz <= 100:
-            raise ValueError(f"control_hz: expected an int in [1, 100], got {self.control_hz!r}")
+        if PHYSICS_HZ % self.control_hz:
+            divisors = [hz for hz in range(1, PHYSICS_HZ + 1) if PHYSICS_HZ % hz == 0]
+            raise ValueError(f"control_hz: expected a divisor of the physics' {PHYSICS_HZ} Hz, so that a step is "
+                             f"whole physics steps, one of {divisors}; got {self.control_hz!r}")
 
 
 def check_return_cubes_settings(config: Any) -> None:
     """Refuse out-of-range values of the settings every return-cubes env has (the tabletop's and the RLBench
     adapter's configs), each with the field's name and the range it takes."""
+    check_ints(config, ("image_size", "num_cubes", "max_episode_steps"), low=None)
     if not 8 <= config.image_size <= 1024:
         raise ValueError(f"image_size: expected an int in [8, 1024], got {config.image_size!r}")
     if not 1 <= config.num_cubes <= MAX_CUBES:
@@ -126,8 +132,9 @@ class TabletopEnv(LastFrameRender, gym.Env):
     ## Episode End
     The phase is `"displace"` until every cube is at least `displace_distance` from its start and not
     held, then `"return"` for good. The episode terminates with success in the return phase once every cube
-    is within `success_tolerance` of its start and the gripper holds none. It is truncated after
-    `max_episode_steps` (400) steps by gymnasium's `TimeLimit`.
+    is within `success_tolerance` of its start and the gripper holds none. The env truncates it after
+    `max_episode_steps` (400) steps (`gymnasium.make`'s own `max_episode_steps=` adds a `TimeLimit`; the
+    earlier limit ends the episode).
 
     ## Rendering
     Offscreen through `MUJOCO_GL` (EGL if libEGL is found, else OSMesa), chosen when this module is imported
@@ -149,7 +156,7 @@ class TabletopEnv(LastFrameRender, gym.Env):
 
         self.model = _load_model(self.config.num_cubes)
         self.data = mujoco.MjData(self.model)
-        self.n_substeps = max(1, round(1.0 / (self.config.control_hz * self.model.opt.timestep)))
+        self.n_substeps = round(1.0 / (self.config.control_hz * self.model.opt.timestep))  # whole: see PHYSICS_HZ
         n = self.config.num_cubes
         self._cube_geoms = np.array([self.model.geom(f"cube{i}").id for i in range(n)])
         self._cube_qpos = np.array([self.model.jnt_qposadr[self.model.joint(f"cube{i}").id] for i in range(n)])
@@ -180,11 +187,13 @@ class TabletopEnv(LastFrameRender, gym.Env):
         self._phase = "displace"
         self._applied = np.zeros(4)  # the action the last step applied (info["applied_action"])
         self._front = np.zeros((size, size, 3), np.uint8)
+        self._steps: int | None = None  # steps since the reset; None before the first
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
+        check_no_options(options)
         n, rng = self.config.num_cubes, self.np_random
         mujoco.mj_resetData(self.model, self.data)  # the gripper and its mocap target back home
 
@@ -208,17 +217,26 @@ class TabletopEnv(LastFrameRender, gym.Env):
         self._start_poses = self._cube_poses()
         self._phase = "displace"
         self._applied = np.zeros(4)
+        self._steps = 0
         info = self._get_info()
         return self._get_obs(), info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         reward, terminated, info = self.simulate(action)
-        return self._get_obs(), reward, terminated, False, info
+        truncated = not terminated and self._steps >= self.config.max_episode_steps
+        return self._get_obs(), reward, terminated, truncated, info
 
     def simulate(self, action: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         """The step without rendering: apply the action, step the physics, score the task; (reward, terminated,
         info). `vplan bench env` times it against `step` to tell the camera's share."""
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        if self._steps is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (4,) or not np.isfinite(action).all():
+            # NaN would reach the mocap target, and MuJoCo would reset the whole simulation on its own
+            raise ValueError(f"action: expected 4 finite numbers (dx, dy, dz, grip), got {action.tolist()}")
+        action = np.clip(action, -1.0, 1.0)
+        self._steps += 1
         previous = self.data.mocap_pos[0].copy()
         target = previous + action[:3] * self.config.max_delta
         self.data.mocap_pos[0] = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
@@ -248,6 +266,9 @@ class TabletopEnv(LastFrameRender, gym.Env):
         self._spot_positions = other._spot_positions.copy()
         self._phase = other._phase
         self._applied = other._applied.copy()
+        self._steps = other._steps
+        if other._steps is not None:
+            self._front = self._render_camera("front")  # render() shows the copy's state
         return self._get_info()
 
     def close(self) -> None:

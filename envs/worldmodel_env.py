@@ -37,7 +37,7 @@ class WorldModelEnvConfig:
     )
     max_episode_steps: int = field(
         default=400,
-        metadata={"help": "Step limit (the tabletop's): the registered TimeLimit, and truncation in step_batch."},
+        metadata={"help": "Steps after which the env truncates its rollouts (the tabletop's)."},
     )
 
     def __post_init__(self) -> None:
@@ -74,7 +74,8 @@ class WorldModelEnv(gym.Env):
     0.0: the imagined world scores nothing itself (rewards are the RL issue's).
 
     ## Episode End
-    Never terminates; truncated after `max_episode_steps` (gymnasium's TimeLimit, and `step_batch` itself).
+    Never terminates; the env truncates after `max_episode_steps` (`gymnasium.make`'s own `max_episode_steps=`
+    adds a `TimeLimit`; the earlier limit ends the episode).
 
     ## Randomness
     Each rollout samples from its own torch generator seeded from its reset seed, so rollout i of
@@ -99,7 +100,10 @@ class WorldModelEnv(gym.Env):
         if model is None:
             from vplan.worldmodel.model import WorldModel
 
+            from vplan.shipped import warn_if_trained_elsewhere
+
             model = WorldModel.from_pretrained(self.config.checkpoint)
+            warn_if_trained_elsewhere({"checkpoint": self.config.checkpoint}, "tabletop")  # it imagines the tabletop
         if not model.config.uses_actions:
             raise ValueError(
                 f"expected an action-conditioned world model (conditioning 'action' or 'text+action'), got "
@@ -127,6 +131,10 @@ class WorldModelEnv(gym.Env):
         unknown = set(options) - {"frame", "dataset", "episode", "text"}
         if unknown:
             raise ValueError(f"expected reset options among frame, dataset, episode, text; got {sorted(unknown)}")
+        if "frame" in options and "dataset" in options:
+            raise ValueError("options: expected a frame or a dataset to start from, got both")
+        if "episode" in options and "dataset" not in options:
+            raise ValueError("options: 'episode' is an episode of options['dataset'], which is missing")
         torch_seed, frames = self._start_frames(options, self.np_random)
         self._start([torch_seed], frames[None], [options.get("text", self.config.text)])
         return self._frames[0].copy(), self._info()

@@ -107,9 +107,12 @@ def test_reset_obs_and_info(env):
     np.testing.assert_array_equal(env.render(), obs["front"])
 
 
-def test_registered_env_truncates_at_max_steps():
-    env = gym.make(ENV_IDS["blockworld"], image_size=SIZE, max_episode_steps=49)
-    assert gym.spec(ENV_IDS["blockworld"]).max_episode_steps == BlockworldConfig.max_episode_steps
+@pytest.mark.parametrize("make", [
+    lambda: gym.make(ENV_IDS["blockworld"], config=BlockworldConfig(image_size=SIZE, max_episode_steps=49)),
+    lambda: gym.make(ENV_IDS["blockworld"], image_size=SIZE, max_episode_steps=49),  # gymnasium's TimeLimit
+])
+def test_the_env_truncates_at_max_steps_however_it_is_made(make):
+    env = make()
     env.reset(seed=0)
     truncated = [env.step(int(Move.TURN_LEFT))[3] for _ in range(49)]
     env.close()
@@ -248,8 +251,11 @@ def test_a_world_too_big_for_the_scene_rebuilds_it(monkeypatch):
     sizes = {seed: {n: m.quads for n, m in build_meshes(_world_of(seed)).items()} for seed in range(6)}
     seed_a = 0
     seed_b = next(s for s in range(1, 6) if any(sizes[s][n] > sizes[seed_a][n] for n in FACE_MATERIALS))
+    from vplan.envs.blockworld import blockworld_v0
+
     monkeypatch.setattr(rendering, "MIN_ROOM", 1)
-    monkeypatch.setattr(rendering, "room_for", lambda meshes: {n: max(1, m.quads) for n, m in meshes.items()})
+    # the env's own name for it: exactly the room of the first world, so the second does not fit
+    monkeypatch.setattr(blockworld_v0, "room_for", lambda meshes: {n: max(1, m.quads) for n, m in meshes.items()})
     env = BlockworldEnv(image_size=SIZE)
     env.reset(seed=seed_a)
     model = env.model
@@ -306,7 +312,6 @@ def test_expert_retraces_the_path(env, seed):
     for k, text in enumerate(first["instructions"]):  # each outbound chunk is labelled with its instruction
         assert subgoals[k * chunk : (k + 1) * chunk] == [text] * chunk
     assert subgoals[n * chunk :] == [RETURN_INSTRUCTION] * (len(actions) - n * chunk)
-    assert {int(a) for a in actions} <= {int(m) for m in Move}
 
 
 @pytest.mark.slow
@@ -396,6 +401,7 @@ def test_bench_env_runs_on_blockworld(capsys):
         ("chunk_steps", 5),
         ("success_radius", 0.0),
         ("max_episode_steps", 48),
+        ("path_chunks", 2.0),
         ("control_hz", 0),
         ("task", "return_cubes"),
     ],
@@ -403,6 +409,18 @@ def test_bench_env_runs_on_blockworld(capsys):
 def test_bad_config_raises_naming_the_value(field, value):
     with pytest.raises(ValueError, match=f"^{field}: expected .*got {re.escape(repr(value))}$"):
         BlockworldConfig(**{field: value})
+
+
+def test_reset_options_are_refused_and_the_near_plane_stays_put_in_large_worlds():
+    env = BlockworldEnv(image_size=SIZE)
+    with pytest.raises(ValueError, match=r"options: this env's reset takes none .*got \['path_chunks'\]"):
+        env.reset(seed=0, options={"path_chunks": 2})
+    env.close()
+    # MuJoCo scales the near clipping plane by the scene's extent, the world's size: it is set so that it stays
+    # 0.08 blocks from the eye, nearer than a wall the agent stands at, in a world of any size
+    for world_size in (40, 200):
+        model = rendering.build_scene({name: 1 for name in FACE_MATERIALS}, world_size, SIZE)
+        assert model.vis.map.znear * model.stat.extent == pytest.approx(rendering.NEAR_PLANE)
 
 
 def test_unknown_override_raises():

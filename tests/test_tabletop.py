@@ -81,6 +81,7 @@ def test_set_state_from_copies_the_scene_and_state_and_looks_ahead_without_touch
     before = env.data.qpos.copy()
     info = shadow.set_state_from(env)
     assert data_equivalence(info, env._get_info())
+    assert np.array_equal(shadow.render(), env.render())  # the copy's camera shows the state it took over
     for action in actions[3:]:  # the copy and the original go on identically
         obs_a, _, _, _, info_a = shadow.step(action)
         assert np.array_equal(env.data.qpos, before)  # stepping the copy leaves the original where it was
@@ -146,6 +147,9 @@ def test_fewer_cubes():
         ("num_cubes", 4),
         ("max_episode_steps", 0),
         ("control_hz", 0),
+        ("control_hz", 30),  # not whole physics steps: 200 Hz / 30 is 6.67
+        ("num_cubes", 2.0),
+        ("image_size", True),
         ("max_delta", -0.01),
         ("success_tolerance", 0.5),
         ("displace_distance", 0.01),
@@ -167,13 +171,34 @@ def test_unsupported_render_mode_raises_naming_the_modes():
         TabletopEnv(render_mode="human")
 
 
-def test_registered_env_truncates_at_max_steps():
-    env = gym.make(ENV_IDS["tabletop"], image_size=SIZE, max_episode_steps=3)
-    assert gym.spec(ENV_IDS["tabletop"]).max_episode_steps == TabletopConfig.max_episode_steps
+@pytest.mark.parametrize("make", [
+    lambda: gym.make(ENV_IDS["tabletop"], config=TabletopConfig(image_size=SIZE, max_episode_steps=3)),
+    lambda: gym.make(ENV_IDS["tabletop"], image_size=SIZE, max_episode_steps=3),  # gymnasium's TimeLimit
+    lambda: TabletopEnv(image_size=SIZE, max_episode_steps=3),
+])
+def test_the_env_truncates_at_max_steps_however_it_is_made(make):
+    env = make()
     env.reset(seed=0)
     truncated = [env.step(np.zeros(4, np.float32))[3] for _ in range(3)]
     env.close()
     assert truncated == [False, False, True]
+
+
+def test_bad_actions_options_and_order_are_refused_naming_what_is_wrong():
+    env = TabletopEnv(image_size=SIZE)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"options: this env's reset takes none .*got \['num_cubes'\]"):
+        env.reset(seed=0, options={"num_cubes": 2})
+    _, info = env.reset(seed=0)
+    for action in ([0.0, 0.0, float("nan"), 1.0], [0.0, 0.0, 0.0], [0.0] * 5):
+        with pytest.raises(ValueError, match="action: expected 4 finite numbers"):
+            env.step(np.array(action, np.float32))
+    _, _, _, _, after = env.step(np.zeros(4, np.float32))  # nothing of the refused actions reached the scene
+    assert np.allclose(after["cube_poses"], info["cube_poses"], atol=1e-3) and after["dist"] < 1e-3
+    with pytest.raises(ValueError, match="config: expected a TabletopConfig, got dict"):
+        TabletopEnv(config={"image_size": SIZE})
+    env.close()
 
 
 def test_make_env_applies_the_config():

@@ -64,7 +64,9 @@ def test_passes_check_env_and_is_registered(checkpoint):
     assert env.observation_space == tabletop.observation_space["front"]
     tabletop.close()
 
-    assert made.spec.max_episode_steps == WorldModelEnvConfig.max_episode_steps
+    made.reset(seed=0)  # the env truncates at its config's max_episode_steps itself
+    made.unwrapped._steps = WorldModelEnvConfig.max_episode_steps - 1
+    assert made.step(made.action_space.sample())[3]
     assert isinstance(make_env(WorldModelEnvConfig(checkpoint=checkpoint)).unwrapped, WorldModelEnv)
     env.close()
 
@@ -81,6 +83,15 @@ def test_text_models_and_bad_starts_are_clear_errors(tmp_path, model):
         env.reset(options={"frame": np.zeros((8, 8, 3), np.uint8)})
     with pytest.raises(ValueError, match="expected reset options among"):
         env.reset(options={"frames": None})
+    with pytest.raises(ValueError, match="expected a frame or a dataset to start from, got both"):
+        env.reset(options={"frame": np.zeros((SIZE, SIZE, 3), np.uint8), "dataset": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"'episode' is an episode of options\['dataset'\], which is missing"):
+        env.reset(options={"episode": 3})
+    from vplan.shipped import OtherEnvWarning
+
+    model.save_pretrained(tmp_path / "blockworld", trained_on_env="blockworld")
+    with pytest.warns(OtherEnvWarning, match="was trained on blockworld episodes, and this env is tabletop"):
+        WorldModelEnv(WorldModelEnvConfig(checkpoint=str(tmp_path / "blockworld"))).close()
 
 
 def test_steps_imagine_from_the_given_frame_follow_the_actions_and_truncate(model):

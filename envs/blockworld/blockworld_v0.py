@@ -31,7 +31,8 @@ from vplan.envs.blockworld.retrace import (
 )
 from vplan.envs.blockworld.terrain import MAX_HEIGHT, VoxelWorld, generate_world
 from vplan.envs.discrete_moves import move_space, to_move
-from vplan.envs.settings import LastFrameRender, env_settings
+from vplan.envs.settings import LastFrameRender, check_no_options, env_settings
+from vplan.utils.settings import check_ints
 
 TASKS = ("retrace",)
 JUMP_LIFT = 0.5  # blocks the camera is raised in the frame right after a jump
@@ -56,14 +57,15 @@ class BlockworldConfig:
     )
     max_episode_steps: int = field(
         default=200,
-        metadata={"help": "Step limit of gymnasium's TimeLimit: the registered default, and what "
-                  "vplan.envs.make_env passes to gymnasium.make. The expert needs about "
+        metadata={"help": "Steps after which the env truncates an episode. The expert needs about "
                   "2 * path_chunks * chunk_steps + 12."},
     )
     control_hz: int = field(default=10, metadata={"help": "Env steps per simulated second (the video's fps)."})
     task: str = field(default="retrace", metadata={"help": f"One of {TASKS}."})
 
     def __post_init__(self) -> None:
+        check_ints(self, ("image_size", "world_size", "path_chunks", "chunk_steps", "max_episode_steps", "control_hz"),
+                   low=None)
         if not 8 <= self.image_size <= 1024:
             raise ValueError(f"image_size: expected an int in [8, 1024], got {self.image_size!r}")
         if not 4 * PATH_MARGIN <= self.world_size <= 256:
@@ -78,7 +80,8 @@ class BlockworldConfig:
         if self.max_episode_steps <= outbound:
             raise ValueError(
                 f"max_episode_steps: expected more than the outbound path's path_chunks * chunk_steps = "
-                f"{outbound} steps, got {self.max_episode_steps!r}"
+                f"{outbound} steps, in the config (gymnasium.make's own max_episode_steps= only adds a TimeLimit), "
+                f"got {self.max_episode_steps!r}"
             )
         if not 1 <= self.control_hz <= 100:
             raise ValueError(f"control_hz: expected an int in [1, 100], got {self.control_hz!r}")
@@ -117,7 +120,8 @@ class BlockworldEnv(LastFrameRender, gym.Env):
     The first `path_chunks * chunk_steps` steps are the outbound path, one instruction per `chunk_steps`;
     then the return. `success` holds once every waypoint has been passed within `success_radius` on the
     return; the episode terminates when it holds and the agent is back at the start (within a quarter block),
-    and is truncated after `max_episode_steps` (200) by gymnasium's `TimeLimit`.
+    and the env truncates it after `max_episode_steps` (200) steps (`gymnasium.make`'s own
+    `max_episode_steps=` adds a `TimeLimit`; the earlier limit ends the episode).
 
     ## Rendering
     Offscreen through `MUJOCO_GL` (EGL if libEGL is found, else OSMesa), chosen when `vplan.envs` is imported
@@ -171,6 +175,7 @@ class BlockworldEnv(LastFrameRender, gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
+        check_no_options(options)
         cfg = self.config
         for _ in range(WORLD_ATTEMPTS):
             world = generate_world(self.np_random, cfg.world_size)
@@ -206,7 +211,8 @@ class BlockworldEnv(LastFrameRender, gym.Env):
 
     def step(self, action: int | np.integer) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         reward, terminated, info = self.simulate(action)
-        return self._get_obs(), reward, terminated, False, info
+        truncated = not terminated and self._steps >= self.config.max_episode_steps
+        return self._get_obs(), reward, terminated, truncated, info
 
     def close(self) -> None:
         if self._renderer is not None:

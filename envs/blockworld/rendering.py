@@ -24,6 +24,7 @@ from vplan.envs.settings import make_gl_context
 EYE_HEIGHT = 1.62  # camera above the agent's feet (blocks), as in Minecraft
 CAMERA_PITCH = -10.0  # degrees; slightly down, so more of the 64x64 view shows the ground
 FOG_START, FOG_END = 12.0, 28.0  # blocks from the eye
+NEAR_PLANE = 0.08  # blocks from the eye: nearer than a wall the agent can stand at (0.3 blocks)
 MIN_ROOM = 64  # quads of room per material at least
 
 
@@ -57,6 +58,7 @@ def build_scene(room: dict[str, int], world_size: int, image_size: int) -> mujoc
     spec.stat.center = [world_size / 2, world_size / 2, 0.0]
     spec.visual.map.fogstart = FOG_START / world_size
     spec.visual.map.fogend = FOG_END / world_size
+    spec.visual.map.znear = NEAR_PLANE / world_size  # MuJoCo scales these by the extent, as the fog's
     for name in FACE_MATERIALS:
         texture = spec.add_texture(
             name=name, type=mujoco.mjtTexture.mjTEXTURE_2D, width=TEXTURE_SIZE, height=TEXTURE_SIZE, nchannel=3

@@ -22,12 +22,13 @@ def check_seed(seed: Any, name: str = "seed") -> None:
         raise ValueError(f"{name}: expected an int from 0 to {MAX_SEED}, got {seed!r}")
 
 
-def check_ints(config: Any, names: Iterable[str], low: int = 1) -> None:
-    """A ValueError naming the first field of `config` among `names` that is not an int >= `low` (a bool is not)."""
+def check_ints(config: Any, names: Iterable[str], low: int | None = 1) -> None:
+    """A ValueError naming the first field of `config` among `names` that is not an int >= `low` (a bool is not;
+    `low=None`: any int, for fields whose range the caller checks and names itself)."""
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            wanted = "a positive int" if low == 1 else f"an int >= {low}"
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+            wanted = "an int" if low is None else "a positive int" if low == 1 else f"an int >= {low}"
             raise ValueError(f"{name}: expected {wanted}, got {value!r}")
 
 
