@@ -490,3 +490,13 @@ def test_the_shipped_blockworld_checkpoints_drive_the_agent():
     assert agent.stats()["chunks"] == 2
     agent.close()
     env.close()
+
+
+def test_the_agent_keeps_copies_of_the_frames_an_env_renders_into_one_buffer(world_model, idm):
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 2)], **NO_REPLAN)  # no stall detection: no agent_pos
+    buffer = np.full((IMAGE, IMAGE, 3), 10, np.uint8)
+    agent.reset("go", {"front": buffer}, {})
+    for value in range(20, 20 + 3 * 10, 10):
+        agent.act({"front": buffer})
+        buffer[:] = value  # the env draws the next frame over the last
+    assert [int(frame[0, 0, 0]) for frame in agent.chunk.observed] == [20, 30]

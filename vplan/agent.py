@@ -412,7 +412,8 @@ class VideoPlanningAgent:
             raise ValueError(f"obs: expected the env's observation dict, got {type(obs).__name__}")
         if cfg.camera not in obs:
             raise ValueError(f"obs: expected the camera key {cfg.camera!r} (agent.camera), got keys {sorted(obs)}")
-        frame = np.asarray(obs[cfg.camera])
+        # a copy: the agent keeps it (context, drift, IDM history), and an env may render into one buffer
+        frame = np.array(obs[cfg.camera])
         size = self.image_size
         if frame.shape != (size, size, 3) or frame.dtype != np.uint8:
             raise ValueError(f"obs[{cfg.camera!r}]: expected a uint8 frame of shape ({size}, {size}, 3), the world "
