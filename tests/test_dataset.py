@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -245,6 +246,11 @@ def test_bad_episodes_are_rejected_before_writing(tmp_path: Path) -> None:
         EpisodeDataset(root)
     with pytest.raises(DatasetError, match="tasks.parquet is missing"):
         EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop")
+    # an episode without extra fixes it for every episode too (one schema for every metadata file)
+    with EpisodeWriter.create_or_resume(tmp_path / "plain", FPS, FEATURES, "tabletop") as writer:
+        writer.add_episode(data, subgoals)
+        with pytest.raises(ValueError, match=r"expected extra with the keys and types of earlier episodes \{\}"):
+            writer.add_episode(data, subgoals, {"seed": 1})
 
 
 def test_uncommitted_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:
@@ -362,6 +368,27 @@ def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
     )
     with pytest.raises(DatasetError, match=r"v2\.1"):
         EpisodeDataset(tmp_path)
+
+
+def test_reader_refuses_features_it_cannot_read_and_episodes_whose_spans_disagree(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0, 1])
+    info = json.loads((root / INFO_PATH).read_text())
+    wrist = {"dtype": "image", "shape": [8, 8, 3]}  # LeRobot's images kept as files, not videos
+    (root / INFO_PATH).write_text(json.dumps({**info, "features": {**info["features"], "observation.images.wrist": wrist}}))
+    with pytest.raises(DatasetError, match="feature 'observation.images.wrist' has dtype 'image'; vplan reads"):
+        EpisodeDataset(root)
+    (root / INFO_PATH).write_text(json.dumps({**info, "video_path": None}))
+    with pytest.raises(DatasetError, match="has video features .* but no video_path"):
+        EpisodeDataset(root)
+    (root / INFO_PATH).write_text(json.dumps(info))
+    episodes = sorted((root / "meta" / "episodes").glob("*/*.parquet"))[0]  # episode 0's
+    table = pq.read_table(episodes)
+    to_index = table.column("dataset_to_index").to_pylist()
+    pq.write_table(table.set_column(table.column_names.index("dataset_to_index"), "dataset_to_index",
+                                    pa.array([to_index[0] - 1, *to_index[1:]], pa.int64())), episodes)
+    with pytest.raises(DatasetError, match=f"episode 0 spans frames 0..{to_index[0] - 1} with length {to_index[0]}"):
+        EpisodeDataset(root)
 
 
 def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:

@@ -104,7 +104,23 @@ def load_info(root: str | Path) -> dict[str, Any]:
         raise DatasetError(
             f"{path} has codebase_version {info['codebase_version']!r}; expected {CODEBASE_VERSION!r}"
         )
+    for key, feature in info["features"].items():
+        dtype = feature.get("dtype") if isinstance(feature, dict) else None
+        if dtype != "video" and not _numeric(dtype):
+            raise DatasetError(f"{path}: feature {key!r} has dtype {dtype!r}; vplan reads numeric, bool and video "
+                               "features (a dataset recorded with images rather than videos needs its images "
+                               "encoded as videos first)")
+    if video_keys(info["features"]) and not info.get("video_path"):
+        raise DatasetError(f"{path} has video features {video_keys(info['features'])} but no video_path")
     return info
+
+
+def _numeric(dtype: Any) -> bool:
+    """Whether a feature's dtype names a numpy number or bool type."""
+    try:
+        return np.issubdtype(np.dtype(dtype), np.number) or np.dtype(dtype) == np.bool_
+    except TypeError:
+        return False
 
 
 def chunk_and_file(position: int, chunks_size: int) -> tuple[int, int]:
@@ -345,6 +361,14 @@ def load_episode_rows(root: Path, total_episodes: int) -> list[dict[str, Any]]:
     if len(rows) != total_episodes:
         missing = sorted(set(range(total_episodes)) - set(rows))
         raise DatasetError(f"{root / EPISODES_DIR} lacks the metadata of committed episodes {missing[:10]}")
+    start = 0
+    for i in range(total_episodes):  # each episode's frames follow the last's, as many as its length says
+        row = rows[i]
+        if (row["dataset_from_index"], row["dataset_to_index"]) != (start, start + row["length"]):
+            raise DatasetError(f"{root / EPISODES_DIR}: episode {i} spans frames {row['dataset_from_index']}.."
+                               f"{row['dataset_to_index']} with length {row['length']}; expected {start}.."
+                               f"{start + row['length']}")
+        start = row["dataset_to_index"]
     return [rows[i] for i in range(total_episodes)]
 
 
@@ -378,9 +402,11 @@ class EpisodeWriter:
             for kind in self._file_kinds():
                 chunk, file = last[f"{kind}/chunk_index"], last[f"{kind}/file_index"]
                 self._next_position[kind] = chunk * info["chunks_size"] + file + 1
-        self._extra_types = {} if last is None else self._extra_types_of(last)
+        # the extra columns every episode has, fixed by the first (None: no episode yet), so that every episode
+        # metadata file has one schema
+        self._extra_types: dict[str, pa.DataType] | None = None if last is None else self._extra_types_of(last)
         # the `extra` of the last committed episode: what a resumed collection checks it continues
-        self.last_extra = {} if last is None else {key: last[key] for key in self._extra_types}
+        self.last_extra = {} if last is None else {key: last[key] for key in self._extra_types or {}}
 
     # -- opening
 
@@ -528,7 +554,7 @@ class EpisodeWriter:
         self._info, self._tasks, self._stats = info, tasks, merged_stats
         for kind in self._file_kinds():
             self._next_position[kind] += 1
-        if not self._extra_types:
+        if self._extra_types is None:
             self._extra_types = {key: _arrow_type(value) for key, value in extra.items()}
         self.last_extra = dict(extra)
         return episode
@@ -626,7 +652,7 @@ class EpisodeWriter:
         if reserved:
             raise ValueError(f"extra keys {reserved} clash with lerobot's episode columns")
         types = {key: _arrow_type(value) for key, value in extra.items()}
-        if self._extra_types and types != self._extra_types:
+        if self._extra_types is not None and types != self._extra_types:
             raise ValueError(
                 f"expected extra with the keys and types of earlier episodes {_describe(self._extra_types)}, "
                 f"got {_describe(types)}"
