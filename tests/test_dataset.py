@@ -177,6 +177,11 @@ def test_resume_appends_and_indices_continue(tmp_path: Path) -> None:
     ds = check_episodes(root, [0, 1, 2])
     assert ds.tasks == ["move the red cube away", "return cube 0", "return cube 1"]
     assert ds.stats[OBS_STATE]["count"][0] == ds.num_frames
+    # the file itself, not the reader's fallback (which recomputes stale stats): the resumed writer merged them
+    written = json.loads((root / "meta" / "stats.json").read_text())
+    assert written[OBS_STATE]["count"] == [ds.num_frames] and written[INDEX]["count"] == [ds.num_frames]
+    all_states = np.concatenate([ds.episode(e)[OBS_STATE] for e in range(3)])
+    np.testing.assert_allclose(written[OBS_STATE]["mean"], all_states.mean(axis=0), rtol=1e-5)
 
 
 def test_a_writer_that_waited_for_the_lock_resumes_what_another_created(tmp_path, monkeypatch) -> None:
@@ -268,6 +273,10 @@ def test_uncommitted_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:
     (root / STAGING_DIR).mkdir(exist_ok=True)
     (root / STAGING_DIR / "data.parquet").write_bytes(b"half a parq")
     check_episodes(root, [0, 1])
+    leftovers = [root / f"{kind}/chunk-000/file-002.{suffix}" for kind, suffix in
+                 (("data", "parquet"), ("meta/episodes", "parquet"), (f"videos/{OBS_IMAGE_FRONT}", "mp4"))]
+    with EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop"):  # resuming alone clears them
+        assert not any(path.exists() for path in leftovers)
     write(root, [2])
     assert not (root / STAGING_DIR).exists()
     check_episodes(root, [0, 1, 2])
