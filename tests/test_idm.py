@@ -445,3 +445,34 @@ def test_moves_that_do_not_fit_are_usage_errors(moves_dataset: Path, changes, ex
         load_episodes(dataset, [0, 1], config, None, set(), label=changes.get("label", "commanded"))
     with pytest.raises(ValueError, match="num_moves"):
         IDMConfig(num_moves=-1)
+
+
+class ReadsTheStep:
+    """A stand-in IDM that reads the step off a window's frame t (filled with 10 t, or 10 t + 5 through "the
+    VAE") and answers with that step's action as `evaluate`'s episodes encode it: (t / 10, 0, 0, grip +1)."""
+
+    config = SimpleNamespace(history_frames=2, discrete=False, binary_gripper=True)
+
+    def predict_windows(self, window: torch.Tensor) -> torch.Tensor:
+        step = window[:, -2, 0, 0, 0].float() // 10  # frame t, the last of the history
+        return torch.stack([step / 10, torch.zeros_like(step), torch.zeros_like(step), torch.ones_like(step)], 1)
+
+
+def test_held_out_evaluation_scores_each_transition_against_the_action_taken_from_its_first_frame():
+    from vplan.loop.idm import evaluate
+
+    def episode(length: int) -> Episode:
+        frames = torch.stack([torch.full((4, 4, 3), 10 * t, dtype=torch.uint8) for t in range(length)])
+        actions = torch.tensor([[t / 10, 0.0, 0.0, 1.0] for t in range(length)])
+        return Episode(frames=frames, actions=actions, reconstructed=frames + 5)
+
+    episodes, baseline = [episode(4), episode(6)], torch.tensor([0.1, 0.0, 0.0, 1.0])
+    for reconstructed in (False, True):
+        report = evaluate(ReadsTheStep(), episodes, baseline, reconstructed)
+        assert report["transitions"] == 3 + 5  # the last frame of each has no next frame
+        assert report["mae"] == pytest.approx([0.0, 0.0, 0.0]) and report["grip_accuracy"] == 1.0
+        # the baseline: always the training mean given, against the held-out actions 0, .1, .2 and 0 .. .4
+        assert report["baseline_mae"][0] == pytest.approx(np.mean(np.abs(np.r_[0:0.3:0.1, 0:0.5:0.1] - 0.1)))
+    episodes[0].reconstructed = None
+    with pytest.raises(TypeError):  # the VAE's frames are what it reads there, not the real ones
+        evaluate(ReadsTheStep(), episodes, baseline, True)
