@@ -190,3 +190,13 @@ def test_loss_log_lines_a_resumed_run_repeats_are_read_once_the_newer_winning(tm
     log.write_text("".join(json.dumps(line) + "\n" for line in lines) + "\n")
     assert logged_losses(log) == ([10, 20, 30, 40], [4.0, 3.0, 2.0, 1.0])
     assert logged_losses(tmp_path / "missing.jsonl") == ([], [])
+
+
+def test_several_processes_are_refused_before_a_step(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))  # as under accelerate launch
+    component = LinearFit()
+    with pytest.raises(RunError, match="toy: 2 processes .* run the command without accelerate launch"):
+        train(component, OptimConfig(steps=2), tmp_path, "toy")
+    assert component.calls == 0 and not tmp_path.joinpath("train_log.jsonl").exists()

@@ -88,6 +88,10 @@ def train(
     from tqdm import tqdm
 
     accelerator = Accelerator()
+    if accelerator.num_processes > 1:
+        # every process would draw the same batches (seeded by the step alone) and write the same files
+        raise RunError(f"{description}: {accelerator.num_processes} processes (accelerate launch): vplan trains in "
+                       "one process (CPU, or the one GPU it finds); run the command without accelerate launch")
     module = component.module
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
