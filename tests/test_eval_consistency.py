@@ -182,7 +182,7 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     capsys.readouterr()
     resumed = evaluate(out, episodes=2, resume=True)
     assert "continuing" in capsys.readouterr().out
-    assert figures(resumed) == figures(straight)
+    assert figures(resumed) == figures(straight) and resumed["threads"] == [1]  # timed alike
     assert sorted(p.name for p in out.glob("*.mp4")) == ["real_vs_none_seed10000.mp4", "real_vs_temp_lora_seed10000.mp4"]
 
     (Path(tiny_checkpoint) / "notes.txt").write_text("retrained")  # the checkpoint's files change
@@ -227,3 +227,25 @@ def test_paired_difference_matches_episodes_by_seed():
     d = paired_difference(lora, none, "src")
     assert (d["mean"], d["episodes"], d["ahead"], d["behind"]) == (pytest.approx(2 / 3), 3, 1, 1)
     assert d["standard_error"] == pytest.approx(np.std([4.0, 0.0, -2.0], ddof=1) / np.sqrt(3))
+
+
+def test_growing_a_finished_evaluation_leaves_it_unfinished_until_it_ends(tmp_path):
+    from dataclasses import dataclass
+
+    from vplan.errors import UsageError
+    from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, start_or_continue
+
+    @dataclass
+    class Settings:
+        episodes: int = 1
+        resume: bool = False
+
+    def start(**changes) -> dict:
+        return start_or_continue(Settings(**changes), tmp_path, ("episodes", "resume"), {"rows": []},
+                                 lambda progress: f"{len(progress['rows'])} row(s)", ())
+
+    (tmp_path / PROGRESS_FILE).write_text(json.dumps({**start(), "rows": [1]}))
+    (tmp_path / METRICS_FILE).write_text("{}")  # finished with one episode
+    start(episodes=2, resume=True)  # grown to two, then interrupted before it ends
+    with pytest.raises(UsageError, match=r"holds an unfinished evaluation \(1 row\(s\) finished\)"):
+        start(episodes=2)  # a fresh run does not throw the finished rollout away

@@ -5,8 +5,9 @@ For each episode (seed `seed + i`) the env's scripted revisit scenario (`vplan.e
 the cubes go onto their spots and come back, round after round) is played for `context_frames + chunks ×
 chunk_frames` frames. Every memory mode then imagines the same take from the same start: the first
 `context_frames` real frames, encoded, are the context of chunk 0, chunk k is generated from the subgoal the
-scenario pursues at its first frame, and the model continues from its own chunks (open loop: nothing observed
-after the start, which is where episodic memory matters). The sampling noise is seeded per episode, so the
+scenario pursues as it starts (that of the action leading into its first frame, `chunk_subgoal`), and the model
+continues from its own chunks (open loop: nothing observed after the start, which is where episodic memory
+matters). The sampling noise is seeded per episode, so the
 modes differ only by their memory. Temp-LoRA learns from every chunk before the next one (`update(previous,
 chunk)`, synchronously): from the chunk it imagined (`temp_lora.update_on=imagined`, the default and the paper's
 setting), or from the real frames of the same steps, encoded (`temp_lora.update_on=observed`: what an agent
@@ -255,7 +256,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                 generated_s = time.perf_counter() - began
                 progress["modes"][mode].append(
                     {"seed": seed, **score_video(video, real, pairs, features, scenario.fps, context_n, chunk_n),
-                     "seconds": generated_s})
+                     "seconds": generated_s, "threads": cfg.threads})
                 if episode < cfg.video_episodes:  # real | generated, side by side; before the rollout counts as done
                     write_mp4(out / f"real_vs_{mode}_seed{seed}.mp4", np.concatenate([real, video], axis=2),
                               scenario.fps)
@@ -293,6 +294,8 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         "modes": {mode: {**{key: mean(rows, key) for key in keys}, "episodes": rows}
                   for mode, rows in per_mode.items()},
         "real": {"scuts": mean(real_rows, "scuts"), "src": mean(real_rows, "src"), "episodes": real_rows},
+        # the torch threads the rollouts were timed with (a resumption may change them; None: not recorded)
+        "threads": sorted({row.get("threads") for rows in per_mode.values() for row in rows}, key=str),
     }
     if "none" in per_mode:  # each memory's SRC against no memory on the same episodes
         for mode in per_mode:
@@ -344,6 +347,8 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
               f"{row['psnr_db']:10.2f} {row['seconds']:10.1f}")
     real = metrics["real"]
     print(f"  {'real':12} {real['scuts']:6.2f} {real['src']:8.2f} {'-':>22} {'-':>10} {'-':>10}")
+    if len(metrics["threads"]) > 1:
+        print(f"  (s/episode averages rollouts timed with threads {metrics['threads']}: a resumption changed them)")
     for mode, row in metrics["modes"].items():
         if "src_vs_none" in row:
             d = row["src_vs_none"]

@@ -35,6 +35,8 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
             raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
                              "pass the same ones, or choose another out=DIR")
         print(f"continuing {out}: {finished(progress)} finished")
+        # unfinished again until it ends (`episodes` may have grown): a fresh run must not replace it meanwhile
+        (out / METRICS_FILE).unlink(missing_ok=True)
         return {**progress, "settings": settings}
     if cfg.resume:
         print(f"resume=true: {out} holds no evaluation yet; starting one")
