@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from vplan.eval.bench_env import BenchEnvConfig, bench_env
 from vplan.eval.bench_worldmodel import BenchWorldModelConfig, bench_worldmodel
@@ -91,6 +92,33 @@ def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
     assert "text sensitivity" in capsys.readouterr().out
     assert (metrics["sampling"]["sampler"], metrics["sampling"]["num_inference_steps"]) == ("ddim", 3)
     assert metrics["sampling"]["guidance_scale"] == 2.0
+
+
+def test_text_sensitivity_compares_two_texts_on_the_same_context_and_noise(tmp_path, monkeypatch):
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=1,
+                               out=str(tmp_path / "run"), sampler="ddim", steps=2, rollout_chunks=1, video_chunks=0)
+    calls, generate = [], WorldModel.generate
+
+    def recorded(self, context, texts, *args, generator=None, **kwargs):
+        calls.append((context.clone(), list(texts), generator.initial_seed()))
+        return generate(self, context, texts, *args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(WorldModel, "generate", recorded)
+    metrics = evaluate_worldmodel(cfg)
+    compared = [(a, b) for a, b in zip(calls, calls[1:]) if a[1] != b[1] and a[2] == b[2] and torch.equal(a[0], b[0])]
+    assert len(compared) == metrics["all"]["chunks"]  # each chunk: true text, then another, same context and noise
+
+    def text_blind(self, context, texts, *args, **kwargs):  # a model that reads no text: every comparison a tie
+        return generate(self, context, [""] * len(texts), *args, **kwargs)
+
+    monkeypatch.setattr(WorldModel, "generate", text_blind)
+    assert evaluate_worldmodel(replace(cfg, out=str(tmp_path / "blind")))["text_sensitivity"] == 0.0
 
 
 def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
@@ -219,3 +247,13 @@ def test_share_error_takes_the_episode_as_the_unit():
     assert share_error(rows([True, False], [True, False]), "text_sensitive") == 0.0  # every episode at the share
     assert share_error(rows([True, False, True]), "text_sensitive") is None  # one episode: no spread to measure
     assert share_error([{"episode": 0}, {"episode": 1}], "text_sensitive") is None  # a model that reads no text
+
+
+def test_a_chunk_counts_as_moving_when_the_agent_travels_or_turns():
+    from vplan.eval.worldmodel import _moving
+
+    still = np.zeros(4)
+    assert _moving(still, np.array([0.02, 0.0, 0.0, 0.0]))  # the gripper travelled 2 cm
+    assert not _moving(still, np.array([0.005, 0.005, 0.0, 0.0]))
+    assert _moving(still, np.array([0.0, 0.0, 0.0, 90.0]))  # the blockworld's agent turned in place
+    assert _moving(still, np.array([0.0, 0.0, 0.0, 0.08]))  # the tabletop's fingers opened

@@ -3,8 +3,8 @@
 Episodes are rolled out by the scripted expert with seeds from 10000 up (never in training data). For every
 chunk position, the model gets the real context frames and the true subgoal text, and its chunk is compared
 with the real frames (PSNR and SSIM from torchmetrics) next to the copy-last-frame baseline; the table also
-covers only the chunks where the gripper moves, where copying the last frame is wrong. Text sensitivity is
-the share of chunks whose generation under the true subgoal is closer to the real frames than under a
+covers only the chunks where the agent moves (or turns, `_moving`), where copying the last frame is wrong. Text
+sensitivity is the share of chunks whose generation under the true subgoal is closer to the real frames than under a
 different subgoal of the same episode (same seed, same context). An MP4 grid shows real above generated.
 With `idm=` an inverse-dynamics policy reads the actions off each generated chunk and off the real one (from the
 same last real frame): how far apart they are says whether the agent could act on what the model draws.
@@ -48,7 +48,10 @@ from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_seed
 from vplan.worldmodel.action_encoder import CONDITIONINGS
 
-MOVING_THRESHOLD = 0.01  # metres the gripper travels within a chunk for the chunk to count as "moving"
+# A chunk counts as "moving" where the agent's position (metres on the tabletop, blocks on the blockworld) ends
+# more than this from where it was before the chunk, or its fourth state value (the tabletop's finger opening, the
+# blockworld's heading: a turn in place changes the whole view) changes by more than it.
+MOVING_THRESHOLD = 0.01
 GRID_FILE = "real_vs_generated.mp4"
 OPEN_LOOP_VIDEO = "open_loop.mp4"
 OPEN_LOOP_PLOT = "open_loop.png"
@@ -292,7 +295,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
     open_rows: list[dict[str, Any]] = []
     frames_np, subgoals, _ = rollout_expert(env, expert, cfg.seed + episode)
     frames = torch.from_numpy(frames_np[OBS_IMAGE_FRONT])
-    gripper = frames_np[OBS_STATE][:, :3]
+    state = np.asarray(frames_np[OBS_STATE], np.float64)
     latents = model.encode(frames[None])[0]
     actions = torch.as_tensor(np.asarray(frames_np[ACTION]), dtype=torch.float32).reshape(len(frames), -1)
     for checked in (model, compare):
@@ -335,7 +338,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
         copy_psnr, copy_ssim = chunk_scores(frames[start - 1 : start].expand_as(real), real)
         row = {"episode": episode, "start": start, "text": true_text, "psnr": psnr, "ssim": ssim,
                "copy_psnr": copy_psnr, "copy_ssim": copy_ssim,
-               "moving": bool(np.linalg.norm(gripper[start + chunk_n - 1] - gripper[start - 1]) > MOVING_THRESHOLD)}
+               "moving": _moving(state[start - 1], state[start + chunk_n - 1])}
         if idm is not None:
             last = frames[start - 1 : start]
             row |= {f"idm_{k}": v for k, v in action_agreement(idm, last, predicted, real).items()}
@@ -356,6 +359,12 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
         if len(grid) < cfg.video_chunks:
             grid.append(np.concatenate([real.numpy(), predicted.numpy()], axis=1))  # real above generated
     return rows, open_rows
+
+
+def _moving(before: np.ndarray, after: np.ndarray) -> bool:
+    """Whether the agent moved over a chunk (`MOVING_THRESHOLD`), from its state before the chunk and at its end."""
+    moved = np.linalg.norm(after[:3] - before[:3]) > MOVING_THRESHOLD
+    return bool(moved or (len(before) > 3 and abs(after[3] - before[3]) > MOVING_THRESHOLD))
 
 
 def _load_idm(checkpoint: str, model: Any) -> Any:
