@@ -248,6 +248,40 @@ def test_the_adapter_round_trips_exactly_through_safetensors(tmp_path: Path) -> 
     (tmp_path / "broken.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="does not read"):
         loaded.load(tmp_path / "broken.safetensors")
+    # alpha scales the update without changing a tensor's shape: a file saved under another is refused
+    scaled = make_memory(replace(lora(), alpha=4.0 * lora().rank), tiny_model())
+    with pytest.raises(ValueError, match=r"saved with another alpha 4\.0 \(this memory's: 16\.0\)"):
+        scaled.load(tmp_path / "memory.safetensors")
+
+
+def test_learning_goes_on_from_a_loaded_adapter_as_from_a_reset() -> None:
+    """Whatever the memory did before, a load then the same update gives the same adapter."""
+    first = make_memory(lora(), tiny_model())
+    first.update(latents(CHUNK), latents(CHUNK, seed=2))
+    state = first.state_dict()
+    fresh, used = make_memory(lora(), tiny_model()), make_memory(lora(), tiny_model())
+    for seed in range(3):  # its Adam moments, noise draws and update count move on
+        used.update(latents(CHUNK, seed=10 + seed), latents(CHUNK, seed=20 + seed))
+    for memory in (fresh, used):
+        memory.load_state_dict(state)
+        memory.update(latents(CHUNK, seed=3), latents(CHUNK, seed=4))
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, used.state_dict()[name]), name
+
+
+def test_an_update_leaves_the_process_wide_generator_alone() -> None:
+    """The update runs on a worker thread beside the caller: gradient checkpointing must not save and set the
+    global RNG there (it would rewind the caller's draws)."""
+    memory = make_memory(lora(gradient_checkpointing=True, steps_per_chunk=3), tiny_model())
+    torch.manual_seed(7)
+    expected = torch.rand(200_000)
+    torch.manual_seed(7)
+    memory.update_async(latents(CHUNK), latents(CHUNK, seed=2))
+    drawn = []
+    while memory.pending:  # the caller draws while the update runs
+        drawn.append(torch.rand(1))
+    memory.wait()
+    assert len(drawn) > 100 and torch.equal(torch.cat(drawn), expected[: len(drawn)])
 
 
 def test_the_update_is_action_agnostic() -> None:

@@ -176,7 +176,8 @@ class EpisodicMemory(ABC):
         from safetensors.torch import save_file
 
         state = {name: tensor.detach().contiguous().clone() for name, tensor in self.state_dict().items()}
-        save_file(state, str(path), metadata={"kind": self.kind, "format_version": MEMORY_FORMAT_VERSION})
+        metadata = {"kind": self.kind, "format_version": MEMORY_FORMAT_VERSION, **self._meaning()}
+        save_file(state, str(path), metadata=metadata)
 
     def load(self, path: str | Path) -> None:
         """Read a file written by `save` of the same kind into this memory."""
@@ -193,7 +194,16 @@ class EpisodicMemory(ABC):
                 f"{path}: expected a {self.kind!r} memory (format {MEMORY_FORMAT_VERSION}), got kind "
                 f"{metadata.get('kind')!r} (format {metadata.get('format_version')!r})"
             )
+        # settings the tensors' shapes do not show (a file saved before they were recorded is taken as it is)
+        differ = [f"{name} {metadata[name]} (this memory's: {value})" for name, value in self._meaning().items()
+                  if name in metadata and metadata[name] != value]
+        if differ:
+            raise ValueError(f"{path}: saved with another {', '.join(differ)}; load it into a memory made so")
         self.load_state_dict(state)
+
+    def _meaning(self) -> dict[str, str]:
+        """Settings under which a saved state means what it did (`save` records them, `load` checks them)."""
+        return {}
 
     def close(self) -> None:
         """Wait for the worker, stop it, and give the world model back as it was (e.g. remove the adapter).

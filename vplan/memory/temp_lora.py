@@ -96,7 +96,9 @@ def checkpointed(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
     kinds = (ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel)
     wrapped = [module for module in unet.modules() if isinstance(module, kinds)]
     for module in wrapped:
-        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+        # preserve_rng_state=False: the forward draws nothing, and saving and setting the process-wide generator
+        # from this worker thread would rewind draws the main thread makes meanwhile
+        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False, preserve_rng_state=False)
     try:
         yield
     finally:
@@ -304,11 +306,19 @@ class TempLoRAMemory(EpisodicMemory):
         parameter = next(unet.parameters())
         state = {name: tensor.to(device=parameter.device, dtype=expected[name].dtype) for name, tensor in state.items()}
         result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
-        self._first_sequence = None  # not in a saved adapter: `replay_first` has nothing to rehearse
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"expected LoRA tensors of the {ADAPTER_NAME!r} adapter, got unexpected "
                              f"{result.unexpected_keys[:3]}")
-        self._active = True
+        # learning goes on from the loaded adapter as from a reset (a fresh Adam, the noise seed, no update yet),
+        # not from whatever this memory did before; `replay_first` rehearses the next sequence it learns
+        self._optimizer = torch.optim.Adam(list(self._params.values()), lr=self.config.lr)
+        self._generator.manual_seed(self.config.seed)
+        self._active, self._updates, self._first_sequence = True, 0, None
+
+    def _meaning(self) -> dict[str, str]:
+        # alpha scales the update (alpha / rank) without changing a tensor's shape
+        cfg = self.config
+        return {"alpha": str(float(cfg.alpha if cfg.alpha is not None else cfg.rank))}
 
     def _snapshot(self) -> dict[str, Any]:
         return {
