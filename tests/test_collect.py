@@ -66,6 +66,11 @@ def test_resume_adds_only_the_missing_episodes(tmp_path, capsys):
 
     with pytest.raises(UsageError, match=r"the next is 2, not 102 \(seed=100\); pass seed=0 to continue it"):
         collect(small_config(tmp_path / "ds", episodes=4, seed=100))  # would skip scenes, or repeat them
+    # another way of collecting: the env's action scale, or noise, would mix two kinds of episode in one dataset
+    moved_more = replace(small_config(tmp_path / "ds", episodes=4), env=TabletopConfig(image_size=16, max_delta=0.05))
+    for other in (moved_more, small_config(tmp_path / "ds", episodes=4, noise_std=0.1)):
+        with pytest.raises(UsageError, match="vplan collect: .* ran with other settings of (env.max_delta|noise_std)"):
+            collect(other)
     assert EpisodeDataset(tmp_path / "ds").num_episodes == 2
 
 

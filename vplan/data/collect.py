@@ -22,9 +22,12 @@ from vplan.constants import ACTION, ACTION_APPLIED, DONE, OBS_ENV_STATE, OBS_STA
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import UsageError
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_seed
+from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, write_config
 
 IMAGE_FEATURE = "observation.images.{camera}"  # env observation key "front" -> observation.images.front
+
+
+RESUMABLE_CHANGES = ("episodes", "out", "resume")  # settings a resumed collection may change
 
 
 @dataclass
@@ -127,15 +130,24 @@ def rollout_expert(env: gym.Env, expert: Any, seed: int) -> tuple[dict[str, np.n
     return recorder.frames(), recorder.subgoals, summary
 
 
-def _check_continues(last: dict[str, Any], cfg: CollectConfig, start: int, env: gym.Env) -> None:
+def _check_continues(last: dict[str, Any], cfg: CollectConfig, start: int) -> None:
     """A UsageError unless this collection continues the dataset's seeds (episode i runs seed + i): another seed
     would repeat or skip scenes, and could put copies of training episodes among the held-out last ones."""
     last_seed = last.get("seed")
     if last_seed is not None and int(last_seed) != cfg.seed + start - 1:
-        env.close()
         raise UsageError(f"{cfg.out}: its {start} episodes ran seeds from {int(last_seed) - start + 1}, so the next "
                          f"is {int(last_seed) + 1}, not {cfg.seed + start} (seed={cfg.seed}); pass seed="
                          f"{int(last_seed) - start + 1} to continue it, or choose another out=DIR")
+
+
+def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
+    """A UsageError naming the settings (env, task, noise, ...) in which this collection differs from the one that
+    began `out`: one dataset, one way of collecting (an env's max_delta, say, sets what its actions mean)."""
+    if (out / CONFIG_FILE).is_file():
+        check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan collect")
+    else:
+        print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
+              "continuing with these, unchecked")
 
 
 def collect(cfg: CollectConfig) -> Path:
@@ -169,8 +181,14 @@ def collect(cfg: CollectConfig) -> Path:
             env.close()
             return out
         if start:
-            _check_continues(writer.last_extra, cfg, start, env)
+            try:
+                _check_continues(writer.last_extra, cfg, start)
+                _check_same_settings(cfg, out)
+            except UsageError:
+                env.close()
+                raise
             print(f"resuming {out}: {start} episodes there, collecting {cfg.episodes - start} more")
+        write_config(out, cfg)  # what a later resume is held to
         successes = 0
         bar = tqdm(range(start, cfg.episodes), desc="collect", unit="episode", initial=start, total=cfg.episodes)
         try:
