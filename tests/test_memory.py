@@ -274,11 +274,11 @@ def test_an_update_leaves_the_process_wide_generator_alone() -> None:
     global RNG there (it would rewind the caller's draws)."""
     memory = make_memory(lora(gradient_checkpointing=True, steps_per_chunk=3), tiny_model())
     torch.manual_seed(7)
-    expected = torch.rand(200_000)
+    expected = torch.cat([torch.rand(1) for _ in range(200_000)])  # one by one, as drawn below
     torch.manual_seed(7)
     memory.update_async(latents(CHUNK), latents(CHUNK, seed=2))
     drawn = []
-    while memory.pending:  # the caller draws while the update runs
+    while memory.pending and len(drawn) < len(expected):  # the caller draws while the update runs
         drawn.append(torch.rand(1))
     memory.wait()
     assert len(drawn) > 100 and torch.equal(torch.cat(drawn), expected[: len(drawn)])

@@ -506,9 +506,9 @@ class VideoPlanningAgent:
         replan = previous_chunk.cut if previous_chunk is not None else None
         self._wait_memory()
         start = time.perf_counter()
-        # what the memory conditions the chunk on (the anchor memory: the episode's first frame, then the last)
-        context = self.memory.condition(self._history)[:, -self.world_model.config.context_frames :]
-        latents = self.world_model.generate(context, [subgoal.text], generator=self._generator)
+        # through the memory's own generate (a memory may imagine otherwise: bench executor's expert video)
+        latents = self.memory.generate(self._history, [subgoal.text], generator=self._generator)
+        context = self.memory.last_context  # what it conditioned on (anchor: the episode's first frame, the last)
         if self.memory.config.update_on == "imagined":
             # learns on the worker while this chunk is decoded, read and executed; the next generation waits
             self.memory.update_async(self._history[:, -self.world_model.config.chunk_frames :], latents)

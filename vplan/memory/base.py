@@ -69,6 +69,7 @@ class EpisodicMemory(ABC):
         self._future: Future | None = None
         self._closed = False
         self.last_update: dict[str, float] | None = None  # the logs of the latest finished update
+        self.last_context: torch.Tensor | None = None  # what the latest `condition` gave a chunk to go on from
 
     # -- episode ---------------------------------------------------------------------------------------------
 
@@ -91,7 +92,9 @@ class EpisodicMemory(ABC):
         self._ensure_open()
         self.wait()
         self._check(history, "history")
-        return self._condition(history)
+        context = self._condition(history)
+        self.last_context = context[:, -self.world_model.config.context_frames :]  # what the world model reads
+        return context
 
     def generate(
         self,
