@@ -70,7 +70,7 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
         assert (episodes[0]["psnr"] is None) == (row == "expert")
         assert all(0 <= e["progress"] <= 1 for e in episodes)
     # the agent imagines through the memory: the expert video row's chunks are the expert's, not the model's
-    assert results["rows"]["expert_video"][0]["psnr"] != results["rows"]["world_model"][0]["psnr"]
+    assert results["rows"]["expert video"][0]["psnr"] != results["rows"]["world model"][0]["psnr"]
     for row in ("expert_video", "world_model"):  # the first episode of each video row, imagined | executed
         video = np.stack(imageio.mimread(out / f"{row}_seed10000.mp4"))
         assert video.shape == (1 + 12, 64, 2 * 64 + 2, 3)
