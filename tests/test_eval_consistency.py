@@ -249,3 +249,13 @@ def test_growing_a_finished_evaluation_leaves_it_unfinished_until_it_ends(tmp_pa
     start(episodes=2, resume=True)  # grown to two, then interrupted before it ends
     with pytest.raises(UsageError, match=r"holds an unfinished evaluation \(1 row\(s\) finished\)"):
         start(episodes=2)  # a fresh run does not throw the finished rollout away
+
+
+def test_an_evaluation_interrupted_before_anything_finished_says_so(tmp_path, capsys):
+    from vplan.eval.progress import PROGRESS_FILE, say_interrupted
+
+    say_interrupted(tmp_path, "0 rollout(s)")  # no progress.json yet: nothing to resume
+    assert capsys.readouterr().err.strip() == "interrupted before anything finished; the same command starts again"
+    (tmp_path / PROGRESS_FILE).write_text("{}")
+    say_interrupted(tmp_path, "1 rollout(s)")
+    assert "interrupted: 1 rollout(s) finished, kept in" in capsys.readouterr().err

@@ -52,5 +52,8 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
 
 def say_interrupted(out: Path, done: str) -> None:
     """The line an interrupted evaluation leaves: what it kept and how to go on."""
+    if not (out / PROGRESS_FILE).is_file():
+        print("interrupted before anything finished; the same command starts again", file=sys.stderr)
+        return
     print(f"interrupted: {done} finished, kept in {out / PROGRESS_FILE}; the same command with resume=true "
           "continues", file=sys.stderr)

@@ -209,7 +209,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                          "models that imagine the same chunks")
     idm = _load_idm(cfg.idm, model) if cfg.idm is not None else None
     checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
-    warn_if_trained_elsewhere(checkpoints, env_name(cfg.env))
+    # named by this command's keys (checkpoints.json keeps the names earlier evaluations pinned them under)
+    warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}, env_name(cfg.env))
     out = Path(cfg.out)
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
                                  _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])
