@@ -64,7 +64,8 @@ def env_settings(
 def check_no_options(options: dict[str, Any] | None) -> None:
     """Refuse `reset(options=...)` for an env that reads none, rather than ignore what the caller meant."""
     if options:
-        raise ValueError(f"options: this env's reset takes none (its settings are in its config), got {sorted(options)}")
+        raise ValueError(f"options: this env's reset takes none (its settings are in its config), got "
+                         f"{sorted(options)}")
 
 
 class LastFrameRender:

@@ -98,9 +98,8 @@ class WorldModelEnv(gym.Env):
         self.config = env_settings(WorldModelEnvConfig, config, overrides, render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         if model is None:
-            from vplan.worldmodel.model import WorldModel
-
             from vplan.shipped import warn_if_trained_elsewhere
+            from vplan.worldmodel.model import WorldModel
 
             model = WorldModel.from_pretrained(self.config.checkpoint)
             warn_if_trained_elsewhere({"checkpoint": self.config.checkpoint}, "tabletop")  # it imagines the tabletop

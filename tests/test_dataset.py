@@ -384,7 +384,8 @@ def test_reader_refuses_features_it_cannot_read_and_episodes_whose_spans_disagre
     write(root, [0, 1])
     info = json.loads((root / INFO_PATH).read_text())
     wrist = {"dtype": "image", "shape": [8, 8, 3]}  # LeRobot's images kept as files, not videos
-    (root / INFO_PATH).write_text(json.dumps({**info, "features": {**info["features"], "observation.images.wrist": wrist}}))
+    features = {**info["features"], "observation.images.wrist": wrist}
+    (root / INFO_PATH).write_text(json.dumps({**info, "features": features}))
     with pytest.raises(DatasetError, match="feature 'observation.images.wrist' has dtype 'image'; vplan reads"):
         EpisodeDataset(root)
     (root / INFO_PATH).write_text(json.dumps({**info, "video_path": None}))

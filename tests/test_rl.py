@@ -405,7 +405,8 @@ def test_vplan_rl_carries_the_vlm_budget_and_answers_over_a_kill(checkpoints, tm
     try:
         main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0", *vlm))
         asked = len(server.requests)
-        assert asked > 0 and json.loads((straight / "checkpoint" / "state.json").read_text())["vlm"]["requests_made"] == asked
+        state = json.loads((straight / "checkpoint" / "state.json").read_text())
+        assert asked > 0 and state["vlm"]["requests_made"] == asked
 
         def killed(self, groups):  # Ctrl-C in the first iteration's finetuning, after its questions
             raise KeyboardInterrupt

@@ -3,7 +3,8 @@
 Inner loop (fast learning, once per episode, on the world model as its round finds it): the frames are encoded to
 latents and walked chunk by chunk as the agent walks them — the first latent is the first observation, chunk
 k covers latents `1 + k·chunk_frames ...`, its context is the last `context_frames` latents before it and its
-text the subgoal followed as it starts (that of the action leading into its first frame, `chunk_subgoal`). For every chunk the triple (context, ground-truth chunk, text) is stored
+text the subgoal followed as it starts (that of the action leading into its first frame,
+`chunk_subgoal`). For every chunk the triple (context, ground-truth chunk, text) is stored
 with the Temp-LoRA state the model would generate that chunk with, i.e. after the memory's updates on the
 earlier chunks; then the memory updates on (the `chunk_frames` latents before the chunk, the chunk), as
 `vplan run memory.update_on=observed` does. The first chunk's state is the freshly reset adapter (LoRA A at
@@ -450,7 +451,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         torch.manual_seed(cfg.optim.seed)
         training = SlowFastTraining(world_model, stored, cfg.memory)
         started = time.perf_counter()
-        steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end, optim_key="optim")
+        steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end,
+                      optim_key="optim")
         outer_seconds += time.perf_counter() - started
     final = out / FINAL
     with folder_written_aside(final) as folder:
