@@ -44,6 +44,19 @@ if WORLD_MODEL_ENV_ID not in gymnasium.registry:
     gymnasium.register(id=WORLD_MODEL_ENV_ID, entry_point="vplan.envs.worldmodel_env:WorldModelEnv")
 
 
+# The env settings that say what an action means (an action of 1 moves the gripper max_delta metres, within a
+# step of 1 / control_hz s): an inverse-dynamics model reads actions in the units of the env it learned from.
+ACTION_UNIT_SETTINGS = ("max_delta", "control_hz")
+
+
+def action_units(config: object) -> dict[str, float]:
+    """The `ACTION_UNIT_SETTINGS` an env config of continuous actions has, by name (empty for one of discrete
+    moves, whose actions mean the same at any setting)."""
+    if not hasattr(config, "max_delta"):
+        return {}
+    return {name: getattr(config, name) for name in ACTION_UNIT_SETTINGS if hasattr(config, name)}
+
+
 def require_simulator(config: object) -> None:
     """For an adapter's config, raise `SimulatorNotInstalledError` naming the install steps if its simulator
     is missing (a `UsageError`: the CLI prints one line and exits with code 2); nothing for embedded envs."""
@@ -87,6 +100,7 @@ __all__ = [
     "TabletopConfig",
     "WORLD_MODEL_ENV_ID",
     "WorldModelEnvConfig",
+    "action_units",
     "env_name",
     "make_env",
     "require_simulator",

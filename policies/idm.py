@@ -299,16 +299,20 @@ class IDMPolicy(nn.Module):
 
     # -- checkpoints
 
-    def save_pretrained(self, path: str | Path, trained_on_env: str | None = None) -> None:
+    def save_pretrained(
+        self, path: str | Path, trained_on_env: str | None = None, action_units: dict[str, float] | None = None
+    ) -> None:
         """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint. It
-        records `trained_on_env`, the env whose episodes the weights learned from, when given."""
+        records `trained_on_env`, the env whose episodes the weights learned from, and `action_units`, the env
+        settings those episodes' actions were recorded under (`vplan.envs.action_units`), when given."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_FILE).unlink(missing_ok=True)
         save_file(_contiguous(self.state_dict()), path / WEIGHTS_FILE)
-        write_pretrained_config(path, CHECKPOINT_KIND, FORMAT_VERSION, self.config.to_dict(), trained_on_env)
+        write_pretrained_config(path, CHECKPOINT_KIND, FORMAT_VERSION, self.config.to_dict(), trained_on_env,
+                                action_units)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> IDMPolicy:

@@ -251,11 +251,20 @@ def test_bad_episodes_are_rejected_before_writing(tmp_path: Path) -> None:
         EpisodeDataset(root)
     with pytest.raises(DatasetError, match="tasks.parquet is missing"):
         EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop")
+    # the env settings the actions were recorded at: kept in info.json, and a resume at others refused
+    units = {"max_delta": 0.03, "control_hz": 10}
+    with EpisodeWriter.create_or_resume(tmp_path / "units", FPS, FEATURES, "tabletop", action_units=units) as writer:
+        writer.add_episode(data, subgoals, extra)
+    assert EpisodeDataset(tmp_path / "units").action_units == units
+    with pytest.raises(DatasetError, match="its actions were recorded with .*'max_delta': 0.03.*, asked .*0.05"):
+        EpisodeWriter.create_or_resume(tmp_path / "units", FPS, FEATURES, "tabletop",
+                                       action_units={**units, "max_delta": 0.05})
     # an episode without extra fixes it for every episode too (one schema for every metadata file)
     with EpisodeWriter.create_or_resume(tmp_path / "plain", FPS, FEATURES, "tabletop") as writer:
         writer.add_episode(data, subgoals)
         with pytest.raises(ValueError, match=r"expected extra with the keys and types of earlier episodes \{\}"):
             writer.add_episode(data, subgoals, {"seed": 1})
+    assert EpisodeDataset(tmp_path / "plain").action_units is None  # recorded without them
 
 
 def test_uncommitted_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:

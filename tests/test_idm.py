@@ -108,6 +108,9 @@ def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsy
     assert set(metrics) == {"label", "held_out_episodes", "real"} and metrics["label"] == "applied"
     assert "VAE frames" not in capsys.readouterr().out
     assert IDMPolicy.from_pretrained(final).config == idm
+    # the env settings its actions were recorded at, from the dataset `vplan collect` wrote
+    assert EpisodeDataset(tiny_dataset).action_units == {"max_delta": 0.03, "control_hz": 10}
+    assert json.loads((final / "config.json").read_text())["action_units"] == {"max_delta": 0.03, "control_hz": 10}
     assert trained_on_env(str(final)) == "tabletop"
 
 

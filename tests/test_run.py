@@ -50,6 +50,28 @@ def test_defaults_compose():
     assert config.memory.kind == "none" and config.agent.replan_drift is None and config.agent.stall_steps == 0
 
 
+def test_an_idm_trained_at_another_action_scale_is_warned_about(tmp_path):
+    import warnings
+
+    from vplan.policies.idm import IDMConfig, IDMPolicy
+    from vplan.run import load_agent
+    from vplan.shipped import checkpoint_fingerprint
+
+    command = next(c for c in COMMANDS if c.name == "run")
+    faster = build_config(compose_config(command, ["env.max_delta=0.05", "memory=none"])[0])
+    with pytest.warns(OtherEnvWarning, match=r"idm=shipped:tabletop/idm learned actions recorded at "
+                                             r"env.max_delta=0.03, and this env has max_delta=0.05"):
+        load_agent(faster).close()  # the shipped IDM records the settings its data was collected at
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OtherEnvWarning)
+        load_agent(build_config(compose_config(command, ["memory=none"])[0])).close()
+    # a note about the weights' data, not part of what they compute: the fingerprint runs pinned holds
+    policy = IDMPolicy(IDMConfig.tiny(image_size=IMAGE))
+    policy.save_pretrained(tmp_path / "plain")
+    policy.save_pretrained(tmp_path / "noted", trained_on_env="tabletop", action_units={"max_delta": 0.03})
+    assert checkpoint_fingerprint(tmp_path / "plain") == checkpoint_fingerprint(tmp_path / "noted")
+
+
 def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
     out = tmp_path / "run"
     main(run_args(checkpoints, out, "episodes=2", "memory.rank=2", "memory.gradient_checkpointing=false",

@@ -177,7 +177,8 @@ def check_agent_fits_env(agent: Any, env: Any) -> None:
 def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
-    from vplan.envs import env_name
+    from vplan.envs import action_units, env_name
+    from vplan.shipped import warn_if_actions_mean_otherwise
 
     check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
     try:
@@ -185,6 +186,7 @@ def load_agent(cfg: RunConfig) -> Any:
                                                    cfg.planner, cfg.memory, cfg.agent, env=env_name(cfg.env))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint}, action_units(cfg.env))
     if getattr(cfg.env, "image_size", agent.image_size) != agent.image_size:
         raise UsageError(f"the world model draws {agent.image_size}x{agent.image_size} frames; "
                          f"set env.image_size={agent.image_size}")
@@ -337,13 +339,14 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
     run's dataset so far."""
     from vplan.data.collect import dataset_features
     from vplan.data.lerobot_format import DatasetError, EpisodeWriter
-    from vplan.envs import env_name
+    from vplan.envs import action_units, env_name
 
     _, info = env.reset(seed=cfg.seed)
     try:
         return EpisodeWriter.create_or_resume(out / EPISODES_DIR, fps=int(env.metadata.get("render_fps", 10)),
                                               features=dataset_features(env, info),
-                                              robot_type=ROBOT_TYPE_PREFIX + env_name(cfg.env), resume=cfg.resume)
+                                              robot_type=ROBOT_TYPE_PREFIX + env_name(cfg.env), resume=cfg.resume,
+                                              action_units=action_units(cfg.env))
     except DatasetError as error:
         raise UsageError(f"record=true: {error}; choose another out=DIR") from None
 

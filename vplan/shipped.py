@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from vplan.errors import UsageError, VplanWarning
 from vplan.utils.files import write_json
@@ -19,6 +20,7 @@ from vplan.utils.files import write_json
 PREFIX = "shipped:"
 PINNED_FILE = "checkpoints.json"  # in a run directory: the fingerprint of each checkpoint the run used
 TRAINED_ON_ENV = "trained_on_env"  # in a checkpoint's config.json: the env whose episodes it last learned from
+ACTION_UNITS = "action_units"  # in an IDM's config.json: the env settings its training actions were recorded under
 
 
 def shipped_checkpoint(env: str, component: str) -> str:
@@ -80,11 +82,16 @@ def trained_on_env(spec: str) -> str | None:
     """The env whose episodes a checkpoint (a world model or an IDM) was last trained on, as its config.json
     records it; None where it does not say (a checkpoint written before vplan recorded it, or a dataset recorded
     outside vplan)."""
+    return _recorded(spec, TRAINED_ON_ENV)
+
+
+def _recorded(spec: str, key: str) -> Any:
+    """What a checkpoint's config.json records under `key`, or None."""
     try:
         payload = json.loads((resolve_checkpoint(spec) / "config.json").read_text())
     except (OSError, ValueError):
         return None  # loading the checkpoint reports what is wrong with it
-    return payload.get(TRAINED_ON_ENV) if isinstance(payload, dict) else None
+    return payload.get(key) if isinstance(payload, dict) else None
 
 
 class OtherEnvWarning(VplanWarning):
@@ -102,26 +109,43 @@ def warn_if_trained_elsewhere(checkpoints: Mapping[str, str | None], env: str) -
                           f"checkpoint trained on {env}", OtherEnvWarning, stacklevel=2)
 
 
+def warn_if_actions_mean_otherwise(checkpoints: Mapping[str, str | None], units: Mapping[str, float]) -> None:
+    """An `OtherEnvWarning` for each checkpoint (name -> argument) that learned actions recorded under other
+    action-unit settings (`vplan.envs.action_units`) than the env's `units`: an IDM trained at max_delta=0.03
+    reads a motion of 3 cm as 1, which moves 5 cm in an env at 0.05."""
+    for name, spec in checkpoints.items():
+        recorded = _recorded(spec, ACTION_UNITS) if spec is not None else None
+        differ = sorted(key for key in (recorded or {}) if key in units and units[key] != recorded[key])
+        if differ:
+            there = ", ".join(f"env.{key}={recorded[key]}" for key in differ)
+            here = ", ".join(f"{key}={units[key]}" for key in differ)
+            warnings.warn(f"{name}={spec} learned actions recorded at {there}, and this env has {here}: the motions "
+                          f"it reads would be carried out at another scale; pass {there}, or {name}= a checkpoint "
+                          "trained at this env's settings", OtherEnvWarning, stacklevel=2)
+
+
 def checkpoint_fingerprint(path: Path) -> str:
     """sha256 (first 16 hex digits) over a checkpoint directory's files, to tell re-shipped weights apart. A
-    config.json's `trained_on_env` is left out: a note about the weights, not part of what they compute, so a
-    checkpoint that gained it keeps the fingerprint its runs pinned."""
+    config.json's `trained_on_env` and `action_units` are left out: notes about the weights' data, not part of
+    what they compute, so a checkpoint that gained them keeps the fingerprint its runs pinned."""
     digest = hashlib.sha256()
     for file in sorted(p for p in path.iterdir() if p.is_file()):
         digest.update(file.name.encode())
-        digest.update(_without_trained_on_env(file.read_bytes()) if file.name == "config.json" else file.read_bytes())
+        digest.update(_without_notes(file.read_bytes()) if file.name == "config.json" else file.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _without_trained_on_env(content: bytes) -> bytes:
-    """A vplan config.json's bytes as they were before it recorded `trained_on_env` (written the same way)."""
+def _without_notes(content: bytes) -> bytes:
+    """A vplan config.json's bytes as they were before it recorded `trained_on_env` and `action_units` (written
+    the same way)."""
     try:
         payload = json.loads(content)
     except ValueError:
         return content
-    if not isinstance(payload, dict) or TRAINED_ON_ENV not in payload:
+    if not isinstance(payload, dict) or not {TRAINED_ON_ENV, ACTION_UNITS} & set(payload):
         return content
-    del payload[TRAINED_ON_ENV]
+    for key in (TRAINED_ON_ENV, ACTION_UNITS):
+        payload.pop(key, None)
     return (json.dumps(payload, indent=2) + "\n").encode()
 
 

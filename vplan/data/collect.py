@@ -152,7 +152,7 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
 
 def collect(cfg: CollectConfig) -> Path:
     """Append expert episodes to `cfg.out` until it holds `cfg.episodes`; returns the dataset path."""
-    from vplan.envs import env_name, make_env
+    from vplan.envs import action_units, env_name, make_env
     from vplan.policies import make_expert
 
     out = Path(cfg.out)
@@ -169,6 +169,7 @@ def collect(cfg: CollectConfig) -> Path:
             features=dataset_features(env, first_info),
             robot_type=ROBOT_TYPE_PREFIX + env_name(cfg.env),  # rlbench runs the tabletop's task: its own name
             resume=cfg.resume,
+            action_units=action_units(cfg.env),
         )
     except DatasetError as error:
         env.close()

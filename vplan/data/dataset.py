@@ -24,6 +24,7 @@ import torch
 
 from vplan.constants import EPISODE_INDEX, INDEX, ROBOT_TYPE_PREFIX, SUBGOAL, TASK_INDEX
 from vplan.data.lerobot_format import (
+    ACTION_UNITS_KEY,
     CACHE_DIR,
     STATS_PATH,
     DatasetError,
@@ -82,6 +83,12 @@ class EpisodeDataset(torch.utils.data.Dataset):
         robot_type `vplan_<env>`); None for a dataset recorded elsewhere."""
         robot_type = str(self.info.get("robot_type") or "")
         return robot_type.removeprefix(ROBOT_TYPE_PREFIX) if robot_type.startswith(ROBOT_TYPE_PREFIX) else None
+
+    @property
+    def action_units(self) -> dict[str, float] | None:
+        """The env settings its actions were recorded under (`vplan.envs.action_units`: an action of 1 moves
+        `max_delta` metres, ...); None for a dataset that does not record them."""
+        return self.info.get(ACTION_UNITS_KEY)
 
     @property
     def features(self) -> dict[str, dict[str, Any]]:

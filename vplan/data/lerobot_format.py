@@ -46,6 +46,7 @@ DEFAULT_VIDEO_FILE_SIZE_IN_MB = 200
 
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
+ACTION_UNITS_KEY = "vplan_action_units"  # in info.json: the env settings that say what an action means
 DEFAULT_TASKS_PATH = "meta/tasks.parquet"
 EPISODES_DIR = "meta/episodes"
 DATA_DIR = "data"
@@ -420,13 +421,16 @@ class EpisodeWriter:
         *,
         resume: bool = True,
         chunks_size: int = DEFAULT_CHUNK_SIZE,
+        action_units: dict[str, float] | None = None,
     ) -> EpisodeWriter:
         """Open `root` for appending: create the dataset, or resume after its last committed episode.
 
         `features` is lerobot-style ({name: {"dtype", "shape", "names"}}, dtype "video" for uint8 (H, W, 3)
         frames); the per-frame index columns are added. Raises `DatasetError` (one line) when `root` holds
         something else: files but `resume=False`, a non-dataset, a dataset whose fps, robot_type or features
-        differ from those asked, or a directory another writer has open.
+        differ from those asked, or a directory another writer has open. `action_units` (the env settings that
+        say what an action means, e.g. `max_delta`: `vplan.envs.action_units`) go into info.json; a dataset
+        recorded with other values is refused too.
         """
         root = Path(root)
         if fps <= 0:
@@ -442,11 +446,17 @@ class EpisodeWriter:
             is_new = not (root / INFO_PATH).is_file()  # under the lock: a writer that just created it has closed
             if is_new:
                 info = _new_info(fps, wanted, robot_type, chunks_size)
+                if action_units:
+                    info[ACTION_UNITS_KEY] = dict(action_units)
             else:
                 if not resume:
                     raise DatasetError(f"{root} already holds a dataset and resume is off")
                 info = load_info(root)
                 _check_compatible(root, info, fps, robot_type, wanted)
+                recorded = info.get(ACTION_UNITS_KEY)
+                if action_units and recorded is not None and recorded != dict(action_units):
+                    raise DatasetError(f"cannot resume {root}: its actions were recorded with {recorded}, asked "
+                                       f"{dict(action_units)}")
             shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
             (root / STAGING_DIR).mkdir()
             rows = load_episode_rows(root, info["total_episodes"])

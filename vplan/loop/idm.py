@@ -295,7 +295,7 @@ def train_idm(
         metrics["vae"] = evaluate(policy, test, baseline, True)
     final = out / "final"
     with folder_written_aside(final) as folder:
-        policy.save_pretrained(folder, trained_on_env=dataset.env)
+        policy.save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units)
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     units = ("moves; baseline: always the commonest training move" if config.idm.discrete
              else "in action units; baseline: always the training mean action")

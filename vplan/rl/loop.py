@@ -49,7 +49,13 @@ from vplan.rl.rewards import RewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.rl.vlm_reward import VLMRewardConfig
 from vplan.run import run_episode
-from vplan.shipped import AgentCheckpoints, check_checkpoints_exist, pin_checkpoints, warn_if_trained_elsewhere
+from vplan.shipped import (
+    AgentCheckpoints,
+    check_checkpoints_exist,
+    pin_checkpoints,
+    warn_if_actions_mean_otherwise,
+    warn_if_trained_elsewhere,
+)
 from vplan.tasks import TaskConfig
 from vplan.utils.files import folder_written_aside, folders_aside, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
@@ -199,7 +205,7 @@ class RLRun:
     """The state of one `vplan rl` run: models, planner logits, optimizer; see the module docstring."""
 
     def __init__(self, cfg: RLConfig) -> None:
-        from vplan.envs import env_name, make_env
+        from vplan.envs import action_units, env_name, make_env
         from vplan.policies.idm import IDMPolicy
         from vplan.rl.objectives import add_rl_adapter, lora_parameters
         from vplan.rl.rewards import make_rewards
@@ -211,6 +217,7 @@ class RLRun:
         self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
         self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
+        warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint}, action_units(cfg.env))
         require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vplan.errors import SettingMismatchError, UsageError
-from vplan.shipped import TRAINED_ON_ENV, resolve_checkpoint
+from vplan.shipped import ACTION_UNITS, TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import TextEncoderConfig, build_text_encoder
@@ -466,12 +466,15 @@ def read_config(path: str | Path) -> WorldModelConfig:
 
 
 def write_pretrained_config(
-    path: Path, kind: str, format_version: int, config: dict[str, Any], trained_on_env: str | None
+    path: Path, kind: str, format_version: int, config: dict[str, Any], trained_on_env: str | None,
+    action_units: dict[str, float] | None = None,
 ) -> None:
-    """A checkpoint directory's config.json: its kind, format version and config, and `trained_on_env` (the env
-    whose episodes the weights last learned from) when given; written last, so a half-written one is none."""
+    """A checkpoint directory's config.json: its kind, format version and config, `trained_on_env` (the env
+    whose episodes the weights last learned from) and `action_units` (the env settings those episodes' actions
+    were recorded under) when given; written last, so a half-written one is none."""
     payload = {"kind": kind, "format_version": format_version, "config": config,
-               **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {})}
+               **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {}),
+               **({ACTION_UNITS: dict(action_units)} if action_units else {})}
     (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
