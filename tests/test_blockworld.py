@@ -108,7 +108,8 @@ def test_reset_obs_and_info(env):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: gym.make(ENV_IDS["blockworld"], config=BlockworldConfig(image_size=SIZE, max_episode_steps=49)),
+    lambda: gym.make(ENV_IDS["blockworld"], config=BlockworldConfig(image_size=SIZE, path_chunks=2,
+                                                                    max_episode_steps=49)),
     lambda: gym.make(ENV_IDS["blockworld"], image_size=SIZE, max_episode_steps=49),  # gymnasium's TimeLimit
 ])
 def test_the_env_truncates_at_max_steps_however_it_is_made(make):
@@ -400,7 +401,7 @@ def test_bench_env_runs_on_blockworld(capsys):
         ("path_chunks", 0),
         ("chunk_steps", 5),
         ("success_radius", 0.0),
-        ("max_episode_steps", 48),
+        ("max_episode_steps", 107),  # the default path's shortest solution is 108 steps
         ("path_chunks", 2.0),
         ("control_hz", 0),
         ("task", "return_cubes"),
@@ -432,7 +433,7 @@ def test_unknown_override_raises():
     "args, message",
     [
         (["env.path_chunks=0"], "path_chunks: expected an int in [1, 32], got 0"),
-        (["env.max_episode_steps=40"], "max_episode_steps: expected more than"),
+        (["env.max_episode_steps=40"], "max_episode_steps: expected at least the retrace's shortest solution"),
         (["noise_std=0.1"], "noise_std: the retrace expert's moves are discrete"),
         (["task=return_cubes"], "task 'return_cubes' runs on env 'tabletop', not 'blockworld'; use env=tabletop"),
     ],

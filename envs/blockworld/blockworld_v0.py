@@ -57,8 +57,9 @@ class BlockworldConfig:
     )
     max_episode_steps: int = field(
         default=200,
-        metadata={"help": "Steps after which the env truncates an episode. The expert needs about "
-                  "2 * path_chunks * chunk_steps + 12."},
+        metadata={"help": "Steps after which the env truncates an episode: at least the task's shortest "
+                  f"solution, the way out, a turn about and the way back (2 * path_chunks * chunk_steps + "
+                  f"{2 * TURN_STEPS})."},
     )
     control_hz: int = field(default=10, metadata={"help": "Env steps per simulated second (the video's fps)."})
     task: str = field(default="retrace", metadata={"help": f"One of {TASKS}."})
@@ -76,12 +77,12 @@ class BlockworldConfig:
             raise ValueError(f"chunk_steps: expected an int in [{TURN_STEPS}, 64], got {self.chunk_steps!r}")
         if not 0 < self.success_radius <= 4:
             raise ValueError(f"success_radius: expected blocks in (0, 4], got {self.success_radius!r}")
-        outbound = self.path_chunks * self.chunk_steps
-        if self.max_episode_steps <= outbound:
+        shortest = 2 * self.path_chunks * self.chunk_steps + 2 * TURN_STEPS  # out, a turn about, back
+        if self.max_episode_steps < shortest:
             raise ValueError(
-                f"max_episode_steps: expected more than the outbound path's path_chunks * chunk_steps = "
-                f"{outbound} steps, in the config (gymnasium.make's own max_episode_steps= only adds a TimeLimit), "
-                f"got {self.max_episode_steps!r}"
+                f"max_episode_steps: expected at least the retrace's shortest solution, 2 * path_chunks * chunk_steps "
+                f"+ {2 * TURN_STEPS} = {shortest} steps, in the config (gymnasium.make's own max_episode_steps= only "
+                f"adds a TimeLimit), got {self.max_episode_steps!r}"
             )
         if not 1 <= self.control_hz <= 100:
             raise ValueError(f"control_hz: expected an int in [1, 100], got {self.control_hz!r}")
