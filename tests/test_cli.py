@@ -126,6 +126,31 @@ def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path)
         assert result.stderr.strip() == f"vplan collect: error: {out}: {why}"
 
 
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),  # a write or fsync on a full disk: no filename to name
+    "missing extra",
+])
+def test_a_full_disk_and_a_missing_extra_are_one_line(monkeypatch, capsys, tmp_path, error):
+    import vplan.data.collect
+    from vplan.utils.import_utils import require_package
+
+    def fails(config):
+        if error == "missing extra":  # what planner=llm says without the openai package
+            monkeypatch.setattr("vplan.utils.import_utils.is_package_available", lambda module: False)
+            require_package("openai", "llm", hint="or use planner=offline")
+        raise error
+
+    monkeypatch.setattr(vplan.data.collect, "collect", fails)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "episodes=1", f"out={tmp_path / 'ds'}"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    if error == "missing extra":
+        assert exit_info.value.code == 2 and "pip install 'vplan[llm]'. or use planner=offline" in err
+    else:
+        assert exit_info.value.code == 1 and err.startswith("vplan collect: error: No space left on device; free")
+
+
 def test_an_error_starts_its_own_line_after_a_progress_bar(capsys):
     from tqdm import tqdm
 

@@ -7,6 +7,7 @@ keys and types and the dataclasses hold the only defaults. Bad input never shows
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -449,6 +450,8 @@ def _main(argv: list[str] | None) -> None:
     except RunError as error:
         _fail(prog, str(error), RUN_ERROR)
     except OSError as error:  # on a path: an unwritable out=DIR, a full disk, a file where a directory should be
+        if error.errno in _STORAGE_ERRORS and error.filename is None:  # a write or fsync: no path to name
+            _fail(prog, f"{error.strerror}; free some space (or write to another out=DIR) and run it again", RUN_ERROR)
         if error.filename is None:  # a socket, a simulator's connection: the traceback says where
             raise
         paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
@@ -456,6 +459,10 @@ def _main(argv: list[str] | None) -> None:
         _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
     except KeyboardInterrupt:
         _interrupted(prog)
+
+
+# Storage failures a write or fsync raises without a path (a full disk, a quota, a read-only or failing disk).
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def _check_task_fits_env(cfg: Any, choices: dict[str, str]) -> None:

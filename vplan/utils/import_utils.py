@@ -9,9 +9,12 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 
+from vplan.errors import UsageError
 
-class MissingExtraError(ImportError):
-    """An optional package is needed for the feature the user asked for."""
+
+class MissingExtraError(ImportError, UsageError):
+    """An optional package is needed for the feature the user asked for (a UsageError: the CLI says it in one
+    line, with the pip line to run)."""
 
 
 @lru_cache(maxsize=None)
