@@ -151,6 +151,21 @@ def test_a_full_disk_and_a_missing_extra_are_one_line(monkeypatch, capsys, tmp_p
         assert exit_info.value.code == 1 and err.startswith("vplan collect: error: No space left on device; free")
 
 
+def test_an_empty_checkpoint_path_is_refused_not_read_as_the_shipped_one(capsys):
+    for empty in ("worldmodel=", "idm="):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", empty])
+        assert exit_info.value.code == 2 and f"{empty[:-1]}: expected a directory, got ''" in capsys.readouterr().err
+
+
+def test_errors_never_quote_a_secret(capsys):
+    for bad in ('planner.llm.api_key=sk-a"b', "planner.llm.api_key=[sk-secret]"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", bad])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "planner.llm.api_key" in err and "sk-" not in err, err
+
+
 def test_an_error_starts_its_own_line_after_a_progress_bar(capsys):
     from tqdm import tqdm
 

@@ -259,3 +259,24 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and first in err and second in err, err
         assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    from vplan.run import _run_dir
+
+    monkeypatch.chdir(tmp_path)
+    command = next(c for c in COMMANDS if c.name == "run")
+    cfg = build_config(compose_config(command, ["memory=none"])[0])
+    first, second = _run_dir(cfg), _run_dir(cfg)  # the same second, most likely; distinct either way
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_an_out_holding_another_commands_records_is_refused(checkpoints, tmp_path, capsys):
+    trained = tmp_path / "train_out"  # what `vplan train` leaves: its settings and the VAE it pinned
+    trained.mkdir()
+    (trained / "config.yaml").write_text("data: data/return_cubes\n")
+    (trained / "checkpoints.json").write_text("{}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(run_args(checkpoints, trained))
+    assert exit_info.value.code == 2 and "holds the records of an unfinished run or another command" in capsys.readouterr().err
+    assert (trained / "config.yaml").read_text() == "data: data/return_cubes\n"

@@ -285,7 +285,9 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             try:
                 parser.parse_overrides([override])
             except HydraException as its_error:
-                raise UsageError(f"cannot read {override!r} ({first_line(its_error)}); check its quotes and brackets, "
+                shown = override if not _is_secret(override.split("=")[0]) else f"{override.split('=')[0]}=<redacted>"
+                reason = first_line(its_error) if shown == override else "the value does not parse"
+                raise UsageError(f"cannot read {shown!r} ({reason}); check its quotes and brackets, "
                                  "e.g. 'out=\"my runs\"' for a value with spaces") from None
         raise UsageError(first_line(error)) from None
     _register_schemas()
@@ -318,12 +320,19 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
         except HydraException as error:
             cause = error.__cause__
             key = getattr(cause, "full_key", None)
-            message = first_line(cause or error)
+            message = first_line(cause or error) if not (key and _is_secret(key)) else "expected a string"
             raise UsageError(f"bad value for {key!r}: {message}" if key else message) from None
     choices = {g: v for g, v in cfg.hydra.runtime.choices.items() if not g.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg, choices
+
+
+def _is_secret(key: str) -> bool:
+    """Whether an override's key names a secret (`SECRET_FIELDS`), whose value no message may quote."""
+    from vplan.planner.config import SECRET_FIELDS
+
+    return key.lstrip("+~").split(".")[-1] in SECRET_FIELDS
 
 
 def build_config(cfg: Any) -> Any:
@@ -432,7 +441,8 @@ def _main(argv: list[str] | None) -> None:
         cfg, choices = compose_config(command, overrides)
         _check_task_fits_env(cfg, choices)  # before the env config's own check of its task, which names no env
         config = build_config(cfg)
-        for name in ("out", "data"):  # an empty path is the current directory: never what was meant
+        # an empty path is the current directory (or, for a checkpoint, would read as unset): never what was meant
+        for name in ("out", "data", "worldmodel", "idm", "checkpoint", "compare", "finetuned"):
             if getattr(config, name, None) == "":
                 raise UsageError(f"{name}: expected a directory, got ''")
         if "env" in choices:

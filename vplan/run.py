@@ -11,6 +11,7 @@ with the subgoal the agent was imagining), ready for `vplan train` or `vplan fin
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import shutil
@@ -101,13 +102,24 @@ def _peak_rss_mb() -> float:
 
 
 def _run_dir(cfg: RunConfig) -> Path:
-    if cfg.out is None:
+    if cfg.out is None:  # a dated folder of its own, even beside a run started in the same second
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        return Path("runs") / f"{cfg.task.name}-{cfg.memory.kind}-{stamp}"
+        for attempt in itertools.count(1):
+            out = Path("runs") / (f"{cfg.task.name}-{cfg.memory.kind}-{stamp}" + ("" if attempt == 1 else f"-{attempt}"))
+            try:
+                out.mkdir(parents=True)
+                return out
+            except FileExistsError:
+                continue
     out = Path(cfg.out)
     if (out / METRICS_FILE).exists() and not (cfg.overwrite or cfg.resume):
         raise UsageError(f"{out} already holds a run ({METRICS_FILE}); choose another out=DIR, overwrite=true, or "
                          "resume=true to continue it")
+    records = [name for name in (CONFIG_FILE, PINNED_FILE) if (out / name).exists()]
+    if records and not (out / METRICS_FILE).exists() and not (cfg.overwrite or cfg.resume):
+        # a run stopped in its first episode, or another command's directory (vplan train, collect)
+        raise UsageError(f"{out} holds the records of an unfinished run or another command ({', '.join(records)}); "
+                         "choose another out=DIR (or, for a run of vplan run, resume=true or overwrite=true)")
     return out
 
 
@@ -331,7 +343,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         print(f"  {name.ljust(width)}  {value}")
     print(f"run directory: {out}")
     if not metrics["complete"]:
-        print(f"to run the other {metrics['episodes_requested'] - done}: the same command with resume=true out={out}")
+        print(f"to run the other {metrics['episodes_requested'] - done}: the same command with resume=true out={out} "
+              "(and without overwrite=true)")
 
 
 def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
@@ -421,4 +434,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             env.close()
         if agent is not None:
             agent.close()
+        if cfg.out is None and not any(out.iterdir()):  # the dated folder it took, refused before any record
+            out.rmdir()
     return metrics
