@@ -129,12 +129,13 @@ def _clear_run(out: Path) -> None:
     from omegaconf import OmegaConf
 
     recorded = (out / CONFIG_FILE).is_file() and bool(OmegaConf.load(out / CONFIG_FILE).get("record", False))
-    for name in (METRICS_FILE, CONFIG_FILE, PINNED_FILE):
-        (out / name).unlink(missing_ok=True)
-    for video in out.glob("episode_*_seed*.mp4"):
-        video.unlink()
     if recorded and (out / EPISODES_DIR).is_dir():
         shutil.rmtree(out / EPISODES_DIR)
+    for video in out.glob("episode_*_seed*.mp4"):
+        video.unlink()
+    # config.yaml last: it is what says the episodes are the run's, should Ctrl-C stop this halfway
+    for name in (METRICS_FILE, PINNED_FILE, CONFIG_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 # Settings that may differ between a run and its resumption: they change neither which episodes run nor how (`out`:
