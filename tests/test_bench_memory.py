@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from vplan.eval.bench_memory import BenchMemoryConfig, bench_memory
 from vplan.memory import MemoryConfig
@@ -35,7 +36,9 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
         model=tiny_world_model(), checkpoint=None, memory=MemoryConfig(kind="temp_lora", rank=4),
         episodes=1, chunks=2, execution_s=0.2, threads=1, isolate=False, out=str(tmp_path),
     )
+    torch.set_num_threads(2)
     rows = bench_memory(cfg)
+    assert torch.get_num_threads() == 2  # threads=1 held while it ran; the caller's count is back
     assert [row["mode"] for row in rows] == ["none", "temp_lora", "temp_lora + overlap"]
     for row in rows:
         # Every chunk waits its execution time; every temp_lora chunk is learned from.
@@ -54,6 +57,7 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     written = json.loads((tmp_path / "results.json").read_text())  # out=: the same rows, and where they ran
     assert written["command"] == "bench memory" and written["results"] == json.loads(json.dumps(rows))
     assert written["settings"]["chunks"] == 2 and written["machine"]["cpu_count"] >= 1
+    assert written["machine"]["torch_threads"] == 1  # what the modes ran with
 
 
 def test_bench_memory_config_checks(tmp_path, monkeypatch):

@@ -7,23 +7,24 @@ import json
 
 import numpy as np
 import pytest
-from tiny_agent import save_tiny_checkpoints
+from tiny_agent import save_tiny_checkpoints, tiny_world_model
 
 from vplan.cli import main
 from vplan.eval.bench_planning import ROWS, generation_psnr, summarize
 
-STEPS = 8  # one chunk per episode, then the time limit
+STEPS = 16  # two chunks per episode, then the time limit: the second is where the memories differ
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+    root = tmp_path_factory.mktemp("checkpoints")
+    tiny_world_model(seed=1).save_pretrained(root / "finetuned")  # other weights: the finetuned rows' own model
+    return (*save_tiny_checkpoints(root), root / "finetuned")
 
 
 def bench_args(checkpoints, out, *extra: str) -> list[str]:
-    worldmodel, idm = checkpoints
-    # the tiny model stands in for both the slow-learned and the finetuned world model
-    return ["bench", "planning", f"worldmodel={worldmodel}", f"finetuned={worldmodel}", f"idm={idm}", f"out={out}",
+    worldmodel, idm, finetuned = checkpoints
+    return ["bench", "planning", f"worldmodel={worldmodel}", f"finetuned={finetuned}", f"idm={idm}", f"out={out}",
             f"env.max_episode_steps={STEPS}", "agent.replan_drift=null", "memory.rank=2",
             "memory.gradient_checkpointing=false", "threads=1", *extra]
 
@@ -47,6 +48,9 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     assert all(f"| {row.name} |" in table for row in ROWS) and "Dist" in table
     assert (out / "dist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "finetuned", "idm"}
+    # each row runs its own model and memory: on the same seeds and noise, their imagined frames all differ
+    psnrs = [results["rows"][row.name][0]["psnr"] for row in ROWS]
+    assert len(set(psnrs)) == len(ROWS), psnrs
 
     with pytest.raises(SystemExit) as exit_info:  # other settings in the same out
         main(bench_args(checkpoints, out, "episodes=2", "seed=20000"))

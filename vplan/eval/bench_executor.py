@@ -128,7 +128,8 @@ def markdown_table(summaries: dict[str, dict[str, Any]], seeds: tuple[int, int],
     ]
     for name, s in summaries.items():
         psnr = "-" if s["psnr"] is None else f"{s['psnr']:.2f}"
-        lines.append(f"| {name} | {s['success_rate']:.0%} | {s['progress']:.3f} | "
+        progress = "-" if s["progress"] is None else f"{s['progress']:.3f}"  # episodes from before it was recorded
+        lines.append(f"| {name} | {s['success_rate']:.0%} | {progress} | "
                      f"{s['dist_mean']:.4f} ± {s['dist_std']:.4f} | "
                      f"{s['steps']:.0f} | {psnr} | {s['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"

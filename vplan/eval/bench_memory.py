@@ -34,7 +34,7 @@ from typing import Any
 from vplan.errors import RunError, UsageError
 from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.memory.config import MemoryConfig
-from vplan.utils.openmp import current_policy, wait_policy
+from vplan.utils.openmp import current_policy, restores_torch_threads, wait_policy
 from vplan.utils.settings import check_ints, check_seed
 from vplan.worldmodel.model import WorldModelConfig, read_config, require_text_conditioned
 
@@ -233,9 +233,13 @@ class _ProcessRunner:
         self.conn.close()
 
 
+@restores_torch_threads
 def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
     """Time every mode, episodes interleaved round-robin (none, memory, memory + overlap, none, ...) so that a
     change in the machine's load hits every mode alike; print the table with ratios to none."""
+    import torch
+
+    torch.set_num_threads(cfg.threads)  # as each mode's process runs (and results.json records)
     if cfg.checkpoint:
         from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 
