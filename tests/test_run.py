@@ -280,3 +280,24 @@ def test_an_out_holding_another_commands_records_is_refused(checkpoints, tmp_pat
         main(run_args(checkpoints, trained))
     assert exit_info.value.code == 2 and "holds the records of an unfinished run or another command" in capsys.readouterr().err
     assert (trained / "config.yaml").read_text() == "data: data/return_cubes\n"
+
+
+def test_a_run_stopped_in_its_first_episode_resumes_only_with_the_checkpoints_it_began_with(tmp_path, monkeypatch,
+                                                                                           capsys):
+    worldmodel, idm = save_tiny_checkpoints(tmp_path / "checkpoints")
+    calls = []
+
+    def interrupted(self, obs, info=None):  # Ctrl-C in the first episode's first step
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(VideoPlanningAgent, "act", interrupted)
+        with pytest.raises(SystemExit):
+            main(run_args((worldmodel, idm), out, "episodes=1", "memory=none", "video=false"))
+    assert calls and json.loads((out / "metrics.json").read_text())["episodes_done"] == 0
+    (worldmodel / "notes.txt").write_text("retrained")  # the checkpoint's files change before the resume
+    with pytest.raises(SystemExit) as exit_info:
+        main(run_args((worldmodel, idm), out, "episodes=1", "memory=none", "video=false", "resume=true"))
+    assert exit_info.value.code == 2 and "its files changed since" in capsys.readouterr().err

@@ -385,7 +385,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         check_agent_fits_env(agent, env)
         if cfg.overwrite:
             _clear_run(out)  # only now that the new run can start: a refused one leaves the old run as it was
-        pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, bool(results))
+        # a resumed run is held to the checkpoints it began with, even one stopped in its first episode (which
+        # record=true may have recorded already)
+        resuming = bool(results) or (cfg.resume and (out / PINNED_FILE).is_file())
+        pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
         env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         fps = int(env.metadata.get("render_fps", 10))
         dist_unit = env.metadata.get("dist_unit", "m")
