@@ -100,7 +100,8 @@ def _import_minerl() -> SimpleNamespace:
         from shimmy.openai_gym_compatibility import GymV21CompatibilityV0
     except Exception as error:
         raise SimulatorNotInstalledError(
-            f"env=minerl: MineRL is installed but does not import ({first_line(error, with_type=True)}): " + MINERL_INSTALL
+            f"env=minerl: MineRL is installed but does not import ({first_line(error, with_type=True)}): "
+            + MINERL_INSTALL
         ) from error
     version = tuple(int(part) for part in re.findall(r"\d+", old_gym.__version__)[:2])
     if version >= MAX_GYM_VERSION:

@@ -118,7 +118,8 @@ def _import_rlbench() -> SimpleNamespace:
         from vplan.envs.rlbench_return_cubes import MISC_KEY, ReturnCubes, quaternion_matrix
     except Exception as error:  # pyrep's cffi module raises ImportError or OSError without CoppeliaSim's libraries
         raise SimulatorNotInstalledError(
-            f"env=rlbench: RLBench is installed but does not import ({first_line(error, with_type=True)}): " + RLBENCH_INSTALL
+            f"env=rlbench: RLBench is installed but does not import ({first_line(error, with_type=True)}): "
+            + RLBENCH_INSTALL
         ) from error
     return SimpleNamespace(
         CameraConfig=CameraConfig,

@@ -278,7 +278,8 @@ def test_an_out_holding_another_commands_records_is_refused(checkpoints, tmp_pat
     (trained / "checkpoints.json").write_text("{}\n")
     with pytest.raises(SystemExit) as exit_info:
         main(run_args(checkpoints, trained))
-    assert exit_info.value.code == 2 and "holds the records of an unfinished run or another command" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "holds the records of an unfinished run or another command" in err
     assert (trained / "config.yaml").read_text() == "data: data/return_cubes\n"
 
 

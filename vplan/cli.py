@@ -22,6 +22,8 @@ from vplan.utils.openmp import choose_wait_policy
 USAGE_ERROR = 2
 RUN_ERROR = 1
 INTERRUPTED = 130
+# Storage failures a write or fsync raises without a path (a full disk, a quota, a read-only or failing disk).
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 choose_wait_policy()  # before torch loads: passive OpenMP waiting unless the user chose (vplan/utils/openmp.py)
 
@@ -285,7 +287,8 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             try:
                 parser.parse_overrides([override])
             except HydraException as its_error:
-                shown = override if not _is_secret(override.split("=")[0]) else f"{override.split('=')[0]}=<redacted>"
+                key = override.split("=")[0]
+                shown = f"{key}=<redacted>" if _is_secret(key) else override
                 reason = first_line(its_error) if shown == override else "the value does not parse"
                 raise UsageError(f"cannot read {shown!r} ({reason}); check its quotes and brackets, "
                                  "e.g. 'out=\"my runs\"' for a value with spaces") from None
@@ -469,10 +472,6 @@ def _main(argv: list[str] | None) -> None:
         _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
     except KeyboardInterrupt:
         _interrupted(prog)
-
-
-# Storage failures a write or fsync raises without a path (a full disk, a quota, a read-only or failing disk).
-_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def _check_task_fits_env(cfg: Any, choices: dict[str, str]) -> None:

@@ -105,7 +105,8 @@ def _run_dir(cfg: RunConfig) -> Path:
     if cfg.out is None:  # a dated folder of its own, even beside a run started in the same second
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         for attempt in itertools.count(1):
-            out = Path("runs") / (f"{cfg.task.name}-{cfg.memory.kind}-{stamp}" + ("" if attempt == 1 else f"-{attempt}"))
+            suffix = "" if attempt == 1 else f"-{attempt}"
+            out = Path("runs") / f"{cfg.task.name}-{cfg.memory.kind}-{stamp}{suffix}"
             try:
                 out.mkdir(parents=True)
                 return out
