@@ -239,10 +239,15 @@ class TempLoRAMemory(EpisodicMemory):
         with torch.no_grad():
             for name, parameter in self._params.items():
                 parameter.copy_(self._initial[name])
+        self._start_learning(active=False)
+        self._attach(False)  # nothing learned: the base model, module for module
+
+    def _start_learning(self, active: bool) -> None:
+        """Learning from the adapter as it is now, as after a reset: a fresh Adam, the noise seed, no update yet
+        (so `replay_first` rehearses the next sequence learned)."""
         self._optimizer = torch.optim.Adam(list(self._params.values()), lr=self.config.lr)
         self._generator.manual_seed(self.config.seed)
-        self._active, self._updates, self._first_sequence = False, 0, None
-        self._attach(False)  # nothing learned: the base model, module for module
+        self._active, self._updates, self._first_sequence = active, 0, None
 
     def _condition(self, history: torch.Tensor) -> torch.Tensor:
         if not self._active:
@@ -309,11 +314,7 @@ class TempLoRAMemory(EpisodicMemory):
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"expected LoRA tensors of the {ADAPTER_NAME!r} adapter, got unexpected "
                              f"{result.unexpected_keys[:3]}")
-        # learning goes on from the loaded adapter as from a reset (a fresh Adam, the noise seed, no update yet),
-        # not from whatever this memory did before; `replay_first` rehearses the next sequence it learns
-        self._optimizer = torch.optim.Adam(list(self._params.values()), lr=self.config.lr)
-        self._generator.manual_seed(self.config.seed)
-        self._active, self._updates, self._first_sequence = True, 0, None
+        self._start_learning(active=True)  # from the loaded adapter, not from whatever this memory did before
 
     def _meaning(self) -> dict[str, str]:
         # alpha scales the update (alpha / rank) without changing a tensor's shape
