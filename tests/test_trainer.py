@@ -143,6 +143,17 @@ def test_out_of_memory_names_the_batch_size_to_lower(tmp_path, error):
         train(OutOfMemoryAt(1, RuntimeError("other")), optim, tmp_path / "other", "toy")
 
 
+def test_out_of_memory_in_the_optimizers_step_is_named_too(tmp_path, monkeypatch):
+    """Adam's first step allocates its two moments, as much again as the weights: a failure there is out of
+    memory as well, not a traceback."""
+    def no_memory(self, *args, **kwargs):
+        raise CPU_OOM
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", no_memory)
+    with pytest.raises(RunError, match=r"out of memory at step 1 with batch_size=16 .* lower component.optim.batch_"):
+        train(LinearFit(), OptimConfig(steps=10, batch_size=16, warmup_steps=1), tmp_path, "toy")
+
+
 class InfiniteGradient(LinearFit):
     """A finite loss whose gradient is not (the square root of 0) from step `at` on."""
 

@@ -127,16 +127,16 @@ def train(
                     group["lr"] = optim.lr_at(step)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
+                norm = accelerator.clip_grad_norm_(params, optim.grad_clip if optim.grad_clip > 0 else math.inf)
+                # stepping would write it into the weights and the next checkpoint (fp16's grad scaler skips such
+                # steps itself: an overflow there is routine)
+                if not torch.isfinite(norm) and accelerator.scaler is None:
+                    raise _diverged(description, f"the gradient norm became {float(norm)}", step, out, optim_key)
+                optimizer.step()  # the first allocates Adam's two moments: as much again as the weights
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not _out_of_memory(error):
                     raise
                 raise _out_of_memory_error(description, error, step, optim, out, optim_key) from error
-            norm = accelerator.clip_grad_norm_(params, optim.grad_clip if optim.grad_clip > 0 else math.inf)
-            # stepping would write it into the weights and the next checkpoint (fp16's grad scaler skips such
-            # steps itself: an overflow there is routine)
-            if not torch.isfinite(norm) and accelerator.scaler is None:
-                raise _diverged(description, f"the gradient norm became {float(norm)}", step, out, optim_key)
-            optimizer.step()
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
