@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from vplan.errors import RunError
 from vplan.loop.checkpoint import list_checkpoints
@@ -80,6 +81,34 @@ def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):
     second = LinearFit()
     assert train(second, optim, tmp_path / "paused", "toy") == 30 and second.calls == 17
     for a, b in zip(weights(straight.module), weights(second.module)):
+        assert torch.equal(a, b)
+
+
+class ScaledAccelerator:
+    """accelerate's Accelerator as fp16 on a GPU makes it: a grad scaler on the loss (here torch's CPU one),
+    growing its scale every 2 steps, so a resume that forgot it would start again from the initial scale."""
+
+    def __new__(cls, *args, **kwargs):
+        accelerator = Accelerator(*args, **kwargs)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=2)
+        return accelerator
+
+
+def test_a_resume_keeps_the_fp16_grad_scalers_loss_scale(tmp_path, monkeypatch):
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "Accelerator", ScaledAccelerator)
+    optim = OptimConfig(steps=8, batch_size=8, lr=0.01, warmup_steps=1, save_every=100)
+    straight = LinearFit()
+    train(straight, optim, tmp_path / "straight", "toy")
+    train(LinearFit(), optim, tmp_path / "paused", "toy", until=5)
+    resumed = LinearFit()
+    train(resumed, optim, tmp_path / "paused", "toy")
+    scales = [json.loads((list_checkpoints(tmp_path / run)[-1] / "trainer_state.json").read_text())["grad_scaler"]
+              for run in ("straight", "paused")]
+    assert scales[0]["scale"] == 2.0**8  # grown at steps 2, 4, 6, 8
+    assert scales[1] == scales[0]
+    for a, b in zip(weights(straight.module), weights(resumed.module)):
         assert torch.equal(a, b)
 
 

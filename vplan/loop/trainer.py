@@ -26,6 +26,7 @@ from vplan.utils.settings import check_ints, check_seed
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
+GRAD_SCALER = "grad_scaler"  # in trainer_state.json under fp16: the grad scaler's state (its loss scale)
 
 
 @dataclass
@@ -98,7 +99,10 @@ def train(
     step = 0
     checkpoints = list_checkpoints(out)
     if checkpoints:
-        step = load_checkpoint(checkpoints[-1], module, optimizer)["step"]
+        state = load_checkpoint(checkpoints[-1], module, optimizer)
+        step = state["step"]
+        if accelerator.scaler is not None and GRAD_SCALER in state:  # fp16: the loss scale it had reached
+            accelerator.scaler.load_state_dict(state[GRAD_SCALER])
         accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
     module, optimizer = accelerator.prepare(module, optimizer)
     log_path = out / LOG_FILE
@@ -109,7 +113,8 @@ def train(
 
     def checkpoint(at: int) -> None:
         if accelerator.is_main_process:
-            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, {"description": description})
+            scaler = {} if accelerator.scaler is None else {GRAD_SCALER: accelerator.scaler.state_dict()}
+            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, {"description": description, **scaler})
             plot_losses(log_path, out / PLOT_FILE, description)
 
     try:
