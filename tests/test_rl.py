@@ -260,6 +260,8 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
         file.write(json.dumps({"iteration": 1, "partial": True}) + "\n" + '{"iteration": 1, "rewa')
     main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0"))
     assert "resuming" in capsys.readouterr().out
+    assert sorted(f.name for f in (resumed / "checkpoint").iterdir()) == [  # no pickle
+        "lora.safetensors", "optimizer.safetensors", "state.json"]
     a, b = load_file(straight / "lora.safetensors"), load_file(resumed / "lora.safetensors")
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert any(name.endswith("lora_B.rl.weight") and t.abs().sum() > 0 for name, t in a.items())  # it learned
@@ -302,6 +304,12 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     with pytest.raises(SystemExit) as exit_info:  # another objective cannot continue this run
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
     assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err
+    # a checkpoint of a vplan that pickled the optimizer (optimizer.pt) is refused, never unpickled
+    (resumed / "checkpoint" / "optimizer.safetensors").rename(resumed / "checkpoint" / "optimizer.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
+    assert exit_info.value.code == 2 and "no optimizer.safetensors (a checkpoint of an older vplan" in \
+        capsys.readouterr().err
 
 
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):

@@ -21,6 +21,7 @@ from vplan.utils.files import fsync_path, fsync_tree
 
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
 PREFIX = "checkpoint-"
 CUDA_RNG = "rng.cuda."  # + device index, in optimizer.safetensors beside "rng.torch"
 
@@ -59,11 +60,10 @@ def save_checkpoint(
         shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / MODEL_FILE)
-    tensors, metadata = _flatten_optimizer(optimizer.state_dict())
-    tensors["rng.torch"] = torch.get_rng_state()
+    rng = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():  # what a GPU draws without a generator (the VAE's posterior sample)
-        tensors |= {f"{CUDA_RNG}{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(tensors, tmp / "optimizer.safetensors", metadata=metadata)
+        rng |= {f"{CUDA_RNG}{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
+    save_optimizer(optimizer, tmp / OPTIMIZER_FILE, rng)
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
     fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
@@ -90,15 +90,28 @@ def checkpoint_step(path: Path) -> int:
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG from a checkpoint folder; returns its trainer state (with `step`)."""
     model.load_state_dict(load_file(path / MODEL_FILE))
-    from safetensors import safe_open
-
-    with safe_open(path / "optimizer.safetensors", framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    torch.set_rng_state(tensors.pop("rng.torch"))
-    cuda = [tensors.pop(key) for key in sorted((k for k in list(tensors) if k.startswith(CUDA_RNG)),
-                                                key=lambda k: int(k[len(CUDA_RNG):]))]
+    rng = load_optimizer(optimizer, path / OPTIMIZER_FILE)
+    torch.set_rng_state(rng.pop("rng.torch"))
+    cuda = [rng[key] for key in sorted(rng, key=lambda k: int(k[len(CUDA_RNG):]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata))
     return json.loads((path / TRAINER_STATE).read_text())
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, file: Path, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """An optimizer's state in one safetensors file (its tensors; its param groups and scalars as metadata),
+    with `extra` tensors beside them under names holding a dot-free first part (e.g. "rng.torch")."""
+    tensors, metadata = _flatten_optimizer(optimizer.state_dict())
+    save_file({**tensors, **(extra or {})}, file, metadata=metadata)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, file: Path) -> dict[str, torch.Tensor]:
+    """Restore what `save_optimizer` wrote into `optimizer`; returns the `extra` tensors saved with it."""
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    extra = {key: tensors.pop(key) for key in list(tensors) if not key.split(".", 1)[0].isdigit()}
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata))
+    return extra

@@ -41,6 +41,7 @@ from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
 from vplan.errors import RunError, UsageError
+from vplan.loop.checkpoint import OPTIMIZER_FILE, load_optimizer, save_optimizer
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.rl.advantages import group_advantages
@@ -65,7 +66,6 @@ from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, che
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 LORA_FILE = "lora.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
 PREFERENCES_FILE = "plan_preferences.jsonl"
 VLM_JOURNAL_FILE = "vlm_requests.jsonl"  # the VLM questions since the last checkpoint (a kill keeps their cost)
 ITERATIONS_FILE = "iterations.jsonl"
@@ -244,7 +244,7 @@ class RLRun:
 
         with folder_written_aside(self.out / CHECKPOINT_DIR) as staging:  # a kill mid-swap: see recover()
             save_file({k: v.detach().contiguous() for k, v in self.params.items()}, staging / LORA_FILE)
-            torch.save(self.optimizer.state_dict(), staging / OPTIMIZER_FILE)
+            save_optimizer(self.optimizer, staging / OPTIMIZER_FILE)
             state = {"iteration": self.iteration, "logits": self.logits.tolist()}
             if self.vlm is not None:  # its request budget and cache run on across a resume, as if never stopped
                 state["vlm"] = self.vlm.state()
@@ -282,7 +282,10 @@ class RLRun:
         with torch.no_grad():
             for name, parameter in self.params.items():
                 parameter.copy_(saved[name])
-        self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+        if not (folder / OPTIMIZER_FILE).is_file():  # vplan before 2026-12-05 pickled it (optimizer.pt)
+            raise UsageError(f"{folder}: no {OPTIMIZER_FILE} (a checkpoint of an older vplan, which wrote the "
+                             "optimizer as a pickle, never loaded now); start again in another out=DIR")
+        load_optimizer(self.optimizer, folder / OPTIMIZER_FILE)
         self.iteration, self.logits = int(state["iteration"]), np.asarray(state["logits"], np.float64)
         if self.vlm is not None and "vlm" in state:
             self.vlm.load_state(state["vlm"])
