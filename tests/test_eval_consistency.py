@@ -83,7 +83,10 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
     assert per_chunk["anchor"][1:] != per_chunk["none"][1:]  # from chunk 1 on, the anchor frame is context only there
     # The real take, scored alike: its revisits look like the first visits.
     assert metrics["real"]["src"] > 90 and metrics["real"]["episodes"][0]["pairs"] > 0
-    for name in ("SCuts", "SRC (%)", "PSNR drift", "real", "not comparable"):
+    # One cube returns to its start within the take: every pair's first visit is a real context frame
+    for row in (*metrics["modes"].values(), metrics["real"]):
+        assert row["src_from_context"] == pytest.approx(row["src"]) and row["src_from_generated"] is None
+    for name in ("SCuts", "SRC (%)", "from context", "from generated", "PSNR drift", "real", "not comparable"):
         assert name in printed
     for mode in ("anchor", "temp_lora"):  # each memory against none on the same episodes
         d = metrics["modes"][mode]["src_vs_none"]
@@ -132,10 +135,18 @@ def test_envs_without_a_revisit_scenario_fail_with_one_line(tiny_checkpoint, tmp
 def test_a_rollout_too_short_for_a_revisit_names_the_chunks_needed(tiny_checkpoint, tmp_path):
     from vplan.errors import UsageError
 
-    cfg = EvalConsistencyConfig(env=TabletopConfig(image_size=SIZE, num_cubes=1), task=TASK, chunks=2,
+    cfg = EvalConsistencyConfig(env=TabletopConfig(image_size=SIZE, num_cubes=1), task=TASK, chunks=CHUNKS,
                                 checkpoint=str(tiny_checkpoint), modes=["none"], threads=1, out=str(tmp_path))
-    with pytest.raises(UsageError, match=r"no revisit within the rollout's 36 frames \(2 chunks\).*use chunks >= 3"):
-        evaluate_consistency(cfg)
+    evaluate_consistency(cfg)  # a finished evaluation in out ...
+    kept = sorted(path.name for path in tmp_path.iterdir())
+    # ... is not replaced by one that cannot run: every seed's take is checked first (seed 10000 first revisits
+    # its start at frame 51, inside 3 chunks; 10001 at frame 56, which needs 4), and the error names what all need
+    with pytest.raises(UsageError, match=r"^seed\(s\) 10001: no revisit within the rollout's 52 frames \(3 chunks\); "
+                                         r"use chunks >= 4 for a revisit in every episode$"):
+        evaluate_consistency(replace(cfg, chunks=3, episodes=2))
+    assert sorted(path.name for path in tmp_path.iterdir()) == kept and (tmp_path / "metrics.json").is_file()
+    with pytest.raises(UsageError, match=r"seed\(s\) 10000, 10001: no revisit .*36 frames .*use chunks >= 4"):
+        evaluate_consistency(replace(cfg, chunks=2, episodes=2))
     cfg = replace(cfg, chunks=CHUNKS, env=TabletopConfig(image_size=64, num_cubes=1))
     with pytest.raises(UsageError, match="set env.image_size=16"):
         evaluate_consistency(cfg)
@@ -217,6 +228,47 @@ def test_a_rollout_counts_as_done_only_with_its_video_written(tiny_checkpoint, t
     evaluate_consistency(replace(cfg, resume=True))
     frames = imageio.mimread(tmp_path / "real_vs_none_seed10000.mp4")
     assert len(frames) == CONTEXT + CHUNKS * CHUNK and not list(tmp_path.glob(".*.tmp.mp4"))
+
+
+def test_src_is_also_split_by_where_the_first_visit_comes_from():
+    """Pairs whose first visit is a real context frame (which the anchor memory keeps in view) and pairs whose
+    first visit the model imagined are averaged apart as well as together."""
+    from vplan.eval.consistency import src_scores
+
+    class Pixels:  # features: the frame's pixels
+        def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(frames).reshape(len(frames), -1).float()
+
+    frames = np.full((8, 2, 2, 3), 100, np.uint8)
+    frames[5, :, :, 0] = 0  # two of the three channels left: cosine sqrt(2/3) against the others
+    scores = src_scores(frames, [(0, 6), (1, 7), (4, 5)], Pixels(), context_frames=2)
+    assert scores["src_from_context"] == pytest.approx(100.0)
+    assert scores["src_from_generated"] == pytest.approx(100 * np.sqrt(2 / 3))
+    assert scores["src"] == pytest.approx((200 + 100 * np.sqrt(2 / 3)) / 3)
+    assert (scores["pairs"], scores["pairs_from_context"]) == (3, 2)
+    assert src_scores(frames, [(4, 6)], Pixels(), context_frames=2)["src_from_context"] is None
+
+
+def test_the_last_chunk_is_not_learned_from():
+    """Nothing is generated after the last chunk, so an update on it would only cost time."""
+    from vplan.eval.consistency import imagine
+
+    class CountingMemory:
+        def __init__(self) -> None:
+            self.updates = 0
+
+        def reset(self) -> None:
+            pass
+
+        def generate(self, history, texts, generator=None):
+            return torch.zeros(1, 2, 1, 1, 1)
+
+        def update(self, previous, chunk) -> None:
+            self.updates += 1
+
+    memory = CountingMemory()
+    latents = imagine(None, memory, torch.zeros(1, 1, 1, 1, 1), ["a", "b", "c"], None)
+    assert latents.shape[1] == 1 + 3 * 2 and memory.updates == 2
 
 
 def test_paired_difference_matches_episodes_by_seed():

@@ -21,7 +21,9 @@ Scores per mode and episode, averaged over episodes:
   of the frames where the scenario shows that state again (the scenario's revisit pairs inside the rollout).
   Features: the world model's own VAE encoder (`features=vae`, the default; ranks the modes, but its absolute
   values are **not comparable** to the paper's ResNet-18 SRC) or ResNet-18 from a local safetensors file
-  (`features=resnet18 resnet18_weights=PATH`).
+  (`features=resnet18 resnet18_weights=PATH`). Also apart: over the pairs whose first visit is a real context
+  frame (a return to what the model was shown, which the anchor memory keeps in view) and over those whose first
+  visit the model imagined (what only a memory of the episode keeps).
 - **PSNR drift**: the least-squares slope of each chunk's PSNR against the real frames over the chunk index
   (dB per chunk; negative: the video drifts away from the truth), next to the mean PSNR of the chunks.
 
@@ -134,16 +136,17 @@ def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: An
     """Generate one chunk per text from the start latents through `memory`, open loop; the latents of the start ⊕
     every chunk (1, T, C, h, w). After each chunk the memory learns (`update(previous, chunk)`) from the chunk it
     imagined, or, when `observed` (the real take's latents, aligned with the output) is given, from the real
-    latents of the same steps."""
+    latents of the same steps; not after the last chunk, which nothing follows."""
     import torch
 
     memory.reset()
     history = previous = start
-    for text in texts:
+    for index, text in enumerate(texts):
         chunk = memory.generate(history, [text], generator=generator)
-        if observed is None:
+        last = index == len(texts) - 1  # nothing follows it: learning from it would only cost time
+        if observed is None and not last:
             memory.update(previous, chunk)
-        else:
+        elif not last:
             begin, end = history.shape[1], history.shape[1] + chunk.shape[1]
             memory.update(observed[:, max(begin - previous.shape[1], 0):begin], observed[:, begin:end])
         previous, history = chunk, torch.cat([history, chunk], dim=1)
@@ -152,17 +155,31 @@ def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: An
     return history
 
 
+def src_scores(video: np.ndarray, pairs: list[tuple[int, int]], features: Any, context_frames: int) -> dict[str, Any]:
+    """SRC over all the revisit pairs, and apart over those whose first visit is one of the real context frames
+    (a return to what the model was shown, which the anchor memory keeps in view) and those whose first visit
+    the model imagined itself (what only a memory of the episode can keep); None where there is no such pair."""
+    from vplan.eval.consistency_metrics import revisit_similarities
+
+    similarities = 100.0 * revisit_similarities(video, pairs, features)
+    given = np.array([first < context_frames for first, _ in pairs])
+    return {"src": float(similarities.mean()),
+            "src_from_context": float(similarities[given].mean()) if given.any() else None,
+            "src_from_generated": float(similarities[~given].mean()) if (~given).any() else None,
+            "pairs": len(pairs), "pairs_from_context": int(given.sum())}
+
+
 def score_video(video: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]], features: Any, fps: float,
                 context_frames: int, chunk_frames: int) -> dict[str, Any]:
     """SCuts, SRC and PSNR drift of a generated video (T, H, W, 3) against the real frames of the same steps."""
-    from vplan.eval.consistency_metrics import psnr_drift, scene_cut_frames, scene_return_consistency
+    from vplan.eval.consistency_metrics import psnr_drift, scene_cut_frames
 
     cuts = scene_cut_frames(video, fps=fps)
     drift = psnr_drift(video, real, chunk_frames=chunk_frames, start=context_frames)
     return {
         "scuts": len(cuts),
         "cut_frames": cuts,
-        "src": scene_return_consistency(video, pairs, features),
+        **src_scores(video, pairs, features, context_frames),
         "psnr_drift_db_per_chunk": drift.slope,
         "psnr_db": float(drift.per_chunk.mean()),
         "psnr_per_chunk": [float(v) for v in drift.per_chunk],
@@ -177,7 +194,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
 
     from vplan.envs import env_name
     from vplan.errors import UsageError
-    from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames, scene_return_consistency
+    from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
     from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere
@@ -205,13 +222,14 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
     frames_n = context_n + cfg.chunks * chunk_n
     out = Path(cfg.out)
+    seeds = range(cfg.seed, cfg.seed + cfg.episodes)
+    scenarios = _revisit_takes(scenario_fn, cfg, seeds, frames_n, size, context_n, chunk_n)  # before out is touched
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"real": [], "modes": {mode: [] for mode in cfg.modes}},
                                  _finished, ["real_vs_*.mp4", "psnr_per_chunk.png"])
     # the fingerprint now: the files may be replaced while the rollouts run
     fingerprint = pin_checkpoints(out, {"worldmodel": cfg.checkpoint},
                                   resuming=cfg.resume and any(progress["modes"].values()))["worldmodel"]
 
-    seeds = range(cfg.seed, cfg.seed + cfg.episodes)
     todo = {seed: [mode for mode in cfg.modes if not any(row["seed"] == seed for row in progress["modes"][mode])]
             for seed in seeds}
     bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk",
@@ -220,19 +238,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         for episode, seed in enumerate(seeds):
             if not todo[seed]:
                 continue
-            bar.set_postfix_str(f"seed {seed}: scenario")
-            scenario = scenario_fn(seed=seed, min_frames=frames_n, env_config=cfg.env)
-            real = scenario.frames[:frames_n]
-            if real.shape[1:3] != (size, size) or len(real) < frames_n:
-                raise UsageError(f"seed {seed}: expected a scenario of >= {frames_n} frames of {size}x{size}, got "
-                                 f"{len(real)} of {real.shape[1]}x{real.shape[2]}")
-            pairs = [(a, b) for a, b in scenario.pairs if b < frames_n]
-            if not pairs:
-                first = min((b for _, b in scenario.pairs), default=None)
-                need = "" if first is None else f"; its first revisit is at frame {first}, so use chunks >= " \
-                    f"{-(-(first + 1 - context_n) // chunk_n)}"
-                raise UsageError(f"seed {seed}: no revisit within the rollout's {frames_n} frames ({cfg.chunks} "
-                                 f"chunks){need}")
+            scenario, real, pairs = scenarios.pop(seed)
             texts = [chunk_subgoal(scenario.subgoals, context_n + k * chunk_n) for k in range(cfg.chunks)]
             start = model.encode(torch.from_numpy(np.ascontiguousarray(real[:context_n]))[None])
             observed = None
@@ -241,7 +247,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
             real_cuts = scene_cut_frames(real, fps=scenario.fps)
             progress["real"] = [row for row in progress["real"] if row["seed"] != seed] + [
                 {"seed": seed, "scuts": len(real_cuts), "cut_frames": real_cuts,
-                 "src": scene_return_consistency(real, pairs, features), "pairs": len(pairs)}]
+                 **src_scores(real, pairs, features, context_n)}]
             for mode in todo[seed]:
                 bar.set_postfix_str(f"seed {seed}: {mode}")
                 began = time.perf_counter()
@@ -273,10 +279,12 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     per_mode = {mode: in_order(progress["modes"][mode]) for mode in cfg.modes}
     real_rows = in_order(progress["real"])
 
-    def mean(rows: list[dict[str, Any]], key: str) -> float:
-        return float(np.mean([row[key] for row in rows]))
+    def mean(rows: list[dict[str, Any]], key: str) -> float | None:  # over the episodes that have it
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return float(np.mean(values)) if values else None
 
-    keys = ("scuts", "src", "psnr_drift_db_per_chunk", "psnr_db", "seconds")
+    src_keys = ("src", "src_from_context", "src_from_generated")
+    keys = ("scuts", *src_keys, "psnr_drift_db_per_chunk", "psnr_db", "seconds")
     metrics = {
         "checkpoint": cfg.checkpoint,
         "checkpoint_path": str(path),
@@ -293,7 +301,8 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         "temp_lora": asdict(cfg.temp_lora),
         "modes": {mode: {**{key: mean(rows, key) for key in keys}, "episodes": rows}
                   for mode, rows in per_mode.items()},
-        "real": {"scuts": mean(real_rows, "scuts"), "src": mean(real_rows, "src"), "episodes": real_rows},
+        "real": {"scuts": mean(real_rows, "scuts"), **{key: mean(real_rows, key) for key in src_keys},
+                 "episodes": real_rows},
         # the torch threads the rollouts were timed with (a resumption may change them; None: not recorded)
         "threads": sorted({row.get("threads") for rows in per_mode.values() for row in rows}, key=str),
     }
@@ -305,6 +314,34 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     _plot_psnr(metrics, out / "psnr_per_chunk.png")
     _print_table(cfg, metrics, out)
     return metrics
+
+
+def _revisit_takes(scenario_fn: Any, cfg: EvalConsistencyConfig, seeds: range, frames_n: int, size: int,
+                   context_n: int, chunk_n: int) -> dict[int, tuple[Any, np.ndarray, list[tuple[int, int]]]]:
+    """Each seed's scenario, its first `frames_n` real frames and the revisit pairs among them, checked before the
+    evaluation writes anything: seeds whose rollout holds no revisit are named with the chunks they all need."""
+    from tqdm import tqdm
+
+    from vplan.errors import UsageError
+
+    takes, short, need = {}, [], 0
+    for seed in tqdm(seeds, desc="revisit scenarios", unit="episode", leave=False):
+        scenario = scenario_fn(seed=seed, min_frames=frames_n, env_config=cfg.env)
+        real = scenario.frames[:frames_n]
+        if real.shape[1:3] != (size, size) or len(real) < frames_n:
+            raise UsageError(f"seed {seed}: expected a scenario of >= {frames_n} frames of {size}x{size}, got "
+                             f"{len(real)} of {real.shape[1]}x{real.shape[2]}")
+        pairs = [(a, b) for a, b in scenario.pairs if b < frames_n]
+        if not pairs:
+            short.append(seed)
+            first = min((b for _, b in scenario.pairs), default=None)
+            need = max(need, 0 if first is None else -(-(first + 1 - context_n) // chunk_n))
+        takes[seed] = (scenario, real, pairs)
+    if short:
+        hint = f"; use chunks >= {need} for a revisit in every episode" if need else ""
+        raise UsageError(f"seed(s) {', '.join(map(str, short))}: no revisit within the rollout's {frames_n} frames "
+                         f"({cfg.chunks} chunks){hint}")
+    return takes
 
 
 def paired_difference(rows: list[dict[str, Any]], baseline: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -340,13 +377,19 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
         replay = ", rehearsing the first sequence" if lora.replay_first else ""
         print(f"temp_lora: rank {lora.rank}, {lora.steps_per_chunk} Adam step(s) per chunk at lr {lora.lr:g}, learning "
               f"from the {lora.update_on} chunks{replay}")
-    print(f"  {'mode':12} {'SCuts':>6} {'SRC (%)':>8} {'PSNR drift (dB/chunk)':>22} {'PSNR (dB)':>10} "
-          f"{'s/episode':>10}")
+    def src(row: dict[str, Any]) -> str:
+        return " ".join("-".rjust(width) if row[key] is None else f"{row[key]:{width}.2f}"
+                        for key, width in (("src", 8), ("src_from_context", 12), ("src_from_generated", 14)))
+
+    print(f"  {'mode':12} {'SCuts':>6} {'SRC (%)':>8} {'from context':>12} {'from generated':>14} "
+          f"{'PSNR drift (dB/chunk)':>22} {'PSNR (dB)':>10} {'s/episode':>10}")
     for mode, row in metrics["modes"].items():
-        print(f"  {mode:12} {row['scuts']:6.2f} {row['src']:8.2f} {row['psnr_drift_db_per_chunk']:22.3f} "
+        print(f"  {mode:12} {row['scuts']:6.2f} {src(row)} {row['psnr_drift_db_per_chunk']:22.3f} "
               f"{row['psnr_db']:10.2f} {row['seconds']:10.1f}")
     real = metrics["real"]
-    print(f"  {'real':12} {real['scuts']:6.2f} {real['src']:8.2f} {'-':>22} {'-':>10} {'-':>10}")
+    print(f"  {'real':12} {real['scuts']:6.2f} {src(real)} {'-':>22} {'-':>10} {'-':>10}")
+    print("  SRC from context: revisits of a real context frame (the anchor memory keeps the first in view); from "
+          "generated: of a frame the model imagined; each a mean over the episodes that have such pairs")
     if len(metrics["threads"]) > 1:
         print(f"  (s/episode averages rollouts timed with threads {metrics['threads']}: a resumption changed them)")
     for mode, row in metrics["modes"].items():
