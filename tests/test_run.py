@@ -5,6 +5,8 @@ episode), the summary, memory=none, an interrupted run keeping its finished epis
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import imageio.v2 as imageio
 import numpy as np
@@ -112,11 +114,31 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
     assert "reached the return phase" in printed and "CPU time per episode" in printed and "task progress" in printed
 
 
+def test_every_llm_planner_fallback_is_shown_and_counted(checkpoints, tmp_path, capsys):
+    """An endpoint that is down makes every episode fall back to the offline plan: each one warns (Python would
+    show a repeated warning once), and the summary and metrics.json count the plans by where they came from."""
+    from vplan.errors import PlannerFallbackWarning
+
+    out = tmp_path / "llm"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own: a repeated warning from one line is shown once
+        main(run_args(checkpoints, out, "episodes=2", "memory=none", "video=false", "planner=llm",
+                      "planner.llm.base_url=http://127.0.0.1:9/v1", "planner.llm.max_retries=0",
+                      "planner.llm.timeout_s=2"))
+    assert [str(w.message) for w in caught if w.category is PlannerFallbackWarning] == [
+        "LLM planner (gpt-4o-mini): APIConnectionError: Connection error; using the offline plan"] * 2
+    captured = capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["planner"] == "llm" and metrics["plan_sources"] == {"fallback": 2}
+    assert re.search(r"plans +2 from the offline fallback", captured.out)
+
+
 def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     out = tmp_path / "none"
     main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false"))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["memory"] == "none" and metrics["episodes_done"] == 1
+    assert metrics["memory"] == "none" and metrics["episodes_done"] == 1 and metrics["plan_sources"] == {"offline": 1}
+    assert "plans" not in capsys.readouterr().out  # the offline planner's are all its own
     assert metrics["episodes"][0]["stages_s"]["memory_update"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints.json", "config.yaml", "metrics.json"]
     with pytest.raises(SystemExit) as exit_info:

@@ -59,7 +59,8 @@ class ChatEndpointConfig:
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the key."})
     timeout_s: float = field(default=30.0, metadata={"help": "Seconds per HTTP request (the client's timeout)."})
     max_retries: int = field(
-        default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx)."}
+        default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx), "
+                             "each after the wait a server's Retry-After asks (at most 60 s)."}
     )
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic)."})
 

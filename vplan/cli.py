@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 from vplan.configs import preset_names
-from vplan.errors import RunError, UsageError, VplanWarning, first_line
+from vplan.errors import PlannerFallbackWarning, RunError, UsageError, VplanWarning, first_line
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
@@ -429,6 +429,7 @@ def _main(argv: list[str] | None) -> None:
         return
     prog = "vplan"
     warnings.formatwarning = _format_warning
+    warnings.simplefilter("always", PlannerFallbackWarning)  # each episode's fallback, not only the first
     try:
         command, overrides = _find_command(args)
         prog = f"vplan {command.name}"

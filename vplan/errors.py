@@ -27,3 +27,7 @@ class RunError(Exception):
 class VplanWarning(UserWarning):
     """Something that works but is likely not what the user meant (a fallback taken, a model from another env);
     the CLI prints it as one line `warning: ...`, without the source line Python adds."""
+
+
+class PlannerFallbackWarning(VplanWarning):
+    """The LLM planner could not produce a valid plan and the offline plan was used."""

@@ -16,6 +16,7 @@ import json
 import resource
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -286,6 +287,8 @@ def summarize(
         "task": cfg.task.name,
         "memory": cfg.memory.kind,
         "planner": cfg.planner.kind,
+        # how many episodes' plans came from where: an LLM planner falls back to the offline plan on a failure
+        "plan_sources": dict(Counter(r["plan"]["source"] for r in results)),
         "worldmodel": cfg.worldmodel_checkpoint,
         "idm": cfg.idm_checkpoint,
         "episodes_requested": cfg.episodes,
@@ -332,6 +335,10 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     for stage, seconds in metrics["stages_s_per_episode"].items():
         note = " (on the worker; what execution did not hide is in memory wait)" if stage == "memory_update" else ""
         rows.append((f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s{note}"))
+    if metrics["planner"] != "offline":
+        sources = metrics.get("plan_sources", {})
+        rows.insert(2, ("plans", ", ".join(f"{count} from {'the offline fallback' if source == 'fallback' else source}"
+                                        for source, count in sources.items())))
     if metrics["return_phase_rate"] is not None:
         returned = sum(r["phase"] == "return" for r in metrics["episodes"])
         rows.insert(2, ("reached the return phase", f"{metrics['return_phase_rate']:.0%} ({returned}/{done})"))

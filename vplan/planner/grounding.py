@@ -18,8 +18,10 @@ nothing of the reply's wording reaches the world model.
 
 Why the joining and negating words: a subgoal that packs two skills into one, or negates one, is as similar to
 a skill as a paraphrase ("pick up the blue cube and place it on the left spot" 0.97 to the place, "do not pick
-up the blue cube" 0.93 to the pick), so it would ground to one skill and silently drop or invert a step. A
-text holding such a word (one no skill text holds) grounds to nothing, and the planner falls back.
+up the blue cube" 0.93 to the pick, "pick up the red cube, place it on the left spot" 0.97, "skip placing the red
+cube on the left spot" 0.92, "... twice" 0.96), so it would ground to one skill and silently drop, invert or
+repeat a step. A text holding such a word, or a clause mark inside it (one no skill text holds), grounds to
+nothing, and the planner falls back.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ import torch
 from vplan.planner.skills import Skill
 
 ENCODER_MAX_TOKENS = 64  # word pieces per text, truncated beyond (skills take ~10; replies at most 200 chars)
-# Words that join two steps or negate one ("don't" reads as "don", "t"): one subgoal is one skill, done.
+# Words that join two steps, negate, skip, undo or repeat one ("don't" reads as "don", "t"): one subgoal is one
+# skill, done once.
 JOINING_OR_NEGATING = frozenset(
-    {"and", "then", "after", "before", "also", "while", "not", "don", "dont", "never", "no", "without", "instead"}
+    {"and", "then", "after", "before", "also", "while", "not", "don", "dont", "never", "no", "without", "instead",
+     "but", "or", "nor", "except", "unless", "skip", "avoid", "undo", "cancel", "stop", "twice", "again"}
 )
+CLAUSE_MARKS = ".,;:/&+!?"  # inside a subgoal (a closing full stop or "!" aside), they part two clauses
 
 
 class GroundingError(ValueError):
@@ -75,13 +80,14 @@ class SkillGrounder:
             raise GroundingError("no skills to ground to")
         vocabulary = {w for skill in skills for value in skill.arguments.values() for w in _words(value)}
         refused = JOINING_OR_NEGATING - {w for skill in skills for w in _words(skill.text)}
+        marks = {mark for mark in CLAUSE_MARKS if not any(mark in skill.text for skill in skills)}
         similarity = self.embed(texts) @ self.embed([s.text for s in skills]).T
         grounded = []
         for row, text in enumerate(texts):
-            joining = sorted(_words(text) & refused)
-            if joining or ";" in text:
-                raise GroundingError(f"subgoal {row + 1} joins or negates skills ({', '.join(joining) or ';'}): "
-                                     "expected one skill per subgoal")
+            joining = sorted(_words(text) & refused) + sorted(set(text.strip().rstrip(".!")) & marks)
+            if joining:
+                raise GroundingError(f"subgoal {row + 1} joins, negates or repeats skills ({', '.join(joining)}): "
+                                     "expected one skill per subgoal, done once")
             named = _words(text) & vocabulary
             kind = skills[int(similarity[row].argmax())].kind  # what to do: the most similar skill's kind
             candidates = [

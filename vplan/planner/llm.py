@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vplan.chat import ChatEndpoint, ChatRequestError, image_part, short
-from vplan.errors import VplanWarning
+from vplan.errors import PlannerFallbackWarning
 from vplan.planner.config import LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
 from vplan.planner.offline import OfflinePlanner, Planner
@@ -61,10 +62,6 @@ RESPONSE_SCHEMA: dict[str, Any] = {
 }
 
 
-class PlannerFallbackWarning(VplanWarning):
-    """The LLM planner could not produce a valid plan and the offline plan was used."""
-
-
 class InvalidReplyError(ValueError):
     """The endpoint's reply is not a valid plan (not JSON, wrong shape, empty, too long)."""
 
@@ -78,12 +75,18 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+CODE_FENCE = re.compile(r"\s*```(?:json)?[ \t]*\n(.*)\n[ \t]*```\s*", re.DOTALL | re.IGNORECASE)
+
+
 def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
     """The subgoal texts of a reply that matches `RESPONSE_SCHEMA` and the bounds; else InvalidReplyError."""
     if not isinstance(content, str) or not content.strip():
         raise InvalidReplyError("the reply has no text content")
     if len(content) > config.max_reply_chars:
         raise InvalidReplyError(f"the reply has {len(content)} characters, more than {config.max_reply_chars}")
+    fenced = CODE_FENCE.fullmatch(content)  # ```json ... ```, as some local servers wrap JSON
+    if fenced:
+        content = fenced.group(1)
     try:
         data = json.loads(content, object_pairs_hook=_reject_duplicate_keys)
     except InvalidReplyError:
