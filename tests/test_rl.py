@@ -362,7 +362,8 @@ def test_the_tuned_offset_keeps_the_configured_one_on_a_tie():
 
 def planned(seed: int, g: int, texts: list[str], rewards: list[float], chunks: int = 1) -> list[EpisodeRollout]:
     """Plan g of a task seed's group: its K continuations with the given rewards, two chunks each."""
-    plan = {"subgoals": [{"text": t, "chunks": chunks, "check": None} for t in texts]}
+    plan = {"subgoals": [{"text": t, "chunks": chunks, "check": None} for t in texts],
+            "source": "fallback" if g == 2 else "llm"}
     return [EpisodeRollout(task_seed=seed, plan_index=g, continuation=k, plan=plan, final_info={}, stats={},
                            chunks=[chunk(np.zeros((2, 8, 8, 3), np.uint8)) for _ in range(2)], reward=r)
             for k, r in enumerate(rewards)]
@@ -387,6 +388,7 @@ def test_plan_preferences_pair_each_seeds_best_and_worst_plan_where_their_texts_
         "chosen": json.dumps({"subgoals": [{"text": "place it"}, {"text": "pick up the red cube"}]}),
         "rejected": json.dumps({"subgoals": [{"text": "pick up the red cube"}]}),  # what the LLM answers
         "chunk_offsets": {"chosen": 0, "rejected": 1}, "task_seed": 7, "iteration": 4,
+        "sources": {"chosen": "llm", "rejected": "fallback"},  # the worst came from the offline fallback
     }]
     assert np.argmax(run.logits) == 1  # both groups' best plan: offset 0 (plan 1)
 

@@ -357,6 +357,9 @@ class RLRun:
                               "rewards": {"chosen": float(means[best]), "rejected": float(means[worst])},
                               "chunk_offsets": {"chosen": self.cfg.plan_offsets[best],
                                                 "rejected": self.cfg.plan_offsets[worst]},
+                              # an LLM planner's failed request falls back to the offline plan: not its answer
+                              "sources": {"chosen": plans[best][0].plan.get("source"),
+                                          "rejected": plans[worst][0].plan.get("source")},
                               "task_seed": plans[best][0].task_seed, "iteration": self.iteration})
         return pairs
 
