@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -231,6 +232,41 @@ def test_bad_inputs_are_usage_errors(setup, tmp_path):
         config(data, wm, tmp_path / "d", memory=MemoryConfig(kind="anchor"))
     with pytest.raises(UsageError, match="holdout_episodes=2"):
         finetune(config(data, wm, tmp_path / "e", holdout_episodes=2))
+    from vplan.errors import RunError
+
+    with pytest.raises(RunError, match=r"inner loop: Temp-LoRA's adapter diverged .* in episode 0, chunk \d+; start "
+                                       r"again with a lower memory.lr"):
+        finetune(config(data, wm, tmp_path / "f", memory=replace(MEMORY, lr=1e30)))
+    assert not list((tmp_path / "f" / "inner").glob("episode-*"))  # nothing diverged is stored
+
+
+def test_episodes_on_held_out_seeds_are_named(setup, tmp_path):
+    """`vplan run record=true` records seeds 10000+, the scenes a default evaluation of the result plays."""
+    from vplan.errors import VplanWarning
+    from vplan.loop.finetune import _episodes
+
+    root, data, wm = setup
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=2, seed=9999, out=str(tmp_path / "d")))
+    with pytest.warns(VplanWarning, match=r"1 of the episodes to finetune on were recorded on seeds 10000..10000, "
+                                          r"which vplan run.* evaluate the result on others \(seed=10001\)"):
+        _episodes(config(tmp_path / "d", wm, tmp_path / "out", episodes=2, holdout_episodes=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplanWarning)
+        _episodes(config(data, wm, tmp_path / "out"))  # seeds 0 and 1
+
+
+def test_trainer_checkpoints_without_the_finetune_record_are_refused(setup, finetuned, tmp_path):
+    """The record of what made the stored states lives in inner/: checkpoints left without it (inner/ deleted,
+    or an out of `vplan train`) would be resumed whatever made them, and `final` be their model."""
+    import shutil
+
+    root, data, wm = setup
+    out = tmp_path / "out"
+    shutil.copytree(finetuned[0], out)
+    shutil.rmtree(out / "inner")
+    with pytest.raises(UsageError, match=r"holds training checkpoints but no finetune record"):
+        finetune(config(data, wm, out, memory=replace(MEMORY, rank=2)))
 
 
 def test_without_worldmodel_the_datasets_envs_shipped_model_is_taken(setup, tmp_path):

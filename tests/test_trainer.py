@@ -70,6 +70,21 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_torn_log_line_is_cut_and_a_checkpoint_past_steps_is_refused(tmp_path):
+    optim = OptimConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=1, save_every=10, log_every=5)
+    train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
+    log = tmp_path / "train_log.jsonl"
+    with log.open("a") as handle:  # a crash (or a full disk) mid-line
+        handle.write('{"step": 11, "loss": 0.0')
+    assert logged_losses(log)[0] == [5, 10]  # the torn line is no record
+    train(LinearFit(), optim, tmp_path, "toy")
+    assert logged_losses(log)[0] == [5, 10, 15, 20]
+    assert all(json.loads(line) for line in log.read_text().splitlines())
+    with pytest.raises(RunError, match=r"checkpoint-0000020 is at step 20, past component.optim.steps=10; pass "
+                                       r"component.optim.steps>=20 to go on from it, or another out=DIR"):
+        train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
+
+
 def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):
     """Stopping at `until` and going on equals one straight run, cool-down included (its lr needs `steps`)."""
     optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, cooldown_steps=20, save_every=100)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from safetensors.torch import load_file, save_file
 
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import RunError, UsageError
+from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
@@ -66,6 +67,7 @@ INNER_FORMAT = "vplan-finetune-inner"
 INNER_FORMAT_VERSION = "2"  # 2: a chunk's text is the subgoal followed as it starts (`chunk_subgoal`)
 RESUMABLE_OPTIM = ("steps", "cooldown_steps", "save_every", "log_every")  # with one round, a resume may change
 LATENTS_KEY = "latents"
+HELD_OUT_SEEDS = 10000  # the first seed of vplan run's, the evals' and the benches' episodes (training: 0..9999)
 
 
 @dataclass
@@ -193,6 +195,9 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
             raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
                              f"choose another out= or delete that folder")
         return
+    if list_checkpoints(inner.parent):  # the trainer would resume from them, whatever made them
+        raise UsageError(f"{inner.parent} holds training checkpoints but no finetune record ({path}), so what made "
+                         "them is unknown; choose another out= or delete that folder")
     inner.mkdir(parents=True, exist_ok=True)
     write_json(path, settings)
 
@@ -213,6 +218,9 @@ def run_inner_episode(
             tensors[_chunk_prefix(k) + name] = tensor.detach().cpu().contiguous()
         previous = latents[max(0, chunk.start - config.chunk_frames) : chunk.start][None]
         memory.update(previous, latents[chunk.start : chunk.start + chunk.frames][None])
+        if not all(torch.isfinite(t).all() for t in memory.state_dict().values()):
+            raise RunError(f"finetune inner loop: Temp-LoRA's adapter diverged (a value became NaN or inf) in episode "
+                           f"{episode}, chunk {k}; start again with a lower memory.lr in another out=DIR")
     metadata = {
         "format": INNER_FORMAT,
         "format_version": INNER_FORMAT_VERSION,
@@ -390,7 +398,15 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     if usable < 1:
         raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
                          f"holdout_episodes={cfg.holdout_episodes}")
-    return dataset, list(range(min(usable, cfg.episodes)))
+    episodes = list(range(min(usable, cfg.episodes)))
+    seeds = [int(seed) for e in episodes if (seed := dataset.episode_meta(e).get("seed")) is not None]
+    held_out = [seed for seed in seeds if seed >= HELD_OUT_SEEDS]
+    if held_out:  # e.g. `vplan run record=true`'s episodes: the scenes a default evaluation of the result plays
+        warnings.warn(f"{cfg.data}: {len(held_out)} of the episodes to finetune on were recorded on seeds "
+                      f"{min(held_out)}..{max(held_out)}, which vplan run, the evals and the benches use by default "
+                      f"(seeds {HELD_OUT_SEEDS}+, held out of training); evaluate the result on others "
+                      f"(seed={max(seeds) + 1}), or record on seeds below {HELD_OUT_SEEDS}", VplanWarning)
+    return dataset, episodes
 
 
 def finetune(cfg: FinetuneConfig) -> Path:

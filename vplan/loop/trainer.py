@@ -103,10 +103,14 @@ def train(
         step = state["step"]
         if accelerator.scaler is not None and GRAD_SCALER in state:  # fp16: the loss scale it had reached
             accelerator.scaler.load_state_dict(state[GRAD_SCALER])
+        if step > optim.steps:  # it would end at once, and its result would be the longer run's
+            raise RunError(f"{description}: {checkpoints[-1]} is at step {step}, past {optim_key}.steps="
+                           f"{optim.steps}; pass {optim_key}.steps>={step} to go on from it, or another out=DIR")
         accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
     module, optimizer = accelerator.prepare(module, optimizer)
     log_path = out / LOG_FILE
     out.mkdir(parents=True, exist_ok=True)
+    _drop_torn_line(log_path)
 
     stop_requested: list[int] = []
     previous = {s: signal.signal(s, lambda signum, _: stop_requested.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -189,15 +193,28 @@ def _out_of_memory_error(
                     f"({first_line(error)}); start again with a lower {optim_key}.batch_size{where}")
 
 
+def _drop_torn_line(log_path: Path) -> None:
+    """Cut a log back to its last whole line (a crash or a full disk can leave half of one), so the next record
+    starts on a line of its own."""
+    if not log_path.is_file():
+        return
+    data = log_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with log_path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def logged_losses(log_path: Path) -> tuple[list[int], list[float]]:
     """(steps, losses) of a loss log, in step order. Steps a killed run logged after its last checkpoint are
     logged again when it resumes; the newer line wins."""
     by_step: dict[int, float] = {}
     if log_path.is_file():
         for line in log_path.read_text().splitlines():
-            if line.strip():
+            try:
                 record = json.loads(line)
-                by_step[record["step"]] = record["loss"]
+                by_step[int(record["step"])] = float(record["loss"])
+            except (ValueError, TypeError, KeyError):  # a blank line, or one torn by a crash or a full disk
+                continue
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
 
