@@ -7,6 +7,7 @@ check vplan's side of the contract, not Minecraft.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -246,3 +247,12 @@ def test_seeded_resets_repeat_and_every_reset_seeds_minerl(env):
         env.reset()
         unseeded.append(world.goal.copy())
     np.testing.assert_array_equal(unseeded[0], unseeded[1])
+
+
+def test_bench_env_through_the_cli_with_the_fake(fake_minerl, tmp_path, capsys):
+    """MineRL renders inside its step and navigate has no scripted expert: the full step alone is timed."""
+    main(["bench", "env", "env=minerl", "steps=5", "episodes=1", f"out={tmp_path}"])
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert results["steps_without_render_per_s"] is None and results["expert_success_rate"] is None
+    assert results["steps_and_renders_per_s"] > 0
+    assert "navigate has no scripted expert" in capsys.readouterr().out

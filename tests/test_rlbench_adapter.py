@@ -359,3 +359,14 @@ def test_collect_through_the_cli_with_the_fake(fake_rlbench, tmp_path):
     assert info["total_episodes"] == 1
     assert info["features"]["observation.images.front"]["shape"] == [16, 16, 3]
     assert info["robot_type"] == "vplan_rlbench"  # the env's own name, though it runs the tabletop's task
+
+
+def test_bench_env_through_the_cli_with_the_fake(fake_rlbench, tmp_path, capsys):
+    """The adapter renders inside its step (no `simulate`): only the full step is timed."""
+    main(["bench", "env", "env=rlbench", "steps=5", "episodes=1", f"out={tmp_path}", "env.image_size=16",
+          "env.render_size=32"])
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert results["steps_without_render_per_s"] is None and results["render_share_of_step"] is None
+    assert results["steps_and_renders_per_s"] > 0 and results["expert_success_rate"] == 1.0
+    printed = capsys.readouterr().out
+    assert "rlbench at 16x16" in printed and "renders inside its step" in printed and "target" not in printed
