@@ -32,14 +32,12 @@ _CONFIG_ENV_IDS[WorldModelEnvConfig] = WORLD_MODEL_ENV_ID
 TASKS_OF_ENV = {"rlbench": "tabletop"}
 _REQUIRE_SIMULATOR = {RLBenchConfig: require_rlbench, MineRLConfig: require_minerl}
 
-# The embedded envs truncate episodes themselves at their config's max_episode_steps (so a config passed to
-# gymnasium.make is obeyed); the adapters leave it to gymnasium's TimeLimit, registered at their default.
-_TRUNCATE_THEMSELVES = {"tabletop", "blockworld"}
-# Importing again (importlib.reload, a second import path) must not re-register: gymnasium warns on that.
-for _name, (_entry_point, _config_class) in _ENTRY_POINTS.items():
+# Every env truncates its episodes itself at its config's max_episode_steps (so a config passed to
+# gymnasium.make is obeyed): none is registered with a TimeLimit. Importing again (importlib.reload, a second
+# import path) must not re-register: gymnasium warns on that.
+for _name, (_entry_point, _) in _ENTRY_POINTS.items():
     if ENV_IDS[_name] not in gymnasium.registry:
-        limit = None if _name in _TRUNCATE_THEMSELVES else _config_class.max_episode_steps
-        gymnasium.register(id=ENV_IDS[_name], entry_point=_entry_point, max_episode_steps=limit)
+        gymnasium.register(id=ENV_IDS[_name], entry_point=_entry_point)
 if WORLD_MODEL_ENV_ID not in gymnasium.registry:
     gymnasium.register(id=WORLD_MODEL_ENV_ID, entry_point="vplan.envs.worldmodel_env:WorldModelEnv")
 

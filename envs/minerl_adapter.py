@@ -28,7 +28,7 @@ from gymnasium import spaces
 
 from vplan.envs.adapters import SimulatorNotInstalledError, resize_rgb
 from vplan.envs.discrete_moves import JUMPS, WALK, YAW_DELTA, Move, move_space, to_move
-from vplan.envs.settings import LastFrameRender, env_settings
+from vplan.envs.settings import LastFrameRender, check_no_options, env_settings
 from vplan.errors import first_line
 from vplan.utils.import_utils import is_package_available
 
@@ -60,7 +60,7 @@ class MineRLConfig:
         metadata={"help": "Minecraft ticks (50 ms) per move, a divisor of 20; 5 walks about one block forward."},
     )
     max_episode_steps: int = field(
-        default=1200, metadata={"help": "Moves before gymnasium's TimeLimit truncates (MineRL's own: 6000 ticks)."}
+        default=1200, metadata={"help": "Moves after which the env truncates an episode (MineRL's own: 6000 ticks)."}
     )
     task: str = field(default="navigate", metadata={"help": "One of ('navigate',): the commands' task without task=."})
 
@@ -132,8 +132,9 @@ class MineRLEnv(LastFrameRender, gym.Env):
     `environment_state` (the compass angle, float32).
 
     ## Episode End
-    Terminates when MineRL ends the episode (the goal is touched); truncated when MineRL's own time limit
-    (6000 ticks) runs out, or by gymnasium's `TimeLimit` after `max_episode_steps` moves.
+    Terminates when MineRL ends the episode with the goal touched; truncated when it ends it otherwise (its own
+    time limit, 6000 ticks), or after the config's `max_episode_steps` moves (the env truncates itself, so a
+    config passed to `gymnasium.make` is obeyed). `reset(options=...)` is refused: it reads none.
 
     ## Seeding
     MineRL forgets its seed after every reset, so every reset passes one (drawn from `np_random`) through
@@ -166,18 +167,23 @@ class MineRLEnv(LastFrameRender, gym.Env):
         )
         self.action_space = move_space()
         self._rewards: list[float] = []
+        self._moves: int | None = None  # moves since the reset; None before the first
         self._front = np.zeros((size, size, 3), np.uint8)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        check_no_options(options)
         super().reset(seed=seed)
         minerl_seed = int(self.np_random.integers(2**31 - 1))
         observation, _ = self._env.reset(seed=minerl_seed)  # shimmy calls MineRL's seed(), then its reset()
         self._rewards = []
+        self._moves = 0
         return self._convert(observation), self._info(observation, move=None)
 
     def step(self, action: int | np.integer) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._moves is None:
+            raise RuntimeError("call reset() before step()")
         move = to_move(action)
         reward, terminated, truncated = 0.0, False, False
         for tick in range(self.config.ticks_per_move):
@@ -190,9 +196,12 @@ class MineRLEnv(LastFrameRender, gym.Env):
             if terminated or truncated:
                 break
         info = self._info(observation, move)
-        if terminated and not info["success"] and info["ticks"] >= self._spec.max_episode_steps:
-            # Minecraft quit at its time limit on the tick gym's TimeLimit would have: a timeout, not an end
+        if terminated and not info["success"]:
+            # Navigate ends by touching the goal or by the server's time-up quit (on Minecraft's clock, which need
+            # not fall on the tick gym's TimeLimit counts): without the touch, a timeout, not an end
             terminated, truncated = False, True
+        self._moves += 1
+        truncated = truncated or (not terminated and self._moves >= self.config.max_episode_steps)
         return self._convert(observation), reward, bool(terminated), bool(truncated), info
 
     def close(self) -> None:

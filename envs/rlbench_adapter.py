@@ -31,7 +31,7 @@ from gymnasium import spaces
 
 from vplan.envs.adapters import SimulatorNotInstalledError, resize_rgb
 from vplan.envs.tabletop_v0 import TASKS, WORKSPACE_HIGH, WORKSPACE_LOW, check_return_cubes_settings, spot_names
-from vplan.envs.settings import LastFrameRender, env_settings
+from vplan.envs.settings import LastFrameRender, check_no_options, env_settings
 from vplan.errors import first_line
 from vplan.utils.import_utils import is_package_available
 
@@ -161,12 +161,15 @@ class RLBenchEnv(LastFrameRender, gym.Env):
     positions in the task frame (origin on the table top at the task's centre, the world's axes):
     `cube_names`, `spot_names`, `cube_poses`, `start_poses`, `spot_positions`, `gripper_pos`,
     `gripper_opening`, `grasped`, `phase`, `displaced`, `returned`, `success`, `dist`,
-    `environment_state`; plus `descriptions` (RLBench's task descriptions) and `invalid_action`.
+    `environment_state`, `applied_action` (float32 (4,): the tip's move in the last step in units of
+    `max_delta`, then the grip command as ±1; zeros after a reset); plus `descriptions` (RLBench's task
+    descriptions) and `invalid_action`. An arm target rejected twice (the hold fails too) sends no grip.
 
     ## Episode End
     Terminates when RLBench's `TaskEnvironment.step` reports termination (the task's success: every cube
-    displaced at some step, then all back within `success_tolerance` with none held). Truncated by
-    gymnasium's `TimeLimit` after `max_episode_steps`.
+    displaced at some step, then all back within `success_tolerance` with none held). The env truncates itself
+    after the config's `max_episode_steps` (so a config passed to `gymnasium.make` is obeyed);
+    `reset(options=...)` is refused: it reads none.
 
     ## Seeding
     RLBench draws from numpy's global RNG; `reset(seed=...)` seeds it (as RLBench's own gym wrapper does)
@@ -203,6 +206,7 @@ class RLBenchEnv(LastFrameRender, gym.Env):
         self._tip_quaternion = np.array([0.0, 0.0, 0.0, 1.0])  # world xyzw, held for the whole episode
         self._base_pose = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
         self._gripper_pos = np.zeros(3)
+        self._steps: int | None = None  # steps since the reset; None before the first
         self._descriptions: list[str] = []
         self._front = np.zeros((size, size, 3), np.uint8)
 
@@ -210,6 +214,7 @@ class RLBenchEnv(LastFrameRender, gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        check_no_options(options)
         super().reset(seed=seed)
         self._launch()
         np.random.seed(int(self.np_random.integers(2**32)))  # RLBench samples from numpy's global RNG
@@ -217,11 +222,11 @@ class RLBenchEnv(LastFrameRender, gym.Env):
         self._descriptions = list(descriptions)
         quaternion = np.asarray(observation.gripper_pose[3:], dtype=np.float64)
         self._tip_quaternion = quaternion / np.linalg.norm(quaternion)  # RLBench rejects non-unit quaternions
-        obs, info = self._convert(observation, success=False, invalid_action=False)
-        return obs, info
+        self._steps = 0
+        return self._convert(observation, success=False, invalid_action=False, applied=np.zeros(4))
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        if self._task_env is None:
+        if self._steps is None:
             raise RuntimeError("call reset() before step()")
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         if action.shape != (4,):
@@ -231,7 +236,7 @@ class RLBenchEnv(LastFrameRender, gym.Env):
         # Jacobian IK fails on long jumps).
         step = np.clip(self._gripper_pos + action[:3] * self.config.max_delta, WORKSPACE_LOW, WORKSPACE_HIGH)
         target = self._gripper_pos + np.clip(step - self._gripper_pos, -self.config.max_delta, self.config.max_delta)
-        invalid = False
+        invalid, before = False, self._gripper_pos.copy()
         try:
             observation, reward, terminate = self._task_env.step(self.rlbench_action(target, grip))
         except self._rl.InvalidActionError:
@@ -240,14 +245,19 @@ class RLBenchEnv(LastFrameRender, gym.Env):
                 observation, reward, terminate = self._task_env.step(self.rlbench_action(self._gripper_pos, grip))
             except self._rl.InvalidActionError:
                 observation, reward, terminate = self._task_env.get_observation(), 0.0, False
-        obs, info = self._convert(observation, success=reward > 0, invalid_action=invalid)
-        return obs, float(reward), bool(terminate), False, info
+        tip = self._tip_in_task_frame(observation)  # what the step moved the tip by: what its frames show
+        applied = np.append((tip - before) / self.config.max_delta, 1.0 if grip == 0.0 else -1.0)
+        obs, info = self._convert(observation, success=reward > 0, invalid_action=invalid, applied=applied)
+        self._steps += 1
+        truncated = not terminate and self._steps >= self.config.max_episode_steps
+        return obs, float(reward), bool(terminate), bool(truncated), info
 
     def close(self) -> None:
         if self._environment is not None:
             self._environment.shutdown()
             self._environment = None
             self._task_env = None
+            self._steps = None
 
     # ---------------------------------------------------------------- mapping to and from RLBench
     def rlbench_action(self, target: np.ndarray, grip: float) -> np.ndarray:
@@ -302,15 +312,18 @@ class RLBenchEnv(LastFrameRender, gym.Env):
             task_low_dim_state=False,
         )
 
+    def _tip_in_task_frame(self, observation: Any) -> np.ndarray:
+        """The gripper tip's position in the task frame (the task base's), from an RLBench `Observation`."""
+        self._base_pose = np.asarray(observation.misc[self._rl.MISC_KEY]["base_pose"], dtype=np.float64)
+        rotation = self._rl.quaternion_matrix(self._base_pose[3:])
+        return rotation.T @ (np.asarray(observation.gripper_pose[:3], dtype=np.float64) - self._base_pose[:3])
+
     def _convert(
-        self, observation: Any, success: bool, invalid_action: bool
+        self, observation: Any, success: bool, invalid_action: bool, applied: np.ndarray
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """vplan's observation and info from an RLBench `Observation` decorated by the return_cubes task."""
         state = observation.misc[self._rl.MISC_KEY]
-        self._base_pose = np.asarray(state["base_pose"], dtype=np.float64)
-        rotation = self._rl.quaternion_matrix(self._base_pose[3:])
-        tip_world = np.asarray(observation.gripper_pose[:3], dtype=np.float64)
-        self._gripper_pos = rotation.T @ (tip_world - self._base_pose[:3])
+        self._gripper_pos = self._tip_in_task_frame(observation)
         opening = float(np.sum(observation.gripper_joint_positions))
         size = self.config.image_size
         self._front = resize_rgb(observation.front_rgb, size)
@@ -335,5 +348,6 @@ class RLBenchEnv(LastFrameRender, gym.Env):
             "environment_state": cube_poses[:, :3].flatten().astype(np.float32),
             "descriptions": list(self._descriptions),
             "invalid_action": invalid_action,
+            "applied_action": np.asarray(applied, dtype=np.float32),
         }
         return obs, info

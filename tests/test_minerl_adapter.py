@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from types import SimpleNamespace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from fakes import fake_site
@@ -220,6 +222,32 @@ def test_minerl_time_limit_truncates(fake_minerl, monkeypatch):
         env.step(int(Move.TURN_LEFT))
         _, _, terminated, truncated, info = env.step(int(Move.TURN_LEFT))
         assert (terminated, truncated, info["ticks"], info["success"]) == (False, True, 30, False)
+        # the server quits on Minecraft's clock, which need not match the spec's tick count: still a timeout
+        env.reset(seed=4)
+        server_task = env._env.gym_env.unwrapped.task
+        server_task.max_episode_steps = 25
+        monkeypatch.setattr(env, "_spec", SimpleNamespace(
+            max_episode_steps=6000, determine_success_from_rewards=server_task.determine_success_from_rewards))
+        env.step(int(Move.TURN_LEFT))
+        _, _, terminated, truncated, info = env.step(int(Move.TURN_LEFT))
+        assert (terminated, truncated, info["ticks"]) == (False, True, 25)
+    finally:
+        env.close()
+
+
+def test_the_configs_time_limit_and_the_reset_contract_hold_without_make_env(fake_minerl):
+    """gymnasium.make with a config obeys its max_episode_steps (no TimeLimit is registered); options and a step
+    before reset are refused, as by the embedded envs."""
+    env = gym.make("vplan/MineRL-v0", config=MineRLConfig(max_episode_steps=3))
+    try:
+        with pytest.raises(RuntimeError, match="call reset"):
+            env.unwrapped.step(int(Move.TURN_LEFT))
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match="options"):
+            env.reset(seed=0, options={"bogus": 1})
+        env.reset(seed=0)
+        ends = [env.step(int(Move.TURN_LEFT))[2:4] for _ in range(3)]
+        assert ends == [(False, False), (False, False), (False, True)]
     finally:
         env.close()
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,34 @@ def test_bench_env_through_the_cli_with_the_fake(fake_rlbench, tmp_path, capsys)
     assert results["steps_and_renders_per_s"] > 0 and results["expert_success_rate"] == 1.0
     printed = capsys.readouterr().out
     assert "rlbench at 16x16" in printed and "renders inside its step" in printed and "target" not in printed
+
+
+def test_the_configs_time_limit_and_the_reset_contract_hold_without_make_env(fake_rlbench):
+    import gymnasium as gym
+
+    env = gym.make("vplan/RLBench-v0", config=replace(CONFIG, max_episode_steps=3))
+    try:
+        with pytest.raises(RuntimeError, match="call reset"):
+            env.unwrapped.step(np.zeros(4, np.float32))
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match="options"):
+            env.reset(seed=0, options={"bogus": 1})
+        env.reset(seed=0)
+        ends = [env.step(np.zeros(4, np.float32))[2:4] for _ in range(3)]
+        assert ends == [(False, False), (False, False), (False, True)]
+    finally:
+        env.close()
+
+
+def test_applied_action_is_the_tips_move_and_the_grip(env):
+    """As on the tabletop, so the IDM's default label (`action.applied`) exists in RLBench data."""
+    _, info = env.reset(seed=0)
+    assert np.array_equal(info["applied_action"], np.zeros(4, np.float32))
+    before = info["gripper_pos"]
+    _, _, _, _, info = env.step(np.array([0.5, -0.5, -1.0, 1.0], np.float32))
+    moved = (info["gripper_pos"] - before) / CONFIG.max_delta
+    assert info["applied_action"].dtype == np.float32
+    np.testing.assert_allclose(info["applied_action"], np.append(moved, 1.0), atol=1e-5)
+    assert np.abs(moved).max() > 0.1  # the tip did move
+    _, _, _, _, info = env.step(np.array([0.0, 0.0, 0.0, -1.0], np.float32))
+    assert info["applied_action"][3] == -1.0
