@@ -69,6 +69,8 @@ class RetraceExpert:
     def select_action(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> int:
         """One move (the env's action integer), from the privileged state in `info`."""
         del obs  # the expert acts on privileged state only
+        if not len(self._path):
+            raise RuntimeError("call reset(info) before select_action: the expert reads the path from its reset info")
         self._subgoal = info["instruction"]
         if info["phase"] != self._phase:
             self._phase = info["phase"]

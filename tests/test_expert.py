@@ -77,6 +77,44 @@ def test_subgoals_follow_the_templates_in_order(env):
     assert sorted(fields["spot"] for _, fields in parsed[1 : 2 * n : 2]) == sorted(spot_names(n))
 
 
+def test_each_subgoals_steps_do_what_its_text_says(env):
+    """The world model learns the text from these labels: a "pick" segment takes its cube (not held as it
+    starts, held as it ends); a "place" or "put back" one starts holding its cube and ends with it let go on its
+    spot or back at its start."""
+    for seed in range(3):
+        obs, info = env.reset(seed=seed)
+        expert = ReturnCubesExpert()
+        expert.reset(info, seed=seed)
+        infos, labels = [info], []
+        while not infos[-1]["success"] and len(labels) < MAX_STEPS:
+            action = expert.select_action(obs, infos[-1])
+            labels.append(expert.subgoal)
+            obs, _, _, _, info = env.step(action)
+            infos.append(info)
+        start = 0
+        for text, steps in itertools.groupby(labels):
+            end = start + len(list(steps))
+            kind, fields = _parse(text)
+            cube = info["cube_names"].index(fields["colour"])
+            first, last = infos[start], infos[end]  # before the segment's first step, after its last
+            if kind == "pick":
+                assert first["grasped"] != cube and last["grasped"] == cube, (seed, text)
+            else:
+                assert first["grasped"] == cube and last["grasped"] == -1, (seed, text)
+                goal = (last["spot_positions"][last["spot_names"].index(fields["spot"])] if kind == "place"
+                        else last["start_poses"][cube])
+                assert np.linalg.norm(last["cube_poses"][cube, :2] - goal[:2]) < 0.02, (seed, text)
+            start = end
+
+
+def test_experts_refuse_to_act_before_reset():
+    from vplan.policies import RetraceExpert
+
+    for expert in (ReturnCubesExpert(), RetraceExpert()):
+        with pytest.raises(RuntimeError, match=r"call reset\(info\) before select_action"):
+            expert.select_action({}, {})
+
+
 def test_subgoal_texts_are_few_and_templated():
     texts = subgoal_texts(list(COLOURS))
     assert len(texts) == len(set(texts)) == 3 * (1 + 3 + 1)

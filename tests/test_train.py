@@ -179,3 +179,35 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     wider = replace(model_config, unet=replace(model_config.unet, block_out_channels=(8, 24)))
     with pytest.raises(UsageError, match="component.init=.*shape"):
         WorldModelTraining(WorldModelTrainConfig(model=wider, init=str(tmp_path / "source")), latents, texts, vae=vae)
+
+
+def test_a_world_model_on_exploratory_data_warns(tiny_dataset, tmp_path):
+    """Exploratory segments carry the text of the subgoal the expert was pursuing, not what their frames show."""
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from vplan.errors import VplanWarning
+    from vplan.loop.train import TrainConfig, WorldModelTrainConfig, train_component
+    from vplan.loop.trainer import OptimConfig
+    from vplan.worldmodel.model import WorldModelConfig
+
+    model_config = WorldModelConfig(**TINY_MODEL)
+    WorldModel(model_config).vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    exploring = tmp_path / "exploring"
+    shutil.copytree(tiny_dataset, exploring)
+    recorded = OmegaConf.load(exploring / "config.yaml")
+    recorded.explore_fraction = 0.2
+    OmegaConf.save(recorded, exploring / "config.yaml")
+
+    def train_on(data, out: str) -> None:
+        component = WorldModelTrainConfig(model=model_config, vae=str(tmp_path / "vae"),
+                                          optim=OptimConfig(steps=1, batch_size=1, warmup_steps=1))
+        train_component(TrainConfig(component=component, data=str(data), out=str(tmp_path / out), holdout_episodes=1))
+
+    with pytest.warns(VplanWarning, match=r"collected with explore_fraction=0.2: its random segments are labelled "
+                                          r"with the subgoal the expert was pursuing"):
+        train_on(exploring, "a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplanWarning)
+        train_on(tiny_dataset, "b")  # expert-only

@@ -150,6 +150,15 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
               "continuing with these, unchecked")
 
 
+def explore_fraction(data: str | Path) -> float:
+    """The `explore_fraction` `vplan collect` recorded for a dataset (0 when it recorded none): its random
+    segments carry the text of the subgoal the expert was pursuing, not what their frames show."""
+    from omegaconf import OmegaConf
+
+    path = Path(data) / CONFIG_FILE
+    return float(OmegaConf.load(path).get("explore_fraction", 0.0) or 0.0) if path.is_file() else 0.0
+
+
 def collect(cfg: CollectConfig) -> Path:
     """Append expert episodes to `cfg.out` until it holds `cfg.episodes`; returns the dataset path."""
     from vplan.envs import action_units, env_name, make_env
