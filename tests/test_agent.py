@@ -371,6 +371,64 @@ def test_act_retried_after_a_memory_error_closes_the_chunk_once(world_model, idm
     agent.close()
 
 
+def test_a_failed_last_update_is_raised_in_its_own_episode(world_model, idm):
+    """The act that finds the plan used up waits for the last update: its error is this episode's, not the
+    next reset's (which would leave the agent in the old episode)."""
+    memory = FailingOnceMemory(MemoryConfig(kind="none"), world_model)
+    agent = make_agent(world_model, idm, [Subgoal("a", 1)], memory=memory, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    for _ in range(CHUNK):
+        agent.act(fake_obs(frame))
+    with pytest.raises(RuntimeError, match="update failed"):
+        agent.act(fake_obs(frame))
+    assert agent.done
+    plan = agent.reset("again", fake_obs(frame), {})
+    assert plan.instruction == "again" and not agent.done and agent.steps == 0
+    agent.close()
+
+
+def test_a_reset_whose_planner_fails_takes_no_episode_seed(world_model, idm):
+    """Episode k samples with seed + k: a reset tried again after the planner failed is still episode 0."""
+    frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
+    firsts = []
+    for fail_first in (False, True):
+        agent = make_agent(world_model, idm, **NO_REPLAN, seed=7)
+        if fail_first:
+            planned = agent.planner.plan
+
+            def unreachable(*args, **kwargs):
+                agent.planner.plan = planned  # the next try reaches it
+                raise ConnectionError("planner unreachable")
+
+            agent.planner.plan = unreachable
+            with pytest.raises(ConnectionError):
+                agent.reset("move the cubes", fake_obs(frame), {})
+        agent.reset("move the cubes", fake_obs(frame), {})
+        agent.act(fake_obs(frame))
+        firsts.append(agent.imagined.copy())
+        agent.close()
+    assert np.array_equal(firsts[0], firsts[1])
+
+
+def test_a_closed_agent_says_so(world_model, idm):
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    agent.close()
+    for call in (lambda: agent.act(fake_obs(frame)), lambda: agent.reset("go", fake_obs(frame), {})):
+        with pytest.raises(RuntimeError, match="the agent is closed"):
+            call()
+
+
+def test_stall_steps_a_chunk_cannot_hold_warn_that_stall_detection_is_off(world_model, idm):
+    from vplan.errors import VplanWarning
+
+    with pytest.warns(VplanWarning, match=rf"stall_steps={CHUNK} is not below the world model's chunk_frames={CHUNK}"):
+        make_agent(world_model, idm, stall_steps=CHUNK).close()
+
+
 def test_temp_lora_learns_while_the_chunk_executes(world_model, idm):
     memory = MemoryConfig(kind="temp_lora", rank=2, gradient_checkpointing=False)
     agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], memory=memory, **NO_REPLAN)
@@ -429,6 +487,7 @@ def test_the_readme_agent_loop_runs(tmp_path, monkeypatch, capsys):
     stats = agent.stats()
     assert agent.done and stats["chunks"] == 1 + sum(stats["replans"].values())  # a random model drifts
     assert CHUNK <= stats["steps"] <= CHUNK * stats["chunks"]  # the last chunk runs whole
+    assert namespace["env"].unwrapped._steps == stats["steps"]  # the env got the agent's actions, no idle one
     assert "success" in capsys.readouterr().out
 
 

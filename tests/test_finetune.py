@@ -285,6 +285,18 @@ def test_without_worldmodel_the_datasets_envs_shipped_model_is_taken(setup, tmp_
         (other / "meta" / "info.json").write_text(json.dumps({**info, "robot_type": robot_type}))
         with pytest.raises(UsageError, match=expected):
             finetune(config(other, None, tmp_path / robot_type))
+    # with worldmodel= given, a dataset of no vplan env finetunes it, and the result keeps the base model's env
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    WorldModel(tiny_config()).save_pretrained(base, trained_on_env="tabletop")
+    final = finetune(config(other, base, tmp_path / "so100_given", optim=replace(OPTIM, steps=1)))
+    from vplan.shipped import trained_on_env
+
+    assert trained_on_env(str(final)) == "tabletop"
+    (other / "meta" / "info.json").write_text(json.dumps({**info, "features": {
+        k: v for k, v in info["features"].items() if k != "observation.images.front"}}))
+    with pytest.raises(UsageError, match="expected the camera feature 'observation.images.front'"):
+        finetune(config(other, base, tmp_path / "no_camera"))
 
 
 def test_cli_end_to_end_and_one_line_errors(setup, tmp_path, capsys):

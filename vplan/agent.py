@@ -7,8 +7,11 @@ The gym-style agent API, usable in any loop over an env that follows vplan's con
 agent = VideoPlanningAgent.from_pretrained(task="return_cubes")
 obs, info = env.reset(seed=10000)
 agent.reset(instruction, obs, info)               # plans the subgoals; the episode's memory starts empty
-while not agent.done:
-    obs, reward, terminated, truncated, info = env.step(agent.act(obs, info))
+while True:
+    action = agent.act(obs, info)
+    if agent.done:  # the plan is used up: `action` is only the idle one, not to be sent
+        break
+    obs, reward, terminated, truncated, info = env.step(action)
     if terminated or truncated:
         break
 ```
@@ -29,7 +32,8 @@ steps while the actions asked it to move), the rest of the chunk is dropped and 
 subgoal is imagined from the real frames — at most `max_replans_per_chunk` times per chunk and `max_replans`
 per episode. A plan's subgoal spans `Subgoal.chunks` chunks; a replanned chunk takes the place of the one it
 cuts short. Given `info`, a subgoal whose check (`Subgoal.check`) is still false after its chunks gets up to
-`max_extra_chunks` more. After the last subgoal `done` is true and `act` returns the idle action (zeros).
+`max_extra_chunks` more. The `act` call that finds the last subgoal over sets `done` and returns the idle action
+(zeros), which a loop should not send (on the tabletop it opens the gripper).
 
 An IDM for discrete moves (`num_moves`, the blockworld) makes `action_space` a `Discrete` and `act` return the
 move's integer; such envs have no idle move, so the idle action is move 0 (stop stepping once `done`), and
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -55,6 +60,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from vplan.errors import VplanWarning
 from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
@@ -199,7 +205,13 @@ class VideoPlanningAgent:
             self.action_space = spaces.Box(-1.0, 1.0, (idm.config.action_dim,), np.float32)
             self.idle_action = np.zeros(idm.config.action_dim, np.float32)
         self._stall_steps = 0 if idm.config.discrete else self.config.stall_steps
+        if self._stall_steps >= world_model.config.chunk_frames:  # judged within a chunk, before its last step
+            warnings.warn(f"agent.stall_steps={self._stall_steps} is not below the world model's chunk_frames="
+                          f"{world_model.config.chunk_frames}, so no stall can be seen within a chunk: stall "
+                          f"detection is off (set stall_steps below {world_model.config.chunk_frames}, or 0)",
+                          VplanWarning, stacklevel=2)
         self._episodes = 0
+        self._closed = False
         self._plan: Plan | None = None
         self._start_episode_state()
 
@@ -258,17 +270,19 @@ class VideoPlanningAgent:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed < 2**64):
             raise ValueError(f"seed: expected None or an int from 0 to 2**64 - 1 (torch's range), got {seed!r}")
+        self._check_open()
         frame, _ = self._read_obs(obs)
         self.memory.reset()  # waits for the last episode's update, then forgets it
         self._plan = None
         self._start_episode_state()
-        seed = self.config.seed + self._episodes if seed is None else seed
-        self._episodes += 1
-        self._generator = torch.Generator().manual_seed(int(seed))
         start = time.perf_counter()
         if plan is None:
             plan = self.planner.plan(instruction, info, first_frame=frame)
         self.timings["planning"] += time.perf_counter() - start
+        # an episode's seed once it has a plan: a reset the planner failed, tried again, keeps "episode k: seed + k"
+        seed = self.config.seed + self._episodes if seed is None else seed
+        self._episodes += 1
+        self._generator = torch.Generator().manual_seed(int(seed))
         start = time.perf_counter()
         self._history = self.world_model.encode(torch.from_numpy(frame)[None, None])
         self.timings["encoding"] += time.perf_counter() - start
@@ -276,10 +290,11 @@ class VideoPlanningAgent:
         self._plan = plan
         return plan
 
-    def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray:
+    def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray | np.integer:
         """The next action (in `action_space`: float32, or a move's integer) for the current `obs`: the frame the
         previous action led to. `info` is optional; given, subgoal checks can extend a subgoal that is not done."""
         entered = time.perf_counter()
+        self._check_open()
         if self._plan is None:
             raise RuntimeError("act() before reset(): call agent.reset(instruction, obs, info) at the start of "
                                "every episode")
@@ -303,6 +318,7 @@ class VideoPlanningAgent:
             if self._subgoal_index >= len(self._plan.subgoals):
                 self.done = True
                 self.expected_frame = None
+                self._wait_memory()  # the last update's error, if any, belongs to this episode
                 self._returned_at = time.perf_counter()
                 return self.idle_action.copy()
             chunk = self._imagine(chunk)
@@ -325,10 +341,16 @@ class VideoPlanningAgent:
 
     def close(self) -> None:
         """Wait for the memory, stop its worker and give the world model back as it was (no adapter)."""
+        self._closed = True
         try:
             self.memory.close()
         finally:
             self.planner.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the agent is closed (its memory's worker stopped, the world model given back); "
+                               "make a new one")
 
     def __enter__(self) -> VideoPlanningAgent:
         return self

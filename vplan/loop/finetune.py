@@ -394,6 +394,9 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
         dataset = EpisodeDataset(cfg.data)
     except DatasetError as error:
         raise UsageError(f"{error}; make one with `vplan collect out={cfg.data}` or `vplan run record=true`") from None
+    if OBS_IMAGE_FRONT not in dataset.features:
+        raise UsageError(f"{cfg.data}: expected the camera feature {OBS_IMAGE_FRONT!r} the world model learns from (as "
+                         f"`vplan collect` records it), found {dataset.video_keys or 'no camera'}")
     usable = dataset.num_episodes - cfg.holdout_episodes
     if usable < 1:
         raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
@@ -413,7 +416,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Inner loop over the episodes (resumable), outer loop through the trainer, `<out>/final`; prints a summary."""
     from tqdm import tqdm
 
-    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere
+    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_trained_elsewhere
 
     dataset, episodes = _episodes(cfg)
     if cfg.worldmodel is None:
@@ -472,7 +475,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         outer_seconds += time.perf_counter() - started
     final = out / FINAL
     with folder_written_aside(final) as folder:
-        training.module.eval().save_pretrained(folder, trained_on_env=dataset.env)
+        # the env the weights learned from: the dataset's, or for one of no vplan env, the base model's
+        training.module.eval().save_pretrained(folder, trained_on_env=dataset.env or trained_on_env(cfg.worldmodel))
     lora_mb = sum(f.path.stat().st_size for f in stored) / 1e6
     print(
         f"finetune: {len(training.triples)} triples from {len(stored)} episodes (LoRA states and latents: "
