@@ -246,6 +246,9 @@ def test_bad_episodes_are_rejected_before_writing(tmp_path: Path) -> None:
                 writer.add_episode(data, subgoals, {**extra, column: 5})
         assert writer.last_extra == extra
     check_episodes(root, [0])
+    with pytest.raises(ValueError, match="feature 'observation.state/x': expected a name without '/'"):
+        EpisodeWriter.create_or_resume(tmp_path / "slash", FPS, {**FEATURES, "observation.state/x": {
+            "dtype": "float32", "shape": [1]}}, "tabletop")  # LeRobot splits stats keys on "/"
     (root / "meta" / "tasks.parquet").unlink()  # the subgoal texts lost: refused, never read as other texts
     with pytest.raises(DatasetError, match=r"tasks.parquet is missing, though meta/info.json counts \d+ tasks"):
         EpisodeDataset(root)
@@ -289,6 +292,32 @@ def test_uncommitted_leftovers_are_ignored_then_cleaned(tmp_path: Path) -> None:
     write(root, [2])
     assert not (root / STAGING_DIR).exists()
     check_episodes(root, [0, 1, 2])
+
+
+def test_a_commit_stopped_midway_leaves_no_files_behind_it(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while an episode's files are moved in, before info.json: closing the writer removes them (LeRobot's
+    reader globs the folders, so it would read them); stopped after info.json, the episode stays."""
+    root = tmp_path / "ds"
+    write(root, [0])
+    commit = EpisodeWriter._commit_files
+    episode_files = [root / f"{kind}/chunk-000/file-001.{suffix}" for kind, suffix in
+                     (("data", "parquet"), ("meta/episodes", "parquet"), (f"videos/{OBS_IMAGE_FRONT}", "mp4"))]
+
+    def stopped_before_info(self, files):  # the body moved in, info.json as it was
+        commit(self, {**files, "meta/info.json": (root / "meta/info.json").read_bytes()})
+        assert all(path.exists() for path in episode_files)
+        raise KeyboardInterrupt
+
+    def stopped_after_commit(self, files):
+        commit(self, files)
+        raise KeyboardInterrupt
+
+    for stop, kept in ((stopped_before_info, [0]), (stopped_after_commit, [0, 1])):
+        monkeypatch.setattr(EpisodeWriter, "_commit_files", stop)
+        with pytest.raises(KeyboardInterrupt):
+            write(root, [1])
+        check_episodes(root, kept)
+        assert all(path.exists() for path in episode_files) == (kept == [0, 1])
 
 
 KILLING_WRITER = textwrap.dedent(

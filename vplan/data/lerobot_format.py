@@ -570,9 +570,14 @@ class EpisodeWriter:
         return episode
 
     def close(self) -> None:
-        """Release the directory; committed episodes are already on disk."""
+        """Release the directory; committed episodes are already on disk. Files of an episode that never
+        committed go (LeRobot's reader, which globs the folders, would read them)."""
         if self._lock is not None:
             shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
+            info = self.root / INFO_PATH
+            on_disk = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
+            if on_disk == self._info["total_episodes"]:  # else stopped between a commit and noting it: the
+                self._delete_leftovers()  # positions lag the disk, so the next open cleans up instead
             os.close(self._lock)
             self._lock = None
 
@@ -704,6 +709,8 @@ def _normalize_features(features: dict[str, dict[str, Any]], fps: int) -> dict[s
                     f"feature {key!r} is written by EpisodeWriter as {DEFAULT_FEATURES[key]}, got {feature}"
                 )
             continue
+        if "/" in key:  # LeRobot splits stats.json's keys on "/" (and refuses such names itself)
+            raise ValueError(f"feature {key!r}: expected a name without '/'")
         dtype, shape = feature.get("dtype"), [int(size) for size in feature.get("shape", [])]
         if dtype == "video":
             if len(shape) != 3 or shape[2] != 3:
