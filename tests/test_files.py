@@ -128,3 +128,54 @@ def test_a_folder_replaces_the_old_whole_and_a_failed_one_keeps_it(tmp_path, syn
             (folder / "weights").write_text("half")
             raise KeyboardInterrupt
     assert (final / "weights").read_text() == "new" and os.listdir(tmp_path) == ["final"]
+
+
+def test_a_swap_cut_between_its_renames_is_finished_before_the_next_save(tmp_path):
+    """A kill after the old folder went aside and before the new one came in leaves no `final`: the next save
+    first puts the (complete) new one in place, so even if that save fails there is a `final`."""
+    final = tmp_path / "final"
+    for name, text in ((".final.old", "previous"), (".final.tmp", "new")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights").write_text(text)
+    with pytest.raises(KeyboardInterrupt):
+        with folder_written_aside(final) as folder:
+            (folder / "weights").write_text("half")
+            raise KeyboardInterrupt
+    assert (final / "weights").read_text() == "new" and os.listdir(tmp_path) == ["final"]
+
+
+def test_renames_are_synced_after_they_happen(tmp_path, synced, monkeypatch):
+    replace = os.replace
+
+    def recorded(source, target):
+        replace(source, target)
+        synced.append(f"renamed to {target}")
+
+    monkeypatch.setattr(os, "replace", recorded)
+    write_text_atomic(tmp_path / "a.txt", "x")
+    with folder_written_aside(tmp_path / "final") as folder:
+        (folder / "w").write_text("w")
+    for name in ("a.txt", "final"):
+        renamed = synced.index(f"renamed to {tmp_path / name}")
+        assert str(tmp_path) in synced[renamed + 1:], name  # the folder synced after the rename, not before
+
+
+def test_a_video_ffmpeg_cannot_write_is_an_error_and_the_old_one_stays(tmp_path):
+    path = tmp_path / "episode.mp4"
+    write_mp4(path, [np.zeros((16, 16, 3), np.uint8)] * 3, fps=4)
+    with pytest.raises(RuntimeError, match=r"ffmpeg wrote 0 of 3 frames \(frames of 63x65x3\)"):
+        write_mp4(path, [np.zeros((63, 65, 3), np.uint8)] * 3, fps=4)  # yuv420p needs even sizes
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(path)) == 3 and os.listdir(tmp_path) == ["episode.mp4"]
+
+
+def test_two_writers_of_one_path_never_share_a_scratch_file(tmp_path):
+    """Processes of one pid number (containers on one disk) must not write into one scratch file."""
+    from vplan.utils.files import file_written_aside
+
+    with file_written_aside(tmp_path / "a.json") as first, file_written_aside(tmp_path / "a.json") as second:
+        assert first != second and first.name.startswith(f".a.json.{os.getpid()}-")
+        first.write_text("1")
+        second.write_text("2")
+    assert (tmp_path / "a.json").read_text() == "1"  # the outer block ends last

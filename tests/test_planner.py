@@ -213,6 +213,8 @@ def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
 
     written = json.dumps(redact_secrets({"planner": asdict(config), "task": {"name": "return_cubes"}}))
     assert SECRET not in written and '"api_key": "<redacted>"' in written
+    in_url = redact_secrets({"base_url": f"https://user:{SECRET}@llm.example/v1", "note": "a@b", "other": "http://h/v1"})
+    assert in_url == {"base_url": "https://<redacted>@llm.example/v1", "note": "a@b", "other": "http://h/v1"}
     from vplan.cli import main
     from vplan.utils.settings import settings_record
 

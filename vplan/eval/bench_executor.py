@@ -39,7 +39,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.run import write_video
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import task_progress
-from vplan.utils.files import write_json
+from vplan.utils.files import write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 
 RESULTS_FILE = "results.json"
@@ -203,7 +203,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     results["summary"] = summaries
     write_json(out / RESULTS_FILE, results)
     table = markdown_table(summaries, (cfg.seed, cfg.seed + cfg.episodes - 1), cfg.memory.kind)
-    (out / TABLE_FILE).write_text(table)
+    write_text_atomic(out / TABLE_FILE, table)
     print("\n" + table + f"\nresults and table in {out}")
     return results
 

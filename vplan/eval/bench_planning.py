@@ -35,7 +35,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
-from vplan.utils.files import write_json
+from vplan.utils.files import write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
 from vplan.utils.settings import changed_settings, check_ints, check_seed, settings_record
@@ -228,7 +228,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     write_json(out / RESULTS_FILE, results)
     seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
     table = markdown_table(summaries, env_name(cfg.env), seeds)
-    (out / TABLE_FILE).write_text(table)
+    write_text_atomic(out / TABLE_FILE, table)
     bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
                                if s["dist_mean"] is not None},
              "Dist (lower is better)", f"{cfg.task.name} on {env_name(cfg.env)}, {cfg.episodes} held-out seeds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from vplan.chat import REDACTED, ChatEndpointConfig
 
 KINDS = ("offline", "llm")
 SECRET_FIELDS = ("api_key",)  # never logged, printed or written to a run directory
+URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
 @dataclass
@@ -82,4 +84,6 @@ def redact_secrets(tree: Any) -> Any:
         return {k: (REDACTED if k in SECRET_FIELDS and v is not None else redact_secrets(v)) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return [redact_secrets(v) for v in tree]
+    if isinstance(tree, str):  # a URL's user:password (https://user:pw@host/v1), e.g. in base_url
+        return URL_CREDENTIALS.sub(rf"\1{REDACTED}@", tree)
     return tree

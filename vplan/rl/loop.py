@@ -27,8 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -58,7 +56,7 @@ from vplan.shipped import (
     warn_if_trained_elsewhere,
 )
 from vplan.tasks import TaskConfig
-from vplan.utils.files import folder_written_aside, folders_aside, write_json, write_text_atomic
+from vplan.utils.files import folder_written_aside, recover_folder, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, check_seed, write_config
@@ -255,15 +253,14 @@ class RLRun:
     def recover(self) -> None:
         """Finish a `save` that a kill cut between its two renames: the staged checkpoint was complete, so it goes
         in place (the replaced one, if the staged state does not read after a machine crash)."""
-        folder = self.out / CHECKPOINT_DIR
-        staging, old = folders_aside(folder)
-        if not folder.exists() and old.exists():
+        def readable(staged: Path) -> bool:
             try:
-                json.loads((staging / STATE_FILE).read_text())
-                os.replace(staging, folder)
+                json.loads((staged / STATE_FILE).read_text())
+                return True
             except (OSError, ValueError):
-                os.replace(old, folder)
-        shutil.rmtree(old, ignore_errors=True)
+                return False
+
+        recover_folder(self.out / CHECKPOINT_DIR, readable)
 
     def load(self) -> bool:
         """Continue from `<out>/checkpoint` if there is one (call `recover` first); whether there was."""
@@ -523,7 +520,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         with folder_written_aside(out / "final") as folder:
             final.save_pretrained(folder, trained_on_env=env_name(cfg.env))
         save_file({k: v.detach().contiguous() for k, v in run.params.items()}, out / LORA_FILE)
-        (out / "planner.yaml").write_text(f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
+        write_text_atomic(out / "planner.yaml", f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
                                    "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
         if cfg.eval_episodes:

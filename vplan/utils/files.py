@@ -12,8 +12,9 @@ import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,29 @@ def folders_aside(path: Path) -> tuple[Path, Path]:
     return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
 
 
+def recover_folder(path: Path, readable: Callable[[Path], bool] = lambda folder: True) -> None:
+    """Finish a `folder_written_aside` swap a kill cut between its two renames (no `path`, the previous folder
+    aside): the new folder was complete (synced before the first rename), so it goes in place; or the previous one
+    goes back, if the new one is missing or not `readable` (a machine crash). A later save then has a folder to
+    replace, never none."""
+    path = Path(path)
+    scratch, old = folders_aside(path)
+    if not path.exists() and old.exists():
+        os.replace(scratch if scratch.is_dir() and readable(scratch) else old, path)
+        fsync_path(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def folder_written_aside(path: Path) -> Iterator[Path]:
     """Yields a scratch folder beside `path` to write a folder into (a model's `save_pretrained`); when the block
     ends without an error, the folder is synced and replaces `path` whole. A kill between the two renames leaves
-    the new folder and the previous one aside and none at `path`, never a mix of two; the next save clears both."""
+    the new folder and the previous one aside and none at `path`, never a mix of two; the next save first puts
+    the new one in place (`recover_folder`), so a failure of that save still leaves one."""
     path = Path(path)
+    recover_folder(path)
     scratch, old = folders_aside(path)
     shutil.rmtree(scratch, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
         yield scratch
@@ -80,10 +95,12 @@ def file_written_aside(path: Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     prefix, ending = f".{path.name}.", f".tmp{suffix}"
     for leftover in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(ending)}"):
-        writer = leftover.name[len(prefix) : -len(ending)]
+        writer = leftover.name[len(prefix) : -len(ending)].split("-")[0]
         if writer.isdigit() and not _running(int(writer)):
             leftover.unlink(missing_ok=True)
-    scratch = path.with_name(f"{prefix}{os.getpid()}{ending}")
+    # the writer's pid (for the cleanup above) and a random part: two processes of one pid number (containers
+    # sharing a disk) never write one scratch file
+    scratch = path.with_name(f"{prefix}{os.getpid()}-{secrets.token_hex(4)}{ending}")
     try:
         yield scratch
         fsync_path(scratch)
@@ -97,7 +114,7 @@ def _running(pid: int) -> bool:
     """Whether process `pid` exists (a scratch file's writer may still be writing it)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or no pid at all (a foreign file's name)
         return False
     except PermissionError:
         return True
@@ -107,7 +124,7 @@ def _running(pid: int) -> bool:
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` whole with `text` (`file_written_aside`)."""
     with file_written_aside(path) as scratch:
-        scratch.write_text(text)
+        scratch.write_text(text, encoding="utf-8")
 
 
 def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
@@ -115,9 +132,17 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     or none, never a truncated one that plays as if whole (imageio's ffmpeg outlives a kill of its parent)."""
     import imageio.v2 as imageio
 
-    path = Path(path)
+    from imageio_ffmpeg import count_frames_and_secs
+
+    path, frames = Path(path), list(frames)
     with file_written_aside(path, path.suffix) as scratch:  # the suffix tells imageio the format
-        imageio.mimwrite(scratch, list(frames), fps=fps, macro_block_size=1)
+        imageio.mimwrite(scratch, frames, fps=fps, macro_block_size=1)
+        # imageio reports an ffmpeg failure (an odd frame size for yuv420p, say) without raising: check the file
+        written = count_frames_and_secs(str(scratch))[0] if scratch.is_file() and scratch.stat().st_size else 0
+        if written != len(frames):
+            raise RuntimeError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames (frames of "
+                               f"{'x'.join(map(str, frames[0].shape)) if frames else 'none'}); the old video, if "
+                               "any, is kept")
 
 
 def write_json(path: Path, payload: Any) -> None:
