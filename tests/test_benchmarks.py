@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from vplan.eval.bench_env import BenchEnvConfig, bench_env
@@ -118,7 +119,24 @@ def test_text_sensitivity_compares_two_texts_on_the_same_context_and_noise(tmp_p
         return generate(self, context, [""] * len(texts), *args, **kwargs)
 
     monkeypatch.setattr(WorldModel, "generate", text_blind)
-    assert evaluate_worldmodel(replace(cfg, out=str(tmp_path / "blind")))["text_sensitivity"] == 0.0
+    blind = evaluate_worldmodel(replace(cfg, out=str(tmp_path / "blind")))
+    assert blind["text_sensitivity"] == 0.5  # a tie is half a win: chance, not 0
+    assert {row["text_sensitive"] for row in blind["chunks"]} == {0.5}
+    from vplan.errors import VplanWarning
+
+    with pytest.warns(VplanWarning, match=r"seed=0: below 10000, so these episodes may be scenes the model trained on"):
+        evaluate_worldmodel(replace(cfg, seed=0, out=str(tmp_path / "training_scenes")))
+
+
+def test_chunk_scores_of_known_frames():
+    """PSNR and SSIM on uint8 frames read as [0, 1] (data_range 1): known values, and an exact match is capped."""
+    from vplan.eval.worldmodel import chunk_scores
+
+    real = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    off = torch.full_like(real, 51)  # every pixel off by 0.2: MSE 0.04, PSNR 10·log10(1/0.04)
+    psnr, ssim = chunk_scores(off, real)
+    assert psnr == pytest.approx(13.9794, abs=1e-3) and ssim < 1
+    assert chunk_scores(real, real) == (100.0, pytest.approx(1.0))  # not inf, which JSON cannot hold
 
 
 def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):

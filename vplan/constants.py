@@ -16,3 +16,7 @@ INDEX = "index"
 TIMESTAMP = "timestamp"
 TASK_INDEX = "task_index"
 ROBOT_TYPE_PREFIX = "vplan_"  # a dataset's robot_type is vplan_<env> for episodes recorded in a vplan env
+
+# The first seed of the episodes vplan run, the evals and the benches play; training data (vplan collect) uses
+# 0..9999, so no evaluation scene is a training scene.
+HELD_OUT_SEEDS = 10000

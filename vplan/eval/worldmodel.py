@@ -29,6 +29,7 @@ tell which frame an action leads into scores about half.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -37,8 +38,9 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
+from vplan.constants import ACTION, HELD_OUT_SEEDS, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.data.dataset import chunk_subgoal
+from vplan.errors import VplanWarning
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
 from vplan.utils.files import write_json, write_mp4
@@ -124,8 +126,11 @@ def chunk_scores(predicted: torch.Tensor, real: torch.Tensor) -> tuple[float, fl
     """PSNR (dB) and SSIM of uint8 frames (T, H, W, 3) against the real ones."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+    from vplan.eval.consistency_metrics import PSNR_MAX_DB
+
     a, b = _to_images(predicted[None]), _to_images(real[None])
-    return float(peak_signal_noise_ratio(a, b, data_range=1.0)), float(structural_similarity_index_measure(a, b, data_range=1.0))
+    psnr = min(float(peak_signal_noise_ratio(a, b, data_range=1.0)), PSNR_MAX_DB)  # an exact match: not inf
+    return psnr, float(structural_similarity_index_measure(a, b, data_range=1.0))
 
 
 def action_agreement(idm: Any, last: torch.Tensor, predicted: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
@@ -197,6 +202,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.shipped import check_checkpoints_exist
 
     check_checkpoints_exist({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm})
+    if cfg.seed < HELD_OUT_SEEDS:  # `vplan collect` (the training data) plays seeds 0, 1, ...
+        warnings.warn(f"seed={cfg.seed}: below {HELD_OUT_SEEDS}, so these episodes may be scenes the model trained on "
+                      f"(training data uses 0..9999); pass seed>={HELD_OUT_SEEDS} for held-out ones", VplanWarning)
     model = _load_model(cfg.checkpoint, cfg)
     if cfg.conditioning is not None and model.config.conditioning != cfg.conditioning:
         raise UsageError(f"checkpoint={cfg.checkpoint} is conditioned on {model.config.conditioning!r}, not "
@@ -272,13 +280,13 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             print(f"  {name + ' (' + str(s['chunks']) + ')':10} {s['psnr']:7.2f} {s['copy_psnr']:15.2f} {s['ssim']:6.3f} {s['copy_ssim']:15.3f}")
     if sensitive:
         print(f"  text sensitivity: {metrics['text_sensitivity']:.0%}{_error(metrics['text_sensitivity_se'])} of "
-              f"{len(sensitive)} chunks closer under the true subgoal")
+              f"{len(sensitive)} chunks closer under the true subgoal than under another (chance: 50%)")
     if idm is not None:
         _print_agreement(metrics)
     if order_sensitive:
         print(f"  action-order sensitivity: {metrics['action_order_sensitivity']:.0%}"
               f"{_error(metrics['action_order_sensitivity_se'])} of {len(order_sensitive)} moving chunks closer under "
-              "the executed actions than under them reversed")
+              "the executed actions than under them reversed (chance: 50%)")
     _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
     print(f"metrics and video in {out}")
     return metrics
@@ -349,17 +357,23 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
             wrong = model.decode(
                 model.generate(context, [wrong_text], generator=torch.Generator().manual_seed(seed), **given)
             )[0]
-            row["text_sensitive"] = psnr > chunk_scores(wrong, real)[0]
+            row["text_sensitive"] = _closer(psnr, chunk_scores(wrong, real)[0])
         if given and row["moving"]:
             reversed_actions = {"actions": given["actions"].flip(1)}
             wrong = model.decode(model.generate(
                 context, [true_text], generator=torch.Generator().manual_seed(seed), **reversed_actions
             ))[0]
-            row["order_sensitive"] = psnr > chunk_scores(wrong, real)[0]
+            row["order_sensitive"] = _closer(psnr, chunk_scores(wrong, real)[0])
         rows.append(row)
         if len(grid) < cfg.video_chunks:
             grid.append(np.concatenate([real.numpy(), predicted.numpy()], axis=1))  # real above generated
     return rows, open_rows
+
+
+def _closer(psnr: float, other_psnr: float) -> float:
+    """1 when the generation under the true condition is closer to the real chunk, 0 when the other is, ½ on a
+    tie: a model that ignores the condition draws the same chunk both ways and so scores the 50% of chance."""
+    return 1.0 if psnr > other_psnr else 0.5 if psnr == other_psnr else 0.0
 
 
 def _moving(before: np.ndarray, after: np.ndarray) -> bool:
@@ -407,13 +421,13 @@ def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[
 
 
 def share_error(rows: list[dict[str, Any]], key: str) -> float | None:
-    """Standard error of the share of rows whose `key` is true, with the episode as the unit: chunks of one
-    episode share its scene, so they are not independent draws (the cluster-robust error of a ratio). None with
-    fewer than two episodes."""
-    by_episode: dict[int, list[bool]] = {}
+    """Standard error of the share (the mean of `key`: 1, ½ or 0 per row), with the episode as the unit: chunks
+    of one episode share its scene, so they are not independent draws (the cluster-robust error of a ratio). None
+    with fewer than two episodes."""
+    by_episode: dict[int, list[float]] = {}
     for row in rows:
         if key in row:
-            by_episode.setdefault(row["episode"], []).append(bool(row[key]))
+            by_episode.setdefault(row["episode"], []).append(float(row[key]))
     if len(by_episode) < 2:
         return None
     total = sum(len(v) for v in by_episode.values())

@@ -50,7 +50,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
+from vplan.constants import HELD_OUT_SEEDS, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
 from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
@@ -67,7 +67,6 @@ INNER_FORMAT = "vplan-finetune-inner"
 INNER_FORMAT_VERSION = "2"  # 2: a chunk's text is the subgoal followed as it starts (`chunk_subgoal`)
 RESUMABLE_OPTIM = ("steps", "cooldown_steps", "save_every", "log_every")  # with one round, a resume may change
 LATENTS_KEY = "latents"
-HELD_OUT_SEEDS = 10000  # the first seed of vplan run's, the evals' and the benches' episodes (training: 0..9999)
 
 
 @dataclass
