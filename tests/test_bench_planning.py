@@ -92,6 +92,14 @@ def test_a_missing_slow_model_is_named_before_anything_runs(checkpoints, tmp_pat
     assert "vplan train component=worldmodel" in error and not out.exists()
 
 
+def test_a_memory_preset_other_than_temp_lora_is_refused(checkpoints, tmp_path, capsys):
+    """Each row sets its own memory kind, so memory=none would be ignored: refused, naming what memory is for."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*bench_args(checkpoints, tmp_path / "c"), "memory=none"])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "memory: the temp_lora rows' settings" in error
+
+
 def test_generation_psnr_pools_the_executed_steps():
     frame = np.zeros((4, 4, 3), np.uint8)
     assert generation_psnr([frame, frame, frame], [frame, frame, frame]) == 100  # identical: MSE floored at 1e-10

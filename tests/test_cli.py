@@ -68,6 +68,7 @@ def test_default_out_follows_the_task():
     [
         (["colect"], "unknown command 'colect'; valid commands: " + ", ".join(c.name for c in COMMANDS)),
         (["bench", "nothing"], "unknown command 'bench nothing'"),
+        (["bench", "--help"], "'bench' needs one more word, one of: env, executor, memory, planning, worldmodel"),
         (["collect", "episodez=3"], "unknown key 'episodez'; valid keys:"),
         (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),
         (["collect", "env=moon"], "unknown env 'moon'; valid choices: " + ", ".join(preset_names("env"))),
@@ -76,7 +77,8 @@ def test_default_out_follows_the_task():
         (["collect", "episodes=3", 'out="x'], "cannot read 'out=\"x' (LexerNoViableAltException"),  # which one
         (["collect", "seed=${nope}"], "seed: Interpolation key 'nope' not found"),
         (["collect", "episodes=0"], "episodes: expected a positive number, got 0"),
-        (["collect", "env.image_size=3"], "image_size: expected"),
+        (["collect", "env.image_size=3"], "env.image_size: expected"),
+        (["rl", "memory.lr=nan"], "memory.lr: expected a positive finite number, got nan"),  # rl has its own lr
         (["collect", "stray"], "unexpected argument 'stray'"),
         (["collect", "--fast"], "unknown option '--fast'"),
         (["collect", "episodes.x=1"], "episodes is one setting, not a group of them; give episodes=VALUE"),
@@ -84,11 +86,14 @@ def test_default_out_follows_the_task():
          "model@component.model applies only with component=worldmodel, not with component=idm"),
         (["collect", "seed=-1"], "seed: expected an int from 0 to 4294967295, got -1"),
         (["run", f"seed={2**64}"], f"seed: expected an int from 0 to 4294967295, got {2**64}"),
-        (["run", "agent.seed=-1"], "seed: expected an int from 0 to 4294967295, got -1"),
+        (["run", "agent.seed=-1"], "agent.seed: expected an int from 0 to 4294967295, got -1"),
         (["run", "agent.replan_drift=5"], "replan_drift: expected a difference in [0, 1] or null, got 5.0"),
         (["run", "out="], "out: expected a directory, got ''"),
         (["collect", "noise_std=nan"], "noise_std: expected a finite number >= 0, got nan"),
         (["rl", "lr=inf"], "lr: expected a finite number > 0, got inf"),
+        (["run", "memory=none,anchor"], "memory=...: a comma makes several values (a sweep), and a command runs one"),
+        (["collect", "task.instruction=pick it up, then put it back"], "quote it: 'task.instruction=\"a, b\"'"),
+        (["eval", "consistency", "modes=none"], "bad value for 'modes': expected a list, in brackets: modes=[...]"),
         (["bench", "worldmodel", "samplers=[]"], "samplers: expected at least one entry like 'dpmsolver++:5', got []"),
         (["collect", "env=blockworld", "task=return_cubes"], "runs on env 'tabletop', not 'blockworld'; use env=tabletop"),
     ],

@@ -240,7 +240,7 @@ def test_bad_inputs_are_usage_errors(setup, tmp_path):
     assert not list((tmp_path / "f" / "inner").glob("episode-*"))  # nothing diverged is stored
 
 
-def test_episodes_on_held_out_seeds_are_named(setup, tmp_path):
+def test_episodes_on_held_out_seeds_are_named(setup, tmp_path, capsys):
     """`vplan run record=true` records seeds 10000+, the scenes a default evaluation of the result plays."""
     from vplan.errors import VplanWarning
     from vplan.loop.finetune import _episodes
@@ -254,6 +254,9 @@ def test_episodes_on_held_out_seeds_are_named(setup, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", VplanWarning)
         _episodes(config(data, wm, tmp_path / "out"))  # seeds 0 and 1
+    capsys.readouterr()
+    _episodes(config(data, wm, tmp_path / "out", episodes=5))  # fewer than asked: said
+    assert "episodes=5: " in (said := capsys.readouterr().out) and "has 1 besides the 1 held out; finetuning on 1" in said
 
 
 def test_trainer_checkpoints_without_the_finetune_record_are_refused(setup, finetuned, tmp_path):

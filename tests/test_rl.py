@@ -314,6 +314,7 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
 
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
     for extra, message in [("objective=ppo", "objective: expected one of"),
+                           ("continuations=1", "continuations: expected at least 2"),
                            ("plan_offsets=[0,0]", "plan_offsets: expected distinct"),
                            ("rewards.vlm=1.0", "vlm_reward.enabled=true"),
                            ("penalty=nan", "penalty: expected a finite number >= 0, got nan"),

@@ -95,7 +95,8 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={tmp_path / 'novae'}",
                          f"out={tmp_path / 'out'}", *TINY_WORLD_MODEL)
     assert result.returncode == 2
-    assert "no trained VAE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert f"component.vae={tmp_path / 'novae'}: no trained VAE there" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # refused before anything is written
     from vplan.errors import UsageError
     from vplan.loop.train import _load_vae

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -198,6 +199,11 @@ def _find_command(args: list[str]) -> tuple[Command, list[str]]:
     for command in sorted(COMMANDS, key=lambda c: -len(c.words)):
         if tuple(words[: len(command.words)]) == command.words:
             return command, args[len(command.words) :]
+    following = sorted({c.words[len(words)] for c in COMMANDS
+                        if words and len(c.words) > len(words) and c.words[: len(words)] == tuple(words)})
+    if following:  # `vplan bench`: a group of commands
+        raise UsageError(f"{' '.join(words)!r} needs one more word, one of: {', '.join(following)} (e.g. vplan "
+                         f"{' '.join(words)} {following[0]} --help)")
     valid = ", ".join(c.name for c in COMMANDS)
     raise UsageError(f"unknown command {' '.join(words)!r}; valid commands: {valid}")
 
@@ -293,6 +299,11 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
                 raise UsageError(f"cannot read {shown!r} ({reason}); check its quotes and brackets, "
                                  "e.g. 'out=\"my runs\"' for a value with spaces") from None
         raise UsageError(first_line(error)) from None
+    for override in parsed:
+        if override.is_sweep_override():  # a comma makes a Hydra sweep: one run per value, which vplan does not do
+            key = override.key_or_group
+            raise UsageError(f"{key}=...: a comma makes several values (a sweep), and a command runs one; for one value "
+                             f"with a comma in it, quote it: '{key}=\"a, b\"'")
     _register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
@@ -324,6 +335,8 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             cause = error.__cause__
             key = getattr(cause, "full_key", None)
             message = first_line(cause or error) if not (key and _is_secret(key)) else "expected a string"
+            if key and "is not a ListConfig" in message:  # modes=none for modes=[none]
+                message = f"expected a list, in brackets: {key}=[...]"
             raise UsageError(f"bad value for {key!r}: {message}" if key else message) from None
     choices = {g: v for g, v in cfg.hydra.runtime.choices.items() if not g.startswith("hydra")}
     with open_dict(cfg):
@@ -347,7 +360,32 @@ def build_config(cfg: Any) -> Any:
         return OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, TypeError, ValueError) as error:
         key, message = getattr(error, "full_key", None), first_line(error)
+        field = re.match(r"([A-Za-z_]\w*): ", message)
+        if not key and field:  # a nested config's check names its field alone ("seed: ..."): put its path first
+            path = _failing_node(cfg)
+            if path:
+                key, message = ".".join((*path, field[1])), message[field.end():]
         raise UsageError(f"{key}: {message}" if key and key not in message else message) from None
+
+
+def _failing_node(cfg: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """The key path of the deepest node of a composed config whose dataclass refuses its values, or None."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for key in cfg.keys():
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            found = _failing_node(child, (*path, str(key)))
+            if found is not None:
+                return found
+    if not path:
+        return None
+    try:
+        OmegaConf.to_object(cfg)
+    except (OmegaConfBaseException, TypeError, ValueError):
+        return path
+    return None
 
 
 def _field_help(cfg: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:

@@ -107,6 +107,12 @@ class BenchPlanningConfig(AgentBenchConfig):
     )
     out: str = field(default="runs/bench_planning_${task.env}", metadata={"help": "results.json, table.md, dist.png."})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.memory.kind != "temp_lora":  # memory=none or anchor would be ignored: each row sets its kind
+            raise ValueError(f"memory: the temp_lora rows' settings (each row picks its own memory), so expected "
+                             f"kind 'temp_lora', got {self.memory.kind!r}; set memory.* keys, not memory=")
+
 
 def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str]) -> dict[str, Any]:
     """The results a bench with these settings wrote to `path` so far (to continue it), or empty rows. Every

@@ -401,6 +401,9 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
         raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
                          f"holdout_episodes={cfg.holdout_episodes}")
     episodes = list(range(min(usable, cfg.episodes)))
+    if usable < cfg.episodes:
+        print(f"episodes={cfg.episodes}: {cfg.data} has {usable} besides the {cfg.holdout_episodes} held out; "
+              f"finetuning on {usable}")
     seeds = [int(seed) for e in episodes if (seed := dataset.episode_meta(e).get("seed")) is not None]
     held_out = [seed for seed in seeds if seed >= HELD_OUT_SEEDS]
     if held_out:  # e.g. `vplan run record=true`'s episodes: the scenes a default evaluation of the result plays

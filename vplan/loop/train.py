@@ -235,9 +235,9 @@ class WorldModelTraining:
 def _load_vae(path: str) -> Any:
     from diffusers import AutoencoderKL
 
-    hint = "train one with `vplan train component=vae` or set component.vae="
+    hint = "train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/)"
     if not (Path(path) / "config.json").is_file():
-        raise UsageError(f"no trained VAE at {path}; {hint}")
+        raise UsageError(f"component.vae={path}: no trained VAE there; {hint}")
     if not (Path(path) / "diffusion_pytorch_model.safetensors").is_file():  # checked here: diffusers logs first
         raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote (no "
                          f"diffusion_pytorch_model.safetensors there); {hint}")

@@ -118,6 +118,9 @@ class RLConfig(AgentCheckpoints):
             raise ValueError(f"eval_episodes: expected an int >= 0, got {self.eval_episodes!r}")
         check_seed(self.seed)
         check_seed(self.eval_seed, "eval_seed")
+        if self.continuations < 2:  # advantages are standardised within a plan's K: one gives none (0)
+            raise ValueError(f"continuations: expected at least 2 (the executor learns from how continuations of "
+                             f"one plan differ), got {self.continuations}")
         if not self.plan_offsets or len(set(self.plan_offsets)) != len(self.plan_offsets):
             raise ValueError(f"plan_offsets: expected distinct ints, one per plan, got {self.plan_offsets!r}")
         if self.objective not in OBJECTIVES:

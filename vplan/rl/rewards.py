@@ -54,9 +54,9 @@ class RewardConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"rewards.{name}: expected a finite weight >= 0, got {value!r}")
-        if self.idm_reproduction > 0 and self.action_worldmodel is None:
+        if self.idm_reproduction > 0 and not (self.action_worldmodel or "").strip():
             raise ValueError("rewards.idm_reproduction > 0: expected rewards.action_worldmodel=DIR (an "
-                             "action-conditioned world model), got none")
+                             f"action-conditioned world model), got {self.action_worldmodel!r}")
 
 
 class OutcomeReward:
@@ -169,8 +169,13 @@ def make_rewards(config: RewardConfig, vlm: Any = None) -> RewardSet:
     if config.idm_reproduction > 0:
         from vplan.worldmodel.model import WorldModel
 
-        rewards.append((IDMReproductionReward(WorldModel.from_pretrained(config.action_worldmodel)),
-                        config.idm_reproduction))
+        from vplan.worldmodel.model import CheckpointError
+
+        try:
+            action_model = WorldModel.from_pretrained(config.action_worldmodel)
+        except CheckpointError as error:
+            raise CheckpointError(f"rewards.action_worldmodel={config.action_worldmodel}: {error}") from None
+        rewards.append((IDMReproductionReward(action_model), config.idm_reproduction))
     if config.vlm > 0:
         if vlm is None:
             raise ValueError("rewards.vlm > 0: expected the VLM reward switched on (vlm_reward.enabled=true)")
