@@ -499,7 +499,8 @@ def test_from_pretrained_gives_the_planner_the_world_models_chunk_length(tmp_pat
     model.save_pretrained(tmp_path / "worldmodel")
     tiny_idm().save_pretrained(tmp_path / "idm")
     agent = VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "idm"),
-                                               planner=PlannerConfig(kind="offline"), memory=MemoryConfig(kind="none"))
+                                               planner=PlannerConfig(kind="offline"), memory=MemoryConfig(kind="none"),
+                                               config=AgentConfig(stall_steps=3))  # below the 4-frame chunk
     assert agent.planner.config.chunk_frames == 4  # not the planner config's default 8, which the agent refuses
     agent.close()
 
