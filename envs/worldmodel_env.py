@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from vplan.worldmodel.model import WorldModel
 
 _SEED_HIGH = 2**62
+GRIP_ACTION_DIM = 4  # the tabletop's actions: dx, dy, dz and the grip command
 
 
 @dataclass
@@ -28,9 +29,9 @@ class WorldModelEnvConfig:
     """Settings of the imagined env; the world model's own config (chunk and context lengths, sampler) is its."""
 
     checkpoint: str = field(
-        default="checkpoints/worldmodel/final",
+        default="shipped:tabletop/worldmodel_action",
         metadata={"help": "An action-conditioned world model (`vplan train component=worldmodel "
-                  "component.model.conditioning=action`): a directory or shipped:<env>/worldmodel."},
+                  "component.model.conditioning=action`): a directory or shipped:tabletop/worldmodel_action."},
     )
     text: str = field(
         default="", metadata={"help": "Subgoal text for a text+action model ('' is the null text); reset option too."}
@@ -58,11 +59,14 @@ class WorldModelEnv(gym.Env):
     space (the history is latents); each new frame is decoded once, for the observation.
 
     ## Action Space
-    The tabletop's: `Box(-1, 1, (action_dim,), float32)` (4: gripper dx, dy, dz and grip), clipped like it.
+    The tabletop's: `Box(-1, 1, (action_dim,), float32)` (4: gripper dx, dy, dz and grip), clipped like it, and
+    the grip read as the tabletop reads it (> 0 closes: +1, else -1, the values the model learned from). A
+    non-finite action is refused.
 
     ## Observation Space
-    `Box(0, 255, (H, W, 3), uint8)`: the latest frame (the tabletop's `"front"` camera, at the VAE's image size).
-    There is no `agent_pos`: only pixels are imagined.
+    `Box(0, 255, (H, W, 3), uint8)`: the latest frame (the tabletop's `"front"` camera, at the VAE's image size;
+    the first is the real start frame, later ones decoded from latents). There is no `agent_pos`, and `info` has
+    no `success`, `dist` or poses: only pixels are imagined (`info`: `imagined`, `step`, `texts`).
 
     ## Starting State
     `reset(seed, options)` starts from a real first frame: `options["frame"]` (uint8 (H, W, 3), or (T, H, W, 3)
@@ -194,7 +198,11 @@ class WorldModelEnv(gym.Env):
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != (batch, *self.action_space.shape):
             raise ValueError(f"expected actions of shape ({batch}, {self.action_space.shape[0]}), got {actions.shape}")
+        if not np.isfinite(actions).all():  # NaN would reach the latents and black out the rest of the rollout
+            raise ValueError(f"actions: expected finite numbers, got {actions.tolist()}")
         actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if actions.shape[1] == GRIP_ACTION_DIM:  # the tabletop reads its grip as closed or open (> 0), and the model
+            actions[:, 3] = np.where(actions[:, 3] > 0, 1.0, -1.0)  # learned from ±1: any other value as those
         model = self.model
         with torch.no_grad():
             chunk = model.generate(

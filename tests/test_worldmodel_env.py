@@ -107,6 +107,30 @@ def test_steps_imagine_from_the_given_frame_follow_the_actions_and_truncate(mode
     assert env.step(np.zeros(4, np.float32))[3] is True  # the second step hits max_episode_steps=2
 
 
+def test_a_step_conditions_on_its_one_action_with_the_grip_read_as_the_tabletop_reads_it(model, monkeypatch):
+    """The chunk sampled for a step gets the step's action alone (the rest unknown), its grip as ±1 (the tabletop
+    closes on any value above 0; the model learned from ±1); a NaN action is refused, not drawn as black frames."""
+    given = []
+    generate = WorldModel.generate
+
+    def spied(self, context, texts, *args, actions=None, **kwargs):
+        given.append(actions.clone())
+        return generate(self, context, texts, *args, actions=actions, **kwargs)
+
+    monkeypatch.setattr(WorldModel, "generate", spied)
+    env = WorldModelEnv(model=model)
+    frame = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    observed = []
+    for grip in (0.3, 1.0, -0.2, -1.0):
+        env.reset(seed=1, options={"frame": frame})
+        observed.append(env.step(np.array([0.5, 0, 0, grip], np.float32))[0])
+    assert [tuple(a.shape) for a in given] == [(1, 1, 4)] * 4
+    assert [float(a[0, 0, 3]) for a in given] == [1.0, 1.0, -1.0, -1.0]
+    assert np.array_equal(observed[0], observed[1]) and np.array_equal(observed[2], observed[3])
+    with pytest.raises(ValueError, match="actions: expected finite numbers"):
+        env.step(np.array([np.nan, 0, 0, 1], np.float32))
+
+
 def test_batched_steps_agree_with_single_steps(model):
     seeds = [3, 7]
     actions = np.random.default_rng(1).uniform(-1, 1, (4, len(seeds), 4)).astype(np.float32)
