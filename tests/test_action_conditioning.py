@@ -281,6 +281,10 @@ def test_vplan_train_an_action_model_then_save_and_reload_bit_exactly(tiny_datas
 
     final = out / "final"
     assert (final / ACTION_ENCODER_FILE).is_file()
+    import json
+
+    recorded = json.loads((final / "config.json").read_text())  # what its actions meant, as the IDM records it
+    assert recorded["action_units"] == {"max_delta": 0.03, "control_hz": 10}
     model = WorldModel.from_pretrained(final)
     assert model.config.conditioning == "action" and model.action_encoder is not None
     torch.manual_seed(0)  # the training's seed (OptimConfig.seed): the weights it started from

@@ -342,7 +342,7 @@ def train_component(cfg: TrainConfig) -> Path:
     training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None,
                                   resuming=resuming)
     train(training, component.optim, out, "train worldmodel")
-    with folder_written_aside(final) as folder:
-        training.module.eval().save_pretrained(folder, trained_on_env=dataset.env)
+    with folder_written_aside(final) as folder:  # an action model also notes what its actions meant
+        training.module.eval().save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units)
     print(f"world model written to {final}")
     return final

@@ -395,9 +395,12 @@ class WorldModel(nn.Module):
             history = torch.cat([history, chunk], dim=1)[:, -self.config.context_frames:]
         return torch.cat(chunks, dim=1)
 
-    def save_pretrained(self, path: str | Path, trained_on_env: str | None = None) -> None:
+    def save_pretrained(
+        self, path: str | Path, trained_on_env: str | None = None, action_units: dict[str, float] | None = None
+    ) -> None:
         """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint. It
-        records `trained_on_env`, the env whose episodes the weights last learned from, when given."""
+        records `trained_on_env`, the env whose episodes the weights last learned from, and for a model conditioned
+        on actions `action_units`, the env settings those actions were recorded under, when given."""
         if getattr(self.unet, "_hf_peft_config_loaded", False):
             raise ValueError(
                 f"expected a UNet without adapters, got adapters {list(self.unet.peft_config)}; merge them "
@@ -420,7 +423,8 @@ class WorldModel(nn.Module):
         # The VAE's scaling factor is set after its training (register_to_config); save the value in use.
         scaling_factor = float(self.vae.config.scaling_factor)
         config = replace(self.config, vae=replace(self.config.vae, scaling_factor=scaling_factor))
-        write_pretrained_config(path, CHECKPOINT_KIND, FORMAT_VERSION, config.to_dict(), trained_on_env)
+        write_pretrained_config(path, CHECKPOINT_KIND, FORMAT_VERSION, config.to_dict(), trained_on_env,
+                                action_units if config.uses_actions else None)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_encoder: nn.Module | None = None) -> WorldModel:
