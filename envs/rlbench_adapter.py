@@ -162,7 +162,7 @@ class RLBenchEnv(LastFrameRender, gym.Env):
     `cube_names`, `spot_names`, `cube_poses`, `start_poses`, `spot_positions`, `gripper_pos`,
     `gripper_opening`, `grasped`, `phase`, `displaced`, `returned`, `success`, `dist`,
     `environment_state`, `applied_action` (float32 (4,): the tip's move in the last step in units of
-    `max_delta`, then the grip command as ±1; zeros after a reset); plus `descriptions` (RLBench's task
+    `max_delta`, then the grip command as ±1, 0 where none was sent; zeros after a reset); plus `descriptions` (RLBench's task
     descriptions) and `invalid_action`. An arm target rejected twice (the hold fails too) sends no grip.
 
     ## Episode End
@@ -236,17 +236,17 @@ class RLBenchEnv(LastFrameRender, gym.Env):
         # Jacobian IK fails on long jumps).
         step = np.clip(self._gripper_pos + action[:3] * self.config.max_delta, WORKSPACE_LOW, WORKSPACE_HIGH)
         target = self._gripper_pos + np.clip(step - self._gripper_pos, -self.config.max_delta, self.config.max_delta)
-        invalid, before = False, self._gripper_pos.copy()
+        invalid, before, gripped = False, self._gripper_pos.copy(), 1.0 if grip == 0.0 else -1.0
         try:
             observation, reward, terminate = self._task_env.step(self.rlbench_action(target, grip))
         except self._rl.InvalidActionError:
             invalid = True  # no IK solution or path: hold the arm, still apply the grip command
             try:
                 observation, reward, terminate = self._task_env.step(self.rlbench_action(self._gripper_pos, grip))
-            except self._rl.InvalidActionError:
-                observation, reward, terminate = self._task_env.get_observation(), 0.0, False
+            except self._rl.InvalidActionError:  # the arm first, then the grip: neither was carried out
+                observation, reward, terminate, gripped = self._task_env.get_observation(), 0.0, False, 0.0
         tip = self._tip_in_task_frame(observation)  # what the step moved the tip by: what its frames show
-        applied = np.append((tip - before) / self.config.max_delta, 1.0 if grip == 0.0 else -1.0)
+        applied = np.append((tip - before) / self.config.max_delta, gripped)
         obs, info = self._convert(observation, success=reward > 0, invalid_action=invalid, applied=applied)
         self._steps += 1
         truncated = not terminate and self._steps >= self.config.max_episode_steps

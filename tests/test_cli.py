@@ -91,8 +91,9 @@ def test_default_out_follows_the_task():
         (["run", "out="], "out: expected a directory, got ''"),
         (["collect", "noise_std=nan"], "noise_std: expected a finite number >= 0, got nan"),
         (["rl", "lr=inf"], "lr: expected a finite number > 0, got inf"),
-        (["run", "memory=none,anchor"], "memory=...: a comma makes several values (a sweep), and a command runs one"),
-        (["collect", "task.instruction=pick it up, then put it back"], "quote it: 'task.instruction=\"a, b\"'"),
+        (["run", "memory=none,anchor"], "'memory=none,anchor' gives several values (a Hydra sweep)"),
+        (["collect", "task.instruction=pick it up, then put it back"], "or quote a text with a comma in it "
+                                                                       "('task.instruction=\"a, b\"')"),
         (["eval", "consistency", "modes=none"], "bad value for 'modes': expected a list, in brackets: modes=[...]"),
         (["bench", "worldmodel", "samplers=[]"], "samplers: expected at least one entry like 'dpmsolver++:5', got []"),
         (["collect", "env=blockworld", "task=return_cubes"], "runs on env 'tabletop', not 'blockworld'; use env=tabletop"),

@@ -319,6 +319,26 @@ def test_a_commit_stopped_midway_leaves_no_files_behind_it(tmp_path: Path, monke
         check_episodes(root, kept)
         assert all(path.exists() for path in episode_files) == (kept == [0, 1])
 
+    # Ctrl-C just after the commit, while the writer notes it: the committed episode is never taken for leftovers
+    committed, file_kinds = [], EpisodeWriter._file_kinds
+
+    def noted(self, files):
+        commit(self, files)
+        committed.append(True)
+
+    def interrupted(self):
+        if committed:
+            committed.clear()
+            raise KeyboardInterrupt
+        return file_kinds(self)
+
+    monkeypatch.setattr(EpisodeWriter, "_commit_files", noted)
+    monkeypatch.setattr(EpisodeWriter, "_file_kinds", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write(root, [2])
+    monkeypatch.undo()
+    check_episodes(root, [0, 1, 2])
+
 
 KILLING_WRITER = textwrap.dedent(
     """

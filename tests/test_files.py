@@ -179,3 +179,9 @@ def test_two_writers_of_one_path_never_share_a_scratch_file(tmp_path):
         first.write_text("1")
         second.write_text("2")
     assert (tmp_path / "a.json").read_text() == "1"  # the outer block ends last
+
+
+def test_an_empty_video_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="expected at least one frame, got none"):
+        write_mp4(tmp_path / "empty.mp4", [], fps=4)
+    assert os.listdir(tmp_path) == []

@@ -213,8 +213,10 @@ def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
 
     written = json.dumps(redact_secrets({"planner": asdict(config), "task": {"name": "return_cubes"}}))
     assert SECRET not in written and '"api_key": "<redacted>"' in written
-    in_url = redact_secrets({"base_url": f"https://user:{SECRET}@llm.example/v1", "note": "a@b", "other": "http://h/v1"})
-    assert in_url == {"base_url": "https://<redacted>@llm.example/v1", "note": "a@b", "other": "http://h/v1"}
+    in_url = redact_secrets({"base_url": f"https://user:{SECRET}@llm.example/v1", "note": "a@b", "other": "http://h/v1",
+                             "at_in_password": f"https://user:p@{SECRET}@llm.example/v1?to=a@b"})
+    assert in_url == {"base_url": "https://<redacted>@llm.example/v1", "note": "a@b", "other": "http://h/v1",
+                      "at_in_password": "https://<redacted>@llm.example/v1?to=a@b"}
     from vplan.cli import main
     from vplan.utils.settings import settings_record
 
@@ -500,6 +502,15 @@ def test_unknown_skills_fall_back(endpoint, make_llm, text: str) -> None:
     endpoint.reply = lambda body: (200, plan_reply(["pick up the red cube", text]), 0.0)
     plan = plan_with_fallback(make_llm(), KNOWN_INFO)
     assert "subgoal 2" in plan.note
+
+
+def test_paraphrases_with_again_a_step_number_or_a_question_mark_ground(endpoint, make_llm) -> None:
+    """The picks come twice in return_cubes, so "again" is natural; "Step 1:" and a closing "?" are no clause."""
+    texts = ["Step 1: pick up the red cube", "place the red cube on the left spot?", "pick up the red cube again"]
+    endpoint.reply = lambda body: (200, plan_reply(texts), 0.0)
+    plan = make_llm().plan("move red away and back", KNOWN_INFO)
+    assert plan.source == "llm", plan.note
+    assert plan.texts == ["pick up the red cube", "place the red cube on the left spot", "pick up the red cube"]
 
 
 def test_http_500_retries_a_bounded_number_of_times_then_falls_back(endpoint, make_llm, logs) -> None:

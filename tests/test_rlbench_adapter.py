@@ -402,3 +402,15 @@ def test_applied_action_is_the_tips_move_and_the_grip(env):
     assert np.abs(moved).max() > 0.1  # the tip did move
     _, _, _, _, info = env.step(np.array([0.0, 0.0, 0.0, -1.0], np.float32))
     assert info["applied_action"][3] == -1.0
+
+
+def test_a_step_whose_arm_target_and_hold_both_fail_applies_no_grip(env, monkeypatch):
+    """MoveArmThenGripper runs the arm first: when even holding still is refused, the grip is not sent either,
+    and applied_action says so (0), not the command."""
+    from pyrep.backend import sim
+
+    obs, _ = env.reset(seed=2)
+    monkeypatch.setattr(sim, "IK_MAX_JUMP", -1.0)  # IK solves nothing, not even staying put
+    obs1, _, _, _, info = env.step(np.array([1.0, 0.0, 0.0, 1.0], np.float32))
+    assert info["invalid_action"] and info["applied_action"][3] == 0.0
+    assert obs1["agent_pos"][3] == pytest.approx(obs["agent_pos"][3])  # the fingers did not move

@@ -561,9 +561,9 @@ class EpisodeWriter:
         files[STATS_PATH] = _json_bytes(stats_to_json(merged_stats))
         files[INFO_PATH] = _json_bytes(info)  # last: the commit point
         self._commit_files(files)
-        self._info, self._tasks, self._stats = info, tasks, merged_stats
-        for kind in self._file_kinds():
+        for kind in self._file_kinds():  # before `_info` counts the episode: close() relies on that order
             self._next_position[kind] += 1
+        self._info, self._tasks, self._stats = info, tasks, merged_stats
         if self._extra_types is None:
             self._extra_types = {key: _arrow_type(value) for key, value in extra.items()}
         self.last_extra = dict(extra)
@@ -576,8 +576,10 @@ class EpisodeWriter:
             shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
             info = self.root / INFO_PATH
             on_disk = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
-            if on_disk == self._info["total_episodes"]:  # else stopped between a commit and noting it: the
-                self._delete_leftovers()  # positions lag the disk, so the next open cleans up instead
+            # else stopped between a commit and counting it in `_info` (the positions move first): the next open
+            # cleans up instead
+            if on_disk == self._info["total_episodes"]:
+                self._delete_leftovers()
             os.close(self._lock)
             self._lock = None
 

@@ -100,7 +100,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def save_optimizer(optimizer: torch.optim.Optimizer, file: Path, extra: dict[str, torch.Tensor] | None = None) -> None:
     """An optimizer's state in one safetensors file (its tensors; its param groups and scalars as metadata),
-    with `extra` tensors beside them under names holding a dot-free first part (e.g. "rng.torch")."""
+    with `extra` tensors beside them under names whose first dotted part is not a number (e.g. "rng.torch")."""
     tensors, metadata = _flatten_optimizer(optimizer.state_dict())
     save_file({**tensors, **(extra or {})}, file, metadata=metadata)
 

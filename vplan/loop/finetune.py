@@ -211,13 +211,15 @@ def run_inner_episode(
     chunks = walk_chunks(list(texts), config.context_frames, config.chunk_frames)
     tensors: dict[str, torch.Tensor] = {LATENTS_KEY: latents.contiguous()}
     memory.reset()
+    state = memory.state_dict()
     for k, chunk in enumerate(chunks):
         # The state this chunk would be generated with: after the updates on chunks 0..k-1 (reset for k = 0).
-        for name, tensor in memory.state_dict().items():
+        for name, tensor in state.items():
             tensors[_chunk_prefix(k) + name] = tensor.detach().cpu().contiguous()
         previous = latents[max(0, chunk.start - config.chunk_frames) : chunk.start][None]
         memory.update(previous, latents[chunk.start : chunk.start + chunk.frames][None])
-        if not all(torch.isfinite(t).all() for t in memory.state_dict().values()):
+        state = memory.state_dict()
+        if not all(torch.isfinite(t).all() for t in state.values()):
             raise RunError(f"finetune inner loop: Temp-LoRA's adapter diverged (a value became NaN or inf) in episode "
                            f"{episode}, chunk {k}; start again with a lower memory.lr in another out=DIR")
     metadata = {

@@ -11,7 +11,7 @@ from vplan.chat import REDACTED, ChatEndpointConfig
 
 KINDS = ("offline", "llm")
 SECRET_FIELDS = ("api_key",)  # never logged, printed or written to a run directory
-URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)  # up to the host's last "@"
 
 
 @dataclass

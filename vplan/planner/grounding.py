@@ -39,9 +39,9 @@ ENCODER_MAX_TOKENS = 64  # word pieces per text, truncated beyond (skills take ~
 # skill, done once.
 JOINING_OR_NEGATING = frozenset(
     {"and", "then", "after", "before", "also", "while", "not", "don", "dont", "never", "no", "without", "instead",
-     "but", "or", "nor", "except", "unless", "skip", "avoid", "undo", "cancel", "stop", "twice", "again"}
+     "but", "or", "nor", "except", "unless", "skip", "avoid", "undo", "cancel", "twice"}
 )
-CLAUSE_MARKS = ".,;:/&+!?"  # inside a subgoal (a closing full stop or "!" aside), they part two clauses
+CLAUSE_MARKS = ".,;/&+!?"  # inside a subgoal (a closing ".", "!" or "?" aside), they part two clauses
 
 
 class GroundingError(ValueError):
@@ -84,7 +84,7 @@ class SkillGrounder:
         similarity = self.embed(texts) @ self.embed([s.text for s in skills]).T
         grounded = []
         for row, text in enumerate(texts):
-            joining = sorted(_words(text) & refused) + sorted(set(text.strip().rstrip(".!")) & marks)
+            joining = sorted(_words(text) & refused) + sorted(set(text.strip().rstrip(".!?")) & marks)
             if joining:
                 raise GroundingError(f"subgoal {row + 1} joins, negates or repeats skills ({', '.join(joining)}): "
                                      "expected one skill per subgoal, done once")

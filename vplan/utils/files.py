@@ -99,7 +99,8 @@ def file_written_aside(path: Path, suffix: str = "") -> Iterator[Path]:
         if writer.isdigit() and not _running(int(writer)):
             leftover.unlink(missing_ok=True)
     # the writer's pid (for the cleanup above) and a random part: two processes of one pid number (containers
-    # sharing a disk) never write one scratch file
+    # sharing a disk) never write one scratch file. (The cleanup judges a writer by this pid namespace's
+    # processes: another container's live writer would lose its scratch file and fail, never publish a mix.)
     scratch = path.with_name(f"{prefix}{os.getpid()}-{secrets.token_hex(4)}{ending}")
     try:
         yield scratch
@@ -135,14 +136,15 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     from imageio_ffmpeg import count_frames_and_secs
 
     path, frames = Path(path), list(frames)
+    if not frames:
+        raise ValueError(f"{path}: expected at least one frame, got none")
     with file_written_aside(path, path.suffix) as scratch:  # the suffix tells imageio the format
         imageio.mimwrite(scratch, frames, fps=fps, macro_block_size=1)
         # imageio reports an ffmpeg failure (an odd frame size for yuv420p, say) without raising: check the file
         written = count_frames_and_secs(str(scratch))[0] if scratch.is_file() and scratch.stat().st_size else 0
         if written != len(frames):
             raise RuntimeError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames (frames of "
-                               f"{'x'.join(map(str, frames[0].shape)) if frames else 'none'}); the old video, if "
-                               "any, is kept")
+                               f"{'x'.join(map(str, frames[0].shape))}); the old video, if any, is kept")
 
 
 def write_json(path: Path, payload: Any) -> None:
