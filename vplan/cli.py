@@ -302,9 +302,9 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
     for override in parsed:
         if override.is_sweep_override():  # a comma makes a Hydra sweep: one run per value, which vplan does not do
             key = override.key_or_group
-            raise UsageError(f"{override.input_line!r} gives several values (a Hydra sweep), and a command runs with one; "
-                             f"write a list in brackets ({key}=[a,b]), or quote a text with a comma in it "
-                             f"('{key}=\"a, b\"')")
+            raise UsageError(f"{override.input_line!r} gives several values (a Hydra sweep), and a command runs "
+                             f"with one; write a list in brackets ({key}=[a,b]), or quote a text with a comma in "
+                             f"it ('{key}=\"a, b\"')")
     _register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vplan.configs", version_base="1.3"):

@@ -132,7 +132,6 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     """An MP4 of uint8 (H, W, 3) frames, written aside and renamed into place: a stopped run leaves the old video
     or none, never a truncated one that plays as if whole (imageio's ffmpeg outlives a kill of its parent)."""
     import imageio.v2 as imageio
-
     from imageio_ffmpeg import count_frames_and_secs
 
     path, frames = Path(path), list(frames)
