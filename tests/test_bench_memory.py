@@ -61,6 +61,18 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     assert written["machine"]["torch_threads"] == 1  # what the modes ran with
 
 
+def test_by_default_each_mode_runs_in_its_own_process_with_its_own_peak(tmp_path, monkeypatch):
+    """The default path (isolate=true): every mode in a spawned process, its peak RSS reset per episode, ratios
+    given; none's process never holds an adapter, its optimizer state or the update's activations."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # refused with isolated modes; the CLI's passive default
+    cfg = BenchMemoryConfig(model=tiny_world_model(), checkpoint=None, memory=MemoryConfig(kind="temp_lora", rank=4),
+                            episodes=1, chunks=1, execution_s=0.0, threads=1, out=str(tmp_path))
+    rows = bench_memory(cfg)
+    assert [row["peak_rss_source"] for row in rows] == ["VmHWM per episode"] * 3
+    assert rows[0]["rss_ratio"] == 1.0 and all(row["rss_ratio"] > 1.0 for row in rows[1:])
+    assert rows[1]["update_s_per_chunk"] > 0 and rows[0]["update_s_per_chunk"] == 0
+
+
 def test_the_overlapped_update_starts_before_the_decode_as_in_the_agent(monkeypatch, tmp_path):
     """The agent submits the update as soon as the chunk is imagined, so it runs beside decoding too; with
     update_on=observed it can start only after the execution."""
