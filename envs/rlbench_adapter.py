@@ -163,7 +163,8 @@ class RLBenchEnv(LastFrameRender, gym.Env):
     `gripper_opening`, `grasped`, `phase`, `displaced`, `returned`, `success`, `dist`,
     `environment_state`, `applied_action` (float32 (4,): the tip's move in the last step in units of
     `max_delta`, then the grip command as ±1, 0 where none was sent; zeros after a reset); plus `descriptions`
-    (RLBench's task descriptions) and `invalid_action`. An arm target rejected twice (the hold fails too) sends no grip.
+    (RLBench's task descriptions) and `invalid_action`. An arm target rejected twice (the hold fails too) sends
+    no grip.
 
     ## Episode End
     Terminates when RLBench's `TaskEnvironment.step` reports termination (the task's success: every cube

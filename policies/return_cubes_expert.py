@@ -105,7 +105,8 @@ class ReturnCubesExpert:
         """One action in the env's action space, from the privileged state in `info`."""
         del obs  # the expert acts on privileged state only
         if not self._spot_of:
-            raise RuntimeError("call reset(info) before select_action: the expert plans the episode from its reset info")
+            raise RuntimeError("call reset(info) before select_action: the expert plans the episode from its "
+                               "reset info")
         want = self._choose(info)
         free = info["grasped"] == -1 and info["gripper_pos"][2] >= HOVER_Z - HOVER_MARGIN
         if self._key is None or (want is not None and want != self._key and (free or info["grasped"] != -1)):

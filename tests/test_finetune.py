@@ -256,7 +256,8 @@ def test_episodes_on_held_out_seeds_are_named(setup, tmp_path, capsys):
         _episodes(config(data, wm, tmp_path / "out"))  # seeds 0 and 1
     capsys.readouterr()
     _episodes(config(data, wm, tmp_path / "out", episodes=5))  # fewer than asked: said
-    assert "episodes=5: " in (said := capsys.readouterr().out) and "has 1 besides the 1 held out; finetuning on 1" in said
+    said = capsys.readouterr().out
+    assert "episodes=5: " in said and "has 1 besides the 1 held out; finetuning on 1" in said
 
 
 def test_trainer_checkpoints_without_the_finetune_record_are_refused(setup, finetuned, tmp_path):

@@ -118,7 +118,8 @@ def train(
     def checkpoint(at: int) -> None:
         if accelerator.is_main_process:
             scaler = {} if accelerator.scaler is None else {GRAD_SCALER: accelerator.scaler.state_dict()}
-            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, {"description": description, **scaler})
+            extra = {"description": description, **scaler}
+            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, extra)
             plot_losses(log_path, out / PLOT_FILE, description)
 
     try:

@@ -523,7 +523,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         with folder_written_aside(out / "final") as folder:
             final.save_pretrained(folder, trained_on_env=env_name(cfg.env))
         save_file({k: v.detach().contiguous() for k, v in run.params.items()}, out / LORA_FILE)
-        write_text_atomic(out / "planner.yaml", f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
+        write_text_atomic(out / "planner.yaml",
+                          f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
                                    "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
         if cfg.eval_episodes:

@@ -167,9 +167,7 @@ def make_rewards(config: RewardConfig, vlm: Any = None) -> RewardSet:
     if config.consistency > 0:
         rewards.append((ConsistencyReward(), config.consistency))
     if config.idm_reproduction > 0:
-        from vplan.worldmodel.model import WorldModel
-
-        from vplan.worldmodel.model import CheckpointError
+        from vplan.worldmodel.model import CheckpointError, WorldModel
 
         try:
             action_model = WorldModel.from_pretrained(config.action_worldmodel)
