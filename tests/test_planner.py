@@ -230,14 +230,15 @@ def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
 # ---------------------------------------------------------------------------------------- fake endpoint
 
 
-def completion(content: str | None) -> dict[str, Any]:
+def completion(content: str | None, finish_reason: str = "stop", refusal: str | None = None) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 0,
         "model": "fake-planner",
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            {"index": 0, "message": {"role": "assistant", "content": content, "refusal": refusal},
+             "finish_reason": finish_reason}
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
@@ -513,11 +514,25 @@ def test_paraphrases_with_again_a_step_number_or_a_question_mark_ground(endpoint
     assert plan.texts == ["pick up the red cube", "place the red cube on the left spot", "pick up the red cube"]
 
 
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        # cut JSON would read as "not JSON": the reason is the token limit
+        (completion('{"subgoals": [{"text": "pick up the', finish_reason="length"), "cut at the model's token limit"),
+        (completion(None, refusal="I can't help with that."), "the model refused: \"I can't help with that.\""),
+    ],
+)
+def test_a_cut_or_refused_reply_falls_back_naming_why(endpoint, make_llm, reply, message: str) -> None:
+    endpoint.reply = lambda body: (200, reply, 0.0)
+    plan = plan_with_fallback(make_llm(), KNOWN_INFO)
+    assert message in plan.note and len(endpoint.requests) == 1
+
+
 def test_http_500_retries_a_bounded_number_of_times_then_falls_back(endpoint, make_llm, logs) -> None:
     endpoint.reply = lambda body: (500, {"error": {"message": "the model is overloaded"}}, 0.0)
     plan = plan_with_fallback(make_llm(max_retries=2), KNOWN_INFO)
     assert len(endpoint.requests) == 3  # the first try and max_retries=2 retries
-    assert "InternalServerError" in plan.note and "500" in plan.note
+    assert "InternalServerError" in plan.note and "500" in plan.note and "with up to 2 retries" in plan.note
     assert_key_never_logged(logs)
 
 

@@ -141,6 +141,17 @@ def test_unclear_reply_gives_none_and_a_warning(endpoint: FakeEndpoint, content:
     assert len(endpoint.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [(completion("Ye", finish_reason="length"), "cut at the model's token limit"),
+     (completion(None, refusal="I cannot judge this."), "the model refused")],
+)
+def test_a_cut_or_refused_reply_gives_none_and_says_why(endpoint: FakeEndpoint, reply: Any, message: str) -> None:
+    endpoint.reply = lambda body: (200, reply, 0.0)
+    with pytest.warns(VLMRewardWarning, match=message):
+        assert reward(endpoint).score(rollout(chunk(PICK, 0))) is None
+
+
 def test_unclear_among_clear_answers_is_left_out(endpoint: FakeEndpoint) -> None:
     endpoint.reply = lambda body: (200, completion("no" if PICK in question_text({"body": body}) else "maybe"), 0.0)
     with pytest.warns(VLMRewardWarning):
@@ -155,7 +166,7 @@ def test_http_500_is_retried_then_gives_none_and_a_warning(endpoint: FakeEndpoin
         assert vlm.score(rollout(chunk(PICK, 0))) is None
     assert len(endpoint.requests) == 1 + 2 and vlm.requests_made == 1
     (message,) = vlm_warnings(record)
-    assert "InternalServerError" in message and "500" in message
+    assert "InternalServerError" in message and "500" in message and "with up to 2 retries" in message
     assert SECRET not in message and REDACTED in message
 
 

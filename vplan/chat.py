@@ -117,17 +117,27 @@ class ChatEndpoint:
 
     def complete(self, messages: list[dict[str, Any]], **options: Any) -> Any:
         """The first choice's message content of one chat completion with the config's model and temperature
-        (None if the reply has none); a `ChatRequestError` when the request fails."""
+        (None if the reply has none); a `ChatRequestError` when the request fails (after the client's retries),
+        the model refuses, or the reply was cut at the model's token limit (its JSON would read as malformed)."""
         try:
             completion = self.client.chat.completions.create(
                 model=self.config.model, messages=messages, temperature=self.config.temperature, **options
             )
         except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
-            raise ChatRequestError(f"{type(error).__name__}: {error}") from None
+            raise ChatRequestError(
+                f"the request failed, with up to {self.config.max_retries} retries ({type(error).__name__}: {error})"
+            ) from None
         try:
-            return completion.choices[0].message.content
+            choice = completion.choices[0]
+            message = choice.message
         except (AttributeError, IndexError, TypeError):
             return None
+        refusal = getattr(message, "refusal", None)
+        if refusal:
+            raise ChatRequestError(f"the model refused: {short(refusal, 120)}")
+        if getattr(choice, "finish_reason", None) == "length":
+            raise ChatRequestError("the reply was cut at the model's token limit (finish_reason 'length')")
+        return getattr(message, "content", None)
 
     def scrub(self, text: str) -> str:
         """`text` with the API key replaced by <redacted>."""

@@ -211,7 +211,7 @@ class VLMReward:
         try:
             content = self.endpoint.complete(self.messages(sent, question))
         except ChatRequestError as error:
-            self._warn(subgoal, f"the request failed, with up to {self.config.max_retries} retries ({error})")
+            self._warn(subgoal, str(error))
             return None
         answer = parse_yes_no(content)
         if answer is None:
