@@ -97,6 +97,8 @@ def test_default_out_follows_the_task():
         (["eval", "consistency", "modes=none"], "bad value for 'modes': expected a list, in brackets: modes=[...]"),
         (["bench", "worldmodel", "samplers=[]"], "samplers: expected at least one entry like 'dpmsolver++:5', got []"),
         (["collect", "env=blockworld", "task=return_cubes"], "runs on env 'tabletop', not 'blockworld'; use env=tabletop"),
+        (["run", "record=2"], "bad value for 'record': expected true or false, got 2"),  # OmegaConf: true
+        (["run", "memory.gradient_checkpointing=0.5"], "bad value for 'memory.gradient_checkpointing': expected true"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, expected):

@@ -330,6 +330,8 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             key = override.key_or_group + (f"@{override.package}" if override.package else "")
             if key not in groups and key not in known:
                 raise UsageError(_unknown_key_message(base, key, known))
+            if key in known:
+                _check_bool_value(base, override)
         try:
             cfg = compose(command.config_name, overrides=overrides, return_hydra_config=True)
         except HydraException as error:
@@ -343,6 +345,19 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg, choices
+
+
+def _check_bool_value(base: Any, override: Any) -> None:
+    """A UsageError for a number other than 0 or 1 given to a bool setting, which OmegaConf would read as true
+    (`record=2`)."""
+    from omegaconf import BooleanNode, OmegaConf
+
+    parent, _, leaf = override.key_or_group.rpartition(".")
+    node = OmegaConf.select(base, parent) if parent else base
+    value = override.value()
+    if (isinstance(node._get_node(leaf), BooleanNode) and isinstance(value, (int, float))
+            and not isinstance(value, bool) and value not in (0, 1)):
+        raise UsageError(f"bad value for {override.key_or_group!r}: expected true or false, got {value!r}")
 
 
 def _is_secret(key: str) -> bool:
