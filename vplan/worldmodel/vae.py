@@ -131,6 +131,8 @@ def _to_pixels(vae: AutoencoderKL, frames: torch.Tensor) -> tuple[torch.Tensor, 
         x = x.to(param.dtype) / 255.0
     else:
         x = x.to(param.dtype)
+        if not torch.isfinite(x).all():
+            raise ValueError("frames: NaN or infinite values; expected uint8, or float values in [0, 1]")
         if x.numel() and (x.min() < 0.0 or x.max() > 1.0):
             raise ValueError(
                 f"frames: expected uint8, or float values in [0, 1], got {frames.dtype} values in "
@@ -163,6 +165,8 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, chunk_size: int = 
         raise ValueError(
             f"latents: expected (N, {channels}, h, w) or (B, T, {channels}, h, w), got shape {tuple(latents.shape)}"
         )
+    if not torch.isfinite(latents).all():  # NaN casts to an arbitrary uint8: black frames, not an error
+        raise ValueError("latents: NaN or infinite values (from a diverged model?)")
     lead = tuple(latents.shape[:-3])
     param = next(vae.parameters())
     z = latents.reshape(-1, *latents.shape[-3:]).to(device=param.device, dtype=param.dtype)
