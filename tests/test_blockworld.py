@@ -279,7 +279,7 @@ def _world_of(seed: int) -> VoxelWorld:
 
 
 def test_retrace_score():
-    score = RetraceScore(np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 4.0]]), success_radius=1.0)
+    score = RetraceScore(np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 4.0]]), 1.0, turning_point=np.array([4.0, 6.0]))
     assert np.isinf(score.closest).all() and not score.success
     for xy in ([4.0, 3.5], [4.0, 1.5], [3.0, 0.0]):
         score.update(np.array(xy))
@@ -287,6 +287,8 @@ def test_retrace_score():
     assert score.passed.tolist() == [False, True, True] and not score.success
     assert score.mean == pytest.approx(1.5)
     score.update(np.array([0.5, 0.5]))
+    assert not score.success  # every waypoint passed, but the return never was at the turning point
+    score.update(np.array([4.0, 5.0]))
     assert score.success and score.mean == pytest.approx((math.sqrt(0.5) + 1.0 + 0.5) / 3)
 
 
@@ -335,6 +337,38 @@ def test_staying_put_on_the_return_fails_the_metric(env):
     np.testing.assert_allclose(info["waypoint_dists"], distances)
     assert info["passed"].tolist() == (distances <= 1.0).tolist() and not info["passed"][0]
     assert info["dist"] == pytest.approx(distances.mean()) and info["dist"] > 1.0
+
+
+def test_standing_still_does_not_retrace_a_one_chunk_path():
+    """With path_chunks=1 the only waypoint is the start: an agent turning in place passed it, and succeeded."""
+    env = BlockworldEnv(image_size=SIZE, path_chunks=1, chunk_steps=6, world_size=24)
+    try:
+        for seed in range(3):
+            env.reset(seed=seed)
+            for _ in range(env.config.max_episode_steps):
+                *_, terminated, truncated, info = env.step(int(Move.TURN_RIGHT))
+                assert not terminated and not info["success"]
+            assert truncated and info["passed"].all()  # the waypoint (the start) is passed; the turn is not
+    finally:
+        env.close()
+
+
+def test_success_and_the_reward_agree_on_a_return_that_stops_short_of_the_start(env):
+    """Every waypoint passed within a block but not back home: success was True on an episode that ended
+    truncated with no reward."""
+    obs, info = env.reset(seed=0)
+    expert = RetraceExpert()
+    expert.reset(info, seed=0)
+    rewards = []
+    while not info["passed"].all():
+        obs, reward, terminated, _, info = env.step(expert.select_action(obs, info))
+        rewards.append(reward)
+    assert np.linalg.norm(info["position"][:2] - info["path"][0]) > 0.25  # the start passed within a block
+    truncated = False
+    while not truncated:
+        *_, reward, terminated, truncated, info = env.step(int(Move.TURN_RIGHT))
+        rewards.append(reward)
+    assert not terminated and not info["success"] and sum(rewards) == 0.0
 
 
 def test_expert_explores_and_mostly_recovers(env):

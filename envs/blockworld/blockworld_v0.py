@@ -119,9 +119,9 @@ class BlockworldEnv(LastFrameRender, gym.Env):
 
     ## Episode End
     The first `path_chunks * chunk_steps` steps are the outbound path, one instruction per `chunk_steps`;
-    then the return. `success` holds once every waypoint has been passed within `success_radius` on the
-    return; the episode terminates when it holds and the agent is back at the start (within a quarter block),
-    and the env truncates it after `max_episode_steps` (200) steps (`gymnasium.make`'s own
+    then the return. `success` holds when every waypoint and the turning point have been passed within
+    `success_radius` on the return and the agent is back at the start (within a quarter block); the episode
+    terminates then, with reward 1 (so `success` and the reward agree), and the env truncates it after `max_episode_steps` (200) steps (`gymnasium.make`'s own
     `max_episode_steps=` adds a `TimeLimit`; the earlier limit ends the episode).
 
     ## Rendering
@@ -190,7 +190,7 @@ class BlockworldEnv(LastFrameRender, gym.Env):
             )
         self.world, self.path = world, path
         self._agent = path.start
-        self._score = RetraceScore(path.waypoints, cfg.success_radius)
+        self._score = RetraceScore(path.waypoints, cfg.success_radius, turning_point=path.positions[-1])
         self._steps = 0
         self._blocked = False
         self._load_world(world)
@@ -206,8 +206,7 @@ class BlockworldEnv(LastFrameRender, gym.Env):
         if self._steps >= self.path.steps:  # the return: from the turning point on, every position counts
             self._score.update(self._agent.xy)
         info = self._get_info()
-        home = np.linalg.norm(self._agent.xy - self.path.positions[0]) <= HOME_RADIUS
-        terminated = bool(info["success"] and home)
+        terminated = info["success"]
         return float(terminated), terminated, info
 
     def step(self, action: int | np.integer) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -272,6 +271,6 @@ class BlockworldEnv(LastFrameRender, gym.Env):
             "waypoint_dists": score.closest.copy(),
             "passed": score.passed,
             "dist": score.mean,
-            "success": score.success,
+            "success": score.success and bool(np.linalg.norm(agent.xy - path.positions[0]) <= HOME_RADIUS),
             "environment_state": waypoints.ravel().astype(np.float32),
         }

@@ -8,8 +8,9 @@ the turning point, where the return begins). Then one instruction for the rest o
 the start along the same path".
 
 Metrics (SlowFast-VGen's "retrace the path" in Minecraft), horizontal distances in blocks: for each waypoint,
-the closest the agent came to it on the return; their mean; success once every waypoint has been passed
-within `success_radius` (1 block).
+the closest the agent came to it on the return; their mean; success when every waypoint has been passed within
+`success_radius` (1 block), the turning point too (so a one-chunk path is not retraced by standing still at the
+start), and the agent is back at the start.
 
 Paths are drawn by rejection: a start in the world's interior facing along an axis, a random instruction sequence
 (it begins by walking forward, never turns twice in a row and turns at least once), simulated with the env's own
@@ -134,16 +135,25 @@ def plan_path(world: VoxelWorld, rng: np.random.Generator, n_chunks: int, chunk_
 
 
 class RetraceScore:
-    """The return's closest distance to each waypoint, updated with every position on the return."""
+    """The return's closest distance to each waypoint, updated with every position on the return.
 
-    def __init__(self, waypoints: np.ndarray, success_radius: float) -> None:
+    The waypoints count as retraced only once the return has also been at the `turning_point` (where the
+    outbound path ends): with a one-chunk path the only waypoint is the start, which an agent that never walked
+    out passes by standing still.
+    """
+
+    def __init__(self, waypoints: np.ndarray, success_radius: float, turning_point: np.ndarray) -> None:
         self.waypoints = np.asarray(waypoints, float)
         self.success_radius = success_radius
         self.closest = np.full(len(self.waypoints), np.inf)  # inf until the return begins
+        self.turning_point = np.asarray(turning_point, float)
+        self.closest_to_turn = np.inf
 
     def update(self, xy: np.ndarray) -> None:
-        distance = np.linalg.norm(self.waypoints - np.asarray(xy, float)[None], axis=1)
+        xy = np.asarray(xy, float)
+        distance = np.linalg.norm(self.waypoints - xy[None], axis=1)
         np.minimum(self.closest, distance, out=self.closest)
+        self.closest_to_turn = min(self.closest_to_turn, float(np.linalg.norm(self.turning_point - xy)))
 
     @property
     def passed(self) -> np.ndarray:
@@ -155,4 +165,5 @@ class RetraceScore:
 
     @property
     def success(self) -> bool:
-        return bool(self.passed.all())
+        """Every waypoint passed on the return, which has been at the turning point."""
+        return bool(self.passed.all()) and self.closest_to_turn <= self.success_radius
