@@ -57,7 +57,8 @@ class ReturnCubesExpert:
     `noise_std` adds Gaussian noise to every action; `explore_fraction` is the expected fraction of steps
     spent in segments of random gripper motion (the grip command stays the expert's, so a held cube is not
     thrown away every time), labelled with the subgoal the expert was pursuing. `max_delta` must match the
-    env's `TabletopConfig.max_delta`.
+    env's `TabletopConfig.max_delta`. Its gains are tuned for `control_hz` 10 to 50; at 100 Hz the arm
+    oscillates and it does not finish.
     """
 
     def __init__(
@@ -173,13 +174,16 @@ class ReturnCubesExpert:
         self._lifted = False
         self._subgoal = pick_text
         error = np.linalg.norm(cube_pos[:2] - gripper[:2])
-        if info["gripper_opening"] < OPEN_ENOUGH:
+        at_grasp = gripper[2] < GRASP_Z + 0.005 and error < ACT_TOL
+        # Fingers still closing on the cube go on closing (at a high control_hz one step does not get them
+        # there); fingers closed past it missed, and open again.
+        closing_on_cube = at_grasp and info["gripper_opening"] > CUBE_HALF_SIZE
+        if info["gripper_opening"] < OPEN_ENOUGH and not closing_on_cube:
             return self._move_to(info, gripper, close=False)
         if error > REALIGN_TOL and low:
             return self._move_to(info, np.append(gripper[:2], HOVER_Z), close=False)
         if error > ALIGN_TOL and not low:
             return self._move_to(info, np.append(cube_pos[:2], HOVER_Z), close=False)
-        at_grasp = gripper[2] < GRASP_Z + 0.005 and error < ACT_TOL
         return self._move_to(info, np.append(cube_pos[:2], GRASP_Z), close=at_grasp)
 
     def _move_to(self, info: dict[str, Any], target: np.ndarray, close: bool) -> np.ndarray:

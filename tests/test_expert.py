@@ -44,6 +44,16 @@ def test_expert_solves_the_task(env, seed):
     assert len(actions) < 300
 
 
+def test_expert_solves_the_task_at_50_hz():
+    """One step of 20 ms does not close the fingers on the cube: the expert opened them again, forever."""
+    env = TabletopEnv(image_size=SIZE, control_hz=50)
+    try:
+        actions, _, info = _episode(env, ReturnCubesExpert(), seed=0, max_steps=MAX_STEPS)
+    finally:
+        env.close()
+    assert info["success"], f"not solved in {len(actions)} steps"
+
+
 @pytest.mark.slow
 def test_expert_success_over_50_seeds(env):
     results = [_episode(env, ReturnCubesExpert(), seed) for seed in range(50)]
