@@ -31,6 +31,7 @@ from vplan.envs.discrete_moves import JUMPS, WALK, YAW_DELTA, Move, move_space, 
 from vplan.envs.settings import LastFrameRender, check_no_options, env_settings
 from vplan.errors import first_line
 from vplan.utils.import_utils import is_package_available
+from vplan.utils.settings import check_field_types
 
 MINERL_ENV_IDS = (  # MineRL 0.4.4's navigate envs (minerl/herobraine/envs.py)
     "MineRLNavigate-v0",
@@ -65,6 +66,7 @@ class MineRLConfig:
     task: str = field(default="navigate", metadata={"help": "One of ('navigate',): the commands' task without task=."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.task != "navigate":
             raise ValueError(f"task: expected one of ('navigate',), got {self.task!r}")
         if self.env_id not in MINERL_ENV_IDS:

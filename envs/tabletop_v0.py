@@ -20,7 +20,7 @@ import numpy as np
 from gymnasium import spaces
 
 from vplan.envs.settings import LastFrameRender, check_no_options, env_settings, make_gl_context
-from vplan.utils.settings import check_ints
+from vplan.utils.settings import check_field_types, check_ints
 
 TASKS = ("return_cubes",)
 COLOURS: dict[str, tuple[float, float, float, float]] = {
@@ -68,8 +68,8 @@ class TabletopConfig:
     task: str = field(default="return_cubes", metadata={"help": f"One of {TASKS}."})
 
     def __post_init__(self) -> None:
-        check_ints(self, ("control_hz",))
         check_return_cubes_settings(self)
+        check_ints(self, ("control_hz",))
         if PHYSICS_HZ % self.control_hz:
             divisors = [hz for hz in range(1, PHYSICS_HZ + 1) if PHYSICS_HZ % hz == 0]
             raise ValueError(f"control_hz: expected a divisor of the physics' {PHYSICS_HZ} Hz, so that a step is "
@@ -79,6 +79,7 @@ class TabletopConfig:
 def check_return_cubes_settings(config: Any) -> None:
     """Refuse out-of-range values of the settings every return-cubes env has (the tabletop's and the RLBench
     adapter's configs), each with the field's name and the range it takes."""
+    check_field_types(config)
     check_ints(config, ("image_size", "num_cubes", "max_episode_steps"), low=None)
     if not 8 <= config.image_size <= 1024:
         raise ValueError(f"image_size: expected an int in [8, 1024], got {config.image_size!r}")

@@ -439,6 +439,7 @@ def test_bench_env_runs_on_blockworld(capsys):
         ("path_chunks", 2.0),
         ("control_hz", 0),
         ("task", "return_cubes"),
+        ("success_radius", "1"),
     ],
 )
 def test_bad_config_raises_naming_the_value(field, value):

@@ -116,7 +116,8 @@ def test_make_env_without_minerl_raises():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("env_id", "MineRLTreechop-v0"), ("image_size", 4), ("ticks_per_move", 3), ("max_episode_steps", 0)],
+    [("env_id", "MineRLTreechop-v0"), ("image_size", 4), ("ticks_per_move", 3), ("max_episode_steps", 0),
+     ("image_size", "64")],
 )
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"{field}: expected"):

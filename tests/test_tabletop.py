@@ -154,6 +154,9 @@ def test_fewer_cubes():
         ("success_tolerance", 0.5),
         ("displace_distance", 0.01),
         ("task", "stack_cubes"),
+        ("wrist_camera", "false"),  # truthy: the wrist camera was on
+        ("max_delta", "0.05"),  # was a bare TypeError from a comparison
+        ("success_tolerance", True),
     ],
 )
 def test_bad_config_raises_naming_the_value(field, value):

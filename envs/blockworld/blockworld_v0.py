@@ -32,7 +32,7 @@ from vplan.envs.blockworld.retrace import (
 from vplan.envs.blockworld.terrain import MAX_HEIGHT, VoxelWorld, generate_world
 from vplan.envs.discrete_moves import move_space, to_move
 from vplan.envs.settings import LastFrameRender, check_no_options, env_settings
-from vplan.utils.settings import check_ints
+from vplan.utils.settings import check_field_types, check_ints
 
 TASKS = ("retrace",)
 JUMP_LIFT = 0.5  # blocks the camera is raised in the frame right after a jump
@@ -65,6 +65,7 @@ class BlockworldConfig:
     task: str = field(default="retrace", metadata={"help": f"One of {TASKS}."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_ints(self, ("image_size", "world_size", "path_chunks", "chunk_steps", "max_episode_steps", "control_hz"),
                    low=None)
         if not 8 <= self.image_size <= 1024:

@@ -32,6 +32,23 @@ def check_ints(config: Any, names: Iterable[str], low: int | None = 1) -> None:
             raise ValueError(f"{name}: expected {wanted}, got {value!r}")
 
 
+_FIELD_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "an int"),
+                "float": ((int, float), "a number"), "str": ((str,), "a string")}
+
+
+def check_field_types(config: Any) -> None:
+    """A ValueError naming the first field of dataclass `config` annotated bool, int, float or str whose value
+    is not one (`wrist_camera="false"` is truthy; `max_delta="0.05"` failed later as a bare TypeError); a bool
+    is no number. For configs built in Python (`gymnasium.make(id, **overrides)`): the CLI's are typed by Hydra."""
+    for f in fields(config):
+        if f.type not in _FIELD_TYPES:
+            continue
+        types, wanted = _FIELD_TYPES[f.type]
+        value = getattr(config, f.name)
+        if not isinstance(value, types) or (f.type != "bool" and isinstance(value, bool)):
+            raise ValueError(f"{f.name}: expected {wanted}, got {value!r}")
+
+
 def plain(value: Any) -> Any:
     """`value` as a settings record holds it: dataclasses (at any depth) as dicts, tuples as lists, anything else
     JSON cannot hold as its string."""
