@@ -100,8 +100,12 @@ def test_generate_is_seeded(model: WorldModel) -> None:
 def test_generate_rejects_bad_inputs(model: WorldModel) -> None:
     with pytest.raises(ValueError, match=r"expected context of shape \(B, T >= 1, 4, 8, 8\)"):
         model.generate(torch.zeros(1, 2, 4, 16, 16), ["go"])
-    with pytest.raises(ValueError, match="expected one text per batch element"):
+    with pytest.raises(ValueError, match="expected a list of one text per batch element"):
         model.generate(latents(2, 1), ["go"])
+    with pytest.raises(ValueError, match=r"one text per batch element \(2\), got 'go'"):
+        model.generate(latents(2, 1), "go")  # was read as the texts "g" and "o"
+    with pytest.raises(ValueError, match="texts: expected a list of strings"):
+        model.encode_text(["go", 3])
     with pytest.raises(ValueError, match="one entry per chunk"):
         model.rollout(latents(1, 1), "go")  # a bare string would be read as one chunk per character
 
@@ -136,6 +140,13 @@ def test_training_forward(model: WorldModel) -> None:
     loss.backward()
     assert torch.isfinite(loss) and logs["loss"] == loss.item()
     assert train.text_encoder.embedding.weight.grad is not None  # the learned text encoder trains too
+    with pytest.raises(ValueError, match=r"one text per batch element \(2\)"):  # with text dropout, one text
+        train(latents(2, 3), latents(2, 4, seed=2), ["go"], generator=seeded())  # was broadcast silently
+    with pytest.raises(ValueError, match=r"one text per batch element \(2\), got 'go'"):
+        train(latents(2, 3), latents(2, 4, seed=2), "go", generator=seeded())
+    longer, _ = train(torch.cat([latents(2, 2, seed=5), latents(2, 3)], 1), latents(2, 4, seed=2), ["go", "stop"],
+                      generator=seeded())
+    torch.testing.assert_close(longer, loss)  # as in generate: the last context_frames condition
 
 
 def test_attention_in_pieces_computes_what_one_call_does() -> None:

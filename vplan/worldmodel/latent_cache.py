@@ -40,11 +40,10 @@ def vae_fingerprint(vae: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def episode_latents(
-    dataset: Any, episodes: list[int], vae: Any, key: str = OBS_IMAGE_FRONT, progress: str | None = None
-) -> list[torch.Tensor]:
-    """Scaled posterior-mean latents (T, C, h, w) of each of `episodes`' `key` frames, from the cache where it
-    holds them, else encoded (on the GPU when there is one) and stored; `progress` names a tqdm bar."""
+def episode_latents(dataset: Any, episodes: list[int], vae: Any, progress: str | None = None) -> list[torch.Tensor]:
+    """Scaled posterior-mean latents (T, C, h, w) of each of `episodes`' front-camera frames (what the world model
+    sees), from the cache where it holds them, else encoded (on the GPU when there is one) and stored;
+    `progress` names a tqdm bar."""
     from tqdm import tqdm
 
     folder = dataset.cache_dir / LATENTS_DIR / vae_fingerprint(vae) if dataset.cache_dir is not None else None
@@ -52,14 +51,14 @@ def episode_latents(
     latents = []
     try:
         for episode in tqdm(episodes, desc=progress, unit="episode", disable=progress is None):
-            cached = _cache_file(folder, dataset, key, episode) if folder is not None else None
+            cached = _cache_file(folder, dataset, episode) if folder is not None else None
             stored = read_cache_file(cached) if cached is not None else None
             if stored is not None:
                 latents.append(torch.from_numpy(stored))
                 continue
             if device.type == "cpu" and torch.cuda.is_available():
                 vae.to("cuda")
-            frames = torch.from_numpy(np.array(dataset.episode(episode)[key]))
+            frames = torch.from_numpy(np.array(dataset.episode(episode)[OBS_IMAGE_FRONT]))
             with torch.no_grad():
                 encoded = encode_frames(vae, frames).cpu()
             if cached is not None:  # a read-only dataset keeps these latents in memory only
@@ -70,7 +69,8 @@ def episode_latents(
     return latents
 
 
-def _cache_file(folder: Path, dataset: Any, key: str, episode: int) -> Path:
-    digest = hashlib.sha256(f"{key}:{dataset.frames_version(key, episode)}".encode()).hexdigest()[:16]
+def _cache_file(folder: Path, dataset: Any, episode: int) -> Path:
+    version = dataset.frames_version(OBS_IMAGE_FRONT, episode)
+    digest = hashlib.sha256(f"{OBS_IMAGE_FRONT}:{version}".encode()).hexdigest()[:16]
     return folder / f"episode-{episode:06d}.{digest}.npy"
 

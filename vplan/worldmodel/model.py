@@ -192,6 +192,8 @@ class WorldModel(nn.Module):
 
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (B, L, D) with padded tokens zeroed, and the mask (B, L)."""
+        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"texts: expected a list of strings, one per batch element, got {texts!r:.80}")
         states, mask = self.text_encoder(list(texts))
         if states.shape[-1] != self.config.unet.cross_attention_dim:
             raise ValueError(
@@ -203,6 +205,12 @@ class WorldModel(nn.Module):
     def _null_states(self) -> torch.Tensor:
         """The classifier-free-guidance null condition: the empty text's states (1, L, D)."""
         return self.encode_text([""])[0]
+
+    @staticmethod
+    def _check_texts(texts: list[str] | None, batch: int) -> None:
+        """One text per batch element: a bare string of as many characters was read as one text each."""
+        if texts is None or isinstance(texts, str) or len(texts) != batch:
+            raise ValueError(f"expected a list of one text per batch element ({batch}), got {texts!r:.80}")
 
     def _check_actions(self, actions: torch.Tensor | None, batch: int, max_steps: int) -> torch.Tensor:
         if not self.config.uses_actions:
@@ -230,8 +238,7 @@ class WorldModel(nn.Module):
         tokens = self.action_encoder(actions, known)
         parts, masks = [tokens], [torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)]
         if self.config.uses_text:
-            if texts is None or len(texts) != actions.shape[0]:
-                raise ValueError(f"expected one text per batch element ({actions.shape[0]}), got {texts!r}")
+            self._check_texts(texts, actions.shape[0])
             states, mask = self.encode_text(texts)
             parts.insert(0, states.to(tokens.dtype))
             masks.insert(0, mask.to(tokens.device))
@@ -288,9 +295,11 @@ class WorldModel(nn.Module):
         mean, or one per sample with `reduction="none"`).
 
         `actions` (B, T_target, action_dim), action-conditioned models only: action i leads into target frame i
-        (it was taken at the frame before). `texts` is unused (may be None) for `conditioning="action"`.
+        (it was taken at the frame before). `texts` is unused (may be None) for `conditioning="action"`. As in
+        `generate`, only the last `context_frames` of the context condition the target.
         """
         self._check_latents(context_latents, "context_latents")
+        context_latents = context_latents[:, -self.config.context_frames:]
         self._check_latents(target_latents, "target_latents")
         if self.config.uses_actions:
             batch, steps = target_latents.shape[:2]
@@ -311,6 +320,7 @@ class WorldModel(nn.Module):
                 frame_inputs=self._frame_inputs(actions, known, context_latents.shape[1], steps),
             )
         self._check_actions(actions, target_latents.shape[0], 0)
+        self._check_texts(texts, target_latents.shape[0])  # one text broadcast over a batch trained silently
         states, mask = self.encode_text(texts)
         null = self._null_states() if self.config.diffusion.text_dropout > 0 else None
         return masked_diffusion_loss(
@@ -351,8 +361,7 @@ class WorldModel(nn.Module):
                 generator=generator, frame_inputs=self._frame_inputs(actions, None, context.shape[1], num_frames),
             )
         self._check_actions(actions, context.shape[0], 0)
-        if texts is None or len(texts) != context.shape[0]:
-            raise ValueError(f"expected one text per batch element ({context.shape[0]}), got {texts!r}")
+        self._check_texts(texts, context.shape[0])
         states, mask = self.encode_text(texts)
         null = self._null_states() if self.config.diffusion.guidance_scale != 1.0 else None
         return sample_chunk(
