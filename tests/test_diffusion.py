@@ -129,6 +129,11 @@ def test_context_frames_carry_no_loss_but_condition(unet: UNet3D, batch: dict) -
         unet, **{**batch, "context_latents": torch.zeros_like(context)}, config=config, generator=seeded()
     )[0]
     assert math.isfinite(other.item()) and other.item() != loss.item()
+    recorder = RecordInputs(unet)
+    masked_diffusion_loss(recorder, **batch, config=config, generator=seeded())
+    (sequence,) = recorder.inputs
+    assert torch.equal(sequence[:, :CONTEXT], batch["context_latents"])  # clean: no noise on the context
+    assert not torch.equal(sequence[:, CONTEXT:], batch["target_latents"])
 
 
 def test_padded_text_tokens_are_ignored(unet: UNet3D, batch: dict) -> None:
@@ -170,11 +175,12 @@ class PerfectPredictor(torch.nn.Module):
     def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor,
                 frame_inputs: torch.Tensor | None = None) -> torch.Tensor:
         chunk, out = latents[:, CONTEXT:], torch.zeros_like(latents)
+        timesteps = timesteps.expand(latents.shape[0]).view(-1, 1, 1, 1, 1)  # one per sample when training
         if self.config.objective == "epsilon":
-            alpha = self.alphas[int(timesteps[0])]
+            alpha = self.alphas[timesteps.long()]
             out[:, CONTEXT:] = (chunk - alpha.sqrt() * self.x0) / (1 - alpha).sqrt()
         else:  # flow: x_t = (1 - s) x0 + s ε at s = t / 1000, velocity ε - x0
-            s = float(timesteps[0]) / 1000
+            s = timesteps / 1000
             out[:, CONTEXT:] = (chunk - self.x0) / s
         return out
 
@@ -187,6 +193,16 @@ def test_every_sampler_lands_on_the_clean_chunk_a_perfect_model_predicts(batch, 
     sample = sample_chunk(PerfectPredictor(x0, config), batch["context_latents"], batch["text_states"],
                           batch["text_mask"], CHUNK, config, generator=seeded())
     torch.testing.assert_close(sample, x0, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("objective", "sampler"), SAMPLER_CASES)
+def test_training_noise_is_what_the_sampler_inverts(batch, objective, sampler) -> None:
+    """The training targets follow the samplers' conventions (noise schedule, timestep scale, the velocity's sign):
+    the predictor every sampler lands on x0 with has zero training loss."""
+    config = DiffusionConfig(objective=objective, sampler=sampler, text_dropout=0.0)
+    loss, _ = masked_diffusion_loss(PerfectPredictor(batch["target_latents"], config), **batch, config=config,
+                                    generator=seeded(3))
+    assert loss.item() < 1e-8
 
 
 class GuidedPredictor(torch.nn.Module):

@@ -68,6 +68,9 @@ def test_latents_are_encoded_once_per_vae_and_read_back_bit_exactly(dataset_dir,
 
     other = tiny_vae(seed=1)  # other weights: another fingerprint, encoded afresh
     assert vae_fingerprint(other) != vae_fingerprint(vae)
+    rescaled = tiny_vae()  # the same weights, another scaling factor: other latents, another fingerprint
+    rescaled.register_to_config(scaling_factor=0.5)
+    assert vae_fingerprint(rescaled) != vae_fingerprint(vae)
     episode_latents(EpisodeDataset(dataset_dir), [0], other)
     assert len(calls) == 1 and len(cache_files(dataset_dir, other)) == 1
 

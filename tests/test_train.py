@@ -133,6 +133,10 @@ def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
     seen = {t for step in range(20) for t in WorldModelTraining(config, latents, texts, vae=None).batch(
         torch.Generator().manual_seed(step), 4)["texts"]}
     assert "d" in seen  # uniform clips come from every episode
+    lengths = {WorldModelTraining(config, latents, texts, vae=None).batch(torch.Generator().manual_seed(step), 2)[
+        "context"].shape[1] for step in range(40)}
+    # every context length from a first frame to the window: the agent starts each episode from one frame
+    assert lengths == set(range(1, config.model.context_frames + 1))
     with pytest.raises(ValueError, match="boundary_fraction"):
         WorldModelTrainConfig(boundary_fraction=1.5)
 

@@ -91,6 +91,22 @@ def test_generate_with_guidance(model: WorldModel) -> None:
     assert not torch.equal(out, model.generate(latents(2, 2), ["up", "down"], generator=seeded()))
 
 
+def test_guidance_samples_against_the_null_text_training_drops_to(model: WorldModel, monkeypatch) -> None:
+    """Classifier-free guidance needs the same null condition at sampling as in training: the empty text."""
+    guided = WorldModel(tiny_config(diffusion=DiffusionConfig(num_inference_steps=2, guidance_scale=3.0,
+                                                              text_dropout=1.0 - 1e-9)),
+                        text_encoder=model.text_encoder)
+    seen = []
+    predict = guided.unet.predict
+    monkeypatch.setattr(guided.unet, "predict", lambda latents, t, states, *rest: seen.append(states) or predict(
+        latents, t, states, *rest))
+    null = guided.encode_text([""])[0]
+    guided.generate(latents(2, 2), ["up", "down"], generator=seeded())
+    assert all(torch.equal(states[2:], null.expand(2, -1, -1)) for states in seen) and len(seen) == 2
+    guided(latents(2, 2), latents(2, 4, seed=2), ["up", "down"], generator=seeded())  # every text dropped
+    assert torch.equal(seen[-1], null.expand(2, -1, -1))
+
+
 def test_generate_is_seeded(model: WorldModel) -> None:
     args = (latents(1, 2), ["go"])
     assert torch.equal(model.generate(*args, generator=seeded(3)), model.generate(*args, generator=seeded(3)))
