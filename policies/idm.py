@@ -188,6 +188,8 @@ class IDMPolicy(nn.Module):
         if tensor.dtype != torch.uint8:
             if not tensor.is_floating_point():
                 raise IDMInputError(f"{name}: expected uint8 or float frames, got {tensor.dtype}")
+            if not torch.isfinite(tensor).all():  # NaN passes the range check, and gave NaN moves
+                raise IDMInputError(f"{name}: NaN or infinite values; expected uint8, or float values in [0, 1]")
             if tensor.numel() and (tensor.min() < 0.0 or tensor.max() > 1.0):
                 raise IDMInputError(
                     f"{name}: expected uint8, or float values in [0, 1], got {tensor.dtype} values in "

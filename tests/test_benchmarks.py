@@ -155,6 +155,11 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
     for setting in ("compare", "idm"):  # a missing checkpoint is named by its setting, before any work
         with pytest.raises(UsageError, match=rf"^{setting}={tmp_path}/none: no checkpoint at .* pass {setting}=DIR"):
             evaluate_worldmodel(replace(cfg, sampler=None, **{setting: str(tmp_path / "none")}))
+    run_dir = tmp_path / "idm_run"  # a training run's directory: its result is in final/
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "final" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match=rf"^idm={run_dir}: a training run's directory; pass idm={run_dir}/final$"):
+        evaluate_worldmodel(replace(cfg, sampler=None, idm=str(run_dir)))
 
 
 def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunks(tmp_path, capsys):

@@ -98,7 +98,14 @@ def test_train_through_the_cli_with_a_vae_then_resume(tiny_dataset: Path, tiny_v
     assert set(actions[:, 3].tolist()) <= {-1.0, 1.0}
 
 
-def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import vplan.loop.idm as idm_loop
+    from vplan.constants import ACTION_APPLIED
+
+    loaded = []
+    load = idm_loop.load_episodes
+    monkeypatch.setattr(idm_loop, "load_episodes", lambda dataset, indices, *rest: loaded.append(list(indices)) or
+                        load(dataset, indices, *rest))
     idm = IDMConfig.tiny()
     optim = OptimConfig(steps=2, batch_size=4, save_every=2, warmup_steps=1)
     cfg = TrainConfig(component=IDMTrainConfig(idm=idm, vae=None, optim=optim), data=str(tiny_dataset),
@@ -106,6 +113,14 @@ def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsy
     final = train_component(cfg)
     metrics = json.loads((final / "metrics.json").read_text())
     assert set(metrics) == {"label", "held_out_episodes", "real"} and metrics["label"] == "applied"
+    assert loaded == [[0, 1], [2]] and metrics["held_out_episodes"] == [2]  # trained on none it is scored on
+    # the baseline predicts the training transitions' mean action, scored on the held-out ones
+    dataset = EpisodeDataset(tiny_dataset)
+    actions = [torch.from_numpy(np.array(dataset.episode(i)[ACTION_APPLIED], np.float32))[:-1] for i in range(3)]
+    continuous = slice(0, -1) if idm.binary_gripper else slice(None)
+    expected = (torch.cat(actions[:2]).mean(0) - actions[2])[:, continuous].abs().mean(0)
+    np.testing.assert_allclose(metrics["real"]["baseline_mae"], expected.numpy(), rtol=1e-5)
+    assert metrics["real"]["transitions"] == len(actions[2])
     assert "VAE frames" not in capsys.readouterr().out
     assert IDMPolicy.from_pretrained(final).config == idm
     # the env settings its actions were recorded at, from the dataset `vplan collect` wrote
@@ -234,6 +249,10 @@ def test_frames_the_idm_cannot_read(policy: IDMPolicy) -> None:
         policy.predict(frames, frames[:2])
     with pytest.raises(IDMInputError, match=r"float values in \[0, 1\]"):
         policy.predict(frames.float(), frames.float())
+    nan = frames.float() / 255
+    nan[0, 0, 0, 0] = float("nan")  # passes a range check: it gave NaN moves and an open gripper
+    with pytest.raises(IDMInputError, match="NaN or infinite"):
+        policy.predict(nan, nan)
     with pytest.raises(IDMInputError, match="context"):
         policy.actions_for_chunk(frames[:1])
     with pytest.raises(IDMInputError, match="context"):

@@ -85,6 +85,22 @@ def test_a_torn_log_line_is_cut_and_a_checkpoint_past_steps_is_refused(tmp_path)
         train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.safetensors"])
+def test_a_damaged_checkpoint_is_one_error_naming_the_way_back_to_the_one_before(tmp_path, damaged):
+    optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)
+    train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 20}), tmp_path, "toy")
+    newest = list_checkpoints(tmp_path)[-1]
+    file = newest / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # a disk fault, not a kill: writes are atomic
+    with pytest.raises(RunError, match=r"checkpoint-0000020 cannot be read \(SafetensorError: .*\); delete that "
+                                       r"folder to resume from the checkpoint before it"):
+        train(LinearFit(), optim, tmp_path, "toy")
+    import shutil
+
+    shutil.rmtree(newest)
+    assert train(LinearFit(), optim, tmp_path, "toy") == 30  # as the message says: from step 10
+
+
 def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):
     """Stopping at `until` and going on equals one straight run, cool-down included (its lr needs `steps`)."""
     optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, cooldown_steps=20, save_every=100)

@@ -75,6 +75,8 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
         except UsageError as err:
             raise UsageError(f"{name}={spec}: {err}; {hint}") from None
         if not (path / "config.json").is_file():
+            if (path / "final" / "config.json").is_file():  # the training run's directory, not its result
+                raise UsageError(f"{name}={spec}: a training run's directory; pass {name}={path / 'final'}")
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; {hint}")
 
 

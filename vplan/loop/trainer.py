@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import SafetensorError
 
 from vplan.errors import RunError, first_line
 from vplan.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -99,7 +100,12 @@ def train(
     step = 0
     checkpoints = list_checkpoints(out)
     if checkpoints:
-        state = load_checkpoint(checkpoints[-1], module, optimizer)
+        try:
+            state = load_checkpoint(checkpoints[-1], module, optimizer)
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as error:  # a damaged file
+            raise RunError(f"{description}: {checkpoints[-1]} cannot be read ({first_line(error, with_type=True)}); "
+                           "delete that folder to resume from the checkpoint before it, or choose another out=DIR"
+                           ) from None
         step = state["step"]
         if accelerator.scaler is not None and GRAD_SCALER in state:  # fp16: the loss scale it had reached
             accelerator.scaler.load_state_dict(state[GRAD_SCALER])
