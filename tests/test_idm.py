@@ -129,6 +129,22 @@ def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsy
     assert trained_on_env(str(final)) == "tabletop"
 
 
+def test_no_training_episode_is_reconstructed_when_training_samples_none(tiny_dataset: Path, tiny_vae: Path,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """vae_fraction=0: only the held-out episodes go through the VAE (each ~30 ms a frame on the CPU)."""
+    import vplan.loop.idm as idm_loop
+
+    reconstructed = []
+    load = idm_loop.load_episodes
+    monkeypatch.setattr(idm_loop, "load_episodes", lambda dataset, indices, config, vae, reconstruct, *rest:
+                        reconstructed.append(reconstruct) or load(dataset, indices, config, vae, reconstruct, *rest))
+    component = IDMTrainConfig(idm=IDMConfig.tiny(), vae=str(tiny_vae), vae_fraction=0.0,
+                               optim=OptimConfig(steps=1, batch_size=2, warmup_steps=1))
+    final = train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "idm"),
+                                        holdout_episodes=1))
+    assert reconstructed == [{2}, {2}] and "vae" in json.loads((final / "metrics.json").read_text())
+
+
 def test_cli_errors_are_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
     result = vplan_train("component=idm", f"data={tiny_dataset}", "component.vae_fraction=1.5")
     assert result.returncode == 2

@@ -279,7 +279,9 @@ def train_idm(
             f"the VAE reads {vae.config.sample_size}x{vae.config.sample_size} frames; this IDM "
             f"{config.idm.image_size}x{config.idm.image_size}"
         )
-    reconstruct = set(evenly_spaced(train_episodes, config.vae_episodes) + held_out) if vae is not None else set()
+    # the training episodes' reconstructions only where training samples them; the held-out ones are scored
+    trained = evenly_spaced(train_episodes, config.vae_episodes) if config.vae_fraction > 0 else []
+    reconstruct = set(trained + held_out) if vae is not None else set()
     episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
     test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
     training = IDMTraining(config, episodes)
