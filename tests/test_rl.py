@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -214,8 +215,16 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     weights_of, loss_of = objectives.rwr_weights, objectives.rwr_loss
     monkeypatch.setattr(objectives, "rwr_weights", lambda *a: made.append(weights_of(*a)) or made[-1])
     monkeypatch.setattr(objectives, "rwr_loss", lambda losses, w: used.append(w) or loss_of(losses, w))
+    from vplan.rl import loop
+
+    given = []  # the plans the evaluation episodes were handed (exploration's too: None)
+    play = loop.run_episode
+    monkeypatch.setattr(loop, "run_episode", lambda *a, plan=None, **k: given.append(plan) or play(*a, plan=plan, **k))
     out = tmp_path / "rl"
     main(rl_args(checkpoints, out, "iterations=1", "eval_episodes=1", f"objective={objective}"))
+    # before, after_executor, after: the executor alone is judged on the plan the base model followed (an LLM
+    # planner asked again may answer otherwise)
+    assert given[-3] is None and given[-2] is not None and given[-2].texts and given[-1] is None
     if objective == "rwr":  # each step's samples weighted by their advantages' weights
         assert len(made) == 1 and len(used) == 2
         rng = np.random.default_rng(0)  # the draws of iteration 0 (seed=0): each step's chunks, and their weights
@@ -317,6 +326,7 @@ def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
                            ("continuations=1", "continuations: expected at least 2"),
                            ("plan_offsets=[0,0]", "plan_offsets: expected distinct"),
                            ("rewards.vlm=1.0", "vlm_reward.enabled=true"),
+                           ("planner.chunk_offset=5", "planner.chunk_offset: expected one of plan_offsets [0, 1]"),
                            ("penalty=nan", "penalty: expected a finite number >= 0, got nan"),
                            ("seed=9999", "eval_seed: the held-out seeds 10000..10004 overlap the explored ones, "
                                          "9999..10000"),  # 2 iterations x 1 seed: it would train on a test scene
@@ -327,6 +337,11 @@ def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
                  + [extra])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_all_reward_weights_zero_is_refused():
+    with pytest.raises(ValueError, match="rewards: every weight is 0"):  # it trained on rewards of 0
+        RewardConfig(outcome=0.0, executability=0.0, consistency=0.0)
 
 
 def test_iteration_series_averages_each_reward_term_over_the_episodes_it_scored(tmp_path):
@@ -401,6 +416,20 @@ def test_dpo_pairs_each_plans_best_continuation_with_its_worst_chunk_by_chunk():
     best, worst = group[0][1], group[0][0]
     pairs = RLRun.pairs(RLRun.__new__(RLRun), [group])
     assert len(pairs) == 2 and all(w is best.chunks[i] and l is worst.chunks[i] for i, (w, l) in enumerate(pairs))
+    # a later chunk follows what its continuation executed: another context, so no Diffusion-DPO pair
+    best.chunks[1] = replace(best.chunks[1], context=torch.ones(1, 2, 4, 8, 8))
+    assert RLRun.pairs(RLRun.__new__(RLRun), [group]) == [(best.chunks[0], worst.chunks[0])]
+
+
+def test_rwr_samples_weigh_a_plans_better_continuation_more():
+    from vplan.rl.loop import RLRun
+
+    group = [planned(0, 0, ["a"], [0.1, 0.6]), planned(0, 1, ["a"], [0.9, 0.9])]
+    samples = RLRun.samples(RLRun.__new__(RLRun), [group])
+    advantage = {id(c): a for c, a in samples}
+    assert len(samples) == 8  # 2 plans x 2 continuations x 2 chunks
+    assert all(advantage[id(c)] > 0 for c in group[0][1].chunks) and all(advantage[id(c)] < 0 for c in group[0][0].chunks)
+    assert all(advantage[id(c)] == 0 for k in range(2) for c in group[1][k].chunks)  # equal rewards: no preference
 
 
 def test_vplan_rl_carries_the_vlm_budget_and_answers_over_a_kill(checkpoints, tmp_path, capsys, monkeypatch):

@@ -123,6 +123,9 @@ class RLConfig(AgentCheckpoints):
                              f"one plan differ), got {self.continuations}")
         if not self.plan_offsets or len(set(self.plan_offsets)) != len(self.plan_offsets):
             raise ValueError(f"plan_offsets: expected distinct ints, one per plan, got {self.plan_offsets!r}")
+        if self.planner.chunk_offset not in self.plan_offsets:  # the before column's plan, kept on a tie
+            raise ValueError(f"planner.chunk_offset: expected one of plan_offsets {self.plan_offsets} (the plan "
+                             f"before finetuning, which exploration compares with), got {self.planner.chunk_offset}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
         for name in ("rwr_beta", "dpo_beta", "lr"):
@@ -384,14 +387,17 @@ class RLRun:
         return samples
 
     def pairs(self, groups: list[list[list[EpisodeRollout]]]) -> list[tuple[ImaginedChunk, ImaginedChunk]]:
-        """(chosen, rejected) chunks for DPO: per plan, its best and worst continuation, chunk i with chunk i."""
+        """(chosen, rejected) chunks for DPO: per plan, its best and worst continuation, chunk i with chunk i where
+        both had the same condition, text and context (Diffusion-DPO compares two samples of one condition): the
+        first chunks, imagined from the same start; later ones follow what each continuation executed."""
         pairs = []
         for plans in groups:
             for continuations in plans:
                 rewards = [r.reward for r in continuations]
                 best, worst = continuations[int(np.argmax(rewards))], continuations[int(np.argmin(rewards))]
                 if best.reward > worst.reward:
-                    pairs += [(w, l) for w, l in zip(best.chunks, worst.chunks) if w.text == l.text]
+                    pairs += [(w, l) for w, l in zip(best.chunks, worst.chunks)
+                              if w.text == l.text and torch.equal(w.context, l.context)]
         return pairs
 
     def loss(self, chunk: ImaginedChunk, seed: int) -> torch.Tensor:
@@ -445,23 +451,28 @@ class RLRun:
         return self.cfg.planner.chunk_offset if self.cfg.planner.chunk_offset in tied else tied[0]
 
 
-def evaluate(run: RLRun, world_model: Any, chunk_offset: int, desc: str) -> dict[str, Any]:
-    """Success rate and Dist of the agent on the held-out seeds (as `vplan run`)."""
+def evaluate(
+    run: RLRun, world_model: Any, chunk_offset: int, desc: str, plans: list[Any] | None = None
+) -> tuple[dict[str, Any], list[Any]]:
+    """Success rate and Dist of the agent on the held-out seeds (as `vplan run`), following `plans` (one per
+    episode) where given; with the plans it followed."""
     from tqdm import tqdm
 
     cfg, env = run.cfg, run.env
     agent = run.make_agent(world_model, chunk_offset)
-    results = []
+    results, followed = [], []
     try:
         for i in tqdm(range(cfg.eval_episodes), desc=desc, unit="episode"):
-            episode = run_episode(env, agent, cfg.task.instruction, cfg.eval_seed + i, cfg.agent.camera)
+            episode = run_episode(env, agent, cfg.task.instruction, cfg.eval_seed + i, cfg.agent.camera,
+                                  plan=plans[i] if plans is not None else None)
             results.append({k: episode["result"][k] for k in ("seed", "success", "dist", "phase", "chunks", "steps")})
+            followed.append(agent.plan)
     finally:
         agent.close()
     dists = [r["dist"] for r in results if r["dist"] is not None]
     return {"chunk_offset": chunk_offset, "success_rate": float(np.mean([r["success"] for r in results])),
             "dist_mean": float(np.mean(dists)) if dists else None,
-            "chunks_per_episode": float(np.mean([r["chunks"] for r in results])), "episodes": results}
+            "chunks_per_episode": float(np.mean([r["chunks"] for r in results])), "episodes": results}, followed
 
 
 @restores_torch_threads
@@ -528,10 +539,12 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
                                    "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
         if cfg.eval_episodes:
-            metrics["before"] = evaluate(run, run.base, cfg.planner.chunk_offset, "eval before")
-            # the finetuned executor alone, with the plan it had before: the same chunks, the same sampling budget
-            metrics["after_executor"] = evaluate(run, final, cfg.planner.chunk_offset, "eval after (executor)")
-            metrics["after"] = evaluate(run, final, run.tuned_offset, "eval after")
+            metrics["before"], plans = evaluate(run, run.base, cfg.planner.chunk_offset, "eval before")
+            # the finetuned executor alone, with the plans it had before (an LLM planner asked again may answer
+            # otherwise): the same chunks, the same sampling budget
+            metrics["after_executor"], _ = evaluate(run, final, cfg.planner.chunk_offset, "eval after (executor)",
+                                                    plans)
+            metrics["after"], _ = evaluate(run, final, run.tuned_offset, "eval after")
         write_json(out / "metrics.json", _to_jsonable(metrics))
         _print_summary(metrics, out)
         return metrics

@@ -54,6 +54,10 @@ class RewardConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"rewards.{name}: expected a finite weight >= 0, got {value!r}")
+        if not any(getattr(self, name) > 0 for name in ("outcome", "executability", "consistency",
+                                                        "idm_reproduction", "vlm")):
+            raise ValueError("rewards: every weight is 0, so every reward is 0 and nothing is learned; give one "
+                             "a weight above 0 (the defaults: outcome=1 executability=0.5 consistency=0.1)")
         if self.idm_reproduction > 0 and not (self.action_worldmodel or "").strip():
             raise ValueError("rewards.idm_reproduction > 0: expected rewards.action_worldmodel=DIR (an "
                              f"action-conditioned world model), got {self.action_worldmodel!r}")
