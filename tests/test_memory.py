@@ -315,6 +315,7 @@ def test_snapshot_and_restore_continue_exactly() -> None:
     memory.update(latents(CHUNK), latents(CHUNK, seed=2))
     snapshot = memory.snapshot()
     assert isinstance(snapshot, MemorySnapshot) and snapshot.kind == "temp_lora"
+    at_snapshot = memory.generate(latents(CONTEXT), ["go"], generator=seeded(1))
     memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
     memory.update(latents(CHUNK, seed=3), latents(CHUNK, seed=4))
     after = memory.state_dict()
@@ -322,6 +323,8 @@ def test_snapshot_and_restore_continue_exactly() -> None:
 
     memory.restore(snapshot)
     assert memory.updates == 1
+    # generation right after a restore uses the restored adapter (the folded weights were the later one's)
+    assert torch.equal(memory.generate(latents(CONTEXT), ["go"], generator=seeded(1)), at_snapshot)
     memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))  # same optimizer state and update noise
     memory.update(latents(CHUNK, seed=3), latents(CHUNK, seed=4))
     for name, tensor in memory.state_dict().items():
@@ -373,6 +376,78 @@ def test_an_error_in_the_worker_is_raised_by_wait(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="worker failed"):
         memory.wait()
     memory.close()
+
+
+def test_a_failed_update_is_raised_by_the_next_reset_which_still_resets(monkeypatch) -> None:
+    memory = make_memory(lora(), tiny_model())
+    monkeypatch.setattr(memory, "_update", lambda previous, new: 1 / 0)
+    memory.update_async(latents(CHUNK), latents(CHUNK))
+    with pytest.raises(ZeroDivisionError):
+        memory.reset()
+    assert not memory.active and memory.updates == 0
+    memory.close()
+
+
+def test_a_diverging_update_names_the_learning_rate() -> None:
+    from vplan.errors import RunError
+
+    memory = make_memory(lora(lr=1e30, steps_per_chunk=3), tiny_model())
+    with pytest.raises(RunError, match=r"Temp-LoRA loss is (nan|inf) at update \d+; lower memory.lr \(1e\+30\)"):
+        for seed in range(5):  # it was reported a chunk later, by the decoder, as NaN latents
+            memory.update(latents(CHUNK, seed=seed), latents(CHUNK, seed=seed + 1))
+    memory.close()
+
+
+def test_an_update_of_a_model_in_train_mode_draws_no_dropout() -> None:
+    """A freshly built WorldModel is in train mode, where the temporal convolutions' dropout is on."""
+    learned = []
+    for draws in (1, 2):
+        model = tiny_model()
+        for module in model.unet.modules():  # the tiny model's zero-initialised convolutions hide the dropout
+            if isinstance(module, torch.nn.Conv3d):
+                torch.nn.init.normal_(module.weight, std=0.1, generator=seeded(5))
+        model.train()
+        memory = make_memory(lora(), model)
+        torch.rand(draws)  # the process-wide generator elsewhere: dropout masks drawn from it would differ
+        memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+        learned.append(memory.state_dict())
+        assert model.training  # the caller's mode is kept
+        memory.close()
+    assert all(torch.equal(tensor, learned[1][name]) for name, tensor in learned[0].items())
+
+
+def test_an_interrupted_fold_is_undone_by_reset(monkeypatch) -> None:
+    """The base weights were overwritten before the memory noted it: reset then kept W + ΔW for good."""
+    from peft.tuners.lora import Linear
+
+    model = tiny_model()
+    before = base_weights(model)
+    memory = make_memory(lora(merge_for_generation=True), model)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    calls, delta = [], Linear.get_delta_weight
+
+    def interrupted(layer, adapter):
+        calls.append(adapter)
+        if len(calls) == 3:  # Ctrl-C, or out of GPU memory, a few layers in
+            raise KeyboardInterrupt
+        return delta(layer, adapter)
+
+    monkeypatch.setattr(Linear, "get_delta_weight", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        memory.generate(latents(CONTEXT), ["go"], generator=seeded())
+    monkeypatch.undo()
+    memory.reset()
+    assert_same_base(model, before)
+    memory.close()
+
+
+def test_a_unet_with_another_adapter_is_refused() -> None:
+    from peft import LoraConfig
+
+    model = tiny_model()
+    model.unet.add_adapter(LoraConfig(r=2, target_modules=["proj_in"]), adapter_name="user")
+    with pytest.raises(ValueError, match=r"expected a UNet without adapters, got \['user'\]"):
+        make_memory(lora(), model)  # it switched the user's adapter off, and left empty wrappers on close
 
 
 def test_an_interrupted_wait_keeps_waiting_for_the_update_in_flight(monkeypatch) -> None:
@@ -501,6 +576,12 @@ def test_config_checks() -> None:
         MemoryConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="target_modules"):
         MemoryConfig(target_modules=[])
+    with pytest.raises(ValueError, match="target_modules: expected a list of module names, got the string 'to_q'"):
+        MemoryConfig(target_modules="to_q")  # was read as the modules 't', 'o', '_', 'q'
+    with pytest.raises(ValueError, match="merge_for_generation: expected true or false, got 'false'"):
+        MemoryConfig(merge_for_generation="false")  # truthy
+    with pytest.raises(ValueError, match="lr: expected a number, got True"):
+        MemoryConfig(lr=True)
     assert MemoryConfig(rank=8).lora_alpha == 8.0 and MemoryConfig(rank=8, alpha=4).lora_alpha == 4.0
     with pytest.raises(ValueError, match="expected a MemoryConfig with kind='anchor'"):
         AnchorFrameMemory(MemoryConfig(kind="none"), tiny_model())

@@ -217,11 +217,15 @@ def run_inner_episode(
         for name, tensor in state.items():
             tensors[_chunk_prefix(k) + name] = tensor.detach().cpu().contiguous()
         previous = latents[max(0, chunk.start - config.chunk_frames) : chunk.start][None]
-        memory.update(previous, latents[chunk.start : chunk.start + chunk.frames][None])
+        diverged = RunError(f"finetune inner loop: Temp-LoRA's adapter diverged (a value became NaN or inf) in "
+                            f"episode {episode}, chunk {k}; start again with a lower memory.lr in another out=DIR")
+        try:
+            memory.update(previous, latents[chunk.start : chunk.start + chunk.frames][None])
+        except RunError:  # the memory's own check, on its loss
+            raise diverged from None
         state = memory.state_dict()
         if not all(torch.isfinite(t).all() for t in state.values()):
-            raise RunError(f"finetune inner loop: Temp-LoRA's adapter diverged (a value became NaN or inf) in episode "
-                           f"{episode}, chunk {k}; start again with a lower memory.lr in another out=DIR")
+            raise diverged
     metadata = {
         "format": INNER_FORMAT,
         "format_version": INNER_FORMAT_VERSION,

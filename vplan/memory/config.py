@@ -74,8 +74,9 @@ class MemoryConfig:
     )
 
     def __post_init__(self) -> None:
-        from vplan.utils.settings import check_seed
+        from vplan.utils.settings import check_field_types, check_seed
 
+        check_field_types(self)  # lr=True, merge_for_generation="false" (truthy)
         check_seed(self.seed)
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
@@ -84,8 +85,11 @@ class MemoryConfig:
         check_ints(self, ("rank", "steps_per_chunk"))
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
-        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+                                           and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha: expected a positive number or None (= rank), got {self.alpha!r}")
+        if isinstance(self.target_modules, str):  # list("to_q") would be its letters
+            raise ValueError(f"target_modules: expected a list of module names, got the string {self.target_modules!r}")
         self.target_modules = list(self.target_modules)
         if not self.target_modules or not all(isinstance(m, str) and m.strip() for m in self.target_modules):
             raise ValueError(f"target_modules: expected a non-empty list of module names, got {self.target_modules!r}")

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from vplan.errors import SettingMismatchError
+from vplan.errors import RunError, SettingMismatchError
 from vplan.memory.base import EpisodicMemory, check_state
 from vplan.memory.config import ATTENTION_PROJECTIONS, MemoryConfig
 
@@ -132,9 +132,13 @@ class TempLoRAMemory(EpisodicMemory):
 
         super().__init__(config, world_model)
         unet = world_model.unet
-        if ADAPTER_NAME in (getattr(unet, "peft_config", None) or {}):
+        adapters = sorted(getattr(unet, "peft_config", None) or {})
+        if ADAPTER_NAME in adapters:
             raise ValueError(f"expected a UNet without a {ADAPTER_NAME!r} adapter, got one already attached; close() "
                              "the memory that added it first")
+        if adapters:  # add_adapter would switch it off, and closing would leave empty wrappers behind
+            raise ValueError(f"expected a UNet without adapters, got {adapters}; merge them into the weights first "
+                             "(peft's merge_and_unload, or vplan.rl.objectives.merged_copy)")
         # By parameter, not name: the adapter renames a wrapped layer's weight (`to_q.base_layer.weight`).
         self._requires_grad = [(p, p.requires_grad) for p in unet.parameters()]
         lora = LoraConfig(
@@ -218,10 +222,11 @@ class TempLoRAMemory(EpisodicMemory):
             return
         self._attach(False)
         for name, (_, _, layer) in self._layers.items():
+            self._base_weights[name].copy_(layer.get_base_layer().weight)
+        self._folded = True  # before any weight changes: an interruption below is undone by _unfold
+        for _, _, layer in self._layers.values():
             weight = layer.get_base_layer().weight
-            self._base_weights[name].copy_(weight)
             weight.add_(layer.get_delta_weight(ADAPTER_NAME).to(weight.dtype))
-        self._folded = True
 
     @torch.no_grad()
     def _unfold(self) -> None:
@@ -277,17 +282,25 @@ class TempLoRAMemory(EpisodicMemory):
             elif self._first_sequence is not None:
                 sequences.append(self._first_sequence)
         losses = []
-        with torch.enable_grad(), checkpointed(unet, self.config.gradient_checkpointing):
-            for _ in range(self.config.steps_per_chunk):
-                loss = sum(
-                    sequence_diffusion_loss(unet, each, self._null_states, self.world_model.config.diffusion,
-                                            generator=self._generator)
-                    for each in sequences
-                ) / len(sequences)
-                self._optimizer.zero_grad(set_to_none=True)
-                loss.backward(inputs=params)
-                self._optimizer.step()
-                losses.append(loss.item())
+        training = unet.training
+        unet.eval()  # the temporal convolutions' dropout would make the update random (and its recompute differ)
+        try:
+            with torch.enable_grad(), checkpointed(unet, self.config.gradient_checkpointing):
+                for _ in range(self.config.steps_per_chunk):
+                    loss = sum(
+                        sequence_diffusion_loss(unet, each, self._null_states, self.world_model.config.diffusion,
+                                                generator=self._generator)
+                        for each in sequences
+                    ) / len(sequences)
+                    if not torch.isfinite(loss):  # the next chunk would be NaN, its decoding the first error
+                        raise RunError(f"memory: the Temp-LoRA loss is {loss.item()} at update {self._updates + 1}; "
+                                       f"lower memory.lr ({self.config.lr})")
+                    self._optimizer.zero_grad(set_to_none=True)
+                    loss.backward(inputs=params)
+                    self._optimizer.step()
+                    losses.append(loss.item())
+        finally:
+            unet.train(training)
         self._active = True
         self._updates += 1
         return {"loss": sum(losses) / len(losses), "steps": float(len(losses)), "frames": float(sequence.shape[1]),
