@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -415,6 +416,39 @@ def test_decoded_frames_are_cached_and_invalidated(tmp_path: Path, monkeypatch: 
     assert len(decoded) == 3 and psnr(fresh, changed) > MIN_PSNR
     assert len(list(video.parent.glob("*"))) == 2
     assert len(list((root / ".cache").rglob("file-000.mp4.*.npy"))) == 1  # the stale entry is gone
+
+
+def test_cached_and_uncached_frames_are_equal_and_read_only(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0, 1])
+    cached, uncached = EpisodeDataset(root), EpisodeDataset(root, cache=False)
+    for episode in range(2):
+        frames = [ds.episode(episode)[OBS_IMAGE_FRONT] for ds in (cached, uncached)]
+        np.testing.assert_array_equal(*frames)
+        for array in frames:  # cache=False handed out its own copy: an edit reached every later read
+            with pytest.raises(ValueError, match="read-only"):
+                array[0, 0, 0, 0] = 0
+
+
+def test_the_reader_keeps_a_bounded_number_of_videos_open(tmp_path: Path, monkeypatch) -> None:
+    """Each decoded video is a memory map, which holds its file open: a dataset of more videos than the process
+    may open failed, and the failure deleted good cache files."""
+    root = tmp_path / "ds"
+    write(root, [0, 1, 2])
+    monkeypatch.setattr(dataset_module, "MAX_OPEN_VIDEOS", 1)
+    ds = EpisodeDataset(root)
+    for episode in range(3):
+        ds.episode(episode)
+    assert len(ds._videos) == 1
+
+    def no_descriptor_left(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    cache_files = sorted((root / ".cache").rglob("*.npy"))
+    monkeypatch.setattr(dataset_module.np, "load", no_descriptor_left)
+    with pytest.raises(OSError, match="Too many open files"):
+        dataset_module.read_cache_file(cache_files[0], mmap=True)
+    assert cache_files[0].is_file()  # a good file, kept
 
 
 def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ is decoded again and its stale entry deleted. Where the cache folder cannot be w
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from vplan.data.lerobot_format import (
 from vplan.utils.files import file_written_aside
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
+MAX_OPEN_VIDEOS = 64  # decoded videos a dataset keeps (each memory map holds a file open; the soft limit is ~1024)
 
 
 def chunk_subgoal(subgoals: Sequence[str], start: int) -> str:
@@ -69,7 +72,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self._starts = np.array([row["dataset_from_index"] for row in self._rows], dtype=np.int64)
         self._cache = cache
         self._data: dict[str, np.ndarray] | None = None
-        self._videos: dict[Path, tuple[tuple[int, int], np.ndarray]] = {}
+        # the last MAX_OPEN_VIDEOS decoded videos: a memory map holds a file descriptor open
+        self._videos: OrderedDict[Path, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
 
     # -- description
 
@@ -179,7 +183,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         """Send DataLoader workers the description only; they reload data and mmap the frame cache lazily."""
-        return {**self.__dict__, "_data": None, "_videos": {}}
+        return {**self.__dict__, "_data": None, "_videos": OrderedDict()}
 
     # -- loading
 
@@ -249,9 +253,13 @@ class EpisodeDataset(torch.utils.data.Dataset):
         status = path.stat()
         version = (status.st_size, status.st_mtime_ns)
         if path in self._videos and self._videos[path][0] == version:
+            self._videos.move_to_end(path)
             return self._videos[path][1]
         frames = self._cached_decode(path, version) if self._cache else decode_video(path)
+        frames.flags.writeable = False  # as every other column: an edit would reach later reads
         self._videos[path] = (version, frames)
+        while len(self._videos) > MAX_OPEN_VIDEOS:
+            self._videos.popitem(last=False)
         return frames
 
     def _cached_decode(self, path: Path, version: tuple[int, int]) -> np.ndarray:
@@ -275,7 +283,11 @@ def read_cache_file(path: Path, mmap: bool = False) -> np.ndarray | None:
         return None
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+    except OSError as error:  # the process, not the file: no descriptor left, no permission
+        if error.errno in (errno.EMFILE, errno.ENFILE):
+            raise
+        return None
+    except (ValueError, EOFError):  # cut short or garbled
         with contextlib.suppress(OSError):  # a read-only dataset keeps it; the caller decodes in memory
             path.unlink(missing_ok=True)
         return None
