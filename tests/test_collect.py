@@ -71,9 +71,15 @@ def test_resume_adds_only_the_missing_episodes(tmp_path, capsys):
     with pytest.raises(UsageError, match=r"its actions were recorded with \{'max_delta': 0.03, 'control_hz': 10\}, "
                                          r"asked \{'max_delta': 0.05"):
         collect(moved_more)
-    with pytest.raises(UsageError, match="vplan collect: .* ran with other settings of noise_std"):
+    with pytest.raises(UsageError, match="^[^:]*/[^ ]* ran with other settings of noise_std"):  # once "vplan collect"
         collect(small_config(tmp_path / "ds", episodes=4, noise_std=0.1))
+    with pytest.raises(UsageError, match="ran with other settings of noise_std"):  # said "nothing to do" before
+        collect(small_config(tmp_path / "ds", episodes=2, noise_std=0.1))
     assert EpisodeDataset(tmp_path / "ds").num_episodes == 2
+    from vplan.errors import VplanWarning
+
+    with pytest.warns(VplanWarning, match=r"seeds 10000..10000 are the held-out scenes"):
+        collect(small_config(tmp_path / "late", episodes=1, seed=10000))
 
 
 def test_a_different_env_config_is_refused(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from vplan.constants import ACTION, ACTION_APPLIED, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, ROBOT_TYPE_PREFIX, SUCCESS
+from vplan.constants import (
+    ACTION, ACTION_APPLIED, DONE, HELD_OUT_SEEDS, OBS_ENV_STATE, OBS_STATE, REWARD, ROBOT_TYPE_PREFIX, SUCCESS,
+)
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
-from vplan.errors import UsageError
+from vplan.errors import UsageError, VplanWarning
 from vplan.tasks import TaskConfig
 from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, write_config
 
@@ -144,7 +147,7 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
     """A UsageError naming the settings (env, task, noise, ...) in which this collection differs from the one that
     began `out`: one dataset, one way of collecting (an env's max_delta, say, sets what its actions mean)."""
     if (out / CONFIG_FILE).is_file():
-        check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan collect")
+        check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES)
     else:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
@@ -165,6 +168,10 @@ def collect(cfg: CollectConfig) -> Path:
     from vplan.policies import make_expert
 
     out = Path(cfg.out)
+    if cfg.seed + cfg.episodes > HELD_OUT_SEEDS:  # training data from the scenes the evaluations play
+        warnings.warn(f"seed={cfg.seed}, episodes={cfg.episodes}: seeds {max(cfg.seed, HELD_OUT_SEEDS)}.."
+                      f"{cfg.seed + cfg.episodes - 1} are the held-out scenes vplan run, the evals and the benches "
+                      f"play by default; collect training data on seeds below {HELD_OUT_SEEDS}", VplanWarning)
     try:
         expert = make_expert(cfg.task.name, cfg.env, noise_std=cfg.noise_std, explore_fraction=cfg.explore_fraction)
     except ValueError as error:  # e.g. noise_std for an expert of discrete moves
@@ -186,17 +193,18 @@ def collect(cfg: CollectConfig) -> Path:
         raise UsageError(f"{error}; {hint}") from None
     with writer:
         start = writer.num_episodes
-        if start >= cfg.episodes:
-            print(f"{out} already holds {start} episodes (asked for {cfg.episodes}); nothing to do")
-            env.close()
-            return out
-        if start:
+        if start:  # a dataset collected otherwise is refused even when it holds enough episodes
             try:
                 _check_continues(writer.last_extra, cfg, start)
                 _check_same_settings(cfg, out)
             except UsageError:
                 env.close()
                 raise
+        if start >= cfg.episodes:
+            print(f"{out} already holds {start} episodes (asked for {cfg.episodes}); nothing to do")
+            env.close()
+            return out
+        if start:
             print(f"resuming {out}: {start} episodes there, collecting {cfg.episodes - start} more")
         write_config(out, cfg)  # what a later resume is held to
         successes = 0

@@ -285,7 +285,7 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
     """Write `<out>/config.yaml`; a resumed run must have the settings it recorded, but for RESUMABLE_CHANGES."""
     file = out / CONFIG_FILE
     if resuming and file.is_file():
-        check_same_config(cfg, file, RESUMABLE_CHANGES, "vplan train")
+        check_same_config(cfg, file, RESUMABLE_CHANGES)
     elif resuming:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")

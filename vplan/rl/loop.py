@@ -491,7 +491,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         run.recover()  # before the settings check, which looks for the checkpoint
         if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():
-            check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "vplan rl")
+            check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES)
         resuming = run.load()
         saved = run.iteration
         if run.vlm is not None:

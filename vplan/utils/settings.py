@@ -122,10 +122,11 @@ def write_config(out: Path, cfg: Any) -> None:
     write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(settings_record(cfg)))
 
 
-def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], what: str) -> None:
+def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], what: str | None = None) -> None:
     """A UsageError naming the settings (other than `may_change`: top-level or dotted names) in which `cfg`
     differs from the config a run directory recorded, so a resumption never mixes two configs (a setting added
-    since, at its default, is no difference)."""
+    since, at its default, is no difference); `what` begins the message where the command's name does not say
+    it (the CLI prefixes that)."""
     from omegaconf import OmegaConf
 
     from vplan.errors import UsageError
@@ -135,5 +136,6 @@ def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], 
     changed = [name for name in changed_settings(saved, settings_record(cfg), cfg, ignore=top)
                if name not in may_change]
     if changed:
-        raise UsageError(f"{what}: {config_file.parent} ran with other settings of {', '.join(changed)} (see its "
-                         f"{config_file.name}); pass the same ones, or choose another out=DIR")
+        raise UsageError(f"{what + ': ' if what else ''}{config_file.parent} ran with other settings of "
+                         f"{', '.join(changed)} (see its {config_file.name}); pass the same ones, or choose another "
+                         "out=DIR")
