@@ -91,6 +91,21 @@ def test_a_different_env_config_is_refused(tmp_path):
         collect(replace(cfg, env=TabletopConfig(image_size=24)))
 
 
+def test_noisy_exploring_collection_is_applied_and_reproduced_episode_by_episode(tmp_path):
+    """The expert's noise and exploration reach the data, and are drawn per seed: a dataset collected in two
+    sessions equals one collected in one."""
+    noisy = {"noise_std": 0.05, "explore_fraction": 0.2}
+    collect(small_config(tmp_path / "straight", episodes=2, **noisy))
+    collect(small_config(tmp_path / "resumed", episodes=1, **noisy))
+    collect(small_config(tmp_path / "resumed", episodes=2, **noisy))
+    collect(small_config(tmp_path / "plain", episodes=1))
+    straight, resumed, plain = (EpisodeDataset(tmp_path / name) for name in ("straight", "resumed", "plain"))
+    for episode in range(2):
+        np.testing.assert_array_equal(straight.episode(episode)[ACTION], resumed.episode(episode)[ACTION])
+    first = straight.episode(0)[ACTION]
+    assert len(first) != len(plain.episode(0)[ACTION]) or not np.array_equal(first, plain.episode(0)[ACTION])
+
+
 def test_killed_collect_keeps_finished_episodes_and_resumes(tmp_path):
     out = tmp_path / "ds"
     info = out / "meta" / "info.json"
