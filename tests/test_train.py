@@ -12,6 +12,7 @@ import torch
 
 from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
+from vplan.loop.checkpoint import list_checkpoints
 from vplan.shipped import trained_on_env
 from vplan.tasks import TaskConfig
 from vplan.worldmodel.model import WorldModel
@@ -86,6 +87,27 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     chunk = model.generate(first, ["pick up the red cube"], generator=torch.Generator().manual_seed(0))
     assert chunk.shape == (1, 2, 4, 8, 8)
     assert model.decode(chunk).shape == (1, 2, 16, 16, 3)
+
+
+def test_a_resume_on_a_dataset_that_grew_is_refused(tiny_dataset, tmp_path, capsys):
+    """Its last `holdout_episodes` are other episodes now: the run would train on the ones it held out."""
+    import shutil
+
+    from vplan.cli import main
+
+    data = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, data)
+    args = ["train", "component=vae", f"data={data}", f"out={tmp_path / 'vae'}", "holdout_episodes=1",
+            "component.optim.batch_size=2", "component.optim.save_every=1", *TINY_VAE]
+    main([*args, "component.optim.steps=1"])
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=4, out=str(data)))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "component.optim.steps=2"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "holds 4 episodes now, 3 when" in err and "(then 2..2) would be trained on" in err
+    assert len(list_checkpoints(tmp_path / "vae")) == 1  # nothing trained on the moved split
 
 
 def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_path):

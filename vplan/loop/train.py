@@ -293,6 +293,27 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
     write_config(out, cfg)
 
 
+SPLIT_FILE = "split.json"  # in `out`: the episodes a run trains on and holds out, which a resume keeps
+
+
+def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], resuming: bool) -> None:
+    """Record the split a run begins with; refuse a resume whose dataset has grown or shrunk since, as the last
+    `holdout_episodes` would then be other episodes and the held-out ones trained on."""
+    import json
+
+    from vplan.utils.files import write_json
+
+    file = out / SPLIT_FILE
+    if resuming and file.is_file():
+        began = json.loads(file.read_text())
+        if began["held_out"] != held_out:
+            raise UsageError(f"{cfg.data} holds {episodes} episodes now, {began['episodes']} when {out} began: the "
+                             f"held-out ones (then {began['held_out'][0]}..{began['held_out'][-1]}) would be trained "
+                             "on; resume on the dataset as it was, or choose another out=DIR")
+        return
+    write_json(file, {"episodes": episodes, "held_out": held_out})
+
+
 def train_component(cfg: TrainConfig) -> Path:
     """Train the chosen component, write `<out>/final` and print a held-out figure."""
     dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes)
@@ -305,6 +326,7 @@ def train_component(cfg: TrainConfig) -> Path:
     if isinstance(component, WorldModelTrainConfig) and component.init is not None and not resuming:
         check_checkpoints_exist({"component.init": component.init})
     _record_config(cfg, out, resuming)
+    _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
     if isinstance(component, VAETrainConfig):
         training = VAETraining(component, _frames(dataset, train_episodes))
         train(training, component.optim, out, "train vae")
