@@ -231,7 +231,8 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
         for weights in used:
             assert torch.equal(weights, made[0][torch.from_numpy(rng.choice(len(made[0]), 2, replace=False))])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["before"]) >= {"success_rate", "dist_mean", "episodes"} and metrics["objective"] == objective
+    assert set(metrics["before"]) >= {"success_rate", "dist_mean", "dist_unit", "return_phase_rate", "episodes"}
+    assert metrics["objective"] == objective and metrics["before"]["dist_unit"] == "m"
     assert metrics["before"]["episodes"][0]["seed"] == metrics["after"]["episodes"][0]["seed"] == 10000
     assert metrics["after_executor"]["chunk_offset"] == metrics["before"]["chunk_offset"] == 0
     assert (out / "final" / "config.json").is_file() and (out / "planner.yaml").is_file()
@@ -245,7 +246,8 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     assert iterations[0]["finetune"]["steps"] == 2 and iterations[0]["finetune"]["items"] > 0  # it trained
     assert any(name.endswith("lora_B.rl.weight") and t.abs().sum() > 0 for name, t in lora.items())
     printed = capsys.readouterr().out
-    assert "before" in printed and "success rate" in printed
+    assert "before" in printed and "success rate" in printed and "Dist (m, mean)" in printed
+    assert "reached the return phase" in printed
 
 
 def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path, capsys, monkeypatch):

@@ -471,8 +471,10 @@ def evaluate(
         agent.close()
     dists = [r["dist"] for r in results if r["dist"] is not None]
     return {"chunk_offset": chunk_offset, "success_rate": float(np.mean([r["success"] for r in results])),
-            "dist_mean": float(np.mean(dists)) if dists else None,
-            "chunks_per_episode": float(np.mean([r["chunks"] for r in results])), "episodes": results}, followed
+            "dist_mean": float(np.mean(dists)) if dists else None, "dist_unit": env.metadata.get("dist_unit", "m"),
+            "chunks_per_episode": float(np.mean([r["chunks"] for r in results])),
+            "return_phase_rate": float(np.mean([r["phase"] == "return" for r in results])),
+            "episodes": results}, followed
 
 
 @restores_torch_threads
@@ -564,9 +566,12 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         columns = [metrics["before"], metrics["after_executor"], metrics["after"]]
         seeds = [e["seed"] for e in columns[0]["episodes"]]
         print(f"  held-out seeds {seeds[0]}..{seeds[-1]}: before | after, executor only (same plan) | after")
-        rows = [("success rate", "success_rate", "{:.0%}"), ("Dist (mean)", "dist_mean", "{:.4f}"),
-                ("chunks per episode", "chunks_per_episode", "{:.1f}"), ("planner.chunk_offset", "chunk_offset", "{}")]
+        rows = [("success rate", "success_rate", "{:.0%}"),
+                (f"Dist ({columns[0]['dist_unit']}, mean)", "dist_mean", "{:.4f}"),
+                ("chunks per episode", "chunks_per_episode", "{:.1f}"),
+                ("reached the return phase", "return_phase_rate", "{:.0%}"),
+                ("planner.chunk_offset", "chunk_offset", "{}")]
         for name, key, fmt in rows:
             if columns[0][key] is not None:
-                print(f"  {name:22}" + "".join(f"{fmt.format(c[key]):>14}" for c in columns))
+                print(f"  {name:24}" + "".join(f"{fmt.format(c[key]):>14}" for c in columns))
     print(f"run directory: {out} (final/: the finetuned world model; planner.yaml: the tuned offset)")
