@@ -463,6 +463,19 @@ def _format_warning(message: Any, category: type[Warning], filename: str, lineno
     return _python_format_warning(message, category, filename, lineno, line)
 
 
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A warning on a line of its own, above any progress bar (printed as is, it continued the bar's line)."""
+    text = warnings.formatwarning(message, category, filename, lineno, line)
+    stream = file if file is not None else sys.stderr
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        tqdm.write(text.rstrip("\n"), file=stream)
+    else:
+        stream.write(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         _main(argv)
@@ -483,6 +496,7 @@ def _main(argv: list[str] | None) -> None:
         return
     prog = "vplan"
     warnings.formatwarning = _format_warning
+    warnings.showwarning = _show_warning
     warnings.simplefilter("always", PlannerFallbackWarning)  # each episode's fallback, not only the first
     try:
         command, overrides = _find_command(args)

@@ -318,8 +318,8 @@ def _print_table(cfg: BenchMemoryConfig, rows: list[dict[str, Any]]) -> None:
               f"{row['blocked_s']:12.2f} "
               f"{update:>17} {row['peak_rss_mb']:14.0f} {rss_ratio:>8}")
     if cfg.isolate:
-        print(f"peak RSS: {rows[-1]['peak_rss_source']}; targets for {memory.kind} + overlap (issue 4): "
+        print(f"peak RSS: {rows[-1]['peak_rss_source']}; targets for {memory.kind} + overlap: "
               f"<= {TARGET_WALL_RATIO:.2f}x wall and <= {TARGET_RSS_RATIO:.2f}x peak RSS of none")
     else:
         print(f"peak RSS: every mode's models are resident in one process, so its peaks are not compared (isolate=true "
-              f"does); target for {memory.kind} + overlap (issue 4): <= {TARGET_WALL_RATIO:.2f}x wall of none")
+              f"does); target for {memory.kind} + overlap: <= {TARGET_WALL_RATIO:.2f}x wall of none")
