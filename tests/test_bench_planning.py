@@ -45,7 +45,7 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
         assert all(e["steps"] == STEPS and np.isfinite(e["psnr"]) for e in episodes)
         assert results["summary"][row.name] == summarize(episodes)
     table = (out / "table.md").read_text()
-    assert all(f"| {row.name} |" in table for row in ROWS) and "Dist" in table
+    assert all(f"| {row.name} |" in table for row in ROWS) and "Dist (m, mean ± std)" in table
     assert (out / "dist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "finetuned", "idm"}
     # each row runs its own model and memory: on the same seeds and noise, their imagined frames all differ

@@ -160,11 +160,11 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def markdown_table(summaries: dict[str, dict[str, Any]], env: str, seeds: tuple[int, int]) -> str:
+def markdown_table(summaries: dict[str, dict[str, Any]], env: str, seeds: tuple[int, int], dist_unit: str) -> str:
     lines = [
         f"`vplan bench planning` on {env}, seeds {seeds[0]}..{seeds[1]}",
         "",
-        "| method | Dist (mean ± std) | success | generation PSNR (dB) | episodes | wall s / episode |",
+        f"| method | Dist ({dist_unit}, mean ± std) | success | generation PSNR (dB) | episodes | wall s / episode |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in summaries.items():
@@ -200,6 +200,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS])
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
+    dist_unit = env.metadata.get("dist_unit", "m")  # metres on the tabletop, blocks in the blockworld
     try:
         for row in sorted(ROWS, key=lambda r: r.worldmodel != "slow"):  # the rows that need no finetuning first
             done = results["rows"][row.name]
@@ -233,10 +234,10 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     results["summary"] = summaries
     write_json(out / RESULTS_FILE, results)
     seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
-    table = markdown_table(summaries, env_name(cfg.env), seeds)
+    table = markdown_table(summaries, env_name(cfg.env), seeds, dist_unit)
     write_text_atomic(out / TABLE_FILE, table)
     bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
                                if s["dist_mean"] is not None},
-             "Dist (lower is better)", f"{cfg.task.name} on {env_name(cfg.env)}, {cfg.episodes} held-out seeds")
+             f"Dist ({dist_unit}; lower is better)", f"{cfg.task.name} on {env_name(cfg.env)}, {cfg.episodes} held-out seeds")
     print("\n" + table + f"\nresults, table and plot in {out}")
     return results
