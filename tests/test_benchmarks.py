@@ -70,7 +70,11 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
     assert used[0] == ("dpmsolver++", 2) and set(used[1:]) == {("ddim", 2), ("flow_euler", 2)}
     assert used.index(("flow_euler", 2)) > max(i for i, u in enumerate(used) if u == ("ddim", 2))  # in order
     assert all(row["generate_and_decode_s"] > 0 and row["generate_s"] > 0 for row in rows)  # timed separately: no order
-    assert "peak RSS" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "peak RSS" in printed
+    lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith("  ") and ":2" in line}
+    # the tiny model predicts ε: a flow sampler's row is its time alone
+    assert "time only: the model predicts epsilon" in lines["flow_euler:2"] and "time only" not in lines["ddim:2"]
     assert torch.get_num_threads() == 2  # threads=1 held while it ran; the caller's count is back
 
 

@@ -259,21 +259,19 @@ def test_every_setting_of_every_command_says_what_it_means():
             assert [".".join(p) for p in paths(cfg) if p not in helps] == [], (c.name, overrides)
 
 
-def test_a_warning_during_a_progress_bar_gets_a_line_of_its_own(monkeypatch):
+def test_a_warning_during_a_progress_bar_gets_a_line_of_its_own():
     """Printed as is, `warning: ...` continued the bar's line (`run:  0%| | 0/1 [...]warning: ...`)."""
     import io
     import re
-    import warnings
 
     from tqdm import tqdm
 
     from vplan import cli
     from vplan.errors import VplanWarning
 
-    monkeypatch.setattr(warnings, "formatwarning", cli._format_warning)
     stream = io.StringIO()
     bar = tqdm(total=3, file=stream, desc="run")
-    cli._show_warning(VplanWarning("the LLM planner fell back"), VplanWarning, "x.py", 1, file=stream)
+    stream.write(cli._format_warning(VplanWarning("the LLM planner fell back"), VplanWarning, "x.py", 1))
     bar.close()
     assert re.search(r"run: .*[\r\n]warning: the LLM planner fell back\n", stream.getvalue(), re.DOTALL)
     assert not re.search(r"\]warning:", stream.getvalue())

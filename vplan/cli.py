@@ -457,23 +457,17 @@ _python_format_warning = warnings.formatwarning
 
 
 def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
-    """vplan's own warnings as one line, `warning: ...`; any other as Python prints it."""
-    if issubclass(category, VplanWarning):
-        return f"warning: {message}\n"
-    return _python_format_warning(message, category, filename, lineno, line)
-
-
-def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
-    """A warning on a line of its own, above any progress bar (printed as is, it continued the bar's line)."""
-    text = warnings.formatwarning(message, category, filename, lineno, line)
-    stream = file if file is not None else sys.stderr
+    """vplan's own warnings as one line, `warning: ...`; any other as Python prints it. Progress bars are cleared
+    first (they redraw at their next update), so the warning starts a line of its own rather than continuing a
+    bar's (Python writes what this returns; a `showwarning` of our own would bypass `catch_warnings(record=True)`)."""
     if "tqdm" in sys.modules:
         from tqdm import tqdm
 
-        tqdm.write(text.rstrip("\n"), file=stream)
-    else:
-        stream.write(text)
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.clear()
+    if issubclass(category, VplanWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -496,7 +490,6 @@ def _main(argv: list[str] | None) -> None:
         return
     prog = "vplan"
     warnings.formatwarning = _format_warning
-    warnings.showwarning = _show_warning
     warnings.simplefilter("always", PlannerFallbackWarning)  # each episode's fallback, not only the first
     try:
         command, overrides = _find_command(args)
