@@ -392,7 +392,7 @@ def test_a_diverging_update_names_the_learning_rate() -> None:
     from vplan.errors import RunError
 
     memory = make_memory(lora(lr=1e30, steps_per_chunk=3), tiny_model())
-    with pytest.raises(RunError, match=r"Temp-LoRA loss is (nan|inf) at update \d+; lower memory.lr \(1e\+30\)"):
+    with pytest.raises(RunError, match=r"Temp-LoRA loss is (nan|inf) at update \d+; lower its lr \(1e\+30: memory.lr"):
         for seed in range(5):  # it was reported a chunk later, by the decoder, as NaN latents
             memory.update(latents(CHUNK, seed=seed), latents(CHUNK, seed=seed + 1))
     memory.close()

@@ -217,14 +217,21 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     monkeypatch.setattr(objectives, "rwr_loss", lambda losses, w: used.append(w) or loss_of(losses, w))
     from vplan.rl import loop
 
-    given = []  # the plans the evaluation episodes were handed (exploration's too: None)
+    given, followed = [], []  # the plans each episode was handed (exploration's too: None), and followed
     play = loop.run_episode
-    monkeypatch.setattr(loop, "run_episode", lambda *a, plan=None, **k: given.append(plan) or play(*a, plan=plan, **k))
+
+    def spied(env, agent, *rest, plan=None, **options):
+        given.append(plan)
+        episode = play(env, agent, *rest, plan=plan, **options)
+        followed.append(agent.plan)
+        return episode
+
+    monkeypatch.setattr(loop, "run_episode", spied)
     out = tmp_path / "rl"
     main(rl_args(checkpoints, out, "iterations=1", "eval_episodes=1", f"objective={objective}"))
     # before, after_executor, after: the executor alone is judged on the plan the base model followed (an LLM
     # planner asked again may answer otherwise)
-    assert given[-3] is None and given[-2] is not None and given[-2].texts and given[-1] is None
+    assert given[-3] is None and given[-2] is followed[-3] and given[-1] is None
     if objective == "rwr":  # each step's samples weighted by their advantages' weights
         assert len(made) == 1 and len(used) == 2
         rng = np.random.default_rng(0)  # the draws of iteration 0 (seed=0): each step's chunks, and their weights
@@ -430,7 +437,8 @@ def test_rwr_samples_weigh_a_plans_better_continuation_more():
     samples = RLRun.samples(RLRun.__new__(RLRun), [group])
     advantage = {id(c): a for c, a in samples}
     assert len(samples) == 8  # 2 plans x 2 continuations x 2 chunks
-    assert all(advantage[id(c)] > 0 for c in group[0][1].chunks) and all(advantage[id(c)] < 0 for c in group[0][0].chunks)
+    assert all(advantage[id(c)] > 0 for c in group[0][1].chunks)
+    assert all(advantage[id(c)] < 0 for c in group[0][0].chunks)
     assert all(advantage[id(c)] == 0 for k in range(2) for c in group[1][k].chunks)  # equal rewards: no preference
 
 

@@ -48,7 +48,7 @@ def test_learned_token_ids_are_stable_crc32_buckets() -> None:
 
 def test_learned_reads_words_in_any_script_and_warns_on_what_it_cannot_read(learned: LearnedTextEncoder) -> None:
     null = learned.token_ids([""])
-    for text in ("拿起 红色 方块", "поднимите красный куб"):  # were read as no words: the empty text
+    for text in ("拿起 红色 方块", "поднимите красный куб"):  # were read as no words, as the empty text
         assert not torch.equal(learned.token_ids([text]), null)
     assert not torch.equal(learned.token_ids(["café"]), learned.token_ids(["caf"]))
     assert torch.equal(learned.token_ids(["CAFÉ"]), learned.token_ids(["café"]))
@@ -206,6 +206,7 @@ def test_minilm_warns_once_when_a_text_is_cut(minilm: MiniLMTextEncoder) -> None
         (lambda d: (d / "tokenizer.json").unlink() or (d / "vocab.txt").unlink(), "lacks all-MiniLM-L6-v2's tokenizer"),
         (lambda d: (d / "config.json").unlink(), "lacks all-MiniLM-L6-v2's config.json"),
         (lambda d: _edit_json(d / "config.json", num_hidden_layers=2), "num_hidden_layers 2 \\(expected 6\\)"),
+        (lambda d: _edit_json(d / "config.json", intermediate_size=1024), "transformers cannot load"),  # RuntimeError
     ],
 )
 def test_a_local_copy_with_the_right_weights_but_other_files_is_refused(tmp_path: Path, break_folder, message) -> None:

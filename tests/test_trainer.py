@@ -101,6 +101,17 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_way_back_to_the_one_before
     assert train(LinearFit(), optim, tmp_path, "toy") == 30  # as the message says: from step 10
 
 
+def test_a_checkpoint_of_another_model_is_not_called_damaged(tmp_path):
+    """Deleting it, as for a damaged one, would not help: every checkpoint in `out` is of the other model."""
+    optim = OptimConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)
+    train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
+    wider = LinearFit()
+    wider.module = torch.nn.Linear(5, 1)
+    with pytest.raises(RunError, match=r"checkpoint-0000010 does not fit this model \(Error\(s\) in loading "
+                                       r"state_dict for Linear: .*size mismatch"):
+        train(wider, optim, tmp_path, "toy")
+
+
 def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):
     """Stopping at `until` and going on equals one straight run, cool-down included (its lr needs `steps`)."""
     optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, cooldown_steps=20, save_every=100)

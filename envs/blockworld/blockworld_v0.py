@@ -122,8 +122,9 @@ class BlockworldEnv(LastFrameRender, gym.Env):
     The first `path_chunks * chunk_steps` steps are the outbound path, one instruction per `chunk_steps`;
     then the return. `success` holds when every waypoint and the turning point have been passed within
     `success_radius` on the return and the agent is back at the start (within a quarter block); the episode
-    terminates then, with reward 1 (so `success` and the reward agree), and the env truncates it after `max_episode_steps` (200) steps (`gymnasium.make`'s own
-    `max_episode_steps=` adds a `TimeLimit`; the earlier limit ends the episode).
+    terminates then, with reward 1 (so `success` and the reward agree), and the env truncates it after
+    `max_episode_steps` (200) steps (`gymnasium.make`'s own `max_episode_steps=` adds a `TimeLimit`; the earlier
+    limit ends the episode).
 
     ## Rendering
     Offscreen through `MUJOCO_GL` (EGL if libEGL is found, else OSMesa), chosen when `vplan.envs` is imported

@@ -96,8 +96,9 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
     for row, diffusion in zip(rows, diffusions.values()):
         ratio = row["generate_and_decode_s"] / TARGET_SECONDS
         # a sampler of the other objective draws no sensible chunk from this model: its time is all it measures
-        other = f"  (time only: the model predicts {config.diffusion.objective})" \
-            if diffusion.objective != config.diffusion.objective else ""
+        other = ""
+        if diffusion.objective != config.diffusion.objective:
+            other = f"  (time only: the model predicts {config.diffusion.objective})"
         print(f"  {row['sampler']:16} {row['generate_s']:13.2f} {row['generate_and_decode_s']:13.2f} {ratio:15.2f}x"
               f"{other}")
     print(f"default sampler: {config.diffusion.sampler}:{config.diffusion.num_inference_steps}; peak RSS {peak_mb:.0f} MB")

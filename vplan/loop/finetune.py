@@ -201,6 +201,11 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
     write_json(path, settings)
 
 
+def _diverged(episode: int, chunk: int) -> RunError:
+    return RunError(f"finetune inner loop: Temp-LoRA's adapter diverged (a value became NaN or inf) in episode "
+                    f"{episode}, chunk {chunk}; start again with a lower memory.lr in another out=DIR")
+
+
 def run_inner_episode(
     world_model: WorldModel, memory: Any, frames: np.ndarray, texts: list[str], path: Path, episode: int
 ) -> int:
@@ -217,15 +222,13 @@ def run_inner_episode(
         for name, tensor in state.items():
             tensors[_chunk_prefix(k) + name] = tensor.detach().cpu().contiguous()
         previous = latents[max(0, chunk.start - config.chunk_frames) : chunk.start][None]
-        diverged = RunError(f"finetune inner loop: Temp-LoRA's adapter diverged (a value became NaN or inf) in "
-                            f"episode {episode}, chunk {k}; start again with a lower memory.lr in another out=DIR")
         try:
             memory.update(previous, latents[chunk.start : chunk.start + chunk.frames][None])
         except RunError:  # the memory's own check, on its loss
-            raise diverged from None
+            raise _diverged(episode, k) from None
         state = memory.state_dict()
         if not all(torch.isfinite(t).all() for t in state.values()):
-            raise diverged
+            raise _diverged(episode, k)
     metadata = {
         "format": INNER_FORMAT,
         "format_version": INNER_FORMAT_VERSION,

@@ -14,6 +14,7 @@ newest checkpoint, and is refused if a setting (but for the run's length and log
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,14 @@ from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
-from vplan.utils.files import folder_written_aside
+from vplan.utils.files import folder_written_aside, write_json
 from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, write_config
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
 FINAL = "final"
+SPLIT_FILE = "split.json"  # in `out`: the episodes a run holds out, which a resume keeps
 
 
 @dataclass
@@ -293,19 +295,12 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
     write_config(out, cfg)
 
 
-SPLIT_FILE = "split.json"  # in `out`: the episodes a run trains on and holds out, which a resume keeps
-
-
 def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], resuming: bool) -> None:
     """Record the split a run begins with; refuse a resume whose dataset has grown or shrunk since, as the last
     `holdout_episodes` would then be other episodes and the held-out ones trained on."""
-    import json
-
-    from vplan.utils.files import write_json
-
     file = out / SPLIT_FILE
     if resuming and file.is_file():
-        began = json.loads(file.read_text())
+        began = json.loads(file.read_text())  # written atomically: whole or absent
         if began["held_out"] != held_out:
             raise UsageError(f"{cfg.data} holds {episodes} episodes now, {began['episodes']} when {out} began: the "
                              f"held-out ones (then {began['held_out'][0]}..{began['held_out'][-1]}) would be trained "

@@ -102,10 +102,14 @@ def train(
     if checkpoints:
         try:
             state = load_checkpoint(checkpoints[-1], module, optimizer)
-        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as error:  # a damaged file
+        except (SafetensorError, OSError, json.JSONDecodeError) as error:  # a damaged file: the one before is not
             raise RunError(f"{description}: {checkpoints[-1]} cannot be read ({first_line(error, with_type=True)}); "
                            "delete that folder to resume from the checkpoint before it, or choose another out=DIR"
                            ) from None
+        except (RuntimeError, ValueError, KeyError) as error:  # intact, but of another model: so are the others
+            detail = " ".join(str(error).split())[:300]
+            raise RunError(f"{description}: {checkpoints[-1]} does not fit this model ({detail}); choose another "
+                           "out=DIR") from None
         step = state["step"]
         if accelerator.scaler is not None and GRAD_SCALER in state:  # fp16: the loss scale it had reached
             accelerator.scaler.load_state_dict(state[GRAD_SCALER])

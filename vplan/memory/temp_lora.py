@@ -294,7 +294,8 @@ class TempLoRAMemory(EpisodicMemory):
                     ) / len(sequences)
                     if not torch.isfinite(loss):  # the next chunk would be NaN, its decoding the first error
                         raise RunError(f"memory: the Temp-LoRA loss is {loss.item()} at update {self._updates + 1}; "
-                                       f"lower memory.lr ({self.config.lr})")
+                                       f"lower its lr ({self.config.lr}: memory.lr, or temp_lora.lr in eval "
+                                       "consistency)")
                     self._optimizer.zero_grad(set_to_none=True)
                     loss.backward(inputs=params)
                     self._optimizer.step()

@@ -470,10 +470,11 @@ def evaluate(
     finally:
         agent.close()
     dists = [r["dist"] for r in results if r["dist"] is not None]
+    phased = [r for r in results if r["phase"] is not None]  # MineRL's navigate has no phases
     return {"chunk_offset": chunk_offset, "success_rate": float(np.mean([r["success"] for r in results])),
             "dist_mean": float(np.mean(dists)) if dists else None, "dist_unit": env.metadata.get("dist_unit", "m"),
             "chunks_per_episode": float(np.mean([r["chunks"] for r in results])),
-            "return_phase_rate": float(np.mean([r["phase"] == "return" for r in results])),
+            "return_phase_rate": float(np.mean([r["phase"] == "return" for r in phased])) if phased else None,
             "episodes": results}, followed
 
 

@@ -33,6 +33,9 @@ class Reward(Protocol):
     def score(self, rollout: EpisodeRollout) -> float | None: ...
 
 
+TERMS = ("outcome", "executability", "consistency", "idm_reproduction", "vlm")  # the weighted rewards
+
+
 @dataclass
 class RewardConfig:
     """Weights of the rewards in the sum each continuation is ranked by (0: off)."""
@@ -50,12 +53,11 @@ class RewardConfig:
     vlm: float = field(default=0.0, metadata={"help": "Weight of the VLM yes/no reward; needs vlm_reward.enabled."})
 
     def __post_init__(self) -> None:
-        for name in ("outcome", "progress_weight", "executability", "consistency", "idm_reproduction", "vlm"):
+        for name in (*TERMS, "progress_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"rewards.{name}: expected a finite weight >= 0, got {value!r}")
-        if not any(getattr(self, name) > 0 for name in ("outcome", "executability", "consistency",
-                                                        "idm_reproduction", "vlm")):
+        if not any(getattr(self, name) > 0 for name in TERMS):
             raise ValueError("rewards: every weight is 0, so every reward is 0 and nothing is learned; give one "
                              "a weight above 0 (the defaults: outcome=1 executability=0.5 consistency=0.1)")
         if self.idm_reproduction > 0 and not (self.action_worldmodel or "").strip():

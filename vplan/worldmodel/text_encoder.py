@@ -7,7 +7,7 @@ Two kinds share one interface (`forward(texts) -> (states (B, L, D), mask (B, L)
   match the upstream `model.safetensors`. The transformer stays on the CPU outside the module tree, so it
   is neither trained nor saved with the world model; encodings of repeated texts come from an LRU cache
   (the set of subgoal texts is small).
-- `learned`: a dependency-free fallback. Casefolded words (runs of letters and digits, any script) are hashed
+- `learned`: a dependency-free fallback. Casefolded words (runs of letters and digits; a combining mark splits a word) are hashed
   into buckets with zlib.crc32 (stable across processes, unlike `hash`) and embedded with a learned position
   embedding; it trains with the world model.
 
@@ -54,7 +54,7 @@ MINILM_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379ca
 # config says otherwise (another layer count) would load with weights dropped and encode differently.
 MINILM_ARCHITECTURE = {"num_hidden_layers": 6, "hidden_size": MINILM_DIM, "vocab_size": 30522}
 PAD_ID, START_ID = 0, 1  # reserved ids of the learned encoder; words hash into [2, vocab_buckets)
-WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, in any script
+WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, in any script (a combining mark ends one)
 
 
 @dataclass
@@ -132,7 +132,7 @@ class LearnedTextEncoder(TextEncoder):
 
     def token_ids(self, texts: list[str]) -> torch.Tensor:
         """(B, max_tokens) ids: the start token, then crc32 buckets of the casefolded words (runs of letters and
-        digits, any script), then padding."""
+        digits, in any script; combining marks, as Devanagari's vowel signs, split them), then padding."""
         buckets = self.config.vocab_buckets - 2
         ids = torch.full((len(texts), self.max_tokens), PAD_ID, dtype=torch.long)
         for row, text in enumerate(texts):
@@ -272,7 +272,7 @@ def _load_minilm(model_dir: Path) -> tuple[Any, nn.Module]:
     from transformers import AutoModel, AutoTokenizer  # slow import, needed only by this kind
     from transformers.utils import logging as hf_logging
 
-    missing = [name for name in ("config.json",) if not (model_dir / name).is_file()]
+    missing = [] if (model_dir / "config.json").is_file() else ["config.json"]
     if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
     if missing:
@@ -283,7 +283,7 @@ def _load_minilm(model_dir: Path) -> tuple[Any, nn.Module]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = AutoModel.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError) as error:  # RuntimeError: weights of another shape
         raise MiniLMFilesError(f"{model_dir}: transformers cannot load all-MiniLM-L6-v2 from it "
                                f"({first_line(error, with_type=True)})") from None
     finally:
