@@ -7,9 +7,9 @@ Two kinds share one interface (`forward(texts) -> (states (B, L, D), mask (B, L)
   match the upstream `model.safetensors`. The transformer stays on the CPU outside the module tree, so it
   is neither trained nor saved with the world model; encodings of repeated texts come from an LRU cache
   (the set of subgoal texts is small).
-- `learned`: a dependency-free fallback. Casefolded words (runs of letters and digits; a combining mark splits a word) are hashed
-  into buckets with zlib.crc32 (stable across processes, unlike `hash`) and embedded with a learned position
-  embedding; it trains with the world model.
+- `learned`: a dependency-free fallback. Casefolded words (runs of letters and digits; a combining mark splits a
+  word) are hashed into buckets with zlib.crc32 (stable across processes, unlike `hash`) and embedded with a
+  learned position embedding; it trains with the world model.
 
 Every text becomes exactly `max_tokens` tokens (truncated, with a warning, or padded), and padded positions are zeroed:
 diffusers' UNet3D ignores attention masks, so a zero token (no content through the bias-free key/value
