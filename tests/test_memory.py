@@ -269,6 +269,18 @@ def test_learning_goes_on_from_a_loaded_adapter_as_from_a_reset() -> None:
         assert torch.equal(tensor, used.state_dict()[name]), name
 
 
+def test_making_a_memory_leaves_the_gpus_generators_alone(monkeypatch) -> None:
+    """peft draws LoRA A on the CPU; `torch.manual_seed` would also reseed every GPU's generator, which
+    `fork_rng(devices=[])` does not give back."""
+    from vplan.rl.objectives import add_rl_adapter
+
+    models, reseeded = [tiny_model(), tiny_model()], []  # (tiny_model seeds the process itself)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    make_memory(lora(), models[0]).close()
+    add_rl_adapter(models[1].unet, rank=2, seed=0)
+    assert reseeded == []
+
+
 def test_an_update_leaves_the_process_wide_generator_alone() -> None:
     """The update runs on a worker thread beside the caller: gradient checkpointing must not save and set the
     global RNG there (it would rewind the caller's draws)."""

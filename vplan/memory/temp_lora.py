@@ -147,7 +147,7 @@ class TempLoRAMemory(EpisodicMemory):
         _check_targets(unet, lora, config.target_modules)
         # peft draws LoRA A's initial weights from the global RNG: seed it from the config, leave the caller's alone.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+            torch.default_generator.manual_seed(config.seed)  # the CPU's alone: manual_seed reseeds the GPUs too
             unet.add_adapter(lora, adapter_name=ADAPTER_NAME)
         # add_adapter freezes everything but adapters; give the base its flags back (gradients are taken for the
         # LoRA parameters only, see _update), so the memory leaves the world model as it found it.

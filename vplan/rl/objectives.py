@@ -52,7 +52,7 @@ def add_rl_adapter(
     from peft import LoraConfig
 
     with torch.random.fork_rng(devices=[]):  # peft draws LoRA A from the global RNG
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's alone: manual_seed reseeds the GPUs too
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), lora_dropout=0.0),
                          adapter_name=ADAPTER_NAME)
 
