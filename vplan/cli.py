@@ -167,14 +167,20 @@ def _interrupted(prog: str) -> NoReturn:
     raise SystemExit(INTERRUPTED)
 
 
+def _progress_bars() -> list[Any]:
+    """The tqdm bars open in this process (none where tqdm was never imported)."""
+    if "tqdm" not in sys.modules:
+        return []
+    from tqdm import tqdm
+
+    return list(getattr(tqdm, "_instances", ()))
+
+
 def _end_progress_bars() -> None:
     """Close the progress bars an error left open, so the error starts a line of its own rather than
     continuing a bar's."""
-    if "tqdm" in sys.modules:
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()
+    for bar in _progress_bars():
+        bar.close()
 
 
 def _print_help() -> None:
@@ -460,11 +466,8 @@ def _format_warning(message: Any, category: type[Warning], filename: str, lineno
     """vplan's own warnings as one line, `warning: ...`; any other as Python prints it. Progress bars are cleared
     first (they redraw at their next update), so the warning starts a line of its own rather than continuing a
     bar's (Python writes what this returns; a `showwarning` of our own would bypass `catch_warnings(record=True)`)."""
-    if "tqdm" in sys.modules:
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.clear()
+    for bar in _progress_bars():
+        bar.clear()
     if issubclass(category, VplanWarning):
         return f"warning: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)

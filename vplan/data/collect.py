@@ -200,11 +200,10 @@ def collect(cfg: CollectConfig) -> Path:
             except UsageError:
                 env.close()
                 raise
-        if start >= cfg.episodes:
-            print(f"{out} already holds {start} episodes (asked for {cfg.episodes}); nothing to do")
-            env.close()
-            return out
-        if start:
+            if start >= cfg.episodes:  # (episodes >= 1: an empty dataset always has some to collect)
+                print(f"{out} already holds {start} episodes (asked for {cfg.episodes}); nothing to do")
+                env.close()
+                return out
             print(f"resuming {out}: {start} episodes there, collecting {cfg.episodes - start} more")
         write_config(out, cfg)  # what a later resume is held to
         successes = 0

@@ -11,8 +11,8 @@ Two kinds share one interface (`forward(texts) -> (states (B, L, D), mask (B, L)
   word) are hashed into buckets with zlib.crc32 (stable across processes, unlike `hash`) and embedded with a
   learned position embedding; it trains with the world model.
 
-Every text becomes exactly `max_tokens` tokens (truncated, with a warning, or padded), and padded positions are zeroed:
-diffusers' UNet3D ignores attention masks, so a zero token (no content through the bias-free key/value
+Every text becomes exactly `max_tokens` tokens (truncated, with a warning, or padded), and padded positions are
+zeroed: diffusers' UNet3D ignores attention masks, so a zero token (no content through the bias-free key/value
 projections) and a fixed length keep a text's conditioning independent of its batch. The mask is still
 returned for models that use it. Both kinds start each text with a start token ([CLS], or a learned one),
 so even "" has one real token.
