@@ -91,6 +91,22 @@ def test_a_different_env_config_is_refused(tmp_path):
         collect(replace(cfg, env=TabletopConfig(image_size=24)))
 
 
+def test_the_agents_episodes_a_run_recorded_are_not_appended_to(tmp_path):
+    """`vplan run record=true` writes <run>/episodes with an expert dataset's columns and no config.yaml of its
+    own: collect once took it for a dataset begun before settings were recorded, and appended expert episodes."""
+    from vplan.errors import UsageError
+
+    collect(small_config(tmp_path / "run" / "episodes", episodes=1))
+    (tmp_path / "run" / "episodes" / "config.yaml").unlink()  # as run writes it
+    (tmp_path / "run" / "config.yaml").write_text("record: true\n")
+    with pytest.raises(UsageError, match=r"holds the agent's episodes that `vplan run record=true` recorded"):
+        collect(small_config(tmp_path / "run" / "episodes", episodes=2))
+    assert EpisodeDataset(tmp_path / "run" / "episodes").num_episodes == 1
+    (tmp_path / "run" / "config.yaml").write_text("record: false\n")  # a folder of that name, not the run's
+    collect(small_config(tmp_path / "run" / "episodes", episodes=2))
+    assert EpisodeDataset(tmp_path / "run" / "episodes").num_episodes == 2
+
+
 def test_noisy_exploring_collection_is_applied_and_reproduced_episode_by_episode(tmp_path):
     """The expert's noise and exploration reach the data, and are drawn per seed: a dataset collected in two
     sessions equals one collected in one."""

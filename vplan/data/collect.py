@@ -148,9 +148,23 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
     began `out`: one dataset, one way of collecting (an env's max_delta, say, sets what its actions mean)."""
     if (out / CONFIG_FILE).is_file():
         check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES)
+    elif _recorded_by_run(out):
+        raise UsageError(f"{out} holds the agent's episodes that `vplan run record=true` recorded in {out.parent}, "
+                         "not an expert's; collect into another out=DIR")
     else:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
+
+
+def _recorded_by_run(out: Path) -> bool:
+    """Whether `out` is the dataset of a `vplan run record=true` run directory (its `episodes/`; the run's
+    config.yaml, one level up, says record: true): the same columns as an expert's, other episodes."""
+    from omegaconf import OmegaConf
+
+    from vplan.run import EPISODES_DIR
+
+    config = out.parent / CONFIG_FILE
+    return out.name == EPISODES_DIR and config.is_file() and bool(OmegaConf.load(config).get("record", False))
 
 
 def explore_fraction(data: str | Path) -> float:

@@ -83,7 +83,7 @@ class MemoryConfig:
         if self.update_on not in UPDATE_ON:
             raise ValueError(f"update_on: expected one of {UPDATE_ON}, got {self.update_on!r}")
         check_ints(self, ("rank", "steps_per_chunk"))
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (math.isfinite(self.lr) and self.lr > 0):  # its type: check_field_types
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
                                            and math.isfinite(self.alpha) and self.alpha > 0):
