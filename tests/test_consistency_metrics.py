@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from vplan.eval.consistency_metrics import (
     PSNR_MAX_DB,
@@ -146,8 +146,10 @@ def test_resnet18_loads_torchvision_named_weights(tmp_path, resnet18_file):
     renamed = {name: _torchvision_to_transformers(name) for name in torchvision_resnet18_names()}
     trunk = {name: hf for name, hf in renamed.items() if hf is not None}
     assert sorted(trunk.values()) == sorted(hf_state)  # every trunk tensor, each once; only fc is dropped
-    state = {name: hf_state[hf].contiguous() for name, hf in trunk.items()}
+    # torchvision's ImageNet file (resnet18-f37072fd) has no BatchNorm num_batches_tracked: 102 tensors
+    state = {name: hf_state[hf].contiguous() for name, hf in trunk.items() if "num_batches_tracked" not in name}
     state |= {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+    assert len(state) == 102
     save_file(state, str(tmp_path / "tv.safetensors"))
     frames = np.stack([scene(2), scene(3)])
     torch.testing.assert_close(ResNet18Features(tmp_path / "tv.safetensors", image_size=64)(frames),
@@ -164,6 +166,15 @@ def test_feature_extractor_choice_and_errors(tmp_path, tiny_vae, resnet18_file):
     save_file({"conv1.weight": torch.zeros(64, 3, 7, 7)}, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match="missing"):
         ResNet18Features(tmp_path / "partial.safetensors")
+    (tmp_path / "damaged.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="damaged.safetensors': not a readable safetensors file"):
+        ResNet18Features(tmp_path / "damaged.safetensors")
+    narrow = {k: v[: max(1, len(v) // 2)].contiguous() if v.ndim else v
+              for k, v in load_file(str(resnet18_file[0])).items()}
+    save_file(narrow, str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(ValueError, match=r"embedder.embedder.convolution.weight is \(32, 3, 7, 7\), a ResNet-18's "
+                                         r"is \(64, 3, 7, 7\) \(\d+ tensors differ\)"):
+        ResNet18Features(tmp_path / "narrow.safetensors")
     video = np.stack([scene(0), scene(1)])
     extractor = VAEEncoderFeatures(tiny_vae)
     for bad in ([], [(1, 0)], [(0, 2)], [(-1, 1)]):

@@ -5,6 +5,7 @@ envs without a revisit scenario fail with one clear line."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from vplan.cli import main
 from vplan.envs import TabletopConfig
+from vplan.errors import RunError
 from vplan.eval.consistency import EvalConsistencyConfig, evaluate_consistency
 from vplan.eval.revisit import NoRevisitScenarioError, revisit_scenario, revisit_scenario_for
 from vplan.memory import MemoryConfig
@@ -162,6 +164,9 @@ def test_config_checks_name_the_bad_value():
         EvalConsistencyConfig(env=env, task=TASK, features="clip")
     with pytest.raises(ValueError, match="resnet18_weights: expected a local ResNet-18"):
         EvalConsistencyConfig(env=env, task=TASK, features="resnet18")
+    with pytest.raises(ValueError, match="resnet18_weights: used with features=resnet18 only, got it with "
+                                         "features=vae; add features=resnet18"):
+        EvalConsistencyConfig(env=env, task=TASK, resnet18_weights="r18.safetensors")
     with pytest.raises(ValueError, match="temp_lora.kind: expected 'temp_lora'"):
         EvalConsistencyConfig(env=env, task=TASK, temp_lora=MemoryConfig(kind="anchor"))
     assert EvalConsistencyConfig(env=env, task=TASK).memory_config("anchor").kind == "anchor"
@@ -269,6 +274,33 @@ def test_the_last_chunk_is_not_learned_from():
     memory = CountingMemory()
     latents = imagine(None, memory, torch.zeros(1, 1, 1, 1, 1), ["a", "b", "c"], None)
     assert latents.shape[1] == 1 + 3 * 2 and memory.updates == 2
+
+    class DivergingMemory(CountingMemory):  # its second chunk is NaN: nothing after it is drawn
+        config = MemoryConfig(kind="temp_lora")
+
+        def generate(self, history, texts, generator=None):
+            return torch.full((1, 2, 1, 1, 1), float("nan") if history.shape[1] > 1 else 0.0)
+
+    memory = DivergingMemory()
+    with pytest.raises(RunError, match=r"memory temp_lora drew chunk 2 of 3 as NaN or infinite latents"):
+        imagine(None, memory, torch.zeros(1, 1, 1, 1, 1), ["a", "b", "c"], None)
+    assert memory.updates == 1
+
+
+def test_a_diverged_rollout_stops_with_one_line_naming_seed_mode_and_chunk(tiny_checkpoint, tmp_path, capsys):
+    """A Temp-LoRA whose lr is far too large draws NaN latents (or a NaN loss): one line, the finished
+    rollouts kept; it once was a decoder traceback after 32 NaN chunks."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "consistency", f"checkpoint={tiny_checkpoint}", f"out={out}", "modes=[none,temp_lora]",
+              "video_episodes=0", *OVERRIDES, "temp_lora.lr=1000"])
+    assert exit_info.value.code != 0
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0
+    assert re.search(r"error: seed 10000: memory temp_lora drew chunk \d of 4 as NaN or infinite latents \(a "
+                     r"diverged Temp-LoRA: lower temp_lora.lr\); the rollouts finished before it are in", error)
+    progress = json.loads((out / "progress.json").read_text())
+    assert [row["seed"] for row in progress["modes"]["none"]] == [10000] and progress["modes"]["temp_lora"] == []
 
 
 def test_paired_difference_matches_episodes_by_seed():

@@ -44,6 +44,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.data.dataset import chunk_subgoal
+from vplan.errors import RunError
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
@@ -123,6 +124,9 @@ class EvalConsistencyConfig:
         if self.features == "resnet18" and not self.resnet18_weights:
             raise ValueError("resnet18_weights: expected a local ResNet-18 .safetensors file with features=resnet18, "
                              "got none")
+        if self.features != "resnet18" and self.resnet18_weights:  # scored with the VAE, unsaid
+            raise ValueError(f"resnet18_weights: used with features=resnet18 only, got it with features="
+                             f"{self.features}; add features=resnet18, or leave resnet18_weights out")
         if not isinstance(self.video_episodes, int) or self.video_episodes < 0:
             raise ValueError(f"video_episodes: expected an int >= 0, got {self.video_episodes!r}")
 
@@ -143,6 +147,9 @@ def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: An
     history = previous = start
     for index, text in enumerate(texts):
         chunk = memory.generate(history, [text], generator=generator)
+        if not torch.isfinite(chunk).all():  # every later chunk would follow it, and decoding refuses it
+            raise RunError(f"memory {memory.config.kind} drew chunk {index + 1} of {len(texts)} as NaN or infinite "
+                           "latents (a diverged Temp-LoRA: lower temp_lora.lr)")
         last = index == len(texts) - 1  # nothing follows it: learning from it would only cost time
         if observed is None and not last:
             memory.update(previous, chunk)
@@ -256,6 +263,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                     learn_from = observed if memory.config.update_on == "observed" else None
                     latents = imagine(model, memory, start, texts, torch.Generator().manual_seed(seed),
                                       observed=learn_from, on_chunk=lambda: bar.update(1))
+                except RunError as error:  # a diverged rollout: noise seeded by seed, so it diverges again
+                    raise RunError(f"seed {seed}: {error}; the rollouts finished before it are in "
+                                   f"{out / PROGRESS_FILE}") from None
                 finally:
                     memory.close()
                 video = model.decode(latents)[0].numpy()

@@ -230,12 +230,16 @@ def load_resnet18_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     microsoft/resnet-18 files; the `resnet.` prefix and the classifier are dropped) and torchvision/timm
     naming (`conv1`, `bn1`, `layer1.0.conv1`, ...; `fc` is dropped). Never a pickle.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         raise ValueError(f"resnet18 weights: expected an existing .safetensors file, got {str(path)!r}")
-    raw = load_file(str(path))
+    try:
+        raw = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"resnet18 weights {str(path)!r}: not a readable safetensors file ({error})") from None
     hf_layout = any(k.startswith(("embedder.", "encoder.", "resnet.")) for k in raw)
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
@@ -270,14 +274,23 @@ class ResNet18Features:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         model = resnet18_model()
         state = load_resnet18_state_dict(weights)
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        expected = model.state_dict()
+        for name in expected:  # torchvision's ImageNet file predates BatchNorm's counter, which inference ignores
+            if name.endswith(".num_batches_tracked"):
+                state.setdefault(name, torch.zeros_like(expected[name]))
+        missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
         if missing or unexpected:
             raise ValueError(
                 f"resnet18 weights {str(weights)!r}: expected a ResNet-18 (transformers or torchvision naming); "
                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
             )
+        reshaped = [name for name in expected if state[name].shape != expected[name].shape]
+        if reshaped:
+            name = reshaped[0]
+            raise ValueError(f"resnet18 weights {str(weights)!r}: expected a ResNet-18; {name} is "
+                             f"{tuple(state[name].shape)}, a ResNet-18's is {tuple(expected[name].shape)}"
+                             f"{f' ({len(reshaped)} tensors differ)' if len(reshaped) > 1 else ''}")
         model.load_state_dict(state, strict=True)
         self.model = model.to(device).eval()
         self.image_size, self.device, self.batch_size = image_size, torch.device(device), batch_size
