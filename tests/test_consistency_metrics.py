@@ -73,6 +73,15 @@ def test_a_one_frame_glitch_counts_once():
     assert scene_cuts(video) == 1
 
 
+def test_a_cut_in_the_last_frames_counts_after_a_glitch_too():
+    """Once the flash filter has merged a glitch, PySceneDetect reports a cut only after min_scene_len more
+    frames, which a video ending sooner never shows: the same late cut counted or not by an earlier glitch."""
+    for last in (1, 2, SCENE_CUT_DETECTOR.min_scene_len - 1):
+        video = cut_video([60 - last, last])
+        video[20] = scene(7)
+        assert scene_cut_frames(video) == [20, 60 - last]
+
+
 def test_scene_cuts_checks_its_input():
     with pytest.raises(ValueError, match="uint8"):
         scene_cuts(np.zeros((5, SIZE, SIZE, 3), np.float32))

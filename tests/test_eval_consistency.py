@@ -303,6 +303,22 @@ def test_a_diverged_rollout_stops_with_one_line_naming_seed_mode_and_chunk(tiny_
     assert [row["seed"] for row in progress["modes"]["none"]] == [10000] and progress["modes"]["temp_lora"] == []
 
 
+def test_scuts_is_not_called_fewer_is_better_where_the_real_take_cuts(capsys):
+    """Blockworld's turns swing the whole view: its real take has cuts of its own (27.5 per episode)."""
+    from vplan.eval.consistency import _print_table
+
+    row = {"scuts": 2.0, "src": 18.0, "src_from_context": None, "src_from_generated": 18.0,
+           "psnr_drift_db_per_chunk": -0.005, "psnr_db": 10.5, "seconds": 98.0}
+    metrics = {"env": "blockworld", "checkpoint_sha256": "0" * 16, "features": "vae_encoder",
+               "src_comparable_to_paper": False, "chunk_frames": 8, "context_frames": 4, "threads": [1],
+               "modes": {"none": row}}
+    cfg = EvalConsistencyConfig(env=TabletopConfig(), task=TASK, modes=["none"])
+    for real_cuts, said in ((27.5, "the real take has 27.50 per episode, cuts of its own"), (0.0, "fewer is better")):
+        _print_table(cfg, {**metrics, "real": {**row, "scuts": real_cuts}}, Path("out"))
+        printed = capsys.readouterr().out
+        assert said in printed and ("fewer is better" in printed) == (real_cuts == 0)
+
+
 def test_paired_difference_matches_episodes_by_seed():
     from vplan.eval.consistency import paired_difference
 
