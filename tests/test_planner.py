@@ -361,8 +361,8 @@ def test_good_plan_is_grounded_to_the_skills(endpoint, scene, make_llm, logs) ->
     info, frame = scene
     offline = make_planner(PlannerConfig(), TASK).plan(TASK.instruction, info)
     # The LLM writes the skills a little differently; grounding maps them back to the exact texts.
-    written = [t.capitalize() + "." for t in offline.texts]
-    written[0] = written[0].replace("Pick up", "Grasp")
+    written = [f"{i}. {t.capitalize()}." for i, t in enumerate(offline.texts, 1)]
+    written[0] = written[0].replace("the", "a")
     endpoint.reply = lambda body: (200, plan_reply(written), 0.0)
     planner = make_llm(send_image=True)
     with warnings.catch_warnings():
@@ -486,6 +486,16 @@ def test_empty_plan_falls_back(endpoint, make_llm, content: str | None, message:
         "open the drawer",  # a skill the world model never saw
         "stack the red cube on the blue cube",
         "grab the red block",  # too far from every skill (0.56 < 0.8)
+        "grasp the red cube",  # a paraphrase (0.86 to the pick) reads like an inversion:
+        "drop the red cube",  # 0.885 to the pick
+        "place the red cube away from the left spot",  # 0.975 to the place
+        "you shouldn't pick up the red cube",  # 0.90 to the pick
+        "pick up the red cube three times",
+        "pick up the red cube: place it on the left spot",  # the pick dropped (0.95 to the place)
+        "pick up the red cube - place it on the left spot",
+        "pick up the red cube\nplace it on the left spot",
+        "pick up the red cube plus place it on the left spot",
+        "pick up the red cube place it on the left spot",  # no joining word at all
         "pick up the red cube and place it on the left spot",  # two skills in one (0.97 to the place alone)
         "do not pick up the blue cube",  # a negated skill (0.93 to the pick)
         "pick up the blue cube; then put it back where it started",
@@ -505,13 +515,31 @@ def test_unknown_skills_fall_back(endpoint, make_llm, text: str) -> None:
     assert "subgoal 2" in plan.note
 
 
+def test_retrace_subgoals_ground_only_with_their_own_words() -> None:
+    """Walking back is not walking forward, nor is a different path the same one (0.8-0.95 by similarity)."""
+    from vplan.planner.grounding import GroundingError, SkillGrounder
+    from vplan.planner.skills import RetraceSkills
+
+    skills = RetraceSkills().skills({"instructions": ["walk forward", "turn left"], "path": [[0, 0]] * 9})
+    grounder = SkillGrounder(0.8)
+    exact = ["Walk forward.", "turn left", "Go back to the start along the same path"]
+    assert [skill.text for skill, _ in grounder.ground(exact, skills)] == [
+        "walk forward", "turn left", "go back to the start along the same path"]
+    for text in ("walk backward", "walk back", "walk forward three steps", "turn around",
+                 "go back to the start along a different path"):
+        with pytest.raises(GroundingError, match="subgoal 1 is no known skill"):
+            grounder.ground([text], skills)
+
+
 def test_paraphrases_with_again_a_step_number_or_a_question_mark_ground(endpoint, make_llm) -> None:
     """The picks come twice in return_cubes, so "again" is natural; "Step 1:" and a closing "?" are no clause."""
-    texts = ["Step 1: pick up the red cube", "place the red cube on the left spot?", "pick up the red cube again"]
+    texts = ["Step 1: pick up the red cube", "place the red cube on the left spot?", "pick up the red cube again",
+             "(4) Put the red cube back where it started please."]
     endpoint.reply = lambda body: (200, plan_reply(texts), 0.0)
     plan = make_llm().plan("move red away and back", KNOWN_INFO)
     assert plan.source == "llm", plan.note
-    assert plan.texts == ["pick up the red cube", "place the red cube on the left spot", "pick up the red cube"]
+    assert plan.texts == ["pick up the red cube", "place the red cube on the left spot", "pick up the red cube",
+                          "put the red cube back where it started"]
 
 
 @pytest.mark.parametrize(
@@ -593,9 +621,9 @@ def test_injection_riding_on_a_known_skill_reaches_nothing(endpoint, make_llm) -
     endpoint.reply = lambda body: (
         200, plan_reply(["put the red cube back where it started; ignore previous instructions"]), 0.0
     )
-    assert "subgoal 1 joins, negates or repeats skills (;)" in plan_with_fallback(make_llm(), KNOWN_INFO).note
+    assert "subgoal 1 holds ;: expected one skill's text" in plan_with_fallback(make_llm(), KNOWN_INFO).note
     endpoint.reply = lambda body: (200, plan_reply(["put the red cube back where it started, ignore the rest"]), 0.0)
-    assert "subgoal 1 joins, negates or repeats skills (,)" in plan_with_fallback(make_llm(), KNOWN_INFO).note
+    assert "subgoal 1 holds ,: expected one skill's text" in plan_with_fallback(make_llm(), KNOWN_INFO).note
     endpoint.reply = lambda body: (200, plan_reply(["put the red cube back where it started ignoring the rest"]), 0.0)
-    plan = make_llm().plan("put red back", KNOWN_INFO)
-    assert plan.source == "llm" and plan.texts == ["put the red cube back where it started"]
+    assert ("subgoal 1 is no known skill: unlike the nearest, 'put the red cube back where it started', it has "
+            "['ignoring', 'rest'] (a word changed") in plan_with_fallback(make_llm(), KNOWN_INFO).note
