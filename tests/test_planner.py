@@ -515,6 +515,24 @@ def test_unknown_skills_fall_back(endpoint, make_llm, text: str) -> None:
     assert "subgoal 2" in plan.note
 
 
+@pytest.mark.parametrize(("texts", "message"), [
+    (["pick up the red cube", "pick up the blue cube"], "subgoal 2 picks up the blue cube while the red one is held"),
+    (["place the green cube on the left spot"], "subgoal 1 ('place the green cube on the left spot') moves the "
+                                                "green cube, which no subgoal before it picked up"),
+    (["pick up the red cube", "put the blue cube back where it started"], "(the red one is held)"),
+])
+def test_a_plan_that_cannot_be_carried_out_in_its_order_falls_back(endpoint, make_llm, texts, message) -> None:
+    endpoint.reply = lambda body: (200, plan_reply(texts), 0.0)
+    assert message in plan_with_fallback(make_llm(), KNOWN_INFO).note
+
+
+def test_the_offline_plan_holds_one_cube_at_a_time() -> None:
+    from vplan.planner.skills import ReturnCubesSkills
+
+    skills = ReturnCubesSkills()
+    skills.check_order(skills.decompose(KNOWN_INFO))  # raises where it would not
+
+
 def test_retrace_subgoals_ground_only_with_their_own_words() -> None:
     """Walking back is not walking forward, nor is a different path the same one (0.8-0.95 by similarity)."""
     from vplan.planner.grounding import GroundingError, SkillGrounder

@@ -29,7 +29,7 @@ from vplan.errors import PlannerFallbackWarning
 from vplan.planner.config import LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
 from vplan.planner.offline import OfflinePlanner, Planner
-from vplan.planner.skills import Skill
+from vplan.planner.skills import Skill, SkillOrderError
 from vplan.planner.subgoal import Plan
 from vplan.tasks import TaskConfig
 from vplan.utils.import_utils import require_package
@@ -166,7 +166,8 @@ class LLMPlanner(Planner):
         try:
             texts = parse_reply(self.request(messages), self.llm)
             grounded = self.grounder.ground(texts, skills)
-        except (ChatRequestError, InvalidReplyError, GroundingError) as error:
+            self.task_skills.check_order([skill for skill, _ in grounded])
+        except (ChatRequestError, InvalidReplyError, GroundingError, SkillOrderError) as error:
             reason = self.endpoint.scrub(" ".join(str(error).split()))[:300]
             warnings.warn(
                 f"LLM planner ({self.llm.model}): {reason.rstrip('.')}; using the offline plan", PlannerFallbackWarning,

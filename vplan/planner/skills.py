@@ -55,6 +55,13 @@ class TaskSkills:
     def estimate_steps(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[int]:
         raise NotImplementedError
 
+    def check_order(self, sequence: Sequence[Skill]) -> None:
+        """Raise `SkillOrderError` where a skill cannot follow the ones before it; any order by default."""
+
+
+class SkillOrderError(ValueError):
+    """A sequence of skills that cannot be carried out in its order (placing a cube no one picked up)."""
+
 
 class ReturnCubesSkills(TaskSkills):
     """`return_cubes` on the tabletop: pick / place on a spot / put back, for each cube colour.
@@ -120,6 +127,18 @@ class ReturnCubesSkills(TaskSkills):
         for colour in colours:
             plan += [self._pick(colour), self._return(colour)]
         return plan
+
+    def check_order(self, sequence: Sequence[Skill]) -> None:
+        """The gripper holds one cube at a time: a pick needs it empty, a place or put-back needs that cube."""
+        held = None
+        for number, skill in enumerate(sequence, 1):
+            colour = skill.arguments["colour"]
+            if skill.kind == "pick" and held is not None:
+                raise SkillOrderError(f"subgoal {number} picks up the {colour} cube while the {held} one is held")
+            if skill.kind != "pick" and held != colour:
+                raise SkillOrderError(f"subgoal {number} ({skill.text!r}) moves the {colour} cube, which no subgoal "
+                                      "before it picked up" + (f" (the {held} one is held)" if held else ""))
+            held = colour if skill.kind == "pick" else None
 
     def estimate_steps(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[int]:
         self.require(info)
