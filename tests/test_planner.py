@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import vplan.envs  # noqa: F401  (registers vplan/Tabletop-v0)
-from vplan.errors import UsageError
+from vplan.errors import UsageError, VplanWarning
 from vplan.planner import (
     Check,
     LLMPlanner,
@@ -93,7 +93,9 @@ def test_offline_plan_for_a_known_scene() -> None:
 
 
 def test_offline_chunks_follow_chunk_frames_and_cap() -> None:
-    plan = make_planner(PlannerConfig(chunk_frames=4, max_chunks_per_subgoal=3), TASK).plan("", KNOWN_INFO)
+    with pytest.warns(VplanWarning, match=r"'place the red cube on the \w+ spot' takes about [4-9] chunks, cut to "
+                                         r"max_chunks_per_subgoal=3, so the plan ends before it is done"):
+        plan = make_planner(PlannerConfig(chunk_frames=4, max_chunks_per_subgoal=3), TASK).plan("", KNOWN_INFO)
     assert [s.chunks for s in plan.subgoals] == [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]  # ceil(steps/4), capped
     base = [s.chunks for s in make_planner(PlannerConfig(chunk_frames=8), TASK).plan("", KNOWN_INFO).subgoals]
     for offset in (-2, 1):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from vplan.errors import VplanWarning
 from vplan.planner.config import PlannerConfig
 from vplan.planner.skills import Skill, TaskSkills, task_skills
 from vplan.planner.subgoal import Plan, Subgoal
@@ -39,10 +41,14 @@ class Planner:
         """
         steps = self.task_skills.estimate_steps(sequence, info)
         cap, offset = self.config.max_chunks_per_subgoal, self.config.chunk_offset
-        return [
-            Subgoal(skill.text, min(cap, max(1, math.ceil(n / self.config.chunk_frames) + offset)), skill.check)
-            for skill, n in zip(sequence, steps)
-        ]
+        needed = [max(1, math.ceil(n / self.config.chunk_frames) + offset) for n in steps]
+        capped = [(skill.text, n) for skill, n in zip(sequence, needed) if n > cap]
+        if capped:  # retrace's way back grows with the path: the plan would end before it is walked
+            text, n = capped[0]
+            warnings.warn(f"planner: {text!r} takes about {n} chunks, cut to max_chunks_per_subgoal={cap}, so "
+                          f"the plan ends before it is done; raise planner.max_chunks_per_subgoal to {n}",
+                          VplanWarning, stacklevel=2)
+        return [Subgoal(skill.text, min(cap, n), skill.check) for skill, n in zip(sequence, needed)]
 
 
 class OfflinePlanner(Planner):
