@@ -166,6 +166,10 @@ def test_subgoal_and_plan_validation(make: Callable[[], Any], message: str) -> N
         (lambda: PlannerConfig(kind="oracle"), "kind: expected one of"),
         (lambda: PlannerConfig(chunk_frames=0), "chunk_frames: expected"),
         (lambda: LLMPlannerConfig(base_url="localhost:8000"), "base_url: expected an http"),
+        (lambda: LLMPlannerConfig(base_url="http://local host:8000/v1"), "base_url: expected an http"),
+        (lambda: LLMPlannerConfig(base_url="http://"), "base_url: expected an http"),
+        (lambda: LLMPlannerConfig(base_url="http://127.0.0.1:99999/v1"), "base_url: expected an http"),
+        (lambda: LLMPlannerConfig(base_url="https://api.openai.com/v1 "), "base_url: expected an http"),
         (lambda: LLMPlannerConfig(timeout_s=0), "timeout_s: expected"),
         (lambda: LLMPlannerConfig(max_retries=11), "max_retries: expected"),
         (lambda: LLMPlannerConfig(grounding_threshold=1.5), "grounding_threshold: expected"),
@@ -175,6 +179,19 @@ def test_subgoal_and_plan_validation(make: Callable[[], Any], message: str) -> N
 def test_config_validation(make: Callable[[], Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("key", [SECRET + "\n", " " + SECRET, SECRET + "\r\n"])
+def test_a_pasted_key_loses_its_surrounding_whitespace(make_llm, key: str) -> None:
+    assert make_llm(api_key=key).endpoint.api_key == SECRET
+
+
+@pytest.mark.parametrize("key", ["sk-one two", "sk-\x00", "sk-clé"])
+def test_a_key_no_http_header_can_carry_is_refused_unquoted(make_llm, key: str) -> None:
+    with pytest.raises(UsageError, match=r"planner=llm: the API key in planner.llm.api_key holds a space, a control "
+                                         r"or a non-ASCII character; paste it again") as error:
+        make_llm(api_key=key)
+    assert key not in str(error.value)
 
 
 def test_unknown_task_is_refused() -> None:

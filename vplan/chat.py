@@ -67,8 +67,9 @@ class ChatEndpointConfig:
     def __post_init__(self) -> None:
         if not self.model.strip():
             raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
-        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url: expected an http:// or https:// URL or None, got {self.base_url!r}")
+        if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
+            raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
+                             f"65535, no spaces) or None, got {self.base_url!r}")
         if not self.api_key_env.strip():
             raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -77,6 +78,19 @@ class ChatEndpointConfig:
             raise ValueError(f"max_retries: expected an int in [0, 10], got {self.max_retries!r}")
         if not 0 <= self.temperature <= 2:
             raise ValueError(f"temperature: expected a float in [0, 2], got {self.temperature!r}")
+
+
+def _is_http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError out of 0..65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
 class ChatEndpoint:
@@ -88,7 +102,11 @@ class ChatEndpoint:
 
     def __init__(self, config: ChatEndpointConfig, who: str, key_setting: str) -> None:
         self.config = config
-        self.api_key = config.api_key or os.environ.get(config.api_key_env)
+        self.api_key = (config.api_key or os.environ.get(config.api_key_env) or "").strip()  # a pasted newline
+        if not all(" " < c < "\x7f" for c in self.api_key):  # HTTP headers take printable ASCII; the key unquoted
+            source = key_setting if config.api_key else f"the environment variable {config.api_key_env}"
+            raise UsageError(f"{who}: the API key in {source} holds a space, a control or a non-ASCII character; "
+                             "paste it again")
         if not self.api_key:
             if config.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
                 base_url_setting = key_setting.rpartition(".")[0] + ".base_url" if "." in key_setting else "base_url"
