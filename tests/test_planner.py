@@ -233,9 +233,11 @@ def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
     written = json.dumps(redact_secrets({"planner": asdict(config), "task": {"name": "return_cubes"}}))
     assert SECRET not in written and '"api_key": "<redacted>"' in written
     in_url = redact_secrets({"base_url": f"https://user:{SECRET}@llm.example/v1", "note": "a@b", "other": "http://h/v1",
-                             "at_in_password": f"https://user:p@{SECRET}@llm.example/v1?to=a@b"})
+                             "at_in_password": f"https://user:p@{SECRET}@llm.example/v1?to=a@b",
+                             "in_query": f"https://h.example/v1?api-version=1&api-key={SECRET}&sig={SECRET}#x"})
     assert in_url == {"base_url": "https://<redacted>@llm.example/v1", "note": "a@b", "other": "http://h/v1",
-                      "at_in_password": "https://<redacted>@llm.example/v1?to=a@b"}
+                      "at_in_password": "https://<redacted>@llm.example/v1?to=a@b",
+                      "in_query": "https://h.example/v1?api-version=1&api-key=<redacted>&sig=<redacted>#x"}
     from vplan.cli import main
     from vplan.utils.settings import settings_record
 
@@ -244,6 +246,10 @@ def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
     main(["bench", "planning", "planner=llm", f"planner.llm.api_key={SECRET}", "--help"])
     shown = capsys.readouterr().out
     assert SECRET not in shown and "api_key: <redacted>" in shown
+    with pytest.raises(SystemExit):  # unquoted, the URL does not parse: the message quotes it, key redacted
+        main(["bench", "planning", "planner=llm", f"planner.llm.base_url=https://u:{SECRET}@h/v1?key={SECRET}"])
+    error = capsys.readouterr().err
+    assert "cannot read 'planner.llm.base_url=https://<redacted>@h/v1?key=<redacted>'" in error and SECRET not in error
 
 
 # ---------------------------------------------------------------------------------------- fake endpoint

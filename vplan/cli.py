@@ -291,6 +291,8 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
     from hydra.errors import HydraException
     from omegaconf import open_dict
 
+    from vplan.planner.config import redact_secrets
+
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -300,7 +302,7 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
                 parser.parse_overrides([override])
             except HydraException as its_error:
                 key = override.split("=")[0]
-                shown = f"{key}=<redacted>" if _is_secret(key) else override
+                shown = f"{key}=<redacted>" if _is_secret(key) else redact_secrets(override)
                 reason = first_line(its_error) if shown == override else "the value does not parse"
                 raise UsageError(f"cannot read {shown!r} ({reason}); check its quotes and brackets, "
                                  "e.g. 'out=\"my runs\"' for a value with spaces") from None

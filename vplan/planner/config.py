@@ -11,7 +11,10 @@ from vplan.chat import REDACTED, ChatEndpointConfig
 
 KINDS = ("offline", "llm")
 SECRET_FIELDS = ("api_key",)  # never logged, printed or written to a run directory
-URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)  # up to the host's last "@"
+URL_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)  # up to the host's last "@"
+# a URL's query parameter that carries a key (Azure's ?api-key=, ?token=, ?sig=, ...)
+URL_SECRET_PARAMETER = re.compile(r"([?&][^=&#\s]*(?:key|token|secret|password|sig)[^=&#\s]*=)[^&#\s]*",
+                                  re.IGNORECASE)
 
 
 @dataclass
@@ -84,6 +87,6 @@ def redact_secrets(tree: Any) -> Any:
         return {k: (REDACTED if k in SECRET_FIELDS and v is not None else redact_secrets(v)) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return [redact_secrets(v) for v in tree]
-    if isinstance(tree, str):  # a URL's user:password (https://user:pw@host/v1), e.g. in base_url
-        return URL_CREDENTIALS.sub(rf"\1{REDACTED}@", tree)
+    if isinstance(tree, str):  # a URL's user:password (https://user:pw@host/v1) or ?api-key=, e.g. in base_url
+        return URL_SECRET_PARAMETER.sub(rf"\1{REDACTED}", URL_CREDENTIALS.sub(rf"\1{REDACTED}@", tree))
     return tree
