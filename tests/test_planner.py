@@ -194,6 +194,27 @@ def test_a_key_no_http_header_can_carry_is_refused_unquoted(make_llm, key: str) 
     assert key not in str(error.value)
 
 
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"cube_names": ["red", "red", "blue"]}, r"info\['cube_names'\]: expected a list of distinct names"),
+    ({"cube_names": "rgb"}, r"info\['cube_names'\]: expected a list of distinct names, got 'rgb'"),
+    ({"cube_names": ["red", "green"]}, r"info\['cube_names'\] names 2, info\['start_poses'\] holds 3"),
+    ({"spot_names": ["left", "right"]}, r"info\['spot_names'\] names 2, info\['spot_positions'\] holds 3"),
+])
+def test_scene_facts_that_disagree_are_refused_naming_the_key(changes, message) -> None:
+    planner = make_planner(PlannerConfig(), TASK)
+    with pytest.raises(ValueError, match=message):
+        planner.plan(TASK.instruction, {**KNOWN_INFO, **changes})
+
+
+def test_retrace_facts_that_disagree_are_refused() -> None:
+    from vplan.planner.skills import RetraceSkills
+
+    for info, message in (({"instructions": [], "path": [[0, 0]]}, "expected a non-empty list"),
+                          ({"instructions": ["walk forward"] * 2, "path": [[0, 0]] * 4}, "holds 4 positions")):
+        with pytest.raises(ValueError, match=message):
+            RetraceSkills().decompose(info)
+
+
 def test_unknown_task_is_refused() -> None:
     with pytest.raises(ValueError, match="expected one with a planner decomposition"):
         make_planner(PlannerConfig(), TaskConfig(name="stack", env="tabletop", instruction="stack them"))

@@ -42,6 +42,17 @@ class TaskSkills:
             raise ValueError(f"task {self.name!r}: expected the env's info to hold {list(self.info_keys)}, "
                              f"missing {missing}")
 
+    def _require_names(self, info: Mapping[str, Any], key: str, per: str | None = None) -> None:
+        """A ValueError unless `info[key]` is a non-empty list of distinct non-empty strings, as long as
+        `info[per]` (the poses or positions they name) when given: an adapter's or a hand-made info."""
+        names = info[key]
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names or \
+                not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"task {self.name!r}: info[{key!r}]: expected a list of distinct names, got {names!r}")
+        if per is not None and len(info[per]) != len(names):
+            raise ValueError(f"task {self.name!r}: info[{key!r}] names {len(names)}, info[{per!r}] holds "
+                             f"{len(info[per])}; expected one per name")
+
     def skills(self, info: Mapping[str, Any]) -> list[Skill]:
         raise NotImplementedError
 
@@ -81,6 +92,11 @@ class ReturnCubesSkills(TaskSkills):
     name = "return_cubes"
     info_keys = ("cube_names", "spot_names", "start_poses", "spot_positions", "gripper_pos")
     OVERHEAD_STEPS = 7
+
+    def require(self, info: Mapping[str, Any]) -> None:
+        super().require(info)
+        self._require_names(info, "cube_names", per="start_poses")
+        self._require_names(info, "spot_names", per="spot_positions")
 
     def __init__(self) -> None:
         # The expert's templates and the env's max_delta (imported here: policies -> envs -> mujoco).
@@ -179,6 +195,17 @@ class RetraceSkills(TaskSkills):
 
     name = "retrace"
     info_keys = ("instructions", "path")
+
+    def require(self, info: Mapping[str, Any]) -> None:
+        super().require(info)
+        instructions = info["instructions"]
+        if isinstance(instructions, str) or not isinstance(instructions, Sequence) or not instructions:
+            raise ValueError(f"task {self.name!r}: info['instructions']: expected a non-empty list of the outbound "
+                             f"path's instructions, got {instructions!r}")
+        steps = len(info["path"]) - 1
+        if steps < len(instructions) or steps % len(instructions):
+            raise ValueError(f"task {self.name!r}: info['path'] holds {len(info['path'])} positions, expected the "
+                             f"start and the same number of steps for each of the {len(instructions)} instructions")
 
     def __init__(self) -> None:
         # The env's instruction texts (imported here: envs -> mujoco).
