@@ -5,6 +5,7 @@ episode), the summary, memory=none, an interrupted run keeping its finished epis
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import warnings
 
@@ -150,6 +151,21 @@ def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["seeds"] == [20000]
 
 
+def test_resume_or_overwrite_never_takes_over_another_commands_folder(checkpoints, tmp_path, capsys):
+    """A collect dataset (or a train run) in out=: resume=true once overwrote its config.yaml, so the dataset's
+    own resume was refused for good; overwrite=true deleted its records."""
+    out = tmp_path / "collected"
+    out.mkdir()
+    (out / "config.yaml").write_text("env: {name: tabletop}\nepisodes: 1\nout: x\nresume: true\n")
+    for flag in ("resume=true", "overwrite=true"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false", flag))
+        assert exit_info.value.code == 2
+        assert (f"holds another command's records (config.yaml), not a vplan run; {flag} continues or replaces only "
+                "a run") in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"] and "episodes: 1" in (out / "config.yaml").read_text()
+
+
 def test_agent_seed_offsets_the_sampling_seed_of_every_episode(checkpoints, tmp_path, monkeypatch):
     seeds = []
     reset = VideoPlanningAgent.reset
@@ -174,6 +190,14 @@ def test_overwrite_replaces_the_whole_run_recorded_episodes_and_videos_too(check
     main(run_args(checkpoints, out, "episodes=1", "memory=none", "record=true", "video=false", "overwrite=true",
                   "seed=20000"))
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints.json", "config.yaml", "episodes", "metrics.json"]
+    # episodes the run did not record (it ran with record=false) are refused before the old run is removed
+    other = tmp_path / "not_recorded"
+    main(run_args(checkpoints, other, "episodes=1", "memory=none", "video=false"))
+    shutil.copytree(out / "episodes", other / "episodes")
+    before = sorted(p.name for p in other.iterdir())
+    with pytest.raises(SystemExit):
+        main(run_args(checkpoints, other, "episodes=1", "memory=none", "video=false", "record=true", "overwrite=true"))
+    assert "holds episodes the run in" in capsys.readouterr().err and sorted(p.name for p in other.iterdir()) == before
     dataset = EpisodeDataset(out / "episodes")
     assert dataset.num_episodes == 1 and dataset.episode_meta(0)["seed"] == 20000
 

@@ -125,6 +125,24 @@ def _run_dir(cfg: RunConfig) -> Path:
     return out
 
 
+def _check_holds_a_run(cfg: RunConfig, out: Path) -> None:
+    """With `resume=true` or `overwrite=true`: a UsageError where `out`'s config.yaml is another command's (vplan
+    collect, train, eval), whose records a run would replace; and, before `overwrite=true` removes anything,
+    where `record=true` would meet episodes the old run did not record."""
+    from omegaconf import OmegaConf
+
+    if not (out / CONFIG_FILE).is_file():
+        return
+    saved = OmegaConf.load(out / CONFIG_FILE)
+    if not {"agent", "overwrite", "video"} <= set(saved):  # what a run of vplan run records, and no other command
+        raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}), not a vplan run; "
+                         f"{'resume' if cfg.resume else 'overwrite'}=true continues or replaces only a run; choose "
+                         "another out=DIR")
+    if cfg.overwrite and cfg.record and (out / EPISODES_DIR).exists() and not saved.get("record", False):
+        raise UsageError(f"record=true: {out / EPISODES_DIR} holds episodes the run in {out} did not record; "
+                         "choose another out=DIR")
+
+
 def _clear_run(out: Path) -> None:
     """`overwrite=true`: remove what an earlier run wrote in `out` (its records, videos and the episodes it
     recorded, if its config.yaml says it did), so nothing of it is mixed into the new one."""
@@ -382,6 +400,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from vplan.envs import make_env
 
     out = _run_dir(cfg)
+    if cfg.resume or cfg.overwrite:
+        _check_holds_a_run(cfg, out)
     results, wall_before = _finished_episodes(cfg, out)
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter() - wall_before  # a resumed run's total wall time includes its earlier part
