@@ -192,10 +192,13 @@ def test_act_before_reset_and_bad_input_are_clear_errors(world_model, idm):
         agent.act(fake_obs(frame))
     with pytest.raises(ValueError, match="expected the camera key 'front'.*got keys \\['agent_pos', 'wrist'\\]"):
         agent.reset("go", {"wrist": frame, "agent_pos": np.zeros(4)}, {})
-    with pytest.raises(ValueError, match=r"expected a uint8 frame of shape \(64, 64, 3\).*got uint8 \(32, 32, 3\)"):
+    with pytest.raises(ValueError, match=r"expected a uint8 frame of shape \(64, 64, 3\).*got uint8 \(32, 32, 3\); "
+                                         r"make the env with image_size=64"):
         agent.reset("go", fake_obs(np.zeros((32, 32, 3), np.uint8)), {})
-    with pytest.raises(ValueError, match="got float32"):
-        agent.reset("go", fake_obs(frame.astype(np.float32)), {})
+    for wrong in (frame.astype(np.float32), frame.transpose(2, 0, 1)):  # the right size: no image_size hint
+        with pytest.raises(ValueError, match=r"got \w+ \(\d+, \d+, \d+\); an RGB image as height x width x 3 "
+                                             r"values from 0 to 255$"):
+            agent.reset("go", fake_obs(wrong), {})
     with pytest.raises(ValueError, match="state key 'agent_pos' for stall detection.*stall_steps=0"):
         agent.reset("go", {"front": frame}, {})
     with pytest.raises(ValueError, match="instruction: expected a non-empty string"):
@@ -426,7 +429,12 @@ def test_stall_steps_a_chunk_cannot_hold_warn_that_stall_detection_is_off(world_
     from vplan.errors import VplanWarning
 
     with pytest.warns(VplanWarning, match=rf"stall_steps={CHUNK} is not below the world model's chunk_frames={CHUNK}"):
-        make_agent(world_model, idm, stall_steps=CHUNK).close()
+        agent = make_agent(world_model, idm, stall_steps=CHUNK)
+    assert "agent.state_key" not in agent.obs_keys  # off indeed: no state key asked of the env
+    frame = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+    agent.reset("go", {"front": frame}, {})
+    agent.act({"front": frame})
+    agent.close()
 
 
 def test_temp_lora_learns_while_the_chunk_executes(world_model, idm):
@@ -460,6 +468,19 @@ def test_a_false_check_gets_extra_chunks_when_info_is_given(world_model, idm):
     assert chunks(agent, None) == 1  # no info: the planned chunks only
     assert chunks(agent, {**info, "grasped": 0}) == 1  # the check holds
     assert chunks(make_agent(world_model, idm, subgoals, max_extra_chunks=0, **NO_REPLAN), info) == 1
+
+    # an info the check cannot read: one clear error, and act called again closes the chunk once
+    agent = make_agent(world_model, idm, subgoals + [Subgoal(TEXTS[1], 1)], max_extra_chunks=1, **NO_REPLAN)
+    agent.reset("go", fake_obs(frame), {})
+    for _ in range(CHUNK):
+        agent.act(fake_obs(frame))
+    frames_before = agent._history.shape[1]
+    with pytest.raises(ValueError, match=r"info: expected the key 'grasped' for the check holding\(cube=red\), "
+                                         r"got keys \['success'\]"):
+        agent.act(fake_obs(frame), {"success": False})
+    agent.act(fake_obs(frame), info)
+    assert agent._history.shape[1] == frames_before + CHUNK and agent.stats()["extra_chunks"] == 1
+    agent.close()
 
 
 def readme_agent_snippet() -> str:

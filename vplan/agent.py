@@ -210,6 +210,7 @@ class VideoPlanningAgent:
                           f"{world_model.config.chunk_frames}, so no stall can be seen within a chunk: stall "
                           f"detection is off (set stall_steps below {world_model.config.chunk_frames}, or 0)",
                           VplanWarning, stacklevel=2)
+            self._stall_steps = 0  # off indeed: the observations need no state key
         self._episodes = 0
         self._closed = False
         self._plan: Plan | None = None
@@ -438,8 +439,11 @@ class VideoPlanningAgent:
         frame = np.array(obs[cfg.camera])
         size = self.image_size
         if frame.shape != (size, size, 3) or frame.dtype != np.uint8:
+            other_size = frame.ndim == 3 and 3 in frame.shape and sorted(frame.shape) != sorted((size, size, 3))
             raise ValueError(f"obs[{cfg.camera!r}]: expected a uint8 frame of shape ({size}, {size}, 3), the world "
-                             f"model's, got {frame.dtype} {frame.shape}; make the env with image_size={size}")
+                             f"model's, got {frame.dtype} {frame.shape}; "
+                             + (f"make the env with image_size={size}" if other_size else
+                                "an RGB image as height x width x 3 values from 0 to 255"))
         if self._stall_steps == 0:
             return frame, None
         if cfg.state_key not in obs:
@@ -478,7 +482,12 @@ class VideoPlanningAgent:
 
     def _close(self, chunk: Chunk, info: Mapping[str, Any] | None) -> None:
         """A chunk is over: its observed frames join the context, the memory learns (observed mode), and the
-        plan moves on (unless the chunk was cut: its replacement takes its slot)."""
+        plan moves on (unless the chunk was cut: its replacement takes its slot). The subgoal's check is read
+        first: an info it cannot read raises before anything changes, so `act` can be called again."""
+        subgoal = self._plan.subgoals[self._subgoal_index]
+        judged = (chunk.cut is None and self._slot + 1 >= subgoal.chunks + self._extra and info is not None
+                  and subgoal.check is not None and self._extra < self.config.max_extra_chunks)
+        reached = subgoal.check.holds(info) if judged else True
         if chunk.observed:
             if self.memory.config.update_on == "observed":
                 self._wait_memory()  # the last update's error, if any, before this chunk changes anything
@@ -492,15 +501,13 @@ class VideoPlanningAgent:
         if chunk.cut is not None:
             return
         self._slot += 1
-        subgoal = self._plan.subgoals[self._subgoal_index]
         if self._slot < subgoal.chunks + self._extra:
             return
-        if info is not None and subgoal.check is not None and self._extra < self.config.max_extra_chunks:
-            if not subgoal.check.holds(info):
-                self._extra += 1
-                self._extra_total += 1
-                self.events.append({"step": self.steps, "event": f"extra chunk: {subgoal.check} is false"})
-                return
+        if not reached:
+            self._extra += 1
+            self._extra_total += 1
+            self.events.append({"step": self.steps, "event": f"extra chunk: {subgoal.check} is false"})
+            return
         self._subgoal_index += 1
         self._slot = self._extra = 0
 

@@ -79,8 +79,13 @@ class Check:
         object.__setattr__(self, "args", dict(self.args))
 
     def holds(self, info: Mapping[str, Any]) -> bool:
-        """Whether the predicate is true of this `info` (raises ValueError on a cube or spot not in the scene)."""
-        return PREDICATES[self.name][1](info, **self.args)
+        """Whether the predicate is true of this `info` (raises ValueError on a cube or spot not in the scene, or
+        an info without a key the predicate reads)."""
+        try:
+            return PREDICATES[self.name][1](info, **self.args)
+        except KeyError as error:
+            raise ValueError(f"info: expected the key {error.args[0]!r} for the check {self}, got keys "
+                             f"{sorted(info)}") from None
 
     def __str__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.args.items())})"
