@@ -143,7 +143,11 @@ class WorldModelEnv(gym.Env):
         return self._frames[0].copy(), self._info()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        obs, rewards, terminated, truncated, info = self.step_batch(np.asarray(action, dtype=np.float32)[None])
+        action = np.asarray(action, dtype=np.float32)
+        if self._history is not None and self._history.shape[0] == 1 and action.shape != self.action_space.shape:
+            raise ValueError(f"expected an action of shape {self.action_space.shape}, got {action.shape} (step_batch "
+                             "takes a batch)")
+        obs, rewards, terminated, truncated, info = self.step_batch(action[None])
         return obs[0], float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
 
     def render(self) -> np.ndarray | None:

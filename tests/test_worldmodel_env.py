@@ -129,6 +129,8 @@ def test_a_step_conditions_on_its_one_action_with_the_grip_read_as_the_tabletop_
     assert np.array_equal(observed[0], observed[1]) and np.array_equal(observed[2], observed[3])
     with pytest.raises(ValueError, match="actions: expected finite numbers"):
         env.step(np.array([np.nan, 0, 0, 1], np.float32))
+    with pytest.raises(ValueError, match=r"expected an action of shape \(4,\), got \(1, 4\) \(step_batch takes"):
+        env.step(np.zeros((1, 4), np.float32))
 
 
 def test_batched_steps_agree_with_single_steps(model):
