@@ -69,7 +69,8 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
         if spec is None:
             continue
         component = "idm" if name == "idm" else "worldmodel"
-        hint = f"train one with `vplan train component={component}` and pass {name}=DIR"
+        hint = (f"make one with `vplan finetune data=DIR` and pass {name}=DIR" if name == "finetuned" else
+                f"train one with `vplan train component={component}` and pass {name}=DIR")
         try:
             path = resolve_checkpoint(spec)
         except UsageError as err:
