@@ -45,6 +45,28 @@ def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
     assert {"cpu_count", "torch", "omp_wait_policy"} <= set(written["machine"])
 
 
+def test_a_bench_never_writes_over_another_commands_results(tmp_path):
+    """bench planning's and bench executor's results.json hold their finished episodes; another bench's figures
+    replaced them, and planning then blamed 'other settings'."""
+    from vplan.errors import UsageError
+    from vplan.eval.bench_planning import ROWS, BenchPlanningConfig, load_results
+
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    planning = {"settings": {}, "rows": {row.name: [{"seed": 10000}] for row in ROWS}}  # before it said "command"
+    (tmp_path / "results.json").write_text(json.dumps(planning))
+    with pytest.raises(UsageError, match=r"results.json holds the results of vplan bench planning or bench "
+                                         r"executor, not of vplan bench env; choose another out=DIR"):
+        bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=5, episodes=1, out=str(tmp_path)))
+    assert json.loads((tmp_path / "results.json").read_text()) == planning
+    bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=5, episodes=1,
+                             out=str(tmp_path / "env")))
+    cfg = BenchPlanningConfig(env=TabletopConfig(image_size=16), task=task)
+    with pytest.raises(UsageError, match=r"holds the results of vplan bench env, not of vplan bench planning"):
+        load_results(tmp_path / "env" / "results.json", cfg, [row.name for row in ROWS], "bench planning")
+    with pytest.raises(UsageError, match=r"holds the results of another bench, not of vplan bench executor"):
+        load_results(tmp_path / "results.json", cfg, ["world model", "expert video"], "bench executor")
+
+
 def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
     import torch
 

@@ -65,7 +65,7 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     from vplan.envs import env_name, make_env
     from vplan.policies import EXPERTS, make_expert
 
-    make_out_dir(cfg.out)
+    make_out_dir(cfg.out, "bench env")
     env = make_env(cfg.env)
     rng = np.random.default_rng(cfg.seed)
     if isinstance(env.action_space, gym.spaces.Discrete):  # random moves

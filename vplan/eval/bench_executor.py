@@ -151,7 +151,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
         raise UsageError(f"bench executor's expert video is the front camera's; agent.camera={cfg.agent.camera!r} "
                          "would hand the IDM another camera's frames than it reads")
     out = Path(cfg.out)
-    results = load_results(out / RESULTS_FILE, cfg, list(ROWS))
+    results = load_results(out / RESULTS_FILE, cfg, list(ROWS), "bench executor")
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
     agents: dict[str, Any] = {}  # the video rows' agents

@@ -114,13 +114,19 @@ class BenchPlanningConfig(AgentBenchConfig):
                              f"kind 'temp_lora', got {self.memory.kind!r}; set memory.* keys, not memory=")
 
 
-def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str]) -> dict[str, Any]:
-    """The results a bench with these settings wrote to `path` so far (to continue it), or empty rows. Every
-    setting but `episodes`, `out` and `threads` must match (one added since the bench ran may be at its default)."""
+def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], command: str) -> dict[str, Any]:
+    """The results a bench (`command`) with these settings wrote to `path` so far (to continue it), or empty rows.
+    Every setting but `episodes`, `out` and `threads` must match (one added since the bench ran may be at its
+    default); a file another command wrote is refused."""
     settings = settings_record(cfg, leave_out=("episodes", "out", "threads"))
     if not path.is_file():
-        return {"settings": settings, "rows": {name: [] for name in row_names}}
+        return {"command": command, "settings": settings, "rows": {name: [] for name in row_names}}
     results = json.loads(path.read_text())
+    written_by = results.get("command")  # None: written before benches recorded it
+    if written_by not in (None, command) or set(results.get("rows", ())) != set(row_names):
+        raise UsageError(f"{path} holds the results of {f'vplan {written_by}' if written_by else 'another bench'}, "
+                         f"not of vplan {command}; choose another out=DIR")
+    results["command"] = command
     changed = changed_settings(results.get("settings", {}), settings, cfg)
     if changed:
         raise UsageError(f"{path} holds a bench with other settings of {', '.join(changed)}; pass the same ones, or "
@@ -199,7 +205,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
               "(rerun the same command to continue)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS])
+    results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS], "bench planning")
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
     dist_unit = env.metadata.get("dist_unit", "m")  # metres on the tabletop, blocks in the blockworld

@@ -38,11 +38,31 @@ def _cpu_model() -> str | None:
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
-def make_out_dir(out: str | None) -> None:
-    """Create `out` (if given) before the bench runs: an unusable folder fails at once, not after minutes of
-    timing."""
+def check_results_are(path: Path, command: str) -> None:
+    """A UsageError where `path` (a results.json) was written by another command: bench planning's and bench
+    executor's hold their finished episodes, which another bench's figures would replace. A file without a
+    `command` is one of theirs, written before they recorded it."""
+    import json
+
+    from vplan.errors import UsageError
+
+    try:
+        written_by = json.loads(path.read_text()).get("command", "bench planning or bench executor")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError):
+        written_by = "another command"
+    if written_by != command:
+        raise UsageError(f"{path} holds the results of vplan {written_by}, not of vplan {command}; choose another "
+                         "out=DIR")
+
+
+def make_out_dir(out: str | None, command: str) -> None:
+    """Create `out` (if given) before the bench runs: an unusable folder, or one holding another command's
+    results, fails at once, not after minutes of timing."""
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
+        check_results_are(Path(out) / RESULTS_FILE, command)
 
 
 def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
@@ -54,6 +74,7 @@ def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
 
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
+    check_results_are(path / RESULTS_FILE, command)
     write_json(path / RESULTS_FILE, {
         "command": command,
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -63,7 +63,7 @@ def _fastest(function, repeats: int) -> float:
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})
-    make_out_dir(cfg.out)
+    make_out_dir(cfg.out, "bench worldmodel")
     torch.set_num_threads(cfg.threads)
     model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()
     config = model.config
