@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import resource
+import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -180,7 +181,9 @@ class ModeRunner:
 
 
 def _serve(cfg: BenchMemoryConfig, kind: str, overlap: bool, conn: Any) -> None:
-    """A mode's process: build and warm up, then time one episode per request until told to stop."""
+    """A mode's process: build and warm up, then time one episode per request until told to stop. Ctrl-C is the
+    parent's to handle (it ends this process); here it printed a traceback per mode."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         runner = ModeRunner(cfg, kind, overlap)
         conn.send(("ready", None))
@@ -225,8 +228,9 @@ class _ProcessRunner:
         self.conn.send("episode")
         return self._receive()
 
-    def close(self) -> None:
-        if self.process.is_alive():
+    def close(self, wait: bool = True) -> None:
+        """End the process: after its episode (`wait`), or at once (the bench was stopped)."""
+        if wait and self.process.is_alive():
             try:
                 self.conn.send("close")
             except OSError:
@@ -234,6 +238,7 @@ class _ProcessRunner:
             self.process.join(timeout=60)
         if self.process.is_alive():
             self.process.terminate()
+            self.process.join(timeout=10)
         self.conn.close()
 
 
@@ -267,9 +272,12 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         for _ in range(cfg.episodes):
             for runner, done in zip(runners, results):
                 done.append(runner.episode())
-    finally:
+    except BaseException:  # Ctrl-C, a mode's error: no episode is waited for
         for runner in runners:
-            runner.close()
+            runner.close(wait=False) if isinstance(runner, _ProcessRunner) else runner.close()
+        raise
+    for runner in runners:
+        runner.close()
     rows = [_row(kind, overlap, done, cfg.chunks) for (kind, overlap), done in zip(modes(cfg), results)]
     base = rows[0]
     for row in rows:
