@@ -186,6 +186,10 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
     (run_dir / "final" / "config.json").write_text("{}")
     with pytest.raises(UsageError, match=rf"^idm={run_dir}: a training run's directory; pass idm={run_dir}/final$"):
         evaluate_worldmodel(replace(cfg, sampler=None, idm=str(run_dir)))
+    short = replace(cfg, sampler=None, env=TabletopConfig(image_size=16, max_episode_steps=2), episodes=1,
+                    out=str(tmp_path / "short"))  # every episode shorter than a context and a chunk
+    with pytest.raises(UsageError, match=r"no chunk to score: every episode ended before 4 frames"):
+        evaluate_worldmodel(short)
 
 
 def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunks(tmp_path, capsys):

@@ -248,6 +248,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         _write_grid(grid, out / GRID_FILE)
 
     rows = sorted((r for r in progress["chunks"] if r["episode"] < cfg.episodes), key=lambda r: (r["episode"], r["start"]))
+    if not rows:  # every episode shorter than a context and a chunk: a table of nothing
+        window = model.config.context_frames + model.config.chunk_frames
+        raise UsageError(f"no chunk to score: every episode ended before {window} frames (context_frames + "
+                         "chunk_frames); let the episodes run longer (env.max_episode_steps)")
     open_rows = sorted((r for r in progress["open_loop"] if r["episode"] < cfg.episodes),
                        key=lambda r: (r["episode"], r["chunk"]))
     sensitive = [row["text_sensitive"] for row in rows if "text_sensitive" in row]
