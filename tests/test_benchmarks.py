@@ -290,6 +290,19 @@ def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path
     assert len(imageio.mimread(tmp_path / "eval" / "real_vs_generated.mp4")) > 0
 
 
+def test_open_loop_means_cover_the_same_episodes_at_every_chunk_index():
+    """An episode too short for every rollout chunk once dropped out of the later indices: their mean rose."""
+    from vplan.eval.worldmodel import _open_loop_summary
+
+    def row(episode, chunk, psnr):
+        return {"episode": episode, "chunk": chunk, "psnr": psnr, "ssim": 0.5, "copy_psnr": 9.0, "copy_ssim": 0.4}
+
+    rows = [row(0, 0, 20.0), row(0, 1, 20.0), row(0, 2, 20.0), row(1, 0, 10.0)]
+    summary = _open_loop_summary(rows, None)
+    assert [(r["chunk"], r["psnr"]) for r in summary["per_chunk"]] == [(0, 15.0)]
+    assert summary["mean"]["psnr"] == 15.0 and summary["chunks_cut"] == 2 and summary["rows"] == rows
+
+
 def test_share_error_takes_the_episode_as_the_unit():
     from vplan.eval.worldmodel import share_error
 

@@ -412,16 +412,21 @@ def _print_agreement(metrics: dict[str, Any]) -> None:
 
 
 def _open_loop_summary(rows: list[dict[str, Any]], compare: str | None) -> dict[str, Any]:
-    """Mean PSNR/SSIM per chunk index of the open-loop rollouts (and over all of them), checkpoint and compare."""
+    """Mean PSNR/SSIM per chunk index of the open-loop rollouts (and over all of them), checkpoint and compare,
+    over the chunk indices every episode reaches: past the shortest rollout, the mean at an index would cover
+    fewer episodes and rise or fall as they drop out. `rows` keeps every chunk."""
     if not rows:
         return {}
     keys = [k for k in ("psnr", "ssim", "compare_psnr", "compare_ssim", "copy_psnr", "copy_ssim") if k in rows[0]]
-    indices = sorted({row["chunk"] for row in rows})
-    per_chunk = [{"chunk": i} | {k: float(np.mean([r[k] for r in rows if r["chunk"] == i])) for k in keys}
-                 for i in indices]
-    summary = {"compare": compare, "episodes": len({row["episode"] for row in rows}), "per_chunk": per_chunk,
-               "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
-    return summary | ({"paired": paired_gain(rows)} if "compare_psnr" in keys else {})
+    episodes = {row["episode"] for row in rows}
+    reached = min(sum(row["episode"] == e for row in rows) for e in episodes)  # chunks 0..reached-1 in each
+    kept = [row for row in rows if row["chunk"] < reached]
+    per_chunk = [{"chunk": i} | {k: float(np.mean([r[k] for r in kept if r["chunk"] == i])) for k in keys}
+                 for i in range(reached)]
+    summary = {"compare": compare, "episodes": len(episodes), "per_chunk": per_chunk,
+               "mean": {k: float(np.mean([r[k] for r in kept])) for k in keys}, "rows": rows,
+               "chunks_cut": len(rows) - len(kept)}
+    return summary | ({"paired": paired_gain(kept)} if "compare_psnr" in keys else {})
 
 
 def share_error(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -482,8 +487,10 @@ def _print_open_loop(summary: dict[str, Any], conditioning: str, compare: Any) -
         return
     names = [f"checkpoint ({conditioning})"] + ([f"compare ({compare.config.conditioning})"] if compare else [])
     keys = ["psnr"] + (["compare_psnr"] if compare else [])
+    cut = (f" (the {summary['chunks_cut']} chunks of longer rollouts past the shortest one's left out)"
+           if summary.get("chunks_cut") else "")
     print(f"  open loop over {len(summary['per_chunk'])} chunks from the first real context, {summary['episodes']} "
-          "episodes: PSNR (dB) per chunk index")
+          f"episodes: PSNR (dB) per chunk index{cut}")
     print(f"  {'chunk':>6} " + " ".join(f"{name:>22}" for name in names) + f" {'copy last real frame':>21}")
     for row in summary["per_chunk"] + [{"chunk": "mean", **summary["mean"]}]:
         print(f"  {row['chunk']!s:>6} " + " ".join(f"{row[k]:22.2f}" for k in keys) + f" {row['copy_psnr']:21.2f}")
