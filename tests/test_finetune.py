@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,6 +255,12 @@ def test_episodes_on_held_out_seeds_are_named(setup, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", VplanWarning)
         _episodes(config(data, wm, tmp_path / "out"))  # seeds 0 and 1
+    exploring = tmp_path / "exploring"  # the same episodes, said to be collected with exploration
+    shutil.copytree(data, exploring)
+    recorded = (exploring / "config.yaml").read_text()
+    (exploring / "config.yaml").write_text(recorded.replace("explore_fraction: 0.0", "explore_fraction: 0.3"))
+    with pytest.warns(VplanWarning, match=r"collected with explore_fraction=0.3: its random segments are labelled"):
+        _episodes(config(exploring, wm, tmp_path / "out"))
     capsys.readouterr()
     _episodes(config(data, wm, tmp_path / "out", episodes=5))  # fewer than asked: said
     said = capsys.readouterr().out
@@ -263,7 +270,6 @@ def test_episodes_on_held_out_seeds_are_named(setup, tmp_path, capsys):
 def test_trainer_checkpoints_without_the_finetune_record_are_refused(setup, finetuned, tmp_path):
     """The record of what made the stored states lives in inner/: checkpoints left without it (inner/ deleted,
     or an out of `vplan train`) would be resumed whatever made them, and `final` be their model."""
-    import shutil
 
     root, data, wm = setup
     out = tmp_path / "out"
@@ -275,7 +281,6 @@ def test_trainer_checkpoints_without_the_finetune_record_are_refused(setup, fine
 
 def test_without_worldmodel_the_datasets_envs_shipped_model_is_taken(setup, tmp_path):
     import json
-    import shutil
 
     _, data, _ = setup
     # 16x16 frames: every shipped model (64x64) is refused after it is chosen, so the message names the choice.

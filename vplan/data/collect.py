@@ -156,6 +156,17 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
               "continuing with these, unchecked")
 
 
+def warn_if_exploring(data: str | Path) -> None:
+    """A VplanWarning where `data` was collected with exploration: a text-conditioned world model trained or
+    finetuned on it learns each random segment under the subgoal the expert was pursuing."""
+    exploring = explore_fraction(data)
+    if exploring:
+        warnings.warn(f"{data} was collected with explore_fraction={exploring:g}: its random segments are "
+                      "labelled with the subgoal the expert was pursuing, not what their frames show, so the world "
+                      "model learns that text for them; train it on an expert-only dataset (the IDM is what "
+                      "exploratory data is for)", VplanWarning, stacklevel=3)
+
+
 def _recorded_by_run(out: Path) -> bool:
     """Whether `out` is the dataset of a `vplan run record=true` run directory (its `episodes/`; the run's
     config.yaml, one level up, says record: true): the same columns as an expert's, other episodes."""

@@ -413,6 +413,9 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     if usable < cfg.episodes:
         print(f"episodes={cfg.episodes}: {cfg.data} has {usable} besides the {cfg.holdout_episodes} held out; "
               f"finetuning on {usable}")
+    from vplan.data.collect import warn_if_exploring
+
+    warn_if_exploring(cfg.data)  # the finetuned model, and Temp-LoRA's states, learn each chunk under its text
     seeds = [int(seed) for e in episodes if (seed := dataset.episode_meta(e).get("seed")) is not None]
     held_out = [seed for seed in seeds if seed >= HELD_OUT_SEEDS]
     if held_out:  # e.g. `vplan run record=true`'s episodes: the scenes a default evaluation of the result plays

@@ -15,7 +15,6 @@ newest checkpoint, and is refused if a setting (but for the run's length and log
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import UsageError, VplanWarning, first_line
+from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
@@ -339,14 +338,10 @@ def train_component(cfg: TrainConfig) -> Path:
         if component.vae is not None:
             pin_checkpoints(out, {"vae": component.vae}, resuming)
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
-    from vplan.data.collect import explore_fraction
+    if component.model.uses_text:
+        from vplan.data.collect import warn_if_exploring
 
-    exploring = explore_fraction(cfg.data)
-    if exploring and component.model.uses_text:
-        warnings.warn(f"{cfg.data} was collected with explore_fraction={exploring:g}: its random segments are "
-                      "labelled with the subgoal the expert was pursuing, not what their frames show, so the world "
-                      "model learns that text for them; train it on an expert-only dataset (the IDM is what "
-                      "exploratory data is for)", VplanWarning, stacklevel=2)
+        warn_if_exploring(cfg.data)
     pin_checkpoints(out, {"vae": component.vae}, resuming)  # the latents it trains on: never two VAEs' in one run
     component.model = _with_vae(component.model, vae)
     latents = episode_latents(dataset, train_episodes, vae, progress="frames to latents (cached per VAE)")
