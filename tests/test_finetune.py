@@ -363,7 +363,8 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
         finetune(killed)
     monkeypatch.setattr(ft, "run_inner_episode", original)
     assert not episode_file(tmp_path / "killed", 1).exists()
-    resumed = finetune(killed)
+    # when checkpoints are saved and losses logged changes no weight: a resume may change both
+    resumed = finetune(replace(killed, optim=replace(OPTIM, save_every=1, log_every=3)))
     ours, theirs = load_file(resumed / "unet.safetensors"), load_file(final / "unet.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

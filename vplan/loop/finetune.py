@@ -65,7 +65,8 @@ INNER = "inner"
 SETTINGS = "settings.json"
 INNER_FORMAT = "vplan-finetune-inner"
 INNER_FORMAT_VERSION = "2"  # 2: a chunk's text is the subgoal followed as it starts (`chunk_subgoal`)
-RESUMABLE_OPTIM = ("steps", "cooldown_steps", "save_every", "log_every")  # with one round, a resume may change
+UNPINNED_OPTIM = ("save_every", "log_every")  # when the trainer saves and logs: no weight depends on them
+RESUMABLE_OPTIM = ("steps", "cooldown_steps", *UNPINNED_OPTIM)  # with one round, a resume may change
 LATENTS_KEY = "latents"
 
 
@@ -163,9 +164,8 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
     """What the run depends on: the stored states and the outer loop's settings. With one round, more steps may
     follow (`RESUMABLE_OPTIM`); with several, later rounds' states are made with the outer loop's weights at
     steps that `optim.steps` splits, so all of it is fixed."""
-    optim = asdict(cfg.optim)
-    if cfg.rounds == 1:
-        optim = {name: value for name, value in optim.items() if name not in RESUMABLE_OPTIM}
+    free = RESUMABLE_OPTIM if cfg.rounds == 1 else UNPINNED_OPTIM
+    optim = {name: value for name, value in asdict(cfg.optim).items() if name not in free}
     settings = {
         "format": INNER_FORMAT,
         "format_version": INNER_FORMAT_VERSION,
@@ -189,6 +189,8 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
     if path.is_file():
         saved = json.loads(path.read_text())
         ignore = () if "optim" in saved else ("optim",)  # one round recorded no optim before 2026-12-05
+        for name in UNPINNED_OPTIM:  # several rounds recorded them before 2026-12-06
+            saved.get("optim", {}).pop(name, None)
         changed = changed_settings(saved, plain(settings), cfg, ignore=ignore)
         if changed:
             raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
