@@ -207,6 +207,23 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_a_stopped_continuation_leaves_no_stale_final(setup, finetuned, tmp_path, monkeypatch):
+    """More optim.steps continue a finished run; stopped, it once left the shorter run's final/ in place, which
+    `vplan run worldmodel=<out>/final` then took for the result."""
+    root, data, wm = setup
+    out = tmp_path / "continued"
+    shutil.copytree(finetuned[0], out)
+    assert (out / "final").is_dir()
+
+    def stopped(self, batch, generator):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SlowFastTraining, "loss", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config(data, wm, out, optim=replace(OPTIM, steps=6)))
+    assert not (out / "final").exists()
+
+
 def test_final_is_a_plain_world_model_checkpoint(setup, finetuned):
     _, _, wm = setup
     _, final = finetuned

@@ -39,6 +39,7 @@ with several, the states depend on the outer loop's settings, so those are fixed
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -462,6 +463,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
         raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
     out = Path(cfg.out)
     _check_settings(out / INNER, _settings(cfg, checkpoint, episodes), cfg)
+    final = out / FINAL
+    if final.is_dir():  # an earlier, shorter run's: gone until this one ends, so a stopped run leaves no stale one
+        shutil.rmtree(final)
 
     groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]
     ends = [cfg.optim.steps * (r + 1) // cfg.rounds for r in range(cfg.rounds)]
@@ -489,7 +493,6 @@ def finetune(cfg: FinetuneConfig) -> Path:
         steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end,
                       optim_key="optim")
         outer_seconds += time.perf_counter() - started
-    final = out / FINAL
     with folder_written_aside(final) as folder:
         # the env the weights learned from: the dataset's, or for one of no vplan env, the base model's
         training.module.eval().save_pretrained(folder, trained_on_env=dataset.env or trained_on_env(cfg.worldmodel))
