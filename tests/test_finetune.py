@@ -344,7 +344,8 @@ def test_cli_end_to_end_and_one_line_errors(setup, tmp_path, capsys):
         assert exit_info.value.code == 2 and expected in stderr and len(stderr.strip().splitlines()) == 1
 
 
-def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, finetuned, tmp_path, monkeypatch):
+def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, finetuned, tmp_path, monkeypatch,
+                                                                         capsys):
     """rounds=2 over 2 episodes: round 1 stores episode 0 with the starting Φ (as one round does), the outer loop
     trains to step 2, round 2 stores episode 1 with Φ at step 2, then trains on both to step 4. A kill in round 2's
     inner loop is rerun to the same final weights."""
@@ -381,7 +382,10 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
     monkeypatch.setattr(ft, "run_inner_episode", original)
     assert not episode_file(tmp_path / "killed", 1).exists()
     # when checkpoints are saved and losses logged changes no weight: a resume may change both
+    capsys.readouterr()
     resumed = finetune(replace(killed, optim=replace(OPTIM, save_every=1, log_every=3)))
+    # round 1's outer loop ended at checkpoint 2: only round 2's resumes from it (each round once said it did)
+    assert capsys.readouterr().out.count("resuming from") == 1
     ours, theirs = load_file(resumed / "unet.safetensors"), load_file(final / "unet.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

@@ -471,6 +471,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     ends = [cfg.optim.steps * (r + 1) // cfg.rounds for r in range(cfg.rounds)]
     stored: list[InnerEpisode] = []
     outer_seconds = 0.0
+    reached = max((checkpoint_step(path) for path in list_checkpoints(out)), default=0)  # a resumed run's
     for r, (group, end) in enumerate(zip(groups, ends)):
         label = f" round {r + 1}/{cfg.rounds}" if cfg.rounds > 1 else ""
         # Inner loop: fast learning over this round's episodes with Φ as the last round left it (the starting Φ
@@ -485,6 +486,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         elif cfg.rounds == 1:
             print(f"inner loop: all {len(episodes)} episodes already stored in {out / INNER}")
         stored += [InnerEpisode(episode_file(out, e)) for e in group]
+        if end <= reached and r < cfg.rounds - 1:  # a later checkpoint holds this round's outer loop
+            continue
 
         # Outer loop: slow learning of Φ on every triple stored so far, their LoRA states applied and frozen.
         torch.manual_seed(cfg.optim.seed)
