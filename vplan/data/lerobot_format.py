@@ -220,7 +220,9 @@ def _stats_along_rows(rows: np.ndarray) -> dict[str, np.ndarray]:
 def aggregate_stats(
     stats_list: Iterable[dict[str, dict[str, np.ndarray]]],
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Merge per-episode stats exactly for min/max/mean/std (lerobot's rule; quantiles become an envelope)."""
+    """Merge per-episode stats exactly for min/max/mean/std; quantiles as lerobot's `aggregate_feature_stats`
+    merges them, the count-weighted mean of the episodes' (an estimate: so a dataset lerobot appends to keeps one
+    meaning)."""
     stats_list = list(stats_list)
     merged: dict[str, dict[str, np.ndarray]] = {}
     for key in dict.fromkeys(key for stats in stats_list for key in stats):
@@ -242,8 +244,7 @@ def aggregate_stats(
         for q in QUANTILES:
             name = f"q{round(q * 100):02d}"
             if all(name in part for part in parts):
-                envelope = np.min if q <= 0.5 else np.max
-                merged[key][name] = envelope([part[name] for part in parts], axis=0)
+                merged[key][name] = (np.stack([part[name] for part in parts]) * weights).sum(axis=0)
     return merged
 
 
