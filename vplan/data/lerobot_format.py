@@ -111,6 +111,13 @@ def load_info(root: str | Path) -> dict[str, Any]:
             raise DatasetError(f"{path}: feature {key!r} has dtype {dtype!r}; vplan reads numeric, bool and video "
                                "features (a dataset recorded with images rather than videos needs its images "
                                "encoded as videos first)")
+        if dtype == "video":  # decoded as RGB: a depth map (lerobot's gray12le) would come back as noise
+            extra = feature.get("info") or {}
+            depth = bool(extra.get("video.is_depth_map") or extra.get("is_depth_map"))
+            shape = list(feature.get("shape") or [])
+            if depth or (shape and shape[-1] != 3):
+                raise DatasetError(f"{path}: video feature {key!r} is {'a depth map' if depth else f'of shape {shape}'}"
+                                   "; vplan reads RGB video features (height, width, 3) only")
     if video_keys(info["features"]) and not info.get("video_path"):
         raise DatasetError(f"{path} has video features {video_keys(info['features'])} but no video_path")
     return info
