@@ -323,3 +323,17 @@ def test_a_chunk_counts_as_moving_when_the_agent_travels_or_turns():
     assert not _moving(still, np.array([0.005, 0.005, 0.0, 0.0]))
     assert _moving(still, np.array([0.0, 0.0, 0.0, 90.0]))  # the blockworld's agent turned in place
     assert _moving(still, np.array([0.0, 0.0, 0.0, 0.08]))  # the tabletop's fingers opened
+
+
+def test_peak_rss_is_in_mib_on_linux_and_macos(monkeypatch):
+    """ru_maxrss is KiB on Linux and bytes on macOS: the figure labelled MB was 1024x too large there."""
+    import resource
+    import sys
+    from types import SimpleNamespace
+
+    from vplan.utils.resources import peak_rss_mb
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 1024**2))
+    for platform, mib in (("linux", 3 * 1024), ("darwin", 3)):
+        monkeypatch.setattr(sys, "platform", platform)
+        assert peak_rss_mb() == mib

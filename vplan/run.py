@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import resource
 import shutil
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
+from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, check_seed, write_config
 
 METRICS_FILE = "metrics.json"
@@ -89,17 +89,6 @@ class RunConfig(AgentCheckpoints):
         check_seed(self.seed)
         if self.resume and (self.out is None or self.overwrite):
             raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")
-
-
-def _cpu_s() -> float:
-    """CPU seconds this process has used (all its threads), user and system."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss_mb() -> float:
-    """The process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_dir(cfg: RunConfig) -> Path:
@@ -241,7 +230,7 @@ def run_episode(
     with what was executed while following it) and the final info (and, given a recorder, every step in the dataset
     format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display."""
     check_agent_fits_env(agent, env)
-    start, cpu = time.perf_counter(), _cpu_s()
+    start, cpu = time.perf_counter(), cpu_seconds()
     obs, info = env.reset(seed=seed)
     sampling_seed = agent.config.seed + (seed if agent_seed is None else agent_seed)  # agent.seed=0: the env's
     agent.reset(instruction, obs, info, seed=sampling_seed, plan=plan)
@@ -265,7 +254,7 @@ def run_episode(
         if terminated or truncated:
             break
     agent.wait()
-    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     stats = agent.stats()
     result = {
         "seed": seed,
@@ -285,7 +274,7 @@ def run_episode(
         "wall_s": wall,
         "cpu_s": cpu,
         "stages_s": {stage: float(agent.timings[stage]) for stage in STAGES},
-        "peak_rss_mb": _peak_rss_mb(),  # the process's peak so far
+        "peak_rss_mb": peak_rss_mb(),  # the process's peak so far
     }
     return {"result": result, "imagined": imagined, "executed": executed, "chunks": chunks, "info": dict(info)}
 
@@ -326,7 +315,7 @@ def summarize(
         "cpu_s_per_episode": float(np.mean([r["cpu_s"] for r in results])) if done else None,
         "stages_s_per_episode": stage_means,
         # this process's peak, or a resumed run's earlier one (each episode records the peak so far)
-        "peak_rss_mb": max([_peak_rss_mb(), *(r["peak_rss_mb"] for r in results if "peak_rss_mb" in r)]),
+        "peak_rss_mb": max([peak_rss_mb(), *(r["peak_rss_mb"] for r in results if "peak_rss_mb" in r)]),
         "threads": cfg.threads,
         "wall_s_total": time.perf_counter() - started,
         "episodes": results,

@@ -27,7 +27,6 @@ Timings hardly depend on the weights, so `checkpoint=null` times a freshly initi
 from __future__ import annotations
 
 import math
-import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -103,12 +102,14 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_mb(reset_worked: bool) -> float:
+    from vplan.utils.resources import peak_rss_mb
+
     if reset_worked:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 class ModeRunner:

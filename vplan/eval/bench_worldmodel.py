@@ -7,7 +7,6 @@ model of the configured size is timed.
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass, field, replace
 
@@ -17,6 +16,7 @@ from vplan.errors import UsageError
 from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.shipped import check_checkpoints_exist
 from vplan.utils.openmp import restores_torch_threads, wait_policy
+from vplan.utils.resources import peak_rss_mb
 from vplan.worldmodel.model import WorldModel, WorldModelConfig, require_text_conditioned
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores
@@ -88,7 +88,7 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
         with_decode = _fastest(lambda: model.decode(model.generate(context, texts, generator=seed)), cfg.repeats)
         rows.append({"sampler": spec, "generate_s": generate, "generate_and_decode_s": with_decode})
     model.config = config
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     size = config.vae.image_size
     print(f"\n{config.chunk_frames}-frame {size}x{size} chunk from {config.context_frames} context frames, "
           f"{cfg.threads} threads, {wait_policy()}, fastest of {cfg.repeats}:")
