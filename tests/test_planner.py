@@ -579,6 +579,15 @@ def test_the_offline_plan_holds_one_cube_at_a_time() -> None:
     skills.check_order(skills.decompose(KNOWN_INFO))  # raises where it would not
 
 
+def test_send_image_without_a_frame_says_the_image_is_left_out(endpoint, make_llm) -> None:
+    endpoint.reply = lambda body: (200, plan_reply(["pick up the red cube"]), 0.0)
+    with pytest.warns(VplanWarning, match="send_image=true, but plan\\(\\) was given no first_frame"):
+        plan = make_llm(send_image=True).plan("go", KNOWN_INFO)
+    assert plan.source == "llm"
+    content = endpoint.requests[-1]["body"]["messages"][1]["content"]
+    assert [part["type"] for part in content] == ["text"]
+
+
 def test_retrace_subgoals_ground_only_with_their_own_words() -> None:
     """Walking back is not walking forward, nor is a different path the same one (0.8-0.95 by similarity)."""
     from vplan.planner.grounding import GroundingError, SkillGrounder

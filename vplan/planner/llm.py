@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vplan.chat import ChatEndpoint, ChatRequestError, image_part, short
-from vplan.errors import PlannerFallbackWarning
+from vplan.errors import PlannerFallbackWarning, VplanWarning
 from vplan.planner.config import LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
 from vplan.planner.offline import OfflinePlanner, Planner
@@ -153,6 +153,9 @@ class LLMPlanner(Planner):
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         if first_frame is not None and self.llm.send_image:
             content.append(image_part(first_frame, "first_frame"))
+        elif self.llm.send_image:
+            warnings.warn("planner.llm.send_image=true, but plan() was given no first_frame: the request goes "
+                          "without the image", VplanWarning, stacklevel=3)
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
     def request(self, messages: list[dict[str, Any]]) -> Any:
