@@ -329,7 +329,7 @@ def train_component(cfg: TrainConfig) -> Path:
             vae.register_to_config(scaling_factor=1.0)
             vae.register_to_config(scaling_factor=estimate_scaling_factor(vae, training.frames[:: max(1, len(training.frames) // 2000)]))
             test = _frames(dataset, held_out)
-            score = psnr(decode_latents(vae, encode_frames(vae, test)), test)
+            score = psnr(decode_latents(vae, encode_frames(vae, test)).cpu(), test)  # on a GPU the VAE stays there
         with folder_written_aside(final) as folder:
             vae.save_pretrained(folder, safe_serialization=True)
         print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
