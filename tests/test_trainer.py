@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -63,6 +64,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
     first = LinearFit()
     train(first, OptimConfig(**{**optim.__dict__, "steps": 20}), tmp_path / "resumed", "toy")
+    # a user's copy of a checkpoint is no checkpoint (its name named no step: a traceback)
+    shutil.copytree(tmp_path / "resumed" / "checkpoint-0000010", tmp_path / "resumed" / "checkpoint-0000010.bak")
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-0000010", "checkpoint-0000020"]
     second = LinearFit()  # a fresh process would start from the same init, then load the checkpoint
     assert train(second, optim, tmp_path / "resumed", "toy") == 30
     assert second.calls == 10  # only the missing steps ran

@@ -78,7 +78,8 @@ def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints under `out`, oldest first."""
     if not out.is_dir():
         return []
-    found = [p for p in out.glob(f"{PREFIX}*") if (p / TRAINER_STATE).is_file()]
+    # "checkpoint-<digits>" only: a user's copy (checkpoint-0000200.bak) is not one, and named no step
+    found = [p for p in out.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit() and (p / TRAINER_STATE).is_file()]
     return sorted(found, key=checkpoint_step)
 
 
