@@ -278,6 +278,16 @@ def test_loss_log_lines_a_resumed_run_repeats_are_read_once_the_newer_winning(tm
     assert logged_losses(tmp_path / "missing.jsonl") == ([], [])
 
 
+def test_a_run_from_step_0_starts_a_new_loss_log(tmp_path):
+    """Without a checkpoint the run begins anew: an old log (its checkpoints deleted) kept its later steps in the
+    log and the plot, beside this run's."""
+    train(LinearFit(), OptimConfig(steps=6, batch_size=4, lr=0.01, warmup_steps=1, log_every=1), tmp_path, "toy")
+    for checkpoint in list_checkpoints(tmp_path):
+        shutil.rmtree(checkpoint)
+    train(LinearFit(), OptimConfig(steps=3, batch_size=4, lr=0.02, warmup_steps=1, log_every=1), tmp_path, "toy")
+    assert logged_losses(tmp_path / "train_log.jsonl")[0] == [1, 2, 3]
+
+
 def test_several_processes_are_refused_before_a_step(tmp_path, monkeypatch):
     from accelerate import Accelerator
 

@@ -120,6 +120,9 @@ def train(
     module, optimizer = accelerator.prepare(module, optimizer)
     log_path = out / LOG_FILE
     out.mkdir(parents=True, exist_ok=True)
+    if step == 0:  # no checkpoint: an old log is another run's (killed before its first save, or deleted)
+        log_path.unlink(missing_ok=True)
+        (out / PLOT_FILE).unlink(missing_ok=True)
     _drop_torn_line(log_path)
 
     stop_requested: list[int] = []
