@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import shutil
 import signal
@@ -156,6 +157,30 @@ def test_a_resume_keeps_the_fp16_grad_scalers_loss_scale(tmp_path, monkeypatch):
     assert scales[1] == scales[0]
     for a, b in zip(weights(straight.module), weights(resumed.module)):
         assert torch.equal(a, b)
+
+
+def test_accelerate_settings_vplan_does_not_follow_are_refused(tmp_path, monkeypatch):
+    """Gradient accumulation was ignored silently; a resume in another mixed precision went on silently."""
+    import accelerate
+
+    from vplan.errors import RunError
+
+    optim = OptimConfig(steps=4, batch_size=4, lr=0.01, warmup_steps=1, save_every=2)
+    train(LinearFit(), replace(optim, steps=2), tmp_path, "toy")
+    assert json.loads((list_checkpoints(tmp_path)[-1] / "trainer_state.json").read_text())["mixed_precision"] == "no"
+
+    class Accumulating(Accelerator):
+        gradient_accumulation_steps = property(lambda self: 4)
+
+    class InBf16(Accelerator):
+        mixed_precision = property(lambda self: "bf16")
+
+    monkeypatch.setattr(accelerate, "Accelerator", Accumulating)
+    with pytest.raises(RunError, match=r"gradient accumulation \(4 steps.* raise component.optim.batch_size instead"):
+        train(LinearFit(), optim, tmp_path / "other", "toy")
+    monkeypatch.setattr(accelerate, "Accelerator", InBf16)
+    with pytest.raises(RunError, match=r"trained with mixed precision 'no', this run has 'bf16'"):
+        train(LinearFit(), optim, tmp_path, "toy")
 
 
 class SignalledAt(LinearFit):

@@ -27,6 +27,7 @@ from vplan.utils.settings import check_ints, check_seed
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
+MIXED_PRECISION = "mixed_precision"  # in trainer_state.json: accelerate's "no", "fp16" or "bf16", held on a resume
 GRAD_SCALER = "grad_scaler"  # in trainer_state.json under fp16: the grad scaler's state (its loss scale)
 
 
@@ -94,6 +95,10 @@ def train(
         # every process would draw the same batches (seeded by the step alone) and write the same files
         raise RunError(f"{description}: {accelerator.num_processes} processes (accelerate launch): vplan trains in "
                        "one process (CPU, or the one GPU it finds); run the command without accelerate launch")
+    if accelerator.gradient_accumulation_steps > 1:  # the loop steps the optimizer on every batch
+        raise RunError(f"{description}: gradient accumulation ({accelerator.gradient_accumulation_steps} steps, from "
+                       f"accelerate's settings) is not done by vplan's trainer; leave it at 1 and raise "
+                       f"{optim_key}.batch_size instead")
     module = component.module
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
@@ -111,6 +116,11 @@ def train(
             raise RunError(f"{description}: {checkpoints[-1]} does not fit this model ({detail}); choose another "
                            "out=DIR") from None
         step = state["step"]
+        began = state.get(MIXED_PRECISION, accelerator.mixed_precision)  # unrecorded before 2026-12-06
+        if began != accelerator.mixed_precision:  # the same weights, trained on in another precision
+            raise RunError(f"{description}: {checkpoints[-1]} was trained with mixed precision {began!r}, this run "
+                           f"has {accelerator.mixed_precision!r} (accelerate's setting, e.g. ACCELERATE_MIXED_"
+                           f"PRECISION); resume with {began!r}, or choose another out=DIR")
         if accelerator.scaler is not None and GRAD_SCALER in state:  # fp16: the loss scale it had reached
             accelerator.scaler.load_state_dict(state[GRAD_SCALER])
         if step > optim.steps:  # it would end at once, and its result would be the longer run's
@@ -131,7 +141,7 @@ def train(
     def checkpoint(at: int) -> None:
         if accelerator.is_main_process:
             scaler = {} if accelerator.scaler is None else {GRAD_SCALER: accelerator.scaler.state_dict()}
-            extra = {"description": description, **scaler}
+            extra = {"description": description, MIXED_PRECISION: accelerator.mixed_precision, **scaler}
             save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, extra)
             plot_losses(log_path, out / PLOT_FILE, description)
 
