@@ -74,6 +74,33 @@ def test_a_setting_the_code_no_longer_has_is_a_difference():
     assert changed_settings(saved, plain(Outer()), Outer()) == ["removed"]
 
 
+def test_another_commands_settings_are_never_written_over(tmp_path):
+    """`vplan train out=<a collect dataset>` replaced its config.yaml: the dataset's own resume was then refused
+    for good ('ran with other settings of component, data, ...')."""
+    from vplan.eval.progress import start_or_continue
+    from vplan.utils.settings import write_config
+
+    (tmp_path / "config.yaml").write_text("env: {name: tabletop}\ntask: {name: return_cubes}\nseed: 0\n")
+    with pytest.raises(UsageError, match=r"holds another command's settings \(config.yaml, with env, task\); "
+                                         r"choose another out=DIR"):
+        write_config(tmp_path, Outer())
+    assert "env:" in (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text("seed: 3\nepisodes: 1\n")  # its own, older: written over
+    write_config(tmp_path, Outer())
+    assert "inner:" in (tmp_path / "config.yaml").read_text()
+
+    @dataclass
+    class Evaluation:
+        resume: bool = False
+        episodes: int = 1
+
+    (tmp_path / "progress.json").write_text(json.dumps({"settings": {"chunks": 32, "modes": ["none"]}}))
+    with pytest.raises(UsageError, match=r"holds another command's evaluation \(progress.json, with settings "
+                                         r"chunks, modes\)"):
+        start_or_continue(Evaluation(), tmp_path, (), {}, lambda progress: "", [])
+    assert (tmp_path / "progress.json").is_file()
+
+
 def test_a_resumed_run_stops_when_a_checkpoints_files_changed(tmp_path):
     checkpoint, out = tmp_path / "model", tmp_path / "run"
     checkpoint.mkdir()

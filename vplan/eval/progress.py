@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
+    if file.is_file():  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
+        other = sorted(set(json.loads(file.read_text()).get("settings", {})) - {f.name for f in fields(cfg)})
+        if other:
+            raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
+                             f"{', '.join(other[:3])}); choose another out=DIR")
     if cfg.resume and file.is_file():
         progress = json.loads(file.read_text())
         changed = changed_settings(progress["settings"], settings, cfg)

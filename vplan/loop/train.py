@@ -31,7 +31,7 @@ from vplan.loop.idm import IDMTrainConfig, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, write_json
-from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, write_config
+from vplan.utils.settings import CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, write_config
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
@@ -285,6 +285,7 @@ def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> tor
 def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
     """Write `<out>/config.yaml`; a resumed run must have the settings it recorded, but for RESUMABLE_CHANGES."""
     file = out / CONFIG_FILE
+    check_config_is_ours(out, cfg)
     if resuming and file.is_file():
         check_same_config(cfg, file, RESUMABLE_CHANGES)
     elif resuming:

@@ -59,7 +59,9 @@ from vplan.tasks import TaskConfig
 from vplan.utils.files import folder_written_aside, recover_folder, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, check_seed, write_config
+from vplan.utils.settings import (
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, write_config,
+)
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -491,6 +493,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     out = run.out
     saved = 0  # iterations the checkpoint on disk holds
     try:
+        check_config_is_ours(out, cfg)  # before anything is written there
         out.mkdir(parents=True, exist_ok=True)
         run.recover()  # before the settings check, which looks for the checkpoint
         if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():

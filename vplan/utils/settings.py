@@ -112,13 +112,32 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
     return changed
 
 
+def check_config_is_ours(out: Path, cfg: Any) -> None:
+    """A UsageError where `<out>/config.yaml` holds another command's settings (a collect dataset's in a train's
+    out=): a top-level setting this command has not. Writing over it would leave that folder's own resume refused
+    for good. (Its own older record names no setting this command lacks: a setting removed since is refused on
+    resume anyway.)"""
+    from omegaconf import OmegaConf
+
+    from vplan.errors import UsageError
+
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        return
+    other = sorted(set(OmegaConf.load(path)) - {f.name for f in fields(cfg)})
+    if other:
+        raise UsageError(f"{out} holds another command's settings ({path.name}, with {', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}); choose another out=DIR")
+
+
 def write_config(out: Path, cfg: Any) -> None:
     """`<out>/config.yaml`: the command's settings (secrets redacted), which `check_same_config` holds a resumed
-    run to."""
+    run to; another command's is never written over (`check_config_is_ours`)."""
     from omegaconf import OmegaConf
 
     from vplan.utils.files import write_text_atomic
 
+    check_config_is_ours(out, cfg)
     write_text_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(settings_record(cfg)))
 
 
