@@ -58,6 +58,12 @@ def test_compose_builds_typed_configs():
     assert choices == {"env": "tabletop", "task": "return_cubes"}
 
 
+def test_the_last_env_given_picks_the_default_task():
+    """Hydra takes the last env=; the default task came from the first ('use env=tabletop', looping)."""
+    cfg, _ = compose_config(command("collect"), ["env=tabletop", "env=blockworld"])
+    assert build_config(cfg).task.name == "retrace"
+
+
 def test_default_out_follows_the_task():
     cfg, _ = compose_config(command("collect"), [])
     assert build_config(cfg).out == "data/return_cubes"
@@ -67,6 +73,7 @@ def test_default_out_follows_the_task():
     ("args", "expected"),
     [
         (["colect"], "unknown command 'colect'; valid commands: " + ", ".join(c.name for c in COMMANDS)),
+        (["episodes=3"], "expected a command before 'episodes=3', e.g. vplan run episodes=3; valid commands: "),
         (["bench", "nothing"], "unknown command 'bench nothing'"),
         (["bench", "--help"], "'bench' needs one more word, one of: env, executor, memory, planning, worldmodel"),
         (["collect", "episodez=3"], "unknown key 'episodez'; valid keys:"),
@@ -92,7 +99,7 @@ def test_default_out_follows_the_task():
         (["collect", "noise_std=nan"], "noise_std: expected a finite number >= 0, got nan"),
         (["rl", "lr=inf"], "lr: expected a finite number > 0, got inf"),
         (["run", "memory=none,anchor"], "'memory=none,anchor' gives several values (a Hydra sweep)"),
-        (["collect", "task.instruction=pick it up, then put it back"], "or quote a text with a comma in it "
+        (["collect", "task.instruction=pick it up, then put it back"], "quote a text with a comma in it "
                                                                        "('task.instruction=\"a, b\"')"),
         (["eval", "consistency", "modes=none"], "bad value for 'modes': expected a list, in brackets: modes=[...]"),
         (["bench", "worldmodel", "samplers=[]"], "samplers: expected at least one entry like 'dpmsolver++:5', got []"),
@@ -167,7 +174,7 @@ def test_an_empty_checkpoint_path_is_refused_not_read_as_the_shipped_one(capsys)
 
 
 def test_errors_never_quote_a_secret(capsys):
-    for bad in ('planner.llm.api_key=sk-a"b', "planner.llm.api_key=[sk-secret]"):
+    for bad in ('planner.llm.api_key=sk-a"b', "planner.llm.api_key=[sk-secret]", "planner.llm.api_key=sk-a,b"):
         with pytest.raises(SystemExit) as exit_info:
             main(["run", bad])
         err = capsys.readouterr().err

@@ -211,6 +211,8 @@ def _find_command(args: list[str]) -> tuple[Command, list[str]]:
         raise UsageError(f"{' '.join(words)!r} needs one more word, one of: {', '.join(following)} (e.g. vplan "
                          f"{' '.join(words)} {following[0]} --help)")
     valid = ", ".join(c.name for c in COMMANDS)
+    if not words and args:  # `vplan episodes=3`, `vplan -v`
+        raise UsageError(f"expected a command before {args[0]!r}, e.g. vplan run episodes=3; valid commands: {valid}")
     raise UsageError(f"unknown command {' '.join(words)!r}; valid commands: {valid}")
 
 
@@ -272,7 +274,7 @@ def _env_default_task(parsed: list[Any], groups: Any) -> str | None:
     """For `env=NAME` without `task=...`: the task NAME's config dataclass defaults to (e.g. `retrace` for
     blockworld), so `vplan collect env=blockworld` needs no `task=retrace`; None if there is nothing to add."""
     keys = {override.key_or_group for override in parsed}
-    env = next((o.value() for o in parsed if o.key_or_group == "env" and not o.package), None)
+    env = next((o.value() for o in reversed(parsed) if o.key_or_group == "env" and not o.package), None)  # the last wins
     if "task" in keys or "task" not in groups or not isinstance(env, str):
         return None
     target = SCHEMAS.get(("env", f"{env}_schema"))
@@ -310,9 +312,10 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
     for override in parsed:
         if override.is_sweep_override():  # a comma makes a Hydra sweep: one run per value, which vplan does not do
             key = override.key_or_group
-            raise UsageError(f"{override.input_line!r} gives several values (a Hydra sweep), and a command runs "
-                             f"with one; write a list in brackets ({key}=[a,b]), or quote a text with a comma in "
-                             f"it ('{key}=\"a, b\"')")
+            shown = f"{key}=<redacted>" if _is_secret(key) else override.input_line
+            raise UsageError(f"{shown!r} gives several values (a Hydra sweep), and a command runs with one; quote a "
+                             f"text with a comma in it ('{key}=\"a, b\"'), or, for a setting that takes a list, "
+                             f"write it in brackets ({key}=[a,b])")
     _register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vplan.configs", version_base="1.3"):
