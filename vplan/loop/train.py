@@ -15,7 +15,7 @@ newest checkpoint, and is refused if a setting (but for the run's length and log
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ints(self, ("holdout_episodes",))
+        default = next((f.default for f in fields(self.component) if f.name == "name"), None)
+        if self.component.name != default:  # it names the out= folder only: a world model went to checkpoints/idm
+            raise ValueError(f"component.name: {self.component.name!r} names no other component than {default!r}; "
+                             f"choose the component with component={self.component.name}")
 
 
 def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
