@@ -87,6 +87,8 @@ def test_default_out_follows_the_task():
         (["collect", "env.image_size=3"], "env.image_size: expected"),
         (["rl", "memory.lr=nan"], "memory.lr: expected a positive finite number, got nan"),  # rl has its own lr
         (["collect", "stray"], "unexpected argument 'stray'"),
+        (["run", "idm=shipped:tabletop/worldmodel"], "idm=shipped:tabletop/worldmodel: a world model's checkpoint, "
+                                                     "not an IDM's; pass idm=shipped:<env>/idm or DIR"),
         (["train", "component.name=idm"], "component.name: 'idm' names no other component than 'worldmodel'; "
                                           "choose the component with component=idm"),
         (["collect", "--fast"], "unknown option '--fast'"),

@@ -79,6 +79,23 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
             if (path / "final" / "config.json").is_file():  # the training run's directory, not its result
                 raise UsageError(f"{name}={spec}: a training run's directory; pass {name}={path / 'final'}")
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; {hint}")
+        _check_kind(name, spec, component)
+
+
+def _check_kind(name: str, spec: str, component: str) -> None:
+    """A UsageError where the checkpoint is another kind of model than the setting takes (an IDM for a world
+    model, a VAE's folder), named by the setting; the loader's own error named only a config.json."""
+    from vplan.policies.idm import CHECKPOINT_KIND as IDM_KIND
+    from vplan.worldmodel.model import CHECKPOINT_KIND as WORLDMODEL_KIND
+
+    kinds = {IDM_KIND: "an IDM's", WORLDMODEL_KIND: "a world model's"}
+    wanted = IDM_KIND if component == "idm" else WORLDMODEL_KIND
+    found = _recorded(spec, "kind")
+    if found != wanted:
+        found_as = (f"{kinds[found]} checkpoint" if found in kinds else
+                    f"no vplan model (its config.json has kind {found!r}: a VAE's, or another tool's)")
+        raise UsageError(f"{name}={spec}: {found_as}, not {kinds[wanted]}; pass {name}=shipped:<env>/{component} "
+                         "or DIR")
 
 
 def trained_on_env(spec: str) -> str | None:
