@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from vplan.cli import main
 from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
-from vplan.errors import UsageError
+from vplan.errors import RunError, UsageError
 from vplan.loop import finetune as ft
 from vplan.loop.finetune import FinetuneConfig, InnerEpisode, SlowFastTraining, episode_file, finetune, merged_weights
 from vplan.loop.trainer import OptimConfig, train
@@ -218,6 +218,9 @@ def test_a_stopped_continuation_leaves_no_stale_final(setup, finetuned, tmp_path
     def stopped(self, batch, generator):
         raise KeyboardInterrupt
 
+    with pytest.raises(RunError, match="past optim.steps=3"):  # refused: the result stays as it was
+        finetune(config(data, wm, out, optim=replace(OPTIM, steps=3)))
+    assert (out / "final").is_dir()
     monkeypatch.setattr(SlowFastTraining, "loss", stopped)
     with pytest.raises(KeyboardInterrupt):
         finetune(config(data, wm, out, optim=replace(OPTIM, steps=6)))

@@ -464,8 +464,6 @@ def finetune(cfg: FinetuneConfig) -> Path:
     out = Path(cfg.out)
     _check_settings(out / INNER, _settings(cfg, checkpoint, episodes), cfg)
     final = out / FINAL
-    if final.is_dir():  # an earlier, shorter run's: gone until this one ends, so a stopped run leaves no stale one
-        shutil.rmtree(final)
 
     groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]
     ends = [cfg.optim.steps * (r + 1) // cfg.rounds for r in range(cfg.rounds)]
@@ -493,8 +491,10 @@ def finetune(cfg: FinetuneConfig) -> Path:
         torch.manual_seed(cfg.optim.seed)
         training = SlowFastTraining(world_model, stored, cfg.memory)
         started = time.perf_counter()
+        # an earlier, shorter run's final/ goes once the trainer has accepted this one, so a stopped run leaves
+        # no stale one (and a refused one leaves it as it was)
         steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end,
-                      optim_key="optim")
+                      optim_key="optim", before_first_step=lambda: shutil.rmtree(final, ignore_errors=True))
         outer_seconds += time.perf_counter() - started
     with folder_written_aside(final) as folder:
         # the env the weights learned from: the dataset's, or for one of no vplan env, the base model's

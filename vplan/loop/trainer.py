@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -79,13 +80,14 @@ class Trainable(Protocol):
 
 def train(
     component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None,
-    optim_key: str = "component.optim",
+    optim_key: str = "component.optim", before_first_step: Callable[[], None] | None = None,
 ) -> int:
     """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint.
 
     `until` stops (with a checkpoint) at that step instead, on the schedule of the whole run, so a caller can
     interleave other work with one training run (`vplan finetune rounds=`). `optim_key` is where the command's
-    overrides set `optim`, for the errors that name a setting to change.
+    overrides set `optim`, for the errors that name a setting to change. `before_first_step` runs once every check
+    has passed and a step is about to be taken (finetune removes its earlier result there).
     """
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -149,6 +151,8 @@ def train(
         bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not accelerator.is_main_process)
         started = time.perf_counter()
         target = optim.steps if until is None else min(until, optim.steps)
+        if step < target and before_first_step is not None:
+            before_first_step()
         while step < target:
             generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
             try:
