@@ -64,6 +64,11 @@ def test_the_last_env_given_picks_the_default_task():
     assert build_config(cfg).task.name == "retrace"
 
 
+def test_a_component_name_of_ones_own_names_the_out_folder():
+    cfg, _ = compose_config(command("train"), ["component.name=wm_big"])  # another component's name is refused
+    assert build_config(cfg).out == "checkpoints/wm_big"
+
+
 def test_default_out_follows_the_task():
     cfg, _ = compose_config(command("collect"), [])
     assert build_config(cfg).out == "data/return_cubes"
@@ -89,8 +94,8 @@ def test_default_out_follows_the_task():
         (["collect", "stray"], "unexpected argument 'stray'"),
         (["run", "idm=shipped:tabletop/worldmodel"], "idm=shipped:tabletop/worldmodel: a world model's checkpoint, "
                                                      "not an IDM's; pass idm=shipped:<env>/idm or DIR"),
-        (["train", "component.name=idm"], "component.name: 'idm' names no other component than 'worldmodel'; "
-                                          "choose the component with component=idm"),
+        (["train", "component.name=idm"], "component.name=idm names another component, and only the default out= "
+                                          "folder; choose the component with component=idm"),
         (["collect", "--fast"], "unknown option '--fast'"),
         (["collect", "episodes.x=1"], "episodes is one setting, not a group of them; give episodes=VALUE"),
         (["train", "component=idm", "model@component.model=tiny"],

@@ -88,6 +88,9 @@ RESUMABLE_CHANGES = ("out", "component.init", "component.optim.steps", "componen
                      "component.optim.save_every", "component.optim.log_every")
 
 
+COMPONENTS = ("vae", "worldmodel", "idm")  # configs/component/
+
+
 @dataclass
 class TrainConfig:
     """Settings of `vplan train`."""
@@ -100,9 +103,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_ints(self, ("holdout_episodes",))
         default = next((f.default for f in fields(self.component) if f.name == "name"), None)
-        if self.component.name != default:  # it names the out= folder only: a world model went to checkpoints/idm
-            raise ValueError(f"component.name: {self.component.name!r} names no other component than {default!r}; "
-                             f"choose the component with component={self.component.name}")
+        name = self.component.name
+        if name != default and name in COMPONENTS:  # it names the out= folder only: a world model went to checkpoints/idm
+            raise ValueError(f"component.name={name} names another component, and only the default out= folder; "
+                             f"choose the component with component={name}")
 
 
 def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
