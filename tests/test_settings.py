@@ -94,6 +94,9 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
         resume: bool = False
         episodes: int = 1
 
+    with pytest.raises(UsageError, match=r"holds another command's records \(config.yaml\)"):  # a run's: its
+        start_or_continue(Evaluation(), tmp_path, (), {}, lambda progress: "", [])  # metrics.json would go
+    (tmp_path / "config.yaml").unlink()
     (tmp_path / "progress.json").write_text(json.dumps({"settings": {"chunks": 32, "modes": ["none"]}}))
     with pytest.raises(UsageError, match=r"holds another command's evaluation \(progress.json, with settings "
                                          r"chunks, modes\)"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vplan.errors import UsageError
-from vplan.utils.settings import changed_settings, settings_record
+from vplan.utils.settings import CONFIG_FILE, changed_settings, settings_record
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
@@ -29,6 +29,8 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
+    if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
+        raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}); choose another out=DIR")
     if file.is_file():  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
         other = sorted(set(json.loads(file.read_text()).get("settings", {})) - {f.name for f in fields(cfg)})
         if other:
