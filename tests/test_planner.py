@@ -579,6 +579,22 @@ def test_the_offline_plan_holds_one_cube_at_a_time() -> None:
     skills.check_order(skills.decompose(KNOWN_INFO))  # raises where it would not
 
 
+def test_scene_names_with_digits_or_marks_ground_and_a_repeat_does_not() -> None:
+    from vplan.planner.grounding import GroundingError, SkillGrounder
+    from vplan.planner.skills import ReturnCubesSkills
+
+    info = {**KNOWN_INFO, "cube_names": ["cube1", "light-blue", "red"]}
+    skills = ReturnCubesSkills().skills(info)
+    grounder = SkillGrounder(0.8)
+    texts = ["pick up the cube1 cube", "Place the light-blue cube on the left spot.", "pick up the red cube"]
+    assert [skill.text for skill, _ in grounder.ground(texts, skills)] == [
+        "pick up the cube1 cube", "place the light-blue cube on the left spot", "pick up the red cube"]
+    with pytest.raises(GroundingError, match=r"unlike the nearest, '[^']*', it has \['cube2'\], not \['\w+'\]"):
+        grounder.ground(["pick up the cube2 cube"], skills)
+    with pytest.raises(GroundingError, match=r"it has \['cube', 'pick', 'red', 'up'\]"):  # the step twice
+        grounder.ground(["pick up the red cube pick up the red cube"], skills)
+
+
 def test_send_image_without_a_frame_says_the_image_is_left_out(endpoint, make_llm) -> None:
     endpoint.reply = lambda body: (200, plan_reply(["pick up the red cube"]), 0.0)
     with pytest.warns(VplanWarning, match="send_image=true, but plan\\(\\) was given no first_frame"):

@@ -1,8 +1,8 @@
 """Ground free subgoal texts to the skills the world model knows (MiniLM sentence embeddings).
 
 A text is grounded to a skill when (1) it has the skill's words — case, order, the words in `FILLER_WORDS`, a
-leading step number ("1.", "Step 2:") and a closing ".", "!" or "?" aside — and no other character than letters
-and spaces, and (2) its embedding's cosine similarity to the skill's text is at least the threshold.
+leading step number ("1.", "Step 2:") and a closing ".", "!" or "?" aside; each as often as the skill says it
+— and no other character than letters, digits, spaces and those of the skills' own texts, and (2) its embedding's cosine similarity to the skill's text is at least the threshold.
 Embeddings are all-MiniLM-L6-v2's mean-pooled, L2-normalised token states (sentence-transformers' recipe)
 from the world model's offline text encoder (vplan/worldmodel/text_encoder.py). A grounded subgoal takes the
 skill's own text: nothing of the reply's wording reaches the world model.
@@ -22,6 +22,7 @@ refuses only what a stricter setting asks; where no skill has a text's words, th
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -52,8 +53,13 @@ def _without_step_number(text: str) -> str:
     return text[match.end():] if match else text
 
 
-def _content_words(text: str) -> frozenset[str]:
-    return frozenset(re.findall(r"[a-z]+", text.lower())) - FILLER_WORDS
+def _content_words(text: str) -> Counter[str]:
+    """The words that say what a text does, each as often as it says it ("... twice" in words is a repeat)."""
+    return Counter(word for word in re.findall(r"[a-z0-9]+", text.lower()) if word not in FILLER_WORDS)
+
+
+def _marks(text: str) -> set[str]:
+    return set(re.sub(r"[A-Za-z0-9 ]", "", text))
 
 
 class SkillGrounder:
@@ -78,17 +84,19 @@ class SkillGrounder:
                   for text in texts]
         similarity = self.embed(bodies) @ self.embed([s.text for s in skills]).T
         skill_words = [_content_words(skill.text) for skill in skills]
+        own_marks = set().union(*(_marks(skill.text) for skill in skills))  # a scene's "light-blue" cube
         grounded = []
         for row, body in enumerate(bodies):
-            marks = sorted(set(re.sub(r"[A-Za-z ]", "", body)))
+            marks = sorted(_marks(body) - own_marks)
             if marks:
                 raise GroundingError(f"subgoal {row + 1} holds {' '.join(marks)}: expected one skill's text, "
-                                     "letters and spaces only (a mark may join two steps)")
+                                     "letters, digits and spaces only (a mark may join two steps)")
             words = _content_words(body)
             matches = [j for j, known in enumerate(skill_words) if known == words]
             if not matches:
                 nearest = int(similarity[row].argmax())
-                extra, missing = sorted(words - skill_words[nearest]), sorted(skill_words[nearest] - words)
+                extra = sorted((words - skill_words[nearest]).elements())
+                missing = sorted((skill_words[nearest] - words).elements())
                 differ = ", ".join([*([f"it has {extra}"] if extra else []),
                                     *([f"not {missing}"] if missing else [])])
                 raise GroundingError(f"subgoal {row + 1} is no known skill: unlike the nearest, "
