@@ -96,14 +96,14 @@ def test_the_agents_episodes_a_run_recorded_are_not_appended_to(tmp_path):
     own: collect once took it for a dataset begun before settings were recorded, and appended expert episodes."""
     from vplan.errors import UsageError
 
-    collect(small_config(tmp_path / "run" / "episodes", episodes=1))
+    collect(small_config(tmp_path / "run" / "episodes", episodes=1, seed=10000))  # the seeds a run plays
     (tmp_path / "run" / "episodes" / "config.yaml").unlink()  # as run writes it
     (tmp_path / "run" / "config.yaml").write_text("record: true\n")
     with pytest.raises(UsageError, match=r"holds the agent's episodes that `vplan run record=true` recorded"):
         collect(small_config(tmp_path / "run" / "episodes", episodes=2))
     assert EpisodeDataset(tmp_path / "run" / "episodes").num_episodes == 1
     (tmp_path / "run" / "config.yaml").write_text("record: false\n")  # a folder of that name, not the run's
-    collect(small_config(tmp_path / "run" / "episodes", episodes=2))
+    collect(small_config(tmp_path / "run" / "episodes", episodes=2, seed=10000))
     assert EpisodeDataset(tmp_path / "run" / "episodes").num_episodes == 2
 
 

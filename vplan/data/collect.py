@@ -148,9 +148,6 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
     began `out`: one dataset, one way of collecting (an env's max_delta, say, sets what its actions mean)."""
     if (out / CONFIG_FILE).is_file():
         check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES)
-    elif _recorded_by_run(out):
-        raise UsageError(f"{out} holds the agent's episodes that `vplan run record=true` recorded in {out.parent}, "
-                         "not an expert's; collect into another out=DIR")
     else:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
@@ -220,6 +217,9 @@ def collect(cfg: CollectConfig) -> Path:
         start = writer.num_episodes
         if start:  # a dataset collected otherwise is refused even when it holds enough episodes
             try:
+                if _recorded_by_run(out):  # before the seeds: it ran 10000+, and "pass seed=10000" would mislead
+                    raise UsageError(f"{out} holds the agent's episodes that `vplan run record=true` recorded in "
+                                     f"{out.parent}, not an expert's; collect into another out=DIR")
                 _check_continues(writer.last_extra, cfg, start)
                 _check_same_settings(cfg, out)
             except UsageError:
