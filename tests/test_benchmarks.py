@@ -190,6 +190,7 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
                     out=str(tmp_path / "short"))  # every episode shorter than a context and a chunk
     with pytest.raises(UsageError, match=r"no chunk to score: every episode ended before 4 frames"):
         evaluate_worldmodel(short)
+    assert not (tmp_path / "short" / "progress.json").exists()  # longer episodes may go to the same out=
 
 
 def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunks(tmp_path, capsys):

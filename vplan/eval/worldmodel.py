@@ -249,6 +249,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
 
     rows = sorted((r for r in progress["chunks"] if r["episode"] < cfg.episodes), key=lambda r: (r["episode"], r["start"]))
     if not rows:  # every episode shorter than a context and a chunk: a table of nothing
+        (out / PROGRESS_FILE).unlink(missing_ok=True)  # nothing to keep: the same out= takes the longer episodes
         window = model.config.context_frames + model.config.chunk_frames
         raise UsageError(f"no chunk to score: every episode ended before {window} frames (context_frames + "
                          "chunk_frames); let the episodes run longer (env.max_episode_steps)")
