@@ -282,9 +282,13 @@ def test_the_last_chunk_is_not_learned_from():
             return torch.full((1, 2, 1, 1, 1), float("nan") if history.shape[1] > 1 else 0.0)
 
     memory = DivergingMemory()
-    with pytest.raises(RunError, match=r"memory temp_lora drew chunk 2 of 3 as NaN or infinite latents"):
+    with pytest.raises(RunError, match=r"memory temp_lora drew chunk 2 of 3 as NaN or infinite latents \(a "
+                                       r"diverged Temp-LoRA: lower temp_lora.lr\)"):
         imagine(None, memory, torch.zeros(1, 1, 1, 1, 1), ["a", "b", "c"], None)
     assert memory.updates == 1
+    memory.config = MemoryConfig(kind="none")  # no Temp-LoRA to blame
+    with pytest.raises(RunError, match=r"memory none drew chunk 2 .* \(the world model itself: check the checkpoint"):
+        imagine(None, memory, torch.zeros(1, 1, 1, 1, 1), ["a", "b", "c"], None)
 
 
 def test_a_diverged_rollout_stops_with_one_line_naming_seed_mode_and_chunk(tiny_checkpoint, tmp_path, capsys):

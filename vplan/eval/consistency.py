@@ -149,8 +149,10 @@ def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: An
     for index, text in enumerate(texts):
         chunk = memory.generate(history, [text], generator=generator)
         if not torch.isfinite(chunk).all():  # every later chunk would follow it, and decoding refuses it
+            why = ("a diverged Temp-LoRA: lower temp_lora.lr" if memory.config.kind == "temp_lora" else
+                   "the world model itself: check the checkpoint")
             raise RunError(f"memory {memory.config.kind} drew chunk {index + 1} of {len(texts)} as NaN or infinite "
-                           "latents (a diverged Temp-LoRA: lower temp_lora.lr)")
+                           f"latents ({why})")
         last = index == len(texts) - 1  # nothing follows it: learning from it would only cost time
         if observed is None and not last:
             memory.update(previous, chunk)
@@ -410,8 +412,8 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
             print(f"  SRC of {mode} minus none, paired by seed: {d['mean']:+.2f}{error}, ahead in {d['ahead']} and "
                   f"behind in {d['behind']} of {d['episodes']}")
     if real["scuts"] > 0:  # blockworld's turns swing the whole view: cuts of the scene itself
-        print(f"SCuts: the real take has {real['scuts']:.2f} per episode, cuts of its own (a turn swings the whole "
-              "view), so SCuts does not rank the modes here: closer to the real take's is better, not fewer; "
+        print(f"SCuts: the real take has {real['scuts']:.2f} per episode, cuts of its own (blockworld: a turn swings "
+              "the whole view), so SCuts does not rank the modes here: closer to the real take's is better, not fewer; "
               "SRC: higher is better; PSNR drift: closer to 0 (or above) is better")
     else:
         print("SCuts: fewer is better; SRC: higher is better; PSNR drift: closer to 0 (or above) is better")
