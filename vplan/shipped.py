@@ -90,7 +90,11 @@ def _check_kind(name: str, spec: str, component: str) -> None:
 
     kinds = {IDM_KIND: "an IDM's", WORLDMODEL_KIND: "a world model's"}
     wanted = IDM_KIND if component == "idm" else WORLDMODEL_KIND
-    found = _recorded(spec, "kind")
+    try:
+        payload = json.loads((resolve_checkpoint(spec) / "config.json").read_text())
+    except (OSError, ValueError):  # a damaged file: the loader names what is wrong with it
+        return
+    found = payload.get("kind") if isinstance(payload, dict) else None
     if found != wanted:
         found_as = (f"{kinds[found]} checkpoint" if found in kinds else
                     f"no vplan model (its config.json has kind {found!r}: a VAE's, or another tool's)")
