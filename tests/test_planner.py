@@ -255,10 +255,12 @@ def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
     assert SECRET not in written and '"api_key": "<redacted>"' in written
     in_url = redact_secrets({"base_url": f"https://user:{SECRET}@llm.example/v1", "note": "a@b", "other": "http://h/v1",
                              "at_in_password": f"https://user:p@{SECRET}@llm.example/v1?to=a@b",
-                             "in_query": f"https://h.example/v1?api-version=1&api-key={SECRET}&sig={SECRET}#x"})
+                             "in_query": f"https://h.example/v1?api-version=1&api-key={SECRET}&sig={SECRET}#x",
+                             "no_secret": "https://h.example/v1?design=a&monkey=b&keyboard=c"})
     assert in_url == {"base_url": "https://<redacted>@llm.example/v1", "note": "a@b", "other": "http://h/v1",
                       "at_in_password": "https://<redacted>@llm.example/v1?to=a@b",
-                      "in_query": "https://h.example/v1?api-version=1&api-key=<redacted>&sig=<redacted>#x"}
+                      "in_query": "https://h.example/v1?api-version=1&api-key=<redacted>&sig=<redacted>#x",
+                      "no_secret": "https://h.example/v1?design=a&monkey=b&keyboard=c"}
     from vplan.cli import main
     from vplan.utils.settings import settings_record
 

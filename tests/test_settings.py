@@ -44,6 +44,12 @@ def test_same_settings_and_ignored_names_are_no_difference():
     assert changed_settings(plain(Outer()), plain(cfg), cfg) == ["episodes"]
 
 
+def test_a_url_secret_recorded_before_it_was_redacted_is_no_difference():
+    saved = {"base_url": "https://h.example/v1?api-key=sk-old"}  # written in full by an older vplan
+    assert changed_settings(saved, {"base_url": "https://h.example/v1?api-key=<redacted>"}) == []
+    assert changed_settings(saved, {"base_url": "https://other.example/v1?api-key=<redacted>"}) == ["base_url"]
+
+
 def test_a_key_is_not_a_setting_a_resume_compares():
     """Records written before vplan redacted secrets hold the key; a key given by the environment is null in the
     record; a rotated one is another key: each still resumes."""

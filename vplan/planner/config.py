@@ -13,8 +13,8 @@ KINDS = ("offline", "llm")
 SECRET_FIELDS = ("api_key",)  # never logged, printed or written to a run directory
 URL_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)  # up to the host's last "@"
 # a URL's query parameter that carries a key (Azure's ?api-key=, ?token=, ?sig=, ...)
-URL_SECRET_PARAMETER = re.compile(r"([?&][^=&#\s]*(?:key|token|secret|password|sig)[^=&#\s]*=)[^&#\s]*",
-                                  re.IGNORECASE)
+URL_SECRET_PARAMETER = re.compile(
+    r"([?&](?:[^=&#\s]*[-_])?(?:api-?key|key|token|secret|password|sig|signature)=)[^&#\s]*", re.IGNORECASE)
 
 
 @dataclass

@@ -89,7 +89,7 @@ def changed_settings(
 
 
 def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, prefix: str) -> list[str]:
-    from vplan.planner.config import SECRET_FIELDS
+    from vplan.planner.config import SECRET_FIELDS, redact_secrets
 
     changed = []
     for key in sorted(saved.keys() | current.keys()):
@@ -101,8 +101,8 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
             if isinstance(old, Mapping) and isinstance(new, Mapping):
                 child = getattr(config, key, None) if is_dataclass(config) else None
                 changed += _changed(old, new, child, f"{name}.")
-            elif old != new:
-                changed.append(name)
+            elif old != new and redact_secrets(old) != redact_secrets(new):  # a record kept before a secret was
+                changed.append(name)  # redacted holds it in full
         elif key in current:
             default = _default(config, key)
             if default is MISSING or plain(default) != current[key]:
