@@ -156,13 +156,12 @@ def test_resume_or_overwrite_never_takes_over_another_commands_folder(checkpoint
     own resume was refused for good; overwrite=true deleted its records."""
     out = tmp_path / "collected"
     out.mkdir()
-    (out / "config.yaml").write_text("env: {name: tabletop}\nepisodes: 1\nout: x\nresume: true\n")
+    (out / "config.yaml").write_text("env: {name: tabletop}\nepisodes: 1\nnoise_std: 0.0\nresume: true\n")
     for flag in ("resume=true", "overwrite=true"):
         with pytest.raises(SystemExit) as exit_info:
             main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false", flag))
         assert exit_info.value.code == 2
-        assert (f"holds another command's records (config.yaml), not a vplan run; {flag} continues or replaces only "
-                "a run") in capsys.readouterr().err
+        assert "holds another command's settings (config.yaml, with noise_std" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"] and "episodes: 1" in (out / "config.yaml").read_text()
 
 

@@ -37,7 +37,9 @@ from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
-from vplan.utils.settings import CONFIG_FILE, check_ints, check_same_config, check_seed, write_config
+from vplan.utils.settings import (
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, write_config,
+)
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
@@ -122,11 +124,8 @@ def _check_holds_a_run(cfg: RunConfig, out: Path) -> None:
 
     if not (out / CONFIG_FILE).is_file():
         return
+    check_config_is_ours(out, cfg)
     saved = OmegaConf.load(out / CONFIG_FILE)
-    if not {"agent", "overwrite", "video"} <= set(saved):  # what a run of vplan run records, and no other command
-        raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}), not a vplan run; "
-                         f"{'resume' if cfg.resume else 'overwrite'}=true continues or replaces only a run; choose "
-                         "another out=DIR")
     if cfg.overwrite and cfg.record and (out / EPISODES_DIR).exists() and not saved.get("record", False):
         raise UsageError(f"record=true: {out / EPISODES_DIR} holds episodes the run in {out} did not record; "
                          "choose another out=DIR")
