@@ -74,12 +74,16 @@ def save_checkpoint(
     return final
 
 
+def _is_step(suffix: str) -> bool:
+    return suffix.isascii() and suffix.isdigit()  # "²" is a digit to str.isdigit, not to int()
+
+
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints under `out`, oldest first."""
     if not out.is_dir():
         return []
     # "checkpoint-<digits>" only: a user's copy (checkpoint-0000200.bak) is not one, and named no step
-    found = [p for p in out.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit() and (p / TRAINER_STATE).is_file()]
+    found = [p for p in out.glob(f"{PREFIX}*") if _is_step(p.name[len(PREFIX):]) and (p / TRAINER_STATE).is_file()]
     return sorted(found, key=checkpoint_step)
 
 
