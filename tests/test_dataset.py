@@ -485,7 +485,8 @@ def test_reader_refuses_features_it_cannot_read_and_episodes_whose_spans_disagre
     with pytest.raises(DatasetError, match="feature 'observation.images.wrist' has dtype 'image'; vplan reads"):
         EpisodeDataset(root)
     depth = {"dtype": "video", "shape": [8, 8, 1], "info": {"video.is_depth_map": True}}  # lerobot's gray12le
-    for wrist, said in ((depth, "is a depth map"), ({"dtype": "video", "shape": [8, 8, 1]}, r"is of shape \[8, 8, 1\]")):
+    gray = {"dtype": "video", "shape": [8, 8, 1]}
+    for wrist, said in ((depth, "is a depth map"), (gray, r"is of shape \[8, 8, 1\]")):
         (root / INFO_PATH).write_text(json.dumps({**info, "features": {**info["features"], "depth": wrist}}))
         with pytest.raises(DatasetError, match=f"video feature 'depth' {said}; vplan reads RGB video features"):
             EpisodeDataset(root)

@@ -162,7 +162,8 @@ def test_resume_or_overwrite_never_takes_over_another_commands_folder(checkpoint
             main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false", flag))
         assert exit_info.value.code == 2
         assert "holds another command's settings (config.yaml, with noise_std" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"] and "episodes: 1" in (out / "config.yaml").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    assert "episodes: 1" in (out / "config.yaml").read_text()
 
 
 def test_agent_seed_offsets_the_sampling_seed_of_every_episode(checkpoints, tmp_path, monkeypatch):

@@ -274,7 +274,8 @@ def _env_default_task(parsed: list[Any], groups: Any) -> str | None:
     """For `env=NAME` without `task=...`: the task NAME's config dataclass defaults to (e.g. `retrace` for
     blockworld), so `vplan collect env=blockworld` needs no `task=retrace`; None if there is nothing to add."""
     keys = {override.key_or_group for override in parsed}
-    env = next((o.value() for o in reversed(parsed) if o.key_or_group == "env" and not o.package), None)  # the last wins
+    # the last env= given, as Hydra takes the last
+    env = next((o.value() for o in reversed(parsed) if o.key_or_group == "env" and not o.package), None)
     if "task" in keys or "task" not in groups or not isinstance(env, str):
         return None
     target = SCHEMAS.get(("env", f"{env}_schema"))

@@ -196,7 +196,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
 
     # the finetuned model may come later, made by `vplan finetune` at a path that does not exist yet
     later = not cfg.finetuned.startswith(PREFIX) and not Path(cfg.finetuned).exists()
-    check_checkpoints_exist({"worldmodel": cfg.worldmodel, "idm": cfg.idm, "finetuned": None if later else cfg.finetuned})
+    check_checkpoints_exist({"worldmodel": cfg.worldmodel, "idm": cfg.idm,
+                             "finetuned": None if later else cfg.finetuned})
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"

@@ -104,7 +104,8 @@ class TrainConfig:
         check_ints(self, ("holdout_episodes",))
         default = next((f.default for f in fields(self.component) if f.name == "name"), None)
         name = self.component.name
-        if name != default and name in COMPONENTS:  # it names the out= folder only: a world model went to checkpoints/idm
+        # it names the default out= folder only: a world model was trained into checkpoints/idm
+        if name != default and name in COMPONENTS:
             raise ValueError(f"component.name={name} names another component, and only the default out= folder; "
                              f"choose the component with component={name}")
 

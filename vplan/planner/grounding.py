@@ -2,7 +2,8 @@
 
 A text is grounded to a skill when (1) it has the skill's words — case, order, the words in `FILLER_WORDS`, a
 leading step number ("1.", "Step 2:") and a closing ".", "!" or "?" aside; each as often as the skill says it
-— and no other character than letters, digits, spaces and those of the skills' own texts, and (2) its embedding's cosine similarity to the skill's text is at least the threshold.
+— and no other character than letters, digits, spaces and those of the skills' own texts, and (2) its
+embedding's cosine similarity to the skill's text is at least the threshold.
 Embeddings are all-MiniLM-L6-v2's mean-pooled, L2-normalised token states (sentence-transformers' recipe)
 from the world model's offline text encoder (vplan/worldmodel/text_encoder.py). A grounded subgoal takes the
 skill's own text: nothing of the reply's wording reaches the world model.
