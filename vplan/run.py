@@ -116,17 +116,23 @@ def _run_dir(cfg: RunConfig) -> Path:
     return out
 
 
+def recorded_its_episodes(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` recorded its episodes (`record=true`: its config.yaml says so) into
+    `<run_dir>/episodes`."""
+    from omegaconf import OmegaConf
+
+    config = run_dir / CONFIG_FILE
+    return config.is_file() and bool(OmegaConf.load(config).get("record", False))
+
+
 def _check_holds_a_run(cfg: RunConfig, out: Path) -> None:
     """With `resume=true` or `overwrite=true`: a UsageError where `out`'s config.yaml is another command's (vplan
     collect, train, eval), whose records a run would replace; and, before `overwrite=true` removes anything,
     where `record=true` would meet episodes the old run did not record."""
-    from omegaconf import OmegaConf
-
     if not (out / CONFIG_FILE).is_file():
         return
     check_config_is_ours(out, cfg)
-    saved = OmegaConf.load(out / CONFIG_FILE)
-    if cfg.overwrite and cfg.record and (out / EPISODES_DIR).exists() and not saved.get("record", False):
+    if cfg.overwrite and cfg.record and (out / EPISODES_DIR).exists() and not recorded_its_episodes(out):
         raise UsageError(f"record=true: {out / EPISODES_DIR} holds episodes the run in {out} did not record; "
                          "choose another out=DIR")
 
@@ -134,10 +140,7 @@ def _check_holds_a_run(cfg: RunConfig, out: Path) -> None:
 def _clear_run(out: Path) -> None:
     """`overwrite=true`: remove what an earlier run wrote in `out` (its records, videos and the episodes it
     recorded, if its config.yaml says it did), so nothing of it is mixed into the new one."""
-    from omegaconf import OmegaConf
-
-    recorded = (out / CONFIG_FILE).is_file() and bool(OmegaConf.load(out / CONFIG_FILE).get("record", False))
-    if recorded and (out / EPISODES_DIR).is_dir():
+    if recorded_its_episodes(out) and (out / EPISODES_DIR).is_dir():
         shutil.rmtree(out / EPISODES_DIR)
     for video in out.glob("episode_*_seed*.mp4"):
         video.unlink()

@@ -167,12 +167,9 @@ def warn_if_exploring(data: str | Path) -> None:
 def _recorded_by_run(out: Path) -> bool:
     """Whether `out` is the dataset of a `vplan run record=true` run directory (its `episodes/`; the run's
     config.yaml, one level up, says record: true): the same columns as an expert's, other episodes."""
-    from omegaconf import OmegaConf
+    from vplan.run import EPISODES_DIR, recorded_its_episodes
 
-    from vplan.run import EPISODES_DIR
-
-    config = out.parent / CONFIG_FILE
-    return out.name == EPISODES_DIR and config.is_file() and bool(OmegaConf.load(config).get("record", False))
+    return out.name == EPISODES_DIR and recorded_its_episodes(out.parent)
 
 
 def explore_fraction(data: str | Path) -> float:

@@ -411,10 +411,10 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
             error = "" if d["standard_error"] is None else f" (standard error {d['standard_error']:.2f})"
             print(f"  SRC of {mode} minus none, paired by seed: {d['mean']:+.2f}{error}, ahead in {d['ahead']} and "
                   f"behind in {d['behind']} of {d['episodes']}")
+    scuts = "fewer is better"
     if real["scuts"] > 0:  # blockworld's turns swing the whole view: cuts of the scene itself
-        print(f"SCuts: the real take has {real['scuts']:.2f} per episode, cuts of its own (blockworld: a turn swings "
-              "the whole view), so SCuts does not rank the modes here: closer to the real take's is better, not fewer; "
-              "SRC: higher is better; PSNR drift: closer to 0 (or above) is better")
-    else:
-        print("SCuts: fewer is better; SRC: higher is better; PSNR drift: closer to 0 (or above) is better")
+        scuts = (f"the real take has {real['scuts']:.2f} per episode, cuts of its own (blockworld: a turn swings "
+                 "the whole view), so SCuts does not rank the modes here: closer to the real take's is better, not "
+                 "fewer")
+    print(f"SCuts: {scuts}; SRC: higher is better; PSNR drift: closer to 0 (or above) is better")
     print(f"metrics and videos in {out}")

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from vplan.errors import UsageError
-from vplan.utils.settings import CONFIG_FILE, changed_settings, settings_record
+from vplan.utils.settings import CONFIG_FILE, changed_settings, settings_it_lacks, settings_record
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
@@ -32,7 +31,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
         raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}); choose another out=DIR")
     if file.is_file():  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
-        other = sorted(set(json.loads(file.read_text()).get("settings", {})) - {f.name for f in fields(cfg)})
+        other = settings_it_lacks(json.loads(file.read_text()).get("settings", {}), cfg)
         if other:
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")

@@ -112,6 +112,12 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
     return changed
 
 
+def settings_it_lacks(recorded: Iterable[str], cfg: Any) -> list[str]:
+    """The top-level setting names in `recorded` that dataclass `cfg` has no field for: a record another command
+    wrote (a command's own older record names none, as no setting was ever removed)."""
+    return sorted(set(recorded) - {f.name for f in fields(cfg)})
+
+
 def check_config_is_ours(out: Path, cfg: Any) -> None:
     """A UsageError where `<out>/config.yaml` holds another command's settings (a collect dataset's in a train's
     out=): a top-level setting this command has not. Writing over it would leave that folder's own resume refused
@@ -124,7 +130,7 @@ def check_config_is_ours(out: Path, cfg: Any) -> None:
     path = out / CONFIG_FILE
     if not path.is_file():
         return
-    other = sorted(set(OmegaConf.load(path)) - {f.name for f in fields(cfg)})
+    other = settings_it_lacks(OmegaConf.load(path), cfg)
     if other:
         raise UsageError(f"{out} holds another command's settings ({path.name}, with {', '.join(other[:3])}"
                          f"{', ...' if len(other) > 3 else ''}); choose another out=DIR")
