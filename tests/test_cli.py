@@ -31,6 +31,15 @@ def test_help_lists_every_command(capsys):
         assert c.name in out
 
 
+def test_no_command_is_a_usage_error_with_the_list(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert all(c.name in err for c in COMMANDS)
+    assert err.splitlines()[-1] == "vplan: error: expected a command, one of those above"
+
+
 def test_command_help_shows_config_and_choices(capsys):
     main(["collect", "--help"])
     out = capsys.readouterr().out

@@ -183,7 +183,7 @@ def _end_progress_bars() -> None:
         bar.close()
 
 
-def _print_help() -> None:
+def _print_help(to_stderr: bool = False) -> None:
     width = max(len(c.name) for c in COMMANDS)
     lines = [
         "usage: vplan <command> [key=value ...]",
@@ -192,7 +192,7 @@ def _print_help() -> None:
         "commands:",
         *(f"  {c.name.ljust(width)}  {c.summary}" for c in COMMANDS),
     ]
-    print("\n".join(lines))
+    print("\n".join(lines), file=sys.stderr if to_stderr else sys.stdout)
 
 
 def _find_command(args: list[str]) -> tuple[Command, list[str]]:
@@ -489,7 +489,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str] | None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:  # no command: the usage, as an error, so a script that lost its arguments fails
+        _print_help(to_stderr=True)
+        _fail("vplan", "expected a command, one of those above")
+    if args[0] in ("-h", "--help", "help"):
         _print_help()
         return
     if args[0] == "--version":
