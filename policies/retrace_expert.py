@@ -50,6 +50,7 @@ class RetraceExpert:
         self._phase = ""
         self._route = np.zeros((0, 2))
         self._next = 0
+        self._gate: int | None = None  # the route's turning point, not to be skipped by taking up a later point
         self._explore_left = 0
         self._subgoal = ""
 
@@ -77,13 +78,16 @@ class RetraceExpert:
             if self._phase == "outbound":
                 self._set_route(self._path)
             else:  # what is left of the way out (after a detour), then the whole path backwards
-                self._set_route(np.concatenate([self._route[self._next :], self._path[::-1]]))
+                rest = self._route[self._next :]
+                self._set_route(np.concatenate([rest, self._path[::-1]]), gate=len(rest) - 1)
         elif self._phase == "return" and self._at_end(info) and not info["success"]:
-            # Back at the start with a waypoint missed (after a detour): out to the farthest one missed and back.
+            # Back at the start with a waypoint missed (after a detour): out to the farthest one missed and back;
+            # with none missed, the turning point was: out to the path's end and back.
             missed = np.flatnonzero(~np.asarray(info["passed"]))
+            far = len(self._path) - 1
             if len(missed):
-                far = (len(self._path) - 1) // len(info["waypoints"]) * int(missed.max())
-                self._set_route(np.concatenate([self._path[: far + 1], self._path[far::-1]]))
+                far = far // len(info["waypoints"]) * int(missed.max())
+            self._set_route(np.concatenate([self._path[: far + 1], self._path[far::-1]]), gate=far)
         move = self._follow(info)
         if self._explore_left == 0 and self._rng.random() < self._explore_start_p:
             self._explore_left = int(self._rng.integers(EXPLORE_LENGTHS[0], EXPLORE_LENGTHS[1] + 1))
@@ -92,9 +96,11 @@ class RetraceExpert:
             move = Move(int(self._rng.integers(NUM_MOVES)))
         return int(move)
 
-    def _set_route(self, route: np.ndarray) -> None:
+    def _set_route(self, route: np.ndarray, gate: int | None = None) -> None:
+        """Follow `route` from its start; `gate`, an index into it, is a point to reach before any later one."""
         keep = np.concatenate([[True], np.linalg.norm(np.diff(route, axis=0), axis=1) > 1e-6])
         self._route, self._next = route[keep], 0  # without the repeats of turning in place
+        self._gate = None if gate is None else int(keep[: gate + 1].sum()) - 1
 
     def _at_end(self, info: dict[str, Any]) -> bool:
         position = np.asarray(info["position"], float)[:2]
@@ -104,10 +110,17 @@ class RetraceExpert:
         """The move towards the next point of the route."""
         position = np.asarray(info["position"], float)[:2]
         route, last = self._route, len(self._route) - 1
-        ahead = route[self._next : self._next + RESYNC_POINTS]
+        # Not past the gate: on the way back the path's points come again, and the nearest of them can be a
+        # copy beyond the turning point, which would be left out.
+        limit = last if self._gate is None or self._next > self._gate else self._gate
+        ahead = route[self._next : min(self._next + RESYNC_POINTS, limit + 1)]
         self._next += int(np.argmin(np.linalg.norm(ahead - position, axis=1)))  # take up the nearest point
-        while self._next < last and np.linalg.norm(route[self._next] - position) < REACH:
+        while self._next < limit and np.linalg.norm(route[self._next] - position) < REACH:
             self._next += 1
+        if self._next == self._gate and np.linalg.norm(route[self._gate] - position) < REACH:
+            self._gate = None  # reached: the way back may be taken up
+            while self._next < last and np.linalg.norm(route[self._next] - position) < REACH:
+                self._next += 1
         offset = route[self._next] - position
         if np.linalg.norm(offset) < REACH:  # at the route's end: wait, turning in place
             return Move.TURN_RIGHT

@@ -26,7 +26,7 @@ from vplan.envs.blockworld.terrain import SOLID, Block, VoxelWorld, generate_wor
 from vplan.envs.blockworld.textures import FACE_MATERIALS, make_texture
 from vplan.envs.discrete_moves import Move
 from vplan.eval.bench_env import BenchEnvConfig, bench_env
-from vplan.planner import PlannerConfig, make_planner
+from vplan.planner import Check, PlannerConfig, make_planner
 from vplan.policies import RetraceExpert, make_expert
 from vplan.tasks import TaskConfig
 
@@ -349,6 +349,7 @@ def test_standing_still_does_not_retrace_a_one_chunk_path():
                 *_, terminated, truncated, info = env.step(int(Move.TURN_RIGHT))
                 assert not terminated and not info["success"]
             assert truncated and info["passed"].all()  # the waypoint (the start) is passed; the turn is not
+        assert not Check("retraced").holds(info)  # the plan's check agrees with the env: not retraced
     finally:
         env.close()
 
@@ -369,6 +370,26 @@ def test_success_and_the_reward_agree_on_a_return_that_stops_short_of_the_start(
         *_, reward, terminated, truncated, info = env.step(int(Move.TURN_RIGHT))
         rewards.append(reward)
     assert not terminated and not info["success"] and sum(rewards) == 0.0
+    assert not Check("retraced").holds(info)
+
+
+def test_expert_late_for_the_return_still_reaches_the_turning_point():
+    """An expert behind schedule when the return begins took up the way back one block before the turning
+    point (the nearest route point was the path's reversed copy), and missed it on paths ending with a turn."""
+    env = BlockworldEnv(image_size=SIZE, success_radius=0.9)
+    try:
+        for seed in (2, 3, 6):  # their paths end with a turn
+            obs, info = env.reset(seed=seed)
+            expert = RetraceExpert()
+            expert.reset(info, seed=seed)
+            for move in (Move.TURN_LEFT, Move.TURN_RIGHT) * 2:  # four steps late
+                obs, *_, info = env.step(int(move))
+            terminated = truncated = False
+            while not (terminated or truncated):
+                obs, _, terminated, truncated, info = env.step(expert.select_action(obs, info))
+            assert terminated and info["success"], seed
+    finally:
+        env.close()
 
 
 def test_expert_explores_and_mostly_recovers(env):

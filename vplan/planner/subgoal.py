@@ -47,7 +47,10 @@ def _returned(info: Mapping[str, Any], cube: str) -> bool:
 
 
 def _retraced(info: Mapping[str, Any]) -> bool:
-    return info["phase"] == "return" and bool(np.all(info["passed"]))
+    # The env's own success (the waypoints passed on the return, the turning point too, back at the start):
+    # the waypoints alone are passed by an agent that stops a block short of home, or, on a one-chunk path,
+    # never walks out.
+    return info["phase"] == "return" and bool(info["success"])
 
 
 # name -> (argument names, predicate on the env's info). The tabletop's info keys: envs/tabletop_v0.py; the
@@ -56,7 +59,7 @@ PREDICATES: dict[str, tuple[tuple[str, ...], Callable[..., bool]]] = {
     "holding": (("cube",), _holding),  # the gripper holds the cube
     "on_spot": (("cube", "spot"), _on_spot),  # the cube rests, released, on the marked spot
     "returned": (("cube",), _returned),  # the cube is back at its start (the env's tolerance), released
-    "retraced": ((), _retraced),  # the return has passed every outbound waypoint (the env's radius)
+    "retraced": ((), _retraced),  # the return has passed every outbound waypoint and the turn, and is home
 }
 
 
