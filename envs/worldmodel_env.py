@@ -14,6 +14,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from vplan.envs.settings import env_settings
+from vplan.utils.settings import check_field_types, check_ints
 
 if TYPE_CHECKING:
     import torch
@@ -42,8 +43,8 @@ class WorldModelEnvConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps: expected a positive int, got {self.max_episode_steps!r}")
+        check_field_types(self)  # built in Python too (`gymnasium.make(id, max_episode_steps="10")`)
+        check_ints(self, ("max_episode_steps",))
 
 
 class WorldModelEnv(gym.Env):

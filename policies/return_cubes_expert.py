@@ -68,11 +68,11 @@ class ReturnCubesExpert:
         seed: int | None = None,
         max_delta: float = TabletopConfig.max_delta,
     ) -> None:
-        if noise_std < 0:
+        if not noise_std >= 0:  # NaN too (each action was NaN, and the env blamed the action)
             raise ValueError(f"noise_std: expected a non-negative float, got {noise_std!r}")
         if not 0 <= explore_fraction < 1:
             raise ValueError(f"explore_fraction: expected a float in [0, 1), got {explore_fraction!r}")
-        if max_delta <= 0:
+        if not max_delta > 0:
             raise ValueError(f"max_delta: expected a positive float, got {max_delta!r}")
         self.noise_std = noise_std
         self.explore_fraction = explore_fraction

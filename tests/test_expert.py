@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import numpy as np
@@ -154,7 +155,10 @@ def test_expert_is_deterministic_for_a_seed(env):
     np.testing.assert_array_equal(first, second)
 
 
-@pytest.mark.parametrize("kwargs", [{"noise_std": -0.1}, {"explore_fraction": 1.0}, {"max_delta": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"noise_std": -0.1}, {"explore_fraction": 1.0}, {"max_delta": 0.0}, {"noise_std": math.nan}, {"max_delta": math.nan}],
+)
 def test_bad_expert_arguments_raise(kwargs):
     value = next(iter(kwargs.values()))
     with pytest.raises(ValueError, match=repr(value)):

@@ -3,6 +3,7 @@ truncation, and batched rollouts that agree with single ones."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import replace
 
@@ -69,6 +70,13 @@ def test_passes_check_env_and_is_registered(checkpoint):
     assert made.step(made.action_space.sample())[3]
     assert isinstance(make_env(WorldModelEnvConfig(checkpoint=checkpoint)).unwrapped, WorldModelEnv)
     env.close()
+
+
+@pytest.mark.parametrize("field, value", [("max_episode_steps", "10"), ("max_episode_steps", 2.5), ("text", None)])
+def test_bad_config_raises_naming_the_value(field, value):
+    """A string or a float number of steps failed later as a bare TypeError (after the model had loaded)."""
+    with pytest.raises(ValueError, match=f"^{field}: expected .*got {re.escape(repr(value))}$"):
+        WorldModelEnvConfig(**{field: value})
 
 
 def test_text_models_and_bad_starts_are_clear_errors(tmp_path, model):
