@@ -391,13 +391,64 @@ def test_an_error_in_the_worker_is_raised_by_wait(monkeypatch) -> None:
 
 
 def test_a_failed_update_is_raised_by_the_next_reset_which_still_resets(monkeypatch) -> None:
-    memory = make_memory(lora(), tiny_model())
+    model = tiny_model()
+    base = model.generate(latents(CONTEXT), ["go"], generator=seeded())
+    memory = make_memory(lora(), model)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    assert memory.active and memory.updates == 1
     monkeypatch.setattr(memory, "_update", lambda previous, new: 1 / 0)
     memory.update_async(latents(CHUNK), latents(CHUNK))
     with pytest.raises(ZeroDivisionError):
         memory.reset()
     assert not memory.active and memory.updates == 0
+    assert torch.equal(memory.generate(latents(CONTEXT), ["go"], generator=seeded()), base)
     memory.close()
+
+
+@pytest.mark.parametrize("back", ["restore", "load_state_dict"])
+def test_a_failed_update_is_raised_by_restore_and_load_which_still_go_back(monkeypatch, back) -> None:
+    """They raised the error and went back to nothing: the user had to call them twice, as reset did not."""
+    memory = make_memory(lora(), tiny_model())
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    saved = memory.snapshot() if back == "restore" else memory.state_dict()
+    memory.update(latents(CHUNK, seed=3), latents(CHUNK, seed=4))
+    monkeypatch.setattr(memory, "_update", lambda previous, new: 1 / 0)
+    memory.update_async(latents(CHUNK), latents(CHUNK))
+    with pytest.raises(ZeroDivisionError):
+        getattr(memory, back)(saved)
+    monkeypatch.undo()
+    assert memory.updates == (1 if back == "restore" else 0)  # a state_dict is the weights alone
+    expected = saved.state["weights"] if back == "restore" else saved
+    now = memory.snapshot().state["weights"] if back == "restore" else memory.state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(now[name], tensor), name
+    memory.close()
+
+
+def test_a_synchronous_update_in_inference_mode_learns_as_outside_it() -> None:
+    """Inference mode is per thread: the worker's update ran, and one in the caller's inference mode failed with
+    torch's "Inference tensors cannot be saved for backward"."""
+    states = []
+    for inference in (False, True):
+        memory = make_memory(lora(), tiny_model())
+        with torch.inference_mode(inference):
+            memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+        states.append(memory.state_dict())
+        memory.close()
+    for name, tensor in states[0].items():
+        assert torch.equal(states[1][name], tensor), name
+
+
+@pytest.mark.parametrize("kind", ["none", "anchor", "temp_lora"])
+def test_an_action_conditioned_world_model_is_refused(kind) -> None:
+    """Its null condition is null action tokens, and generate takes no actions: Temp-LoRA learned under a
+    condition the model never saw, then generate failed deep inside the world model."""
+    from vplan.errors import SettingMismatchError
+
+    model = tiny_model()
+    model.config = replace(model.config, conditioning="action")
+    with pytest.raises(SettingMismatchError, match=f"conditioned on 'action', and the {kind} memory imagines"):
+        make_memory(MemoryConfig(kind=kind), model)
 
 
 def test_a_diverging_update_names_the_learning_rate() -> None:
@@ -448,6 +499,11 @@ def test_an_interrupted_fold_is_undone_by_reset(monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         memory.generate(latents(CONTEXT), ["go"], generator=seeded())
     monkeypatch.undo()
+    unbroken = make_memory(lora(merge_for_generation=True), tiny_model())
+    unbroken.update(latents(CHUNK), latents(CHUNK, seed=2))
+    expected = unbroken.generate(latents(CONTEXT), ["go"], generator=seeded())
+    unbroken.close()  # the next generate folds again: it drew from half-folded weights
+    assert torch.equal(memory.generate(latents(CONTEXT), ["go"], generator=seeded()), expected)
     memory.reset()
     assert_same_base(model, before)
     memory.close()

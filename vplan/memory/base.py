@@ -63,6 +63,9 @@ class EpisodicMemory(ABC):
         if config.kind != self.kind:
             raise ValueError(f"expected a MemoryConfig with kind={self.kind!r} for {type(self).__name__}, "
                              f"got kind={config.kind!r}")
+        from vplan.worldmodel.model import require_text_conditioned
+
+        require_text_conditioned(world_model.config, "world_model", f"the {self.kind} memory")
         self.config = config
         self.world_model = world_model
         self._executor: ThreadPoolExecutor | None = None
@@ -113,7 +116,11 @@ class EpisodicMemory(ABC):
         (B, T, C, h, w) latents (imagined or observed: see `MemoryConfig.update_on`). Returns logs."""
         self._ensure_open()
         self.wait()
-        self.last_update = self._update(*self._check_update(previous, new))
+        previous, new = self._check_update(previous, new)
+        # Inference mode is per thread, as grad mode is: the worker's update never runs in it, and this one must
+        # not either, though the caller's loop may (its tensors are copied out of it).
+        with torch.inference_mode(False):
+            self.last_update = self._update(previous.clone(), new.clone())
         return self.last_update
 
     def update_async(self, previous: torch.Tensor, new: torch.Tensor) -> None:
@@ -154,10 +161,14 @@ class EpisodicMemory(ABC):
         return self._state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Put back what `state_dict` returned (exactly); keys and shapes must match."""
+        """Put back what `state_dict` returned (exactly); keys and shapes must match. As with `reset`, an update
+        that failed in the background is forgotten, and its error raised."""
         self._ensure_open()
-        self.wait()
-        self._load_state_dict(dict(state))
+        try:
+            self.wait()
+        finally:
+            if not self.pending:
+                self._load_state_dict(dict(state))
 
     def snapshot(self) -> MemorySnapshot:
         """Everything needed to continue exactly from here later (more than `state_dict`: optimizer, RNG)."""
@@ -166,13 +177,17 @@ class EpisodicMemory(ABC):
         return MemorySnapshot(self.kind, self._snapshot())
 
     def restore(self, snapshot: MemorySnapshot) -> None:
-        """Go back to a snapshot taken from a memory of the same kind and world model."""
+        """Go back to a snapshot taken from a memory of the same kind and world model (as with `reset`, an update
+        that failed in the background is forgotten, and its error raised)."""
         self._ensure_open()
         if not isinstance(snapshot, MemorySnapshot) or snapshot.kind != self.kind:
             got = snapshot.kind if isinstance(snapshot, MemorySnapshot) else type(snapshot).__name__
             raise ValueError(f"expected a MemorySnapshot of kind {self.kind!r}, got {got!r}")
-        self.wait()
-        self._restore(snapshot.state)
+        try:
+            self.wait()  # a failed update: its error is raised, and the snapshot is back all the same (as reset)
+        finally:
+            if not self.pending:
+                self._restore(snapshot.state)
 
     def save(self, path: str | Path) -> None:
         """Write `state_dict()` to a safetensors file (the kind goes in its metadata)."""

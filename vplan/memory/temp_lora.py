@@ -223,10 +223,14 @@ class TempLoRAMemory(EpisodicMemory):
         self._attach(False)
         for name, (_, _, layer) in self._layers.items():
             self._base_weights[name].copy_(layer.get_base_layer().weight)
-        self._folded = True  # before any weight changes: an interruption below is undone by _unfold
-        for _, _, layer in self._layers.values():
-            weight = layer.get_base_layer().weight
-            weight.add_(layer.get_delta_weight(ADAPTER_NAME).to(weight.dtype))
+        self._folded = True
+        try:
+            for _, _, layer in self._layers.values():
+                weight = layer.get_base_layer().weight
+                weight.add_(layer.get_delta_weight(ADAPTER_NAME).to(weight.dtype))
+        except BaseException:  # Ctrl-C, out of memory: half the layers hold W + ΔW; the next fold starts over
+            self._unfold()
+            raise
 
     @torch.no_grad()
     def _unfold(self) -> None:
