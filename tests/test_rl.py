@@ -227,8 +227,11 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
         return episode
 
     monkeypatch.setattr(loop, "run_episode", spied)
+    modes, score = [], loop.RLRun.loss  # scored in eval mode: train mode's dropout draws outside the seeds
+    monkeypatch.setattr(loop.RLRun, "loss", lambda self, *a: modes.append(self.model.unet.training) or score(self, *a))
     out = tmp_path / "rl"
     main(rl_args(checkpoints, out, "iterations=1", "eval_episodes=1", f"objective={objective}"))
+    assert modes and not any(modes)
     # before, after_executor, after: the executor alone is judged on the plan the base model followed (an LLM
     # planner asked again may answer otherwise)
     assert given[-3] is None and given[-2] is followed[-3] and given[-1] is None

@@ -419,7 +419,8 @@ class RLRun:
         rng = np.random.default_rng(cfg.seed + self.iteration)
         if cfg.objective == "rwr":
             weights = rwr_weights(torch.tensor([advantage for _, advantage in items]), cfg.rwr_beta)
-        self.model.train()
+        # The model stays in eval mode: in train mode the UNet's temporal-convolution dropout draws from torch's
+        # global generator, so a chunk and its reference would not be scored on the same draws (the LoRA has none).
         losses = []
         for step in range(cfg.steps_per_iteration):
             indices = rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)
@@ -443,7 +444,6 @@ class RLRun:
             total.backward(inputs=list(self.params.values()))
             self.optimizer.step()
             losses.append(float(objective.detach()))
-        self.model.eval()
         return {"steps": cfg.steps_per_iteration, "items": len(items), "loss_first": losses[0], "loss_last": losses[-1]}
 
     @property

@@ -177,7 +177,8 @@ def masked_diffusion_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Denoising loss on the target chunk given the clean context, `(loss, logs)`: the mean, or with
     `reduction="none"` one per sample (B,) (what RL reweights and compares; the same generator state gives the
-    same noise, timesteps and text dropout, so two models can be scored on identical draws).
+    same noise, timesteps and text dropout, so two models can be scored on identical draws, in eval mode: in
+    train mode the UNet's temporal-convolution dropout draws from torch's global generator).
 
     Latents are (B, T, C, h, w). With probability `config.text_dropout` a sample's text is replaced by
     `null_states` (the encoding of the empty text), which classifier-free guidance needs at sampling time, and its

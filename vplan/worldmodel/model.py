@@ -343,7 +343,24 @@ class WorldModel(nn.Module):
         so a history can be passed whole. `texts` holds one subgoal per batch element (unused, may be None, for
         `conditioning="action"`). Action-conditioned models take `actions` (B, k <= num_frames, action_dim): action
         i leads into chunk frame i; the steps after k are imagined with null action tokens (not known yet).
+        Sampled in eval mode whatever the model's mode (train mode's dropout draws from torch's global generator:
+        the same `generator` gave other chunks).
         """
+        training = self.training
+        self.eval()
+        try:
+            return self._generate(context, texts, num_frames, generator, actions)
+        finally:
+            self.train(training)
+
+    def _generate(
+        self,
+        context: torch.Tensor,
+        texts: list[str] | None,
+        num_frames: int | None,
+        generator: torch.Generator | None,
+        actions: torch.Tensor | None,
+    ) -> torch.Tensor:
         self._check_latents(context, "context")
         num_frames = self.config.chunk_frames if num_frames is None else num_frames
         if self.config.uses_actions:
