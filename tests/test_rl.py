@@ -192,6 +192,26 @@ def test_idm_reproduction_scores_chunks_the_actions_explain():
         IDMReproductionReward(WorldModel(tiny_config("text")))
 
 
+def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refused_up_front(checkpoints,
+                                                                                             tmp_path, capsys):
+    """It was found after a whole explored episode, as a traceback (or, another VAE, not at all)."""
+    base = WorldModel.from_pretrained(checkpoints[0])
+    for name, action_dim, vae_seed, message in [("dim3", 3, None, "the IDM's actions have 4 values, and the action "
+                                                 "model takes 3"),
+                                                ("vae", 4, 1, "its VAE is not the world model's")]:
+        model = WorldModel(replace(base.config, conditioning="action", action_dim=action_dim))
+        model.vae.load_state_dict(base.vae.state_dict())
+        if vae_seed is not None:
+            torch.manual_seed(vae_seed)
+            model.vae.load_state_dict(type(model.vae)(**model.vae.config).state_dict())
+        model.save_pretrained(tmp_path / name)
+        with pytest.raises(SystemExit) as exit_info:
+            main(rl_args(checkpoints, tmp_path / f"out-{name}", "rewards.idm_reproduction=1",
+                         f"rewards.action_worldmodel={tmp_path / name}"))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and message in err[-1], err
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     return save_tiny_checkpoints(tmp_path_factory.mktemp("rl_checkpoints"))
@@ -338,6 +358,8 @@ def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
                            ("continuations=1", "continuations: expected at least 2"),
                            ("plan_offsets=[0,0]", "plan_offsets: expected distinct"),
                            ("rewards.vlm=1.0", "vlm_reward.enabled=true"),
+                           ("vlm_reward.enabled=true", "expected a weight for its reward (rewards.vlm=W > 0)"),
+                           ("rewards.action_worldmodel=x", "expected a weight for the reward it serves"),
                            ("planner.chunk_offset=5", "planner.chunk_offset: expected one of plan_offsets [0, 1]"),
                            ("penalty=nan", "penalty: expected a finite number >= 0, got nan"),
                            ("seed=9999", "eval_seed: the held-out seeds 10000..10004 overlap the explored ones, "

@@ -138,6 +138,8 @@ class RLConfig(AgentCheckpoints):
                 raise ValueError(f"{name}: expected a finite number >= 0, got {getattr(self, name)!r}")
         if self.rewards.vlm > 0 and not self.vlm_reward.enabled:
             raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
+        if self.vlm_reward.enabled and self.rewards.vlm == 0:  # else the endpoint is set up and never asked
+            raise ValueError("vlm_reward.enabled=true: expected a weight for its reward (rewards.vlm=W > 0), got 0")
         explored_end = self.seed + self.iterations * self.seeds_per_iteration
         held_out_end = self.eval_seed + self.eval_episodes
         if self.eval_episodes and max(self.seed, self.eval_seed) < min(explored_end, held_out_end):
@@ -214,7 +216,7 @@ class RLRun:
         from vplan.envs import action_units, env_name, make_env
         from vplan.policies.idm import IDMPolicy
         from vplan.rl.objectives import add_rl_adapter, lora_parameters
-        from vplan.rl.rewards import make_rewards
+        from vplan.rl.rewards import IDMReproductionReward, make_rewards
         from vplan.rl.vlm_reward import VLMReward
         from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
@@ -241,6 +243,12 @@ class RLRun:
             self.rewards = make_rewards(cfg.rewards, self.vlm)
         except ValueError as error:
             raise UsageError(str(error)) from None
+        for reward, _ in self.rewards.rewards:
+            if isinstance(reward, IDMReproductionReward):  # not after the first explored episode
+                try:
+                    reward.check_fits(self.base, self.idm)
+                except ValueError as error:
+                    raise UsageError(f"rewards.action_worldmodel={cfg.rewards.action_worldmodel}: {error}") from None
 
     # -- checkpoint ------------------------------------------------------------------------------------------
 

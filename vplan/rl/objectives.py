@@ -1,8 +1,8 @@
 """Executor finetuning objectives on the world model's own diffusion/flow loss, behind one switch
 (`objective=rwr|dpo`), through a LoRA on the slow weights (named `rl`) so the base stays recoverable.
 
-- Reward-weighted regression: per-sample loss × exp(A / β), the weights normalised to mean 1 over the batch;
-  with equal advantages every weight is 1 and this is exactly the plain loss.
+- Reward-weighted regression: per-sample loss × exp(A / β), the weights normalised to mean 1 over the
+  iteration's chunks; with equal advantages every weight is 1 and this is exactly the plain loss.
 - Preference (Diffusion-DPO, Wallace et al. 2023): on a pair from the same group (chosen w, rejected l) scored on
   identical noise and timesteps, −log σ(−β·((ℓ_w − ℓ_w^ref) − (ℓ_l − ℓ_l^ref))), the reference being the base
   (the adapter switched off): lowering the chosen's loss relative to the reference more than the rejected's.

@@ -63,6 +63,9 @@ class RewardConfig:
         if self.idm_reproduction > 0 and not (self.action_worldmodel or "").strip():
             raise ValueError("rewards.idm_reproduction > 0: expected rewards.action_worldmodel=DIR (an "
                              f"action-conditioned world model), got {self.action_worldmodel!r}")
+        if self.idm_reproduction == 0 and (self.action_worldmodel or "").strip():  # else set and never asked
+            raise ValueError(f"rewards.action_worldmodel={self.action_worldmodel}: expected a weight for the reward "
+                             "it serves (rewards.idm_reproduction=W > 0), got 0; give one, or leave it unset")
 
 
 class OutcomeReward:
@@ -107,14 +110,26 @@ class IDMReproductionReward:
                              f"{action_model.config.conditioning!r}")
         self.model, self.seed = action_model.eval(), seed
 
+    def check_fits(self, world_model: Any, idm: Any) -> None:
+        """A ValueError where the action model cannot read what the agent hands it, said before any episode:
+        the IDM's actions (their size), and the world model's context latents (one VAE for both models)."""
+        from vplan.worldmodel.latent_cache import vae_fingerprint
+
+        takes = self.model.config.action_dim
+        if idm.config.num_moves:
+            raise ValueError(f"the IDM reads discrete moves (num_moves={idm.config.num_moves}), and the action model "
+                             f"takes vectors of {takes} values")
+        if idm.config.action_dim != takes:
+            raise ValueError(f"the IDM's actions have {idm.config.action_dim} values, and the action model takes {takes}")
+        if vae_fingerprint(self.model.vae) != vae_fingerprint(world_model.vae):
+            raise ValueError("its VAE is not the world model's, whose context latents it would be given; train it on "
+                             "the world model's VAE (component.vae=<that VAE>)")
+
     @torch.no_grad()
     def score(self, rollout: EpisodeRollout) -> float | None:
         scores = []
         for chunk in rollout.chunks:
             actions = torch.as_tensor(np.asarray(chunk.actions, np.float32)).reshape(1, len(chunk.actions), -1)
-            if actions.shape[-1] != self.model.config.action_dim:
-                raise ValueError(f"the IDM's actions have {actions.shape[-1]} values, the action model takes "
-                                 f"{self.model.config.action_dim}")
             context = chunk.context[:, -self.model.config.context_frames:]
             latents = self.model.generate(context, [chunk.text], num_frames=len(chunk.frames), actions=actions,
                                           generator=torch.Generator().manual_seed(self.seed))
