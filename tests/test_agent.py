@@ -312,6 +312,7 @@ def test_actions_are_read_off_the_imagined_frames_or_the_real_ones(world_model, 
     else:
         assert np.allclose(second, towards) and not np.allclose(second, planned[1])
         assert np.array_equal(agent.chunk.actions[1], second)  # the chunk records the action taken
+    assert np.array_equal(agent.chunk.imagined_actions, planned)  # and keeps those read off the imagined frames
 
 
 @pytest.mark.parametrize("update_on", ["imagined", "observed"])

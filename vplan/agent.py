@@ -154,6 +154,7 @@ class Chunk:
     frames: np.ndarray = field(repr=False)  # imagined, uint8 (T, H, W, 3)
     actions: np.ndarray = field(repr=False)  # (T, action_dim), or (T,) moves: action i leads to imagined frame i (read off
     # the imagined frames when the chunk is made; with actions_from=observed each is replaced when it is taken)
+    imagined_actions: np.ndarray = field(repr=False)  # what the IDM read off the imagined frames, never replaced
     replanned_from: str | None = None  # the reason, when this chunk replaces the rest of a cut one
     replans: int = 0  # replans of this chunk's slot so far
     executed: int = 0  # actions returned
@@ -557,6 +558,7 @@ class VideoPlanningAgent:
             context=context,
             frames=frames,
             actions=actions,
+            imagined_actions=actions.copy(),
             replanned_from=replan,
             replans=(previous_chunk.replans + 1) if replan is not None else 0,
         )

@@ -150,7 +150,7 @@ class RLConfig(AgentCheckpoints):
 
 def _imagined(chunk: Any) -> ImaginedChunk:
     return ImaginedChunk(text=chunk.text, context=chunk.context, latents=chunk.latents, frames=chunk.frames,
-                         actions=np.asarray(chunk.actions), observed=list(chunk.observed), drift=list(chunk.drift))
+                         actions=chunk.imagined_actions, observed=list(chunk.observed), drift=list(chunk.drift))
 
 
 def _load(setting: str, checkpoint: str, from_pretrained: Any) -> Any:
