@@ -40,8 +40,8 @@ RLBENCH_INSTALL = (
     "install CoppeliaSim 4.1.0 (EDU, Ubuntu build from coppeliarobotics.com), export COPPELIASIM_ROOT=<its "
     "folder>, LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$COPPELIASIM_ROOT and QT_QPA_PLATFORM_PLUGIN_PATH=$COPPELIASIM_ROOT, "
     "then pip install git+https://github.com/stepjam/PyRep.git git+https://github.com/stepjam/RLBench.git; "
-    "without a display, run an X server for its rendering (headless too: RLBench's README, 'Running Headless') "
-    "(README: 'RLBench and MineRL adapters'); or use the embedded simulator: env=tabletop"
+    "without a display, run an X server for its rendering, headless too (RLBench's README: 'Running Headless'; "
+    "vplan's README: 'RLBench and MineRL adapters'); or use the embedded simulator: env=tabletop"
 )
 
 
@@ -56,7 +56,7 @@ class RLBenchConfig:
     wrist_camera: bool = field(default=False, metadata={"help": "Add RLBench's wrist camera as obs['wrist']."})
     num_cubes: int = field(default=3, metadata={"help": "Number of cubes (and marked spots), 1 to 3."})
     max_episode_steps: int = field(
-        default=400, metadata={"help": "Step limit of gymnasium's TimeLimit (vplan.envs.make_env)."}
+        default=400, metadata={"help": "Steps after which the env truncates an episode."}
     )
     max_delta: float = field(default=0.03, metadata={"help": "End-effector displacement (m) for an action of 1."})
     arm_action_mode: str = field(

@@ -72,19 +72,25 @@ def test_discrete_moves_are_the_shared_contract():
 
 
 def test_missing_minerl_through_the_cli_is_one_line_with_the_install_steps(capsys):
-    line = cli_error(capsys, "collect", "env=minerl")
-    assert line.startswith("vplan collect: error: env=minerl needs MineRL with old gym and shimmy")
+    line = cli_error(capsys, "bench", "env", "env=minerl")
+    assert line.startswith("vplan bench env: error: env=minerl needs MineRL with old gym and shimmy")
     assert "not installed: minerl, gym" in line
     for needle in ("own venv", "JDK 8", "openjdk-8-jdk", "gym==0.19.0", "minerl==0.4.4", "env=blockworld"):
         assert needle in line
-    assert "minerl" in cli_error(capsys, "collect", "env=minerl", "task=navigate")
+    assert "minerl" in cli_error(capsys, "bench", "env", "env=minerl", "task=navigate")
+
+
+def test_collect_on_minerl_is_refused_for_want_of_an_expert_before_the_install_steps(capsys):
+    assert cli_error(capsys, "collect", "env=minerl") == ("vplan collect: error: task: vplan collect rolls out a "
+                                                          "scripted expert, and 'navigate' has none; expected one "
+                                                          "of ['retrace', 'return_cubes']")
 
 
 def test_missing_java_through_the_cli(capsys, monkeypatch):
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setenv("PATH", "")
     with fake_site("minerl_site"):
-        line = cli_error(capsys, "collect", "env=minerl", "task=navigate")
+        line = cli_error(capsys, "bench", "env", "env=minerl", "task=navigate")
     assert "env=minerl needs Java 8 (no java on PATH and no JAVA_HOME)" in line
 
 
@@ -104,8 +110,8 @@ def test_new_gym_is_refused(fake_minerl, monkeypatch):
 def test_commands_run_navigate_on_minerl_without_task():
     from vplan.cli import COMMANDS, build_config, compose_config
 
-    collect = next(c for c in COMMANDS if c.name == "collect")
-    assert build_config(compose_config(collect, ["env=minerl"])[0]).task.name == "navigate"
+    bench = next(c for c in COMMANDS if c.name == "bench env")
+    assert build_config(compose_config(bench, ["env=minerl"])[0]).task.name == "navigate"
 
 
 def test_make_env_without_minerl_raises():
@@ -198,6 +204,7 @@ def test_moves_act_in_the_world(env):
 
 
 def test_reaching_the_goal_is_minerl_success(env):
+    minerl_env(env).compass_spread = 0.0  # the compass points at the goal itself: steering by it reaches it
     obs, info = env.reset(seed=3)
     for _ in range(env.config.max_episode_steps):
         angle = obs["agent_pos"][0]
@@ -207,6 +214,23 @@ def test_reaching_the_goal_is_minerl_success(env):
             break
     assert terminated and not truncated and reward == 100.0
     assert info["success"] and info["episode_return"] == 100.0
+
+
+def test_a_dense_goal_touched_under_minerls_success_score_still_terminates(fake_minerl):
+    """The Dense shaping counts blocks towards the compass target, up to 8 blocks from the goal: a goal touched
+    can total under the 160 MineRL's Dense success asks, and the touch was reported as a timeout."""
+    env = MineRLEnv(MineRLConfig(env_id="MineRLNavigateDense-v0"))
+    try:
+        _, info = env.reset(seed=3)
+        world = minerl_env(env)
+        world.compass_target = world.goal * (1 - 8.0 / np.linalg.norm(world.goal))  # 8 blocks short of the goal
+        world.yaw = float(np.degrees(np.arctan2(-world.goal[0], world.goal[1])) % 360.0)  # facing the goal
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, info = env.step(int(Move.FORWARD))
+        assert terminated and not truncated and info["episode_return"] < 160 and not info["success"]
+    finally:
+        env.close()
 
 
 def test_minerl_time_limit_truncates(fake_minerl, monkeypatch):

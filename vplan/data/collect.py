@@ -56,6 +56,11 @@ class CollectConfig:
             raise ValueError(f"noise_std: expected a finite number >= 0, got {self.noise_std}")
         if not 0 <= self.explore_fraction < 1:
             raise ValueError(f"explore_fraction: expected a share in [0, 1), got {self.explore_fraction}")
+        from vplan.policies import EXPERTS
+
+        if self.task.name not in EXPERTS:  # before an adapter's simulator is looked for (its install steps)
+            raise ValueError(f"task: vplan collect rolls out a scripted expert, and {self.task.name!r} has none; "
+                             f"expected one of {sorted(EXPERTS)}")
 
 
 def dataset_features(env: gym.Env, info: dict[str, Any]) -> dict[str, dict[str, Any]]:

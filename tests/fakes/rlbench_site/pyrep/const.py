@@ -5,6 +5,21 @@ from enum import Enum
 from pyrep.backend import sim
 
 
+class Verbosity(Enum):
+    NONE = "none"
+    ERRORS = "errors"
+    WARNINGS = "warnings"
+    LOAD_INFOS = "loadinfos"
+    SCRIPT_ERRORS = "scripterrors"
+    SCRIPT_WARNINGS = "scriptwarnings"
+    SCRIPT_INFOS = "scriptinfos"
+    INFOS = "infos"
+    DEBUG = "debug"
+    TRACE = "trace"
+    TRACE_LUA = "tracelua"
+    TYRACE_ALL = "traceall"  # sic, as in PyRep
+
+
 class PrimitiveShape(Enum):
     CUBOID = 0
     SPHERE = 1

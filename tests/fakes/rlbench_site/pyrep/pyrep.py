@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from pyrep.backend import sim
+from pyrep.const import Verbosity
 from pyrep.errors import PyRepError
 from pyrep.objects.object import Object
 
@@ -31,7 +32,7 @@ class PyRep(object):
             raise PyRepError("COPPELIASIM_ROOT was not a correct path. See installation instructions")
 
     def launch(self, scene_file: str = "", headless: bool = False, responsive_ui: bool = False,
-               blocking: bool = False, write_coppeliasim_stdout_to_file: bool = False) -> None:
+               blocking: bool = False, verbosity: Verbosity = Verbosity.NONE) -> None:
         if sim.SCENE is not None:
             raise PyRepError("CoppeliaSim is already running in this process")
         sim.load_scene(scene_file)
@@ -55,10 +56,11 @@ class PyRep(object):
         self.running = True
 
     def stop(self) -> None:
-        if not self.running:
-            raise PyRepError("PyRep is not running.")
-        sim.scene().running = False
-        self.running = False
+        if not self.connected:
+            raise PyRepError("CoppeliaSim has not been launched. Call launch first.")
+        if self.running:
+            sim.scene().running = False
+            self.running = False
 
     def step(self) -> None:
         sim.scene().step()

@@ -9,10 +9,13 @@ belong to the spec's action space and hold a value inside it.
 The world: the agent starts at (0, 0) facing yaw 0; Minecraft's yaw is in degrees, grows clockwise seen
 from above, and facing yaw t means moving along (x, z) = (-sin t, cos t). `forward` / `back` move
 WALK_PER_TICK blocks per tick; `camera` = [delta pitch, delta yaw] turns the head. The goal (a diamond block)
-is GOAL_DISTANCE blocks away in a direction drawn from the seed. The compass angle is the goal's bearing
-from the facing direction, in [-180, 180], positive to the right (MineRL's tutorial steers with
-camera yaw += k * angle). Touching the goal (within one block) gives +100 and ends the episode; the Dense
-variants add the distance gained each tick. The pov shows a sky shaded by yaw, ground striped by position,
+is GOAL_DISTANCE blocks away in a direction drawn from the seed. As in navigate_specs (NavigationDecorator with
+randomize_compass_location, max_randomized_distance=8), the compass points at a target up to `compass_spread`
+(8) blocks from the goal, also drawn from the seed. The compass angle is the target's bearing from the facing
+direction, in [-180, 180], positive to the right (MineRL's tutorial steers with camera yaw += k * angle).
+Touching the goal (within one block) gives +100 and ends the episode; the Dense variants add the distance
+gained each tick towards the compass target (RewardForDistanceTraveledToCompassTarget), so a goal reached
+can score less than the 160 MineRL's Dense success rule asks. The pov shows a sky shaded by yaw, ground striped by position,
 and the goal as a cyan column when it is within 35 degrees of the view's centre.
 
 As in the real env, the server quits at the spec's `max_episode_steps` ticks (navigate_specs: ServerQuitFromTimeUp),
@@ -52,6 +55,8 @@ class _SingleAgentEnv(gym.Env):
         self.yaw = 0.0
         self.pitch = 0.0
         self.goal = np.zeros(2)
+        self.compass_spread = 8.0
+        self.compass_target = np.zeros(2)
         self.resets = 0
         self.ticks = 0
         self.connection_lost = False
@@ -69,6 +74,8 @@ class _SingleAgentEnv(gym.Env):
             rng = np.random.RandomState(seed)
             bearing = rng.uniform(0.0, 360.0)
             self.goal = GOAL_DISTANCE * np.array([-np.sin(np.radians(bearing)), np.cos(np.radians(bearing))])
+            spread, turn = self.compass_spread * np.sqrt(rng.uniform()), rng.uniform(0.0, 2 * np.pi)
+            self.compass_target = self.goal + spread * np.array([np.cos(turn), np.sin(turn)])
             self.position = np.zeros(2)
             self.yaw, self.pitch = 0.0, 0.0
             self.done = False
@@ -94,11 +101,10 @@ class _SingleAgentEnv(gym.Env):
         self.pitch = float(np.clip(self.pitch + camera[0], -90.0, 90.0))
         self.yaw = float((self.yaw + camera[1]) % 360.0)
         walk = int(action.get("forward", 0)) - int(action.get("back", 0))
-        before = self._distance()
+        before = self._distance(self.compass_target)
         self.position = self.position + walk * WALK_PER_TICK * self._facing()
-        after = self._distance()
-        reward = (before - after) if self.task.dense else 0.0
-        if after <= TOUCH_DISTANCE:
+        reward = (before - self._distance(self.compass_target)) if self.task.dense else 0.0
+        if self._distance(self.goal) <= TOUCH_DISTANCE:
             reward += 100.0
             self.done = True
         if self.ticks >= self.task.max_episode_steps:  # the server's time-up quit
@@ -116,11 +122,15 @@ class _SingleAgentEnv(gym.Env):
     def _facing(self) -> np.ndarray:
         return np.array([-np.sin(np.radians(self.yaw)), np.cos(np.radians(self.yaw))])
 
-    def _distance(self) -> float:
-        return float(np.linalg.norm(self.goal - self.position))
+    def _distance(self, point: np.ndarray) -> float:
+        return float(np.linalg.norm(point - self.position))
 
     def compass_angle(self) -> float:
-        delta = self.goal - self.position
+        return self._bearing(self.compass_target)
+
+    def _bearing(self, point: np.ndarray) -> float:
+        """Degrees from the facing direction to `point`, in [-180, 180], positive to the right."""
+        delta = point - self.position
         goal_yaw = np.degrees(np.arctan2(-delta[0], delta[1]))
         return float((goal_yaw - self.yaw + 180.0) % 360.0 - 180.0)
 
@@ -133,14 +143,14 @@ class _SingleAgentEnv(gym.Env):
         columns = np.arange(width)
         stripes = ((columns + int(self.position[0] * 4) + int(self.position[1] * 4)) // 4) % 2
         pov[horizon:] = np.where(stripes[None, :, None] == 1, [70, 130, 40], [110, 80, 40]).astype(np.uint8)
-        angle = self.compass_angle()
-        if abs(angle) < HALF_FOV:
-            centre = int(width / 2 + angle / HALF_FOV * width / 2)
-            half = max(1, int(8 / max(self._distance(), 1.0) * width / 8))
+        goal = self._bearing(self.goal)
+        if abs(goal) < HALF_FOV:
+            centre = int(width / 2 + goal / HALF_FOV * width / 2)
+            half = max(1, int(8 / max(self._distance(self.goal), 1.0) * width / 8))
             pov[max(horizon - 2 * half, 0):horizon, max(centre - half, 0):min(centre + half, width)] = [60, 220, 220]
         self._last_pov = pov
         return OrderedDict([
             ("pov", pov),
-            ("compass", OrderedDict([("angle", np.array(angle, dtype=np.float32))])),
+            ("compass", OrderedDict([("angle", np.array(self.compass_angle(), dtype=np.float32))])),
             ("inventory", OrderedDict([("dirt", np.array(0, dtype=np.int64))])),
         ])
