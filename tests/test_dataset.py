@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import os
 import shutil
 import signal
@@ -473,6 +474,23 @@ def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
     )
     with pytest.raises(DatasetError, match=r"v2\.1"):
         EpisodeDataset(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated video", "missing data file", "truncated episodes file"])
+def test_damaged_files_are_dataset_errors_naming_the_file(tmp_path: Path, damage: str) -> None:
+    """They were imageio's OSError (with ffmpeg's banner), a FileNotFoundError or pyarrow's ArrowInvalid: a
+    traceback from the CLI."""
+    root = tmp_path / "ds"
+    write(root, [0, 1])
+    pattern = {"truncated video": "videos/*/*/*.mp4", "missing data file": "data/*/*.parquet",
+               "truncated episodes file": "meta/episodes/*/*.parquet"}[damage]
+    path = next(root.glob(pattern))
+    if damage == "missing data file":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))} cannot be (read|decoded) .*the dataset is damaged"):
+        EpisodeDataset(root).episode(0)
 
 
 def test_reader_refuses_features_it_cannot_read_and_episodes_whose_spans_disagree(tmp_path: Path) -> None:

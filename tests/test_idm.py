@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from vplan.cli import main
 from vplan.data import EpisodeDataset
 from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
@@ -143,6 +144,18 @@ def test_no_training_episode_is_reconstructed_when_training_samples_none(tiny_da
     final = train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "idm"),
                                         holdout_episodes=1))
     assert reconstructed == [{2}, {2}] and "vae" in json.loads((final / "metrics.json").read_text())
+
+
+def test_a_damaged_dataset_is_one_line_and_exit_1(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, data)
+    video = next(data.glob("videos/*/*/*.mp4"))
+    video.write_bytes(video.read_bytes()[:100])  # an interrupted copy
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "component=idm", f"data={data}", f"out={tmp_path / 'idm'}", "component.vae=null", *TINY_IDM,
+              *SMALL_OPTIM])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 1 and err.startswith(f"vplan train: error: {video} cannot be decoded"), err
 
 
 def test_cli_errors_are_one_line(tiny_dataset: Path, tmp_path: Path) -> None:

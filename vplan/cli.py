@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 from vplan.configs import preset_names
-from vplan.errors import PlannerFallbackWarning, RunError, UsageError, VplanWarning, first_line
+from vplan.errors import DatasetError, PlannerFallbackWarning, RunError, UsageError, VplanWarning, first_line
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
@@ -534,7 +534,7 @@ def _main(argv: list[str] | None) -> None:
         command.load()(config)
     except UsageError as error:
         _fail(prog, str(error))
-    except RunError as error:
+    except (RunError, DatasetError) as error:  # DatasetError here: a file found damaged while the command runs
         _fail(prog, str(error), RUN_ERROR)
     except OSError as error:  # on a path: an unwritable out=DIR, a full disk, a file where a directory should be
         if error.errno in _STORAGE_ERRORS and error.filename is None:  # a write or fsync: no path to name

@@ -24,6 +24,11 @@ class RunError(Exception):
     """A run that cannot go on (a diverged loss, a missing checkpoint); the message says what to do."""
 
 
+class DatasetError(ValueError):
+    """A directory is not a dataset this package can read, or cannot take the episodes asked of it; met while a
+    command runs (a damaged file), the CLI says it in one line with exit code 1."""
+
+
 class VplanWarning(UserWarning):
     """Something that works but is likely not what the user meant (a fallback taken, a model from another env);
     the CLI prints it as one line `warning: ...`, without the source line Python adds."""

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from vplan.constants import EPISODE_INDEX, INDEX, ROBOT_TYPE_PREFIX, SUBGOAL, TASK_INDEX
@@ -36,6 +35,7 @@ from vplan.data.lerobot_format import (
     load_info,
     load_tasks,
     numpy_column,
+    read_table,
     stats_from_row,
     video_keys,
 )
@@ -203,7 +203,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             )
             for row in self._rows
         )
-        parts = [pq.read_table(self.root / path, columns=list(columns)) for path in paths]
+        parts = [read_table(self.root / path, columns=list(columns)) for path in paths]
         data = {
             key: np.concatenate(
                 [numpy_column(part.column(key), ft) for part in parts]

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vplan.constants import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK_INDEX, TIMESTAMP
+from vplan.errors import DatasetError, first_line
 from vplan.utils.files import fsync_path
 
 CODEBASE_VERSION = "v3.0"
@@ -82,8 +83,7 @@ _REQUIRED_INFO_KEYS = ("codebase_version", "fps", "features", "total_episodes", 
 _FILE_NAME = re.compile(r"chunk-(\d+)/file-(\d+)\.(parquet|mp4)$")
 
 
-class DatasetError(ValueError):
-    """A directory is not a dataset this package can read, or cannot take the episodes asked of it."""
+DAMAGED = "the dataset is damaged (an interrupted copy?): copy it again, or collect it again into another out=DIR"
 
 
 # ----------------------------------------------------------------------------------------------- layout
@@ -167,9 +167,12 @@ def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
 
 def decode_video(path: Path) -> np.ndarray:
     """Decode every frame of an mp4 to uint8 (T, H, W, 3)."""
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    width, height = next(reader)["size"]
-    frames = [np.frombuffer(buffer, np.uint8).reshape(height, width, 3) for buffer in reader]
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        width, height = next(reader)["size"]
+        frames = [np.frombuffer(buffer, np.uint8).reshape(height, width, 3) for buffer in reader]
+    except (OSError, RuntimeError) as error:  # missing, truncated, not a video: ffmpeg's banner follows the line
+        raise DatasetError(f"{path} cannot be decoded ({first_line(error)}); {DAMAGED}") from None
     if not frames:
         raise DatasetError(f"{path} holds no video frames")
     return np.stack(frames)
@@ -298,9 +301,17 @@ def numpy_column(column: pa.ChunkedArray | pa.Array, feature: dict[str, Any]) ->
     return values.reshape(length) if shape == [1] else values.reshape(length, *shape)
 
 
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """`pyarrow.parquet.read_table`; a missing or unreadable file is a DatasetError naming it."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetError(f"{path} cannot be read ({first_line(error)}); {DAMAGED}") from None
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """All rows of a parquet file as dicts."""
-    return pq.read_table(path).to_pylist()
+    return read_table(path).to_pylist()
 
 
 def tasks_table(tasks: list[str]) -> pa.Table:
@@ -348,7 +359,7 @@ def load_tasks(root: Path, total_tasks: int) -> list[str]:
         return []
     if not path.is_file():
         raise DatasetError(f"{path} is missing, though {INFO_PATH} counts {total_tasks} tasks")
-    table = pq.read_table(path)
+    table = read_table(path)
     text_column = "task" if "task" in table.column_names else "__index_level_0__"
     by_index = dict(
         zip(table.column(TASK_INDEX).to_pylist(), table.column(text_column).to_pylist(), strict=True)
