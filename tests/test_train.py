@@ -111,6 +111,25 @@ def test_a_resume_on_a_dataset_that_grew_is_refused(tiny_dataset, tmp_path, caps
     assert len(list_checkpoints(tmp_path / "vae")) == 1  # nothing trained on the moved split
 
 
+def test_training_episodes_on_held_out_seeds_are_named(tmp_path):
+    """`vplan run record=true` records seeds 10000+, the scenes a default evaluation of what is trained plays;
+    `vplan finetune` said so, `vplan train` did not."""
+    import warnings
+
+    from vplan.errors import VplanWarning
+    from vplan.loop.train import _split
+
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    data = tmp_path / "d"
+    with pytest.warns(VplanWarning, match="seeds 10000..10001"):  # collect says so too
+        collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=3, seed=9999, out=str(data)))
+    with pytest.warns(VplanWarning, match=r"1 of the episodes to train on were recorded on seeds 10000..10000"):
+        _split(str(data), 1)  # 9999 and 10000 trained on, 10001 held out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplanWarning)
+        _split(str(data), 2)  # 9999 alone
+
+
 def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_path):
     result = vplan_train(f"data={tmp_path / 'nothing'}")
     assert result.returncode == 2

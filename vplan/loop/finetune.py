@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,9 +50,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vplan.constants import HELD_OUT_SEEDS, OBS_IMAGE_FRONT, SUBGOAL
+from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import RunError, UsageError, VplanWarning
+from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
@@ -416,16 +415,10 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     if usable < cfg.episodes:
         print(f"episodes={cfg.episodes}: {cfg.data} has {usable} besides the {cfg.holdout_episodes} held out; "
               f"finetuning on {usable}")
-    from vplan.data.collect import warn_if_exploring
+    from vplan.data.collect import warn_if_exploring, warn_if_held_out_seeds
 
     warn_if_exploring(cfg.data)  # the finetuned model, and Temp-LoRA's states, learn each chunk under its text
-    seeds = [int(seed) for e in episodes if (seed := dataset.episode_meta(e).get("seed")) is not None]
-    held_out = [seed for seed in seeds if seed >= HELD_OUT_SEEDS]
-    if held_out:  # e.g. `vplan run record=true`'s episodes: the scenes a default evaluation of the result plays
-        warnings.warn(f"{cfg.data}: {len(held_out)} of the episodes to finetune on were recorded on seeds "
-                      f"{min(held_out)}..{max(held_out)}, which vplan run, the evals and the benches use by default "
-                      f"(seeds {HELD_OUT_SEEDS}+, held out of training); evaluate the result on others "
-                      f"(seed={max(seeds) + 1}), or record on seeds below {HELD_OUT_SEEDS}", VplanWarning)
+    warn_if_held_out_seeds(cfg.data, dataset, episodes, "finetune on")
     return dataset, episodes
 
 

@@ -123,6 +123,9 @@ def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
     if dataset.num_episodes <= holdout:
         raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout}")
     episodes = list(range(dataset.num_episodes))
+    from vplan.data.collect import warn_if_held_out_seeds
+
+    warn_if_held_out_seeds(data, dataset, episodes[:-holdout], "train on")  # e.g. `vplan run record=true`'s
     return dataset, episodes[:-holdout], episodes[-holdout:]
 
 
