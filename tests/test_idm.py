@@ -19,7 +19,15 @@ from vplan.data import EpisodeDataset
 from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
 from vplan.errors import UsageError
-from vplan.loop.idm import Episode, IDMTrainConfig, IDMTraining, error_report, evenly_spaced, load_episodes
+from vplan.loop.idm import (
+    Episode,
+    IDMTrainConfig,
+    IDMTraining,
+    check_fits,
+    error_report,
+    evenly_spaced,
+    load_episodes,
+)
 from vplan.loop.train import TrainConfig, train_component
 from vplan.loop.trainer import OptimConfig
 from vplan.policies.idm import IDMConfig, IDMInputError, IDMPolicy, windows
@@ -182,6 +190,7 @@ def test_what_does_not_fit_is_a_usage_error(tiny_dataset: Path, tiny_vae: Path, 
     cfg = TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "out"), holdout_episodes=1)
     with pytest.raises(UsageError, match=re.escape(expected)):
         train_component(cfg)
+    assert not (tmp_path / "out").exists()  # said before config.yaml and split.json were written
 
 
 def test_labels_are_the_applied_actions_unless_asked(tiny_dataset: Path) -> None:
@@ -197,10 +206,10 @@ def test_labels_are_the_applied_actions_unless_asked(tiny_dataset: Path) -> None
     assert set(applied.actions[:, 3].tolist()) <= {-1.0, 1.0}
     older = SimpleNamespace(root=tiny_dataset, info={"features": {"action": {}}})  # collected before action.applied
     with pytest.raises(UsageError, match="component.label=commanded"):
-        load_episodes(older, [0], config, None, set())
+        check_fits(older, IDMTrainConfig(idm=config), None)
     foreign = SimpleNamespace(root=tiny_dataset, info={"features": {}})  # no actions at all: nothing else to try
     with pytest.raises(UsageError, match="has no 'action' feature, so nothing to learn actions from") as error:
-        load_episodes(foreign, [0], config, None, set(), label="commanded")
+        check_fits(foreign, IDMTrainConfig(idm=config, label="commanded"), None)
     assert "component.label" not in str(error.value)
     with pytest.raises(ValueError, match="label: expected one of"):
         IDMTrainConfig(label="intended")
@@ -492,8 +501,10 @@ def test_a_moves_idm_is_a_classifier_trained_on_the_dataset_moves(moves_dataset:
 def test_moves_that_do_not_fit_are_usage_errors(moves_dataset: Path, changes, expected) -> None:
     dataset = EpisodeDataset(moves_dataset)
     config = IDMConfig(**{**IDMConfig.tiny().to_dict(), "num_moves": changes.get("num_moves", 5)})
-    with pytest.raises(UsageError, match=re.escape(expected)):
-        load_episodes(dataset, [0, 1], config, None, set(), label=changes.get("label", "commanded"))
+    label = changes.get("label", "commanded")
+    with pytest.raises(UsageError, match=re.escape(expected)):  # the metadata's; the moves' range, as they load
+        check_fits(dataset, IDMTrainConfig(idm=config, label=label), None)
+        load_episodes(dataset, [0, 1], config, None, set(), label=label)
     with pytest.raises(ValueError, match="num_moves"):
         IDMConfig(num_moves=-1)
 

@@ -148,52 +148,61 @@ def evenly_spaced(items: list[int], count: int) -> list[int]:
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
+def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
+    """A UsageError where the dataset's features (read from its metadata) or the VAE do not fit the IDM: said
+    before `vplan train` writes anything."""
+    idm, key = config.idm, LABELS[config.label]
+    features = dataset.info["features"]
+    if key not in features and config.label == "commanded":
+        raise UsageError(f"{dataset.root} has no {key!r} feature, so nothing to learn actions from; collect a "
+                         "dataset with `vplan collect`")
+    if key not in features:
+        raise UsageError(
+            f"{dataset.root} has no {key!r} feature (collected before the env reported the applied action, or "
+            f"from an env that does not, like the blockworld); collect it again, or train on the recorded actions "
+            f"with component.label=commanded"
+        )
+    moves = features[key]["dtype"].startswith("int")
+    if moves != idm.discrete:
+        raise UsageError(
+            f"{dataset.root} holds {'discrete moves' if moves else 'continuous actions'}; set "
+            + ("component.idm.num_moves=N, the env's number of moves (the blockworld: 5)" if moves
+               else "component.idm.num_moves=0")
+        )
+    if vae is not None and vae.config.sample_size != idm.image_size:
+        raise UsageError(
+            f"the VAE reads {vae.config.sample_size}x{vae.config.sample_size} frames; this IDM "
+            f"{idm.image_size}x{idm.image_size}"
+        )
+    height, width = features[OBS_IMAGE_FRONT]["shape"][:2]
+    if (height, width) != (idm.image_size,) * 2:
+        raise UsageError(f"the dataset's frames are {height}x{width}; this IDM is for "
+                         f"{idm.image_size}x{idm.image_size} (set component.idm.image_size)")
+    if int(np.prod(features[key]["shape"])) != idm.action_dim:
+        raise UsageError(f"the dataset's actions have shape {tuple(features[key]['shape'])}; this IDM predicts "
+                         f"({idm.action_dim},) (set component.idm.action_dim)")
+
+
 def load_episodes(
     dataset: Any, indices: list[int], config: IDMConfig, vae: Any, reconstruct: set[int], label: str = "applied"
 ) -> list[Episode]:
-    """The episodes' frames and actions (`label`: applied or commanded), checked against the IDM; those in
-    `reconstruct` also through `vae`."""
+    """The episodes' frames and actions (`label`: applied or commanded; what `check_fits` found to fit the IDM),
+    their moves checked against it; those in `reconstruct` also through `vae`."""
     from tqdm import tqdm
 
     from vplan.worldmodel.latent_cache import episode_latents
     from vplan.worldmodel.vae import decode_latents
 
     key = LABELS[label]
-    if key not in dataset.info["features"] and label == "commanded":
-        raise UsageError(f"{dataset.root} has no {key!r} feature, so nothing to learn actions from; collect a "
-                         "dataset with `vplan collect`")
-    if key not in dataset.info["features"]:
-        raise UsageError(
-            f"{dataset.root} has no {key!r} feature (collected before the env reported the applied action, or "
-            f"from an env that does not, like the blockworld); collect it again, or train on the recorded actions "
-            f"with component.label=commanded"
-        )
-    moves = dataset.info["features"][key]["dtype"].startswith("int")
-    if moves != config.discrete:
-        raise UsageError(
-            f"{dataset.root} holds {'discrete moves' if moves else 'continuous actions'}; set "
-            + ("component.idm.num_moves=N, the env's number of moves (the blockworld: 5)" if moves
-               else "component.idm.num_moves=0")
-        )
     episodes = []
     for index in indices:
         data = dataset.episode(index)
         frames = torch.from_numpy(np.array(data[OBS_IMAGE_FRONT]))
         actions = torch.from_numpy(np.array(data[key], dtype=np.float32)).reshape(len(frames), -1)
-        if tuple(frames.shape[1:3]) != (config.image_size,) * 2:
-            raise UsageError(
-                f"the dataset's frames are {frames.shape[1]}x{frames.shape[2]}; this IDM is for "
-                f"{config.image_size}x{config.image_size} (set component.idm.image_size)"
-            )
         if config.discrete and len(actions) and not (0 <= actions.min() and actions.max() < config.num_moves):
             raise UsageError(
                 f"the dataset's moves lie in [{actions.min():.0f}, {actions.max():.0f}]; this IDM knows "
                 f"num_moves={config.num_moves} (set component.idm.num_moves)"
-            )
-        if actions.shape[1] != config.action_dim:
-            raise UsageError(
-                f"the dataset's actions have shape {tuple(actions.shape[1:])}; this IDM predicts "
-                f"({config.action_dim},) (set component.idm.action_dim)"
             )
         episodes.append(Episode(frames, actions))
     todo = [i for i, index in enumerate(indices) if index in reconstruct]
@@ -273,12 +282,8 @@ def _line(label: str, report: dict[str, Any]) -> str:
 def train_idm(
     config: IDMTrainConfig, dataset: Any, train_episodes: list[int], held_out: list[int], out: Path, vae: Any | None
 ) -> Path:
-    """Train the IDM on `train_episodes`, write `<out>/final` with its held-out metrics, print them."""
-    if vae is not None and vae.config.sample_size != config.idm.image_size:
-        raise UsageError(
-            f"the VAE reads {vae.config.sample_size}x{vae.config.sample_size} frames; this IDM "
-            f"{config.idm.image_size}x{config.idm.image_size}"
-        )
+    """Train the IDM on `train_episodes` (of a dataset `check_fits` accepted), write `<out>/final` with its
+    held-out metrics, print them."""
     # the training episodes' reconstructions only where training samples them; the held-out ones are scored
     trained = evenly_spaced(train_episodes, config.vae_episodes) if config.vae_fraction > 0 else []
     reconstruct = set(trained + held_out) if vae is not None else set()

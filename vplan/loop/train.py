@@ -27,7 +27,7 @@ from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
 from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import list_checkpoints
-from vplan.loop.idm import IDMTrainConfig, train_idm
+from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, write_json
@@ -332,6 +332,8 @@ def train_component(cfg: TrainConfig) -> Path:
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
     if isinstance(component, WorldModelTrainConfig) and component.init is not None and not resuming:
         check_checkpoints_exist({"component.init": component.init})
+    if isinstance(component, IDMTrainConfig):
+        check_fits(dataset, component, vae)
     _record_config(cfg, out, resuming)
     _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
     if isinstance(component, VAETrainConfig):
