@@ -185,3 +185,51 @@ def test_an_empty_video_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="expected at least one frame, got none"):
         write_mp4(tmp_path / "empty.mp4", [], fps=4)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_checkpoint_pruned_partway_is_no_longer_counted(tmp_path, monkeypatch):
+    """rmtree deletes in the directory's order: a kill could leave trainer_state.json beside half the weights,
+    listed as a complete checkpoint (and the one to resume from after a newer one was found damaged)."""
+    import shutil
+
+    from vplan.loop import checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 1, model, optimizer, {}, keep=1)
+    remove = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if not path.exists():  # the new checkpoint's own name, cleared before the rename
+            return remove(path, *args, **kwargs)
+        (path / checkpoint.MODEL_FILE).unlink(missing_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 2, model, optimizer, {}, keep=1)  # pruning step 1 is cut short
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", remove)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-0000002"]
+
+
+def test_plots_leave_the_users_backend_and_figures_alone(tmp_path):
+    """Each plot switched the process to Agg (a notebook's plt.show() then showed nothing) and was a pyplot
+    figure, left open where drawing it failed."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from vplan.utils.plots import bar_plot, line_plot
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        figure = plt.figure()
+        line_plot(tmp_path / "line.png", {"a": ([0, 1], [1.0, 2.0])}, "step", "loss", "title")
+        bar_plot(tmp_path / "bar.png", {"a": (1.0, 0.1)}, "y", "title")
+        with pytest.raises(ValueError):
+            line_plot(tmp_path / "bad.png", {"a": ([0, 1, 2], [1.0])}, "step", "loss", "title")
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [figure.number]
+        assert (tmp_path / "line.png").read_bytes().startswith(b"\x89PNG") and not (tmp_path / "bad.png").exists()
+        plt.close(figure)
+    finally:
+        matplotlib.use(backend)

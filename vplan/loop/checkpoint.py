@@ -66,12 +66,20 @@ def save_checkpoint(
     save_optimizer(optimizer, tmp / OPTIMIZER_FILE, rng)
     (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
     fsync_tree(tmp)
-    shutil.rmtree(final, ignore_errors=True)
+    _remove(final)
     os.replace(tmp, final)
     fsync_path(out)
     for old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, its trainer state first: cut short (a kill), it is no longer a checkpoint,
+    where `rmtree`'s order could leave the state beside half the weights, counted as complete."""
+    if checkpoint.is_dir():
+        (checkpoint / TRAINER_STATE).unlink(missing_ok=True)
+    shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def _is_step(suffix: str) -> bool:

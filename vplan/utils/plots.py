@@ -1,6 +1,8 @@
 """The PNG plots a command writes next to its numbers, for the reader who would rather look than read.
 
-matplotlib's Agg backend renders without a display, so the plots are written on headless machines too.
+Each figure is a matplotlib `Figure` drawn on its own Agg canvas, without pyplot: it renders without a display
+(headless machines too), leaves the user's backend and open figures alone (a notebook's `plt.show()`), and is
+never registered anywhere it would have to be closed.
 """
 
 from __future__ import annotations
@@ -13,25 +15,20 @@ from vplan.utils.files import file_written_aside
 
 
 def _axes(size: tuple[float, float]) -> tuple[Any, Any]:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=size)
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
 
 
 def _save(figure: Any, axis: Any, path: Path, title: str) -> None:
-    import matplotlib.pyplot as plt
-
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with file_written_aside(path, path.suffix) as scratch:  # never a half plot; the suffix names the format
-            figure.savefig(scratch, dpi=120)
-    finally:
-        plt.close(figure)
+    with file_written_aside(path, path.suffix) as scratch:  # never a half plot; the suffix names the format
+        figure.savefig(scratch, dpi=120)
 
 
 def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
