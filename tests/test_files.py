@@ -233,3 +233,16 @@ def test_plots_leave_the_users_backend_and_figures_alone(tmp_path):
         plt.close(figure)
     finally:
         matplotlib.use(backend)
+
+
+def test_a_training_checkpoint_passed_as_a_model_says_how_to_finish_it(tmp_path):
+    """An unfinished run (no final/ yet) or one of its checkpoint-N folders was told "no checkpoint; train one"."""
+    from vplan.errors import UsageError
+    from vplan.shipped import check_checkpoints_exist
+
+    model = torch.nn.Linear(2, 2)
+    step = save_checkpoint(tmp_path, 300, model, torch.optim.AdamW(model.parameters()), {})
+    for given in (tmp_path, step):
+        with pytest.raises(UsageError, match=rf"^worldmodel={given}: a training checkpoint, for resuming, not "
+                                             rf"loading; .* then pass worldmodel={tmp_path}/final$"):
+            check_checkpoints_exist({"worldmodel": str(given)})

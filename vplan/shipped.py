@@ -78,6 +78,13 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
         if not (path / "config.json").is_file():
             if (path / "final" / "config.json").is_file():  # the training run's directory, not its result
                 raise UsageError(f"{name}={spec}: a training run's directory; pass {name}={path / 'final'}")
+            from vplan.loop.checkpoint import TRAINER_STATE, list_checkpoints
+
+            if (path / TRAINER_STATE).is_file() or list_checkpoints(path):  # unfinished, or one of its steps
+                run = path if list_checkpoints(path) else path.parent
+                raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; run the same "
+                                 f"command again to finish it (it writes {run / 'final'}), then pass "
+                                 f"{name}={run / 'final'}")
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; {hint}")
         _check_kind(name, spec, component)
 
