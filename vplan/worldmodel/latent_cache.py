@@ -30,7 +30,8 @@ LATENTS_DIR = "latents"
 def vae_fingerprint(vae: Any) -> str:
     """16 hex digits of a sha256 over the VAE's config and every weight's name, dtype, shape and bytes. The config's
     bookkeeping keys (`_name_or_path`, `_diffusers_version`, ...) are left out: the same VAE loaded from another
-    path, or after a diffusers upgrade, finds its latents."""
+    path, or after a diffusers upgrade, finds its latents, unless the upgrade added a setting to AutoencoderKL's
+    config (then they are encoded again, once)."""
     config = {key: value for key, value in dict(vae.config).items() if not key.startswith("_")}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(vae.state_dict().items()):
