@@ -147,6 +147,31 @@ def test_close_leaves_the_world_model_as_it_was(tmp_path: Path) -> None:
     make_memory(lora(), model).close()  # the adapter name is free again
 
 
+def test_a_second_ctrl_c_while_closing_still_gives_the_model_back(monkeypatch) -> None:
+    """`close` marked the memory closed first: interrupted in the worker's shutdown, it never removed the adapter,
+    and every later close returned at once, the world model unsavable for the session."""
+    model = tiny_model()
+    keys = list(model.unet.state_dict())
+    memory = make_memory(lora(), model)
+    memory.update_async(latents(CHUNK), latents(CHUNK, seed=2))
+    memory.wait()
+    monkeypatch.setattr(memory._executor, "shutdown", lambda wait=True: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        memory.close()
+    assert list(model.unet.state_dict()) == keys
+
+
+def test_a_with_block_raises_its_own_error_not_a_failed_updates(monkeypatch) -> None:
+    memory = make_memory(lora(), tiny_model())
+    monkeypatch.setattr(memory, "_update", lambda previous, new: 1 / 0)
+    with pytest.raises(KeyError, match="the body's"), memory:
+        memory.update_async(latents(CHUNK), latents(CHUNK))
+        raise KeyError("the body's")
+    with pytest.raises(ZeroDivisionError), make_memory(lora(), tiny_model()) as other:  # no error of its own: raised
+        monkeypatch.setattr(other, "_update", lambda previous, new: 1 / 0)
+        other.update_async(latents(CHUNK), latents(CHUNK))
+
+
 @pytest.mark.parametrize("objective", ["epsilon", "flow"])
 def test_an_update_changes_only_the_lora_parameters(objective: str) -> None:
     model = tiny_model(objective)

@@ -228,20 +228,28 @@ class EpisodicMemory(ABC):
         Closing twice does nothing; any other call after `close` raises."""
         if self._closed:
             return
-        self._closed = True
         try:
             self.wait()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
-            self._close()
+            try:
+                if self._executor is not None:
+                    self._executor.shutdown(wait=True)
+                    self._executor = None
+            finally:  # a second Ctrl-C in the shutdown still gives the world model back
+                self._close()
+                self._closed = True
 
     def __enter__(self) -> EpisodicMemory:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the body's error is the one to see, not a failed background update's
+            self.close()
+        except Exception:
+            pass
 
     # -- what each strategy implements ------------------------------------------------------------------------
 
