@@ -39,7 +39,7 @@ DEFAULT_QUESTION = (
     "would (no teleporting, melting or vanishing)? Answer yes or no."
 )
 ANSWERS = {"yes": True, "no": False}
-CONJUNCTIONS = ("or", "and")
+CONJUNCTIONS = ("or", "and", "but", "wait")  # words that join the opposite answer to the first ("No - wait, yes")
 
 
 class VLMRewardWarning(VplanWarning):
@@ -88,7 +88,7 @@ def parse_yes_no(content: Any) -> bool | None:
     The rule: lowercased, the reply's first word (after any punctuation, quotes or markdown) must be "yes" or
     "no"; the rest is explanation and is ignored ("Yes, the cube is lifted." is yes, "No - the cube vanishes." is
     no, "Yes, no teleporting or melting." is yes), unless the opposite answer follows joined to it ("yes or no",
-    "Yes and no", "yes/no") or standing alone after it ("No, yes."). A reply that is empty, not text, or starts
+    "Yes and no", "Yes but no", "yes/no", "No - wait, yes") or standing alone after it ("No, yes."). A reply that is empty, not text, or starts
     with any other word ("maybe", "I think so", "Yeah", "Answer: yes") is unclear.
     """
     if not isinstance(content, str):
