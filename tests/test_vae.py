@@ -89,6 +89,8 @@ def test_bad_inputs_are_clear_errors(vae: AutoencoderKL) -> None:
         vae_loss(vae, synthetic_frames(2, size=32), VAEConfig.tiny(image_size=16))
     with pytest.raises(ValueError, match="channel-last"):
         encode_frames(vae, synthetic_frames(2).permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match=r"expected a torch tensor, got ndarray \(torch.from_numpy"):
+        encode_frames(vae, synthetic_frames(2).numpy())  # an env's frames as they come
     with pytest.raises(ValueError, match=r"float values in \[0, 1\]"):
         encode_frames(vae, synthetic_frames(2).float())
     with pytest.raises(ValueError, match="latents: expected"):

@@ -115,6 +115,9 @@ def build_vae(config: VAEConfig) -> AutoencoderKL:
 
 def _to_pixels(vae: AutoencoderKL, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Channel-last frames (..., H, W, 3), uint8 or float in [0, 1] → (N, 3, H, W) in [-1, 1], and the lead shape."""
+    if not isinstance(frames, torch.Tensor):  # an env's numpy frames: an AttributeError on `.to` deep below
+        raise ValueError(f"frames: expected a torch tensor, got {type(frames).__name__} "
+                         "(torch.from_numpy(frames) takes an env's uint8 frames)")
     if frames.ndim not in (4, 5) or frames.shape[-1] != 3:
         raise ValueError(
             "frames: expected a channel-last RGB tensor (N, H, W, 3) or (B, T, H, W, 3), "
