@@ -60,7 +60,7 @@ class DiffusionConfig:
         if self.sampler not in SAMPLERS[self.objective]:
             raise ValueError(
                 f"expected sampler in {SAMPLERS[self.objective]} for objective {self.objective!r}, "
-                f"got {self.sampler!r}"
+                f"got {self.sampler!r} (set the sampler with the objective: objective=flow sampler=flow_euler)"
             )
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"expected beta_schedule in {BETA_SCHEDULES}, got {self.beta_schedule!r}")
