@@ -123,7 +123,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, file: Path) -> dict[str, to
     from safetensors import safe_open
 
     with safe_open(file, framework="pt") as handle:
-        metadata = handle.metadata()
+        metadata = handle.metadata() or {}  # none: a file not written by save_optimizer (a KeyError below)
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     extra = {key: tensors.pop(key) for key in list(tensors) if not key.split(".", 1)[0].isdigit()}
     optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata))
