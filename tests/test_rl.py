@@ -353,6 +353,19 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
         capsys.readouterr().err
 
 
+def test_exploring_the_held_out_seeds_warns(checkpoints, tmp_path):
+    """Only an overlap with the run's own eval_seed was refused: with eval_seed moved up, exploration could play
+    the 10000+ scenes vplan run and the benches hold out, unsaid."""
+    from vplan.cli import COMMANDS, build_config, compose_config
+    from vplan.errors import VplanWarning
+    from vplan.rl.loop import RLRun
+
+    command = next(c for c in COMMANDS if c.name == "rl")
+    args = rl_args(checkpoints, tmp_path / "out", "seed=9999", "iterations=2", "eval_seed=20000")[1:]
+    with pytest.warns(VplanWarning, match=r"seed=9999: exploration plays seeds 10000..10000, among the 10000\+"):
+        RLRun(build_config(compose_config(command, args)[0])).env.close()
+
+
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
     for extra, message in [("objective=ppo", "objective: expected one of"),
                            ("continuations=1", "continuations: expected at least 2"),

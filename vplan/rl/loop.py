@@ -29,6 +29,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ import torch
 from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
-from vplan.errors import RunError, UsageError
+from vplan.constants import HELD_OUT_SEEDS
+from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.loop.checkpoint import OPTIMIZER_FILE, load_optimizer, save_optimizer
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
@@ -221,6 +223,12 @@ class RLRun:
         from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
         self.cfg, self.out = cfg, Path(cfg.out)
+        explored_end = cfg.seed + cfg.iterations * cfg.seeds_per_iteration
+        if explored_end > HELD_OUT_SEEDS:  # the config refuses only an overlap with this run's own eval_seed
+            played = f"{max(cfg.seed, HELD_OUT_SEEDS)}..{explored_end - 1}"
+            warnings.warn(f"seed={cfg.seed}: exploration plays seeds {played}, among the {HELD_OUT_SEEDS}+ that vplan "
+                          f"run, the evals and the benches hold out by default; explore on seeds below "
+                          f"{HELD_OUT_SEEDS}", VplanWarning, stacklevel=2)
         check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
         self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
         self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
