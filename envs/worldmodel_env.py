@@ -145,7 +145,10 @@ class WorldModelEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.asarray(action, dtype=np.float32)
-        if self._history is not None and self._history.shape[0] == 1 and action.shape != self.action_space.shape:
+        if self._history is not None and self._history.shape[0] > 1:
+            raise ValueError(f"step() steps one rollout, and reset_batch started {self._history.shape[0]}; call "
+                             "step_batch with one action per rollout (or reset() for one)")
+        if self._history is not None and action.shape != self.action_space.shape:
             raise ValueError(f"expected an action of shape {self.action_space.shape}, got {action.shape} (step_batch "
                              "takes a batch)")
         obs, rewards, terminated, truncated, info = self.step_batch(action[None])
@@ -176,6 +179,8 @@ class WorldModelEnv(gym.Env):
         """
         if not seeds:
             raise ValueError("expected at least one seed, got none")
+        if isinstance(texts, str) or (texts is not None and not all(isinstance(text, str) for text in texts)):
+            raise ValueError(f"texts: expected a list of strings, one per seed, got {texts!r:.80}")
         if texts is not None and len(texts) != len(seeds):
             raise ValueError(f"expected one text per seed ({len(seeds)}), got {len(texts)}")
         options: list[dict[str, Any]] = [{} for _ in seeds]

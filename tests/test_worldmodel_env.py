@@ -158,6 +158,10 @@ def test_batched_steps_agree_with_single_steps(model):
             assert np.abs(obs.astype(int) - frames[step + 1][i].astype(int)).max() <= 1  # float rounding
         torch.testing.assert_close(single._history[0], history[i], atol=1e-4, rtol=1e-4)
     assert not np.array_equal(frames[-1][0], frames[-1][1])  # two different rollouts, not one repeated
+    with pytest.raises(ValueError, match=r"step\(\) steps one rollout, and reset_batch started 2; call step_batch"):
+        batched.step(actions[0][0])  # was "expected actions of shape (2, 4), got (1, 4)"
+    with pytest.raises(ValueError, match="texts: expected a list of strings, one per seed, got 'ab'"):
+        batched.reset_batch(seeds, texts="ab")  # was split into ['a', 'b']
 
 
 def test_reset_from_a_dataset_episode(model, tmp_path):
