@@ -172,3 +172,22 @@ def test_interrupted_collect_says_what_it_kept(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 130
     assert "interrupted: 1 episode(s) kept in" in capsys.readouterr().err
     assert EpisodeDataset(tmp_path / "ds").num_episodes == 1
+
+
+def test_a_failed_first_reset_still_closes_the_env(tmp_path, monkeypatch):
+    """The first reset ran outside the code that closed the env: RLBench's CoppeliaSim was left running."""
+    import vplan.envs
+
+    closed = []
+
+    class FailingEnv:
+        def reset(self, seed=None):
+            raise RuntimeError("the task could not be placed")
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(vplan.envs, "make_env", lambda config: FailingEnv())
+    with pytest.raises(RuntimeError, match="could not be placed"):
+        collect(small_config(tmp_path / "ds"))
+    assert closed == [True]

@@ -214,7 +214,11 @@ def collect(cfg: CollectConfig) -> Path:
     except ValueError as error:  # e.g. noise_std for an expert of discrete moves
         raise UsageError(str(error)) from None
     env = make_env(cfg.env)
-    _, first_info = env.reset(seed=cfg.seed)
+    try:
+        _, first_info = env.reset(seed=cfg.seed)
+    except BaseException:  # a simulator's failed first reset (RLBench's TaskEnvironmentError): still shut down
+        env.close()
+        raise
     try:
         writer = EpisodeWriter.create_or_resume(
             out,
