@@ -173,6 +173,20 @@ def test_http_500_is_retried_then_gives_none_and_a_warning(endpoint: FakeEndpoin
     assert SECRET not in message and REDACTED in message
 
 
+def test_an_endpoint_that_keeps_failing_is_asked_no_more(endpoint: FakeEndpoint) -> None:
+    """Each failed question waited out its timeout and retries (30 s x 3 by default), chunk after chunk."""
+    endpoint.reply = lambda body: (500, {"error": {"message": "down"}}, 0.0)
+    vlm = reward(endpoint, max_retries=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert vlm.score(rollout(*(chunk(PICK, 10 * i) for i in range(5)))) is None
+    assert len(endpoint.requests) == 3 and vlm.requests_made == 3
+    assert "failed 3 requests in a row, so it is asked no more in this run" in vlm_warnings(record)[-1]
+    endpoint.reply = answer("yes")
+    vlm.failures_in_a_row = 2  # an answer in between starts the count again
+    assert vlm.ask(chunk(PICK, 99).frames, PICK) is True and vlm.failures_in_a_row == 0
+
+
 def test_timeout_gives_none_and_a_warning(endpoint: FakeEndpoint) -> None:
     endpoint.reply = answer("yes", delay=3.0)
     vlm = reward(endpoint, timeout_s=0.5, max_retries=0)

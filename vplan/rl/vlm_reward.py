@@ -39,6 +39,7 @@ DEFAULT_QUESTION = (
     "would (no teleporting, melting or vanishing)? Answer yes or no."
 )
 ANSWERS = {"yes": True, "no": False}
+FAILURES_BEFORE_GIVING_UP = 3  # failed requests in a row (each after its retries): the endpoint is down
 CONJUNCTIONS = ("or", "and", "but", "wait")  # words that join the opposite answer to the first ("No - wait, yes")
 
 
@@ -123,6 +124,7 @@ class VLMReward:
         self.config = config
         self.requests_made = 0  # questions sent (each with the client's retries), at most config.max_requests
         self.cache_hits = 0
+        self.failures_in_a_row = 0  # requests that failed since the last that was answered
         self._cache: dict[str, bool] = {}
         self._journal: Path | None = None
         self.endpoint: ChatEndpoint | None = None
@@ -206,13 +208,19 @@ class VLMReward:
         if self.requests_made >= self.config.max_requests:
             self._warn(subgoal, f"the request budget ({self.config.max_requests}) is spent")
             return None
+        if self.failures_in_a_row >= FAILURES_BEFORE_GIVING_UP:  # each would wait out its timeouts and retries
+            self._warn(subgoal, f"the endpoint failed {self.failures_in_a_row} requests in a row, so it is asked no "
+                                "more in this run (the same command resumes the run and asks it again)")
+            return None
         self.requests_made += 1
         self._note({"requests_made": self.requests_made})  # before it is sent: a kill while waiting spent it too
         try:
             content = self.endpoint.complete(self.messages(sent, question))
         except ChatRequestError as error:
+            self.failures_in_a_row += 1
             self._warn(subgoal, str(error))
             return None
+        self.failures_in_a_row = 0
         answer = parse_yes_no(content)
         if answer is None:
             shown = self._scrub(content) if isinstance(content, str) else content  # scrubbed before it is cut
