@@ -191,6 +191,22 @@ def test_an_update_changes_only_the_lora_parameters(objective: str) -> None:
     assert any("lora_B" in name for name in changed) and any("lora_A" in name for name in changed)
 
 
+def test_gradient_checkpointing_puts_back_an_instance_forward_it_found() -> None:
+    """The wrapping ended with `del module.forward`, which removed a hook installed on the instance (as
+    accelerate's add_hook_to_module installs them)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from vplan.memory.temp_lora import checkpointed
+
+    model = tiny_model()
+    block = next(m for m in model.unet.modules() if isinstance(m, ResnetBlock2D))
+    hooked = block.forward
+    block.forward = hooked
+    with checkpointed(model.unet):
+        assert block.forward is not hooked
+    assert vars(block)["forward"] is hooked
+
+
 def test_gradient_checkpointing_learns_the_same(monkeypatch) -> None:
     import torch.utils.checkpoint
 

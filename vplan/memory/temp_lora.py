@@ -95,6 +95,8 @@ def checkpointed(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
 
     kinds = (ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel)
     wrapped = [module for module in unet.modules() if isinstance(module, kinds)]
+    # an instance's own forward (a hook a library installed so, as accelerate's) is wrapped and put back as it was
+    own = {id(module): vars(module)["forward"] for module in wrapped if "forward" in vars(module)}
     for module in wrapped:
         # preserve_rng_state=False: the forward draws nothing, and saving and setting the process-wide generator
         # from this worker thread would rewind draws the main thread makes meanwhile
@@ -103,7 +105,10 @@ def checkpointed(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         for module in wrapped:
-            del module.forward
+            if id(module) in own:
+                module.forward = own[id(module)]
+            else:
+                del module.forward
 
 
 def _check_targets(unet: torch.nn.Module, lora: Any, target_modules: list[str]) -> None:
