@@ -141,6 +141,8 @@ def test_rewards_read_the_rollout():
     assert task_progress({"passed": np.array([True, False, True, False]), "phase": "return"}) == 0.5
     # the start alone is where an agent that never moved stands: no progress
     assert task_progress({"passed": np.array([True, False, False, False]), "phase": "return"}) == 0.0
+    # a one-chunk path's only waypoint is the start: a success scored 0
+    assert task_progress({"passed": np.array([True]), "phase": "return", "success": True}) == 1.0
     assert task_progress({}) == 0.0
     outcome = OutcomeReward(progress_weight=0.5)
     assert outcome.score(rollout_with([], {**cubes, "phase": "return", "success": True})) == 1.5

@@ -34,12 +34,14 @@ def task_progress(info: Mapping[str, Any]) -> float:
     """How far the task got, in [0, 1], from the env's final info (0 for an env this does not know): unlike Dist,
     an agent that does nothing scores 0. return_cubes: half for the cubes displaced, half for those returned;
     retrace: the waypoints passed on the way back, the first (the start, where an agent that never moved stands)
-    only once another is."""
+    only once another is; success is 1 (a one-chunk path's only waypoint is the start)."""
     if "displaced" in info and "returned" in info:
         if info.get("phase") == "return":
             return 0.5 + 0.5 * float(np.mean(info["returned"]))
         return 0.5 * float(np.mean(info["displaced"]))
     if "passed" in info:
+        if info.get("success"):
+            return 1.0
         passed = np.asarray(info["passed"], bool)
         return float(passed.mean()) if info.get("phase") == "return" and passed[1:].any() else 0.0
     return 0.0
