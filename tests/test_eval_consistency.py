@@ -363,3 +363,13 @@ def test_an_evaluation_interrupted_before_anything_finished_says_so(tmp_path, ca
     (tmp_path / PROGRESS_FILE).write_text("{}")
     say_interrupted(tmp_path, "1 rollout(s)")
     assert "interrupted: 1 rollout(s) finished, kept in" in capsys.readouterr().err
+
+
+def test_an_expert_too_slow_for_the_scenario_is_a_run_error_with_limits_scaled_to_its_moves(monkeypatch):
+    """A RuntimeError (a traceback from the CLI); and the step limits, fixed, failed a smaller valid max_delta."""
+    from vplan.eval import revisit
+
+    monkeypatch.setattr(revisit, "HALF_MAX_STEPS", 5)
+    with pytest.raises(RunError, match=r"^seed 10000: the expert did not finish the displace half in 10 steps; the "
+                                        r"revisit scenario cannot be played with these env settings$"):
+        revisit_scenario(10000, min_frames=10, env_config=TabletopConfig(image_size=16, max_delta=0.015))

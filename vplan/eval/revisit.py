@@ -29,6 +29,7 @@ and the rest before the first round carries the first round's first subgoal.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -36,11 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from vplan.errors import UsageError
+from vplan.errors import RunError, UsageError
 
 HOME_TOL = 0.002  # metres from home at which the gripper counts as back
 HOME_MAX_STEPS = 40  # homing gives up after this many steps (never reached on the tabletop: ~10 needed)
 HALF_MAX_STEPS = 300  # one displace or return half gives up after this many expert steps
+STEP_LIMITS_MAX_DELTA = 0.03  # the max_delta (m per action of 1) the limits are for; a smaller one takes longer
 
 
 @dataclass
@@ -51,8 +53,9 @@ class RevisitScenario:
     subgoals: list[str]  # T texts: the subgoal being pursued at each frame
     pairs: list[tuple[int, int]]  # (first_visit, revisit) frame indices, first_visit < revisit
     states: list[str] = field(default_factory=list)  # T labels: "A" / "B" on rest frames, "" while moving
-    agent_pos: np.ndarray | None = None  # (T, 4) float32: gripper xyz and opening at each frame
-    cube_positions: np.ndarray | None = None  # (T, n, 3) cube centres at each frame
+    agent_pos: np.ndarray | None = None  # (T, 4) float32: the env's agent_pos at each frame (tabletop: gripper
+    # xyz and opening; blockworld: x, y, z and heading)
+    cube_positions: np.ndarray | None = None  # (T, n, 3) cube centres at each frame (None where there are none)
     seed: int = 0
     rounds: int = 0
     fps: float = 10.0  # frames per second of the take (the env's control rate)
@@ -83,6 +86,8 @@ def revisit_scenario(
         raise ValueError(f"env_config: expected a TabletopConfig, got {type(config).__name__}")
     env = TabletopEnv(config)
     expert = ReturnCubesExpert(max_delta=config.max_delta)
+    slower = max(1.0, STEP_LIMITS_MAX_DELTA / config.max_delta)  # shorter moves: more steps to the same places
+    home_max_steps, half_max_steps = math.ceil(HOME_MAX_STEPS * slower), math.ceil(HALF_MAX_STEPS * slower)
     try:
         obs, info = env.reset(seed=seed)
         expert.reset(info, seed=seed)
@@ -100,23 +105,25 @@ def revisit_scenario(
                 step(np.array([0.0, 0.0, 0.0, -1.0], np.float32), subgoal, state)
 
         def go_home(subgoal: str) -> None:
-            for _ in range(HOME_MAX_STEPS):
+            for _ in range(home_max_steps):
                 if np.linalg.norm(info["gripper_pos"] - home) < HOME_TOL:
                     return
                 delta = np.clip((home - info["gripper_pos"]) / config.max_delta, -1.0, 1.0)
                 step(np.append(delta, -1.0).astype(np.float32), subgoal)
-            raise RuntimeError(f"seed {seed}: the gripper did not get back home in {HOME_MAX_STEPS} steps")
+            raise RunError(f"seed {seed}: the gripper did not get back home in {home_max_steps} steps; the "
+                           "revisit scenario cannot be played with these env settings")
 
         def half(phase: str) -> str:
             """Run the expert until every cube is displaced (phase "displace") or returned ("return")."""
-            for _ in range(HALF_MAX_STEPS):
+            for _ in range(half_max_steps):
                 done = info["displaced"] if phase == "displace" else info["returned"]
                 clear = info["grasped"] == -1 and info["gripper_pos"][2] >= HOVER_Z - HOVER_MARGIN
                 if done.all() and clear:  # let go and backed off upwards, as the expert does after a release
                     return expert.subgoal
                 action = expert.select_action(obs, {**info, "phase": phase})
                 step(action, expert.subgoal)
-            raise RuntimeError(f"seed {seed}: the expert did not finish the {phase} half in {HALF_MAX_STEPS} steps")
+            raise RunError(f"seed {seed}: the expert did not finish the {phase} half in {half_max_steps} steps; the "
+                           "revisit scenario cannot be played with these env settings")
 
         # The first frame is labelled once the first subgoal is known; rest at home first (state A).
         first_subgoal = _peek_subgoal(expert, obs, info)
@@ -187,8 +194,8 @@ def _revisit_pairs(states: list[str], rest_frames: int) -> list[tuple[int, int]]
     """Pair the k-th frame of the first rest in each state with the k-th frame of every later rest in it.
 
     A rest is a run of frames labelled with one state; a frame's label says the action taken *from* it is a
-    resting one, so every frame of a run shows the gripper at home. Runs shorter than `rest_frames` (the
-    final frame's run) are paired as far as they go.
+    resting one, so every frame of a run shows the gripper at home. Runs of other lengths (the final frame joins
+    the last rest) are paired as far as both go.
     """
     runs: dict[str, list[list[int]]] = {}
     index = 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from vplan.errors import RunError
 from vplan.eval.revisit import RevisitScenario
 
 SAME_PLACE = 0.25  # blocks between the horizontal positions of a first visit and its revisit, at most
@@ -71,7 +72,8 @@ def blockworld_revisit_scenario(seed: int, min_frames: int = 260, env_config: An
         # Round 1: the retrace task, then turns in place back to the starting heading.
         while not (info["success"] and _home(info)):  # the env's termination: every waypoint passed, back home
             if len(moves) == config.max_episode_steps:
-                raise RuntimeError(f"seed {seed}: the expert did not retrace the path in {len(moves)} steps")
+                raise RunError(f"seed {seed}: the expert did not retrace the path in {len(moves)} steps; the "
+                               "revisit scenario cannot be played with these env settings")
             move = expert.select_action(obs, info)
             step(move, expert.subgoal)
             moves.append(move)
