@@ -45,6 +45,19 @@ def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
     assert {"cpu_count", "torch", "omp_wait_policy"} <= set(written["machine"])
 
 
+def test_results_record_the_machine_as_it_was_before_the_timing(tmp_path, monkeypatch):
+    """The load average was read after the run, so it counted the bench itself as the machine's other work."""
+    from vplan.envs.tabletop_v0 import TabletopEnv
+    from vplan.eval import bench_record
+
+    steps, step = [], TabletopEnv.step
+    monkeypatch.setattr(TabletopEnv, "step", lambda self, action: steps.append(1) or step(self, action))
+    monkeypatch.setattr(bench_record.os, "getloadavg", lambda: (0.1 + len(steps),) * 3)  # grows as the bench runs
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=20, episodes=1, out=str(tmp_path)))
+    assert json.loads((tmp_path / "results.json").read_text())["machine"]["load_average"] == [0.1, 0.1, 0.1]
+
+
 def test_a_bench_never_writes_over_another_commands_results(tmp_path):
     """bench planning's and bench executor's results.json hold their finished episodes; another bench's figures
     replaced them, and planning then blamed 'other settings'."""

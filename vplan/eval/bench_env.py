@@ -65,7 +65,7 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     from vplan.envs import env_name, make_env
     from vplan.policies import EXPERTS, make_expert
 
-    make_out_dir(cfg.out, "bench env")
+    machine = make_out_dir(cfg.out, "bench env")
     env = make_env(cfg.env)
     rng = np.random.default_rng(cfg.seed)
     if isinstance(env.action_space, gym.spaces.Discrete):  # random moves
@@ -123,11 +123,11 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
           "about what an idle machine gives)")
     if not has_expert:
         print(f"task {cfg.task.name} has no scripted expert: no expert episodes timed")
-        record_bench(cfg.out, "bench env", cfg, results)
+        record_bench(cfg.out, "bench env", cfg, results, machine)
         return results
     print(f"expert on {cfg.episodes} episodes of {cfg.task.name}:")
     print(f"  wall time per episode    {results['expert_episode_s']:10.2f} s")
     print(f"  steps per episode        {results['expert_episode_steps']:10.1f}")
     print(f"  success                  {successes}/{cfg.episodes}")
-    record_bench(cfg.out, "bench env", cfg, results)
+    record_bench(cfg.out, "bench env", cfg, results, machine)
     return results

@@ -256,7 +256,7 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         check_checkpoints_exist({"checkpoint": cfg.checkpoint})
         require_text_conditioned(read_config(resolve_checkpoint(cfg.checkpoint)), f"checkpoint={cfg.checkpoint}",
                                  "bench memory")
-    make_out_dir(cfg.out, "bench memory")
+    machine = make_out_dir(cfg.out, "bench memory")
     if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
                          "wait their turn spin on the cores the timed one needs; run it without "
@@ -286,7 +286,7 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         # in one process every mode's models and state are resident in every mode's episodes: no ratio to give
         row["rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"] if cfg.isolate else None
     _print_table(cfg, rows)
-    record_bench(cfg.out, "bench memory", cfg, rows)
+    record_bench(cfg.out, "bench memory", cfg, rows, machine)
     return rows
 
 

@@ -57,16 +57,19 @@ def check_results_are(path: Path, command: str) -> None:
                          "out=DIR")
 
 
-def make_out_dir(out: str | None, command: str) -> None:
+def make_out_dir(out: str | None, command: str) -> dict[str, Any]:
     """Create `out` (if given) before the bench runs: an unusable folder, or one holding another command's
-    results, fails at once, not after minutes of timing."""
+    results, fails at once, not after minutes of timing. Returns `machine()` as it is before the timing (its
+    load average then says whether something else was running; after, it counts the bench itself)."""
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         check_results_are(Path(out) / RESULTS_FILE, command)
+    return machine()
 
 
-def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
-    """With `out`, write `<out>/results.json` whole (aside, then renamed); without, nothing."""
+def record_bench(out: str | None, command: str, cfg: Any, results: Any, machine_before: dict[str, Any]) -> None:
+    """With `out`, write `<out>/results.json` whole (aside, then renamed), with the machine `make_out_dir`
+    described; without, nothing."""
     if out is None:
         return
     from vplan.utils.files import write_json
@@ -78,7 +81,7 @@ def record_bench(out: str | None, command: str, cfg: Any, results: Any) -> None:
     write_json(path / RESULTS_FILE, {
         "command": command,
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_before,
         "settings": settings_record(cfg, leave_out=("out",)),
         "results": plain(results),
     })

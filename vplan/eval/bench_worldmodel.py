@@ -63,8 +63,8 @@ def _fastest(function, repeats: int) -> float:
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})
-    make_out_dir(cfg.out, "bench worldmodel")
     torch.set_num_threads(cfg.threads)
+    machine = make_out_dir(cfg.out, "bench worldmodel")  # the threads it runs with, the load before it
     model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()
     config = model.config
     require_text_conditioned(config, f"checkpoint={cfg.checkpoint}", "bench worldmodel")
@@ -102,5 +102,5 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
         print(f"  {row['sampler']:16} {row['generate_s']:13.2f} {row['generate_and_decode_s']:13.2f} {ratio:15.2f}x"
               f"{other}")
     print(f"default sampler: {config.diffusion.sampler}:{config.diffusion.num_inference_steps}; peak RSS {peak_mb:.0f} MB")
-    record_bench(cfg.out, "bench worldmodel", cfg, {"rows": rows, "peak_rss_mb": peak_mb})
+    record_bench(cfg.out, "bench worldmodel", cfg, {"rows": rows, "peak_rss_mb": peak_mb}, machine)
     return rows
