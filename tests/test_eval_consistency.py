@@ -373,3 +373,10 @@ def test_an_expert_too_slow_for_the_scenario_is_a_run_error_with_limits_scaled_t
     with pytest.raises(RunError, match=r"^seed 10000: the expert did not finish the displace half in 10 steps; the "
                                         r"revisit scenario cannot be played with these env settings$"):
         revisit_scenario(10000, min_frames=10, env_config=TabletopConfig(image_size=16, max_delta=0.015))
+
+
+@pytest.mark.parametrize("kwargs", [{"min_frames": "10"}, {"min_frames": 2.5}, {"rest_frames": 0}])
+def test_bad_scenario_arguments_name_the_value(kwargs):
+    (name, value), = kwargs.items()
+    with pytest.raises(ValueError, match=rf"^{name}: expected an int >= 1, got {re.escape(repr(value))}$"):
+        revisit_scenario(10000, **kwargs)

@@ -79,8 +79,9 @@ def revisit_scenario(
     from vplan.policies import ReturnCubesExpert
     from vplan.policies.return_cubes_expert import HOVER_MARGIN, HOVER_Z
 
-    if min_frames < 1 or rest_frames < 1:
-        raise ValueError(f"expected min_frames >= 1 and rest_frames >= 1, got {min_frames!r} and {rest_frames!r}")
+    for name, value in (("min_frames", min_frames), ("rest_frames", rest_frames)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:  # "10" was a TypeError, 2.5 taken
+            raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
     config = env_config if env_config is not None else TabletopConfig()
     if not isinstance(config, TabletopConfig):
         raise ValueError(f"env_config: expected a TabletopConfig, got {type(config).__name__}")
