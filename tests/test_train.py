@@ -130,6 +130,21 @@ def test_training_episodes_on_held_out_seeds_are_named(tmp_path):
         _split(str(data), 2)  # 9999 alone
 
 
+def test_a_damaged_dataset_is_not_told_to_be_made(tiny_dataset, tmp_path):
+    """Every error opening the data ended "make one with `vplan collect out=DIR`", which refuses a folder holding
+    a dataset."""
+    from vplan.errors import UsageError
+    from vplan.loop.train import _split
+
+    data = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, data)
+    episodes = next(data.glob("meta/episodes/*/*.parquet"))
+    episodes.write_bytes(episodes.read_bytes()[:100])
+    with pytest.raises(UsageError, match="the dataset is damaged") as error:
+        _split(str(data), 1)
+    assert "make one" not in str(error.value)
+
+
 def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_path):
     result = vplan_train(f"data={tmp_path / 'nothing'}")
     assert result.returncode == 2

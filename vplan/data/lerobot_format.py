@@ -89,10 +89,16 @@ DAMAGED = "the dataset is damaged (an interrupted copy?): copy it again, or coll
 # ----------------------------------------------------------------------------------------------- layout
 
 
+def is_dataset(root: str | Path) -> bool:
+    """Whether `root` holds a dataset's `meta/info.json` (readable or not): where one does, an error reading it
+    is about that dataset, and "make one" is not the way out."""
+    return (Path(root) / INFO_PATH).is_file()
+
+
 def load_info(root: str | Path) -> dict[str, Any]:
     """Read and check `meta/info.json`, naming the path in the error when `root` is not a v3.0 dataset."""
     path = Path(root) / INFO_PATH
-    if not path.is_file():
+    if not is_dataset(root):
         raise DatasetError(f"{Path(root)} is not a LeRobot dataset: {path} does not exist")
     try:
         info = json.loads(path.read_text())

@@ -399,11 +399,14 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
 
 def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     from vplan.data import DatasetError, EpisodeDataset
+    from vplan.data.lerobot_format import is_dataset
 
     try:
         dataset = EpisodeDataset(cfg.data)
-    except DatasetError as error:
-        raise UsageError(f"{error}; make one with `vplan collect out={cfg.data}` or `vplan run record=true`") from None
+    except DatasetError as error:  # "make one" only where there is none
+        hint = "" if is_dataset(cfg.data) else (f"; make one with `vplan collect out={cfg.data}` or "
+                                                "`vplan run record=true`")
+        raise UsageError(f"{error}{hint}") from None
     if OBS_IMAGE_FRONT not in dataset.features:
         raise UsageError(f"{cfg.data}: expected the camera feature {OBS_IMAGE_FRONT!r} the world model learns from (as "
                          f"`vplan collect` records it), found {dataset.video_keys or 'no camera'}")

@@ -112,11 +112,13 @@ class TrainConfig:
 
 def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
     from vplan.data import DatasetError, EpisodeDataset
+    from vplan.data.lerobot_format import is_dataset
 
     try:
         dataset = EpisodeDataset(data)
     except DatasetError as error:
-        raise UsageError(f"{error}; make one with `vplan collect out={data}`") from None
+        hint = "" if is_dataset(data) else f"; make one with `vplan collect out={data}`"  # else the error says
+        raise UsageError(f"{error}{hint}") from None
     if OBS_IMAGE_FRONT not in dataset.features:
         raise UsageError(f"{data}: expected the camera feature {OBS_IMAGE_FRONT!r} that every component trains on "
                          f"(as `vplan collect` records it), found {dataset.video_keys or 'no camera'}")
