@@ -67,7 +67,8 @@ class WorldModelTrainConfig:
     )
     boundary_fraction: float = field(
         default=0.0,
-        metadata={"help": "Share of clips whose chunk starts exactly at a new subgoal, where only the text says what comes next."},
+        metadata={"help": "Share of clips whose context ends on a subgoal's first frame (the chunk starts at the next), "
+                  "where only the text says what comes next."},
     )
     init: str | None = field(
         default=None,
@@ -164,8 +165,8 @@ class WorldModelTraining:
     """Clips of context + chunk latents with the chunk's subgoal text.
 
     Within a subgoal the context frames already show where the gripper is heading, so a model can learn the
-    data while ignoring its text; `boundary_fraction` of the clips therefore start their chunk on the first
-    frame of a subgoal, where the next target (which cube, which spot) is in the text alone.
+    data while ignoring its text; `boundary_fraction` of the clips therefore end their context on the first
+    frame of a subgoal (the chunk follows it), where the next target (which cube, which spot) is in the text alone.
 
     `actions` (one (T, action_dim) tensor per episode, row t taken at frame t) is for action-conditioned models:
     chunk frame f gets action f - 1, the one that led into it. Drawing them takes no extra random numbers, so a
