@@ -111,7 +111,8 @@ def test_bench_memory_config_checks(tmp_path, monkeypatch):
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # idle mode processes would spin: refused before any starts
     with pytest.raises(UsageError, match="OMP_WAIT_POLICY=ACTIVE .* isolate=false"):
-        bench_memory(BenchMemoryConfig(checkpoint=None, model=tiny_world_model()))
+        bench_memory(BenchMemoryConfig(checkpoint=None, model=tiny_world_model(), out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()  # refused before out= was made
 
 
 def test_bench_memory_config_composes():

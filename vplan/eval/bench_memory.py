@@ -256,12 +256,12 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         check_checkpoints_exist({"checkpoint": cfg.checkpoint})
         require_text_conditioned(read_config(resolve_checkpoint(cfg.checkpoint)), f"checkpoint={cfg.checkpoint}",
                                  "bench memory")
-    machine = make_out_dir(cfg.out, "bench memory")
     if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
                          "wait their turn spin on the cores the timed one needs; run it without "
                          "OMP_WAIT_POLICY (the CLI then waits passively), or with isolate=false (wall times only: "
                          "one process gives no peak-RSS comparison)")
+    machine = make_out_dir(cfg.out, "bench memory")  # after the refusals: a refused bench writes nothing
     runners: list[Any] = []
     try:
         for kind, overlap in modes(cfg):
