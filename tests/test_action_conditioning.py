@@ -141,6 +141,23 @@ def test_both_objectives_train_with_actions(conditioning, objective, sampler):
         model(context, target, texts, generator=seeded(9), actions=actions[:1])
 
 
+def test_action_tail_dropout_trains_on_known_prefixes_and_the_null_token():
+    """A clip keeps a prefix of its chunk's actions (the rest null), as WorldModel-v0 imagines from the actions
+    known so far; nothing tested it (the null token's gradient exists, zero, without it)."""
+    model = tiny_model("action", action_tail_dropout=0.99).train()
+    known = model._training_known(64, CHUNK, seeded(1))
+    lengths = known.sum(dim=1)
+    assert torch.equal(known, torch.arange(CHUNK)[None] < lengths[:, None])  # prefixes
+    assert (lengths < CHUNK).any() and (lengths >= 1).all()
+    assert torch.equal(tiny_model("action", action_tail_dropout=0.0)._training_known(64, CHUNK, seeded(1)),
+                       torch.ones(64, CHUNK, dtype=torch.bool))
+    context, target = randn(4, 2, 4, LATENT, LATENT, seed=6), randn(4, CHUNK, 4, LATENT, LATENT, seed=7)
+    actions = torch.rand(4, CHUNK, 4, generator=seeded(8)) * 2 - 1
+    loss, _ = model(context, target, ["go"] * 4, generator=seeded(9), actions=actions)
+    loss.backward()
+    assert model.action_encoder.null_token.grad.abs().sum() > 0
+
+
 def test_text_conditioning_keeps_the_shipped_checkpoint_as_it_was():
     path = resolve_checkpoint("shipped:tabletop/worldmodel")
     saved = json.loads((Path(path) / "config.json").read_text())["config"]

@@ -392,6 +392,24 @@ def test_a_failed_last_update_is_raised_in_its_own_episode(world_model, idm):
     agent.close()
 
 
+def test_replans_stop_at_max_replans_per_episode(world_model, idm):
+    """Only the per-chunk cap was tested: the episode's cap could go and the tests stayed green."""
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 3)], replan_drift=0.2, stall_steps=0,
+                       max_replans_per_chunk=1, max_replans=1)
+    frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    agent.act(fake_obs(255 - agent.expected_frame))  # drift: the episode's one replan
+    second = agent.chunk
+    assert second.replanned_from == "drift" and agent.replans["drift"] == 1
+    for _ in range(CHUNK):  # the replacement runs to its end, drifting; then the next chunk is imagined
+        agent.act(fake_obs(255 - agent.expected_frame))
+    third = agent.chunk
+    assert third is not second and third.replans == 0
+    agent.act(fake_obs(255 - agent.expected_frame))  # drifts far, and its own cap would allow a replan
+    assert agent.chunk is third and third.cut is None and agent.replans["drift"] == 1
+
+
 def test_a_reset_whose_planner_fails_takes_no_episode_seed(world_model, idm):
     """Episode k samples with seed + k: a reset tried again after the planner failed is still episode 0."""
     frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
@@ -413,6 +431,26 @@ def test_a_reset_whose_planner_fails_takes_no_episode_seed(world_model, idm):
         firsts.append(agent.imagined.copy())
         agent.close()
     assert np.array_equal(firsts[0], firsts[1])
+
+
+def test_episode_k_samples_with_seed_plus_k(world_model, idm):
+    """Only episode 0 of fresh agents was compared: a count never advanced (every episode seed + 0), or advanced
+    first (episode 0 at seed + 1), kept the tests green."""
+    frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
+
+    def first_chunk(agent, seed=None):
+        agent.reset("move the cubes", fake_obs(frame), {}, seed=seed)
+        agent.act(fake_obs(frame))
+        return agent.imagined.copy()
+
+    agent = make_agent(world_model, idm, **NO_REPLAN, seed=7)
+    episodes = [first_chunk(agent), first_chunk(agent)]
+    reference = make_agent(world_model, idm, **NO_REPLAN, seed=0)
+    assert np.array_equal(episodes[0], first_chunk(reference, seed=7))
+    assert np.array_equal(episodes[1], first_chunk(reference, seed=8))
+    assert not np.array_equal(episodes[0], episodes[1])
+    agent.close()
+    reference.close()
 
 
 def test_a_closed_agent_says_so(world_model, idm):
@@ -582,3 +620,48 @@ def test_the_agent_keeps_copies_of_the_frames_an_env_renders_into_one_buffer(wor
         agent.act({"front": buffer})
         buffer[:] = value  # the env draws the next frame over the last
     assert [int(frame[0, 0, 0]) for frame in agent.chunk.observed] == [20, 30]
+
+
+class SucceedsAtStep(gym.Wrapper):
+    """The tabletop, said to succeed (every cube returned) at step `at`: the tiny models never succeed, so the
+    run's success, progress and return-phase figures were only ever compared with 0."""
+
+    def __init__(self, env: gym.Env, at: int) -> None:
+        super().__init__(env)
+        self.at, self.steps = at, 0
+
+    def reset(self, **kwargs):
+        self.steps = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if self.steps == self.at:
+            cubes = len(info["displaced"])
+            info = {**info, "success": True, "phase": "return", "displaced": np.ones(cubes, bool),
+                    "returned": np.arange(cubes) < cubes - 1}  # all but the last back: progress below 1
+            terminated = True
+        return obs, reward, terminated, truncated, info
+
+
+def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(world_model, idm):
+    from vplan.envs import TabletopConfig
+    from vplan.run import RunConfig, run_episode, summarize
+    from vplan.tasks import TaskConfig
+
+    env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=3)
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    try:
+        won = run_episode(env, agent, "move the cubes", 10000, "front")["result"]
+    finally:
+        agent.close()
+        env.close()
+    assert won["success"] and won["phase"] == "return" and won["ended_by"] == "success" and won["steps"] == 3
+    assert won["progress"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    lost = {**won, "success": False, "phase": "displace", "progress": 0.25}
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = RunConfig(env=TabletopConfig(), task=task, episodes=2, memory=MemoryConfig(kind="none"))
+    metrics = summarize(cfg, [won, lost], "vplan/Tabletop-v0", 0.0)
+    assert metrics["success_rate"] == 0.5 and metrics["return_phase_rate"] == 0.5
+    assert metrics["progress_mean"] == pytest.approx((0.5 + 0.5 * 2 / 3 + 0.25) / 2)

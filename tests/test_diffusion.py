@@ -35,7 +35,8 @@ def batch() -> dict[str, torch.Tensor]:
 
 
 def null_states() -> torch.Tensor:
-    return torch.zeros(1, TOKENS, DIM)
+    # not zeros: "replaced by the null text" must differ from "zeroed" (the MiniLM null text is not zero either)
+    return torch.randn(1, TOKENS, DIM, generator=torch.Generator().manual_seed(123))
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -108,7 +109,8 @@ def test_text_dropout_trains_on_the_null_text(unet: UNet3D, batch: dict) -> None
     with torch.no_grad():
         dropped, logs = masked_diffusion_loss(unet, **batch, config=always, null_states=null_states(),
                                               generator=seeded())
-        as_null = masked_diffusion_loss(unet, **{**batch, "text_states": null_states().expand(BATCH, -1, -1)},
+        as_null = masked_diffusion_loss(unet, **{**batch, "text_states": null_states().expand(BATCH, -1, -1),
+                                                 "text_mask": torch.ones_like(batch["text_mask"])},  # all of it
                                         config=DiffusionConfig(text_dropout=0.0), generator=seeded())[0]
         kept = masked_diffusion_loss(unet, **batch, config=DiffusionConfig(text_dropout=0.0), generator=seeded())[0]
     assert logs["text_dropped"] == 1.0 and dropped == as_null and dropped != kept

@@ -174,7 +174,10 @@ def test_minilm_is_frozen_cached_and_not_saved(minilm: MiniLMTextEncoder) -> Non
 def test_minilm_cache_evicts_the_least_recently_used(
     minilm: MiniLMTextEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from collections import OrderedDict
+
     monkeypatch.setattr(minilm.config, "cache_size", 2)
+    monkeypatch.setattr(minilm, "_cache", OrderedDict())  # not the order the module's earlier tests left
     minilm([RED, BLUE])
     minilm([RED])  # RED is now the most recent
     minilm(["put the green cube back"])

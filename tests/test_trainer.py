@@ -58,6 +58,31 @@ def test_loss_goes_down_and_checkpoints_are_safetensors(tmp_path):
     ]
 
 
+class RecordingFit(LinearFit):
+    """LinearFit that keeps every batch it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[torch.Tensor] = []
+
+    def batch(self, generator: torch.Generator, batch_size: int) -> dict:
+        batch = super().batch(generator, batch_size)
+        self.batches.append(batch["x"])
+        return batch
+
+
+def test_each_step_draws_its_own_batch_and_follows_the_lr_schedule(tmp_path):
+    """The resume test compares two runs of the same code: a generator seeded without the step (one batch for
+    every step), or the schedule left out of the optimizer, kept it green."""
+    optim = OptimConfig(steps=12, batch_size=4, lr=0.01, warmup_steps=3, cooldown_steps=4, log_every=1)
+    component = RecordingFit()
+    train(component, optim, tmp_path, "toy")
+    assert not any(torch.equal(a, b) for i, a in enumerate(component.batches) for b in component.batches[:i])
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in log] == pytest.approx([optim.lr_at(row["step"] - 1) for row in log])
+    assert len({row["lr"] for row in log}) > 2  # warm-up, hold and cool-down all logged
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=5, save_every=10)
     straight = LinearFit()
