@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +36,7 @@ from vplan.data import DatasetError, EpisodeDataset, EpisodeWriter
 from vplan.data import dataset as dataset_module
 from vplan.data.dataset import EPISODE_META, chunk_subgoal
 from vplan.data.lerobot_format import INFO_PATH, STAGING_DIR, encode_video
+from vplan.errors import DamagedDatasetError
 
 FPS = 10
 SIZE = 32
@@ -476,20 +477,21 @@ def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
         EpisodeDataset(tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["truncated video", "missing data file", "truncated episodes file"])
+@pytest.mark.parametrize("damage", ["truncated video", "missing video", "missing data file", "truncated episodes file"])
 def test_damaged_files_are_dataset_errors_naming_the_file(tmp_path: Path, damage: str) -> None:
     """They were imageio's OSError (with ffmpeg's banner), a FileNotFoundError or pyarrow's ArrowInvalid: a
     traceback from the CLI."""
     root = tmp_path / "ds"
     write(root, [0, 1])
-    pattern = {"truncated video": "videos/*/*/*.mp4", "missing data file": "data/*/*.parquet",
-               "truncated episodes file": "meta/episodes/*/*.parquet"}[damage]
+    pattern = {"truncated video": "videos/*/*/*.mp4", "missing video": "videos/*/*/*.mp4",
+               "missing data file": "data/*/*.parquet", "truncated episodes file": "meta/episodes/*/*.parquet"}[damage]
     path = next(root.glob(pattern))
-    if damage == "missing data file":
+    if damage.startswith("missing"):
         path.unlink()
     else:
         path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))} cannot be (read|decoded) .*the dataset is damaged"):
+    with pytest.raises(DamagedDatasetError, match=rf"^{re.escape(str(path))} (cannot be (read|decoded) |is missing)"
+                                                  ".*the dataset is damaged"):
         EpisodeDataset(root).episode(0)
 
 

@@ -130,17 +130,17 @@ def test_training_episodes_on_held_out_seeds_are_named(tmp_path):
         _split(str(data), 2)  # 9999 alone
 
 
-def test_a_damaged_dataset_is_not_told_to_be_made(tiny_dataset, tmp_path):
-    """Every error opening the data ended "make one with `vplan collect out=DIR`", which refuses a folder holding
-    a dataset."""
-    from vplan.errors import UsageError
+def test_a_damaged_dataset_found_as_it_opens_is_the_error_found_later(tiny_dataset, tmp_path):
+    """Every error opening the data ended "make one with `vplan collect out=DIR`" (which refuses a folder holding
+    a dataset) and exited 2, a damaged video found later 1."""
+    from vplan.errors import DamagedDatasetError
     from vplan.loop.train import _split
 
     data = tmp_path / "ds"
     shutil.copytree(tiny_dataset, data)
     episodes = next(data.glob("meta/episodes/*/*.parquet"))
     episodes.write_bytes(episodes.read_bytes()[:100])
-    with pytest.raises(UsageError, match="the dataset is damaged") as error:
+    with pytest.raises(DamagedDatasetError, match="the dataset is damaged") as error:
         _split(str(data), 1)
     assert "make one" not in str(error.value)
 

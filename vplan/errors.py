@@ -29,6 +29,11 @@ class DatasetError(ValueError):
     command runs (a damaged file), the CLI says it in one line with exit code 1."""
 
 
+class DamagedDatasetError(DatasetError):
+    """A dataset file that is missing, cut short or unreadable (an interrupted copy): exit code 1 from the CLI,
+    whenever it is found; the message says the dataset is damaged and what to do."""
+
+
 class VplanWarning(UserWarning):
     """Something that works but is likely not what the user meant (a fallback taken, a model from another env);
     the CLI prints it as one line `warning: ...`, without the source line Python adds."""

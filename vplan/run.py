@@ -28,7 +28,7 @@ from omegaconf import MISSING
 from vplan.agent import STAGES, AgentConfig
 from vplan.constants import ROBOT_TYPE_PREFIX
 from vplan.data.collect import EpisodeRecorder
-from vplan.errors import UsageError
+from vplan.errors import DamagedDatasetError, UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner import Plan
 from vplan.planner.config import PlannerConfig
@@ -378,6 +378,8 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
                                               features=dataset_features(env, info),
                                               robot_type=ROBOT_TYPE_PREFIX + env_name(cfg.env), resume=cfg.resume,
                                               action_units=action_units(cfg.env))
+    except DamagedDatasetError:  # says what to do itself
+        raise
     except DatasetError as error:
         raise UsageError(f"record=true: {error}; choose another out=DIR") from None
 

@@ -23,7 +23,7 @@ from vplan.constants import (
     ACTION, ACTION_APPLIED, DONE, HELD_OUT_SEEDS, OBS_ENV_STATE, OBS_STATE, REWARD, ROBOT_TYPE_PREFIX, SUCCESS,
 )
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
-from vplan.errors import UsageError, VplanWarning
+from vplan.errors import DamagedDatasetError, UsageError, VplanWarning
 from vplan.tasks import TaskConfig
 from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, write_config
 
@@ -230,6 +230,8 @@ def collect(cfg: CollectConfig) -> Path:
         )
     except DatasetError as error:
         env.close()
+        if isinstance(error, DamagedDatasetError):  # says what to do itself
+            raise
         hint = "choose another out=DIR" + ("" if cfg.resume else ", or resume=true to append")
         raise UsageError(f"{error}; {hint}") from None
     with writer:

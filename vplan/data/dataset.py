@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from vplan.constants import EPISODE_INDEX, INDEX, ROBOT_TYPE_PREFIX, SUBGOAL, TA
 from vplan.data.lerobot_format import (
     ACTION_UNITS_KEY,
     CACHE_DIR,
+    DAMAGED,
     STATS_PATH,
     DatasetError,
     aggregate_stats,
@@ -39,6 +41,7 @@ from vplan.data.lerobot_format import (
     stats_from_row,
     video_keys,
 )
+from vplan.errors import DamagedDatasetError
 from vplan.utils.files import file_written_aside
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
@@ -236,7 +239,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         """A token that changes whenever episode `episode`'s `key` frames may have: the video file's size and
         mtime and the episode's span in it (what caches of values computed from those frames are keyed by)."""
         path, start, length = self._video_span(key, self._check_episode(episode))
-        status = path.stat()
+        status = _video_status(path)
         return f"{path.relative_to(self.root).as_posix()}:{status.st_size}-{status.st_mtime_ns}:{start}-{length}"
 
     def _episode_frames(self, key: str, episode: int) -> np.ndarray:
@@ -250,7 +253,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def _video(self, path: Path) -> np.ndarray:
         """Decoded frames of one video file, from memory, then the disk cache, then the decoder."""
-        status = path.stat()
+        status = _video_status(path)
         version = (status.st_size, status.st_mtime_ns)
         if path in self._videos and self._videos[path][0] == version:
             self._videos.move_to_end(path)
@@ -306,3 +309,11 @@ def write_cache_file(path: Path, array: np.ndarray, stale_pattern: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _video_status(path: Path) -> os.stat_result:
+    """`path.stat()`; a video the metadata names but the folder lacks is a damaged dataset."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise DamagedDatasetError(f"{path} is missing; {DAMAGED}") from None

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vplan.constants import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK_INDEX, TIMESTAMP
-from vplan.errors import DatasetError, first_line
+from vplan.errors import DamagedDatasetError, DatasetError, first_line
 from vplan.utils.files import fsync_path
 
 CODEBASE_VERSION = "v3.0"
@@ -83,7 +83,7 @@ _REQUIRED_INFO_KEYS = ("codebase_version", "fps", "features", "total_episodes", 
 _FILE_NAME = re.compile(r"chunk-(\d+)/file-(\d+)\.(parquet|mp4)$")
 
 
-DAMAGED = "the dataset is damaged (an interrupted copy?): copy it again, or collect it again into another out=DIR"
+DAMAGED = "the dataset is damaged (an interrupted copy?): copy it again, or make it again in another folder"
 
 
 # ----------------------------------------------------------------------------------------------- layout
@@ -173,12 +173,16 @@ def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
 
 def decode_video(path: Path) -> np.ndarray:
     """Decode every frame of an mp4 to uint8 (T, H, W, 3)."""
+    if not Path(path).is_file():
+        raise DamagedDatasetError(f"{path} is missing; {DAMAGED}")
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         width, height = next(reader)["size"]
         frames = [np.frombuffer(buffer, np.uint8).reshape(height, width, 3) for buffer in reader]
-    except (OSError, RuntimeError) as error:  # missing, truncated, not a video: ffmpeg's banner follows the line
-        raise DatasetError(f"{path} cannot be decoded ({first_line(error)}); {DAMAGED}") from None
+    except (OSError, RuntimeError) as error:  # truncated, not a video: ffmpeg's banner follows the first line
+        if getattr(error, "errno", None):  # the machine's (too many open files), not the file's
+            raise
+        raise DamagedDatasetError(f"{path} cannot be decoded ({first_line(error)}); {DAMAGED}") from None
     if not frames:
         raise DatasetError(f"{path} holds no video frames")
     return np.stack(frames)
@@ -312,7 +316,7 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as error:
-        raise DatasetError(f"{path} cannot be read ({first_line(error)}); {DAMAGED}") from None
+        raise DamagedDatasetError(f"{path} cannot be read ({first_line(error)}); {DAMAGED}") from None
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

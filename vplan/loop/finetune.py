@@ -52,7 +52,7 @@ from safetensors.torch import load_file, save_file
 
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import RunError, UsageError
+from vplan.errors import DamagedDatasetError, RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
@@ -403,6 +403,8 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
 
     try:
         dataset = EpisodeDataset(cfg.data)
+    except DamagedDatasetError:  # found while the command runs, wherever in the dataset: exit code 1
+        raise
     except DatasetError as error:  # "make one" only where there is none
         hint = "" if is_dataset(cfg.data) else (f"; make one with `vplan collect out={cfg.data}` or "
                                                 "`vplan run record=true`")

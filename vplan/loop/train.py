@@ -25,7 +25,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import UsageError, first_line
+from vplan.errors import DamagedDatasetError, UsageError, first_line
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import OptimConfig, train
@@ -117,6 +117,8 @@ def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
 
     try:
         dataset = EpisodeDataset(data)
+    except DamagedDatasetError:  # found while the command runs, wherever in the dataset: exit code 1
+        raise
     except DatasetError as error:
         hint = "" if is_dataset(data) else f"; make one with `vplan collect out={data}`"  # else the error says
         raise UsageError(f"{error}{hint}") from None
