@@ -195,8 +195,14 @@ def test_idm_reproduction_scores_chunks_the_actions_explain():
 
 
 def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refused_up_front(checkpoints,
-                                                                                             tmp_path, capsys):
-    """It was found after a whole explored episode, as a traceback (or, another VAE, not at all)."""
+                                                                                             tmp_path, capsys,
+                                                                                             monkeypatch):
+    """It was found after a whole explored episode, as a traceback (or, another VAE, not at all); refused before
+    the env is made (a simulator would be left running)."""
+    import vplan.envs
+
+    made = []
+    monkeypatch.setattr(vplan.envs, "make_env", lambda config: made.append(config))
     base = WorldModel.from_pretrained(checkpoints[0])
     for name, action_dim, vae_seed, message in [("dim3", 3, None, "the IDM's actions have 4 values, and the action "
                                                  "model takes 3"),
@@ -212,6 +218,7 @@ def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refus
                          f"rewards.action_worldmodel={tmp_path / name}"))
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and message in err[-1], err
+    assert made == []
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,11 @@ class RLConfig(AgentCheckpoints):
     out: str = field(default="runs/rl", metadata={"help": "Run directory (checkpoint, final model, metrics)."})
     threads: int = field(default=2, metadata={"help": "torch threads."})
 
+    @property
+    def explored_end(self) -> int:
+        """One past the last task seed exploration plays."""
+        return self.seed + self.iterations * self.seeds_per_iteration
+
     def __post_init__(self) -> None:
         check_ints(self, ("iterations", "seeds_per_iteration", "continuations", "lora_rank", "steps_per_iteration",
                           "batch_size", "threads"))
@@ -142,7 +147,7 @@ class RLConfig(AgentCheckpoints):
             raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
         if self.vlm_reward.enabled and self.rewards.vlm == 0:  # else the endpoint is set up and never asked
             raise ValueError("vlm_reward.enabled=true: expected a weight for its reward (rewards.vlm=W > 0), got 0")
-        explored_end = self.seed + self.iterations * self.seeds_per_iteration
+        explored_end = self.explored_end
         held_out_end = self.eval_seed + self.eval_episodes
         if self.eval_episodes and max(self.seed, self.eval_seed) < min(explored_end, held_out_end):
             raise ValueError(f"eval_seed: the held-out seeds {self.eval_seed}..{held_out_end - 1} overlap the explored "
@@ -223,9 +228,8 @@ class RLRun:
         from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
         self.cfg, self.out = cfg, Path(cfg.out)
-        explored_end = cfg.seed + cfg.iterations * cfg.seeds_per_iteration
-        if explored_end > HELD_OUT_SEEDS:  # the config refuses only an overlap with this run's own eval_seed
-            played = f"{max(cfg.seed, HELD_OUT_SEEDS)}..{explored_end - 1}"
+        if cfg.explored_end > HELD_OUT_SEEDS:  # the config refuses only an overlap with this run's own eval_seed
+            played = f"{max(cfg.seed, HELD_OUT_SEEDS)}..{cfg.explored_end - 1}"
             warnings.warn(f"seed={cfg.seed}: exploration plays seeds {played}, among the {HELD_OUT_SEEDS}+ that vplan "
                           f"run, the evals and the benches hold out by default; explore on seeds below "
                           f"{HELD_OUT_SEEDS}", VplanWarning, stacklevel=2)
@@ -245,7 +249,6 @@ class RLRun:
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr)
         self.logits = np.zeros(len(cfg.plan_offsets))
         self.iteration = 0
-        self.env = make_env(cfg.env)
         self.vlm = VLMReward(cfg.vlm_reward) if cfg.vlm_reward.enabled else None
         try:
             self.rewards = make_rewards(cfg.rewards, self.vlm)
@@ -257,6 +260,7 @@ class RLRun:
                     reward.check_fits(self.base, self.idm)
                 except ValueError as error:
                     raise UsageError(f"rewards.action_worldmodel={cfg.rewards.action_worldmodel}: {error}") from None
+        self.env = make_env(cfg.env)  # last: a refusal above leaves no simulator running
 
     # -- checkpoint ------------------------------------------------------------------------------------------
 
