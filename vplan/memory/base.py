@@ -27,7 +27,9 @@ for the update, UNet passes never run on two threads at once.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from vplan.errors import VplanWarning, first_line
 from vplan.memory.config import MemoryConfig
 
 if TYPE_CHECKING:
@@ -80,12 +83,7 @@ class EpisodicMemory(ABC):
         """Start an episode: forget everything learned (an in-flight update is waited for, then discarded; one
         that failed is forgotten too, and its error raised)."""
         self._ensure_open()
-        try:
-            self.wait()
-        finally:
-            if not self.pending:  # a Ctrl-C in the wait leaves the update running: its weights are not ours yet
-                self._reset()
-                self.last_update = None
+        self._after_wait(self._forget)
 
     # -- generation ------------------------------------------------------------------------------------------
 
@@ -164,11 +162,7 @@ class EpisodicMemory(ABC):
         """Put back what `state_dict` returned (exactly); keys and shapes must match. As with `reset`, an update
         that failed in the background is forgotten, and its error raised."""
         self._ensure_open()
-        try:
-            self.wait()
-        finally:
-            if not self.pending:
-                self._load_state_dict(dict(state))
+        self._after_wait(lambda: self._load_state_dict(dict(state)))
 
     def snapshot(self) -> MemorySnapshot:
         """Everything needed to continue exactly from here later (more than `state_dict`: optimizer, RNG)."""
@@ -183,11 +177,7 @@ class EpisodicMemory(ABC):
         if not isinstance(snapshot, MemorySnapshot) or snapshot.kind != self.kind:
             got = snapshot.kind if isinstance(snapshot, MemorySnapshot) else type(snapshot).__name__
             raise ValueError(f"expected a MemorySnapshot of kind {self.kind!r}, got {got!r}")
-        try:
-            self.wait()  # a failed update: its error is raised, and the snapshot is back all the same (as reset)
-        finally:
-            if not self.pending:
-                self._restore(snapshot.state)
+        self._after_wait(lambda: self._restore(snapshot.state))
 
     def save(self, path: str | Path) -> None:
         """Write `state_dict()` to a safetensors file (the kind goes in its metadata)."""
@@ -235,9 +225,10 @@ class EpisodicMemory(ABC):
                 if self._executor is not None:
                     self._executor.shutdown(wait=True)
                     self._executor = None
-            finally:  # a second Ctrl-C in the shutdown still gives the world model back
-                self._close()
-                self._closed = True
+            finally:  # a second Ctrl-C in the shutdown still gives the world model back, once the update is done
+                if not self.pending:  # (else a later close does: the worker trains through the adapter)
+                    self._close()
+                    self._closed = True
 
     def __enter__(self) -> EpisodicMemory:
         return self
@@ -246,10 +237,24 @@ class EpisodicMemory(ABC):
         if exc_type is None:
             self.close()
             return
-        try:  # the body's error is the one to see, not a failed background update's
+        try:  # the body's error is the one to see, not a failed background update's: that one is warned
             self.close()
-        except Exception:
-            pass
+        except Exception as error:
+            warnings.warn(f"memory: a background update failed too ({first_line(error, with_type=True)})",
+                          VplanWarning, stacklevel=2)
+
+    def _after_wait(self, action: Callable[[], None]) -> None:
+        """`wait()`, then `action` however the update ended (a failed one's error raised after it); not while it
+        still runs (a Ctrl-C in the wait): its weights are not ours yet."""
+        try:
+            self.wait()
+        finally:
+            if not self.pending:
+                action()
+
+    def _forget(self) -> None:
+        self._reset()
+        self.last_update = None
 
     # -- what each strategy implements ------------------------------------------------------------------------
 
