@@ -125,20 +125,20 @@ class MineRLEnv(LastFrameRender, gym.Env):
 
     ## Observation Space
     `Dict` with `"front"`: `Box(0, 255, (H, W, 3), uint8)`, MineRL's `pov` resized to `image_size`, and
-    `"agent_pos"`: `Box(-180, 180, (1,), float32)`, MineRL's compass angle (degrees from the facing
-    direction to the compass target, up to 8 blocks from the goal) — the only state of its own the agent observes in MineRL's navigate envs.
+    `"agent_pos"`: `Box(-180, 180, (1,), float32)`, MineRL's compass angle (degrees from the facing direction to the
+    compass target, up to 8 blocks from the goal) — the only state of its own the agent observes in MineRL's
+    navigate envs.
 
     ## Rewards
-    MineRL's, summed over the move's ticks (+100 on touching the diamond block; the Dense variants add the
-    blocks moved towards the compass target). `info`: `compass_angle`, `success` (MineRL's own rule,
-    `EnvSpec.determine_success_from_rewards` over the episode's rewards: 100, Dense 160, which a goal touched
-    can miss), `episode_return`, `ticks`, `move`,
-    `environment_state` (the compass angle, float32).
+    MineRL's, summed over the move's ticks (+100 on touching the diamond block; the Dense variants add the blocks
+    moved towards the compass target). `info`: `compass_angle`, `success` (MineRL's own rule,
+    `EnvSpec.determine_success_from_rewards` over the episode's rewards: 100, Dense 160, which a goal touched can
+    miss), `episode_return`, `ticks`, `move`, `environment_state` (the compass angle, float32).
 
     ## Episode End
-    Terminates when MineRL ends the episode with the goal touched (a +100 tick); truncated when it ends it otherwise (its own
-    time limit, 6000 ticks), or after the config's `max_episode_steps` moves (the env truncates itself, so a
-    config passed to `gymnasium.make` is obeyed). `reset(options=...)` is refused: it reads none.
+    Terminates when MineRL ends the episode with the goal touched (a +100 tick); truncated when it ends it otherwise
+    (its own time limit, 6000 ticks), or after the config's `max_episode_steps` moves (the env truncates itself, so
+    a config passed to `gymnasium.make` is obeyed). `reset(options=...)` is refused: it reads none.
 
     ## Seeding
     MineRL forgets its seed after every reset, so every reset passes one (drawn from `np_random`) through

@@ -43,7 +43,7 @@ class WorldModelEnvConfig:
     )
 
     def __post_init__(self) -> None:
-        check_field_types(self)  # built in Python too (`gymnasium.make(id, max_episode_steps="10")`)
+        check_field_types(self)  # built in Python too (`WorldModelEnv(max_episode_steps="10")`)
         check_ints(self, ("max_episode_steps",))
 
 

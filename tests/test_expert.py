@@ -157,7 +157,8 @@ def test_expert_is_deterministic_for_a_seed(env):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"noise_std": -0.1}, {"explore_fraction": 1.0}, {"max_delta": 0.0}, {"noise_std": math.nan}, {"max_delta": math.nan}],
+    [{"noise_std": -0.1}, {"explore_fraction": 1.0}, {"max_delta": 0.0}, {"noise_std": math.nan},
+     {"max_delta": math.nan}],
 )
 def test_bad_expert_arguments_raise(kwargs):
     value = next(iter(kwargs.values()))

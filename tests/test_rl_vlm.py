@@ -89,8 +89,8 @@ def vlm_warnings(record: list[warnings.WarningMessage]) -> list[str]:
         ("No, yes.", None),
         ("YES / NO", None),
         ("Yes and no, it melts.", None),
-        ("Yes but no.", None),  # read as yes
-        ("No - wait, yes.", None),  # read as no
+        ("Yes but no.", None),  # was read as yes
+        ("No - wait, yes.", None),  # was read as no
         ("Yes, but the cube is small.", True),
         (None, None),
         (42, None),

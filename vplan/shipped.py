@@ -80,8 +80,9 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
                 raise UsageError(f"{name}={spec}: a training run's directory; pass {name}={path / 'final'}")
             from vplan.loop.checkpoint import TRAINER_STATE, list_checkpoints
 
-            if (path / TRAINER_STATE).is_file() or list_checkpoints(path):  # unfinished, or one of its steps
-                run = path if list_checkpoints(path) else path.parent
+            step = (path / TRAINER_STATE).is_file()  # one of a run's checkpoint-N folders
+            if step or list_checkpoints(path):  # or the run itself, before its final/
+                run = path.parent if step else path
                 raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; run the same "
                                  f"command again to finish it (it writes {run / 'final'}), then pass "
                                  f"{name}={run / 'final'}")

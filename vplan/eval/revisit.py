@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from vplan.errors import RunError, UsageError
+from vplan.utils.settings import check_int, check_seed
 
 HOME_TOL = 0.002  # metres from home at which the gripper counts as back
 HOME_MAX_STEPS = 40  # homing gives up after this many steps (never reached on the tabletop: ~10 needed)
 HALF_MAX_STEPS = 300  # one displace or return half gives up after this many expert steps
-STEP_LIMITS_MAX_DELTA = 0.03  # the max_delta (m per action of 1) the limits are for; a smaller one takes longer
 
 
 @dataclass
@@ -79,15 +79,16 @@ def revisit_scenario(
     from vplan.policies import ReturnCubesExpert
     from vplan.policies.return_cubes_expert import HOVER_MARGIN, HOVER_Z
 
-    for name, value in (("min_frames", min_frames), ("rest_frames", rest_frames)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:  # "10" was a TypeError, 2.5 taken
-            raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    check_seed(seed)
+    check_int(min_frames, "min_frames")  # "10" was a TypeError, 2.5 taken
+    check_int(rest_frames, "rest_frames")
     config = env_config if env_config is not None else TabletopConfig()
     if not isinstance(config, TabletopConfig):
         raise ValueError(f"env_config: expected a TabletopConfig, got {type(config).__name__}")
     env = TabletopEnv(config)
     expert = ReturnCubesExpert(max_delta=config.max_delta)
-    slower = max(1.0, STEP_LIMITS_MAX_DELTA / config.max_delta)  # shorter moves: more steps to the same places
+    # the limits are for the default max_delta (m per action of 1): shorter moves take more steps to the same places
+    slower = max(1.0, TabletopConfig.max_delta / config.max_delta)
     home_max_steps, half_max_steps = math.ceil(HOME_MAX_STEPS * slower), math.ceil(HALF_MAX_STEPS * slower)
     try:
         obs, info = env.reset(seed=seed)

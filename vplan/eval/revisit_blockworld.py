@@ -32,6 +32,7 @@ import numpy as np
 
 from vplan.errors import RunError
 from vplan.eval.revisit import RevisitScenario
+from vplan.utils.settings import check_int, check_seed
 
 SAME_PLACE = 0.25  # blocks between the horizontal positions of a first visit and its revisit, at most
 
@@ -46,10 +47,8 @@ def blockworld_revisit_scenario(seed: int, min_frames: int = 260, env_config: An
     from vplan.envs.discrete_moves import TURN_DEGREES, Move
     from vplan.policies import RetraceExpert
 
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-    if not isinstance(min_frames, int) or isinstance(min_frames, bool) or min_frames < 1:
-        raise ValueError(f"min_frames: expected an int >= 1, got {min_frames!r}")
+    check_seed(seed)
+    check_int(min_frames, "min_frames")
     config = env_config if env_config is not None else BlockworldConfig()
     if not isinstance(config, BlockworldConfig):
         raise ValueError(f"env_config: expected a BlockworldConfig, got {type(config).__name__}")

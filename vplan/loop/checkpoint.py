@@ -123,7 +123,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, file: Path) -> dict[str, to
     from safetensors import safe_open
 
     with safe_open(file, framework="pt") as handle:
-        metadata = handle.metadata() or {}  # none: a file not written by save_optimizer (a KeyError below)
+        metadata = handle.metadata()
+        if not metadata or "scalars" not in metadata:  # a TypeError or KeyError below
+            raise ValueError(f"{file} holds no optimizer settings (a file save_optimizer did not write)")
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     extra = {key: tensors.pop(key) for key in list(tensors) if not key.split(".", 1)[0].isdigit()}
     optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata))

@@ -67,8 +67,8 @@ class WorldModelTrainConfig:
     )
     boundary_fraction: float = field(
         default=0.0,
-        metadata={"help": "Share of clips whose context ends on a subgoal's first frame (the chunk starts at the next), "
-                  "where only the text says what comes next."},
+        metadata={"help": "Share of clips whose context ends on a subgoal's first frame (the chunk starts at the "
+                  "next), where only the text says what comes next."},
     )
     init: str | None = field(
         default=None,

@@ -120,7 +120,8 @@ class IDMReproductionReward:
             raise ValueError(f"the IDM reads discrete moves (num_moves={idm.config.num_moves}), and the action model "
                              f"takes vectors of {takes} values")
         if idm.config.action_dim != takes:
-            raise ValueError(f"the IDM's actions have {idm.config.action_dim} values, and the action model takes {takes}")
+            raise ValueError(f"the IDM's actions have {idm.config.action_dim} values, and the action model takes "
+                             f"{takes}")
         if vae_fingerprint(self.model.vae) != vae_fingerprint(world_model.vae):
             raise ValueError("its VAE is not the world model's, whose context latents it would be given; train it on "
                              "the world model's VAE (component.vae=<that VAE>)")

@@ -11,7 +11,8 @@ request per chunk. Requests have the client's timeout and bounded retries, and e
 `max_requests` questions (the budget; the client's retries of one question count once). Clear answers are cached
 by a sha256 of the frames sent, the question and the model, so a chunk scored twice costs one request. Endpoint
 trouble never raises: a reply that is not a clear yes/no (see `parse_yes_no`), an HTTP error after the retries, a
-timeout or an exhausted budget gives that chunk no answer (None) and a `VLMRewardWarning`. The API key comes from
+timeout or an exhausted budget gives that chunk no answer (None) and a `VLMRewardWarning`; after
+`FAILURES_BEFORE_GIVING_UP` failed requests in a row the endpoint is asked no more. The API key comes from
 the config or the environment variable `api_key_env`, is not in the config's repr, and is scrubbed from every
 warning.
 """
@@ -89,8 +90,8 @@ def parse_yes_no(content: Any) -> bool | None:
     The rule: lowercased, the reply's first word (after any punctuation, quotes or markdown) must be "yes" or
     "no"; the rest is explanation and is ignored ("Yes, the cube is lifted." is yes, "No - the cube vanishes." is
     no, "Yes, no teleporting or melting." is yes), unless the opposite answer follows joined to it ("yes or no",
-    "Yes and no", "Yes but no", "yes/no", "No - wait, yes") or standing alone after it ("No, yes."). A reply that is empty, not text, or starts
-    with any other word ("maybe", "I think so", "Yeah", "Answer: yes") is unclear.
+    "Yes and no", "Yes but no", "yes/no", "No - wait, yes") or standing alone after it ("No, yes."). A reply that
+    is empty, not text, or starts with any other word ("maybe", "I think so", "Yeah", "Answer: yes") is unclear.
     """
     if not isinstance(content, str):
         return None

@@ -26,10 +26,14 @@ def check_ints(config: Any, names: Iterable[str], low: int | None = 1) -> None:
     """A ValueError naming the first field of `config` among `names` that is not an int >= `low` (a bool is not;
     `low=None`: any int, for fields whose range the caller checks and names itself)."""
     for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-            wanted = "an int" if low is None else "a positive int" if low == 1 else f"an int >= {low}"
-            raise ValueError(f"{name}: expected {wanted}, got {value!r}")
+        check_int(getattr(config, name), name, low)
+
+
+def check_int(value: Any, name: str, low: int | None = 1) -> None:
+    """`check_ints` for one value (a function's argument)."""
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        wanted = "an int" if low is None else "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"{name}: expected {wanted}, got {value!r}")
 
 
 _FIELD_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "an int"),

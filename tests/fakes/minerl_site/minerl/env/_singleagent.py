@@ -15,8 +15,8 @@ randomize_compass_location, max_randomized_distance=8), the compass points at a 
 direction, in [-180, 180], positive to the right (MineRL's tutorial steers with camera yaw += k * angle).
 Touching the goal (within one block) gives +100 and ends the episode; the Dense variants add the distance
 gained each tick towards the compass target (RewardForDistanceTraveledToCompassTarget), so a goal reached
-can score less than the 160 MineRL's Dense success rule asks. The pov shows a sky shaded by yaw, ground striped by position,
-and the goal as a cyan column when it is within 35 degrees of the view's centre.
+can score less than the 160 MineRL's Dense success rule asks. The pov shows a sky shaded by yaw, ground striped by
+position, and the goal as a cyan column when it is within 35 degrees of the view's centre.
 
 As in the real env, the server quits at the spec's `max_episode_steps` ticks (navigate_specs: ServerQuitFromTimeUp),
 so the episode's done may come from Minecraft on the step gym's TimeLimit ends it; and a lost connection
