@@ -626,9 +626,9 @@ class SucceedsAtStep(gym.Wrapper):
     """The tabletop, said to succeed (every cube returned) at step `at`: the tiny models never succeed, so the
     run's success, progress and return-phase figures were only ever compared with 0."""
 
-    def __init__(self, env: gym.Env, at: int) -> None:
+    def __init__(self, env: gym.Env, at: int, dist: float | None = None) -> None:
         super().__init__(env)
-        self.at, self.steps = at, 0
+        self.at, self.steps, self.dist = at, 0, dist
 
     def reset(self, **kwargs):
         self.steps = 0
@@ -641,6 +641,8 @@ class SucceedsAtStep(gym.Wrapper):
             cubes = len(info["displaced"])
             info = {**info, "success": True, "phase": "return", "displaced": np.ones(cubes, bool),
                     "returned": np.arange(cubes) < cubes - 1}  # all but the last back: progress below 1
+            if self.dist is not None:
+                info["dist"] = self.dist
             terminated = True
         return obs, reward, terminated, truncated, info
 
@@ -665,3 +667,24 @@ def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(w
     metrics = summarize(cfg, [won, lost], "vplan/Tabletop-v0", 0.0)
     assert metrics["success_rate"] == 0.5 and metrics["return_phase_rate"] == 0.5
     assert metrics["progress_mean"] == pytest.approx((0.5 + 0.5 * 2 / 3 + 0.25) / 2)
+
+
+def test_a_dist_the_env_has_not_got_yet_is_none_not_infinity(world_model, idm):
+    """The blockworld's dist is inf before its return phase: an episode cut short wrote Infinity into
+    metrics.json (not JSON) and the run's mean Dist became inf."""
+    from vplan.envs import TabletopConfig
+    from vplan.run import RunConfig, run_episode, summarize
+    from vplan.tasks import TaskConfig
+
+    env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=2, dist=float("inf"))
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    try:
+        result = run_episode(env, agent, "move the cubes", 10000, "front")["result"]
+    finally:
+        agent.close()
+        env.close()
+    assert result["dist"] is None
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    metrics = summarize(RunConfig(env=TabletopConfig(), task=task, episodes=1, memory=MemoryConfig(kind="none")),
+                        [result], "vplan/Tabletop-v0", 0.0)
+    assert metrics["dist_mean"] is None

@@ -380,3 +380,13 @@ def test_bad_scenario_arguments_name_the_value(kwargs):
     (name, value), = kwargs.items()
     with pytest.raises(ValueError, match=rf"^{name}: expected .*, got {re.escape(repr(value))}$"):
         revisit_scenario(**{"seed": 10000, **kwargs})
+
+
+def test_paired_summary_counts_ahead_and_behind_and_has_no_nan_for_no_episodes():
+    from vplan.eval.stats import paired_summary
+
+    summary = paired_summary([1.0, -1.0, 0.0, 3.0])
+    assert (summary["mean"], summary["episodes"], summary["ahead"], summary["behind"]) == (0.75, 4, 2, 1)
+    assert summary["standard_error"] == pytest.approx(np.std([1.0, -1.0, 0.0, 3.0], ddof=1) / 2)
+    assert paired_summary([2.0])["standard_error"] is None
+    assert paired_summary([])["mean"] is None  # was NaN, which json writes as the non-JSON NaN

@@ -261,7 +261,8 @@ def run_episode(
     result = {
         "seed": seed,
         "success": bool(info["success"]),
-        "dist": float(info["dist"]) if "dist" in info else None,
+        # None where the env has none, or none yet (the blockworld's is inf before its return phase: JSON lacks it)
+        "dist": float(info["dist"]) if "dist" in info and np.isfinite(info["dist"]) else None,
         "progress": task_progress(info),
         "phase": info.get("phase"),
         "steps": stats["steps"],

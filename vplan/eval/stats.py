@@ -10,8 +10,9 @@ import numpy as np
 
 def paired_summary(gains: np.ndarray) -> dict[str, Any]:
     """Per-episode differences (variant minus baseline): their mean, standard error (None for one episode), and
-    in how many episodes the variant is ahead and behind."""
+    in how many episodes the variant is ahead and behind (no episodes: mean None, not NaN, which JSON lacks)."""
     gains = np.asarray(gains, dtype=np.float64)
     error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else None
-    return {"mean": float(gains.mean()), "standard_error": error, "episodes": len(gains),
+    mean = float(gains.mean()) if len(gains) else None
+    return {"mean": mean, "standard_error": error, "episodes": len(gains),
             "ahead": int((gains > 0).sum()), "behind": int((gains < 0).sum())}
