@@ -209,15 +209,15 @@ def test_accelerate_settings_vplan_does_not_follow_are_refused(tmp_path, monkeyp
 
 
 class SignalledAt(LinearFit):
-    """SIGINT arrives during the loss of step `at` (1-based)."""
+    """`signum` (SIGINT by default) arrives during the loss of step `at` (1-based)."""
 
-    def __init__(self, at: int) -> None:
+    def __init__(self, at: int, signum: int = signal.SIGINT) -> None:
         super().__init__()
-        self.at = at
+        self.at, self.signum = at, signum
 
     def loss(self, batch: dict, generator: torch.Generator):
         if self.calls + 1 == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
         return super().loss(batch, generator)
 
 
@@ -231,6 +231,9 @@ def test_a_stop_signal_saves_the_step_and_stops_unless_the_run_is_done(tmp_path,
         train(SignalledAt(3), optim, tmp_path / "until", "toy", until=3)
     assert train(SignalledAt(6), optim, tmp_path / "last", "toy") == 6  # done: it returns, so `final` gets written
     assert [p.name for p in list_checkpoints(tmp_path / "last")] == ["checkpoint-0000004", "checkpoint-0000006"]
+    with pytest.raises(KeyboardInterrupt):  # SIGTERM (a job scheduler's stop) saves the step too
+        train(SignalledAt(3, signal.SIGTERM), optim, tmp_path / "term", "toy")
+    assert [p.name for p in list_checkpoints(tmp_path / "term")] == ["checkpoint-0000002", "checkpoint-0000003"]
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
