@@ -254,6 +254,21 @@ def test_action_frame_embedding_gives_each_frame_its_own_action(monkeypatch):
     assert model.unet.frame_embedding[2].weight.grad.abs().sum() > 0  # the frame embedding learns
 
 
+def test_guidance_drops_the_frame_inputs_in_its_null_pass(monkeypatch):
+    """The null half of a guided batch is the unconditioned model: its per-frame action inputs are zeros, as
+    training drops them with the text; nothing tested it."""
+    diffusion = DiffusionConfig(num_inference_steps=2, sampler="ddim", guidance_scale=3.0)
+    model = tiny_model("text+action", action_frame_embedding=True, diffusion=diffusion)
+    seen = []
+    predict = type(model.unet).predict
+    monkeypatch.setattr(type(model.unet), "predict", lambda unet, latents, timesteps, states, frame_inputs=None: (
+        seen.append(frame_inputs), predict(unet, latents, timesteps, states, frame_inputs))[1])
+    context, actions = randn(2, 2, 4, LATENT, LATENT), torch.rand(2, CHUNK, 4, generator=seeded(1)) * 2 - 1
+    model.generate(context, ["a", "b"], generator=seeded(2), actions=actions)
+    inputs = seen[0]
+    assert inputs.shape[0] == 4 and inputs[:2].any() and not inputs[2:].any()
+
+
 def test_init_adds_a_frame_embedding_to_a_model_without_one(tmp_path):
     source = tiny_model("text+action", seed=3)
     source.save_pretrained(tmp_path / "tokens")
