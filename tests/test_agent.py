@@ -647,24 +647,30 @@ class SucceedsAtStep(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(world_model, idm):
+def played_and_summarized(world_model, idm, env, others=lambda result: []):
+    """run_episode of a fresh agent in `env` (closed after), and summarize over its result and `others(result)`."""
     from vplan.envs import TabletopConfig
     from vplan.run import RunConfig, run_episode, summarize
     from vplan.tasks import TaskConfig
 
-    env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=3)
     agent = make_agent(world_model, idm, **NO_REPLAN)
     try:
-        won = run_episode(env, agent, "move the cubes", 10000, "front")["result"]
+        result = run_episode(env, agent, "move the cubes", 10000, "front")["result"]
     finally:
         agent.close()
         env.close()
+    results = [result, *others(result)]
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = RunConfig(env=TabletopConfig(), task=task, episodes=len(results), memory=MemoryConfig(kind="none"))
+    return result, summarize(cfg, results, "vplan/Tabletop-v0", 0.0)
+
+
+def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(world_model, idm):
+    env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=3)
+    lost = {"success": False, "phase": "displace", "progress": 0.25}
+    won, metrics = played_and_summarized(world_model, idm, env, others=lambda won: [{**won, **lost}])
     assert won["success"] and won["phase"] == "return" and won["ended_by"] == "success" and won["steps"] == 3
     assert won["progress"] == pytest.approx(0.5 + 0.5 * 2 / 3)
-    lost = {**won, "success": False, "phase": "displace", "progress": 0.25}
-    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
-    cfg = RunConfig(env=TabletopConfig(), task=task, episodes=2, memory=MemoryConfig(kind="none"))
-    metrics = summarize(cfg, [won, lost], "vplan/Tabletop-v0", 0.0)
     assert metrics["success_rate"] == 0.5 and metrics["return_phase_rate"] == 0.5
     assert metrics["progress_mean"] == pytest.approx((0.5 + 0.5 * 2 / 3 + 0.25) / 2)
 
@@ -672,19 +678,6 @@ def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(w
 def test_a_dist_the_env_has_not_got_yet_is_none_not_infinity(world_model, idm):
     """The blockworld's dist is inf before its return phase: an episode cut short wrote Infinity into
     metrics.json (not JSON) and the run's mean Dist became inf."""
-    from vplan.envs import TabletopConfig
-    from vplan.run import RunConfig, run_episode, summarize
-    from vplan.tasks import TaskConfig
-
     env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=2, dist=float("inf"))
-    agent = make_agent(world_model, idm, **NO_REPLAN)
-    try:
-        result = run_episode(env, agent, "move the cubes", 10000, "front")["result"]
-    finally:
-        agent.close()
-        env.close()
-    assert result["dist"] is None
-    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
-    metrics = summarize(RunConfig(env=TabletopConfig(), task=task, episodes=1, memory=MemoryConfig(kind="none")),
-                        [result], "vplan/Tabletop-v0", 0.0)
-    assert metrics["dist_mean"] is None
+    result, metrics = played_and_summarized(world_model, idm, env)
+    assert result["dist"] is None and metrics["dist_mean"] is None
