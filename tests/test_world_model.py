@@ -126,6 +126,10 @@ def test_generate_is_seeded_in_train_mode_too_and_keeps_the_mode() -> None:
     first = model.generate(*args, generator=seeded(3))
     assert torch.equal(model.generate(*args, generator=seeded(3)), first)
     assert model.training and model.unet.training
+    model.eval()
+    model.unet.train()  # a mixed mode (finetune's outer loop trains the UNet alone) is put back as it was
+    model.generate(*args, generator=seeded(3))
+    assert not model.training and model.unet.training and not model.vae.training
 
 
 def test_generate_rejects_bad_inputs(model: WorldModel) -> None:

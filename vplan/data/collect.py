@@ -169,19 +169,6 @@ def warn_if_exploring(data: str | Path) -> None:
                       "exploratory data is for)", VplanWarning, stacklevel=3)
 
 
-def warn_if_held_out_seeds(data: str | Path, dataset: Any, episodes: list[int], use: str) -> None:
-    """A VplanWarning where some of `episodes` (to `use` for, e.g. "train on") were recorded on the seeds the
-    evaluations play (`vplan run record=true` records them): a default evaluation would score on learned scenes."""
-    seeds = [int(seed) for e in episodes if (seed := dataset.episode_meta(e).get("seed")) is not None]
-    held_out = [seed for seed in seeds if seed >= HELD_OUT_SEEDS]
-    if held_out:
-        warnings.warn(f"{data}: {len(held_out)} of the episodes to {use} were recorded on seeds "
-                      f"{min(held_out)}..{max(held_out)}, which vplan run, the evals and the benches use by default "
-                      f"(seeds {HELD_OUT_SEEDS}+, held out of training); evaluate the result on others "
-                      f"(seed={max(seeds) + 1}), or record on seeds below {HELD_OUT_SEEDS}", VplanWarning,
-                      stacklevel=3)
-
-
 def _recorded_by_run(out: Path) -> bool:
     """Whether `out` is the dataset of a `vplan run record=true` run directory (its `episodes/`; the run's
     config.yaml, one level up, says record: true): the same columns as an expert's, other episodes."""

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vplan.constants import EPISODE_INDEX, INDEX, ROBOT_TYPE_PREFIX, SUBGOAL, TASK_INDEX
+from vplan.constants import (
+    EPISODE_INDEX, HELD_OUT_SEEDS, INDEX, OBS_IMAGE_FRONT, ROBOT_TYPE_PREFIX, SUBGOAL, TASK_INDEX,
+)
 from vplan.data.lerobot_format import (
     ACTION_UNITS_KEY,
     CACHE_DIR,
@@ -33,6 +36,7 @@ from vplan.data.lerobot_format import (
     DatasetError,
     aggregate_stats,
     decode_video,
+    is_dataset,
     load_episode_rows,
     load_info,
     load_tasks,
@@ -41,7 +45,7 @@ from vplan.data.lerobot_format import (
     stats_from_row,
     video_keys,
 )
-from vplan.errors import DamagedDatasetError
+from vplan.errors import DamagedDatasetError, UsageError, VplanWarning
 from vplan.utils.files import file_written_aside
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
@@ -317,3 +321,33 @@ def _video_status(path: Path) -> os.stat_result:
         return path.stat()
     except FileNotFoundError:
         raise DamagedDatasetError(f"{path} is missing; {DAMAGED}") from None
+
+
+def open_for_training(data: str, learns: str, how_to_make: str) -> EpisodeDataset:
+    """The dataset at `data` for a command that learns from its camera frames: a UsageError where there is none
+    (saying `how_to_make` one) or it lacks the camera (`learns`: who learns from it); a damaged one raises its
+    DamagedDatasetError, as it would wherever in the dataset it was found (exit code 1)."""
+    try:
+        dataset = EpisodeDataset(data)
+    except DamagedDatasetError:
+        raise
+    except DatasetError as error:  # "make one" only where there is none: the error says what is wrong with one
+        hint = "" if is_dataset(data) else f"; make one with {how_to_make}"
+        raise UsageError(f"{error}{hint}") from None
+    if OBS_IMAGE_FRONT not in dataset.features:
+        raise UsageError(f"{data}: expected the camera feature {OBS_IMAGE_FRONT!r} {learns} (as `vplan collect` "
+                         f"records it), found {dataset.video_keys or 'no camera'}")
+    return dataset
+
+
+def warn_if_held_out_seeds(data: str | Path, dataset: EpisodeDataset, episodes: list[int], use: str) -> None:
+    """A VplanWarning where some of `episodes` (to `use` for, e.g. "train on") were recorded on the seeds the
+    evaluations play (`vplan run record=true` records them): a default evaluation would score on learned scenes."""
+    seeds = [int(seed) for e in episodes if (seed := dataset.episode_meta(e).get("seed")) is not None]
+    held_out = [seed for seed in seeds if seed >= HELD_OUT_SEEDS]
+    if held_out:
+        warnings.warn(f"{data}: {len(held_out)} of the episodes to {use} were recorded on seeds "
+                      f"{min(held_out)}..{max(held_out)}, which vplan run, the evals and the benches use by default "
+                      f"(seeds {HELD_OUT_SEEDS}+, held out of training); evaluate the result on others "
+                      f"(seed={max(seeds) + 1}), or record on seeds below {HELD_OUT_SEEDS}", VplanWarning,
+                      stacklevel=3)

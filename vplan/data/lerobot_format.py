@@ -173,13 +173,11 @@ def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
 
 def decode_video(path: Path) -> np.ndarray:
     """Decode every frame of an mp4 to uint8 (T, H, W, 3)."""
-    if not Path(path).is_file():
-        raise DamagedDatasetError(f"{path} is missing; {DAMAGED}")
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         width, height = next(reader)["size"]
         frames = [np.frombuffer(buffer, np.uint8).reshape(height, width, 3) for buffer in reader]
-    except (OSError, RuntimeError) as error:  # truncated, not a video: ffmpeg's banner follows the first line
+    except (OSError, RuntimeError) as error:  # missing, truncated, not a video: ffmpeg's banner follows the first line
         if getattr(error, "errno", None):  # the machine's (too many open files), not the file's
             raise
         raise DamagedDatasetError(f"{path} cannot be decoded ({first_line(error)}); {DAMAGED}") from None
@@ -312,7 +310,7 @@ def numpy_column(column: pa.ChunkedArray | pa.Array, feature: dict[str, Any]) ->
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """`pyarrow.parquet.read_table`; a missing or unreadable file is a DatasetError naming it."""
+    """`pyarrow.parquet.read_table`; a missing or unreadable file is a DamagedDatasetError naming it."""
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as error:
@@ -368,7 +366,7 @@ def load_tasks(root: Path, total_tasks: int) -> list[str]:
     if total_tasks == 0:
         return []
     if not path.is_file():
-        raise DatasetError(f"{path} is missing, though {INFO_PATH} counts {total_tasks} tasks")
+        raise DamagedDatasetError(f"{path} is missing, though {INFO_PATH} counts {total_tasks} tasks; {DAMAGED}")
     table = read_table(path)
     text_column = "task" if "task" in table.column_names else "__index_level_0__"
     by_index = dict(

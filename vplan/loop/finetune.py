@@ -51,8 +51,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
-from vplan.data.dataset import chunk_subgoal
-from vplan.errors import DamagedDatasetError, RunError, UsageError
+from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
+from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory.config import MemoryConfig
@@ -398,20 +398,8 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
 
 
 def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
-    from vplan.data import DatasetError, EpisodeDataset
-    from vplan.data.lerobot_format import is_dataset
-
-    try:
-        dataset = EpisodeDataset(cfg.data)
-    except DamagedDatasetError:  # found while the command runs, wherever in the dataset: exit code 1
-        raise
-    except DatasetError as error:  # "make one" only where there is none
-        hint = "" if is_dataset(cfg.data) else (f"; make one with `vplan collect out={cfg.data}` or "
-                                                "`vplan run record=true`")
-        raise UsageError(f"{error}{hint}") from None
-    if OBS_IMAGE_FRONT not in dataset.features:
-        raise UsageError(f"{cfg.data}: expected the camera feature {OBS_IMAGE_FRONT!r} the world model learns from (as "
-                         f"`vplan collect` records it), found {dataset.video_keys or 'no camera'}")
+    dataset = open_for_training(cfg.data, "the world model learns from",
+                                f"`vplan collect out={cfg.data}` or `vplan run record=true`")
     usable = dataset.num_episodes - cfg.holdout_episodes
     if usable < 1:
         raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
@@ -420,7 +408,7 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     if usable < cfg.episodes:
         print(f"episodes={cfg.episodes}: {cfg.data} has {usable} besides the {cfg.holdout_episodes} held out; "
               f"finetuning on {usable}")
-    from vplan.data.collect import warn_if_exploring, warn_if_held_out_seeds
+    from vplan.data.collect import warn_if_exploring
 
     warn_if_exploring(cfg.data)  # the finetuned model, and Temp-LoRA's states, learn each chunk under its text
     warn_if_held_out_seeds(cfg.data, dataset, episodes, "finetune on")

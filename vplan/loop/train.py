@@ -24,8 +24,8 @@ import torch
 from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
-from vplan.data.dataset import chunk_subgoal
-from vplan.errors import DamagedDatasetError, UsageError, first_line
+from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
+from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import OptimConfig, train
@@ -112,24 +112,10 @@ class TrainConfig:
 
 
 def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
-    from vplan.data import DatasetError, EpisodeDataset
-    from vplan.data.lerobot_format import is_dataset
-
-    try:
-        dataset = EpisodeDataset(data)
-    except DamagedDatasetError:  # found while the command runs, wherever in the dataset: exit code 1
-        raise
-    except DatasetError as error:
-        hint = "" if is_dataset(data) else f"; make one with `vplan collect out={data}`"  # else the error says
-        raise UsageError(f"{error}{hint}") from None
-    if OBS_IMAGE_FRONT not in dataset.features:
-        raise UsageError(f"{data}: expected the camera feature {OBS_IMAGE_FRONT!r} that every component trains on "
-                         f"(as `vplan collect` records it), found {dataset.video_keys or 'no camera'}")
+    dataset = open_for_training(data, "that every component trains on", f"`vplan collect out={data}`")
     if dataset.num_episodes <= holdout:
         raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout}")
     episodes = list(range(dataset.num_episodes))
-    from vplan.data.collect import warn_if_held_out_seeds
-
     warn_if_held_out_seeds(data, dataset, episodes[:-holdout], "train on")  # e.g. `vplan run record=true`'s
     return dataset, episodes[:-holdout], episodes[-holdout:]
 

@@ -223,7 +223,7 @@ class RLRun:
         from vplan.envs import action_units, env_name, make_env
         from vplan.policies.idm import IDMPolicy
         from vplan.rl.objectives import add_rl_adapter, lora_parameters
-        from vplan.rl.rewards import IDMReproductionReward, make_rewards
+        from vplan.rl.rewards import make_rewards
         from vplan.rl.vlm_reward import VLMReward
         from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
@@ -251,15 +251,9 @@ class RLRun:
         self.iteration = 0
         self.vlm = VLMReward(cfg.vlm_reward) if cfg.vlm_reward.enabled else None
         try:
-            self.rewards = make_rewards(cfg.rewards, self.vlm)
+            self.rewards = make_rewards(cfg.rewards, self.vlm, self.base, self.idm)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        for reward, _ in self.rewards.rewards:
-            if isinstance(reward, IDMReproductionReward):  # not after the first explored episode
-                try:
-                    reward.check_fits(self.base, self.idm)
-                except ValueError as error:
-                    raise UsageError(f"rewards.action_worldmodel={cfg.rewards.action_worldmodel}: {error}") from None
         self.env = make_env(cfg.env)  # last: a refusal above leaves no simulator running
 
     # -- checkpoint ------------------------------------------------------------------------------------------

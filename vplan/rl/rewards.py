@@ -179,8 +179,9 @@ class RewardSet:
                 reward.close()
 
 
-def make_rewards(config: RewardConfig, vlm: Any = None) -> RewardSet:
-    """The rewards with a weight above 0 (`vlm`: a `VLMReward`, needed when config.vlm > 0)."""
+def make_rewards(config: RewardConfig, vlm: Any = None, world_model: Any = None, idm: Any = None) -> RewardSet:
+    """The rewards with a weight above 0 (`vlm`: a `VLMReward`, needed when config.vlm > 0); given the agent's
+    `world_model` and `idm`, the IDM-reproduction reward's action model is checked against them."""
     rewards: list[tuple[Reward, float]] = []
     if config.outcome > 0:
         rewards.append((OutcomeReward(config.progress_weight), config.outcome))
@@ -192,10 +193,12 @@ def make_rewards(config: RewardConfig, vlm: Any = None) -> RewardSet:
         from vplan.worldmodel.model import CheckpointError, WorldModel
 
         try:
-            action_model = WorldModel.from_pretrained(config.action_worldmodel)
-        except CheckpointError as error:
+            reward = IDMReproductionReward(WorldModel.from_pretrained(config.action_worldmodel))
+            if world_model is not None:  # not after the first explored episode
+                reward.check_fits(world_model, idm)
+        except ValueError as error:  # another kind of model, a broken file, one that does not fit the agent
             raise CheckpointError(f"rewards.action_worldmodel={config.action_worldmodel}: {error}") from None
-        rewards.append((IDMReproductionReward(action_model), config.idm_reproduction))
+        rewards.append((reward, config.idm_reproduction))
     if config.vlm > 0:
         if vlm is None:
             raise ValueError("rewards.vlm > 0: expected the VLM reward switched on (vlm_reward.enabled=true)")

@@ -346,12 +346,13 @@ class WorldModel(nn.Module):
         Sampled in eval mode whatever the model's mode (train mode's dropout draws from torch's global generator:
         the same `generator` gave other chunks).
         """
-        training = self.training
+        modes = [(module, module.training) for module in self.modules()]  # put back as found, mixed ones too
         self.eval()
         try:
             return self._generate(context, texts, num_frames, generator, actions)
         finally:
-            self.train(training)
+            for module, training in modes:
+                module.training = training
 
     def _generate(
         self,
