@@ -78,7 +78,8 @@ class LastFrameRender:
     _front: np.ndarray
 
     def render(self) -> np.ndarray | None:
-        """The camera image of the current state (the same frame as the last observation)."""
+        """The camera image of the last observation: the current state's, except after `simulate` (the step
+        without rendering, for `vplan bench env`), which leaves it as it was."""
         if self.render_mode is None:
             gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
             return None

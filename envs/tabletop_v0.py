@@ -229,7 +229,8 @@ class TabletopEnv(LastFrameRender, gym.Env):
 
     def simulate(self, action: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         """The step without rendering: apply the action, step the physics, score the task; (reward, terminated,
-        info). `vplan bench env` times it against `step` to tell the camera's share."""
+        info). `vplan bench env` times it against `step` to tell the camera's share; `render()` still shows the
+        last observation's frame."""
         if self._steps is None:
             raise RuntimeError("call reset() before step()")
         action = np.asarray(action, dtype=np.float64)

@@ -480,6 +480,19 @@ def test_reset_options_are_refused_and_the_near_plane_stays_put_in_large_worlds(
         assert model.vis.map.znear * model.stat.extent == pytest.approx(rendering.NEAR_PLANE)
 
 
+def test_a_gl_backend_failing_at_its_first_render_context_gets_the_setup_message(monkeypatch):
+    """Headless glfw makes its GL context and fails only at MuJoCo's first render context."""
+    import mujoco
+
+    def no_gl(*args):
+        raise mujoco.FatalError("an OpenGL platform library has not been loaded into this process")
+
+    monkeypatch.setattr(mujoco, "MjrContext", no_gl)
+    env = BlockworldEnv(image_size=SIZE)
+    with pytest.raises(RuntimeError, match="cannot create an offscreen MuJoCo renderer .*set MUJOCO_GL=egl"):
+        env.reset(seed=0)
+
+
 def test_unknown_override_raises():
     with pytest.raises(ValueError, match="world_sise"):
         BlockworldEnv(world_sise=32)

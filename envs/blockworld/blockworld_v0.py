@@ -199,7 +199,8 @@ class BlockworldEnv(LastFrameRender, gym.Env):
         return self._get_obs(), self._get_info()
 
     def simulate(self, action: int | np.integer) -> tuple[float, bool, dict[str, Any]]:
-        """The step without rendering: move the agent and score the task; (reward, terminated, info)."""
+        """The step without rendering: move the agent and score the task; (reward, terminated, info). `render()`
+        still shows the last observation's frame. `vplan bench env` times it against `step`."""
         if self.path is None or self.world is None:
             raise RuntimeError("call reset() before step()")
         move = to_move(action)  # ValueError naming the valid moves

@@ -131,7 +131,6 @@ class SceneRenderer:
 
     def __init__(self, model: mujoco.MjModel, size: int) -> None:
         self.size = size
-        self._gl = make_gl_context(lambda: _current(mujoco.GLContext(size, size)))
         self._viewport = mujoco.MjrRect(0, 0, size, size)
         self._option = mujoco.MjvOption()
         self._perturb = mujoco.MjvPerturb()
@@ -139,7 +138,13 @@ class SceneRenderer:
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
         self._pixels = np.empty((size, size, 3), np.uint8)
         self._context: mujoco.MjrContext | None = None
-        self.set_model(model)
+
+        def open_gl() -> mujoco.GLContext:
+            self._gl = _current(mujoco.GLContext(size, size))
+            self.set_model(model)  # a backend without its GL library (glfw headless) fails here, not above
+            return self._gl
+
+        make_gl_context(open_gl)
 
     def set_model(self, model: mujoco.MjModel) -> None:
         """Use a (re)built scene: a new GL-side context for it (its textures and meshes uploaded)."""
