@@ -31,6 +31,7 @@ from torch import nn
 
 from vplan.errors import UsageError
 from vplan.shipped import resolve_checkpoint
+from vplan.utils.settings import check_field_types, check_int
 from vplan.worldmodel.model import (
     _contiguous,
     _from_dict,
@@ -80,6 +81,7 @@ class IDMConfig:
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)  # YAML and JSON give a list
+        check_field_types(self)  # a hand-edited config.json: image_size 16.0 was a torch TypeError at build
         if isinstance(self.num_moves, bool) or not isinstance(self.num_moves, int) or self.num_moves < 0:
             raise ValueError(f"num_moves: expected an int >= 0 (0: continuous actions), got {self.num_moves!r}")
         if self.num_moves:  # one integer per step; no grip dimension
@@ -241,8 +243,10 @@ class IDMPolicy(nn.Module):
     def predict_windows(self, window: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Env actions for windows (B, history_frames + 1, H, W, 3) (see `windows`), `batch_size` at a time:
         (B, action_dim) float clamped to [-1, 1] with the grip ±1, or with `num_moves` the moves (B,) int64."""
+        window = self._check_frames(window, "window", "B, history_frames + 1")
         if not len(window):
             raise IDMInputError("expected at least one transition, got none")
+        check_int(batch_size, "batch_size")
         raw = torch.cat([self.raw(part) for part in window.split(batch_size)]).float().cpu()
         if self.config.discrete:
             return raw.argmax(dim=1)
@@ -270,6 +274,7 @@ class IDMPolicy(nn.Module):
         frame repeats it.
         """
         frames = self._check_frames(frames, "frames", "N")
+        check_int(context, "context")
         if not 1 <= context < len(frames):
             raise IDMInputError(
                 f"expected 1 <= context < number of frames, got context={context} with {len(frames)} frames"

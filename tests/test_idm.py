@@ -295,6 +295,14 @@ def test_frames_the_idm_cannot_read(policy: IDMPolicy) -> None:
         policy.actions_for_chunk(frames[:1])
     with pytest.raises(IDMInputError, match="context"):
         policy.actions_for_chunk(frames, context=3)
+    with pytest.raises(ValueError, match="context: expected a positive int, got 1.5"):
+        policy.actions_for_chunk(frames, context=1.5)
+    with pytest.raises(ValueError, match="batch_size: expected a positive int, got 0"):
+        policy.predict(frames, frames, batch_size=0)
+    window = windows(frames, range(2), policy.config.history_frames)
+    assert torch.equal(policy.predict_windows(window.numpy()), policy.predict_windows(window))  # numpy as well
+    with pytest.raises(IDMInputError, match="window: frames of 8×16 given"):
+        policy.predict_windows(window[:, :, :8])
     # the CLI's one-line errors, and still a ValueError for library users
     assert issubclass(IDMInputError, UsageError) and issubclass(IDMInputError, ValueError)
     with pytest.raises(IDMInputError, match="8×16 given"):
@@ -312,6 +320,10 @@ def test_config_checks() -> None:
         IDMConfig(history_frames=0)
     with pytest.raises(ValueError, match="unknown"):
         IDMConfig.from_dict({"image_size": 16, "wings": 2})
+    with pytest.raises(ValueError, match="image_size: expected an int, got 16.0"):  # a hand-edited config.json
+        IDMConfig.from_dict({"image_size": 16.0})
+    with pytest.raises(ValueError, match="binary_gripper: expected true or false, got 'no'"):
+        IDMConfig.from_dict({"binary_gripper": "no"})
     with pytest.raises(ValueError, match="vae_fraction"):
         IDMTrainConfig(vae_fraction=-0.1)
 
