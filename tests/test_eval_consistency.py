@@ -172,6 +172,16 @@ def test_config_checks_name_the_bad_value():
     assert EvalConsistencyConfig(env=env, task=TASK).memory_config("anchor").kind == "anchor"
 
 
+def test_training_seeds_are_warned_of(tmp_path):
+    from vplan.errors import UsageError, VplanWarning
+
+    cfg = EvalConsistencyConfig(env=TabletopConfig(), task=TASK, seed=5, checkpoint=str(tmp_path / "nothing"),
+                                out=str(tmp_path / "out"))
+    with pytest.warns(VplanWarning, match="seed=5: below 10000, so these episodes may be scenes the model trained"):
+        with pytest.raises(UsageError):  # the checkpoint is refused after the warning
+            evaluate_consistency(cfg)
+
+
 def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tiny_checkpoint, tmp_path, capsys):
     from vplan.errors import UsageError
 

@@ -309,6 +309,15 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
         assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_training_seeds_are_warned_of(tmp_path):
+    """`vplan collect` plays seeds 0, 1, ...: a run there scores scenes the models may have trained on."""
+    from vplan.errors import VplanWarning
+
+    with pytest.warns(VplanWarning, match="seed=5: below 10000, so these episodes may be scenes the model trained"):
+        with pytest.raises(SystemExit):  # the checkpoint is refused after the warning
+            main(["run", "seed=5", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
+
+
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
     from vplan.run import _run_dir
 

@@ -392,7 +392,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vplan.envs import make_env
+    from vplan.shipped import warn_if_training_seeds
 
+    warn_if_training_seeds(cfg.seed)
     out = _run_dir(cfg)
     if cfg.resume or cfg.overwrite:
         _check_holds_a_run(cfg, out)

@@ -156,6 +156,17 @@ def warn_if_actions_mean_otherwise(checkpoints: Mapping[str, str | None], units:
                           "trained at this env's settings", OtherEnvWarning, stacklevel=2)
 
 
+def warn_if_training_seeds(seed: int) -> None:
+    """A VplanWarning where an evaluation starting at `seed` plays the scenes training data comes from (`vplan
+    collect` plays seeds 0, 1, ...): its figures would not be held out."""
+    from vplan.constants import HELD_OUT_SEEDS
+
+    if seed < HELD_OUT_SEEDS:
+        warnings.warn(f"seed={seed}: below {HELD_OUT_SEEDS}, so these episodes may be scenes the model trained on "
+                      f"(training data uses 0..{HELD_OUT_SEEDS - 1}); pass seed>={HELD_OUT_SEEDS} for held-out ones",
+                      VplanWarning, stacklevel=3)
+
+
 def checkpoint_fingerprint(path: Path) -> str:
     """sha256 (first 16 hex digits) over a checkpoint directory's files, to tell re-shipped weights apart. A
     config.json's `trained_on_env` and `action_units` are left out: notes about the weights' data, not part of

@@ -207,12 +207,15 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
-    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere
+    from vplan.shipped import (
+        check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere, warn_if_training_seeds,
+    )
     from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
     torch.set_num_threads(cfg.threads)
     env = env_name(cfg.env)
     scenario_fn = revisit_scenario_for(env)
+    warn_if_training_seeds(cfg.seed)
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})
     path = resolve_checkpoint(cfg.checkpoint)
     model = WorldModel.from_pretrained(path)

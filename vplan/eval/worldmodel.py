@@ -29,7 +29,6 @@ tell which frame an action leads into scores about half.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -38,9 +37,8 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from vplan.constants import ACTION, HELD_OUT_SEEDS, OBS_IMAGE_FRONT, OBS_STATE
+from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import VplanWarning
 from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
 from vplan.eval.stats import paired_summary
 from vplan.utils.files import write_json, write_mp4
@@ -199,12 +197,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.envs import env_name, make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
-    from vplan.shipped import check_checkpoints_exist
+    from vplan.shipped import check_checkpoints_exist, warn_if_training_seeds
 
     check_checkpoints_exist({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm})
-    if cfg.seed < HELD_OUT_SEEDS:  # `vplan collect` (the training data) plays seeds 0, 1, ...
-        warnings.warn(f"seed={cfg.seed}: below {HELD_OUT_SEEDS}, so these episodes may be scenes the model trained on "
-                      f"(training data uses 0..9999); pass seed>={HELD_OUT_SEEDS} for held-out ones", VplanWarning)
+    warn_if_training_seeds(cfg.seed)
     model = _load_model(cfg.checkpoint, cfg)
     if cfg.conditioning is not None and model.config.conditioning != cfg.conditioning:
         raise UsageError(f"checkpoint={cfg.checkpoint} is conditioned on {model.config.conditioning!r}, not "
