@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from vplan.eval.consistency_metrics import (
     PSNR_MAX_DB,
     SCENE_CUT_DETECTOR,
+    SceneCutDetector,
     ResNet18Features,
     VAEEncoderFeatures,
     _torchvision_to_transformers,
@@ -80,6 +81,25 @@ def test_a_cut_in_the_last_frames_counts_after_a_glitch_too():
         video = cut_video([60 - last, last])
         video[20] = scene(7)
         assert scene_cut_frames(video) == [20, 60 - last]
+
+
+def test_a_cut_in_the_first_frames_counts():
+    """A cut there starts a scene shorter than min_scene_len, which the detector drops; a context of 2 or 3 frames
+    would hide the jump into the first generated chunk."""
+    for first in range(1, SCENE_CUT_DETECTOR.min_scene_len + 1):
+        assert scene_cut_frames(cut_video([first, 60])) == [first]
+
+
+def test_the_detector_is_the_documented_one():
+    """ContentDetector at threshold 12 and min_scene_len 4 (README, SceneCutDetector): a cut scoring between 12
+    and PySceneDetect's default 27 is found; a fainter one is not."""
+    assert SCENE_CUT_DETECTOR == SceneCutDetector(threshold=12.0, min_scene_len=4)
+    first, second = scene(0).astype(float), scene(1).astype(float)
+    for weight, cuts in ((0.15, [20]), (0.05, [])):
+        blended = ((1 - weight) * first + weight * second).astype(np.uint8)
+        video = np.concatenate([np.repeat(first[None].astype(np.uint8), 20, 0), np.repeat(blended[None], 20, 0)])
+        assert scene_cut_frames(video) == cuts
+        assert scene_cut_frames(video, detector=SceneCutDetector(threshold=27.0)) == []
 
 
 def test_scene_cuts_checks_its_input():

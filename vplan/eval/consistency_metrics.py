@@ -149,10 +149,11 @@ def scene_cut_frames(
     """Indices of the frames that start a new scene, found by PySceneDetect's `SceneManager`.
 
     `frames` is an RGB uint8 video (T, H, W, 3); it is handed to PySceneDetect from memory through a
-    `VideoStream` over the array, at full resolution (no downscaling), followed by `min_scene_len` copies of its
-    last frame: once the flash filter has merged a glitch it reports each cut only after that many frames, so a
-    cut in the last ones was dropped or kept by what happened earlier in the video. Copies change nothing, so
-    they hold no cut.
+    `VideoStream` over the array, at full resolution (no downscaling), between `min_scene_len` copies of its
+    first frame and as many of its last: a cut in the first frames would start a scene shorter than that, which
+    the detector drops, and once the flash filter has merged a glitch it reports each cut only after that many
+    frames, so a cut in the last ones was dropped or kept by what happened earlier in the video. Copies change
+    nothing, so they hold no cut.
     """
     from scenedetect import SceneManager
 
@@ -165,10 +166,11 @@ def scene_cut_frames(
     manager.auto_downscale = False
     manager.downscale = 1
     manager.add_detector(detector.build())
-    padded = np.concatenate([frames, np.repeat(frames[-1:], detector.min_scene_len, axis=0)])
+    pad = detector.min_scene_len
+    padded = np.concatenate([np.repeat(frames[:1], pad, axis=0), frames, np.repeat(frames[-1:], pad, axis=0)])
     manager.detect_scenes(video=_array_video_stream(np.ascontiguousarray(padded[..., ::-1]), fps))  # RGB → BGR
-    scenes = manager.get_scene_list()
-    return [int(start.frame_num) for start, _ in scenes[1:] if start.frame_num < len(frames)]
+    starts = [int(start.frame_num) - pad for start, _ in manager.get_scene_list()[1:]]
+    return [start for start in starts if 0 < start < len(frames)]
 
 
 def scene_cuts(frames: np.ndarray, fps: float = 10.0, detector: SceneCutDetector = SCENE_CUT_DETECTOR) -> int:
