@@ -32,7 +32,8 @@ class LinearFit:
 
     def loss(self, batch: dict, generator: torch.Generator):
         self.calls += 1
-        loss = torch.nn.functional.mse_loss(self.module(batch["x"]), batch["y"])
+        noise = 0.01 * torch.randn(batch["y"].shape)  # torch's global RNG, as dropout and VAE sampling draw from
+        loss = torch.nn.functional.mse_loss(self.module(batch["x"]), batch["y"] + noise)
         if self.poison_at is not None and self.calls >= self.poison_at:
             loss = loss * float("nan")
         return loss, {"calls": self.calls}
@@ -113,6 +114,22 @@ def test_a_torn_log_line_is_cut_and_a_checkpoint_past_steps_is_refused(tmp_path)
     with pytest.raises(RunError, match=r"checkpoint-0000020 is at step 20, past component.optim.steps=10; pass "
                                        r"component.optim.steps>=20 to go on from it, or another out=DIR"):
         train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
+
+
+def test_a_stopped_continuation_leaves_no_stale_final(tmp_path):
+    """More steps continue a finished run; stopped, it once left the shorter run's final/ in place, which a
+    `vplan run worldmodel=<out>/final` then took for the result; a refused continuation leaves it."""
+    optim = OptimConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)
+    train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
+    (tmp_path / "final").mkdir()  # what train and finetune write after the loop
+    with pytest.raises(RunError, match="past component.optim.steps=5"):
+        train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 5}), tmp_path, "toy")
+    assert (tmp_path / "final").is_dir()
+    stopped = LinearFit()
+    stopped.loss = lambda batch, generator: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, optim, tmp_path, "toy")
+    assert not (tmp_path / "final").exists()
 
 
 @pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.safetensors"])

@@ -39,7 +39,6 @@ with several, the states depend on the outer loop's settings, so those are fixed
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -54,13 +53,12 @@ from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
-from vplan.loop.trainer import OptimConfig, train
+from vplan.loop.trainer import FINAL, OptimConfig, train
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, sha256_file, write_json
 from vplan.utils.settings import changed_settings, check_ints, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
-FINAL = "final"
 INNER = "inner"
 SETTINGS = "settings.json"
 INNER_FORMAT = "vplan-finetune-inner"
@@ -477,10 +475,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         torch.manual_seed(cfg.optim.seed)
         training = SlowFastTraining(world_model, stored, cfg.memory)
         started = time.perf_counter()
-        # an earlier, shorter run's final/ goes once the trainer has accepted this one, so a stopped run leaves
-        # no stale one (and a refused one leaves it as it was)
         steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end,
-                      optim_key="optim", before_first_step=lambda: shutil.rmtree(final, ignore_errors=True))
+                      optim_key="optim")
         outer_seconds += time.perf_counter() - started
     with folder_written_aside(final) as folder:
         # the env the weights learned from: the dataset's, or for one of no vplan env, the base model's

@@ -34,7 +34,7 @@ import torch
 
 from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT
 from vplan.errors import UsageError
-from vplan.loop.trainer import OptimConfig, train
+from vplan.loop.trainer import FINAL, OptimConfig, train
 from vplan.policies.idm import IDMConfig, IDMPolicy, windows
 from vplan.utils.files import folder_written_aside
 from vplan.utils.settings import check_ints
@@ -300,7 +300,7 @@ def train_idm(
     }
     if vae is not None:
         metrics["vae"] = evaluate(policy, test, baseline, True)
-    final = out / "final"
+    final = out / FINAL
     with folder_written_aside(final) as folder:
         policy.save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units)
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -28,7 +28,7 @@ from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_ou
 from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
-from vplan.loop.trainer import OptimConfig, train
+from vplan.loop.trainer import FINAL, OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, write_json
 from vplan.utils.settings import CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, write_config
@@ -36,7 +36,6 @@ from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
-FINAL = "final"
 SPLIT_FILE = "split.json"  # in `out`: the episodes a run holds out, which a resume keeps
 
 

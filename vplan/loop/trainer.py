@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +68,9 @@ class OptimConfig:
         return self.lr * min(warmup, cooldown)
 
 
+FINAL = "final"  # the trained result each command writes beside its checkpoints
+
+
 class Trainable(Protocol):
     """What a component gives the loop."""
 
@@ -80,14 +83,15 @@ class Trainable(Protocol):
 
 def train(
     component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None,
-    optim_key: str = "component.optim", before_first_step: Callable[[], None] | None = None,
+    optim_key: str = "component.optim",
 ) -> int:
     """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint.
 
     `until` stops (with a checkpoint) at that step instead, on the schedule of the whole run, so a caller can
     interleave other work with one training run (`vplan finetune rounds=`). `optim_key` is where the command's
-    overrides set `optim`, for the errors that name a setting to change. `before_first_step` runs once every check
-    has passed and a step is about to be taken (finetune removes its earlier result there).
+    overrides set `optim`, for the errors that name a setting to change. Once every check has passed and a step is
+    about to be taken, an earlier, shorter run's `<out>/final` goes, so a stopped continuation leaves no stale
+    result beside its checkpoints (and a refused one leaves it as it was).
     """
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -151,8 +155,8 @@ def train(
         bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not accelerator.is_main_process)
         started = time.perf_counter()
         target = optim.steps if until is None else min(until, optim.steps)
-        if step < target and before_first_step is not None:
-            before_first_step()
+        if step < target:
+            shutil.rmtree(out / FINAL, ignore_errors=True)
         while step < target:
             generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
             try:
