@@ -148,6 +148,18 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_way_back_to_the_one_before
     assert train(LinearFit(), optim, tmp_path, "toy") == 30  # as the message says: from step 10
 
 
+@pytest.mark.parametrize("content", [b"\xff\xfe{", b'{"stage": 1}', b"[20]"])
+def test_a_damaged_trainer_state_is_called_damaged(tmp_path, content):
+    """Bytes that are not UTF-8 were called another model's checkpoint (to abandon the whole out=), and JSON
+    without the step a KeyError traceback; the checkpoint before it is fine."""
+    optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)
+    train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 20}), tmp_path, "toy")
+    (list_checkpoints(tmp_path)[-1] / "trainer_state.json").write_bytes(content)
+    with pytest.raises(RunError, match=r"checkpoint-0000020 cannot be read .*delete that folder to resume from the "
+                                       r"checkpoint before it"):
+        train(LinearFit(), optim, tmp_path, "toy")
+
+
 def test_a_checkpoint_of_another_model_is_not_called_damaged(tmp_path):
     """Deleting it, as for a damaged one, would not help: every checkpoint in `out` is of the other model."""
     optim = OptimConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)

@@ -100,15 +100,22 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name[len(PREFIX) :])
 
 
+class UnreadableTrainerStateError(ValueError):
+    """A checkpoint's trainer state is not the JSON object with its step that `save_checkpoint` writes."""
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG from a checkpoint folder; returns its trainer state (with `step`)."""
+    state = json.loads((path / TRAINER_STATE).read_bytes().decode("utf-8"))
+    if not isinstance(state, dict) or state.get("step") != checkpoint_step(path):
+        raise UnreadableTrainerStateError(f"{TRAINER_STATE} holds no step {checkpoint_step(path)}")
     model.load_state_dict(load_file(path / MODEL_FILE))
     rng = load_optimizer(optimizer, path / OPTIMIZER_FILE)
     torch.set_rng_state(rng.pop("rng.torch"))
     cuda = [rng[key] for key in sorted(rng, key=lambda k: int(k[len(CUDA_RNG):]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-    return json.loads((path / TRAINER_STATE).read_text())
+    return state
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, file: Path, extra: dict[str, torch.Tensor] | None = None) -> None:

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 
 from vplan.errors import RunError, first_line
-from vplan.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from vplan.loop.checkpoint import UnreadableTrainerStateError, list_checkpoints, load_checkpoint, save_checkpoint
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_ints, check_seed
 
@@ -113,7 +113,8 @@ def train(
     if checkpoints:
         try:
             state = load_checkpoint(checkpoints[-1], module, optimizer)
-        except (SafetensorError, OSError, json.JSONDecodeError) as error:  # a damaged file: the one before is not
+        except (SafetensorError, OSError, UnicodeDecodeError, json.JSONDecodeError, UnreadableTrainerStateError
+                ) as error:  # a damaged file: the one before is not
             raise RunError(f"{description}: {checkpoints[-1]} cannot be read ({first_line(error, with_type=True)}); "
                            "delete that folder to resume from the checkpoint before it, or choose another out=DIR"
                            ) from None
