@@ -363,6 +363,9 @@ def test_growing_a_finished_evaluation_leaves_it_unfinished_until_it_ends(tmp_pa
     start(episodes=2, resume=True)  # grown to two, then interrupted before it ends
     with pytest.raises(UsageError, match=r"holds an unfinished evaluation \(1 row\(s\) finished\)"):
         start(episodes=2)  # a fresh run does not throw the finished rollout away
+    (tmp_path / PROGRESS_FILE).write_text('{"settings": {"episodes"')  # a disk fault: a traceback before
+    with pytest.raises(RunError, match=r"progress.json is damaged \(JSONDecodeError: .*\); delete it to start over"):
+        start(episodes=2, resume=True)
 
 
 def test_an_evaluation_interrupted_before_anything_finished_says_so(tmp_path, capsys):

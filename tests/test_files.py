@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from vplan.loop.checkpoint import list_checkpoints, save_checkpoint
-from vplan.utils.files import folder_written_aside, fsync_tree, write_json, write_mp4, write_text_atomic
+from vplan.errors import RunError
+from vplan.utils.files import (
+    folder_written_aside, fsync_tree, read_json_record, write_json, write_mp4, write_text_atomic,
+)
 
 
 @pytest.fixture
@@ -259,3 +262,17 @@ def test_an_optimizer_file_without_metadata_is_an_error_the_trainer_names(tmp_pa
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="holds no optimizer settings"):
         load_optimizer(torch.optim.AdamW(model.parameters()), tmp_path / "optimizer.safetensors")
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"\xff\xfe", "UnicodeDecodeError"), (b'{"episodes": [', "JSONDecodeError"), (b"[1]", "a JSON list, not an object"),
+    (b'{"episodes": []}', "no wall_s_total"),
+])
+def test_a_damaged_record_names_the_file_and_what_to_do(tmp_path, content, says):
+    """A disk fault or a hand edit: a traceback (or a KeyError further on) before."""
+    record = tmp_path / "metrics.json"
+    record.write_bytes(content)
+    with pytest.raises(RunError, match=f"metrics.json is damaged .*{says}.*; choose another out=DIR"):
+        read_json_record(record, "choose another out=DIR", keys=("episodes", "wall_s_total"))
+    write_json(record, {"episodes": [], "wall_s_total": 1.5})
+    assert read_json_record(record, "", keys=("episodes",)) == {"episodes": [], "wall_s_total": 1.5}

@@ -27,6 +27,7 @@ from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
 from vplan.errors import RunError, UsageError
 from vplan.loop import finetune as ft
+from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
 from vplan.loop.finetune import FinetuneConfig, InnerEpisode, SlowFastTraining, episode_file, finetune, merged_weights
 from vplan.loop.trainer import OptimConfig, train
 from vplan.memory import MemoryConfig, TempLoRAMemory
@@ -225,6 +226,25 @@ def test_a_stopped_continuation_leaves_no_stale_final(setup, finetuned, tmp_path
     with pytest.raises(KeyboardInterrupt):
         finetune(config(data, wm, out, optim=replace(OPTIM, steps=6)))
     assert not (out / "final").exists()
+
+
+def test_damaged_records_of_a_finetune_are_one_line_errors_naming_the_file(setup, finetuned, tmp_path):
+    """A disk fault in what a finetune keeps: tracebacks (SafetensorError, JSONDecodeError) before."""
+    root, data, wm = setup
+    out = tmp_path / "damaged"
+    shutil.copytree(finetuned[0], out)
+    inner_file = episode_file(out, 0)
+    inner_file.write_bytes(inner_file.read_bytes()[: inner_file.stat().st_size // 2])
+    with pytest.raises(RunError, match=r"episode-000000.safetensors cannot be read \(SafetensorError: .*\); delete "
+                                       r"it, and the inner loop redoes that episode"):
+        ft.InnerEpisode(inner_file)
+    newest = list_checkpoints(out)[-1]
+    (newest / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(RunError, match=r"cannot be read \(SafetensorError: .*\); delete it and the checkpoints after "):
+        ft._load_outer_weights(WorldModel.from_pretrained(wm), out, checkpoint_step(newest))
+    (out / "inner" / "settings.json").write_text('{"format": "vplan-fine')
+    with pytest.raises(RunError, match=r"settings.json is damaged \(JSONDecodeError: .*\); choose another out="):
+        finetune(config(data, wm, out, optim=replace(OPTIM, steps=6)))
 
 
 def test_final_is_a_plain_world_model_checkpoint(setup, finetuned):

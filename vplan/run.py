@@ -12,7 +12,6 @@ with the subgoal the agent was imagining), ready for `vplan train` or `vplan fin
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from vplan.planner import Plan
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
-from vplan.utils.files import write_json, write_mp4
+from vplan.utils.files import read_json_record, write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
@@ -163,7 +162,8 @@ def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]],
         print(f"resume=true: {out} holds no run yet; starting one")
         return [], 0.0
     check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "resume=true")
-    metrics = json.loads((out / METRICS_FILE).read_text())
+    metrics = read_json_record(out / METRICS_FILE, "rerun without resume=true (with overwrite=true), or choose "
+                               "another out=DIR", keys=("episodes", "wall_s_total"))
     if len(metrics["episodes"]) > cfg.episodes:
         raise UsageError(f"resume=true: {out} has {len(metrics['episodes'])} episodes already; pass episodes>="
                          f"{len(metrics['episodes'])}")

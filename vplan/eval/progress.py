@@ -8,13 +8,13 @@ same `out`, never an unfinished one.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from vplan.errors import UsageError
+from vplan.utils.files import read_json_record
 from vplan.utils.settings import CONFIG_FILE, changed_settings, settings_it_lacks, settings_record
 
 PROGRESS_FILE = "progress.json"
@@ -30,13 +30,14 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     file = out / PROGRESS_FILE
     if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
         raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}); choose another out=DIR")
+    damaged = "delete it to start over, or choose another out=DIR"
     if file.is_file():  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
-        other = settings_it_lacks(json.loads(file.read_text()).get("settings", {}), cfg)
+        other = settings_it_lacks(read_json_record(file, damaged, keys=("settings",))["settings"], cfg)
         if other:
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")
     if cfg.resume and file.is_file():
-        progress = json.loads(file.read_text())
+        progress = read_json_record(file, damaged, keys=("settings",))
         changed = changed_settings(progress["settings"], settings, cfg)
         if changed:
             raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
@@ -48,7 +49,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     if cfg.resume:
         print(f"resume=true: {out} holds no evaluation yet; starting one")
     elif file.is_file() and not (out / METRICS_FILE).is_file():
-        raise UsageError(f"{out} holds an unfinished evaluation ({finished(json.loads(file.read_text()))} finished); "
+        raise UsageError(f"{out} holds an unfinished evaluation ({finished(read_json_record(file, damaged))} finished); "
                          "resume=true continues it, or choose another out=DIR")
     for pattern in (PROGRESS_FILE, METRICS_FILE, *outputs):
         for old in out.glob(pattern):

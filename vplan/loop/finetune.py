@@ -46,16 +46,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
-from vplan.errors import RunError, UsageError
+from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import FINAL, OptimConfig, train
 from vplan.memory.config import MemoryConfig
-from vplan.utils.files import file_written_aside, folder_written_aside, sha256_file, write_json
+from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
 from vplan.utils.settings import changed_settings, check_ints, plain
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
@@ -185,7 +185,7 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
     setting added since, at its default, made them the same way)."""
     path = inner / SETTINGS
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json_record(path, "choose another out= or delete that folder")
         ignore = () if "optim" in saved else ("optim",)  # one round recorded no optim before 2026-12-05
         for name in UNPINNED_OPTIM:  # several rounds recorded them before 2026-12-06
             saved.get("optim", {}).pop(name, None)
@@ -246,14 +246,20 @@ class InnerEpisode:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != INNER_FORMAT or metadata.get("format_version") != INNER_FORMAT_VERSION:
-                raise UsageError(f"{path}: expected a {INNER_FORMAT} file (format {INNER_FORMAT_VERSION}), got "
-                                 f"{metadata.get('format')!r} ({metadata.get('format_version')!r}); delete it")
-            self.latents = handle.get_tensor(LATENTS_KEY)
-            self.keys = sorted(k for k in handle.keys() if k != LATENTS_KEY)
-        self.chunks = [Chunk(**c) for c in json.loads(metadata["chunks"])]
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != INNER_FORMAT or metadata.get("format_version") != INNER_FORMAT_VERSION:
+                    raise UsageError(f"{path}: expected a {INNER_FORMAT} file (format {INNER_FORMAT_VERSION}), got "
+                                     f"{metadata.get('format')!r} ({metadata.get('format_version')!r}); delete it")
+                self.latents = handle.get_tensor(LATENTS_KEY)
+                self.keys = sorted(k for k in handle.keys() if k != LATENTS_KEY)
+            self.chunks = [Chunk(**c) for c in json.loads(metadata["chunks"])]
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:  # a disk fault: writes are atomic
+            if isinstance(error, UsageError):
+                raise
+            raise RunError(f"{path} cannot be read ({first_line(error, with_type=True)}); delete it, and the inner "
+                           "loop redoes that episode") from None
 
     def triple(self, k: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         """(context latents, ground-truth chunk latents, text) of chunk k."""
@@ -377,7 +383,12 @@ def _load_outer_weights(world_model: WorldModel, out: Path, step: int) -> None:
     if not found:
         raise RunError(f"{out} has no outer-loop checkpoint at step {step}, where the last round ended, so the next "
                        f"round's inner loop cannot start from it; choose another out= or delete that folder")
-    world_model.load_state_dict(load_file(found[0] / MODEL_FILE))
+    try:
+        weights = load_file(found[0] / MODEL_FILE)
+    except (SafetensorError, OSError) as error:
+        raise RunError(f"{found[0]} cannot be read ({first_line(error, with_type=True)}); delete it and the "
+                       "checkpoints after it to redo that round, or choose another out=") from None
+    world_model.load_state_dict(weights)
 
 
 # -- the command ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ newest checkpoint, and is refused if a setting (but for the run's length and log
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import FINAL, OptimConfig, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
-from vplan.utils.files import folder_written_aside, write_json
+from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, write_config
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
@@ -302,7 +301,7 @@ def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], 
     `holdout_episodes` would then be other episodes and the held-out ones trained on."""
     file = out / SPLIT_FILE
     if resuming and file.is_file():
-        began = json.loads(file.read_text())  # written atomically: whole or absent
+        began = read_json_record(file, "choose another out=DIR", keys=("episodes", "held_out"))
         if began["held_out"] != held_out:
             raise UsageError(f"{cfg.data} holds {episodes} episodes now, {began['episodes']} when {out} began: the "
                              f"held-out ones (then {began['held_out'][0]}..{began['held_out'][-1]}) would be trained "

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vplan.errors import RunError, first_line
+
 
 def sha256_file(path: Path) -> str:
     """The sha256 (hex) of a file's bytes, read a megabyte at a time."""
@@ -144,6 +146,20 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
         if written != len(frames):
             raise RuntimeError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames (frames of "
                                f"{'x'.join(map(str, frames[0].shape))}); the old video, if any, is kept")
+
+
+def read_json_record(path: Path, advice: str, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The JSON object a command wrote to `path` (atomically, so whole or absent), holding `keys`; a RunError
+    saying it is damaged and then `advice` (what to do) where a disk fault or a hand edit left something else."""
+    try:
+        record = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RunError(f"{path} is damaged ({first_line(error, with_type=True)}); {advice}") from None
+    missing = [key for key in keys if key not in record] if isinstance(record, dict) else None
+    if missing is None or missing:
+        what = f"no {', '.join(missing)}" if missing else f"a JSON {type(record).__name__}, not an object"
+        raise RunError(f"{path} is damaged (it holds {what}); {advice}")
+    return record
 
 
 def write_json(path: Path, payload: Any) -> None:
