@@ -174,6 +174,12 @@ def test_subgoal_and_plan_validation(make: Callable[[], Any], message: str) -> N
         (lambda: LLMPlannerConfig(max_retries=11), "max_retries: expected"),
         (lambda: LLMPlannerConfig(grounding_threshold=1.5), "grounding_threshold: expected"),
         (lambda: LLMPlannerConfig(max_text_chars=500), "max_text_chars: expected"),
+        (lambda: LLMPlannerConfig(timeout_s="30"), "timeout_s: expected a number, got '30'"),
+        (lambda: LLMPlannerConfig(max_subgoals=2.5), "max_subgoals: expected an int"),
+        (lambda: PlannerConfig(kind="llm", llm={"model": "x"}), "llm: expected an LLMPlannerConfig, got dict"),
+        # the HTTP client logs each request's URL, and appends the API's path after a query
+        (lambda: LLMPlannerConfig(base_url="http://user:pw@127.0.0.1:8000/v1"), "base_url: holds a user, password"),
+        (lambda: LLMPlannerConfig(base_url="http://127.0.0.1:8000/v1?api-key=k"), "base_url: holds a user, password"),
     ],
 )
 def test_config_validation(make: Callable[[], Any], message: str) -> None:
@@ -477,6 +483,12 @@ def test_api_key_from_the_environment(endpoint, make_llm, monkeypatch, logs) -> 
     assert_key_never_logged(logs)
 
 
+def test_a_blank_api_key_does_not_hide_the_environments(endpoint, make_llm, monkeypatch) -> None:
+    monkeypatch.setenv("VPLAN_TEST_PLANNER_KEY", SECRET + "-env")
+    planner = make_llm(api_key=" ", api_key_env="VPLAN_TEST_PLANNER_KEY")
+    assert planner.endpoint.api_key == SECRET + "-env"
+
+
 def test_no_api_key_for_openai_is_a_usage_error(monkeypatch) -> None:
     pytest.importorskip("openai")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -490,6 +502,9 @@ def test_no_api_key_for_openai_is_a_usage_error(monkeypatch) -> None:
     ("Sure! Step 1: pick up.", "not JSON"),
     ("[" * 5000, "does not read (RecursionError)"),  # within max_reply_chars: nested past Python's stack
     ('{"subgoals": ' + "1" * 5000 + "}", "does not read (ValueError)"),  # past int's digit limit
+    ('{"subgoals": [{"text": "pick up the red cube \\ud83d"}]}', "or broken Unicode"),  # a cut emoji: a TypeError
+    ('{"subgoals": [{"text": "pick up the red\\u0000 cube"}]}', "a control character"),
+    ('{"subgoals": [{"text": "pick up the red cube"}]}' + " " * 16000, "more than 16000"),  # max_reply_chars
 ])
 def test_malformed_json_falls_back(endpoint, make_llm, logs, content: str, message: str) -> None:
     endpoint.reply = lambda body: (200, completion(content), 0.0)
@@ -605,6 +620,19 @@ def test_send_image_without_a_frame_says_the_image_is_left_out(endpoint, make_ll
     assert plan.source == "llm"
     content = endpoint.requests[-1]["body"]["messages"][1]["content"]
     assert [part["type"] for part in content] == ["text"]
+
+
+def test_the_threshold_refuses_a_skills_words_in_a_far_order_and_takes_its_exact_text() -> None:
+    from vplan.planner.grounding import GroundingError, SkillGrounder
+    from vplan.planner.skills import ReturnCubesSkills
+
+    skills = ReturnCubesSkills().skills(KNOWN_INFO)
+    scrambled = "the cube red up pick again again again now please"  # the words of a skill, at cosine 0.81
+    assert SkillGrounder(0.8).ground([scrambled], skills)[0][0].text == "pick up the red cube"
+    with pytest.raises(GroundingError, match=r"it has 'pick up the red cube''s words, at cosine 0.81 < threshold 0.85"):
+        SkillGrounder(0.85).ground([scrambled], skills)
+    exact = [skill.text for skill in skills]  # at cosine 0.9999998 in float32
+    assert [skill.text for skill, _ in SkillGrounder(1.0).ground(exact, skills)] == exact
 
 
 def test_retrace_subgoals_ground_only_with_their_own_words() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vplan.errors import UsageError
+from vplan.utils.settings import check_field_types
 
 NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
 REDACTED = "<redacted>"
@@ -57,7 +58,10 @@ class ChatEndpointConfig:
         metadata={"help": "API key; None: read the environment variable `api_key_env`. Never logged."},
     )
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the key."})
-    timeout_s: float = field(default=30.0, metadata={"help": "Seconds per HTTP request (the client's timeout)."})
+    timeout_s: float = field(
+        default=30.0, metadata={"help": "Seconds the endpoint may stay silent: to connect, and between the bytes of "
+                                "a reply (the client's timeout; a reply that keeps trickling is not cut off)."}
+    )
     max_retries: int = field(
         default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx), "
                              "each after the wait a server's Retry-After asks (at most 60 s)."}
@@ -65,11 +69,16 @@ class ChatEndpointConfig:
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic)."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # configs built in Python: timeout_s="30" was a TypeError
         if not self.model.strip():
             raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
         if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
             raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
                              f"65535, no spaces) or None, got {self.base_url!r}")
+        if self.base_url is not None and _holds_credentials(self.base_url):
+            raise ValueError("base_url: holds a user, password or query (?api-key=...): the HTTP client logs the "
+                             "URL of every request, and a query is lost when the client appends the API's path; "
+                             "pass the key as api_key or in the api_key_env variable")
         if not self.api_key_env.strip():
             raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -93,6 +102,13 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
+def _holds_credentials(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return bool(parts.username or parts.password or parts.query or parts.fragment or "@" in parts.netloc)
+
+
 class ChatEndpoint:
     """The `openai.OpenAI` client of a `ChatEndpointConfig` (made on first use), its key, and key scrubbing.
 
@@ -102,9 +118,10 @@ class ChatEndpoint:
 
     def __init__(self, config: ChatEndpointConfig, who: str, key_setting: str) -> None:
         self.config = config
-        self.api_key = (config.api_key or os.environ.get(config.api_key_env) or "").strip()  # a pasted newline
+        # stripped before the fallback: a pasted newline, and a blank api_key does not hide the environment's
+        self.api_key = ((config.api_key or "").strip() or os.environ.get(config.api_key_env, "")).strip()
         if not all(" " < c < "\x7f" for c in self.api_key):  # HTTP headers take printable ASCII; the key unquoted
-            source = key_setting if config.api_key else f"the environment variable {config.api_key_env}"
+            source = key_setting if (config.api_key or "").strip() else f"the environment variable {config.api_key_env}"
             raise UsageError(f"{who}: the API key in {source} holds a space, a control or a non-ASCII character; "
                              "paste it again")
         if not self.api_key:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vplan.chat import REDACTED, ChatEndpointConfig
+from vplan.utils.settings import check_field_types
 
 KINDS = ("offline", "llm")
 SECRET_FIELDS = ("api_key",)  # never logged, printed or written to a run directory
@@ -70,6 +71,9 @@ class PlannerConfig:
     llm: LLMPlannerConfig = field(default_factory=LLMPlannerConfig, metadata={"help": "kind=llm settings."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        if not isinstance(self.llm, LLMPlannerConfig):  # a dict from Python (Hydra gives the dataclass)
+            raise ValueError(f"llm: expected an LLMPlannerConfig, got {type(self.llm).__name__}")
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if self.chunk_frames < 1:

@@ -105,7 +105,7 @@ class SkillGrounder:
                                      "repeat or join steps)")
             best = max(matches, key=lambda j: float(similarity[row, j]))
             score = float(similarity[row, best])
-            if score < self.threshold:
+            if score < self.threshold - 1e-5:  # float32 gives a skill's own text 0.9999998: threshold 1 takes it
                 raise GroundingError(
                     f"subgoal {row + 1} is no known skill: it has {skills[best].text!r}'s words, at cosine "
                     f"{score:.2f} < threshold {self.threshold}"

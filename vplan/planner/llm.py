@@ -116,8 +116,19 @@ def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
             raise InvalidReplyError(f"subgoal {i}: expected a non-empty string text, got {short(text)}")
         if len(text.strip()) > config.max_text_chars:
             raise InvalidReplyError(f"subgoal {i}: {len(text.strip())} characters, more than {config.max_text_chars}")
+        if not text.isprintable() or not _is_unicode(text):  # a lone surrogate ("\ud83d") failed the tokenizer
+            raise InvalidReplyError(f"subgoal {i} holds a line break, a control character or broken Unicode "
+                                    f"({short(text)}): expected one skill's text")
         texts.append(text.strip())
     return texts
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def request_text(instruction: str, scene: str, skills: Sequence[Skill]) -> str:
