@@ -5,6 +5,7 @@ Temp-LoRA's update overlapping execution, extra chunks on a false check, seeding
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -673,6 +674,38 @@ def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(w
     assert won["progress"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert metrics["success_rate"] == 0.5 and metrics["return_phase_rate"] == 0.5
     assert metrics["progress_mean"] == pytest.approx((0.5 + 0.5 * 2 / 3 + 0.25) / 2)
+
+
+class SlowLastStep(gym.Wrapper):
+    """Its step `at` takes `seconds` longer."""
+
+    def __init__(self, env: gym.Env, at: int, seconds: float) -> None:
+        super().__init__(env)
+        self.at, self.seconds, self.steps = at, seconds, 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.at:
+            time.sleep(self.seconds)
+        return self.env.step(action)
+
+
+def test_an_episode_the_env_ends_counts_its_last_frame_step_and_subgoal(world_model, idm):
+    """The env's time limit at the end of the plan's last chunk: that chunk's subgoal was not counted done, its
+    last frame was not scored for drift, and its last step's time was no stage's."""
+    from vplan.run import run_episode
+
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    env = SlowLastStep(gym.make("vplan/Tabletop-v0", max_episode_steps=2 * CHUNK), at=2 * CHUNK, seconds=0.3)
+    try:
+        result = run_episode(env, agent, "move the cubes", 10000, "front")["result"]
+    finally:
+        agent.close()
+        env.close()
+    assert result["ended_by"] == "time limit" and result["steps"] == 2 * CHUNK
+    assert result["subgoals_done"] == 2
+    assert len(agent.chunk.drift) == CHUNK and len(agent._drifts) == 2 * CHUNK
+    assert agent.timings["execution"] >= 0.3
 
 
 def test_a_dist_the_env_has_not_got_yet_is_none_not_infinity(world_model, idm):

@@ -336,9 +336,24 @@ class VideoPlanningAgent:
         self._returned_at = time.perf_counter()
         return action
 
-    def wait(self) -> None:
-        """Block until the memory's update still in flight is done (counted as memory wait); call it when an
-        episode ends, so its last update is not charged to the next one."""
+    def wait(self, obs: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None) -> None:
+        """Call it when an episode ends, with the last `obs` (and `info`) the env gave if `act` has not seen them
+        (the env ended the episode): that frame is scored for drift and its step's time counted as execution, and a
+        chunk it completes counts towards its subgoal (nothing is learned from it: no chunk follows). Then block
+        until the memory's update still in flight is done (counted as memory wait), so it is not charged to the
+        next episode."""
+        if self._returned_at is not None:
+            self.timings["execution"] += time.perf_counter() - self._returned_at
+            self._returned_at = None
+        chunk = self._chunk
+        if obs is not None and self._awaiting and chunk is not None:
+            frame, _ = self._read_obs(obs)
+            chunk.observed.append(frame)
+            self._record_drift(chunk)
+            self._awaiting = False
+            if chunk.finished and not chunk.closed:
+                self._close(chunk, info, learn=False)
+                chunk.closed = True
         self._wait_memory()
 
     def close(self) -> None:
@@ -459,11 +474,7 @@ class VideoPlanningAgent:
     def _judge(self, chunk: Chunk, position: np.ndarray | None) -> None:
         """After an executed action: the drift of its frame, then replan on drift or a stall."""
         cfg = self.config
-        observed = chunk.observed[-1].astype(np.float32)
-        imagined = chunk.frames[len(chunk.observed) - 1].astype(np.float32)
-        drift = float(np.abs(observed - imagined).mean() / 255.0)
-        chunk.drift.append(drift)
-        self._drifts.append(drift)
+        drift = self._record_drift(chunk)
         if chunk.executed == len(chunk.actions):
             return  # the chunk is over anyway: the next one starts from these frames
         if chunk.replans >= cfg.max_replans_per_chunk or sum(self.replans.values()) >= cfg.max_replans:
@@ -481,15 +492,26 @@ class VideoPlanningAgent:
             self.replans[reason] += 1
             self.events.append({"step": self.steps, "event": f"replan ({reason})", "drift": drift})
 
-    def _close(self, chunk: Chunk, info: Mapping[str, Any] | None) -> None:
+    def _record_drift(self, chunk: Chunk) -> float:
+        """The drift of the chunk's latest observed frame from the imagined one (mean absolute difference in
+        [0, 1]), recorded."""
+        observed = chunk.observed[-1].astype(np.float32)
+        imagined = chunk.frames[len(chunk.observed) - 1].astype(np.float32)
+        drift = float(np.abs(observed - imagined).mean() / 255.0)
+        chunk.drift.append(drift)
+        self._drifts.append(drift)
+        return drift
+
+    def _close(self, chunk: Chunk, info: Mapping[str, Any] | None, learn: bool = True) -> None:
         """A chunk is over: its observed frames join the context, the memory learns (observed mode), and the
-        plan moves on (unless the chunk was cut: its replacement takes its slot). The subgoal's check is read
-        first: an info it cannot read raises before anything changes, so `act` can be called again."""
+        plan moves on (unless the chunk was cut: its replacement takes its slot); `learn=False` (the episode has
+        ended) skips the context and the memory. The subgoal's check is read first: an info it cannot read raises
+        before anything changes, so `act` can be called again."""
         subgoal = self._plan.subgoals[self._subgoal_index]
         judged = (chunk.cut is None and self._slot + 1 >= subgoal.chunks + self._extra and info is not None
                   and subgoal.check is not None and self._extra < self.config.max_extra_chunks)
         reached = subgoal.check.holds(info) if judged else True
-        if chunk.observed:
+        if chunk.observed and learn:
             if self.memory.config.update_on == "observed":
                 self._wait_memory()  # the last update's error, if any, before this chunk changes anything
             start = time.perf_counter()

@@ -255,7 +255,7 @@ def run_episode(
         executed.append(obs[camera])
         if terminated or truncated:
             break
-    agent.wait()
+    agent.wait(obs, info)  # the env's last frame (when the env ended the episode) and the memory's last update
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     stats = agent.stats()
     result = {
