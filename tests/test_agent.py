@@ -209,6 +209,8 @@ def test_act_before_reset_and_bad_input_are_clear_errors(world_model, idm):
     agent.reset("go", fake_obs(frame), {})
     with pytest.raises(ValueError, match="got shape|expected a uint8 frame"):
         agent.act(fake_obs(np.zeros((IMAGE, IMAGE), np.uint8)))
+    with pytest.raises(ValueError, match="info: expected the env's info dict or None, got list"):
+        agent.act(fake_obs(frame), [1, 2])  # a subgoal's check reads it by key: a TypeError
     # without stall detection, agent_pos is not needed
     quiet = make_agent(world_model, idm, stall_steps=0)
     quiet.reset("go", {"front": frame}, {})
@@ -294,6 +296,23 @@ def test_a_stalled_gripper_replans_and_a_moving_one_does_not(world_model, idm):
     for _ in range(CHUNK):
         still.act(fake_obs(still.expected_frame))
     assert still.replans["stall"] == 0 and still.done
+
+    # 1.5 mm a step in x and in y: 4.2 mm over two steps, past stall_distance (each axis alone is 3 mm)
+    diagonal = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], **stall)
+    diagonal.reset("go", fake_obs(frame), {})
+    for step in range(CHUNK + 1):
+        position = (0.0015 * step, 0.0015 * step, 0.1)
+        diagonal.act(fake_obs(frame if step == 0 else diagonal.expected_frame, position=position))
+    assert diagonal.replans["stall"] == 0 and diagonal.done
+
+    # it moved early in the chunk, then stopped: judged over the last stall_steps, not since the chunk began
+    stopped = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], **stall)
+    stopped.reset("go", fake_obs(frame), {})
+    for step in range(5):
+        position = (0.01 * min(step, 2), 0.0, 0.1)
+        stopped.act(fake_obs(frame if step == 0 else stopped.expected_frame, position=position))
+    assert stopped.replans["stall"] == 1
+    assert [e["step"] for e in stopped.events if e["event"] == "replan (stall)"] == [4]
 
 
 @pytest.mark.parametrize("actions_from", ["imagined", "observed"])
@@ -621,6 +640,45 @@ def test_the_agent_keeps_copies_of_the_frames_an_env_renders_into_one_buffer(wor
         agent.act({"front": buffer})
         buffer[:] = value  # the env draws the next frame over the last
     assert [int(frame[0, 0, 0]) for frame in agent.chunk.observed] == [20, 30]
+
+
+class OneBuffer(gym.Wrapper):
+    """The tabletop, its camera image drawn into one buffer every step (as some renderers do)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.buffer = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+
+    def _drawn(self, obs):
+        self.buffer[:] = obs["front"]
+        return {**obs, "front": self.buffer}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self._drawn(obs), info
+
+    def step(self, action):
+        obs, *rest = self.env.step(action)
+        return (self._drawn(obs), *rest)
+
+
+def test_the_video_and_the_recorded_episode_keep_each_frame_of_an_env_that_draws_into_one_buffer(world_model, idm):
+    from vplan.data.collect import EpisodeRecorder
+    from vplan.run import run_episode
+
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    env, recorder = OneBuffer(gym.make("vplan/Tabletop-v0", max_episode_steps=CHUNK)), EpisodeRecorder()
+    try:
+        played = run_episode(env, agent, "move the cubes", 10000, "front", recorder=recorder)
+    finally:
+        agent.close()
+        env.close()
+    real = gym.make("vplan/Tabletop-v0", max_episode_steps=CHUNK)  # the same episode, fresh arrays
+    expected = [real.reset(seed=10000)[0]["front"]]
+    expected += [real.step(action)[0]["front"] for action in recorder.frames()["action"]]
+    real.close()
+    assert all(np.array_equal(a, b) for a, b in zip(played["executed"], expected, strict=True))
+    assert np.array_equal(recorder.frames()["observation.images.front"], np.stack(expected[:-1]))
 
 
 class SucceedsAtStep(gym.Wrapper):

@@ -300,6 +300,8 @@ class VideoPlanningAgent:
         if self._plan is None:
             raise RuntimeError("act() before reset(): call agent.reset(instruction, obs, info) at the start of "
                                "every episode")
+        if info is not None and not isinstance(info, Mapping):  # a subgoal's check reads it by key
+            raise ValueError(f"info: expected the env's info dict or None, got {type(info).__name__}")
         if self._returned_at is not None:
             self.timings["execution"] += entered - self._returned_at
             self._returned_at = None
@@ -483,7 +485,7 @@ class VideoPlanningAgent:
         if cfg.replan_drift is not None and drift > cfg.replan_drift:
             reason = "drift"
         elif self._stall_steps and position is not None and len(chunk.positions) >= cfg.stall_steps:
-            moved = float(np.abs(position - chunk.positions[-cfg.stall_steps]).max())
+            moved = float(np.linalg.norm(position - chunk.positions[-cfg.stall_steps]))  # 3 mm in x and y: 4.2 mm
             commanded = np.abs(chunk.actions[chunk.executed - cfg.stall_steps : chunk.executed, :3]).max(axis=1)
             if moved < cfg.stall_distance and float(commanded.mean()) >= cfg.stall_command:
                 reason = "stall"

@@ -234,6 +234,7 @@ def run_episode(
     check_agent_fits_env(agent, env)
     start, cpu = time.perf_counter(), cpu_seconds()
     obs, info = env.reset(seed=seed)
+    obs = {key: np.array(value) for key, value in obs.items()}  # copies: an env may draw every frame into one buffer
     sampling_seed = agent.config.seed + (seed if agent_seed is None else agent_seed)  # agent.seed=0: the env's
     agent.reset(instruction, obs, info, seed=sampling_seed, plan=plan)
     imagined, executed = [obs[camera]], [obs[camera]]  # step 0: the real first frame on both sides
@@ -250,7 +251,7 @@ def run_episode(
         next_obs, reward, terminated, truncated, next_info = env.step(action)
         if recorder is not None:
             recorder.add(obs, info, action, agent.chunk.text, reward, next_info, terminated or truncated)
-        obs, info = next_obs, next_info
+        obs, info = {key: np.array(value) for key, value in next_obs.items()}, next_info
         imagined.append(agent.expected_frame)
         executed.append(obs[camera])
         if terminated or truncated:
@@ -304,7 +305,7 @@ def summarize(
         "episodes_requested": cfg.episodes,
         "episodes_done": done,
         "complete": done == cfg.episodes,
-        "seeds": [cfg.seed + i for i in range(done)],
+        "seeds": [r["seed"] for r in results],
         "success_rate": float(np.mean([r["success"] for r in results])) if done else None,
         "dist_mean": float(np.mean(dists)) if dists else None,
         "dist_std": float(np.std(dists)) if dists else None,
