@@ -105,6 +105,19 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
     assert (out / "psnr_per_chunk.png").read_bytes().startswith(b"\x89PNG")  # each mode's PSNR per chunk, drawn
 
 
+def test_the_psnr_per_chunk_leaves_the_context_frames_out():
+    """The context frames are the real ones: scored, they lift the first chunk towards the cap."""
+    from vplan.eval.consistency import score_video
+    from vplan.eval.consistency_metrics import psnr
+
+    real = np.zeros((CONTEXT + 2 * CHUNK, SIZE, SIZE, 3), np.uint8)
+    video = real.copy()
+    video[CONTEXT:] = 16  # every generated frame off by the same amount
+    flat = lambda frames: torch.as_tensor(frames.reshape(len(frames), -1), dtype=torch.float32) + 1.0  # noqa: E731
+    scores = score_video(video, real, [(0, CONTEXT + 1)], flat, 10.0, CONTEXT, CHUNK)
+    assert scores["psnr_per_chunk"] == [pytest.approx(psnr(video[-1:], real[-1:]))] * 2
+
+
 def test_temp_lora_learns_from_the_observed_frames_when_asked(tiny_checkpoint, tmp_path):
     env = TabletopConfig(image_size=SIZE, num_cubes=1)
     runs = {}
