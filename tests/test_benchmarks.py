@@ -167,6 +167,50 @@ def test_text_sensitivity_compares_two_texts_on_the_same_context_and_noise(tmp_p
         evaluate_worldmodel(replace(cfg, seed=0, out=str(tmp_path / "training_scenes")))
 
 
+def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_context(tmp_path, monkeypatch):
+    """A model that draws the real chunk scores the cap; copy-last-frame holds the frame before the chunk. The
+    other tests only checked ranges, so a slice off by one frame went unseen."""
+    from vplan.data.collect import rollout_expert
+    from vplan.envs import make_env
+    from vplan.eval.worldmodel import EvalWorldModelConfig, chunk_scores, evaluate_worldmodel
+    from vplan.policies import make_expert
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    env_config = TabletopConfig(image_size=16)
+    episode: dict[str, torch.Tensor] = {}
+
+    def encode(self, frames):  # "latents" that are the frames: the oracle finds where a context sits
+        if not episode:
+            episode["frames"] = frames[0]
+        return frames.float()
+
+    def generate(self, context, texts, *args, **kwargs):
+        frames, n = episode["frames"].float(), len(context[0])
+        start = next(t + n for t in range(len(frames) - n + 1) if torch.equal(frames[t : t + n], context[0]))
+        return frames[None, start : start + self.config.chunk_frames]
+
+    monkeypatch.setattr(WorldModel, "encode", encode)
+    monkeypatch.setattr(WorldModel, "generate", generate)
+    monkeypatch.setattr(WorldModel, "decode", lambda self, latents: latents.to(torch.uint8))
+    cfg = EvalWorldModelConfig(env=env_config, task=task, checkpoint=str(checkpoint), episodes=1,
+                               out=str(tmp_path / "run"), rollout_chunks=0, video_chunks=0)
+    rows = evaluate_worldmodel(cfg)["chunks"]
+    env = make_env(env_config)
+    frames = torch.from_numpy(rollout_expert(env, make_expert("return_cubes", env_config), 10000)[0][
+        "observation.images.front"])
+    env.close()
+    context_n, chunk_n = tiny_world_model().context_frames, tiny_world_model().chunk_frames
+    assert [row["start"] for row in rows] == list(range(context_n, len(frames) - chunk_n + 1, chunk_n))
+    for row in rows:
+        real = frames[row["start"] : row["start"] + chunk_n]
+        assert (row["psnr"], row["ssim"]) == (100.0, pytest.approx(1.0, abs=1e-4))
+        copy = chunk_scores(frames[row["start"] - 1 : row["start"]].expand_as(real), real)
+        assert (row["copy_psnr"], row["copy_ssim"]) == pytest.approx(copy)
+
+
 def test_chunk_scores_of_known_frames():
     """PSNR and SSIM on uint8 frames read as [0, 1] (data_range 1): known values, and an exact match is capped."""
     from vplan.eval.worldmodel import chunk_scores
