@@ -370,11 +370,22 @@ def test_a_run_from_step_0_starts_a_new_loss_log(tmp_path):
     assert logged_losses(tmp_path / "train_log.jsonl")[0] == [1, 2, 3]
 
 
-def test_several_processes_are_refused_before_a_step(tmp_path, monkeypatch):
-    from accelerate import Accelerator
+def test_several_processes_are_refused_before_any_work(tmp_path, monkeypatch):
+    """Refused once the loop began, after train had recorded its config and encoded every latent, in every
+    process."""
+    from accelerate import PartialState
 
-    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))  # as under accelerate launch
+    from vplan.loop.finetune import FinetuneConfig, finetune
+    from vplan.loop.train import TrainConfig, VAETrainConfig, train_component
+
+    monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)  # accelerate launch
     component = LinearFit()
     with pytest.raises(RunError, match="toy: 2 processes .* run the command without accelerate launch"):
         train(component, OptimConfig(steps=2), tmp_path, "toy")
     assert component.calls == 0 and not tmp_path.joinpath("train_log.jsonl").exists()
+    nothing = str(tmp_path / "no_dataset")  # refused before the dataset is even opened
+    with pytest.raises(RunError, match="train vae: 2 processes"):
+        train_component(TrainConfig(component=VAETrainConfig(), data=nothing, out=str(tmp_path / "train")))
+    with pytest.raises(RunError, match="finetune: 2 processes"):
+        finetune(FinetuneConfig(data=nothing, out=str(tmp_path / "finetune")))
+    assert not (tmp_path / "train").exists() and not (tmp_path / "finetune").exists()

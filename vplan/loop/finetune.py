@@ -53,7 +53,7 @@ from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
-from vplan.loop.trainer import FINAL, OptimConfig, train
+from vplan.loop.trainer import FINAL, OptimConfig, refuse_several_processes, train
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
 from vplan.utils.settings import changed_settings, check_ints, plain
@@ -430,6 +430,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
     from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_trained_elsewhere
 
+    refuse_several_processes("finetune")
     dataset, episodes = _episodes(cfg)
     if cfg.worldmodel is None:
         cfg = replace(cfg, worldmodel=_shipped_worldmodel_for(dataset, cfg.data))

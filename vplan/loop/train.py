@@ -27,7 +27,7 @@ from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_ou
 from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
-from vplan.loop.trainer import FINAL, OptimConfig, train
+from vplan.loop.trainer import FINAL, OptimConfig, refuse_several_processes, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, write_config
@@ -312,6 +312,7 @@ def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], 
 
 def train_component(cfg: TrainConfig) -> Path:
     """Train the chosen component, write `<out>/final` and print a held-out figure."""
+    refuse_several_processes(f"train {cfg.component.name}")
     dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes)
     out = Path(cfg.out)
     final = out / FINAL

@@ -81,6 +81,17 @@ class Trainable(Protocol):
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
+def refuse_several_processes(description: str) -> None:
+    """A RunError under a multi-process `accelerate launch`, where every process would draw the same batches
+    (seeded by the step alone) and write the same files; the commands call it first, before any work."""
+    from accelerate import PartialState
+
+    processes = PartialState().num_processes
+    if processes > 1:
+        raise RunError(f"{description}: {processes} processes (accelerate launch): vplan trains in one process "
+                       "(CPU, or the one GPU it finds); run the command without accelerate launch")
+
+
 def train(
     component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None,
     optim_key: str = "component.optim",
@@ -96,11 +107,8 @@ def train(
     from accelerate import Accelerator
     from tqdm import tqdm
 
+    refuse_several_processes(description)
     accelerator = Accelerator()
-    if accelerator.num_processes > 1:
-        # every process would draw the same batches (seeded by the step alone) and write the same files
-        raise RunError(f"{description}: {accelerator.num_processes} processes (accelerate launch): vplan trains in "
-                       "one process (CPU, or the one GPU it finds); run the command without accelerate launch")
     if accelerator.gradient_accumulation_steps > 1:  # the loop steps the optimizer on every batch
         raise RunError(f"{description}: gradient accumulation ({accelerator.gradient_accumulation_steps} steps, from "
                        f"accelerate's settings) is not done by vplan's trainer; leave it at 1 and raise "
