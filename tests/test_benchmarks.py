@@ -211,6 +211,19 @@ def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_con
         assert (row["copy_psnr"], row["copy_ssim"]) == pytest.approx(copy)
 
 
+def test_eval_worldmodel_needs_an_expert_and_defaults_to_the_tasks_shipped_models():
+    """navigate (MineRL) has no expert to play the episodes: a traceback after out= was written; the default
+    checkpoint was the env's, shipped:rlbench/worldmodel for env=rlbench, where vplan run takes the task's."""
+    from vplan.envs import BlockworldConfig
+    from vplan.eval.worldmodel import EvalWorldModelConfig
+
+    with pytest.raises(ValueError, match="task: eval worldmodel scores on the scripted expert's episodes, and "
+                                         "'navigate' has none"):
+        EvalWorldModelConfig(env=TabletopConfig(), task=TaskConfig.preset("navigate"))
+    cfg = EvalWorldModelConfig(env=BlockworldConfig(), task=TaskConfig.preset("return_cubes"), conditioning="action")
+    assert (cfg.checkpoint, cfg.compare) == ("shipped:tabletop/worldmodel_action", "shipped:tabletop/worldmodel")
+
+
 def test_chunk_scores_of_known_frames():
     """PSNR and SSIM on uint8 frames read as [0, 1] (data_range 1): known values, and an exact match is capped."""
     from vplan.eval.worldmodel import chunk_scores

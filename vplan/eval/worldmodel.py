@@ -17,7 +17,7 @@ chunks in a row, each from its own output, under the true subgoal texts; PSNR an
 the real frames show how fast it drifts from the real env (`open_loop.png` draws them). `compare=` scores a second
 checkpoint on the same rollouts (same episodes, same noise), side by side, with `open_loop.mp4` showing real |
 checkpoint | compare, and their paired difference per episode (mean, standard error, episodes ahead).
-`conditioning=action` puts the env's shipped action-conditioned model beside its shipped text one.
+`conditioning=action` puts the task's env's shipped action-conditioned model beside its shipped text one.
 
 An action-conditioned checkpoint (its `conditioning` is `action` or `text+action`) also gets the expert's executed
 actions that lead into each chunk frame, and text sensitivity is measured only when the model reads text; with
@@ -64,7 +64,7 @@ class EvalWorldModelConfig:
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
     task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    checkpoint: Optional[str] = field(default=None, metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the env's shipped one."})
+    checkpoint: Optional[str] = field(default=None, metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the task's env's shipped one."})
     episodes: int = field(default=5, metadata={"help": "Held-out expert episodes to evaluate on."})
     seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
     out: str = field(default="runs/eval_worldmodel", metadata={"help": "Where metrics.json and the MP4 go."})
@@ -87,7 +87,7 @@ class EvalWorldModelConfig:
     conditioning: Optional[str] = field(
         default=None,
         metadata={"help": "text|action|text+action: the checkpoint must be conditioned so; `action` defaults "
-                  "checkpoint to the env's shipped action model and compare to its shipped text model."},
+                  "checkpoint to the task's env's shipped action model and compare to its shipped text model."},
     )
     resume: bool = field(
         default=False,
@@ -102,17 +102,21 @@ class EvalWorldModelConfig:
         check_seed(self.seed)
         if self.conditioning not in (None, *CONDITIONINGS):
             raise ValueError(f"conditioning: expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
-        from vplan.envs import env_name
+        from vplan.policies import EXPERTS
         from vplan.shipped import shipped_checkpoint
 
+        if self.task.name not in EXPERTS:  # the episodes it scores on are the expert's, as `vplan collect`'s
+            raise ValueError(f"task: eval worldmodel scores on the scripted expert's episodes, and {self.task.name!r} "
+                             f"has none; expected one of {sorted(EXPERTS)}")
+        # the task's env's shipped models, as `vplan run` takes (env=rlbench runs the tabletop's return_cubes)
         if self.conditioning == "action":
-            self.compare = self.compare or shipped_checkpoint(env_name(self.env), "worldmodel")
+            self.compare = self.compare or shipped_checkpoint(self.task.env, "worldmodel")
         if self.checkpoint is None:
             if self.conditioning == "text+action":
                 raise ValueError("conditioning=text+action: no such model ships; give checkpoint=DIR (one trained "
                                  "with component.model.conditioning=text+action)")
             component = "worldmodel_action" if self.conditioning == "action" else "worldmodel"
-            self.checkpoint = shipped_checkpoint(env_name(self.env), component)
+            self.checkpoint = shipped_checkpoint(self.task.env, component)
 
 
 def _to_images(frames: torch.Tensor) -> torch.Tensor:
