@@ -122,7 +122,7 @@ def test_bench_memory_config_composes():
     cfg, choices = compose_config(command, ["memory.steps_per_chunk=2", "episodes=1", "checkpoint=null"])
     config = build_config(cfg)
     assert isinstance(config, BenchMemoryConfig) and isinstance(config.memory, MemoryConfig)
-    assert choices == {"memory": "temp_lora"}
+    assert choices == {"memory": "temp_lora", "model": "default"}
     assert (config.memory.kind, config.memory.steps_per_chunk, config.episodes, config.checkpoint) == (
         "temp_lora", 2, 1, None)
     cfg, _ = compose_config(command, ["memory=anchor"])

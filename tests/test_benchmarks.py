@@ -224,6 +224,21 @@ def test_eval_worldmodel_needs_an_expert_and_defaults_to_the_tasks_shipped_model
     assert (cfg.checkpoint, cfg.compare) == ("shipped:tabletop/worldmodel_action", "shipped:tabletop/worldmodel")
 
 
+@pytest.mark.parametrize("command", ["worldmodel", "memory"])
+def test_benches_take_model_presets_and_refuse_model_settings_a_checkpoint_ignores(command, capsys):
+    """model=tiny was Hydra's "no match in the defaults list"; model.* beside a checkpoint was ignored, and
+    results.json recorded it as the model timed."""
+    from vplan.cli import COMMANDS, build_config, compose_config, main
+
+    spec = next(c for c in COMMANDS if c.name == f"bench {command}")
+    tiny = build_config(compose_config(spec, ["model=tiny", "checkpoint=null"])[0]).model
+    assert tiny.unet.block_out_channels != WorldModelConfig().unet.block_out_channels
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", command, "checkpoint=shipped:tabletop/worldmodel", "model=tiny"])
+    assert exit_info.value.code == 2
+    assert "model: sizes the untrained model timed with checkpoint=null" in capsys.readouterr().err
+
+
 def test_chunk_scores_of_known_frames():
     """PSNR and SSIM on uint8 frames read as [0, 1] (data_range 1): known values, and an exact match is capped."""
     from vplan.eval.worldmodel import chunk_scores

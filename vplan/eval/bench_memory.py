@@ -34,7 +34,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from vplan.errors import RunError, UsageError
-from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
+from vplan.eval.bench_record import OUT_HELP, check_model_is_timed, make_out_dir, record_bench
 from vplan.memory.config import MemoryConfig
 from vplan.utils.openmp import current_policy, restores_torch_threads, wait_policy
 from vplan.utils.settings import check_ints, check_seed
@@ -76,6 +76,7 @@ class BenchMemoryConfig:
         if self.memory.kind == "none":
             raise ValueError("memory: expected a memory to compare with none (memory=temp_lora or memory=anchor), "
                              "got memory=none")
+        check_model_is_timed(self)
         check_ints(self, ("episodes", "chunks", "threads"))
         if not (math.isfinite(self.execution_s) and 0 <= self.execution_s <= 60):  # a chunk of 8 steps
             raise ValueError(f"execution_s: expected seconds from 0 to 60 per chunk, got {self.execution_s!r}")

@@ -13,6 +13,16 @@ OUT_HELP = "Also write results.json here: the settings, the figures and the mach
 RESULTS_FILE = "results.json"
 
 
+def check_model_is_timed(cfg: Any) -> None:
+    """A ValueError where a bench that times `cfg.checkpoint`'s model was also given `model.*` settings, which
+    only size an untrained model (`checkpoint=null`): they were ignored, and results.json recorded them."""
+    from vplan.worldmodel.model import WorldModelConfig
+
+    if cfg.checkpoint is not None and cfg.model != WorldModelConfig():
+        raise ValueError(f"model: sizes the untrained model timed with checkpoint=null, and checkpoint="
+                         f"{cfg.checkpoint} brings its own; add checkpoint=null to time the model set by model.*")
+
+
 def machine() -> dict[str, Any]:
     """What the timings depend on: CPU, cores, torch and its threads, and how OpenMP threads wait."""
     import torch

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from vplan.errors import UsageError
-from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
+from vplan.eval.bench_record import OUT_HELP, check_model_is_timed, make_out_dir, record_bench
 from vplan.shipped import check_checkpoints_exist
 from vplan.utils.openmp import restores_torch_threads, wait_policy
 from vplan.utils.resources import peak_rss_mb
@@ -46,6 +46,7 @@ class BenchWorldModelConfig:
             name, _, steps = spec.partition(":")
             if name not in OBJECTIVE_OF or not steps.isdigit() or int(steps) < 1:
                 raise ValueError(f"samplers: expected entries like 'dpmsolver++:5' with a sampler in {sorted(OBJECTIVE_OF)}, got {spec!r}")
+        check_model_is_timed(self)
         if self.repeats < 1 or self.threads < 1:
             raise ValueError(f"repeats and threads: expected positive numbers, got {self.repeats}, {self.threads}")
 
