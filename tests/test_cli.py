@@ -51,6 +51,11 @@ def test_command_help_shows_config_and_choices(capsys):
     assert lines[lines.index("  image_size: 64") - 1] == "  # Height and width of the camera images (pixels)."
 
 
+def test_help_before_a_command_is_its_help(capsys):
+    main(["help", "eval", "worldmodel"])  # the main help, ignoring the command, before
+    assert "rollout_chunks: 8" in capsys.readouterr().out
+
+
 def test_command_help_follows_the_config_groups_chosen(capsys):
     main(["train", "component=idm", "--help"])
     out = capsys.readouterr().out
@@ -106,6 +111,10 @@ def test_default_out_follows_the_task():
         (["train", "component.name=idm"], "component.name=idm names another component, and only the default out= "
                                           "folder; choose the component with component=idm"),
         (["collect", "--fast"], "unknown option '--fast'"),
+        (["collect", "--help", "--fast"], "unknown option '--fast'"),  # with --help it was a lexer message
+        (["--help", "bogus"], "unknown command 'bogus'"),  # exit 0 with the main help, before
+        (["train", "component=worldmodel", "component.model.context_frames=0"],
+         "component.model: expected context_frames to be a positive int, got 0"),  # a message naming no key
         (["collect", "episodes.x=1"], "episodes is one setting, not a group of them; give episodes=VALUE"),
         (["train", "component=idm", "model@component.model=tiny"],
          "model@component.model applies only with component=worldmodel, not with component=idm"),

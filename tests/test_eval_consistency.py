@@ -171,6 +171,8 @@ def test_config_checks_name_the_bad_value():
     env = TabletopConfig()
     with pytest.raises(ValueError, match=r"modes: expected distinct memory kinds .* got \['none', 'none'\]"):
         EvalConsistencyConfig(env=env, task=TASK, modes=["none", "none"])
+    with pytest.raises(ValueError, match=r"modes: expected distinct memory kinds .* got \[\['none'\]\]"):
+        EvalConsistencyConfig(env=env, task=TASK, modes=[["none"]])  # unhashable: a TypeError
     with pytest.raises(ValueError, match="chunks: expected at least 2"):
         EvalConsistencyConfig(env=env, task=TASK, chunks=1)
     with pytest.raises(ValueError, match="features: expected one of"):

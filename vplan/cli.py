@@ -389,10 +389,9 @@ def build_config(cfg: Any) -> Any:
     except (OmegaConfBaseException, TypeError, ValueError) as error:
         key, message = getattr(error, "full_key", None), first_line(error)
         field = re.match(r"([A-Za-z_]\w*): ", message)
-        if not key and field:  # a nested config's check names its field alone ("seed: ..."): put its path first
-            path = _failing_node(cfg)
-            if path:
-                key, message = ".".join((*path, field[1])), message[field.end():]
+        path = _failing_node(cfg) if not key else None
+        if path:  # a nested config's check names its field alone ("seed: ...") or none: put its path first
+            key, message = (".".join((*path, field[1])), message[field.end():]) if field else (".".join(path), message)
         raise UsageError(f"{key}: {message}" if key and key not in message else message) from None
 
 
@@ -493,8 +492,10 @@ def _main(argv: list[str] | None) -> None:
         _print_help(to_stderr=True)
         _fail("vplan", "expected a command, one of those above")
     if args[0] in ("-h", "--help", "help"):
-        _print_help()
-        return
+        if len(args) == 1:
+            _print_help()
+            return
+        args = [*args[1:], "--help"]  # `vplan help run`: that command's help (an unknown one: the usual error)
     if args[0] == "--version":
         from vplan import __version__
 
@@ -509,12 +510,12 @@ def _main(argv: list[str] | None) -> None:
         extra = [a for a in overrides if "=" not in a and not a.startswith("-")]
         if extra:
             raise UsageError(f"unexpected argument {extra[0]!r} after '{command.name}'; overrides are key=value")
+        unknown_flags = [a for a in overrides if a.startswith("-") and a not in ("-h", "--help")]
+        if unknown_flags:
+            raise UsageError(f"unknown option {unknown_flags[0]!r}; only --help, then key=value overrides")
         if any(a in ("-h", "--help") for a in overrides):
             _print_command_help(command, [a for a in overrides if a not in ("-h", "--help")])
             return
-        unknown_flags = [a for a in overrides if a.startswith("-")]
-        if unknown_flags:
-            raise UsageError(f"unknown option {unknown_flags[0]!r}; only --help, then key=value overrides")
         cfg, choices = compose_config(command, overrides)
         _check_task_fits_env(cfg, choices)  # before the env config's own check of its task, which names no env
         config = build_config(cfg)

@@ -116,7 +116,8 @@ class EvalConsistencyConfig:
         if self.chunks < 2:
             raise ValueError(f"chunks: expected at least 2 (PSNR drift is a slope over chunks), got {self.chunks}")
         self.modes = list(self.modes)
-        if not self.modes or len(set(self.modes)) != len(self.modes) or not set(self.modes) <= set(KINDS):
+        if (not self.modes or not all(isinstance(mode, str) for mode in self.modes)  # [[none]]: unhashable
+                or len(set(self.modes)) != len(self.modes) or not set(self.modes) <= set(KINDS)):
             raise ValueError(f"modes: expected distinct memory kinds from {KINDS}, got {self.modes!r}")
         if self.temp_lora.kind != "temp_lora":
             raise ValueError(f"temp_lora.kind: expected 'temp_lora', got {self.temp_lora.kind!r}")
