@@ -111,6 +111,16 @@ def test_a_resume_on_a_dataset_that_grew_is_refused(tiny_dataset, tmp_path, caps
     assert len(list_checkpoints(tmp_path / "vae")) == 1  # nothing trained on the moved split
 
 
+def test_a_vae_for_another_frame_size_is_refused_before_anything_is_written(tiny_dataset, tmp_path, capsys):
+    from vplan.cli import main
+
+    with pytest.raises(SystemExit) as stopped:  # the 64x64 default on 16x16 frames
+        main(["train", "component=vae", f"data={tiny_dataset}", f"out={tmp_path / 'vae'}", "holdout_episodes=1"])
+    assert stopped.value.code == 2
+    assert "the dataset's frames are 16x16; this VAE is for 64x64" in capsys.readouterr().err
+    assert not (tmp_path / "vae").exists()  # its config.yaml and split.json were written first
+
+
 def test_training_episodes_on_held_out_seeds_are_named(tmp_path):
     """`vplan run record=true` records seeds 10000+, the scenes a default evaluation of what is trained plays;
     `vplan finetune` said so, `vplan train` did not."""

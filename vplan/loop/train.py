@@ -109,6 +109,12 @@ class TrainConfig:
                              f"choose the component with component={name}")
 
 
+def _check_frame_size(frames: tuple[int, ...], image_size: int) -> None:
+    if frames != (image_size, image_size):
+        raise UsageError(f"the dataset's frames are {frames[0]}x{frames[1]}; this VAE is for {image_size}x{image_size} "
+                         "(set component.vae.image_size)")
+
+
 def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
     dataset = open_for_training(data, "that every component trains on", f"`vplan collect out={data}`")
     if dataset.num_episodes <= holdout:
@@ -132,11 +138,7 @@ class VAETraining:
     """Frames of the training episodes, drawn uniformly."""
 
     def __init__(self, config: VAETrainConfig, frames: torch.Tensor) -> None:
-        if tuple(frames.shape[1:3]) != (config.vae.image_size,) * 2:
-            raise UsageError(
-                f"the dataset's frames are {frames.shape[1]}x{frames.shape[2]}; this VAE is for "
-                f"{config.vae.image_size}x{config.vae.image_size} (set component.vae.image_size)"
-            )
+        _check_frame_size(tuple(frames.shape[1:3]), config.vae.image_size)
         torch.manual_seed(config.optim.seed)
         self.config, self.frames, self.module = config, frames, build_vae(config.vae)
 
@@ -324,6 +326,8 @@ def train_component(cfg: TrainConfig) -> Path:
         check_checkpoints_exist({"component.init": component.init})
     if isinstance(component, IDMTrainConfig):
         check_fits(dataset, component, vae)
+    if isinstance(component, VAETrainConfig):  # from the metadata: before anything is written or decoded
+        _check_frame_size(tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2]), component.vae.image_size)
     _record_config(cfg, out, resuming)
     _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
     if isinstance(component, VAETrainConfig):
