@@ -528,6 +528,17 @@ def test_a_false_check_gets_extra_chunks_when_info_is_given(world_model, idm):
     assert chunks(agent, {**info, "grasped": 0}) == 1  # the check holds
     assert chunks(make_agent(world_model, idm, subgoals, max_extra_chunks=0, **NO_REPLAN), info) == 1
 
+    # the env ended the episode with the chunk: its false check grants no extra chunk, nor counts the subgoal done
+    agent = make_agent(world_model, idm, subgoals, max_extra_chunks=2, **NO_REPLAN)
+    agent.reset("go", fake_obs(frame), {})
+    for _ in range(CHUNK):
+        agent.act(fake_obs(frame if agent.expected_frame is None else agent.expected_frame), info)
+    agent.wait(fake_obs(agent.expected_frame), info)
+    assert (agent.stats()["extra_chunks"], agent.stats()["subgoals_done"]) == (0, 0)
+    assert not any(e["event"].startswith("extra chunk") for e in agent.events)
+    agent.wait(fake_obs(frame), {**info, "grasped": 0})  # nothing left to judge: a second call changes nothing
+    assert agent.stats()["subgoals_done"] == 0
+
     # an info the check cannot read: one clear error, and act called again closes the chunk once
     agent = make_agent(world_model, idm, subgoals + [Subgoal(TEXTS[1], 1)], max_extra_chunks=1, **NO_REPLAN)
     agent.reset("go", fake_obs(frame), {})

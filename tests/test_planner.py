@@ -178,8 +178,8 @@ def test_subgoal_and_plan_validation(make: Callable[[], Any], message: str) -> N
         (lambda: LLMPlannerConfig(max_subgoals=2.5), "max_subgoals: expected an int"),
         (lambda: PlannerConfig(kind="llm", llm={"model": "x"}), "llm: expected an LLMPlannerConfig, got dict"),
         # the HTTP client logs each request's URL, and appends the API's path after a query
-        (lambda: LLMPlannerConfig(base_url="http://user:pw@127.0.0.1:8000/v1"), "base_url: holds a user, password"),
-        (lambda: LLMPlannerConfig(base_url="http://127.0.0.1:8000/v1?api-key=k"), "base_url: holds a user, password"),
+        (lambda: LLMPlannerConfig(base_url="http://user:pw@127.0.0.1:8000/v1"), "base_url: holds a user and password or a query"),
+        (lambda: LLMPlannerConfig(base_url="http://127.0.0.1:8000/v1?api-key=k"), "base_url: holds a user and password or a query"),
     ],
 )
 def test_config_validation(make: Callable[[], Any], message: str) -> None:
@@ -503,7 +503,7 @@ def test_no_api_key_for_openai_is_a_usage_error(monkeypatch) -> None:
     ("[" * 5000, "does not read (RecursionError)"),  # within max_reply_chars: nested past Python's stack
     ('{"subgoals": ' + "1" * 5000 + "}", "does not read (ValueError)"),  # past int's digit limit
     ('{"subgoals": [{"text": "pick up the red cube \\ud83d"}]}', "or broken Unicode"),  # a cut emoji: a TypeError
-    ('{"subgoals": [{"text": "pick up the red\\u0000 cube"}]}', "a control character"),
+    ('{"subgoals": [{"text": "pick up the red\\u0000 cube"}]}', "another unprintable character"),
     ('{"subgoals": [{"text": "pick up the red cube"}]}' + " " * 16000, "more than 16000"),  # max_reply_chars
 ])
 def test_malformed_json_falls_back(endpoint, make_llm, logs, content: str, message: str) -> None:
@@ -653,8 +653,8 @@ def test_retrace_subgoals_ground_only_with_their_own_words() -> None:
 
 def test_paraphrases_with_again_a_step_number_or_a_question_mark_ground(endpoint, make_llm) -> None:
     """The picks come twice in return_cubes, so "again" is natural; "Step 1:" and a closing "?" are no clause."""
-    texts = ["Step 1: pick up the red cube", "place the red cube on the left spot?", "pick up the red cube again",
-             "(4) Put the red cube back where it started please."]
+    texts = ["Step 1: pick up the red cube", "place the red cube on the left spot?\n", "pick up the red cube again",
+             "(4) Put the red cube back where it started please.\u00a0"]  # an LLM's trailing line break, NBSP
     endpoint.reply = lambda body: (200, plan_reply(texts), 0.0)
     plan = make_llm().plan("move red away and back", KNOWN_INFO)
     assert plan.source == "llm", plan.note

@@ -378,6 +378,7 @@ def test_several_processes_are_refused_before_any_work(tmp_path, monkeypatch):
     from vplan.loop.finetune import FinetuneConfig, finetune
     from vplan.loop.train import TrainConfig, VAETrainConfig, train_component
 
+    PartialState()  # its shared state made first, as an earlier Accelerator would (the property has no setter)
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)  # accelerate launch
     component = LinearFit()
     with pytest.raises(RunError, match="toy: 2 processes .* run the command without accelerate launch"):

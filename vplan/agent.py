@@ -14,6 +14,7 @@ while True:
     obs, reward, terminated, truncated, info = env.step(action)
     if terminated or truncated:
         break
+agent.wait(obs, info)  # the env's last frame, and the memory's last update
 ```
 
 Per chunk, inside `act` when the previous chunk's actions are used up: wait for the memory's update still in
@@ -529,9 +530,10 @@ class VideoPlanningAgent:
         if self._slot < subgoal.chunks + self._extra:
             return
         if not reached:
-            self._extra += 1
-            self._extra_total += 1
-            self.events.append({"step": self.steps, "event": f"extra chunk: {subgoal.check} is false"})
+            if learn:  # an ended episode gets no extra chunk
+                self._extra += 1
+                self._extra_total += 1
+                self.events.append({"step": self.steps, "event": f"extra chunk: {subgoal.check} is false"})
             return
         self._subgoal_index += 1
         self._slot = self._extra = 0

@@ -76,9 +76,9 @@ class ChatEndpointConfig:
             raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
                              f"65535, no spaces) or None, got {self.base_url!r}")
         if self.base_url is not None and _holds_credentials(self.base_url):
-            raise ValueError("base_url: holds a user, password or query (?api-key=...): the HTTP client logs the "
-                             "URL of every request, and a query is lost when the client appends the API's path; "
-                             "pass the key as api_key or in the api_key_env variable")
+            raise ValueError("base_url: holds a user and password or a query (?...): the HTTP client logs the URL "
+                             "of every request, and appends the API's path after a query, so neither can be passed "
+                             "there; give the key as api_key or in the api_key_env variable")
         if not self.api_key_env.strip():
             raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -106,7 +106,7 @@ def _holds_credentials(url: str) -> bool:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    return bool(parts.username or parts.password or parts.query or parts.fragment or "@" in parts.netloc)
+    return bool(parts.username or parts.password or parts.query or "@" in parts.netloc)
 
 
 class ChatEndpoint:

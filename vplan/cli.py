@@ -492,7 +492,7 @@ def _main(argv: list[str] | None) -> None:
         _print_help(to_stderr=True)
         _fail("vplan", "expected a command, one of those above")
     if args[0] in ("-h", "--help", "help"):
-        if len(args) == 1:
+        if all(a in ("-h", "--help") for a in args[1:]):
             _print_help()
             return
         args = [*args[1:], "--help"]  # `vplan help run`: that command's help (an unknown one: the usual error)

@@ -141,7 +141,11 @@ class SceneRenderer:
 
         def open_gl() -> mujoco.GLContext:
             self._gl = _current(mujoco.GLContext(size, size))
-            self.set_model(model)  # a backend without its GL library (glfw headless) fails here, not above
+            try:
+                self.set_model(model)  # a backend without its GL library (glfw headless) fails here, not above
+            except BaseException:
+                self._gl.free()
+                raise
             return self._gl
 
         make_gl_context(open_gl)

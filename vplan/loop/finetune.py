@@ -185,7 +185,7 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
     setting added since, at its default, made them the same way)."""
     path = inner / SETTINGS
     if path.is_file():
-        saved = read_json_record(path, "choose another out= or delete that folder")
+        saved = read_json_record(path, f"choose another out= or delete {inner.parent}")
         ignore = () if "optim" in saved else ("optim",)  # one round recorded no optim before 2026-12-05
         for name in UNPINNED_OPTIM:  # several rounds recorded them before 2026-12-06
             saved.get("optim", {}).pop(name, None)

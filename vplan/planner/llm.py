@@ -116,10 +116,11 @@ def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
             raise InvalidReplyError(f"subgoal {i}: expected a non-empty string text, got {short(text)}")
         if len(text.strip()) > config.max_text_chars:
             raise InvalidReplyError(f"subgoal {i}: {len(text.strip())} characters, more than {config.max_text_chars}")
+        text = text.strip()  # an LLM's trailing newline
         if not text.isprintable() or not _is_unicode(text):  # a lone surrogate ("\ud83d") failed the tokenizer
-            raise InvalidReplyError(f"subgoal {i} holds a line break, a control character or broken Unicode "
-                                    f"({short(text)}): expected one skill's text")
-        texts.append(text.strip())
+            raise InvalidReplyError(f"subgoal {i} holds a line break, another unprintable character or broken "
+                                    f"Unicode ({short(text)}): expected one skill's text")
+        texts.append(text)
     return texts
 
 
