@@ -14,7 +14,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from vplan.envs.settings import env_settings
-from vplan.utils.settings import check_field_types, check_ints
+from vplan.utils.settings import check_field_types, check_int, check_ints, check_seed
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +139,10 @@ class WorldModelEnv(gym.Env):
             raise ValueError("options: expected a frame or a dataset to start from, got both")
         if "episode" in options and "dataset" not in options:
             raise ValueError("options: 'episode' is an episode of options['dataset'], which is missing")
+        if "episode" in options:
+            check_int(options["episode"], "options['episode']", low=0)  # 1.9 read as 1, None a TypeError
+        if not isinstance(options.get("text", ""), str):  # a text+action model failed at step, an action model kept it
+            raise ValueError(f"options['text']: expected a string, got {options['text']!r:.80}")
         torch_seed, frames = self._start_frames(options, self.np_random)
         self._start([torch_seed], frames[None], [options.get("text", self.config.text)])
         return self._frames[0].copy(), self._info()
@@ -177,8 +181,11 @@ class WorldModelEnv(gym.Env):
         tabletop reset as `reset(seed=seeds[i])` would. Rollout i samples exactly as a single env reset with
         seed `seeds[i]` (and the same frame) does.
         """
+        seeds = list(seeds)  # a numpy array's truth value is ambiguous
         if not seeds:
             raise ValueError("expected at least one seed, got none")
+        for i, seed in enumerate(seeds):  # as reset(seed=) takes them: 1.7 was read as 1, None a TypeError
+            check_seed(int(seed) if isinstance(seed, np.integer) else seed, f"seeds[{i}]")
         if isinstance(texts, str) or (texts is not None and not all(isinstance(text, str) for text in texts)):
             raise ValueError(f"texts: expected a list of strings, one per seed, got {texts!r:.80}")
         if texts is not None and len(texts) != len(seeds):

@@ -95,6 +95,10 @@ def test_text_models_and_bad_starts_are_clear_errors(tmp_path, model):
         env.reset(options={"frame": np.zeros((SIZE, SIZE, 3), np.uint8), "dataset": str(tmp_path)})
     with pytest.raises(ValueError, match=r"'episode' is an episode of options\['dataset'\], which is missing"):
         env.reset(options={"episode": 3})
+    with pytest.raises(ValueError, match=r"options\['episode'\]: expected an int >= 0, got 1.9"):  # was episode 1
+        env.reset(options={"dataset": str(tmp_path), "episode": 1.9})
+    with pytest.raises(ValueError, match=r"options\['text'\]: expected a string, got None"):  # failed at step
+        env.reset(options={"text": None})
     from vplan.shipped import OtherEnvWarning
 
     model.save_pretrained(tmp_path / "blockworld", trained_on_env="blockworld")
@@ -162,6 +166,10 @@ def test_batched_steps_agree_with_single_steps(model):
         batched.step(actions[0][0])  # was "expected actions of shape (2, 4), got (1, 4)"
     with pytest.raises(ValueError, match="texts: expected a list of strings, one per seed, got 'ab'"):
         batched.reset_batch(seeds, texts="ab")  # was split into ['a', 'b']
+    assert np.array_equal(batched.reset_batch(np.array(seeds)), frames[0])  # a numpy array: ambiguous truth value
+    for bad in ([1.7], [None]):  # 1.7 was seed 1, None a TypeError
+        with pytest.raises(ValueError, match=r"seeds\[0\]: expected an int from 0 to"):
+            batched.reset_batch(bad)
 
 
 def test_reset_from_a_dataset_episode(model, tmp_path):
