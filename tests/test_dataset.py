@@ -185,10 +185,11 @@ def test_resume_appends_and_indices_continue(tmp_path: Path) -> None:
     assert written[OBS_STATE]["count"] == [ds.num_frames] and written[INDEX]["count"] == [ds.num_frames]
     all_states = np.concatenate([ds.episode(e)[OBS_STATE] for e in range(3)])
     np.testing.assert_allclose(written[OBS_STATE]["mean"], all_states.mean(axis=0), rtol=1e-5)
-    # quantiles as lerobot merges them: the count-weighted mean of the episodes' (the smallest median was taken)
-    per_episode = [ds.episode(e)[OBS_STATE] for e in range(3)]
-    expected = sum(len(x) * np.quantile(x.astype(np.float64), 0.5, axis=0) for x in per_episode) / ds.num_frames
-    np.testing.assert_allclose(written[OBS_STATE]["q50"], expected, rtol=1e-6)
+    # quantiles as lerobot merges them: the episodes' envelope, the least up to q50 and the greatest above
+    per_episode = [ds.episode(e)[OBS_STATE].astype(np.float64) for e in range(3)]
+    for name, q, bound in (("q01", 0.01, np.min), ("q50", 0.5, np.min), ("q99", 0.99, np.max)):
+        expected = bound([np.quantile(x, q, axis=0) for x in per_episode], axis=0)
+        np.testing.assert_allclose(written[OBS_STATE][name], expected, rtol=1e-6, err_msg=name)
 
 
 def test_a_writer_that_waited_for_the_lock_resumes_what_another_created(tmp_path, monkeypatch) -> None:

@@ -15,7 +15,9 @@ Crash safety. Every episode goes into its own files (the next file position, rol
 after `chunks_size` files; a v3.0 file may hold any number of episodes, one included). Each file is written
 under `.staging/`, flushed to disk, and moved into place with `os.replace`; `meta/info.json` is replaced last,
 so its `total_episodes` is the commit point. A writer killed half-way leaves at most files beyond the last
-committed episode, which readers ignore and the next writer on the directory deletes before appending.
+committed episode, which vplan's reader ignores and the next vplan writer on the directory deletes before
+appending; lerobot's reader globs every file, so rerun the stopped `vplan collect` (or `vplan run record=true`)
+before lerobot reads or appends to it.
 A lock file (`.lock`, released by the OS when the process dies) stops two writers sharing one directory.
 """
 
@@ -239,8 +241,9 @@ def aggregate_stats(
     stats_list: Iterable[dict[str, dict[str, np.ndarray]]],
 ) -> dict[str, dict[str, np.ndarray]]:
     """Merge per-episode stats exactly for min/max/mean/std; quantiles as lerobot's `aggregate_feature_stats`
-    merges them, the count-weighted mean of the episodes' (an estimate: so a dataset lerobot appends to keeps one
-    meaning)."""
+    merges them (since its #3804: a count-weighted mean before, far from the real quantiles), an envelope of the
+    episodes': the least of each quantile up to q50, the greatest above (bounds, not estimates; so a dataset
+    lerobot appends to keeps one meaning)."""
     stats_list = list(stats_list)
     merged: dict[str, dict[str, np.ndarray]] = {}
     for key in dict.fromkeys(key for stats in stats_list for key in stats):
@@ -262,7 +265,8 @@ def aggregate_stats(
         for q in QUANTILES:
             name = f"q{round(q * 100):02d}"
             if all(name in part for part in parts):
-                merged[key][name] = (np.stack([part[name] for part in parts]) * weights).sum(axis=0)
+                bound = np.min if q <= 0.5 else np.max
+                merged[key][name] = bound(np.stack([part[name] for part in parts]), axis=0)
     return merged
 
 
