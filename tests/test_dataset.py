@@ -35,7 +35,7 @@ from vplan.constants import (
 from vplan.data import DatasetError, EpisodeDataset, EpisodeWriter
 from vplan.data import dataset as dataset_module
 from vplan.data.dataset import EPISODE_META, chunk_subgoal
-from vplan.data.lerobot_format import INFO_PATH, STAGING_DIR, encode_video
+from vplan.data.lerobot_format import INFO_PATH, STAGING_DIR, STANDARD_EPISODE_COLUMNS, encode_video
 from vplan.errors import DamagedDatasetError
 
 FPS = 10
@@ -190,6 +190,20 @@ def test_resume_appends_and_indices_continue(tmp_path: Path) -> None:
     for name, q, bound in (("q01", 0.01, np.min), ("q50", 0.5, np.min), ("q99", 0.99, np.max)):
         expected = bound([np.quantile(x, q, axis=0) for x in per_episode], axis=0)
         np.testing.assert_allclose(written[OBS_STATE][name], expected, rtol=1e-6, err_msg=name)
+
+
+def test_a_dataset_another_tool_appended_to_is_not_continued(tmp_path: Path) -> None:
+    """lerobot appends episodes without vplan's episode columns: the next vplan episode failed with a raw
+    ValueError (the columns were taken from the last episode), and collect's seed check was skipped."""
+    root = tmp_path / "ds"
+    write(root, [0, 1])
+    last = root / "meta/episodes/chunk-000/file-001.parquet"  # episode 1's metadata, as lerobot would write it
+    table = pq.read_table(last)
+    extras = [name for name in table.column_names if name not in STANDARD_EPISODE_COLUMNS and "/" not in name]
+    assert extras
+    pq.write_table(table.drop_columns(extras), last)
+    with pytest.raises(DatasetError, match=r"episode 1 has other episode columns than episode 0 .*another tool"):
+        write(root, [2])
 
 
 def test_a_writer_that_waited_for_the_lock_resumes_what_another_created(tmp_path, monkeypatch) -> None:

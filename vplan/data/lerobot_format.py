@@ -436,7 +436,13 @@ class EpisodeWriter:
                 self._next_position[kind] = chunk * info["chunks_size"] + file + 1
         # the extra columns every episode has, fixed by the first (None: no episode yet), so that every episode
         # metadata file has one schema
-        self._extra_types: dict[str, pa.DataType] | None = None if last is None else self._extra_types_of(last)
+        self._extra_types: dict[str, pa.DataType] | None = None if last is None else self._extra_types_of(rows[0])
+        if last is not None and self._extra_types_of(last).keys() != self._extra_types.keys():
+            raise DatasetError(  # lerobot appended it: a vplan episode after it would mix two schemas
+                f"{root}: episode {len(rows) - 1} has other episode columns than episode 0 "
+                f"({sorted(self._extra_types_of(last))} against {sorted(self._extra_types)}): another tool (lerobot) "
+                "wrote it, and vplan cannot continue the dataset; write into another out="
+            )
         # the `extra` of the last committed episode: what a resumed collection checks it continues
         self.last_extra = {} if last is None else {key: last[key] for key in self._extra_types or {}}
 
