@@ -694,11 +694,12 @@ def test_the_video_and_the_recorded_episode_keep_each_frame_of_an_env_that_draws
 
 class SucceedsAtStep(gym.Wrapper):
     """The tabletop, said to succeed (every cube returned) at step `at`: the tiny models never succeed, so the
-    run's success, progress and return-phase figures were only ever compared with 0."""
+    run's success, progress and return-phase figures were only ever compared with 0; `success=False` ends it
+    there without success, as RLBench's `terminate` can."""
 
-    def __init__(self, env: gym.Env, at: int, dist: float | None = None) -> None:
+    def __init__(self, env: gym.Env, at: int, dist: float | None = None, success: bool = True) -> None:
         super().__init__(env)
-        self.at, self.steps, self.dist = at, 0, dist
+        self.at, self.steps, self.dist, self.success = at, 0, dist, success
 
     def reset(self, **kwargs):
         self.steps = 0
@@ -709,7 +710,7 @@ class SucceedsAtStep(gym.Wrapper):
         self.steps += 1
         if self.steps == self.at:
             cubes = len(info["displaced"])
-            info = {**info, "success": True, "phase": "return", "displaced": np.ones(cubes, bool),
+            info = {**info, "success": self.success, "phase": "return", "displaced": np.ones(cubes, bool),
                     "returned": np.arange(cubes) < cubes - 1}  # all but the last back: progress below 1
             if self.dist is not None:
                 info["dist"] = self.dist
@@ -775,6 +776,32 @@ def test_an_episode_the_env_ends_counts_its_last_frame_step_and_subgoal(world_mo
     assert result["subgoals_done"] == 2
     assert len(agent.chunk.drift) == CHUNK and len(agent._drifts) == 2 * CHUNK
     assert agent.timings["execution"] >= 0.3
+
+
+def test_the_episode_video_pairs_each_imagined_frame_with_the_frame_its_action_led_to(world_model, idm):
+    """Only the video's shape was tested: a side swapped, or the imagined frames a step off, passed."""
+    from vplan.run import run_episode
+
+    agent = make_agent(world_model, idm, replan_drift=None, stall_steps=2, stall_distance=1.0, stall_command=0.0)
+    env = gym.make("vplan/Tabletop-v0", max_episode_steps=3 * CHUNK)
+    try:
+        played = run_episode(env, agent, "move the cubes", 10000, "front")
+    finally:
+        agent.close()
+        env.close()
+    chunks = played["chunks"]
+    assert played["result"]["replans"]["stall"] > 0  # every chunk "stalls" after 2 steps: some were cut short
+    imagined = [frame for c in chunks for frame in c.frames[: c.executed]]
+    observed = [frame for c in chunks for frame in c.observed]
+    assert len(played["imagined"]) == len(played["executed"]) == 1 + len(imagined)
+    assert all(np.array_equal(a, b) for a, b in zip(played["imagined"][1:], imagined, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(played["executed"][1:], observed, strict=True))
+    assert np.array_equal(played["imagined"][0], played["executed"][0])  # the real first frame on both sides
+
+
+def test_an_episode_the_env_ends_without_success_is_not_called_a_success(world_model, idm):
+    result, _ = played_and_summarized(world_model, idm, SucceedsAtStep(gym.make("vplan/Tabletop-v0"), 3, success=False))
+    assert not result["success"] and result["ended_by"] == "terminated" and result["steps"] == 3
 
 
 def test_a_dist_the_env_has_not_got_yet_is_none_not_infinity(world_model, idm):

@@ -267,7 +267,9 @@ def run_episode(
         "progress": task_progress(info),
         "phase": info.get("phase"),
         "steps": stats["steps"],
-        "ended_by": "plan done" if agent.done else ("success" if terminated else "time limit"),
+        # an env may end an episode without success (RLBench's `terminate`): "terminated", not "success"
+        "ended_by": "plan done" if agent.done else "time limit" if not terminated else (
+            "success" if info["success"] else "terminated"),
         "chunks": stats["chunks"],
         "replans": stats["replans"],
         "extra_chunks": stats["extra_chunks"],
