@@ -243,7 +243,10 @@ class IDMPolicy(nn.Module):
     def predict_windows(self, window: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Env actions for windows (B, history_frames + 1, H, W, 3) (see `windows`), `batch_size` at a time:
         (B, action_dim) float clamped to [-1, 1] with the grip ±1, or with `num_moves` the moves (B,) int64."""
-        window = self._check_frames(window, "window", "B, history_frames + 1")
+        return self._predict(self._check_frames(window, "window", "B, history_frames + 1"), batch_size)
+
+    def _predict(self, window: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """`predict_windows` of windows already checked (`predict` and `actions_for_chunk` check their frames)."""
         if not len(window):
             raise IDMInputError("expected at least one transition, got none")
         check_int(batch_size, "batch_size")
@@ -262,7 +265,7 @@ class IDMPolicy(nn.Module):
         `frames_t` is (B, H, W, 3), or (B, history_frames, H, W, 3) (oldest first) with more history;
         `frames_t1` is (B, H, W, 3). uint8, or float in [0, 1]; numpy or torch.
         """
-        return self.predict_windows(self._window(frames_t, frames_t1), batch_size)
+        return self._predict(self._window(frames_t, frames_t1), batch_size)
 
     @torch.no_grad()
     def actions_for_chunk(self, frames: Any, context: int = 1, batch_size: int = 256) -> torch.Tensor:
@@ -280,7 +283,7 @@ class IDMPolicy(nn.Module):
                 f"expected 1 <= context < number of frames, got context={context} with {len(frames)} frames"
             )
         window = windows(frames, range(context - 1, len(frames) - 1), self.config.history_frames)
-        return self.predict_windows(window, batch_size)
+        return self._predict(window, batch_size)
 
     # -- training
 

@@ -30,26 +30,26 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     file = out / PROGRESS_FILE
     if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
         raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}); choose another out=DIR")
-    damaged = "delete it to start over, or choose another out=DIR"
-    if file.is_file():  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
-        other = settings_it_lacks(read_json_record(file, damaged, keys=("settings",))["settings"], cfg)
+    recorded = (read_json_record(file, "delete it to start over, or choose another out=DIR", keys=("settings",))
+                if file.is_file() else None)
+    if recorded is not None:  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
+        other = settings_it_lacks(recorded["settings"], cfg)
         if other:
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")
-    if cfg.resume and file.is_file():
-        progress = read_json_record(file, damaged, keys=("settings",))
-        changed = changed_settings(progress["settings"], settings, cfg)
+    if cfg.resume and recorded is not None:
+        changed = changed_settings(recorded["settings"], settings, cfg)
         if changed:
             raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
                              "pass the same ones, or choose another out=DIR")
-        print(f"continuing {out}: {finished(progress)} finished")
+        print(f"continuing {out}: {finished(recorded)} finished")
         # unfinished again until it ends (`episodes` may have grown): a fresh run must not replace it meanwhile
         (out / METRICS_FILE).unlink(missing_ok=True)
-        return {**progress, "settings": settings}
+        return {**recorded, "settings": settings}
     if cfg.resume:
         print(f"resume=true: {out} holds no evaluation yet; starting one")
-    elif file.is_file() and not (out / METRICS_FILE).is_file():
-        raise UsageError(f"{out} holds an unfinished evaluation ({finished(read_json_record(file, damaged))} finished); "
+    elif recorded is not None and not (out / METRICS_FILE).is_file():
+        raise UsageError(f"{out} holds an unfinished evaluation ({finished(recorded)} finished); "
                          "resume=true continues it, or choose another out=DIR")
     for pattern in (PROGRESS_FILE, METRICS_FILE, *outputs):
         for old in out.glob(pattern):

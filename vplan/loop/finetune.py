@@ -255,9 +255,9 @@ class InnerEpisode:
                 self.latents = handle.get_tensor(LATENTS_KEY)
                 self.keys = sorted(k for k in handle.keys() if k != LATENTS_KEY)
             self.chunks = [Chunk(**c) for c in json.loads(metadata["chunks"])]
+        except UsageError:  # another file than an inner episode's: its own message
+            raise
         except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:  # a disk fault: writes are atomic
-            if isinstance(error, UsageError):
-                raise
             raise RunError(f"{path} cannot be read ({first_line(error, with_type=True)}); delete it, and the inner "
                            "loop redoes that episode") from None
 
