@@ -182,16 +182,19 @@ def test_text_conditioning_keeps_the_shipped_checkpoint_as_it_was():
 def test_training_batches_carry_the_actions_that_lead_into_each_chunk_frame():
     vae = build_vae(VAEConfig.tiny(image_size=16))
     lengths = (9, 11)
-    latents = [torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 4, LATENT, LATENT) for n in lengths]
+    # frame f of episode e holds 100 e + f, and so does the action taken at it: a batch from another episode shows
+    latents = [(torch.arange(n, dtype=torch.float32) + 100 * e).view(n, 1, 1, 1).expand(n, 4, LATENT, LATENT)
+               for e, n in enumerate(lengths)]
     texts = [["a"] * 4 + ["b"] * (n - 4) for n in lengths]
     actions = [torch.arange(n, dtype=torch.float32)[:, None].expand(n, 4) + 100 * e for e, n in enumerate(lengths)]
     with_actions = WorldModelTraining(WorldModelTrainConfig(model=tiny_config("action")), latents, texts, vae, actions)
     text_only = WorldModelTraining(WorldModelTrainConfig(model=tiny_config("text")), latents, texts, vae)
 
     batch = with_actions.batch(seeded(0), 6)
-    frame = batch["target"][:, :, 0, 0, 0]  # the frame index of each chunk frame
+    frame = batch["target"][:, :, 0, 0, 0]  # the episode and frame index of each chunk frame
     assert batch["actions"].shape == (6, CHUNK, 4)
-    assert torch.equal(batch["actions"][..., 0] % 100, frame - 1)  # action f - 1 led into frame f
+    assert torch.equal(batch["actions"][..., 0], frame - 1)  # action f - 1 of the same episode led into frame f
+    assert len(set((frame[:, 0] // 100).tolist())) == 2  # clips from both episodes
     same = text_only.batch(seeded(0), 6)  # actions take no random draws: the same clips
     assert torch.equal(same["target"], batch["target"]) and same["texts"] == batch["texts"] and "actions" not in same
     with pytest.raises(ValueError, match="expected actions exactly for an action-conditioned model"):

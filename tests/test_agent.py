@@ -338,7 +338,7 @@ def test_actions_are_read_off_the_imagined_frames_or_the_real_ones(world_model, 
 @pytest.mark.parametrize("update_on", ["imagined", "observed"])
 def test_the_memory_learns_from_the_imagined_chunk_at_once_or_the_observed_one_after(world_model, idm, update_on):
     memory = RecordingMemory(MemoryConfig(kind="none", update_on=update_on), world_model)
-    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 2)], memory=memory, **NO_REPLAN)
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 3)], memory=memory, **NO_REPLAN)
     frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
     agent.reset("go", fake_obs(frame), {})
     first_latent = world_model.encode(torch.from_numpy(frame)[None, None])
@@ -364,6 +364,24 @@ def test_the_memory_learns_from_the_imagined_chunk_at_once_or_the_observed_one_a
         assert torch.allclose(previous, encoded)  # the real frames the new chunk continues
     else:
         assert torch.allclose(new, encoded) and torch.equal(previous, first_latent)
+
+    # chunk 1's frames: the update after them continues from the whole of chunk 0, not its last frame
+    second = [np.full((IMAGE, IMAGE, 3), 50 + i, np.uint8) for i in range(1, CHUNK + 1)]
+    for image in second:
+        agent.act(fake_obs(image))
+    assert agent.chunk.index == 2
+    previous, new = memory.updates[-1]
+    encoded_second = world_model.encode(torch.from_numpy(np.stack(second))[None])
+    if update_on == "imagined":
+        assert len(memory.updates) == 3 and torch.equal(new, agent.chunk.latents)
+        assert torch.allclose(previous, encoded_second)
+    else:
+        assert len(memory.updates) == 2 and torch.allclose(new, encoded_second) and torch.allclose(previous, encoded)
+
+    # the plan's last chunk: nothing follows it, so nothing is learned from what it showed
+    for image in observed:
+        agent.act(fake_obs(image))
+    assert agent.done and len(memory.updates) == (3 if update_on == "imagined" else 2)
     agent.close()
 
 
@@ -737,13 +755,21 @@ def played_and_summarized(world_model, idm, env, others=lambda result: []):
 
 
 def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(world_model, idm):
-    env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=3)
-    lost = {"success": False, "phase": "displace", "progress": 0.25}
-    won, metrics = played_and_summarized(world_model, idm, env, others=lambda won: [{**won, **lost}])
+    env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=3, dist=0.1)
+
+    def lost(won):  # an episode 0.2 m further off, 2 s longer in every stage
+        return [{**won, "success": False, "phase": "displace", "progress": 0.25, "dist": 0.3,
+                 "wall_s": won["wall_s"] + 2, "stages_s": {s: t + 2 for s, t in won["stages_s"].items()}}]
+
+    won, metrics = played_and_summarized(world_model, idm, env, others=lost)
     assert won["success"] and won["phase"] == "return" and won["ended_by"] == "success" and won["steps"] == 3
     assert won["progress"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert metrics["success_rate"] == 0.5 and metrics["return_phase_rate"] == 0.5
     assert metrics["progress_mean"] == pytest.approx((0.5 + 0.5 * 2 / 3 + 0.25) / 2)
+    assert metrics["dist_mean"] == pytest.approx(0.2) and metrics["dist_std"] == pytest.approx(0.1)  # the README's ±
+    assert metrics["wall_s_per_episode"] == pytest.approx(won["wall_s"] + 1)
+    assert metrics["wall_s_per_episode_max"] == pytest.approx(won["wall_s"] + 2)
+    assert metrics["stages_s_per_episode"] == pytest.approx({s: t + 1 for s, t in won["stages_s"].items()})
 
 
 class SlowLastStep(gym.Wrapper):
@@ -791,6 +817,7 @@ def test_the_episode_video_pairs_each_imagined_frame_with_the_frame_its_action_l
         env.close()
     chunks = played["chunks"]
     assert played["result"]["replans"]["stall"] > 0  # every chunk "stalls" after 2 steps: some were cut short
+    assert played["result"]["ended_by"] == "plan done" and played["result"]["steps"] < 3 * CHUNK
     imagined = [frame for c in chunks for frame in c.frames[: c.executed]]
     observed = [frame for c in chunks for frame in c.observed]
     assert len(played["imagined"]) == len(played["executed"]) == 1 + len(imagined)

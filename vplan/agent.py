@@ -508,13 +508,15 @@ class VideoPlanningAgent:
     def _close(self, chunk: Chunk, info: Mapping[str, Any] | None, learn: bool = True) -> None:
         """A chunk is over: its observed frames join the context, the memory learns (observed mode), and the
         plan moves on (unless the chunk was cut: its replacement takes its slot); `learn=False` (the episode has
-        ended) skips the context and the memory. The subgoal's check is read first: an info it cannot read raises
-        before anything changes, so `act` can be called again."""
+        ended), or a chunk that ends the plan, skips the context and the memory: no chunk follows. The subgoal's
+        check is read first: an info it cannot read raises before anything changes, so `act` can be called again."""
         subgoal = self._plan.subgoals[self._subgoal_index]
-        judged = (chunk.cut is None and self._slot + 1 >= subgoal.chunks + self._extra and info is not None
-                  and subgoal.check is not None and self._extra < self.config.max_extra_chunks)
+        last_slot = chunk.cut is None and self._slot + 1 >= subgoal.chunks + self._extra
+        judged = (last_slot and info is not None and subgoal.check is not None
+                  and self._extra < self.config.max_extra_chunks)
         reached = subgoal.check.holds(info) if judged else True
-        if chunk.observed and learn:
+        ends_plan = last_slot and reached and self._subgoal_index + 1 == len(self._plan.subgoals)
+        if chunk.observed and learn and not ends_plan:
             if self.memory.config.update_on == "observed":
                 self._wait_memory()  # the last update's error, if any, before this chunk changes anything
             start = time.perf_counter()
