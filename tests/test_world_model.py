@@ -283,6 +283,12 @@ def test_weights_from_another_config(model: WorldModel, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="unet.safetensors: tensor"):
         WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+    # A config.json another tool wrote with a float for an int: torch's TypeError while building the VAE.
+    payload["config"]["unet"]["block_out_channels"] = list(model.config.unet.block_out_channels)
+    payload["config"]["vae"]["latent_channels"] = 4.0
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match="latent_channels: expected an int, got 4.0"):
+        WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
 
 
 def test_a_minilm_folder_recorded_on_another_machine_falls_back_to_the_installed_copy(tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ class UNetConfig:
     `attention_head_dim` keeps diffusers' (mis)naming: for `UNet3DConditionModel` it is the number of attention
     heads per block (head size = channels / heads), and the input temporal transformer uses 8 heads of that size.
 
-    The defaults are the shipped size: 1.8M parameters (7 MB), so with the default VAE (10 MB) and even the
+    The defaults are the shipped size: 1.8M parameters (7 MB), so with the default VAE (3.7 MB) and even the
     learned text encoder (6 MB) a checkpoint stays under 25 MB; 8 heads measured faster on the CPU than 4 or 2.
     """
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from vplan.utils.settings import check_field_types
+
 RECON_LOSSES = ("l1", "l2", "l1+l2")
 
 
@@ -54,8 +56,10 @@ class VAEConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # a checkpoint's config.json with latent_channels 4.0 was torch's TypeError
         self.block_out_channels = tuple(self.block_out_channels)  # YAML gives a list
-        if not self.block_out_channels or any(c < 1 for c in self.block_out_channels):
+        if not self.block_out_channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1
+                                              for c in self.block_out_channels):
             raise ValueError(f"block_out_channels: expected positive channel counts, got {self.block_out_channels!r}")
         if self.norm_num_groups < 1 or any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(
