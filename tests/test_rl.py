@@ -308,7 +308,7 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))  # as if killed after iteration 1
     with (resumed / "iterations.jsonl").open("a") as file:  # ... while appending iteration 2's log
         file.write(json.dumps({"iteration": 1, "partial": True}) + "\n" + '{"iteration": 1, "rewa')
-    main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0"))
+    main(rl_args(checkpoints, f"{resumed}/", "iterations=2", "eval_episodes=0"))  # out= spelled otherwise
     assert "resuming" in capsys.readouterr().out
     assert sorted(f.name for f in (resumed / "checkpoint").iterdir()) == [  # no pickle
         "lora.safetensors", "optimizer.safetensors", "state.json"]
@@ -523,3 +523,22 @@ def test_vplan_rl_carries_the_vlm_budget_and_answers_over_a_kill(checkpoints, tm
         assert a == b and all("vlm" in row for rows in a for row in rows)
     finally:
         server.close()
+
+
+def test_the_summary_shows_a_missing_dist_as_a_dash(capsys, tmp_path):
+    """The blockworld's Dist is none before its return phase: a finetuned agent that never reached it, beside a
+    base one that did, raised a TypeError from the table once metrics.json was written."""
+    from vplan.rl.loop import _print_summary
+
+    def column(dist):
+        return {"success_rate": 0.0, "dist_mean": dist, "dist_unit": "blocks", "chunks_per_episode": 3.0,
+                "return_phase_rate": 0.5 if dist is not None else 0.0, "chunk_offset": 0, "episodes": [{"seed": 10000}]}
+
+    metrics = {"iterations": 1, "objective": "rwr", "tuned_chunk_offset": 0,
+               "before": column(1.5), "after_executor": column(None), "after": column(None)}
+    _print_summary(metrics, tmp_path)
+    dist = next(line for line in capsys.readouterr().out.splitlines() if "Dist" in line)
+    assert dist.split()[-3:] == ["1.5000", "–", "–"]
+    metrics["before"] = column(None)  # nowhere: no row
+    _print_summary(metrics, tmp_path)
+    assert "Dist" not in capsys.readouterr().out

@@ -150,9 +150,12 @@ def test_unclear_reply_gives_none_and_a_warning(endpoint: FakeEndpoint, content:
      (completion(None, refusal="I cannot judge this."), "the model refused")],
 )
 def test_a_cut_or_refused_reply_gives_none_and_says_why(endpoint: FakeEndpoint, reply: Any, message: str) -> None:
+    """... and is no failed request: the endpoint answered (three in a row turned the VLM reward off)."""
     endpoint.reply = lambda body: (200, reply, 0.0)
+    vlm = reward(endpoint)
     with pytest.warns(VLMRewardWarning, match=message):
-        assert reward(endpoint).score(rollout(chunk(PICK, 0))) is None
+        assert vlm.score(rollout(*(chunk(PICK, 10 * i) for i in range(4)))) is None
+    assert len(endpoint.requests) == 4 and vlm.failures_in_a_row == 0
 
 
 def test_unclear_among_clear_answers_is_left_out(endpoint: FakeEndpoint) -> None:

@@ -25,6 +25,10 @@ class ChatRequestError(RuntimeError):
     """A chat request failed: connection, timeout, HTTP status (after the client's retries)."""
 
 
+class ChatReplyError(ChatRequestError):
+    """The endpoint answered, but with no usable reply: the model refused, or its reply was cut."""
+
+
 def short(value: Any, limit: int = 40) -> str:
     """`repr(value)`, cut to `limit` characters: a reply's text shown in a message."""
     text = repr(value)
@@ -169,9 +173,9 @@ class ChatEndpoint:
             return None
         refusal = getattr(message, "refusal", None)
         if refusal:
-            raise ChatRequestError(f"the model refused: {short(refusal, 120)}")
+            raise ChatReplyError(f"the model refused: {short(refusal, 120)}")
         if getattr(choice, "finish_reason", None) == "length":
-            raise ChatRequestError("the reply was cut at the model's token limit (finish_reason 'length')")
+            raise ChatReplyError("the reply was cut at the model's token limit (finish_reason 'length')")
         return getattr(message, "content", None)
 
     def scrub(self, text: str) -> str:

@@ -73,7 +73,7 @@ VLM_JOURNAL_FILE = "vlm_requests.jsonl"  # the VLM questions since the last chec
 ITERATIONS_FILE = "iterations.jsonl"
 PLOT_FILE = "rewards.png"
 # Settings a resumed run may change: how long it runs and how it is evaluated, not what it explores or learns.
-RESUMABLE_CHANGES = ("iterations", "eval_episodes", "eval_seed", "threads")
+RESUMABLE_CHANGES = ("iterations", "eval_episodes", "eval_seed", "threads", "out")  # out: ./runs/rl, runs/rl/
 
 
 @dataclass
@@ -589,7 +589,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
                 ("chunks per episode", "chunks_per_episode", "{:.1f}"),
                 ("reached the return phase", "return_phase_rate", "{:.0%}"),
                 ("planner.chunk_offset", "chunk_offset", "{}")]
-        for name, key, fmt in rows:
-            if columns[0][key] is not None:
-                print(f"  {name:24}" + "".join(f"{fmt.format(c[key]):>14}" for c in columns))
+        for name, key, fmt in rows:  # a column without the figure (no finite Dist in any episode): "–"
+            if any(c[key] is not None for c in columns):
+                print(f"  {name:24}" + "".join(f"{'–' if c[key] is None else fmt.format(c[key]):>14}"
+                                               for c in columns))
     print(f"run directory: {out} (final/: the finetuned world model; planner.yaml: the tuned offset)")

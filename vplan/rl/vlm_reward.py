@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vplan.chat import ChatEndpoint, ChatEndpointConfig, ChatRequestError, image_part, short
+from vplan.chat import ChatEndpoint, ChatEndpointConfig, ChatReplyError, ChatRequestError, image_part, short
 from vplan.errors import VplanWarning
 from vplan.rl.rollout import EpisodeRollout
 from vplan.utils.import_utils import require_package
@@ -217,6 +217,10 @@ class VLMReward:
         self._note({"requests_made": self.requests_made})  # before it is sent: a kill while waiting spent it too
         try:
             content = self.endpoint.complete(self.messages(sent, question))
+        except ChatReplyError as error:  # it answered: a refusal or a cut reply says nothing of the endpoint
+            self.failures_in_a_row = 0
+            self._warn(subgoal, str(error))
+            return None
         except ChatRequestError as error:
             self.failures_in_a_row += 1
             self._warn(subgoal, str(error))
