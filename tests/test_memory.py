@@ -469,7 +469,7 @@ def test_a_failed_update_is_raised_by_restore_and_load_which_still_go_back(monke
     memory.close()
 
 
-def test_a_synchronous_update_in_inference_mode_learns_as_outside_it() -> None:
+def test_a_memory_made_or_updated_in_inference_mode_learns_as_outside_it() -> None:
     """Inference mode is per thread: the worker's update ran, and one in the caller's inference mode failed with
     torch's "Inference tensors cannot be saved for backward"."""
     states = []
@@ -479,8 +479,19 @@ def test_a_synchronous_update_in_inference_mode_learns_as_outside_it() -> None:
             memory.update(latents(CHUNK), latents(CHUNK, seed=2))
         states.append(memory.state_dict())
         memory.close()
-    for name, tensor in states[0].items():
-        assert torch.equal(states[1][name], tensor), name
+    model = tiny_model()
+    with torch.inference_mode():  # the whole evaluation in it: the adapter was made of inference tensors
+        memory = make_memory(lora(), model)
+        memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    states.append(memory.state_dict())
+    memory.close()
+    for state in states[1:]:
+        for name, tensor in states[0].items():
+            assert torch.equal(state[name], tensor), name
+    with torch.inference_mode():
+        frozen = tiny_model()
+    with pytest.raises(ValueError, match=r"built or loaded inside torch.inference_mode\(\)"):
+        make_memory(lora(), frozen)
 
 
 @pytest.mark.parametrize("kind", ["none", "anchor", "temp_lora"])

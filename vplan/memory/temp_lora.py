@@ -132,10 +132,27 @@ class TempLoRAMemory(EpisodicMemory):
     kind = "temp_lora"
 
     def __init__(self, config: MemoryConfig, world_model: WorldModel) -> None:
+        super().__init__(config, world_model)
+        unet = world_model.unet
+        if any(p.is_inference() for p in unet.parameters()):
+            raise ValueError("expected a world model whose weights can be trained through, got one built or loaded "
+                             "inside torch.inference_mode() (its tensors can never take part in a backward pass); "
+                             "build it outside, or under torch.no_grad()")
+        # The adapter and its copies are trainable tensors even for a caller in inference mode (whose updates
+        # leave it, see EpisodicMemory.update): made in it, they are inference tensors, and the first update fails.
+        with torch.inference_mode(False):
+            self._add_adapter(config, world_model)
+        self._generator = torch.Generator(device=next(unet.parameters()).device)
+        self._first_sequence: torch.Tensor | None  # what `replay_first` rehearses; set by _reset
+        self._optimizer: torch.optim.Optimizer
+        self._active = False
+        self._updates = 0
+        self._reset()
+
+    def _add_adapter(self, config: MemoryConfig, world_model: WorldModel) -> None:
         from peft import LoraConfig
         from peft.tuners.lora import LoraLayer
 
-        super().__init__(config, world_model)
         unet = world_model.unet
         adapters = sorted(getattr(unet, "peft_config", None) or {})
         if ADAPTER_NAME in adapters:
@@ -170,12 +187,6 @@ class TempLoRAMemory(EpisodicMemory):
         self._attached, self._folded = True, False
         with torch.no_grad():
             self._null_states = world_model.encode_text([""])[0].detach()
-        self._generator = torch.Generator(device=next(unet.parameters()).device)
-        self._first_sequence: torch.Tensor | None  # what `replay_first` rehearses; set by _reset
-        self._optimizer: torch.optim.Optimizer
-        self._active = False
-        self._updates = 0
-        self._reset()
 
     @property
     def active(self) -> bool:
