@@ -18,10 +18,10 @@ import numpy as np
 from vplan.envs.blockworld.motion import BLOCKED, WALK_STEP
 from vplan.envs.blockworld.retrace import walk_move
 from vplan.envs.discrete_moves import NUM_MOVES, TURN_DEGREES, Move
+from vplan.policies.exploration import ExplorationSegments
 
 REACH = WALK_STEP / 2  # a path point closer than this (blocks) counts as reached
 RESYNC_POINTS = 6  # after a detour, the nearest of this many next path points is taken up
-EXPLORE_LENGTHS = (3, 8)  # inclusive range of steps in one exploratory segment
 
 
 class RetraceExpert:
@@ -38,20 +38,15 @@ class RetraceExpert:
                 "noise_std: the retrace expert's moves are discrete and take no Gaussian noise; expected 0 "
                 f"(explore_fraction adds random moves), got {noise_std!r}"
             )
-        if not 0 <= explore_fraction < 1:
-            raise ValueError(f"explore_fraction: expected a float in [0, 1), got {explore_fraction!r}")
         self.explore_fraction = explore_fraction
         self._seed = seed
-        mean_length = sum(EXPLORE_LENGTHS) / 2
-        # A segment starts with this probability per expert step, so segments fill `explore_fraction`.
-        self._explore_start_p = explore_fraction / (mean_length * (1 - explore_fraction))
+        self._exploration = ExplorationSegments(explore_fraction)
         self._rng = np.random.default_rng(seed)
         self._path = np.zeros((0, 2))
         self._phase = ""
         self._route = np.zeros((0, 2))
         self._next = 0
         self._gate: int | None = None  # the route's turning point, not to be skipped by taking up a later point
-        self._explore_left = 0
         self._subgoal = ""
 
     @property
@@ -64,7 +59,7 @@ class RetraceExpert:
         self._rng = np.random.default_rng(self._seed if seed is None else seed)
         self._path = np.asarray(info["path"], float)
         self._phase = ""
-        self._explore_left = 0
+        self._exploration.reset()
         self._subgoal = ""
 
     def select_action(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> int:
@@ -89,10 +84,7 @@ class RetraceExpert:
                 far = far // len(info["waypoints"]) * int(missed.max())
             self._set_route(np.concatenate([self._path[: far + 1], self._path[far::-1]]), gate=far)
         move = self._follow(info)
-        if self._explore_left == 0 and self._rng.random() < self._explore_start_p:
-            self._explore_left = int(self._rng.integers(EXPLORE_LENGTHS[0], EXPLORE_LENGTHS[1] + 1))
-        if self._explore_left > 0:
-            self._explore_left -= 1
+        if self._exploration.explore(self._rng):
             move = Move(int(self._rng.integers(NUM_MOVES)))
         return int(move)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from vplan.envs.tabletop_v0 import CUBE_HALF_SIZE, FINGER_OPEN, TabletopConfig, spot_names
+from vplan.policies.exploration import ExplorationSegments
 
 SUBGOAL_TEMPLATES = {
     "pick": "pick up the {colour} cube",
@@ -28,7 +29,6 @@ ACT_TOL = 0.012  # xy error (m) below which a low gripper closes on a cube or le
 REALIGN_TOL = 0.02  # xy error (m) above which a low gripper first rises straight up
 RELEASE_HEIGHT = 0.005  # cube bottom above the table (m) at which the gripper lets go
 OPEN_ENOUGH = 1.75 * FINGER_OPEN  # finger opening (m) needed before descending onto a cube
-EXPLORE_LENGTHS = (3, 8)  # inclusive range of steps in one exploratory segment
 
 
 def subgoal_texts(colours: Sequence[str], spots: Sequence[str] = tuple(spot_names(3))) -> list[str]:
@@ -70,22 +70,17 @@ class ReturnCubesExpert:
     ) -> None:
         if not noise_std >= 0:  # NaN too (each action was NaN, and the env blamed the action)
             raise ValueError(f"noise_std: expected a non-negative float, got {noise_std!r}")
-        if not 0 <= explore_fraction < 1:
-            raise ValueError(f"explore_fraction: expected a float in [0, 1), got {explore_fraction!r}")
         if not max_delta > 0:
             raise ValueError(f"max_delta: expected a positive float, got {max_delta!r}")
         self.noise_std = noise_std
         self.explore_fraction = explore_fraction
         self.max_delta = max_delta
         self._seed = seed
-        mean_length = sum(EXPLORE_LENGTHS) / 2
-        # A segment starts with this probability per expert step, so segments fill `explore_fraction`.
-        self._explore_start_p = explore_fraction / (mean_length * (1 - explore_fraction))
+        self._exploration = ExplorationSegments(explore_fraction)
         self._rng = np.random.default_rng(seed)
         self._spot_of: list[int] = []
         self._key: tuple[str, int] | None = None
         self._lifted = False
-        self._explore_left = 0
         self._subgoal = ""
 
     @property
@@ -99,7 +94,7 @@ class ReturnCubesExpert:
         self._spot_of = spot_assignment(info)
         self._key = None
         self._lifted = False
-        self._explore_left = 0
+        self._exploration.reset()
         self._subgoal = ""
 
     def select_action(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
@@ -117,10 +112,7 @@ class ReturnCubesExpert:
         else:
             action = self._act(info, *self._key)
 
-        if self._explore_left == 0 and self._rng.random() < self._explore_start_p:
-            self._explore_left = int(self._rng.integers(EXPLORE_LENGTHS[0], EXPLORE_LENGTHS[1] + 1))
-        if self._explore_left > 0:
-            self._explore_left -= 1
+        if self._exploration.explore(self._rng):
             action[:3] = self._rng.uniform(-1.0, 1.0, 3)
         if self.noise_std > 0:
             action += self._rng.normal(0.0, self.noise_std, 4)

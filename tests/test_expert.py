@@ -144,6 +144,18 @@ def test_noise_and_exploration_change_actions_but_keep_them_valid(env):
         assert all(subgoals)
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5, 0.8, 0.95])
+def test_exploration_fills_the_share_of_steps_asked_for(fraction):
+    """Segments may start on the step after one ends: the start rate for segments that could not gave 0.55 of
+    the steps for 0.5, and every step above 0.85 (its probability passed 1)."""
+    from vplan.policies.exploration import ExplorationSegments
+
+    segments, rng = ExplorationSegments(fraction), np.random.default_rng(0)
+    steps = 100_000
+    share = sum(segments.explore(rng) for _ in range(steps)) / steps
+    assert share == pytest.approx(fraction, abs=0.01)
+
+
 def test_expert_recovers_from_noise_and_exploration(env):
     _, _, info = _episode(env, ReturnCubesExpert(noise_std=0.05, explore_fraction=0.15), seed=4)
     assert info["success"]
