@@ -127,8 +127,11 @@ class TabletopEnv(LastFrameRender, gym.Env):
     `success`, `dist` (the mean distance of the cubes to their starts, the paper's "Dist"),
     `environment_state` (the cube positions, flat float32) and `applied_action` (float32 (4,): what the last
     step did with its action, the displacement the workspace let through in action units and the grip as ±1;
-    zeros after a reset). The applied action is what the frames can show: a push into the workspace's edge
-    moves nothing, so inverse dynamics trains on it (vplan/loop/idm.py).
+    zeros after a reset). The applied action is the move of the gripper's target (a mocap body) after the
+    workspace's clip: a push into the edge moves nothing, so inverse dynamics trains on it (vplan/loop/idm.py).
+    The gripper follows its target through a weld with a lag: at the default 10 Hz it covers ~94% of a step's
+    move within the step and the rest in the next; at 50 Hz only ~25%, so there an action's motion spreads over
+    several frames.
 
     ## Episode End
     The phase is `"displace"` until every cube is at least `displace_distance` from its start and not
