@@ -315,6 +315,47 @@ def test_a_stalled_gripper_replans_and_a_moving_one_does_not(world_model, idm):
     assert [e["step"] for e in stopped.events if e["event"] == "replan (stall)"] == [4]
 
 
+def test_a_stall_is_judged_on_the_motion_the_last_stall_steps_actions_asked_for(world_model, idm):
+    """Only stall_command 0 and 1 were tested: which actions are read, and how, was not pinned."""
+    frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
+
+    def cut_after(asked: np.ndarray, stall_command: float) -> int | None:
+        """The steps a gripper that never moves executes before a stall cuts the chunk whose actions ask `asked`."""
+        agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], replan_drift=None, stall_steps=2,
+                           stall_distance=0.004, stall_command=stall_command)
+        agent.reset("go", fake_obs(frame), {})
+        agent.act(fake_obs(frame))
+        first = agent.chunk
+        first.actions[:, :3] = asked
+        while first.cut is None and first.executed < CHUNK:
+            agent.act(fake_obs(agent.expected_frame))
+        agent.close()
+        return first.executed if first.cut else None
+
+    per_axis = np.zeros((CHUNK, 3))
+    per_axis[0, 2] = per_axis[1, 0] = 0.6  # each step's largest axis counts
+    assert cut_after(per_axis, 0.5) == 2 and cut_after(per_axis, 0.7) is None
+    late = np.zeros((CHUNK, 3))
+    late[2:4, 0] = -1.0  # over the last two steps: 0.5 after 3 steps, 1 after 4
+    assert cut_after(late, 0.5) == 3 and cut_after(late, 0.7) == 4
+
+
+def test_a_frame_that_drifts_at_the_end_of_its_chunk_cuts_nothing(world_model, idm):
+    """The next chunk starts from the real frames anyway: a cut there would spend a replan and a chunk."""
+    frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1), Subgoal(TEXTS[1], 1)], replan_drift=0.1,
+                       stall_steps=0)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    first = agent.chunk
+    for _ in range(CHUNK - 1):
+        agent.act(fake_obs(agent.expected_frame))
+    agent.act(fake_obs(255 - agent.expected_frame))  # the last frame, far off
+    assert first.drift[-1] > 0.1 and first.cut is None and agent.replans["drift"] == 0
+    assert agent.chunk.index == 1 and agent.chunk.replanned_from is None and agent.chunk.text == TEXTS[1]
+    agent.close()
+
+
 @pytest.mark.parametrize("actions_from", ["imagined", "observed"])
 def test_actions_are_read_off_the_imagined_frames_or_the_real_ones(world_model, idm, actions_from):
     agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], actions_from=actions_from, **NO_REPLAN)
@@ -333,6 +374,37 @@ def test_actions_are_read_off_the_imagined_frames_or_the_real_ones(world_model, 
         assert np.allclose(second, towards) and not np.allclose(second, planned[1])
         assert np.array_equal(agent.chunk.actions[1], second)  # the chunk records the action taken
     assert np.array_equal(agent.chunk.imagined_actions, planned)  # and keeps those read off the imagined frames
+
+
+def test_an_idm_with_history_reads_the_real_frames_before_each_chunk(world_model):
+    """Every other test's IDM reads one frame of history: which real frames precede a chunk was untested."""
+    torch.manual_seed(0)
+    idm = IDMPolicy(replace(IDMConfig.tiny(image_size=IMAGE), history_frames=2)).eval()
+    frame = np.full((IMAGE, IMAGE, 3), 100, np.uint8)
+    observed = [np.full((IMAGE, IMAGE, 3), 20 * i, np.uint8) for i in range(1, CHUNK + 1)]
+
+    def read_off(real: list[np.ndarray], imagined: np.ndarray) -> np.ndarray:
+        """Action i from frames i - 2, i - 1 (real ones first, the first repeated before it) to imagined frame i."""
+        frames = [real[0]] * (2 - len(real)) + real + list(imagined)
+        return idm.predict(np.stack([frames[i : i + 2] for i in range(CHUNK)]), imagined).numpy()
+
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 2)], **NO_REPLAN)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    assert np.allclose(agent.chunk.actions, read_off([frame], agent.imagined), atol=1e-6)
+    for image in observed:
+        agent.act(fake_obs(image))
+    assert agent.chunk.index == 1  # imagined after the last two real frames
+    assert np.allclose(agent.chunk.actions, read_off(observed[-2:], agent.imagined), atol=1e-6)
+    agent.close()
+
+    closed = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], actions_from="observed", **NO_REPLAN)
+    closed.reset("go", fake_obs(frame), {})
+    closed.act(fake_obs(frame))
+    action = closed.act(fake_obs(observed[0]))  # from the two real frames so far to imagined frame 1
+    window = np.stack([frame, observed[0]])[None]
+    assert np.allclose(action, idm.predict(window, closed.imagined[1][None])[0].numpy(), atol=1e-6)
+    closed.close()
 
 
 @pytest.mark.parametrize("update_on", ["imagined", "observed"])
