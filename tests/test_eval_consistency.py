@@ -234,7 +234,11 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     finally:
         (Path(tiny_checkpoint) / "notes.txt").unlink()
     assert figures(evaluate(out, episodes=2, resume=True)) == figures(straight)  # all finished: nothing rerun
-    again = evaluate(out, episodes=1)  # a finished evaluation is replaced by a fresh one
+    with pytest.raises(UsageError, match="holds a finished evaluation \\(4 rollout.*overwrite=true replaces it"):
+        evaluate(out, episodes=1)  # a finished evaluation's figures are not thrown away without a word
+    with pytest.raises(UsageError, match="pass one"):
+        evaluate(out, episodes=1, resume=True, overwrite=True)
+    again = evaluate(out, episodes=1, overwrite=True)  # replaced by a fresh one
     assert figures(again)["none"] == figures(straight)["none"][:1]
 
 
@@ -368,9 +372,10 @@ def test_growing_a_finished_evaluation_leaves_it_unfinished_until_it_ends(tmp_pa
     class Settings:
         episodes: int = 1
         resume: bool = False
+        overwrite: bool = False
 
     def start(**changes) -> dict:
-        return start_or_continue(Settings(**changes), tmp_path, ("episodes", "resume"), {"rows": []},
+        return start_or_continue(Settings(**changes), tmp_path, ("episodes", "resume", "overwrite"), {"rows": []},
                                  lambda progress: f"{len(progress['rows'])} row(s)", ())
 
     (tmp_path / PROGRESS_FILE).write_text(json.dumps({**start(), "rows": [1]}))

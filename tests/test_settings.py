@@ -98,6 +98,7 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
     @dataclass
     class Evaluation:
         resume: bool = False
+        overwrite: bool = False
         episodes: int = 1
 
     with pytest.raises(UsageError, match=r"holds another command's records \(config.yaml\)"):  # a run's: its

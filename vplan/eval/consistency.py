@@ -57,7 +57,7 @@ from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_ints, check_seed
 
 FEATURES = ("vae", "resnet18")
-RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume")  # settings a resumption may change
+RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite")  # settings a resumption may change
 
 
 @dataclass
@@ -101,6 +101,9 @@ class EvalConsistencyConfig:
         default=False,
         metadata={"help": "Continue the evaluation interrupted in out (same settings and checkpoint files): its "
                   "finished rollouts are kept; episodes may grow."},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace the evaluation out holds (finished or not) with a fresh one."}
     )
 
     def __post_init__(self) -> None:

@@ -2,8 +2,8 @@
 continues with `resume=true` instead of starting over.
 
 The record holds the evaluation's settings (all but those a resumption may change) next to its results; a
-resumption with other settings is refused with their names. A fresh evaluation replaces a finished one in the
-same `out`, never an unfinished one.
+resumption with other settings is refused with their names. A fresh evaluation replaces the one in the same
+`out` only with `overwrite=true`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence 
 def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: dict[str, Any],
                       finished: Callable[[dict[str, Any]], str], outputs: Iterable[str]) -> dict[str, Any]:
     """The progress record to go on from: with `cfg.resume`, the one in `out` (checked against `cfg`'s settings
-    but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left.
+    but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left
+    (`cfg.overwrite`: an evaluation in `out` is refused without it).
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
     if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
@@ -48,9 +51,10 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         return {**recorded, "settings": settings}
     if cfg.resume:
         print(f"resume=true: {out} holds no evaluation yet; starting one")
-    elif recorded is not None and not (out / METRICS_FILE).is_file():
-        raise UsageError(f"{out} holds an unfinished evaluation ({finished(recorded)} finished); "
-                         "resume=true continues it, or choose another out=DIR")
+    elif recorded is not None and not cfg.overwrite:  # its figures would go without a word
+        state = "a finished" if (out / METRICS_FILE).is_file() else "an unfinished"
+        raise UsageError(f"{out} holds {state} evaluation ({finished(recorded)} finished); resume=true continues "
+                         "it (episodes may grow), overwrite=true replaces it, or choose another out=DIR")
     for pattern in (PROGRESS_FILE, METRICS_FILE, *outputs):
         for old in out.glob(pattern):
             old.unlink()

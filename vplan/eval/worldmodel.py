@@ -55,7 +55,7 @@ MOVING_THRESHOLD = 0.01
 GRID_FILE = "real_vs_generated.mp4"
 OPEN_LOOP_VIDEO = "open_loop.mp4"
 OPEN_LOOP_PLOT = "open_loop.png"
-RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "resume")  # settings a resumption may change
+RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "resume", "overwrite")  # settings a resumption may change
 
 
 @dataclass
@@ -93,6 +93,9 @@ class EvalWorldModelConfig:
         default=False,
         metadata={"help": "Continue the evaluation interrupted in out (same settings and checkpoint files): its "
                   "finished episodes are kept; episodes may grow."},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace the evaluation out holds (finished or not) with a fresh one."}
     )
 
     def __post_init__(self) -> None:
