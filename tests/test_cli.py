@@ -40,6 +40,13 @@ def test_no_command_is_a_usage_error_with_the_list(capsys):
     assert err.splitlines()[-1] == "vplan: error: expected a command, one of those above"
 
 
+def test_python_m_vplan_is_the_vplan_command():
+    result = subprocess.run([sys.executable, "-m", "vplan", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("vplan ")
+    result = subprocess.run([sys.executable, "-m", "vplan", "colect"], capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown command 'colect'" in result.stderr
+
+
 def test_command_help_shows_config_and_choices(capsys):
     main(["collect", "--help"])
     out = capsys.readouterr().out
@@ -105,6 +112,8 @@ def test_default_out_follows_the_task():
         (["collect", "episodes=0"], "episodes: expected a positive number, got 0"),
         (["collect", "env.image_size=3"], "env.image_size: expected"),
         (["rl", "memory.lr=nan"], "memory.lr: expected a positive finite number, got nan"),  # rl has its own lr
+        (["rl", "rewards.outcome=0", "rewards.executability=0", "rewards.consistency=0"],  # not rewards.rewards
+         "error: rewards: every weight is 0"),
         (["collect", "stray"], "unexpected argument 'stray'"),
         (["run", "idm=shipped:tabletop/worldmodel"], "idm=shipped:tabletop/worldmodel: a world model's checkpoint, "
                                                      "not an IDM's; pass idm=shipped:<env>/idm or DIR"),

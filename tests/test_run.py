@@ -212,6 +212,19 @@ def test_a_run_begun_without_out_resumes_in_its_dated_folder(checkpoints, tmp_pa
     assert metrics["complete"] and metrics["seeds"] == [10000, 10001]
 
 
+def test_a_refused_run_without_out_leaves_no_folder(checkpoints, tmp_path, monkeypatch):
+    """Bad input exits before anything is written: the dated folder went, and runs/ stayed behind."""
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in run_args(checkpoints, "unused", "memory=none") if not a.startswith(("out=", "idm="))]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, f"idm={tmp_path / 'missing'}"])
+    assert exit_info.value.code == 2 and list(tmp_path.iterdir()) == []
+    (tmp_path / "runs" / "earlier").mkdir(parents=True)  # a runs/ with other runs in it stays
+    with pytest.raises(SystemExit):
+        main([*args, f"idm={tmp_path / 'missing'}"])
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["earlier"]
+
+
 def test_record_writes_the_executed_episodes_as_a_dataset(checkpoints, tmp_path):
     out = tmp_path / "recorded"
     main(run_args(checkpoints, out, "episodes=2", "memory=none", "video=false", "record=true"))

@@ -187,7 +187,8 @@ def _print_help(to_stderr: bool = False) -> None:
     width = max(len(c.name) for c in COMMANDS)
     lines = [
         "usage: vplan <command> [key=value ...]",
-        "       vplan <command> --help    show the command's config and choices",
+        "       vplan <command> --help    show the command's config and choices (also: vplan help <command>)",
+        "       vplan --version",
         "",
         "commands:",
         *(f"  {c.name.ljust(width)}  {c.summary}" for c in COMMANDS),
@@ -390,8 +391,10 @@ def build_config(cfg: Any) -> Any:
         key, message = getattr(error, "full_key", None), first_line(error)
         field = re.match(r"([A-Za-z_]\w*): ", message)
         path = _failing_node(cfg) if not key else None
-        if path:  # a nested config's check names its field alone ("seed: ...") or none: put its path first
-            key, message = (".".join((*path, field[1])), message[field.end():]) if field else (".".join(path), message)
+        if path:  # a nested config's check names its field alone ("seed: ..."), itself ("rewards: ...") or none:
+            # put its path first
+            named = (*path, field[1]) if field and field[1] != path[-1] else path
+            key, message = ".".join(named), message[field.end():] if field else message
         raise UsageError(f"{key}: {message}" if key and key not in message else message) from None
 
 

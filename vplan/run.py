@@ -11,6 +11,7 @@ with the subgoal the agent was imagining), ready for `vplan train` or `vplan fin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import time
@@ -452,7 +453,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             results.append(result)
             metrics = summarize(cfg, results, env_id, started, dist_unit)
             write_json(out / METRICS_FILE, metrics)
-            so_far = (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {metrics['dist_mean'] or 0:.3f}, "
+            dist = "–" if metrics["dist_mean"] is None else f"{metrics['dist_mean']:.3f}"  # none finite yet
+            so_far = (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {dist}, "
                       f"{result['wall_s']:.0f} s/episode | ")
             bar.set_postfix_str(so_far.removesuffix(" | "))
         bar.close()
@@ -467,4 +469,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             agent.close()
         if cfg.out is None and not any(out.iterdir()):  # the dated folder it took, refused before any record
             out.rmdir()
+            with contextlib.suppress(OSError):  # and runs/, where it is empty (another run may fill it now)
+                out.parent.rmdir()
     return metrics

@@ -1,0 +1,5 @@
+"""`python -m vplan ...`: the `vplan` command."""
+
+from vplan.cli import main
+
+main()
