@@ -113,6 +113,22 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
     assert torch.get_num_threads() == 2  # threads=1 held while it ran; the caller's count is back
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["model.conditioning=action"], "error: model: a world model conditioned on 'action', and bench worldmodel "
+                                    "imagines from the subgoal text alone; pass a text-conditioned one "
+                                    "(model.conditioning=text)"),
+    (["samplers=[ddim:5000]"], "error: samplers: ddim:5000: expected num_inference_steps <= num_train_timesteps"),
+])
+def test_bench_worldmodel_refuses_before_writing_anything(tmp_path, capsys, args, message):
+    """Both refusals came after out= was made (and the model built): an empty folder was left."""
+    from vplan.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "worldmodel", "checkpoint=null", "model=tiny", f"out={tmp_path / 'out'}", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
     from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel

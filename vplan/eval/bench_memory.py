@@ -257,6 +257,8 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         check_checkpoints_exist({"checkpoint": cfg.checkpoint})
         require_text_conditioned(read_config(resolve_checkpoint(cfg.checkpoint)), f"checkpoint={cfg.checkpoint}",
                                  "bench memory")
+    else:  # here, not in each mode's process
+        require_text_conditioned(cfg.model, "model", "bench memory", fix="model.conditioning=text")
     if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
                          "wait their turn spin on the cores the timed one needs; run it without "

@@ -14,10 +14,10 @@ import torch
 
 from vplan.errors import UsageError
 from vplan.eval.bench_record import OUT_HELP, check_model_is_timed, make_out_dir, record_bench
-from vplan.shipped import check_checkpoints_exist
+from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 from vplan.utils.openmp import restores_torch_threads, wait_policy
 from vplan.utils.resources import peak_rss_mb
-from vplan.worldmodel.model import WorldModel, WorldModelConfig, require_text_conditioned
+from vplan.worldmodel.model import WorldModel, WorldModelConfig, read_config, require_text_conditioned
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores
 OBJECTIVE_OF = {"ddim": "epsilon", "dpmsolver++": "epsilon", "flow_euler": "flow"}
@@ -64,19 +64,24 @@ def _fastest(function, repeats: int) -> float:
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})
-    torch.set_num_threads(cfg.threads)
-    machine = make_out_dir(cfg.out, "bench worldmodel")  # the threads it runs with, the load before it
-    model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()
-    config = model.config
-    require_text_conditioned(config, f"checkpoint={cfg.checkpoint}", "bench worldmodel")
+    if cfg.checkpoint:  # every refusal before out= is made or a model loaded
+        settings = read_config(resolve_checkpoint(cfg.checkpoint))
+        require_text_conditioned(settings, f"checkpoint={cfg.checkpoint}", "bench worldmodel")
+    else:
+        settings = cfg.model
+        require_text_conditioned(settings, "model", "bench worldmodel", fix="model.conditioning=text")
     diffusions = {}
     for spec in cfg.samplers:  # all checked before any is timed
         name, _, steps = spec.partition(":")
         try:
-            diffusions[spec] = replace(config.diffusion, objective=OBJECTIVE_OF[name], sampler=name,
+            diffusions[spec] = replace(settings.diffusion, objective=OBJECTIVE_OF[name], sampler=name,
                                        num_inference_steps=int(steps))
         except ValueError as error:  # more steps than the model's training schedule has
             raise UsageError(f"samplers: {spec}: {error}") from None
+    torch.set_num_threads(cfg.threads)
+    machine = make_out_dir(cfg.out, "bench worldmodel")  # the threads it runs with, the load before it
+    model = WorldModel.from_pretrained(cfg.checkpoint) if cfg.checkpoint else WorldModel(cfg.model).eval()
+    config = model.config
     generator = torch.Generator().manual_seed(0)
     context = torch.randn(1, config.context_frames, *model.latent_shape, generator=generator)
     texts = ["pick up the red cube"]
