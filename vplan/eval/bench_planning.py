@@ -175,7 +175,8 @@ def markdown_table(summaries: dict[str, dict[str, Any]], env: str, seeds: tuple[
     ]
     for name, s in summaries.items():
         dist = "-" if s["dist_mean"] is None else f"{s['dist_mean']:.4f} ± {s['dist_std']:.4f}"
-        lines.append(f"| {name} | {dist} | {s['success_rate']:.0%} | {s['psnr']:.2f} | {s['episodes']} | "
+        psnr = "-" if s["psnr"] is None else f"{s['psnr']:.2f}"  # summarize's none: no episode has one
+        lines.append(f"| {name} | {dist} | {s['success_rate']:.0%} | {psnr} | {s['episodes']} | "
                      f"{s['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
