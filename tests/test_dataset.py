@@ -490,6 +490,19 @@ def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
     )
     with pytest.raises(DatasetError, match=r"v2\.1"):
         EpisodeDataset(tmp_path)
+    (tmp_path / INFO_PATH).write_text("null")  # JSON, but no object: a TypeError before
+    with pytest.raises(DatasetError, match="holds a JSON NoneType, not a LeRobot dataset's info object"):
+        EpisodeDataset(tmp_path)
+
+
+def test_a_cut_info_json_is_a_damaged_dataset(tmp_path: Path) -> None:
+    """The writer replaces info.json whole: one cut short is an interrupted copy, not another kind of folder."""
+    root = tmp_path / "ds"
+    write(root, [0])
+    info = root / INFO_PATH
+    info.write_text(info.read_text()[:50])
+    with pytest.raises(DamagedDatasetError, match=rf"^{re.escape(str(info))} is not valid JSON .*dataset is damaged"):
+        EpisodeDataset(root)
 
 
 @pytest.mark.parametrize("damage", ["truncated video", "missing video", "missing data file", "truncated episodes file"])

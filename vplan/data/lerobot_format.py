@@ -104,8 +104,12 @@ def load_info(root: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{Path(root)} is not a LeRobot dataset: {path} does not exist")
     try:
         info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the writer replaces it whole: a cut copy
+        raise DamagedDatasetError(f"{path} is not valid JSON ({first_line(err)}); {DAMAGED}") from None
+    except OSError as err:
+        raise DamagedDatasetError(f"{path} cannot be read ({first_line(err)}); {DAMAGED}") from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path} holds a JSON {type(info).__name__}, not a LeRobot dataset's info object")
     missing = [key for key in _REQUIRED_INFO_KEYS if key not in info]
     if missing:
         raise DatasetError(f"{path} lacks the LeRobot fields {missing}")
