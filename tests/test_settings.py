@@ -128,6 +128,33 @@ def test_a_resumed_run_stops_when_a_checkpoints_files_changed(tmp_path):
     assert json.loads((out / PINNED_FILE).read_text())["worldmodel"] != pinned["worldmodel"]
 
 
+@pytest.mark.parametrize(("text", "what"), [
+    ("seed: [1\n", r"ParserError"), ("- 1\n- 2\n", "it holds a list"), ("", "it holds no settings"),
+    ("{}\n", "it holds no settings"),
+])
+def test_a_damaged_config_record_is_named(tmp_path, text, what):
+    """yaml's ParserError, a TypeError or an AttributeError came out of a resume; an empty record matched any
+    settings at their defaults, so a resume went on under them."""
+    from vplan.errors import RunError
+    from vplan.utils.settings import check_same_config, write_config
+
+    (tmp_path / "config.yaml").write_text(text)
+    pattern = rf"config.yaml is damaged \(.*{what}.*\); restore it, or choose another out=DIR"
+    with pytest.raises(RunError, match=pattern):
+        check_same_config(Outer(), tmp_path / "config.yaml", ())
+    with pytest.raises(RunError, match=pattern):
+        write_config(tmp_path, Outer())
+
+
+@pytest.mark.parametrize("text", ['{"worldmodel": ', "[1]", '{"worldmodel": "x"}'])
+def test_a_damaged_checkpoints_record_is_named(tmp_path, text):
+    from vplan.errors import RunError
+
+    (tmp_path / PINNED_FILE).write_text(text)
+    with pytest.raises(RunError, match=rf"{PINNED_FILE} is damaged .*restore it, or choose another out=DIR"):
+        pin_checkpoints(tmp_path, {"idm": "shipped:tabletop/idm"}, resuming=True)
+
+
 def test_a_run_begun_before_checkpoints_were_recorded_continues_with_a_warning(tmp_path, capsys):
     pin_checkpoints(tmp_path, {"idm": "shipped:tabletop/idm"}, resuming=True)
     assert "does not record which checkpoint files" in capsys.readouterr().out

@@ -38,7 +38,7 @@ from vplan.utils.files import read_json_record, write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, write_config,
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, read_config_record, write_config,
 )
 
 METRICS_FILE = "metrics.json"
@@ -119,10 +119,8 @@ def _run_dir(cfg: RunConfig) -> Path:
 def recorded_its_episodes(run_dir: Path) -> bool:
     """Whether the run in `run_dir` recorded its episodes (`record=true`: its config.yaml says so) into
     `<run_dir>/episodes`."""
-    from omegaconf import OmegaConf
-
     config = run_dir / CONFIG_FILE
-    return config.is_file() and bool(OmegaConf.load(config).get("record", False))
+    return config.is_file() and bool(read_config_record(config).get("record", False))
 
 
 def _check_holds_a_run(cfg: RunConfig, out: Path) -> None:

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vplan.errors import UsageError, VplanWarning
-from vplan.utils.files import write_json
+from vplan.errors import RunError, UsageError, VplanWarning
+from vplan.utils.files import read_json_record, write_json
 
 PREFIX = "shipped:"
 PINNED_FILE = "checkpoints.json"  # in a run directory: the fingerprint of each checkpoint the run used
@@ -198,7 +198,10 @@ def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -
     re-shipped model, a retrained one in the same directory) stops with a UsageError. The run's settings
     record only the arguments, which still name the same directory. Returns each checkpoint's fingerprint."""
     file = out / PINNED_FILE
-    pinned = json.loads(file.read_text()) if resuming and file.is_file() else {}
+    pinned = read_json_record(file, "restore it, or choose another out=DIR") if resuming and file.is_file() else {}
+    if any(not isinstance(entry, dict) for entry in pinned.values()):
+        raise RunError(f"{file} is damaged (its entries are no checkpoint records); restore it, or choose another "
+                       "out=DIR")
     if resuming and not file.is_file():
         print(f"warning: {out} does not record which checkpoint files it ran with (it was begun before vplan "
               f"recorded them); continuing with {', '.join(f'{k}={v}' for k, v in checkpoints.items())} as they are")

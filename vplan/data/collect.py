@@ -25,7 +25,7 @@ from vplan.constants import (
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import DamagedDatasetError, UsageError, VplanWarning
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, write_config
+from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, read_config_record, write_config
 
 IMAGE_FEATURE = "observation.images.{camera}"  # env observation key "front" -> observation.images.front
 
@@ -180,10 +180,8 @@ def _recorded_by_run(out: Path) -> bool:
 def explore_fraction(data: str | Path) -> float:
     """The `explore_fraction` `vplan collect` recorded for a dataset (0 when it recorded none): its random
     segments carry the text of the subgoal the expert was pursuing, not what their frames show."""
-    from omegaconf import OmegaConf
-
     path = Path(data) / CONFIG_FILE
-    return float(OmegaConf.load(path).get("explore_fraction", 0.0) or 0.0) if path.is_file() else 0.0
+    return float(read_config_record(path).get("explore_fraction", 0.0) or 0.0) if path.is_file() else 0.0
 
 
 def collect(cfg: CollectConfig) -> Path:

@@ -122,19 +122,35 @@ def settings_it_lacks(recorded: Iterable[str], cfg: Any) -> list[str]:
     return sorted(set(recorded) - {f.name for f in fields(cfg)})
 
 
+def read_config_record(path: Path) -> dict[str, Any]:
+    """The settings a command recorded in `path` (its config.yaml, written whole); a RunError saying it is damaged
+    where a disk fault or a hand edit left no mapping of settings (an empty one would match any defaults)."""
+    from omegaconf import OmegaConf
+
+    from vplan.errors import RunError, first_line
+
+    advice = "restore it, or choose another out=DIR"
+    try:
+        record = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:  # yaml's parser errors, a disk fault, bytes that are no UTF-8
+        raise RunError(f"{path} is damaged ({first_line(error, with_type=True)}); {advice}") from None
+    if not isinstance(record, dict) or not record:
+        what = "no settings" if isinstance(record, dict) or record is None else f"a {type(record).__name__}"
+        raise RunError(f"{path} is damaged (it holds {what}, not a mapping of settings); {advice}")
+    return record
+
+
 def check_config_is_ours(out: Path, cfg: Any) -> None:
     """A UsageError where `<out>/config.yaml` holds another command's settings (a collect dataset's in a train's
     out=): a top-level setting this command has not. Writing over it would leave that folder's own resume refused
     for good. (Its own older record names no setting this command lacks: a setting removed since is refused on
     resume anyway.)"""
-    from omegaconf import OmegaConf
-
     from vplan.errors import UsageError
 
     path = out / CONFIG_FILE
     if not path.is_file():
         return
-    other = settings_it_lacks(OmegaConf.load(path), cfg)
+    other = settings_it_lacks(read_config_record(path), cfg)
     if other:
         raise UsageError(f"{out} holds another command's settings ({path.name}, with {', '.join(other[:3])}"
                          f"{', ...' if len(other) > 3 else ''}); choose another out=DIR")
@@ -156,11 +172,9 @@ def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], 
     differs from the config a run directory recorded, so a resumption never mixes two configs (a setting added
     since, at its default, is no difference); `what` begins the message where the command's name does not say
     it (the CLI prefixes that)."""
-    from omegaconf import OmegaConf
-
     from vplan.errors import UsageError
 
-    saved = OmegaConf.to_container(OmegaConf.load(config_file))
+    saved = read_config_record(config_file)
     top = tuple(name for name in may_change if "." not in name)
     changed = [name for name in changed_settings(saved, settings_record(cfg), cfg, ignore=top)
                if name not in may_change]
