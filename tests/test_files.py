@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from vplan.loop.checkpoint import list_checkpoints, save_checkpoint
 from vplan.errors import RunError
 from vplan.utils.files import (
-    folder_written_aside, fsync_tree, read_json_record, write_json, write_mp4, write_text_atomic,
+    folder_written_aside, fsync_tree, read_json_record, recover_folder, write_json, write_mp4, write_text_atomic,
 )
 
 
@@ -43,7 +45,7 @@ def test_a_write_replaces_the_file_whole_and_a_failed_one_keeps_the_old(tmp_path
     assert '"episodes"' in path.read_text() and os.listdir(tmp_path) == ["metrics.json"]  # no scratch file left
 
 
-def test_a_write_is_synced_before_its_rename_and_the_rename_after(tmp_path, synced):
+def test_a_write_syncs_its_scratch_file_then_the_folder(tmp_path, synced):  # the rename between: below
     write_text_atomic(tmp_path / "a.txt", "x")
     assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(tmp_path)
 
@@ -93,12 +95,14 @@ def test_scratch_files_a_killed_writer_left_are_cleared_by_the_next_write(tmp_pa
     killed = subprocess.Popen(["true"])
     killed.wait()  # a process id no process has now
     writing = os.getppid()  # one that runs: its scratch file may be half-way, and stays
-    for leftover in (f".real_vs_none.mp4.{killed.pid}.tmp.mp4", f".metrics.json.{killed.pid}.tmp",
-                     f".metrics.json.{writing}.tmp"):
+    # the names writers use (pid and a random part), and the pid alone of earlier versions
+    for leftover in (f".real_vs_none.mp4.{killed.pid}-0a1b2c3d.tmp.mp4", f".metrics.json.{killed.pid}.tmp",
+                     f".metrics.json.{killed.pid}-deadbeef.tmp", f".metrics.json.{writing}-deadbeef.tmp"):
         (tmp_path / leftover).write_bytes(b"half")
     write_mp4(tmp_path / "real_vs_none.mp4", [np.zeros((16, 16, 3), np.uint8)] * 2, fps=4)
     write_json(tmp_path / "metrics.json", {})
-    assert sorted(os.listdir(tmp_path)) == [f".metrics.json.{writing}.tmp", "metrics.json", "real_vs_none.mp4"]
+    assert sorted(os.listdir(tmp_path)) == [f".metrics.json.{writing}-deadbeef.tmp", "metrics.json",
+                                            "real_vs_none.mp4"]
 
 
 def test_a_cache_file_that_cannot_be_written_leaves_no_scratch(tmp_path, monkeypatch):
@@ -147,6 +151,27 @@ def test_a_swap_cut_between_its_renames_is_finished_before_the_next_save(tmp_pat
     assert (final / "weights").read_text() == "new" and os.listdir(tmp_path) == ["final"]
 
 
+def test_ctrl_c_between_the_renames_keeps_the_new_folder_aside(tmp_path, monkeypatch):
+    """Only a kill kept it: Ctrl-C there deleted the complete new folder, and `final` was gone until the next save."""
+    final = tmp_path / "final"
+    with folder_written_aside(final) as folder:
+        (folder / "weights").write_text("old")
+    replace = os.replace
+
+    def interrupted_after_the_first(source, target):
+        replace(source, target)
+        if str(target).endswith(".final.old"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        with folder_written_aside(final) as folder:
+            (folder / "weights").write_text("new")
+    monkeypatch.undo()
+    recover_folder(final)
+    assert (final / "weights").read_text() == "new" and os.listdir(tmp_path) == ["final"]
+
+
 def test_renames_are_synced_after_they_happen(tmp_path, synced, monkeypatch):
     replace = os.replace
 
@@ -166,11 +191,34 @@ def test_renames_are_synced_after_they_happen(tmp_path, synced, monkeypatch):
 def test_a_video_ffmpeg_cannot_write_is_an_error_and_the_old_one_stays(tmp_path):
     path = tmp_path / "episode.mp4"
     write_mp4(path, [np.zeros((16, 16, 3), np.uint8)] * 3, fps=4)
-    with pytest.raises(RuntimeError, match=r"ffmpeg wrote 0 of 3 frames \(frames of 63x65x3\)"):
+    with pytest.raises(RunError, match=r"ffmpeg wrote 0 of 3 frames \(frames of 63x65x3\)"):
         write_mp4(path, [np.zeros((63, 65, 3), np.uint8)] * 3, fps=4)  # yuv420p needs even sizes
     import imageio.v2 as imageio
 
     assert len(imageio.mimread(path)) == 3 and os.listdir(tmp_path) == ["episode.mp4"]
+
+
+@pytest.mark.parametrize("free", [0, 2**30])
+def test_a_video_ffmpeg_stops_writing_is_one_line_naming_it(tmp_path, monkeypatch, free):
+    """ffmpeg cut off by a full disk: a broken pipe with no errno, or ffmpeg's whole banner from reading the cut
+    file back, each a traceback naming a scratch file."""
+    import shutil
+
+    import imageio.v2 as imageio
+
+    def broken_pipe(target, frames, **kwargs):
+        Path(target).write_bytes(b"cut")
+        raise OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\nffmpeg -y ...\n\nFFMPEG STDERR OUTPUT:\n"
+                      "av_interleaved_write_frame(): No space left on device")
+
+    monkeypatch.setattr(imageio, "mimwrite", broken_pipe)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
+    said = "the disk is full: free some space" if free == 0 else "av_interleaved_write_frame(): No space left on device"
+    with pytest.raises(RunError, match=rf"^{re.escape(str(tmp_path / 'a.mp4'))}: ffmpeg could not write the video "
+                                       rf"\({re.escape(said)}\); the old video, if any, is kept$"):
+        write_mp4(tmp_path / "a.mp4", [np.zeros((16, 16, 3), np.uint8)] * 3, fps=4)
+    assert os.listdir(tmp_path) == []
 
 
 def test_two_writers_of_one_path_never_share_a_scratch_file(tmp_path):

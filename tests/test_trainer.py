@@ -390,3 +390,31 @@ def test_several_processes_are_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="finetune: 2 processes"):
         finetune(FinetuneConfig(data=nothing, out=str(tmp_path / "finetune")))
     assert not (tmp_path / "train").exists() and not (tmp_path / "finetune").exists()
+
+
+def test_a_save_the_disk_refuses_leaves_no_half_checkpoint_and_says_free_some_space(tmp_path, monkeypatch, capsys):
+    """The half-written folder held the space the user was to free, and safetensors' error was a traceback."""
+    from safetensors import SafetensorError
+
+    from vplan.cli import main
+    from vplan.loop import checkpoint as checkpoint_module
+    from vplan.loop.checkpoint import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(tmp_path, 1, model, optimizer, {})
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint_module, "save_optimizer", disk_full)
+    with pytest.raises(SafetensorError):
+        save_checkpoint(tmp_path, 2, model, optimizer, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000001"]
+
+    monkeypatch.setattr("vplan.data.collect.collect", disk_full)  # as a command's save meets it
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "episodes=1", f"out={tmp_path / 'data'}"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().endswith("error: No space left on device; free some space (or write to "
+                                                    "another out=DIR) and run it again")

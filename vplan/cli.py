@@ -25,6 +25,7 @@ RUN_ERROR = 1
 INTERRUPTED = 130
 # Storage failures a write or fsync raises without a path (a full disk, a quota, a read-only or failing disk).
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+_FREE_SPACE = "free some space (or write to another out=DIR) and run it again"
 
 choose_wait_policy()  # before torch loads: passive OpenMP waiting unless the user chose (vplan/utils/openmp.py)
 
@@ -542,7 +543,7 @@ def _main(argv: list[str] | None) -> None:
         _fail(prog, str(error), RUN_ERROR)
     except OSError as error:  # on a path: an unwritable out=DIR, a full disk, a file where a directory should be
         if error.errno in _STORAGE_ERRORS and error.filename is None:  # a write or fsync: no path to name
-            _fail(prog, f"{error.strerror}; free some space (or write to another out=DIR) and run it again", RUN_ERROR)
+            _fail(prog, f"{error.strerror}; {_FREE_SPACE}", RUN_ERROR)
         if error.filename is None:  # a socket, a simulator's connection: the traceback says where
             raise
         paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
@@ -550,6 +551,20 @@ def _main(argv: list[str] | None) -> None:
         _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
     except KeyboardInterrupt:
         _interrupted(prog)
+    except Exception as error:  # safetensors' writes say a full disk in their own error type
+        code = _storage_error_of_safetensors(error)
+        if code is None:
+            raise
+        _fail(prog, f"{os.strerror(code)}; {_FREE_SPACE}", RUN_ERROR)
+
+
+def _storage_error_of_safetensors(error: Exception) -> int | None:
+    """The errno of a storage fault in a safetensors write ("I/O error: No space left on device (os error 28)"),
+    or None for any other error."""
+    from safetensors import SafetensorError
+
+    found = re.search(r"\(os error (\d+)\)", str(error)) if isinstance(error, SafetensorError) else None
+    return int(found[1]) if found and int(found[1]) in _STORAGE_ERRORS else None
 
 
 def _check_task_fits_env(cfg: Any, choices: dict[str, str]) -> None:

@@ -59,13 +59,17 @@ def save_checkpoint(
     for leftover in out.glob(f".tmp-{PREFIX}*"):  # this save's, or one a killed save left at another step
         shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / MODEL_FILE)
-    rng = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():  # what a GPU draws without a generator (the VAE's posterior sample)
-        rng |= {f"{CUDA_RNG}{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
-    save_optimizer(optimizer, tmp / OPTIMIZER_FILE, rng)
-    (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
-    fsync_tree(tmp)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / MODEL_FILE)
+        rng = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():  # what a GPU draws without a generator (the VAE's posterior sample)
+            rng |= {f"{CUDA_RNG}{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
+        save_optimizer(optimizer, tmp / OPTIMIZER_FILE, rng)
+        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
+        fsync_tree(tmp)
+    except BaseException:  # a full disk: the half-written folder would hold the space the user must free
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _remove(final)
     os.replace(tmp, final)
     fsync_path(out)

@@ -85,7 +85,8 @@ def folder_written_aside(path: Path) -> Iterator[Path]:
         fsync_path(path.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if path.exists() or not old.exists():  # else stopped between the renames: the new folder is the one to keep
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextmanager
@@ -140,12 +141,19 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     if not frames:
         raise ValueError(f"{path}: expected at least one frame, got none")
     with file_written_aside(path, path.suffix) as scratch:  # the suffix tells imageio the format
-        imageio.mimwrite(scratch, frames, fps=fps, macro_block_size=1)
-        # imageio reports an ffmpeg failure (an odd frame size for yuv420p, say) without raising: check the file
-        written = count_frames_and_secs(str(scratch))[0] if scratch.is_file() and scratch.stat().st_size else 0
+        try:
+            imageio.mimwrite(scratch, frames, fps=fps, macro_block_size=1)
+            # imageio reports an ffmpeg failure (an odd frame size for yuv420p, say) without raising: check the file
+            written = count_frames_and_secs(str(scratch))[0] if scratch.is_file() and scratch.stat().st_size else 0
+        except (OSError, RuntimeError) as error:  # ffmpeg stopped part-way: a broken pipe, or its banner on a cut file
+            full = shutil.disk_usage(path.parent).free < 2**20
+            lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+            raise RunError(f"{path}: ffmpeg could not write the video ("
+                           f"{'the disk is full: free some space' if full else lines[-1].strip()}); the old video, "
+                           "if any, is kept") from None
         if written != len(frames):
-            raise RuntimeError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames (frames of "
-                               f"{'x'.join(map(str, frames[0].shape))}); the old video, if any, is kept")
+            raise RunError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames (frames of "
+                           f"{'x'.join(map(str, frames[0].shape))}); the old video, if any, is kept")
 
 
 def read_json_record(path: Path, advice: str, keys: Iterable[str] = ()) -> dict[str, Any]:
