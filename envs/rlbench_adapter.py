@@ -229,9 +229,10 @@ class RLBenchEnv(LastFrameRender, gym.Env):
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._steps is None:
             raise RuntimeError("call reset() before step()")
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        if action.shape != (4,):
-            raise ValueError(f"action: expected shape (4,), got {action.shape}")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (4,) or not np.isfinite(action).all():  # NaN became "hold and open", or PyRep's IK target
+            raise ValueError(f"action: expected 4 finite numbers (dx, dy, dz, grip), got {action.tolist()}")
+        action = np.clip(action, -1.0, 1.0)
         grip = 0.0 if action[3] > 0 else 1.0  # RLBench's Discrete gripper: 1 open, 0 closed
         # Into the tool workspace, by at most max_delta per axis (the tip starts above it, and RLBench's
         # Jacobian IK fails on long jumps).

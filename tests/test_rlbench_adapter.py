@@ -222,6 +222,16 @@ def test_action_mapping(env, monkeypatch):
     np.testing.assert_allclose(sent[-1][3:7], start_quaternion)  # the orientation is held all along
 
 
+@pytest.mark.parametrize("action", [[np.nan, 0, 0, 0], [0, 0, 0, np.inf], [0, 0, 0]])
+def test_a_non_finite_or_misshapen_action_is_refused_before_the_simulator(env, monkeypatch, action):
+    """NaN became "hold the arm and open" without a word (on CoppeliaSim: PyRep's IK target), where the
+    tabletop refuses it."""
+    env.reset(seed=1)
+    monkeypatch.setattr(env._task_env, "step", lambda action: pytest.fail("the simulator was stepped"))
+    with pytest.raises(ValueError, match=r"action: expected 4 finite numbers \(dx, dy, dz, grip\)"):
+        env.step(np.array(action, np.float32))
+
+
 def test_an_unreachable_target_holds_the_arm_but_applies_the_grip(env, monkeypatch):
     from pyrep.backend import sim
 
