@@ -335,6 +335,9 @@ def test_a_stall_is_judged_on_the_motion_the_last_stall_steps_actions_asked_for(
     per_axis = np.zeros((CHUNK, 3))
     per_axis[0, 2] = per_axis[1, 0] = 0.6  # each step's largest axis counts
     assert cut_after(per_axis, 0.5) == 2 and cut_after(per_axis, 0.7) is None
+    diagonal = np.zeros((CHUNK, 3))
+    diagonal[:2, :2] = 0.4  # the largest axis, not the length (0.57) nor the sum (0.8)
+    assert cut_after(diagonal, 0.5) is None and cut_after(diagonal, 0.35) == 2
     late = np.zeros((CHUNK, 3))
     late[2:4, 0] = -1.0  # over the last two steps: 0.5 after 3 steps, 1 after 4
     assert cut_after(late, 0.5) == 3 and cut_after(late, 0.7) == 4

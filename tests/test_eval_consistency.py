@@ -236,8 +236,11 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     assert figures(evaluate(out, episodes=2, resume=True)) == figures(straight)  # all finished: nothing rerun
     with pytest.raises(UsageError, match="holds a finished evaluation \\(4 rollout.*overwrite=true replaces it"):
         evaluate(out, episodes=1)  # a finished evaluation's figures are not thrown away without a word
-    with pytest.raises(UsageError, match="pass one"):
+    with pytest.raises(ValueError, match="pass one"):
         evaluate(out, episodes=1, resume=True, overwrite=True)
+    with pytest.raises(UsageError, match=r"finished, with other settings of chunks\); overwrite=true replaces it, "
+                                         r"or choose another out=DIR$"):  # resume=true would be refused
+        evaluate(out, episodes=1, chunks=CHUNKS + 1)
     again = evaluate(out, episodes=1, overwrite=True)  # replaced by a fresh one
     assert figures(again)["none"] == figures(straight)["none"][:1]
 

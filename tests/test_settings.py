@@ -146,7 +146,7 @@ def test_a_damaged_config_record_is_named(tmp_path, text, what):
         write_config(tmp_path, Outer())
 
 
-@pytest.mark.parametrize("text", ['{"worldmodel": ', "[1]", '{"worldmodel": "x"}'])
+@pytest.mark.parametrize("text", ['{"worldmodel": ', "[1]", '{"worldmodel": "x"}', '{"idm": {}}'])
 def test_a_damaged_checkpoints_record_is_named(tmp_path, text):
     from vplan.errors import RunError
 
@@ -187,3 +187,22 @@ def test_a_checkpoint_from_another_env_is_named_in_a_warning(tmp_path):
         warnings.simplefilter("error")
         warn_if_trained_elsewhere({"idm": str(unrecorded), "compare": str(tmp_path / "missing"), "other": None},
                                   "tabletop")
+
+
+def test_an_unreadable_dataset_record_only_costs_the_exploration_warning(tmp_path):
+    """Read for a warning, a damaged dataset config.yaml stopped vplan train, advising another out=."""
+    from vplan.data.collect import warn_if_exploring
+    from vplan.errors import VplanWarning
+
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.warns(VplanWarning, match=r"whether .* holds exploratory segments is unknown: .*config.yaml is "
+                                          r"damaged .*; restore it from a copy of the dataset"):
+        warn_if_exploring(tmp_path)
+
+
+def test_a_missing_record_is_called_missing(tmp_path):
+    from vplan.errors import RunError
+    from vplan.utils.settings import check_same_config
+
+    with pytest.raises(RunError, match=r"config.yaml is missing; restore it, or choose another out=DIR"):
+        check_same_config(Outer(), tmp_path / "config.yaml", ())

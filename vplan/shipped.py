@@ -199,7 +199,7 @@ def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -
     record only the arguments, which still name the same directory. Returns each checkpoint's fingerprint."""
     file = out / PINNED_FILE
     pinned = read_json_record(file, "restore it, or choose another out=DIR") if resuming and file.is_file() else {}
-    if any(not isinstance(entry, dict) for entry in pinned.values()):
+    if any(not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), str) for entry in pinned.values()):
         raise RunError(f"{file} is damaged (its entries are no checkpoint records); restore it, or choose another "
                        "out=DIR")
     if resuming and not file.is_file():

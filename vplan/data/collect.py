@@ -23,7 +23,7 @@ from vplan.constants import (
     ACTION, ACTION_APPLIED, DONE, HELD_OUT_SEEDS, OBS_ENV_STATE, OBS_STATE, REWARD, ROBOT_TYPE_PREFIX, SUCCESS,
 )
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
-from vplan.errors import DamagedDatasetError, UsageError, VplanWarning
+from vplan.errors import DamagedDatasetError, RunError, UsageError, VplanWarning
 from vplan.tasks import TaskConfig
 from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, read_config_record, write_config
 
@@ -161,7 +161,11 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
 def warn_if_exploring(data: str | Path) -> None:
     """A VplanWarning where `data` was collected with exploration: a text-conditioned world model trained or
     finetuned on it learns each random segment under the subgoal the expert was pursuing."""
-    exploring = explore_fraction(data)
+    try:
+        exploring = explore_fraction(data)
+    except RunError as error:  # a warning's record: what it cannot read stops nothing
+        warnings.warn(f"whether {data} holds exploratory segments is unknown: {error}", VplanWarning, stacklevel=3)
+        return
     if exploring:
         warnings.warn(f"{data} was collected with explore_fraction={exploring:g}: its random segments are "
                       "labelled with the subgoal the expert was pursuing, not what their frames show, so the world "
@@ -181,7 +185,9 @@ def explore_fraction(data: str | Path) -> float:
     """The `explore_fraction` `vplan collect` recorded for a dataset (0 when it recorded none): its random
     segments carry the text of the subgoal the expert was pursuing, not what their frames show."""
     path = Path(data) / CONFIG_FILE
-    return float(read_config_record(path).get("explore_fraction", 0.0) or 0.0) if path.is_file() else 0.0
+    if not path.is_file():
+        return 0.0
+    return float(read_config_record(path, "restore it from a copy of the dataset").get("explore_fraction", 0.0) or 0.0)
 
 
 def collect(cfg: CollectConfig) -> Path:

@@ -107,6 +107,8 @@ class EvalConsistencyConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.resume and self.overwrite:  # before any model loads or take is played
+            raise ValueError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
         from vplan.envs import env_name
         from vplan.eval.revisit import revisit_scenario_for
         from vplan.shipped import shipped_checkpoint

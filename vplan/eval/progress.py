@@ -27,8 +27,6 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left
     (`cfg.overwrite`: an evaluation in `out` is refused without it).
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
-    if cfg.resume and cfg.overwrite:
-        raise UsageError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
     if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
@@ -40,8 +38,8 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         if other:
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")
+    changed = changed_settings(recorded["settings"], settings, cfg) if recorded is not None else []
     if cfg.resume and recorded is not None:
-        changed = changed_settings(recorded["settings"], settings, cfg)
         if changed:
             raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
                              "pass the same ones, or choose another out=DIR")
@@ -53,8 +51,11 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         print(f"resume=true: {out} holds no evaluation yet; starting one")
     elif recorded is not None and not cfg.overwrite:  # its figures would go without a word
         state = "a finished" if (out / METRICS_FILE).is_file() else "an unfinished"
-        raise UsageError(f"{out} holds {state} evaluation ({finished(recorded)} finished); resume=true continues "
-                         "it (episodes may grow), overwrite=true replaces it, or choose another out=DIR")
+        ways = ("overwrite=true replaces it" if changed else  # resume=true would be refused for them
+                "resume=true continues it (episodes may grow), overwrite=true replaces it")
+        raise UsageError(f"{out} holds {state} evaluation ({finished(recorded)} finished"
+                         f"{', with other settings of ' + ', '.join(changed) if changed else ''}); {ways}, or choose "
+                         "another out=DIR")
     for pattern in (PROGRESS_FILE, METRICS_FILE, *outputs):
         for old in out.glob(pattern):
             old.unlink()

@@ -99,6 +99,8 @@ class EvalWorldModelConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.resume and self.overwrite:  # before any model loads or take is played
+            raise ValueError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
         if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
             raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
                              f"{self.video_chunks}, {self.rollout_chunks}")

@@ -122,14 +122,16 @@ def settings_it_lacks(recorded: Iterable[str], cfg: Any) -> list[str]:
     return sorted(set(recorded) - {f.name for f in fields(cfg)})
 
 
-def read_config_record(path: Path) -> dict[str, Any]:
-    """The settings a command recorded in `path` (its config.yaml, written whole); a RunError saying it is damaged
-    where a disk fault or a hand edit left no mapping of settings (an empty one would match any defaults)."""
+def read_config_record(path: Path, advice: str = "restore it, or choose another out=DIR") -> dict[str, Any]:
+    """The settings a command recorded in `path` (its config.yaml, written whole); a RunError saying it is missing
+    or damaged, then `advice` (what to do), where a disk fault or a hand edit left no mapping of settings (an empty
+    one would match any defaults)."""
     from omegaconf import OmegaConf
 
     from vplan.errors import RunError, first_line
 
-    advice = "restore it, or choose another out=DIR"
+    if not Path(path).is_file():
+        raise RunError(f"{path} is missing; {advice}")
     try:
         record = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as error:  # yaml's parser errors, a disk fault, bytes that are no UTF-8
