@@ -180,6 +180,8 @@ def test_subgoal_and_plan_validation(make: Callable[[], Any], message: str) -> N
         # the HTTP client logs each request's URL, and appends the API's path after a query
         (lambda: LLMPlannerConfig(base_url="http://user:pw@127.0.0.1:8000/v1"), "base_url: holds a user and password or a query"),
         (lambda: LLMPlannerConfig(base_url="http://127.0.0.1:8000/v1?api-key=k"), "base_url: holds a user and password or a query"),
+        # a password in a URL that is malformed too: the format's message quoted it
+        (lambda: LLMPlannerConfig(base_url="http://user:pw@host:99999/v1"), "base_url: holds a user and password or"),
     ],
 )
 def test_config_validation(make: Callable[[], Any], message: str) -> None:

@@ -76,13 +76,13 @@ class ChatEndpointConfig:
         check_field_types(self)  # configs built in Python: timeout_s="30" was a TypeError
         if not self.model.strip():
             raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
-        if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
-            raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
-                             f"65535, no spaces) or None, got {self.base_url!r}")
-        if self.base_url is not None and _holds_credentials(self.base_url):
+        if self.base_url is not None and _holds_credentials(self.base_url):  # first: the next message quotes it
             raise ValueError("base_url: holds a user and password or a query (?...): the HTTP client logs the URL "
                              "of every request, and appends the API's path after a query, so neither can be passed "
                              "there; give the key as api_key or in the api_key_env variable")
+        if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
+            raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
+                             f"65535, no spaces) or None, got {self.base_url!r}")
         if not self.api_key_env.strip():
             raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
