@@ -238,6 +238,10 @@ def test_eval_worldmodel_needs_an_expert_and_defaults_to_the_tasks_shipped_model
         EvalWorldModelConfig(env=TabletopConfig(), task=TaskConfig.preset("navigate"))
     cfg = EvalWorldModelConfig(env=BlockworldConfig(), task=TaskConfig.preset("return_cubes"), conditioning="action")
     assert (cfg.checkpoint, cfg.compare) == ("shipped:tabletop/worldmodel_action", "shipped:tabletop/worldmodel")
+    for compared in ({"compare": "shipped:tabletop/worldmodel"}, {"conditioning": "action"}):  # it was ignored
+        with pytest.raises(ValueError, match=r"scores the open-loop rollouts: expected rollout_chunks >= 1, got 0"):
+            EvalWorldModelConfig(env=TabletopConfig(), task=TaskConfig.preset("return_cubes"), rollout_chunks=0,
+                                 **compared)
 
 
 @pytest.mark.parametrize("command", ["worldmodel", "memory"])
@@ -277,7 +281,8 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
     WorldModel(tiny_world_model()).save_pretrained(checkpoint)
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), sampler="flow_euler")
-    with pytest.raises(UsageError, match="sampling override: expected sampler"):
+    with pytest.raises(UsageError, match=r"^sampler: .* was trained with the 'epsilon' objective, whose samplers are "
+                                         r"ddim, dpmsolver\+\+; got 'flow_euler'$"):  # it named an objective= key
         evaluate_worldmodel(cfg)
     for setting in ("compare", "idm"):  # a missing checkpoint is named by its setting, before any work
         with pytest.raises(UsageError, match=rf"^{setting}={tmp_path}/none: no checkpoint at .* pass {setting}=DIR"):

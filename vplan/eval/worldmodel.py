@@ -114,6 +114,9 @@ class EvalWorldModelConfig:
             raise ValueError(f"task: eval worldmodel scores on the scripted expert's episodes, and {self.task.name!r} "
                              f"has none; expected one of {sorted(EXPERTS)}")
         # the task's env's shipped models, as `vplan run` takes (env=rlbench runs the tabletop's return_cubes)
+        if (self.compare is not None or self.conditioning == "action") and self.rollout_chunks == 0:
+            raise ValueError("compare= (and conditioning=action, which compares) scores the open-loop rollouts: "
+                             "expected rollout_chunks >= 1, got 0")
         if self.conditioning == "action":
             self.compare = self.compare or shipped_checkpoint(self.task.env, "worldmodel")
         if self.checkpoint is None:
@@ -169,12 +172,17 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
     """The checkpoint's world model with the sampling overrides, checked against the env's frame size."""
     from vplan.errors import UsageError
+    from vplan.worldmodel.diffusion import SAMPLERS
     from vplan.worldmodel.model import WorldModel
 
     model = WorldModel.from_pretrained(checkpoint)
     overrides = {"sampler": cfg.sampler, "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+    diffusion = model.config.diffusion
+    if cfg.sampler is not None and cfg.sampler not in SAMPLERS[diffusion.objective]:  # the checkpoint fixes it
+        raise UsageError(f"sampler: {checkpoint} was trained with the {diffusion.objective!r} objective, whose "
+                         f"samplers are {', '.join(SAMPLERS[diffusion.objective])}; got {cfg.sampler!r}")
     try:
-        model.config.diffusion = replace(model.config.diffusion, **{k: v for k, v in overrides.items() if v is not None})
+        model.config.diffusion = replace(diffusion, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as error:
         raise UsageError(f"sampling override: {error}") from None
     if model.config.vae.image_size != cfg.env.image_size:
