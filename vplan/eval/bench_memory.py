@@ -26,6 +26,7 @@ Timings hardly depend on the weights, so `checkpoint=null` times a freshly initi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -185,19 +186,27 @@ class ModeRunner:
 def _serve(cfg: BenchMemoryConfig, kind: str, overlap: bool, conn: Any) -> None:
     """A mode's process: build and warm up, then time one episode per request until told to stop. Ctrl-C is the
     parent's to handle (it ends this process); here it printed a traceback per mode."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (ignored from its start too: see _ProcessRunner)
     try:
         runner = ModeRunner(cfg, kind, overlap)
         conn.send(("ready", None))
         while conn.recv() == "episode":
             conn.send(("episode", runner.episode()))
         runner.close()
+    except (EOFError, BrokenPipeError):  # the parent has gone (the bench was stopped): nobody to tell
+        pass
     except UsageError as err:  # a setting the model refuses: the parent says it as the CLI would
-        conn.send(("usage", str(err)))
+        _tell(conn, ("usage", str(err)))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", f"{type(err).__name__}: {err}"))
+        _tell(conn, ("error", f"{type(err).__name__}: {err}"))
     finally:
         conn.close()
+
+
+def _tell(conn: Any, message: tuple[str, str]) -> None:
+    """Send `message` to the parent, unless it has gone (stopped while this process failed)."""
+    with contextlib.suppress(BrokenPipeError, EOFError):
+        conn.send(message)
 
 
 class _ProcessRunner:
@@ -208,7 +217,13 @@ class _ProcessRunner:
         self.conn, child = context.Pipe()
         self.name = _mode_name(kind, overlap)
         self.process = context.Process(target=_serve, args=(cfg, kind, overlap, child), daemon=True)
-        self.process.start()
+        # Ctrl-C is the parent's: a child started with SIGINT ignored keeps ignoring it through its start-up
+        # imports (it printed their traceback); the parent's own handler is back at once
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.process.start()
+        finally:
+            signal.signal(signal.SIGINT, handler)
         child.close()
 
     def _receive(self) -> Any:
