@@ -92,6 +92,16 @@ def test_a_missing_slow_model_is_named_before_anything_runs(checkpoints, tmp_pat
     assert "vplan train component=worldmodel" in error and not out.exists()
 
 
+def test_a_temp_lora_setting_the_unet_refuses_is_named_before_anything_runs(checkpoints, tmp_path, capsys):
+    """The Temp-LoRA rows run last: a typo in their layers was found after the other rows' episodes."""
+    out = tmp_path / "b"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*bench_args(checkpoints, out), "memory.target_modules=[bogus]"])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and not out.exists()
+    assert error.startswith("vplan bench planning: error: memory.target_modules: expected names of modules in the UNet")
+
+
 @pytest.mark.parametrize(("finetuned", "said"), [("shipped:tabletop/finetuned", "no shipped checkpoint"),
                                                   ("run_dir", "a training run's directory; pass finetuned=")])
 def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpoints, tmp_path, capsys, finetuned,

@@ -273,6 +273,10 @@ def test_bad_inputs_are_usage_errors(setup, tmp_path):
         config(data, wm, tmp_path / "d", memory=MemoryConfig(kind="anchor"))
     with pytest.raises(UsageError, match="holdout_episodes=2"):
         finetune(config(data, wm, tmp_path / "e", holdout_episodes=2))
+    # a typo in the adapter's layers: once found, settings.json held it, and the fixed command was refused
+    with pytest.raises(UsageError, match=r"^memory.target_modules: expected names of modules in the UNet"):
+        finetune(config(data, wm, tmp_path / "g", memory=replace(MEMORY, target_modules=("bogus",))))
+    assert not (tmp_path / "g").exists()
     from vplan.errors import RunError
 
     with pytest.raises(RunError, match=r"inner loop: Temp-LoRA's adapter diverged .* in episode 0, chunk \d+; start "

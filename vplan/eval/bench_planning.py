@@ -193,7 +193,10 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
 
     from vplan.envs import env_name, make_env
     from vplan.run import run_episode, show_chunk
-    from vplan.shipped import check_checkpoints_exist
+    from vplan.memory.temp_lora import check_target_modules
+    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
+    from vplan.worldmodel.model import read_config
+    from vplan.worldmodel.unet import build_unet
 
     # the finetuned model may come later, made by `vplan finetune` at a path that does not exist yet
     later = not cfg.finetuned.startswith(PREFIX) and not Path(cfg.finetuned).exists()
@@ -202,6 +205,9 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"
+    # the Temp-LoRA rows come after an hour of others: their setting is checked on the UNet's layout now
+    settings = read_config(resolve_checkpoint(cfg.worldmodel))
+    check_target_modules(cfg.memory, build_unet(settings.unet, settings.frame_input_size), "memory.target_modules")
     if not _exists(cfg.finetuned):
         print(f"warning: {missing}; the slow-learned model's rows run first, then the bench stops for it "
               "(rerun the same command to continue)")

@@ -213,6 +213,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
+    from vplan.memory.temp_lora import check_target_modules
     from vplan.shipped import (
         check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere, warn_if_training_seeds,
     )
@@ -231,6 +232,8 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the checkpoint's frames are {size}x{size}, the env's {cfg.env.image_size}; "
                          f"set env.image_size={size}")
+    if "temp_lora" in cfg.modes:  # a typo there was found once none and anchor had run the first seed
+        check_target_modules(cfg.temp_lora, model.unet, "temp_lora.target_modules")
     if "anchor" in cfg.modes and model.config.context_frames < 2:
         raise UsageError(f"mode 'anchor' needs a world model with context_frames >= 2, the checkpoint has "
                          f"{model.config.context_frames}; leave anchor out of modes")

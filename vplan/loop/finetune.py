@@ -428,6 +428,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Inner loop over the episodes (resumable), outer loop through the trainer, `<out>/final`; prints a summary."""
     from tqdm import tqdm
 
+    from vplan.memory.temp_lora import check_target_modules
     from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_trained_elsewhere
 
     refuse_several_processes("finetune")
@@ -439,6 +440,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     checkpoint = resolve_checkpoint(cfg.worldmodel)
     world_model = WorldModel.from_pretrained(checkpoint)
     require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel}", "vplan finetune")
+    check_target_modules(cfg.memory, world_model.unet, "memory.target_modules")  # before settings.json is written
     if dataset.env is not None:
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel}, dataset.env)
     size = world_model.config.vae.image_size

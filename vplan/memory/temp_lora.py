@@ -111,19 +111,31 @@ def checkpointed(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
                 del module.forward
 
 
-def _check_targets(unet: torch.nn.Module, lora: Any, target_modules: list[str]) -> None:
+def _lora_config(config: MemoryConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.rank, lora_alpha=config.lora_alpha, target_modules=list(config.target_modules), lora_dropout=0.0
+    )
+
+
+def check_target_modules(config: MemoryConfig, unet: torch.nn.Module, setting: str = "target_modules") -> None:
     """Refuse target modules that match nothing or something other than a Linear layer, before peft starts
-    wrapping (a failure halfway would leave the UNet half-adapted)."""
+    wrapping (a failure halfway would leave the UNet half-adapted), and in commands before any work or record
+    (`setting` names them there: memory.target_modules)."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
+    lora = _lora_config(config)
     matched = {name: module for name, module in unet.named_modules() if name and check_target_module_exists(lora, name)}
     if not matched:
-        raise SettingMismatchError(f"target_modules: expected names of modules in the UNet (e.g. "
-                                   f"{list(ATTENTION_PROJECTIONS)}), got {target_modules}, which match none")
+        raise SettingMismatchError(f"{setting}: expected names of modules in the UNet (e.g. "
+                                   f"{list(ATTENTION_PROJECTIONS)}), got {list(config.target_modules)}, which match "
+                                   "none")
     others = sorted(name for name, module in matched.items() if type(module) is not torch.nn.Linear)
     if others:
-        raise SettingMismatchError(f"target_modules: expected them to match Linear layers only, got {target_modules} "
-                                   f"matching {others[:3]}{' ...' if len(others) > 3 else ''}")
+        more = " ..." if len(others) > 3 else ""
+        raise SettingMismatchError(f"{setting}: expected them to match Linear layers only, got "
+                                   f"{list(config.target_modules)} matching {others[:3]}{more}")
 
 
 class TempLoRAMemory(EpisodicMemory):
@@ -150,7 +162,6 @@ class TempLoRAMemory(EpisodicMemory):
         self._reset()
 
     def _add_adapter(self, config: MemoryConfig, world_model: WorldModel) -> None:
-        from peft import LoraConfig
         from peft.tuners.lora import LoraLayer
 
         unet = world_model.unet
@@ -163,10 +174,8 @@ class TempLoRAMemory(EpisodicMemory):
                              "(peft's merge_and_unload, or vplan.rl.objectives.merged_copy)")
         # By parameter, not name: the adapter renames a wrapped layer's weight (`to_q.base_layer.weight`).
         self._requires_grad = [(p, p.requires_grad) for p in unet.parameters()]
-        lora = LoraConfig(
-            r=config.rank, lora_alpha=config.lora_alpha, target_modules=list(config.target_modules), lora_dropout=0.0
-        )
-        _check_targets(unet, lora, config.target_modules)
+        lora = _lora_config(config)
+        check_target_modules(config, unet)
         # peft draws LoRA A's initial weights from the global RNG: seed it from the config, leave the caller's alone.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(config.seed)  # the CPU's alone: manual_seed reseeds the GPUs too
