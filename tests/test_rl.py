@@ -542,3 +542,13 @@ def test_the_summary_shows_a_missing_dist_as_a_dash(capsys, tmp_path):
     metrics["before"] = column(None)  # nowhere: no row
     _print_summary(metrics, tmp_path)
     assert "Dist" not in capsys.readouterr().out
+
+
+def test_an_llm_planner_without_a_key_is_refused_before_out_is_written(checkpoints, tmp_path, capsys, monkeypatch):
+    """It was refused at the first episode, after config.yaml and checkpoints.json were written."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "rl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(rl_args(checkpoints, out, "planner=llm"))
+    assert exit_info.value.code == 2 and "planner=llm needs an API key" in capsys.readouterr().err
+    assert not out.exists()

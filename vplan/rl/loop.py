@@ -221,6 +221,7 @@ class RLRun:
 
     def __init__(self, cfg: RLConfig) -> None:
         from vplan.envs import action_units, env_name, make_env
+        from vplan.planner import make_planner
         from vplan.policies.idm import IDMPolicy
         from vplan.rl.objectives import add_rl_adapter, lora_parameters
         from vplan.rl.rewards import make_rewards
@@ -239,6 +240,7 @@ class RLRun:
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
         warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint}, action_units(cfg.env))
         require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
+        make_planner(cfg.planner, cfg.task).close()  # a missing LLM key: refused before out= is written
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)
         for parameter in self.model.parameters():
