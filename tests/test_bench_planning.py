@@ -103,7 +103,8 @@ def test_a_temp_lora_setting_the_unet_refuses_is_named_before_anything_runs(chec
 
 
 @pytest.mark.parametrize(("finetuned", "said"), [("shipped:tabletop/finetuned", "no shipped checkpoint"),
-                                                  ("run_dir", "a training run's directory; pass finetuned=")])
+                                                  ("run_dir", "a training run's directory; pass finetuned="),
+                                                  ("unreadable", "config.json: expected JSON, got a file that does")])
 def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpoints, tmp_path, capsys, finetuned,
                                                                           said):
     """Only a path that does not exist yet may come later; a shipped name or an existing folder is checked first
@@ -112,11 +113,16 @@ def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpo
         (tmp_path / "run_dir" / "final").mkdir(parents=True)
         (tmp_path / "run_dir" / "final" / "config.json").write_text("{}")
         finetuned = str(tmp_path / "run_dir")
+    if finetuned == "unreadable":  # a config.json that does not parse: found after the slow model's rows
+        (tmp_path / "unreadable").mkdir()
+        (tmp_path / "unreadable" / "config.json").write_text("not json")
+        finetuned = str(tmp_path / "unreadable")
     out = tmp_path / "b"
     with pytest.raises(SystemExit) as exit_info:
         main([a for a in bench_args(checkpoints, out) if not a.startswith("finetuned=")] + [f"finetuned={finetuned}"])
     error = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and error.startswith(f"vplan bench planning: error: finetuned={finetuned}: ")
+    named = f"finetuned={finetuned}: " if "unreadable" not in finetuned else f"{finetuned}/config.json: "
+    assert exit_info.value.code == 2 and error.startswith(f"vplan bench planning: error: {named}")
     assert said in error and not out.exists()
 
 

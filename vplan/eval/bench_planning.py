@@ -205,8 +205,11 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"
-    # the Temp-LoRA rows come after an hour of others: their setting is checked on the UNet's layout now
+    # the Temp-LoRA rows come after an hour of others: their setting is checked on the UNet's layout now, and a
+    # finetuned model's config.json read (one that does not parse was found after the slow model's rows)
     settings = read_config(resolve_checkpoint(cfg.worldmodel))
+    if not later:
+        read_config(resolve_checkpoint(cfg.finetuned))
     check_target_modules(cfg.memory, build_unet(settings.unet, settings.frame_input_size), "memory.target_modules")
     if not _exists(cfg.finetuned):
         print(f"warning: {missing}; the slow-learned model's rows run first, then the bench stops for it "
