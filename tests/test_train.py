@@ -247,6 +247,21 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
                                     out=str(tmp_path / "out"), holdout_episodes=1))
     assert not (tmp_path / "out").exists()
     assert torch.equal(resumed.module.unet.conv_in.weight, scratch.module.unet.conv_in.weight)
+    # an init whose config.json does not parse, a MiniLM folder without its weights: refused as early (they were
+    # found after the latents, config.yaml, split.json and checkpoints.json were written)
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "config.json").write_text("not json")
+    unreadable = replace(missing, vae=str(tmp_path / "vae"), init=str(tmp_path / "unreadable"))
+    minilm = replace(missing, vae=str(tmp_path / "vae"), init=None, model=replace(
+        model_config, unet=replace(model_config.unet, cross_attention_dim=384),
+        text_encoder=replace(model_config.text_encoder, kind="minilm", dim=384, path=str(tmp_path / "none"))))
+    for component, said in ((unreadable, r"^component.init=.*/unreadable: .*config.json: expected JSON"),
+                            (minilm, r"^component.model.text_encoder.path=.* holds no model.safetensors; .*, or set "
+                                     r"component.model.text_encoder.kind=learned")):
+        with pytest.raises(UsageError, match=said):
+            train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "out"),
+                                        holdout_episodes=1))
+        assert not (tmp_path / "out").exists()
 
     wider = replace(model_config, unet=replace(model_config.unet, block_out_channels=(8, 24)))
     with pytest.raises(UsageError, match="component.init=.*shape"):

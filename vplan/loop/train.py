@@ -33,6 +33,7 @@ from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, write_config
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
+from vplan.worldmodel.text_encoder import resolve_minilm_dir
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
 SPLIT_FILE = "split.json"  # in `out`: the episodes a run holds out, which a resume keeps
@@ -324,6 +325,12 @@ def train_component(cfg: TrainConfig) -> Path:
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
     if isinstance(component, WorldModelTrainConfig) and component.init is not None and not resuming:
         check_checkpoints_exist({"component.init": component.init})
+        try:
+            read_config(resolve_checkpoint(component.init))  # one that does not parse: after the latents were made
+        except CheckpointError as error:
+            raise UsageError(f"component.init={component.init}: {error}") from None
+    if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
+        resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
     if isinstance(component, IDMTrainConfig):
         check_fits(dataset, component, vae)
     if isinstance(component, VAETrainConfig):  # from the metadata: before anything is written or decoded

@@ -225,8 +225,9 @@ def resolve_minilm_dir(path: str | None, setting: str = "text_encoder.path") -> 
     """The directory holding MiniLM's files: `path` (the value of `setting`) if given, else the installed
     package's. Only the world model's own encoder has a fallback to offer (the learned one); the LLM planner's
     grounding needs MiniLM itself."""
-    learned = setting.startswith("text_encoder.")
-    fallback = ", or set text_encoder.kind=learned for the dependency-free encoder" if learned else ""
+    learned = setting.endswith("text_encoder.path")  # the world model's own (component.model.text_encoder.path)
+    fallback = (f", or set {setting.removesuffix('path')}kind=learned for the dependency-free encoder" if learned
+                else "")
     if path is not None:
         model_dir = Path(path).expanduser()
         if not (model_dir / "model.safetensors").is_file():
