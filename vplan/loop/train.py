@@ -2,8 +2,9 @@
 
 The last `holdout_episodes` episodes are never trained on. The VAE trains on single frames; the world model
 trains on clips (a context of 1..context_frames latents, then a chunk) whose text is the subgoal of the
-action leading into the chunk's first frame (`chunk_subgoal`), with the latents of the whole dataset encoded by the frozen, already trained VAE (once
-per VAE: they are cached in the dataset, vplan/worldmodel/latent_cache.py); an action-conditioned world model
+action leading into the chunk's first frame (`chunk_subgoal`), with the latents of the whole dataset encoded by
+the frozen, already trained VAE (once per VAE: they are cached in the dataset, vplan/worldmodel/latent_cache.py);
+an action-conditioned world model
 (`component.model.conditioning=action|text+action`) also gets the dataset's low-level actions that lead into
 each chunk frame.
 The inverse-dynamics policy trains on transitions, real and through the VAE (vplan/loop/idm.py).
