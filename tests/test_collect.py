@@ -82,6 +82,22 @@ def test_resume_adds_only_the_missing_episodes(tmp_path, capsys):
         collect(small_config(tmp_path / "late", episodes=1, seed=10000))
 
 
+@pytest.mark.parametrize("lost", ["data/chunk-000/file-000.parquet", "videos"])
+def test_a_damaged_dataset_is_not_appended_to(tmp_path, lost):
+    """A copy cut short (a data file or the videos gone): collect appended to it and called it whole; vplan
+    train found the damage later."""
+    import shutil
+
+    from vplan.errors import DamagedDatasetError
+
+    collect(small_config(tmp_path / "ds", episodes=1))
+    path = tmp_path / "ds" / lost
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(DamagedDatasetError, match=r"/ds/.* is missing; the dataset is damaged"):
+        collect(small_config(tmp_path / "ds", episodes=2))
+    assert json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())["total_episodes"] == 1
+
+
 def test_a_different_env_config_is_refused(tmp_path):
     from vplan.errors import UsageError
 
