@@ -112,6 +112,8 @@ def test_default_out_follows_the_task():
         (["collect", "episodes=0"], "episodes: expected a positive number, got 0"),
         (["collect", "env.image_size=3"], "env.image_size: expected"),
         (["rl", "memory.lr=nan"], "memory.lr: expected a positive finite number, got nan"),  # rl has its own lr
+        (["run", "agent=3"], "agent is a group of settings, not one; give agent.KEY=VALUE"),  # Hydra's wording
+        (["bench", "worldmodel", "samplers=[ddim:0]"], "samplers: ddim:0: expected at least 1 sampling step"),
         (["rl", "rewards.outcome=0", "rewards.executability=0", "rewards.consistency=0"],  # not rewards.rewards
          "error: rewards: every weight is 0"),
         (["collect", "stray"], "unexpected argument 'stray'"),

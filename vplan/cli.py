@@ -354,6 +354,9 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             message = first_line(cause or error) if not (key and _is_secret(key)) else "expected a string"
             if key and "is not a ListConfig" in message:  # modes=none for modes=[none]
                 message = f"expected a list, in brackets: {key}=[...]"
+            elif key and "Invalid type assigned" in message and "is not a subclass of" in message:  # agent=3
+                raise UsageError(f"{key} is a group of settings, not one; give {key}.KEY=VALUE (`vplan "
+                                 f"{command.name} --help` lists them)") from None
             raise UsageError(f"bad value for {key!r}: {message}" if key else message) from None
     choices = {g: v for g, v in cfg.hydra.runtime.choices.items() if not g.startswith("hydra")}
     with open_dict(cfg):

@@ -44,8 +44,11 @@ class BenchWorldModelConfig:
             raise ValueError("samplers: expected at least one entry like 'dpmsolver++:5', got []")
         for spec in self.samplers:
             name, _, steps = spec.partition(":")
-            if name not in OBJECTIVE_OF or not steps.isdigit() or int(steps) < 1:
-                raise ValueError(f"samplers: expected entries like 'dpmsolver++:5' with a sampler in {sorted(OBJECTIVE_OF)}, got {spec!r}")
+            if name not in OBJECTIVE_OF or not steps.isdigit():
+                raise ValueError(f"samplers: expected entries like 'dpmsolver++:5' with a sampler in "
+                                 f"{sorted(OBJECTIVE_OF)}, got {spec!r}")
+            if int(steps) < 1:  # ddim:0 was said to name no sampler
+                raise ValueError(f"samplers: {spec}: expected at least 1 sampling step")
         check_model_is_timed(self)
         if self.repeats < 1 or self.threads < 1:
             raise ValueError(f"repeats and threads: expected positive numbers, got {self.repeats}, {self.threads}")
