@@ -171,12 +171,14 @@ def test_an_action_conditioned_world_model_where_text_drives_is_one_line(args, t
 def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    for out in (blocker, blocker / "below"):
+    for out in (blocker, blocker / "below"):  # the file is named either way (below: "a_file/below: Not a directory")
         result = run_cli("collect", "episodes=1", f"out={out}")
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr
-        why = "exists and is not a directory" if out == blocker else "Not a directory"
-        assert result.stderr.strip() == f"vplan collect: error: {out}: {why}"
+        assert result.stderr.strip() == f"vplan collect: error: {blocker}: exists and is not a directory"
+    result = run_cli("train", f"data={blocker}")  # it said to make one with `vplan collect out=<the file>`
+    assert result.returncode == 2 and result.stderr.strip().endswith(f"data={blocker}: a file, not a dataset folder; "
+                                                                     "pass the folder `vplan collect` wrote")
 
 
 @pytest.mark.parametrize("error", [

@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from vplan.configs import preset_names
@@ -551,6 +552,8 @@ def _main(argv: list[str] | None) -> None:
             raise
         paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
         a_file = isinstance(error, FileExistsError) and not os.path.isdir(error.filename)
+        if isinstance(error, NotADirectoryError):  # out=FILE, met at out/inner: name the file, as for out itself
+            a_file, paths = True, next((str(p) for p in Path(error.filename).parents if p.is_file()), paths)
         _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
     except KeyboardInterrupt:
         _interrupted(prog)

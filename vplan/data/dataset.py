@@ -342,6 +342,9 @@ def open_for_training(data: str, learns: str, how_to_make: str) -> EpisodeDatase
     except DamagedDatasetError:
         raise
     except DatasetError as error:  # "make one" only where there is none: the error says what is wrong with one
+        if Path(data).is_file():  # collect would refuse the out= the hint names
+            raise UsageError(f"data={data}: a file, not a dataset folder; pass the folder `vplan collect` "
+                             "wrote") from None
         hint = "" if is_dataset(data) else f"; make one with {how_to_make}"
         raise UsageError(f"{error}{hint}") from None
     if OBS_IMAGE_FRONT not in dataset.features:
