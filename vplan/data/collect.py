@@ -22,7 +22,6 @@ from tqdm import tqdm
 from vplan.constants import (
     ACTION, ACTION_APPLIED, DONE, HELD_OUT_SEEDS, OBS_ENV_STATE, OBS_STATE, REWARD, ROBOT_TYPE_PREFIX, SUCCESS,
 )
-from vplan.data.dataset import EpisodeDataset
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import DamagedDatasetError, RunError, UsageError, VplanWarning
 from vplan.tasks import TaskConfig
@@ -235,8 +234,7 @@ def collect(cfg: CollectConfig) -> Path:
                                      f"{out.parent}, not an expert's; collect into another out=DIR")
                 _check_continues(writer.last_extra, cfg, start)
                 _check_same_settings(cfg, out)
-                EpisodeDataset(out, cache=False).check_files()  # appended to, a copy cut short stays damaged
-            except (UsageError, DatasetError):
+            except UsageError:
                 env.close()
                 raise
             if start >= cfg.episodes:  # (episodes >= 1: an empty dataset always has some to collect)

@@ -194,16 +194,6 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     # -- loading
 
-    def check_files(self) -> None:
-        """A DamagedDatasetError naming a data or video file the metadata names and the folder lacks (a copy cut
-        short): `vplan collect` checks before it appends to a dataset, which reads back only its last episode."""
-        paths = [self.root / self.info["data_path"].format(chunk_index=row["data/chunk_index"],
-                                                           file_index=row["data/file_index"]) for row in self._rows]
-        paths += [self._video_span(key, episode)[0] for key in self.video_keys for episode in range(self.num_episodes)]
-        for path in dict.fromkeys(paths):
-            if not path.is_file():
-                raise DamagedDatasetError(f"{path} is missing; {DAMAGED}")
-
     def _check_episode(self, episode: int) -> int:
         if not 0 <= episode < self.num_episodes:
             raise IndexError(f"episode {episode} out of range [0, {self.num_episodes})")

@@ -387,6 +387,19 @@ def load_tasks(root: Path, total_tasks: int) -> list[str]:
     return [by_index[i] for i in range(total_tasks)]
 
 
+def check_episode_files(root: Path, info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """A DamagedDatasetError naming a data or video file the episodes' metadata names and `root` lacks (a copy
+    cut short): a writer resuming such a dataset appended to it and called it whole."""
+    paths = [root / info["data_path"].format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+             for row in rows]
+    paths += [root / info["video_path"].format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
+                                               file_index=row[f"videos/{key}/file_index"])
+              for key in video_keys(info["features"]) for row in rows]
+    for path in dict.fromkeys(paths):
+        if not path.is_file():
+            raise DamagedDatasetError(f"{path} is missing; {DAMAGED}")
+
+
 def load_episode_rows(root: Path, total_episodes: int) -> list[dict[str, Any]]:
     """The committed episodes-metadata rows by episode index, skipping an unfinished episode's leftovers."""
     rows: dict[int, dict[str, Any]] = {}
@@ -501,6 +514,7 @@ class EpisodeWriter:
             shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
             (root / STAGING_DIR).mkdir()
             rows = load_episode_rows(root, info["total_episodes"])
+            check_episode_files(root, info, rows)  # appended to, a copy cut short would stay damaged
             writer = cls(root, info, load_tasks(root, info["total_tasks"]), rows, lock)
             writer._delete_leftovers()
             if is_new:

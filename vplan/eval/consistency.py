@@ -46,7 +46,9 @@ from omegaconf import MISSING
 
 from vplan.data.dataset import chunk_subgoal
 from vplan.errors import RunError
-from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
+from vplan.eval.progress import (
+    METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
+)
 from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.utils.files import write_json, write_mp4
@@ -57,7 +59,8 @@ from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_ints, check_seed
 
 FEATURES = ("vae", "resnet18")
-RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite")  # settings a resumption may change
+# settings a resumption may change
+RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite")
 
 
 @dataclass
@@ -107,8 +110,7 @@ class EvalConsistencyConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.resume and self.overwrite:  # before any model loads or take is played
-            raise ValueError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
+        check_resume_or_overwrite(self)
         from vplan.envs import env_name
         from vplan.eval.revisit import revisit_scenario_for
         from vplan.shipped import shipped_checkpoint

@@ -21,6 +21,12 @@ PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
 
 
+def check_resume_or_overwrite(cfg: Any) -> None:
+    """An evaluation config's refusal of both: run from its `__post_init__`, before any model loads."""
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
+
+
 def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: dict[str, Any],
                       finished: Callable[[dict[str, Any]], str], outputs: Iterable[str]) -> dict[str, Any]:
     """The progress record to go on from: with `cfg.resume`, the one in `out` (checked against `cfg`'s settings

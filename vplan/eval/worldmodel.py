@@ -39,7 +39,9 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.data.dataset import chunk_subgoal
-from vplan.eval.progress import METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue
+from vplan.eval.progress import (
+    METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
+)
 from vplan.eval.stats import paired_summary
 from vplan.utils.files import write_json, write_mp4
 from vplan.shipped import pin_checkpoints, warn_if_trained_elsewhere
@@ -99,8 +101,7 @@ class EvalWorldModelConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.resume and self.overwrite:  # before any model loads or take is played
-            raise ValueError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
+        check_resume_or_overwrite(self)
         if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
             raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
                              f"{self.video_chunks}, {self.rollout_chunks}")
