@@ -142,6 +142,10 @@ def test_default_out_follows_the_task():
         (["eval", "consistency", "modes=none"], "bad value for 'modes': expected a list, in brackets: modes=[...]"),
         (["bench", "worldmodel", "samplers=[]"], "samplers: expected at least one entry like 'dpmsolver++:5', got []"),
         (["collect", "env=blockworld", "task=return_cubes"], "runs on env 'tabletop', not 'blockworld'; use env=tabletop"),
+        (["collect", "task.name=bogus"], "task.name=bogus: task.name names the task preset's name and cannot be set; "
+                                         "choose the task with task=NAME"),  # was env.task's list of one name
+        (["collect", "task.env=blockworld"], "task.env=blockworld: task.env names the task preset's env"),  # was
+        # 'use env=blockworld', which switches the task to retrace
         (["run", "record=2"], "bad value for 'record': expected true or false, got 2"),  # OmegaConf: true
         (["run", "memory.gradient_checkpointing=0.5"], "bad value for 'memory.gradient_checkpointing': expected true"),
     ],

@@ -574,13 +574,21 @@ def _storage_error_of_safetensors(error: Exception) -> int | None:
 
 
 def _check_task_fits_env(cfg: Any, choices: dict[str, str]) -> None:
-    """A UsageError naming the env a composed config's task runs on, when it is not the chosen env."""
+    """A UsageError naming the env a composed config's task runs on, when it is not the chosen env; and one for
+    `task.name=`/`task.env=`, which name the task's preset and its env rather than set them (`task=`, `env=` do)."""
     env = choices.get("env")
     if env is None or "task" not in cfg:
         return
+    from vplan.configs import load_preset
     from vplan.envs import task_envs
 
     task = cfg.task
+    preset = load_preset("task", choices["task"])
+    for key in ("name", "env"):
+        if task[key] != preset[key]:
+            tasks = ", ".join(preset_names("task"))
+            raise UsageError(f"task.{key}={task[key]}: task.{key} names the task preset's {key} and cannot be set; "
+                             f"choose the task with task=NAME ({tasks}) and the env with env=NAME")
     if task.env not in task_envs(env):
         raise UsageError(f"task {task.name!r} runs on env {task.env!r}, not {env!r}; use env={task.env}")
 
