@@ -189,6 +189,14 @@ def test_config_validation(make: Callable[[], Any], message: str) -> None:
         make()
 
 
+@pytest.mark.parametrize("value", ["sk-proj-SECRET123", "", "OPENAI API KEY"])
+def test_a_key_given_as_api_key_env_is_refused_and_not_echoed(value: str) -> None:
+    """api_key_env= mixed up with api_key=: the key was printed in the missing-key error and written to config.yaml."""
+    with pytest.raises(ValueError, match="api_key_env: expected the name of an environment variable") as caught:
+        LLMPlannerConfig(api_key_env=value)
+    assert "SECRET" not in str(caught.value)
+
+
 @pytest.mark.parametrize("key", [SECRET + "\n", " " + SECRET, SECRET + "\r\n"])
 def test_a_pasted_key_loses_its_surrounding_whitespace(make_llm, key: str) -> None:
     assert make_llm(api_key=key).endpoint.api_key == SECRET
@@ -524,7 +532,7 @@ def test_malformed_json_falls_back(endpoint, make_llm, logs, content: str, messa
         ({"subgoals": ["pick up the red cube"]}, "exactly the key 'text'"),
         ({"plan": [{"text": "pick up the red cube"}]}, "exactly the key 'subgoals'"),
         ([{"text": "pick up the red cube"}], "expected a JSON object"),
-        ({"subgoals": [{"text": "pick up the red cube"}] * 33}, "more than 32"),
+        ({"subgoals": [{"text": "pick up the red cube"}] * 65}, "more than 64 (planner.llm.max_subgoals)"),
         ({"subgoals": [{"text": "pick up the red cube " + "very " * 30}]}, "more than 120"),
     ],
 )
@@ -586,6 +594,8 @@ def test_unknown_skills_fall_back(endpoint, make_llm, text: str) -> None:
     (["place the green cube on the left spot"], "subgoal 1 ('place the green cube on the left spot') moves the "
                                                 "green cube, which no subgoal before it picked up"),
     (["pick up the red cube", "put the blue cube back where it started"], "(the red one is held)"),
+    (["pick up the red cube", "place the red cube on the left spot", "pick up the blue cube",
+      "place the blue cube on the left spot"], "subgoal 4 places the blue cube on the left spot, where the red one is"),
 ])
 def test_a_plan_that_cannot_be_carried_out_in_its_order_falls_back(endpoint, make_llm, texts, message) -> None:
     endpoint.reply = lambda body: (200, plan_reply(texts), 0.0)
@@ -597,6 +607,14 @@ def test_the_offline_plan_holds_one_cube_at_a_time() -> None:
 
     skills = ReturnCubesSkills()
     skills.check_order(skills.decompose(KNOWN_INFO))  # raises where it would not
+
+
+def test_the_scene_description_counts_one_cube_in_the_singular() -> None:
+    from vplan.planner.skills import ReturnCubesSkills
+
+    one = {**KNOWN_INFO, "cube_names": ["blue"], "start_poses": KNOWN_INFO["start_poses"][:1]}
+    assert ReturnCubesSkills().describe(one).startswith("1 cube: blue; marked spots")  # was "1 cubes"
+    assert ReturnCubesSkills().describe(KNOWN_INFO).startswith("3 cubes: ")
 
 
 def test_scene_names_with_digits_or_marks_ground_and_a_repeat_does_not() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +84,9 @@ class ChatEndpointConfig:
         if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
             raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
                              f"65535, no spaces) or None, got {self.base_url!r}")
-        if not self.api_key_env.strip():
-            raise ValueError(f"api_key_env: expected an environment variable name, got {self.api_key_env!r}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):  # not quoted: it may be a key put here
+            raise ValueError("api_key_env: expected the name of an environment variable (letters, digits and _, "
+                             "e.g. OPENAI_API_KEY); a key itself goes in api_key or in that variable")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
         if not 0 <= self.max_retries <= 10:

@@ -130,7 +130,8 @@ class ReturnCubesSkills(TaskSkills):
 
     def describe(self, info: Mapping[str, Any]) -> str:
         self.require(info)
-        return (f"{len(info['cube_names'])} cubes: {', '.join(info['cube_names'])}; marked spots, left to right "
+        cubes = len(info["cube_names"])
+        return (f"{cubes} cube{'s' if cubes != 1 else ''}: {', '.join(info['cube_names'])}; marked spots, left to right "
                 f"in the front camera: {', '.join(info['spot_names'])}.")
 
     def decompose(self, info: Mapping[str, Any]) -> list[Skill]:
@@ -145,8 +146,9 @@ class ReturnCubesSkills(TaskSkills):
         return plan
 
     def check_order(self, sequence: Sequence[Skill]) -> None:
-        """The gripper holds one cube at a time: a pick needs it empty, a place or put-back needs that cube."""
-        held = None
+        """The gripper holds one cube at a time: a pick needs it empty, a place or put-back needs that cube; and a
+        spot takes one cube."""
+        held, on_spot = None, {}  # on_spot: spot -> the cube placed there
         for number, skill in enumerate(sequence, 1):
             colour = skill.arguments["colour"]
             if skill.kind == "pick" and held is not None:
@@ -154,6 +156,13 @@ class ReturnCubesSkills(TaskSkills):
             if skill.kind != "pick" and held != colour:
                 raise SkillOrderError(f"subgoal {number} ({skill.text!r}) moves the {colour} cube, which no subgoal "
                                       "before it picked up" + (f" (the {held} one is held)" if held else ""))
+            on_spot = {spot: cube for spot, cube in on_spot.items() if cube != colour}  # it left its spot
+            if skill.kind == "place":
+                spot = skill.arguments["spot"]
+                if spot in on_spot:
+                    raise SkillOrderError(f"subgoal {number} places the {colour} cube on the {spot} spot, where the "
+                                          f"{on_spot[spot]} one is")
+                on_spot[spot] = colour
             held = colour if skill.kind == "pick" else None
 
     def estimate_steps(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[int]:
