@@ -94,7 +94,7 @@ class AgentConfig:
         default=0.1,
         metadata={"help": "Replan when an observed frame's mean absolute difference from the imagined frame "
                   "(pixels in [0, 1]) exceeds this; null: never replan on drift. With the shipped tabletop models the "
-                  "drift averaged 0.018 and peaked at 0.059 over 100 episodes (README), so 0.1 fires only on a "
+                  "drift averaged 0.018 and peaked at 0.058 over 100 episodes (README), so 0.1 fires only on a "
                   "gross divergence."},
     )
     stall_steps: int = field(
