@@ -199,9 +199,15 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     stored_settings = json.loads(settings.read_text())
     del stored_settings["memory"]["replay_first"]  # as written before that setting existed: at its default, the same
     del stored_settings["optim"]  # as one round wrote it before it recorded the outer loop's settings
+    assert "gradient_checkpointing" not in stored_settings["memory"]  # the states do not depend on it ...
+    stored_settings["memory"]["gradient_checkpointing"] = False  # ... as recorded before 2026-12-06
     settings.write_text(json.dumps(stored_settings))
+    with pytest.raises(UsageError, match=r"other memory\.rank"):  # the stored states depend on it
+        finetune(replace(cfg, memory=replace(MEMORY, rank=8)))
     capsys.readouterr()
-    final = finetune(cfg)
+    # turned on after running out of memory (refused, the finished episodes were lost): the same states
+    final = finetune(replace(cfg, memory=replace(MEMORY, gradient_checkpointing=True, merge_for_generation=False,
+                                                 update_on="observed")))
     assert same_content(content(inner_file), stored)
     assert "(step 3)" in capsys.readouterr().out  # "resuming from .../checkpoint-0000003 (step 3)"
     ours, theirs = load_file(final / "unet.safetensors"), load_file(uninterrupted / "unet.safetensors")
@@ -414,6 +420,17 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
     # round 1's outer loop ended at checkpoint 2: only round 2's resumes from it (each round once said it did)
     assert capsys.readouterr().out.count("resuming from") == 1
     ours, theirs = load_file(resumed / "unet.safetensors"), load_file(final / "unet.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+    # A damaged round-2 episode deleted, as its error says: redone from Φ at round 1's end, whose checkpoint is
+    # kept beside the newest two (it was pruned, and the redo refused with no way on but a new out=).
+    assert sorted(p.name for p in list_checkpoints(tmp_path / "killed")) == [
+        "checkpoint-0000002", "checkpoint-0000003", "checkpoint-0000004"]
+    stored = content(episode_file(tmp_path / "killed", 1))
+    episode_file(tmp_path / "killed", 1).unlink()
+    again = finetune(replace(killed, optim=replace(OPTIM, save_every=1, log_every=3)))
+    assert same_content(content(episode_file(tmp_path / "killed", 1)), stored)
+    ours = load_file(again / "unet.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
     with pytest.raises(ValueError, match="rounds: expected at most episodes=2"):

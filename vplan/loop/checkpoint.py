@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], metadata: dict[str, s
 
 
 def save_checkpoint(
-    out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], keep: int = 2
+    out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], keep: int = 2,
+    keep_steps: Collection[int] = (),
 ) -> Path:
-    """Write `out/checkpoint-<step>` atomically; keep only the newest `keep` checkpoints."""
+    """Write `out/checkpoint-<step>` atomically; keep only the newest `keep` checkpoints, and those at
+    `keep_steps` (the ends of a finetune's rounds, which a redone inner-loop episode starts from)."""
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{PREFIX}{step:07d}"
     tmp = out / f".tmp-{PREFIX}{step:07d}"
@@ -73,7 +76,7 @@ def save_checkpoint(
     _remove(final)
     os.replace(tmp, final)
     fsync_path(out)
-    for old in list_checkpoints(out)[:-keep]:
+    for old in [path for path in list_checkpoints(out) if checkpoint_step(path) not in keep_steps][:-keep]:
         _remove(old)
     return final
 

@@ -65,6 +65,9 @@ INNER_FORMAT = "vplan-finetune-inner"
 INNER_FORMAT_VERSION = "2"  # 2: a chunk's text is the subgoal followed as it starts (`chunk_subgoal`)
 UNPINNED_OPTIM = ("save_every", "log_every")  # when the trainer saves and logs: no weight depends on them
 RESUMABLE_OPTIM = ("steps", "cooldown_steps", *UNPINNED_OPTIM)  # with one round, a resume may change
+# memory settings the stored states do not depend on (bit-identical either way): the inner loop learns from the
+# ground truth whatever update_on says, generates nothing, and checkpointing recomputes the same activations
+UNPINNED_MEMORY = ("update_on", "merge_for_generation", "gradient_checkpointing")
 LATENTS_KEY = "latents"
 
 
@@ -171,7 +174,7 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
         "worldmodel": cfg.worldmodel,
         "worldmodel_config_sha256": sha256_file(checkpoint / CONFIG_FILE),
         "worldmodel_unet_sha256": sha256_file(checkpoint / UNET_FILE),
-        "memory": asdict(cfg.memory),
+        "memory": {name: value for name, value in asdict(cfg.memory).items() if name not in UNPINNED_MEMORY},
         "episodes": episodes,
         "optim": optim,
     }
@@ -189,6 +192,8 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
         ignore = () if "optim" in saved else ("optim",)  # one round recorded no optim before 2026-12-05
         for name in UNPINNED_OPTIM:  # several rounds recorded them before 2026-12-06
             saved.get("optim", {}).pop(name, None)
+        for name in UNPINNED_MEMORY:  # recorded before 2026-12-06
+            saved.get("memory", {}).pop(name, None)
         changed = changed_settings(saved, plain(settings), cfg, ignore=ignore)
         if changed:
             raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
@@ -490,7 +495,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         training = SlowFastTraining(world_model, stored, cfg.memory)
         started = time.perf_counter()
         steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end,
-                      optim_key="optim")
+                      optim_key="optim", keep_steps=ends[:-1])  # a redone episode's round starts from one
         outer_seconds += time.perf_counter() - started
     with folder_written_aside(final) as folder:
         # the env the weights learned from: the dataset's, or for one of no vplan env, the base model's

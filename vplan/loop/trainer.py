@@ -14,6 +14,7 @@ import math
 import shutil
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,13 +95,14 @@ def refuse_several_processes(description: str) -> None:
 
 def train(
     component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None,
-    optim_key: str = "component.optim",
+    optim_key: str = "component.optim", keep_steps: Collection[int] = (),
 ) -> int:
     """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint.
 
     `until` stops (with a checkpoint) at that step instead, on the schedule of the whole run, so a caller can
     interleave other work with one training run (`vplan finetune rounds=`). `optim_key` is where the command's
-    overrides set `optim`, for the errors that name a setting to change. Once every check has passed and a step is
+    overrides set `optim`, for the errors that name a setting to change; the checkpoints at `keep_steps` are kept
+    beside the newest two. Once every check has passed and a step is
     about to be taken, an earlier, shorter run's `<out>/final` goes, so a stopped continuation leaves no stale
     result beside its checkpoints (and a refused one leaves it as it was).
     """
@@ -157,7 +159,7 @@ def train(
         if accelerator.is_main_process:
             scaler = {} if accelerator.scaler is None else {GRAD_SCALER: accelerator.scaler.state_dict()}
             extra = {"description": description, MIXED_PRECISION: accelerator.mixed_precision, **scaler}
-            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, extra)
+            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, extra, keep_steps=keep_steps)
             plot_losses(log_path, out / PLOT_FILE, description)
 
     try:
