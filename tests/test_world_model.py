@@ -267,6 +267,20 @@ def test_corrupted_or_truncated_weights(model: WorldModel, tmp_path: Path) -> No
         WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
 
 
+def test_weights_holding_nan_are_refused_at_load(model: WorldModel, tmp_path: Path) -> None:
+    """A diverged run's weights loaded, and the first sign was a NaN frame (or, in an IDM, a NaN action)."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "vae.safetensors"
+    state = load_file(weights)
+    name = sorted(state)[0]
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match=f"vae.safetensors: tensor '{name}' holds NaN or inf"):
+        WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+
+
 def test_weights_from_another_config(model: WorldModel, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     wider = tiny_model(unet=replace(UNetConfig.preset("tiny"), sample_size=LATENT, cross_attention_dim=DIM,

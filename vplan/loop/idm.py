@@ -289,6 +289,8 @@ def train_idm(
     reconstruct = set(trained + held_out) if vae is not None else set()
     episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
     test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
+    if not any(len(episode.frames) >= 2 for episode in test):  # before training, not after its minutes
+        raise UsageError("no held-out episode has two frames; collect longer episodes")
     training = IDMTraining(config, episodes)
     train(training, config.optim, out, "train idm")
     policy = training.module.eval()

@@ -584,4 +584,7 @@ def _load_into(module: nn.Module, file: Path, keep_missing: str | None = None) -
                 f"{file}: tensor {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
                 f"{tuple(expected[name].shape)} in the model (checkpoint from another config?)"
             )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # else found as a NaN action or frame
+            raise CheckpointError(f"{file}: tensor {name!r} holds NaN or inf (a training run that diverged, or a "
+                                  "damaged file); restore the checkpoint or train it again")
     module.load_state_dict(state)
