@@ -17,6 +17,8 @@ from tiny_agent import CHUNK, IMAGE, LATENT, save_tiny_checkpoints, tiny_idm, ti
 
 import vplan.envs  # noqa: F401  (registers vplan/Tabletop-v0)
 from vplan.agent import STAGES, AgentConfig, VideoPlanningAgent
+from vplan.constants import DONE
+from vplan.data.collect import EpisodeRecorder
 from vplan.memory import MemoryConfig, NoMemory
 from vplan.planner import Check, Plan, PlannerConfig, Subgoal
 from vplan.planner.offline import OfflinePlanner, Planner
@@ -885,14 +887,18 @@ def test_the_episode_video_pairs_each_imagined_frame_with_the_frame_its_action_l
 
     agent = make_agent(world_model, idm, replan_drift=None, stall_steps=2, stall_distance=1.0, stall_command=0.0)
     env = gym.make("vplan/Tabletop-v0", max_episode_steps=3 * CHUNK)
+    recorder = EpisodeRecorder()
     try:
-        played = run_episode(env, agent, "move the cubes", 10000, "front")
+        played = run_episode(env, agent, "move the cubes", 10000, "front", recorder=recorder)
     finally:
         agent.close()
         env.close()
     chunks = played["chunks"]
     assert played["result"]["replans"]["stall"] > 0  # every chunk "stalls" after 2 steps: some were cut short
     assert played["result"]["ended_by"] == "plan done" and played["result"]["steps"] < 3 * CHUNK
+    # recorded (`record=true`), the episode the plan ended closes with a done row, as collect's do (it had none)
+    done = recorder.frames()[DONE]
+    assert len(done) == played["result"]["steps"] and done[-1] and not done[:-1].any()
     imagined = [frame for c in chunks for frame in c.frames[: c.executed]]
     observed = [frame for c in chunks for frame in c.observed]
     assert len(played["imagined"]) == len(played["executed"]) == 1 + len(imagined)

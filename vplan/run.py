@@ -256,6 +256,8 @@ def run_episode(
         if terminated or truncated:
             break
     agent.wait(obs, info)  # the env's last frame (when the env ended the episode) and the memory's last update
+    if recorder is not None:
+        recorder.end()  # the agent's plan done: the env said neither terminated nor truncated
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     stats = agent.stats()
     result = {

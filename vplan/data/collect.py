@@ -116,6 +116,12 @@ class EpisodeRecorder:
             self.columns.setdefault(key, []).append(value)
         self.subgoals.append(subgoal)
 
+    def end(self) -> None:
+        """Mark the last step as the episode's last (`next.done`), for an episode the agent ended itself, where
+        the env said neither terminated nor truncated: every recorded episode ends with a done row."""
+        if self.subgoals:
+            self.columns[DONE][-1] = True
+
     def frames(self) -> dict[str, np.ndarray]:
         """Per-feature arrays with one row per step (what `EpisodeWriter.add_episode` takes)."""
         return {key: np.stack([np.asarray(v) for v in values]) for key, values in self.columns.items()}
