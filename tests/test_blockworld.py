@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -180,6 +181,19 @@ def test_walking_and_jumping_against_the_voxel_grid():
         assert step(world, north, move)[1]
     turned, blocked = step(world, north, Move.TURN_LEFT)
     assert not blocked and turned.heading == 255.0 and turned.xy.tolist() == north.xy.tolist()
+
+
+def test_the_camera_lifted_after_a_jump_stays_below_a_block_overhead():
+    """A jump under leaves two blocks above the landing drew its frame from inside them (the eye 2.12 blocks up)."""
+    from vplan.envs.blockworld.blockworld_v0 import EYE_HEIGHT, HEAD_CLEARANCE, JUMP_LIFT, eye_height
+
+    world = _flat_world()
+    jumped, _ = step(world, AgentState(5.5, 3.5, 3.0, 0.0), Move.JUMP)  # onto the step at x = 6: feet at 4
+    assert jumped.airborne and eye_height(world, jumped) == 4.0 + EYE_HEIGHT + JUMP_LIFT  # open sky: all of it
+    world.blocks[5, 3, 6] = Block.LEAVES  # over the half of the box still above x < 6, the head's block up
+    assert step(world, AgentState(5.5, 3.5, 3.0, 0.0), Move.JUMP)[0] == jumped  # the move itself is the same
+    assert eye_height(world, jumped) == pytest.approx(6.0 - HEAD_CLEARANCE)
+    assert eye_height(world, replace(jumped, airborne=False)) == 4.0 + EYE_HEIGHT  # a walk's eye is never lifted
 
 
 def test_water_trunks_and_the_edge_block_walking_leaves_overhead_do_not():

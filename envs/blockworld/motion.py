@@ -86,6 +86,18 @@ def stand_at(world: VoxelWorld, x: float, y: float, z: float, climb: int) -> flo
     return float(feet)
 
 
+def ceiling(world: VoxelWorld, x: float, y: float, feet: float) -> float:
+    """The lowest bottom of a solid block above the head of the agent standing at (x, y, feet), over the cells
+    its box covers (the world's height if there is none)."""
+    head = math.ceil(feet + AGENT_HEIGHT)
+    lowest = world.height
+    for i, j in covered_cells(x, y):
+        solid = np.flatnonzero(SOLID[world.blocks[i, j, head:]])
+        if len(solid):
+            lowest = min(lowest, head + int(solid[0]))
+    return float(lowest)
+
+
 def step(world: VoxelWorld, state: AgentState, move: Move) -> tuple[AgentState, bool]:
     """The state after `move`, and whether the move was blocked (the agent then stays where it was)."""
     heading = (state.heading + YAW_DELTA[move]) % 360.0
