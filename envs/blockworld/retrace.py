@@ -13,10 +13,11 @@ the closest the agent came to it on the return; their mean; success when every w
 start), and the agent is back at the start.
 
 Paths are drawn by rejection: a start in the world's interior facing along an axis, a random instruction sequence
-(it begins by walking forward, never turns twice in a row and turns at least once), simulated with the env's own
-moves. A path is kept only if no move is blocked, it never drops more than one block (so the way back can be
-climbed), it stays `PATH_MARGIN` blocks inside the world, it does not come back within `MIN_SEPARATION` blocks of
-a part of itself more than twice that far back along it, and every step of it can be walked backwards.
+(it begins by walking forward, never turns twice in a row and, from three instructions up, turns at least once),
+simulated with the env's own moves. A path is kept only if no move is blocked, it never drops more than one block
+(so the way back can be climbed), it stays `PATH_MARGIN` blocks inside the world, it does not come back within
+`MIN_SEPARATION` blocks of a part of itself more than twice that far back along it, and every step of it can be
+walked backwards.
 """
 
 from __future__ import annotations
