@@ -272,6 +272,29 @@ def test_drift_past_the_threshold_replans_from_the_real_frames(world_model, idm)
     assert agent.done and agent.stats()["chunks"] == 3
 
 
+def test_a_chunk_is_replaced_up_to_max_replans_per_chunk_times_and_drift_at_the_threshold_is_no_replan(
+        world_model, idm):
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], replan_drift=0.2, stall_steps=0,
+                       max_replans_per_chunk=2)
+    frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    chunks = [agent.chunk]
+    for _ in range(3):  # each frame the opposite of the imagined one
+        agent.act(fake_obs(255 - agent.expected_frame))
+        if agent.chunk is not chunks[-1]:
+            chunks.append(agent.chunk)
+    assert [c.replans for c in chunks] == [0, 1, 2] and [c.cut for c in chunks] == ["drift", "drift", None]
+    assert agent.replans == {"drift": 2, "stall": 0} and chunks[-1].executed == 2
+
+    exact = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], replan_drift=0.0, stall_steps=0)
+    exact.reset("go", fake_obs(frame), {})
+    exact.act(fake_obs(frame))
+    for _ in range(CHUNK):  # frames exactly as imagined: drift 0, not past a threshold of 0
+        exact.act(fake_obs(exact.expected_frame))
+    assert exact.replans == {"drift": 0, "stall": 0} and exact.done
+
+
 def test_a_stalled_gripper_replans_and_a_moving_one_does_not(world_model, idm):
     frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
     stall = dict(replan_drift=None, stall_steps=2, stall_distance=0.004, stall_command=0.0)
@@ -598,9 +621,17 @@ def test_temp_lora_learns_while_the_chunk_executes(world_model, idm):
     agent.reset("go", fake_obs(frame), {})
     agent.act(fake_obs(frame))
     assert agent.memory._future is not None  # submitted to the worker before the first action returned
+    original_wait = agent.memory.wait
+
+    def slow_wait():  # what the agent waits for the memory is timed as such (nothing noticed a lost sum)
+        time.sleep(0.05)
+        return original_wait()
+
+    agent.memory.wait = slow_wait
     agent.wait()
     assert agent.memory.last_update["frames"] == 1 + CHUNK
     assert agent.timings["memory_update"] == pytest.approx(agent.memory.last_update["seconds"])
+    assert agent.timings["memory_wait"] >= 0.05
     agent.close()
     assert not getattr(world_model.unet, "_hf_peft_config_loaded", False)  # close() removed the adapter
 
