@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import logging
+import math
 import threading
 import time
 import warnings
@@ -105,23 +106,29 @@ def test_offline_chunks_follow_chunk_frames_and_cap() -> None:
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_offline_plan_is_what_the_expert_labels(seed: int) -> None:
-    """The plan's texts are exactly the expert's subgoal labels, in order, on a real episode."""
+    """The plan's texts are exactly the expert's subgoal labels, in order, on a real episode, and each subgoal
+    gets the chunks the expert's steps for it fill, or one more (README), never fewer."""
     env = gym.make("vplan/Tabletop-v0")
     obs, info = env.reset(seed=seed)
-    plan = make_planner(PlannerConfig(), TASK).plan(TASK.instruction, info, first_frame=obs["front"])
-    planner_skills = {s.text for s in make_planner(PlannerConfig(), TASK).task_skills.skills(info)}
+    config = PlannerConfig()
+    plan = make_planner(config, TASK).plan(TASK.instruction, info, first_frame=obs["front"])
+    planner_skills = {s.text for s in make_planner(config, TASK).task_skills.skills(info)}
     assert planner_skills == set(subgoal_texts(info["cube_names"], info["spot_names"]))
     expert = ReturnCubesExpert()
     expert.reset(info, seed=seed)
-    labels, done = [], False
+    labels, steps, done = [], [], False
     while not done:
         action = expert.select_action(obs, info)
         if not labels or labels[-1] != expert.subgoal:
             labels.append(expert.subgoal)
+            steps.append(0)
+        steps[-1] += 1
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     env.close()
     assert info["success"] and labels == plan.texts
+    needed = [math.ceil(n / config.chunk_frames) for n in steps]
+    assert all(s.chunks - n in (0, 1) for s, n in zip(plan.subgoals, needed, strict=True)), (plan.subgoals, needed)
 
 
 def test_checks_are_predicates_on_info() -> None:
