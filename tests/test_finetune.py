@@ -385,6 +385,7 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
     root, data, wm = setup
     rounds = config(data, wm, tmp_path / "rounds", episodes=2, holdout_episodes=0, rounds=2)
     final = finetune(rounds)
+    assert " triples from 2 episodes" in capsys.readouterr().out  # round 2's outer loop: round 1's triples too
     out = tmp_path / "rounds"
     assert same_content(content(episode_file(out, 0)), content(episode_file(finetuned[0], 0)))
 
