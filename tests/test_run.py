@@ -276,6 +276,8 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
     assert resumed["complete"] and resumed["seeds"] == [10000, 10001, 10002]
     assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "idm"}
     assert resumed["episodes"][0] == metrics["episodes"][0]  # kept, not rerun
+    # the run's wall time goes on from the interrupted part's
+    assert resumed["wall_s_total"] >= metrics["wall_s_total"] + sum(e["wall_s"] for e in resumed["episodes"][1:])
     assert EpisodeDataset(out / "episodes").num_episodes == 3
     fresh = tmp_path / "uninterrupted"
     capsys.readouterr()
