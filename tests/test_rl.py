@@ -360,6 +360,18 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
     assert exit_info.value.code == 2 and "no optimizer.safetensors (a checkpoint of an older vplan" in \
         capsys.readouterr().err
+    # a damaged optimizer or adapter file: one line, not safetensors' traceback
+    for damaged in ("optimizer.safetensors", "lora.safetensors"):
+        (resumed / "checkpoint" / "optimizer.pt").rename(resumed / "checkpoint" / "optimizer.safetensors")
+        intact = (resumed / "checkpoint" / damaged).read_bytes()
+        (resumed / "checkpoint" / damaged).write_bytes(intact[: len(intact) // 2])
+        with pytest.raises(SystemExit) as exit_info:
+            main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
+        assert "checkpoint cannot be read (SafetensorError: " in err and "delete that folder to start" in err
+        (resumed / "checkpoint" / damaged).write_bytes(intact)
+        (resumed / "checkpoint" / "optimizer.safetensors").rename(resumed / "checkpoint" / "optimizer.pt")
 
 
 def test_exploring_the_held_out_seeds_warns(checkpoints, tmp_path):

@@ -40,7 +40,7 @@ from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
 from vplan.constants import HELD_OUT_SEEDS
-from vplan.errors import RunError, UsageError, VplanWarning
+from vplan.errors import RunError, UsageError, VplanWarning, first_line
 from vplan.loop.checkpoint import OPTIMIZER_FILE, load_optimizer, save_optimizer
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
@@ -288,29 +288,42 @@ class RLRun:
 
     def load(self) -> bool:
         """Continue from `<out>/checkpoint` if there is one (call `recover` first); whether there was."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = self.out / CHECKPOINT_DIR
         if not (folder / STATE_FILE).is_file():
             return False
-        state = json.loads((folder / STATE_FILE).read_text())
-        if len(state["logits"]) != len(self.cfg.plan_offsets):
-            raise UsageError(f"{folder} was written with {len(state['logits'])} plan offsets, not "
+        if not (folder / OPTIMIZER_FILE).is_file():  # vplan before 2026-12-05 pickled it (optimizer.pt)
+            raise UsageError(f"{folder}: no {OPTIMIZER_FILE} (a checkpoint of an older vplan, which wrote the "
+                             "optimizer as a pickle, never loaded now); start again in another out=DIR")
+        try:  # a damaged file (the checkpoint is swapped in whole, so a disk fault or a hand edit)
+            state = json.loads((folder / STATE_FILE).read_text())
+            iteration, logits = int(state["iteration"]), np.asarray(state["logits"], np.float64).reshape(-1)
+            saved = load_file(folder / LORA_FILE)
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+            raise RunError(self._unreadable(folder, error)) from None
+        if len(logits) != len(self.cfg.plan_offsets):
+            raise UsageError(f"{folder} was written with {len(logits)} plan offsets, not "
                              f"{len(self.cfg.plan_offsets)}; pass the same plan_offsets or another out=DIR")
-        saved = load_file(folder / LORA_FILE)
         if set(saved) != set(self.params) or any(saved[k].shape != p.shape for k, p in self.params.items()):
             raise UsageError(f"{folder} holds an adapter of another shape; pass the same lora_rank and worldmodel")
         with torch.no_grad():
             for name, parameter in self.params.items():
                 parameter.copy_(saved[name])
-        if not (folder / OPTIMIZER_FILE).is_file():  # vplan before 2026-12-05 pickled it (optimizer.pt)
-            raise UsageError(f"{folder}: no {OPTIMIZER_FILE} (a checkpoint of an older vplan, which wrote the "
-                             "optimizer as a pickle, never loaded now); start again in another out=DIR")
-        load_optimizer(self.optimizer, folder / OPTIMIZER_FILE)
-        self.iteration, self.logits = int(state["iteration"]), np.asarray(state["logits"], np.float64)
+        try:
+            load_optimizer(self.optimizer, folder / OPTIMIZER_FILE)
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+            raise RunError(self._unreadable(folder, error)) from None
+        self.iteration, self.logits = iteration, logits
         if self.vlm is not None and "vlm" in state:
             self.vlm.load_state(state["vlm"])
         return True
+
+    @staticmethod
+    def _unreadable(folder: Path, error: BaseException) -> str:
+        return (f"{folder} cannot be read ({first_line(error, with_type=True)}); delete that folder to start this "
+                "run again from its first iteration, or choose another out=DIR")
 
     # -- one iteration ---------------------------------------------------------------------------------------
 
