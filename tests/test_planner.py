@@ -269,6 +269,16 @@ class PlannerConfigHolder:
     planner: PlannerConfig
 
 
+@pytest.mark.parametrize("url", ["localhost:8000", "http://user:hunter2@127.0.0.1:8000/v1"])
+def test_a_bad_openai_base_url_in_the_environment_is_refused_without_quoting_it(monkeypatch, url: str) -> None:
+    """The client took it as given: every request failed and every episode fell back, with a warning each."""
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(UsageError, match="planner=llm: the environment variable OPENAI_BASE_URL is not an http") as \
+            caught:
+        make_planner(PlannerConfig(kind="llm", llm=LLMPlannerConfig(api_key="k")), TASK)
+    assert "hunter2" not in str(caught.value) and "localhost" not in str(caught.value)
+
+
 def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
     config = PlannerConfig(kind="llm", llm=LLMPlannerConfig(api_key=SECRET))
     assert SECRET not in repr(config)

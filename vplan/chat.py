@@ -124,6 +124,11 @@ class ChatEndpoint:
 
     def __init__(self, config: ChatEndpointConfig, who: str, key_setting: str) -> None:
         self.config = config
+        environment_url = os.environ.get("OPENAI_BASE_URL")  # what the client uses when base_url is None
+        if config.base_url is None and environment_url and (
+                _holds_credentials(environment_url) or not _is_http_url(environment_url)):
+            raise UsageError(f"{who}: the environment variable OPENAI_BASE_URL is not an http:// or https:// URL "
+                             "with a host (and no user, password or query); correct or unset it")
         # stripped before the fallback: a pasted newline, and a blank api_key does not hide the environment's
         self.api_key = ((config.api_key or "").strip() or os.environ.get(config.api_key_env, "")).strip()
         if not all(" " < c < "\x7f" for c in self.api_key):  # HTTP headers take printable ASCII; the key unquoted
