@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -229,6 +230,36 @@ def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_con
         assert (row["copy_psnr"], row["copy_ssim"]) == pytest.approx(copy)
 
 
+def test_eval_worldmodel_samples_each_episodes_chunks_with_their_own_noise(tmp_path, monkeypatch):
+    """The chunks at one start shared their noise across episodes (correlating the scores the standard errors
+    take as independent), and an episode's noise depended on its place in the run."""
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    seeds: list[int] = []
+    generate = WorldModel.generate
+
+    def recorded(self, context, texts, *args, generator=None, **kwargs):
+        seeds.append(generator.initial_seed())
+        return generate(self, context, texts, *args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(WorldModel, "generate", recorded)
+
+    def seeds_of(seed: int, episodes: int) -> Counter:
+        seeds.clear()
+        evaluate_worldmodel(EvalWorldModelConfig(
+            env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=episodes, seed=seed,
+            out=str(tmp_path / f"run{seed}"), rollout_chunks=1, video_chunks=0))
+        return Counter(seeds)
+
+    both = seeds_of(10000, 2)
+    assert set(both.values()) == {1, 2}  # a chunk's true and other text share noise; nothing else does
+    assert set(seeds_of(10001, 1)) < set(both)  # episode 10001 alike, wherever it falls in a run
+
+
 def test_eval_worldmodel_needs_an_expert_and_defaults_to_the_tasks_shipped_models():
     """navigate (MineRL) has no expert to play the episodes: a traceback after out= was written; the default
     checkpoint was the env's, shipped:rlbench/worldmodel for env=rlbench, where vplan run takes the task's."""
@@ -268,7 +299,7 @@ def test_chunk_scores_of_known_frames():
     real = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
     off = torch.full_like(real, 51)  # every pixel off by 0.2: MSE 0.04, PSNR 10·log10(1/0.04)
     psnr, ssim = chunk_scores(off, real)
-    assert psnr == pytest.approx(13.9794, abs=1e-3) and ssim < 1
+    assert psnr == pytest.approx(13.9794, abs=1e-3) and ssim == pytest.approx(0.0025, abs=1e-4)  # 0.994 at 255
     assert chunk_scores(real, real) == (100.0, pytest.approx(1.0))  # not inf, which JSON cannot hold
 
 

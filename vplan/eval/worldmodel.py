@@ -194,6 +194,13 @@ def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
     return model
 
 
+def scene_seed(env_seed: int, start: int) -> int:
+    """The sampling seed of the chunk starting at frame `start` of the episode of env seed `env_seed` (0: its open
+    loop): the same wherever that episode falls in a run, and different for every episode (until 2026-12-06 the
+    chunks at one start shared their noise across episodes, so their scores were correlated)."""
+    return env_seed * 1_000_000 + start
+
+
 def open_loop(model: Any, frames: torch.Tensor, subgoals: list[str], actions: torch.Tensor, chunks: int,
               seed: int) -> torch.Tensor:
     """`chunks` chunks imagined in a row from the episode's first `context_frames` real frames, chunk i under the
@@ -334,7 +341,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
             )
     chunks = min(cfg.rollout_chunks, (len(frames) - context_n) // chunk_n)
     if chunks:
-        seed = cfg.seed * 1000 + episode
+        seed = scene_seed(cfg.seed + episode, 0)
         real = frames[context_n : context_n + chunks * chunk_n]
         imagined = open_loop(model, frames, subgoals, actions, chunks, seed)
         other = open_loop(compare, frames, subgoals, actions, chunks, seed) if compare is not None else None
@@ -356,7 +363,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
         context = latents[None, start - context_n : start]
         true_text = chunk_subgoal(subgoals, start)
         other = [t for t in texts_in_episode if t != true_text]
-        seed = cfg.seed * 1000 + start
+        seed = scene_seed(cfg.seed + episode, start)
         # the executed actions that lead into the chunk's frames (row t is taken at frame t)
         given = {"actions": actions[None, start - 1 : start - 1 + chunk_n]} if model.config.uses_actions else {}
         predicted = model.decode(
