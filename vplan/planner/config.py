@@ -33,7 +33,8 @@ class LLMPlannerConfig(ChatEndpointConfig):
     grounding_threshold: float = field(
         default=0.8,
         metadata={"help": "Least cosine similarity (MiniLM mean-pooled) between a reply's subgoal and the skill "
-                  "it is grounded to; below it the reply is rejected."},
+                  "it is grounded to; below it the reply is rejected. A subgoal must also have the skill's words "
+                  "(README), whatever the threshold: lowering it admits no other wording."},
     )
     text_encoder_path: str | None = field(
         default=None,
