@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 
 from vplan.errors import RunError, first_line
 from vplan.loop.checkpoint import UnreadableTrainerStateError, list_checkpoints, load_checkpoint, save_checkpoint
+from vplan.utils.files import write_text_atomic
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_ints, check_seed
 
@@ -150,7 +151,7 @@ def train(
     if step == 0:  # no checkpoint: an old log is another run's (killed before its first save, or deleted)
         log_path.unlink(missing_ok=True)
         (out / PLOT_FILE).unlink(missing_ok=True)
-    _drop_torn_line(log_path)
+    _keep_log_up_to(log_path, step)
 
     stop_requested: list[int] = []
     previous = {s: signal.signal(s, lambda signum, _: stop_requested.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -236,20 +237,27 @@ def _out_of_memory_error(
                     f"({first_line(error)}); start again with a lower {optim_key}.batch_size{where}")
 
 
-def _drop_torn_line(log_path: Path) -> None:
-    """Cut a log back to its last whole line (a crash or a full disk can leave half of one), so the next record
-    starts on a line of its own."""
+def _keep_log_up_to(log_path: Path, step: int) -> None:
+    """Cut a loss log back to its whole records of steps up to `step`, the checkpoint a run resumes from: a killed
+    run logged steps after it, which the resumed run logs again (or, made shorter, never reaches), and a crash or
+    a full disk can leave half a line."""
     if not log_path.is_file():
         return
-    data = log_path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with log_path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+    text = log_path.read_bytes().decode("utf-8", errors="replace")
+    kept = []
+    for line in text.splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line + "\n")
+        except (ValueError, TypeError, KeyError):  # a blank line, or one torn by a crash or a full disk
+            continue
+    if "".join(kept) != text:
+        write_text_atomic(log_path, "".join(kept))
 
 
 def logged_losses(log_path: Path) -> tuple[list[int], list[float]]:
-    """(steps, losses) of a loss log, in step order. Steps a killed run logged after its last checkpoint are
-    logged again when it resumes; the newer line wins."""
+    """(steps, losses) of a loss log, in step order; of a step logged twice (a log from before 2026-12-06, which
+    kept a killed run's steps after its last checkpoint when it resumed), the newer line."""
     by_step: dict[int, float] = {}
     if log_path.is_file():
         for line in log_path.read_text().splitlines():
