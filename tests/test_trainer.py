@@ -237,6 +237,33 @@ def test_accelerate_settings_vplan_does_not_follow_are_refused(tmp_path, monkeyp
         train(LinearFit(), optim, tmp_path, "toy")
 
 
+def test_the_loss_runs_under_accelerates_autocast(tmp_path, monkeypatch):
+    """prepare() casts only the module's forward: the VAE's loss calls encode and decode, so under
+    ACCELERATE_MIXED_PRECISION=bf16 it trained in fp32, recorded as bf16."""
+    import contextlib
+
+    import accelerate
+
+    inside: list[bool] = []
+
+    class Recording(Accelerator):
+        @contextlib.contextmanager
+        def autocast(self, *args, **kwargs):
+            inside.append(True)
+            try:
+                yield
+            finally:
+                inside.pop()
+
+    class Checked(LinearFit):
+        def loss(self, batch, generator):
+            assert inside, "the loss ran outside accelerator.autocast()"
+            return super().loss(batch, generator)
+
+    monkeypatch.setattr(accelerate, "Accelerator", Recording)
+    assert train(Checked(), OptimConfig(steps=2, batch_size=4, lr=0.01, warmup_steps=1), tmp_path, "toy") == 2
+
+
 class SignalledAt(LinearFit):
     """`signum` (SIGINT by default) arrives during the loss of step `at` (1-based)."""
 

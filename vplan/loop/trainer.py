@@ -173,7 +173,8 @@ def train(
             generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
             try:
                 batch = _on(component.batch(generator, optim.batch_size), accelerator.device)
-                loss, logs = component.loss(batch, generator)
+                with accelerator.autocast():  # prepare() casts only forward: the VAE's loss calls encode/decode
+                    loss, logs = component.loss(batch, generator)
                 if not torch.isfinite(loss):
                     raise _diverged(description, f"loss became {loss.item()}", step, out, optim_key)
                 for group in optimizer.param_groups:
