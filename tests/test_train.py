@@ -267,6 +267,17 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     with pytest.raises(UsageError, match="component.init=.*shape"):
         WorldModelTraining(WorldModelTrainConfig(model=wider, init=str(tmp_path / "source")), latents, texts, vae=vae)
 
+    # init dropped on a resume (allowed): config.yaml still says where the run began (it was rewritten as null)
+    from omegaconf import OmegaConf
+
+    began = replace(missing, vae=str(tmp_path / "vae"), init=str(tmp_path / "source"),
+                    optim=replace(missing.optim, steps=1, warmup_steps=1))
+    out = tmp_path / "from_source"
+    train_component(TrainConfig(component=began, data=str(tiny_dataset), out=str(out), holdout_episodes=1))
+    train_component(TrainConfig(component=replace(began, init=None, optim=replace(began.optim, steps=2)),
+                                data=str(tiny_dataset), out=str(out), holdout_episodes=1))
+    assert OmegaConf.load(out / "config.yaml").component.init == str(tmp_path / "source")
+
 
 def test_a_world_model_on_exploratory_data_warns(tiny_dataset, tmp_path):
     """Exploratory segments carry the text of the subgoal the expert was pursuing, not what their frames show."""

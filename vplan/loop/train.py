@@ -15,7 +15,7 @@ newest checkpoint, and is refused if a setting (but for the run's length and log
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import FINAL, OptimConfig, refuse_several_processes, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
-from vplan.utils.settings import CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, write_config
+from vplan.utils.settings import (
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, write_config,
+)
 from vplan.worldmodel.latent_cache import episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.text_encoder import resolve_minilm_dir
@@ -256,8 +258,6 @@ def _load_vae(path: str) -> Any:
 
 def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
     """The world-model config with the trained VAE's architecture (what gets saved with the checkpoint)."""
-    from dataclasses import replace
-
     c = vae.config
     vae_config = VAEConfig(
         block_out_channels=tuple(c.block_out_channels),
@@ -293,6 +293,10 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
     check_config_is_ours(out, cfg)
     if resuming and file.is_file():
         check_same_config(cfg, file, RESUMABLE_CHANGES)
+        began_from = read_config_record(file).get("component", {}).get("init")
+        if isinstance(cfg.component, WorldModelTrainConfig) and began_from != cfg.component.init:
+            # a resume starts from its checkpoint, whatever init says now: the record keeps what the run began from
+            cfg = replace(cfg, component=replace(cfg.component, init=began_from))
     elif resuming:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
