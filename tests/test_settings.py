@@ -94,6 +94,11 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
     (tmp_path / "config.yaml").write_text("seed: 3\nepisodes: 1\n")  # its own, older: written over
     write_config(tmp_path, Outer())
     assert "inner:" in (tmp_path / "config.yaml").read_text()
+    model = tmp_path / "final"  # `vplan train out=<a trained model>` filled it with checkpoints and a final/
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"final holds a model checkpoint \(config.json\).*choose another out=DIR"):
+        write_config(model, Outer())
 
     @dataclass
     class Evaluation:

@@ -146,9 +146,12 @@ def check_config_is_ours(out: Path, cfg: Any) -> None:
     """A UsageError where `<out>/config.yaml` holds another command's settings (a collect dataset's in a train's
     out=): a top-level setting this command has not. Writing over it would leave that folder's own resume refused
     for good. (Its own older record names no setting this command lacks: a setting removed since is refused on
-    resume anyway.)"""
+    resume anyway.) And one where `out` is a model checkpoint's folder."""
     from vplan.errors import UsageError
 
+    if (out / "config.json").is_file():  # no command writes one there: a model checkpoint's folder
+        raise UsageError(f"{out} holds a model checkpoint (config.json): writing a run there would change its "
+                         "files, and the fingerprint runs pinned it by; choose another out=DIR")
     path = out / CONFIG_FILE
     if not path.is_file():
         return
