@@ -293,8 +293,11 @@ def test_a_stop_signal_saves_the_step_and_stops_unless_the_run_is_done(tmp_path,
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
-    with pytest.raises(RunError, match="loss became nan at step 3; .*lower component.optim.lr in another out=DIR"):
+    with pytest.raises(RunError, match=r"loss became nan at step 3; .*lower component.optim.lr in another out=DIR "
+                                       r"\(no checkpoint was saved before it\)"):  # was "the newest ..., none, ..."
         train(LinearFit(poison_at=3), OptimConfig(steps=10, save_every=100), tmp_path, "toy")
+    with pytest.raises(RunError, match=r"\(the newest checkpoint, .*checkpoint-0000002, was saved before it\)"):
+        train(LinearFit(poison_at=3), OptimConfig(steps=10, save_every=2), tmp_path / "saved", "toy")
 
 
 class OutOfMemoryAt(LinearFit):

@@ -218,9 +218,10 @@ def train(
 def _diverged(description: str, what: str, step: int, out: Path, optim_key: str) -> RunError:
     """The error of a run whose loss or gradient is not finite: rerunning replays the same batches, and a resumed
     run keeps its settings, so the way on is a new run."""
-    newest = next(reversed(list_checkpoints(out)), "none")
+    newest = next(reversed(list_checkpoints(out)), None)
+    saved = f"the newest checkpoint, {newest}, was saved before it" if newest else "no checkpoint was saved before it"
     return RunError(f"{description}: {what} at step {step + 1}; check the data, or start again with a lower "
-                    f"{optim_key}.lr in another out=DIR (the newest checkpoint, {newest}, was saved before it)")
+                    f"{optim_key}.lr in another out=DIR ({saved})")
 
 
 def _out_of_memory(error: BaseException) -> bool:
