@@ -365,8 +365,25 @@ def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, mo
     moving = [row for row in metrics["chunks"] if row["moving"]]
     assert moving and all("order_sensitive" in row for row in moving)
     assert metrics["action_order_sensitivity"] == np.mean([row["order_sensitive"] for row in moving])
-    # per chunk: the executed actions, then (where the gripper moves) the same actions reversed in time
-    assert len(given) == metrics["all"]["chunks"] + len(moving)
+    assert metrics["action_direction_sensitivity"] == np.mean([row["direction_sensitive"] for row in moving])
+    # per chunk: the executed actions, then (where the gripper moves) the same actions reversed in time, and their
+    # motion reversed (the gripper's command kept)
+    assert len(given) == metrics["all"]["chunks"] + 2 * len(moving)
+    from vplan.data.collect import rollout_expert
+    from vplan.envs import make_env
+    from vplan.policies import make_expert
+
+    env_config = TabletopConfig(image_size=16, max_episode_steps=30)
+    env = make_env(env_config)
+    actions = torch.as_tensor(rollout_expert(env, make_expert("return_cubes", env_config), 10000)[0]["action"])
+    env.close()
+    calls = iter(given)
+    for row in metrics["chunks"]:
+        executed = next(calls)  # the actions taken at the frame before the chunk's first and on: row t at frame t
+        assert torch.equal(executed[0], actions[row["start"] - 1 : row["start"] - 1 + CHUNK].float())
+        if row["moving"]:
+            assert torch.equal(next(calls), executed.flip(1))
+            assert torch.equal(next(calls), torch.cat([-executed[..., :3], executed[..., 3:]], -1))
     assert all(a is not None and a.shape == (1, CHUNK, 4) and a.abs().max() <= 1 for a in given)
     reversals = [(a, b) for a, b in zip(given, given[1:]) if torch.equal(b, a.flip(1)) and not torch.equal(a, b)]
     assert len(reversals) == len(moving)

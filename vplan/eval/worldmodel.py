@@ -24,7 +24,9 @@ actions that lead into each chunk frame, and text sensitivity is measured only w
 `compare=` a text-conditioned one, the open-loop rollouts put action- and text-conditioned models side by side.
 Its action-order sensitivity is the share of the chunks where the gripper moves whose generation under the
 executed actions is closer to the real frames than under the same actions in reverse order: a model that cannot
-tell which frame an action leads into scores about half.
+tell which frame an action leads into scores about half. Its action-direction sensitivity is the same share against
+the executed actions with their motion reversed (every value but the last, the gripper's command, negated): a
+model that draws the moves it expects whatever it is told scores about half.
 """
 
 from __future__ import annotations
@@ -278,6 +280,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                        key=lambda r: (r["episode"], r["chunk"]))
     sensitive = [row["text_sensitive"] for row in rows if "text_sensitive" in row]
     order_sensitive = [row["order_sensitive"] for row in rows if "order_sensitive" in row]
+    direction_sensitive = [row["direction_sensitive"] for row in rows if "direction_sensitive" in row]
     metrics = {
         "checkpoint": cfg.checkpoint,
         "idm": cfg.idm,
@@ -290,6 +293,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "text_sensitivity_se": share_error(rows, "text_sensitive"),
         "action_order_sensitivity": float(np.mean(order_sensitive)) if order_sensitive else None,
         "action_order_sensitivity_se": share_error(rows, "order_sensitive"),
+        "action_direction_sensitivity": float(np.mean(direction_sensitive)) if direction_sensitive else None,
+        "action_direction_sensitivity_se": share_error(rows, "direction_sensitive"),
         "chunks": rows,
         "open_loop": _open_loop_summary(open_rows, cfg.compare),
     }
@@ -313,6 +318,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         print(f"  action-order sensitivity: {metrics['action_order_sensitivity']:.0%}"
               f"{_error(metrics['action_order_sensitivity_se'])} of {len(order_sensitive)} moving chunks closer under "
               "the executed actions than under them reversed (chance: 50%)")
+    if direction_sensitive:
+        print(f"  action-direction sensitivity: {metrics['action_direction_sensitivity']:.0%}"
+              f"{_error(metrics['action_direction_sensitivity_se'])} of {len(direction_sensitive)} moving chunks "
+              "closer under the executed actions than under their motion reversed (chance: 50%)")
     _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
     print(f"metrics and video in {out}")
     return metrics
@@ -390,6 +399,12 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
                 context, [true_text], generator=torch.Generator().manual_seed(seed), **reversed_actions
             ))[0]
             row["order_sensitive"] = _closer(psnr, chunk_scores(wrong, real)[0])
+            reversed_motion = given["actions"].clone()
+            reversed_motion[..., :-1] *= -1
+            wrong = model.decode(model.generate(
+                context, [true_text], generator=torch.Generator().manual_seed(seed), actions=reversed_motion
+            ))[0]
+            row["direction_sensitive"] = _closer(psnr, chunk_scores(wrong, real)[0])
         rows.append(row)
         if len(grid) < cfg.video_chunks:
             grid.append(np.concatenate([real.numpy(), predicted.numpy()], axis=1))  # real above generated
