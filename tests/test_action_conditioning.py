@@ -342,6 +342,22 @@ def test_vplan_train_an_action_model_then_save_and_reload_bit_exactly(tiny_datas
     assert bad.returncode == 2 and "conditioning: expected one of ('text', 'action', 'text+action')" in bad.stderr
 
 
+def test_eval_worldmodel_warns_of_an_action_model_trained_on_actions_of_another_scale(tmp_path):
+    """Only IDMs were checked: an action model trained at max_delta=0.05 was fed the 3 cm moves of 0.03."""
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.shipped import OtherEnvWarning
+
+    torch.manual_seed(0)
+    WorldModel(tiny_config("action")).save_pretrained(tmp_path / "wm", action_units={"max_delta": 0.05})
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    with pytest.warns(OtherEnvWarning, match=r"checkpoint=.*wm learned actions recorded at env.max_delta=0.05, and "
+                                             r"this env has max_delta=0.03"):
+        evaluate_worldmodel(EvalWorldModelConfig(
+            env=TabletopConfig(image_size=16, max_episode_steps=20), task=task, checkpoint=str(tmp_path / "wm"),
+            episodes=1, out=str(tmp_path / "run"), video_chunks=0, rollout_chunks=0,
+        ))
+
+
 def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, monkeypatch):
     from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
 

@@ -46,7 +46,7 @@ from vplan.eval.progress import (
 )
 from vplan.eval.stats import paired_summary
 from vplan.utils.files import write_json, write_mp4
-from vplan.shipped import pin_checkpoints, warn_if_trained_elsewhere
+from vplan.shipped import pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_seed
@@ -221,7 +221,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     metrics.json, the MP4s and the plot; print a table."""
     from tqdm import tqdm
 
-    from vplan.envs import env_name, make_env
+    from vplan.envs import action_units, env_name, make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
     from vplan.shipped import check_checkpoints_exist, warn_if_training_seeds
@@ -242,6 +242,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
     # named by this command's keys (checkpoints.json keeps the names earlier evaluations pinned them under)
     warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}, env_name(cfg.env))
+    # an action model fed this env's actions, which may be of another scale than those it learned from
+    warn_if_actions_mean_otherwise({name: spec for name, spec, loaded in (
+        ("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)) if loaded is not None and
+        loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
                                  _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])
