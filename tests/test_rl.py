@@ -35,6 +35,7 @@ from vplan.rl.rewards import (
     RewardSet,
 )
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
+from vplan.shipped import OtherEnvWarning
 from vplan.tasks import task_progress
 from vplan.worldmodel.model import WorldModel
 
@@ -212,8 +213,10 @@ def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refus
         if vae_seed is not None:
             torch.manual_seed(vae_seed)
             model.vae.load_state_dict(type(model.vae)(**model.vae.config).state_dict())
-        model.save_pretrained(tmp_path / name)
-        with pytest.raises(SystemExit) as exit_info:
+        model.save_pretrained(tmp_path / name, action_units={"max_delta": 0.05})  # the env's is 0.03: warned of
+        with pytest.warns(OtherEnvWarning, match=(
+                f"rewards.action_worldmodel={tmp_path / name} learned actions recorded at env.max_delta=0.05")), \
+                pytest.raises(SystemExit) as exit_info:
             main(rl_args(checkpoints, tmp_path / f"out-{name}", "rewards.idm_reproduction=1",
                          f"rewards.action_worldmodel={tmp_path / name}"))
         err = capsys.readouterr().err.strip().splitlines()

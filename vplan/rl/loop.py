@@ -238,7 +238,8 @@ class RLRun:
         self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
         self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
-        warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint}, action_units(cfg.env))
+        warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint, "rewards.action_worldmodel":
+                                        cfg.rewards.action_worldmodel}, action_units(cfg.env))
         require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
         make_planner(cfg.planner, cfg.task).close()  # a missing LLM key: refused before out= is written
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
