@@ -255,9 +255,14 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     minilm = replace(missing, vae=str(tmp_path / "vae"), init=None, model=replace(
         model_config, unet=replace(model_config.unet, cross_attention_dim=384),
         text_encoder=replace(model_config.text_encoder, kind="minilm", dim=384, path=str(tmp_path / "none"))))
+    # a model for 32x32 frames beside the 16x16 VAE: found after config.yaml, split.json and checkpoints.json
+    other_size = replace(missing, vae=str(tmp_path / "vae"), init=None, model=replace(
+        model_config, unet=replace(model_config.unet, sample_size=16), vae=replace(model_config.vae, image_size=32)))
     for component, said in ((unreadable, r"^component.init=.*/unreadable: .*config.json: expected JSON"),
                             (minilm, r"^component.model.text_encoder.path=.* holds no model.safetensors; .*, or set "
-                                     r"component.model.text_encoder.kind=learned")):
+                                     r"component.model.text_encoder.kind=learned"),
+                            (other_size, r"^component.vae \(frames 16 px, latents 8 px\) does not fit component.model: "
+                                         r"expected unet.sample_size equal to the latent size of vae")):
         with pytest.raises(UsageError, match=said):
             train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "out"),
                                         holdout_episodes=1))

@@ -271,7 +271,8 @@ def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
     try:
         return replace(config, vae=vae_config)
     except ValueError as error:
-        raise UsageError(f"the VAE does not fit the world model: {error}") from None
+        raise UsageError(f"component.vae (frames {vae_config.image_size} px, latents {vae_config.latent_size} px) does "
+                         f"not fit component.model: {error}") from None
 
 
 def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> torch.Tensor:
@@ -336,6 +337,8 @@ def train_component(cfg: TrainConfig) -> Path:
             raise UsageError(f"component.init={component.init}: {error}") from None
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
         resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
+    if isinstance(component, WorldModelTrainConfig) and vae is not None:
+        _with_vae(component.model, vae)  # a VAE that does not fit the model: refused before anything is written
     if isinstance(component, IDMTrainConfig):
         check_fits(dataset, component, vae)
     if isinstance(component, VAETrainConfig):  # from the metadata: before anything is written or decoded

@@ -117,8 +117,8 @@ class WorldModelConfig:
             )
         if self.unet.sample_size != self.vae.latent_size:
             raise ValueError(
-                f"expected unet.sample_size equal to the VAE's latent size {self.vae.latent_size} "
-                f"({self.vae.image_size} px / {self.vae.downsample_factor}), got {self.unet.sample_size}"
+                f"expected unet.sample_size equal to the latent size of vae ({self.vae.image_size} px / "
+                f"{self.vae.downsample_factor} = {self.vae.latent_size}), got {self.unet.sample_size}"
             )
         if self.unet.cross_attention_dim != self.text_encoder.dim:
             raise ValueError(
