@@ -58,6 +58,20 @@ def test_command_help_shows_config_and_choices(capsys):
     assert lines[lines.index("  image_size: 64") - 1] == "  # Height and width of the camera images (pixels)."
 
 
+def test_command_help_lists_no_choices_a_command_refuses(capsys):
+    """`bench planning --help` offered memory=anchor and none, which it refuses (its rows set the memory)."""
+    main(["bench", "planning", "--help"])
+    out = capsys.readouterr().out
+    assert "memory: temp_lora  (the only one this command takes; set memory.* keys)" in out
+    assert "env: tabletop  (choices: blockworld, " in out  # its blockworld rows are real
+    main(["finetune", "--help"])
+    assert "memory: temp_lora  (the only one this command takes" in capsys.readouterr().out
+    main(["bench", "executor", "--help"])  # the tabletop's return_cubes only
+    out = capsys.readouterr().out
+    assert "env: tabletop  (the only one this command takes; set env.* keys)" in out
+    assert "task: return_cubes  (the only one this command takes; set task.* keys)" in out
+
+
 def test_help_before_a_command_is_its_help(capsys):
     main(["help", "eval", "worldmodel"])  # the main help, ignoring the command, before
     assert "rollout_chunks: 8" in capsys.readouterr().out

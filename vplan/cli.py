@@ -39,6 +39,7 @@ class Command:
     summary: str
     config_name: str  # configs/<config_name>.yaml
     entry: str  # "module:function", called with the built config dataclass
+    fixed: tuple[str, ...] = ()  # config groups whose one choice the command takes (its help lists no others)
 
     @property
     def name(self) -> str:
@@ -73,6 +74,7 @@ COMMANDS: tuple[Command, ...] = (
         "the slow-fast loop: Temp-LoRA over each episode's chunks, then the slow weights on the stored triples",
         "finetune",
         "vplan.loop.finetune:finetune",
+        fixed=("memory",),
     ),
     Command(
         ("rl",),
@@ -111,6 +113,7 @@ COMMANDS: tuple[Command, ...] = (
         "ours w/o loop / ours on the same held-out seeds",
         "bench_planning",
         "vplan.eval.bench_planning:bench_planning",
+        fixed=("memory",),
     ),
     Command(
         ("bench", "executor"),
@@ -118,6 +121,7 @@ COMMANDS: tuple[Command, ...] = (
         "chunks, next to the expert and the world model, on the same held-out seeds",
         "bench_executor",
         "vplan.eval.bench_executor:bench_executor",
+        fixed=("env", "task"),
     ),
     Command(
         ("bench", "memory"),
@@ -467,7 +471,9 @@ def _print_command_help(command: Command, overrides: list[str]) -> None:
     cfg, choices = compose_config(command, overrides)
     print(f"usage: vplan {command.name} [key=value ...]\n\n{command.summary}\n")
     for group, chosen in choices.items():
-        print(f"{group}: {chosen}  (choices: {', '.join(preset_names(group))})")
+        others = f"choices: {', '.join(preset_names(group))}" if group not in command.fixed else \
+            f"the only one this command takes; set {group}.* keys"
+        print(f"{group}: {chosen}  ({others})")
     print("\nconfig (with these overrides; each setting's meaning above it):")
     print(_commented_yaml(cfg))
 
