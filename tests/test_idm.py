@@ -177,7 +177,8 @@ def test_cli_errors_are_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
     [
         ("no trained VAE", {"vae": "novae"}),
         ("this IDM is for 64x64", {"idm": IDMConfig()}),  # the default IDM reads 64×64; the dataset is 16×16
-        ("the VAE reads 16x16 frames; this IDM 32x32", {"idm": IDMConfig.tiny(image_size=32), "vae": "tiny"}),
+        ("the VAE reads 16x16 frames; this IDM 32x32 (set component.idm.image_size=16)",
+         {"idm": IDMConfig.tiny(image_size=32), "vae": "tiny"}),
         ("this IDM predicts (3,)", {"idm": IDMConfig.tiny(), "vae": None, "idm_action_dim": 3}),
     ],
 )

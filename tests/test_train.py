@@ -56,6 +56,13 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
+def test_a_dataset_no_larger_than_its_held_out_part_says_what_to_change(tiny_dataset, tmp_path):
+    result = vplan_train("component=vae", f"data={tiny_dataset}", f"out={tmp_path / 'out'}", "holdout_episodes=3")
+    assert result.returncode == 2 and result.stderr.strip().endswith(
+        "has 3 episodes; expected more than holdout_episodes=3 (lower holdout_episodes=, or collect more episodes)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     optim = ["component.optim.batch_size=2", "component.optim.save_every=2", "holdout_episodes=1"]
     vae_out = tmp_path / "vae"

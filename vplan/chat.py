@@ -171,7 +171,8 @@ class ChatEndpoint:
             )
         except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
             raise ChatRequestError(
-                f"the request failed, with up to {self.config.max_retries} retries ({type(error).__name__}: {error})"
+                f"the request to {self.client.base_url} failed, with up to {self.config.max_retries} retries "
+                f"({type(error).__name__}: {error})"
             ) from None
         try:
             choice = completion.choices[0]

@@ -172,7 +172,7 @@ def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
     if vae is not None and vae.config.sample_size != idm.image_size:
         raise UsageError(
             f"the VAE reads {vae.config.sample_size}x{vae.config.sample_size} frames; this IDM "
-            f"{idm.image_size}x{idm.image_size}"
+            f"{idm.image_size}x{idm.image_size} (set component.idm.image_size={vae.config.sample_size})"
         )
     height, width = features[OBS_IMAGE_FRONT]["shape"][:2]
     if (height, width) != (idm.image_size,) * 2:

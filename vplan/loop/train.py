@@ -122,7 +122,8 @@ def _check_frame_size(frames: tuple[int, ...], image_size: int) -> None:
 def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
     dataset = open_for_training(data, "that every component trains on", f"`vplan collect out={data}`")
     if dataset.num_episodes <= holdout:
-        raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout}")
+        raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout} "
+                         "(lower holdout_episodes=, or collect more episodes)")
     episodes = list(range(dataset.num_episodes))
     warn_if_held_out_seeds(data, dataset, episodes[:-holdout], "train on")  # e.g. `vplan run record=true`'s
     return dataset, episodes[:-holdout], episodes[-holdout:]
