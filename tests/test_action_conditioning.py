@@ -301,6 +301,30 @@ def tiny_dataset_and_vae(tmp_path_factory):
     return root / "ds", root / "vae"
 
 
+def test_an_action_model_on_discrete_moves_is_refused_before_anything_is_written(tiny_dataset_and_vae, tmp_path):
+    """The blockworld's moves 0-4 were read as one float each (and the imagined env clips them into [-1, 1])."""
+    from vplan.envs import BlockworldConfig
+    from vplan.errors import UsageError
+    from vplan.loop.train import TrainConfig, train_component
+    from vplan.loop.trainer import OptimConfig
+
+    data = tmp_path / "moves"
+    collect(CollectConfig(env=BlockworldConfig(image_size=16), task=TaskConfig.preset("retrace"), episodes=2,
+                          out=str(data)))
+    component = WorldModelTrainConfig(model=replace(WorldModelConfig(**{
+        "unet": {"block_out_channels": [8, 16], "norm_num_groups": 4, "attention_head_dim": 4, "sample_size": 8,
+                 "cross_attention_dim": 32},
+        "text_encoder": {"kind": "learned", "dim": 32, "vocab_buckets": 64},
+        "vae": {"block_out_channels": [8, 16], "norm_num_groups": 4, "image_size": 16},
+        "context_frames": 2, "chunk_frames": 2}), conditioning="action", action_dim=1),
+        vae=str(tiny_dataset_and_vae[1]), optim=OptimConfig(steps=1, batch_size=2))
+    with pytest.raises(UsageError, match=r"moves holds discrete moves \(its actions are int64\), and action "
+                                         r"conditioning reads continuous actions only"):
+        train_component(TrainConfig(component=component, data=str(data), out=str(tmp_path / "out"),
+                                    holdout_episodes=1))
+    assert not (tmp_path / "out").exists()
+
+
 def test_vplan_train_an_action_model_then_save_and_reload_bit_exactly(tiny_dataset_and_vae, tmp_path):
     data, vae = tiny_dataset_and_vae
     out = tmp_path / "wm"

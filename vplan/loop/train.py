@@ -340,6 +340,12 @@ def train_component(cfg: TrainConfig) -> Path:
         resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
     if isinstance(component, WorldModelTrainConfig) and vae is not None:
         _with_vae(component.model, vae)  # a VAE that does not fit the model: refused before anything is written
+    if isinstance(component, WorldModelTrainConfig) and component.model.uses_actions and \
+            str(dataset.info["features"].get(ACTION, {}).get("dtype", "")).startswith("int"):
+        raise UsageError(f"{cfg.data} holds discrete moves (its actions are {dataset.info['features'][ACTION]['dtype']}"
+                         "), and action conditioning reads continuous actions only (moves are not built yet: they "
+                         "would be read as one number each); train a text-conditioned model "
+                         "(component.model.conditioning=text)")
     if isinstance(component, IDMTrainConfig):
         check_fits(dataset, component, vae)
     if isinstance(component, VAETrainConfig):  # from the metadata: before anything is written or decoded
