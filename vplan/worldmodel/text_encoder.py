@@ -170,10 +170,11 @@ class MiniLMTextEncoder(TextEncoder):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            states, mask = self._encode(missing)
-            self._cache.update((text, (states[i], mask[i])) for i, text in enumerate(missing))
+        for text in dict.fromkeys(t for t in texts if t not in self._cache):
+            # one at a time: with several threads a batch's states depend, in their last bits, on which texts it
+            # holds, and a resumed training run meets its texts in other batches than an uninterrupted one
+            states, mask = self._encode([text])
+            self._cache[text] = (states[0], mask[0])
         rows = []
         for text in texts:
             self._cache.move_to_end(text)
