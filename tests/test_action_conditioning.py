@@ -442,7 +442,7 @@ def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp
     def evaluate(compare: str) -> dict:
         return evaluate_worldmodel(EvalWorldModelConfig(
             env=TabletopConfig(image_size=16, max_episode_steps=30), task=task, checkpoint=str(tmp_path / "action"),
-            compare=str(tmp_path / compare), episodes=1, out=str(tmp_path / compare), rollout_chunks=3))
+            compare=str(tmp_path / compare), episodes=1, out=str(tmp_path / f"run-{compare}"), rollout_chunks=3))
 
     against_text = evaluate("text")["open_loop"]
     assert [row["chunk"] for row in against_text["per_chunk"]] == [0, 1, 2] and against_text["episodes"] == 1

@@ -84,7 +84,7 @@ def test_each_readme_python_snippet_runs_as_pasted(where: str, code: str, tmp_pa
     error from diffusers). No key and no endpoint: the LLM planner's snippet shows its fallback."""
     script = tmp_path / "snippet.py"
     script.write_text(code)
-    environment = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    environment = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-2000:]

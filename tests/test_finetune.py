@@ -214,6 +214,16 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(setup, tmp_path):
+    root, data, wm = setup
+    model = tmp_path / "model"
+    shutil.copytree(wm, model)
+    before = sorted(p.name for p in model.iterdir())
+    with pytest.raises(UsageError, match="holds a model checkpoint"):
+        finetune(config(data, wm, model))
+    assert sorted(p.name for p in model.iterdir()) == before
+
+
 def test_a_stopped_continuation_leaves_no_stale_final(setup, finetuned, tmp_path, monkeypatch):
     """More optim.steps continue a finished run; stopped, it once left the shorter run's final/ in place, which
     `vplan run worldmodel=<out>/final` then took for the result."""

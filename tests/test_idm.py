@@ -177,8 +177,11 @@ def test_cli_errors_are_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
     [
         ("no trained VAE", {"vae": "novae"}),
         ("this IDM is for 64x64", {"idm": IDMConfig()}),  # the default IDM reads 64×64; the dataset is 16×16
-        ("the VAE reads 16x16 frames; this IDM 32x32 (set component.idm.image_size=16)",
+        # the dataset's size first: the VAE's advice, followed, was then refused by the dataset's check
+        ("the dataset's frames are 16x16; this IDM is for 32x32 (set component.idm.image_size=16)",
          {"idm": IDMConfig.tiny(image_size=32), "vae": "tiny"}),
+        ("the VAE reads 32x32 frames; the dataset and this IDM 16x16 (give component.vae= a VAE trained on these "
+         "frames)", {"vae": "tiny32"}),
         ("this IDM predicts (3,)", {"idm": IDMConfig.tiny(), "vae": None, "idm_action_dim": 3}),
     ],
 )
@@ -186,7 +189,10 @@ def test_what_does_not_fit_is_a_usage_error(tiny_dataset: Path, tiny_vae: Path, 
     idm = changes.get("idm", IDMConfig.tiny())
     if "idm_action_dim" in changes:
         idm = IDMConfig(**{**idm.to_dict(), "action_dim": changes["idm_action_dim"]})
-    vae = {"novae": str(tmp_path / "novae"), "tiny": str(tiny_vae), None: None}[changes.get("vae")]
+    if changes.get("vae") == "tiny32":
+        build_vae(VAEConfig.tiny(image_size=32)).save_pretrained(tmp_path / "vae32", safe_serialization=True)
+    vae = {"novae": str(tmp_path / "novae"), "tiny": str(tiny_vae), "tiny32": str(tmp_path / "vae32"),
+           None: None}[changes.get("vae")]
     component = IDMTrainConfig(idm=idm, vae=vae, optim=OptimConfig(steps=1, batch_size=2))
     cfg = TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "out"), holdout_episodes=1)
     with pytest.raises(UsageError, match=re.escape(expected)):

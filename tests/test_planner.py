@@ -269,7 +269,7 @@ class PlannerConfigHolder:
     planner: PlannerConfig
 
 
-@pytest.mark.parametrize("url", ["localhost:8000", "http://user:hunter2@127.0.0.1:8000/v1"])
+@pytest.mark.parametrize("url", ["localhost:8000", "http://user:hunter2@127.0.0.1:8000/v1", ""])
 def test_a_bad_openai_base_url_in_the_environment_is_refused_without_quoting_it(monkeypatch, url: str) -> None:
     """The client took it as given: every request failed and every episode fell back, with a warning each."""
     monkeypatch.setenv("OPENAI_BASE_URL", url)
@@ -549,7 +549,7 @@ def test_malformed_json_falls_back(endpoint, make_llm, logs, content: str, messa
         ({"subgoals": ["pick up the red cube"]}, "exactly the key 'text'"),
         ({"plan": [{"text": "pick up the red cube"}]}, "exactly the key 'subgoals'"),
         ([{"text": "pick up the red cube"}], "expected a JSON object"),
-        ({"subgoals": [{"text": "pick up the red cube"}] * 65}, "more than 64 (planner.llm.max_subgoals)"),
+        ({"subgoals": [{"text": "pick up the red cube"}] * 33}, "more than 32 (planner.llm.max_subgoals)"),
         ({"subgoals": [{"text": "pick up the red cube " + "very " * 30}]}, "more than 120"),
     ],
 )

@@ -180,6 +180,17 @@ def test_agent_seed_offsets_the_sampling_seed_of_every_episode(checkpoints, tmp_
     assert seeds == [10000, 10001, 10007, 10008]  # agent.seed=0: the env's seed, as the figures were measured
 
 
+def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(checkpoints, tmp_path, capsys):
+    """checkpoints.json (and, recording, episodes/) were written into it first, changing its fingerprint."""
+    model = tmp_path / "model"
+    shutil.copytree(checkpoints[1], model)
+    before = sorted(p.name for p in model.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(run_args(checkpoints, model, "episodes=1", "memory=none", "record=true"))
+    assert exit_info.value.code == 2 and "holds a model checkpoint (config.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in model.iterdir()) == before
+
+
 def test_overwrite_replaces_the_whole_run_recorded_episodes_and_videos_too(checkpoints, tmp_path, capsys):
     out = tmp_path / "twice"
     main(run_args(checkpoints, out, "episodes=2", "memory=none", "record=true"))

@@ -99,6 +99,13 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
     (model / "config.json").write_text("{}")
     with pytest.raises(UsageError, match=r"final holds a model checkpoint \(config.json\).*choose another out=DIR"):
         write_config(model, Outer())
+    from vplan.eval.bench_record import make_out_dir
+
+    with pytest.raises(UsageError, match="final holds a model checkpoint"):  # a bench's results.json
+        make_out_dir(str(model), "bench env")
+    with pytest.raises(UsageError, match="final holds a model checkpoint"):  # an evaluation's progress.json
+        start_or_continue(Outer(), model, (), {}, lambda progress: "", [])
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"]
 
     @dataclass
     class Evaluation:

@@ -125,7 +125,7 @@ class ChatEndpoint:
     def __init__(self, config: ChatEndpointConfig, who: str, key_setting: str) -> None:
         self.config = config
         environment_url = os.environ.get("OPENAI_BASE_URL")  # what the client uses when base_url is None
-        if config.base_url is None and environment_url and (
+        if config.base_url is None and environment_url is not None and (  # set but empty: the client uses ""
                 _holds_credentials(environment_url) or not _is_http_url(environment_url)):
             raise UsageError(f"{who}: the environment variable OPENAI_BASE_URL is not an http:// or https:// URL "
                              "with a host (and no user, password or query); correct or unset it")

@@ -38,7 +38,8 @@ from vplan.utils.files import read_json_record, write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, read_config_record, write_config,
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, read_config_record,
+    refuse_model_folder, write_config,
 )
 
 METRICS_FILE = "metrics.json"
@@ -400,6 +401,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     warn_if_training_seeds(cfg.seed)
     out = _run_dir(cfg)
+    refuse_model_folder(out)  # before checkpoints.json or episodes/ are written there
     if cfg.resume or cfg.overwrite:
         _check_holds_a_run(cfg, out)
     results, wall_before = _finished_episodes(cfg, out)

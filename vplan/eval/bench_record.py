@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vplan.utils.settings import refuse_model_folder
+
 OUT_HELP = "Also write results.json here: the settings, the figures and the machine they were measured on."
 RESULTS_FILE = "results.json"
 
@@ -72,6 +74,7 @@ def make_out_dir(out: str | None, command: str) -> dict[str, Any]:
     results, fails at once, not after minutes of timing. Returns `machine()` as it is before the timing (its
     load average then says whether something else was running; after, it counts the bench itself)."""
     if out is not None:
+        refuse_model_folder(Path(out))
         Path(out).mkdir(parents=True, exist_ok=True)
         check_results_are(Path(out) / RESULTS_FILE, command)
     return machine()

@@ -15,7 +15,9 @@ from typing import Any
 
 from vplan.errors import UsageError
 from vplan.utils.files import read_json_record
-from vplan.utils.settings import CONFIG_FILE, changed_settings, settings_it_lacks, settings_record
+from vplan.utils.settings import (
+    CONFIG_FILE, changed_settings, refuse_model_folder, settings_it_lacks, settings_record,
+)
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
@@ -33,6 +35,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left
     (`cfg.overwrite`: an evaluation in `out` is refused without it).
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
+    refuse_model_folder(out)
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
     if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)

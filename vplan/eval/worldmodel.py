@@ -403,6 +403,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
                 context, [true_text], generator=torch.Generator().manual_seed(seed), **reversed_actions
             ))[0]
             row["order_sensitive"] = _closer(psnr, chunk_scores(wrong, real)[0])
+        if given and row["moving"] and given["actions"].shape[-1] > 1:  # one value is the kept grip: no motion
             reversed_motion = given["actions"].clone()
             reversed_motion[..., :-1] *= -1
             wrong = model.decode(model.generate(

@@ -51,8 +51,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], metadata: dict[str, s
 
 
 def save_checkpoint(
-    out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], keep: int = 2,
-    keep_steps: Collection[int] = (),
+    out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any],
+    keep: int = 2, keep_steps: Collection[int] = (),
 ) -> Path:
     """Write `out/checkpoint-<step>` atomically; keep only the newest `keep` checkpoints, and those at
     `keep_steps` (the ends of a finetune's rounds, which a redone inner-loop episode starts from)."""

@@ -56,7 +56,7 @@ from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.trainer import FINAL, OptimConfig, refuse_several_processes, train
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
-from vplan.utils.settings import changed_settings, check_ints, plain
+from vplan.utils.settings import changed_settings, check_ints, plain, refuse_model_folder
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
 INNER = "inner"
@@ -465,6 +465,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     if cfg.rounds > len(episodes):
         raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
     out = Path(cfg.out)
+    refuse_model_folder(out)
     _check_settings(out / INNER, _settings(cfg, checkpoint, episodes), cfg)
     final = out / FINAL
 

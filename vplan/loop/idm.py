@@ -169,15 +169,15 @@ def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
             + ("component.idm.num_moves=N, the env's number of moves (the blockworld: 5)" if moves
                else "component.idm.num_moves=0")
         )
-    if vae is not None and vae.config.sample_size != idm.image_size:
-        raise UsageError(
-            f"the VAE reads {vae.config.sample_size}x{vae.config.sample_size} frames; this IDM "
-            f"{idm.image_size}x{idm.image_size} (set component.idm.image_size={vae.config.sample_size})"
-        )
     height, width = features[OBS_IMAGE_FRONT]["shape"][:2]
     if (height, width) != (idm.image_size,) * 2:
         raise UsageError(f"the dataset's frames are {height}x{width}; this IDM is for "
-                         f"{idm.image_size}x{idm.image_size} (set component.idm.image_size)")
+                         f"{idm.image_size}x{idm.image_size} (set component.idm.image_size={height})")
+    if vae is not None and vae.config.sample_size != idm.image_size:  # the dataset's size, checked above
+        raise UsageError(
+            f"the VAE reads {vae.config.sample_size}x{vae.config.sample_size} frames; the dataset and this IDM "
+            f"{idm.image_size}x{idm.image_size} (give component.vae= a VAE trained on these frames)"
+        )
     if int(np.prod(features[key]["shape"])) != idm.action_dim:
         raise UsageError(f"the dataset's actions have shape {tuple(features[key]['shape'])}; this IDM predicts "
                          f"({idm.action_dim},) (set component.idm.action_dim)")

@@ -26,7 +26,8 @@ class LLMPlannerConfig(ChatEndpointConfig):
         default=False, metadata={"help": "Send the first frame as a base64 PNG (needs a vision model)."}
     )
     max_subgoals: int = field(
-        default=64, metadata={"help": "Longest plan accepted from the LLM (a blockworld path of 32 chunks is 33)."}
+        default=32, metadata={"help": "Longest plan accepted from the LLM (a blockworld path of 32 chunks plans 33: "
+                              "raise it there; a run records it, so a resume keeps it)."}
     )
     max_text_chars: int = field(default=120, metadata={"help": "Longest subgoal text accepted from the LLM."})
     max_reply_chars: int = field(default=16000, metadata={"help": "Longest reply parsed at all."})

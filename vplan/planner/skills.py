@@ -131,8 +131,8 @@ class ReturnCubesSkills(TaskSkills):
     def describe(self, info: Mapping[str, Any]) -> str:
         self.require(info)
         cubes = len(info["cube_names"])
-        return (f"{cubes} cube{'s' if cubes != 1 else ''}: {', '.join(info['cube_names'])}; marked spots, left to right "
-                f"in the front camera: {', '.join(info['spot_names'])}.")
+        return (f"{cubes} cube{'s' if cubes != 1 else ''}: {', '.join(info['cube_names'])}; marked spots, left to "
+                f"right in the front camera: {', '.join(info['spot_names'])}.")
 
     def decompose(self, info: Mapping[str, Any]) -> list[Skill]:
         self.require(info)

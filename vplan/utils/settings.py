@@ -142,16 +142,24 @@ def read_config_record(path: Path, advice: str = "restore it, or choose another 
     return record
 
 
+def refuse_model_folder(out: Path) -> None:
+    """A UsageError where `out` is a model checkpoint's folder (its config.json; no command writes one there):
+    a run's files in it would change the checkpoint, and the fingerprint runs pinned it by."""
+    from vplan.errors import UsageError
+
+    if (Path(out) / "config.json").is_file():
+        raise UsageError(f"{out} holds a model checkpoint (config.json): writing a run there would change its "
+                         "files, and the fingerprint runs pinned it by; choose another out=DIR")
+
+
 def check_config_is_ours(out: Path, cfg: Any) -> None:
     """A UsageError where `<out>/config.yaml` holds another command's settings (a collect dataset's in a train's
     out=): a top-level setting this command has not. Writing over it would leave that folder's own resume refused
     for good. (Its own older record names no setting this command lacks: a setting removed since is refused on
-    resume anyway.) And one where `out` is a model checkpoint's folder."""
+    resume anyway.) And one where `out` is a model checkpoint's folder (`refuse_model_folder`)."""
     from vplan.errors import UsageError
 
-    if (out / "config.json").is_file():  # no command writes one there: a model checkpoint's folder
-        raise UsageError(f"{out} holds a model checkpoint (config.json): writing a run there would change its "
-                         "files, and the fingerprint runs pinned it by; choose another out=DIR")
+    refuse_model_folder(out)
     path = out / CONFIG_FILE
     if not path.is_file():
         return
