@@ -449,8 +449,8 @@ def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp
     assert against_text["mean"]["psnr"] != against_text["mean"]["compare_psnr"]
     printed = capsys.readouterr().out
     assert "open loop over 3 chunks" in printed and "compare (text)" in printed
-    assert (tmp_path / "text" / "open_loop.mp4").stat().st_size > 0
-    assert (tmp_path / "text" / "open_loop.png").read_bytes().startswith(b"\x89PNG")  # PSNR per chunk, drawn
+    assert (tmp_path / "run-text" / "open_loop.mp4").stat().st_size > 0
+    assert (tmp_path / "run-text" / "open_loop.png").read_bytes().startswith(b"\x89PNG")  # PSNR per chunk, drawn
     against_itself = evaluate("action")["open_loop"]  # same episodes, same noise: the same figures
     assert all(row["psnr"] == row["compare_psnr"] for row in against_itself["rows"])
     assert against_itself["mean"]["psnr"] == against_text["mean"]["psnr"]
