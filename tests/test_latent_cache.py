@@ -59,6 +59,8 @@ def test_latents_are_encoded_once_per_vae_and_read_back_bit_exactly(dataset_dir,
     again = episode_latents(EpisodeDataset(dataset_dir), [0, 1], vae)  # a new process's view: from the cache
     assert calls == []
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+    # laid out as the cache reads back (encode_frames' output is strided): decoding either gave other last bits
+    assert all(a.is_contiguous() and a.stride() == b.stride() for a, b in zip(first, again))
 
     moved = tiny_vae()  # the same VAE, saved and loaded from two spellings of one path: the same fingerprint
     moved.save_pretrained(dataset_dir.parent / "vae")

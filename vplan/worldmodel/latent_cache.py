@@ -61,7 +61,8 @@ def episode_latents(dataset: Any, episodes: list[int], vae: Any, progress: str |
                 vae.to("cuda")
             frames = torch.from_numpy(np.array(dataset.episode(episode)[OBS_IMAGE_FRONT]))
             with torch.no_grad():
-                encoded = encode_frames(vae, frames).cpu()
+                # contiguous, as a cached .npy reads back: decoded, a strided tensor differed in its last bits
+                encoded = encode_frames(vae, frames).cpu().contiguous()
             if cached is not None:  # a read-only dataset keeps these latents in memory only
                 write_cache_file(cached, encoded.numpy(), f"{cached.name.split('.')[0]}.*.npy")
             latents.append(encoded)
