@@ -180,6 +180,39 @@ def test_agent_seed_offsets_the_sampling_seed_of_every_episode(checkpoints, tmp_
     assert seeds == [10000, 10001, 10007, 10008]  # agent.seed=0: the env's seed, as the figures were measured
 
 
+def test_a_ctrl_c_while_a_finished_run_closes_is_held_off(checkpoints, tmp_path, monkeypatch, capsys):
+    """As the last episode ended, a Ctrl-C cut the summary and the env's close short and exited 130, though every
+    episode was done and metrics.json said complete."""
+    import os
+    import signal
+
+    from vplan import run as run_module
+
+    print_summary = run_module._print_summary
+
+    def interrupted_summary(metrics, out):
+        os.kill(os.getpid(), signal.SIGINT)
+        print_summary(metrics, out)
+
+    monkeypatch.setattr(run_module, "_print_summary", interrupted_summary)
+    handler = signal.getsignal(signal.SIGINT)
+    main(run_args(checkpoints, tmp_path / "run", "episodes=1", "memory=none", "video=false"))  # no SystemExit
+    assert "success rate" in capsys.readouterr().out and signal.getsignal(signal.SIGINT) is handler
+
+
+def test_the_command_line_ignores_ctrl_c_once_its_command_is_over():
+    """A Ctrl-C during Python's shutdown (logging's and torch's exit hooks) printed their traceback."""
+    import subprocess
+    import sys
+
+    code = ("import signal, sys; sys.argv = ['vplan', '--version']; from vplan.cli import main; main(); "
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    from vplan import __version__
+
+    assert result.returncode == 0 and result.stdout.split() == ["vplan", __version__, "True"], result
+
+
 def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(checkpoints, tmp_path, capsys):
     """checkpoints.json (and, recording, episodes/) were written into it first, changing its fingerprint."""
     model = tmp_path / "model"

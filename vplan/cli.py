@@ -11,6 +11,7 @@ import errno
 import importlib
 import os
 import re
+import signal
 import sys
 import warnings
 from dataclasses import dataclass
@@ -498,6 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush does not raise again
         raise SystemExit(RUN_ERROR) from None
+    finally:
+        if argv is None:  # the process's own command, now over: a Ctrl-C in Python's shutdown (logging's and
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # torch's exit hooks) printed their traceback
 
 
 def _main(argv: list[str] | None) -> None:

@@ -35,6 +35,7 @@ from vplan.planner.config import PlannerConfig
 from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist, pin_checkpoints
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import read_json_record, write_json, write_mp4
+from vplan.utils.interrupts import interrupts_ignored
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
@@ -461,16 +462,17 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             bar.set_postfix_str(so_far.removesuffix(" | "))
         bar.close()
     finally:
-        if writer is not None:
-            writer.close()
-        if metrics:
-            _print_summary(metrics, out)
-        if env is not None:
-            env.close()
-        if agent is not None:
-            agent.close()
-        if cfg.out is None and not any(out.iterdir()):  # the dated folder it took, refused before any record
-            out.rmdir()
-            with contextlib.suppress(OSError):  # and runs/, where it is empty (another run may fill it now)
-                out.parent.rmdir()
+        with interrupts_ignored():  # what is done is closed whole, whatever ended the loop
+            if writer is not None:
+                writer.close()
+            if metrics:
+                _print_summary(metrics, out)
+            if env is not None:
+                env.close()
+            if agent is not None:
+                agent.close()
+            if cfg.out is None and not any(out.iterdir()):  # the dated folder it took, refused before any record
+                out.rmdir()
+                with contextlib.suppress(OSError):  # and runs/, where it is empty (another run may fill it now)
+                    out.parent.rmdir()
     return metrics
