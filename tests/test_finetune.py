@@ -421,12 +421,14 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
 
     killed = replace(rounds, out=str(tmp_path / "killed"))
     monkeypatch.setattr(ft, "run_inner_episode", killed_on_episode_1)
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         finetune(killed)
     monkeypatch.setattr(ft, "run_inner_episode", original)
     assert not episode_file(tmp_path / "killed", 1).exists()
+    # what was kept and how to go on (only "interrupted" was said)
+    assert "stopped in the inner loop: 1 of 2 episodes' states kept in" in capsys.readouterr().out
     # when checkpoints are saved and losses logged changes no weight: a resume may change both
-    capsys.readouterr()
     resumed = finetune(replace(killed, optim=replace(OPTIM, save_every=1, log_every=3)))
     # round 1's outer loop ended at checkpoint 2: only round 2's resumes from it (each round once said it did)
     assert capsys.readouterr().out.count("resuming from") == 1

@@ -56,6 +56,29 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
+def test_stopped_after_the_last_step_says_the_same_command_writes_final(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C while the VAE's scaling factor and held-out PSNR were computed said only "interrupted"."""
+    from vplan.loop import train as train_module
+    from vplan.loop.train import TrainConfig, VAETrainConfig, train_component
+    from vplan.loop.trainer import OptimConfig
+    from vplan.worldmodel.vae import VAEConfig
+
+    cfg = TrainConfig(component=VAETrainConfig(vae=VAEConfig.tiny(image_size=16), optim=OptimConfig(
+        steps=2, batch_size=2, warmup_steps=1)), data=str(tiny_dataset), out=str(tmp_path / "vae"), holdout_episodes=1)
+    estimate = train_module.estimate_scaling_factor
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "estimate_scaling_factor", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_component(cfg)
+    assert f"stopped after the last step, before {tmp_path / 'vae' / 'final'} was written; the same command " \
+           "writes it" in capsys.readouterr().out
+    monkeypatch.setattr(train_module, "estimate_scaling_factor", estimate)
+    assert train_component(cfg).is_dir()
+
+
 def test_a_dataset_no_larger_than_its_held_out_part_says_what_to_change(tiny_dataset, tmp_path):
     result = vplan_train("component=vae", f"data={tiny_dataset}", f"out={tmp_path / 'out'}", "holdout_episodes=3")
     assert result.returncode == 2 and result.stderr.strip().endswith(

@@ -484,7 +484,14 @@ def finetune(cfg: FinetuneConfig) -> Path:
                 _load_outer_weights(world_model, out, ends[r - 1])
             bar = tqdm(todo, desc=f"finetune inner loop (Temp-LoRA){label}", unit="episode",
                        initial=len(group) - len(todo), total=len(group))
-            _inner_loop(world_model, cfg.memory, dataset, bar, out, {first_index: first})
+            try:
+                _inner_loop(world_model, cfg.memory, dataset, bar, out, {first_index: first})
+            except KeyboardInterrupt:
+                bar.close()
+                kept = sum(episode_file(out, e).is_file() for e in episodes)
+                print(f"stopped in the inner loop: {kept} of {len(episodes)} episodes' states kept in {out / INNER}; "
+                      "the same command goes on from them")
+                raise
         elif cfg.rounds == 1:
             print(f"inner loop: all {len(episodes)} episodes already stored in {out / INNER}")
         stored += [InnerEpisode(episode_file(out, e)) for e in group]

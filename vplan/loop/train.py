@@ -26,7 +26,7 @@ from omegaconf import MISSING
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import UsageError, first_line
-from vplan.loop.checkpoint import list_checkpoints
+from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import FINAL, OptimConfig, refuse_several_processes, train
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
@@ -352,6 +352,21 @@ def train_component(cfg: TrainConfig) -> Path:
         _check_frame_size(tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2]), component.vae.image_size)
     _record_config(cfg, out, resuming)
     _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
+    try:
+        return _train_and_write(cfg, dataset, train_episodes, held_out, out, vae, resuming)
+    except KeyboardInterrupt:
+        newest = list_checkpoints(out)
+        if newest and checkpoint_step(newest[-1]) >= component.optim.steps and not final.is_dir():
+            print(f"stopped after the last step, before {final} was written; the same command writes it")
+        raise
+
+
+def _train_and_write(
+    cfg: TrainConfig, dataset: Any, train_episodes: list[int], held_out: list[int], out: Path, vae: Any,
+    resuming: bool,
+) -> Path:
+    """Train the component (its inputs checked and recorded), write `<out>/final` and print a held-out figure."""
+    component, final = cfg.component, out / FINAL
     if isinstance(component, VAETrainConfig):
         training = VAETraining(component, _frames(dataset, train_episodes))
         train(training, component.optim, out, "train vae")
