@@ -493,7 +493,13 @@ def _format_warning(message: Any, category: type[Warning], filename: str, lineno
     return _python_format_warning(message, category, filename, lineno, line)
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:  # the process's own command: SIGTERM (timeout, docker stop, a job scheduler) stops it as
+        signal.signal(signal.SIGTERM, _stop)  # Ctrl-C does, keeping what is finished (it died with 143, silent)
     try:
         _main(argv)
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
