@@ -77,6 +77,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 CODE_FENCE = re.compile(r"\s*```(?:json)?[ \t]*\n(.*)\n[ \t]*```\s*", re.DOTALL | re.IGNORECASE)
+THINKING = re.compile(r"\A\s*<think>.*?</think>\s*", re.S)  # the first block only, before the reply
 
 
 def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
@@ -85,6 +86,7 @@ def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
         raise InvalidReplyError("the reply has no text content")
     if len(content) > config.max_reply_chars:
         raise InvalidReplyError(f"the reply has {len(content)} characters, more than {config.max_reply_chars}")
+    content = THINKING.sub("", content, count=1)  # a reasoning model's thoughts first (Qwen3, R1 unparsed)
     fenced = CODE_FENCE.fullmatch(content)  # ```json ... ```, as some local servers wrap JSON
     if fenced:
         content = fenced.group(1)
