@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if argv is None:  # the process's own command, now over: a Ctrl-C in Python's shutdown (logging's and
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # torch's exit hooks) printed their traceback
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # and a SIGTERM there ends it, without one
 
 
 def _main(argv: list[str] | None) -> None:

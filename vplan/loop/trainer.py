@@ -103,9 +103,9 @@ def train(
     `until` stops (with a checkpoint) at that step instead, on the schedule of the whole run, so a caller can
     interleave other work with one training run (`vplan finetune rounds=`). `optim_key` is where the command's
     overrides set `optim`, for the errors that name a setting to change; the checkpoints at `keep_steps` are kept
-    beside the newest two. Once every check has passed and a step is
-    about to be taken, an earlier, shorter run's `<out>/final` goes, so a stopped continuation leaves no stale
-    result beside its checkpoints (and a refused one leaves it as it was).
+    beside the newest two. Once every check has passed and a step is about to be taken, an earlier, shorter run's
+    `<out>/final` goes, so a stopped continuation leaves no stale result beside its checkpoints (and a refused one
+    leaves it as it was).
     """
     from accelerate import Accelerator
     from tqdm import tqdm
