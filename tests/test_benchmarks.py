@@ -393,6 +393,14 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
         evaluate("resumed", 2)
     with pytest.raises(UsageError, match="other settings of steps"):
         evaluate("resumed", 2, resume=True, steps=3)
+    import shutil
+
+    shutil.copytree(tmp_path / "resumed", tmp_path / "older")  # as begun before each episode drew its own noise
+    progress = json.loads((tmp_path / "older" / "progress.json").read_text())
+    del progress["noise"]
+    (tmp_path / "older" / "progress.json").write_text(json.dumps(progress))
+    with pytest.raises(UsageError, match="begun before each episode drew noise of its own .*overwrite=true"):
+        evaluate("older", 2, resume=True)  # its figures would mix the two noise schemes
     resumed = evaluate("resumed", 2, resume=True)
     assert {e["episode"] for e in resumed["chunks"]} == {0, 1}
     for key in ("chunks", "all", "text_sensitivity", "open_loop"):

@@ -196,6 +196,9 @@ def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
     return model
 
 
+NOISE = "per-episode"  # progress.json's mark of the sampling seeds (`scene_seed`): evaluations are resumed alike
+
+
 def scene_seed(env_seed: int, start: int) -> int:
     """The sampling seed of the chunk starting at frame `start` of the episode of env seed `env_seed` (0: its open
     loop): the same wherever that episode falls in a run, and different for every episode (until 2026-12-06 the
@@ -247,8 +250,13 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         ("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)) if loaded is not None and
         loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
-    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
-                                 _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])
+    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": [],
+                                                                "noise": NOISE}, _finished,
+                                 [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])
+    if progress.get("noise") != NOISE:  # its episodes were sampled with the noise shared across episodes
+        raise UsageError(f"resume=true: {out} holds an evaluation begun before each episode drew noise of its own "
+                         "(2026-12-06), whose figures would mix with these; start again with overwrite=true, or "
+                         "choose another out=DIR")
     pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
                     resuming=cfg.resume and bool(progress["episodes"]))
     grid: list[np.ndarray] = []
