@@ -113,6 +113,7 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
     assert "success rate" in printed and "Dist (m" in printed and "peak RSS" in printed and str(out) in printed
     assert "seed 10001, chunk 1: " in captured.err  # the progress bar names the chunk being imagined
     assert "reached the return phase" in printed and "CPU time per episode" in printed and "task progress" in printed
+    assert re.search(r"episodes ended by +time limit 2\n", printed)  # only in metrics.json before
 
 
 def test_every_llm_planner_fallback_is_shown_and_counted(checkpoints, tmp_path, capsys):

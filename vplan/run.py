@@ -360,6 +360,9 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         rows.insert(2, ("reached the return phase", f"{metrics['return_phase_rate']:.0%} ({returned}/{done})"))
     if metrics["progress_mean"] is not None:
         rows.insert(2, ("task progress (mean, 0..1)", f"{metrics['progress_mean']:.3f}"))
+    ended = Counter(r["ended_by"] for r in metrics["episodes"] if "ended_by" in r)  # (runs from before it)
+    if ended:
+        rows.insert(2, ("episodes ended by", ", ".join(f"{cause} {count}" for cause, count in ended.most_common())))
     rows.append(("CPU time per episode", f"{metrics['cpu_s_per_episode']:.1f} s (all threads; the wall time "
                  "above includes waiting for the CPU on a busy machine)"))
     rows.append(("peak RSS", f"{metrics['peak_rss_mb']:.0f} MB"))
