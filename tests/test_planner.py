@@ -160,11 +160,18 @@ def test_checks_are_predicates_on_info() -> None:
         (lambda: Plan((), source="offline"), "at least one subgoal"),
         (lambda: Plan((Subgoal("a"),), source="vibes"), "source: expected one of"),
         (lambda: Plan(("a",), source="llm"), "expected Subgoal objects"),
+        (lambda: Subgoal("pick up the red cube\nthen place it", 1), "text: expected one line of printable"),
     ],
 )
 def test_subgoal_and_plan_validation(make: Callable[[], Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_subgoal_takes_numpys_ints_as_ints() -> None:
+    """A chunk count computed with numpy (np.int64(2)) was refused as not an int."""
+    subgoal = Subgoal("pick up the red cube", np.int64(2))
+    assert subgoal.chunks == 2 and type(subgoal.chunks) is int and json.dumps(subgoal.to_dict())
 
 
 @pytest.mark.parametrize(

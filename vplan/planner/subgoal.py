@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -107,8 +108,11 @@ class Subgoal:
             raise ValueError(f"text: expected a non-empty string, got {self.text!r}")
         if len(self.text) > MAX_SUBGOAL_CHARS:
             raise ValueError(f"text: expected at most {MAX_SUBGOAL_CHARS} characters, got {len(self.text)}")
-        if isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or self.chunks < 1:
+        if not self.text.isprintable():  # a line break or a control character: no skill the model learned
+            raise ValueError(f"text: expected one line of printable characters, got {self.text!r}")
+        if isinstance(self.chunks, bool) or not isinstance(self.chunks, Integral) or self.chunks < 1:
             raise ValueError(f"chunks: expected a positive int, got {self.chunks!r}")
+        object.__setattr__(self, "chunks", int(self.chunks))  # numpy's ints too, as JSON writes them
         if self.check is not None and not isinstance(self.check, Check):
             raise ValueError(f"check: expected a Check or None, got {type(self.check).__name__}")
 
