@@ -401,6 +401,13 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
     (tmp_path / "older" / "progress.json").write_text(json.dumps(progress))
     with pytest.raises(UsageError, match="begun before each episode drew noise of its own .*overwrite=true"):
         evaluate("older", 2, resume=True)  # its figures would mix the two noise schemes
+    shutil.copytree(tmp_path / "straight", tmp_path / "older_finished")  # finished: its figures are kept
+    progress = json.loads((tmp_path / "older_finished" / "progress.json").read_text())
+    del progress["noise"]
+    (tmp_path / "older_finished" / "progress.json").write_text(json.dumps(progress))
+    with pytest.raises(UsageError, match="begun before each episode drew noise of its own"):
+        evaluate("older_finished", 2, resume=True)
+    assert (tmp_path / "older_finished" / "metrics.json").is_file()  # it was deleted before the refusal
     resumed = evaluate("resumed", 2, resume=True)
     assert {e["episode"] for e in resumed["chunks"]} == {0, 1}
     for key in ("chunks", "all", "text_sensitivity", "open_loop"):

@@ -501,9 +501,10 @@ def test_an_error_reply_echoing_the_key_is_scrubbed(endpoint, make_llm, logs) ->
 
 def test_a_reply_in_a_code_fence_is_read_without_it(endpoint, make_llm) -> None:
     body = json.dumps({"subgoals": [{"text": "pick up the red cube"}]})
-    thinking = "<think>\nThe user wants {red}: pick it up.\n</think>\n\n"  # a reasoning model's, not JSON
+    thinking = "<think>\nThe user wants red: pick it up.\n</think>\n\n"  # a reasoning model's, not JSON
+    r1 = "Okay, the user wants the red cube.\n" * 500 + "</think>\n\n"  # R1 unparsed: no opening tag, long
     for wrapped in (f"```json\n{body}\n```", f"```\n{body}\n```\n", f"  {body}  ", thinking + body,
-                    f"{thinking}```json\n{body}\n```"):
+                    f"{thinking}```json\n{body}\n```", r1 + body):
         endpoint.reply = lambda request: (200, completion(wrapped), 0.0)
         assert make_llm().plan("pick up red", KNOWN_INFO).texts == ["pick up the red cube"]
     endpoint.reply = lambda request: (200, completion(f"Here it is:\n```json\n{body}\n```"), 0.0)

@@ -193,11 +193,17 @@ def test_a_ctrl_c_while_a_finished_run_closes_is_held_off(checkpoints, tmp_path,
 
     def interrupted_summary(metrics, out):
         os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # which the command line turns into a Ctrl-C (`vplan.cli._stop`)
         print_summary(metrics, out)
 
+    from vplan.cli import _stop
+
     monkeypatch.setattr(run_module, "_print_summary", interrupted_summary)
-    handler = signal.getsignal(signal.SIGINT)
-    main(run_args(checkpoints, tmp_path / "run", "episodes=1", "memory=none", "video=false"))  # no SystemExit
+    handler, previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _stop)
+    try:
+        main(run_args(checkpoints, tmp_path / "run", "episodes=1", "memory=none", "video=false"))  # no SystemExit
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert "success rate" in capsys.readouterr().out and signal.getsignal(signal.SIGINT) is handler
 
 
@@ -206,12 +212,13 @@ def test_the_command_line_ignores_ctrl_c_once_its_command_is_over():
     import subprocess
     import sys
 
-    code = ("import signal, sys; sys.argv = ['vplan', '--version']; from vplan.cli import main; main(); "
-            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    code = ("import signal, sys, threading; sys.argv = ['vplan', '--version']; from vplan.cli import main; "
+            "thread = threading.Thread(target=main); thread.start(); thread.join(); "  # signals: main thread only
+            "main(); print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     from vplan import __version__
 
-    assert result.returncode == 0 and result.stdout.split() == ["vplan", __version__, "True"], result
+    assert result.returncode == 0 and result.stdout.split() == ["vplan", __version__] * 2 + ["True"], result
 
 
 def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(checkpoints, tmp_path, capsys):

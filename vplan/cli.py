@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -498,16 +499,19 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    if argv is None:  # the process's own command: SIGTERM (timeout, docker stop, a job scheduler) stops it as
-        signal.signal(signal.SIGTERM, _stop)  # Ctrl-C does, keeping what is finished (it died with 143, silent)
+    """The `vplan` command. Without `argv` it is the process's command line (`sys.argv`): then SIGTERM stops it as
+    Ctrl-C does, and once it is over the process ignores Ctrl-C while Python shuts down."""
+    own = argv is None and threading.current_thread() is threading.main_thread()
+    if own:  # SIGTERM (timeout, docker stop, a job scheduler) killed it with 143, silent, keeping nothing said
+        signal.signal(signal.SIGTERM, _stop)
     try:
         _main(argv)
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush does not raise again
         raise SystemExit(RUN_ERROR) from None
     finally:
-        if argv is None:  # the process's own command, now over: a Ctrl-C in Python's shutdown (logging's and
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # torch's exit hooks) printed their traceback
+        if own:  # over: a Ctrl-C in Python's shutdown (logging's and torch's exit hooks) printed their traceback,
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # and a SIGTERM there ends it, without one
 
 

@@ -77,16 +77,18 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 CODE_FENCE = re.compile(r"\s*```(?:json)?[ \t]*\n(.*)\n[ \t]*```\s*", re.DOTALL | re.IGNORECASE)
-THINKING = re.compile(r"\A\s*<think>.*?</think>\s*", re.S)  # the first block only, before the reply
+# a reasoning model's thoughts before the reply, up to the first </think> (R1 served without a reasoning parser
+# sends them without the opening tag, which its chat template put in the prompt); none holds the reply's "{"
+THINKING = re.compile(r"\A(?:\s*<think>)?[^{]*?</think>\s*")
 
 
 def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
     """The subgoal texts of a reply that matches `RESPONSE_SCHEMA` and the bounds; else InvalidReplyError."""
     if not isinstance(content, str) or not content.strip():
         raise InvalidReplyError("the reply has no text content")
+    content = THINKING.sub("", content, count=1)  # a reasoning model's thoughts first (Qwen3, R1 unparsed)
     if len(content) > config.max_reply_chars:
         raise InvalidReplyError(f"the reply has {len(content)} characters, more than {config.max_reply_chars}")
-    content = THINKING.sub("", content, count=1)  # a reasoning model's thoughts first (Qwen3, R1 unparsed)
     fenced = CODE_FENCE.fullmatch(content)  # ```json ... ```, as some local servers wrap JSON
     if fenced:
         content = fenced.group(1)

@@ -10,13 +10,15 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored inside the block (in the main thread, the only one Python delivers it to): a Ctrl-C as a
-    finished run closes its files cut that short, and turned the finished run into an interrupted one."""
+    """SIGINT and SIGTERM ignored inside the block (in the main thread, the only one Python delivers them to): a
+    Ctrl-C (or the CLI's SIGTERM, which stops a command as Ctrl-C does) as a finished run closes its files cut that
+    short, and turned the finished run into an interrupted one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
