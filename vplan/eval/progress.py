@@ -9,7 +9,7 @@ resumption with other settings is refused with their names. A fresh evaluation r
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,14 @@ def check_resume_or_overwrite(cfg: Any) -> None:
 
 
 def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: dict[str, Any],
-                      finished: Callable[[dict[str, Any]], str], outputs: Iterable[str]) -> dict[str, Any]:
+                      finished: Callable[[dict[str, Any]], str], outputs: Iterable[str],
+                      marks: Mapping[str, tuple[Any, str]] | None = None) -> dict[str, Any]:
     """The progress record to go on from: with `cfg.resume`, the one in `out` (checked against `cfg`'s settings
     but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left
     (`cfg.overwrite`: an evaluation in `out` is refused without it).
-    `finished(progress)` says what is done ("3 rollout(s)"), for the messages."""
+    `finished(progress)` says what is done ("3 rollout(s)"), for the messages. `marks` (key -> (value, what a
+    record without it was)) are written into a new record, and a record whose mark differs is not resumed: its
+    figures were made otherwise (`eval worldmodel`'s sampling noise)."""
     refuse_model_folder(out)
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
@@ -48,7 +51,12 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")
     changed = changed_settings(recorded["settings"], settings, cfg) if recorded is not None else []
+    marks = marks or {}
     if cfg.resume and recorded is not None:
+        for key, (value, began) in marks.items():
+            if recorded.get(key) != value:  # before a finished one's metrics are cleared below
+                raise UsageError(f"resume=true: {out} holds an evaluation {began}, whose figures would mix with "
+                                 "these; start again with overwrite=true, or choose another out=DIR")
         if changed:
             raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
                              "pass the same ones, or choose another out=DIR")
@@ -69,7 +77,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         for old in out.glob(pattern):
             old.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    return {"settings": settings, **empty}
+    return {"settings": settings, **empty, **{key: value for key, (value, _) in marks.items()}}
 
 
 def say_interrupted(out: Path, done: str) -> None:

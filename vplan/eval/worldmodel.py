@@ -45,7 +45,7 @@ from vplan.eval.progress import (
     METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
 )
 from vplan.eval.stats import paired_summary
-from vplan.utils.files import read_json_record, write_json, write_mp4
+from vplan.utils.files import write_json, write_mp4
 from vplan.shipped import pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
@@ -197,6 +197,7 @@ def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
 
 
 NOISE = "per-episode"  # progress.json's mark of the sampling seeds (`scene_seed`): evaluations are resumed alike
+NOISE_BEFORE = "begun before each episode drew noise of its own (2026-12-06)"  # a record without the mark
 
 
 def scene_seed(env_seed: int, start: int) -> int:
@@ -250,15 +251,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         ("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)) if loaded is not None and
         loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
-    if cfg.resume and (out / PROGRESS_FILE).is_file():  # before start_or_continue clears a finished one's metrics
-        recorded = read_json_record(out / PROGRESS_FILE, "delete it to start over, or choose another out=DIR")
-        if recorded.get("episodes") and recorded.get("noise") != NOISE:  # sampled with noise shared across episodes
-            raise UsageError(f"resume=true: {out} holds an evaluation begun before each episode drew noise of its "
-                             "own (2026-12-06), whose figures would mix with these; start again with "
-                             "overwrite=true, or choose another out=DIR")
-    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": [],
-                                                                "noise": NOISE}, _finished,
-                                 [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT])
+    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
+                                 _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT],
+                                 marks={"noise": (NOISE, NOISE_BEFORE)})
     pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
                     resuming=cfg.resume and bool(progress["episodes"]))
     grid: list[np.ndarray] = []
