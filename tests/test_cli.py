@@ -20,24 +20,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path):
-    """timeout, docker stop and job schedulers send SIGTERM: the process died with 143, saying nothing, and left
-    a staging folder; now it keeps what is finished and says how to go on, as after Ctrl-C."""
-    import signal
-    import time
-
-    out = tmp_path / "ds"
-    process = subprocess.Popen([sys.executable, "-m", "vplan", "collect", "episodes=500", f"out={out}",
-                                "env.image_size=16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list((out / "data").rglob("*.parquet")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in stderr, stderr
-    assert stderr.strip().endswith("vplan collect: interrupted") and "episode(s) kept in" in stdout + stderr
-
-
 def command(name: str):
     return next(c for c in COMMANDS if c.name == name)
 

@@ -494,25 +494,18 @@ def _format_warning(message: Any, category: type[Warning], filename: str, lineno
     return _python_format_warning(message, category, filename, lineno, line)
 
 
-def _stop(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
-    """The `vplan` command. Without `argv` it is the process's command line (`sys.argv`): then SIGTERM stops it as
-    Ctrl-C does, and once it is over the process ignores Ctrl-C while Python shuts down."""
+    """The `vplan` command. Without `argv` it is the process's command line (`sys.argv`): once it is over, the
+    process ignores Ctrl-C while Python shuts down."""
     own = argv is None and threading.current_thread() is threading.main_thread()
-    if own:  # SIGTERM (timeout, docker stop, a job scheduler) killed it with 143, silent, keeping nothing said
-        signal.signal(signal.SIGTERM, _stop)
     try:
         _main(argv)
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush does not raise again
         raise SystemExit(RUN_ERROR) from None
     finally:
-        if own:  # over: a Ctrl-C in Python's shutdown (logging's and torch's exit hooks) printed their traceback,
+        if own:  # over: a Ctrl-C in Python's shutdown (logging's and torch's exit hooks) printed their traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # and a SIGTERM there ends it, without one
 
 
 def _main(argv: list[str] | None) -> None:

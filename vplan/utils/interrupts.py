@@ -11,8 +11,8 @@ from collections.abc import Iterator
 @contextlib.contextmanager
 def interrupts_ignored() -> Iterator[None]:
     """SIGINT and SIGTERM ignored inside the block (in the main thread, the only one Python delivers them to): a
-    Ctrl-C (or the CLI's SIGTERM, which stops a command as Ctrl-C does) as a finished run closes its files cut that
-    short, and turned the finished run into an interrupted one."""
+    Ctrl-C as a finished run closes its files cut that short, and turned the finished run into an interrupted one
+    (a SIGTERM, killing it there, too); either is dropped, the work it would stop being done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
