@@ -288,7 +288,11 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     # a model for 32x32 frames beside the 16x16 VAE: found after config.yaml, split.json and checkpoints.json
     other_size = replace(missing, vae=str(tmp_path / "vae"), init=None, model=replace(
         model_config, unet=replace(model_config.unet, sample_size=16), vae=replace(model_config.vae, image_size=32)))
+    # an init of another architecture: found after the latents were made
+    other_architecture = replace(missing, vae=str(tmp_path / "vae"), init=str(tmp_path / "source"), model=replace(
+        model_config, unet=replace(model_config.unet, block_out_channels=(8, 24))))
     for component, said in ((unreadable, r"^component.init=.*/unreadable: .*config.json: expected JSON"),
+                            (other_architecture, r"^component.init=.*/source: .*shape"),
                             (minilm, r"^component.model.text_encoder.path=.* holds no model.safetensors; .*, or set "
                                      r"component.model.text_encoder.kind=learned"),
                             (other_size, r"^component.vae \(frames 16 px, latents 8 px\) does not fit component.model: "

@@ -174,17 +174,7 @@ class WorldModelTraining:
         torch.manual_seed(config.optim.seed)
         self.module = WorldModel(model_config, vae=vae)
         if config.init is not None and not resuming:  # a resumed run's weights come from its own checkpoint
-            try:
-                source = resolve_checkpoint(config.init)
-                # a text-conditioned source gives an action-conditioned model all but its (new) action encoder,
-                # a source without a frame embedding all but that (new, at zero output)
-                source_config = read_config(source)
-                self.module.load_weights(
-                    source, vae=False, action_encoder=source_config.uses_actions,
-                    frame_embedding=source_config.frame_input_size == model_config.frame_input_size,
-                )
-            except CheckpointError as error:
-                raise UsageError(f"component.init={config.init}: {error}") from None
+            _load_init(self.module, config.init)
         for parameter in self.module.vae.parameters():
             parameter.requires_grad_(False)
         self.config, self.latents, self.texts = model_config, latents, texts
@@ -255,6 +245,21 @@ def _load_vae(path: str) -> Any:
     except (OSError, ValueError) as error:  # another checkpoint's folder, a broken config.json
         raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote ({first_line(error)}); "
                          f"{hint}") from None
+
+
+def _load_init(module: WorldModel, init: str) -> None:
+    """Start `module` from `init`'s weights (all but its VAE's), or a UsageError naming what did not fit."""
+    try:
+        source = resolve_checkpoint(init)
+        # a text-conditioned source gives an action-conditioned model all but its (new) action encoder,
+        # a source without a frame embedding all but that (new, at zero output)
+        source_config = read_config(source)
+        module.load_weights(
+            source, vae=False, action_encoder=source_config.uses_actions,
+            frame_embedding=source_config.frame_input_size == module.config.frame_input_size,
+        )
+    except CheckpointError as error:
+        raise UsageError(f"component.init={init}: {error}") from None
 
 
 def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
@@ -332,10 +337,9 @@ def train_component(cfg: TrainConfig) -> Path:
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
     if isinstance(component, WorldModelTrainConfig) and component.init is not None and not resuming:
         check_checkpoints_exist({"component.init": component.init})
-        try:
-            read_config(resolve_checkpoint(component.init))  # one that does not parse: after the latents were made
-        except CheckpointError as error:
-            raise UsageError(f"component.init={component.init}: {error}") from None
+        # loaded into a throwaway model: one of another architecture would be found after the latents were made
+        _load_init(WorldModel(component.model if vae is None else _with_vae(component.model, vae), vae=vae),
+                   component.init)
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
         resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
     if isinstance(component, WorldModelTrainConfig) and vae is not None:
