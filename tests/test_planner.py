@@ -480,6 +480,27 @@ def test_good_plan_is_grounded_to_the_skills(endpoint, scene, make_llm, logs) ->
     assert_key_never_logged(logs)
 
 
+def test_temperature_and_response_format_can_be_left_out(endpoint, scene, make_llm) -> None:
+    """Endpoints that refuse them (OpenAI's reasoning models take no temperature but their default; some servers
+    take JSON mode without a schema): the request leaves them out, the reply is checked alike."""
+    info, _ = scene
+    texts = make_planner(PlannerConfig(), TASK).plan(TASK.instruction, info).texts
+    endpoint.reply = lambda body: (200, plan_reply(texts), 0.0)
+    for overrides, expected in (({"temperature": None, "response_format": "json_object"}, {"type": "json_object"}),
+                                ({"temperature": 0.7, "response_format": "none"}, None)):
+        endpoint.requests.clear()
+        assert make_llm(**overrides).plan(TASK.instruction, info).source == "llm"
+        (request,) = endpoint.requests
+        assert request["body"].get("response_format") == expected
+        assert request["body"].get("temperature") == overrides["temperature"]
+        assert ("temperature" in request["body"]) == (overrides["temperature"] is not None)
+    for bad, said in (({"response_format": "json"}, "response_format: expected one of"),
+                      ({"temperature": "0.5"}, "temperature: expected a float in"),
+                      ({"temperature": True}, "temperature: expected a float in")):
+        with pytest.raises(ValueError, match=said):
+            LLMPlannerConfig(**bad)
+
+
 def test_partial_plan_in_llm_order_gets_its_own_chunk_estimates(endpoint, make_llm) -> None:
     texts = ["pick up the blue cube", "place the blue cube on the right spot", "pick up the blue cube",
              "put the blue cube back where it started"]

@@ -71,7 +71,10 @@ class ChatEndpointConfig:
         default=2, metadata={"help": "Retries of a failed request (connection errors, timeouts, 408/409/429/5xx), "
                              "each after the wait a server's Retry-After asks (at most 60 s)."}
     )
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic)."})
+    temperature: float | None = field(
+        default=0.0, metadata={"help": "Sampling temperature (0: near-deterministic); None: not sent, the endpoint's "
+                               "default (for models that take no other, such as OpenAI's reasoning models)."}
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)  # configs built in Python: timeout_s="30" was a TypeError
@@ -91,8 +94,9 @@ class ChatEndpointConfig:
             raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
         if not 0 <= self.max_retries <= 10:
             raise ValueError(f"max_retries: expected an int in [0, 10], got {self.max_retries!r}")
-        if not 0 <= self.temperature <= 2:
-            raise ValueError(f"temperature: expected a float in [0, 2], got {self.temperature!r}")
+        if self.temperature is not None and (isinstance(self.temperature, bool) or not isinstance(
+                self.temperature, (int, float)) or not 0 <= self.temperature <= 2):
+            raise ValueError(f"temperature: expected a float in [0, 2] or None, got {self.temperature!r}")
 
 
 def _is_http_url(url: str) -> bool:
@@ -165,10 +169,10 @@ class ChatEndpoint:
         """The first choice's message content of one chat completion with the config's model and temperature
         (None if the reply has none); a `ChatRequestError` when the request fails (after the client's retries),
         the model refuses, or the reply was cut at the model's token limit (its JSON would read as malformed)."""
+        if self.config.temperature is not None:
+            options = {"temperature": self.config.temperature, **options}
         try:
-            completion = self.client.chat.completions.create(
-                model=self.config.model, messages=messages, temperature=self.config.temperature, **options
-            )
+            completion = self.client.chat.completions.create(model=self.config.model, messages=messages, **options)
         except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
             raise ChatRequestError(
                 f"the request to {self.client.base_url} failed, with up to {self.config.max_retries} retries "

@@ -11,6 +11,7 @@ from vplan.chat import REDACTED, ChatEndpointConfig
 from vplan.utils.settings import check_field_types
 
 KINDS = ("offline", "llm")
+RESPONSE_FORMATS = ("json_schema", "json_object", "none")  # what the LLM planner's request asks for
 SECRET_FIELDS = ("api_key",)  # never logged, printed or written to a run directory
 URL_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)  # up to the host's last "@"
 # a URL's query parameter that carries a key (Azure's ?api-key=, ?token=, ?sig=, ...)
@@ -24,6 +25,12 @@ class LLMPlannerConfig(ChatEndpointConfig):
 
     send_image: bool = field(
         default=False, metadata={"help": "Send the first frame as a base64 PNG (needs a vision model)."}
+    )
+    response_format: str = field(
+        default="json_schema",
+        metadata={"help": f"Structured output asked of the endpoint: one of {RESPONSE_FORMATS} (json_object: JSON "
+                  "without the schema, for endpoints that take no other; none: not asked; the reply is checked "
+                  "the same either way)."},
     )
     max_subgoals: int = field(
         default=32, metadata={"help": "Longest plan accepted from the LLM (a blockworld path of 32 chunks plans 33: "
@@ -44,6 +51,8 @@ class LLMPlannerConfig(ChatEndpointConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format: expected one of {RESPONSE_FORMATS}, got {self.response_format!r}")
         if not 1 <= self.max_subgoals <= 256:
             raise ValueError(f"max_subgoals: expected an int in [1, 256], got {self.max_subgoals!r}")
         if not 1 <= self.max_text_chars <= 200:

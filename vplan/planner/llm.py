@@ -178,6 +178,10 @@ class LLMPlanner(Planner):
 
     def request(self, messages: list[dict[str, Any]]) -> Any:
         """The reply's message content (one chat completion, with the client's timeout and retries)."""
+        if self.llm.response_format == "none":
+            return self.endpoint.complete(messages)
+        if self.llm.response_format == "json_object":
+            return self.endpoint.complete(messages, response_format={"type": "json_object"})
         schema = {"name": "subgoal_plan", "strict": True, "schema": RESPONSE_SCHEMA}
         return self.endpoint.complete(messages, response_format={"type": "json_schema", "json_schema": schema})
 
