@@ -395,7 +395,9 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
     root, data, wm = setup
     rounds = config(data, wm, tmp_path / "rounds", episodes=2, holdout_episodes=0, rounds=2)
     final = finetune(rounds)
-    assert " triples from 2 episodes" in capsys.readouterr().out  # round 2's outer loop: round 1's triples too
+    said = capsys.readouterr().out
+    assert " triples from 2 episodes" in said  # round 2's outer loop: round 1's triples too
+    assert "resuming from" not in said  # round 2 goes on from round 1's checkpoint: no resumption to announce
     out = tmp_path / "rounds"
     assert same_content(content(episode_file(out, 0)), content(episode_file(finetuned[0], 0)))
 
@@ -430,7 +432,7 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
     assert "stopped in the inner loop: 1 of 2 episodes' states kept in" in capsys.readouterr().out
     # when checkpoints are saved and losses logged changes no weight: a resume may change both
     resumed = finetune(replace(killed, optim=replace(OPTIM, save_every=1, log_every=3)))
-    # round 1's outer loop ended at checkpoint 2: only round 2's resumes from it (each round once said it did)
+    # round 1's outer loop ended at checkpoint 2: only round 2's resumes from it
     assert capsys.readouterr().out.count("resuming from") == 1
     ours, theirs = load_file(resumed / "unet.safetensors"), load_file(final / "unet.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -472,7 +472,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]
     ends = [cfg.optim.steps * (r + 1) // cfg.rounds for r in range(cfg.rounds)]
     stored: list[InnerEpisode] = []
-    outer_seconds = 0.0
+    outer_seconds, trained = 0.0, False
     reached = max((checkpoint_step(path) for path in list_checkpoints(out)), default=0)  # a resumed run's
     for r, (group, end) in enumerate(zip(groups, ends)):
         label = f" round {r + 1}/{cfg.rounds}" if cfg.rounds > 1 else ""
@@ -503,7 +503,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
         training = SlowFastTraining(world_model, stored, cfg.memory)
         started = time.perf_counter()
         steps = train(training, cfg.optim, out, f"finetune outer loop (slow weights){label}", until=end,
-                      optim_key="optim", keep_steps=ends[:-1])  # a redone episode's round starts from one
+                      optim_key="optim", keep_steps=ends[:-1],  # a redone episode's round starts from one
+                      say_resuming=not trained)  # a round after one this process trained goes on from it
+        trained = True
         outer_seconds += time.perf_counter() - started
     with folder_written_aside(final) as folder:
         # the env the weights learned from: the dataset's, or for one of no vplan env, the base model's

@@ -96,14 +96,15 @@ def refuse_several_processes(description: str) -> None:
 
 def train(
     component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None,
-    optim_key: str = "component.optim", keep_steps: Collection[int] = (),
+    optim_key: str = "component.optim", keep_steps: Collection[int] = (), say_resuming: bool = True,
 ) -> int:
     """Train `component` to `optim.steps` steps under `out`, resuming from its newest checkpoint.
 
     `until` stops (with a checkpoint) at that step instead, on the schedule of the whole run, so a caller can
     interleave other work with one training run (`vplan finetune rounds=`). `optim_key` is where the command's
     overrides set `optim`, for the errors that name a setting to change; the checkpoints at `keep_steps` are kept
-    beside the newest two. Once every check has passed and a step is about to be taken, an earlier, shorter run's
+    beside the newest two; `say_resuming=False` leaves out the line naming the checkpoint it goes on from (a caller
+    going on from its own `until`). Once every check has passed and a step is about to be taken, an earlier, shorter run's
     `<out>/final` goes, so a stopped continuation leaves no stale result beside its checkpoints (and a refused one
     leaves it as it was).
     """
@@ -144,7 +145,8 @@ def train(
         if step > optim.steps:  # it would end at once, and its result would be the longer run's
             raise RunError(f"{description}: {checkpoints[-1]} is at step {step}, past {optim_key}.steps="
                            f"{optim.steps}; pass {optim_key}.steps>={step} to go on from it, or another out=DIR")
-        accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
+        if say_resuming:
+            accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
     module, optimizer = accelerator.prepare(module, optimizer)
     log_path = out / LOG_FILE
     out.mkdir(parents=True, exist_ok=True)
