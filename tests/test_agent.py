@@ -642,7 +642,7 @@ def test_a_false_check_gets_extra_chunks_when_info_is_given(world_model, idm):
     info = {"cube_names": ["red", "green", "blue"], "grasped": -1}  # not holding the red cube
 
     def chunks(agent, info):
-        agent.reset("go", fake_obs(frame), {})
+        agent.reset("go", fake_obs(frame), info or {"cube_names": ["red", "green", "blue"], "grasped": -1})
         while not agent.done:
             agent.act(fake_obs(frame if agent.expected_frame is None else agent.expected_frame), info)
         return agent.stats()["chunks"]
@@ -656,7 +656,7 @@ def test_a_false_check_gets_extra_chunks_when_info_is_given(world_model, idm):
 
     # the env ended the episode with the chunk: its false check grants no extra chunk, nor counts the subgoal done
     agent = make_agent(world_model, idm, subgoals, max_extra_chunks=2, **NO_REPLAN)
-    agent.reset("go", fake_obs(frame), {})
+    agent.reset("go", fake_obs(frame), info)
     for _ in range(CHUNK):
         agent.act(fake_obs(frame if agent.expected_frame is None else agent.expected_frame), info)
     agent.wait(fake_obs(agent.expected_frame), info)
@@ -665,9 +665,15 @@ def test_a_false_check_gets_extra_chunks_when_info_is_given(world_model, idm):
     agent.wait(fake_obs(frame), {**info, "grasped": 0})  # nothing left to judge: a second call changes nothing
     assert agent.stats()["subgoals_done"] == 0
 
-    # an info the check cannot read: one clear error, and act called again closes the chunk once
+    # an info the checks cannot read: refused at reset (it was found a chunk later, at the subgoal's end), ...
     agent = make_agent(world_model, idm, subgoals + [Subgoal(TEXTS[1], 1)], max_extra_chunks=1, **NO_REPLAN)
-    agent.reset("go", fake_obs(frame), {})
+    with pytest.raises(ValueError, match=r"info: expected the key 'grasped' for the check holding\(cube=red\), got "
+                                         r"keys \['success'\] \(agent.max_extra_chunks=1 reads the plan's checks; "
+                                         r"pass an info that holds it, or max_extra_chunks=0\)"):
+        agent.reset("go", fake_obs(frame), {"success": False})
+    assert agent.plan is None  # no episode begun
+    # ... and at act: one clear error, and act called again closes the chunk once
+    agent.reset("go", fake_obs(frame), info)
     for _ in range(CHUNK):
         agent.act(fake_obs(frame))
     frames_before = agent._history.shape[1]
@@ -949,3 +955,46 @@ def test_a_dist_the_env_has_not_got_yet_is_none_not_infinity(world_model, idm):
     env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=2, dist=float("inf"))
     result, metrics = played_and_summarized(world_model, idm, env)
     assert result["dist"] is None and metrics["dist_mean"] is None
+
+
+def test_check_env_refuses_actions_of_other_bounds(world_model, idm):
+    """A user's env whose actions are bounded otherwise (say, metres per step) would get steps in the IDM's
+    [-1, 1] units, silently clipped or far too large; shape alone was compared."""
+    from types import SimpleNamespace
+
+    from gymnasium import spaces
+
+    from vplan.errors import SettingMismatchError
+
+    agent = make_agent(world_model, idm)
+    cameras = spaces.Dict({"front": spaces.Box(0, 255, (IMAGE, IMAGE, 3), np.uint8),
+                           "agent_pos": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+    agent.check_env(SimpleNamespace(action_space=spaces.Box(-1.0, 1.0, (4,), np.float32), observation_space=cameras))
+    for space, said in ((spaces.Box(-0.03, 0.03, (4,), np.float32), r"bounded by low=\[-0.03.*RescaleAction"),
+                        (spaces.Box(-1.0, 1.0, (7,), np.float32), r"predicts actions of shape \(4,\), the env takes "
+                                                                  r"actions of shape \(7,\)"),
+                        (spaces.Discrete(5), "the env takes one of 5 moves")):
+        with pytest.raises(SettingMismatchError, match=said):
+            agent.check_env(SimpleNamespace(action_space=space, observation_space=cameras))
+    agent.close()
+
+
+def test_the_context_manager_closes_and_keeps_the_body_error(world_model, idm, monkeypatch):
+    from vplan.errors import VplanWarning
+
+    agent = make_agent(world_model, idm)
+
+    def failed_update() -> None:
+        raise RuntimeError("background update failed")
+
+    monkeypatch.setattr(agent.memory, "close", failed_update)
+    with pytest.warns(VplanWarning, match="agent: closing it failed too .RuntimeError: background update failed"):
+        with pytest.raises(KeyError, match="the body's"):
+            with agent:
+                raise KeyError("the body's")
+    with pytest.raises(RuntimeError, match="background update failed"), agent:  # no error of its own: close's
+        pass
+    monkeypatch.undo()
+    agent.close()
+    with pytest.raises(RuntimeError, match="the agent is closed"):
+        agent.reset("go", fake_obs(np.zeros((IMAGE, IMAGE, 3), np.uint8)), {})

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from vplan.errors import VplanWarning
+from vplan.errors import VplanWarning, first_line
 from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
@@ -282,6 +282,14 @@ class VideoPlanningAgent:
         if plan is None:
             plan = self.planner.plan(instruction, info, first_frame=frame)
         self.timings["planning"] += time.perf_counter() - start
+        if self.config.max_extra_chunks > 0:  # the checks read info at a subgoal's end: a key it lacks, found now
+            for subgoal in plan.subgoals:
+                if subgoal.check is not None:
+                    try:
+                        subgoal.check.holds(info)
+                    except ValueError as error:
+                        raise ValueError(f"{error} (agent.max_extra_chunks={self.config.max_extra_chunks} reads the "
+                                         "plan's checks; pass an info that holds it, or max_extra_chunks=0)") from None
         # an episode's seed once it has a plan: a reset the planner failed, tried again, keeps "episode k: seed + k"
         seed = self.config.seed + self._episodes if seed is None else seed
         self._episodes += 1
@@ -375,8 +383,40 @@ class VideoPlanningAgent:
     def __enter__(self) -> VideoPlanningAgent:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the body's error is the one to see, not a failed background update's: that one is warned
+            self.close()
+        except Exception as error:
+            warnings.warn(f"agent: closing it failed too ({first_line(error, with_type=True)})", VplanWarning,
+                          stacklevel=2)
+
+    def check_env(self, env: Any) -> None:
+        """A SettingMismatchError (a UsageError and a ValueError), before an episode starts, where `env` cannot
+        drive this agent: its IDM predicts other actions than the env takes (their number or shape, or a Box
+        bounded otherwise than [-1, 1]: the IDM's units), or it reads a camera (or, detecting stalls, a state
+        key) the env's observations lack."""
+        from vplan.errors import SettingMismatchError
+
+        theirs, ours = env.action_space, self.action_space
+        if _describe(theirs) != _describe(ours):
+            raise SettingMismatchError(f"the IDM predicts {_describe(ours)}, the env takes {_describe(theirs)}; pass "
+                                       "worldmodel=DIR and idm=DIR trained on this env's episodes")
+        low, high = (np.asarray(getattr(theirs, bound, np.nan)) for bound in ("low", "high"))
+        if isinstance(ours, spaces.Box) and not (np.all(low == ours.low) and np.all(high == ours.high)):
+            raise SettingMismatchError(
+                f"the IDM's actions lie in [-1, 1] in each dimension (its env's units, e.g. the tabletop's max_delta "
+                f"per step and the grip's sign), the env's action space is bounded by low={_numbers(low)} "
+                f"high={_numbers(high)}; wrap the env to take actions in [-1, 1] (gymnasium.wrappers.RescaleAction("
+                "env, -1.0, 1.0), where that is what its bounds mean) or pass checkpoints trained on its actions")
+        keys = sorted(getattr(env.observation_space, "spaces", None) or {})
+        for setting, key in self.obs_keys.items() if keys else ():  # a space without keys: nothing to check
+            if key not in keys:
+                hint = ("the key of the gripper's position, or agent.stall_steps=0 to turn stall detection off"
+                        if setting == "agent.state_key" else "the key of one of its cameras")
+                raise SettingMismatchError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
 
     # -- what there is to inspect -----------------------------------------------------------------------------
 
@@ -593,3 +633,14 @@ class VideoPlanningAgent:
         self._chunks_made += 1
         self._chunk = chunk
         return chunk
+
+
+def _describe(space: Any) -> str:
+    """An action space as the IDM and the env must agree on it: the number of moves, or the vector's shape."""
+    n = getattr(space, "n", None)
+    return f"one of {int(n)} moves" if n is not None else f"actions of shape {tuple(space.shape)}"
+
+
+def _numbers(values: np.ndarray) -> str:
+    """An array's numbers as a short list ([-0.03, ...], not float32's -0.029999999329447746)."""
+    return "[" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + "]"

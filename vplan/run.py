@@ -178,27 +178,6 @@ def write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarra
     write_mp4(path, [np.concatenate([a, gap, b], axis=1) for a, b in zip(imagined, executed)], fps)
 
 
-def _describe(space: Any) -> str:
-    """An action space as the IDM and the env must agree on it: the number of moves, or the vector's shape."""
-    n = getattr(space, "n", None)
-    return f"one of {int(n)} moves" if n is not None else f"actions of shape {tuple(space.shape)}"
-
-
-def check_agent_fits_env(agent: Any, env: Any) -> None:
-    """A UsageError, before an episode starts, where `env` cannot drive `agent`: its IDM predicts other actions
-    than the env takes, or it reads a camera (or, detecting stalls, a state key) the env's observations lack."""
-    if _describe(env.action_space) != _describe(agent.action_space):
-        raise UsageError(f"the IDM predicts {_describe(agent.action_space)}, the env takes "
-                         f"{_describe(env.action_space)}; pass worldmodel=DIR and idm=DIR trained on this env's "
-                         "episodes")
-    keys = sorted(getattr(env.observation_space, "spaces", None) or {})
-    for setting, key in agent.obs_keys.items() if keys else ():  # a space without keys: nothing to check against
-        if key not in keys:
-            hint = ("the key of the gripper's position, or agent.stall_steps=0 to turn stall detection off"
-                    if setting == "agent.state_key" else "the key of one of its cameras")
-            raise UsageError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
-
-
 def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
@@ -232,7 +211,7 @@ def run_episode(
     `VideoPlanningAgent.reset`): its result, timings, the imagined and executed frames, the agent's chunks (each
     with what was executed while following it) and the final info (and, given a recorder, every step in the dataset
     format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display."""
-    check_agent_fits_env(agent, env)
+    agent.check_env(env)
     start, cpu = time.perf_counter(), cpu_seconds()
     obs, info = env.reset(seed=seed)
     obs = {key: np.array(value) for key, value in obs.items()}  # copies: an env may draw every frame into one buffer
@@ -416,7 +395,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     try:
         agent = load_agent(cfg)
         env = make_env(cfg.env)
-        check_agent_fits_env(agent, env)
+        agent.check_env(env)
         if cfg.overwrite:
             _clear_run(out)  # only now that the new run can start: a refused one leaves the old run as it was
         # a resumed run is held to the checkpoints it began with, even one stopped in its first episode (which

@@ -142,7 +142,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
 
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import TabletopConfig, env_name, make_env
-    from vplan.run import check_agent_fits_env, run_episode, show_chunk
+    from vplan.run import run_episode, show_chunk
 
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
@@ -160,7 +160,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
             # loaded and checked before any row runs: a bad checkpoint must not leave an expert-only bench behind
             world = cfg.load_agent(cfg.worldmodel, cfg.memory)
             agents["world model"] = world
-            check_agent_fits_env(world, env)
+            world.check_env(env)
             # the same parts, the expert's look-ahead in place of the memory (it uses only the VAE)
             expert = ExpertVideoMemory(world.world_model, env)
             agents["expert video"] = VideoPlanningAgent(world.world_model, world.idm, world.planner, expert,
