@@ -104,9 +104,9 @@ def train(
     interleave other work with one training run (`vplan finetune rounds=`). `optim_key` is where the command's
     overrides set `optim`, for the errors that name a setting to change; the checkpoints at `keep_steps` are kept
     beside the newest two; `say_resuming=False` leaves out the line naming the checkpoint it goes on from (a caller
-    going on from its own `until`). Once every check has passed and a step is about to be taken, an earlier, shorter run's
-    `<out>/final` goes, so a stopped continuation leaves no stale result beside its checkpoints (and a refused one
-    leaves it as it was).
+    going on from its own `until`). Once every check has passed and a step is about to be taken, an earlier,
+    shorter run's `<out>/final` goes, so a stopped continuation leaves no stale result beside its checkpoints (and a
+    refused one leaves it as it was).
     """
     from accelerate import Accelerator
     from tqdm import tqdm
