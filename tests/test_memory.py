@@ -488,6 +488,16 @@ def test_a_memory_made_or_updated_in_inference_mode_learns_as_outside_it() -> No
     for state in states[1:]:
         for name, tensor in states[0].items():
             assert torch.equal(state[name], tensor), name
+    # restored inside it: Adam's state was made of inference tensors, and every later update failed
+    memory = make_memory(lora(), tiny_model())
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    snapshot = memory.snapshot()
+    with torch.inference_mode():
+        memory.restore(snapshot)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=3))
+    memory.update_async(latents(CHUNK), latents(CHUNK, seed=4))
+    memory.wait()
+    memory.close()
     with torch.inference_mode():
         frozen = tiny_model()
     with pytest.raises(ValueError, match=r"built or loaded inside torch.inference_mode\(\)"):
@@ -513,6 +523,60 @@ def test_a_diverging_update_names_the_learning_rate() -> None:
     with pytest.raises(RunError, match=r"Temp-LoRA loss is (nan|inf) at update \d+; lower its lr \(1e\+30: memory.lr"):
         for seed in range(5):  # it was reported a chunk later, by the decoder, as NaN latents
             memory.update(latents(CHUNK, seed=seed), latents(CHUNK, seed=seed + 1))
+    memory.close()
+
+
+def test_a_step_to_non_finite_weights_or_a_non_finite_chunk_names_the_cause() -> None:
+    """A finite loss can step the adapter to inf (as `eval consistency temp_lora.lr=1000` does at its third
+    update), or to weights so large the next chunk is NaN (lr 1e30): both were first reported by the decoder, as
+    NaN latents, with no word of memory.lr."""
+    from vplan.errors import RunError
+
+    memory = make_memory(lora(), tiny_model())
+    step = memory._optimizer.step
+
+    def step_to_inf() -> None:
+        step()
+        next(iter(memory.trainable_parameters().values())).data.fill_(float("inf"))
+
+    memory._optimizer.step = step_to_inf
+    with pytest.raises(RunError, match=r"Temp-LoRA weights are not finite after update 1 \(its loss was [0-9.]+\); "
+                                       r"lower its lr \(0.01: memory.lr"):
+        memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    memory.close()
+    memory = make_memory(lora(lr=1e30), tiny_model())
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    assert all(torch.isfinite(p).all() for p in memory.trainable_parameters().values())
+    with pytest.raises(RunError, match=r"memory temp_lora drew a chunk of NaN or infinite latents \(a diverged "
+                                       r"Temp-LoRA, after 1 update\(s\): lower its lr \(1e\+30: memory.lr"):
+        memory.generate(latents(CONTEXT), ["a"], generator=seeded())
+    memory.close()
+    model = tiny_model()
+    with torch.no_grad():
+        model.unet.conv_out.bias.fill_(float("nan"))
+    memory = make_memory(MemoryConfig(kind="none"), model)
+    with pytest.raises(RunError, match=r"memory none drew a chunk .* \(the world model itself: check the checkpoint"):
+        memory.generate(latents(CONTEXT), ["a"], generator=seeded())
+
+
+def test_an_update_keeps_each_module_in_its_mode_and_the_callers_thread_count(monkeypatch) -> None:
+    """A submodule put in eval mode went back to train mode (unet.train(flag) sets every one); the worker kept
+    the thread count it started with (torch keeps one per thread)."""
+    model = tiny_model()
+    model.train()
+    model.unet.conv_in.eval()
+    memory = make_memory(lora(), model)
+    memory.update(latents(CHUNK), latents(CHUNK, seed=2))
+    assert model.unet.training and not model.unet.conv_in.training
+    seen = []
+    hook = model.unet.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    memory.update_async(latents(CHUNK), latents(CHUNK, seed=2))  # the worker starts at 1 thread (conftest)
+    memory.wait()
+    torch.set_num_threads(2)
+    memory.update_async(latents(CHUNK), latents(CHUNK, seed=3))
+    memory.wait()
+    hook.remove()
+    assert seen[0] == 1 and seen[-1] == 2, seen
     memory.close()
 
 

@@ -155,12 +155,10 @@ def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: An
     memory.reset()
     history = previous = start
     for index, text in enumerate(texts):
-        chunk = memory.generate(history, [text], generator=generator)
-        if not torch.isfinite(chunk).all():  # every later chunk would follow it, and decoding refuses it
-            why = ("a diverged Temp-LoRA: lower temp_lora.lr" if memory.config.kind == "temp_lora" else
-                   "the world model itself: check the checkpoint")
-            raise RunError(f"memory {memory.config.kind} drew chunk {index + 1} of {len(texts)} as NaN or infinite "
-                           f"latents ({why})")
+        try:
+            chunk = memory.generate(history, [text], generator=generator)
+        except RunError as error:  # a chunk of NaN or infinite latents: which one
+            raise RunError(f"chunk {index + 1} of {len(texts)}: {error}") from None
         last = index == len(texts) - 1  # nothing follows it: learning from it would only cost time
         if observed is None and not last:
             memory.update(previous, chunk)

@@ -20,9 +20,9 @@ Threading rule: generation never sees half-updated weights, because `condition`,
 `reset`, `state_dict`, `load_state_dict`, `snapshot`, `restore` and `close` all `wait()` first. Calling
 `world_model.generate` (or anything else that runs the UNet) directly while an update is in flight is not
 allowed; call `wait()` first. A memory's methods are meant to be called from one thread (the caller's); only
-the update itself runs on the worker. The worker uses torch's process-wide intra-op thread count
-(`torch.set_num_threads` applies to every thread, and the worker never changes it); since generation waits
-for the update, UNet passes never run on two threads at once.
+the update itself runs on the worker. Each update runs with the intra-op thread count the caller had when
+it started it (torch keeps one per thread: a later `torch.set_num_threads` in the caller would not reach a
+worker already started); since generation waits for the update, UNet passes never run on two threads at once.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from vplan.errors import VplanWarning, first_line
+from vplan.errors import RunError, VplanWarning, first_line
 from vplan.memory.config import MemoryConfig
 
 if TYPE_CHECKING:
@@ -104,8 +104,16 @@ class EpisodicMemory(ABC):
         num_frames: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The next chunk's latents: `world_model.generate` on `condition(history)`."""
-        return self.world_model.generate(self.condition(history), texts, num_frames=num_frames, generator=generator)
+        """The next chunk's latents: `world_model.generate` on `condition(history)`; a RunError naming the likely
+        cause where they are NaN or infinite (every later chunk would follow them, and decoding refuses them)."""
+        chunk = self.world_model.generate(self.condition(history), texts, num_frames=num_frames, generator=generator)
+        if not torch.isfinite(chunk).all():
+            raise RunError(f"memory {self.kind} drew a chunk of NaN or infinite latents ({self._nonfinite_cause()})")
+        return chunk
+
+    def _nonfinite_cause(self) -> str:
+        """What most likely made a generated chunk non-finite (a memory that learns names its setting)."""
+        return "the world model itself: check the checkpoint"
 
     # -- learning --------------------------------------------------------------------------------------------
 
@@ -129,7 +137,14 @@ class EpisodicMemory(ABC):
         previous, new = self._check_update(previous, new)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vplan-memory-{self.kind}")
-        self._future = self._executor.submit(self._update, previous.clone(), new.clone())
+        self._future = self._executor.submit(self._update_with, torch.get_num_threads(), previous.clone(), new.clone())
+
+    def _update_with(self, threads: int, previous: torch.Tensor, new: torch.Tensor) -> dict[str, float]:
+        """`_update` on the worker with the caller's intra-op thread count: torch keeps a count per thread, and
+        the worker's would stay what it was when the worker started."""
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return self._update(previous, new)
 
     def wait(self) -> dict[str, float] | None:
         """Block until the in-flight update (if any) is done; its logs, or None when nothing was in flight.
@@ -177,7 +192,11 @@ class EpisodicMemory(ABC):
         if not isinstance(snapshot, MemorySnapshot) or snapshot.kind != self.kind:
             got = snapshot.kind if isinstance(snapshot, MemorySnapshot) else type(snapshot).__name__
             raise ValueError(f"expected a MemorySnapshot of kind {self.kind!r}, got {got!r}")
-        self._after_wait(lambda: self._restore(snapshot.state))
+        def restore() -> None:
+            with torch.inference_mode(False):  # a caller's inference mode would make the optimizer's state
+                self._restore(snapshot.state)  # inference tensors, which no later update may step
+
+        self._after_wait(restore)
 
     def save(self, path: str | Path) -> None:
         """Write `state_dict()` to a safetensors file (the kind goes in its metadata)."""

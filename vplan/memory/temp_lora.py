@@ -311,7 +311,7 @@ class TempLoRAMemory(EpisodicMemory):
             elif self._first_sequence is not None:
                 sequences.append(self._first_sequence)
         losses = []
-        training = unet.training
+        modes = [(module, module.training) for module in unet.modules()]  # given back as they were, mixed ones too
         unet.eval()  # the temporal convolutions' dropout would make the update random (and its recompute differ)
         try:
             with torch.enable_grad(), checkpointed(unet, self.config.gradient_checkpointing):
@@ -329,12 +329,23 @@ class TempLoRAMemory(EpisodicMemory):
                     loss.backward(inputs=params)
                     self._optimizer.step()
                     losses.append(loss.item())
+                    if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite loss, a step too far
+                        raise RunError(f"memory: the Temp-LoRA weights are not finite after update "
+                                       f"{self._updates + 1} (its loss was {loss.item():.4g}); lower its lr "
+                                       f"({self.config.lr}: memory.lr, or temp_lora.lr in eval consistency)")
         finally:
-            unet.train(training)
+            for module, mode in modes:
+                module.training = mode
         self._active = True
         self._updates += 1
         return {"loss": sum(losses) / len(losses), "steps": float(len(losses)), "frames": float(sequence.shape[1]),
                 "seconds": time.perf_counter() - start}
+
+    def _nonfinite_cause(self) -> str:
+        if not self._active:
+            return super()._nonfinite_cause()
+        return (f"a diverged Temp-LoRA, after {self._updates} update(s): lower its lr ({self.config.lr}: memory.lr, "
+                "or temp_lora.lr in eval consistency)")
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
