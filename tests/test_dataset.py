@@ -334,12 +334,22 @@ def test_a_commit_stopped_midway_leaves_no_files_behind_it(tmp_path: Path, monke
         commit(self, files)
         raise KeyboardInterrupt
 
+    def meta_counts() -> tuple[int, int, int, int]:  # stats.json's frames, tasks.parquet's rows; info's
+        info = json.loads((root / "meta/info.json").read_text())
+        stats = json.loads((root / "meta/stats.json").read_text())
+        tasks = pq.read_table(root / "meta/tasks.parquet").num_rows
+        return stats["index"]["count"][0], tasks, info["total_frames"], info["total_tasks"]
+
     for stop, kept in ((stopped_before_info, [0]), (stopped_after_commit, [0, 1])):
         monkeypatch.setattr(EpisodeWriter, "_commit_files", stop)
         with pytest.raises(KeyboardInterrupt):
             write(root, [1])
         check_episodes(root, kept)
         assert all(path.exists() for path in episode_files) == (kept == [0, 1])
+        # LeRobot reads both as they are: they counted the episode that never committed
+        frames, tasks, total_frames, total_tasks = meta_counts()
+        assert (frames, tasks) == (total_frames, total_tasks)
+        monkeypatch.setattr(EpisodeWriter, "_commit_files", commit)
 
     # Ctrl-C just after the commit, while the writer notes it: the committed episode is never taken for leftovers
     committed, file_kinds = [], EpisodeWriter._file_kinds

@@ -519,6 +519,8 @@ class EpisodeWriter:
             writer._delete_leftovers()
             if is_new:
                 writer._commit_files({INFO_PATH: _json_bytes(info)})
+            else:
+                writer._repair_meta()
         except BaseException:
             os.close(lock)
             raise
@@ -626,15 +628,18 @@ class EpisodeWriter:
 
     def close(self) -> None:
         """Release the directory; committed episodes are already on disk. Files of an episode that never
-        committed go (LeRobot's reader, which globs the folders, would read them)."""
+        committed go (LeRobot's reader, which globs the folders, would read them), and stats.json and
+        tasks.parquet count the committed ones only."""
         if self._lock is not None:
-            shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
             info = self.root / INFO_PATH
             on_disk = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
             # else stopped between a commit and counting it in `_info` (the positions move first): the next open
             # cleans up instead
             if on_disk == self._info["total_episodes"]:
                 self._delete_leftovers()
+                (self.root / STAGING_DIR).mkdir(exist_ok=True)
+                self._repair_meta()
+            shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
             os.close(self._lock)
             self._lock = None
 
@@ -669,8 +674,30 @@ class EpisodeWriter:
                 ):
                     path.unlink()
 
+    def _repair_meta(self) -> None:
+        """Rewrite stats.json and tasks.parquet where they still count an episode that never committed (a writer
+        stopped between moving them in and info.json): LeRobot reads them as they are."""
+        repairs: dict[str, Path | bytes] = {}
+        stats_path, tasks_path = self.root / STATS_PATH, self.root / DEFAULT_TASKS_PATH
+        if stats_path.is_file() and self._info["total_episodes"] > 0:
+            index_stats = json.loads(stats_path.read_text()).get(INDEX, {})
+            if index_stats.get("count", [self._info["total_frames"]])[0] != self._info["total_frames"]:
+                repairs[STATS_PATH] = _json_bytes(stats_to_json(self._stats))
+        if tasks_path.is_file() and read_table(tasks_path).num_rows > len(self._tasks):
+            staged = self.root / STAGING_DIR / "tasks.parquet"
+            repairs[DEFAULT_TASKS_PATH] = _staged_parquet(tasks_table(self._tasks), staged)
+        if repairs:
+            self._move_in(repairs)
+
     def _commit_files(self, files: dict[str, Path | bytes]) -> None:
-        """Move staged files into place, info.json last; each step is made durable before the next."""
+        """Move staged files into place, info.json (the last of `files`) last; each step is made durable before
+        the next."""
+        *body, (info, content) = files.items()
+        self._move_in(dict(body))
+        self._move_in({info: content})
+
+    def _move_in(self, files: dict[str, Path | bytes]) -> None:
+        """Move each staged file (or bytes, staged first) to its path under the root, durably."""
         moves: list[tuple[Path, Path]] = []
         for relative, content in files.items():
             source = content if isinstance(content, Path) else self.root / STAGING_DIR / Path(relative).name
@@ -678,15 +705,11 @@ class EpisodeWriter:
                 source.write_bytes(content)
             fsync_path(source)
             moves.append((source, self.root / relative))
-        *body, (info_source, info_target) = moves
-        for source, target in body:
+        for source, target in moves:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
-        for folder in {target.parent for _, target in body}:
+        for folder in {target.parent for _, target in moves}:
             fsync_path(folder)
-        info_target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(info_source, info_target)
-        fsync_path(info_target.parent)
 
     def _check_frames(self, frames: dict[str, np.ndarray], subgoals: list[str]) -> int:
         features = self._info["features"]
