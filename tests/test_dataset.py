@@ -498,7 +498,12 @@ def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
             }
         )
     )
-    with pytest.raises(DatasetError, match=r"v2\.1"):
+    with pytest.raises(DatasetError, match=r"has codebase_version 'v2\.1'; expected 'v3\.0' \(convert .* "
+                                           r"lerobot.datasets.v30.convert_dataset_v21_to_v30\)"):
+        EpisodeDataset(tmp_path)
+    # a v1.6 dataset lacks fields v3.0 has: said as its version, not as missing fields
+    (tmp_path / INFO_PATH).write_text(json.dumps({"codebase_version": "v1.6", "fps": 10, "features": {}}))
+    with pytest.raises(DatasetError, match=r"has codebase_version 'v1\.6'"):
         EpisodeDataset(tmp_path)
     (tmp_path / INFO_PATH).write_text("null")  # JSON, but no object: a TypeError before
     with pytest.raises(DatasetError, match="holds a JSON NoneType, not a LeRobot dataset's info object"):

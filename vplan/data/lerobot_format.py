@@ -110,13 +110,14 @@ def load_info(root: str | Path) -> dict[str, Any]:
         raise DamagedDatasetError(f"{path} cannot be read ({first_line(err)}); {DAMAGED}") from None
     if not isinstance(info, dict):
         raise DatasetError(f"{path} holds a JSON {type(info).__name__}, not a LeRobot dataset's info object")
+    if "codebase_version" in info and info["codebase_version"] != CODEBASE_VERSION:  # an older layout lacks fields
+        raise DatasetError(
+            f"{path} has codebase_version {info['codebase_version']!r}; expected {CODEBASE_VERSION!r} (convert a "
+            "v2.1 dataset with LeRobot's converter, python -m lerobot.datasets.v30.convert_dataset_v21_to_v30)"
+        )
     missing = [key for key in _REQUIRED_INFO_KEYS if key not in info]
     if missing:
         raise DatasetError(f"{path} lacks the LeRobot fields {missing}")
-    if info["codebase_version"] != CODEBASE_VERSION:
-        raise DatasetError(
-            f"{path} has codebase_version {info['codebase_version']!r}; expected {CODEBASE_VERSION!r}"
-        )
     for key, feature in info["features"].items():
         dtype = feature.get("dtype") if isinstance(feature, dict) else None
         if dtype != "video" and not _numeric(dtype):
