@@ -50,7 +50,7 @@ class MemoryConfig:
         default=True,
         metadata={"help": "temp_lora: recompute each UNet resnet, temporal conv and transformer in the backward "
                   "pass instead of keeping its activations (torch.utils.checkpoint). Measured with the default "
-                  "UNet on 16 latent frames: the update's extra peak RSS +219 MB instead of +407 MB, for 0.68 s "
+                  "UNet on 16 latent frames: the update's extra peak RSS +219 MB instead of +407 MB, for 0.68-0.71 s "
                   "instead of 0.53 s per update (hidden behind execution when overlapped)."},
     )
     replay_first: bool = field(
