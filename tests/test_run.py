@@ -60,14 +60,20 @@ def test_an_idm_trained_at_another_action_scale_is_warned_about(tmp_path):
     from vplan.run import load_agent
     from vplan.shipped import checkpoint_fingerprint
 
+    from vplan.envs import make_env
+
     command = next(c for c in COMMANDS if c.name == "run")
     faster = build_config(compose_config(command, ["env.max_delta=0.05", "memory=none"])[0])
+    agent = load_agent(faster)
     with pytest.warns(OtherEnvWarning, match=r"idm=shipped:tabletop/idm learned actions recorded at "
                                              r"env.max_delta=0.03, and this env has max_delta=0.05"):
-        load_agent(faster).close()  # the shipped IDM records the settings its data was collected at
+        agent.check_env(make_env(faster.env))  # the shipped IDM records the settings its data was collected at
     with warnings.catch_warnings():
         warnings.simplefilter("error", OtherEnvWarning)
-        load_agent(build_config(compose_config(command, ["memory=none"])[0])).close()
+        agent.check_env(make_env(build_config(compose_config(command, ["memory=none"])[0]).env))
+        agent.idm_checkpoint = None  # built from parts: nothing recorded to check against
+        agent.check_env(make_env(faster.env))
+    agent.close()
     # a note about the weights' data, not part of what they compute: the fingerprint runs pinned holds
     policy = IDMPolicy(IDMConfig.tiny(image_size=IMAGE))
     policy.save_pretrained(tmp_path / "plain")

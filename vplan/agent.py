@@ -213,6 +213,7 @@ class VideoPlanningAgent:
                           f"detection is off (set stall_steps below {world_model.config.chunk_frames}, or 0)",
                           VplanWarning, stacklevel=2)
             self._stall_steps = 0  # off indeed: the observations need no state key
+        self.idm_checkpoint: str | None = None  # where the IDM came from (from_pretrained): its recorded action units
         self._episodes = 0
         self._closed = False
         self._plan: Plan | None = None
@@ -251,7 +252,9 @@ class VideoPlanningAgent:
             raise SettingMismatchError(f"idm={idm} reads {reads}x{reads} frames, the world model draws {size}x{size}; "
                                        "pass an IDM trained on the world model's frames")
         planner = replace(planner or PlannerConfig(), chunk_frames=world_model.config.chunk_frames)  # the model's
-        return cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
+        agent = cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
+        agent.idm_checkpoint = idm
+        return agent
 
     # -- the episode ------------------------------------------------------------------------------------------
 
@@ -397,8 +400,11 @@ class VideoPlanningAgent:
         """A SettingMismatchError (a UsageError and a ValueError), before an episode starts, where `env` cannot
         drive this agent: its IDM predicts other actions than the env takes (their number or shape, or a Box
         bounded otherwise than [-1, 1]: the IDM's units), or it reads a camera (or, detecting stalls, a state
-        key) the env's observations lack."""
+        key) the env's observations lack. An IDM from `from_pretrained` that learned actions recorded under other
+        action units than a vplan env's (`max_delta`, `control_hz`) is warned of (`OtherEnvWarning`)."""
+        from vplan.envs import action_units
         from vplan.errors import SettingMismatchError
+        from vplan.shipped import warn_if_actions_mean_otherwise
 
         theirs, ours = env.action_space, self.action_space
         if _describe(theirs) != _describe(ours):
@@ -417,6 +423,9 @@ class VideoPlanningAgent:
                 hint = ("the key of the gripper's position, or agent.stall_steps=0 to turn stall detection off"
                         if setting == "agent.state_key" else "the key of one of its cameras")
                 raise SettingMismatchError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
+        env_config = getattr(getattr(env, "unwrapped", env), "config", None)  # a vplan env's settings
+        if self.idm_checkpoint is not None and env_config is not None:
+            warn_if_actions_mean_otherwise({"idm": self.idm_checkpoint}, action_units(env_config))
 
     # -- what there is to inspect -----------------------------------------------------------------------------
 

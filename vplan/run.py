@@ -181,8 +181,7 @@ def write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarra
 def load_agent(cfg: RunConfig) -> Any:
     """The agent from the configured checkpoints; a UsageError naming what to pass for a missing one."""
     from vplan.agent import VideoPlanningAgent
-    from vplan.envs import action_units, env_name
-    from vplan.shipped import warn_if_actions_mean_otherwise
+    from vplan.envs import env_name
 
     check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
     try:
@@ -190,7 +189,6 @@ def load_agent(cfg: RunConfig) -> Any:
                                                    cfg.planner, cfg.memory, cfg.agent, env=env_name(cfg.env))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint}, action_units(cfg.env))
     if getattr(cfg.env, "image_size", agent.image_size) != agent.image_size:
         raise UsageError(f"the world model draws {agent.image_size}x{agent.image_size} frames; "
                          f"set env.image_size={agent.image_size}")

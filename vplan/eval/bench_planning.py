@@ -229,6 +229,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                 raise UsageError(f"{missing}, then rerun this command: the finished rows are kept in {out}")
             agent = cfg.load_agent(checkpoints[row.worldmodel], replace(cfg.memory, kind=row.memory))
             try:
+                agent.check_env(env)
                 pin_checkpoints(out, {arguments[row.worldmodel]: checkpoints[row.worldmodel], "idm": cfg.idm},
                                 resuming=any(results["rows"].values()))
                 bar = tqdm(range(len(done), cfg.episodes), desc=row.name, unit="episode", initial=len(done),
