@@ -105,12 +105,16 @@ def test_a_torn_log_line_is_cut_and_a_checkpoint_past_steps_is_refused(tmp_path)
     optim = OptimConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=1, save_every=10, log_every=5)
     train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
     log = tmp_path / "train_log.jsonl"
+    first = [json.loads(line) for line in log.read_text().splitlines()]
+    first[-1]["seconds"] = 1000.0  # the first run's clock at its checkpoint: the resumed run's goes on from it
+    log.write_text("".join(json.dumps(r) + "\n" for r in first))
     with log.open("a") as handle:  # steps a killed run logged after its last checkpoint, then a crash mid-line
         handle.write('{"step": 15, "loss": 99.0}\n{"step": 25, "loss": 99.0}\n{"step": 30, "loss": 0.0')
     train(LinearFit(), optim, tmp_path, "toy")
     # the raw log (pandas, jq), not only logged_losses: each step once, none past the run's end, none torn
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20] and 99.0 not in [r["loss"] for r in records]
+    assert 1000.0 <= records[2]["seconds"] <= records[3]["seconds"] < 1000.0 + 60  # it restarted at 0
     with pytest.raises(RunError, match=r"checkpoint-0000020 is at step 20, past component.optim.steps=10; pass "
                                        r"component.optim.steps>=20 to go on from it, or another out=DIR"):
         train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")

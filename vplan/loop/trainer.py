@@ -153,7 +153,7 @@ def train(
     if step == 0:  # no checkpoint: an old log is another run's (killed before its first save, or deleted)
         log_path.unlink(missing_ok=True)
         (out / PLOT_FILE).unlink(missing_ok=True)
-    _keep_log_up_to(log_path, step)
+    seconds_before = _keep_log_up_to(log_path, step)  # the log's clock goes on from its last kept record
 
     stop_requested: list[int] = []
     previous = {s: signal.signal(s, lambda signum, _: stop_requested.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -167,7 +167,7 @@ def train(
 
     try:
         bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not accelerator.is_main_process)
-        started = time.perf_counter()
+        started = time.perf_counter() - seconds_before
         target = optim.steps if until is None else min(until, optim.steps)
         if step < target:
             shutil.rmtree(out / FINAL, ignore_errors=True)
@@ -241,22 +241,25 @@ def _out_of_memory_error(
                     f"({first_line(error)}); start again with a lower {optim_key}.batch_size{where}")
 
 
-def _keep_log_up_to(log_path: Path, step: int) -> None:
+def _keep_log_up_to(log_path: Path, step: int) -> float:
     """Cut a loss log back to its whole records of steps up to `step`, the checkpoint a run resumes from: a killed
     run logged steps after it, which the resumed run logs again (or, made shorter, never reaches), and a crash or
-    a full disk can leave half a line."""
+    a full disk can leave half a line. Returns the training seconds the last kept record reached (0 if none)."""
     if not log_path.is_file():
-        return
+        return 0.0
     text = log_path.read_bytes().decode("utf-8", errors="replace")
-    kept = []
+    kept, seconds = [], 0.0
     for line in text.splitlines():
         try:
-            if int(json.loads(line)["step"]) <= step:
+            record = json.loads(line)
+            if int(record["step"]) <= step:
                 kept.append(line + "\n")
-        except (ValueError, TypeError, KeyError):  # a blank line, or one torn by a crash or a full disk
+                seconds = max(seconds, float(record.get("seconds", 0.0)))
+        except (ValueError, TypeError, KeyError, AttributeError):  # a blank line, one torn by a crash or a full disk
             continue
     if "".join(kept) != text:
         write_text_atomic(log_path, "".join(kept))
+    return seconds
 
 
 def logged_losses(log_path: Path) -> tuple[list[int], list[float]]:
