@@ -596,3 +596,47 @@ def test_a_chunk_is_imagined_under_the_subgoal_of_the_action_leading_into_it() -
     # chunk starting on "place"'s first frame was imagined while "pick" was followed
     walked = walk_chunks(["pick"] * 4 + ["place"] * 5, 2, 3)
     assert [(c.start, c.text) for c in walked] == [(1, "pick"), (4, "pick")]
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("data_path", "../victim/file-{chunk_index:03d}-{file_index:03d}.parquet", "names a file outside the dataset"),
+    ("data_path", "/tmp/victim.parquet", "names a file outside the dataset"),
+    ("video_path", "videos/{video_key}/chunk-{chunk_index:0999999999d}/f.mp4", "has the field 'chunk_index'"),
+    ("video_path", "videos/{video_key.__class__}/f.mp4", "has the field 'video_key.__class__'"),
+    ("chunks_size", 0, "chunks_size 0; expected a positive int"),
+])
+def test_info_json_naming_files_outside_the_dataset_is_refused(tmp_path: Path, key, value, said) -> None:
+    """A dataset from elsewhere: its templates were filled in as given, so reading cached decoded videos next to
+    any file, and appending (`vplan collect` on it) replaced any file the user can write."""
+    root = tmp_path / "ds"
+    write(root, [0])
+    victim = tmp_path / "victim.parquet"
+    victim.write_text("precious")
+    info = json.loads((root / INFO_PATH).read_text())
+    info[key] = value
+    (root / INFO_PATH).write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=re.escape(said)):
+        EpisodeDataset(root)
+    with pytest.raises(DatasetError, match=re.escape(said)):
+        write(root, [1])
+    assert victim.read_text() == "precious"
+
+
+def test_a_video_key_or_an_episode_row_naming_files_outside_the_dataset_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root, [0])
+    info = json.loads((root / INFO_PATH).read_text())
+    info["features"]["../../x"] = info["features"].pop(OBS_IMAGE_FRONT)
+    (root / INFO_PATH).write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"video feature '../../x' names a folder"):
+        EpisodeDataset(root)
+    # a template without a format spec takes an episode row's value as it is
+    info["features"][OBS_IMAGE_FRONT] = info["features"].pop("../../x")
+    info["data_path"] = "data/chunk-{chunk_index}/file-{file_index}.parquet"
+    (root / INFO_PATH).write_text(json.dumps(info))
+    rows = root / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(rows)
+    column = table.schema.get_field_index("data/chunk_index")
+    pq.write_table(table.set_column(column, "data/chunk_index", pa.array(["../../.."])), rows)
+    with pytest.raises(DatasetError, match=r"names the file 'data/chunk-../../../file-0.parquet', outside the dataset"):
+        EpisodeDataset(root).episode(0)

@@ -35,6 +35,7 @@ from vplan.data.lerobot_format import (
     STATS_PATH,
     DatasetError,
     aggregate_stats,
+    data_file,
     decode_video,
     is_dataset,
     load_episode_rows,
@@ -43,6 +44,7 @@ from vplan.data.lerobot_format import (
     numpy_column,
     read_table,
     stats_from_row,
+    video_file,
     video_keys,
 )
 from vplan.errors import DamagedDatasetError, UsageError, VplanWarning
@@ -204,13 +206,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if self._data is not None:
             return self._data
         columns = {key: ft for key, ft in self.features.items() if ft["dtype"] != "video"}
-        paths = dict.fromkeys(
-            self.info["data_path"].format(
-                chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
-            )
-            for row in self._rows
-        )
-        parts = [read_table(self.root / path, columns=list(columns)) for path in paths]
+        paths = dict.fromkeys(data_file(self.root, self.info, row) for row in self._rows)
+        parts = [read_table(path, columns=list(columns)) for path in paths]
         data = {
             key: np.concatenate(
                 [numpy_column(part.column(key), ft) for part in parts]
@@ -232,11 +229,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
     def _video_span(self, key: str, episode: int) -> tuple[Path, int, int]:
         """The video file holding episode `episode`'s `key` frames, the episode's first frame in it, its length."""
         row = self._rows[episode]
-        path = self.root / self.info["video_path"].format(
-            video_key=key,
-            chunk_index=row[f"videos/{key}/chunk_index"],
-            file_index=row[f"videos/{key}/file_index"],
-        )
+        path = video_file(self.root, self.info, key, row)
         return path, round(row[f"videos/{key}/from_timestamp"] * self.fps), int(row["length"])
 
     def frames_version(self, key: str, episode: int) -> str:

@@ -30,7 +30,7 @@ import re
 import shutil
 from collections.abc import Iterable
 from copy import deepcopy
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import imageio_ffmpeg
@@ -133,7 +133,74 @@ def load_info(root: str | Path) -> dict[str, Any]:
                                    "; vplan reads RGB video features (height, width, 3) only")
     if video_keys(info["features"]) and not info.get("video_path"):
         raise DatasetError(f"{path} has video features {video_keys(info['features'])} but no video_path")
+    _check_file_names(path, info)
     return info
+
+
+def _check_file_names(path: Path, info: dict[str, Any]) -> None:
+    """A DatasetError where info.json could name files outside the dataset (a template with "..", an absolute
+    path, a field other than lerobot's, a video key with a "/"), or ask a huge format width: a dataset from
+    elsewhere would have vplan read, cache and, appending, write files there."""
+    for key, fields in _TEMPLATE_FIELDS.items():
+        template = info.get(key)
+        if template is None and key == "video_path":
+            continue
+        problem = _template_problem(template, fields)
+        if problem:
+            raise DatasetError(f"{path}: {key} {template!r} {problem}; vplan reads and writes files inside the "
+                               "dataset only, as lerobot's own templates name them")
+    for key in video_keys(info["features"]):
+        if not _SAFE_NAME.fullmatch(key) or set(key) == {"."}:
+            raise DatasetError(f"{path}: video feature {key!r} names a folder; expected letters, digits, '_', '.' "
+                               "and '-' only")
+    chunks_size = info.get("chunks_size", 1)
+    if isinstance(chunks_size, bool) or not isinstance(chunks_size, int) or chunks_size < 1:
+        raise DatasetError(f"{path}: chunks_size {chunks_size!r}; expected a positive int")
+
+
+_TEMPLATE_FIELDS = {"data_path": ("chunk_index", "file_index"),
+                    "video_path": ("video_key", "chunk_index", "file_index")}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _template_problem(template: Any, fields: tuple[str, ...]) -> str | None:
+    """What makes a path template unsafe to fill in, or None."""
+    from string import Formatter
+
+    if not isinstance(template, str):
+        return "is not a string"
+    try:
+        parts = list(Formatter().parse(template))
+    except ValueError as error:
+        return f"does not parse ({error})"
+    for _, field, spec, conversion in parts:
+        if field is not None and (field not in fields or conversion or not re.fullmatch(r"0?[0-9]?d?", spec or "")):
+            return f"has the field {field!r} (with {spec!r}); expected {fields}, each with at most a width such as :03d"
+    shape = "".join(literal + ("x" if field is not None else "") for literal, field, _, _ in parts)
+    if "\\" in shape or PurePosixPath(shape).is_absolute() or ".." in PurePosixPath(shape).parts:
+        return "names a file outside the dataset"
+    return None
+
+
+def dataset_file(root: Path, relative: str) -> Path:
+    """`root / relative` for a file the metadata names (filled in from its episode rows), or a DatasetError
+    where that would be outside `root`."""
+    parts = PurePosixPath(relative)
+    if "\\" in relative or parts.is_absolute() or ".." in parts.parts:
+        raise DatasetError(f"{root}: its metadata names the file {relative!r}, outside the dataset")
+    return root / relative
+
+
+def data_file(root: Path, info: dict[str, Any], row: dict[str, Any]) -> Path:
+    """The data (parquet) file holding an episode's frames, from its metadata row."""
+    return dataset_file(root, info["data_path"].format(chunk_index=row["data/chunk_index"],
+                                                       file_index=row["data/file_index"]))
+
+
+def video_file(root: Path, info: dict[str, Any], key: str, row: dict[str, Any]) -> Path:
+    """The video file holding an episode's `key` frames, from its metadata row."""
+    return dataset_file(root, info["video_path"].format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
+                                                        file_index=row[f"videos/{key}/file_index"]))
 
 
 def _numeric(dtype: Any) -> bool:
@@ -391,11 +458,8 @@ def load_tasks(root: Path, total_tasks: int) -> list[str]:
 def check_episode_files(root: Path, info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """A DamagedDatasetError naming a data or video file the episodes' metadata names and `root` lacks (a copy
     cut short): a writer resuming such a dataset appended to it and called it whole."""
-    paths = [root / info["data_path"].format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
-             for row in rows]
-    paths += [root / info["video_path"].format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
-                                               file_index=row[f"videos/{key}/file_index"])
-              for key in video_keys(info["features"]) for row in rows]
+    paths = [data_file(root, info, row) for row in rows]
+    paths += [video_file(root, info, key, row) for key in video_keys(info["features"]) for row in rows]
     for path in dict.fromkeys(paths):
         if not path.is_file():
             raise DamagedDatasetError(f"{path} is missing; {DAMAGED}")
@@ -656,13 +720,12 @@ class EpisodeWriter:
         return ["data", "meta/episodes", *(f"videos/{key}" for key in video_keys(self._info["features"]))]
 
     def _path_of(self, kind: str, row: dict[str, Any]) -> str:
-        chunk, file = row[f"{kind}/chunk_index"], row[f"{kind}/file_index"]
-        if kind == "data":
-            return self._info["data_path"].format(chunk_index=chunk, file_index=file)
         if kind == "meta/episodes":
-            return DEFAULT_EPISODES_PATH.format(chunk_index=chunk, file_index=file)
-        video_key = kind[len("videos/") :]
-        return self._info["video_path"].format(video_key=video_key, chunk_index=chunk, file_index=file)
+            return DEFAULT_EPISODES_PATH.format(chunk_index=row[f"{kind}/chunk_index"],
+                                                file_index=row[f"{kind}/file_index"])
+        path = data_file(self.root, self._info, row) if kind == "data" else \
+            video_file(self.root, self._info, kind[len("videos/") :], row)
+        return path.relative_to(self.root).as_posix()
 
     def _delete_leftovers(self) -> None:
         """Remove files at or past each kind's next position: written by an episode that never committed."""
