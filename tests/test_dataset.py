@@ -426,9 +426,9 @@ def test_decoded_frames_are_cached_and_invalidated(tmp_path: Path, monkeypatch: 
     decoded: list[Path] = []
     real_decode = dataset_module.decode_video
 
-    def counting_decode(path: Path) -> np.ndarray:
+    def counting_decode(path: Path, **bounds) -> np.ndarray:
         decoded.append(path)
-        return real_decode(path)
+        return real_decode(path, **bounds)
 
     monkeypatch.setattr(dataset_module, "decode_video", counting_decode)
     first = EpisodeDataset(root).episode(0)[OBS_IMAGE_FRONT]
@@ -639,4 +639,22 @@ def test_a_video_key_or_an_episode_row_naming_files_outside_the_dataset_is_refus
     column = table.schema.get_field_index("data/chunk_index")
     pq.write_table(table.set_column(column, "data/chunk_index", pa.array(["../../.."])), rows)
     with pytest.raises(DatasetError, match=r"names the file 'data/chunk-../../../file-0.parquet', outside the dataset"):
+        EpisodeDataset(root).episode(0)
+
+
+def test_a_video_is_decoded_only_as_far_as_its_episodes_use_and_at_its_features_size(tmp_path: Path) -> None:
+    """A few kilobytes of video can claim gigabytes of frames (a dataset from elsewhere): decoding stops at the
+    last frame its episodes use, and frames of another size than info.json's are refused before any is kept."""
+    root = tmp_path / "ds"
+    write(root, [0])  # 3 frames
+    video = root / f"videos/{OBS_IMAGE_FRONT}/chunk-000/file-000.mp4"
+    frames = make_episode(0, length=3)[0][OBS_IMAGE_FRONT]
+    encode_video(video, np.concatenate([frames] * 100), FPS)  # 300 frames, 3 used
+    dataset = EpisodeDataset(root, cache=False)
+    assert psnr(dataset.episode(0)[OBS_IMAGE_FRONT], frames) > MIN_PSNR
+    assert len(dataset._video(video, OBS_IMAGE_FRONT)) == 3
+    encode_video(video, np.zeros((3, 2 * frames.shape[1], frames.shape[2], 3), np.uint8), FPS)
+    height, width = frames.shape[1:3]
+    with pytest.raises(DatasetError, match=rf"holds {2 * height}x{width} frames, and info.json's feature says "
+                                           rf"{height}x{width}"):
         EpisodeDataset(root).episode(0)

@@ -18,7 +18,8 @@ import json
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self._data: dict[str, np.ndarray] | None = None
         # the last MAX_OPEN_VIDEOS decoded videos: a memory map holds a file descriptor open
         self._videos: OrderedDict[Path, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
+        self._used: dict[str, dict[Path, int]] = {}  # per video feature: the frames of each file its episodes use
 
     # -- description
 
@@ -241,28 +243,41 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def _episode_frames(self, key: str, episode: int) -> np.ndarray:
         path, start, length = self._video_span(key, episode)
-        frames = self._video(path)[start : start + length]
+        frames = self._video(path, key)[start : start + length]
         if len(frames) != length:
             raise DatasetError(
                 f"{path} has {len(frames)} frames for episode {episode}, expected {length}"
             )
         return frames
 
-    def _video(self, path: Path) -> np.ndarray:
-        """Decoded frames of one video file, from memory, then the disk cache, then the decoder."""
+    def _video(self, path: Path, key: str) -> np.ndarray:
+        """Decoded frames of one video file of feature `key` (up to the last its episodes use), from memory, then
+        the disk cache, then the decoder."""
         status = _video_status(path)
         version = (status.st_size, status.st_mtime_ns)
         if path in self._videos and self._videos[path][0] == version:
             self._videos.move_to_end(path)
             return self._videos[path][1]
-        frames = self._cached_decode(path, version) if self._cache else decode_video(path)
+        decode = partial(decode_video, size=tuple(self.features[key]["shape"][:2]),
+                         max_frames=self._frames_used(key)[path])
+        frames = self._cached_decode(path, version, decode) if self._cache else decode(path)
         frames.flags.writeable = False  # as every other column: an edit would reach later reads
         self._videos[path] = (version, frames)
         while len(self._videos) > MAX_OPEN_VIDEOS:
             self._videos.popitem(last=False)
         return frames
 
-    def _cached_decode(self, path: Path, version: tuple[int, int]) -> np.ndarray:
+    def _frames_used(self, key: str) -> dict[Path, int]:
+        """For each video file of feature `key`, the frames its episodes use (up to the last one's end)."""
+        if key not in self._used:
+            used: dict[Path, int] = {}
+            for episode in range(self.num_episodes):
+                path, start, length = self._video_span(key, episode)
+                used[path] = max(used.get(path, 0), start + length)
+            self._used[key] = used
+        return self._used[key]
+
+    def _cached_decode(self, path: Path, version: tuple[int, int], decode: Callable[[Path], np.ndarray]) -> np.ndarray:
         relative = path.relative_to(self.root)
         cache_file = (
             self.root / CACHE_DIR / relative.parent / f"{relative.name}.{version[0]}-{version[1]}.npy"
@@ -270,7 +285,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         cached = read_cache_file(cache_file, mmap=True)
         if cached is not None:
             return cached
-        frames = decode_video(path)
+        frames = decode(path)
         if not write_cache_file(cache_file, frames, f"{relative.name}.*.npy"):
             return frames  # read-only dataset: keep the decoded frames in memory only
         return np.load(cache_file, mmap_mode="r")

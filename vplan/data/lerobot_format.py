@@ -245,12 +245,24 @@ def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
     writer.close()
 
 
-def decode_video(path: Path) -> np.ndarray:
-    """Decode every frame of an mp4 to uint8 (T, H, W, 3)."""
+def decode_video(path: Path, size: tuple[int, int] | None = None, max_frames: int | None = None) -> np.ndarray:
+    """Decode an mp4's frames to uint8 (T, H, W, 3): every one, or the first `max_frames` (what its episodes
+    use: a few kilobytes of video can claim gigabytes of frames). With `size` (height, width), frames of another
+    size are refused before any is decoded."""
+    frames: list[np.ndarray] = []
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-        width, height = next(reader)["size"]
-        frames = [np.frombuffer(buffer, np.uint8).reshape(height, width, 3) for buffer in reader]
+        try:
+            width, height = next(reader)["size"]
+            if size is not None and (height, width) != tuple(size):
+                raise DatasetError(f"{path} holds {height}x{width} frames, and info.json's feature says "
+                                   f"{size[0]}x{size[1]}")
+            for buffer in reader:
+                frames.append(np.frombuffer(buffer, np.uint8).reshape(height, width, 3))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+        finally:
+            reader.close()  # stops ffmpeg when the frames wanted were read before its end
     except (OSError, RuntimeError) as error:  # missing, truncated, not a video: ffmpeg's banner follows the first line
         if getattr(error, "errno", None):  # the machine's (too many open files), not the file's
             raise
