@@ -571,6 +571,22 @@ def test_malformed_json_falls_back(endpoint, make_llm, logs, content: str, messa
     assert_key_never_logged(logs)
 
 
+def test_a_reply_too_long_to_read_is_stopped_while_read(endpoint, make_llm, monkeypatch) -> None:
+    """The client read a reply whole, however long, before max_reply_chars was checked: an endpoint could send
+    gigabytes. An error body is capped alike."""
+    import vplan.chat
+
+    monkeypatch.setattr(vplan.chat, "MAX_REPLY_BYTES", 100_000)
+    for status in (200, 500):
+        endpoint.requests.clear()
+        endpoint.reply = lambda body: (status, completion("x" * 1_000_000), 0.0)
+        plan = plan_with_fallback(make_llm(), KNOWN_INFO)
+        assert "the reply is longer than 100000 bytes; stopped reading it" in plan.note
+        assert len(endpoint.requests) == 1  # max_retries=0
+    endpoint.reply = lambda body: (200, completion('{"subgoals": [{"text": "pick up the red cube"}]}'), 0.0)
+    assert make_llm().plan(TASK.instruction, KNOWN_INFO).source == "llm"  # within it: read as before
+
+
 @pytest.mark.parametrize(
     ("reply", "message"),
     [

@@ -20,6 +20,11 @@ from vplan.utils.settings import check_field_types
 
 NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
 REDACTED = "<redacted>"
+MAX_REPLY_BYTES = 8 * 2**20  # most of an HTTP reply read at all: an endpoint could send gigabytes in one
+
+
+class ReplyTooLargeError(RuntimeError):
+    """An HTTP reply longer than `MAX_REPLY_BYTES`, stopped while it was read."""
 
 
 class ChatRequestError(RuntimeError):
@@ -99,6 +104,42 @@ class ChatEndpointConfig:
             raise ValueError(f"temperature: expected a float in [0, 2] or None, got {self.temperature!r}")
 
 
+def _capped_http_client() -> Any:
+    """The openai client's own HTTP client, but reading at most `MAX_REPLY_BYTES` of a reply (the client would
+    read a reply whole, however long, before any length check here). Built on the HTTP package the installed
+    openai uses (its `DefaultHttpxClient`'s base: httpx, or httpx2 in later releases)."""
+    import importlib
+
+    import openai
+
+    client_class = openai.DefaultHttpxClient
+    http = importlib.import_module(next(c for c in client_class.__mro__ if c.__name__ == "Client").__module__
+                                   .partition(".")[0])
+
+    class CappedStream(http.SyncByteStream):
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def __iter__(self) -> Any:
+            read = 0
+            for chunk in self.stream:
+                read += len(chunk)
+                if read > MAX_REPLY_BYTES:
+                    raise ReplyTooLargeError(f"the reply is longer than {MAX_REPLY_BYTES} bytes; stopped reading it")
+                yield chunk
+
+        def close(self) -> None:
+            self.stream.close()
+
+    class CappedTransport(http.HTTPTransport):
+        def handle_request(self, request: Any) -> Any:
+            response = super().handle_request(request)
+            response.stream = CappedStream(response.stream)
+            return response
+
+    return client_class(transport=CappedTransport())
+
+
 def _is_http_url(url: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -156,7 +197,8 @@ class ChatEndpoint:
             import openai
 
             self._client = openai.OpenAI(api_key=self.api_key, base_url=self.config.base_url,
-                                         timeout=self.config.timeout_s, max_retries=self.config.max_retries)
+                                         timeout=self.config.timeout_s, max_retries=self.config.max_retries,
+                                         http_client=_capped_http_client())
         return self._client
 
     def close(self) -> None:
@@ -174,9 +216,12 @@ class ChatEndpoint:
         try:
             completion = self.client.chat.completions.create(model=self.config.model, messages=messages, **options)
         except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
+            cause = error
+            while cause is not None and not isinstance(cause, ReplyTooLargeError):
+                cause = cause.__cause__ or cause.__context__
             raise ChatRequestError(
                 f"the request to {self.client.base_url} failed, with up to {self.config.max_retries} retries "
-                f"({type(error).__name__}: {error})"
+                f"({type(error).__name__}: {cause or error})"
             ) from None
         try:
             choice = completion.choices[0]
