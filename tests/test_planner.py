@@ -541,6 +541,30 @@ def test_api_key_from_the_environment(endpoint, make_llm, monkeypatch, logs) -> 
     assert_key_never_logged(logs)
 
 
+def test_a_key_sent_unencrypted_to_another_machine_is_warned_of(monkeypatch) -> None:
+    """OPENAI_API_KEY goes to any base_url: over plain http:// to another host, anyone on the way reads it."""
+    import warnings
+
+    from vplan.chat import ChatEndpoint, ChatEndpointConfig
+    from vplan.errors import VplanWarning
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.warns(VplanWarning, match=r"the API key in the environment variable OPENAI_API_KEY goes to "
+                                          r"http://10.0.0.7:8000/v1 unencrypted") as caught:
+        ChatEndpoint(ChatEndpointConfig(base_url="http://10.0.0.7:8000/v1"), "planner=llm", "planner.llm.api_key")
+    assert all(SECRET not in str(w.message) for w in caught)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://lab-server:8000/v1")
+    with pytest.warns(VplanWarning, match="goes to http://lab-server:8000/v1 unencrypted"):
+        ChatEndpoint(ChatEndpointConfig(), "planner=llm", "planner.llm.api_key")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplanWarning)
+        for url in ("https://10.0.0.7/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]/v1"):
+            ChatEndpoint(ChatEndpointConfig(base_url=url), "planner=llm", "planner.llm.api_key")
+        monkeypatch.delenv("OPENAI_API_KEY")  # no key: nothing to leak
+        ChatEndpoint(ChatEndpointConfig(base_url="http://10.0.0.7:8000/v1"), "planner=llm", "planner.llm.api_key")
+
+
 def test_a_blank_api_key_does_not_hide_the_environments(endpoint, make_llm, monkeypatch) -> None:
     monkeypatch.setenv("VPLAN_TEST_PLANNER_KEY", SECRET + "-env")
     planner = make_llm(api_key=" ", api_key_env="VPLAN_TEST_PLANNER_KEY")

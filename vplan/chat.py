@@ -10,12 +10,13 @@ import base64
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from vplan.errors import UsageError
+from vplan.errors import UsageError, VplanWarning
 from vplan.utils.settings import check_field_types
 
 NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
@@ -153,6 +154,21 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
+def _unencrypted_to_another_machine(url: str) -> bool:
+    """Whether `url` is plain http:// to a host other than this machine's loopback."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
 def _holds_credentials(url: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -188,6 +204,13 @@ class ChatEndpoint:
                     f"or point {base_url_setting} at an endpoint that needs none"
                 )
             self.api_key = NO_KEY
+        url = config.base_url if config.base_url is not None else environment_url
+        if self.api_key != NO_KEY and url and _unencrypted_to_another_machine(url):
+            source = key_setting if (config.api_key or "").strip() else f"the environment variable {config.api_key_env}"
+            warnings.warn(f"{who}: the API key in {source} goes to {url} unencrypted (http://, not on this machine), "
+                          "where anyone on the way can read it; use https://, or an endpoint that needs no key "
+                          f"(then set {key_setting.rpartition('.')[0] + '.' if '.' in key_setting else ''}api_key_env "
+                          "to a variable that is not set)", VplanWarning, stacklevel=3)
         self._client: Any = None
 
     @property
