@@ -303,6 +303,18 @@ def test_weights_from_another_config(model: WorldModel, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="latent_channels: expected an int, got 4.0"):
         WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+    # A config.json asking for huge layers (damaged, or from someone else): refused before any is built (a VAE of
+    # [65536] channels was allocated, killing the process for memory, before its weights were found not to fit)
+    payload["config"]["vae"]["latent_channels"] = model.config.vae.latent_channels
+    payload["config"]["vae"]["block_out_channels"] = [65536] * len(model.config.vae.block_out_channels)
+    payload["config"]["vae"]["norm_num_groups"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    built = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WorldModel, "__init__", lambda *args, **kwargs: built.append(True))
+        with pytest.raises(CheckpointError, match=r"vae.safetensors: tensors do not match the model"):
+            WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+    assert not built
 
 
 def test_a_minilm_folder_recorded_on_another_machine_falls_back_to_the_installed_copy(tmp_path: Path) -> None:

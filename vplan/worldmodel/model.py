@@ -462,6 +462,7 @@ class WorldModel(nn.Module):
         config = read_config(path)
         if text_encoder is None:
             config = _with_reachable_minilm(config, path)
+        _check_weight_shapes(path, config)  # a config.json asking for huge layers is found before they are made
         try:
             model = cls(config, text_encoder=text_encoder)
         except MiniLMNotFoundError:  # its advice (another path, or kind=learned) would be another model
@@ -559,6 +560,43 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
 
 
+def _check_weight_shapes(path: Path, config: WorldModelConfig) -> None:
+    """The UNet's and VAE's tensor names and shapes in the weight files' headers against those `config` builds (on
+    the meta device: nothing allocated), with `_load_into`'s errors: a damaged or hostile config.json asking for
+    huge layers would otherwise be built, gigabytes of it, before its weights were found not to fit."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        modules = {UNET_FILE: build_unet(config.unet, config.frame_input_size), VAE_FILE: build_vae(config.vae)}
+    for name, module in modules.items():
+        file = path / name
+        if not file.is_file():
+            continue  # said by load_weights
+        try:
+            with safe_open(file, framework="pt") as weights:
+                shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{file}: corrupted or truncated safetensors file ({err})") from err
+        _check_tensors(file, {key: tuple(t.shape) for key, t in module.state_dict().items()}, shapes)
+
+
+def _check_tensors(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    """A CheckpointError naming the file and tensor where `found` (a weights file's shapes) are not `expected`."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: tensors do not match the model (checkpoint from another config?): {len(missing)} missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+        )
+    for name, shape in found.items():
+        if shape != expected[name]:
+            raise CheckpointError(
+                f"{file}: tensor {name!r} has shape {shape} in the checkpoint but {expected[name]} in the model "
+                "(checkpoint from another config?)"
+            )
+
+
 def _load_into(module: nn.Module, file: Path, keep_missing: str | None = None) -> None:
     """Load a safetensors file into `module`, naming the file and tensor on any mismatch; tensors whose names start
     with `keep_missing` may be absent from the file and keep the module's values."""
@@ -571,19 +609,9 @@ def _load_into(module: nn.Module, file: Path, keep_missing: str | None = None) -
     expected = module.state_dict()
     if keep_missing is not None:
         state = {**{k: v for k, v in expected.items() if k.startswith(keep_missing)}, **state}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{file}: tensors do not match the model (checkpoint from another config?): {len(missing)} missing "
-            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
-        )
+    _check_tensors(file, {key: tuple(t.shape) for key, t in expected.items()},
+                   {key: tuple(t.shape) for key, t in state.items()})
     for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{file}: tensor {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
-                f"{tuple(expected[name].shape)} in the model (checkpoint from another config?)"
-            )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # else found as a NaN action or frame
             raise CheckpointError(f"{file}: tensor {name!r} holds NaN or inf (a training run that diverged, or a "
                                   "damaged file); restore the checkpoint or train it again")
