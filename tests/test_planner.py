@@ -203,12 +203,18 @@ def test_config_validation(make: Callable[[], Any], message: str) -> None:
         make()
 
 
-@pytest.mark.parametrize("value", ["sk-proj-SECRET123", "", "OPENAI API KEY"])
+@pytest.mark.parametrize("value", ["sk-proj-SECRET123", "", "OPENAI API KEY", "hf_AbCdSECRETxyz0123456789",
+                                   "gsk_9fQSECRETz81Lm2Pq7Rt"])
 def test_a_key_given_as_api_key_env_is_refused_and_not_echoed(value: str) -> None:
     """api_key_env= mixed up with api_key=: the key was printed in the missing-key error and written to config.yaml."""
     with pytest.raises(ValueError, match="api_key_env: expected the name of an environment variable") as caught:
         LLMPlannerConfig(api_key_env=value)
     assert "SECRET" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "MY_LAB_VLLM_KEY_2024", "together_api_key", "HF_TOKEN"])
+def test_variable_names_are_taken_as_such(name: str) -> None:
+    assert LLMPlannerConfig(api_key_env=name).api_key_env == name
 
 
 @pytest.mark.parametrize("key", [SECRET + "\n", " " + SECRET, SECRET + "\r\n"])

@@ -93,9 +93,9 @@ class ChatEndpointConfig:
         if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
             raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
                              f"65535, no spaces) or None, got {self.base_url!r}")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):  # not quoted: it may be a key put here
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env) or _looks_like_a_key(self.api_key_env):
             raise ValueError("api_key_env: expected the name of an environment variable (letters, digits and _, "
-                             "e.g. OPENAI_API_KEY); a key itself goes in api_key or in that variable")
+                             "e.g. OPENAI_API_KEY); a key itself goes in api_key or in that variable")  # not quoted
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
         if not 0 <= self.max_retries <= 10:
@@ -152,6 +152,12 @@ def _is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+
+
+def _looks_like_a_key(name: str) -> bool:
+    """Whether a would-be variable name is more likely a key pasted in its place (hf_..., gsk_...: long, with
+    capitals, small letters and digits, as no variable name is): it would be written to config.yaml."""
+    return len(name) >= 20 and all(any(test(c) for c in name) for test in (str.isupper, str.islower, str.isdigit))
 
 
 def _unencrypted_to_another_machine(url: str) -> bool:
