@@ -604,6 +604,9 @@ def test_a_chunk_is_imagined_under_the_subgoal_of_the_action_leading_into_it() -
     ("video_path", "videos/{video_key}/chunk-{chunk_index:0999999999d}/f.mp4", "has the field 'chunk_index'"),
     ("video_path", "videos/{video_key.__class__}/f.mp4", "has the field 'video_key.__class__'"),
     ("chunks_size", 0, "chunks_size 0; expected a positive int"),
+    ("total_frames", 10**12, "counts 1000000000000 frames, its episodes"),  # np.arange of it: 8 TB
+    ("total_frames", "3", "total_frames '3'; expected an int >= 0"),
+    ("features", [], "features is not an object of feature objects"),
 ])
 def test_info_json_naming_files_outside_the_dataset_is_refused(tmp_path: Path, key, value, said) -> None:
     """A dataset from elsewhere: its templates were filled in as given, so reading cached decoded videos next to

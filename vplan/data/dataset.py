@@ -77,7 +77,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         """Open `root`; raises `DatasetError` naming the path if it is not a LeRobot v3.0 dataset."""
         self.root = Path(root)
         self.info = load_info(self.root)
-        self._rows = load_episode_rows(self.root, self.info["total_episodes"])
+        self._rows = load_episode_rows(self.root, self.info)
         self._tasks = load_tasks(self.root, self.info.get("total_tasks", 0))
         self._starts = np.array([row["dataset_from_index"] for row in self._rows], dtype=np.int64)
         self._cache = cache
@@ -219,7 +219,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         }
         order = np.argsort(data[INDEX], kind="stable")
         order = order[data[INDEX][order] < self.num_frames]
-        if not np.array_equal(data[INDEX][order], np.arange(self.num_frames)):
+        if len(order) != self.num_frames or not np.array_equal(data[INDEX][order], np.arange(self.num_frames)):
             raise DatasetError(
                 f"{self.root / 'data'} does not hold frames 0..{self.num_frames - 1} exactly once"
             )

@@ -118,6 +118,11 @@ def load_info(root: str | Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED_INFO_KEYS if key not in info]
     if missing:
         raise DatasetError(f"{path} lacks the LeRobot fields {missing}")
+    for key in ("total_episodes", "total_frames"):
+        if isinstance(info[key], bool) or not isinstance(info[key], int) or info[key] < 0:
+            raise DatasetError(f"{path}: {key} {info[key]!r}; expected an int >= 0")
+    if not isinstance(info["features"], dict) or not all(isinstance(f, dict) for f in info["features"].values()):
+        raise DatasetError(f"{path}: features is not an object of feature objects (dtype, shape, names)")
     for key, feature in info["features"].items():
         dtype = feature.get("dtype") if isinstance(feature, dict) else None
         if dtype != "video" and not _numeric(dtype):
@@ -477,8 +482,10 @@ def check_episode_files(root: Path, info: dict[str, Any], rows: list[dict[str, A
             raise DamagedDatasetError(f"{path} is missing; {DAMAGED}")
 
 
-def load_episode_rows(root: Path, total_episodes: int) -> list[dict[str, Any]]:
-    """The committed episodes-metadata rows by episode index, skipping an unfinished episode's leftovers."""
+def load_episode_rows(root: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The committed episodes-metadata rows by episode index, skipping an unfinished episode's leftovers; their
+    frames must add up to info.json's count."""
+    total_episodes = info["total_episodes"]
     rows: dict[int, dict[str, Any]] = {}
     for path in sorted((root / EPISODES_DIR).glob("*/*.parquet")):
         for row in read_rows(path):
@@ -495,6 +502,8 @@ def load_episode_rows(root: Path, total_episodes: int) -> list[dict[str, Any]]:
                                f"{row['dataset_to_index']} with length {row['length']}; expected {start}.."
                                f"{start + row['length']}")
         start = row["dataset_to_index"]
+    if start != info["total_frames"]:
+        raise DatasetError(f"{root / INFO_PATH} counts {info['total_frames']} frames, its episodes {start}")
     return [rows[i] for i in range(total_episodes)]
 
 
@@ -590,7 +599,7 @@ class EpisodeWriter:
                                        f"{dict(action_units)}")
             shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
             (root / STAGING_DIR).mkdir()
-            rows = load_episode_rows(root, info["total_episodes"])
+            rows = load_episode_rows(root, info)
             check_episode_files(root, info, rows)  # appended to, a copy cut short would stay damaged
             writer = cls(root, info, load_tasks(root, info["total_tasks"]), rows, lock)
             writer._delete_leftovers()
