@@ -213,8 +213,10 @@ def test_a_key_given_as_api_key_env_is_refused_and_not_echoed(value: str) -> Non
 
 
 @pytest.mark.parametrize("name", ["OPENAI_API_KEY", "MY_LAB_VLLM_KEY_2024", "together_api_key", "HF_TOKEN"])
-def test_variable_names_are_taken_as_such(name: str) -> None:
+def test_variable_names_are_taken_as_such(name: str, monkeypatch) -> None:
     assert LLMPlannerConfig(api_key_env=name).api_key_env == name
+    monkeypatch.setenv("AzureOpenAI_Key_2024", "k")  # reads like a key, but is a variable that is set
+    assert LLMPlannerConfig(api_key_env="AzureOpenAI_Key_2024").api_key_env == "AzureOpenAI_Key_2024"
 
 
 @pytest.mark.parametrize("key", [SECRET + "\n", " " + SECRET, SECRET + "\r\n"])
@@ -357,8 +359,11 @@ class FakeEndpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
-                if self.path != "/v1/chat/completions":
+                # a proxy's request names the whole URL (http://host/v1/...): served as if it were the host
+                path = "/" + self.path.split("/", 3)[3] if self.path.startswith("http://") else self.path
+                endpoint.requests.append({"path": path, "url": self.path, "body": body,
+                                          "headers": {k.lower(): v for k, v in self.headers.items()}})
+                if path != "/v1/chat/completions":
                     status, payload, delay = 404, {"error": {"message": "not found"}}, 0.0
                 else:
                     status, payload, delay = endpoint.reply(body)
@@ -367,6 +372,8 @@ class FakeEndpoint:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
+                    if data[:2] == b"\x1f\x8b":  # gzip's magic: sent as gzip-encoded JSON
+                        self.send_header("Content-Encoding", "gzip")
                     self.send_header("Content-Length", str(len(data)))
                     self.send_header("retry-after-ms", "10")  # keep the client's retry backoff short
                     self.end_headers()
@@ -565,7 +572,8 @@ def test_a_key_sent_unencrypted_to_another_machine_is_warned_of(monkeypatch) -> 
         ChatEndpoint(ChatEndpointConfig(), "planner=llm", "planner.llm.api_key")
     with warnings.catch_warnings():
         warnings.simplefilter("error", VplanWarning)
-        for url in ("https://10.0.0.7/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]/v1"):
+        for url in ("https://10.0.0.7/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]/v1",
+                    "http://0.0.0.0:8000/v1", "http://localhost.:8000/v1"):
             ChatEndpoint(ChatEndpointConfig(base_url=url), "planner=llm", "planner.llm.api_key")
         monkeypatch.delenv("OPENAI_API_KEY")  # no key: nothing to leak
         ChatEndpoint(ChatEndpointConfig(base_url="http://10.0.0.7:8000/v1"), "planner=llm", "planner.llm.api_key")
@@ -615,6 +623,27 @@ def test_a_reply_too_long_to_read_is_stopped_while_read(endpoint, make_llm, monk
         assert len(endpoint.requests) == 1  # max_retries=0
     endpoint.reply = lambda body: (200, completion('{"subgoals": [{"text": "pick up the red cube"}]}'), 0.0)
     assert make_llm().plan(TASK.instruction, KNOWN_INFO).source == "llm"  # within it: read as before
+    assert endpoint.requests[-1]["headers"]["accept-encoding"] == "identity"
+    # compressed anyway: 60 kB of gzip were 60 MB once decoded, past any cap counted on the wire
+    import gzip
+
+    endpoint.reply = lambda body: (200, gzip.compress(json.dumps(completion("x" * 1_000_000)).encode()), 0.0)
+    assert "the reply came compressed (gzip), though asked for uncompressed" in \
+        plan_with_fallback(make_llm(), KNOWN_INFO).note
+
+
+def test_requests_go_through_the_environments_proxy(endpoint, make_llm, monkeypatch) -> None:
+    """The capped HTTP client replaced the client's transport, and with it the proxies HTTP_PROXY names."""
+    import warnings
+
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", endpoint.base_url.removesuffix("/v1"))
+    endpoint.reply = lambda body: (200, completion('{"subgoals": [{"text": "pick up the red cube"}]}'), 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the key goes unencrypted to a host other than this machine
+        assert make_llm(base_url="http://llm.internal.example/v1").plan(TASK.instruction, KNOWN_INFO).source == "llm"
+    assert endpoint.requests[-1]["url"] == "http://llm.internal.example/v1/chat/completions"
 
 
 @pytest.mark.parametrize(

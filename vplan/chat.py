@@ -93,9 +93,11 @@ class ChatEndpointConfig:
         if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
             raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
                              f"65535, no spaces) or None, got {self.base_url!r}")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env) or _looks_like_a_key(self.api_key_env):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env) or (
+                _looks_like_a_key(self.api_key_env) and self.api_key_env not in os.environ):
             raise ValueError("api_key_env: expected the name of an environment variable (letters, digits and _, "
-                             "e.g. OPENAI_API_KEY); a key itself goes in api_key or in that variable")  # not quoted
+                             "e.g. OPENAI_API_KEY; a long unset one mixing capitals, small letters and digits reads "
+                             "as a key); a key itself goes in api_key or in that variable")  # not quoted
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise ValueError(f"timeout_s: expected a positive number of seconds, got {self.timeout_s!r}")
         if not 0 <= self.max_retries <= 10:
@@ -106,16 +108,21 @@ class ChatEndpointConfig:
 
 
 def _capped_http_client() -> Any:
-    """The openai client's own HTTP client, but reading at most `MAX_REPLY_BYTES` of a reply (the client would
-    read a reply whole, however long, before any length check here). Built on the HTTP package the installed
-    openai uses (its `DefaultHttpxClient`'s base: httpx, or httpx2 in later releases)."""
+    """The openai client's own HTTP client (its defaults, proxies from the environment included), but reading at
+    most `MAX_REPLY_BYTES` of a reply, which it asks uncompressed (the client would read a reply whole, however
+    long, before any length check here; a compressed one could be any size once decoded). Built on the HTTP
+    package the installed openai uses (its `DefaultHttpxClient`'s base: httpx, or httpx2 in later releases);
+    None, the client's default without the cap, where that package has another shape."""
+    import contextlib
     import importlib
 
     import openai
 
     client_class = openai.DefaultHttpxClient
-    http = importlib.import_module(next(c for c in client_class.__mro__ if c.__name__ == "Client").__module__
-                                   .partition(".")[0])
+    base = next((c for c in client_class.__mro__ if c.__name__ == "Client"), None)
+    if base is None or not all(hasattr(base, name) for name in ("_init_transport", "_init_proxy_transport")):
+        return None
+    http = importlib.import_module(base.__module__.partition(".")[0])
 
     class CappedStream(http.SyncByteStream):
         def __init__(self, stream: Any) -> None:
@@ -132,13 +139,38 @@ def _capped_http_client() -> Any:
         def close(self) -> None:
             self.stream.close()
 
-    class CappedTransport(http.HTTPTransport):
+    class CappedTransport(http.BaseTransport):
+        """Wraps the transport (direct, or through a proxy) the client builds itself."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
         def handle_request(self, request: Any) -> Any:
-            response = super().handle_request(request)
+            response = self.inner.handle_request(request)
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                response.close()
+                raise ReplyTooLargeError(f"the reply came compressed ({encoding}), though asked for uncompressed: "
+                                         "its size is not known until it is decoded")
             response.stream = CappedStream(response.stream)
             return response
 
-    return client_class(transport=CappedTransport())
+        def close(self) -> None:
+            self.inner.close()
+
+    class CappedClient(client_class):  # type: ignore[misc, valid-type]
+        def _init_transport(self, *args: Any, **kwargs: Any) -> Any:
+            return CappedTransport(super()._init_transport(*args, **kwargs))
+
+        def _init_proxy_transport(self, *args: Any, **kwargs: Any) -> Any:
+            return CappedTransport(super()._init_proxy_transport(*args, **kwargs))
+
+        def __del__(self) -> None:  # as openai's own client does: a planner never closed leaves no sockets
+            with contextlib.suppress(Exception):
+                if not self.is_closed:
+                    self.close()
+
+    return CappedClient(headers={"Accept-Encoding": "identity"})
 
 
 def _is_http_url(url: str) -> bool:
@@ -168,11 +200,12 @@ def _unencrypted_to_another_machine(url: str) -> bool:
     parts = urlsplit(url)
     if parts.scheme != "http":
         return False
-    host = parts.hostname or ""
+    host = (parts.hostname or "").rstrip(".")
     try:
-        return not ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return host != "localhost"
+    return not (address.is_loopback or address.is_unspecified)  # 0.0.0.0: this machine, as clients take it
 
 
 def _holds_credentials(url: str) -> bool:
