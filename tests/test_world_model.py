@@ -281,6 +281,28 @@ def test_weights_holding_nan_are_refused_at_load(model: WorldModel, tmp_path: Pa
         WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
 
 
+def test_a_config_asking_for_a_huge_text_or_action_encoder_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    """The header check covered the UNet and VAE only: a learned text encoder of 4 million buckets (250 MB more
+    at peak) or an action encoder of any size was built before its weights were found not to fit."""
+    model = WorldModel(tiny_config(conditioning="text+action", action_dim=4))
+    model.save_pretrained(tmp_path)
+    payload = json.loads((tmp_path / "config.json").read_text())
+    for setting, value, file in ((("text_encoder", "vocab_buckets"), 4_000_000, "text_encoder.safetensors"),
+                                 (("action_dim",), 100_000, "action_encoder.safetensors")):
+        changed = json.loads(json.dumps(payload))
+        target = changed["config"]
+        for key in setting[:-1]:
+            target = target[key]
+        target[setting[-1]] = value
+        (tmp_path / "config.json").write_text(json.dumps(changed))
+        built = []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(WorldModel, "__init__", lambda *args, **kwargs: built.append(True))
+            with pytest.raises(CheckpointError, match=f"{file}: tensor"):
+                WorldModel.from_pretrained(tmp_path)
+        assert not built, setting
+
+
 def test_weights_from_another_config(model: WorldModel, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     wider = tiny_model(unet=replace(UNetConfig.preset("tiny"), sample_size=LATENT, cross_attention_dim=DIM,

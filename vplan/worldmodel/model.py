@@ -462,7 +462,7 @@ class WorldModel(nn.Module):
         config = read_config(path)
         if text_encoder is None:
             config = _with_reachable_minilm(config, path)
-        _check_weight_shapes(path, config)  # a config.json asking for huge layers is found before they are made
+        _check_weight_shapes(path, config, text_encoder is None)  # huge layers asked: found before they are made
         try:
             model = cls(config, text_encoder=text_encoder)
         except MiniLMNotFoundError:  # its advice (another path, or kind=learned) would be another model
@@ -560,14 +560,20 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
 
 
-def _check_weight_shapes(path: Path, config: WorldModelConfig) -> None:
-    """The UNet's and VAE's tensor names and shapes in the weight files' headers against those `config` builds (on
-    the meta device: nothing allocated), with `_load_into`'s errors: a damaged or hostile config.json asking for
-    huge layers would otherwise be built, gigabytes of it, before its weights were found not to fit."""
+def _check_weight_shapes(path: Path, config: WorldModelConfig, text_encoder: bool = True) -> None:
+    """The weight files' tensor names and shapes (their headers) against those `config` builds (on the meta
+    device: nothing allocated), with `_load_into`'s errors: a damaged or hostile config.json asking for huge layers
+    would otherwise be built, gigabytes of it, before its weights were found not to fit. MiniLM's are its own
+    package's (sha256-checked), and `text_encoder=False` leaves out a text encoder the caller gives."""
     from safetensors import safe_open
 
     with torch.device("meta"):
         modules = {UNET_FILE: build_unet(config.unet, config.frame_input_size), VAE_FILE: build_vae(config.vae)}
+        if text_encoder and config.text_encoder.kind != "minilm":
+            modules[TEXT_ENCODER_FILE] = build_text_encoder(config.text_encoder)
+        if config.uses_actions:
+            modules[ACTION_ENCODER_FILE] = ActionEncoder(config.action_dim, config.chunk_frames,
+                                                         config.unet.cross_attention_dim)
     for name, module in modules.items():
         file = path / name
         if not file.is_file():
