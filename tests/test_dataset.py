@@ -350,6 +350,17 @@ def test_a_commit_stopped_midway_leaves_no_files_behind_it(tmp_path: Path, monke
         frames, tasks, total_frames, total_tasks = meta_counts()
         assert (frames, tasks) == (total_frames, total_tasks)
         monkeypatch.setattr(EpisodeWriter, "_commit_files", commit)
+    # a stats.json cut short (a copy): made anew when the dataset is next opened, and the lock is given back
+    (root / "meta/stats.json").write_text('{"index": ')
+    with EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop"):
+        pass
+    assert meta_counts()[0] == meta_counts()[2]
+    writer = EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop")
+    monkeypatch.setattr(EpisodeWriter, "_repair_meta", lambda self: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    monkeypatch.undo()
+    EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop").close()  # the lock was given back all the same
 
     # Ctrl-C just after the commit, while the writer notes it: the committed episode is never taken for leftovers
     committed, file_kinds = [], EpisodeWriter._file_kinds

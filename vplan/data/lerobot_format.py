@@ -717,17 +717,19 @@ class EpisodeWriter:
         committed go (LeRobot's reader, which globs the folders, would read them), and stats.json and
         tasks.parquet count the committed ones only."""
         if self._lock is not None:
-            info = self.root / INFO_PATH
-            on_disk = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
-            # else stopped between a commit and counting it in `_info` (the positions move first): the next open
-            # cleans up instead
-            if on_disk == self._info["total_episodes"]:
-                self._delete_leftovers()
-                (self.root / STAGING_DIR).mkdir(exist_ok=True)
-                self._repair_meta()
-            shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
-            os.close(self._lock)
-            self._lock = None
+            try:
+                info = self.root / INFO_PATH
+                on_disk = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
+                # else stopped between a commit and counting it in `_info` (the positions move first): the next
+                # open cleans up instead
+                if on_disk == self._info["total_episodes"]:
+                    self._delete_leftovers()
+                    (self.root / STAGING_DIR).mkdir(exist_ok=True)
+                    self._repair_meta()
+            finally:  # whatever the clean-up met, the directory is released
+                shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
+                os.close(self._lock)
+                self._lock = None
 
     def __enter__(self) -> EpisodeWriter:
         return self
@@ -765,8 +767,11 @@ class EpisodeWriter:
         repairs: dict[str, Path | bytes] = {}
         stats_path, tasks_path = self.root / STATS_PATH, self.root / DEFAULT_TASKS_PATH
         if stats_path.is_file() and self._info["total_episodes"] > 0:
-            index_stats = json.loads(stats_path.read_text()).get(INDEX, {})
-            if index_stats.get("count", [self._info["total_frames"]])[0] != self._info["total_frames"]:
+            try:  # a file without index stats (another writer's) is left as it is; an unreadable one made anew
+                count = json.loads(stats_path.read_text()).get(INDEX, {}).get("count", [self._info["total_frames"]])[0]
+            except (ValueError, AttributeError, TypeError, IndexError):
+                count = None
+            if count != self._info["total_frames"]:
                 repairs[STATS_PATH] = _json_bytes(stats_to_json(self._stats))
         if tasks_path.is_file() and read_table(tasks_path).num_rows > len(self._tasks):
             staged = self.root / STAGING_DIR / "tasks.parquet"
