@@ -288,6 +288,11 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     # a model for 32x32 frames beside the 16x16 VAE: found after config.yaml, split.json and checkpoints.json
     other_size = replace(missing, vae=str(tmp_path / "vae"), init=None, model=replace(
         model_config, unet=replace(model_config.unet, sample_size=16), vae=replace(model_config.vae, image_size=32)))
+    # a VAE for other frames than the dataset's: a traceback from the latent cache, after config.yaml was written
+    from vplan.worldmodel.vae import build_vae
+
+    build_vae(replace(model_config.vae, image_size=32)).save_pretrained(tmp_path / "vae32", safe_serialization=True)
+    other_vae_size = replace(missing, vae=str(tmp_path / "vae32"), init=None)
     # an init of another architecture: found after the latents were made
     other_architecture = replace(missing, vae=str(tmp_path / "vae"), init=str(tmp_path / "source"), model=replace(
         model_config, unet=replace(model_config.unet, block_out_channels=(8, 24))))
@@ -296,7 +301,10 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
                             (minilm, r"^component.model.text_encoder.path=.* holds no model.safetensors; .*, or set "
                                      r"component.model.text_encoder.kind=learned"),
                             (other_size, r"^component.vae \(frames 16 px, latents 8 px\) does not fit component.model: "
-                                         r"expected unet.sample_size equal to the latent size of vae")):
+                                         r"expected unet.sample_size equal to the latent size of vae .*; pass "
+                                         r"component.model.unet.sample_size=8 component.model.vae.image_size=16$"),
+                            (other_vae_size, r"^the dataset's frames are 16x16; component.vae=.*vae32 reads 32x32 "
+                                             r"frames: pass a VAE trained on this dataset's frames$")):
         with pytest.raises(UsageError, match=said):
             train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "out"),
                                         holdout_episodes=1))

@@ -277,8 +277,19 @@ def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
     try:
         return replace(config, vae=vae_config)
     except ValueError as error:
+        # the model's vae.* settings must agree with its unet.sample_size as the command is read, though the
+        # VAE's own replace them: name every one to pass
+        overrides = [f"component.model.unet.sample_size={vae_config.latent_size}"] + [
+            f"component.model.vae.{f.name}={_override(getattr(vae_config, f.name))}" for f in fields(VAEConfig)
+            if getattr(vae_config, f.name) != getattr(config.vae, f.name) and f.name != "scaling_factor"]
         raise UsageError(f"component.vae (frames {vae_config.image_size} px, latents {vae_config.latent_size} px) does "
-                         f"not fit component.model: {error}") from None
+                         f"not fit component.model: {error}; pass {' '.join(overrides)}") from None
+
+
+def _override(value: Any) -> str:
+    """A setting's value as a command-line override writes it ([8,16] for a tuple)."""
+    return f"[{','.join(str(v) for v in value)}]" if isinstance(value, (tuple, list)) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
 
 
 def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> torch.Tensor:
@@ -335,15 +346,23 @@ def train_component(cfg: TrainConfig) -> Path:
     resuming = bool(list_checkpoints(out))
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
+    if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
+        resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
+    if isinstance(component, WorldModelTrainConfig):  # from the metadata: before anything is written or encoded
+        size = vae.config.sample_size if vae is not None else component.model.vae.image_size
+        frames = tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2])
+        if frames != (size, size):
+            raise UsageError(f"the dataset's frames are {frames[0]}x{frames[1]}; "
+                             + (f"component.vae={component.vae} reads {size}x{size} frames: pass a VAE trained on "
+                                "this dataset's frames" if vae is not None else
+                                f"the model's VAE is for {size}x{size} (component.model.vae.image_size)"))
+    if isinstance(component, WorldModelTrainConfig) and vae is not None:
+        _with_vae(component.model, vae)  # a VAE that does not fit the model: refused before anything is written
     if isinstance(component, WorldModelTrainConfig) and component.init is not None and not resuming:
         check_checkpoints_exist({"component.init": component.init})
         # loaded into a throwaway model: one of another architecture would be found after the latents were made
         _load_init(WorldModel(component.model if vae is None else _with_vae(component.model, vae), vae=vae),
                    component.init)
-    if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
-        resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
-    if isinstance(component, WorldModelTrainConfig) and vae is not None:
-        _with_vae(component.model, vae)  # a VAE that does not fit the model: refused before anything is written
     if isinstance(component, WorldModelTrainConfig) and component.model.uses_actions and \
             str(dataset.info["features"].get(ACTION, {}).get("dtype", "")).startswith("int"):
         raise UsageError(f"{cfg.data} holds discrete moves (its actions are {dataset.info['features'][ACTION]['dtype']}"

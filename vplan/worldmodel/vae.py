@@ -47,8 +47,8 @@ class VAEConfig:
     image_size: int = field(default=64, metadata={"help": "Height and width of the frames (pixels)."})
     scaling_factor: float = field(
         default=1.0,
-        metadata={"help": "Latents are multiplied by this after encoding; set it after training to 1/std of the "
-                  "latents (`estimate_scaling_factor`)."},
+        metadata={"help": "Latents are multiplied by this after encoding; `vplan train component=vae` sets it after "
+                  "training to 1/std of the latents (`estimate_scaling_factor`), whatever is given here."},
     )
     recon_loss: str = field(default="l1+l2", metadata={"help": f"Reconstruction loss, one of {RECON_LOSSES}."})
     kl_weight: float = field(
