@@ -278,9 +278,10 @@ def test_a_refused_run_without_out_leaves_no_folder(checkpoints, tmp_path, monke
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["earlier"]
 
 
-def test_record_writes_the_executed_episodes_as_a_dataset(checkpoints, tmp_path):
+def test_record_writes_the_executed_episodes_as_a_dataset(checkpoints, tmp_path, capsys):
     out = tmp_path / "recorded"
     main(run_args(checkpoints, out, "episodes=2", "memory=none", "video=false", "record=true"))
+    assert f"recorded episodes (a dataset to train or finetune on): {out / 'episodes'}" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     dataset = EpisodeDataset(out / "episodes")
     assert dataset.num_episodes == 2 and dataset.num_frames == 2 * STEPS

@@ -67,7 +67,7 @@ def test_stopped_after_the_last_step_says_the_same_command_writes_final(tiny_dat
         steps=2, batch_size=2, warmup_steps=1)), data=str(tiny_dataset), out=str(tmp_path / "vae"), holdout_episodes=1)
     estimate = train_module.estimate_scaling_factor
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "estimate_scaling_factor", interrupted)
@@ -77,6 +77,18 @@ def test_stopped_after_the_last_step_says_the_same_command_writes_final(tiny_dat
            "writes it" in capsys.readouterr().out
     monkeypatch.setattr(train_module, "estimate_scaling_factor", estimate)
     assert train_component(cfg).is_dir()
+
+    # stopped while the world model's latents were encoded (before any checkpoint): it said only "interrupted"
+    from vplan.loop.train import WorldModelTrainConfig
+    from vplan.worldmodel.model import WorldModelConfig
+
+    monkeypatch.setattr(train_module, "episode_latents", interrupted)
+    world = TrainConfig(component=WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL), vae=str(
+        tmp_path / "vae" / "final")), data=str(tiny_dataset), out=str(tmp_path / "wm"), holdout_episodes=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_component(world)
+    assert "stopped before the first training step; the same command starts it, reading the latents encoded so " \
+           f"far from {tiny_dataset / '.cache' / 'latents'}" in capsys.readouterr().out
 
 
 def test_a_dataset_no_larger_than_its_held_out_part_says_what_to_change(tiny_dataset, tmp_path):

@@ -347,6 +347,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}")
     print(f"run directory: {out}")
+    if (out / EPISODES_DIR).is_dir():  # record=true
+        print(f"recorded episodes (a dataset to train or finetune on): {out / EPISODES_DIR}")
     if not metrics["complete"]:
         print(f"to run the other {metrics['episodes_requested'] - done}: the same command with resume=true out={out} "
               "(and without overwrite=true)")

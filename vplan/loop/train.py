@@ -34,7 +34,7 @@ from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
     CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, write_config,
 )
-from vplan.worldmodel.latent_cache import episode_latents
+from vplan.worldmodel.latent_cache import LATENTS_DIR, episode_latents
 from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
 from vplan.worldmodel.text_encoder import resolve_minilm_dir
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
@@ -381,6 +381,10 @@ def train_component(cfg: TrainConfig) -> Path:
         newest = list_checkpoints(out)
         if newest and checkpoint_step(newest[-1]) >= component.optim.steps and not final.is_dir():
             print(f"stopped after the last step, before {final} was written; the same command writes it")
+        elif not newest:  # stopped while the data was read or encoded, before the trainer (which says its own)
+            latents = isinstance(component, WorldModelTrainConfig) and dataset.cache_dir is not None
+            print("stopped before the first training step; the same command starts it" + (
+                f", reading the latents encoded so far from {dataset.cache_dir / LATENTS_DIR}" if latents else ""))
         raise
 
 
