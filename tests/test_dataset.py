@@ -556,7 +556,13 @@ def test_reader_refuses_features_it_cannot_read_and_episodes_whose_spans_disagre
     wrist = {"dtype": "image", "shape": [8, 8, 3]}  # LeRobot's images kept as files, not videos
     features = {**info["features"], "observation.images.wrist": wrist}
     (root / INFO_PATH).write_text(json.dumps({**info, "features": features}))
-    with pytest.raises(DatasetError, match="feature 'observation.images.wrist' has dtype 'image'; vplan reads"):
+    with pytest.raises(DatasetError, match="feature 'observation.images.wrist' has dtype 'image'; vplan reads.*"
+                                           "encoded as videos first"):
+        EpisodeDataset(root)
+    # lerobot 0.6's language columns: refused without the hint about images
+    features = {**info["features"], "language_persistent": {"dtype": "language", "shape": [1]}}
+    (root / INFO_PATH).write_text(json.dumps({**info, "features": features}))
+    with pytest.raises(DatasetError, match=r"'language'; vplan reads numeric, bool and video features$"):
         EpisodeDataset(root)
     depth = {"dtype": "video", "shape": [8, 8, 1], "info": {"video.is_depth_map": True}}  # lerobot's gray12le
     gray = {"dtype": "video", "shape": [8, 8, 1]}

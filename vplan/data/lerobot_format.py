@@ -126,9 +126,10 @@ def load_info(root: str | Path) -> dict[str, Any]:
     for key, feature in info["features"].items():
         dtype = feature.get("dtype") if isinstance(feature, dict) else None
         if dtype != "video" and not _numeric(dtype):
+            hint = (" (a dataset recorded with images rather than videos needs its images encoded as videos first)"
+                    if dtype == "image" else "")
             raise DatasetError(f"{path}: feature {key!r} has dtype {dtype!r}; vplan reads numeric, bool and video "
-                               "features (a dataset recorded with images rather than videos needs its images "
-                               "encoded as videos first)")
+                               f"features{hint}")
         if dtype == "video":  # decoded as RGB: a depth map (lerobot's gray12le) would come back as noise
             extra = feature.get("info") or {}
             depth = bool(extra.get("video.is_depth_map") or extra.get("is_depth_map"))
