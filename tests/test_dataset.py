@@ -231,10 +231,12 @@ def test_incompatible_resume_refuses_with_one_line(tmp_path: Path) -> None:
         (dict(fps=FPS, features=FEATURES, robot_type="blockworld"), "robot_type"),
         (dict(fps=FPS, features=FEATURES, robot_type="tabletop", resume=False), "resume is off"),
     ]
+    (root / ".lock").unlink()  # as a dataset from elsewhere (LeRobot's) comes: a refusal leaves none in it
     for kwargs, phrase in cases:
         with pytest.raises(DatasetError, match=phrase) as error:
             EpisodeWriter.create_or_resume(root, **kwargs)
         assert "\n" not in str(error.value) and str(root) in str(error.value)
+    assert not (root / ".lock").exists()
     with (
         EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop"),
         pytest.raises(DatasetError, match="another EpisodeWriter"),

@@ -582,6 +582,20 @@ class EpisodeWriter:
         root.mkdir(parents=True, exist_ok=True)
         if not (root / INFO_PATH).is_file() and _has_files(root):  # refused before a lock file is left in it
             raise DatasetError(f"{root} is not empty and holds no dataset ({INFO_PATH} is missing)")
+
+        def resumable() -> dict[str, Any]:
+            if not resume:
+                raise DatasetError(f"{root} already holds a dataset and resume is off")
+            info = load_info(root)
+            _check_compatible(root, info, fps, robot_type, wanted)
+            recorded = info.get(ACTION_UNITS_KEY)
+            if action_units and recorded is not None and recorded != dict(action_units):
+                raise DatasetError(f"cannot resume {root}: its actions were recorded with {recorded}, asked "
+                                   f"{dict(action_units)}")
+            return info
+
+        if (root / INFO_PATH).is_file():
+            resumable()  # refused before a lock file is left in someone's dataset; checked again under the lock
         lock = _acquire_lock(root)
         try:
             is_new = not (root / INFO_PATH).is_file()  # under the lock: a writer that just created it has closed
@@ -590,14 +604,7 @@ class EpisodeWriter:
                 if action_units:
                     info[ACTION_UNITS_KEY] = dict(action_units)
             else:
-                if not resume:
-                    raise DatasetError(f"{root} already holds a dataset and resume is off")
-                info = load_info(root)
-                _check_compatible(root, info, fps, robot_type, wanted)
-                recorded = info.get(ACTION_UNITS_KEY)
-                if action_units and recorded is not None and recorded != dict(action_units):
-                    raise DatasetError(f"cannot resume {root}: its actions were recorded with {recorded}, asked "
-                                       f"{dict(action_units)}")
+                info = resumable()
             shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
             (root / STAGING_DIR).mkdir()
             rows = load_episode_rows(root, info)
