@@ -202,6 +202,9 @@ def test_act_before_reset_and_bad_input_are_clear_errors(world_model, idm):
         with pytest.raises(ValueError, match=r"got \w+ \(\d+, \d+, \d+\); an RGB image as height x width x 3 "
                                              r"values from 0 to 255$"):
             agent.reset("go", fake_obs(wrong), {})
+    with pytest.raises(ValueError, match=r"got uint8 \(1, 64, 64, 3\); one env's frame, not a batch or a stack of "
+                                         r"them \(a vector env: one agent per sub-env, each given obs\[key\]\[i\]\)$"):
+        agent.reset("go", fake_obs(frame[None]), {})  # gymnasium's vector envs, FrameStackObservation
     with pytest.raises(ValueError, match="state key 'agent_pos' for stall detection.*stall_steps=0"):
         agent.reset("go", {"front": frame}, {})
     with pytest.raises(ValueError, match="instruction: expected a non-empty string"):

@@ -508,9 +508,12 @@ class VideoPlanningAgent:
         size = self.image_size
         if frame.shape != (size, size, 3) or frame.dtype != np.uint8:
             other_size = frame.ndim == 3 and 3 in frame.shape and sorted(frame.shape) != sorted((size, size, 3))
+            batched = frame.ndim == 4 and frame.shape[1:] in ((size, size, 3), (size, size, 4))
             raise ValueError(f"obs[{cfg.camera!r}]: expected a uint8 frame of shape ({size}, {size}, 3), the world "
                              f"model's, got {frame.dtype} {frame.shape}; "
                              + (f"make the env with image_size={size}" if other_size else
+                                "one env's frame, not a batch or a stack of them (a vector env: one agent per "
+                                "sub-env, each given obs[key][i])" if batched else
                                 "an RGB image as height x width x 3 values from 0 to 255"))
         if self._stall_steps == 0:
             return frame, None
