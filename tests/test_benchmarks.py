@@ -445,6 +445,42 @@ def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path
     assert len(imageio.mimread(tmp_path / "eval" / "real_vs_generated.mp4")) > 0
 
 
+def test_an_interrupted_evaluations_grid_keeps_the_chunks_of_its_finished_episodes(tmp_path, monkeypatch):
+    """The grid still short of video_chunks was held in memory only: a resumed evaluation's showed the chunks of
+    the episodes after the stop, not those before it."""
+    import imageio.v2 as imageio
+    import pytest
+
+    import vplan.eval.worldmodel
+    from vplan.eval.worldmodel import GRID_SO_FAR, EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    cfg = EvalWorldModelConfig(
+        env=TabletopConfig(image_size=16, max_episode_steps=24), checkpoint=str(checkpoint), episodes=2,
+        rollout_chunks=0, video_chunks=1000, out=str(tmp_path / "straight"),
+        task=TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back"))
+    evaluate_worldmodel(cfg)
+    evaluate_episode = vplan.eval.worldmodel._evaluate_episode
+
+    def stopped_in_episode_1(cfg, episode, *args):
+        if episode == 1:
+            raise KeyboardInterrupt
+        return evaluate_episode(cfg, episode, *args)
+
+    monkeypatch.setattr(vplan.eval.worldmodel, "_evaluate_episode", stopped_in_episode_1)
+    resumed = replace(cfg, out=str(tmp_path / "resumed"))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_worldmodel(resumed)
+    assert (tmp_path / "resumed" / GRID_SO_FAR).is_file()
+    monkeypatch.setattr(vplan.eval.worldmodel, "_evaluate_episode", evaluate_episode)
+    evaluate_worldmodel(replace(resumed, resume=True))
+    frames = [imageio.mimread(tmp_path / run / "real_vs_generated.mp4") for run in ("straight", "resumed")]
+    assert len(frames[0]) == len(frames[1]) and not (tmp_path / "resumed" / GRID_SO_FAR).exists()
+    assert all(np.abs(a.astype(int) - b).mean() < 1 for a, b in zip(*frames))  # the same chunks (up to encoding)
+
+
 def test_open_loop_means_cover_the_same_episodes_at_every_chunk_index():
     """An episode too short for every rollout chunk once dropped out of the later indices: their mean rose."""
     from vplan.eval.worldmodel import _open_loop_summary

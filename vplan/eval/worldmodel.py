@@ -45,7 +45,7 @@ from vplan.eval.progress import (
     METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
 )
 from vplan.eval.stats import paired_summary
-from vplan.utils.files import write_json, write_mp4
+from vplan.utils.files import file_written_aside, write_json, write_mp4
 from vplan.shipped import pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
@@ -57,6 +57,7 @@ from vplan.worldmodel.action_encoder import CONDITIONINGS
 # blockworld's heading: a turn in place changes the whole view) changes by more than it.
 MOVING_THRESHOLD = 0.01
 GRID_FILE = "real_vs_generated.mp4"
+GRID_SO_FAR = "real_vs_generated.partial.npz"  # the grid's chunks of finished episodes while it is short of them
 OPEN_LOOP_VIDEO = "open_loop.mp4"
 OPEN_LOOP_PLOT = "open_loop.png"
 RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "resume", "overwrite")  # settings a resumption may change
@@ -252,12 +253,12 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
-                                 _finished, [GRID_FILE, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT],
+                                 _finished, [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT],
                                  marks={"noise": (NOISE, NOISE_BEFORE)})
     pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
                     resuming=cfg.resume and bool(progress["episodes"]))
-    grid: list[np.ndarray] = []
     show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
+    grid = _grid_so_far(out / GRID_SO_FAR, progress["episodes"]) if show_grid else []
     todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
     env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
     try:
@@ -270,6 +271,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
             if show_grid and len(grid) >= cfg.video_chunks:  # before the episodes that filled it count as done
                 _write_grid(grid[: cfg.video_chunks], out / GRID_FILE)
                 show_grid = False
+                (out / GRID_SO_FAR).unlink(missing_ok=True)
+            elif show_grid and grid:  # kept with the episodes it holds: a resumption goes on filling it
+                with file_written_aside(out / GRID_SO_FAR) as scratch, open(scratch, "wb") as handle:
+                    np.savez(handle, chunks=np.stack(grid), episodes=np.array(progress["episodes"]))
             write_json(out / PROGRESS_FILE, progress)
     except KeyboardInterrupt:
         say_interrupted(out, _finished(progress))
@@ -278,6 +283,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         env.close()
     if show_grid and grid:
         _write_grid(grid, out / GRID_FILE)
+        (out / GRID_SO_FAR).unlink(missing_ok=True)
 
     rows = sorted((r for r in progress["chunks"] if r["episode"] < cfg.episodes), key=lambda r: (r["episode"], r["start"]))
     if not rows:  # every episode shorter than a context and a chunk: a table of nothing
@@ -499,6 +505,18 @@ def _error(se: float | None) -> str:
 
 def _finished(progress: dict[str, Any]) -> str:
     return f"{len(progress['episodes'])} episode(s)"
+
+
+def _grid_so_far(path: Path, episodes: list[int]) -> list[np.ndarray]:
+    """The grid's chunks an interrupted evaluation kept, where they are those of exactly its finished episodes
+    (else none: the file and progress.json were written apart)."""
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            if sorted(kept["episodes"].tolist()) == sorted(episodes):
+                return list(kept["chunks"])
+    except (OSError, ValueError, KeyError):  # none, or cut short
+        pass
+    return []
 
 
 def _write_grid(chunks: list[np.ndarray], path: Path) -> None:
