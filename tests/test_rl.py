@@ -282,6 +282,10 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     assert metrics["tuned_chunk_offset"] == (0 if logits[0] >= logits[1] else 1)  # argmax; a tie keeps 0
     iterations = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
     assert len(iterations) == 1 and len(iterations[0]["rewards"]) == 4  # 1 seed x 2 plans x 2 continuations
+    # 8 steps are one chunk of the first subgoal, the same under both offsets: with the same noise per continuation
+    # the two plans score alike, and no offset is preferred (distinct noise made one of them win by ~1e-4)
+    by_plan = {(r["plan"], r["continuation"]): r["reward"] for r in iterations[0]["rewards"]}
+    assert all(by_plan[0, k] == by_plan[1, k] for k in (0, 1)) and logits[0] == logits[1]
     assert all({"outcome", "executability"} <= set(r) for r in iterations[0]["rewards"])
     assert (out / "rewards.png").read_bytes().startswith(b"\x89PNG")  # reward and success per iteration, drawn
     lora = load_file(out / "lora.safetensors")

@@ -354,7 +354,9 @@ class RLRun:
                 try:
                     continuations, plan = [], None
                     for k in range(cfg.continuations):
-                        agent_seed = (task_seed * len(cfg.plan_offsets) + g) * cfg.continuations + k
+                        # common random numbers: continuation k of every plan draws the same noise, so plans
+                        # are compared on their plans (distinct noise made any gap, noise alone, a ±1 advantage)
+                        agent_seed = task_seed * cfg.continuations + k
                         episode = run_episode(self.env, agent, cfg.task.instruction, task_seed, cfg.agent.camera,
                                               agent_seed=agent_seed, plan=plan)
                         plan = agent.plan  # the K continuations of a plan follow the one plan (an LLM's may vary)
