@@ -482,6 +482,11 @@ def test_plan_preferences_pair_each_seeds_best_and_worst_plan_where_their_texts_
         "sources": {"chosen": "llm", "rejected": "fallback"},  # the worst came from the offline fallback
     }]
     assert np.argmax(run.logits) == 1  # both groups' best plan: offset 0 (plan 1)
+    # the worst plan says what the best says: the pair takes the worst of those that say something else
+    echo = [planned(9, 0, texts, [0.9, 0.9]), planned(9, 1, texts[:1], [0.5, 0.5]), planned(9, 2, texts, [0.1, 0.1])]
+    (pair,) = run.update_planner([echo])
+    assert pair["rewards"] == {"chosen": pytest.approx(0.9), "rejected": pytest.approx(0.5)}
+    assert pair["chunk_offsets"] == {"chosen": -1, "rejected": 0}
 
 
 def test_dpo_pairs_each_plans_best_continuation_with_its_worst_chunk_by_chunk():

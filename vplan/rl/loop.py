@@ -386,8 +386,12 @@ class RLRun:
             plan_advantages, _ = group_advantages(table)
             self.logits += self.cfg.planner_lr * plan_advantages
             means = table.mean(axis=1)
-            best, worst = int(np.argmax(means)), int(np.argmin(means))
-            chosen, rejected = ([s["text"] for s in plans[g][0].plan["subgoals"]] for g in (best, worst))
+            texts = [[s["text"] for s in continuations[0].plan["subgoals"]] for continuations in plans]
+            best = int(np.argmax(means))
+            # the worst plan that says something else than the best (the worst overall may say the same)
+            others = [g for g in range(len(plans)) if texts[g] != texts[best] and means[g] < means[best]]
+            worst = min(others, key=lambda g: means[g]) if others else best
+            chosen, rejected = texts[best], texts[worst]
             if means[best] > means[worst] and chosen != rejected:
                 pairs.append({"prompt": self.prompt(plans[best][0]), "chosen": reply_text(chosen),
                               "rejected": reply_text(rejected),
