@@ -93,6 +93,20 @@ def test_compose_builds_typed_configs():
     assert choices == {"env": "tabletop", "task": "return_cubes"}
 
 
+def test_every_threads_setting_is_bounded():
+    """torch took threads=2**31 as a traceback from set_num_threads, after vplan run had made its run folder."""
+    commands = [c for c in COMMANDS if "threads=" in " ".join(f"{k}=" for k in compose_config(c, [])[0])]
+    assert {c.name for c in commands} >= {"run", "rl", "bench worldmodel", "bench memory", "bench planning",
+                                          "bench executor", "eval consistency"}
+    from vplan.errors import UsageError
+
+    for c in commands:
+        with pytest.raises(UsageError, match=r"threads: expected at most 1024 \(this machine has \d+ cores\), got "
+                                             r"2147483648"):
+            build_config(compose_config(c, ["threads=2147483648"])[0])
+        build_config(compose_config(c, ["threads=1024"])[0])
+
+
 def test_the_last_env_given_picks_the_default_task():
     """Hydra takes the last env=; the default task came from the first ('use env=tabletop', looping)."""
     cfg, _ = compose_config(command("collect"), ["env=tabletop", "env=blockworld"])

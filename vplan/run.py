@@ -39,7 +39,7 @@ from vplan.utils.interrupts import interrupts_ignored
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, read_config_record,
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, check_threads, read_config_record,
     refuse_model_folder, write_config,
 )
 
@@ -89,7 +89,8 @@ class RunConfig(AgentCheckpoints):
     threads: int = field(default=2, metadata={"help": "torch threads (the memory's worker shares them)."})
 
     def __post_init__(self) -> None:
-        check_ints(self, ("episodes", "threads"))
+        check_ints(self, ("episodes",))
+        check_threads(self)
         check_seed(self.seed)
         if self.resume and (self.out is None or self.overwrite):
             raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")

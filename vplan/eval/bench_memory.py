@@ -38,7 +38,7 @@ from vplan.errors import RunError, UsageError
 from vplan.eval.bench_record import OUT_HELP, check_model_is_timed, make_out_dir, record_bench
 from vplan.memory.config import MemoryConfig
 from vplan.utils.openmp import current_policy, restores_torch_threads, wait_policy
-from vplan.utils.settings import check_ints, check_seed
+from vplan.utils.settings import check_ints, check_seed, check_threads
 from vplan.worldmodel.model import WorldModelConfig, read_config, require_text_conditioned
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
@@ -78,7 +78,8 @@ class BenchMemoryConfig:
             raise ValueError("memory: expected a memory to compare with none (memory=temp_lora or memory=anchor), "
                              "got memory=none")
         check_model_is_timed(self)
-        check_ints(self, ("episodes", "chunks", "threads"))
+        check_ints(self, ("episodes", "chunks"))
+        check_threads(self)
         if not (math.isfinite(self.execution_s) and 0 <= self.execution_s <= 60):  # a chunk of 8 steps
             raise ValueError(f"execution_s: expected seconds from 0 to 60 per chunk, got {self.execution_s!r}")
         check_seed(self.seed)

@@ -38,7 +38,7 @@ from vplan.tasks import TaskConfig
 from vplan.utils.files import write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
-from vplan.utils.settings import changed_settings, check_ints, check_seed, settings_record
+from vplan.utils.settings import changed_settings, check_ints, check_seed, check_threads, settings_record
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -82,7 +82,8 @@ class AgentBenchConfig:
     threads: int = field(default=2, metadata={"help": "torch threads."})
 
     def __post_init__(self) -> None:
-        check_ints(self, ("episodes", "threads"))
+        check_ints(self, ("episodes",))
+        check_threads(self)
         check_seed(self.seed)
 
     def load_agent(self, worldmodel: str, memory: MemoryConfig) -> Any:

@@ -17,6 +17,7 @@ from vplan.eval.bench_record import OUT_HELP, check_model_is_timed, make_out_dir
 from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 from vplan.utils.openmp import restores_torch_threads, wait_policy
 from vplan.utils.resources import peak_rss_mb
+from vplan.utils.settings import check_threads
 from vplan.worldmodel.model import WorldModel, WorldModelConfig, read_config, require_text_conditioned
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores
@@ -40,6 +41,7 @@ class BenchWorldModelConfig:
     out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
+        check_threads(self)
         if not self.samplers:
             raise ValueError("samplers: expected at least one entry like 'dpmsolver++:5', got []")
         for spec in self.samplers:

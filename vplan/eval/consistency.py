@@ -56,7 +56,7 @@ from vplan.utils.openmp import restores_torch_threads
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_ints, check_seed
+from vplan.utils.settings import check_ints, check_seed, check_threads
 
 FEATURES = ("vae", "resnet18")
 # settings a resumption may change
@@ -118,7 +118,8 @@ class EvalConsistencyConfig:
         revisit_scenario_for(env_name(self.env))  # an env without a revisit scenario: a clear error, early
         if self.checkpoint is None:
             self.checkpoint = shipped_checkpoint(env_name(self.env), "worldmodel")
-        check_ints(self, ("episodes", "chunks", "threads"))
+        check_ints(self, ("episodes", "chunks"))
+        check_threads(self)
         check_seed(self.seed)
         if self.chunks < 2:
             raise ValueError(f"chunks: expected at least 2 (PSNR drift is a slope over chunks), got {self.chunks}")

@@ -62,7 +62,7 @@ from vplan.utils.files import folder_written_aside, recover_folder, write_json, 
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, write_config,
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, check_threads, write_config,
 )
 
 CHECKPOINT_DIR = "checkpoint"
@@ -122,7 +122,8 @@ class RLConfig(AgentCheckpoints):
 
     def __post_init__(self) -> None:
         check_ints(self, ("iterations", "seeds_per_iteration", "continuations", "lora_rank", "steps_per_iteration",
-                          "batch_size", "threads"))
+                          "batch_size"))
+        check_threads(self)
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes: expected an int >= 0, got {self.eval_episodes!r}")
         check_seed(self.seed)

@@ -5,6 +5,7 @@ difference (a new field's default keeps the behaviour the code had before it).""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
@@ -27,6 +28,17 @@ def check_ints(config: Any, names: Iterable[str], low: int | None = 1) -> None:
     `low=None`: any int, for fields whose range the caller checks and names itself)."""
     for name in names:
         check_int(getattr(config, name), name, low)
+
+
+MAX_THREADS = 1024  # torch takes up to 2**31 - 1, then fails (or crashes at exit) far below it
+
+
+def check_threads(config: Any) -> None:
+    """A ValueError unless `config.threads` (torch's intra-op threads) is an int from 1 to `MAX_THREADS`."""
+    check_int(config.threads, "threads")
+    if config.threads > MAX_THREADS:
+        raise ValueError(f"threads: expected at most {MAX_THREADS} (this machine has {os.cpu_count()} cores), got "
+                         f"{config.threads}")
 
 
 def check_int(value: Any, name: str, low: int | None = 1) -> None:
