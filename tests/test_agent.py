@@ -979,6 +979,14 @@ def test_check_env_refuses_actions_of_other_bounds(world_model, idm):
                         (spaces.Discrete(5), "the env takes one of 5 moves")):
         with pytest.raises(SettingMismatchError, match=said):
             agent.check_env(SimpleNamespace(action_space=space, observation_space=cameras))
+    # the blockworld's instructions last chunk_steps: one world-model chunk each (6 ran quietly as 8-frame chunks)
+    box = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    with pytest.raises(SettingMismatchError, match=rf"env.chunk_steps={CHUNK + 1}: the world model imagines "
+                                                   rf"{CHUNK}-frame chunks.*set env.chunk_steps={CHUNK}$"):
+        agent.check_env(SimpleNamespace(action_space=box, observation_space=cameras,
+                                        config=SimpleNamespace(chunk_steps=CHUNK + 1)))
+    agent.check_env(SimpleNamespace(action_space=box, observation_space=cameras,
+                                    config=SimpleNamespace(chunk_steps=CHUNK)))
     agent.close()
 
 

@@ -424,6 +424,10 @@ class VideoPlanningAgent:
                         if setting == "agent.state_key" else "the key of one of its cameras")
                 raise SettingMismatchError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
         env_config = getattr(getattr(env, "unwrapped", env), "config", None)  # a vplan env's settings
+        steps, frames = getattr(env_config, "chunk_steps", None), self.world_model.config.chunk_frames
+        if steps is not None and steps != frames:  # the blockworld's: one instruction per world-model chunk
+            raise SettingMismatchError(f"env.chunk_steps={steps}: the world model imagines {frames}-frame chunks, "
+                                       f"one per instruction of the path; set env.chunk_steps={frames}")
         if self.idm_checkpoint is not None and env_config is not None:
             warn_if_actions_mean_otherwise({"idm": self.idm_checkpoint}, action_units(env_config))
 
