@@ -44,6 +44,14 @@ def test_same_settings_and_ignored_names_are_no_difference():
     assert changed_settings(plain(Outer()), plain(cfg), cfg) == ["episodes"]
 
 
+def test_one_path_spelled_two_ways_is_no_difference():
+    """A shell's completion adds a trailing slash: the resume of the same command with it was refused."""
+    saved = {"data": "/tmp/smoke", "vae": "checkpoints/vae/final", "instruction": "go"}
+    assert changed_settings(saved, {"data": "/tmp/smoke/", "vae": "./checkpoints//vae/final", "instruction": "go"}) == []
+    assert changed_settings(saved, {"data": "/tmp/other", "vae": "checkpoints/vae", "instruction": "go/"}) == [
+        "data", "instruction", "vae"]
+
+
 def test_a_url_secret_recorded_before_it_was_redacted_is_no_difference():
     saved = {"base_url": "https://h.example/v1?api-key=sk-old"}  # written in full by an older vplan
     assert changed_settings(saved, {"base_url": "https://h.example/v1?api-key=<redacted>"}) == []

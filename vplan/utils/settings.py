@@ -117,8 +117,9 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
             if isinstance(old, Mapping) and isinstance(new, Mapping):
                 child = getattr(config, key, None) if is_dataclass(config) else None
                 changed += _changed(old, new, child, f"{name}.")
-            elif old != new and redact_secrets(old) != redact_secrets(new):  # a record kept before a secret was
-                changed.append(name)  # redacted holds it in full
+            elif old != new and redact_secrets(old) != redact_secrets(new) and not (
+                    key in PATH_SETTINGS and _same_path(old, new)):
+                changed.append(name)  # (a record kept before a secret was redacted holds it in full)
         elif key in current:
             default = _default(config, key)
             if default is MISSING or plain(default) != current[key]:
@@ -126,6 +127,17 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
         else:
             changed.append(name)
     return changed
+
+
+# settings that name a file or folder, wherever they are nested: compared as paths (`_same_path`)
+PATH_SETTINGS = frozenset({"data", "out", "vae", "init", "checkpoint", "compare", "idm", "worldmodel", "finetuned",
+                           "path", "text_encoder_path", "resnet18_weights", "action_worldmodel"})
+
+
+def _same_path(old: Any, new: Any) -> bool:
+    """Whether two strings are one path spelled two ways ("data/x/" and "data/x", "./data//x"): a path typed
+    with a shell's completion continues the run it began."""
+    return isinstance(old, str) and isinstance(new, str) and os.path.normpath(old) == os.path.normpath(new)
 
 
 def settings_it_lacks(recorded: Iterable[str], cfg: Any) -> list[str]:
