@@ -47,7 +47,8 @@ def test_same_settings_and_ignored_names_are_no_difference():
 def test_one_path_spelled_two_ways_is_no_difference():
     """A shell's completion adds a trailing slash: the resume of the same command with it was refused."""
     saved = {"data": "/tmp/smoke", "vae": "checkpoints/vae/final", "instruction": "go"}
-    assert changed_settings(saved, {"data": "/tmp/smoke/", "vae": "./checkpoints//vae/final", "instruction": "go"}) == []
+    same = {"data": "/tmp/smoke/", "vae": "./checkpoints//vae/final", "instruction": "go"}
+    assert changed_settings(saved, same) == []
     assert changed_settings(saved, {"data": "/tmp/other", "vae": "checkpoints/vae", "instruction": "go/"}) == [
         "data", "instruction", "vae"]
 
