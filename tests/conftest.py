@@ -22,3 +22,11 @@ def one_thread_after_each_test():
     """Commands set the thread count their config asks for (a benchmark's 2): the next test gets one again."""
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def local_servers_without_a_proxy(monkeypatch):
+    """The tests' fake endpoints listen on this machine: a proxy set in the environment (a developer's, a CI
+    runner's) must not carry their requests, as the HTTP client would."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")

@@ -638,7 +638,8 @@ def test_requests_go_through_the_environments_proxy(endpoint, make_llm, monkeypa
 
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", endpoint.base_url.removesuffix("/v1"))
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, endpoint.base_url.removesuffix("/v1"))
     endpoint.reply = lambda body: (200, completion('{"subgoals": [{"text": "pick up the red cube"}]}'), 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the key goes unencrypted to a host other than this machine

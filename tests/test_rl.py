@@ -361,6 +361,15 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     with pytest.raises(SystemExit) as exit_info:  # another objective cannot continue this run
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
     assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err
+    # a run begun before every plan's continuation k drew the same noise: going on would mix the two schemes
+    state_file = resumed / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "noise"}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
+    assert exit_info.value.code == 2 and "was begun before every plan's continuation k drew the same noise" in \
+        capsys.readouterr().err
+    state_file.write_text(json.dumps(state))
     # a checkpoint of a vplan that pickled the optimizer (optimizer.pt) is refused, never unpickled
     (resumed / "checkpoint" / "optimizer.safetensors").rename(resumed / "checkpoint" / "optimizer.pt")
     with pytest.raises(SystemExit) as exit_info:

@@ -282,7 +282,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     finally:
         env.close()
     if show_grid and grid:
-        _write_grid(grid, out / GRID_FILE)
+        _write_grid(grid[: cfg.video_chunks], out / GRID_FILE)  # a resumption may ask fewer than it kept
         (out / GRID_SO_FAR).unlink(missing_ok=True)
 
     rows = sorted((r for r in progress["chunks"] if r["episode"] < cfg.episodes), key=lambda r: (r["episode"], r["start"]))

@@ -67,6 +67,7 @@ from vplan.utils.settings import (
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
+NOISE = "shared-across-plans"  # state.json's mark of how exploration seeds its noise: runs are resumed alike
 LORA_FILE = "lora.safetensors"
 PREFERENCES_FILE = "plan_preferences.jsonl"
 VLM_JOURNAL_FILE = "vlm_requests.jsonl"  # the VLM questions since the last checkpoint (a kill keeps their cost)
@@ -269,7 +270,7 @@ class RLRun:
         with folder_written_aside(self.out / CHECKPOINT_DIR) as staging:  # a kill mid-swap: see recover()
             save_file({k: v.detach().contiguous() for k, v in self.params.items()}, staging / LORA_FILE)
             save_optimizer(self.optimizer, staging / OPTIMIZER_FILE)
-            state = {"iteration": self.iteration, "logits": self.logits.tolist()}
+            state = {"iteration": self.iteration, "logits": self.logits.tolist(), "noise": NOISE}
             if self.vlm is not None:  # its request budget and cache run on across a resume, as if never stopped
                 state["vlm"] = self.vlm.state()
             (staging / STATE_FILE).write_text(json.dumps(state))
@@ -305,6 +306,9 @@ class RLRun:
             saved = load_file(folder / LORA_FILE)
         except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
             raise RunError(self._unreadable(folder, error)) from None
+        if state.get("noise") != NOISE:  # its iterations explored with each plan's own noise
+            raise UsageError(f"{folder} was begun before every plan's continuation k drew the same noise (2026-12-06): "
+                             "going on would mix two ways of exploring; start again in another out=DIR")
         if len(logits) != len(self.cfg.plan_offsets):
             raise UsageError(f"{folder} was written with {len(logits)} plan offsets, not "
                              f"{len(self.cfg.plan_offsets)}; pass the same plan_offsets or another out=DIR")

@@ -137,7 +137,11 @@ PATH_SETTINGS = frozenset({"data", "out", "vae", "init", "checkpoint", "compare"
 def _same_path(old: Any, new: Any) -> bool:
     """Whether two strings are one path spelled two ways ("data/x/" and "data/x", "./data//x"): a path typed
     with a shell's completion continues the run it began."""
-    return isinstance(old, str) and isinstance(new, str) and os.path.normpath(old) == os.path.normpath(new)
+    if not (isinstance(old, str) and isinstance(new, str) and old and new):
+        return False
+    if ".." in Path(old).parts or ".." in Path(new).parts:  # a/../b is b only where a is no symbolic link
+        return False
+    return os.path.normpath(old) == os.path.normpath(new)
 
 
 def settings_it_lacks(recorded: Iterable[str], cfg: Any) -> list[str]:
