@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from vplan.errors import VplanWarning, first_line
+from vplan.errors import VplanWarning, close_after_block
 from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
@@ -387,14 +387,7 @@ class VideoPlanningAgent:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:  # the body's error is the one to see, not a failed background update's: that one is warned
-            self.close()
-        except Exception as error:
-            warnings.warn(f"agent: closing it failed too ({first_line(error, with_type=True)})", VplanWarning,
-                          stacklevel=2)
+        close_after_block(self.close, exc_type is not None, "agent: closing it")
 
     def check_env(self, env: Any) -> None:
         """A SettingMismatchError (a UsageError and a ValueError), before an episode starts, where `env` cannot

@@ -1,6 +1,8 @@
 """Errors a user can fix: the CLI prints them as one line and exits with code 2, no traceback. Warnings of what
 the user may want to change: the CLI prints them as one line too."""
 
+from typing import Any
+
 
 def first_line(error: BaseException, with_type: bool = False) -> str:
     """The first line of an error's message (its type's name if it has none), to say it in one line; with
@@ -9,6 +11,20 @@ def first_line(error: BaseException, with_type: bool = False) -> str:
     if not lines:
         return type(error).__name__
     return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]
+
+
+def close_after_block(close: Any, body_failed: bool, what: str) -> None:
+    """A context manager's `close()` at the end of its with-block: where the block's body failed, its error is the
+    one to see, and `close`'s own (a failed background update) becomes a VplanWarning saying `what` failed too."""
+    import warnings
+
+    if not body_failed:
+        close()
+        return
+    try:
+        close()
+    except Exception as error:
+        warnings.warn(f"{what} failed too ({first_line(error, with_type=True)})", VplanWarning, stacklevel=3)
 
 
 class UsageError(Exception):

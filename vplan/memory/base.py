@@ -27,7 +27,6 @@ worker already started); since generation waits for the update, UNet passes neve
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from vplan.errors import RunError, VplanWarning, first_line
+from vplan.errors import RunError, close_after_block
 from vplan.memory.config import MemoryConfig
 
 if TYPE_CHECKING:
@@ -253,14 +252,7 @@ class EpisodicMemory(ABC):
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:  # the body's error is the one to see, not a failed background update's: that one is warned
-            self.close()
-        except Exception as error:
-            warnings.warn(f"memory: a background update failed too ({first_line(error, with_type=True)})",
-                          VplanWarning, stacklevel=2)
+        close_after_block(self.close, exc_type is not None, "memory: a background update")
 
     def _after_wait(self, action: Callable[[], None]) -> None:
         """`wait()`, then `action` however the update ended (a failed one's error raised after it); not while it
