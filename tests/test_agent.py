@@ -729,6 +729,12 @@ def test_from_pretrained_gives_the_planner_the_world_models_chunk_length(tmp_pat
                                                config=AgentConfig(stall_steps=3))  # below the 4-frame chunk
     assert agent.planner.config.chunk_frames == 4  # not the planner config's default 8, which the agent refuses
     agent.close()
+    from vplan.errors import VplanWarning
+
+    with pytest.warns(VplanWarning, match="planner.chunk_frames=6 is ignored: a chunk is the world model's, 4 frames"):
+        VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "idm"),
+                                           planner=PlannerConfig(chunk_frames=6), memory=MemoryConfig(kind="none"),
+                                           config=AgentConfig(stall_steps=3)).close()
 
 
 def test_from_pretrained_names_a_checkpoint_that_cannot_drive_the_agent(tmp_path):

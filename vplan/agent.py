@@ -251,7 +251,11 @@ class VideoPlanningAgent:
         if reads != size:
             raise SettingMismatchError(f"idm={idm} reads {reads}x{reads} frames, the world model draws {size}x{size}; "
                                        "pass an IDM trained on the world model's frames")
-        planner = replace(planner or PlannerConfig(), chunk_frames=world_model.config.chunk_frames)  # the model's
+        frames = world_model.config.chunk_frames
+        if planner is not None and planner.chunk_frames not in (frames, PlannerConfig().chunk_frames):
+            warnings.warn(f"planner.chunk_frames={planner.chunk_frames} is ignored: a chunk is the world model's, "
+                          f"{frames} frames", VplanWarning, stacklevel=2)
+        planner = replace(planner or PlannerConfig(), chunk_frames=frames)  # the model's
         agent = cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
         agent.idm_checkpoint = idm
         return agent
