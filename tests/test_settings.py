@@ -52,6 +52,7 @@ def test_one_path_spelled_two_ways_is_no_difference():
     assert changed_settings(saved, {"data": "/tmp/other", "vae": "checkpoints/vae", "instruction": "go/"}) == [
         "data", "instruction", "vae"]
     assert changed_settings(saved, {**same, "data": "/tmp/x/../smoke"}) == ["data"]  # x may be a symbolic link
+    assert changed_settings({"data": "../data/smoke"}, {"data": "../data/smoke/"}) == []  # run from a subfolder
 
 
 def test_a_url_secret_recorded_before_it_was_redacted_is_no_difference():

@@ -137,11 +137,9 @@ PATH_SETTINGS = frozenset({"data", "out", "vae", "init", "checkpoint", "compare"
 def _same_path(old: Any, new: Any) -> bool:
     """Whether two strings are one path spelled two ways ("data/x/" and "data/x", "./data//x"): a path typed
     with a shell's completion continues the run it began."""
-    if not (isinstance(old, str) and isinstance(new, str) and old and new):
-        return False
-    if ".." in Path(old).parts or ".." in Path(new).parts:  # a/../b is b only where a is no symbolic link
-        return False
-    return os.path.normpath(old) == os.path.normpath(new)
+    # parts, not os.path.normpath: a/../b is b only where a is no symbolic link, and parts keep the ".."
+    return isinstance(old, str) and isinstance(new, str) and bool(old) and bool(new) and \
+        Path(old).parts == Path(new).parts
 
 
 def settings_it_lacks(recorded: Iterable[str], cfg: Any) -> list[str]:
