@@ -401,6 +401,10 @@ def test_exploring_the_held_out_seeds_warns(checkpoints, tmp_path):
     args = rl_args(checkpoints, tmp_path / "out", "seed=9999", "iterations=2", "eval_seed=20000")[1:]
     with pytest.warns(VplanWarning, match=r"seed=9999: exploration plays seeds 10000..10000, among the 10000\+"):
         RLRun(build_config(compose_config(command, args)[0])).env.close()
+    # a planner chunk length the agents replace with the model's: said once, not done unsaid
+    args = rl_args(checkpoints, tmp_path / "out", "planner.chunk_frames=6")[1:]
+    with pytest.warns(VplanWarning, match="planner.chunk_frames=6 is ignored: a chunk is the world model's"):
+        RLRun(build_config(compose_config(command, args)[0])).env.close()
 
 
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):

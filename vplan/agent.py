@@ -252,9 +252,8 @@ class VideoPlanningAgent:
             raise SettingMismatchError(f"idm={idm} reads {reads}x{reads} frames, the world model draws {size}x{size}; "
                                        "pass an IDM trained on the world model's frames")
         frames = world_model.config.chunk_frames
-        if planner is not None and planner.chunk_frames not in (frames, PlannerConfig().chunk_frames):
-            warnings.warn(f"planner.chunk_frames={planner.chunk_frames} is ignored: a chunk is the world model's, "
-                          f"{frames} frames", VplanWarning, stacklevel=2)
+        if planner is not None:
+            warn_if_chunk_frames_ignored(planner, frames)
         planner = replace(planner or PlannerConfig(), chunk_frames=frames)  # the model's
         agent = cls(world_model, idm_policy, make_planner(planner, task_config), memory, config)
         agent.idm_checkpoint = idm
@@ -657,3 +656,11 @@ def _describe(space: Any) -> str:
 def _numbers(values: np.ndarray) -> str:
     """An array's numbers as a short list ([-0.03, ...], not float32's -0.029999999329447746)."""
     return "[" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + "]"
+
+
+def warn_if_chunk_frames_ignored(planner: PlannerConfig, frames: int) -> None:
+    """A VplanWarning where `planner.chunk_frames` was set to other than the world model's `frames`: the agent
+    plans in the model's chunks whatever it says (the default, 8, cannot be told from one typed)."""
+    if planner.chunk_frames not in (frames, PlannerConfig().chunk_frames):
+        warnings.warn(f"planner.chunk_frames={planner.chunk_frames} is ignored: a chunk is the world model's, "
+                      f"{frames} frames", VplanWarning, stacklevel=3)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from vplan.agent import AgentConfig
+from vplan.agent import AgentConfig, warn_if_chunk_frames_ignored
 from vplan.constants import HELD_OUT_SEEDS
 from vplan.errors import RunError, UsageError, VplanWarning, first_line
 from vplan.loop.checkpoint import OPTIMIZER_FILE, load_optimizer, save_optimizer
@@ -243,6 +243,7 @@ class RLRun:
         warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint, "rewards.action_worldmodel":
                                         cfg.rewards.action_worldmodel}, action_units(cfg.env))
         require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
+        warn_if_chunk_frames_ignored(cfg.planner, self.base.config.chunk_frames)  # make_agent takes the model's
         make_planner(cfg.planner, cfg.task).close()  # a missing LLM key: refused before out= is written
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)
