@@ -1,7 +1,7 @@
 """Errors a user can fix: the CLI prints them as one line and exits with code 2, no traceback. Warnings of what
 the user may want to change: the CLI prints them as one line too."""
 
-from typing import Any
+from collections.abc import Callable
 
 
 def first_line(error: BaseException, with_type: bool = False) -> str:
@@ -13,7 +13,7 @@ def first_line(error: BaseException, with_type: bool = False) -> str:
     return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]
 
 
-def close_after_block(close: Any, body_failed: bool, what: str) -> None:
+def close_after_block(close: Callable[[], None], body_failed: bool, what: str) -> None:
     """A context manager's `close()` at the end of its with-block: where the block's body failed, its error is the
     one to see, and `close`'s own (a failed background update) becomes a VplanWarning saying `what` failed too."""
     import warnings

@@ -182,17 +182,20 @@ def _template_problem(template: Any, fields: tuple[str, ...]) -> str | None:
     for _, field, spec, conversion in parts:
         if field is not None and (field not in fields or conversion or not re.fullmatch(r"0?[0-9]?d?", spec or "")):
             return f"has the field {field!r} (with {spec!r}); expected {fields}, each with at most a width such as :03d"
-    shape = "".join(literal + ("x" if field is not None else "") for literal, field, _, _ in parts)
-    if "\\" in shape or PurePosixPath(shape).is_absolute() or ".." in PurePosixPath(shape).parts:
+    if _outside("".join(literal + ("x" if field is not None else "") for literal, field, _, _ in parts)):
         return "names a file outside the dataset"
     return None
+
+
+def _outside(relative: str) -> bool:
+    """Whether a path the metadata names could lead out of the dataset's folder."""
+    return "\\" in relative or PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts
 
 
 def dataset_file(root: Path, relative: str) -> Path:
     """`root / relative` for a file the metadata names (filled in from its episode rows), or a DatasetError
     where that would be outside `root`."""
-    parts = PurePosixPath(relative)
-    if "\\" in relative or parts.is_absolute() or ".." in parts.parts:
+    if _outside(relative):
         raise DatasetError(f"{root}: its metadata names the file {relative!r}, outside the dataset")
     return root / relative
 

@@ -348,21 +348,21 @@ def train_component(cfg: TrainConfig) -> Path:
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
         resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
-    if isinstance(component, WorldModelTrainConfig):  # from the metadata: before anything is written or encoded
+    frames = tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2])  # from the metadata: nothing decoded
+    if isinstance(component, WorldModelTrainConfig):  # before anything is written or encoded
         size = vae.config.sample_size if vae is not None else component.model.vae.image_size
-        frames = tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2])
         if frames != (size, size):
             raise UsageError(f"the dataset's frames are {frames[0]}x{frames[1]}; "
                              + (f"component.vae={component.vae} reads {size}x{size} frames: pass a VAE trained on "
                                 "this dataset's frames" if vae is not None else
                                 f"the model's VAE is for {size}x{size} (component.model.vae.image_size)"))
-    if isinstance(component, WorldModelTrainConfig) and vae is not None:
-        _with_vae(component.model, vae)  # a VAE that does not fit the model: refused before anything is written
-    if isinstance(component, WorldModelTrainConfig) and component.init is not None and not resuming:
-        check_checkpoints_exist({"component.init": component.init})
-        # loaded into a throwaway model: one of another architecture would be found after the latents were made
-        _load_init(WorldModel(component.model if vae is None else _with_vae(component.model, vae), vae=vae),
-                   component.init)
+    if isinstance(component, WorldModelTrainConfig):
+        # a VAE that does not fit the model: refused before anything is written
+        model_config = component.model if vae is None else _with_vae(component.model, vae)
+        if component.init is not None and not resuming:
+            check_checkpoints_exist({"component.init": component.init})
+            # loaded into a throwaway model: one of another architecture would be found after the latents were made
+            _load_init(WorldModel(model_config, vae=vae), component.init)
     if isinstance(component, WorldModelTrainConfig) and component.model.uses_actions and \
             str(dataset.info["features"].get(ACTION, {}).get("dtype", "")).startswith("int"):
         raise UsageError(f"{cfg.data} holds discrete moves (its actions are {dataset.info['features'][ACTION]['dtype']}"
@@ -371,8 +371,8 @@ def train_component(cfg: TrainConfig) -> Path:
                          "(component.model.conditioning=text)")
     if isinstance(component, IDMTrainConfig):
         check_fits(dataset, component, vae)
-    if isinstance(component, VAETrainConfig):  # from the metadata: before anything is written or decoded
-        _check_frame_size(tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2]), component.vae.image_size)
+    if isinstance(component, VAETrainConfig):
+        _check_frame_size(frames, component.vae.image_size)
     _record_config(cfg, out, resuming)
     _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
     try:
