@@ -131,6 +131,30 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     assert model.decode(chunk).shape == (1, 2, 16, 16, 3)
 
 
+def test_a_world_model_trains_and_resumes_under_several_processes(tiny_dataset, tmp_path):
+    """As `accelerate launch --multi_gpu` runs it, here on the CPU under torchrun: the first process alone
+    encodes the latents, writes and prints."""
+    import os
+
+    optim = ["component.optim.batch_size=2", "component.optim.save_every=2", "holdout_episodes=1"]
+    vae_out = tmp_path / "vae"
+    result = vplan_train("component=vae", f"data={tiny_dataset}", f"out={vae_out}", "component.optim.steps=1", *optim,
+                         *TINY_VAE)
+    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "vplan.cli", "train", "component=worldmodel", f"data={tiny_dataset}", f"out={tmp_path / 'wm'}",
+               f"component.vae={vae_out / 'final'}", *optim, *TINY_WORLD_MODEL]
+    for steps in (2, 4):  # the second resumes at step 2
+        result = subprocess.run([*command, f"component.optim.steps={steps}"], capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count("world model written to") == 1
+    assert result.stdout.count("resuming from") == 1
+    assert [c.name for c in list_checkpoints(tmp_path / "wm")] == ["checkpoint-0000002", "checkpoint-0000004"]
+    assert WorldModel.from_pretrained(tmp_path / "wm" / "final").config.chunk_frames == 2
+
+
 def test_a_resume_on_a_dataset_that_grew_is_refused(tiny_dataset, tmp_path, capsys):
     """Its last `holdout_episodes` are other episodes now: the run would train on the ones it held out."""
     import shutil

@@ -404,26 +404,62 @@ def test_a_run_from_step_0_starts_a_new_loss_log(tmp_path):
     assert logged_losses(tmp_path / "train_log.jsonl")[0] == [1, 2, 3]
 
 
-def test_several_processes_are_refused_before_any_work(tmp_path, monkeypatch):
-    """Refused once the loop began, after train had recorded its config and encoded every latent, in every
-    process."""
+def test_finetune_refuses_several_processes_before_any_work(tmp_path, monkeypatch):
+    """finetune does not share its work between processes (train does: see the torchrun tests below)."""
     from accelerate import PartialState
 
     from vplan.loop.finetune import FinetuneConfig, finetune
-    from vplan.loop.train import TrainConfig, VAETrainConfig, train_component
 
     PartialState()  # its shared state made first, as an earlier Accelerator would (the property has no setter)
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)  # accelerate launch
-    component = LinearFit()
-    with pytest.raises(RunError, match="toy: 2 processes .* run the command without accelerate launch"):
-        train(component, OptimConfig(steps=2), tmp_path, "toy")
-    assert component.calls == 0 and not tmp_path.joinpath("train_log.jsonl").exists()
     nothing = str(tmp_path / "no_dataset")  # refused before the dataset is even opened
-    with pytest.raises(RunError, match="train vae: 2 processes"):
-        train_component(TrainConfig(component=VAETrainConfig(), data=nothing, out=str(tmp_path / "train")))
-    with pytest.raises(RunError, match="finetune: 2 processes"):
+    with pytest.raises(RunError, match="finetune: 2 processes .* run the command without accelerate launch"):
         finetune(FinetuneConfig(data=nothing, out=str(tmp_path / "finetune")))
-    assert not (tmp_path / "train").exists() and not (tmp_path / "finetune").exists()
+
+
+def test_a_batch_that_does_not_split_between_the_processes_is_refused(tmp_path, monkeypatch):
+    import accelerate
+
+    class TwoProcesses(Accelerator):
+        num_processes = property(lambda self: 2)
+
+    monkeypatch.setattr(accelerate, "Accelerator", TwoProcesses)
+    component = LinearFit()
+    with pytest.raises(RunError, match=r"toy: component.optim.batch_size=3 does not split evenly between 2 "
+                                       r"processes; pass a multiple of 2"):
+        train(component, OptimConfig(steps=2, batch_size=3), tmp_path, "toy")
+    assert component.calls == 0 and not list(tmp_path.iterdir())
+
+
+def test_train_refuses_a_batch_that_does_not_split_before_reading_data_and_only_the_first_process_prints(
+        tmp_path, monkeypatch, capsys):
+    from accelerate import PartialState
+
+    from vplan.loop import trainer
+    from vplan.loop.train import TrainConfig, VAETrainConfig, train_component
+
+    PartialState()
+    monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)
+    component = VAETrainConfig(optim=OptimConfig(batch_size=3))
+    with pytest.raises(RunError, match="train vae: component.optim.batch_size=3 does not split evenly"):
+        train_component(TrainConfig(component=component, data=str(tmp_path / "no_dataset"), out=str(tmp_path / "o")))
+    monkeypatch.setattr(trainer, "is_main_process", lambda: False)
+    with trainer.only_the_main_process_prints():
+        print("a warning each process would give")
+    assert capsys.readouterr().out == ""
+
+
+def test_each_process_takes_its_share_of_the_steps_batch_and_its_own_noise():
+    from vplan.loop.trainer import _noise_generator, _share
+
+    batch = {"x": torch.arange(6).reshape(6, 1), "texts": list("abcdef")}
+    assert _share(batch, 0, 1) is batch
+    assert _share(batch, 1, 3)["x"].flatten().tolist() == [2, 3] and _share(batch, 1, 3)["texts"] == ["c", "d"]
+    step = torch.Generator().manual_seed(5)
+    assert _noise_generator(step, 0, 1) is step  # one process: as before, the step's own generator
+    draws = [torch.randn(3, generator=_noise_generator(torch.Generator().manual_seed(5), r, 2)) for r in (0, 1)]
+    again = torch.randn(3, generator=_noise_generator(torch.Generator().manual_seed(5), 1, 2))
+    assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[1], again)  # per process, and reproducible
 
 
 def test_a_save_the_disk_refuses_leaves_no_half_checkpoint_and_says_free_some_space(tmp_path, monkeypatch, capsys):

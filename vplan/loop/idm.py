@@ -34,7 +34,7 @@ import torch
 
 from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT
 from vplan.errors import UsageError
-from vplan.loop.trainer import FINAL, OptimConfig, train
+from vplan.loop.trainer import FINAL, OptimConfig, is_main_process, main_process_first, train
 from vplan.policies.idm import IDMConfig, IDMPolicy, windows
 from vplan.utils.files import folder_written_aside
 from vplan.utils.settings import check_ints
@@ -207,9 +207,12 @@ def load_episodes(
         episodes.append(Episode(frames, actions))
     todo = [i for i, index in enumerate(indices) if index in reconstruct]
     if todo:  # the latents come from the dataset's cache where an earlier run with this VAE left them
-        latents = episode_latents(dataset, [indices[i] for i in todo], vae, progress="frames to latents")
+        main = is_main_process()  # under accelerate launch, the others' progress bars would repeat its
+        latents = episode_latents(dataset, [indices[i] for i in todo], vae,
+                                  progress="frames to latents" if main else None)
         with torch.no_grad():
-            for i, episode_latent in zip(tqdm(todo, desc="latents back to frames", unit="episode"), latents):
+            for i, episode_latent in zip(tqdm(todo, desc="latents back to frames", unit="episode", disable=not main),
+                                         latents):
                 episodes[i].reconstructed = decode_latents(vae, episode_latent)
     return episodes
 
@@ -287,12 +290,16 @@ def train_idm(
     # the training episodes' reconstructions only where training samples them; the held-out ones are scored
     trained = evenly_spaced(train_episodes, config.vae_episodes) if config.vae_fraction > 0 else []
     reconstruct = set(trained + held_out) if vae is not None else set()
-    episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
-    test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
+    with main_process_first():  # under accelerate launch the first encodes the latents, the others read them
+        episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
+        test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
     if not any(len(episode.frames) >= 2 for episode in test):  # before training, not after its minutes
         raise UsageError("no held-out episode has two frames; collect longer episodes")
     training = IDMTraining(config, episodes)
     train(training, config.optim, out, "train idm")
+    final = out / FINAL
+    if not is_main_process():  # the first writes and scores it
+        return final
     policy = training.module.eval()
     baseline = baseline_action(torch.cat([e.actions[:-1] for e in episodes]), config.idm.discrete)
     metrics: dict[str, Any] = {
@@ -302,7 +309,6 @@ def train_idm(
     }
     if vae is not None:
         metrics["vae"] = evaluate(policy, test, baseline, True)
-    final = out / FINAL
     with folder_written_aside(final) as folder:
         policy.save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units)
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -28,7 +28,10 @@ from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_ou
 from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
-from vplan.loop.trainer import FINAL, OptimConfig, refuse_several_processes, train
+from vplan.loop.trainer import (
+    FINAL, OptimConfig, check_batch_splits, is_main_process, main_process_first, only_the_main_process_prints,
+    process_count, train,
+)
 from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
@@ -337,8 +340,17 @@ def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], 
 
 
 def train_component(cfg: TrainConfig) -> Path:
-    """Train the chosen component, write `<out>/final` and print a held-out figure."""
-    refuse_several_processes(f"train {cfg.component.name}")
+    """Train the chosen component, write `<out>/final` and print a held-out figure.
+
+    Under `accelerate launch` every process checks the same inputs and trains on its share of each batch; the
+    first alone records the run, encodes the latents (the others read them from the cache), writes and prints.
+    """
+    with only_the_main_process_prints():
+        return _train_component(cfg)
+
+
+def _train_component(cfg: TrainConfig) -> Path:
+    check_batch_splits(cfg.component.optim, process_count(), f"train {cfg.component.name}", "component.optim")
     dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes)
     out = Path(cfg.out)
     final = out / FINAL
@@ -373,8 +385,9 @@ def train_component(cfg: TrainConfig) -> Path:
         check_fits(dataset, component, vae)
     if isinstance(component, VAETrainConfig):
         _check_frame_size(frames, component.vae.image_size)
-    _record_config(cfg, out, resuming)
-    _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
+    if is_main_process():  # the others would write the same
+        _record_config(cfg, out, resuming)
+        _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
     try:
         return _train_and_write(cfg, dataset, train_episodes, held_out, out, vae, resuming)
     except KeyboardInterrupt:
@@ -393,10 +406,12 @@ def _train_and_write(
     resuming: bool,
 ) -> Path:
     """Train the component (its inputs checked and recorded), write `<out>/final` and print a held-out figure."""
-    component, final = cfg.component, out / FINAL
+    component, final, main = cfg.component, out / FINAL, is_main_process()
     if isinstance(component, VAETrainConfig):
         training = VAETraining(component, _frames(dataset, train_episodes))
         train(training, component.optim, out, "train vae")
+        if not main:
+            return final
         vae = training.module.eval()
         with torch.no_grad():
             vae.register_to_config(scaling_factor=1.0)
@@ -408,16 +423,19 @@ def _train_and_write(
         print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
         return final
     if isinstance(component, IDMTrainConfig):
-        if component.vae is not None:
+        if component.vae is not None and main:
             pin_checkpoints(out, {"vae": component.vae}, resuming)
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
     if component.model.uses_text:
         from vplan.data.collect import warn_if_exploring
 
         warn_if_exploring(cfg.data)
-    pin_checkpoints(out, {"vae": component.vae}, resuming)  # the latents it trains on: never two VAEs' in one run
+    if main:  # the latents it trains on: never two VAEs' in one run
+        pin_checkpoints(out, {"vae": component.vae}, resuming)
     component.model = _with_vae(component.model, vae)
-    latents = episode_latents(dataset, train_episodes, vae, progress="frames to latents (cached per VAE)")
+    with main_process_first():  # the first encodes them into the dataset's cache, the others read them there
+        latents = episode_latents(dataset, train_episodes, vae, progress="frames to latents (cached per VAE)" if main
+                                  else None)
     texts, actions = [], []
     for e in train_episodes:
         episode = dataset.episode(e)
@@ -427,6 +445,8 @@ def _train_and_write(
     training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None,
                                   resuming=resuming)
     train(training, component.optim, out, "train worldmodel")
+    if not main:
+        return final
     with folder_written_aside(final) as folder:  # an action model also notes what its actions meant
         training.module.eval().save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units)
     print(f"world model written to {final}")

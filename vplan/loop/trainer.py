@@ -5,16 +5,22 @@ loss; this loop does the rest. Batches are drawn from a generator seeded by (see
 from a checkpoint takes exactly the batches an uninterrupted run would have taken. SIGINT/SIGTERM save a
 checkpoint at the step reached before exiting; a non-finite loss stops with the step named. The loss log
 (`train_log.jsonl`) is drawn as `loss.png` at every checkpoint.
+
+Under `accelerate launch` (or torchrun) with several processes, every process draws the step's whole batch and
+trains on its own share of the rows, DistributedDataParallel averaging the gradients, so the batches are the same
+whatever the number of processes; the first process alone writes checkpoints, logs and results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,20 +84,94 @@ class Trainable(Protocol):
 
     module: torch.nn.Module  # the parameters to train (its state is what checkpoints hold)
 
+    # a dict of tensors and lists with one row per sample (several processes each take a share of the rows)
     def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]: ...
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 def refuse_several_processes(description: str) -> None:
-    """A RunError under a multi-process `accelerate launch`, where every process would draw the same batches
-    (seeded by the step alone) and write the same files; the commands call it first, before any work."""
-    from accelerate import PartialState
-
-    processes = PartialState().num_processes
+    """A RunError under a multi-process `accelerate launch`, for a command that does not share its work between
+    processes (every one would do all of it and write the same files); such a command calls it first."""
+    processes = _process_state().num_processes
     if processes > 1:
-        raise RunError(f"{description}: {processes} processes (accelerate launch): vplan trains in one process "
+        raise RunError(f"{description}: {processes} processes (accelerate launch): {description} runs in one process "
                        "(CPU, or the one GPU it finds); run the command without accelerate launch")
+
+
+def _process_state() -> Any:
+    """Accelerate's view of the processes, as the trainer's Accelerator() will see them: that reads
+    ACCELERATE_USE_CPU (several CPU processes under torchrun), PartialState() alone does not."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def check_batch_splits(optim: OptimConfig, processes: int, description: str, optim_key: str) -> None:
+    """A RunError where the batch does not split evenly between the processes (each takes an equal share)."""
+    if optim.batch_size % processes:
+        raise RunError(f"{description}: {optim_key}.batch_size={optim.batch_size} does not split evenly between "
+                       f"{processes} processes; pass a multiple of {processes}")
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes files and prints (the only one, but under `accelerate launch`)."""
+    return _process_state().is_main_process
+
+
+def process_count() -> int:
+    """How many processes train together (1 but under `accelerate launch`)."""
+    return _process_state().num_processes
+
+
+def main_process_first() -> Any:
+    """A context the first process runs first and the others after it: for a cache the first writes and the others
+    read (the world model's latents, encoded once)."""
+    return _process_state().main_process_first()
+
+
+@contextlib.contextmanager
+def only_the_main_process_prints() -> Iterator[None]:
+    """print() silenced in every process but the first, which speaks for all (each warning would come N times)."""
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+class _StepLoss(torch.nn.Module):
+    """A component's loss as a module's forward, the call Accelerate wraps: with several processes
+    DistributedDataParallel averages the gradients of what runs through its forward (the VAE's loss calls its
+    encode and decode, not its forward)."""
+
+    def __init__(self, component: Trainable) -> None:
+        super().__init__()
+        self.trained = component.module  # registered, so its parameters are the wrapper's
+        self.component = component
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.component.loss(batch, generator)
+
+
+def _share(batch: dict[str, Any], rank: int, processes: int) -> dict[str, Any]:
+    """Process `rank`'s rows of a step's batch (all of it in one process)."""
+    if processes == 1:
+        return batch
+    rows = len(next(iter(batch.values()))) // processes
+    return {key: value[rank * rows : (rank + 1) * rows] for key, value in batch.items()}
+
+
+def _noise_generator(generator: torch.Generator, rank: int, processes: int) -> torch.Generator:
+    """The generator the loss draws its noise from after the batch: the step's own in one process; with several,
+    one per process seeded from it (and torch's global generator, for dropout and the VAE's sampling, reseeded
+    too), so that processes do not draw the same noise for their different rows, and a resume draws it again."""
+    if processes == 1:
+        return generator
+    seed = int(torch.randint(2**62, (processes,), generator=generator)[rank])
+    torch.manual_seed(seed + 1)
+    return torch.Generator().manual_seed(seed)
 
 
 def train(
@@ -109,14 +189,18 @@ def train(
     refused one leaves it as it was).
     """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
     from tqdm import tqdm
 
-    refuse_several_processes(description)
-    accelerator = Accelerator()
+    # several processes: a parameter the loss does not reach (an action-only world model's text encoder) is
+    # passed over, where DistributedDataParallel would wait for its gradient and fail at the next step
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if accelerator.gradient_accumulation_steps > 1:  # the loop steps the optimizer on every batch
         raise RunError(f"{description}: gradient accumulation ({accelerator.gradient_accumulation_steps} steps, from "
                        f"accelerate's settings) is not done by vplan's trainer; leave it at 1 and raise "
                        f"{optim_key}.batch_size instead")
+    rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    check_batch_splits(optim, processes, description, optim_key)
     module = component.module
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
@@ -147,38 +231,45 @@ def train(
                            f"{optim.steps}; pass {optim_key}.steps>={step} to go on from it, or another out=DIR")
         if say_resuming:
             accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
-    module, optimizer = accelerator.prepare(module, optimizer)
+    step_loss, optimizer = accelerator.prepare(_StepLoss(component), optimizer)  # the module moved, not copied
     log_path = out / LOG_FILE
-    out.mkdir(parents=True, exist_ok=True)
-    if step == 0:  # no checkpoint: an old log is another run's (killed before its first save, or deleted)
-        log_path.unlink(missing_ok=True)
-        (out / PLOT_FILE).unlink(missing_ok=True)
-    seconds_before = _keep_log_up_to(log_path, step)  # the log's clock goes on from its last kept record
+    seconds_before = 0.0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if step == 0:  # no checkpoint: an old log is another run's (killed before its first save, or deleted)
+            log_path.unlink(missing_ok=True)
+            (out / PLOT_FILE).unlink(missing_ok=True)
+        seconds_before = _keep_log_up_to(log_path, step)  # the log's clock goes on from its last kept record
 
     stop_requested: list[int] = []
     previous = {s: signal.signal(s, lambda signum, _: stop_requested.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint(at: int) -> None:
-        if accelerator.is_main_process:
+        if main:
             scaler = {} if accelerator.scaler is None else {GRAD_SCALER: accelerator.scaler.state_dict()}
             extra = {"description": description, MIXED_PRECISION: accelerator.mixed_precision, **scaler}
-            save_checkpoint(out, at, accelerator.unwrap_model(module), optimizer, extra, keep_steps=keep_steps)
+            save_checkpoint(out, at, module, optimizer, extra, keep_steps=keep_steps)
             plot_losses(log_path, out / PLOT_FILE, description)
 
     try:
-        bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not accelerator.is_main_process)
+        bar = tqdm(total=optim.steps, initial=step, desc=description, unit="step", disable=not main)
         started = time.perf_counter() - seconds_before
         target = optim.steps if until is None else min(until, optim.steps)
-        if step < target:
+        if step < target and main:
             shutil.rmtree(out / FINAL, ignore_errors=True)
         while step < target:
             generator = torch.Generator().manual_seed(optim.seed * 1_000_003 + step)
             try:
-                batch = _on(component.batch(generator, optim.batch_size), accelerator.device)
-                with accelerator.autocast():  # prepare() casts only forward: the VAE's loss calls encode/decode
-                    loss, logs = component.loss(batch, generator)
-                if not torch.isfinite(loss):
-                    raise _diverged(description, f"loss became {loss.item()}", step, out, optim_key)
+                batch = _share(component.batch(generator, optim.batch_size), rank, processes)
+                with accelerator.autocast():
+                    loss, logs = step_loss(_on(batch, accelerator.device), _noise_generator(generator, rank, processes))
+                # every process's loss, so that all stop together (one stopping alone leaves the rest waiting)
+                mean = accelerator.reduce(torch.tensor([loss.item(), *logs.values()], dtype=torch.float64,
+                                                       device=accelerator.device), "mean").tolist()
+                if processes > 1:
+                    logs = dict(zip(logs, mean[1:]))
+                if not math.isfinite(mean[0]):
+                    raise _diverged(description, f"loss became {mean[0]}", step, out, optim_key)
                 for group in optimizer.param_groups:
                     group["lr"] = optim.lr_at(step)
                 optimizer.zero_grad(set_to_none=True)
@@ -195,16 +286,19 @@ def train(
                 raise _out_of_memory_error(description, error, step, optim, out, optim_key) from error
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % optim.log_every == 0 or step == target:
-                record = {"step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], **logs}
+            bar.set_postfix(loss=f"{mean[0]:.4f}")
+            if main and (step % optim.log_every == 0 or step == target):
+                record = {"step": step, "loss": mean[0], "lr": optimizer.param_groups[0]["lr"], **logs}
                 record["seconds"] = round(time.perf_counter() - started, 2)
                 with log_path.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
             saved = step % optim.save_every == 0 or step == target
             if saved:
                 checkpoint(step)
-            if stop_requested and step < optim.steps:  # the whole run done: it ends as if not stopped
+            stopping = bool(stop_requested)
+            if processes > 1:  # a signal reaches the processes at different steps: they stop at the same one
+                stopping = accelerator.reduce(torch.tensor([float(stopping)], device=accelerator.device)).item() > 0
+            if stopping and step < optim.steps:  # the whole run done: it ends as if not stopped
                 if not saved:
                     checkpoint(step)
                 bar.close()
