@@ -52,8 +52,9 @@ SCRIPT = textwrap.dedent(f"""
 
     mode, out = sys.argv[1], Path(sys.argv[2])
     component = Fit(mode)
+    folder = out / f"r{{os.environ['RANK']}}" if mode == "unshared" else out  # as on machines sharing no folder
     try:
-        train(component, OptimConfig(**{OPTIM.__dict__!r}), out, "toy")
+        train(component, OptimConfig(**{OPTIM.__dict__!r}), folder, "toy")
         outcome = "done"
     except KeyboardInterrupt:
         outcome = "stopped"
@@ -122,3 +123,11 @@ def test_a_signal_or_a_non_finite_loss_in_one_process_stops_both_at_the_same_ste
     first, second = ranks(tmp_path / "nan")
     assert first["outcome"] == second["outcome"]
     assert first["outcome"].startswith("toy: loss became nan at step 2;")
+
+
+def test_processes_that_find_different_checkpoints_are_refused_together(tmp_path):
+    (tmp_path / "toy.py").write_text(SCRIPT)
+    train(Fit(), OptimConfig(**{**OPTIM.__dict__, "steps": 2}), tmp_path / "unshared" / "r0", "toy")
+    torchrun(tmp_path, "toy.py", "unshared", str(tmp_path / "unshared"))
+    for rank in ranks(tmp_path / "unshared"):  # both refuse: neither is left waiting for the other
+        assert "the processes found different checkpoints" in rank["outcome"] and "at steps [2, 0]" in rank["outcome"]

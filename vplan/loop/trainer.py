@@ -231,6 +231,11 @@ def train(
                            f"{optim.steps}; pass {optim_key}.steps>={step} to go on from it, or another out=DIR")
         if say_resuming:
             accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
+    if processes > 1:  # each process reads `out` itself: on machines that do not share it, each its own steps
+        steps = accelerator.gather(torch.tensor([step], device=accelerator.device)).tolist()
+        if len(set(steps)) > 1:
+            raise RunError(f"{description}: the processes found different checkpoints in {out} (at steps {steps}); "
+                           "out= must be a folder that every process sees (on several machines, a shared one)")
     step_loss, optimizer = accelerator.prepare(_StepLoss(component), optimizer)  # the module moved, not copied
     log_path = out / LOG_FILE
     seconds_before = 0.0
