@@ -21,11 +21,12 @@ OPTIM = OptimConfig(steps=4, batch_size=4, lr=0.05, warmup_steps=1, save_every=2
 # of it; with a parameter its loss never reaches, as an action-only world model's text encoder. Each process
 # writes what it saw and where it ended to rank<N>.json in `out`.
 SCRIPT = textwrap.dedent(f"""
-    import json, os, signal, sys
+    import json, os, signal, sys, time
     from pathlib import Path
 
     import torch
 
+    import vplan.loop.trainer
     from vplan.errors import RunError
     from vplan.loop.trainer import OptimConfig, train
 
@@ -33,6 +34,7 @@ SCRIPT = textwrap.dedent(f"""
         def __init__(self, mode):
             torch.manual_seed(0)
             self.module = torch.nn.ModuleDict({{"fit": torch.nn.Linear(4, 1), "unused": torch.nn.Linear(2, 2)}})
+            self.unused_parameters = True
             self.mode, self.calls, self.rows = mode, 0, []
 
         def batch(self, generator, batch_size):
@@ -52,6 +54,17 @@ SCRIPT = textwrap.dedent(f"""
 
     mode, out = sys.argv[1], Path(sys.argv[2])
     component = Fit(mode)
+    saved_at = []
+    if mode == "signal" and os.environ["RANK"] == "0":  # a slow save of the stop checkpoint (a large model's)
+        save = vplan.loop.trainer.save_checkpoint
+
+        def slow_save(*args, **kwargs):
+            if args[1] == 3:
+                time.sleep(3)
+            save(*args, **kwargs)
+            saved_at.append(time.time())
+
+        vplan.loop.trainer.save_checkpoint = slow_save
     folder = out / f"r{{os.environ['RANK']}}" if mode == "unshared" else out  # as on machines sharing no folder
     try:
         train(component, OptimConfig(**{OPTIM.__dict__!r}), folder, "toy")
@@ -60,14 +73,17 @@ SCRIPT = textwrap.dedent(f"""
         outcome = "stopped"
     except RunError as error:
         outcome = str(error)
-    record = {{"outcome": outcome, "rows": component.rows,
+    record = {{"outcome": outcome, "rows": component.rows, "ended_at": time.time(), "saved_at": saved_at,
                "weights": [p.detach().flatten().tolist() for p in component.module.parameters()]}}
     (out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps(record))
 """)
 
 
 def torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    """Two processes, as plain torchrun starts them (on a machine without a GPU they train on its CPUs; the
+    README's ACCELERATE_USE_CPU=1 is run by tests/test_train.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
 
@@ -118,6 +134,8 @@ def test_a_signal_or_a_non_finite_loss_in_one_process_stops_both_at_the_same_ste
     assert first["outcome"] == second["outcome"] == "stopped"
     assert len(first["rows"]) == len(second["rows"]) == 3
     assert list_checkpoints(tmp_path / "signal")[-1].name == "checkpoint-0000003"
+    # the second ended only once the first had saved (a launcher stops the others when one process exits)
+    assert second["ended_at"] >= first["saved_at"][-1]
 
     torchrun(tmp_path, "toy.py", "nan", str(tmp_path / "nan"))
     first, second = ranks(tmp_path / "nan")

@@ -152,6 +152,10 @@ def test_a_world_model_trains_and_resumes_under_several_processes(tiny_dataset, 
         assert result.stdout.count("world model written to") == 1
     assert result.stdout.count("resuming from") == 1
     assert [c.name for c in list_checkpoints(tmp_path / "wm")] == ["checkpoint-0000002", "checkpoint-0000004"]
+    # a refusal is every process's (the first's alone left the others waiting for it)
+    result = subprocess.run([*command, "component.optim.steps=6", "component.optim.lr=1e-3"], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode != 0 and result.stderr.count("other settings of component.optim.lr") == 2
     assert WorldModel.from_pretrained(tmp_path / "wm" / "final").config.chunk_frames == 2
 
 

@@ -192,11 +192,12 @@ def _without_notes(content: bytes) -> bytes:
     return (json.dumps(payload, indent=2) + "\n").encode()
 
 
-def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -> dict[str, str]:
+def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool, write: bool = True) -> dict[str, str]:
     """Record in `<out>/checkpoints.json` the fingerprint of each checkpoint (name -> argument) a run loads, so
     that continuing the run never mixes two models: a resumed run whose checkpoint's files changed since (a
     re-shipped model, a retrained one in the same directory) stops with a UsageError. The run's settings
-    record only the arguments, which still name the same directory. Returns each checkpoint's fingerprint."""
+    record only the arguments, which still name the same directory. Returns each checkpoint's fingerprint;
+    `write=False` checks only (a training process other than the first, which writes)."""
     file = out / PINNED_FILE
     pinned = read_json_record(file, "restore it, or choose another out=DIR") if resuming and file.is_file() else {}
     if any(not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), str) for entry in pinned.values()):
@@ -212,6 +213,7 @@ def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool) -
             raise UsageError(f"{name}={spec}: its files changed since {out} ran with them (fingerprint {before}, now "
                              f"{fingerprint}); pass the checkpoint it ran with, or choose another out=DIR")
         pinned[name] = {"checkpoint": spec, "fingerprint": fingerprint}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(file, pinned)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(file, pinned)
     return {name: pinned[name]["fingerprint"] for name in checkpoints}

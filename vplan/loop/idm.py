@@ -208,8 +208,9 @@ def load_episodes(
     todo = [i for i, index in enumerate(indices) if index in reconstruct]
     if todo:  # the latents come from the dataset's cache where an earlier run with this VAE left them
         main = is_main_process()  # under accelerate launch, the others' progress bars would repeat its
-        latents = episode_latents(dataset, [indices[i] for i in todo], vae,
-                                  progress="frames to latents" if main else None)
+        with main_process_first():  # there, the first encodes the latents into the cache, the others read them
+            latents = episode_latents(dataset, [indices[i] for i in todo], vae,
+                                      progress="frames to latents" if main else None)
         with torch.no_grad():
             for i, episode_latent in zip(tqdm(todo, desc="latents back to frames", unit="episode", disable=not main),
                                          latents):
@@ -290,9 +291,8 @@ def train_idm(
     # the training episodes' reconstructions only where training samples them; the held-out ones are scored
     trained = evenly_spaced(train_episodes, config.vae_episodes) if config.vae_fraction > 0 else []
     reconstruct = set(trained + held_out) if vae is not None else set()
-    with main_process_first():  # under accelerate launch the first encodes the latents, the others read them
-        episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
-        test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
+    episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
+    test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
     if not any(len(episode.frames) >= 2 for episode in test):  # before training, not after its minutes
         raise UsageError("no held-out episode has two frames; collect longer episodes")
     training = IDMTraining(config, episodes)

@@ -187,6 +187,8 @@ class WorldModelTraining:
                 f"{model_config.conditioning!r}), got {'some' if actions is not None else 'none'}"
             )
         self.actions = actions
+        # an action-only model's text encoder (a learned one trains) never reaches the loss
+        self.unused_parameters = not model_config.uses_text
         self.boundary_fraction = config.boundary_fraction
         span = model_config.context_frames + model_config.chunk_frames
         self.starts = [(e, s) for e, ep in enumerate(latents) for s in range(len(ep) - span + 1)]
@@ -308,8 +310,9 @@ def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> tor
     return actions
 
 
-def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
-    """Write `<out>/config.yaml`; a resumed run must have the settings it recorded, but for RESUMABLE_CHANGES."""
+def _record_config(cfg: TrainConfig, out: Path, resuming: bool, write: bool) -> None:
+    """Write `<out>/config.yaml`; a resumed run must have the settings it recorded, but for RESUMABLE_CHANGES.
+    `write=False` checks only (every training process checks, so that all refuse together; the first writes)."""
     file = out / CONFIG_FILE
     check_config_is_ours(out, cfg)
     if resuming and file.is_file():
@@ -321,13 +324,14 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool) -> None:
     elif resuming:
         print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
               "continuing with these, unchecked")
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, cfg)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, cfg)
 
 
-def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], resuming: bool) -> None:
-    """Record the split a run begins with; refuse a resume whose dataset has grown or shrunk since, as the last
-    `holdout_episodes` would then be other episodes and the held-out ones trained on."""
+def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], resuming: bool, write: bool) -> None:
+    """Record the split a run begins with (`write`); refuse a resume whose dataset has grown or shrunk since, as the
+    last `holdout_episodes` would then be other episodes and the held-out ones trained on."""
     file = out / SPLIT_FILE
     if resuming and file.is_file():
         began = read_json_record(file, "choose another out=DIR", keys=("episodes", "held_out"))
@@ -336,7 +340,8 @@ def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], 
                              f"held-out ones (then {began['held_out'][0]}..{began['held_out'][-1]}) would be trained "
                              "on; resume on the dataset as it was, or choose another out=DIR")
         return
-    write_json(file, {"episodes": episodes, "held_out": held_out})
+    if write:
+        write_json(file, {"episodes": episodes, "held_out": held_out})
 
 
 def train_component(cfg: TrainConfig) -> Path:
@@ -385,9 +390,9 @@ def _train_component(cfg: TrainConfig) -> Path:
         check_fits(dataset, component, vae)
     if isinstance(component, VAETrainConfig):
         _check_frame_size(frames, component.vae.image_size)
-    if is_main_process():  # the others would write the same
-        _record_config(cfg, out, resuming)
-        _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming)
+    main = is_main_process()  # every process checks (so all refuse together); the first writes
+    _record_config(cfg, out, resuming, write=main)
+    _pin_split(cfg, out, len(train_episodes) + len(held_out), held_out, resuming, write=main)
     try:
         return _train_and_write(cfg, dataset, train_episodes, held_out, out, vae, resuming)
     except KeyboardInterrupt:
@@ -423,15 +428,15 @@ def _train_and_write(
         print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
         return final
     if isinstance(component, IDMTrainConfig):
-        if component.vae is not None and main:
-            pin_checkpoints(out, {"vae": component.vae}, resuming)
+        if component.vae is not None:
+            pin_checkpoints(out, {"vae": component.vae}, resuming, write=main)
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
     if component.model.uses_text:
         from vplan.data.collect import warn_if_exploring
 
         warn_if_exploring(cfg.data)
-    if main:  # the latents it trains on: never two VAEs' in one run
-        pin_checkpoints(out, {"vae": component.vae}, resuming)
+    # the latents it trains on: never two VAEs' in one run
+    pin_checkpoints(out, {"vae": component.vae}, resuming, write=main)
     component.model = _with_vae(component.model, vae)
     with main_process_first():  # the first encodes them into the dataset's cache, the others read them there
         latents = episode_latents(dataset, train_episodes, vae, progress="frames to latents (cached per VAE)" if main

@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,10 +84,13 @@ class Trainable(Protocol):
     """What a component gives the loop."""
 
     module: torch.nn.Module  # the parameters to train (its state is what checkpoints hold)
+    # optional, True where some trainable parameter of `module` never reaches the loss (DDP must look for them)
+    # unused_parameters: bool
 
     # a dict of tensors and lists with one row per sample (several processes each take a share of the rows)
     def batch(self, generator: torch.Generator, batch_size: int) -> dict[str, Any]: ...
 
+    # the loss and figures to log (the same keys at every step: several processes average them)
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
@@ -99,13 +103,26 @@ def refuse_several_processes(description: str) -> None:
                        "(CPU, or the one GPU it finds); run the command without accelerate launch")
 
 
+PROCESS_TIMEOUT = timedelta(hours=1)  # how long processes wait for one another (the first encoding the latents)
+
+
 def _process_state() -> Any:
-    """Accelerate's view of the processes, as the trainer's Accelerator() will see them: that reads
-    ACCELERATE_USE_CPU (several CPU processes under torchrun), PartialState() alone does not."""
+    """Accelerate's view of the processes, made before the trainer's Accelerator(), which then shares it.
+
+    Several processes on a machine without a GPU train on its CPUs (as ACCELERATE_USE_CPU=1 asks; PartialState()
+    alone would see one process in each, and each would write the same files), and wait up to PROCESS_TIMEOUT for
+    one another rather than torch's default (10 minutes under NCCL)."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (launched > 1 and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu, timeout=PROCESS_TIMEOUT)
+    if launched > 1 and state.num_processes == 1:  # each would train alone, and write the same files
+        raise RunError(f"{launched} processes were launched (WORLD_SIZE), but Accelerate sees each alone; "
+                       "on a machine without a GPU backend Accelerate knows, set ACCELERATE_USE_CPU=1 to train on its "
+                       "CPUs")
+    return state
 
 
 def check_batch_splits(optim: OptimConfig, processes: int, description: str, optim_key: str) -> None:
@@ -192,9 +209,11 @@ def train(
     from accelerate.utils import DistributedDataParallelKwargs
     from tqdm import tqdm
 
+    _process_state()  # first: the Accelerator shares it
     # several processes: a parameter the loss does not reach (an action-only world model's text encoder) is
     # passed over, where DistributedDataParallel would wait for its gradient and fail at the next step
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    unused = DistributedDataParallelKwargs(find_unused_parameters=getattr(component, "unused_parameters", False))
+    accelerator = Accelerator(kwargs_handlers=[unused])
     if accelerator.gradient_accumulation_steps > 1:  # the loop steps the optimizer on every batch
         raise RunError(f"{description}: gradient accumulation ({accelerator.gradient_accumulation_steps} steps, from "
                        f"accelerate's settings) is not done by vplan's trainer; leave it at 1 and raise "
@@ -308,6 +327,8 @@ def train(
                     checkpoint(step)
                 bar.close()
                 accelerator.print(f"stopped at step {step}: checkpoint in {out}; the same command resumes from it")
+                # the others exit once the first has saved: a launcher stops the rest when one process ends
+                accelerator.wait_for_everyone()
                 raise KeyboardInterrupt
         bar.close()
     finally:
