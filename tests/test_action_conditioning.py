@@ -201,6 +201,20 @@ def test_training_batches_carry_the_actions_that_lead_into_each_chunk_frame():
         WorldModelTraining(WorldModelTrainConfig(model=tiny_config("action")), latents, texts, vae)
 
 
+@pytest.mark.parametrize("conditioning", ["text", "action", "text+action"])
+def test_a_world_model_says_when_some_trained_parameter_never_reaches_the_loss(conditioning):
+    """Several training processes (DDP) must look for such parameters, or fail at the second step."""
+    vae = build_vae(VAEConfig.tiny(image_size=16))
+    latents = [torch.randn(9, 4, LATENT, LATENT)]
+    actions = [torch.randn(9, 4)] if conditioning != "text" else None
+    training = WorldModelTraining(WorldModelTrainConfig(model=tiny_config(conditioning)), latents, [["a"] * 9], vae,
+                                  actions)
+    loss, _ = training.loss(training.batch(seeded(0), 2), seeded(1))
+    loss.backward()
+    untouched = [n for n, p in training.module.named_parameters() if p.requires_grad and p.grad is None]
+    assert training.unused_parameters == bool(untouched), untouched
+
+
 def test_init_from_a_text_model_gives_an_action_model_its_weights_and_a_fresh_action_encoder(tmp_path):
     source = tiny_model("text", seed=3)
     source.save_pretrained(tmp_path / "text")
