@@ -16,6 +16,7 @@ from vplan.cli import main
 from vplan.envs import TabletopConfig, make_env
 from vplan.eval.bench_executor import ROWS, ExpertVideoMemory
 from vplan.policies.return_cubes_expert import ReturnCubesExpert
+from vplan.utils.panels import GAP_PX, PANEL_PX, STRIP_PX
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
     assert results["rows"]["expert video"][0]["psnr"] != results["rows"]["world model"][0]["psnr"]
     for row in ("expert_video", "world_model"):  # the first episode of each video row, imagined | executed
         video = np.stack(imageio.mimread(out / f"{row}_seed10000.mp4"))
-        assert video.shape == (1 + 12, 64, 2 * 64 + 2, 3)
+        assert video.shape == (1 + 12, STRIP_PX + PANEL_PX + STRIP_PX, 2 * PANEL_PX + GAP_PX, 3)
     table = (out / "table.md").read_text()
     assert all(f"| {row} |" in table for row in ROWS) and "memory=none" in table and "task progress" in table
 

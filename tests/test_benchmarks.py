@@ -416,7 +416,7 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
         "checkpoints.json", "metrics.json", "open_loop.mp4", "open_loop.png", "progress.json", "real_vs_generated.mp4"]
 
 
-def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path, monkeypatch):
+def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path, monkeypatch, capsys):
     import imageio.v2 as imageio
     import pytest
 
@@ -443,6 +443,10 @@ def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path
     monkeypatch.setattr(vplan.eval.worldmodel, "_write_grid", write_grid)
     evaluate_worldmodel(replace(cfg, resume=True))
     assert len(imageio.mimread(tmp_path / "eval" / "real_vs_generated.mp4")) > 0
+    (tmp_path / "eval" / "metrics.json").unlink()
+    capsys.readouterr()
+    evaluate_worldmodel(replace(cfg, resume=True, video_chunks=3))  # its chunks' frames were not kept
+    assert "real_vs_generated.mp4 shows 1 chunk(s), written before, and is kept" in capsys.readouterr().out
 
 
 def test_an_interrupted_evaluations_grid_keeps_the_chunks_of_its_finished_episodes(tmp_path, monkeypatch):

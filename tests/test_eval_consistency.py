@@ -98,10 +98,14 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
     assert "src_vs_none" not in metrics["modes"]["none"]
 
     real = revisit_scenario(10000, min_frames=frames, env_config=TabletopConfig(image_size=SIZE, num_cubes=1))
+    from vplan.utils.panels import GAP_PX, PANEL_PX, STRIP_PX
+
+    scale = PANEL_PX // SIZE
     for mode in metrics["modes"]:
         video = np.stack(imageio.mimread(out / f"real_vs_{mode}_seed10000.mp4"))
-        assert video.shape == (frames, SIZE, 2 * SIZE, 3)  # real | generated
-        assert np.abs(video[:, :, :SIZE].astype(int) - real.frames[:frames]).mean() < 8  # lossy H.264
+        assert video.shape == (frames, STRIP_PX + PANEL_PX + STRIP_PX, 2 * PANEL_PX + GAP_PX, 3)  # real | generated
+        real_side = video[:, STRIP_PX + scale // 2 : STRIP_PX + PANEL_PX : scale, scale // 2 : PANEL_PX : scale]
+        assert np.abs(real_side.astype(int) - real.frames[:frames]).mean() < 8  # lossy H.264
     assert (out / "psnr_per_chunk.png").read_bytes().startswith(b"\x89PNG")  # each mode's PSNR per chunk, drawn
 
 
@@ -225,6 +229,10 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     assert "continuing" in capsys.readouterr().out
     assert figures(resumed) == figures(straight) and resumed["threads"] == [1]  # timed alike
     assert sorted(p.name for p in out.glob("*.mp4")) == ["real_vs_none_seed10000.mp4", "real_vs_temp_lora_seed10000.mp4"]
+    (out / "metrics.json").unlink()
+    evaluate(out, episodes=2, resume=True, video_episodes=2)  # the finished rollouts' frames were not kept
+    assert ("2 rollout(s) finished before have no video (real_vs_none_seed10001.mp4, real_vs_temp_lora_seed10001.mp4)"
+            in capsys.readouterr().out)
 
     (Path(tiny_checkpoint) / "notes.txt").write_text("retrained")  # the checkpoint's files change
     try:

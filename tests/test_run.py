@@ -111,8 +111,10 @@ def test_run_writes_config_metrics_and_videos(checkpoints, tmp_path, capsys):
         assert 0 < episode["peak_rss_mb"] <= metrics["peak_rss_mb"]
     assert set(metrics["stages_s_per_episode"]) == set(STAGES)
 
-    video = np.stack(imageio.mimread(out / episodes[0]["video"]))
-    assert video.shape == (STEPS + 1, IMAGE, 2 * IMAGE + 2, 3)  # the first frame, then one per step
+    from vplan.utils.panels import GAP_PX, PANEL_PX, STRIP_PX
+
+    video = np.stack(imageio.mimread(out / episodes[0]["video"]))  # executed | imagined, named, captioned
+    assert video.shape == (STEPS + 1, STRIP_PX + PANEL_PX + STRIP_PX, 2 * PANEL_PX + GAP_PX, 3)  # 1 + a frame a step
 
     captured = capsys.readouterr()
     printed = captured.out

@@ -37,6 +37,7 @@ from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import read_json_record, write_json, write_mp4
 from vplan.utils.interrupts import interrupts_ignored
 from vplan.utils.openmp import restores_torch_threads
+from vplan.utils.panels import labelled_panels
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
     CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, check_threads, read_config_record,
@@ -45,7 +46,6 @@ from vplan.utils.settings import (
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
-SEPARATOR_PX = 2  # white columns between the imagined and the executed frame in the videos
 
 
 @dataclass
@@ -172,11 +172,11 @@ def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]],
     return metrics["episodes"], float(metrics["wall_s_total"])
 
 
-def write_video(path: Path, imagined: list[np.ndarray], executed: list[np.ndarray], fps: int) -> None:
-    """An MP4 of the imagined frame (left) next to the executed one (right) at every step."""
-    size = executed[0].shape[0]
-    gap = np.full((size, SEPARATOR_PX, 3), 255, np.uint8)
-    write_mp4(path, [np.concatenate([a, gap, b], axis=1) for a, b in zip(imagined, executed)], fps)
+def write_video(path: Path, episode: dict[str, Any], fps: int) -> None:
+    """An MP4 of a `run_episode`: the executed frame (left) next to the imagined one (right) at every step, with
+    the step, the chunk and its subgoal under them."""
+    panels = [("executed", episode["executed"]), ("imagined", episode["imagined"])]
+    write_mp4(path, labelled_panels(panels, episode["captions"]), fps)
 
 
 def load_agent(cfg: RunConfig) -> Any:
@@ -217,6 +217,7 @@ def run_episode(
     sampling_seed = agent.config.seed + (seed if agent_seed is None else agent_seed)  # agent.seed=0: the env's
     agent.reset(instruction, obs, info, seed=sampling_seed, plan=plan)
     imagined, executed = [obs[camera]], [obs[camera]]  # step 0: the real first frame on both sides
+    captions = ["step 0: the first frame"]
     chunks: list[Any] = []
     terminated = truncated = False
     while True:
@@ -233,6 +234,7 @@ def run_episode(
         obs, info = {key: np.array(value) for key, value in next_obs.items()}, next_info
         imagined.append(agent.expected_frame)
         executed.append(obs[camera])
+        captions.append(f"step {len(executed) - 1} · chunk {len(chunks)}: {agent.chunk.text}")
         if terminated or truncated:
             break
     agent.wait(obs, info)  # the env's last frame (when the env ended the episode) and the memory's last update
@@ -263,7 +265,8 @@ def run_episode(
         "stages_s": {stage: float(agent.timings[stage]) for stage in STAGES},
         "peak_rss_mb": peak_rss_mb(),  # the process's peak so far
     }
-    return {"result": result, "imagined": imagined, "executed": executed, "chunks": chunks, "info": dict(info)}
+    return {"result": result, "imagined": imagined, "executed": executed, "captions": captions, "chunks": chunks,
+            "info": dict(info)}
 
 
 def summarize(
@@ -434,7 +437,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                     "dist": float("nan") if result["dist"] is None else result["dist"], "steps": result["steps"]})
             if cfg.video:
                 name = f"episode_{i:03d}_seed{result['seed']}.mp4"
-                write_video(out / name, episode["imagined"], episode["executed"], fps)
+                write_video(out / name, episode, fps)
                 result["video"] = name
             results.append(result)
             metrics = summarize(cfg, results, env_id, started, dist_unit)

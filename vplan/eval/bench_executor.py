@@ -183,8 +183,8 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                                           on_chunk=show_chunk(bar, cfg.seed + i))
                     result = episode["result"]
                     if i == 0:  # what the IDM was handed, next to what it did with it
-                        write_video(out / f"{row.replace(' ', '_')}_seed{cfg.seed}.mp4", episode["imagined"],
-                                    episode["executed"], int(env.metadata.get("render_fps", 10)))
+                        write_video(out / f"{row.replace(' ', '_')}_seed{cfg.seed}.mp4", episode,
+                                    int(env.metadata.get("render_fps", 10)))
                     done.append({"seed": result["seed"], "success": result["success"], "dist": result["dist"],
                                  "progress": result["progress"], "steps": result["steps"],
                                  "ended_by": result["ended_by"],

@@ -53,6 +53,7 @@ from vplan.eval.stats import paired_summary
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.utils.files import write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
+from vplan.utils.panels import labelled_panels
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
@@ -255,6 +256,12 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
 
     todo = {seed: [mode for mode in cfg.modes if not any(row["seed"] == seed for row in progress["modes"][mode])]
             for seed in seeds}
+    unfilmed = [name for episode, seed in enumerate(seeds) if episode < cfg.video_episodes for mode in cfg.modes
+                if mode not in todo[seed] and not (out / (name := f"real_vs_{mode}_seed{seed}.mp4")).is_file()]
+    if unfilmed:  # a resumption that raised video_episodes: the finished rollouts' frames were not kept
+        print(f"warning: {len(unfilmed)} rollout(s) finished before have no video ({', '.join(unfilmed[:3])}"
+              f"{', ...' if len(unfilmed) > 3 else ''}): video_episodes applies to the rollouts still to run; "
+              "overwrite=true runs them all again")
     bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk",
                initial=sum(len(cfg.modes) - len(modes) for modes in todo.values()) * cfg.chunks)
     try:
@@ -290,8 +297,11 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                     {"seed": seed, **score_video(video, real, pairs, features, scenario.fps, context_n, chunk_n),
                      "seconds": generated_s, "threads": cfg.threads})
                 if episode < cfg.video_episodes:  # real | generated, side by side; before the rollout counts as done
-                    write_mp4(out / f"real_vs_{mode}_seed{seed}.mp4", np.concatenate([real, video], axis=2),
-                              scenario.fps)
+                    captions = [f"frame {f}: context, given to the model" if f < context_n else
+                                f"frame {f} · chunk {(f - context_n) // chunk_n}: {texts[(f - context_n) // chunk_n]}"
+                                for f in range(len(video))]
+                    write_mp4(out / f"real_vs_{mode}_seed{seed}.mp4",
+                              labelled_panels([("real", real), (mode, video)], captions), scenario.fps)
                 write_json(out / PROGRESS_FILE, progress)
     except KeyboardInterrupt:
         bar.close()

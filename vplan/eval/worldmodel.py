@@ -48,6 +48,7 @@ from vplan.eval.stats import paired_summary
 from vplan.utils.files import file_written_aside, write_json, write_mp4
 from vplan.shipped import pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_trained_elsewhere
 from vplan.tasks import TaskConfig
+from vplan.utils.panels import labelled_panels
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_seed
 from vplan.worldmodel.action_encoder import CONDITIONINGS
@@ -58,6 +59,7 @@ from vplan.worldmodel.action_encoder import CONDITIONINGS
 MOVING_THRESHOLD = 0.01
 GRID_FILE = "real_vs_generated.mp4"
 GRID_SO_FAR = "real_vs_generated.partial.npz"  # the grid's chunks of finished episodes while it is short of them
+VIDEO_FPS = 4  # the grid's and the open loop's: 2.5x slower than the tabletop's 10 Hz, to follow a chunk's 8 frames
 OPEN_LOOP_VIDEO = "open_loop.mp4"
 OPEN_LOOP_PLOT = "open_loop.png"
 RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "resume", "overwrite")  # settings a resumption may change
@@ -258,6 +260,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
                     resuming=cfg.resume and bool(progress["episodes"]))
     show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
+    if (out / GRID_FILE).is_file():
+        _say_if_grid_kept_short(out / GRID_FILE, cfg.video_chunks, model.config.chunk_frames)
     grid = _grid_so_far(out / GRID_SO_FAR, progress["episodes"]) if show_grid else []
     todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
     env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
@@ -274,7 +278,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                 (out / GRID_SO_FAR).unlink(missing_ok=True)
             elif show_grid and grid:  # kept with the episodes it holds: a resumption goes on filling it
                 with file_written_aside(out / GRID_SO_FAR) as scratch, open(scratch, "wb") as handle:
-                    np.savez(handle, chunks=np.stack(grid), episodes=np.array(progress["episodes"]))
+                    np.savez(handle, chunks=np.stack([chunk for chunk, _ in grid]),
+                             captions=np.array([caption for _, caption in grid]),
+                             episodes=np.array(progress["episodes"]))
             write_json(out / PROGRESS_FILE, progress)
     except KeyboardInterrupt:
         say_interrupted(out, _finished(progress))
@@ -343,7 +349,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
 
 
 def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert: Any, model: Any, compare: Any,
-                      idm: Any, grid: list[np.ndarray], out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                      idm: Any, grid: list[tuple[np.ndarray, str]], out: Path
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One held-out episode's rows: every chunk from the real context (appended to `grid` while it is short of
     `video_chunks`), and the open-loop rollout's chunks (episode 0's written as an MP4)."""
     from vplan.data.collect import rollout_expert
@@ -379,8 +386,11 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
                 row["compare_psnr"], row["compare_ssim"] = chunk_scores(other[span], real[span])
             open_rows.append(row)
         if episode == 0:  # real | checkpoint (| compare), frame after frame
-            sides = [real, imagined] + ([other] if other is not None else [])
-            write_mp4(out / OPEN_LOOP_VIDEO, np.concatenate([side.numpy() for side in sides], axis=2), fps=4)
+            sides = [("real", real), ("checkpoint", imagined)] + ([("compare", other)] if other is not None else [])
+            texts = [chunk_subgoal(subgoals, context_n + i * chunk_n) for i in range(chunks)]
+            captions = [f"open loop, chunk {f // chunk_n}: {texts[f // chunk_n]}" for f in range(len(real))]
+            write_mp4(out / OPEN_LOOP_VIDEO, labelled_panels([(name, side.numpy()) for name, side in sides], captions),
+                      fps=VIDEO_FPS)
     texts_in_episode = sorted(set(subgoals))
     for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
         real = frames[start : start + chunk_n]
@@ -422,8 +432,9 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
             ))[0]
             row["direction_sensitive"] = _closer(psnr, chunk_scores(wrong, real)[0])
         rows.append(row)
-        if len(grid) < cfg.video_chunks:
-            grid.append(np.concatenate([real.numpy(), predicted.numpy()], axis=1))  # real above generated
+        if len(grid) < cfg.video_chunks:  # real above generated, as the partial file keeps them
+            grid.append((np.concatenate([real.numpy(), predicted.numpy()], axis=1),
+                         f"episode {episode}, frames {start}-{start + chunk_n - 1}: {true_text}"))
     return rows, open_rows
 
 
@@ -507,31 +518,48 @@ def _finished(progress: dict[str, Any]) -> str:
     return f"{len(progress['episodes'])} episode(s)"
 
 
-def _grid_so_far(path: Path, episodes: list[int]) -> list[np.ndarray]:
-    """The grid's chunks an interrupted evaluation kept, where they are those of exactly its finished episodes
-    (else none: the file and progress.json were written apart)."""
+def _grid_so_far(path: Path, episodes: list[int]) -> list[tuple[np.ndarray, str]]:
+    """The grid's chunks (and captions) an interrupted evaluation kept, where they are those of exactly its
+    finished episodes (else none: the file and progress.json were written apart)."""
     try:
         with np.load(path, allow_pickle=False) as kept:
             if sorted(kept["episodes"].tolist()) == sorted(episodes):
-                return list(kept["chunks"])
+                # a file kept before 2026-12-06 has no captions
+                captions = kept["captions"].tolist() if "captions" in kept.files else [""] * len(kept["chunks"])
+                return list(zip(kept["chunks"], captions))
     except (OSError, ValueError, KeyError):  # none, or cut short
         pass
     return []
 
 
-def _write_grid(chunks: list[np.ndarray], path: Path) -> None:
-    """The grid MP4: chunk after chunk, each real above generated."""
-    write_mp4(path, np.concatenate(chunks, axis=0), fps=4)
+def _say_if_grid_kept_short(path: Path, video_chunks: int, chunk_frames: int) -> None:
+    """A warning where a resumption asks more chunks of a grid its first run wrote (their frames were not kept)."""
+    from imageio_ffmpeg import count_frames_and_secs
+
+    shown = count_frames_and_secs(str(path))[0] // chunk_frames
+    if video_chunks > shown:
+        print(f"warning: {path} shows {shown} chunk(s), written before, and is kept: video_chunks={video_chunks} "
+              "applies to an evaluation's first run; overwrite=true runs it again")
+
+
+def _write_grid(chunks: list[tuple[np.ndarray, str]], path: Path) -> None:
+    """The grid MP4: chunk after chunk, real beside generated, with the chunk's episode, frames and subgoal."""
+    frames = []
+    for chunk, caption in chunks:
+        height = chunk.shape[1] // 2  # kept real above generated
+        frames += labelled_panels([("real", chunk[:, :height]), ("generated", chunk[:, height:])],
+                                  [caption] * len(chunk))
+    write_mp4(path, frames, fps=VIDEO_FPS)
 
 
 def _plot_open_loop(summary: dict[str, Any], path: Path, checkpoint: str, compare: str | None) -> None:
     """Mean PSNR per chunk index of the open-loop rollouts: how fast each model drifts from the real video."""
-    chunks = [row["chunk"] + 1 for row in summary["per_chunk"]]
+    chunks = [row["chunk"] for row in summary["per_chunk"]]  # numbered as metrics.json and the table number them
     names = {"psnr": f"checkpoint {checkpoint}", "compare_psnr": f"compare {compare}",
              "copy_psnr": "copy the last real frame"}
     series = {name: (chunks, [row[key] for row in summary["per_chunk"]])
               for key, name in names.items() if key in summary["per_chunk"][0]}
-    line_plot(path, series, "chunk of the open-loop rollout", "PSNR against the real frames (dB)",
+    line_plot(path, series, "chunk of the open-loop rollout (0: the first)", "PSNR against the real frames (dB)",
               f"open loop from the first real context, mean of {summary['episodes']} episode(s)")
 
 
