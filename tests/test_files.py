@@ -76,16 +76,13 @@ def test_a_video_stopped_while_written_leaves_the_old_one(tmp_path, monkeypatch)
     path = tmp_path / "real_vs_none.mp4"
     frames = [np.full((16, 16, 3), shade, np.uint8) for shade in range(0, 250, 50)]
     write_mp4(path, frames, fps=4)
-    mimwrite = imageio.mimwrite
 
-    def stopped(target, frames, **kwargs):  # ffmpeg has written part of the file when Ctrl-C comes
-        mimwrite(target, frames[:2], **kwargs)
+    def stopped():  # ffmpeg has written part of the file when Ctrl-C comes
+        yield from frames[:2]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imageio, "mimwrite", stopped)
     with pytest.raises(KeyboardInterrupt):
-        write_mp4(path, frames + frames, fps=4)
-    monkeypatch.undo()
+        write_mp4(path, stopped(), fps=4)
     assert len(imageio.mimread(path)) == 5 and os.listdir(tmp_path) == [path.name]
 
 
@@ -206,12 +203,19 @@ def test_a_video_ffmpeg_stops_writing_is_one_line_naming_it(tmp_path, monkeypatc
 
     import imageio.v2 as imageio
 
-    def broken_pipe(target, frames, **kwargs):
-        Path(target).write_bytes(b"cut")
-        raise OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\nffmpeg -y ...\n\nFFMPEG STDERR OUTPUT:\n"
-                      "av_interleaved_write_frame(): No space left on device")
+    class BrokenPipe:
+        def __init__(self, target, **kwargs):
+            self.target = Path(target)
 
-    monkeypatch.setattr(imageio, "mimwrite", broken_pipe)
+        def close(self):
+            pass
+
+        def append_data(self, frame):
+            self.target.write_bytes(b"cut")
+            raise OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\nffmpeg -y ...\n\nFFMPEG STDERR OUTPUT:\n"
+                          "av_interleaved_write_frame(): No space left on device")
+
+    monkeypatch.setattr(imageio, "get_writer", BrokenPipe)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
     said = "the disk is full: free some space" if free == 0 else "av_interleaved_write_frame(): No space left on device"

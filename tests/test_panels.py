@@ -20,7 +20,7 @@ def squares(frames: int = 3, size: int = 16) -> np.ndarray:
 
 def test_panels_are_upscaled_side_by_side_named_and_captioned():
     real, generated = squares(), squares()[::-1]
-    frames = labelled_panels([("real", real), ("generated", generated)], ["chunk 0", "chunk 0", "chunk 1"])
+    frames = list(labelled_panels([("real", real), ("generated", generated)], ["chunk 0", "chunk 0", "chunk 1"]))
     scale = 256 // 16
     assert len(frames) == 3 and all(f.shape == frames[0].shape for f in frames)
     height, width = frames[0].shape[:2]
@@ -34,6 +34,8 @@ def test_panels_are_upscaled_side_by_side_named_and_captioned():
     assert (names < 128).any() and not np.array_equal(names[:, : 16 * scale], names[:, 16 * scale + GAP_PX :])
     captions = [f[-STRIP_PX:] for f in frames]
     assert np.array_equal(captions[0], captions[1]) and not np.array_equal(captions[1], captions[2])
+    broken = list(labelled_panels([("real", real[:1])], ["pick up\nthe red cube"]))[0][-STRIP_PX:]
+    assert np.array_equal(broken, list(labelled_panels([("real", real[:1])], ["pick up the red cube"]))[0][-STRIP_PX:])
 
 
 def test_panels_of_other_lengths_or_sizes_and_a_caption_count_off_are_refused():

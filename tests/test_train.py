@@ -131,31 +131,36 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     assert model.decode(chunk).shape == (1, 2, 16, 16, 3)
 
 
-def test_a_world_model_trains_and_resumes_under_several_processes(tiny_dataset, tmp_path):
+def test_a_vae_and_a_world_model_train_and_resume_under_several_processes(tiny_dataset, tmp_path):
     """As `accelerate launch --multi_gpu` runs it, here on the CPU under torchrun: the first process alone
-    encodes the latents, writes and prints."""
+    encodes the latents, writes and prints; a refusal is every process's; a run goes on under another count."""
     import os
 
     optim = ["component.optim.batch_size=2", "component.optim.save_every=2", "holdout_episodes=1"]
-    vae_out = tmp_path / "vae"
-    result = vplan_train("component=vae", f"data={tiny_dataset}", f"out={vae_out}", "component.optim.steps=1", *optim,
-                         *TINY_VAE)
-    assert result.returncode == 0, result.stderr
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "vplan.cli", "train", "component=worldmodel", f"data={tiny_dataset}", f"out={tmp_path / 'wm'}",
-               f"component.vae={vae_out / 'final'}", *optim, *TINY_WORLD_MODEL]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "vplan.cli", "train", f"data={tiny_dataset}", *optim]
+    vae_out = tmp_path / "vae"  # the VAE's loss calls encode and decode, not its forward: trained through DDP too
+    result = subprocess.run([*torchrun, "component=vae", f"out={vae_out}", "component.optim.steps=1", *TINY_VAE],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("held-out reconstruction PSNR") == 1
+    world_model = ["component=worldmodel", f"out={tmp_path / 'wm'}", f"component.vae={vae_out / 'final'}",
+                   *TINY_WORLD_MODEL]
     for steps in (2, 4):  # the second resumes at step 2
-        result = subprocess.run([*command, f"component.optim.steps={steps}"], capture_output=True, text=True,
-                                timeout=300, env=env)
+        result = subprocess.run([*torchrun, *world_model, f"component.optim.steps={steps}"], capture_output=True,
+                                text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.count("world model written to") == 1
     assert result.stdout.count("resuming from") == 1
     assert [c.name for c in list_checkpoints(tmp_path / "wm")] == ["checkpoint-0000002", "checkpoint-0000004"]
     # a refusal is every process's (the first's alone left the others waiting for it)
-    result = subprocess.run([*command, "component.optim.steps=6", "component.optim.lr=1e-3"], capture_output=True,
-                            text=True, timeout=300, env=env)
+    result = subprocess.run([*torchrun, *world_model, "component.optim.steps=6", "component.optim.lr=1e-3"],
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0 and result.stderr.count("other settings of component.optim.lr") == 2
+    result = vplan_train(f"data={tiny_dataset}", *optim, *world_model, "component.optim.steps=6")  # one process
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stdout and (tmp_path / "wm" / "checkpoint-0000006").is_dir()
     assert WorldModel.from_pretrained(tmp_path / "wm" / "final").config.chunk_frames == 2
 
 

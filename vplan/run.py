@@ -4,7 +4,7 @@ episode on held-out seeds, and a run directory records how it went.
 The run directory (`out`, by default `runs/<task>-<memory>-<time>`) holds `config.yaml` (the resolved config,
 secrets redacted), `metrics.json` (success rate, mean Dist, per-episode results, wall time per stage, peak
 RSS; rewritten after every episode, so an interrupted run keeps the episodes it finished) and one MP4 per
-episode with the imagined frame (left) next to the executed one (right) at every step. With `record=true`
+episode with the executed frame (left) next to the imagined one (right) at every step. With `record=true`
 it also holds `episodes/`: the executed episodes as a dataset in `vplan collect`'s format (each step labelled
 with the subgoal the agent was imagining), ready for `vplan train` or `vplan finetune data=<out>/episodes`.
 """
@@ -82,7 +82,7 @@ class RunConfig(AgentCheckpoints):
         metadata={"help": "Continue the interrupted run in `out`: keep its finished episodes, run the rest (same "
                   "config; episodes may grow)."},
     )
-    video: bool = field(default=True, metadata={"help": "Write an MP4 per episode (imagined | executed)."})
+    video: bool = field(default=True, metadata={"help": "Write an MP4 per episode (executed | imagined)."})
     record: bool = field(
         default=False, metadata={"help": "Also write the episodes as a dataset in <out>/episodes (to finetune on)."}
     )

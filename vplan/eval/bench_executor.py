@@ -18,8 +18,8 @@ All rows run on the same seeds and report success, task progress (`vplan.tasks.t
 nothing, unlike Dist), Dist, steps and wall time per episode; the video rows also the generation PSNR (imagined
 against executed frames, as in `vplan bench planning`). `<out>/results.json` is rewritten after every episode
 and a rerun with the same settings continues it; `table.md` when all rows are done. The first episode of each video
-row is also an MP4 (`expert_video_seed<seed>.mp4`, `world_model_seed<seed>.mp4`): the imagined frame next to the
-executed one at every step, as `vplan run` writes them.
+row is also an MP4 (`expert_video_seed<seed>.mp4`, `world_model_seed<seed>.mp4`): the executed frame next to the
+imagined one at every step, as `vplan run` writes them.
 """
 
 from __future__ import annotations

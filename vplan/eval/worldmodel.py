@@ -31,6 +31,7 @@ model that draws the moves it expects whatever it is told scores about half.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -536,7 +537,10 @@ def _say_if_grid_kept_short(path: Path, video_chunks: int, chunk_frames: int) ->
     """A warning where a resumption asks more chunks of a grid its first run wrote (their frames were not kept)."""
     from imageio_ffmpeg import count_frames_and_secs
 
-    shown = count_frames_and_secs(str(path))[0] // chunk_frames
+    try:
+        shown = count_frames_and_secs(str(path))[0] // chunk_frames
+    except (OSError, RuntimeError):  # a file replaced by hand: the grid is kept as the resumption finds it
+        return
     if video_chunks > shown:
         print(f"warning: {path} shows {shown} chunk(s), written before, and is kept: video_chunks={video_chunks} "
               "applies to an evaluation's first run; overwrite=true runs it again")
@@ -544,12 +548,13 @@ def _say_if_grid_kept_short(path: Path, video_chunks: int, chunk_frames: int) ->
 
 def _write_grid(chunks: list[tuple[np.ndarray, str]], path: Path) -> None:
     """The grid MP4: chunk after chunk, real beside generated, with the chunk's episode, frames and subgoal."""
-    frames = []
-    for chunk, caption in chunks:
-        height = chunk.shape[1] // 2  # kept real above generated
-        frames += labelled_panels([("real", chunk[:, :height]), ("generated", chunk[:, height:])],
-                                  [caption] * len(chunk))
-    write_mp4(path, frames, fps=VIDEO_FPS)
+    def frames() -> Iterator[np.ndarray]:
+        for chunk, caption in chunks:
+            height = chunk.shape[1] // 2  # kept real above generated
+            yield from labelled_panels([("real", chunk[:, :height]), ("generated", chunk[:, height:])],
+                                       [caption] * len(chunk))
+
+    write_mp4(path, frames(), fps=VIDEO_FPS)
 
 
 def _plot_open_loop(summary: dict[str, Any], path: Path, checkpoint: str, compare: str | None) -> None:

@@ -213,7 +213,9 @@ def train(
     # several processes: a parameter the loss does not reach (an action-only world model's text encoder) is
     # passed over, where DistributedDataParallel would wait for its gradient and fail at the next step
     unused = DistributedDataParallelKwargs(find_unused_parameters=getattr(component, "unused_parameters", False))
-    accelerator = Accelerator(kwargs_handlers=[unused])
+    # no torch.compile of the loss, whatever accelerate's settings say: a compile per context length stalled
+    # each new one, and the loop calls the loss through what prepare() returns
+    accelerator = Accelerator(kwargs_handlers=[unused], dynamo_backend="no")
     if accelerator.gradient_accumulation_steps > 1:  # the loop steps the optimizer on every batch
         raise RunError(f"{description}: gradient accumulation ({accelerator.gradient_accumulation_steps} steps, from "
                        f"accelerate's settings) is not done by vplan's trainer; leave it at 1 and raise "

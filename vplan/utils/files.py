@@ -133,16 +133,24 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     """An MP4 of uint8 (H, W, 3) frames, written aside and renamed into place: a stopped run leaves the old video
-    or none, never a truncated one that plays as if whole (imageio's ffmpeg outlives a kill of its parent)."""
+    or none, never a truncated one that plays as if whole (imageio's ffmpeg outlives a kill of its parent). The
+    frames are streamed to ffmpeg one by one: an episode's upscaled video is never held whole in memory."""
     import imageio.v2 as imageio
     from imageio_ffmpeg import count_frames_and_secs
 
-    path, frames = Path(path), list(frames)
-    if not frames:
-        raise ValueError(f"{path}: expected at least one frame, got none")
+    path, given, shape = Path(path), 0, None
     with file_written_aside(path, path.suffix) as scratch:  # the suffix tells imageio the format
         try:
-            imageio.mimwrite(scratch, frames, fps=fps, macro_block_size=1)
+            writer = imageio.get_writer(scratch, fps=fps, macro_block_size=1)
+            try:
+                for frame in frames:
+                    shape = shape or frame.shape
+                    writer.append_data(frame)
+                    given += 1
+            finally:  # also on an error (imageio's `with` closes on success only): ffmpeg ends before the scratch goes
+                writer.close()
+            if not given:
+                raise ValueError(f"{path}: expected at least one frame, got none")
             # imageio reports an ffmpeg failure (an odd frame size for yuv420p, say) without raising: check the file
             written = count_frames_and_secs(str(scratch))[0] if scratch.is_file() and scratch.stat().st_size else 0
         except (OSError, RuntimeError) as error:  # ffmpeg stopped part-way: a broken pipe, or its banner on a cut file
@@ -151,9 +159,9 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
             raise RunError(f"{path}: ffmpeg could not write the video ("
                            f"{'the disk is full: free some space' if full else lines[-1].strip()}); the old video, "
                            "if any, is kept") from None
-        if written != len(frames):
-            raise RunError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames (frames of "
-                           f"{'x'.join(map(str, frames[0].shape))}); the old video, if any, is kept")
+        if written != given:
+            raise RunError(f"{path}: ffmpeg wrote {written} of {given} frames (frames of "
+                           f"{'x'.join(map(str, shape))}); the old video, if any, is kept")
 
 
 def read_json_record(path: Path, advice: str, keys: Iterable[str] = ()) -> dict[str, Any]:

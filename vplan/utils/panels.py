@@ -8,7 +8,7 @@ then no longer smears a cube's colour into the table around it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -28,24 +28,26 @@ def _font() -> Any:
 
 
 def _text_strip(width: int, text: str) -> np.ndarray:
-    """A white (STRIP_PX, width, 3) strip with `text` in black, cut with "…" to fit."""
+    """A white (STRIP_PX, width, 3) strip with `text` on one line in black, cut with "..." to fit."""
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (width, STRIP_PX), "white")
     draw = ImageDraw.Draw(image)
-    room = width - 8
+    text, room = " ".join(text.split()), width - 8  # an LLM's subgoal may hold line breaks
     if draw.textlength(text, font=_font()) > room:
-        while text and draw.textlength(text + "…", font=_font()) > room:
+        while text and draw.textlength(text + "...", font=_font()) > room:
             text = text[:-1]
-        text += "…"
+        text += "..."
     draw.text((4, (STRIP_PX - FONT_PX) // 2 - 1), text, fill="black", font=_font())
     return np.asarray(image)
 
 
 def labelled_panels(panels: Sequence[tuple[str, Sequence[np.ndarray]]],
-                    captions: Sequence[str] | None = None) -> list[np.ndarray]:
+                    captions: Sequence[str] | None = None) -> Iterator[np.ndarray]:
     """Video frames (uint8, even sizes) of the `panels` — (name, frames) pairs, all with as many (H, W, 3) frames
-    of one size — side by side, upscaled, each named above; `captions` (one per frame) under them."""
+    of one size — side by side, upscaled, each named above; `captions` (one per frame) under them. Checked at
+    once, made one by one as they are taken (`write_mp4` streams them): a long episode's upscaled frames are
+    never all in memory."""
     videos = [np.asarray(frames) for _, frames in panels]
     length, shape = len(videos[0]), videos[0].shape[1:]
     if any(len(video) != length or video.shape[1:] != shape for video in videos):
@@ -61,9 +63,13 @@ def labelled_panels(panels: Sequence[tuple[str, Sequence[np.ndarray]]],
         names.append(_text_strip(shape[1] * scale, name))
         names.append(np.full((STRIP_PX, GAP_PX if i < len(panels) - 1 else pad, 3), 255, np.uint8))
     header = np.concatenate(names, axis=1)
+    return _frames(videos, captions, scale, gap, pad, header, width)
+
+
+def _frames(videos: list[np.ndarray], captions: Sequence[str] | None, scale: int, gap: np.ndarray, pad: int,
+            header: np.ndarray, width: int) -> Iterator[np.ndarray]:
     strips: dict[str, np.ndarray] = {}
-    frames = []
-    for t in range(length):
+    for t in range(len(videos[0])):
         row = []
         for i, video in enumerate(videos):
             row.append(video[t].repeat(scale, axis=0).repeat(scale, axis=1))
@@ -74,5 +80,4 @@ def labelled_panels(panels: Sequence[tuple[str, Sequence[np.ndarray]]],
                 strips[captions[t]] = _text_strip(width + pad, captions[t])
             parts.append(strips[captions[t]])
         frame = np.concatenate(parts, axis=0)
-        frames.append(frame if frame.shape[0] % 2 == 0 else np.concatenate([frame, frame[-1:] * 0 + 255]))
-    return frames
+        yield frame if frame.shape[0] % 2 == 0 else np.concatenate([frame, frame[-1:] * 0 + 255])
