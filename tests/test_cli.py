@@ -187,6 +187,18 @@ def test_bad_input_is_one_line_and_exit_code_2(args, expected):
     assert expected in lines[0]
 
 
+def test_commands_that_do_not_share_their_work_refuse_a_launchers_processes(monkeypatch, capsys, tmp_path):
+    """Under accelerate launch or torchrun every process would run the whole command into one out=."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for args in (["run", "episodes=1"], ["eval", "consistency"], ["collect", f"out={tmp_path}"], ["finetune"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(args)
+        name = " ".join(args[: 2 if args[0] == "eval" else 1])
+        assert stopped.value.code == 2 and (f"only `vplan train` shares its work between processes; run `vplan {name}` "
+                                            "without a launcher") in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("args", [
     ["run", "worldmodel=shipped:tabletop/worldmodel_action", "episodes=1"],
     ["eval", "consistency", "checkpoint=shipped:tabletop/worldmodel_action"],
