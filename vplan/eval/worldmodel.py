@@ -324,13 +324,14 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     if metrics["open_loop"]:
         _plot_open_loop(metrics["open_loop"], out / OPEN_LOOP_PLOT, cfg.checkpoint, cfg.compare)
 
-    print(f"\n{cfg.episodes} held-out episodes (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
+    print(f"\n{cfg.episodes} held-out episode{'s' if cfg.episodes != 1 else ''} (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
           f"conditioning {model.config.conditioning}:")
-    print(f"  {'chunks':10} {'PSNR':>7} {'copy-last PSNR':>15} {'SSIM':>6} {'copy-last SSIM':>15}")
-    for name in ("all", "moving"):
+    labels = {name: f"{name} ({metrics[name]['chunks']})" for name in ("all", "moving") if metrics[name]}
+    width = max([len("chunks"), *map(len, labels.values())])  # "moving (1234)" as wide as it comes
+    print(f"  {'chunks':{width}} {'PSNR':>7} {'copy-last PSNR':>15} {'SSIM':>6} {'copy-last SSIM':>15}")
+    for name, label in labels.items():
         s = metrics[name]
-        if s:
-            print(f"  {name + ' (' + str(s['chunks']) + ')':10} {s['psnr']:7.2f} {s['copy_psnr']:15.2f} {s['ssim']:6.3f} {s['copy_ssim']:15.3f}")
+        print(f"  {label:{width}} {s['psnr']:7.2f} {s['copy_psnr']:15.2f} {s['ssim']:6.3f} {s['copy_ssim']:15.3f}")
     if sensitive:
         print(f"  text sensitivity: {metrics['text_sensitivity']:.0%}{_error(metrics['text_sensitivity_se'])} of "
               f"{len(sensitive)} chunks closer under the true subgoal than under another (chance: 50%)")
