@@ -324,7 +324,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     if metrics["open_loop"]:
         _plot_open_loop(metrics["open_loop"], out / OPEN_LOOP_PLOT, cfg.checkpoint, cfg.compare)
 
-    print(f"\n{cfg.episodes} held-out episode{'s' if cfg.episodes != 1 else ''} (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
+    episodes = f"{cfg.episodes} held-out episode{'s' if cfg.episodes != 1 else ''}"
+    print(f"\n{episodes} (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
           f"conditioning {model.config.conditioning}:")
     labels = {name: f"{name} ({metrics[name]['chunks']})" for name in ("all", "moving") if metrics[name]}
     width = max([len("chunks"), *map(len, labels.values())])  # "moving (1234)" as wide as it comes
