@@ -384,11 +384,15 @@ def test_growing_a_finished_evaluation_leaves_it_unfinished_until_it_ends(tmp_pa
 
     def start(**changes) -> dict:
         return start_or_continue(Settings(**changes), tmp_path, ("episodes", "resume", "overwrite"), {"rows": []},
-                                 lambda progress: f"{len(progress['rows'])} row(s)", ())
+                                 lambda progress: f"{len(progress['rows'])} row(s)", ["video.mp4"],
+                                 summaries=["plot.png"])
 
     (tmp_path / PROGRESS_FILE).write_text(json.dumps({**start(), "rows": [1]}))
-    (tmp_path / METRICS_FILE).write_text("{}")  # finished with one episode
+    for name in (METRICS_FILE, "plot.png", "video.mp4"):  # finished with one episode
+        (tmp_path / name).write_text("{}")
     start(episodes=2, resume=True)  # grown to two, then interrupted before it ends
+    # its plot went with its metrics (it showed the one episode as if the two were done); its video stays
+    assert not (tmp_path / "plot.png").exists() and (tmp_path / "video.mp4").exists()
     with pytest.raises(UsageError, match=r"holds an unfinished evaluation \(1 row\(s\) finished\)"):
         start(episodes=2)  # a fresh run does not throw the finished rollout away
     (tmp_path / PROGRESS_FILE).write_text('{"settings": {"episodes"')  # a disk fault: a traceback before

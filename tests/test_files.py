@@ -328,3 +328,14 @@ def test_a_damaged_record_names_the_file_and_what_to_do(tmp_path, content, says)
         read_json_record(record, "choose another out=DIR", keys=("episodes", "wall_s_total"))
     write_json(record, {"episodes": [], "wall_s_total": 1.5})
     assert read_json_record(record, "", keys=("episodes",)) == {"episodes": [], "wall_s_total": 1.5}
+
+
+def test_a_log_axis_only_for_values_spanning_a_decade(tmp_path, monkeypatch):
+    """A diffusion loss from 0.30 to 0.25 on a log axis showed two labelled ticks at best."""
+    import vplan.utils.plots as plots
+
+    scales = []
+    monkeypatch.setattr(plots, "_save", lambda figure, axis, path, title: scales.append(axis.get_yscale()))
+    plots.line_plot(tmp_path / "a.png", {"loss": ([1, 2], [0.30, 0.25])}, "step", "loss", "t", log_y=True)
+    plots.line_plot(tmp_path / "b.png", {"loss": ([1, 2], [3.0, 0.25])}, "step", "loss", "t", log_y=True)
+    assert scales == ["linear", "log"]

@@ -60,6 +60,7 @@ from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_ints, check_seed, check_threads
 
 FEATURES = ("vae", "resnet18")
+PSNR_PLOT = "psnr_per_chunk.png"
 # settings a resumption may change
 RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite")
 
@@ -249,7 +250,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     seeds = range(cfg.seed, cfg.seed + cfg.episodes)
     scenarios = _revisit_takes(scenario_fn, cfg, seeds, frames_n, size, context_n, chunk_n)  # before out is touched
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"real": [], "modes": {mode: [] for mode in cfg.modes}},
-                                 _finished, ["real_vs_*.mp4", "psnr_per_chunk.png"])
+                                 _finished, ["real_vs_*.mp4"], summaries=[PSNR_PLOT])
     # the fingerprint now: the files may be replaced while the rollouts run
     fingerprint = pin_checkpoints(out, {"worldmodel": cfg.checkpoint},
                                   resuming=cfg.resume and any(progress["modes"].values()))["worldmodel"]
@@ -347,7 +348,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
             if mode != "none":
                 metrics["modes"][mode]["src_vs_none"] = paired_difference(per_mode[mode], per_mode["none"], "src")
     write_json(out / METRICS_FILE, metrics)
-    _plot_psnr(metrics, out / "psnr_per_chunk.png")
+    _plot_psnr(metrics, out / PSNR_PLOT)
     _print_table(cfg, metrics, out)
     return metrics
 
@@ -396,8 +397,8 @@ def _plot_psnr(metrics: dict[str, Any], path: Path) -> None:
     series = {}
     for mode, summary in metrics["modes"].items():
         per_chunk = np.mean([row["psnr_per_chunk"] for row in summary["episodes"]], axis=0)
-        series[mode] = (list(range(1, len(per_chunk) + 1)), per_chunk.tolist())
-    line_plot(path, series, "chunk", "PSNR against the real take (dB)",
+        series[mode] = (list(range(len(per_chunk))), per_chunk.tolist())  # numbered as the videos' captions
+    line_plot(path, series, "generated chunk (0: the first)", "PSNR against the real take (dB)",
               f"{metrics['env']} revisit scenario, mean of {metrics['episodes']} episode(s)")
 
 

@@ -31,10 +31,12 @@ def check_resume_or_overwrite(cfg: Any) -> None:
 
 def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: dict[str, Any],
                       finished: Callable[[dict[str, Any]], str], outputs: Iterable[str],
-                      marks: Mapping[str, tuple[Any, str]] | None = None) -> dict[str, Any]:
+                      marks: Mapping[str, tuple[Any, str]] | None = None, summaries: Iterable[str] = ()
+                      ) -> dict[str, Any]:
     """The progress record to go on from: with `cfg.resume`, the one in `out` (checked against `cfg`'s settings
     but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left
-    (`cfg.overwrite`: an evaluation in `out` is refused without it).
+    (`cfg.overwrite`: an evaluation in `out` is refused without it). `summaries` (plots drawn from the metrics)
+    go with metrics.json whenever it goes, also on a resumption: an unfinished evaluation shows none.
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages. `marks` (key -> (value, what a
     record without it was)) are written into a new record, and a record whose mark differs is not resumed: its
     figures were made otherwise (`eval worldmodel`'s sampling noise)."""
@@ -62,7 +64,8 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
                              "pass the same ones, or choose another out=DIR")
         print(f"continuing {out}: {finished(recorded)} finished")
         # unfinished again until it ends (`episodes` may have grown): a fresh run must not replace it meanwhile
-        (out / METRICS_FILE).unlink(missing_ok=True)
+        for stale in (METRICS_FILE, *summaries):
+            (out / stale).unlink(missing_ok=True)
         return {**recorded, "settings": settings}
     if cfg.resume:
         print(f"resume=true: {out} holds no evaluation yet; starting one")
@@ -73,7 +76,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         raise UsageError(f"{out} holds {state} evaluation ({finished(recorded)} finished"
                          f"{', with other settings of ' + ', '.join(changed) if changed else ''}); {ways}, or choose "
                          "another out=DIR")
-    for pattern in (PROGRESS_FILE, METRICS_FILE, *outputs):
+    for pattern in (PROGRESS_FILE, METRICS_FILE, *summaries, *outputs):
         for old in out.glob(pattern):
             old.unlink()
     out.mkdir(parents=True, exist_ok=True)

@@ -256,7 +256,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
-                                 _finished, [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO, OPEN_LOOP_PLOT],
+                                 _finished, [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO], summaries=[OPEN_LOOP_PLOT],
                                  marks={"noise": (NOISE, NOISE_BEFORE)})
     pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
                     resuming=cfg.resume and bool(progress["episodes"]))

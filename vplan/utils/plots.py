@@ -33,11 +33,13 @@ def _save(figure: Any, axis: Any, path: Path, title: str) -> None:
 
 def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
               ylabel: str, title: str, log_y: bool = False) -> None:
-    """One line per label, each given as (x values, y values); `log_y` for values spanning decades (losses)."""
+    """One line per label, each given as (x values, y values); `log_y` for values spanning decades (losses): a
+    log axis only where they do span one, since within a decade it labels two ticks or none."""
     figure, axis = _axes((6, 3.5))
     for label, (x, y) in series.items():
         axis.plot(x, y, label=label, marker="o" if len(x) <= 40 else None, markersize=3)
-    if log_y:
+    values = [float(v) for _, y in series.values() for v in y]
+    if log_y and values and min(values) > 0 and max(values) >= 10 * min(values):
         axis.set_yscale("log")
     if all(float(v).is_integer() for x, _ in series.values() for v in x):  # steps, chunks, iterations
         from matplotlib.ticker import MaxNLocator
