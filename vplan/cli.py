@@ -538,10 +538,13 @@ def _main(argv: list[str] | None) -> None:
         if any(a in ("-h", "--help") for a in overrides):
             _print_command_help(command, [a for a in overrides if a not in ("-h", "--help")])
             return
-        launched = os.environ.get("WORLD_SIZE", "1")  # set by accelerate launch and torchrun in every process
-        if command.name != "train" and launched.isdigit() and int(launched) > 1:  # each would do it all, in one out=
-            raise UsageError(f"{launched} processes (accelerate launch or torchrun): only `vplan train` shares its "
-                             f"work between processes; run `vplan {command.name}` without a launcher")
+        if command.name != "train":  # under a launcher each process would do all of it, into one out=
+            from vplan.loop.trainer import launched_processes
+
+            launched = launched_processes()
+            if launched > 1:
+                raise UsageError(f"{launched} processes (accelerate launch or torchrun): only `vplan train` shares "
+                                 f"its work between processes; run `vplan {command.name}` without a launcher")
         cfg, choices = compose_config(command, overrides)
         _check_task_fits_env(cfg, choices)  # before the env config's own check of its task, which names no env
         config = build_config(cfg)

@@ -103,6 +103,12 @@ def refuse_several_processes(description: str) -> None:
                        "(CPU, or the one GPU it finds); run the command without accelerate launch")
 
 
+def launched_processes() -> int:
+    """How many processes a launcher started (accelerate launch and torchrun set WORLD_SIZE in each); 1 without."""
+    value = os.environ.get("WORLD_SIZE", "1").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 PROCESS_TIMEOUT = timedelta(hours=1)  # how long processes wait for one another (the first encoding the latents)
 
 
@@ -115,7 +121,7 @@ def _process_state() -> Any:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    launched = launched_processes()
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (launched > 1 and not torch.cuda.is_available())
     state = PartialState(cpu=cpu, timeout=PROCESS_TIMEOUT)
     if launched > 1 and state.num_processes == 1:  # each would train alone, and write the same files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -138,19 +139,20 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     import imageio.v2 as imageio
     from imageio_ffmpeg import count_frames_and_secs
 
-    path, given, shape = Path(path), 0, None
+    path, frames = Path(path), iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: expected at least one frame, got none")
+    given = 0
     with file_written_aside(path, path.suffix) as scratch:  # the suffix tells imageio the format
         try:
             writer = imageio.get_writer(scratch, fps=fps, macro_block_size=1)
             try:
-                for frame in frames:
-                    shape = shape or frame.shape
+                for frame in itertools.chain([first], frames):
                     writer.append_data(frame)
                     given += 1
             finally:  # also on an error (imageio's `with` closes on success only): ffmpeg ends before the scratch goes
                 writer.close()
-            if not given:
-                raise ValueError(f"{path}: expected at least one frame, got none")
             # imageio reports an ffmpeg failure (an odd frame size for yuv420p, say) without raising: check the file
             written = count_frames_and_secs(str(scratch))[0] if scratch.is_file() and scratch.stat().st_size else 0
         except (OSError, RuntimeError) as error:  # ffmpeg stopped part-way: a broken pipe, or its banner on a cut file
@@ -161,7 +163,7 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
                            "if any, is kept") from None
         if written != given:
             raise RunError(f"{path}: ffmpeg wrote {written} of {given} frames (frames of "
-                           f"{'x'.join(map(str, shape))}); the old video, if any, is kept")
+                           f"{'x'.join(map(str, first.shape))}); the old video, if any, is kept")
 
 
 def read_json_record(path: Path, advice: str, keys: Iterable[str] = ()) -> dict[str, Any]:
