@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from dataclasses import replace
 
@@ -31,7 +32,23 @@ def tiny_world_model() -> WorldModelConfig:
     )
 
 
-def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsys, tmp_path):
+def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsys, tmp_path, monkeypatch):
+    from vplan.memory.temp_lora import TempLoRAMemory
+
+    # A chunk's execution lasts until the update started beside it is done, however loaded the machine is (a
+    # tiny model's update takes ~0.15 s of the 0.6 s when idle, longer than it beside other test runs): the
+    # overlapped mode then never waits for an update, whatever it costs.
+    memories: list[TempLoRAMemory] = []
+    update_async, sleep = TempLoRAMemory.update_async, time.sleep
+    monkeypatch.setattr(TempLoRAMemory, "update_async", lambda self, *a: (memories.append(self),
+                                                                          update_async(self, *a))[1])
+
+    def execute(seconds: float) -> None:
+        sleep(seconds)
+        while any(memory.pending for memory in memories):
+            sleep(0.005)
+
+    monkeypatch.setattr("time.sleep", execute)
     cfg = BenchMemoryConfig(
         model=tiny_world_model(), checkpoint=None, memory=MemoryConfig(kind="temp_lora", rank=4),
         episodes=1, chunks=2, execution_s=0.6, threads=1, isolate=False, out=str(tmp_path),
@@ -46,9 +63,8 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
         assert row["peak_rss_mb"] > 0
     assert rows[0]["blocked_s"] < 0.01  # no memory: nothing to wait for
     assert rows[1]["blocked_s"] >= cfg.chunks * rows[1]["update_s_per_chunk"]  # blocking: every update in full
-    # overlapped: an update runs while its chunk executes (0.6 s; a tiny model's update takes ~0.15 s on an idle
-    # machine, so a busy one has room), so the loop waits for far less of it
-    assert rows[2]["blocked_s"] <= rows[1]["blocked_s"] - rows[1]["update_s_per_chunk"] / 2
+    # overlapped: every update ran while its chunk executed, so the loop's waits found it done
+    assert rows[2]["blocked_s"] < rows[1]["blocked_s"] / 4
     assert rows[0]["wall_ratio"] == 1.0
     assert all(row["rss_ratio"] is None for row in rows)  # one process: every mode's state is resident in all
     assert rows[1]["update_s_per_chunk"] > 0 and rows[2]["update_s_per_chunk"] > 0
