@@ -289,6 +289,19 @@ def test_ctrl_c_while_the_settings_are_read_exits_130(monkeypatch, capsys):
     assert exit_info.value.code == 130 and capsys.readouterr().err == "vplan collect: interrupted\n"
 
 
+def test_a_sigterm_stops_a_command_as_ctrl_c_does_and_exits_143(monkeypatch, capsys):
+    import vplan.cli
+    from vplan.utils.interrupts import Terminated
+
+    def terminated(*args):
+        raise Terminated
+
+    monkeypatch.setattr(vplan.cli, "compose_config", terminated)
+    with pytest.raises(SystemExit) as exit_info:
+        vplan.cli.main(["collect"])
+    assert exit_info.value.code == 143 and capsys.readouterr().err == "vplan collect: terminated (SIGTERM)\n"
+
+
 def test_a_bench_refuses_its_out_before_it_times_anything(tmp_path, monkeypatch):
     import vplan.envs
     from vplan.eval.bench_env import BenchEnvConfig, bench_env

@@ -170,6 +170,27 @@ def test_killed_collect_keeps_finished_episodes_and_resumes(tmp_path):
     assert [dataset.episode_meta(i)["seed"] for i in range(finished + 1)] == list(range(finished + 1))
 
 
+def test_a_sigterm_stops_collect_as_ctrl_c_does(tmp_path):
+    """A job scheduler's stop (SIGTERM) killed the command at once, mid-episode, saying nothing."""
+    out = tmp_path / "ds"
+    info = out / "meta" / "info.json"
+    command = [sys.executable, "-m", "vplan.cli", "collect", "episodes=50", f"out={out}", "env.image_size=16"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and not (info.exists() and json.loads(info.read_text())["total_episodes"]):
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    kept = EpisodeDataset(out).num_episodes
+    assert process.returncode == 143, err
+    assert f"interrupted: {kept} episode(s) kept in {out}" in err
+    assert err.endswith("vplan collect: terminated (SIGTERM)\n")
+    assert 1 <= kept < 50
+
+
 def test_interrupted_collect_says_what_it_kept(tmp_path, monkeypatch, capsys):
     import vplan.data.collect as collect_module
     from vplan.cli import main

@@ -210,17 +210,18 @@ def test_a_ctrl_c_while_a_finished_run_closes_is_held_off(checkpoints, tmp_path,
 
 
 def test_the_command_line_ignores_ctrl_c_once_its_command_is_over():
-    """A Ctrl-C during Python's shutdown (logging's and torch's exit hooks) printed their traceback."""
+    """A Ctrl-C during Python's shutdown (logging's and torch's exit hooks) printed their traceback; a SIGTERM
+    there would have, too."""
     import subprocess
     import sys
 
     code = ("import signal, sys, threading; sys.argv = ['vplan', '--version']; from vplan.cli import main; "
             "thread = threading.Thread(target=main); thread.start(); thread.join(); "  # signals: main thread only
-            "main(); print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+            "main(); print(*(signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     from vplan import __version__
 
-    assert result.returncode == 0 and result.stdout.split() == ["vplan", __version__] * 2 + ["True"], result
+    assert result.returncode == 0 and result.stdout.split() == ["vplan", __version__] * 2 + ["True"] * 2, result
 
 
 def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(checkpoints, tmp_path, capsys):

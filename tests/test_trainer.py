@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from vplan.errors import RunError
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.loop.trainer import OptimConfig, logged_losses, train
+from vplan.utils.interrupts import Terminated
 
 
 class LinearFit:
@@ -283,15 +284,16 @@ class SignalledAt(LinearFit):
 
 def test_a_stop_signal_saves_the_step_and_stops_unless_the_run_is_done(tmp_path, capsys):
     optim = OptimConfig(steps=6, save_every=2, warmup_steps=1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stop:
         train(SignalledAt(3), optim, tmp_path / "mid", "toy")
+    assert not isinstance(stop.value, Terminated)  # the command line says "interrupted" and exits 130
     assert [p.name for p in list_checkpoints(tmp_path / "mid")] == ["checkpoint-0000002", "checkpoint-0000003"]
     assert "stopped at step 3" in capsys.readouterr().out
     with pytest.raises(KeyboardInterrupt):  # the last step before `until` (a finetune round's end): still a stop
         train(SignalledAt(3), optim, tmp_path / "until", "toy", until=3)
     assert train(SignalledAt(6), optim, tmp_path / "last", "toy") == 6  # done: it returns, so `final` gets written
     assert [p.name for p in list_checkpoints(tmp_path / "last")] == ["checkpoint-0000004", "checkpoint-0000006"]
-    with pytest.raises(KeyboardInterrupt):  # SIGTERM (a job scheduler's stop) saves the step too
+    with pytest.raises(Terminated):  # SIGTERM (a job scheduler's stop) saves the step too; the CLI exits 143
         train(SignalledAt(3, signal.SIGTERM), optim, tmp_path / "term", "toy")
     assert [p.name for p in list_checkpoints(tmp_path / "term")] == ["checkpoint-0000002", "checkpoint-0000003"]
 

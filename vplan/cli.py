@@ -21,11 +21,13 @@ from typing import Any, Callable, NoReturn
 
 from vplan.configs import preset_names
 from vplan.errors import DatasetError, PlannerFallbackWarning, RunError, UsageError, VplanWarning, first_line
+from vplan.utils.interrupts import Terminated, raise_terminated
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process the signal killed
 # Storage failures a write or fsync raises without a path (a full disk, a quota, a read-only or failing disk).
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 _FREE_SPACE = "free some space (or write to another out=DIR) and run it again"
@@ -169,8 +171,11 @@ def _fail(prog: str, message: str, code: int = USAGE_ERROR) -> NoReturn:
     raise SystemExit(code)
 
 
-def _interrupted(prog: str) -> NoReturn:
+def _interrupted(prog: str, stop: KeyboardInterrupt) -> NoReturn:
     _end_progress_bars()
+    if isinstance(stop, Terminated):
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        raise SystemExit(TERMINATED)
     print(f"{prog}: interrupted", file=sys.stderr)
     raise SystemExit(INTERRUPTED)
 
@@ -495,9 +500,11 @@ def _format_warning(message: Any, category: type[Warning], filename: str, lineno
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The `vplan` command. Without `argv` it is the process's command line (`sys.argv`): once it is over, the
-    process ignores Ctrl-C while Python shuts down."""
+    """The `vplan` command. Without `argv` it is the process's command line (`sys.argv`): a SIGTERM stops it as a
+    Ctrl-C does (exit 143), and once it is over the process ignores both while Python shuts down."""
     own = argv is None and threading.current_thread() is threading.main_thread()
+    if own:
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         _main(argv)
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
@@ -506,6 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if own:  # over: a Ctrl-C in Python's shutdown (logging's and torch's exit hooks) printed their traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _main(argv: list[str] | None) -> None:
@@ -558,8 +566,8 @@ def _main(argv: list[str] | None) -> None:
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
     except UsageError as error:
         _fail(prog, str(error))
-    except KeyboardInterrupt:  # while the settings are read (the heavy imports take seconds)
-        _interrupted(prog)
+    except KeyboardInterrupt as stop:  # while the settings are read (the heavy imports take seconds)
+        _interrupted(prog, stop)
     try:
         command.load()(config)
     except UsageError as error:
@@ -576,8 +584,8 @@ def _main(argv: list[str] | None) -> None:
         if isinstance(error, NotADirectoryError):  # out=FILE, met at out/inner: name the file, as for out itself
             a_file, paths = True, next((str(p) for p in Path(error.filename).parents if p.is_file()), paths)
         _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
-    except KeyboardInterrupt:
-        _interrupted(prog)
+    except KeyboardInterrupt as stop:
+        _interrupted(prog, stop)
     except Exception as error:  # safetensors' writes say a full disk in their own error type
         code = _storage_error_of_safetensors(error)
         if code is None:
