@@ -585,6 +585,25 @@ def test_reader_refuses_features_it_cannot_read_and_episodes_whose_spans_disagre
         EpisodeDataset(root)
 
 
+def test_a_video_feature_declared_channels_first_reads_as_any_other(tmp_path: Path) -> None:
+    """Some LeRobot recorders (gym_manipulator's images) declare a camera (3, height, width); its MP4 is ordinary
+    RGB all the same, and it was refused."""
+    root = tmp_path / "ds"
+    wide = {**FEATURES, OBS_IMAGE_FRONT: {**FEATURES[OBS_IMAGE_FRONT], "shape": [SIZE, 2 * SIZE, 3]}}
+    data, subgoals, extra = make_episode(0)
+    data = {**data, OBS_IMAGE_FRONT: np.concatenate([data[OBS_IMAGE_FRONT], data[OBS_IMAGE_FRONT][:, ::-1]], axis=2)}
+    with EpisodeWriter.create_or_resume(root, FPS, wide, "tabletop") as writer:
+        writer.add_episode(data, subgoals, extra)
+    expected = EpisodeDataset(root).episode(0)[OBS_IMAGE_FRONT]
+    info = json.loads((root / INFO_PATH).read_text())
+    for names in (["channels", "height", "width"], None):  # by its names, or by its shape where it has none
+        info["features"][OBS_IMAGE_FRONT].update(shape=[3, SIZE, 2 * SIZE], names=names)
+        (root / INFO_PATH).write_text(json.dumps(info))
+        dataset = EpisodeDataset(root)
+        assert dataset.features[OBS_IMAGE_FRONT]["shape"] == [SIZE, 2 * SIZE, 3]
+        np.testing.assert_array_equal(dataset.episode(0)[OBS_IMAGE_FRONT], expected)
+
+
 def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write(root, [0, 1])  # lengths 3 and 4

@@ -133,14 +133,28 @@ def load_info(root: str | Path) -> dict[str, Any]:
         if dtype == "video":  # decoded as RGB: a depth map (lerobot's gray12le) would come back as noise
             extra = feature.get("info") or {}
             depth = bool(extra.get("video.is_depth_map") or extra.get("is_depth_map"))
+            if _channels_first(feature):  # the MP4 is RGB all the same: every reader sees (height, width, 3)
+                info["features"][key] = feature = {**feature, "shape": [*feature["shape"][1:], 3],
+                                                   "names": ["height", "width", "channels"]}
             shape = list(feature.get("shape") or [])
             if depth or (shape and shape[-1] != 3):
                 raise DatasetError(f"{path}: video feature {key!r} is {'a depth map' if depth else f'of shape {shape}'}"
-                                   "; vplan reads RGB video features (height, width, 3) only")
+                                   "; vplan reads RGB video features (height, width, 3 or 3, height, width) only")
     if video_keys(info["features"]) and not info.get("video_path"):
         raise DatasetError(f"{path} has video features {video_keys(info['features'])} but no video_path")
     _check_file_names(path, info)
     return info
+
+
+def _channels_first(feature: dict[str, Any]) -> bool:
+    """Whether a video feature is declared (3, height, width), as some LeRobot recorders write it (gym_manipulator's
+    images): by its names where it has them, else by its shape."""
+    shape, names = list(feature.get("shape") or []), feature.get("names")
+    if len(shape) != 3 or shape[0] != 3:
+        return False
+    if isinstance(names, list) and len(names) == 3:
+        return str(names[0]).lower() in ("c", "channel", "channels")
+    return shape[2] != 3
 
 
 def _check_file_names(path: Path, info: dict[str, Any]) -> None:
