@@ -81,6 +81,9 @@ def test_command_help_follows_the_config_groups_chosen(capsys):
     main(["train", "component=idm", "--help"])
     out = capsys.readouterr().out
     assert "component: idm" in out and "history_frames: 1" in out and "boundary_fraction" not in out
+    assert "\nout: checkpoints/idm\n" in out  # the value these overrides give, not ${component.name}
+    main(["train", "out=${nowhere}", "--help"])  # one that cannot resolve: as typed
+    assert "\nout: ${nowhere}\n" in capsys.readouterr().out
 
 
 def test_compose_builds_typed_configs():

@@ -456,12 +456,17 @@ def _commented_yaml(cfg: Any) -> str:
     import re
 
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from vplan.planner.config import redact_secrets
 
     helps = _field_help(cfg)
     lines, stack = [], []  # stack: (indent, key) of the mappings the current line is inside
-    shown = OmegaConf.create(redact_secrets(OmegaConf.to_container(cfg)))
+    try:  # the values these overrides give (`out: checkpoints/vae`), not `${component.name}`
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation that cannot resolve (a typed `${...}`): shown as written
+        container = OmegaConf.to_container(cfg)
+    shown = OmegaConf.create(redact_secrets(container))
     for line in OmegaConf.to_yaml(shown).rstrip().splitlines():
         match = re.match(r"^( *)([A-Za-z_]\w*):", line)
         if match:
