@@ -107,6 +107,15 @@ def test_train_through_the_cli_with_a_vae_then_resume(tiny_dataset: Path, tiny_v
     assert set(actions[:, 3].tolist()) <= {-1.0, 1.0}
 
 
+def test_an_idm_trained_on_every_episode_writes_no_held_out_figure(tiny_dataset: Path, tmp_path: Path, capsys):
+    optim = OptimConfig(steps=1, batch_size=4, save_every=1, warmup_steps=1)
+    cfg = TrainConfig(component=IDMTrainConfig(idm=IDMConfig.tiny(), vae=None, optim=optim), data=str(tiny_dataset),
+                      out=str(tmp_path / "idm"), holdout_episodes=0)
+    final = train_component(cfg)
+    assert json.loads((final / "metrics.json").read_text()) == {"label": "applied", "held_out_episodes": []}
+    assert f"IDM written to {final}; no held-out figure (holdout_episodes=0)" in capsys.readouterr().out
+
+
 def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import vplan.loop.idm as idm_loop
     from vplan.constants import ACTION_APPLIED

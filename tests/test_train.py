@@ -186,6 +186,33 @@ def test_a_resume_on_a_dataset_that_grew_is_refused(tiny_dataset, tmp_path, caps
     assert len(list_checkpoints(tmp_path / "vae")) == 1  # nothing trained on the moved split
 
 
+def test_holdout_episodes_0_trains_on_every_episode_and_pins_their_number(tiny_dataset, tmp_path, capsys,
+                                                                          monkeypatch):
+    """A dataset of a few episodes (a run's recording of one) could not be trained on whole: 0 was refused."""
+    from vplan.cli import main
+    from vplan.loop import train as train_module
+
+    data = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, data)
+    args = ["train", "component=vae", f"data={data}", f"out={tmp_path / 'vae'}", "holdout_episodes=0",
+            "component.optim.batch_size=2", "component.optim.save_every=1", *TINY_VAE]
+    read = []
+    frames = train_module._frames
+    monkeypatch.setattr(train_module, "_frames", lambda dataset, episodes: read.append(list(episodes)) or
+                        frames(dataset, episodes))
+    main([*args, "component.optim.steps=1"])
+    assert read == [[0, 1, 2]]  # trained on all three; none scored
+    assert "no held-out figure (holdout_episodes=0)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "vae" / "split.json").read_text()) == {"episodes": 3, "held_out": []}
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=4, out=str(data)))
+    with pytest.raises(SystemExit) as stopped:  # nothing held out to leak, but the training set would change
+        main([*args, "component.optim.steps=2"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "holds 4 episodes now, 3 when" in err
+    assert "the episodes trained on would change part-way" in err
+
+
 def test_a_vae_for_another_frame_size_is_refused_before_anything_is_written(tiny_dataset, tmp_path, capsys):
     from vplan.cli import main
 

@@ -293,8 +293,8 @@ def train_idm(
     reconstruct = set(trained + held_out) if vae is not None else set()
     episodes = load_episodes(dataset, train_episodes, config.idm, vae, reconstruct, config.label)
     test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
-    if not any(len(episode.frames) >= 2 for episode in test):  # before training, not after its minutes
-        raise UsageError("no held-out episode has two frames; collect longer episodes")
+    if held_out and not any(len(episode.frames) >= 2 for episode in test):  # before training, not after its minutes
+        raise UsageError("no held-out episode has two frames; collect longer episodes (or holdout_episodes=0)")
     training = IDMTraining(config, episodes)
     train(training, config.optim, out, "train idm")
     final = out / FINAL
@@ -302,16 +302,17 @@ def train_idm(
         return final
     policy = training.module.eval()
     baseline = baseline_action(torch.cat([e.actions[:-1] for e in episodes]), config.idm.discrete)
-    metrics: dict[str, Any] = {
-        "label": config.label,
-        "held_out_episodes": held_out,
-        "real": evaluate(policy, test, baseline, False),
-    }
-    if vae is not None:
-        metrics["vae"] = evaluate(policy, test, baseline, True)
+    metrics: dict[str, Any] = {"label": config.label, "held_out_episodes": held_out}
+    if held_out:
+        metrics["real"] = evaluate(policy, test, baseline, False)
+        if vae is not None:
+            metrics["vae"] = evaluate(policy, test, baseline, True)
     with folder_written_aside(final) as folder:
         policy.save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units)
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    if not held_out:
+        print(f"IDM written to {final}; no held-out figure (holdout_episodes=0)")
+        return final
     units = ("moves; baseline: always the commonest training move" if config.idm.discrete
              else "in action units; baseline: always the training mean action")
     lines = [f"IDM written to {final}; held-out error on {metrics['real']['transitions']} transitions of "

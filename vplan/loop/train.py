@@ -104,10 +104,11 @@ class TrainConfig:
     component: Any = field(default=MISSING, metadata={"help": "What to train (configs/component/)."})
     data: str = field(default="data/return_cubes", metadata={"help": "Episode dataset (`vplan collect`)."})
     out: str = field(default="checkpoints/${component.name}", metadata={"help": "Checkpoints and the final model."})
-    holdout_episodes: int = field(default=10, metadata={"help": "Last episodes kept out of training."})
+    holdout_episodes: int = field(default=10, metadata={
+        "help": "Last episodes kept out of training and scored after it; 0: train on every one, no held-out figure."})
 
     def __post_init__(self) -> None:
-        check_ints(self, ("holdout_episodes",))
+        check_ints(self, ("holdout_episodes",), low=0)
         default = next((f.default for f in fields(self.component) if f.name == "name"), None)
         name = self.component.name
         # it names the default out= folder only: a world model was trained into checkpoints/idm
@@ -127,9 +128,9 @@ def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
     if dataset.num_episodes <= holdout:
         raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout} "
                          "(lower holdout_episodes=, or collect more episodes)")
-    episodes = list(range(dataset.num_episodes))
-    warn_if_held_out_seeds(data, dataset, episodes[:-holdout], "train on")  # e.g. `vplan run record=true`'s
-    return dataset, episodes[:-holdout], episodes[-holdout:]
+    trained = list(range(dataset.num_episodes - holdout))
+    warn_if_held_out_seeds(data, dataset, trained, "train on")  # e.g. `vplan run record=true`'s
+    return dataset, trained, list(range(len(trained), dataset.num_episodes))
 
 
 def _frames(dataset: Any, episodes: list[int]) -> torch.Tensor:
@@ -335,10 +336,12 @@ def _pin_split(cfg: TrainConfig, out: Path, episodes: int, held_out: list[int], 
     file = out / SPLIT_FILE
     if resuming and file.is_file():
         began = read_json_record(file, "choose another out=DIR", keys=("episodes", "held_out"))
-        if began["held_out"] != held_out:
-            raise UsageError(f"{cfg.data} holds {episodes} episodes now, {began['episodes']} when {out} began: the "
-                             f"held-out ones (then {began['held_out'][0]}..{began['held_out'][-1]}) would be trained "
-                             "on; resume on the dataset as it was, or choose another out=DIR")
+        if began["held_out"] != held_out or began["episodes"] != episodes:
+            then = began["held_out"]
+            effect = (f"the held-out ones (then {then[0]}..{then[-1]}) would be trained on" if then else
+                      "the episodes trained on would change part-way")
+            raise UsageError(f"{cfg.data} holds {episodes} episodes now, {began['episodes']} when {out} began: "
+                             f"{effect}; resume on the dataset as it was, or choose another out=DIR")
         return
     if write:
         write_json(file, {"episodes": episodes, "held_out": held_out})
@@ -421,11 +424,13 @@ def _train_and_write(
         with torch.no_grad():
             vae.register_to_config(scaling_factor=1.0)
             vae.register_to_config(scaling_factor=estimate_scaling_factor(vae, training.frames[:: max(1, len(training.frames) // 2000)]))
-            test = _frames(dataset, held_out)
-            score = psnr(decode_latents(vae, encode_frames(vae, test)).cpu(), test)  # on a GPU the VAE stays there
+            if held_out:
+                test = _frames(dataset, held_out)
+                score = psnr(decode_latents(vae, encode_frames(vae, test)).cpu(), test)  # a GPU's VAE stays there
         with folder_written_aside(final) as folder:
             vae.save_pretrained(folder, safe_serialization=True)
-        print(f"VAE written to {final}; held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames")
+        print(f"VAE written to {final}; " + (f"held-out reconstruction PSNR {score:.2f} dB on {len(test)} frames"
+                                             if held_out else "no held-out figure (holdout_episodes=0)"))
         return final
     if isinstance(component, IDMTrainConfig):
         if component.vae is not None:
