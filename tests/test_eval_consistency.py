@@ -90,6 +90,16 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
         assert row["src_from_context"] == pytest.approx(row["src"]) and row["src_from_generated"] is None
     for name in ("SCuts", "SRC (%)", "from context", "from generated", "PSNR drift", "real", "not comparable"):
         assert name in printed
+    # copy-last-frame: the last real context frame held, scored against the take's chunks as the modes are
+    from vplan.eval.consistency_metrics import psnr
+
+    take = revisit_scenario(10000, min_frames=frames, env_config=TabletopConfig(image_size=SIZE, num_cubes=1)).frames
+    (real_row,) = metrics["real"]["episodes"]
+    expected = [psnr(np.broadcast_to(take[CONTEXT - 1], (CHUNK, *take.shape[1:])),
+                     take[CONTEXT + k * CHUNK: CONTEXT + (k + 1) * CHUNK]) for k in range(CHUNKS)]
+    assert real_row["copy_last_psnr_per_chunk"] == pytest.approx(expected)
+    assert metrics["real"]["copy_last_psnr_db"] == pytest.approx(np.mean(expected))
+    assert "\n  copy-last    " in printed and f"{np.mean(expected):10.2f}" in printed
     for mode in ("anchor", "temp_lora"):  # each memory against none on the same episodes
         d = metrics["modes"][mode]["src_vs_none"]
         assert d["mean"] == pytest.approx(metrics["modes"][mode]["src"] - metrics["modes"]["none"]["src"])
@@ -242,6 +252,13 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     finally:
         (Path(tiny_checkpoint) / "notes.txt").unlink()
     assert figures(evaluate(out, episodes=2, resume=True)) == figures(straight)  # all finished: nothing rerun
+    progress = json.loads((out / "progress.json").read_text())  # one rollout from before copy-last was kept
+    for key in ("copy_last_psnr_db", "copy_last_psnr_per_chunk"):
+        del progress["real"][0][key]
+    (out / "progress.json").write_text(json.dumps(progress))
+    (out / "metrics.json").unlink()
+    assert evaluate(out, episodes=2, resume=True)["real"]["copy_last_psnr_db"] is None  # not one episode's mean
+    assert straight["real"]["copy_last_psnr_db"] is not None
     with pytest.raises(UsageError, match="holds a finished evaluation \\(4 rollout.*overwrite=true replaces it"):
         evaluate(out, episodes=1)  # a finished evaluation's figures are not thrown away without a word
     with pytest.raises(ValueError, match="pass one"):

@@ -28,10 +28,11 @@ Scores per mode and episode, averaged over episodes:
 - **PSNR drift**: the least-squares slope of each chunk's PSNR against the real frames over the chunk index
   (dB per chunk; negative: the video drifts away from the truth), next to the mean PSNR of the chunks.
 
-The real take is scored as a reference row (SCuts and SRC of the ground truth). Writes `metrics.json`, one MP4 per
-mode and shown episode (`real_vs_<mode>_seed<seed>.mp4`: the real take on the left, the generated video on the
-right) and `psnr_per_chunk.png`, each mode's PSNR against the real take chunk by chunk. Every finished rollout is
-kept in `progress.json` as it ends, so an interrupted evaluation continues with `resume=true`.
+The real take is scored as a reference row (SCuts and SRC of the ground truth), and copy-last-frame (the last real
+context frame held for the whole rollout) as a PSNR baseline. Writes `metrics.json`, one MP4 per mode and shown
+episode (`real_vs_<mode>_seed<seed>.mp4`: the real take on the left, the generated video on the right) and
+`psnr_per_chunk.png`, each mode's PSNR against the real take chunk by chunk, beside copy-last-frame's. Every
+finished rollout is kept in `progress.json` as it ends, so an interrupted evaluation continues with `resume=true`.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
 
     from vplan.envs import env_name
     from vplan.errors import UsageError
-    from vplan.eval.consistency_metrics import make_feature_extractor, scene_cut_frames
+    from vplan.eval.consistency_metrics import make_feature_extractor, psnr_per_chunk, scene_cut_frames
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
     from vplan.memory.temp_lora import check_target_modules
@@ -276,9 +277,14 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
             if any(cfg.memory_config(mode).update_on == "observed" for mode in todo[seed]):
                 observed = model.encode(torch.from_numpy(np.ascontiguousarray(real))[None])
             real_cuts = scene_cut_frames(real, fps=scenario.fps)
+            held = real.copy()
+            held[context_n:] = real[context_n - 1]  # copy-last: the last real context frame, held for every chunk
+            copy_last = psnr_per_chunk(held, real, chunk_n, context_n)
             progress["real"] = [row for row in progress["real"] if row["seed"] != seed] + [
                 {"seed": seed, "scuts": len(real_cuts), "cut_frames": real_cuts,
-                 **src_scores(real, pairs, features, context_n)}]
+                 **src_scores(real, pairs, features, context_n),
+                 "copy_last_psnr_db": float(copy_last.mean()),
+                 "copy_last_psnr_per_chunk": [float(v) for v in copy_last]}]
             for mode in todo[seed]:
                 bar.set_postfix_str(f"seed {seed}: {mode}")
                 began = time.perf_counter()
@@ -339,7 +345,10 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         "modes": {mode: {**{key: mean(rows, key) for key in keys}, "episodes": rows}
                   for mode, rows in per_mode.items()},
         "real": {"scuts": mean(real_rows, "scuts"), **{key: mean(real_rows, key) for key in src_keys},
-                 "episodes": real_rows},
+                 # the last real context frame held, against the real take (None: a resumed evaluation's rows
+                 # from before it was kept)
+                 "copy_last_psnr_db": mean(real_rows, "copy_last_psnr_db") if all(
+                     "copy_last_psnr_db" in row for row in real_rows) else None, "episodes": real_rows},
         # the torch threads the rollouts were timed with (a resumption may change them; None: not recorded)
         "threads": sorted({row.get("threads") for rows in per_mode.values() for row in rows}, key=str),
     }
@@ -398,6 +407,10 @@ def _plot_psnr(metrics: dict[str, Any], path: Path) -> None:
     for mode, summary in metrics["modes"].items():
         per_chunk = np.mean([row["psnr_per_chunk"] for row in summary["episodes"]], axis=0)
         series[mode] = (list(range(len(per_chunk))), per_chunk.tolist())  # numbered as the videos' captions
+    real_rows = metrics["real"]["episodes"]
+    if real_rows and all("copy_last_psnr_per_chunk" in row for row in real_rows):
+        per_chunk = np.mean([row["copy_last_psnr_per_chunk"] for row in real_rows], axis=0)
+        series["copy last context frame"] = (list(range(len(per_chunk))), per_chunk.tolist())
     line_plot(path, series, "generated chunk (0: the first)", "PSNR against the real take (dB)",
               f"{metrics['env']} revisit scenario, mean of {metrics['episodes']} episode(s)")
 
@@ -425,6 +438,9 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
               f"{row['psnr_db']:10.2f} {row['seconds']:10.1f}")
     real = metrics["real"]
     print(f"  {'real':12} {real['scuts']:6.2f} {src(real)} {'-':>22} {'-':>10} {'-':>10}")
+    if real.get("copy_last_psnr_db") is not None:
+        print(f"  {'copy-last':12} {'-':>6} {'-':>8} {'-':>12} {'-':>14} {'-':>22} {real['copy_last_psnr_db']:10.2f} "
+              f"{'-':>10}")
     print("  SRC from context: revisits of a real context frame (the anchor memory keeps the first in view); from "
           "generated: of a frame the model imagined; each a mean over the episodes that have such pairs")
     if len(metrics["threads"]) > 1:
