@@ -21,7 +21,7 @@ from typing import Any, Callable, NoReturn
 
 from vplan.configs import preset_names
 from vplan.errors import DatasetError, PlannerFallbackWarning, RunError, UsageError, VplanWarning, first_line
-from vplan.utils.interrupts import Terminated, raise_terminated
+from vplan.utils.interrupts import Terminated, handle_stop_signals
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     Ctrl-C does (exit 143), and once it is over the process ignores both while Python shuts down."""
     own = argv is None and threading.current_thread() is threading.main_thread()
     if own:
-        signal.signal(signal.SIGTERM, raise_terminated)
+        handle_stop_signals()
     try:
         _main(argv)
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do

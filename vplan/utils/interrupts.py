@@ -1,13 +1,19 @@
-"""Stop signals: a SIGTERM stops a command as a Ctrl-C does (`Terminated`), and both are held off while work that
-is already done is closed (a finished run's records, summary and simulator)."""
+"""Stop signals: a SIGTERM stops a command as a Ctrl-C does (`Terminated`), a stop Python would drop is delivered
+again, and both are held off while work that is already done is closed (a finished run's records, summary and
+simulator)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
+
+_terminating = False  # a Terminated was raised: a SIGTERM after it is the same stop, sent again
 
 
 class Terminated(KeyboardInterrupt):
@@ -16,9 +22,46 @@ class Terminated(KeyboardInterrupt):
     killed the process at once, mid-episode, its files unclosed); the command line then exits 143, not 130."""
 
 
-def raise_terminated(signum: int, frame: Any) -> NoReturn:
+def terminated() -> Terminated:
+    """The Terminated to raise for a SIGTERM: from then on, further SIGTERMs are ignored (`timeout`, Slurm and
+    torchrun send it more than once), so that they do not cut short the clean-up of the first."""
+    global _terminating
+    _terminating = True
+    return Terminated()
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
     """The SIGTERM handler the command line installs."""
-    raise Terminated
+    if not _terminating:
+        raise terminated()
+
+
+def deliver_dropped_stops(unraisable: Any, report: Any = sys.__unraisablehook__) -> None:
+    """A `sys.unraisablehook` that sends a stop again where Python dropped it: a Ctrl-C or SIGTERM handled while
+    Python ran code whose exceptions it only reports (an at-fork hook, as ffmpeg's start runs logging's; a
+    destructor) printed "Exception ignored" and the command went on to its end. The signal is sent again from
+    another thread a moment later, so that it reaches the main thread once it is back in code that can raise it
+    (dropped again, it is sent again)."""
+    global _terminating
+    stop = unraisable.exc_value
+    if not isinstance(stop, KeyboardInterrupt):
+        report(unraisable)
+        return
+    if isinstance(stop, Terminated):
+        _terminating = False  # not raised where it could stop anything: the next SIGTERM is the stop
+    signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+    threading.Thread(target=_send_later, args=(signum,), daemon=True).start()
+
+
+def _send_later(signum: int) -> None:
+    time.sleep(0.05)  # the hook that dropped it has returned (sent at once, it was handled inside the hook again)
+    os.kill(os.getpid(), signum)
+
+
+def handle_stop_signals() -> None:
+    """Make a SIGTERM stop the process's command as a Ctrl-C does, and no stop be dropped (the main thread)."""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    sys.unraisablehook = deliver_dropped_stops
 
 
 @contextlib.contextmanager
