@@ -39,9 +39,15 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     # tiny model's update takes ~0.15 s of the 0.6 s when idle, longer than it beside other test runs): the
     # overlapped mode then never waits for an update, whatever it costs.
     memories: list[TempLoRAMemory] = []
+    in_flight: list[bool] = []  # whether each update was still running as update_async returned
     update_async, sleep = TempLoRAMemory.update_async, time.sleep
-    monkeypatch.setattr(TempLoRAMemory, "update_async", lambda self, *a: (memories.append(self),
-                                                                          update_async(self, *a))[1])
+
+    def start_update(self: TempLoRAMemory, *args: torch.Tensor) -> None:
+        memories.append(self)
+        update_async(self, *args)
+        in_flight.append(self.pending)
+
+    monkeypatch.setattr(TempLoRAMemory, "update_async", start_update)
 
     def execute(seconds: float) -> None:
         sleep(seconds)
@@ -61,10 +67,12 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
         # Every chunk waits its execution time; every temp_lora chunk is learned from.
         assert row["wall_s"] >= cfg.chunks * cfg.execution_s
         assert row["peak_rss_mb"] > 0
-    assert rows[0]["blocked_s"] < 0.01  # no memory: nothing to wait for
+    # no memory: nothing to wait for but its no-op update's call (a few ms on a VM whose core slept through the
+    # execution, so not held to a fixed figure)
+    assert rows[0]["blocked_s"] < rows[1]["blocked_s"] / 4
     assert rows[1]["blocked_s"] >= cfg.chunks * rows[1]["update_s_per_chunk"]  # blocking: every update in full
     # overlapped: every update ran while its chunk executed, so the loop's waits found it done
-    assert rows[2]["blocked_s"] < rows[1]["blocked_s"] / 4
+    assert rows[2]["blocked_s"] < rows[1]["blocked_s"] / 4 and any(in_flight)  # on the worker, not in the call
     assert rows[0]["wall_ratio"] == 1.0
     assert all(row["rss_ratio"] is None for row in rows)  # one process: every mode's state is resident in all
     assert rows[1]["update_s_per_chunk"] > 0 and rows[2]["update_s_per_chunk"] > 0

@@ -317,6 +317,12 @@ def test_a_bench_refuses_its_out_before_it_times_anything(tmp_path, monkeypatch)
     blocker.write_text("")
     with pytest.raises(FileExistsError):
         bench_env(BenchEnvConfig(out=str(blocker)))
+    with pytest.raises(NotADirectoryError):  # under a file: refused too
+        bench_env(BenchEnvConfig(out=str(blocker / "results")))
+    # stopped before its results (here by the check above, as by Ctrl-C), it leaves no empty folders behind
+    with pytest.raises(AssertionError, match="the bench started"):
+        bench_env(BenchEnvConfig(out=str(tmp_path / "new" / "bench")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
 def test_vplans_warnings_are_one_line_and_others_as_python_prints_them():

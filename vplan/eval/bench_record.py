@@ -70,13 +70,19 @@ def check_results_are(path: Path, command: str) -> None:
 
 
 def make_out_dir(out: str | None, command: str) -> dict[str, Any]:
-    """Create `out` (if given) before the bench runs: an unusable folder, or one holding another command's
-    results, fails at once, not after minutes of timing. Returns `machine()` as it is before the timing (its
-    load average then says whether something else was running; after, it counts the bench itself)."""
+    """Check `out` (if given) before the bench runs: an unusable folder, or one holding another command's
+    results, fails at once, not after minutes of timing. The folders it had to make are removed again
+    (`record_bench` makes them), so a bench stopped before its results leaves no empty folder. Returns
+    `machine()` as it is before the timing (its load average then says whether something else was running;
+    after, it counts the bench itself)."""
     if out is not None:
-        refuse_model_folder(Path(out))
-        Path(out).mkdir(parents=True, exist_ok=True)
-        check_results_are(Path(out) / RESULTS_FILE, command)
+        path = Path(out)
+        refuse_model_folder(path)
+        made = [folder for folder in (path, *path.parents) if not folder.exists()]  # the deepest first
+        path.mkdir(parents=True, exist_ok=True)  # an unusable out= fails here, with the error the CLI names
+        for folder in made:
+            folder.rmdir()
+        check_results_are(path / RESULTS_FILE, command)
     return machine()
 
 
