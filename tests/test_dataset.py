@@ -602,6 +602,10 @@ def test_a_video_feature_declared_channels_first_reads_as_any_other(tmp_path: Pa
         dataset = EpisodeDataset(root)
         assert dataset.features[OBS_IMAGE_FRONT]["shape"] == [SIZE, 2 * SIZE, 3]
         np.testing.assert_array_equal(dataset.episode(0)[OBS_IMAGE_FRONT], expected)
+    declared = (root / INFO_PATH).read_text()  # a writer keeps the recorder's declaration: appending is refused
+    with pytest.raises(DatasetError, match=r"features differ \(observation.images.front.names is None there"):
+        EpisodeWriter.create_or_resume(root, FPS, wide, "tabletop")
+    assert (root / INFO_PATH).read_text() == declared
 
 
 def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:

@@ -50,3 +50,22 @@ def test_a_second_sigterm_does_not_cut_the_first_ones_clean_up_short():
             print("cleaned up")
     """)
     assert result.stdout == "cleaned up\n", result
+
+
+@pytest.mark.parametrize("dropped, then, stop", [("SIGINT", "SIGTERM", "Terminated"),
+                                                 ("SIGTERM", "SIGINT", "KeyboardInterrupt")])
+def test_a_dropped_stop_is_not_sent_again_into_the_clean_up_of_one_that_came_since(dropped, then, stop):
+    result = run(f"""
+        os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.{dropped}))  # dropped in the hook
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            os.kill(os.getpid(), signal.{then})  # another stop, before the dropped one is sent again
+            time.sleep(20)
+        except {stop}:
+            time.sleep(0.3)  # the clean-up, past the moment the dropped one would have come again
+            print("cleaned up")
+    """)
+    assert result.stdout == "cleaned up\n", result

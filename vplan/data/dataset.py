@@ -36,6 +36,7 @@ from vplan.data.lerobot_format import (
     STATS_PATH,
     DatasetError,
     aggregate_stats,
+    channels_last,
     data_file,
     decode_video,
     is_dataset,
@@ -76,7 +77,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, *, cache: bool = True) -> None:
         """Open `root`; raises `DatasetError` naming the path if it is not a LeRobot v3.0 dataset."""
         self.root = Path(root)
-        self.info = load_info(self.root)
+        self.info = channels_last(load_info(self.root))  # a camera declared (3, H, W) reads as any other
         self._rows = load_episode_rows(self.root, self.info)
         self._tasks = load_tasks(self.root, self.info.get("total_tasks", 0))
         self._starts = np.array([row["dataset_from_index"] for row in self._rows], dtype=np.int64)

@@ -133,10 +133,9 @@ def load_info(root: str | Path) -> dict[str, Any]:
         if dtype == "video":  # decoded as RGB: a depth map (lerobot's gray12le) would come back as noise
             extra = feature.get("info") or {}
             depth = bool(extra.get("video.is_depth_map") or extra.get("is_depth_map"))
-            if _channels_first(feature):  # the MP4 is RGB all the same: every reader sees (height, width, 3)
-                info["features"][key] = feature = {**feature, "shape": [*feature["shape"][1:], 3],
-                                                   "names": ["height", "width", "channels"]}
             shape = list(feature.get("shape") or [])
+            if _channels_first(feature):  # the MP4 is RGB all the same (see `channels_last`)
+                shape = [*shape[1:], 3]
             if depth or (shape and shape[-1] != 3):
                 raise DatasetError(f"{path}: video feature {key!r} is {'a depth map' if depth else f'of shape {shape}'}"
                                    "; vplan reads RGB video features (height, width, 3 or 3, height, width) only")
@@ -144,6 +143,15 @@ def load_info(root: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{path} has video features {video_keys(info['features'])} but no video_path")
     _check_file_names(path, info)
     return info
+
+
+def channels_last(info: dict[str, Any]) -> dict[str, Any]:
+    """`info` with its video features declared (3, height, width) as (height, width, 3), for a reader: the MP4 holds
+    RGB frames either way. A writer keeps the declaration as it found it."""
+    features = {key: {**feature, "shape": [*feature["shape"][1:], 3], "names": ["height", "width", "channels"]}
+                if feature.get("dtype") == "video" and _channels_first(feature) else feature
+                for key, feature in info["features"].items()}
+    return {**info, "features": features}
 
 
 def _channels_first(feature: dict[str, Any]) -> bool:

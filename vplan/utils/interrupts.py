@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 _terminating = False  # a Terminated was raised: a SIGTERM after it is the same stop, sent again
+_stops_raised = 0  # stops raised by the handlers below: a dropped stop is sent again only if none came since
 
 
 class Terminated(KeyboardInterrupt):
@@ -25,8 +26,9 @@ class Terminated(KeyboardInterrupt):
 def terminated() -> Terminated:
     """The Terminated to raise for a SIGTERM: from then on, further SIGTERMs are ignored (`timeout`, Slurm and
     torchrun send it more than once), so that they do not cut short the clean-up of the first."""
-    global _terminating
+    global _terminating, _stops_raised
     _terminating = True
+    _stops_raised += 1
     return Terminated()
 
 
@@ -36,31 +38,42 @@ def raise_terminated(signum: int, frame: Any) -> None:
         raise terminated()
 
 
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """The SIGINT handler the command line installs: Python's own, counted."""
+    global _stops_raised
+    _stops_raised += 1
+    raise KeyboardInterrupt
+
+
 def deliver_dropped_stops(unraisable: Any, report: Any = sys.__unraisablehook__) -> None:
     """A `sys.unraisablehook` that sends a stop again where Python dropped it: a Ctrl-C or SIGTERM handled while
     Python ran code whose exceptions it only reports (an at-fork hook, as ffmpeg's start runs logging's; a
     destructor) printed "Exception ignored" and the command went on to its end. The signal is sent again from
     another thread a moment later, so that it reaches the main thread once it is back in code that can raise it
-    (dropped again, it is sent again)."""
-    global _terminating
+    (dropped again, it is sent again), unless another stop was raised meanwhile: that one is being handled, and
+    the copy would cut its clean-up short."""
     stop = unraisable.exc_value
     if not isinstance(stop, KeyboardInterrupt):
         report(unraisable)
         return
-    if isinstance(stop, Terminated):
-        _terminating = False  # not raised where it could stop anything: the next SIGTERM is the stop
-    signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
-    threading.Thread(target=_send_later, args=(signum,), daemon=True).start()
+    terminate = isinstance(stop, Terminated)
+    threading.Thread(target=_send_again, args=(terminate, _stops_raised), daemon=True).start()
 
 
-def _send_later(signum: int) -> None:
+def _send_again(terminate: bool, stops_raised: int) -> None:
+    global _terminating
     time.sleep(0.05)  # the hook that dropped it has returned (sent at once, it was handled inside the hook again)
-    os.kill(os.getpid(), signum)
+    if _stops_raised != stops_raised:
+        return
+    if terminate:
+        _terminating = False  # the SIGTERM stopped nothing: the one sent again is the stop
+    os.kill(os.getpid(), signal.SIGTERM if terminate else signal.SIGINT)
 
 
 def handle_stop_signals() -> None:
     """Make a SIGTERM stop the process's command as a Ctrl-C does, and no stop be dropped (the main thread)."""
     signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGINT, raise_interrupt)
     sys.unraisablehook = deliver_dropped_stops
 
 
