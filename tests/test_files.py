@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,24 @@ def test_a_write_replaces_the_file_whole_and_a_failed_one_keeps_the_old(tmp_path
     with pytest.raises(OSError, match="No space"):
         write_text_atomic(path, "half")
     assert '"episodes"' in path.read_text() and os.listdir(tmp_path) == ["metrics.json"]  # no scratch file left
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOTSUP, errno.ENOSYS])
+def test_a_filesystem_that_cannot_sync_a_folder_still_takes_writes(tmp_path, monkeypatch, code):
+    """Some FUSE and network mounts refuse to sync a folder: every write failed there. A file's sync still counts."""
+    fsync = os.fsync
+
+    def no_folder_sync(descriptor):
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            raise OSError(code, os.strerror(code))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    monkeypatch.setattr(os, "fsync", lambda descriptor: (_ for _ in ()).throw(OSError(code, os.strerror(code))))
+    with pytest.raises(OSError):  # a file's contents that cannot be made durable: the write fails
+        write_json(tmp_path / "b.json", {"x": 2})
 
 
 def test_a_write_syncs_its_scratch_file_then_the_folder(tmp_path, synced):  # the rename between: below

@@ -8,6 +8,7 @@ could leave an empty or truncated file where the previous good one was.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import itertools
@@ -15,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,12 +35,20 @@ def sha256_file(path: Path) -> str:
 
 
 def fsync_path(path: Path) -> None:
-    """Make a file's contents (or a folder's entries) durable before the step that depends on it."""
+    """Make a file's contents (or a folder's entries) durable before the step that depends on it. A filesystem that
+    cannot sync a folder (some FUSE and network mounts answer EINVAL, ENOTSUP or ENOSYS) leaves its entries to the
+    filesystem: refusing would make every write fail there."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
+    except OSError as error:
+        if error.errno not in _NO_FOLDER_SYNC or not stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            raise
     finally:
         os.close(descriptor)
+
+
+_NO_FOLDER_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.ENOSYS}
 
 
 def fsync_tree(folder: Path) -> None:
