@@ -36,6 +36,7 @@ from vplan.worldmodel.model import (
     _contiguous,
     _from_dict,
     _load_into,
+    check_weights_fit,
     read_pretrained_config,
     write_pretrained_config,
 )
@@ -329,7 +330,11 @@ class IDMPolicy(nn.Module):
         """Load a checkpoint written by `save_pretrained` (a directory or `shipped:<env>/idm`), in eval mode;
         `CheckpointError` names the file and what is wrong with it."""
         path = resolve_checkpoint(str(path))
-        model = cls(read_config(path))
+        config = read_config(path)
+        if (path / WEIGHTS_FILE).is_file():  # checked against the config before it is built (a missing one: below)
+            with torch.device("meta"):
+                check_weights_fit(path / WEIGHTS_FILE, cls(config))
+        model = cls(config)
         _load_into(model, path / WEIGHTS_FILE)
         return model.eval()
 

@@ -395,6 +395,20 @@ def test_missing_corrupted_and_foreign_checkpoints(policy: IDMPolicy, tmp_path: 
     with pytest.raises(CheckpointError, match="another config"):
         IDMPolicy.from_pretrained(other)
 
+    # a config.json asking for huge layers: refused from the weights' header, before any is built (a head of
+    # 4 G parameters would have been allocated first)
+    huge = json.loads(json.dumps(payload))
+    huge["config"]["hidden_dim"] = 2**30
+    (other / "config.json").write_text(json.dumps(huge))
+    with pytest.MonkeyPatch.context() as patch:
+        built = []
+        init = IDMPolicy.__init__
+        patch.setattr(IDMPolicy, "__init__", lambda self, config: built.append(
+            str(torch.empty(0).device)) or init(self, config))
+        with pytest.raises(CheckpointError, match="another config"):
+            IDMPolicy.from_pretrained(other)
+    assert built == ["meta"]  # only on the meta device
+
     payload["config"]["channels"] = [8, 30]
     (other / "config.json").write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="invalid IDM config: norm_num_groups"):

@@ -567,8 +567,6 @@ def _check_weight_shapes(path: Path, config: WorldModelConfig, text_encoder: boo
     device: nothing allocated), with `_load_into`'s errors: a damaged or hostile config.json asking for huge layers
     would otherwise be built, gigabytes of it, before its weights were found not to fit. MiniLM's are its own
     package's (sha256-checked), and `text_encoder=False` leaves out a text encoder the caller gives."""
-    from safetensors import safe_open
-
     with torch.device("meta"):
         modules = {UNET_FILE: build_unet(config.unet, config.frame_input_size), VAE_FILE: build_vae(config.vae)}
         if text_encoder and config.text_encoder.kind != "minilm":
@@ -577,15 +575,21 @@ def _check_weight_shapes(path: Path, config: WorldModelConfig, text_encoder: boo
             modules[ACTION_ENCODER_FILE] = ActionEncoder(config.action_dim, config.chunk_frames,
                                                          config.unet.cross_attention_dim)
     for name, module in modules.items():
-        file = path / name
-        if not file.is_file():
-            continue  # said by load_weights
-        try:
-            with safe_open(file, framework="pt") as weights:
-                shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{file}: corrupted or truncated safetensors file ({err})") from err
-        _check_tensors(file, {key: tuple(t.shape) for key, t in module.state_dict().items()}, shapes)
+        if (path / name).is_file():  # a missing one is said by load_weights
+            check_weights_fit(path / name, module)
+
+
+def check_weights_fit(file: Path, module: nn.Module) -> None:
+    """A CheckpointError, as `_load_into` raises it, where the tensors of a safetensors file (read from its header
+    alone) do not fit `module` (built on the meta device, so a config asking for huge layers allocates nothing)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, framework="pt") as weights:
+            shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: corrupted or truncated safetensors file ({err})") from err
+    _check_tensors(file, {key: tuple(t.shape) for key, t in module.state_dict().items()}, shapes)
 
 
 def _check_tensors(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
