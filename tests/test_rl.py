@@ -205,10 +205,14 @@ def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refus
     made = []
     monkeypatch.setattr(vplan.envs, "make_env", lambda config: made.append(config))
     base = WorldModel.from_pretrained(checkpoints[0])
-    for name, action_dim, vae_seed, message in [("dim3", 3, None, "the IDM's actions have 4 values, and the action "
-                                                 "model takes 3"),
-                                                ("vae", 4, 1, "its VAE is not the world model's")]:
-        model = WorldModel(replace(base.config, conditioning="action", action_dim=action_dim))
+    frames = base.config.chunk_frames
+    for name, action_dim, vae_seed, shorter, message in [
+        ("dim3", 3, None, 0, "the IDM's actions have 4 values, and the action model takes 3"),
+        ("vae", 4, 1, 0, "its VAE is not the world model's"),
+        ("frames", 4, None, 1, f"it draws chunks of up to {frames - 1} frames, and the world model's are {frames}"),
+    ]:
+        model = WorldModel(replace(base.config, conditioning="action", action_dim=action_dim,
+                                   chunk_frames=frames - shorter))
         model.vae.load_state_dict(base.vae.state_dict())
         if vae_seed is not None:
             torch.manual_seed(vae_seed)

@@ -92,6 +92,13 @@ def vlm_warnings(record: list[warnings.WarningMessage]) -> list[str]:
         ("Yes but no.", None),  # was read as yes
         ("No - wait, yes.", None),  # was read as no
         ("Yes, but the cube is small.", True),
+        # read as clear answers, the wrong way round (the default question invites "No teleporting ...")
+        ("No teleporting or melting; the cube is lifted. Yes.", None),
+        ("no, wait, it does: yes", None),
+        ("No. Actually, yes.", None),
+        ("Yes. On second thought, no.", None),
+        ("Yes the cube is lifted", None),  # no answer standing alone: unclear rather than guessed
+        ("Yes. Actually, the cube is small.", True),  # taken back to nothing
         (None, None),
         (42, None),
     ],

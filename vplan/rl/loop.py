@@ -480,8 +480,9 @@ class RLRun:
                 objective = dpo_loss(chosen, rejected, chosen_ref, rejected_ref, cfg.dpo_beta)
             total = objective + cfg.penalty * delta_penalty(self.model.unet)
             if not torch.isfinite(total):
+                milder = "raise rwr_beta" if cfg.objective == "rwr" else "lower dpo_beta"  # rwr: exp(A / beta)
                 raise RunError(f"rl: the {cfg.objective} loss is {total.item()} at iteration {self.iteration}, "
-                               f"step {step}; lower lr or the beta (the finished iterations are kept in {self.out})")
+                               f"step {step}; lower lr or {milder} (the finished iterations are kept in {self.out})")
             self.optimizer.zero_grad(set_to_none=True)
             total.backward(inputs=list(self.params.values()))
             self.optimizer.step()
@@ -548,7 +549,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             raise UsageError(f"{out} has run {run.iteration} iterations already; pass iterations>={run.iteration}, "
                              "or choose another out=DIR")
         if resuming:
-            print(f"resuming {out} after iteration {run.iteration}")
+            print(f"resuming {out}: iterations 0..{run.iteration - 1} done, iteration {run.iteration} next")
         pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)

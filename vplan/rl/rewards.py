@@ -112,7 +112,8 @@ class IDMReproductionReward:
 
     def check_fits(self, world_model: Any, idm: Any) -> None:
         """A ValueError where the action model cannot read what the agent hands it, said before any episode:
-        the IDM's actions (their size), and the world model's context latents (one VAE for both models)."""
+        the IDM's actions (their size), the world model's context latents (one VAE for both models), and its
+        chunks (their length)."""
         from vplan.worldmodel.latent_cache import vae_fingerprint
 
         takes = self.model.config.action_dim
@@ -125,6 +126,10 @@ class IDMReproductionReward:
         if vae_fingerprint(self.model.vae) != vae_fingerprint(world_model.vae):
             raise ValueError("its VAE is not the world model's, whose context latents it would be given; train it on "
                              "the world model's VAE (component.vae=<that VAE>)")
+        frames, reads = world_model.config.chunk_frames, self.model.config.chunk_frames
+        if reads < frames:  # it would be asked to redraw every chunk, and refuse after the first episode
+            raise ValueError(f"it draws chunks of up to {reads} frames, and the world model's are {frames}; train it "
+                             f"with component.model.chunk_frames={frames}")
 
     @torch.no_grad()
     def score(self, rollout: EpisodeRollout) -> float | None:

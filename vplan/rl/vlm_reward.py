@@ -42,6 +42,7 @@ DEFAULT_QUESTION = (
 ANSWERS = {"yes": True, "no": False}
 FAILURES_BEFORE_GIVING_UP = 3  # failed requests in a row (each after its retries): the endpoint is down
 CONJUNCTIONS = ("or", "and", "but", "wait")  # words that join the opposite answer to the first ("No - wait, yes")
+REVERSALS = ("wait", "actually", "on second thought", "correction")  # the opposite answer may come anywhere after
 
 
 class VLMRewardWarning(VplanWarning):
@@ -88,22 +89,26 @@ def parse_yes_no(content: Any) -> bool | None:
     """True for a clear "yes", False for a clear "no", None for anything else.
 
     The rule: lowercased, the reply's first word (after any punctuation, quotes or markdown) must be "yes" or
-    "no"; the rest is explanation and is ignored ("Yes, the cube is lifted." is yes, "No - the cube vanishes." is
-    no, "Yes, no teleporting or melting." is yes), unless the opposite answer follows joined to it ("yes or no",
-    "Yes and no", "Yes but no", "yes/no", "No - wait, yes") or standing alone after it ("No, yes."). A reply that
-    is empty, not text, or starts with any other word ("maybe", "I think so", "Yeah", "Answer: yes") is unclear.
+    "no", standing as an answer: followed by punctuation or the end ("No teleporting or melting; ... Yes." is no
+    answer "no"); the rest is explanation and is ignored ("Yes, the cube is lifted." is yes, "No - the cube
+    vanishes." is no, "Yes, no teleporting or melting." is yes), unless the opposite answer follows joined to it
+    ("yes or no", "Yes and no", "Yes but no", "yes/no", "No - wait, yes"), standing alone after it ("No, yes."),
+    or anywhere after a word that takes the first back ("No. Actually, yes.", "Yes. On second thought, no."). A
+    reply that is empty, not text, or starts with any other word ("maybe", "I think so", "Yeah", "Answer: yes")
+    is unclear.
     """
     if not isinstance(content, str):
         return None
     text = content.lower()
-    first = re.match(r"[^a-z]*(yes|no)\b", text)
+    first = re.match(r"[^a-z]*(yes|no)(?=\s*(?:[^a-z\s]|$)|\s+\1\b)", text)
     if first is None:
         return None
     answer, after = ANSWERS[first.group(1)], text[first.end():]
     opposite = "no" if answer else "yes"
     joined = re.match(rf"\s*(?:/|(?:{'|'.join(CONJUNCTIONS)})\b)[^a-z]*{opposite}\b", after)
     alone = re.match(rf"[^a-z]*(?:(?:{'|'.join(CONJUNCTIONS)})[^a-z]+)?{opposite}\b[^a-z]*$", after)
-    return None if joined or alone else answer
+    taken_back = re.search(rf"\b(?:{'|'.join(REVERSALS)})\b.*\b{opposite}\b", after, re.DOTALL)
+    return None if joined or alone or taken_back else answer
 
 
 def pick_frames(frames: np.ndarray, count: int) -> np.ndarray:
