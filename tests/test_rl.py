@@ -304,6 +304,7 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     from safetensors.torch import load_file
 
     from vplan.planner.offline import OfflinePlanner
+    from vplan.rl.loop import RLRun
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     plans, plan = [], OfflinePlanner.plan
@@ -317,6 +318,12 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
         main(rl_args(checkpoints, straight, "iterations=2", "eval_episodes=0"))
     assert len(plans) == 2 * 2  # iterations x plans: the 2 continuations of a plan follow the plan asked for once
     main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))  # as if killed after iteration 1
+    assert (resumed / "final").is_dir() and (resumed / "metrics.json").is_file()  # that run's results ...
+    with monkeypatch.context() as patch:  # ... gone once a longer run trains further, stopped before its end
+        patch.setattr(RLRun, "explore", lambda self, bar: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(SystemExit):
+            main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0"))
+    assert not any((resumed / name).exists() for name in ("final", "metrics.json", "lora.safetensors", "planner.yaml"))
     with (resumed / "iterations.jsonl").open("a") as file:  # ... while appending iteration 2's log
         file.write(json.dumps({"iteration": 1, "partial": True}) + "\n" + '{"iteration": 1, "rewa')
     main(rl_args(checkpoints, f"{resumed}/", "iterations=2", "eval_episodes=0"))  # out= spelled otherwise
@@ -339,8 +346,6 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     with pytest.raises(SystemExit) as exit_info:
         main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))
     assert exit_info.value.code == 2 and "has run 2 iterations already; pass iterations>=2" in capsys.readouterr().err
-    from vplan.rl.loop import RLRun
-
     calls = []
 
     def interrupted_finetune(self, groups):  # Ctrl-C in iteration 3's finetuning

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -555,6 +556,10 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             _keep_iterations_before(out / name, run.iteration)
         write_config(out, cfg)
         per_iteration = cfg.seeds_per_iteration * len(cfg.plan_offsets) * cfg.continuations
+        if run.iteration < cfg.iterations:  # trained further: the results of fewer iterations would pass for these
+            shutil.rmtree(out / "final", ignore_errors=True)
+            for name in (LORA_FILE, "planner.yaml", "metrics.json"):
+                (out / name).unlink(missing_ok=True)
         bar = tqdm(total=cfg.iterations * per_iteration, initial=run.iteration * per_iteration, desc="rl explore",
                    unit="episode")
         while run.iteration < cfg.iterations:
