@@ -231,11 +231,25 @@ def test_budget_stops_requests(endpoint: FakeEndpoint) -> None:
     vlm = reward(endpoint, max_requests=1)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 1.0  # the second chunk has no answer
+        assert vlm.ask(chunk(PICK, 0).frames, PICK) is True
+        assert vlm.ask(chunk(PLACE, 10).frames, PLACE) is None  # the budget is spent
         assert vlm.score(rollout(chunk(PICK, 0))) == 1.0  # a cache hit needs no budget
     assert len(endpoint.requests) == 1 and vlm.requests_made == 1
     (message,) = vlm_warnings(record)
     assert "budget (1) is spent" in message and PLACE in message
+
+
+def test_an_episode_the_budget_cannot_cover_whole_is_not_scored(endpoint: FakeEndpoint) -> None:
+    """Scored on its first chunks alone (the budget ran out part-way through a group), an episode was compared
+    with others scored on all of theirs."""
+    endpoint.reply = answer("yes")
+    vlm = reward(endpoint, max_requests=2)
+    with pytest.warns(VLMRewardWarning, match=r"has 2 question\(s\) left, and an episode needs 3; it gets no VLM"):
+        assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10), chunk(PICK, 20))) is None
+    assert len(endpoint.requests) == 0 and vlm.requests_made == 0  # none asked: the budget is left for others
+    assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 1.0  # one it covers whole
+    assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 1.0  # from the cache: no budget needed
+    assert len(endpoint.requests) == 2
 
 
 def test_the_budget_and_cache_carry_over_a_resume(endpoint: FakeEndpoint) -> None:

@@ -198,6 +198,12 @@ class VLMReward:
         content += [image_part(frame) for frame in frames]
         return [{"role": "user", "content": content}]
 
+    def _question(self, frames: np.ndarray, subgoal: str) -> tuple[np.ndarray, str, str]:
+        """The frames sent about a chunk, the question asked and its cache key."""
+        sent = pick_frames(frames, self.config.frames_per_question)
+        question = self.config.question.format(subgoal=subgoal)
+        return sent, question, self.cache_key(sent, question)
+
     def ask(self, frames: np.ndarray, subgoal: str) -> bool | None:
         """The VLM's yes (True) / no (False) on whether `frames` show `subgoal`; None: no clear answer (warned).
 
@@ -205,9 +211,7 @@ class VLMReward:
         """
         if not self.config.enabled:
             return None
-        sent = pick_frames(frames, self.config.frames_per_question)
-        question = self.config.question.format(subgoal=subgoal)
-        key = self.cache_key(sent, question)
+        sent, question, key = self._question(frames, subgoal)
         if key in self._cache:
             self.cache_hits += 1
             return self._cache[key]
@@ -241,8 +245,18 @@ class VLMReward:
         return answer
 
     def score(self, rollout: EpisodeRollout) -> float | None:
-        """Share of chunks answered yes among those with a clear answer; None when none has one (or disabled)."""
+        """Share of chunks answered yes among those with a clear answer; None when none has one (or disabled), and
+        when the request budget left cannot ask about every chunk not in the cache: scored on its first chunks
+        alone, an episode would be compared with others scored on all of theirs (the budget runs out part-way
+        through a group), so none is asked and its plan's others' mean stands in."""
         if not self.config.enabled:
+            return None
+        needed = sum(self._question(chunk.frames, chunk.text)[2] not in self._cache for chunk in rollout.chunks)
+        left = self.config.max_requests - self.requests_made
+        if needed > left:
+            warnings.warn(f"VLM reward ({self.config.model}): the request budget (vlm_reward.max_requests="
+                          f"{self.config.max_requests}) has {left} question(s) left, and an episode needs {needed}; "
+                          "it gets no VLM score (raise the budget to cover the run)", VLMRewardWarning, stacklevel=2)
             return None
         answers = [self.ask(chunk.frames, chunk.text) for chunk in rollout.chunks]
         clear = [answer for answer in answers if answer is not None]
