@@ -17,8 +17,8 @@ After each iteration `<out>/checkpoint` holds the adapter, the optimizer, the pl
 a killed run resumes after its last finished iteration (seeded episodes: the same rollouts as an uninterrupted
 run). At the end `<out>/final` is the world model with the adapter merged (`vplan run worldmodel=<out>/final`),
 `<out>/lora.safetensors` the adapter alone, and `metrics.json` the before/after evaluation on the same held-out
-seeds with the same agent settings: the base model and plan; the finetuned model with the same plan (the same
-chunks: the same sampling budget); and the finetuned model with the tuned plan. `rewards.png` draws the mean
+seeds with the same agent settings: the base model and plan; the finetuned model with the same plan (its replans
+and extra chunks follow what it executes); and the finetuned model with the tuned plan. `rewards.png` draws the mean
 reward, each reward term and the success rate of the explored episodes, iteration by iteration.
 """
 
@@ -595,7 +595,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         if cfg.eval_episodes:
             metrics["before"], plans = evaluate(run, run.base, cfg.planner.chunk_offset, "eval before")
             # the finetuned executor alone, with the plans it had before (an LLM planner asked again may answer
-            # otherwise): the same chunks, the same sampling budget
+            # otherwise); replans and extra chunks still follow what each executes
             metrics["after_executor"], _ = evaluate(run, final, cfg.planner.chunk_offset, "eval after (executor)",
                                                     plans)
             metrics["after"], _ = evaluate(run, final, run.tuned_offset, "eval after")
