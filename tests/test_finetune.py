@@ -214,6 +214,42 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_out_of_memory_before_the_first_checkpoint_keeps_the_inner_loops_work(setup, finetuned, tmp_path,
+                                                                               monkeypatch, capsys):
+    """The advice (a lower batch size) was refused on the rerun, as another outer-loop setting, so the inner loop's
+    stored states had to be thrown away with the folder."""
+    from vplan.memory.temp_lora import TempLoRAMemory
+
+    root, data, wm = setup
+    _, uninterrupted = finetuned
+    cfg = config(data, wm, tmp_path / "oom")
+    original = SlowFastTraining.loss
+
+    def out_of_memory(self, batch, generator):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(SlowFastTraining, "loss", out_of_memory)
+    with pytest.raises(RunError, match=r"out of memory at step 1 with batch_size=4 .*lower optim\.batch_size$"):
+        finetune(replace(cfg, optim=replace(OPTIM, batch_size=4)))
+    monkeypatch.setattr(SlowFastTraining, "loss", original)
+    stored = content(episode_file(tmp_path / "oom", 0))
+    capsys.readouterr()
+    final = finetune(cfg)  # batch_size=2 as advised: taken, the inner loop's states kept
+    assert "optim.batch_size changed before the outer loop's first checkpoint" in capsys.readouterr().out
+    assert same_content(content(episode_file(tmp_path / "oom", 0)), stored)
+    ours, theirs = load_file(final / "unet.safetensors"), load_file(uninterrupted / "unet.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)  # as if begun so
+    with pytest.raises(UsageError, match=r"other optim\.lr"):  # with a checkpoint, the outer loop is pinned
+        finetune(replace(cfg, optim=replace(OPTIM, lr=2e-3)))
+    finetune(replace(cfg, worldmodel=os.path.relpath(wm)))  # the same model, its path spelled otherwise: taken
+
+    # out of memory in the inner loop: one line saying what to change, not a traceback
+    monkeypatch.setattr(TempLoRAMemory, "_update", lambda self, previous, new: out_of_memory(None, None, None))
+    with pytest.raises(RunError, match=r"inner loop: out of memory in episode 0, chunk 0 .*memory\.gradient_"
+                                       r"checkpointing=true \(the same command goes on\)$"):
+        finetune(config(data, wm, tmp_path / "inner_oom"))
+
+
 def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(setup, tmp_path):
     root, data, wm = setup
     model = tmp_path / "model"

@@ -526,6 +526,18 @@ def test_a_diverging_update_names_the_learning_rate() -> None:
     memory.close()
 
 
+def test_non_finite_latents_to_learn_from_are_refused_by_name_not_blamed_on_the_lr() -> None:
+    memory = make_memory(lora(), tiny_model())
+    bad = latents(CHUNK, seed=2)
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="new: expected finite latents, got NaN or inf"):
+        memory.update(latents(CHUNK), bad)
+    with pytest.raises(ValueError, match="previous: expected finite latents"):
+        memory.update_async(bad, latents(CHUNK))
+    assert memory.updates == 0
+    memory.close()
+
+
 def test_a_step_to_non_finite_weights_or_a_non_finite_chunk_names_the_cause() -> None:
     """A finite loss can step the adapter to inf (as `eval consistency temp_lora.lr=1000` does at its third
     update), or to weights so large the next chunk is NaN (lr 1e30): both were first reported by the decoder, as

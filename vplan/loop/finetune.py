@@ -53,7 +53,7 @@ from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
-from vplan.loop.trainer import FINAL, OptimConfig, refuse_several_processes, train
+from vplan.loop.trainer import FINAL, OptimConfig, out_of_memory, refuse_several_processes, train
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
 from vplan.utils.settings import changed_settings, check_ints, plain, refuse_model_folder
@@ -189,12 +189,20 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
     path = inner / SETTINGS
     if path.is_file():
         saved = read_json_record(path, f"choose another out= or delete {inner.parent}")
-        ignore = () if "optim" in saved else ("optim",)  # one round recorded no optim before 2026-12-05
+        # one round recorded no optim before 2026-12-05; the world model is pinned by its files' hashes (its path
+        # may be spelled otherwise, or the folder moved)
+        ignore = ("worldmodel",) if "optim" in saved else ("worldmodel", "optim")
         for name in UNPINNED_OPTIM:  # several rounds recorded them before 2026-12-06
             saved.get("optim", {}).pop(name, None)
         for name in UNPINNED_MEMORY:  # recorded before 2026-12-06
             saved.get("memory", {}).pop(name, None)
         changed = changed_settings(saved, plain(settings), cfg, ignore=ignore)
+        if changed and all(name.startswith("optim.") for name in changed) and not list_checkpoints(inner.parent):
+            # stopped before the outer loop's first checkpoint (out of memory, a divergence: its advice is another
+            # batch size or lr): no stored state depends on the outer loop yet, so the inner loop's work is kept
+            print(f"{', '.join(changed)} changed before the outer loop's first checkpoint: recorded in {path}")
+            write_json(path, settings)
+            return
         if changed:
             raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
                              f"choose another out= or delete that folder")
@@ -231,6 +239,14 @@ def run_inner_episode(
             memory.update(previous, latents[chunk.start : chunk.start + chunk.frames][None])
         except RunError:  # the memory's own check, on its loss
             raise _diverged(episode, k) from None
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not out_of_memory(error):
+                raise
+            way = ("memory.gradient_checkpointing=true (the same command goes on)"
+                   if not memory.config.gradient_checkpointing else
+                   "more memory free, or a lower memory.rank in another out=DIR")
+            raise RunError(f"finetune inner loop: out of memory in episode {episode}, chunk {k} "
+                           f"({first_line(error)}); start again with {way}") from error
         state = memory.state_dict()
         if not all(torch.isfinite(t).all() for t in state.values()):
             raise _diverged(episode, k)

@@ -314,7 +314,7 @@ def train(
                     raise _diverged(description, f"the gradient norm became {float(norm)}", step, out, optim_key)
                 optimizer.step()  # the first allocates Adam's two moments: as much again as the weights
             except (torch.OutOfMemoryError, RuntimeError) as error:
-                if not _out_of_memory(error):
+                if not out_of_memory(error):
                     raise
                 raise _out_of_memory_error(description, error, step, optim, out, optim_key) from error
             step += 1
@@ -355,7 +355,7 @@ def _diverged(description: str, what: str, step: int, out: Path, optim_key: str)
                     f"{optim_key}.lr in another out=DIR ({saved})")
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def out_of_memory(error: BaseException) -> bool:
     """Whether `error` is an allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
     return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 

@@ -312,6 +312,9 @@ class EpisodicMemory(ABC):
         if previous.shape[0] != new.shape[0]:
             raise ValueError(f"expected previous and new latents with one batch size, got {previous.shape[0]} "
                              f"and {new.shape[0]}")
+        for name, latents in (("previous", previous), ("new", new)):
+            if not torch.isfinite(latents).all():  # learned from, they made a NaN loss that named the lr
+                raise ValueError(f"{name}: expected finite latents, got NaN or inf values")
         return previous.detach(), new.detach()
 
 
