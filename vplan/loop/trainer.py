@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from vplan.errors import RunError, first_line
 from vplan.loop.checkpoint import UnreadableTrainerStateError, list_checkpoints, load_checkpoint, save_checkpoint
 from vplan.utils.files import write_text_atomic
-from vplan.utils.interrupts import terminated
+from vplan.utils.interrupts import interrupted, terminated
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import check_ints, check_seed
 
@@ -338,7 +338,7 @@ def train(
                 accelerator.print(f"stopped at step {step}: checkpoint in {out}; the same command resumes from it")
                 # the others exit once the first has saved: a launcher stops the rest when one process ends
                 accelerator.wait_for_everyone()
-                raise terminated() if signal.SIGTERM in stop_requested else KeyboardInterrupt
+                raise terminated() if signal.SIGTERM in stop_requested else interrupted()
         bar.close()
     finally:
         for signum, handler in previous.items():

@@ -38,11 +38,16 @@ def raise_terminated(signum: int, frame: Any) -> None:
         raise terminated()
 
 
-def raise_interrupt(signum: int, frame: Any) -> None:
-    """The SIGINT handler the command line installs: Python's own, counted."""
+def interrupted() -> KeyboardInterrupt:
+    """The KeyboardInterrupt to raise for a Ctrl-C, counted (see `deliver_dropped_stops`)."""
     global _stops_raised
     _stops_raised += 1
-    raise KeyboardInterrupt
+    return KeyboardInterrupt()
+
+
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """The SIGINT handler the command line installs: Python's own, counted."""
+    raise interrupted()
 
 
 def deliver_dropped_stops(unraisable: Any, report: Any = sys.__unraisablehook__) -> None:
