@@ -251,7 +251,8 @@ class VLMReward:
         through a group), so none is asked and its plan's others' mean stands in."""
         if not self.config.enabled:
             return None
-        needed = sum(self._question(chunk.frames, chunk.text)[2] not in self._cache for chunk in rollout.chunks)
+        keys = {self._question(chunk.frames, chunk.text)[2] for chunk in rollout.chunks}  # a repeat is a cache hit
+        needed = len(keys - self._cache.keys())
         left = self.config.max_requests - self.requests_made
         if needed > left:
             warnings.warn(f"VLM reward ({self.config.model}): the request budget (vlm_reward.max_requests="
