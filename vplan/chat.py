@@ -29,7 +29,12 @@ class ReplyTooLargeError(RuntimeError):
 
 
 class ChatRequestError(RuntimeError):
-    """A chat request failed: connection, timeout, HTTP status (after the client's retries)."""
+    """A chat request failed: connection, timeout, HTTP status (after the client's retries). Its message shows the
+    endpoint's own words with control characters as "?": they reach the terminal (a server's escape sequences
+    could clear it or forge lines) and metrics.json."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("".join(c if c.isprintable() or c.isspace() else "?" for c in message))
 
 
 class ChatReplyError(ChatRequestError):
@@ -105,6 +110,21 @@ class ChatEndpointConfig:
         if self.temperature is not None and (isinstance(self.temperature, bool) or not isinstance(
                 self.temperature, (int, float)) or not 0 <= self.temperature <= 2):
             raise ValueError(f"temperature: expected a float in [0, 2] or None, got {self.temperature!r}")
+
+
+MAX_RETRY_WAIT_S = 60.0  # the longest wait before a retry a server's Retry-After may ask (openai's own cap: 120 s)
+
+
+def _bounded_client_class() -> Any:
+    """`openai.OpenAI` with its wait before each retry capped at `MAX_RETRY_WAIT_S`, whatever the installed release
+    allows (a server asking 75 s was waited out; at max_retries=10 one request could sleep 20 minutes)."""
+    import openai
+
+    class BoundedRetryWaits(openai.OpenAI):
+        def _calculate_retry_timeout(self, *args: Any, **kwargs: Any) -> float:
+            return min(super()._calculate_retry_timeout(*args, **kwargs), MAX_RETRY_WAIT_S)
+
+    return BoundedRetryWaits
 
 
 def _capped_http_client() -> Any:
@@ -188,8 +208,10 @@ def _is_http_url(url: str) -> bool:
 
 def _looks_like_a_key(name: str) -> bool:
     """Whether a would-be variable name is more likely a key pasted in its place (hf_..., gsk_...: long, with
-    capitals, small letters and digits, as no variable name is): it would be written to config.yaml."""
-    return len(name) >= 20 and all(any(test(c) for c in name) for test in (str.isupper, str.islower, str.isdigit))
+    capitals, small letters and digits; a 32-character hex one, as some providers issue: long with no "_"; as no
+    variable name is): it would be written to config.yaml."""
+    mixed = all(any(test(c) for c in name) for test in (str.isupper, str.islower, str.isdigit))
+    return (len(name) >= 20 and mixed) or (len(name) >= 32 and "_" not in name)
 
 
 def _unencrypted_to_another_machine(url: str) -> bool:
@@ -256,9 +278,7 @@ class ChatEndpoint:
     def client(self) -> Any:
         """The `openai.OpenAI` client (made on first use, reused until `close`)."""
         if self._client is None:
-            import openai
-
-            self._client = openai.OpenAI(api_key=self.api_key, base_url=self.config.base_url,
+            self._client = _bounded_client_class()(api_key=self.api_key, base_url=self.config.base_url,
                                          timeout=self.config.timeout_s, max_retries=self.config.max_retries,
                                          http_client=_capped_http_client())
         return self._client
@@ -288,7 +308,7 @@ class ChatEndpoint:
         try:
             choice = completion.choices[0]
             message = choice.message
-        except (AttributeError, IndexError, TypeError):
+        except (AttributeError, IndexError, KeyError, TypeError):  # `choices` not a list of choices: no reply
             return None
         refusal = getattr(message, "refusal", None)
         if refusal:

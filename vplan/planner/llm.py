@@ -77,9 +77,10 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 CODE_FENCE = re.compile(r"\s*```(?:json)?[ \t]*\n(.*)\n[ \t]*```\s*", re.DOTALL | re.IGNORECASE)
-# a reasoning model's thoughts before the reply, up to the first </think> (R1 served without a reasoning parser
-# sends them without the opening tag, which its chat template put in the prompt); none holds the reply's "{"
-THINKING = re.compile(r"\A(?:\s*<think>)?[^{]*?</think>\s*")
+# a reasoning model's thoughts before the reply, up to the first </think>: opened by <think> (they may draft the
+# JSON, "{" and all), or without the opening tag (R1 served without a reasoning parser: its chat template put it in
+# the prompt) where the reply does not start as JSON or a code fence (whose strings may hold "</think>")
+THINKING = re.compile(r"\A(?:\s*<think>.*?</think>|(?!\s*[{`]).*?</think>)\s*", re.DOTALL)
 
 
 def parse_reply(content: Any, config: LLMPlannerConfig) -> list[str]:
