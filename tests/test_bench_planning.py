@@ -4,6 +4,7 @@ Markdown table and the bar plot, continuing an interrupted bench, and one-line e
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -35,6 +36,23 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     first = json.loads((out / "results.json").read_text())
     assert [len(first["rows"][row.name]) for row in ROWS] == [1] * 5
 
+    import vplan.run
+
+    run_episode, calls = vplan.run.run_episode, []
+
+    def stopped_at_the_second(*args, **kwargs):  # the first row's second episode ends, then Ctrl-C
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_episode(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vplan.run, "run_episode", stopped_at_the_second)
+        with pytest.raises(SystemExit):
+            main(bench_args(checkpoints, out, "episodes=2"))
+    stopped = json.loads((out / "results.json").read_text())  # one row holds 2 episodes: no summary of 1 is left
+    assert sorted(len(rows) for rows in stopped["rows"].values()) == [1, 1, 1, 1, 2]
+    assert "summary" not in stopped and not (out / "table.md").exists() and not (out / "dist.png").exists()
     main(bench_args(checkpoints, out, "episodes=2"))  # continues: only the second seed runs
     assert "continuing" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
@@ -104,7 +122,9 @@ def test_a_temp_lora_setting_the_unet_refuses_is_named_before_anything_runs(chec
 
 @pytest.mark.parametrize(("finetuned", "said"), [("shipped:tabletop/finetuned", "no shipped checkpoint"),
                                                   ("run_dir", "a training run's directory; pass finetuned="),
-                                                  ("unreadable", "config.json: expected JSON, got a file that does")])
+                                                  ("unreadable", "config.json: expected JSON, got a file that does"),
+                                                  ("other_env", "finetuned on blockworld episodes, and this bench "
+                                                                "runs tabletop")])
 def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpoints, tmp_path, capsys, finetuned,
                                                                           said):
     """Only a path that does not exist yet may come later; a shipped name or an existing folder is checked first
@@ -117,6 +137,11 @@ def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpo
         (tmp_path / "unreadable").mkdir()
         (tmp_path / "unreadable" / "config.json").write_text("not json")
         finetuned = str(tmp_path / "unreadable")
+    if finetuned == "other_env":  # the default checkpoints/finetune/final, made from another env's episodes
+        shutil.copytree(checkpoints[0], tmp_path / "other_env")
+        payload = json.loads((tmp_path / "other_env" / "config.json").read_text())
+        (tmp_path / "other_env" / "config.json").write_text(json.dumps({**payload, "trained_on_env": "blockworld"}))
+        finetuned = str(tmp_path / "other_env")
     out = tmp_path / "b"
     with pytest.raises(SystemExit) as exit_info:
         main([a for a in bench_args(checkpoints, out) if not a.startswith("finetuned=")] + [f"finetuned={finetuned}"])

@@ -246,9 +246,10 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
 
     (Path(tiny_checkpoint) / "notes.txt").write_text("retrained")  # the checkpoint's files change
     try:
-        (out / "metrics.json").unlink()
         with pytest.raises(UsageError, match="worldmodel=.*its files changed"):
             evaluate(out, episodes=2, resume=True)
+        # refused before the finished evaluation's figures were cleared (they went, and could not be made again)
+        assert (out / "metrics.json").is_file() and (out / "psnr_per_chunk.png").is_file()
     finally:
         (Path(tiny_checkpoint) / "notes.txt").unlink()
     assert figures(evaluate(out, episodes=2, resume=True)) == figures(straight)  # all finished: nothing rerun
@@ -268,6 +269,12 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
         evaluate(out, episodes=1, chunks=CHUNKS + 1)
     again = evaluate(out, episodes=1, overwrite=True)  # replaced by a fresh one
     assert figures(again)["none"] == figures(straight)["none"][:1]
+    (out / "progress.json").unlink()  # an evaluation from before the record, or whose record was deleted
+    for resume in (False, True):
+        with pytest.raises(UsageError, match=r"holds an evaluation's files \(metrics.json, real_vs_none_seed10000.mp4"
+                                             r".*\) but no progress.json to continue it from; overwrite=true"):
+            evaluate(out, episodes=1, resume=resume)
+    assert (out / "metrics.json").is_file()
 
 
 def test_a_rollout_counts_as_done_only_with_its_video_written(tiny_checkpoint, tmp_path, monkeypatch):

@@ -143,6 +143,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import TabletopConfig, env_name, make_env
     from vplan.run import run_episode, show_chunk
+    from vplan.shipped import warn_if_training_seeds
 
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
@@ -150,8 +151,9 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     if cfg.agent.camera != "front":
         raise UsageError(f"bench executor's expert video is the front camera's; agent.camera={cfg.agent.camera!r} "
                          "would hand the IDM another camera's frames than it reads")
+    warn_if_training_seeds(cfg.seed)
     out = Path(cfg.out)
-    results = load_results(out / RESULTS_FILE, cfg, list(ROWS), "bench executor")
+    results = load_results(out / RESULTS_FILE, cfg, list(ROWS), "bench executor", summaries=(TABLE_FILE,))
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
     agents: dict[str, Any] = {}  # the video rows' agents

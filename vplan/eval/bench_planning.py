@@ -115,10 +115,13 @@ class BenchPlanningConfig(AgentBenchConfig):
                              f"kind 'temp_lora', got {self.memory.kind!r}; set memory.* keys, not memory=")
 
 
-def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], command: str) -> dict[str, Any]:
+def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], command: str,
+                 summaries: tuple[str, ...] = ()) -> dict[str, Any]:
     """The results a bench (`command`) with these settings wrote to `path` so far (to continue it), or empty rows.
     Every setting but `episodes`, `out` and `threads` must match (one added since the bench ran may be at its
-    default); a file another command wrote is refused."""
+    default); a file another command wrote is refused. A continued bench's summary and the files drawn from it
+    (`summaries`, beside `path`) go until it ends: stopped part-way, they would describe fewer episodes than its
+    rows hold."""
     settings = settings_record(cfg, leave_out=("episodes", "out", "threads"))
     if not path.is_file():
         return {"command": command, "settings": settings, "rows": {name: [] for name in row_names}}
@@ -133,6 +136,9 @@ def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], comman
         raise UsageError(f"{path} holds a bench with other settings of {', '.join(changed)}; pass the same ones, or "
                          "choose another out=DIR to start a new one")
     results["settings"] = settings  # with the settings added since, at their defaults
+    results.pop("summary", None)
+    for name in summaries:
+        (path.parent / name).unlink(missing_ok=True)
     print(f"continuing {path}: " + ", ".join(f"{name} {len(done)}" for name, done in results["rows"].items()))
     return results
 
@@ -195,14 +201,19 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from vplan.envs import env_name, make_env
     from vplan.run import run_episode, show_chunk
     from vplan.memory.temp_lora import check_target_modules
-    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
+    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_training_seeds
     from vplan.worldmodel.model import read_config
     from vplan.worldmodel.unet import build_unet
 
+    warn_if_training_seeds(cfg.seed)
     # the finetuned model may come later, made by `vplan finetune` at a path that does not exist yet
     later = not cfg.finetuned.startswith(PREFIX) and not Path(cfg.finetuned).exists()
     check_checkpoints_exist({"worldmodel": cfg.worldmodel, "idm": cfg.idm,
                              "finetuned": None if later else cfg.finetuned})
+    bench_env, trained = env_name(cfg.env), None if later else trained_on_env(cfg.finetuned)
+    if trained is not None and trained != bench_env:  # its default path is the same for every env
+        raise UsageError(f"finetuned={cfg.finetuned}: finetuned on {trained} episodes, and this bench runs "
+                         f"{bench_env}; pass finetuned= a model `vplan finetune` made from {bench_env} episodes")
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"
@@ -217,7 +228,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
               "(rerun the same command to continue)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS], "bench planning")
+    results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS], "bench planning",
+                           summaries=(TABLE_FILE, PLOT_FILE))
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env)
     dist_unit = env.metadata.get("dist_unit", "m")  # metres on the tabletop, blocks in the blockworld

@@ -251,7 +251,8 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     seeds = range(cfg.seed, cfg.seed + cfg.episodes)
     scenarios = _revisit_takes(scenario_fn, cfg, seeds, frames_n, size, context_n, chunk_n)  # before out is touched
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"real": [], "modes": {mode: [] for mode in cfg.modes}},
-                                 _finished, ["real_vs_*.mp4"], summaries=[PSNR_PLOT])
+                                 _finished, ["real_vs_*.mp4"], summaries=[PSNR_PLOT],
+                                 pinned={"worldmodel": cfg.checkpoint})
     # the fingerprint now: the files may be replaced while the rollouts run
     fingerprint = pin_checkpoints(out, {"worldmodel": cfg.checkpoint},
                                   resuming=cfg.resume and any(progress["modes"].values()))["worldmodel"]

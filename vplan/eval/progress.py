@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vplan.errors import UsageError
+from vplan.shipped import PINNED_FILE, pin_checkpoints
 from vplan.utils.files import read_json_record
 from vplan.utils.settings import (
     CONFIG_FILE, changed_settings, refuse_model_folder, settings_it_lacks, settings_record,
@@ -31,15 +32,18 @@ def check_resume_or_overwrite(cfg: Any) -> None:
 
 def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: dict[str, Any],
                       finished: Callable[[dict[str, Any]], str], outputs: Iterable[str],
-                      marks: Mapping[str, tuple[Any, str]] | None = None, summaries: Iterable[str] = ()
-                      ) -> dict[str, Any]:
+                      marks: Mapping[str, tuple[Any, str]] | None = None, summaries: Iterable[str] = (),
+                      pinned: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The progress record to go on from: with `cfg.resume`, the one in `out` (checked against `cfg`'s settings
     but `resumable`), otherwise `empty`, after clearing the files (globs) `outputs` an earlier evaluation left
     (`cfg.overwrite`: an evaluation in `out` is refused without it). `summaries` (plots drawn from the metrics)
     go with metrics.json whenever it goes, also on a resumption: an unfinished evaluation shows none.
     `finished(progress)` says what is done ("3 rollout(s)"), for the messages. `marks` (key -> (value, what a
     record without it was)) are written into a new record, and a record whose mark differs is not resumed: its
-    figures were made otherwise (`eval worldmodel`'s sampling noise)."""
+    figures were made otherwise (`eval worldmodel`'s sampling noise); nor is one whose `pinned` checkpoints (name ->
+    argument) changed since (`pin_checkpoints`). Files an evaluation writes (`outputs`, metrics.json) found without
+    a progress record are refused too, unless `cfg.overwrite`: an evaluation from before the record, or whose
+    record was deleted."""
     refuse_model_folder(out)
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
@@ -62,11 +66,17 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         if changed:
             raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
                              "pass the same ones, or choose another out=DIR")
+        if pinned and (out / PINNED_FILE).is_file():  # the same checkpoint files, before its metrics are cleared
+            pin_checkpoints(out, pinned, resuming=True, write=False)
         print(f"continuing {out}: {finished(recorded)} finished")
         # unfinished again until it ends (`episodes` may have grown): a fresh run must not replace it meanwhile
         for stale in (METRICS_FILE, *summaries):
             (out / stale).unlink(missing_ok=True)
         return {**recorded, "settings": settings}
+    found = sorted({old.name for pattern in (METRICS_FILE, *outputs) for old in out.glob(pattern)})
+    if recorded is None and found and not cfg.overwrite:  # their figures would go without a word
+        raise UsageError(f"{out} holds an evaluation's files ({', '.join(found[:3])}) but no {PROGRESS_FILE} to "
+                         "continue it from; overwrite=true replaces them, or choose another out=DIR")
     if cfg.resume:
         print(f"resume=true: {out} holds no evaluation yet; starting one")
     elif recorded is not None and not cfg.overwrite:  # its figures would go without a word

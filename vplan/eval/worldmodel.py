@@ -255,11 +255,11 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         ("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)) if loaded is not None and
         loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
+    pinned = {name: spec for name, spec in checkpoints.items() if spec is not None}
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
                                  _finished, [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO], summaries=[OPEN_LOOP_PLOT],
-                                 marks={"noise": (NOISE, NOISE_BEFORE)})
-    pin_checkpoints(out, {name: spec for name, spec in checkpoints.items() if spec is not None},
-                    resuming=cfg.resume and bool(progress["episodes"]))
+                                 marks={"noise": (NOISE, NOISE_BEFORE)}, pinned=pinned)
+    pin_checkpoints(out, pinned, resuming=cfg.resume and bool(progress["episodes"]))
     show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
     if (out / GRID_FILE).is_file():
         _say_if_grid_kept_short(out / GRID_FILE, cfg.video_chunks, model.config.chunk_frames)
