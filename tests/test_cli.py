@@ -280,29 +280,20 @@ def test_an_error_starts_its_own_line_after_a_progress_bar(capsys):
     assert capsys.readouterr().err.splitlines()[-1] == "vplan x: error: it broke"
 
 
-def test_ctrl_c_while_the_settings_are_read_exits_130(monkeypatch, capsys):
-    import vplan.cli
-
-    def interrupted(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(vplan.cli, "compose_config", interrupted)
-    with pytest.raises(SystemExit) as exit_info:
-        vplan.cli.main(["collect"])
-    assert exit_info.value.code == 130 and capsys.readouterr().err == "vplan collect: interrupted\n"
-
-
-def test_a_sigterm_stops_a_command_as_ctrl_c_does_and_exits_143(monkeypatch, capsys):
+@pytest.mark.parametrize(("stop", "code", "said"), [("KeyboardInterrupt", 130, "interrupted"),
+                                                    ("Terminated", 143, "terminated (SIGTERM)")])
+def test_a_stop_while_the_settings_are_read_exits_as_the_signal_says(monkeypatch, capsys, stop, code, said):
+    """Ctrl-C exits 130; a SIGTERM (a job scheduler's stop) stops a command as Ctrl-C does, and exits 143."""
     import vplan.cli
     from vplan.utils.interrupts import Terminated
 
-    def terminated(*args):
-        raise Terminated
+    def stopped(*args):
+        raise {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[stop]
 
-    monkeypatch.setattr(vplan.cli, "compose_config", terminated)
+    monkeypatch.setattr(vplan.cli, "compose_config", stopped)
     with pytest.raises(SystemExit) as exit_info:
         vplan.cli.main(["collect"])
-    assert exit_info.value.code == 143 and capsys.readouterr().err == "vplan collect: terminated (SIGTERM)\n"
+    assert exit_info.value.code == code and capsys.readouterr().err == f"vplan collect: {said}\n"
 
 
 def test_a_bench_refuses_its_out_before_it_times_anything(tmp_path, monkeypatch):

@@ -9,6 +9,16 @@ import textwrap
 import pytest
 
 
+def dropped_in_a_fork_hook(signum: str) -> str:
+    """Code that forks with an at-fork hook in which `signum` is handled: Python drops the stop it raises there."""
+    return f"""
+            os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.{signum}))
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)"""
+
+
 def run(code: str) -> subprocess.CompletedProcess:
     preamble = ("import os, signal, sys, time\n"
                 "from vplan.utils.interrupts import Terminated, handle_stop_signals\n"
@@ -22,12 +32,7 @@ def test_a_stop_python_drops_in_an_at_fork_hook_is_delivered_again(signum, stop)
     """ffmpeg's start (imageio's preexec_fn) runs logging's at-fork hooks; a stop handled inside one was printed as
     "Exception ignored" and dropped, and the command went on to its end (a Ctrl-C to collect was once lost so)."""
     result = run(f"""
-        os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.{signum}))  # handled in the hook
-        try:
-            pid = os.fork()
-            if pid == 0:
-                os._exit(0)
-            os.waitpid(pid, 0)
+        try:{dropped_in_a_fork_hook(signum)}
             time.sleep(20)
             print("went on")
         except {stop} as error:
@@ -56,12 +61,7 @@ def test_a_second_sigterm_does_not_cut_the_first_ones_clean_up_short():
                                                  ("SIGTERM", "SIGINT", "KeyboardInterrupt")])
 def test_a_dropped_stop_is_not_sent_again_into_the_clean_up_of_one_that_came_since(dropped, then, stop):
     result = run(f"""
-        os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.{dropped}))  # dropped in the hook
-        try:
-            pid = os.fork()
-            if pid == 0:
-                os._exit(0)
-            os.waitpid(pid, 0)
+        try:{dropped_in_a_fork_hook(dropped)}
             os.kill(os.getpid(), signal.{then})  # another stop, before the dropped one is sent again
             time.sleep(20)
         except {stop}:
