@@ -151,6 +151,15 @@ def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpo
     assert said in error and not out.exists()
 
 
+def test_an_env_the_agent_cannot_drive_is_refused_without_making_out(checkpoints, tmp_path, capsys):
+    """`out` was made before the first row's agent was checked against the env: a refused bench left it empty."""
+    out = tmp_path / "b"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*bench_args(checkpoints, out), "agent.camera=nowhere"])
+    assert exit_info.value.code == 2 and "agent.camera='nowhere'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_memory_preset_other_than_temp_lora_is_refused(checkpoints, tmp_path, capsys):
     """Each row sets its own memory kind, so memory=none would be ignored: refused, naming what memory is for."""
     with pytest.raises(SystemExit) as exit_info:

@@ -258,7 +258,9 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
         del progress["real"][0][key]
     (out / "progress.json").write_text(json.dumps(progress))
     (out / "metrics.json").unlink()
+    capsys.readouterr()
     assert evaluate(out, episodes=2, resume=True)["real"]["copy_last_psnr_db"] is None  # not one episode's mean
+    assert "copy-last    not scored: rollouts kept from before" in capsys.readouterr().out
     assert straight["real"]["copy_last_psnr_db"] is not None
     with pytest.raises(UsageError, match="holds a finished evaluation \\(4 rollout.*overwrite=true replaces it"):
         evaluate(out, episodes=1)  # a finished evaluation's figures are not thrown away without a word

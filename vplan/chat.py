@@ -98,6 +98,10 @@ class ChatEndpointConfig:
         if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
             raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
                              f"65535, no spaces) or None, got {self.base_url!r}")
+        endpoint = re.search(r"/(chat/)?completions/*$", self.base_url or "")
+        if endpoint:  # the client adds the path: every request went to .../chat/completions/chat/completions (404)
+            raise ValueError(f"base_url: expected the API's base, which the client adds /chat/completions to; got "
+                             f"{self.base_url!r}: pass {self.base_url[:endpoint.start()]!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env) or (
                 _looks_like_a_key(self.api_key_env) and self.api_key_env not in os.environ):
             raise ValueError("api_key_env: expected the name of an environment variable (letters, digits and _, "

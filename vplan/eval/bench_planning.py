@@ -226,8 +226,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     if not _exists(cfg.finetuned):
         print(f"warning: {missing}; the slow-learned model's rows run first, then the bench stops for it "
               "(rerun the same command to continue)")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)  # made by the first row's pin_checkpoints, once its agent fits the env
     results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS], "bench planning",
                            summaries=(TABLE_FILE, PLOT_FILE))
     torch.set_num_threads(cfg.threads)

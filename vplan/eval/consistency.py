@@ -442,6 +442,9 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
     if real.get("copy_last_psnr_db") is not None:
         print(f"  {'copy-last':12} {'-':>6} {'-':>8} {'-':>12} {'-':>14} {'-':>22} {real['copy_last_psnr_db']:10.2f} "
               f"{'-':>10}")
+    else:
+        print(f"  {'copy-last':12} not scored: rollouts kept from before vplan scored it (overwrite=true runs them "
+              "all again)")
     print("  SRC from context: revisits of a real context frame (the anchor memory keeps the first in view); from "
           "generated: of a frame the model imagined; each a mean over the episodes that have such pairs")
     if len(metrics["threads"]) > 1:
