@@ -602,6 +602,8 @@ def test_a_key_sent_unencrypted_to_another_machine_is_warned_of(monkeypatch) -> 
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.warns(VplanWarning, match=r"the API key in the environment variable OPENAI_API_KEY goes to "
                                           r"http://10.0.0.7:8000/v1 unencrypted") as caught:
         ChatEndpoint(ChatEndpointConfig(base_url="http://10.0.0.7:8000/v1"), "planner=llm", "planner.llm.api_key")
@@ -614,6 +616,15 @@ def test_a_key_sent_unencrypted_to_another_machine_is_warned_of(monkeypatch) -> 
         for url in ("https://10.0.0.7/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]/v1",
                     "http://0.0.0.0:8000/v1", "http://localhost.:8000/v1"):
             ChatEndpoint(ChatEndpointConfig(base_url=url), "planner=llm", "planner.llm.api_key")
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.lab:3128")
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")  # loopback kept off the proxy: stays on this machine
+        ChatEndpoint(ChatEndpointConfig(base_url="http://localhost:8000/v1"), "planner=llm", "planner.llm.api_key")
+    monkeypatch.delenv("NO_PROXY")  # through the proxy, in plain text, even to this machine's own server
+    with pytest.warns(VplanWarning, match="goes to http://localhost:8000/v1 unencrypted .*through a proxy"):
+        ChatEndpoint(ChatEndpointConfig(base_url="http://localhost:8000/v1"), "planner=llm", "planner.llm.api_key")
+    monkeypatch.delenv("HTTP_PROXY")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplanWarning)
         monkeypatch.delenv("OPENAI_API_KEY")  # no key: nothing to leak
         ChatEndpoint(ChatEndpointConfig(base_url="http://10.0.0.7:8000/v1"), "planner=llm", "planner.llm.api_key")
 

@@ -219,14 +219,19 @@ def _looks_like_a_key(name: str) -> bool:
 
 
 def _unencrypted_to_another_machine(url: str) -> bool:
-    """Whether `url` is plain http:// to a host other than this machine's loopback."""
+    """Whether `url` is plain http:// to a host other than this machine's loopback, or to any through a proxy from
+    the environment (HTTP_PROXY, ALL_PROXY; the HTTP client uses it for loopback too, unless NO_PROXY names it)."""
     import ipaddress
     from urllib.parse import urlsplit
+    from urllib.request import getproxies_environment, proxy_bypass_environment
 
     parts = urlsplit(url)
     if parts.scheme != "http":
         return False
     host = (parts.hostname or "").rstrip(".")
+    proxies = getproxies_environment()
+    if ("http" in proxies or "all" in proxies) and not proxy_bypass_environment(host, proxies):
+        return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -272,7 +277,8 @@ class ChatEndpoint:
         url = config.base_url if config.base_url is not None else environment_url
         if self.api_key != NO_KEY and url and _unencrypted_to_another_machine(url):
             source = key_setting if (config.api_key or "").strip() else f"the environment variable {config.api_key_env}"
-            warnings.warn(f"{who}: the API key in {source} goes to {url} unencrypted (http://, not on this machine), "
+            warnings.warn(f"{who}: the API key in {source} goes to {url} unencrypted (http://, not on this machine "
+                          "or through a proxy), "
                           "where anyone on the way can read it; use https://, or an endpoint that needs no key "
                           f"(then set {key_setting.rpartition('.')[0] + '.' if '.' in key_setting else ''}api_key_env "
                           "to a variable that is not set)", VplanWarning, stacklevel=3)
