@@ -196,6 +196,7 @@ def test_a_subgoal_takes_numpys_ints_as_ints() -> None:
         (lambda: LLMPlannerConfig(base_url="http://127.0.0.1:8000/v1?api-key=k"), "base_url: holds a user and password or a query"),
         # a password in a URL that is malformed too: the format's message quoted it
         (lambda: LLMPlannerConfig(base_url="http://user:pw@host:99999/v1"), "base_url: holds a user and password or"),
+        (lambda: LLMPlannerConfig(api_key=12345678901234567890), r"api_key: expected a string or None, got type int"),
         # the whole endpoint pasted: every request went to .../chat/completions/chat/completions, a 404 fallback
         (lambda: LLMPlannerConfig(base_url="http://host:8000/v1/chat/completions"),
          r"base_url: expected the API's base, .* pass 'http://host:8000/v1'"),

@@ -89,6 +89,9 @@ class ChatEndpointConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)  # configs built in Python: timeout_s="30" was a TypeError
+        if self.api_key is not None and not isinstance(self.api_key, str):  # not quoted: it is the key
+            raise ValueError(f"api_key: expected a string or None, got type {type(self.api_key).__name__} (quote a key "
+                             "made only of digits)")
         if not self.model.strip():
             raise ValueError(f"model: expected a non-empty model name, got {self.model!r}")
         if self.base_url is not None and _holds_credentials(self.base_url):  # first: the next message quotes it
