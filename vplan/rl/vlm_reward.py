@@ -211,7 +211,10 @@ class VLMReward:
         """
         if not self.config.enabled:
             return None
-        sent, question, key = self._question(frames, subgoal)
+        return self._ask(*self._question(frames, subgoal), subgoal)
+
+    def _ask(self, sent: np.ndarray, question: str, key: str, subgoal: str) -> bool | None:
+        """`ask` with the chunk's question made (`_question`)."""
         if key in self._cache:
             self.cache_hits += 1
             return self._cache[key]
@@ -251,14 +254,14 @@ class VLMReward:
         through a group), so none is asked and its plan's others' mean stands in."""
         if not self.config.enabled:
             return None
-        keys = {self._question(chunk.frames, chunk.text)[2] for chunk in rollout.chunks}  # a repeat is a cache hit
-        needed = len(keys - self._cache.keys())
+        questions = [self._question(chunk.frames, chunk.text) for chunk in rollout.chunks]
+        needed = len({key for _, _, key in questions} - self._cache.keys())  # a repeat is a cache hit
         left = self.config.max_requests - self.requests_made
         if needed > left:
             warnings.warn(f"VLM reward ({self.config.model}): the request budget (vlm_reward.max_requests="
                           f"{self.config.max_requests}) has {left} question(s) left, and an episode needs {needed}; "
                           "it gets no VLM score (raise the budget to cover the run)", VLMRewardWarning, stacklevel=2)
             return None
-        answers = [self.ask(chunk.frames, chunk.text) for chunk in rollout.chunks]
+        answers = [self._ask(*question, chunk.text) for question, chunk in zip(questions, rollout.chunks)]
         clear = [answer for answer in answers if answer is not None]
         return sum(clear) / len(clear) if clear else None

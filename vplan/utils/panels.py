@@ -80,4 +80,4 @@ def _frames(videos: list[np.ndarray], captions: Sequence[str] | None, scale: int
                 strips[captions[t]] = _text_strip(width + pad, captions[t])
             parts.append(strips[captions[t]])
         frame = np.concatenate(parts, axis=0)
-        yield frame if frame.shape[0] % 2 == 0 else np.concatenate([frame, frame[-1:] * 0 + 255])
+        yield frame if frame.shape[0] % 2 == 0 else np.concatenate([frame, np.full_like(frame[-1:], 255)])
