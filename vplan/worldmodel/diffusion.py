@@ -79,6 +79,12 @@ class DiffusionConfig:
             raise ValueError(f"expected guidance_scale >= 1.0 (1.0 turns guidance off), got {self.guidance_scale}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"expected text_dropout in [0, 1), got {self.text_dropout}")
+        if self.guidance_scale != 1.0 and self.text_dropout == 0.0:
+            raise ValueError(
+                f"guidance_scale={self.guidance_scale} needs a model trained with its conditioning dropped "
+                "(text_dropout > 0), got text_dropout=0: the null condition it guides away from was never "
+                "learned (use guidance_scale=1.0)"
+            )
 
 
 def make_scheduler(config: DiffusionConfig) -> SchedulerMixin:
