@@ -270,7 +270,7 @@ def test_a_world_too_big_for_the_scene_rebuilds_it(monkeypatch):
 
     monkeypatch.setattr(rendering, "MIN_ROOM", 1)
     # the env's own name for it: exactly the room of the first world, so the second does not fit
-    monkeypatch.setattr(blockworld_v0, "room_for", lambda meshes: {n: max(1, m.quads) for n, m in meshes.items()})
+    monkeypatch.setattr(blockworld_v0, "room_for", lambda meshes, model: {n: max(1, m.quads) for n, m in meshes.items()})
     env = BlockworldEnv(image_size=SIZE)
     env.reset(seed=seed_a)
     model = env.model
@@ -282,6 +282,17 @@ def test_a_world_too_big_for_the_scene_rebuilds_it(monkeypatch):
     expected, _ = fresh.reset(seed=seed_b)
     fresh.close()
     assert np.array_equal(obs["front"], expected["front"])
+
+
+def test_a_rebuild_only_grows_the_room():
+    """Room sized to the new world alone shrank the other materials', so worlds that fitted rebuilt again."""
+    first = build_meshes(_world_of(0))
+    model = rendering.build_scene(rendering.room_for(first), BlockworldConfig.world_size, SIZE)
+    had = {name: int(model.mesh_vertnum[model.mesh(name).id]) // 4 for name in FACE_MATERIALS}
+    for seed in range(1, 6):
+        meshes = build_meshes(_world_of(seed))
+        room = rendering.room_for(meshes, model)
+        assert all(room[name] >= max(had[name], meshes[name].quads) for name in FACE_MATERIALS), seed
 
 
 def _world_of(seed: int) -> VoxelWorld:

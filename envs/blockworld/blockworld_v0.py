@@ -227,7 +227,7 @@ class BlockworldEnv(LastFrameRender, gym.Env):
         """Put the world's meshes into the scene, rebuilding it when they do not fit."""
         meshes = build_meshes(world)
         if self.model is None or not fits(self.model, meshes):
-            self.model = build_scene(room_for(meshes), self.config.world_size, self.config.image_size)
+            self.model = build_scene(room_for(meshes, self.model), self.config.world_size, self.config.image_size)
             self.data = mujoco.MjData(self.model)
             if self._renderer is not None:
                 self._renderer.set_model(self.model)

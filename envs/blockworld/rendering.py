@@ -6,7 +6,7 @@ once per env: the static part from assets/blockworld.xml, plus one textured mesh
 quads are written into those meshes in place and uploaded to the GL context (`mjr_uploadMesh`), which costs a
 few milliseconds, where compiling a model and making a new GL context would cost ~0.2 s. Unused room holds
 zero-area quads, which rasterise to nothing. A world with more quads than there is room for rebuilds the
-scene with more room (rare: room is the first world's count plus half).
+scene with more room (room is the first world's count plus half, and only grows: a few rebuilds an env's life).
 """
 
 from __future__ import annotations
@@ -112,9 +112,14 @@ def write_meshes(model: mujoco.MjModel, meshes: dict[str, MaterialMesh]) -> None
         model.mesh_texcoord[texcoord][:n, 1] *= -1.0
 
 
-def room_for(meshes: dict[str, MaterialMesh]) -> dict[str, int]:
-    """Quads of room per material for a scene that must hold `meshes`: their count plus half, at least MIN_ROOM."""
-    return {name: max(MIN_ROOM, mesh.quads + mesh.quads // 2) for name, mesh in meshes.items()}
+def room_for(meshes: dict[str, MaterialMesh], model: mujoco.MjModel | None = None) -> dict[str, int]:
+    """Quads of room per material for a scene that must hold `meshes`: their count plus half, at least MIN_ROOM,
+    and never less than `model` (the scene being replaced) has, so a rebuild only grows the room: sized to one
+    world alone, it shrank the other materials' and worlds that fitted before rebuilt again (1 reset in 5)."""
+    room = {name: max(MIN_ROOM, mesh.quads + mesh.quads // 2) for name, mesh in meshes.items()}
+    if model is not None:
+        room = {name: max(quads, int(model.mesh_vertnum[model.mesh(name).id]) // 4) for name, quads in room.items()}
+    return room
 
 
 def fits(model: mujoco.MjModel, meshes: dict[str, MaterialMesh]) -> bool:
