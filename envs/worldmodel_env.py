@@ -148,7 +148,7 @@ class WorldModelEnv(gym.Env):
         return self._frames[0].copy(), self._info()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float32)
+        action = np.asarray(action, dtype=np.float64)  # float32 would turn a huge finite action into inf
         if self._history is not None and self._history.shape[0] > 1:
             raise ValueError(f"step() steps one rollout, and reset_batch started {self._history.shape[0]}; call "
                              "step_batch with one action per rollout (or reset() for one)")
@@ -212,12 +212,12 @@ class WorldModelEnv(gym.Env):
         if self._history is None:
             raise gym.error.ResetNeeded("call reset() or reset_batch() before step()")
         batch = self._history.shape[0]
-        actions = np.asarray(actions, dtype=np.float32)
+        actions = np.asarray(actions, dtype=np.float64)  # checked and clipped before float32 (1e300 is finite)
         if actions.shape != (batch, *self.action_space.shape):
             raise ValueError(f"expected actions of shape ({batch}, {self.action_space.shape[0]}), got {actions.shape}")
         if not np.isfinite(actions).all():  # NaN would reach the latents and black out the rest of the rollout
             raise ValueError(f"actions: expected finite numbers, got {actions.tolist()}")
-        actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        actions = np.clip(actions, self.action_space.low, self.action_space.high).astype(np.float32)
         if actions.shape[1] == GRIP_ACTION_DIM:  # the tabletop reads its grip as closed or open (> 0), and the model
             actions[:, 3] = np.where(actions[:, 3] > 0, 1.0, -1.0)  # learned from ±1: any other value as those
         model = self.model

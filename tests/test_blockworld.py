@@ -270,7 +270,8 @@ def test_a_world_too_big_for_the_scene_rebuilds_it(monkeypatch):
 
     monkeypatch.setattr(rendering, "MIN_ROOM", 1)
     # the env's own name for it: exactly the room of the first world, so the second does not fit
-    monkeypatch.setattr(blockworld_v0, "room_for", lambda meshes, model: {n: max(1, m.quads) for n, m in meshes.items()})
+    monkeypatch.setattr(blockworld_v0, "room_for",
+                        lambda meshes, model: {n: max(1, m.quads) for n, m in meshes.items()})
     env = BlockworldEnv(image_size=SIZE)
     env.reset(seed=seed_a)
     model = env.model

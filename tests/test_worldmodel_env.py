@@ -139,6 +139,8 @@ def test_a_step_conditions_on_its_one_action_with_the_grip_read_as_the_tabletop_
     assert [tuple(a.shape) for a in given] == [(1, 1, 4)] * 4
     assert [float(a[0, 0, 3]) for a in given] == [1.0, 1.0, -1.0, -1.0]
     assert np.array_equal(observed[0], observed[1]) and np.array_equal(observed[2], observed[3])
+    env.step(np.array([1e300, -1e300, 0.5, 1.0]))  # finite: clipped as the tabletop clips it, not inf
+    assert given[-1].dtype == torch.float32 and given[-1][0, 0].tolist() == [1.0, -1.0, 0.5, 1.0]
     with pytest.raises(ValueError, match="actions: expected finite numbers"):
         env.step(np.array([np.nan, 0, 0, 1], np.float32))
     with pytest.raises(ValueError, match=r"expected an action of shape \(4,\), got \(1, 4\) \(step_batch takes"):
