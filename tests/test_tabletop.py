@@ -286,3 +286,27 @@ def test_close_frees_the_renderer():
     env.close()
     env.close()  # idempotent
     assert env._renderer is None
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_vectorised_envs_step_as_single_ones(env, mode):
+    """The README's way to vectorise (`context="spawn"` once this process has rendered, as `env` has): each sub-env
+    gives what a single env of its seed gives, and a finished one resets itself (gymnasium's next-step autoreset)."""
+    env.reset(seed=0)  # this process holds a GL context now
+    kwargs = {"context": "spawn"} if mode == "async" else {}
+    vector = gym.make_vec("vplan/Tabletop-v0", num_envs=2, vectorization_mode=mode, vector_kwargs=kwargs,
+                          image_size=SIZE, max_episode_steps=2)
+    try:
+        obs, _ = vector.reset(seed=[3, 4])
+        action = np.array([0.5, -0.5, 0.0, 1.0], np.float32)
+        steps = [vector.step(np.stack([action, action])) for _ in range(3)]
+    finally:
+        vector.close()
+    for i, seed in enumerate((3, 4)):
+        single = gym.make("vplan/Tabletop-v0", image_size=SIZE, max_episode_steps=2)
+        expected = [single.reset(seed=seed)[0], *(single.step(action)[0] for _ in range(2))]
+        single.close()
+        got = [obs, *(s[0] for s in steps[:2])]
+        assert all(np.array_equal(g["front"][i], e["front"]) for g, e in zip(got, expected))
+        assert steps[1][3][i] and not steps[1][2][i]  # truncated at 2 steps
+        assert np.array_equal(steps[2][0]["agent_pos"][i], expected[0]["agent_pos"])  # reset, at the start pose
