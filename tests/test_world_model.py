@@ -325,6 +325,14 @@ def test_weights_from_another_config(model: WorldModel, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="latent_channels: expected an int, got 4.0"):
         WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
+    payload["config"]["vae"]["latent_channels"] = model.config.vae.latent_channels
+    for part, key, value in (("text_encoder", "max_tokens", 16.0), ("unet", "layers_per_block", True),
+                             ("diffusion", "num_train_timesteps", 1000.0), (None, "chunk_frames", 4.0)):
+        edited = json.loads(json.dumps(payload))  # each part's ints were checked as > 0 only: loaded, then failed
+        (edited["config"][part] if part else edited["config"])[key] = value  # in generate as torch's TypeError
+        (tmp_path / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(CheckpointError, match=f"{key}: expected an int, got {value}"):
+            WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
     # A config.json asking for huge layers (damaged, or from someone else): refused before any is built (a VAE of
     # [65536] channels was allocated, killing the process for memory, before its weights were found not to fit)
     payload["config"]["vae"]["latent_channels"] = model.config.vae.latent_channels

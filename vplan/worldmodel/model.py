@@ -26,6 +26,7 @@ from torch import nn
 
 from vplan.errors import SettingMismatchError, UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, TRAINED_ON_ENV, resolve_checkpoint
+from vplan.utils.settings import check_field_types
 from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, TextEncoderConfig, build_text_encoder
@@ -94,6 +95,7 @@ class WorldModelConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self.unet = _from_dict(UNetConfig, self.unet, "unet")
         self.diffusion = _from_dict(DiffusionConfig, self.diffusion, "diffusion")
         self.vae = _from_dict(VAEConfig, self.vae, "vae")

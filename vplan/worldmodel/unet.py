@@ -37,6 +37,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from vplan.utils.settings import check_field_types
+
 
 # The most attention sequences one call gets: 128 clips × 16×16 latent positions, what ran on an H200 (256
 # clips, 65,536 sequences, failed there in both cuDNN's and CUDA's attention).
@@ -160,6 +162,7 @@ class UNetConfig:
     sample_size: int = field(default=16, metadata={"help": "Latent height and width (the VAE's latent_size)."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # True passed for an int, 16.0 failed later in torch
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         if not self.block_out_channels or min(self.block_out_channels) <= 0:
             raise ValueError(f"expected block_out_channels to be positive ints, got {self.block_out_channels}")
