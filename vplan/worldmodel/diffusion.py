@@ -235,7 +235,7 @@ def sample_chunk(
     num_frames: int,
     config: DiffusionConfig,
     null_states: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     frame_inputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate the `num_frames` latents (B, num_frames, C, h, w) that follow the clean `context_latents`.

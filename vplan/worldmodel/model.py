@@ -338,7 +338,7 @@ class WorldModel(nn.Module):
         context: torch.Tensor,
         texts: list[str] | None,
         num_frames: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         actions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The next chunk's latents (B, num_frames or chunk_frames, C, h, w).
@@ -348,7 +348,8 @@ class WorldModel(nn.Module):
         `conditioning="action"`). Action-conditioned models take `actions` (B, k <= num_frames, action_dim): action
         i leads into chunk frame i; the steps after k are imagined with null action tokens (not known yet).
         Sampled in eval mode whatever the model's mode (train mode's dropout draws from torch's global generator:
-        the same `generator` gave other chunks).
+        the same `generator` gave other chunks). One `generator` draws the whole batch's noise, so an element's
+        chunk depends on the batch it is in; a list of B generators (WorldModel-v0's) gives each its own.
         """
         modes = [(module, module.training) for module in self.modules()]  # put back as found, mixed ones too
         self.eval()
@@ -363,7 +364,7 @@ class WorldModel(nn.Module):
         context: torch.Tensor,
         texts: list[str] | None,
         num_frames: int | None,
-        generator: torch.Generator | None,
+        generator: torch.Generator | list[torch.Generator] | None,
         actions: torch.Tensor | None,
     ) -> torch.Tensor:
         self._check_latents(context, "context")
