@@ -144,17 +144,22 @@ def test_a_moves_idm_makes_the_agent_act_with_discrete_moves_in_the_blockworld(w
 
 
 def test_reset_starts_over_and_seeds_the_imagination(world_model, idm):
-    agent = make_agent(world_model, idm, **NO_REPLAN)
+    """The second seed-5 episode imagines what the first did: the first's Temp-LoRA update is forgotten."""
+    memory = MemoryConfig(kind="temp_lora", rank=2, gradient_checkpointing=False)
+    agent = make_agent(world_model, idm, memory=memory, **NO_REPLAN)
     frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
     firsts = []
     for seed in (5, 5, 6):
         agent.reset("move the cubes", fake_obs(frame), {}, seed=seed)
         assert agent.chunk is None and agent.steps == 0 and not agent.done
+        assert agent.memory.updates == 0 and not agent.memory.active
         assert all(v == 0 for k, v in agent.timings.items() if k not in ("planning", "encoding"))
         agent.act(fake_obs(frame))
         firsts.append(agent.imagined.copy())
     assert np.array_equal(firsts[0], firsts[1])
     assert not np.array_equal(firsts[0], firsts[2])
+    agent.wait()
+    assert agent.memory.updates == 1  # the episode's chunk was learned (what reset must forget)
     agent.close()
 
 
@@ -273,6 +278,23 @@ def test_drift_past_the_threshold_replans_from_the_real_frames(world_model, idm)
         agent.act(fake_obs(agent.expected_frame))
     assert third.drift == [0.0] * CHUNK and third.cut is None
     assert agent.done and agent.stats()["chunks"] == 3
+
+
+@pytest.mark.parametrize(("threshold", "cut"), [(0.04, "drift"), (0.06, None)])
+def test_drift_is_the_mean_absolute_difference_in_units_of_255(world_model, idm, threshold, cut):
+    """The README's drift and `replan_drift`'s scale: a quarter of the values 51 away from the imagined frame
+    is a drift of 0.25 * 51 / 255 = 0.05."""
+    agent = make_agent(world_model, idm, [Subgoal(TEXTS[0], 1)], replan_drift=threshold, stall_steps=0)
+    frame = np.full((IMAGE, IMAGE, 3), 128, np.uint8)
+    agent.reset("go", fake_obs(frame), {})
+    agent.act(fake_obs(frame))
+    first, expected = agent.chunk, agent.expected_frame.astype(np.int16)
+    observed = expected.copy()
+    quarter = observed[: IMAGE // 4]
+    quarter += np.where(quarter <= 204, 51, -51).astype(np.int16)
+    agent.act(fake_obs(observed.astype(np.uint8)))
+    assert first.drift == [pytest.approx(0.05, abs=1e-6)] and first.cut == cut
+    agent.close()
 
 
 def test_a_chunk_is_replaced_up_to_max_replans_per_chunk_times_and_drift_at_the_threshold_is_no_replan(

@@ -132,6 +132,38 @@ def test_the_psnr_per_chunk_leaves_the_context_frames_out():
     assert scores["psnr_per_chunk"] == [pytest.approx(psnr(video[-1:], real[-1:]))] * 2
 
 
+class RecordingMemory:
+    """Generates chunks of 3 frames, each filled with 100 + its chunk index, and records what it learns from."""
+
+    def __init__(self) -> None:
+        self.updates, self.made = [], 0
+
+    def reset(self) -> None:
+        self.updates.clear()
+
+    def generate(self, history, texts, generator=None):
+        self.made += 1
+        return torch.full((1, 3, 1, 1, 1), 100.0 + self.made - 1)
+
+    def update(self, previous, chunk) -> None:
+        self.updates.append((previous.flatten().tolist(), chunk.flatten().tolist()))
+
+
+@pytest.mark.parametrize("update_on", ["imagined", "observed"])
+def test_imagine_updates_on_the_imagined_chunks_or_the_real_latents_of_the_same_steps(update_on):
+    from vplan.eval.consistency import imagine
+
+    start = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1)  # two real context frames, then three chunks of 3
+    observed = torch.arange(11.0).view(1, 11, 1, 1, 1) if update_on == "observed" else None  # frame t holds t
+    memory = RecordingMemory()
+    history = imagine(None, memory, start, ["a", "b", "c"], None, observed=observed)
+    assert history.flatten().tolist() == [0.0, 1.0] + [100.0] * 3 + [101.0] * 3 + [102.0] * 3
+    if update_on == "imagined":  # (the frames before, the chunk); none after the last chunk
+        assert memory.updates == [([0.0, 1.0], [100.0] * 3), ([100.0] * 3, [101.0] * 3)]
+    else:  # the real latents of the same steps
+        assert memory.updates == [([0.0, 1.0], [2.0, 3.0, 4.0]), ([2.0, 3.0, 4.0], [5.0, 6.0, 7.0])]
+
+
 def test_temp_lora_learns_from_the_observed_frames_when_asked(tiny_checkpoint, tmp_path):
     env = TabletopConfig(image_size=SIZE, num_cubes=1)
     runs = {}

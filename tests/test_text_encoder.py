@@ -159,6 +159,22 @@ def test_minilm_per_token_states(minilm: MiniLMTextEncoder) -> None:
 
 
 @needs_minilm
+def test_minilm_states_are_the_models_own_for_the_unpadded_text(minilm: MiniLMTextEncoder) -> None:
+    """Padding to max_tokens changes nothing the real tokens' states hold (the shipped world models learned from
+    these states: a lost attention mask moved them by up to 0.85), and they stay the values they were trained on."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(minilm.model_dir, local_files_only=True).eval()
+    tokens = AutoTokenizer.from_pretrained(minilm.model_dir, local_files_only=True)([RED], return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**tokens).last_hidden_state[0]
+    states, mask = minilm([RED])
+    torch.testing.assert_close(states[0, : len(expected)], expected, atol=1e-5, rtol=0)
+    golden = torch.tensor([0.566631, 0.224699, 0.132772, 0.752662])  # "pick", first 4 of 384 (2026-12-06)
+    torch.testing.assert_close(states[0, 1, :4], golden, atol=1e-4, rtol=0)
+
+
+@needs_minilm
 def test_minilm_is_frozen_cached_and_not_saved(minilm: MiniLMTextEncoder) -> None:
     first, _ = minilm([RED])
     again, _ = minilm([BLUE, RED])
