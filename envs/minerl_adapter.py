@@ -127,7 +127,9 @@ class MineRLEnv(LastFrameRender, gym.Env):
     `Dict` with `"front"`: `Box(0, 255, (H, W, 3), uint8)`, MineRL's `pov` resized to `image_size`, and
     `"agent_pos"`: `Box(-180, 180, (1,), float32)`, MineRL's compass angle (degrees from the facing direction to the
     compass target, up to 8 blocks from the goal) — the only state of its own the agent observes in MineRL's
-    navigate envs.
+    navigate envs. MineRL reads it off Minecraft's compass needle, which swings with inertia (its Java source
+    damps each tick's turn: from ~0 at an episode's start it takes some 20 ticks, 3–5 moves, to settle, and it lags
+    each turn), so it is not a function of the current frame; the test fake's is exact (unverified on Minecraft).
 
     ## Rewards
     MineRL's, summed over the move's ticks (+100 on touching the diamond block; the Dense variants add the blocks

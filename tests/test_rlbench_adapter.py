@@ -329,6 +329,26 @@ def test_the_scene_is_built_in_code_and_survives_relaunching(fake_rlbench):
             env.close()
 
 
+def test_a_task_that_fails_to_load_shuts_its_simulator_down_so_the_next_reset_launches_afresh(env, monkeypatch):
+    """With CoppeliaSim left running, the next reset's launch failed ("already running") and close() raised."""
+    from vplan.envs import rlbench_return_cubes
+
+    load, calls = rlbench_return_cubes.ReturnCubes.load, []
+
+    def fails_once(task):
+        calls.append(task)
+        if len(calls) == 1:
+            raise RuntimeError("the scene could not be built")
+        return load(task)
+
+    monkeypatch.setattr(rlbench_return_cubes.ReturnCubes, "load", fails_once)
+    with pytest.raises(RuntimeError, match="could not be built"):
+        env.reset(seed=0)
+    assert env._environment is None
+    _, info = env.reset(seed=0)
+    assert len(calls) == 2 and info["cube_poses"].shape == (CONFIG.num_cubes, 7)
+
+
 def test_seeded_resets_repeat(env):
     obs_a, info_a = env.reset(seed=11)
     obs_b, info_b = env.reset(seed=11)
