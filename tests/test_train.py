@@ -310,7 +310,7 @@ def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
         WorldModelTrainConfig(boundary_fraction=1.5)
 
 
-def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, tmp_path):
+def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, tmp_path, capsys):
     from dataclasses import replace
 
     from vplan.errors import UsageError
@@ -335,6 +335,10 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
         assert torch.equal(training.module.vae.state_dict()[name], tensor), name
     scratch = WorldModelTraining(WorldModelTrainConfig(model=model_config), latents, texts, vae=vae)
     assert not torch.equal(scratch.module.unet.conv_in.weight, source.unet.conv_in.weight)
+    assert "another noise process" not in capsys.readouterr().out
+    flow = replace(model_config, diffusion=replace(model_config.diffusion, objective="flow", sampler="flow_euler"))
+    WorldModelTraining(WorldModelTrainConfig(model=flow, init=str(tmp_path / "source")), latents, texts, vae=vae)
+    assert "another noise process (objective epsilon, here flow)" in capsys.readouterr().out  # loaded, and said
 
     # a resumed run takes its weights from its own checkpoint: the source need not exist any more
     missing = WorldModelTrainConfig(model=model_config, init=str(tmp_path / "deleted"))

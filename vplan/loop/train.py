@@ -266,6 +266,15 @@ def _load_init(module: WorldModel, init: str) -> None:
         )
     except CheckpointError as error:
         raise UsageError(f"component.init={init}: {error}") from None
+    ours, theirs = module.config.diffusion, source_config.diffusion
+    compared = ["objective", "num_train_timesteps"]
+    if ours.objective == theirs.objective == "epsilon":  # flow matching has no betas
+        compared += ["beta_schedule", "beta_start", "beta_end"]
+    differ = [name for name in compared if getattr(ours, name) != getattr(theirs, name)]
+    if differ:  # allowed (a warm start for another objective), but its first losses are not the source's
+        print(f"component.init={init} was trained with another noise process ("
+              + ", ".join(f"{name} {getattr(theirs, name)}, here {getattr(ours, name)}" for name in differ)
+              + "): its weights are a starting point, not a model of this run's")
 
 
 def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
