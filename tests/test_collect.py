@@ -98,6 +98,16 @@ def test_a_damaged_dataset_is_not_appended_to(tmp_path, lost):
     assert json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())["total_episodes"] == 1
 
 
+def test_a_relative_out_with_a_colon_is_a_folder_not_a_uri_or_protocol(tmp_path, monkeypatch):
+    """pyarrow read "run:2/..." as a URI and ffmpeg as the protocol "run": collect failed, and a dataset written
+    by its absolute path was called damaged when read by its relative one."""
+    monkeypatch.chdir(tmp_path)
+    collect(small_config("run:2", episodes=1))
+    collect(small_config("run:2", episodes=2))
+    dataset = EpisodeDataset("run:2")
+    assert dataset.num_episodes == 2 and len(dataset.episode(1)["observation.images.front"]) > 0
+
+
 def test_a_different_env_config_is_refused(tmp_path):
     from vplan.errors import UsageError
 
@@ -117,6 +127,12 @@ def test_the_agents_episodes_a_run_recorded_are_not_appended_to(tmp_path):
     (tmp_path / "run" / "config.yaml").write_text("record: true\n")
     with pytest.raises(UsageError, match=r"holds the agent's episodes that `vplan run record=true` recorded"):
         collect(small_config(tmp_path / "run" / "episodes", episodes=2))
+    (tmp_path / "link").symlink_to(tmp_path / "run" / "episodes")
+    with pytest.raises(UsageError, match=r"holds the agent's episodes"):  # however it is named
+        collect(small_config(tmp_path / "link", episodes=2))
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(UsageError, match=r"holds the agent's episodes"):
+        patch.chdir(tmp_path / "run" / "episodes")
+        collect(small_config(".", episodes=2))
     assert EpisodeDataset(tmp_path / "run" / "episodes").num_episodes == 1
     (tmp_path / "run" / "config.yaml").write_text("record: false\n")  # a folder of that name, not the run's
     collect(small_config(tmp_path / "run" / "episodes", episodes=2, seed=10000))

@@ -206,6 +206,13 @@ def test_renames_are_synced_after_they_happen(tmp_path, synced, monkeypatch):
         assert str(tmp_path) in synced[renamed + 1:], name  # the folder synced after the rename, not before
 
 
+def test_a_video_in_a_relative_folder_with_a_colon_is_written_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ffmpeg read "run:2/..." as the protocol "run"
+    (tmp_path / "run:2").mkdir()
+    write_mp4(Path("run:2/episode.mp4"), [np.zeros((16, 16, 3), np.uint8)] * 3, fps=4)
+    assert os.listdir(tmp_path / "run:2") == ["episode.mp4"]
+
+
 def test_a_video_ffmpeg_cannot_write_is_an_error_and_the_old_one_stays(tmp_path):
     path = tmp_path / "episode.mp4"
     write_mp4(path, [np.zeros((16, 16, 3), np.uint8)] * 3, fps=4)

@@ -184,6 +184,7 @@ def _recorded_by_run(out: Path) -> bool:
     config.yaml, one level up, says record: true): the same columns as an expert's, other episodes."""
     from vplan.run import EPISODES_DIR, recorded_its_episodes
 
+    out = out.resolve()  # out=. inside it, or a link to it
     return out.name == EPISODES_DIR and recorded_its_episodes(out.parent)
 
 

@@ -259,7 +259,7 @@ def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
     """Encode uint8 (T, H, W, 3) frames to an H.264 mp4 (any size: 4:4:4 needs no macro-block resize)."""
     height, width = frames.shape[1:3]
     writer = imageio_ffmpeg.write_frames(
-        str(path),
+        os.path.abspath(path),  # ffmpeg reads a relative "run:2/..." as the protocol "run"
         (width, height),
         fps=fps,
         codec=VIDEO_CODEC,
@@ -282,7 +282,7 @@ def decode_video(path: Path, size: tuple[int, int] | None = None, max_frames: in
     size are refused before any is decoded."""
     frames: list[np.ndarray] = []
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        reader = imageio_ffmpeg.read_frames(os.path.abspath(path), pix_fmt="rgb24")
         try:
             width, height = next(reader)["size"]
             if size is not None and (height, width) != tuple(size):
@@ -431,7 +431,7 @@ def numpy_column(column: pa.ChunkedArray | pa.Array, feature: dict[str, Any]) ->
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     """`pyarrow.parquet.read_table`; a missing or unreadable file is a DamagedDatasetError naming it."""
     try:
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(os.path.abspath(path), columns=columns)  # "run:2/..." read as a URI otherwise
     except (pa.ArrowException, OSError) as error:
         raise DamagedDatasetError(f"{path} cannot be read ({first_line(error)}); {DAMAGED}") from None
 
@@ -999,7 +999,7 @@ def _has_files(root: Path) -> bool:
 
 
 def _staged_parquet(table: pa.Table, path: Path) -> Path:
-    pq.write_table(table, path, compression="snappy")
+    pq.write_table(table, os.path.abspath(path), compression="snappy")
     return path
 
 

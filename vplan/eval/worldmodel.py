@@ -31,6 +31,7 @@ model that draws the moves it expects whatever it is told scores about half.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -540,7 +541,7 @@ def _say_if_grid_kept_short(path: Path, video_chunks: int, chunk_frames: int) ->
     from imageio_ffmpeg import count_frames_and_secs
 
     try:
-        shown = count_frames_and_secs(str(path))[0] // chunk_frames
+        shown = count_frames_and_secs(os.path.abspath(path))[0] // chunk_frames
     except (OSError, RuntimeError):  # a file replaced by hand: the grid is kept as the resumption finds it
         return
     if video_chunks > shown:

@@ -156,7 +156,7 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
     given = 0
     with file_written_aside(path, path.suffix) as scratch:  # the suffix tells imageio the format
         try:
-            writer = imageio.get_writer(scratch, fps=fps, macro_block_size=1)
+            writer = imageio.get_writer(os.path.abspath(scratch), fps=fps, macro_block_size=1)  # "a:b/x" no protocol
             try:
                 for frame in itertools.chain([first], frames):
                     writer.append_data(frame)
@@ -164,7 +164,8 @@ def write_mp4(path: Path, frames: Iterable[Any], fps: float) -> None:
             finally:  # also on an error (imageio's `with` closes on success only): ffmpeg ends before the scratch goes
                 writer.close()
             # imageio reports an ffmpeg failure (an odd frame size for yuv420p, say) without raising: check the file
-            written = count_frames_and_secs(str(scratch))[0] if scratch.is_file() and scratch.stat().st_size else 0
+            written = (count_frames_and_secs(os.path.abspath(scratch))[0]
+                       if scratch.is_file() and scratch.stat().st_size else 0)
         except (OSError, RuntimeError) as error:  # ffmpeg stopped part-way: a broken pipe, or its banner on a cut file
             full = shutil.disk_usage(path.parent).free < 2**20
             lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
