@@ -687,6 +687,35 @@ def test_a_video_key_or_an_episode_row_naming_files_outside_the_dataset_is_refus
         EpisodeDataset(root).episode(0)
 
 
+def test_an_episode_whose_video_ffmpeg_did_not_finish_is_not_added(tmp_path: Path, monkeypatch) -> None:
+    """imageio-ffmpeg ignores ffmpeg's exit status: a killed ffmpeg's 48-byte file was committed, and the whole
+    dataset was refused as damaged at training."""
+    from vplan.data import lerobot_format
+    from vplan.errors import RunError
+
+    root = tmp_path / "ds"
+    write(root, [0])
+    real = lerobot_format.imageio_ffmpeg.write_frames
+
+    class KilledAtTheEnd:  # ffmpeg took every frame, then died (the OOM killer): what it left is cut short
+        def __init__(self, path, *args, **kwargs) -> None:
+            self.path, self.writer = path, real(path, *args, **kwargs)
+
+        def send(self, frame) -> None:
+            self.writer.send(frame)
+
+        def close(self) -> None:
+            self.writer.close()
+            with open(self.path, "r+b") as file:
+                file.truncate(48)
+
+    monkeypatch.setattr(lerobot_format.imageio_ffmpeg, "write_frames", KilledAtTheEnd)
+    with pytest.raises(RunError, match=r"ffmpeg wrote 0 of 3 frames; the episode is not added"):
+        write(root, [0, 1])
+    monkeypatch.undo()
+    check_episodes(root, [0])
+
+
 def test_a_video_is_decoded_only_as_far_as_its_episodes_use_and_at_its_features_size(tmp_path: Path) -> None:
     """A few kilobytes of video can claim gigabytes of frames (a dataset from elsewhere): decoding stops at the
     last frame its episodes use, and frames of another size than info.json's are refused before any is kept."""

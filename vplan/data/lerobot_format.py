@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vplan.constants import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK_INDEX, TIMESTAMP
-from vplan.errors import DamagedDatasetError, DatasetError, first_line
+from vplan.errors import DamagedDatasetError, DatasetError, RunError, first_line
 from vplan.utils.files import fsync_path
 
 CODEBASE_VERSION = "v3.0"
@@ -274,6 +274,13 @@ def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
+    # imageio-ffmpeg does not read ffmpeg's exit status: a killed ffmpeg left a 48-byte file that was committed
+    try:
+        written = imageio_ffmpeg.count_frames_and_secs(os.path.abspath(path))[0]
+    except (OSError, RuntimeError):  # no file, or none ffmpeg can read
+        written = 0
+    if written != len(frames):
+        raise RunError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames; the episode is not added")
 
 
 def decode_video(path: Path, size: tuple[int, int] | None = None, max_frames: int | None = None) -> np.ndarray:
