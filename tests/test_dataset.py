@@ -248,6 +248,14 @@ def test_incompatible_resume_refuses_with_one_line(tmp_path: Path) -> None:
         EpisodeWriter.create_or_resume(tmp_path / "notes", FPS, FEATURES)
     assert [path.name for path in (tmp_path / "notes").iterdir()] == ["todo.txt"]  # refused untouched
     check_episodes(root, [0])
+    # one stopped before its first episode holds nothing to keep: begun again as asked (it was refused)
+    with EpisodeWriter.create_or_resume(tmp_path / "empty", FPS, FEATURES, "tabletop"):
+        pass
+    for kwargs in cases:
+        with EpisodeWriter.create_or_resume(tmp_path / "empty", **kwargs[0]) as writer:
+            assert writer.num_episodes == 0 and writer.fps == kwargs[0]["fps"]
+    write(tmp_path / "empty", [0])
+    check_episodes(tmp_path / "empty", [0])
 
 
 def test_bad_episodes_are_rejected_before_writing(tmp_path: Path) -> None:

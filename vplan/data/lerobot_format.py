@@ -601,9 +601,9 @@ class EpisodeWriter:
         `features` is lerobot-style ({name: {"dtype", "shape", "names"}}, dtype "video" for uint8 (H, W, 3)
         frames); the per-frame index columns are added. Raises `DatasetError` (one line) when `root` holds
         something else: files but `resume=False`, a non-dataset, a dataset whose fps, robot_type or features
-        differ from those asked, or a directory another writer has open. `action_units` (the env settings that
-        say what an action means, e.g. `max_delta`: `vplan.envs.action_units`) go into info.json; a dataset
-        recorded with other values is refused too.
+        differ from those asked (one that holds no episode yet is begun again as asked), or a directory another
+        writer has open. `action_units` (the env settings that say what an action means, e.g. `max_delta`:
+        `vplan.envs.action_units`) go into info.json; a dataset recorded with other values is refused too.
         """
         root = Path(root)
         if fps <= 0:
@@ -615,10 +615,14 @@ class EpisodeWriter:
         if not (root / INFO_PATH).is_file() and _has_files(root):  # refused before a lock file is left in it
             raise DatasetError(f"{root} is not empty and holds no dataset ({INFO_PATH} is missing)")
 
-        def resumable() -> dict[str, Any]:
+        def resumable() -> dict[str, Any] | None:
+            """The dataset's info to append to; None for one that holds no episode (a writer stopped before its
+            first), which is begun again as asked."""
+            info = load_info(root)
+            if info["total_episodes"] == 0:
+                return None
             if not resume:
                 raise DatasetError(f"{root} already holds a dataset and resume is off")
-            info = load_info(root)
             _check_compatible(root, info, fps, robot_type, wanted)
             recorded = info.get(ACTION_UNITS_KEY)
             if action_units and recorded is not None and recorded != dict(action_units):
@@ -630,13 +634,13 @@ class EpisodeWriter:
             resumable()  # refused before a lock file is left in someone's dataset; checked again under the lock
         lock = _acquire_lock(root)
         try:
-            is_new = not (root / INFO_PATH).is_file()  # under the lock: a writer that just created it has closed
+            # under the lock: a writer that just created it has closed
+            info = resumable() if (root / INFO_PATH).is_file() else None
+            is_new = info is None
             if is_new:
                 info = _new_info(fps, wanted, robot_type, chunks_size)
                 if action_units:
                     info[ACTION_UNITS_KEY] = dict(action_units)
-            else:
-                info = resumable()
             shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
             (root / STAGING_DIR).mkdir()
             rows = load_episode_rows(root, info)
