@@ -1,5 +1,5 @@
-"""The README's and docs/'s commands, snippets and links: every `vplan ...` in a shell block composes into its
-command's config (a key renamed in a dataclass left the docs wrong without a failing test), the README's Python
+"""The README's and docs/'s commands, snippets and links: every `vplan ...` in a shell block, and every one with
+settings quoted in the prose, composes into its command's config (a key renamed in a dataclass left the docs wrong without a failing test), the README's Python
 snippets run as pasted, and every relative link and anchor resolves."""
 
 from __future__ import annotations
@@ -42,7 +42,25 @@ def shell_commands(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-COMMANDS = [(f"{path.name}:{number}", command) for path in DOCS for number, command in shell_commands(path)]
+def inline_commands(path: Path) -> list[tuple[int, str]]:
+    """(line, command) of each `vplan ... key=value` quoted in the file's prose (outside code blocks), with its
+    placeholders filled in (DIR, N, and the first of `a|b`); those without settings name commands only."""
+    found, block = [], False
+    for number, line in enumerate(path.read_text().split("\n"), 1):
+        if line.startswith("```"):
+            block = not block
+            continue
+        for span in re.findall(r"`((?:[A-Z_]+=\S+ )*vplan [^`]*=[^`]*)`", line) if not block else []:
+            if "<" in span or "..." in span or " --" in span:
+                continue
+            span = re.sub(r"=DIR\b", "=/tmp/vplan-docs-dir", span.replace("\\|", "|"))
+            span = re.sub(r"=N\b", "=2", span)
+            found.append((number, re.sub(r"=([^\s|]+)(?:\|\S+)+", r"=\1", span)))
+    return found
+
+
+COMMANDS = [(f"{path.name}:{number}", command) for path in DOCS
+            for number, command in shell_commands(path) + inline_commands(path)]
 
 
 def test_the_docs_show_commands() -> None:
@@ -51,7 +69,7 @@ def test_the_docs_show_commands() -> None:
 
 @pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[where for where, _ in COMMANDS])
 def test_each_documented_command_composes_into_its_config(where: str, command: str) -> None:
-    args = shlex.split(command)[1:]
+    args = shlex.split(command.split("vplan ", 1)[1])
     found, overrides = _find_command(args)
     cfg, choices = compose_config(found, overrides)
     _check_task_fits_env(cfg, choices)
