@@ -458,14 +458,33 @@ def test_growing_a_finished_evaluation_leaves_it_unfinished_until_it_ends(tmp_pa
         start(episodes=2, resume=True)
 
 
-def test_an_evaluation_interrupted_before_anything_finished_says_so(tmp_path, capsys):
-    from vplan.eval.progress import PROGRESS_FILE, say_interrupted
+def test_an_evaluation_interrupted_before_anything_finished_says_so_and_starts_again(tmp_path, capsys):
+    """eval worldmodel writes its open-loop video inside episode 0: stopped there, "the same command starts
+    again" was refused (an evaluation's files, no progress.json), also with resume=true."""
+    from dataclasses import dataclass
 
-    say_interrupted(tmp_path, "0 rollout(s)")  # no progress.json yet: nothing to resume
-    assert capsys.readouterr().err.strip() == "interrupted before anything finished; the same command starts again"
-    (tmp_path / PROGRESS_FILE).write_text("{}")
-    say_interrupted(tmp_path, "1 rollout(s)")
-    assert "interrupted: 1 rollout(s) finished, kept in" in capsys.readouterr().err
+    from vplan.eval.progress import PROGRESS_FILE, say_interrupted, start_or_continue
+
+    @dataclass
+    class Settings:
+        episodes: int = 1
+        resume: bool = False
+        overwrite: bool = False
+
+    def start(**changes) -> dict:
+        return start_or_continue(Settings(**changes), tmp_path, ("resume", "overwrite"), {"rows": []},
+                                 lambda progress: f"{len(progress['rows'])} row(s)", ["video.mp4"])
+
+    for again in ({}, {"resume": True}, {"episodes": 2}):
+        start()
+        assert json.loads((tmp_path / PROGRESS_FILE).read_text())["rows"] == []  # written before any episode
+        (tmp_path / "video.mp4").write_text("half an episode's")  # then stopped
+        say_interrupted(tmp_path, "0 row(s)", kept=False)
+        assert capsys.readouterr().err.strip() == "interrupted before anything finished; the same command starts again"
+        start(**again)
+        assert not (tmp_path / "video.mp4").exists()
+    say_interrupted(tmp_path, "1 row(s)", kept=True)
+    assert "interrupted: 1 row(s) finished, kept in" in capsys.readouterr().err
 
 
 def test_an_expert_too_slow_for_the_scenario_is_a_run_error_with_limits_scaled_to_its_moves(monkeypatch):

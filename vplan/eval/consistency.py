@@ -313,7 +313,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                 write_json(out / PROGRESS_FILE, progress)
     except KeyboardInterrupt:
         bar.close()
-        say_interrupted(out, _finished(progress))
+        say_interrupted(out, _finished(progress), kept=any(progress["modes"].values()))
         raise
     bar.close()
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from vplan.errors import UsageError
 from vplan.shipped import PINNED_FILE, pin_checkpoints
-from vplan.utils.files import read_json_record
+from vplan.utils.files import read_json_record, write_json
 from vplan.utils.settings import (
     CONFIG_FILE, changed_settings, refuse_model_folder, settings_it_lacks, settings_record,
 )
@@ -56,6 +56,9 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         if other:
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")
+    begun = recorded is not None and all(recorded.get(key) == value for key, value in empty.items())
+    if begun:  # written at the start, and stopped before anything finished: its leftovers (a video) go with it
+        recorded = None
     changed = changed_settings(recorded["settings"], settings, cfg) if recorded is not None else []
     marks = marks or {}
     if cfg.resume and recorded is not None:
@@ -74,7 +77,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
             (out / stale).unlink(missing_ok=True)
         return {**recorded, "settings": settings}
     found = sorted({old.name for pattern in (METRICS_FILE, *outputs) for old in out.glob(pattern)})
-    if recorded is None and found and not cfg.overwrite:  # their figures would go without a word
+    if recorded is None and found and not cfg.overwrite and not begun:  # their figures would go without a word
         raise UsageError(f"{out} holds an evaluation's files ({', '.join(found[:3])}) but no {PROGRESS_FILE} to "
                          "continue it from; overwrite=true replaces them, or choose another out=DIR")
     if cfg.resume:
@@ -90,12 +93,14 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         for old in out.glob(pattern):
             old.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    return {"settings": settings, **empty, **{key: value for key, (value, _) in marks.items()}}
+    record = {"settings": settings, **empty, **{key: value for key, (value, _) in marks.items()}}
+    write_json(file, record)  # now: what an episode writes before it finishes (a video) is this evaluation's
+    return record
 
 
-def say_interrupted(out: Path, done: str) -> None:
-    """The line an interrupted evaluation leaves: what it kept and how to go on."""
-    if not (out / PROGRESS_FILE).is_file():
+def say_interrupted(out: Path, done: str, kept: bool) -> None:
+    """The line an interrupted evaluation leaves: what it kept (`kept`: anything finished) and how to go on."""
+    if not kept:
         print("interrupted before anything finished; the same command starts again", file=sys.stderr)
         return
     print(f"interrupted: {done} finished, kept in {out / PROGRESS_FILE}; the same command with resume=true "

@@ -285,7 +285,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                              episodes=np.array(progress["episodes"]))
             write_json(out / PROGRESS_FILE, progress)
     except KeyboardInterrupt:
-        say_interrupted(out, _finished(progress))
+        say_interrupted(out, _finished(progress), kept=bool(progress["episodes"]))
         raise
     finally:
         env.close()
