@@ -228,6 +228,26 @@ def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path)
                                                                      "pass the folder `vplan collect` wrote")
 
 
+def test_a_second_command_in_an_out_another_is_writing_is_refused_at_once(tmp_path, capsys):
+    """Two trainings in one out= deleted each other's checkpoint saves; two runs mixed their videos and metrics."""
+    from vplan.utils.locks import holding_folder
+
+    out = tmp_path / "runs" / "a"
+    with holding_folder(out):  # another command's, as a process holds it
+        with pytest.raises(SystemExit) as exit_code:
+            main(["collect", "episodes=1", "env.image_size=16", f"out={out}"])
+        assert exit_code.value.code == 2 and not list(out.iterdir())
+        assert capsys.readouterr().err.strip() == (
+            f"vplan collect: error: {out} is in use by another vplan command that is still running; wait for it to "
+            "end, or choose another out=DIR")
+    assert not (tmp_path / "runs").exists()  # made for the lock, left empty: removed with its parent
+    with holding_folder(out):
+        (out / "kept").write_text("")
+    with holding_folder(out):  # released: the next command takes it
+        pass
+    assert (out / "kept").is_file()
+
+
 @pytest.mark.parametrize("error", [
     OSError(28, "No space left on device"),  # a write or fsync on a full disk: no filename to name
     "missing extra",

@@ -239,7 +239,7 @@ def test_incompatible_resume_refuses_with_one_line(tmp_path: Path) -> None:
     assert not (root / ".lock").exists()
     with (
         EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop"),
-        pytest.raises(DatasetError, match="another EpisodeWriter"),
+        pytest.raises(DatasetError, match="being written by another process"),
     ):
         EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop")
     (tmp_path / "notes").mkdir()

@@ -22,6 +22,7 @@ from typing import Any, Callable, NoReturn
 from vplan.configs import preset_names
 from vplan.errors import DatasetError, PlannerFallbackWarning, RunError, UsageError, VplanWarning, first_line
 from vplan.utils.interrupts import Terminated, handle_stop_signals
+from vplan.utils.locks import holding_folder
 from vplan.utils.openmp import choose_wait_policy
 
 USAGE_ERROR = 2
@@ -573,8 +574,11 @@ def _main(argv: list[str] | None) -> None:
         _fail(prog, str(error))
     except KeyboardInterrupt as stop:  # while the settings are read (the heavy imports take seconds)
         _interrupted(prog, stop)
+    # under a launcher (train only) the first process holds out= for them all
+    out = getattr(config, "out", None) if os.environ.get("RANK", "0") == "0" else None
     try:
-        command.load()(config)
+        with holding_folder(out if isinstance(out, str) else None):
+            command.load()(config)
     except UsageError as error:
         _fail(prog, str(error))
     except (RunError, DatasetError) as error:  # DatasetError here: a file found damaged while the command runs

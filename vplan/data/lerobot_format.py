@@ -999,7 +999,8 @@ def _acquire_lock(root: Path) -> int:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(descriptor)
-        raise DatasetError(f"{root} is open in another EpisodeWriter (see {root / LOCK_FILE})") from None
+        raise DatasetError(f"{root} is being written by another process (it holds {root / LOCK_FILE}); wait for it "
+                           "to end") from None
     return descriptor
 
 
