@@ -899,11 +899,13 @@ def played_and_summarized(world_model, idm, env, others=lambda result: []):
     return result, summarize(cfg, results, "vplan/Tabletop-v0", 0.0)
 
 
-def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(world_model, idm):
+def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(world_model, idm, capsys, tmp_path):
+    from vplan.run import _print_summary
+
     env = SucceedsAtStep(gym.make("vplan/Tabletop-v0"), at=3, dist=0.1)
 
-    def lost(won):  # an episode 0.2 m further off, 2 s longer in every stage
-        return [{**won, "success": False, "phase": "displace", "progress": 0.25, "dist": 0.3,
+    def lost(won):  # an episode 0.2 m further off, 2 s longer in every stage, at another threads= (a resume's)
+        return [{**won, "success": False, "phase": "displace", "progress": 0.25, "dist": 0.3, "threads": 2,
                  "wall_s": won["wall_s"] + 2, "stages_s": {s: t + 2 for s, t in won["stages_s"].items()}}]
 
     won, metrics = played_and_summarized(world_model, idm, env, others=lost)
@@ -915,6 +917,9 @@ def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(w
     assert metrics["wall_s_per_episode"] == pytest.approx(won["wall_s"] + 1)
     assert metrics["wall_s_per_episode_max"] == pytest.approx(won["wall_s"] + 2)
     assert metrics["stages_s_per_episode"] == pytest.approx({s: t + 1 for s, t in won["stages_s"].items()})
+    metrics["episodes"][0]["threads"] = 1
+    _print_summary(metrics, tmp_path)
+    assert re.search(r"\n  threads +1 episode\(s\) at 1, 1 episode\(s\) at 2\n", capsys.readouterr().out)
 
 
 class SlowLastStep(gym.Wrapper):

@@ -306,7 +306,7 @@ def summarize(
         "stages_s_per_episode": stage_means,
         # this process's peak, or a resumed run's earlier one (each episode records the peak so far)
         "peak_rss_mb": max([peak_rss_mb(), *(r["peak_rss_mb"] for r in results if "peak_rss_mb" in r)]),
-        "threads": cfg.threads,
+        "threads": cfg.threads,  # this part's; each episode records its own
         "wall_s_total": time.perf_counter() - started,
         "episodes": results,
     }
@@ -327,8 +327,13 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         (f"Dist ({metrics['dist_unit']}, mean ± std)", "-" if metrics["dist_mean"] is None
          else f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f}"),
         ("wall time per episode",
-         f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s)"),
+         f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s; the agent and the "
+         "env, not the video and recording written after each)"),
+        ("wall time of the run", f"{metrics['wall_s_total']:.0f} s (loading, videos and recording included)"),
     ]
+    threads = Counter(r["threads"] for r in metrics["episodes"] if "threads" in r)
+    if len(threads) > 1:  # a resume changed threads=: the times above mix them
+        rows.append(("threads", ", ".join(f"{count} episode(s) at {n}" for n, count in sorted(threads.items()))))
     for stage, seconds in metrics["stages_s_per_episode"].items():
         note = " (on the worker; what execution did not hide is in memory wait)" if stage == "memory_update" else ""
         rows.append((f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s{note}"))
@@ -427,6 +432,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder,
                                   on_chunk=show_chunk(bar, cfg.seed + i, so_far))
             result = episode["result"]
+            result["threads"] = cfg.threads  # a resume may change it: its wall times would mix unsaid
             # an episode the agent ended before any step has no rows
             result["recorded"] = writer is not None and bool(recorder.subgoals)
             if result["recorded"] and recorded_ahead:
@@ -444,7 +450,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             write_json(out / METRICS_FILE, metrics)
             dist = "–" if metrics["dist_mean"] is None else f"{metrics['dist_mean']:.3f}"  # none finite yet
             so_far = (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {dist}, "
-                      f"{result['wall_s']:.0f} s/episode | ")
+                      f"last episode {result['wall_s']:.1f} s | ")
             bar.set_postfix_str(so_far.removesuffix(" | "))
         bar.close()
     finally:
