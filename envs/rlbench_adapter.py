@@ -19,6 +19,7 @@ Known traps in RLBench's source that this adapter works around:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass, field
@@ -282,7 +283,6 @@ class RLBenchEnv(LastFrameRender, gym.Env):
         self._environment = rl.Environment(
             action_mode=action_mode, obs_config=self._observation_config(), headless=config.headless
         )
-        self._environment.launch()
         # Environment.get_task calls task_class(pyrep, robot): the task's settings travel in a partial.
         task_class = functools.partial(
             rl.ReturnCubes,
@@ -291,9 +291,12 @@ class RLBenchEnv(LastFrameRender, gym.Env):
             displace_distance=config.displace_distance,
         )
         try:
+            self._environment.launch()
             self._task_env = self._environment.get_task(task_class)
         except BaseException:  # a second launch in this process would find CoppeliaSim running: start over
-            self.close()
+            with contextlib.suppress(Exception):  # one that never started cannot shut down: the first error counts
+                self._environment.shutdown()
+            self._environment = self._task_env = self._steps = None
             raise
 
     def _observation_config(self) -> Any:

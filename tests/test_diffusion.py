@@ -80,6 +80,8 @@ def test_objective_and_sampler_must_match() -> None:
         DiffusionConfig(objective="v_prediction")
     with pytest.raises(ValueError, match="expected guidance_scale"):
         DiffusionConfig(guidance_scale=0.5)
+    with pytest.raises(ValueError, match="'squaredcos_cap_v2' \\(no longer offered: its first sampling step"):
+        DiffusionConfig(beta_schedule="squaredcos_cap_v2")
     with pytest.raises(ValueError, match="guidance_scale=2.0 needs a model trained with .*text_dropout=0"):
         DiffusionConfig(guidance_scale=2.0, text_dropout=0.0)  # it would guide away from an unlearned condition
 

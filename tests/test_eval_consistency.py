@@ -311,7 +311,7 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     assert (out / "metrics.json").is_file()
 
 
-def test_a_rollout_counts_as_done_only_with_its_video_written(tiny_checkpoint, tmp_path, monkeypatch):
+def test_a_rollout_counts_as_done_only_with_its_video_written(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     import vplan.eval.consistency
     from vplan.utils.files import write_mp4
 
@@ -327,6 +327,8 @@ def test_a_rollout_counts_as_done_only_with_its_video_written(tiny_checkpoint, t
         evaluate_consistency(cfg)
     progress = tmp_path / "progress.json"  # the stopped rollout is not in it, so a resume redoes it
     assert not progress.exists() or json.loads(progress.read_text())["modes"]["none"] == []
+    # and the line says what the file holds (it said the rollout was kept)
+    assert "interrupted before anything finished" in capsys.readouterr().err
     monkeypatch.setattr(vplan.eval.consistency, "write_mp4", write_mp4)
     evaluate_consistency(replace(cfg, resume=True))
     frames = imageio.mimread(tmp_path / "real_vs_none_seed10000.mp4")
@@ -471,11 +473,12 @@ def test_an_evaluation_interrupted_before_anything_finished_says_so_and_starts_a
         resume: bool = False
         overwrite: bool = False
 
-    def start(**changes) -> dict:
-        return start_or_continue(Settings(**changes), tmp_path, ("resume", "overwrite"), {"rows": []},
+    def start(modes=("a",), **changes) -> dict:  # one list of rows per mode, as eval consistency keeps them
+        return start_or_continue(Settings(**changes), tmp_path, ("resume", "overwrite"),
+                                 {"rows": [], "modes": {mode: [] for mode in modes}},
                                  lambda progress: f"{len(progress['rows'])} row(s)", ["video.mp4"])
 
-    for again in ({}, {"resume": True}, {"episodes": 2}):
+    for again in ({}, {"resume": True}, {"episodes": 2}, {"modes": ("a", "b")}):
         start()
         assert json.loads((tmp_path / PROGRESS_FILE).read_text())["rows"] == []  # written before any episode
         (tmp_path / "video.mp4").write_text("half an episode's")  # then stopped

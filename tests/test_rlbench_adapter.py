@@ -347,6 +347,22 @@ def test_a_task_that_fails_to_load_shuts_its_simulator_down_so_the_next_reset_la
     assert env._environment is None
     _, info = env.reset(seed=0)
     assert len(calls) == 2 and info["cube_poses"].shape == (CONFIG.num_cubes, 7)
+    env.close()
+    # the same when the launch itself fails after CoppeliaSim started (the robot or scene setup)
+    import rlbench.environment
+
+    scene, failed = rlbench.environment.Scene, []
+
+    def scene_fails_once(*args, **kwargs):
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("the robot could not be set up")
+        return scene(*args, **kwargs)
+
+    monkeypatch.setattr(rlbench.environment, "Scene", scene_fails_once)
+    with pytest.raises(RuntimeError, match="could not be set up"):
+        env.reset(seed=0)
+    assert env._environment is None and env.reset(seed=0)[1]["cube_poses"].shape == (CONFIG.num_cubes, 7)
 
 
 def test_seeded_resets_repeat(env):

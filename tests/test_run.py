@@ -263,9 +263,24 @@ def test_a_run_begun_without_out_resumes_in_its_dated_folder(checkpoints, tmp_pa
     args = [a for a in run_args(checkpoints, "unused", "memory=none", "video=false") if not a.startswith("out=")]
     main([*args, "episodes=1"])
     (folder,) = (tmp_path / "runs").iterdir()
-    main([*args, "episodes=2", "resume=true", f"out={folder}"])
+    from vplan import run as run_module
+    from vplan.errors import UsageError
+    from vplan.utils.locks import holding_folder
+
+    run_in, held = run_module._run_in, []
+
+    def checking_the_lock(cfg, out):  # what a second `resume=true out=<dated folder>` meanwhile would meet
+        with pytest.raises(UsageError, match="in use by another vplan command"), holding_folder(out):
+            pass
+        held.append(out)
+        return run_in(cfg, out)
+
+    monkeypatch.setattr(run_module, "_run_in", checking_the_lock)
+    main([*args, "episodes=2", "resume=true", f"out={folder}"])  # the CLI holds a given out=
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["complete"] and metrics["seeds"] == [10000, 10001]
+    main([*args, "episodes=1"])  # the dated folder it makes, run holds itself
+    assert len(held) == 2 and held[1].resolve().parent == folder.parent and held[1].resolve() != folder
 
 
 def test_a_refused_run_without_out_leaves_no_folder(checkpoints, tmp_path, monkeypatch):

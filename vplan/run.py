@@ -36,6 +36,7 @@ from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist
 from vplan.tasks import TaskConfig, task_progress
 from vplan.utils.files import read_json_record, write_json, write_mp4
 from vplan.utils.interrupts import interrupts_ignored
+from vplan.utils.locks import holding_folder
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.panels import labelled_panels
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
@@ -385,14 +386,20 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
 @restores_torch_threads
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run `cfg.episodes` episodes of the agent; write the run directory; print a summary table."""
-    import torch
-    from tqdm import tqdm
-
-    from vplan.envs import make_env
     from vplan.shipped import warn_if_training_seeds
 
     warn_if_training_seeds(cfg.seed)
     out = _run_dir(cfg)
+    with holding_folder(out if cfg.out is None else None):  # the CLI holds a given out=; the dated one is made here
+        return _run_in(cfg, out)
+
+
+def _run_in(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+
+    from vplan.envs import make_env
+
     refuse_model_folder(out)  # before checkpoints.json or episodes/ are written there
     if cfg.resume or cfg.overwrite:
         _check_holds_a_run(cfg, out)

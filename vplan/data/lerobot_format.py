@@ -280,7 +280,8 @@ def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
     except (OSError, RuntimeError):  # no file, or none ffmpeg can read
         written = 0
     if written != len(frames):
-        raise RunError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames; the episode is not added")
+        full = "; the disk is full: free some space" if shutil.disk_usage(path.parent).free < 2**20 else ""
+        raise RunError(f"{path}: ffmpeg wrote {written} of {len(frames)} frames; the episode is not added{full}")
 
 
 def decode_video(path: Path, size: tuple[int, int] | None = None, max_frames: int | None = None) -> np.ndarray:

@@ -265,6 +265,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         print(f"warning: {len(unfilmed)} rollout(s) finished before have no video ({', '.join(unfilmed[:3])}"
               f"{', ...' if len(unfilmed) > 3 else ''}): video_episodes applies to the rollouts still to run; "
               "overwrite=true runs them all again")
+    saved = (any(progress["modes"].values()), _finished(progress))  # what progress.json holds: an interrupt says it
     bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk",
                initial=sum(len(cfg.modes) - len(modes) for modes in todo.values()) * cfg.chunks)
     try:
@@ -311,9 +312,10 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                     write_mp4(out / f"real_vs_{mode}_seed{seed}.mp4",
                               labelled_panels([("real", real), (mode, video)], captions), scenario.fps)
                 write_json(out / PROGRESS_FILE, progress)
+                saved = (True, _finished(progress))
     except KeyboardInterrupt:
         bar.close()
-        say_interrupted(out, _finished(progress), kept=any(progress["modes"].values()))
+        say_interrupted(out, saved[1], kept=saved[0])
         raise
     bar.close()
 

@@ -56,7 +56,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         if other:
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")
-    begun = recorded is not None and all(recorded.get(key) == value for key, value in empty.items())
+    begun = recorded is not None and not any(_holds_rows(recorded.get(key)) for key in empty)
     if begun:  # written at the start, and stopped before anything finished: its leftovers (a video) go with it
         recorded = None
     changed = changed_settings(recorded["settings"], settings, cfg) if recorded is not None else []
@@ -96,6 +96,12 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     record = {"settings": settings, **empty, **{key: value for key, (value, _) in marks.items()}}
     write_json(file, record)  # now: what an episode writes before it finishes (a video) is this evaluation's
     return record
+
+
+def _holds_rows(value: Any) -> bool:
+    """Whether a progress record's entry holds any result: a non-empty list, at any depth of a dict (eval
+    consistency keeps one list per mode, and a rerun may ask other modes)."""
+    return any(_holds_rows(v) for v in value.values()) if isinstance(value, dict) else bool(value)
 
 
 def say_interrupted(out: Path, done: str, kept: bool) -> None:

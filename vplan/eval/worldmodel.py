@@ -267,6 +267,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     grid = _grid_so_far(out / GRID_SO_FAR, progress["episodes"]) if show_grid else []
     todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
     env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
+    saved = (bool(progress["episodes"]), _finished(progress))  # what progress.json holds: an interrupt says it
     try:
         for episode in tqdm(todo, desc="eval worldmodel", unit="episode", total=cfg.episodes,
                             initial=cfg.episodes - len(todo)):
@@ -284,8 +285,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                              captions=np.array([caption for _, caption in grid]),
                              episodes=np.array(progress["episodes"]))
             write_json(out / PROGRESS_FILE, progress)
+            saved = (True, _finished(progress))
     except KeyboardInterrupt:
-        say_interrupted(out, _finished(progress), kept=bool(progress["episodes"]))
+        say_interrupted(out, saved[1], kept=saved[0])
         raise
     finally:
         env.close()

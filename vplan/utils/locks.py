@@ -29,8 +29,10 @@ def holding_folder(path: str | Path | None) -> Iterator[None]:
     made = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # the deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        descriptor: int | None = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:  # a file by that name, no permission: the command's own error says so
+        descriptor = None
+    if descriptor is None:
         yield
         return
     try:
@@ -43,9 +45,9 @@ def holding_folder(path: str | Path | None) -> Iterator[None]:
             pass
         yield
     finally:
-        os.close(descriptor)
-        for parent in made:
+        for parent in made:  # before the lock goes: another command could take the folder meanwhile
             try:
                 parent.rmdir()  # only an empty one: a command that failed before writing leaves no folder
             except OSError:
                 break
+        os.close(descriptor)

@@ -67,7 +67,9 @@ class DiffusionConfig:
                 f"got {self.sampler!r} (set the sampler with the objective: objective=flow sampler=flow_euler)"
             )
         if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"expected beta_schedule in {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+            why = (" (no longer offered: its first sampling step multiplies the model's noise error ~6,000-fold, so "
+                   "its chunks were noise)" if self.beta_schedule == "squaredcos_cap_v2" else "")
+            raise ValueError(f"expected beta_schedule in {BETA_SCHEDULES}, got {self.beta_schedule!r}{why}")
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             raise ValueError(f"expected 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
         for name in ("num_train_timesteps", "num_inference_steps"):
