@@ -326,7 +326,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     rows = [
         ("success rate", f"{metrics['success_rate']:.0%} ({successes}/{done})"),
         (f"Dist ({metrics['dist_unit']}, mean ± std)", "-" if metrics["dist_mean"] is None
-         else f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f}"),
+         else f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f} (lower is better; 0 too for an agent that "
+         "moved nothing: see task progress)"),
         ("wall time per episode",
          f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s; the agent and the "
          "env, not the video and recording written after each)"),
@@ -388,7 +389,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     """Run `cfg.episodes` episodes of the agent; write the run directory; print a summary table."""
     from vplan.shipped import warn_if_training_seeds
 
-    warn_if_training_seeds(cfg.seed)
+    warn_if_training_seeds(cfg.seed, recording=cfg.record)
     out = _run_dir(cfg)
     with holding_folder(out if cfg.out is None else None):  # the CLI holds a given out=; the dated one is made here
         return _run_in(cfg, out)

@@ -156,15 +156,17 @@ def warn_if_actions_mean_otherwise(checkpoints: Mapping[str, str | None], units:
                           "trained at this env's settings", OtherEnvWarning, stacklevel=2)
 
 
-def warn_if_training_seeds(seed: int) -> None:
+def warn_if_training_seeds(seed: int, recording: bool = False) -> None:
     """A VplanWarning where an evaluation starting at `seed` plays the scenes training data comes from (`vplan
-    collect` plays seeds 0, 1, ...): its figures would not be held out."""
+    collect` plays seeds 0, 1, ...): its figures would not be held out. `recording` (`vplan run record=true`, which
+    the README tells to record below them) says so rather than advising other seeds."""
     from vplan.constants import HELD_OUT_SEEDS
 
     if seed < HELD_OUT_SEEDS:
+        advice = ("right for episodes recorded to train on, but its figures are not held-out ones" if recording
+                  else f"pass seed>={HELD_OUT_SEEDS} for held-out ones")
         warnings.warn(f"seed={seed}: below {HELD_OUT_SEEDS}, so these episodes may be scenes the model trained on "
-                      f"(training data uses 0..{HELD_OUT_SEEDS - 1}); pass seed>={HELD_OUT_SEEDS} for held-out ones",
-                      VplanWarning, stacklevel=3)
+                      f"(training data uses 0..{HELD_OUT_SEEDS - 1}); {advice}", VplanWarning, stacklevel=3)
 
 
 def checkpoint_fingerprint(path: Path) -> str:

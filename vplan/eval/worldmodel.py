@@ -32,7 +32,7 @@ model that draws the moves it expects whatever it is told scores about half.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -269,9 +269,10 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
     saved = (bool(progress["episodes"]), _finished(progress))  # what progress.json holds: an interrupt says it
     try:
-        for episode in tqdm(todo, desc="eval worldmodel", unit="episode", total=cfg.episodes,
-                            initial=cfg.episodes - len(todo)):
-            rows, open_rows = _evaluate_episode(cfg, episode, env, expert, model, compare, idm, grid, out)
+        for episode in (bar := tqdm(todo, desc="eval worldmodel", unit="episode", total=cfg.episodes,
+                                    initial=cfg.episodes - len(todo))):
+            rows, open_rows = _evaluate_episode(cfg, episode, env, expert, model, compare, idm, grid, out,
+                                                bar.set_postfix_str)
             progress["chunks"] += rows
             progress["open_loop"] += open_rows
             progress["episodes"].append(episode)
@@ -329,7 +330,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
 
     episodes = f"{cfg.episodes} held-out episode{'s' if cfg.episodes != 1 else ''}"
     print(f"\n{episodes} (seeds {cfg.seed}..{cfg.seed + cfg.episodes - 1}), {len(rows)} chunks, "
-          f"conditioning {model.config.conditioning}:")
+          f"conditioning {model.config.conditioning} (PSNR in dB, higher is better):")
     labels = {name: f"{name} ({metrics[name]['chunks']})" for name in ("all", "moving") if metrics[name]}
     width = max([len("chunks"), *map(len, labels.values())])  # "moving (1234)" as wide as it comes
     print(f"  {'chunks':{width}} {'PSNR':>7} {'copy-last PSNR':>15} {'SSIM':>6} {'copy-last SSIM':>15}")
@@ -355,10 +356,11 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
 
 
 def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert: Any, model: Any, compare: Any,
-                      idm: Any, grid: list[tuple[np.ndarray, str]], out: Path
+                      idm: Any, grid: list[tuple[np.ndarray, str]], out: Path, say: Callable[[str], None],
                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One held-out episode's rows: every chunk from the real context (appended to `grid` while it is short of
-    `video_chunks`), and the open-loop rollout's chunks (episode 0's written as an MP4)."""
+    `video_chunks`), and the open-loop rollout's chunks (episode 0's written as an MP4); `say` shows how far it
+    is (an episode takes ~30 s with the shipped model)."""
     from vplan.data.collect import rollout_expert
     from vplan.errors import UsageError
 
@@ -380,6 +382,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
     if chunks:
         seed = scene_seed(cfg.seed + episode, 0)
         real = frames[context_n : context_n + chunks * chunk_n]
+        say(f"episode {episode}: open loop, {chunks} chunks")
         imagined = open_loop(model, frames, subgoals, actions, chunks, seed)
         other = open_loop(compare, frames, subgoals, actions, chunks, seed) if compare is not None else None
         for i in range(chunks):
@@ -398,7 +401,9 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
             write_mp4(out / OPEN_LOOP_VIDEO, labelled_panels([(name, side.numpy()) for name, side in sides], captions),
                       fps=VIDEO_FPS)
     texts_in_episode = sorted(set(subgoals))
-    for start in range(context_n, len(frames) - chunk_n + 1, chunk_n):
+    starts = range(context_n, len(frames) - chunk_n + 1, chunk_n)
+    for k, start in enumerate(starts):
+        say(f"episode {episode}: chunk {k + 1}/{len(starts)}")
         real = frames[start : start + chunk_n]
         context = latents[None, start - context_n : start]
         true_text = chunk_subgoal(subgoals, start)

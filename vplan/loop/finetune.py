@@ -433,7 +433,7 @@ def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     usable = dataset.num_episodes - cfg.holdout_episodes
     if usable < 1:
         raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
-                         f"holdout_episodes={cfg.holdout_episodes}")
+                         f"holdout_episodes={cfg.holdout_episodes} (lower holdout_episodes=, or collect more episodes)")
     episodes = list(range(min(usable, cfg.episodes)))
     if usable < cfg.episodes:
         print(f"episodes={cfg.episodes}: {cfg.data} has {usable} besides the {cfg.holdout_episodes} held out; "

@@ -105,7 +105,8 @@ class TrainConfig:
     data: str = field(default="data/return_cubes", metadata={"help": "Episode dataset (`vplan collect`)."})
     out: str = field(default="checkpoints/${component.name}", metadata={"help": "Checkpoints and the final model."})
     holdout_episodes: int = field(default=10, metadata={
-        "help": "Last episodes kept out of training and scored after it; 0: train on every one, no held-out figure."})
+        "help": "Last episodes kept out of training (the VAE and the IDM are scored on them after it; the world model "
+                "by `vplan eval worldmodel` on fresh episodes); 0: train on every one."})
 
     def __post_init__(self) -> None:
         check_ints(self, ("holdout_episodes",), low=0)
