@@ -283,6 +283,21 @@ def test_a_run_begun_without_out_resumes_in_its_dated_folder(checkpoints, tmp_pa
     assert len(held) == 2 and held[1].resolve().parent == folder.parent and held[1].resolve() != folder
 
 
+def test_a_resume_at_other_threads_says_how_many_episodes_ran_at_each(checkpoints, tmp_path, capsys):
+    """metrics.json kept only the last part's threads=, so wall and CPU times mixed thread counts unsaid; a run
+    written before episodes recorded it counts at its recorded threads=."""
+    out = tmp_path / "run"
+    main([*run_args(checkpoints, out, "memory=none", "video=false"), "episodes=1"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    del metrics["episodes"][0]["threads"]  # as a run from before
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    main([*run_args(checkpoints, out, "memory=none", "video=false"), "episodes=2", "resume=true", "threads=2"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [episode["threads"] for episode in metrics["episodes"]] == [1, 2]
+    assert re.search(r"\n  threads +1 episode\(s\) at 1, 1 episode\(s\) at 2\n", capsys.readouterr().out)
+
+
 def test_a_refused_run_without_out_leaves_no_folder(checkpoints, tmp_path, monkeypatch):
     """Bad input exits before anything is written: the dated folder went, and runs/ stayed behind."""
     monkeypatch.chdir(tmp_path)
@@ -403,7 +418,7 @@ def test_training_seeds_are_warned_of(tmp_path):
     with pytest.warns(VplanWarning, match="seed=5: below 10000, so these episodes may be scenes the model trained"):
         with pytest.raises(SystemExit):  # the checkpoint is refused after the warning
             main(["run", "seed=5", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
-    with pytest.warns(VplanWarning, match="right for episodes recorded to train on, but its figures are not held"):
+    with pytest.warns(VplanWarning, match="right for episodes recorded to train on, but the run's figures are not held"):
         with pytest.raises(SystemExit):  # as the README advises for record=true: not told to pass other seeds
             main(["run", "seed=5", "record=true", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
 

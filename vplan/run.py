@@ -170,6 +170,9 @@ def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]],
     if len(metrics["episodes"]) > cfg.episodes:
         raise UsageError(f"resume=true: {out} has {len(metrics['episodes'])} episodes already; pass episodes>="
                          f"{len(metrics['episodes'])}")
+    for episode in metrics["episodes"]:  # a run from before episodes recorded it: its last part's threads=
+        if isinstance(episode, dict) and "threads" not in episode and "threads" in metrics:
+            episode["threads"] = metrics["threads"]
     return metrics["episodes"], float(metrics["wall_s_total"])
 
 
@@ -326,8 +329,9 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     rows = [
         ("success rate", f"{metrics['success_rate']:.0%} ({successes}/{done})"),
         (f"Dist ({metrics['dist_unit']}, mean ± std)", "-" if metrics["dist_mean"] is None
-         else f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f} (lower is better; 0 too for an agent that "
-         "moved nothing: see task progress)"),
+         else f"{metrics['dist_mean']:.4f} ± {metrics['dist_std']:.4f}" + (
+             " (lower is better; 0 too for an agent that moved no cube: see task progress)"
+             if metrics["task"] == "return_cubes" else "")),
         ("wall time per episode",
          f"{metrics['wall_s_per_episode']:.1f} s (max {metrics['wall_s_per_episode_max']:.1f} s; the agent and the "
          "env, not the video and recording written after each)"),

@@ -163,7 +163,7 @@ def warn_if_training_seeds(seed: int, recording: bool = False) -> None:
     from vplan.constants import HELD_OUT_SEEDS
 
     if seed < HELD_OUT_SEEDS:
-        advice = ("right for episodes recorded to train on, but its figures are not held-out ones" if recording
+        advice = ("right for episodes recorded to train on, but the run's figures are not held-out ones" if recording
                   else f"pass seed>={HELD_OUT_SEEDS} for held-out ones")
         warnings.warn(f"seed={seed}: below {HELD_OUT_SEEDS}, so these episodes may be scenes the model trained on "
                       f"(training data uses 0..{HELD_OUT_SEEDS - 1}); {advice}", VplanWarning, stacklevel=3)

@@ -35,6 +35,7 @@ def holding_folder(path: str | Path | None) -> Iterator[None]:
     if descriptor is None:
         yield
         return
+    held = False  # refused, the folder is the holder's to remove, even one that seemed missing a moment ago
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -43,9 +44,10 @@ def holding_folder(path: str | Path | None) -> Iterator[None]:
                              "end, or choose another out=DIR") from None
         except OSError:  # no flock on this filesystem: unlocked, as before
             pass
+        held = True
         yield
     finally:
-        for parent in made:  # before the lock goes: another command could take the folder meanwhile
+        for parent in made if held else []:  # before the lock goes: another command could take it meanwhile
             try:
                 parent.rmdir()  # only an empty one: a command that failed before writing leaves no folder
             except OSError:
