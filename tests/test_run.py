@@ -418,7 +418,7 @@ def test_training_seeds_are_warned_of(tmp_path):
     with pytest.warns(VplanWarning, match="seed=5: below 10000, so these episodes may be scenes the model trained"):
         with pytest.raises(SystemExit):  # the checkpoint is refused after the warning
             main(["run", "seed=5", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
-    with pytest.warns(VplanWarning, match="right for episodes recorded to train on, but the run's figures are not held"):
+    with pytest.warns(VplanWarning, match="right for episodes recorded to train on, but the run's figures are not"):
         with pytest.raises(SystemExit):  # as the README advises for record=true: not told to pass other seeds
             main(["run", "seed=5", "record=true", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
 
