@@ -1,6 +1,6 @@
 """The README's and docs/'s commands, snippets and links: every `vplan ...` in a shell block, and every one with
-settings quoted in the prose, composes into its command's config (a key renamed in a dataclass left the docs wrong without a failing test), the README's Python
-snippets run as pasted, and every relative link and anchor resolves."""
+settings quoted in the prose, composes into its command's config (a key renamed in a dataclass left the docs wrong
+without a failing test), the README's Python snippets run as pasted, and every relative link and anchor resolves."""
 
 from __future__ import annotations
 
