@@ -169,6 +169,7 @@ class WorldModelEnv(gym.Env):
         if self._tabletop is not None:
             self._tabletop.close()
             self._tabletop = None
+        self._history, self._generators = None, []  # the rollouts' latents (on the model's device)
 
     # -- batched rollouts
 

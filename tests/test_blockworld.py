@@ -285,6 +285,20 @@ def test_a_world_too_big_for_the_scene_rebuilds_it(monkeypatch):
     assert np.array_equal(obs["front"], expected["front"])
 
 
+def test_a_reset_that_fails_leaves_no_episode_to_step(monkeypatch):
+    """It stepped the last episode's world on (reseeded, but with the old world, path and score)."""
+    from vplan.envs.blockworld import blockworld_v0
+
+    env = BlockworldEnv(image_size=SIZE)
+    env.reset(seed=0)
+    monkeypatch.setattr(blockworld_v0, "plan_path", lambda *args: None)
+    with pytest.raises(RuntimeError, match="found no outbound path"):
+        env.reset(seed=1)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(0)
+    env.close()
+
+
 def test_a_rebuild_only_grows_the_room():
     """Room sized to the new world alone shrank the other materials', so worlds that fitted rebuilt again."""
     first = build_meshes(_world_of(0))

@@ -147,6 +147,15 @@ def test_a_step_conditions_on_its_one_action_with_the_grip_read_as_the_tabletop_
         env.step(np.zeros((1, 4), np.float32))
 
 
+def test_close_lets_go_of_the_rollouts(model):
+    env = WorldModelEnv(model=model)
+    env.reset(seed=1, options={"frame": np.zeros((SIZE, SIZE, 3), np.uint8)})
+    env.close()  # its latents and generators went with it (GPU memory on a GPU)
+    assert env._history is None and env._generators == []
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.zeros(4, np.float32))
+
+
 def test_batched_steps_agree_with_single_steps(model):
     seeds = [3, 7]
     actions = np.random.default_rng(1).uniform(-1, 1, (4, len(seeds), 4)).astype(np.float32)

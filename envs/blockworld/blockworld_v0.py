@@ -181,6 +181,7 @@ class BlockworldEnv(LastFrameRender, gym.Env):
         super().reset(seed=seed)
         check_no_options(options)
         cfg = self.config
+        self.world = self.path = None  # a reset that fails leaves no episode to step (it stepped the last one's)
         for _ in range(WORLD_ATTEMPTS):
             world = generate_world(self.np_random, cfg.world_size)
             path = plan_path(world, self.np_random, cfg.path_chunks, cfg.chunk_steps)
