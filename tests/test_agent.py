@@ -919,7 +919,11 @@ def test_run_episode_and_summarize_count_success_progress_and_the_return_phase(w
     assert metrics["stages_s_per_episode"] == pytest.approx({s: t + 1 for s, t in won["stages_s"].items()})
     metrics["episodes"][0]["threads"] = 1
     _print_summary(metrics, tmp_path)
-    assert re.search(r"\n  threads +1 episode\(s\) at 1, 1 episode\(s\) at 2\n", capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert re.search(r"\n  threads +1 episode\(s\) at 1, 1 episode\(s\) at 2\n", printed)
+    assert "memory wait" not in printed and "generation" in printed  # memory=none: no rows of zeros
+    _print_summary({**metrics, "memory": "temp_lora"}, tmp_path)
+    assert "memory wait" in capsys.readouterr().out
 
 
 class SlowLastStep(gym.Wrapper):

@@ -341,6 +341,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if len(threads) > 1:  # a resume changed threads=: the times above mix them
         rows.append(("threads", ", ".join(f"{count} episode(s) at {n}" for n, count in sorted(threads.items()))))
     for stage, seconds in metrics["stages_s_per_episode"].items():
+        if stage.startswith("memory") and metrics["memory"] != "temp_lora":  # nothing learns: rows of zeros
+            continue
         note = " (on the worker; what execution did not hide is in memory wait)" if stage == "memory_update" else ""
         rows.append((f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s{note}"))
     if metrics["planner"] != "offline":
