@@ -482,11 +482,13 @@ def test_an_evaluation_interrupted_before_anything_finished_says_so_and_starts_a
         start()
         assert json.loads((tmp_path / PROGRESS_FILE).read_text())["rows"] == []  # written before any episode
         (tmp_path / "video.mp4").write_text("half an episode's")  # then stopped
-        say_interrupted(tmp_path, "0 row(s)", kept=False)
+        say_interrupted(tmp_path, lambda progress: f"{len(progress['rows'])} row(s)", {"rows": [], "modes": {}})
         assert capsys.readouterr().err.strip() == "interrupted before anything finished; the same command starts again"
         start(**again)
         assert not (tmp_path / "video.mp4").exists()
-    say_interrupted(tmp_path, "1 row(s)", kept=True)
+    record = json.loads((tmp_path / PROGRESS_FILE).read_text())
+    (tmp_path / PROGRESS_FILE).write_text(json.dumps({**record, "rows": [1]}))
+    say_interrupted(tmp_path, lambda progress: f"{len(progress['rows'])} row(s)", {"rows": [], "modes": {}})
     assert "interrupted: 1 row(s) finished, kept in" in capsys.readouterr().err
 
 

@@ -250,9 +250,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     seeds = range(cfg.seed, cfg.seed + cfg.episodes)
     scenarios = _revisit_takes(scenario_fn, cfg, seeds, frames_n, size, context_n, chunk_n)  # before out is touched
-    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"real": [], "modes": {mode: [] for mode in cfg.modes}},
-                                 _finished, ["real_vs_*.mp4"], summaries=[PSNR_PLOT],
-                                 pinned={"worldmodel": cfg.checkpoint})
+    empty = {"real": [], "modes": {mode: [] for mode in cfg.modes}}
+    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, empty, _finished, ["real_vs_*.mp4"],
+                                 summaries=[PSNR_PLOT], pinned={"worldmodel": cfg.checkpoint})
     # the fingerprint now: the files may be replaced while the rollouts run
     fingerprint = pin_checkpoints(out, {"worldmodel": cfg.checkpoint},
                                   resuming=cfg.resume and any(progress["modes"].values()))["worldmodel"]
@@ -265,7 +265,6 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         print(f"warning: {len(unfilmed)} rollout(s) finished before have no video ({', '.join(unfilmed[:3])}"
               f"{', ...' if len(unfilmed) > 3 else ''}): video_episodes applies to the rollouts still to run; "
               "overwrite=true runs them all again")
-    saved = (any(progress["modes"].values()), _finished(progress))  # what progress.json holds: an interrupt says it
     bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk",
                initial=sum(len(cfg.modes) - len(modes) for modes in todo.values()) * cfg.chunks)
     try:
@@ -312,10 +311,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                     write_mp4(out / f"real_vs_{mode}_seed{seed}.mp4",
                               labelled_panels([("real", real), (mode, video)], captions), scenario.fps)
                 write_json(out / PROGRESS_FILE, progress)
-                saved = (True, _finished(progress))
     except KeyboardInterrupt:
         bar.close()
-        say_interrupted(out, saved[1], kept=saved[0])
+        say_interrupted(out, _finished, empty)
         raise
     bar.close()
 

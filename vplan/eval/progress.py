@@ -8,6 +8,7 @@ resumption with other settings is refused with their names. A fresh evaluation r
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -104,10 +105,16 @@ def _holds_rows(value: Any) -> bool:
     return any(_holds_rows(v) for v in value.values()) if isinstance(value, dict) else bool(value)
 
 
-def say_interrupted(out: Path, done: str, kept: bool) -> None:
-    """The line an interrupted evaluation leaves: what it kept (`kept`: anything finished) and how to go on."""
-    if not kept:
+def say_interrupted(out: Path, finished: Callable[[dict[str, Any]], str], empty: dict[str, Any]) -> None:
+    """The line an interrupted evaluation leaves: what `out`'s progress.json holds (`finished(record)`; nothing
+    where none of the entries `empty` names, as `start_or_continue` was given it, holds a row: a result counted in
+    memory but not yet saved is not kept) and how to go on."""
+    try:
+        record = json.loads((out / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):  # none written yet (written whole or not at all)
+        record = None
+    if not isinstance(record, dict) or not any(_holds_rows(record.get(key)) for key in empty):
         print("interrupted before anything finished; the same command starts again", file=sys.stderr)
         return
-    print(f"interrupted: {done} finished, kept in {out / PROGRESS_FILE}; the same command with resume=true "
-          "continues", file=sys.stderr)
+    print(f"interrupted: {finished(record)} finished, kept in {out / PROGRESS_FILE}; the same command with "
+          "resume=true continues", file=sys.stderr)

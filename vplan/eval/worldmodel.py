@@ -257,8 +257,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
     pinned = {name: spec for name, spec in checkpoints.items() if spec is not None}
-    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, {"episodes": [], "chunks": [], "open_loop": []},
-                                 _finished, [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO], summaries=[OPEN_LOOP_PLOT],
+    empty = {"episodes": [], "chunks": [], "open_loop": []}
+    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, empty, _finished,
+                                 [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO], summaries=[OPEN_LOOP_PLOT],
                                  marks={"noise": (NOISE, NOISE_BEFORE)}, pinned=pinned)
     pin_checkpoints(out, pinned, resuming=cfg.resume and bool(progress["episodes"]))
     show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
@@ -267,7 +268,6 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     grid = _grid_so_far(out / GRID_SO_FAR, progress["episodes"]) if show_grid else []
     todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
     env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
-    saved = (bool(progress["episodes"]), _finished(progress))  # what progress.json holds: an interrupt says it
     try:
         for episode in (bar := tqdm(todo, desc="eval worldmodel", unit="episode", total=cfg.episodes,
                                     initial=cfg.episodes - len(todo))):
@@ -286,9 +286,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                              captions=np.array([caption for _, caption in grid]),
                              episodes=np.array(progress["episodes"]))
             write_json(out / PROGRESS_FILE, progress)
-            saved = (True, _finished(progress))
     except KeyboardInterrupt:
-        say_interrupted(out, saved[1], kept=saved[0])
+        say_interrupted(out, _finished, empty)
         raise
     finally:
         env.close()
