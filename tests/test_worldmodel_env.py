@@ -84,6 +84,10 @@ def test_text_models_and_bad_starts_are_clear_errors(tmp_path, model):
     WorldModel(tiny_config("text")).save_pretrained(tmp_path / "text")
     with pytest.raises(ValueError, match="expected an action-conditioned world model .* got conditioning='text'"):
         WorldModelEnv(WorldModelEnvConfig(checkpoint=str(tmp_path / "text")))
+    from vplan.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^an empty checkpoint path; give a directory or a shipped name \(shipped:"):
+        WorldModelEnv(WorldModelEnvConfig(checkpoint=""))  # was the working directory, "." in the error
     env = WorldModelEnv(model=model)
     with pytest.raises(gym.error.ResetNeeded):
         env.step(env.action_space.sample())

@@ -52,7 +52,11 @@ def shipped_names() -> list[str]:
 
 
 def resolve_checkpoint(spec: str) -> Path:
-    """The directory a checkpoint argument names; a clear error for an unknown shipped name."""
+    """The directory a checkpoint argument names; a clear error for an unknown shipped name, or for no name at
+    all (`checkpoint=""` would be the working directory)."""
+    if not spec.strip():
+        raise UsageError(f"an empty checkpoint path; give a directory or a shipped name ("
+                         f"{', '.join(PREFIX + name for name in shipped_names())})")
     if not spec.startswith(PREFIX):
         return Path(spec)
     name = spec[len(PREFIX) :]
