@@ -408,10 +408,14 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
     with pytest.raises(UsageError, match="begun before each episode drew noise of its own"):
         evaluate("older_finished", 2, resume=True)
     assert (tmp_path / "older_finished" / "metrics.json").is_file()  # it was deleted before the refusal
+    shutil.copytree(tmp_path / "resumed", tmp_path / "other_threads")
     resumed = evaluate("resumed", 2, resume=True)
     assert {e["episode"] for e in resumed["chunks"]} == {0, 1}
-    for key in ("chunks", "all", "text_sensitivity", "open_loop"):
+    for key in ("chunks", "all", "text_sensitivity", "open_loop", "threads"):
         assert resumed[key] == straight[key]
+    assert resumed["threads"] == [2]  # the default, recorded with each chunk
+    mixed = evaluate("other_threads", 2, resume=True, threads=1)  # may change: said in metrics and printed
+    assert mixed["threads"] == [1, 2] and {(c["episode"], c["threads"]) for c in mixed["chunks"]} == {(0, 2), (1, 1)}
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
         "checkpoints.json", "metrics.json", "open_loop.mp4", "open_loop.png", "progress.json", "real_vs_generated.mp4"]
 

@@ -52,7 +52,8 @@ from vplan.shipped import pin_checkpoints, warn_if_actions_mean_otherwise, warn_
 from vplan.tasks import TaskConfig
 from vplan.utils.panels import labelled_panels
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_seed
+from vplan.utils.openmp import restores_torch_threads
+from vplan.utils.settings import check_seed, check_threads
 from vplan.worldmodel.action_encoder import CONDITIONINGS
 
 # A chunk counts as "moving" where the agent's position (metres on the tabletop, blocks on the blockworld) ends
@@ -64,7 +65,7 @@ GRID_SO_FAR = "real_vs_generated.partial.npz"  # the grid's chunks of finished e
 VIDEO_FPS = 4  # the grid's and the open loop's: 2.5x slower than the tabletop's 10 Hz, to follow a chunk's 8 frames
 OPEN_LOOP_VIDEO = "open_loop.mp4"
 OPEN_LOOP_PLOT = "open_loop.png"
-RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "resume", "overwrite")  # settings a resumption may change
+RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "threads", "resume", "overwrite")  # settings a resumption may change
 
 
 @dataclass
@@ -98,6 +99,9 @@ class EvalWorldModelConfig:
         metadata={"help": "text|action|text+action: the checkpoint must be conditioned so; `action` defaults "
                   "checkpoint to the task's env's shipped action model and compare to its shipped text model."},
     )
+    threads: int = field(
+        default=2, metadata={"help": "torch threads (the figures move in their last bits with the count)."}
+    )
     resume: bool = field(
         default=False,
         metadata={"help": "Continue the evaluation interrupted in out (same settings and checkpoint files): its "
@@ -113,6 +117,7 @@ class EvalWorldModelConfig:
             raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
                              f"{self.video_chunks}, {self.rollout_chunks}")
         check_seed(self.seed)
+        check_threads(self)
         if self.conditioning not in (None, *CONDITIONINGS):
             raise ValueError(f"conditioning: expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
         from vplan.policies import EXPERTS
@@ -225,6 +230,7 @@ def open_loop(model: Any, frames: torch.Tensor, subgoals: list[str], actions: to
     return model.decode(model.rollout(latents, texts, generator=torch.Generator().manual_seed(seed), **given))[0]
 
 
+@restores_torch_threads
 def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     """Score the checkpoint on fresh episodes (continuing an interrupted evaluation with `resume=true`); write
     metrics.json, the MP4s and the plot; print a table."""
@@ -235,6 +241,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.policies import make_expert
     from vplan.shipped import check_checkpoints_exist, warn_if_training_seeds
 
+    torch.set_num_threads(cfg.threads)
     check_checkpoints_exist({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm})
     warn_if_training_seeds(cfg.seed)
     model = _load_model(cfg.checkpoint, cfg)
@@ -322,6 +329,8 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "action_direction_sensitivity_se": share_error(rows, "direction_sensitive"),
         "chunks": rows,
         "open_loop": _open_loop_summary(open_rows, cfg.compare),
+        # the torch threads the chunks were scored with (a resumption may change them; None: not recorded)
+        "threads": sorted({row.get("threads") for row in rows}, key=str),
     }
     write_json(out / METRICS_FILE, metrics)
     if metrics["open_loop"]:
@@ -350,6 +359,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
               f"{_error(metrics['action_direction_sensitivity_se'])} of {len(direction_sensitive)} moving chunks "
               "closer under the executed actions than under their motion reversed (chance: 50%)")
     _print_open_loop(metrics["open_loop"], model.config.conditioning, compare)
+    if len(metrics["threads"]) > 1:
+        print(f"  (chunks scored with threads {metrics['threads']}: a resumption changed them, which moves figures "
+              "in their last bits)")
     print(f"metrics and video in {out}")
     return metrics
 
@@ -416,7 +428,7 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
         psnr, ssim = chunk_scores(predicted, real)
         copy_psnr, copy_ssim = chunk_scores(frames[start - 1 : start].expand_as(real), real)
         row = {"episode": episode, "start": start, "text": true_text, "psnr": psnr, "ssim": ssim,
-               "copy_psnr": copy_psnr, "copy_ssim": copy_ssim,
+               "copy_psnr": copy_psnr, "copy_ssim": copy_ssim, "threads": cfg.threads,
                "moving": _moving(state[start - 1], state[start + chunk_n - 1])}
         if idm is not None:
             last = frames[start - 1 : start]
