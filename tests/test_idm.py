@@ -116,6 +116,37 @@ def test_an_idm_trained_on_every_episode_writes_no_held_out_figure(tiny_dataset:
     assert f"IDM written to {final}; no held-out figure (holdout_episodes=0)" in capsys.readouterr().out
 
 
+def test_an_idm_on_the_expert_alone_warns(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The README's default data= is the expert's: an IDM trained there never sees random motions, unsaid."""
+    import shutil
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from vplan.errors import VplanWarning
+
+    expert_only, elsewhere = tmp_path / "expert_only", tmp_path / "elsewhere"
+    for copy in (expert_only, elsewhere):
+        shutil.copytree(tiny_dataset, copy)
+    recorded = OmegaConf.load(expert_only / "config.yaml")
+    recorded.explore_fraction, recorded.noise_std = 0.0, 0.0
+    OmegaConf.save(recorded, expert_only / "config.yaml")
+    (elsewhere / "config.yaml").unlink()  # a dataset vplan collect did not write: nothing to go by
+
+    def train_on(data: Path) -> None:
+        optim = OptimConfig(steps=1, batch_size=4, save_every=1, warmup_steps=1)
+        train_component(TrainConfig(component=IDMTrainConfig(idm=IDMConfig.tiny(), vae=None, optim=optim),
+                                    data=str(data), out=str(tmp_path / data.name / "idm"), holdout_episodes=0))
+
+    with pytest.warns(VplanWarning, match=r"holds the expert alone \(collected without explore_fraction= or "
+                                          r"noise_std=\): the IDM never sees .*explore_fraction=0.2 noise_std=0.05"):
+        train_on(expert_only)
+    for data in (tiny_dataset, elsewhere):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VplanWarning)
+            train_on(data)
+
+
 def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import vplan.loop.idm as idm_loop
     from vplan.constants import ACTION_APPLIED

@@ -179,6 +179,23 @@ def warn_if_exploring(data: str | Path) -> None:
                       "exploratory data is for)", VplanWarning, stacklevel=3)
 
 
+def warn_if_expert_only(data: str | Path) -> None:
+    """A VplanWarning where `vplan collect` recorded `data` as the expert alone (no `explore_fraction`, no
+    `noise_std`): an IDM trained on it never sees the random motions an imperfect world model draws. Silent for a
+    dataset `vplan collect` did not write (no record: a run's recording, one from elsewhere)."""
+    path = Path(data) / CONFIG_FILE
+    try:
+        record = read_config_record(path, "restore it from a copy of the dataset") if path.is_file() else None
+    except RunError as error:
+        warnings.warn(f"whether {data} holds exploratory segments is unknown: {error}", VplanWarning, stacklevel=3)
+        return
+    if record is not None and not record.get("explore_fraction") and not record.get("noise_std"):
+        warnings.warn(f"{data} holds the expert alone (collected without explore_fraction= or noise_std=): the IDM "
+                      "never sees the random motions an imperfect world model draws; collect one for it, e.g. "
+                      "`vplan collect episodes=300 explore_fraction=0.2 noise_std=0.05 out=DIR`, and pass data=DIR",
+                      VplanWarning, stacklevel=3)
+
+
 def _recorded_by_run(out: Path) -> bool:
     """Whether `out` is the dataset of a `vplan run record=true` run directory (its `episodes/`; the run's
     config.yaml, one level up, says record: true): the same columns as an expert's, other episodes."""

@@ -443,6 +443,9 @@ def _train_and_write(
                                              if held_out else "no held-out figure (holdout_episodes=0)"))
         return final
     if isinstance(component, IDMTrainConfig):
+        from vplan.data.collect import warn_if_expert_only
+
+        warn_if_expert_only(cfg.data)
         if component.vae is not None:
             pin_checkpoints(out, {"vae": component.vae}, resuming, write=main)
         return train_idm(component, dataset, train_episodes, held_out, out, vae)
