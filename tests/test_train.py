@@ -271,8 +271,16 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     from vplan.loop.train import _load_vae
     from vplan.shipped import resolve_checkpoint
 
+    # a world model's checkpoint gives its own VAE (was refused: the IDM for the shipped model needed an export)
+    shipped = WorldModel.from_pretrained("shipped:tabletop/worldmodel").vae
+    for spec in ("shipped:tabletop/worldmodel", str(resolve_checkpoint("shipped:tabletop/worldmodel"))):
+        vae = _load_vae(spec)
+        assert vae.config.scaling_factor == shipped.config.scaling_factor and not vae.training
+        assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), shipped.state_dict().values()))
+    with pytest.raises(UsageError, match=r"^component.vae=shipped:tabletop/idm: holds no VAE; .*shipped:tabletop/wor"):
+        _load_vae("shipped:tabletop/idm")
     with pytest.raises(UsageError, match="component.vae=.*: not a VAE .*no diffusion_pytorch_model.safetensors there"):
-        _load_vae(str(resolve_checkpoint("shipped:tabletop/worldmodel")))  # holds its VAE under another name
+        _load_vae(str(resolve_checkpoint("shipped:tabletop/idm")))
     other_camera = tmp_path / "top_camera"  # a LeRobot dataset recorded elsewhere, its camera named otherwise
     shutil.copytree(tiny_dataset, other_camera)
     info = json.loads((other_camera / "meta" / "info.json").read_text())

@@ -316,7 +316,7 @@ def train_idm(
     units = ("moves; baseline: always the commonest training move" if config.idm.discrete
              else "in action units; baseline: always the training mean action")
     lines = [f"IDM written to {final}; held-out error on {metrics['real']['transitions']} transitions of "
-             f"{len(held_out)} episodes ({config.label} actions, {units}):"]
+             f"{len(held_out)} episode{'s' if len(held_out) != 1 else ''} ({config.label} actions, {units}):"]
     lines.append(_line("real frames", metrics["real"]))
     if vae is not None:
         lines.append(_line("VAE frames ", metrics["vae"]))

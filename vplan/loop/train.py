@@ -32,13 +32,13 @@ from vplan.loop.trainer import (
     FINAL, OptimConfig, check_batch_splits, is_main_process, main_process_first, only_the_main_process_prints,
     process_count, train,
 )
-from vplan.shipped import check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
+from vplan.shipped import PREFIX, check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
     CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, write_config,
 )
 from vplan.worldmodel.latent_cache import LATENTS_DIR, episode_latents
-from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
+from vplan.worldmodel.model import VAE_FILE, CheckpointError, WorldModel, WorldModelConfig, load_vae, read_config
 from vplan.worldmodel.text_encoder import resolve_minilm_dir
 from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
@@ -239,12 +239,25 @@ class WorldModelTraining:
 
 
 def _load_vae(path: str) -> Any:
+    """A VAE `vplan train component=vae` wrote, or a world-model checkpoint's own (shipped ones included)."""
     from diffusers import AutoencoderKL
 
-    hint = "train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/)"
-    if not (Path(path) / "config.json").is_file():
+    hint = ("train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/), "
+            "or to a world model's checkpoint (shipped:tabletop/worldmodel) for its VAE")
+    try:
+        folder = resolve_checkpoint(path)
+    except UsageError as error:
+        raise UsageError(f"component.vae={path}: {error}") from None
+    if (folder / VAE_FILE).is_file():
+        try:
+            return load_vae(folder)
+        except CheckpointError as error:
+            raise UsageError(f"component.vae={path}: {error}") from None
+    if path.startswith(PREFIX):  # a shipped IDM
+        raise UsageError(f"component.vae={path}: holds no VAE; {hint}")
+    if not (folder / "config.json").is_file():
         raise UsageError(f"component.vae={path}: no trained VAE there; {hint}")
-    if not (Path(path) / "diffusion_pytorch_model.safetensors").is_file():  # checked here: diffusers logs first
+    if not (folder / "diffusion_pytorch_model.safetensors").is_file():  # checked here: diffusers logs first
         raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote (no "
                          f"diffusion_pytorch_model.safetensors there); {hint}")
     try:

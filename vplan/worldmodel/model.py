@@ -519,6 +519,15 @@ def _with_reachable_minilm(config: WorldModelConfig, path: Path) -> WorldModelCo
     return replace(config, text_encoder=replace(encoder, path=None))
 
 
+def load_vae(path: str | Path) -> Any:
+    """The VAE inside a world-model checkpoint (a directory or `shipped:<env>/worldmodel`), alone: to train an IDM
+    that reads that world model's decodes, or another world model on its latents."""
+    path = resolve_checkpoint(str(path))
+    vae = build_vae(read_config(path).vae)
+    _load_into(vae, path / VAE_FILE)
+    return vae.eval()
+
+
 def read_config(path: str | Path) -> WorldModelConfig:
     """The `WorldModelConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
     return read_pretrained_config(path, WorldModelConfig, CHECKPOINT_KIND, FORMAT_VERSION, "world model")
