@@ -147,6 +147,23 @@ def test_an_idm_on_the_expert_alone_warns(tiny_dataset: Path, tmp_path: Path) ->
             train_on(data)
 
 
+def test_a_resume_past_its_steps_is_refused_before_the_data_is_read(tiny_dataset: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """The refusal came after the pass through the VAE: minutes on a real dataset."""
+    import vplan.loop.idm as idm_loop
+    from vplan.errors import RunError
+
+    def train_to(steps: int) -> None:
+        optim = OptimConfig(steps=steps, batch_size=4, save_every=2, warmup_steps=1)
+        train_component(TrainConfig(component=IDMTrainConfig(idm=IDMConfig.tiny(), vae=None, optim=optim),
+                                    data=str(tiny_dataset), out=str(tmp_path / "idm"), holdout_episodes=1))
+
+    train_to(2)
+    monkeypatch.setattr(idm_loop, "load_episodes", lambda *args: pytest.fail("the data was read"))
+    with pytest.raises(RunError, match=r"^train idm: .*checkpoint-0000002 is at step 2, past component.optim.steps=1"):
+        train_to(1)
+
+
 def test_train_component_without_a_vae(tiny_dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import vplan.loop.idm as idm_loop
     from vplan.constants import ACTION_APPLIED

@@ -29,8 +29,8 @@ from vplan.errors import UsageError, first_line
 from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import (
-    FINAL, OptimConfig, check_batch_splits, is_main_process, main_process_first, only_the_main_process_prints,
-    process_count, train,
+    FINAL, OptimConfig, check_batch_splits, check_steps_reach, is_main_process, main_process_first,
+    only_the_main_process_prints, process_count, train,
 )
 from vplan.shipped import PREFIX, check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
@@ -387,6 +387,7 @@ def _train_component(cfg: TrainConfig) -> Path:
     final = out / FINAL
     component = cfg.component
     resuming = bool(list_checkpoints(out))
+    check_steps_reach(out, component.optim, f"train {component.name}")  # before minutes of reading data
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":

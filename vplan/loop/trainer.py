@@ -30,7 +30,9 @@ import torch
 from safetensors import SafetensorError
 
 from vplan.errors import RunError, first_line
-from vplan.loop.checkpoint import UnreadableTrainerStateError, list_checkpoints, load_checkpoint, save_checkpoint
+from vplan.loop.checkpoint import (
+    UnreadableTrainerStateError, checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint,
+)
 from vplan.utils.files import write_text_atomic
 from vplan.utils.interrupts import interrupted, terminated
 from vplan.utils.plots import line_plot
@@ -198,6 +200,16 @@ def _noise_generator(generator: torch.Generator, rank: int, processes: int) -> t
     return torch.Generator().manual_seed(seed)
 
 
+def check_steps_reach(out: Path, optim: OptimConfig, description: str, optim_key: str = "component.optim") -> None:
+    """A RunError where `out`'s newest checkpoint is past `optim.steps` (the run would end at once, its result the
+    longer run's): `train` checks it, and a command can before it reads its data (the IDM's pass through the VAE
+    takes minutes)."""
+    checkpoints = list_checkpoints(out)
+    if checkpoints and (step := checkpoint_step(checkpoints[-1])) > optim.steps:
+        raise RunError(f"{description}: {checkpoints[-1]} is at step {step}, past {optim_key}.steps={optim.steps}; "
+                       f"pass {optim_key}.steps>={step} to go on from it, or another out=DIR")
+
+
 def train(
     component: Trainable, optim: OptimConfig, out: Path, description: str, until: int | None = None,
     optim_key: str = "component.optim", keep_steps: Collection[int] = (), say_resuming: bool = True,
@@ -233,6 +245,7 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     step = 0
+    check_steps_reach(out, optim, description, optim_key)
     checkpoints = list_checkpoints(out)
     if checkpoints:
         try:
@@ -254,9 +267,6 @@ def train(
                            f"PRECISION); resume with {began!r}, or choose another out=DIR")
         if accelerator.scaler is not None and GRAD_SCALER in state:  # fp16: the loss scale it had reached
             accelerator.scaler.load_state_dict(state[GRAD_SCALER])
-        if step > optim.steps:  # it would end at once, and its result would be the longer run's
-            raise RunError(f"{description}: {checkpoints[-1]} is at step {step}, past {optim_key}.steps="
-                           f"{optim.steps}; pass {optim_key}.steps>={step} to go on from it, or another out=DIR")
         if say_resuming:
             accelerator.print(f"resuming from {checkpoints[-1]} (step {step})")
     if processes > 1:  # each process reads `out` itself: on machines that do not share it, each its own steps
