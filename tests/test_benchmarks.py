@@ -114,6 +114,14 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
     # the tiny model predicts ε: a flow sampler's row is its time alone
     assert "time only: the model predicts epsilon" in lines["flow_euler:2"] and "time only" not in lines["ddim:2"]
     assert torch.get_num_threads() == 2  # threads=1 held while it ran; the caller's count is back
+    # the 1.0 s target is for 8-frame 64x64 chunks with 2 threads: none for the tiny model's 2-frame 16x16 ones
+    assert "vs 1.0 s target" not in printed and "no target column" in printed
+    from vplan.eval import bench_worldmodel as bench_module
+
+    monkeypatch.setattr(bench_module, "TARGET_CHUNK", (16, 2, 1))  # as if the target were for these chunks
+    bench_worldmodel(BenchWorldModelConfig(model=model, samplers=["ddim:2"], repeats=1, threads=1))
+    printed = capsys.readouterr().out
+    assert "vs 1.0 s target" in printed and "no target column" not in printed
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -121,9 +129,11 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
                                     "imagines from the subgoal text alone; pass a text-conditioned one "
                                     "(model.conditioning=text)"),
     (["samplers=[ddim:5000]"], "error: samplers: ddim:5000: expected num_inference_steps <= num_train_timesteps"),
+    (["samplers=[dpmsolver++:2,ddim:2,dpmsolver++:2]"], "error: samplers: expected each sampler:steps once, got "
+                                                       "dpmsolver++:2 twice; remove one"),  # one row, three settings
 ])
 def test_bench_worldmodel_refuses_before_writing_anything(tmp_path, capsys, args, message):
-    """Both refusals came after out= was made (and the model built): an empty folder was left."""
+    """The first two refusals came after out= was made (and the model built): an empty folder was left."""
     from vplan.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
@@ -351,6 +361,11 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     assert other["motion_error"] > 0 and -1.0 <= other["motion_cosine"] < 1.0
     moves_idm = IDMPolicy(IDMConfig(**{**IDMConfig.tiny(image_size=16).to_dict(), "num_moves": 5})).eval()
     assert action_agreement(moves_idm, frames[:1], frames[1:], frames[1:]) == {"move_agreement": 1.0}
+    for action_dim in (3, 4):  # no grip command: every value is motion (was an IndexError, or a "grip" of motion)
+        no_grip = IDMConfig(**{**IDMConfig.tiny(image_size=16).to_dict(), "action_dim": action_dim,
+                               "binary_gripper": False})
+        scores = action_agreement(IDMPolicy(no_grip).eval(), frames[:1], frames[1:].flip(0), frames[1:])
+        assert set(scores) == {"motion_error", "motion_cosine"} and scores["motion_error"] > 0
 
     checkpoint, idm_dir = tmp_path / "wm", tmp_path / "idm"
     WorldModel(tiny_world_model()).save_pretrained(checkpoint)

@@ -160,18 +160,21 @@ def action_agreement(idm: Any, last: torch.Tensor, predicted: torch.Tensor, real
     """How far the actions `idm` reads off a predicted chunk are from those it reads off the real one, both from
     the last real frame (uint8 (1, H, W, 3) and (T, H, W, 3) each): the IDM's own error cancels. Continuous
     actions: the gripper's displacement over the chunk (the sum of the motion components, action units) as
-    the error's norm and the cosine between the two; the share of steps with the same grip command. Moves: the
-    share of equal moves."""
+    the error's norm and the cosine between the two; with a grip command (the last value, `binary_gripper`) the
+    share of steps with the same one. Moves: the share of equal moves."""
     read = [idm.actions_for_chunk(torch.cat([last, frames])).numpy() for frames in (predicted, real)]
     if idm.config.discrete:
         return {"move_agreement": float(np.mean(read[0] == read[1]))}
-    moved = [actions[:, :3].sum(axis=0) for actions in read]
+    motion = slice(None, -1) if idm.config.binary_gripper else slice(None)
+    moved = [actions[:, motion].sum(axis=0) for actions in read]
     norms = float(np.linalg.norm(moved[0]) * np.linalg.norm(moved[1]))
-    return {
+    scores = {
         "motion_error": float(np.linalg.norm(moved[0] - moved[1])),
         "motion_cosine": float(moved[0] @ moved[1] / norms) if norms > 0 else 0.0,
-        "grip_agreement": float(np.mean((read[0][:, 3] > 0) == (read[1][:, 3] > 0))),
     }
+    if idm.config.binary_gripper:
+        scores["grip_agreement"] = float(np.mean((read[0][:, -1] > 0) == (read[1][:, -1] > 0)))
+    return scores
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
