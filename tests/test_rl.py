@@ -304,6 +304,7 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     from safetensors.torch import load_file
 
     from vplan.planner.offline import OfflinePlanner
+    from vplan.rl import loop
     from vplan.rl.loop import RLRun
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -346,6 +347,22 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     with pytest.raises(SystemExit) as exit_info:
         main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))
     assert exit_info.value.code == 2 and "has run 2 iterations already; pass iterations>=2" in capsys.readouterr().err
+    # killed after the last iteration's checkpoint (here between its two renames), before its plot was drawn: the
+    # rerun explores nothing, and its plot still shows every iteration
+    shutil.copytree(resumed / "checkpoint", resumed / ".checkpoint.tmp")
+    (resumed / "checkpoint").rename(resumed / ".checkpoint.old")
+    (resumed / "rewards.png").write_bytes(b"the plot of iteration 0 alone")
+    drawn, plot = [], loop.line_plot
+
+    def spied_plot(path, series, *args):
+        drawn.append(series["reward"][0])  # the iterations drawn
+        plot(path, series, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "line_plot", spied_plot)
+        patch.setattr(RLRun, "explore", lambda self, bar: pytest.fail("explored again"))
+        main(rl_args(checkpoints, resumed, "iterations=2", "eval_episodes=0"))
+    assert drawn == [[0, 1]] and (resumed / "rewards.png").read_bytes().startswith(b"\x89PNG")
     calls = []
 
     def interrupted_finetune(self, groups):  # Ctrl-C in iteration 3's finetuning
@@ -434,6 +451,24 @@ def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
                  + [extra])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_non_finite_reward_is_a_one_line_error_naming_the_term(checkpoints, tmp_path, capsys, monkeypatch):
+    """A NaN or infinite term (a diverged model) stopped the run only at the iteration's end, in a traceback from
+    the advantages; now at the episode it scored, naming the term and the episode."""
+    from vplan.errors import RunError
+
+    diverged = EpisodeRollout(task_seed=3, plan_index=1, continuation=0, plan={}, final_info={}, stats={},
+                              chunks=[chunk(np.zeros((3, 16, 16, 3), np.uint8), [float("nan")])])
+    with pytest.raises(RunError, match=r"the executability reward is nan for task seed 3, plan 1, continuation 0; "
+                                       r"check the model it reads .* rewards.executability=0"):
+        RewardSet([(OutcomeReward(), 1.0), (ExecutabilityReward(), 0.5)]).score(diverged)
+    monkeypatch.setattr(ExecutabilityReward, "score", lambda self, rollout: float("inf"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(rl_args(checkpoints, tmp_path / "rl", "iterations=1", "eval_episodes=0"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and "error: the executability reward is inf for task seed 0, plan 0, " \
+        "continuation 0;" in err[-1], err
 
 
 def test_all_reward_weights_zero_is_refused():

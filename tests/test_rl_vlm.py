@@ -98,6 +98,16 @@ def vlm_warnings(record: list[warnings.WarningMessage]) -> list[str]:
         ("No. Actually, yes.", None),
         ("Yes. On second thought, no.", None),
         ("Yes the cube is lifted", None),  # no answer standing alone: unclear rather than guessed
+        ("Yes\n\nThe cube moves; no vanishing.", True),  # a common vision-model reply: the answer on its own line
+        ("No \r\nThe cube vanishes.", False),
+        ("**Yes**", True),
+        ("**Yes**\n\nThe cube is lifted.", True),
+        ("Yes\n\nNo teleporting or melting.", True),
+        ("Yes\nNo", None),  # a line break does not hide the opposite answer
+        ("Yes\nor no", None),
+        ("Yes\n\nActually, no.", None),
+        ("Yes the cube\nis lifted", None),
+        ("No teleporting\nYes", None),
         ("Yes. Actually, the cube is small.", True),  # taken back to nothing
         (None, None),
         (42, None),

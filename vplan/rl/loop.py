@@ -201,6 +201,12 @@ def iteration_series(iterations: Path) -> dict[str, tuple[list[int], list[float]
     return series
 
 
+def _plot_iterations(out: Path) -> None:
+    """Draw `<out>/rewards.png` from every iteration in `<out>/iterations.jsonl`."""
+    line_plot(out / PLOT_FILE, iteration_series(out / ITERATIONS_FILE), "iteration",
+              "mean over the explored episodes", "vplan rl: exploration, iteration by iteration")
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("a") as file:
         for row in rows:
@@ -543,7 +549,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         if (out / CONFIG_FILE).is_file() and (out / CHECKPOINT_DIR).is_dir():
             check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES)
         resuming = run.load()
-        saved = run.iteration
+        saved = loaded = run.iteration
         if run.vlm is not None:
             run.vlm.keep_journal(out / VLM_JOURNAL_FILE)
         if run.iteration > cfg.iterations:  # its model learned from more: a summary of fewer would misstate it
@@ -578,12 +584,13 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             _write_jsonl(out / ITERATIONS_FILE, [_to_jsonable(record)])
             run.save()
             saved = run.iteration
-            line_plot(out / PLOT_FILE, iteration_series(out / ITERATIONS_FILE), "iteration",
-                      "mean over the explored episodes", "vplan rl: exploration, iteration by iteration")
+            _plot_iterations(out)
             tqdm.write(f"iteration {record['iteration']}: mean reward {record['reward_mean']:.3f}, success "
                        f"{record['success_rate']:.0%}, loss {logs.get('loss_first', float('nan')):.4f} -> "
                        f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}")
         bar.close()
+        if run.iteration == loaded and (out / ITERATIONS_FILE).is_file():  # resumed with every iteration done: a
+            _plot_iterations(out)  # kill after the last save (or mid-swap) left the plot without the last iteration
         final = run.policy_model()
         with folder_written_aside(out / "final") as folder:
             final.save_pretrained(folder, trained_on_env=env_name(cfg.env))

@@ -15,12 +15,14 @@ nothing). Each is a reading of one explored episode (`EpisodeRollout`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from vplan.errors import RunError
 from vplan.rl.rollout import EpisodeRollout
 from vplan.tasks import task_progress
 
@@ -151,10 +153,16 @@ class RewardSet:
         self.rewards = rewards
 
     def score(self, rollout: EpisodeRollout) -> float:
+        """The weighted sum; a RunError for a NaN or infinite term (a diverged model), which no advantage can use."""
         total = 0.0
         for reward, weight in self.rewards:
             value = reward.score(rollout)
             if value is not None:
+                if not math.isfinite(float(value)):
+                    raise RunError(f"the {reward.name} reward is {float(value)} for task seed {rollout.task_seed}, "
+                                   f"plan {rollout.plan_index}, continuation {rollout.continuation}; check the model "
+                                   f"it reads (a diverged checkpoint?), or run without it: rewards.{reward.name}=0 "
+                                   "in another out=DIR")
                 rollout.rewards[reward.name] = float(value)
                 total += weight * float(value)
         rollout.reward = total

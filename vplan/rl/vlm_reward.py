@@ -89,18 +89,18 @@ def parse_yes_no(content: Any) -> bool | None:
     """True for a clear "yes", False for a clear "no", None for anything else.
 
     The rule: lowercased, the reply's first word (after any punctuation, quotes or markdown) must be "yes" or
-    "no", standing as an answer: followed by punctuation or the end ("No teleporting or melting; ... Yes." is no
-    answer "no"); the rest is explanation and is ignored ("Yes, the cube is lifted." is yes, "No - the cube
-    vanishes." is no, "Yes, no teleporting or melting." is yes), unless the opposite answer follows joined to it
-    ("yes or no", "Yes and no", "Yes but no", "yes/no", "No - wait, yes"), standing alone after it ("No, yes."),
-    or anywhere after a word that takes the first back ("No. Actually, yes.", "Yes. On second thought, no."). A
-    reply that is empty, not text, or starts with any other word ("maybe", "I think so", "Yeah", "Answer: yes")
-    is unclear.
+    "no", standing as an answer: followed by punctuation, a line break or the end ("No teleporting or melting; ...
+    Yes." is no answer "no"); the rest is explanation and is ignored ("Yes, the cube is lifted." is yes, "No - the
+    cube vanishes." and "**No**" are no, so is "No" with the explanation on the lines below, "Yes, no teleporting
+    or melting." is yes), unless the opposite answer follows joined to it ("yes or no", "Yes and no", "Yes but
+    no", "yes/no", "No - wait, yes"), standing alone after it ("No, yes."), or anywhere after a word that takes the
+    first back ("No. Actually, yes.", "Yes. On second thought, no."). A reply that is empty, not text, or starts
+    with any other word ("maybe", "I think so", "Yeah", "Answer: yes") is unclear.
     """
     if not isinstance(content, str):
         return None
     text = content.lower()
-    first = re.match(r"[^a-z]*(yes|no)(?=\s*(?:[^a-z\s]|$)|\s+\1\b)", text)
+    first = re.match(r"[^a-z]*(yes|no)(?=[^\S\n]*\n|\s*(?:[^a-z\s]|$)|\s+\1\b)", text)
     if first is None:
         return None
     answer, after = ANSWERS[first.group(1)], text[first.end():]
