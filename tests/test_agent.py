@@ -1027,6 +1027,116 @@ def test_check_env_refuses_actions_of_other_bounds(world_model, idm):
     agent.close()
 
 
+def test_check_env_refuses_other_kinds_of_action_space_and_moves_not_numbered_from_0(world_model, idm):
+    """A MultiDiscrete passed the shape test against a continuous IDM (then "bounded by low=[nan]"), and moves
+    numbered from -2 passed though `act` returns 0 to 4."""
+    from types import SimpleNamespace
+
+    from gymnasium import spaces
+
+    from vplan.errors import SettingMismatchError
+
+    cameras = spaces.Dict({"front": spaces.Box(0, 255, (IMAGE, IMAGE, 3), np.uint8),
+                           "agent_pos": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+    agent = make_agent(world_model, idm)
+    with pytest.raises(SettingMismatchError, match=r"predicts actions of shape \(4,\), the env takes MultiDiscrete "
+                                                   r"actions of shape \(4,\); pass"):
+        agent.check_env(SimpleNamespace(action_space=spaces.MultiDiscrete([3, 3, 3, 2]), observation_space=cameras))
+    agent.close()
+    torch.manual_seed(0)
+    moves_idm = IDMPolicy(IDMConfig(**{**IDMConfig.tiny(image_size=IMAGE).to_dict(), "num_moves": 5})).eval()
+    moves = make_agent(world_model, moves_idm)
+    moves.check_env(SimpleNamespace(action_space=spaces.Discrete(5), observation_space=cameras))
+    for space, said in ((spaces.Discrete(5, start=-2), "predicts one of 5 moves, the env takes one of 5 moves "
+                                                       "numbered from -2; pass"),
+                        (spaces.Box(-1.0, 1.0, (5,), np.float32), r"the env takes actions of shape \(5,\)")):
+        with pytest.raises(SettingMismatchError, match=said):
+            moves.check_env(SimpleNamespace(action_space=space, observation_space=cameras))
+    moves.close()
+
+
+def test_check_env_refuses_observations_reset_would_refuse(world_model, idm):
+    """An env whose camera frames are of another size or layout, whose state holds fewer than xyz, or whose
+    observations are not a dict (an image Box, a Tuple: a TypeError sorting its spaces) passed, and reset failed."""
+    from types import SimpleNamespace
+
+    from gymnasium import spaces
+
+    from vplan.errors import SettingMismatchError
+
+    box = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    image = spaces.Box(0, 255, (IMAGE, IMAGE, 3), np.uint8)
+    position = spaces.Box(-np.inf, np.inf, (4,), np.float32)
+
+    def env(front=image, agent_pos=position):
+        observations = spaces.Dict({"front": front, "agent_pos": agent_pos})
+        return SimpleNamespace(action_space=box, observation_space=observations)
+
+    agent = make_agent(world_model, idm)
+    agent.check_env(env())
+    small = spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    expected = r"observation_space\['front'\] \(agent.camera\): expected a uint8 frame of shape \(64, 64, 3\)"
+    with pytest.raises(SettingMismatchError, match=expected + r".*make the env with image_size=64$") as said:
+        agent.check_env(env(front=small))
+    with pytest.raises(ValueError) as at_reset:
+        agent.reset("go", fake_obs(small.sample()), {})
+    assert str(said.value).split(": ", 1)[1] == str(at_reset.value).split(": ", 1)[1]  # reset's words
+    for front, got in ((spaces.Box(0, 255, (3, IMAGE, IMAGE), np.uint8), r"uint8 \(3, 64, 64\)"),
+                       (spaces.Box(0.0, 1.0, (IMAGE, IMAGE, 3), np.float32), r"float32 \(64, 64, 3\)")):
+        with pytest.raises(SettingMismatchError, match=rf"got {got}; an RGB image as height x width x 3 values"):
+            agent.check_env(env(front=front))
+    few = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    with pytest.raises(SettingMismatchError, match=r"observation_space\['agent_pos'\] \(agent.state_key\): expected "
+                                                   r"the gripper's xyz first.*got shape \(2,\);.*stall_steps=0"):
+        agent.check_env(env(agent_pos=few))
+    for space, kind in ((image, "Box"), (spaces.Tuple((image, image)), "Tuple")):
+        with pytest.raises(SettingMismatchError, match=rf"the env's observations are a {kind}, the agent reads a "
+                                                       r"dict: the camera's frame under 'front' \(agent.camera\)"):
+            agent.check_env(SimpleNamespace(action_space=box, observation_space=space))
+    agent.close()
+    quiet = make_agent(world_model, idm, stall_steps=0)  # the state is not read
+    quiet.check_env(env(agent_pos=few))
+    quiet.close()
+
+
+def test_check_env_gives_a_vector_env_the_advice_reset_gives(world_model, idm):
+    """A vector env's batched actions (2, 4) were called another action shape, with advice to retrain."""
+    from vplan.errors import SettingMismatchError
+
+    agent = make_agent(world_model, idm)
+    envs = gym.make_vec("vplan/Tabletop-v0", num_envs=2, vectorization_mode="sync")
+    with pytest.raises(SettingMismatchError, match=r"got a vector env of 2 sub-envs.*one agent per sub-env, each "
+                                                   r"given obs\[key\]\[i\]"):
+        agent.check_env(envs)
+    envs.close()
+    agent.close()
+
+
+def test_act_after_a_failed_reset_says_the_reset_failed(world_model, idm):
+    """A reset whose planner fails has cleared the episode: act said "act() before reset()"."""
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
+    planned = agent.planner.plan
+
+    def failing(*args, **kwargs):
+        raise ValueError("expected the env's info to hold ['cube_names']")
+
+    for before in ("no episode", "an episode under way"):
+        if before == "an episode under way":
+            agent.planner.plan = planned
+            agent.reset("move the cubes", fake_obs(frame), {})
+            agent.act(fake_obs(frame))
+        agent.planner.plan = failing
+        with pytest.raises(ValueError, match="info to hold"):
+            agent.reset("move the cubes", fake_obs(frame), {})
+        with pytest.raises(RuntimeError, match=r"act\(\) with no episode under way: the last reset\(\) failed"):
+            agent.act(fake_obs(frame))
+    agent.planner.plan = planned
+    agent.reset("move the cubes", fake_obs(frame), {})
+    assert agent.act(fake_obs(frame)).shape == (4,)
+    agent.close()
+
+
 def test_the_context_manager_closes_and_keeps_the_body_error(world_model, idm, monkeypatch):
     from vplan.errors import VplanWarning
 

@@ -217,6 +217,7 @@ class VideoPlanningAgent:
         self._episodes = 0
         self._closed = False
         self._plan: Plan | None = None
+        self._reset_failed = False  # the last reset raised: `act` says so rather than "before reset"
         self._start_episode_state()
 
     @classmethod
@@ -270,6 +271,7 @@ class VideoPlanningAgent:
 
         `plan`: follow this plan (say, an earlier reset's, for another try from the same start) instead of asking
         the planner, whose LLM may answer differently each time."""
+        self._reset_failed = True  # until the episode is set up
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
         if not isinstance(info, Mapping):
@@ -305,6 +307,7 @@ class VideoPlanningAgent:
         self.timings["encoding"] += time.perf_counter() - start
         self._recent.append(frame)
         self._plan = plan
+        self._reset_failed = False
         return plan
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> np.ndarray | np.integer:
@@ -312,6 +315,9 @@ class VideoPlanningAgent:
         previous action led to. `info` is optional; given, subgoal checks can extend a subgoal that is not done."""
         entered = time.perf_counter()
         self._check_open()
+        if self._plan is None and self._reset_failed:  # the failed reset may have cleared an episode under way
+            raise RuntimeError("act() with no episode under way: the last reset() failed (its error says why); call "
+                               "agent.reset(instruction, obs, info) again")
         if self._plan is None:
             raise RuntimeError("act() before reset(): call agent.reset(instruction, obs, info) at the start of "
                                "every episode")
@@ -394,31 +400,56 @@ class VideoPlanningAgent:
 
     def check_env(self, env: Any) -> None:
         """A SettingMismatchError (a UsageError and a ValueError), before an episode starts, where `env` cannot
-        drive this agent: its IDM predicts other actions than the env takes (their number or shape, or a Box
-        bounded otherwise than [-1, 1]: the IDM's units), or it reads a camera (or, detecting stalls, a state
-        key) the env's observations lack. An IDM from `from_pretrained` that learned actions recorded under other
-        action units than a vplan env's (`max_delta`, `control_hz`) is warned of (`OtherEnvWarning`)."""
+        drive this agent: it is a vector env (one agent per sub-env), its IDM predicts other actions than the env
+        takes (another kind of space, their number or shape, moves not numbered from 0, or a Box bounded otherwise
+        than [-1, 1]: the IDM's units), or its observations are not a dict holding the camera (a uint8 frame of the
+        world model's size) and, detecting stalls, the state key (the gripper's xyz first). An IDM from
+        `from_pretrained` that learned actions recorded under other action units than a vplan env's (`max_delta`,
+        `control_hz`) is warned of (`OtherEnvWarning`)."""
         from vplan.envs import action_units
         from vplan.errors import SettingMismatchError
         from vplan.shipped import warn_if_actions_mean_otherwise
 
+        if hasattr(env, "single_action_space"):  # gymnasium's VectorEnv: batched spaces, a batch of actions per step
+            raise SettingMismatchError(f"env: expected one env, got a vector env of {getattr(env, 'num_envs', '?')} "
+                                       "sub-envs (a batch of actions per step); a vector env: one agent per sub-env, "
+                                       "each given obs[key][i] (check_env takes one env made with the same settings)")
         theirs, ours = env.action_space, self.action_space
         if _describe(theirs) != _describe(ours):
             raise SettingMismatchError(f"the IDM predicts {_describe(ours)}, the env takes {_describe(theirs)}; pass "
                                        "worldmodel=DIR and idm=DIR trained on this env's episodes")
-        low, high = (np.asarray(getattr(theirs, bound, np.nan)) for bound in ("low", "high"))
-        if isinstance(ours, spaces.Box) and not (np.all(low == ours.low) and np.all(high == ours.high)):
+        if isinstance(ours, spaces.Box) and not (np.all(theirs.low == ours.low) and np.all(theirs.high == ours.high)):
             raise SettingMismatchError(
                 f"the IDM's actions lie in [-1, 1] in each dimension (its env's units, e.g. the tabletop's max_delta "
-                f"per step and the grip's sign), the env's action space is bounded by low={_numbers(low)} "
-                f"high={_numbers(high)}; wrap the env to take actions in [-1, 1] (gymnasium.wrappers.RescaleAction("
-                "env, -1.0, 1.0), where that is what its bounds mean) or pass checkpoints trained on its actions")
-        keys = sorted(getattr(env.observation_space, "spaces", None) or {})
-        for setting, key in self.obs_keys.items() if keys else ():  # a space without keys: nothing to check
+                f"per step and the grip's sign), the env's action space is bounded by low={_numbers(theirs.low)} "
+                f"high={_numbers(theirs.high)}; wrap the env to take actions in [-1, 1] (gymnasium.wrappers."
+                "RescaleAction(env, -1.0, 1.0), where that is what its bounds mean) or pass checkpoints trained on "
+                "its actions")
+        observations = getattr(env.observation_space, "spaces", None)
+        if not isinstance(observations, Mapping):  # only a Dict space has keys
+            camera = self.config.camera
+            raise SettingMismatchError(
+                f"the env's observations are a {type(env.observation_space).__name__}, the agent reads a dict: the "
+                f"camera's frame under {camera!r} (agent.camera)" + (f" and the gripper's xyz under "
+                f"{self.config.state_key!r} (agent.state_key)" if self._stall_steps else "") + "; wrap the env to "
+                "return such a dict (gymnasium.wrappers.TransformObservation with a Dict observation_space)")
+        keys = sorted(observations)
+        for setting, key in self.obs_keys.items():
             if key not in keys:
                 hint = ("the key of the gripper's position, or agent.stall_steps=0 to turn stall detection off"
                         if setting == "agent.state_key" else "the key of one of its cameras")
                 raise SettingMismatchError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
+        camera = observations[self.config.camera]
+        shape, size = getattr(camera, "shape", None), self.image_size
+        if shape is not None and (tuple(shape) != (size, size, 3) or np.dtype(camera.dtype) != np.uint8):
+            raise SettingMismatchError(f"observation_space[{self.config.camera!r}] (agent.camera): "
+                                       + _frame_mismatch(tuple(shape), camera.dtype, size))
+        state = observations.get(self.config.state_key) if self._stall_steps else None
+        if getattr(state, "shape", None) is not None and math.prod(state.shape) < 3:
+            raise SettingMismatchError(
+                f"observation_space[{self.config.state_key!r}] (agent.state_key): expected the gripper's xyz first "
+                f"(3 values or more) for stall detection, got shape {tuple(state.shape)}; pass the key of the "
+                "gripper's position, or agent.stall_steps=0 to turn stall detection off")
         env_config = getattr(getattr(env, "unwrapped", env), "config", None)  # a vplan env's settings
         steps, frames = getattr(env_config, "chunk_steps", None), self.world_model.config.chunk_frames
         if steps is not None and steps != frames:  # the blockworld's: one instruction per world-model chunk
@@ -507,14 +538,7 @@ class VideoPlanningAgent:
         frame = np.array(obs[cfg.camera])
         size = self.image_size
         if frame.shape != (size, size, 3) or frame.dtype != np.uint8:
-            other_size = frame.ndim == 3 and 3 in frame.shape and sorted(frame.shape) != sorted((size, size, 3))
-            batched = frame.ndim == 4 and frame.shape[1:] in ((size, size, 3), (size, size, 4))
-            raise ValueError(f"obs[{cfg.camera!r}]: expected a uint8 frame of shape ({size}, {size}, 3), the world "
-                             f"model's, got {frame.dtype} {frame.shape}; "
-                             + (f"make the env with image_size={size}" if other_size else
-                                "one env's frame, not a batch or a stack of them (a vector env: one agent per "
-                                "sub-env, each given obs[key][i])" if batched else
-                                "an RGB image as height x width x 3 values from 0 to 255"))
+            raise ValueError(f"obs[{cfg.camera!r}]: {_frame_mismatch(frame.shape, frame.dtype, size)}")
         if self._stall_steps == 0:
             return frame, None
         if cfg.state_key not in obs:
@@ -648,9 +672,26 @@ class VideoPlanningAgent:
 
 
 def _describe(space: Any) -> str:
-    """An action space as the IDM and the env must agree on it: the number of moves, or the vector's shape."""
-    n = getattr(space, "n", None)
-    return f"one of {int(n)} moves" if n is not None else f"actions of shape {tuple(space.shape)}"
+    """An action space as the IDM and the env must agree on it: moves numbered from 0 (a Discrete), a vector of a
+    shape (a Box), or another kind of space, named."""
+    if isinstance(space, spaces.Discrete):
+        start = int(space.start)
+        return f"one of {int(space.n)} moves" + (f" numbered from {start}" if start else "")
+    shape = getattr(space, "shape", None)
+    kind = "" if isinstance(space, spaces.Box) else f"{type(space).__name__} "
+    return f"{kind}actions of shape {tuple(shape)}" if shape is not None else f"a {type(space).__name__} of actions"
+
+
+def _frame_mismatch(shape: tuple[int, ...], dtype: Any, size: int) -> str:
+    """What is wrong with a camera frame (or its space) of `shape` and `dtype` for a world model drawing
+    `size`x`size` frames, and what to do: the same words for an observation and for an env's declared space."""
+    other_size = len(shape) == 3 and 3 in shape and sorted(shape) != sorted((size, size, 3))
+    batched = len(shape) == 4 and tuple(shape[1:]) in ((size, size, 3), (size, size, 4))
+    return (f"expected a uint8 frame of shape ({size}, {size}, 3), the world model's, got {np.dtype(dtype)} "
+            f"{tuple(shape)}; " + (f"make the env with image_size={size}" if other_size else
+                                   "one env's frame, not a batch or a stack of them (a vector env: one agent per "
+                                   "sub-env, each given obs[key][i])" if batched else
+                                   "an RGB image as height x width x 3 values from 0 to 255"))
 
 
 def _numbers(values: np.ndarray) -> str:
