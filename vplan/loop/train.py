@@ -238,12 +238,14 @@ class WorldModelTraining:
         return self.module(batch["context"], batch["target"], batch["texts"], generator=generator)
 
 
-def _load_vae(path: str) -> Any:
-    """A VAE `vplan train component=vae` wrote, or a world-model checkpoint's own (shipped ones included)."""
+def _load_vae(path: str, optional: bool = False) -> Any:
+    """A VAE `vplan train component=vae` wrote, or a world-model checkpoint's own (shipped ones included);
+    `optional`: the component trains without one too (the IDM), which the errors say."""
     from diffusers import AutoencoderKL
 
     hint = ("train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/), "
-            "or to a world model's checkpoint (shipped:tabletop/worldmodel) for its VAE")
+            "or to a world model's checkpoint (shipped:tabletop/worldmodel) for its VAE"
+            + (", or component.vae=null to train on real frames only" if optional else ""))
     try:
         folder = resolve_checkpoint(path)
     except UsageError as error:
@@ -389,7 +391,8 @@ def _train_component(cfg: TrainConfig) -> Path:
     resuming = bool(list_checkpoints(out))
     check_steps_reach(out, component.optim, f"train {component.name}")  # before minutes of reading data
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).
-    vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(component.vae)
+    vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(
+        component.vae, optional=isinstance(component, IDMTrainConfig))
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
         resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
     frames = tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2])  # from the metadata: nothing decoded
