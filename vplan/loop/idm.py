@@ -169,6 +169,9 @@ def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
             + ("component.idm.num_moves=N, the env's number of moves (the blockworld: 5)" if moves
                else "component.idm.num_moves=0")
         )
+    moves_seen = dataset.stats.get(key, {}) if moves else {}  # the episodes' range, in their metadata
+    if "min" in moves_seen and "max" in moves_seen:  # (`load_episodes` checks each episode's moves again)
+        _check_moves(float(np.min(moves_seen["min"])), float(np.max(moves_seen["max"])), idm.num_moves)
     height, width = features[OBS_IMAGE_FRONT]["shape"][:2]
     if (height, width) != (idm.image_size,) * 2:
         raise UsageError(f"the dataset's frames are {height}x{width}; this IDM is for "
@@ -181,6 +184,13 @@ def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
     if int(np.prod(features[key]["shape"])) != idm.action_dim:
         raise UsageError(f"the dataset's actions have shape {tuple(features[key]['shape'])}; this IDM predicts "
                          f"({idm.action_dim},) (set component.idm.action_dim)")
+
+
+def _check_moves(lowest: float, highest: float, num_moves: int) -> None:
+    """A UsageError unless moves from `lowest` to `highest` are among an IDM's `num_moves` (0 .. num_moves - 1)."""
+    if not (0 <= lowest and highest < num_moves):
+        raise UsageError(f"the dataset's moves lie in [{lowest:.0f}, {highest:.0f}]; this IDM knows "
+                         f"num_moves={num_moves} (set component.idm.num_moves)")
 
 
 def load_episodes(
@@ -199,11 +209,8 @@ def load_episodes(
         data = dataset.episode(index)
         frames = torch.from_numpy(np.array(data[OBS_IMAGE_FRONT]))
         actions = torch.from_numpy(np.array(data[key], dtype=np.float32)).reshape(len(frames), -1)
-        if config.discrete and len(actions) and not (0 <= actions.min() and actions.max() < config.num_moves):
-            raise UsageError(
-                f"the dataset's moves lie in [{actions.min():.0f}, {actions.max():.0f}]; this IDM knows "
-                f"num_moves={config.num_moves} (set component.idm.num_moves)"
-            )
+        if config.discrete and len(actions):
+            _check_moves(float(actions.min()), float(actions.max()), config.num_moves)
         episodes.append(Episode(frames, actions))
     todo = [i for i, index in enumerate(indices) if index in reconstruct]
     if todo:  # the latents come from the dataset's cache where an earlier run with this VAE left them
