@@ -58,7 +58,9 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
     out = tmp_path / "bench"
     main(bench_args(checkpoints, out, "episodes=1"))
     first = json.loads((out / "results.json").read_text())
-    main(bench_args(checkpoints, out, "episodes=2"))  # continues: only the second seed runs
+    assert "torch threads" not in (out / "table.md").read_text()  # one thread count: nothing to say
+    # continues with another thread count (threads is no setting it compares): only the second seed runs
+    main([*[a for a in bench_args(checkpoints, out, "episodes=2") if a != "threads=1"], "threads=2"])
     printed = capsys.readouterr().out
     assert "continuing" in printed and "warning" not in printed  # the checkpoints were recorded and are the same
     assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "idm"}
@@ -67,6 +69,7 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
         episodes = results["rows"][row]
         assert [e["seed"] for e in episodes] == [10000, 10001]
         assert episodes[0] == first["rows"][row][0]
+        assert [(e["threads"], e["part"]) for e in episodes] == [(1, 0), (2, 1)]
         assert all(e["steps"] == 12 and not e["success"] for e in episodes)  # the time limit, before any success
         assert (episodes[0]["psnr"] is None) == (row == "expert")
         assert all(0 <= e["progress"] <= 1 for e in episodes)
@@ -75,8 +78,11 @@ def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_pa
     for row in ("expert_video", "world_model"):  # the first episode of each video row, imagined | executed
         video = np.stack(imageio.mimread(out / f"{row}_seed10000.mp4"))
         assert video.shape == (1 + 12, STRIP_PX + PANEL_PX + STRIP_PX, 2 * PANEL_PX + GAP_PX, 3)
+    # each part (run of the command) records its threads and the machine it ran on
+    assert [(p["threads"], p["machine"]["torch_threads"]) for p in results["parts"]] == [(1, 1), (2, 2)]
     table = (out / "table.md").read_text()
     assert all(f"| {row} |" in table for row in ROWS) and "memory=none" in table and "task progress" in table
+    assert "The episodes ran with torch threads 1, 2 (a resumed bench changed threads=)" in table
 
 
 def test_an_interrupted_bench_says_what_it_kept(checkpoints, tmp_path, capsys, monkeypatch):
@@ -91,6 +97,28 @@ def test_an_interrupted_bench_says_what_it_kept(checkpoints, tmp_path, capsys, m
     assert exit_info.value.code == 130
     rows = ", ".join(f"{row} {int(row == 'expert')}" for row in ROWS)
     assert f"interrupted: the finished episodes ({rows}) are kept in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("while_", ["the agent loads", "the expert's first episode runs"])
+def test_interrupted_before_any_episode_says_that_nothing_was_written(checkpoints, tmp_path, capsys, monkeypatch,
+                                                                      while_):
+    """It said its finished episodes (none) were kept in a results.json that did not exist."""
+    import vplan.eval.bench_executor as bench_executor
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if while_ == "the agent loads":
+        monkeypatch.setattr(bench_executor.BenchExecutorConfig, "load_agent", interrupted)
+    else:
+        monkeypatch.setattr(bench_executor, "expert_episode", interrupted)
+    out = tmp_path / "bench"
+    with pytest.raises(SystemExit) as exit_info:
+        main(bench_args(checkpoints, out, "episodes=1"))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 130 and not (out / "results.json").exists()
+    assert "interrupted before any episode finished: no results were written; the same command starts again" in error
+    assert "kept in" not in error
 
 
 def test_a_missing_checkpoint_is_refused_before_any_row_runs(checkpoints, tmp_path, capsys):

@@ -74,11 +74,13 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     # overlapped: every update ran while its chunk executed, so the loop's waits found it done
     assert rows[2]["blocked_s"] < rows[1]["blocked_s"] / 4 and any(in_flight)  # on the worker, not in the call
     assert rows[0]["wall_ratio"] == 1.0
+    assert [row["wall_ratio"] for row in rows] == [row["wall_s"] / rows[0]["wall_s"] for row in rows]
     assert all(row["rss_ratio"] is None for row in rows)  # one process: every mode's state is resident in all
     assert rows[1]["update_s_per_chunk"] > 0 and rows[2]["update_s_per_chunk"] > 0
     assert rows[0]["update_s_per_chunk"] == 0
     out = capsys.readouterr().out
     assert "temp_lora + overlap" in out and "vs none" in out and "its peaks are not compared" in out
+    assert "target for temp_lora + overlap: <= 1.10x wall of none" in out
     written = json.loads((tmp_path / "results.json").read_text())  # out=: the same rows, and where they ran
     assert written["command"] == "bench memory" and written["results"] == json.loads(json.dumps(rows))
     assert written["settings"]["chunks"] == 2 and written["machine"]["cpu_count"] >= 1
@@ -94,7 +96,17 @@ def test_by_default_each_mode_runs_in_its_own_process_with_its_own_peak(tmp_path
     rows = bench_memory(cfg)
     assert [row["peak_rss_source"] for row in rows] == ["VmHWM per episode"] * 3
     assert rows[0]["rss_ratio"] == 1.0 and all(row["rss_ratio"] > 1.0 for row in rows[1:])
+    assert [row["wall_ratio"] for row in rows] == [row["wall_s"] / rows[0]["wall_s"] for row in rows]
+    assert [row["rss_ratio"] for row in rows] == [row["peak_rss_mb"] / rows[0]["peak_rss_mb"] for row in rows]
     assert rows[1]["update_s_per_chunk"] > 0 and rows[0]["update_s_per_chunk"] == 0
+
+
+def test_the_temp_lora_targets_are_not_printed_for_another_memory(capsys):
+    """Issue 4 set its wall and RSS targets for Temp-LoRA; memory=anchor printed them as its own."""
+    bench_memory(BenchMemoryConfig(model=tiny_world_model(), checkpoint=None, memory=MemoryConfig(kind="anchor"),
+                                   episodes=1, chunks=1, execution_s=0.0, threads=1, isolate=False))
+    out = capsys.readouterr().out
+    assert "anchor + overlap" in out and "target" not in out
 
 
 def test_the_overlapped_update_starts_before_the_decode_as_in_the_agent(monkeypatch, tmp_path):

@@ -35,6 +35,7 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     main(bench_args(checkpoints, out, "episodes=1"))
     first = json.loads((out / "results.json").read_text())
     assert [len(first["rows"][row.name]) for row in ROWS] == [1] * 5
+    assert "torch threads" not in (out / "table.md").read_text()  # one thread count: nothing to say
 
     import vplan.run
 
@@ -53,17 +54,24 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     stopped = json.loads((out / "results.json").read_text())  # one row holds 2 episodes: no summary of 1 is left
     assert sorted(len(rows) for rows in stopped["rows"].values()) == [1, 1, 1, 1, 2]
     assert "summary" not in stopped and not (out / "table.md").exists() and not (out / "dist.png").exists()
-    main(bench_args(checkpoints, out, "episodes=2"))  # continues: only the second seed runs
+    # continues with another thread count (threads is no setting it compares): only the second seed runs
+    main([*[a for a in bench_args(checkpoints, out, "episodes=2") if a != "threads=1"], "threads=2"])
     assert "continuing" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
+    # each part (run of the command) that finished episodes records its threads and machine, each episode its part
+    assert [(p["threads"], p["machine"]["torch_threads"]) for p in results["parts"]] == [(1, 1), (1, 1), (2, 2)]
+    assert all(p["machine"]["cpu_count"] >= 1 for p in results["parts"])
     for row in ROWS:
         episodes = results["rows"][row.name]
+        second = (1, 1) if row == ROWS[0] else (2, 2)  # (threads, part): the first row's ran before the Ctrl-C
+        assert [(e["threads"], e["part"]) for e in episodes] == [(1, 0), second]
         assert [e["seed"] for e in episodes] == [10000, 10001]
         assert episodes[0] == first["rows"][row.name][0]  # the first run's episode was kept, not rerun
         assert all(e["steps"] == STEPS and np.isfinite(e["psnr"]) for e in episodes)
         assert results["summary"][row.name] == summarize(episodes)
     table = (out / "table.md").read_text()
     assert all(f"| {row.name} |" in table for row in ROWS) and "Dist (m, mean ± std)" in table
+    assert "The episodes ran with torch threads 1, 2 (a resumed bench changed threads=)" in table
     assert (out / "dist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "finetuned", "idm"}
     # each row runs its own model and memory: on the same seeds and noise, their imagined frames all differ
@@ -83,6 +91,24 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(bench_args(checkpoints, out, "episodes=2", "memory.replay_first=true"))
     assert exit_info.value.code == 2 and "other settings of memory.replay_first" in capsys.readouterr().err
+
+
+def test_interrupted_before_any_episode_says_that_nothing_was_written(checkpoints, tmp_path, capsys, monkeypatch):
+    """Stopped while the first agent loaded, it said its finished episodes (none) were kept in a results.json that
+    did not exist."""
+    from vplan.eval.bench_planning import AgentBenchConfig
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AgentBenchConfig, "load_agent", interrupted)
+    out = tmp_path / "bench"
+    with pytest.raises(SystemExit) as exit_info:
+        main(bench_args(checkpoints, out, "episodes=1"))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 130 and not (out / "results.json").exists()
+    assert "interrupted before any episode finished: no results were written; the same command starts again" in error
+    assert "kept in" not in error
 
 
 def test_without_the_finetuned_model_the_slow_rows_run_then_a_one_line_error(checkpoints, tmp_path, capsys):

@@ -17,9 +17,10 @@ look-ahead needs the env's state and the task's expert.
 All rows run on the same seeds and report success, task progress (`vplan.tasks.task_progress`: 0 for doing
 nothing, unlike Dist), Dist, steps and wall time per episode; the video rows also the generation PSNR (imagined
 against executed frames, as in `vplan bench planning`). `<out>/results.json` is rewritten after every episode
-and a rerun with the same settings continues it; `table.md` when all rows are done. The first episode of each video
-row is also an MP4 (`expert_video_seed<seed>.mp4`, `world_model_seed<seed>.mp4`): the executed frame next to the
-imagined one at every step, as `vplan run` writes them.
+(each with the torch threads it ran with; `parts` holds each run's machine) and a rerun with the same settings,
+`threads` aside, continues it; `table.md` when all rows are done. The first episode of each video row is also an
+MP4 (`expert_video_seed<seed>.mp4`, `world_model_seed<seed>.mp4`): the executed frame next to the imagined one at
+every step, as `vplan run` writes them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 
 from vplan.errors import UsageError
-from vplan.eval.bench_planning import AgentBenchConfig, generation_psnr, load_results, say_interrupted, summarize
+from vplan.eval.bench_planning import (AgentBenchConfig, generation_psnr, keep_episode, load_results, new_part,
+                                       say_interrupted, summarize, threads_note)
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
 from vplan.run import write_video
@@ -155,6 +157,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     results = load_results(out / RESULTS_FILE, cfg, list(ROWS), "bench executor", summaries=(TABLE_FILE,))
     torch.set_num_threads(cfg.threads)
+    part = new_part(cfg.threads)
     env = make_env(cfg.env)
     agents: dict[str, Any] = {}  # the video rows' agents
     try:
@@ -179,7 +182,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
             bar = tqdm(range(len(done), cfg.episodes), desc=row, unit="episode", initial=len(done), total=cfg.episodes)
             for i in bar:
                 if agent is None:
-                    done.append(expert_episode(env, cfg.seed + i))
+                    keep_episode(results, done, expert_episode(env, cfg.seed + i), part)
                 else:
                     episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera,
                                           on_chunk=show_chunk(bar, cfg.seed + i))
@@ -187,14 +190,14 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                     if i == 0:  # what the IDM was handed, next to what it did with it
                         write_video(out / f"{row.replace(' ', '_')}_seed{cfg.seed}.mp4", episode,
                                     int(env.metadata.get("render_fps", 10)))
-                    done.append({"seed": result["seed"], "success": result["success"], "dist": result["dist"],
-                                 "progress": result["progress"], "steps": result["steps"],
-                                 "ended_by": result["ended_by"],
-                                 "psnr": generation_psnr(episode["imagined"], episode["executed"]),
-                                 "wall_s": result["wall_s"]})
+                    keep_episode(results, done, {
+                        "seed": result["seed"], "success": result["success"], "dist": result["dist"],
+                        "progress": result["progress"], "steps": result["steps"], "ended_by": result["ended_by"],
+                        "psnr": generation_psnr(episode["imagined"], episode["executed"]),
+                        "wall_s": result["wall_s"]}, part)
                 write_json(out / RESULTS_FILE, results)
     except KeyboardInterrupt:
-        say_interrupted(out, results)
+        say_interrupted(out)
         raise
     finally:
         for agent in agents.values():  # each closes its memory: the shadow env; the world model's adapter
@@ -205,6 +208,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     results["summary"] = summaries
     write_json(out / RESULTS_FILE, results)
     table = markdown_table(summaries, (cfg.seed, cfg.seed + cfg.episodes - 1), cfg.memory.kind)
+    table += threads_note({row: results["rows"][row][: cfg.episodes] for row in ROWS})
     write_text_atomic(out / TABLE_FILE, table)
     print("\n" + table + f"\nresults and table in {out}")
     return results

@@ -12,9 +12,10 @@ world-model/memory combinations, side by side.
 Every row runs `vplan run`'s episode loop (same planner, IDM, agent settings and seeds) and reports the env's
 Dist (mean over episodes), the success rate, and the generation PSNR: how closely the frames the agent imagined
 match the frames it then observed, pooled over an episode's executed steps and averaged over the episodes.
-`<out>/results.json` is rewritten after every episode and a rerun with the same settings continues where an
-interrupted one stopped (the rows on the slow-learned model run first, so they can run while `vplan finetune`
-makes the other); when all rows are done, `table.md` and `dist.png` (a bar plot of Dist) are written next to it.
+`<out>/results.json` is rewritten after every episode (each with the torch threads it ran with; `parts` holds
+each run's machine) and a rerun with the same settings, `threads` aside, continues where an interrupted one
+stopped (the rows on the slow-learned model run first, so they can run while `vplan finetune` makes the other);
+when all rows are done, `table.md` and `dist.png` (a bar plot of Dist) are written next to it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
 from vplan.errors import UsageError
+from vplan.eval.bench_record import machine
 from vplan.eval.consistency_metrics import psnr
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
@@ -143,11 +146,50 @@ def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], comman
     return results
 
 
-def say_interrupted(out: Path, results: dict[str, Any]) -> None:
-    """What an interrupted bench kept, and that rerunning it continues."""
-    done = ", ".join(f"{name} {len(rows)}" for name, rows in results["rows"].items())
+def say_interrupted(out: Path) -> None:
+    """What an interrupted bench kept (what its results.json holds: an episode counted but not yet written is not
+    kept), and that rerunning it continues; or, stopped before its first episode ended (while an agent loaded,
+    say), that it wrote no results."""
+    try:
+        rows = json.loads((out / RESULTS_FILE).read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):  # none written yet (written whole or not at all)
+        rows = {}
+    if not isinstance(rows, dict) or not any(rows.values()):
+        print("interrupted before any episode finished: no results were written; the same command starts again",
+              file=sys.stderr)
+        return
+    done = ", ".join(f"{name} {len(episodes)}" for name, episodes in rows.items())
     print(f"interrupted: the finished episodes ({done}) are kept in {out / RESULTS_FILE}; the same command "
           "continues", file=sys.stderr)
+
+
+def new_part(threads: int) -> dict[str, Any]:
+    """This run of a bench (a resumed one has several): when it started, its torch threads and its machine
+    (`bench_record.machine`, read after setting the threads and before any episode), so that wall times can be
+    tied to what they were measured with."""
+    return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "threads": threads,
+            "machine": machine()}
+
+
+def keep_episode(results: dict[str, Any], done: list[dict[str, Any]], episode: dict[str, Any],
+                 part: dict[str, Any]) -> None:
+    """Append a finished episode to its row (`done`) with the torch threads it ran with and the index of its
+    `part` in `results["parts"]`, which gets the part with its first episode (threads may change on a resume)."""
+    parts = results.setdefault("parts", [])
+    if not parts or parts[-1] is not part:
+        parts.append(part)
+    done.append({**episode, "threads": part["threads"], "part": len(parts) - 1})
+
+
+def threads_note(rows: dict[str, list[dict[str, Any]]]) -> str:
+    """A line for under the table where its episodes ran with more than one torch thread count (a resumed
+    bench may change threads=), whose wall times do not compare; empty otherwise."""
+    counts = sorted({episode.get("threads") for episodes in rows.values() for episode in episodes}, key=str)
+    if len(counts) < 2:
+        return ""
+    said = ", ".join("not recorded" if n is None else str(n) for n in counts)
+    return (f"\nThe episodes ran with torch threads {said} (a resumed bench changed threads=), so their wall "
+            "times do not compare; results.json records each episode's threads and part.\n")
 
 
 def generation_psnr(imagined: list[np.ndarray], executed: list[np.ndarray]) -> float:
@@ -230,6 +272,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS], "bench planning",
                            summaries=(TABLE_FILE, PLOT_FILE))
     torch.set_num_threads(cfg.threads)
+    part = new_part(cfg.threads)
     env = make_env(cfg.env)
     dist_unit = env.metadata.get("dist_unit", "m")  # metres on the tabletop, blocks in the blockworld
     try:
@@ -250,14 +293,15 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                     episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera,
                                           on_chunk=show_chunk(bar, cfg.seed + i))
                     result = episode["result"]
-                    done.append({"seed": result["seed"], "dist": result["dist"], "success": result["success"],
-                                 "psnr": generation_psnr(episode["imagined"], episode["executed"]),
-                                 "wall_s": result["wall_s"], "steps": result["steps"]})
+                    keep_episode(results, done, {
+                        "seed": result["seed"], "dist": result["dist"], "success": result["success"],
+                        "psnr": generation_psnr(episode["imagined"], episode["executed"]),
+                        "wall_s": result["wall_s"], "steps": result["steps"]}, part)
                     write_json(out / RESULTS_FILE, results)
             finally:
                 agent.close()
     except KeyboardInterrupt:
-        say_interrupted(out, results)
+        say_interrupted(out)
         raise
     finally:
         env.close()
@@ -267,6 +311,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     write_json(out / RESULTS_FILE, results)
     seeds = (cfg.seed, cfg.seed + cfg.episodes - 1)
     table = markdown_table(summaries, env_name(cfg.env), seeds, dist_unit)
+    table += threads_note({row.name: results["rows"][row.name][: cfg.episodes] for row in ROWS})
     write_text_atomic(out / TABLE_FILE, table)
     bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
                                if s["dist_mean"] is not None},
