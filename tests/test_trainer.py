@@ -234,12 +234,35 @@ def test_accelerate_settings_vplan_does_not_follow_are_refused(tmp_path, monkeyp
     class InBf16(Accelerator):
         mixed_precision = property(lambda self: "bf16")
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.native_amp = True  # as bf16 is applied on the CPU
+
     monkeypatch.setattr(accelerate, "Accelerator", Accumulating)
     with pytest.raises(RunError, match=r"gradient accumulation \(4 steps.* raise component.optim.batch_size instead"):
         train(LinearFit(), optim, tmp_path / "other", "toy")
     monkeypatch.setattr(accelerate, "Accelerator", InBf16)
     with pytest.raises(RunError, match=r"trained with mixed precision 'no', this run has 'bf16'"):
         train(LinearFit(), optim, tmp_path, "toy")
+
+    class NotApplied(Accelerator):  # what accelerate makes of fp16 on the CPU, or of "BF16": recorded, not applied
+        mixed_precision = property(lambda self: "fp16")
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.native_amp = False
+
+    class Unusable(Accelerator):  # fp8 without its library
+        def __init__(self, *args, **kwargs):
+            raise ValueError("Using `fp8` precision requires `transformer_engine` or `torchao` to be installed.")
+
+    monkeypatch.setattr(accelerate, "Accelerator", NotApplied)  # it trained in fp32, recorded as fp16
+    with pytest.raises(RunError, match=r"^toy: mixed precision 'fp16' .* is not applied on the cpu, so training"):
+        train(LinearFit(), optim, tmp_path / "fp16", "toy")
+    assert not list_checkpoints(tmp_path / "fp16")
+    monkeypatch.setattr(accelerate, "Accelerator", Unusable)  # was accelerate's 25-line traceback
+    with pytest.raises(RunError, match=r"^toy: accelerate's settings cannot be used here \(Using `fp8` precision"):
+        train(LinearFit(), optim, tmp_path / "fp8", "toy")
 
 
 def test_the_loss_runs_under_accelerates_autocast(tmp_path, monkeypatch):

@@ -234,7 +234,15 @@ def train(
     unused = DistributedDataParallelKwargs(find_unused_parameters=getattr(component, "unused_parameters", False))
     # no torch.compile of the loss, whatever accelerate's settings say: a compile per context length stalled
     # each new one, and the loop calls the loss through what prepare() returns
-    accelerator = Accelerator(kwargs_handlers=[unused], dynamo_backend="no")
+    try:
+        accelerator = Accelerator(kwargs_handlers=[unused], dynamo_backend="no")
+    except (ValueError, ImportError) as error:  # a precision accelerate knows but cannot use here (fp8's library)
+        raise RunError(f"{description}: accelerate's settings cannot be used here ({first_line(error)}); change "
+                       "them (accelerate config, or ACCELERATE_MIXED_PRECISION=no|bf16|fp16)") from None
+    if accelerator.mixed_precision != "no" and not accelerator.native_amp:  # recorded, yet not applied: fp32
+        raise RunError(f"{description}: mixed precision {accelerator.mixed_precision!r} (accelerate's setting, e.g. "
+                       f"ACCELERATE_MIXED_PRECISION) is not applied on the {accelerator.device.type}, so training "
+                       "would run in full precision under its name; use bf16 (or fp16 on a GPU), or no")
     if accelerator.gradient_accumulation_steps > 1:  # the loop steps the optimizer on every batch
         raise RunError(f"{description}: gradient accumulation ({accelerator.gradient_accumulation_steps} steps, from "
                        f"accelerate's settings) is not done by vplan's trainer; leave it at 1 and raise "
