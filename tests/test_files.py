@@ -270,7 +270,7 @@ def test_an_empty_video_is_refused_before_anything_is_written(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_checkpoint_pruned_partway_is_no_longer_counted(tmp_path, monkeypatch):
+def test_a_checkpoint_pruned_partway_is_no_longer_counted_and_the_next_save_clears_it(tmp_path, monkeypatch):
     """rmtree deletes in the directory's order: a kill could leave trainer_state.json beside half the weights,
     listed as a complete checkpoint (and the one to resume from after a newer one was found damaged)."""
     import shutil
@@ -293,6 +293,10 @@ def test_a_checkpoint_pruned_partway_is_no_longer_counted(tmp_path, monkeypatch)
         save_checkpoint(tmp_path, 2, model, optimizer, {}, keep=1)  # pruning step 1 is cut short
     monkeypatch.setattr(checkpoint.shutil, "rmtree", remove)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-0000002"]
+    assert (tmp_path / "checkpoint-0000001").is_dir()  # what the kill left: no checkpoint, its space held ...
+    (tmp_path / "checkpoint-0000001.bak").mkdir()  # (a user's copy: not the trainer's to remove)
+    save_checkpoint(tmp_path, 3, model, optimizer, {}, keep=1)  # ... until the next save removes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000001.bak", "checkpoint-0000003"]
 
 
 def test_plots_leave_the_users_backend_and_figures_alone(tmp_path):

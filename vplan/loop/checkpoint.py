@@ -78,6 +78,9 @@ def save_checkpoint(
     fsync_path(out)
     for old in [path for path in list_checkpoints(out) if checkpoint_step(path) not in keep_steps][:-keep]:
         _remove(old)
+    for cut in out.glob(f"{PREFIX}*"):  # what a kill left of a removal (its state went first): no checkpoint
+        if _is_step(cut.name[len(PREFIX):]) and not (cut / TRAINER_STATE).is_file() and cut.is_dir():
+            shutil.rmtree(cut, ignore_errors=True)
     return final
 
 
