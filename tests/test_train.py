@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vplan.data.collect import CollectConfig, collect
+from vplan.data.dataset import EpisodeDataset
 from vplan.envs import TabletopConfig
 from vplan.loop.checkpoint import list_checkpoints
 from vplan.shipped import trained_on_env
@@ -292,6 +293,28 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "expected the camera feature 'observation.images.front'" in result.stderr
     assert "found ['observation.images.top']" in result.stderr
+
+
+def test_a_clip_longer_than_every_episode_is_refused_before_anything_is_written(tiny_dataset, tmp_path,
+                                                                                 monkeypatch):
+    """It was found after the latents were made, and named no setting."""
+    from vplan.errors import UsageError
+    from vplan.loop import train as train_module
+    from vplan.loop.train import TrainConfig, WorldModelTrainConfig, train_component
+    from vplan.loop.trainer import OptimConfig
+    from vplan.worldmodel.model import WorldModelConfig
+
+    WorldModel(WorldModelConfig(**TINY_MODEL)).vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    monkeypatch.setattr(train_module, "episode_latents", lambda *args, **kwargs: pytest.fail("latents made"))
+    longest = max(int(EpisodeDataset(tiny_dataset).episode_meta(e)["length"]) for e in (0, 1))
+    component = WorldModelTrainConfig(model=WorldModelConfig(**{**TINY_MODEL, "chunk_frames": longest}),
+                                      vae=str(tmp_path / "vae"), optim=OptimConfig(steps=1, batch_size=1))
+    with pytest.raises(UsageError, match=rf"^no training episode is long enough for a {longest + 2}-frame clip "
+                                         rf"\(component.model.context_frames \+ chunk_frames; the longest has "
+                                         rf"{longest} frames\)"):
+        train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "wm"),
+                                    holdout_episodes=1))
+    assert not (tmp_path / "wm").exists()
 
 
 def test_boundary_fraction_starts_chunks_on_a_new_subgoal():

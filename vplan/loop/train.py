@@ -404,6 +404,12 @@ def _train_component(cfg: TrainConfig) -> Path:
                                 "this dataset's frames" if vae is not None else
                                 f"the model's VAE is for {size}x{size} (component.model.vae.image_size)"))
     if isinstance(component, WorldModelTrainConfig):
+        span = component.model.context_frames + component.model.chunk_frames  # a clip (the metadata's lengths)
+        longest = max(int(dataset.episode_meta(e)["length"]) for e in train_episodes)
+        if longest < span:  # found after the latents were made, unnamed
+            raise UsageError(f"no training episode is long enough for a {span}-frame clip (component.model."
+                             f"context_frames + chunk_frames; the longest has {longest} frames): lower them, or "
+                             "collect longer episodes (env.max_episode_steps)")
         # a VAE that does not fit the model: refused before anything is written
         model_config = component.model if vae is None else _with_vae(component.model, vae)
         if component.init is not None and not resuming:
