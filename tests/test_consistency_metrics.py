@@ -62,6 +62,16 @@ def test_every_hard_cut_is_found_where_it_is():
     assert scene_cuts(cut_video([12, 16, 9, 30])) == 3
 
 
+def test_frames_reach_the_detector_in_its_colour_order():
+    """PySceneDetect reads BGR: these two colours differ by a score of 10 (below the threshold of 12) as RGB,
+    and by 66 were their channels handed over the wrong way round."""
+    video = np.zeros((40, 16, 16, 3), np.uint8)
+    video[:20] = [20, 6, 226]
+    video[20:] = [0, 27, 209]
+    assert scene_cut_frames(video) == []
+    assert scene_cut_frames(video[..., ::-1].copy()) == [20]  # the same colours, their channels swapped
+
+
 def test_cuts_at_consecutive_chunk_boundaries_count_separately():
     # min_scene_len (4 frames) is below one 8-frame chunk, so a model that cuts at every chunk is charged each time.
     assert SCENE_CUT_DETECTOR.min_scene_len < 8

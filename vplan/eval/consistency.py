@@ -63,7 +63,8 @@ from vplan.utils.settings import check_ints, check_seed, check_threads
 FEATURES = ("vae", "resnet18")
 PSNR_PLOT = "psnr_per_chunk.png"
 # settings a resumption may change
-RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite")
+# settings a resumption may change (`task` changes nothing: the scenario's own subgoals are the chunks' texts)
+RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite", "task")
 
 
 @dataclass
@@ -71,7 +72,11 @@ class EvalConsistencyConfig:
     """Settings of `vplan eval consistency`."""
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/); the env needs a revisit scenario."})
-    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
+    task: TaskConfig = field(
+        default=MISSING,
+        metadata={"help": "Task config (configs/task/), checked against the env; the rollouts follow the env's revisit "
+                  "scenario under its own subgoal texts, whatever task.instruction says."},
+    )
     checkpoint: str | None = field(
         default=None,
         metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the env's shipped one."},
