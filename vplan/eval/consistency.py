@@ -145,8 +145,7 @@ class EvalConsistencyConfig:
         if self.features != "resnet18" and self.resnet18_weights:  # scored with the VAE, unsaid
             raise ValueError(f"resnet18_weights: used with features=resnet18 only, got it with features="
                              f"{self.features}; add features=resnet18, or leave resnet18_weights out")
-        if not isinstance(self.video_episodes, int) or self.video_episodes < 0:
-            raise ValueError(f"video_episodes: expected an int >= 0, got {self.video_episodes!r}")
+        check_ints(self, ("video_episodes",), low=0)
 
     def memory_config(self, kind: str) -> MemoryConfig:
         """The memory config of a mode: `temp_lora`'s settings, or the baseline's kind."""
