@@ -12,8 +12,9 @@ frame where a place is first visited and the frame where it is visited again (Sl
 Temp-LoRA and 89.04 without it, with ResNet-18 features). The extractor is pluggable: `ResNet18Features`
 (ResNet-18 built with transformers' `ResNetModel` from a local safetensors file — nothing is downloaded) when
 weights are given, else `VAEEncoderFeatures` (the project's own frame VAE: posterior-mean latents,
-flattened). VAE-feature SRC ranks models the same way but its absolute values are not comparable to the
-paper's: the latents are signed and spatial, not pooled ReLU features of an ImageNet network.
+flattened). VAE-feature SRC compares memory strategies with one another (whether it ranks them as ResNet-18
+SRC would is not measured); its absolute values are not comparable to the paper's: the latents are signed and
+spatial, not pooled ReLU features of an ImageNet network.
 
 **PSNR drift** — PSNR of each generated chunk against the real frames of the same steps, and the
 least-squares slope over the chunk index (dB per chunk; negative means the video drifts away from the truth).
