@@ -260,6 +260,27 @@ def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(setup
     assert sorted(p.name for p in model.iterdir()) == before
 
 
+def test_a_base_among_the_results_out_replaces_is_refused(setup, finetuned, tmp_path, monkeypatch):
+    """A finetune of `<out>/final` into the same out= (its inner/ and checkpoints deleted to save space) deleted
+    its own base at the first outer step; stopped before a checkpoint, neither base nor result was left."""
+    from vplan.shipped import check_outside_results
+
+    root, data, _ = setup
+    chain = tmp_path / "chain"
+    shutil.copytree(finetuned[1], chain / "final")
+    with pytest.raises(UsageError, match=rf"^worldmodel={chain / 'final'} lies in out={chain}, whose results this "
+                                         "run replaces; copy it elsewhere"):
+        finetune(config(data, chain / "final", chain))
+    assert sorted(p.name for p in chain.iterdir()) == ["final"]
+    monkeypatch.chdir(tmp_path)  # spelt relatively, or otherwise
+    for spec in ("chain", "chain/final/", "./chain/checkpoint-0000004", "chain/checkpoint"):
+        with pytest.raises(UsageError, match="lies in out="):
+            check_outside_results("chain", {"worldmodel": spec})
+    check_outside_results("chain", {"worldmodel": "chain/inner", "idm": "shipped:tabletop/idm", "vae": None,
+                                    "init": "chain/final2"})
+    check_outside_results("chain/final", {"worldmodel": "chain/final2"})  # a sibling
+
+
 def test_a_stopped_continuation_leaves_no_stale_final(setup, finetuned, tmp_path, monkeypatch):
     """More optim.steps continue a finished run; stopped, it once left the shorter run's final/ in place, which
     `vplan run worldmodel=<out>/final` then took for the result."""

@@ -295,9 +295,10 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     assert "found ['observation.images.top']" in result.stderr
 
 
-def test_a_clip_longer_than_every_episode_is_refused_before_anything_is_written(tiny_dataset, tmp_path,
-                                                                                 monkeypatch):
-    """It was found after the latents were made, and named no setting."""
+def test_a_clip_too_long_and_an_init_among_the_results_are_refused_before_anything_is_written(
+        tiny_dataset, tmp_path, monkeypatch):
+    """The clip was found after the latents were made, naming no setting; an init in out's final/ was deleted at
+    the first step."""
     from vplan.errors import UsageError
     from vplan.loop import train as train_module
     from vplan.loop.train import TrainConfig, WorldModelTrainConfig, train_component
@@ -315,6 +316,13 @@ def test_a_clip_longer_than_every_episode_is_refused_before_anything_is_written(
         train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "wm"),
                                     holdout_episodes=1))
     assert not (tmp_path / "wm").exists()
+    # a model to start from among the results this run replaces: its final/ went at the first step
+    WorldModel(WorldModelConfig(**TINY_MODEL)).save_pretrained(tmp_path / "wm" / "final")
+    component = WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL), vae=str(tmp_path / "vae"),
+                                      init=str(tmp_path / "wm" / "final"), optim=OptimConfig(steps=1, batch_size=1))
+    with pytest.raises(UsageError, match=r"^component.init=.*/wm/final lies in out=.*/wm, whose results this run"):
+        train_component(TrainConfig(component=component, data=str(tiny_dataset), out=str(tmp_path / "wm"),
+                                    holdout_episodes=1))
 
 
 def test_boundary_fraction_starts_chunks_on_a_new_subgoal():

@@ -94,6 +94,21 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
         _check_kind(name, spec, component)
 
 
+def check_outside_results(out: str | Path, checkpoints: Mapping[str, str | None]) -> None:
+    """A UsageError naming a checkpoint argument (name -> argument; None: not asked for) that lies where a command
+    writing into `out` replaces or prunes folders (`out` itself, its `final/`, its `checkpoint*` folders): a
+    finetune of `<out>/final` into the same out= deleted its own base at the first step."""
+    out = Path(out).resolve()
+    for name, spec in checkpoints.items():
+        if spec is None or spec.startswith(PREFIX):
+            continue
+        path = Path(spec).resolve()
+        first = path.relative_to(out).parts[0] if out in path.parents else None
+        if path == out or first in ("final", "checkpoint") or (first or "").startswith("checkpoint-"):
+            raise UsageError(f"{name}={spec} lies in out={out}, whose results this run replaces; copy it elsewhere "
+                             "and pass that, or choose another out=DIR")
+
+
 def _check_kind(name: str, spec: str, component: str) -> None:
     """A UsageError where the checkpoint is another kind of model than the setting takes (an IDM for a world
     model, a VAE's folder), named by the setting; the loader's own error named only a config.json."""

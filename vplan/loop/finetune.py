@@ -450,7 +450,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
     from tqdm import tqdm
 
     from vplan.memory.temp_lora import check_target_modules
-    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_trained_elsewhere
+    from vplan.shipped import (
+        check_checkpoints_exist, check_outside_results, resolve_checkpoint, trained_on_env, warn_if_trained_elsewhere,
+    )
 
     refuse_several_processes("finetune")
     dataset, episodes = _episodes(cfg)
@@ -458,6 +460,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
         cfg = replace(cfg, worldmodel=_shipped_worldmodel_for(dataset, cfg.data))
         print(f"worldmodel: {cfg.worldmodel} (the dataset's env's)")
     check_checkpoints_exist({"worldmodel": cfg.worldmodel})
+    check_outside_results(cfg.out, {"worldmodel": cfg.worldmodel})
     checkpoint = resolve_checkpoint(cfg.worldmodel)
     world_model = WorldModel.from_pretrained(checkpoint)
     require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel}", "vplan finetune")

@@ -32,7 +32,7 @@ from vplan.loop.trainer import (
     FINAL, OptimConfig, check_batch_splits, check_steps_reach, is_main_process, main_process_first,
     only_the_main_process_prints, process_count, train,
 )
-from vplan.shipped import PREFIX, check_checkpoints_exist, pin_checkpoints, resolve_checkpoint
+from vplan.shipped import PREFIX, check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
     CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, write_config,
@@ -390,6 +390,7 @@ def _train_component(cfg: TrainConfig) -> Path:
     component = cfg.component
     resuming = bool(list_checkpoints(out))
     check_steps_reach(out, component.optim, f"train {component.name}")  # before minutes of reading data
+    check_outside_results(out, {f"component.{name}": getattr(component, name, None) for name in ("vae", "init")})
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(
         component.vae, optional=isinstance(component, IDMTrainConfig))

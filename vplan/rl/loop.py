@@ -54,6 +54,7 @@ from vplan.run import run_episode
 from vplan.shipped import (
     AgentCheckpoints,
     check_checkpoints_exist,
+    check_outside_results,
     pin_checkpoints,
     warn_if_actions_mean_otherwise,
     warn_if_trained_elsewhere,
@@ -244,6 +245,7 @@ class RLRun:
                           f"run, the evals and the benches hold out by default; explore on seeds below "
                           f"{HELD_OUT_SEEDS}", VplanWarning, stacklevel=2)
         check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
+        check_outside_results(cfg.out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
         self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
         self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
