@@ -509,3 +509,5 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
         replace(rounds, rounds=3)
     with pytest.raises(UsageError, match="other optim"):  # later rounds' states depend on the outer loop
         finetune(replace(rounds, optim=replace(OPTIM, steps=6)))
+    with pytest.raises(UsageError, match=r"made with other rounds \(see"):  # not optim.steps, which it did not change
+        finetune(replace(rounds, rounds=1))

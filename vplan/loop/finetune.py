@@ -197,6 +197,8 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
         for name in UNPINNED_MEMORY:  # recorded before 2026-12-06
             saved.get("memory", {}).pop(name, None)
         changed = changed_settings(saved, plain(settings), cfg, ignore=ignore)
+        if saved.get("rounds", 1) != settings.get("rounds", 1):  # one round leaves RESUMABLE_OPTIM unrecorded,
+            changed = [name for name in changed if name not in {f"optim.{n}" for n in RESUMABLE_OPTIM}]  # several not
         if changed and all(name.startswith("optim.") for name in changed) and not list_checkpoints(inner.parent):
             # stopped before the outer loop's first checkpoint (out of memory, a divergence: its advice is another
             # batch size or lr): no stored state depends on the outer loop yet, so the inner loop's work is kept
