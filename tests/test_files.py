@@ -371,3 +371,25 @@ def test_a_log_axis_only_for_values_spanning_a_decade(tmp_path, monkeypatch):
     plots.line_plot(tmp_path / "a.png", {"loss": ([1, 2], [0.30, 0.25])}, "step", "loss", "t", log_y=True)
     plots.line_plot(tmp_path / "b.png", {"loss": ([1, 2], [3.0, 0.25])}, "step", "loss", "t", log_y=True)
     assert scales == ["linear", "log"]
+
+
+def test_written_weights_get_the_permissions_the_umask_gives_a_new_file(tmp_path):
+    """safetensors writes 0600 whatever the umask: a checkpoint in a folder a group shares was its owner's alone,
+    beside JSON files the group could read."""
+    from safetensors.torch import save_file
+
+    from vplan.utils.files import file_written_aside, folder_written_aside
+
+    before = os.umask(0o027)
+    try:
+        with folder_written_aside(tmp_path / "model") as folder:
+            save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+        with file_written_aside(tmp_path / "state.safetensors") as scratch:
+            save_file({"w": torch.zeros(2)}, scratch)
+        model = torch.nn.Linear(2, 2)
+        checkpoint = save_checkpoint(tmp_path / "run", 1, model, torch.optim.AdamW(model.parameters()), {})
+        written = [tmp_path / "model" / "model.safetensors", tmp_path / "state.safetensors",
+                   *checkpoint.glob("*.safetensors")]
+        assert len(written) == 4 and {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o640}
+    finally:
+        os.umask(before)

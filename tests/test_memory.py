@@ -3,6 +3,8 @@ the overlap worker; the anchor and none baselines; config presets."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -270,6 +272,9 @@ def test_the_adapter_round_trips_exactly_through_safetensors(tmp_path: Path) -> 
     memory = make_memory(lora(), model)
     memory.update(latents(CHUNK), latents(CHUNK, seed=2))
     memory.save(tmp_path / "memory.safetensors")
+    mask = os.umask(0o022)
+    os.umask(mask)  # safetensors wrote 0600 whatever the umask
+    assert stat.S_IMODE((tmp_path / "memory.safetensors").stat().st_mode) == 0o666 & ~mask
     saved = load_file(tmp_path / "memory.safetensors")
     state = memory.state_dict()
     assert set(saved) == set(state) and all(".lora_A." in k or ".lora_B." in k for k in saved)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from vplan.utils.files import fsync_path, fsync_tree
+from vplan.utils.files import fsync_path, fsync_tree, readable_as_umask_allows
 
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
@@ -69,6 +69,7 @@ def save_checkpoint(
             rng |= {f"{CUDA_RNG}{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
         save_optimizer(optimizer, tmp / OPTIMIZER_FILE, rng)
         (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **extra}, indent=2))
+        readable_as_umask_allows(tmp)
         fsync_tree(tmp)
     except BaseException:  # a full disk: the half-written folder would hold the space the user must free
         shutil.rmtree(tmp, ignore_errors=True)

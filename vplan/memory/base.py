@@ -38,6 +38,7 @@ import torch
 
 from vplan.errors import RunError, close_after_block
 from vplan.memory.config import MemoryConfig
+from vplan.utils.files import readable_as_umask_allows
 
 if TYPE_CHECKING:
     from vplan.worldmodel.model import WorldModel
@@ -204,6 +205,7 @@ class EpisodicMemory(ABC):
         state = {name: tensor.detach().contiguous().clone() for name, tensor in self.state_dict().items()}
         metadata = {"kind": self.kind, "format_version": MEMORY_FORMAT_VERSION, **self._meaning()}
         save_file(state, str(path), metadata=metadata)
+        readable_as_umask_allows(Path(path))
 
     def load(self, path: str | Path) -> None:
         """Read a file written by `save` of the same kind into this memory."""

@@ -60,7 +60,9 @@ from vplan.shipped import (
     warn_if_trained_elsewhere,
 )
 from vplan.tasks import TaskConfig
-from vplan.utils.files import folder_written_aside, recover_folder, write_json, write_text_atomic
+from vplan.utils.files import (
+    file_written_aside, folder_written_aside, recover_folder, write_json, write_text_atomic,
+)
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import (
@@ -596,7 +598,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         final = run.policy_model()
         with folder_written_aside(out / "final") as folder:
             final.save_pretrained(folder, trained_on_env=env_name(cfg.env))
-        save_file({k: v.detach().contiguous() for k, v in run.params.items()}, out / LORA_FILE)
+        with file_written_aside(out / LORA_FILE) as scratch:
+            save_file({k: v.detach().contiguous() for k, v in run.params.items()}, scratch)
         write_text_atomic(out / "planner.yaml",
                           f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,

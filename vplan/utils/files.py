@@ -51,6 +51,28 @@ def fsync_path(path: Path) -> None:
 _NO_FOLDER_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.ENOSYS}
 
 
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask sets it, racing other threads' new files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # not Linux: the brief swap the standard library offers
+    os.umask(mask)
+    return mask
+
+
+def readable_as_umask_allows(path: Path) -> None:
+    """Give the files at or under `path` the permissions a new file gets (0666 less the umask): safetensors
+    writes its files 0600 whatever the umask, so a checkpoint in a folder a group shares was readable by its
+    owner alone, beside JSON files the group could read."""
+    mode = 0o666 & ~_umask()
+    for file in [path] if path.is_file() else [p for p in Path(path).rglob("*") if p.is_file()]:
+        os.chmod(file, mode)
+
+
 def fsync_tree(folder: Path) -> None:
     """Sync every file under `folder`, then the folders themselves: before the folder is renamed into place."""
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
@@ -89,6 +111,7 @@ def folder_written_aside(path: Path) -> Iterator[Path]:
     scratch.mkdir(parents=True)
     try:
         yield scratch
+        readable_as_umask_allows(scratch)
         fsync_tree(scratch)
         if path.exists():
             os.replace(path, old)
@@ -118,6 +141,7 @@ def file_written_aside(path: Path, suffix: str = "") -> Iterator[Path]:
     scratch = path.with_name(f"{prefix}{os.getpid()}-{secrets.token_hex(4)}{ending}")
     try:
         yield scratch
+        readable_as_umask_allows(scratch)
         fsync_path(scratch)
         os.replace(scratch, path)
     finally:
