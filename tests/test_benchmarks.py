@@ -126,7 +126,7 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["model.conditioning=action"], "error: model: a world model conditioned on 'action', and bench worldmodel "
-                                    "imagines from the subgoal text alone; pass a text-conditioned one "
+                                    "conditions it on the subgoal text alone; pass a text-conditioned one "
                                     "(model.conditioning=text)"),
     (["samplers=[ddim:5000]"], "error: samplers: ddim:5000: expected num_inference_steps <= num_train_timesteps"),
     (["samplers=[dpmsolver++:2,ddim:2,dpmsolver++:2]"], "error: samplers: expected each sampler:steps once, got "

@@ -497,11 +497,11 @@ class WorldModel(nn.Module):
 def require_text_conditioned(config: WorldModelConfig, checkpoint: str, user: str,
                              fix: str = "component.model.conditioning=text, e.g. shipped:<env>/worldmodel") -> None:
     """A SettingMismatchError (a UsageError and a ValueError) for an action-conditioned world model where `user`
-    imagines chunks from the subgoal text alone (the agent, the episodic memories, the benches): it would need
+    conditions it on the subgoal text alone (the agent, the memories, the benches, finetune): it would need
     actions no one has yet. `fix` says how to get a text-conditioned one (an untrained model's setting)."""
     if config.uses_actions:
         raise SettingMismatchError(f"{checkpoint}: a world model conditioned on {config.conditioning!r}, and {user} "
-                                   f"imagines from the subgoal text alone; pass a text-conditioned one ({fix})")
+                                   f"conditions it on the subgoal text alone; pass a text-conditioned one ({fix})")
 
 
 def _with_reachable_minilm(config: WorldModelConfig, path: Path) -> WorldModelConfig:
