@@ -311,11 +311,13 @@ class IDMPolicy(nn.Module):
     # -- checkpoints
 
     def save_pretrained(
-        self, path: str | Path, trained_on_env: str | None = None, action_units: dict[str, float] | None = None
+        self, path: str | Path, trained_on_env: str | None = None, action_units: dict[str, float] | None = None,
+        reads_vae: str | None = None,
     ) -> None:
         """Write the checkpoint directory; config.json goes last, so a half-written one is not a checkpoint. It
-        records `trained_on_env`, the env whose episodes the weights learned from, and `action_units`, the env
-        settings those episodes' actions were recorded under (`vplan.envs.action_units`), when given."""
+        records `trained_on_env`, the env whose episodes the weights learned from, `action_units`, the env
+        settings those episodes' actions were recorded under (`vplan.envs.action_units`), and `reads_vae`, the
+        fingerprint (`vae_fingerprint`) of the VAE whose decodes it learned from, when given."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -323,7 +325,7 @@ class IDMPolicy(nn.Module):
         (path / CONFIG_FILE).unlink(missing_ok=True)
         save_file(_contiguous(self.state_dict()), path / WEIGHTS_FILE)
         write_pretrained_config(path, CHECKPOINT_KIND, FORMAT_VERSION, self.config.to_dict(), trained_on_env,
-                                action_units)
+                                action_units, reads_vae)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> IDMPolicy:

@@ -776,6 +776,30 @@ def test_from_pretrained_names_a_checkpoint_that_cannot_drive_the_agent(tmp_path
     ]
 
 
+def test_from_pretrained_warns_of_an_idm_trained_on_another_vaes_decodes(tmp_path):
+    """Nothing tied an IDM to the VAE it trained through: one paired with a world model of another VAE read a
+    decoder's frames it never saw, unsaid."""
+    import warnings
+
+    from vplan.errors import VplanWarning
+    from vplan.worldmodel.latent_cache import vae_fingerprint
+
+    model = tiny_world_model()
+    model.save_pretrained(tmp_path / "worldmodel")
+    ours = vae_fingerprint(model.vae)
+    for name, reads in (("same", ours), ("other", "0123456789abcdef"), ("unrecorded", None)):
+        tiny_idm().save_pretrained(tmp_path / name, reads_vae=reads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplanWarning)
+        for name in ("same", "unrecorded"):  # unrecorded: real frames only, or trained before it was recorded
+            VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / name),
+                                               memory=MemoryConfig(kind="none")).close()
+    with pytest.warns(VplanWarning, match=rf"idm=.*other learned to read the decodes of another VAE \(fingerprint "
+                                          rf"0123456789abcdef\) than the world model's \({ours}\)"):
+        VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "other"),
+                                           memory=MemoryConfig(kind="none")).close()
+
+
 def test_the_shipped_checkpoints_drive_the_agent(env):
     agent = VideoPlanningAgent.from_pretrained(memory=MemoryConfig(kind="none"), config=AgentConfig(**NO_REPLAN))
     obs, info = env.reset(seed=10000)

@@ -100,6 +100,12 @@ def test_train_through_the_cli_with_a_vae_then_resume(tiny_dataset: Path, tiny_v
         assert 0.0 <= report["grip_accuracy"] <= 1.0
     assert metrics["held_out_episodes"] == [2]
 
+    from diffusers import AutoencoderKL
+
+    from vplan.worldmodel.latent_cache import vae_fingerprint
+
+    recorded = json.loads((out / "final" / "config.json").read_text())["reads_vae"]  # whose decodes it learned
+    assert recorded == vae_fingerprint(AutoencoderKL.from_pretrained(tiny_vae))
     policy = IDMPolicy.from_pretrained(out / "final")
     frames = held_out["observation.images.front"]
     actions = policy.actions_for_chunk(frames[:9])

@@ -238,7 +238,7 @@ class VideoPlanningAgent:
         drive the agent is a SettingMismatchError (a UsageError and a ValueError) naming it."""
         from vplan.errors import SettingMismatchError
         from vplan.policies.idm import IDMPolicy
-        from vplan.shipped import shipped_checkpoint, warn_if_trained_elsewhere
+        from vplan.shipped import shipped_checkpoint, warn_if_decoded_by_another_vae, warn_if_trained_elsewhere
         from vplan.worldmodel.model import WorldModel
 
         task_config = task if isinstance(task, TaskConfig) else TaskConfig.preset(task)
@@ -248,6 +248,7 @@ class VideoPlanningAgent:
         require_text_conditioned(world_model.config, f"worldmodel={worldmodel}", "the agent")
         idm_policy = IDMPolicy.from_pretrained(idm)
         warn_if_trained_elsewhere({"worldmodel": worldmodel, "idm": idm}, env or task_config.env)
+        warn_if_decoded_by_another_vae(idm, world_model)
         size, reads = world_model.config.vae.image_size, idm_policy.config.image_size
         if reads != size:
             raise SettingMismatchError(f"idm={idm} reads {reads}x{reads} frames, the world model draws {size}x{size}; "

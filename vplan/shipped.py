@@ -21,6 +21,7 @@ PREFIX = "shipped:"
 PINNED_FILE = "checkpoints.json"  # in a run directory: the fingerprint of each checkpoint the run used
 TRAINED_ON_ENV = "trained_on_env"  # in a checkpoint's config.json: the env whose episodes it last learned from
 ACTION_UNITS = "action_units"  # in an IDM's config.json: the env settings its training actions were recorded under
+READS_VAE = "reads_vae"  # in an IDM's config.json: the fingerprint of the VAE whose decodes it also learned from
 
 
 def shipped_checkpoint(env: str, component: str) -> str:
@@ -158,6 +159,23 @@ def warn_if_trained_elsewhere(checkpoints: Mapping[str, str | None], env: str) -
         if trained is not None and trained != env:
             warnings.warn(f"{name}={spec} was trained on {trained} episodes, and this env is {env}; pass {name}= a "
                           f"checkpoint trained on {env}", OtherEnvWarning, stacklevel=2)
+
+
+def warn_if_decoded_by_another_vae(idm: str, world_model: Any) -> None:
+    """A VplanWarning where the IDM `idm` (a checkpoint argument) learned from the decodes of another VAE than
+    `world_model`'s (its config.json records the one it trained through): the imagined frames it reads then come
+    from a decoder it never saw. Silent where it records none (trained on real frames only, or before 2026-12-07)."""
+    recorded = _recorded(idm, READS_VAE)
+    if recorded is None:
+        return
+    from vplan.worldmodel.latent_cache import vae_fingerprint
+
+    ours = vae_fingerprint(world_model.vae)
+    if recorded != ours:
+        warnings.warn(f"idm={idm} learned to read the decodes of another VAE (fingerprint {recorded}) than the world "
+                      f"model's ({ours}), whose frames it is about to read; train it through the world model's: "
+                      "vplan train component=idm component.vae=<the world model's checkpoint>", VplanWarning,
+                      stacklevel=2)
 
 
 def warn_if_actions_mean_otherwise(checkpoints: Mapping[str, str | None], units: Mapping[str, float]) -> None:

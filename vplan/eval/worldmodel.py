@@ -48,7 +48,9 @@ from vplan.eval.progress import (
 )
 from vplan.eval.stats import paired_summary
 from vplan.utils.files import file_written_aside, write_json, write_mp4
-from vplan.shipped import pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_trained_elsewhere
+from vplan.shipped import (
+    pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_decoded_by_another_vae, warn_if_trained_elsewhere,
+)
 from vplan.tasks import TaskConfig
 from vplan.utils.panels import labelled_panels
 from vplan.utils.plots import line_plot
@@ -480,6 +482,7 @@ def _load_idm(checkpoint: str, model: Any) -> Any:
     from vplan.policies.idm import IDMPolicy
 
     idm = IDMPolicy.from_pretrained(checkpoint)
+    warn_if_decoded_by_another_vae(checkpoint, model)
     if idm.config.image_size != model.config.vae.image_size:
         raise UsageError(f"idm={checkpoint} reads {idm.config.image_size}x{idm.config.image_size} frames, the world "
                          f"model draws {model.config.vae.image_size}x{model.config.vae.image_size}; give an IDM "

@@ -314,8 +314,12 @@ def train_idm(
         metrics["real"] = evaluate(policy, test, baseline, False)
         if vae is not None:
             metrics["vae"] = evaluate(policy, test, baseline, True)
+    from vplan.worldmodel.latent_cache import vae_fingerprint
+
+    learned_decodes = vae is not None and config.vae_fraction > 0  # which world models' frames it learned to read
     with folder_written_aside(final) as folder:
-        policy.save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units)
+        policy.save_pretrained(folder, trained_on_env=dataset.env, action_units=dataset.action_units,
+                               reads_vae=vae_fingerprint(vae) if learned_decodes else None)
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     if not held_out:
         print(f"IDM written to {final}; no held-out figure (holdout_episodes=0)")

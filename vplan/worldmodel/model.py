@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vplan.errors import SettingMismatchError, UsageError, VplanWarning
-from vplan.shipped import ACTION_UNITS, TRAINED_ON_ENV, resolve_checkpoint
+from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, resolve_checkpoint
 from vplan.utils.settings import check_field_types
 from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
@@ -535,14 +535,16 @@ def read_config(path: str | Path) -> WorldModelConfig:
 
 def write_pretrained_config(
     path: Path, kind: str, format_version: int, config: dict[str, Any], trained_on_env: str | None,
-    action_units: dict[str, float] | None = None,
+    action_units: dict[str, float] | None = None, reads_vae: str | None = None,
 ) -> None:
     """A checkpoint directory's config.json: its kind, format version and config, `trained_on_env` (the env
-    whose episodes the weights last learned from) and `action_units` (the env settings those episodes' actions
-    were recorded under) when given; written last, so a half-written one is none."""
+    whose episodes the weights last learned from), `action_units` (the env settings those episodes' actions
+    were recorded under) and `reads_vae` (an IDM's: the fingerprint of the VAE whose decodes it learned from)
+    when given; written last, so a half-written one is none."""
     payload = {"kind": kind, "format_version": format_version, "config": config,
                **({TRAINED_ON_ENV: trained_on_env} if trained_on_env else {}),
-               **({ACTION_UNITS: dict(action_units)} if action_units else {})}
+               **({ACTION_UNITS: dict(action_units)} if action_units else {}),
+               **({READS_VAE: reads_vae} if reads_vae else {})}
     (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
