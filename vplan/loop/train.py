@@ -390,7 +390,8 @@ def _train_component(cfg: TrainConfig) -> Path:
     component = cfg.component
     resuming = bool(list_checkpoints(out))
     check_steps_reach(out, component.optim, f"train {component.name}")  # before minutes of reading data
-    check_outside_results(out, {f"component.{name}": getattr(component, name, None) for name in ("vae", "init")})
+    if not isinstance(component, VAETrainConfig):  # (whose `vae` is its settings, not a checkpoint)
+        check_outside_results(out, {f"component.{name}": getattr(component, name, None) for name in ("vae", "init")})
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(
         component.vae, optional=isinstance(component, IDMTrainConfig))
