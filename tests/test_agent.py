@@ -768,6 +768,9 @@ def test_from_pretrained_names_a_checkpoint_that_cannot_drive_the_agent(tmp_path
     with pytest.raises(UsageError, match=f"^idm={re.escape(str(tmp_path / 'idm'))} reads 32x32 frames, the world "
                                          "model draws 64x64; pass an IDM trained"):
         VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "idm"))
+    with pytest.raises(ValueError, match=r"^task: expected a preset in .*, got 'sweep' \(a task of your own: pass "
+                                         r"TaskConfig\(name=\.\.\., env=\.\.\., instruction=\.\.\.\)\)$"):
+        VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "idm"), task="sweep")
     with pytest.warns(OtherEnvWarning) as warned:  # the env it will act in, not the task's
         VideoPlanningAgent.from_pretrained(memory=MemoryConfig(kind="none"), env="blockworld").close()
     assert [str(w.message).split(";")[0] for w in warned] == [

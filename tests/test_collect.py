@@ -244,3 +244,29 @@ def test_a_failed_first_reset_still_closes_the_env(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="could not be placed"):
         collect(small_config(tmp_path / "ds"))
     assert closed == [True]
+
+
+def test_an_env_of_ones_own_is_recorded_only_as_the_contract_says():
+    """Any observation but agent_pos was recorded as a camera (a float vector failed deep in the writer), and an
+    info without environment_state was a bare KeyError."""
+    import gymnasium as gym
+
+    from vplan.data.collect import dataset_features
+
+    class Canvas(gym.Env):
+        observation_space = gym.spaces.Dict({
+            "front": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
+            "agent_pos": gym.spaces.Box(-1.0, 1.0, (3,), np.float32),
+            "target": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+        })
+        action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    info = {"environment_state": np.zeros(2, np.float32), "success": False}
+    with pytest.raises(ValueError, match=r"^observation 'target': expected a camera \(uint8, height x width x 3\) or "
+                                         r"'agent_pos', got Box.*put it in agent_pos or in info\['environment_state'\]"):
+        dataset_features(Canvas(), info)
+    with pytest.raises(ValueError, match=r"^info: expected 'environment_state'.*got the keys \['success'\]"):
+        dataset_features(Canvas(), {"success": False})
+    del Canvas.observation_space.spaces["target"]
+    features = dataset_features(Canvas(), info)
+    assert features["observation.images.front"]["dtype"] == "video" and features["action"]["shape"] == [2]

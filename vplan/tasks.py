@@ -26,7 +26,11 @@ class TaskConfig:
         """The task preset configs/task/<name>.yaml (`return_cubes`, ...) as a TaskConfig."""
         from vplan.configs import load_preset
 
-        values = load_preset("task", name)
+        try:
+            values = load_preset("task", name)
+        except ValueError as error:  # a task of one's own is no preset
+            raise ValueError(f"{error} (a task of your own: pass TaskConfig(name=..., env=..., instruction=...))"
+                             ) from None
         return cls(**{key: value for key, value in values.items() if key != "defaults"})
 
 

@@ -66,9 +66,16 @@ class CollectConfig:
 def dataset_features(env: gym.Env, info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """LeRobot features of an env that follows the project's contract (camera images, agent_pos, info)."""
     features: dict[str, dict[str, Any]] = {}
+    if "environment_state" not in info:  # a KeyError below
+        raise ValueError("info: expected 'environment_state', an array recorded with each step (object poses, say), "
+                         f"got the keys {sorted(info)}")
     for key, space in env.observation_space.spaces.items():
         if key == "agent_pos":
             features[OBS_STATE] = {"dtype": "float32", "shape": list(space.shape), "names": None}
+        elif not (np.dtype(space.dtype) == np.uint8 and len(space.shape) == 3 and space.shape[-1] == 3):
+            raise ValueError(f"observation {key!r}: expected a camera (uint8, height x width x 3) or 'agent_pos', "
+                             f"got {space}; a dataset records no other observation: put it in agent_pos or in "
+                             "info['environment_state']")
         else:
             features[IMAGE_FEATURE.format(camera=key)] = {
                 "dtype": "video",

@@ -348,7 +348,8 @@ def open_for_training(data: str, learns: str, how_to_make: str) -> EpisodeDatase
         raise UsageError(f"{error}{hint}") from None
     if OBS_IMAGE_FRONT not in dataset.features:
         raise UsageError(f"{data}: expected the camera feature {OBS_IMAGE_FRONT!r} {learns} (as `vplan collect` "
-                         f"records it), found {dataset.video_keys or 'no camera'}")
+                         f"records it), found {dataset.video_keys or 'no camera'}; record your env's camera under the "
+                         "key 'front' (training on another camera is not built yet)")
     return dataset
 
 
