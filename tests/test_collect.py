@@ -262,8 +262,9 @@ def test_an_env_of_ones_own_is_recorded_only_as_the_contract_says():
         action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
     info = {"environment_state": np.zeros(2, np.float32), "success": False}
-    with pytest.raises(ValueError, match=r"^observation 'target': expected a camera \(uint8, height x width x 3\) or "
-                                         r"'agent_pos', got Box.*put it in agent_pos or in info\['environment_state'\]"):
+    with pytest.raises(ValueError, match=r"^observation 'target': expected a camera \(uint8, height x width x 3\) "
+                                         r"or 'agent_pos', got Box.*put it in agent_pos or in "
+                                         r"info\['environment_state'\]"):
         dataset_features(Canvas(), info)
     with pytest.raises(ValueError, match=r"^info: expected 'environment_state'.*got the keys \['success'\]"):
         dataset_features(Canvas(), {"success": False})

@@ -197,8 +197,8 @@ def warn_if_expert_only(data: str | Path) -> None:
         warnings.warn(f"whether {data} holds exploratory segments is unknown: {error}", VplanWarning, stacklevel=3)
         return
     if record is not None and not record.get("explore_fraction") and not record.get("noise_std"):
-        task = (record.get("task") or {}).get("env")  # the blockworld's moves take no noise
-        extra = " env=blockworld" if task == "blockworld" else " noise_std=0.05"
+        env = (record.get("task") or {}).get("env")  # the blockworld's moves take no noise
+        extra = " env=blockworld" if env == "blockworld" else " noise_std=0.05"
         warnings.warn(f"{data} holds the expert alone (collected without explore_fraction= or noise_std=): the IDM "
                       "never sees the random motions an imperfect world model draws; collect one for it, e.g. "
                       f"`vplan collect episodes=300 explore_fraction=0.2{extra} out=DIR`, and pass data=DIR",

@@ -67,7 +67,8 @@ GRID_SO_FAR = "real_vs_generated.partial.npz"  # the grid's chunks of finished e
 VIDEO_FPS = 4  # the grid's and the open loop's: 2.5x slower than the tabletop's 10 Hz, to follow a chunk's 8 frames
 OPEN_LOOP_VIDEO = "open_loop.mp4"
 OPEN_LOOP_PLOT = "open_loop.png"
-RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "threads", "resume", "overwrite")  # settings a resumption may change
+# settings a resumption may change
+RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "threads", "resume", "overwrite")
 
 
 @dataclass
