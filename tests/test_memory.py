@@ -517,7 +517,7 @@ def test_an_action_conditioned_world_model_is_refused(kind) -> None:
 
     model = tiny_model()
     model.config = replace(model.config, conditioning="action")
-    with pytest.raises(SettingMismatchError, match=f"conditioned on 'action', and the {kind} memory imagines"):
+    with pytest.raises(SettingMismatchError, match=f"conditioned on 'action', and the {kind} memory conditions it on"):
         make_memory(MemoryConfig(kind=kind), model)
 
 
