@@ -144,22 +144,26 @@ def test_a_moves_idm_makes_the_agent_act_with_discrete_moves_in_the_blockworld(w
 
 
 def test_reset_starts_over_and_seeds_the_imagination(world_model, idm):
-    """The second seed-5 episode imagines what the first did: the first's Temp-LoRA update is forgotten."""
+    """The second seed-5 episode imagines what the first did, its second chunk too (made after an update, so the
+    update's noise and Adam are begun again): the first's Temp-LoRA update is forgotten."""
     memory = MemoryConfig(kind="temp_lora", rank=2, gradient_checkpointing=False)
     agent = make_agent(world_model, idm, memory=memory, **NO_REPLAN)
     frame = np.full((IMAGE, IMAGE, 3), 90, np.uint8)
-    firsts = []
+    episodes = []
     for seed in (5, 5, 6):
         agent.reset("move the cubes", fake_obs(frame), {}, seed=seed)
         assert agent.chunk is None and agent.steps == 0 and not agent.done
         assert agent.memory.updates == 0 and not agent.memory.active
         assert all(v == 0 for k, v in agent.timings.items() if k not in ("planning", "encoding"))
-        agent.act(fake_obs(frame))
-        firsts.append(agent.imagined.copy())
-    assert np.array_equal(firsts[0], firsts[1])
-    assert not np.array_equal(firsts[0], firsts[2])
-    agent.wait()
-    assert agent.memory.updates == 1  # the episode's chunk was learned (what reset must forget)
+        chunks = []
+        for step in range(CHUNK + 1):
+            agent.act(fake_obs(np.full((IMAGE, IMAGE, 3), 90 + 5 * step, np.uint8)))
+            if step in (0, CHUNK):
+                chunks.append(agent.imagined.copy())
+        assert agent.memory.updates == 1  # the first chunk was learned before the second (what reset must forget)
+        episodes.append(chunks)
+    assert all(np.array_equal(a, b) for a, b in zip(episodes[0], episodes[1]))
+    assert not np.array_equal(episodes[0][0], episodes[2][0])
     agent.close()
 
 
@@ -278,6 +282,10 @@ def test_drift_past_the_threshold_replans_from_the_real_frames(world_model, idm)
         agent.act(fake_obs(agent.expected_frame))
     assert third.drift == [0.0] * CHUNK and third.cut is None
     assert agent.done and agent.stats()["chunks"] == 3
+    stats, steps = agent.stats(), agent.steps
+    for _ in range(3):  # a loop that calls act after done gets the idle action again, and nothing moves on
+        assert np.array_equal(agent.act(fake_obs(frame)), agent.idle_action)
+    assert agent.done and agent.steps == steps and agent.stats() == stats
 
 
 @pytest.mark.parametrize(("threshold", "cut"), [(0.04, "drift"), (0.06, None)])
