@@ -91,6 +91,10 @@ def test_offline_plan_for_a_known_scene() -> None:
     assert plan.total_chunks == 25
     assert planner.plan(TASK.instruction, KNOWN_INFO) == plan  # deterministic
     json.dumps(plan.to_dict())  # JSON-ready
+    with pytest.raises(ValueError, match=r"^task 'return_cubes': expected the env's info to hold .*missing "
+                                         r"\['cube_names'.*an env of your own: a plan of your own, "
+                                         r"agent.reset\(\.\.\., plan=Plan\(\.\.\.\)\)"):
+        planner.plan(TASK.instruction, {})  # an env of one's own gives no cubes
 
 
 def test_offline_chunks_follow_chunk_frames_and_cap() -> None:

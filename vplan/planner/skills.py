@@ -40,7 +40,8 @@ class TaskSkills:
         missing = [k for k in self.info_keys if k not in info]
         if missing:
             raise ValueError(f"task {self.name!r}: expected the env's info to hold {list(self.info_keys)}, "
-                             f"missing {missing}")
+                             f"missing {missing} (pass the info of the env's reset; an env of your own: a plan of "
+                             "your own, agent.reset(..., plan=Plan(...)), or a TaskSkills of its own)")
 
     def _require_names(self, info: Mapping[str, Any], key: str, per: str | None = None) -> None:
         """A ValueError unless `info[key]` is a non-empty list of distinct non-empty strings, as long as
