@@ -72,6 +72,11 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert all(f"| {row.name} |" in table for row in ROWS) and "Dist (m, mean ± std)" in table
     assert "The episodes ran with torch threads 1, 2 (a resumed bench changed threads=)" in table
+    from vplan.eval.bench_planning import threads_note
+
+    # a bench begun before episodes recorded their threads: not said to have changed them; counts as numbers
+    assert "earlier ones recorded none" in threads_note({"a": [{"seed": 1}, {"seed": 2, "threads": 2}]})
+    assert "torch threads 2, 10 (a resumed" in threads_note({"a": [{"threads": 10}, {"threads": 2}]})
     assert (out / "dist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(json.loads((out / "checkpoints.json").read_text())) == {"worldmodel", "finetuned", "idm"}
     # each row runs its own model and memory: on the same seeds and noise, their imagined frames all differ

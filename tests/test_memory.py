@@ -271,10 +271,12 @@ def test_the_adapter_round_trips_exactly_through_safetensors(tmp_path: Path) -> 
     model = tiny_model()
     memory = make_memory(lora(), model)
     memory.update(latents(CHUNK), latents(CHUNK, seed=2))
-    memory.save(tmp_path / "memory.safetensors")
     mask = os.umask(0o022)
-    os.umask(mask)  # safetensors wrote 0600 whatever the umask
-    assert stat.S_IMODE((tmp_path / "memory.safetensors").stat().st_mode) == 0o666 & ~mask
+    try:
+        memory.save(tmp_path / "memory.safetensors")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "memory.safetensors").stat().st_mode) == 0o644  # safetensors wrote 0600
     saved = load_file(tmp_path / "memory.safetensors")
     state = memory.state_dict()
     assert set(saved) == set(state) and all(".lora_A." in k or ".lora_B." in k for k in saved)

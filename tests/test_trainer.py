@@ -263,6 +263,14 @@ def test_accelerate_settings_vplan_does_not_follow_are_refused(tmp_path, monkeyp
     monkeypatch.setattr(accelerate, "Accelerator", Unusable)  # was accelerate's 25-line traceback
     with pytest.raises(RunError, match=r"^toy: accelerate's settings cannot be used here \(Using `fp8` precision"):
         train(LinearFit(), optim, tmp_path / "fp8", "toy")
+    monkeypatch.setattr(accelerate, "Accelerator", Accelerator)
+    # a run that recorded such a precision before it was refused trained in fp32: it goes on in fp32, as it was
+    for recorded in ("fp16", "BF16"):
+        out = tmp_path / f"began_{recorded}"
+        train(LinearFit(), replace(optim, steps=2), out, "toy")
+        state = out / "checkpoint-0000002" / "trainer_state.json"
+        state.write_text(json.dumps({**json.loads(state.read_text()), "mixed_precision": recorded}))
+        assert train(LinearFit(), optim, out, "toy") == 4
 
 
 def test_the_loss_runs_under_accelerates_autocast(tmp_path, monkeypatch):

@@ -24,13 +24,12 @@ class TaskConfig:
     @classmethod
     def preset(cls, name: str) -> TaskConfig:
         """The task preset configs/task/<name>.yaml (`return_cubes`, ...) as a TaskConfig."""
-        from vplan.configs import load_preset
+        from vplan.configs import load_preset, preset_names
 
-        try:
-            values = load_preset("task", name)
-        except ValueError as error:  # a task of one's own is no preset
-            raise ValueError(f"{error} (a task of your own: pass TaskConfig(name=..., env=..., instruction=...))"
-                             ) from None
+        if name not in preset_names("task"):  # a task of one's own is no preset
+            raise ValueError(f"task: expected a preset in {preset_names('task')}, got {name!r} (a task of your own: "
+                             "pass TaskConfig(name=..., env=..., instruction=...))")
+        values = load_preset("task", name)
         return cls(**{key: value for key, value in values.items() if key != "defaults"})
 
 

@@ -184,10 +184,13 @@ def keep_episode(results: dict[str, Any], done: list[dict[str, Any]], episode: d
 def threads_note(rows: dict[str, list[dict[str, Any]]]) -> str:
     """A line for under the table where its episodes ran with more than one torch thread count (a resumed
     bench may change threads=), whose wall times do not compare; empty otherwise."""
-    counts = sorted({episode.get("threads") for episodes in rows.values() for episode in episodes}, key=str)
+    counts = {episode.get("threads") for episodes in rows.values() for episode in episodes}
     if len(counts) < 2:
         return ""
-    said = ", ".join("not recorded" if n is None else str(n) for n in counts)
+    said = ", ".join(str(n) for n in sorted(counts - {None}))
+    if None in counts:  # episodes of a bench begun before 2026-12-07, which recorded none
+        return (f"\nThe episodes run since 2026-12-07 ran with torch threads {said}; the earlier ones recorded none, "
+                "so their wall times may not compare.\n")
     return (f"\nThe episodes ran with torch threads {said} (a resumed bench changed threads=), so their wall "
             "times do not compare; results.json records each episode's threads and part.\n")
 

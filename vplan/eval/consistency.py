@@ -62,7 +62,6 @@ from vplan.utils.settings import check_ints, check_seed, check_threads
 
 FEATURES = ("vae", "resnet18")
 PSNR_PLOT = "psnr_per_chunk.png"
-# settings a resumption may change
 # settings a resumption may change (`task` changes nothing: the scenario's own subgoals are the chunks' texts)
 RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite", "task")
 

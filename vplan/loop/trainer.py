@@ -269,6 +269,12 @@ def train(
                            "out=DIR") from None
         step = state["step"]
         began = state.get(MIXED_PRECISION, accelerator.mixed_precision)  # unrecorded before 2026-12-06
+        if began not in ("no", "fp16", "bf16", "fp8") or (began == "fp16" and accelerator.device.type == "cpu"):
+            # recorded before 2026-12-07 though accelerate never applied it (fp16 on the CPU, "BF16"): it trained
+            # in full precision, as it goes on
+            accelerator.print(f"{checkpoints[-1]} records mixed precision {began!r}, which accelerate does not apply "
+                              f"on the {accelerator.device.type}: it trained, and goes on, in full precision")
+            began = "no"
         if began != accelerator.mixed_precision:  # the same weights, trained on in another precision
             raise RunError(f"{description}: {checkpoints[-1]} was trained with mixed precision {began!r}, this run "
                            f"has {accelerator.mixed_precision!r} (accelerate's setting, e.g. ACCELERATE_MIXED_"

@@ -57,6 +57,7 @@ from vplan.shipped import (
     check_outside_results,
     pin_checkpoints,
     warn_if_actions_mean_otherwise,
+    warn_if_decoded_by_another_vae,
     warn_if_trained_elsewhere,
 )
 from vplan.tasks import TaskConfig
@@ -251,6 +252,7 @@ class RLRun:
         self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
         self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
+        warn_if_decoded_by_another_vae(cfg.idm_checkpoint, self.base)
         warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint, "rewards.action_worldmodel":
                                         cfg.rewards.action_worldmodel}, action_units(cfg.env))
         require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")

@@ -70,7 +70,10 @@ def readable_as_umask_allows(path: Path) -> None:
     owner alone, beside JSON files the group could read."""
     mode = 0o666 & ~_umask()
     for file in [path] if path.is_file() else [p for p in Path(path).rglob("*") if p.is_file()]:
-        os.chmod(file, mode)
+        try:
+            os.chmod(file, mode)
+        except OSError:  # a filesystem that keeps its own permissions (some FUSE and CIFS mounts): it's to decide
+            pass
 
 
 def fsync_tree(folder: Path) -> None:
