@@ -41,7 +41,9 @@ from vplan.tasks import TaskConfig
 from vplan.utils.files import write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
-from vplan.utils.settings import changed_settings, check_ints, check_seed, check_threads, settings_record
+from vplan.utils.settings import (
+    changed_settings, check_ints, check_seed, check_threads, settings_record, thread_counts,
+)
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -184,10 +186,10 @@ def keep_episode(results: dict[str, Any], done: list[dict[str, Any]], episode: d
 def threads_note(rows: dict[str, list[dict[str, Any]]]) -> str:
     """A line for under the table where its episodes ran with more than one torch thread count (a resumed
     bench may change threads=), whose wall times do not compare; empty otherwise."""
-    counts = {episode.get("threads") for episodes in rows.values() for episode in episodes}
+    counts = thread_counts(episode for episodes in rows.values() for episode in episodes)
     if len(counts) < 2:
         return ""
-    said = ", ".join(str(n) for n in sorted(counts - {None}))
+    said = ", ".join(str(n) for n in counts if n is not None)
     if None in counts:  # episodes of a bench begun before 2026-12-07, which recorded none
         return (f"\nThe episodes run since 2026-12-07 ran with torch threads {said}; the earlier ones recorded none, "
                 "so their wall times may not compare.\n")

@@ -58,7 +58,7 @@ from vplan.utils.panels import labelled_panels
 from vplan.shipped import pin_checkpoints
 from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_ints, check_seed, check_threads
+from vplan.utils.settings import check_ints, check_seed, check_threads, thread_counts
 
 FEATURES = ("vae", "resnet18")
 PSNR_PLOT = "psnr_per_chunk.png"
@@ -354,7 +354,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
                  "copy_last_psnr_db": mean(real_rows, "copy_last_psnr_db") if all(
                      "copy_last_psnr_db" in row for row in real_rows) else None, "episodes": real_rows},
         # the torch threads the rollouts were timed with (a resumption may change them; None: not recorded)
-        "threads": sorted({row.get("threads") for rows in per_mode.values() for row in rows}, key=str),
+        "threads": thread_counts(row for rows in per_mode.values() for row in rows),
     }
     if "none" in per_mode:  # each memory's SRC against no memory on the same episodes
         for mode in per_mode:

@@ -55,7 +55,7 @@ from vplan.tasks import TaskConfig
 from vplan.utils.panels import labelled_panels
 from vplan.utils.plots import line_plot
 from vplan.utils.openmp import restores_torch_threads
-from vplan.utils.settings import check_seed, check_threads
+from vplan.utils.settings import check_seed, check_threads, thread_counts
 from vplan.worldmodel.action_encoder import CONDITIONINGS
 
 # A chunk counts as "moving" where the agent's position (metres on the tabletop, blocks on the blockworld) ends
@@ -336,7 +336,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "chunks": rows,
         "open_loop": _open_loop_summary(open_rows, cfg.compare),
         # the torch threads the chunks were scored with (a resumption may change them; None: not recorded)
-        "threads": sorted({row.get("threads") for row in rows}, key=str),
+        "threads": thread_counts(rows),
     }
     write_json(out / METRICS_FILE, metrics)
     if metrics["open_loop"]:

@@ -41,6 +41,13 @@ def check_threads(config: Any) -> None:
                          f"{config.threads}")
 
 
+def thread_counts(rows: Iterable[Mapping[str, Any]]) -> list[int | None]:
+    """The torch thread counts recorded by `rows` (episodes, chunks), ascending, with None last for rows that
+    recorded none (begun before they did): more than one means a resumption mixed timings or last bits."""
+    counts = {row.get("threads") for row in rows}
+    return sorted(counts - {None}) + ([None] if None in counts else [])
+
+
 def check_int(value: Any, name: str, low: int | None = 1) -> None:
     """`check_ints` for one value (a function's argument)."""
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
