@@ -19,9 +19,9 @@ from vplan.tasks import TaskConfig
 from vplan.worldmodel.model import WorldModel
 
 TINY_VAE = ["component.vae.block_out_channels=[8,16]", "component.vae.norm_num_groups=4", "component.vae.image_size=16"]
+# the model's vae.* and unet.sample_size are left to component.vae (the trained VAE's settings)
 TINY_WORLD_MODEL = [
     "model@component.model=tiny",  # configs/model/tiny.yaml
-    "component.model.unet.sample_size=8",
     "component.model.unet.cross_attention_dim=32",
     "component.model.text_encoder.kind=learned",
     "component.model.text_encoder.dim=32",
@@ -29,9 +29,6 @@ TINY_WORLD_MODEL = [
     "component.model.context_frames=2",
     "component.model.chunk_frames=2",
     "component.model.diffusion.num_inference_steps=2",
-    "component.model.vae.block_out_channels=[8,16]",
-    "component.model.vae.norm_num_groups=4",
-    "component.model.vae.image_size=16",
 ]
 
 TINY_MODEL = {
@@ -126,6 +123,7 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
 
     assert trained_on_env(str(wm_out / "final")) == "tabletop"  # the dataset's env, so a run elsewhere warns
     model = WorldModel.from_pretrained(wm_out / "final")
+    assert (model.config.vae.image_size, model.config.unet.sample_size) == (16, 8)  # the VAE's, not the preset's
     first = torch.zeros(1, 1, 4, 8, 8)
     chunk = model.generate(first, ["pick up the red cube"], generator=torch.Generator().manual_seed(0))
     assert chunk.shape == (1, 2, 4, 8, 8)
@@ -402,9 +400,6 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     minilm = replace(missing, vae=str(tmp_path / "vae"), init=None, model=replace(
         model_config, unet=replace(model_config.unet, cross_attention_dim=384),
         text_encoder=replace(model_config.text_encoder, kind="minilm", dim=384, path=str(tmp_path / "none"))))
-    # a model for 32x32 frames beside the 16x16 VAE: found after config.yaml, split.json and checkpoints.json
-    other_size = replace(missing, vae=str(tmp_path / "vae"), init=None, model=replace(
-        model_config, unet=replace(model_config.unet, sample_size=16), vae=replace(model_config.vae, image_size=32)))
     # a VAE for other frames than the dataset's: a traceback from the latent cache, after config.yaml was written
     from vplan.worldmodel.vae import build_vae
 
@@ -417,9 +412,6 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
                             (other_architecture, r"^component.init=.*/source: .*shape"),
                             (minilm, r"^component.model.text_encoder.path=.* holds no model.safetensors; .*, or set "
                                      r"component.model.text_encoder.kind=learned"),
-                            (other_size, r"^component.vae \(frames 16 px, latents 8 px\) does not fit component.model: "
-                                         r"expected unet.sample_size equal to the latent size of vae .*; pass "
-                                         r"component.model.unet.sample_size=8 component.model.vae.image_size=16$"),
                             (other_vae_size, r"^the dataset's frames are 16x16; component.vae=.*vae32 reads 32x32 "
                                              r"frames: pass a VAE trained on this dataset's frames$")):
         with pytest.raises(UsageError, match=said):

@@ -294,7 +294,8 @@ def _load_init(module: WorldModel, init: str) -> None:
 
 
 def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
-    """The world-model config with the trained VAE's architecture (what gets saved with the checkpoint)."""
+    """The world-model config with the trained VAE's architecture (what gets saved with the checkpoint), and the
+    UNet's latent size and channels, which follow from it (a tiny preset then needs no `vae.*` overrides)."""
     c = vae.config
     vae_config = VAEConfig(
         block_out_channels=tuple(c.block_out_channels),
@@ -306,21 +307,12 @@ def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
         scaling_factor=c.scaling_factor,
     )
     try:
-        return replace(config, vae=vae_config)
-    except ValueError as error:
-        # the model's vae.* settings must agree with its unet.sample_size as the command is read, though the
-        # VAE's own replace them: name every one to pass
-        overrides = [f"component.model.unet.sample_size={vae_config.latent_size}"] + [
-            f"component.model.vae.{f.name}={_override(getattr(vae_config, f.name))}" for f in fields(VAEConfig)
-            if getattr(vae_config, f.name) != getattr(config.vae, f.name) and f.name != "scaling_factor"]
+        unet = replace(config.unet, sample_size=vae_config.latent_size, in_channels=vae_config.latent_channels,
+                       out_channels=vae_config.latent_channels)
+        return replace(config, vae=vae_config, unet=unet)
+    except ValueError as error:  # latents the UNet's downsamplings do not divide
         raise UsageError(f"component.vae (frames {vae_config.image_size} px, latents {vae_config.latent_size} px) does "
-                         f"not fit component.model: {error}; pass {' '.join(overrides)}") from None
-
-
-def _override(value: Any) -> str:
-    """A setting's value as a command-line override writes it ([8,16] for a tuple)."""
-    return f"[{','.join(str(v) for v in value)}]" if isinstance(value, (tuple, list)) else str(value).lower() \
-        if isinstance(value, bool) else str(value)
+                         f"not fit component.model: {error}") from None
 
 
 def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> torch.Tensor:

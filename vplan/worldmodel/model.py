@@ -120,9 +120,8 @@ class WorldModelConfig:
         if self.unet.sample_size != self.vae.latent_size:
             raise ValueError(
                 f"expected unet.sample_size equal to the latent size of vae ({self.vae.image_size} px / "
-                f"{self.vae.downsample_factor} = {self.vae.latent_size}), got {self.unet.sample_size} (the vae "
-                "settings are the trained VAE's: its config.json holds them, and vplan train, given only "
-                "component.vae, names those to pass)"
+                f"{self.vae.downsample_factor} = {self.vae.latent_size}), got {self.unet.sample_size} (vplan train, "
+                "given component.vae, takes both from the trained VAE: leave them unset)"
             )
         if self.unet.cross_attention_dim != self.text_encoder.dim:
             raise ValueError(
