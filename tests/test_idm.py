@@ -36,7 +36,8 @@ from vplan.tasks import TaskConfig
 from vplan.worldmodel.model import CheckpointError, WorldModel
 from vplan.worldmodel.vae import VAEConfig, build_vae
 
-TINY_IDM = ["component.idm.image_size=16", "component.idm.channels=[8,16]", "component.idm.hidden_dim=32",
+# (its image_size follows the dataset's frames: 16)
+TINY_IDM = ["component.idm.channels=[8,16]", "component.idm.hidden_dim=32",
             "component.idm.norm_num_groups=4"]
 SMALL_OPTIM = ["component.optim.batch_size=4", "component.optim.save_every=2", "component.optim.warmup_steps=1",
                "holdout_episodes=1"]
@@ -86,6 +87,7 @@ def test_train_through_the_cli_with_a_vae_then_resume(tiny_dataset: Path, tiny_v
     result = vplan_train("component=idm", "component.optim.steps=2", *common)
     assert result.returncode == 0, result.stderr
     assert "held-out error" in result.stdout and "VAE frames" in result.stdout and "real frames" in result.stdout
+    assert "component.idm.image_size=16, the dataset's frames (not 64)" in result.stdout
     result = vplan_train("component=idm", "component.optim.steps=4", *common)  # resumes at step 2
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stdout + result.stderr
@@ -246,10 +248,9 @@ def test_cli_errors_are_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
     ("expected", "changes"),
     [
         ("no trained VAE", {"vae": "novae"}),
-        ("this IDM is for 64x64", {"idm": IDMConfig()}),  # the default IDM reads 64×64; the dataset is 16×16
-        # the dataset's size first: the VAE's advice, followed, was then refused by the dataset's check
-        ("the dataset's frames are 16x16; this IDM is for 32x32 (set component.idm.image_size=16)",
-         {"idm": IDMConfig.tiny(image_size=32), "vae": "tiny"}),
+        # an IDM set for 64x64 frames reads the dataset's 16x16 (its size follows them), unless it cannot
+        ("the dataset's frames are 16x16, which component.idm cannot read: image_size: expected a multiple of "
+         "2 ** len(channels) = 32", {"idm": IDMConfig(channels=(4, 4, 4, 4, 4), norm_num_groups=4)}),
         ("the VAE reads 32x32 frames; the dataset and this IDM 16x16 (give component.vae= a VAE trained on these "
          "frames)", {"vae": "tiny32"}),
         ("this IDM predicts (3,)", {"idm": IDMConfig.tiny(), "vae": None, "idm_action_dim": 3}),

@@ -212,14 +212,25 @@ def test_holdout_episodes_0_trains_on_every_episode_and_pins_their_number(tiny_d
     assert "the episodes trained on would change part-way" in err
 
 
-def test_a_vae_for_another_frame_size_is_refused_before_anything_is_written(tiny_dataset, tmp_path, capsys):
+def test_a_vae_takes_the_dataset_frame_size_and_says_so(tiny_dataset, tmp_path, capsys):
+    from diffusers import AutoencoderKL
+
     from vplan.cli import main
 
-    with pytest.raises(SystemExit) as stopped:  # the 64x64 default on 16x16 frames
-        main(["train", "component=vae", f"data={tiny_dataset}", f"out={tmp_path / 'vae'}", "holdout_episodes=1"])
+    small = ["component.vae.block_out_channels=[8,16]", "component.vae.norm_num_groups=4", "holdout_episodes=1"]
+    # the 64x64 default on 16x16 frames (refused before; a 16 px VAE is the only one these frames can train)
+    main(["train", "component=vae", f"data={tiny_dataset}", f"out={tmp_path / 'vae'}", "component.optim.steps=1",
+          *small])
+    assert "component.vae.image_size=16, the dataset's frames (not 64)" in capsys.readouterr().out
+    assert AutoencoderKL.from_pretrained(tmp_path / "vae" / "final").config.sample_size == 16
+    # a VAE that cannot read them: refused before anything is written
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "component=vae", f"data={tiny_dataset}", f"out={tmp_path / 'deep'}", *small,
+              "component.vae.block_out_channels=[4,4,4,4,4,4]"])
     assert stopped.value.code == 2
-    assert "the dataset's frames are 16x16; this VAE is for 64x64" in capsys.readouterr().err
-    assert not (tmp_path / "vae").exists()  # its config.yaml and split.json were written first
+    assert ("the dataset's frames are 16x16, which component.vae cannot read: image_size: expected a multiple of "
+            "the downsampling factor 32") in capsys.readouterr().err
+    assert not (tmp_path / "deep").exists()
 
 
 def test_training_episodes_on_held_out_seeds_are_named(tmp_path):

@@ -118,6 +118,20 @@ class TrainConfig:
                              f"choose the component with component={name}")
 
 
+def _sized_for(config: Any, frames: tuple[int, ...], setting: str) -> Any:
+    """A VAE's or an IDM's `config` for the dataset's square `frames`: the only size it could train on, so its
+    `image_size` follows them (said, since the command gave another, if only by default)."""
+    if frames[0] != frames[1] or config.image_size == frames[0]:
+        return config  # (a frame of another shape is refused as it is checked)
+    try:
+        sized = replace(config, image_size=frames[0])
+    except ValueError as error:
+        raise UsageError(f"the dataset's frames are {frames[0]}x{frames[1]}, which {setting} cannot read: "
+                         f"{error}") from None
+    print(f"{setting}.image_size={frames[0]}, the dataset's frames (not {config.image_size})")
+    return sized
+
+
 def _check_frame_size(frames: tuple[int, ...], image_size: int) -> None:
     if frames != (image_size, image_size):
         raise UsageError(f"the dataset's frames are {frames[0]}x{frames[1]}; this VAE is for {image_size}x{image_size} "
@@ -390,6 +404,11 @@ def _train_component(cfg: TrainConfig) -> Path:
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
         resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
     frames = tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2])  # from the metadata: nothing decoded
+    if isinstance(component, VAETrainConfig):
+        component = replace(component, vae=_sized_for(component.vae, frames, "component.vae"))
+    if isinstance(component, IDMTrainConfig):
+        component = replace(component, idm=_sized_for(component.idm, frames, "component.idm"))
+    cfg = replace(cfg, component=component)
     if isinstance(component, WorldModelTrainConfig):  # before anything is written or encoded
         size = vae.config.sample_size if vae is not None else component.model.vae.image_size
         if frames != (size, size):
