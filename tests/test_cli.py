@@ -129,11 +129,17 @@ def test_default_out_follows_the_task():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["colect"], "unknown command 'colect'; valid commands: " + ", ".join(c.name for c in COMMANDS)),
+        (["colect"], "unknown command 'colect'; did you mean 'collect'? valid commands: "
+                     + ", ".join(c.name for c in COMMANDS)),
         (["episodes=3"], "expected a command before 'episodes=3', e.g. vplan run episodes=3; valid commands: "),
         (["bench", "nothing"], "unknown command 'bench nothing'"),
         (["bench", "--help"], "'bench' needs one more word, one of: env, executor, memory, planning, worldmodel"),
-        (["collect", "episodez=3"], "unknown key 'episodez'; valid keys:"),
+        (["collect", "episodez=3"], "unknown key 'episodez' (did you mean episodes?); valid keys:"),
+        (["train", "component.idm.image_size=16"],  # the README's IDM command without component=idm
+         "unknown key 'component.idm.image_size': a setting of component=idm (chosen: worldmodel); valid keys of "
+         "component: "),
+        (["rl", "plan_offsets=[0,null]"], "bad value for 'plan_offsets[1]': expected an int, got null"),  # was: "a
+        # group of settings"
         (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),
         (["collect", "env=moon"], "unknown env 'moon'; valid choices: " + ", ".join(preset_names("env"))),
         (["collect", "task=fly"], "unknown task 'fly'; valid choices: " + ", ".join(preset_names("task"))),
@@ -300,20 +306,56 @@ def test_an_error_starts_its_own_line_after_a_progress_bar(capsys):
     assert capsys.readouterr().err.splitlines()[-1] == "vplan x: error: it broke"
 
 
+@pytest.mark.parametrize("where", ["settings", "command"])
+@pytest.mark.parametrize("wrapped", [False, True])
 @pytest.mark.parametrize(("stop", "code", "said"), [("KeyboardInterrupt", 130, "interrupted"),
                                                     ("Terminated", 143, "terminated (SIGTERM)")])
-def test_a_stop_while_the_settings_are_read_exits_as_the_signal_says(monkeypatch, capsys, stop, code, said):
-    """Ctrl-C exits 130; a SIGTERM (a job scheduler's stop) stops a command as Ctrl-C does, and exits 143."""
+def test_a_stop_exits_as_the_signal_says(monkeypatch, capsys, tmp_path, stop, code, said, wrapped, where):
+    """Ctrl-C exits 130; a SIGTERM (a job scheduler's stop) stops a command as Ctrl-C does, and exits 143; so does
+    one an extension's import turned into another error (mujoco's `ImportError: initialization failed`), while
+    the settings are read or the command runs."""
     import vplan.cli
     from vplan.utils.interrupts import Terminated
 
     def stopped(*args):
-        raise {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[stop]
+        signal = {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[stop]()
+        if not wrapped:
+            raise signal
+        try:
+            raise signal
+        except KeyboardInterrupt as error:
+            raise ImportError("initialization failed") from error
 
-    monkeypatch.setattr(vplan.cli, "compose_config", stopped)
+    if where == "settings":
+        monkeypatch.setattr(vplan.cli, "compose_config", stopped)
+    else:
+        monkeypatch.setattr(vplan.cli.Command, "load", lambda self: stopped)
     with pytest.raises(SystemExit) as exit_info:
-        vplan.cli.main(["collect"])
+        vplan.cli.main(["collect", f"out={tmp_path / 'data'}"])
     assert exit_info.value.code == code and capsys.readouterr().err == f"vplan collect: {said}\n"
+
+
+def test_another_error_while_the_settings_are_read_is_raised_as_it_is(monkeypatch):
+    import vplan.cli
+
+    def broken(*args):
+        raise ImportError("a missing library")
+
+    monkeypatch.setattr(vplan.cli, "compose_config", broken)
+    with pytest.raises(ImportError, match="a missing library"):
+        vplan.cli.main(["collect"])
+
+
+def test_a_home_folder_the_shell_left_as_tilde_is_written_out(monkeypatch, capsys, tmp_path):
+    """dash and zsh pass `out=~/x` as it is: Hydra cannot read it unquoted, and quoted it named a folder `~`."""
+    from vplan.cli import _home_expanded, main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for given in ("out=~/my data", "out='~/my data'", 'out="~/my data"'):
+        main(["collect", given, "--help"])
+        assert f"\nout: {tmp_path}/my data\n" in capsys.readouterr().out
+    for kept in ("task.instruction=~a text", "out=a~b", "~out", "out=~no_such_user_here/x"):
+        assert _home_expanded(kept) == kept
 
 
 def test_a_bench_refuses_its_out_before_it_times_anything(tmp_path, monkeypatch):

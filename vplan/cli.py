@@ -7,6 +7,7 @@ keys and types and the dataclasses hold the only defaults. Bad input never shows
 
 from __future__ import annotations
 
+import difflib
 import errno
 import importlib
 import os
@@ -226,9 +227,14 @@ def _find_command(args: list[str]) -> tuple[Command, list[str]]:
         raise UsageError(f"{' '.join(words)!r} needs one more word, one of: {', '.join(following)} (e.g. vplan "
                          f"{' '.join(words)} {following[0]} --help)")
     valid = ", ".join(c.name for c in COMMANDS)
+    close = difflib.get_close_matches(" ".join(words), [c.name for c in COMMANDS], n=1)
+    if close:
+        valid = f"did you mean {close[0]!r}? valid commands: {valid}"
+    else:
+        valid = f"valid commands: {valid}"
     if not words and args:  # `vplan episodes=3`, `vplan -v`
-        raise UsageError(f"expected a command before {args[0]!r}, e.g. vplan run episodes=3; valid commands: {valid}")
-    raise UsageError(f"unknown command {' '.join(words)!r}; valid commands: {valid}")
+        raise UsageError(f"expected a command before {args[0]!r}, e.g. vplan run episodes=3; {valid}")
+    raise UsageError(f"unknown command {' '.join(words)!r}; {valid}")
 
 
 def _register_schemas() -> None:
@@ -253,20 +259,58 @@ def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_message(base: Any, key: str, known: set[str]) -> str:
-    """Name the valid keys next to the bad one: the children of its deepest existing parent."""
+_HOME_VALUE = re.compile(r"^(?P<key>[^=]+=)(?P<quote>['\"]?)(?P<path>~[^/'\"]*(/[^'\"]*)?)(?P=quote)$")
+
+
+def _home_expanded(override: str) -> str:
+    """`out=~/runs` with the home folder written out, as bash does where dash and zsh leave `~` to the program
+    (Hydra cannot read it unquoted, and quoted it named a folder `~` in the current one)."""
+    match = _HOME_VALUE.match(override)
+    if match is None:
+        return override
+    path = os.path.expanduser(match["path"])
+    if path == match["path"] or "'" in path:  # an unknown user's ~name: left to say itself
+        return override
+    return f"{match['key']}'{path}'"
+
+
+def _unknown_key_message(base: Any, key: str, known: set[str], groups: Any) -> str:
+    """Name the valid keys next to the bad one: the children of its deepest existing parent, the close match
+    among them, and the other choice of a config group that has it (`component.idm.*` needs `component=idm`)."""
     from omegaconf import DictConfig, OmegaConf
 
     parent = key
     while parent and parent not in known:
         parent = parent.rsplit(".", 1)[0] if "." in parent else ""
-    if not parent:
-        return f"unknown key {key!r}; valid keys: {', '.join(k for k in _flat_keys(base) if '.' not in k)}"
-    if not isinstance(OmegaConf.select(base, parent), DictConfig):
+    if parent and not isinstance(OmegaConf.select(base, parent), DictConfig):
         return f"unknown key {key!r}: {parent} is one setting, not a group of them; give {parent}=VALUE"
-    depth = parent.count(".") + 1
-    children = [k for k in _flat_keys(OmegaConf.select(base, parent), f"{parent}.") if k.count(".") == depth]
-    return f"unknown key {key!r}; valid keys of {parent}: {', '.join(children)}"
+    depth = parent.count(".") + 1 if parent else 0
+    children = [k for k in (_flat_keys(OmegaConf.select(base, parent), f"{parent}.") if parent else _flat_keys(base))
+                if k.count(".") == depth]
+    hint = _other_choices_with(key, groups)
+    if not hint:
+        close = difflib.get_close_matches(".".join(key.split(".")[: depth + 1]), children, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown key {key!r}{hint}; valid keys{f' of {parent}' if parent else ''}: {', '.join(children)}"
+
+
+def _other_choices_with(key: str, groups: Any) -> str:
+    """`: a setting of component=idm (chosen: worldmodel)` where a config group's other choices have `key`."""
+    from omegaconf import OmegaConf
+
+    group, _, rest = key.partition(".")
+    if not rest or group not in groups:
+        return ""
+    having = []
+    for (schema_group, name), target in SCHEMAS.items():
+        option = name.removesuffix("_schema")
+        if schema_group != group or option == groups[group] or option not in preset_names(group):
+            continue
+        module_name, class_name = target.split(":")
+        schema = OmegaConf.structured(getattr(importlib.import_module(module_name), class_name))
+        if rest in _flat_keys(schema):
+            having.append(f"{group}={option}")
+    return f": a setting of {' or '.join(having)} (chosen: {groups[group]})" if having else ""
 
 
 def _misplaced_group_message(error: Exception, groups: Any, group_overrides: list[str]) -> str:
@@ -311,6 +355,7 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
 
     from vplan.planner.config import redact_secrets
 
+    overrides = [_home_expanded(override) for override in overrides]
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -346,7 +391,9 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             if key in groups and not key.startswith("hydra"):
                 options = preset_names(key)
                 if override.value() not in options:
-                    raise UsageError(f"unknown {key} {override.value()!r}; valid choices: {', '.join(options)}")
+                    close = difflib.get_close_matches(str(override.value()), options, n=1)
+                    raise UsageError(f"unknown {key} {override.value()!r}" + (f" (did you mean {close[0]}?)" if close
+                                     else "") + f"; valid choices: {', '.join(options)}")
                 group_overrides.append(override.input_line)
         try:
             base = compose(command.config_name, overrides=group_overrides)
@@ -356,7 +403,7 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
         for override in parsed:
             key = override.key_or_group + (f"@{override.package}" if override.package else "")
             if key not in groups and key not in known:
-                raise UsageError(_unknown_key_message(base, key, known))
+                raise UsageError(_unknown_key_message(base, key, known, groups))
             if key in known:
                 _check_bool_value(base, override)
         try:
@@ -367,6 +414,9 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
             message = first_line(cause or error) if not (key and _is_secret(key)) else "expected a string"
             if key and "is not a ListConfig" in message:  # modes=none for modes=[none]
                 message = f"expected a list, in brackets: {key}=[...]"
+            elif key and "NoneType is not a subclass of" in message:  # modes=[none,null]
+                wanted = re.search(r"is not a subclass of (\w+)", message)[1]
+                message = f"expected {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, got null"
             elif key and "Invalid type assigned" in message and "is not a subclass of" in message:  # agent=3
                 raise UsageError(f"{key} is a group of settings, not one; give {key}.KEY=VALUE (`vplan "
                                  f"{command.name} --help` lists them)") from None
@@ -574,6 +624,8 @@ def _main(argv: list[str] | None) -> None:
         _fail(prog, str(error))
     except KeyboardInterrupt as stop:  # while the settings are read (the heavy imports take seconds)
         _interrupted(prog, stop)
+    except Exception as error:  # a Ctrl-C in mujoco's import arrives as an ImportError raised from it
+        _interrupted(prog, _interrupt_behind(error))
     # under a launcher (train only) the first process holds out= for them all
     out = getattr(config, "out", None) if os.environ.get("RANK", "0") == "0" else None
     try:
@@ -598,8 +650,21 @@ def _main(argv: list[str] | None) -> None:
     except Exception as error:  # safetensors' writes say a full disk in their own error type
         code = _storage_error_of_safetensors(error)
         if code is None:
-            raise
+            _interrupted(prog, _interrupt_behind(error))
         _fail(prog, f"{os.strerror(code)}; {_FREE_SPACE}", RUN_ERROR)
+
+
+def _interrupt_behind(error: Exception) -> KeyboardInterrupt:
+    """The Ctrl-C (or SIGTERM) that `error` was raised from, as an extension's import reraises it (mujoco's:
+    `ImportError: initialization failed`); `error` itself, raised again, when there is none."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    raise error
 
 
 def _storage_error_of_safetensors(error: Exception) -> int | None:
