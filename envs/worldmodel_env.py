@@ -139,6 +139,8 @@ class WorldModelEnv(gym.Env):
             raise ValueError("options: expected a frame or a dataset to start from, got both")
         if "episode" in options and "dataset" not in options:
             raise ValueError("options: 'episode' is an episode of options['dataset'], which is missing")
+        if isinstance(options.get("episode"), np.integer):  # an index from numpy, as reset_batch takes its seeds
+            options["episode"] = int(options["episode"])
         if "episode" in options:
             check_int(options["episode"], "options['episode']", low=0)  # 1.9 read as 1, None a TypeError
         if not isinstance(options.get("text", ""), str):  # a text+action model failed at step, an action model kept it

@@ -4,6 +4,7 @@ text-only checkpoints are untouched, and `vplan train` trains, saves and reloads
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -376,8 +377,25 @@ def test_vplan_train_an_action_model_then_save_and_reload_bit_exactly(tiny_datas
 
     bad = vplan_train("component.model.action_dim=3", f"out={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "set component.model.action_dim=4" in bad.stderr
+    assert not (tmp_path / "bad").exists()  # read from the metadata: refused before any latent was encoded
     bad = vplan_train("component.model.conditioning=actions", f"out={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "conditioning: expected one of ('text', 'action', 'text+action')" in bad.stderr
+
+
+def test_init_from_a_model_with_a_frame_embedding_names_the_settings_to_continue_from_it(tmp_path):
+    """The README's "more steps from the shipped action model" without its frame embedding's settings was
+    refused naming four unexpected tensors."""
+    from vplan.errors import UsageError
+    from vplan.loop.train import _load_init
+
+    WorldModel(tiny_config("action", action_frame_embedding=True)).save_pretrained(tmp_path / "source")
+    for ours, said in ((tiny_config("text"), "pass component.model.conditioning=action "
+                                             "component.model.action_frame_embedding=true$"),
+                       (tiny_config("action"), "pass component.model.action_frame_embedding=true$")):
+        with pytest.raises(UsageError, match=f"component.init=.*source gives each frame its action through a frame "
+                                             f"embedding, which this model has not; to continue from it, {said}"):
+            _load_init(WorldModel(ours), str(tmp_path / "source"))
+    _load_init(WorldModel(tiny_config("action", action_frame_embedding=True)), str(tmp_path / "source"))
 
 
 def test_eval_worldmodel_warns_of_an_action_model_trained_on_actions_of_another_scale(tmp_path):
@@ -394,6 +412,26 @@ def test_eval_worldmodel_warns_of_an_action_model_trained_on_actions_of_another_
             env=TabletopConfig(image_size=16, max_episode_steps=20), task=task, checkpoint=str(tmp_path / "wm"),
             episodes=1, out=str(tmp_path / "run"), video_chunks=0, rollout_chunks=0,
         ))
+
+
+@pytest.mark.parametrize("setting", ["checkpoint", "compare"])
+def test_eval_worldmodel_refuses_an_action_model_of_another_action_dim_before_anything_is_written(tmp_path, setting):
+    """It was refused in the first episode, after its records were written and an expert episode played, and the
+    message named no setting."""
+    from vplan.errors import UsageError
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+
+    torch.manual_seed(0)
+    WorldModel(tiny_config("action", action_dim=7)).save_pretrained(tmp_path / "seven")
+    WorldModel(tiny_config("text")).save_pretrained(tmp_path / "text")
+    models = {"checkpoint": str(tmp_path / "text"), "compare": str(tmp_path / "text"), setting: str(tmp_path / "seven")}
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    with pytest.raises(UsageError, match=rf"^{setting}={re.escape(models[setting])}: an action model of action_dim 7, "
+                                         r"and the env's actions have 4 values; pass one trained on this env's"):
+        evaluate_worldmodel(EvalWorldModelConfig(
+            env=TabletopConfig(image_size=16, max_episode_steps=20), task=task, episodes=1, out=str(tmp_path / "run"),
+            video_chunks=0, rollout_chunks=1, **models))
+    assert not (tmp_path / "run").exists()
 
 
 def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, monkeypatch):

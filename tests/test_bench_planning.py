@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -152,7 +153,9 @@ def test_a_temp_lora_setting_the_unet_refuses_is_named_before_anything_runs(chec
                                                   ("run_dir", "a training run's directory; pass finetuned="),
                                                   ("unreadable", "config.json: expected JSON, got a file that does"),
                                                   ("other_env", "finetuned on blockworld episodes, and this bench "
-                                                                "runs tabletop")])
+                                                                "runs tabletop"),
+                                                  ("action_model", "a world model conditioned on 'action', and bench "
+                                                                   "planning conditions it on the subgoal text alone")])
 def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpoints, tmp_path, capsys, finetuned,
                                                                           said):
     """Only a path that does not exist yet may come later; a shipped name or an existing folder is checked first
@@ -170,6 +173,11 @@ def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpo
         payload = json.loads((tmp_path / "other_env" / "config.json").read_text())
         (tmp_path / "other_env" / "config.json").write_text(json.dumps({**payload, "trained_on_env": "blockworld"}))
         finetuned = str(tmp_path / "other_env")
+    if finetuned == "action_model":  # refused by the agent after the slow model's rows, naming worldmodel=
+        from vplan.worldmodel.model import WorldModel
+
+        WorldModel(replace(tiny_world_model().config, conditioning="action")).save_pretrained(tmp_path / "action_model")
+        finetuned = str(tmp_path / "action_model")
     out = tmp_path / "b"
     with pytest.raises(SystemExit) as exit_info:
         main([a for a in bench_args(checkpoints, out) if not a.startswith("finetuned=")] + [f"finetuned={finetuned}"])

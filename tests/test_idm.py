@@ -33,7 +33,7 @@ from vplan.loop.trainer import OptimConfig
 from vplan.policies.idm import IDMConfig, IDMInputError, IDMPolicy, windows
 from vplan.shipped import trained_on_env
 from vplan.tasks import TaskConfig
-from vplan.worldmodel.model import CheckpointError, WorldModel
+from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig
 from vplan.worldmodel.vae import VAEConfig, build_vae
 
 # (its image_size follows the dataset's frames: 16)
@@ -596,6 +596,23 @@ def moves_dataset(tmp_path_factory) -> Path:
     task = TaskConfig.preset("retrace")
     collect(CollectConfig(env=BlockworldConfig(image_size=16), task=task, episodes=3, out=str(out)))
     return out
+
+
+def test_a_vae_from_another_envs_model_is_warned_of(moves_dataset: Path, tmp_path: Path) -> None:
+    """The tabletop's VAE draws blockworld frames at 11.8 dB: an IDM (or world model) trained through it was
+    labelled blockworld, so nothing later warned either."""
+    from test_train import TINY_MODEL
+
+    from vplan.shipped import OtherEnvWarning
+
+    WorldModel(WorldModelConfig.from_dict(TINY_MODEL)).save_pretrained(tmp_path / "tabletop_wm", trained_on_env="tabletop")
+    config = IDMConfig(**{**IDMConfig.tiny().to_dict(), "num_moves": 5})
+    component = IDMTrainConfig(idm=config, vae=str(tmp_path / "tabletop_wm"), label="commanded",
+                               optim=OptimConfig(steps=1, batch_size=4, warmup_steps=1))
+    with pytest.warns(OtherEnvWarning, match="component.vae=.*tabletop_wm was trained on tabletop episodes, and this "
+                                             "env is blockworld"):
+        train_component(TrainConfig(component=component, data=str(moves_dataset), out=str(tmp_path / "idm"),
+                                    holdout_episodes=1))
 
 
 def test_a_moves_idm_is_a_classifier_trained_on_the_dataset_moves(moves_dataset: Path, tmp_path: Path, capsys) -> None:

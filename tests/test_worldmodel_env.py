@@ -197,6 +197,9 @@ def test_reset_from_a_dataset_episode(model, tmp_path):
     first = EpisodeDataset(data).episode(0)[OBS_IMAGE_FRONT][0]
     obs, _ = WorldModelEnv(model=model).reset(seed=0, options={"dataset": str(data), "episode": 0})
     assert np.array_equal(obs, first)
+    # an index from numpy, as reset_batch takes numpy seeds (it was "expected an int >= 0, got np.int64(0)")
+    obs, _ = WorldModelEnv(model=model).reset(seed=0, options={"dataset": str(data), "episode": np.int64(0)})
+    assert np.array_equal(obs, first)
 
 
 def test_the_shipped_action_model_runs_as_the_imagined_tabletop():

@@ -249,7 +249,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from vplan.run import run_episode, show_chunk
     from vplan.memory.temp_lora import check_target_modules
     from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_training_seeds
-    from vplan.worldmodel.model import read_config
+    from vplan.worldmodel.model import read_config, require_text_conditioned
     from vplan.worldmodel.unet import build_unet
 
     warn_if_training_seeds(cfg.seed)
@@ -265,10 +265,13 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"
     # the Temp-LoRA rows come after an hour of others: their setting is checked on the UNet's layout now, and a
-    # finetuned model's config.json read (one that does not parse was found after the slow model's rows)
+    # finetuned model's config.json read and its conditioning checked (found after the slow model's rows, an
+    # action model named worldmodel=)
     settings = read_config(resolve_checkpoint(cfg.worldmodel))
+    require_text_conditioned(settings, f"worldmodel={cfg.worldmodel}", "bench planning")
     if not later:
-        read_config(resolve_checkpoint(cfg.finetuned))
+        require_text_conditioned(read_config(resolve_checkpoint(cfg.finetuned)), f"finetuned={cfg.finetuned}",
+                                 "bench planning", fix="one `vplan finetune` made")
     check_target_modules(cfg.memory, build_unet(settings.unet, settings.frame_input_size), "memory.target_modules")
     if not _exists(cfg.finetuned):
         print(f"warning: {missing}; the slow-learned model's rows run first, then the bench stops for it "

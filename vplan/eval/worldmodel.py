@@ -271,17 +271,19 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     pinned = {name: spec for name, spec in checkpoints.items() if spec is not None}
     empty = {"episodes": [], "chunks": [], "open_loop": []}
-    progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, empty, _finished,
-                                 [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO], summaries=[OPEN_LOOP_PLOT],
-                                 marks={"noise": (NOISE, NOISE_BEFORE)}, pinned=pinned)
-    pin_checkpoints(out, pinned, resuming=cfg.resume and bool(progress["episodes"]))
-    show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
-    if (out / GRID_FILE).is_file():
-        _say_if_grid_kept_short(out / GRID_FILE, cfg.video_chunks, model.config.chunk_frames)
-    grid = _grid_so_far(out / GRID_SO_FAR, progress["episodes"]) if show_grid else []
-    todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
     env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
     try:
+        _check_action_dim(env.action_space, {"checkpoint": (cfg.checkpoint, model),
+                                             "compare": (cfg.compare, compare)})
+        progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, empty, _finished,
+                                     [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO], summaries=[OPEN_LOOP_PLOT],
+                                     marks={"noise": (NOISE, NOISE_BEFORE)}, pinned=pinned)
+        pin_checkpoints(out, pinned, resuming=cfg.resume and bool(progress["episodes"]))
+        show_grid = cfg.video_chunks > 0 and not (out / GRID_FILE).is_file()  # a resumed run may have written it
+        if (out / GRID_FILE).is_file():
+            _say_if_grid_kept_short(out / GRID_FILE, cfg.video_chunks, model.config.chunk_frames)
+        grid = _grid_so_far(out / GRID_SO_FAR, progress["episodes"]) if show_grid else []
+        todo = [episode for episode in range(cfg.episodes) if episode not in progress["episodes"]]
         for episode in (bar := tqdm(todo, desc="eval worldmodel", unit="episode", total=cfg.episodes,
                                     initial=cfg.episodes - len(todo))):
             rows, open_rows = _evaluate_episode(cfg, episode, env, expert, model, compare, idm, grid, out,
@@ -379,7 +381,6 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
     `video_chunks`), and the open-loop rollout's chunks (episode 0's written as an MP4); `say` shows how far it
     is (an episode takes ~30 s with the shipped model)."""
     from vplan.data.collect import rollout_expert
-    from vplan.errors import UsageError
 
     context_n, chunk_n = model.config.context_frames, model.config.chunk_frames
     rows: list[dict[str, Any]] = []
@@ -389,12 +390,6 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
     state = np.asarray(frames_np[OBS_STATE], np.float64)
     latents = model.encode(frames[None])[0]
     actions = torch.as_tensor(np.asarray(frames_np[ACTION]), dtype=torch.float32).reshape(len(frames), -1)
-    for checked in (model, compare):
-        if checked is not None and checked.config.uses_actions and actions.shape[1] != checked.config.action_dim:
-            raise UsageError(
-                f"the env's actions have {actions.shape[1]} values, a checkpoint's action_dim is "
-                f"{checked.config.action_dim}"
-            )
     chunks = min(cfg.rollout_chunks, (len(frames) - context_n) // chunk_n)
     if chunks:
         seed = scene_seed(cfg.seed + episode, 0)
@@ -464,6 +459,19 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
             grid.append((np.concatenate([real.numpy(), predicted.numpy()], axis=1),
                          f"episode {episode}, frames {start}-{start + chunk_n - 1}: {true_text}"))
     return rows, open_rows
+
+
+def _check_action_dim(space: Any, models: dict[str, tuple[Optional[str], Any]]) -> None:
+    """A UsageError naming the setting (name -> (checkpoint, loaded model or None)) of an action model that takes
+    another number of values per action than the env's `space` holds: before anything is written (it was found
+    in the first episode, after the records were written and an expert episode played)."""
+    from vplan.errors import UsageError
+
+    width = int(np.prod(space.shape))  # a Discrete's move: one value
+    for name, (checkpoint, model) in models.items():
+        if model is not None and model.config.uses_actions and model.config.action_dim != width:
+            raise UsageError(f"{name}={checkpoint}: an action model of action_dim {model.config.action_dim}, and the "
+                             f"env's actions have {width} values; pass one trained on this env's actions")
 
 
 def _closer(psnr: float, other_psnr: float) -> float:

@@ -32,7 +32,8 @@ from vplan.loop.trainer import (
     FINAL, OptimConfig, check_batch_splits, check_steps_reach, is_main_process, main_process_first,
     only_the_main_process_prints, process_count, train,
 )
-from vplan.shipped import PREFIX, check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint
+from vplan.shipped import (PREFIX, check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint,
+                           warn_if_trained_elsewhere)
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
     CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, write_config,
@@ -290,13 +291,20 @@ def _load_init(module: WorldModel, init: str) -> None:
         # a text-conditioned source gives an action-conditioned model all but its (new) action encoder,
         # a source without a frame embedding all but that (new, at zero output)
         source_config = read_config(source)
+        ours = module.config
+        if source_config.frame_input_size and source_config.frame_input_size != ours.frame_input_size:
+            settings = ("conditioning", "action_frame_embedding", "action_dim")
+            raise UsageError(f"component.init={init} gives each frame its action through a frame embedding, which "
+                             "this model has not; to continue from it, pass " + " ".join(
+                                 f"component.model.{name}={str(getattr(source_config, name)).lower()}"
+                                 for name in settings if getattr(source_config, name) != getattr(ours, name)))
         module.load_weights(
             source, vae=False, action_encoder=source_config.uses_actions,
             frame_embedding=source_config.frame_input_size == module.config.frame_input_size,
         )
     except CheckpointError as error:
         raise UsageError(f"component.init={init}: {error}") from None
-    ours, theirs = module.config.diffusion, source_config.diffusion
+    ours, theirs = ours.diffusion, source_config.diffusion
     compared = ["objective", "num_train_timesteps"]
     if ours.objective == theirs.objective == "epsilon":  # flow matching has no betas
         compared += ["beta_schedule", "beta_start", "beta_end"]
@@ -329,17 +337,24 @@ def _with_vae(config: WorldModelConfig, vae: Any) -> WorldModelConfig:
                          f"not fit component.model: {error}") from None
 
 
-def _episode_actions(episode: dict[str, Any], action_dim: int, data: str) -> torch.Tensor:
-    """An episode's low-level actions as float32 (T, action_dim), or a UsageError naming the setting to change."""
-    if ACTION not in episode:
+def _check_actions_fit(features: dict[str, Any], action_dim: int, data: str) -> None:
+    """A UsageError, from the dataset's metadata (before anything is written or encoded), where its actions cannot
+    condition a model of `action_dim` values."""
+    if ACTION not in features:
         raise UsageError(f"{data} has no {ACTION!r} column for an action-conditioned world model")
+    if str(features[ACTION].get("dtype", "")).startswith("int"):
+        raise UsageError(f"{data} holds discrete moves (its actions are {features[ACTION]['dtype']}), and action "
+                         "conditioning reads continuous actions only (moves are not built yet: they would be read as "
+                         "one number each); train a text-conditioned model (component.model.conditioning=text)")
+    values = int(np.prod(features[ACTION]["shape"]))
+    if values != action_dim:
+        raise UsageError(f"the actions in {data} have {values} values; set component.model.action_dim={values}")
+
+
+def _episode_actions(episode: dict[str, Any]) -> torch.Tensor:
+    """An episode's low-level actions as float32 (T, values) (`_check_actions_fit` read their shape before)."""
     # a copy (np.array): the dataset's arrays are read-only, which torch warns about
-    actions = torch.as_tensor(np.array(episode[ACTION], dtype=np.float32)).reshape(len(episode[ACTION]), -1)
-    if actions.shape[1] != action_dim:
-        raise UsageError(
-            f"the actions in {data} have {actions.shape[1]} values; set component.model.action_dim={actions.shape[1]}"
-        )
-    return actions
+    return torch.as_tensor(np.array(episode[ACTION], dtype=np.float32)).reshape(len(episode[ACTION]), -1)
 
 
 def _record_config(cfg: TrainConfig, out: Path, resuming: bool, write: bool) -> None:
@@ -401,6 +416,8 @@ def _train_component(cfg: TrainConfig) -> Path:
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(
         component.vae, optional=isinstance(component, IDMTrainConfig))
+    if vae is not None and dataset.env is not None:  # the tabletop's VAE draws blockworld frames at 11.8 dB
+        warn_if_trained_elsewhere({"component.vae": component.vae}, dataset.env)
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
         resolve_minilm_dir(component.model.text_encoder.path, "component.model.text_encoder.path")
     frames = tuple(dataset.info["features"][OBS_IMAGE_FRONT]["shape"][:2])  # from the metadata: nothing decoded
@@ -429,12 +446,8 @@ def _train_component(cfg: TrainConfig) -> Path:
             check_checkpoints_exist({"component.init": component.init})
             # loaded into a throwaway model: one of another architecture would be found after the latents were made
             _load_init(WorldModel(model_config, vae=vae), component.init)
-    if isinstance(component, WorldModelTrainConfig) and component.model.uses_actions and \
-            str(dataset.info["features"].get(ACTION, {}).get("dtype", "")).startswith("int"):
-        raise UsageError(f"{cfg.data} holds discrete moves (its actions are {dataset.info['features'][ACTION]['dtype']}"
-                         "), and action conditioning reads continuous actions only (moves are not built yet: they "
-                         "would be read as one number each); train a text-conditioned model "
-                         "(component.model.conditioning=text)")
+    if isinstance(component, WorldModelTrainConfig) and component.model.uses_actions:
+        _check_actions_fit(dataset.info["features"], component.model.action_dim, cfg.data)
     if isinstance(component, IDMTrainConfig):
         check_fits(dataset, component, vae)
     if isinstance(component, VAETrainConfig):
@@ -500,7 +513,7 @@ def _train_and_write(
         episode = dataset.episode(e)
         texts.append(list(episode[SUBGOAL]))
         if component.model.uses_actions:
-            actions.append(_episode_actions(episode, component.model.action_dim, cfg.data))
+            actions.append(_episode_actions(episode))
     training = WorldModelTraining(component, latents, texts, vae, actions if component.model.uses_actions else None,
                                   resuming=resuming)
     train(training, component.optim, out, "train worldmodel")
