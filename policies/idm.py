@@ -343,7 +343,7 @@ class IDMPolicy(nn.Module):
 
 def read_config(path: str | Path) -> IDMConfig:
     """The `IDMConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
-    return read_pretrained_config(path, IDMConfig, CHECKPOINT_KIND, FORMAT_VERSION, "IDM")
+    return read_pretrained_config(path, IDMConfig, CHECKPOINT_KIND, FORMAT_VERSION, "IDM", added_later=("num_moves",))
 
 
 def windows(frames: torch.Tensor, steps: Any, history_frames: int) -> torch.Tensor:

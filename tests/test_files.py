@@ -335,6 +335,20 @@ def test_a_training_checkpoint_passed_as_a_model_says_how_to_finish_it(tmp_path)
             check_checkpoints_exist({"worldmodel": str(given)})
 
 
+def test_a_training_checkpoint_of_a_finished_run_says_to_pass_its_final(tmp_path):
+    """A checkpoint-N folder of a run that has its final/ was told to run the same command again to finish it."""
+    from vplan.errors import UsageError
+    from vplan.shipped import check_checkpoints_exist
+
+    model = torch.nn.Linear(2, 2)
+    step = save_checkpoint(tmp_path, 300, model, torch.optim.AdamW(model.parameters()), {})
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match=rf"^worldmodel={step}: a training checkpoint, for resuming, not loading; its "
+                                         rf"run has finished: pass worldmodel={tmp_path}/final$"):
+        check_checkpoints_exist({"worldmodel": str(step)})
+
+
 def test_an_optimizer_file_without_metadata_is_an_error_the_trainer_names(tmp_path):
     """A safetensors file not written by save_optimizer has no metadata: a TypeError, which the trainer's
     one-line handler (RuntimeError, ValueError, KeyError) did not catch."""

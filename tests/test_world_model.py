@@ -281,6 +281,67 @@ def test_weights_holding_nan_are_refused_at_load(model: WorldModel, tmp_path: Pa
         WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())
 
 
+def test_integer_weights_for_float_tensors_are_refused(model: WorldModel, tmp_path: Path) -> None:
+    """Only shapes were compared: an int32 tensor where the model has a float one loaded, cast silently."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "unet.safetensors"
+    state = load_file(weights)
+    name = sorted(state)[0]
+    state[name] = state[name].to(torch.int32)
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match=f"unet.safetensors: tensor '{name}' holds integers or booleans in the "
+                                              "checkpoint but floats in the model"):
+        WorldModel.from_pretrained(tmp_path, text_encoder=StubTextEncoder())  # the header check
+    with pytest.raises(CheckpointError, match=f"unet.safetensors: tensor '{name}' holds integers"):
+        tiny_model().load_weights(tmp_path)  # the load itself
+    save_file({**state, name: state[name].half()}, weights)  # another float width is cast, as before
+    tiny_model().load_weights(tmp_path)
+
+
+def test_a_vae_folder_is_checked_as_a_world_models_weights(tmp_path: Path) -> None:
+    """A VAE `vplan train component=vae` wrote (diffusers' save_pretrained) went through diffusers' loader: missing
+    tensors stayed on the meta device, NaN ones decoded black frames, a config.json of another type was a traceback."""
+    from safetensors.torch import load_file, save_file
+
+    from vplan.worldmodel.model import load_vae
+    from vplan.worldmodel.vae import build_vae
+
+    torch.manual_seed(0)
+    trained = build_vae(VAEConfig.tiny(image_size=FRAME))
+    trained.register_to_config(scaling_factor=0.9)
+    trained.save_pretrained(tmp_path / "good", safe_serialization=True)
+    loaded = load_vae(tmp_path / "good")
+    assert loaded.config.scaling_factor == 0.9 and not loaded.training
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.state_dict().items())
+    weights_file = "diffusion_pytorch_model.safetensors"
+    state = load_file(tmp_path / "good" / weights_file)
+    name = sorted(state)[0]
+    config = json.loads((tmp_path / "good" / "config.json").read_text())
+    without_blocks = {k: v for k, v in config.items() if k != "block_out_channels"}
+    cases = {
+        "missing": ({k: v for k, v in state.items() if k != name}, config, rf"{weights_file}: tensors do not match"),
+        "nan": ({**state, name: torch.full_like(state[name], float("nan"))}, config, rf"{weights_file}: tensor "
+                rf"'{name}' holds NaN or inf"),
+        "int": ({**state, name: state[name].to(torch.int32)}, config,
+                rf"{weights_file}: tensor '{name}' holds integers"),
+        "other": ({"encoder.0.bias": torch.zeros(2)}, config, rf"{weights_file}: tensors do not match"),
+        "string": (state, {**config, "latent_channels": "4"},
+                   r"config.json: invalid VAE config: latent_channels: expected an int, got '4'"),
+        "no-blocks": (state, without_blocks,
+                      r"config.json: invalid VAE config: expected keys \['block_out_channels'\]"),
+        "act": (state, {**config, "act_fn": "gelu"}, r"config.json: invalid VAE config: expected act_fn 'silu'"),
+    }
+    for case, (tensors, payload, message) in cases.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        save_file(tensors, folder / weights_file)
+        (folder / "config.json").write_text(json.dumps(payload))
+        with pytest.raises(CheckpointError, match=rf"^{folder}/{message}"):
+            load_vae(folder)
+
+
 def test_a_config_asking_for_a_huge_text_or_action_encoder_is_refused_before_it_is_built(tmp_path: Path) -> None:
     """The header check covered the UNet and VAE only: a learned text encoder of 4 million buckets (250 MB more
     at peak) or an action encoder of any size was built before its weights were found not to fit."""
@@ -389,6 +450,24 @@ def test_not_a_world_model_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="expected JSON"):
         WorldModel.from_pretrained(tmp_path)
+
+
+def test_a_config_missing_a_setting_is_refused_but_one_added_to_the_format_later(tmp_path: Path) -> None:
+    """Without `vae.scaling_factor` the shipped model loaded with 1.0 (not its 0.86) and scored below itself."""
+    import shutil
+
+    from vplan.shipped import resolve_checkpoint
+
+    checkpoint = tmp_path / "wm"
+    shutil.copytree(resolve_checkpoint("shipped:tabletop/worldmodel"), checkpoint)
+    payload = json.loads((checkpoint / "config.json").read_text())
+    assert "conditioning" not in payload["config"]  # written before action conditioning: text, as it loads
+    assert WorldModel.from_pretrained(checkpoint).config.conditioning == "text"
+    del payload["config"]["vae"]["scaling_factor"]
+    (checkpoint / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=r"config.json: invalid world model config: it has no "
+                                              r"'vae.scaling_factor' \(a damaged or hand-edited file"):
+        WorldModel.from_pretrained(checkpoint)
 
 
 def test_save_refuses_a_unet_with_adapters(tmp_path: Path) -> None:

@@ -88,6 +88,9 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
             step = (path / TRAINER_STATE).is_file()  # one of a run's checkpoint-N folders
             if step or list_checkpoints(path):  # or the run itself, before its final/
                 run = path.parent if step else path
+                if (run / "final" / "config.json").is_file():  # the run finished since: its result is there
+                    raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; its run has "
+                                     f"finished: pass {name}={run / 'final'}")
                 raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; run the same "
                                  f"command again to finish it (it writes {run / 'final'}), then pass "
                                  f"{name}={run / 'final'}")

@@ -25,7 +25,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
-from vplan.errors import UsageError, first_line
+from vplan.errors import UsageError
 from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import (
@@ -256,8 +256,6 @@ class WorldModelTraining:
 def _load_vae(path: str, optional: bool = False) -> Any:
     """A VAE `vplan train component=vae` wrote, or a world-model checkpoint's own (shipped ones included);
     `optional`: the component trains without one too (the IDM), which the errors say."""
-    from diffusers import AutoencoderKL
-
     hint = ("train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/), "
             "or to a world model's checkpoint (shipped:tabletop/worldmodel) for its VAE"
             + (", or component.vae=null to train on real frames only" if optional else ""))
@@ -278,10 +276,9 @@ def _load_vae(path: str, optional: bool = False) -> Any:
         raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote (no "
                          f"diffusion_pytorch_model.safetensors there); {hint}")
     try:
-        return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval()
-    except (OSError, ValueError) as error:  # another checkpoint's folder, a broken config.json
-        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote ({first_line(error)}); "
-                         f"{hint}") from None
+        return load_vae(folder)
+    except CheckpointError as error:  # a broken config.json, missing, NaN or integer tensors
+        raise UsageError(f"component.vae={path}: {error}") from None
 
 
 def _load_init(module: WorldModel, init: str) -> None:

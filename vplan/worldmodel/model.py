@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,14 @@ from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
 from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, TextEncoderConfig, build_text_encoder
 from vplan.worldmodel.unet import UNetConfig, build_unet
-from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames
+from vplan.worldmodel.vae import (
+    DIFFUSERS_WEIGHTS_FILE,
+    VAEConfig,
+    build_vae,
+    decode_latents,
+    encode_frames,
+    vae_config_from_diffusers,
+)
 
 CHECKPOINT_KIND = "vplan-worldmodel"
 FORMAT_VERSION = 1
@@ -519,17 +526,46 @@ def _with_reachable_minilm(config: WorldModelConfig, path: Path) -> WorldModelCo
 
 
 def load_vae(path: str | Path) -> Any:
-    """The VAE inside a world-model checkpoint (a directory or `shipped:<env>/worldmodel`), alone: to train an IDM
-    that reads that world model's decodes, or another world model on its latents."""
+    """The VAE inside a world-model checkpoint (a directory or `shipped:<env>/worldmodel`), alone, or the one in
+    a folder `vplan train component=vae` wrote (diffusers' `save_pretrained`): to train an IDM that reads that
+    world model's decodes, or another world model on its latents. Both are checked as a world model's weights are
+    (diffusers' own loader left missing tensors on the meta device and loaded NaN ones)."""
     path = resolve_checkpoint(str(path))
-    vae = build_vae(read_config(path).vae)
-    _load_into(vae, path / VAE_FILE)
+    if (path / VAE_FILE).is_file() or not (path / DIFFUSERS_WEIGHTS_FILE).is_file():
+        vae = build_vae(read_config(path).vae)
+        _load_into(vae, path / VAE_FILE)
+        return vae.eval()
+    config_file = path / CONFIG_FILE
+    try:
+        payload = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file}: expected a VAE's JSON config, got a file that does not parse "
+                              f"({err})") from err
+    try:
+        config = vae_config_from_diffusers(payload)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_file}: invalid VAE config: {err}") from err
+    with torch.device("meta"):  # a config asking for huge layers allocates nothing before its weights are seen
+        check_weights_fit(path / DIFFUSERS_WEIGHTS_FILE, build_vae(config))
+    vae = build_vae(config)
+    for key, value in payload.items():  # act_fn, down_block_types, ...: what VAEConfig does not set
+        if not key.startswith("_") and key in vae.config and _plain(value) != _plain(vae.config[key]):
+            raise CheckpointError(f"{config_file}: invalid VAE config: expected {key} {_plain(vae.config[key])!r} "
+                                  f"(vplan's VAE), got {value!r}")
+    _load_into(vae, path / DIFFUSERS_WEIGHTS_FILE)
     return vae.eval()
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON holds it (tuples as lists), to compare a config.json's values with a built model's."""
+    return json.loads(json.dumps(value))
 
 
 def read_config(path: str | Path) -> WorldModelConfig:
     """The `WorldModelConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
-    return read_pretrained_config(path, WorldModelConfig, CHECKPOINT_KIND, FORMAT_VERSION, "world model")
+    return read_pretrained_config(path, WorldModelConfig, CHECKPOINT_KIND, FORMAT_VERSION, "world model",
+                                  added_later=("conditioning", "action_dim", "action_tail_dropout",
+                                               "action_frame_embedding"))
 
 
 def write_pretrained_config(
@@ -547,9 +583,12 @@ def write_pretrained_config(
     (path / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def read_pretrained_config(path: str | Path, config_class: Any, kind: str, format_version: int, what: str) -> Any:
-    """The config (`config_class.from_dict`) in a checkpoint directory's config.json, checked for its kind and
-    format version; a `CheckpointError` naming the file and what mismatched otherwise."""
+def read_pretrained_config(path: str | Path, config_class: Any, kind: str, format_version: int, what: str,
+                           added_later: tuple[str, ...] = ()) -> Any:
+    """The config (`config_class.from_dict`) in a checkpoint directory's config.json, checked for its kind, its
+    format version and every setting (but those `added_later` to the format, whose defaults mean what a checkpoint
+    without them meant: a missing `vae.scaling_factor` loaded as 1.0, mis-scaling every latent); a
+    `CheckpointError` naming the file and what mismatched otherwise."""
     config_file = Path(path) / CONFIG_FILE
     if not config_file.is_file():
         raise CheckpointError(f"{path}: expected a checkpoint directory with {CONFIG_FILE} ({what}), found none")
@@ -564,10 +603,32 @@ def read_pretrained_config(path: str | Path, config_class: Any, kind: str, forma
         raise CheckpointError(
             f"{config_file}: expected format_version {format_version}, got {payload.get('format_version')!r}"
         )
+    missing = _missing_setting(payload.get("config"), config_class, added_later)
+    if missing is not None:
+        raise CheckpointError(f"{config_file}: invalid {what} config: it has no {missing!r} (a damaged or hand-edited "
+                              "file; its default may not be what the weights learned with)")
     try:
         return config_class.from_dict(payload.get("config"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{config_file}: invalid {what} config: {err}") from err
+
+
+def _missing_setting(data: Any, config_class: Any, added_later: tuple[str, ...], prefix: str = "") -> str | None:
+    """The first field of dataclass `config_class` (and of its nested config dataclasses) that `data` lacks, or
+    None; data that is no dict is left to `from_dict` to refuse."""
+    if not isinstance(data, dict):
+        return None
+    for f in fields(config_class):
+        if f.name not in data:
+            if f.name in added_later:
+                continue
+            return prefix + f.name
+        nested = f.default_factory if f.default_factory is not MISSING else None
+        if nested is not None and is_dataclass(nested):
+            found = _missing_setting(data[f.name], nested, (), f"{prefix}{f.name}.")
+            if found is not None:
+                return found
+    return None
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -599,14 +660,18 @@ def check_weights_fit(file: Path, module: nn.Module) -> None:
 
     try:
         with safe_open(file, framework="pt") as weights:
-            shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
+            slices = {key: weights.get_slice(key) for key in weights.keys()}  # noqa: SIM118
+            found = {key: (tuple(s.get_shape()), s.get_dtype().startswith(("F", "BF"))) for key, s in slices.items()}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{file}: corrupted or truncated safetensors file ({err})") from err
-    _check_tensors(file, {key: tuple(t.shape) for key, t in module.state_dict().items()}, shapes)
+    _check_tensors(file, module.state_dict(), found)
 
 
-def _check_tensors(file: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
-    """A CheckpointError naming the file and tensor where `found` (a weights file's shapes) are not `expected`."""
+def _check_tensors(
+    file: Path, expected: dict[str, torch.Tensor], found: dict[str, tuple[tuple[int, ...], bool]]
+) -> None:
+    """A CheckpointError naming the file and tensor where `found` (a weights file's shapes, and whether each is
+    floating) do not fit `expected` (the model's tensors): an int tensor for a float one was cast silently."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
@@ -614,12 +679,16 @@ def _check_tensors(file: Path, expected: dict[str, tuple[int, ...]], found: dict
             f"{file}: tensors do not match the model (checkpoint from another config?): {len(missing)} missing "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
         )
-    for name, shape in found.items():
-        if shape != expected[name]:
+    for name, (shape, floating) in found.items():
+        if shape != tuple(expected[name].shape):
             raise CheckpointError(
-                f"{file}: tensor {name!r} has shape {shape} in the checkpoint but {expected[name]} in the model "
-                "(checkpoint from another config?)"
+                f"{file}: tensor {name!r} has shape {shape} in the checkpoint but {tuple(expected[name].shape)} in "
+                "the model (checkpoint from another config?)"
             )
+        if expected[name].is_floating_point() and not floating:
+            raise CheckpointError(f"{file}: tensor {name!r} holds integers or booleans in the checkpoint but floats "
+                                  "in the model (a damaged file, or another tool's); restore the checkpoint or train "
+                                  "it again")
 
 
 def _load_into(module: nn.Module, file: Path, keep_missing: str | None = None) -> None:
@@ -634,8 +703,7 @@ def _load_into(module: nn.Module, file: Path, keep_missing: str | None = None) -
     expected = module.state_dict()
     if keep_missing is not None:
         state = {**{k: v for k, v in expected.items() if k.startswith(keep_missing)}, **state}
-    _check_tensors(file, {key: tuple(t.shape) for key, t in expected.items()},
-                   {key: tuple(t.shape) for key, t in state.items()})
+    _check_tensors(file, expected, {key: (tuple(t.shape), t.is_floating_point()) for key, t in state.items()})
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # else found as a NaN action or frame
             raise CheckpointError(f"{file}: tensor {name!r} holds NaN or inf (a training run that diverged, or a "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,12 @@ from diffusers import AutoencoderKL
 from vplan.utils.settings import check_field_types
 
 RECON_LOSSES = ("l1", "l2", "l1+l2")
+DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # beside config.json: `save_pretrained`'s names
+# diffusers' config.json key -> VAEConfig field, for a VAE folder `vplan train component=vae` wrote
+_DIFFUSERS_KEYS = {"block_out_channels": "block_out_channels", "latent_channels": "latent_channels",
+                   "layers_per_block": "layers_per_block", "norm_num_groups": "norm_num_groups",
+                   "sample_size": "image_size", "scaling_factor": "scaling_factor",
+                   "mid_block_add_attention": "mid_block_attention"}
 
 
 @dataclass
@@ -97,6 +104,30 @@ class VAEConfig:
     def tiny(cls, image_size: int = 16) -> VAEConfig:
         """A few-thousand-parameter VAE (downsampling ×2) for tests."""
         return cls(block_out_channels=(8, 16), norm_num_groups=4, image_size=image_size)
+
+
+def vae_config_from_diffusers(config: Any) -> VAEConfig:
+    """The `VAEConfig` of a diffusers `AutoencoderKL` config.json (`save_pretrained`'s), checked as a vplan config
+    is: diffusers fills a missing key with its own default (scaling 0.18215) and leaves a wrong type to fail deep
+    inside torch. A ValueError names the key."""
+    if not isinstance(config, dict):
+        raise ValueError(f"expected a JSON object, got {type(config).__name__}")
+    if config.get("_class_name") != "AutoencoderKL":
+        raise ValueError(f"expected _class_name 'AutoencoderKL', got {config.get('_class_name')!r}")
+    missing = [key for key in _DIFFUSERS_KEYS if key != "mid_block_add_attention" and key not in config]
+    if missing:
+        raise ValueError(f"expected keys {missing}, found none")
+    blocks = config["block_out_channels"]
+    if not isinstance(blocks, list):
+        raise ValueError(f"block_out_channels: expected a list of channel counts, got {blocks!r}")
+    try:
+        return VAEConfig(**{field_name: config[key] for key, field_name in _DIFFUSERS_KEYS.items() if key in config})
+    except ValueError as err:  # named by the file's key: `sample_size`, not `image_size`
+        message = str(err)
+        for key, field_name in _DIFFUSERS_KEYS.items():
+            if message.startswith(f"{field_name}:"):
+                message = key + message[len(field_name):]
+        raise ValueError(message) from None
 
 
 def build_vae(config: VAEConfig) -> AutoencoderKL:
