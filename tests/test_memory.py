@@ -305,6 +305,36 @@ def test_the_adapter_round_trips_exactly_through_safetensors(tmp_path: Path) -> 
         scaled.load(tmp_path / "memory.safetensors")
 
 
+def test_a_file_of_another_rank_or_keys_or_with_nan_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A rank-2 file in a rank-4 memory was said to be of another alpha, and once loaded into a memory of that
+    alpha, of an unnamed shape; other keys did not name the file; a NaN one was loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    small = make_memory(lora(rank=2), tiny_model())
+    small.save(tmp_path / "rank2.safetensors")
+    memory = make_memory(lora(), tiny_model())
+    before = memory.state_dict()
+    with pytest.raises(ValueError, match=r"rank2\.safetensors: holds a rank-2 adapter \('.*lora_[AB]\.weight' of "
+                                         r"shape .*\), this memory's rank is 4; .*\(memory\.rank=2\)"):
+        memory.load(tmp_path / "rank2.safetensors")
+    memory.save(tmp_path / "good.safetensors")
+    with safe_open(str(tmp_path / "good.safetensors"), framework="pt") as handle:
+        metadata, state = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
+    first = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != first}, tmp_path / "missing.safetensors", metadata=metadata)
+    with pytest.raises(ValueError, match=r"missing\.safetensors: expected the temp_lora memory's .* 1 missing"):
+        memory.load(tmp_path / "missing.safetensors")
+    save_file({**state, first: torch.full_like(state[first], float("nan"))}, tmp_path / "nan.safetensors",
+              metadata=metadata)
+    with pytest.raises(ValueError, match=rf"nan\.safetensors: '{first}' holds non-finite values"):
+        memory.load(tmp_path / "nan.safetensors")
+    for name, tensor in memory.state_dict().items():  # refused before anything changed
+        assert torch.equal(tensor, before[name]), name
+    memory.close()
+    small.close()
+
+
 def test_learning_goes_on_from_a_loaded_adapter_as_from_a_reset() -> None:
     """Whatever the memory did before, a load then the same update gives the same adapter."""
     first = make_memory(lora(), tiny_model())

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 
 from vplan.errors import RunError
-from vplan.loop.checkpoint import list_checkpoints
+from vplan.loop.checkpoint import list_checkpoints, save_optimizer
 from vplan.loop.trainer import OptimConfig, logged_losses, train
 from vplan.utils.interrupts import Terminated
 
@@ -174,6 +174,39 @@ def test_a_checkpoint_of_another_model_is_not_called_damaged(tmp_path):
     with pytest.raises(RunError, match=r"checkpoint-0000010 does not fit this model \(Error\(s\) in loading "
                                        r"state_dict for Linear: .*size mismatch"):
         train(wider, optim, tmp_path, "toy")
+
+
+def test_an_optimizer_state_of_another_config_is_refused_at_the_resume(tmp_path):
+    """torch checks the groups' sizes alone: Adam's state of a wider layer was taken, and the first step failed
+    with a traceback (the size of tensor a (5) must match the size of tensor b (4))."""
+    optim = OptimConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)
+    train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path / "run", "toy")
+    wider = torch.nn.Linear(5, 1)  # another config's model: the same groups, wider tensors
+    other = torch.optim.AdamW(wider.parameters())
+    wider(torch.ones(1, 5)).sum().backward()
+    other.step()
+    save_optimizer(other, tmp_path / "run" / "checkpoint-0000010" / "optimizer.safetensors",
+                   {"rng.torch": torch.get_rng_state()})
+    with pytest.raises(RunError, match=r"checkpoint-0000010 does not fit this model \(.*optimizer\.safetensors is "
+                                       r"from another config: its exp_avg of parameter 0 has shape \(1, 5\)"):
+        train(LinearFit(), optim, tmp_path / "run", "toy")
+
+
+def test_an_rng_state_not_of_bytes_is_called_damaged(tmp_path):
+    """torch.set_rng_state's TypeError ("RNG state must be a torch.ByteTensor") was a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    optim = OptimConfig(steps=30, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)
+    train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 20}), tmp_path, "toy")
+    file = list_checkpoints(tmp_path)[-1] / "optimizer.safetensors"
+    with safe_open(file, framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    tensors["rng.torch"] = tensors["rng.torch"].float()
+    save_file(tensors, file, metadata=metadata)
+    with pytest.raises(RunError, match=r"checkpoint-0000020 cannot be read \(TypeError: .*\); delete that folder to "
+                                       r"resume from the checkpoint before it"):
+        train(LinearFit(), optim, tmp_path, "toy")
 
 
 def test_until_stops_with_a_checkpoint_on_the_whole_runs_schedule(tmp_path):

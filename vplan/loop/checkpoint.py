@@ -146,5 +146,21 @@ def load_optimizer(optimizer: torch.optim.Optimizer, file: Path) -> dict[str, to
             raise ValueError(f"{file} holds no optimizer settings (a file save_optimizer did not write)")
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     extra = {key: tensors.pop(key) for key in list(tensors) if not key.split(".", 1)[0].isdigit()}
+    _check_state_shapes(optimizer, tensors, metadata, file)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata))
     return extra
+
+
+def _check_state_shapes(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                        file: Path) -> None:
+    """Refuse state tensors (Adam's exp_avg, ...) whose shape is not their parameter's: torch's load_state_dict
+    checks the groups' sizes alone, and such a file failed at the first step, with a traceback."""
+    saved = [index for group in json.loads(metadata["param_groups"]) for index in group["params"]]
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    shapes = dict(zip(saved, (tuple(param.shape) for param in params)))
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        shape = shapes.get(int(index))
+        if tensor.ndim and shape is not None and tuple(tensor.shape) != shape:  # 0-d: a step count
+            raise ValueError(f"{file} is from another config: its {name} of parameter {index} has shape "
+                             f"{tuple(tensor.shape)}, the parameter {shape}")

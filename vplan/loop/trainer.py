@@ -258,8 +258,8 @@ def train(
     if checkpoints:
         try:
             state = load_checkpoint(checkpoints[-1], module, optimizer)
-        except (SafetensorError, OSError, UnicodeDecodeError, json.JSONDecodeError, UnreadableTrainerStateError
-                ) as error:  # a damaged file: the one before is not
+        except (SafetensorError, OSError, UnicodeDecodeError, json.JSONDecodeError, UnreadableTrainerStateError,
+                TypeError) as error:  # a damaged file (TypeError: an RNG state not of bytes): the one before is not
             raise RunError(f"{description}: {checkpoints[-1]} cannot be read ({first_line(error, with_type=True)}); "
                            "delete that folder to resume from the checkpoint before it, or choose another out=DIR"
                            ) from None

@@ -222,12 +222,28 @@ class EpisodicMemory(ABC):
                 f"{path}: expected a {self.kind!r} memory (format {MEMORY_FORMAT_VERSION}), got kind "
                 f"{metadata.get('kind')!r} (format {metadata.get('format_version')!r})"
             )
-        # settings the tensors' shapes do not show (a file saved before they were recorded is taken as it is)
-        differ = [f"{name} {metadata[name]} (this memory's: {value})" for name, value in self._meaning().items()
-                  if name in metadata and metadata[name] != value]
-        if differ:
-            raise ValueError(f"{path}: saved with another {', '.join(differ)}; load it into a memory made so")
-        self.load_state_dict(state)
+        def load() -> None:  # as `load_state_dict`: after the update in flight, however it ended
+            self._check_file(path, state)  # before the settings: a tensor's shape says more (e.g. another rank)
+            # settings the tensors' shapes do not show (a file saved before they were recorded is taken as it is)
+            differ = [f"{name} {metadata[name]} (this memory's: {value})" for name, value in self._meaning().items()
+                      if name in metadata and metadata[name] != value]
+            if differ:
+                raise ValueError(f"{path}: saved with another {', '.join(differ)}; load it into a memory made so")
+            try:
+                self._load_state_dict(state)
+            except ValueError as err:  # keys or shapes of another memory: which file holds them
+                raise ValueError(f"{path}: {err}") from None
+
+        self._ensure_open()
+        self._after_wait(load)
+
+    def _check_file(self, path: str | Path, state: dict[str, torch.Tensor]) -> None:
+        """Refuse what `load` read before it changes anything: a NaN or inf saved by a diverged memory would
+        only show later, as a non-finite generation."""
+        for name, tensor in state.items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{path}: {name!r} holds non-finite values (NaN or inf), as a diverged memory "
+                                 "saves; load another file")
 
     def _meaning(self) -> dict[str, str]:
         """Settings under which a saved state means what it did (`save` records them, `load` checks them)."""

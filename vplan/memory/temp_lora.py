@@ -47,6 +47,8 @@ from vplan.memory.base import EpisodicMemory, check_state
 from vplan.memory.config import ATTENTION_PROJECTIONS, MemoryConfig
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from vplan.worldmodel.diffusion import DiffusionConfig
     from vplan.worldmodel.model import WorldModel
     from vplan.worldmodel.unet import UNet3D
@@ -369,6 +371,18 @@ class TempLoRAMemory(EpisodicMemory):
             raise ValueError(f"expected LoRA tensors of the {ADAPTER_NAME!r} adapter, got unexpected "
                              f"{result.unexpected_keys[:3]}")
         self._start_learning(active=True)  # from the loaded adapter, not from whatever this memory did before
+
+    def _check_file(self, path: str | Path, state: dict[str, torch.Tensor]) -> None:
+        # a file of another rank was called one of another alpha, then one of unnamed shapes
+        expected = self._state_dict()
+        for name, tensor in state.items():
+            if name in expected and tensor.ndim >= 2 and (".lora_A." in name or ".lora_B." in name):
+                rank = int(tensor.shape[0 if ".lora_A." in name else 1])  # A: (r, in, ...), B: (out, r, ...)
+                if rank != self.config.rank:
+                    raise ValueError(f"{path}: holds a rank-{rank} adapter ({name!r} of shape {tuple(tensor.shape)}),"
+                                     f" this memory's rank is {self.config.rank}; load it into a memory of its rank "
+                                     f"(memory.rank={rank})")
+        super()._check_file(path, state)
 
     def _meaning(self) -> dict[str, str]:
         # alpha scales the update (alpha / rank) without changing a tensor's shape
