@@ -222,3 +222,24 @@ def test_a_rows_summary_averages_its_episodes():
     assert summary == pytest.approx({"episodes": 3, "dist_mean": 0.04, "dist_std": 0.02, "success_rate": 1 / 3,
                                      "psnr": 18.0, "wall_s": 4.0, "steps": 150.0, "progress": 0.75})
     assert summarize([])["dist_mean"] is None and summarize([])["success_rate"] is None
+
+
+@pytest.mark.parametrize("text, said", [
+    ("[", "is damaged (JSONDecodeError"),
+    ("[1]", "is damaged (it holds a JSON list, not an object)"),
+    ('{"rows": 5}', "is damaged (its rows are not an object of episode lists)"),
+    ('{"command": "bench planning", "rows": {"ours": 5}}', "is damaged (its rows are not an object of episode"),
+    ('{"command": "bench planning", "rows": {"ours": []}, "settings": 5}', "is damaged (its settings are not an"),
+    ('{"command": "bench planning", "rows": {"ours": []}}', "holds vplan bench planning rows ['ours'], not its rows"),
+])
+def test_a_damaged_results_file_is_named_in_one_line(checkpoints, tmp_path, capsys, text, said):
+    """A hand-edited or cut results.json gave a traceback (JSONDecodeError, AttributeError, TypeError), and other
+    row names said it held "the results of vplan bench planning, not of vplan bench planning"."""
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "results.json").write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(bench_args(checkpoints, out, "episodes=1"))
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(error) == 1 and said in error[0], error
+    assert "out=DIR" in error[0] and (out / "results.json").read_text() == text  # kept as it was

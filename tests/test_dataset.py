@@ -559,6 +559,39 @@ def test_damaged_files_are_dataset_errors_naming_the_file(tmp_path: Path, damage
         EpisodeDataset(root).episode(0)
 
 
+@pytest.mark.parametrize("change, said", [
+    ({"fps": "10"}, r"fps '10'; expected a number > 0"),
+    ({"fps": 0}, r"fps 0; expected a number > 0"),
+    ({"features": {ACTION: "4"}}, r"feature 'action' has shape '4'; expected a list of ints > 0"),
+    ({"features": {ACTION: [4.0]}}, r"feature 'action' has shape \[4.0\]; expected a list of ints > 0"),
+])
+def test_an_info_json_with_a_bad_fps_or_shape_is_refused_in_one_line(tmp_path: Path, change, said) -> None:
+    """`fps: "10"` gave a TypeError once a video frame was read, and a shape numpy_column cannot reshape by a
+    traceback too."""
+    root = tmp_path / "ds"
+    write(root, [0])
+    info = json.loads((root / INFO_PATH).read_text())
+    for key, shape in change.pop("features", {}).items():
+        info["features"][key]["shape"] = shape
+    (root / INFO_PATH).write_text(json.dumps({**info, **change}))
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(root / INFO_PATH))}: {said}$"):
+        EpisodeDataset(root)
+
+
+def test_an_info_json_shape_the_data_do_not_have_is_named_with_the_data_file(tmp_path: Path) -> None:
+    """info.json saying 7-d actions over 4-d ones gave "ValueError: cannot reshape array of size 12 into shape
+    (3,7)" as a traceback."""
+    root = tmp_path / "ds"
+    write(root, [0])
+    info = json.loads((root / INFO_PATH).read_text())
+    info["features"][ACTION]["shape"] = [7]
+    (root / INFO_PATH).write_text(json.dumps(info))
+    with pytest.raises(DamagedDatasetError, match=r"data/.*\.parquet: feature 'action' does not hold values of "
+                                                  r"shape \[7\] as meta/info.json says \(cannot reshape .*\); "
+                                                  r"the dataset is damaged"):
+        EpisodeDataset(root).episode(0)
+
+
 def test_reader_refuses_features_it_cannot_read_and_episodes_whose_spans_disagree(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write(root, [0, 1])

@@ -423,17 +423,24 @@ def test_training_seeds_are_warned_of(tmp_path):
             main(["run", "seed=5", "record=true", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
 
 
-def test_a_damaged_metrics_file_is_one_line_on_resume(tmp_path, capsys):
+@pytest.mark.parametrize("text, said", [
+    ('{"episodes": [', "damaged (JSONDecodeError"),
+    ('{"episodes": 5, "wall_s_total": 1.0}', "damaged (its episodes are not a list of objects)"),
+    ('{"episodes": [5], "wall_s_total": 1.0}', "damaged (its episodes are not a list of objects)"),
+    ('{"episodes": [], "wall_s_total": "x"}', "damaged (its wall_s_total 'x' is not a number)"),
+])
+def test_a_damaged_metrics_file_is_one_line_on_resume(tmp_path, capsys, text, said):
+    """Its keys were checked, not their types: `episodes: 5` or `wall_s_total: "x"` gave a traceback."""
     from vplan.utils.settings import write_config
 
     command = next(c for c in COMMANDS if c.name == "run")
     write_config(tmp_path, build_config(compose_config(command, [f"out={tmp_path}"])[0]))
-    (tmp_path / "metrics.json").write_text('{"episodes": [')
+    (tmp_path / "metrics.json").write_text(text)
     with pytest.raises(SystemExit) as exit_info:
         main(["run", f"out={tmp_path}", "resume=true"])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
-    assert "metrics.json is damaged (JSONDecodeError" in err and "with overwrite=true" in err
+    assert "metrics.json is damaged" in err and said in err and "with overwrite=true" in err
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):

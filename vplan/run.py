@@ -28,7 +28,7 @@ from omegaconf import MISSING
 from vplan.agent import STAGES, AgentConfig
 from vplan.constants import ROBOT_TYPE_PREFIX
 from vplan.data.collect import EpisodeRecorder
-from vplan.errors import DamagedDatasetError, UsageError
+from vplan.errors import DamagedDatasetError, RunError, UsageError
 from vplan.memory.config import MemoryConfig
 from vplan.planner import Plan
 from vplan.planner.config import PlannerConfig
@@ -165,15 +165,19 @@ def _finished_episodes(cfg: RunConfig, out: Path) -> tuple[list[dict[str, Any]],
         print(f"resume=true: {out} holds no run yet; starting one")
         return [], 0.0
     check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES, "resume=true")
-    metrics = read_json_record(out / METRICS_FILE, "rerun without resume=true (with overwrite=true), or choose "
-                               "another out=DIR", keys=("episodes", "wall_s_total"))
-    if len(metrics["episodes"]) > cfg.episodes:
-        raise UsageError(f"resume=true: {out} has {len(metrics['episodes'])} episodes already; pass episodes>="
-                         f"{len(metrics['episodes'])}")
-    for episode in metrics["episodes"]:  # a run from before episodes recorded it: its last part's threads=
-        if isinstance(episode, dict) and "threads" not in episode and "threads" in metrics:
+    advice = "rerun without resume=true (with overwrite=true), or choose another out=DIR"
+    metrics = read_json_record(out / METRICS_FILE, advice, keys=("episodes", "wall_s_total"))
+    episodes, wall_s = metrics["episodes"], metrics["wall_s_total"]
+    if not isinstance(episodes, list) or not all(isinstance(episode, dict) for episode in episodes):
+        raise RunError(f"{out / METRICS_FILE} is damaged (its episodes are not a list of objects); {advice}")
+    if isinstance(wall_s, bool) or not isinstance(wall_s, (int, float)):
+        raise RunError(f"{out / METRICS_FILE} is damaged (its wall_s_total {wall_s!r} is not a number); {advice}")
+    if len(episodes) > cfg.episodes:
+        raise UsageError(f"resume=true: {out} has {len(episodes)} episodes already; pass episodes>={len(episodes)}")
+    for episode in episodes:  # a run from before episodes recorded it: its last part's threads=
+        if "threads" not in episode and "threads" in metrics:
             episode["threads"] = metrics["threads"]
-    return metrics["episodes"], float(metrics["wall_s_total"])
+    return episodes, float(wall_s)
 
 
 def write_video(path: Path, episode: dict[str, Any], fps: int) -> None:

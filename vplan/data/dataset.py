@@ -49,7 +49,7 @@ from vplan.data.lerobot_format import (
     video_file,
     video_keys,
 )
-from vplan.errors import DamagedDatasetError, UsageError, VplanWarning
+from vplan.errors import DamagedDatasetError, UsageError, VplanWarning, first_line
 from vplan.utils.files import file_written_aside
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
@@ -64,6 +64,16 @@ def chunk_subgoal(subgoals: Sequence[str], start: int) -> str:
     if not 1 <= start <= len(subgoals):
         raise ValueError(f"start: expected a chunk's first frame in 1..{len(subgoals)}, got {start}")
     return subgoals[start - 1]
+
+
+def _column(path: Path, table: Any, key: str, feature: dict[str, Any]) -> np.ndarray:
+    """`numpy_column` of `key` in the data file `path`; a DamagedDatasetError naming both where its values do not
+    fit the shape meta/info.json gives (a hand-edited info.json, or a file from another dataset)."""
+    try:
+        return numpy_column(table.column(key), feature)
+    except ValueError as error:  # numpy: cannot reshape array of size 528 into shape (132,7)
+        raise DamagedDatasetError(f"{path}: feature {key!r} does not hold values of shape {feature['shape']} as "
+                                  f"meta/info.json says ({first_line(error)}); {DAMAGED}") from None
 
 
 class EpisodeDataset(torch.utils.data.Dataset):
@@ -210,10 +220,10 @@ class EpisodeDataset(torch.utils.data.Dataset):
             return self._data
         columns = {key: ft for key, ft in self.features.items() if ft["dtype"] != "video"}
         paths = dict.fromkeys(data_file(self.root, self.info, row) for row in self._rows)
-        parts = [read_table(path, columns=list(columns)) for path in paths]
+        parts = {path: read_table(path, columns=list(columns)) for path in paths}
         data = {
             key: np.concatenate(
-                [numpy_column(part.column(key), ft) for part in parts]
+                [_column(path, part, key, ft) for path, part in parts.items()]
                 or [np.empty((0,) if list(ft["shape"]) == [1] else (0, *ft["shape"]), ft["dtype"])]
             )
             for key, ft in columns.items()

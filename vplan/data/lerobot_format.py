@@ -121,6 +121,9 @@ def load_info(root: str | Path) -> dict[str, Any]:
     for key in ("total_episodes", "total_frames"):
         if isinstance(info[key], bool) or not isinstance(info[key], int) or info[key] < 0:
             raise DatasetError(f"{path}: {key} {info[key]!r}; expected an int >= 0")
+    fps = info["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:  # NaN too
+        raise DatasetError(f"{path}: fps {fps!r}; expected a number > 0")
     if not isinstance(info["features"], dict) or not all(isinstance(f, dict) for f in info["features"].values()):
         raise DatasetError(f"{path}: features is not an object of feature objects (dtype, shape, names)")
     for key, feature in info["features"].items():
@@ -130,6 +133,9 @@ def load_info(root: str | Path) -> dict[str, Any]:
                     if dtype == "image" else "")
             raise DatasetError(f"{path}: feature {key!r} has dtype {dtype!r}; vplan reads numeric, bool and video "
                                f"features{hint}")
+        shape = feature.get("shape")  # numpy_column reshapes by it
+        if not isinstance(shape, list) or not all(type(size) is int and size > 0 for size in shape):
+            raise DatasetError(f"{path}: feature {key!r} has shape {shape!r}; expected a list of ints > 0")
         if dtype == "video":  # decoded as RGB: a depth map (lerobot's gray12le) would come back as noise
             extra = feature.get("info") or {}
             depth = bool(extra.get("video.is_depth_map") or extra.get("is_depth_map"))

@@ -31,14 +31,14 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
-from vplan.errors import UsageError
+from vplan.errors import RunError, UsageError
 from vplan.eval.bench_record import machine
 from vplan.eval.consistency_metrics import psnr
 from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import PREFIX, pin_checkpoints
 from vplan.tasks import TaskConfig
-from vplan.utils.files import write_json, write_text_atomic
+from vplan.utils.files import read_json_record, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
 from vplan.utils.settings import (
@@ -130,11 +130,20 @@ def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], comman
     settings = settings_record(cfg, leave_out=("episodes", "out", "threads"))
     if not path.is_file():
         return {"command": command, "settings": settings, "rows": {name: [] for name in row_names}}
-    results = json.loads(path.read_text())
-    written_by = results.get("command")  # None: written before benches recorded it
-    if written_by not in (None, command) or set(results.get("rows", ())) != set(row_names):
+    advice = "choose another out=DIR, or delete the file to start the bench again"
+    results = read_json_record(path, advice)
+    written_by, rows = results.get("command"), results.get("rows")  # no command: written before benches recorded it
+    other_rows = rows is None or isinstance(rows, dict) and set(rows) != set(row_names)
+    if written_by not in (None, command) or (written_by is None and other_rows):
         raise UsageError(f"{path} holds the results of {f'vplan {written_by}' if written_by else 'another bench'}, "
                          f"not of vplan {command}; choose another out=DIR")
+    if not isinstance(rows, dict) or not all(isinstance(done, list) for done in rows.values()):
+        raise RunError(f"{path} is damaged (its rows are not an object of episode lists); {advice}")
+    if not isinstance(results.get("settings", {}), dict):
+        raise RunError(f"{path} is damaged (its settings are not an object); {advice}")
+    if set(rows) != set(row_names):
+        raise RunError(f"{path} holds vplan {command} rows {sorted(rows)}, not its rows {sorted(row_names)} "
+                       f"(damaged, or written by another vplan version); {advice}")
     results["command"] = command
     changed = changed_settings(results.get("settings", {}), settings, cfg)
     if changed:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vplan.errors import UsageError
+from vplan.errors import RunError, UsageError
 from vplan.shipped import PINNED_FILE, pin_checkpoints
 from vplan.utils.files import read_json_record, write_json
 from vplan.utils.settings import (
@@ -50,13 +50,15 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     file = out / PROGRESS_FILE
     if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
         raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}); choose another out=DIR")
-    recorded = (read_json_record(file, "delete it to start over, or choose another out=DIR", keys=("settings",))
-                if file.is_file() else None)
+    advice = "delete it to start over, or choose another out=DIR"
+    recorded = read_json_record(file, advice, keys=("settings",)) if file.is_file() else None
     if recorded is not None:  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
+        _check_types(file, recorded, {"settings": {}}, advice)
         other = settings_it_lacks(recorded["settings"], cfg)
         if other:
             raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
                              f"{', '.join(other[:3])}); choose another out=DIR")
+        _check_types(file, recorded, empty, advice)
     begun = recorded is not None and not any(_holds_rows(recorded.get(key)) for key in empty)
     if begun:  # written at the start, and stopped before anything finished: its leftovers (a video) go with it
         recorded = None
@@ -97,6 +99,15 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     record = {"settings": settings, **empty, **{key: value for key, (value, _) in marks.items()}}
     write_json(file, record)  # now: what an episode writes before it finishes (a video) is this evaluation's
     return record
+
+
+def _check_types(file: Path, record: dict[str, Any], expected: Mapping[str, Any], advice: str) -> None:
+    """A RunError saying `file` is damaged where an entry of `record` is not of its type in `expected` (a hand edit
+    or a disk fault: a traceback further on); an entry it lacks is left to the caller."""
+    for key, value in expected.items():
+        if not isinstance(record.get(key, value), type(value)):
+            kind = "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+            raise RunError(f"{file} is damaged (its entry {key!r} is not {kind}); {advice}")
 
 
 def _holds_rows(value: Any) -> bool:
