@@ -273,18 +273,51 @@ def test_eval_worldmodel_samples_each_episodes_chunks_with_their_own_noise(tmp_p
 def test_eval_worldmodel_needs_an_expert_and_defaults_to_the_tasks_shipped_models():
     """navigate (MineRL) has no expert to play the episodes: a traceback after out= was written; the default
     checkpoint was the env's, shipped:rlbench/worldmodel for env=rlbench, where vplan run takes the task's."""
-    from vplan.envs import BlockworldConfig
+    from vplan.envs import RLBenchConfig
     from vplan.eval.worldmodel import EvalWorldModelConfig
 
     with pytest.raises(ValueError, match="task: eval worldmodel scores on the scripted expert's episodes, and "
                                          "'navigate' has none"):
         EvalWorldModelConfig(env=TabletopConfig(), task=TaskConfig.preset("navigate"))
-    cfg = EvalWorldModelConfig(env=BlockworldConfig(), task=TaskConfig.preset("return_cubes"), conditioning="action")
+    cfg = EvalWorldModelConfig(env=RLBenchConfig(), task=TaskConfig.preset("return_cubes"), conditioning="action")
     assert (cfg.checkpoint, cfg.compare) == ("shipped:tabletop/worldmodel_action", "shipped:tabletop/worldmodel")
     for compared in ({"compare": "shipped:tabletop/worldmodel"}, {"conditioning": "action"}):  # it was ignored
         with pytest.raises(ValueError, match=r"scores the open-loop rollouts: expected rollout_chunks >= 1, got 0"):
             EvalWorldModelConfig(env=TabletopConfig(), task=TaskConfig.preset("return_cubes"), rollout_chunks=0,
                                  **compared)
+
+
+def test_eval_worldmodel_refuses_blockworld_instructions_of_another_length_than_the_chunks(tmp_path):
+    """env.chunk_steps=6 under 8-frame chunks ran, each chunk spanning two instructions, as `vplan run` refuses."""
+    from vplan.envs import BlockworldConfig
+    from vplan.errors import SettingMismatchError
+    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.worldmodel.model import WorldModel
+
+    two, eight = tmp_path / "two", tmp_path / "eight"  # the tiny model imagines 2-frame chunks
+    WorldModel(tiny_world_model()).save_pretrained(two)
+    WorldModel(replace(tiny_world_model(), chunk_frames=8)).save_pretrained(eight)
+    cfg = EvalWorldModelConfig(env=BlockworldConfig(image_size=16), task=TaskConfig.preset("retrace"),
+                               checkpoint=str(two), episodes=1, out=str(tmp_path / "run"))
+    with pytest.raises(SettingMismatchError, match=rf"^env.chunk_steps=8: {two} imagines 2-frame chunks, one per "
+                                                   r"instruction of the path; set env.chunk_steps=2$"):
+        evaluate_worldmodel(cfg)
+    with pytest.raises(SettingMismatchError, match=rf"^env.chunk_steps=8: {two} imagines 2-frame chunks"):
+        evaluate_worldmodel(replace(cfg, checkpoint=str(eight), compare=str(two)))  # the compared model too
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_worldmodel_refuses_action_conditioning_on_an_env_of_discrete_moves(capsys):
+    """It said no shipped blockworld action model exists and to train one, which training refuses."""
+    from vplan.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "worldmodel", "env=blockworld", "conditioning=action"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "conditioning=action: action conditioning reads continuous actions, and env blockworld's are discrete " \
+           "moves" in err
 
 
 @pytest.mark.parametrize("command", ["worldmodel", "memory"])

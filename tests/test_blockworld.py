@@ -562,3 +562,15 @@ def test_a_path_that_cannot_fit_is_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match="use fewer path_chunks or a larger world_size"):
         env.reset(seed=0)
     env.close()
+
+
+def test_a_path_that_cannot_fit_is_one_line_and_exit_2_from_the_cli(monkeypatch, tmp_path, capsys):
+    """It was a 35-line traceback: the settings are the user's to change."""
+    monkeypatch.setattr("vplan.envs.blockworld.retrace.PATH_ATTEMPTS", 20)
+    monkeypatch.setattr("vplan.envs.blockworld.blockworld_v0.WORLD_ATTEMPTS", 2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "env=blockworld", "env.world_size=24", "env.path_chunks=32", "env.max_episode_steps=600",
+              "episodes=1", f"env.image_size={SIZE}", f"out={tmp_path / 'ds'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "use fewer path_chunks or a larger world_size" in err

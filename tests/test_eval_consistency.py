@@ -213,6 +213,21 @@ def test_a_rollout_too_short_for_a_revisit_names_the_chunks_needed(tiny_checkpoi
         evaluate_consistency(cfg)
 
 
+def test_blockworld_instructions_of_another_length_than_the_chunks_are_refused(tiny_checkpoint, tmp_path):
+    """env.chunk_steps=8 under 16-frame chunks ran, each chunk spanning two instructions, as `vplan run` refuses."""
+    from vplan.envs import BlockworldConfig
+    from vplan.errors import SettingMismatchError
+
+    cfg = EvalConsistencyConfig(env=BlockworldConfig(image_size=SIZE), task=TaskConfig.preset("retrace"),
+                                chunks=CHUNKS, checkpoint=str(tiny_checkpoint), modes=["none"], threads=1,
+                                out=str(tmp_path / "run"))
+    with pytest.raises(SettingMismatchError, match=rf"^env.chunk_steps=8: checkpoint={tiny_checkpoint} imagines "
+                                                   r"16-frame chunks, one per instruction of the path; set "
+                                                   r"env.chunk_steps=16$"):
+        evaluate_consistency(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_config_checks_name_the_bad_value():
     env = TabletopConfig()
     with pytest.raises(ValueError, match=r"modes: expected distinct memory kinds .* got \['none', 'none'\]"):

@@ -32,6 +32,7 @@ from vplan.envs.blockworld.retrace import (
 from vplan.envs.blockworld.terrain import MAX_HEIGHT, VoxelWorld, generate_world
 from vplan.envs.discrete_moves import move_space, to_move
 from vplan.envs.settings import LastFrameRender, check_no_options, env_settings
+from vplan.errors import UsageError
 from vplan.utils.settings import check_field_types, check_ints
 
 TASKS = ("retrace",)
@@ -39,6 +40,11 @@ JUMP_LIFT = 0.5  # blocks the camera is raised in the frame right after a jump
 HEAD_CLEARANCE = 0.1  # blocks the lifted camera stays below a block overhead: more than its near plane reaches
 WORLD_ATTEMPTS = 20  # worlds drawn per reset before giving up on finding a path
 HOME_RADIUS = WALK_STEP / 2  # blocks from the start within which the agent is back there
+
+
+class NoPathError(UsageError, RuntimeError):
+    """No world drawn holds a path of the chosen settings: the CLI says it in one line (exit code 2); still a
+    RuntimeError for library callers."""
 
 
 @dataclass
@@ -188,7 +194,7 @@ class BlockworldEnv(LastFrameRender, gym.Env):
             if path is not None:
                 break
         else:
-            raise RuntimeError(
+            raise NoPathError(
                 f"found no outbound path of {cfg.path_chunks} chunks in {WORLD_ATTEMPTS} worlds of "
                 f"{cfg.world_size} blocks; use fewer path_chunks or a larger world_size"
             )

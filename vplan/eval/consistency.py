@@ -218,6 +218,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.envs import env_name
     from vplan.errors import UsageError
     from vplan.eval.consistency_metrics import make_feature_extractor, psnr_per_chunk, scene_cut_frames
+    from vplan.eval.worldmodel import check_chunk_steps
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
     from vplan.memory.temp_lora import check_target_modules
@@ -239,6 +240,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     if getattr(cfg.env, "image_size", size) != size:
         raise UsageError(f"the checkpoint's frames are {size}x{size}, the env's {cfg.env.image_size}; "
                          f"set env.image_size={size}")
+    check_chunk_steps(cfg.env, model.config.chunk_frames, f"checkpoint={cfg.checkpoint}")
     if "temp_lora" in cfg.modes:  # a typo there was found once none and anchor had run the first seed
         check_target_modules(cfg.temp_lora, model.unet, "temp_lora.target_modules")
     if "anchor" in cfg.modes and model.config.context_frames < 2:

@@ -123,6 +123,7 @@ class EvalWorldModelConfig:
         check_threads(self)
         if self.conditioning not in (None, *CONDITIONINGS):
             raise ValueError(f"conditioning: expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
+        from vplan.envs import action_units, env_name
         from vplan.policies import EXPERTS
         from vplan.shipped import shipped_checkpoint
 
@@ -133,6 +134,9 @@ class EvalWorldModelConfig:
         if (self.compare is not None or self.conditioning == "action") and self.rollout_chunks == 0:
             raise ValueError("compare= (and conditioning=action, which compares) scores the open-loop rollouts: "
                              "expected rollout_chunks >= 1, got 0")
+        if self.conditioning in ("action", "text+action") and not action_units(self.env):  # as training refuses
+            raise ValueError(f"conditioning={self.conditioning}: action conditioning reads continuous actions, and "
+                             f"env {env_name(self.env)}'s are discrete moves; leave conditioning unset (text)")
         if self.conditioning == "action":
             self.compare = self.compare or shipped_checkpoint(self.task.env, "worldmodel")
         if self.checkpoint is None:
@@ -209,7 +213,20 @@ def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
             f"{checkpoint}: its frames are {model.config.vae.image_size}x{model.config.vae.image_size}; set "
             f"env.image_size={model.config.vae.image_size}"
         )
+    check_chunk_steps(cfg.env, model.config.chunk_frames, checkpoint)
     return model
+
+
+def check_chunk_steps(env: Any, frames: int, checkpoint: str) -> None:
+    """A SettingMismatchError (as `vplan run` raises) where the env's instructions last `chunk_steps` steps (the
+    blockworld's) and the world model's chunks another number of frames: each chunk would span two instructions,
+    and the figures would not compare with those of matching settings."""
+    from vplan.errors import SettingMismatchError
+
+    steps = getattr(env, "chunk_steps", frames)
+    if steps != frames:
+        raise SettingMismatchError(f"env.chunk_steps={steps}: {checkpoint} imagines {frames}-frame chunks, one per "
+                                   f"instruction of the path; set env.chunk_steps={frames}")
 
 
 NOISE = "per-episode"  # progress.json's mark of the sampling seeds (`scene_seed`): evaluations are resumed alike
