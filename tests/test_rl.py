@@ -228,6 +228,25 @@ def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refus
     assert made == []
 
 
+def test_the_action_model_of_the_reward_is_checked_as_the_agents_checkpoints_are(checkpoints, tmp_path, capsys):
+    """A missing one was found as the reward was built (its message naming no setting), and one trained on another
+    env was not warned of."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(rl_args(checkpoints, tmp_path / "out", "rewards.idm_reproduction=1",
+                     f"rewards.action_worldmodel={tmp_path / 'none'}"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"vplan rl: error: rewards.action_worldmodel={tmp_path / 'none'}: no "
+                                               f"checkpoint at {tmp_path / 'none'}; train one with `vplan train "
+                                               "component=worldmodel` and pass rewards.action_worldmodel=DIR")
+    base = WorldModel.from_pretrained(checkpoints[0])
+    WorldModel(replace(base.config, conditioning="action", action_dim=3)).save_pretrained(
+        tmp_path / "elsewhere", trained_on_env="blockworld")
+    with pytest.warns(OtherEnvWarning, match=f"rewards.action_worldmodel={tmp_path / 'elsewhere'} was trained on "
+                                             "blockworld episodes"), pytest.raises(SystemExit):
+        main(rl_args(checkpoints, tmp_path / "out", "rewards.idm_reproduction=1",
+                     f"rewards.action_worldmodel={tmp_path / 'elsewhere'}"))  # then refused: 3 action values
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     return save_tiny_checkpoints(tmp_path_factory.mktemp("rl_checkpoints"))

@@ -247,11 +247,11 @@ class RLRun:
             warnings.warn(f"seed={cfg.seed}: exploration plays seeds {played}, among the {HELD_OUT_SEEDS}+ that vplan "
                           f"run, the evals and the benches hold out by default; explore on seeds below "
                           f"{HELD_OUT_SEEDS}", VplanWarning, stacklevel=2)
-        check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
-        check_outside_results(cfg.out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})
+        check_checkpoints_exist(_checkpoints(cfg))
+        check_outside_results(cfg.out, _checkpoints(cfg))
         self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
         self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
-        warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, env_name(cfg.env))
+        warn_if_trained_elsewhere(_checkpoints(cfg), env_name(cfg.env))
         warn_if_decoded_by_another_vae(cfg.idm_checkpoint, self.base)
         warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint, "rewards.action_worldmodel":
                                         cfg.rewards.action_worldmodel}, action_units(cfg.env))
@@ -537,6 +537,14 @@ def evaluate(
 
 
 @restores_torch_threads
+def _checkpoints(cfg: RLConfig) -> dict[str, str]:
+    """The checkpoints a run loads, by setting: checked, warned of and pinned alike (the IDM-reproduction reward's
+    action model too, whose retraining would change the rewards of a resumed run)."""
+    action_model = (cfg.rewards.action_worldmodel or "").strip()
+    return {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint,
+            **({"rewards.action_worldmodel": action_model} if action_model else {})}
+
+
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
     """Explore, score, finetune for `cfg.iterations`; then the before/after evaluation; see the module docstring."""
     from safetensors.torch import save_file
@@ -563,7 +571,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                              "or choose another out=DIR")
         if resuming:
             print(f"resuming {out}: iterations 0..{run.iteration - 1} done, iteration {run.iteration} next")
-        pin_checkpoints(out, {"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint}, resuming)
+        pin_checkpoints(out, _checkpoints(cfg), resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)
         write_config(out, cfg)
