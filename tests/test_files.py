@@ -407,3 +407,25 @@ def test_written_weights_get_the_permissions_the_umask_gives_a_new_file(tmp_path
         assert len(written) == 4 and {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o640}
     finally:
         os.umask(before)
+
+
+def test_the_env_renders_the_frames_of_the_world_model_it_runs(capsys):
+    """A 16-px model beside the 64-px default was refused, naming env.image_size=16 to pass at every command."""
+    from dataclasses import replace
+
+    from vplan.envs import BlockworldConfig, MineRLConfig, TabletopConfig
+    from vplan.eval.worldmodel import EvalWorldModelConfig
+    from vplan.shipped import with_checkpoint_frames
+    from vplan.tasks import TaskConfig
+
+    cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=TaskConfig.preset("return_cubes"))
+    sized = with_checkpoint_frames(cfg, "shipped:tabletop/worldmodel", "checkpoint")
+    assert sized.env == TabletopConfig(image_size=64) and cfg.env.image_size == 16  # a new config
+    assert capsys.readouterr().out == "env.image_size=64, the frames checkpoint=shipped:tabletop/worldmodel draws " \
+                                      "(not 16)\n"
+    assert with_checkpoint_frames(sized, "shipped:tabletop/worldmodel", "checkpoint") is sized  # as it is: silent
+    assert capsys.readouterr().out == ""
+    for unchanged in (replace(cfg, env=MineRLConfig()), cfg):  # no image_size; a checkpoint not there (said later)
+        assert with_checkpoint_frames(unchanged, "/nowhere", "checkpoint") is unchanged
+    blockworld = replace(cfg, env=BlockworldConfig(image_size=32), task=TaskConfig.preset("retrace"))
+    assert with_checkpoint_frames(blockworld, "shipped:nothing/worldmodel", "checkpoint") is blockworld

@@ -230,11 +230,12 @@ def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refus
 
 def test_the_action_model_of_the_reward_is_checked_as_the_agents_checkpoints_are(checkpoints, tmp_path, capsys):
     """A missing one was found as the reward was built (its message naming no setting), and one trained on another
-    env was not warned of."""
+    env was not warned of. A refused run gives back the caller's torch threads too."""
+    torch.set_num_threads(3)
     with pytest.raises(SystemExit) as exit_info:
         main(rl_args(checkpoints, tmp_path / "out", "rewards.idm_reproduction=1",
                      f"rewards.action_worldmodel={tmp_path / 'none'}"))
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 2 and torch.get_num_threads() == 3  # threads=1 while it ran
     assert capsys.readouterr().err.strip() == (f"vplan rl: error: rewards.action_worldmodel={tmp_path / 'none'}: no "
                                                f"checkpoint at {tmp_path / 'none'}; train one with `vplan train "
                                                "component=worldmodel` and pass rewards.action_worldmodel=DIR")

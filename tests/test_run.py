@@ -146,10 +146,14 @@ def test_every_llm_planner_fallback_is_shown_and_counted(checkpoints, tmp_path, 
 
 def test_memory_none_and_an_existing_run_dir(checkpoints, tmp_path, capsys):
     out = tmp_path / "none"
-    main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false"))
+    # another frame size than the world model draws (refused before): the env renders the model's, said
+    main(run_args(checkpoints, out, "episodes=1", "memory=none", "video=false", "env.image_size=32"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["memory"] == "none" and metrics["episodes_done"] == 1 and metrics["plan_sources"] == {"offline": 1}
-    assert "plans" not in capsys.readouterr().out  # the offline planner's are all its own
+    said = capsys.readouterr().out
+    assert f"env.image_size=64, the frames worldmodel={checkpoints[0]} draws (not 32)" in said
+    assert "image_size: 64" in (out / "config.yaml").read_text()
+    assert "plans" not in said  # the offline planner's are all its own
     assert metrics["episodes"][0]["stages_s"]["memory_update"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints.json", "config.yaml", "metrics.json"]
     with pytest.raises(SystemExit) as exit_info:
@@ -394,7 +398,6 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
         ([f"worldmodel={worldmodel}", f"idm={tmp_path / 'nothing'}"], "idm=", "vplan train component=idm"),
         ([f"worldmodel={worldmodel}", "idm=shipped:tabletop/nothing"], "no shipped checkpoint 'tabletop/nothing'",
          "pass idm=DIR"),
-        ([f"worldmodel={worldmodel}", f"idm={idm}", "env.image_size=32"], "set env.image_size=64", ""),
         ([f"worldmodel={worldmodel}", f"idm={idm}", "env=blockworld"], "predicts actions of shape (4,), the env "
          "takes one of 5 moves", "pass worldmodel=DIR and idm=DIR trained on this env's episodes"),
         ([f"worldmodel={worldmodel}", f"idm={idm}", "agent.camera=wrist"], "agent.camera='wrist': the env's "

@@ -397,9 +397,10 @@ def _episode_writer(cfg: RunConfig, env: Any, out: Path) -> Any:
 @restores_torch_threads
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run `cfg.episodes` episodes of the agent; write the run directory; print a summary table."""
-    from vplan.shipped import warn_if_training_seeds
+    from vplan.shipped import warn_if_training_seeds, with_checkpoint_frames
 
     warn_if_training_seeds(cfg.seed, recording=cfg.record)
+    cfg = with_checkpoint_frames(cfg, cfg.worldmodel_checkpoint, "worldmodel")
     out = _run_dir(cfg)
     with holding_folder(out if cfg.out is None else None):  # the CLI holds a given out=; the dated one is made here
         return _run_in(cfg, out)

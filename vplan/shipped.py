@@ -10,6 +10,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,24 @@ def trained_on_env(spec: str) -> str | None:
     records it; None where it does not say (a checkpoint written before vplan recorded it, or a dataset recorded
     outside vplan)."""
     return _recorded(spec, TRAINED_ON_ENV)
+
+
+def with_checkpoint_frames(cfg: Any, spec: str | None, setting: str) -> Any:
+    """`cfg` with its env (`cfg.env`) rendering the frames of the world model `spec` (the argument of `setting`):
+    the only size the model runs at, so `env.image_size` follows it, said since the command gave another (if only
+    by default). Unchanged where the env has no `image_size` or the checkpoint records none (a missing one is
+    named by the command's own checks)."""
+    try:
+        config = _recorded(spec, "config") if spec else None
+    except UsageError:  # a misspelt shipped: name
+        return cfg
+    vae = config.get("vae") if isinstance(config, dict) else None
+    size = vae.get("image_size") if isinstance(vae, dict) else None
+    current = getattr(cfg.env, "image_size", None)
+    if not isinstance(size, int) or isinstance(size, bool) or current is None or current == size:
+        return cfg
+    print(f"env.image_size={size}, the frames {setting}={spec} draws (not {current})")
+    return replace(cfg, env=replace(cfg.env, image_size=size))
 
 
 def _recorded(spec: str, key: str) -> Any:

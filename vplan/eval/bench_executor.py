@@ -145,8 +145,9 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import TabletopConfig, env_name, make_env
     from vplan.run import run_episode, show_chunk
-    from vplan.shipped import warn_if_training_seeds
+    from vplan.shipped import warn_if_training_seeds, with_checkpoint_frames
 
+    cfg = with_checkpoint_frames(cfg, cfg.worldmodel, "worldmodel")
     if not isinstance(cfg.env, TabletopConfig) or cfg.task.name != "return_cubes":
         raise UsageError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the tabletop's "
                          f"state and runs its expert), got env={env_name(cfg.env)} task={cfg.task.name}")

@@ -257,11 +257,14 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from vplan.envs import env_name, make_env
     from vplan.run import run_episode, show_chunk
     from vplan.memory.temp_lora import check_target_modules
-    from vplan.shipped import check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_training_seeds
+    from vplan.shipped import (
+        check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_training_seeds, with_checkpoint_frames,
+    )
     from vplan.worldmodel.model import read_config, require_text_conditioned
     from vplan.worldmodel.unet import build_unet
 
     warn_if_training_seeds(cfg.seed)
+    cfg = with_checkpoint_frames(cfg, cfg.worldmodel, "worldmodel")
     # the finetuned model may come later, made by `vplan finetune` at a path that does not exist yet
     later = not cfg.finetuned.startswith(PREFIX) and not Path(cfg.finetuned).exists()
     check_checkpoints_exist({"worldmodel": cfg.worldmodel, "idm": cfg.idm,

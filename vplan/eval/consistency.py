@@ -224,9 +224,11 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     from vplan.memory.temp_lora import check_target_modules
     from vplan.shipped import (
         check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere, warn_if_training_seeds,
+        with_checkpoint_frames,
     )
     from vplan.worldmodel.model import WorldModel, require_text_conditioned
 
+    cfg = with_checkpoint_frames(cfg, cfg.checkpoint, "checkpoint")
     torch.set_num_threads(cfg.threads)
     env = env_name(cfg.env)
     scenario_fn = revisit_scenario_for(env)

@@ -262,8 +262,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     from vplan.envs import action_units, env_name, make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
-    from vplan.shipped import check_checkpoints_exist, warn_if_training_seeds
+    from vplan.shipped import check_checkpoints_exist, warn_if_training_seeds, with_checkpoint_frames
 
+    cfg = with_checkpoint_frames(cfg, cfg.checkpoint, "checkpoint")
     torch.set_num_threads(cfg.threads)
     check_checkpoints_exist({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm})
     warn_if_training_seeds(cfg.seed)

@@ -59,6 +59,7 @@ from vplan.shipped import (
     warn_if_actions_mean_otherwise,
     warn_if_decoded_by_another_vae,
     warn_if_trained_elsewhere,
+    with_checkpoint_frames,
 )
 from vplan.tasks import TaskConfig
 from vplan.utils.files import (
@@ -536,7 +537,6 @@ def evaluate(
             "episodes": results}, followed
 
 
-@restores_torch_threads
 def _checkpoints(cfg: RLConfig) -> dict[str, str]:
     """The checkpoints a run loads, by setting: checked, warned of and pinned alike (the IDM-reproduction reward's
     action model too, whose retraining would change the rewards of a resumed run)."""
@@ -545,6 +545,7 @@ def _checkpoints(cfg: RLConfig) -> dict[str, str]:
             **({"rewards.action_worldmodel": action_model} if action_model else {})}
 
 
+@restores_torch_threads
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
     """Explore, score, finetune for `cfg.iterations`; then the before/after evaluation; see the module docstring."""
     from safetensors.torch import save_file
@@ -552,6 +553,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
 
     from vplan.envs import env_name
 
+    cfg = with_checkpoint_frames(cfg, cfg.worldmodel_checkpoint, "worldmodel")
     torch.set_num_threads(cfg.threads)
     run = RLRun(cfg)
     out = run.out
