@@ -138,6 +138,10 @@ def test_default_out_follows_the_task():
         (["train", "component.idm.image_size=16"],  # the README's IDM command without component=idm
          "unknown key 'component.idm.image_size': a setting of component=idm (chosen: worldmodel); valid keys of "
          "component: "),
+        (["train", "component=idm", "component.model.context_frames=2"],  # the chosen one, not the default
+         "unknown key 'component.model.context_frames': a setting of component=worldmodel (chosen: idm); "),
+        (["train", "component.vae.block_out_channels=[8,16]"],  # the world model's component.vae is a path
+         "unknown key 'component.vae.block_out_channels': a setting of component=vae (chosen: worldmodel)"),
         (["rl", "plan_offsets=[0,null]"], "bad value for 'plan_offsets[1]': expected an int, got null"),  # was: "a
         # group of settings"
         (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),
@@ -354,7 +358,8 @@ def test_a_home_folder_the_shell_left_as_tilde_is_written_out(monkeypatch, capsy
     for given in ("out=~/my data", "out='~/my data'", 'out="~/my data"'):
         main(["collect", given, "--help"])
         assert f"\nout: {tmp_path}/my data\n" in capsys.readouterr().out
-    for kept in ("task.instruction=~a text", "out=a~b", "~out", "out=~no_such_user_here/x"):
+    for kept in ("task.instruction=~", "planner.llm.api_key=~/x", "out=a~b", "~out", "out=~no_such_user_here/x",
+                 "data=~/d,~/e"):  # not a path setting; no home; a sweep (refused as such)
         assert _home_expanded(kept) == kept
 
 

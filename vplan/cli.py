@@ -259,14 +259,18 @@ def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-_HOME_VALUE = re.compile(r"^(?P<key>[^=]+=)(?P<quote>['\"]?)(?P<path>~[^/'\"]*(/[^'\"]*)?)(?P=quote)$")
+_HOME_VALUE = re.compile(r"^(?P<key>[^=]+=)(?P<quote>['\"]?)(?P<path>~[^/'\",]*(/[^'\",]*)?)(?P=quote)$")
+# the settings that name a file or folder (the last part of their key)
+PATH_SETTINGS = {"out", "data", "worldmodel", "idm", "checkpoint", "compare", "finetuned", "init", "vae", "path",
+                 "resnet18_weights", "action_worldmodel"}
 
 
 def _home_expanded(override: str) -> str:
     """`out=~/runs` with the home folder written out, as bash does where dash and zsh leave `~` to the program
-    (Hydra cannot read it unquoted, and quoted it named a folder `~` in the current one)."""
+    (Hydra cannot read it unquoted, and quoted it named a folder `~` in the current one); for path settings only,
+    and one path (a comma makes a sweep, refused as such)."""
     match = _HOME_VALUE.match(override)
-    if match is None:
+    if match is None or match["key"][:-1].lstrip("+").split(".")[-1] not in PATH_SETTINGS:
         return override
     path = os.path.expanduser(match["path"])
     if path == match["path"] or "'" in path:  # an unknown user's ~name: left to say itself
@@ -274,43 +278,46 @@ def _home_expanded(override: str) -> str:
     return f"{match['key']}'{path}'"
 
 
-def _unknown_key_message(base: Any, key: str, known: set[str], groups: Any) -> str:
+def _unknown_key_message(base: Any, key: str, known: set[str], chosen: Any) -> str:
     """Name the valid keys next to the bad one: the children of its deepest existing parent, the close match
-    among them, and the other choice of a config group that has it (`component.idm.*` needs `component=idm`)."""
+    among them, or the other choice of a config group that has it (`component.idm.*` needs `component=idm`;
+    `chosen`: each group's choice)."""
     from omegaconf import DictConfig, OmegaConf
 
     parent = key
     while parent and parent not in known:
         parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+    hint = _other_choices_with(key, chosen)
     if parent and not isinstance(OmegaConf.select(base, parent), DictConfig):
+        if hint:  # `component.vae.image_size=16` without component=vae: the world model's vae is a path
+            return f"unknown key {key!r}{hint}"
         return f"unknown key {key!r}: {parent} is one setting, not a group of them; give {parent}=VALUE"
     depth = parent.count(".") + 1 if parent else 0
     children = [k for k in (_flat_keys(OmegaConf.select(base, parent), f"{parent}.") if parent else _flat_keys(base))
                 if k.count(".") == depth]
-    hint = _other_choices_with(key, groups)
     if not hint:
         close = difflib.get_close_matches(".".join(key.split(".")[: depth + 1]), children, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown key {key!r}{hint}; valid keys{f' of {parent}' if parent else ''}: {', '.join(children)}"
 
 
-def _other_choices_with(key: str, groups: Any) -> str:
+def _other_choices_with(key: str, chosen: Any) -> str:
     """`: a setting of component=idm (chosen: worldmodel)` where a config group's other choices have `key`."""
     from omegaconf import OmegaConf
 
     group, _, rest = key.partition(".")
-    if not rest or group not in groups:
+    if not rest or group not in chosen:
         return ""
     having = []
     for (schema_group, name), target in SCHEMAS.items():
         option = name.removesuffix("_schema")
-        if schema_group != group or option == groups[group] or option not in preset_names(group):
+        if schema_group != group or option == chosen[group] or option not in preset_names(group):
             continue
         module_name, class_name = target.split(":")
         schema = OmegaConf.structured(getattr(importlib.import_module(module_name), class_name))
         if rest in _flat_keys(schema):
             having.append(f"{group}={option}")
-    return f": a setting of {' or '.join(having)} (chosen: {groups[group]})" if having else ""
+    return f": a setting of {' or '.join(having)} (chosen: {chosen[group]})" if having else ""
 
 
 def _misplaced_group_message(error: Exception, groups: Any, group_overrides: list[str]) -> str:
@@ -397,13 +404,15 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
                 group_overrides.append(override.input_line)
         try:
             base = compose(command.config_name, overrides=group_overrides)
+            chosen = compose(command.config_name, overrides=group_overrides,
+                             return_hydra_config=True).hydra.runtime.choices  # each group's choice, given or not
         except HydraException as error:  # a group another choice brings in, e.g. model@component.model
             raise UsageError(_misplaced_group_message(error, groups, group_overrides)) from None
         known = set(_flat_keys(base))
         for override in parsed:
             key = override.key_or_group + (f"@{override.package}" if override.package else "")
             if key not in groups and key not in known:
-                raise UsageError(_unknown_key_message(base, key, known, groups))
+                raise UsageError(_unknown_key_message(base, key, known, chosen))
             if key in known:
                 _check_bool_value(base, override)
         try:
