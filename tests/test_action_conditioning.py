@@ -395,6 +395,10 @@ def test_init_from_a_model_with_a_frame_embedding_names_the_settings_to_continue
         with pytest.raises(UsageError, match=f"component.init=.*source gives each frame its action through a frame "
                                              f"embedding, which this model has not; to continue from it, {said}"):
             _load_init(WorldModel(ours), str(tmp_path / "source"))
+    with pytest.raises(UsageError, match="through a frame embedding of another size than this model's; to continue "
+                                         "from it, pass component.model.action_dim=4$"):
+        _load_init(WorldModel(tiny_config("action", action_frame_embedding=True, action_dim=3)),
+                   str(tmp_path / "source"))
     _load_init(WorldModel(tiny_config("action", action_frame_embedding=True)), str(tmp_path / "source"))
 
 

@@ -290,7 +290,7 @@ def test_eval_worldmodel_needs_an_expert_and_defaults_to_the_tasks_shipped_model
 def test_eval_worldmodel_refuses_blockworld_instructions_of_another_length_than_the_chunks(tmp_path):
     """env.chunk_steps=6 under 8-frame chunks ran, each chunk spanning two instructions, as `vplan run` refuses."""
     from vplan.envs import BlockworldConfig
-    from vplan.errors import SettingMismatchError
+    from vplan.errors import SettingMismatchError, UsageError
     from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
@@ -299,11 +299,17 @@ def test_eval_worldmodel_refuses_blockworld_instructions_of_another_length_than_
     WorldModel(replace(tiny_world_model(), chunk_frames=8)).save_pretrained(eight)
     cfg = EvalWorldModelConfig(env=BlockworldConfig(image_size=16), task=TaskConfig.preset("retrace"),
                                checkpoint=str(two), episodes=1, out=str(tmp_path / "run"))
-    with pytest.raises(SettingMismatchError, match=rf"^env.chunk_steps=8: {two} imagines 2-frame chunks, one per "
-                                                   r"instruction of the path; set env.chunk_steps=2$"):
+    with pytest.raises(SettingMismatchError, match=rf"^env.chunk_steps=8: checkpoint={two} imagines 2-frame chunks, "
+                                                   r"one per instruction of the path; set env.chunk_steps=2$"):
         evaluate_worldmodel(cfg)
-    with pytest.raises(SettingMismatchError, match=rf"^env.chunk_steps=8: {two} imagines 2-frame chunks"):
+    with pytest.raises(SettingMismatchError, match=rf"^env.chunk_steps=8: compare={two} imagines 2-frame chunks"):
         evaluate_worldmodel(replace(cfg, checkpoint=str(eight), compare=str(two)))  # the compared model too
+    big, model = tmp_path / "big", tiny_world_model()  # a compared model of other frames: the env is the checkpoint's
+    WorldModel(replace(model, vae=replace(model.vae, image_size=32), unet=replace(model.unet, sample_size=16))
+               ).save_pretrained(big)
+    with pytest.raises(UsageError, match=rf"^compare={big}: its frames are 32x32, the env's 16x16; pass a model of the "
+                                         r"checkpoint's frames$"):
+        evaluate_worldmodel(replace(cfg, checkpoint=str(eight), compare=str(big)))
     assert not (tmp_path / "run").exists()
 
 

@@ -605,9 +605,10 @@ def test_a_vae_from_another_envs_model_is_warned_of(moves_dataset: Path, tmp_pat
 
     from vplan.shipped import OtherEnvWarning
 
-    WorldModel(WorldModelConfig.from_dict(TINY_MODEL)).save_pretrained(tmp_path / "tabletop_wm", trained_on_env="tabletop")
+    tabletop = tmp_path / "tabletop_wm"
+    WorldModel(WorldModelConfig.from_dict(TINY_MODEL)).save_pretrained(tabletop, trained_on_env="tabletop")
     config = IDMConfig(**{**IDMConfig.tiny().to_dict(), "num_moves": 5})
-    component = IDMTrainConfig(idm=config, vae=str(tmp_path / "tabletop_wm"), label="commanded",
+    component = IDMTrainConfig(idm=config, vae=str(tabletop), label="commanded",
                                optim=OptimConfig(steps=1, batch_size=4, warmup_steps=1))
     with pytest.warns(OtherEnvWarning, match="component.vae=.*tabletop_wm was trained on tabletop episodes, and this "
                                              "env is blockworld"):

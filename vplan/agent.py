@@ -452,10 +452,7 @@ class VideoPlanningAgent:
                 f"(3 values or more) for stall detection, got shape {tuple(state.shape)}; pass the key of the "
                 "gripper's position, or agent.stall_steps=0 to turn stall detection off")
         env_config = getattr(getattr(env, "unwrapped", env), "config", None)  # a vplan env's settings
-        steps, frames = getattr(env_config, "chunk_steps", None), self.world_model.config.chunk_frames
-        if steps is not None and steps != frames:  # the blockworld's: one instruction per world-model chunk
-            raise SettingMismatchError(f"env.chunk_steps={steps}: the world model imagines {frames}-frame chunks, "
-                                       f"one per instruction of the path; set env.chunk_steps={frames}")
+        check_chunk_steps(env_config, self.world_model.config.chunk_frames, "the world model")
         if self.idm_checkpoint is not None and env_config is not None:
             warn_if_actions_mean_otherwise({"idm": self.idm_checkpoint}, action_units(env_config))
 
@@ -706,3 +703,15 @@ def warn_if_chunk_frames_ignored(planner: PlannerConfig, frames: int) -> None:
     if planner.chunk_frames not in (frames, PlannerConfig().chunk_frames):
         warnings.warn(f"planner.chunk_frames={planner.chunk_frames} is ignored: a chunk is the world model's, "
                       f"{frames} frames", VplanWarning, stacklevel=3)
+
+
+def check_chunk_steps(env_config: Any, frames: int, model: str) -> None:
+    """A SettingMismatchError where the env's instructions last `chunk_steps` steps (the blockworld's) and the world
+    model (`model`, as a message names it) imagines chunks of another number of frames: each chunk would span two
+    instructions (an agent's plans and an evaluation's figures then mean another thing)."""
+    from vplan.errors import SettingMismatchError
+
+    steps = getattr(env_config, "chunk_steps", None)
+    if steps is not None and steps != frames:
+        raise SettingMismatchError(f"env.chunk_steps={steps}: {model} imagines {frames}-frame chunks, one per "
+                                   f"instruction of the path; set env.chunk_steps={frames}")

@@ -192,12 +192,15 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {key: float(np.mean([row[key] for row in rows])) for key in keys} | {"chunks": len(rows)}
 
 
-def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
-    """The checkpoint's world model with the sampling overrides, checked against the env's frame size."""
+def _load_model(setting: str, cfg: EvalWorldModelConfig) -> Any:
+    """The world model `setting` (`checkpoint`, `compare`) names, with the sampling overrides, checked against the
+    env's frame size and instruction length."""
+    from vplan.agent import check_chunk_steps
     from vplan.errors import UsageError
     from vplan.worldmodel.diffusion import SAMPLERS
     from vplan.worldmodel.model import WorldModel
 
+    checkpoint = getattr(cfg, setting)
     model = WorldModel.from_pretrained(checkpoint)
     overrides = {"sampler": cfg.sampler, "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
     diffusion = model.config.diffusion
@@ -208,25 +211,13 @@ def _load_model(checkpoint: str, cfg: EvalWorldModelConfig) -> Any:
         model.config.diffusion = replace(diffusion, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as error:
         raise UsageError(f"sampling override: {error}") from None
-    if model.config.vae.image_size != cfg.env.image_size:
-        raise UsageError(
-            f"{checkpoint}: its frames are {model.config.vae.image_size}x{model.config.vae.image_size}; set "
-            f"env.image_size={model.config.vae.image_size}"
-        )
-    check_chunk_steps(cfg.env, model.config.chunk_frames, checkpoint)
+    size = model.config.vae.image_size
+    if size != cfg.env.image_size:  # (the env renders the checkpoint's frames: `with_checkpoint_frames`)
+        raise UsageError(f"{setting}={checkpoint}: its frames are {size}x{size}, the env's {cfg.env.image_size}x"
+                         f"{cfg.env.image_size}" + ("; pass a model of the checkpoint's frames" if setting == "compare"
+                                                     else f"; set env.image_size={size}"))
+    check_chunk_steps(cfg.env, model.config.chunk_frames, f"{setting}={checkpoint}")
     return model
-
-
-def check_chunk_steps(env: Any, frames: int, checkpoint: str) -> None:
-    """A SettingMismatchError (as `vplan run` raises) where the env's instructions last `chunk_steps` steps (the
-    blockworld's) and the world model's chunks another number of frames: each chunk would span two instructions,
-    and the figures would not compare with those of matching settings."""
-    from vplan.errors import SettingMismatchError
-
-    steps = getattr(env, "chunk_steps", frames)
-    if steps != frames:
-        raise SettingMismatchError(f"env.chunk_steps={steps}: {checkpoint} imagines {frames}-frame chunks, one per "
-                                   f"instruction of the path; set env.chunk_steps={frames}")
 
 
 NOISE = "per-episode"  # progress.json's mark of the sampling seeds (`scene_seed`): evaluations are resumed alike
@@ -268,12 +259,12 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     check_checkpoints_exist({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm})
     warn_if_training_seeds(cfg.seed)
-    model = _load_model(cfg.checkpoint, cfg)
+    model = _load_model("checkpoint", cfg)
     if cfg.conditioning is not None and model.config.conditioning != cfg.conditioning:
         raise UsageError(f"checkpoint={cfg.checkpoint} is conditioned on {model.config.conditioning!r}, not "
                          f"conditioning={cfg.conditioning!r}; give a checkpoint trained with "
                          f"component.model.conditioning={cfg.conditioning}, or leave checkpoint unset")
-    compare = _load_model(cfg.compare, cfg) if cfg.compare is not None else None
+    compare = _load_model("compare", cfg) if cfg.compare is not None else None
     if compare is not None and (compare.config.context_frames, compare.config.chunk_frames) != (
             model.config.context_frames, model.config.chunk_frames):
         raise UsageError(f"compare={cfg.compare}: its context and chunk lengths differ from the checkpoint's; compare "

@@ -291,8 +291,9 @@ def _load_init(module: WorldModel, init: str) -> None:
         ours = module.config
         if source_config.frame_input_size and source_config.frame_input_size != ours.frame_input_size:
             settings = ("conditioning", "action_frame_embedding", "action_dim")
-            raise UsageError(f"component.init={init} gives each frame its action through a frame embedding, which "
-                             "this model has not; to continue from it, pass " + " ".join(
+            has = " of another size than this model's" if ours.frame_input_size else ", which this model has not"
+            raise UsageError(f"component.init={init} gives each frame its action through a frame embedding{has}; "
+                             "to continue from it, pass " + " ".join(
                                  f"component.model.{name}={str(getattr(source_config, name)).lower()}"
                                  for name in settings if getattr(source_config, name) != getattr(ours, name)))
         module.load_weights(
