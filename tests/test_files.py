@@ -387,6 +387,40 @@ def test_a_log_axis_only_for_values_spanning_a_decade(tmp_path, monkeypatch):
     assert scales == ["linear", "log"]
 
 
+def test_every_label_and_legend_stays_inside_its_figure_and_lines_differ(tmp_path, monkeypatch):
+    """bench planning's y label ran off both ends of dist.png; a checkpoint's long path pushed open_loop.png's
+    legend off the figure and over the axis; rewards.png's legend covered lines; coinciding lines hid each other."""
+    import vplan.utils.plots as plots
+
+    drawn, save = [], plots._save
+
+    def kept(figure, axis, path, title):
+        save(figure, axis, path, title)
+        drawn.append((figure, axis))
+
+    monkeypatch.setattr(plots, "_save", kept)
+    plots.bar_plot(tmp_path / "dist.png", {f"row {i} (a long name)": (0.1, 0.05) for i in range(5)},
+                   "Dist (m), lower is better", "return_cubes on tabletop: mean ± std over 20 held-out seeds")
+    long = "/home/someone/projects/vplan-experiments/checkpoints/worldmodel_text_3400steps/final"
+    plots.line_plot(tmp_path / "open_loop.png", {f"checkpoint {long}": ([0, 1, 2], [20.0, 19.0, 18.0]),
+                                                 "copy the last real frame": ([0, 1, 2], [19.0, 18.0, 17.0])},
+                    "chunk", "PSNR (dB)", "open loop")
+    plots.line_plot(tmp_path / "rewards.png", {name: ([0, 1, 2], [0.0, 0.0, 0.0]) for name in
+                                               ("reward", "success rate", "outcome", "executability", "consistency")},
+                    "iteration", "mean over the explored episodes", "rewards")
+    for figure, axis in drawn:
+        renderer, bounds = figure.canvas.get_renderer(), figure.bbox
+        texts = [axis.title, axis.xaxis.label, axis.yaxis.label] + ([axis.get_legend()] if axis.get_legend() else [])
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert bounds.x0 <= box.x0 and box.x1 <= bounds.x1 and bounds.y0 <= box.y0 and box.y1 <= bounds.y1, text
+        if axis.get_legend() is not None and len(axis.lines) > 3:  # beside the axes, over no line
+            assert axis.get_legend().get_window_extent(renderer).x0 > axis.get_window_extent(renderer).x1
+        if axis.get_legend() is not None:  # the line plots: each line its own style
+            assert len({(line.get_linestyle(), line.get_marker()) for line in axis.lines}) == len(axis.lines)
+    assert "…" in drawn[1][1].get_legend().get_texts()[0].get_text()
+
+
 def test_written_weights_get_the_permissions_the_umask_gives_a_new_file(tmp_path):
     """safetensors writes 0600 whatever the umask: a checkpoint in a folder a group shares was its owner's alone,
     beside JSON files the group could read."""

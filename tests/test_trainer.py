@@ -460,6 +460,20 @@ def test_loss_log_lines_a_resumed_run_repeats_are_read_once_the_newer_winning(tm
     assert logged_losses(tmp_path / "missing.jsonl") == ([], [])
 
 
+def test_the_running_mean_of_the_loss_is_drawn_at_its_windows_middle(tmp_path, monkeypatch):
+    """Drawn at each window's last step, the mean of a falling loss sat above the loss all along."""
+    from vplan.loop import trainer
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": 10 * (i + 1), "loss": 12.0 - i}) + "\n" for i in range(12)))
+    drawn = {}
+    monkeypatch.setattr(trainer, "line_plot", lambda path, series, *args, **kwargs: drawn.update(series))
+    trainer.plot_losses(log, tmp_path / "loss.png", "toy", window=4)
+    steps, means = drawn["mean of 4 log lines"]
+    assert means[0] == 10.5 and steps[0] in (20, 30)  # the mean of steps 10-40: at 20 (not 40), as the loss there
+    assert len(steps) == len(means) == 9
+
+
 def test_a_run_from_step_0_starts_a_new_loss_log(tmp_path):
     """Without a checkpoint the run begins anew: an old log (its checkpoints deleted) kept its later steps in the
     log and the plot, beside this run's."""

@@ -335,7 +335,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     write_text_atomic(out / TABLE_FILE, table)
     bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
                                if s["dist_mean"] is not None},
-             f"Dist ({dist_unit}; lower is better), mean ± std over episodes",
-             f"{cfg.task.name} on {env_name(cfg.env)}, {cfg.episodes} held-out seeds")
+             f"Dist ({dist_unit}), lower is better",
+             f"{cfg.task.name} on {env_name(cfg.env)}: mean ± std over {cfg.episodes} held-out "
+             f"seed{'s' if cfg.episodes != 1 else ''}")
     print("\n" + table + f"\nresults, table and plot in {out}")
     return results

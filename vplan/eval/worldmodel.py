@@ -5,7 +5,7 @@ chunk position, the model gets the real context frames and the true subgoal text
 with the real frames (PSNR and SSIM from torchmetrics) next to the copy-last-frame baseline; the table also
 covers only the chunks where the agent moves (or turns, `_moving`), where copying the last frame is wrong. Text
 sensitivity is the share of chunks whose generation under the true subgoal is closer to the real frames than under a
-different subgoal of the same episode (same seed, same context). An MP4 grid shows real above generated.
+different subgoal of the same episode (same seed, same context). An MP4 shows real (left) beside generated.
 With `idm=` an inverse-dynamics policy reads the actions off each generated chunk and off the real one (from the
 same last real frame): how far apart they are says whether the agent could act on what the model draws.
 

@@ -431,14 +431,16 @@ def logged_losses(log_path: Path) -> tuple[list[int], list[float]]:
 
 
 def plot_losses(log_path: Path, path: Path, title: str, window: int = 10) -> None:
-    """The logged loss against the step, with its running mean over `window` log lines, as a PNG."""
+    """The logged loss against the step, with its running mean over `window` log lines (drawn at each window's
+    middle step: at its last, the mean lagged above a falling loss), as a PNG."""
     steps, losses = logged_losses(log_path)
     if not steps:
         return
     series = {"loss": (steps, losses)}
     if len(losses) > window:
         running = [sum(losses[i - window + 1 : i + 1]) / window for i in range(window - 1, len(losses))]
-        series[f"mean of {window} log lines"] = (steps[window - 1 :], running)
+        middle = (window - 1) // 2
+        series[f"mean of {window} log lines"] = (steps[middle : middle + len(running)], running)
     line_plot(path, series, "step", "loss", title, log_y=all(v > 0 for v in losses))
 
 

@@ -31,13 +31,31 @@ def _save(figure: Any, axis: Any, path: Path, title: str) -> None:
         figure.savefig(scratch, dpi=120)
 
 
+# Each line's own style and marker, so that lines which coincide (memory modes sharing noise, a term at 0 under
+# the success rate) still show there are several.
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v")  # cycled apart from the line styles: 20 lines before a pair repeats
+_LEGEND_LABEL = 48  # characters: a checkpoint's absolute path pushed the legend off the figure
+
+
+def _short(label: str) -> str:
+    """`label`, its middle cut to `_LEGEND_LABEL` characters (a path keeps its start and its last folders)."""
+    if len(label) <= _LEGEND_LABEL:
+        return label
+    keep = (_LEGEND_LABEL - 1) // 2
+    return f"{label[:keep]}…{label[-keep:]}"
+
+
 def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
               ylabel: str, title: str, log_y: bool = False) -> None:
     """One line per label, each given as (x values, y values); `log_y` for values spanning decades (losses): a
-    log axis only where they do span one, since within a decade it labels two ticks or none."""
-    figure, axis = _axes((6, 3.5))
-    for label, (x, y) in series.items():
-        axis.plot(x, y, label=label, marker="o" if len(x) <= 40 else None, markersize=3)
+    log axis only where they do span one, since within a decade it labels two ticks or none. More than three
+    lines get their legend beside the axes, where it covers none of them."""
+    figure, axis = _axes((6 if len(series) <= 3 else 8, 3.5))
+    for i, (label, (x, y)) in enumerate(series.items()):
+        style, marker = _LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)]
+        axis.plot(x, y, label=_short(label), linestyle=style, marker=marker if len(x) <= 40 else None,
+                  markersize=3)
     values = [float(v) for _, y in series.values() for v in y]
     if log_y and values and min(values) > 0 and max(values) >= 10 * min(values):
         axis.set_yscale("log")
@@ -48,7 +66,9 @@ def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[f
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
-    if len(series) > 1:
+    if len(series) > 3:
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif len(series) > 1:
         axis.legend(fontsize=8)
     _save(figure, axis, path, title)
 
