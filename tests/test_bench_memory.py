@@ -78,8 +78,10 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     assert all(row["rss_ratio"] is None for row in rows)  # one process: every mode's state is resident in all
     assert rows[1]["update_s_per_chunk"] > 0 and rows[2]["update_s_per_chunk"] > 0
     assert rows[0]["update_s_per_chunk"] == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "temp_lora + overlap" in out and "vs none" in out and "its peaks are not compared" in out
+    assert "bench memory: 100%" in captured.err  # minutes of silence before: a bar over its episodes
     assert "target for temp_lora + overlap: <= 1.10x wall of none" in out
     written = json.loads((tmp_path / "results.json").read_text())  # out=: the same rows, and where they ran
     assert written["command"] == "bench memory" and written["results"] == json.loads(json.dumps(rows))

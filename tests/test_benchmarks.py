@@ -40,7 +40,15 @@ def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
                                        out=str(tmp_path)))
     assert results["steps_without_render_per_s"] > results["steps_and_renders_per_s"] > 0
     assert results["expert_success_rate"] == 1.0
-    assert "target" not in capsys.readouterr().out  # the target is for 64x64 frames
+    printed = capsys.readouterr().out
+    assert "target" not in printed  # the target is for 64x64 frames
+    # the expert's figures in one column (the success row's stood left of it)
+    def figure_ends(line: str) -> int:  # the column where the row's figure ends (before a unit)
+        figure = line.split()[-2] if line.endswith(" s") else line.split()[-1]
+        return line.rindex(figure) + len(figure)
+
+    rows = [line for line in printed.splitlines() if line.startswith(("  wall time per episode", "  success"))]
+    assert len(rows) == 2 and figure_ends(rows[0]) == figure_ends(rows[1]), rows
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["results"] == results and written["settings"]["env"]["image_size"] == 16
     assert {"cpu_count", "torch", "omp_wait_policy"} <= set(written["machine"])
@@ -108,8 +116,9 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
     assert used[0] == ("dpmsolver++", 2) and set(used[1:]) == {("ddim", 2), ("flow_euler", 2)}
     assert used.index(("flow_euler", 2)) > max(i for i, u in enumerate(used) if u == ("ddim", 2))  # in order
     assert all(row["generate_and_decode_s"] > 0 and row["generate_s"] > 0 for row in rows)  # timed separately: no order
-    printed = capsys.readouterr().out
-    assert "peak RSS" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "peak RSS" in printed and "bench worldmodel: 100%" in captured.err  # a bar over the samplers
     lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith("  ") and ":2" in line}
     # the tiny model predicts ε: a flow sampler's row is its time alone
     assert "time only: the model predicts epsilon" in lines["flow_euler:2"] and "time only" not in lines["ddim:2"]
@@ -502,9 +511,10 @@ def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path
     evaluate_worldmodel(replace(cfg, resume=True))
     assert len(imageio.mimread(tmp_path / "eval" / "real_vs_generated.mp4")) > 0
     (tmp_path / "eval" / "metrics.json").unlink()
-    capsys.readouterr()
-    evaluate_worldmodel(replace(cfg, resume=True, video_chunks=3))  # its chunks' frames were not kept
-    assert "real_vs_generated.mp4 shows 1 chunk(s), written before, and is kept" in capsys.readouterr().out
+    from vplan.errors import VplanWarning  # a warning (stderr), not a result line
+
+    with pytest.warns(VplanWarning, match="real_vs_generated.mp4 shows 1 chunk\\(s\\), written before, and is kept"):
+        evaluate_worldmodel(replace(cfg, resume=True, video_chunks=3))  # its chunks' frames were not kept
 
 
 def test_an_interrupted_evaluations_grid_keeps_the_chunks_of_its_finished_episodes(tmp_path, monkeypatch):

@@ -487,3 +487,16 @@ def test_a_run_stopped_in_its_first_episode_resumes_only_with_the_checkpoints_it
     with pytest.raises(SystemExit) as exit_info:
         main(run_args((worldmodel, idm), out, "episodes=1", "memory=none", "video=false", "resume=true"))
     assert exit_info.value.code == 2 and "its files changed since" in capsys.readouterr().err
+
+
+def test_the_bar_names_the_chunk_being_imagined_before_the_figures_so_far():
+    """At 80 columns the figures came first and the live part was cut (`... Dist 0.0`, no chunk)."""
+    from tqdm import tqdm
+
+    from vplan.run import show_chunk
+
+    bar = tqdm(total=3, ncols=80, disable=True)
+    show_chunk(bar, 10001, "success 0/1, Dist 0.000, last episode 4.4 s")(3, "put the red cube back where it was")
+    assert bar.postfix == "seed 10001, chunk 3: put the red cube back wh | success 0/1, Dist 0.000, last episode 4.4 s"
+    show_chunk(bar, 10000)(0, "pick up the red cube")
+    assert bar.postfix == "seed 10000, chunk 0: pick up the red cube"

@@ -476,3 +476,14 @@ def test_a_world_model_on_exploratory_data_warns(tiny_dataset, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", VplanWarning)
         train_on(tiny_dataset, "b")  # expert-only
+
+
+def test_a_resume_of_a_run_that_records_no_settings_is_a_warning_not_a_result_line(tmp_path):
+    """It was printed to stdout, among the results, and so missed by `2>warnings.log`."""
+    from vplan.errors import VplanWarning
+    from vplan.loop.train import TrainConfig, VAETrainConfig, _record_config
+    from vplan.worldmodel.vae import VAEConfig
+
+    cfg = TrainConfig(component=VAETrainConfig(vae=VAEConfig.tiny(image_size=16)), data="data", out=str(tmp_path))
+    with pytest.warns(VplanWarning, match="does not record the settings it was begun with"):
+        _record_config(cfg, tmp_path, resuming=True, write=False)

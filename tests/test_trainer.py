@@ -474,6 +474,14 @@ def test_the_running_mean_of_the_loss_is_drawn_at_its_windows_middle(tmp_path, m
     assert len(steps) == len(means) == 9
 
 
+def test_the_progress_bar_is_drawn_at_tqdms_rate_not_at_every_step(tmp_path, monkeypatch, capsys):
+    """The loss in the bar's postfix redrew it at every step (twice): 12k lines of bar in a 10,000-step log."""
+    monkeypatch.setenv("TQDM_MININTERVAL", "1000")  # tqdm's own setting: draw at the start and the end only
+    train(LinearFit(), OptimConfig(steps=60, batch_size=4, lr=0.01, warmup_steps=1, log_every=60), tmp_path, "toy")
+    drawn = capsys.readouterr().err.count("\r")
+    assert 0 < drawn < 10, drawn
+
+
 def test_a_run_from_step_0_starts_a_new_loss_log(tmp_path):
     """Without a checkpoint the run begins anew: an old log (its checkpoints deleted) kept its later steps in the
     log and the plot, beside this run's."""

@@ -204,9 +204,11 @@ def load_agent(cfg: RunConfig) -> Any:
     return agent
 
 
-def show_chunk(bar: Any, seed: int, before: str = "") -> Callable[[int, str], None]:
-    """A `run_episode` `on_chunk` that names the chunk being imagined on a tqdm bar, after `before`."""
-    return lambda n, text: bar.set_postfix_str(f"{before}seed {seed}, chunk {n}: {text[:40]}")
+def show_chunk(bar: Any, seed: int, after: str = "") -> Callable[[int, str], None]:
+    """A `run_episode` `on_chunk` that names the chunk being imagined on a tqdm bar, then `after` (the figures so
+    far: a narrow terminal cuts the end of the line, which cut the live part and left a figure half-printed)."""
+    return lambda n, text: bar.set_postfix_str(f"seed {seed}, chunk {n}: {text[:24]}" + (f" | {after}" if after
+                                                                                         else ""))
 
 
 def run_episode(
@@ -445,7 +447,7 @@ def _run_in(cfg: RunConfig, out: Path) -> dict[str, Any]:
                              "does not account for them; choose another out=DIR")
         bar = tqdm(range(len(results), cfg.episodes), desc=f"run ({cfg.memory.kind})", unit="episode",
                    initial=len(results), total=cfg.episodes)
-        so_far = ""  # the finished episodes' figures, then what the agent imagines now
+        so_far = ""  # the finished episodes' figures, after what the agent imagines now
         for i in bar:
             recorder = EpisodeRecorder() if writer is not None else None
             episode = run_episode(env, agent, cfg.task.instruction, cfg.seed + i, cfg.agent.camera, recorder,
@@ -469,8 +471,8 @@ def _run_in(cfg: RunConfig, out: Path) -> dict[str, Any]:
             write_json(out / METRICS_FILE, metrics)
             dist = "–" if metrics["dist_mean"] is None else f"{metrics['dist_mean']:.3f}"  # none finite yet
             so_far = (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {dist}, "
-                      f"last episode {result['wall_s']:.1f} s | ")
-            bar.set_postfix_str(so_far.removesuffix(" | "))
+                      f"last episode {result['wall_s']:.1f} s")
+            bar.set_postfix_str(so_far)
         bar.close()
     finally:
         with interrupts_ignored():  # what is done is closed whole, whatever ended the loop

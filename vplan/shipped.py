@@ -265,8 +265,9 @@ def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool, w
         raise RunError(f"{file} is damaged (its entries are no checkpoint records); restore it, or choose another "
                        "out=DIR")
     if resuming and not file.is_file():
-        print(f"warning: {out} does not record which checkpoint files it ran with (it was begun before vplan "
-              f"recorded them); continuing with {', '.join(f'{k}={v}' for k, v in checkpoints.items())} as they are")
+        given = ", ".join(f"{k}={v}" for k, v in checkpoints.items())
+        warnings.warn(f"{out} does not record which checkpoint files it ran with (it was begun before vplan "
+                      f"recorded them); continuing with {given} as they are", VplanWarning, stacklevel=2)
     for name, spec in checkpoints.items():
         fingerprint = checkpoint_fingerprint(resolve_checkpoint(spec))
         before = pinned.get(name, {}).get("fingerprint", fingerprint)

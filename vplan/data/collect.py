@@ -167,8 +167,8 @@ def _check_same_settings(cfg: CollectConfig, out: Path) -> None:
     if (out / CONFIG_FILE).is_file():
         check_same_config(cfg, out / CONFIG_FILE, RESUMABLE_CHANGES)
     else:
-        print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
-              "continuing with these, unchecked")
+        warnings.warn(f"{out} does not record the settings it was begun with (begun before vplan recorded them); "
+                      "continuing with these, unchecked", VplanWarning, stacklevel=2)
 
 
 def warn_if_exploring(data: str | Path) -> None:

@@ -129,6 +129,6 @@ def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     print(f"expert on {cfg.episodes} episodes of {cfg.task.name}:")
     print(f"  wall time per episode    {results['expert_episode_s']:10.2f} s")
     print(f"  steps per episode        {results['expert_episode_steps']:10.1f}")
-    print(f"  success                  {successes}/{cfg.episodes}")
+    print(f"  success                  {f'{successes}/{cfg.episodes}':>10}")
     record_bench(cfg.out, "bench env", cfg, results, machine)
     return results

@@ -265,6 +265,7 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
     """Time every mode, episodes interleaved round-robin (none, memory, memory + overlap, none, ...) so that a
     change in the machine's load hits every mode alike; print the table with ratios to none."""
     import torch
+    from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)  # as each mode's process runs (and results.json records)
     if cfg.checkpoint:
@@ -289,9 +290,13 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
             if isinstance(runner, _ProcessRunner):
                 runner.ready()  # all built and warmed up before any timing starts
         results: list[list[dict[str, Any]]] = [[] for _ in runners]
-        for _ in range(cfg.episodes):
-            for runner, done in zip(runners, results):
-                done.append(runner.episode())
+        # (minutes with the shipped model: a bar on stderr, drawn between the timed episodes)
+        with tqdm(total=cfg.episodes * len(runners), desc="bench memory", unit="episode") as bar:
+            for _ in range(cfg.episodes):
+                for runner, done, (kind, overlap) in zip(runners, results, modes(cfg)):
+                    bar.set_postfix_str(_mode_name(kind, overlap), refresh=False)
+                    done.append(runner.episode())
+                    bar.update(1)
     except BaseException:  # Ctrl-C, a mode's error: no episode is waited for
         for runner in runners:
             runner.close(wait=False) if isinstance(runner, _ProcessRunner) else runner.close()

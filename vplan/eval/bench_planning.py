@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.agent import AgentConfig
-from vplan.errors import RunError, UsageError
+from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.eval.bench_record import machine
 from vplan.eval.consistency_metrics import psnr
 from vplan.memory.config import MemoryConfig
@@ -286,8 +287,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                                  "bench planning", fix="one `vplan finetune` made")
     check_target_modules(cfg.memory, build_unet(settings.unet, settings.frame_input_size), "memory.target_modules")
     if not _exists(cfg.finetuned):
-        print(f"warning: {missing}; the slow-learned model's rows run first, then the bench stops for it "
-              "(rerun the same command to continue)")
+        warnings.warn(f"{missing}; the slow-learned model's rows run first, then the bench stops for it "
+                      "(rerun the same command to continue)", VplanWarning, stacklevel=2)
     out = Path(cfg.out)  # made by the first row's pin_checkpoints, once its agent fits the env
     results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS], "bench planning",
                            summaries=(TABLE_FILE, PLOT_FILE))

@@ -77,6 +77,8 @@ def _fastest(function, repeats: int) -> float:
 @restores_torch_threads
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""
+    from tqdm import tqdm
+
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})
     if cfg.checkpoint:  # every refusal before out= is made or a model loaded
         settings = read_config(resolve_checkpoint(cfg.checkpoint))
@@ -101,7 +103,9 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
     texts = ["pick up the red cube"]
     model.generate(context, texts)  # warm-up: first-call allocations, text-encoder cache
     rows = []
-    for spec, diffusion in diffusions.items():
+    bar = tqdm(diffusions.items(), desc="bench worldmodel", unit="sampler")  # on stderr, drawn between timings
+    for spec, diffusion in bar:
+        bar.set_postfix_str(spec, refresh=False)
         model.config = replace(config, diffusion=diffusion)  # generate() reads the sampler from here
         seed = torch.Generator().manual_seed(0)
         generate = _fastest(lambda: model.generate(context, texts, generator=seed), cfg.repeats)

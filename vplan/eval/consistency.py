@@ -38,6 +38,7 @@ finished rollout is kept in `progress.json` as it ends, so an interrupted evalua
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,11 @@ import numpy as np
 from omegaconf import MISSING
 
 from vplan.data.dataset import chunk_subgoal
-from vplan.errors import RunError
+from vplan.errors import RunError, VplanWarning
 from vplan.eval.progress import (
     METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
 )
-from vplan.eval.stats import paired_summary
+from vplan.eval.stats import paired_summary, signed
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.utils.files import write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
@@ -269,9 +270,9 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     unfilmed = [name for episode, seed in enumerate(seeds) if episode < cfg.video_episodes for mode in cfg.modes
                 if mode not in todo[seed] and not (out / (name := f"real_vs_{mode}_seed{seed}.mp4")).is_file()]
     if unfilmed:  # a resumption that raised video_episodes: the finished rollouts' frames were not kept
-        print(f"warning: {len(unfilmed)} rollout(s) finished before have no video ({', '.join(unfilmed[:3])}"
-              f"{', ...' if len(unfilmed) > 3 else ''}): video_episodes applies to the rollouts still to run; "
-              "overwrite=true runs them all again")
+        warnings.warn(f"{len(unfilmed)} rollout(s) finished before have no video ({', '.join(unfilmed[:3])}"
+                      f"{', ...' if len(unfilmed) > 3 else ''}): video_episodes applies to the rollouts still to run; "
+                      "overwrite=true runs them all again", VplanWarning, stacklevel=2)
     bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk",
                initial=sum(len(cfg.modes) - len(modes) for modes in todo.values()) * cfg.chunks)
     try:
@@ -460,7 +461,7 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
         if "src_vs_none" in row:
             d = row["src_vs_none"]
             error = "" if d["standard_error"] is None else f" (standard error {d['standard_error']:.2f})"
-            print(f"  SRC of {mode} minus none, paired by seed: {d['mean']:+.2f}{error}, ahead in {d['ahead']} and "
+            print(f"  SRC of {mode} minus none, paired by seed: {signed(d['mean'])}{error}, ahead in {d['ahead']} and "
                   f"behind in {d['behind']} of {d['episodes']}")
     scuts = "fewer is better"
     if real["scuts"] > 0:  # blockworld's turns swing the whole view: cuts of the scene itself

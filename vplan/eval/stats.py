@@ -16,3 +16,12 @@ def paired_summary(gains: np.ndarray) -> dict[str, Any]:
     mean = float(gains.mean()) if len(gains) else None
     return {"mean": mean, "standard_error": error, "episodes": len(gains),
             "ahead": int((gains > 0).sum()), "behind": int((gains < 0).sum())}
+
+
+def signed(value: float, digits: int = 2) -> str:
+    """A difference with its sign and `digits` decimals; two significant digits where those decimals would read
+    ±0.00 for one that is not 0 (`-0.00, ... behind in 1` read as a tie); 0 without a sign."""
+    if value == 0:
+        return f"{0:.{digits}f}"
+    text = f"{value:+.{digits}f}"
+    return f"{value:+.2g}" if float(text) == 0 else text

@@ -32,6 +32,7 @@ model that draws the moves it expects whatever it is told scores about half.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,7 +47,8 @@ from vplan.data.dataset import chunk_subgoal
 from vplan.eval.progress import (
     METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
 )
-from vplan.eval.stats import paired_summary
+from vplan.errors import VplanWarning
+from vplan.eval.stats import paired_summary, signed
 from vplan.utils.files import file_written_aside, write_json, write_mp4
 from vplan.shipped import (
     pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_decoded_by_another_vae, warn_if_trained_elsewhere,
@@ -587,8 +589,8 @@ def _say_if_grid_kept_short(path: Path, video_chunks: int, chunk_frames: int) ->
     except (OSError, RuntimeError):  # a file replaced by hand: the grid is kept as the resumption finds it
         return
     if video_chunks > shown:
-        print(f"warning: {path} shows {shown} chunk(s), written before, and is kept: video_chunks={video_chunks} "
-              "applies to an evaluation's first run; overwrite=true runs it again")
+        warnings.warn(f"{path} shows {shown} chunk(s), written before, and is kept: video_chunks={video_chunks} "
+                      "applies to an evaluation's first run; overwrite=true runs it again", VplanWarning, stacklevel=2)
 
 
 def _write_grid(chunks: list[tuple[np.ndarray, str]], path: Path) -> None:
@@ -640,5 +642,5 @@ def _print_open_loop(summary: dict[str, Any], conditioning: str, compare: Any) -
     if "paired" in summary:
         paired = summary["paired"]
         error = "" if paired["standard_error_db"] is None else f" (standard error {paired['standard_error_db']:.2f})"
-        print(f"  checkpoint minus compare: {paired['mean_gain_db']:+.2f} dB per episode{error}, ahead in "
+        print(f"  checkpoint minus compare: {signed(paired['mean_gain_db'])} dB per episode{error}, ahead in "
               f"{paired['ahead']} and behind in {paired['behind']} of {paired['episodes']} episodes")

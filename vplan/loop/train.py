@@ -15,6 +15,7 @@ newest checkpoint, and is refused if a setting (but for the run's length and log
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
-from vplan.errors import UsageError
+from vplan.errors import UsageError, VplanWarning
 from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
 from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
 from vplan.loop.trainer import (
@@ -367,8 +368,8 @@ def _record_config(cfg: TrainConfig, out: Path, resuming: bool, write: bool) -> 
             # a resume starts from its checkpoint, whatever init says now: the record keeps what the run began from
             cfg = replace(cfg, component=replace(cfg.component, init=began_from))
     elif resuming:
-        print(f"warning: {out} does not record the settings it was begun with (begun before vplan recorded them); "
-              "continuing with these, unchecked")
+        warnings.warn(f"{out} does not record the settings it was begun with (begun before vplan recorded them); "
+                      "continuing with these, unchecked", VplanWarning, stacklevel=2)
     if write:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg)

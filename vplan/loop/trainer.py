@@ -342,8 +342,8 @@ def train(
                     raise
                 raise _out_of_memory_error(description, error, step, optim, out, optim_key) from error
             step += 1
+            bar.set_postfix(loss=f"{mean[0]:.4f}", refresh=False)  # drawn by update, at tqdm's rate: not every step
             bar.update(1)
-            bar.set_postfix(loss=f"{mean[0]:.4f}")
             if main and (step % optim.log_every == 0 or step == target):
                 record = {"step": step, "loss": mean[0], "lr": optimizer.param_groups[0]["lr"], **logs}
                 record["seconds"] = round(time.perf_counter() - started, 2)

@@ -385,8 +385,8 @@ class RLRun:
                                                  stats=agent.stats(), chunks=[_imagined(c) for c in episode["chunks"]])
                         self.rewards.score(rollout)
                         continuations.append(rollout)
+                        bar.set_postfix(reward=f"{rollout.reward:.3f}", refresh=False)
                         bar.update(1)
-                        bar.set_postfix(reward=f"{rollout.reward:.3f}")
                 finally:
                     agent.close()
                 plans.append(continuations)
