@@ -532,9 +532,15 @@ def test_train_refuses_a_batch_that_does_not_split_before_reading_data_and_only_
     with pytest.raises(RunError, match="train vae: component.optim.batch_size=3 does not split evenly"):
         train_component(TrainConfig(component=component, data=str(tmp_path / "no_dataset"), out=str(tmp_path / "o")))
     monkeypatch.setattr(trainer, "is_main_process", lambda: False)
-    with trainer.only_the_main_process_prints():
-        print("a warning each process would give")
-    assert capsys.readouterr().out == ""
+    import warnings
+
+    from vplan.errors import VplanWarning
+
+    with warnings.catch_warnings(record=True) as given, trainer.only_the_main_process_prints():
+        warnings.simplefilter("always")
+        print("a line each process would give")
+        warnings.warn("a warning each process would give", VplanWarning)
+    assert capsys.readouterr().out == "" and given == []
 
 
 def test_each_process_takes_its_share_of_the_steps_batch_and_its_own_noise():

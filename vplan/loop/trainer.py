@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -159,11 +160,13 @@ def main_process_first() -> Any:
 
 @contextlib.contextmanager
 def only_the_main_process_prints() -> Iterator[None]:
-    """print() silenced in every process but the first, which speaks for all (each warning would come N times)."""
+    """print() and warnings silenced in every process but the first, which speaks for all (each would come N
+    times); errors are each process's own."""
     if is_main_process():
         yield
         return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         yield
 
 
