@@ -536,10 +536,11 @@ def test_train_refuses_a_batch_that_does_not_split_before_reading_data_and_only_
 
     from vplan.errors import VplanWarning
 
-    with warnings.catch_warnings(record=True) as given, trainer.only_the_main_process_prints():
-        warnings.simplefilter("always")
-        print("a line each process would give")
-        warnings.warn("a warning each process would give", VplanWarning)
+    with warnings.catch_warnings(record=True) as given:
+        warnings.simplefilter("always")  # (the CLI's setting for some: each would be shown)
+        with trainer.only_the_main_process_prints():
+            print("a line each process would give")
+            warnings.warn("a warning each process would give", VplanWarning)
     assert capsys.readouterr().out == "" and given == []
 
 
