@@ -358,6 +358,11 @@ def test_a_home_folder_the_shell_left_as_tilde_is_written_out(monkeypatch, capsy
     for given in ("out=~/my data", "out='~/my data'", 'out="~/my data"'):
         main(["collect", given, "--help"])
         assert f"\nout: {tmp_path}/my data\n" in capsys.readouterr().out
+    main(["collect", 'out="~/my,data"', "--help"])  # quoted, a comma is part of the path
+    assert f"\nout: {tmp_path}/my,data\n" in capsys.readouterr().out
+    # every path setting (the one list vplan compares paths by), e.g. the LLM planner's text encoder
+    encoder = "planner.llm.text_encoder_path"
+    assert _home_expanded(f"{encoder}=~/minilm") == f"{encoder}='{tmp_path}/minilm'"
     for kept in ("task.instruction=~", "planner.llm.api_key=~/x", "out=a~b", "~out", "out=~no_such_user_here/x",
                  "data=~/d,~/e"):  # not a path setting; no home; a sweep (refused as such)
         assert _home_expanded(kept) == kept

@@ -294,8 +294,9 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     from vplan.errors import VplanWarning  # a warning (stderr), not a result line
 
     with pytest.warns(VplanWarning, match=r"2 rollout\(s\) finished before have no video \(real_vs_none_seed10001.mp4, "
-                                          r"real_vs_temp_lora_seed10001.mp4\)"):
+                                          r"real_vs_temp_lora_seed10001.mp4\)") as said:
         evaluate(out, episodes=2, resume=True, video_episodes=2)  # the finished rollouts' frames were not kept
+    assert said[0].filename == __file__  # the caller's line, not the threads decorator's
 
     (Path(tiny_checkpoint) / "notes.txt").write_text("retrained")  # the checkpoint's files change
     try:

@@ -443,7 +443,7 @@ def test_written_weights_get_the_permissions_the_umask_gives_a_new_file(tmp_path
         os.umask(before)
 
 
-def test_the_env_renders_the_frames_of_the_world_model_it_runs(capsys):
+def test_the_env_renders_the_frames_of_the_world_model_it_runs(capsys, tmp_path):
     """A 16-px model beside the 64-px default was refused, naming env.image_size=16 to pass at every command."""
     from dataclasses import replace
 
@@ -463,3 +463,7 @@ def test_the_env_renders_the_frames_of_the_world_model_it_runs(capsys):
         assert with_checkpoint_frames(unchanged, "/nowhere", "checkpoint") is unchanged
     blockworld = replace(cfg, env=BlockworldConfig(image_size=32), task=TaskConfig.preset("retrace"))
     assert with_checkpoint_frames(blockworld, "shipped:nothing/worldmodel", "checkpoint") is blockworld
+    damaged = tmp_path / "damaged"  # a size no env renders: left to the checkpoint's loader to name (a traceback)
+    damaged.mkdir()
+    (damaged / "config.json").write_text(json.dumps({"config": {"vae": {"image_size": 2048}}}))
+    assert with_checkpoint_frames(cfg, str(damaged), "checkpoint") is cfg and capsys.readouterr().out == ""

@@ -259,21 +259,22 @@ def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-_HOME_VALUE = re.compile(r"^(?P<key>[^=]+=)(?P<quote>['\"]?)(?P<path>~[^/'\",]*(/[^'\",]*)?)(?P=quote)$")
-# the settings that name a file or folder (the last part of their key)
-PATH_SETTINGS = {"out", "data", "worldmodel", "idm", "checkpoint", "compare", "finetuned", "init", "vae", "path",
-                 "resnet18_weights", "action_worldmodel"}
+# a value starting with `~`: quoted (a comma is part of it), or bare (where a comma would make a sweep)
+_HOME_VALUE = re.compile(r"^(?P<key>[^=]+=)(?:(?P<quote>['\"])(?P<quoted>~[^'\"]*)(?P=quote)|(?P<bare>~[^'\",]*))$")
 
 
 def _home_expanded(override: str) -> str:
     """`out=~/runs` with the home folder written out, as bash does where dash and zsh leave `~` to the program
     (Hydra cannot read it unquoted, and quoted it named a folder `~` in the current one); for path settings only,
     and one path (a comma makes a sweep, refused as such)."""
+    from vplan.utils.settings import PATH_SETTINGS
+
     match = _HOME_VALUE.match(override)
     if match is None or match["key"][:-1].lstrip("+").split(".")[-1] not in PATH_SETTINGS:
         return override
-    path = os.path.expanduser(match["path"])
-    if path == match["path"] or "'" in path:  # an unknown user's ~name: left to say itself
+    given = match["quoted"] or match["bare"]
+    path = os.path.expanduser(given)
+    if path == given or "'" in path:  # an unknown user's ~name: left to say itself
         return override
     return f"{match['key']}'{path}'"
 

@@ -155,8 +155,12 @@ def with_checkpoint_frames(cfg: Any, spec: str | None, setting: str) -> Any:
     current = getattr(cfg.env, "image_size", None)
     if not isinstance(size, int) or isinstance(size, bool) or current is None or current == size:
         return cfg
+    try:
+        env = replace(cfg.env, image_size=size)
+    except ValueError:  # a size no env renders (a damaged config.json): the checkpoint's loader names it
+        return cfg
     print(f"env.image_size={size}, the frames {setting}={spec} draws (not {current})")
-    return replace(cfg, env=replace(cfg.env, image_size=size))
+    return replace(cfg, env=env)
 
 
 def _recorded(spec: str, key: str) -> Any:

@@ -288,7 +288,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     check_target_modules(cfg.memory, build_unet(settings.unet, settings.frame_input_size), "memory.target_modules")
     if not _exists(cfg.finetuned):
         warnings.warn(f"{missing}; the slow-learned model's rows run first, then the bench stops for it "
-                      "(rerun the same command to continue)", VplanWarning, stacklevel=2)
+                      "(rerun the same command to continue)", VplanWarning, stacklevel=3)  # past the threads decorator
     out = Path(cfg.out)  # made by the first row's pin_checkpoints, once its agent fits the env
     results = load_results(out / RESULTS_FILE, cfg, [row.name for row in ROWS], "bench planning",
                            summaries=(TABLE_FILE, PLOT_FILE))

@@ -272,7 +272,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     if unfilmed:  # a resumption that raised video_episodes: the finished rollouts' frames were not kept
         warnings.warn(f"{len(unfilmed)} rollout(s) finished before have no video ({', '.join(unfilmed[:3])}"
                       f"{', ...' if len(unfilmed) > 3 else ''}): video_episodes applies to the rollouts still to run; "
-                      "overwrite=true runs them all again", VplanWarning, stacklevel=2)
+                      "overwrite=true runs them all again", VplanWarning, stacklevel=3)  # past the threads decorator
     bar = tqdm(total=cfg.episodes * len(cfg.modes) * cfg.chunks, desc="eval consistency", unit="chunk",
                initial=sum(len(cfg.modes) - len(modes) for modes in todo.values()) * cfg.chunks)
     try:
