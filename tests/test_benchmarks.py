@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import replace
 
@@ -425,7 +426,10 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     for key in ("motion_error", "motion_cosine", "grip_agreement"):
         assert all(f"{prefix}{key}" in row for row in metrics["chunks"] for prefix in ("idm_", "copy_idm_"))
         assert metrics["all"][f"idm_{key}"] == pytest.approx(np.mean([row[f"idm_{key}"] for row in metrics["chunks"]]))
-    assert "actions the IDM reads" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "actions the IDM reads" in printed
+    # agreements in percent, as the IDM's training prints its accuracy; distances as figures
+    assert re.search(r"same grip \d+\.\d% \| \d+\.\d%", printed) and re.search(r"motion cosine -?\d\.\d{3} \|", printed)
 
     IDMPolicy(IDMConfig.tiny(image_size=32)).save_pretrained(tmp_path / "idm32")
     with pytest.raises(UsageError, match="reads 32x32 frames"):

@@ -518,7 +518,9 @@ def _print_agreement(metrics: dict[str, Any]) -> None:
     for name in ("all", "moving"):
         s = metrics[name]
         if s:
-            cells = [f"{label} {s['idm_' + key]:.3f} | {s['copy_idm_' + key]:.3f}"
+            # agreements as percentages, as `vplan train component=idm` prints its grip and move accuracy
+            cells = [f"{label} {s['idm_' + key]:.1%} | {s['copy_idm_' + key]:.1%}" if key.endswith("agreement") else
+                     f"{label} {s['idm_' + key]:.3f} | {s['copy_idm_' + key]:.3f}"
                      for key, label in names.items() if "idm_" + key in s]
             print(f"    {name + ' (' + str(s['chunks']) + ')':12} " + ", ".join(cells))
 
