@@ -405,14 +405,14 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
                 group_overrides.append(override.input_line)
         try:
             base = compose(command.config_name, overrides=group_overrides)
-            chosen = compose(command.config_name, overrides=group_overrides,
-                             return_hydra_config=True).hydra.runtime.choices  # each group's choice, given or not
         except HydraException as error:  # a group another choice brings in, e.g. model@component.model
             raise UsageError(_misplaced_group_message(error, groups, group_overrides)) from None
         known = set(_flat_keys(base))
         for override in parsed:
             key = override.key_or_group + (f"@{override.package}" if override.package else "")
             if key not in groups and key not in known:
+                chosen = compose(command.config_name, overrides=group_overrides,
+                                 return_hydra_config=True).hydra.runtime.choices  # each group's choice, given or not
                 raise UsageError(_unknown_key_message(base, key, known, chosen))
             if key in known:
                 _check_bool_value(base, override)

@@ -103,14 +103,14 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
     texts = ["pick up the red cube"]
     model.generate(context, texts)  # warm-up: first-call allocations, text-encoder cache
     rows = []
-    bar = tqdm(diffusions.items(), desc="bench worldmodel", unit="sampler")  # on stderr, drawn between timings
-    for spec, diffusion in bar:
-        bar.set_postfix_str(spec, refresh=False)
-        model.config = replace(config, diffusion=diffusion)  # generate() reads the sampler from here
-        seed = torch.Generator().manual_seed(0)
-        generate = _fastest(lambda: model.generate(context, texts, generator=seed), cfg.repeats)
-        with_decode = _fastest(lambda: model.decode(model.generate(context, texts, generator=seed)), cfg.repeats)
-        rows.append({"sampler": spec, "generate_s": generate, "generate_and_decode_s": with_decode})
+    with tqdm(diffusions.items(), desc="bench worldmodel", unit="sampler") as bar:  # stderr, drawn between timings
+        for spec, diffusion in bar:
+            bar.set_postfix_str(spec, refresh=False)
+            model.config = replace(config, diffusion=diffusion)  # generate() reads the sampler from here
+            seed = torch.Generator().manual_seed(0)
+            generate = _fastest(lambda: model.generate(context, texts, generator=seed), cfg.repeats)
+            with_decode = _fastest(lambda: model.decode(model.generate(context, texts, generator=seed)), cfg.repeats)
+            rows.append({"sampler": spec, "generate_s": generate, "generate_and_decode_s": with_decode})
     model.config = config
     peak_mb = peak_rss_mb()
     size = config.vae.image_size
