@@ -512,7 +512,7 @@ def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp
     assert against_itself["mean"]["psnr"] == against_text["mean"]["psnr"]
     assert against_itself["paired"] == {
         "mean_gain_db": 0.0, "standard_error_db": None, "episodes": 1, "ahead": 0, "behind": 0}
-    assert "checkpoint minus compare: +0.00 dB per episode, ahead in 0 and behind in 0 of 1" in capsys.readouterr().out
+    assert "checkpoint minus compare: 0.00 dB per episode, ahead in 0 and behind in 0 of 1" in capsys.readouterr().out
 
 
 def test_eval_worldmodel_conditioning_action_puts_the_shipped_action_model_beside_the_text_one(tmp_path):

@@ -100,9 +100,10 @@ def test_bad_arguments_raise_naming_the_value(kwargs, message):
 
 # --- `vplan eval consistency env=blockworld` end to end ----------------------------------------------------
 
-CONTEXT, CHUNK, CHUNKS = 4, 20, 2
+CONTEXT, CHUNK, CHUNKS = 4, 6, 7
 # One "walk forward" of 6 steps in the smallest world: round 1 is 36 frames (6 out, 12 turning around, 6 back,
-# 12 turning back), so 2 chunks of 20 after 4 context frames (44 frames) hold 8 revisits.
+# 12 turning back), so 7 chunks of 6 (one per instruction: eval consistency refuses a chunk spanning two) after
+# 4 context frames (46 frames) hold 10 revisits.
 SHORT_PATH = [f"env.image_size={SIZE}", "env.path_chunks=1", "env.chunk_steps=6", "env.world_size=24"]
 
 
@@ -127,5 +128,5 @@ def test_cli_eval_consistency_runs_on_blockworld(tiny_checkpoint, tmp_path, caps
         assert np.isfinite(row["src"]) and np.isfinite(row["psnr_drift_db_per_chunk"])
         assert (out / f"real_vs_{mode}_seed10000.mp4").exists()
     # The real take revisits exactly: its revisits are its first visits.
-    assert metrics["real"]["episodes"][0]["pairs"] == 8 and metrics["real"]["src"] > 99
+    assert metrics["real"]["episodes"][0]["pairs"] == 10 and metrics["real"]["src"] > 99
     assert "blockworld revisit scenario" in printed
