@@ -17,6 +17,7 @@ from typing import Any
 
 from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.utils.files import read_json_record, write_json
+from vplan.utils.settings import with_image_size
 
 PREFIX = "shipped:"
 PINNED_FILE = "checkpoints.json"  # in a run directory: the fingerprint of each checkpoint the run used
@@ -152,15 +153,13 @@ def with_checkpoint_frames(cfg: Any, spec: str | None, setting: str) -> Any:
         return cfg
     vae = config.get("vae") if isinstance(config, dict) else None
     size = vae.get("image_size") if isinstance(vae, dict) else None
-    current = getattr(cfg.env, "image_size", None)
-    if not isinstance(size, int) or isinstance(size, bool) or current is None or current == size:
+    if not isinstance(size, int) or isinstance(size, bool) or not hasattr(cfg.env, "image_size"):
         return cfg
     try:
-        env = replace(cfg.env, image_size=size)
+        env = with_image_size(cfg.env, size, "env", f"the frames {setting}={spec} draws")
     except ValueError:  # a size no env renders (a damaged config.json): the checkpoint's loader names it
         return cfg
-    print(f"env.image_size={size}, the frames {setting}={spec} draws (not {current})")
-    return replace(cfg, env=env)
+    return cfg if env is cfg.env else replace(cfg, env=env)
 
 
 def _recorded(spec: str, key: str) -> Any:

@@ -37,7 +37,8 @@ from vplan.shipped import (PREFIX, check_checkpoints_exist, check_outside_result
                            warn_if_trained_elsewhere)
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, write_config,
+    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, with_image_size,
+    write_config,
 )
 from vplan.worldmodel.latent_cache import LATENTS_DIR, episode_latents
 from vplan.worldmodel.model import VAE_FILE, CheckpointError, WorldModel, WorldModelConfig, load_vae, read_config
@@ -121,17 +122,14 @@ class TrainConfig:
 
 
 def _sized_for(config: Any, frames: tuple[int, ...], setting: str) -> Any:
-    """A VAE's or an IDM's `config` for the dataset's square `frames`: the only size it could train on, so its
-    `image_size` follows them (said, since the command gave another, if only by default)."""
-    if frames[0] != frames[1] or config.image_size == frames[0]:
+    """A VAE's or an IDM's `config` for the dataset's square `frames`, the only size it could train on."""
+    if frames[0] != frames[1]:
         return config  # (a frame of another shape is refused as it is checked)
     try:
-        sized = replace(config, image_size=frames[0])
+        return with_image_size(config, frames[0], setting, "the dataset's frames")
     except ValueError as error:
         raise UsageError(f"the dataset's frames are {frames[0]}x{frames[1]}, which {setting} cannot read: "
                          f"{error}") from None
-    print(f"{setting}.image_size={frames[0]}, the dataset's frames (not {config.image_size})")
-    return sized
 
 
 def _check_frame_size(frames: tuple[int, ...], image_size: int) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import MISSING, asdict, fields, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,17 @@ def check_threads(config: Any) -> None:
     if config.threads > MAX_THREADS:
         raise ValueError(f"threads: expected at most {MAX_THREADS} (this machine has {os.cpu_count()} cores), got "
                          f"{config.threads}")
+
+
+def with_image_size(config: Any, size: int, setting: str, source: str) -> Any:
+    """`config` (a VAE's, an IDM's or an env's) at `image_size` `size`, the only one `source` (the dataset's
+    frames, a world model's) lets it work at: said in one line where the command gave another, if only by
+    default. A ValueError where `config` cannot take that size."""
+    if config.image_size == size:
+        return config
+    sized = replace(config, image_size=size)
+    print(f"{setting}.image_size={size}, {source} (not {config.image_size})")
+    return sized
 
 
 def thread_counts(rows: Iterable[Mapping[str, Any]]) -> list[int | None]:
