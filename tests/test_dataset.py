@@ -387,10 +387,13 @@ def test_a_commit_stopped_midway_leaves_no_files_behind_it(tmp_path: Path, monke
 
     monkeypatch.setattr(EpisodeWriter, "_commit_files", noted)
     monkeypatch.setattr(EpisodeWriter, "_file_kinds", interrupted)
+    writer = EpisodeWriter.create_or_resume(root, FPS, FEATURES, "tabletop")
     with pytest.raises(KeyboardInterrupt):
-        write(root, [2])
+        writer.add_episode(*make_episode(2, length=5))
+    writer.close()
     monkeypatch.undo()
     check_episodes(root, [0, 1, 2])
+    assert (writer.num_episodes, writer.num_frames) == (3, sum(3 + seed % 3 for seed in range(3)))  # what collect says
 
 
 KILLING_WRITER = textwrap.dedent(

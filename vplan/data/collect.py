@@ -287,6 +287,7 @@ def collect(cfg: CollectConfig) -> Path:
         except KeyboardInterrupt:
             bar.close()
             env.close()
+            writer.close()  # counts an episode whose commit the stop cut short before the writer did
             print(f"interrupted: {writer.num_episodes} episode(s) kept in {out}; the same command collects the rest",
                   file=sys.stderr)
             raise

@@ -770,13 +770,13 @@ class EpisodeWriter:
         if self._lock is not None:
             try:
                 info = self.root / INFO_PATH
-                on_disk = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
-                # else stopped between a commit and counting it in `_info` (the positions move first): the next
-                # open cleans up instead
-                if on_disk == self._info["total_episodes"]:
+                on_disk = json.loads(info.read_text()) if info.is_file() else {"total_episodes": 0}
+                if on_disk["total_episodes"] == self._info["total_episodes"]:
                     self._delete_leftovers()
                     (self.root / STAGING_DIR).mkdir(exist_ok=True)
                     self._repair_meta()
+                else:  # stopped between a commit and counting it in `_info` (the positions move first): the next
+                    self._info = on_disk  # open cleans up; num_episodes counts the committed episode meanwhile
             finally:  # whatever the clean-up met, the directory is released
                 shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
                 os.close(self._lock)
