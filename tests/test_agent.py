@@ -16,13 +16,15 @@ import torch
 from tiny_agent import CHUNK, IMAGE, LATENT, save_tiny_checkpoints, tiny_idm, tiny_world_model
 
 import vplan.envs  # noqa: F401  (registers vplan/Tabletop-v0)
-from vplan.agent import STAGES, AgentConfig, VideoPlanningAgent
+from vplan.agent import STAGES, VideoPlanningAgent
+from vplan.config import AgentConfig
 from vplan.constants import DONE
 from vplan.data.collect import EpisodeRecorder
 from vplan.memory import MemoryConfig, NoMemory
 from vplan.planner import Check, Plan, PlannerConfig, Subgoal
 from vplan.planner.offline import OfflinePlanner, Planner
-from vplan.policies.idm import IDMConfig, IDMPolicy
+from vplan.policies.config import IDMConfig
+from vplan.policies.idm import IDMPolicy
 from vplan.tasks import TaskConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -919,7 +921,8 @@ class SucceedsAtStep(gym.Wrapper):
 def played_and_summarized(world_model, idm, env, others=lambda result: []):
     """run_episode of a fresh agent in `env` (closed after), and summarize over its result and `others(result)`."""
     from vplan.envs import TabletopConfig
-    from vplan.run import RunConfig, run_episode, summarize
+    from vplan.run import run_episode, summarize
+    from vplan.config import RunConfig
     from vplan.tasks import TaskConfig
 
     agent = make_agent(world_model, idm, **NO_REPLAN)

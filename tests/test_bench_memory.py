@@ -10,13 +10,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vplan.eval.bench_memory import BenchMemoryConfig, bench_memory
+from vplan.eval.bench_memory import bench_memory
+from vplan.eval.config import BenchMemoryConfig
 from vplan.memory import MemoryConfig
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModelConfig
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
 
 
 def tiny_world_model() -> WorldModelConfig:

@@ -102,7 +102,7 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
 def test_interrupted_before_any_episode_says_that_nothing_was_written(checkpoints, tmp_path, capsys, monkeypatch):
     """Stopped while the first agent loaded, it said its finished episodes (none) were kept in a results.json that
     did not exist."""
-    from vplan.eval.bench_planning import AgentBenchConfig
+    from vplan.eval.config import AgentBenchConfig
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from vplan.eval.bench_env import BenchEnvConfig, bench_env
-from vplan.eval.bench_worldmodel import BenchWorldModelConfig, bench_worldmodel
 from vplan.envs import TabletopConfig
+from vplan.eval.bench_env import BenchEnvConfig, bench_env
+from vplan.eval.bench_worldmodel import bench_worldmodel
+from vplan.eval.config import BenchWorldModelConfig
 from vplan.tasks import TaskConfig
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModelConfig
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
 
 
 def tiny_world_model() -> WorldModelConfig:
@@ -74,7 +71,8 @@ def test_a_bench_never_writes_over_another_commands_results(tmp_path):
     """bench planning's and bench executor's results.json hold their finished episodes; another bench's figures
     replaced them, and planning then blamed 'other settings'."""
     from vplan.errors import UsageError
-    from vplan.eval.bench_planning import ROWS, BenchPlanningConfig, load_results
+    from vplan.eval.bench_planning import ROWS, load_results
+    from vplan.eval.config import BenchPlanningConfig
 
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     planning = {"settings": {}, "rows": {row.name: [{"seed": 10000}] for row in ROWS}}  # before it said "command"
@@ -153,7 +151,8 @@ def test_bench_worldmodel_refuses_before_writing_anything(tmp_path, capsys, args
 
 
 def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
-    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -174,7 +173,8 @@ def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
 
 
 def test_text_sensitivity_compares_two_texts_on_the_same_context_and_noise(tmp_path, monkeypatch):
-    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -211,7 +211,8 @@ def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_con
     other tests only checked ranges, so a slice off by one frame went unseen."""
     from vplan.data.collect import rollout_expert
     from vplan.envs import make_env
-    from vplan.eval.worldmodel import EvalWorldModelConfig, chunk_scores, evaluate_worldmodel
+    from vplan.eval.worldmodel import chunk_scores, evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.policies import make_expert
     from vplan.worldmodel.model import WorldModel
 
@@ -253,7 +254,8 @@ def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_con
 def test_eval_worldmodel_samples_each_episodes_chunks_with_their_own_noise(tmp_path, monkeypatch):
     """The chunks at one start shared their noise across episodes (correlating the scores the standard errors
     take as independent), and an episode's noise depended on its place in the run."""
-    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -284,7 +286,7 @@ def test_eval_worldmodel_needs_an_expert_and_defaults_to_the_tasks_shipped_model
     """navigate (MineRL) has no expert to play the episodes: a traceback after out= was written; the default
     checkpoint was the env's, shipped:rlbench/worldmodel for env=rlbench, where vplan run takes the task's."""
     from vplan.envs import RLBenchConfig
-    from vplan.eval.worldmodel import EvalWorldModelConfig
+    from vplan.eval.config import EvalWorldModelConfig
 
     with pytest.raises(ValueError, match="task: eval worldmodel scores on the scripted expert's episodes, and "
                                          "'navigate' has none"):
@@ -301,7 +303,8 @@ def test_eval_worldmodel_refuses_blockworld_instructions_of_another_length_than_
     """env.chunk_steps=6 under 8-frame chunks ran, each chunk spanning two instructions, as `vplan run` refuses."""
     from vplan.envs import BlockworldConfig
     from vplan.errors import SettingMismatchError, UsageError
-    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     two, eight = tmp_path / "two", tmp_path / "eight"  # the tiny model imagines 2-frame chunks
@@ -366,7 +369,8 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
     import pytest
 
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -396,8 +400,10 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     import torch
 
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import EvalWorldModelConfig, action_agreement, evaluate_worldmodel
-    from vplan.policies.idm import IDMConfig, IDMPolicy
+    from vplan.eval.worldmodel import action_agreement, evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
+    from vplan.policies.idm import IDMPolicy
+    from vplan.policies.config import IDMConfig
     from vplan.worldmodel.model import WorldModel
 
     torch.manual_seed(0)
@@ -441,7 +447,8 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
     import pytest
 
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -492,7 +499,8 @@ def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path
     import pytest
 
     import vplan.eval.worldmodel
-    from vplan.eval.worldmodel import EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -528,7 +536,8 @@ def test_an_interrupted_evaluations_grid_keeps_the_chunks_of_its_finished_episod
     import pytest
 
     import vplan.eval.worldmodel
-    from vplan.eval.worldmodel import GRID_SO_FAR, EvalWorldModelConfig, evaluate_worldmodel
+    from vplan.eval.worldmodel import GRID_SO_FAR, evaluate_worldmodel
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 import sys
 
 import pytest
@@ -451,3 +452,22 @@ def test_a_warning_during_a_progress_bar_gets_a_line_of_its_own():
     bar.close()
     assert re.search(r"run: .*[\r\n]warning: the LLM planner fell back\n", stream.getvalue(), re.DOTALL)
     assert not re.search(r"\]warning:", stream.getvalue())
+
+
+def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
+    """Every command's --help and a mistyped setting took over 5 s on the 2-core machine: reading the settings
+    imported torch, diffusers and peft (the config dataclasses lived beside the models)."""
+    probe = textwrap.dedent("""
+        import sys
+        from vplan.cli import COMMANDS, main
+        for command in COMMANDS:
+            for args in (["--help"], ["not_a_setting=1"]):
+                try:
+                    main([*command.words, *args])
+                except SystemExit as stop:
+                    assert stop.code in (0, None) if args == ["--help"] else stop.code == 2, (command.name, stop.code)
+        print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -22,7 +22,8 @@ from vplan.eval.consistency_metrics import (
     scene_return_consistency,
 )
 from vplan.eval.revisit import revisit_scenario
-from vplan.worldmodel.vae import VAEConfig, build_vae
+from vplan.worldmodel.config import VAEConfig
+from vplan.worldmodel.vae import build_vae
 
 SIZE = 64
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from vplan.worldmodel.diffusion import BETA_SCHEDULES, SAMPLERS, DiffusionConfig, masked_diffusion_loss, sample_chunk
-from vplan.worldmodel.unet import UNet3D, UNetConfig, build_unet
+from vplan.worldmodel.config import BETA_SCHEDULES, SAMPLERS, DiffusionConfig, UNetConfig
+from vplan.worldmodel.diffusion import masked_diffusion_loss, sample_chunk
+from vplan.worldmodel.unet import UNet3D, build_unet
 
 SAMPLER_CASES = [("epsilon", "ddim"), ("epsilon", "dpmsolver++"), ("flow", "flow_euler")]
 BATCH, CONTEXT, CHUNK, TOKENS, DIM = 2, 3, 4, 5, 384

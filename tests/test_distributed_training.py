@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from vplan.loop.checkpoint import list_checkpoints
-from vplan.loop.trainer import OptimConfig, train
+from vplan.loop.config import OptimConfig
+from vplan.loop.trainer import train
 
 OPTIM = OptimConfig(steps=4, batch_size=4, lr=0.05, warmup_steps=1, save_every=2, log_every=1)
 

@@ -17,15 +17,13 @@ import torch
 from vplan.cli import main
 from vplan.envs import TabletopConfig
 from vplan.errors import RunError
-from vplan.eval.consistency import EvalConsistencyConfig, evaluate_consistency
+from vplan.eval.config import EvalConsistencyConfig
+from vplan.eval.consistency import evaluate_consistency
 from vplan.eval.revisit import NoRevisitScenarioError, revisit_scenario, revisit_scenario_for
 from vplan.memory import MemoryConfig
 from vplan.tasks import TaskConfig
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
+from vplan.worldmodel.model import WorldModel
 
 SIZE = 16
 CONTEXT, CHUNK = 4, 16

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from vplan.loop.checkpoint import list_checkpoints, save_checkpoint
 from vplan.errors import RunError
+from vplan.loop.checkpoint import list_checkpoints, save_checkpoint
 from vplan.utils.files import (
     folder_written_aside, fsync_tree, read_json_record, recover_folder, write_json, write_mp4, write_text_atomic,
 )
@@ -448,7 +448,7 @@ def test_the_env_renders_the_frames_of_the_world_model_it_runs(capsys, tmp_path)
     from dataclasses import replace
 
     from vplan.envs import BlockworldConfig, MineRLConfig, TabletopConfig
-    from vplan.eval.worldmodel import EvalWorldModelConfig
+    from vplan.eval.config import EvalWorldModelConfig
     from vplan.shipped import with_checkpoint_frames
     from vplan.tasks import TaskConfig
 

@@ -28,15 +28,13 @@ from vplan.envs import TabletopConfig
 from vplan.errors import RunError, UsageError
 from vplan.loop import finetune as ft
 from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
-from vplan.loop.finetune import FinetuneConfig, InnerEpisode, SlowFastTraining, episode_file, finetune, merged_weights
-from vplan.loop.trainer import OptimConfig, train
+from vplan.loop.config import FinetuneConfig, OptimConfig
+from vplan.loop.finetune import InnerEpisode, SlowFastTraining, episode_file, finetune, merged_weights
+from vplan.loop.trainer import train
 from vplan.memory import MemoryConfig, TempLoRAMemory
 from vplan.tasks import TaskConfig
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
+from vplan.worldmodel.model import WorldModel
 
 # A tiny model: 16×16 frames, 8×8 latents; chunks of 8 latents, so a ~130-frame episode has 16 chunks.
 MEMORY = MemoryConfig(kind="temp_lora", rank=4, lr=1e-2, gradient_checkpointing=False)

@@ -19,22 +19,16 @@ from vplan.data import EpisodeDataset
 from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
 from vplan.errors import UsageError
-from vplan.loop.idm import (
-    Episode,
-    IDMTrainConfig,
-    IDMTraining,
-    check_fits,
-    error_report,
-    evenly_spaced,
-    load_episodes,
-)
-from vplan.loop.train import TrainConfig, train_component
-from vplan.loop.trainer import OptimConfig
-from vplan.policies.idm import IDMConfig, IDMInputError, IDMPolicy, windows
+from vplan.loop.config import IDMTrainConfig, OptimConfig, TrainConfig
+from vplan.loop.idm import Episode, IDMTraining, check_fits, error_report, evenly_spaced, load_episodes
+from vplan.loop.train import train_component
+from vplan.policies.config import IDMConfig
+from vplan.policies.idm import IDMInputError, IDMPolicy, windows
 from vplan.shipped import trained_on_env
 from vplan.tasks import TaskConfig
-from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig
-from vplan.worldmodel.vae import VAEConfig, build_vae
+from vplan.worldmodel.config import VAEConfig, WorldModelConfig
+from vplan.worldmodel.model import CheckpointError, WorldModel
+from vplan.worldmodel.vae import build_vae
 
 # (its image_size follows the dataset's frames: 16)
 TINY_IDM = ["component.idm.channels=[8,16]", "component.idm.hidden_dim=32",

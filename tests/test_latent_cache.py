@@ -15,8 +15,9 @@ from vplan.data.collect import CollectConfig, collect
 from vplan.envs import TabletopConfig
 from vplan.tasks import TaskConfig
 from vplan.worldmodel import latent_cache
+from vplan.worldmodel.config import VAEConfig
 from vplan.worldmodel.latent_cache import LATENTS_DIR, episode_latents, vae_fingerprint
-from vplan.worldmodel.vae import VAEConfig, build_vae, encode_frames
+from vplan.worldmodel.vae import build_vae, encode_frames
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ import torch
 from torch import nn
 
 from vplan.memory import AnchorFrameMemory, MemoryConfig, MemorySnapshot, NoMemory, TempLoRAMemory, make_memory
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
-from vplan.worldmodel.text_encoder import LearnedTextEncoder, TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
+from vplan.worldmodel.model import WorldModel
+from vplan.worldmodel.text_encoder import LearnedTextEncoder
 
 DIM, TOKENS, LATENT = 16, 6, 8  # tiny VAE: 16×16 frames → 8×8 latents
 CONTEXT, CHUNK = 3, 4

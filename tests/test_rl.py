@@ -16,6 +16,7 @@ from test_action_conditioning import tiny_config
 
 from vplan.cli import main
 from vplan.rl.advantages import group_advantages
+from vplan.rl.config import RewardConfig
 from vplan.rl.objectives import (
     add_rl_adapter,
     delta_penalty,
@@ -26,14 +27,7 @@ from vplan.rl.objectives import (
     rwr_loss,
     rwr_weights,
 )
-from vplan.rl.rewards import (
-    ConsistencyReward,
-    ExecutabilityReward,
-    IDMReproductionReward,
-    OutcomeReward,
-    RewardConfig,
-    RewardSet,
-)
+from vplan.rl.rewards import ConsistencyReward, ExecutabilityReward, IDMReproductionReward, OutcomeReward, RewardSet
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
 from vplan.shipped import OtherEnvWarning
 from vplan.tasks import task_progress

@@ -15,10 +15,11 @@ import pytest
 import torch
 from test_planner import FakeEndpoint, completion
 
-from vplan.errors import UsageError
 from vplan.chat import REDACTED
+from vplan.errors import UsageError
+from vplan.rl.config import VLMRewardConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
-from vplan.rl.vlm_reward import VLMReward, VLMRewardConfig, VLMRewardWarning, parse_yes_no, pick_frames
+from vplan.rl.vlm_reward import VLMReward, VLMRewardWarning, parse_yes_no, pick_frames
 
 SECRET = "sk-test-never-log-this-0123456789abcdef"
 PICK, PLACE = "pick up the red cube", "place the red cube on the left spot"

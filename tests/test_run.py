@@ -16,9 +16,9 @@ from tiny_agent import IMAGE, save_tiny_checkpoints
 
 from vplan.agent import STAGES, VideoPlanningAgent
 from vplan.cli import COMMANDS, build_config, compose_config, main
+from vplan.config import RunConfig
 from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT, OBS_STATE, SUBGOAL
 from vplan.data import EpisodeDataset
-from vplan.run import RunConfig
 from vplan.shipped import OtherEnvWarning
 from vplan.utils.import_utils import is_package_available
 
@@ -56,7 +56,8 @@ def test_defaults_compose():
 def test_an_idm_trained_at_another_action_scale_is_warned_about(tmp_path):
     import warnings
 
-    from vplan.policies.idm import IDMConfig, IDMPolicy
+    from vplan.policies.idm import IDMPolicy
+    from vplan.policies.config import IDMConfig
     from vplan.run import load_agent
     from vplan.shipped import checkpoint_fingerprint
 

@@ -15,12 +15,8 @@ import torch
 from vplan.errors import VplanWarning
 from vplan.utils.import_utils import MissingExtraError, is_package_available
 from vplan.worldmodel import text_encoder as te
-from vplan.worldmodel.text_encoder import (
-    LearnedTextEncoder,
-    MiniLMTextEncoder,
-    TextEncoderConfig,
-    build_text_encoder,
-)
+from vplan.worldmodel.config import TextEncoderConfig
+from vplan.worldmodel.text_encoder import LearnedTextEncoder, MiniLMTextEncoder, build_text_encoder
 
 RED, BLUE = "pick up the red cube", "pick up the blue cube"
 

@@ -57,9 +57,10 @@ def tiny_dataset(tmp_path_factory):
 def test_stopped_after_the_last_step_says_the_same_command_writes_final(tiny_dataset, tmp_path, monkeypatch, capsys):
     """A Ctrl-C while the VAE's scaling factor and held-out PSNR were computed said only "interrupted"."""
     from vplan.loop import train as train_module
-    from vplan.loop.train import TrainConfig, VAETrainConfig, train_component
-    from vplan.loop.trainer import OptimConfig
-    from vplan.worldmodel.vae import VAEConfig
+    from vplan.loop.train import train_component
+    from vplan.loop.config import TrainConfig, VAETrainConfig
+    from vplan.loop.config import OptimConfig
+    from vplan.worldmodel.config import VAEConfig
 
     cfg = TrainConfig(component=VAETrainConfig(vae=VAEConfig.tiny(image_size=16), optim=OptimConfig(
         steps=2, batch_size=2, warmup_steps=1)), data=str(tiny_dataset), out=str(tmp_path / "vae"), holdout_episodes=1)
@@ -77,8 +78,8 @@ def test_stopped_after_the_last_step_says_the_same_command_writes_final(tiny_dat
     assert train_component(cfg).is_dir()
 
     # stopped while the world model's latents were encoded (before any checkpoint): it said only "interrupted"
-    from vplan.loop.train import WorldModelTrainConfig
-    from vplan.worldmodel.model import WorldModelConfig
+    from vplan.loop.config import WorldModelTrainConfig
+    from vplan.worldmodel.config import WorldModelConfig
 
     monkeypatch.setattr(train_module, "episode_latents", interrupted)
     world = TrainConfig(component=WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL), vae=str(
@@ -310,9 +311,10 @@ def test_a_clip_too_long_and_an_init_among_the_results_are_refused_before_anythi
     the first step."""
     from vplan.errors import UsageError
     from vplan.loop import train as train_module
-    from vplan.loop.train import TrainConfig, WorldModelTrainConfig, train_component
-    from vplan.loop.trainer import OptimConfig
-    from vplan.worldmodel.model import WorldModelConfig
+    from vplan.loop.train import train_component
+    from vplan.loop.config import TrainConfig, WorldModelTrainConfig
+    from vplan.loop.config import OptimConfig
+    from vplan.worldmodel.config import WorldModelConfig
 
     WorldModel(WorldModelConfig(**TINY_MODEL)).vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
     monkeypatch.setattr(train_module, "episode_latents", lambda *args, **kwargs: pytest.fail("latents made"))
@@ -335,8 +337,9 @@ def test_a_clip_too_long_and_an_init_among_the_results_are_refused_before_anythi
 
 
 def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
-    from vplan.loop.train import WorldModelTrainConfig, WorldModelTraining
-    from vplan.worldmodel.model import WorldModelConfig
+    from vplan.loop.train import WorldModelTraining
+    from vplan.loop.config import WorldModelTrainConfig
+    from vplan.worldmodel.config import WorldModelConfig
 
     config = WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL), boundary_fraction=1.0)
     texts = [["a"] * 5 + ["b"] * 6 + ["c"] * 5, ["d"] * 16]  # subgoals b and c start at frames 5 and 11
@@ -364,8 +367,9 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     from dataclasses import replace
 
     from vplan.errors import UsageError
-    from vplan.loop.train import WorldModelTrainConfig, WorldModelTraining
-    from vplan.worldmodel.model import WorldModelConfig
+    from vplan.loop.train import WorldModelTraining
+    from vplan.loop.config import WorldModelTrainConfig
+    from vplan.worldmodel.config import WorldModelConfig
 
     model_config = WorldModelConfig(**TINY_MODEL)
     torch.manual_seed(1)
@@ -395,7 +399,8 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     with pytest.raises(UsageError, match="component.init="):
         WorldModelTraining(missing, latents, texts, vae=vae)
     resumed = WorldModelTraining(missing, latents, texts, vae=vae, resuming=True)
-    from vplan.loop.train import TrainConfig, train_component
+    from vplan.loop.train import train_component
+    from vplan.loop.config import TrainConfig
 
     vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
     with pytest.raises(UsageError, match=r"^component.init=.*/deleted: no checkpoint at"):  # before any is written
@@ -453,9 +458,10 @@ def test_a_world_model_on_exploratory_data_warns(tiny_dataset, tmp_path):
     from omegaconf import OmegaConf
 
     from vplan.errors import VplanWarning
-    from vplan.loop.train import TrainConfig, WorldModelTrainConfig, train_component
-    from vplan.loop.trainer import OptimConfig
-    from vplan.worldmodel.model import WorldModelConfig
+    from vplan.loop.train import train_component
+    from vplan.loop.config import TrainConfig, WorldModelTrainConfig
+    from vplan.loop.config import OptimConfig
+    from vplan.worldmodel.config import WorldModelConfig
 
     model_config = WorldModelConfig(**TINY_MODEL)
     WorldModel(model_config).vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
@@ -481,8 +487,9 @@ def test_a_world_model_on_exploratory_data_warns(tiny_dataset, tmp_path):
 def test_a_resume_of_a_run_that_records_no_settings_is_a_warning_not_a_result_line(tmp_path):
     """It was printed to stdout, among the results, and so missed by `2>warnings.log`."""
     from vplan.errors import VplanWarning
-    from vplan.loop.train import TrainConfig, VAETrainConfig, _record_config
-    from vplan.worldmodel.vae import VAEConfig
+    from vplan.loop.train import _record_config
+    from vplan.loop.config import TrainConfig, VAETrainConfig
+    from vplan.worldmodel.config import VAEConfig
 
     cfg = TrainConfig(component=VAETrainConfig(vae=VAEConfig.tiny(image_size=16)), data="data", out=str(tmp_path))
     with pytest.warns(VplanWarning, match="does not record the settings it was begun with"):

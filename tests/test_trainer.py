@@ -14,7 +14,8 @@ from accelerate import Accelerator
 
 from vplan.errors import RunError
 from vplan.loop.checkpoint import list_checkpoints, save_optimizer
-from vplan.loop.trainer import OptimConfig, logged_losses, train
+from vplan.loop.config import OptimConfig
+from vplan.loop.trainer import logged_losses, train
 from vplan.utils.interrupts import Terminated
 
 
@@ -496,7 +497,8 @@ def test_finetune_refuses_several_processes_before_any_work(tmp_path, monkeypatc
     """finetune does not share its work between processes (train does: see the torchrun tests below)."""
     from accelerate import PartialState
 
-    from vplan.loop.finetune import FinetuneConfig, finetune
+    from vplan.loop.finetune import finetune
+    from vplan.loop.config import FinetuneConfig
 
     PartialState()  # its shared state made first, as an earlier Accelerator would (the property has no setter)
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)  # accelerate launch
@@ -524,7 +526,8 @@ def test_train_refuses_a_batch_that_does_not_split_before_reading_data_and_only_
     from accelerate import PartialState
 
     from vplan.loop import trainer
-    from vplan.loop.train import TrainConfig, VAETrainConfig, train_component
+    from vplan.loop.train import train_component
+    from vplan.loop.config import TrainConfig, VAETrainConfig
 
     PartialState()
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)

@@ -12,11 +12,9 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import CheckpointError, WorldModel, WorldModelConfig, read_config
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import ChunkedAttnProcessor, UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
+from vplan.worldmodel.model import CheckpointError, WorldModel, read_config
+from vplan.worldmodel.unet import ChunkedAttnProcessor
 
 DIM, TOKENS, FRAME, LATENT = 16, 6, 16, 8  # tiny VAE: 16×16 frames → 8×8 latents
 

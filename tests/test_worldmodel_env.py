@@ -17,11 +17,8 @@ from vplan.data.collect import CollectConfig, collect
 from vplan.envs import WORLD_MODEL_ENV_ID, TabletopConfig, WorldModelEnvConfig, make_env
 from vplan.envs.worldmodel_env import WorldModelEnv
 from vplan.tasks import TaskConfig
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
+from vplan.worldmodel.model import WorldModel
 
 SIZE = 16
 

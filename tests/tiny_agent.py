@@ -8,12 +8,10 @@ from pathlib import Path
 
 import torch
 
-from vplan.policies.idm import IDMConfig, IDMPolicy
-from vplan.worldmodel.diffusion import DiffusionConfig
-from vplan.worldmodel.model import WorldModel, WorldModelConfig
-from vplan.worldmodel.text_encoder import TextEncoderConfig
-from vplan.worldmodel.unet import UNetConfig
-from vplan.worldmodel.vae import VAEConfig
+from vplan.policies.config import IDMConfig
+from vplan.policies.idm import IDMPolicy
+from vplan.worldmodel.config import DiffusionConfig, TextEncoderConfig, UNetConfig, VAEConfig, WorldModelConfig
+from vplan.worldmodel.model import WorldModel
 
 IMAGE = 64  # the tabletop's default frames
 LATENT = 16  # three VAE levels: 64 / 4

@@ -61,12 +61,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from vplan.config import AgentConfig
 from vplan.errors import VplanWarning, close_after_block
 from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_ints, check_seed
 from vplan.worldmodel.model import require_text_conditioned
 
 if TYPE_CHECKING:
@@ -77,70 +77,6 @@ STAGES = (
     "planning", "generation", "encoding", "inverse_dynamics", "memory_wait", "memory_update", "execution"
 )
 REPLAN_REASONS = ("drift", "stall")
-ACTIONS_FROM = ("imagined", "observed")
-
-
-@dataclass
-class AgentConfig:
-    """How the agent executes a plan: which observation it reads, when it replans, how it seeds sampling."""
-
-    camera: str = field(default="front", metadata={"help": "The obs key of the camera the world model draws."})
-    state_key: str = field(
-        default="agent_pos",
-        metadata={"help": "The obs key of the robot's state; its first three values are the gripper's position "
-                  "in metres (stall detection; not read when stall_steps=0)."},
-    )
-    replan_drift: float | None = field(
-        default=0.1,
-        metadata={"help": "Replan when an observed frame's mean absolute difference from the imagined frame "
-                  "(pixels in [0, 1]) exceeds this; null: never replan on drift. With the shipped tabletop models the "
-                  "drift averaged 0.018 and peaked at 0.058 over 100 episodes (README), so 0.1 fires only on a "
-                  "gross divergence."},
-    )
-    stall_steps: int = field(
-        default=4, metadata={"help": "Steps over which a stall is judged; 0: no stall detection."}
-    )
-    stall_distance: float = field(
-        default=0.004, metadata={"help": "The gripper stalls when it moves less than this (m) over stall_steps."}
-    )
-    stall_command: float = field(
-        default=0.5,
-        metadata={"help": "... while the actions asked for motion: the mean over those steps of the largest "
-                  "absolute motion component (action units, 1 = the env's full step) at least this."},
-    )
-    actions_from: str = field(
-        default="imagined",
-        metadata={"help": f"One of {ACTIONS_FROM}: the frame the IDM reads as frame t for action t — the imagined "
-                  "one (the chunk's actions read at once, open loop between frames) or the observed one (each "
-                  "step, from the real frame towards the next imagined one: closed loop)."},
-    )
-    max_replans_per_chunk: int = field(default=1, metadata={"help": "Replans of one chunk at most."})
-    max_replans: int = field(default=8, metadata={"help": "Replans per episode at most."})
-    max_extra_chunks: int = field(
-        default=0,
-        metadata={"help": "Chunks a subgoal gets beyond its plan while its check is false (needs `info` in "
-                  "act); 0: exactly the planned chunks. With the shipped models the checks mostly stay false, "
-                  "so 1 made 34-38 chunks of a 23-26-chunk plan (time) without a success."},
-    )
-    seed: int = field(
-        default=0, metadata={"help": "Seeds the sampling noise: the commands sample episode seed s with seed + s; "
-                             "the API's episode k uses seed + k unless reset gets a seed."}
-    )
-
-    def __post_init__(self) -> None:
-        check_seed(self.seed)
-        for name in ("camera", "state_key"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name}: expected an obs key, got {getattr(self, name)!r}")
-        if self.replan_drift is not None and not 0 <= self.replan_drift <= 1:
-            raise ValueError(f"replan_drift: expected a difference in [0, 1] or null, got {self.replan_drift!r}")
-        check_ints(self, ("stall_steps", "max_replans_per_chunk", "max_replans", "max_extra_chunks"), low=0)
-        if not (math.isfinite(self.stall_distance) and self.stall_distance >= 0):
-            raise ValueError(f"stall_distance: expected metres >= 0, got {self.stall_distance!r}")
-        if not 0 <= self.stall_command <= 1:
-            raise ValueError(f"stall_command: expected action units in [0, 1], got {self.stall_command!r}")
-        if self.actions_from not in ACTIONS_FROM:
-            raise ValueError(f"actions_from: expected one of {ACTIONS_FROM}, got {self.actions_from!r}")
 
 
 @dataclass

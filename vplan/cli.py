@@ -140,22 +140,22 @@ COMMANDS: tuple[Command, ...] = (
 
 # Config dataclasses registered as Hydra schemas: (group, schema name) -> "module:Class".
 SCHEMAS: dict[tuple[str | None, str], str] = {
-    (None, "run_schema"): "vplan.run:RunConfig",
+    (None, "run_schema"): "vplan.config:RunConfig",
     (None, "collect_schema"): "vplan.data.collect:CollectConfig",
     (None, "bench_env_schema"): "vplan.eval.bench_env:BenchEnvConfig",
-    (None, "bench_worldmodel_schema"): "vplan.eval.bench_worldmodel:BenchWorldModelConfig",
-    (None, "bench_memory_schema"): "vplan.eval.bench_memory:BenchMemoryConfig",
-    (None, "bench_planning_schema"): "vplan.eval.bench_planning:BenchPlanningConfig",
-    (None, "bench_executor_schema"): "vplan.eval.bench_executor:BenchExecutorConfig",
-    (None, "eval_worldmodel_schema"): "vplan.eval.worldmodel:EvalWorldModelConfig",
-    (None, "eval_consistency_schema"): "vplan.eval.consistency:EvalConsistencyConfig",
-    (None, "train_schema"): "vplan.loop.train:TrainConfig",
-    (None, "finetune_schema"): "vplan.loop.finetune:FinetuneConfig",
-    (None, "rl_schema"): "vplan.rl.loop:RLConfig",
-    ("component", "vae_schema"): "vplan.loop.train:VAETrainConfig",
-    ("component", "worldmodel_schema"): "vplan.loop.train:WorldModelTrainConfig",
-    ("component", "idm_schema"): "vplan.loop.idm:IDMTrainConfig",
-    ("model", "worldmodel_model_schema"): "vplan.worldmodel.model:WorldModelConfig",
+    (None, "bench_worldmodel_schema"): "vplan.eval.config:BenchWorldModelConfig",
+    (None, "bench_memory_schema"): "vplan.eval.config:BenchMemoryConfig",
+    (None, "bench_planning_schema"): "vplan.eval.config:BenchPlanningConfig",
+    (None, "bench_executor_schema"): "vplan.eval.config:BenchExecutorConfig",
+    (None, "eval_worldmodel_schema"): "vplan.eval.config:EvalWorldModelConfig",
+    (None, "eval_consistency_schema"): "vplan.eval.config:EvalConsistencyConfig",
+    (None, "train_schema"): "vplan.loop.config:TrainConfig",
+    (None, "finetune_schema"): "vplan.loop.config:FinetuneConfig",
+    (None, "rl_schema"): "vplan.rl.config:RLConfig",
+    ("component", "vae_schema"): "vplan.loop.config:VAETrainConfig",
+    ("component", "worldmodel_schema"): "vplan.loop.config:WorldModelTrainConfig",
+    ("component", "idm_schema"): "vplan.loop.config:IDMTrainConfig",
+    ("model", "worldmodel_model_schema"): "vplan.worldmodel.config:WorldModelConfig",
     ("env", "tabletop_schema"): "vplan.envs.tabletop_v0:TabletopConfig",
     ("env", "blockworld_schema"): "vplan.envs.blockworld:BlockworldConfig",
     ("env", "rlbench_schema"): "vplan.envs.rlbench_adapter:RLBenchConfig",
@@ -613,7 +613,7 @@ def _main(argv: list[str] | None) -> None:
             _print_command_help(command, [a for a in overrides if a not in ("-h", "--help")])
             return
         if command.name != "train":  # under a launcher each process would do all of it, into one out=
-            from vplan.loop.trainer import launched_processes
+            from vplan.utils.resources import launched_processes
 
             launched = launched_processes()
             if launched > 1:

@@ -17,23 +17,20 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import MISSING
 
-from vplan.agent import STAGES, AgentConfig
+from vplan.agent import STAGES
+from vplan.config import RunConfig
 from vplan.constants import ROBOT_TYPE_PREFIX
 from vplan.data.collect import EpisodeRecorder
 from vplan.errors import DamagedDatasetError, RunError, UsageError
-from vplan.memory.config import MemoryConfig
 from vplan.planner import Plan
-from vplan.planner.config import PlannerConfig
-from vplan.shipped import PINNED_FILE, AgentCheckpoints, check_checkpoints_exist, pin_checkpoints
-from vplan.tasks import TaskConfig, task_progress
+from vplan.shipped import PINNED_FILE, check_checkpoints_exist, pin_checkpoints
+from vplan.tasks import task_progress
 from vplan.utils.files import read_json_record, write_json, write_mp4
 from vplan.utils.interrupts import interrupts_ignored
 from vplan.utils.locks import holding_folder
@@ -41,60 +38,11 @@ from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.panels import labelled_panels
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, check_threads, read_config_record,
-    refuse_model_folder, write_config,
+    CONFIG_FILE, check_config_is_ours, check_same_config, read_config_record, refuse_model_folder, write_config,
 )
 
 METRICS_FILE = "metrics.json"
 EPISODES_DIR = "episodes"
-
-
-@dataclass
-class RunConfig(AgentCheckpoints):
-    """Settings of `vplan run`."""
-
-    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
-    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    planner: PlannerConfig = field(
-        default_factory=PlannerConfig,
-        metadata={"help": "Planner (configs/planner/); its chunk_frames is taken from the world model."},
-    )
-    memory: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="temp_lora"), metadata={"help": "Episodic memory (configs/memory/)."}
-    )
-    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
-    worldmodel: str | None = field(
-        default=None,
-        metadata={"help": "World-model checkpoint (with its VAE): a directory or shipped:<env>/worldmodel; null: "
-                  "the shipped one of the task's env."},
-    )
-    idm: str | None = field(
-        default=None,
-        metadata={"help": "IDM checkpoint: a directory or shipped:<env>/idm; null: the shipped one of the task's env."},
-    )
-    episodes: int = field(default=5, metadata={"help": "Episodes to run; episode i is reset with seed + i."})
-    seed: int = field(default=10000, metadata={"help": "First seed (held out: training data uses 0..9999)."})
-    out: str | None = field(
-        default=None, metadata={"help": "Run directory; null: runs/<task>-<memory>-<date-time>."}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "Allow an `out` that already holds a run."})
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Continue the interrupted run in `out`: keep its finished episodes, run the rest (same "
-                  "config; episodes may grow)."},
-    )
-    video: bool = field(default=True, metadata={"help": "Write an MP4 per episode (executed | imagined)."})
-    record: bool = field(
-        default=False, metadata={"help": "Also write the episodes as a dataset in <out>/episodes (to finetune on)."}
-    )
-    threads: int = field(default=2, metadata={"help": "torch threads (the memory's worker shares them)."})
-
-    def __post_init__(self) -> None:
-        check_ints(self, ("episodes",))
-        check_threads(self)
-        check_seed(self.seed)
-        if self.resume and (self.out is None or self.overwrite):
-            raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")
 
 
 def _run_dir(cfg: RunConfig) -> Path:

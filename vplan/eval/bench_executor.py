@@ -26,7 +26,6 @@ every step, as `vplan run` writes them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ import numpy as np
 import torch
 
 from vplan.errors import UsageError
-from vplan.eval.bench_planning import (AgentBenchConfig, generation_psnr, keep_episode, load_results, new_part,
-                                       say_interrupted, summarize, threads_note)
+from vplan.eval.bench_planning import (generation_psnr, keep_episode, load_results, new_part, say_interrupted,
+                                       summarize, threads_note)
+from vplan.eval.config import BenchExecutorConfig
 from vplan.memory.baselines import NoMemory
 from vplan.memory.config import MemoryConfig
 from vplan.run import write_video
@@ -47,17 +47,6 @@ from vplan.utils.openmp import restores_torch_threads
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
 ROWS = ("expert", "expert video", "world model")
-
-
-@dataclass
-class BenchExecutorConfig(AgentBenchConfig):
-    """Settings of `vplan bench executor` (env: tabletop only)."""
-
-    memory: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="none"),
-        metadata={"help": "Episodic memory of the world-model row (configs/memory/)."},
-    )
-    out: str = field(default="runs/bench_executor", metadata={"help": "results.json and table.md."})
 
 
 class ExpertVideoMemory(NoMemory):

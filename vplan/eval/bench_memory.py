@@ -27,62 +27,20 @@ Timings hardly depend on the weights, so `checkpoint=null` times a freshly initi
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
 from vplan.errors import RunError, UsageError
-from vplan.eval.bench_record import OUT_HELP, check_model_is_timed, make_out_dir, record_bench
-from vplan.memory.config import MemoryConfig
+from vplan.eval.bench_record import make_out_dir, record_bench
+from vplan.eval.config import BenchMemoryConfig
 from vplan.utils.openmp import current_policy, restores_torch_threads, wait_policy
-from vplan.utils.settings import check_ints, check_seed, check_threads
-from vplan.worldmodel.model import WorldModelConfig, read_config, require_text_conditioned
+from vplan.worldmodel.model import read_config, require_text_conditioned
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
 TARGET_RSS_RATIO = 1.05  # ... and at most 5% peak RSS
 TEXT = "pick up the red cube"
-
-
-@dataclass
-class BenchMemoryConfig:
-    """Settings of `vplan bench memory`."""
-
-    model: WorldModelConfig = field(
-        default_factory=WorldModelConfig, metadata={"help": "Size of the model timed when checkpoint is null."}
-    )
-    checkpoint: str | None = field(
-        default="shipped:tabletop/worldmodel",
-        metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: a freshly "
-                  "initialised model of `model`'s size."},
-    )
-    memory: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="temp_lora"),
-        metadata={"help": "The memory compared with none (configs/memory/): temp_lora or anchor."},
-    )
-    episodes: int = field(default=3, metadata={"help": "Timed episodes per mode; the mean is reported."})
-    chunks: int = field(default=8, metadata={"help": "Chunks per episode."})
-    execution_s: float = field(
-        default=0.8, metadata={"help": "Simulated execution time per chunk (8 steps at 10 Hz: 0.8 s)."}
-    )
-    decode: bool = field(default=True, metadata={"help": "Decode every chunk to frames, as the agent does for IDM."})
-    threads: int = field(default=2, metadata={"help": "torch threads (the worker thread shares the setting)."})
-    isolate: bool = field(default=True, metadata={"help": "Run each mode in a fresh process (clean peak RSS)."})
-    seed: int = field(default=0, metadata={"help": "Seeds the first frame and the sampling noise."})
-    out: str | None = field(default=None, metadata={"help": OUT_HELP})
-
-    def __post_init__(self) -> None:
-        if self.memory.kind == "none":
-            raise ValueError("memory: expected a memory to compare with none (memory=temp_lora or memory=anchor), "
-                             "got memory=none")
-        check_model_is_timed(self)
-        check_ints(self, ("episodes", "chunks"))
-        check_threads(self)
-        if not (math.isfinite(self.execution_s) and 0 <= self.execution_s <= 60):  # a chunk of 8 steps
-            raise ValueError(f"execution_s: expected seconds from 0 to 60 per chunk, got {self.execution_s!r}")
-        check_seed(self.seed)
 
 
 def modes(cfg: BenchMemoryConfig) -> list[tuple[str, bool]]:

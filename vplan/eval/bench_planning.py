@@ -23,27 +23,23 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import MISSING
 
-from vplan.agent import AgentConfig
 from vplan.errors import RunError, UsageError, VplanWarning
 from vplan.eval.bench_record import machine
+from vplan.eval.config import AgentBenchConfig, BenchPlanningConfig
 from vplan.eval.consistency_metrics import psnr
-from vplan.memory.config import MemoryConfig
-from vplan.planner.config import PlannerConfig
 from vplan.shipped import PREFIX, pin_checkpoints
-from vplan.tasks import TaskConfig
 from vplan.utils.files import read_json_record, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
 from vplan.utils.settings import (
-    changed_settings, check_ints, check_seed, check_threads, settings_record, thread_counts,
+    changed_settings, settings_record, thread_counts,
 )
 
 RESULTS_FILE = "results.json"
@@ -67,58 +63,6 @@ ROWS = (
     Row("ours w/o loop", "slow", "temp_lora"),
     Row("ours", "finetuned", "temp_lora"),
 )
-
-
-@dataclass
-class AgentBenchConfig:
-    """What the benches that run the agent on held-out seeds share (`vplan bench planning`, `bench executor`)."""
-
-    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
-    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
-    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
-    worldmodel: str = field(
-        default="shipped:${task.env}/worldmodel",
-        metadata={"help": "The world model (bench planning: the slow-learned one; bench executor: its VAE also "
-                  "encodes the expert-video row's frames)."},
-    )
-    idm: str = field(default="shipped:${task.env}/idm", metadata={"help": "Inverse-dynamics checkpoint."})
-    episodes: int = field(default=20, metadata={"help": "Held-out episodes per row; episode i uses seed + i."})
-    seed: int = field(default=10000, metadata={"help": "First seed (training data uses 0..9999)."})
-    threads: int = field(default=2, metadata={"help": "torch threads."})
-
-    def __post_init__(self) -> None:
-        check_ints(self, ("episodes",))
-        check_threads(self)
-        check_seed(self.seed)
-
-    def load_agent(self, worldmodel: str, memory: MemoryConfig) -> Any:
-        """A row's agent, loaded as `vplan run` loads it with these settings, `worldmodel` and `memory`."""
-        from vplan.run import RunConfig, load_agent
-
-        return load_agent(RunConfig(env=self.env, task=self.task, planner=self.planner, memory=memory,
-                                    agent=self.agent, worldmodel=worldmodel, idm=self.idm,
-                                    episodes=self.episodes, seed=self.seed, threads=self.threads))
-
-
-@dataclass
-class BenchPlanningConfig(AgentBenchConfig):
-    """Settings of `vplan bench planning`."""
-
-    memory: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="temp_lora"),
-        metadata={"help": "Temp-LoRA settings of the temp_lora rows (each row sets its own kind)."},
-    )
-    finetuned: str = field(
-        default="checkpoints/finetune/final", metadata={"help": "The slow-fast finetuned one (`vplan finetune`)."}
-    )
-    out: str = field(default="runs/bench_planning_${task.env}", metadata={"help": "results.json, table.md, dist.png."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.memory.kind != "temp_lora":  # memory=none or anchor would be ignored: each row sets its kind
-            raise ValueError(f"memory: the temp_lora rows' settings (each row picks its own memory), so expected "
-                             f"kind 'temp_lora', got {self.memory.kind!r}; set memory.* keys, not memory=")
 
 
 def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], command: str,

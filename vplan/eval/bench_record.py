@@ -18,7 +18,7 @@ RESULTS_FILE = "results.json"
 def check_model_is_timed(cfg: Any) -> None:
     """A ValueError where a bench that times `cfg.checkpoint`'s model was also given `model.*` settings, which
     only size an untrained model (`checkpoint=null`): they were ignored, and results.json recorded them."""
-    from vplan.worldmodel.model import WorldModelConfig
+    from vplan.worldmodel.config import WorldModelConfig
 
     if cfg.checkpoint is not None and cfg.model != WorldModelConfig():
         raise ValueError(f"model: sizes the untrained model timed with checkpoint=null, and checkpoint="

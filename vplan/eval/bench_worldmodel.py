@@ -9,60 +9,20 @@ model of the configured size is timed. The 1.0 s target column is printed only f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
 from vplan.errors import UsageError
-from vplan.eval.bench_record import OUT_HELP, check_model_is_timed, make_out_dir, record_bench
+from vplan.eval.bench_record import make_out_dir, record_bench
+from vplan.eval.config import BenchWorldModelConfig, OBJECTIVE_OF
 from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 from vplan.utils.openmp import restores_torch_threads, wait_policy
 from vplan.utils.resources import peak_rss_mb
-from vplan.utils.settings import check_threads
-from vplan.worldmodel.model import WorldModel, WorldModelConfig, read_config, require_text_conditioned
+from vplan.worldmodel.model import WorldModel, read_config, require_text_conditioned
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores ...
 TARGET_CHUNK = (64, 8, 2)  # ... for a chunk of 8 frames of 64x64 with 2 threads: (image size, frames, threads)
-OBJECTIVE_OF = {"ddim": "epsilon", "dpmsolver++": "epsilon", "flow_euler": "flow"}
-
-
-@dataclass
-class BenchWorldModelConfig:
-    """Settings of `vplan bench worldmodel`."""
-
-    model: WorldModelConfig = field(
-        default_factory=WorldModelConfig, metadata={"help": "Size of the model timed when checkpoint is null."}
-    )
-    checkpoint: str | None = field(default=None, metadata={"help": "Time a trained checkpoint's model instead."})
-    samplers: list[str] = field(
-        default_factory=lambda: ["dpmsolver++:5", "dpmsolver++:10", "ddim:10", "ddim:20", "flow_euler:4", "flow_euler:8"],
-        metadata={"help": "sampler:steps entries to time."},
-    )
-    repeats: int = field(default=3, metadata={"help": "Timed generations per entry; the fastest is reported."})
-    threads: int = field(default=2, metadata={"help": "torch threads."})
-    out: str | None = field(default=None, metadata={"help": OUT_HELP})
-
-    def __post_init__(self) -> None:
-        check_threads(self)
-        if not self.samplers:
-            raise ValueError("samplers: expected at least one entry like 'dpmsolver++:5', got []")
-        seen: dict[tuple[str, int], str] = {}
-        for spec in self.samplers:
-            name, _, steps = spec.partition(":")
-            if name not in OBJECTIVE_OF or not steps.isdigit():
-                raise ValueError(f"samplers: expected entries like 'dpmsolver++:5' with a sampler in "
-                                 f"{sorted(OBJECTIVE_OF)}, got {spec!r}")
-            if int(steps) < 1:  # ddim:0 was said to name no sampler
-                raise ValueError(f"samplers: {spec}: expected at least 1 sampling step")
-            key = (name, int(steps))
-            if key in seen:  # timed once, one row printed, yet listed twice in results.json's settings
-                written = "" if seen[key] == spec else f" (as {seen[key]} and {spec})"
-                raise ValueError(f"samplers: expected each sampler:steps once, got {name}:{int(steps)} twice{written}; "
-                                 "remove one")
-            seen[key] = spec
-        check_model_is_timed(self)
-        if self.repeats < 1 or self.threads < 1:
-            raise ValueError(f"repeats and threads: expected positive numbers, got {self.repeats}, {self.threads}")
 
 
 def _fastest(function, repeats: int) -> float:

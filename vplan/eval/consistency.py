@@ -39,117 +39,29 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import MISSING
 
 from vplan.data.dataset import chunk_subgoal
 from vplan.errors import RunError, VplanWarning
+from vplan.eval.config import EvalConsistencyConfig
 from vplan.eval.progress import (
-    METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
+    METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue,
 )
 from vplan.eval.stats import paired_summary, signed
-from vplan.memory.config import KINDS, MemoryConfig
+from vplan.shipped import pin_checkpoints
 from vplan.utils.files import write_json, write_mp4
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.panels import labelled_panels
-from vplan.shipped import pin_checkpoints
-from vplan.tasks import TaskConfig
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_ints, check_seed, check_threads, thread_counts
+from vplan.utils.settings import thread_counts
 
-FEATURES = ("vae", "resnet18")
 PSNR_PLOT = "psnr_per_chunk.png"
 # settings a resumption may change (`task` changes nothing: the scenario's own subgoals are the chunks' texts)
 RESUMABLE_CHANGES = ("episodes", "threads", "video_episodes", "out", "resume", "overwrite", "task")
-
-
-@dataclass
-class EvalConsistencyConfig:
-    """Settings of `vplan eval consistency`."""
-
-    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/); the env needs a revisit scenario."})
-    task: TaskConfig = field(
-        default=MISSING,
-        metadata={"help": "Task config (configs/task/), checked against the env; the rollouts follow the env's revisit "
-                  "scenario under its own subgoal texts, whatever task.instruction says."},
-    )
-    checkpoint: str | None = field(
-        default=None,
-        metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the env's shipped one."},
-    )
-    episodes: int = field(
-        default=2,
-        metadata={"help": "Episodes (scenario seeds); every table figure is their mean."},
-    )
-    seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
-    chunks: int = field(
-        default=32, metadata={"help": "Chunks generated per episode (the paper's long horizon: >= 32)."}
-    )
-    modes: list[str] = field(
-        default_factory=lambda: list(KINDS), metadata={"help": f"Memory modes compared, a subset of {KINDS}."}
-    )
-    temp_lora: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="temp_lora"),
-        metadata={"help": "Settings of the temp_lora mode (rank, lr, steps_per_chunk, ...)."},
-    )
-    features: str = field(
-        default="vae",
-        metadata={"help": f"SRC features, one of {FEATURES}: the world model's VAE encoder (not comparable to the "
-                  "paper's absolute SRC) or ResNet-18 from resnet18_weights."},
-    )
-    resnet18_weights: str | None = field(
-        default=None,
-        metadata={"help": "features=resnet18: a local ResNet-18 .safetensors file (nothing is downloaded)."},
-    )
-    threads: int = field(default=2, metadata={"help": "torch threads."})
-    out: str = field(default="runs/eval_consistency", metadata={"help": "Where metrics.json and the MP4s go."})
-    video_episodes: int = field(default=1, metadata={"help": "Episodes with an MP4 per mode (0: no MP4s)."})
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Continue the evaluation interrupted in out (same settings and checkpoint files): its "
-                  "finished rollouts are kept; episodes may grow."},
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Replace the evaluation out holds (finished or not) with a fresh one."}
-    )
-
-    def __post_init__(self) -> None:
-        check_resume_or_overwrite(self)
-        from vplan.envs import env_name
-        from vplan.eval.revisit import revisit_scenario_for
-        from vplan.shipped import shipped_checkpoint
-
-        revisit_scenario_for(env_name(self.env))  # an env without a revisit scenario: a clear error, early
-        if self.checkpoint is None:
-            self.checkpoint = shipped_checkpoint(env_name(self.env), "worldmodel")
-        check_ints(self, ("episodes", "chunks"))
-        check_threads(self)
-        check_seed(self.seed)
-        if self.chunks < 2:
-            raise ValueError(f"chunks: expected at least 2 (PSNR drift is a slope over chunks), got {self.chunks}")
-        self.modes = list(self.modes)
-        if (not self.modes or not all(isinstance(mode, str) for mode in self.modes)  # [[none]]: unhashable
-                or len(set(self.modes)) != len(self.modes) or not set(self.modes) <= set(KINDS)):
-            raise ValueError(f"modes: expected distinct memory kinds from {KINDS}, got {self.modes!r}")
-        if self.temp_lora.kind != "temp_lora":
-            raise ValueError(f"temp_lora.kind: expected 'temp_lora', got {self.temp_lora.kind!r}")
-        if self.features not in FEATURES:
-            raise ValueError(f"features: expected one of {FEATURES}, got {self.features!r}")
-        if self.features == "resnet18" and not self.resnet18_weights:
-            raise ValueError("resnet18_weights: expected a local ResNet-18 .safetensors file with features=resnet18, "
-                             "got none")
-        if self.features != "resnet18" and self.resnet18_weights:  # scored with the VAE, unsaid
-            raise ValueError(f"resnet18_weights: used with features=resnet18 only, got it with features="
-                             f"{self.features}; add features=resnet18, or leave resnet18_weights out")
-        check_ints(self, ("video_episodes",), low=0)
-
-    def memory_config(self, kind: str) -> MemoryConfig:
-        """The memory config of a mode: `temp_lora`'s settings, or the baseline's kind."""
-        return self.temp_lora if kind == "temp_lora" else MemoryConfig(kind=kind)
 
 
 def imagine(model: Any, memory: Any, start: Any, texts: list[str], generator: Any, observed: Any = None,

@@ -34,31 +34,29 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, OBS_STATE
 from vplan.data.dataset import chunk_subgoal
-from vplan.eval.progress import (
-    METRICS_FILE, PROGRESS_FILE, check_resume_or_overwrite, say_interrupted, start_or_continue,
-)
 from vplan.errors import VplanWarning
+from vplan.eval.config import EvalWorldModelConfig
+from vplan.eval.progress import (
+    METRICS_FILE, PROGRESS_FILE, say_interrupted, start_or_continue,
+)
 from vplan.eval.stats import paired_summary, signed
-from vplan.utils.files import file_written_aside, write_json, write_mp4
 from vplan.shipped import (
     pin_checkpoints, warn_if_actions_mean_otherwise, warn_if_decoded_by_another_vae, warn_if_trained_elsewhere,
 )
-from vplan.tasks import TaskConfig
+from vplan.utils.files import file_written_aside, write_json, write_mp4
+from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.panels import labelled_panels
 from vplan.utils.plots import line_plot
-from vplan.utils.openmp import restores_torch_threads
-from vplan.utils.settings import check_seed, check_threads, thread_counts
-from vplan.worldmodel.action_encoder import CONDITIONINGS
+from vplan.utils.settings import thread_counts
 
 # A chunk counts as "moving" where the agent's position (metres on the tabletop, blocks on the blockworld) ends
 # more than this from where it was before the chunk, or its fourth state value (the tabletop's finger opening, the
@@ -71,82 +69,6 @@ OPEN_LOOP_VIDEO = "open_loop.mp4"
 OPEN_LOOP_PLOT = "open_loop.png"
 # settings a resumption may change
 RESUMABLE_CHANGES = ("episodes", "out", "video_chunks", "threads", "resume", "overwrite")
-
-
-@dataclass
-class EvalWorldModelConfig:
-    """Settings of `vplan eval worldmodel`."""
-
-    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
-    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    checkpoint: Optional[str] = field(default=None, metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the task's env's shipped one."})
-    episodes: int = field(default=5, metadata={"help": "Held-out expert episodes to evaluate on."})
-    seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
-    out: str = field(default="runs/eval_worldmodel", metadata={"help": "Where metrics.json and the MP4 go."})
-    video_chunks: int = field(default=6, metadata={"help": "Chunks shown in the MP4 grid."})
-    sampler: Optional[str] = field(default=None, metadata={"help": "Sampler override (default: the checkpoint's)."})
-    steps: Optional[int] = field(default=None, metadata={"help": "Sampling-steps override."})
-    guidance_scale: Optional[float] = field(default=None, metadata={"help": "Classifier-free guidance override."})
-    rollout_chunks: int = field(
-        default=8, metadata={"help": "Chunks imagined open loop from each episode's first context (0: none)."}
-    )
-    compare: Optional[str] = field(
-        default=None,
-        metadata={"help": "A second world-model checkpoint scored on the same open-loop rollouts, side by side."},
-    )
-    idm: Optional[str] = field(
-        default=None,
-        metadata={"help": "An inverse-dynamics checkpoint (e.g. shipped:tabletop/idm): also score the actions it reads "
-                  "off each generated chunk against those it reads off the real chunk (what the agent would do)."},
-    )
-    conditioning: Optional[str] = field(
-        default=None,
-        metadata={"help": "text|action|text+action: the checkpoint must be conditioned so; `action` defaults "
-                  "checkpoint to the task's env's shipped action model and compare to its shipped text model."},
-    )
-    threads: int = field(
-        default=2, metadata={"help": "torch threads (the figures move in their last bits with the count)."}
-    )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Continue the evaluation interrupted in out (same settings and checkpoint files): its "
-                  "finished episodes are kept; episodes may grow."},
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Replace the evaluation out holds (finished or not) with a fresh one."}
-    )
-
-    def __post_init__(self) -> None:
-        check_resume_or_overwrite(self)
-        if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
-            raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "
-                             f"{self.video_chunks}, {self.rollout_chunks}")
-        check_seed(self.seed)
-        check_threads(self)
-        if self.conditioning not in (None, *CONDITIONINGS):
-            raise ValueError(f"conditioning: expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
-        from vplan.envs import action_units, env_name
-        from vplan.policies import EXPERTS
-        from vplan.shipped import shipped_checkpoint
-
-        if self.task.name not in EXPERTS:  # the episodes it scores on are the expert's, as `vplan collect`'s
-            raise ValueError(f"task: eval worldmodel scores on the scripted expert's episodes, and {self.task.name!r} "
-                             f"has none; expected one of {sorted(EXPERTS)}")
-        # the task's env's shipped models, as `vplan run` takes (env=rlbench runs the tabletop's return_cubes)
-        if (self.compare is not None or self.conditioning == "action") and self.rollout_chunks == 0:
-            raise ValueError("compare= (and conditioning=action, which compares) scores the open-loop rollouts: "
-                             "expected rollout_chunks >= 1, got 0")
-        if self.conditioning in ("action", "text+action") and not action_units(self.env):  # as training refuses
-            raise ValueError(f"conditioning={self.conditioning}: action conditioning reads continuous actions, and "
-                             f"env {env_name(self.env)}'s are discrete moves; leave conditioning unset (text)")
-        if self.conditioning == "action":
-            self.compare = self.compare or shipped_checkpoint(self.task.env, "worldmodel")
-        if self.checkpoint is None:
-            if self.conditioning == "text+action":
-                raise ValueError("conditioning=text+action: no such model ships; give checkpoint=DIR (one trained "
-                                 "with component.model.conditioning=text+action)")
-            component = "worldmodel_action" if self.conditioning == "action" else "worldmodel"
-            self.checkpoint = shipped_checkpoint(self.task.env, component)
 
 
 def _to_images(frames: torch.Tensor) -> torch.Tensor:
@@ -199,7 +121,7 @@ def _load_model(setting: str, cfg: EvalWorldModelConfig) -> Any:
     env's frame size and instruction length."""
     from vplan.agent import check_chunk_steps
     from vplan.errors import UsageError
-    from vplan.worldmodel.diffusion import SAMPLERS
+    from vplan.worldmodel.config import SAMPLERS
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = getattr(cfg, setting)

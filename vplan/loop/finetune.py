@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,11 @@ from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
-from vplan.loop.trainer import FINAL, OptimConfig, out_of_memory, refuse_several_processes, train
+from vplan.loop.config import FinetuneConfig
+from vplan.loop.trainer import FINAL, out_of_memory, refuse_several_processes, train
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
-from vplan.utils.settings import changed_settings, check_ints, plain, refuse_model_folder
+from vplan.utils.settings import changed_settings, plain, refuse_model_folder
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
 
 INNER = "inner"
@@ -69,64 +70,6 @@ RESUMABLE_OPTIM = ("steps", "cooldown_steps", *UNPINNED_OPTIM)  # with one round
 # ground truth whatever update_on says, generates nothing, and checkpointing recomputes the same activations
 UNPINNED_MEMORY = ("update_on", "merge_for_generation", "gradient_checkpointing")
 LATENTS_KEY = "latents"
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of `vplan finetune`."""
-
-    data: str = field(
-        default="data/return_cubes",
-        metadata={"help": "Episode dataset (`vplan collect`, or `vplan run record=true`'s <out>/episodes)."},
-    )
-    worldmodel: str | None = field(
-        default=None,
-        metadata={"help": "The slow-learned world model to start from: a directory or shipped:<env>/worldmodel; "
-                  "null: the shipped one of the env the dataset was recorded in."},
-    )
-    memory: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="temp_lora"),
-        metadata={"help": "The fast learner (configs/memory/temp_lora.yaml); only temp_lora has states to store. "
-                  "The inner loop learns from the ground-truth chunks (update_on is not used)."},
-    )
-    episodes: int = field(
-        default=20,
-        metadata={"help": "Episodes to finetune on: the first ones of the dataset that are not held out. Measured "
-                  "with the shipped model on 2 CPU cores (2026-12-04): ~17 chunks and 13 s of inner loop per episode, "
-                  "~32 MB stored per episode (rank-32 factors are 1.9 MB per chunk)."},
-    )
-    holdout_episodes: int = field(
-        default=10, metadata={"help": "Last episodes never used (as in `vplan train`); 0 uses them all."}
-    )
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(
-            steps=300, batch_size=4, lr=2e-5, warmup_steps=20, save_every=50, log_every=10
-        ),
-        metadata={"help": "Outer loop (slow learning of Φ): AdamW at the slow learning rate. Measured with the "
-                  "shipped model on 2 CPU cores (2026-12-04): 1.9 s per step of batch 4, so ~9 min for 300 steps."},
-    )
-    rounds: int = field(
-        default=1,
-        metadata={"help": "Alternations of the two loops (Algorithm 1b). The episodes are split into `rounds` "
-                  "groups, as if they arrived one group after another: round r runs the inner loop on group r "
-                  "with the slow weights Φ the outer loop reached in round r - 1, then the outer loop trains on "
-                  "every triple stored so far, up to step optim.steps·(r + 1)/rounds of one lr schedule. 1: the "
-                  "inner loop on every episode with the starting Φ, then the outer loop."},
-    )
-    out: str = field(
-        default="checkpoints/finetune",
-        metadata={"help": "Inner-loop states (inner/), trainer checkpoints, and the finetuned model (final/)."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.memory.kind != "temp_lora":
-            raise ValueError(f"memory: expected memory=temp_lora (the fast learner whose states the loop stores), "
-                             f"got kind {self.memory.kind!r}")
-        check_ints(self, ("episodes", "rounds"))
-        check_ints(self, ("holdout_episodes",), low=0)
-        if self.rounds > min(self.episodes, self.optim.steps):
-            raise ValueError(f"rounds: expected at most episodes={self.episodes} and optim.steps={self.optim.steps} "
-                             f"(each round needs an episode and an outer-loop step), got {self.rounds}")
 
 
 # -- the inner loop ------------------------------------------------------------------------------------------

@@ -25,68 +25,22 @@ or `noise_std=`) only holds the expert's actions in the expert's states; collect
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT
+from vplan.constants import OBS_IMAGE_FRONT
 from vplan.errors import UsageError
-from vplan.loop.trainer import FINAL, OptimConfig, is_main_process, main_process_first, train
-from vplan.policies.idm import IDMConfig, IDMPolicy, windows
+from vplan.loop.config import IDMTrainConfig, LABELS
+from vplan.loop.trainer import FINAL, is_main_process, main_process_first, train
+from vplan.policies.config import IDMConfig
+from vplan.policies.idm import IDMPolicy, windows
 from vplan.utils.files import folder_written_aside
-from vplan.utils.settings import check_ints
 
 METRICS_FILE = "metrics.json"
-LABELS = {"applied": ACTION_APPLIED, "commanded": ACTION}  # component.label -> the dataset feature it reads
-
-
-@dataclass
-class IDMTrainConfig:
-    """`component=idm`: the inverse-dynamics CNN (frame_t, frame_t+1) → action.
-
-    The defaults made the shipped `shipped:tabletop/idm` (README) from the 300-episode exploratory dataset in
-    23 min on an otherwise idle 2-CPU-core machine: ~6.5 min passing 60 training and the 10 held-out episodes
-    (~13,000 frames) through the VAE, then 10,000 steps of batch 64, the lr cooled to 0 over the last 2,500
-    (~17 min). Held-out MAE (dx, dy, dz) 0.039 / 0.116 / 0.095 against 0.388 / 0.293 / 0.442 for the mean
-    action; 2,000 steps without the cool-down and 20 episodes through the VAE gave 0.063 / 0.171 / 0.140.
-    """
-
-    name: str = field(default="idm", metadata={"help": "The component (configs/component/idm.yaml)."})
-    idm: IDMConfig = field(default_factory=IDMConfig, metadata={"help": "Size of the CNN and what it reads."})
-    vae: str | None = field(
-        default="checkpoints/vae/final",
-        metadata={"help": "Trained VAE (`vplan train component=vae`) whose reconstructions the IDM also trains "
-                  "on; null: real frames only."},
-    )
-    label: str = field(
-        default="applied",
-        metadata={"help": "The action the IDM learns to read: `applied` (the dataset's `action.applied`, what the "
-                  "env did: pushes into the workspace's edge move nothing) or `commanded` (the recorded `action`)."},
-    )
-    vae_fraction: float = field(
-        default=0.5, metadata={"help": "Share of training samples taken from VAE-reconstructed transitions."}
-    )
-    vae_episodes: int = field(
-        default=60,
-        metadata={"help": "Training episodes (spread evenly over them) passed through the VAE; ~5.5 s each on "
-                  "2 CPU cores for ~190 frames."},
-    )
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(
-            steps=10000, batch_size=64, lr=1e-3, warmup_steps=100, cooldown_steps=2500, save_every=500, log_every=50
-        ),
-        metadata={"help": "Optimisation (AdamW, schedule, checkpoints)."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.label not in LABELS:
-            raise ValueError(f"label: expected one of {sorted(LABELS)}, got {self.label!r}")
-        if not 0.0 <= self.vae_fraction <= 1.0:
-            raise ValueError(f"vae_fraction: expected a share in [0, 1], got {self.vae_fraction}")
-        check_ints(self, ("vae_episodes",))
 
 
 @dataclass

@@ -16,109 +16,42 @@ newest checkpoint, and is refused if a setting (but for the run's length and log
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import MISSING
 
 from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import UsageError, VplanWarning
 from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
-from vplan.loop.idm import IDMTrainConfig, check_fits, train_idm
+from vplan.loop.config import IDMTrainConfig, TrainConfig, VAETrainConfig, WorldModelTrainConfig
+from vplan.loop.idm import check_fits, train_idm
 from vplan.loop.trainer import (
-    FINAL, OptimConfig, check_batch_splits, check_steps_reach, is_main_process, main_process_first,
-    only_the_main_process_prints, process_count, train,
+    FINAL, check_batch_splits, check_steps_reach, is_main_process, main_process_first, only_the_main_process_prints,
+    process_count, train,
 )
 from vplan.shipped import (PREFIX, check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint,
                            warn_if_trained_elsewhere)
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, read_config_record, with_image_size,
-    write_config,
+    CONFIG_FILE, check_config_is_ours, check_same_config, read_config_record, with_image_size, write_config,
 )
+from vplan.worldmodel.config import VAEConfig, WorldModelConfig
 from vplan.worldmodel.latent_cache import LATENTS_DIR, episode_latents
-from vplan.worldmodel.model import VAE_FILE, CheckpointError, WorldModel, WorldModelConfig, load_vae, read_config
+from vplan.worldmodel.model import VAE_FILE, CheckpointError, WorldModel, load_vae, read_config
 from vplan.worldmodel.text_encoder import resolve_minilm_dir
-from vplan.worldmodel.vae import VAEConfig, build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
+from vplan.worldmodel.vae import build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
 SPLIT_FILE = "split.json"  # in `out`: the episodes a run holds out, which a resume keeps
-
-
-@dataclass
-class VAETrainConfig:
-    """`component=vae`: the frame autoencoder."""
-
-    name: str = field(default="vae", metadata={"help": "The component (configs/component/vae.yaml)."})
-    vae: VAEConfig = field(default_factory=VAEConfig, metadata={"help": "Size of the autoencoder."})
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(steps=2700, batch_size=8, lr=1e-3, warmup_steps=50),
-        metadata={"help": "Optimisation (AdamW, schedule, checkpoints)."},
-    )
-
-
-@dataclass
-class WorldModelTrainConfig:
-    """`component=worldmodel`: the masked conditional video diffusion model (UNet; learned text encoder if any)."""
-
-    name: str = field(default="worldmodel", metadata={"help": "The component (configs/component/worldmodel.yaml)."})
-    model: WorldModelConfig = field(
-        default_factory=WorldModelConfig, metadata={"help": "The model's size and settings (configs/model/ presets)."}
-    )
-    vae: str = field(default="checkpoints/vae/final", metadata={"help": "Trained VAE (`vplan train component=vae`)."})
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(steps=5000, batch_size=4, lr=2e-4, cooldown_steps=1500),
-        metadata={"help": "Optimisation (AdamW, schedule, checkpoints)."},
-    )
-    boundary_fraction: float = field(
-        default=0.0,
-        metadata={"help": "Share of clips whose context ends on a subgoal's first frame (the chunk starts at the "
-                  "next), where only the text says what comes next."},
-    )
-    init: str | None = field(
-        default=None,
-        metadata={"help": "Start from this world model's weights (a directory or shipped:<env>/worldmodel of the "
-                  "same architecture; its VAE is not used), e.g. another env's, or a text-conditioned one for "
-                  "conditioning=text+action (the action encoder starts fresh); null: from scratch. A resumed run "
-                  "continues from its own checkpoint instead."},
-    )
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.boundary_fraction <= 1:
-            raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
 
 
 # Settings a resumed run may change: how long it runs and how often it checkpoints and logs (the schedule is a
 # function of the step, so longer runs and cool-downs extend it); `init` is only read by a run's first step.
 RESUMABLE_CHANGES = ("out", "component.init", "component.optim.steps", "component.optim.cooldown_steps",
                      "component.optim.save_every", "component.optim.log_every")
-
-
-COMPONENTS = ("vae", "worldmodel", "idm")  # configs/component/
-
-
-@dataclass
-class TrainConfig:
-    """Settings of `vplan train`."""
-
-    component: Any = field(default=MISSING, metadata={"help": "What to train (configs/component/)."})
-    data: str = field(default="data/return_cubes", metadata={"help": "Episode dataset (`vplan collect`)."})
-    out: str = field(default="checkpoints/${component.name}", metadata={"help": "Checkpoints and the final model."})
-    holdout_episodes: int = field(default=10, metadata={
-        "help": "Last episodes kept out of training (the VAE and the IDM are scored on them after it; the world model "
-                "by `vplan eval worldmodel` on fresh episodes); 0: train on every one."})
-
-    def __post_init__(self) -> None:
-        check_ints(self, ("holdout_episodes",), low=0)
-        default = next((f.default for f in fields(self.component) if f.name == "name"), None)
-        name = self.component.name
-        # it names the default out= folder only: a world model was trained into checkpoints/idm
-        if name != default and name in COMPONENTS:
-            raise ValueError(f"component.name={name} names another component, and only the default out= folder; "
-                             f"choose the component with component={name}")
 
 
 def _sized_for(config: Any, frames: tuple[int, ...], setting: str) -> Any:

@@ -22,7 +22,6 @@ import signal
 import time
 import warnings
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,51 +33,16 @@ from vplan.errors import RunError, first_line
 from vplan.loop.checkpoint import (
     UnreadableTrainerStateError, checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint,
 )
+from vplan.loop.config import OptimConfig
 from vplan.utils.files import write_text_atomic
 from vplan.utils.interrupts import interrupted, terminated
 from vplan.utils.plots import line_plot
-from vplan.utils.settings import check_ints, check_seed
+from vplan.utils.resources import launched_processes
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
 MIXED_PRECISION = "mixed_precision"  # in trainer_state.json: accelerate's "no", "fp16" or "bf16", held on a resume
 GRAD_SCALER = "grad_scaler"  # in trainer_state.json under fp16: the grad scaler's state (its loss scale)
-
-
-@dataclass
-class OptimConfig:
-    """Optimisation settings shared by every component."""
-
-    steps: int = field(default=1000, metadata={"help": "Optimizer steps in all (a resumed run counts on)."})
-    batch_size: int = field(default=8, metadata={"help": "Samples per step."})
-    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
-    cooldown_steps: int = field(default=0, metadata={"help": "Final steps (at most all) over which lr falls linearly to 0."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm; 0 disables clipping."})
-    save_every: int = field(default=200, metadata={"help": "Steps between checkpoints."})
-    log_every: int = field(default=20, metadata={"help": "Steps between loss-log lines."})
-    seed: int = field(default=0, metadata={"help": "Seed of initialisation and of the batch order."})
-
-    def __post_init__(self) -> None:
-        check_ints(self, ("steps", "batch_size", "save_every", "log_every"))
-        check_ints(self, ("warmup_steps", "cooldown_steps"), low=0)
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr: expected a number > 0, got {self.lr}")
-        for name in ("weight_decay", "grad_clip"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
-        check_seed(self.seed)
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based): warm-up, constant, then cool-down to 0.
-
-        A function of the step alone, so a resumed run follows the schedule an uninterrupted one would have.
-        """
-        warmup = min(1.0, (step + 1) / max(1, self.warmup_steps))
-        span = min(self.cooldown_steps, self.steps)
-        cooldown = min(1.0, (self.steps - step) / span) if span else 1.0
-        return self.lr * min(warmup, cooldown)
 
 
 FINAL = "final"  # the trained result each command writes beside its checkpoints
@@ -105,12 +69,6 @@ def refuse_several_processes(description: str) -> None:
     if processes > 1:
         raise RunError(f"{description}: {processes} processes (accelerate launch): {description} runs in one process "
                        "(CPU, or the one GPU it finds); run the command without accelerate launch")
-
-
-def launched_processes() -> int:
-    """How many processes a launcher started (accelerate launch and torchrun set WORLD_SIZE in each); 1 without."""
-    value = os.environ.get("WORLD_SIZE", "1").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 PROCESS_TIMEOUT = timedelta(hours=1)  # how long processes wait for one another (the first encoding the latents)

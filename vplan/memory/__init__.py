@@ -14,9 +14,21 @@ memory.update_async(history[:, -8:], chunk)  # runs while the chunk is executed;
 ```
 """
 
-from vplan.memory.base import EpisodicMemory, MemorySnapshot
+import importlib
+
 from vplan.memory.config import ATTENTION_PROJECTIONS, KINDS, UPDATE_ON, MemoryConfig
-from vplan.memory.factory import make_memory, memory_class
+
+# The rest is imported on first use: reading or checking a MemoryConfig imports no torch (the CLI checks every
+# command's settings before it loads torch), and Temp-LoRA's module pulls in peft.
+_LAZY = {
+    "EpisodicMemory": "base",
+    "MemorySnapshot": "base",
+    "make_memory": "factory",
+    "memory_class": "factory",
+    "NoMemory": "baselines",
+    "AnchorFrameMemory": "baselines",
+    "TempLoRAMemory": "temp_lora",
+}
 
 __all__ = [
     "ATTENTION_PROJECTIONS",
@@ -34,13 +46,6 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """The strategy classes, imported on first use (Temp-LoRA's module pulls in peft)."""
-    if name in ("NoMemory", "AnchorFrameMemory"):
-        from vplan.memory import baselines
-
-        return getattr(baselines, name)
-    if name == "TempLoRAMemory":
-        from vplan.memory.temp_lora import TempLoRAMemory
-
-        return TempLoRAMemory
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vplan.memory.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'vplan.memory' has no attribute {name!r}")

@@ -49,7 +49,7 @@ from vplan.memory.config import ATTENTION_PROJECTIONS, MemoryConfig
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from vplan.worldmodel.diffusion import DiffusionConfig
+    from vplan.worldmodel.config import DiffusionConfig
     from vplan.worldmodel.model import WorldModel
     from vplan.worldmodel.unet import UNet3D
 

@@ -3,9 +3,10 @@
 `make_planner(PlannerConfig(...), task_config).plan(instruction, info, first_frame=None) -> Plan`.
 """
 
+import importlib
+
+from vplan.errors import PlannerFallbackWarning
 from vplan.planner.config import LLMPlannerConfig, PlannerConfig, redact_secrets
-from vplan.planner.factory import make_planner
-from vplan.planner.llm import LLMPlanner, PlannerFallbackWarning
 from vplan.planner.offline import OfflinePlanner, Planner
 from vplan.planner.skills import TASK_SKILLS, Skill, TaskSkills, task_skills
 from vplan.planner.subgoal import PREDICATES, Check, Plan, Subgoal
@@ -29,3 +30,14 @@ __all__ = [
     "redact_secrets",
     "task_skills",
 ]
+
+
+# Imported on first use: the LLM planner's grounding loads torch, and reading or checking a PlannerConfig must not
+# (the CLI checks every command's settings before it loads torch).
+_LAZY = {"make_planner": "factory", "LLMPlanner": "llm"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vplan.planner.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vplan.planner' has no attribute {name!r}")

@@ -26,33 +26,26 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import MISSING
 
-from vplan.agent import AgentConfig, warn_if_chunk_frames_ignored
+from vplan.agent import warn_if_chunk_frames_ignored
 from vplan.constants import HELD_OUT_SEEDS
 from vplan.errors import RunError, UsageError, VplanWarning, first_line
 from vplan.loop.checkpoint import OPTIMIZER_FILE, load_optimizer, save_optimizer
-from vplan.memory.config import MemoryConfig
-from vplan.planner.config import PlannerConfig
 from vplan.rl.advantages import group_advantages
-from vplan.rl.objectives import OBJECTIVES
-from vplan.rl.rewards import RewardConfig
+from vplan.rl.config import RLConfig
 from vplan.rl.rollout import EpisodeRollout, ImaginedChunk
-from vplan.rl.vlm_reward import VLMRewardConfig
 from vplan.run import run_episode
 from vplan.shipped import (
-    AgentCheckpoints,
     check_checkpoints_exist,
     check_outside_results,
     pin_checkpoints,
@@ -61,14 +54,13 @@ from vplan.shipped import (
     warn_if_trained_elsewhere,
     with_checkpoint_frames,
 )
-from vplan.tasks import TaskConfig
 from vplan.utils.files import (
     file_written_aside, folder_written_aside, recover_folder, write_json, write_text_atomic,
 )
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import line_plot
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_ints, check_same_config, check_seed, check_threads, write_config,
+    CONFIG_FILE, check_config_is_ours, check_same_config, write_config,
 )
 
 CHECKPOINT_DIR = "checkpoint"
@@ -81,86 +73,6 @@ ITERATIONS_FILE = "iterations.jsonl"
 PLOT_FILE = "rewards.png"
 # Settings a resumed run may change: how long it runs and how it is evaluated, not what it explores or learns.
 RESUMABLE_CHANGES = ("iterations", "eval_episodes", "eval_seed", "threads", "out")  # out: ./runs/rl, runs/rl/
-
-
-@dataclass
-class RLConfig(AgentCheckpoints):
-    """Settings of `vplan rl`."""
-
-    env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
-    task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    planner: PlannerConfig = field(default_factory=PlannerConfig, metadata={"help": "Planner (configs/planner/)."})
-    memory: MemoryConfig = field(
-        default_factory=lambda: MemoryConfig(kind="none"), metadata={"help": "Episodic memory of the rollouts."}
-    )
-    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Execution and replanning."})
-    worldmodel: str | None = field(
-        default=None, metadata={"help": "World model to finetune; null: the env's shipped one."}
-    )
-    idm: str | None = field(default=None, metadata={"help": "IDM checkpoint; null: the env's shipped one."})
-    iterations: int = field(default=2, metadata={"help": "Explore-score-finetune rounds."})
-    seeds_per_iteration: int = field(default=2, metadata={"help": "Task seeds explored per iteration."})
-    seed: int = field(default=0, metadata={"help": "First exploration seed (training scenes: 0..9999)."})
-    plan_offsets: list[int] = field(
-        default_factory=lambda: [-1, 0, 1],
-        metadata={"help": "The G plan variants: chunks added to every subgoal (planner.chunk_offset)."},
-    )
-    continuations: int = field(default=2, metadata={"help": "K executor continuations per plan."})
-    rewards: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "Reward weights."})
-    vlm_reward: VLMRewardConfig = field(default_factory=VLMRewardConfig, metadata={"help": "VLM yes/no reward."})
-    objective: str = field(default="rwr", metadata={"help": "Executor objective: rwr (reward-weighted) | dpo."})
-    rwr_beta: float = field(default=1.0, metadata={"help": "RWR temperature: weights exp(advantage / beta)."})
-    dpo_beta: float = field(default=100.0, metadata={"help": "Diffusion-DPO's beta."})
-    penalty: float = field(default=1e-3, metadata={"help": "Weight of the L2 pull toward the reference weights."})
-    lora_rank: int = field(default=8, metadata={"help": "Rank of the executor's LoRA."})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the LoRA."})
-    steps_per_iteration: int = field(default=20, metadata={"help": "LoRA steps after each exploration round."})
-    batch_size: int = field(default=4, metadata={"help": "Chunks (rwr) or pairs (dpo) per step."})
-    planner_lr: float = field(default=1.0, metadata={"help": "Step of the offsets' logits per unit advantage."})
-    eval_episodes: int = field(default=5, metadata={"help": "Held-out episodes before and after (0: none)."})
-    eval_seed: int = field(default=10000, metadata={"help": "First held-out seed of the before/after evaluation."})
-    out: str = field(default="runs/rl", metadata={"help": "Run directory (checkpoint, final model, metrics)."})
-    threads: int = field(default=2, metadata={"help": "torch threads."})
-
-    @property
-    def explored_end(self) -> int:
-        """One past the last task seed exploration plays."""
-        return self.seed + self.iterations * self.seeds_per_iteration
-
-    def __post_init__(self) -> None:
-        check_ints(self, ("iterations", "seeds_per_iteration", "continuations", "lora_rank", "steps_per_iteration",
-                          "batch_size"))
-        check_threads(self)
-        if self.eval_episodes < 0:
-            raise ValueError(f"eval_episodes: expected an int >= 0, got {self.eval_episodes!r}")
-        check_seed(self.seed)
-        check_seed(self.eval_seed, "eval_seed")
-        if self.continuations < 2:  # advantages are standardised within a plan's K: one gives none (0)
-            raise ValueError(f"continuations: expected at least 2 (the executor learns from how continuations of "
-                             f"one plan differ), got {self.continuations}")
-        if not self.plan_offsets or len(set(self.plan_offsets)) != len(self.plan_offsets):
-            raise ValueError(f"plan_offsets: expected distinct ints, one per plan, got {self.plan_offsets!r}")
-        if self.planner.chunk_offset not in self.plan_offsets:  # the before column's plan, kept on a tie
-            raise ValueError(f"planner.chunk_offset: expected one of plan_offsets {self.plan_offsets} (the plan "
-                             f"before finetuning, which exploration compares with), got {self.planner.chunk_offset}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
-        for name in ("rwr_beta", "dpo_beta", "lr"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"{name}: expected a finite number > 0, got {getattr(self, name)!r}")
-        for name in ("penalty", "planner_lr"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {getattr(self, name)!r}")
-        if self.rewards.vlm > 0 and not self.vlm_reward.enabled:
-            raise ValueError("rewards.vlm > 0: expected vlm_reward.enabled=true (and its endpoint)")
-        if self.vlm_reward.enabled and self.rewards.vlm == 0:  # else the endpoint is set up and never asked
-            raise ValueError("vlm_reward.enabled=true: expected a weight for its reward (rewards.vlm=W > 0), got 0")
-        explored_end = self.explored_end
-        held_out_end = self.eval_seed + self.eval_episodes
-        if self.eval_episodes and max(self.seed, self.eval_seed) < min(explored_end, held_out_end):
-            raise ValueError(f"eval_seed: the held-out seeds {self.eval_seed}..{held_out_end - 1} overlap the explored "
-                             f"ones, {self.seed}..{explored_end - 1}; pass seeds that do not (the default: "
-                             "exploration from seed=0, held-out from eval_seed=10000)")
 
 
 def _imagined(chunk: Any) -> ImaginedChunk:

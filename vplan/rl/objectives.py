@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from vplan.memory.config import ATTENTION_PROJECTIONS
 
 ADAPTER_NAME = "rl"
-OBJECTIVES = ("rwr", "dpo")
 
 
 def rwr_weights(advantages: torch.Tensor, beta: float) -> torch.Tensor:

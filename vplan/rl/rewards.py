@@ -16,13 +16,13 @@ nothing). Each is a reading of one explored episode (`EpisodeRollout`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from vplan.errors import RunError
+from vplan.rl.config import RewardConfig
 from vplan.rl.rollout import EpisodeRollout
 from vplan.tasks import task_progress
 
@@ -33,41 +33,6 @@ class Reward(Protocol):
     name: str
 
     def score(self, rollout: EpisodeRollout) -> float | None: ...
-
-
-TERMS = ("outcome", "executability", "consistency", "idm_reproduction", "vlm")  # the weighted rewards
-
-
-@dataclass
-class RewardConfig:
-    """Weights of the rewards in the sum each continuation is ranked by (0: off)."""
-
-    outcome: float = field(default=1.0, metadata={"help": "Weight of task success + progress."})
-    progress_weight: float = field(default=0.5, metadata={"help": "Share of progress within the outcome reward."})
-    executability: float = field(default=0.5, metadata={"help": "Weight of executed-vs-imagined agreement."})
-    consistency: float = field(default=0.1, metadata={"help": "Weight of minus scene cuts per imagined chunk."})
-    idm_reproduction: float = field(
-        default=0.0, metadata={"help": "Weight of the IDM-reproduction check; needs action_worldmodel."}
-    )
-    action_worldmodel: str | None = field(
-        default=None, metadata={"help": "Action-conditioned world model (same frames) for idm_reproduction."}
-    )
-    vlm: float = field(default=0.0, metadata={"help": "Weight of the VLM yes/no reward; needs vlm_reward.enabled."})
-
-    def __post_init__(self) -> None:
-        for name in (*TERMS, "progress_weight"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-                raise ValueError(f"rewards.{name}: expected a finite weight >= 0, got {value!r}")
-        if not any(getattr(self, name) > 0 for name in TERMS):
-            raise ValueError("rewards: every weight is 0, so every reward is 0 and nothing is learned; give one "
-                             "a weight above 0 (the defaults: outcome=1 executability=0.5 consistency=0.1)")
-        if self.idm_reproduction > 0 and not (self.action_worldmodel or "").strip():
-            raise ValueError("rewards.idm_reproduction > 0: expected rewards.action_worldmodel=DIR (an "
-                             f"action-conditioned world model), got {self.action_worldmodel!r}")
-        if self.idm_reproduction == 0 and (self.action_worldmodel or "").strip():  # else set and never asked
-            raise ValueError(f"rewards.action_worldmodel={self.action_worldmodel}: expected a weight for the reward "
-                             "it serves (rewards.idm_reproduction=W > 0), got 0; give one, or leave it unset")
 
 
 class OutcomeReward:

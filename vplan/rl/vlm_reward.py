@@ -23,22 +23,17 @@ import hashlib
 import json
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from string import Formatter
 from typing import Any
 
 import numpy as np
 
-from vplan.chat import ChatEndpoint, ChatEndpointConfig, ChatReplyError, ChatRequestError, image_part, short
+from vplan.chat import ChatEndpoint, ChatReplyError, ChatRequestError, image_part, short
 from vplan.errors import VplanWarning
+from vplan.rl.config import VLMRewardConfig
 from vplan.rl.rollout import EpisodeRollout
 from vplan.utils.import_utils import require_package
 
-DEFAULT_QUESTION = (
-    'These frames come from a video of a robot. Do they show "{subgoal}", with the objects moving as real objects '
-    "would (no teleporting, melting or vanishing)? Answer yes or no."
-)
 ANSWERS = {"yes": True, "no": False}
 FAILURES_BEFORE_GIVING_UP = 3  # failed requests in a row (each after its retries): the endpoint is down
 CONJUNCTIONS = ("or", "and", "but", "wait")  # words that join the opposite answer to the first ("No - wait, yes")
@@ -47,42 +42,6 @@ REVERSALS = ("wait", "actually", "on second thought", "correction")  # the oppos
 
 class VLMRewardWarning(VplanWarning):
     """A chunk got no answer from the VLM (unclear reply, HTTP error, timeout, exhausted budget)."""
-
-
-@dataclass
-class VLMRewardConfig(ChatEndpointConfig):
-    """Whether and how the VLM reward asks an OpenAI-compatible vision chat endpoint (`ChatEndpointConfig`, whose
-    model must read images) about each chunk."""
-
-    enabled: bool = field(
-        default=False, metadata={"help": "Ask the VLM at all (off by default: one request per chunk costs money)."}
-    )
-    max_requests: int = field(
-        default=200,
-        metadata={"help": "Budget: most questions one VLMReward sends (cache hits are free; retries count once)."},
-    )
-    frames_per_question: int = field(
-        default=4, metadata={"help": "Frames of a chunk sent with its question, evenly spaced from first to last."}
-    )
-    question: str = field(
-        default=DEFAULT_QUESTION,
-        metadata={"help": "The question's template; `{subgoal}` is replaced by the chunk's subgoal text."},
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_requests < 1:
-            raise ValueError(f"max_requests: expected a positive int (enabled=False sends none), got "
-                             f"{self.max_requests!r}")
-        if not 1 <= self.frames_per_question <= 32:
-            raise ValueError(f"frames_per_question: expected an int in [1, 32], got {self.frames_per_question!r}")
-        try:
-            fields = {name for _, name, _, _ in Formatter().parse(self.question) if name is not None}
-        except ValueError:
-            fields = None
-        if fields != {"subgoal"}:
-            raise ValueError(f"question: expected a template whose only field is {{subgoal}}, got "
-                             f"{short(self.question, 80)}")
 
 
 def parse_yes_no(content: Any) -> bool | None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CONDITIONINGS = ("text", "action", "text+action")
-
 
 class ActionEncoder(nn.Module):
     """Actions (B, k <= num_steps, action_dim) → tokens (B, num_steps, dim); steps past k, or not `known`, are null."""

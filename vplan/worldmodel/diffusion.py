@@ -11,8 +11,6 @@ which is exactly what diffusers' `FlowMatchEulerDiscreteScheduler.scale_noise` /
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,77 +18,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from vplan.utils.settings import check_field_types
+from vplan.worldmodel.config import DiffusionConfig
 from vplan.worldmodel.unet import UNet3D
-
-OBJECTIVES = ("epsilon", "flow")
-SAMPLERS = {"epsilon": ("ddim", "dpmsolver++"), "flow": ("flow_euler",)}
-# Not diffusers' squaredcos_cap_v2: its last timestep keeps almost no signal (alpha-bar 2e-9), so the first step
-# of trailing-spaced sampling multiplies the model's noise error ~6,000-fold (a trained tiny model's chunks: std 6e3).
-BETA_SCHEDULES = ("linear", "scaled_linear")
-
-
-@dataclass
-class DiffusionConfig:
-    """How the chunk is noised in training and denoised at inference.
-
-    The beta defaults are ModelScope's (`scaled_linear`, 0.00085 to 0.012). DDIM and DPM-Solver++ use
-    `"trailing"` timestep spacing so that few-step sampling starts at the last training timestep (pure noise)
-    rather than skipping the noisiest part of the schedule.
-    """
-
-    objective: str = field(
-        default="epsilon", metadata={"help": f"Training target, one of {OBJECTIVES}: ε-prediction DDPM or flow matching."}
-    )
-    num_train_timesteps: int = field(default=1000, metadata={"help": "Noise levels of the training schedule."})
-    beta_schedule: str = field(default="scaled_linear", metadata={"help": f"One of {BETA_SCHEDULES} (ε only)."})
-    beta_start: float = field(default=0.00085, metadata={"help": "First beta of the schedule (ε only)."})
-    beta_end: float = field(default=0.012, metadata={"help": "Last beta of the schedule (ε only)."})
-    sampler: str = field(
-        default="dpmsolver++", metadata={"help": f"Sampler per objective: {SAMPLERS} (diffusers' schedulers)."}
-    )
-    num_inference_steps: int = field(default=5, metadata={"help": "Denoising steps per generated chunk."})
-    guidance_scale: float = field(
-        default=1.0, metadata={"help": "Classifier-free guidance; 1.0 turns it off (one UNet pass per step)."}
-    )
-    text_dropout: float = field(
-        default=0.1, metadata={"help": "Share of training clips with the conditioning dropped, for guidance."}
-    )
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"expected objective in {OBJECTIVES}, got {self.objective!r}")
-        if self.sampler not in SAMPLERS[self.objective]:
-            raise ValueError(
-                f"expected sampler in {SAMPLERS[self.objective]} for objective {self.objective!r}, "
-                f"got {self.sampler!r} (set the sampler with the objective: objective=flow sampler=flow_euler)"
-            )
-        if self.beta_schedule not in BETA_SCHEDULES:
-            why = (" (no longer offered: its first sampling step multiplies the model's noise error ~6,000-fold, so "
-                   "its chunks were noise)" if self.beta_schedule == "squaredcos_cap_v2" else "")
-            raise ValueError(f"expected beta_schedule in {BETA_SCHEDULES}, got {self.beta_schedule!r}{why}")
-        if not 0.0 < self.beta_start < self.beta_end < 1.0:
-            raise ValueError(f"expected 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        for name in ("num_train_timesteps", "num_inference_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
-        if self.num_inference_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"expected num_inference_steps <= num_train_timesteps={self.num_train_timesteps}, "
-                f"got {self.num_inference_steps}"
-            )
-        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1.0):
-            raise ValueError(f"expected guidance_scale >= 1.0 (1.0 turns guidance off), got {self.guidance_scale}")
-        if not 0.0 <= self.text_dropout < 1.0:
-            raise ValueError(f"expected text_dropout in [0, 1), got {self.text_dropout}")
-        if self.guidance_scale != 1.0 and self.text_dropout == 0.0:
-            raise ValueError(
-                f"guidance_scale={self.guidance_scale} needs a model trained with its conditioning dropped "
-                "(text_dropout > 0), got text_dropout=0: the null condition it guides away from was never "
-                "learned (use guidance_scale=1.0)"
-            )
 
 
 def make_scheduler(config: DiffusionConfig) -> SchedulerMixin:

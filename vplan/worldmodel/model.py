@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,13 @@ from torch import nn
 
 from vplan.errors import SettingMismatchError, UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, resolve_checkpoint
-from vplan.utils.settings import check_field_types
-from vplan.worldmodel.action_encoder import CONDITIONINGS, ActionEncoder
-from vplan.worldmodel.diffusion import DiffusionConfig, masked_diffusion_loss, sample_chunk
-from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, TextEncoderConfig, build_text_encoder
-from vplan.worldmodel.unet import UNetConfig, build_unet
+from vplan.worldmodel.action_encoder import ActionEncoder
+from vplan.worldmodel.config import WorldModelConfig
+from vplan.worldmodel.diffusion import masked_diffusion_loss, sample_chunk
+from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, build_text_encoder
+from vplan.worldmodel.unet import build_unet
 from vplan.worldmodel.vae import (
     DIFFUSERS_WEIGHTS_FILE,
-    VAEConfig,
     build_vae,
     decode_latents,
     encode_frames,
@@ -47,114 +46,10 @@ UNET_FILE = "unet.safetensors"
 VAE_FILE = "vae.safetensors"
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
 ACTION_ENCODER_FILE = "action_encoder.safetensors"
-TABLETOP_ACTION_DIM = 4  # vplan/Tabletop-v0's Box(-1, 1, (4,)): gripper dx, dy, dz and grip
 
 
 class CheckpointError(UsageError, ValueError):
     """A world-model checkpoint that cannot be loaded; the message names the file and what mismatched."""
-
-
-def _from_dict(cls: type, data: Any, name: str) -> Any:
-    """A config dataclass from its dict (JSON or YAML), rejecting keys it does not know."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError(f"expected {name} to be a {cls.__name__} or a dict, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"expected {name} keys in {sorted(known)}, got unknown {unknown}")
-    return cls(**data)
-
-
-@dataclass
-class WorldModelConfig:
-    """The world model's parts and its chunking (frames are counted in latent frames, one per video frame)."""
-
-    unet: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "Size of the 3D UNet."})
-    diffusion: DiffusionConfig = field(
-        default_factory=DiffusionConfig, metadata={"help": "Training objective, noise schedule and sampler."}
-    )
-    vae: VAEConfig = field(default_factory=VAEConfig, metadata={"help": "The frame autoencoder (frozen here)."})
-    text_encoder: TextEncoderConfig = field(
-        default_factory=TextEncoderConfig, metadata={"help": "What turns a subgoal's text into cross-attention tokens."}
-    )
-    context_frames: int = field(default=4, metadata={"help": "Most recent latents the next chunk is conditioned on."})
-    chunk_frames: int = field(default=8, metadata={"help": "Latents generated per chunk."})
-    conditioning: str = field(
-        default="text",
-        metadata={"help": f"What the cross-attention tokens carry, one of {CONDITIONINGS}: the subgoal text, the "
-                  "chunk's low-level actions (one token per frame), or both side by side."},
-    )
-    action_dim: int = field(
-        default=TABLETOP_ACTION_DIM, metadata={"help": "Size of one low-level action (action conditioning only)."}
-    )
-    action_tail_dropout: float = field(
-        default=0.5,
-        metadata={"help": "Share of training clips that keep only a random prefix of the chunk's actions (the rest "
-                  "null tokens), so a chunk can be imagined from the actions known so far (WorldModelEnv)."},
-    )
-    action_frame_embedding: bool = field(
-        default=False,
-        metadata={"help": "Also give each chunk frame its own action (and a known flag) through the UNet's frame "
-                  "embedding, added to that frame's timestep embedding in every res-block: the 3D UNet's frames "
-                  "carry no position, so a frame cannot tell which action token is its own."},
-    )
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        self.unet = _from_dict(UNetConfig, self.unet, "unet")
-        self.diffusion = _from_dict(DiffusionConfig, self.diffusion, "diffusion")
-        self.vae = _from_dict(VAEConfig, self.vae, "vae")
-        self.text_encoder = _from_dict(TextEncoderConfig, self.text_encoder, "text_encoder")
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning: expected one of {CONDITIONINGS}, got {self.conditioning!r}")
-        if self.action_frame_embedding and not self.uses_actions:
-            raise ValueError(
-                f"action_frame_embedding: expected an action-conditioned model, got conditioning={self.conditioning!r}"
-            )
-        if not 0.0 <= self.action_tail_dropout < 1.0:
-            raise ValueError(f"action_tail_dropout: expected a share in [0, 1), got {self.action_tail_dropout!r}")
-        for name in ("context_frames", "chunk_frames", "action_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
-        if (self.unet.in_channels, self.unet.out_channels) != (self.vae.latent_channels,) * 2:
-            raise ValueError(
-                f"expected unet in/out channels equal to vae.latent_channels={self.vae.latent_channels}, "
-                f"got {self.unet.in_channels}/{self.unet.out_channels}"
-            )
-        if self.unet.sample_size != self.vae.latent_size:
-            raise ValueError(
-                f"expected unet.sample_size equal to the latent size of vae ({self.vae.image_size} px / "
-                f"{self.vae.downsample_factor} = {self.vae.latent_size}), got {self.unet.sample_size} (vplan train, "
-                "given component.vae, takes both from the trained VAE: leave them unset)"
-            )
-        if self.unet.cross_attention_dim != self.text_encoder.dim:
-            raise ValueError(
-                f"expected unet.cross_attention_dim equal to text_encoder.dim={self.text_encoder.dim}, "
-                f"got {self.unet.cross_attention_dim}"
-            )
-
-    @property
-    def uses_text(self) -> bool:
-        return self.conditioning in ("text", "text+action")
-
-    @property
-    def uses_actions(self) -> bool:
-        return self.conditioning in ("action", "text+action")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:
-        return _from_dict(cls, data, "world model config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def frame_input_size(self) -> int:
-        """Size of the UNet's per-frame input: an action and a known flag with `action_frame_embedding`, else 0."""
-        return self.action_dim + 1 if self.action_frame_embedding else 0
 
 
 class WorldModel(nn.Module):

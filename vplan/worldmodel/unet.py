@@ -27,7 +27,6 @@ attention of the UNet therefore runs `ChunkedAttnProcessor`, which hands diffuse
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from vplan.utils.settings import check_field_types
+from vplan.worldmodel.config import UNetConfig
 
 
 # The most attention sequences one call gets: 128 clips × 16×16 latent positions, what ran on an H200 (256
@@ -133,77 +132,6 @@ class UNet3D(UNet3DConditionModel, PeftAdapterMixin):
             for hook in hooks:
                 hook.remove()
         return out.transpose(1, 2)
-
-
-@dataclass
-class UNetConfig:
-    """Size of the 3D UNet; block types follow diffusers' pattern (cross-attention on all but the lowest level).
-
-    `attention_head_dim` keeps diffusers' (mis)naming: for `UNet3DConditionModel` it is the number of attention
-    heads per block (head size = channels / heads), and the input temporal transformer uses 8 heads of that size.
-
-    The defaults are the shipped size: 1.8M parameters (7 MB), so with the default VAE (3.7 MB) and even the
-    learned text encoder (6 MB) a checkpoint stays under 25 MB; 8 heads measured faster on the CPU than 4 or 2.
-    """
-
-    block_out_channels: tuple[int, ...] = field(
-        default=(32, 48, 48), metadata={"help": "Channels per level; each level after the first halves the latents."}
-    )
-    layers_per_block: int = field(default=1, metadata={"help": "Res-blocks (with their transformers) per level."})
-    attention_head_dim: int = field(
-        default=8, metadata={"help": "Attention heads per block (diffusers' name; the head size is channels / heads)."}
-    )
-    norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups; must divide every level's channels."})
-    cross_attention_dim: int = field(
-        default=384, metadata={"help": "Width of the conditioning tokens (text: 384 for MiniLM; the learned encoder's dim)."}
-    )
-    in_channels: int = field(default=4, metadata={"help": "Latent channels in (the VAE's latent_channels)."})
-    out_channels: int = field(default=4, metadata={"help": "Latent channels out (the VAE's latent_channels)."})
-    sample_size: int = field(default=16, metadata={"help": "Latent height and width (the VAE's latent_size)."})
-
-    def __post_init__(self) -> None:
-        check_field_types(self)  # True passed for an int, 16.0 failed later in torch
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        if not self.block_out_channels or min(self.block_out_channels) <= 0:
-            raise ValueError(f"expected block_out_channels to be positive ints, got {self.block_out_channels}")
-        for name in ("layers_per_block", "attention_head_dim", "norm_num_groups", "cross_attention_dim",
-                     "in_channels", "out_channels", "sample_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
-        for channels in self.block_out_channels:
-            if channels % self.norm_num_groups:
-                raise ValueError(
-                    f"expected block_out_channels divisible by norm_num_groups={self.norm_num_groups}, "
-                    f"got {self.block_out_channels}"
-                )
-            if channels % self.attention_head_dim:
-                raise ValueError(
-                    f"expected block_out_channels divisible by attention_head_dim={self.attention_head_dim} "
-                    f"(the number of heads), got {self.block_out_channels}"
-                )
-        factor = 2 ** (len(self.block_out_channels) - 1)
-        if self.sample_size % factor:
-            raise ValueError(
-                f"expected sample_size divisible by {factor} ({len(self.block_out_channels) - 1} downsamplings), "
-                f"got {self.sample_size}"
-            )
-
-    @property
-    def down_block_types(self) -> tuple[str, ...]:
-        return ("CrossAttnDownBlock3D",) * (len(self.block_out_channels) - 1) + ("DownBlock3D",)
-
-    @property
-    def up_block_types(self) -> tuple[str, ...]:
-        return ("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (len(self.block_out_channels) - 1)
-
-    @classmethod
-    def preset(cls, name: str) -> UNetConfig:
-        """The UNet of a model preset in configs/model/: `tiny` for tests, `default` for the shipped checkpoint."""
-        from vplan.configs import load_preset
-
-        overrides = load_preset("model", name).get("unet", {})
-        return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in overrides.items()})
 
 
 def build_unet(config: UNetConfig, frame_input_size: int = 0) -> UNet3D:

@@ -12,98 +12,20 @@ keeps the decoder tolerant of the small errors the diffusion model makes in late
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from vplan.utils.settings import check_field_types
+from vplan.worldmodel.config import VAEConfig
 
-RECON_LOSSES = ("l1", "l2", "l1+l2")
 DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # beside config.json: `save_pretrained`'s names
 # diffusers' config.json key -> VAEConfig field, for a VAE folder `vplan train component=vae` wrote
 _DIFFUSERS_KEYS = {"block_out_channels": "block_out_channels", "latent_channels": "latent_channels",
                    "layers_per_block": "layers_per_block", "norm_num_groups": "norm_num_groups",
                    "sample_size": "image_size", "scaling_factor": "scaling_factor",
                    "mid_block_add_attention": "mid_block_attention"}
-
-
-@dataclass
-class VAEConfig:
-    """Architecture and training loss of the frame VAE; the defaults are vplan's tabletop VAE.
-
-    Measured on 64×64 tabletop frames with 2 CPU cores: the defaults (0.92 M parameters, 3.7 MB) reach 30 dB
-    held-out PSNR after ~750 steps of batch 8 (AdamW 1e-3, ~5 min) and 34 dB after 2,700 (~16 min); widening
-    the last level to 128 channels costs 1.5× per step and ends lower in the same time.
-    """
-
-    block_out_channels: tuple[int, ...] = field(
-        default=(32, 64, 64),
-        metadata={"help": "Channels per resolution level; each level after the first halves the size "
-                  "(3 levels: 64×64 frames → 16×16 latents)."},
-    )
-    latent_channels: int = field(default=4, metadata={"help": "Channels of the latent map."})
-    layers_per_block: int = field(default=1, metadata={"help": "ResNet blocks per encoder level (decoder: +1)."})
-    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups; divides every channel count."})
-    mid_block_attention: bool = field(
-        default=False, metadata={"help": "Self-attention in the lowest-resolution block (slower on CPU)."}
-    )
-    image_size: int = field(default=64, metadata={"help": "Height and width of the frames (pixels)."})
-    scaling_factor: float = field(
-        default=1.0,
-        metadata={"help": "Latents are multiplied by this after encoding; `vplan train component=vae` sets it after "
-                  "training to 1/std of the latents (`estimate_scaling_factor`), whatever is given here."},
-    )
-    recon_loss: str = field(default="l1+l2", metadata={"help": f"Reconstruction loss, one of {RECON_LOSSES}."})
-    kl_weight: float = field(
-        default=1e-4, metadata={"help": "Weight of the KL term (mean over latent elements) against reconstruction."}
-    )
-
-    def __post_init__(self) -> None:
-        check_field_types(self)  # a checkpoint's config.json with latent_channels 4.0 was torch's TypeError
-        self.block_out_channels = tuple(self.block_out_channels)  # YAML gives a list
-        if not self.block_out_channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1
-                                              for c in self.block_out_channels):
-            raise ValueError(f"block_out_channels: expected positive channel counts, got {self.block_out_channels!r}")
-        if self.norm_num_groups < 1 or any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(
-                f"norm_num_groups: expected a positive divisor of every block_out_channels "
-                f"{self.block_out_channels}, got {self.norm_num_groups!r}"
-            )
-        if self.latent_channels < 1:
-            raise ValueError(f"latent_channels: expected a positive int, got {self.latent_channels!r}")
-        if self.layers_per_block < 1:
-            raise ValueError(f"layers_per_block: expected a positive int, got {self.layers_per_block!r}")
-        factor = self.downsample_factor
-        if self.image_size < factor or self.image_size % factor:
-            raise ValueError(
-                f"image_size: expected a multiple of the downsampling factor {factor} "
-                f"(2 ** (len(block_out_channels) - 1)), got {self.image_size!r}"
-            )
-        if not (math.isfinite(self.scaling_factor) and self.scaling_factor > 0):
-            raise ValueError(f"scaling_factor: expected a positive float, got {self.scaling_factor!r}")
-        if self.recon_loss not in RECON_LOSSES:
-            raise ValueError(f"recon_loss: expected one of {RECON_LOSSES}, got {self.recon_loss!r}")
-        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
-            raise ValueError(f"kl_weight: expected a float >= 0, got {self.kl_weight!r}")
-
-    @property
-    def downsample_factor(self) -> int:
-        """Frame size / latent size."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def latent_size(self) -> int:
-        """Height and width of the latent map."""
-        return self.image_size // self.downsample_factor
-
-    @classmethod
-    def tiny(cls, image_size: int = 16) -> VAEConfig:
-        """A few-thousand-parameter VAE (downsampling ×2) for tests."""
-        return cls(block_out_channels=(8, 16), norm_num_groups=4, image_size=image_size)
 
 
 def vae_config_from_diffusers(config: Any) -> VAEConfig:
