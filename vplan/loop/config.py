@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from vplan.configs import preset_names
 from vplan.constants import ACTION, ACTION_APPLIED
 from vplan.memory.config import MemoryConfig
 from vplan.policies.config import IDMConfig
@@ -95,9 +96,6 @@ class WorldModelTrainConfig:
             raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
 
 
-COMPONENTS = ("vae", "worldmodel", "idm")  # configs/component/
-
-
 @dataclass
 class TrainConfig:
     """Settings of `vplan train`."""
@@ -114,7 +112,7 @@ class TrainConfig:
         default = next((f.default for f in fields(self.component) if f.name == "name"), None)
         name = self.component.name
         # it names the default out= folder only: a world model was trained into checkpoints/idm
-        if name != default and name in COMPONENTS:
+        if name != default and name in preset_names("component"):
             raise ValueError(f"component.name={name} names another component, and only the default out= folder; "
                              f"choose the component with component={name}")
 
