@@ -323,3 +323,27 @@ def test_an_env_of_ones_own_is_recorded_only_as_the_contract_says():
     del Canvas.observation_space.spaces["target"]
     features = dataset_features(Canvas(), info)
     assert features["observation.images.front"]["dtype"] == "video" and features["action"]["shape"] == [2]
+
+
+def test_a_worker_that_dies_stops_the_collection_in_one_line(tmp_path):
+    """A worker killed mid-episode (the kernel's OOM killer, say) broke the pool with a traceback."""
+    out = tmp_path / "ds"
+    info = out / "meta" / "info.json"
+    command = [sys.executable, "-m", "vplan.cli", "collect", "episodes=50", f"out={out}", "env.image_size=16",
+               "workers=2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and not (info.exists() and json.loads(info.read_text())["total_episodes"]):
+            time.sleep(0.05)
+        workers = sorted(pid for pid in children_of(process.pid) if "spawn_main" in read_cmdline(pid))
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert err.splitlines()[-1] == ("vplan collect: error: a collect worker process died (workers=2); the finished "
+                                    "episodes are kept, and the same command collects the rest (workers=1 shows "
+                                    "the error in this process)")
+    assert "Traceback" not in err
+    assert not [pid for pid in workers[1:] if "spawn_main" in read_cmdline(pid)]

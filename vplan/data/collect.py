@@ -186,15 +186,13 @@ def expert_rollouts(cfg: CollectConfig, env: gym.Env, expert: Any, seeds: range)
         for seed in itertools.islice(todo, 2 * cfg.workers):  # a few ahead: the writer holds only these
             pending.append(pool.submit(_rollout_in_worker, seed))
         while pending:
-            try:
-                rollout = pending.popleft().result()
-            except BrokenProcessPool:
-                raise RunError(f"a collect worker process died (workers={cfg.workers}); the finished episodes are "
-                               "kept, and the same command collects the rest (workers=1 shows the error in this "
-                               "process)") from None
+            rollout = pending.popleft().result()
             for seed in itertools.islice(todo, 1):
                 pending.append(pool.submit(_rollout_in_worker, seed))
             yield rollout
+    except BrokenProcessPool:
+        raise RunError(f"a collect worker process died (workers={cfg.workers}); the finished episodes are kept, and "
+                       "the same command collects the rest (workers=1 shows the error in this process)") from None
     finally:  # done, a stop or an error: no worker goes on with an episode nobody will write
         pool.shutdown(wait=False, cancel_futures=True)
         for child in multiprocessing.active_children():
