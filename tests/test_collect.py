@@ -259,6 +259,18 @@ def test_workers_write_the_dataset_one_process_writes(tmp_path):
         small_config(one, workers=0)
 
 
+def test_stopping_the_workers_leaves_a_callers_own_processes_alone(tmp_path):
+    import multiprocessing
+
+    own = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    own.start()
+    try:
+        collect(small_config(tmp_path / "ds", episodes=2, workers=2))
+        assert own.is_alive()
+    finally:
+        own.kill()
+
+
 def test_interrupted_collect_says_what_it_kept(tmp_path, monkeypatch, capsys):
     import vplan.data.collect as collect_module
     from vplan.cli import main

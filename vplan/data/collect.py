@@ -177,6 +177,7 @@ def expert_rollouts(cfg: CollectConfig, env: gym.Env, expert: Any, seeds: range)
         for seed in seeds:
             yield rollout_expert(env, expert, seed)
         return
+    others = set(multiprocessing.active_children())  # a caller's own processes, which are not ours to stop
     # spawned, not forked: a forked EGL context hangs (the README's AsyncVectorEnv note)
     pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(cfg,))
@@ -195,8 +196,8 @@ def expert_rollouts(cfg: CollectConfig, env: gym.Env, expert: Any, seeds: range)
                        "the same command collects the rest (workers=1 shows the error in this process)") from None
     finally:  # done, a stop or an error: no worker goes on with an episode nobody will write
         pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():
-            child.terminate()
+        for worker in set(multiprocessing.active_children()) - others:
+            worker.terminate()
         pool.shutdown(wait=True)
 
 
