@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import textwrap
 import sys
+import textwrap
 
 import pytest
 
@@ -455,19 +455,44 @@ def test_a_warning_during_a_progress_bar_gets_a_line_of_its_own():
 
 
 def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
-    """Every command's --help and a mistyped setting took over 5 s on the 2-core machine: reading the settings
-    imported torch, diffusers and peft (the config dataclasses lived beside the models)."""
+    """Every command's --help and a mistyped setting or bad value took over 5 s on the 2-core machine: reading the
+    settings imported torch, diffusers and peft (the config dataclasses lived beside the models)."""
     probe = textwrap.dedent("""
         import sys
-        from vplan.cli import COMMANDS, main
+        import vplan.memory, vplan.planner
+        from vplan.cli import COMMANDS, build_config, compose_config, main
+        assert set(vplan.memory.__all__) <= set(dir(vplan.memory)), "lazy names missing from dir()"
+        assert set(vplan.planner.__all__) <= set(dir(vplan.planner)), "lazy names missing from dir()"
         for command in COMMANDS:
-            for args in (["--help"], ["not_a_setting=1"]):
-                try:
-                    main([*command.words, *args])
-                except SystemExit as stop:
-                    assert stop.code in (0, None) if args == ["--help"] else stop.code == 2, (command.name, stop.code)
+            train = [["component=vae"], ["component=worldmodel"], ["component=idm"]]
+            choices = train if command.name == "train" else [[]]
+            for chosen in choices:
+                build_config(compose_config(command, chosen)[0])  # every __post_init__ check, with the defaults
+                for args in (["--help"], ["not_a_setting=1"], ["threads=-1"], ["seed=-1"]):
+                    try:
+                        main([*command.words, *chosen, *args])
+                    except SystemExit as stop:
+                        assert stop.code in (0, None) if args == ["--help"] else stop.code == 2, (command.name, args)
+        main(["help", "run"])
         print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_each_preset_names_the_module_that_defines_its_settings():
+    """The presets' "Fields and defaults: vplan.x.Class" pointed at modules that only imported the class."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    import vplan.configs
+
+    named = []
+    for preset in sorted(Path(vplan.configs.__file__).parent.rglob("*.yaml")):
+        for module, name in re.findall(r"\b(vplan(?:\.[a-z_0-9]+)+)\.([A-Z]\w*Config)\b", preset.read_text()):
+            defined_in = getattr(importlib.import_module(module), name).__module__
+            named.append(name)
+            assert defined_in == module, f"{preset.name}: {module}.{name} is defined in {defined_in}"
+    assert len(named) >= 20

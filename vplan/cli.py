@@ -632,7 +632,7 @@ def _main(argv: list[str] | None) -> None:
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
     except UsageError as error:
         _fail(prog, str(error))
-    except KeyboardInterrupt as stop:  # while the settings are read (the heavy imports take seconds)
+    except KeyboardInterrupt as stop:  # while the settings are read (mujoco loads for the envs' own)
         _interrupted(prog, stop)
     except Exception as error:  # a Ctrl-C in mujoco's import arrives as an ImportError raised from it
         _interrupted(prog, _interrupt_behind(error))

@@ -125,8 +125,8 @@ class AgentBenchConfig:
 
     def load_agent(self, worldmodel: str, memory: MemoryConfig) -> Any:
         """A row's agent, loaded as `vplan run` loads it with these settings, `worldmodel` and `memory`."""
-        from vplan.run import load_agent
         from vplan.config import RunConfig
+        from vplan.run import load_agent
 
         return load_agent(RunConfig(env=self.env, task=self.task, planner=self.planner, memory=memory,
                                     agent=self.agent, worldmodel=worldmodel, idm=self.idm,

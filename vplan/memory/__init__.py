@@ -49,3 +49,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f"vplan.memory.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'vplan.memory' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazy names too: tab completion and help() list them
+    return sorted({*globals(), *__all__})
