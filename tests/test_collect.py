@@ -259,6 +259,16 @@ def test_workers_write_the_dataset_one_process_writes(tmp_path):
         small_config(one, workers=0)
 
 
+def test_more_workers_than_cores_are_warned_of(tmp_path, monkeypatch):
+    from vplan.errors import VplanWarning
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    with pytest.warns(VplanWarning, match=r"workers=3: this process may use 2 cores, .* \(try workers=1: this process "
+                                          r"writes the episodes\)"):
+        collect(small_config(tmp_path / "ds", episodes=1, workers=3))
+    assert EpisodeDataset(tmp_path / "ds").num_episodes == 1
+
+
 def test_stopping_the_workers_leaves_a_callers_own_processes_alone(tmp_path):
     import multiprocessing
 

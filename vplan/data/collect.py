@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing
+import os
 import signal
 import sys
 import warnings
@@ -177,6 +178,11 @@ def expert_rollouts(cfg: CollectConfig, env: gym.Env, expert: Any, seeds: range)
         for seed in seeds:
             yield rollout_expert(env, expert, seed)
         return
+    cores = len(os.sched_getaffinity(0))
+    if cfg.workers > cores:
+        warnings.warn(f"workers={cfg.workers}: this process may use {cores} cores, and each worker holds an env of "
+                      f"its own; more workers than cores only share them (try workers={max(cores - 1, 1)}: this "
+                      "process writes the episodes)", VplanWarning, stacklevel=2)
     others = set(multiprocessing.active_children())  # a caller's own processes, which are not ours to stop
     # spawned, not forked: a forked EGL context hangs (the README's AsyncVectorEnv note)
     pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
