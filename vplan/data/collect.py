@@ -7,17 +7,9 @@ uninterrupted one).
 
 from __future__ import annotations
 
-import itertools
 import math
-import multiprocessing
-import os
-import signal
 import sys
 import warnings
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +25,12 @@ from vplan.constants import (
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import DamagedDatasetError, RunError, UsageError, VplanWarning
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import (
-    CONFIG_FILE, check_ints, check_same_config, check_seed, read_config_record, write_config,
-)
+from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, read_config_record, write_config
 
 IMAGE_FEATURE = "observation.images.{camera}"  # env observation key "front" -> observation.images.front
 
 
-RESUMABLE_CHANGES = ("episodes", "out", "resume", "workers")  # settings a resumed collection may change
+RESUMABLE_CHANGES = ("episodes", "out", "resume")  # settings a resumed collection may change
 
 
 @dataclass
@@ -57,14 +47,10 @@ class CollectConfig:
         default=0.0, metadata={"help": "Share of steps in exploratory random segments (for inverse dynamics)."}
     )
     resume: bool = field(default=True, metadata={"help": "false: refuse a directory that holds episodes."})
-    workers: int = field(default=1, metadata={
-        "help": "Processes that roll out episodes side by side, each with its own env and expert; the dataset is "
-                "written in seed order and equals a one-process collection's."})
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"episodes: expected a positive number, got {self.episodes}")
-        check_ints(self, ("workers",))
         check_seed(self.seed)
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise ValueError(f"noise_std: expected a finite number >= 0, got {self.noise_std}")
@@ -163,66 +149,6 @@ def rollout_expert(env: gym.Env, expert: Any, seed: int) -> tuple[dict[str, np.n
         obs, info = next_obs, next_info
     summary = {"seed": seed, "success": bool(info["success"]), "dist": float(info["dist"]), "steps": len(recorder.subgoals)}
     return recorder.frames(), recorder.subgoals, summary
-
-
-Rollout = tuple[dict[str, np.ndarray], list[str], dict[str, Any]]
-_worker: dict[str, Any] = {}  # a worker process's env and expert (`_start_worker`)
-
-
-def expert_rollouts(cfg: CollectConfig, env: gym.Env, expert: Any, seeds: range) -> Iterator[Rollout]:
-    """The expert's episodes of `seeds`, in order: here on `env` (workers=1), or spread over `cfg.workers`
-    processes, each with its own env and expert. An episode depends on its seed alone, so both give the same
-    dataset. Whole episodes per process, not a vector env: the expert reads each env's own info dict every step,
-    which a vector env would hand over batched into arrays."""
-    if cfg.workers == 1:
-        for seed in seeds:
-            yield rollout_expert(env, expert, seed)
-        return
-    cores = len(os.sched_getaffinity(0))
-    if cfg.workers > cores:
-        warnings.warn(f"workers={cfg.workers}: this process may use {cores} cores, and each worker holds an env of "
-                      f"its own; more workers than cores only share them (try workers={max(cores - 1, 1)}: this "
-                      "process writes the episodes)", VplanWarning, stacklevel=2)
-    others = set(multiprocessing.active_children())  # a caller's own processes, which are not ours to stop
-    # spawned, not forked: a forked EGL context hangs (the README's AsyncVectorEnv note)
-    pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(cfg,))
-    try:
-        pending: deque[Future[Rollout]] = deque()
-        todo = iter(seeds)
-        for seed in itertools.islice(todo, 2 * cfg.workers):  # a few ahead: the writer holds only these
-            pending.append(pool.submit(_rollout_in_worker, seed))
-        while pending:
-            rollout = pending.popleft().result()
-            for seed in itertools.islice(todo, 1):
-                pending.append(pool.submit(_rollout_in_worker, seed))
-            yield rollout
-    except BrokenProcessPool:
-        raise RunError(f"a collect worker process died (workers={cfg.workers}); the finished episodes are kept, and "
-                       "the same command collects the rest (workers=1 shows the error in this process)") from None
-    finally:  # done, a stop or an error: no worker goes on with an episode nobody will write
-        pool.shutdown(wait=False, cancel_futures=True)
-        for worker in set(multiprocessing.active_children()) - others:
-            worker.terminate()
-        pool.shutdown(wait=True)
-
-
-def _start_worker(cfg: CollectConfig) -> None:
-    """A worker process's env and expert. Ctrl-C reaches the whole process group: the main process alone
-    answers it (it stops the workers)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from vplan.cli import _format_warning
-    from vplan.envs import make_env
-    from vplan.policies import make_expert
-
-    warnings.formatwarning = _format_warning  # `warning: ...`, as the main process says them
-    _worker["expert"] = make_expert(cfg.task.name, cfg.env, noise_std=cfg.noise_std,
-                                    explore_fraction=cfg.explore_fraction)
-    _worker["env"] = make_env(cfg.env)
-
-
-def _rollout_in_worker(seed: int) -> Rollout:
-    return rollout_expert(_worker["env"], _worker["expert"], seed)
 
 
 def _check_continues(last: dict[str, Any], cfg: CollectConfig, start: int) -> None:
@@ -352,22 +278,19 @@ def collect(cfg: CollectConfig) -> Path:
         write_config(out, cfg)  # what a later resume is held to
         successes = 0
         bar = tqdm(range(start, cfg.episodes), desc="collect", unit="episode", initial=start, total=cfg.episodes)
-        rollouts = expert_rollouts(cfg, env, expert, range(cfg.seed + start, cfg.seed + cfg.episodes))
         try:
-            for episode, (frames, subgoals, summary) in zip(bar, rollouts):
+            for episode in bar:
+                frames, subgoals, summary = rollout_expert(env, expert, cfg.seed + episode)
                 writer.add_episode(frames, subgoals, extra={"instruction": cfg.task.instruction, **summary})
                 successes += summary["success"]
                 bar.set_postfix(success=f"{successes}/{episode - start + 1}", frames=writer.num_frames)
         except KeyboardInterrupt:
-            rollouts.close()  # the workers stop
             bar.close()
             env.close()
             writer.close()  # counts an episode whose commit the stop cut short before the writer did
             print(f"interrupted: {writer.num_episodes} episode(s) kept in {out}; the same command collects the rest",
                   file=sys.stderr)
             raise
-        finally:  # whatever ended the loop (the last episode, an error)
-            rollouts.close()
         bar.close()
         env.close()
         print(
