@@ -16,8 +16,8 @@ import torch
 from tiny_agent import CHUNK, IMAGE, LATENT, save_tiny_checkpoints, tiny_idm, tiny_world_model
 
 import vplan.envs  # noqa: F401  (registers vplan/Tabletop-v0)
-from vplan.agent import STAGES, VideoPlanningAgent
-from vplan.config import AgentConfig
+from vplan.agent import VideoPlanningAgent
+from vplan.config import STAGES, AgentConfig
 from vplan.constants import DONE
 from vplan.data.collect import EpisodeRecorder
 from vplan.memory import MemoryConfig, NoMemory

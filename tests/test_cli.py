@@ -475,10 +475,15 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
                         assert stop.code in (0, None) if args == ["--help"] else stop.code == 2, (command.name, args)
         main(["help", "run"])
         print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
+        try:  # a mistyped checkpoint path: refused before the models' libraries load (torch names what it is)
+            main(["run", "worldmodel=/no/such/folder"])
+        except SystemExit as stop:
+            assert stop.code == 2
+        assert "diffusers" not in sys.modules
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
 
 
 def test_each_preset_names_the_module_that_defines_its_settings():

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from tiny_agent import IMAGE, save_tiny_checkpoints
 
-from vplan.agent import STAGES, VideoPlanningAgent
+from vplan.agent import VideoPlanningAgent
 from vplan.cli import COMMANDS, build_config, compose_config, main
-from vplan.config import RunConfig
+from vplan.config import STAGES, RunConfig
 from vplan.constants import ACTION, ACTION_APPLIED, OBS_IMAGE_FRONT, OBS_STATE, SUBGOAL
 from vplan.data import EpisodeDataset
 from vplan.shipped import OtherEnvWarning

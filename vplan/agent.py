@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from vplan.config import AgentConfig
+from vplan.config import STAGES, AgentConfig
 from vplan.errors import VplanWarning, close_after_block
 from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
@@ -73,9 +73,6 @@ if TYPE_CHECKING:
     from vplan.policies.idm import IDMPolicy
     from vplan.worldmodel.model import WorldModel
 
-STAGES = (
-    "planning", "generation", "encoding", "inverse_dynamics", "memory_wait", "memory_update", "execution"
-)
 REPLAN_REASONS = ("drift", "stall")
 
 

@@ -16,6 +16,10 @@ from vplan.tasks import TaskConfig
 from vplan.utils.settings import check_ints, check_seed, check_threads
 
 ACTIONS_FROM = ("imagined", "observed")
+# the agent's timed stages (`agent.timings`, metrics.json's `stages_s`)
+STAGES = (
+    "planning", "generation", "encoding", "inverse_dynamics", "memory_wait", "memory_update", "execution"
+)
 
 
 @dataclass
@@ -127,3 +131,4 @@ class RunConfig(AgentCheckpoints):
         check_seed(self.seed)
         if self.resume and (self.out is None or self.overwrite):
             raise ValueError("resume=true: expected out=DIR of the run to continue, and overwrite=false")
+

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vplan.agent import STAGES
-from vplan.config import RunConfig
+from vplan.config import STAGES, RunConfig
 from vplan.constants import ROBOT_TYPE_PREFIX
 from vplan.data.collect import EpisodeRecorder
 from vplan.errors import DamagedDatasetError, RunError, UsageError
@@ -350,6 +349,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from vplan.shipped import warn_if_training_seeds, with_checkpoint_frames
 
     warn_if_training_seeds(cfg.seed, recording=cfg.record)
+    check_checkpoints_exist({"worldmodel": cfg.worldmodel_checkpoint, "idm": cfg.idm_checkpoint})  # before torch
     cfg = with_checkpoint_frames(cfg, cfg.worldmodel_checkpoint, "worldmodel")
     out = _run_dir(cfg)
     with holding_folder(out if cfg.out is None else None):  # the CLI holds a given out=; the dated one is made here

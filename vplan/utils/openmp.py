@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -39,16 +40,17 @@ def wait_policy() -> str:
 
 def restores_torch_threads(function: Function) -> Function:
     """For a command that sets torch's intra-op thread count (its `threads=`): the caller's count comes back when
-    it returns or raises, so a script or test that calls it is not left on another count."""
+    it returns or raises, so a script or test that calls it is not left on another count. A caller that has not
+    loaded torch has no count to restore, and the command checks its settings before it loads torch (the CLI)."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import torch
-
-        before = torch.get_num_threads()
+        torch = sys.modules.get("torch")
+        before = torch.get_num_threads() if torch is not None else None
         try:
             return function(*args, **kwargs)
         finally:
-            torch.set_num_threads(before)
+            if before is not None:
+                torch.set_num_threads(before)
 
     return wrapper  # type: ignore[return-value]
