@@ -61,7 +61,8 @@ class IDMConfig:
         minimum = 2 if self.binary_gripper else 1
         if self.action_dim < minimum:
             raise ValueError(
-                f"action_dim: expected an int >= {minimum} (binary_gripper={self.binary_gripper}), got {self.action_dim!r}"
+                f"action_dim: expected an int >= {minimum} (binary_gripper={self.binary_gripper}), "
+                f"got {self.action_dim!r}"
             )
         if self.history_frames < 1:
             raise ValueError(f"history_frames: expected a positive int, got {self.history_frames!r}")

@@ -31,7 +31,8 @@ class BenchWorldModelConfig:
     )
     checkpoint: str | None = field(default=None, metadata={"help": "Time a trained checkpoint's model instead."})
     samplers: list[str] = field(
-        default_factory=lambda: ["dpmsolver++:5", "dpmsolver++:10", "ddim:10", "ddim:20", "flow_euler:4", "flow_euler:8"],
+        default_factory=lambda: ["dpmsolver++:5", "dpmsolver++:10", "ddim:10", "ddim:20", "flow_euler:4",
+                                 "flow_euler:8"],
         metadata={"help": "sampler:steps entries to time."},
     )
     repeats: int = field(default=3, metadata={"help": "Timed generations per entry; the fastest is reported."})
@@ -179,7 +180,8 @@ class EvalConsistencyConfig:
     )
     checkpoint: str | None = field(
         default=None,
-        metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the env's shipped one."},
+        metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the env's "
+                  "shipped one."},
     )
     episodes: int = field(
         default=2,
@@ -258,7 +260,9 @@ class EvalWorldModelConfig:
 
     env: Any = field(default=MISSING, metadata={"help": "Env config (configs/env/)."})
     task: TaskConfig = field(default=MISSING, metadata={"help": "Task config (configs/task/)."})
-    checkpoint: Optional[str] = field(default=None, metadata={"help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the task's env's shipped one."})
+    checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "World-model checkpoint (a directory or shipped:<env>/worldmodel); null: the task's env's shipped "
+                "one."})
     episodes: int = field(default=5, metadata={"help": "Held-out expert episodes to evaluate on."})
     seed: int = field(default=10000, metadata={"help": "Episode i uses seed + i (training data uses 0..9999)."})
     out: str = field(default="runs/eval_worldmodel", metadata={"help": "Where metrics.json and the MP4 go."})

@@ -26,7 +26,9 @@ class OptimConfig:
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
-    cooldown_steps: int = field(default=0, metadata={"help": "Final steps (at most all) over which lr falls linearly to 0."})
+    cooldown_steps: int = field(
+        default=0, metadata={"help": "Final steps (at most all) over which lr falls linearly to 0."}
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm; 0 disables clipping."})
     save_every: int = field(default=200, metadata={"help": "Steps between checkpoints."})
     log_every: int = field(default=20, metadata={"help": "Steps between loss-log lines."})

@@ -109,7 +109,8 @@ class DiffusionConfig:
     """
 
     objective: str = field(
-        default="epsilon", metadata={"help": f"Training target, one of {OBJECTIVES}: ε-prediction DDPM or flow matching."}
+        default="epsilon",
+        metadata={"help": f"Training target, one of {OBJECTIVES}: ε-prediction DDPM or flow matching."},
     )
     num_train_timesteps: int = field(default=1000, metadata={"help": "Noise levels of the training schedule."})
     beta_schedule: str = field(default="scaled_linear", metadata={"help": f"One of {BETA_SCHEDULES} (ε only)."})
@@ -182,7 +183,8 @@ class UNetConfig:
     )
     norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups; must divide every level's channels."})
     cross_attention_dim: int = field(
-        default=384, metadata={"help": "Width of the conditioning tokens (text: 384 for MiniLM; the learned encoder's dim)."}
+        default=384,
+        metadata={"help": "Width of the conditioning tokens (text: 384 for MiniLM; the learned encoder's dim)."},
     )
     in_channels: int = field(default=4, metadata={"help": "Latent channels in (the VAE's latent_channels)."})
     out_channels: int = field(default=4, metadata={"help": "Latent channels out (the VAE's latent_channels)."})
