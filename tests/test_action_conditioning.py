@@ -312,9 +312,9 @@ def test_an_action_model_on_discrete_moves_is_refused_before_anything_is_written
     """The blockworld's moves 0-4 were read as one float each (and the imagined env clips them into [-1, 1])."""
     from vplan.envs import BlockworldConfig
     from vplan.errors import UsageError
-    from vplan.loop.train import train_component
     from vplan.loop.config import TrainConfig
     from vplan.loop.config import OptimConfig
+    from vplan.loop.train import train_component
 
     data = tmp_path / "moves"
     collect(CollectConfig(env=BlockworldConfig(image_size=16), task=TaskConfig.preset("retrace"), episodes=2,
@@ -397,8 +397,8 @@ def test_init_from_a_model_with_a_frame_embedding_names_the_settings_to_continue
 
 def test_eval_worldmodel_warns_of_an_action_model_trained_on_actions_of_another_scale(tmp_path):
     """Only IDMs were checked: an action model trained at max_delta=0.05 was fed the 3 cm moves of 0.03."""
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.shipped import OtherEnvWarning
 
     torch.manual_seed(0)
@@ -417,8 +417,8 @@ def test_eval_worldmodel_refuses_an_action_model_of_another_action_dim_before_an
     """It was refused in the first episode, after its records were written and an expert episode played, and the
     message named no setting."""
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
 
     torch.manual_seed(0)
     WorldModel(tiny_config("action", action_dim=7)).save_pretrained(tmp_path / "seven")
@@ -434,8 +434,8 @@ def test_eval_worldmodel_refuses_an_action_model_of_another_action_dim_before_an
 
 
 def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, monkeypatch):
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
 
     torch.manual_seed(0)
     WorldModel(tiny_config("action")).save_pretrained(tmp_path / "wm")
@@ -483,8 +483,8 @@ def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, mo
 
 
 def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp_path, capsys):
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
 
     torch.manual_seed(0)
     WorldModel(tiny_config("text+action")).save_pretrained(tmp_path / "action")
@@ -514,8 +514,8 @@ def test_eval_worldmodel_open_loop_puts_a_second_checkpoint_beside_the_first(tmp
 
 def test_eval_worldmodel_conditioning_action_puts_the_shipped_action_model_beside_the_text_one(tmp_path):
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
 
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     cfg = EvalWorldModelConfig(env=TabletopConfig(), task=task, conditioning="action")

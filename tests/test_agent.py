@@ -920,9 +920,9 @@ class SucceedsAtStep(gym.Wrapper):
 
 def played_and_summarized(world_model, idm, env, others=lambda result: []):
     """run_episode of a fresh agent in `env` (closed after), and summarize over its result and `others(result)`."""
+    from vplan.config import RunConfig
     from vplan.envs import TabletopConfig
     from vplan.run import run_episode, summarize
-    from vplan.config import RunConfig
     from vplan.tasks import TaskConfig
 
     agent = make_agent(world_model, idm, **NO_REPLAN)

@@ -151,8 +151,8 @@ def test_bench_worldmodel_refuses_before_writing_anything(tmp_path, capsys, args
 
 
 def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -173,8 +173,8 @@ def test_eval_worldmodel_writes_metrics_and_video(tmp_path, capsys):
 
 
 def test_text_sensitivity_compares_two_texts_on_the_same_context_and_noise(tmp_path, monkeypatch):
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -211,8 +211,8 @@ def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_con
     other tests only checked ranges, so a slice off by one frame went unseen."""
     from vplan.data.collect import rollout_expert
     from vplan.envs import make_env
-    from vplan.eval.worldmodel import chunk_scores, evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import chunk_scores, evaluate_worldmodel
     from vplan.policies import make_expert
     from vplan.worldmodel.model import WorldModel
 
@@ -254,8 +254,8 @@ def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_con
 def test_eval_worldmodel_samples_each_episodes_chunks_with_their_own_noise(tmp_path, monkeypatch):
     """The chunks at one start shared their noise across episodes (correlating the scores the standard errors
     take as independent), and an episode's noise depended on its place in the run."""
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -303,8 +303,8 @@ def test_eval_worldmodel_refuses_blockworld_instructions_of_another_length_than_
     """env.chunk_steps=6 under 8-frame chunks ran, each chunk spanning two instructions, as `vplan run` refuses."""
     from vplan.envs import BlockworldConfig
     from vplan.errors import SettingMismatchError, UsageError
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     two, eight = tmp_path / "two", tmp_path / "eight"  # the tiny model imagines 2-frame chunks
@@ -369,8 +369,8 @@ def test_eval_worldmodel_rejects_a_bad_sampling_override(tmp_path):
     import pytest
 
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -400,10 +400,10 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     import torch
 
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import action_agreement, evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
-    from vplan.policies.idm import IDMPolicy
+    from vplan.eval.worldmodel import action_agreement, evaluate_worldmodel
     from vplan.policies.config import IDMConfig
+    from vplan.policies.idm import IDMPolicy
     from vplan.worldmodel.model import WorldModel
 
     torch.manual_seed(0)
@@ -447,8 +447,8 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
     import pytest
 
     from vplan.errors import UsageError
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -499,8 +499,8 @@ def test_an_episode_counts_as_done_only_with_the_grid_it_filled_written(tmp_path
     import pytest
 
     import vplan.eval.worldmodel
-    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"
@@ -536,8 +536,8 @@ def test_an_interrupted_evaluations_grid_keeps_the_chunks_of_its_finished_episod
     import pytest
 
     import vplan.eval.worldmodel
-    from vplan.eval.worldmodel import GRID_SO_FAR, evaluate_worldmodel
     from vplan.eval.config import EvalWorldModelConfig
+    from vplan.eval.worldmodel import GRID_SO_FAR, evaluate_worldmodel
     from vplan.worldmodel.model import WorldModel
 
     checkpoint = tmp_path / "wm"

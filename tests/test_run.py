@@ -56,8 +56,8 @@ def test_defaults_compose():
 def test_an_idm_trained_at_another_action_scale_is_warned_about(tmp_path):
     import warnings
 
-    from vplan.policies.idm import IDMPolicy
     from vplan.policies.config import IDMConfig
+    from vplan.policies.idm import IDMPolicy
     from vplan.run import load_agent
     from vplan.shipped import checkpoint_fingerprint
 

@@ -57,9 +57,9 @@ def tiny_dataset(tmp_path_factory):
 def test_stopped_after_the_last_step_says_the_same_command_writes_final(tiny_dataset, tmp_path, monkeypatch, capsys):
     """A Ctrl-C while the VAE's scaling factor and held-out PSNR were computed said only "interrupted"."""
     from vplan.loop import train as train_module
-    from vplan.loop.train import train_component
     from vplan.loop.config import TrainConfig, VAETrainConfig
     from vplan.loop.config import OptimConfig
+    from vplan.loop.train import train_component
     from vplan.worldmodel.config import VAEConfig
 
     cfg = TrainConfig(component=VAETrainConfig(vae=VAEConfig.tiny(image_size=16), optim=OptimConfig(
@@ -311,9 +311,9 @@ def test_a_clip_too_long_and_an_init_among_the_results_are_refused_before_anythi
     the first step."""
     from vplan.errors import UsageError
     from vplan.loop import train as train_module
-    from vplan.loop.train import train_component
     from vplan.loop.config import TrainConfig, WorldModelTrainConfig
     from vplan.loop.config import OptimConfig
+    from vplan.loop.train import train_component
     from vplan.worldmodel.config import WorldModelConfig
 
     WorldModel(WorldModelConfig(**TINY_MODEL)).vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
@@ -337,8 +337,8 @@ def test_a_clip_too_long_and_an_init_among_the_results_are_refused_before_anythi
 
 
 def test_boundary_fraction_starts_chunks_on_a_new_subgoal():
-    from vplan.loop.train import WorldModelTraining
     from vplan.loop.config import WorldModelTrainConfig
+    from vplan.loop.train import WorldModelTraining
     from vplan.worldmodel.config import WorldModelConfig
 
     config = WorldModelTrainConfig(model=WorldModelConfig(**TINY_MODEL), boundary_fraction=1.0)
@@ -367,8 +367,8 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     from dataclasses import replace
 
     from vplan.errors import UsageError
-    from vplan.loop.train import WorldModelTraining
     from vplan.loop.config import WorldModelTrainConfig
+    from vplan.loop.train import WorldModelTraining
     from vplan.worldmodel.config import WorldModelConfig
 
     model_config = WorldModelConfig(**TINY_MODEL)
@@ -399,8 +399,8 @@ def test_init_starts_from_another_world_model_but_keeps_this_vae(tiny_dataset, t
     with pytest.raises(UsageError, match="component.init="):
         WorldModelTraining(missing, latents, texts, vae=vae)
     resumed = WorldModelTraining(missing, latents, texts, vae=vae, resuming=True)
-    from vplan.loop.train import train_component
     from vplan.loop.config import TrainConfig
+    from vplan.loop.train import train_component
 
     vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
     with pytest.raises(UsageError, match=r"^component.init=.*/deleted: no checkpoint at"):  # before any is written
@@ -458,9 +458,9 @@ def test_a_world_model_on_exploratory_data_warns(tiny_dataset, tmp_path):
     from omegaconf import OmegaConf
 
     from vplan.errors import VplanWarning
-    from vplan.loop.train import train_component
     from vplan.loop.config import TrainConfig, WorldModelTrainConfig
     from vplan.loop.config import OptimConfig
+    from vplan.loop.train import train_component
     from vplan.worldmodel.config import WorldModelConfig
 
     model_config = WorldModelConfig(**TINY_MODEL)
@@ -487,8 +487,8 @@ def test_a_world_model_on_exploratory_data_warns(tiny_dataset, tmp_path):
 def test_a_resume_of_a_run_that_records_no_settings_is_a_warning_not_a_result_line(tmp_path):
     """It was printed to stdout, among the results, and so missed by `2>warnings.log`."""
     from vplan.errors import VplanWarning
-    from vplan.loop.train import _record_config
     from vplan.loop.config import TrainConfig, VAETrainConfig
+    from vplan.loop.train import _record_config
     from vplan.worldmodel.config import VAEConfig
 
     cfg = TrainConfig(component=VAETrainConfig(vae=VAEConfig.tiny(image_size=16)), data="data", out=str(tmp_path))

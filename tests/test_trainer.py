@@ -497,8 +497,8 @@ def test_finetune_refuses_several_processes_before_any_work(tmp_path, monkeypatc
     """finetune does not share its work between processes (train does: see the torchrun tests below)."""
     from accelerate import PartialState
 
-    from vplan.loop.finetune import finetune
     from vplan.loop.config import FinetuneConfig
+    from vplan.loop.finetune import finetune
 
     PartialState()  # its shared state made first, as an earlier Accelerator would (the property has no setter)
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)  # accelerate launch
@@ -526,8 +526,8 @@ def test_train_refuses_a_batch_that_does_not_split_before_reading_data_and_only_
     from accelerate import PartialState
 
     from vplan.loop import trainer
-    from vplan.loop.train import train_component
     from vplan.loop.config import TrainConfig, VAETrainConfig
+    from vplan.loop.train import train_component
 
     PartialState()
     monkeypatch.setattr(PartialState, "num_processes", property(lambda self: 2), raising=False)

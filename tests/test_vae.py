@@ -142,10 +142,10 @@ def test_default_config_maps_64_to_16_and_lists_become_tuples() -> None:
 
 def test_a_resumed_vae_training_equals_an_uninterrupted_one(tmp_path) -> None:
     """The posterior sample draws from torch's global RNG, which a checkpoint keeps (the GPU's too)."""
-    from vplan.loop.train import VAETraining
     from vplan.loop.config import VAETrainConfig
-    from vplan.loop.trainer import train
     from vplan.loop.config import OptimConfig
+    from vplan.loop.train import VAETraining
+    from vplan.loop.trainer import train
 
     def run(out, steps: int) -> VAETraining:
         optim = OptimConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, save_every=2)

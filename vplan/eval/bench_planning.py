@@ -200,8 +200,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vplan.envs import env_name, make_env
-    from vplan.run import run_episode, show_chunk
     from vplan.memory.temp_lora import check_target_modules
+    from vplan.run import run_episode, show_chunk
     from vplan.shipped import (
         check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_training_seeds, with_checkpoint_frames,
     )

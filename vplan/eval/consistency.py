@@ -128,10 +128,10 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from vplan.agent import check_chunk_steps
     from vplan.envs import env_name
     from vplan.errors import UsageError
     from vplan.eval.consistency_metrics import make_feature_extractor, psnr_per_chunk, scene_cut_frames
-    from vplan.agent import check_chunk_steps
     from vplan.eval.revisit import revisit_scenario_for
     from vplan.memory import make_memory
     from vplan.memory.temp_lora import check_target_modules

@@ -14,9 +14,8 @@ memory.update_async(history[:, -8:], chunk)  # runs while the chunk is executed;
 ```
 """
 
-import importlib
-
 from vplan.memory.config import ATTENTION_PROJECTIONS, KINDS, UPDATE_ON, MemoryConfig
+from vplan.utils.import_utils import lazy_exports
 
 # The rest is imported on first use: reading or checking a MemoryConfig imports no torch (the CLI checks every
 # command's settings before it loads torch), and Temp-LoRA's module pulls in peft.
@@ -44,12 +43,4 @@ __all__ = [
     "memory_class",
 ]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"vplan.memory.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'vplan.memory' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:  # the lazy names too: tab completion and help() list them
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

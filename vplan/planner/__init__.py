@@ -3,13 +3,12 @@
 `make_planner(PlannerConfig(...), task_config).plan(instruction, info, first_frame=None) -> Plan`.
 """
 
-import importlib
-
 from vplan.errors import PlannerFallbackWarning
 from vplan.planner.config import LLMPlannerConfig, PlannerConfig, redact_secrets
 from vplan.planner.offline import OfflinePlanner, Planner
 from vplan.planner.skills import TASK_SKILLS, Skill, TaskSkills, task_skills
 from vplan.planner.subgoal import PREDICATES, Check, Plan, Subgoal
+from vplan.utils.import_utils import lazy_exports
 
 
 __all__ = [
@@ -36,12 +35,4 @@ __all__ = [
 # (the CLI checks every command's settings before it loads torch).
 _LAZY = {"make_planner": "factory", "LLMPlanner": "llm"}
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"vplan.planner.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'vplan.planner' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:  # the lazy names too: tab completion and help() list them
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

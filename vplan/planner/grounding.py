@@ -43,8 +43,8 @@ class GroundingError(ValueError):
 
 @lru_cache(maxsize=2)
 def _encoder(path: str | None):  # noqa: ANN202 - MiniLMTextEncoder, imported lazily (transformers is slow)
-    from vplan.worldmodel.text_encoder import MiniLMTextEncoder, resolve_minilm_dir
     from vplan.worldmodel.config import TextEncoderConfig
+    from vplan.worldmodel.text_encoder import MiniLMTextEncoder, resolve_minilm_dir
 
     resolve_minilm_dir(path, "planner.llm.text_encoder_path")  # a missing copy, named by the planner's setting
     return MiniLMTextEncoder(TextEncoderConfig(kind="minilm", path=path, max_tokens=ENCODER_MAX_TOKENS))

@@ -160,11 +160,12 @@ class RLRun:
             warnings.warn(f"seed={cfg.seed}: exploration plays seeds {played}, among the {HELD_OUT_SEEDS}+ that vplan "
                           f"run, the evals and the benches hold out by default; explore on seeds below "
                           f"{HELD_OUT_SEEDS}", VplanWarning, stacklevel=2)
-        check_checkpoints_exist(_checkpoints(cfg))
-        check_outside_results(cfg.out, _checkpoints(cfg))
+        checkpoints = _checkpoints(cfg)
+        check_checkpoints_exist(checkpoints)
+        check_outside_results(cfg.out, checkpoints)
         self.base = _load("worldmodel", cfg.worldmodel_checkpoint, WorldModel.from_pretrained).eval()
         self.idm = _load("idm", cfg.idm_checkpoint, IDMPolicy.from_pretrained)
-        warn_if_trained_elsewhere(_checkpoints(cfg), env_name(cfg.env))
+        warn_if_trained_elsewhere(checkpoints, env_name(cfg.env))
         warn_if_decoded_by_another_vae(cfg.idm_checkpoint, self.base)
         warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint, "rewards.action_worldmodel":
                                         cfg.rewards.action_worldmodel}, action_units(cfg.env))

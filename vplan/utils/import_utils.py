@@ -1,13 +1,18 @@
 """Every optional-dependency check in one place.
 
 `import vplan` works with only the core dependencies; a feature that needs an extra calls
-`require_package` where it is used and the user gets the pip line to run.
+`require_package` where it is used and the user gets the pip line to run. `lazy_exports` lets a package name
+what its heavy submodules hold without importing them.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
+from collections.abc import Callable, Mapping
 from functools import lru_cache
+from typing import Any
 
 from vplan.errors import UsageError
 
@@ -34,3 +39,18 @@ def require_package(module: str, extra: str, hint: str = "") -> None:
     if hint:
         message += f". {hint}"
     raise MissingExtraError(message)
+
+
+def lazy_exports(package: str, lazy: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's `__getattr__` and `__dir__` (PEP 562): each name of `lazy` (name -> submodule) is imported on
+    first use, and listed by `dir()` (tab completion, `help()`) before it is."""
+
+    def __getattr__(name: str) -> Any:
+        if name in lazy:
+            return getattr(importlib.import_module(f"{package}.{lazy[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *lazy})
+
+    return __getattr__, __dir__
