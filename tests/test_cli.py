@@ -455,8 +455,9 @@ def test_a_warning_during_a_progress_bar_gets_a_line_of_its_own():
 
 
 def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
-    """Every command's --help and a mistyped setting or bad value took over 5 s on the 2-core machine: reading the
-    settings imported torch, diffusers and peft (the config dataclasses lived beside the models)."""
+    """Every command's --help, a mistyped setting or bad value, and a data= naming no dataset took over 5 s on the
+    2-core machine: reading the settings imported torch, diffusers and peft (the config dataclasses lived beside the
+    models)."""
     probe = textwrap.dedent("""
         import sys
         import vplan.memory, vplan.planner
@@ -474,6 +475,11 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
                     except SystemExit as stop:
                         assert stop.code in (0, None) if args == ["--help"] else stop.code == 2, (command.name, args)
         main(["help", "run"])
+        for command in (["train", "component=idm"], ["finetune"]):  # data= naming no dataset (5.4 s before)
+            try:
+                main([*command, "data=/no/such/folder"])
+            except SystemExit as stop:
+                assert stop.code == 2
         print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
         try:  # a mistyped checkpoint path: refused before the models' libraries load (torch names what it is)
             main(["run", "worldmodel=/no/such/folder"])

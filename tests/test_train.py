@@ -247,10 +247,10 @@ def test_training_episodes_on_held_out_seeds_are_named(tmp_path):
     with pytest.warns(VplanWarning, match="seeds 10000..10001"):  # collect says so too
         collect(CollectConfig(env=TabletopConfig(image_size=16), task=task, episodes=3, seed=9999, out=str(data)))
     with pytest.warns(VplanWarning, match=r"1 of the episodes to train on were recorded on seeds 10000..10000"):
-        _split(str(data), 1)  # 9999 and 10000 trained on, 10001 held out
+        _split(str(data), 1, "`vplan collect`")  # 9999 and 10000 trained on, 10001 held out
     with warnings.catch_warnings():
         warnings.simplefilter("error", VplanWarning)
-        _split(str(data), 2)  # 9999 alone
+        _split(str(data), 2, "`vplan collect`")  # 9999 alone
 
 
 def test_a_damaged_dataset_found_as_it_opens_is_the_error_found_later(tiny_dataset, tmp_path):
@@ -264,7 +264,7 @@ def test_a_damaged_dataset_found_as_it_opens_is_the_error_found_later(tiny_datas
     episodes = next(data.glob("meta/episodes/*/*.parquet"))
     episodes.write_bytes(episodes.read_bytes()[:100])
     with pytest.raises(DamagedDatasetError, match="the dataset is damaged") as error:
-        _split(str(data), 1)
+        _split(str(data), 1, "`vplan collect`")
     assert "make one" not in str(error.value)
 
 

@@ -46,14 +46,20 @@ class Command:
     config_name: str  # configs/<config_name>.yaml
     entry: str  # "module:function", called with the built config dataclass
     fixed: tuple[str, ...] = ()  # config groups whose one choice the command takes (its help lists no others)
+    checks: str = ""  # "module:function" given the config before `entry`'s module loads: refusals needing no torch
 
     @property
     def name(self) -> str:
         return " ".join(self.words)
 
     def load(self) -> Callable[[Any], Any]:
-        module_name, function_name = self.entry.split(":")
-        return getattr(importlib.import_module(module_name), function_name)
+        return _resolve(self.entry)
+
+
+def _resolve(target: str) -> Any:
+    """The object a "module:name" string names (importing the module)."""
+    module_name, name = target.split(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -74,6 +80,7 @@ COMMANDS: tuple[Command, ...] = (
         "slow learning of one component (component=vae|worldmodel|idm) on an episode dataset",
         "train",
         "vplan.loop.train:train_component",
+        checks="vplan.loop.config:check_data",
     ),
     Command(
         ("finetune",),
@@ -81,6 +88,7 @@ COMMANDS: tuple[Command, ...] = (
         "finetune",
         "vplan.loop.finetune:finetune",
         fixed=("memory",),
+        checks="vplan.loop.config:check_data",
     ),
     Command(
         ("rl",),
@@ -242,8 +250,7 @@ def _register_schemas() -> None:
 
     store = ConfigStore.instance()
     for (group, name), target in SCHEMAS.items():
-        module_name, class_name = target.split(":")
-        store.store(group=group, name=name, node=getattr(importlib.import_module(module_name), class_name))
+        store.store(group=group, name=name, node=_resolve(target))
 
 
 def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -314,8 +321,7 @@ def _other_choices_with(key: str, chosen: Any) -> str:
         option = name.removesuffix("_schema")
         if schema_group != group or option == chosen[group] or option not in preset_names(group):
             continue
-        module_name, class_name = target.split(":")
-        schema = OmegaConf.structured(getattr(importlib.import_module(module_name), class_name))
+        schema = OmegaConf.structured(_resolve(target))
         if rest in _flat_keys(schema):
             having.append(f"{group}={option}")
     return f": a setting of {' or '.join(having)} (chosen: {chosen[group]})" if having else ""
@@ -348,8 +354,7 @@ def _env_default_task(parsed: list[Any], groups: Any) -> str | None:
     target = SCHEMAS.get(("env", f"{env}_schema"))
     if target is None:
         return None  # an unknown env: compose names the valid ones
-    module_name, class_name = target.split(":")
-    default = getattr(getattr(importlib.import_module(module_name), class_name), "task", None)
+    default = getattr(_resolve(target), "task", None)
     return default if isinstance(default, str) else None
 
 
@@ -630,6 +635,8 @@ def _main(argv: list[str] | None) -> None:
             from vplan.envs import require_simulator
 
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
+        if command.checks:
+            _resolve(command.checks)(config)
     except UsageError as error:
         _fail(prog, str(error))
     except KeyboardInterrupt as stop:  # while the settings are read (mujoco loads for the envs' own)

@@ -39,12 +39,12 @@ from vplan.data.lerobot_format import (
     channels_last,
     data_file,
     decode_video,
-    is_dataset,
     load_episode_rows,
     load_info,
     load_tasks,
     numpy_column,
     read_table,
+    require_dataset,
     stats_from_row,
     video_file,
     video_keys,
@@ -346,16 +346,13 @@ def open_for_training(data: str, learns: str, how_to_make: str) -> EpisodeDatase
     """The dataset at `data` for a command that learns from its camera frames: a UsageError where there is none
     (saying `how_to_make` one) or it lacks the camera (`learns`: who learns from it); a damaged one raises its
     DamagedDatasetError, as it would wherever in the dataset it was found (exit code 1)."""
+    require_dataset(data, how_to_make)
     try:
         dataset = EpisodeDataset(data)
     except DamagedDatasetError:
         raise
-    except DatasetError as error:  # "make one" only where there is none: the error says what is wrong with one
-        if Path(data).is_file():  # collect would refuse the out= the hint names
-            raise UsageError(f"data={data}: a file, not a dataset folder; pass the folder `vplan collect` "
-                             "wrote") from None
-        hint = "" if is_dataset(data) else f"; make one with {how_to_make}"
-        raise UsageError(f"{error}{hint}") from None
+    except DatasetError as error:  # one that is there: the error says what is wrong with it
+        raise UsageError(str(error)) from None
     if OBS_IMAGE_FRONT not in dataset.features:
         raise UsageError(f"{data}: expected the camera feature {OBS_IMAGE_FRONT!r} {learns} (as `vplan collect` "
                          f"records it), found {dataset.video_keys or 'no camera'}; record your env's camera under the "

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vplan.constants import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK_INDEX, TIMESTAMP
-from vplan.errors import DamagedDatasetError, DatasetError, RunError, first_line
+from vplan.errors import DamagedDatasetError, DatasetError, RunError, UsageError, first_line
 from vplan.utils.files import fsync_path
 
 CODEBASE_VERSION = "v3.0"
@@ -95,6 +95,17 @@ def is_dataset(root: str | Path) -> bool:
     """Whether `root` holds a dataset's `meta/info.json` (readable or not): where one does, an error reading it
     is about that dataset, and "make one" is not the way out."""
     return (Path(root) / INFO_PATH).is_file()
+
+
+def require_dataset(data: str | Path, how_to_make: str) -> None:
+    """A UsageError where `data` holds no dataset: a file, or a folder without `meta/info.json` (saying
+    `how_to_make` one). Reads no more than that, so a command can say it before its libraries load."""
+    if is_dataset(data):
+        return
+    if Path(data).is_file():  # collect would refuse the out= the hint names
+        raise UsageError(f"data={data}: a file, not a dataset folder; pass the folder `vplan collect` wrote")
+    raise UsageError(f"{Path(data)} is not a LeRobot dataset: {Path(data) / INFO_PATH} does not exist; make one "
+                     f"with {how_to_make}")
 
 
 def load_info(root: str | Path) -> dict[str, Any]:

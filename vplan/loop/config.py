@@ -12,6 +12,7 @@ from omegaconf import MISSING
 
 from vplan.configs import preset_names
 from vplan.constants import ACTION, ACTION_APPLIED
+from vplan.data.lerobot_format import require_dataset
 from vplan.memory.config import MemoryConfig
 from vplan.policies.config import IDMConfig
 from vplan.utils.settings import check_ints, check_seed
@@ -117,6 +118,9 @@ class TrainConfig:
         if name != default and name in preset_names("component"):
             raise ValueError(f"component.name={name} names another component, and only the default out= folder; "
                              f"choose the component with component={name}")
+
+    def how_to_make_data(self) -> str:
+        return f"`vplan collect out={self.data}`"
 
 
 LABELS = {"applied": ACTION_APPLIED, "commanded": ACTION}  # component.label -> the dataset feature it reads
@@ -224,3 +228,11 @@ class FinetuneConfig:
         if self.rounds > min(self.episodes, self.optim.steps):
             raise ValueError(f"rounds: expected at most episodes={self.episodes} and optim.steps={self.optim.steps} "
                              f"(each round needs an episode and an outer-loop step), got {self.rounds}")
+
+    def how_to_make_data(self) -> str:
+        return f"`vplan collect out={self.data}` or `vplan run record=true`"
+
+
+def check_data(cfg: TrainConfig | FinetuneConfig) -> None:
+    """A UsageError where `data=` holds no dataset, said before the command loads torch and the models (~5 s)."""
+    require_dataset(cfg.data, cfg.how_to_make_data())

@@ -373,8 +373,7 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
 
 
 def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
-    dataset = open_for_training(cfg.data, "the world model learns from",
-                                f"`vplan collect out={cfg.data}` or `vplan run record=true`")
+    dataset = open_for_training(cfg.data, "the world model learns from", cfg.how_to_make_data())
     usable = dataset.num_episodes - cfg.holdout_episodes
     if usable < 1:
         raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "

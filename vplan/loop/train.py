@@ -71,8 +71,8 @@ def _check_frame_size(frames: tuple[int, ...], image_size: int) -> None:
                          "(set component.vae.image_size)")
 
 
-def _split(data: str, holdout: int) -> tuple[Any, list[int], list[int]]:
-    dataset = open_for_training(data, "that every component trains on", f"`vplan collect out={data}`")
+def _split(data: str, holdout: int, how_to_make: str) -> tuple[Any, list[int], list[int]]:
+    dataset = open_for_training(data, "that every component trains on", how_to_make)
     if dataset.num_episodes <= holdout:
         raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout} "
                          "(lower holdout_episodes=, or collect more episodes)")
@@ -335,7 +335,7 @@ def train_component(cfg: TrainConfig) -> Path:
 
 def _train_component(cfg: TrainConfig) -> Path:
     check_batch_splits(cfg.component.optim, process_count(), f"train {cfg.component.name}", "component.optim")
-    dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes)
+    dataset, train_episodes, held_out = _split(cfg.data, cfg.holdout_episodes, cfg.how_to_make_data())
     out = Path(cfg.out)
     final = out / FINAL
     component = cfg.component
