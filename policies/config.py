@@ -97,3 +97,26 @@ class IDMConfig:
     def outputs(self) -> int:
         """Network outputs: a logit per move, or one value per action dimension."""
         return self.num_moves or self.action_dim
+
+    def action_space(self) -> Any:
+        """The gymnasium space of the actions the IDM predicts: one of `num_moves` moves, or `action_dim` values in
+        [-1, 1] (its env's units)."""
+        import numpy as np
+        from gymnasium import spaces
+
+        if self.discrete:
+            return spaces.Discrete(self.num_moves)
+        return spaces.Box(-1.0, 1.0, (self.action_dim,), np.float32)
+
+
+def describe_action_space(space: Any) -> str:
+    """An action space as an IDM and an env must agree on it: moves numbered from 0 (a Discrete), a vector of a
+    shape (a Box), or another kind of space, named."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        start = int(space.start)
+        return f"one of {int(space.n)} moves" + (f" numbered from {start}" if start else "")
+    shape = getattr(space, "shape", None)
+    kind = "" if isinstance(space, spaces.Box) else f"{type(space).__name__} "
+    return f"{kind}actions of shape {tuple(shape)}" if shape is not None else f"a {type(space).__name__} of actions"

@@ -441,6 +441,11 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     with pytest.raises(UsageError, match="reads 32x32 frames"):
         evaluate_worldmodel(EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task,
                                                  checkpoint=str(checkpoint), idm=str(tmp_path / "idm32")))
+    # a blockworld-like IDM's moves off tabletop frames agreed "100%", meaninglessly: refused before anything is written
+    moves_idm.save_pretrained(tmp_path / "moves")
+    with pytest.raises(UsageError, match=r"reads one of 5 moves off the frames, and the env takes actions of shape"):
+        evaluate_worldmodel(replace(cfg, idm=str(tmp_path / "moves"), out=str(tmp_path / "moves_run")))
+    assert not (tmp_path / "moves_run").exists()
 
 
 def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(tmp_path):

@@ -66,6 +66,7 @@ from vplan.errors import VplanWarning, close_after_block
 from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
+from vplan.policies.config import describe_action_space
 from vplan.tasks import TaskConfig
 from vplan.worldmodel.model import require_text_conditioned
 
@@ -133,12 +134,8 @@ class VideoPlanningAgent:
             raise ValueError("memory: expected an EpisodicMemory made for this world model, got another model's")
         # checked before the memory is made: Temp-LoRA attaches its adapter to the world model
         self.memory = make_memory(memory, world_model) if isinstance(memory, MemoryConfig) else memory
-        if idm.config.discrete:
-            self.action_space: spaces.Space = spaces.Discrete(idm.config.num_moves)
-            self.idle_action = np.int64(0)
-        else:
-            self.action_space = spaces.Box(-1.0, 1.0, (idm.config.action_dim,), np.float32)
-            self.idle_action = np.zeros(idm.config.action_dim, np.float32)
+        self.action_space: spaces.Space = idm.config.action_space()
+        self.idle_action = np.int64(0) if idm.config.discrete else np.zeros(idm.config.action_dim, np.float32)
         self._stall_steps = 0 if idm.config.discrete else self.config.stall_steps
         if self._stall_steps >= world_model.config.chunk_frames:  # judged within a chunk, before its last step
             warnings.warn(f"agent.stall_steps={self._stall_steps} is not below the world model's chunk_frames="
@@ -349,9 +346,10 @@ class VideoPlanningAgent:
                                        "sub-envs (a batch of actions per step); a vector env: one agent per sub-env, "
                                        "each given obs[key][i] (check_env takes one env made with the same settings)")
         theirs, ours = env.action_space, self.action_space
-        if _describe(theirs) != _describe(ours):
-            raise SettingMismatchError(f"the IDM predicts {_describe(ours)}, the env takes {_describe(theirs)}; pass "
-                                       "worldmodel=DIR and idm=DIR trained on this env's episodes")
+        if describe_action_space(theirs) != describe_action_space(ours):
+            raise SettingMismatchError(f"the IDM predicts {describe_action_space(ours)}, the env takes "
+                                       f"{describe_action_space(theirs)}; pass worldmodel=DIR and idm=DIR trained on "
+                                       "this env's episodes")
         if isinstance(ours, spaces.Box) and not (np.all(theirs.low == ours.low) and np.all(theirs.high == ours.high)):
             raise SettingMismatchError(
                 f"the IDM's actions lie in [-1, 1] in each dimension (its env's units, e.g. the tabletop's max_delta "
@@ -600,17 +598,6 @@ class VideoPlanningAgent:
         self._chunks_made += 1
         self._chunk = chunk
         return chunk
-
-
-def _describe(space: Any) -> str:
-    """An action space as the IDM and the env must agree on it: moves numbered from 0 (a Discrete), a vector of a
-    shape (a Box), or another kind of space, named."""
-    if isinstance(space, spaces.Discrete):
-        start = int(space.start)
-        return f"one of {int(space.n)} moves" + (f" numbered from {start}" if start else "")
-    shape = getattr(space, "shape", None)
-    kind = "" if isinstance(space, spaces.Box) else f"{type(space).__name__} "
-    return f"{kind}actions of shape {tuple(shape)}" if shape is not None else f"a {type(space).__name__} of actions"
 
 
 def _frame_mismatch(shape: tuple[int, ...], dtype: Any, size: int) -> str:

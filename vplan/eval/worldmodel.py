@@ -195,12 +195,6 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                          "models that imagine the same chunks")
     idm = _load_idm(cfg.idm, model) if cfg.idm is not None else None
     checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
-    # named by this command's keys (checkpoints.json keeps the names earlier evaluations pinned them under)
-    warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}, env_name(cfg.env))
-    # an action model fed this env's actions, which may be of another scale than those it learned from
-    warn_if_actions_mean_otherwise({name: spec for name, spec, loaded in (
-        ("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)) if loaded is not None and
-        loaded.config.uses_actions}, action_units(cfg.env))
     out = Path(cfg.out)
     pinned = {name: spec for name, spec in checkpoints.items() if spec is not None}
     empty = {"episodes": [], "chunks": [], "open_loop": []}
@@ -208,6 +202,15 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     try:
         _check_action_dim(env.action_space, {"checkpoint": (cfg.checkpoint, model),
                                              "compare": (cfg.compare, compare)})
+        if idm is not None:
+            _check_idm_reads(env.action_space, cfg.idm, idm)
+        # named by this command's keys (checkpoints.json keeps the names earlier evaluations pinned them under)
+        warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm},
+                                  env_name(cfg.env))
+        # an action model fed this env's actions, which may be of another scale than those it learned from
+        warn_if_actions_mean_otherwise({name: spec for name, spec, loaded in (
+            ("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)) if loaded is not None and
+            loaded.config.uses_actions}, action_units(cfg.env))
         progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, empty, _finished,
                                      [GRID_FILE, GRID_SO_FAR, OPEN_LOOP_VIDEO], summaries=[OPEN_LOOP_PLOT],
                                      marks={"noise": (NOISE, NOISE_BEFORE)}, pinned=pinned)
@@ -405,6 +408,18 @@ def _check_action_dim(space: Any, models: dict[str, tuple[Optional[str], Any]]) 
         if model is not None and model.config.uses_actions and model.config.action_dim != width:
             raise UsageError(f"{name}={checkpoint}: an action model of action_dim {model.config.action_dim}, and the "
                              f"env's actions have {width} values; pass one trained on this env's actions")
+
+
+def _check_idm_reads(space: Any, checkpoint: str, idm: Any) -> None:
+    """A UsageError where the IDM reads other actions than the env's `space` holds: its reads of the generated and
+    the real chunks would agree, meaninglessly (a blockworld IDM's moves off tabletop frames: "same move 100%")."""
+    from vplan.errors import UsageError
+    from vplan.policies.config import describe_action_space
+
+    reads, takes = describe_action_space(idm.config.action_space()), describe_action_space(space)
+    if reads != takes:
+        raise UsageError(f"idm={checkpoint} reads {reads} off the frames, and the env takes {takes}; pass an IDM "
+                         "trained on this env's episodes")
 
 
 def _closer(psnr: float, other_psnr: float) -> float:
