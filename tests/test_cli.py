@@ -48,6 +48,16 @@ def test_python_m_vplan_is_the_vplan_command():
     assert result.returncode == 2 and "unknown command 'colect'" in result.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["collect", "--help"]])
+def test_help_to_a_full_device_is_one_line_not_a_traceback(args):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "vplan", *args], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr == "vplan: error: cannot write to the standard output: No space left on device\n"
+
+
 def test_command_help_shows_config_and_choices(capsys):
     main(["collect", "--help"])
     out = capsys.readouterr().out

@@ -581,6 +581,11 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # the reader went away (`vplan run --help | head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush does not raise again
         raise SystemExit(RUN_ERROR) from None
+    except OSError as error:  # the help or version could not be written (`vplan --help >/dev/full`); a command's
+        if error.errno not in _STORAGE_ERRORS or error.filename is not None:  # own writes are said in _main
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _fail("vplan", f"cannot write to the standard output: {error.strerror}", RUN_ERROR)
     finally:
         if own:  # over: a Ctrl-C in Python's shutdown (logging's and torch's exit hooks) printed their traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
