@@ -10,6 +10,9 @@ from typing import Any
 from vplan.utils.settings import check_field_types
 from vplan.worldmodel.config import config_from_dict
 
+CHECKPOINT_KIND = "vplan-idm"  # config.json's "kind", read by the CLI's checks before torch loads
+
+
 @dataclass
 class IDMConfig:
     """Architecture and loss of the inverse-dynamics CNN; the defaults are the tabletop's (64×64, 4-d action)."""

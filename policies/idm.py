@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vplan.errors import UsageError
-from vplan.policies.config import IDMConfig
+from vplan.policies.config import CHECKPOINT_KIND, IDMConfig
 from vplan.shipped import resolve_checkpoint
 from vplan.utils.settings import check_int
 from vplan.worldmodel.model import (
@@ -39,7 +39,6 @@ from vplan.worldmodel.model import (
     write_pretrained_config,
 )
 
-CHECKPOINT_KIND = "vplan-idm"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

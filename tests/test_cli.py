@@ -491,15 +491,16 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
             except SystemExit as stop:
                 assert stop.code == 2
         print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
-        try:  # a mistyped checkpoint path: refused before the models' libraries load (torch names what it is)
-            main(["run", "worldmodel=/no/such/folder"])
-        except SystemExit as stop:
-            assert stop.code == 2
-        assert "diffusers" not in sys.modules
+        for args in (["worldmodel=/no/such/folder"], ["idm=/no/such/folder"], ["worldmodel=shipped:tabletop/idm"]):
+            try:  # a mistyped checkpoint, or one of another kind: refused before the models' libraries load
+                main(["run", *args])
+            except SystemExit as stop:
+                assert stop.code == 2
+        print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+    assert result.stdout.strip().splitlines()[-2:] == ["[]", "[]"], result.stdout
 
 
 def test_each_preset_names_the_module_that_defines_its_settings():

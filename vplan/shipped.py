@@ -118,8 +118,8 @@ def check_outside_results(out: str | Path, checkpoints: Mapping[str, str | None]
 def _check_kind(name: str, spec: str, component: str) -> None:
     """A UsageError where the checkpoint is another kind of model than the setting takes (an IDM for a world
     model, a VAE's folder), named by the setting; the loader's own error named only a config.json."""
-    from vplan.policies.idm import CHECKPOINT_KIND as IDM_KIND
-    from vplan.worldmodel.model import CHECKPOINT_KIND as WORLDMODEL_KIND
+    from vplan.policies.config import CHECKPOINT_KIND as IDM_KIND
+    from vplan.worldmodel.config import CHECKPOINT_KIND as WORLDMODEL_KIND
 
     kinds = {IDM_KIND: "an IDM's", WORLDMODEL_KIND: "a world model's"}
     wanted = IDM_KIND if component == "idm" else WORLDMODEL_KIND

@@ -4,6 +4,7 @@ A checkpoint is a folder `checkpoint-<step>` holding `model.safetensors`, `optim
 optimizer's tensors; its param groups and scalar state as JSON metadata) and `trainer_state.json`, written
 last: a folder without it is an interrupted save and is ignored. Folders are written under a temporary name
 and renamed once synced to disk, so a kill (or a crash) during a save leaves the previous checkpoint intact.
+Torch loads at the first save or load: listing a folder's checkpoints (the CLI's checks of a path) needs none.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import os
 import shutil
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
 
 from vplan.utils.files import fsync_path, fsync_tree, readable_as_umask_allows
 
@@ -28,6 +29,8 @@ CUDA_RNG = "rng.cuda."  # + device index, in optimizer.safetensors beside "rng.t
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    import torch
+
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, per_param in state["state"].items():
@@ -56,6 +59,9 @@ def save_checkpoint(
 ) -> Path:
     """Write `out/checkpoint-<step>` atomically; keep only the newest `keep` checkpoints, and those at
     `keep_steps` (the ends of a finetune's rounds, which a redone inner-loop episode starts from)."""
+    import torch
+    from safetensors.torch import save_file
+
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{PREFIX}{step:07d}"
     tmp = out / f".tmp-{PREFIX}{step:07d}"
@@ -117,6 +123,9 @@ class UnreadableTrainerStateError(ValueError):
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG from a checkpoint folder; returns its trainer state (with `step`)."""
+    import torch
+    from safetensors.torch import load_file
+
     state = json.loads((path / TRAINER_STATE).read_bytes().decode("utf-8"))
     if not isinstance(state, dict) or state.get("step") != checkpoint_step(path):
         raise UnreadableTrainerStateError(f"{TRAINER_STATE} holds no step {checkpoint_step(path)}")
@@ -132,6 +141,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 def save_optimizer(optimizer: torch.optim.Optimizer, file: Path, extra: dict[str, torch.Tensor] | None = None) -> None:
     """An optimizer's state in one safetensors file (its tensors; its param groups and scalars as metadata),
     with `extra` tensors beside them under names whose first dotted part is not a number (e.g. "rng.torch")."""
+    from safetensors.torch import save_file
+
     tensors, metadata = _flatten_optimizer(optimizer.state_dict())
     save_file({**tensors, **(extra or {})}, file, metadata=metadata)
 

@@ -18,6 +18,7 @@ from vplan.policies.config import IDMConfig
 from vplan.utils.settings import check_ints, check_seed
 from vplan.worldmodel.config import VAEConfig, WorldModelConfig
 
+
 @dataclass
 class OptimConfig:
     """Optimisation settings shared by every component."""

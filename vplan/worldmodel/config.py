@@ -10,6 +10,7 @@ from typing import Any
 
 from vplan.utils.settings import check_field_types
 
+CHECKPOINT_KIND = "vplan-worldmodel"  # config.json's "kind", read by the CLI's checks before torch loads
 RECON_LOSSES = ("l1", "l2", "l1+l2")
 
 

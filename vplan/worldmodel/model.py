@@ -27,7 +27,7 @@ from torch import nn
 from vplan.errors import SettingMismatchError, UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.action_encoder import ActionEncoder
-from vplan.worldmodel.config import WorldModelConfig
+from vplan.worldmodel.config import CHECKPOINT_KIND, WorldModelConfig
 from vplan.worldmodel.diffusion import masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, build_text_encoder
 from vplan.worldmodel.unet import build_unet
@@ -39,7 +39,6 @@ from vplan.worldmodel.vae import (
     vae_config_from_diffusers,
 )
 
-CHECKPOINT_KIND = "vplan-worldmodel"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 UNET_FILE = "unet.safetensors"
