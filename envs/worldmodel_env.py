@@ -14,7 +14,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from vplan.envs.settings import env_settings
-from vplan.utils.settings import check_field_types, check_int, check_ints, check_seed
+from vplan.utils.settings import check_field_types, check_int, check_ints
 
 if TYPE_CHECKING:
     import torch
@@ -187,8 +187,8 @@ class WorldModelEnv(gym.Env):
         seeds = list(seeds)  # a numpy array's truth value is ambiguous
         if not seeds:
             raise ValueError("expected at least one seed, got none")
-        for i, seed in enumerate(seeds):  # as reset(seed=) takes them: 1.7 was read as 1, None a TypeError
-            check_seed(int(seed) if isinstance(seed, np.integer) else seed, f"seeds[{i}]")
+        for i, seed in enumerate(seeds):  # as reset(seed=) takes them (any int >= 0): 1.7 was read as 1, None a
+            check_int(int(seed) if isinstance(seed, np.integer) else seed, f"seeds[{i}]", low=0)  # TypeError
         if isinstance(texts, str) or (texts is not None and not all(isinstance(text, str) for text in texts)):
             raise ValueError(f"texts: expected a list of strings, one per seed, got {texts!r:.80}")
         if texts is not None and len(texts) != len(seeds):

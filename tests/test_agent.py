@@ -238,6 +238,12 @@ def test_components_and_config_are_checked(world_model, idm):
         VideoPlanningAgent(world_model, IDMPolicy(IDMConfig.tiny(image_size=32)), FixedPlanner([Subgoal("x")]))
     with pytest.raises(ValueError, match="chunk_frames=8, got 4"):
         VideoPlanningAgent(world_model, idm, FixedPlanner([Subgoal("x")], chunk_frames=4), MemoryConfig())
+    # a kind's name for the memory, a dict for the config: found at reset (and at close) by an AttributeError
+    with pytest.raises(TypeError, match=r"memory: expected an EpisodicMemory or a MemoryConfig \(e.g. MemoryConfig"
+                                        r"\(kind='none'\)\), got str 'none'"):
+        VideoPlanningAgent(world_model, idm, FixedPlanner([Subgoal("x")]), "none")
+    with pytest.raises(TypeError, match="config: expected an AgentConfig, got dict"):
+        VideoPlanningAgent(world_model, idm, FixedPlanner([Subgoal("x")]), config={"stall_steps": 0})
     with pytest.raises(ValueError, match="replan_drift: expected"):
         AgentConfig(replan_drift=-0.1)
     with pytest.raises(ValueError, match="stall_steps: expected an int >= 0, got -1"):
@@ -756,7 +762,7 @@ def test_from_pretrained_gives_the_planner_the_world_models_chunk_length(tmp_pat
     model.config = replace(model.config, chunk_frames=4)
     model.save_pretrained(tmp_path / "worldmodel")
     tiny_idm().save_pretrained(tmp_path / "idm")
-    agent = VideoPlanningAgent.from_pretrained(str(tmp_path / "worldmodel"), str(tmp_path / "idm"),
+    agent = VideoPlanningAgent.from_pretrained(tmp_path / "worldmodel", tmp_path / "idm",  # Paths: a traceback
                                                planner=PlannerConfig(kind="offline"), memory=MemoryConfig(kind="none"),
                                                config=AgentConfig(stall_steps=3))  # below the 4-frame chunk
     assert agent.planner.config.chunk_frames == 4  # not the planner config's default 8, which the agent refuses

@@ -570,6 +570,9 @@ def test_non_finite_latents_to_learn_from_are_refused_by_name_not_blamed_on_the_
     with pytest.raises(ValueError, match="previous: expected finite latents"):
         memory.update_async(bad, latents(CHUNK))
     assert memory.updates == 0
+    # generated from, the NaN chunk was blamed on the checkpoint (none) or on a diverged Temp-LoRA's lr
+    with pytest.raises(ValueError, match="history: expected finite latents"):
+        memory.generate(bad, ["a"], generator=seeded())
     memory.close()
 
 

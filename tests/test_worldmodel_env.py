@@ -179,9 +179,11 @@ def test_batched_steps_agree_with_single_steps(model):
     with pytest.raises(ValueError, match="texts: expected a list of strings, one per seed, got 'ab'"):
         batched.reset_batch(seeds, texts="ab")  # was split into ['a', 'b']
     assert np.array_equal(batched.reset_batch(np.array(seeds)), frames[0])  # a numpy array: ambiguous truth value
-    for bad in ([1.7], [None]):  # 1.7 was seed 1, None a TypeError
-        with pytest.raises(ValueError, match=r"seeds\[0\]: expected an int from 0 to"):
+    for bad in ([1.7], [None], [-1]):  # 1.7 was seed 1, None a TypeError
+        with pytest.raises(ValueError, match=r"seeds\[0\]: expected an int >= 0, got"):
             batched.reset_batch(bad)
+    # a seed reset(seed=) takes (gymnasium's: any int >= 0) was refused above 2**32 - 1
+    assert np.array_equal(batched.reset_batch([2**40])[0], single.reset(seed=2**40)[0])
 
 
 def test_reset_from_a_dataset_episode(model, tmp_path):

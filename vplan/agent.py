@@ -55,6 +55,7 @@ import warnings
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,7 +95,8 @@ class Chunk:
     replans: int = 0  # replans of this chunk's slot so far
     executed: int = 0  # actions returned
     observed: list[np.ndarray] = field(default_factory=list, repr=False)  # the frame after each action
-    positions: list[np.ndarray] = field(default_factory=list, repr=False)  # gripper xyz before each action
+    # gripper xyz before each action; None where stall detection is off (the blockworld, stall_steps=0)
+    positions: list[np.ndarray | None] = field(default_factory=list, repr=False)
     drift: list[float] = field(default_factory=list)  # per observed frame
     cut: str | None = None  # why the rest was dropped (a replan), if it was
     closed: bool = False  # its frames joined the context and the plan moved on (`act` retried after an error: once)
@@ -116,6 +118,11 @@ class VideoPlanningAgent:
         memory: EpisodicMemory | MemoryConfig | None = None,
         config: AgentConfig | None = None,
     ) -> None:
+        if memory is not None and not isinstance(memory, (EpisodicMemory, MemoryConfig)):  # else found at reset
+            raise TypeError(f"memory: expected an EpisodicMemory or a MemoryConfig (e.g. MemoryConfig(kind='none')), "
+                            f"got {type(memory).__name__} {memory!r:.60}")
+        if config is not None and not isinstance(config, AgentConfig):
+            raise TypeError(f"config: expected an AgentConfig, got {type(config).__name__} {config!r:.60}")
         self.config = config or AgentConfig()
         self.world_model = world_model.eval()
         self.idm = idm.eval()
@@ -153,8 +160,8 @@ class VideoPlanningAgent:
     @classmethod
     def from_pretrained(
         cls,
-        worldmodel: str | None = None,
-        idm: str | None = None,
+        worldmodel: str | Path | None = None,
+        idm: str | Path | None = None,
         task: TaskConfig | str = "return_cubes",
         planner: PlannerConfig | None = None,
         memory: MemoryConfig | None = None,
@@ -172,8 +179,8 @@ class VideoPlanningAgent:
         from vplan.worldmodel.model import WorldModel
 
         task_config = task if isinstance(task, TaskConfig) else TaskConfig.preset(task)
-        worldmodel = worldmodel or shipped_checkpoint(task_config.env, "worldmodel")
-        idm = idm or shipped_checkpoint(task_config.env, "idm")
+        worldmodel = str(worldmodel or shipped_checkpoint(task_config.env, "worldmodel"))  # a Path too
+        idm = str(idm or shipped_checkpoint(task_config.env, "idm"))
         world_model = WorldModel.from_pretrained(worldmodel)
         require_text_conditioned(world_model.config, f"worldmodel={worldmodel}", "the agent")
         idm_policy = IDMPolicy.from_pretrained(idm)

@@ -323,6 +323,9 @@ class EpisodicMemory(ABC):
                 or tuple(latents.shape[2:]) != shape:
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ValueError(f"expected {name} latents of shape (B, T >= 1, {', '.join(map(str, shape))}), got {got}")
+        # learned from, they made a NaN loss that named the lr; generated from, a NaN chunk blamed on the checkpoint
+        if not torch.isfinite(latents).all():
+            raise ValueError(f"{name}: expected finite latents, got NaN or inf values")
 
     def _check_update(self, previous: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(previous, "previous")
@@ -330,9 +333,6 @@ class EpisodicMemory(ABC):
         if previous.shape[0] != new.shape[0]:
             raise ValueError(f"expected previous and new latents with one batch size, got {previous.shape[0]} "
                              f"and {new.shape[0]}")
-        for name, latents in (("previous", previous), ("new", new)):
-            if not torch.isfinite(latents).all():  # learned from, they made a NaN loss that named the lr
-                raise ValueError(f"{name}: expected finite latents, got NaN or inf values")
         return previous.detach(), new.detach()
 
 
