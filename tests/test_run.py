@@ -417,14 +417,20 @@ def test_checkpoint_and_frame_size_errors_are_one_line(checkpoints, tmp_path, ca
 
 def test_training_seeds_are_warned_of(tmp_path):
     """`vplan collect` plays seeds 0, 1, ...: a run there scores scenes the models may have trained on."""
-    from vplan.errors import VplanWarning
+    from vplan.errors import UsageError, VplanWarning
+    from vplan.run import run
 
+    def config(*overrides: str) -> RunConfig:
+        command = next(c for c in COMMANDS if c.name == "run")
+        return build_config(compose_config(command, [*overrides, f"out={tmp_path / 'run'}"])[0])
+
+    # (the CLI refuses a missing checkpoint before the command runs; run() warns first, then refuses it)
     with pytest.warns(VplanWarning, match="seed=5: below 10000, so these episodes may be scenes the model trained"):
-        with pytest.raises(SystemExit):  # the checkpoint is refused after the warning
-            main(["run", "seed=5", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
+        with pytest.raises(UsageError):
+            run(config("seed=5", f"worldmodel={tmp_path / 'nothing'}"))
     with pytest.warns(VplanWarning, match="right for episodes recorded to train on, but the run's figures are not"):
-        with pytest.raises(SystemExit):  # as the README advises for record=true: not told to pass other seeds
-            main(["run", "seed=5", "record=true", f"worldmodel={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"])
+        with pytest.raises(UsageError):  # as the README advises for record=true: not told to pass other seeds
+            run(config("seed=5", "record=true", f"worldmodel={tmp_path / 'nothing'}"))
 
 
 @pytest.mark.parametrize("text, said", [

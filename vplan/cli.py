@@ -46,7 +46,6 @@ class Command:
     config_name: str  # configs/<config_name>.yaml
     entry: str  # "module:function", called with the built config dataclass
     fixed: tuple[str, ...] = ()  # config groups whose one choice the command takes (its help lists no others)
-    checks: str = ""  # "module:function" given the config before `entry`'s module loads: refusals needing no torch
 
     @property
     def name(self) -> str:
@@ -80,7 +79,6 @@ COMMANDS: tuple[Command, ...] = (
         "slow learning of one component (component=vae|worldmodel|idm) on an episode dataset",
         "train",
         "vplan.loop.train:train_component",
-        checks="vplan.loop.config:check_data",
     ),
     Command(
         ("finetune",),
@@ -88,7 +86,6 @@ COMMANDS: tuple[Command, ...] = (
         "finetune",
         "vplan.loop.finetune:finetune",
         fixed=("memory",),
-        checks="vplan.loop.config:check_data",
     ),
     Command(
         ("rl",),
@@ -640,8 +637,7 @@ def _main(argv: list[str] | None) -> None:
             from vplan.envs import require_simulator
 
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
-        if command.checks:
-            _resolve(command.checks)(config)
+        _check_paths(config)  # before the command's module loads torch and the models (seconds)
     except UsageError as error:
         _fail(prog, str(error))
     except KeyboardInterrupt as stop:  # while the settings are read (mujoco loads for the envs' own)
@@ -674,6 +670,24 @@ def _main(argv: list[str] | None) -> None:
         if code is None:
             _interrupted(prog, _interrupt_behind(error))
         _fail(prog, f"{os.strerror(code)}; {_FREE_SPACE}", RUN_ERROR)
+
+
+# Settings naming a checkpoint that every command checks at once; not bench planning's `finetuned=`, which may be made
+# while the slow model's rows run.
+CHECKPOINT_SETTINGS = ("worldmodel", "idm", "checkpoint", "compare")
+
+
+def _check_paths(config: Any) -> None:
+    """A UsageError where `data=` holds no dataset or a checkpoint setting names none (or another kind of model),
+    said before the command's module loads; the commands check the same again for callers from Python."""
+    from vplan.shipped import check_checkpoints_exist
+
+    if isinstance(getattr(config, "data", None), str):  # train's and finetune's: each says how to make one
+        from vplan.data.lerobot_format import require_dataset
+
+        require_dataset(config.data, config.how_to_make_data())
+    check_checkpoints_exist({name: getattr(config, name) for name in CHECKPOINT_SETTINGS
+                             if isinstance(getattr(config, name, None), str)})
 
 
 def _interrupt_behind(error: Exception) -> KeyboardInterrupt:

@@ -12,7 +12,6 @@ from omegaconf import MISSING
 
 from vplan.configs import preset_names
 from vplan.constants import ACTION, ACTION_APPLIED
-from vplan.data.lerobot_format import require_dataset
 from vplan.memory.config import MemoryConfig
 from vplan.policies.config import IDMConfig
 from vplan.utils.settings import check_ints, check_seed
@@ -121,6 +120,7 @@ class TrainConfig:
                              f"choose the component with component={name}")
 
     def how_to_make_data(self) -> str:
+        """The command that makes a dataset at `data` (the CLI's refusal of a `data=` without one says it)."""
         return f"`vplan collect out={self.data}`"
 
 
@@ -231,9 +231,5 @@ class FinetuneConfig:
                              f"(each round needs an episode and an outer-loop step), got {self.rounds}")
 
     def how_to_make_data(self) -> str:
+        """The commands that make a dataset at `data` (the CLI's refusal of a `data=` without one says them)."""
         return f"`vplan collect out={self.data}` or `vplan run record=true`"
-
-
-def check_data(cfg: TrainConfig | FinetuneConfig) -> None:
-    """A UsageError where `data=` holds no dataset, said before the command loads torch and the models (~5 s)."""
-    require_dataset(cfg.data, cfg.how_to_make_data())
