@@ -108,6 +108,39 @@ def test_each_readme_python_snippet_runs_as_pasted(where: str, code: str, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# the snippets that read a dataset `vplan collect` makes: run beside one (the agent's: see above)
+DATA_SNIPPETS = [(f"README.md:{number}", code) for number, code in python_snippets(DOCS[0])
+                 if needs_local_files(code) and "VideoPlanningAgent" not in code]
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding data/return_cubes as the README's `vplan collect ... out=data/return_cubes` makes it (one
+    episode, the default 64x64 frames the shipped models read)."""
+    from vplan.data.collect import CollectConfig, collect
+    from vplan.envs.tabletop_v0 import TabletopConfig
+    from vplan.tasks import TaskConfig
+
+    root = tmp_path_factory.mktemp("readme")
+    collect(CollectConfig(env=TabletopConfig(), task=TaskConfig.preset("return_cubes"), episodes=1,
+                          out=str(root / "data" / "return_cubes")))
+    return root
+
+
+@pytest.mark.parametrize(("where", "code"), DATA_SNIPPETS, ids=[where for where, _ in DATA_SNIPPETS])
+def test_each_readme_snippet_reading_a_dataset_runs_beside_one(where: str, code: str, collected: Path) -> None:
+    """They were left out of the run above (no dataset there), so their shape comments went unchecked."""
+    assert re.search(r"[\"']data/return_cubes[\"']", code), "reads another made folder: make it in `collected`"
+    script = collected / "snippet.py"
+    script.write_text(code + "\nprint('ran')\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=collected, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.endswith("ran\n"), result.stderr[-2000:]
+
+
+def test_the_readme_has_snippets_that_read_a_dataset() -> None:
+    assert len(DATA_SNIPPETS) >= 2
+
+
 def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a heading: lower case, punctuation but '-' and '_' dropped, spaces to '-'."""
     return re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")

@@ -314,9 +314,11 @@ class ChatEndpoint:
             cause = error
             while cause is not None and not isinstance(cause, ReplyTooLargeError):
                 cause = cause.__cause__ or cause.__context__
+            retries = self.config.max_retries
             raise ChatRequestError(
-                f"the request to {self.client.base_url} failed, with up to {self.config.max_retries} retries "
-                f"({type(error).__name__}: {cause or error})"
+                f"the request to {self.client.base_url} failed, "
+                + (f"with up to {retries} retries " if retries else "without retries (max_retries=0) ")
+                + f"({type(error).__name__}: {cause or error})"
             ) from None
         try:
             choice = completion.choices[0]
