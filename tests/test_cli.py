@@ -491,11 +491,14 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
             except SystemExit as stop:
                 assert stop.code == 2
         print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
-        for args in (["worldmodel=/no/such/folder"], ["idm=/no/such/folder"], ["worldmodel=shipped:tabletop/idm"]):
+        for args in (["run", "worldmodel=/no/such/folder"], ["run", "idm=/no/such/folder"],
+                     ["run", "worldmodel=shipped:tabletop/idm"], ["eval", "consistency", "checkpoint=/no/such/folder"],
+                     ["eval", "worldmodel", "compare=/no/such/folder"], ["bench", "planning", "worldmodel=/no/such"],
+                     ["bench", "worldmodel", "checkpoint=/no/such"], ["rl", "idm=shipped:tabletop/worldmodel"]):
             try:  # a mistyped checkpoint, or one of another kind: refused before the models' libraries load
-                main(["run", *args])
+                main(args)
             except SystemExit as stop:
-                assert stop.code == 2
+                assert stop.code == 2, args
         print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
