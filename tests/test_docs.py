@@ -171,3 +171,13 @@ def test_relative_links_and_anchors_resolve(path: Path) -> None:
             if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in anchors(linked)):
                 broken.append(f"{path.name}:{number}: {target}")
     assert not broken
+
+
+def test_the_readme_contents_list_every_section() -> None:
+    """`## License` was missing from it."""
+    text = (ROOT / "README.md").read_text()
+    contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    sections = [heading for heading in re.findall(r"(?m)^## (.+)$", re.sub(r"(?ms)^```.*?^```", "", text))
+                if heading != "Contents"]
+    listed = re.findall(r"(?m)^- \[[^\]]+\]\(#([^)]+)\)", contents)
+    assert listed == [github_anchor(heading) for heading in sections]
