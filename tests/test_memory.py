@@ -788,6 +788,9 @@ def test_none_is_only_the_recent_context(tmp_path: Path) -> None:
     assert isinstance(memory, NoMemory)
     history = latents(6)
     assert memory.condition(history) is history
+    # what it read, kept on its own: a view kept the whole history alive (vplan rl stores each chunk's)
+    last = memory.last_context
+    assert torch.equal(last, history[:, -CONTEXT:]) and last.untyped_storage().nbytes() == last.numel() * 4
     memory.update_async(history[:, :CHUNK], history[:, -CHUNK:])
     assert memory.wait() == {}
     assert torch.equal(memory.generate(history, ["go"], generator=seeded()),

@@ -94,7 +94,9 @@ class EpisodicMemory(ABC):
         self.wait()
         self._check(history, "history")
         context = self._condition(history)
-        self.last_context = context[:, -self.world_model.config.context_frames :]  # what the world model reads
+        # what the world model reads; a copy, not a view that would keep the whole history alive (vplan rl stores
+        # each chunk's: memory grew with the square of an episode's length)
+        self.last_context = context[:, -self.world_model.config.context_frames :].clone()
         return context
 
     def generate(

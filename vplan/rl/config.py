@@ -126,7 +126,10 @@ class RLConfig(AgentCheckpoints):
     vlm_reward: VLMRewardConfig = field(default_factory=VLMRewardConfig, metadata={"help": "VLM yes/no reward."})
     objective: str = field(default="rwr", metadata={"help": "Executor objective: rwr (reward-weighted) | dpo."})
     rwr_beta: float = field(default=1.0, metadata={"help": "RWR temperature: weights exp(advantage / beta)."})
-    dpo_beta: float = field(default=100.0, metadata={"help": "Diffusion-DPO's beta."})
+    dpo_beta: float = field(default=100.0, metadata={
+        "help": "Diffusion-DPO's beta: the loss is -log σ(-β·margin), the margin the chosen chunk's loss change "
+                "from the reference minus the rejected's; Wallace et al.'s code halves its beta (their 5000 for SD1.5 "
+                "is dpo_beta=2500)."})
     penalty: float = field(default=1e-3, metadata={"help": "Weight of the L2 pull toward the reference weights."})
     lora_rank: int = field(default=8, metadata={"help": "Rank of the executor's LoRA."})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the LoRA."})
