@@ -647,3 +647,75 @@ def test_an_llm_planner_without_a_key_is_refused_before_out_is_written(checkpoin
         main(rl_args(checkpoints, out, "planner=llm"))
     assert exit_info.value.code == 2 and "planner=llm needs an API key" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("objective", ["rwr", "dpo"])
+def test_finetune_trains_only_the_lora_on_shared_draws_against_the_frozen_base(objective, monkeypatch):
+    """Diffusion-DPO scores a pair and the reference on one draw of noise and timestep each, the reference being
+    the model before finetuning (the adapter off, no gradient); RWR favours the better continuation. No test
+    pinned what `RLRun.finetune` hands the loss: the rejected chunk's seed could change unseen."""
+    import copy
+    from types import SimpleNamespace
+
+    from peft.tuners.lora import LoraLayer
+
+    from vplan.rl.loop import RLRun
+
+    torch.manual_seed(0)
+    base = WorldModel(tiny_config("text", objective="flow", sampler="flow_euler")).eval()
+    run = RLRun.__new__(RLRun)  # the model, its LoRA, the optimizer and the config are what finetune reads
+    run.model = copy.deepcopy(base)
+    add_rl_adapter(run.model.unet, 4)
+    run.model.requires_grad_(False)
+    run.params = lora_parameters(run.model.unet)
+    for param in run.params.values():
+        param.requires_grad_(True)
+    run.optimizer = torch.optim.Adam(list(run.params.values()), lr=1e-2)
+    run.iteration = 0
+    run.cfg = SimpleNamespace(objective=objective, seed=0, rwr_beta=0.1, dpo_beta=100.0, steps_per_iteration=3,
+                              batch_size=4, penalty=1e-3)
+
+    def imagined(seed: int, offset: float) -> ImaginedChunk:  # chunks far apart: learning one helps the other little
+        draw = torch.Generator().manual_seed(seed)
+        return ImaginedChunk(text="a", context=torch.zeros(1, 2, 4, 8, 8),
+                             latents=torch.randn(1, 3, 4, 8, 8, generator=draw) + offset,
+                             frames=np.zeros((3, 16, 16, 3), np.uint8), actions=np.zeros((3, 4), np.float32))
+
+    good, bad = imagined(1, 2.0), imagined(2, -2.0)
+    group = [[EpisodeRollout(task_seed=0, plan_index=0, continuation=k, plan={}, final_info={}, stats={},
+                             chunks=[c], reward=r) for k, (c, r) in enumerate([(good, 1.0), (bad, 0.0)])]]
+    calls, score = [], RLRun.loss
+
+    def spy(self, chunk, seed):
+        reference_off = any(layer.disable_adapters for layer in self.model.unet.modules() if isinstance(layer, LoraLayer))
+        calls.append(("good" if chunk is good else "bad", seed, reference_off, torch.is_grad_enabled()))
+        return score(self, chunk, seed)
+
+    monkeypatch.setattr(RLRun, "loss", spy)
+    lora = {id(param) for param in run.params.values()}
+    frozen = {name: p.detach().clone() for name, p in run.model.named_parameters() if id(p) not in lora}
+
+    def mean_loss(c: ImaginedChunk) -> float:  # over 16 draws of noise and timestep
+        with torch.no_grad():
+            return float(torch.stack([score(run, c, seed) for seed in range(100, 116)]).mean())
+
+    before = [mean_loss(c) for c in (good, bad)]
+    calls.clear()
+    assert run.finetune([group])["steps"] == 3
+    assert all(torch.equal(p, frozen[name]) for name, p in run.model.named_parameters() if id(p) not in lora)
+    assert len(frozen) > len(lora) > 0
+    def base_loss(model) -> torch.Tensor:
+        return model(good.context, good.latents, ["a"], generator=torch.Generator().manual_seed(7),
+                     reduction="none")[0][0].detach()
+
+    with torch.no_grad(), reference(run.model.unet):  # the reference is still the model it started from (to the
+        torch.testing.assert_close(base_loss(run.model), base_loss(base), rtol=1e-5, atol=1e-6)  # last bit: kernels)
+    assert abs(float(base_loss(run.model) - base_loss(base))) > 1e-4  # while the adapted model moved
+    if objective == "dpo":  # per step: chosen, rejected, then both under the reference, all on the step's draws
+        assert [(who, ref, grad) for who, _, ref, grad in calls] == [
+            ("good", False, True), ("bad", False, True), ("good", True, False), ("bad", True, False)] * 3
+        assert all(len({seed for _, seed, _, _ in calls[4 * s: 4 * s + 4]}) == 1 for s in range(3))
+        assert len({seed for _, seed, _, _ in calls}) == 3  # new draws each step
+    else:  # the better continuation's loss falls further than the worse one's
+        after = [mean_loss(c) for c in (good, bad)]
+        assert before[0] - after[0] > before[1] - after[1]

@@ -394,7 +394,8 @@ class RLRun:
         for step in range(cfg.steps_per_iteration):
             indices = rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)
             batch = [items[i] for i in indices]
-            seed = (self.iteration * cfg.steps_per_iteration + step) * 1000
+            # each step's draws apart from every other's, at any batch size (1000 apart up to batch 1000, as before)
+            seed = (self.iteration * cfg.steps_per_iteration + step) * max(1000, cfg.batch_size)
             if cfg.objective == "rwr":
                 per_sample = torch.stack([self.loss(chunk, seed + i) for i, (chunk, _) in enumerate(batch)])
                 objective = rwr_loss(per_sample, weights[torch.from_numpy(indices)])
