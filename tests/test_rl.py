@@ -687,7 +687,8 @@ def test_finetune_trains_only_the_lora_on_shared_draws_against_the_frozen_base(o
     calls, score = [], RLRun.loss
 
     def spy(self, chunk, seed):
-        reference_off = any(layer.disable_adapters for layer in self.model.unet.modules() if isinstance(layer, LoraLayer))
+        layers = [layer for layer in self.model.unet.modules() if isinstance(layer, LoraLayer)]
+        reference_off = any(layer.disable_adapters for layer in layers)
         calls.append(("good" if chunk is good else "bad", seed, reference_off, torch.is_grad_enabled()))
         return score(self, chunk, seed)
 
