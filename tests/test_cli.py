@@ -521,3 +521,30 @@ def test_each_preset_names_the_module_that_defines_its_settings():
             named.append(name)
             assert defined_in == module, f"{preset.name}: {module}.{name} is defined in {defined_in}"
     assert len(named) >= 20
+
+
+def test_a_folder_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path):
+    """The CLI's early check of `data=` and the checkpoints met a PermissionError outside the handler that names
+    the path (it was one line when the command itself met it)."""
+    import shlex
+    import shutil
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    prefix = []
+    if os.geteuid() == 0:  # root reads any folder: drop the capabilities that let it
+        if shutil.which("capsh") is None:
+            pytest.skip("running as root without capsh to drop the permission override")
+        prefix = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c"]
+    try:
+        for args in (["train", "component=idm", f"data={locked}"], ["run", f"worldmodel={locked}"]):
+            command = [sys.executable, "-m", "vplan", *args]
+            if prefix:
+                command = [*prefix, shlex.join(command)]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            assert result.stderr.strip().endswith(": Permission denied"), result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+    finally:
+        locked.chmod(0o700)

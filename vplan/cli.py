@@ -640,6 +640,10 @@ def _main(argv: list[str] | None) -> None:
         _check_paths(config)  # before the command's module loads torch and the models (seconds)
     except UsageError as error:
         _fail(prog, str(error))
+    except OSError as error:  # a data= or checkpoint folder that cannot be read; without a path: the help could not
+        if error.filename is None:  # be written, which main() says
+            raise
+        _fail_on_os_error(prog, error)
     except KeyboardInterrupt as stop:  # while the settings are read (mujoco loads for the envs' own)
         _interrupted(prog, stop)
     except Exception as error:  # a Ctrl-C in mujoco's import arrives as an ImportError raised from it
@@ -654,15 +658,7 @@ def _main(argv: list[str] | None) -> None:
     except (RunError, DatasetError) as error:  # DatasetError here: a file found damaged while the command runs
         _fail(prog, str(error), RUN_ERROR)
     except OSError as error:  # on a path: an unwritable out=DIR, a full disk, a file where a directory should be
-        if error.errno in _STORAGE_ERRORS and error.filename is None:  # a write or fsync: no path to name
-            _fail(prog, f"{error.strerror}; {_FREE_SPACE}", RUN_ERROR)
-        if error.filename is None:  # a socket, a simulator's connection: the traceback says where
-            raise
-        paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
-        a_file = isinstance(error, FileExistsError) and not os.path.isdir(error.filename)
-        if isinstance(error, NotADirectoryError):  # out=FILE, met at out/inner: name the file, as for out itself
-            a_file, paths = True, next((str(p) for p in Path(error.filename).parents if p.is_file()), paths)
-        _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
+        _fail_on_os_error(prog, error)
     except KeyboardInterrupt as stop:
         _interrupted(prog, stop)
     except Exception as error:  # safetensors' writes say a full disk in their own error type
@@ -688,6 +684,19 @@ def _check_paths(config: Any) -> None:
         require_dataset(config.data, config.how_to_make_data())
     check_checkpoints_exist({name: getattr(config, name) for name in CHECKPOINT_SETTINGS
                              if isinstance(getattr(config, name, None), str)})
+
+
+def _fail_on_os_error(prog: str, error: OSError) -> NoReturn:
+    """An OSError as one line naming its path (exit 1); one without a path but a storage fault's, raised again."""
+    if error.errno in _STORAGE_ERRORS and error.filename is None:  # a write or fsync: no path to name
+        _fail(prog, f"{error.strerror}; {_FREE_SPACE}", RUN_ERROR)
+    if error.filename is None:  # a socket, a simulator's connection: the traceback says where
+        raise error
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    a_file = isinstance(error, FileExistsError) and not os.path.isdir(error.filename)
+    if isinstance(error, NotADirectoryError):  # out=FILE, met at out/inner: name the file, as for out itself
+        a_file, paths = True, next((str(p) for p in Path(error.filename).parents if p.is_file()), paths)
+    _fail(prog, f"{paths}: {'exists and is not a directory' if a_file else error.strerror}", RUN_ERROR)
 
 
 def _interrupt_behind(error: Exception) -> KeyboardInterrupt:
