@@ -143,6 +143,10 @@ def test_other_envs_are_refused_in_one_line(checkpoints, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and error.startswith("vplan bench executor: error:") and "env=tabletop" in error
     assert "got env=blockworld task=retrace" in error
+    with pytest.raises(SystemExit) as exit_info:  # before a checkpoint's refusal ("train one"), which it was after
+        main([a for a in bench_args(checkpoints, tmp_path / "b", "env=blockworld", "worldmodel=/no/such")
+              if "max_episode" not in a])
+    assert "got env=blockworld task=retrace" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # the expert video is the front camera's
         main(bench_args(checkpoints, tmp_path / "c", "env.wrist_camera=true", "agent.camera=wrist"))
     assert exit_info.value.code == 2 and "agent.camera='wrist'" in capsys.readouterr().err

@@ -97,6 +97,10 @@ def is_dataset(root: str | Path) -> bool:
     return (Path(root) / INFO_PATH).is_file()
 
 
+def _no_dataset(root: str | Path) -> str:
+    return f"{Path(root)} is not a LeRobot dataset: {Path(root) / INFO_PATH} does not exist"
+
+
 def require_dataset(data: str | Path, how_to_make: str) -> None:
     """A UsageError where `data` holds no dataset: a file, or a folder without `meta/info.json` (saying
     `how_to_make` one). Reads no more than that, so a command can say it before its libraries load."""
@@ -104,15 +108,14 @@ def require_dataset(data: str | Path, how_to_make: str) -> None:
         return
     if Path(data).is_file():  # collect would refuse the out= the hint names
         raise UsageError(f"data={data}: a file, not a dataset folder; pass the folder `vplan collect` wrote")
-    raise UsageError(f"{Path(data)} is not a LeRobot dataset: {Path(data) / INFO_PATH} does not exist; make one "
-                     f"with {how_to_make}")
+    raise UsageError(f"{_no_dataset(data)}; make one with {how_to_make}")
 
 
 def load_info(root: str | Path) -> dict[str, Any]:
     """Read and check `meta/info.json`, naming the path in the error when `root` is not a v3.0 dataset."""
     path = Path(root) / INFO_PATH
     if not is_dataset(root):
-        raise DatasetError(f"{Path(root)} is not a LeRobot dataset: {path} does not exist")
+        raise DatasetError(_no_dataset(root))
     try:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the writer replaces it whole: a cut copy

@@ -164,6 +164,21 @@ class BenchExecutorConfig(AgentBenchConfig):
     )
     out: str = field(default="runs/bench_executor", metadata={"help": "results.json and table.md."})
 
+    def __post_init__(self) -> None:
+        """Its env and camera refused here, before the CLI looks at the checkpoints (a wrong env was answered with
+        "train a world model" for a bench that would then refuse it)."""
+        from vplan.envs import env_name
+        from vplan.envs.tabletop_v0 import TabletopConfig
+
+        super().__post_init__()
+        if not isinstance(self.env, TabletopConfig) or self.task.name != "return_cubes":
+            raise ValueError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the "
+                             f"tabletop's state and runs its expert), got env={env_name(self.env)} "
+                             f"task={self.task.name}")
+        if self.agent.camera != "front":
+            raise ValueError(f"bench executor's expert video is the front camera's; agent.camera="
+                             f"{self.agent.camera!r} would hand the IDM another camera's frames than it reads")
+
 
 FEATURES = ("vae", "resnet18")
 

@@ -52,7 +52,7 @@ class MemoryConfig:
                   "pass instead of keeping its activations (torch.utils.checkpoint). Measured with the default "
                   "UNet on 16 latent frames: the update's extra peak RSS +219 MB instead of +407 MB, for 0.68-0.71 s "
                   "instead of 0.53 s per update; hidden where a chunk's execution takes as long (a robot at 10 Hz: "
-                  "0.8 s), not in a simulator, where `vplan run` waits for it (an episode ~17% slower)."},
+                  "0.8 s), not in a simulator, where `vplan run` waits for it (an episode ~20% longer)."},
     )
     replay_first: bool = field(
         default=False,
