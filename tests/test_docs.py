@@ -181,3 +181,27 @@ def test_the_readme_contents_list_every_section() -> None:
                 if heading != "Contents"]
     listed = re.findall(r"(?m)^- \[[^\]]+\]\(#([^)]+)\)", contents)
     assert listed == [github_anchor(heading) for heading in sections]
+
+
+def smoke_commands() -> list[str]:
+    """The README's smoke test: the `vplan` commands of the first shell block after "A smoke test"."""
+    lines = (ROOT / "README.md").read_text().split("\n")
+    start = next(i for i, line in enumerate(lines, 1) if line.startswith("A smoke test"))
+    begin = next(i for i, line in enumerate(lines, 1) if i > start and line.startswith("```"))
+    end = next(i for i, line in enumerate(lines, 1) if i > begin and line.startswith("```"))
+    return [command for number, command in shell_commands(ROOT / "README.md") if begin < number < end]
+
+
+def test_the_readme_smoke_test_runs_as_pasted(tmp_path: Path) -> None:
+    """Each of its commands was checked alone (its settings compose); none ran the chain, where each step reads what
+    the one before wrote (a renamed folder or a frame size not followed would break the copy-pasted path). ~80 s."""
+    commands = smoke_commands()
+    assert [shlex.split(c)[1] for c in commands] == ["collect", "train", "train", "train", "run", "eval", "finetune"]
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", *shlex.split(command)], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
+    for made in ("data/smoke/meta/info.json", "checkpoints/smoke_vae/final", "checkpoints/smoke_wm/final/config.json",
+                 "checkpoints/smoke_idm/final/metrics.json", "runs/smoke/metrics.json", "runs/smoke_eval/metrics.json",
+                 "checkpoints/smoke_ft/final/config.json"):
+        assert (tmp_path / made).exists(), made
