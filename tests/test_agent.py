@@ -246,6 +246,11 @@ def test_components_and_config_are_checked(world_model, idm):
         VideoPlanningAgent(world_model, idm, FixedPlanner([Subgoal("x")]), config={"stall_steps": 0})
     with pytest.raises(ValueError, match="replan_drift: expected"):
         AgentConfig(replan_drift=-0.1)
+    with pytest.raises(ValueError, match="replan_drift: expected a number or None, got '0.1'"):  # a TypeError
+        AgentConfig(replan_drift="0.1")
+    from vplan.planner import PlannerConfig, make_planner
+
+    assert make_planner(PlannerConfig(), "return_cubes").task_config.name == "return_cubes"  # as from_pretrained
     with pytest.raises(ValueError, match="stall_steps: expected an int >= 0, got -1"):
         AgentConfig(stall_steps=-1)
     with pytest.raises(ValueError, match="stall_command"):

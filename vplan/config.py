@@ -13,7 +13,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import AgentCheckpoints
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_ints, check_seed, check_threads
+from vplan.utils.settings import check_field_types, check_ints, check_seed, check_threads
 
 ACTIONS_FROM = ("imagined", "observed")
 # the agent's timed stages (`agent.timings`, metrics.json's `stages_s`)
@@ -70,6 +70,7 @@ class AgentConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # from Python: replan_drift="0.1" was a bare TypeError
         check_seed(self.seed)
         for name in ("camera", "state_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):

@@ -8,8 +8,11 @@ from vplan.planner.offline import OfflinePlanner, Planner
 from vplan.tasks import TaskConfig
 
 
-def make_planner(config: PlannerConfig, task_config: TaskConfig) -> Planner:
-    """An `OfflinePlanner` (kind=offline) or an `LLMPlanner` (kind=llm) for the task."""
+def make_planner(config: PlannerConfig, task_config: TaskConfig | str) -> Planner:
+    """An `OfflinePlanner` (kind=offline) or an `LLMPlanner` (kind=llm) for the task (a `TaskConfig`, or the name
+    of a preset in configs/task/, as `VideoPlanningAgent.from_pretrained` takes it)."""
+    if isinstance(task_config, str):
+        task_config = TaskConfig.preset(task_config)
     if config.kind == "offline":
         return OfflinePlanner(config, task_config)
     if config.kind == "llm":
