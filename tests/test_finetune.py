@@ -359,7 +359,10 @@ def test_bad_inputs_are_usage_errors(setup, tmp_path):
 def test_episodes_on_held_out_seeds_are_named(setup, tmp_path, capsys):
     """`vplan run record=true` records seeds 10000+, the scenes a default evaluation of the result plays."""
     from vplan.errors import VplanWarning
-    from vplan.loop.finetune import _episodes
+    from vplan.loop.finetune import _chosen_episodes, _usable_episodes
+
+    def _episodes(cfg: FinetuneConfig, span: int = 9) -> list[int]:
+        return _chosen_episodes(cfg, *_usable_episodes(cfg), span)
 
     root, data, wm = setup
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
@@ -379,7 +382,13 @@ def test_episodes_on_held_out_seeds_are_named(setup, tmp_path, capsys):
     capsys.readouterr()
     _episodes(config(data, wm, tmp_path / "out", episodes=5))  # fewer than asked: said
     said = capsys.readouterr().out
-    assert "episodes=5: " in said and "has 1 besides the 1 held out; finetuning on 1" in said
+    assert "episodes=5: " in said and "has 1 of a chunk or more besides the 1 held out; finetuning on 1" in said
+    # an episode too short for a chunk: the next one takes its place (it left one episode fewer)
+    from types import SimpleNamespace
+
+    lengths = SimpleNamespace(episode_meta=lambda e: {"length": (5, 20, 30)[e]})
+    assert _chosen_episodes(config(data, wm, tmp_path / "out", episodes=2), lengths, [0, 1, 2], 9) == [1, 2]
+    assert "skipping 1 episodes shorter than one chunk (9 frames): [0]" in capsys.readouterr().out
 
 
 def test_trainer_checkpoints_without_the_finetune_record_are_refused(setup, finetuned, tmp_path):
@@ -457,7 +466,7 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
     assert same_content(content(episode_file(out, 0)), content(episode_file(finetuned[0], 0)))
 
     def states_of_episode_1(model: WorldModel, path: Path) -> tuple[dict, dict]:
-        episode = ft._episodes(rounds)[0].episode(1)
+        episode = ft._usable_episodes(rounds)[0].episode(1)
         memory = TempLoRAMemory(MEMORY, model.eval())
         ft.run_inner_episode(model, memory, episode["observation.images.front"], list(episode["subgoal"]), path, 1)
         memory.close()

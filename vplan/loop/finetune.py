@@ -372,21 +372,35 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
     return shipped_checkpoint(env, "worldmodel")
 
 
-def _episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
+def _usable_episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
+    """The dataset and its episodes that are not held out."""
     dataset = open_for_training(cfg.data, "the world model learns from", cfg.how_to_make_data())
     usable = dataset.num_episodes - cfg.holdout_episodes
     if usable < 1:
         raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
                          f"holdout_episodes={cfg.holdout_episodes} (lower holdout_episodes=, or collect more episodes)")
-    episodes = list(range(min(usable, cfg.episodes)))
-    if usable < cfg.episodes:
-        print(f"episodes={cfg.episodes}: {cfg.data} has {usable} besides the {cfg.holdout_episodes} held out; "
-              f"finetuning on {usable}")
+    return dataset, list(range(usable))
+
+
+def _chosen_episodes(cfg: FinetuneConfig, dataset: Any, usable: list[int], span: int) -> list[int]:
+    """The first `cfg.episodes` of the usable episodes that hold a chunk (`span` frames); a shorter one is skipped
+    and a later one takes its place (it was dropped from the first `episodes`, leaving fewer)."""
+    long_enough = [e for e in usable if int(dataset.episode_meta(e)["length"]) >= span]
+    if not long_enough:
+        raise UsageError(f"{cfg.data}: no episode has the {span} frames of one chunk (the first frame, then "
+                         f"chunk_frames={span - 1}); collect longer episodes")
+    episodes = long_enough[: cfg.episodes]
+    short = [e for e in usable if e < episodes[-1] and e not in long_enough]
+    if short:
+        print(f"skipping {len(short)} episodes shorter than one chunk ({span} frames): {short[:10]}")
+    if len(episodes) < cfg.episodes:
+        print(f"episodes={cfg.episodes}: {cfg.data} has {len(episodes)} of a chunk or more besides the "
+              f"{cfg.holdout_episodes} held out; finetuning on {len(episodes)}")
     from vplan.data.collect import warn_if_exploring
 
     warn_if_exploring(cfg.data)  # the finetuned model, and Temp-LoRA's states, learn each chunk under its text
     warn_if_held_out_seeds(cfg.data, dataset, episodes, "finetune on")
-    return dataset, episodes
+    return episodes
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
@@ -399,7 +413,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     )
 
     refuse_several_processes("finetune")
-    dataset, episodes = _episodes(cfg)
+    dataset, usable = _usable_episodes(cfg)
     if cfg.worldmodel is None:
         cfg = replace(cfg, worldmodel=_shipped_worldmodel_for(dataset, cfg.data))
         print(f"worldmodel: {cfg.worldmodel} (the dataset's env's)")
@@ -412,19 +426,12 @@ def finetune(cfg: FinetuneConfig) -> Path:
     if dataset.env is not None:
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel}, dataset.env)
     size = world_model.config.vae.image_size
-    first_index, first = episodes[0], dataset.episode(episodes[0])  # every episode of a dataset has one frame size
+    first_index, first = usable[0], dataset.episode(usable[0])  # every episode of a dataset has one frame size
     frame_shape = tuple(np.asarray(first[OBS_IMAGE_FRONT]).shape[1:3])
     if frame_shape != (size, size):
         raise UsageError(f"{cfg.data}: frames are {frame_shape[0]}x{frame_shape[1]}, but worldmodel={cfg.worldmodel} "
                          f"is for {size}x{size} frames; collect at that size or pass another worldmodel=")
-    span = 1 + world_model.config.chunk_frames
-    short = [e for e in episodes if int(dataset.episode_meta(e)["length"]) < span]
-    episodes = [e for e in episodes if e not in short]
-    if not episodes:
-        raise UsageError(f"{cfg.data}: no episode has the {span} frames of one chunk (the first frame, then "
-                         f"chunk_frames={world_model.config.chunk_frames}); collect longer episodes")
-    if short:
-        print(f"skipping {len(short)} episodes shorter than one chunk ({span} frames): {short[:10]}")
+    episodes = _chosen_episodes(cfg, dataset, usable, 1 + world_model.config.chunk_frames)
     if cfg.rounds > len(episodes):
         raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
     out = Path(cfg.out)
