@@ -353,6 +353,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     cfg = with_checkpoint_frames(cfg, cfg.worldmodel_checkpoint, "worldmodel")
     out = _run_dir(cfg)
     with holding_folder(out if cfg.out is None else None):  # the CLI holds a given out=; the dated one is made here
+        # said before the libraries and the models load (~5 s on 2 cores without a word)
+        print(f"loading worldmodel={cfg.worldmodel_checkpoint} and idm={cfg.idm_checkpoint} ...", flush=True)
         return _run_in(cfg, out)
 
 
