@@ -248,6 +248,7 @@ def test_components_and_config_are_checked(world_model, idm):
         AgentConfig(replan_drift=-0.1)
     with pytest.raises(ValueError, match="replan_drift: expected a number or None, got '0.1'"):  # a TypeError
         AgentConfig(replan_drift="0.1")
+    assert AgentConfig(replan_drift=np.float32(0.1), stall_distance=0).stall_distance == 0  # numpy, ints: numbers
     from vplan.planner import PlannerConfig, make_planner
 
     assert make_planner(PlannerConfig(), "return_cubes").task_config.name == "return_cubes"  # as from_pretrained

@@ -194,7 +194,7 @@ def smoke_commands() -> list[str]:
 
 def test_the_readme_smoke_test_runs_as_pasted(tmp_path: Path) -> None:
     """Each of its commands was checked alone (its settings compose); none ran the chain, where each step reads what
-    the one before wrote (a renamed folder or a frame size not followed would break the copy-pasted path). ~80 s."""
+    the one before wrote (a renamed folder or a frame size not followed would break the copy-pasted path). ~70 s."""
     commands = smoke_commands()
     assert [shlex.split(c)[1] for c in commands] == ["collect", "train", "train", "train", "run", "eval", "finetune"]
     for command in commands:

@@ -720,3 +720,14 @@ def test_finetune_trains_only_the_lora_on_shared_draws_against_the_frozen_base(o
     else:  # the better continuation's loss falls further than the worse one's
         after = [mean_loss(c) for c in (good, bad)]
         assert before[0] - after[0] > before[1] - after[1]
+
+
+def test_each_finetune_step_draws_apart_from_every_other():
+    """The seeds were step·1000 + i: at a batch above 1000, item 1000 of a step drew as item 0 of the next."""
+    from vplan.rl.loop import loss_seed
+
+    for batch in (4, 1000, 1500):
+        seeds = [loss_seed(iteration, step, 3, batch) + i for iteration in range(2) for step in range(3)
+                 for i in range(batch)]
+        assert len(set(seeds)) == len(seeds)
+    assert loss_seed(1, 2, 20, 8) == 22_000  # as before up to batch 1000: a resumed run draws as it did

@@ -236,7 +236,9 @@ def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(check
     before = sorted(p.name for p in model.iterdir())
     with pytest.raises(SystemExit) as exit_info:
         main(run_args(checkpoints, model, "episodes=1", "memory=none", "record=true"))
-    assert exit_info.value.code == 2 and "holds a model checkpoint (config.json)" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert exit_info.value.code == 2 and "holds a model checkpoint (config.json)" in said.err
+    assert "loading" not in said.out  # said only once the run can start loading
     assert sorted(p.name for p in model.iterdir()) == before
 
 

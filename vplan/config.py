@@ -4,6 +4,7 @@ imports no torch (the CLI composes and checks every command's settings before it
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import AgentCheckpoints
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_field_types, check_ints, check_seed, check_threads
+from vplan.utils.settings import check_ints, check_seed, check_threads
 
 ACTIONS_FROM = ("imagined", "observed")
 # the agent's timed stages (`agent.timings`, metrics.json's `stages_s`)
@@ -70,7 +71,12 @@ class AgentConfig:
     )
 
     def __post_init__(self) -> None:
-        check_field_types(self)  # from Python: replan_drift="0.1" was a bare TypeError
+        for name in ("replan_drift", "stall_distance", "stall_command"):  # "0.1" from Python: a bare TypeError
+            value = getattr(self, name)
+            if (value is not None or name != "replan_drift") and (isinstance(value, bool)
+                                                                   or not isinstance(value, numbers.Real)):
+                raise ValueError(f"{name}: expected a number{' or None' if name == 'replan_drift' else ''}, "
+                                 f"got {value!r}")
         check_seed(self.seed)
         for name in ("camera", "state_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):

@@ -353,21 +353,21 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     cfg = with_checkpoint_frames(cfg, cfg.worldmodel_checkpoint, "worldmodel")
     out = _run_dir(cfg)
     with holding_folder(out if cfg.out is None else None):  # the CLI holds a given out=; the dated one is made here
-        # said before the libraries and the models load (~5 s on 2 cores without a word)
-        print(f"loading worldmodel={cfg.worldmodel_checkpoint} and idm={cfg.idm_checkpoint} ...", flush=True)
         return _run_in(cfg, out)
 
 
 def _run_in(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    refuse_model_folder(out)  # before checkpoints.json or episodes/ are written there
+    if cfg.resume or cfg.overwrite:
+        _check_holds_a_run(cfg, out)
+    results, wall_before = _finished_episodes(cfg, out)
+    # said before the libraries and the models load (~5 s on 2 cores without a word)
+    print(f"loading worldmodel={cfg.worldmodel_checkpoint} and idm={cfg.idm_checkpoint} ...", flush=True)
     import torch
     from tqdm import tqdm
 
     from vplan.envs import make_env
 
-    refuse_model_folder(out)  # before checkpoints.json or episodes/ are written there
-    if cfg.resume or cfg.overwrite:
-        _check_holds_a_run(cfg, out)
-    results, wall_before = _finished_episodes(cfg, out)
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter() - wall_before  # a resumed run's total wall time includes its earlier part
     agent = env = writer = None

@@ -171,6 +171,8 @@ class BenchExecutorConfig(AgentBenchConfig):
         from vplan.envs.tabletop_v0 import TabletopConfig
 
         super().__post_init__()
+        if not isinstance(self.task, TaskConfig):  # still MISSING (a config filled in later from Python)
+            return
         if not isinstance(self.env, TabletopConfig) or self.task.name != "return_cubes":
             raise ValueError(f"bench executor needs env=tabletop task=return_cubes (the look-ahead copies the "
                              f"tabletop's state and runs its expert), got env={env_name(self.env)} "

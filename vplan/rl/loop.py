@@ -394,8 +394,7 @@ class RLRun:
         for step in range(cfg.steps_per_iteration):
             indices = rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)
             batch = [items[i] for i in indices]
-            # each step's draws apart from every other's, at any batch size (1000 apart up to batch 1000, as before)
-            seed = (self.iteration * cfg.steps_per_iteration + step) * max(1000, cfg.batch_size)
+            seed = loss_seed(self.iteration, step, cfg.steps_per_iteration, cfg.batch_size)
             if cfg.objective == "rwr":
                 per_sample = torch.stack([self.loss(chunk, seed + i) for i, (chunk, _) in enumerate(batch)])
                 objective = rwr_loss(per_sample, weights[torch.from_numpy(indices)])
@@ -422,6 +421,12 @@ class RLRun:
         """The plan offset of the highest logit; on a tie that includes the configured offset, that one."""
         tied = [int(o) for o, logit in zip(self.cfg.plan_offsets, self.logits) if logit == self.logits.max()]
         return self.cfg.planner.chunk_offset if self.cfg.planner.chunk_offset in tied else tied[0]
+
+
+def loss_seed(iteration: int, step: int, steps_per_iteration: int, batch_size: int) -> int:
+    """The seed of a finetune step's first draw (batch item i draws with seed + i): each step's apart from every
+    other's at any batch size (1000 apart up to batch 1000, as before)."""
+    return (iteration * steps_per_iteration + step) * max(1000, batch_size)
 
 
 def evaluate(
