@@ -517,9 +517,8 @@ def test_temperature_and_response_format_can_be_left_out(endpoint, scene, make_l
         assert request["body"].get("temperature") == overrides["temperature"]
         assert ("temperature" in request["body"]) == (overrides["temperature"] is not None)
     for bad, said in (({"response_format": "json"}, "response_format: expected one of"),
-                      ({"temperature": "0.5"}, "temperature: expected a number or None, got '0.5'"),
-                      ({"temperature": True}, "temperature: expected a number or None, got True"),
-                      ({"temperature": 3.0}, "temperature: expected a float in")):
+                      ({"temperature": "0.5"}, "temperature: expected a float in"),
+                      ({"temperature": True}, "temperature: expected a float in")):
         with pytest.raises(ValueError, match=said):
             LLMPlannerConfig(**bad)
 

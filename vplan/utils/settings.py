@@ -73,19 +73,14 @@ _FIELD_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "an int"),
 def check_field_types(config: Any) -> None:
     """A ValueError naming the first field of dataclass `config` annotated bool, int, float or str whose value
     is not one (`wrist_camera="false"` is truthy; `max_delta="0.05"` failed later as a bare TypeError); a bool
-    is no number; an optional one may be None. For configs built in Python (`gymnasium.make(id, **overrides)`): the
-    CLI's are typed by Hydra."""
+    is no number. For configs built in Python (`gymnasium.make(id, **overrides)`): the CLI's are typed by Hydra."""
     for f in fields(config):
-        kind, value = f.type, getattr(config, f.name)
-        optional = kind in ("bool | None", "int | None", "float | None")  # (a str one may be given a Path)
-        if optional and value is None:
+        if f.type not in _FIELD_TYPES:
             continue
-        kind = kind.removesuffix(" | None") if optional else kind
-        if kind not in _FIELD_TYPES:
-            continue
-        types, wanted = _FIELD_TYPES[kind]
-        if not isinstance(value, types) or (kind != "bool" and isinstance(value, bool)):
-            raise ValueError(f"{f.name}: expected {wanted}{' or None' if optional else ''}, got {value!r}")
+        types, wanted = _FIELD_TYPES[f.type]
+        value = getattr(config, f.name)
+        if not isinstance(value, types) or (f.type != "bool" and isinstance(value, bool)):
+            raise ValueError(f"{f.name}: expected {wanted}, got {value!r}")
 
 
 def plain(value: Any) -> Any:
