@@ -312,8 +312,7 @@ def test_an_action_model_on_discrete_moves_is_refused_before_anything_is_written
     """The blockworld's moves 0-4 were read as one float each (and the imagined env clips them into [-1, 1])."""
     from vplan.envs import BlockworldConfig
     from vplan.errors import UsageError
-    from vplan.loop.config import TrainConfig
-    from vplan.loop.config import OptimConfig
+    from vplan.loop.config import OptimConfig, TrainConfig
     from vplan.loop.train import train_component
 
     data = tmp_path / "moves"

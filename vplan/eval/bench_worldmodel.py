@@ -15,7 +15,7 @@ import torch
 
 from vplan.errors import UsageError
 from vplan.eval.bench_record import make_out_dir, record_bench
-from vplan.eval.config import BenchWorldModelConfig, OBJECTIVE_OF
+from vplan.eval.config import OBJECTIVE_OF, BenchWorldModelConfig
 from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 from vplan.utils.openmp import restores_torch_threads, wait_policy
 from vplan.utils.resources import peak_rss_mb

@@ -34,7 +34,7 @@ import torch
 
 from vplan.constants import OBS_IMAGE_FRONT
 from vplan.errors import UsageError
-from vplan.loop.config import IDMTrainConfig, LABELS
+from vplan.loop.config import LABELS, IDMTrainConfig
 from vplan.loop.trainer import FINAL, is_main_process, main_process_first, train
 from vplan.policies.config import IDMConfig
 from vplan.policies.idm import IDMPolicy, windows
