@@ -469,7 +469,7 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
     2-core machine: reading the settings imported torch, diffusers and peft (the config dataclasses lived beside the
     models)."""
     probe = textwrap.dedent("""
-        import sys
+        import contextlib, io, sys
         import vplan.memory, vplan.planner
         from vplan.cli import COMMANDS, build_config, compose_config, main
         assert set(vplan.memory.__all__) <= set(dir(vplan.memory)), "lazy names missing from dir()"
@@ -499,6 +499,14 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
                 main(args)
             except SystemExit as stop:
                 assert stop.code == 2, args
+        for command in COMMANDS:  # an action-conditioned model where the command has only text (6-13 s before)
+            for setting in command.text_only if command.name != "finetune" else ():  # (finetune's data= comes first)
+                said = io.StringIO()
+                try:
+                    with contextlib.redirect_stderr(said):
+                        main([*command.words, f"{setting}=shipped:tabletop/worldmodel_action"])
+                except SystemExit as stop:
+                    assert stop.code == 2 and "conditioned on 'action'" in said.getvalue(), (command.name, said)
         print(sorted(name for name in ("torch", "diffusers", "peft", "transformers") if name in sys.modules))
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)

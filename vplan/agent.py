@@ -69,7 +69,7 @@ from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
 from vplan.policies.config import describe_action_space
 from vplan.tasks import TaskConfig
-from vplan.worldmodel.model import require_text_conditioned
+from vplan.worldmodel.config import require_text_conditioned
 
 if TYPE_CHECKING:
     from vplan.policies.idm import IDMPolicy
@@ -128,7 +128,7 @@ class VideoPlanningAgent:
         self.idm = idm.eval()
         self.planner = planner
         self.image_size = world_model.config.vae.image_size
-        require_text_conditioned(world_model.config, "world_model", "the agent")
+        require_text_conditioned(world_model.config.conditioning, "world_model", "the agent")
         if idm.config.image_size != self.image_size:
             raise ValueError(f"expected an IDM that reads the world model's {self.image_size}x{self.image_size} "
                              f"frames, got one for {idm.config.image_size}x{idm.config.image_size}")
@@ -182,7 +182,7 @@ class VideoPlanningAgent:
         worldmodel = str(worldmodel or shipped_checkpoint(task_config.env, "worldmodel"))  # a Path too
         idm = str(idm or shipped_checkpoint(task_config.env, "idm"))
         world_model = WorldModel.from_pretrained(worldmodel)
-        require_text_conditioned(world_model.config, f"worldmodel={worldmodel}", "the agent")
+        require_text_conditioned(world_model.config.conditioning, f"worldmodel={worldmodel}", "the agent")
         idm_policy = IDMPolicy.from_pretrained(idm)
         warn_if_trained_elsewhere({"worldmodel": worldmodel, "idm": idm}, env or task_config.env)
         warn_if_decoded_by_another_vae(idm, world_model)

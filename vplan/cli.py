@@ -46,6 +46,8 @@ class Command:
     config_name: str  # configs/<config_name>.yaml
     entry: str  # "module:function", called with the built config dataclass
     fixed: tuple[str, ...] = ()  # config groups whose one choice the command takes (its help lists no others)
+    # world-model settings the command drives by the subgoal text alone: an action-conditioned model is refused
+    text_only: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -67,6 +69,7 @@ COMMANDS: tuple[Command, ...] = (
         "the agent plans, imagines and acts on held-out seeds: success, Dist, wall time per stage, videos",
         "run",
         "vplan.run:run",
+        text_only=("worldmodel",),
     ),
     Command(
         ("collect",),
@@ -85,6 +88,7 @@ COMMANDS: tuple[Command, ...] = (
         "the slow-fast loop: Temp-LoRA over each episode's chunks, then the slow weights on the stored triples",
         "finetune",
         "vplan.loop.finetune:finetune",
+        text_only=("worldmodel",),
         fixed=("memory",),
     ),
     Command(
@@ -93,6 +97,7 @@ COMMANDS: tuple[Command, ...] = (
         "LoRA; success and Dist before and after",
         "rl",
         "vplan.rl.loop:run_rl",
+        text_only=("worldmodel",),
     ),
     Command(
         ("eval", "worldmodel"),
@@ -105,6 +110,7 @@ COMMANDS: tuple[Command, ...] = (
         "SCuts, SRC and PSNR drift of long rollouts of a revisit scenario with none / anchor / temp_lora memory",
         "eval_consistency",
         "vplan.eval.consistency:evaluate_consistency",
+        text_only=("checkpoint",),
     ),
     Command(
         ("bench", "env"),
@@ -117,6 +123,7 @@ COMMANDS: tuple[Command, ...] = (
         "seconds per generated 8-frame chunk by sampler and step count, and peak RSS",
         "bench_worldmodel",
         "vplan.eval.bench_worldmodel:bench_worldmodel",
+        text_only=("checkpoint",),
     ),
     Command(
         ("bench", "planning"),
@@ -124,6 +131,7 @@ COMMANDS: tuple[Command, ...] = (
         "ours w/o loop / ours on the same held-out seeds",
         "bench_planning",
         "vplan.eval.bench_planning:bench_planning",
+        text_only=("worldmodel",),
         fixed=("memory",),
     ),
     Command(
@@ -132,6 +140,7 @@ COMMANDS: tuple[Command, ...] = (
         "chunks, next to the expert and the world model, on the same held-out seeds",
         "bench_executor",
         "vplan.eval.bench_executor:bench_executor",
+        text_only=("worldmodel",),
         fixed=("env", "task"),
     ),
     Command(
@@ -139,6 +148,7 @@ COMMANDS: tuple[Command, ...] = (
         "wall time and peak RSS per episode of none vs temp_lora memory, with and without overlap",
         "bench_memory",
         "vplan.eval.bench_memory:bench_memory",
+        text_only=("checkpoint",),
     ),
 )
 
@@ -637,7 +647,7 @@ def _main(argv: list[str] | None) -> None:
             from vplan.envs import require_simulator
 
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
-        _check_paths(config)  # before the command's module loads torch and the models (seconds)
+        _check_paths(config, command)  # before the command's module loads torch and the models (seconds)
     except UsageError as error:
         _fail(prog, str(error))
     except OSError as error:  # a data= or checkpoint folder that cannot be read; without a path: the help could not
@@ -673,10 +683,12 @@ def _main(argv: list[str] | None) -> None:
 CHECKPOINT_SETTINGS = ("worldmodel", "idm", "checkpoint", "compare")
 
 
-def _check_paths(config: Any) -> None:
-    """A UsageError where `data=` holds no dataset or a checkpoint setting names none (or another kind of model),
-    said before the command's module loads; the commands check the same again for callers from Python."""
-    from vplan.shipped import check_checkpoints_exist
+def _check_paths(config: Any, command: Command) -> None:
+    """A UsageError where `data=` holds no dataset or a checkpoint setting names none (or another kind of model,
+    or a world model needing actions where the command has only text), said before the command's module loads;
+    the commands check the same again for callers from Python."""
+    from vplan.shipped import check_checkpoints_exist, recorded_conditioning
+    from vplan.worldmodel.config import require_text_conditioned
 
     if isinstance(getattr(config, "data", None), str):  # train's and finetune's: each says how to make one
         from vplan.data.lerobot_format import require_dataset
@@ -684,6 +696,10 @@ def _check_paths(config: Any) -> None:
         require_dataset(config.data, config.how_to_make_data())
     check_checkpoints_exist({name: getattr(config, name) for name in CHECKPOINT_SETTINGS
                              if isinstance(getattr(config, name, None), str)})
+    for name in command.text_only:
+        spec = getattr(config, name, None)
+        if isinstance(spec, str):
+            require_text_conditioned(recorded_conditioning(spec), f"{name}={spec}", f"vplan {command.name}")
 
 
 def _fail_on_os_error(prog: str, error: OSError) -> NoReturn:

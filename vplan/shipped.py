@@ -142,6 +142,15 @@ def trained_on_env(spec: str) -> str | None:
     return _recorded(spec, TRAINED_ON_ENV)
 
 
+def recorded_conditioning(spec: str) -> str:
+    """What a world-model checkpoint's tokens carry (`conditioning`: "text", "action", ...), as its config.json
+    records it; "text" where it records none (a checkpoint from before action conditioning) or cannot be read
+    (the loader names what is wrong with it)."""
+    config = _recorded(spec, "config")
+    conditioning = config.get("conditioning") if isinstance(config, dict) else None
+    return conditioning if isinstance(conditioning, str) else "text"
+
+
 def with_checkpoint_frames(cfg: Any, spec: str | None, setting: str) -> Any:
     """`cfg` with its env (`cfg.env`) rendering the frames of the world model `spec` (the argument of `setting`):
     the only size the model runs at, so `env.image_size` follows it, said since the command gave another (if only

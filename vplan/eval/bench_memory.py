@@ -36,7 +36,8 @@ from vplan.errors import RunError, UsageError
 from vplan.eval.bench_record import make_out_dir, record_bench
 from vplan.eval.config import BenchMemoryConfig
 from vplan.utils.openmp import current_policy, restores_torch_threads, wait_policy
-from vplan.worldmodel.model import read_config, require_text_conditioned
+from vplan.worldmodel.config import require_text_conditioned
+from vplan.worldmodel.model import read_config
 
 TARGET_WALL_RATIO = 1.10  # issue 4: temp_lora with overlap adds at most 10% wall time over none ...
 TARGET_RSS_RATIO = 1.05  # ... and at most 5% peak RSS
@@ -230,10 +231,10 @@ def bench_memory(cfg: BenchMemoryConfig) -> list[dict[str, Any]]:
         from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 
         check_checkpoints_exist({"checkpoint": cfg.checkpoint})
-        require_text_conditioned(read_config(resolve_checkpoint(cfg.checkpoint)), f"checkpoint={cfg.checkpoint}",
-                                 "bench memory")
+        require_text_conditioned(read_config(resolve_checkpoint(cfg.checkpoint)).conditioning,
+                                 f"checkpoint={cfg.checkpoint}", "bench memory")
     else:  # here, not in each mode's process
-        require_text_conditioned(cfg.model, "model", "bench memory", fix="model.conditioning=text")
+        require_text_conditioned(cfg.model.conditioning, "model", "bench memory", fix="model.conditioning=text")
     if cfg.isolate and current_policy() == "ACTIVE":
         raise UsageError("OMP_WAIT_POLICY=ACTIVE makes the OpenMP threads of the mode processes that "
                          "wait their turn spin on the cores the timed one needs; run it without "

@@ -205,7 +205,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from vplan.shipped import (
         check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_training_seeds, with_checkpoint_frames,
     )
-    from vplan.worldmodel.model import read_config, require_text_conditioned
+    from vplan.worldmodel.config import require_text_conditioned
+    from vplan.worldmodel.model import read_config
     from vplan.worldmodel.unet import build_unet
 
     warn_if_training_seeds(cfg.seed)
@@ -225,10 +226,10 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     # finetuned model's config.json read and its conditioning checked (found after the slow model's rows, an
     # action model named worldmodel=)
     settings = read_config(resolve_checkpoint(cfg.worldmodel))
-    require_text_conditioned(settings, f"worldmodel={cfg.worldmodel}", "bench planning")
+    require_text_conditioned(settings.conditioning, f"worldmodel={cfg.worldmodel}", "bench planning")
     if not later:
-        require_text_conditioned(read_config(resolve_checkpoint(cfg.finetuned)), f"finetuned={cfg.finetuned}",
-                                 "bench planning", fix="one `vplan finetune` made")
+        require_text_conditioned(read_config(resolve_checkpoint(cfg.finetuned)).conditioning,
+                                 f"finetuned={cfg.finetuned}", "bench planning", fix="one `vplan finetune` made")
     check_target_modules(cfg.memory, build_unet(settings.unet, settings.frame_input_size), "memory.target_modules")
     if not _exists(cfg.finetuned):
         warnings.warn(f"{missing}; the slow-learned model's rows run first, then the bench stops for it "

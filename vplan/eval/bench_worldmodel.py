@@ -19,7 +19,8 @@ from vplan.eval.config import OBJECTIVE_OF, BenchWorldModelConfig
 from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 from vplan.utils.openmp import restores_torch_threads, wait_policy
 from vplan.utils.resources import peak_rss_mb
-from vplan.worldmodel.model import WorldModel, read_config, require_text_conditioned
+from vplan.worldmodel.config import require_text_conditioned
+from vplan.worldmodel.model import WorldModel, read_config
 
 TARGET_SECONDS = 1.0  # the world-model issue's target for the default sampler on 2 CPU cores ...
 TARGET_CHUNK = (64, 8, 2)  # ... for a chunk of 8 frames of 64x64 with 2 threads: (image size, frames, threads)
@@ -42,10 +43,10 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})
     if cfg.checkpoint:  # every refusal before out= is made or a model loaded
         settings = read_config(resolve_checkpoint(cfg.checkpoint))
-        require_text_conditioned(settings, f"checkpoint={cfg.checkpoint}", "bench worldmodel")
+        require_text_conditioned(settings.conditioning, f"checkpoint={cfg.checkpoint}", "bench worldmodel")
     else:
         settings = cfg.model
-        require_text_conditioned(settings, "model", "bench worldmodel", fix="model.conditioning=text")
+        require_text_conditioned(settings.conditioning, "model", "bench worldmodel", fix="model.conditioning=text")
     diffusions = {}
     for spec in cfg.samplers:  # all checked before any is timed
         name, _, steps = spec.partition(":")

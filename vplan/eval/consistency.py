@@ -139,7 +139,8 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         check_checkpoints_exist, resolve_checkpoint, warn_if_trained_elsewhere, warn_if_training_seeds,
         with_checkpoint_frames,
     )
-    from vplan.worldmodel.model import WorldModel, require_text_conditioned
+    from vplan.worldmodel.config import require_text_conditioned
+    from vplan.worldmodel.model import WorldModel
 
     cfg = with_checkpoint_frames(cfg, cfg.checkpoint, "checkpoint")
     torch.set_num_threads(cfg.threads)
@@ -149,7 +150,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     check_checkpoints_exist({"checkpoint": cfg.checkpoint})
     path = resolve_checkpoint(cfg.checkpoint)
     model = WorldModel.from_pretrained(path)
-    require_text_conditioned(model.config, f"checkpoint={cfg.checkpoint}", "eval consistency")
+    require_text_conditioned(model.config.conditioning, f"checkpoint={cfg.checkpoint}", "eval consistency")
     warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint}, env)
     size = model.config.vae.image_size
     if getattr(cfg.env, "image_size", size) != size:

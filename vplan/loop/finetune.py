@@ -58,7 +58,8 @@ from vplan.loop.trainer import FINAL, out_of_memory, refuse_several_processes, t
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
 from vplan.utils.settings import changed_settings, plain, refuse_model_folder
-from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel, require_text_conditioned
+from vplan.worldmodel.config import require_text_conditioned
+from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
 
 INNER = "inner"
 SETTINGS = "settings.json"
@@ -421,7 +422,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     check_outside_results(cfg.out, {"worldmodel": cfg.worldmodel})
     checkpoint = resolve_checkpoint(cfg.worldmodel)
     world_model = WorldModel.from_pretrained(checkpoint)
-    require_text_conditioned(world_model.config, f"worldmodel={cfg.worldmodel}", "vplan finetune")
+    require_text_conditioned(world_model.config.conditioning, f"worldmodel={cfg.worldmodel}", "vplan finetune")
     check_target_modules(cfg.memory, world_model.unet, "memory.target_modules")  # before settings.json is written
     if dataset.env is not None:
         warn_if_trained_elsewhere({"worldmodel": cfg.worldmodel}, dataset.env)

@@ -66,9 +66,9 @@ class EpisodicMemory(ABC):
         if config.kind != self.kind:
             raise ValueError(f"expected a MemoryConfig with kind={self.kind!r} for {type(self).__name__}, "
                              f"got kind={config.kind!r}")
-        from vplan.worldmodel.model import require_text_conditioned
+        from vplan.worldmodel.config import require_text_conditioned
 
-        require_text_conditioned(world_model.config, "world_model", f"the {self.kind} memory")
+        require_text_conditioned(world_model.config.conditioning, "world_model", f"the {self.kind} memory")
         self.config = config
         self.world_model = world_model
         self._executor: ThreadPoolExecutor | None = None

@@ -152,7 +152,8 @@ class RLRun:
         from vplan.rl.objectives import add_rl_adapter, lora_parameters
         from vplan.rl.rewards import make_rewards
         from vplan.rl.vlm_reward import VLMReward
-        from vplan.worldmodel.model import WorldModel, require_text_conditioned
+        from vplan.worldmodel.config import require_text_conditioned
+        from vplan.worldmodel.model import WorldModel
 
         self.cfg, self.out = cfg, Path(cfg.out)
         if cfg.explored_end > HELD_OUT_SEEDS:  # the config refuses only an overlap with this run's own eval_seed
@@ -169,7 +170,8 @@ class RLRun:
         warn_if_decoded_by_another_vae(cfg.idm_checkpoint, self.base)
         warn_if_actions_mean_otherwise({"idm": cfg.idm_checkpoint, "rewards.action_worldmodel":
                                         cfg.rewards.action_worldmodel}, action_units(cfg.env))
-        require_text_conditioned(self.base.config, f"worldmodel={cfg.worldmodel_checkpoint}", "vplan rl's agent")
+        require_text_conditioned(self.base.config.conditioning, f"worldmodel={cfg.worldmodel_checkpoint}",
+                                 "vplan rl's agent")
         warn_if_chunk_frames_ignored(cfg.planner, self.base.config.chunk_frames)  # make_agent takes the model's
         make_planner(cfg.planner, cfg.task).close()  # a missing LLM key: refused before out= is written
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on

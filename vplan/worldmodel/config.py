@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from vplan.errors import SettingMismatchError
 from vplan.utils.settings import check_field_types
 
 CHECKPOINT_KIND = "vplan-worldmodel"  # config.json's "kind", read by the CLI's checks before torch loads
@@ -277,6 +278,18 @@ class TextEncoderConfig:
 
 
 CONDITIONINGS = ("text", "action", "text+action")
+ACTION_CONDITIONINGS = ("action", "text+action")  # the models that need actions to draw a chunk
+
+
+def require_text_conditioned(conditioning: str, checkpoint: str, user: str,
+                             fix: str = "component.model.conditioning=text, e.g. shipped:<env>/worldmodel") -> None:
+    """A SettingMismatchError (a UsageError and a ValueError) for a world model of this `conditioning` that needs
+    actions where `user` conditions it on the subgoal text alone (the agent, the memories, the benches, finetune):
+    it would need actions no one has yet. `fix` says how to get a text-conditioned one (an untrained model's
+    setting). Torch-free, so the CLI says it before a model loads."""
+    if conditioning in ACTION_CONDITIONINGS:
+        raise SettingMismatchError(f"{checkpoint}: a world model conditioned on {conditioning!r}, and {user} "
+                                   f"conditions it on the subgoal text alone; pass a text-conditioned one ({fix})")
 
 
 TABLETOP_ACTION_DIM = 4  # vplan/Tabletop-v0's Box(-1, 1, (4,)): gripper dx, dy, dz and grip
@@ -370,7 +383,7 @@ class WorldModelConfig:
 
     @property
     def uses_actions(self) -> bool:
-        return self.conditioning in ("action", "text+action")
+        return self.conditioning in ACTION_CONDITIONINGS
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:

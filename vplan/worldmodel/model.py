@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vplan.errors import SettingMismatchError, UsageError, VplanWarning
+from vplan.errors import UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, resolve_checkpoint
 from vplan.worldmodel.action_encoder import ActionEncoder
 from vplan.worldmodel.config import CHECKPOINT_KIND, WorldModelConfig
@@ -392,16 +392,6 @@ class WorldModel(nn.Module):
             _load_into(self.text_encoder, path / TEXT_ENCODER_FILE)
         if self.action_encoder is not None and action_encoder:
             _load_into(self.action_encoder, path / ACTION_ENCODER_FILE)
-
-
-def require_text_conditioned(config: WorldModelConfig, checkpoint: str, user: str,
-                             fix: str = "component.model.conditioning=text, e.g. shipped:<env>/worldmodel") -> None:
-    """A SettingMismatchError (a UsageError and a ValueError) for an action-conditioned world model where `user`
-    conditions it on the subgoal text alone (the agent, the memories, the benches, finetune): it would need
-    actions no one has yet. `fix` says how to get a text-conditioned one (an untrained model's setting)."""
-    if config.uses_actions:
-        raise SettingMismatchError(f"{checkpoint}: a world model conditioned on {config.conditioning!r}, and {user} "
-                                   f"conditions it on the subgoal text alone; pass a text-conditioned one ({fix})")
 
 
 def _with_reachable_minilm(config: WorldModelConfig, path: Path) -> WorldModelConfig:
