@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import re
 import warnings
+from dataclasses import asdict
 
 import gymnasium as gym
 import numpy as np
@@ -162,6 +164,15 @@ def test_fewer_cubes():
 def test_bad_config_raises_naming_the_value(field, value):
     with pytest.raises(ValueError, match=f"^{field}: expected .*got {re.escape(repr(value))}$"):
         TabletopConfig(**{field: value})
+
+
+def test_numpy_numbers_are_taken_as_pythons():
+    """A sweep over `np.arange` sizes was refused ("image_size: expected an int, got np.int64(32)")."""
+    config = TabletopConfig(image_size=np.int64(SIZE), num_cubes=np.int32(2), max_delta=np.float32(0.05))
+    assert [type(v) for v in (config.image_size, config.num_cubes, config.max_delta)] == [int, int, float]
+    assert json.dumps(asdict(config))  # a run's records hold it as they hold the CLI's settings
+    with pytest.raises(ValueError, match=r"image_size: expected an int, got np.float64\(16.0\)"):
+        TabletopConfig(image_size=np.float64(16))  # a float is no int, numpy's or Python's
 
 
 def test_unknown_override_raises():

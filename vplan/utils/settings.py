@@ -5,6 +5,7 @@ difference (a new field's default keeps the behaviour the code had before it).""
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass, replace
@@ -66,14 +67,18 @@ def check_int(value: Any, name: str, low: int | None = 1) -> None:
         raise ValueError(f"{name}: expected {wanted}, got {value!r}")
 
 
-_FIELD_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "an int"),
-                "float": ((int, float), "a number"), "str": ((str,), "a string")}
+# numbers.Integral and numbers.Real take numpy's scalars too (a sweep over np.arange), held as Python's
+_FIELD_TYPES = {"bool": ((bool,), "true or false"), "int": ((numbers.Integral,), "an int"),
+                "float": ((numbers.Real,), "a number"), "str": ((str,), "a string")}
+_PLAIN_NUMBER = {"int": int, "float": float}
 
 
 def check_field_types(config: Any) -> None:
     """A ValueError naming the first field of dataclass `config` annotated bool, int, float or str whose value
     is not one (`wrist_camera="false"` is truthy; `max_delta="0.05"` failed later as a bare TypeError); a bool
-    is no number. For configs built in Python (`gymnasium.make(id, **overrides)`): the CLI's are typed by Hydra."""
+    is no number. For configs built in Python (`gymnasium.make(id, **overrides)`): the CLI's are typed by Hydra. A
+    number of another type that is one (numpy's `np.int64(16)`, `np.float32(0.05)`) is set as Python's, so what
+    follows (the config's own checks, JSON records) sees a plain int or float."""
     for f in fields(config):
         if f.type not in _FIELD_TYPES:
             continue
@@ -81,6 +86,8 @@ def check_field_types(config: Any) -> None:
         value = getattr(config, f.name)
         if not isinstance(value, types) or (f.type != "bool" and isinstance(value, bool)):
             raise ValueError(f"{f.name}: expected {wanted}, got {value!r}")
+        if f.type in _PLAIN_NUMBER and type(value) not in (int, float):
+            object.__setattr__(config, f.name, _PLAIN_NUMBER[f.type](value))
 
 
 def plain(value: Any) -> Any:
