@@ -669,6 +669,14 @@ def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:
     assert ds.clips(4, stride=2) == [(1, 0)]
     with pytest.raises(IndexError):
         ds[7]
+    # numpy's ints are ints; a float is refused by name (it was numpy's IndexError, or a wrong slice)
+    assert ds.clips(np.int64(4), np.int64(2)) == [(1, 0)] and int(ds[np.int64(4)][FRAME_INDEX]) == 1
+    assert len(ds.episode(np.int64(1))[SUBGOAL]) == 4
+    for call, said in [(lambda: ds[1.0], "frame index: expected an int, got 1.0"),
+                       (lambda: ds.episode(1.0), "episode: expected an int, got 1.0"),
+                       (lambda: ds.clips(3, 2.5), "stride: expected an int, got 2.5")]:
+        with pytest.raises(TypeError, match=said):
+            call()
 
 
 def test_a_chunk_is_imagined_under_the_subgoal_of_the_action_leading_into_it() -> None:

@@ -95,6 +95,8 @@ def test_offline_plan_for_a_known_scene() -> None:
                                          r"\['cube_names'.*an env of your own: a plan of your own, "
                                          r"agent.reset\(\.\.\., plan=Plan\(\.\.\.\)\)"):
         planner.plan(TASK.instruction, {})  # an env of one's own gives no cubes
+    with pytest.raises(TypeError, match="^task 'return_cubes': info: expected the env's info dict .*got NoneType"):
+        planner.plan(TASK.instruction, None)  # was "argument of type 'NoneType' is not iterable"
 
 
 def test_offline_chunks_follow_chunk_frames_and_cap() -> None:

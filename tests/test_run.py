@@ -53,6 +53,16 @@ def test_defaults_compose():
     assert config.memory.kind == "none" and config.agent.replan_drift is None and config.agent.stall_steps == 0
 
 
+def test_a_run_config_built_in_python_without_a_task_is_refused_by_name():
+    """`load_agent(RunConfig())` was "'str' object has no attribute 'env'" (the task left as omegaconf's MISSING)."""
+    from vplan.config import RunConfig
+    from vplan.run import load_agent, run
+
+    for call in (load_agent, run):
+        with pytest.raises(ValueError, match=r"^task: expected a TaskConfig .*got '\?\?\?'; set task= and env="):
+            call(RunConfig())
+
+
 def test_an_idm_trained_at_another_action_scale_is_warned_about(tmp_path):
     import warnings
 

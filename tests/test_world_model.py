@@ -71,6 +71,8 @@ def test_generate_shapes(model: WorldModel, context_len: int) -> None:
     chunk = model.generate(latents(2, context_len), ["push the red cube", "go left"], generator=seeded())
     assert chunk.shape == (2, 4, 4, LATENT, LATENT)
     assert model.generate(latents(2, context_len), ["a", "b"], num_frames=2, generator=seeded()).shape[1] == 2
+    with pytest.raises(ValueError, match="num_frames: expected a positive int, got 2.5"):  # torch's TypeError
+        model.generate(latents(2, context_len), ["a", "b"], num_frames=2.5)
 
 
 def test_generate_uses_the_last_context_window(model: WorldModel) -> None:

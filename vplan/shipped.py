@@ -38,12 +38,20 @@ class AgentCheckpoints:
     @property
     def worldmodel_checkpoint(self) -> str:
         """`worldmodel`, or the task's env's shipped world model."""
-        return self.worldmodel or shipped_checkpoint(self.task.env, "worldmodel")
+        return self.worldmodel or shipped_checkpoint(self._task_env(), "worldmodel")
 
     @property
     def idm_checkpoint(self) -> str:
         """`idm`, or the task's env's shipped IDM."""
-        return self.idm or shipped_checkpoint(self.task.env, "idm")
+        return self.idm or shipped_checkpoint(self._task_env(), "idm")
+
+    def _task_env(self) -> str:
+        """The task's env; a ValueError for a config built in Python without a task (the CLI's always has one)."""
+        env = getattr(self.task, "env", None)
+        if not isinstance(env, str):  # omegaconf's MISSING, "???"
+            raise ValueError(f"task: expected a TaskConfig (e.g. TaskConfig.preset('return_cubes')), got "
+                             f"{self.task!r}; set task= and env= before the agent loads")
+        return env
 
 
 def shipped_names() -> list[str]:

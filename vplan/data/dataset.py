@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import numbers
 import os
 import warnings
 from collections import OrderedDict
@@ -54,6 +55,13 @@ from vplan.utils.files import file_written_aside
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
 MAX_OPEN_VIDEOS = 64  # decoded videos a dataset keeps (each memory map holds a file open; the soft limit is ~1024)
+
+
+def _as_int(value: Any, name: str) -> int:
+    """`value` as an int (numpy's too); a TypeError for anything else (a float was an IndexError of numpy's)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    return int(value)
 
 
 def chunk_subgoal(subgoals: Sequence[str], start: int) -> str:
@@ -165,7 +173,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
     def episode(self, episode: int) -> dict[str, Any]:
         """Every feature of one episode as numpy arrays (video uint8 (T, H, W, 3); shape-[1] features (T,)),
         the per-frame subgoal texts under `SUBGOAL`, and the metadata row under `EPISODE_META`."""
-        row = self._rows[self._check_episode(episode)]
+        episode = self._check_episode(episode)
+        row = self._rows[episode]
         start, stop = row["dataset_from_index"], row["dataset_to_index"]
         data = self._load_data()
         result: dict[str, Any] = {key: values[start:stop] for key, values in data.items()}
@@ -177,6 +186,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def clips(self, length: int, stride: int = 1) -> list[tuple[int, int]]:
         """(episode, first frame) of each window of `length` frames within one episode, `stride` apart."""
+        length, stride = _as_int(length, "length"), _as_int(stride, "stride")
         if length < 1 or stride < 1:
             raise ValueError(f"expected length >= 1 and stride >= 1, got length={length}, stride={stride}")
         return [
@@ -191,6 +201,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return self.num_frames
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        index = _as_int(index, "frame index")
         if not 0 <= index < self.num_frames:
             raise IndexError(f"frame index {index} out of range [0, {self.num_frames})")
         episode = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -210,6 +221,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
     # -- loading
 
     def _check_episode(self, episode: int) -> int:
+        episode = _as_int(episode, "episode")
         if not 0 <= episode < self.num_episodes:
             raise IndexError(f"episode {episode} out of range [0, {self.num_episodes})")
         return episode

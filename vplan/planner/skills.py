@@ -36,7 +36,10 @@ class TaskSkills:
     info_keys: tuple[str, ...] = ()
 
     def require(self, info: Mapping[str, Any]) -> None:
-        """Raise ValueError unless `info` holds the scene facts this task needs."""
+        """Raise ValueError unless `info` holds the scene facts this task needs (a TypeError unless it is a dict)."""
+        if not isinstance(info, Mapping):
+            raise TypeError(f"task {self.name!r}: info: expected the env's info dict (of its reset), got "
+                            f"{type(info).__name__}")
         missing = [k for k in self.info_keys if k not in info]
         if missing:
             raise ValueError(f"task {self.name!r}: expected the env's info to hold {list(self.info_keys)}, "

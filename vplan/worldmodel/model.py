@@ -26,6 +26,7 @@ from torch import nn
 
 from vplan.errors import UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, resolve_checkpoint
+from vplan.utils.settings import check_int
 from vplan.worldmodel.action_encoder import ActionEncoder
 from vplan.worldmodel.config import CHECKPOINT_KIND, WorldModelConfig
 from vplan.worldmodel.diffusion import masked_diffusion_loss, sample_chunk
@@ -268,7 +269,9 @@ class WorldModel(nn.Module):
         actions: torch.Tensor | None,
     ) -> torch.Tensor:
         self._check_latents(context, "context")
-        num_frames = self.config.chunk_frames if num_frames is None else num_frames
+        if num_frames is None:
+            num_frames = self.config.chunk_frames
+        check_int(num_frames, "num_frames")  # 2.5 failed deep in the sampler as torch's TypeError
         if self.config.uses_actions:
             if num_frames > self.config.chunk_frames:
                 raise ValueError(
