@@ -167,6 +167,10 @@ def test_encode_decode_frames(model: WorldModel) -> None:
     assert decoded.shape == (2, 4, FRAME, FRAME, 3) and decoded.dtype == torch.uint8
     with pytest.raises(ValueError, match="32×32"):
         model.encode(torch.zeros(2, 3, 32, 32, 3, dtype=torch.uint8))
+    # frames apart, (N, H, W, 3), go both ways (decode refused what encode gave)
+    assert torch.equal(model.decode(model.encode(frames[0])), model.decode(z[:1])[0])
+    with pytest.raises(ValueError, match=r"expected latents of shape \(B, T >= 1, 4, .*got \(3, 5, "):
+        model.decode(torch.zeros(3, 5, LATENT, LATENT))
 
 
 def test_training_forward(model: WorldModel) -> None:

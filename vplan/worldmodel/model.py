@@ -87,12 +87,13 @@ class WorldModel(nn.Module):
             )
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (B, T, H, W, 3) → scaled latents (B, T, C, h, w)."""
+        """uint8 frames (B, T, H, W, 3) → scaled latents (B, T, C, h, w); (N, H, W, 3) → (N, C, h, w)."""
         return encode_frames(self.vae, frames)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, T, C, h, w) → uint8 frames (B, T, H, W, 3)."""
-        self._check_latents(latents, "latents")
+        """Latents (B, T, C, h, w) → uint8 frames (B, T, H, W, 3); (N, C, h, w) → (N, H, W, 3), as `encode`."""
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != self.latent_shape:  # (N, C, h, w): frames apart
+            self._check_latents(latents, "latents")
         return decode_latents(self.vae, latents)
 
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
