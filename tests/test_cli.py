@@ -494,7 +494,11 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
         for args in (["run", "worldmodel=/no/such/folder"], ["run", "idm=/no/such/folder"],
                      ["run", "worldmodel=shipped:tabletop/idm"], ["eval", "consistency", "checkpoint=/no/such/folder"],
                      ["eval", "worldmodel", "compare=/no/such/folder"], ["bench", "planning", "worldmodel=/no/such"],
-                     ["bench", "worldmodel", "checkpoint=/no/such"], ["rl", "idm=shipped:tabletop/worldmodel"]):
+                     ["bench", "worldmodel", "checkpoint=/no/such"], ["rl", "idm=shipped:tabletop/worldmodel"],
+                     # checkpoints the env cannot drive (5.8 s before): a camera it lacks, another action space
+                     ["run", "agent.camera=wrist"], ["rl", "agent.state_key=gripper"],
+                     ["bench", "planning", "idm=shipped:blockworld/idm"],
+                     ["eval", "worldmodel", "idm=shipped:blockworld/idm"]):
             try:  # a mistyped checkpoint, or one of another kind: refused before the models' libraries load
                 main(args)
             except SystemExit as stop:

@@ -49,7 +49,6 @@ caller's loop).
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections import deque
@@ -63,11 +62,13 @@ import torch
 from gymnasium import spaces
 
 from vplan.config import STAGES, AgentConfig
+from vplan.env_contract import (
+    check_env_fits, check_idm_reads_frames, detected_stall_steps, frame_mismatch, observation_keys,
+)
 from vplan.errors import VplanWarning, close_after_block
 from vplan.memory import EpisodicMemory, MemoryConfig, make_memory
 from vplan.planner import Plan, PlannerConfig, Subgoal, make_planner
 from vplan.planner.offline import Planner
-from vplan.policies.config import describe_action_space
 from vplan.tasks import TaskConfig
 from vplan.worldmodel.config import require_text_conditioned
 
@@ -143,13 +144,12 @@ class VideoPlanningAgent:
         self.memory = make_memory(memory, world_model) if isinstance(memory, MemoryConfig) else memory
         self.action_space: spaces.Space = idm.config.action_space()
         self.idle_action = np.int64(0) if idm.config.discrete else np.zeros(idm.config.action_dim, np.float32)
-        self._stall_steps = 0 if idm.config.discrete else self.config.stall_steps
-        if self._stall_steps >= world_model.config.chunk_frames:  # judged within a chunk, before its last step
-            warnings.warn(f"agent.stall_steps={self._stall_steps} is not below the world model's chunk_frames="
-                          f"{world_model.config.chunk_frames}, so no stall can be seen within a chunk: stall "
-                          f"detection is off (set stall_steps below {world_model.config.chunk_frames}, or 0)",
-                          VplanWarning, stacklevel=2)
-            self._stall_steps = 0  # off indeed: the observations need no state key
+        frames = world_model.config.chunk_frames
+        self._stall_steps = detected_stall_steps(self.config, idm.config.discrete, frames)
+        if not idm.config.discrete and self.config.stall_steps >= frames:  # judged within a chunk, before its end
+            warnings.warn(f"agent.stall_steps={self.config.stall_steps} is not below the world model's chunk_frames="
+                          f"{frames}, so no stall can be seen within a chunk: stall detection is off (set "
+                          f"stall_steps below {frames}, or 0)", VplanWarning, stacklevel=2)
         self.idm_checkpoint: str | None = None  # where the IDM came from (from_pretrained): its recorded action units
         self._episodes = 0
         self._closed = False
@@ -173,7 +173,6 @@ class VideoPlanningAgent:
         set to the world model's), memory (default temp_lora) and agent configs. `env` names the env it will act
         in (default: the task's), for the warning about checkpoints trained on another. A checkpoint that cannot
         drive the agent is a SettingMismatchError (a UsageError and a ValueError) naming it."""
-        from vplan.errors import SettingMismatchError
         from vplan.policies.idm import IDMPolicy
         from vplan.shipped import shipped_checkpoint, warn_if_decoded_by_another_vae, warn_if_trained_elsewhere
         from vplan.worldmodel.model import WorldModel
@@ -186,10 +185,7 @@ class VideoPlanningAgent:
         idm_policy = IDMPolicy.from_pretrained(idm)
         warn_if_trained_elsewhere({"worldmodel": worldmodel, "idm": idm}, env or task_config.env)
         warn_if_decoded_by_another_vae(idm, world_model)
-        size, reads = world_model.config.vae.image_size, idm_policy.config.image_size
-        if reads != size:
-            raise SettingMismatchError(f"idm={idm} reads {reads}x{reads} frames, the world model draws {size}x{size}; "
-                                       "pass an IDM trained on the world model's frames")
+        check_idm_reads_frames(idm, idm_policy.config.image_size, world_model.config.vae.image_size)
         frames = world_model.config.chunk_frames
         if planner is not None:
             warn_if_chunk_frames_ignored(planner, frames)
@@ -338,59 +334,16 @@ class VideoPlanningAgent:
 
     def check_env(self, env: Any) -> None:
         """A SettingMismatchError (a UsageError and a ValueError), before an episode starts, where `env` cannot
-        drive this agent: it is a vector env (one agent per sub-env), its IDM predicts other actions than the env
-        takes (another kind of space, their number or shape, moves not numbered from 0, or a Box bounded otherwise
-        than [-1, 1]: the IDM's units), or its observations are not a dict holding the camera (a uint8 frame of the
-        world model's size) and, detecting stalls, the state key (the gripper's xyz first). An IDM from
-        `from_pretrained` that learned actions recorded under other action units than a vplan env's (`max_delta`,
-        `control_hz`) is warned of (`OtherEnvWarning`)."""
+        drive this agent (`vplan.env_contract.check_env_fits`: a vector env, other actions than the IDM predicts,
+        observations without the camera's frame of the world model's size or, detecting stalls, the state key). An
+        IDM from `from_pretrained` that learned actions recorded under other action units than a vplan env's
+        (`max_delta`, `control_hz`) is warned of (`OtherEnvWarning`)."""
         from vplan.envs import action_units
-        from vplan.errors import SettingMismatchError
         from vplan.shipped import warn_if_actions_mean_otherwise
 
-        if hasattr(env, "single_action_space"):  # gymnasium's VectorEnv: batched spaces, a batch of actions per step
-            raise SettingMismatchError(f"env: expected one env, got a vector env of {getattr(env, 'num_envs', '?')} "
-                                       "sub-envs (a batch of actions per step); a vector env: one agent per sub-env, "
-                                       "each given obs[key][i] (check_env takes one env made with the same settings)")
-        theirs, ours = env.action_space, self.action_space
-        if describe_action_space(theirs) != describe_action_space(ours):
-            raise SettingMismatchError(f"the IDM predicts {describe_action_space(ours)}, the env takes "
-                                       f"{describe_action_space(theirs)}; pass worldmodel=DIR and idm=DIR trained on "
-                                       "this env's episodes")
-        if isinstance(ours, spaces.Box) and not (np.all(theirs.low == ours.low) and np.all(theirs.high == ours.high)):
-            raise SettingMismatchError(
-                f"the IDM's actions lie in [-1, 1] in each dimension (its env's units, e.g. the tabletop's max_delta "
-                f"per step and the grip's sign), the env's action space is bounded by low={_numbers(theirs.low)} "
-                f"high={_numbers(theirs.high)}; wrap the env to take actions in [-1, 1] (gymnasium.wrappers."
-                "RescaleAction(env, -1.0, 1.0), where that is what its bounds mean) or pass checkpoints trained on "
-                "its actions")
-        observations = getattr(env.observation_space, "spaces", None)
-        if not isinstance(observations, Mapping):  # only a Dict space has keys
-            camera = self.config.camera
-            raise SettingMismatchError(
-                f"the env's observations are a {type(env.observation_space).__name__}, the agent reads a dict: the "
-                f"camera's frame under {camera!r} (agent.camera)" + (f" and the gripper's xyz under "
-                f"{self.config.state_key!r} (agent.state_key)" if self._stall_steps else "") + "; wrap the env to "
-                "return such a dict (gymnasium.wrappers.TransformObservation with a Dict observation_space)")
-        keys = sorted(observations)
-        for setting, key in self.obs_keys.items():
-            if key not in keys:
-                hint = ("the key of the gripper's position, or agent.stall_steps=0 to turn stall detection off"
-                        if setting == "agent.state_key" else "the key of one of its cameras")
-                raise SettingMismatchError(f"{setting}={key!r}: the env's observations hold {keys}; pass {hint}")
-        camera = observations[self.config.camera]
-        shape, size = getattr(camera, "shape", None), self.image_size
-        if shape is not None and (tuple(shape) != (size, size, 3) or np.dtype(camera.dtype) != np.uint8):
-            raise SettingMismatchError(f"observation_space[{self.config.camera!r}] (agent.camera): "
-                                       + _frame_mismatch(tuple(shape), camera.dtype, size))
-        state = observations.get(self.config.state_key) if self._stall_steps else None
-        if getattr(state, "shape", None) is not None and math.prod(state.shape) < 3:
-            raise SettingMismatchError(
-                f"observation_space[{self.config.state_key!r}] (agent.state_key): expected the gripper's xyz first "
-                f"(3 values or more) for stall detection, got shape {tuple(state.shape)}; pass the key of the "
-                "gripper's position, or agent.stall_steps=0 to turn stall detection off")
+        check_env_fits(env, self.config, self.action_space, self.image_size, self.world_model.config.chunk_frames,
+                       self._stall_steps)
         env_config = getattr(getattr(env, "unwrapped", env), "config", None)  # a vplan env's settings
-        check_chunk_steps(env_config, self.world_model.config.chunk_frames, "the world model")
         if self.idm_checkpoint is not None and env_config is not None:
             warn_if_actions_mean_otherwise({"idm": self.idm_checkpoint}, action_units(env_config))
 
@@ -405,10 +358,7 @@ class VideoPlanningAgent:
     def obs_keys(self) -> dict[str, str]:
         """The observation keys `act` reads, by the setting that names each: the camera, and the gripper's state
         where stalls are detected."""
-        keys = {"agent.camera": self.config.camera}
-        if self._stall_steps:
-            keys["agent.state_key"] = self.config.state_key
-        return keys
+        return observation_keys(self.config, self._stall_steps)
 
     @property
     def subgoal(self) -> Subgoal | None:
@@ -474,7 +424,7 @@ class VideoPlanningAgent:
         frame = np.array(obs[cfg.camera])
         size = self.image_size
         if frame.shape != (size, size, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"obs[{cfg.camera!r}]: {_frame_mismatch(frame.shape, frame.dtype, size)}")
+            raise ValueError(f"obs[{cfg.camera!r}]: {frame_mismatch(frame.shape, frame.dtype, size)}")
         if self._stall_steps == 0:
             return frame, None
         if cfg.state_key not in obs:
@@ -607,23 +557,6 @@ class VideoPlanningAgent:
         return chunk
 
 
-def _frame_mismatch(shape: tuple[int, ...], dtype: Any, size: int) -> str:
-    """What is wrong with a camera frame (or its space) of `shape` and `dtype` for a world model drawing
-    `size`x`size` frames, and what to do: the same words for an observation and for an env's declared space."""
-    other_size = len(shape) == 3 and 3 in shape and sorted(shape) != sorted((size, size, 3))
-    batched = len(shape) == 4 and tuple(shape[1:]) in ((size, size, 3), (size, size, 4))
-    return (f"expected a uint8 frame of shape ({size}, {size}, 3), the world model's, got {np.dtype(dtype)} "
-            f"{tuple(shape)}; " + (f"make the env with image_size={size}" if other_size else
-                                   "one env's frame, not a batch or a stack of them (a vector env: one agent per "
-                                   "sub-env, each given obs[key][i])" if batched else
-                                   "an RGB image as height x width x 3 values from 0 to 255"))
-
-
-def _numbers(values: np.ndarray) -> str:
-    """An array's numbers as a short list ([-0.03, ...], not float32's -0.029999999329447746)."""
-    return "[" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + "]"
-
-
 def warn_if_chunk_frames_ignored(planner: PlannerConfig, frames: int) -> None:
     """A VplanWarning where `planner.chunk_frames` was set to other than the world model's `frames`: the agent
     plans in the model's chunks whatever it says (the default, 8, cannot be told from one typed)."""
@@ -632,13 +565,3 @@ def warn_if_chunk_frames_ignored(planner: PlannerConfig, frames: int) -> None:
                       f"{frames} frames", VplanWarning, stacklevel=3)
 
 
-def check_chunk_steps(env_config: Any, frames: int, model: str) -> None:
-    """A SettingMismatchError where the env's instructions last `chunk_steps` steps (the blockworld's) and the world
-    model (`model`, as a message names it) imagines chunks of another number of frames: each chunk would span two
-    instructions (an agent's plans and an evaluation's figures then mean another thing)."""
-    from vplan.errors import SettingMismatchError
-
-    steps = getattr(env_config, "chunk_steps", None)
-    if steps is not None and steps != frames:
-        raise SettingMismatchError(f"env.chunk_steps={steps}: {model} imagines {frames}-frame chunks, one per "
-                                   f"instruction of the path; set env.chunk_steps={frames}")

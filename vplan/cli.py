@@ -685,10 +685,10 @@ CHECKPOINT_SETTINGS = ("worldmodel", "idm", "checkpoint", "compare")
 
 def _check_paths(config: Any, command: Command) -> None:
     """A UsageError where `data=` holds no dataset or a checkpoint setting names none (or another kind of model,
-    or a world model needing actions where the command has only text), said before the command's module loads;
-    the commands check the same again for callers from Python."""
-    from vplan.shipped import check_checkpoints_exist, recorded_conditioning
-    from vplan.worldmodel.config import require_text_conditioned
+    a world model needing actions where the command has only text, or checkpoints the env cannot drive), said
+    before the command's module loads; the commands check the same again for callers from Python."""
+    from vplan.shipped import check_checkpoints_exist, recorded_config
+    from vplan.worldmodel.config import WorldModelConfig, require_text_conditioned
 
     if isinstance(getattr(config, "data", None), str):  # train's and finetune's: each says how to make one
         from vplan.data.lerobot_format import require_dataset
@@ -698,8 +698,24 @@ def _check_paths(config: Any, command: Command) -> None:
                              if isinstance(getattr(config, name, None), str)})
     for name in command.text_only:
         spec = getattr(config, name, None)
-        if isinstance(spec, str):
-            require_text_conditioned(recorded_conditioning(spec), f"{name}={spec}", f"vplan {command.name}")
+        settings = recorded_config(spec, WorldModelConfig) if isinstance(spec, str) else None
+        if settings is not None:
+            require_text_conditioned(settings.conditioning, f"{name}={spec}", f"vplan {command.name}")
+    _check_env_fits(config)
+
+
+def _check_env_fits(config: Any) -> None:
+    """For a command that runs the agent, the env's contract with it (its camera, actions, frame size), and for
+    eval worldmodel's `idm=` the actions it reads, from the checkpoints' recorded settings (`vplan.env_contract`)."""
+    from vplan.config import AgentConfig
+    from vplan.env_contract import check_checkpoints_fit_env
+
+    agent = getattr(config, "agent", None)
+    if isinstance(agent, AgentConfig):  # run and rl name their checkpoints' defaults by property, the benches not
+        check_checkpoints_fit_env(config.env, getattr(config, "worldmodel_checkpoint", config.worldmodel),
+                                  getattr(config, "idm_checkpoint", config.idm), agent)
+    elif isinstance(getattr(config, "idm", None), str):
+        check_checkpoints_fit_env(config.env, None, config.idm, None)
 
 
 def _fail_on_os_error(prog: str, error: OSError) -> NoReturn:

@@ -150,13 +150,14 @@ def trained_on_env(spec: str) -> str | None:
     return _recorded(spec, TRAINED_ON_ENV)
 
 
-def recorded_conditioning(spec: str) -> str:
-    """What a world-model checkpoint's tokens carry (`conditioning`: "text", "action", ...), as its config.json
-    records it; "text" where it records none (a checkpoint from before action conditioning) or cannot be read
-    (the loader names what is wrong with it)."""
-    config = _recorded(spec, "config")
-    conditioning = config.get("conditioning") if isinstance(config, dict) else None
-    return conditioning if isinstance(conditioning, str) else "text"
+def recorded_config(spec: str, config_class: Any) -> Any:
+    """The settings (`config_class.from_dict`: a `WorldModelConfig`, an `IDMConfig`) a checkpoint's config.json
+    records, or None where they cannot be read (its loader names what is wrong with them): torch-free, for the
+    checks said before a model loads."""
+    try:
+        return config_class.from_dict(_recorded(spec, "config"))
+    except (UsageError, TypeError, ValueError):
+        return None
 
 
 def with_checkpoint_frames(cfg: Any, spec: str | None, setting: str) -> Any:

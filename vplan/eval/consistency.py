@@ -128,7 +128,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from vplan.agent import check_chunk_steps
+    from vplan.env_contract import check_chunk_steps
     from vplan.envs import env_name
     from vplan.errors import UsageError
     from vplan.eval.consistency_metrics import make_feature_extractor, psnr_per_chunk, scene_cut_frames

@@ -119,7 +119,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 def _load_model(setting: str, cfg: EvalWorldModelConfig) -> Any:
     """The world model `setting` (`checkpoint`, `compare`) names, with the sampling overrides, checked against the
     env's frame size and instruction length."""
-    from vplan.agent import check_chunk_steps
+    from vplan.env_contract import check_chunk_steps
     from vplan.errors import UsageError
     from vplan.worldmodel.config import SAMPLERS
     from vplan.worldmodel.model import WorldModel
@@ -174,6 +174,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     metrics.json, the MP4s and the plot; print a table."""
     from tqdm import tqdm
 
+    from vplan.env_contract import check_idm_reads
     from vplan.envs import action_units, env_name, make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
@@ -203,7 +204,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         _check_action_dim(env.action_space, {"checkpoint": (cfg.checkpoint, model),
                                              "compare": (cfg.compare, compare)})
         if idm is not None:
-            _check_idm_reads(env.action_space, cfg.idm, idm)
+            check_idm_reads(env.action_space, cfg.idm, idm.config.action_space())
         # named by this command's keys (checkpoints.json keeps the names earlier evaluations pinned them under)
         warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm},
                                   env_name(cfg.env))
@@ -408,18 +409,6 @@ def _check_action_dim(space: Any, models: dict[str, tuple[Optional[str], Any]]) 
         if model is not None and model.config.uses_actions and model.config.action_dim != width:
             raise UsageError(f"{name}={checkpoint}: an action model of action_dim {model.config.action_dim}, and the "
                              f"env's actions have {width} values; pass one trained on this env's actions")
-
-
-def _check_idm_reads(space: Any, checkpoint: str, idm: Any) -> None:
-    """A UsageError where the IDM reads other actions than the env's `space` holds: its reads of the generated and
-    the real chunks would agree, meaninglessly (a blockworld IDM's moves off tabletop frames: "same move 100%")."""
-    from vplan.errors import UsageError
-    from vplan.policies.config import describe_action_space
-
-    reads, takes = describe_action_space(idm.config.action_space()), describe_action_space(space)
-    if reads != takes:
-        raise UsageError(f"idm={checkpoint} reads {reads} off the frames, and the env takes {takes}; pass an IDM "
-                         "trained on this env's episodes")
 
 
 def _closer(psnr: float, other_psnr: float) -> float:
