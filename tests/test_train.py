@@ -289,9 +289,10 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
         assert vae.config.scaling_factor == shipped.config.scaling_factor and not vae.training
         assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), shipped.state_dict().values()))
     with pytest.raises(UsageError, match=r"^component.vae=shipped:tabletop/idm: holds no VAE; .*shipped:tabletop/wor"):
-        _load_vae("shipped:tabletop/idm")
-    with pytest.raises(UsageError, match=r"no trained VAE there; .*, or component.vae=null to train on real frames"):
-        _load_vae(str(tmp_path / "novae"), optional=True)  # the IDM's: it trains without one too
+        _load_vae("shipped:tabletop/idm", env="tabletop")
+    with pytest.raises(UsageError, match=r"no trained VAE there; .*\(shipped:blockworld/worldmodel\) for its VAE, "
+                                         r"or component.vae=null to train on real frames"):
+        _load_vae(str(tmp_path / "novae"), optional=True, env="blockworld")  # the IDM's: it trains without one too
     with pytest.raises(UsageError, match="component.vae=.*: not a VAE .*no diffusion_pytorch_model.safetensors there"):
         _load_vae(str(resolve_checkpoint("shipped:tabletop/idm")))
     other_camera = tmp_path / "top_camera"  # a LeRobot dataset recorded elsewhere, its camera named otherwise

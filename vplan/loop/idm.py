@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from vplan.constants import OBS_IMAGE_FRONT
+from vplan.envs.discrete_moves import NUM_MOVES
 from vplan.errors import UsageError
 from vplan.loop.config import LABELS, IDMTrainConfig
 from vplan.loop.trainer import FINAL, is_main_process, main_process_first, train
@@ -123,6 +124,9 @@ def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
             + ("component.idm.num_moves=N, the env's number of moves (the blockworld: 5)" if moves
                else "component.idm.num_moves=0")
         )
+    if moves and dataset.env is not None and idm.num_moves != NUM_MOVES:  # a move it never sees would be predicted
+        raise UsageError(f"{dataset.root} was recorded in vplan's {dataset.env}, whose actions are one of "
+                         f"{NUM_MOVES} moves; set component.idm.num_moves={NUM_MOVES}")
     moves_seen = dataset.stats.get(key, {}) if moves else {}  # the episodes' range, in their metadata
     if "min" in moves_seen and "max" in moves_seen:  # (`load_episodes` checks each episode's moves again)
         _check_moves(float(np.min(moves_seen["min"])), float(np.max(moves_seen["max"])), idm.num_moves)

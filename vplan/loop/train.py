@@ -34,7 +34,7 @@ from vplan.loop.trainer import (
     process_count, train,
 )
 from vplan.shipped import (PREFIX, check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint,
-                           warn_if_trained_elsewhere)
+                           shipped_names, warn_if_trained_elsewhere)
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
     CONFIG_FILE, check_config_is_ours, check_same_config, read_config_record, with_image_size, write_config,
@@ -185,11 +185,13 @@ class WorldModelTraining:
         return self.module(batch["context"], batch["target"], batch["texts"], generator=generator)
 
 
-def _load_vae(path: str, optional: bool = False) -> Any:
+def _load_vae(path: str, optional: bool = False, env: str | None = None) -> Any:
     """A VAE `vplan train component=vae` wrote, or a world-model checkpoint's own (shipped ones included);
-    `optional`: the component trains without one too (the IDM), which the errors say."""
+    `optional`: the component trains without one too (the IDM), which the errors say; `env`: the dataset's,
+    whose shipped world model the errors name."""
+    shipped = f"{env}/worldmodel" if f"{env}/worldmodel" in shipped_names() else "<env>/worldmodel"
     hint = ("train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/), "
-            "or to a world model's checkpoint (shipped:tabletop/worldmodel) for its VAE"
+            f"or to a world model's checkpoint (shipped:{shipped}) for its VAE"
             + (", or component.vae=null to train on real frames only" if optional else ""))
     try:
         folder = resolve_checkpoint(path)
@@ -345,7 +347,7 @@ def _train_component(cfg: TrainConfig) -> Path:
         check_outside_results(out, {f"component.{name}": getattr(component, name, None) for name in ("vae", "init")})
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).
     vae = None if isinstance(component, VAETrainConfig) or component.vae is None else _load_vae(
-        component.vae, optional=isinstance(component, IDMTrainConfig))
+        component.vae, optional=isinstance(component, IDMTrainConfig), env=dataset.env)
     if vae is not None and dataset.env is not None:  # the tabletop's VAE draws blockworld frames at 11.8 dB
         warn_if_trained_elsewhere({"component.vae": component.vae}, dataset.env)
     if isinstance(component, WorldModelTrainConfig) and component.model.text_encoder.kind == "minilm":
