@@ -130,6 +130,8 @@ def test_without_the_finetuned_model_the_slow_rows_run_then_a_one_line_error(che
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {row.name: len(rows[row.name]) for row in ROWS} == {
         row.name: int(row.worldmodel == "slow") for row in ROWS}  # the slow model's rows are done and kept
+    shown = [line.split(" | ")[0].lstrip("| ") for line in captured.out.splitlines() if line.startswith("| ")]
+    assert shown[1:] == ["---", *(row.name for row in ROWS if row.worldmodel == "slow")]  # and shown (helper-190)
 
 
 def test_a_missing_slow_model_is_named_before_anything_runs(checkpoints, tmp_path, capsys):

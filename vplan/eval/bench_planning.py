@@ -246,7 +246,11 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
             done = results["rows"][row.name]
             if len(done) >= cfg.episodes:
                 continue
-            if not _exists(checkpoints[row.worldmodel]):
+            if not _exists(checkpoints[row.worldmodel]):  # the rows so far shown, not only kept (~15 min of them)
+                finished = {name: summarize(rows[: cfg.episodes]) for name, rows in results["rows"].items()
+                            if len(rows) >= cfg.episodes}
+                print("\n" + markdown_table(finished, env_name(cfg.env), (cfg.seed, cfg.seed + cfg.episodes - 1),
+                                            dist_unit), flush=True)
                 raise UsageError(f"{missing}, then rerun this command: the finished rows are kept in {out}")
             agent = cfg.load_agent(checkpoints[row.worldmodel], replace(cfg.memory, kind=row.memory))
             try:
