@@ -11,6 +11,7 @@ from vplan.utils.settings import check_field_types
 from vplan.worldmodel.config import config_from_dict
 
 CHECKPOINT_KIND = "vplan-idm"  # config.json's "kind", read by the CLI's checks before torch loads
+ADDED_LATER = ("num_moves",)  # settings a checkpoint's config.json may lack: their defaults mean what it meant
 
 
 @dataclass

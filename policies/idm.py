@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vplan.errors import UsageError
-from vplan.policies.config import CHECKPOINT_KIND, IDMConfig
+from vplan.policies.config import ADDED_LATER, CHECKPOINT_KIND, IDMConfig
 from vplan.shipped import resolve_checkpoint
 from vplan.utils.settings import check_int
 from vplan.worldmodel.model import (
@@ -252,7 +252,7 @@ class IDMPolicy(nn.Module):
 
 def read_config(path: str | Path) -> IDMConfig:
     """The `IDMConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
-    return read_pretrained_config(path, IDMConfig, CHECKPOINT_KIND, FORMAT_VERSION, "IDM", added_later=("num_moves",))
+    return read_pretrained_config(path, IDMConfig, CHECKPOINT_KIND, FORMAT_VERSION, "IDM", added_later=ADDED_LATER)
 
 
 def windows(frames: torch.Tensor, steps: Any, history_frames: int) -> torch.Tensor:

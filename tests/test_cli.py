@@ -518,6 +518,45 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
     assert result.stdout.strip().splitlines()[-2:] == ["[]", "[]"], result.stdout
 
 
+def test_the_early_env_contract_passes_what_the_commands_run_and_leaves_damaged_settings_to_them(tmp_path):
+    """The CLI's early check of the env's contract (helper-191 ran these by hand): setups the commands run pass it;
+    a checkpoint whose recorded settings no env renders, or that lacks one, is left to the command's loader (the
+    first was a traceback, the second a refusal built on a default's guess)."""
+    import json
+    import shutil
+
+    from vplan.cli import COMMANDS, _check_env_fits, build_config, compose_config
+    from vplan.errors import UsageError
+    from vplan.shipped import resolve_checkpoint
+
+    def config(*args: str):
+        command = next(c for c in COMMANDS if args[: len(c.words)] == c.words)
+        return build_config(compose_config(command, list(args[len(command.words):]))[0])
+
+    blockworld = ("env=blockworld", "task=retrace")
+    for args in [("run", "env.wrist_camera=true", "agent.camera=wrist"), ("run", "env.image_size=32"),
+                 ("run", *blockworld, "env.image_size=32"), ("run", "agent.stall_steps=8", "agent.state_key=foo"),
+                 ("rl", *blockworld), ("bench", "planning", *blockworld), ("bench", "executor"),
+                 ("eval", "worldmodel", *blockworld, "idm=shipped:blockworld/idm")]:
+        _check_env_fits(config(*args))
+    def copied(name: str, component: str, edit):
+        folder = tmp_path / name
+        shutil.copytree(resolve_checkpoint(f"shipped:blockworld/{component}"), folder)
+        payload = json.loads((folder / "config.json").read_text())
+        edit(payload["config"])
+        (folder / "config.json").write_text(json.dumps(payload))
+        return folder
+
+    huge = copied("huge", "worldmodel", lambda settings: (settings["vae"].update(image_size=2048),
+                                                         settings["unet"].update(sample_size=512)))
+    huge_idm = copied("huge_idm", "idm", lambda settings: settings.update(image_size=2048))
+    _check_env_fits(config("run", *blockworld, f"worldmodel={huge}", f"idm={huge_idm}"))  # no env renders 2048
+    no_chunk_frames = copied("no_chunk_frames", "worldmodel", lambda settings: settings.pop("chunk_frames"))
+    _check_env_fits(config("run", *blockworld, "env.chunk_steps=10", f"worldmodel={no_chunk_frames}"))
+    with pytest.raises(UsageError, match="env.chunk_steps=10: the world model imagines 8-frame chunks"):
+        _check_env_fits(config("run", *blockworld, "env.chunk_steps=10"))  # what the damaged ones were refused with
+
+
 def test_each_preset_names_the_module_that_defines_its_settings():
     """The presets' "Fields and defaults: vplan.x.Class" pointed at modules that only imported the class."""
     import importlib

@@ -672,6 +672,7 @@ def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:
     # numpy's ints are ints; a float is refused by name (it was numpy's IndexError, or a wrong slice)
     assert ds.clips(np.int64(4), np.int64(2)) == [(1, 0)] and int(ds[np.int64(4)][FRAME_INDEX]) == 1
     assert len(ds.episode(np.int64(1))[SUBGOAL]) == 4
+    assert int(torch.utils.data.Subset(ds, torch.arange(7))[4][FRAME_INDEX]) == 1  # a 0-d tensor index (helper-191)
     for call, said in [(lambda: ds[1.0], "frame index: expected an int, got 1.0"),
                        (lambda: ds.episode(1.0), "episode: expected an int, got 1.0"),
                        (lambda: ds.clips(3, 2.5), "stride: expected an int, got 2.5")]:

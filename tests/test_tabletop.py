@@ -168,8 +168,10 @@ def test_bad_config_raises_naming_the_value(field, value):
 
 def test_numpy_numbers_are_taken_as_pythons():
     """A sweep over `np.arange` sizes was refused ("image_size: expected an int, got np.int64(32)")."""
-    config = TabletopConfig(image_size=np.int64(SIZE), num_cubes=np.int32(2), max_delta=np.float32(0.05))
-    assert [type(v) for v in (config.image_size, config.num_cubes, config.max_delta)] == [int, int, float]
+    config = TabletopConfig(image_size=np.int64(SIZE), num_cubes=np.int32(2), max_delta=np.float32(0.05),
+                            wrist_camera=np.True_)
+    assert [type(v) for v in (config.image_size, config.num_cubes, config.max_delta, config.wrist_camera)] == [
+        int, int, float, bool]
     assert json.dumps(asdict(config))  # a run's records hold it as they hold the CLI's settings
     with pytest.raises(ValueError, match=r"image_size: expected an int, got np.float64\(16.0\)"):
         TabletopConfig(image_size=np.float64(16))  # a float is no int, numpy's or Python's

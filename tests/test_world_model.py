@@ -7,6 +7,7 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig
@@ -73,6 +74,7 @@ def test_generate_shapes(model: WorldModel, context_len: int) -> None:
     assert model.generate(latents(2, context_len), ["a", "b"], num_frames=2, generator=seeded()).shape[1] == 2
     with pytest.raises(ValueError, match="num_frames: expected a positive int, got 2.5"):  # torch's TypeError
         model.generate(latents(2, context_len), ["a", "b"], num_frames=2.5)
+    assert model.generate(latents(1, context_len), ["a"], num_frames=np.int64(2)).shape[1] == 2  # numpy's count too
 
 
 def test_generate_uses_the_last_context_window(model: WorldModel) -> None:
@@ -488,3 +490,16 @@ def test_config_checks_that_parts_fit() -> None:
         tiny_config(text_encoder=TextEncoderConfig(kind="learned", dim=32))
     round_tripped = WorldModelConfig.from_dict(json.loads(json.dumps(tiny_config().to_dict())))
     assert round_tripped == tiny_config()
+
+
+def test_require_text_conditioned_takes_the_conditioning_and_refuses_a_config() -> None:
+    """It took the WorldModelConfig before it moved, torch-free, to the config module: an old caller's config would
+    pass every action model unsaid."""
+    from vplan.errors import SettingMismatchError
+    from vplan.worldmodel.config import require_text_conditioned
+
+    require_text_conditioned("text", "worldmodel=x", "the agent")
+    with pytest.raises(SettingMismatchError, match="worldmodel=x: a world model conditioned on 'action', and the agent"):
+        require_text_conditioned("action", "worldmodel=x", "the agent")
+    with pytest.raises(TypeError, match="conditioning: expected the model's conditioning, .*got WorldModelConfig"):
+        require_text_conditioned(WorldModelConfig(), "worldmodel=x", "the agent")

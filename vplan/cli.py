@@ -688,7 +688,7 @@ def _check_paths(config: Any, command: Command) -> None:
     a world model needing actions where the command has only text, or checkpoints the env cannot drive), said
     before the command's module loads; the commands check the same again for callers from Python."""
     from vplan.shipped import check_checkpoints_exist, recorded_config
-    from vplan.worldmodel.config import WorldModelConfig, require_text_conditioned
+    from vplan.worldmodel.config import ADDED_LATER, WorldModelConfig, require_text_conditioned
 
     if isinstance(getattr(config, "data", None), str):  # train's and finetune's: each says how to make one
         from vplan.data.lerobot_format import require_dataset
@@ -698,7 +698,7 @@ def _check_paths(config: Any, command: Command) -> None:
                              if isinstance(getattr(config, name, None), str)})
     for name in command.text_only:
         spec = getattr(config, name, None)
-        settings = recorded_config(spec, WorldModelConfig) if isinstance(spec, str) else None
+        settings = recorded_config(spec, WorldModelConfig, ADDED_LATER) if isinstance(spec, str) else None
         if settings is not None:
             require_text_conditioned(settings.conditioning, f"{name}={spec}", f"vplan {command.name}")
     _check_env_fits(config)

@@ -17,8 +17,10 @@ from gymnasium import spaces
 
 from vplan.config import AgentConfig
 from vplan.errors import SettingMismatchError, UsageError
+from vplan.policies.config import ADDED_LATER as IDM_ADDED_LATER
 from vplan.policies.config import IDMConfig, describe_action_space
 from vplan.shipped import recorded_config
+from vplan.worldmodel.config import ADDED_LATER as WORLDMODEL_ADDED_LATER
 from vplan.worldmodel.config import WorldModelConfig
 
 
@@ -127,14 +129,17 @@ def check_checkpoints_fit_env(env_config: Any, worldmodel: str | None, idm: str 
 
     if not is_dataclass(env_config) or env_name(env_config) in ("rlbench", "minerl"):
         return
-    model = recorded_config(worldmodel, WorldModelConfig) if worldmodel else None
-    reader = recorded_config(idm, IDMConfig) if idm else None
+    model = recorded_config(worldmodel, WorldModelConfig, WORLDMODEL_ADDED_LATER) if worldmodel else None
+    reader = recorded_config(idm, IDMConfig, IDM_ADDED_LATER) if idm else None
     if reader is None or (agent is not None and model is None):
         return
     if agent is not None:
         check_idm_reads_frames(idm, reader.image_size, model.vae.image_size)
         if hasattr(env_config, "image_size"):  # the command renders at the model's size
-            env_config = replace(env_config, image_size=model.vae.image_size)
+            try:
+                env_config = replace(env_config, image_size=model.vae.image_size)
+            except ValueError:  # a size no env renders (a damaged config.json): the command's loader names it
+                return
     env = make_env(env_config)
     try:
         if agent is None:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import MISSING, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -150,14 +150,33 @@ def trained_on_env(spec: str) -> str | None:
     return _recorded(spec, TRAINED_ON_ENV)
 
 
-def recorded_config(spec: str, config_class: Any) -> Any:
+def recorded_config(spec: str, config_class: Any, added_later: tuple[str, ...]) -> Any:
     """The settings (`config_class.from_dict`: a `WorldModelConfig`, an `IDMConfig`) a checkpoint's config.json
-    records, or None where they cannot be read (its loader names what is wrong with them): torch-free, for the
-    checks said before a model loads."""
+    records, or None where they cannot be read or one is missing but those `added_later` to the format (its loader
+    names what is wrong; a default would be a guess): torch-free, for the checks said before a model loads."""
     try:
-        return config_class.from_dict(_recorded(spec, "config"))
+        settings = _recorded(spec, "config")
+        return None if missing_setting(settings, config_class, added_later) else config_class.from_dict(settings)
     except (UsageError, TypeError, ValueError):
         return None
+
+
+def missing_setting(data: Any, config_class: Any, added_later: tuple[str, ...], prefix: str = "") -> str | None:
+    """The first field of dataclass `config_class` (and of its nested config dataclasses) that `data` lacks, or
+    None; data that is no dict is left to `from_dict` to refuse."""
+    if not isinstance(data, dict):
+        return None
+    for f in fields(config_class):
+        if f.name not in data:
+            if f.name in added_later:
+                continue
+            return prefix + f.name
+        nested = f.default_factory if f.default_factory is not MISSING else None
+        if nested is not None and is_dataclass(nested):
+            found = missing_setting(data[f.name], nested, (), f"{prefix}{f.name}.")
+            if found is not None:
+                return found
+    return None
 
 
 def with_checkpoint_frames(cfg: Any, spec: str | None, setting: str) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import numbers
+import operator
 import os
 import warnings
 from collections import OrderedDict
@@ -58,10 +58,12 @@ MAX_OPEN_VIDEOS = 64  # decoded videos a dataset keeps (each memory map holds a 
 
 
 def _as_int(value: Any, name: str) -> int:
-    """`value` as an int (numpy's too); a TypeError for anything else (a float was an IndexError of numpy's)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {value!r}")
-    return int(value)
+    """`value` as an int (numpy's and a 0-d tensor's too: `Subset(dataset, torch.arange(n))`); a TypeError for
+    anything else (a float was an IndexError of numpy's)."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):
+            return operator.index(value)
+    raise TypeError(f"{name}: expected an int, got {value!r}")
 
 
 def chunk_subgoal(subgoals: Sequence[str], start: int) -> str:

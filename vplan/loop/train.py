@@ -189,7 +189,7 @@ def _load_vae(path: str, optional: bool = False, env: str | None = None) -> Any:
     """A VAE `vplan train component=vae` wrote, or a world-model checkpoint's own (shipped ones included);
     `optional`: the component trains without one too (the IDM), which the errors say; `env`: the dataset's,
     whose shipped world model the errors name."""
-    shipped = f"{env}/worldmodel" if f"{env}/worldmodel" in shipped_names() else "<env>/worldmodel"
+    shipped = f"{env}/worldmodel" if f"{env}/worldmodel" in shipped_names() else "tabletop/worldmodel"
     hint = ("train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/), "
             f"or to a world model's checkpoint (shipped:{shipped}) for its VAE"
             + (", or component.vae=null to train on real frames only" if optional else ""))

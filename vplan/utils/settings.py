@@ -4,13 +4,17 @@ difference (a new field's default keeps the behaviour the code had before it).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
+import operator
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 CONFIG_FILE = "config.yaml"  # in a run directory: the settings the run was begun with
@@ -68,17 +72,29 @@ def check_int(value: Any, name: str, low: int | None = 1) -> None:
 
 
 # numbers.Integral and numbers.Real take numpy's scalars too (a sweep over np.arange), held as Python's
-_FIELD_TYPES = {"bool": ((bool,), "true or false"), "int": ((numbers.Integral,), "an int"),
+def as_count(value: Any, name: str) -> int:
+    """`value` as a positive int, numpy's and a 0-d tensor's too (`operator.index`); a ValueError naming `name`
+    for anything else (a bool or a float is no count)."""
+    count = 0
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):
+            count = operator.index(value)
+    if count < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return count
+
+
+_FIELD_TYPES = {"bool": ((bool, np.bool_), "true or false"), "int": ((numbers.Integral,), "an int"),
                 "float": ((numbers.Real,), "a number"), "str": ((str,), "a string")}
-_PLAIN_NUMBER = {"int": int, "float": float}
+_PLAIN = {"bool": bool, "int": int, "float": float}
 
 
 def check_field_types(config: Any) -> None:
     """A ValueError naming the first field of dataclass `config` annotated bool, int, float or str whose value
     is not one (`wrist_camera="false"` is truthy; `max_delta="0.05"` failed later as a bare TypeError); a bool
     is no number. For configs built in Python (`gymnasium.make(id, **overrides)`): the CLI's are typed by Hydra. A
-    number of another type that is one (numpy's `np.int64(16)`, `np.float32(0.05)`) is set as Python's, so what
-    follows (the config's own checks, JSON records) sees a plain int or float."""
+    value of another type that is one (numpy's `np.int64(16)`, `np.float32(0.05)`, `np.True_`) is set as Python's,
+    so what follows (the config's own checks, JSON records) sees a plain bool, int or float."""
     for f in fields(config):
         if f.type not in _FIELD_TYPES:
             continue
@@ -86,8 +102,8 @@ def check_field_types(config: Any) -> None:
         value = getattr(config, f.name)
         if not isinstance(value, types) or (f.type != "bool" and isinstance(value, bool)):
             raise ValueError(f"{f.name}: expected {wanted}, got {value!r}")
-        if f.type in _PLAIN_NUMBER and type(value) not in (int, float):
-            object.__setattr__(config, f.name, _PLAIN_NUMBER[f.type](value))
+        if f.type in _PLAIN and type(value) is not _PLAIN[f.type] and not (f.type == "float" and type(value) is int):
+            object.__setattr__(config, f.name, _PLAIN[f.type](value))
 
 
 def plain(value: Any) -> Any:

@@ -12,6 +12,8 @@ from vplan.errors import SettingMismatchError
 from vplan.utils.settings import check_field_types
 
 CHECKPOINT_KIND = "vplan-worldmodel"  # config.json's "kind", read by the CLI's checks before torch loads
+# settings a checkpoint's config.json may lack (written before them): their defaults mean what it meant
+ADDED_LATER = ("conditioning", "action_dim", "action_tail_dropout", "action_frame_embedding")
 RECON_LOSSES = ("l1", "l2", "l1+l2")
 
 
@@ -287,6 +289,9 @@ def require_text_conditioned(conditioning: str, checkpoint: str, user: str,
     actions where `user` conditions it on the subgoal text alone (the agent, the memories, the benches, finetune):
     it would need actions no one has yet. `fix` says how to get a text-conditioned one (an untrained model's
     setting). Torch-free, so the CLI says it before a model loads."""
+    if not isinstance(conditioning, str):  # a WorldModelConfig, as it was given before it moved here
+        raise TypeError(f"conditioning: expected the model's conditioning, e.g. config.conditioning, got "
+                        f"{type(conditioning).__name__}")
     if conditioning in ACTION_CONDITIONINGS:
         raise SettingMismatchError(f"{checkpoint}: a world model conditioned on {conditioning!r}, and {user} "
                                    f"conditions it on the subgoal text alone; pass a text-conditioned one ({fix})")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import MISSING, fields, is_dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vplan.errors import UsageError, VplanWarning
-from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, resolve_checkpoint
-from vplan.utils.settings import check_int
+from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, missing_setting, resolve_checkpoint
+from vplan.utils.settings import as_count
 from vplan.worldmodel.action_encoder import ActionEncoder
-from vplan.worldmodel.config import CHECKPOINT_KIND, WorldModelConfig
+from vplan.worldmodel.config import ADDED_LATER, CHECKPOINT_KIND, WorldModelConfig
 from vplan.worldmodel.diffusion import masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, build_text_encoder
 from vplan.worldmodel.unet import build_unet
@@ -272,7 +272,7 @@ class WorldModel(nn.Module):
         self._check_latents(context, "context")
         if num_frames is None:
             num_frames = self.config.chunk_frames
-        check_int(num_frames, "num_frames")  # 2.5 failed deep in the sampler as torch's TypeError
+        num_frames = as_count(num_frames, "num_frames")  # 2.5 failed deep in the sampler as torch's TypeError
         if self.config.uses_actions:
             if num_frames > self.config.chunk_frames:
                 raise ValueError(
@@ -452,8 +452,7 @@ def _plain(value: Any) -> Any:
 def read_config(path: str | Path) -> WorldModelConfig:
     """The `WorldModelConfig` of a checkpoint directory, with a `CheckpointError` for anything else."""
     return read_pretrained_config(path, WorldModelConfig, CHECKPOINT_KIND, FORMAT_VERSION, "world model",
-                                  added_later=("conditioning", "action_dim", "action_tail_dropout",
-                                               "action_frame_embedding"))
+                                  added_later=ADDED_LATER)
 
 
 def write_pretrained_config(
@@ -491,7 +490,7 @@ def read_pretrained_config(path: str | Path, config_class: Any, kind: str, forma
         raise CheckpointError(
             f"{config_file}: expected format_version {format_version}, got {payload.get('format_version')!r}"
         )
-    missing = _missing_setting(payload.get("config"), config_class, added_later)
+    missing = missing_setting(payload.get("config"), config_class, added_later)
     if missing is not None:
         raise CheckpointError(f"{config_file}: invalid {what} config: it has no {missing!r} (a damaged or hand-edited "
                               "file; its default may not be what the weights learned with)")
@@ -499,24 +498,6 @@ def read_pretrained_config(path: str | Path, config_class: Any, kind: str, forma
         return config_class.from_dict(payload.get("config"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{config_file}: invalid {what} config: {err}") from err
-
-
-def _missing_setting(data: Any, config_class: Any, added_later: tuple[str, ...], prefix: str = "") -> str | None:
-    """The first field of dataclass `config_class` (and of its nested config dataclasses) that `data` lacks, or
-    None; data that is no dict is left to `from_dict` to refuse."""
-    if not isinstance(data, dict):
-        return None
-    for f in fields(config_class):
-        if f.name not in data:
-            if f.name in added_later:
-                continue
-            return prefix + f.name
-        nested = f.default_factory if f.default_factory is not MISSING else None
-        if nested is not None and is_dataclass(nested):
-            found = _missing_setting(data[f.name], nested, (), f"{prefix}{f.name}.")
-            if found is not None:
-                return found
-    return None
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
