@@ -193,11 +193,20 @@ def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refus
                                                                                              tmp_path, capsys,
                                                                                              monkeypatch):
     """It was found after a whole explored episode, as a traceback (or, another VAE, not at all); refused before
-    the env is made (a simulator would be left running)."""
+    the command makes its env (a simulator would be left running): the only env made is the one the CLI's settings
+    check makes (an embedded env's, no frame drawn) and closes."""
     import vplan.envs
 
-    made = []
-    monkeypatch.setattr(vplan.envs, "make_env", lambda config: made.append(config))
+    made, closed, make_env = [], [], vplan.envs.make_env
+
+    def tracked(config):
+        env = make_env(config)
+        made.append(env)
+        close = env.close
+        env.close = lambda: (closed.append(env), close())
+        return env
+
+    monkeypatch.setattr(vplan.envs, "make_env", tracked)
     base = WorldModel.from_pretrained(checkpoints[0])
     frames = base.config.chunk_frames
     for name, action_dim, vae_seed, shorter, message in [
@@ -219,7 +228,7 @@ def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refus
                          f"rewards.action_worldmodel={tmp_path / name}"))
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and message in err[-1], err
-    assert made == []
+    assert len(made) == 3 and closed == made  # one per try, the settings check's
 
 
 def test_the_action_model_of_the_reward_is_checked_as_the_agents_checkpoints_are(checkpoints, tmp_path, capsys):
