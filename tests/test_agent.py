@@ -249,6 +249,8 @@ def test_components_and_config_are_checked(world_model, idm):
     with pytest.raises(ValueError, match="replan_drift: expected a number or None, got '0.1'"):  # a TypeError
         AgentConfig(replan_drift="0.1")
     assert AgentConfig(replan_drift=np.float32(0.1), stall_distance=0).stall_distance == 0  # numpy, ints: numbers
+    swept = AgentConfig(replan_drift=np.float32(0.1), stall_steps=np.int64(3), seed=np.int64(5))  # were refused
+    assert [type(v) for v in (swept.replan_drift, swept.stall_steps, swept.seed)] == [float, int, int]
     from vplan.planner import PlannerConfig, make_planner
 
     assert make_planner(PlannerConfig(), "return_cubes").task_config.name == "return_cubes"  # as from_pretrained

@@ -14,7 +14,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import AgentCheckpoints
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_ints, check_seed, check_threads
+from vplan.utils.settings import check_field_types, check_ints, check_seed, check_threads
 
 ACTIONS_FROM = ("imagined", "observed")
 # the agent's timed stages (`agent.timings`, metrics.json's `stages_s`)
@@ -71,12 +71,11 @@ class AgentConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("replan_drift", "stall_distance", "stall_command"):  # "0.1" from Python: a bare TypeError
-            value = getattr(self, name)
-            if (value is not None or name != "replan_drift") and (isinstance(value, bool)
-                                                                   or not isinstance(value, numbers.Real)):
-                raise ValueError(f"{name}: expected a number{' or None' if name == 'replan_drift' else ''}, "
-                                 f"got {value!r}")
+        check_field_types(self)  # "0.004" from Python was a bare TypeError; numpy's numbers (a sweep) as Python's
+        if self.replan_drift is not None:
+            if isinstance(self.replan_drift, bool) or not isinstance(self.replan_drift, numbers.Real):
+                raise ValueError(f"replan_drift: expected a number or None, got {self.replan_drift!r}")
+            self.replan_drift = float(self.replan_drift)
         check_seed(self.seed)
         for name in ("camera", "state_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
@@ -133,6 +132,7 @@ class RunConfig(AgentCheckpoints):
     threads: int = field(default=2, metadata={"help": "torch threads (the memory's worker shares them)."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # numpy's numbers (a sweep from Python) as Python's
         check_ints(self, ("episodes",))
         check_threads(self)
         check_seed(self.seed)
