@@ -456,6 +456,10 @@ def test_not_a_world_model_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="expected JSON"):
         WorldModel.from_pretrained(tmp_path)
+    for version in (True, 1.0, "1"):  # the first two equal 1 and passed
+        (tmp_path / "config.json").write_text(json.dumps({"kind": "vplan-worldmodel", "format_version": version}))
+        with pytest.raises(CheckpointError, match=f"expected format_version 1, got {version!r}"):
+            WorldModel.from_pretrained(tmp_path)
 
 
 def test_a_config_missing_a_setting_is_refused_but_one_added_to_the_format_later(tmp_path: Path) -> None:

@@ -486,9 +486,10 @@ def read_pretrained_config(path: str | Path, config_class: Any, kind: str, forma
     found = payload.get("kind") if isinstance(payload, dict) else None
     if found != kind:
         raise CheckpointError(f"{config_file}: expected kind {kind!r}, got {found!r}")
-    if payload.get("format_version") != format_version:
+    version = payload.get("format_version")
+    if type(version) is not int or version != format_version:  # true and 1.0 equal 1 too
         raise CheckpointError(
-            f"{config_file}: expected format_version {format_version}, got {payload.get('format_version')!r}"
+            f"{config_file}: expected format_version {format_version}, got {version!r}"
         )
     missing = missing_setting(payload.get("config"), config_class, added_later)
     if missing is not None:
