@@ -503,7 +503,7 @@ def test_require_text_conditioned_takes_the_conditioning_and_refuses_a_config() 
     from vplan.worldmodel.config import require_text_conditioned
 
     require_text_conditioned("text", "worldmodel=x", "the agent")
-    with pytest.raises(SettingMismatchError, match="worldmodel=x: a world model conditioned on 'action', and the agent"):
+    with pytest.raises(SettingMismatchError, match="worldmodel=x: a world model conditioned on 'action', and the "):
         require_text_conditioned("action", "worldmodel=x", "the agent")
     with pytest.raises(TypeError, match="conditioning: expected the model's conditioning, .*got WorldModelConfig"):
         require_text_conditioned(WorldModelConfig(), "worldmodel=x", "the agent")
