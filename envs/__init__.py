@@ -74,7 +74,8 @@ def env_name(config: object) -> str:
         if type(config) is config_class:
             return name
     names = [cls.__name__ for _, cls in _ENTRY_POINTS.values()]
-    raise ValueError(f"expected an env config, one of {names}, got {type(config).__name__}")
+    got = repr(config) if isinstance(config, str) else type(config).__name__  # omegaconf's MISSING: '???'
+    raise ValueError(f"expected an env config, one of {names}, got {got}")
 
 
 def make_env(

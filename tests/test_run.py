@@ -56,11 +56,15 @@ def test_defaults_compose():
 def test_a_run_config_built_in_python_without_a_task_is_refused_by_name():
     """`load_agent(RunConfig())` was "'str' object has no attribute 'env'" (the task left as omegaconf's MISSING)."""
     from vplan.config import RunConfig
+    from vplan.errors import UsageError
     from vplan.run import load_agent, run
+    from vplan.tasks import TaskConfig
 
     for call in (load_agent, run):
         with pytest.raises(ValueError, match=r"^task: expected a TaskConfig .*got '\?\?\?'; set task= and env="):
             call(RunConfig())
+    with pytest.raises(UsageError, match=r"expected an env config, one of \['TabletopConfig', .*got '\?\?\?'$"):
+        load_agent(RunConfig(task=TaskConfig.preset("return_cubes")))  # it said "got str"
 
 
 def test_an_idm_trained_at_another_action_scale_is_warned_about(tmp_path):
