@@ -182,18 +182,15 @@ def missing_setting(data: Any, config_class: Any, added_later: tuple[str, ...], 
 def with_checkpoint_frames(cfg: Any, spec: str | None, setting: str) -> Any:
     """`cfg` with its env (`cfg.env`) rendering the frames of the world model `spec` (the argument of `setting`):
     the only size the model runs at, so `env.image_size` follows it, said since the command gave another (if only
-    by default). Unchanged where the env has no `image_size` or the checkpoint records none (a missing one is
-    named by the command's own checks)."""
-    try:
-        config = _recorded(spec, "config") if spec else None
-    except UsageError:  # a misspelt shipped: name
-        return cfg
-    vae = config.get("vae") if isinstance(config, dict) else None
-    size = vae.get("image_size") if isinstance(vae, dict) else None
-    if not isinstance(size, int) or isinstance(size, bool) or not hasattr(cfg.env, "image_size"):
+    by default). Unchanged where the env has no `image_size` or the checkpoint's settings cannot be read (the
+    command's own checks name what is wrong)."""
+    from vplan.worldmodel.config import ADDED_LATER, WorldModelConfig
+
+    settings = recorded_config(spec, WorldModelConfig, ADDED_LATER) if spec else None
+    if settings is None or not hasattr(cfg.env, "image_size"):
         return cfg
     try:
-        env = with_image_size(cfg.env, size, "env", f"the frames {setting}={spec} draws")
+        env = with_image_size(cfg.env, settings.vae.image_size, "env", f"the frames {setting}={spec} draws")
     except ValueError:  # a size no env renders (a damaged config.json): the checkpoint's loader names it
         return cfg
     return cfg if env is cfg.env else replace(cfg, env=env)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import operator
 import os
 import warnings
 from collections import OrderedDict
@@ -52,18 +51,10 @@ from vplan.data.lerobot_format import (
 )
 from vplan.errors import DamagedDatasetError, UsageError, VplanWarning, first_line
 from vplan.utils.files import file_written_aside
+from vplan.utils.settings import as_index
 
 EPISODE_META = "meta"  # key of the episode-metadata row in `EpisodeDataset.episode(i)`
 MAX_OPEN_VIDEOS = 64  # decoded videos a dataset keeps (each memory map holds a file open; the soft limit is ~1024)
-
-
-def _as_int(value: Any, name: str) -> int:
-    """`value` as an int (numpy's and a 0-d tensor's too: `Subset(dataset, torch.arange(n))`); a TypeError for
-    anything else (a float was an IndexError of numpy's)."""
-    if not isinstance(value, bool):
-        with contextlib.suppress(TypeError):
-            return operator.index(value)
-    raise TypeError(f"{name}: expected an int, got {value!r}")
 
 
 def chunk_subgoal(subgoals: Sequence[str], start: int) -> str:
@@ -188,7 +179,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def clips(self, length: int, stride: int = 1) -> list[tuple[int, int]]:
         """(episode, first frame) of each window of `length` frames within one episode, `stride` apart."""
-        length, stride = _as_int(length, "length"), _as_int(stride, "stride")
+        length, stride = as_index(length, "length"), as_index(stride, "stride")
         if length < 1 or stride < 1:
             raise ValueError(f"expected length >= 1 and stride >= 1, got length={length}, stride={stride}")
         return [
@@ -203,7 +194,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return self.num_frames
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        index = _as_int(index, "frame index")
+        index = as_index(index, "frame index")
         if not 0 <= index < self.num_frames:
             raise IndexError(f"frame index {index} out of range [0, {self.num_frames})")
         episode = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -223,7 +214,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
     # -- loading
 
     def _check_episode(self, episode: int) -> int:
-        episode = _as_int(episode, "episode")
+        episode = as_index(episode, "episode")
         if not 0 <= episode < self.num_episodes:
             raise IndexError(f"episode {episode} out of range [0, {self.num_episodes})")
         return episode

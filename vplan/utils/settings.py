@@ -72,13 +72,21 @@ def check_int(value: Any, name: str, low: int | None = 1) -> None:
 
 
 # numbers.Integral and numbers.Real take numpy's scalars too (a sweep over np.arange), held as Python's
-def as_count(value: Any, name: str) -> int:
-    """`value` as a positive int, numpy's and a 0-d tensor's too (`operator.index`); a ValueError naming `name`
-    for anything else (a bool or a float is no count)."""
-    count = 0
+def as_index(value: Any, name: str) -> int:
+    """`value` as an int, numpy's and a 0-d tensor's too (`operator.index`: `Subset(dataset, torch.arange(n))`); a
+    TypeError naming `name` for anything else (a bool or a float is no index)."""
     if not isinstance(value, bool):
         with contextlib.suppress(TypeError):
-            count = operator.index(value)
+            return operator.index(value)
+    raise TypeError(f"{name}: expected an int, got {value!r}")
+
+
+def as_count(value: Any, name: str) -> int:
+    """`value` as a positive int (`as_index`); a ValueError naming `name` for anything else."""
+    try:
+        count = as_index(value, name)
+    except TypeError:
+        count = 0
     if count < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
     return count
