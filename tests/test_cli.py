@@ -121,6 +121,23 @@ def test_every_threads_setting_is_bounded():
         build_config(compose_config(c, ["threads=1024"])[0])
 
 
+def test_every_command_config_takes_numpys_numbers():
+    """A sweep from Python over np.arange: np.int64(3) was refused by the eval, bench, train, finetune and rl
+    configs' int checks (the agent's and the env's took it)."""
+    from dataclasses import fields, replace
+
+    import numpy as np
+
+    for c in COMMANDS:
+        config = build_config(compose_config(c, [])[0])
+        ints = {f.name: np.int64(getattr(config, f.name)) for f in fields(config) if f.type == "int"}
+        floats = {f.name: np.float32(getattr(config, f.name)) for f in fields(config) if f.type == "float"}
+        swept = replace(config, **ints, **floats)
+        assert {type(getattr(swept, name)) for name in ints} <= {int}, c.name
+        assert {type(getattr(swept, name)) for name in floats} <= {float}, c.name
+        assert ints or floats, c.name
+
+
 def test_the_last_env_given_picks_the_default_task():
     """Hydra takes the last env=; the default task came from the first ('use env=tabletop', looping)."""
     cfg, _ = compose_config(command("collect"), ["env=tabletop", "env=blockworld"])

@@ -25,7 +25,8 @@ from vplan.constants import (
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import DamagedDatasetError, RunError, UsageError, VplanWarning
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import CONFIG_FILE, check_same_config, check_seed, read_config_record, write_config
+from vplan.utils.settings import (CONFIG_FILE, check_field_types, check_same_config, check_seed, read_config_record,
+                                  write_config)
 
 IMAGE_FEATURE = "observation.images.{camera}"  # env observation key "front" -> observation.images.front
 
@@ -49,6 +50,7 @@ class CollectConfig:
     resume: bool = field(default=True, metadata={"help": "false: refuse a directory that holds episodes."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.episodes < 1:
             raise ValueError(f"episodes: expected a positive number, got {self.episodes}")
         check_seed(self.seed)

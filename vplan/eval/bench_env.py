@@ -20,7 +20,7 @@ TARGET_STEPS_PER_S = {"tabletop": 500, "blockworld": 300}
 
 from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_seed
+from vplan.utils.settings import check_field_types, check_seed
 
 
 @dataclass
@@ -35,6 +35,7 @@ class BenchEnvConfig:
     out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.steps < 1 or self.episodes < 1:
             raise ValueError(f"steps and episodes: expected positive numbers, got {self.steps}, {self.episodes}")
         check_seed(self.seed)

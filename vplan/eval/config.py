@@ -16,7 +16,7 @@ from vplan.eval.progress import check_resume_or_overwrite
 from vplan.memory.config import KINDS, MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_ints, check_seed, check_threads
+from vplan.utils.settings import check_field_types, check_ints, check_seed, check_threads
 from vplan.worldmodel.config import CONDITIONINGS, WorldModelConfig
 
 OBJECTIVE_OF = {"ddim": "epsilon", "dpmsolver++": "epsilon", "flow_euler": "flow"}
@@ -40,6 +40,7 @@ class BenchWorldModelConfig:
     out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_threads(self)
         if not self.samplers:
             raise ValueError("samplers: expected at least one entry like 'dpmsolver++:5', got []")
@@ -90,6 +91,7 @@ class BenchMemoryConfig:
     out: str | None = field(default=None, metadata={"help": OUT_HELP})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.memory.kind == "none":
             raise ValueError("memory: expected a memory to compare with none (memory=temp_lora or memory=anchor), "
                              "got memory=none")
@@ -120,6 +122,7 @@ class AgentBenchConfig:
     threads: int = field(default=2, metadata={"help": "torch threads."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_ints(self, ("episodes",))
         check_threads(self)
         check_seed(self.seed)
@@ -237,6 +240,7 @@ class EvalConsistencyConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_resume_or_overwrite(self)
         from vplan.envs import env_name
         from vplan.eval.revisit import revisit_scenario_for
@@ -317,6 +321,7 @@ class EvalWorldModelConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_resume_or_overwrite(self)
         if self.episodes < 1 or self.video_chunks < 0 or self.rollout_chunks < 0:
             raise ValueError(f"episodes >= 1, video_chunks >= 0 and rollout_chunks >= 0 expected, got {self.episodes}, "

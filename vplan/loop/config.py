@@ -14,7 +14,7 @@ from vplan.configs import preset_names
 from vplan.constants import ACTION, ACTION_APPLIED
 from vplan.memory.config import MemoryConfig
 from vplan.policies.config import IDMConfig
-from vplan.utils.settings import check_ints, check_seed
+from vplan.utils.settings import check_field_types, check_ints, check_seed
 from vplan.worldmodel.config import VAEConfig, WorldModelConfig
 
 
@@ -36,6 +36,7 @@ class OptimConfig:
     seed: int = field(default=0, metadata={"help": "Seed of initialisation and of the batch order."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_ints(self, ("steps", "batch_size", "save_every", "log_every"))
         check_ints(self, ("warmup_steps", "cooldown_steps"), low=0)
         if not math.isfinite(self.lr) or self.lr <= 0:
@@ -95,6 +96,7 @@ class WorldModelTrainConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not 0 <= self.boundary_fraction <= 1:
             raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
 
@@ -111,6 +113,7 @@ class TrainConfig:
                 "by `vplan eval worldmodel` on fresh episodes); 0: train on every one."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_ints(self, ("holdout_episodes",), low=0)
         default = next((f.default for f in fields(self.component) if f.name == "name"), None)
         name = self.component.name
@@ -166,6 +169,7 @@ class IDMTrainConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.label not in LABELS:
             raise ValueError(f"label: expected one of {sorted(LABELS)}, got {self.label!r}")
         if not 0.0 <= self.vae_fraction <= 1.0:
@@ -222,6 +226,7 @@ class FinetuneConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.memory.kind != "temp_lora":
             raise ValueError(f"memory: expected memory=temp_lora (the fast learner whose states the loop stores), "
                              f"got kind {self.memory.kind!r}")

@@ -17,7 +17,7 @@ from vplan.memory.config import MemoryConfig
 from vplan.planner.config import PlannerConfig
 from vplan.shipped import AgentCheckpoints
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import check_ints, check_seed, check_threads
+from vplan.utils.settings import check_field_types, check_ints, check_seed, check_threads
 
 TERMS = ("outcome", "executability", "consistency", "idm_reproduction", "vlm")  # the weighted rewards
 
@@ -39,6 +39,7 @@ class RewardConfig:
     vlm: float = field(default=0.0, metadata={"help": "Weight of the VLM yes/no reward; needs vlm_reward.enabled."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in (*TERMS, "progress_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
@@ -147,6 +148,7 @@ class RLConfig(AgentCheckpoints):
         return self.seed + self.iterations * self.seeds_per_iteration
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         check_ints(self, ("iterations", "seeds_per_iteration", "continuations", "lora_rank", "steps_per_iteration",
                           "batch_size"))
         check_threads(self)
