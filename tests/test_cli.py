@@ -515,7 +515,9 @@ def test_help_and_a_settings_error_load_neither_torch_nor_diffusers():
                      # checkpoints the env cannot drive (5.8 s before): a camera it lacks, another action space
                      ["run", "agent.camera=wrist"], ["rl", "agent.state_key=gripper"],
                      ["bench", "planning", "idm=shipped:blockworld/idm"],
-                     ["eval", "worldmodel", "idm=shipped:blockworld/idm"]):
+                     ["eval", "worldmodel", "idm=shipped:blockworld/idm"],
+                     # an action model of other actions than the env's (9.8 s before)
+                     ["eval", "worldmodel", "env=blockworld", "compare=shipped:tabletop/worldmodel_action"]):
             try:  # a mistyped checkpoint, or one of another kind: refused before the models' libraries load
                 main(args)
             except SystemExit as stop:
@@ -572,6 +574,10 @@ def test_the_early_env_contract_passes_what_the_commands_run_and_leaves_damaged_
     _check_env_fits(config("run", *blockworld, "env.chunk_steps=10", f"worldmodel={no_chunk_frames}"))
     with pytest.raises(UsageError, match="env.chunk_steps=10: the world model imagines 8-frame chunks"):
         _check_env_fits(config("run", *blockworld, "env.chunk_steps=10"))  # what the damaged ones were refused with
+    with pytest.raises(UsageError, match=r"^compare=shipped:tabletop/worldmodel_action: an action model of "
+                                         r"action_dim 4, and the env's actions have 1 value; pass one trained on"):
+        _check_env_fits(config("eval", "worldmodel", *blockworld, "compare=shipped:tabletop/worldmodel_action"))
+    _check_env_fits(config("eval", "worldmodel", "checkpoint=shipped:tabletop/worldmodel_action"))  # its own env's
 
 
 def test_each_preset_names_the_module_that_defines_its_settings():

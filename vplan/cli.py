@@ -709,13 +709,15 @@ def _check_env_fits(config: Any) -> None:
     eval worldmodel's `idm=` the actions it reads, from the checkpoints' recorded settings (`vplan.env_contract`)."""
     from vplan.config import AgentConfig
     from vplan.env_contract import check_checkpoints_fit_env
+    from vplan.eval.config import EvalWorldModelConfig
 
     agent = getattr(config, "agent", None)
     if isinstance(agent, AgentConfig):  # run and rl name their checkpoints' defaults by property, the benches not
         check_checkpoints_fit_env(config.env, getattr(config, "worldmodel_checkpoint", config.worldmodel),
                                   getattr(config, "idm_checkpoint", config.idm), agent)
-    elif isinstance(getattr(config, "idm", None), str):
-        check_checkpoints_fit_env(config.env, None, config.idm, None)
+    elif isinstance(config, EvalWorldModelConfig):  # the actions its IDM reads and its action models take
+        check_checkpoints_fit_env(config.env, None, config.idm, None,
+                                  {"checkpoint": config.checkpoint, "compare": config.compare})
 
 
 def _fail_on_os_error(prog: str, error: OSError) -> NoReturn:

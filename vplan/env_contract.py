@@ -111,6 +111,16 @@ def check_idm_reads(space: spaces.Space, checkpoint: str, idm_space: spaces.Spac
                          "trained on this env's episodes")
 
 
+def check_takes_actions(space: spaces.Space, setting: str, checkpoint: str, config: WorldModelConfig) -> None:
+    """A UsageError where `config` is an action model taking another number of values per action than the env's
+    `space` holds (a Discrete's move: one), named by its `setting` and `checkpoint`."""
+    width = int(np.prod(space.shape))
+    if config.uses_actions and config.action_dim != width:
+        values = f"{width} value{'s' if width != 1 else ''}"
+        raise UsageError(f"{setting}={checkpoint}: an action model of action_dim {config.action_dim}, and the env's "
+                         f"actions have {values}; pass one trained on this env's actions")
+
+
 def check_idm_reads_frames(idm: str, reads: int, size: int) -> None:
     """A SettingMismatchError where the IDM (`idm`, its checkpoint) reads frames of another size than the world
     model draws."""
@@ -119,19 +129,22 @@ def check_idm_reads_frames(idm: str, reads: int, size: int) -> None:
                                    "pass an IDM trained on the world model's frames")
 
 
-def check_checkpoints_fit_env(env_config: Any, worldmodel: str | None, idm: str | None,
-                              agent: AgentConfig | None) -> None:
+def check_checkpoints_fit_env(env_config: Any, worldmodel: str | None, idm: str | None, agent: AgentConfig | None,
+                              action_models: Mapping[str, str | None] | None = None) -> None:
     """The checks above from the checkpoints' recorded settings and an env made from `env_config` (it makes no
     frame): with `agent`, the agent's whole contract (and an IDM reading the world model's frame size); without,
-    only the IDM's actions (eval worldmodel's). Nothing for an adapter's env (making one may start its simulator)
-    or a checkpoint whose settings cannot be read (its loader names what is wrong)."""
+    only the actions that the IDM reads and that the world models in `action_models` (setting -> checkpoint or
+    None) take (eval worldmodel's). Nothing for an adapter's env (making one may start its simulator) or a
+    checkpoint whose settings cannot be read (its loader names what is wrong)."""
     from vplan.envs import env_name, make_env
 
     if not is_dataclass(env_config) or env_name(env_config) in ("rlbench", "minerl"):
         return
     model = recorded_config(worldmodel, WorldModelConfig, WORLDMODEL_ADDED_LATER) if worldmodel else None
     reader = recorded_config(idm, IDMConfig, IDM_ADDED_LATER) if idm else None
-    if reader is None or (agent is not None and model is None):
+    actors = {name: (spec, config) for name, spec in (action_models or {}).items() if spec and (
+        config := recorded_config(spec, WorldModelConfig, WORLDMODEL_ADDED_LATER)) is not None and config.uses_actions}
+    if (agent is None and reader is None and not actors) or (agent is not None and (model is None or reader is None)):
         return
     if agent is not None:
         check_idm_reads_frames(idm, reader.image_size, model.vae.image_size)
@@ -143,7 +156,10 @@ def check_checkpoints_fit_env(env_config: Any, worldmodel: str | None, idm: str 
     env = make_env(env_config)
     try:
         if agent is None:
-            check_idm_reads(env.action_space, idm, reader.action_space())
+            if reader is not None:
+                check_idm_reads(env.action_space, idm, reader.action_space())
+            for name, (spec, config) in actors.items():
+                check_takes_actions(env.action_space, name, spec, config)
         else:
             chunk_frames = model.chunk_frames
             check_env_fits(env, agent, reader.action_space(), model.vae.image_size, chunk_frames,

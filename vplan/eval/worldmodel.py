@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -174,7 +174,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     metrics.json, the MP4s and the plot; print a table."""
     from tqdm import tqdm
 
-    from vplan.env_contract import check_idm_reads
+    from vplan.env_contract import check_idm_reads, check_takes_actions
     from vplan.envs import action_units, env_name, make_env
     from vplan.errors import UsageError
     from vplan.policies import make_expert
@@ -201,8 +201,9 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
     empty = {"episodes": [], "chunks": [], "open_loop": []}
     env, expert = make_env(cfg.env), make_expert(cfg.task.name, cfg.env)
     try:
-        _check_action_dim(env.action_space, {"checkpoint": (cfg.checkpoint, model),
-                                             "compare": (cfg.compare, compare)})
+        for name, spec, loaded in (("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)):
+            if loaded is not None:  # (the CLI checked their config.json files before they loaded)
+                check_takes_actions(env.action_space, name, spec, loaded.config)
         if idm is not None:
             check_idm_reads(env.action_space, cfg.idm, idm.config.action_space())
         # named by this command's keys (checkpoints.json keeps the names earlier evaluations pinned them under)
@@ -396,19 +397,6 @@ def _evaluate_episode(cfg: EvalWorldModelConfig, episode: int, env: Any, expert:
             grid.append((np.concatenate([real.numpy(), predicted.numpy()], axis=1),
                          f"episode {episode}, frames {start}-{start + chunk_n - 1}: {true_text}"))
     return rows, open_rows
-
-
-def _check_action_dim(space: Any, models: dict[str, tuple[Optional[str], Any]]) -> None:
-    """A UsageError naming the setting (name -> (checkpoint, loaded model or None)) of an action model that takes
-    another number of values per action than the env's `space` holds: before anything is written (it was found
-    in the first episode, after the records were written and an expert episode played)."""
-    from vplan.errors import UsageError
-
-    width = int(np.prod(space.shape))  # a Discrete's move: one value
-    for name, (checkpoint, model) in models.items():
-        if model is not None and model.config.uses_actions and model.config.action_dim != width:
-            raise UsageError(f"{name}={checkpoint}: an action model of action_dim {model.config.action_dim}, and the "
-                             f"env's actions have {width} values; pass one trained on this env's actions")
 
 
 def _closer(psnr: float, other_psnr: float) -> float:
