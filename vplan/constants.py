@@ -1,7 +1,6 @@
 """Names shared by the datasets, the training batches and the policies (LeRobot's feature names)."""
 
 OBS_IMAGE_FRONT = "observation.images.front"
-OBS_IMAGE_WRIST = "observation.images.wrist"
 OBS_STATE = "observation.state"  # the robot's own state: gripper xyz + opening
 OBS_ENV_STATE = "observation.environment_state"  # privileged object state: cube positions
 ACTION = "action"
