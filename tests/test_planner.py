@@ -542,6 +542,26 @@ def test_an_error_reply_echoing_the_key_is_scrubbed(endpoint, make_llm, logs) ->
     plan = plan_with_fallback(make_llm(), KNOWN_INFO)  # which checks the warning and the note
     assert "AuthenticationError" in plan.note and "invalid api key <redacted>" in plan.note
     assert len(endpoint.requests) == 1  # a 401 is not retried
+    assert plan.note.endswith("; check the API key in planner.llm.api_key")
+    shouted = SECRET.upper() if SECRET.upper() != SECRET else SECRET.lower()  # a reply's words are shown lowercased
+    endpoint.reply = lambda body: (401, {"error": {"message": f"invalid api key {shouted}"}}, 0.0)
+    assert "invalid api key <redacted>" in plan_with_fallback(make_llm(), KNOWN_INFO).note
+
+
+@pytest.mark.parametrize(("status", "said", "advice"), [
+    (404, "Not Found", "check planner.llm.base_url (an OpenAI-compatible API's base usually ends in /v1) and "
+                       "planner.llm.model"),
+    (400, "'response_format.type' : value is not one of the allowed values ['text','json_object']",
+     "an endpoint that takes no JSON schema: planner.llm.response_format=json_object (or none)"),
+    (400, "Unsupported parameter: 'temperature' is not supported with this model.",
+     "a model that takes no temperature: planner.llm.temperature=null"),
+    (400, "messages: too long", None),  # no setting would help: no advice
+])
+def test_a_refused_request_names_the_setting_to_look_at(endpoint, make_llm, status, said, advice) -> None:
+    """A bare 404 (vLLM's "Not Found") or a 400 for the schema named no setting, though the README has one."""
+    endpoint.reply = lambda body: (status, {"error": {"message": said}}, 0.0)
+    note = plan_with_fallback(make_llm(), KNOWN_INFO).note
+    assert said in note and (note.endswith(f"; {advice}") if advice else note.endswith(")")), note
 
 
 def test_a_reply_in_a_code_fence_is_read_without_it(endpoint, make_llm) -> None:
@@ -893,13 +913,17 @@ def test_timeout_falls_back(endpoint, make_llm, logs) -> None:
     plan = plan_with_fallback(make_llm(timeout_s=0.3), KNOWN_INFO)
     assert time.perf_counter() - start < 10.0
     assert "APITimeoutError" in plan.note and len(endpoint.requests) == 1
+    assert plan.note.endswith("; the endpoint was silent for 0.3 s; raise planner.llm.timeout_s if it is slow to answer")
     assert_key_never_logged(logs)
 
 
 def test_unreachable_endpoint_falls_back(make_llm) -> None:
     with socket_closed_port() as port:
         plan = plan_with_fallback(make_llm(base_url=f"http://127.0.0.1:{port}/v1"), KNOWN_INFO)
-    assert "APIConnectionError" in plan.note
+    # the cause, which the client's "Connection error." hid, and where to look
+    assert "APIConnectionError: Connection error.; ConnectionRefusedError: [Errno 111] Connection refused" in plan.note
+    assert plan.note.endswith(f"; check that an endpoint is running at http://127.0.0.1:{port}/v1/ "
+                              "(planner.llm.base_url)")
 
 
 class socket_closed_port:  # noqa: N801 - used as a context manager

@@ -520,5 +520,7 @@ def test_the_bar_names_the_chunk_being_imagined_before_the_figures_so_far():
     bar = tqdm(total=3, ncols=80, disable=True)
     show_chunk(bar, 10001, "success 0/1, Dist 0.000, last episode 4.4 s")(3, "put the red cube back where it was")
     assert bar.postfix == "seed 10001, chunk 3: put the red cube back wh | success 0/1, Dist 0.000, last episode 4.4 s"
-    show_chunk(bar, 10000)(0, "pick up the red cube")
-    assert bar.postfix == "seed 10000, chunk 0: pick up the red cube"
+    show_chunk(bar, 10000)(1, "pick up the red cube")
+    assert bar.postfix == "seed 10000, chunk 1: pick up the red cube"
+    show_chunk(bar, 10002, "success 0/2")(0, "")  # run_episode's call while the agent plans (an LLM's request)
+    assert bar.postfix == "seed 10002, planning | success 0/2"

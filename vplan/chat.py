@@ -22,6 +22,7 @@ from vplan.utils.settings import check_field_types
 NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
 REDACTED = "<redacted>"
 MAX_REPLY_BYTES = 8 * 2**20  # most of an HTTP reply read at all: an endpoint could send gigabytes in one
+DETAIL_CHARS = 160  # most of a failed request's own words in its message: the advice after them must be shown
 
 
 class ReplyTooLargeError(RuntimeError):
@@ -258,6 +259,7 @@ class ChatEndpoint:
 
     def __init__(self, config: ChatEndpointConfig, who: str, key_setting: str) -> None:
         self.config = config
+        self.settings = key_setting.rpartition(".")[0] + "." if "." in key_setting else ""  # "planner.llm."
         environment_url = os.environ.get("OPENAI_BASE_URL")  # what the client uses when base_url is None
         if config.base_url is None and environment_url is not None and (  # set but empty: the client uses ""
                 _holds_credentials(environment_url) or not _is_http_url(environment_url)):
@@ -265,26 +267,24 @@ class ChatEndpoint:
                              "with a host (and no user, password or query); correct or unset it")
         # stripped before the fallback: a pasted newline, and a blank api_key does not hide the environment's
         self.api_key = ((config.api_key or "").strip() or os.environ.get(config.api_key_env, "")).strip()
+        self.key_source = (key_setting if (config.api_key or "").strip() else
+                           f"the environment variable {config.api_key_env}")
         if not all(" " < c < "\x7f" for c in self.api_key):  # HTTP headers take printable ASCII; the key unquoted
-            source = key_setting if (config.api_key or "").strip() else f"the environment variable {config.api_key_env}"
-            raise UsageError(f"{who}: the API key in {source} holds a space, a control or a non-ASCII character; "
-                             "paste it again")
+            raise UsageError(f"{who}: the API key in {self.key_source} holds a space, a control or a non-ASCII "
+                             "character; paste it again")
         if not self.api_key:
             if config.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
-                base_url_setting = key_setting.rpartition(".")[0] + ".base_url" if "." in key_setting else "base_url"
                 raise UsageError(
                     f"{who} needs an API key: set the environment variable {config.api_key_env} (or {key_setting}), "
-                    f"or point {base_url_setting} at an endpoint that needs none"
+                    f"or point {self.settings}base_url at an endpoint that needs none"
                 )
             self.api_key = NO_KEY
         url = config.base_url if config.base_url is not None else environment_url
         if self.api_key != NO_KEY and url and _unencrypted_to_another_machine(url):
-            source = key_setting if (config.api_key or "").strip() else f"the environment variable {config.api_key_env}"
-            warnings.warn(f"{who}: the API key in {source} goes to {url} unencrypted (http://, not on this machine "
-                          "or through a proxy), "
-                          "where anyone on the way can read it; use https://, or an endpoint that needs no key "
-                          f"(then set {key_setting.rpartition('.')[0] + '.' if '.' in key_setting else ''}api_key_env "
-                          "to a variable that is not set)", VplanWarning, stacklevel=3)
+            warnings.warn(f"{who}: the API key in {self.key_source} goes to {url} unencrypted (http://, not on this "
+                          "machine or through a proxy), where anyone on the way can read it; use https://, or an "
+                          f"endpoint that needs no key (then set {self.settings}api_key_env to a variable that is not "
+                          "set)", VplanWarning, stacklevel=3)
         self._client: Any = None
 
     @property
@@ -311,14 +311,11 @@ class ChatEndpoint:
         try:
             completion = self.client.chat.completions.create(model=self.config.model, messages=messages, **options)
         except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
-            cause = error
-            while cause is not None and not isinstance(cause, ReplyTooLargeError):
-                cause = cause.__cause__ or cause.__context__
             retries = self.config.max_retries
             raise ChatRequestError(
                 f"the request to {self.client.base_url} failed, "
                 + (f"with up to {retries} retries " if retries else "without retries (max_retries=0) ")
-                + f"({type(error).__name__}: {cause or error})"
+                + f"({_what_failed(error)[:DETAIL_CHARS]})" + self._advice(error, "response_format" in options)
             ) from None
         try:
             choice = completion.choices[0]
@@ -332,6 +329,53 @@ class ChatEndpoint:
             raise ChatReplyError("the reply was cut at the model's token limit (finish_reason 'length')")
         return getattr(message, "content", None)
 
+    def _advice(self, error: Exception, asked_format: bool) -> str:
+        """"; " and the setting to look at after a failed request, where its kind says which ("" where none does):
+        the client's "Connection error." or a bare 404 said neither."""
+        import openai
+
+        settings, text = self.settings, str(error).lower()
+        if isinstance(error, openai.APITimeoutError):
+            advice = (f"the endpoint was silent for {self.config.timeout_s:g} s; raise {settings}timeout_s if it is "
+                      "slow to answer")
+        elif isinstance(error, openai.APIConnectionError):
+            advice = f"check that an endpoint is running at {self.client.base_url} ({settings}base_url)"
+        elif isinstance(error, openai.NotFoundError):
+            advice = (f"check {settings}base_url (an OpenAI-compatible API's base usually ends in /v1) and "
+                      f"{settings}model")
+        elif isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            advice = f"check the API key in {self.key_source}"
+        elif isinstance(error, openai.BadRequestError) and asked_format and ("response_format" in text or
+                                                                              "json_schema" in text):
+            advice = f"an endpoint that takes no JSON schema: {settings}response_format=json_object (or none)"
+        elif (isinstance(error, openai.BadRequestError) and "temperature" in text
+              and self.config.temperature is not None):
+            advice = f"a model that takes no temperature: {settings}temperature=null"
+        else:
+            return ""
+        return f"; {advice}"
+
     def scrub(self, text: str) -> str:
-        """`text` with the API key replaced by <redacted>."""
-        return text.replace(self.api_key, REDACTED) if self.api_key != NO_KEY else text
+        """`text` with the API key replaced by <redacted>, in any case (a reply's words are lowercased when shown)."""
+        if self.api_key == NO_KEY:
+            return text
+        return re.sub(re.escape(self.api_key), REDACTED, text, flags=re.IGNORECASE)
+
+
+def _what_failed(error: Exception) -> str:
+    """A failed request's error and, where the client's own words hide it, its root cause's: "Connection error."
+    alone could not tell a refused port from an unknown host ("[Errno 111] Connection refused"); a reply stopped
+    for its length, its own words."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    import openai
+
+    too_large = next((c for c in chain if isinstance(c, ReplyTooLargeError)), None)
+    said = f"{type(error).__name__}: {too_large or error}"
+    root = chain[-1]
+    if too_large is None and isinstance(error, openai.APIConnectionError) and root is not error and str(root):
+        said += f"; {type(root).__name__}: {root}"
+    return said

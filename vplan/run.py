@@ -153,9 +153,10 @@ def load_agent(cfg: RunConfig) -> Any:
 
 def show_chunk(bar: Any, seed: int, after: str = "") -> Callable[[int, str], None]:
     """A `run_episode` `on_chunk` that names the chunk being imagined on a tqdm bar, then `after` (the figures so
-    far: a narrow terminal cuts the end of the line, which cut the live part and left a figure half-printed)."""
-    return lambda n, text: bar.set_postfix_str(f"seed {seed}, chunk {n}: {text[:24]}" + (f" | {after}" if after
-                                                                                         else ""))
+    far: a narrow terminal cuts the end of the line, which cut the live part and left a figure half-printed); chunk 0
+    is the planning (an LLM planner's request may take a timeout or three)."""
+    return lambda n, text: bar.set_postfix_str(f"seed {seed}, " + (f"chunk {n}: {text[:24]}" if n else "planning")
+                                               + (f" | {after}" if after else ""))
 
 
 def run_episode(
@@ -166,12 +167,15 @@ def run_episode(
     `config.seed` plus `agent_seed`, by default plus `seed`; following `plan` where one is given, see
     `VideoPlanningAgent.reset`): its result, timings, the imagined and executed frames, the agent's chunks (each
     with what was executed while following it) and the final info (and, given a recorder, every step in the dataset
-    format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display."""
+    format). `on_chunk(n, text)` is told when the agent starts following its n-th chunk, for progress display, and
+    `on_chunk(0, "")` when it begins planning."""
     agent.check_env(env)
     start, cpu = time.perf_counter(), cpu_seconds()
     obs, info = env.reset(seed=seed)
     obs = {key: np.array(value) for key, value in obs.items()}  # copies: an env may draw every frame into one buffer
     sampling_seed = agent.config.seed + (seed if agent_seed is None else agent_seed)  # agent.seed=0: the env's
+    if on_chunk is not None:
+        on_chunk(0, "")
     agent.reset(instruction, obs, info, seed=sampling_seed, plan=plan)
     imagined, executed = [obs[camera]], [obs[camera]]  # step 0: the real first frame on both sides
     captions = ["step 0: the first frame"]

@@ -194,7 +194,7 @@ class LLMPlanner(Planner):
             grounded = self.grounder.ground(texts, skills)
             self.task_skills.check_order([skill for skill, _ in grounded])
         except (ChatRequestError, InvalidReplyError, GroundingError, SkillOrderError) as error:
-            reason = self.endpoint.scrub(" ".join(str(error).split()))[:300]
+            reason = self.endpoint.scrub(" ".join(str(error).split()))[:500]  # a failed request's advice at its end
             warnings.warn(
                 f"LLM planner ({self.llm.model}): {reason.rstrip('.')}; using the offline plan", PlannerFallbackWarning,
                 stacklevel=2,

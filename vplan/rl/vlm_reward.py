@@ -140,7 +140,7 @@ class VLMReward:
     def _warn(self, subgoal: str, what: str) -> None:
         what = self._scrub(" ".join(what.split()))
         warnings.warn(
-            f"VLM reward ({self.config.model}): {what[:300]}; no reward for the chunk {short(subgoal, 60)}",
+            f"VLM reward ({self.config.model}): {what[:500]}; no reward for the chunk {short(subgoal, 60)}",
             VLMRewardWarning,
             stacklevel=3,
         )
