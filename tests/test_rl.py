@@ -608,6 +608,11 @@ def test_vplan_rl_carries_the_vlm_budget_and_answers_over_a_kill(checkpoints, tm
         asked = len(server.requests)
         state = json.loads((straight / "checkpoint" / "state.json").read_text())
         assert asked > 0 and state["vlm"]["requests_made"] == asked
+        said = capsys.readouterr().out  # the budget spent, which only state.json held
+        spent = {"requests_made": asked, "max_requests": 200, "unanswered_chunks": 0, "unscored_episodes": 0}
+        assert json.loads((straight / "metrics.json").read_text())["vlm"] == spent
+        assert f"VLM reward: {asked}/200 requests spent; 0 chunk(s) and 0 episode(s) explored got no answer" in said
+        assert "; VLM: " in said and "requests spent, 0 chunk(s) and 0 episode(s) unanswered\n" in said
 
         def killed(self, groups):  # Ctrl-C in the first iteration's finetuning, after its questions
             raise KeyboardInterrupt
@@ -625,8 +630,22 @@ def test_vplan_rl_carries_the_vlm_budget_and_answers_over_a_kill(checkpoints, tm
         a, b = ([json.loads(line)["rewards"] for line in (out / "iterations.jsonl").read_text().splitlines()]
                 for out in (straight, resumed))
         assert a == b and all("vlm" in row for rows in a for row in rows)
+        assert json.loads((resumed / "metrics.json").read_text())["vlm"] == spent  # counted over the resume
     finally:
         server.close()
+
+
+def test_an_iteration_without_vlm_scores_says_its_mean_reward_lacks_the_term():
+    """A spent budget halved the logged mean reward, which read as the policy getting worse (helper-193)."""
+    from vplan.rl.loop import _vlm_line
+
+    record = {"rewards": [{"reward": 0.5, "outcome": 0.5}],
+              "vlm": {"requests_made": 30, "max_requests": 30, "unanswered_chunks": 0, "unscored_episodes": 2}}
+    assert _vlm_line(record, 1.0) == ("; VLM: 30/30 requests spent, 0 chunk(s) and 2 episode(s) unanswered (no "
+                                      "episode got a VLM score: this mean reward leaves that term out)")
+    record["rewards"][0]["vlm"] = 1.0
+    assert _vlm_line(record, 1.0).endswith("2 episode(s) unanswered")
+    assert _vlm_line({"rewards": []}, 0.0) == ""  # the VLM reward off
 
 
 def test_the_summary_shows_a_missing_dist_as_a_dash(capsys, tmp_path):

@@ -159,7 +159,7 @@ def test_unclear_reply_gives_none_and_a_warning(endpoint: FakeEndpoint, content:
     vlm = reward(endpoint)
     with pytest.warns(VLMRewardWarning, match="not a clear yes or no"):
         assert vlm.score(rollout(chunk(PICK, 0))) is None
-    assert len(endpoint.requests) == 1
+    assert len(endpoint.requests) == 1 and (vlm.unanswered_chunks, vlm.unscored_episodes) == (1, 1)
 
 
 @pytest.mark.parametrize(
@@ -258,6 +258,7 @@ def test_an_episode_the_budget_cannot_cover_whole_is_not_scored(endpoint: FakeEn
     with pytest.warns(VLMRewardWarning, match=r"has 2 question\(s\) left, and an episode needs 3; it gets no VLM"):
         assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10), chunk(PICK, 20))) is None
     assert len(endpoint.requests) == 0 and vlm.requests_made == 0  # none asked: the budget is left for others
+    assert (vlm.unanswered_chunks, vlm.unscored_episodes) == (0, 1)
     assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 1.0  # one it covers whole
     assert vlm.score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 1.0  # from the cache: no budget needed
     assert len(endpoint.requests) == 2

@@ -250,6 +250,36 @@ def _holds_credentials(url: str) -> bool:
     return bool(parts.username or parts.password or parts.query or "@" in parts.netloc)
 
 
+def _settings_beside(key_setting: str) -> str:
+    """The prefix of the settings beside an endpoint's api_key setting: "planner.llm." for "planner.llm.api_key"."""
+    return key_setting.rpartition(".")[0] + "." if "." in key_setting else ""
+
+
+def endpoint_key(config: ChatEndpointConfig, who: str, key_setting: str) -> tuple[str, str]:
+    """The API key an endpoint of `config` is asked with (`NO_KEY` for one that needs none) and where it comes from
+    (`key_setting` or the environment variable); a UsageError naming `who` where there is none for an endpoint that
+    needs one, the key cannot go in an HTTP header, or OPENAI_BASE_URL is no URL. Torch-free: the CLI checks it
+    before the models load (a missing key was said after ~10 s)."""
+    environment_url = os.environ.get("OPENAI_BASE_URL")  # what the client uses when base_url is None
+    if config.base_url is None and environment_url is not None and (  # set but empty: the client uses ""
+            _holds_credentials(environment_url) or not _is_http_url(environment_url)):
+        raise UsageError(f"{who}: the environment variable OPENAI_BASE_URL is not an http:// or https:// URL "
+                         "with a host (and no user, password or query); correct or unset it")
+    # stripped before the fallback: a pasted newline, and a blank api_key does not hide the environment's
+    key = ((config.api_key or "").strip() or os.environ.get(config.api_key_env, "")).strip()
+    source = key_setting if (config.api_key or "").strip() else f"the environment variable {config.api_key_env}"
+    if not all(" " < c < "\x7f" for c in key):  # HTTP headers take printable ASCII; the key unquoted
+        raise UsageError(f"{who}: the API key in {source} holds a space, a control or a non-ASCII character; paste "
+                         "it again")
+    if key:
+        return key, source
+    if config.base_url is None and not environment_url:
+        raise UsageError(f"{who} needs an API key: set the environment variable {config.api_key_env} (or "
+                         f"{key_setting}), or point {_settings_beside(key_setting)}base_url at an endpoint that needs "
+                         "none")
+    return NO_KEY, source
+
+
 class ChatEndpoint:
     """The `openai.OpenAI` client of a `ChatEndpointConfig` (made on first use), its key, and key scrubbing.
 
@@ -259,26 +289,9 @@ class ChatEndpoint:
 
     def __init__(self, config: ChatEndpointConfig, who: str, key_setting: str) -> None:
         self.config = config
-        self.settings = key_setting.rpartition(".")[0] + "." if "." in key_setting else ""  # "planner.llm."
+        self.settings = _settings_beside(key_setting)
+        self.api_key, self.key_source = endpoint_key(config, who, key_setting)
         environment_url = os.environ.get("OPENAI_BASE_URL")  # what the client uses when base_url is None
-        if config.base_url is None and environment_url is not None and (  # set but empty: the client uses ""
-                _holds_credentials(environment_url) or not _is_http_url(environment_url)):
-            raise UsageError(f"{who}: the environment variable OPENAI_BASE_URL is not an http:// or https:// URL "
-                             "with a host (and no user, password or query); correct or unset it")
-        # stripped before the fallback: a pasted newline, and a blank api_key does not hide the environment's
-        self.api_key = ((config.api_key or "").strip() or os.environ.get(config.api_key_env, "")).strip()
-        self.key_source = (key_setting if (config.api_key or "").strip() else
-                           f"the environment variable {config.api_key_env}")
-        if not all(" " < c < "\x7f" for c in self.api_key):  # HTTP headers take printable ASCII; the key unquoted
-            raise UsageError(f"{who}: the API key in {self.key_source} holds a space, a control or a non-ASCII "
-                             "character; paste it again")
-        if not self.api_key:
-            if config.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
-                raise UsageError(
-                    f"{who} needs an API key: set the environment variable {config.api_key_env} (or {key_setting}), "
-                    f"or point {self.settings}base_url at an endpoint that needs none"
-                )
-            self.api_key = NO_KEY
         url = config.base_url if config.base_url is not None else environment_url
         if self.api_key != NO_KEY and url and _unencrypted_to_another_machine(url):
             warnings.warn(f"{who}: the API key in {self.key_source} goes to {url} unencrypted (http://, not on this "

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from vplan.configs import preset_names
-from vplan.errors import DatasetError, PlannerFallbackWarning, RunError, UsageError, VplanWarning, first_line
+from vplan.errors import (
+    DatasetError, PlannerFallbackWarning, RunError, UsageError, VLMRewardWarning, VplanWarning, first_line,
+)
 from vplan.utils.interrupts import Terminated, handle_stop_signals
 from vplan.utils.locks import holding_folder
 from vplan.utils.openmp import choose_wait_policy
@@ -616,7 +618,8 @@ def _main(argv: list[str] | None) -> None:
         return
     prog = "vplan"
     warnings.formatwarning = _format_warning
-    warnings.simplefilter("always", PlannerFallbackWarning)  # each episode's fallback, not only the first
+    for repeated in (PlannerFallbackWarning, VLMRewardWarning):  # each episode's or chunk's, not only the first
+        warnings.simplefilter("always", repeated)  # (a text repeated in an episode made one warning of several)
     try:
         command, overrides = _find_command(args)
         prog = f"vplan {command.name}"
@@ -648,6 +651,7 @@ def _main(argv: list[str] | None) -> None:
 
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
         _check_paths(config, command)  # before the command's module loads torch and the models (seconds)
+        _check_endpoint_keys(config)
     except UsageError as error:
         _fail(prog, str(error))
     except OSError as error:  # a data= or checkpoint folder that cannot be read; without a path: the help could not
@@ -702,6 +706,20 @@ def _check_paths(config: Any, command: Command) -> None:
         if settings is not None:
             require_text_conditioned(settings.conditioning, f"{name}={spec}", f"vplan {command.name}")
     _check_env_fits(config)
+
+
+def _check_endpoint_keys(config: Any) -> None:
+    """A UsageError where the LLM planner's or the VLM reward's endpoint has no key it needs (or one an HTTP header
+    cannot hold), said before the models load as every other setting is (`vplan.chat.endpoint_key`)."""
+    from vplan.chat import endpoint_key
+    from vplan.planner.config import LLM_ENDPOINT, PlannerConfig
+    from vplan.rl.config import VLM_ENDPOINT, VLMRewardConfig
+
+    planner, vlm = getattr(config, "planner", None), getattr(config, "vlm_reward", None)
+    if isinstance(planner, PlannerConfig) and planner.kind == "llm":
+        endpoint_key(planner.llm, *LLM_ENDPOINT)
+    if isinstance(vlm, VLMRewardConfig) and vlm.enabled:
+        endpoint_key(vlm, *VLM_ENDPOINT)
 
 
 def _check_env_fits(config: Any) -> None:

@@ -57,3 +57,7 @@ class VplanWarning(UserWarning):
 
 class PlannerFallbackWarning(VplanWarning):
     """The LLM planner could not produce a valid plan and the offline plan was used."""
+
+
+class VLMRewardWarning(VplanWarning):
+    """A chunk got no answer from the VLM (unclear reply, HTTP error, timeout, exhausted budget)."""

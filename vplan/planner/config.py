@@ -19,6 +19,9 @@ URL_SECRET_PARAMETER = re.compile(
     r"([?&](?:[^=&#\s]*[-_])?(?:api-?key|key|token|secret|password|sig|signature)=)[^&#\s]*", re.IGNORECASE)
 
 
+LLM_ENDPOINT = ("planner=llm", "planner.llm.api_key")  # how messages name the planner's endpoint and its key
+
+
 @dataclass
 class LLMPlannerConfig(ChatEndpointConfig):
     """How the LLM planner reaches an OpenAI-compatible endpoint (`ChatEndpointConfig`) and checks its reply."""

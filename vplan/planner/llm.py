@@ -26,7 +26,7 @@ import numpy as np
 
 from vplan.chat import ChatEndpoint, ChatRequestError, image_part, short
 from vplan.errors import PlannerFallbackWarning, VplanWarning
-from vplan.planner.config import LLMPlannerConfig, PlannerConfig
+from vplan.planner.config import LLM_ENDPOINT, LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
 from vplan.planner.offline import OfflinePlanner, Planner
 from vplan.planner.skills import Skill, SkillOrderError
@@ -157,7 +157,7 @@ class LLMPlanner(Planner):
         super().__init__(config, task_config)
         require_package("openai", "llm", hint="or use planner=offline")
         self.llm = config.llm
-        self.endpoint = ChatEndpoint(self.llm, "planner=llm", "planner.llm.api_key")
+        self.endpoint = ChatEndpoint(self.llm, *LLM_ENDPOINT)
         self.grounder = SkillGrounder(self.llm.grounding_threshold, self.llm.text_encoder_path)
         self.fallback = OfflinePlanner(config, task_config)
 

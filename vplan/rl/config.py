@@ -61,6 +61,9 @@ DEFAULT_QUESTION = (
 )
 
 
+VLM_ENDPOINT = ("the VLM reward", "vlm_reward.api_key")  # how messages name the VLM's endpoint and its key
+
+
 @dataclass
 class VLMRewardConfig(ChatEndpointConfig):
     """Whether and how the VLM reward asks an OpenAI-compatible vision chat endpoint (`ChatEndpointConfig`, whose

@@ -103,10 +103,17 @@ def _parsed(line: str) -> dict[str, Any] | None:
         return None
 
 
+def iteration_records(iterations: Path) -> list[dict[str, Any]]:
+    """The records of `iterations.jsonl`, one per finished iteration (none where there is no file yet)."""
+    if not iterations.is_file():
+        return []
+    return [json.loads(line) for line in iterations.read_text().splitlines() if line.strip()]
+
+
 def iteration_series(iterations: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Per iteration, the explored episodes' mean reward (the weighted sum), success rate and each reward term
     (unweighted; an episode a term gave no score, such as a VLM reply that was not yes/no, is left out of it)."""
-    records = [json.loads(line) for line in iterations.read_text().splitlines() if line.strip()]
+    records = iteration_records(iterations)
     x = [record["iteration"] for record in records]
     series = {"reward": (x, [record["reward_mean"] for record in records]),
               "success rate": (x, [record["success_rate"] for record in records])}
@@ -507,6 +514,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                    unit="episode")
         while run.iteration < cfg.iterations:
             started = time.perf_counter()
+            asked = _vlm_counts(run.vlm)
             groups = run.explore(bar)
             pairs = run.update_planner(groups)
             logs = run.finetune(groups)
@@ -516,6 +524,9 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                       "rewards": [{"task_seed": r.task_seed, "plan": r.plan_index, "continuation": r.continuation,
                                    "reward": r.reward, **r.rewards} for r in rewards],
                       "logits": run.logits.tolist(), "finetune": logs, "wall_s": time.perf_counter() - started}
+            if run.vlm is not None:
+                record["vlm"] = {**{k: v - asked[k] for k, v in _vlm_counts(run.vlm).items()},
+                                 "requests_made": run.vlm.requests_made, "max_requests": run.vlm.config.max_requests}
             run.iteration += 1
             _write_jsonl(out / PREFERENCES_FILE, pairs)
             _write_jsonl(out / ITERATIONS_FILE, [_to_jsonable(record)])
@@ -524,7 +535,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             _plot_iterations(out)
             tqdm.write(f"iteration {record['iteration']}: mean reward {record['reward_mean']:.3f}, success "
                        f"{record['success_rate']:.0%}, loss {logs.get('loss_first', float('nan')):.4f} -> "
-                       f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}")
+                       f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}"
+                       + _vlm_line(record, cfg.rewards.vlm))
         bar.close()
         if run.iteration == loaded and (out / ITERATIONS_FILE).is_file():  # resumed with every iteration done: a
             _plot_iterations(out)  # kill after the last save (or mid-swap) left the plot without the last iteration
@@ -537,6 +549,10 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                           f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
                                    "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
+        if run.vlm is not None:  # over every iteration, those before a resume included
+            vlm = [record["vlm"] for record in iteration_records(out / ITERATIONS_FILE) if "vlm" in record]
+            metrics["vlm"] = {"requests_made": run.vlm.requests_made, "max_requests": cfg.vlm_reward.max_requests,
+                              **{key: sum(v[key] for v in vlm) for key in _vlm_counts(None)}}
         if cfg.eval_episodes:
             metrics["before"], plans = evaluate(run, run.base, cfg.planner.chunk_offset, "eval before")
             # the finetuned executor alone, with the plans it had before (an LLM planner asked again may answer
@@ -556,6 +572,26 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         run.rewards.close()
 
 
+def _vlm_counts(vlm: Any) -> dict[str, int]:
+    """The VLM reward's counts of chunks and episodes left without an answer so far in this process."""
+    return {"unanswered_chunks": vlm.unanswered_chunks if vlm else 0,
+            "unscored_episodes": vlm.unscored_episodes if vlm else 0}
+
+
+def _vlm_line(record: dict[str, Any], weight: float) -> str:
+    """What an iteration's line adds about the VLM reward: its budget spent, the chunks and episodes it left
+    unanswered (each warned, which a long run scrolls away), and, where no episode got its score, that the mean
+    reward lacks the term (it fell by the term's weight, as if the policy had got worse)."""
+    vlm = record.get("vlm")
+    if vlm is None:
+        return ""
+    line = (f"; VLM: {vlm['requests_made']}/{vlm['max_requests']} requests spent, {vlm['unanswered_chunks']} "
+            f"chunk(s) and {vlm['unscored_episodes']} episode(s) unanswered")
+    if weight and not any("vlm" in row for row in record["rewards"]):
+        line += " (no episode got a VLM score: this mean reward leaves that term out)"
+    return line
+
+
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     print(f"\nvplan rl: {metrics['iterations']} iteration(s), objective {metrics['objective']}, tuned "
           f"planner.chunk_offset={metrics['tuned_chunk_offset']}")
@@ -572,4 +608,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
             if any(c[key] is not None for c in columns):
                 print(f"  {name:24}" + "".join(f"{'–' if c[key] is None else fmt.format(c[key]):>14}"
                                                for c in columns))
+    if "vlm" in metrics:
+        vlm = metrics["vlm"]
+        print(f"  VLM reward: {vlm['requests_made']}/{vlm['max_requests']} requests spent; {vlm['unanswered_chunks']} "
+              f"chunk(s) and {vlm['unscored_episodes']} episode(s) explored got no answer")
     print(f"run directory: {out} (final/: the finetuned world model; planner.yaml: the tuned offset)")

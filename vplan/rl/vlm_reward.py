@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from vplan.chat import ChatEndpoint, ChatReplyError, ChatRequestError, image_part, short
-from vplan.errors import VplanWarning
-from vplan.rl.config import VLMRewardConfig
+from vplan.errors import VLMRewardWarning  # (defined there: the CLI shows each)
+from vplan.rl.config import VLM_ENDPOINT, VLMRewardConfig
 from vplan.rl.rollout import EpisodeRollout
 from vplan.utils.import_utils import require_package
 
@@ -38,10 +38,6 @@ ANSWERS = {"yes": True, "no": False}
 FAILURES_BEFORE_GIVING_UP = 3  # failed requests in a row (each after its retries): the endpoint is down
 CONJUNCTIONS = ("or", "and", "but", "wait")  # words that join the opposite answer to the first ("No - wait, yes")
 REVERSALS = ("wait", "actually", "on second thought", "correction")  # the opposite answer may come anywhere after
-
-
-class VLMRewardWarning(VplanWarning):
-    """A chunk got no answer from the VLM (unclear reply, HTTP error, timeout, exhausted budget)."""
 
 
 def parse_yes_no(content: Any) -> bool | None:
@@ -90,12 +86,14 @@ class VLMReward:
         self.requests_made = 0  # questions sent (each with the client's retries), at most config.max_requests
         self.cache_hits = 0
         self.failures_in_a_row = 0  # requests that failed since the last that was answered
+        self.unanswered_chunks = 0  # in this process: chunks that got no clear answer (each warned)
+        self.unscored_episodes = 0  # in this process: episodes that got no VLM score
         self._cache: dict[str, bool] = {}
         self._journal: Path | None = None
         self.endpoint: ChatEndpoint | None = None
         if config.enabled:
             require_package("openai", "llm", hint="or set the VLM reward's enabled=False")
-            self.endpoint = ChatEndpoint(config, "the VLM reward", "vlm_reward.api_key")
+            self.endpoint = ChatEndpoint(config, *VLM_ENDPOINT)
 
     def state(self) -> dict[str, Any]:
         """What a resumed run must continue from: the questions sent so far (the budget) and the cached answers."""
@@ -138,6 +136,8 @@ class VLMReward:
         return self.endpoint.scrub(text) if self.endpoint is not None else text
 
     def _warn(self, subgoal: str, what: str) -> None:
+        """Warn that the chunk of `subgoal` got no answer, and why (`what`), and count it."""
+        self.unanswered_chunks += 1
         what = self._scrub(" ".join(what.split()))
         warnings.warn(
             f"VLM reward ({self.config.model}): {what[:500]}; no reward for the chunk {short(subgoal, 60)}",
@@ -220,7 +220,9 @@ class VLMReward:
             warnings.warn(f"VLM reward ({self.config.model}): the request budget (vlm_reward.max_requests="
                           f"{self.config.max_requests}) has {left} question(s) left, and an episode needs {needed}; "
                           "it gets no VLM score (raise the budget to cover the run)", VLMRewardWarning, stacklevel=2)
+            self.unscored_episodes += 1
             return None
         answers = [self._ask(*question, chunk.text) for question, chunk in zip(questions, rollout.chunks)]
         clear = [answer for answer in answers if answer is not None]
+        self.unscored_episodes += not clear
         return sum(clear) / len(clear) if clear else None
