@@ -917,6 +917,20 @@ def test_timeout_falls_back(endpoint, make_llm, logs) -> None:
     assert_key_never_logged(logs)
 
 
+def test_an_endpoint_that_keeps_failing_is_asked_no_more(endpoint, make_llm) -> None:
+    """A dead endpoint cost each episode its timeouts and retries (~90 s by default): 75 min for 50 episodes."""
+    endpoint.reply = lambda body: (500, {"error": {"message": "down"}}, 0.0)
+    planner = make_llm()
+    for _ in range(3):
+        assert "InternalServerError" in plan_with_fallback(planner, KNOWN_INFO).note
+    assert "failed 3 requests in a row, so it is asked no more" in plan_with_fallback(planner, KNOWN_INFO).note
+    assert len(endpoint.requests) == 3
+    endpoint.reply = lambda body: (200, plan_reply(["pick up the red cube"]), 0.0)
+    assert make_llm().plan("pick up red", KNOWN_INFO).source == "llm"  # a new planner (a new run) asks again
+    planner.endpoint.failures_in_a_row = 2  # an answer in between starts the count again
+    assert planner.plan("pick up red", KNOWN_INFO).source == "llm" and planner.endpoint.failures_in_a_row == 0
+
+
 def test_unreachable_endpoint_falls_back(make_llm) -> None:
     with socket_closed_port() as port:
         plan = plan_with_fallback(make_llm(base_url=f"http://127.0.0.1:{port}/v1"), KNOWN_INFO)

@@ -173,7 +173,7 @@ def test_a_cut_or_refused_reply_gives_none_and_says_why(endpoint: FakeEndpoint, 
     vlm = reward(endpoint)
     with pytest.warns(VLMRewardWarning, match=message):
         assert vlm.score(rollout(*(chunk(PICK, 10 * i) for i in range(4)))) is None
-    assert len(endpoint.requests) == 4 and vlm.failures_in_a_row == 0
+    assert len(endpoint.requests) == 4 and vlm.endpoint.failures_in_a_row == 0
 
 
 def test_unclear_among_clear_answers_is_left_out(endpoint: FakeEndpoint) -> None:
@@ -204,8 +204,8 @@ def test_an_endpoint_that_keeps_failing_is_asked_no_more(endpoint: FakeEndpoint)
     assert len(endpoint.requests) == 3 and vlm.requests_made == 3
     assert "failed 3 requests in a row, so it is asked no more in this run" in vlm_warnings(record)[-1]
     endpoint.reply = answer("yes")
-    vlm.failures_in_a_row = 2  # an answer in between starts the count again
-    assert vlm.ask(chunk(PICK, 99).frames, PICK) is True and vlm.failures_in_a_row == 0
+    vlm.endpoint.failures_in_a_row = 2  # an answer in between starts the count again
+    assert vlm.ask(chunk(PICK, 99).frames, PICK) is True and vlm.endpoint.failures_in_a_row == 0
 
 
 def test_timeout_gives_none_and_a_warning(endpoint: FakeEndpoint) -> None:

@@ -22,6 +22,7 @@ from vplan.utils.settings import check_field_types
 NO_KEY = "unused"  # sent to a local endpoint that needs no key (the client requires a string)
 REDACTED = "<redacted>"
 MAX_REPLY_BYTES = 8 * 2**20  # most of an HTTP reply read at all: an endpoint could send gigabytes in one
+FAILURES_BEFORE_GIVING_UP = 3  # failed requests in a row (each after its retries): the endpoint is down
 DETAIL_CHARS = 160  # most of a failed request's own words in its message: the advice after them must be shown
 
 
@@ -291,6 +292,7 @@ class ChatEndpoint:
         self.config = config
         self.settings = _settings_beside(key_setting)
         self.api_key, self.key_source = endpoint_key(config, who, key_setting)
+        self.failures_in_a_row = 0  # requests that failed since the last that was answered
         environment_url = os.environ.get("OPENAI_BASE_URL")  # what the client uses when base_url is None
         url = config.base_url if config.base_url is not None else environment_url
         if self.api_key != NO_KEY and url and _unencrypted_to_another_machine(url):
@@ -315,21 +317,32 @@ class ChatEndpoint:
             self._client.close()
             self._client = None
 
+    @property
+    def given_up(self) -> bool:
+        """Whether `FAILURES_BEFORE_GIVING_UP` requests in a row failed, so that `complete` asks no more."""
+        return self.failures_in_a_row >= FAILURES_BEFORE_GIVING_UP
+
     def complete(self, messages: list[dict[str, Any]], **options: Any) -> Any:
         """The first choice's message content of one chat completion with the config's model and temperature
         (None if the reply has none); a `ChatRequestError` when the request fails (after the client's retries),
-        the model refuses, or the reply was cut at the model's token limit (its JSON would read as malformed)."""
+        the model refuses, the reply was cut at the model's token limit (its JSON would read as malformed), or
+        the endpoint has `given_up`."""
+        if self.given_up:  # each more would wait out its timeouts and retries (a dead LLM: ~90 s an episode)
+            raise ChatRequestError(f"the endpoint failed {self.failures_in_a_row} requests in a row, so it is asked "
+                                   "no more in this run (a new run, or a resumed one, asks it again)")
         if self.config.temperature is not None:
             options = {"temperature": self.config.temperature, **options}
         try:
             completion = self.client.chat.completions.create(model=self.config.model, messages=messages, **options)
         except Exception as error:  # the client's errors, and whatever a broken endpoint makes it raise
+            self.failures_in_a_row += 1
             retries = self.config.max_retries
             raise ChatRequestError(
                 f"the request to {self.client.base_url} failed, "
                 + (f"with up to {retries} retries " if retries else "without retries (max_retries=0) ")
                 + f"({_what_failed(error)[:DETAIL_CHARS]})" + self._advice(error, "response_format" in options)
             ) from None
+        self.failures_in_a_row = 0  # it answered (a refusal or a cut reply below says nothing of the endpoint)
         try:
             choice = completion.choices[0]
             message = choice.message

@@ -12,7 +12,7 @@ request per chunk. Requests have the client's timeout and bounded retries, and e
 by a sha256 of the frames sent, the question and the model, so a chunk scored twice costs one request. Endpoint
 trouble never raises: a reply that is not a clear yes/no (see `parse_yes_no`), an HTTP error after the retries, a
 timeout or an exhausted budget gives that chunk no answer (None) and a `VLMRewardWarning`; after
-`FAILURES_BEFORE_GIVING_UP` failed requests in a row the endpoint is asked no more. The API key comes from
+`vplan.chat.FAILURES_BEFORE_GIVING_UP` failed requests in a row the endpoint is asked no more. The API key comes from
 the config or the environment variable `api_key_env`, is not in the config's repr, and is scrubbed from every
 warning.
 """
@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from vplan.chat import ChatEndpoint, ChatReplyError, ChatRequestError, image_part, short
+from vplan.chat import ChatEndpoint, ChatRequestError, image_part, short
 from vplan.errors import VLMRewardWarning  # (defined there: the CLI shows each)
 from vplan.rl.config import VLM_ENDPOINT, VLMRewardConfig
 from vplan.rl.rollout import EpisodeRollout
 from vplan.utils.import_utils import require_package
 
 ANSWERS = {"yes": True, "no": False}
-FAILURES_BEFORE_GIVING_UP = 3  # failed requests in a row (each after its retries): the endpoint is down
 CONJUNCTIONS = ("or", "and", "but", "wait")  # words that join the opposite answer to the first ("No - wait, yes")
 REVERSALS = ("wait", "actually", "on second thought", "correction")  # the opposite answer may come anywhere after
 
@@ -85,7 +84,6 @@ class VLMReward:
         self.config = config
         self.requests_made = 0  # questions sent (each with the client's retries), at most config.max_requests
         self.cache_hits = 0
-        self.failures_in_a_row = 0  # requests that failed since the last that was answered
         self.unanswered_chunks = 0  # in this process: chunks that got no clear answer (each warned)
         self.unscored_episodes = 0  # in this process: episodes that got no VLM score
         self._cache: dict[str, bool] = {}
@@ -180,23 +178,18 @@ class VLMReward:
         if self.requests_made >= self.config.max_requests:
             self._warn(subgoal, f"the request budget ({self.config.max_requests}) is spent")
             return None
-        if self.failures_in_a_row >= FAILURES_BEFORE_GIVING_UP:  # each would wait out its timeouts and retries
-            self._warn(subgoal, f"the endpoint failed {self.failures_in_a_row} requests in a row, so it is asked no "
-                                "more in this run (the same command resumes the run and asks it again)")
+        if self.endpoint.given_up:  # said here, before the question spends budget
+            failed = self.endpoint.failures_in_a_row
+            self._warn(subgoal, f"the endpoint failed {failed} requests in a row, so it is asked no more in this run "
+                                "(the same command resumes the run and asks it again)")
             return None
         self.requests_made += 1
         self._note({"requests_made": self.requests_made})  # before it is sent: a kill while waiting spent it too
         try:
             content = self.endpoint.complete(self.messages(sent, question))
-        except ChatReplyError as error:  # it answered: a refusal or a cut reply says nothing of the endpoint
-            self.failures_in_a_row = 0
+        except ChatRequestError as error:  # a failed request, a refusal or a cut reply
             self._warn(subgoal, str(error))
             return None
-        except ChatRequestError as error:
-            self.failures_in_a_row += 1
-            self._warn(subgoal, str(error))
-            return None
-        self.failures_in_a_row = 0
         answer = parse_yes_no(content)
         if answer is None:
             shown = self._scrub(content) if isinstance(content, str) else content  # scrubbed before it is cut
