@@ -451,7 +451,7 @@ def test_eval_worldmodel_feeds_an_action_model_the_executed_actions(tmp_path, mo
         env=TabletopConfig(image_size=16, max_episode_steps=30), task=task, checkpoint=str(tmp_path / "wm"),
         episodes=1, out=str(tmp_path / "run"), video_chunks=0, rollout_chunks=0,
     ))
-    assert metrics["conditioning"] == "action" and metrics["all"]["chunks"] >= 8
+    assert metrics["conditioning"] == "action" and metrics["all"]["chunks"] >= 8 and metrics["seeds"] == [10000]
     assert metrics["text_sensitivity"] is None  # an action-only model does not read the text
     moving = [row for row in metrics["chunks"] if row["moving"]]
     assert moving and all("order_sensitive" in row for row in moving)

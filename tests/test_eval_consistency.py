@@ -66,6 +66,7 @@ def test_cli_writes_table_metrics_and_one_video_per_mode(tiny_checkpoint, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["modes"]) == ["none", "anchor", "temp_lora"]
     assert (metrics["env"], metrics["frames"], metrics["features"]) == ("tabletop", frames, "vae_encoder")
+    assert metrics["seeds"] == list(range(10000, 10000 + metrics["episodes"]))  # each, as vplan run's (was [a, b])
     assert metrics["src_comparable_to_paper"] is False
     per_chunk = {}
     for mode, row in metrics["modes"].items():

@@ -256,7 +256,7 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
         "checkpoint_sha256": fingerprint,
         "env": env,
         "episodes": cfg.episodes,
-        "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
+        "seeds": list(range(cfg.seed, cfg.seed + cfg.episodes)),  # every one, as vplan run's metrics.json lists them
         "chunks": cfg.chunks,
         "context_frames": context_n,
         "chunk_frames": chunk_n,

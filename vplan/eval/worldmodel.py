@@ -263,7 +263,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         "checkpoint": cfg.checkpoint,
         "idm": cfg.idm,
         "conditioning": model.config.conditioning,
-        "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
+        "seeds": list(range(cfg.seed, cfg.seed + cfg.episodes)),  # every one, as vplan run's metrics.json lists them
         "sampling": asdict(model.config.diffusion),
         "all": _summary(rows),
         "moving": _summary([row for row in rows if row["moving"]]),
