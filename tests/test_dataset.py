@@ -506,6 +506,28 @@ def test_the_reader_keeps_a_bounded_number_of_videos_open(tmp_path: Path, monkey
     assert cache_files[0].is_file()  # a good file, kept
 
 
+def test_a_data_folder_that_is_no_dataset_is_told_where_one_is(tmp_path: Path) -> None:
+    """data=<run> (the README's data=<run>/episodes less its last part) and a typo were told to collect into a
+    folder that collect then refused (helper-192)."""
+    from vplan.data.lerobot_format import require_dataset
+    from vplan.errors import UsageError
+
+    run = tmp_path / "run"
+    (run / "episodes" / "meta").mkdir(parents=True)
+    (run / "episodes" / INFO_PATH).write_text("{}")
+    (run / "metrics.json").write_text("{}")
+    make = "`vplan collect out=...`"
+    with pytest.raises(UsageError, match=rf"^data={run}: a `vplan run` folder; the episodes it recorded are the "
+                                         rf"dataset in {run}/episodes: pass data={run}/episodes$"):
+        require_dataset(run, make)
+    with pytest.raises(UsageError, match=rf"does not exist \(did you mean data={run}/episodes\?\); make one with"):
+        require_dataset(run / "episode", make)
+    with pytest.raises(UsageError, match=rf"; {tmp_path} holds other files: pass the folder that `vplan collect`"):
+        require_dataset(tmp_path, make)
+    with pytest.raises(UsageError, match=r"meta/info.json does not exist; make one with `vplan collect out=...`$"):
+        require_dataset(tmp_path / "new", make)  # nothing near, nothing there: make one
+
+
 def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=f"{tmp_path} is not a LeRobot dataset"):
         EpisodeDataset(tmp_path)

@@ -258,6 +258,30 @@ def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(setup
     assert sorted(p.name for p in model.iterdir()) == before
 
 
+def test_another_commands_folder_as_out_is_refused_before_anything_is_written_there(setup, finetuned, tmp_path,
+                                                                                     capsys):
+    """finetune wrote its checkpoints and final/ into a `vplan run` folder and into the dataset it read, and `vplan
+    train` went on from a finetune's checkpoints and replaced its final/ (helper-192)."""
+    root, data, wm = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("agent: {}\nenv: {}\nepisodes: 1\n")  # a run's record, in short
+    recorded = tmp_path / "recorded"  # a dataset without a config.yaml, as `vplan run record=true` writes one
+    shutil.copytree(data, recorded)
+    (recorded / "config.yaml").unlink()
+    for out, said in ((run, "holds another command's settings"), (data, "holds another command's settings"),
+                      (recorded, r"holds a dataset \(meta/info.json\)")):
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(UsageError, match=said):
+            finetune(config(data, wm, out))
+        assert sorted(p.name for p in out.iterdir()) == before
+    before = sorted(p.name for p in finetuned[0].iterdir())
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "component=worldmodel", f"data={data}", "holdout_episodes=1", f"out={finetuned[0]}"])
+    assert stop.value.code == 2 and "holds a `vplan finetune` run (inner/settings.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in finetuned[0].iterdir()) == before
+
+
 def test_a_base_among_the_results_out_replaces_is_refused(setup, finetuned, tmp_path, monkeypatch):
     """A finetune of `<out>/final` into the same out= (its inner/ and checkpoints deleted to save space) deleted
     its own base at the first outer step; stopped before a checkpoint, neither base nor result was left."""
@@ -290,7 +314,7 @@ def test_a_stopped_continuation_leaves_no_stale_final(setup, finetuned, tmp_path
     def stopped(self, batch, generator):
         raise KeyboardInterrupt
 
-    with pytest.raises(RunError, match="past optim.steps=3"):  # refused: the result stays as it was
+    with pytest.raises(UsageError, match="past optim.steps=3"):  # refused: the result stays as it was (exit 2, not 1)
         finetune(config(data, wm, out, optim=replace(OPTIM, steps=3)))
     assert (out / "final").is_dir()
     monkeypatch.setattr(SlowFastTraining, "loss", stopped)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from vplan.errors import RunError
+from vplan.errors import RunError, UsageError
 from vplan.loop.checkpoint import list_checkpoints, save_optimizer
 from vplan.loop.config import OptimConfig
 from vplan.loop.trainer import logged_losses, train
@@ -117,7 +117,7 @@ def test_a_torn_log_line_is_cut_and_a_checkpoint_past_steps_is_refused(tmp_path)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20] and 99.0 not in [r["loss"] for r in records]
     assert 1000.0 <= records[2]["seconds"] <= records[3]["seconds"] < 1000.0 + 60  # it restarted at 0
-    with pytest.raises(RunError, match=r"checkpoint-0000020 is at step 20, past component.optim.steps=10; pass "
+    with pytest.raises(UsageError, match=r"checkpoint-0000020 is at step 20, past component.optim.steps=10; pass "
                                        r"component.optim.steps>=20 to go on from it, or another out=DIR"):
         train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
 
@@ -128,7 +128,7 @@ def test_a_stopped_continuation_leaves_no_stale_final(tmp_path):
     optim = OptimConfig(steps=20, batch_size=8, lr=0.01, warmup_steps=1, save_every=10)
     train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 10}), tmp_path, "toy")
     (tmp_path / "final").mkdir()  # what train and finetune write after the loop
-    with pytest.raises(RunError, match="past component.optim.steps=5"):
+    with pytest.raises(UsageError, match="past component.optim.steps=5"):
         train(LinearFit(), OptimConfig(**{**optim.__dict__, "steps": 5}), tmp_path, "toy")
     assert (tmp_path / "final").is_dir()
     stopped = LinearFit()

@@ -106,9 +106,31 @@ def require_dataset(data: str | Path, how_to_make: str) -> None:
     `how_to_make` one). Reads no more than that, so a command can say it before its libraries load."""
     if is_dataset(data):
         return
-    if Path(data).is_file():  # collect would refuse the out= the hint names
+    folder = Path(data)
+    if folder.is_file():  # collect would refuse the out= the hint names
         raise UsageError(f"data={data}: a file, not a dataset folder; pass the folder `vplan collect` wrote")
-    raise UsageError(f"{_no_dataset(data)}; make one with {how_to_make}")
+    if is_dataset(folder / "episodes"):  # a `vplan run record=true` folder (the README's data=<run>/episodes)
+        raise UsageError(f"data={data}: a `vplan run` folder; the episodes it recorded are the dataset in "
+                         f"{folder / 'episodes'}: pass data={folder / 'episodes'}")
+    near = _dataset_beside(folder)
+    said = _no_dataset(data) + (f" (did you mean data={near}?)" if near else "")
+    if folder.is_dir() and any(folder.iterdir()):  # collect refuses a folder that holds other files
+        raise UsageError(f"{said}; {folder} holds other files: pass the folder that `vplan collect` wrote (or the "
+                         "episodes/ folder of a `vplan run record=true`)")
+    raise UsageError(f"{said}; make one with {how_to_make}")
+
+
+def _dataset_beside(folder: Path) -> Path | None:
+    """The dataset next to `folder` whose name is closest to its, if one is close (a typo: `run/episode`)."""
+    import difflib
+
+    parent = folder.parent
+    try:
+        names = [entry.name for entry in parent.iterdir() if entry.name != folder.name and is_dataset(entry)]
+    except OSError:  # no such folder, or none to read
+        return None
+    close = difflib.get_close_matches(folder.name, names, n=1, cutoff=0.8)
+    return parent / close[0] if close else None
 
 
 def load_info(root: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
@@ -127,6 +128,7 @@ class TrainConfig:
         return f"`vplan collect out={self.data}`"
 
 
+FINETUNE_RECORD = Path("inner") / "settings.json"  # in a finetune's out=: how its stored states were made
 LABELS = {"applied": ACTION_APPLIED, "commanded": ACTION}  # component.label -> the dataset feature it reads
 
 

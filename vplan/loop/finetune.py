@@ -53,16 +53,17 @@ from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
-from vplan.loop.config import FinetuneConfig
-from vplan.loop.trainer import FINAL, out_of_memory, refuse_several_processes, train
+from vplan.loop.config import FINETUNE_RECORD, FinetuneConfig
+from vplan.loop.trainer import (
+    FINAL, check_out_is_ours, check_steps_reach, out_of_memory, refuse_several_processes, train,
+)
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
-from vplan.utils.settings import changed_settings, plain, refuse_model_folder
+from vplan.utils.settings import changed_settings, plain
 from vplan.worldmodel.config import require_text_conditioned
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
 
-INNER = "inner"
-SETTINGS = "settings.json"
+INNER, SETTINGS = FINETUNE_RECORD.parts
 INNER_FORMAT = "vplan-finetune-inner"
 INNER_FORMAT_VERSION = "2"  # 2: a chunk's text is the subgoal followed as it starts (`chunk_subgoal`)
 UNPINNED_OPTIM = ("save_every", "log_every")  # when the trainer saves and logs: no weight depends on them
@@ -436,8 +437,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
     if cfg.rounds > len(episodes):
         raise UsageError(f"rounds={cfg.rounds}: only {len(episodes)} episodes to split into rounds; pass fewer rounds")
     out = Path(cfg.out)
-    refuse_model_folder(out)
+    check_out_is_ours(out, cfg)
     _check_settings(out / INNER, _settings(cfg, checkpoint, episodes), cfg)
+    check_steps_reach(out, cfg.optim, "optim")  # before the inner loop (with one round, steps are not pinned)
     final = out / FINAL
 
     groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]

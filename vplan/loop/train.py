@@ -30,8 +30,8 @@ from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
 from vplan.loop.config import IDMTrainConfig, TrainConfig, VAETrainConfig, WorldModelTrainConfig
 from vplan.loop.idm import check_fits, train_idm
 from vplan.loop.trainer import (
-    FINAL, check_batch_splits, check_steps_reach, is_main_process, main_process_first, only_the_main_process_prints,
-    process_count, train,
+    FINAL, check_batch_splits, check_out_is_ours, check_steps_reach, is_main_process, main_process_first,
+    only_the_main_process_prints, process_count, train,
 )
 from vplan.shipped import (PREFIX, check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint,
                            shipped_names, warn_if_trained_elsewhere)
@@ -341,8 +341,9 @@ def _train_component(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     final = out / FINAL
     component = cfg.component
+    check_out_is_ours(out, cfg)
     resuming = bool(list_checkpoints(out))
-    check_steps_reach(out, component.optim, f"train {component.name}")  # before minutes of reading data
+    check_steps_reach(out, component.optim)  # before minutes of reading data
     if not isinstance(component, VAETrainConfig):  # (whose `vae` is its settings, not a checkpoint)
         check_outside_results(out, {f"component.{name}": getattr(component, name, None) for name in ("vae", "init")})
     # The checkpoints it starts from, checked before anything is written (and before frames become latents).

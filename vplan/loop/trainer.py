@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 from safetensors import SafetensorError
 
-from vplan.errors import RunError, first_line
+from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import (
     UnreadableTrainerStateError, checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint,
 )
@@ -161,14 +161,31 @@ def _noise_generator(generator: torch.Generator, rank: int, processes: int) -> t
     return torch.Generator().manual_seed(seed)
 
 
-def check_steps_reach(out: Path, optim: OptimConfig, description: str, optim_key: str = "component.optim") -> None:
-    """A RunError where `out`'s newest checkpoint is past `optim.steps` (the run would end at once, its result the
+def check_out_is_ours(out: Path, cfg: Any) -> None:
+    """A UsageError where `out` holds what another command made, which a training's checkpoints and `final/` would
+    mix with or replace: another command's settings or a model checkpoint (`check_config_is_ours`), a dataset, or,
+    for `vplan train`, a finetune (whose checkpoints it would resume from: it replaced a finetune's `final/`)."""
+    from vplan.data.lerobot_format import is_dataset
+    from vplan.loop.config import FINETUNE_RECORD, FinetuneConfig
+    from vplan.utils.settings import check_config_is_ours
+
+    check_config_is_ours(out, cfg)
+    if is_dataset(out):
+        raise UsageError(f"{out} holds a dataset (meta/info.json): a training's files there would mix with its "
+                         "episodes; choose another out=DIR")
+    if not isinstance(cfg, FinetuneConfig) and (out / FINETUNE_RECORD).is_file():
+        raise UsageError(f"{out} holds a `vplan finetune` run ({FINETUNE_RECORD}), whose checkpoints this training "
+                         "would go on from and whose final/ it would replace; choose another out=DIR")
+
+
+def check_steps_reach(out: Path, optim: OptimConfig, optim_key: str = "component.optim") -> None:
+    """A UsageError where `out`'s newest checkpoint is past `optim.steps` (the run would end at once, its result the
     longer run's): `train` checks it, and a command can before it reads its data (the IDM's pass through the VAE
-    takes minutes)."""
+    takes minutes; a finetune's inner loop, longer)."""
     checkpoints = list_checkpoints(out)
     if checkpoints and (step := checkpoint_step(checkpoints[-1])) > optim.steps:
-        raise RunError(f"{description}: {checkpoints[-1]} is at step {step}, past {optim_key}.steps={optim.steps}; "
-                       f"pass {optim_key}.steps>={step} to go on from it, or another out=DIR")
+        raise UsageError(f"{checkpoints[-1]} is at step {step}, past {optim_key}.steps={optim.steps}; pass "
+                         f"{optim_key}.steps>={step} to go on from it, or another out=DIR")
 
 
 def train(
@@ -214,7 +231,7 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     step = 0
-    check_steps_reach(out, optim, description, optim_key)
+    check_steps_reach(out, optim, optim_key)
     checkpoints = list_checkpoints(out)
     if checkpoints:
         try:
