@@ -233,19 +233,29 @@ def test_out_of_memory_before_the_first_checkpoint_keeps_the_inner_loops_work(se
     stored = content(episode_file(tmp_path / "oom", 0))
     capsys.readouterr()
     final = finetune(cfg)  # batch_size=2 as advised: taken, the inner loop's states kept
-    assert "optim.batch_size changed before the outer loop's first checkpoint" in capsys.readouterr().out
+    assert "optim.batch_size changed before anything that depends on it was kept" in capsys.readouterr().out
     assert same_content(content(episode_file(tmp_path / "oom", 0)), stored)
     ours, theirs = load_file(final / "unet.safetensors"), load_file(uninterrupted / "unet.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)  # as if begun so
-    with pytest.raises(UsageError, match=r"other optim\.lr"):  # with a checkpoint, the outer loop is pinned
-        finetune(replace(cfg, optim=replace(OPTIM, lr=2e-3)))
+    with pytest.raises(UsageError, match=r"other settings: optim\.lr=0\.001 when it began, 0\.002 now; choose"):
+        finetune(replace(cfg, optim=replace(OPTIM, lr=2e-3)))  # with a checkpoint, the outer loop is pinned
     finetune(replace(cfg, worldmodel=os.path.relpath(wm)))  # the same model, its path spelled otherwise: taken
+    other = WorldModel.from_pretrained(wm)
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(1.0)
+    other.save_pretrained(tmp_path / "other_wm")  # named by its files' hashes, which meant nothing to a user
+    with pytest.raises(UsageError, match=r"other settings: worldmodel= \(its files differ from those it began with"):
+        finetune(replace(cfg, worldmodel=str(tmp_path / "other_wm")))
 
     # out of memory in the inner loop: one line saying what to change, not a traceback
     monkeypatch.setattr(TempLoRAMemory, "_update", lambda self, previous, new: out_of_memory(None, None, None))
     with pytest.raises(RunError, match=r"inner loop: out of memory in episode 0, chunk 0 .*memory\.gradient_"
                                        r"checkpointing=true \(the same command goes on\)$"):
         finetune(config(data, wm, tmp_path / "inner_oom"))
+    monkeypatch.undo()
+    capsys.readouterr()  # nothing stored yet: any setting may change (it was "delete that folder")
+    finetune(config(data, wm, tmp_path / "inner_oom", memory=replace(MEMORY, rank=2)))
+    assert "memory.rank changed before anything that depends on it was kept" in capsys.readouterr().out
 
 
 def test_a_model_folder_as_out_is_refused_before_anything_is_written_there(setup, tmp_path):
@@ -538,7 +548,8 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
 
     with pytest.raises(ValueError, match="rounds: expected at most episodes=2"):
         replace(rounds, rounds=3)
-    with pytest.raises(UsageError, match="other optim"):  # later rounds' states depend on the outer loop
+    with pytest.raises(UsageError, match="other settings: optim.steps=4 when it began, 6 now; choose"):  # later
+        # rounds' states depend on the outer loop
         finetune(replace(rounds, optim=replace(OPTIM, steps=6)))
-    with pytest.raises(UsageError, match=r"made with other rounds \(see"):  # not optim.steps, which it did not change
+    with pytest.raises(UsageError, match=r"other settings: rounds=2 when it began, 1 now; choose"):  # not optim.steps
         finetune(replace(rounds, rounds=1))

@@ -112,7 +112,7 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
     steps that `optim.steps` splits, so all of it is fixed."""
     free = RESUMABLE_OPTIM if cfg.rounds == 1 else UNPINNED_OPTIM
     optim = {name: value for name, value in asdict(cfg.optim).items() if name not in free}
-    settings = {
+    return {
         "format": INNER_FORMAT,
         "format_version": INNER_FORMAT_VERSION,
         "data": str(Path(cfg.data).resolve()),
@@ -122,10 +122,8 @@ def _settings(cfg: FinetuneConfig, checkpoint: Path, episodes: list[int]) -> dic
         "memory": {name: value for name, value in asdict(cfg.memory).items() if name not in UNPINNED_MEMORY},
         "episodes": episodes,
         "optim": optim,
+        "rounds": cfg.rounds,  # (recorded only for several before 2026-12-07: its default, 1, is no difference)
     }
-    if cfg.rounds > 1:
-        settings.update(rounds=cfg.rounds)
-    return settings
 
 
 def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) -> None:
@@ -144,21 +142,41 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
         changed = changed_settings(saved, plain(settings), cfg, ignore=ignore)
         if saved.get("rounds", 1) != settings.get("rounds", 1):  # one round leaves RESUMABLE_OPTIM unrecorded,
             changed = [name for name in changed if name not in {f"optim.{n}" for n in RESUMABLE_OPTIM}]  # several not
-        if changed and all(name.startswith("optim.") for name in changed) and not list_checkpoints(inner.parent):
+        nothing_kept = not list_checkpoints(inner.parent) and not any(inner.glob("episode-*.safetensors"))
+        if changed and (nothing_kept or all(name.startswith("optim.") for name in changed)) and not list_checkpoints(
+                inner.parent):
             # stopped before the outer loop's first checkpoint (out of memory, a divergence: its advice is another
-            # batch size or lr): no stored state depends on the outer loop yet, so the inner loop's work is kept
-            print(f"{', '.join(changed)} changed before the outer loop's first checkpoint: recorded in {path}")
+            # batch size or lr): no stored state depends on the outer loop yet, so the inner loop's work is kept;
+            # and with no state stored at all (stopped in the first episode), any setting may change
+            print(f"{', '.join(changed)} changed before anything that depends on it was kept: recorded in {path}")
             write_json(path, settings)
             return
         if changed:
-            raise UsageError(f"{inner.parent} holds a finetune made with other {', '.join(changed)} (see {path}); "
-                             f"choose another out= or delete that folder")
+            raise UsageError(f"{inner.parent} holds a finetune made with other settings: "
+                             f"{'; '.join(_differences(changed, saved, plain(settings)))}; choose another out= or "
+                             "delete that folder")
         return
     if list_checkpoints(inner.parent):  # the trainer would resume from them, whatever made them
         raise UsageError(f"{inner.parent} holds training checkpoints but no finetune record ({path}), so what made "
                          "them is unknown; choose another out= or delete that folder")
     inner.mkdir(parents=True, exist_ok=True)
     write_json(path, settings)
+
+
+def _differences(changed: list[str], saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each changed setting (dotted names of the settings record) as the command spells it, with the value the
+    run recorded and the one given now; the world model's files as one `worldmodel=` (it is pinned by their
+    hashes, whatever its path)."""
+    def value(record: dict[str, Any], name: str) -> Any:
+        for key in name.split("."):
+            record = record.get(key, "unset") if isinstance(record, dict) else "unset"
+        return record
+
+    said = [f"{name}={value(saved, name)!r} when it began, {value(now, name)!r} now" for name in changed
+            if not name.startswith("worldmodel_")]
+    if any(name.startswith("worldmodel_") for name in changed):
+        said.append("worldmodel= (its files differ from those it began with)")
+    return said
 
 
 def _diverged(episode: int, chunk: int) -> RunError:
