@@ -163,6 +163,9 @@ def test_default_out_follows_the_task():
         (["bench", "nothing"], "unknown command 'bench nothing'"),
         (["bench", "--help"], "'bench' needs one more word, one of: env, executor, memory, planning, worldmodel"),
         (["collect", "episodez=3"], "unknown key 'episodez' (did you mean episodes?); valid keys:"),
+        (["finetune", "steps=3"], "unknown key 'steps' (did you mean optim.steps?); valid keys:"),  # a group's
+        (["finetune", "lr=1"], "unknown key 'lr' (did you mean memory.lr or optim.lr?)"),  # (no hint, before)
+        (["train", "component.steps=3"], "unknown key 'component.steps' (did you mean component.optim.steps?)"),
         (["train", "component.idm.image_size=16"],  # the README's IDM command without component=idm
          "unknown key 'component.idm.image_size': a setting of component=idm (chosen: worldmodel); valid keys of "
          "component: "),

@@ -312,9 +312,12 @@ def _unknown_key_message(base: Any, key: str, known: set[str], chosen: Any) -> s
     depth = parent.count(".") + 1 if parent else 0
     children = [k for k in (_flat_keys(OmegaConf.select(base, parent), f"{parent}.") if parent else _flat_keys(base))
                 if k.count(".") == depth]
-    if not hint:
-        close = difflib.get_close_matches(".".join(key.split(".")[: depth + 1]), children, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+    if not hint:  # a group's setting given at the top (finetune's `steps=` for optim.steps), else a close match
+        leaf, prefix = key.rsplit(".", 1)[-1], f"{parent}." if parent else ""
+        close = sorted(k for k in known if k.startswith(prefix) and k.count(".") > depth
+                       and k.rsplit(".", 1)[-1] == leaf)
+        close = close or difflib.get_close_matches(".".join(key.split(".")[: depth + 1]), children, n=1)
+        hint = f" (did you mean {' or '.join(close[:2])}?)" if close else ""
     return f"unknown key {key!r}{hint}; valid keys{f' of {parent}' if parent else ''}: {', '.join(children)}"
 
 
