@@ -264,6 +264,17 @@ def test_two_writers_of_one_path_never_share_a_scratch_file(tmp_path):
     assert (tmp_path / "a.json").read_text() == "1"  # the outer block ends last
 
 
+def test_a_failed_write_names_the_file_not_its_scratch_name(tmp_path):
+    """An out= that could not be written said ".checkpoints.json.15131-9792b572.tmp: Operation not permitted"."""
+    from vplan.utils.files import write_json
+
+    (tmp_path / "checkpoints.json").mkdir()  # os.replace onto a folder fails, as a read-only one would
+    with pytest.raises(OSError) as raised:
+        write_json(tmp_path / "checkpoints.json", {})
+    assert (raised.value.filename, raised.value.filename2) == (str(tmp_path / "checkpoints.json"), None)
+    assert os.listdir(tmp_path) == ["checkpoints.json"]
+
+
 def test_an_empty_video_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="expected at least one frame, got none"):
         write_mp4(tmp_path / "empty.mp4", [], fps=4)

@@ -147,6 +147,10 @@ def file_written_aside(path: Path, suffix: str = "") -> Iterator[Path]:
         readable_as_umask_allows(scratch)
         fsync_path(scratch)
         os.replace(scratch, path)
+    except OSError as error:
+        if error.filename in (scratch, str(scratch)):  # a message names the file meant, not its scratch name
+            error.filename, error.filename2 = str(path), None  # (a rename's: "<path> -> <path>")
+        raise
     finally:
         scratch.unlink(missing_ok=True)
     fsync_path(path.parent)
