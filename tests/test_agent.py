@@ -1186,6 +1186,12 @@ def test_act_after_a_failed_reset_says_the_reset_failed(world_model, idm):
     agent.planner.plan = planned
     agent.reset("move the cubes", fake_obs(frame), {})
     assert agent.act(fake_obs(frame)).shape == (4,)
+    # refused on its arguments, before the episode under way was cleared: act carried on with it (helper-194)
+    for bad in ({"instruction": ""}, {"obs": {"elsewhere": frame}}):
+        with pytest.raises(ValueError):
+            agent.reset(**{"instruction": "move the cubes", "obs": fake_obs(frame), "info": {}, **bad})
+        with pytest.raises(RuntimeError, match=r"act\(\) with no episode under way: the last reset\(\) failed"):
+            agent.act(fake_obs(frame))
     agent.close()
 
 

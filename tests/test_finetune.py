@@ -186,7 +186,8 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     assert (root / "killed" / "checkpoint-0000003").is_dir() and not (root / "killed" / "final").exists()
     assert "stopped at step 3: checkpoint in" in capsys.readouterr().out  # and how to go on
 
-    with pytest.raises(UsageError, match=r"other optim\.lr \("):  # the outer loop continues as it began
+    with pytest.raises(UsageError, match=r"other settings: optim\.lr=0\.001 when it began, 0\.002 now;"):  # the
+        # outer loop continues as it began
         finetune(replace(cfg, optim=replace(OPTIM, lr=2e-3)))
 
     # A kill during the inner loop: a missing episode file is redone, bit-identical (the others are kept).
@@ -200,7 +201,8 @@ def test_killed_finetune_resumes_at_the_step_it_reached(setup, finetuned, monkey
     assert "gradient_checkpointing" not in stored_settings["memory"]  # the states do not depend on it ...
     stored_settings["memory"]["gradient_checkpointing"] = False  # ... as recorded before 2026-12-06
     settings.write_text(json.dumps(stored_settings))
-    with pytest.raises(UsageError, match=r"other memory\.rank"):  # the stored states depend on it
+    with pytest.raises(UsageError, match=r"other settings: memory\.rank=\d+ when it began, 8 now;"):  # the stored
+        # states depend on it
         finetune(replace(cfg, memory=replace(MEMORY, rank=8)))
     capsys.readouterr()
     # turned on after running out of memory (refused, the finished episodes were lost): the same states

@@ -249,7 +249,7 @@ class VideoPlanningAgent:
         previous action led to. `info` is optional; given, subgoal checks can extend a subgoal that is not done."""
         entered = time.perf_counter()
         self._check_open()
-        if self._plan is None and self._reset_failed:  # the failed reset may have cleared an episode under way
+        if self._reset_failed:  # refused on its arguments, before it cleared the episode under way: still refused
             raise RuntimeError("act() with no episode under way: the last reset() failed (its error says why); call "
                                "agent.reset(instruction, obs, info) again")
         if self._plan is None:
