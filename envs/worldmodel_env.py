@@ -73,7 +73,7 @@ class WorldModelEnv(gym.Env):
     `reset(seed, options)` starts from a real first frame: `options["frame"]` (uint8 (H, W, 3), or (T, H, W, 3)
     context frames), `options["dataset"]` and `options["episode"]` (the first frame of that episode of a
     `vplan collect` dataset), or by default the front camera of the embedded tabletop reset with a seed drawn
-    from `seed`. `options["text"]` sets the subgoal of a text+action model.
+    from `seed`. `options["text"]` sets the subgoal of a text+action model (an action model refuses it).
 
     ## Rewards
     0.0: the imagined world scores nothing itself (rewards are the RL issue's).
@@ -145,6 +145,9 @@ class WorldModelEnv(gym.Env):
             check_int(options["episode"], "options['episode']", low=0)  # 1.9 read as 1, None a TypeError
         if not isinstance(options.get("text", ""), str):  # a text+action model failed at step, an action model kept it
             raise ValueError(f"options['text']: expected a string, got {options['text']!r:.80}")
+        if "text" in options and self.model.config.conditioning == "action":  # taken, it read as steering the rollout
+            raise ValueError("options['text']: this world model is conditioned on actions alone (conditioning "
+                             "'action') and reads no text; leave it out, or load a text+action model")
         torch_seed, frames = self._start_frames(options, self.np_random)
         self._start([torch_seed], frames[None], [options.get("text", self.config.text)])
         return self._frames[0].copy(), self._info()

@@ -100,6 +100,8 @@ def test_text_models_and_bad_starts_are_clear_errors(tmp_path, model):
         env.reset(options={"dataset": str(tmp_path), "episode": 1.9})
     with pytest.raises(ValueError, match=r"options\['text'\]: expected a string, got None"):  # failed at step
         env.reset(options={"text": None})
+    with pytest.raises(ValueError, match=r"options\['text'\]: this world model is conditioned on actions alone"):
+        env.reset(options={"text": "pick up the red cube"})  # taken, and read as steering the rollout (helper-194)
     from vplan.shipped import OtherEnvWarning
 
     model.save_pretrained(tmp_path / "blockworld", trained_on_env="blockworld")
