@@ -5,6 +5,7 @@ torch and the world model are imported when an env is made, not with `vplan.envs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,9 @@ class WorldModelEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        if options is not None and not isinstance(options, Mapping):  # dict() gave "dictionary update sequence ..."
+            raise ValueError(f"options: expected a dict of reset options (frame, dataset, episode, text) or None, got "
+                             f"{type(options).__name__}")
         options = dict(options or {})
         unknown = set(options) - {"frame", "dataset", "episode", "text"}
         if unknown:

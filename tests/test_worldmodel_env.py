@@ -92,6 +92,8 @@ def test_text_models_and_bad_starts_are_clear_errors(tmp_path, model):
         env.reset(options={"frame": np.zeros((8, 8, 3), np.uint8)})
     with pytest.raises(ValueError, match="expected reset options among"):
         env.reset(options={"frames": None})
+    with pytest.raises(ValueError, match=r"options: expected a dict of reset options .* got list"):  # Python's
+        env.reset(options=["frame"])  # "dictionary update sequence element #0 has length 5; 2 is required"
     with pytest.raises(ValueError, match="expected a frame or a dataset to start from, got both"):
         env.reset(options={"frame": np.zeros((SIZE, SIZE, 3), np.uint8), "dataset": str(tmp_path)})
     with pytest.raises(ValueError, match=r"'episode' is an episode of options\['dataset'\], which is missing"):

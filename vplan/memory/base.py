@@ -222,7 +222,7 @@ class EpisodicMemory(ABC):
         if metadata.get("kind") != self.kind or metadata.get("format_version") != MEMORY_FORMAT_VERSION:
             raise ValueError(
                 f"{path}: expected a {self.kind!r} memory (format {MEMORY_FORMAT_VERSION}), got kind "
-                f"{metadata.get('kind')!r} (format {metadata.get('format_version')!r})"
+                f"{metadata.get('kind')!r} (format {metadata.get('format_version')})"  # a string, as safetensors keeps
             )
         def load() -> None:  # as `load_state_dict`: after the update in flight, however it ended
             self._check_file(path, state)  # before the settings: a tensor's shape says more (e.g. another rank)

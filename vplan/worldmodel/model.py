@@ -87,7 +87,8 @@ class WorldModel(nn.Module):
             )
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (B, T, H, W, 3) → scaled latents (B, T, C, h, w); (N, H, W, 3) → (N, C, h, w)."""
+        """Frames (B, T, H, W, 3) → scaled latents (B, T, C, h, w); (N, H, W, 3) → (N, C, h, w). uint8, or float in
+        [0, 1] (a dataset item's (3, H, W) frame is channels-first: permute it)."""
         return encode_frames(self.vae, frames)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
