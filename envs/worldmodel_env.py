@@ -203,8 +203,10 @@ class WorldModelEnv(gym.Env):
         options: list[dict[str, Any]] = [{} for _ in seeds]
         if frames is not None:
             frames = np.asarray(frames)
-            if frames.ndim not in (4, 5) or len(frames) != len(seeds):
-                raise ValueError(f"expected frames (B={len(seeds)}, [T,] H, W, 3), got {frames.shape}")
+            size = self.observation_space.shape  # each rollout's frame is checked alone below, naming its shape
+            if frames.ndim not in (4, 5) or len(frames) != len(seeds) or frames.dtype != np.uint8:
+                raise ValueError(f"expected uint8 frames (B={len(seeds)}, [T,] {', '.join(map(str, size))}), got "
+                                 f"{frames.dtype} {frames.shape}")
             options = [{"frame": f} for f in frames]
         starts = [self._start_frames(o, seeding.np_random(int(s))[0]) for o, s in zip(options, seeds)]
         length = min(len(f) for _, f in starts)  # one context length for the batch

@@ -183,6 +183,9 @@ def test_batched_steps_agree_with_single_steps(model):
     with pytest.raises(ValueError, match="texts: expected a list of strings, one per seed, got 'ab'"):
         batched.reset_batch(seeds, texts="ab")  # was split into ['a', 'b']
     assert np.array_equal(batched.reset_batch(np.array(seeds)), frames[0])  # a numpy array: ambiguous truth value
+    with pytest.raises(ValueError, match=rf"expected uint8 frames \(B=2, \[T,\] {SIZE}, {SIZE}, 3\), got float32 "
+                                         rf"\(2, {SIZE}, {SIZE}, 3\)"):  # was one rollout's "(1, ...)"
+        batched.reset_batch(seeds, frames=np.zeros((2, SIZE, SIZE, 3), np.float32))
     for bad in ([1.7], [None], [-1]):  # 1.7 was seed 1, None a TypeError
         with pytest.raises(ValueError, match=r"seeds\[0\]: expected an int >= 0, got"):
             batched.reset_batch(bad)
