@@ -392,13 +392,13 @@ def _what_failed(error: Exception) -> str:
     """A failed request's error and, where the client's own words hide it, its root cause's: "Connection error."
     alone could not tell a refused port from an unknown host ("[Errno 111] Connection refused"); a reply stopped
     for its length, its own words."""
+    import openai
+
     chain: list[BaseException] = []
     cause: BaseException | None = error
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    import openai
-
     too_large = next((c for c in chain if isinstance(c, ReplyTooLargeError)), None)
     said = f"{type(error).__name__}: {too_large or error}"
     root = chain[-1]
