@@ -142,9 +142,9 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
         changed = changed_settings(saved, plain(settings), cfg, ignore=ignore)
         if saved.get("rounds", 1) != settings.get("rounds", 1):  # one round leaves RESUMABLE_OPTIM unrecorded,
             changed = [name for name in changed if name not in {f"optim.{n}" for n in RESUMABLE_OPTIM}]  # several not
-        nothing_kept = not list_checkpoints(inner.parent) and not any(inner.glob("episode-*.safetensors"))
-        if changed and (nothing_kept or all(name.startswith("optim.") for name in changed)) and not list_checkpoints(
-                inner.parent):
+        before_outer = not list_checkpoints(inner.parent)
+        nothing_stored = before_outer and not any(inner.glob("episode-*.safetensors"))
+        if changed and before_outer and (nothing_stored or all(name.startswith("optim.") for name in changed)):
             # stopped before the outer loop's first checkpoint (out of memory, a divergence: its advice is another
             # batch size or lr): no stored state depends on the outer loop yet, so the inner loop's work is kept;
             # and with no state stored at all (stopped in the first episode), any setting may change
@@ -504,8 +504,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     lora_mb = sum(f.path.stat().st_size for f in stored) / 1e6
     print(
         f"finetune: {len(training.triples)} triples from {len(stored)} episode{'s' if len(stored) != 1 else ''} "
-        f"(LoRA states and latents: "
-        f"{lora_mb:.1f} MB in {out / INNER}); {cfg.rounds} round{'s' if cfg.rounds > 1 else ''}, outer loop at "
+        f"(LoRA states and latents: {lora_mb:.1f} MB in {out / INNER}); {cfg.rounds} round{'s' if cfg.rounds > 1 else ''}, outer loop at "
         f"step {steps}/{cfg.optim.steps} ({outer_seconds:.0f} s this run, batch {cfg.optim.batch_size}, "
         f"lr {cfg.optim.lr:g}); finetuned world model written to {final}"
     )
