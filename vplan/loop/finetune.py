@@ -504,7 +504,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
     lora_mb = sum(f.path.stat().st_size for f in stored) / 1e6
     print(
         f"finetune: {len(training.triples)} triples from {len(stored)} episode{'s' if len(stored) != 1 else ''} "
-        f"(LoRA states and latents: {lora_mb:.1f} MB in {out / INNER}); {cfg.rounds} round{'s' if cfg.rounds > 1 else ''}, outer loop at "
+        f"(LoRA states and latents: {lora_mb:.1f} MB in {out / INNER}); {cfg.rounds} "
+        f"round{'s' if cfg.rounds > 1 else ''}, outer loop at "
         f"step {steps}/{cfg.optim.steps} ({outer_seconds:.0f} s this run, batch {cfg.optim.batch_size}, "
         f"lr {cfg.optim.lr:g}); finetuned world model written to {final}"
     )
