@@ -648,6 +648,21 @@ def test_an_iteration_without_vlm_scores_says_its_mean_reward_lacks_the_term():
     assert _vlm_line({"rewards": []}, 0.0) == ""  # the VLM reward off
 
 
+def test_an_iteration_without_a_finetune_step_says_so(tmp_path, capsys):
+    """"loss nan -> nan" read as a diverged loss (helper-196); an rl run's checkpoint/ taken as out= had its adapter
+    replaced by a whole other run, which the first then resumed from."""
+    from vplan.rl.loop import _learned
+
+    assert _learned({"steps": 0}) == "no finetune step (nothing to learn from: every continuation scored alike)"
+    assert _learned({"steps": 2, "loss_first": 0.6931, "loss_last": 0.5}) == "loss 0.6931 -> 0.5000"
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "optimizer.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit) as stop:
+        main(["rl", f"out={tmp_path / 'checkpoint'}"])
+    assert stop.value.code == 2 and "holds a training checkpoint (optimizer.safetensors)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["optimizer.safetensors"]
+
+
 def test_the_summary_shows_a_missing_dist_as_a_dash(capsys, tmp_path):
     """The blockworld's Dist is none before its return phase: a finetuned agent that never reached it, beside a
     base one that did, raised a TypeError from the table once metrics.json was written."""

@@ -27,6 +27,7 @@ from vplan.errors import (
 from vplan.utils.interrupts import Terminated, handle_stop_signals
 from vplan.utils.locks import holding_folder
 from vplan.utils.openmp import choose_wait_policy
+from vplan.utils.settings import check_config_is_ours
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -655,6 +656,8 @@ def _main(argv: list[str] | None) -> None:
             require_simulator(config.env)  # an adapter's simulator missing: its install steps
         _check_paths(config, command)  # before the command's module loads torch and the models (seconds)
         _check_endpoint_keys(config)
+        if isinstance(getattr(config, "out", None), str):  # another command's folder, a checkpoint's (the commands
+            check_config_is_ours(Path(config.out), config)  # check it again for callers from Python)
     except UsageError as error:
         _fail(prog, str(error))
     except OSError as error:  # a data= or checkpoint folder that cannot be read; without a path: the help could not

@@ -500,7 +500,9 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             raise UsageError(f"{out} has run {run.iteration} iterations already; pass iterations>={run.iteration}, "
                              "or choose another out=DIR")
         if resuming:
-            print(f"resuming {out}: iterations 0..{run.iteration - 1} done, iteration {run.iteration} next")
+            done = "iteration 0" if run.iteration == 1 else f"iterations 0..{run.iteration - 1}"
+            print(f"resuming {out}: {done} done, " + (f"iteration {run.iteration} next" if run.iteration < cfg.iterations
+                                                      else "writing final/ and evaluating"))
         pin_checkpoints(out, _checkpoints(cfg), resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
             _keep_iterations_before(out / name, run.iteration)
@@ -534,9 +536,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             saved = run.iteration
             _plot_iterations(out)
             tqdm.write(f"iteration {record['iteration']}: mean reward {record['reward_mean']:.3f}, success "
-                       f"{record['success_rate']:.0%}, loss {logs.get('loss_first', float('nan')):.4f} -> "
-                       f"{logs.get('loss_last', float('nan')):.4f}, offset logits {np.round(run.logits, 2).tolist()}"
-                       + _vlm_line(record, cfg.rewards.vlm))
+                       f"{record['success_rate']:.0%}, {_learned(logs)}, offset logits "
+                       f"{(np.round(run.logits, 2) + 0.0).tolist()}" + _vlm_line(record, cfg.rewards.vlm))
         bar.close()
         if run.iteration == loaded and (out / ITERATIONS_FILE).is_file():  # resumed with every iteration done: a
             _plot_iterations(out)  # kill after the last save (or mid-swap) left the plot without the last iteration
@@ -548,7 +549,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         write_text_atomic(out / "planner.yaml",
                           f"chunk_offset: {run.tuned_offset}  # vplan run planner.chunk_offset=...\n")
         metrics: dict[str, Any] = {"iterations": cfg.iterations, "objective": cfg.objective,
-                                   "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset}
+                                   "worldmodel": cfg.worldmodel_checkpoint, "tuned_chunk_offset": run.tuned_offset,
+                                   "memory": cfg.memory.kind}
         if run.vlm is not None:  # over every iteration, those before a resume included
             vlm = [record["vlm"] for record in iteration_records(out / ITERATIONS_FILE) if "vlm" in record]
             metrics["vlm"] = {"requests_made": run.vlm.requests_made, "max_requests": cfg.vlm_reward.max_requests,
@@ -564,12 +566,21 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         _print_summary(metrics, out)
         return metrics
     except KeyboardInterrupt:
-        kept = f"iterations 0..{saved - 1} kept in {out}" if saved else f"no iteration finished in {out}"
-        print(f"interrupted: {kept}; the same command resumes after the last one finished", file=sys.stderr)
+        kept = (f"iteration{'s 0..' if saved > 1 else ' '}{saved - 1} kept in {out}" if saved else
+                f"no iteration finished in {out}")
+        tqdm.write(f"interrupted: {kept}; the same command resumes after the last one finished", file=sys.stderr)
         raise
     finally:
         run.env.close()
         run.rewards.close()
+
+
+def _learned(logs: dict[str, Any]) -> str:
+    """An iteration's finetuning as its line says it: the loss's first and last values, or that no step ran ("loss
+    nan -> nan" read as a diverged loss, which stops a run)."""
+    if not logs.get("steps"):
+        return "no finetune step (nothing to learn from: every continuation scored alike)"
+    return f"loss {logs['loss_first']:.4f} -> {logs['loss_last']:.4f}"
 
 
 def _vlm_counts(vlm: Any) -> dict[str, int]:
@@ -613,3 +624,6 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         print(f"  VLM reward: {vlm['requests_made']}/{vlm['max_requests']} requests spent; {vlm['unanswered_chunks']} "
               f"chunk(s) and {vlm['unscored_episodes']} episode(s) explored got no answer")
     print(f"run directory: {out} (final/: the finetuned world model; planner.yaml: the tuned offset)")
+    if "memory" in metrics:  # vplan run's default memory is temp_lora: without it, other figures than these
+        print(f"the agent it tuned: vplan run worldmodel={out / 'final'} planner.chunk_offset="
+              f"{metrics['tuned_chunk_offset']} memory={metrics['memory']}")

@@ -59,10 +59,13 @@ def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[f
     values = [float(v) for _, y in series.values() for v in y]
     if log_y and values and min(values) > 0 and max(values) >= 10 * min(values):
         axis.set_yscale("log")
-    if all(float(v).is_integer() for x, _ in series.values() for v in x):  # steps, chunks, iterations
+    xs = {float(v) for x, _ in series.values() for v in x}
+    if all(v.is_integer() for v in xs):  # steps, chunks, iterations
         from matplotlib.ticker import MaxNLocator
 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(xs) == 1:  # one point: matplotlib's ±0.05 around it holds no integer tick
+            axis.set_xticks(sorted(xs))
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)

@@ -219,12 +219,17 @@ def read_config_record(path: Path, advice: str = "restore it, or choose another 
 
 def refuse_model_folder(out: Path) -> None:
     """A UsageError where `out` is a model checkpoint's folder (its config.json; no command writes one there):
-    a run's files in it would change the checkpoint, and the fingerprint runs pinned it by."""
+    a run's files in it would change the checkpoint, and the fingerprint runs pinned it by; or a training state's
+    (its optimizer.safetensors: a `checkpoint-N/` of `vplan train`, the `checkpoint/` of `vplan rl`), which its run
+    resumes from (a run written into an rl run's `checkpoint/` replaced its adapter)."""
     from vplan.errors import UsageError
 
     if (Path(out) / "config.json").is_file():
         raise UsageError(f"{out} holds a model checkpoint (config.json): writing a run there would change its "
                          "files, and the fingerprint runs pinned it by; choose another out=DIR")
+    if (Path(out) / "optimizer.safetensors").is_file():  # vplan.loop.checkpoint.OPTIMIZER_FILE
+        raise UsageError(f"{out} holds a training checkpoint (optimizer.safetensors), which its run resumes from; "
+                         "choose another out=DIR (outside that run's folder)")
 
 
 def check_config_is_ours(out: Path, cfg: Any) -> None:
