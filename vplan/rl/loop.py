@@ -501,7 +501,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                              "or choose another out=DIR")
         if resuming:
             done = "iteration 0" if run.iteration == 1 else f"iterations 0..{run.iteration - 1}"
-            then = f"iteration {run.iteration} next" if run.iteration < cfg.iterations else "writing final/ and evaluating"
+            then = (f"iteration {run.iteration} next" if run.iteration < cfg.iterations else
+                    "writing final/ and evaluating")
             print(f"resuming {out}: {done} done, {then}")
         pin_checkpoints(out, _checkpoints(cfg), resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
