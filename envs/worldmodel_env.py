@@ -149,9 +149,8 @@ class WorldModelEnv(gym.Env):
             check_int(options["episode"], "options['episode']", low=0)  # 1.9 read as 1, None a TypeError
         if not isinstance(options.get("text", ""), str):  # a text+action model failed at step, an action model kept it
             raise ValueError(f"options['text']: expected a string, got {options['text']!r:.80}")
-        if "text" in options and self.model.config.conditioning == "action":  # taken, it read as steering the rollout
-            raise ValueError("options['text']: this world model is conditioned on actions alone (conditioning "
-                             "'action') and reads no text; leave it out, or load a text+action model")
+        if "text" in options:
+            self._check_reads_text("options['text']")
         torch_seed, frames = self._start_frames(options, self.np_random)
         self._start([torch_seed], frames[None], [options.get("text", self.config.text)])
         return self._frames[0].copy(), self._info()
@@ -200,6 +199,8 @@ class WorldModelEnv(gym.Env):
             raise ValueError(f"texts: expected a list of strings, one per seed, got {texts!r:.80}")
         if texts is not None and len(texts) != len(seeds):
             raise ValueError(f"expected one text per seed ({len(seeds)}), got {len(texts)}")
+        if texts is not None:
+            self._check_reads_text("texts")
         options: list[dict[str, Any]] = [{} for _ in seeds]
         if frames is not None:
             frames = np.asarray(frames)
@@ -213,6 +214,13 @@ class WorldModelEnv(gym.Env):
         self._start([t for t, _ in starts], np.stack([f[-length:] for _, f in starts]),
                     texts or [self.config.text] * len(seeds))
         return self._frames.copy()
+
+    def _check_reads_text(self, name: str) -> None:
+        """A ValueError naming `name` where the model is conditioned on actions alone: a text given to it was taken
+        and reported in `info["texts"]`, as if it steered the rollout."""
+        if self.model.config.conditioning == "action":
+            raise ValueError(f"{name}: this world model is conditioned on actions alone (conditioning 'action') and "
+                             "reads no text; leave it out, or load a text+action model")
 
     def step_batch(
         self, actions: np.ndarray

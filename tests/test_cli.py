@@ -125,6 +125,7 @@ def test_every_command_config_takes_numpys_numbers():
     """A sweep from Python over np.arange: np.int64(3) was refused by the eval, bench, train, finetune and rl
     configs' int checks (the agent's and the env's took it)."""
     from dataclasses import fields, replace
+    from pathlib import Path
 
     import numpy as np
 
@@ -136,6 +137,12 @@ def test_every_command_config_takes_numpys_numbers():
         assert {type(getattr(swept, name)) for name in ints} <= {int}, c.name
         assert {type(getattr(swept, name)) for name in floats} <= {float}, c.name
         assert ints or floats, c.name
+        # a pathlib.Path for a path, 0 or 1 for a bool: taken before 2654fa0, refused by it (helper-195)
+        paths = {name: Path(value) for name in ("out", "data") if isinstance(value := getattr(config, name, None), str)}
+        bools = {f.name: int(getattr(config, f.name)) for f in fields(config) if f.type == "bool"}
+        given = replace(config, **paths, **bools)
+        assert all(getattr(given, name) == str(path) for name, path in paths.items()), c.name
+        assert all(getattr(given, name) is bool(value) for name, value in bools.items()), c.name
 
 
 def test_the_last_env_given_picks_the_default_task():

@@ -294,6 +294,20 @@ def test_another_commands_folder_as_out_is_refused_before_anything_is_written_th
     assert sorted(p.name for p in finetuned[0].iterdir()) == before
 
 
+def test_a_refused_resume_names_its_settings_as_the_command_spells_them():
+    """The record holds the episodes' indices (20 by default, or hundreds) and, before 2026-12-07, no rounds for
+    one: "episodes=[0, 1] ... [0, 1, 2]", "rounds='unset'" (helper-195)."""
+    from vplan.loop.finetune import _differences
+
+    cfg = FinetuneConfig(data="d", worldmodel="w", memory=MEMORY)
+    assert _differences(["episodes", "rounds", "worldmodel_unet_sha256"], {"episodes": [0, 1]},
+                        {"episodes": [0, 1, 2], "rounds": 2}, cfg) == [
+        "episodes=2 when it began, 3 now", "rounds=1 when it began, 2 now",
+        "worldmodel= (its files differ from those it began with)"]
+    assert _differences(["episodes"], {"episodes": [0, 1]}, {"episodes": [0, 2]}, cfg) == [
+        "episodes=[0, 1] when it began, [0, 2] now"]  # as many, others: the indices say which
+
+
 def test_a_base_among_the_results_out_replaces_is_refused(setup, finetuned, tmp_path, monkeypatch):
     """A finetune of `<out>/final` into the same out= (its inner/ and checkpoints deleted to save space) deleted
     its own base at the first outer step; stopped before a checkpoint, neither base nor result was left."""

@@ -543,9 +543,22 @@ def test_an_error_reply_echoing_the_key_is_scrubbed(endpoint, make_llm, logs) ->
     assert "AuthenticationError" in plan.note and "invalid api key <redacted>" in plan.note
     assert len(endpoint.requests) == 1  # a 401 is not retried
     assert plan.note.endswith("; check the API key in planner.llm.api_key")
+    for padding in range(60, 160, 7):  # a key the cut at DETAIL_CHARS split in two passed the scrub (helper-195)
+        endpoint.reply = lambda body: (401, {"error": {"message": "x" * padding + f" {SECRET} y"}}, 0.0)
+        assert SECRET[:8] not in plan_with_fallback(make_llm(), KNOWN_INFO).note
     shouted = SECRET.upper() if SECRET.upper() != SECRET else SECRET.lower()  # a reply's words are shown lowercased
     endpoint.reply = lambda body: (401, {"error": {"message": f"invalid api key {shouted}"}}, 0.0)
     assert "invalid api key <redacted>" in plan_with_fallback(make_llm(), KNOWN_INFO).note
+
+
+def test_a_401_without_a_key_says_to_set_one(endpoint, make_llm, monkeypatch) -> None:
+    """"check the API key in the environment variable OPENAI_API_KEY" when none was set, nor sent (helper-195)."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    endpoint.reply = lambda body: (401, {"error": {"message": "missing key"}}, 0.0)
+    with pytest.warns(PlannerFallbackWarning) as record:
+        plan = make_llm(api_key=None).plan(TASK.instruction, KNOWN_INFO)
+    assert plan.note.endswith("; it asks for an API key, and none was sent: set the environment variable "
+                              "OPENAI_API_KEY (or planner.llm.api_key)"), [str(w.message) for w in record]
 
 
 @pytest.mark.parametrize(("status", "said", "advice"), [

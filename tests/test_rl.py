@@ -456,6 +456,22 @@ def test_exploring_the_held_out_seeds_warns(checkpoints, tmp_path):
         RLRun(build_config(compose_config(command, args)[0])).env.close()
 
 
+def test_the_llm_planners_of_a_run_share_one_endpoint(checkpoints, tmp_path):
+    """Each plan's agent made its own planner, whose endpoint's count of failed requests began at 0: a dead
+    endpoint was never given up on, at ~90 s a plan (helper-195)."""
+    from vplan.cli import COMMANDS, build_config, compose_config
+    from vplan.rl.loop import RLRun
+
+    command = next(c for c in COMMANDS if c.name == "rl")
+    args = rl_args(checkpoints, tmp_path / "out", "planner=llm", "planner.llm.base_url=http://127.0.0.1:9/v1")[1:]
+    run = RLRun(build_config(compose_config(command, args)[0]))
+    agents = [run.make_agent(run.base, offset) for offset in (0, 1, 0)]
+    assert len({id(agent.planner.endpoint) for agent in agents}) == 1
+    for agent in agents:
+        agent.close()
+    run.env.close()
+
+
 def test_bad_settings_are_one_line_errors(checkpoints, tmp_path, capsys):
     for extra, message in [("objective=ppo", "objective: expected one of"),
                            ("continuations=1", "continuations: expected at least 2"),

@@ -152,7 +152,9 @@ def test_every_llm_planner_fallback_is_shown_and_counted(checkpoints, tmp_path, 
                       "planner.llm.timeout_s=2"))
     assert [str(w.message) for w in caught if w.category is PlannerFallbackWarning] == [
         "LLM planner (gpt-4o-mini): the request to http://127.0.0.1:9/v1/ failed, without retries (max_retries=0) "
-        "(APIConnectionError: Connection error.); using the offline plan"] * 2  # the URL: a mistyped one is seen
+        "(APIConnectionError: Connection error.; ConnectionRefusedError: [Errno 111] Connection refused); check that "
+        "an endpoint is running at http://127.0.0.1:9/v1/ (planner.llm.base_url); using the offline plan"] * 2  # the
+    # URL: a mistyped one is seen
     captured = capsys.readouterr()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["planner"] == "llm" and metrics["plan_sources"] == {"fallback": 2}

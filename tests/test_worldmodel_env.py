@@ -182,6 +182,8 @@ def test_batched_steps_agree_with_single_steps(model):
         batched.step(actions[0][0])  # was "expected actions of shape (2, 4), got (1, 4)"
     with pytest.raises(ValueError, match="texts: expected a list of strings, one per seed, got 'ab'"):
         batched.reset_batch(seeds, texts="ab")  # was split into ['a', 'b']
+    with pytest.raises(ValueError, match="texts: this world model is conditioned on actions alone"):
+        batched.reset_batch(seeds, texts=["pick up the red cube", "x"])  # as a reset's text (helper-195)
     assert np.array_equal(batched.reset_batch(np.array(seeds)), frames[0])  # a numpy array: ambiguous truth value
     with pytest.raises(ValueError, match=rf"expected uint8 frames \(B=2, \[T,\] {SIZE}, {SIZE}, 3\), got float32 "
                                          rf"\(2, {SIZE}, {SIZE}, 3\)"):  # was one rollout's "(1, ...)"

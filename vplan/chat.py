@@ -340,7 +340,8 @@ class ChatEndpoint:
             raise ChatRequestError(
                 f"the request to {self.client.base_url} failed, "
                 + (f"with up to {retries} retries " if retries else "without retries (max_retries=0) ")
-                + f"({_what_failed(error)[:DETAIL_CHARS]})" + self._advice(error, "response_format" in options)
+                + f"({self.scrub(_what_failed(error))[:DETAIL_CHARS]})"  # scrubbed first: a key cut in two
+                + self._advice(error, "response_format" in options)                # would pass the callers' scrub
             ) from None
         self.failures_in_a_row = 0  # it answered (a refusal or a cut reply below says nothing of the endpoint)
         try:
@@ -361,16 +362,18 @@ class ChatEndpoint:
         import openai
 
         settings, text = self.settings, str(error).lower()
+        url_from = (f"{settings}base_url" if self.config.base_url is not None else
+                    "the environment variable OPENAI_BASE_URL")
         if isinstance(error, openai.APITimeoutError):
             advice = (f"the endpoint was silent for {self.config.timeout_s:g} s; raise {settings}timeout_s if it is "
                       "slow to answer")
         elif isinstance(error, openai.APIConnectionError):
-            advice = f"check that an endpoint is running at {self.client.base_url} ({settings}base_url)"
+            advice = f"check that an endpoint is running at {self.client.base_url} ({url_from})"
         elif isinstance(error, openai.NotFoundError):
-            advice = (f"check {settings}base_url (an OpenAI-compatible API's base usually ends in /v1) and "
-                      f"{settings}model")
+            advice = f"check {url_from} (an OpenAI-compatible API's base usually ends in /v1) and {settings}model"
         elif isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            advice = f"check the API key in {self.key_source}"
+            advice = (f"check the API key in {self.key_source}" if self.api_key != NO_KEY else "it asks for an API "
+                      f"key, and none was sent: set {self.key_source} (or {settings}api_key)")
         elif isinstance(error, openai.BadRequestError) and asked_format and ("response_format" in text or
                                                                               "json_schema" in text):
             advice = f"an endpoint that takes no JSON schema: {settings}response_format=json_object (or none)"

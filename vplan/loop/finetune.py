@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from vplan.loop.trainer import (
 )
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
-from vplan.utils.settings import changed_settings, plain
+from vplan.utils.settings import changed_settings, field_default, plain
 from vplan.worldmodel.config import require_text_conditioned
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
 
@@ -153,7 +153,7 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
             return
         if changed:
             raise UsageError(f"{inner.parent} holds a finetune made with other settings: "
-                             f"{'; '.join(_differences(changed, saved, plain(settings)))}; choose another out= or "
+                             f"{'; '.join(_differences(changed, saved, plain(settings), cfg))}; choose another out= or "
                              "delete that folder")
         return
     if list_checkpoints(inner.parent):  # the trainer would resume from them, whatever made them
@@ -163,17 +163,23 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
     write_json(path, settings)
 
 
-def _differences(changed: list[str], saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def _differences(changed: list[str], saved: dict[str, Any], now: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
     """Each changed setting (dotted names of the settings record) as the command spells it, with the value the
-    run recorded and the one given now; the world model's files as one `worldmodel=` (it is pinned by their
+    run recorded (a record from before a setting was, its default) and the one given now; the episodes as their
+    count where it changed (the record holds their indices); the world model's files as one `worldmodel=` (it is pinned by their
     hashes, whatever its path)."""
     def value(record: dict[str, Any], name: str) -> Any:
         for key in name.split("."):
-            record = record.get(key, "unset") if isinstance(record, dict) else "unset"
-        return record
+            record = record.get(key, MISSING) if isinstance(record, dict) else MISSING
+        return field_default(cfg, name) if record is MISSING and "." not in name else record
 
-    said = [f"{name}={value(saved, name)!r} when it began, {value(now, name)!r} now" for name in changed
-            if not name.startswith("worldmodel_")]
+    said = []
+    for name in changed:
+        then, given = value(saved, name), value(now, name)
+        if name == "episodes" and isinstance(then, list) and isinstance(given, list) and len(then) != len(given):
+            then, given = len(then), len(given)  # as episodes= counts them
+        if not name.startswith("worldmodel_"):
+            said.append(f"{name}={then!r} when it began, {given!r} now")
     if any(name.startswith("worldmodel_") for name in changed):
         said.append("worldmodel= (its files differ from those it began with)")
     return said

@@ -191,6 +191,7 @@ class RLRun:
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr)
         self.logits = np.zeros(len(cfg.plan_offsets))
         self.iteration = 0
+        self._endpoint: Any = None  # the LLM planner's, shared by every agent `make_agent` makes
         self.vlm = VLMReward(cfg.vlm_reward) if cfg.vlm_reward.enabled else None
         try:
             self.rewards = make_rewards(cfg.rewards, self.vlm, self.base, self.idm)
@@ -281,8 +282,15 @@ class RLRun:
 
         planner_config = replace(self.cfg.planner, chunk_frames=world_model.config.chunk_frames,
                                  chunk_offset=chunk_offset)
-        return VideoPlanningAgent(world_model, self.idm, make_planner(planner_config, self.cfg.task),
-                                  self.cfg.memory, self.cfg.agent)
+        planner = make_planner(planner_config, self.cfg.task)
+        endpoint = getattr(planner, "endpoint", None)  # an LLM planner's: one for the run, so that its giving up
+        if endpoint is not None:                       # after 3 failed requests holds across the plans' planners
+            if self._endpoint is None:
+                self._endpoint = endpoint
+            else:
+                endpoint.close()
+                planner.endpoint = self._endpoint
+        return VideoPlanningAgent(world_model, self.idm, planner, self.cfg.memory, self.cfg.agent)
 
     def explore(self, bar: Any) -> list[list[list[EpisodeRollout]]]:
         """This iteration's rollouts: [seed][plan][continuation], each scored."""

@@ -86,6 +86,7 @@ class VLMReward:
         self.cache_hits = 0
         self.unanswered_chunks = 0  # in this process: chunks that got no clear answer (each warned)
         self.unscored_episodes = 0  # in this process: episodes that got no VLM score
+        self._said_given_up = False  # the endpoint's giving up is warned of once
         self._cache: dict[str, bool] = {}
         self._journal: Path | None = None
         self.endpoint: ChatEndpoint | None = None
@@ -133,9 +134,11 @@ class VLMReward:
     def _scrub(self, text: str) -> str:
         return self.endpoint.scrub(text) if self.endpoint is not None else text
 
-    def _warn(self, subgoal: str, what: str) -> None:
-        """Warn that the chunk of `subgoal` got no answer, and why (`what`), and count it."""
+    def _warn(self, subgoal: str, what: str, say: bool = True) -> None:
+        """Count the chunk of `subgoal` as unanswered and (`say`) warn of it, and why (`what`)."""
         self.unanswered_chunks += 1
+        if not say:
+            return
         what = self._scrub(" ".join(what.split()))
         warnings.warn(
             f"VLM reward ({self.config.model}): {what[:500]}; no reward for the chunk {short(subgoal, 60)}",
@@ -178,10 +181,12 @@ class VLMReward:
         if self.requests_made >= self.config.max_requests:
             self._warn(subgoal, f"the request budget ({self.config.max_requests}) is spent")
             return None
-        if self.endpoint.given_up:  # said here, before the question spends budget
-            failed = self.endpoint.failures_in_a_row
+        if self.endpoint.given_up:  # said here, before the question spends budget; once (then counted only):
+            failed = self.endpoint.failures_in_a_row  # a warning per chunk was ~290 lines an iteration
             self._warn(subgoal, f"the endpoint failed {failed} requests in a row, so it is asked no more in this run "
-                                "(the same command resumes the run and asks it again)")
+                                "(the same command resumes the run and asks it again); the chunks left unanswered "
+                                "are counted in each iteration's line", say=not self._said_given_up)
+            self._said_given_up = True
             return None
         self.requests_made += 1
         self._note({"requests_made": self.requests_made})  # before it is sent: a kill while waiting spent it too

@@ -101,13 +101,20 @@ def check_field_types(config: Any) -> None:
     """A ValueError naming the first field of dataclass `config` annotated bool, int, float or str whose value
     is not one (`wrist_camera="false"` is truthy; `max_delta="0.05"` failed later as a bare TypeError); a bool
     is no number. For configs built in Python (`gymnasium.make(id, **overrides)`): the CLI's are typed by Hydra. A
-    value of another type that is one (numpy's `np.int64(16)`, `np.float32(0.05)`, `np.True_`) is set as Python's,
-    so what follows (the config's own checks, JSON records) sees a plain bool, int or float."""
+    value of another type that is one (numpy's `np.int64(16)`, `np.float32(0.05)`, `np.True_`; 0 or 1 for a bool; a
+    `pathlib.Path` for a string) is set as Python's, so what follows (the config's own checks, JSON records) sees a
+    plain bool, int, float or str."""
     for f in fields(config):
         if f.type not in _FIELD_TYPES:
             continue
         types, wanted = _FIELD_TYPES[f.type]
         value = getattr(config, f.name)
+        if f.type == "str" and isinstance(value, os.PathLike):  # a pathlib.Path for out= or data=, as it was taken
+            object.__setattr__(config, f.name, os.fspath(value))
+            continue
+        if f.type == "bool" and type(value) is int and value in (0, 1):  # as the CLI takes record=0
+            object.__setattr__(config, f.name, bool(value))
+            continue
         if not isinstance(value, types) or (f.type != "bool" and isinstance(value, bool)):
             raise ValueError(f"{f.name}: expected {wanted}, got {value!r}")
         if f.type in _PLAIN and type(value) is not _PLAIN[f.type] and not (f.type == "float" and type(value) is int):
@@ -128,7 +135,7 @@ def settings_record(config: Any, leave_out: tuple[str, ...] = ()) -> dict[str, A
     return redact_secrets(plain({f.name: getattr(config, f.name) for f in fields(config) if f.name not in leave_out}))
 
 
-def _default(config: Any, name: str) -> Any:
+def field_default(config: Any, name: str) -> Any:
     """The default of dataclass `config`'s field `name`, or MISSING where it has none (or is no such field)."""
     if not is_dataclass(config):
         return MISSING
@@ -170,7 +177,7 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
                     key in PATH_SETTINGS and _same_path(old, new)):
                 changed.append(name)  # (a record kept before a secret was redacted holds it in full)
         elif key in current:
-            default = _default(config, key)
+            default = field_default(config, key)
             if default is MISSING or plain(default) != current[key]:
                 changed.append(name)
         else:
