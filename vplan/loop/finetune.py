@@ -166,8 +166,8 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
 def _differences(changed: list[str], saved: dict[str, Any], now: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
     """Each changed setting (dotted names of the settings record) as the command spells it, with the value the
     run recorded (a record from before a setting was, its default) and the one given now; the episodes as their
-    count where it changed (the record holds their indices); the world model's files as one `worldmodel=` (it is pinned by their
-    hashes, whatever its path)."""
+    count where it changed (the record holds their indices); the world model's files as one `worldmodel=` (it is
+    pinned by their hashes, whatever its path)."""
     def value(record: dict[str, Any], name: str) -> Any:
         for key in name.split("."):
             record = record.get(key, MISSING) if isinstance(record, dict) else MISSING
