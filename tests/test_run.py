@@ -488,7 +488,8 @@ def test_an_out_holding_another_commands_records_is_refused(checkpoints, tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         main(run_args(checkpoints, trained))
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "holds the records of an unfinished run or another command" in err
+    # (refused before the models load since 2026-12-07; vplan run's own check says "holds the records of ...")
+    assert exit_info.value.code == 2 and "holds another command's settings (config.yaml, with data)" in err
     assert (trained / "config.yaml").read_text() == "data: data/return_cubes\n"
 
 
