@@ -563,7 +563,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         if run.vlm is not None:  # over every iteration, those before a resume included
             vlm = [record["vlm"] for record in iteration_records(out / ITERATIONS_FILE) if "vlm" in record]
             metrics["vlm"] = {"requests_made": run.vlm.requests_made, "max_requests": cfg.vlm_reward.max_requests,
-                              **{key: sum(v[key] for v in vlm) for key in _vlm_counts(None)}}
+                              **{key: sum(v[key] for v in vlm) for key in VLM_COUNTS}}
         if cfg.eval_episodes:
             metrics["before"], plans = evaluate(run, run.base, cfg.planner.chunk_offset, "eval before")
             # the finetuned executor alone, with the plans it had before (an LLM planner asked again may answer
@@ -592,10 +592,12 @@ def _learned(logs: dict[str, Any]) -> str:
     return f"loss {logs['loss_first']:.4f} -> {logs['loss_last']:.4f}"
 
 
+VLM_COUNTS = ("unanswered_chunks", "unscored_episodes")  # VLMReward's counters, per iteration in iterations.jsonl
+
+
 def _vlm_counts(vlm: Any) -> dict[str, int]:
     """The VLM reward's counts of chunks and episodes left without an answer so far in this process."""
-    return {"unanswered_chunks": vlm.unanswered_chunks if vlm else 0,
-            "unscored_episodes": vlm.unscored_episodes if vlm else 0}
+    return {name: getattr(vlm, name) if vlm else 0 for name in VLM_COUNTS}
 
 
 def _vlm_line(record: dict[str, Any], weight: float) -> str:
