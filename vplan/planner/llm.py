@@ -153,11 +153,11 @@ def reply_text(texts: Sequence[str]) -> str:
 class LLMPlanner(Planner):
     """Plans with an OpenAI-compatible endpoint; falls back to the offline planner on any failure."""
 
-    def __init__(self, config: PlannerConfig, task_config: TaskConfig) -> None:
+    def __init__(self, config: PlannerConfig, task_config: TaskConfig, endpoint: ChatEndpoint | None = None) -> None:
         super().__init__(config, task_config)
         require_package("openai", "llm", hint="or use planner=offline")
         self.llm = config.llm
-        self.endpoint = ChatEndpoint(self.llm, *LLM_ENDPOINT)
+        self.endpoint = endpoint if endpoint is not None else ChatEndpoint(self.llm, *LLM_ENDPOINT)
         self.grounder = SkillGrounder(self.llm.grounding_threshold, self.llm.text_encoder_path)
         self.fallback = OfflinePlanner(config, task_config)
 

@@ -180,7 +180,9 @@ class RLRun:
         require_text_conditioned(self.base.config.conditioning, f"worldmodel={cfg.worldmodel_checkpoint}",
                                  "vplan rl's agent")
         warn_if_chunk_frames_ignored(cfg.planner, self.base.config.chunk_frames)  # make_agent takes the model's
-        make_planner(cfg.planner, cfg.task).close()  # a missing LLM key: refused before out= is written
+        # a missing LLM key or an unknown task: refused before out= is written; an LLM planner's endpoint serves
+        # every agent `make_agent` makes, so that its giving up after 3 failed requests holds across the plans
+        self._endpoint = getattr(make_planner(cfg.planner, cfg.task), "endpoint", None)
         self.model = copy.deepcopy(self.base)  # the one the adapter trains on
         add_rl_adapter(self.model.unet, cfg.lora_rank)
         for parameter in self.model.parameters():
@@ -191,7 +193,6 @@ class RLRun:
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr)
         self.logits = np.zeros(len(cfg.plan_offsets))
         self.iteration = 0
-        self._endpoint: Any = None  # the LLM planner's, shared by every agent `make_agent` makes
         self.vlm = VLMReward(cfg.vlm_reward) if cfg.vlm_reward.enabled else None
         try:
             self.rewards = make_rewards(cfg.rewards, self.vlm, self.base, self.idm)
@@ -282,14 +283,7 @@ class RLRun:
 
         planner_config = replace(self.cfg.planner, chunk_frames=world_model.config.chunk_frames,
                                  chunk_offset=chunk_offset)
-        planner = make_planner(planner_config, self.cfg.task)
-        endpoint = getattr(planner, "endpoint", None)  # an LLM planner's: one for the run, so that its giving up
-        if endpoint is not None:                       # after 3 failed requests holds across the plans' planners
-            if self._endpoint is None:
-                self._endpoint = endpoint
-            else:
-                endpoint.close()
-                planner.endpoint = self._endpoint
+        planner = make_planner(planner_config, self.cfg.task, self._endpoint)
         return VideoPlanningAgent(world_model, self.idm, planner, self.cfg.memory, self.cfg.agent)
 
     def explore(self, bar: Any) -> list[list[list[EpisodeRollout]]]:
