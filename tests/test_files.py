@@ -395,7 +395,23 @@ def test_a_log_axis_only_for_values_spanning_a_decade(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "_save", lambda figure, axis, path, title: scales.append(axis.get_yscale()))
     plots.line_plot(tmp_path / "a.png", {"loss": ([1, 2], [0.30, 0.25])}, "step", "loss", "t", log_y=True)
     plots.line_plot(tmp_path / "b.png", {"loss": ([1, 2], [3.0, 0.25])}, "step", "loss", "t", log_y=True)
-    assert scales == ["linear", "log"]
+    nan = float("nan")  # a diverged point is not drawn, so it does not decide the axis (min() of a nan list is nan)
+    plots.line_plot(tmp_path / "c.png", {"loss": ([1, 2, 3], [nan, 3.0, 0.25])}, "step", "loss", "t", log_y=True)
+    assert scales == ["linear", "log", "log"]
+
+
+def test_a_bar_plot_of_distances_starts_at_0_and_keeps_a_row_without_a_value(tmp_path, monkeypatch):
+    """dist.png's error bars (mean ± std) went below 0 m, and a row whose episodes had no finite Dist was left
+    out without a word."""
+    import vplan.utils.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, axis, path, title: drawn.append(axis))
+    plots.bar_plot(tmp_path / "dist.png", {"a": (0.02, 0.05), "b": (None, None), "c": (0.04, 0.01)}, "Dist", "t")
+    axis = drawn[0]
+    assert axis.get_ylim()[0] == 0
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in axis.texts] == ["no value"]
 
 
 def test_every_label_and_legend_stays_inside_its_figure_and_lines_differ(tmp_path, monkeypatch):

@@ -283,8 +283,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     table = markdown_table(summaries, env_name(cfg.env), seeds, dist_unit)
     table += threads_note({row.name: results["rows"][row.name][: cfg.episodes] for row in ROWS})
     write_text_atomic(out / TABLE_FILE, table)
-    bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()
-                               if s["dist_mean"] is not None},
+    bar_plot(out / PLOT_FILE, {name: (s["dist_mean"], s["dist_std"]) for name, s in summaries.items()},
              f"Dist ({dist_unit}), lower is better",
              f"{cfg.task.name} on {env_name(cfg.env)}: mean ± std over {cfg.episodes} held-out "
              f"seed{'s' if cfg.episodes != 1 else ''}")

@@ -7,6 +7,7 @@ never registered anywhere it would have to be closed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[f
         style, marker = _LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)]
         axis.plot(x, y, label=_short(label), linestyle=style, marker=marker if len(x) <= 40 else None,
                   markersize=3)
-    values = [float(v) for _, y in series.values() for v in y]
+    values = [float(v) for _, y in series.values() for v in y if math.isfinite(float(v))]  # matplotlib skips the rest
     if log_y and values and min(values) > 0 and max(values) >= 10 * min(values):
         axis.set_yscale("log")
     xs = {float(v) for x, _ in series.values() for v in x}
@@ -76,12 +77,21 @@ def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[f
     _save(figure, axis, path, title)
 
 
-def bar_plot(path: Path, bars: Mapping[str, tuple[float, float]], ylabel: str, title: str) -> None:
-    """One bar per label, each given as (mean, standard deviation), drawn as an error bar."""
+def bar_plot(path: Path, bars: Mapping[str, tuple[float | None, float | None]], ylabel: str, title: str) -> None:
+    """One bar per label, each given as (mean, standard deviation), drawn as an error bar; a label without a mean
+    keeps its place, marked "no value". Values that cannot be negative (all means ≥ 0) start the axis at 0, where
+    an error bar wider than its mean is cut."""
     figure, axis = _axes((7, 3.5))
     names = list(bars)
-    axis.bar(range(len(names)), [bars[n][0] for n in names], yerr=[bars[n][1] for n in names], capsize=4,
-             color="#4c72b0")
+    means = [bars[n][0] for n in names]
+    axis.bar(range(len(names)), [m if m is not None else 0.0 for m in means],
+             yerr=[bars[n][1] if bars[n][0] is not None and bars[n][1] is not None else 0.0 for n in names],
+             capsize=4, color="#4c72b0")
+    for i, mean in enumerate(means):
+        if mean is None:
+            axis.text(i, 0, "no value", ha="center", va="bottom", fontsize=8)
     axis.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    if all(m is None or m >= 0 for m in means):
+        axis.set_ylim(bottom=0)
     axis.set_ylabel(ylabel)
     _save(figure, axis, path, title)
