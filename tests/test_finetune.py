@@ -492,6 +492,7 @@ def test_cli_end_to_end_and_one_line_errors(setup, tmp_path, capsys):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model: one thread is faster
     assert result.returncode == 0, result.stderr
     assert "triples from 1 episode " in result.stdout and f"written to {out / 'final'}" in result.stdout
+    assert "peak lr 2e-06)" in result.stdout  # 2 of the 20 warm-up steps; the configured 2e-05 is never reached
     WorldModel.from_pretrained(out / "final")
     for args, expected in ((["memory=none"], "memory=temp_lora"), ([f"data={tmp_path / 'none'}"], "vplan collect")):
         capsys.readouterr()
