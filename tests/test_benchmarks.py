@@ -206,6 +206,14 @@ def test_text_sensitivity_compares_two_texts_on_the_same_context_and_noise(tmp_p
         evaluate_worldmodel(replace(cfg, seed=0, out=str(tmp_path / "training_scenes")))
 
 
+def test_a_chunk_counts_as_read_when_the_true_condition_draws_it_closer():
+    """Text, action-order and direction sensitivity score each chunk by `_closer`; the end-to-end tests above use
+    a text-blind model (all ties), so a comparison turned round would have passed them."""
+    from vplan.eval.worldmodel import _closer
+
+    assert (_closer(21.0, 18.0), _closer(18.0, 21.0), _closer(19.0, 19.0)) == (1.0, 0.0, 0.5)
+
+
 def test_eval_worldmodel_scores_each_chunk_against_the_real_frames_after_its_context(tmp_path, monkeypatch):
     """A model that draws the real chunk scores the cap; copy-last-frame holds the frame before the chunk. The
     other tests only checked ranges, so a slice off by one frame went unseen."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -150,8 +151,12 @@ def test_noisy_exploring_collection_is_applied_and_reproduced_episode_by_episode
     straight, resumed, plain = (EpisodeDataset(tmp_path / name) for name in ("straight", "resumed", "plain"))
     for episode in range(2):
         np.testing.assert_array_equal(straight.episode(episode)[ACTION], resumed.episode(episode)[ACTION])
-    first = straight.episode(0)[ACTION]
-    assert len(first) != len(plain.episode(0)[ACTION]) or not np.array_equal(first, plain.episode(0)[ACTION])
+    collect(small_config(tmp_path / "noise", episodes=1, noise_std=0.05))  # each alone reaches the data
+    collect(small_config(tmp_path / "explore", episodes=1, explore_fraction=0.2))
+    actions = {name: EpisodeDataset(tmp_path / name).episode(0)[ACTION] for name in ("straight", "plain", "noise",
+                                                                                   "explore")}
+    for a, b in itertools.combinations(actions, 2):
+        assert len(actions[a]) != len(actions[b]) or not np.array_equal(actions[a], actions[b]), (a, b)
 
 
 def test_killed_collect_keeps_finished_episodes_and_resumes(tmp_path):

@@ -217,7 +217,7 @@ def test_feature_extractor_choice_and_errors(tmp_path, tiny_vae, resnet18_file):
         ResNet18Features(tmp_path / "narrow.safetensors")
     video = np.stack([scene(0), scene(1)])
     extractor = VAEEncoderFeatures(tiny_vae)
-    for bad in ([], [(1, 0)], [(0, 2)], [(-1, 1)]):
+    for bad in ([], [(1, 0)], [(1, 1)], [(0, 2)], [(-1, 1)]):  # a place revisited at its own frame: a trivial 100%
         with pytest.raises(ValueError, match="pairs"):
             scene_return_consistency(video, bad, extractor)
 

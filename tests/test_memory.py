@@ -827,6 +827,16 @@ def test_config_checks() -> None:
         AnchorFrameMemory(MemoryConfig(kind="none"), tiny_model())
 
 
+def test_the_adapter_is_scaled_by_alpha_over_rank() -> None:
+    """Every other test runs alpha = rank (scaling 1), where an alpha that never reached peft changed nothing."""
+    model = tiny_model()
+    memory = make_memory(lora(alpha=16), model)
+    memory.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))  # the wrapped layers are in place while active
+    scalings = [module.scaling for module in model.unet.modules() if isinstance(getattr(module, "scaling", None), dict)]
+    assert scalings and all(scaling == {"temp_lora": 16 / 4} for scaling in scalings)
+    memory.close()
+
+
 @pytest.mark.parametrize("preset", ["none", "anchor", "temp_lora"])
 def test_presets_compose_into_memory_config(preset: str) -> None:
     from hydra import compose, initialize_config_module

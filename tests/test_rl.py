@@ -5,6 +5,7 @@ a kill-and-resume that matches an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 
@@ -61,6 +62,9 @@ def test_rwr_with_equal_rewards_is_the_plain_loss():
     assert torch.allclose(rwr_loss(per_sample, rwr_weights(torch.full((3,), 0.7), beta=0.3)), plain)
     weights = rwr_weights(torch.tensor([1.0, 0.0, -1.0]), beta=1.0)
     assert weights.mean() == pytest.approx(1.0) and weights[0] > weights[1] > weights[2]
+    # exp(A / β), normalised: a lower temperature sharpens the weights (at β = 1, A / β and A · β agree)
+    sharper = rwr_weights(torch.tensor([1.0, 0.0, -1.0]), beta=0.5)
+    assert torch.allclose(sharper, torch.softmax(torch.tensor([2.0, 0.0, -2.0]), dim=0) * 3)
     # Taken over all the iteration's samples, a batch of one still weighs its sample by its advantage.
     assert rwr_loss(per_sample[:1], weights[:1]) > per_sample[0] > rwr_loss(per_sample[:1], weights[2:])
 
@@ -89,6 +93,9 @@ def test_the_preference_loss_prefers_the_chosen_sample_on_a_toy_pair():
         return total / len(seeds)
 
     assert margin(range(4)) == 0.0  # LoRA B = 0: the model is the reference
+    # -log σ(-β · margin) on hand-made losses: margin (0.3 - 0.1) - (0.2 - 0.2) = 0.2
+    toy = [torch.tensor([x]) for x in (0.3, 0.2, 0.1, 0.2)]
+    assert float(dpo_loss(*toy, beta=2.0)) == pytest.approx(-math.log(1 / (1 + math.exp(0.4))))
     optimizer = torch.optim.Adam(params, lr=1e-2)
     for step in range(15):
         w, l = losses(step)
@@ -562,7 +569,7 @@ def test_plan_preferences_pair_each_seeds_best_and_worst_plan_where_their_texts_
     from vplan.rl.loop import RLRun
 
     run = RLRun.__new__(RLRun)  # only the config, the logits and the prompt matter here
-    run.cfg = SimpleNamespace(plan_offsets=[-1, 0, 1], planner_lr=1.0)
+    run.cfg = SimpleNamespace(plan_offsets=[-1, 0, 1], planner_lr=0.5)
     run.logits, run.iteration = np.zeros(3), 4
     run.prompt = lambda rollout: f"plan for seed {rollout.task_seed}"
     texts = ["pick up the red cube", "place it"]
@@ -578,6 +585,9 @@ def test_plan_preferences_pair_each_seeds_best_and_worst_plan_where_their_texts_
         "sources": {"chosen": "llm", "rejected": "fallback"},  # the worst came from the offline fallback
     }]
     assert np.argmax(run.logits) == 1  # both groups' best plan: offset 0 (plan 1)
+    step = sum(group_advantages(np.array(table))[0] for table in ([[0.2, 0.4], [0.9, 0.7], [0.1, 0.3]],
+                                                                   [[0, 0], [1, 1], [2, 2]]))
+    np.testing.assert_allclose(run.logits, 0.5 * step)  # planner_lr times each group's plan advantages
     # the worst plan says what the best says: the pair takes the worst of those that say something else
     echo = [planned(9, 0, texts, [0.9, 0.9]), planned(9, 1, texts[:1], [0.5, 0.5]), planned(9, 2, texts, [0.1, 0.1])]
     (pair,) = run.update_planner([echo])

@@ -176,10 +176,12 @@ def test_a_cut_or_refused_reply_gives_none_and_says_why(endpoint: FakeEndpoint, 
     assert len(endpoint.requests) == 4 and vlm.endpoint.failures_in_a_row == 0
 
 
-def test_unclear_among_clear_answers_is_left_out(endpoint: FakeEndpoint) -> None:
-    endpoint.reply = lambda body: (200, completion("no" if PICK in question_text({"body": body}) else "maybe"), 0.0)
-    with pytest.warns(VLMRewardWarning):
-        assert reward(endpoint).score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == 0.0
+@pytest.mark.parametrize(("answer", "score"), [("no", 0.0), ("yes", 1.0)])
+def test_unclear_among_clear_answers_is_left_out(endpoint: FakeEndpoint, answer: str, score: float) -> None:
+    """The one clear answer alone scores the episode (an unclear one counted as "no" would make the "yes" 0.5)."""
+    endpoint.reply = lambda body: (200, completion(answer if PICK in question_text({"body": body}) else "maybe"), 0.0)
+    with pytest.warns(VLMRewardWarning, match="not a clear yes or no"):
+        assert reward(endpoint).score(rollout(chunk(PICK, 0), chunk(PLACE, 10))) == score
 
 
 def test_http_500_is_retried_then_gives_none_and_a_warning(endpoint: FakeEndpoint) -> None:
@@ -268,13 +270,13 @@ def test_an_episode_the_budget_cannot_cover_whole_is_not_scored(endpoint: FakeEn
 
 def test_the_budget_and_cache_carry_over_a_resume(endpoint: FakeEndpoint) -> None:
     """`vplan rl` checkpoints this state, so a resumed run neither gets a fresh budget nor pays again."""
-    endpoint.reply = answer("yes")
+    endpoint.reply = answer("no")  # a "no" kept as it was (a yes-only fake let a cache of all-yes pass)
     first = reward(endpoint, max_requests=2)
     first.ask(chunk(PICK, 0).frames, PICK)
     state = json.loads(json.dumps(first.state()))  # as the checkpoint's JSON holds it
     resumed = reward(endpoint, max_requests=2)
     resumed.load_state(state)
-    assert resumed.ask(chunk(PICK, 0).frames, PICK) is True and len(endpoint.requests) == 1  # from the cache
+    assert resumed.ask(chunk(PICK, 0).frames, PICK) is False and len(endpoint.requests) == 1  # from the cache
     resumed.ask(chunk(PICK, 1).frames, PICK)
     with pytest.warns(VLMRewardWarning, match="budget"):
         assert resumed.ask(chunk(PICK, 2).frames, PICK) is None
@@ -353,6 +355,7 @@ def test_a_kill_between_checkpoints_keeps_the_budget_spent_and_the_answers_got(e
     first.keep_journal(journal)
     checkpoint = json.loads(json.dumps(first.state()))  # the last checkpoint: nothing asked yet
     first.ask(chunk(PICK, 0).frames, PICK)
+    endpoint.reply = answer("no")
     first.ask(chunk(PICK, 1).frames, PICK)
     with journal.open("a") as file:  # then killed while noting a third
         file.write('{"requests_m')
@@ -360,8 +363,8 @@ def test_a_kill_between_checkpoints_keeps_the_budget_spent_and_the_answers_got(e
     resumed.load_state(checkpoint)
     resumed.keep_journal(journal)
     assert resumed.requests_made == 2
-    assert resumed.ask(chunk(PICK, 0).frames, PICK) is True and resumed.ask(chunk(PICK, 1).frames, PICK) is True
-    assert len(endpoint.requests) == 2  # answered from the journal, not paid again
+    assert resumed.ask(chunk(PICK, 0).frames, PICK) is True and resumed.ask(chunk(PICK, 1).frames, PICK) is False
+    assert len(endpoint.requests) == 2  # answered from the journal, as they were, not paid again
     resumed.ask(chunk(PICK, 2).frames, PICK)
     with pytest.warns(VLMRewardWarning, match=r"budget \(3\) is spent"):
         assert resumed.ask(chunk(PICK, 3).frames, PICK) is None

@@ -197,14 +197,15 @@ def test_batched_steps_agree_with_single_steps(model):
 
 def test_reset_from_a_dataset_episode(model, tmp_path):
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
-    data = collect(CollectConfig(env=TabletopConfig(image_size=SIZE, max_episode_steps=12), task=task, episodes=1,
+    data = collect(CollectConfig(env=TabletopConfig(image_size=SIZE, max_episode_steps=12), task=task, episodes=2,
                                  out=str(tmp_path / "ds")))
     from vplan.constants import OBS_IMAGE_FRONT
     from vplan.data import EpisodeDataset
 
-    first = EpisodeDataset(data).episode(0)[OBS_IMAGE_FRONT][0]
-    obs, _ = WorldModelEnv(model=model).reset(seed=0, options={"dataset": str(data), "episode": 0})
-    assert np.array_equal(obs, first)
+    first, second = (EpisodeDataset(data).episode(i)[OBS_IMAGE_FRONT][0] for i in (0, 1))
+    assert not np.array_equal(first, second)  # two scenes: the episode asked for is the one shown
+    obs, _ = WorldModelEnv(model=model).reset(seed=0, options={"dataset": str(data), "episode": 1})
+    assert np.array_equal(obs, second)
     # an index from numpy, as reset_batch takes numpy seeds (it was "expected an int >= 0, got np.int64(0)")
     obs, _ = WorldModelEnv(model=model).reset(seed=0, options={"dataset": str(data), "episode": np.int64(0)})
     assert np.array_equal(obs, first)
