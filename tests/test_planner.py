@@ -304,6 +304,17 @@ def test_a_bad_openai_base_url_in_the_environment_is_refused_without_quoting_it(
     assert "hunter2" not in str(caught.value) and "localhost" not in str(caught.value)
 
 
+def test_the_whole_endpoint_in_openai_base_url_is_refused_as_base_url_is(monkeypatch) -> None:
+    """It was taken: every request went to .../v1/chat/completions/chat/completions (404) and every episode fell
+    back, where planner.llm.base_url with the same value is refused (helper-197)."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/chat/completions")
+    with pytest.raises(UsageError, match=r"planner=llm: the environment variable OPENAI_BASE_URL holds the whole "
+                                         r"endpoint .*; set it to http://127.0.0.1:9/v1$"):
+        make_planner(PlannerConfig(kind="llm", llm=LLMPlannerConfig(api_key="k")), TASK)
+    make_planner(PlannerConfig(kind="llm", llm=LLMPlannerConfig(api_key="k", base_url="http://127.0.0.1:9/v1")),
+                 TASK)  # a base_url given is the client's, whatever the environment holds
+
+
 def test_api_key_is_kept_out_of_repr_written_configs_and_help(capsys) -> None:
     config = PlannerConfig(kind="llm", llm=LLMPlannerConfig(api_key=SECRET))
     assert SECRET not in repr(config)

@@ -491,6 +491,22 @@ def test_an_out_holding_another_commands_records_is_refused(checkpoints, tmp_pat
     # (refused before the models load since 2026-12-07; vplan run's own check says "holds the records of ...")
     assert exit_info.value.code == 2 and "holds another command's settings (config.yaml, with data)" in err
     assert (trained / "config.yaml").read_text() == "data: data/return_cubes\n"
+    evaluated = tmp_path / "eval_out"  # `vplan eval worldmodel`'s: its metrics.json went with overwrite=true
+    evaluated.mkdir()
+    (evaluated / "progress.json").write_text('{"settings": {}}')
+    (evaluated / "metrics.json").write_text('{"text_sensitivity": 0.65}')
+    for args in ([], ["overwrite=true"], ["resume=true"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*run_args(checkpoints, evaluated), *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "holds another command's evaluation (progress.json)" in err
+    assert (evaluated / "metrics.json").read_text() == '{"text_sensitivity": 0.65}'
+    from vplan.errors import UsageError
+    from vplan.run import run
+
+    with pytest.raises(UsageError, match=r"holds another command's evaluation \(progress.json\)"):  # from Python
+        run(RunConfig(worldmodel=str(checkpoints[0]), idm=str(checkpoints[1]), out=str(evaluated), overwrite=True))
+    assert sorted(p.name for p in evaluated.iterdir()) == ["metrics.json", "progress.json"]
 
 
 def test_a_run_stopped_in_its_first_episode_resumes_only_with_the_checkpoints_it_began_with(tmp_path, monkeypatch,

@@ -124,7 +124,7 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
         overwrite: bool = False
         episodes: int = 1
 
-    with pytest.raises(UsageError, match=r"holds another command's records \(config.yaml\)"):  # a run's: its
+    with pytest.raises(UsageError, match=r"holds another command's settings \(config.yaml\)"):  # a run's: its
         start_or_continue(Evaluation(), tmp_path, (), {}, lambda progress: "", [])  # metrics.json would go
     (tmp_path / "config.yaml").unlink()
     (tmp_path / "progress.json").write_text(json.dumps({"settings": {"chunks": 32, "modes": ["none"]}}))
@@ -132,6 +132,43 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
                                          r"chunks, modes\)"):
         start_or_continue(Evaluation(), tmp_path, (), {}, lambda progress: "", [])
     assert (tmp_path / "progress.json").is_file()
+
+
+def test_each_kind_of_command_refuses_the_records_of_the_others(tmp_path):
+    """An eval's or a bench's folder held no config.yaml, so run, collect, train and finetune wrote into it (and
+    `vplan run overwrite=true` replaced an evaluation's metrics.json); an evaluation and a bench wrote beside each
+    other's records (helper-197)."""
+    from vplan.eval.bench_record import make_out_dir
+    from vplan.eval.progress import start_or_continue
+    from vplan.utils.settings import refuse_other_records, write_config
+
+    @dataclass
+    class Evaluation:
+        resume: bool = False
+        overwrite: bool = True
+        episodes: int = 1
+
+    writers = {"config.yaml": lambda out: write_config(out, Outer()),
+               "progress.json": lambda out: start_or_continue(Evaluation(), out, (), {}, lambda progress: "", []),
+               "results.json": lambda out: make_out_dir(str(out), "bench env")}
+    records = {"config.yaml": "seed: 0\n", "progress.json": json.dumps({"settings": {"episodes": 1}}),
+               "results.json": json.dumps({"command": "bench env"})}
+    kinds = {"config.yaml": "settings", "progress.json": "evaluation", "results.json": "bench results"}
+    for held, record in records.items():
+        out = tmp_path / held
+        out.mkdir()
+        (out / held).write_text(record)
+        (out / "metrics.json").write_text("{}")
+        for own, write in writers.items():
+            if own == held:
+                continue
+            with pytest.raises(UsageError, match=fr"holds another command's {kinds[held]} \({held}\); choose "):
+                write(out)
+        assert sorted(p.name for p in out.iterdir()) == sorted([held, "metrics.json"])  # nothing written or gone
+    refuse_other_records(tmp_path / "results.json", "results.json", "bench env")  # its own bench's
+    with pytest.raises(UsageError, match=r"results.json holds the results of vplan bench env, not of vplan bench "
+                                         r"memory; choose another out=DIR"):
+        refuse_other_records(tmp_path / "results.json", "results.json", "bench memory")
 
 
 def test_a_resumed_run_stops_when_a_checkpoints_files_changed(tmp_path):

@@ -103,10 +103,10 @@ class ChatEndpointConfig:
         if self.base_url is not None and not _is_http_url(self.base_url):  # else every request fails alike
             raise ValueError(f"base_url: expected an http:// or https:// URL with a host (and a port from 1 to "
                              f"65535, no spaces) or None, got {self.base_url!r}")
-        endpoint = re.search(r"/(chat/)?completions/*$", self.base_url or "")
-        if endpoint:  # the client adds the path: every request went to .../chat/completions/chat/completions (404)
+        base = _api_base(self.base_url or "")
+        if base is not None:  # the client adds the path: every request went to .../chat/completions/chat/completions
             raise ValueError(f"base_url: expected the API's base, which the client adds /chat/completions to; got "
-                             f"{self.base_url!r}: pass {self.base_url[:endpoint.start()]!r}")
+                             f"{self.base_url!r}: pass {base!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env) or (
                 _looks_like_a_key(self.api_key_env) and self.api_key_env not in os.environ):
             raise ValueError("api_key_env: expected the name of an environment variable (letters, digits and _, "
@@ -244,6 +244,13 @@ def _unencrypted_to_another_machine(url: str) -> bool:
     return not (address.is_loopback or address.is_unspecified)  # 0.0.0.0: this machine, as clients take it
 
 
+def _api_base(url: str) -> str | None:
+    """The API's base of a URL that holds the whole endpoint (`.../v1/chat/completions` → `.../v1`); None for any
+    other (a base, as the client takes it)."""
+    endpoint = re.search(r"/(chat/)?completions/*$", url)
+    return url[:endpoint.start()] if endpoint else None
+
+
 def _holds_credentials(url: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -266,6 +273,10 @@ def endpoint_key(config: ChatEndpointConfig, who: str, key_setting: str) -> tupl
             _holds_credentials(environment_url) or not _is_http_url(environment_url)):
         raise UsageError(f"{who}: the environment variable OPENAI_BASE_URL is not an http:// or https:// URL "
                          "with a host (and no user, password or query); correct or unset it")
+    if config.base_url is None and environment_url and _api_base(environment_url) is not None:
+        raise UsageError(f"{who}: the environment variable OPENAI_BASE_URL holds the whole endpoint "
+                         f"({environment_url}), where the client adds /chat/completions to the API's base; set it to "
+                         f"{_api_base(environment_url)}")
     # stripped before the fallback: a pasted newline, and a blank api_key does not hide the environment's
     key = ((config.api_key or "").strip() or os.environ.get(config.api_key_env, "")).strip()
     source = key_setting if (config.api_key or "").strip() else f"the environment variable {config.api_key_env}"

@@ -27,7 +27,9 @@ from vplan.errors import (
 from vplan.utils.interrupts import Terminated, handle_stop_signals
 from vplan.utils.locks import holding_folder
 from vplan.utils.openmp import choose_wait_policy
-from vplan.utils.settings import check_config_is_ours
+from vplan.utils.settings import (
+    CONFIG_FILE, PROGRESS_FILE, RESULTS_FILE, check_config_is_ours, refuse_other_records,
+)
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -51,6 +53,7 @@ class Command:
     fixed: tuple[str, ...] = ()  # config groups whose one choice the command takes (its help lists no others)
     # world-model settings the command drives by the subgoal text alone: an action-conditioned model is refused
     text_only: tuple[str, ...] = ()
+    record: str = CONFIG_FILE  # what it keeps in out=, which marks a folder as its kind's (`OUT_RECORDS`)
 
     @property
     def name(self) -> str:
@@ -107,12 +110,14 @@ COMMANDS: tuple[Command, ...] = (
         "PSNR/SSIM of generated chunks vs copy-last-frame, and text sensitivity, on fresh held-out episodes",
         "eval_worldmodel",
         "vplan.eval.worldmodel:evaluate_worldmodel",
+        record=PROGRESS_FILE,
     ),
     Command(
         ("eval", "consistency"),
         "SCuts, SRC and PSNR drift of long rollouts of a revisit scenario with none / anchor / temp_lora memory",
         "eval_consistency",
         "vplan.eval.consistency:evaluate_consistency",
+        record=PROGRESS_FILE,
         text_only=("checkpoint",),
     ),
     Command(
@@ -120,12 +125,14 @@ COMMANDS: tuple[Command, ...] = (
         "steps+renders per second of an env and the expert's episode time",
         "bench_env",
         "vplan.eval.bench_env:bench_env",
+        record=RESULTS_FILE,
     ),
     Command(
         ("bench", "worldmodel"),
         "seconds per generated 8-frame chunk by sampler and step count, and peak RSS",
         "bench_worldmodel",
         "vplan.eval.bench_worldmodel:bench_worldmodel",
+        record=RESULTS_FILE,
         text_only=("checkpoint",),
     ),
     Command(
@@ -134,6 +141,7 @@ COMMANDS: tuple[Command, ...] = (
         "ours w/o loop / ours on the same held-out seeds",
         "bench_planning",
         "vplan.eval.bench_planning:bench_planning",
+        record=RESULTS_FILE,
         text_only=("worldmodel",),
         fixed=("memory",),
     ),
@@ -143,6 +151,7 @@ COMMANDS: tuple[Command, ...] = (
         "chunks, next to the expert and the world model, on the same held-out seeds",
         "bench_executor",
         "vplan.eval.bench_executor:bench_executor",
+        record=RESULTS_FILE,
         text_only=("worldmodel",),
         fixed=("env", "task"),
     ),
@@ -151,6 +160,7 @@ COMMANDS: tuple[Command, ...] = (
         "wall time and peak RSS per episode of none vs temp_lora memory, with and without overlap",
         "bench_memory",
         "vplan.eval.bench_memory:bench_memory",
+        record=RESULTS_FILE,
         text_only=("checkpoint",),
     ),
 )
@@ -657,9 +667,18 @@ def _main(argv: list[str] | None) -> None:
         _check_paths(config, command)  # before the command's module loads torch and the models (seconds)
         _check_endpoint_keys(config)
         if isinstance(getattr(config, "out", None), str):  # another command's folder, a checkpoint's (the commands
-            check_config_is_ours(Path(config.out), config)  # check it again for callers from Python)
+            folder = Path(config.out)                     # check it again for callers from Python)
+            refuse_other_records(folder, command.record, command.name)
+            if command.record == CONFIG_FILE:  # another command's settings
+                check_config_is_ours(folder, config)
+            elif command.record == PROGRESS_FILE:  # another evaluation's
+                from vplan.eval.progress import check_progress_is_ours
+
+                check_progress_is_ours(folder, config)
     except UsageError as error:
         _fail(prog, str(error))
+    except RunError as error:  # a damaged record in out=
+        _fail(prog, str(error), RUN_ERROR)
     except OSError as error:  # a data= or checkpoint folder that cannot be read; without a path: the help could not
         if error.filename is None:  # be written, which main() says
             raise

@@ -37,7 +37,7 @@ from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.panels import labelled_panels
 from vplan.utils.resources import cpu_seconds, peak_rss_mb
 from vplan.utils.settings import (
-    CONFIG_FILE, check_config_is_ours, check_same_config, read_config_record, refuse_model_folder, write_config,
+    CONFIG_FILE, check_config_is_ours, check_same_config, read_config_record, refuse_other_records, write_config,
 )
 
 METRICS_FILE = "metrics.json"
@@ -361,7 +361,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _run_in(cfg: RunConfig, out: Path) -> dict[str, Any]:
-    refuse_model_folder(out)  # before checkpoints.json or episodes/ are written there
+    refuse_other_records(out, CONFIG_FILE)  # a model's, an evaluation's, a bench's: before anything is written there
     if cfg.resume or cfg.overwrite:
         _check_holds_a_run(cfg, out)
     results, wall_before = _finished_episodes(cfg, out)

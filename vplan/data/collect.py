@@ -25,8 +25,10 @@ from vplan.constants import (
 from vplan.data.lerobot_format import DatasetError, EpisodeWriter
 from vplan.errors import DamagedDatasetError, RunError, UsageError, VplanWarning
 from vplan.tasks import TaskConfig
-from vplan.utils.settings import (CONFIG_FILE, check_field_types, check_same_config, check_seed, read_config_record,
-                                  write_config)
+from vplan.utils.settings import (
+    CONFIG_FILE, check_config_is_ours, check_field_types, check_same_config, check_seed, read_config_record,
+    write_config,
+)
 
 IMAGE_FEATURE = "observation.images.{camera}"  # env observation key "front" -> observation.images.front
 
@@ -231,6 +233,7 @@ def collect(cfg: CollectConfig) -> Path:
     from vplan.policies import make_expert
 
     out = Path(cfg.out)
+    check_config_is_ours(out, cfg)  # another command's folder: before a dataset file is written there
     if cfg.seed + cfg.episodes > HELD_OUT_SEEDS:  # training data from the scenes the evaluations play
         warnings.warn(f"seed={cfg.seed}, episodes={cfg.episodes}: seeds {max(cfg.seed, HELD_OUT_SEEDS)}.."
                       f"{cfg.seed + cfg.episodes - 1} are the held-out scenes vplan run, the evals and the benches "

@@ -42,8 +42,8 @@ from vplan.shipped import pin_checkpoints
 from vplan.tasks import task_progress
 from vplan.utils.files import write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
+from vplan.utils.settings import RESULTS_FILE
 
-RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
 ROWS = ("expert", "expert video", "world model")
 

@@ -39,10 +39,9 @@ from vplan.utils.files import read_json_record, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
 from vplan.utils.settings import (
-    changed_settings, settings_record, thread_counts,
+    RESULTS_FILE, changed_settings, refuse_other_records, settings_record, thread_counts,
 )
 
-RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
 PLOT_FILE = "dist.png"
 
@@ -72,6 +71,7 @@ def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], comman
     default); a file another command wrote is refused. A continued bench's summary and the files drawn from it
     (`summaries`, beside `path`) go until it ends: stopped part-way, they would describe fewer episodes than its
     rows hold."""
+    refuse_other_records(path.parent, RESULTS_FILE)
     settings = settings_record(cfg, leave_out=("episodes", "out", "threads"))
     if not path.is_file():
         return {"command": command, "settings": settings, "rows": {name: [] for name in row_names}}

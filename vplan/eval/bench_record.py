@@ -9,10 +9,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vplan.utils.settings import refuse_model_folder
+from vplan.utils.settings import RESULTS_FILE, refuse_other_records
 
 OUT_HELP = "Also write results.json here: the settings, the figures and the machine they were measured on."
-RESULTS_FILE = "results.json"
 
 
 def check_model_is_timed(cfg: Any) -> None:
@@ -77,11 +76,11 @@ def make_out_dir(out: str | None, command: str) -> dict[str, Any]:
     after, it counts the bench itself)."""
     if out is not None:
         path = Path(out)
-        refuse_model_folder(path)
         made = [folder for folder in (path, *path.parents) if not folder.exists()]  # the deepest first
         path.mkdir(parents=True, exist_ok=True)  # an unusable out= fails here, with the error the CLI names
         for folder in made:
             folder.rmdir()
+        refuse_other_records(path, RESULTS_FILE)
         check_results_are(path / RESULTS_FILE, command)
     return machine()
 

@@ -18,10 +18,9 @@ from vplan.errors import RunError, UsageError
 from vplan.shipped import PINNED_FILE, pin_checkpoints
 from vplan.utils.files import read_json_record, write_json
 from vplan.utils.settings import (
-    CONFIG_FILE, changed_settings, refuse_model_folder, settings_it_lacks, settings_record,
+    PROGRESS_FILE, changed_settings, refuse_other_records, settings_it_lacks, settings_record,
 )
 
-PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
 
 
@@ -29,6 +28,24 @@ def check_resume_or_overwrite(cfg: Any) -> None:
     """An evaluation config's refusal of both: run from its `__post_init__`, before any model loads."""
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume=true continues the evaluation in out, overwrite=true replaces it: pass one")
+
+
+def check_progress_is_ours(out: Path, cfg: Any) -> dict[str, Any] | None:
+    """The evaluation record in `out` (None if there is none), after refusing a folder that is a model's, another
+    kind of command's (a run's, a dataset's, a bench's: a run's metrics.json would go) or another evaluation's
+    (eval worldmodel's in eval consistency's out=: its record names settings this one lacks), which is never
+    cleared. The CLI calls it before any model loads."""
+    refuse_other_records(out, PROGRESS_FILE)
+    file = out / PROGRESS_FILE
+    advice = "delete it to start over, or choose another out=DIR"
+    recorded = read_json_record(file, advice, keys=("settings",)) if file.is_file() else None
+    if recorded is not None:
+        _check_types(file, recorded, {"settings": {}}, advice)
+        other = settings_it_lacks(recorded["settings"], cfg)
+        if other:
+            raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
+                             f"{', '.join(other[:3])}); choose another out=DIR")
+    return recorded
 
 
 def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: dict[str, Any],
@@ -45,19 +62,11 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     argument) changed since (`pin_checkpoints`). Files an evaluation writes (`outputs`, metrics.json) found without
     a progress record are refused too, unless `cfg.overwrite`: an evaluation from before the record, or whose
     record was deleted."""
-    refuse_model_folder(out)
     settings = settings_record(cfg, leave_out=resumable)
     file = out / PROGRESS_FILE
-    if (out / CONFIG_FILE).is_file():  # no evaluation writes one: a run's, a dataset's (its metrics.json would go)
-        raise UsageError(f"{out} holds another command's records ({CONFIG_FILE}); choose another out=DIR")
+    recorded = check_progress_is_ours(out, cfg)
     advice = "delete it to start over, or choose another out=DIR"
-    recorded = read_json_record(file, advice, keys=("settings",)) if file.is_file() else None
-    if recorded is not None:  # another evaluation's (eval worldmodel's in eval consistency's out=) is never cleared
-        _check_types(file, recorded, {"settings": {}}, advice)
-        other = settings_it_lacks(recorded["settings"], cfg)
-        if other:
-            raise UsageError(f"{out} holds another command's evaluation ({PROGRESS_FILE}, with settings "
-                             f"{', '.join(other[:3])}); choose another out=DIR")
+    if recorded is not None:
         _check_types(file, recorded, empty, advice)
     begun = recorded is not None and not any(_holds_rows(recorded.get(key)) for key in empty)
     if begun:  # written at the start, and stopped before anything finished: its leftovers (a video) go with it

@@ -18,6 +18,11 @@ import numpy as np
 
 
 CONFIG_FILE = "config.yaml"  # in a run directory: the settings the run was begun with
+PROGRESS_FILE = "progress.json"  # in an evaluation's: what it finished, with its settings
+RESULTS_FILE = "results.json"  # in a bench's: its figures, with its settings and the command that wrote them
+# The record each kind of command keeps in its out= (run, collect, train, finetune, rl: their settings; the evals:
+# their progress; the benches: their results), which marks the folder as that kind's.
+OUT_RECORDS = {CONFIG_FILE: "settings", PROGRESS_FILE: "evaluation", RESULTS_FILE: "bench results"}
 MAX_SEED = 2**32 - 1  # numpy's global seed (RLBench's RNG) takes at most this; torch's and gymnasium's more
 
 
@@ -239,14 +244,37 @@ def refuse_model_folder(out: Path) -> None:
                          "choose another out=DIR (outside that run's folder)")
 
 
+def refuse_other_records(out: Path, own: str, command: str | None = None) -> None:
+    """A UsageError where `out` holds the record of another kind of command than one that keeps `own` there
+    (`OUT_RECORDS`), and, given the bench's `command`, a results.json another bench wrote: its files would mix with
+    this command's, and a later overwrite=true of one would delete the other's (a run's replaced an evaluation's
+    metrics.json). A model's or a training state's folder is refused first (`refuse_model_folder`)."""
+    from vplan.errors import UsageError
+
+    refuse_model_folder(out)
+    for name, what in OUT_RECORDS.items():
+        if name != own and (out / name).is_file():
+            raise UsageError(f"{out} holds another command's {what} ({name}); choose another out=DIR")
+    if command is None or own != RESULTS_FILE or not (out / RESULTS_FILE).is_file():
+        return
+    try:
+        written_by = json.loads((out / RESULTS_FILE).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):  # damaged: the bench's own reading says so
+        return
+    if written_by not in (None, command):  # none: bench planning's or bench executor's, from before it was recorded
+        raise UsageError(f"{out / RESULTS_FILE} holds the results of vplan {written_by}, not of vplan {command}; "
+                         "choose another out=DIR")
+
+
 def check_config_is_ours(out: Path, cfg: Any) -> None:
     """A UsageError where `<out>/config.yaml` holds another command's settings (a collect dataset's in a train's
     out=): a top-level setting this command has not. Writing over it would leave that folder's own resume refused
     for good. (Its own older record names no setting this command lacks: a setting removed since is refused on
-    resume anyway.) And one where `out` is a model checkpoint's folder (`refuse_model_folder`)."""
+    resume anyway.) And one where `out` is a model checkpoint's folder, an evaluation's or a bench's
+    (`refuse_other_records`)."""
     from vplan.errors import UsageError
 
-    refuse_model_folder(out)
+    refuse_other_records(out, CONFIG_FILE)
     path = out / CONFIG_FILE
     if not path.is_file():
         return
