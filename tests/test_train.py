@@ -293,8 +293,31 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     with pytest.raises(UsageError, match=r"no trained VAE there; .*\(shipped:blockworld/worldmodel\) for its VAE, "
                                          r"or component.vae=null to train on real frames"):
         _load_vae(str(tmp_path / "novae"), optional=True, env="blockworld")  # the IDM's: it trains without one too
-    with pytest.raises(UsageError, match="component.vae=.*: not a VAE .*no diffusion_pytorch_model.safetensors there"):
+    with pytest.raises(UsageError, match="component.vae=.*: an IDM's checkpoint, which holds no VAE; train one"):
         _load_vae(str(resolve_checkpoint("shipped:tabletop/idm")))
+    (tmp_path / "other_model").mkdir()  # another tool's model
+    (tmp_path / "other_model" / "config.json").write_text('{"kind": "something else"}')
+    with pytest.raises(UsageError, match="component.vae=.*: not a VAE .*no diffusion_pytorch_model.safetensors there"):
+        _load_vae(str(tmp_path / "other_model"))
+    # a VAE training's run folder, or one of its checkpoints: the final/ to pass is named, as for worldmodel= (it
+    # said only "no trained VAE there"; helper-200)
+    run = tmp_path / "vae_run"
+    (run / "checkpoint-0000060").mkdir(parents=True)
+    (run / "checkpoint-0000060" / "trainer_state.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"a training checkpoint, for resuming, not loading; run the same command "):
+        _load_vae(str(run / "checkpoint-0000060"))
+    (run / "final").mkdir()
+    (run / "final" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match=fr"component.vae={run}: a training run's directory; pass "
+                                         fr"component.vae={run / 'final'}$"):
+        _load_vae(str(run))
+    result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={run}", *TINY_WORLD_MODEL,
+                         f"component.init={tmp_path / 'noinit'}", f"out={tmp_path / 'out'}")
+    assert result.returncode == 2 and "a training run's directory" in result.stderr  # before torch loads
+    result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", "component.vae=shipped:tabletop/worldmodel",
+                         *TINY_WORLD_MODEL, f"component.init={tmp_path / 'noinit'}", f"out={tmp_path / 'out'}")
+    assert result.returncode == 2 and f"component.init={tmp_path / 'noinit'}: no checkpoint at" in result.stderr
+    assert not (tmp_path / "out").exists()
     other_camera = tmp_path / "top_camera"  # a LeRobot dataset recorded elsewhere, its camera named otherwise
     shutil.copytree(tiny_dataset, other_camera)
     info = json.loads((other_camera / "meta" / "info.json").read_text())

@@ -725,12 +725,32 @@ def _check_paths(config: Any, command: Command) -> None:
         require_dataset(config.data, config.how_to_make_data())
     check_checkpoints_exist({name: getattr(config, name) for name in CHECKPOINT_SETTINGS
                              if isinstance(getattr(config, name, None), str)})
+    _check_training_checkpoints(config)
     for name in command.text_only:
         spec = getattr(config, name, None)
         settings = recorded_config(spec, WorldModelConfig, ADDED_LATER) if isinstance(spec, str) else None
         if settings is not None:
             require_text_conditioned(settings.conditioning, f"{name}={spec}", f"vplan {command.name}")
     _check_env_fits(config)
+
+
+def _check_training_checkpoints(config: Any) -> None:
+    """`vplan train`'s component.vae= and (for a run not yet begun: a resume takes its own weights)
+    component.init=, checked as the top-level checkpoint settings are (they were found after torch loaded and the
+    dataset was read, ~16 s)."""
+    from vplan.loop.checkpoint import list_checkpoints
+    from vplan.loop.config import IDMTrainConfig, TrainConfig, VAETrainConfig
+    from vplan.shipped import check_checkpoints_exist, vae_folder, vae_hint
+
+    if not isinstance(config, TrainConfig):
+        return
+    component = config.component
+    if not isinstance(component, VAETrainConfig) and isinstance(component.vae, str):  # (the VAE's own settings)
+        from vplan.data.lerobot_format import load_info, recorded_env
+
+        vae_folder(component.vae, vae_hint(isinstance(component, IDMTrainConfig), recorded_env(load_info(config.data))))
+    if isinstance(getattr(component, "init", None), str) and not list_checkpoints(Path(config.out)):
+        check_checkpoints_exist({"component.init": component.init})
 
 
 def _check_endpoint_keys(config: Any) -> None:

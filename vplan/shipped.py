@@ -91,21 +91,61 @@ def check_checkpoints_exist(checkpoints: Mapping[str, str | None]) -> None:
         except UsageError as err:
             raise UsageError(f"{name}={spec}: {err}; {hint}") from None
         if not (path / "config.json").is_file():
-            if (path / "final" / "config.json").is_file():  # the training run's directory, not its result
-                raise UsageError(f"{name}={spec}: a training run's directory; pass {name}={path / 'final'}")
-            from vplan.loop.checkpoint import TRAINER_STATE, list_checkpoints
-
-            step = (path / TRAINER_STATE).is_file()  # one of a run's checkpoint-N folders
-            if step or list_checkpoints(path):  # or the run itself, before its final/
-                run = path.parent if step else path
-                if (run / "final" / "config.json").is_file():  # the run finished since: its result is there
-                    raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; its run has "
-                                     f"finished: pass {name}={run / 'final'}")
-                raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; run the same "
-                                 f"command again to finish it (it writes {run / 'final'}), then pass "
-                                 f"{name}={run / 'final'}")
+            _refuse_training_folder(name, spec, path)
             raise UsageError(f"{name}={spec}: no checkpoint at {path}; {hint}")
         _check_kind(name, spec, component)
+
+
+def _refuse_training_folder(name: str, spec: str, path: Path) -> None:
+    """A UsageError where `path` (holding no model) is a training run's folder or one of its checkpoints, naming
+    the `final/` to pass instead."""
+    if (path / "final" / "config.json").is_file():  # the training run's directory, not its result
+        raise UsageError(f"{name}={spec}: a training run's directory; pass {name}={path / 'final'}")
+    from vplan.loop.checkpoint import TRAINER_STATE, list_checkpoints
+
+    step = (path / TRAINER_STATE).is_file()  # one of a run's checkpoint-N folders
+    if step or list_checkpoints(path):  # or the run itself, before its final/
+        run = path.parent if step else path
+        if (run / "final" / "config.json").is_file():  # the run finished since: its result is there
+            raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; its run has "
+                             f"finished: pass {name}={run / 'final'}")
+        raise UsageError(f"{name}={spec}: a training checkpoint, for resuming, not loading; run the same "
+                         f"command again to finish it (it writes {run / 'final'}), then pass {name}={run / 'final'}")
+
+
+def vae_hint(optional: bool = False, env: str | None = None) -> str:
+    """What to pass as component.vae= instead: `optional` for a component that trains without one too (the IDM);
+    `env` (the dataset's) names its shipped world model."""
+    shipped = f"{env}/worldmodel" if f"{env}/worldmodel" in shipped_names() else "tabletop/worldmodel"
+    return ("train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/), "
+            f"or to a world model's checkpoint (shipped:{shipped}) for its VAE"
+            + (", or component.vae=null to train on real frames only" if optional else ""))
+
+
+def vae_folder(spec: str, hint: str) -> Path:
+    """The folder of the VAE component.vae=`spec` names: one `vplan train component=vae` wrote (diffusers' files),
+    or a world model's checkpoint (its vae.safetensors). Torch-free, so the CLI refuses a wrong one before torch
+    loads; a UsageError with `hint` otherwise, naming a training run's folder or checkpoint as
+    `check_checkpoints_exist` does, and an IDM's checkpoint as one."""
+    name = "component.vae"
+    try:
+        folder = resolve_checkpoint(spec)
+    except UsageError as error:
+        raise UsageError(f"{name}={spec}: {error}") from None
+    if (folder / "vae.safetensors").is_file():  # vplan.worldmodel.model.VAE_FILE
+        return folder
+    if spec.startswith(PREFIX):  # a shipped IDM
+        raise UsageError(f"{name}={spec}: holds no VAE; {hint}")
+    if not (folder / "config.json").is_file():
+        _refuse_training_folder(name, spec, folder)
+        raise UsageError(f"{name}={spec}: no trained VAE there; {hint}")
+    if not (folder / "diffusion_pytorch_model.safetensors").is_file():  # vplan.worldmodel.vae.DIFFUSERS_WEIGHTS_FILE
+        from vplan.policies.config import CHECKPOINT_KIND as IDM_KIND
+
+        what = ("an IDM's checkpoint, which holds no VAE" if _recorded(spec, "kind") == IDM_KIND else
+                "not a VAE `vplan train component=vae` wrote (no diffusion_pytorch_model.safetensors there)")
+        raise UsageError(f"{name}={spec}: {what}; {hint}")
+    return folder
 
 
 def check_outside_results(out: str | Path, checkpoints: Mapping[str, str | None]) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vplan.constants import (
-    EPISODE_INDEX, HELD_OUT_SEEDS, INDEX, OBS_IMAGE_FRONT, ROBOT_TYPE_PREFIX, SUBGOAL, TASK_INDEX,
+    EPISODE_INDEX, HELD_OUT_SEEDS, INDEX, OBS_IMAGE_FRONT, SUBGOAL, TASK_INDEX,
 )
 from vplan.data.lerobot_format import (
     ACTION_UNITS_KEY,
@@ -44,6 +44,7 @@ from vplan.data.lerobot_format import (
     load_tasks,
     numpy_column,
     read_table,
+    recorded_env,
     require_dataset,
     stats_from_row,
     video_file,
@@ -106,10 +107,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     @property
     def env(self) -> str | None:
-        """The vplan env the episodes were recorded in (`vplan collect` and `vplan run record=true` write the
-        robot_type `vplan_<env>`); None for a dataset recorded elsewhere."""
-        robot_type = str(self.info.get("robot_type") or "")
-        return robot_type.removeprefix(ROBOT_TYPE_PREFIX) if robot_type.startswith(ROBOT_TYPE_PREFIX) else None
+        """The vplan env the episodes were recorded in (`recorded_env`); None for a dataset recorded elsewhere."""
+        return recorded_env(self.info)
 
     @property
     def action_units(self) -> dict[str, float] | None:

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vplan.constants import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK_INDEX, TIMESTAMP
+from vplan.constants import EPISODE_INDEX, FRAME_INDEX, INDEX, ROBOT_TYPE_PREFIX, TASK_INDEX, TIMESTAMP
 from vplan.errors import DamagedDatasetError, DatasetError, RunError, UsageError, first_line
 from vplan.utils.files import fsync_path
 
@@ -131,6 +131,13 @@ def _dataset_beside(folder: Path) -> Path | None:
         return None
     close = difflib.get_close_matches(folder.name, names, n=1, cutoff=0.8)
     return parent / close[0] if close else None
+
+
+def recorded_env(info: dict[str, Any]) -> str | None:
+    """The vplan env a dataset's episodes were recorded in (`vplan collect` and `vplan run record=true` write the
+    robot_type `vplan_<env>`), from its info; None for a dataset recorded elsewhere."""
+    robot_type = str(info.get("robot_type") or "")
+    return robot_type.removeprefix(ROBOT_TYPE_PREFIX) if robot_type.startswith(ROBOT_TYPE_PREFIX) else None
 
 
 def load_info(root: str | Path) -> dict[str, Any]:

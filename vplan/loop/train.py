@@ -33,15 +33,17 @@ from vplan.loop.trainer import (
     FINAL, check_batch_splits, check_out_is_ours, check_steps_reach, is_main_process, main_process_first,
     only_the_main_process_prints, process_count, train,
 )
-from vplan.shipped import (PREFIX, check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint,
-                           shipped_names, warn_if_trained_elsewhere)
+from vplan.shipped import (
+    check_checkpoints_exist, check_outside_results, pin_checkpoints, resolve_checkpoint, vae_folder, vae_hint,
+    warn_if_trained_elsewhere,
+)
 from vplan.utils.files import folder_written_aside, read_json_record, write_json
 from vplan.utils.settings import (
     CONFIG_FILE, check_config_is_ours, check_same_config, read_config_record, with_image_size, write_config,
 )
 from vplan.worldmodel.config import VAEConfig, WorldModelConfig
 from vplan.worldmodel.latent_cache import LATENTS_DIR, episode_latents
-from vplan.worldmodel.model import VAE_FILE, CheckpointError, WorldModel, load_vae, read_config
+from vplan.worldmodel.model import CheckpointError, WorldModel, load_vae, read_config
 from vplan.worldmodel.text_encoder import resolve_minilm_dir
 from vplan.worldmodel.vae import build_vae, decode_latents, encode_frames, estimate_scaling_factor, vae_loss
 
@@ -189,26 +191,7 @@ def _load_vae(path: str, optional: bool = False, env: str | None = None) -> Any:
     """A VAE `vplan train component=vae` wrote, or a world-model checkpoint's own (shipped ones included);
     `optional`: the component trains without one too (the IDM), which the errors say; `env`: the dataset's,
     whose shipped world model the errors name."""
-    shipped = f"{env}/worldmodel" if f"{env}/worldmodel" in shipped_names() else "tabletop/worldmodel"
-    hint = ("train one with `vplan train component=vae` or set component.vae=DIR to the one it wrote (its final/), "
-            f"or to a world model's checkpoint (shipped:{shipped}) for its VAE"
-            + (", or component.vae=null to train on real frames only" if optional else ""))
-    try:
-        folder = resolve_checkpoint(path)
-    except UsageError as error:
-        raise UsageError(f"component.vae={path}: {error}") from None
-    if (folder / VAE_FILE).is_file():
-        try:
-            return load_vae(folder)
-        except CheckpointError as error:
-            raise UsageError(f"component.vae={path}: {error}") from None
-    if path.startswith(PREFIX):  # a shipped IDM
-        raise UsageError(f"component.vae={path}: holds no VAE; {hint}")
-    if not (folder / "config.json").is_file():
-        raise UsageError(f"component.vae={path}: no trained VAE there; {hint}")
-    if not (folder / "diffusion_pytorch_model.safetensors").is_file():  # checked here: diffusers logs first
-        raise UsageError(f"component.vae={path}: not a VAE `vplan train component=vae` wrote (no "
-                         f"diffusion_pytorch_model.safetensors there); {hint}")
+    folder = vae_folder(path, vae_hint(optional, env))
     try:
         return load_vae(folder)
     except CheckpointError as error:  # a broken config.json, missing, NaN or integer tensors
