@@ -192,6 +192,9 @@ def test_default_out_follows_the_task():
         (["collect", "env.image_size=3"], "env.image_size: expected"),
         (["rl", "memory.lr=nan"], "memory.lr: expected a positive finite number, got nan"),  # rl has its own lr
         (["run", "agent=3"], "agent is a group of settings, not one; give agent.KEY=VALUE"),  # Hydra's wording
+        (["train", "component=worldmodel", "component.model=tiny"],  # the preset's spelling, which it lacked
+         "give component.model.KEY=VALUE (`vplan train --help` lists them); or a preset: "
+         "model@component.model=" + "|".join(preset_names("model"))),
         (["bench", "worldmodel", "samplers=[ddim:0]"], "samplers: ddim:0: expected at least 1 sampling step"),
         (["rl", "rewards.outcome=0", "rewards.executability=0", "rewards.consistency=0"],  # not rewards.rewards
          "error: rewards: every weight is 0"),

@@ -456,8 +456,13 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
                 wanted = re.search(r"is not a subclass of (\w+)", message)[1]
                 message = f"expected {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}, got null"
             elif key and "Invalid type assigned" in message and "is not a subclass of" in message:  # agent=3
+                chosen = compose(command.config_name, overrides=group_overrides,
+                                 return_hydra_config=True).hydra.runtime.choices
+                # a preset group placed there (component.model=tiny for model@component.model=tiny)
+                group = next((g for g in chosen if g.endswith(f"@{key}")), None)
+                presets = f"; or a preset: {group}={'|'.join(preset_names(group))}" if group else ""
                 raise UsageError(f"{key} is a group of settings, not one; give {key}.KEY=VALUE (`vplan "
-                                 f"{command.name} --help` lists them)") from None
+                                 f"{command.name} --help` lists them){presets}") from None
             raise UsageError(f"bad value for {key!r}: {message}" if key else message) from None
     choices = {g: v for g, v in cfg.hydra.runtime.choices.items() if not g.startswith("hydra")}
     with open_dict(cfg):
