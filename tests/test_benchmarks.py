@@ -449,6 +449,12 @@ def test_eval_worldmodel_with_an_idm_scores_the_actions_read_off_generated_chunk
     with pytest.raises(UsageError, match="reads 32x32 frames"):
         evaluate_worldmodel(EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task,
                                                  checkpoint=str(checkpoint), idm=str(tmp_path / "idm32")))
+    from vplan.cli import main  # the CLI says it before the models load (it came after them, ~10 s; helper-200)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "worldmodel", f"checkpoint={checkpoint}", f"idm={tmp_path / 'idm32'}", "episodes=1",
+              f"out={tmp_path / 'cli'}"])
+    assert exit_info.value.code == 2 and "reads 32x32 frames, the world model draws 16x16" in capsys.readouterr().err
     # a blockworld-like IDM's moves off tabletop frames agreed "100%", meaninglessly: refused before anything is written
     moves_idm.save_pretrained(tmp_path / "moves")
     with pytest.raises(UsageError, match=r"reads one of 5 moves off the frames, and the env takes actions of shape"):

@@ -289,7 +289,8 @@ def test_another_commands_folder_as_out_is_refused_before_anything_is_written_th
         assert sorted(p.name for p in out.iterdir()) == before
     before = sorted(p.name for p in finetuned[0].iterdir())
     with pytest.raises(SystemExit) as stop:
-        main(["train", "component=worldmodel", f"data={data}", "holdout_episodes=1", f"out={finetuned[0]}"])
+        main(["train", "component=worldmodel", f"data={data}", "holdout_episodes=1", f"out={finetuned[0]}",
+              "component.vae=shipped:tabletop/worldmodel"])
     assert stop.value.code == 2 and "holds a `vplan finetune` run (inner/settings.json)" in capsys.readouterr().err
     assert sorted(p.name for p in finetuned[0].iterdir()) == before
 

@@ -104,6 +104,9 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "held-out reconstruction PSNR" in result.stdout
     assert (vae_out / "final" / "diffusion_pytorch_model.safetensors").is_file()
+    metrics = json.loads((vae_out / "final" / "metrics.json").read_text())  # the printed figure, kept
+    assert f"PSNR {metrics['reconstruction_psnr_db']:.2f} dB on {metrics['frames']} frames" in result.stdout
+    assert metrics["held_out_episodes"] == [2]
 
     wm_out = tmp_path / "wm"
     common = [f"data={tiny_dataset}", f"out={wm_out}", f"component.vae={vae_out / 'final'}", *optim, *TINY_WORLD_MODEL]

@@ -586,3 +586,19 @@ def test_a_save_the_disk_refuses_leaves_no_half_checkpoint_and_says_free_some_sp
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().endswith("error: No space left on device; free some space (or write to "
                                                     "another out=DIR) and run it again")
+
+
+def test_a_schedule_that_never_reaches_its_learning_rate_is_warned_of():
+    """A short trial run at the default warm-up and cool-down (40 steps of 100 and 1,500) peaked at a quarter of its
+    lr, unsaid: its flat loss read as a model that does not learn (helper-200)."""
+    import warnings
+
+    from vplan.errors import VplanWarning
+    from vplan.loop.trainer import warn_if_lr_not_reached
+
+    with pytest.warns(VplanWarning, match=r"component.optim.steps=40 with warmup_steps=100 and cooldown_steps=1500: "
+                                          r"the learning rate peaks at 5.8e-05, not lr=0.0002; lower"):
+        warn_if_lr_not_reached(OptimConfig(steps=40, lr=2e-4, warmup_steps=100, cooldown_steps=1500))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_lr_not_reached(OptimConfig(steps=400, lr=2e-4, warmup_steps=100, cooldown_steps=300))  # reaches it

@@ -784,7 +784,7 @@ def _check_env_fits(config: Any) -> None:
         check_checkpoints_fit_env(config.env, getattr(config, "worldmodel_checkpoint", config.worldmodel),
                                   getattr(config, "idm_checkpoint", config.idm), agent)
     elif isinstance(config, EvalWorldModelConfig):  # the actions its IDM reads and its action models take
-        check_checkpoints_fit_env(config.env, None, config.idm, None,
+        check_checkpoints_fit_env(config.env, config.checkpoint, config.idm, None,
                                   {"checkpoint": config.checkpoint, "compare": config.compare})
 
 

@@ -132,9 +132,9 @@ def check_idm_reads_frames(idm: str, reads: int, size: int) -> None:
 def check_checkpoints_fit_env(env_config: Any, worldmodel: str | None, idm: str | None, agent: AgentConfig | None,
                               action_models: Mapping[str, str | None] | None = None) -> None:
     """The checks above from the checkpoints' recorded settings and an env made from `env_config` (it makes no
-    frame): with `agent`, the agent's whole contract (and an IDM reading the world model's frame size); without,
-    only the actions that the IDM reads and that the world models in `action_models` (setting -> checkpoint or
-    None) take (eval worldmodel's). Nothing for an adapter's env (making one may start its simulator) or a
+    frame): with `agent`, the agent's whole contract; without, only the actions that the IDM reads and that the
+    world models in `action_models` (setting -> checkpoint or None) take (eval worldmodel's); with both models, an
+    IDM reading the world model's frame size. Nothing for an adapter's env (making one may start its simulator) or a
     checkpoint whose settings cannot be read (its loader names what is wrong)."""
     from vplan.envs import env_name, make_env
 
@@ -146,8 +146,9 @@ def check_checkpoints_fit_env(env_config: Any, worldmodel: str | None, idm: str 
         config := recorded_config(spec, WorldModelConfig, WORLDMODEL_ADDED_LATER)) is not None and config.uses_actions}
     if (agent is None and reader is None and not actors) or (agent is not None and (model is None or reader is None)):
         return
-    if agent is not None:
+    if model is not None and reader is not None:  # (eval worldmodel's IDM reads its generated frames too)
         check_idm_reads_frames(idm, reader.image_size, model.vae.image_size)
+    if agent is not None:
         if hasattr(env_config, "image_size"):  # the command renders at the model's size
             try:
                 env_config = replace(env_config, image_size=model.vae.image_size)

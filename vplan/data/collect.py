@@ -282,13 +282,15 @@ def collect(cfg: CollectConfig) -> Path:
             print(f"resuming {out}: {start} episodes there, collecting {cfg.episodes - start} more")
         write_config(out, cfg)  # what a later resume is held to
         successes = 0
-        bar = tqdm(range(start, cfg.episodes), desc="collect", unit="episode", initial=start, total=cfg.episodes)
+        bar = tqdm(desc="collect", unit="episode", initial=start, total=cfg.episodes)
         try:
-            for episode in bar:
+            for episode in range(start, cfg.episodes):
                 frames, subgoals, summary = rollout_expert(env, expert, cfg.seed + episode)
                 writer.add_episode(frames, subgoals, extra={"instruction": cfg.task.instruction, **summary})
                 successes += summary["success"]
-                bar.set_postfix(success=f"{successes}/{episode - start + 1}", frames=writer.num_frames)
+                # counted with the episode it describes (iterating the bar counted it when the next one began)
+                bar.set_postfix(success=f"{successes}/{episode - start + 1}", frames=writer.num_frames, refresh=False)
+                bar.update(1)
         except KeyboardInterrupt:
             bar.close()
             env.close()

@@ -55,7 +55,7 @@ from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
 from vplan.loop.config import FINETUNE_RECORD, FinetuneConfig
 from vplan.loop.trainer import (
-    FINAL, check_out_is_ours, check_steps_reach, out_of_memory, refuse_several_processes, train,
+    FINAL, check_out_is_ours, check_steps_reach, out_of_memory, refuse_several_processes, train, warn_if_lr_not_reached,
 )
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
@@ -464,6 +464,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     check_out_is_ours(out, cfg)
     _check_settings(out / INNER, _settings(cfg, checkpoint, episodes), cfg)
     check_steps_reach(out, cfg.optim, "optim")  # before the inner loop (with one round, steps are not pinned)
+    warn_if_lr_not_reached(cfg.optim, "optim")
     final = out / FINAL
 
     groups = [[int(e) for e in group] for group in np.array_split(np.array(episodes), cfg.rounds)]

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 from safetensors import SafetensorError
 
-from vplan.errors import RunError, UsageError, first_line
+from vplan.errors import RunError, UsageError, VplanWarning, first_line
 from vplan.loop.checkpoint import (
     UnreadableTrainerStateError, checkpoint_step, list_checkpoints, load_checkpoint, save_checkpoint,
 )
@@ -186,6 +186,16 @@ def check_steps_reach(out: Path, optim: OptimConfig, optim_key: str = "component
     if checkpoints and (step := checkpoint_step(checkpoints[-1])) > optim.steps:
         raise UsageError(f"{checkpoints[-1]} is at step {step}, past {optim_key}.steps={optim.steps}; pass "
                          f"{optim_key}.steps>={step} to go on from it, or another out=DIR")
+
+
+def warn_if_lr_not_reached(optim: OptimConfig, optim_key: str = "component.optim") -> None:
+    """A VplanWarning where warm-up and cool-down overlap so much that the schedule never reaches `optim.lr` (a
+    short trial run at the defaults): its flat loss would read as a model that does not learn."""
+    peak = max(map(optim.lr_at, range(optim.steps)))
+    if peak < 0.99 * optim.lr:
+        warnings.warn(f"{optim_key}.steps={optim.steps} with warmup_steps={optim.warmup_steps} and cooldown_steps="
+                      f"{optim.cooldown_steps}: the learning rate peaks at {peak:.2g}, not lr={optim.lr:g}; lower "
+                      f"{optim_key}.warmup_steps and cooldown_steps for a short run", VplanWarning, stacklevel=2)
 
 
 def train(
