@@ -242,8 +242,8 @@ def test_cli_errors_are_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
         # an IDM set for 64x64 frames reads the dataset's 16x16 (its size follows them), unless it cannot
         ("the dataset's frames are 16x16, which component.idm cannot read: image_size: expected a multiple of "
          "2 ** len(channels) = 32", {"idm": IDMConfig(channels=(4, 4, 4, 4, 4), norm_num_groups=4)}),
-        ("the VAE reads 32x32 frames; the dataset and this IDM 16x16 (give component.vae= a VAE trained on these "
-         "frames)", {"vae": "tiny32"}),
+        ("the dataset's frames are 16x16; component.vae=", {"vae": "tiny32"}),  # its path, then the fix:
+        ("vae32 reads 32x32 frames: pass a VAE trained on this dataset's frames", {"vae": "tiny32"}),
         ("this IDM predicts (3,)", {"idm": IDMConfig.tiny(), "vae": None, "idm_action_dim": 3}),
     ],
 )

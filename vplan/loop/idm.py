@@ -135,9 +135,9 @@ def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
         raise UsageError(f"the dataset's frames are {height}x{width}; this IDM is for "
                          f"{idm.image_size}x{idm.image_size} (set component.idm.image_size={height})")
     if vae is not None and vae.config.sample_size != idm.image_size:  # the dataset's size, checked above
-        raise UsageError(
-            f"the VAE reads {vae.config.sample_size}x{vae.config.sample_size} frames; the dataset and this IDM "
-            f"{idm.image_size}x{idm.image_size} (give component.vae= a VAE trained on these frames)"
+        raise UsageError(  # as the world model's training says it
+            f"the dataset's frames are {idm.image_size}x{idm.image_size}; component.vae={config.vae} reads "
+            f"{vae.config.sample_size}x{vae.config.sample_size} frames: pass a VAE trained on this dataset's frames"
         )
     if int(np.prod(features[key]["shape"])) != idm.action_dim:
         raise UsageError(f"the dataset's actions have shape {tuple(features[key]['shape'])}; this IDM predicts "
