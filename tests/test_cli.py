@@ -613,6 +613,23 @@ def test_each_preset_names_the_module_that_defines_its_settings():
     assert len(named) >= 20
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_the_models_load(tmp_path, monkeypatch, capsys):
+    """A read-only out= (or filesystem) was met at the first write: after ~9 s of loading for vplan finetune. Root
+    writes anywhere, so the folder's permission is played by os.access."""
+    import vplan.cli as cli
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False if str(path) == str(read_only) else
+                        real_access(path, mode))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "episodes=1", f"out={read_only / 'data'}"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == f"vplan collect: error: {read_only}: Permission denied"
+    assert list(read_only.iterdir()) == []
+
+
 def test_a_folder_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path):
     """The CLI's early check of `data=` and the checkpoints met a PermissionError outside the handler that names
     the path (it was one line when the command itself met it)."""

@@ -673,6 +673,7 @@ def _main(argv: list[str] | None) -> None:
         _check_endpoint_keys(config)
         if isinstance(getattr(config, "out", None), str):  # another command's folder, a checkpoint's (the commands
             folder = Path(config.out)                     # check it again for callers from Python)
+            _check_writable(folder)
             refuse_other_records(folder, command.record, command.name)
             if command.record == CONFIG_FILE:  # another command's settings
                 check_config_is_ours(folder, config)
@@ -737,6 +738,14 @@ def _check_paths(config: Any, command: Command) -> None:
         if settings is not None:
             require_text_conditioned(settings.conditioning, f"{name}={spec}", f"vplan {command.name}")
     _check_env_fits(config)
+
+
+def _check_writable(out: Path) -> None:
+    """A PermissionError (exit 1, naming the folder) where `out`, or the nearest folder above it that exists, cannot
+    be written: a read-only out= or filesystem was met at the first write, after the models loaded (~9 s)."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
 
 
 def _check_training_checkpoints(config: Any) -> None:
