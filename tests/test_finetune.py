@@ -292,6 +292,10 @@ def test_another_commands_folder_as_out_is_refused_before_anything_is_written_th
         main(["train", "component=worldmodel", f"data={data}", "holdout_episodes=1", f"out={finetuned[0]}",
               "component.vae=shipped:tabletop/worldmodel"])
     assert stop.value.code == 2 and "holds a `vplan finetune` run (inner/settings.json)" in capsys.readouterr().err
+    # nor another kind of command: a bench's results.json there refused the finetune's own resume (helper-201)
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "env", "steps=5", "episodes=1", f"out={finetuned[0]}"])
+    assert stop.value.code == 2 and "holds a `vplan finetune` run (inner/settings.json)" in capsys.readouterr().err
     assert sorted(p.name for p in finetuned[0].iterdir()) == before
 
 

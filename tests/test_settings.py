@@ -150,21 +150,24 @@ def test_each_kind_of_command_refuses_the_records_of_the_others(tmp_path):
 
     writers = {"config.yaml": lambda out: write_config(out, Outer()),
                "progress.json": lambda out: start_or_continue(Evaluation(), out, (), {}, lambda progress: "", []),
-               "results.json": lambda out: make_out_dir(str(out), "bench env")}
+               "results.json": lambda out: make_out_dir(str(out), "bench env"),
+               "inner/settings.json": lambda out: refuse_other_records(out, "inner/settings.json")}  # finetune's
     records = {"config.yaml": "seed: 0\n", "progress.json": json.dumps({"settings": {"episodes": 1}}),
-               "results.json": json.dumps({"command": "bench env"})}
-    kinds = {"config.yaml": "settings", "progress.json": "evaluation", "results.json": "bench results"}
+               "results.json": json.dumps({"command": "bench memory"}), "inner/settings.json": "{}"}
+    kinds = {"config.yaml": "another command's settings", "progress.json": "another command's evaluation",
+             "results.json": "vplan bench memory's results", "inner/settings.json": "a `vplan finetune` run"}
     for held, record in records.items():
-        out = tmp_path / held
-        out.mkdir()
+        out = tmp_path / held.replace("/", "_")
+        (out / held).parent.mkdir(parents=True)
         (out / held).write_text(record)
         (out / "metrics.json").write_text("{}")
         for own, write in writers.items():
             if own == held:
                 continue
-            with pytest.raises(UsageError, match=fr"holds another command's {kinds[held]} \({held}\); choose "):
+            with pytest.raises(UsageError, match=fr"holds {kinds[held]} \({held}\); choose another out=DIR"):
                 write(out)
-        assert sorted(p.name for p in out.iterdir()) == sorted([held, "metrics.json"])  # nothing written or gone
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted([held, "metrics.json"])
+    (tmp_path / "results.json" / "results.json").write_text(json.dumps({"command": "bench env"}))
     refuse_other_records(tmp_path / "results.json", "results.json", "bench env")  # its own bench's
     with pytest.raises(UsageError, match=r"results.json holds the results of vplan bench env, not of vplan bench "
                                          r"memory; choose another out=DIR"):

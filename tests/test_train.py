@@ -317,6 +317,12 @@ def test_missing_dataset_and_missing_vae_are_one_line_errors(tiny_dataset, tmp_p
     result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", f"component.vae={run}", *TINY_WORLD_MODEL,
                          f"component.init={tmp_path / 'noinit'}", f"out={tmp_path / 'out'}")
     assert result.returncode == 2 and "a training run's directory" in result.stderr  # before torch loads
+    old_format = tmp_path / "v21"  # a LeRobot v2.1 dataset: its own one-line refusal, not a traceback from the
+    (old_format / "meta").mkdir(parents=True)  # early check of component.vae (helper-201)
+    (old_format / "meta" / "info.json").write_text('{"codebase_version": "v2.1"}')
+    result = vplan_train("component=worldmodel", f"data={old_format}", f"out={tmp_path / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "expected 'v3.0'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = vplan_train(f"data={tiny_dataset}", "holdout_episodes=1", "component.vae=shipped:tabletop/worldmodel",
                          *TINY_WORLD_MODEL, f"component.init={tmp_path / 'noinit'}", f"out={tmp_path / 'out'}")
     assert result.returncode == 2 and f"component.init={tmp_path / 'noinit'}: no checkpoint at" in result.stderr

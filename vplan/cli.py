@@ -28,7 +28,7 @@ from vplan.utils.interrupts import Terminated, handle_stop_signals
 from vplan.utils.locks import holding_folder
 from vplan.utils.openmp import choose_wait_policy
 from vplan.utils.settings import (
-    CONFIG_FILE, PROGRESS_FILE, RESULTS_FILE, check_config_is_ours, refuse_other_records,
+    CONFIG_FILE, FINETUNE_FILE, PROGRESS_FILE, RESULTS_FILE, check_config_is_ours, refuse_other_records,
 )
 
 USAGE_ERROR = 2
@@ -94,6 +94,7 @@ COMMANDS: tuple[Command, ...] = (
         "the slow-fast loop: Temp-LoRA over each episode's chunks, then the slow weights on the stored triples",
         "finetune",
         "vplan.loop.finetune:finetune",
+        record=FINETUNE_FILE,
         text_only=("worldmodel",),
         fixed=("memory",),
     ),
@@ -760,9 +761,13 @@ def _check_training_checkpoints(config: Any) -> None:
         return
     component = config.component
     if not isinstance(component, VAETrainConfig) and isinstance(component.vae, str):  # (the VAE's own settings)
-        from vplan.data.lerobot_format import load_info, recorded_env
+        from vplan.data.lerobot_format import DatasetError, load_info, recorded_env
 
-        vae_folder(component.vae, vae_hint(isinstance(component, IDMTrainConfig), recorded_env(load_info(config.data))))
+        try:
+            env = recorded_env(load_info(config.data))
+        except DatasetError:  # an old or damaged info.json: the command refuses the dataset first, saying what to do
+            return
+        vae_folder(component.vae, vae_hint(isinstance(component, IDMTrainConfig), env))
     if isinstance(getattr(component, "init", None), str) and not list_checkpoints(Path(config.out)):
         check_checkpoints_exist({"component.init": component.init})
 

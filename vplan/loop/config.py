@@ -15,7 +15,7 @@ from vplan.configs import preset_names
 from vplan.constants import ACTION, ACTION_APPLIED
 from vplan.memory.config import MemoryConfig
 from vplan.policies.config import IDMConfig
-from vplan.utils.settings import check_field_types, check_ints, check_seed
+from vplan.utils.settings import FINETUNE_FILE, check_field_types, check_ints, check_seed
 from vplan.worldmodel.config import VAEConfig, WorldModelConfig
 
 
@@ -128,7 +128,7 @@ class TrainConfig:
         return f"`vplan collect out={self.data}`"
 
 
-FINETUNE_RECORD = Path("inner") / "settings.json"  # in a finetune's out=: how its stored states were made
+FINETUNE_RECORD = Path(FINETUNE_FILE)  # in a finetune's out=: how its stored states were made
 LABELS = {"applied": ACTION_APPLIED, "commanded": ACTION}  # component.label -> the dataset feature it reads
 
 

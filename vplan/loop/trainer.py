@@ -163,19 +163,20 @@ def _noise_generator(generator: torch.Generator, rank: int, processes: int) -> t
 
 def check_out_is_ours(out: Path, cfg: Any) -> None:
     """A UsageError where `out` holds what another command made, which a training's checkpoints and `final/` would
-    mix with or replace: another command's settings or a model checkpoint (`check_config_is_ours`), a dataset, or,
-    for `vplan train`, a finetune (whose checkpoints it would resume from: it replaced a finetune's `final/`)."""
+    mix with or replace: another kind of command's record (for `vplan train`, a finetune's too: it went on from its
+    checkpoints and replaced its `final/`) or another command's settings (`check_config_is_ours`), a model
+    checkpoint, or a dataset."""
     from vplan.data.lerobot_format import is_dataset
-    from vplan.loop.config import FINETUNE_RECORD, FinetuneConfig
-    from vplan.utils.settings import check_config_is_ours
+    from vplan.loop.config import FinetuneConfig
+    from vplan.utils.settings import FINETUNE_FILE, check_config_is_ours, refuse_other_records
 
-    check_config_is_ours(out, cfg)
+    if isinstance(cfg, FinetuneConfig):  # which keeps no config.yaml: any is another command's
+        refuse_other_records(out, FINETUNE_FILE)
+    else:
+        check_config_is_ours(out, cfg)
     if is_dataset(out):
         raise UsageError(f"{out} holds a dataset (meta/info.json): a training's files there would mix with its "
                          "episodes; choose another out=DIR")
-    if not isinstance(cfg, FinetuneConfig) and (out / FINETUNE_RECORD).is_file():
-        raise UsageError(f"{out} holds a `vplan finetune` run ({FINETUNE_RECORD}), whose checkpoints this training "
-                         "would go on from and whose final/ it would replace; choose another out=DIR")
 
 
 def check_steps_reach(out: Path, optim: OptimConfig, optim_key: str = "component.optim") -> None:

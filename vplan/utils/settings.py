@@ -20,9 +20,11 @@ import numpy as np
 CONFIG_FILE = "config.yaml"  # in a run directory: the settings the run was begun with
 PROGRESS_FILE = "progress.json"  # in an evaluation's: what it finished, with its settings
 RESULTS_FILE = "results.json"  # in a bench's: its figures, with its settings and the command that wrote them
-# The record each kind of command keeps in its out= (run, collect, train, finetune, rl: their settings; the evals:
-# their progress; the benches: their results), which marks the folder as that kind's.
-OUT_RECORDS = {CONFIG_FILE: "settings", PROGRESS_FILE: "evaluation", RESULTS_FILE: "bench results"}
+FINETUNE_FILE = "inner/settings.json"  # in a finetune's: how its stored states were made (loop.config.FINETUNE_RECORD)
+# The record each kind of command keeps in its out= (run, collect, train, rl: their settings; finetune: its stored
+# states'; the evals: their progress; the benches: their results), which marks the folder as that kind's.
+OUT_RECORDS = {CONFIG_FILE: "another command's settings", PROGRESS_FILE: "another command's evaluation",
+               RESULTS_FILE: "a bench's results", FINETUNE_FILE: "a `vplan finetune` run"}
 MAX_SEED = 2**32 - 1  # numpy's global seed (RLBench's RNG) takes at most this; torch's and gymnasium's more
 
 
@@ -254,16 +256,24 @@ def refuse_other_records(out: Path, own: str, command: str | None = None) -> Non
     refuse_model_folder(out)
     for name, what in OUT_RECORDS.items():
         if name != own and (out / name).is_file():
-            raise UsageError(f"{out} holds another command's {what} ({name}); choose another out=DIR")
-    if command is None or own != RESULTS_FILE or not (out / RESULTS_FILE).is_file():
-        return
-    try:
-        written_by = json.loads((out / RESULTS_FILE).read_text()).get("command")
-    except (OSError, ValueError, AttributeError):  # damaged: the bench's own reading says so
-        return
+            bench = _bench_of(out / name) if name == RESULTS_FILE else None
+            if bench is not None:
+                what = f"vplan {bench}'s results"
+            raise UsageError(f"{out} holds {what} ({name}); choose another out=DIR")
+    written_by = _bench_of(out / RESULTS_FILE) if command is not None and own == RESULTS_FILE else None
     if written_by not in (None, command):  # none: bench planning's or bench executor's, from before it was recorded
         raise UsageError(f"{out / RESULTS_FILE} holds the results of vplan {written_by}, not of vplan {command}; "
                          "choose another out=DIR")
+
+
+def _bench_of(results: Path) -> str | None:
+    """The bench a results.json names as its writer; None where it names none (bench planning's or bench
+    executor's from before they recorded it), is missing or cannot be read (the bench's own reading says why)."""
+    try:
+        written_by = json.loads(results.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return written_by if isinstance(written_by, str) else None
 
 
 def check_config_is_ours(out: Path, cfg: Any) -> None:
