@@ -57,6 +57,10 @@ class OptimConfig:
         cooldown = min(1.0, (self.steps - step) / span) if span else 1.0
         return self.lr * min(warmup, cooldown)
 
+    def peak_lr(self) -> float:
+        """The highest rate the schedule reaches: below `lr` where warm-up and cool-down overlap (a short run)."""
+        return max(map(self.lr_at, range(self.steps)))
+
 
 @dataclass
 class VAETrainConfig:

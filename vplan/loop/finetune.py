@@ -514,6 +514,6 @@ def finetune(cfg: FinetuneConfig) -> Path:
         f"(LoRA states and latents: {lora_mb:.1f} MB in {out / INNER}); {cfg.rounds} "
         f"round{'s' if cfg.rounds > 1 else ''}, outer loop at "
         f"step {steps}/{cfg.optim.steps} ({outer_seconds:.0f} s this run, batch {cfg.optim.batch_size}, "
-        f"peak lr {max(map(cfg.optim.lr_at, range(cfg.optim.steps))):g}); finetuned world model written to {final}"
+        f"peak lr {cfg.optim.peak_lr():g}); finetuned world model written to {final}"
     )
     return final

@@ -192,7 +192,7 @@ def check_steps_reach(out: Path, optim: OptimConfig, optim_key: str = "component
 def warn_if_lr_not_reached(optim: OptimConfig, optim_key: str = "component.optim") -> None:
     """A VplanWarning where warm-up and cool-down overlap so much that the schedule never reaches `optim.lr` (a
     short trial run at the defaults): its flat loss would read as a model that does not learn."""
-    peak = max(map(optim.lr_at, range(optim.steps)))
+    peak = optim.peak_lr()
     if peak < 0.99 * optim.lr:
         warnings.warn(f"{optim_key}.steps={optim.steps} with warmup_steps={optim.warmup_steps} and cooldown_steps="
                       f"{optim.cooldown_steps}: the learning rate peaks at {peak:.2g}, not lr={optim.lr:g}; lower "

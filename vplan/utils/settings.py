@@ -21,8 +21,8 @@ CONFIG_FILE = "config.yaml"  # in a run directory: the settings the run was begu
 PROGRESS_FILE = "progress.json"  # in an evaluation's: what it finished, with its settings
 RESULTS_FILE = "results.json"  # in a bench's: its figures, with its settings and the command that wrote them
 FINETUNE_FILE = "inner/settings.json"  # in a finetune's: how its stored states were made (loop.config.FINETUNE_RECORD)
-# The record each kind of command keeps in its out= (run, collect, train, rl: their settings; finetune: its stored
-# states'; the evals: their progress; the benches: their results), which marks the folder as that kind's.
+# The record each kind of command keeps in its out= (run, collect, train, rl: their settings; finetune: the making
+# of its stored states; the evals: their progress; the benches: their results), which marks the folder as that kind's.
 OUT_RECORDS = {CONFIG_FILE: "another command's settings", PROGRESS_FILE: "another command's evaluation",
                RESULTS_FILE: "a bench's results", FINETUNE_FILE: "a `vplan finetune` run"}
 MAX_SEED = 2**32 - 1  # numpy's global seed (RLBench's RNG) takes at most this; torch's and gymnasium's more
@@ -280,7 +280,7 @@ def check_config_is_ours(out: Path, cfg: Any) -> None:
     """A UsageError where `<out>/config.yaml` holds another command's settings (a collect dataset's in a train's
     out=): a top-level setting this command has not. Writing over it would leave that folder's own resume refused
     for good. (Its own older record names no setting this command lacks: a setting removed since is refused on
-    resume anyway.) And one where `out` is a model checkpoint's folder, an evaluation's or a bench's
+    resume anyway.) And one where `out` is a model checkpoint's folder or another kind of command's
     (`refuse_other_records`)."""
     from vplan.errors import UsageError
 
