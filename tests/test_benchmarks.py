@@ -206,6 +206,36 @@ def test_text_sensitivity_compares_two_texts_on_the_same_context_and_noise(tmp_p
         evaluate_worldmodel(replace(cfg, seed=0, out=str(tmp_path / "training_scenes")))
 
 
+def test_a_model_that_draws_its_true_text_closer_reads_it_in_every_chunk(tmp_path, monkeypatch):
+    """The other tests use text-blind models (all ties), so the comparison turned round at a call site (the other
+    text's chunk scored as the true one's) passed them (helper-201). Here each chunk's latents say which text drew
+    them, and the score says how near the true text's they are."""
+    import vplan.eval.worldmodel as evaluation
+    from vplan.eval.config import EvalWorldModelConfig
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(tiny_world_model()).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=1,
+                               out=str(tmp_path / "run"), steps=2, rollout_chunks=0, video_chunks=0)
+    truths, chunk_subgoal = [], evaluation.chunk_subgoal
+
+    def true_text(*args):  # the text each chunk is scored under, as the eval asks it
+        truths.append(chunk_subgoal(*args))
+        return truths[-1]
+
+    def generate(self, context, texts, *args, **kwargs):  # 0 drawn under the true text, 1 under another
+        return torch.full((len(texts), self.config.chunk_frames, *self.latent_shape), float(texts[0] != truths[-1]))
+
+    monkeypatch.setattr(evaluation, "chunk_subgoal", true_text)
+    monkeypatch.setattr(WorldModel, "generate", generate)
+    monkeypatch.setattr(WorldModel, "decode", lambda self, latents: latents)
+    monkeypatch.setattr(evaluation, "chunk_scores", lambda predicted, real: (-float(predicted.float().mean()), 0.0))
+    metrics = evaluation.evaluate_worldmodel(cfg)
+    assert metrics["all"]["chunks"] > 0 and metrics["text_sensitivity"] == 1.0
+
+
 def test_a_chunk_counts_as_read_when_the_true_condition_draws_it_closer():
     """Text, action-order and direction sensitivity score each chunk by `_closer`; the end-to-end tests above use
     a text-blind model (all ties), so a comparison turned round would have passed them."""
