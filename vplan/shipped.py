@@ -127,23 +127,25 @@ def vae_folder(spec: str, hint: str) -> Path:
     or a world model's checkpoint (its vae.safetensors). Torch-free, so the CLI refuses a wrong one before torch
     loads; a UsageError with `hint` otherwise, naming a training run's folder or checkpoint as
     `check_checkpoints_exist` does, and an IDM's checkpoint as one."""
+    from vplan.worldmodel.config import DIFFUSERS_WEIGHTS_FILE, VAE_FILE
+
     name = "component.vae"
     try:
         folder = resolve_checkpoint(spec)
     except UsageError as error:
         raise UsageError(f"{name}={spec}: {error}") from None
-    if (folder / "vae.safetensors").is_file():  # vplan.worldmodel.model.VAE_FILE
+    if (folder / VAE_FILE).is_file():
         return folder
     if spec.startswith(PREFIX):  # a shipped IDM
         raise UsageError(f"{name}={spec}: holds no VAE; {hint}")
     if not (folder / "config.json").is_file():
         _refuse_training_folder(name, spec, folder)
         raise UsageError(f"{name}={spec}: no trained VAE there; {hint}")
-    if not (folder / "diffusion_pytorch_model.safetensors").is_file():  # vplan.worldmodel.vae.DIFFUSERS_WEIGHTS_FILE
+    if not (folder / DIFFUSERS_WEIGHTS_FILE).is_file():
         from vplan.policies.config import CHECKPOINT_KIND as IDM_KIND
 
         what = ("an IDM's checkpoint, which holds no VAE" if _recorded(spec, "kind") == IDM_KIND else
-                "not a VAE `vplan train component=vae` wrote (no diffusion_pytorch_model.safetensors there)")
+                f"not a VAE `vplan train component=vae` wrote (no {DIFFUSERS_WEIGHTS_FILE} there)")
         raise UsageError(f"{name}={spec}: {what}; {hint}")
     return folder
 

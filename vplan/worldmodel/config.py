@@ -12,6 +12,8 @@ from vplan.errors import SettingMismatchError
 from vplan.utils.settings import check_field_types
 
 CHECKPOINT_KIND = "vplan-worldmodel"  # config.json's "kind", read by the CLI's checks before torch loads
+VAE_FILE = "vae.safetensors"  # a world model's own VAE, beside its config.json
+DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # a `vplan train component=vae` folder's weights
 # settings a checkpoint's config.json may lack (written before them): their defaults mean what it meant
 ADDED_LATER = ("conditioning", "action_dim", "action_tail_dropout", "action_frame_embedding")
 RECON_LOSSES = ("l1", "l2", "l1+l2")

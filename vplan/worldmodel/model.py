@@ -28,12 +28,11 @@ from vplan.errors import UsageError, VplanWarning
 from vplan.shipped import ACTION_UNITS, READS_VAE, TRAINED_ON_ENV, missing_setting, resolve_checkpoint
 from vplan.utils.settings import as_count
 from vplan.worldmodel.action_encoder import ActionEncoder
-from vplan.worldmodel.config import ADDED_LATER, CHECKPOINT_KIND, WorldModelConfig
+from vplan.worldmodel.config import ADDED_LATER, CHECKPOINT_KIND, DIFFUSERS_WEIGHTS_FILE, VAE_FILE, WorldModelConfig
 from vplan.worldmodel.diffusion import masked_diffusion_loss, sample_chunk
 from vplan.worldmodel.text_encoder import MINILM_PIP, MiniLMNotFoundError, build_text_encoder
 from vplan.worldmodel.unet import build_unet
 from vplan.worldmodel.vae import (
-    DIFFUSERS_WEIGHTS_FILE,
     build_vae,
     decode_latents,
     encode_frames,
@@ -43,7 +42,6 @@ from vplan.worldmodel.vae import (
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 UNET_FILE = "unet.safetensors"
-VAE_FILE = "vae.safetensors"
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
 ACTION_ENCODER_FILE = "action_encoder.safetensors"
 

@@ -20,7 +20,6 @@ from diffusers import AutoencoderKL
 
 from vplan.worldmodel.config import VAEConfig
 
-DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # beside config.json: `save_pretrained`'s names
 # diffusers' config.json key -> VAEConfig field, for a VAE folder `vplan train component=vae` wrote
 _DIFFUSERS_KEYS = {"block_out_channels": "block_out_channels", "latent_channels": "latent_channels",
                    "layers_per_block": "layers_per_block", "norm_num_groups": "norm_num_groups",
