@@ -236,6 +236,41 @@ def test_a_model_that_draws_its_true_text_closer_reads_it_in_every_chunk(tmp_pat
     assert metrics["all"]["chunks"] > 0 and metrics["text_sensitivity"] == 1.0
 
 
+def test_a_model_that_draws_its_true_actions_closer_reads_their_order_and_direction(tmp_path, monkeypatch):
+    """The action-order and direction sensitivities' call sites, as the text one's above: each chunk's latents say
+    whether the actions they were drawn under are a window of the executed ones, so turning a comparison round at a
+    call site scores at most the 50% of a tie (a chunk whose actions read the same reversed is a tie)."""
+    import vplan.data.collect as collect
+    from vplan.constants import ACTION
+    import vplan.eval.worldmodel as evaluation
+    from vplan.eval.config import EvalWorldModelConfig
+    from vplan.worldmodel.model import WorldModel
+
+    checkpoint = tmp_path / "wm"
+    WorldModel(replace(tiny_world_model(), conditioning="action", action_dim=4)).save_pretrained(checkpoint)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    cfg = EvalWorldModelConfig(env=TabletopConfig(image_size=16), task=task, checkpoint=str(checkpoint), episodes=1,
+                               out=str(tmp_path / "run"), steps=2, rollout_chunks=0, video_chunks=0)
+    executed, rollout_expert = [], collect.rollout_expert
+
+    def rollout(*args):  # the executed actions, which the fake model below tells its own from
+        frames, subgoals, info = rollout_expert(*args)
+        executed.append(torch.as_tensor(np.asarray(frames[ACTION]), dtype=torch.float32).reshape(len(subgoals), -1))
+        return frames, subgoals, info
+
+    def generate(self, context, texts, *args, actions=None, **kwargs):  # 0 when drawn under executed actions, else 1
+        n = actions.shape[1]
+        true = any(torch.equal(actions[0], executed[-1][t : t + n]) for t in range(len(executed[-1]) - n + 1))
+        return torch.full((len(texts), self.config.chunk_frames, *self.latent_shape), float(not true))
+
+    monkeypatch.setattr(collect, "rollout_expert", rollout)
+    monkeypatch.setattr(WorldModel, "generate", generate)
+    monkeypatch.setattr(WorldModel, "decode", lambda self, latents: latents)
+    monkeypatch.setattr(evaluation, "chunk_scores", lambda predicted, real: (-float(predicted.float().mean()), 0.0))
+    metrics = evaluation.evaluate_worldmodel(cfg)
+    assert metrics["action_direction_sensitivity"] == 1.0 and metrics["action_order_sensitivity"] > 0.5
+
+
 def test_a_chunk_counts_as_read_when_the_true_condition_draws_it_closer():
     """Text, action-order and direction sensitivity score each chunk by `_closer`; the end-to-end tests above use
     a text-blind model (all ties), so a comparison turned round would have passed them."""
