@@ -40,9 +40,10 @@ ARM_ACTION_MODES = ("ik", "planning")
 RLBENCH_INSTALL = (
     "install CoppeliaSim 4.1.0 (EDU, Ubuntu build from coppeliarobotics.com), export COPPELIASIM_ROOT=<its "
     "folder>, LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$COPPELIASIM_ROOT and QT_QPA_PLATFORM_PLUGIN_PATH=$COPPELIASIM_ROOT, "
-    "then pip install git+https://github.com/stepjam/PyRep.git@8f420be8064b1970aae18a9cfbc978dfb15747ef "
-    "git+https://github.com/stepjam/RLBench.git@02720bba4c73fe02eb75df946b8791b806028a9d "
-    "(the commits this adapter is written against); "
+    "then pip install git+https://github.com/stepjam/PyRep.git@8f420be8064b1970aae18a9cfbc978dfb15747ef, "
+    "then pip install --no-deps git+https://github.com/stepjam/RLBench.git@02720bba4c73fe02eb75df946b8791b806028a9d "
+    "numpy Pillow pyquaternion scipy natsort (the commits this adapter is written against; RLBench asks for PyRep "
+    "by an unpinned URL, which pip refuses beside the pinned one); "
     "without a display, run an X server for its rendering, headless too (RLBench's README: 'Running Headless'; "
     "vplan's README: 'RLBench and MineRL adapters'); or use the embedded simulator: env=tabletop"
 )

@@ -4,7 +4,9 @@ Markdown table and the bar plot, continuing an interrupted bench, and one-line e
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from tiny_agent import save_tiny_checkpoints, tiny_world_model
 
 from vplan.cli import main
+from vplan.errors import VplanWarning
 from vplan.eval.bench_planning import ROWS, generation_psnr, summarize
 
 STEPS = 16  # two chunks per episode, then the time limit: the second is where the memories differ
@@ -189,6 +192,22 @@ def test_a_finetuned_model_named_wrongly_is_refused_before_anything_runs(checkpo
     named = f"finetuned={finetuned}: " if "unreadable" not in finetuned else f"{finetuned}/config.json: "
     assert exit_info.value.code == 2 and error.startswith(f"vplan bench planning: error: {named}")
     assert said in error and not out.exists()
+
+
+def test_a_finetuned_model_with_the_slow_models_weights_is_said_before_anything_runs(checkpoints, tmp_path):
+    """Its rows can only repeat the slow model's (helper-203 ran the table so); said before the Temp-LoRA layer check
+    that stops this bench."""
+    worldmodel = checkpoints[0]
+    shutil.copytree(worldmodel, tmp_path / "copy")  # the same weights under another name
+    for finetuned in (worldmodel, tmp_path / "copy"):
+        said = f"finetuned={finetuned} holds the same weights as worldmodel={worldmodel}, so ours w/o Temp-LoRA"
+        with pytest.warns(VplanWarning, match=re.escape(said)), pytest.raises(SystemExit):
+            main([a for a in bench_args(checkpoints, tmp_path / "b") if not a.startswith("finetuned=")]
+                 + [f"finetuned={finetuned}", "memory.target_modules=[bogus]"])
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit):
+        warnings.simplefilter("always")
+        main([*bench_args(checkpoints, tmp_path / "b"), "memory.target_modules=[bogus]"])
+    assert not [w for w in caught if "same weights" in str(w.message)]
 
 
 def test_an_env_the_agent_cannot_drive_is_refused_without_making_out(checkpoints, tmp_path, capsys):

@@ -203,7 +203,8 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     from vplan.memory.temp_lora import check_target_modules
     from vplan.run import run_episode, show_chunk
     from vplan.shipped import (
-        check_checkpoints_exist, resolve_checkpoint, trained_on_env, warn_if_training_seeds, with_checkpoint_frames,
+        check_checkpoints_exist, checkpoint_fingerprint, resolve_checkpoint, trained_on_env, warn_if_training_seeds,
+        with_checkpoint_frames,
     )
     from vplan.worldmodel.config import require_text_conditioned
     from vplan.worldmodel.model import read_config
@@ -219,6 +220,11 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
     if trained is not None and trained != bench_env:  # its default path is the same for every env
         raise UsageError(f"finetuned={cfg.finetuned}: finetuned on {trained} episodes, and this bench runs "
                          f"{bench_env}; pass finetuned= a model `vplan finetune` made from {bench_env} episodes")
+    if not later and checkpoint_fingerprint(resolve_checkpoint(cfg.finetuned)) == checkpoint_fingerprint(
+            resolve_checkpoint(cfg.worldmodel)):
+        warnings.warn(f"finetuned={cfg.finetuned} holds the same weights as worldmodel={cfg.worldmodel}, so ours w/o "
+                      "Temp-LoRA repeats no memory and ours repeats ours w/o loop; pass finetuned= the model `vplan "
+                      "finetune` made from worldmodel=", VplanWarning, stacklevel=3)  # past the threads decorator
     checkpoints = {"slow": cfg.worldmodel, "finetuned": cfg.finetuned}
     arguments = {"slow": "worldmodel", "finetuned": "finetuned"}  # the settings that name them
     missing = f"finetuned={cfg.finetuned}: no world model there; make one with `vplan finetune data=DIR`"
