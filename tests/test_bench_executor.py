@@ -5,6 +5,7 @@ refused in one line."""
 from __future__ import annotations
 
 import json
+import re
 
 import imageio.v2 as imageio
 import numpy as np
@@ -57,6 +58,7 @@ def bench_args(checkpoints, out, *extra: str) -> list[str]:
 def test_three_rows_on_the_same_seeds_a_table_and_continuing(checkpoints, tmp_path, capsys):
     out = tmp_path / "bench"
     main(bench_args(checkpoints, out, "episodes=1"))
+    assert re.search(r"success [01]/1, Dist \d\.\d{3}, last episode", capsys.readouterr().err)  # each bar at its end
     first = json.loads((out / "results.json").read_text())
     assert "torch threads" not in (out / "table.md").read_text()  # one thread count: nothing to say
     # continues with another thread count (threads is no setting it compares): only the second seed runs

@@ -37,6 +37,7 @@ def bench_args(checkpoints, out, *extra: str) -> list[str]:
 def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     out = tmp_path / "bench"
     main(bench_args(checkpoints, out, "episodes=1"))
+    assert re.search(r"success [01]/1, Dist \d\.\d{3}, last episode", capsys.readouterr().err)  # each bar at its end
     first = json.loads((out / "results.json").read_text())
     assert [len(first["rows"][row.name]) for row in ROWS] == [1] * 5
     assert "torch threads" not in (out / "table.md").read_text()  # one thread count: nothing to say

@@ -530,6 +530,16 @@ def test_a_run_stopped_in_its_first_episode_resumes_only_with_the_checkpoints_it
     assert exit_info.value.code == 2 and "its files changed since" in capsys.readouterr().err
 
 
+def test_between_episodes_the_bar_shows_the_figures_so_far():
+    """The benches left the last episode's chunk on a finished bar ("chunk 17: pick up the blue cube" after a
+    success); `vplan run` and both agent benches now show the finished episodes' figures there."""
+    from vplan.run import figures_so_far
+
+    done = [{"success": True, "dist": 0.01, "wall_s": 3.25}, {"success": False, "dist": 0.03, "wall_s": 4.44}]
+    assert figures_so_far(done) == "success 1/2, Dist 0.020, last episode 4.4 s"
+    assert figures_so_far([{"success": False, "dist": None, "wall_s": 1.0}]) == "success 0/1, Dist –, last episode 1.0 s"
+
+
 def test_the_bar_names_the_chunk_being_imagined_before_the_figures_so_far():
     """At 80 columns the figures came first and the live part was cut (`... Dist 0.0`, no chunk)."""
     from tqdm import tqdm
@@ -538,7 +548,10 @@ def test_the_bar_names_the_chunk_being_imagined_before_the_figures_so_far():
 
     bar = tqdm(total=3, ncols=80, disable=True)
     show_chunk(bar, 10001, "success 0/1, Dist 0.000, last episode 4.4 s")(3, "put the red cube back where it was")
-    assert bar.postfix == "seed 10001, chunk 3: put the red cube back wh | success 0/1, Dist 0.000, last episode 4.4 s"
+    assert bar.postfix == "seed 10001, chunk 3: put the red cube back where it was | success 0/1, Dist 0.000, last " \
+                          "episode 4.4 s"  # whole: cut at 24 characters, it lost what tells the subgoals apart
+    show_chunk(bar, 10001)(2, "walk forward along the path and then turn left at the tree")  # a user's long one
+    assert bar.postfix == "seed 10001, chunk 2: walk forward along the path and then…"
     show_chunk(bar, 10000)(1, "pick up the red cube")
     assert bar.postfix == "seed 10000, chunk 1: pick up the red cube"
     show_chunk(bar, 10002, "success 0/2")(0, "")  # run_episode's call while the agent plans (an LLM's request)

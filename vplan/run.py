@@ -155,8 +155,23 @@ def show_chunk(bar: Any, seed: int, after: str = "") -> Callable[[int, str], Non
     """A `run_episode` `on_chunk` that names the chunk being imagined on a tqdm bar, then `after` (the figures so
     far: a narrow terminal cuts the end of the line, which cut the live part and left a figure half-printed); chunk 0
     is the planning (an LLM planner's request may take a timeout or three)."""
-    return lambda n, text: bar.set_postfix_str(f"seed {seed}, " + (f"chunk {n}: {text[:24]}" if n else "planning")
-                                               + (f" | {after}" if after else ""))
+    return lambda n, text: bar.set_postfix_str(f"seed {seed}, " + (f"chunk {n}: {_shortened(text)}" if n else
+                                                                   "planning") + (f" | {after}" if after else ""))
+
+
+def _shortened(text: str, width: int = 40) -> str:
+    """`text` cut to `width` characters at a word, marked: the tabletop's subgoals (up to 40) whole, which a cut at
+    24 left without the spot or the "back" that tells them apart, and a long one of a user's task short."""
+    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + "…"
+
+
+def figures_so_far(results: list[dict[str, Any]]) -> str:
+    """The finished episodes' successes and mean Dist, and the last one's wall time: a bar's postfix between
+    episodes, in place of the chunk the last episode was imagining."""
+    dists = [r["dist"] for r in results if r["dist"] is not None]
+    dist = f"{np.mean(dists):.3f}" if dists else "–"  # none finite yet
+    return (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {dist}, "
+            f"last episode {results[-1]['wall_s']:.1f} s")
 
 
 def run_episode(
@@ -423,9 +438,7 @@ def _run_in(cfg: RunConfig, out: Path) -> dict[str, Any]:
             results.append(result)
             metrics = summarize(cfg, results, env_id, started, dist_unit)
             write_json(out / METRICS_FILE, metrics)
-            dist = "–" if metrics["dist_mean"] is None else f"{metrics['dist_mean']:.3f}"  # none finite yet
-            so_far = (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {dist}, "
-                      f"last episode {result['wall_s']:.1f} s")
+            so_far = figures_so_far(results)
             bar.set_postfix_str(so_far)
         bar.close()
     finally:

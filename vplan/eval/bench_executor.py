@@ -132,7 +132,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
 
     from vplan.agent import VideoPlanningAgent
     from vplan.envs import make_env
-    from vplan.run import run_episode, show_chunk
+    from vplan.run import figures_so_far, run_episode, show_chunk
     from vplan.shipped import warn_if_training_seeds, with_checkpoint_frames
 
     cfg = with_checkpoint_frames(cfg, cfg.worldmodel, "worldmodel")  # after its config's refusals: for a bench
@@ -179,6 +179,7 @@ def bench_executor(cfg: BenchExecutorConfig) -> dict[str, Any]:
                         "psnr": generation_psnr(episode["imagined"], episode["executed"]),
                         "wall_s": result["wall_s"]}, part)
                 write_json(out / RESULTS_FILE, results)
+                bar.set_postfix_str(figures_so_far(done))
     except KeyboardInterrupt:
         say_interrupted(out)
         raise

@@ -201,7 +201,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
 
     from vplan.envs import env_name, make_env
     from vplan.memory.temp_lora import check_target_modules
-    from vplan.run import run_episode, show_chunk
+    from vplan.run import figures_so_far, run_episode, show_chunk
     from vplan.shipped import (
         check_checkpoints_exist, checkpoint_fingerprint, resolve_checkpoint, trained_on_env, warn_if_training_seeds,
         with_checkpoint_frames,
@@ -274,6 +274,7 @@ def bench_planning(cfg: BenchPlanningConfig) -> dict[str, Any]:
                         "psnr": generation_psnr(episode["imagined"], episode["executed"]),
                         "wall_s": result["wall_s"], "steps": result["steps"]}, part)
                     write_json(out / RESULTS_FILE, results)
+                    bar.set_postfix_str(figures_so_far(done))
             finally:
                 agent.close()
     except KeyboardInterrupt:
