@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -276,3 +277,31 @@ def test_an_env_of_ones_own_is_recorded_only_as_the_contract_says():
     del Canvas.observation_space.spaces["target"]
     features = dataset_features(Canvas(), info)
     assert features["observation.images.front"]["dtype"] == "video" and features["action"]["shape"] == [2]
+
+
+def test_a_step_whose_info_breaks_the_contract_is_refused_at_the_step(tmp_path):
+    """An env giving `applied_action` in step()'s info but not reset()'s (or the reverse) played a whole episode,
+    then the writer named a column the features lacked; an info without `success` was a bare KeyError; an
+    `environment_state` given as a list, an AttributeError (helper-202)."""
+    from vplan.data.collect import EpisodeRecorder, dataset_features
+    from vplan.data.lerobot_format import EpisodeWriter
+
+    env = make_env(TabletopConfig(image_size=16))
+    obs, info = env.reset(seed=0)
+    action = np.zeros(4, np.float32)
+    next_obs, reward, _, _, next_info = env.step(action)
+    bare = {k: v for k, v in info.items() if k != "applied_action"}
+    for before, after, said in [(bare, next_info, "in step()'s info but not in reset()'s"),
+                                (info, {k: v for k, v in next_info.items() if k != "applied_action"},
+                                 "in reset()'s info but not in step()'s"),
+                                (info, {k: v for k, v in next_info.items() if k != "success"}, "expected 'success'")]:
+        with pytest.raises(ValueError, match=re.escape(said)):
+            EpisodeRecorder().add(obs, before, action, "reach", reward, after, False)
+    listed = {**info, "environment_state": info["environment_state"].tolist()}
+    features = dataset_features(env, listed)
+    recorder = EpisodeRecorder()
+    recorder.add(obs, listed, action, "reach", reward, {**next_info, "environment_state": [0.0] * 9}, True)
+    with EpisodeWriter.create_or_resume(tmp_path / "d", fps=10, features=features) as writer:
+        writer.add_episode(recorder.frames(), recorder.subgoals)
+    assert writer.num_frames == 1
+    env.close()

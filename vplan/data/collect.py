@@ -86,13 +86,13 @@ def dataset_features(env: gym.Env, info: dict[str, Any]) -> dict[str, dict[str, 
                 "shape": list(space.shape),
                 "names": ["height", "width", "channels"],
             }
-    features[OBS_ENV_STATE] = {"dtype": "float32", "shape": list(info["environment_state"].shape), "names": None}
+    features[OBS_ENV_STATE] = {"dtype": "float32", "shape": list(np.shape(info["environment_state"])), "names": None}
     if isinstance(env.action_space, gym.spaces.Discrete):  # a move's integer (the blockworld)
         features[ACTION] = {"dtype": "int64", "shape": [1], "names": None}
     else:
         features[ACTION] = {"dtype": "float32", "shape": list(env.action_space.shape), "names": None}
     if "applied_action" in info:  # the action as the env applied it (inverse dynamics trains on it)
-        features[ACTION_APPLIED] = {"dtype": "float32", "shape": list(info["applied_action"].shape), "names": None}
+        features[ACTION_APPLIED] = {"dtype": "float32", "shape": list(np.shape(info["applied_action"])), "names": None}
     features[REWARD] = {"dtype": "float32", "shape": [1], "names": None}
     features[SUCCESS] = {"dtype": "bool", "shape": [1], "names": None}
     features[DONE] = {"dtype": "bool", "shape": [1], "names": None}
@@ -115,7 +115,14 @@ class EpisodeRecorder:
         self, obs: dict[str, Any], info: dict[str, Any], action: Any, subgoal: str,
         reward: float, next_info: dict[str, Any], done: bool,
     ) -> None:
-        """One step: `obs`/`info` before it, `reward`/`next_info`/`done` after it."""
+        """One step: `obs`/`info` before it, `reward`/`next_info`/`done` after it. An info that breaks the contract
+        is refused at the step, not after the episode where the writer would find a column missing."""
+        if "success" not in next_info:
+            raise ValueError(f"info: expected 'success' (a bool) in step()'s info, got the keys {sorted(next_info)}")
+        if ("applied_action" in info) != ("applied_action" in next_info):  # the features come from reset()'s
+            raise ValueError("info: 'applied_action' is in " + ("reset()'s" if "applied_action" in info else
+                             "step()'s") + " info but not in " + ("step()'s" if "applied_action" in info else
+                             "reset()'s") + "; give it in both (zeros at reset: nothing applied yet), or in neither")
         frame = {IMAGE_FEATURE.format(camera=k): v for k, v in obs.items() if k != "agent_pos"}
         frame[OBS_STATE] = obs["agent_pos"]
         frame[OBS_ENV_STATE] = info["environment_state"]
