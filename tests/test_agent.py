@@ -199,6 +199,24 @@ def test_reset_follows_a_given_plan_without_asking_the_planner(world_model, idm)
     agent.close()
 
 
+def test_a_plan_the_caller_wrote_with_a_text_of_no_skill_is_warned_of(world_model, idm, env):
+    """A typo in a written plan was imagined under a text no episode was labelled with, unsaid (helper-202)."""
+    import warnings
+
+    from vplan.errors import VplanWarning
+
+    agent = make_agent(world_model, idm, **NO_REPLAN)
+    obs, info = env.reset(seed=10000)
+    typo = Plan((Subgoal(TEXTS[0], 1), Subgoal("pick up the red cub", 1)), source="offline")
+    with pytest.warns(VplanWarning, match=r"^plan: 'pick up the red cub' is not one of task 'return_cubes''s skills"):
+        agent.reset("move the cubes", obs, info, plan=typo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VplanWarning)
+        agent.reset("move the cubes", obs, info, plan=Plan((Subgoal(TEXTS[1], 1),), source="offline"))
+        agent.reset("move the cubes", obs, {}, plan=typo)  # no scene facts to read the skills off: silent
+    agent.close()
+
+
 def test_act_before_reset_and_bad_input_are_clear_errors(world_model, idm):
     agent = make_agent(world_model, idm)
     frame = np.zeros((IMAGE, IMAGE, 3), np.uint8)

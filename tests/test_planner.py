@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import re
 import threading
 import time
 import warnings
@@ -266,6 +267,37 @@ def test_retrace_facts_that_disagree_are_refused() -> None:
 def test_unknown_task_is_refused() -> None:
     with pytest.raises(ValueError, match="expected one with a planner decomposition"):
         make_planner(PlannerConfig(), TaskConfig(name="stack", env="tabletop", instruction="stack them"))
+
+
+def test_a_task_of_ones_own_whose_methods_disagree_is_refused_naming_the_method(monkeypatch) -> None:
+    """A step estimate short by one dropped the last subgoal (zip), a misspelt skill was imagined under a text no
+    episode was labelled with, and no skill at all was refused by Plan without naming the task (helper-202)."""
+    from vplan.planner import TASK_SKILLS, Skill, TaskSkills, make_planner
+
+    class Sweep(TaskSkills):
+        name, sequence, steps = "sweep", ["move the gripper left", "move the gripper right"], None
+
+        def skills(self, info):
+            return [Skill("reach", "move the gripper left"), Skill("sweep", "move the gripper right")]
+
+        def decompose(self, info):
+            return [Skill("move", text) for text in self.sequence]
+
+        def estimate_steps(self, sequence, info):
+            return self.steps or [16] * len(sequence)
+
+    monkeypatch.setitem(TASK_SKILLS, "sweep", Sweep)
+    task = TaskConfig(name="sweep", env="tabletop", instruction="sweep the table")
+    assert [s.chunks for s in make_planner(PlannerConfig(), task).plan("sweep", {}).subgoals] == [2, 2]
+    for change, said in [({"steps": [16]}, "Sweep.estimate_steps gave 1 step counts for 2 skills"),
+                         ({"sequence": ["move the gripper left", "move the griper right"]},
+                          "Sweep.decompose returned 'move the griper right', which is not one of its skills"),
+                         ({"sequence": []}, "Sweep.decompose returned no skills for this scene")]:
+        monkeypatch.setattr(Sweep, next(iter(change)), next(iter(change.values())))
+        with pytest.raises(ValueError, match=f"^task 'sweep': {re.escape(said)}"):
+            make_planner(PlannerConfig(), task).plan("sweep", {})
+        monkeypatch.undo()
+        monkeypatch.setitem(TASK_SKILLS, "sweep", Sweep)
 
 
 @pytest.mark.parametrize("preset", ["offline", "llm"])

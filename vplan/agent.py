@@ -223,6 +223,8 @@ class VideoPlanningAgent:
         start = time.perf_counter()
         if plan is None:
             plan = self.planner.plan(instruction, info, first_frame=frame)
+        else:
+            _warn_of_unknown_texts(plan, self.planner, info)
         self.timings["planning"] += time.perf_counter() - start
         if self.config.max_extra_chunks > 0:  # the checks read info at a subgoal's end: a key it lacks, found now
             for subgoal in plan.subgoals:
@@ -555,6 +557,21 @@ class VideoPlanningAgent:
         self._chunks_made += 1
         self._chunk = chunk
         return chunk
+
+
+def _warn_of_unknown_texts(plan: Plan, planner: Planner, info: Mapping[str, Any]) -> None:
+    """A VplanWarning where a plan the caller wrote names a subgoal that is not one of the task's skills: the
+    world model would imagine under a text no episode of the task was labelled with (a typo, say). Silent where
+    the skills cannot be read off this `info` (the plan may be meant for another scene)."""
+    try:
+        known = [skill.text for skill in planner.task_skills.skills(info)]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return
+    unknown = [subgoal.text for subgoal in plan.subgoals if subgoal.text not in known]
+    if unknown:
+        warnings.warn(f"plan: {unknown[0]!r} is not one of task {planner.task_config.name!r}'s skills {known}, the "
+                      "texts its episodes are labelled with; the world model may draw nothing sensible for it",
+                      VplanWarning, stacklevel=3)
 
 
 def warn_if_chunk_frames_ignored(planner: PlannerConfig, frames: int) -> None:

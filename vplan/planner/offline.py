@@ -39,7 +39,10 @@ class Planner:
         446 subgoals and one more for 34, never fewer; a plan spans ~24 chunks where the expert's whole episode
         is ~17 (each subgoal rounds up to whole chunks). `chunk_offset` shifts every estimate (at least 1 chunk).
         """
-        steps = self.task_skills.estimate_steps(sequence, info)
+        steps = list(self.task_skills.estimate_steps(sequence, info))
+        if len(steps) != len(sequence):  # zip below would drop the subgoals past the shorter
+            raise ValueError(f"task {self.task_config.name!r}: {type(self.task_skills).__name__}.estimate_steps gave "
+                             f"{len(steps)} step counts for {len(sequence)} skills; expected one per skill")
         cap, offset = self.config.max_chunks_per_subgoal, self.config.chunk_offset
         needed = [max(1, math.ceil(n / self.config.chunk_frames) + offset) for n in steps]
         capped = [(skill.text, n) for skill, n in zip(sequence, needed) if n > cap]
@@ -60,5 +63,15 @@ class OfflinePlanner(Planner):
 
     def plan(self, instruction: str, info: Mapping[str, Any], first_frame: np.ndarray | None = None) -> Plan:
         del first_frame
-        subgoals = self.to_subgoals(self.task_skills.decompose(info), info)
+        sequence, library = self.task_skills.decompose(info), type(self.task_skills).__name__
+        if not sequence:
+            raise ValueError(f"task {self.task_config.name!r}: {library}.decompose returned no skills for this "
+                             "scene; expected at least one")
+        known = [skill.text for skill in self.task_skills.skills(info)]
+        unknown = [skill.text for skill in sequence if skill.text not in known]
+        if unknown:  # a typo would be imagined under a text no episode was labelled with, unsaid
+            raise ValueError(f"task {self.task_config.name!r}: {library}.decompose returned {unknown[0]!r}, which is "
+                             f"not one of its skills {known}; decompose from the skills (their texts are the labels "
+                             "the world model learned)")
+        subgoals = self.to_subgoals(sequence, info)
         return Plan(tuple(subgoals), source="offline", instruction=instruction)
