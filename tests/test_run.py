@@ -524,6 +524,8 @@ def test_a_run_stopped_in_its_first_episode_resumes_only_with_the_checkpoints_it
         with pytest.raises(SystemExit):
             main(run_args((worldmodel, idm), out, "episodes=1", "memory=none", "video=false"))
     assert calls and json.loads((out / "metrics.json").read_text())["episodes_done"] == 0
+    # said how to go on: the same command without resume=true is refused, the folder holding the run's settings
+    assert f"to run its 1 episode(s): the same command with resume=true out={out}" in capsys.readouterr().out
     (worldmodel / "notes.txt").write_text("retrained")  # the checkpoint's files change before the resume
     with pytest.raises(SystemExit) as exit_info:
         main(run_args((worldmodel, idm), out, "episodes=1", "memory=none", "video=false", "resume=true"))

@@ -290,8 +290,10 @@ def summarize(
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     done = metrics["episodes_done"]
-    if not done:
+    if not done:  # a rerun without resume=true is refused: the folder holds this run's settings
         print(f"no episode finished; run directory: {out}")
+        print(f"to run its {metrics['episodes_requested']} episode(s): the same command with resume=true out={out} "
+              "(and without overwrite=true)")
         return
     seeds = metrics["seeds"]
     successes = sum(r["success"] for r in metrics["episodes"])
