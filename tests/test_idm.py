@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -147,6 +148,35 @@ def test_an_idm_on_the_expert_alone_warns(tiny_dataset: Path, tmp_path: Path) ->
         with warnings.catch_warnings():
             warnings.simplefilter("error", VplanWarning)
             train_on(data)
+
+
+def test_a_grip_learned_from_a_value_that_is_no_grip_is_warned_of(tiny_dataset: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """An env of one's own whose last action value is a motion axis (here always 0) trained with the default
+    binary_gripper=true: learned as ±1 and then sent so, with a "grip accuracy" of 100% (helper-202). The tabletop's
+    own grips (the test above, in error mode) are not warned of."""
+    import vplan.loop.idm as idm_training
+    from vplan.errors import VplanWarning
+
+    load = idm_training.load_episodes
+
+    def without_grip(*args, **kwargs):
+        episodes = load(*args, **kwargs)
+        for episode in episodes:
+            episode.actions[:, -1] = 0.0
+        return episodes
+
+    monkeypatch.setattr(idm_training, "load_episodes", without_grip)
+    optim = OptimConfig(steps=1, batch_size=4, save_every=1, warmup_steps=1)
+    for binary, warned in ((True, 1), (False, 0)):
+        idm = IDMConfig(**{**IDMConfig.tiny().to_dict(), "binary_gripper": binary})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_component(TrainConfig(component=IDMTrainConfig(idm=idm, vae=None, optim=optim),
+                                        data=str(tiny_dataset), out=str(tmp_path / str(binary)), holdout_episodes=0))
+        said = [w for w in caught if issubclass(w.category, VplanWarning) and "binary_gripper=true learns" in str(
+            w.message)]
+        assert len(said) == warned and all("binary_gripper=false" in str(w.message) for w in said)
 
 
 def test_a_resume_past_its_steps_and_a_missing_vae_are_refused_before_the_data_is_read(

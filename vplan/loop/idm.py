@@ -25,6 +25,7 @@ or `noise_std=`) only holds the expert's actions in the expert's states; collect
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ import torch
 
 from vplan.constants import OBS_IMAGE_FRONT
 from vplan.envs.discrete_moves import NUM_MOVES
-from vplan.errors import UsageError
+from vplan.errors import UsageError, VplanWarning
 from vplan.loop.config import LABELS, IDMTrainConfig
 from vplan.loop.trainer import FINAL, is_main_process, main_process_first, train
 from vplan.policies.config import IDMConfig
@@ -203,6 +204,17 @@ def evaluate(policy: IDMPolicy, episodes: list[Episode], baseline: torch.Tensor,
     return error_report(torch.cat(predicted), torch.cat(targets), baseline, policy.config.binary_gripper)
 
 
+def warn_if_no_grip(actions: torch.Tensor) -> None:
+    """A VplanWarning where the last action value, which `binary_gripper` learns as a grip command (±1), lies
+    mostly near 0 in the training episodes: an env of one's own whose last value is a motion axis would have it
+    learned as ±1 and then sent so (its "grip accuracy" is no warning: an unused axis scores 100%)."""
+    if len(actions) and float(actions[:, -1].abs().median()) < 0.5:
+        warnings.warn(f"component.idm.binary_gripper=true learns the last action value as a grip command (±1, > 0 "
+                      f"closes), and in the training episodes it lies mostly near 0 (median |value| "
+                      f"{float(actions[:, -1].abs().median()):.2g}); if it is not a grip, set "
+                      "component.idm.binary_gripper=false", VplanWarning, stacklevel=2)
+
+
 def baseline_action(actions: torch.Tensor, discrete: bool) -> torch.Tensor:
     """The baseline's constant prediction from the training actions: the mean action, or the commonest move."""
     return actions.reshape(-1).long().mode().values if discrete else actions.mean(0)
@@ -260,6 +272,8 @@ def train_idm(
     test = load_episodes(dataset, held_out, config.idm, vae, reconstruct, config.label)
     if held_out and not any(len(episode.frames) >= 2 for episode in test):  # before training, not after its minutes
         raise UsageError("no held-out episode has two frames; collect longer episodes (or holdout_episodes=0)")
+    if config.idm.binary_gripper:
+        warn_if_no_grip(torch.cat([episode.actions for episode in episodes]))
     training = IDMTraining(config, episodes)
     train(training, config.optim, out, "train idm")
     final = out / FINAL
