@@ -667,6 +667,10 @@ def test_a_moves_idm_is_a_classifier_trained_on_the_dataset_moves(moves_dataset:
     ("changes", "expected"),
     [
         ({"label": "applied"}, "component.label=commanded"),  # the blockworld reports no applied action
+        # both said at once, at the tabletop's defaults (it took two refusals; "collect it again" cannot help)
+        ({"label": "applied", "num_moves": 0}, "holds moves and no 'action.applied' feature (an env of moves, like "
+                                               "the blockworld, reports no applied action); train on the recorded "
+                                               "moves: component.label=commanded component.idm.num_moves=5"),
         ({"num_moves": 0}, "component.idm.num_moves=N"),
         ({"num_moves": 3}, "set component.idm.num_moves"),  # the expert also jumps (move 4)
         # within the moves seen, but not the env's: refused only when the IDM met the env (helper-190)

@@ -112,11 +112,15 @@ def check_fits(dataset: Any, config: IDMTrainConfig, vae: Any | None) -> None:
     if key not in features and config.label == "commanded":
         raise UsageError(f"{dataset.root} has no {key!r} feature, so nothing to learn actions from; collect a "
                          "dataset with `vplan collect`")
+    if key not in features and features.get(LABELS["commanded"], {}).get("dtype", "").startswith("int"):
+        moves = "" if idm.discrete else f" component.idm.num_moves={NUM_MOVES if dataset.env else 'N'}"
+        raise UsageError(f"{dataset.root} holds moves and no {key!r} feature (an env of moves, like the blockworld, "
+                         f"reports no applied action); train on the recorded moves: component.label=commanded{moves}")
     if key not in features:
         raise UsageError(
             f"{dataset.root} has no {key!r} feature (collected before the env reported the applied action, or "
-            f"from an env that does not, like the blockworld); collect it again, or train on the recorded actions "
-            f"with component.label=commanded"
+            f"from an env that does not); collect it again, or train on the recorded actions with "
+            f"component.label=commanded"
         )
     moves = features[key]["dtype"].startswith("int")
     if moves != idm.discrete:
