@@ -184,7 +184,8 @@ def test_default_out_follows_the_task():
         # group of settings"
         (["collect", "env.imagesize=3"], "unknown key 'env.imagesize'"),
         (["collect", "env=moon"], "unknown env 'moon'; valid choices: " + ", ".join(preset_names("env"))),
-        (["collect", "task=fly"], "unknown task 'fly'; valid choices: " + ", ".join(preset_names("task"))),
+        (["collect", "task=fly"], "unknown task 'fly'; valid choices: " + ", ".join(preset_names("task"))
+         + "; a task of your own runs from Python (README: 'Your own env, task or data')"),
         (["collect", "episodes=abc"], "bad value for 'episodes'"),
         (["collect", "episodes=3", 'out="x'], "cannot read 'out=\"x' (LexerNoViableAltException"),  # which one
         (["collect", "seed=${nope}"], "seed: Interpolation key 'nope' not found"),

@@ -430,7 +430,9 @@ def compose_config(command: Command, overrides: list[str]) -> tuple[Any, dict[st
                 if override.value() not in options:
                     close = difflib.get_close_matches(str(override.value()), options, n=1)
                     raise UsageError(f"unknown {key} {override.value()!r}" + (f" (did you mean {close[0]}?)" if close
-                                     else "") + f"; valid choices: {', '.join(options)}")
+                                     else "") + f"; valid choices: {', '.join(options)}" + (
+                                     "; a task of your own runs from Python (README: 'Your own env, task or data')"
+                                     if key == "task" else ""))
                 group_overrides.append(override.input_line)
         try:
             base = compose(command.config_name, overrides=group_overrides)

@@ -393,8 +393,10 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
 
     env = dataset.env
     if env is None or f"{env}/worldmodel" not in shipped_names():
-        raise UsageError(f"{data}: its robot_type {dataset.info.get('robot_type')!r} names no env with a shipped "
-                         "world model; pass worldmodel=DIR or worldmodel=shipped:<env>/worldmodel")
+        robot_type = dataset.info.get("robot_type")
+        recorded = "records no robot_type" if robot_type is None else f"its robot_type {robot_type!r} names no env"
+        raise UsageError(f"{data}: {recorded} with a shipped world model (recorded outside vplan's envs); pass "
+                         "worldmodel=DIR or worldmodel=shipped:<env>/worldmodel")
     return shipped_checkpoint(env, "worldmodel")
 
 
