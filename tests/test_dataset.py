@@ -689,8 +689,10 @@ def test_torch_view_over_frames_and_clips(tmp_path: Path) -> None:
     assert batch[OBS_STATE].shape == (7, 4) and len(batch[SUBGOAL]) == 7
     assert ds.clips(3, stride=1) == [(0, 0), (1, 0), (1, 1)]
     assert ds.clips(4, stride=2) == [(1, 0)]
-    with pytest.raises(IndexError):
-        ds[7]
+    for outside in (7, -8):
+        with pytest.raises(IndexError, match=r"out of range \[-7, 7\)"):
+            ds[outside]
+    assert int(ds[-1][FRAME_INDEX]) == 3 and int(ds[-7][EPISODE_INDEX]) == 0  # from the end, as a list (helper-194)
     # numpy's ints are ints; a float is refused by name (it was numpy's IndexError, or a wrong slice)
     assert ds.clips(np.int64(4), np.int64(2)) == [(1, 0)] and int(ds[np.int64(4)][FRAME_INDEX]) == 1
     assert len(ds.episode(np.int64(1))[SUBGOAL]) == 4

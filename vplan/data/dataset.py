@@ -194,8 +194,10 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         index = as_index(index, "frame index")
+        if -self.num_frames <= index < 0:  # from the end, as a list counts
+            index += self.num_frames
         if not 0 <= index < self.num_frames:
-            raise IndexError(f"frame index {index} out of range [0, {self.num_frames})")
+            raise IndexError(f"frame index {index} out of range [-{self.num_frames}, {self.num_frames})")
         episode = int(np.searchsorted(self._starts, index, side="right")) - 1
         item: dict[str, torch.Tensor | str] = {
             key: torch.tensor(values[index]) for key, values in self._load_data().items()
