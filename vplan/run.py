@@ -169,7 +169,7 @@ def figures_so_far(results: list[dict[str, Any]]) -> str:
     """The finished episodes' successes and mean Dist, and the last one's wall time: a bar's postfix between
     episodes, in place of the chunk the last episode was imagining."""
     dists = [r["dist"] for r in results if r["dist"] is not None]
-    dist = f"{np.mean(dists):.3f}" if dists else "–"  # none finite yet
+    dist = f"{np.mean(dists):.3f}" if dists else "–"  # an env that reports no Dist
     return (f"success {sum(r['success'] for r in results)}/{len(results)}, Dist {dist}, "
             f"last episode {results[-1]['wall_s']:.1f} s")
 
