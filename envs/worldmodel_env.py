@@ -5,6 +5,7 @@ torch and the world model are imported when an env is made, not with `vplan.envs
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,10 @@ class WorldModelEnvConfig:
     def __post_init__(self) -> None:
         check_field_types(self)  # built in Python too (`WorldModelEnv(max_episode_steps="10")`)
         check_ints(self, ("max_episode_steps",))
+
+
+# A forked child (a worker of gymnasium's AsyncVectorEnv, forked by default on Linux) sees its parent's pid here.
+_IMPORTED_IN = os.getpid()
 
 
 class WorldModelEnv(gym.Env):
@@ -103,6 +108,10 @@ class WorldModelEnv(gym.Env):
     ) -> None:
         self.config = env_settings(WorldModelEnvConfig, config, overrides, render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
+        if os.getpid() != _IMPORTED_IN:  # torch's OpenMP pool, once the parent ran it, hangs a forked child's ops
+            import torch
+
+            torch.set_num_threads(1)  # one thread needs no pool (torch's DataLoader workers run so too)
         if model is None:
             from vplan.shipped import warn_if_trained_elsewhere
             from vplan.worldmodel.model import WorldModel

@@ -221,3 +221,34 @@ def test_the_shipped_action_model_runs_as_the_imagined_tabletop():
         assert frame.shape == (64, 64, 3) and not np.array_equal(frame, first)
     finally:
         env.close()
+
+
+FORKED_WORKERS = """
+import sys
+import gymnasium as gym, numpy as np, torch
+import vplan.envs
+from vplan.envs import WorldModelEnvConfig
+
+x = torch.randn(256, 256)
+(x @ x).sum()  # the parent runs torch's OpenMP pool before forking, as a training or an evaluation would
+config = WorldModelEnvConfig(checkpoint=sys.argv[1], max_episode_steps=3)
+envs = gym.make_vec("vplan/WorldModel-v0", num_envs=2, vectorization_mode="async",
+                    vector_kwargs={"context": "fork"}, config=config)
+envs.reset(seed=[1, 2], options={"frame": np.zeros((16, 16, 3), np.uint8)})
+envs.step(envs.action_space.sample())
+envs.close()
+print("stepped")
+"""
+
+
+def test_forked_vector_workers_imagine_after_the_parent_ran_torch(tmp_path):
+    """gymnasium's AsyncVectorEnv forks on Linux: a worker's first convolution hung for good once the parent had
+    run torch (OpenMP's pool does not survive a fork; helper-205). Each forked env now runs torch on one thread."""
+    import os
+    import subprocess
+    import sys
+
+    WorldModel(tiny_config()).save_pretrained(tmp_path / "wm")
+    done = subprocess.run([sys.executable, "-c", FORKED_WORKERS, str(tmp_path / "wm")], capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert done.returncode == 0 and done.stdout.strip() == "stepped", done.stderr[-2000:]
