@@ -1080,7 +1080,12 @@ def test_check_env_refuses_actions_of_other_bounds(world_model, idm):
     cameras = spaces.Dict({"front": spaces.Box(0, 255, (IMAGE, IMAGE, 3), np.uint8),
                            "agent_pos": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
     agent.check_env(SimpleNamespace(action_space=spaces.Box(-1.0, 1.0, (4,), np.float32), observation_space=cameras))
+    # gymnasium's ClipAction declares no bounds: the env behind it takes the IDM's units (it was refused, its
+    # advice RescaleAction, which cannot rescale infinite bounds; helper-205)
+    agent.check_env(SimpleNamespace(action_space=spaces.Box(-np.inf, np.inf, (4,), np.float32),
+                                    observation_space=cameras))
     for space, said in ((spaces.Box(-0.03, 0.03, (4,), np.float32), r"bounded by low=\[-0.03.*RescaleAction"),
+                        (spaces.Box(-np.inf, 1.0, (4,), np.float32), r"bounded by low=\[-inf"),
                         (spaces.Box(-1.0, 1.0, (7,), np.float32), r"predicts actions of shape \(4,\), the env takes "
                                                                   r"actions of shape \(7,\)"),
                         (spaces.Discrete(5), "the env takes one of 5 moves")):

@@ -36,7 +36,7 @@ def check_env_fits(env: Any, config: AgentConfig, action_space: spaces.Space, im
     """A SettingMismatchError (a UsageError and a ValueError) where `env` cannot drive an agent of these settings:
     it is a vector env (one agent per sub-env), the IDM predicts other actions than the env takes
     (`action_space`: another kind of space, their number or shape, moves not numbered from 0, or a Box bounded
-    otherwise than [-1, 1]: the IDM's units), its observations are not a dict holding the camera (a uint8 frame of
+    otherwise than [-1, 1]: the IDM's units; an unbounded one, as gymnasium's ClipAction declares, is taken), its observations are not a dict holding the camera (a uint8 frame of
     `image_size`) and, with `stall_steps`, the state key (the gripper's xyz first), or its instructions last
     another number of steps than the world model's `chunk_frames`."""
     if hasattr(env, "single_action_space"):  # gymnasium's VectorEnv: batched spaces, a batch of actions per step
@@ -48,7 +48,10 @@ def check_env_fits(env: Any, config: AgentConfig, action_space: spaces.Space, im
         raise SettingMismatchError(f"the IDM predicts {describe_action_space(ours)}, the env takes "
                                    f"{describe_action_space(theirs)}; pass worldmodel=DIR and idm=DIR trained on "
                                    "this env's episodes")
-    if isinstance(ours, spaces.Box) and not (np.all(theirs.low == ours.low) and np.all(theirs.high == ours.high)):
+    unbounded = np.all(np.isneginf(theirs.low)) and np.all(np.isposinf(theirs.high)) if isinstance(
+        theirs, spaces.Box) else False  # gymnasium's ClipAction declares so: no other units, [-1, 1] taken as is
+    if isinstance(ours, spaces.Box) and not unbounded and not (
+            np.all(theirs.low == ours.low) and np.all(theirs.high == ours.high)):
         raise SettingMismatchError(
             f"the IDM's actions lie in [-1, 1] in each dimension (its env's units, e.g. the tabletop's max_delta "
             f"per step and the grip's sign), the env's action space is bounded by low={_numbers(theirs.low)} "
