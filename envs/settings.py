@@ -47,16 +47,22 @@ def env_settings(
     render_mode: str | None,
     render_modes: list[str],
 ) -> Config:
-    """`config` (or `config_class()`) with `overrides` applied, after refusing unknown override names and a
-    render mode the env does not have, so `gymnasium.make(id, num_cubes=2)` and a typo fail the same clear way."""
+    """`config` (or `config_class()`; a dict of its fields, as a spec read back from JSON holds it) with `overrides`
+    applied, after refusing unknown override names and a render mode the env does not have, so
+    `gymnasium.make(id, num_cubes=2)` and a typo fail the same clear way."""
     name = config_class.__name__
     unknown = set(overrides) - {f.name for f in fields(config_class)}
     if unknown:
         raise ValueError(f"expected {name} fields as overrides, got unknown {sorted(unknown)}")
     if render_mode not in (None, *render_modes):
         raise ValueError(f"render_mode: expected one of {render_modes} or None, got {render_mode!r}")
+    if isinstance(config, dict):  # a spec read back from JSON (EnvSpec.to_json writes the dataclass as a dict)
+        unknown = set(config) - {f.name for f in fields(config_class)}
+        if unknown:
+            raise ValueError(f"config: expected {name} fields, got unknown {sorted(unknown)}")
+        config = config_class(**config)
     if config is not None and not isinstance(config, config_class):
-        raise ValueError(f"config: expected a {name}, got {type(config).__name__}")
+        raise ValueError(f"config: expected a {name} (or a dict of its fields), got {type(config).__name__}")
     config = config if config is not None else config_class()
     return replace(config, **overrides) if overrides else config
 

@@ -212,9 +212,25 @@ def test_bad_actions_options_and_order_are_refused_naming_what_is_wrong():
             env.step(np.array(action, np.float32))
     _, _, _, _, after = env.step(np.zeros(4, np.float32))  # nothing of the refused actions reached the scene
     assert np.allclose(after["cube_poses"], info["cube_poses"], atol=1e-3) and after["dist"] < 1e-3
-    with pytest.raises(ValueError, match="config: expected a TabletopConfig, got dict"):
-        TabletopEnv(config={"image_size": SIZE})
+    with pytest.raises(ValueError, match="config: expected a TabletopConfig \\(or a dict of its fields\\), got list"):
+        TabletopEnv(config=[SIZE])
+    with pytest.raises(ValueError, match=r"config: expected TabletopConfig fields, got unknown \['imagesize'\]"):
+        TabletopEnv(config={"imagesize": SIZE})
     env.close()
+
+
+def test_a_spec_written_as_json_makes_the_same_env():
+    """EnvSpec.to_json writes the config as a dict, which was refused, so a spec read back (Minari keeps one with
+    its datasets) could not make the env (helper-205)."""
+    from gymnasium.envs.registration import EnvSpec
+
+    env = make_env(TabletopConfig(image_size=SIZE, max_episode_steps=7))
+    again = gym.make(EnvSpec.from_json(env.spec.to_json()))
+    assert again.unwrapped.config == env.unwrapped.config
+    first, _ = env.reset(seed=3)
+    assert np.array_equal(again.reset(seed=3)[0]["front"], first["front"])
+    env.close()
+    again.close()
 
 
 def test_make_env_applies_the_config():
