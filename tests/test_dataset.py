@@ -271,6 +271,8 @@ def test_bad_episodes_are_rejected_before_writing(tmp_path: Path) -> None:
             writer.add_episode(
                 {**data, OBS_IMAGE_FRONT: data[OBS_IMAGE_FRONT].astype(np.float32)}, subgoals, extra
             )
+        with pytest.raises(ValueError, match=f"expected {SUCCESS} castable to bool, got float64"):  # never 0.7 -> 0
+            writer.add_episode({**data, SUCCESS: np.full(len(subgoals), 0.7)}, subgoals, extra)
         with pytest.raises(ValueError, match="extra"):
             writer.add_episode(data, subgoals, {**extra, "seed": "zero"})
         for column in ("length", "dataset_from_index", "dataset_to_index", "videos/x/chunk_index"):
