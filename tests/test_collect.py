@@ -301,6 +301,8 @@ def test_a_step_whose_info_breaks_the_contract_is_refused_at_the_step(tmp_path):
     features = dataset_features(env, listed)
     recorder = EpisodeRecorder()
     recorder.add(obs, listed, action, "reach", reward, {**next_info, "environment_state": [0.0] * 9}, True)
+    # the row of step t holds the state the action was taken in, not the one it led to (helper-204's mutation)
+    assert np.array_equal(recorder.frames()[OBS_ENV_STATE][0], info["environment_state"])
     with EpisodeWriter.create_or_resume(tmp_path / "d", fps=10, features=features) as writer:
         writer.add_episode(recorder.frames(), recorder.subgoals)
     assert writer.num_frames == 1

@@ -425,6 +425,18 @@ def test_snapshot_and_restore_continue_exactly() -> None:
     memory.reset()
     memory.restore(snapshot)  # a snapshot outlives a reset
     assert memory.active
+    # with replay_first, the episode's first sequence is the snapshot's too, not that of the episode under way
+    replaying = make_memory(lora(replay_first=True), tiny_model())
+    replaying.update(latents(CHUNK), latents(CHUNK, seed=2))
+    snapshot_with_first = replaying.snapshot()
+    replaying.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+    after = replaying.state_dict()
+    replaying.reset()
+    replaying.update(latents(CHUNK, seed=7), latents(CHUNK, seed=8))  # another episode's first sequence
+    replaying.restore(snapshot_with_first)
+    replaying.update(latents(CHUNK, seed=2), latents(CHUNK, seed=3))
+    for name, tensor in replaying.state_dict().items():
+        assert torch.equal(tensor, after[name]), name
     with pytest.raises(ValueError, match="expected a MemorySnapshot of kind 'temp_lora', got 'none'"):
         memory.restore(make_memory(MemoryConfig(kind="none"), model).snapshot())
     other_rank = make_memory(lora(rank=2), tiny_model()).snapshot()
@@ -454,6 +466,28 @@ def test_overlapped_update_equals_the_synchronous_one() -> None:
     assert {t.name.startswith("vplan-memory-temp_lora") for t in threads} == {True, False}  # updates on the worker
     for name, tensor in sync.state_dict().items():
         assert torch.equal(tensor, overlapped.state_dict()[name]), name
+
+
+def test_update_async_learns_from_its_inputs_as_they_were_when_called(monkeypatch) -> None:
+    """"The inputs are copied, so the caller may reuse them": a caller that fills its buffers again while the
+    worker trains must not change what the update learns (no test changed them; helper-204)."""
+    sync, overlapped = make_memory(lora(), tiny_model()), make_memory(lora(), tiny_model())
+    previous, new = latents(CHUNK), latents(CHUNK, seed=2)
+    sync.update(previous, new)
+    update, go = overlapped._update, threading.Event()
+
+    def after_the_caller_moved_on(*args):
+        go.wait(timeout=30)
+        return update(*args)
+
+    monkeypatch.setattr(overlapped, "_update", after_the_caller_moved_on)
+    overlapped.update_async(previous, new)
+    previous.zero_(), new.zero_()  # the caller reuses its buffers
+    go.set()
+    overlapped.wait()
+    for name, tensor in sync.state_dict().items():
+        assert torch.equal(tensor, overlapped.state_dict()[name]), name
+    overlapped.close()
 
 
 def test_an_error_in_the_worker_is_raised_by_wait(monkeypatch) -> None:
