@@ -156,6 +156,12 @@ def test_info_json_has_v30_fields_and_paths_resolve(tmp_path: Path) -> None:
         assert (root / f"meta/episodes/chunk-{chunk:03d}/file-{file:03d}.parquet").is_file()
         assert meta[f"videos/{OBS_IMAGE_FRONT}/from_timestamp"] == 0.0
         assert meta[f"videos/{OBS_IMAGE_FRONT}/to_timestamp"] == pytest.approx(meta["length"] / FPS)
+    # LeRobot's own datasets hold many episodes per video: an episode starting at frame k is at k / fps seconds,
+    # which floats can put just below k (123 / 30 * 30 = 122.99...): the first frame is the nearest (helper-204)
+    probe = EpisodeDataset(root)
+    for fps, k in ((30, 123), (15, 245), (50, 29)):
+        probe.info["fps"], probe._rows[0] = fps, {**probe._rows[0], f"videos/{OBS_IMAGE_FRONT}/from_timestamp": k / fps}
+        assert probe._video_span(OBS_IMAGE_FRONT, 0)[1] == k
 
     tasks = pq.read_table(root / "meta/tasks.parquet")
     assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
