@@ -801,12 +801,14 @@ def test_schema_violations_fall_back(endpoint, make_llm, reply: Any, message: st
 
 def test_a_reply_at_the_bounds_is_taken() -> None:
     """The bounds above refuse one subgoal more, or one character more, than allowed; exactly that many pass."""
-    from vplan.planner.llm import parse_reply
+    from vplan.planner.llm import InvalidReplyError, parse_reply
 
     config = LLMPlannerConfig(api_key="k")
     assert parse_reply(json.dumps({"subgoals": [{"text": "pick up the red cube"}] * 32}), config) == [
         "pick up the red cube"] * 32
     assert parse_reply(json.dumps({"subgoals": [{"text": "a" * 120}]}), config) == ["a" * 120]
+    with pytest.raises(InvalidReplyError, match="121 characters, more than 120"):  # the bound itself (helper-204)
+        parse_reply(json.dumps({"subgoals": [{"text": "a" * 121}]}), config)
 
 
 @pytest.mark.parametrize(
