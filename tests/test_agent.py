@@ -214,6 +214,13 @@ def test_a_plan_the_caller_wrote_with_a_text_of_no_skill_is_warned_of(world_mode
         warnings.simplefilter("error", VplanWarning)
         agent.reset("move the cubes", obs, info, plan=Plan((Subgoal(TEXTS[1], 1),), source="offline"))
         agent.reset("move the cubes", obs, {}, plan=typo)  # no scene facts to read the skills off: silent
+        from types import SimpleNamespace
+
+        from vplan.agent import _warn_of_unknown_texts
+        from vplan.planner import TaskSkills
+
+        no_skills = SimpleNamespace(task_skills=TaskSkills(), task_config=None)  # a task of one's own without skills()
+        _warn_of_unknown_texts(typo, no_skills, info)  # silent: it stopped reset with NotImplementedError (helper-206)
     agent.close()
 
 
@@ -1080,12 +1087,23 @@ def test_check_env_refuses_actions_of_other_bounds(world_model, idm):
     cameras = spaces.Dict({"front": spaces.Box(0, 255, (IMAGE, IMAGE, 3), np.uint8),
                            "agent_pos": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
     agent.check_env(SimpleNamespace(action_space=spaces.Box(-1.0, 1.0, (4,), np.float32), observation_space=cameras))
-    # gymnasium's ClipAction declares no bounds: the env behind it takes the IDM's units (it was refused, its
-    # advice RescaleAction, which cannot rescale infinite bounds; helper-205)
-    agent.check_env(SimpleNamespace(action_space=spaces.Box(-np.inf, np.inf, (4,), np.float32),
-                                    observation_space=cameras))
+    # gymnasium's ClipAction declares no bounds: the env's own say what an action means (a ClipAction over the
+    # tabletop was refused, its advice RescaleAction, which cannot rescale infinite bounds; helper-205), so one over
+    # an env of other units is refused still (helper-206)
+    import gymnasium as gym
+
+    class Bounded(gym.Env):
+        observation_space = cameras
+
+        def __init__(self, bound: float) -> None:
+            self.action_space = spaces.Box(-bound, bound, (4,), np.float32)
+
+    agent.check_env(gym.wrappers.ClipAction(Bounded(1.0)))
+    with pytest.raises(SettingMismatchError, match=r"bounded by low=\[-0.03"):
+        agent.check_env(gym.wrappers.ClipAction(Bounded(0.03)))
     for space, said in ((spaces.Box(-0.03, 0.03, (4,), np.float32), r"bounded by low=\[-0.03.*RescaleAction"),
                         (spaces.Box(-np.inf, 1.0, (4,), np.float32), r"bounded by low=\[-inf"),
+                        (spaces.Box(-np.inf, np.inf, (4,), np.float32), r"bounded by low=\[-inf"),  # an env's own
                         (spaces.Box(-1.0, 1.0, (7,), np.float32), r"predicts actions of shape \(4,\), the env takes "
                                                                   r"actions of shape \(7,\)"),
                         (spaces.Discrete(5), "the env takes one of 5 moves")):

@@ -291,9 +291,9 @@ def test_a_step_whose_info_breaks_the_contract_is_refused_at_the_step(tmp_path):
     action = np.zeros(4, np.float32)
     next_obs, reward, _, _, next_info = env.step(action)
     bare = {k: v for k, v in info.items() if k != "applied_action"}
-    for before, after, said in [(bare, next_info, "in step()'s info but not in reset()'s"),
+    for before, after, said in [(bare, next_info, "is in step()'s info but not in the info before this step"),
                                 (info, {k: v for k, v in next_info.items() if k != "applied_action"},
-                                 "in reset()'s info but not in step()'s"),
+                                 "is in the info before this step (reset()'s or the last step's) but not in step()'s"),
                                 (info, {k: v for k, v in next_info.items() if k != "success"}, "expected 'success'")]:
         with pytest.raises(ValueError, match=re.escape(said)):
             EpisodeRecorder().add(obs, before, action, "reach", reward, after, False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -469,9 +470,12 @@ def test_without_worldmodel_the_datasets_envs_shipped_model_is_taken(setup, tmp_
     shutil.copytree(data, other)
     info = json.loads((other / "meta" / "info.json").read_text())
     for robot_type, expected in (("vplan_blockworld", "worldmodel=shipped:blockworld/worldmodel is for 64x64"),
-                                 ("so100", "robot_type 'so100' names no env with a shipped world model")):
+                                 ("vplan_rlbench", "robot_type 'vplan_rlbench' names no env with a shipped world "
+                                                   "model; pass worldmodel=DIR"),
+                                 ("so100", "robot_type 'so100' (recorded outside vplan's envs) names no env with a "
+                                           "shipped world model")):  # the last: the dataset of no vplan env below
         (other / "meta" / "info.json").write_text(json.dumps({**info, "robot_type": robot_type}))
-        with pytest.raises(UsageError, match=expected):
+        with pytest.raises(UsageError, match=re.escape(expected)):
             finetune(config(other, None, tmp_path / robot_type))
     # with worldmodel= given, a dataset of no vplan env finetunes it, and the result keeps the base model's env
     base = tmp_path / "base"

@@ -298,6 +298,8 @@ def test_a_task_of_ones_own_whose_methods_disagree_is_refused_naming_the_method(
             make_planner(PlannerConfig(), task).plan("sweep", {})
         monkeypatch.undo()
         monkeypatch.setitem(TASK_SKILLS, "sweep", Sweep)
+    monkeypatch.delattr(Sweep, "skills")  # skills() is the LLM planner's; offline, a task plans without (helper-206)
+    assert [s.text for s in make_planner(PlannerConfig(), task).plan("sweep", {}).subgoals] == Sweep.sequence
 
 
 @pytest.mark.parametrize("preset", ["offline", "llm"])

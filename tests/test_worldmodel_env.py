@@ -3,6 +3,7 @@ truncation, and batched rollouts that agree with single ones."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import replace
@@ -245,10 +246,17 @@ def test_forked_vector_workers_imagine_after_the_parent_ran_torch(tmp_path):
     """gymnasium's AsyncVectorEnv forks on Linux: a worker's first convolution hung for good once the parent had
     run torch (OpenMP's pool does not survive a fork; helper-205). Each forked env now runs torch on one thread."""
     import os
+    import signal
     import subprocess
     import sys
 
     WorldModel(tiny_config()).save_pretrained(tmp_path / "wm")
-    done = subprocess.run([sys.executable, "-c", FORKED_WORKERS, str(tmp_path / "wm")], capture_output=True,
-                          text=True, timeout=240, env={**os.environ, "MUJOCO_GL": "egl"})
-    assert done.returncode == 0 and done.stdout.strip() == "stepped", done.stderr[-2000:]
+    process = subprocess.Popen([sys.executable, "-c", FORKED_WORKERS, str(tmp_path / "wm")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "MUJOCO_GL": "egl"},
+                               start_new_session=True)  # its own group: a hang takes its workers down with it
+    try:
+        out, err = process.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0 and out.strip() == "stepped", err[-2000:]

@@ -565,7 +565,7 @@ def _warn_of_unknown_texts(plan: Plan, planner: Planner, info: Mapping[str, Any]
     the skills cannot be read off this `info` (the plan may be meant for another scene)."""
     try:
         known = [skill.text for skill in planner.task_skills.skills(info)]
-    except (AttributeError, KeyError, TypeError, ValueError):
+    except (AttributeError, KeyError, NotImplementedError, TypeError, ValueError):  # no skills() of a task of one's own
         return
     unknown = [subgoal.text for subgoal in plan.subgoals if subgoal.text not in known]
     if unknown:

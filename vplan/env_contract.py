@@ -36,7 +36,8 @@ def check_env_fits(env: Any, config: AgentConfig, action_space: spaces.Space, im
     """A SettingMismatchError (a UsageError and a ValueError) where `env` cannot drive an agent of these settings:
     it is a vector env (one agent per sub-env), the IDM predicts other actions than the env takes
     (`action_space`: another kind of space, their number or shape, moves not numbered from 0, or a Box bounded
-    otherwise than [-1, 1]: the IDM's units; an unbounded one, as gymnasium's ClipAction declares, is taken), its observations are not a dict holding the camera (a uint8 frame of
+    otherwise than [-1, 1]: the IDM's units; behind a wrapper declaring none, as gymnasium's ClipAction does, the
+    unwrapped env's bounds), its observations are not a dict holding the camera (a uint8 frame of
     `image_size`) and, with `stall_steps`, the state key (the gripper's xyz first), or its instructions last
     another number of steps than the world model's `chunk_frames`."""
     if hasattr(env, "single_action_space"):  # gymnasium's VectorEnv: batched spaces, a batch of actions per step
@@ -48,10 +49,10 @@ def check_env_fits(env: Any, config: AgentConfig, action_space: spaces.Space, im
         raise SettingMismatchError(f"the IDM predicts {describe_action_space(ours)}, the env takes "
                                    f"{describe_action_space(theirs)}; pass worldmodel=DIR and idm=DIR trained on "
                                    "this env's episodes")
-    unbounded = np.all(np.isneginf(theirs.low)) and np.all(np.isposinf(theirs.high)) if isinstance(
-        theirs, spaces.Box) else False  # gymnasium's ClipAction declares so: no other units, [-1, 1] taken as is
-    if isinstance(ours, spaces.Box) and not unbounded and not (
-            np.all(theirs.low == ours.low) and np.all(theirs.high == ours.high)):
+    inner = getattr(getattr(env, "unwrapped", env), "action_space", theirs)
+    if _unbounded(theirs) and isinstance(inner, spaces.Box) and inner.shape == theirs.shape:
+        theirs = inner  # gymnasium's ClipAction declares no bounds: the env's own say what an action means
+    if isinstance(ours, spaces.Box) and not (np.all(theirs.low == ours.low) and np.all(theirs.high == ours.high)):
         raise SettingMismatchError(
             f"the IDM's actions lie in [-1, 1] in each dimension (its env's units, e.g. the tabletop's max_delta "
             f"per step and the grip's sign), the env's action space is bounded by low={_numbers(theirs.low)} "
@@ -187,3 +188,8 @@ def frame_mismatch(shape: tuple[int, ...], dtype: Any, size: int) -> str:
 def _numbers(values: np.ndarray) -> str:
     """An array's numbers as a short list ([-0.03, ...], not float32's -0.029999999329447746)."""
     return "[" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + "]"
+
+
+def _unbounded(space: Any) -> bool:
+    """Whether `space` is a Box with no bound at all (what gymnasium's ClipAction declares)."""
+    return isinstance(space, spaces.Box) and bool(np.all(np.isneginf(space.low)) and np.all(np.isposinf(space.high)))

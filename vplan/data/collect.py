@@ -120,9 +120,10 @@ class EpisodeRecorder:
         if "success" not in next_info:
             raise ValueError(f"info: expected 'success' (a bool) in step()'s info, got the keys {sorted(next_info)}")
         if ("applied_action" in info) != ("applied_action" in next_info):  # the features come from reset()'s
-            raise ValueError("info: 'applied_action' is in " + ("reset()'s" if "applied_action" in info else
-                             "step()'s") + " info but not in " + ("step()'s" if "applied_action" in info else
-                             "reset()'s") + "; give it in both (zeros at reset: nothing applied yet), or in neither")
+            before = "the info before this step (reset()'s or the last step's)"
+            raise ValueError("info: 'applied_action' is in " + (before if "applied_action" in info else
+                             "step()'s info") + " but not in " + ("step()'s" if "applied_action" in info else before)
+                             + "; give it in every info, reset()'s too (zeros: nothing applied yet), or in none")
         frame = {IMAGE_FEATURE.format(camera=k): v for k, v in obs.items() if k != "agent_pos"}
         frame[OBS_STATE] = obs["agent_pos"]
         frame[OBS_ENV_STATE] = info["environment_state"]

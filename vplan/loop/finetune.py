@@ -394,9 +394,11 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
     env = dataset.env
     if env is None or f"{env}/worldmodel" not in shipped_names():
         robot_type = dataset.info.get("robot_type")
-        recorded = "records no robot_type" if robot_type is None else f"its robot_type {robot_type!r} names no env"
-        raise UsageError(f"{data}: {recorded} with a shipped world model (recorded outside vplan's envs); pass "
-                         "worldmodel=DIR or worldmodel=shipped:<env>/worldmodel")
+        recorded = ("records no robot_type (recorded outside vplan's envs), so it names no env" if robot_type is None
+                    else f"its robot_type {robot_type!r} names no env" if env is not None
+                    else f"its robot_type {robot_type!r} (recorded outside vplan's envs) names no env")
+        raise UsageError(f"{data}: {recorded} with a shipped world model; pass worldmodel=DIR or "
+                         "worldmodel=shipped:<env>/worldmodel")
     return shipped_checkpoint(env, "worldmodel")
 
 
