@@ -975,6 +975,19 @@ def test_http_500_retries_a_bounded_number_of_times_then_falls_back(endpoint, ma
     assert_key_never_logged(logs)
 
 
+def test_with_fallback_false_a_failed_plan_stops_the_command_saying_why(endpoint, make_llm, logs) -> None:
+    """A researcher comparing LLM plans wants no offline plan mixed in unseen: planner.llm.fallback=false."""
+    from vplan.errors import RunError
+
+    endpoint.reply = lambda body: (500, {"error": {"message": "the model is overloaded"}}, 0.0)
+    with pytest.raises(RunError, match=r"^LLM planner \(.*\): .*500.*; planner.llm.fallback=false stops here"):
+        make_llm(max_retries=0, fallback=False).plan("move the cubes", KNOWN_INFO)
+    assert_key_never_logged(logs)
+    offline = make_planner(PlannerConfig(), TASK).plan(TASK.instruction, KNOWN_INFO)
+    endpoint.reply = lambda body: (200, plan_reply(offline.texts), 0.0)  # a good plan is taken as by default
+    assert make_llm(fallback=False).plan(TASK.instruction, KNOWN_INFO).subgoals == offline.subgoals
+
+
 def test_timeout_falls_back(endpoint, make_llm, logs) -> None:
     import openai  # noqa: F401  (imported lazily by the planner: ~1.5 s the clock below would count)
 

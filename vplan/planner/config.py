@@ -51,6 +51,11 @@ class LLMPlannerConfig(ChatEndpointConfig):
         default=None,
         metadata={"help": "Local all-MiniLM-L6-v2 directory for grounding; None: the installed package's files."},
     )
+    fallback: bool = field(
+        default=True,
+        metadata={"help": "On a failed request or a reply refused, plan offline with a warning; false: stop the "
+                  "command (exit 1) instead, so that no figure mixes offline plans in."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -6,7 +6,8 @@ it is parsed as JSON, validated against the schema by hand (exact keys, types, a
 bounded texts), and every subgoal is grounded to a skill the world model was trained on
 (vplan/planner/grounding.py), whose own text replaces the reply's. Any failure — network, HTTP status,
 timeout, malformed or invalid reply, an unknown skill — gives the offline plan instead, marked
-`source="fallback"` with the reason in `Plan.note`, and a `PlannerFallbackWarning`.
+`source="fallback"` with the reason in `Plan.note`, and a `PlannerFallbackWarning` (with `fallback=false`, a
+`RunError` saying why).
 
 The API key comes from the config or the environment variable `api_key_env`; it is not in the config's repr,
 and it is scrubbed from every message this module emits.
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vplan.chat import ChatEndpoint, ChatRequestError, image_part, short
-from vplan.errors import PlannerFallbackWarning, VplanWarning
+from vplan.errors import PlannerFallbackWarning, RunError, VplanWarning
 from vplan.planner.config import LLM_ENDPOINT, LLMPlannerConfig, PlannerConfig
 from vplan.planner.grounding import GroundingError, SkillGrounder
 from vplan.planner.offline import OfflinePlanner, Planner
@@ -195,6 +196,9 @@ class LLMPlanner(Planner):
             self.task_skills.check_order([skill for skill, _ in grounded])
         except (ChatRequestError, InvalidReplyError, GroundingError, SkillOrderError) as error:
             reason = self.endpoint.scrub(" ".join(str(error).split()))[:500]  # a failed request's advice at its end
+            if not self.llm.fallback:
+                raise RunError(f"LLM planner ({self.llm.model}): {reason.rstrip('.')}; planner.llm.fallback=false "
+                               "stops here (true plans offline instead)") from None
             warnings.warn(
                 f"LLM planner ({self.llm.model}): {reason.rstrip('.')}; using the offline plan", PlannerFallbackWarning,
                 stacklevel=2,
