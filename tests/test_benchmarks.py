@@ -32,6 +32,21 @@ def tiny_world_model() -> WorldModelConfig:
     )
 
 
+def test_a_bench_stopped_by_ctrl_c_says_nothing_was_kept(capsys, tmp_path, monkeypatch):
+    """The benches write results.json at their end; a Ctrl-C said only "interrupted" (helper-207)."""
+    import vplan.envs
+
+    def stopped(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vplan.envs, "make_env", stopped)
+    task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
+    with pytest.raises(KeyboardInterrupt):
+        bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=5, episodes=1, out=str(tmp_path)))
+    assert "nothing was kept; the same command starts again" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     results = bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=50, episodes=1,

@@ -205,6 +205,13 @@ def test_a_rollout_too_short_for_a_revisit_names_the_chunks_needed(tiny_checkpoi
                                          r"use chunks >= 4 for a revisit in every episode$"):
         evaluate_consistency(replace(cfg, chunks=3, episodes=2))
     assert sorted(path.name for path in tmp_path.iterdir()) == kept and (tmp_path / "metrics.json").is_file()
+    # grown on resume, the chunks it began with cannot change: the advice says so (it advised chunks >= 4, which
+    # the resume then refused; helper-207)
+    grown = replace(cfg, chunks=3, episodes=1, out=str(tmp_path / "grown"))
+    evaluate_consistency(grown)  # seed 10000 alone revisits within 3 chunks
+    with pytest.raises(UsageError, match=r"use chunks >= 4 for a revisit in every episode, which .* cannot take on "
+                                         r"resume \(it began with chunks=3\): start again with overwrite=true"):
+        evaluate_consistency(replace(grown, episodes=2, resume=True))
     with pytest.raises(UsageError, match=r"seed\(s\) 10000, 10001: no revisit .*36 frames .*use chunks >= 4"):
         evaluate_consistency(replace(cfg, chunks=2, episodes=2))
     from vplan.shipped import with_checkpoint_frames  # what evaluate_consistency renders at first

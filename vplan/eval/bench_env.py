@@ -18,7 +18,7 @@ from omegaconf import MISSING
 # Steps+renders per second at 64x64 on one process that the issues ask of each env.
 TARGET_STEPS_PER_S = {"tabletop": 500, "blockworld": 300}
 
-from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench
+from vplan.eval.bench_record import OUT_HELP, make_out_dir, record_bench, says_nothing_kept
 from vplan.tasks import TaskConfig
 from vplan.utils.settings import check_field_types, check_seed
 
@@ -58,6 +58,7 @@ def _steps_per_second(env: Any, actions: np.ndarray, seed: int, step: Any) -> tu
     return len(actions) / wall, len(actions) / cpu
 
 
+@says_nothing_kept
 def bench_env(cfg: BenchEnvConfig) -> dict[str, float]:
     """Measure and print steps/s (the step without rendering; with it) and expert episode wall time."""
     from tqdm import tqdm

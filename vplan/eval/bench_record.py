@@ -3,15 +3,33 @@ so that figures from two machines or two days can be set side by side without co
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vplan.utils.settings import RESULTS_FILE, refuse_other_records
 
 OUT_HELP = "Also write results.json here: the settings, the figures and the machine they were measured on."
+Bench = TypeVar("Bench", bound=Callable[..., Any])
+
+
+def says_nothing_kept(bench: Bench) -> Bench:
+    """A bench that writes its figures at its end, saying so when Ctrl-C stops it (the CLI's "interrupted" alone
+    left a user to wonder what was kept and how to go on)."""
+    @functools.wraps(bench)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return bench(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted: a bench keeps its figures only once it ends, so nothing was kept; the same command "
+                  "starts again", file=sys.stderr)
+            raise
+    return timed  # type: ignore[return-value]
 
 
 def check_model_is_timed(cfg: Any) -> None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 
 from vplan.errors import UsageError
-from vplan.eval.bench_record import make_out_dir, record_bench
+from vplan.eval.bench_record import make_out_dir, record_bench, says_nothing_kept
 from vplan.eval.config import OBJECTIVE_OF, BenchWorldModelConfig
 from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 from vplan.utils.openmp import restores_torch_threads, wait_policy
@@ -35,6 +35,7 @@ def _fastest(function, repeats: int) -> float:
     return min(times)
 
 
+@says_nothing_kept
 @restores_torch_threads
 def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]:
     """Time chunk generation for each sampler entry; print a table and the process's peak RSS."""

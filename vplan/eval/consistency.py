@@ -307,6 +307,9 @@ def _revisit_takes(scenario_fn: Any, cfg: EvalConsistencyConfig, seeds: range, f
         takes[seed] = (scenario, real, pairs)
     if short:
         hint = f"; use chunks >= {need} for a revisit in every episode" if need else ""
+        if hint and cfg.resume and (Path(cfg.out) / PROGRESS_FILE).is_file():  # a resume keeps its chunks
+            hint += (f", which {cfg.out} cannot take on resume (it began with chunks={cfg.chunks}): start again with "
+                     "overwrite=true, or choose another out=DIR")
         raise UsageError(f"seed(s) {', '.join(map(str, short))}: no revisit within the rollout's {frames_n} frames "
                          f"({cfg.chunks} chunks){hint}")
     return takes
@@ -342,7 +345,7 @@ def _print_table(cfg: EvalConsistencyConfig, metrics: dict[str, Any], out: Path)
     print(f"\n{metrics['env']} revisit scenario, {cfg.episodes} episode(s) (seeds {cfg.seed}.."
           f"{cfg.seed + cfg.episodes - 1}), {cfg.chunks} chunks of {metrics['chunk_frames']} frames after "
           f"{metrics['context_frames']} real context frames, open loop; mean over episodes")
-    print(f"checkpoint {cfg.checkpoint} (sha256 {metrics['checkpoint_sha256']}); SRC features: "
+    print(f"checkpoint {cfg.checkpoint} (fingerprint {metrics['checkpoint_sha256']}); SRC features: "
           f"{metrics['features']}{comparable}")
     if "temp_lora" in metrics["modes"]:
         lora = cfg.temp_lora
