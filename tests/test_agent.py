@@ -214,12 +214,11 @@ def test_a_plan_the_caller_wrote_with_a_text_of_no_skill_is_warned_of(world_mode
         warnings.simplefilter("error", VplanWarning)
         agent.reset("move the cubes", obs, info, plan=Plan((Subgoal(TEXTS[1], 1),), source="offline"))
         agent.reset("move the cubes", obs, {}, plan=typo)  # no scene facts to read the skills off: silent
-        from types import SimpleNamespace
-
         from vplan.agent import _warn_of_unknown_texts
         from vplan.planner import TaskSkills
 
-        no_skills = SimpleNamespace(task_skills=TaskSkills(), task_config=None)  # a task of one's own without skills()
+        no_skills = FixedPlanner(list(typo.subgoals))
+        no_skills.task_skills = TaskSkills()  # a task of one's own without skills()
         _warn_of_unknown_texts(typo, no_skills, info)  # silent: it stopped reset with NotImplementedError (helper-206)
     agent.close()
 

@@ -564,10 +564,10 @@ def _warn_of_unknown_texts(plan: Plan, planner: Planner, info: Mapping[str, Any]
     world model would imagine under a text no episode of the task was labelled with (a typo, say). Silent where
     the skills cannot be read off this `info` (the plan may be meant for another scene)."""
     try:
-        known = [skill.text for skill in planner.task_skills.skills(info)]
-    except (AttributeError, KeyError, NotImplementedError, TypeError, ValueError):  # no skills() of a task of one's own
+        known = planner.skill_texts(info)
+    except (AttributeError, KeyError, TypeError, ValueError):  # a duck-typed planner; an info without scene facts
         return
-    unknown = [subgoal.text for subgoal in plan.subgoals if subgoal.text not in known]
+    unknown = [subgoal.text for subgoal in plan.subgoals if known is not None and subgoal.text not in known]
     if unknown:
         warnings.warn(f"plan: {unknown[0]!r} is not one of task {planner.task_config.name!r}'s skills {known}, the "
                       "texts its episodes are labelled with; the world model may draw nothing sensible for it",

@@ -22,14 +22,14 @@ def says_nothing_kept(bench: Bench) -> Bench:
     """A bench that writes its figures at its end, saying so when Ctrl-C stops it (the CLI's "interrupted" alone
     left a user to wonder what was kept and how to go on)."""
     @functools.wraps(bench)
-    def timed(*args: Any, **kwargs: Any) -> Any:
+    def saying_so(*args: Any, **kwargs: Any) -> Any:
         try:
             return bench(*args, **kwargs)
         except KeyboardInterrupt:
             print("interrupted: a bench keeps its figures only once it ends, so nothing was kept; the same command "
                   "starts again", file=sys.stderr)
             raise
-    return timed  # type: ignore[return-value]
+    return saying_so  # type: ignore[return-value]
 
 
 def check_model_is_timed(cfg: Any) -> None:

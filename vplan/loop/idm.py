@@ -212,10 +212,11 @@ def warn_if_no_grip(actions: torch.Tensor) -> None:
     """A VplanWarning where the last action value, which `binary_gripper` learns as a grip command (±1), lies
     mostly near 0 in the training episodes: an env of one's own whose last value is a motion axis would have it
     learned as ±1 and then sent so (its "grip accuracy" is no warning: an unused axis scores 100%)."""
-    if len(actions) and float(actions[:, -1].abs().median()) < 0.5:
+    median = float(actions[:, -1].abs().median()) if len(actions) else 1.0
+    if median < 0.5:
         warnings.warn(f"component.idm.binary_gripper=true learns the last action value as a grip command (±1, > 0 "
-                      f"closes), and in the training episodes it lies mostly near 0 (median |value| "
-                      f"{float(actions[:, -1].abs().median()):.2g}); if it is not a grip, set "
+                      f"closes), and in the training episodes it lies mostly near 0 (median |value| {median:.2g}); "
+                      "if it is not a grip, set "
                       "component.idm.binary_gripper=false", VplanWarning, stacklevel=2)
 
 

@@ -30,6 +30,14 @@ class Planner:
     def close(self) -> None:
         """Release what the planner holds (the LLM planner's HTTP client); it can still plan afterwards."""
 
+    def skill_texts(self, info: Mapping[str, Any]) -> list[str] | None:
+        """The texts of the task's skills for this scene, the labels the world model learned; None for a task of
+        one's own without `skills()` (only the LLM planner needs them)."""
+        try:
+            return [skill.text for skill in self.task_skills.skills(info)]
+        except NotImplementedError:
+            return None
+
     def to_subgoals(self, sequence: Sequence[Skill], info: Mapping[str, Any]) -> list[Subgoal]:
         """Subgoals for a sequence of skills: chunks = ceil(estimated steps / chunk_frames), capped.
 
@@ -67,11 +75,8 @@ class OfflinePlanner(Planner):
         if not sequence:
             raise ValueError(f"task {self.task_config.name!r}: {library}.decompose returned no skills for this "
                              "scene; expected at least one")
-        try:
-            known = [skill.text for skill in self.task_skills.skills(info)]
-        except NotImplementedError:  # a task of one's own without skills() (the LLM planner needs them; this not)
-            known = [skill.text for skill in sequence]
-        unknown = [skill.text for skill in sequence if skill.text not in known]
+        known = self.skill_texts(info)
+        unknown = [skill.text for skill in sequence if known is not None and skill.text not in known]
         if unknown:  # a typo would be imagined under a text no episode was labelled with, unsaid
             raise ValueError(f"task {self.task_config.name!r}: {library}.decompose returned {unknown[0]!r}, which is "
                              f"not one of its skills {known}; decompose from the skills (their texts are the labels "
