@@ -90,7 +90,8 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
 
     with pytest.raises(SystemExit) as exit_info:  # other settings in the same out
         main(bench_args(checkpoints, out, "episodes=2", "seed=20000"))
-    assert exit_info.value.code == 2 and "other settings of seed" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "other settings: seed=10000 when it began, 20000 now;" in capsys.readouterr().err
 
     del results["settings"]["memory"]["replay_first"]  # as written before that setting existed
     (out / "results.json").write_text(json.dumps(results))
@@ -100,7 +101,8 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     (out / "results.json").write_text(json.dumps(results))
     with pytest.raises(SystemExit) as exit_info:
         main(bench_args(checkpoints, out, "episodes=2", "memory.replay_first=true"))
-    assert exit_info.value.code == 2 and "other settings of memory.replay_first" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "other settings: memory.replay_first=False when it began, True now;" in capsys.readouterr().err
 
 
 def test_interrupted_before_any_episode_says_that_nothing_was_written(checkpoints, tmp_path, capsys, monkeypatch):

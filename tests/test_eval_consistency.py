@@ -288,7 +288,7 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
     assert [len(rows) for rows in progress["modes"].values()] == [1, 1]
     with pytest.raises(UsageError, match="holds an unfinished evaluation \\(2 rollout"):
         evaluate(out, episodes=2)  # without resume=true nothing finished is thrown away
-    with pytest.raises(UsageError, match="other settings of chunks"):
+    with pytest.raises(UsageError, match=f"other settings: chunks={CHUNKS} when it began, {CHUNKS + 1} now"):
         evaluate(out, episodes=2, resume=True, chunks=CHUNKS + 1)
     capsys.readouterr()
     # task.instruction steers nothing (the scenario's subgoals are the texts): no reason to refuse the resume
@@ -306,7 +306,7 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
 
     (Path(tiny_checkpoint) / "notes.txt").write_text("retrained")  # the checkpoint's files change
     try:
-        with pytest.raises(UsageError, match="worldmodel=.*its files changed"):
+        with pytest.raises(UsageError, match="^checkpoint=.*its files changed"):
             evaluate(out, episodes=2, resume=True)
         # refused before the finished evaluation's figures were cleared (they went, and could not be made again)
         assert (out / "metrics.json").is_file() and (out / "psnr_per_chunk.png").is_file()
@@ -326,7 +326,8 @@ def test_an_interrupted_evaluation_continues_with_resume_as_if_never_stopped(tin
         evaluate(out, episodes=1)  # a finished evaluation's figures are not thrown away without a word
     with pytest.raises(ValueError, match="pass one"):
         evaluate(out, episodes=1, resume=True, overwrite=True)
-    with pytest.raises(UsageError, match=r"finished, with other settings of chunks\); overwrite=true replaces it, "
+    with pytest.raises(UsageError, match=rf"finished, with other settings: chunks={CHUNKS} when it began, "
+                                         rf"{CHUNKS + 1} now\); overwrite=true replaces it, "
                                          r"or choose another out=DIR$"):  # resume=true would be refused
         evaluate(out, episodes=1, chunks=CHUNKS + 1)
     again = evaluate(out, episodes=1, overwrite=True)  # replaced by a fresh one

@@ -373,7 +373,8 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     (resumed / "checkpoint").rename(resumed / ".checkpoint.old")
     with pytest.raises(SystemExit) as exit_info:  # the settings are still checked in that state
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
-    assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "other settings: objective='rwr' when it began, 'dpo' now" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))
     assert exit_info.value.code == 2 and "has run 2 iterations already; pass iterations>=2" in capsys.readouterr().err
@@ -416,7 +417,8 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     assert "interrupted: iterations 0..1 kept in" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # another objective cannot continue this run
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
-    assert exit_info.value.code == 2 and "other settings of objective" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "other settings: objective='rwr' when it began, 'dpo' now" in capsys.readouterr().err
     # a run begun before every plan's continuation k drew the same noise: going on would mix the two schemes
     state_file = resumed / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())

@@ -379,7 +379,7 @@ def test_interrupt_keeps_the_finished_episodes(checkpoints, tmp_path, monkeypatc
     (out / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(SystemExit) as exit_info:  # another config cannot continue this run
         main(run_args(checkpoints, out, "episodes=3", "memory=none", "record=true", "resume=true", "seed=5"))
-    assert exit_info.value.code == 2 and "other settings of seed" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "other settings: seed=10000 when it began, 5 now" in capsys.readouterr().err
     main(run_args(checkpoints, out, "episodes=3", "memory=none", "record=true", "resume=true"))
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["complete"] and resumed["seeds"] == [10000, 10001, 10002]

@@ -20,7 +20,7 @@ from vplan.shipped import (
     trained_on_env,
     warn_if_trained_elsewhere,
 )
-from vplan.utils.settings import changed_settings, plain
+from vplan.utils.settings import changed_settings, changes_said, plain
 
 
 @dataclass
@@ -42,6 +42,21 @@ def test_same_settings_and_ignored_names_are_no_difference():
     cfg = Outer(episodes=5)
     assert changed_settings(plain(Outer()), plain(cfg), cfg, ignore=("episodes",)) == []
     assert changed_settings(plain(Outer()), plain(cfg), cfg) == ["episodes"]
+
+
+def test_a_refused_resume_says_each_value_recorded_and_given():
+    """It named the settings alone ("other settings of seed"): which seed to pass again was in config.yaml."""
+    cfg = Outer(seed=5, inner=Inner(added=True, modules=("to_q",) * 30))
+    saved = plain(Outer())
+    del saved["inner"]["added"]  # recorded before the code had it: its default then
+    saved["gone"] = 1  # a setting the code has lost since
+    changed = changed_settings(saved, plain(cfg), cfg)
+    assert changed == ["gone", "inner.added", "inner.modules", "seed"]
+    assert changes_said(changed, saved, plain(cfg), cfg) == [
+        "gone=1 when it began, not a setting now", "inner.added=False when it began, True now",
+        "inner.modules=['to_q', 'to_k'] when it began, "
+        "['to_q', 'to_q', 'to_q', 'to_q', 'to_q', 'to_q', 'to_q', ... now",  # cut at 60 characters
+        "seed=0 when it began, 5 now"]
 
 
 def test_one_path_spelled_two_ways_is_no_difference():
@@ -189,6 +204,23 @@ def test_a_resumed_run_stops_when_a_checkpoints_files_changed(tmp_path):
         pin_checkpoints(out, {"worldmodel": str(checkpoint)}, resuming=True)
     pin_checkpoints(out, {"worldmodel": str(checkpoint)}, resuming=False)  # a fresh run in the same out: no check
     assert json.loads((out / PINNED_FILE).read_text())["worldmodel"] != pinned["worldmodel"]
+
+
+def test_an_evaluations_checkpoint_is_refused_by_its_setting_and_pinned_as_before(tmp_path):
+    """The evaluations' `checkpoint=` was refused as "worldmodel=..." (helper-207); their folders pinned it as
+    "worldmodel" and still resume."""
+    checkpoint, out = tmp_path / "model", tmp_path / "eval"
+    checkpoint.mkdir()
+    (checkpoint / "weights.safetensors").write_bytes(b"first")
+    (out / "ignored").mkdir(parents=True)
+    (out / PINNED_FILE).write_text(json.dumps(
+        {"worldmodel": {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint)}}))
+    assert pin_checkpoints(out, {"checkpoint": str(checkpoint)}, resuming=True) == {
+        "checkpoint": checkpoint_fingerprint(checkpoint)}
+    assert set(json.loads((out / PINNED_FILE).read_text())) == {"worldmodel"}
+    (checkpoint / "weights.safetensors").write_bytes(b"retrained")
+    with pytest.raises(UsageError, match=r"^checkpoint=.*files changed since"):
+        pin_checkpoints(out, {"checkpoint": str(checkpoint)}, resuming=True)
 
 
 @pytest.mark.parametrize(("text", "what"), [

@@ -118,7 +118,7 @@ def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):
     assert (wm_out / "checkpoint-0000004").is_dir()
     # Continuing with other settings, or on another VAE's latents, would mix two runs in one model: refused.
     result = vplan_train("component=worldmodel", "component.optim.steps=6", "component.optim.lr=1e-3", *common)
-    assert result.returncode == 2 and "other settings of component.optim.lr" in result.stderr
+    assert result.returncode == 2 and "other settings: component.optim.lr=" in result.stderr
     (vae_out / "final" / "notes.txt").write_text("retrained")
     result = vplan_train("component=worldmodel", "component.optim.steps=6", *common)
     assert result.returncode == 2 and "vae=" in result.stderr and "its files changed" in result.stderr
@@ -160,7 +160,7 @@ def test_a_vae_and_a_world_model_train_and_resume_under_several_processes(tiny_d
     # a refusal is every process's (the first's alone left the others waiting for it)
     result = subprocess.run([*torchrun, *world_model, "component.optim.steps=6", "component.optim.lr=1e-3"],
                             capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode != 0 and result.stderr.count("other settings of component.optim.lr") == 2
+    assert result.returncode != 0 and result.stderr.count("other settings: component.optim.lr=") == 2
     result = vplan_train(f"data={tiny_dataset}", *optim, *world_model, "component.optim.steps=6")  # one process
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stdout and (tmp_path / "wm" / "checkpoint-0000006").is_dir()

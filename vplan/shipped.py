@@ -332,8 +332,12 @@ def _without_notes(content: bytes) -> bytes:
     return (json.dumps(payload, indent=2) + "\n").encode()
 
 
+# the evaluations' checkpoint= is recorded as "worldmodel" (as it was before their refusals named the setting)
+RECORDED_AS = {"checkpoint": "worldmodel"}
+
+
 def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool, write: bool = True) -> dict[str, str]:
-    """Record in `<out>/checkpoints.json` the fingerprint of each checkpoint (name -> argument) a run loads, so
+    """Record in `<out>/checkpoints.json` the fingerprint of each checkpoint (setting -> argument) a run loads, so
     that continuing the run never mixes two models: a resumed run whose checkpoint's files changed since (a
     re-shipped model, a retrained one in the same directory) stops with a UsageError. The run's settings
     record only the arguments, which still name the same directory. Returns each checkpoint's fingerprint;
@@ -349,12 +353,13 @@ def pin_checkpoints(out: Path, checkpoints: Mapping[str, str], resuming: bool, w
                       f"recorded them); continuing with {given} as they are", VplanWarning, stacklevel=2)
     for name, spec in checkpoints.items():
         fingerprint = checkpoint_fingerprint(resolve_checkpoint(spec))
-        before = pinned.get(name, {}).get("fingerprint", fingerprint)
+        key = RECORDED_AS.get(name, name)
+        before = pinned.get(key, {}).get("fingerprint", fingerprint)
         if before != fingerprint:
             raise UsageError(f"{name}={spec}: its files changed since {out} ran with them (fingerprint {before}, now "
                              f"{fingerprint}); pass the checkpoint it ran with, or choose another out=DIR")
-        pinned[name] = {"checkpoint": spec, "fingerprint": fingerprint}
+        pinned[key] = {"checkpoint": spec, "fingerprint": fingerprint}
     if write:
         out.mkdir(parents=True, exist_ok=True)
         write_json(file, pinned)
-    return {name: pinned[name]["fingerprint"] for name in checkpoints}
+    return {name: pinned[RECORDED_AS.get(name, name)]["fingerprint"] for name in checkpoints}

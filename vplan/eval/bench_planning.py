@@ -39,7 +39,7 @@ from vplan.utils.files import read_json_record, write_json, write_text_atomic
 from vplan.utils.openmp import restores_torch_threads
 from vplan.utils.plots import bar_plot
 from vplan.utils.settings import (
-    RESULTS_FILE, changed_settings, refuse_other_records, settings_record, thread_counts,
+    RESULTS_FILE, changed_settings, changes_said, refuse_other_records, settings_record, thread_counts,
 )
 
 TABLE_FILE = "table.md"
@@ -92,8 +92,9 @@ def load_results(path: Path, cfg: AgentBenchConfig, row_names: list[str], comman
     results["command"] = command
     changed = changed_settings(results.get("settings", {}), settings, cfg)
     if changed:
-        raise UsageError(f"{path} holds a bench with other settings of {', '.join(changed)}; pass the same ones, or "
-                         "choose another out=DIR to start a new one")
+        said = "; ".join(changes_said(changed, results.get("settings", {}), settings, cfg))
+        raise UsageError(f"{path} holds a bench with other settings: {said}; pass the same ones, or choose another "
+                         "out=DIR to start a new one")
     results["settings"] = settings  # with the settings added since, at their defaults
     results.pop("summary", None)
     for name in summaries:

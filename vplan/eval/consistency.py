@@ -173,10 +173,10 @@ def evaluate_consistency(cfg: EvalConsistencyConfig) -> dict[str, Any]:
     scenarios = _revisit_takes(scenario_fn, cfg, seeds, frames_n, size, context_n, chunk_n)  # before out is touched
     empty = {"real": [], "modes": {mode: [] for mode in cfg.modes}}
     progress = start_or_continue(cfg, out, RESUMABLE_CHANGES, empty, _finished, ["real_vs_*.mp4"],
-                                 summaries=[PSNR_PLOT], pinned={"worldmodel": cfg.checkpoint})
+                                 summaries=[PSNR_PLOT], pinned={"checkpoint": cfg.checkpoint})
     # the fingerprint now: the files may be replaced while the rollouts run
-    fingerprint = pin_checkpoints(out, {"worldmodel": cfg.checkpoint},
-                                  resuming=cfg.resume and any(progress["modes"].values()))["worldmodel"]
+    fingerprint = pin_checkpoints(out, {"checkpoint": cfg.checkpoint},
+                                  resuming=cfg.resume and any(progress["modes"].values()))["checkpoint"]
 
     todo = {seed: [mode for mode in cfg.modes if not any(row["seed"] == seed for row in progress["modes"][mode])]
             for seed in seeds}

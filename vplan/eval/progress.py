@@ -18,7 +18,7 @@ from vplan.errors import RunError, UsageError
 from vplan.shipped import PINNED_FILE, pin_checkpoints
 from vplan.utils.files import read_json_record, write_json
 from vplan.utils.settings import (
-    PROGRESS_FILE, changed_settings, refuse_other_records, settings_it_lacks, settings_record,
+    PROGRESS_FILE, changed_settings, changes_said, refuse_other_records, settings_it_lacks, settings_record,
 )
 
 METRICS_FILE = "metrics.json"  # written when the evaluation ends: its presence marks it finished
@@ -72,6 +72,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
     if begun:  # written at the start, and stopped before anything finished: its leftovers (a video) go with it
         recorded = None
     changed = changed_settings(recorded["settings"], settings, cfg) if recorded is not None else []
+    said = "; ".join(changes_said(changed, recorded["settings"], settings, cfg)) if changed else ""
     marks = marks or {}
     if cfg.resume and recorded is not None:
         for key, (value, began) in marks.items():
@@ -79,7 +80,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
                 raise UsageError(f"resume=true: {out} holds an evaluation {began}, whose figures would mix with "
                                  "these; start again with overwrite=true, or choose another out=DIR")
         if changed:
-            raise UsageError(f"resume=true: {out} holds an evaluation with other settings of {', '.join(changed)}; "
+            raise UsageError(f"resume=true: {out} holds an evaluation with other settings: {said}; "
                              "pass the same ones, or choose another out=DIR")
         if pinned and (out / PINNED_FILE).is_file():  # the same checkpoint files, before its metrics are cleared
             pin_checkpoints(out, pinned, resuming=True, write=False)
@@ -99,7 +100,7 @@ def start_or_continue(cfg: Any, out: Path, resumable: tuple[str, ...], empty: di
         ways = ("overwrite=true replaces it" if changed else  # resume=true would be refused for them
                 "resume=true continues it (episodes may grow), overwrite=true replaces it")
         raise UsageError(f"{out} holds {state} evaluation ({finished(recorded)} finished"
-                         f"{', with other settings of ' + ', '.join(changed) if changed else ''}); {ways}, or choose "
+                         f"{', with other settings: ' + said if changed else ''}); {ways}, or choose "
                          "another out=DIR")
     for pattern in (PROGRESS_FILE, METRICS_FILE, *summaries, *outputs):
         for old in out.glob(pattern):

@@ -195,7 +195,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
         raise UsageError(f"compare={cfg.compare}: its context and chunk lengths differ from the checkpoint's; compare "
                          "models that imagine the same chunks")
     idm = _load_idm(cfg.idm, model) if cfg.idm is not None else None
-    checkpoints = {"worldmodel": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
+    checkpoints = {"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm}
     out = Path(cfg.out)
     pinned = {name: spec for name, spec in checkpoints.items() if spec is not None}
     empty = {"episodes": [], "chunks": [], "open_loop": []}
@@ -206,9 +206,7 @@ def evaluate_worldmodel(cfg: EvalWorldModelConfig) -> dict[str, Any]:
                 check_takes_actions(env.action_space, name, spec, loaded.config)
         if idm is not None:
             check_idm_reads(env.action_space, cfg.idm, idm.config.action_space())
-        # named by this command's keys (checkpoints.json keeps the names earlier evaluations pinned them under)
-        warn_if_trained_elsewhere({"checkpoint": cfg.checkpoint, "compare": cfg.compare, "idm": cfg.idm},
-                                  env_name(cfg.env))
+        warn_if_trained_elsewhere(checkpoints, env_name(cfg.env))
         # an action model fed this env's actions, which may be of another scale than those it learned from
         warn_if_actions_mean_otherwise({name: spec for name, spec, loaded in (
             ("checkpoint", cfg.checkpoint, model), ("compare", cfg.compare, compare)) if loaded is not None and

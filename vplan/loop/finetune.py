@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import MISSING, asdict, dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from vplan.loop.trainer import (
 )
 from vplan.memory.config import MemoryConfig
 from vplan.utils.files import file_written_aside, folder_written_aside, read_json_record, sha256_file, write_json
-from vplan.utils.settings import changed_settings, field_default, plain
+from vplan.utils.settings import changed_settings, changes_said, plain
 from vplan.worldmodel.config import require_text_conditioned
 from vplan.worldmodel.model import CONFIG_FILE, UNET_FILE, WorldModel
 
@@ -164,22 +164,15 @@ def _check_settings(inner: Path, settings: dict[str, Any], cfg: FinetuneConfig) 
 
 
 def _differences(changed: list[str], saved: dict[str, Any], now: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
-    """Each changed setting (dotted names of the settings record) as the command spells it, with the value the
-    run recorded (a record from before a setting was, its default) and the one given now; the episodes as their
-    count where it changed (the record holds their indices); the world model's files as one `worldmodel=` (it is
-    pinned by their hashes, whatever its path)."""
-    def value(record: dict[str, Any], name: str) -> Any:
-        for key in name.split("."):
-            record = record.get(key, MISSING) if isinstance(record, dict) else MISSING
-        return field_default(cfg, name) if record is MISSING and "." not in name else record
-
+    """`changes_said`, with the episodes as their count where it changed (the record holds their indices) and the
+    world model's files as one `worldmodel=` (it is pinned by their hashes, whatever its path)."""
     said = []
     for name in changed:
-        then, given = value(saved, name), value(now, name)
+        then, given = saved.get(name), now.get(name)
         if name == "episodes" and isinstance(then, list) and isinstance(given, list) and len(then) != len(given):
-            then, given = len(then), len(given)  # as episodes= counts them
-        if not name.startswith("worldmodel_"):
-            said.append(f"{name}={then!r} when it began, {given!r} now")
+            said.append(f"episodes={len(then)} when it began, {len(given)} now")  # as episodes= counts them
+        elif not name.startswith("worldmodel_"):
+            said += changes_said([name], saved, now, cfg)
     if any(name.startswith("worldmodel_") for name in changed):
         said.append("worldmodel= (its files differ from those it began with)")
     return said

@@ -192,6 +192,37 @@ def _changed(saved: Mapping[str, Any], current: Mapping[str, Any], config: Any, 
     return changed
 
 
+def changes_said(changed: list[str], saved: Mapping[str, Any], current: Mapping[str, Any],
+                 config: Any = None) -> list[str]:
+    """Each of `changed_settings`' names as `name=<recorded> when it began, <given> now`, so a refused resume says
+    which value to pass again: a setting the record lacks (added since) was its default then; long values are
+    cut."""
+    def value(record: Mapping[str, Any], name: str) -> Any:
+        for key in name.split("."):
+            record = record.get(key, MISSING) if isinstance(record, Mapping) else MISSING
+        return record
+
+    def default(name: str) -> Any:
+        *parents, last = name.split(".")
+        node = config
+        for key in parents:
+            node = getattr(node, key, None)
+        found = field_default(node, last)
+        return "unrecorded" if found is MISSING else plain(found)
+
+    def shown(found: Any) -> str:
+        text = repr(found)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    said = []
+    for name in changed:
+        then, given = value(saved, name), value(current, name)
+        then = default(name) if then is MISSING else then
+        said.append(f"{name}={shown(then)} when it began, "
+                    f"{'not a setting' if given is MISSING else shown(given)} now")
+    return said
+
+
 # settings that name a file or folder, wherever they are nested: compared as paths (`_same_path`)
 PATH_SETTINGS = frozenset({"data", "out", "vae", "init", "checkpoint", "compare", "idm", "worldmodel", "finetuned",
                            "path", "text_encoder_path", "resnet18_weights", "action_worldmodel"})
@@ -317,6 +348,7 @@ def check_same_config(cfg: Any, config_file: Path, may_change: tuple[str, ...], 
     changed = [name for name in changed_settings(saved, settings_record(cfg), cfg, ignore=top)
                if name not in may_change]
     if changed:
-        raise UsageError(f"{what + ': ' if what else ''}{config_file.parent} ran with other settings of "
-                         f"{', '.join(changed)} (see its {config_file.name}); pass the same ones, or choose another "
+        said = changes_said(changed, saved, settings_record(cfg), cfg)
+        raise UsageError(f"{what + ': ' if what else ''}{config_file.parent} ran with other settings: "
+                         f"{'; '.join(said)} (see its {config_file.name}); pass the same ones, or choose another "
                          "out=DIR")
