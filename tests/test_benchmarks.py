@@ -69,8 +69,9 @@ def test_bench_env_reports_speed_and_expert(capsys, tmp_path):
     assert "x the 500/s target" in capsys.readouterr().out
 
 
-def test_results_record_the_machine_as_it_was_before_the_timing(tmp_path, monkeypatch):
-    """The load average was read after the run, so it counted the bench itself as the machine's other work."""
+def test_results_record_the_machine_as_it_was_before_the_timing(tmp_path, monkeypatch, capsys):
+    """The load average was read after the run, so it counted the bench itself as the machine's other work. A
+    rerun into the same out= replaced the first's figures unsaid (helper-207)."""
     from vplan.envs.tabletop_v0 import TabletopEnv
     from vplan.eval import bench_record
 
@@ -80,6 +81,9 @@ def test_results_record_the_machine_as_it_was_before_the_timing(tmp_path, monkey
     task = TaskConfig(name="return_cubes", env="tabletop", instruction="move the cubes, then put them back")
     bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=20, episodes=1, out=str(tmp_path)))
     assert json.loads((tmp_path / "results.json").read_text())["machine"]["load_average"] == [0.1, 0.1, 0.1]
+    capsys.readouterr()
+    bench_env(BenchEnvConfig(env=TabletopConfig(image_size=16), task=task, steps=20, episodes=1, out=str(tmp_path)))
+    assert "results.json holds an earlier vplan bench env's figures: this one's replace them" in capsys.readouterr().out
 
 
 def test_a_bench_never_writes_over_another_commands_results(tmp_path):

@@ -88,10 +88,10 @@ def check_results_are(path: Path, command: str) -> None:
 
 def make_out_dir(out: str | None, command: str) -> dict[str, Any]:
     """Check `out` (if given) before the bench runs: an unusable folder, or one holding another command's
-    results, fails at once, not after minutes of timing. The folders it had to make are removed again
-    (`record_bench` makes them), so a bench stopped before its results leaves no empty folder. Returns
-    `machine()` as it is before the timing (its load average then says whether something else was running;
-    after, it counts the bench itself)."""
+    results, fails at once, not after minutes of timing; earlier results of its own are said to be replaced. The
+    folders it had to make are removed again (`record_bench` makes them), so a bench stopped before its results
+    leaves no empty folder. Returns `machine()` as it is before the timing (its load average then says whether
+    something else was running; after, it counts the bench itself)."""
     if out is not None:
         path = Path(out)
         made = [folder for folder in (path, *path.parents) if not folder.exists()]  # the deepest first
@@ -100,6 +100,9 @@ def make_out_dir(out: str | None, command: str) -> dict[str, Any]:
             folder.rmdir()
         refuse_other_records(path, RESULTS_FILE)
         check_results_are(path / RESULTS_FILE, command)
+        if (path / RESULTS_FILE).is_file():  # (they went unsaid)
+            print(f"{path / RESULTS_FILE} holds an earlier vplan {command}'s figures: this one's replace them when it "
+                  "ends (choose another out=DIR to keep both)")
     return machine()
 
 
