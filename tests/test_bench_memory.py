@@ -78,6 +78,7 @@ def test_bench_memory_compares_none_and_temp_lora_with_and_without_overlap(capsy
     captured = capsys.readouterr()
     out = captured.out
     assert "temp_lora + overlap" in out and "vs none" in out and "its peaks are not compared" in out
+    assert "\nan untrained model (checkpoint=null), per episode: 2 chunks" in out  # which model it timed
     assert "bench memory: 100%" in captured.err  # minutes of silence before: a bar over its episodes
     assert "target for temp_lora + overlap: <= 1.10x wall of none" in out
     written = json.loads((tmp_path / "results.json").read_text())  # out=: the same rows, and where they ran

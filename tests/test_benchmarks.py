@@ -137,6 +137,7 @@ def test_bench_worldmodel_times_every_sampler(capsys, tmp_path, monkeypatch):
     captured = capsys.readouterr()
     printed = captured.out
     assert "peak RSS" in printed and "bench worldmodel: 100%" in captured.err  # a bar over the samplers
+    assert "\nan untrained model (checkpoint=null): 2-frame 16x16 chunk" in printed  # which model it timed
     lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith("  ") and ":2" in line}
     # the tiny model predicts ε: a flow sampler's row is its time alone
     assert "time only: the model predicts epsilon" in lines["flow_euler:2"] and "time only" not in lines["ddim:2"]

@@ -33,7 +33,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from vplan.errors import RunError, UsageError
-from vplan.eval.bench_record import make_out_dir, record_bench, says_nothing_kept
+from vplan.eval.bench_record import make_out_dir, record_bench, says_nothing_kept, timed_model
 from vplan.eval.config import BenchMemoryConfig
 from vplan.utils.openmp import current_policy, restores_torch_threads, wait_policy
 from vplan.worldmodel.config import require_text_conditioned
@@ -297,9 +297,9 @@ def _row(kind: str, overlap: bool, episodes: list[dict[str, Any]], chunks: int) 
 def _print_table(cfg: BenchMemoryConfig, rows: list[dict[str, Any]]) -> None:
     memory = cfg.memory
     where = "each mode in its own process" if cfg.isolate else "all modes in this process (peak RSS shared)"
-    print(f"\nper episode: {cfg.chunks} chunks, {cfg.execution_s:.2f} s simulated execution per chunk, "
-          f"decode {'on' if cfg.decode else 'off'}, {cfg.threads} threads, {wait_policy()}, mean of {cfg.episodes} "
-          f"episodes, {where}")
+    print(f"\n{timed_model(cfg)}, per episode: {cfg.chunks} chunks, {cfg.execution_s:.2f} s simulated execution "
+          f"per chunk, decode {'on' if cfg.decode else 'off'}, {cfg.threads} threads, {wait_policy()}, mean of "
+          f"{cfg.episodes} episodes, {where}")
     if memory.kind == "temp_lora":
         print(f"temp_lora: rank {memory.rank}, {memory.steps_per_chunk} Adam step(s) per chunk at lr {memory.lr:g}, "
               f"merge_for_generation={memory.merge_for_generation}, replay_first={memory.replay_first}")

@@ -42,6 +42,11 @@ def check_model_is_timed(cfg: Any) -> None:
                          f"{cfg.checkpoint} brings its own; add checkpoint=null to time the model set by model.*")
 
 
+def timed_model(cfg: Any) -> str:
+    """The model a bench timed, for its console (results.json has it in its settings)."""
+    return f"checkpoint={cfg.checkpoint}" if cfg.checkpoint else "an untrained model (checkpoint=null)"
+
+
 def machine() -> dict[str, Any]:
     """What the timings depend on: CPU, cores, torch and its threads, and how OpenMP threads wait."""
     import torch

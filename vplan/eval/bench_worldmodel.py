@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 
 from vplan.errors import UsageError
-from vplan.eval.bench_record import make_out_dir, record_bench, says_nothing_kept
+from vplan.eval.bench_record import make_out_dir, record_bench, says_nothing_kept, timed_model
 from vplan.eval.config import OBJECTIVE_OF, BenchWorldModelConfig
 from vplan.shipped import check_checkpoints_exist, resolve_checkpoint
 from vplan.utils.openmp import restores_torch_threads, wait_policy
@@ -78,8 +78,8 @@ def bench_worldmodel(cfg: BenchWorldModelConfig) -> list[dict[str, float | str]]
     size = config.vae.image_size
     # the target is for the agent's chunks on the project's 2 cores: no ratio for other frames or thread counts
     targeted = (size, config.chunk_frames, cfg.threads) == TARGET_CHUNK
-    print(f"\n{config.chunk_frames}-frame {size}x{size} chunk from {config.context_frames} context frames, "
-          f"{cfg.threads} threads, {wait_policy()}, fastest of {cfg.repeats}:")
+    print(f"\n{timed_model(cfg)}: {config.chunk_frames}-frame {size}x{size} chunk from {config.context_frames} "
+          f"context frames, {cfg.threads} threads, {wait_policy()}, fastest of {cfg.repeats}:")
     target_column = f" {f'vs {TARGET_SECONDS} s target':>16}" if targeted else ""
     print(f"  {'sampler:steps':16} {'generate (s)':>13} {'+ decode (s)':>13}{target_column}")
     for row, diffusion in zip(rows, diffusions.values()):
