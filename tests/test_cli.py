@@ -267,7 +267,7 @@ def test_an_action_conditioned_world_model_where_text_drives_is_one_line(args, t
     assert "conditioned on 'action'" in result.stderr and "text-conditioned" in result.stderr
 
 
-def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path):
+def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     for out in (blocker, blocker / "below"):  # the file is named either way (below: "a_file/below: Not a directory")
@@ -275,6 +275,13 @@ def test_an_out_that_cannot_be_a_directory_is_one_line_and_exit_code_1(tmp_path)
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr
         assert result.stderr.strip() == f"vplan collect: error: {blocker}: exists and is not a directory"
+    monkeypatch.setattr("vplan.cli.Command.load", lambda command: pytest.fail(f"{command.name} loaded"))
+    for args in (["run", "episodes=1"], ["rl"], ["eval", "worldmodel"]):
+        for out in (blocker, blocker / "below"):  # answered before the command's module and its models load (~10 s)
+            with pytest.raises(SystemExit) as stop:
+                main([*args, f"out={out}"])
+            assert stop.value.code == 1
+            assert capsys.readouterr().err.endswith(f": error: {blocker}: exists and is not a directory\n")
     result = run_cli("train", f"data={blocker}")  # it said to make one with `vplan collect out=<the file>`
     assert result.returncode == 2 and result.stderr.strip().endswith(f"data={blocker}: a file, not a dataset folder; "
                                                                      "pass the folder `vplan collect` wrote")

@@ -132,6 +132,24 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
     with pytest.raises(UsageError, match="final holds a model checkpoint"):  # an evaluation's progress.json
         start_or_continue(Outer(), model, (), {}, lambda progress: "", [])
     assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+    # inside a model (an evaluation put in an rl run's final/ went when the run was taken further, helper-209)
+    (model / "unet.safetensors").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"eval/deeper is inside .*final, a model or training checkpoint: the run that "
+                                         r"wrote it replaces it whole"):
+        make_out_dir(str(model / "eval" / "deeper"), "bench env")
+    (model / "unet.safetensors").unlink()  # a config.json alone above is not a model (a project's own)
+    make_out_dir(str(model / "eval"), "bench env")
+    # where a run keeps its model or training state: its final/ when missing (a resume replaced the command's files)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    for name in ("final", "checkpoint", "checkpoint-0000004", "inner"):
+        with pytest.raises(UsageError, match=rf"run/{name} is where the run in .*run \(config.yaml\) keeps its "
+                                             rf"{name}/, which it replaces or resumes from; choose another out=DIR "
+                                             r"\(beside it, e.g. .*run/eval\)"):
+            write_config(run / name, Outer())
+    (run / "eval").mkdir()
+    write_config(run / "eval", Outer())  # beside them: a folder of its own
 
     @dataclass
     class Evaluation:

@@ -90,11 +90,20 @@ def test_stopped_after_the_last_step_says_the_same_command_writes_final(tiny_dat
            f"far from {tiny_dataset / '.cache' / 'latents'}" in capsys.readouterr().out
 
 
-def test_a_dataset_no_larger_than_its_held_out_part_says_what_to_change(tiny_dataset, tmp_path):
+def test_a_dataset_no_larger_than_its_held_out_part_says_what_to_change(tiny_dataset, tmp_path, capsys, monkeypatch):
     result = vplan_train("component=vae", f"data={tiny_dataset}", f"out={tmp_path / 'out'}", "holdout_episodes=3")
     assert result.returncode == 2 and result.stderr.strip().endswith(
         "has 3 episodes; expected more than holdout_episodes=3 (lower holdout_episodes=, or collect more episodes)")
     assert not (tmp_path / "out").exists()
+    from vplan.cli import main
+
+    # from meta/info.json, before the command's module and its models load (it came after ~12 s, helper-209)
+    monkeypatch.setattr("vplan.cli.Command.load", lambda command: pytest.fail(f"{command.name} loaded"))
+    for args in (["train", "component=worldmodel"], ["finetune"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, f"data={tiny_dataset}", f"out={tmp_path / 'out'}", "holdout_episodes=3"])
+        assert stop.value.code == 2
+        assert "has 3 episodes; expected more than holdout_episodes=3" in capsys.readouterr().err
 
 
 def test_vae_then_world_model_train_save_and_resume(tiny_dataset, tmp_path):

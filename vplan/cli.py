@@ -729,9 +729,13 @@ def _check_paths(config: Any, command: Command) -> None:
     from vplan.worldmodel.config import ADDED_LATER, WorldModelConfig, require_text_conditioned
 
     if isinstance(getattr(config, "data", None), str):  # train's and finetune's: each says how to make one
-        from vplan.data.lerobot_format import require_dataset
+        from vplan.data.lerobot_format import recorded_episodes, require_dataset
+        from vplan.loop.config import check_holdout
 
         require_dataset(config.data, config.how_to_make_data())
+        episodes = recorded_episodes(config.data)  # what it holds against what is held out (found after ~12 s)
+        if episodes is not None and isinstance(getattr(config, "holdout_episodes", None), int):
+            check_holdout(config.data, episodes, config.holdout_episodes)
     check_checkpoints_exist({name: getattr(config, name) for name in CHECKPOINT_SETTINGS
                              if isinstance(getattr(config, name, None), str)})
     _check_training_checkpoints(config)
@@ -745,9 +749,12 @@ def _check_paths(config: Any, command: Command) -> None:
 
 def _check_writable(out: Path) -> None:
     """A PermissionError (exit 1, naming the folder) where `out`, or the nearest folder above it that exists, cannot
-    be written: a read-only out= or filesystem was met at the first write, after the models loaded (~9 s)."""
+    be written, and a NotADirectoryError where that is a file: both were met at the first write, after the models
+    loaded (~9 s)."""
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
 
 

@@ -97,6 +97,16 @@ def is_dataset(root: str | Path) -> bool:
     return (Path(root) / INFO_PATH).is_file()
 
 
+def recorded_episodes(root: str | Path) -> int | None:
+    """The episode count `meta/info.json` records (its commit point), read alone so that a command can check it
+    before its libraries load; None where it cannot be read (opening the dataset then says why)."""
+    try:
+        count = json.loads((Path(root) / INFO_PATH).read_text()).get("total_episodes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
 def _no_dataset(root: str | Path) -> str:
     return f"{Path(root)} is not a LeRobot dataset: {Path(root) / INFO_PATH} does not exist"
 

@@ -106,6 +106,16 @@ class WorldModelTrainConfig:
             raise ValueError(f"boundary_fraction: expected a share in [0, 1], got {self.boundary_fraction}")
 
 
+def check_holdout(data: str, episodes: int, holdout: int) -> None:
+    """A UsageError where the dataset `data` of `episodes` episodes leaves none to learn from after the last
+    `holdout` are held out."""
+    from vplan.errors import UsageError
+
+    if episodes <= holdout:
+        raise UsageError(f"{data} has {episodes} episodes; expected more than holdout_episodes={holdout} (lower "
+                         "holdout_episodes=, or collect more episodes)")
+
+
 @dataclass
 class TrainConfig:
     """Settings of `vplan train`."""

@@ -27,7 +27,7 @@ from vplan.constants import ACTION, OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import UsageError, VplanWarning
 from vplan.loop.checkpoint import checkpoint_step, list_checkpoints
-from vplan.loop.config import IDMTrainConfig, TrainConfig, VAETrainConfig, WorldModelTrainConfig
+from vplan.loop.config import IDMTrainConfig, TrainConfig, VAETrainConfig, WorldModelTrainConfig, check_holdout
 from vplan.loop.idm import check_fits, train_idm
 from vplan.loop.trainer import (
     FINAL, check_batch_splits, check_out_is_ours, check_steps_reach, is_main_process, main_process_first,
@@ -75,9 +75,7 @@ def _check_frame_size(frames: tuple[int, ...], image_size: int) -> None:
 
 def _split(data: str, holdout: int, how_to_make: str) -> tuple[Any, list[int], list[int]]:
     dataset = open_for_training(data, "that every component trains on", how_to_make)
-    if dataset.num_episodes <= holdout:
-        raise UsageError(f"{data} has {dataset.num_episodes} episodes; expected more than holdout_episodes={holdout} "
-                         "(lower holdout_episodes=, or collect more episodes)")
+    check_holdout(data, dataset.num_episodes, holdout)
     trained = list(range(dataset.num_episodes - holdout))
     warn_if_held_out_seeds(data, dataset, trained, "train on")  # e.g. `vplan run record=true`'s
     return dataset, trained, list(range(len(trained), dataset.num_episodes))

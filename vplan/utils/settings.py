@@ -9,6 +9,7 @@ import json
 import numbers
 import operator
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass, replace
 from pathlib import Path
@@ -25,6 +26,9 @@ FINETUNE_FILE = "inner/settings.json"  # in a finetune's: how its stored states 
 # of its stored states; the evals: their progress; the benches: their results), which marks the folder as that kind's.
 OUT_RECORDS = {CONFIG_FILE: "another command's settings", PROGRESS_FILE: "another command's evaluation",
                RESULTS_FILE: "a bench's results", FINETUNE_FILE: "a `vplan finetune` run"}
+# the folders a run keeps in its out= (its model, its training state, finetune's stored states), besides
+# `checkpoint-N/`: another command's out= there would be replaced or read as the run's own
+RUN_FOLDERS = ("final", "checkpoint", "inner")
 MAX_SEED = 2**32 - 1  # numpy's global seed (RLBench's RNG) takes at most this; torch's and gymnasium's more
 
 
@@ -266,15 +270,28 @@ def refuse_model_folder(out: Path) -> None:
     """A UsageError where `out` is a model checkpoint's folder (its config.json; no command writes one there):
     a run's files in it would change the checkpoint, and the fingerprint runs pinned it by; or a training state's
     (its optimizer.safetensors: a `checkpoint-N/` of `vplan train`, the `checkpoint/` of `vplan rl`), which its run
-    resumes from (a run written into an rl run's `checkpoint/` replaced its adapter)."""
+    resumes from (a run written into an rl run's `checkpoint/` replaced its adapter). Inside one too, and where
+    a run keeps its model or training state (`RUN_FOLDERS` of a folder holding a command's record): the run that
+    wrote them replaces them whole, with whatever was put inside (an evaluation in an rl run's `final/` went when
+    the run was taken further)."""
     from vplan.errors import UsageError
 
-    if (Path(out) / "config.json").is_file():
+    out = Path(out)
+    if (out / "config.json").is_file():
         raise UsageError(f"{out} holds a model checkpoint (config.json): writing a run there would change its "
                          "files, and the fingerprint runs pinned it by; choose another out=DIR")
-    if (Path(out) / "optimizer.safetensors").is_file():  # vplan.loop.checkpoint.OPTIMIZER_FILE
+    if (out / "optimizer.safetensors").is_file():  # vplan.loop.checkpoint.OPTIMIZER_FILE
         raise UsageError(f"{out} holds a training checkpoint (optimizer.safetensors), which its run resumes from; "
                          "choose another out=DIR (outside that run's folder)")
+    for folder in out.absolute().parents:
+        if (folder / "optimizer.safetensors").is_file() or (
+                (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))):
+            raise UsageError(f"{out} is inside {folder}, a model or training checkpoint: the run that wrote it "
+                             "replaces it whole, and its fingerprint would change; choose another out=DIR")
+    kept_by = [name for name in OUT_RECORDS if (out.absolute().parent / name).is_file()]
+    if kept_by and (out.name in RUN_FOLDERS or re.fullmatch(r"checkpoint-\d+", out.name)):
+        raise UsageError(f"{out} is where the run in {out.parent} ({kept_by[0]}) keeps its {out.name}/, which it "
+                         f"replaces or resumes from; choose another out=DIR (beside it, e.g. {out.parent / 'eval'})")
 
 
 def refuse_other_records(out: Path, own: str, command: str | None = None) -> None:
