@@ -236,7 +236,11 @@ def test_out_of_memory_before_the_first_checkpoint_keeps_the_inner_loops_work(se
     stored = content(episode_file(tmp_path / "oom", 0))
     capsys.readouterr()
     final = finetune(cfg)  # batch_size=2 as advised: taken, the inner loop's states kept
-    assert "optim.batch_size changed before anything that depends on it was kept" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "optim.batch_size changed before anything that depends on it was kept" in printed
+    # what to do with it (vplan rl says so; finetune ended at the folder's name, helper-209)
+    assert f"the agent with it: vplan run worldmodel={final}; the paper's table with it: vplan bench planning " \
+           f"finetuned={final}\n" in printed
     assert same_content(content(episode_file(tmp_path / "oom", 0)), stored)
     ours, theirs = load_file(final / "unet.safetensors"), load_file(uninterrupted / "unet.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)  # as if begun so
@@ -554,6 +558,16 @@ def test_rounds_alternate_the_loops_and_a_killed_run_ends_bit_identical(setup, f
     assert not episode_file(tmp_path / "killed", 1).exists()
     # what was kept and how to go on (only "interrupted" was said)
     assert "stopped in the inner loop: 1 of 2 episodes' states kept in" in capsys.readouterr().out
+
+    def killed_at_once(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # nothing kept: it said "0 of 2 episodes' states kept ... goes on from them"
+        patch.setattr(ft, "run_inner_episode", killed_at_once)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(replace(rounds, out=str(tmp_path / "killed_at_once")))
+    assert ("stopped in the inner loop before any episode's state was kept; the same command starts again"
+            in capsys.readouterr().out)
     # when checkpoints are saved and losses logged changes no weight: a resume may change both
     resumed = finetune(replace(killed, optim=replace(OPTIM, save_every=1, log_every=3)))
     # round 1's outer loop ended at checkpoint 2: only round 2's resumes from it

@@ -298,9 +298,14 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     out = tmp_path / "rl"
     main(rl_args(checkpoints, out, "iterations=1", "eval_episodes=1", f"objective={objective}"))
     assert modes and not any(modes)
-    # before, after_executor, after: the executor alone is judged on the plan the base model followed (an LLM
-    # planner asked again may answer otherwise)
-    assert given[-3] is None and given[-2] is followed[-3] and given[-1] is None
+    # before, after_executor: the executor alone is judged on the plan the base model followed (an LLM planner
+    # asked again may answer otherwise); with the offset unchanged (a tie below), "after" makes the same plans
+    # again on the same model, seeds and noise: the same episodes, not played a third time (helper-209)
+    assert given[-2] is None and given[-1] is followed[-2] and len(given) == 4 + 2  # 4 explored
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert printed.count("its episodes are those of the executor-only column (not played again)") == 1
+    assert f"rl finetune {objective}: 100%" in captured.err  # its steps under a bar (the exploration's stood still)
     if objective == "rwr":  # each step's samples weighted by their advantages' weights
         assert len(made) == 1 and len(used) == 2
         rng = np.random.default_rng(0)  # the draws of iteration 0 (seed=0): each step's chunks, and their weights
@@ -311,6 +316,7 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     assert metrics["objective"] == objective and metrics["before"]["dist_unit"] == "m"
     assert metrics["before"]["episodes"][0]["seed"] == metrics["after"]["episodes"][0]["seed"] == 10000
     assert metrics["after_executor"]["chunk_offset"] == metrics["before"]["chunk_offset"] == 0
+    assert metrics["after"] == metrics["after_executor"]
     assert (out / "final" / "config.json").is_file() and (out / "planner.yaml").is_file()
     logits = json.loads((out / "iterations.jsonl").read_text().splitlines()[-1])["logits"]
     assert metrics["tuned_chunk_offset"] == (0 if logits[0] >= logits[1] else 1)  # argmax; a tie keeps 0
@@ -325,9 +331,15 @@ def test_vplan_rl_writes_the_finetuned_model_planner_and_before_after(checkpoint
     lora = load_file(out / "lora.safetensors")
     assert iterations[0]["finetune"]["steps"] == 2 and iterations[0]["finetune"]["items"] > 0  # it trained
     assert any(name.endswith("lora_B.rl.weight") and t.abs().sum() > 0 for name, t in lora.items())
-    printed = capsys.readouterr().out
     assert "before" in printed and "success rate" in printed and "Dist (m, mean)" in printed
     assert "reached the return phase" in printed
+    if objective == "rwr":  # rerun with no evaluation: the one of this same model was dropped (helper-209)
+        main(rl_args(checkpoints, out, "iterations=1", "eval_episodes=0", f"objective={objective}"))
+        printed = capsys.readouterr().out
+        assert f"resuming {out}: iteration 0 done, writing final/\n" in printed
+        assert "eval_episodes=0: the before/after evaluation in" in printed and "success rate" in printed
+        kept = json.loads((out / "metrics.json").read_text())
+        assert all(kept[name] == metrics[name] for name in ("before", "after_executor", "after"))
 
 
 def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path, capsys, monkeypatch):
@@ -406,6 +418,12 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
             main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0"))
     assert exit_info.value.code == 130 and calls == [1]
     assert "interrupted: iterations 0..1 kept in" in capsys.readouterr().err
+    with monkeypatch.context() as patch:  # in a first iteration: it said "resumes after the last one finished"
+        patch.setattr(RLRun, "finetune", interrupted_finetune)
+        with pytest.raises(SystemExit):
+            main(rl_args(checkpoints, tmp_path / "stopped_at_once", "iterations=1", "eval_episodes=0"))
+    assert "interrupted: no iteration finished in " in (said := capsys.readouterr().err)
+    assert "stopped_at_once; the same command starts again\n" in said
 
     def interrupted_save(self):  # Ctrl-C while iteration 3 is being saved: the checkpoint still holds 2
         raise KeyboardInterrupt
@@ -802,3 +820,36 @@ def test_each_finetune_step_draws_apart_from_every_other():
                  for i in range(batch)]
         assert len(set(seeds)) == len(seeds)
     assert loss_seed(1, 2, 20, 8) == 22_000  # as before up to batch 1000: a resumed run draws as it did
+
+
+@pytest.mark.parametrize(("kind", "logits", "played"), [
+    ("offline", [0.0, 0.0, 0.0], ["eval before", "eval after (executor)"]),  # the same offset: the same episodes
+    ("offline", [0.0, 0.0, 1.0], ["eval before", "eval after (executor)", "eval after"]),
+    ("llm", [0.0, 0.0, 0.0], ["eval before", "eval after (executor)", "eval after"]),  # asked again: may differ
+])
+def test_the_after_column_is_played_only_where_it_can_differ(monkeypatch, capsys, kind, logits, played):
+    """With the offset unchanged and the offline planner, "after" played the executor-only column's episodes
+    again (helper-209: three runs, the same figures; a third of the evaluation's time)."""
+    from types import SimpleNamespace
+
+    from vplan.rl import loop
+
+    run = loop.RLRun.__new__(loop.RLRun)
+    run.cfg = SimpleNamespace(plan_offsets=(-1, 0, 1), planner=SimpleNamespace(chunk_offset=0, kind=kind))
+    run.logits, run.base = np.array(logits), "base"
+    calls = []
+
+    def evaluate(run, model, offset, desc, plans=None):
+        calls.append((model, offset, desc, plans))
+        return {"desc": desc}, ["plan"]
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    columns = loop.before_and_after(run, "final")
+    assert [desc for _, _, desc, _ in calls] == played
+    assert calls[0][:2] == ("base", 0) and calls[1] == ("final", 0, "eval after (executor)", ["plan"])
+    if len(played) == 3:
+        assert calls[2][:2] == ("final", run.tuned_offset) and calls[2][3] is None
+        assert columns["after"] == {"desc": "eval after"}
+    else:
+        assert columns["after"] is columns["after_executor"]
+    assert ("not played again" in capsys.readouterr().out) == (len(played) == 2)

@@ -53,7 +53,7 @@ from vplan.constants import OBS_IMAGE_FRONT, SUBGOAL
 from vplan.data.dataset import chunk_subgoal, open_for_training, warn_if_held_out_seeds
 from vplan.errors import RunError, UsageError, first_line
 from vplan.loop.checkpoint import MODEL_FILE, checkpoint_step, list_checkpoints
-from vplan.loop.config import FINETUNE_RECORD, FinetuneConfig
+from vplan.loop.config import FINETUNE_RECORD, FinetuneConfig, check_holdout
 from vplan.loop.trainer import (
     FINAL, check_out_is_ours, check_steps_reach, out_of_memory, refuse_several_processes, train, warn_if_lr_not_reached,
 )
@@ -398,11 +398,8 @@ def _shipped_worldmodel_for(dataset: Any, data: str) -> str:
 def _usable_episodes(cfg: FinetuneConfig) -> tuple[Any, list[int]]:
     """The dataset and its episodes that are not held out."""
     dataset = open_for_training(cfg.data, "the world model learns from", cfg.how_to_make_data())
-    usable = dataset.num_episodes - cfg.holdout_episodes
-    if usable < 1:
-        raise UsageError(f"{cfg.data} has {dataset.num_episodes} episodes; expected more than "
-                         f"holdout_episodes={cfg.holdout_episodes} (lower holdout_episodes=, or collect more episodes)")
-    return dataset, list(range(usable))
+    check_holdout(cfg.data, dataset.num_episodes, cfg.holdout_episodes)
+    return dataset, list(range(dataset.num_episodes - cfg.holdout_episodes))
 
 
 def _chosen_episodes(cfg: FinetuneConfig, dataset: Any, usable: list[int], span: int) -> list[int]:
@@ -485,7 +482,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
                 bar.close()
                 kept = sum(episode_file(out, e).is_file() for e in episodes)
                 print(f"stopped in the inner loop: {kept} of {len(episodes)} episodes' states kept in {out / INNER}; "
-                      "the same command goes on from them")
+                      "the same command goes on from them" if kept else "stopped in the inner loop before any "
+                      "episode's state was kept; the same command starts again")
                 raise
         elif cfg.rounds == 1:
             print(f"inner loop: all {len(episodes)} episodes already stored in {out / INNER}")
@@ -513,4 +511,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         f"step {steps}/{cfg.optim.steps} ({outer_seconds:.0f} s this run, batch {cfg.optim.batch_size}, "
         f"peak lr {cfg.optim.peak_lr():g}); finetuned world model written to {final}"
     )
+    if dataset.env is not None:  # a vplan env's data (an env of one's own runs from Python)
+        env = "" if dataset.env == "tabletop" else f"env={dataset.env} "
+        print(f"the agent with it: vplan run {env}worldmodel={final}; the paper's table with it: vplan bench "
+              f"planning {env}finetuned={final}")
     return final

@@ -389,7 +389,10 @@ class RLRun:
         return loss[0]
 
     def finetune(self, groups: list[list[list[EpisodeRollout]]]) -> dict[str, float]:
-        """`steps_per_iteration` Adam steps of the configured objective on this iteration's chunks."""
+        """`steps_per_iteration` Adam steps of the configured objective on this iteration's chunks, under a bar of
+        their own (seconds each: the exploration bar stood still through them)."""
+        from tqdm import tqdm
+
         from vplan.rl.objectives import delta_penalty, dpo_loss, reference, rwr_loss, rwr_weights
 
         cfg = self.cfg
@@ -402,7 +405,8 @@ class RLRun:
         # The model stays in eval mode: in train mode the UNet's temporal-convolution dropout draws from torch's
         # global generator, so a chunk and its reference would not be scored on the same draws (the LoRA has none).
         losses = []
-        for step in range(cfg.steps_per_iteration):
+        for step in tqdm(range(cfg.steps_per_iteration), desc=f"rl finetune {cfg.objective}", unit="step",
+                         leave=False):
             indices = rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)
             batch = [items[i] for i in indices]
             seed = loss_seed(self.iteration, step, cfg.steps_per_iteration, cfg.batch_size)
@@ -467,6 +471,39 @@ def evaluate(
             "episodes": results}, followed
 
 
+def before_and_after(run: RLRun, final: Any) -> dict[str, dict[str, Any]]:
+    """The three columns: the base model with the configured plan; the finetuned executor alone, with the plans
+    the first followed (an LLM planner asked again may answer otherwise; replans and extra chunks still follow what
+    each executes); and the finetuned model with the tuned offset."""
+    offset = run.cfg.planner.chunk_offset
+    columns = {}
+    columns["before"], plans = evaluate(run, run.base, offset, "eval before")
+    columns["after_executor"], _ = evaluate(run, final, offset, "eval after (executor)", plans)
+    if run.tuned_offset == offset and run.cfg.planner.kind == "offline":
+        # the plans the offline planner makes again are those handed over (the scene's alone), on the same model,
+        # seeds and noise: the same episodes, not played again
+        columns["after"] = columns["after_executor"]
+        print("eval after: the tuned offset is the one configured, so its episodes are those of the executor-only "
+              "column (not played again)")
+    else:
+        columns["after"], _ = evaluate(run, final, run.tuned_offset, "eval after")
+    return columns
+
+
+def _evaluation_kept(path: Path) -> dict[str, Any]:
+    """The before/after columns of the metrics.json an earlier run of the same iterations wrote, saying so; none
+    from a damaged file (a rerun with eval_episodes>0 makes them again)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = {name: earlier[name] for name in ("before", "after_executor", "after")
+            if isinstance(earlier, dict) and isinstance(earlier.get(name), dict)}
+    if kept:
+        print(f"eval_episodes=0: the before/after evaluation in {path} (of this same model) is kept")
+    return kept
+
+
 def _checkpoints(cfg: RLConfig) -> dict[str, str]:
     """The checkpoints a run loads, by setting: checked, warned of and pinned alike (the IDM-reproduction reward's
     action model too, whose retraining would change the rewards of a resumed run)."""
@@ -504,7 +541,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         if resuming:
             done = "iteration 0" if run.iteration == 1 else f"iterations 0..{run.iteration - 1}"
             then = (f"iteration {run.iteration} next" if run.iteration < cfg.iterations else
-                    "writing final/ and evaluating")
+                    f"writing final/{' and evaluating' if cfg.eval_episodes else ''}")
             print(f"resuming {out}: {done} done, {then}")
         pin_checkpoints(out, _checkpoints(cfg), resuming)
         for name in (ITERATIONS_FILE, PREFERENCES_FILE):
@@ -559,19 +596,17 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
             metrics["vlm"] = {"requests_made": run.vlm.requests_made, "max_requests": cfg.vlm_reward.max_requests,
                               **{key: sum(v[key] for v in vlm) for key in VLM_COUNTS}}
         if cfg.eval_episodes:
-            metrics["before"], plans = evaluate(run, run.base, cfg.planner.chunk_offset, "eval before")
-            # the finetuned executor alone, with the plans it had before (an LLM planner asked again may answer
-            # otherwise); replans and extra chunks still follow what each executes
-            metrics["after_executor"], _ = evaluate(run, final, cfg.planner.chunk_offset, "eval after (executor)",
-                                                    plans)
-            metrics["after"], _ = evaluate(run, final, run.tuned_offset, "eval after")
+            metrics.update(before_and_after(run, final))
+        else:  # a rerun without evaluation keeps the one made of this model (more iterations deleted it above)
+            metrics.update(_evaluation_kept(out / "metrics.json"))
         write_json(out / "metrics.json", _to_jsonable(metrics))
         _print_summary(metrics, out)
         return metrics
     except KeyboardInterrupt:
-        kept = (f"iteration{'s 0..' if saved > 1 else ' '}{saved - 1} kept in {out}" if saved else
-                f"no iteration finished in {out}")
-        tqdm.write(f"interrupted: {kept}; the same command resumes after the last one finished", file=sys.stderr)
+        kept = (f"iteration{'s 0..' if saved > 1 else ' '}{saved - 1} kept in {out}; the same command resumes "
+                "after the last one finished" if saved else f"no iteration finished in {out}; the same command "
+                "starts again")
+        tqdm.write(f"interrupted: {kept}", file=sys.stderr)
         raise
     finally:
         run.env.close()
@@ -614,7 +649,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if "before" in metrics:
         columns = [metrics["before"], metrics["after_executor"], metrics["after"]]
         seeds = [e["seed"] for e in columns[0]["episodes"]]
-        print(f"  held-out seeds {seeds[0]}..{seeds[-1]}: before | after, executor only (same plan) | after")
+        which = f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
+        print(f"  held-out {which}: before | after, executor only (same plan) | after (tuned plan)")
         rows = [("success rate", "success_rate", "{:.0%}"),
                 (f"Dist ({columns[0]['dist_unit']}, mean)", "dist_mean", "{:.4f}"),
                 ("chunks per episode", "chunks_per_episode", "{:.1f}"),
