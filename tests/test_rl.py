@@ -424,6 +424,7 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
             main(rl_args(checkpoints, tmp_path / "stopped_at_once", "iterations=1", "eval_episodes=0"))
     assert "interrupted: no iteration finished in " in (said := capsys.readouterr().err)
     assert "stopped_at_once; the same command starts again\n" in said
+    assert "rl explore" not in said.split("interrupted: ")[1]  # the bar was drawn again below it (helper-209)
 
     def interrupted_save(self):  # Ctrl-C while iteration 3 is being saved: the checkpoint still holds 2
         raise KeyboardInterrupt

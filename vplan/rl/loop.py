@@ -525,6 +525,7 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     run = RLRun(cfg)
     out = run.out
     saved = 0  # iterations the checkpoint on disk holds
+    bar = None
     try:
         check_config_is_ours(out, cfg)  # before anything is written there
         out.mkdir(parents=True, exist_ok=True)
@@ -603,6 +604,8 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
         _print_summary(metrics, out)
         return metrics
     except KeyboardInterrupt:
+        if bar is not None:  # drawn again below the message otherwise
+            bar.close()
         kept = (f"iteration{'s 0..' if saved > 1 else ' '}{saved - 1} kept in {out}; the same command resumes "
                 "after the last one finished" if saved else f"no iteration finished in {out}; the same command "
                 "starts again")
