@@ -507,6 +507,16 @@ def test_an_idm_with_history_reads_the_real_frames_before_each_chunk(world_model
     assert np.allclose(action, idm.predict(window, closed.imagined[1][None])[0].numpy(), atol=1e-6)
     closed.close()
 
+    # two real frames for an IDM reading three: the first repeated before them, as `windows` pads in training
+    idm3 = IDMPolicy(replace(IDMConfig.tiny(image_size=IMAGE), history_frames=3)).eval()
+    closed = make_agent(world_model, idm3, [Subgoal(TEXTS[0], 1)], actions_from="observed", **NO_REPLAN)
+    closed.reset("go", fake_obs(frame), {})
+    closed.act(fake_obs(frame))
+    action = closed.act(fake_obs(observed[0]))
+    window = np.stack([frame, frame, observed[0]])[None]
+    assert np.allclose(action, idm3.predict(window, closed.imagined[1][None])[0].numpy(), atol=1e-6)
+    closed.close()
+
 
 @pytest.mark.parametrize("update_on", ["imagined", "observed"])
 def test_the_memory_learns_from_the_imagined_chunk_at_once_or_the_observed_one_after(world_model, idm, update_on):
