@@ -303,6 +303,23 @@ def test_dist_is_the_cubes_mean_distance_and_success_needs_each_within_success_t
         assert list(info["returned"]) == returned and info["success"] == all(returned)
 
 
+def test_dist_counts_height_too(env):
+    """Dist in xy alone equals it while the cubes rest on the table, so no test told them apart (helper-204): here
+    cube 0 is stacked on cube 1 above its own start."""
+    from vplan.envs.tabletop_v0 import CUBE_HALF_SIZE
+
+    _, info = env.reset(seed=1)
+    start = info["start_poses"]
+    env.data.joint("cube1").qpos[:3] = (*start[0, :2], CUBE_HALF_SIZE)
+    env.data.joint("cube0").qpos[:3] = (*start[0, :2], 3 * CUBE_HALF_SIZE)
+    env.data.qvel[:] = 0.0
+    *_, info = env.step(np.zeros(4, np.float32))
+    offsets = info["cube_poses"][:, :3] - start[:, :3]
+    assert offsets[0, 2] == pytest.approx(2 * CUBE_HALF_SIZE, abs=0.003)  # still stacked
+    assert info["dist"] == pytest.approx(np.linalg.norm(offsets, axis=1).mean())
+    assert info["dist"] > np.linalg.norm(offsets[:, :2], axis=1).mean() + 0.01
+
+
 def test_a_grip_of_zero_opens_the_fingers(env):
     """The agent's idle action is zeros, and "> 0 closes": a grip of exactly 0 must open (helper-204)."""
     _, info = env.reset(seed=0)
