@@ -43,6 +43,8 @@ def test_group_advantages_on_a_hand_made_table():
     np.testing.assert_allclose(continuations, [[-1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])  # equal rewards: no signal
     with pytest.raises(ValueError, match="reward table"):
         group_advantages(np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="finite"):  # from Python (vplan rl's scores refuse one first)
+        group_advantages(np.array([[1.0, np.nan]]))
 
 
 def tiny_batch():
@@ -194,6 +196,87 @@ def test_idm_reproduction_scores_chunks_the_actions_explain():
     assert reward.score(rollout_with([other], {})) < 0.9
     with pytest.raises(ValueError, match="action-conditioned"):
         IDMReproductionReward(WorldModel(tiny_config("text")))
+
+
+def test_the_reward_terms_on_cases_where_their_formulas_differ_from_near_ones():
+    """Each was tested where a nearby formula gives the same figure (a progress weight of 0.5, "< 0", weight 1, an
+    exact reproduction): mutations of them survived (helper-208)."""
+    from vplan.rl.rewards import make_rewards
+
+    solved = {"displaced": np.array([True, True]), "returned": np.array([True, True]), "phase": "return",
+              "success": True}
+    assert OutcomeReward(progress_weight=0.2).score(rollout_with([], solved)) == pytest.approx(1.2)  # not 1 - 0.2
+    dark, bright = np.zeros((6, 64, 64, 3), np.uint8), np.full((6, 64, 64, 3), 255, np.uint8)
+    assert ConsistencyReward().score(rollout_with([chunk(dark), chunk(bright)], {})) == -0.5  # cuts per chunk
+    rewards = RewardSet([(ExecutabilityReward(), 2.0)])  # a term missing is filled with its weighted plan mean
+    plan = [rollout_with([chunk(np.full((3, 16, 16, 3), 100, np.uint8), [0.1, 0.1])], {}), rollout_with([], {})]
+    for rollout in plan:
+        rewards.score(rollout)
+    rewards.complete_group([plan])
+    assert [r.reward for r in plan] == [pytest.approx(1.8), pytest.approx(1.8)]
+    weighted = make_rewards(RewardConfig(outcome=0.0, executability=1.0, consistency=0.0)).rewards
+    assert [r.name for r, _ in weighted] == ["executability"]  # weight 0: not scored (nor logged, nor plotted)
+
+
+def test_idm_reproduction_is_one_minus_the_mean_pixel_error_from_the_last_context_frames():
+    """Tested on an exact reproduction and an inverted one only (the max error, or the first context frames,
+    survived as mutations, helper-208)."""
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config("action", context_frames=1)).eval()
+    context = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # longer than it reads
+    actions = np.zeros((3, 4), np.float32)
+    frames = model.decode(model.generate(context[:, -1:], ["a"], actions=torch.from_numpy(actions)[None],
+                                         generator=torch.Generator().manual_seed(0)))[0].numpy().copy()
+
+    def scored(frames: np.ndarray) -> float:
+        return IDMReproductionReward(model).score(rollout_with([ImaginedChunk(
+            text="a", context=context, latents=torch.zeros(1, 3, 4, 8, 8), frames=frames, actions=actions)], {}))
+
+    assert scored(frames) == pytest.approx(1.0)
+    frames[0, 0, 0, 0] = 255 - frames[0, 0, 0, 0]  # one value far off: the mean hardly moves
+    assert 0.999 < scored(frames) < 1.0
+
+
+def test_an_action_model_that_fits_the_agent_is_accepted():
+    """Only refusals were tested (`reads <= frames` survived as a mutation, helper-208)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    world_model, action_model = WorldModel(tiny_config("text")), WorldModel(tiny_config("action"))
+    action_model.vae.load_state_dict(world_model.vae.state_dict())
+    idm = SimpleNamespace(config=SimpleNamespace(num_moves=0, action_dim=action_model.config.action_dim))
+    IDMReproductionReward(action_model).check_fits(world_model, idm)  # same VAE, actions and chunk length
+
+
+def test_explore_plays_each_iterations_own_seeds_and_completes_each_group(monkeypatch):
+    """The end-to-end tests explore one seed per iteration and always get every term: seeds without the
+    `seeds_per_iteration` factor, and no group completed, survived as mutations (helper-208)."""
+    from types import SimpleNamespace
+
+    from vplan.rl import loop
+    from vplan.rl.loop import RLRun
+
+    played, completed = [], []
+
+    class Agent:
+        plan = SimpleNamespace(to_dict=lambda: {"subgoals": []})
+        stats = close = staticmethod(lambda: {})
+
+    def run_episode(env, agent, instruction, seed, camera, agent_seed=None, plan=None):
+        played.append((seed, agent_seed))
+        return {"info": {}, "chunks": []}
+
+    monkeypatch.setattr(loop, "run_episode", run_episode)
+    run = RLRun.__new__(RLRun)
+    run.cfg = SimpleNamespace(seeds_per_iteration=2, seed=0, plan_offsets=[0, 1], continuations=2,
+                              task=SimpleNamespace(instruction="x"), agent=SimpleNamespace(camera="front"))
+    run.env, run.iteration = None, 1
+    run.policy_model = lambda: None
+    run.make_agent = lambda policy, offset: Agent()
+    run.rewards = SimpleNamespace(score=lambda rollout: 0.0, complete_group=completed.append)
+    groups = run.explore(SimpleNamespace(set_postfix=lambda **k: None, update=lambda n: None))
+    assert sorted({seed for seed, _ in played}) == [2, 3]  # iteration 0 played 0 and 1
+    assert completed == groups and len(groups) == 2
 
 
 def test_an_action_model_that_cannot_read_the_agents_actions_or_latents_is_refused_up_front(checkpoints,

@@ -91,6 +91,9 @@ def vlm_warnings(record: list[warnings.WarningMessage]) -> list[str]:
         ("YES / NO", None),
         ("Yes and no, it melts.", None),
         ("Yes but no.", None),  # was read as yes
+        ("Yes, but no.", None),  # "but" joining the opposite answer (the case above is unclear at its first word)
+        ("No, but yes.", None),
+        ("Yes. Correction: no.", None),
         ("No - wait, yes.", None),  # was read as no
         ("Yes, but the cube is small.", True),
         # read as clear answers, the wrong way round (the default question invites "No teleporting ...")
@@ -371,3 +374,22 @@ def test_a_kill_between_checkpoints_keeps_the_budget_spent_and_the_answers_got(e
     assert len(endpoint.requests) == 3
     resumed.clear_journal()  # a checkpoint holds it all now
     assert not journal.exists()
+
+
+def test_a_chunk_repeated_in_an_episode_needs_one_question_of_the_budget(endpoint):
+    """Counted twice, the second left the episode unscored with a budget warning (a mutation survived, helper-208)."""
+    endpoint.reply = answer("yes")
+    vlm = reward(endpoint, max_requests=1)
+    assert vlm.score(rollout(chunk(PICK, 0), chunk(PICK, 0))) == 1.0
+    assert len(endpoint.requests) == 1
+
+
+def test_a_stale_journal_never_lowers_the_budget_spent(endpoint, tmp_path):
+    """A kill between the checkpoint's save and clearing the journal leaves a journal of a lower count: taken as
+    it is, questions already paid for would be paid for again (a mutation survived, helper-208)."""
+    journal = tmp_path / "vlm_requests.jsonl"
+    journal.write_text(json.dumps({"requests_made": 1}) + "\n" + json.dumps({"key": "k", "answer": True}) + "\n")
+    vlm = reward(endpoint, max_requests=5)
+    vlm.load_state({"requests_made": 3, "cache": {}})
+    vlm.keep_journal(journal)
+    assert vlm.requests_made == 3 and vlm._cache == {"k": True}
