@@ -555,3 +555,23 @@ def test_rollout_gives_each_chunk_its_actions():
     assert torch.equal(video, torch.cat([chunk, second], 1))
     with pytest.raises(ValueError, match=r"expected 6 actions \(2 chunks\), got 3"):
         model.rollout(first, ["", ""], actions=actions[:, :CHUNK])
+
+
+def test_training_text_dropout_drops_the_frame_inputs_too(monkeypatch):
+    """Guidance's null pass drops them (tested); training's text dropout did not have to (helper-210)."""
+    model = tiny_model("text+action", action_frame_embedding=True,
+                       diffusion=DiffusionConfig(num_inference_steps=2, text_dropout=1.0 - 1e-9))
+    seen, predict = [], type(model.unet).predict
+    monkeypatch.setattr(type(model.unet), "predict", lambda unet, latents, t, states, frame_inputs=None: (
+        seen.append(frame_inputs), predict(unet, latents, t, states, frame_inputs))[1])
+    context, target = randn(2, 2, 4, LATENT, LATENT), randn(2, CHUNK, 4, LATENT, LATENT, seed=3)
+    model(context, target, ["a", "b"], generator=seeded(4), actions=torch.rand(2, CHUNK, 4) * 2 - 1)
+    assert seen[0] is not None and not seen[0].any()
+
+
+def test_action_tail_dropout_cuts_that_share_of_clips():
+    """Tested at p=0.99 and "some clip cut", which 1 - p passed too (helper-210)."""
+    model = tiny_model("action", action_tail_dropout=0.25)
+    lengths = model._training_known(3000, CHUNK, seeded(1)).sum(dim=1)
+    share = (lengths < CHUNK).float().mean().item()  # cut clips keep 1..CHUNK steps: 2/3 of them are shorter
+    assert 0.25 * 2 / 3 - 0.04 < share < 0.25 * 2 / 3 + 0.04, share

@@ -320,3 +320,46 @@ def test_lora_adapter_on_unet(unet: UNet3D, batch: dict) -> None:
     assert torch.allclose(model.predict(latents, timesteps, batch["text_states"]), base, atol=1e-6)
     model.enable_adapters()
     assert torch.allclose(model.predict(latents, timesteps, batch["text_states"]), adapted, atol=1e-6)
+
+
+# Sampling and training schedules: the perfect-predictor tests land on the clean chunk under any schedule, so they
+# could not tell these apart (mutations survived, helper-210).
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+def test_sampling_starts_at_the_last_training_timestep(sampler):
+    from vplan.worldmodel.diffusion import _set_timesteps, make_scheduler
+
+    config = DiffusionConfig(sampler=sampler, num_inference_steps=5)
+    scheduler = make_scheduler(config)
+    _set_timesteps(scheduler, config, torch.device("cpu"))
+    assert scheduler.timesteps.tolist() == [999, 799, 599, 399, 199]  # "leading" spacing began at 800
+
+
+def test_flow_sigmas_are_evenly_spaced_down_to_zero():
+    """n steps, not diffusers' own set_timesteps(n), whose n steps act like n - 1."""
+    from vplan.worldmodel.diffusion import _set_timesteps, make_scheduler
+
+    config = DiffusionConfig(objective="flow", sampler="flow_euler", num_inference_steps=5)
+    scheduler = make_scheduler(config)
+    _set_timesteps(scheduler, config, torch.device("cpu"))
+    torch.testing.assert_close(scheduler.sigmas, torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2, 0.0]))
+
+
+def test_dpmsolver_is_not_ddim():
+    torch.manual_seed(0)
+    unet = build_unet(UNetConfig.preset("tiny")).eval()
+    generator = torch.Generator().manual_seed(1)
+    context, states = torch.randn(1, 2, 4, 16, 16, generator=generator), torch.randn(1, 3, 384, generator=generator)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    out = {sampler: sample_chunk(unet, context, states, mask, 2, DiffusionConfig(sampler=sampler,
+                                                                              num_inference_steps=3),
+                                 generator=seeded(0)) for sampler in ("ddim", "dpmsolver++")}
+    assert not torch.allclose(out["ddim"], out["dpmsolver++"])
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "flow"])
+def test_training_noise_levels_cover_the_whole_schedule(objective):
+    from vplan.worldmodel.diffusion import add_training_noise
+
+    config = DiffusionConfig(objective=objective, sampler="ddim" if objective == "epsilon" else "flow_euler")
+    level = add_training_noise(torch.zeros(4000, 1), config, seeded(0))[3]
+    assert level.min() < 0.01 and level.max() > 0.99 and abs(level.mean().item() - 0.5) < 0.02

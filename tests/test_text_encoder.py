@@ -261,3 +261,30 @@ def _edit_json(path: Path, **changes: object) -> None:
     import json
 
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_weights_rewritten_in_place_are_hashed_again(tmp_path):
+    """The sha256 check remembers a file by path, size and time: by path alone, one damaged after its first check
+    passed (helper-210)."""
+    import shutil
+
+    from vplan.worldmodel.text_encoder import MiniLMFilesError, verify_minilm_weights
+
+    weights = tmp_path / "model.safetensors"
+    shutil.copyfile(te._package_model_dir() / "model.safetensors", weights)
+    verify_minilm_weights(tmp_path)  # the right file: hashed and remembered
+    with open(weights, "r+b") as file:  # one byte flipped, same size
+        file.seek(-1, os.SEEK_END)
+        last = file.read(1)
+        file.seek(-1, os.SEEK_END)
+        file.write(bytes([last[0] ^ 1]))
+    os.utime(weights, ns=(0, os.stat(weights).st_mtime_ns + 10**9))
+    with pytest.raises(MiniLMFilesError, match="sha256"):
+        verify_minilm_weights(tmp_path)
+
+
+def test_a_text_of_exactly_max_tokens_words_warns_that_its_last_is_dropped():
+    """max_tokens counts a start token: the warning came from one word more (helper-210)."""
+    encoder = LearnedTextEncoder(TextEncoderConfig(kind="learned", dim=8, max_tokens=4, vocab_buckets=64))
+    with pytest.warns(VplanWarning, match="has 4 words; only the first 3 are read"):
+        encoder.token_ids(["pick up red cube"])

@@ -602,3 +602,26 @@ def test_a_schedule_that_never_reaches_its_learning_rate_is_warned_of():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_lr_not_reached(OptimConfig(steps=400, lr=2e-4, warmup_steps=100, cooldown_steps=300))  # reaches it
+
+
+def test_a_killed_saves_staging_folder_is_cleared_by_the_next_save(tmp_path):
+    """A half-written `.tmp-checkpoint-*` (hundreds of MB) left by a kill: kept forever, no test said (helper-210)."""
+    from vplan.loop.checkpoint import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (4, 5):
+        (tmp_path / f".tmp-checkpoint-{step:07d}").mkdir()
+        (tmp_path / f".tmp-checkpoint-{step:07d}" / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(tmp_path, 5, model, optimizer, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000005"]
+    assert sorted(p.name for p in (tmp_path / "checkpoint-0000005").iterdir()) == [
+        "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+
+
+@pytest.mark.parametrize("name", ["checkpoint-²", "checkpoint-١٢"])
+def test_a_folder_named_with_non_ascii_digits_is_no_checkpoint(tmp_path, name):
+    """int() reads these as steps (12; "²" then crashed the sort)."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "trainer_state.json").write_text('{"step": 12}')
+    assert list_checkpoints(tmp_path) == []

@@ -507,3 +507,23 @@ def test_require_text_conditioned_takes_the_conditioning_and_refuses_a_config() 
         require_text_conditioned("action", "worldmodel=x", "the agent")
     with pytest.raises(TypeError, match="conditioning: expected the model's conditioning, .*got WorldModelConfig"):
         require_text_conditioned(WorldModelConfig(), "worldmodel=x", "the agent")
+
+
+def test_encode_text_zeroes_padding_a_custom_encoder_left():
+    """The shipped encoders zero their padding themselves; a custom one's reached the UNet (helper-210)."""
+    class Unzeroed(torch.nn.Module):
+        def forward(self, texts):
+            return torch.ones(len(texts), 4, 16), torch.tensor([[True, True, False, False]] * len(texts))
+
+    model = WorldModel(tiny_config(), text_encoder=Unzeroed())
+    assert not model.encode_text(["a b"])[0][:, 2:].any() and not model._null_states()[:, 2:].any()
+
+
+def test_each_batch_element_is_imagined_under_its_own_text():
+    """WorldModel-v0 and the benches generate batches; every element under the first text passed (helper-210)."""
+    model = tiny_model()
+    context = latents(1, 3).expand(2, -1, -1, -1, -1)
+    chunk = model.generate(context, ["push red", "lift blue"], generator=[seeded(0), seeded(0)])
+    alone = model.generate(context[:1], ["lift blue"], generator=[seeded(0)])
+    assert not torch.equal(chunk[0], chunk[1])
+    torch.testing.assert_close(chunk[1:], alone)
