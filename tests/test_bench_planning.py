@@ -102,7 +102,7 @@ def test_five_rows_table_plot_and_continuing(checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(bench_args(checkpoints, out, "episodes=2", "memory.replay_first=true"))
     assert exit_info.value.code == 2
-    assert "other settings: memory.replay_first=False when it began, True now;" in capsys.readouterr().err
+    assert "other settings: memory.replay_first=false when it began, true now;" in capsys.readouterr().err
 
 
 def test_interrupted_before_any_episode_says_that_nothing_was_written(checkpoints, tmp_path, capsys, monkeypatch):

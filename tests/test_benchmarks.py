@@ -569,7 +569,7 @@ def test_eval_worldmodel_interrupted_continues_with_resume_as_if_never_stopped(t
     (tmp_path / "resumed" / "metrics.json").unlink()  # ... before the metrics were written
     with pytest.raises(UsageError, match="holds an unfinished evaluation \\(1 episode"):
         evaluate("resumed", 2)
-    with pytest.raises(UsageError, match="other settings: steps=None when it began, 3 now"):
+    with pytest.raises(UsageError, match="other settings: steps=null when it began, 3 now"):
         evaluate("resumed", 2, resume=True, steps=3)
     import shutil
 

@@ -469,7 +469,7 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     with pytest.raises(SystemExit) as exit_info:  # the settings are still checked in that state
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
     assert exit_info.value.code == 2
-    assert "other settings: objective='rwr' when it began, 'dpo' now" in capsys.readouterr().err
+    assert "other settings: objective=rwr when it began, dpo now" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(rl_args(checkpoints, resumed, "iterations=1", "eval_episodes=0"))
     assert exit_info.value.code == 2 and "has run 2 iterations already; pass iterations>=2" in capsys.readouterr().err
@@ -520,7 +520,7 @@ def test_vplan_rl_resumes_after_a_kill_as_if_uninterrupted(checkpoints, tmp_path
     with pytest.raises(SystemExit) as exit_info:  # another objective cannot continue this run
         main(rl_args(checkpoints, resumed, "iterations=3", "eval_episodes=0", "objective=dpo"))
     assert exit_info.value.code == 2
-    assert "other settings: objective='rwr' when it began, 'dpo' now" in capsys.readouterr().err
+    assert "other settings: objective=rwr when it began, dpo now" in capsys.readouterr().err
     # a run begun before every plan's continuation k drew the same noise: going on would mix the two schemes
     state_file = resumed / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
@@ -937,3 +937,23 @@ def test_the_after_column_is_played_only_where_it_can_differ(monkeypatch, capsys
     else:
         assert columns["after"] is columns["after_executor"]
     assert ("not played again" in capsys.readouterr().out) == (len(played) == 2)
+
+
+def test_an_evaluation_is_kept_only_whole_with_the_figures_the_summary_reads(tmp_path, capsys):
+    """A metrics.json from before 2026-12-05 lacks dist_unit: kept, the summary then stopped on a KeyError after
+    metrics.json was written (helper-211)."""
+    from vplan.rl.loop import _evaluation_kept
+
+    column = {"chunk_offset": 0, "success_rate": 0.5, "dist_mean": 0.1, "dist_unit": "m", "chunks_per_episode": 5.0,
+              "return_phase_rate": 0.0, "episodes": [{"seed": 10000}]}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"before": column, "after_executor": column, "after": column}))
+    assert _evaluation_kept(path) == {"before": column, "after_executor": column, "after": column}
+    assert "is kept" in capsys.readouterr().out
+    older = {key: value for key, value in column.items() if key not in ("dist_unit", "return_phase_rate")}
+    for written in ({"before": older, "after_executor": older, "after": older}, {"before": column, "after": column},
+                    ["not", "an", "object"]):
+        path.write_text(json.dumps(written))
+        assert _evaluation_kept(path) == {} and capsys.readouterr().out == ""
+    path.write_text("{damaged")
+    assert _evaluation_kept(path) == {}

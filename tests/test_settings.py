@@ -53,7 +53,7 @@ def test_a_refused_resume_says_each_value_recorded_and_given():
     changed = changed_settings(saved, plain(cfg), cfg)
     assert changed == ["gone", "inner.added", "inner.modules", "seed"]
     assert changes_said(changed, saved, plain(cfg), cfg) == [
-        "gone=1 when it began, not a setting now", "inner.added=False when it began, True now",
+        "gone=1 when it began, not a setting now", "inner.added=false when it began, true now",
         "inner.modules=['to_q', 'to_k'] when it began, "
         "['to_q', 'to_q', 'to_q', 'to_q', 'to_q', 'to_q', 'to_q', ... now",  # cut at 60 characters
         "seed=0 when it began, 5 now"]
@@ -133,20 +133,23 @@ def test_another_commands_settings_are_never_written_over(tmp_path):
         start_or_continue(Outer(), model, (), {}, lambda progress: "", [])
     assert sorted(p.name for p in model.iterdir()) == ["config.json"]
     # inside a model (an evaluation put in an rl run's final/ went when the run was taken further, helper-209)
-    (model / "unet.safetensors").write_bytes(b"")
-    with pytest.raises(UsageError, match=r"eval/deeper is inside .*final, a model or training checkpoint: the run that "
-                                         r"wrote it replaces it whole"):
+    (model / "config.json").write_text('{"kind": "vplan-worldmodel"}')
+    with pytest.raises(UsageError, match=r"eval/deeper is inside .*final, a vplan model or training checkpoint: the "
+                                         r"run that wrote it replaces it whole"):
         make_out_dir(str(model / "eval" / "deeper"), "bench env")
-    (model / "unet.safetensors").unlink()  # a config.json alone above is not a model (a project's own)
+    make_out_dir(str(model / ".." / "beside"), "bench env")  # `..` taken as written: inside final/ (helper-211)
+    (model / "config.json").write_text('{"architectures": ["BertModel"]}')  # another tool's model: not vplan's
+    (model / "model.safetensors").write_bytes(b"")
     make_out_dir(str(model / "eval"), "bench env")
     # where a run keeps its model or training state: its final/ when missing (a resume replaced the command's files)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\n")
     for name in ("final", "checkpoint", "checkpoint-0000004", "inner"):
-        with pytest.raises(UsageError, match=rf"run/{name} is where the run in .*run \(config.yaml\) keeps its "
-                                             rf"{name}/, which it replaces or resumes from; choose another out=DIR "
-                                             r"\(beside it, e.g. .*run/eval\)"):
+        with pytest.raises(UsageError, match=rf"run/{name}: .*run holds a command's run \(config.yaml\), and "
+                                             rf"{name}/ is where a training, finetune or rl run keeps its model or "
+                                             r"training state, .*choose another out=DIR \(beside it, e.g. "
+                                             r".*run/eval\)"):
             write_config(run / name, Outer())
     (run / "eval").mkdir()
     write_config(run / "eval", Outer())  # beside them: a folder of its own

@@ -429,7 +429,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
     from vplan.memory.temp_lora import check_target_modules
     from vplan.shipped import (
-        check_checkpoints_exist, check_outside_results, resolve_checkpoint, trained_on_env, warn_if_trained_elsewhere,
+        check_checkpoints_exist, check_outside_results, resolve_checkpoint, shipped_names, trained_on_env,
+        warn_if_trained_elsewhere,
     )
 
     refuse_several_processes("finetune")
@@ -511,8 +512,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         f"step {steps}/{cfg.optim.steps} ({outer_seconds:.0f} s this run, batch {cfg.optim.batch_size}, "
         f"peak lr {cfg.optim.peak_lr():g}); finetuned world model written to {final}"
     )
-    if dataset.env is not None:  # a vplan env's data (an env of one's own runs from Python)
-        env = "" if dataset.env == "tabletop" else f"env={dataset.env} "
+    if f"{dataset.env}/idm" in shipped_names():  # an IDM to run it with (an env of one's own runs from Python;
+        env = "" if dataset.env == "tabletop" else f"env={dataset.env} "  # RLBench's and MineRL's need their own)
         print(f"the agent with it: vplan run {env}worldmodel={final}; the paper's table with it: vplan bench "
               f"planning {env}finetuned={final}")
     return final

@@ -497,11 +497,14 @@ def _evaluation_kept(path: Path) -> dict[str, Any]:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    kept = {name: earlier[name] for name in ("before", "after_executor", "after")
-            if isinstance(earlier, dict) and isinstance(earlier.get(name), dict)}
-    if kept:
-        print(f"eval_episodes=0: the before/after evaluation in {path} (of this same model) is kept")
-    return kept
+    columns = ("before", "after_executor", "after")
+    figures = {"chunk_offset", "success_rate", "dist_mean", "dist_unit", "chunks_per_episode", "return_phase_rate",
+               "episodes"}  # what the summary reads (a file from before 2026-12-05 lacks some: not kept)
+    if not (isinstance(earlier, dict) and all(isinstance(earlier.get(name), dict) and figures <= set(earlier[name])
+                                              for name in columns)):
+        return {}
+    print(f"eval_episodes=0: the before/after evaluation in {path} (of this same model) is kept")
+    return {name: earlier[name] for name in columns}
 
 
 def _checkpoints(cfg: RLConfig) -> dict[str, str]:

@@ -212,17 +212,18 @@ def changes_said(changed: list[str], saved: Mapping[str, Any], current: Mapping[
         for key in parents:
             node = getattr(node, key, None)
         found = field_default(node, last)
-        return "unrecorded" if found is MISSING else plain(found)
+        return found if found is MISSING else plain(found)
 
-    def shown(found: Any) -> str:
-        text = repr(found)
+    def shown(found: Any) -> str:  # as the command line takes it: null, true, a string unquoted
+        text = ("null" if found is None else str(found).lower() if isinstance(found, bool) else
+                found if isinstance(found, str) else repr(found))
         return text if len(text) <= 60 else text[:57] + "..."
 
     said = []
     for name in changed:
         then, given = value(saved, name), value(current, name)
         then = default(name) if then is MISSING else then
-        said.append(f"{name}={shown(then)} when it began, "
+        said.append(f"{name}={'(unrecorded)' if then is MISSING else shown(then)} when it began, "
                     f"{'not a setting' if given is MISSING else shown(given)} now")
     return said
 
@@ -283,15 +284,31 @@ def refuse_model_folder(out: Path) -> None:
     if (out / "optimizer.safetensors").is_file():  # vplan.loop.checkpoint.OPTIMIZER_FILE
         raise UsageError(f"{out} holds a training checkpoint (optimizer.safetensors), which its run resumes from; "
                          "choose another out=DIR (outside that run's folder)")
-    for folder in out.absolute().parents:
-        if (folder / "optimizer.safetensors").is_file() or (
-                (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))):
-            raise UsageError(f"{out} is inside {folder}, a model or training checkpoint: the run that wrote it "
+    path = Path(os.path.abspath(out))  # `..` resolved: runs/rl/final/../eval is beside final/, not in it
+    for folder in path.parents:
+        if _is_vplan_checkpoint(folder):
+            raise UsageError(f"{out} is inside {folder}, a vplan model or training checkpoint: the run that wrote it "
                              "replaces it whole, and its fingerprint would change; choose another out=DIR")
-    kept_by = [name for name in OUT_RECORDS if (out.absolute().parent / name).is_file()]
-    if kept_by and (out.name in RUN_FOLDERS or re.fullmatch(r"checkpoint-\d+", out.name)):
-        raise UsageError(f"{out} is where the run in {out.parent} ({kept_by[0]}) keeps its {out.name}/, which it "
-                         f"replaces or resumes from; choose another out=DIR (beside it, e.g. {out.parent / 'eval'})")
+    kept_by = [name for name in OUT_RECORDS if (path.parent / name).is_file()]
+    if kept_by and (path.name in RUN_FOLDERS or re.fullmatch(r"checkpoint-\d+", path.name)):
+        raise UsageError(f"{out}: {path.parent} holds a command's run ({kept_by[0]}), and {path.name}/ is where a "
+                         "training, finetune or rl run keeps its model or training state, which it replaces or "
+                         f"resumes from; choose another out=DIR (beside it, e.g. {path.parent / 'eval'})")
+
+
+def _is_vplan_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a vplan model (its config.json's `kind`) or a training state (optimizer.safetensors):
+    another tool's config.json beside weights (a model downloaded into a project) is not one."""
+    from vplan.policies.config import CHECKPOINT_KIND as IDM_KIND
+    from vplan.worldmodel.config import CHECKPOINT_KIND as WORLDMODEL_KIND
+
+    if (folder / "optimizer.safetensors").is_file():  # vplan.loop.checkpoint.OPTIMIZER_FILE
+        return True
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return kind in (IDM_KIND, WORLDMODEL_KIND)
 
 
 def refuse_other_records(out: Path, own: str, command: str | None = None) -> None:
